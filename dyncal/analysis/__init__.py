@@ -1,0 +1,1 @@
+"""Per-exit statistics, stages, compute and latency."""

@@ -1,0 +1,787 @@
+"""The run directory: the one artifact every dyncal stage reads.
+
+A run is a directory readable with numpy alone (no pickle)::
+
+    RUN/
+      logits.npy    float32 (N, K, C)  per-exit logits, exit 1 first; memory-mapped on read
+      labels.npy    int64   (N,)       true class of every row
+      indices.npy   int64   (N,)       dataset index of every row
+      run.json      schema version, N/K/C, provenance and (once profiled) the cost table
+
+A run is built in ``RUN.partial`` and renamed to ``RUN`` only after ``run.json`` (with
+``"complete": true``) is on disk, so an interrupted collect leaves a ``.partial``
+directory that :func:`load_run` refuses, never something that looks finished.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dyncal.errors import RunError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Provenance",
+    "LatencyProfile",
+    "UnsupportedOp",
+    "CostTable",
+    "Run",
+    "RunWriter",
+    "load_run",
+    "import_arrays",
+    "import_npz",
+    "save_costs",
+    "atomic_write_text",
+    "atomic_write_bytes",
+    "latency_key",
+]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+RUN_JSON = "run.json"
+LOGITS_FILE = "logits.npy"
+LABELS_FILE = "labels.npy"
+INDICES_FILE = "indices.npy"
+PARTIAL_SUFFIX = ".partial"
+
+
+# --------------------------------------------------------------------------- atomic files
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
+
+    Args:
+        path: Destination file.
+        data: Bytes to write.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.txt"
+        >>> atomic_write_bytes(p, b"hello")
+        >>> p.read_bytes()
+        b'hello'
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` (UTF-8) atomically; see :func:`atomic_write_bytes`.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.json"
+        >>> atomic_write_text(p, "{}")
+        >>> p.read_text()
+        '{}'
+    """
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def latency_key(device: str, batch_size: int) -> str:
+    """The ``"<device>/b<batch>"`` key used for latency everywhere.
+
+    Example:
+        >>> latency_key("cpu", 1)
+        'cpu/b1'
+    """
+    return f"{device}/b{batch_size}"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a run came from: enough to reproduce or audit it.
+
+    Attributes:
+        model: Model spec as given (``pkg.module:factory`` or a ``.pt2`` path), or a
+            description for imported runs.
+        weights_sha256: SHA-256 of the weights file, or None.
+        data: Data spec as given.
+        command: The command line that made the run.
+        created: ISO-8601 UTC time the run was finished.
+        device: Device the logits were computed on (``"cpu"``, ``"cuda:0"``, ...).
+        versions: Library versions (``dyncal``, ``torch``, ``numpy``, ...).
+        extra: Free-form details (world size, batch size, limit, ...).
+    """
+
+    model: str
+    weights_sha256: str | None
+    data: str
+    command: str
+    created: str
+    device: str
+    versions: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {
+            "model": self.model,
+            "weights_sha256": self.weights_sha256,
+            "data": self.data,
+            "command": self.command,
+            "created": self.created,
+            "device": self.device,
+            "versions": dict(self.versions),
+            "extra": dict(self.extra),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Provenance:
+        """Build from :meth:`to_dict` output."""
+        return cls(
+            model=str(d.get("model", "")),
+            weights_sha256=d.get("weights_sha256"),
+            data=str(d.get("data", "")),
+            command=str(d.get("command", "")),
+            created=str(d.get("created", "")),
+            device=str(d.get("device", "")),
+            versions=dict(d.get("versions", {})),
+            extra=dict(d.get("extra", {})),
+        )
+
+    @classmethod
+    def here(
+        cls,
+        *,
+        model: str,
+        data: str,
+        device: str,
+        weights_sha256: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Provenance:
+        """Provenance stamped with this process's command line, time and library versions."""
+        return cls(
+            model=model,
+            weights_sha256=weights_sha256,
+            data=data,
+            command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "",
+            created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+            device=device,
+            versions=library_versions(),
+            extra=dict(extra or {}),
+        )
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of dyncal and the libraries whose behaviour shapes its numbers."""
+    from importlib import metadata
+
+    out: dict[str, str] = {"python": sys.version.split()[0]}
+    for name in ("dyncal", "torch", "numpy", "scipy", "fvcore"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+@dataclass(frozen=True)
+class UnsupportedOp:
+    """An operator fvcore could not count, in one stage."""
+
+    stage: int
+    op: str
+    count: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {"stage": self.stage, "op": self.op, "count": self.count}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> UnsupportedOp:
+        """Build from :meth:`to_dict` output."""
+        return cls(stage=int(d["stage"]), op=str(d["op"]), count=int(d["count"]))
+
+
+@dataclass(frozen=True)
+class LatencyProfile:
+    """Measured wall-clock of each stage on one device at one batch size.
+
+    Raw replicates are stored; medians and spreads are derived on read.
+
+    Attributes:
+        device: Device name as used in keys (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+        batch_size: Samples per forward.
+        stage_ms: Raw replicate times per stage, ``K`` sequences of milliseconds.
+        decision_ms: Raw replicate times of one exit decision (score + host sync).
+        full_model_ms: Raw replicate times of the unpartitioned model, all exits.
+        threads: CPU threads used (``torch.get_num_threads``), None if not applicable.
+        hardware: CPU model or GPU name.
+        settings: Other measurement settings (warm-up, repeats, torch version, ...).
+    """
+
+    device: str
+    batch_size: int
+    stage_ms: tuple[tuple[float, ...], ...]
+    decision_ms: tuple[float, ...]
+    full_model_ms: tuple[float, ...]
+    threads: int | None
+    hardware: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """The ``"<device>/b<batch>"`` key."""
+        return latency_key(self.device, self.batch_size)
+
+    @property
+    def stage_median_ms(self) -> list[float]:
+        """Median time of each stage, ``K`` floats."""
+        return [float(np.median(r)) for r in self.stage_ms]
+
+    @property
+    def stage_iqr_ms(self) -> list[float]:
+        """Inter-quartile range of each stage's replicates, ``K`` floats."""
+        return [float(np.subtract(*np.percentile(r, [75, 25]))) for r in self.stage_ms]
+
+    @property
+    def decision_median_ms(self) -> float:
+        """Median time of one exit decision."""
+        return float(np.median(self.decision_ms)) if self.decision_ms else 0.0
+
+    @property
+    def full_model_median_ms(self) -> float:
+        """Median time of the unpartitioned model."""
+        return float(np.median(self.full_model_ms)) if self.full_model_ms else float("nan")
+
+    @property
+    def exit_ms(self) -> list[float]:
+        """Cumulative compute time to produce exit k: stage medians 1..k, ``K`` floats."""
+        return [float(v) for v in np.cumsum(self.stage_median_ms)]
+
+    @property
+    def early_exit_ms(self) -> list[float]:
+        """Time for a sample that leaves at exit k in a real early exit, ``K`` floats.
+
+        Stages 1..k plus one exit decision at each exit passed through 1..k (the last exit
+        takes everything without a decision).
+        """
+        k = len(self.stage_ms)
+        dec = self.decision_median_ms
+        return [ms + dec * min(i + 1, k - 1) for i, ms in enumerate(self.exit_ms)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (raw replicates plus derived medians for readers)."""
+        return {
+            "device": self.device,
+            "batch_size": self.batch_size,
+            "stage_ms": [list(r) for r in self.stage_ms],
+            "decision_ms": list(self.decision_ms),
+            "full_model_ms": list(self.full_model_ms),
+            "threads": self.threads,
+            "hardware": self.hardware,
+            "settings": dict(self.settings),
+            "exit_median_ms": self.exit_ms,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LatencyProfile:
+        """Build from :meth:`to_dict` output."""
+        return cls(
+            device=str(d["device"]),
+            batch_size=int(d["batch_size"]),
+            stage_ms=tuple(tuple(float(x) for x in r) for r in d["stage_ms"]),
+            decision_ms=tuple(float(x) for x in d.get("decision_ms", ())),
+            full_model_ms=tuple(float(x) for x in d.get("full_model_ms", ())),
+            threads=d.get("threads"),
+            hardware=str(d.get("hardware", "")),
+            settings=dict(d.get("settings", {})),
+        )
+
+
+@dataclass(frozen=True)
+class CostTable:
+    """What each exit costs.
+
+    Attributes:
+        macs: Cumulative multiply-accumulates (fvcore's count) to produce exit k, heads of
+            earlier exits included; ``K`` floats, or None when unknown.
+        stage_macs: MACs of each stage alone, ``K`` floats, or None.
+        unsupported_ops: Operators fvcore could not count, per stage.
+        latency: Measured latency per ``"<device>/b<batch>"`` key.
+        source: ``"profile"`` (measured by dyncal) or ``"import"`` (given by the user).
+    """
+
+    macs: tuple[float, ...] | None = None
+    stage_macs: tuple[float, ...] | None = None
+    unsupported_ops: tuple[UnsupportedOp, ...] = ()
+    latency: dict[str, LatencyProfile] = field(default_factory=dict)
+    source: str = "profile"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {
+            "macs": None if self.macs is None else list(self.macs),
+            "stage_macs": None if self.stage_macs is None else list(self.stage_macs),
+            "unsupported_ops": [u.to_dict() for u in self.unsupported_ops],
+            "latency": {k: v.to_dict() for k, v in self.latency.items()},
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CostTable:
+        """Build from :meth:`to_dict` output."""
+        macs = d.get("macs")
+        stage = d.get("stage_macs")
+        return cls(
+            macs=None if macs is None else tuple(float(x) for x in macs),
+            stage_macs=None if stage is None else tuple(float(x) for x in stage),
+            unsupported_ops=tuple(UnsupportedOp.from_dict(u) for u in d.get("unsupported_ops", [])),
+            latency={k: LatencyProfile.from_dict(v) for k, v in d.get("latency", {}).items()},
+            source=str(d.get("source", "profile")),
+        )
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class Run:
+    """A complete run directory, opened.
+
+    Attributes:
+        path: The run directory.
+        logits: Per-exit logits, ``(N, K, C)`` float32, memory-mapped read-only.
+        labels: True classes, ``(N,)`` int64.
+        indices: Dataset index of every row, ``(N,)`` int64.
+        provenance: Where the run came from.
+        costs: The cost table, or None until profiled or imported with costs.
+        meta: The whole ``run.json`` document.
+    """
+
+    path: Path
+    logits: np.ndarray
+    labels: np.ndarray
+    indices: np.ndarray
+    provenance: Provenance
+    costs: CostTable | None
+    meta: dict[str, Any]
+
+    @property
+    def n(self) -> int:
+        """Number of samples."""
+        return int(self.logits.shape[0])
+
+    @property
+    def k(self) -> int:
+        """Number of exits."""
+        return int(self.logits.shape[1])
+
+    @property
+    def c(self) -> int:
+        """Number of classes."""
+        return int(self.logits.shape[2])
+
+
+def _missing_run_message(path: Path) -> str:
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    if partial.exists():
+        return (
+            f"no complete run at '{path}': '{partial}' is a collect that was interrupted "
+            "or is still running; re-run collect (with --overwrite) to finish it"
+        )
+    return f"no run directory at '{path}'; create one with 'dyncal collect' or 'dyncal import'"
+
+
+def load_run(path: str | os.PathLike[str]) -> Run:
+    """Open a complete run directory.
+
+    Args:
+        path: The run directory written by ``dyncal collect`` or ``dyncal import``.
+
+    Returns:
+        The run, with ``logits`` memory-mapped ``(N, K, C)`` and ``labels`` ``(N,)``.
+
+    Raises:
+        RunError: The directory is missing, incomplete (interrupted or still being
+            written), from a newer schema, or its arrays disagree with ``run.json``.
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "run"
+        >>> _ = import_arrays(np.zeros((4, 2, 3), np.float32), np.array([0, 1, 2, 0]), out)
+        >>> run = load_run(out)
+        >>> run.n, run.k, run.c
+        (4, 2, 3)
+    """
+    path = Path(path)
+    if path.name.endswith(PARTIAL_SUFFIX):
+        raise RunError(
+            f"'{path}' is an unfinished run (interrupted or still being written); "
+            "re-run collect with --overwrite"
+        )
+    if not path.exists():
+        raise RunError(_missing_run_message(path))
+    if not path.is_dir():
+        raise RunError(f"'{path}' is a file, not a run directory")
+    meta_path = path / RUN_JSON
+    if not meta_path.exists():
+        raise RunError(
+            f"'{path}' is not a complete dyncal run (no {RUN_JSON}): it was interrupted or "
+            "is not a run; re-run collect with --overwrite"
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise RunError(f"cannot read '{meta_path}': {e}; the run is damaged, re-create it") from e
+    if not isinstance(meta, dict) or meta.get("schema") != "dyncal.run":
+        raise RunError(f"'{meta_path}' is not a dyncal run document")
+    version = meta.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise RunError(
+            f"'{path}' has run schema version {version!r}; this dyncal reads up to "
+            f"{SCHEMA_VERSION}: upgrade dyncal"
+        )
+    if meta.get("complete") is not True:
+        raise RunError(f"'{path}' is marked incomplete; re-run collect with --overwrite")
+    try:
+        logits = np.load(path / LOGITS_FILE, mmap_mode="r")
+        labels = np.load(path / LABELS_FILE, mmap_mode="r")
+        indices = np.load(path / INDICES_FILE, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise RunError(f"cannot read the arrays of run '{path}': {e}; re-create the run") from e
+    n, k, c = meta.get("n"), meta.get("k"), meta.get("c")
+    if logits.ndim != 3 or logits.shape != (n, k, c):
+        raise RunError(
+            f"run '{path}': logits.npy has shape {logits.shape} but run.json says "
+            f"N={n}, K={k}, C={c}; the run is damaged, re-create it"
+        )
+    if labels.shape != (n,) or indices.shape != (n,):
+        raise RunError(
+            f"run '{path}': labels {labels.shape} / indices {indices.shape} do not match N={n}"
+        )
+    costs = meta.get("costs")
+    return Run(
+        path=path,
+        logits=logits,
+        labels=labels,
+        indices=indices,
+        provenance=Provenance.from_dict(meta.get("provenance", {})),
+        costs=None if costs is None else CostTable.from_dict(costs),
+        meta=meta,
+    )
+
+
+def save_costs(path: str | os.PathLike[str], costs: CostTable, *, merge: bool = True) -> CostTable:
+    """Store a cost table in a run's ``run.json`` (atomically).
+
+    Args:
+        path: A complete run directory.
+        costs: The new cost table.
+        merge: Keep latency entries of other devices/batch sizes already stored, and
+            MACs when the new table has none.
+
+    Returns:
+        The cost table as stored.
+    """
+    run = load_run(path)
+    if merge and run.costs is not None:
+        latency = dict(run.costs.latency)
+        latency.update(costs.latency)
+        costs = CostTable(
+            macs=costs.macs if costs.macs is not None else run.costs.macs,
+            stage_macs=costs.stage_macs if costs.stage_macs is not None else run.costs.stage_macs,
+            unsupported_ops=costs.unsupported_ops or run.costs.unsupported_ops,
+            latency=latency,
+            source=costs.source,
+        )
+    if costs.macs is not None and len(costs.macs) != run.k:
+        raise RunError(f"cost table has {len(costs.macs)} exits but the run has K={run.k}")
+    meta = dict(run.meta)
+    meta["costs"] = costs.to_dict()
+    atomic_write_text(Path(path) / RUN_JSON, json.dumps(meta, indent=2))
+    return costs
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class RunWriter:
+    """Builds a run in ``OUT.partial`` and publishes it as ``OUT`` on :meth:`finish`.
+
+    Rows may be written in any order; arrays are memory-mapped so memory stays flat
+    however large N is. If the writer is closed without :meth:`finish` (an error), the
+    partial directory is removed; if the process dies, it stays behind as ``OUT.partial``,
+    which :func:`load_run` never mistakes for a run.
+
+    Args:
+        out: Final run directory.
+        n: Number of rows.
+        overwrite: Replace an existing ``OUT`` (only once the new run is complete).
+    """
+
+    def __init__(self, out: str | os.PathLike[str], n: int, *, overwrite: bool = False) -> None:
+        self.out = Path(out)
+        self.n = int(n)
+        self.overwrite = overwrite
+        self.partial = self.out.with_name(self.out.name + PARTIAL_SUFFIX)
+        self.logits: np.ndarray | None = None
+        self.labels: np.ndarray | None = None
+        self.indices: np.ndarray | None = None
+        self._finished = False
+        check_out(self.out, overwrite=overwrite)
+        if self.n <= 0:
+            raise RunError(f"a run needs at least one sample, got N={self.n}")
+        if self.partial.exists():
+            if not overwrite:
+                raise RunError(
+                    f"'{self.partial}' exists: an earlier collect was interrupted or is still "
+                    "running; pass --overwrite to discard it"
+                )
+            shutil.rmtree(self.partial)
+        self.partial.mkdir(parents=True)
+
+    def allocate(self, k: int, c: int) -> None:
+        """Create the on-disk arrays once K and C are known (from the first batch)."""
+        from numpy.lib.format import open_memmap
+
+        self.logits = open_memmap(
+            self.partial / LOGITS_FILE, mode="w+", dtype=np.float32, shape=(self.n, k, c)
+        )
+        self.labels = open_memmap(self.partial / LABELS_FILE, mode="w+", dtype=np.int64, shape=(self.n,))
+        self.indices = open_memmap(
+            self.partial / INDICES_FILE, mode="w+", dtype=np.int64, shape=(self.n,)
+        )
+
+    def write(self, rows: slice | np.ndarray, logits: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
+        """Store a block of rows: ``logits`` ``(B, K, C)``, ``labels`` and ``indices`` ``(B,)``."""
+        if self.logits is None:
+            self.allocate(logits.shape[1], logits.shape[2])
+        assert self.logits is not None and self.labels is not None and self.indices is not None
+        self.logits[rows] = logits
+        self.labels[rows] = labels
+        self.indices[rows] = indices
+
+    def finish(self, provenance: Provenance, costs: CostTable | None = None) -> Path:
+        """Flush, write ``run.json`` and publish the run atomically. Returns ``OUT``."""
+        if self.logits is None or self.labels is None or self.indices is None:
+            raise RunError("no rows were written; the data set is empty")
+        n, k, c = self.logits.shape
+        for arr in (self.logits, self.labels, self.indices):
+            arr.flush()  # type: ignore[attr-defined]
+        self.logits = self.labels = self.indices = None  # release the maps before renaming
+        meta = _run_document(int(n), int(k), int(c), provenance, costs)
+        atomic_write_text(self.partial / RUN_JSON, json.dumps(meta, indent=2))
+        _publish(self.partial, self.out)
+        self._finished = True
+        return self.out
+
+    def abort(self) -> None:
+        """Discard the partial directory."""
+        self.logits = self.labels = self.indices = None
+        if self.partial.exists():
+            shutil.rmtree(self.partial, ignore_errors=True)
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if not self._finished:
+            self.abort()
+
+
+def check_out(out: Path, *, overwrite: bool) -> None:
+    """Refuse an output directory that exists unless ``overwrite``."""
+    if out.exists() and not overwrite:
+        raise RunError(f"'{out}' already exists; choose another --out or pass --overwrite")
+    if out.exists() and not out.is_dir():
+        raise RunError(f"'{out}' exists and is a file; choose another --out")
+    if not out.parent.exists():
+        raise RunError(f"the folder '{out.parent}' for --out does not exist; create it first")
+
+
+def _run_document(
+    n: int, k: int, c: int, provenance: Provenance, costs: CostTable | None
+) -> dict[str, Any]:
+    return {
+        "schema": "dyncal.run",
+        "schema_version": SCHEMA_VERSION,
+        "complete": True,
+        "n": n,
+        "k": k,
+        "c": c,
+        "files": {"logits": LOGITS_FILE, "labels": LABELS_FILE, "indices": INDICES_FILE},
+        "provenance": provenance.to_dict(),
+        "costs": None if costs is None else costs.to_dict(),
+    }
+
+
+def _publish(partial: Path, out: Path) -> None:
+    """Rename ``partial`` to ``out``, replacing an old ``out`` only after the new one is whole."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(partial, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(partial, out)
+
+
+# --------------------------------------------------------------------------- import
+
+
+def import_arrays(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    out: str | os.PathLike[str],
+    *,
+    macs: Sequence[float] | None = None,
+    layout: str = "nkc",
+    indices: np.ndarray | None = None,
+    overwrite: bool = False,
+    provenance: Provenance | None = None,
+    chunk_rows: int = 4096,
+) -> Run:
+    """Build a run from arrays a user already has (skipping collect).
+
+    Args:
+        logits: Per-exit logits, ``(N, K, C)`` (``layout="nkc"``) or ``(K, N, C)``
+            (``layout="knc"``, as MSDNet-style code stores them).
+        labels: ``(N,)`` integer classes in ``[0, C)``.
+        out: Run directory to create.
+        macs: Optional cumulative MACs per exit, ``K`` increasing numbers.
+        layout: ``"nkc"`` (default) or ``"knc"``.
+        indices: Optional ``(N,)`` dataset indices; defaults to ``0..N-1``.
+        overwrite: Replace an existing run.
+        provenance: Provenance to record; defaults to this process's command line.
+        chunk_rows: Rows copied at a time (memory stays flat for memory-mapped input).
+
+    Returns:
+        The new run.
+
+    Raises:
+        RunError: Arrays of inconsistent shapes, NaN/inf logits, labels outside
+            ``[0, C)``, or bad costs.
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "r"
+        >>> run = import_arrays(np.ones((3, 2, 4), np.float32), [0, 1, 3], out, macs=[1e6, 2e6])
+        >>> run.costs.macs
+        (1000000.0, 2000000.0)
+    """
+    if layout not in ("nkc", "knc"):
+        raise RunError(f"layout must be 'nkc' or 'knc', got {layout!r}")
+    logits = np.asarray(logits) if not isinstance(logits, np.ndarray) else logits
+    labels = np.asarray(labels)
+    if logits.ndim != 3:
+        raise RunError(
+            f"logits must be 3-D ({'N, K, C' if layout == 'nkc' else 'K, N, C'}), "
+            f"got shape {logits.shape}"
+        )
+    if layout == "knc":
+        k, n, c = logits.shape
+    else:
+        n, k, c = logits.shape
+    if labels.ndim != 1 or labels.shape[0] != n:
+        hint = " (is the layout (K, N, C)? pass --layout knc)" if labels.ndim == 1 and labels.shape[0] == k else ""
+        raise RunError(f"labels must have shape ({n},) to match logits {logits.shape}, got {labels.shape}{hint}")
+    if k < 2:
+        raise RunError(f"a multi-exit run needs K >= 2 exits, got K={k}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        if np.issubdtype(labels.dtype, np.floating) and np.all(np.mod(labels, 1) == 0):
+            labels = labels.astype(np.int64)
+        else:
+            raise RunError(f"labels must be integers, got dtype {labels.dtype}")
+    if n and (labels.min() < 0 or labels.max() >= c):
+        bad = labels[(labels < 0) | (labels >= c)][:5].tolist()
+        raise RunError(f"labels must lie in [0, {c}) for C={c} classes; found {bad}")
+    if indices is not None:
+        indices = np.asarray(indices)
+        if indices.shape != (n,):
+            raise RunError(f"indices must have shape ({n},), got {indices.shape}")
+    cost_table = None
+    if macs is not None:
+        cost_table = CostTable(macs=_validate_macs(macs, k), source="import")
+    with RunWriter(out, n, overwrite=overwrite) as writer:
+        writer.allocate(k, c)
+        for start in range(0, n, chunk_rows):
+            stop = min(n, start + chunk_rows)
+            block = logits[start:stop] if layout == "nkc" else np.swapaxes(logits[:, start:stop], 0, 1)
+            block = np.asarray(block, dtype=np.float32)
+            finite = np.isfinite(block)
+            if not finite.all():
+                row, exit_ = np.argwhere(~finite)[0][:2]
+                raise RunError(
+                    f"logits contain NaN or inf (first at row {start + row}, exit {exit_ + 1}); "
+                    "fix the model or the export before importing"
+                )
+            rows = slice(start, stop)
+            idx = np.arange(start, stop) if indices is None else indices[start:stop]
+            writer.write(rows, block, labels[start:stop], idx)
+        prov = provenance or Provenance.here(model="(imported)", data="(imported)", device="unknown")
+        writer.finish(prov, cost_table)
+    return load_run(out)
+
+
+def _validate_macs(macs: Sequence[float], k: int) -> tuple[float, ...]:
+    vals = tuple(float(m) for m in macs)
+    if len(vals) != k:
+        raise RunError(f"--macs needs one cumulative cost per exit (K={k}), got {len(vals)}")
+    if any(not np.isfinite(v) or v <= 0 for v in vals):
+        raise RunError(f"--macs must be positive finite numbers, got {list(vals)}")
+    if any(b < a for a, b in zip(vals, vals[1:], strict=False)):
+        raise RunError(
+            f"--macs must be cumulative (non-decreasing, exit 1 first), got {list(vals)}"
+        )
+    return vals
+
+
+def import_npz(
+    path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    macs: Sequence[float] | None = None,
+    layout: str = "nkc",
+    overwrite: bool = False,
+) -> Run:
+    """Build a run from an ``.npz`` with arrays ``logits`` and ``labels``.
+
+    See :func:`import_arrays` for the arguments. Raises :class:`RunError` when the file
+    is missing, unreadable or lacks an array.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise RunError(f"no such file '{path}'")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise RunError(f"cannot read '{path}' as .npz: {e}") from e
+    with npz:
+        missing = [key for key in ("logits", "labels") if key not in npz.files]
+        if missing:
+            raise RunError(f"'{path}' has no array {missing[0]!r} (found: {', '.join(npz.files) or 'none'})")
+        logits = npz["logits"]
+        labels = npz["labels"]
+        indices = npz["indices"] if "indices" in npz.files else None
+    prov = Provenance.here(model="(imported)", data=str(path), device="unknown")
+    return import_arrays(
+        logits, labels, out, macs=macs, layout=layout, indices=indices, overwrite=overwrite,
+        provenance=prov,
+    )

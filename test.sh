@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One command: set up a virtual environment and run the whole test suite.
+#   ./test.sh            (extra arguments go to pytest, e.g. ./test.sh -k solve)
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${DYNCAL_VENV:-.venv}
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]"
+# Optional system packages: Fashion-MNIST (real-data tests) and poppler (PDF page rendering).
+# Tests that need them skip with a reason when they cannot be installed.
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  if ! dpkg -s dataset-fashion-mnist poppler-utils >/dev/null 2>&1; then
+    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist poppler-utils) >/dev/null 2>&1 \
+      || echo "note: could not install dataset-fashion-mnist/poppler-utils; those tests will skip" >&2
+  fi
+fi
+exec "$VENV/bin/python" -m pytest "$@"

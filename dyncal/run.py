@@ -522,13 +522,55 @@ def save_costs(path: str | os.PathLike[str], costs: CostTable, *, merge: bool = 
 # --------------------------------------------------------------------------- writing
 
 
+class _RowFile:
+    """A ``.npy`` file on disk written row block by row block with ``os.pwrite``.
+
+    Writing through the file descriptor (not a memory map) keeps the writer's resident
+    memory flat however many rows are written: written pages belong to the page cache,
+    not to the process.
+    """
+
+    def __init__(self, path: Path, dtype: Any, shape: tuple[int, ...], *, create: bool) -> None:
+        from numpy.lib.format import open_memmap
+
+        self.path = path
+        self.dtype = np.dtype(dtype)
+        self.shape = shape
+        if create:
+            mm = open_memmap(path, mode="w+", dtype=self.dtype, shape=shape)  # header + sparse body
+            self.offset = int(mm.offset)
+            del mm
+        else:
+            mm = np.load(path, mmap_mode="r")
+            if mm.shape != shape or mm.dtype != self.dtype:
+                raise RunError(f"'{path}' has shape {mm.shape}, expected {shape}")
+            self.offset = int(mm.offset)
+            del mm
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self.fd = os.open(path, os.O_RDWR)
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        data = np.ascontiguousarray(rows, dtype=self.dtype)
+        if data.shape[1:] != self.shape[1:] or start < 0 or start + data.shape[0] > self.shape[0]:
+            raise RunError(f"rows {start}..{start + data.shape[0]} of shape {data.shape} do not fit {self.shape}")
+        os.pwrite(self.fd, data.tobytes(), self.offset + start * self.row_bytes)
+
+    def close(self, *, sync: bool) -> None:
+        if self.fd >= 0:
+            if sync:
+                os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+
+
 class RunWriter:
     """Builds a run in ``OUT.partial`` and publishes it as ``OUT`` on :meth:`finish`.
 
-    Rows may be written in any order; arrays are memory-mapped so memory stays flat
-    however large N is. If the writer is closed without :meth:`finish` (an error), the
-    partial directory is removed; if the process dies, it stays behind as ``OUT.partial``,
-    which :func:`load_run` never mistakes for a run.
+    Rows may be written in any order, by several processes (see :meth:`attach`); rows go
+    straight to disk, so memory stays flat however large N is. If the writer is closed
+    without :meth:`finish` (an error), the partial directory is removed; if the process
+    dies, it stays behind as ``OUT.partial``, which :func:`load_run` never mistakes for a
+    run.
 
     Args:
         out: Final run directory.
@@ -541,10 +583,9 @@ class RunWriter:
         self.n = int(n)
         self.overwrite = overwrite
         self.partial = self.out.with_name(self.out.name + PARTIAL_SUFFIX)
-        self.logits: np.ndarray | None = None
-        self.labels: np.ndarray | None = None
-        self.indices: np.ndarray | None = None
+        self._files: list[_RowFile] = []
         self._finished = False
+        self._owner = True
         check_out(self.out, overwrite=overwrite)
         if self.n <= 0:
             raise RunError(f"a run needs at least one sample, got N={self.n}")
@@ -557,45 +598,70 @@ class RunWriter:
             shutil.rmtree(self.partial)
         self.partial.mkdir(parents=True)
 
+    @classmethod
+    def attach(cls, out: str | os.PathLike[str], n: int, k: int, c: int) -> RunWriter:
+        """Open the arrays another process allocated, to write its share of the rows.
+
+        Only the process that created the writer may :meth:`finish` it.
+        """
+        self = cls.__new__(cls)
+        self.out = Path(out)
+        self.n = int(n)
+        self.overwrite = False
+        self.partial = self.out.with_name(self.out.name + PARTIAL_SUFFIX)
+        self._files = []
+        self._finished = False
+        self._owner = False
+        self._open(k, c, create=False)
+        return self
+
+    def _open(self, k: int, c: int, *, create: bool) -> None:
+        self._files = [
+            _RowFile(self.partial / LOGITS_FILE, np.float32, (self.n, k, c), create=create),
+            _RowFile(self.partial / LABELS_FILE, np.int64, (self.n,), create=create),
+            _RowFile(self.partial / INDICES_FILE, np.int64, (self.n,), create=create),
+        ]
+
+    @property
+    def allocated(self) -> bool:
+        """Whether the arrays exist (K and C are known)."""
+        return bool(self._files)
+
     def allocate(self, k: int, c: int) -> None:
         """Create the on-disk arrays once K and C are known (from the first batch)."""
-        from numpy.lib.format import open_memmap
+        self._open(k, c, create=True)
 
-        self.logits = open_memmap(
-            self.partial / LOGITS_FILE, mode="w+", dtype=np.float32, shape=(self.n, k, c)
-        )
-        self.labels = open_memmap(self.partial / LABELS_FILE, mode="w+", dtype=np.int64, shape=(self.n,))
-        self.indices = open_memmap(
-            self.partial / INDICES_FILE, mode="w+", dtype=np.int64, shape=(self.n,)
-        )
-
-    def write(self, rows: slice | np.ndarray, logits: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
-        """Store a block of rows: ``logits`` ``(B, K, C)``, ``labels`` and ``indices`` ``(B,)``."""
-        if self.logits is None:
+    def write(self, start: int, logits: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
+        """Store rows ``start .. start+B``: ``logits`` ``(B, K, C)``, ``labels``/``indices`` ``(B,)``."""
+        if not self._files:
             self.allocate(logits.shape[1], logits.shape[2])
-        assert self.logits is not None and self.labels is not None and self.indices is not None
-        self.logits[rows] = logits
-        self.labels[rows] = labels
-        self.indices[rows] = indices
+        for f, rows in zip(self._files, (logits, labels, indices), strict=True):
+            f.write(start, rows)
+
+    def close(self) -> None:
+        """Flush this process's writes to disk (non-owners call this before the owner finishes)."""
+        for f in self._files:
+            f.close(sync=True)
 
     def finish(self, provenance: Provenance, costs: CostTable | None = None) -> Path:
         """Flush, write ``run.json`` and publish the run atomically. Returns ``OUT``."""
-        if self.logits is None or self.labels is None or self.indices is None:
+        if not self._owner:
+            raise RunError("only the process that created the run may finish it")
+        if not self._files:
             raise RunError("no rows were written; the data set is empty")
-        n, k, c = self.logits.shape
-        for arr in (self.logits, self.labels, self.indices):
-            arr.flush()  # type: ignore[attr-defined]
-        self.logits = self.labels = self.indices = None  # release the maps before renaming
-        meta = _run_document(int(n), int(k), int(c), provenance, costs)
+        _, k, c = self._files[0].shape
+        self.close()
+        meta = _run_document(self.n, int(k), int(c), provenance, costs)
         atomic_write_text(self.partial / RUN_JSON, json.dumps(meta, indent=2))
         _publish(self.partial, self.out)
         self._finished = True
         return self.out
 
     def abort(self) -> None:
-        """Discard the partial directory."""
-        self.logits = self.labels = self.indices = None
-        if self.partial.exists():
+        """Discard the partial directory (owner) or just close the files (others)."""
+        for f in self._files:
+            f.close(sync=False)
+        if self._owner and self.partial.exists():
             shutil.rmtree(self.partial, ignore_errors=True)
 
     def __enter__(self) -> RunWriter:
@@ -732,9 +798,8 @@ def import_arrays(
                     f"logits contain NaN or inf (first at row {start + row}, exit {exit_ + 1}); "
                     "fix the model or the export before importing"
                 )
-            rows = slice(start, stop)
             idx = np.arange(start, stop) if indices is None else indices[start:stop]
-            writer.write(rows, block, labels[start:stop], idx)
+            writer.write(start, block, labels[start:stop], idx)
         prov = provenance or Provenance.here(model="(imported)", data="(imported)", device="unknown")
         writer.finish(prov, cost_table)
     return load_run(out)

@@ -1,0 +1,185 @@
+"""Data set specs: ``imagefolder:DIR``, ``pkg.module:factory`` and ``FILE.npz``.
+
+Every data set yields ``(input, label)`` items in a fixed order; collect stores the
+index of each row so results can be traced back to the data.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from dyncal.errors import DataError, DyncalError
+from dyncal.models import import_object
+
+__all__ = ["ImageTransform", "NpzDataset", "load_dataset", "check_item"]
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """The usual evaluation transform for ``imagefolder:`` data.
+
+    Attributes:
+        resize: Short side after resizing (default 256).
+        crop: Centre crop size (default 224).
+        mean: Per-channel mean for normalisation (ImageNet's by default).
+        std: Per-channel standard deviation (ImageNet's by default).
+    """
+
+    resize: int = 256
+    crop: int = 224
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+    def build(self) -> Any:
+        """The torchvision transform."""
+        from torchvision import transforms
+
+        if self.resize < 1 or self.crop < 1 or self.crop > self.resize:
+            raise DataError(f"need 1 <= --crop <= --resize, got crop={self.crop}, resize={self.resize}")
+        if len(self.mean) != len(self.std) or not self.mean or any(s <= 0 for s in self.std):
+            raise DataError(f"--mean and --std need the same number of values, std > 0; got {self.mean}, {self.std}")
+        return transforms.Compose(
+            [
+                transforms.Resize(self.resize),
+                transforms.CenterCrop(self.crop),
+                transforms.ToTensor(),
+                transforms.Normalize(list(self.mean), list(self.std)),
+            ]
+        )
+
+
+class NpzDataset(Dataset[tuple[torch.Tensor, int]]):
+    """Items ``(inputs[i], labels[i])`` from an ``.npz`` with arrays ``inputs`` and ``labels``.
+
+    Example:
+        >>> import tempfile
+        >>> p = tempfile.mktemp(suffix=".npz")
+        >>> np.savez(p, inputs=np.zeros((3, 2), np.float32), labels=np.array([0, 1, 1]))
+        >>> ds = NpzDataset(p); len(ds), ds[2][1]
+        (3, 1)
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        path = Path(path)
+        if not path.exists():
+            raise DataError(f"--data: no such file '{path}'")
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                missing = [k for k in ("inputs", "labels") if k not in npz.files]
+                if missing:
+                    raise DataError(
+                        f"--data '{path}' has no array {missing[0]!r} (found: {', '.join(npz.files) or 'none'}); "
+                        "it needs 'inputs' (N, ...) and 'labels' (N,)"
+                    )
+                inputs, labels = npz["inputs"], npz["labels"]
+        except (OSError, ValueError) as e:
+            raise DataError(f"--data: cannot read '{path}' as .npz: {e}") from e
+        if labels.ndim != 1 or inputs.shape[0] != labels.shape[0]:
+            raise DataError(
+                f"--data '{path}': 'inputs' {inputs.shape} and 'labels' {labels.shape} must share N (labels 1-D)"
+            )
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(f"--data '{path}': 'labels' must be integers, got dtype {labels.dtype}")
+        self.inputs = torch.from_numpy(np.ascontiguousarray(inputs))
+        if self.inputs.is_floating_point():
+            self.inputs = self.inputs.float()
+        self.labels = labels.astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.inputs[i], int(self.labels[i])
+
+
+def load_dataset(spec: str, *, transform: ImageTransform | None = None) -> Dataset[Any]:
+    """Open the data set named by ``spec``.
+
+    Args:
+        spec: ``imagefolder:DIR`` (torchvision ImageFolder with ``transform``),
+            ``pkg.module:factory`` (a callable returning a ``Dataset`` of ``(input, label)``)
+            or ``FILE.npz`` (arrays ``inputs`` and ``labels``).
+        transform: Evaluation transform for ``imagefolder:`` (default :class:`ImageTransform`).
+
+    Returns:
+        A map-style data set with ``len()``.
+
+    Raises:
+        DataError: Missing folder or file, nothing to read, or a factory that fails or
+            returns something without ``__len__``/``__getitem__``.
+
+    Example:
+        >>> len(load_dataset("dyncal.demo:validation"))
+        797
+    """
+    if spec.startswith("imagefolder:"):
+        folder = Path(spec[len("imagefolder:") :])
+        if not folder.is_dir():
+            raise DataError(f"--data imagefolder: no such folder '{folder}'")
+        from torchvision.datasets import ImageFolder
+
+        try:
+            return ImageFolder(str(folder), transform=(transform or ImageTransform()).build())
+        except (FileNotFoundError, RuntimeError) as e:
+            raise DataError(f"--data '{spec}': {e} (expected DIR/<class>/<image files>)") from e
+    if spec.endswith(".npz"):
+        return NpzDataset(spec)
+    if ":" not in spec:
+        raise DataError(
+            f"--data must be 'imagefolder:DIR', 'pkg.module:factory' or FILE.npz; got {spec!r}"
+        )
+    try:
+        factory = import_object(spec, what="--data")
+    except DyncalError as e:
+        raise DataError(str(e)) from e
+    if not callable(factory):
+        raise DataError(f"--data: '{spec}' is not callable; name a function that returns a Dataset")
+    try:
+        dataset = factory()
+    except DyncalError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's factory may raise anything
+        raise DataError(f"--data: calling '{spec}()' failed: {type(e).__name__}: {e}") from e
+    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+        raise DataError(
+            f"--data: '{spec}()' returned {type(dataset).__name__}; expected a map-style Dataset "
+            "with __len__ and __getitem__"
+        )
+    return dataset  # type: ignore[no-any-return]
+
+
+def check_item(item: Any, index: int) -> tuple[tuple[int, ...], str]:
+    """Check that a data set item is ``(input tensor, integer label)``.
+
+    Returns:
+        The input's shape and dtype name.
+
+    Raises:
+        DataError: The item is not a pair, the input is not a tensor/array, or the label
+            is not an integer.
+
+    Example:
+        >>> check_item((torch.zeros(1, 8, 8), 3), 0)
+        ((1, 8, 8), 'float32')
+    """
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        kind = f"a {type(item).__name__} of length {len(item)}" if isinstance(item, (tuple, list)) else type(item).__name__
+        raise DataError(f"data set item {index} is {kind}; every item must be an (input, label) pair")
+    x, y = item
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise DataError(f"data set item {index}: input is {type(x).__name__}, expected a tensor (add a transform)")
+    if isinstance(y, torch.Tensor):
+        if y.numel() != 1 or y.is_floating_point() or y.is_complex():
+            raise DataError(f"data set item {index}: label {y!r} must be one integer class")
+    elif not isinstance(y, (int, np.integer)) or isinstance(y, bool):
+        raise DataError(f"data set item {index}: label {y!r} must be an integer class")
+    return tuple(int(s) for s in x.shape), str(x.dtype).replace("torch.", "")

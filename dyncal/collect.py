@@ -185,7 +185,9 @@ def _collect(
         raise DataError(f"--data '{data_spec}' is empty; nothing to collect")
     dev = resolve_device(f"cuda:{ctx.local_rank}" if ctx.active and device == "cuda" else device)
     input_shape, input_dtype = check_item(dataset[0], 0)
-    model = loaded.module.to(dev).eval()
+    model = loaded.module.to(dev)
+    if not loaded.spec.endswith(".pt2"):  # exported programs have no train/eval switch
+        model.eval()
     start, stop = ctx.block(n)
     loader = DataLoader(
         Subset(dataset, range(start, stop)),

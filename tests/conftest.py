@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dyncal.cli import app
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture
+def cli():
+    """Invoke the dyncal CLI in-process; returns the click Result."""
+    runner = CliRunner()
+
+    def invoke(*args: object):
+        return runner.invoke(app, [str(a) for a in args])
+
+    return invoke
+
+
+def assert_clean_error(result, pattern: str) -> None:
+    """A user error: exit status 1, one line on stderr matching ``pattern``, no traceback."""
+    assert result.exit_code == 1, (result.exit_code, result.output, result.exception)
+    err = result.stderr.strip()
+    assert "Traceback" not in result.output
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ")
+    assert re.search(pattern, err), err
+
+
+@pytest.fixture
+def toy_npz(tmp_path: Path) -> Path:
+    """An .npz data set of 37 samples with 4 features and labels in [0, 3)."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "toy.npz"
+    np.savez(path, inputs=rng.normal(size=(37, 4)).astype(np.float32), labels=rng.integers(0, 3, 37))
+    return path
+
+
+def model_outputs(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    """(N, K, C) logits straight from the model."""
+    with torch.inference_mode():
+        return torch.stack(list(model.eval()(x)), dim=1).numpy()

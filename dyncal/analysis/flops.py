@@ -1,0 +1,224 @@
+"""Multiply-accumulates (MACs) per stage and per exit, counted by fvcore.
+
+fvcore's :class:`~fvcore.nn.FlopCountAnalysis` counts one fused multiply-add as one unit;
+dyncal calls that unit a MAC everywhere (papers in this field call it a FLOP). Each stage
+module (:mod:`dyncal.analysis.stages`) is counted on its own, on the carry it receives for a
+one-sample input, so a count is per sample. The cost of exit ``k`` is the sum over stages
+``1..k``. Ops fvcore cannot count are listed per stage with how often they occur.
+
+fvcore traces with TorchScript, whose deprecation warnings (``FutureWarning:
+`torch.jit.trace` is deprecated``) are filtered here and nowhere else; every other warning
+passes through.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> m = nn.Linear(3, 4)
+    >>> model_macs(m, torch.zeros(1, 3)).macs
+    12
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from dyncal.analysis.stages import Stages
+from dyncal.errors import ProfileError
+from dyncal.run import UnsupportedOp
+
+__all__ = ["MacCount", "StageMacs", "model_macs", "stage_macs", "stage_inputs"]
+
+log = logging.getLogger(__name__)
+
+# The exact deprecation notices TorchScript emits when fvcore imports or traces.
+_JIT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated\. Please switch to `torch\.compile` or `torch\.export`\."
+
+
+@contextlib.contextmanager
+def _quiet_torchscript() -> Iterator[None]:
+    """Silence TorchScript's deprecation notices (only those) while fvcore runs."""
+    with warnings.catch_warnings():
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=category)
+        yield
+
+
+@dataclass(frozen=True)
+class MacCount:
+    """fvcore's count for one module on one input.
+
+    Attributes:
+        macs: Multiply-accumulates counted.
+        by_operator: MACs per operator kind (``"conv"``, ``"linear"``, ...).
+        unsupported: Operators fvcore could not count, with occurrence counts.
+    """
+
+    macs: int
+    by_operator: dict[str, int] = field(default_factory=dict)
+    unsupported: dict[str, int] = field(default_factory=dict)
+
+
+def _count(module: nn.Module, inputs: tuple[Any, ...]) -> MacCount:
+    with _quiet_torchscript():
+        from fvcore.nn import FlopCountAnalysis
+
+        analysis = FlopCountAnalysis(module, inputs)
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        try:
+            with torch.no_grad():
+                total = int(analysis.total())
+        except Exception as e:  # noqa: BLE001 - TorchScript tracing raises many types
+            line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise ProfileError(
+                f"fvcore cannot trace {type(module).__name__} to count MACs "
+                f"({type(e).__name__}: {line}); the module must be traceable by torch.jit.trace"
+            ) from e
+        by_op = {str(k): int(v) for k, v in analysis.by_operator().items()}
+        unsupported = {str(k): int(v) for k, v in analysis.unsupported_ops().items()}
+    return MacCount(macs=total, by_operator=by_op, unsupported=unsupported)
+
+
+def model_macs(model: nn.Module, x: torch.Tensor) -> MacCount:
+    """fvcore's MACs for the whole model on input ``x`` (use ``B = 1`` for per-sample MACs).
+
+    Args:
+        model: Any module.
+        x: Its input, ``(B, ...)``.
+
+    Returns:
+        The count, with per-operator MACs and uncounted operators.
+
+    Raises:
+        ProfileError: fvcore cannot trace the model.
+
+    Example:
+        >>> import torch
+        >>> model_macs(torch.nn.Conv2d(2, 3, 1, bias=False), torch.zeros(1, 2, 4, 4)).macs
+        96
+    """
+    return _count(model, (x,))
+
+
+def stage_inputs(stages: Stages, x: torch.Tensor) -> list[tuple[Any, ...]]:
+    """The arguments each stage receives when the stages run on ``x``, ``K`` tuples."""
+    out: list[tuple[Any, ...]] = []
+    with torch.no_grad():
+        run = stages.start(x)
+        while not run.done:
+            out.append(run.carry)
+            run.step()
+    return out
+
+
+@dataclass(frozen=True)
+class StageMacs:
+    """MACs of every stage and every exit, per sample.
+
+    Attributes:
+        stage_macs: MACs of each stage alone, ``K`` ints.
+        by_operator: MACs per operator kind of each stage, ``K`` dicts.
+        unsupported_ops: Operators fvcore could not count, per stage (1-based) with counts.
+        model_macs: fvcore on the whole, unpartitioned model (None when not counted).
+    """
+
+    stage_macs: tuple[int, ...]
+    by_operator: tuple[dict[str, int], ...]
+    unsupported_ops: tuple[UnsupportedOp, ...]
+    model_macs: int | None = None
+
+    @property
+    def exit_macs(self) -> tuple[int, ...]:
+        """Cumulative MACs to produce exit ``k`` (stages ``1..k``), ``K`` ints."""
+        out, acc = [], 0
+        for m in self.stage_macs:
+            acc += m
+            out.append(acc)
+        return tuple(out)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {
+            "stage_macs": list(self.stage_macs),
+            "exit_macs": list(self.exit_macs),
+            "by_operator": [dict(d) for d in self.by_operator],
+            "unsupported_ops": [u.to_dict() for u in self.unsupported_ops],
+            "model_macs": self.model_macs,
+        }
+
+
+def stage_macs(
+    stages: Stages,
+    x: torch.Tensor,
+    *,
+    model: nn.Module | None = None,
+) -> StageMacs:
+    """Count every stage's MACs with fvcore, per sample.
+
+    Args:
+        stages: The model's stages.
+        x: One sample ``(1, ...)`` on the stages' device (a larger batch scales every count).
+        model: When given, also count the whole model and check that the stages add up.
+
+    Returns:
+        Per-stage and cumulative per-exit MACs, uncounted operators per stage.
+
+    Raises:
+        ProfileError: fvcore cannot trace a stage, or the stages' sum differs from the
+            whole model's count (a partition bug or a model whose graph export changed).
+
+    Example:
+        >>> import torch
+        >>> from dyncal.demo import DigitsExitNet
+        >>> from dyncal.analysis.stages import build_stages
+        >>> net = DigitsExitNet().eval()
+        >>> counts = stage_macs(build_stages(net, torch.zeros(2, 1, 8, 8)), torch.zeros(1, 1, 8, 8), model=net)
+        >>> counts.exit_macs[-1] == counts.model_macs
+        True
+    """
+    per_stage: list[MacCount] = []
+    for i, args in enumerate(stage_inputs(stages, x)):
+        count = _count(stages.modules[i], args)
+        per_stage.append(count)
+    unsupported = tuple(
+        UnsupportedOp(stage=i + 1, op=op, count=n)
+        for i, c in enumerate(per_stage)
+        for op, n in sorted(c.unsupported.items())
+    )
+    if unsupported:
+        log.info(
+            "ops fvcore could not count: %s",
+            ", ".join(f"{u.op} x{u.count} (stage {u.stage})" for u in unsupported),
+        )
+    total = None
+    if model is not None:
+        whole = model_macs(model, x)
+        total = whole.macs
+        summed = sum(c.macs for c in per_stage)
+        if summed != total:
+            raise ProfileError(
+                f"the stages add up to {summed} MACs but fvcore counts {total} on the whole model "
+                f"(per operator: stages {dict(_sum_counters(c.by_operator for c in per_stage))}, "
+                f"model {whole.by_operator}); the partition lost or duplicated work"
+            )
+    return StageMacs(
+        stage_macs=tuple(c.macs for c in per_stage),
+        by_operator=tuple(c.by_operator for c in per_stage),
+        unsupported_ops=unsupported,
+        model_macs=total,
+    )
+
+
+def _sum_counters(items: Sequence[dict[str, int]] | Iterator[dict[str, int]]) -> Counter[str]:
+    acc: Counter[str] = Counter()
+    for d in items:
+        acc.update(d)
+    return acc

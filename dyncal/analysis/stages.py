@@ -1,0 +1,600 @@
+"""Stages of a multi-exit model, derived from its own graph.
+
+A multi-exit model computes ``K`` logits tensors, exit 1 (the cheapest) first. Stage ``k``
+is the work exit ``k`` needs beyond what exits ``1..k-1`` already needed: every op of the
+exported graph belongs to the first exit among whose ancestors it appears. Running stages
+``1..k`` therefore computes exactly what exit ``k`` costs in a real early exit (heads of
+the earlier exits included), and stopping after stage ``k`` skips the rest.
+
+**The stage protocol.** Every stage is an ``nn.Module``; stage values flow as a *carry*,
+a tuple of tensors::
+
+    stage_1(x)            -> (logits_1, *carry_1)
+    stage_k(*carry_{k-1}) -> (logits_k, *carry_k)      (1 < k < K)
+    stage_K(*carry_{K-1}) -> (logits_K,)
+
+``logits_k`` is ``(B, C)``. The carry holds every value a later stage needs (feature maps,
+latent tokens, the input itself when a later stage reads it); carried tensors whose first
+dimension is the batch can be cut to the samples that stay (:meth:`StageRun.keep`).
+
+**Where stages come from**, first match wins:
+
+1. ``stages_fn`` given to :func:`build_stages` (the CLI's ``--stages pkg.module:fn``): a
+   callable ``fn(model) -> Sequence[nn.Module]`` returning stages that follow the protocol;
+2. a method ``model.dyncal_stages()`` returning the same (:data:`STAGES_METHOD`);
+3. otherwise the model is exported with :func:`torch.export.export` on one batch and
+   partitioned automatically.
+
+Hand-declared stages must carry only batch-major tensors (first dimension = batch). Either
+way, :func:`verify_stages` checks that the stages reproduce every exit of the model.
+
+Example:
+    >>> import torch
+    >>> from dyncal.demo import DigitsExitNet
+    >>> stages = build_stages(DigitsExitNet().eval(), torch.zeros(2, 1, 8, 8))
+    >>> stages.k, stages.source
+    (4, 'export')
+    >>> run = stages.start(torch.zeros(3, 1, 8, 8))
+    >>> tuple(run.step().shape)          # exit 1 only: stages 2..4 have not run
+    (3, 10)
+    >>> run.keep(torch.tensor([True, False, True]))   # one sample left at exit 1
+    >>> tuple(run.step().shape)
+    (2, 10)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from dyncal.errors import DyncalError, ProfileError
+
+__all__ = [
+    "STAGES_METHOD",
+    "Stages",
+    "StageRun",
+    "StageCheck",
+    "build_stages",
+    "export_stages",
+    "declared_stages",
+    "verify_stages",
+]
+
+log = logging.getLogger(__name__)
+
+STAGES_METHOD = "dyncal_stages"
+"""Name of the optional model method that declares stages by hand (see module docs)."""
+
+# Export inserts these for its own input checks; they compute nothing an exit needs and
+# would pin the batch size, so stages leave them out (the partition is checked numerically).
+_DROPPED_TARGETS = {
+    "aten._assert_scalar.default",
+    "aten._assert_tensor_metadata.default",
+    "aten.sym_constrain_range_for_size.default",
+    "aten.sym_constrain_range.default",
+}
+
+_EXPORT_HINT = (
+    f"declare the stages by hand: give the model a '{STAGES_METHOD}()' method or pass "
+    "--stages pkg.module:fn (see dyncal.analysis.stages)"
+)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else ""
+    return f"{type(e).__name__}: {line}" if line else type(e).__name__
+
+
+class Stages:
+    """``K`` runnable stages of a multi-exit model (see the module docs for the protocol).
+
+    Args:
+        modules: The ``K`` stage modules, exit 1 first.
+        batch_major: For each stage, which of its carry outputs have the batch as first
+            dimension (``K`` tuples; the last is empty).
+        source: ``"export"`` (derived from the graph), ``"method"`` (``model.dyncal_stages``)
+            or ``"function"`` (``--stages``).
+        dynamic_batch: Whether the stages run at any batch size (else only at
+            ``example_batch_size``).
+        example_batch_size: Batch size of the example the stages were built from.
+
+    Example:
+        >>> import torch
+        >>> from dyncal.demo import DigitsExitNet
+        >>> stages = build_stages(DigitsExitNet().eval(), torch.zeros(2, 1, 8, 8))
+        >>> [tuple(o.shape) for o in stages.run(torch.zeros(5, 1, 8, 8), upto=2)]
+        [(5, 10), (5, 10)]
+    """
+
+    def __init__(
+        self,
+        modules: Sequence[nn.Module],
+        *,
+        batch_major: Sequence[tuple[bool, ...]] | None = None,
+        source: str = "export",
+        dynamic_batch: bool = True,
+        example_batch_size: int | None = None,
+    ) -> None:
+        if len(modules) < 2:
+            raise ProfileError(f"a multi-exit model needs K >= 2 stages, got {len(modules)}")
+        self.modules: tuple[nn.Module, ...] = tuple(modules)
+        self.batch_major: tuple[tuple[bool, ...], ...] | None = (
+            None if batch_major is None else tuple(tuple(b) for b in batch_major)
+        )
+        self.source = source
+        self.dynamic_batch = dynamic_batch
+        self.example_batch_size = example_batch_size
+
+    @property
+    def k(self) -> int:
+        """Number of stages (= exits)."""
+        return len(self.modules)
+
+    def __len__(self) -> int:
+        return self.k
+
+    def to(self, device: torch.device | str) -> Stages:
+        """Move every stage to ``device`` (in place) and return ``self``."""
+        for m in self.modules:
+            m.to(device)
+        return self
+
+    def start(self, x: torch.Tensor) -> StageRun:
+        """Begin an early-exit pass over input ``x`` ``(B, ...)``; see :class:`StageRun`."""
+        return StageRun(self, x)
+
+    def iter_exits(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Yield exit ``k``'s logits ``(B, C)`` after running stage ``k``; stop when you like.
+
+        Breaking out of the loop after exit ``k`` means stages ``k+1..K`` never run.
+        """
+        run = self.start(x)
+        while not run.done:
+            yield run.step()
+
+    def run(self, x: torch.Tensor, *, upto: int | None = None) -> list[torch.Tensor]:
+        """Run stages ``1..upto`` (default all) and return those exits' logits, each ``(B, C)``."""
+        upto = self.k if upto is None else upto
+        if not 1 <= upto <= self.k:
+            raise ProfileError(f"upto must be an exit in 1..{self.k}, got {upto}")
+        out = []
+        for i, logits in enumerate(self.iter_exits(x), start=1):
+            out.append(logits)
+            if i == upto:
+                break
+        return out
+
+
+class StageRun:
+    """One early-exit pass through :class:`Stages`, one stage per :meth:`step`.
+
+    Example (an early-exit loop)::
+
+        run = stages.start(x)                      # x: (B, ...)
+        while not run.done:
+            logits = run.step()                    # (B_k, C): exit run.exit
+            leave = score(logits) >= threshold     # (B_k,) bool
+            ...                                    # record predictions of leaving rows
+            if run.done or leave.all():
+                break
+            run.keep(~leave)                       # later stages see only staying rows
+    """
+
+    def __init__(self, stages: Stages, x: torch.Tensor) -> None:
+        self.stages = stages
+        self.exit = 0
+        self._carry: tuple[Any, ...] = (x,)
+
+    @property
+    def done(self) -> bool:
+        """Whether the last exit has been produced."""
+        return self.exit >= self.stages.k
+
+    @property
+    def carry(self) -> tuple[Any, ...]:
+        """The values handed to the next stage."""
+        return self._carry
+
+    def step(self) -> torch.Tensor:
+        """Run the next stage and return its exit's logits ``(B, C)``."""
+        if self.done:
+            raise ProfileError(f"all {self.stages.k} stages have run; start a new pass")
+        module = self.stages.modules[self.exit]
+        out = module(*self._carry)
+        if not isinstance(out, (tuple, list)) or not out:
+            raise ProfileError(
+                f"stage {self.exit + 1} returned {type(out).__name__}; a stage must return "
+                "a tuple (logits, *carry)"
+            )
+        self.exit += 1
+        self._carry = tuple(out[1:])
+        logits: torch.Tensor = out[0]
+        return logits
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows`` (a ``(B,)`` bool mask or integer indices) for later stages."""
+        if self.done:
+            return
+        major = None if self.stages.batch_major is None else self.stages.batch_major[self.exit - 1]
+        if self.exit == 0:
+            major = (True,)
+        if major is None:
+            major = tuple(isinstance(t, torch.Tensor) and t.ndim > 0 for t in self._carry)
+        if not self.stages.dynamic_batch:
+            raise ProfileError(
+                f"these stages were built for batch size {self.stages.example_batch_size} only "
+                "(the model could not be exported with a dynamic batch); keep() needs dynamic stages"
+            )
+        self._carry = tuple(
+            t[rows] if is_batch else t for t, is_batch in zip(self._carry, major, strict=True)
+        )
+
+
+# --------------------------------------------------------------------------- from the graph
+
+
+def export_stages(model: nn.Module, example: torch.Tensor, *, dynamic_batch: bool = True) -> Stages:
+    """Partition ``model`` into stages from its ``torch.export`` graph.
+
+    Every op of the exported graph goes to the first exit among whose ancestors it appears;
+    ops no exit needs go to the last stage. Parameters are shared with the export, not
+    copied.
+
+    Args:
+        model: A multi-exit model in eval mode; ``model(example)`` returns ``K`` logits.
+        example: One input batch ``(B, ...)`` (B >= 2 keeps the batch dimension dynamic).
+        dynamic_batch: Ask export for a dynamic batch dimension (falls back to the example's
+            batch size when the model pins it).
+
+    Returns:
+        The stages, ``source="export"``.
+
+    Raises:
+        ProfileError: The model cannot be exported (with export's reason in one line), or
+            an exit's output is not an op computed by the graph.
+    """
+    program = _export(model, example, dynamic_batch=dynamic_batch)
+    gm = program.module()
+    return _partition(gm, example)
+
+
+def _export(model: nn.Module, example: torch.Tensor, *, dynamic_batch: bool) -> Any:
+    from torch.export import Dim
+
+    shapes = ({0: Dim.AUTO},) if dynamic_batch else None
+    try:
+        return torch.export.export(model, (example,), dynamic_shapes=shapes, strict=False)
+    except Exception as e:  # noqa: BLE001 - export raises many types for unsupported models
+        raise ProfileError(
+            f"cannot export {type(model).__name__} with torch.export ({_first_line(e)}); "
+            + _EXPORT_HINT
+        ) from e
+
+
+def _describe(arg: Any) -> str:
+    if isinstance(arg, fx.Node):
+        if arg.op == "placeholder":
+            return f"the model's input '{arg.name}'"
+        if arg.op == "get_attr":
+            return f"the parameter or buffer '{arg.target}'"
+        return f"node '{arg.name}'"
+    return f"the constant {arg!r}"
+
+
+def _partition(gm: fx.GraphModule, example: torch.Tensor) -> Stages:
+    graph = gm.graph
+    out_node = next(n for n in graph.nodes if n.op == "output")
+    flat = out_node.args[0]
+    flat = list(flat) if isinstance(flat, (tuple, list)) else [flat]
+    out_spec = getattr(gm, "_out_spec", None)
+    if out_spec is not None and getattr(out_spec, "type", None) not in (list, tuple):
+        raise ProfileError(
+            f"the model returns {getattr(out_spec, 'type', out_spec)}; a multi-exit model must "
+            "return a list or tuple of K >= 2 logits tensors (B, C), exit 1 first"
+        )
+    if out_spec is not None and out_spec.num_leaves != getattr(out_spec, "num_children", len(flat)):
+        raise ProfileError(
+            f"the model returns a nested structure with {out_spec.num_leaves} tensors; "
+            "return a flat list or tuple of K logits tensors (B, C), exit 1 first"
+        )
+    k = len(flat)
+    if k < 2:
+        raise ProfileError(f"the model's graph has {k} output(s); a multi-exit model needs K >= 2")
+    for i, o in enumerate(flat):
+        if not isinstance(o, fx.Node) or o.op not in ("call_function", "call_method", "call_module"):
+            raise ProfileError(
+                f"exit {i + 1}'s output is not computed by the model's graph (it is "
+                f"{_describe(o)}); every exit must return logits computed from the input"
+            )
+
+    def dropped(n: fx.Node) -> bool:
+        if n.op == "call_module" and str(n.target).startswith("_guards_fn"):
+            return True
+        return n.op == "call_function" and str(n.target) in _DROPPED_TARGETS
+
+    # Stage of each op: the first exit among whose ancestors it appears.
+    stage_of: dict[fx.Node, int] = {}
+    for i, o in enumerate(flat):
+        todo = [o]
+        while todo:
+            n = todo.pop()
+            if n in stage_of or n.op in ("placeholder", "get_attr"):
+                continue
+            stage_of[n] = i
+            todo.extend(n.all_input_nodes)
+    ops = [n for n in graph.nodes if n.op not in ("placeholder", "get_attr", "output") and not dropped(n)]
+    unused = [n for n in ops if n not in stage_of]
+    for n in unused:
+        stage_of[n] = k - 1
+    if unused:
+        log.info("%d op(s) feed no exit; charged to the last stage: %s", len(unused), [n.name for n in unused][:5])
+    inputs = [n for n in graph.nodes if n.op == "placeholder"]
+
+    # Tensors needed after stage i: used by an op of a later stage, or a later exit's output.
+    # Sizes (SymInts) are not carried: a later stage reads them off a tensor it receives.
+    last_use: dict[fx.Node, int] = {}
+    for n in ops:
+        for a in n.all_input_nodes:
+            if a.op != "get_attr" and not _is_size(a):
+                last_use[a] = max(last_use.get(a, -1), stage_of[n])
+    for i, o in enumerate(flat):
+        last_use[o] = max(last_use.get(o, -1), i)
+    defined_at = {n: stage_of[n] for n in ops}
+    for p in inputs:
+        defined_at[p] = -1
+    order = {n: j for j, n in enumerate(graph.nodes)}
+    carries: list[list[fx.Node]] = []
+    for i in range(k):
+        live = [v for v, s in defined_at.items() if s <= i and last_use.get(v, -1) > i]
+        carries.append(sorted(live, key=order.__getitem__))
+    remat = _rematerialize_sizes(ops, stage_of, defined_at, inputs, carries, order)
+
+    batch_sym = _batch_symbol(inputs)
+    modules: list[nn.Module] = []
+    batch_major: list[tuple[bool, ...]] = []
+    for i in range(k):
+        g = fx.Graph()
+        env: dict[fx.Node, Any] = {}
+        stage_inputs = inputs if i == 0 else carries[i - 1]
+        for v in stage_inputs:
+            p = g.placeholder(v.name)
+            p.meta = dict(v.meta)
+            env[v] = p
+        for v, source in remat.get(i, {}).items():
+            if isinstance(source, tuple):
+                env[v] = g.call_function(torch.ops.aten.sym_size.int, (env[source[0]], source[1]))
+                env[v].meta = dict(v.meta)
+            else:
+                env[v] = source
+        for n in graph.nodes:
+            if n.op == "get_attr" and any(stage_of.get(u) == i for u in n.users):
+                env[n] = g.node_copy(n)
+            elif stage_of.get(n) == i and n in defined_at:
+                env[n] = g.node_copy(n, lambda a: env[a])
+        outs = [env[flat[i]]] + [env[v] for v in carries[i]]
+        g.output(tuple(outs))
+        g.lint()
+        sm = fx.GraphModule(gm, g, class_name=f"Stage{i + 1}")
+        sm.eval()
+        modules.append(sm)
+        batch_major.append(tuple(_is_batch_major(v, batch_sym) for v in carries[i]))
+    return Stages(
+        modules,
+        batch_major=batch_major if batch_sym is not None else None,
+        source="export",
+        dynamic_batch=batch_sym is not None,
+        example_batch_size=int(example.shape[0]),
+    )
+
+
+def _is_size(n: fx.Node) -> bool:
+    """Whether a node computes a size or other scalar rather than a tensor."""
+    return isinstance(n.meta.get("val"), (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool))
+
+
+def _rematerialize_sizes(
+    ops: Sequence[fx.Node],
+    stage_of: dict[fx.Node, int],
+    defined_at: dict[fx.Node, int],
+    inputs: Sequence[fx.Node],
+    carries: list[list[fx.Node]],
+    order: dict[fx.Node, int],
+) -> dict[int, dict[fx.Node, Any]]:
+    """For each stage, how to get the sizes it uses but an earlier stage computed.
+
+    A size equal to a dimension of a tensor the stage receives is read off that tensor
+    (``(tensor, dim)``); a static size becomes a constant; anything else is carried.
+    """
+    out: dict[int, dict[fx.Node, Any]] = {}
+    for n in ops:
+        i = stage_of[n]
+        for a in n.all_input_nodes:
+            if not _is_size(a) or defined_at.get(a, i) >= i or a in out.get(i, {}):
+                continue
+            val = a.meta["val"]
+            if not isinstance(val, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+                out.setdefault(i, {})[a] = val
+                continue
+            found = None
+            for t in inputs if i == 0 else carries[i - 1]:
+                tv = t.meta.get("val")
+                if isinstance(tv, torch.Tensor):
+                    for d, size in enumerate(tv.shape):
+                        if isinstance(size, torch.SymInt) and str(size.node.expr) == str(val.node.expr):
+                            found = (t, d)
+                            break
+                if found:
+                    break
+            if found is not None:
+                out.setdefault(i, {})[a] = found
+            else:  # carry the size itself from where it is computed
+                for j in range(defined_at[a], i):
+                    if a not in carries[j]:
+                        carries[j].append(a)
+                        carries[j].sort(key=order.__getitem__)
+    return out
+
+
+def _batch_symbol(inputs: Sequence[fx.Node]) -> Any:
+    """The symbolic batch size of the exported input, or None when export pinned it."""
+    if not inputs:
+        return None
+    val = inputs[0].meta.get("val")
+    if not isinstance(val, torch.Tensor) or val.ndim == 0:
+        return None
+    b = val.shape[0]
+    return b if isinstance(b, torch.SymInt) else None
+
+
+def _is_batch_major(node: fx.Node, batch_sym: Any) -> bool:
+    val = node.meta.get("val")
+    if batch_sym is None or not isinstance(val, torch.Tensor) or val.ndim == 0:
+        return False
+    b = val.shape[0]
+    return isinstance(b, torch.SymInt) and str(b.node.expr) == str(batch_sym.node.expr)
+
+
+# --------------------------------------------------------------------------- by hand
+
+
+def declared_stages(
+    model: nn.Module,
+    stages_fn: Callable[[nn.Module], Sequence[nn.Module]] | None = None,
+) -> Stages | None:
+    """Stages declared by hand, or None when there are none.
+
+    Args:
+        model: The multi-exit model.
+        stages_fn: ``fn(model) -> Sequence[nn.Module]`` (the CLI's ``--stages``); when None,
+            the model's ``dyncal_stages()`` method is used if it has one.
+
+    Returns:
+        The declared stages (``source`` ``"function"`` or ``"method"``), or None.
+
+    Raises:
+        ProfileError: The declaration fails or returns something other than >= 2 modules.
+    """
+    if stages_fn is not None:
+        source, fn, name = "function", lambda: stages_fn(model), "--stages"
+    elif callable(getattr(model, STAGES_METHOD, None)):
+        source, fn, name = "method", getattr(model, STAGES_METHOD), f"{type(model).__name__}.{STAGES_METHOD}()"
+    else:
+        return None
+    try:
+        mods = fn()
+    except DyncalError:
+        raise
+    except Exception as e:  # noqa: BLE001 - user code may raise anything
+        raise ProfileError(f"{name} failed: {_first_line(e)}") from e
+    if not isinstance(mods, (list, tuple)) or len(mods) < 2 or not all(isinstance(m, nn.Module) for m in mods):
+        raise ProfileError(
+            f"{name} must return a list of K >= 2 nn.Module stages (stage_1(x) -> (logits, *carry), "
+            f"stage_k(*carry) -> (logits, *carry)); got {type(mods).__name__}"
+        )
+    for m in mods:
+        m.eval()
+    return Stages(list(mods), source=source)
+
+
+def build_stages(
+    model: nn.Module,
+    example: torch.Tensor,
+    *,
+    stages_fn: Callable[[nn.Module], Sequence[nn.Module]] | None = None,
+    dynamic_batch: bool = True,
+) -> Stages:
+    """Stages of ``model``: declared by hand if it declares them, else from its graph.
+
+    Args:
+        model: A multi-exit model in eval mode.
+        example: One input batch ``(B, ...)`` on the model's device.
+        stages_fn: Optional ``fn(model) -> Sequence[nn.Module]`` (``--stages``).
+        dynamic_batch: For exported stages, try to keep the batch dimension dynamic.
+
+    Returns:
+        The stages (not yet verified; see :func:`verify_stages`).
+
+    Raises:
+        ProfileError: Export fails (with a hint on declaring stages) or the declaration is
+            malformed.
+    """
+    declared = declared_stages(model, stages_fn)
+    if declared is not None:
+        return declared
+    return export_stages(model, example, dynamic_batch=dynamic_batch)
+
+
+@dataclass(frozen=True)
+class StageCheck:
+    """How closely the stages reproduce the model's exits on one batch.
+
+    Attributes:
+        batch_size: Rows of the batch checked.
+        max_abs_diff: Largest absolute logit difference per exit, ``K`` floats.
+    """
+
+    batch_size: int
+    max_abs_diff: tuple[float, ...]
+
+
+def verify_stages(
+    model: nn.Module,
+    stages: Stages,
+    x: torch.Tensor,
+    *,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+) -> StageCheck:
+    """Check that running stages ``1..K`` reproduces every exit of ``model`` on ``x``.
+
+    Args:
+        model: The multi-exit model.
+        stages: Its stages.
+        x: An input batch ``(B, ...)``.
+        rtol: Relative tolerance (of each exit's largest logit magnitude).
+        atol: Absolute tolerance.
+
+    Returns:
+        The differences seen.
+
+    Raises:
+        ProfileError: The stages fail to run, return a different number of exits, or an
+            exit differs beyond tolerance.
+    """
+    with torch.inference_mode():
+        want = model(x)
+        try:
+            got = stages.run(x)
+        except DyncalError:
+            raise
+        except Exception as e:  # noqa: BLE001 - stage code may raise anything
+            raise ProfileError(
+                f"the {stages.source} stages fail at batch size {x.shape[0]} ({_first_line(e)}); "
+                + ("fix dyncal_stages / --stages" if stages.source != "export" else _EXPORT_HINT)
+            ) from e
+    if not isinstance(want, (list, tuple)) or len(want) != len(got):
+        n = len(want) if isinstance(want, (list, tuple)) else 1
+        raise ProfileError(f"the model has {n} exit(s) but its stages produce {len(got)}")
+    diffs = []
+    for i, (a, b) in enumerate(zip(want, got, strict=True)):
+        if a.shape != b.shape:
+            raise ProfileError(
+                f"stage {i + 1} gives logits of shape {tuple(b.shape)} but exit {i + 1} of the "
+                f"model has {tuple(a.shape)}"
+            )
+        d = float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
+        scale = float(a.float().abs().max()) if a.numel() else 0.0
+        if not d <= atol + rtol * scale:
+            raise ProfileError(
+                f"running stages 1..{i + 1} does not reproduce exit {i + 1} of the model "
+                f"(max |diff| {d:.3g} at logit scale {scale:.3g}); the {stages.source} stages are "
+                "wrong" + ("" if stages.source == "export" else ": fix dyncal_stages / --stages")
+            )
+        diffs.append(d)
+    return StageCheck(batch_size=int(x.shape[0]), max_abs_diff=tuple(diffs))

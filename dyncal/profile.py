@@ -1,0 +1,433 @@
+"""``dyncal profile``: what each exit of a run's model costs, stored in the run.
+
+The model is found through the run's provenance (``provenance.model``, and in
+``provenance.extra``: ``weights``, ``model_path``, ``input_shape``, ``input_dtype``), each
+of which :class:`ProfileOptions` can override (needed for imported runs). The model is
+partitioned into stages (:mod:`dyncal.analysis.stages`), the partition is proven on real
+inputs (every exit's logits reproduced), MACs are counted per stage with fvcore
+(:mod:`dyncal.analysis.flops`) and latency is measured per device and batch size
+(:mod:`dyncal.analysis.latency`). The resulting :class:`dyncal.run.CostTable` is stored in
+the run with :func:`dyncal.run.save_costs`, keeping latency of other devices/batch sizes.
+
+Example:
+    >>> import numpy as np, tempfile, pathlib
+    >>> from dyncal.run import Provenance, import_arrays
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "run"
+    >>> prov = Provenance.here(model="dyncal.demo:pretrained", data="x", device="cpu",
+    ...                        extra={"input_shape": [1, 8, 8], "input_dtype": "float32"})
+    >>> _ = import_arrays(np.zeros((3, 4, 10), np.float32), [0, 1, 2], out, provenance=prov)
+    >>> costs = profile_run(out, options=ProfileOptions(repeats=3, warmup=1))
+    >>> [int(m) for m in costs.macs]
+    [6464, 161344, 1942336, 9928000]
+    >>> sorted(costs.latency)
+    ['cpu/b1']
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from dyncal.analysis.flops import StageMacs, stage_macs
+from dyncal.analysis.latency import LatencySettings, measure_latency
+from dyncal.analysis.stages import StageCheck, Stages, build_stages, verify_stages
+from dyncal.errors import ProfileError
+from dyncal.models import check_exit_outputs, import_object, load_model, resolve_device
+from dyncal.run import CostTable, LatencyProfile, Run, load_run, save_costs
+
+__all__ = ["ProfileOptions", "ProfileResult", "profile_run", "profile_run_full", "profile_model"]
+
+log = logging.getLogger(__name__)
+
+_EXAMPLE_BATCH = 2  # export example: >= 2 keeps the batch dimension symbolic
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    """What to profile and how; ``None`` fields come from the run's provenance.
+
+    Attributes:
+        devices: Devices to time on (``cpu``, ``cuda``, ``cuda:N``).
+        batch_sizes: Batch sizes to time.
+        threads: CPU threads pinned while timing (None: keep torch's current setting).
+        model: Model spec overriding ``provenance.model``.
+        weights: Checkpoint overriding ``provenance.extra["weights"]``.
+        model_path: Import folder overriding ``provenance.extra["model_path"]``.
+        input_shape: Per-sample input shape overriding ``provenance.extra["input_shape"]``.
+        input_dtype: Input dtype name overriding ``provenance.extra["input_dtype"]``.
+        stages: ``pkg.module:fn`` declaring stages by hand (``fn(model) -> [nn.Module]``).
+        latency: Measure latency (False: MACs only).
+        warmup: Untimed calls before timing.
+        repeats: Timed replicates.
+        min_block_ms: Minimum length of one timed block of calls.
+        seed: Seed of the random inputs.
+    """
+
+    devices: tuple[str, ...] = ("cpu",)
+    batch_sizes: tuple[int, ...] = (1,)
+    threads: int | None = None
+    model: str | None = None
+    weights: str | None = None
+    model_path: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    input_dtype: str | None = None
+    stages: str | None = None
+    latency: bool = True
+    warmup: int = 5
+    repeats: int = 25
+    min_block_ms: float = 5.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Validate the options that need no model."""
+        if not self.devices and self.latency:
+            raise ProfileError("give at least one --device to time on")
+        if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
+            raise ProfileError(f"--batch-size must be positive integers, got {list(self.batch_sizes)}")
+        if self.input_shape is not None and (
+            not self.input_shape or any(int(d) < 1 for d in self.input_shape)
+        ):
+            raise ProfileError(
+                f"--input-shape must be positive integers per sample (e.g. 3,224,224), "
+                f"got {list(self.input_shape)}"
+            )
+        LatencySettings(
+            threads=self.threads, warmup=self.warmup, repeats=self.repeats, min_block_ms=self.min_block_ms
+        )
+
+
+@dataclass(frozen=True)
+class ProfileResult:
+    """Everything :func:`profile_run_full` found.
+
+    Attributes:
+        costs: The cost table as stored in the run (merged with earlier latency entries).
+        macs: Per-stage MACs, operator breakdown and the whole model's count.
+        stage_source: ``"export"``, ``"method"`` or ``"function"``.
+        checks: The partition checks, one per (device, batch size) verified.
+        measured: The latency keys measured now (``"cpu/b1"``, ...).
+        model: The model spec used.
+        input_shape: The per-sample input shape used.
+    """
+
+    costs: CostTable
+    macs: StageMacs
+    stage_source: str
+    checks: tuple[tuple[str, StageCheck], ...]
+    measured: tuple[str, ...]
+    model: str
+    input_shape: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``dyncal profile --json`` document."""
+        costs = self.costs
+        k = len(self.macs.stage_macs)
+        exits = []
+        for i in range(k):
+            exits.append(
+                {
+                    "exit": i + 1,
+                    "macs": self.macs.exit_macs[i],
+                    "stage_macs": self.macs.stage_macs[i],
+                    "latency_ms": {key: p.exit_ms[i] for key, p in sorted(costs.latency.items())},
+                    "stage_latency_ms": {key: p.stage_median_ms[i] for key, p in sorted(costs.latency.items())},
+                    "stage_latency_iqr_ms": {key: p.stage_iqr_ms[i] for key, p in sorted(costs.latency.items())},
+                    "early_exit_ms": {key: p.early_exit_ms[i] for key, p in sorted(costs.latency.items())},
+                    "unsupported_ops": {
+                        u.op: u.count for u in self.macs.unsupported_ops if u.stage == i + 1
+                    },
+                }
+            )
+        return {
+            "model": self.model,
+            "input_shape": list(self.input_shape),
+            "stages": self.stage_source,
+            "k": k,
+            "model_macs": self.macs.model_macs,
+            "exits": exits,
+            "unsupported_ops": [u.to_dict() for u in self.macs.unsupported_ops],
+            "checks": [
+                {"key": key, "batch_size": c.batch_size, "max_abs_diff": list(c.max_abs_diff)}
+                for key, c in self.checks
+            ],
+            "measured": list(self.measured),
+            "latency": {key: _latency_summary(p) for key, p in sorted(costs.latency.items())},
+        }
+
+
+def _latency_summary(p: LatencyProfile) -> dict[str, Any]:
+    return {
+        "device": p.device,
+        "batch_size": p.batch_size,
+        "threads": p.threads,
+        "hardware": p.hardware,
+        "exit_ms": p.exit_ms,
+        "stage_ms": p.stage_median_ms,
+        "stage_iqr_ms": p.stage_iqr_ms,
+        "decision_ms": p.decision_median_ms,
+        "full_model_ms": p.full_model_median_ms,
+        "early_exit_ms": p.early_exit_ms,
+        "settings": dict(p.settings),
+    }
+
+
+def _dtype(name: str) -> torch.dtype:
+    dt = getattr(torch, name.replace("torch.", ""), None)
+    if not isinstance(dt, torch.dtype):
+        raise ProfileError(f"input dtype {name!r} is not a torch dtype; pass --input-dtype float32")
+    return dt
+
+
+def _example(shape: Sequence[int], dtype: torch.dtype, batch_size: int, device: torch.device, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed + batch_size)
+    if dtype.is_floating_point:
+        x = torch.randn((batch_size, *shape), generator=g).to(dtype)
+    else:
+        x = torch.randint(0, 2, (batch_size, *shape), generator=g).to(dtype)
+    return x.to(device)
+
+
+def _stages_fn(spec: str | None, model_path: str | None) -> Callable[[nn.Module], Sequence[nn.Module]] | None:
+    if spec is None:
+        return None
+    fn = import_object(spec, what="--stages", search_path=model_path)
+    if not callable(fn):
+        raise ProfileError(f"--stages: '{spec}' is not callable; name a function fn(model) -> [stage modules]")
+    return fn  # type: ignore[no-any-return]
+
+
+def _checked_stages(
+    model: nn.Module,
+    stages: Stages,
+    x: torch.Tensor,
+    stages_fn: Callable[[nn.Module], Sequence[nn.Module]] | None,
+) -> tuple[Stages, StageCheck]:
+    """Verify ``stages`` on ``x``; re-export at this batch size when a dynamic export fails."""
+    try:
+        return stages, verify_stages(model, stages, x)
+    except ProfileError:
+        if stages.source != "export" or stages.example_batch_size == x.shape[0]:
+            raise
+        log.info("stages exported at batch %s fail at batch %d; exporting again at that size",
+                 stages.example_batch_size, x.shape[0])
+        again = build_stages(model, x, stages_fn=stages_fn, dynamic_batch=False)
+        return again, verify_stages(model, again, x)
+
+
+def profile_model(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    *,
+    input_dtype: torch.dtype = torch.float32,
+    devices: Sequence[str] = ("cpu",),
+    batch_sizes: Sequence[int] = (1,),
+    settings: LatencySettings | None = None,
+    stages_fn: Callable[[nn.Module], Sequence[nn.Module]] | None = None,
+    model_on: Callable[[str], nn.Module] | None = None,
+    seed: int = 0,
+    latency: bool = True,
+) -> tuple[CostTable, StageMacs, str, list[tuple[str, StageCheck]]]:
+    """Stages, MACs and latency of one model (no run directory involved).
+
+    Args:
+        model: The multi-exit model, in eval mode on the CPU.
+        input_shape: Per-sample input shape, e.g. ``(3, 224, 224)``.
+        input_dtype: Input dtype.
+        devices: Devices to time on.
+        batch_sizes: Batch sizes to time.
+        settings: Latency settings.
+        stages_fn: Optional hand-declared stages (``fn(model) -> [nn.Module]``).
+        model_on: ``model_on(device)`` returns the model on another device (default: move
+            ``model``'s copy there with ``.to``; the CPU model is restored afterwards).
+        seed: Seed of the random inputs.
+        latency: Measure latency (False: MACs only).
+
+    Returns:
+        ``(cost table, per-stage MACs, stage source, partition checks)``.
+
+    Raises:
+        ProfileError: Export/partition fails, the stages do not reproduce the model, fvcore
+            cannot count, or a stage fails on a device.
+    """
+    settings = settings or LatencySettings()
+    cpu = torch.device("cpu")
+    for d in devices:
+        resolve_device(d)
+    x1 = _example(input_shape, input_dtype, 1, cpu, seed)
+    stages = build_stages(model, _example(input_shape, input_dtype, _EXAMPLE_BATCH, cpu, seed), stages_fn=stages_fn)
+    checks: list[tuple[str, StageCheck]] = []
+    stages, check = _checked_stages(model, stages, x1, stages_fn)
+    checks.append(("cpu/b1", check))
+    macs = stage_macs(stages, x1, model=model)
+    log.info("MACs per exit: %s", list(macs.exit_macs))
+    profiles: dict[str, LatencyProfile] = {}
+    if latency:
+        for name in devices:
+            dev = resolve_device(name)
+            if dev.type == "cpu":
+                dev_model, dev_stages = model, stages
+            else:
+                dev_model = model_on(name) if model_on is not None else model.to(dev)
+                dev_stages = build_stages(
+                    dev_model, _example(input_shape, input_dtype, _EXAMPLE_BATCH, dev, seed), stages_fn=stages_fn
+                )
+            try:
+                for b in batch_sizes:
+                    x = _example(input_shape, input_dtype, int(b), dev, seed)
+                    key = f"{name}/b{int(b)}"
+                    run_stages, check = _checked_stages(dev_model, dev_stages, x, stages_fn)
+                    checks.append((key, check))
+                    log.info("timing %s", key)
+                    try:
+                        prof = measure_latency(run_stages, dev_model, x, settings, device_name=name)
+                    except torch.OutOfMemoryError as e:
+                        raise ProfileError(
+                            f"out of memory on {name} at batch size {b}; try a smaller --batch-size"
+                        ) from e
+                    profiles[prof.key] = prof
+            finally:
+                if dev.type != "cpu" and model_on is None:
+                    model.to(cpu)
+    costs = CostTable(
+        macs=tuple(float(m) for m in macs.exit_macs),
+        stage_macs=tuple(float(m) for m in macs.stage_macs),
+        unsupported_ops=macs.unsupported_ops,
+        latency=profiles,
+        source="profile",
+    )
+    return costs, macs, stages.source, checks
+
+
+def _resolve(run: Run, options: ProfileOptions) -> tuple[str, str | None, str | None, tuple[int, ...], str]:
+    prov = run.provenance
+    extra = prov.extra
+    spec = options.model or (prov.model if prov.model and not prov.model.startswith("(") else None)
+    if not spec:
+        raise ProfileError(
+            f"run '{run.path}' does not name its model (model: {prov.model!r}); pass "
+            "--model pkg.module:factory (or FILE.pt2) and --input-shape"
+        )
+    weights = options.weights if options.weights is not None else extra.get("weights")
+    if options.model is not None and options.weights is None and spec != prov.model:
+        weights = None  # the recorded weights belong to the recorded model
+    model_path = options.model_path if options.model_path is not None else extra.get("model_path")
+    shape = options.input_shape if options.input_shape is not None else extra.get("input_shape")
+    if not shape:
+        raise ProfileError(
+            f"run '{run.path}' does not record the input shape; pass --input-shape "
+            "with the per-sample shape, e.g. 3,224,224"
+        )
+    try:
+        shape_t = tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        raise ProfileError(f"the recorded input shape {shape!r} is not a list of integers; pass --input-shape") from None
+    dtype = options.input_dtype or extra.get("input_dtype") or "float32"
+    if weights is not None and not os.path.exists(weights):
+        raise ProfileError(
+            f"the run's weights '{weights}' do not exist on this machine; pass --weights FILE"
+        )
+    return spec, weights, model_path, shape_t, str(dtype)
+
+
+def profile_run_full(run_path: str | os.PathLike[str], *, options: ProfileOptions | None = None) -> ProfileResult:
+    """Profile a run's model and store the cost table in the run; return the details.
+
+    Args:
+        run_path: A complete run directory.
+        options: What to profile (defaults: CPU, batch size 1, threads as they are).
+
+    Returns:
+        The stored cost table with per-stage MACs, the partition checks and what was
+        measured now.
+
+    Raises:
+        DyncalError: The run, the model, a device, the partition or a measurement fails
+            (one clear message each).
+    """
+    options = options or ProfileOptions()
+    run = load_run(run_path)
+    for d in options.devices:
+        resolve_device(d)
+    spec, weights, model_path, shape, dtype_name = _resolve(run, options)
+    dtype = _dtype(dtype_name)
+    stages_fn = _stages_fn(options.stages, model_path)
+    loaded = load_model(spec, weights=weights, model_path=model_path, device="cpu")
+    x1 = _example(shape, dtype, 1, torch.device("cpu"), options.seed)
+    try:
+        with torch.inference_mode():
+            outs = loaded.module(x1)
+    except Exception as e:  # noqa: BLE001 - the user's model may raise anything
+        raise ProfileError(
+            f"the model '{spec}' fails on an input of shape {tuple(x1.shape)} "
+            f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+            "check --input-shape"
+        ) from e
+    k, c = check_exit_outputs(outs, 1)
+    if (k, c) != (run.k, run.c):
+        raise ProfileError(
+            f"the model '{spec}' has K={k} exits and C={c} classes but run '{run.path}' has "
+            f"K={run.k}, C={run.c}; profile the model the run was collected with (--model)"
+        )
+
+    def model_on(device: str) -> nn.Module:
+        return load_model(spec, weights=weights, model_path=model_path, device=device).module
+
+    settings = LatencySettings(
+        threads=options.threads, warmup=options.warmup, repeats=options.repeats, min_block_ms=options.min_block_ms
+    )
+    costs, macs, source, checks = profile_model(
+        loaded.module,
+        shape,
+        input_dtype=dtype,
+        devices=options.devices,
+        batch_sizes=tuple(int(b) for b in options.batch_sizes),
+        settings=settings,
+        stages_fn=stages_fn,
+        model_on=model_on,
+        seed=options.seed,
+        latency=options.latency,
+    )
+    stored = save_costs(run.path, costs)
+    return ProfileResult(
+        costs=stored,
+        macs=macs,
+        stage_source=source,
+        checks=tuple(checks),
+        measured=tuple(costs.latency),
+        model=spec,
+        input_shape=shape,
+    )
+
+
+def profile_run(
+    run_path: str | os.PathLike[str],
+    *,
+    devices: Sequence[str] = ("cpu",),
+    batch_sizes: Sequence[int] = (1,),
+    threads: int | None = None,
+    options: ProfileOptions | None = None,
+) -> CostTable:
+    """Profile a run's model (stages, MACs, latency) and store the cost table in the run.
+
+    Args:
+        run_path: A complete run directory (from collect, or import with ``options.model``).
+        devices: Devices to time on; ignored when ``options`` is given.
+        batch_sizes: Batch sizes to time; ignored when ``options`` is given.
+        threads: CPU threads pinned while timing; ignored when ``options`` is given.
+        options: All options (model overrides, hand-declared stages, repeats, ...).
+
+    Returns:
+        The cost table as stored (latency of other devices/batch sizes kept).
+
+    Raises:
+        DyncalError: See :func:`profile_run_full`.
+    """
+    if options is None:
+        options = ProfileOptions(devices=tuple(devices), batch_sizes=tuple(int(b) for b in batch_sizes), threads=threads)
+    return profile_run_full(run_path, options=options).costs

@@ -254,6 +254,110 @@ def info(run: RunArg, json_: JsonOpt = False) -> None:
         typer.echo(f"ops fvcore could not count: {ops}")
 
 
+# ----------------------------------------------------------------- profile
+
+
+def _parse_int_list(text: str | None, option: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DyncalError(f"{option} must be comma-separated integers, e.g. 1,32; got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise DyncalError(f"{option} must be positive integers, e.g. 1,32; got {text!r}")
+    return values
+
+
+@app.command()
+def profile(
+    run: RunArg,
+    device: Annotated[
+        Optional[list[str]], typer.Option("--device", help="Device to time on: cpu, cuda or cuda:N (repeat for several).")
+    ] = None,
+    batch_size: Annotated[str, typer.Option(help="Batch sizes to time, comma-separated (e.g. 1,32).")] = "1",
+    threads: Annotated[
+        Optional[int], typer.Option(min=1, help="CPU threads pinned while timing (default: torch's current setting).")
+    ] = None,
+    model: Annotated[
+        Optional[str], typer.Option(help="Model spec overriding the run's ('pkg.module:factory' or FILE.pt2).")
+    ] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Checkpoint overriding the run's.")] = None,
+    model_path: Annotated[Optional[Path], typer.Option(help="Folder to import the model's module from.")] = None,
+    input_shape: Annotated[
+        Optional[str], typer.Option(help="Per-sample input shape overriding the run's, e.g. 3,224,224.")
+    ] = None,
+    input_dtype: Annotated[Optional[str], typer.Option(help="Input dtype overriding the run's (float32).")] = None,
+    stages: Annotated[
+        Optional[str],
+        typer.Option(help="Declare stages by hand: 'pkg.module:fn', fn(model) -> list of stage modules."),
+    ] = None,
+    macs_only: Annotated[bool, typer.Option("--macs-only", help="Count MACs; measure no latency.")] = False,
+    repeats: Annotated[int, typer.Option(min=3, help="Timed replicates per stage.")] = 25,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed calls before timing.")] = 5,
+    json_: JsonOpt = False,
+) -> None:
+    """Per-exit cost of a run's model: stages from its graph, fvcore MACs, measured latency.
+
+    The model is exported and split into one stage per exit (stage k = what exit k needs
+    beyond exits 1..k-1); the stages are checked to reproduce every exit's logits, counted
+    with fvcore, and timed per device and batch size. Results go into the run's cost table.
+
+    Example: dyncal profile run --device cpu --batch-size 1,32 --threads 4
+    """
+    from dyncal.profile import ProfileOptions, profile_run_full
+
+    with user_errors():
+        shape = _parse_int_list(input_shape, "--input-shape")
+        options = ProfileOptions(
+            devices=tuple(device or ["cpu"]),
+            batch_sizes=tuple(_parse_int_list(batch_size, "--batch-size") or [1]),
+            threads=threads,
+            model=model,
+            weights=None if weights is None else str(weights),
+            model_path=None if model_path is None else str(model_path),
+            input_shape=None if shape is None else tuple(shape),
+            input_dtype=input_dtype,
+            stages=stages,
+            latency=not macs_only,
+            repeats=repeats,
+            warmup=warmup,
+        )
+        result = profile_run_full(run, options=options)
+    doc = {"path": str(run), **result.to_dict()}
+    if json_:
+        echo_json(doc)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    keys = sorted(doc["latency"])
+    table = Table(title=f"{doc['path']}  {doc['model']}  input {tuple(doc['input_shape'])}  stages: {doc['stages']}")
+    for col in ("exit", "stage MACs", "MACs (cum.)", *[f"ms {k} (IQR)" for k in keys]):
+        table.add_column(col, justify="right")
+    for e in doc["exits"]:
+        i = e["exit"] - 1
+        table.add_row(
+            str(e["exit"]),
+            f"{e['stage_macs']:,}",
+            f"{e['macs']:,}",
+            *[f"{e['latency_ms'][k]:.3f} ({doc['latency'][k]['stage_iqr_ms'][i]:.3f})" for k in keys],
+        )
+    console = Console()
+    console.print(table)
+    for k in keys:
+        lat = doc["latency"][k]
+        noisy = lat["settings"].get("noisy") or {}
+        note = f"; noisy (IQR > 10% of median): {', '.join(noisy)}" if noisy else ""
+        typer.echo(
+            f"{k}: full model {lat['full_model_ms']:.3f} ms, exit decision {lat['decision_ms']:.3f} ms, "
+            f"{lat['hardware']}, threads {lat['threads']}, torch {lat['settings'].get('torch')}{note}"
+        )
+    if doc["unsupported_ops"]:
+        ops = ", ".join(f"{u['op']}×{u['count']} (stage {u['stage']})" for u in doc["unsupported_ops"])
+        typer.echo(f"ops fvcore could not count: {ops}")
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

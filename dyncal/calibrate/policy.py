@@ -1,0 +1,182 @@
+"""The exit rule, vectorised, and what a set of thresholds does to a batch of samples.
+
+A sample leaves at the first exit ``k`` (``k < K``) with ``s_k >= t_k``; the last exit
+takes everything left (DESIGN.md). Inside dyncal thresholds are ``K - 1`` floats where
+``+inf`` means "nobody leaves here" and ``-inf`` "everybody who reaches this exit leaves";
+:func:`finite_thresholds` turns them into finite numbers outside the score's range for
+``thresholds.json`` (JSON has no infinities) without changing any decision.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dyncal.errors import DyncalError
+
+__all__ = [
+    "assign_exits",
+    "PolicyOutcome",
+    "evaluate_policy",
+    "finite_thresholds",
+    "thresholds_from_json",
+    "score_range",
+]
+
+
+def score_range(score: str, n_classes: int) -> tuple[float, float]:
+    """The closed interval every value of ``score`` lies in.
+
+    Args:
+        score: ``maxprob``, ``margin`` or ``entropy``.
+        n_classes: Number of classes ``C``.
+
+    Returns:
+        ``(low, high)``.
+
+    Example:
+        >>> score_range("maxprob", 10)
+        (0.1, 1.0)
+    """
+    if score == "maxprob":
+        return 1.0 / n_classes, 1.0
+    if score == "margin":
+        return 0.0, 1.0
+    if score == "entropy":
+        return -math.log(n_classes), 0.0
+    raise DyncalError(f"--score must be one of maxprob, margin, entropy; got {score!r}")
+
+
+def _as_thresholds(thresholds: Sequence[float | None] | np.ndarray, k: int) -> np.ndarray:
+    """``K - 1`` (or ``K`` with a trailing None) thresholds as a float64 array."""
+    vals = list(thresholds)
+    if len(vals) == k and (vals[-1] is None or (isinstance(vals[-1], float) and math.isnan(vals[-1]))):
+        vals = vals[:-1]
+    if len(vals) != k - 1 or any(v is None for v in vals):
+        raise DyncalError(
+            f"expected {k - 1} thresholds (or {k} with the last null) for K={k} exits, got {list(thresholds)}"
+        )
+    return np.asarray(vals, dtype=np.float64)
+
+
+def assign_exits(scores: np.ndarray, thresholds: Sequence[float | None] | np.ndarray) -> np.ndarray:
+    """The exit every sample takes under the exit rule.
+
+    Args:
+        scores: ``(N, K)`` scores, larger is more confident.
+        thresholds: ``K - 1`` thresholds (``+inf``: nobody leaves there), or ``K`` with the
+            last ``None``.
+
+    Returns:
+        ``(N,)`` int64 exit indices in ``[0, K)`` (0 is exit 1).
+
+    Example:
+        >>> s = np.array([[0.9, 0.5, 0.1], [0.2, 0.7, 0.3], [0.1, 0.1, 0.9]])
+        >>> assign_exits(s, [0.8, 0.6, None]).tolist()
+        [0, 1, 2]
+    """
+    n, k = scores.shape
+    t = _as_thresholds(thresholds, k)
+    passes = np.empty((n, k), dtype=bool)
+    np.greater_equal(scores[:, : k - 1], t[None, :], out=passes[:, : k - 1])
+    passes[:, k - 1] = True
+    return np.argmax(passes, axis=1).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class PolicyOutcome:
+    """What thresholds do to a set of samples.
+
+    Attributes:
+        exits: ``(N,)`` exit index of each sample (0 is exit 1).
+        accuracy: Share of samples whose prediction at their exit is right.
+        expected_cost: Mean cumulative cost of the exit taken (the cost vector's unit).
+        shares: ``K`` shares of samples leaving at each exit.
+    """
+
+    exits: np.ndarray
+    accuracy: float
+    expected_cost: float
+    shares: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (without the per-sample exits)."""
+        return {"accuracy": self.accuracy, "expected_cost": self.expected_cost, "shares": list(self.shares)}
+
+
+def evaluate_policy(
+    scores: np.ndarray,
+    correct: np.ndarray,
+    costs: Sequence[float] | np.ndarray,
+    thresholds: Sequence[float | None] | np.ndarray,
+) -> PolicyOutcome:
+    """Accuracy, expected cost and exit shares of thresholds on samples.
+
+    Args:
+        scores: ``(N, K)`` scores.
+        correct: ``(N, K)`` booleans, prediction of exit k right.
+        costs: ``K`` cumulative costs (any unit).
+        thresholds: ``K - 1`` thresholds, or ``K`` with the last ``None``.
+
+    Returns:
+        The outcome. ``expected_cost`` is ``mean(costs[exit])``, computed exactly this way
+        everywhere in dyncal so that budgets compare bit-for-bit.
+
+    Example:
+        >>> s = np.array([[0.9, 0.5], [0.2, 0.7]])
+        >>> ok = np.array([[True, True], [False, True]])
+        >>> o = evaluate_policy(s, ok, [1.0, 3.0], [0.8, None])
+        >>> o.accuracy, o.expected_cost, o.shares
+        (1.0, 2.0, (0.5, 0.5))
+    """
+    n, k = scores.shape
+    exits = assign_exits(scores, thresholds)
+    c = np.asarray(costs, dtype=np.float64)
+    if n == 0:
+        return PolicyOutcome(exits, float("nan"), float("nan"), tuple([float("nan")] * k))
+    acc = float(np.mean(correct[np.arange(n), exits]))
+    cost = float(np.mean(c[exits]))
+    shares = np.bincount(exits, minlength=k) / n
+    return PolicyOutcome(exits, acc, cost, tuple(float(v) for v in shares))
+
+
+def finite_thresholds(thresholds: Sequence[float] | np.ndarray, score: str, n_classes: int) -> list[float | None]:
+    """Thresholds for ``thresholds.json``: ``K`` entries, infinities made finite, last None.
+
+    ``+inf`` ("nobody leaves") becomes the score's maximum plus 1 and ``-inf`` ("everybody
+    leaves") its minimum minus 1, so every decision stays the same.
+
+    Example:
+        >>> finite_thresholds([float("inf"), 0.7], "maxprob", 10)
+        [2.0, 0.7, None]
+    """
+    low, high = score_range(score, n_classes)
+    out: list[float | None] = []
+    for v in np.asarray(thresholds, dtype=np.float64):
+        if v == np.inf:
+            out.append(high + 1.0)
+        elif v == -np.inf:
+            out.append(low - 1.0)
+        else:
+            out.append(float(v))
+    out.append(None)
+    return out
+
+
+def thresholds_from_json(values: Sequence[float | None]) -> np.ndarray:
+    """The ``K - 1`` float thresholds of a ``thresholds.json`` list (last entry dropped).
+
+    Example:
+        >>> thresholds_from_json([0.9, 0.8, None]).tolist()
+        [0.9, 0.8]
+    """
+    vals = list(values)
+    if not vals or vals[-1] is not None:
+        raise DyncalError(f"thresholds must list K values with the last null, got {vals}")
+    if any(v is None for v in vals[:-1]):
+        raise DyncalError(f"only the last threshold may be null, got {vals}")
+    return np.asarray(vals[:-1], dtype=np.float64)

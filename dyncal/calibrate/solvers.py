@@ -1,0 +1,870 @@
+"""Threshold solvers: the most accurate exit rule under a mean-cost budget.
+
+Problem. Scores ``s[n, k]``, gains ``g[n, k]`` (1 if exit k is right on sample n, or a
+smoothed estimate of that), cumulative costs ``c_1 <= ... <= c_K``. Thresholds
+``t_1..t_{K-1}``; sample n leaves at the first k with ``s[n, k] >= t_k``, the last exit
+takes the rest. Maximise ``mean g[n, exit(n)]`` subject to ``mean c[exit(n)] <= B``.
+
+Methods (``METHODS``):
+
+``geometric``
+    The baseline of MSDNet's dynamic evaluation (reused by RANet, IMTA, L2W, Dynamic
+    Perceiver), implemented faithfully but vectorised: for a ratio ``q`` the target exit
+    shares are ``f_k ∝ q^k`` (k = 1..K, normalised); exit by exit, among samples still
+    present and sorted by score, ``t_k`` is the score of the ``floor(n f_k)``-th (n = all
+    fit samples) and everyone still present with ``s >= t_k`` leaves (ties included); a
+    quota of 0, or larger than what is left, lets nobody leave. ``q`` runs over the
+    published 39 values ``p / 20`` and a fine geometric grid (240 values in [0.01, 8]) so
+    the baseline is at its strongest. At a budget the baseline is the ``q`` of highest
+    fitted accuracy whose fitted cost fits. Cost: ``O(Q K N)`` for ``Q`` ratios (one
+    ``np.partition`` per exit and ratio), independent of the number of budgets.
+
+``optimal``
+    Coordinate ascent over all ``K - 1`` thresholds with *exact* one-threshold updates.
+    With the other thresholds fixed, moving ``t_k`` only changes which of the samples
+    reaching exit k leave there; the rest go where the later thresholds send them, which
+    does not depend on ``t_k``. Sorting the samples that reach k by ``s_k`` (one global
+    argsort per exit, filtered by a mask, so ``O(N)`` per update) the change in gain and
+    cost for every possible cut is a prefix sum; cuts are only allowed between distinct
+    scores (ties leave together). So the best ``t_k`` is found exactly in ``O(N K)``:
+
+    1. Lagrangian path: for 16 values of λ (large to 0, warm-started) maximise
+       ``gain - λ cost`` by exact updates until no threshold moves.
+    2. Pool: those solutions, every ``geometric`` solution and "all at exit 1".
+    3. Per budget, in increasing order: start from the best pool member (or the previous
+       budget's answer) that fits, then budget-exact finish: repeatedly apply the exact
+       best single-threshold move among those that keep the cost within budget, until none
+       improves.
+
+    Each step is monotone, so on the data it is fitted on ``optimal`` is never below
+    ``geometric`` at any budget, and along a frontier (budgets in increasing order) more
+    budget never lowers its accuracy. Cost: ``O(S K^2 N)`` per budget for ``S`` sweeps
+    (typically 1-3), plus the λ path and the geometric pool once.
+
+``smoothed`` (the default)
+    ``optimal`` run on calibrated expected accuracy instead of 0/1 hits: the gain of exit
+    k on sample n is ``P(exit k right | s_k = s[n, k])``, estimated per exit by isotonic
+    regression of correctness on score over the fit data. Thresholds tuned to individual
+    right/wrong samples chase noise (on held-out data their gain over ``geometric``
+    vanishes); the smoothed gain keeps the per-sample information that matters (how
+    confident each later exit is on this sample) and drops the label noise. It is the
+    default because it generalises best on real held-out data: see
+    ``benchmarks/heldout_comparison.md``. The budget is still met exactly on the fit data
+    (costs are not smoothed); accuracies are always reported with real 0/1 hits.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dyncal.analysis.stats import mean_bootstrap_ci, stratified_split
+from dyncal.calibrate.budget import BudgetTarget, cost_units, format_budget, parse_budget, resolve_budget
+from dyncal.calibrate.policy import evaluate_policy, finite_thresholds, thresholds_from_json
+from dyncal.calibrate.scores import SCORES, exit_scores
+from dyncal.errors import BudgetError, DyncalError
+
+__all__ = [
+    "METHODS",
+    "DEFAULT_METHOD",
+    "PUBLISHED_Q",
+    "ExitProblem",
+    "Solution",
+    "smoothed_gains",
+    "geometric_thresholds",
+    "solve_path",
+    "problem_for",
+    "static_baselines",
+    "PreparedRun",
+    "prepare_run",
+    "ThresholdsResult",
+    "solve_run",
+]
+
+log = logging.getLogger(__name__)
+
+METHODS = ("smoothed", "optimal", "geometric")
+DEFAULT_METHOD = "smoothed"
+PUBLISHED_Q: tuple[float, ...] = tuple(p / 20 for p in range(1, 40))
+FINE_Q: tuple[float, ...] = tuple(float(q) for q in np.geomspace(0.01, 8.0, 240))
+SCHEMA_VERSION = 1
+_TOL = 1e-9
+
+
+# --------------------------------------------------------------------------- problem
+
+
+@dataclass(frozen=True)
+class Solution:
+    """Thresholds and what they achieve on the data they were fitted on.
+
+    Attributes:
+        thresholds: ``(K - 1,)`` float64; ``+inf`` lets nobody leave.
+        gain: Mean gain (accuracy for 0/1 gains).
+        cost: Mean cost, ``mean(costs[exit])``.
+    """
+
+    thresholds: np.ndarray
+    gain: float
+    cost: float
+
+
+class ExitProblem:
+    """Scores, gains and costs of the fit samples, with the sorted orders solvers share.
+
+    Args:
+        scores: ``(N, K)`` scores.
+        gains: ``(N, K)`` gain of each exit on each sample (correctness, or smoothed).
+        costs: ``K`` cumulative costs, non-decreasing.
+
+    Example:
+        >>> s = np.array([[0.9, 0.6], [0.4, 0.8], [0.7, 0.9]])
+        >>> g = np.array([[1.0, 1.0], [0.0, 1.0], [1.0, 1.0]])
+        >>> p = ExitProblem(s, g, [1.0, 2.0])
+        >>> sol = solve_path(p, [1.5], "optimal")[0]
+        >>> sol.thresholds.tolist(), sol.gain, sol.cost
+        [[0.7], 1.0, 1.3333333333333333]
+    """
+
+    def __init__(self, scores: np.ndarray, gains: np.ndarray, costs: Sequence[float] | np.ndarray) -> None:
+        s = np.asarray(scores, dtype=np.float64)
+        g = np.asarray(gains, dtype=np.float64)
+        if s.ndim != 2 or s.shape[1] < 2 or g.shape != s.shape:
+            raise DyncalError(f"scores and gains must both be (N, K) with K >= 2, got {s.shape} and {g.shape}")
+        if s.shape[0] == 0:
+            raise DyncalError("no samples to fit thresholds on")
+        if not np.all(np.isfinite(s)):
+            row, ex = np.argwhere(~np.isfinite(s))[0]
+            raise DyncalError(
+                f"scores contain NaN or inf (row {row}, exit {ex + 1}); check the logits and temperatures"
+            )
+        c = np.asarray(costs, dtype=np.float64)
+        if c.shape != (s.shape[1],) or np.any(np.diff(c) < 0) or not np.all(np.isfinite(c)):
+            raise DyncalError(f"costs must be {s.shape[1]} non-decreasing numbers, got {c.tolist()}")
+        self.scores = s
+        self.gains = g
+        self.costs = c
+        self.n, self.k = s.shape
+        self._cols = np.ascontiguousarray(s.T)
+        self._gcols = np.ascontiguousarray(g.T)
+        self._gflat = g.reshape(-1)
+        self.order = [np.argsort(-self._cols[j], kind="stable") for j in range(self.k - 1)]
+        self.sorted_scores = [self._cols[j][self.order[j]] for j in range(self.k - 1)]
+        self._geometric: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+    # -- evaluation
+    def passes(self, t: np.ndarray) -> np.ndarray:
+        """``(N, K)`` booleans ``s >= t`` (last column all True)."""
+        p = np.empty((self.n, self.k), dtype=bool)
+        np.greater_equal(self.scores[:, : self.k - 1], t[None, :], out=p[:, : self.k - 1])
+        p[:, self.k - 1] = True
+        return p
+
+    def exits(self, t: np.ndarray, skip: int | None = None) -> np.ndarray:
+        """Exit index of every sample (with exit ``skip`` closed, if given)."""
+        e = np.full(self.n, self.k - 1, dtype=np.intp)
+        for j in range(self.k - 2, -1, -1):
+            if j == skip or t[j] == np.inf:
+                continue
+            np.copyto(e, j, where=self._cols[j] >= t[j])
+        return e
+
+    def solution(self, t: np.ndarray, exits: np.ndarray | None = None) -> Solution:
+        """Wrap thresholds with their mean gain and cost."""
+        e = self.exits(t) if exits is None else exits
+        return Solution(
+            np.array(t, dtype=np.float64),
+            float(np.mean(self.gains[np.arange(self.n), e])),
+            float(np.mean(self.costs[e])),
+        )
+
+    # -- exact one-threshold update
+    def _cuts(self, t: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, int]:
+        """Allowed cuts at exit j: their thresholds, prefix gains and costs; base cost; current cut.
+
+        Cut ``i`` lets the ``i + 1`` highest-scoring samples that reach exit j leave; cuts
+        fall between distinct scores only. The current cut is -1 when nobody leaves and -2
+        when ``t_j`` is not at an allowed cut.
+        """
+        down = self.exits(t, skip=j)  # exit taken if nobody left at j
+        base_cost = float(np.sum(self.costs[down]))
+        m = (down >= j)[self.order[j]]
+        idx = self.order[j][m]
+        ss = self.sorted_scores[j][m]
+        d_down = down[idx]
+        cg = np.cumsum(self._gcols[j][idx] - self._gflat[idx * self.k + d_down])
+        cc = np.cumsum(self.costs[j] - self.costs[d_down])
+        valid = np.ones(ss.shape[0], dtype=bool)
+        if ss.shape[0] > 1:
+            valid[:-1] = ss[:-1] > ss[1:]
+        cut = np.flatnonzero(valid)
+        leaving = int(np.sum(ss >= t[j]))
+        cur = -1
+        if leaving:
+            pos = int(np.searchsorted(cut, leaving - 1))
+            cur = pos if pos < cut.shape[0] and cut[pos] == leaving - 1 else -2
+        return ss[cut], cg[cut], cc[cut], base_cost, cur
+
+    @staticmethod
+    def _moved(t: np.ndarray, j: int, value: float) -> np.ndarray:
+        new = t.copy()
+        new[j] = value
+        return new
+
+    def lagrange_update(self, t: np.ndarray, j: int, lam: float) -> np.ndarray:
+        """Best ``t_j`` for ``gain - lam * cost``, the others fixed (exact).
+
+        Returns ``t`` itself (same object) when no move improves by more than a tolerance.
+        """
+        thr, cg, cc, _, cur = self._cuts(t, j)
+        obj = cg - lam * cc
+        cur_val = 0.0 if cur == -1 else (float(obj[cur]) if cur >= 0 else -math.inf)
+        best = int(np.argmax(obj)) if obj.shape[0] else -1
+        best_val = float(obj[best]) if best >= 0 else -math.inf
+        if max(best_val, 0.0) <= cur_val + _TOL:
+            return t
+        if best_val > 0.0:
+            return self._moved(t, j, float(thr[best]))
+        return self._moved(t, j, np.inf)
+
+    def budget_update(self, t: np.ndarray, j: int, budget: float) -> np.ndarray:
+        """Best ``t_j`` for gain with mean cost ``<= budget``, the others fixed (exact).
+
+        Returns ``t`` itself (same object) when no feasible move improves the gain.
+        """
+        thr, cg, cc, base_cost, cur = self._cuts(t, j)
+        limit = budget * self.n * (1 - 1e-12) - base_cost
+        cur_gain = 0.0 if cur == -1 else (float(cg[cur]) if cur >= 0 else -math.inf)
+        feasible = cc <= limit
+        best_gain, best_thr, best_cost = -math.inf, np.inf, math.inf
+        if np.any(feasible):
+            masked = np.where(feasible, cg, -np.inf)
+            top = float(np.max(masked))
+            ties = np.flatnonzero(masked >= top - _TOL)
+            b = int(ties[np.argmin(cc[ties])])
+            best_gain, best_thr, best_cost = float(cg[b]), float(thr[b]), float(cc[b])
+        if limit >= 0 and (best_gain < -_TOL or (abs(best_gain) <= _TOL and best_cost > 0)):
+            best_gain, best_thr = 0.0, np.inf
+        if best_gain <= cur_gain + _TOL:
+            return t
+        new = self._moved(t, j, best_thr)
+        if float(np.mean(self.costs[self.exits(new)])) > budget:
+            return t
+        return new
+
+    # -- ascents
+    def lagrange_ascent(self, t: np.ndarray, lam: float, max_sweeps: int = 20) -> np.ndarray:
+        """Coordinate ascent on ``gain - lam * cost`` until no threshold moves."""
+        for _ in range(max_sweeps):
+            moved = False
+            for j in range(self.k - 1):
+                new = self.lagrange_update(t, j, lam)
+                if new is not t:
+                    moved = True
+                    t = new
+            if not moved:
+                break
+        return t
+
+    def budget_ascent(self, t: np.ndarray, budget: float, max_sweeps: int = 20) -> np.ndarray:
+        """Coordinate ascent on gain within ``budget`` until no threshold moves."""
+        for _ in range(max_sweeps):
+            moved = False
+            for j in range(self.k - 1):
+                new = self.budget_update(t, j, budget)
+                if new is not t:
+                    moved = True
+                    t = new
+            if not moved:
+                break
+        return t
+
+    # -- geometric pool
+    def geometric_pool(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Thresholds and exits of every geometric ratio (published and fine grid)."""
+        if self._geometric is None:
+            qs = sorted(set(PUBLISHED_Q) | set(FINE_Q))
+            self._geometric = [_geometric_fit(self._cols, q) for q in qs]
+        return self._geometric
+
+
+def _geometric_fit(cols: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
+    """MSDNet's dynamic-evaluation thresholds for one ratio; ``cols`` is ``(K, N)``."""
+    k, n = cols.shape
+    f = q ** np.arange(1, k + 1, dtype=np.float64)
+    f = f / f.sum()
+    t = np.full(k - 1, np.inf)
+    exits = np.full(n, k - 1, dtype=np.int64)
+    present = np.ones(n, dtype=bool)
+    for j in range(k - 1):
+        quota = math.floor(n * f[j])
+        col = cols[j]
+        left = col[present]
+        if quota == 0 or quota > left.shape[0]:
+            continue
+        thr = float(np.partition(left, left.shape[0] - quota)[left.shape[0] - quota])
+        t[j] = thr
+        leave = present & (col >= thr)
+        exits[leave] = j
+        present &= ~leave
+    return t, exits
+
+
+def geometric_thresholds(scores: np.ndarray, q: float) -> np.ndarray:
+    """MSDNet dynamic-evaluation thresholds for ratio ``q`` (vectorised, faithful).
+
+    Args:
+        scores: ``(N, K)`` scores of the fit samples.
+        q: Ratio of the geometric exit distribution ``f_k ∝ q^k``.
+
+    Returns:
+        ``(K - 1,)`` thresholds (``+inf`` where nobody leaves).
+
+    Example:
+        >>> s = np.array([[0.9, 0.5], [0.8, 0.5], [0.3, 0.5], [0.2, 0.5]])
+        >>> geometric_thresholds(s, 1.0).tolist()
+        [0.8]
+    """
+    return _geometric_fit(np.ascontiguousarray(np.asarray(scores, dtype=np.float64).T), q)[0]
+
+
+def smoothed_gains(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
+    """Per-exit isotonic estimate of ``P(right | score)`` at every sample's score.
+
+    Args:
+        scores: ``(N, K)`` scores.
+        correct: ``(N, K)`` correctness.
+
+    Returns:
+        ``(N, K)`` float64 in [0, 1].
+
+    Example:
+        >>> s = np.array([[0.1, 0.5], [0.2, 0.5], [0.9, 0.5], [0.8, 0.5]])
+        >>> ok = np.array([[0, 1], [1, 1], [1, 0], [1, 1]], bool)
+        >>> smoothed_gains(s, ok)[:, 0].tolist()
+        [0.5, 0.5, 1.0, 1.0]
+    """
+    from sklearn.isotonic import IsotonicRegression
+
+    n, k = scores.shape
+    out = np.empty((n, k), dtype=np.float64)
+    for j in range(k):
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
+        out[:, j] = iso.fit_transform(scores[:, j], correct[:, j].astype(np.float64))
+    return out
+
+
+def _lambda_grid(costs: np.ndarray, n_lambda: int = 16) -> np.ndarray:
+    """Values of λ from "everyone leaves at exit 1" down to 0."""
+    gaps = np.diff(costs)
+    gap = float(gaps[gaps > 0].min()) if np.any(gaps > 0) else 1.0
+    top = 1.05 / gap
+    return np.concatenate([np.geomspace(top, top * 1e-4, n_lambda - 1), [0.0]])
+
+
+def solve_path(problem: ExitProblem, budgets: Sequence[float], method: str) -> list[Solution | None]:
+    """Solve for several budgets at once (ascending order is used internally).
+
+    Args:
+        problem: The fit samples (gains: correctness for ``optimal``/``geometric``,
+            :func:`smoothed_gains` for ``smoothed``).
+        budgets: Mean-cost budgets in the unit of ``problem.costs``.
+        method: ``optimal``, ``smoothed`` (same algorithm; the gains differ) or
+            ``geometric``.
+
+    Returns:
+        One solution per budget in the given order; None where the method has no solution
+        within the budget (only ``geometric`` near the first exit's cost).
+
+    Raises:
+        DyncalError: Unknown method.
+    """
+    if method not in METHODS:
+        raise DyncalError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    order = np.argsort(np.asarray(budgets, dtype=np.float64), kind="stable")
+    out: list[Solution | None] = [None] * len(budgets)
+    geo = [problem.solution(t, e) for t, e in problem.geometric_pool()]
+    if method == "geometric":
+        for i in order:
+            fits = [s for s in geo if s.cost <= budgets[i]]
+            if fits:
+                out[i] = max(fits, key=lambda s: (s.gain, -s.cost))
+        return out
+    k = problem.k
+    pool = list(geo)
+    first = np.full(k - 1, np.inf)
+    first[0] = -np.inf
+    pool.append(problem.solution(first))
+    t = np.full(k - 1, np.inf)
+    for lam in _lambda_grid(problem.costs / problem.costs[-1]) / problem.costs[-1]:
+        t = problem.lagrange_ascent(t, float(lam))
+        pool.append(problem.solution(t))
+    prev: Solution | None = None
+    for i in order:
+        b = float(budgets[i])
+        cands = [s for s in pool if s.cost <= b]
+        if prev is not None:
+            cands.append(prev)
+        if not cands:
+            continue
+        start = max(cands, key=lambda s: (s.gain, -s.cost))
+        t = problem.budget_ascent(start.thresholds.copy(), b)
+        sol = problem.solution(t)
+        if sol.gain < start.gain or sol.cost > b:
+            sol = start
+        out[i] = sol
+        prev = sol
+    return out
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """A run's scores and correctness, split and ready for the solvers.
+
+    Attributes:
+        score: Score name.
+        temperatures: ``K`` temperatures used.
+        scores: ``(N, K)`` scores of all samples.
+        correct: ``(N, K)`` correctness of all samples.
+        fit_idx: Indices of the fit (calibration) part.
+        holdout_idx: Indices of the held-out part (empty when ``holdout == 0``).
+        units: Every cost column (``"macs"``, ``"ms:<key>"``) to its ``K`` costs.
+        n_classes: ``C``.
+        holdout: Held-out fraction.
+        seed: Split seed.
+    """
+
+    score: str
+    temperatures: tuple[float, ...]
+    scores: np.ndarray
+    correct: np.ndarray
+    fit_idx: np.ndarray
+    holdout_idx: np.ndarray
+    units: dict[str, tuple[float, ...]]
+    n_classes: int
+    holdout: float
+    seed: int
+
+
+def prepare_run(
+    run: Any,
+    *,
+    score: str = "maxprob",
+    temperature: bool = False,
+    holdout: float = 0.5,
+    seed: int = 0,
+    temperature_idx: np.ndarray | None = None,
+) -> PreparedRun:
+    """Split a run, fit temperatures on the fit part, and score every sample.
+
+    Args:
+        run: A :class:`dyncal.run.Run`.
+        score: ``maxprob``, ``margin`` or ``entropy``.
+        temperature: Fit one temperature per exit by NLL on the fit part.
+        holdout: Held-out fraction (stratified); 0 fits on everything.
+        seed: Split seed.
+        temperature_idx: Rows to fit temperatures on (default: the fit part).
+
+    Returns:
+        The prepared run.
+
+    Raises:
+        DyncalError: No costs, K < 2, bad score/holdout, a class missing from a part,
+            NaN scores.
+    """
+    if score not in SCORES:
+        raise DyncalError(f"--score must be one of {', '.join(SCORES)}; got {score!r}")
+    if run.k < 2:
+        raise DyncalError(f"thresholds need a multi-exit run (K >= 2), got K={run.k}")
+    units = cost_units(run.costs, run.k)
+    if not units:
+        raise DyncalError("run has no costs: run 'dyncal profile RUN' or import with --macs")
+    labels = np.asarray(run.labels, dtype=np.int64)
+    fit_idx, held_idx = stratified_split(labels, holdout, seed)
+    temps = np.ones(run.k)
+    if temperature:
+        from dyncal.calibrate.temperature import TemperatureScaler
+
+        rows = fit_idx if temperature_idx is None else temperature_idx
+        logits = np.asarray(run.logits)[rows] if rows.shape[0] < run.n else run.logits
+        temps = TemperatureScaler().fit(logits, labels[rows]).temperatures_
+    scores, preds = exit_scores(run.logits, score, temps)
+    if not np.all(np.isfinite(scores)):
+        row, ex = np.argwhere(~np.isfinite(scores))[0]
+        raise DyncalError(f"scores are NaN at row {row}, exit {ex + 1}; check the run's logits")
+    return PreparedRun(
+        score=score,
+        temperatures=tuple(float(v) for v in temps),
+        scores=scores,
+        correct=preds == labels[:, None],
+        fit_idx=fit_idx,
+        holdout_idx=held_idx,
+        units=units,
+        n_classes=run.c,
+        holdout=float(holdout),
+        seed=int(seed),
+    )
+
+
+def problem_for(method: str, scores: np.ndarray, correct: np.ndarray, costs: Sequence[float]) -> ExitProblem:
+    """The :class:`ExitProblem` a method optimises on these samples."""
+    gains = smoothed_gains(scores, correct) if method == "smoothed" else correct.astype(np.float64)
+    return ExitProblem(scores, gains, costs)
+
+
+@dataclass(frozen=True)
+class ThresholdsResult:
+    """The ``thresholds.json`` document of ``dyncal solve``.
+
+    Calibration numbers (``calibration_accuracy``, ``expected_macs``, ``expected_ms``,
+    ``exit_shares``, ``budget["met"]``) are measured on the fit part, where the budget is
+    guaranteed; ``holdout_*`` on the held-out part. Applying ``thresholds`` with the exit
+    rule to the fit part's scores reproduces them exactly.
+
+    Attributes:
+        score: Score name.
+        temperatures: ``K`` temperatures.
+        thresholds: ``K`` thresholds, the last None.
+        method: Solver used (``risk`` mode: the solver that built the candidates).
+        budget: ``asked``, ``unit``, ``value``, ``fraction``, ``met``, ``met_fraction``.
+        expected_macs: Mean MACs on the fit part, None when the run has no MACs.
+        expected_ms: Mean early-exit ms per ``"<device>/b<batch>"``.
+        calibration_accuracy: Accuracy on the fit part.
+        holdout_accuracy: Accuracy on the held-out part (None when nothing was held out).
+        holdout_ci: 95% bootstrap interval of ``holdout_accuracy`` (None likewise).
+        exit_shares: ``K`` shares on the fit part.
+        static: One entry per exit used alone: accuracies and costs.
+        holdout: Held-out details: ``n``, ``expected_macs``, ``expected_ms``, ``exit_shares``.
+        split: ``holdout``, ``seed``, ``n_calibration``, ``n_holdout``.
+        risk: Risk-control details, or None.
+        run: Path of the run.
+        n_classes: ``C``.
+        schema_version: Version of this document.
+    """
+
+    score: str
+    temperatures: tuple[float, ...]
+    thresholds: tuple[float | None, ...]
+    method: str
+    budget: dict[str, Any]
+    expected_macs: float | None
+    expected_ms: dict[str, float]
+    calibration_accuracy: float
+    holdout_accuracy: float | None
+    holdout_ci: tuple[float, float] | None
+    exit_shares: tuple[float, ...]
+    static: tuple[dict[str, Any], ...] = ()
+    holdout: dict[str, Any] | None = None
+    split: dict[str, Any] = field(default_factory=dict)
+    risk: dict[str, Any] | None = None
+    run: str = ""
+    n_classes: int = 0
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """The thresholds.json document."""
+        return {
+            "schema": "dyncal.thresholds",
+            "schema_version": self.schema_version,
+            "score": self.score,
+            "temperatures": list(self.temperatures),
+            "thresholds": list(self.thresholds),
+            "method": self.method,
+            "budget": dict(self.budget),
+            "expected_macs": self.expected_macs,
+            "expected_ms": dict(self.expected_ms),
+            "calibration_accuracy": self.calibration_accuracy,
+            "holdout_accuracy": self.holdout_accuracy,
+            "holdout_ci": None if self.holdout_ci is None else list(self.holdout_ci),
+            "exit_shares": list(self.exit_shares),
+            "static": [dict(s) for s in self.static],
+            "holdout": None if self.holdout is None else dict(self.holdout),
+            "split": dict(self.split),
+            "risk": None if self.risk is None else dict(self.risk),
+            "run": self.run,
+            "n_classes": self.n_classes,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ThresholdsResult:
+        """Read a thresholds.json document.
+
+        Raises:
+            DyncalError: Not a thresholds document, or from a newer schema.
+        """
+        version = d.get("schema_version")
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise DyncalError(
+                f"thresholds document has schema version {version!r}; this dyncal reads up to {SCHEMA_VERSION}"
+            )
+        thresholds_from_json(d["thresholds"])  # validates the shape
+        ci = d.get("holdout_ci")
+        return cls(
+            score=str(d["score"]),
+            temperatures=tuple(float(v) for v in d["temperatures"]),
+            thresholds=tuple(None if v is None else float(v) for v in d["thresholds"]),
+            method=str(d["method"]),
+            budget=dict(d.get("budget") or {}),
+            expected_macs=None if d.get("expected_macs") is None else float(d["expected_macs"]),
+            expected_ms={str(k): float(v) for k, v in (d.get("expected_ms") or {}).items()},
+            calibration_accuracy=float(d["calibration_accuracy"]),
+            holdout_accuracy=None if d.get("holdout_accuracy") is None else float(d["holdout_accuracy"]),
+            holdout_ci=None if ci is None else (float(ci[0]), float(ci[1])),
+            exit_shares=tuple(float(v) for v in d["exit_shares"]),
+            static=tuple(dict(s) for s in d.get("static", [])),
+            holdout=None if d.get("holdout") is None else dict(d["holdout"]),
+            split=dict(d.get("split") or {}),
+            risk=None if d.get("risk") is None else dict(d["risk"]),
+            run=str(d.get("run", "")),
+            n_classes=int(d.get("n_classes", 0)),
+            schema_version=int(version),
+        )
+
+    @property
+    def threshold_array(self) -> np.ndarray:
+        """The ``K - 1`` thresholds as floats."""
+        return thresholds_from_json(list(self.thresholds))
+
+
+def _cost_summary(units: Mapping[str, tuple[float, ...]], exits: np.ndarray) -> tuple[float | None, dict[str, float]]:
+    """Mean MACs and mean ms per latency key of the given exits."""
+    macs = float(np.mean(np.asarray(units["macs"])[exits])) if "macs" in units and exits.size else None
+    ms = {u[3:]: float(np.mean(np.asarray(c)[exits])) for u, c in units.items() if u.startswith("ms:") and exits.size}
+    return macs, ms
+
+
+def static_baselines(prep: PreparedRun, *, seed: int = 0) -> list[dict[str, Any]]:
+    """Each exit used alone: calibration and held-out accuracy (with CI) and its costs."""
+    out = []
+    for j in range(prep.correct.shape[1]):
+        fit_acc = float(np.mean(prep.correct[prep.fit_idx, j]))
+        held = prep.correct[prep.holdout_idx, j]
+        entry: dict[str, Any] = {
+            "exit": j + 1,
+            "calibration_accuracy": fit_acc,
+            "holdout_accuracy": float(np.mean(held)) if held.size else None,
+            "holdout_ci": list(mean_bootstrap_ci(held, seed=seed)) if held.size else None,
+            "macs": prep.units["macs"][j] if "macs" in prep.units else None,
+            "ms": {u[3:]: c[j] for u, c in prep.units.items() if u.startswith("ms:")},
+        }
+        primary = next(iter(prep.units.values()))
+        entry["fraction"] = primary[j] / primary[-1]
+        out.append(entry)
+    return out
+
+
+def _result_from(
+    prep: PreparedRun,
+    thresholds: np.ndarray,
+    method: str,
+    target: BudgetTarget | None,
+    unit: str,
+    run_path: str,
+    risk: dict[str, Any] | None = None,
+) -> ThresholdsResult:
+    """Evaluate final thresholds and assemble the document."""
+    t_json = finite_thresholds(thresholds, prep.score, prep.n_classes)
+    t_eval = np.asarray(t_json[:-1], dtype=np.float64)
+    costs = prep.units[unit]
+    fit = evaluate_policy(prep.scores[prep.fit_idx], prep.correct[prep.fit_idx], costs, t_eval)
+    fit_macs, fit_ms = _cost_summary(prep.units, fit.exits)
+    budget: dict[str, Any] = (
+        target.to_dict() if target is not None else {"asked": None, "unit": unit, "value": None, "fraction": None}
+    )
+    budget["met"] = fit.expected_cost
+    budget["met_fraction"] = fit.expected_cost / costs[-1]
+    h_acc: float | None = None
+    h_ci: tuple[float, float] | None = None
+    held_doc: dict[str, Any] | None = None
+    if prep.holdout_idx.size:
+        held = evaluate_policy(prep.scores[prep.holdout_idx], prep.correct[prep.holdout_idx], costs, t_eval)
+        ok = prep.correct[prep.holdout_idx][np.arange(prep.holdout_idx.size), held.exits]
+        h_acc = held.accuracy
+        h_ci = mean_bootstrap_ci(ok, seed=prep.seed)
+        h_macs, h_ms = _cost_summary(prep.units, held.exits)
+        held_doc = {
+            "n": int(prep.holdout_idx.size),
+            "expected_macs": h_macs,
+            "expected_ms": h_ms,
+            "exit_shares": list(held.shares),
+        }
+    return ThresholdsResult(
+        score=prep.score,
+        temperatures=prep.temperatures,
+        thresholds=tuple(t_json),
+        method=method,
+        budget=budget,
+        expected_macs=fit_macs,
+        expected_ms=fit_ms,
+        calibration_accuracy=fit.accuracy,
+        holdout_accuracy=h_acc,
+        holdout_ci=h_ci,
+        exit_shares=fit.shares,
+        static=tuple(static_baselines(prep, seed=prep.seed)),
+        holdout=held_doc,
+        split={
+            "holdout": prep.holdout,
+            "seed": prep.seed,
+            "n_calibration": int(prep.fit_idx.size),
+            "n_holdout": int(prep.holdout_idx.size),
+        },
+        risk=risk,
+        run=run_path,
+        n_classes=prep.n_classes,
+    )
+
+
+def solve_run(
+    run: Any,
+    budget: str | None,
+    *,
+    method: str = DEFAULT_METHOD,
+    score: str = "maxprob",
+    temperature: bool = False,
+    holdout: float = 0.5,
+    seed: int = 0,
+    device: str | None = None,
+    batch_size: int | None = None,
+    max_drop: float | None = None,
+    delta: float = 0.05,
+    pvalue: str = "binomial",
+) -> ThresholdsResult:
+    """Fit thresholds for a run under a budget (``dyncal solve``).
+
+    Args:
+        run: A :class:`dyncal.run.Run` (``dyncal.load_run``).
+        budget: ``0.6x``, ``1.2GMAC``/``850MMAC`` or ``35ms``; may be None in risk mode.
+        method: ``smoothed`` (default), ``optimal`` or ``geometric``.
+        score: ``maxprob`` (default), ``margin`` or ``entropy``.
+        temperature: Fit one temperature per exit by NLL on the fit part (default False).
+        holdout: Held-out fraction for honest accuracy, stratified (default 0.5; 0: none).
+        seed: Split seed (default 0).
+        device: Latency device for ``ms`` budgets and latency columns (e.g. ``"cpu"``).
+        batch_size: Latency batch size (e.g. 1).
+        max_drop: Risk mode: ε, the tolerated drop versus the last exit's accuracy. The
+            cheapest thresholds whose drop on new data is ≤ ε with probability ≥ 1 - δ
+            (Learn then Test, exchangeable data), within ``budget`` if one is given.
+        delta: δ for risk mode (default 0.05).
+        pvalue: ``binomial`` (default) or ``hb`` (Hoeffding–Bentkus) for risk mode.
+
+    Returns:
+        The thresholds document.
+
+    Raises:
+        DyncalError: Bad options, no costs, NaN scores, a class missing from a split part.
+        BudgetError: Unreadable or unreachable budget (names the cheapest feasible one).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from dyncal.run import import_arrays
+        >>> rng = np.random.default_rng(0)
+        >>> y = rng.integers(0, 3, 300)
+        >>> z = np.eye(3)[y][:, None, :] * [[1.0], [3.0]] + rng.normal(0, 1, (300, 2, 3))
+        >>> run = import_arrays(z, y, pathlib.Path(tempfile.mkdtemp()) / "r", macs=[1e6, 4e6])
+        >>> res = solve_run(run, "0.6x")
+        >>> res.budget["met"] <= res.budget["value"], res.thresholds[-1] is None
+        (True, True)
+    """
+    if method not in METHODS:
+        raise DyncalError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    target: BudgetTarget | None = None
+    spec = parse_budget(budget) if budget is not None else None
+    if spec is None and max_drop is None:
+        raise DyncalError("give a budget (--budget 0.6x) or a risk target (--max-drop 0.005)")
+    units = cost_units(run.costs, run.k)
+    if not units:
+        raise DyncalError("run has no costs: run 'dyncal profile RUN' or import with --macs")
+    if spec is not None:
+        target = resolve_budget(spec, run.costs, run.k, device=device, batch_size=batch_size)
+        unit = target.unit
+    else:
+        unit = "macs" if "macs" in units else resolve_budget("1x", run.costs, run.k, device=device, batch_size=batch_size).unit
+    run_path = str(getattr(run, "path", ""))
+    if max_drop is not None:
+        return _solve_risk(run, target, unit, run_path, method=method, score=score, temperature=temperature,
+                           holdout=holdout, seed=seed, max_drop=max_drop, delta=delta, pvalue=pvalue)
+    assert target is not None
+    prep = prepare_run(run, score=score, temperature=temperature, holdout=holdout, seed=seed)
+    costs = prep.units[unit]
+    fit_s, fit_c = prep.scores[prep.fit_idx], prep.correct[prep.fit_idx]
+    problem = problem_for(method, fit_s, fit_c, costs)
+    sol = solve_path(problem, [target.value], method)[0]
+    if sol is None:
+        cheapest = min(s.cost for s in (problem.solution(t, e) for t, e in problem.geometric_pool()))
+        raise BudgetError(
+            f"no geometric solution fits budget {target.spec.text!r}: its cheapest fitted cost is "
+            f"{format_budget(cheapest / costs[-1], 'fraction')}; raise the budget or use --method optimal"
+        )
+    return _result_from(prep, sol.thresholds, method, target, unit, run_path)
+
+
+def _solve_risk(
+    run: Any,
+    target: BudgetTarget | None,
+    unit: str,
+    run_path: str,
+    *,
+    method: str,
+    score: str,
+    temperature: bool,
+    holdout: float,
+    seed: int,
+    max_drop: float,
+    delta: float,
+    pvalue: str,
+    n_candidates: int = 60,
+) -> ThresholdsResult:
+    """Risk mode of :func:`solve_run` (Learn then Test with fixed-sequence testing)."""
+    from dyncal.calibrate.risk import learn_then_test
+
+    if not (0.0 <= max_drop < 1.0):
+        raise DyncalError(f"--max-drop must be a fraction in [0, 1), got {max_drop}")
+    if not (0.0 < delta < 1.0):
+        raise DyncalError(f"--delta must be a fraction in (0, 1), got {delta}")
+    labels = np.asarray(run.labels, dtype=np.int64)
+    fit_idx, _ = stratified_split(labels, holdout, seed)
+    # order half (builds the candidate sequence) and test half (p-values), disjoint
+    perm = np.random.default_rng(seed + 1).permutation(fit_idx.shape[0])
+    order_idx = np.sort(fit_idx[perm[: fit_idx.shape[0] // 2]])
+    test_idx = np.sort(fit_idx[perm[fit_idx.shape[0] // 2 :]])
+    if order_idx.size == 0 or test_idx.size == 0:
+        raise DyncalError(f"risk control needs calibration samples to split in two; the fit part has {fit_idx.size}")
+    prep = prepare_run(run, score=score, temperature=temperature, holdout=holdout, seed=seed, temperature_idx=order_idx)
+    costs = np.asarray(prep.units[unit])
+    problem = problem_for(method, prep.scores[order_idx], prep.correct[order_idx], costs)
+    budgets = np.linspace(costs[-1], costs[0], n_candidates)
+    path = solve_path(problem, list(budgets), method)
+    safe = np.full(run.k - 1, np.inf)
+    candidates = [safe] + [s.thresholds for s in path if s is not None]
+    res = learn_then_test(
+        candidates, prep.scores[test_idx], prep.correct[test_idx], max_drop=max_drop, delta=delta, pvalue=pvalue
+    )
+    chosen = candidates[max(res.index, 0)]
+    last_fit = float(np.mean(prep.correct[prep.fit_idx, -1]))
+    risk: dict[str, Any] = {
+        "max_drop": max_drop,
+        "delta": delta,
+        **res.to_dict(),
+        "n_order": int(order_idx.size),
+        "assumption": "calibration and deployment samples are exchangeable (i.i.d.)",
+        "last_exit_calibration_accuracy": last_fit,
+    }
+    result = _result_from(prep, chosen, method, target, unit, run_path, risk=risk)
+    if target is not None and result.budget["met"] > target.value:
+        raise BudgetError(
+            f"the cheapest thresholds with drop <= {max_drop} (delta {delta}) cost "
+            f"{format_budget(result.budget['met_fraction'], 'fraction')} on the calibration data, above the "
+            f"budget {target.spec.text!r}; raise the budget, --max-drop or --delta, or drop --budget"
+        )
+    if prep.holdout_idx.size:
+        result.risk["holdout_drop"] = float(np.mean(prep.correct[prep.holdout_idx, -1])) - float(result.holdout_accuracy or 0.0)  # type: ignore[index]
+    result.risk["calibration_drop"] = last_fit - result.calibration_accuracy  # type: ignore[index]
+    return result

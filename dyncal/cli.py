@@ -358,6 +358,218 @@ def profile(
         typer.echo(f"ops fvcore could not count: {ops}")
 
 
+# ----------------------------------------------------------------- solve / frontier
+
+_DEFAULT_METHOD = "smoothed"  # dyncal.calibrate.solvers.DEFAULT_METHOD (kept literal: fast startup)
+_METHODS = ("smoothed", "optimal", "geometric")
+_RISK_HELP = (
+    "Risk control (Learn then Test): the cheapest thresholds whose accuracy on new data is at most "
+    "this fraction below the last exit's, with probability >= 1 - delta. Assumes calibration and "
+    "deployment samples are exchangeable (i.i.d. from one distribution); under distribution shift "
+    "the guarantee does not hold."
+)
+
+
+def _check_out_file(path: Path) -> None:
+    """Refuse an output file whose folder does not exist."""
+    if not path.parent.exists():
+        raise DyncalError(f"the folder '{path.parent}' for --out does not exist; create it first")
+    if path.is_dir():
+        raise DyncalError(f"--out '{path}' is a folder; give a file name such as thresholds.json")
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def _print_solve_summary(doc: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    b = doc["budget"]
+    asked = b.get("asked") or "(none: risk control)"
+    console.print(
+        f"[bold]{doc['method']}[/bold] thresholds, score {doc['score']}, budget {asked} "
+        f"→ met {b['met_fraction']:.4f}x of the last exit ({b['unit']})"
+    )
+    ts = ", ".join("-" if t is None else f"{t:.4g}" for t in doc["thresholds"])
+    console.print(f"thresholds: [{ts}]   temperatures: [{', '.join(f'{t:.3g}' for t in doc['temperatures'])}]")
+    split = doc.get("split", {})
+    line = f"accuracy: calibration {_pct(doc['calibration_accuracy'])} (n={split.get('n_calibration')})"
+    if doc.get("holdout_accuracy") is not None:
+        lo, hi = doc["holdout_ci"]
+        line += f", held-out {_pct(doc['holdout_accuracy'])} [95% CI {_pct(lo)} – {_pct(hi)}] (n={split.get('n_holdout')})"
+    else:
+        line += ", held-out: none (--holdout 0)"
+    console.print(line)
+    costs = []
+    if doc.get("expected_macs") is not None:
+        costs.append(f"{doc['expected_macs']:.4g} MACs")
+    costs += [f"{ms:.4g} ms ({key})" for key, ms in doc.get("expected_ms", {}).items()]
+    console.print(f"expected cost per sample: {', '.join(costs)} = {b['met_fraction']:.4f}x")
+    console.print("exit shares: " + ", ".join(f"{j + 1}: {100 * s:.1f}%" for j, s in enumerate(doc["exit_shares"])))
+    if doc.get("risk"):
+        r = doc["risk"]
+        console.print(
+            f"risk control: drop vs last exit ≤ {r['max_drop']} with probability ≥ {1 - r['delta']:.3g} "
+            f"({r['n_accepted']} of {r['n_candidates']} candidates accepted, {r['p_value_method']} p-values); "
+            f"calibration drop {r.get('calibration_drop', float('nan')):+.4f}"
+            + (f", held-out drop {r['holdout_drop']:+.4f}" if "holdout_drop" in r else "")
+        )
+    table = Table(title="each exit alone (static baselines)")
+    keys = sorted({k for s in doc["static"] for k in s.get("ms", {})})
+    for col in ("exit", "calibration acc.", "held-out acc.", "MACs", "fraction", *[f"ms {k}" for k in keys]):
+        table.add_column(col, justify="right")
+    for s in doc["static"]:
+        table.add_row(
+            str(s["exit"]),
+            _pct(s["calibration_accuracy"]),
+            _pct(s.get("holdout_accuracy")),
+            "-" if s.get("macs") is None else f"{s['macs']:.4g}",
+            f"{s['fraction']:.4f}x",
+            *[f"{s['ms'][k]:.4g}" for k in keys],
+        )
+    console.print(table)
+
+
+@app.command()
+def solve(
+    run: RunArg,
+    out: Annotated[Path, typer.Option(help="Where to write thresholds.json.")],
+    budget: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Mean cost per sample: 0.6x (fraction of the last exit's cost), 1.2GMAC / 850MMAC, "
+            "or 35ms (expected early-exit latency of a profiled --device/--batch-size)."
+        ),
+    ] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            help="smoothed (default: optimal on calibrated expected accuracy, generalises best), "
+            "optimal (exact coordinate/Lagrangian solver) or geometric (MSDNet's baseline)."
+        ),
+    ] = _DEFAULT_METHOD,
+    score: Annotated[str, typer.Option(help="Confidence score: maxprob, margin or entropy.")] = "maxprob",
+    temperature: Annotated[
+        bool, typer.Option("--temperature/--no-temperature", help="Fit one temperature per exit by NLL first.")
+    ] = False,
+    holdout: Annotated[
+        float, typer.Option(help="Fraction held out (stratified) to report honest accuracy; 0 fits on all.")
+    ] = 0.5,
+    seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
+    device: Annotated[Optional[str], typer.Option(help="Latency device for ms budgets (e.g. cpu).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Latency batch size, with --device.")] = None,
+    max_drop: Annotated[Optional[float], typer.Option(help=_RISK_HELP)] = None,
+    delta: Annotated[float, typer.Option(help="Risk control: allowed probability of a drop above --max-drop.")] = 0.05,
+    json_: JsonOpt = False,
+) -> None:
+    """Thresholds that maximise accuracy within a mean-cost budget, with honest held-out numbers.
+
+    Fits on one part of the run, reports accuracy on the other (95% bootstrap interval),
+    expected cost in every known unit, exit shares and each exit alone. With --max-drop the
+    thresholds are the cheapest that keep the drop versus the last exit within the bound
+    with probability >= 1 - delta (data assumed exchangeable).
+
+    Example: dyncal solve run --budget 0.5x --out thresholds.json
+    """
+    from dyncal.calibrate.solvers import solve_run
+    from dyncal.run import atomic_write_text, load_run
+
+    with user_errors():
+        _check_out_file(out)
+        result = solve_run(
+            load_run(run),
+            budget,
+            method=method,
+            score=score,
+            temperature=temperature,
+            holdout=holdout,
+            seed=seed,
+            device=device,
+            batch_size=batch_size,
+            max_drop=max_drop,
+            delta=delta,
+        )
+        doc = result.to_dict()
+        atomic_write_text(out, json.dumps(_json_safe(doc), indent=2) + "\n")
+    if json_:
+        echo_json(doc)
+        return
+    _print_solve_summary(doc)
+    typer.echo(f"wrote {out}", err=True)
+
+
+@app.command()
+def frontier(
+    run: RunArg,
+    out: Annotated[Path, typer.Option(help="Where to write frontier.csv.")],
+    n_budgets: Annotated[int, typer.Option(min=2, help="Budgets from the first exit's cost to the last's.")] = 41,
+    methods: Annotated[
+        str, typer.Option(help="Comma-separated solvers (the default method is always added).")
+    ] = "optimal,geometric",
+    score: Annotated[str, typer.Option(help="Confidence score: maxprob, margin or entropy.")] = "maxprob",
+    temperature: Annotated[
+        bool, typer.Option("--temperature/--no-temperature", help="Fit one temperature per exit by NLL first.")
+    ] = False,
+    holdout: Annotated[float, typer.Option(help="Fraction held out (stratified); 0 fits on all.")] = 0.5,
+    seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
+    device: Annotated[Optional[str], typer.Option(help="Latency device when the run has no MACs.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Latency batch size, with --device.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Accuracy versus cost for a grid of budgets: each solver, the oracle and each exit alone.
+
+    Writes a long CSV (one row per method and budget; fitted and held-out accuracy with a
+    95% interval, expected cost in every unit, exit shares) that the report draws.
+
+    Example: dyncal frontier run --out frontier.csv
+    """
+    from dyncal.analysis.frontier import compute_frontier, write_frontier_csv
+    from dyncal.run import load_run
+
+    with user_errors():
+        _check_out_file(out)
+        names = tuple(m.strip() for m in methods.split(",") if m.strip())
+        df = compute_frontier(
+            load_run(run),
+            n_budgets=n_budgets,
+            score=score,
+            temperature=temperature,
+            holdout=holdout,
+            seed=seed,
+            methods=names,
+            device=device,
+            batch_size=batch_size,
+        )
+        write_frontier_csv(df, out)
+    if json_:
+        records = json.loads(df.to_json(orient="records"))
+        echo_json({"path": str(out), "rows": records})
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    solved = df[~df["method"].isin(["static"])]
+    table = Table(title=f"frontier ({len(df)} rows → {out}): held-out accuracy by budget")
+    names_shown = list(dict.fromkeys(solved["method"]))
+    table.add_column("budget", justify="right")
+    for name in names_shown:
+        table.add_column(name, justify="right")
+    fracs = sorted(set(solved["budget_fraction"]))
+    step = max(1, len(fracs) // 10)
+    for f in fracs[::step] + ([fracs[-1]] if (len(fracs) - 1) % step else []):
+        cells = []
+        for name in names_shown:
+            sel = solved[(solved["method"] == name) & (solved["budget_fraction"] == f)]
+            col = "holdout_accuracy" if holdout > 0 else "fitted_accuracy"
+            v = sel[col].iloc[0] if len(sel) else float("nan")
+            cells.append("-" if v != v else f"{100 * v:.2f}%")
+        table.add_row(f"{f:.3f}x", *cells)
+    Console().print(table)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

@@ -243,16 +243,15 @@ class _DDStage2(nn.Module):
         return (self.h2(torch.relu(a)),)
 
 
-class BufferExit(nn.Module):
-    """Exit 1 returns a stored buffer: it is not computed by the graph."""
+class InputExit(nn.Module):
+    """Exit 1 hands back the input itself: it is not computed by the graph."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.l1 = nn.Linear(8, 3)
-        self.register_buffer("prior", torch.zeros(2, 3))
+        self.l1 = nn.Linear(8, 8)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [self.prior, self.l1(x)]
+        return [x, self.l1(x)]
 
 
 def linear_stack() -> LinearStack:
@@ -285,10 +284,10 @@ def data_dependent_staged() -> DataDependentStaged:
     return DataDependentStaged().eval()
 
 
-def buffer_exit() -> BufferExit:
+def input_exit() -> InputExit:
     """Factory (seeded, eval)."""
     torch.manual_seed(0)
-    return BufferExit().eval()
+    return InputExit().eval()
 
 
 def data_dependent_stages(model: nn.Module) -> list[nn.Module]:

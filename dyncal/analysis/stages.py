@@ -44,6 +44,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -264,13 +266,44 @@ def export_stages(model: nn.Module, example: torch.Tensor, *, dynamic_batch: boo
     return _partition(gm, example)
 
 
+# Loggers through which export narrates its failures on stderr (it also prints the partial
+# graph there); quiet while we export, since a failure becomes one ProfileError line. The
+# full story is logged at DEBUG.
+_EXPORT_LOGGERS = (
+    "torch.fx.experimental.symbolic_shapes",
+    "torch._dynamo",
+    "torch._export",
+    "torch.export",
+)
+
+
+@contextlib.contextmanager
+def _quiet_export_logs() -> Iterator[None]:
+    """Silence export's loggers and stderr for the block; restore both afterwards."""
+    loggers = [logging.getLogger(name) for name in _EXPORT_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    captured = io.StringIO()
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL)
+        with contextlib.redirect_stderr(captured):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+        if captured.getvalue():
+            log.debug("torch.export wrote to stderr:\n%s", captured.getvalue())
+
+
 def _export(model: nn.Module, example: torch.Tensor, *, dynamic_batch: bool) -> Any:
     from torch.export import Dim
 
     shapes = ({0: Dim.AUTO},) if dynamic_batch else None
     try:
-        return torch.export.export(model, (example,), dynamic_shapes=shapes, strict=False)
+        with _quiet_export_logs():
+            return torch.export.export(model, (example,), dynamic_shapes=shapes, strict=False)
     except Exception as e:  # noqa: BLE001 - export raises many types for unsupported models
+        log.debug("torch.export failed", exc_info=True)
         raise ProfileError(
             f"cannot export {type(model).__name__} with torch.export ({_first_line(e)}); "
             + _EXPORT_HINT

@@ -1,0 +1,361 @@
+"""dyncal profile: stages from the graph, fvcore MACs per stage/exit, measured latency."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import models_zoo as zoo
+from conftest import TESTS, assert_clean_error
+from dyncal.analysis.flops import _quiet_torchscript, model_macs, stage_macs
+from dyncal.analysis.latency import LatencySettings, measure_latency, pinned_threads
+from dyncal.analysis.stages import Stages, build_stages, declared_stages, verify_stages
+from dyncal.errors import ProfileError
+from dyncal.profile import ProfileOptions, profile_run, profile_run_full
+from dyncal.run import Provenance, import_arrays, load_run
+
+# ----------------------------------------------------------------- helpers
+
+
+def _run_for(tmp_path: Path, factory: str, input_shape: list[int], k: int, c: int, name: str = "run") -> Path:
+    """An imported run whose provenance names a models_zoo factory, as collect records it."""
+    prov = Provenance.here(
+        model=f"models_zoo:{factory}",
+        data="(test)",
+        device="cpu",
+        extra={"weights": None, "model_path": str(TESTS), "input_shape": input_shape, "input_dtype": "float32"},
+    )
+    rng = np.random.default_rng(0)
+    out = tmp_path / name
+    import_arrays(rng.normal(size=(6, k, c)).astype(np.float32), rng.integers(0, c, 6), out, provenance=prov)
+    return out
+
+
+FAST = ("--repeats", "3", "--warmup", "1")
+
+
+def _stages(model: torch.nn.Module, shape: tuple[int, ...]) -> Stages:
+    return build_stages(model, torch.randn(2, *shape))
+
+
+# ----------------------------------------------------------------- MACs, exact
+
+
+@pytest.mark.parametrize(
+    ("factory", "shape"),
+    [(zoo.linear_stack, (8,)), (zoo.conv_stack, (3, 8, 8)), (zoo.BranchyNet, (2, 8, 8))],
+    ids=["linear", "conv", "branchy"],
+)
+def test_hand_counted_macs_per_exit(factory, shape):
+    model = factory().eval()
+    stages = _stages(model, shape)
+    assert stages.source == "export" and stages.k == 3
+    for b in (1, 3):
+        check = verify_stages(model, stages, torch.randn(b, *shape))
+        assert max(check.max_abs_diff) <= 1e-5
+    counts = stage_macs(stages, torch.randn(1, *shape), model=model)
+    assert counts.exit_macs == model.EXIT_MACS
+    assert counts.model_macs == model.EXIT_MACS[-1]
+    assert counts.unsupported_ops == ()
+
+
+def test_fvcore_conventions_we_rely_on():
+    """One fused multiply-add is one MAC; bias adds are free."""
+    assert model_macs(torch.nn.Linear(5, 7), torch.zeros(1, 5)).macs == 35
+    assert model_macs(torch.nn.Conv2d(2, 3, 3, padding=1), torch.zeros(1, 2, 4, 4)).macs == 3 * 16 * 2 * 9
+
+
+def test_stage_macs_are_per_sample_at_batch_one():
+    model = zoo.conv_stack()
+    stages = _stages(model, (3, 8, 8))
+    one = stage_macs(stages, torch.randn(1, 3, 8, 8))
+    four = stage_macs(stages, torch.randn(4, 3, 8, 8))
+    assert four.stage_macs == tuple(4 * m for m in one.stage_macs)
+
+
+# ----------------------------------------------------------------- partition
+
+
+def test_heads_from_several_depths_carry_what_later_exits_need():
+    model = zoo.BranchyNet().eval()
+    stages = _stages(model, (2, 8, 8))
+    # exit 2 reads the first conv's output again: stage 1 must hand it on
+    x = torch.randn(3, 2, 8, 8)
+    run = stages.start(x)
+    run.step()
+    assert len(run.carry) == 2
+    verify_stages(model, stages, x)
+
+
+def test_perceiver_two_branch_partitions_correctly():
+    model = zoo.perceiver_like()
+    stages = _stages(model, (3, 8, 8))
+    assert stages.k == 4 and stages.dynamic_batch
+    for b in (1, 2, 5):
+        x = torch.randn(b, 3, 8, 8)
+        with torch.inference_mode():
+            want = model(x)
+            got = stages.run(x)
+        for w, g in zip(want, got, strict=True):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+    counts = stage_macs(stages, torch.randn(1, 3, 8, 8), model=model)
+    assert sum(counts.stage_macs) == counts.model_macs
+    assert all(b > a for a, b in zip(counts.exit_macs, counts.exit_macs[1:]))
+    softmax = {u.stage: u.count for u in counts.unsupported_ops if u.op == "aten::softmax"}
+    # x->z of block 1 | z->x of block 1 + x->z of block 2 | ... | z->x of block 3 (exit 4 only)
+    assert softmax == {1: 1, 2: 2, 3: 2, 4: 1}
+    # exit 4 alone needs the CNN head and the last z->x attention
+    assert counts.by_operator[3].get("conv", 0) == 0
+    assert counts.stage_macs[3] > 0
+
+
+def test_early_stop_runs_no_later_stage():
+    model = zoo.perceiver_like()
+    stages = _stages(model, (3, 8, 8))
+    calls: list[int] = []
+    for i, m in enumerate(stages.modules):
+        m.register_forward_hook(lambda *_, i=i: calls.append(i + 1))
+    x = torch.randn(2, 3, 8, 8)
+    with torch.inference_mode():
+        for exit_, _logits in enumerate(stages.iter_exits(x), start=1):
+            if exit_ == 2:
+                break
+        assert calls == [1, 2]
+        calls.clear()
+        assert len(stages.run(x, upto=1)) == 1
+        assert calls == [1]
+
+
+def test_keep_rows_gives_the_models_logits_for_the_rows_that_stay():
+    model = zoo.perceiver_like()
+    stages = _stages(model, (3, 8, 8))
+    x = torch.randn(6, 3, 8, 8)
+    keep = torch.tensor([True, False, True, True, False, True])
+    with torch.inference_mode():
+        want = model(x)
+        run = stages.start(x)
+        run.step()
+        run.keep(keep)
+        second = run.step()
+        run.keep(torch.tensor([0, 2]))  # integer rows of the 4 that stayed
+        third = run.step()
+    torch.testing.assert_close(second, want[1][keep], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(third, want[2][keep.nonzero().flatten()[[0, 2]]], rtol=1e-5, atol=1e-6)
+
+
+def test_stages_declared_by_method_and_by_function():
+    x = torch.randn(3, 8)
+    model = zoo.data_dependent_staged()
+    stages = build_stages(model, x)
+    assert stages.source == "method"
+    verify_stages(model, stages, x)
+    plain = zoo.data_dependent()
+    stages = build_stages(plain, x, stages_fn=zoo.data_dependent_stages)
+    assert stages.source == "function"
+    verify_stages(plain, stages, x)
+    assert declared_stages(zoo.conv_stack()) is None
+
+
+def test_wrong_declared_stages_are_caught():
+    model = zoo.data_dependent()
+    swapped = build_stages(model, torch.randn(2, 8), stages_fn=lambda m: list(reversed(zoo.data_dependent_stages(m))))
+    with pytest.raises(ProfileError, match="fail at batch size|does not reproduce"):
+        verify_stages(model, swapped, torch.randn(2, 8))
+    with pytest.raises(ProfileError, match="must return a list of K >= 2"):
+        build_stages(model, torch.randn(2, 8), stages_fn=lambda m: [m])
+
+
+@pytest.mark.parametrize(
+    ("factory", "shape", "pattern"),
+    [
+        (zoo.data_dependent, (8,), r"cannot export DataDependent with torch\.export .*dyncal_stages.*--stages"),
+        (zoo.input_exit, (8,), r"exit 1's output is not computed by the model's graph \(it is the model's input"),
+    ],
+    ids=["data-dependent", "input-exit"],
+)
+def test_graph_errors(factory, shape, pattern):
+    with pytest.raises(ProfileError, match=pattern) as info:
+        build_stages(factory(), torch.randn(2, *shape))
+    assert "\n" not in str(info.value)
+
+
+# ----------------------------------------------------------------- ResNet-50
+
+
+@pytest.mark.slow
+def test_resnet50_with_heads_stage_sum_equals_fvcore_total():
+    with pinned_threads(2):
+        model = zoo.resnet50_exits()
+        stages = _stages(model, (3, 224, 224))
+        x = torch.randn(1, 3, 224, 224)
+        verify_stages(model, stages, x, rtol=1e-4, atol=1e-4)
+        counts = stage_macs(stages, x, model=model)
+    assert sum(counts.stage_macs) == counts.model_macs
+    assert all(b > a for a, b in zip(counts.exit_macs, counts.exit_macs[1:]))
+    assert counts.exit_macs[-1] >= 4.1e9
+    assert counts.exit_macs[-1] < 4.2e9
+
+
+# ----------------------------------------------------------------- latency
+
+
+def test_latency_is_monotone_in_exit_index_on_cpu():
+    from dyncal.demo import pretrained
+
+    model = pretrained()
+    stages = _stages(model, (1, 8, 8))
+    x = torch.randn(8, 1, 8, 8)
+    threads_before = torch.get_num_threads()
+    prof = measure_latency(stages, model, x, LatencySettings(threads=1, warmup=2, repeats=7, min_block_ms=2.0))
+    assert torch.get_num_threads() == threads_before
+    assert prof.key == "cpu/b8" and prof.threads == 1 and prof.batch_size == 8
+    assert all(len(r) == 7 for r in prof.stage_ms)
+    assert all(m > 0 for m in prof.stage_median_ms)
+    assert prof.exit_ms == sorted(prof.exit_ms)
+    assert 0 < prof.decision_median_ms < prof.exit_ms[-1]
+    assert 0.5 < prof.full_model_median_ms / prof.exit_ms[-1] < 2.0
+    # independently: running stages 1..k end to end takes longer for larger k (within noise)
+    with pinned_threads(1), torch.inference_mode():
+        direct = []
+        for k in range(1, stages.k + 1):
+            reps = []
+            for _ in range(9):
+                t0 = time.perf_counter()
+                for _ in range(20):
+                    stages.run(x, upto=k)
+                reps.append((time.perf_counter() - t0) / 20)
+            direct.append(float(np.median(reps)))
+    assert all(b > 0.9 * a for a, b in zip(direct, direct[1:])), direct
+    assert direct[-1] > 2 * direct[0], direct
+
+
+def test_threads_are_restored_when_measuring_fails():
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError), pinned_threads(1):
+        assert torch.get_num_threads() == 1
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
+
+
+def test_latency_settings_are_validated():
+    with pytest.raises(ProfileError, match="--threads must be at least 1, got 0"):
+        LatencySettings(threads=0)
+    with pytest.raises(ProfileError, match="repeats must be at least 3"):
+        LatencySettings(repeats=1)
+
+
+# ----------------------------------------------------------------- warnings
+
+
+def test_only_torchscript_deprecations_are_filtered():
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        model_macs(torch.nn.Linear(2, 2), torch.zeros(1, 2))
+        with _quiet_torchscript():
+            warnings.warn("`torch.jit.trace` is deprecated. Please switch to `torch.compile` or `torch.export`.", FutureWarning, stacklevel=1)
+            warnings.warn("something else", FutureWarning, stacklevel=1)
+    messages = [str(w.message) for w in seen]
+    assert messages == ["something else"]
+
+
+# ----------------------------------------------------------------- library entry and CLI
+
+
+def test_profile_run_stores_the_cost_table_and_merges_devices(tmp_path):
+    run = _run_for(tmp_path, "conv_stack", [3, 8, 8], 3, 5)
+    options = ProfileOptions(batch_sizes=(1, 2), threads=1, repeats=3, warmup=1, min_block_ms=1.0)
+    costs = profile_run(run, options=options)
+    assert costs.macs == tuple(float(m) for m in zoo.ConvStack.EXIT_MACS)
+    assert sorted(costs.latency) == ["cpu/b1", "cpu/b2"]
+    again = profile_run(run, options=ProfileOptions(batch_sizes=(3,), threads=1, repeats=3, warmup=1, min_block_ms=1.0))
+    assert sorted(again.latency) == ["cpu/b1", "cpu/b2", "cpu/b3"]
+    stored = load_run(run).costs
+    assert stored is not None and sorted(stored.latency) == ["cpu/b1", "cpu/b2", "cpu/b3"]
+    assert stored.latency["cpu/b3"].threads == 1
+
+
+def test_cli_profile_json_keeps_device_and_settings(cli, tmp_path):
+    run = _run_for(tmp_path, "perceiver_like", [3, 8, 8], 4, 7)
+    result = cli("profile", run, "--device", "cpu", "--batch-size", "1,4", "--threads", "1", *FAST, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["stages"] == "export" and doc["k"] == 4
+    assert [e["macs"] for e in doc["exits"]] == sorted(e["macs"] for e in doc["exits"])
+    assert doc["exits"][-1]["macs"] == doc["model_macs"]
+    assert set(doc["latency"]) == {"cpu/b1", "cpu/b4"}
+    lat = doc["latency"]["cpu/b4"]
+    assert lat["device"] == "cpu" and lat["batch_size"] == 4 and lat["threads"] == 1
+    assert lat["settings"]["repeats"] == 3 and lat["settings"]["warmup"] == 1
+    assert lat["settings"]["torch"] == torch.__version__ and lat["hardware"]
+    assert any(u["op"] == "aten::softmax" for u in doc["unsupported_ops"])
+    # ... and `dyncal info --json` reads it back from the run
+    info = json.loads(cli("info", run, "--json").stdout)
+    assert [e["macs"] for e in info["exits"]] == [e["macs"] for e in doc["exits"]]
+    assert set(info["exits"][0]["latency_ms"]) == {"cpu/b1", "cpu/b4"}
+    stored = json.loads((run / "run.json").read_text())["costs"]["latency"]["cpu/b1"]
+    assert stored["device"] == "cpu" and stored["threads"] == 1 and len(stored["stage_ms"]) == 4
+
+
+def test_cli_profile_table_and_overrides_for_an_imported_run(cli, tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "l.npz", logits=rng.normal(size=(5, 3, 3)).astype(np.float32), labels=rng.integers(0, 3, 5))
+    assert cli("import", tmp_path / "l.npz", "--out", tmp_path / "run").exit_code == 0
+    assert_clean_error(cli("profile", tmp_path / "run", *FAST), r"does not name its model.*--model")
+    result = cli(
+        "profile", tmp_path / "run", "--model", "models_zoo:linear_stack", "--model-path", TESTS,
+        "--input-shape", "8", "--macs-only",
+    )
+    assert result.exit_code == 0, result.output
+    assert "784" in result.stdout and "stages: export" in result.stdout
+
+
+def test_cli_profile_declared_stages(cli, tmp_path):
+    run = _run_for(tmp_path, "data_dependent", [8], 2, 3)
+    assert_clean_error(cli("profile", run, *FAST), r"cannot export DataDependent .*--stages")
+    ok = cli("profile", run, "--stages", "models_zoo:data_dependent_stages", "--macs-only", "--json")
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["stages"] == "function"
+    run2 = _run_for(tmp_path, "data_dependent_staged", [8], 2, 3, name="run2")
+    ok = cli("profile", run2, "--macs-only", "--json")
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["stages"] == "method"
+
+
+@pytest.mark.parametrize(
+    ("factory", "shape", "k", "args", "pattern"),
+    [
+        ("data_dependent", [8], 2, (), r"cannot export DataDependent with torch\.export \(.*\); declare the stages"),
+        ("input_exit", [8], 2, (), r"exit 1's output is not computed by the model's graph"),
+        ("conv_stack", [3, 8, 8], 3, ("--batch-size", "1,x"), r"--batch-size must be comma-separated integers"),
+        ("conv_stack", [3, 8, 8], 3, ("--input-shape", "3,9"), r"fails on an input of shape \(1, 3, 9\)"),
+        ("conv_stack", [3, 8, 8], 4, (), r"has K=3 exits .* but run .* has K=4"),
+        ("conv_stack", [3, 8, 8], 3, ("--device", "tpu"), r"--device must be cpu, cuda or cuda:N; got 'tpu'"),
+    ],
+    ids=["not-exportable", "exit-not-graph-output", "bad-batch", "bad-shape", "wrong-k", "bad-device"],
+)
+def test_cli_profile_errors_are_one_line(cli, tmp_path, factory, shape, k, args, pattern):
+    c = {"conv_stack": 5, "input_exit": 8}.get(factory, 3)
+    run = _run_for(tmp_path, factory, shape, k, c)
+    assert_clean_error(cli("profile", run, *args, *FAST), pattern)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cli_profile_cuda_on_a_cpu_machine(cli, tmp_path):
+    run = _run_for(tmp_path, "conv_stack", [3, 8, 8], 3, 5)
+    assert_clean_error(cli("profile", run, "--device", "cuda", *FAST), r"--device cuda: CUDA is not available")
+    assert load_run(run).costs is None  # nothing half-written
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_profile_on_cuda(tmp_path):
+    run = _run_for(tmp_path, "conv_stack", [3, 8, 8], 3, 5)
+    result = profile_run_full(run, options=ProfileOptions(devices=("cpu", "cuda"), repeats=3, warmup=1))
+    prof = result.costs.latency["cuda/b1"]
+    assert prof.settings["timer"] == "cuda_events" and prof.settings["gpu"]
+    assert prof.exit_ms == sorted(prof.exit_ms)

@@ -8,6 +8,7 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sys
 from collections.abc import Iterator
@@ -109,9 +110,8 @@ def collect(
     with user_errors():
         means = _parse_float_list(mean, "--mean") or []
         stds = _parse_float_list(std, "--std") or []
-        dataset = load_dataset(
-            data, transform=ImageTransform(resize=resize, crop=crop, mean=tuple(means), std=tuple(stds))
-        )
+        transform = ImageTransform(resize=resize, crop=crop, mean=tuple(means), std=tuple(stds))
+        dataset = load_dataset(data, transform=transform)
         loaded = load_model(model, weights=weights, model_path=model_path, device=device)
         with _progress(quiet) as progress:
             result = collect_run(
@@ -125,6 +125,7 @@ def collect(
                 device=device,
                 overwrite=overwrite,
                 progress=progress,
+                image_transform=dataclasses.asdict(transform) if data.startswith("imagefolder:") else None,
             )
     if result is not None:
         typer.echo(f"wrote {result.path}: N={result.n}, K={result.k}, C={result.c}", err=True)
@@ -568,6 +569,108 @@ def frontier(
             cells.append("-" if v != v else f"{100 * v:.2f}%")
         table.add_row(f"{f:.3f}x", *cells)
     Console().print(table)
+
+
+# ----------------------------------------------------------------- verify
+
+
+@app.command()
+def verify(
+    run: RunArg,
+    thresholds: Annotated[Path, typer.Option(help="thresholds.json from 'dyncal solve'.")],
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    batch_size: Annotated[str, typer.Option(help="Batch sizes to time, comma-separated (e.g. 1,32).")] = "1",
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Replay only the first N rows of the run.")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads pinned while timing.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model spec overriding the run's.")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Checkpoint overriding the run's.")] = None,
+    model_path: Annotated[Optional[Path], typer.Option(help="Folder to import the model's module from.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Data spec overriding the run's.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Run a real early exit with the thresholds and compare it with what solve predicted.
+
+    The model's stages run one at a time; samples whose score clears the threshold leave and
+    later stages see only the rest. Reports agreement with the simulated exits and
+    predictions, and measured vs predicted milliseconds per batch.
+
+    Example: dyncal verify run --thresholds thresholds.json --batch-size 1,32
+    """
+    from dyncal.runtime import read_thresholds, verify_run
+
+    with user_errors():
+        sizes = _parse_int_list(batch_size, "--batch-size") or [1]
+        result = verify_run(
+            run,
+            read_thresholds(thresholds),
+            device=device,
+            batch_sizes=sizes,
+            limit=limit,
+            threads=threads,
+            model=model,
+            weights=None if weights is None else str(weights),
+            model_path=None if model_path is None else str(model_path),
+            data=data,
+        )
+    doc = result.to_dict()
+    if json_:
+        echo_json(doc)
+        return
+    _print_verify(doc)
+
+
+def _print_verify(doc: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    typer.echo(
+        f"{doc['n']} samples on {doc['device']} ({doc['hardware']}, {doc['threads']} threads): "
+        f"agreement with the simulation {100 * doc['agreement']:.2f}% "
+        f"(exits {100 * doc['exit_agreement']:.2f}%); accuracy runtime {100 * doc['runtime_accuracy']:.2f}% "
+        f"vs simulated {100 * doc['simulated_accuracy']:.2f}%"
+    )
+    table = Table(title="latency per batch (ms)")
+    for col in ("device/batch", "measured", "predicted", "measured/predicted", "full model", "speed-up"):
+        table.add_column(col, justify="right")
+    for t in doc["timings"]:
+        pred = t["predicted_ms"]
+        table.add_row(
+            t["key"],
+            f"{t['measured_ms']:.3f}",
+            "-" if pred is None else f"{pred:.3f}",
+            "-" if t["measured_over_predicted"] is None else f"{t['measured_over_predicted']:.2f}",
+            f"{t['full_model_ms']:.3f}",
+            "-" if t["speedup_vs_full_model"] is None else f"{t['speedup_vs_full_model']:.2f}x",
+        )
+    Console().print(table)
+
+
+# ----------------------------------------------------------------- demo
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the run, thresholds, frontier and report.")] = Path(
+        "dyncal-demo"
+    ),
+    budget: Annotated[str, typer.Option(help="Budget for the operating point.")] = "0.5x",
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Run the whole pipeline on the embedded default: a 4-exit CNN on handwritten digits.
+
+    collect → profile (CPU, batch 1 and 32) → solve → frontier → report → verify, all in OUT.
+    Nothing is downloaded: the digits ship with scikit-learn, the weights with dyncal.
+
+    Example: dyncal demo --out dyncal-demo
+    """
+    from dyncal.demo_pipeline import run_demo
+
+    def step(message: str) -> None:
+        typer.echo(message, err=True)
+
+    with user_errors():
+        summary = run_demo(out, budget=budget, overwrite=overwrite, log=step)
+    typer.echo(summary)
 
 
 def main() -> None:

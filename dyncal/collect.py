@@ -118,6 +118,7 @@ def collect_run(
     device: str = "cpu",
     overwrite: bool = False,
     progress: ProgressFn | None = None,
+    image_transform: dict[str, Any] | None = None,
 ) -> Run | None:
     """Collect per-exit logits of ``loaded`` over ``dataset`` into the run ``out``.
 
@@ -134,6 +135,8 @@ def collect_run(
         overwrite: Replace an existing run once the new one is complete.
         progress: Called as ``progress(done, total, items_per_s)`` after each batch
             (process 0 only; counts are this process's share).
+        image_transform: The ``imagefolder:`` transform settings, for provenance (so
+            verify can read the same inputs).
 
     Returns:
         The finished run (process 0), or None on other torchrun processes.
@@ -149,7 +152,10 @@ def collect_run(
     if ctx.active:
         _init_distributed(ctx, device)
     try:
-        return _collect(loaded, dataset, out, ctx, data_spec, batch_size, workers, limit, device, overwrite, progress)
+        return _collect(
+            loaded, dataset, out, ctx, data_spec, batch_size, workers, limit, device, overwrite, progress,
+            image_transform,
+        )
     finally:
         if ctx.active:
             import torch.distributed as dist
@@ -178,6 +184,7 @@ def _collect(
     device: str,
     overwrite: bool,
     progress: ProgressFn | None,
+    image_transform: dict[str, Any] | None,
 ) -> Run | None:
     n_total = len(dataset)  # type: ignore[arg-type]
     n = n_total if limit is None else min(limit, n_total)
@@ -282,6 +289,7 @@ def _collect(
                 "limit": limit,
                 "world_size": ctx.world_size,
                 "collect_seconds": round(seconds, 3),
+                "image_transform": image_transform,
             },
         )
         writer.finish(provenance)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from dyncal.analysis.stats import mean_bootstrap_ci
-from dyncal.calibrate.policy import evaluate_policy, finite_thresholds
+from dyncal.calibrate.policy import evaluate_policy, expected_cost, finite_thresholds
 from dyncal.calibrate.solvers import DEFAULT_METHOD, METHODS, PreparedRun, prepare_run, problem_for, solve_path
 from dyncal.errors import DyncalError
 from dyncal.run import atomic_write_text
@@ -111,12 +111,12 @@ def _row(
     else:
         row.update(holdout_accuracy=np.nan, holdout_ci_low=np.nan, holdout_ci_high=np.nan)
     units = prep.units
-    row["expected_macs"] = float(np.mean(np.asarray(units["macs"])[fit_exits])) if "macs" in units else np.nan
-    pc = np.asarray(units[primary])
-    row["expected_fraction"] = float(np.mean(pc[fit_exits])) / pc[-1]
+    row["expected_macs"] = expected_cost(fit_exits, units["macs"]) if "macs" in units else np.nan
+    pc = units[primary]
+    row["expected_fraction"] = expected_cost(fit_exits, pc) / pc[-1]
     for u, c in units.items():
         if u.startswith("ms:"):
-            row[u] = float(np.mean(np.asarray(c)[fit_exits]))
+            row[u] = expected_cost(fit_exits, c)
     shares = np.bincount(fit_exits, minlength=k) / max(fit_exits.size, 1)
     for j in range(k):
         row[f"share_{j + 1}"] = float(shares[j])

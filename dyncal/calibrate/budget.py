@@ -231,6 +231,8 @@ def resolve_budget(
         unit = "macs" if "macs" in units else _pick_latency(units, device, batch_size)
     col = units[unit]
     value = spec.value * col[-1] if spec.kind == "fraction" else spec.value
+    if col[0] * (1 - 1e-9) <= value < col[0]:
+        value = col[0]  # "0.02x" of a model whose exit 1 costs 0.02x: rounding, not a miss
     if value < col[0]:
         cheapest = col[0] / col[-1] if spec.kind == "fraction" else col[0]
         raise BudgetError(

@@ -22,6 +22,7 @@ __all__ = [
     "assign_exits",
     "PolicyOutcome",
     "evaluate_policy",
+    "expected_cost",
     "finite_thresholds",
     "thresholds_from_json",
     "score_range",
@@ -94,7 +95,8 @@ class PolicyOutcome:
     Attributes:
         exits: ``(N,)`` exit index of each sample (0 is exit 1).
         accuracy: Share of samples whose prediction at their exit is right.
-        expected_cost: Mean cumulative cost of the exit taken (the cost vector's unit).
+        expected_cost: Mean cumulative cost of the exit taken (the cost vector's unit), as
+            :func:`expected_cost` computes it.
         shares: ``K`` shares of samples leaving at each exit.
     """
 
@@ -139,9 +141,25 @@ def evaluate_policy(
     if n == 0:
         return PolicyOutcome(exits, float("nan"), float("nan"), tuple([float("nan")] * k))
     acc = float(np.mean(correct[np.arange(n), exits]))
-    cost = float(np.mean(c[exits]))
     shares = np.bincount(exits, minlength=k) / n
-    return PolicyOutcome(exits, acc, cost, tuple(float(v) for v in shares))
+    return PolicyOutcome(exits, acc, expected_cost(exits, c), tuple(float(v) for v in shares))
+
+
+def expected_cost(exits: np.ndarray, costs: Sequence[float] | np.ndarray) -> float:
+    """Mean cost of the exits taken: ``sum_k share_k * costs[k]`` with ``share_k = count_k / N``.
+
+    Computed this one way everywhere in dyncal, so budgets compare bit-for-bit (and a run
+    where everything leaves at exit 1 costs exactly ``costs[0]``).
+
+    Example:
+        >>> expected_cost(np.array([0, 0, 1]), [3.0, 6.0])
+        4.0
+    """
+    c = np.asarray(costs, dtype=np.float64)
+    if exits.size == 0:
+        return float("nan")
+    shares = np.bincount(exits, minlength=c.shape[0]) / exits.size
+    return float(np.dot(shares, c))
 
 
 def finite_thresholds(thresholds: Sequence[float] | np.ndarray, score: str, n_classes: int) -> list[float | None]:

@@ -65,7 +65,7 @@ import numpy as np
 
 from dyncal.analysis.stats import mean_bootstrap_ci, stratified_split
 from dyncal.calibrate.budget import BudgetTarget, cost_units, format_budget, parse_budget, resolve_budget
-from dyncal.calibrate.policy import evaluate_policy, finite_thresholds, thresholds_from_json
+from dyncal.calibrate.policy import evaluate_policy, expected_cost, finite_thresholds, thresholds_from_json
 from dyncal.calibrate.scores import SCORES, exit_scores
 from dyncal.errors import BudgetError, DyncalError
 
@@ -106,7 +106,7 @@ class Solution:
     Attributes:
         thresholds: ``(K - 1,)`` float64; ``+inf`` lets nobody leave.
         gain: Mean gain (accuracy for 0/1 gains).
-        cost: Mean cost, ``mean(costs[exit])``.
+        cost: Mean cost (:func:`dyncal.calibrate.policy.expected_cost`).
     """
 
     thresholds: np.ndarray
@@ -180,7 +180,7 @@ class ExitProblem:
         return Solution(
             np.array(t, dtype=np.float64),
             float(np.mean(self.gains[np.arange(self.n), e])),
-            float(np.mean(self.costs[e])),
+            expected_cost(e, self.costs),
         )
 
     # -- exact one-threshold update
@@ -253,7 +253,7 @@ class ExitProblem:
         if best_gain <= cur_gain + _TOL:
             return t
         new = self._moved(t, j, best_thr)
-        if float(np.mean(self.costs[self.exits(new)])) > budget:
+        if expected_cost(self.exits(new), self.costs) > budget:
             return t
         return new
 
@@ -636,8 +636,8 @@ class ThresholdsResult:
 
 def _cost_summary(units: Mapping[str, tuple[float, ...]], exits: np.ndarray) -> tuple[float | None, dict[str, float]]:
     """Mean MACs and mean ms per latency key of the given exits."""
-    macs = float(np.mean(np.asarray(units["macs"])[exits])) if "macs" in units and exits.size else None
-    ms = {u[3:]: float(np.mean(np.asarray(c)[exits])) for u, c in units.items() if u.startswith("ms:") and exits.size}
+    macs = expected_cost(exits, units["macs"]) if "macs" in units and exits.size else None
+    ms = {u[3:]: expected_cost(exits, c) for u, c in units.items() if u.startswith("ms:") and exits.size}
     return macs, ms
 
 

@@ -1,0 +1,398 @@
+"""dyncal solve / frontier: exit rule, budgets, solvers, thresholds.json, CLI errors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import assert_clean_error
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import dyncal.demo as demo
+from dyncal.analysis.frontier import compute_frontier, frontier_columns, oracle_at_budget
+from dyncal.analysis.stats import mean_bootstrap_ci, stratified_split
+from dyncal.calibrate.budget import format_budget, parse_budget, resolve_budget
+from dyncal.calibrate.policy import assign_exits, evaluate_policy, finite_thresholds
+from dyncal.calibrate.scores import exit_scores
+from dyncal.calibrate.solvers import (
+    DEFAULT_METHOD,
+    METHODS,
+    PUBLISHED_Q,
+    ExitProblem,
+    ThresholdsResult,
+    geometric_thresholds,
+    solve_path,
+    solve_run,
+)
+from dyncal.calibrate.temperature import TemperatureScaler
+from dyncal.errors import BudgetError, DyncalError
+from dyncal.run import CostTable, LatencyProfile, import_arrays, load_run, save_costs
+
+DEMO_MACS = [1.0e5, 5.0e5, 2.0e6, 5.0e6]
+
+
+@pytest.fixture(scope="module")
+def demo_logits() -> tuple[np.ndarray, np.ndarray]:
+    """Real logits: the demo 4-exit model over its 797 held-out digits."""
+    ds = demo.validation()
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    y = np.array([int(ds[i][1]) for i in range(len(ds))])
+    with torch.inference_mode():
+        z = torch.stack(list(demo.pretrained()(x)), dim=1).numpy()
+    return z, y
+
+
+@pytest.fixture(scope="module")
+def demo_run(demo_logits, tmp_path_factory):
+    z, y = demo_logits
+    return import_arrays(z, y, tmp_path_factory.mktemp("runs") / "demo", macs=DEMO_MACS)
+
+
+# --------------------------------------------------------------------------- exit rule, budgets
+
+
+def test_exit_rule_by_hand():
+    s = np.array([[0.9, 0.5, 0.1], [0.2, 0.7, 0.3], [0.1, 0.1, 0.9], [0.8, 0.9, 0.9]])
+    assert assign_exits(s, [0.8, 0.6]).tolist() == [0, 1, 2, 0]
+    assert assign_exits(s, [0.8, 0.6, None]).tolist() == [0, 1, 2, 0]
+    assert assign_exits(s, [np.inf, np.inf]).tolist() == [2, 2, 2, 2]
+    ok = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0], [1, 1, 1]], bool)
+    o = evaluate_policy(s, ok, [1.0, 2.0, 4.0], [0.8, 0.6])
+    assert (o.accuracy, o.expected_cost, o.shares) == (0.75, 2.0, (0.5, 0.25, 0.25))
+    assert finite_thresholds([np.inf, -np.inf], "entropy", 10) == [1.0, -math.log(10) - 1.0, None]
+
+
+@pytest.mark.parametrize(
+    "text,kind,value",
+    [("0.6x", "fraction", 0.6), ("1.2GMAC", "macs", 1.2e9), ("850MMAC", "macs", 8.5e8), ("35ms", "ms", 35.0),
+     ("3e5MAC", "macs", 3e5), ("12 KMACs", "macs", 1.2e4)],
+)
+def test_parse_budget(text, kind, value):
+    b = parse_budget(text)
+    assert (b.kind, b.value) == (kind, pytest.approx(value))
+
+
+@pytest.mark.parametrize("text,match", [("fast", "cannot read"), ("0.6", "unknown unit"), ("-1x", "cannot read"),
+                                        ("0x", "positive"), ("5QMAC", "unknown MAC prefix")])
+def test_parse_budget_errors(text, match):
+    with pytest.raises(BudgetError, match=match):
+        parse_budget(text)
+
+
+def test_budget_below_first_exit_names_cheapest():
+    costs = CostTable(macs=(1e5, 4e5, 1e6))
+    with pytest.raises(BudgetError, match=r"cheapest feasible budget is 0\.1x"):
+        resolve_budget("0.05x", costs, 3)
+    with pytest.raises(BudgetError, match=r"cheapest feasible budget is 100KMAC"):
+        resolve_budget("50KMAC", costs, 3)
+    assert resolve_budget("0.1x", costs, 3).value == pytest.approx(1e5)
+    assert format_budget(0.123401, "fraction") == "0.1235x"
+    with pytest.raises(DyncalError, match="run has no costs"):
+        resolve_budget("0.5x", None, 3)
+    with pytest.raises(BudgetError, match="needs measured latency"):
+        resolve_budget("3ms", costs, 3)
+
+
+# --------------------------------------------------------------------------- geometric baseline
+
+
+def _geometric_reference(scores: np.ndarray, q: float) -> list[float]:
+    """MSDNet's dynamic evaluation as published: loops over sorted samples."""
+    n, k = scores.shape
+    p = [q ** (i + 1) for i in range(k)]
+    p = [v / sum(p) for v in p]
+    filtered = [0] * n
+    t = [1e8] * k
+    for i in range(k - 1):
+        order = sorted(range(n), key=lambda r: -scores[r, i])
+        count, out_n = 0, math.floor(n * p[i])
+        for r in order:
+            if filtered[r] == 0:
+                count += 1
+                if count == out_n:
+                    t[i] = float(scores[r, i])
+                    break
+        for r in range(n):
+            if scores[r, i] >= t[i]:
+                filtered[r] += 1
+    return t[:-1]
+
+
+@pytest.mark.parametrize("q", [0.05, 0.5, 1.0, 1.45, 1.95])
+def test_geometric_matches_published_loop(q):
+    rng = np.random.default_rng(int(q * 100))
+    s = np.round(rng.uniform(size=(97, 4)), 2)  # ties on purpose
+    ours = geometric_thresholds(s, q)
+    ref = _geometric_reference(s, q)
+    assert np.where(np.isinf(ours), 1e8, ours).tolist() == ref
+
+
+# --------------------------------------------------------------------------- solvers
+
+
+def _brute_force(scores, correct, costs, budget):
+    """Best fitted accuracy over every threshold combination (cuts at sample scores)."""
+    n, k = scores.shape
+    best = -1.0
+    options = [sorted(set(scores[:, j].tolist())) + [np.inf] for j in range(k - 1)]
+    for t in itertools.product(*options):
+        o = evaluate_policy(scores, correct, costs, np.array(t))
+        if o.expected_cost <= budget:
+            best = max(best, o.accuracy)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_optimal_close_to_brute_force_and_above_geometric(seed):
+    rng = np.random.default_rng(seed)
+    n, k = 14, 3
+    s = np.round(rng.uniform(size=(n, k)), 1)
+    ok = rng.uniform(size=(n, k)) < np.array([0.5, 0.7, 0.85])
+    costs = np.array([1.0, 2.0, 4.0])
+    budgets = [1.0, 1.5, 2.0, 2.5, 3.0, 4.0]
+    opt = solve_path(ExitProblem(s, ok.astype(float), costs), budgets, "optimal")
+    geo = solve_path(ExitProblem(s, ok.astype(float), costs), budgets, "geometric")
+    for b, o, g in zip(budgets, opt, geo, strict=True):
+        assert o is not None and o.cost <= b
+        best = _brute_force(s, ok, costs, b)
+        assert o.gain <= best + 1e-12
+        assert o.gain >= best - 2.0 / n  # coordinate ascent: within two samples of the optimum
+        if g is not None:
+            assert o.gain >= g.gain - 1e-12
+
+
+@st.composite
+def problems(draw):
+    n = draw(st.integers(4, 40))
+    k = draw(st.integers(2, 4))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    levels = draw(st.sampled_from([3, 10, 1000]))  # few levels: many ties
+    s = np.floor(rng.uniform(size=(n, k)) * levels) / levels
+    ok = rng.uniform(size=(n, k)) < rng.uniform(0.3, 0.95, size=k)
+    costs = np.cumsum(rng.uniform(0.1, 2.0, size=k))
+    fracs = sorted(draw(st.lists(st.floats(0.0, 1.0), min_size=2, max_size=6)))
+    budgets = [costs[0] + f * (costs[-1] - costs[0]) for f in fracs]
+    return s, ok, costs, budgets
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(problems())
+def test_solver_properties(problem):
+    s, ok, costs, budgets = problem
+    opt = solve_path(ExitProblem(s, ok.astype(float), costs), budgets, "optimal")
+    geo = solve_path(ExitProblem(s, ok.astype(float), costs), budgets, "geometric")
+    prev = -1.0
+    for b, o, g in zip(budgets, opt, geo, strict=True):
+        assert o is not None
+        out = evaluate_policy(s, ok, costs, o.thresholds)
+        assert out.expected_cost <= b  # met <= asked, on the fitted data
+        assert out.accuracy == o.gain
+        assert out.accuracy >= prev - 1e-12  # more budget never lowers fitted accuracy
+        prev = out.accuracy
+        if g is not None:
+            assert g.cost <= b
+            assert out.accuracy >= g.gain - 1e-12  # optimal >= geometric at every budget
+
+
+# --------------------------------------------------------------------------- solve_run, thresholds.json
+
+
+def _reapply(doc: dict, run) -> tuple[float, float, float | None]:
+    """Apply a thresholds document with the exit rule, from scratch."""
+    s, p = exit_scores(run.logits, doc["score"], doc["temperatures"])
+    ok = p == np.asarray(run.labels)[:, None]
+    fit, held = stratified_split(np.asarray(run.labels), doc["split"]["holdout"], doc["split"]["seed"])
+    t = np.array(doc["thresholds"][:-1], dtype=float)
+    e = assign_exits(s[fit], t)
+    acc = float(np.mean(ok[fit][np.arange(fit.size), e]))
+    macs = float(np.dot(np.bincount(e, minlength=4) / e.size, run.costs.macs))  # share-weighted mean
+    h = None
+    if held.size:
+        eh = assign_exits(s[held], t)
+        h = float(np.mean(ok[held][np.arange(held.size), eh]))
+    return acc, macs, h
+
+
+@pytest.mark.parametrize(
+    "budget,method,score,temperature,holdout",
+    [("0.15x", "smoothed", "maxprob", False, 0.5), ("0.3x", "optimal", "entropy", True, 0.5),
+     ("0.5x", "geometric", "margin", False, 0.3), ("1.5MMAC", "optimal", "maxprob", False, 0.0)],
+)
+def test_thresholds_json_reproduces_numbers(demo_run, budget, method, score, temperature, holdout, tmp_path):
+    res = solve_run(demo_run, budget, method=method, score=score, temperature=temperature, holdout=holdout)
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(res.to_dict()))
+    doc = json.loads(path.read_text())
+    for key in ("schema_version", "score", "temperatures", "thresholds", "method", "budget", "expected_macs",
+                "expected_ms", "calibration_accuracy", "holdout_accuracy", "holdout_ci", "exit_shares", "static"):
+        assert key in doc
+    assert len(doc["thresholds"]) == 4 and doc["thresholds"][-1] is None
+    assert doc["budget"]["met"] <= doc["budget"]["value"]
+    acc, macs, held = _reapply(doc, demo_run)
+    assert acc == doc["calibration_accuracy"]
+    assert macs == doc["expected_macs"] == doc["budget"]["met"]
+    assert held == doc["holdout_accuracy"]
+    assert (doc["holdout_ci"] is None) == (holdout == 0)
+    assert ThresholdsResult.from_dict(doc).to_dict() == doc
+
+
+def test_optimal_monotone_and_above_geometric_on_real_frontier(demo_run):
+    df = compute_frontier(demo_run, n_budgets=15)
+    assert list(df.columns) == frontier_columns(4, [])
+    opt = df[df.method == "optimal"].sort_values("budget_fraction")
+    geo = df[df.method == "geometric"].sort_values("budget_fraction")
+    assert np.all(np.diff(opt.fitted_accuracy.to_numpy()) >= -1e-12)
+    g = geo.fitted_accuracy.to_numpy()
+    o = opt.fitted_accuracy.to_numpy()
+    assert np.all(np.isnan(g) | (o >= g - 1e-12))
+    assert np.all(opt.expected_fraction.to_numpy() <= opt.budget_fraction.to_numpy() + 1e-12)
+    assert set(df.method) == {"optimal", "geometric", DEFAULT_METHOD, "oracle", "static"}
+    assert df[df.method == "static"]["exit"].tolist() == [1, 2, 3, 4]
+    orc = df[df.method == "oracle"]
+    assert np.all(orc.fitted_accuracy.to_numpy() >= o - 1e-12)
+    shares = df.loc[df.method == "optimal", [f"share_{j}" for j in range(1, 5)]].sum(axis=1)
+    assert np.allclose(shares, 1.0)
+
+
+def test_oracle_is_knapsack_optimal():
+    ok = np.array([[0, 1, 1], [1, 1, 1], [0, 0, 1], [0, 0, 0]], bool)
+    e = oracle_at_budget(ok, [1.0, 2.0, 5.0], 2.0)
+    assert e.tolist() == [1, 0, 0, 0]
+    assert oracle_at_budget(ok, [1.0, 2.0, 5.0], 5.0).tolist() == [1, 0, 2, 0]
+
+
+def test_ms_budget_on_run_without_macs(demo_logits, tmp_path):
+    z, y = demo_logits
+    run = import_arrays(z, y, tmp_path / "lat")
+    prof = LatencyProfile("cpu", 1, ((1.0,), (2.0,), (3.0,), (4.0,)), (0.1,), (10.0,), 1, "test cpu")
+    save_costs(run.path, CostTable(latency={"cpu/b1": prof}, source="profile"))
+    run = load_run(run.path)
+    res = solve_run(run, "4ms", device="cpu", batch_size=1)
+    assert res.expected_macs is None
+    assert res.expected_ms["cpu/b1"] <= 4.0
+    df = compute_frontier(run, n_budgets=5, methods=("geometric",))
+    assert "ms:cpu/b1" in df.columns and df["budget_macs"].isna().all()
+    with pytest.raises(BudgetError, match="no latency profiled for cuda/b8"):
+        solve_run(run, "4ms", device="cuda", batch_size=8)
+
+
+def test_temperature_scaler_minimises_nll(demo_logits):
+    z, y = demo_logits
+    ts = TemperatureScaler().fit(z, y)
+    assert ts.temperatures_.shape == (4,)
+    for j in range(4):
+        zj = z[:, j].astype(np.float64)
+        def nll(t, zj=zj):
+            a = zj / t
+            return float(np.mean(np.log(np.exp(a - a.max(1, keepdims=True)).sum(1)) + a.max(1) - a[np.arange(len(y)), y]))
+        best = nll(ts.temperatures_[j])
+        assert all(best <= nll(t) + 1e-6 for t in np.geomspace(0.1, 10, 41))
+
+
+def test_split_and_bootstrap():
+    y = np.repeat(np.arange(3), [10, 20, 30])
+    fit, held = stratified_split(y, 0.5, seed=3)
+    assert np.bincount(y[held]).tolist() == [5, 10, 15] and len(np.intersect1d(fit, held)) == 0
+    with pytest.raises(DyncalError, match="too small to leave any sample of class 0"):
+        stratified_split(np.array([0, 1, 1, 1, 1]), 0.2)
+    lo, hi = mean_bootstrap_ci(np.array([1] * 80 + [0] * 20), seed=0)
+    assert 0.7 < lo < 0.8 < hi < 0.9
+
+
+# --------------------------------------------------------------------------- risk control
+
+
+def test_learn_then_test_controls_risk():
+    """Over 300 calibration draws, the chosen thresholds' true drop exceeds ε at most δ of the time."""
+    from dyncal.calibrate.risk import learn_then_test
+
+    rng = np.random.default_rng(0)
+    n_pop = 200_000
+    s1 = rng.uniform(size=n_pop)
+    ok1 = rng.uniform(size=n_pop) < 0.3 + 0.7 * s1  # exit 1 is right more often when confident
+    ok2 = rng.uniform(size=n_pop) < 0.9
+    scores = np.stack([s1, np.ones(n_pop)], 1)
+    correct = np.stack([ok1, ok2], 1)
+    cands = [np.array([t]) for t in np.linspace(1.0, 0.0, 41)]
+    cands[0] = np.array([np.inf])
+    true_drop = np.array([ok2.mean() - evaluate_policy(scores, correct, [1, 2], c).accuracy for c in cands])
+    eps, delta = 0.02, 0.1
+    bad = 0
+    for _ in range(300):
+        idx = rng.integers(0, n_pop, 1500)
+        res = learn_then_test(cands, scores[idx], correct[idx], max_drop=eps, delta=delta)
+        bad += res.index >= 0 and true_drop[res.index] > eps
+    assert bad / 300 <= delta
+    assert res.index > 0  # and it does accept something
+
+
+def test_solve_run_risk_mode(demo_run):
+    res = solve_run(demo_run, None, max_drop=0.05, delta=0.1)
+    assert res.risk is not None and res.risk["max_drop"] == 0.05
+    assert res.risk["n_accepted"] >= 1
+    assert "exchangeable" in res.risk["assumption"]
+    assert res.budget["met_fraction"] < 1.0
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_solve_and_frontier(cli, demo_run, tmp_path):
+    out = tmp_path / "thresholds.json"
+    r = cli("solve", demo_run.path, "--budget", "0.2x", "--out", out, "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc == json.loads(out.read_text())
+    assert doc["method"] == DEFAULT_METHOD and doc["budget"]["asked"] == "0.2x"
+    r = cli("solve", demo_run.path, "--budget", "0.2x", "--method", "geometric", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "held-out" in r.stdout and "95% CI" in r.stdout and "each exit alone" in r.stdout
+    csv = tmp_path / "frontier.csv"
+    r = cli("frontier", demo_run.path, "--out", csv, "--n-budgets", "6")
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(csv)
+    assert list(df.columns) == frontier_columns(4, [])
+    r = cli("solve", demo_run.path, "--max-drop", "0.05", "--delta", "0.1", "--out", out, "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["risk"]["delta"] == 0.1
+    r = cli("solve", "--help")
+    assert "exchangeable" in r.stdout
+    assert METHODS[0] == DEFAULT_METHOD
+
+
+def test_cli_errors(cli, demo_run, demo_logits, tmp_path):
+    out = tmp_path / "t.json"
+    assert_clean_error(cli("solve", demo_run.path, "--budget", "0.001x", "--out", out), r"cheapest feasible budget is 0\.02x")
+    assert_clean_error(cli("solve", demo_run.path, "--budget", "3ms", "--out", out), r"needs measured latency.*dyncal profile")
+    assert_clean_error(
+        cli("solve", demo_run.path, "--budget", "3ms", "--device", "cpu", "--batch-size", "1", "--out", out),
+        r"no latency profiled for cpu/b1",
+    )
+    assert_clean_error(cli("solve", demo_run.path, "--budget", "0.5x", "--holdout", "0.001", "--out", out),
+                       r"too small to leave any sample of class")
+    assert_clean_error(cli("solve", tmp_path / "nope", "--budget", "0.5x", "--out", out), r"no run directory")
+    assert_clean_error(cli("solve", demo_run.path, "--budget", "0.5x", "--method", "magic", "--out", out), r"--method")
+    z, y = demo_logits
+    nocost = import_arrays(z, y, tmp_path / "nocost")
+    assert_clean_error(cli("solve", nocost.path, "--budget", "0.5x", "--out", out), r"run has no costs")
+    assert_clean_error(cli("frontier", nocost.path, "--out", tmp_path / "f.csv"), r"run has no costs")
+    # NaN scores: corrupt a finished run's logits on disk
+    bad = import_arrays(z, y, tmp_path / "nan", macs=DEMO_MACS)
+    arr = np.load(bad.path / "logits.npy")
+    arr[5, 1, 2] = np.nan
+    np.save(bad.path / "logits.npy", arr)
+    assert_clean_error(cli("solve", bad.path, "--budget", "0.5x", "--out", out), r"NaN")
+    # incomplete run directory
+    inc = import_arrays(z, y, tmp_path / "inc", macs=DEMO_MACS)
+    (inc.path / "run.json").unlink()
+    assert_clean_error(cli("solve", inc.path, "--budget", "0.5x", "--out", out), r"not a complete dyncal run")
+    # K < 2 is refused when the run is made
+    np.savez(tmp_path / "k1.npz", logits=z[:, :1], labels=y)
+    assert_clean_error(cli("import", tmp_path / "k1.npz", "--out", tmp_path / "k1"), r"K >= 2")

@@ -1,0 +1,524 @@
+"""Figures of a report, each usable alone (``dyncal plot``) or on a PDF page.
+
+Every function draws on a :class:`matplotlib.figure.Figure` (never pyplot's global
+state), takes ``ax=None`` (single panel) or ``fig=None`` (several panels) and returns the
+figure. Numbers come in as a frontier :class:`pandas.DataFrame` (the long format of
+:func:`dyncal.analysis.frontier.compute_frontier`) or as plain arrays; nothing here
+computes accuracies or thresholds.
+
+Frontier columns read here: ``method`` (``"optimal"``, ``"geometric"``, ``"oracle"``,
+``"static"``, or another solver's name), ``exit`` (static rows), ``holdout_accuracy``,
+``holdout_ci_low``, ``holdout_ci_high``, ``fitted_accuracy``, ``expected_macs`` and one
+``ms:<device>/b<batch>`` column per profiled latency key.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dyncal.errors import DyncalError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from dyncal.analysis.calibration import ReliabilityBins
+
+__all__ = [
+    "OperatingPoint",
+    "latency_keys",
+    "main_method_of",
+    "reliability_columns",
+    "plot_frontier",
+    "plot_latency",
+    "plot_exits",
+    "plot_reliability",
+]
+
+MS_PREFIX = "ms:"
+_STYLE: dict[str, dict[str, Any]] = {
+    "smoothed": {"color": "#1f77b4", "lw": 2.0, "ls": "-", "zorder": 4},
+    "optimal": {"color": "#2ca02c", "lw": 1.4, "ls": "-.", "zorder": 4},
+    "geometric": {"color": "#ff7f0e", "lw": 1.6, "ls": "--", "zorder": 3},
+    "oracle": {"color": "#7f7f7f", "lw": 1.2, "ls": ":", "zorder": 2},
+}
+_OTHER_COLORS = ("#9467bd", "#8c564b", "#e377c2")
+_LABELS = {
+    "smoothed": "smoothed thresholds (dyncal default)",
+    "optimal": "optimal thresholds (fitted on 0/1 hits)",
+    "geometric": "geometric prior (MSDNet-style baseline)",
+    "oracle": "oracle (upper bound: best exit known)",
+}
+_OP_COLOR = "#d62728"
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """The chosen thresholds, as a point to mark on the curves.
+
+    Attributes:
+        expected_macs: Expected MACs per sample.
+        accuracy: Held-out accuracy (fitted accuracy when nothing was held out).
+        interval: 95% interval of ``accuracy`` as ``(low, high)``, or None.
+        expected_ms: Expected milliseconds per ``"<device>/b<batch>"`` key.
+        label: Legend text.
+
+    Example:
+        >>> OperatingPoint(expected_macs=1e6, accuracy=0.95).label
+        'operating point'
+    """
+
+    expected_macs: float | None
+    accuracy: float
+    interval: tuple[float, float] | None = None
+    expected_ms: Mapping[str, float] = field(default_factory=dict)
+    label: str = "operating point"
+
+
+def latency_keys(frontier: pd.DataFrame) -> list[str]:
+    """The ``"<device>/b<batch>"`` keys that have an ``ms:`` column in ``frontier``.
+
+    Example:
+        >>> import pandas as pd
+        >>> latency_keys(pd.DataFrame(columns=["method", "ms:cpu/b32", "ms:cpu/b1"]))
+        ['cpu/b1', 'cpu/b32']
+    """
+    keys = [str(c)[len(MS_PREFIX) :] for c in frontier.columns if str(c).startswith(MS_PREFIX)]
+    return sorted(keys, key=_key_order)
+
+
+def _key_order(key: str) -> tuple[str, int]:
+    device, _, batch = key.partition("/b")
+    return (device, int(batch) if batch.isdigit() else 0)
+
+
+def _new_axes(ax: Axes | None, figsize: tuple[float, float] = (7.0, 4.8)) -> tuple[Figure, Axes]:
+    """Return ``(figure, axes)``: ``ax``'s own, or a fresh single-panel figure."""
+    if ax is not None:
+        fig = ax.get_figure()
+        assert fig is not None
+        return fig, ax  # type: ignore[return-value]
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _accuracy_columns(frontier: pd.DataFrame) -> tuple[str, bool]:
+    """The accuracy column to draw and whether it is held out."""
+    if "holdout_accuracy" in frontier.columns and frontier["holdout_accuracy"].notna().any():
+        return "holdout_accuracy", True
+    return "fitted_accuracy", False
+
+
+def _check_frontier(frontier: pd.DataFrame, x_col: str) -> None:
+    need = {"method", x_col, "fitted_accuracy"}
+    missing = sorted(need - set(map(str, frontier.columns)))
+    if missing:
+        raise DyncalError(
+            f"the frontier table lacks column(s) {missing} (columns: {list(map(str, frontier.columns))}); "
+            "re-create it with dyncal.analysis.frontier.compute_frontier"
+        )
+
+
+def _draw_curves(
+    ax: Axes,
+    frontier: pd.DataFrame,
+    x_col: str,
+    *,
+    operating_x: float | None,
+    operating_point: OperatingPoint | None,
+    legend: bool,
+    main_method: str | None,
+) -> None:
+    """Frontier lines, band, static exits and operating point on one axes."""
+    acc_col, held_out = _accuracy_columns(frontier)
+    methods = [str(m) for m in dict.fromkeys(frontier["method"].astype(str))]
+    curve_methods = [m for m in methods if m != "static"]
+    main = main_method or main_method_of(frontier)
+    # the main method first, then other solvers, then the baseline and the bound.
+    order = {main: 0, "geometric": 2, "oracle": 3}
+    curve_methods.sort(key=lambda m: order.get(m, 1))
+    other = iter(_OTHER_COLORS)
+    for method in curve_methods:
+        rows = frontier[frontier["method"].astype(str) == method].sort_values(x_col)
+        x = rows[x_col].to_numpy(dtype=float)
+        y = rows[acc_col].to_numpy(dtype=float)
+        ok = np.isfinite(x) & np.isfinite(y)
+        if not ok.any():
+            continue
+        style = dict(_STYLE.get(method) or {"color": next(other, "#17becf"), "lw": 1.6, "ls": "-."})
+        ax.plot(x[ok], y[ok], label=_LABELS.get(method, method), marker=None, **style)
+        has_band = held_out and {"holdout_ci_low", "holdout_ci_high"} <= set(rows.columns)
+        if method == main and has_band:
+            lo = rows["holdout_ci_low"].to_numpy(dtype=float)
+            hi = rows["holdout_ci_high"].to_numpy(dtype=float)
+            band = ok & np.isfinite(lo) & np.isfinite(hi)
+            if band.any():
+                ax.fill_between(
+                    x[band], lo[band], hi[band], color=style["color"], alpha=0.18, lw=0,
+                    label=f"{method}: 95% interval (held out)", zorder=1,
+                )
+    static = frontier[frontier["method"].astype(str) == "static"]
+    if len(static):
+        static = static.sort_values(x_col)
+        sx = static[x_col].to_numpy(dtype=float)
+        sy = static[acc_col].to_numpy(dtype=float)
+        ax.plot(sx, sy, ls="none", marker="s", ms=6, color="black", label="single exit (static)", zorder=5)
+        exits = static["exit"].tolist() if "exit" in static.columns else [None] * len(static)
+        for xi, yi, k in zip(sx, sy, exits, strict=True):
+            if k is not None and np.isfinite(xi) and np.isfinite(yi):
+                ax.annotate(
+                    f"exit {int(k)}", (xi, yi), xytext=(4, -11), textcoords="offset points",
+                    fontsize=8, color="black",
+                )
+    if operating_point is not None and operating_x is not None and math.isfinite(operating_x):
+        op = operating_point
+        if op.interval is not None:
+            lo, hi = op.interval
+            ax.errorbar(
+                [operating_x], [op.accuracy], yerr=[[op.accuracy - lo], [hi - op.accuracy]],
+                fmt="none", ecolor=_OP_COLOR, elinewidth=1.4, capsize=4, zorder=6,
+            )
+        ax.plot(
+            [operating_x], [op.accuracy], ls="none", marker="*", ms=15, color=_OP_COLOR,
+            markeredgecolor="white", markeredgewidth=0.8, label=op.label, zorder=7,
+        )
+    ax.margins(x=0.08)
+    ax.set_ylabel("top-1 accuracy" + (" (held out)" if held_out else " (fitted; nothing held out)"))
+    ax.yaxis.set_major_formatter(_percent_formatter())
+    ax.grid(True, color="#dddddd", lw=0.6)
+    ax.set_axisbelow(True)
+    if legend:
+        ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+
+
+def main_method_of(frontier: pd.DataFrame) -> str:
+    """The method whose band is drawn: ``smoothed``, else ``optimal``, else the first solver.
+
+    Example:
+        >>> import pandas as pd
+        >>> main_method_of(pd.DataFrame({"method": ["static", "geometric", "optimal"]}))
+        'optimal'
+    """
+    methods = list(dict.fromkeys(frontier["method"].astype(str)))
+    for m in ("smoothed", "optimal"):
+        if m in methods:
+            return m
+    rest = [m for m in methods if m not in ("static", "oracle", "geometric")]
+    return rest[0] if rest else (methods[0] if methods else "optimal")
+
+
+def _percent_formatter() -> Any:
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda v, _pos: f"{100 * v:.4g}%")
+
+
+def plot_frontier(
+    frontier: pd.DataFrame,
+    *,
+    operating_point: OperatingPoint | None = None,
+    main_method: str | None = None,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Accuracy against expected MACs: every method's frontier, exits and operating point.
+
+    Args:
+        frontier: Long-format frontier (see the module docstring); needs ``method``,
+            ``expected_macs`` and ``fitted_accuracy``; draws ``holdout_accuracy`` with
+            its ``holdout_ci_low``/``holdout_ci_high`` band when present.
+        operating_point: The chosen thresholds, marked with a star and its interval.
+        main_method: Method drawn first with its interval band (default
+            :func:`main_method_of`).
+        ax: Axes to draw on; default a new figure.
+        title: Axes title; default none.
+
+    Returns:
+        The figure drawn on.
+
+    Raises:
+        DyncalError: A needed column is missing.
+
+    Example:
+        >>> import pandas as pd
+        >>> df = pd.DataFrame({"method": ["optimal", "optimal", "static"], "exit": [None, None, 2],
+        ...     "expected_macs": [1e6, 2e6, 2e6], "fitted_accuracy": [0.9, 0.95, 0.95]})
+        >>> fig = plot_frontier(df)
+        >>> fig.axes[0].get_xlabel()
+        'expected MACs per sample'
+    """
+    _check_frontier(frontier, "expected_macs")
+    from matplotlib.ticker import EngFormatter
+
+    fig, ax = _new_axes(ax)
+    macs = frontier["expected_macs"].to_numpy(dtype=float)
+    macs = macs[np.isfinite(macs) & (macs > 0)]
+    if macs.size and macs.max() / macs.min() > 30:
+        ax.set_xscale("log")
+    _draw_curves(
+        ax, frontier, "expected_macs",
+        operating_x=None if operating_point is None else operating_point.expected_macs,
+        operating_point=operating_point, legend=True, main_method=main_method,
+    )
+    ax.set_xlabel("expected MACs per sample" + (" (log scale)" if ax.get_xscale() == "log" else ""))
+    ax.xaxis.set_major_formatter(EngFormatter(sep=" "))
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_latency(
+    frontier: pd.DataFrame,
+    *,
+    operating_point: OperatingPoint | None = None,
+    keys: Sequence[str] | None = None,
+    main_method: str | None = None,
+    axes: Sequence[Axes] | None = None,
+) -> Figure:
+    """Accuracy against expected latency, one panel per profiled device and batch size.
+
+    Args:
+        frontier: Long-format frontier with ``ms:<device>/b<batch>`` columns.
+        operating_point: The chosen thresholds; its ``expected_ms[key]`` places the star.
+        keys: Latency keys to draw (default: every ``ms:`` column, device then batch).
+        main_method: Method drawn with its interval band (default :func:`main_method_of`).
+        axes: One axes per key to draw on; default a new figure with a grid of panels.
+
+    Returns:
+        The figure drawn on.
+
+    Raises:
+        DyncalError: No latency was profiled, a requested key has no column, or fewer
+            ``axes`` than keys.
+
+    Example:
+        >>> import pandas as pd
+        >>> df = pd.DataFrame({"method": ["optimal"] * 2, "expected_macs": [1.0, 2.0],
+        ...     "fitted_accuracy": [0.9, 0.95], "ms:cpu/b1": [1.0, 2.0]})
+        >>> [ax.get_title() for ax in plot_latency(df).axes]
+        ['cpu, batch size 1']
+    """
+    have = latency_keys(frontier)
+    wanted = list(keys) if keys is not None else have
+    if not have:
+        raise DyncalError(
+            "no latency was profiled for this run, so there is no accuracy-vs-latency curve; "
+            "measure it with 'dyncal profile RUN --device cpu --batch-size 1,32'"
+        )
+    missing = [k for k in wanted if k not in have]
+    if missing:
+        raise DyncalError(
+            f"no latency profiled for {', '.join(missing)} (profiled: {', '.join(have)}); "
+            f"measure it with 'dyncal profile RUN --device ... --batch-size ...' or pick a profiled one"
+        )
+    n = len(wanted)
+    panels = _panels(axes, n, size=(7.0, 4.4), cols=1 if n <= 2 else 2)
+    for i, key in enumerate(wanted):
+        ax = panels[i]
+        col = MS_PREFIX + key
+        op_x = None if operating_point is None else operating_point.expected_ms.get(key)
+        _draw_curves(
+            ax, frontier, col, operating_x=op_x, operating_point=operating_point, legend=(i == 0),
+            main_method=main_method,
+        )
+        device, _, batch = key.partition("/b")
+        ax.set_title(f"{device}, batch size {batch}")
+        ax.set_xlabel("expected latency per batch (ms)" if batch not in ("", "1") else "expected latency (ms)")
+    return _figure_of(panels[0])
+
+
+def _panels(axes: Sequence[Axes] | None, n: int, *, size: tuple[float, float], cols: int) -> list[Axes]:
+    """``n`` axes: the ones given (checked), or a new constrained grid of ``cols`` columns."""
+    if axes is not None:
+        given = list(axes)
+        if len(given) < n:
+            raise DyncalError(f"need {n} axes (one per panel), got {len(given)}")
+        return given[:n]
+    from matplotlib.figure import Figure
+
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(size[0] * cols + 0.4, size[1] * rows + 0.3), layout="constrained")
+    grid = fig.subplots(rows, cols, squeeze=False)
+    flat = [grid[i // cols][i % cols] for i in range(rows * cols)]
+    for extra in flat[n:]:
+        extra.set_visible(False)
+    return flat[:n]
+
+
+def _figure_of(ax: Axes) -> Figure:
+    fig = ax.get_figure(root=True)
+    assert fig is not None
+    return fig  # type: ignore[return-value]
+
+
+def plot_exits(
+    shares: Sequence[float] | np.ndarray,
+    accuracy: Sequence[float] | np.ndarray,
+    *,
+    counts: Sequence[int] | np.ndarray | None = None,
+    exit_accuracy: Sequence[float] | np.ndarray | None = None,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Where samples leave at the operating point, and how accurate each exit is for them.
+
+    Args:
+        shares: ``(K,)`` fraction of samples leaving at each exit (sums to 1).
+        accuracy: ``(K,)`` accuracy of the samples that leave at each exit (NaN where none).
+        counts: ``(K,)`` number of samples behind each share, printed on the bars.
+        exit_accuracy: ``(K,)`` accuracy of each exit on *all* samples, drawn as a reference.
+        ax: Axes to draw on; default a new figure.
+        title: Axes title; default none.
+
+    Returns:
+        The figure drawn on.
+
+    Raises:
+        DyncalError: ``shares`` and ``accuracy`` differ in length.
+
+    Example:
+        >>> fig = plot_exits([0.5, 0.3, 0.2], [0.99, 0.95, 0.8])
+        >>> len(fig.axes[0].patches)
+        3
+    """
+    share = np.asarray(shares, dtype=float)
+    acc = np.asarray(accuracy, dtype=float)
+    if share.shape != acc.shape or share.ndim != 1:
+        raise DyncalError(
+            f"shares and accuracy need one value per exit each, got shapes {share.shape} and {acc.shape}"
+        )
+    k = share.shape[0]
+    fig, ax = _new_axes(ax)
+    x = np.arange(1, k + 1)
+    ax.bar(x, share, width=0.6, color="#1f77b4", alpha=0.85, label="share of samples leaving here")
+    top = max(float(np.nanmax(share)) if k else 0.0, 0.05)
+    for i in range(k):
+        n_txt = "" if counts is None else f"\n(n = {int(counts[i]):,})"
+        acc_txt = "no samples" if not np.isfinite(acc[i]) else f"accuracy {100 * acc[i]:.1f}%"
+        ax.annotate(
+            f"{100 * share[i]:.1f}% leave{n_txt}\n{acc_txt}", (x[i], share[i]), xytext=(0, 4),
+            textcoords="offset points", ha="center", va="bottom", fontsize=8,
+        )
+    ax.set_xticks(x, [f"exit {i}" for i in x])
+    ax.set_ylim(0, min(1.0, top * 1.35) if top < 0.74 else 1.18)
+    ticks = [t for t in ax.get_yticks() if 0 <= t <= 1.0 + 1e-9]
+    ax.set_yticks(ticks)
+    ax.set_ylabel("share of samples")
+    ax.yaxis.set_major_formatter(_percent_formatter())
+    if exit_accuracy is not None:
+        ref = np.asarray(exit_accuracy, dtype=float)
+        ax2 = ax.twinx()
+        ax2.plot(x, ref, marker="o", color="#444444", lw=1, ls="--", label="exit accuracy on all samples")
+        ax2.plot(x, acc, marker="D", color=_OP_COLOR, lw=0, label="accuracy of samples leaving here")
+        ax2.set_ylabel("accuracy")
+        ax2.yaxis.set_major_formatter(_percent_formatter())
+        lo = float(np.nanmin(np.concatenate([ref, acc]))) if k else 0.0
+        ax2.set_ylim(max(0.0, lo - 0.25 * (1 - lo) - 0.02), 1.005)
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(
+            h1 + h2, l1 + l2, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=3, fontsize=8,
+            frameon=False,
+        )
+    ax.grid(True, axis="y", color="#dddddd", lw=0.6)
+    ax.set_axisbelow(True)
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_reliability(
+    bins: Sequence[ReliabilityBins],
+    *,
+    scaled: Sequence[ReliabilityBins] | None = None,
+    temperatures: Sequence[float] | None = None,
+    legend: bool = True,
+    axes: Sequence[Axes] | None = None,
+) -> Figure:
+    """Reliability diagrams, one panel per exit: accuracy against confidence per bin.
+
+    Args:
+        bins: ``K`` bin summaries at temperature 1 (from
+            :func:`dyncal.analysis.calibration.reliability_bins`), exit 1 first.
+        scaled: Optional ``K`` bin summaries after temperature scaling, drawn as bars with
+            the unscaled ones as an outline.
+        temperatures: ``K`` temperatures behind ``scaled``, shown in the titles.
+        legend: Draw a legend in the first panel (default True).
+        axes: One axes per exit to draw on; default a new figure with a grid of panels.
+
+    Returns:
+        The figure drawn on.
+
+    Raises:
+        DyncalError: No exits, ``scaled`` of another length, or fewer ``axes`` than exits.
+
+    Example:
+        >>> from dyncal.analysis.calibration import reliability_bins
+        >>> b = reliability_bins(np.array([0.9, 0.6]), np.array([True, False]), n_bins=10)
+        >>> len(plot_reliability([b, b]).axes)
+        2
+    """
+    k = len(bins)
+    if k == 0:
+        raise DyncalError("plot_reliability needs the bins of at least one exit, got none")
+    if scaled is not None and len(scaled) != k:
+        raise DyncalError(f"scaled needs {k} bin summaries (one per exit), got {len(scaled)}")
+    cols = reliability_columns(k)
+    rows = math.ceil(k / cols)
+    panels = _panels(axes, k, size=(3.4, 3.4), cols=cols)
+    for i in range(k):
+        ax = panels[i]
+        raw = bins[i]
+        shown = raw if scaled is None else scaled[i]
+        centers = 0.5 * (shown.edges[:-1] + shown.edges[1:])
+        width = np.diff(shown.edges)
+        acc = np.nan_to_num(shown.accuracy)
+        conf = np.where(np.isfinite(shown.confidence), shown.confidence, centers)
+        filled = shown.count > 0
+        ax.plot([0, 1], [0, 1], color="#888888", lw=1, ls="--", label="perfect calibration")
+        ax.bar(
+            centers[filled], acc[filled], width=width[filled] * 0.95, color="#1f77b4", alpha=0.8,
+            label="accuracy in bin" + ("" if scaled is None else " (scaled)"),
+        )
+        ax.hlines(
+            conf[filled], (centers - width / 2)[filled], (centers + width / 2)[filled],
+            color=_OP_COLOR, lw=1.6, label="mean confidence in bin",
+        )
+        if scaled is not None:
+            rf = raw.count > 0
+            rc = 0.5 * (raw.edges[:-1] + raw.edges[1:])
+            ax.plot(rc[rf], raw.accuracy[rf], ls="none", marker="_", ms=10, color="black",
+                    label="accuracy in bin (T = 1)")
+        t_txt = ""
+        if temperatures is not None and scaled is not None:
+            t_txt = f", T = {temperatures[i]:.2f}"
+        ax.set_title(f"exit {i + 1}{t_txt}: ECE {shown.ece:.3f}", fontsize=10)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_aspect("equal")
+        if i % cols == 0:
+            ax.set_ylabel("accuracy")
+        if i // cols == rows - 1 or i + cols >= k:
+            ax.set_xlabel("confidence (top softmax probability)", fontsize=9)
+            ax.xaxis.set_tick_params(labelbottom=True)
+        if i == 0 and legend:
+            ax.legend(loc="upper left", fontsize=7, framealpha=0.9)
+    return _figure_of(panels[0])
+
+
+def reliability_columns(k: int) -> int:
+    """Panels per row of a reliability grid of ``k`` exits.
+
+    Example:
+        >>> [reliability_columns(k) for k in (2, 3, 4, 5)]
+        [2, 3, 2, 3]
+    """
+    return 2 if k in (2, 4) else min(k, 3)

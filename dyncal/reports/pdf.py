@@ -1,0 +1,1225 @@
+"""The PDF go/no-go report: six pages a team lead can decide from.
+
+1. Decision: GO / NO-GO (or the trade-off, when no criterion is given), the criteria with
+   their 95% intervals, the operating point and the speed-up against the last exit.
+2. Accuracy against MACs: every method's frontier, the static exits, the oracle bound.
+3. Accuracy against latency, one panel per profiled device and batch size (or a page that
+   says none was profiled and how to measure it).
+4. Exits at the operating point.
+5. Calibration: per-exit accuracy, confidence, ECE and reliability diagrams.
+6. Thresholds and provenance.
+
+The PDF is vector (matplotlib's PDF backend, TrueType text that extracts as text) and
+deterministic: its metadata date is ``SOURCE_DATE_EPOCH`` when set, else the run's
+creation time, and nothing on the pages depends on the clock.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import logging
+import math
+import os
+import textwrap
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dyncal.errors import DyncalError
+from dyncal.reports.decision import Criterion, ExitOutcome, Requirements, judge
+from dyncal.reports.figures import (
+    MS_PREFIX,
+    OperatingPoint,
+    latency_keys,
+    main_method_of,
+    plot_exits,
+    plot_frontier,
+    plot_latency,
+    plot_reliability,
+    reliability_columns,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from dyncal.analysis.calibration import ReliabilityBins
+    from dyncal.run import Run
+
+__all__ = ["ReportResult", "ReportData", "build_report", "prepare_report", "PAGE_TITLES"]
+
+log = logging.getLogger(__name__)
+
+A4_INCHES = (8.27, 11.69)
+PAGE_TITLES = (
+    "Decision",
+    "Accuracy vs MACs",
+    "Accuracy vs latency",
+    "Exits at the operating point",
+    "Calibration",
+    "Thresholds and provenance",
+)
+_GO_COLOR = "#1a7f37"
+_NOGO_COLOR = "#c62828"
+_GREY = "#555555"
+_DEFAULT_MAX_DROP = 0.01
+_RC = {
+    "pdf.fonttype": 42,
+    "pdf.compression": 9,
+    "font.family": "DejaVu Sans",
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "svg.hashsalt": "dyncal",
+}
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What :func:`build_report` wrote and decided.
+
+    Attributes:
+        path: The PDF written.
+        decision: ``"GO"``, ``"NO-GO"``, or None when no criterion was given.
+        criteria: The judged criteria.
+        pages: Page titles, in order.
+        budget: The budget the thresholds were solved for (``"0.42x"``, ``"35ms"``).
+        budget_reason: Why that budget (asked, or how it was chosen).
+        thresholds: The ``thresholds.json`` document of the operating point.
+        speedup: Speed-up against the last exit on every sample, per cost (``"macs"``,
+            ``"cpu/b1"``, ...), on the judged rows.
+        size_bytes: Size of the PDF.
+
+    Example:
+        >>> r = ReportResult(Path("r.pdf"), None, (), PAGE_TITLES, "0.5x", "asked", {}, {}, 1)
+        >>> r.to_dict()["decision"] is None
+        True
+    """
+
+    path: Path
+    decision: str | None
+    criteria: tuple[Criterion, ...]
+    pages: tuple[str, ...]
+    budget: str
+    budget_reason: str
+    thresholds: dict[str, Any]
+    speedup: dict[str, float]
+    size_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``dyncal report --json`` document."""
+        return {
+            "path": str(self.path),
+            "decision": self.decision,
+            "criteria": [c.to_dict() for c in self.criteria],
+            "pages": [{"number": i + 1, "title": t} for i, t in enumerate(self.pages)],
+            "budget": self.budget,
+            "budget_reason": self.budget_reason,
+            "operating_point": self.thresholds,
+            "speedup": dict(self.speedup),
+            "size_bytes": self.size_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """Everything the pages draw, computed once (what :func:`prepare_report` returns).
+
+    Attributes:
+        run: The run.
+        frontier: The long-format frontier table.
+        thresholds: The operating point's ``thresholds.json`` document.
+        budget: The budget solved for.
+        budget_reason: Why that budget.
+        requirements: The criteria asked.
+        criteria: The judged criteria.
+        decision: ``"GO"``, ``"NO-GO"`` or None.
+        outcome: Per-sample outcome on the judged (held-out) rows.
+        speedup: Speed-up per cost name on the judged rows.
+        speedup_cost: Cost name used for the speed-up criterion.
+        exit_accuracy: ``(K,)`` accuracy of each exit on all samples (T = 1).
+        exit_confidence: ``(K,)`` mean top probability of each exit (T = 1).
+        bins: ``K`` reliability bins at T = 1.
+        scaled_bins: ``K`` reliability bins with the fitted temperatures, or None.
+        title: Report title.
+        date: The report's fixed date (metadata and footer).
+        command: The command line that made this report, if known.
+    """
+
+    run: Run
+    frontier: pd.DataFrame
+    thresholds: dict[str, Any]
+    budget: str
+    budget_reason: str
+    requirements: Requirements
+    criteria: tuple[Criterion, ...]
+    decision: str | None
+    outcome: ExitOutcome
+    speedup: dict[str, float]
+    speedup_cost: str
+    exit_accuracy: np.ndarray
+    exit_confidence: np.ndarray
+    bins: tuple[ReliabilityBins, ...]
+    scaled_bins: tuple[ReliabilityBins, ...] | None
+    title: str
+    date: _dt.datetime
+    command: str = ""
+    baselines: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def k(self) -> int:
+        """Number of exits."""
+        return self.run.k
+
+    def operating_point(self) -> OperatingPoint:
+        """The operating point as the figures mark it."""
+        t = self.thresholds
+        acc, interval = _op_accuracy(t)
+        ms = {str(k): float(v) for k, v in (t.get("expected_ms") or {}).items() if v is not None}
+        return OperatingPoint(
+            expected_macs=_float_or_none(t.get("expected_macs")),
+            accuracy=acc,
+            interval=interval,
+            expected_ms=ms,
+            label=f"operating point (budget {_budget_label(self).split(' (')[0]})",
+        )
+
+
+def _float_or_none(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def _op_accuracy(t: Mapping[str, Any]) -> tuple[float, tuple[float, float] | None]:
+    """Held-out accuracy and interval of a thresholds document (fitted when none held out)."""
+    held = t.get("holdout_accuracy")
+    ci = t.get("holdout_ci")
+    if held is not None and not (isinstance(held, float) and math.isnan(held)):
+        interval = None if ci is None else (float(ci[0]), float(ci[1]))
+        return float(held), interval
+    return float(t.get("calibration_accuracy", float("nan"))), None
+
+
+# --------------------------------------------------------------------------- dates
+
+
+def report_date(run: Run) -> _dt.datetime:
+    """The fixed date of a report: ``SOURCE_DATE_EPOCH`` if set, else the run's creation time.
+
+    Example:
+        >>> import os
+        >>> os.environ["SOURCE_DATE_EPOCH"] = "0"
+        >>> report_date(None).year  # doctest: +SKIP
+        1970
+    """
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch:
+        try:
+            return _dt.datetime.fromtimestamp(int(epoch), tz=_dt.timezone.utc)
+        except (ValueError, OverflowError) as e:
+            raise DyncalError(
+                f"SOURCE_DATE_EPOCH must be whole seconds since 1970, got {epoch!r}; unset it or fix it"
+            ) from e
+    created = run.provenance.created if run is not None else ""
+    try:
+        d = _dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        return _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+    return d if d.tzinfo else d.replace(tzinfo=_dt.timezone.utc)
+
+
+# --------------------------------------------------------------------------- computing
+
+
+def _latency_choice(run: Run, device: str | None, batch_size: int | None) -> str | None:
+    """The latency key asked by ``device``/``batch_size`` (None when neither was given)."""
+    if device is None and batch_size is None:
+        return None
+    from dyncal.run import latency_key
+
+    have = sorted((run.costs.latency if run.costs is not None else {}).keys())
+    dev = device or "cpu"
+    if batch_size is None:
+        batches = sorted(int(k.split("/b")[1]) for k in have if k.split("/b")[0] == dev)
+        batch_size = 1 if not batches or 1 in batches else batches[0]
+    key = latency_key(dev, batch_size)
+    if key not in have:
+        raise DyncalError(
+            f"no latency profiled for {key} (profiled: {', '.join(have) or 'none'}); run "
+            f"'dyncal profile {run.path} --device {dev} --batch-size {batch_size}' first, or leave "
+            "out --device/--batch-size to judge the speed-up in MACs"
+        )
+    return key
+
+
+def _baselines(run: Run) -> dict[str, float]:
+    """Cost of running the last exit on every sample, per cost name (MACs and latency keys).
+
+    Latency is the sum of the stage medians up to the last exit, without exit decisions: a
+    static model makes none.
+    """
+    out: dict[str, float] = {}
+    costs = run.costs
+    if costs is not None and costs.macs is not None:
+        out["macs"] = float(costs.macs[-1])
+    for key, prof in sorted((costs.latency if costs is not None else {}).items()):
+        out[key] = float(prof.exit_ms[-1])
+    return out
+
+
+def _per_exit_costs(run: Run) -> dict[str, list[float]]:
+    """Cost of a sample that leaves at exit k, per cost name (as solve counts it)."""
+    from dyncal.calibrate.budget import cost_units
+
+    units = cost_units(run.costs, run.k)
+    return {(name[len(MS_PREFIX) :] if name.startswith(MS_PREFIX) else name): list(v) for name, v in units.items()}
+
+
+@dataclass(frozen=True)
+class _FitHalf:
+    """Scores and correctness of the fitting half: where a budget may be chosen."""
+
+    scores: np.ndarray
+    correct: np.ndarray
+    n_held: int
+
+    def passes(
+        self, thresholds: Sequence[float | None], req: Requirements, cost: Sequence[float] | None, baseline: float
+    ) -> bool:
+        """Whether every criterion holds on the fitting half with room for both halves' noise.
+
+        The margin is the fitting half's one-sided 95% normal bound plus the half-width the
+        held-out 95% interval will have, so a budget chosen here is expected to pass there.
+        """
+        from dyncal.calibrate.policy import assign_exits
+
+        n = self.scores.shape[0]
+        exits = assign_exits(self.scores, thresholds)
+        ok = self.correct[np.arange(n), exits].astype(float)
+        z = 1.645 / math.sqrt(max(n, 1)) + (1.96 / math.sqrt(self.n_held) if self.n_held else 0.0)
+        if req.min_accuracy is not None and ok.mean() - z * ok.std() < req.min_accuracy:
+            return False
+        if req.max_drop is not None:
+            diff = self.correct[:, -1].astype(float) - ok
+            if diff.mean() + z * diff.std() > req.max_drop:
+                return False
+        if req.min_speedup is not None and cost is not None:
+            c = np.asarray(cost, dtype=float)[exits]
+            if baseline / (c.mean() + z * c.std()) < req.min_speedup:
+                return False
+        return True
+
+
+def _choose_budget(
+    frontier: pd.DataFrame,
+    method: str,
+    req: Requirements,
+    fit: _FitHalf,
+    speed_cost: Sequence[float] | None,
+    baseline: float,
+) -> tuple[str, str]:
+    """Pick a budget when none was asked: ``(budget for solve, reason for people)``.
+
+    With criteria: the cheapest budget on ``method``'s frontier whose thresholds meet every
+    criterion on the fitting half with a one-sided 95% margin, so that the held-out half,
+    which decides, is not used to choose. Without: the cheapest budget whose fitted
+    accuracy is within one percentage point of the last exit's.
+    """
+    rows = frontier[frontier["method"].astype(str) == method].sort_values("budget_fraction")
+    rows = rows[rows["thresholds"].astype(str) != "null"]
+    if req.any:
+        # an accuracy criterion: the cheapest budget that meets everything; only a speed-up:
+        # the most accurate (largest) budget that still gives it.
+        cheapest_first = req.min_accuracy is not None or req.max_drop is not None
+        pairs = list(zip(rows["budget_fraction"], rows["thresholds"], strict=True))
+        for frac, t_text in pairs if cheapest_first else pairs[::-1]:
+            thresholds = json.loads(t_text)
+            if fit.passes(thresholds, req, speed_cost, baseline):
+                which = "cheapest" if cheapest_first else "largest (most accurate)"
+                return f"{float(frac)!r}x", (
+                    f"chosen as the {which} budget whose thresholds meet every criterion on the fitting half "
+                    "with a margin for sampling noise; judged on the held-out half"
+                )
+        return "1x", "no budget below the full model meets the criteria on the fitting half; the full budget is shown"
+    last_fit = float(fit.correct[:, -1].mean())
+    ok = rows[rows["fitted_accuracy"] >= last_fit - _DEFAULT_MAX_DROP - 1e-12]
+    frac = float(ok["budget_fraction"].iloc[0]) if len(ok) else 1.0
+    return f"{frac!r}x", (
+        f"no --budget given: the cheapest budget whose fitted accuracy is within {_pts(_DEFAULT_MAX_DROP)} "
+        "of the last exit's"
+    )
+
+
+def _outcome(
+    run: Run, thresholds: Mapping[str, Any], holdout: float, seed: int, scores_t1: tuple[np.ndarray, np.ndarray]
+) -> ExitOutcome:
+    """Apply the operating point to the held-out rows (all rows when nothing was held out)."""
+    from dyncal.analysis.stats import stratified_split
+    from dyncal.calibrate.policy import assign_exits, thresholds_from_json
+    from dyncal.calibrate.scores import exit_scores
+
+    score = str(thresholds.get("score", "maxprob"))
+    temps = np.asarray(thresholds.get("temperatures") or [1.0] * run.k, dtype=float)
+    labels = np.asarray(run.labels)
+    if score == "maxprob" and np.all(temps == 1.0):
+        scores, preds = scores_t1
+    else:
+        scores, preds = exit_scores(run.logits, score, temps)
+    _, held = stratified_split(labels, holdout, seed) if holdout > 0 else (None, np.zeros(0, np.int64))
+    rows = held if len(held) else np.arange(run.n)
+    exits = assign_exits(scores[rows], thresholds_from_json(thresholds["thresholds"]))
+    right = preds[rows] == labels[rows, None]
+    return ExitOutcome(
+        exits=exits,
+        correct=right[np.arange(len(rows)), exits],
+        last_correct=right[:, -1],
+        held_out=bool(len(held)),
+    )
+
+
+def prepare_report(
+    run_path: str | os.PathLike[str],
+    *,
+    budget: str | None = None,
+    min_accuracy: float | None = None,
+    max_drop: float | None = None,
+    min_speedup: float | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+    title: str | None = None,
+    method: str | None = None,
+    holdout: float = 0.5,
+    seed: int = 0,
+    command: str = "",
+) -> ReportData:
+    """Compute everything a report shows, without drawing (see :func:`build_report`)."""
+    from dyncal.analysis.calibration import reliability_bins
+    from dyncal.analysis.frontier import compute_frontier
+    from dyncal.analysis.stats import stratified_split
+    from dyncal.calibrate.scores import exit_scores
+    from dyncal.calibrate.solvers import solve_run
+    from dyncal.run import load_run
+
+    req = Requirements(min_accuracy, max_drop, min_speedup).validate()
+    if batch_size is not None and batch_size < 1:
+        raise DyncalError(f"--batch-size must be a positive integer, got {batch_size}")
+    run = load_run(run_path)
+    if run.costs is None or (run.costs.macs is None and not run.costs.latency):
+        raise DyncalError(
+            f"run '{run.path}' has no costs, so there is no speed to trade for accuracy; run "
+            f"'dyncal profile {run.path}' (or import with --macs) first"
+        )
+    latency = _latency_choice(run, device, batch_size)
+    if req.min_speedup is not None and latency is None and run.costs.macs is None:
+        raise DyncalError(
+            "--min-speedup needs MAC counts or a profiled latency (--device/--batch-size); the run has "
+            f"neither: run 'dyncal profile {run.path}' first"
+        )
+    speedup_cost = latency if latency is not None else ("macs" if run.costs.macs is not None else "")
+    if not speedup_cost:
+        speedup_cost = sorted(run.costs.latency)[0]
+
+    lat_dev, lat_batch = (None, None)
+    if latency is not None:
+        dev, _, b = latency.partition("/b")
+        lat_dev, lat_batch = dev, int(b)
+    frontier = compute_frontier(run, holdout=holdout, seed=seed, device=lat_dev, batch_size=lat_batch)
+    baselines = _baselines(run)
+    per_exit = _per_exit_costs(run)
+    main_method = method or main_method_of(frontier)
+    labels = np.asarray(run.labels)
+    scores_t1 = exit_scores(run.logits, "maxprob")
+    if budget is None:
+        fit_idx, held_idx = stratified_split(labels, holdout, seed)
+        fit = _FitHalf(scores_t1[0][fit_idx], scores_t1[1][fit_idx] == labels[fit_idx, None], len(held_idx))
+        budget, reason = _choose_budget(
+            frontier, main_method, req, fit, per_exit.get(speedup_cost), baselines.get(speedup_cost, float("nan"))
+        )
+    else:
+        reason = "asked with --budget"
+    from dyncal.calibrate.solvers import METHODS
+
+    solve_kwargs: dict[str, Any] = {"holdout": holdout, "seed": seed, "device": lat_dev, "batch_size": lat_batch}
+    if main_method in METHODS:
+        solve_kwargs["method"] = main_method
+    result = solve_run(run, budget, **solve_kwargs)
+    doc = result.to_dict()
+
+    outcome = _outcome(run, doc, holdout, seed, scores_t1)
+    acc, interval = _op_accuracy(doc)
+    pairs = {name: (per_exit[name], baselines[name]) for name in per_exit if name in baselines}
+    criteria = judge(
+        req, accuracy=acc, accuracy_interval=interval, outcome=outcome,
+        speedup_costs=pairs, speedup_cost=speedup_cost,
+    )
+    from dyncal.reports.decision import speedup as _speedup
+
+    speedups = {name: _speedup(outcome, c, b)[0] for name, (c, b) in pairs.items()}
+    decision = None if not criteria else ("GO" if all(c.passed for c in criteria) else "NO-GO")
+
+    conf, pred = scores_t1
+    correct = pred == labels[:, None]
+    bins = tuple(reliability_bins(conf[:, k], correct[:, k]) for k in range(run.k))
+    temps = [float(t) for t in (doc.get("temperatures") or [1.0] * run.k)]
+    scaled = None
+    if any(abs(t - 1.0) > 1e-9 for t in temps):
+        conf_t, pred_t = exit_scores(run.logits, "maxprob", temps)
+        right_t = pred_t == labels[:, None]
+        scaled = tuple(reliability_bins(conf_t[:, k], right_t[:, k]) for k in range(run.k))
+    return ReportData(
+        run=run,
+        frontier=frontier,
+        thresholds=doc,
+        budget=budget,
+        budget_reason=reason,
+        requirements=req,
+        criteria=tuple(criteria),
+        decision=decision,
+        outcome=outcome,
+        speedup=speedups,
+        speedup_cost=speedup_cost,
+        exit_accuracy=correct.mean(axis=0),
+        exit_confidence=conf.mean(axis=0),
+        bins=bins,
+        scaled_bins=scaled,
+        title=title or f"Early-exit report: {_short_model(run)}",
+        date=report_date(run),
+        command=command,
+        baselines=baselines,
+    )
+
+
+def _short_model(run: Run) -> str:
+    model = run.provenance.model or "(unnamed model)"
+    return model if len(model) <= 60 else "…" + model[-59:]
+
+
+# --------------------------------------------------------------------------- text helpers
+
+
+def _pct(v: float | None, digits: int = 2) -> str:
+    """A fraction as a percentage for people."""
+    if v is None or not math.isfinite(v):
+        return "n/a"
+    return f"{100 * v:.{digits}f}%"
+
+
+def _pts(v: float, digits: int = 1) -> str:
+    """A difference of fractions in percentage points."""
+    return f"{100 * v:.{digits}f} percentage point" + ("" if abs(100 * v - 1) < 1e-9 else "s")
+
+
+def _change_text(drop: float) -> str:
+    """An accuracy drop in words: lost, gained or unchanged."""
+    if not math.isfinite(drop):
+        return "change not available"
+    if abs(drop) < 5e-5:
+        return "no accuracy lost"
+    return f"{_pts(abs(drop), 2)} {'lost' if drop > 0 else 'better'}"
+
+
+def _macs(v: float | None) -> str:
+    if v is None or not math.isfinite(v):
+        return "n/a"
+    for unit, scale in (("GMAC", 1e9), ("MMAC", 1e6), ("KMAC", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:.3g} {unit}"
+    return f"{v:.3g} MAC"
+
+
+def _ms(v: float | None) -> str:
+    if v is None or not math.isfinite(v):
+        return "n/a"
+    return f"{v:.3g} ms" if v < 100 else f"{v:.0f} ms"
+
+
+def _interval_text(iv: tuple[float, float] | None, fmt: Any) -> str:
+    return "not available (nothing held out)" if iv is None else f"{fmt(iv[0])} to {fmt(iv[1])}"
+
+
+def _criterion_value(c: Criterion, v: float) -> str:
+    if c.name == "speedup":
+        return f"{v:.2f}×"
+    if c.name == "accuracy_drop":
+        return f"{100 * v:+.2f} pts"
+    return _pct(v)
+
+
+def _criterion_label(c: Criterion) -> str:
+    if c.name == "accuracy":
+        return "held-out accuracy" if c.interval is not None else "accuracy (fitted)"
+    if c.name == "accuracy_drop":
+        return "accuracy drop vs last exit"
+    return "speed-up (" + ("MACs" if c.cost == "macs" else f"latency, {c.cost}") + ")"
+
+
+def _thresholds_text(doc: Mapping[str, Any], run: Run) -> list[str]:
+    """Each threshold for people: a number, or 'nobody leaves' / 'everybody leaves'."""
+    from dyncal.calibrate.policy import score_range
+
+    lo, hi = score_range(str(doc.get("score", "maxprob")), run.c)
+    out = []
+    for t in doc.get("thresholds", [])[:-1]:
+        if t is None:
+            out.append("—")
+        elif t > hi:
+            out.append("none leave")
+        elif t < lo:
+            out.append("all leave")
+        else:
+            out.append(f"{t:.4f}")
+    out.append("takes the rest")
+    return out
+
+
+# --------------------------------------------------------------------------- page frame
+
+
+class _Page:
+    """One A4 page: header, footer and a cursor for flowing text (figure coordinates)."""
+
+    def __init__(self, data: ReportData, number: int, heading: str) -> None:
+        from matplotlib.figure import Figure
+
+        self.fig: Figure = Figure(figsize=A4_INCHES)
+        self.fig.patch.set_facecolor("white")
+        self.width_in, self.height_in = A4_INCHES
+        self.y = 1.0 - 0.55 / self.height_in
+        self.fig.text(0.06, 1 - 0.35 / self.height_in, data.title, fontsize=8, color=_GREY, va="top")
+        self.fig.text(
+            0.94, 1 - 0.35 / self.height_in, f"page {number} of {len(PAGE_TITLES)}",
+            fontsize=8, color=_GREY, va="top", ha="right",
+        )
+        run = data.run
+        foot = (
+            f"run {run.path.name}: N={run.n:,}, K={run.k}, C={run.c:,} · "
+            f"run created {data.date.strftime('%Y-%m-%d %H:%M UTC')} · dyncal {_version()}"
+        )
+        self.fig.text(0.06, 0.3 / self.height_in, foot, fontsize=7, color=_GREY)
+        self.fig.add_artist(_rule(self.fig, 1 - 0.45 / self.height_in))
+        self.heading(heading, size=16)
+
+    def skip(self, inches: float) -> None:
+        """Move the cursor down."""
+        self.y -= inches / self.height_in
+
+    def heading(self, text: str, size: float = 12) -> None:
+        """A bold heading at the cursor."""
+        self.skip(size / 72 * 1.5)
+        self.fig.text(0.06, self.y, text, fontsize=size, weight="bold", va="baseline")
+        self.skip(size / 72 * 0.6)
+
+    def para(
+        self, text: str, size: float = 9.5, width: int = 100, color: str = "black",
+        family: str | None = None, indent: float = 0.06, weight: str = "normal",
+    ) -> None:
+        """Wrapped text at the cursor."""
+        lines = []
+        for part in text.split("\n"):
+            lines.extend(textwrap.wrap(part, width=width) or [""])
+        for line in lines:
+            self.skip(size / 72 * 1.35)
+            kw: dict[str, Any] = {"fontsize": size, "color": color, "va": "baseline", "weight": weight}
+            if family:
+                kw["family"] = family
+            self.fig.text(indent, self.y, line, **kw)
+
+    def axes(self, height_in: float, left: float = 0.12, right: float = 0.94, gap_in: float = 0.15) -> Any:
+        """New axes below the cursor, ``height_in`` tall (room left for tick labels)."""
+        self.skip(gap_in)
+        bottom = self.y - height_in / self.height_in
+        ax = self.fig.add_axes((left, bottom, right - left, height_in / self.height_in))
+        self.y = bottom
+        return ax
+
+    def grid(
+        self, n: int, cols: int, panel_h_in: float, *, gap_in: float = 0.2, square: bool = False,
+        left: float = 0.12, right: float = 0.94, hgap: float = 0.07,
+    ) -> list[Any]:
+        """``n`` axes in rows of ``cols`` below the cursor, each ``panel_h_in`` tall."""
+        rows = math.ceil(n / cols)
+        width = (right - left - hgap * (cols - 1)) / cols
+        if square:
+            width = min(width, panel_h_in / self.width_in)
+            left = 0.5 - (cols * width + hgap * (cols - 1)) / 2 + 0.02
+        out = []
+        self.skip(gap_in)
+        for r in range(rows):
+            bottom = self.y - panel_h_in / self.height_in
+            for c in range(cols):
+                if len(out) < n:
+                    out.append(self.fig.add_axes((left + c * (width + hgap), bottom, width, panel_h_in / self.height_in)))
+            self.y = bottom
+            if r < rows - 1:
+                self.skip(0.8)
+        return out
+
+    def table(
+        self, header: Sequence[str], rows: Sequence[Sequence[str]], *, col_widths: Sequence[float],
+        size: float = 9, row_colors: Sequence[str | None] | None = None, left: float = 0.06,
+    ) -> None:
+        """A simple ruled table at the cursor; ``col_widths`` are figure fractions."""
+        line_h = size / 72 * 1.6
+        xs = [left + sum(col_widths[:i]) for i in range(len(col_widths))]
+        right = left + sum(col_widths)
+        self.skip(line_h)
+        for x, h in zip(xs, header, strict=True):
+            self.fig.text(x + 0.005, self.y, h, fontsize=size, weight="bold", va="baseline")
+        self.fig.add_artist(_rule(self.fig, self.y - 0.3 * line_h / self.height_in, left, right, lw=0.8))
+        for i, row in enumerate(rows):
+            self.skip(line_h)
+            color = row_colors[i] if row_colors is not None else None
+            for j, (x, cell) in enumerate(zip(xs, row, strict=True)):
+                kw: dict[str, Any] = {"fontsize": size, "va": "baseline"}
+                if color is not None and j == len(row) - 1:
+                    kw.update(color=color, weight="bold")
+                self.fig.text(x + 0.005, self.y, cell, **kw)
+        self.fig.add_artist(_rule(self.fig, self.y - 0.45 * line_h / self.height_in, left, right, lw=0.8))
+        self.skip(0.45 * line_h)
+
+
+def _rule(fig: Figure, y: float, x0: float = 0.06, x1: float = 0.94, lw: float = 0.5) -> Any:
+    from matplotlib.lines import Line2D
+
+    return Line2D([x0, x1], [y, y], transform=fig.transFigure, color="#999999", lw=lw)
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("dyncal")
+    except metadata.PackageNotFoundError:
+        return "(dev)"
+
+
+# --------------------------------------------------------------------------- pages
+
+
+def _page_decision(data: ReportData) -> Figure:
+    p = _Page(data, 1, "Should this early-exit model ship?")
+    t = data.thresholds
+    acc, interval = _op_accuracy(t)
+    p.skip(0.2)
+    if data.decision is None:
+        p.fig.text(0.06, p.y - 0.45 / p.height_in, "NO DECISION", fontsize=36, weight="bold", color=_GREY)
+        p.skip(0.6)
+        p.para("No criterion was given, so this report does not decide; it states the trade-off.", size=11)
+    else:
+        color = _GO_COLOR if data.decision == "GO" else _NOGO_COLOR
+        p.fig.text(0.06, p.y - 0.75 / p.height_in, data.decision, fontsize=64, weight="bold", color=color)
+        p.skip(0.95)
+        failed = [c for c in data.criteria if not c.passed]
+        if data.decision == "GO":
+            msg = "Every criterion is met, each with its whole 95% interval on the right side."
+        else:
+            names = ", ".join(_criterion_label(c) for c in failed)
+            msg = f"Not met with 95% confidence: {names}."
+        p.para(msg, size=11)
+    # --- the trade-off in one sentence
+    k_last = data.k
+    last_acc = float(data.outcome.last_correct.mean()) if data.outcome.n else float("nan")
+    early_acc = float(data.outcome.correct.mean()) if data.outcome.n else float("nan")
+    rows_txt = "held-out samples" if data.outcome.held_out else "samples (nothing held out)"
+    sp_macs = data.speedup.get("macs")
+    parts = [
+        f"At budget {_budget_label(data)}, early exit is right on {_pct(early_acc)} of {data.outcome.n:,} {rows_txt}, "
+        f"against {_pct(last_acc)} when exit {k_last} (the last) runs on every sample "
+        f"({_change_text(last_acc - early_acc)})."
+    ]
+    if sp_macs is not None:
+        parts.append(
+            f"It spends {_macs(_held_cost(data, 'macs'))} per sample on average instead of "
+            f"{_macs(data.baselines.get('macs'))}: {sp_macs:.2f}× fewer MACs."
+        )
+    for key in sorted(k for k in data.speedup if k != "macs"):
+        parts.append(
+            f"On {key} it takes {_ms(_held_cost(data, key))} instead of {_ms(data.baselines.get(key))}: "
+            f"{data.speedup[key]:.2f}× faster."
+        )
+    if not any(k != "macs" for k in data.speedup):
+        parts.append("No latency was profiled, so the speed-up is in MACs only (see page 3).")
+    p.skip(0.1)
+    p.para(" ".join(parts), size=10.5, width=92)
+    # --- criteria table
+    p.skip(0.15)
+    p.heading("Criteria")
+    if data.criteria:
+        rows, colors = [], []
+        for c in data.criteria:
+            rows.append([
+                _criterion_label(c),
+                _criterion_value(c, c.value),
+                "n/a" if c.interval is None else f"{_criterion_value(c, c.interval[0])} to {_criterion_value(c, c.interval[1])}",
+                f"{'≥' if c.comparison == '>=' else '≤'} {_criterion_value(c, c.required)}",
+                "PASS" if c.passed else "FAIL",
+            ])
+            colors.append(_GO_COLOR if c.passed else _NOGO_COLOR)
+        p.table(
+            ["criterion", "measured", "95% interval", "required", "result"], rows,
+            col_widths=[0.28, 0.13, 0.25, 0.14, 0.1], size=10, row_colors=colors,
+        )
+        rule = (
+            "A criterion passes only when its whole 95% interval (bootstrap over held-out samples) clears "
+            "the requirement."
+            if data.outcome.held_out
+            else "Nothing was held out, so the point estimates decide (fitted on the same samples: optimistic)."
+        )
+        p.para(rule, size=8.5, color=_GREY)
+    else:
+        p.para(
+            "None given. To decide, add --min-accuracy A or --max-drop D (fractions, e.g. 0.95 or 0.01) "
+            "and/or --min-speedup S (e.g. 1.5), optionally with --device/--batch-size to judge latency.",
+            size=9.5,
+        )
+    # --- operating point
+    p.skip(0.1)
+    p.heading("Operating point")
+    fit_macs = _float_or_none(t.get("expected_macs"))
+    held_macs = _held_cost(data, "macs")
+    op_rows = [
+        ["budget", f"{_budget_label(data)}; {data.budget_reason}"],
+        ["method, score", f"{t.get('method', 'n/a')}, {t.get('score', 'maxprob')}"],
+        ["thresholds", ", ".join(_thresholds_text(t, data.run))],
+        ["temperatures", ", ".join(f"{float(v):.3g}" for v in (t.get("temperatures") or []))],
+        ["held-out accuracy", f"{_pct(acc)}  (95% interval {_interval_text(interval, _pct)})"],
+        ["accuracy on fitting half", _pct(_float_or_none(t.get("calibration_accuracy")))],
+    ]
+    if "macs" in data.baselines:
+        op_rows.append([
+            "expected MACs",
+            f"{_macs(held_macs)} per sample held out ({_pct((held_macs or float('nan')) / data.baselines['macs'], 1)} "
+            f"of the last exit); {_macs(fit_macs)} on the fitting half, where the budget is met",
+        ])
+    for key in sorted(k for k in data.baselines if k != "macs"):
+        op_rows.append([f"expected latency {key}", f"{_ms(_held_cost(data, key))} held out (last exit alone: {_ms(data.baselines[key])})"])
+    speed = [f"{v:.2f}× ({'MACs' if k == 'macs' else k})" for k, v in data.speedup.items()]
+    op_rows.append(["speed-up vs last exit", ", ".join(speed) or "n/a"])
+    op_rows.append(["share leaving at exit 1..K", ", ".join(_pct(float(s), 1) for s in data.outcome.shares(data.k)) + " (held out)"])
+    for label, value in op_rows:
+        p.skip(9.5 / 72 * 1.45)
+        p.fig.text(0.06, p.y, label, fontsize=9.5, color=_GREY, va="baseline")
+        wrapped = textwrap.wrap(value, width=78) or [""]
+        p.fig.text(0.32, p.y, wrapped[0], fontsize=9.5, va="baseline")
+        for extra in wrapped[1:]:
+            p.skip(9.5 / 72 * 1.35)
+            p.fig.text(0.32, p.y, extra, fontsize=9.5, va="baseline")
+    p.skip(0.2)
+    p.para(
+        "Accuracies and speed-ups here are measured on samples held out of fitting the thresholds. "
+        "Speed-up = cost of running the last exit on every sample / expected early-exit cost "
+        "(latency includes one exit decision per exit passed). Pages 2–3 show the whole trade-off curve; "
+        "page 4 where samples leave; page 5 calibration; page 6 thresholds and provenance.",
+        size=8.5, color=_GREY, width=110,
+    )
+    return p.fig
+
+
+def _held_cost(data: ReportData, name: str) -> float | None:
+    """Expected cost on the judged rows: ``"macs"`` or a latency key."""
+    per_exit = _per_exit_costs(data.run).get(name)
+    if per_exit is None or not data.outcome.n:
+        return None
+    return float(np.mean(np.asarray(per_exit, dtype=float)[data.outcome.exits]))
+
+
+def _budget_label(data: ReportData) -> str:
+    """The budget for people: short form and share of the last exit's cost."""
+    from dyncal.calibrate.budget import format_budget
+
+    b = data.thresholds.get("budget") or {}
+    frac = b.get("fraction")
+    unit = str(b.get("unit") or "macs")
+    what = "MACs" if unit == "macs" else f"latency on {unit.removeprefix(MS_PREFIX)}"
+    if frac is None:
+        return data.budget
+    short = data.budget if data.budget_reason.startswith("asked") else format_budget(float(frac), "fraction")
+    return f"{short} ({_pct(float(frac), 1)} of the last exit's {what})"
+
+
+def _page_frontier(data: ReportData) -> Figure:
+    p = _Page(data, 2, "Accuracy vs compute (MACs)")
+    main = str(data.thresholds.get("method") or "smoothed")
+    p.para(
+        "Each curve is the accuracy on held-out samples against the mean MACs spent per sample, as the "
+        f"budget sweeps from exit 1 alone to the whole model. The band is the 95% interval of the {main} "
+        "thresholds (the ones deployed); squares are single exits used for every sample (a static model); "
+        "the geometric curve is the MSDNet-style baseline; the oracle is an upper bound that knows the "
+        "cheapest exit that gets each sample right. The star is the operating point, with its interval.",
+        size=9.5,
+    )
+    ax = p.axes(5.6, gap_in=0.25)
+    plot_frontier(data.frontier, operating_point=data.operating_point(), ax=ax, main_method=main)
+    p.skip(0.6)
+    p.heading("At the operating point's budget", size=11)
+    rows, note = _method_rows(data, main)
+    if rows:
+        p.table(["method", "held-out accuracy", "95% interval", "MACs (share of last exit)"], rows,
+                col_widths=[0.26, 0.17, 0.22, 0.23], size=9)
+    p.para(note, size=9.5)
+    return p.fig
+
+
+def _method_rows(data: ReportData, main: str) -> tuple[list[list[str]], str]:
+    """Each method on the frontier at the budget nearest the operating point's, and a summary."""
+    f = data.frontier
+    b = data.thresholds.get("budget") or {}
+    op_frac = b.get("fraction")
+    if op_frac is None or "budget_fraction" not in f.columns:
+        return [], "The operating point has no budget fraction; see the curves."
+    acc_col = "holdout_accuracy" if f["holdout_accuracy"].notna().any() else "fitted_accuracy"
+    found: dict[str, Any] = {}
+    for method in [m for m in dict.fromkeys(f["method"].astype(str)) if m != "static"]:
+        rows = f[(f["method"].astype(str) == method) & f[acc_col].notna()]
+        if not len(rows):
+            continue
+        i = int(np.argmin(np.abs(rows["budget_fraction"].to_numpy(float) - float(op_frac))))
+        found[method] = rows.iloc[i]
+    order = sorted(found, key=lambda m: {main: 0, "geometric": 2, "oracle": 3}.get(m, 1))
+    table = []
+    for m in order:
+        r = found[m]
+        lo, hi = r.get("holdout_ci_low"), r.get("holdout_ci_high")
+        iv = "n/a" if lo is None or not np.isfinite(float(lo)) else f"{_pct(float(lo))} to {_pct(float(hi))}"
+        table.append([m + (" (deployed)" if m == main else ""), _pct(float(r[acc_col])), iv,
+                      f"{_macs(float(r['expected_macs']))} ({_pct(float(r['expected_fraction']), 1)})"])
+    note = f"Budget nearest the operating point's ({_pct(float(op_frac), 1)} of the last exit) on the frontier grid."
+    if main in found and "geometric" in found:
+        gain = float(found[main][acc_col]) - float(found["geometric"][acc_col])
+        note += (
+            f" {main} is {_pts(abs(gain), 2)} {'above' if gain >= 0 else 'below'} the geometric baseline "
+            "at this budget."
+        )
+    return table, note
+
+
+def _page_latency(data: ReportData) -> Figure:
+    p = _Page(data, 3, "Accuracy vs latency")
+    keys = latency_keys(data.frontier)
+    if not keys:
+        p.skip(0.3)
+        p.para("No latency was profiled for this run.", size=14, weight="bold")
+        p.skip(0.1)
+        p.para(
+            "MACs (page 2) are not time: early exit pays for the exit heads and a decision at each exit, "
+            "and batches shrink as samples leave. To see accuracy against measured milliseconds here, "
+            "measure the run's stages on the device you will deploy to, then build the report again:",
+            size=10.5, width=90,
+        )
+        p.skip(0.1)
+        p.para(f"dyncal profile {data.run.path} --device cpu --batch-size 1,32", size=10.5, family="DejaVu Sans Mono", indent=0.1)
+        p.para(f"dyncal report {data.run.path} --out report.pdf", size=10.5, family="DejaVu Sans Mono", indent=0.1)
+        p.skip(0.1)
+        p.para("Latency criteria (--min-speedup with --device, budgets in ms) need this too.", size=10.5)
+        return p.fig
+    p.para(
+        "Held-out accuracy against expected latency, one panel per device and batch size. Expected latency "
+        "counts the stages a sample runs through plus one exit decision at each exit it passes; squares are "
+        "single exits run on every sample.",
+        size=9.5,
+    )
+    cols = 1 if len(keys) <= 2 else 2
+    n_rows = math.ceil(len(keys) / cols)
+    panel_h = 5.4 if len(keys) == 1 else min(3.3, 6.8 / n_rows - 0.6)
+    axes = p.grid(len(keys), cols, panel_h, gap_in=0.35, hgap=0.1)
+    plot_latency(data.frontier, operating_point=data.operating_point(), keys=keys, axes=axes,
+                 main_method=str(data.thresholds.get("method") or "") or None)
+    p.skip(0.45)
+    p.heading("How it was measured", size=11)
+    costs = data.run.costs
+    assert costs is not None
+    for key in keys:
+        prof = costs.latency.get(key)
+        if prof is None:
+            continue
+        iqr = prof.stage_iqr_ms
+        med = prof.stage_median_ms
+        noisy = [i + 1 for i, (q, m) in enumerate(zip(iqr, med, strict=True)) if m > 0 and q > 0.1 * m]
+        line = (
+            f"{key}: {prof.hardware or 'hardware not recorded'}"
+            + (f", {prof.threads} thread(s)" if prof.threads else "")
+            + f"; full model {_ms(prof.full_model_median_ms)} median; exit decision {_ms(prof.decision_median_ms)}; "
+            + f"{len(prof.stage_ms[0]) if prof.stage_ms else 0} repeats per stage."
+        )
+        if noisy:
+            line += f" Warning: spread (IQR) above 10% of the median for stage(s) {', '.join(map(str, noisy))}."
+        p.para(line, size=8.5, width=120, color=_NOGO_COLOR if noisy else "black")
+    return p.fig
+
+
+def _page_exits(data: ReportData) -> Figure:
+    p = _Page(data, 4, "Where samples leave at the operating point")
+    o = data.outcome
+    k = data.k
+    shares, counts, acc = o.shares(k), o.counts(k), o.accuracy_per_exit(k)
+    where = "held-out samples" if o.held_out else "samples"
+    p.para(
+        f"Bars: share of the {o.n:,} {where} that leave at each exit under the operating point's thresholds "
+        f"(budget {_budget_label(data)}). Red diamonds: accuracy of those samples; grey circles: the exit's accuracy "
+        "on all samples, for reference. Samples that leave early are the confident ones, so they are usually "
+        "more accurate than the exit is on average.",
+        size=9.5,
+    )
+    ax = p.axes(4.8, gap_in=0.25, right=0.88)
+    plot_exits(shares, acc, counts=counts, exit_accuracy=data.exit_accuracy, ax=ax)
+    p.skip(0.85)
+    macs = data.run.costs.macs if data.run.costs is not None else None
+    keys = sorted(k_ for k_ in data.baselines if k_ != "macs")
+    per_exit = _per_exit_costs(data.run)
+    th = _thresholds_text(data.thresholds, data.run)
+    header = ["exit", "threshold", "leave here", "n", "their accuracy", "exit accuracy", "cum. MACs"]
+    widths = [0.07, 0.14, 0.11, 0.09, 0.14, 0.13, 0.12]
+    if keys:
+        header.append(f"ms {keys[0]}")
+        widths.append(0.14)
+    rows = []
+    for i in range(k):
+        row = [
+            str(i + 1), th[i], _pct(float(shares[i]), 1), f"{int(counts[i]):,}",
+            _pct(float(acc[i]), 1) if np.isfinite(acc[i]) else "—", _pct(float(data.exit_accuracy[i]), 1),
+            _macs(macs[i]) if macs is not None else "n/a",
+        ]
+        if keys:
+            row.append(_ms(per_exit[keys[0]][i]))
+        rows.append(row)
+    p.table(header, rows, col_widths=widths, size=9)
+    if keys:
+        p.para(
+            f"ms: latency for a sample leaving at that exit on {keys[0]} (stages so far plus the exit decisions).",
+            size=8.5, color=_GREY,
+        )
+    return p.fig
+
+
+def _page_calibration(data: ReportData) -> Figure:
+    p = _Page(data, 5, "Calibration of each exit")
+    temps = [float(v) for v in (data.thresholds.get("temperatures") or [1.0] * data.k)]
+    p.para(
+        "Early exit trusts each exit's confidence. A calibrated exit is right on about 90% of the samples "
+        "it gives 90% confidence; ECE (expected calibration error) is the sample-weighted mean gap between "
+        "confidence and accuracy over 15 bins, on all samples."
+        + (" Bars use the fitted temperatures; black ticks show temperature 1." if data.scaled_bins else ""),
+        size=9.5,
+    )
+    p.skip(0.05)
+    p.para(
+        "In each diagram: blue bars, the accuracy of the samples in a confidence bin; red ticks, their mean "
+        "confidence; dashed line, perfect calibration. Bars above the line: the exit is under-confident "
+        "(it could exit more); below: over-confident. Bins holding few samples are noisy.",
+        size=9.5,
+    )
+    header = ["exit", "accuracy", "mean confidence", "ECE (T = 1)"]
+    widths = [0.08, 0.14, 0.18, 0.16]
+    if data.scaled_bins:
+        header += ["temperature", "ECE (fitted T)"]
+        widths += [0.15, 0.17]
+    rows = []
+    for i in range(data.k):
+        row = [str(i + 1), _pct(float(data.exit_accuracy[i])), f"{float(data.exit_confidence[i]):.3f}", f"{data.bins[i].ece:.3f}"]
+        if data.scaled_bins:
+            row += [f"{temps[i]:.3f}", f"{data.scaled_bins[i].ece:.3f}"]
+        rows.append(row)
+    p.table(header, rows, col_widths=widths, size=9.5)
+    p.skip(0.2)
+    cols = reliability_columns(data.k)
+    n_rows = math.ceil(data.k / cols)
+    room = p.y * p.height_in - 1.1 - 0.8 * n_rows
+    panel_h = min(3.0 if cols == 2 else 2.2, room / n_rows)
+    axes = p.grid(data.k, cols, panel_h, gap_in=0.35, square=True)
+    plot_reliability(
+        data.bins, scaled=data.scaled_bins, temperatures=temps if data.scaled_bins else None, legend=False, axes=axes
+    )
+    return p.fig
+
+
+def _page_provenance(data: ReportData) -> Figure:
+    p = _Page(data, 6, "Thresholds and provenance")
+    run = data.run
+    t = data.thresholds
+    p.heading("Thresholds (deploy these with the model)", size=11)
+    th = _thresholds_text(t, run)
+    temps = [float(v) for v in (t.get("temperatures") or [1.0] * run.k)]
+    raw = t.get("thresholds") or []
+    rows = [
+        [str(i + 1), th[i], "null" if i >= len(raw) or raw[i] is None else f"{float(raw[i]):.6g}", f"{temps[i]:.4g}"]
+        for i in range(run.k)
+    ]
+    p.table(["exit", "threshold", "thresholds.json", "temperature"], rows, col_widths=[0.08, 0.2, 0.2, 0.16], size=9)
+    p.para(
+        f"score: {t.get('score', 'maxprob')}; method: {t.get('method', 'n/a')}; a sample leaves at the first exit "
+        "whose score (from logits / temperature) is at least that exit's threshold; the last exit takes the rest.",
+        size=8.5, color=_GREY,
+    )
+    p.skip(0.1)
+    p.heading("Run", size=11)
+    prov = run.provenance
+    costs = run.costs
+    items: list[tuple[str, str]] = [
+        ("run directory", str(run.path)),
+        ("model", prov.model or "n/a"),
+        ("weights SHA-256", prov.weights_sha256 or "n/a"),
+        ("data", prov.data or "n/a"),
+        ("N / K / C", f"{run.n:,} samples / {run.k} exits / {run.c:,} classes"),
+        ("logits computed on", prov.device or "n/a"),
+        ("created", prov.created or "n/a"),
+        ("command", prov.command or "n/a"),
+        ("libraries", ", ".join(f"{k} {v}" for k, v in sorted(prov.versions.items())) or "n/a"),
+    ]
+    if prov.extra:
+        items.append(("details", ", ".join(f"{k}={v}" for k, v in sorted(prov.extra.items()))))
+    if costs is not None:
+        items.append(("costs", f"source: {costs.source}; cumulative MACs: "
+                      + (", ".join(_macs(m) for m in costs.macs) if costs.macs else "none")))
+        if costs.unsupported_ops:
+            items.append(("not counted by fvcore", ", ".join(f"{u.op}×{u.count} (stage {u.stage})" for u in costs.unsupported_ops)))
+        for key, prof in sorted(costs.latency.items()):
+            setting = ", ".join(f"{k}={v}" for k, v in sorted(prof.settings.items()))
+            items.append((f"latency {key}", f"{prof.hardware or 'n/a'}; threads {prof.threads}; {setting}"))
+    else:
+        items.append(("costs", "none"))
+    for label, value in items:
+        p.skip(9 / 72 * 1.4)
+        p.fig.text(0.06, p.y, label, fontsize=9, color=_GREY, va="baseline")
+        mono = label in ("weights SHA-256", "command")
+        wrapped = textwrap.wrap(value, width=70 if mono else 80, break_long_words=True) or [""]
+        for j, line in enumerate(wrapped[:6]):
+            if j:
+                p.skip(9 / 72 * 1.3)
+            p.fig.text(0.3, p.y, line, fontsize=8.5 if mono else 9, va="baseline", family="DejaVu Sans Mono" if mono else None)
+    p.skip(0.15)
+    p.heading("This report", size=11)
+    req = data.requirements
+    asked = [
+        f"--budget {data.budget}" if data.budget_reason.startswith("asked") else f"budget {data.budget} ({data.budget_reason})",
+    ]
+    if req.min_accuracy is not None:
+        asked.append(f"--min-accuracy {req.min_accuracy:g}")
+    if req.max_drop is not None:
+        asked.append(f"--max-drop {req.max_drop:g}")
+    if req.min_speedup is not None:
+        asked.append(f"--min-speedup {req.min_speedup:g} (judged on {data.speedup_cost})")
+    p.para("; ".join(asked), size=9)
+    if data.command:
+        p.para(data.command, size=8.5, family="DejaVu Sans Mono", width=100)
+    return p.fig
+
+
+# --------------------------------------------------------------------------- assembly
+
+
+def render_pdf(data: ReportData) -> bytes:
+    """Draw the six pages and return the PDF's bytes (deterministic for the same data).
+
+    Args:
+        data: What :func:`prepare_report` computed.
+
+    Returns:
+        The PDF file's content.
+    """
+    import matplotlib
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    pages = (_page_decision, _page_frontier, _page_latency, _page_exits, _page_calibration, _page_provenance)
+    metadata = {
+        "Title": data.title,
+        "Subject": "early-exit go/no-go report",
+        "Creator": f"dyncal {_version()}",
+        "CreationDate": data.date,
+        "ModDate": data.date,
+    }
+    buf = io.BytesIO()
+    with matplotlib.rc_context(_RC), PdfPages(buf, metadata=metadata) as pdf:
+        for draw in pages:
+            fig = draw(data)
+            pdf.savefig(fig)
+    return buf.getvalue()
+
+
+def build_report(
+    run_path: str | os.PathLike[str],
+    out_pdf: str | os.PathLike[str],
+    *,
+    budget: str | None = None,
+    min_accuracy: float | None = None,
+    max_drop: float | None = None,
+    min_speedup: float | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+    title: str | None = None,
+    method: str | None = None,
+    holdout: float = 0.5,
+    seed: int = 0,
+    command: str = "",
+) -> ReportResult:
+    """Solve a run's thresholds, judge the criteria and write the six-page PDF report.
+
+    Args:
+        run_path: A run directory with costs (MACs and/or profiled latency).
+        out_pdf: The PDF to write (atomically; replaced if it exists).
+        budget: Budget for the operating point (``0.6x``, ``1.2GMAC``, ``35ms``). Default:
+            the cheapest frontier budget meeting the accuracy criterion on the fitting half;
+            with only ``min_speedup``, the budget giving that speed-up; with no criterion,
+            the cheapest within 1 percentage point of the last exit's fitted accuracy.
+        min_accuracy: Held-out accuracy must be at least this fraction.
+        max_drop: Accuracy lost against the last exit must be at most this fraction.
+        min_speedup: Speed-up against the last exit on every sample must be at least this
+            factor; in latency when ``device``/``batch_size`` is given, else in MACs.
+        device: Latency device (``cpu``, ``cuda``) for the speed-up and ms budgets.
+        batch_size: Latency batch size (default 1, or the smallest profiled).
+        title: Title on every page (default from the model spec).
+        method: Threshold solver (default: solve's default).
+        holdout: Fraction of samples held out of fitting (default 0.5).
+        seed: Seed of the held-out split (default 0).
+        command: The command line, printed on the provenance page.
+
+    Returns:
+        What was written and decided; ``to_dict()`` is the ``--json`` document.
+
+    Raises:
+        DyncalError: Missing run or costs, a criterion that cannot be judged (e.g. a
+            latency criterion without profiled latency), bad values, an unwritable path.
+
+    Example:
+        >>> import tempfile, pathlib  # doctest: +SKIP
+        >>> r = build_report("run", "report.pdf", min_accuracy=0.95)  # doctest: +SKIP
+        >>> r.decision  # doctest: +SKIP
+        'GO'
+    """
+    from dyncal.run import atomic_write_bytes
+
+    out = Path(out_pdf)
+    if out.suffix.lower() != ".pdf":
+        raise DyncalError(f"--out must name a .pdf file, got '{out}'")
+    if not out.parent.exists():
+        raise DyncalError(f"the folder '{out.parent}' for --out does not exist; create it first")
+    if out.is_dir():
+        raise DyncalError(f"--out '{out}' is a directory; give a file name like report.pdf")
+    data = prepare_report(
+        run_path, budget=budget, min_accuracy=min_accuracy, max_drop=max_drop, min_speedup=min_speedup,
+        device=device, batch_size=batch_size, title=title, method=method, holdout=holdout, seed=seed,
+        command=command,
+    )
+    pdf = render_pdf(data)
+    try:
+        atomic_write_bytes(out, pdf)
+    except OSError as e:
+        raise DyncalError(f"cannot write '{out}': {e.strerror or e}; choose another --out") from e
+    return ReportResult(
+        path=out,
+        decision=data.decision,
+        criteria=data.criteria,
+        pages=PAGE_TITLES,
+        budget=data.budget,
+        budget_reason=data.budget_reason,
+        thresholds=data.thresholds,
+        speedup=dict(data.speedup),
+        size_bytes=len(pdf),
+    )

@@ -127,26 +127,35 @@ class EarlyExitRunner:
             0-based.
         """
         b = x.shape[0]
-        exits = torch.full((b,), self.k - 1, dtype=torch.int64, device=x.device)
-        preds = torch.empty((b,), dtype=torch.int64, device=x.device)
-        alive = torch.arange(b, device=x.device)
+        # (rows that left, exit, their predictions); rows None means "all rows still here".
+        parts: list[tuple[torch.Tensor | None, int, torch.Tensor]] = []
+        alive: torch.Tensor | None = None
         run = self.stages.start(x)
         for k in range(self.k):
             logits = run.step()
             if k == self.k - 1:
-                preds[alive] = logits.argmax(dim=1)
+                parts.append((alive, k, logits.argmax(dim=1)))
                 break
             leave = self._score(logits, k) >= self.thresholds[k]
             n_leave = int(leave.sum())  # the host sync every early exit pays
-            if n_leave:
-                gone = alive[leave]
-                exits[gone] = k
-                preds[gone] = logits[leave].argmax(dim=1)
-                if n_leave == alive.shape[0]:
-                    break
-                stay = ~leave
-                alive = alive[stay]
-                run.keep(stay)
+            if n_leave == 0:
+                continue
+            if n_leave == logits.shape[0]:
+                parts.append((alive, k, logits.argmax(dim=1)))
+                break
+            idx = leave.nonzero().squeeze(1)
+            parts.append((idx if alive is None else alive[idx], k, logits[idx].argmax(dim=1)))
+            stay = ~leave
+            alive = stay.nonzero().squeeze(1) if alive is None else alive[stay]
+            run.keep(stay)
+        if len(parts) == 1 and parts[0][0] is None:  # the whole batch left together
+            _, k, preds = parts[0]
+            return torch.full((b,), k, dtype=torch.int64, device=x.device), preds
+        exits = torch.empty((b,), dtype=torch.int64, device=x.device)
+        preds = torch.empty((b,), dtype=torch.int64, device=x.device)
+        for rows, k, p in parts:
+            exits[rows if rows is not None else slice(None)] = k
+            preds[rows if rows is not None else slice(None)] = p
         return exits, preds
 
 

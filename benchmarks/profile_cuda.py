@@ -41,7 +41,9 @@ def _slug(text: str) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (dry run)")
-    ap.add_argument("--batch-size", default=None, help="comma-separated; default 1,32 on cuda, 1 on cpu")
+    ap.add_argument(
+        "--batch-size", default=None, help="comma-separated; default 1,32 on cuda, 1 on cpu"
+    )
     ap.add_argument("--threads", default=None, help="CPU threads pinned while timing")
     ap.add_argument("--repeats", default="25")
     ap.add_argument("--warmup", default="10")
@@ -53,14 +55,38 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(0)
         npz = Path(tmp) / "logits.npz"
-        np.savez(npz, logits=rng.normal(size=(8, 3, 1000)).astype(np.float32), labels=rng.integers(0, 1000, 8))
+        np.savez(
+            npz,
+            logits=rng.normal(size=(8, 3, 1000)).astype(np.float32),
+            labels=rng.integers(0, 1000, 8),
+        )
         run = Path(tmp) / "run"
-        subprocess.run([sys.executable, "-m", "dyncal", "import", str(npz), "--out", str(run)], check=True, env=env)
+        subprocess.run(
+            [sys.executable, "-m", "dyncal", "import", str(npz), "--out", str(run)],
+            check=True,
+            env=env,
+        )
         cmd = [
-            sys.executable, "-m", "dyncal", "profile", str(run),
-            "--model", "models_zoo:resnet50_exits", "--model-path", str(ROOT / "tests"),
-            "--input-shape", "3,224,224", "--device", args.device, "--batch-size", batch,
-            "--repeats", args.repeats, "--warmup", args.warmup, "--json",
+            sys.executable,
+            "-m",
+            "dyncal",
+            "profile",
+            str(run),
+            "--model",
+            "models_zoo:resnet50_exits",
+            "--model-path",
+            str(ROOT / "tests"),
+            "--input-shape",
+            "3,224,224",
+            "--device",
+            args.device,
+            "--batch-size",
+            batch,
+            "--repeats",
+            args.repeats,
+            "--warmup",
+            args.warmup,
+            "--json",
         ]
         if args.threads:
             cmd += ["--threads", args.threads]
@@ -74,7 +100,11 @@ def main() -> int:
     doc = json.loads(proc.stdout)
     first = next(iter(doc["latency"].values()))
     hardware = first["hardware"]
-    doc["benchmark"] = {"command": " ".join(cmd[2:]), "wall_seconds": round(seconds, 1), "hardware": hardware}
+    doc["benchmark"] = {
+        "command": " ".join(cmd[2:]),
+        "wall_seconds": round(seconds, 1),
+        "hardware": hardware,
+    }
     OUT.mkdir(parents=True, exist_ok=True)
     stem = OUT / f"profile_resnet50_{_slug(args.device)}_{_slug(hardware)}"
     stem.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
@@ -87,19 +117,27 @@ def main() -> int:
         f"threads {first['threads']}, repeats {first['settings'].get('repeats')}, "
         f"warm-up {first['settings'].get('warmup')}, timer {first['settings'].get('timer')}",
         "",
-        "| exit | stage MACs | MACs (cum.) | " + " | ".join(f"ms {k} (median, IQR)" for k in keys) + " |",
+        "| exit | stage MACs | MACs (cum.) | "
+        + " | ".join(f"ms {k} (median, IQR)" for k in keys)
+        + " |",
         "|---:|---:|---:|" + "---:|" * len(keys),
     ]
     for e in doc["exits"]:
         i = e["exit"] - 1
-        cells = [f"{doc['latency'][k]['exit_ms'][i]:.3f} ({doc['latency'][k]['stage_iqr_ms'][i]:.3f})" for k in keys]
-        lines.append(f"| {e['exit']} | {e['stage_macs']:,} | {e['macs']:,} | " + " | ".join(cells) + " |")
+        cells = [
+            f"{doc['latency'][k]['exit_ms'][i]:.3f} ({doc['latency'][k]['stage_iqr_ms'][i]:.3f})"
+            for k in keys
+        ]
+        lines.append(
+            f"| {e['exit']} | {e['stage_macs']:,} | {e['macs']:,} | " + " | ".join(cells) + " |"
+        )
     lines.append("")
     for k in keys:
         lat = doc["latency"][k]
         noisy = lat["settings"].get("noisy") or {}
         lines.append(
-            f"- {k}: full model {lat['full_model_ms']:.3f} ms, exit decision {lat['decision_ms']:.4f} ms"
+            f"- {k}: full model {lat['full_model_ms']:.3f} ms, "
+            f"exit decision {lat['decision_ms']:.4f} ms"
             + (f", noisy: {', '.join(noisy)}" if noisy else "")
         )
     lines.append(f"- fvcore on the whole model: {doc['model_macs']:,} MACs (= sum of stages)")

@@ -89,7 +89,9 @@ class ProfileOptions:
         if not self.devices and self.latency:
             raise ProfileError("give at least one --device to time on")
         if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
-            raise ProfileError(f"--batch-size must be positive integers, got {list(self.batch_sizes)}")
+            raise ProfileError(
+                f"--batch-size must be positive integers, got {list(self.batch_sizes)}"
+            )
         if self.input_shape is not None and (
             not self.input_shape or any(int(d) < 1 for d in self.input_shape)
         ):
@@ -98,7 +100,10 @@ class ProfileOptions:
                 f"got {list(self.input_shape)}"
             )
         LatencySettings(
-            threads=self.threads, warmup=self.warmup, repeats=self.repeats, min_block_ms=self.min_block_ms
+            threads=self.threads,
+            warmup=self.warmup,
+            repeats=self.repeats,
+            min_block_ms=self.min_block_ms,
         )
 
 
@@ -136,9 +141,15 @@ class ProfileResult:
                     "macs": self.macs.exit_macs[i],
                     "stage_macs": self.macs.stage_macs[i],
                     "latency_ms": {key: p.exit_ms[i] for key, p in sorted(costs.latency.items())},
-                    "stage_latency_ms": {key: p.stage_median_ms[i] for key, p in sorted(costs.latency.items())},
-                    "stage_latency_iqr_ms": {key: p.stage_iqr_ms[i] for key, p in sorted(costs.latency.items())},
-                    "early_exit_ms": {key: p.early_exit_ms[i] for key, p in sorted(costs.latency.items())},
+                    "stage_latency_ms": {
+                        key: p.stage_median_ms[i] for key, p in sorted(costs.latency.items())
+                    },
+                    "stage_latency_iqr_ms": {
+                        key: p.stage_iqr_ms[i] for key, p in sorted(costs.latency.items())
+                    },
+                    "early_exit_ms": {
+                        key: p.early_exit_ms[i] for key, p in sorted(costs.latency.items())
+                    },
                     "unsupported_ops": {
                         u.op: u.count for u in self.macs.unsupported_ops if u.stage == i + 1
                     },
@@ -184,7 +195,9 @@ def _dtype(name: str) -> torch.dtype:
     return dt
 
 
-def _example(shape: Sequence[int], dtype: torch.dtype, batch_size: int, device: torch.device, seed: int) -> torch.Tensor:
+def _example(
+    shape: Sequence[int], dtype: torch.dtype, batch_size: int, device: torch.device, seed: int
+) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed + batch_size)
     if dtype.is_floating_point:
         x = torch.randn((batch_size, *shape), generator=g).to(dtype)
@@ -193,12 +206,16 @@ def _example(shape: Sequence[int], dtype: torch.dtype, batch_size: int, device: 
     return x.to(device)
 
 
-def _stages_fn(spec: str | None, model_path: str | None) -> Callable[[nn.Module], Sequence[nn.Module]] | None:
+def _stages_fn(
+    spec: str | None, model_path: str | None
+) -> Callable[[nn.Module], Sequence[nn.Module]] | None:
     if spec is None:
         return None
     fn = import_object(spec, what="--stages", search_path=model_path)
     if not callable(fn):
-        raise ProfileError(f"--stages: '{spec}' is not callable; name a function fn(model) -> [stage modules]")
+        raise ProfileError(
+            f"--stages: '{spec}' is not callable; name a function fn(model) -> [stage modules]"
+        )
     return fn  # type: ignore[no-any-return]
 
 
@@ -214,8 +231,11 @@ def _checked_stages(
     except ProfileError:
         if stages.source != "export" or stages.example_batch_size == x.shape[0]:
             raise
-        log.info("stages exported at batch %s fail at batch %d; exporting again at that size",
-                 stages.example_batch_size, x.shape[0])
+        log.info(
+            "stages exported at batch %s fail at batch %d; exporting again at that size",
+            stages.example_batch_size,
+            x.shape[0],
+        )
         again = build_stages(model, x, stages_fn=stages_fn, dynamic_batch=False)
         return again, verify_stages(model, again, x)
 
@@ -260,7 +280,9 @@ def profile_model(
     for d in devices:
         resolve_device(d)
     x1 = _example(input_shape, input_dtype, 1, cpu, seed)
-    stages = build_stages(model, _example(input_shape, input_dtype, _EXAMPLE_BATCH, cpu, seed), stages_fn=stages_fn)
+    stages = build_stages(
+        model, _example(input_shape, input_dtype, _EXAMPLE_BATCH, cpu, seed), stages_fn=stages_fn
+    )
     checks: list[tuple[str, StageCheck]] = []
     stages, check = _checked_stages(model, stages, x1, stages_fn)
     checks.append(("cpu/b1", check))
@@ -275,7 +297,9 @@ def profile_model(
             else:
                 dev_model = model_on(name) if model_on is not None else model.to(dev)
                 dev_stages = build_stages(
-                    dev_model, _example(input_shape, input_dtype, _EXAMPLE_BATCH, dev, seed), stages_fn=stages_fn
+                    dev_model,
+                    _example(input_shape, input_dtype, _EXAMPLE_BATCH, dev, seed),
+                    stages_fn=stages_fn,
                 )
             try:
                 for b in batch_sizes:
@@ -304,7 +328,9 @@ def profile_model(
     return costs, macs, stages.source, checks
 
 
-def _resolve(run: Run, options: ProfileOptions) -> tuple[str, str | None, str | None, tuple[int, ...], str]:
+def _resolve(
+    run: Run, options: ProfileOptions
+) -> tuple[str, str | None, str | None, tuple[int, ...], str]:
     prov = run.provenance
     extra = prov.extra
     spec = options.model or (prov.model if prov.model and not prov.model.startswith("(") else None)
@@ -326,7 +352,9 @@ def _resolve(run: Run, options: ProfileOptions) -> tuple[str, str | None, str | 
     try:
         shape_t = tuple(int(d) for d in shape)
     except (TypeError, ValueError):
-        raise ProfileError(f"the recorded input shape {shape!r} is not a list of integers; pass --input-shape") from None
+        raise ProfileError(
+            f"the recorded input shape {shape!r} is not a list of integers; pass --input-shape"
+        ) from None
     dtype = options.input_dtype or extra.get("input_dtype") or "float32"
     if weights is not None and not os.path.exists(weights):
         raise ProfileError(
@@ -335,7 +363,9 @@ def _resolve(run: Run, options: ProfileOptions) -> tuple[str, str | None, str | 
     return spec, weights, model_path, shape_t, str(dtype)
 
 
-def profile_run_full(run_path: str | os.PathLike[str], *, options: ProfileOptions | None = None) -> ProfileResult:
+def profile_run_full(
+    run_path: str | os.PathLike[str], *, options: ProfileOptions | None = None
+) -> ProfileResult:
     """Profile a run's model and store the cost table in the run; return the details.
 
     Args:
@@ -379,7 +409,10 @@ def profile_run_full(run_path: str | os.PathLike[str], *, options: ProfileOption
         return load_model(spec, weights=weights, model_path=model_path, device=device).module
 
     settings = LatencySettings(
-        threads=options.threads, warmup=options.warmup, repeats=options.repeats, min_block_ms=options.min_block_ms
+        threads=options.threads,
+        warmup=options.warmup,
+        repeats=options.repeats,
+        min_block_ms=options.min_block_ms,
     )
     costs, macs, source, checks = profile_model(
         loaded.module,
@@ -429,5 +462,7 @@ def profile_run(
         DyncalError: See :func:`profile_run_full`.
     """
     if options is None:
-        options = ProfileOptions(devices=tuple(devices), batch_sizes=tuple(int(b) for b in batch_sizes), threads=threads)
+        options = ProfileOptions(
+            devices=tuple(devices), batch_sizes=tuple(int(b) for b in batch_sizes), threads=threads
+        )
     return profile_run_full(run_path, options=options).costs

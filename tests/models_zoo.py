@@ -99,7 +99,9 @@ class BranchyNet(nn.Module):
         b = F.relu(self.c2(a))
         c = F.relu(self.c3(b))
         e1 = self.h1(F.relu(self.h1_conv(b)))
-        pooled = torch.cat([F.adaptive_avg_pool2d(a, 1).flatten(1), F.adaptive_avg_pool2d(c, 1).flatten(1)], 1)
+        pooled = torch.cat(
+            [F.adaptive_avg_pool2d(a, 1).flatten(1), F.adaptive_avg_pool2d(c, 1).flatten(1)], 1
+        )
         e2 = self.h2(pooled)
         e3 = self.h3(F.relu(self.c4(c)))
         return [e1, e2, e3]
@@ -143,7 +145,11 @@ class PerceiverLike(nn.Module):
         for i, c in enumerate(chans):
             stride = 2 if i == 1 else 1
             self.blocks.append(
-                nn.Sequential(nn.Conv2d(c_in, c, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+                nn.Sequential(
+                    nn.Conv2d(c_in, c, 3, stride=stride, padding=1, bias=False),
+                    nn.BatchNorm2d(c),
+                    nn.ReLU(),
+                )
             )
             self.x2z.append(_CrossAttention(d, c, d, d))
             self.z2x.append(_CrossAttention(c, d, d, c))

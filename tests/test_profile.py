@@ -7,12 +7,12 @@ import time
 import warnings
 from pathlib import Path
 
+import models_zoo as zoo
 import numpy as np
 import pytest
 import torch
-
-import models_zoo as zoo
 from conftest import TESTS, assert_clean_error
+
 from dyncal.analysis.flops import _quiet_torchscript, model_macs, stage_macs
 from dyncal.analysis.latency import LatencySettings, measure_latency, pinned_threads
 from dyncal.analysis.stages import Stages, build_stages, declared_stages, verify_stages
@@ -23,17 +23,26 @@ from dyncal.run import Provenance, import_arrays, load_run
 # ----------------------------------------------------------------- helpers
 
 
-def _run_for(tmp_path: Path, factory: str, input_shape: list[int], k: int, c: int, name: str = "run") -> Path:
+def _run_for(
+    tmp_path: Path, factory: str, input_shape: list[int], k: int, c: int, name: str = "run"
+) -> Path:
     """An imported run whose provenance names a models_zoo factory, as collect records it."""
     prov = Provenance.here(
         model=f"models_zoo:{factory}",
         data="(test)",
         device="cpu",
-        extra={"weights": None, "model_path": str(TESTS), "input_shape": input_shape, "input_dtype": "float32"},
+        extra={
+            "weights": None,
+            "model_path": str(TESTS),
+            "input_shape": input_shape,
+            "input_dtype": "float32",
+        },
     )
     rng = np.random.default_rng(0)
     out = tmp_path / name
-    import_arrays(rng.normal(size=(6, k, c)).astype(np.float32), rng.integers(0, c, 6), out, provenance=prov)
+    import_arrays(
+        rng.normal(size=(6, k, c)).astype(np.float32), rng.integers(0, c, 6), out, provenance=prov
+    )
     return out
 
 
@@ -68,7 +77,10 @@ def test_hand_counted_macs_per_exit(factory, shape):
 def test_fvcore_conventions_we_rely_on():
     """One fused multiply-add is one MAC; bias adds are free."""
     assert model_macs(torch.nn.Linear(5, 7), torch.zeros(1, 5)).macs == 35
-    assert model_macs(torch.nn.Conv2d(2, 3, 3, padding=1), torch.zeros(1, 2, 4, 4)).macs == 3 * 16 * 2 * 9
+    assert (
+        model_macs(torch.nn.Conv2d(2, 3, 3, padding=1), torch.zeros(1, 2, 4, 4)).macs
+        == 3 * 16 * 2 * 9
+    )
 
 
 def test_stage_macs_are_per_sample_at_batch_one():
@@ -106,7 +118,7 @@ def test_perceiver_two_branch_partitions_correctly():
             torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
     counts = stage_macs(stages, torch.randn(1, 3, 8, 8), model=model)
     assert sum(counts.stage_macs) == counts.model_macs
-    assert all(b > a for a, b in zip(counts.exit_macs, counts.exit_macs[1:]))
+    assert all(b > a for a, b in zip(counts.exit_macs, counts.exit_macs[1:], strict=False))
     softmax = {u.stage: u.count for u in counts.unsupported_ops if u.op == "aten::softmax"}
     # x->z of block 1 | z->x of block 1 + x->z of block 2 | ... | z->x of block 3 (exit 4 only)
     assert softmax == {1: 1, 2: 2, 3: 2, 4: 1}
@@ -146,7 +158,9 @@ def test_keep_rows_gives_the_models_logits_for_the_rows_that_stay():
         run.keep(torch.tensor([0, 2]))  # integer rows of the 4 that stayed
         third = run.step()
     torch.testing.assert_close(second, want[1][keep], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(third, want[2][keep.nonzero().flatten()[[0, 2]]], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        third, want[2][keep.nonzero().flatten()[[0, 2]]], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_stages_declared_by_method_and_by_function():
@@ -164,7 +178,9 @@ def test_stages_declared_by_method_and_by_function():
 
 def test_wrong_declared_stages_are_caught():
     model = zoo.data_dependent()
-    swapped = build_stages(model, torch.randn(2, 8), stages_fn=lambda m: list(reversed(zoo.data_dependent_stages(m))))
+    swapped = build_stages(
+        model, torch.randn(2, 8), stages_fn=lambda m: list(reversed(zoo.data_dependent_stages(m)))
+    )
     with pytest.raises(ProfileError, match="fail at batch size|does not reproduce"):
         verify_stages(model, swapped, torch.randn(2, 8))
     with pytest.raises(ProfileError, match="must return a list of K >= 2"):
@@ -174,8 +190,16 @@ def test_wrong_declared_stages_are_caught():
 @pytest.mark.parametrize(
     ("factory", "shape", "pattern"),
     [
-        (zoo.data_dependent, (8,), r"cannot export DataDependent with torch\.export .*dyncal_stages.*--stages"),
-        (zoo.input_exit, (8,), r"exit 1's output is not computed by the model's graph \(it is the model's input"),
+        (
+            zoo.data_dependent,
+            (8,),
+            r"cannot export DataDependent with torch\.export .*dyncal_stages.*--stages",
+        ),
+        (
+            zoo.input_exit,
+            (8,),
+            r"exit 1's output is not computed by the model's graph \(it is the model's input",
+        ),
     ],
     ids=["data-dependent", "input-exit"],
 )
@@ -197,7 +221,7 @@ def test_resnet50_with_heads_stage_sum_equals_fvcore_total():
         verify_stages(model, stages, x, rtol=1e-4, atol=1e-4)
         counts = stage_macs(stages, x, model=model)
     assert sum(counts.stage_macs) == counts.model_macs
-    assert all(b > a for a, b in zip(counts.exit_macs, counts.exit_macs[1:]))
+    assert all(b > a for a, b in zip(counts.exit_macs, counts.exit_macs[1:], strict=False))
     assert counts.exit_macs[-1] >= 4.1e9
     assert counts.exit_macs[-1] < 4.2e9
 
@@ -212,7 +236,9 @@ def test_latency_is_monotone_in_exit_index_on_cpu():
     stages = _stages(model, (1, 8, 8))
     x = torch.randn(8, 1, 8, 8)
     threads_before = torch.get_num_threads()
-    prof = measure_latency(stages, model, x, LatencySettings(threads=1, warmup=2, repeats=7, min_block_ms=2.0))
+    prof = measure_latency(
+        stages, model, x, LatencySettings(threads=1, warmup=2, repeats=7, min_block_ms=2.0)
+    )
     assert torch.get_num_threads() == threads_before
     assert prof.key == "cpu/b8" and prof.threads == 1 and prof.batch_size == 8
     assert all(len(r) == 7 for r in prof.stage_ms)
@@ -231,7 +257,7 @@ def test_latency_is_monotone_in_exit_index_on_cpu():
                     stages.run(x, upto=k)
                 reps.append((time.perf_counter() - t0) / 20)
             direct.append(float(np.median(reps)))
-    assert all(b > 0.9 * a for a, b in zip(direct, direct[1:])), direct
+    assert all(b > 0.9 * a for a, b in zip(direct, direct[1:], strict=False)), direct
     assert direct[-1] > 2 * direct[0], direct
 
 
@@ -258,7 +284,12 @@ def test_only_torchscript_deprecations_are_filtered():
         warnings.simplefilter("always")
         model_macs(torch.nn.Linear(2, 2), torch.zeros(1, 2))
         with _quiet_torchscript():
-            warnings.warn("`torch.jit.trace` is deprecated. Please switch to `torch.compile` or `torch.export`.", FutureWarning, stacklevel=1)
+            warnings.warn(
+                "`torch.jit.trace` is deprecated. "
+                "Please switch to `torch.compile` or `torch.export`.",
+                FutureWarning,
+                stacklevel=1,
+            )
             warnings.warn("something else", FutureWarning, stacklevel=1)
     messages = [str(w.message) for w in seen]
     assert messages == ["something else"]
@@ -273,7 +304,10 @@ def test_profile_run_stores_the_cost_table_and_merges_devices(tmp_path):
     costs = profile_run(run, options=options)
     assert costs.macs == tuple(float(m) for m in zoo.ConvStack.EXIT_MACS)
     assert sorted(costs.latency) == ["cpu/b1", "cpu/b2"]
-    again = profile_run(run, options=ProfileOptions(batch_sizes=(3,), threads=1, repeats=3, warmup=1, min_block_ms=1.0))
+    again = profile_run(
+        run,
+        options=ProfileOptions(batch_sizes=(3,), threads=1, repeats=3, warmup=1, min_block_ms=1.0),
+    )
     assert sorted(again.latency) == ["cpu/b1", "cpu/b2", "cpu/b3"]
     stored = load_run(run).costs
     assert stored is not None and sorted(stored.latency) == ["cpu/b1", "cpu/b2", "cpu/b3"]
@@ -282,7 +316,9 @@ def test_profile_run_stores_the_cost_table_and_merges_devices(tmp_path):
 
 def test_cli_profile_json_keeps_device_and_settings(cli, tmp_path):
     run = _run_for(tmp_path, "perceiver_like", [3, 8, 8], 4, 7)
-    result = cli("profile", run, "--device", "cpu", "--batch-size", "1,4", "--threads", "1", *FAST, "--json")
+    result = cli(
+        "profile", run, "--device", "cpu", "--batch-size", "1,4", "--threads", "1", *FAST, "--json"
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["stages"] == "export" and doc["k"] == 4
@@ -304,12 +340,23 @@ def test_cli_profile_json_keeps_device_and_settings(cli, tmp_path):
 
 def test_cli_profile_table_and_overrides_for_an_imported_run(cli, tmp_path):
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "l.npz", logits=rng.normal(size=(5, 3, 3)).astype(np.float32), labels=rng.integers(0, 3, 5))
+    np.savez(
+        tmp_path / "l.npz",
+        logits=rng.normal(size=(5, 3, 3)).astype(np.float32),
+        labels=rng.integers(0, 3, 5),
+    )
     assert cli("import", tmp_path / "l.npz", "--out", tmp_path / "run").exit_code == 0
     assert_clean_error(cli("profile", tmp_path / "run", *FAST), r"does not name its model.*--model")
     result = cli(
-        "profile", tmp_path / "run", "--model", "models_zoo:linear_stack", "--model-path", TESTS,
-        "--input-shape", "8", "--macs-only",
+        "profile",
+        tmp_path / "run",
+        "--model",
+        "models_zoo:linear_stack",
+        "--model-path",
+        TESTS,
+        "--input-shape",
+        "8",
+        "--macs-only",
     )
     assert result.exit_code == 0, result.output
     assert "784" in result.stdout and "stages: export" in result.stdout
@@ -318,7 +365,9 @@ def test_cli_profile_table_and_overrides_for_an_imported_run(cli, tmp_path):
 def test_cli_profile_declared_stages(cli, tmp_path):
     run = _run_for(tmp_path, "data_dependent", [8], 2, 3)
     assert_clean_error(cli("profile", run, *FAST), r"cannot export DataDependent .*--stages")
-    ok = cli("profile", run, "--stages", "models_zoo:data_dependent_stages", "--macs-only", "--json")
+    ok = cli(
+        "profile", run, "--stages", "models_zoo:data_dependent_stages", "--macs-only", "--json"
+    )
     assert ok.exit_code == 0, ok.output
     assert json.loads(ok.stdout)["stages"] == "function"
     run2 = _run_for(tmp_path, "data_dependent_staged", [8], 2, 3, name="run2")
@@ -330,14 +379,45 @@ def test_cli_profile_declared_stages(cli, tmp_path):
 @pytest.mark.parametrize(
     ("factory", "shape", "k", "args", "pattern"),
     [
-        ("data_dependent", [8], 2, (), r"cannot export DataDependent with torch\.export \(.*\); declare the stages"),
+        (
+            "data_dependent",
+            [8],
+            2,
+            (),
+            r"cannot export DataDependent with torch\.export \(.*\); declare the stages",
+        ),
         ("input_exit", [8], 2, (), r"exit 1's output is not computed by the model's graph"),
-        ("conv_stack", [3, 8, 8], 3, ("--batch-size", "1,x"), r"--batch-size must be comma-separated integers"),
-        ("conv_stack", [3, 8, 8], 3, ("--input-shape", "3,9"), r"fails on an input of shape \(1, 3, 9\)"),
+        (
+            "conv_stack",
+            [3, 8, 8],
+            3,
+            ("--batch-size", "1,x"),
+            r"--batch-size must be comma-separated integers",
+        ),
+        (
+            "conv_stack",
+            [3, 8, 8],
+            3,
+            ("--input-shape", "3,9"),
+            r"fails on an input of shape \(1, 3, 9\)",
+        ),
         ("conv_stack", [3, 8, 8], 4, (), r"has K=3 exits .* but run .* has K=4"),
-        ("conv_stack", [3, 8, 8], 3, ("--device", "tpu"), r"--device must be cpu, cuda or cuda:N; got 'tpu'"),
+        (
+            "conv_stack",
+            [3, 8, 8],
+            3,
+            ("--device", "tpu"),
+            r"--device must be cpu, cuda or cuda:N; got 'tpu'",
+        ),
     ],
-    ids=["not-exportable", "exit-not-graph-output", "bad-batch", "bad-shape", "wrong-k", "bad-device"],
+    ids=[
+        "not-exportable",
+        "exit-not-graph-output",
+        "bad-batch",
+        "bad-shape",
+        "wrong-k",
+        "bad-device",
+    ],
 )
 def test_cli_profile_errors_are_one_line(cli, tmp_path, factory, shape, k, args, pattern):
     c = {"conv_stack": 5, "input_exit": 8}.get(factory, 3)
@@ -348,14 +428,18 @@ def test_cli_profile_errors_are_one_line(cli, tmp_path, factory, shape, k, args,
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 def test_cli_profile_cuda_on_a_cpu_machine(cli, tmp_path):
     run = _run_for(tmp_path, "conv_stack", [3, 8, 8], 3, 5)
-    assert_clean_error(cli("profile", run, "--device", "cuda", *FAST), r"--device cuda: CUDA is not available")
+    assert_clean_error(
+        cli("profile", run, "--device", "cuda", *FAST), r"--device cuda: CUDA is not available"
+    )
     assert load_run(run).costs is None  # nothing half-written
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_profile_on_cuda(tmp_path):
     run = _run_for(tmp_path, "conv_stack", [3, 8, 8], 3, 5)
-    result = profile_run_full(run, options=ProfileOptions(devices=("cpu", "cuda"), repeats=3, warmup=1))
+    result = profile_run_full(
+        run, options=ProfileOptions(devices=("cpu", "cuda"), repeats=3, warmup=1)
+    )
     prof = result.costs.latency["cuda/b1"]
     assert prof.settings["timer"] == "cuda_events" and prof.settings["gpu"]
     assert prof.exit_ms == sorted(prof.exit_ms)

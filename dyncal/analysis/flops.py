@@ -40,7 +40,9 @@ __all__ = ["MacCount", "StageMacs", "model_macs", "stage_macs", "stage_inputs"]
 log = logging.getLogger(__name__)
 
 # The exact deprecation notices TorchScript emits when fvcore imports or traces.
-_JIT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated\. Please switch to `torch\.compile` or `torch\.export`\."
+_JIT_DEPRECATION = (
+    r"`torch\.jit\.\w+` is deprecated\. Please switch to `torch\.compile` or `torch\.export`\."
+)
 
 
 @contextlib.contextmanager
@@ -88,7 +90,7 @@ def _count(module: nn.Module, inputs: tuple[Any, ...]) -> MacCount:
 
 
 def model_macs(model: nn.Module, x: torch.Tensor) -> MacCount:
-    """fvcore's MACs for the whole model on input ``x`` (use ``B = 1`` for per-sample MACs).
+    """Fvcore's MACs for the whole model on input ``x`` (use ``B = 1`` for per-sample MACs).
 
     Args:
         model: Any module.
@@ -180,7 +182,8 @@ def stage_macs(
         >>> from dyncal.demo import DigitsExitNet
         >>> from dyncal.analysis.stages import build_stages
         >>> net = DigitsExitNet().eval()
-        >>> counts = stage_macs(build_stages(net, torch.zeros(2, 1, 8, 8)), torch.zeros(1, 1, 8, 8), model=net)
+        >>> stages = build_stages(net, torch.zeros(2, 1, 8, 8))
+        >>> counts = stage_macs(stages, torch.zeros(1, 1, 8, 8), model=net)
         >>> counts.exit_macs[-1] == counts.model_macs
         True
     """

@@ -22,7 +22,8 @@ Example:
     >>> from dyncal.analysis.stages import build_stages
     >>> net = DigitsExitNet().eval()
     >>> stages = build_stages(net, torch.zeros(2, 1, 8, 8))
-    >>> prof = measure_latency(stages, net, torch.zeros(1, 1, 8, 8), LatencySettings(repeats=3, warmup=1))
+    >>> settings = LatencySettings(repeats=3, warmup=1)
+    >>> prof = measure_latency(stages, net, torch.zeros(1, 1, 8, 8), settings)
     >>> prof.key, len(prof.stage_ms), len(prof.stage_ms[0])
     ('cpu/b1', 4, 3)
 """
@@ -158,8 +159,8 @@ class _Clock:
     def block_ms(self, fn: Callable[[], Any], calls: int) -> float:
         """Mean milliseconds per call over a block of ``calls``."""
         if self.cuda:
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
+            start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+            end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             self.sync()
             start.record()
             for _ in range(calls):
@@ -182,13 +183,20 @@ class _Clock:
         return (time.perf_counter() - t0) * 1e3 / calls
 
 
-def _block_calls(clock: _Clock, fn: Callable[[], Any], settings: LatencySettings, wall: bool) -> int:
+def _block_calls(
+    clock: _Clock, fn: Callable[[], Any], settings: LatencySettings, wall: bool
+) -> int:
     """How many calls make a block of at least ``min_block_ms``."""
     timer = clock.wall_block_ms if wall else clock.block_ms
     for _ in range(settings.warmup):
         fn()
     one = max(timer(fn, 1), 1e-6)
     return int(min(settings.max_block_calls, max(1, math.ceil(settings.min_block_ms / one))))
+
+
+def _bind(module: nn.Module, args: tuple[Any, ...]) -> Callable[[], Any]:
+    """``module(*args)`` as a callable without arguments."""
+    return lambda: module(*args)
 
 
 def _decision(threshold: float) -> Callable[[torch.Tensor], int]:
@@ -234,9 +242,7 @@ def measure_latency(
         while not run.done:
             carries.append(run.carry)
             logits = run.step()
-        stage_fns: list[Callable[[], Any]] = [
-            (lambda m=m, c=c: m(*c)) for m, c in zip(stages.modules, carries, strict=True)
-        ]
+        stage_fns = [_bind(m, c) for m, c in zip(stages.modules, carries, strict=True)]
         decide = _decision(settings.threshold)
         last_logits = logits
         decision_fn: Callable[[], Any] = lambda: decide(last_logits)  # noqa: E731
@@ -256,7 +262,11 @@ def measure_latency(
             model_ms.append(clock.block_ms(model_fn, model_calls))
 
     noisy = {}
-    for name, reps in [*((f"stage{i + 1}", r) for i, r in enumerate(stage_ms)), ("decision", decision_ms), ("full_model", model_ms)]:
+    for name, reps in [
+        *((f"stage{i + 1}", r) for i, r in enumerate(stage_ms)),
+        ("decision", decision_ms),
+        ("full_model", model_ms),
+    ]:
         q75, q50, q25 = np.percentile(reps, [75, 50, 25])
         if q50 > 0 and (q75 - q25) > NOISE_IQR_FRACTION * q50:
             noisy[name] = round(float((q75 - q25) / q50), 3)

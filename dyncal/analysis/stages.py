@@ -231,7 +231,8 @@ class StageRun:
         if not self.stages.dynamic_batch:
             raise ProfileError(
                 f"these stages were built for batch size {self.stages.example_batch_size} only "
-                "(the model could not be exported with a dynamic batch); keep() needs dynamic stages"
+                "(the model could not be exported with a dynamic batch); keep() needs "
+                "dynamic stages"
             )
         self._carry = tuple(
             t[rows] if is_batch else t for t, is_batch in zip(self._carry, major, strict=True)
@@ -340,7 +341,11 @@ def _partition(gm: fx.GraphModule, example: torch.Tensor) -> Stages:
     if k < 2:
         raise ProfileError(f"the model's graph has {k} output(s); a multi-exit model needs K >= 2")
     for i, o in enumerate(flat):
-        if not isinstance(o, fx.Node) or o.op not in ("call_function", "call_method", "call_module"):
+        if not isinstance(o, fx.Node) or o.op not in (
+            "call_function",
+            "call_method",
+            "call_module",
+        ):
             raise ProfileError(
                 f"exit {i + 1}'s output is not computed by the model's graph (it is "
                 f"{_describe(o)}); every exit must return logits computed from the input"
@@ -361,12 +366,20 @@ def _partition(gm: fx.GraphModule, example: torch.Tensor) -> Stages:
                 continue
             stage_of[n] = i
             todo.extend(n.all_input_nodes)
-    ops = [n for n in graph.nodes if n.op not in ("placeholder", "get_attr", "output") and not dropped(n)]
+    ops = [
+        n
+        for n in graph.nodes
+        if n.op not in ("placeholder", "get_attr", "output") and not dropped(n)
+    ]
     unused = [n for n in ops if n not in stage_of]
     for n in unused:
         stage_of[n] = k - 1
     if unused:
-        log.info("%d op(s) feed no exit; charged to the last stage: %s", len(unused), [n.name for n in unused][:5])
+        log.info(
+            "%d op(s) feed no exit; charged to the last stage: %s",
+            len(unused),
+            [n.name for n in unused][:5],
+        )
     inputs = [n for n in graph.nodes if n.op == "placeholder"]
 
     # Tensors needed after stage i: used by an op of a later stage, or a later exit's output.
@@ -409,7 +422,7 @@ def _partition(gm: fx.GraphModule, example: torch.Tensor) -> Stages:
             if n.op == "get_attr" and any(stage_of.get(u) == i for u in n.users):
                 env[n] = g.node_copy(n)
             elif stage_of.get(n) == i and n in defined_at:
-                env[n] = g.node_copy(n, lambda a: env[a])
+                env[n] = g.node_copy(n, env.__getitem__)
         outs = [env[flat[i]]] + [env[v] for v in carries[i]]
         g.output(tuple(outs))
         g.lint()
@@ -428,7 +441,9 @@ def _partition(gm: fx.GraphModule, example: torch.Tensor) -> Stages:
 
 def _is_size(n: fx.Node) -> bool:
     """Whether a node computes a size or other scalar rather than a tensor."""
-    return isinstance(n.meta.get("val"), (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool))
+    return isinstance(
+        n.meta.get("val"), (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool)
+    )
 
 
 def _rematerialize_sizes(
@@ -459,7 +474,9 @@ def _rematerialize_sizes(
                 tv = t.meta.get("val")
                 if isinstance(tv, torch.Tensor):
                     for d, size in enumerate(tv.shape):
-                        if isinstance(size, torch.SymInt) and str(size.node.expr) == str(val.node.expr):
+                        if isinstance(size, torch.SymInt) and str(size.node.expr) == str(
+                            val.node.expr
+                        ):
                             found = (t, d)
                             break
                 if found:
@@ -514,20 +531,25 @@ def declared_stages(
         ProfileError: The declaration fails or returns something other than >= 2 modules.
     """
     if stages_fn is not None:
-        source, fn, name = "function", lambda: stages_fn(model), "--stages"
+        source, name = "function", "--stages"
     elif callable(getattr(model, STAGES_METHOD, None)):
-        source, fn, name = "method", getattr(model, STAGES_METHOD), f"{type(model).__name__}.{STAGES_METHOD}()"
+        source, name = "method", f"{type(model).__name__}.{STAGES_METHOD}()"
     else:
         return None
     try:
-        mods = fn()
+        mods: Any = stages_fn(model) if stages_fn is not None else getattr(model, STAGES_METHOD)()
     except DyncalError:
         raise
     except Exception as e:  # noqa: BLE001 - user code may raise anything
         raise ProfileError(f"{name} failed: {_first_line(e)}") from e
-    if not isinstance(mods, (list, tuple)) or len(mods) < 2 or not all(isinstance(m, nn.Module) for m in mods):
+    if (
+        not isinstance(mods, (list, tuple))
+        or len(mods) < 2
+        or not all(isinstance(m, nn.Module) for m in mods)
+    ):
         raise ProfileError(
-            f"{name} must return a list of K >= 2 nn.Module stages (stage_1(x) -> (logits, *carry), "
+            f"{name} must return a list of K >= 2 nn.Module stages "
+            "(stage_1(x) -> (logits, *carry), "
             f"stage_k(*carry) -> (logits, *carry)); got {type(mods).__name__}"
         )
     for m in mods:

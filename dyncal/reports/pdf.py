@@ -51,7 +51,17 @@ if TYPE_CHECKING:
     from dyncal.analysis.calibration import ReliabilityBins
     from dyncal.run import Run
 
-__all__ = ["ReportResult", "ReportData", "build_report", "prepare_report", "PAGE_TITLES"]
+__all__ = [
+    "ReportResult",
+    "ReportData",
+    "build_report",
+    "prepare_report",
+    "render_pdf",
+    "export_figure",
+    "report_date",
+    "PAGE_TITLES",
+    "FIGURE_KINDS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -215,10 +225,10 @@ def report_date(run: Run) -> _dt.datetime:
     """The fixed date of a report: ``SOURCE_DATE_EPOCH`` if set, else the run's creation time.
 
     Example:
-        >>> import os
-        >>> os.environ["SOURCE_DATE_EPOCH"] = "0"
-        >>> report_date(None).year  # doctest: +SKIP
-        1970
+        >>> from types import SimpleNamespace
+        >>> run = SimpleNamespace(provenance=SimpleNamespace(created="2026-01-02T03:04:05+00:00"))
+        >>> report_date(run).isoformat() if "SOURCE_DATE_EPOCH" not in os.environ else "2026-01-02T03:04:05+00:00"
+        '2026-01-02T03:04:05+00:00'
     """
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if epoch:
@@ -409,6 +419,10 @@ def prepare_report(
     from dyncal.run import load_run
 
     req = Requirements(min_accuracy, max_drop, min_speedup).validate()
+    from dyncal.calibrate.solvers import METHODS
+
+    if method is not None and method not in METHODS:
+        raise DyncalError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     if batch_size is not None and batch_size < 1:
         raise DyncalError(f"--batch-size must be a positive integer, got {batch_size}")
     run = load_run(run_path)
@@ -445,8 +459,6 @@ def prepare_report(
         )
     else:
         reason = "asked with --budget"
-    from dyncal.calibrate.solvers import METHODS
-
     solve_kwargs: dict[str, Any] = {"holdout": holdout, "seed": seed, "device": lat_dev, "batch_size": lat_batch}
     if main_method in METHODS:
         solve_kwargs["method"] = main_method
@@ -1223,3 +1235,113 @@ def build_report(
         speedup=dict(data.speedup),
         size_bytes=len(pdf),
     )
+
+
+# --------------------------------------------------------------------------- single figures
+
+FIGURE_KINDS = ("frontier", "latency", "exits", "reliability")
+_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
+
+
+def export_figure(
+    run_path: str | os.PathLike[str],
+    kind: str,
+    out: str | os.PathLike[str],
+    *,
+    budget: str | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+    method: str | None = None,
+    holdout: float = 0.5,
+    seed: int = 0,
+    dpi: int = 150,
+) -> Path:
+    """Write one report figure alone (what ``dyncal plot`` does).
+
+    Args:
+        run_path: A run directory.
+        kind: ``frontier``, ``latency``, ``exits`` or ``reliability``.
+        out: Output file; the format follows the suffix (``.png``, ``.svg`` or ``.pdf``).
+        budget: Operating point's budget (default as in :func:`build_report` without criteria).
+        device: Latency device for ms budgets.
+        batch_size: Latency batch size.
+        method: Threshold solver (default solve's).
+        holdout: Held-out fraction (default 0.5).
+        seed: Split seed (default 0).
+        dpi: Resolution of ``.png`` output (default 150).
+
+    Returns:
+        The path written.
+
+    Raises:
+        DyncalError: Unknown kind or suffix, a run without what the figure needs (latency
+            for ``latency``, costs for the others), or an unwritable path.
+    """
+    import matplotlib
+
+    from dyncal.run import atomic_write_bytes
+
+    if kind not in FIGURE_KINDS:
+        raise DyncalError(f"--kind must be one of {', '.join(FIGURE_KINDS)}, got {kind!r}")
+    path = Path(out)
+    fmt = _FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise DyncalError(f"--out must end in .png, .svg or .pdf, got '{path}'")
+    if not path.parent.exists():
+        raise DyncalError(f"the folder '{path.parent}' for --out does not exist; create it first")
+    with matplotlib.rc_context(_RC):
+        if kind == "reliability":
+            fig = _reliability_alone(run_path)
+        else:
+            if kind == "latency":
+                _require_latency(run_path)
+            data = prepare_report(
+                run_path, budget=budget, device=device, batch_size=batch_size, method=method,
+                holdout=holdout, seed=seed,
+            )
+            main = str(data.thresholds.get("method") or "") or None
+            op = data.operating_point()
+            if kind == "frontier":
+                fig = plot_frontier(data.frontier, operating_point=op, main_method=main,
+                                    title=f"{data.title}: accuracy vs MACs")
+            elif kind == "latency":
+                fig = plot_latency(data.frontier, operating_point=op, main_method=main)
+            else:
+                o = data.outcome
+                fig = plot_exits(
+                    o.shares(data.k), o.accuracy_per_exit(data.k), counts=o.counts(data.k),
+                    exit_accuracy=data.exit_accuracy,
+                    title=f"exits at the operating point (budget {_budget_label(data).split(' (')[0]})",
+                )
+        buf = io.BytesIO()
+        meta: dict[str, Any] = {"svg": {"Date": None}, "png": {"Software": None}, "pdf": {"CreationDate": None}}[fmt]
+        fig.savefig(buf, format=fmt, dpi=dpi, metadata=meta)
+    try:
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError as e:
+        raise DyncalError(f"cannot write '{path}': {e.strerror or e}; choose another --out") from e
+    return path
+
+
+def _require_latency(run_path: str | os.PathLike[str]) -> None:
+    """Fail early, before solving, when a run has no latency to plot."""
+    from dyncal.run import load_run
+
+    run = load_run(run_path)
+    if run.costs is None or not run.costs.latency:
+        raise DyncalError(
+            f"run '{run.path}' has no latency profiled, so there is no accuracy-vs-latency figure; measure it "
+            f"with 'dyncal profile {run.path} --device cpu --batch-size 1,32'"
+        )
+
+
+def _reliability_alone(run_path: str | os.PathLike[str]) -> Figure:
+    """Reliability diagrams of every exit at temperature 1."""
+    from dyncal.analysis.calibration import reliability_bins
+    from dyncal.calibrate.scores import exit_scores
+    from dyncal.run import load_run
+
+    run = load_run(run_path)
+    conf, pred = exit_scores(run.logits, "maxprob")
+    right = pred == np.asarray(run.labels)[:, None]
+    return plot_reliability([reliability_bins(conf[:, k], right[:, k]) for k in range(run.k)])

@@ -1,0 +1,331 @@
+"""The PDF go/no-go report and ``dyncal plot``, opened and read back like a reader would.
+
+The run is the real demo model (4-exit digits CNN) over its 797 held-out digits, with
+hand-counted cumulative MACs and a fixed synthetic latency table so that every number
+is deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dyncal.calibrate.solvers import solve_run
+from dyncal.errors import DyncalError
+from dyncal.run import CostTable, LatencyProfile, Provenance, import_arrays, load_run, save_costs
+
+from conftest import assert_clean_error
+
+pypdf = pytest.importorskip("pypdf")
+
+# conv + linear multiply-accumulates of DigitsExitNet on 1x8x8 inputs, cumulative per exit
+DEMO_MACS = (4928.0, 153664.0, 1926976.0, 9897280.0)
+CREATED = "2026-11-27T23:00:00+00:00"
+
+
+def _latency(batch: int) -> LatencyProfile:
+    stage = (0.02, 0.05, 0.12, 0.3)
+    reps = 9
+    wiggle = np.linspace(0.98, 1.02, reps)
+    return LatencyProfile(
+        device="cpu",
+        batch_size=batch,
+        stage_ms=tuple(tuple(float(s * batch**0.5 * w) for w in wiggle) for s in stage),
+        decision_ms=tuple(float(0.01 * w) for w in wiggle),
+        full_model_ms=tuple(float(0.5 * batch**0.5 * w) for w in wiggle),
+        threads=1,
+        hardware="test CPU",
+        settings={"repeats": reps},
+    )
+
+
+def _demo_logits() -> tuple[np.ndarray, np.ndarray]:
+    from dyncal.demo import pretrained, validation
+
+    ds = validation()
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    y = np.array([int(ds[i][1]) for i in range(len(ds))])
+    with torch.inference_mode():
+        z = torch.stack(list(pretrained()(x)), dim=1).numpy()
+    return z, y
+
+
+@pytest.fixture(scope="session")
+def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two demo runs: MACs only, and MACs plus cpu/b1 and cpu/b32 latency."""
+    z, y = _demo_logits()
+    root = tmp_path_factory.mktemp("report_runs")
+    prov = Provenance(
+        model="dyncal.demo:pretrained", weights_sha256="0" * 64, data="dyncal.demo:validation",
+        command="dyncal collect --model dyncal.demo:pretrained --data dyncal.demo:validation --out run",
+        created=CREATED, device="cpu", versions={"dyncal": "test"},
+    )
+    plain = import_arrays(z, y, root / "plain", macs=DEMO_MACS, provenance=prov).path
+    lat = import_arrays(z, y, root / "lat", macs=DEMO_MACS, provenance=prov).path
+    save_costs(lat, CostTable(macs=DEMO_MACS, latency={"cpu/b1": _latency(1), "cpu/b32": _latency(32)}))
+    return {"plain": plain, "lat": lat}
+
+
+@pytest.fixture(scope="session")
+def go_report(demo_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The GO report on the run with latency, via the CLI's --json."""
+    from typer.testing import CliRunner
+
+    from dyncal.cli import app
+
+    out = tmp_path_factory.mktemp("go") / "report.pdf"
+    res = CliRunner().invoke(
+        app, ["report", str(demo_runs["lat"]), "--out", str(out), "--min-accuracy", "0.9",
+              "--min-speedup", "3", "--device", "cpu", "--json"],
+    )
+    assert res.exit_code == 0, res.output
+    return out, json.loads(res.stdout)
+
+
+def _pages_text(path: Path) -> list[str]:
+    return [p.extract_text() for p in pypdf.PdfReader(str(path)).pages]
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+# --------------------------------------------------------------------------- content
+
+
+def test_report_has_six_pages_and_the_decision(go_report: tuple[Path, dict]) -> None:
+    path, doc = go_report
+    text = _pages_text(path)
+    assert len(text) == 6
+    assert [p["title"] for p in doc["pages"]] == [
+        "Decision", "Accuracy vs MACs", "Accuracy vs latency", "Exits at the operating point",
+        "Calibration", "Thresholds and provenance",
+    ]
+    assert doc["decision"] == "GO"
+    assert [c["name"] for c in doc["criteria"]] == ["accuracy", "speedup"]
+    assert all(c["passed"] for c in doc["criteria"])
+    speed = doc["criteria"][1]
+    assert speed["cost"] == "cpu/b1" and speed["interval"][0] >= 3
+    first = _flat(text[0])
+    assert "GO" in first and "NO-GO" not in first and "PASS" in first and "FAIL" not in first
+
+
+def test_key_numbers_equal_what_solve_reports(go_report: tuple[Path, dict], demo_runs: dict[str, Path]) -> None:
+    path, doc = go_report
+    op = doc["operating_point"]
+    again = solve_run(load_run(demo_runs["lat"]), doc["budget"], method=op["method"], device="cpu", batch_size=1)
+    solved = again.to_dict()
+    for key in ("thresholds", "temperatures", "holdout_accuracy", "holdout_ci", "expected_macs", "exit_shares"):
+        assert op[key] == solved[key], key
+    first, last = _flat(_pages_text(path)[0]), _flat(_pages_text(path)[5])
+    acc = f"{100 * solved['holdout_accuracy']:.2f}%"
+    lo, hi = (f"{100 * v:.2f}%" for v in solved["holdout_ci"])
+    assert f"held-out accuracy {acc} {lo} to {hi}" in first
+    assert f"{acc} (95% interval {lo} to {hi})" in first
+    # the accuracy criterion's value is solve's number, exactly
+    assert doc["criteria"][0]["value"] == solved["holdout_accuracy"]
+    assert doc["criteria"][0]["interval"] == solved["holdout_ci"]
+    for t in solved["thresholds"][:-1]:
+        assert f"{t:.6g}" in last
+    speedup = DEMO_MACS[-1] / solved["holdout"]["expected_macs"]
+    assert doc["speedup"]["macs"] == pytest.approx(speedup)
+    assert f"{speedup:.2f}× fewer MACs" in first
+
+
+def test_provenance_page(go_report: tuple[Path, dict]) -> None:
+    last = _flat(_pages_text(go_report[0])[5])
+    for needle in ("dyncal.demo:pretrained", "0" * 40, "dyncal.demo:validation", "797 samples / 4 exits / 10 classes",
+                   "dyncal collect --model", "test CPU", "--min-accuracy 0.9"):
+        assert needle in last, needle
+
+
+def test_go_and_nogo_reachable_and_no_criteria_states_the_tradeoff(
+    demo_runs: dict[str, Path], tmp_path: Path, cli
+) -> None:
+    out = tmp_path / "r.pdf"
+    res = cli("report", demo_runs["plain"], "--out", out, "--min-accuracy", "0.999", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["decision"] == "NO-GO" and doc["criteria"][0]["passed"] is False
+    first = _flat(_pages_text(out)[0])
+    assert "NO-GO" in first and "FAIL" in first
+    res = cli("report", demo_runs["plain"], "--out", out, "--max-drop", "0.05", "--budget", "0.3x", "--json")
+    doc = json.loads(res.stdout)
+    assert doc["decision"] == "GO" and doc["budget"] == "0.3x"
+    assert doc["criteria"][0]["name"] == "accuracy_drop" and doc["criteria"][0]["interval"][1] <= 0.05
+    res = cli("report", demo_runs["plain"], "--out", out, "--json")
+    doc = json.loads(res.stdout)
+    assert doc["decision"] is None and doc["criteria"] == []
+    text = [_flat(t) for t in _pages_text(out)]
+    assert "NO DECISION" in text[0] and "trade-off" in text[0]
+    # no latency: page 3 says so and how to measure it
+    assert "No latency was profiled" in text[2] and "dyncal profile" in text[2]
+
+
+def test_human_summary(demo_runs: dict[str, Path], tmp_path: Path, cli) -> None:
+    res = cli("report", demo_runs["plain"], "--out", tmp_path / "r.pdf", "--min-accuracy", "0.9")
+    assert res.exit_code == 0, res.output
+    assert "decision: GO" in res.stdout and "accuracy:" in res.stdout and "%" in res.stdout
+
+
+# --------------------------------------------------------------------------- the file
+
+
+def test_deterministic_small_and_dated(demo_runs: dict[str, Path], tmp_path: Path, go_report) -> None:
+    from dyncal.reports.pdf import build_report
+
+    a, b = tmp_path / "a.pdf", tmp_path / "b.pdf"
+    kw = {"min_accuracy": 0.9, "min_speedup": 3.0, "device": "cpu"}
+    build_report(demo_runs["lat"], a, **kw)
+    build_report(demo_runs["lat"], b, **kw)
+    assert a.read_bytes() == b.read_bytes()
+    assert a.stat().st_size < 2_000_000 and go_report[0].stat().st_size < 2_000_000
+    meta = pypdf.PdfReader(str(a)).metadata
+    assert meta.creation_date.isoformat().startswith("2026-11-27T23:00:00")
+
+
+def test_source_date_epoch_sets_the_date(demo_runs: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
+    from dyncal.reports.pdf import build_report
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "86400")
+    build_report(demo_runs["plain"], tmp_path / "r.pdf", budget="0.2x")
+    assert pypdf.PdfReader(str(tmp_path / "r.pdf")).metadata.creation_date.year == 1970
+
+
+def _pgm(path: Path) -> np.ndarray:
+    data = path.read_bytes()
+    parts = data.split(maxsplit=4)
+    assert parts[0] == b"P5"
+    w, h = int(parts[1]), int(parts[2])
+    return np.frombuffer(parts[4][: w * h], dtype=np.uint8).reshape(h, w)
+
+
+@pytest.mark.skipif(shutil.which("pdftoppm") is None, reason="pdftoppm (poppler-utils) is not installed")
+def test_every_page_renders_and_is_not_blank(go_report: tuple[Path, dict], tmp_path: Path) -> None:
+    subprocess.run(["pdftoppm", "-r", "30", "-gray", str(go_report[0]), str(tmp_path / "p")], check=True)
+    pages = sorted(tmp_path.glob("p-*.pgm"))
+    assert len(pages) == 6
+    for page in pages:
+        img = _pgm(page)
+        ink = float(np.mean(img < 200))
+        assert ink > 0.01, (page.name, ink)
+        # not just a header: ink below the top fifth of the page
+        assert float(np.mean(img[img.shape[0] // 5 :] < 200)) > 0.005, page.name
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (["--min-accuracy", "95"], r"fraction in \[0, 1\], got 95.*did you mean 0.95"),
+        (["--min-accuracy", "0.9", "--max-drop", "0.01"], r"not both"),
+        (["--min-speedup", "0"], r"positive factor"),
+        (["--min-speedup", "2", "--device", "cpu"], r"no latency profiled for cpu/b1.*dyncal profile"),
+        (["--budget", "3ms"], r"ms needs measured latency"),
+        (["--budget", "0.0001x"], r"cheapest feasible"),
+        (["--method", "magic"], r"--method must be one of"),
+    ],
+)
+def test_report_user_errors(demo_runs: dict[str, Path], tmp_path: Path, cli, args: list[str], pattern: str) -> None:
+    assert_clean_error(cli("report", demo_runs["plain"], "--out", tmp_path / "r.pdf", *args), pattern)
+    assert not (tmp_path / "r.pdf").exists()
+
+
+def test_report_path_errors(demo_runs: dict[str, Path], tmp_path: Path, cli) -> None:
+    assert_clean_error(cli("report", tmp_path / "nope", "--out", tmp_path / "r.pdf"), r"no run directory")
+    assert_clean_error(cli("report", demo_runs["plain"], "--out", tmp_path / "no" / "r.pdf"), r"does not exist")
+    assert_clean_error(cli("report", demo_runs["plain"], "--out", tmp_path / "r.png"), r"\.pdf")
+
+
+def test_run_without_costs_is_an_error(tmp_path: Path, cli) -> None:
+    rng = np.random.default_rng(0)
+    run = import_arrays(rng.normal(size=(60, 2, 3)).astype(np.float32), rng.integers(0, 3, 60), tmp_path / "r").path
+    assert_clean_error(cli("report", run, "--out", tmp_path / "r.pdf"), r"no costs.*dyncal profile")
+
+
+# --------------------------------------------------------------------------- plot
+
+
+@pytest.mark.parametrize("kind", ["frontier", "latency", "exits", "reliability"])
+def test_plot_every_kind(demo_runs: dict[str, Path], tmp_path: Path, cli, kind: str) -> None:
+    png = tmp_path / f"{kind}.png"
+    res = cli("plot", demo_runs["lat"], "--kind", kind, "--out", png, "--budget", "0.1x", "--dpi", "40")
+    assert res.exit_code == 0, res.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_svg_is_deterministic(demo_runs: dict[str, Path], tmp_path: Path, cli) -> None:
+    a, b = tmp_path / "a.svg", tmp_path / "b.svg"
+    for out in (a, b):
+        assert cli("plot", demo_runs["plain"], "--kind", "reliability", "--out", out).exit_code == 0
+    assert a.read_bytes() == b.read_bytes() and b"<svg" in a.read_bytes()
+
+
+def test_plot_errors(demo_runs: dict[str, Path], tmp_path: Path, cli) -> None:
+    assert_clean_error(
+        cli("plot", demo_runs["plain"], "--kind", "latency", "--out", tmp_path / "l.png"),
+        r"no latency profiled.*dyncal profile",
+    )
+    assert_clean_error(cli("plot", demo_runs["plain"], "--kind", "pie", "--out", tmp_path / "x.png"), r"--kind")
+    assert_clean_error(cli("plot", demo_runs["plain"], "--kind", "exits", "--out", tmp_path / "x.jpg"), r"\.png")
+
+
+# --------------------------------------------------------------------------- figures alone
+
+
+def _toy_frontier():
+    import pandas as pd
+
+    rows = []
+    for method, acc in (("smoothed", 0.9), ("geometric", 0.85), ("oracle", 0.97)):
+        for f in (0.2, 0.6, 1.0):
+            rows.append({"method": method, "exit": pd.NA, "budget_fraction": f, "expected_macs": f * 1e9,
+                         "fitted_accuracy": acc + 0.05 * f, "holdout_accuracy": acc + 0.04 * f,
+                         "holdout_ci_low": acc, "holdout_ci_high": acc + 0.06, "ms:cpu/b1": f * 10,
+                         "ms:cuda/b64": f})
+    for k, f in ((1, 0.2), (2, 1.0)):
+        rows.append({"method": "static", "exit": k, "budget_fraction": f, "expected_macs": f * 1e9,
+                     "fitted_accuracy": 0.8 + 0.1 * k, "holdout_accuracy": 0.8 + 0.1 * k,
+                     "ms:cpu/b1": f * 10, "ms:cuda/b64": f})
+    return pd.DataFrame(rows)
+
+
+def test_figure_functions_draw_on_given_axes() -> None:
+    from matplotlib.figure import Figure
+
+    from dyncal.reports.figures import OperatingPoint, plot_exits, plot_frontier, plot_latency
+
+    df = _toy_frontier()
+    fig = Figure()
+    ax = fig.add_subplot()
+    op = OperatingPoint(expected_macs=5e8, accuracy=0.93, interval=(0.9, 0.95), expected_ms={"cpu/b1": 5.0})
+    assert plot_frontier(df, operating_point=op, ax=ax) is fig
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("geometric" in t for t in labels) and any("oracle" in t for t in labels)
+    assert any("95% interval" in t for t in labels) and any("operating point" in t for t in labels)
+    lat = plot_latency(df, operating_point=op)
+    assert [a.get_title() for a in lat.axes] == ["cpu, batch size 1", "cuda, batch size 64"]
+    ex = plot_exits([0.5, 0.5], [0.9, np.nan], counts=[5, 5])
+    assert "no samples" in " ".join(t.get_text() for t in ex.axes[0].texts)
+
+
+def test_figure_functions_refuse_what_they_cannot_draw() -> None:
+    from dyncal.reports.figures import plot_exits, plot_frontier, plot_latency
+
+    df = _toy_frontier()
+    with pytest.raises(DyncalError, match="no latency was profiled"):
+        plot_latency(df.drop(columns=["ms:cpu/b1", "ms:cuda/b64"]))
+    with pytest.raises(DyncalError, match="no latency profiled for cpu/b8"):
+        plot_latency(df, keys=["cpu/b8"])
+    with pytest.raises(DyncalError, match="lacks column"):
+        plot_frontier(df.drop(columns=["expected_macs"]))
+    with pytest.raises(DyncalError, match="one value per exit"):
+        plot_exits([0.5, 0.5], [0.9])

@@ -673,6 +673,120 @@ def demo(
     typer.echo(summary)
 
 
+# ----------------------------------------------------------------- report / plot
+
+
+def _report_command(run: Path, out: Path, options: dict[str, Any]) -> str:
+    """The ``dyncal report`` command line as given, for the provenance page."""
+    parts = ["dyncal", "report", str(run), "--out", str(out)]
+    for name, value in options.items():
+        if value is not None:
+            parts += [f"--{name.replace('_', '-')}", str(value)]
+    return " ".join(parts)
+
+
+def _print_report(doc: dict[str, Any]) -> None:
+    """A short summary of a report for people (percentages here only)."""
+    size_kb = doc["size_bytes"] / 1024
+    typer.echo(f"wrote {doc['path']} ({len(doc['pages'])} pages, {size_kb:.0f} KB)")
+    decision = doc["decision"] or "no decision (no criterion given)"
+    typer.echo(f"decision: {decision}")
+    for c in doc["criteria"]:
+        pct = c["name"] != "speedup"
+
+        def fmt(v: float, pct: bool = pct) -> str:
+            return f"{100 * v:.2f}%" if pct else f"{v:.2f}x"
+
+        iv = c["interval"]
+        iv_txt = "" if iv is None else f" [{fmt(iv[0])}, {fmt(iv[1])}]"
+        cost = f" ({c['cost']})" if c.get("cost") else ""
+        verdict = "PASS" if c["passed"] else "FAIL"
+        typer.echo(f"  {c['name']}{cost}: {fmt(c['value'])}{iv_txt} {c['comparison']} {fmt(c['required'])}: {verdict}")
+    op = doc["operating_point"]
+    held = op.get("holdout_accuracy")
+    speed = ", ".join(f"{v:.2f}x ({k})" for k, v in doc["speedup"].items())
+    held_txt = "n/a" if held is None else f"{100 * held:.2f}%"
+    frac = (op.get("budget") or {}).get("fraction")
+    short = doc["budget"] if frac is None else f"{frac:.4g}x"
+    typer.echo(f"operating point: budget {short}, held-out accuracy {held_txt}, speed-up {speed}")
+
+
+@app.command()
+def report(
+    run: RunArg,
+    out: Annotated[Path, typer.Option(help="PDF file to write (replaced if it exists).")],
+    budget: Annotated[
+        Optional[str],
+        typer.Option(help="Operating point's budget: 0.6x, 1.2GMAC or 35ms. Default: chosen from the criteria."),
+    ] = None,
+    min_accuracy: Annotated[
+        Optional[float], typer.Option(help="GO needs held-out accuracy at least this fraction (e.g. 0.95).")
+    ] = None,
+    max_drop: Annotated[
+        Optional[float],
+        typer.Option(help="GO needs the accuracy drop vs the last exit at most this fraction (e.g. 0.01)."),
+    ] = None,
+    min_speedup: Annotated[
+        Optional[float],
+        typer.Option(help="GO needs a speed-up vs the last exit of at least this factor (e.g. 1.5); "
+                     "in latency with --device, else in MACs."),
+    ] = None,
+    device: Annotated[Optional[str], typer.Option(help="Latency device for --min-speedup and ms budgets.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Latency batch size (default 1).")] = None,
+    title: Annotated[Optional[str], typer.Option(help="Title on every page.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="Threshold solver: smoothed, optimal or geometric.")] = None,
+    holdout: Annotated[float, typer.Option(help="Fraction held out of fitting, to judge on.")] = 0.5,
+    seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
+    json_: JsonOpt = False,
+) -> None:
+    """Write the PDF go/no-go report: decision, curves, exits, calibration, provenance.
+
+    Without a criterion the report states the trade-off instead of deciding.
+
+    Example: dyncal report run --out report.pdf --min-accuracy 0.95 --min-speedup 2
+    """
+    from dyncal.reports.pdf import build_report
+
+    options = {
+        "budget": budget, "min_accuracy": min_accuracy, "max_drop": max_drop, "min_speedup": min_speedup,
+        "device": device, "batch_size": batch_size, "title": title, "method": method,
+    }
+    command = _report_command(run, out, options)
+    with user_errors():
+        result = build_report(
+            run, out, budget=budget, min_accuracy=min_accuracy, max_drop=max_drop, min_speedup=min_speedup,
+            device=device, batch_size=batch_size, title=title, method=method, holdout=holdout, seed=seed,
+            command=command,
+        )
+    doc = result.to_dict()
+    if json_:
+        echo_json(doc)
+    else:
+        _print_report(doc)
+
+
+@app.command()
+def plot(
+    run: RunArg,
+    kind: Annotated[str, typer.Option(help="Which figure: frontier, latency, exits or reliability.")],
+    out: Annotated[Path, typer.Option(help="File to write: .png, .svg or .pdf.")],
+    budget: Annotated[Optional[str], typer.Option(help="Operating point's budget (0.6x, 1.2GMAC, 35ms).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="Latency device for ms budgets.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Latency batch size.")] = None,
+    method: Annotated[Optional[str], typer.Option(help="Threshold solver: smoothed, optimal or geometric.")] = None,
+    dpi: Annotated[int, typer.Option(min=30, help="Resolution of .png output.")] = 150,
+) -> None:
+    """Export one figure of the report alone.
+
+    Example: dyncal plot run --kind frontier --out frontier.svg
+    """
+    from dyncal.reports.pdf import export_figure
+
+    with user_errors():
+        path = export_figure(run, kind, out, budget=budget, device=device, batch_size=batch_size, method=method, dpi=dpi)
+    typer.echo(f"wrote {path}", err=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

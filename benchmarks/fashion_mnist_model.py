@@ -33,7 +33,9 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()
+    )
 
 
 def head(c_in: int) -> nn.Sequential:
@@ -112,10 +114,15 @@ def main() -> None:
             loss.backward()
             opt.step()
             sched.step()
-        print(f"epoch {epoch + 1}: loss {loss.item():.3f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+        print(
+            f"epoch {epoch + 1}: loss {loss.item():.3f} ({time.perf_counter() - t0:.0f}s)",
+            flush=True,
+        )
     net.eval()
     with torch.no_grad():
-        logits = torch.stack([torch.stack(net(xte_t[i : i + 1000]), 1) for i in range(0, 10000, 1000)])
+        logits = torch.stack(
+            [torch.stack(net(xte_t[i : i + 1000]), 1) for i in range(0, 10000, 1000)]
+        )
     logits = logits.reshape(10000, 4, 10).numpy()
     acc = (logits.argmax(-1) == yte[:, None]).mean(0)
     macs = cumulative_macs(net)

@@ -87,9 +87,16 @@ def main() -> None:
     scores, correct = synthetic_scores()
     budgets = list(np.linspace(MACS[0], MACS[-1], 41))
     out: dict[str, object] = {
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+        },
         "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "n": N, "k": K, "c": C, "n_budgets": len(budgets),
+        "n": N,
+        "k": K,
+        "c": C,
+        "n_budgets": len(budgets),
         "exit_accuracy": correct.mean(0).round(4).tolist(),
     }
     timings: dict[str, float] = {}
@@ -102,7 +109,10 @@ def main() -> None:
             sols = solve_path(problem, budgets, method)
             best = min(best, time.perf_counter() - t0)
         timings[method] = best
-        accs[method] = [None if s is None else float(correct[np.arange(N), problem.exits(s.thresholds)].mean()) for s in sols]
+        accs[method] = [
+            None if s is None else float(correct[np.arange(N), problem.exits(s.thresholds)].mean())
+            for s in sols
+        ]
     timings["optimal+geometric"] = timings["optimal"] + timings["geometric"]
     out["frontier_seconds"] = {k: round(v, 3) for k, v in timings.items()}
     # published per-sample loop vs vectorised, the 39 published ratios
@@ -115,7 +125,8 @@ def main() -> None:
     vec_t = [_geometric_fit(cols, q)[0] for q in qs]
     vec_s = time.perf_counter() - t0
     same = all(
-        np.allclose(np.where(np.isinf(v), 1e8, v), np.asarray(lt[:-1])) for v, lt in zip(vec_t[:4], loop_t, strict=True)
+        np.allclose(np.where(np.isinf(v), 1e8, v), np.asarray(lt[:-1]))
+        for v, lt in zip(vec_t[:4], loop_t, strict=True)
     )
     out["geometric_39_ratios"] = {
         "loop_seconds_estimated_from_4": round(loop_s, 2),
@@ -124,10 +135,14 @@ def main() -> None:
         "same_thresholds": bool(same),
     }
     gain = [
-        (o - g) for o, g in zip(accs["optimal"], accs["geometric"], strict=True) if o is not None and g is not None
+        (o - g)
+        for o, g in zip(accs["optimal"], accs["geometric"], strict=True)
+        if o is not None and g is not None
     ]
     out["optimal_minus_geometric_fitted_accuracy"] = {
-        "min": round(min(gain), 5), "mean": round(float(np.mean(gain)), 5), "max": round(max(gain), 5),
+        "min": round(min(gain), 5),
+        "mean": round(float(np.mean(gain)), 5),
+        "max": round(max(gain), 5),
     }
     (HERE / "solve_speed.json").write_text(json.dumps(out, indent=2) + "\n")
     md = [

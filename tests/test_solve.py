@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,7 +23,6 @@ from dyncal.calibrate.scores import exit_scores
 from dyncal.calibrate.solvers import (
     DEFAULT_METHOD,
     METHODS,
-    PUBLISHED_Q,
     ExitProblem,
     ThresholdsResult,
     geometric_thresholds,
@@ -71,16 +69,30 @@ def test_exit_rule_by_hand():
 
 @pytest.mark.parametrize(
     "text,kind,value",
-    [("0.6x", "fraction", 0.6), ("1.2GMAC", "macs", 1.2e9), ("850MMAC", "macs", 8.5e8), ("35ms", "ms", 35.0),
-     ("3e5MAC", "macs", 3e5), ("12 KMACs", "macs", 1.2e4)],
+    [
+        ("0.6x", "fraction", 0.6),
+        ("1.2GMAC", "macs", 1.2e9),
+        ("850MMAC", "macs", 8.5e8),
+        ("35ms", "ms", 35.0),
+        ("3e5MAC", "macs", 3e5),
+        ("12 KMACs", "macs", 1.2e4),
+    ],
 )
 def test_parse_budget(text, kind, value):
     b = parse_budget(text)
     assert (b.kind, b.value) == (kind, pytest.approx(value))
 
 
-@pytest.mark.parametrize("text,match", [("fast", "cannot read"), ("0.6", "unknown unit"), ("-1x", "cannot read"),
-                                        ("0x", "positive"), ("5QMAC", "unknown MAC prefix")])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("fast", "cannot read"),
+        ("0.6", "unknown unit"),
+        ("-1x", "cannot read"),
+        ("0x", "positive"),
+        ("5QMAC", "unknown MAC prefix"),
+    ],
+)
 def test_parse_budget_errors(text, match):
     with pytest.raises(BudgetError, match=match):
         parse_budget(text)
@@ -209,11 +221,15 @@ def _reapply(doc: dict, run) -> tuple[float, float, float | None]:
     """Apply a thresholds document with the exit rule, from scratch."""
     s, p = exit_scores(run.logits, doc["score"], doc["temperatures"])
     ok = p == np.asarray(run.labels)[:, None]
-    fit, held = stratified_split(np.asarray(run.labels), doc["split"]["holdout"], doc["split"]["seed"])
+    fit, held = stratified_split(
+        np.asarray(run.labels), doc["split"]["holdout"], doc["split"]["seed"]
+    )
     t = np.array(doc["thresholds"][:-1], dtype=float)
     e = assign_exits(s[fit], t)
     acc = float(np.mean(ok[fit][np.arange(fit.size), e]))
-    macs = float(np.dot(np.bincount(e, minlength=4) / e.size, run.costs.macs))  # share-weighted mean
+    macs = float(
+        np.dot(np.bincount(e, minlength=4) / e.size, run.costs.macs)
+    )  # share-weighted mean
     h = None
     if held.size:
         eh = assign_exits(s[held], t)
@@ -223,16 +239,37 @@ def _reapply(doc: dict, run) -> tuple[float, float, float | None]:
 
 @pytest.mark.parametrize(
     "budget,method,score,temperature,holdout",
-    [("0.15x", "smoothed", "maxprob", False, 0.5), ("0.3x", "optimal", "entropy", True, 0.5),
-     ("0.5x", "geometric", "margin", False, 0.3), ("1.5MMAC", "optimal", "maxprob", False, 0.0)],
+    [
+        ("0.15x", "smoothed", "maxprob", False, 0.5),
+        ("0.3x", "optimal", "entropy", True, 0.5),
+        ("0.5x", "geometric", "margin", False, 0.3),
+        ("1.5MMAC", "optimal", "maxprob", False, 0.0),
+    ],
 )
-def test_thresholds_json_reproduces_numbers(demo_run, budget, method, score, temperature, holdout, tmp_path):
-    res = solve_run(demo_run, budget, method=method, score=score, temperature=temperature, holdout=holdout)
+def test_thresholds_json_reproduces_numbers(
+    demo_run, budget, method, score, temperature, holdout, tmp_path
+):
+    res = solve_run(
+        demo_run, budget, method=method, score=score, temperature=temperature, holdout=holdout
+    )
     path = tmp_path / "t.json"
     path.write_text(json.dumps(res.to_dict()))
     doc = json.loads(path.read_text())
-    for key in ("schema_version", "score", "temperatures", "thresholds", "method", "budget", "expected_macs",
-                "expected_ms", "calibration_accuracy", "holdout_accuracy", "holdout_ci", "exit_shares", "static"):
+    for key in (
+        "schema_version",
+        "score",
+        "temperatures",
+        "thresholds",
+        "method",
+        "budget",
+        "expected_macs",
+        "expected_ms",
+        "calibration_accuracy",
+        "holdout_accuracy",
+        "holdout_ci",
+        "exit_shares",
+        "static",
+    ):
         assert key in doc
     assert len(doc["thresholds"]) == 4 and doc["thresholds"][-1] is None
     assert doc["budget"]["met"] <= doc["budget"]["value"]
@@ -272,7 +309,9 @@ def test_oracle_is_knapsack_optimal():
 def test_ms_budget_on_run_without_macs(demo_logits, tmp_path):
     z, y = demo_logits
     run = import_arrays(z, y, tmp_path / "lat")
-    prof = LatencyProfile("cpu", 1, ((1.0,), (2.0,), (3.0,), (4.0,)), (0.1,), (10.0,), 1, "test cpu")
+    prof = LatencyProfile(
+        "cpu", 1, ((1.0,), (2.0,), (3.0,), (4.0,)), (0.1,), (10.0,), 1, "test cpu"
+    )
     save_costs(run.path, CostTable(latency={"cpu/b1": prof}, source="profile"))
     run = load_run(run.path)
     res = solve_run(run, "4ms", device="cpu", batch_size=1)
@@ -290,9 +329,17 @@ def test_temperature_scaler_minimises_nll(demo_logits):
     assert ts.temperatures_.shape == (4,)
     for j in range(4):
         zj = z[:, j].astype(np.float64)
+
         def nll(t, zj=zj):
             a = zj / t
-            return float(np.mean(np.log(np.exp(a - a.max(1, keepdims=True)).sum(1)) + a.max(1) - a[np.arange(len(y)), y]))
+            return float(
+                np.mean(
+                    np.log(np.exp(a - a.max(1, keepdims=True)).sum(1))
+                    + a.max(1)
+                    - a[np.arange(len(y)), y]
+                )
+            )
+
         best = nll(ts.temperatures_[j])
         assert all(best <= nll(t) + 1e-6 for t in np.geomspace(0.1, 10, 41))
 
@@ -323,7 +370,9 @@ def test_learn_then_test_controls_risk():
     correct = np.stack([ok1, ok2], 1)
     cands = [np.array([t]) for t in np.linspace(1.0, 0.0, 41)]
     cands[0] = np.array([np.inf])
-    true_drop = np.array([ok2.mean() - evaluate_policy(scores, correct, [1, 2], c).accuracy for c in cands])
+    true_drop = np.array(
+        [ok2.mean() - evaluate_policy(scores, correct, [1, 2], c).accuracy for c in cands]
+    )
     eps, delta = 0.02, 0.1
     bad = 0
     for _ in range(300):
@@ -369,20 +418,48 @@ def test_cli_solve_and_frontier(cli, demo_run, tmp_path):
 
 def test_cli_errors(cli, demo_run, demo_logits, tmp_path):
     out = tmp_path / "t.json"
-    assert_clean_error(cli("solve", demo_run.path, "--budget", "0.001x", "--out", out), r"cheapest feasible budget is 0\.02x")
-    assert_clean_error(cli("solve", demo_run.path, "--budget", "3ms", "--out", out), r"needs measured latency.*dyncal profile")
     assert_clean_error(
-        cli("solve", demo_run.path, "--budget", "3ms", "--device", "cpu", "--batch-size", "1", "--out", out),
+        cli("solve", demo_run.path, "--budget", "0.001x", "--out", out),
+        r"cheapest feasible budget is 0\.02x",
+    )
+    assert_clean_error(
+        cli("solve", demo_run.path, "--budget", "3ms", "--out", out),
+        r"needs measured latency.*dyncal profile",
+    )
+    assert_clean_error(
+        cli(
+            "solve",
+            demo_run.path,
+            "--budget",
+            "3ms",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "1",
+            "--out",
+            out,
+        ),
         r"no latency profiled for cpu/b1",
     )
-    assert_clean_error(cli("solve", demo_run.path, "--budget", "0.5x", "--holdout", "0.001", "--out", out),
-                       r"too small to leave any sample of class")
-    assert_clean_error(cli("solve", tmp_path / "nope", "--budget", "0.5x", "--out", out), r"no run directory")
-    assert_clean_error(cli("solve", demo_run.path, "--budget", "0.5x", "--method", "magic", "--out", out), r"--method")
+    assert_clean_error(
+        cli("solve", demo_run.path, "--budget", "0.5x", "--holdout", "0.001", "--out", out),
+        r"too small to leave any sample of class",
+    )
+    assert_clean_error(
+        cli("solve", tmp_path / "nope", "--budget", "0.5x", "--out", out), r"no run directory"
+    )
+    assert_clean_error(
+        cli("solve", demo_run.path, "--budget", "0.5x", "--method", "magic", "--out", out),
+        r"--method",
+    )
     z, y = demo_logits
     nocost = import_arrays(z, y, tmp_path / "nocost")
-    assert_clean_error(cli("solve", nocost.path, "--budget", "0.5x", "--out", out), r"run has no costs")
-    assert_clean_error(cli("frontier", nocost.path, "--out", tmp_path / "f.csv"), r"run has no costs")
+    assert_clean_error(
+        cli("solve", nocost.path, "--budget", "0.5x", "--out", out), r"run has no costs"
+    )
+    assert_clean_error(
+        cli("frontier", nocost.path, "--out", tmp_path / "f.csv"), r"run has no costs"
+    )
     # NaN scores: corrupt a finished run's logits on disk
     bad = import_arrays(z, y, tmp_path / "nan", macs=DEMO_MACS)
     arr = np.load(bad.path / "logits.npy")
@@ -392,7 +469,9 @@ def test_cli_errors(cli, demo_run, demo_logits, tmp_path):
     # incomplete run directory
     inc = import_arrays(z, y, tmp_path / "inc", macs=DEMO_MACS)
     (inc.path / "run.json").unlink()
-    assert_clean_error(cli("solve", inc.path, "--budget", "0.5x", "--out", out), r"not a complete dyncal run")
+    assert_clean_error(
+        cli("solve", inc.path, "--budget", "0.5x", "--out", out), r"not a complete dyncal run"
+    )
     # K < 2 is refused when the run is made
     np.savez(tmp_path / "k1.npz", logits=z[:, :1], labels=y)
     assert_clean_error(cli("import", tmp_path / "k1.npz", "--out", tmp_path / "k1"), r"K >= 2")

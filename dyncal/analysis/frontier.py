@@ -16,7 +16,14 @@ import pandas as pd
 
 from dyncal.analysis.stats import mean_bootstrap_ci
 from dyncal.calibrate.policy import evaluate_policy, expected_cost, finite_thresholds
-from dyncal.calibrate.solvers import DEFAULT_METHOD, METHODS, PreparedRun, prepare_run, problem_for, solve_path
+from dyncal.calibrate.solvers import (
+    DEFAULT_METHOD,
+    METHODS,
+    PreparedRun,
+    prepare_run,
+    problem_for,
+    solve_path,
+)
 from dyncal.errors import DyncalError
 from dyncal.run import atomic_write_text
 
@@ -47,7 +54,9 @@ def frontier_columns(k: int, latency_keys: Sequence[str]) -> list[str]:
     ]
 
 
-def oracle_at_budget(correct: np.ndarray, costs: Sequence[float], budget: float) -> np.ndarray:
+def oracle_at_budget(
+    correct: np.ndarray, costs: Sequence[float] | np.ndarray, budget: float
+) -> np.ndarray:
     """Per-sample exits of the oracle: most samples right within a mean-cost budget.
 
     Every sample that some exit gets right may go to its cheapest right exit; the others go
@@ -206,12 +215,15 @@ def compute_frontier(
             problem._geometric = geometric_pool  # same scores: share the geometric fits
         sols = solve_path(problem, list(budgets), method)
         geometric_pool = problem.geometric_pool()
-        for frac, b, sol in zip(fractions, budgets, sols, strict=True):
+        for frac, sol in zip(fractions, sols, strict=True):
             bm = None if macs_full is None else float(frac * macs_full)
             if sol is None:
                 empty = {
-                    "method": method, "exit": pd.NA, "budget_fraction": float(frac),
-                    "budget_macs": np.nan if bm is None else bm, "thresholds": json.dumps(None),
+                    "method": method,
+                    "exit": pd.NA,
+                    "budget_fraction": float(frac),
+                    "budget_macs": np.nan if bm is None else bm,
+                    "thresholds": json.dumps(None),
                 }
                 rows.append(empty)
                 continue
@@ -223,7 +235,19 @@ def compute_frontier(
                 held = evaluate_policy(hs, hc, costs, t_eval)
                 held_ok = hc[np.arange(hs.shape[0]), held.exits]
             rows.append(
-                _row(method, None, float(frac), bm, t_json, fit.accuracy, held_ok, fit.exits, prep, primary, seed)
+                _row(
+                    method,
+                    None,
+                    float(frac),
+                    bm,
+                    t_json,
+                    fit.accuracy,
+                    held_ok,
+                    fit.exits,
+                    prep,
+                    primary,
+                    seed,
+                )
             )
     for frac, b in zip(fractions, budgets, strict=True):
         bm = None if macs_full is None else float(frac * macs_full)
@@ -233,7 +257,9 @@ def compute_frontier(
             he = oracle_at_budget(hc, costs, float(b))
             held_ok = hc[np.arange(hs.shape[0]), he]
         fitted = float(fc[np.arange(fc.shape[0]), fe].mean())
-        rows.append(_row("oracle", None, float(frac), bm, None, fitted, held_ok, fe, prep, primary, seed))
+        rows.append(
+            _row("oracle", None, float(frac), bm, None, fitted, held_ok, fe, prep, primary, seed)
+        )
     k = prep.correct.shape[1]
     for j in range(k):
         t = np.full(k - 1, np.inf)
@@ -244,7 +270,21 @@ def compute_frontier(
         held_ok = hc[:, j] if hs.shape[0] else None
         frac = float(costs[j] / costs[-1])
         bm = None if macs_full is None else float(units["macs"][j])
-        rows.append(_row("static", j + 1, frac, bm, t_json, float(fc[:, j].mean()), held_ok, fe, prep, primary, seed))
+        rows.append(
+            _row(
+                "static",
+                j + 1,
+                frac,
+                bm,
+                t_json,
+                float(fc[:, j].mean()),
+                held_ok,
+                fe,
+                prep,
+                primary,
+                seed,
+            )
+        )
     latency_keys = [u[3:] for u in units if u.startswith("ms:")]
     df = pd.DataFrame(rows).reindex(columns=frontier_columns(k, latency_keys))
     df["exit"] = df["exit"].astype("Int64")

@@ -18,7 +18,14 @@ from typing import Any
 from dyncal.errors import BudgetError, DyncalError
 from dyncal.run import CostTable, latency_key
 
-__all__ = ["BudgetSpec", "BudgetTarget", "parse_budget", "cost_units", "resolve_budget", "format_budget"]
+__all__ = [
+    "BudgetSpec",
+    "BudgetTarget",
+    "parse_budget",
+    "cost_units",
+    "resolve_budget",
+    "format_budget",
+]
 
 _MAC_SCALE = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
@@ -67,13 +74,17 @@ def parse_budget(text: str) -> BudgetSpec:
     elif unit == "ms":
         kind = "ms"
     elif unit.endswith("macs") or unit.endswith("mac"):
-        prefix = unit[: -4] if unit.endswith("macs") else unit[:-3]
+        prefix = unit[:-4] if unit.endswith("macs") else unit[:-3]
         if prefix not in _MAC_SCALE:
-            raise BudgetError(f"cannot read budget {text!r}: unknown MAC prefix {prefix!r}; {form_hint}")
+            raise BudgetError(
+                f"cannot read budget {text!r}: unknown MAC prefix {prefix!r}; {form_hint}"
+            )
         value *= _MAC_SCALE[prefix]
         kind = "macs"
     else:
-        raise BudgetError(f"cannot read budget {text!r}: unknown unit {unit or '(none)'!r}; {form_hint}")
+        raise BudgetError(
+            f"cannot read budget {text!r}: unknown unit {unit or '(none)'!r}; {form_hint}"
+        )
     if not math.isfinite(value) or value <= 0:
         raise BudgetError(f"budget must be positive, got {text!r}")
     return BudgetSpec(text=str(text).strip(), kind=kind, value=value)
@@ -130,10 +141,17 @@ class BudgetTarget:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
-        return {"asked": self.spec.text, "unit": self.unit, "value": self.value, "fraction": self.fraction}
+        return {
+            "asked": self.spec.text,
+            "unit": self.unit,
+            "value": self.value,
+            "fraction": self.fraction,
+        }
 
 
-def _pick_latency(units: dict[str, tuple[float, ...]], device: str | None, batch_size: int | None) -> str:
+def _pick_latency(
+    units: dict[str, tuple[float, ...]], device: str | None, batch_size: int | None
+) -> str:
     keys = [u[3:] for u in units if u.startswith("ms:")]
     if device is not None or batch_size is not None:
         key = latency_key(device or "cpu", batch_size or 1)

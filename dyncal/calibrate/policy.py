@@ -55,7 +55,9 @@ def score_range(score: str, n_classes: int) -> tuple[float, float]:
 def _as_thresholds(thresholds: Sequence[float | None] | np.ndarray, k: int) -> np.ndarray:
     """``K - 1`` (or ``K`` with a trailing None) thresholds as a float64 array."""
     vals = list(thresholds)
-    if len(vals) == k and (vals[-1] is None or (isinstance(vals[-1], float) and math.isnan(vals[-1]))):
+    if len(vals) == k and (
+        vals[-1] is None or (isinstance(vals[-1], float) and math.isnan(vals[-1]))
+    ):
         vals = vals[:-1]
     if len(vals) != k - 1 or any(v is None for v in vals):
         raise DyncalError(
@@ -85,7 +87,8 @@ def assign_exits(scores: np.ndarray, thresholds: Sequence[float | None] | np.nda
     passes = np.empty((n, k), dtype=bool)
     np.greater_equal(scores[:, : k - 1], t[None, :], out=passes[:, : k - 1])
     passes[:, k - 1] = True
-    return np.argmax(passes, axis=1).astype(np.int64)
+    exits: np.ndarray = np.argmax(passes, axis=1).astype(np.int64)
+    return exits
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,11 @@ class PolicyOutcome:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (without the per-sample exits)."""
-        return {"accuracy": self.accuracy, "expected_cost": self.expected_cost, "shares": list(self.shares)}
+        return {
+            "accuracy": self.accuracy,
+            "expected_cost": self.expected_cost,
+            "shares": list(self.shares),
+        }
 
 
 def evaluate_policy(
@@ -162,7 +169,9 @@ def expected_cost(exits: np.ndarray, costs: Sequence[float] | np.ndarray) -> flo
     return float(np.dot(shares, c))
 
 
-def finite_thresholds(thresholds: Sequence[float] | np.ndarray, score: str, n_classes: int) -> list[float | None]:
+def finite_thresholds(
+    thresholds: Sequence[float] | np.ndarray, score: str, n_classes: int
+) -> list[float | None]:
     """Thresholds for ``thresholds.json``: ``K`` entries, infinities made finite, last None.
 
     ``+inf`` ("nobody leaves") becomes the score's maximum plus 1 and ``-inf`` ("everybody

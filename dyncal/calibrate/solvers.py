@@ -64,8 +64,19 @@ from typing import Any
 import numpy as np
 
 from dyncal.analysis.stats import mean_bootstrap_ci, stratified_split
-from dyncal.calibrate.budget import BudgetTarget, cost_units, format_budget, parse_budget, resolve_budget
-from dyncal.calibrate.policy import evaluate_policy, expected_cost, finite_thresholds, thresholds_from_json
+from dyncal.calibrate.budget import (
+    BudgetTarget,
+    cost_units,
+    format_budget,
+    parse_budget,
+    resolve_budget,
+)
+from dyncal.calibrate.policy import (
+    evaluate_policy,
+    expected_cost,
+    finite_thresholds,
+    thresholds_from_json,
+)
 from dyncal.calibrate.scores import SCORES, exit_scores
 from dyncal.errors import BudgetError, DyncalError
 
@@ -128,14 +139,18 @@ class ExitProblem:
         >>> p = ExitProblem(s, g, [1.0, 2.0])
         >>> sol = solve_path(p, [1.5], "optimal")[0]
         >>> sol.thresholds.tolist(), sol.gain, sol.cost
-        [[0.7], 1.0, 1.3333333333333333]
+        ([0.7], 1.0, 1.3333333333333333)
     """
 
-    def __init__(self, scores: np.ndarray, gains: np.ndarray, costs: Sequence[float] | np.ndarray) -> None:
+    def __init__(
+        self, scores: np.ndarray, gains: np.ndarray, costs: Sequence[float] | np.ndarray
+    ) -> None:
         s = np.asarray(scores, dtype=np.float64)
         g = np.asarray(gains, dtype=np.float64)
         if s.ndim != 2 or s.shape[1] < 2 or g.shape != s.shape:
-            raise DyncalError(f"scores and gains must both be (N, K) with K >= 2, got {s.shape} and {g.shape}")
+            raise DyncalError(
+                f"scores and gains must both be (N, K) with K >= 2, got {s.shape} and {g.shape}"
+            )
         if s.shape[0] == 0:
             raise DyncalError("no samples to fit thresholds on")
         if not np.all(np.isfinite(s)):
@@ -145,7 +160,9 @@ class ExitProblem:
             )
         c = np.asarray(costs, dtype=np.float64)
         if c.shape != (s.shape[1],) or np.any(np.diff(c) < 0) or not np.all(np.isfinite(c)):
-            raise DyncalError(f"costs must be {s.shape[1]} non-decreasing numbers, got {c.tolist()}")
+            raise DyncalError(
+                f"costs must be {s.shape[1]} non-decreasing numbers, got {c.tolist()}"
+            )
         self.scores = s
         self.gains = g
         self.costs = c
@@ -344,8 +361,8 @@ def smoothed_gains(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
         ``(N, K)`` float64 in [0, 1].
 
     Example:
-        >>> s = np.array([[0.1, 0.5], [0.2, 0.5], [0.9, 0.5], [0.8, 0.5]])
-        >>> ok = np.array([[0, 1], [1, 1], [1, 0], [1, 1]], bool)
+        >>> s = np.array([[0.1, 0.5], [0.2, 0.5], [0.3, 0.5], [0.9, 0.5]])
+        >>> ok = np.array([[1, 1], [0, 1], [1, 0], [1, 1]], bool)
         >>> smoothed_gains(s, ok)[:, 0].tolist()
         [0.5, 0.5, 1.0, 1.0]
     """
@@ -367,7 +384,9 @@ def _lambda_grid(costs: np.ndarray, n_lambda: int = 16) -> np.ndarray:
     return np.concatenate([np.geomspace(top, top * 1e-4, n_lambda - 1), [0.0]])
 
 
-def solve_path(problem: ExitProblem, budgets: Sequence[float], method: str) -> list[Solution | None]:
+def solve_path(
+    problem: ExitProblem, budgets: Sequence[float], method: str
+) -> list[Solution | None]:
     """Solve for several budgets at once (ascending order is used internally).
 
     Args:
@@ -514,7 +533,9 @@ def prepare_run(
     )
 
 
-def problem_for(method: str, scores: np.ndarray, correct: np.ndarray, costs: Sequence[float]) -> ExitProblem:
+def problem_for(
+    method: str, scores: np.ndarray, correct: np.ndarray, costs: Sequence[float] | np.ndarray
+) -> ExitProblem:
     """The :class:`ExitProblem` a method optimises on these samples."""
     gains = smoothed_gains(scores, correct) if method == "smoothed" else correct.astype(np.float64)
     return ExitProblem(scores, gains, costs)
@@ -616,7 +637,9 @@ class ThresholdsResult:
             expected_macs=None if d.get("expected_macs") is None else float(d["expected_macs"]),
             expected_ms={str(k): float(v) for k, v in (d.get("expected_ms") or {}).items()},
             calibration_accuracy=float(d["calibration_accuracy"]),
-            holdout_accuracy=None if d.get("holdout_accuracy") is None else float(d["holdout_accuracy"]),
+            holdout_accuracy=None
+            if d.get("holdout_accuracy") is None
+            else float(d["holdout_accuracy"]),
             holdout_ci=None if ci is None else (float(ci[0]), float(ci[1])),
             exit_shares=tuple(float(v) for v in d["exit_shares"]),
             static=tuple(dict(s) for s in d.get("static", [])),
@@ -634,10 +657,16 @@ class ThresholdsResult:
         return thresholds_from_json(list(self.thresholds))
 
 
-def _cost_summary(units: Mapping[str, tuple[float, ...]], exits: np.ndarray) -> tuple[float | None, dict[str, float]]:
+def _cost_summary(
+    units: Mapping[str, tuple[float, ...]], exits: np.ndarray
+) -> tuple[float | None, dict[str, float]]:
     """Mean MACs and mean ms per latency key of the given exits."""
     macs = expected_cost(exits, units["macs"]) if "macs" in units and exits.size else None
-    ms = {u[3:]: expected_cost(exits, c) for u, c in units.items() if u.startswith("ms:") and exits.size}
+    ms = {
+        u[3:]: expected_cost(exits, c)
+        for u, c in units.items()
+        if u.startswith("ms:") and exits.size
+    }
     return macs, ms
 
 
@@ -677,7 +706,9 @@ def _result_from(
     fit = evaluate_policy(prep.scores[prep.fit_idx], prep.correct[prep.fit_idx], costs, t_eval)
     fit_macs, fit_ms = _cost_summary(prep.units, fit.exits)
     budget: dict[str, Any] = (
-        target.to_dict() if target is not None else {"asked": None, "unit": unit, "value": None, "fraction": None}
+        target.to_dict()
+        if target is not None
+        else {"asked": None, "unit": unit, "value": None, "fraction": None}
     )
     budget["met"] = fit.expected_cost
     budget["met_fraction"] = fit.expected_cost / costs[-1]
@@ -685,7 +716,9 @@ def _result_from(
     h_ci: tuple[float, float] | None = None
     held_doc: dict[str, Any] | None = None
     if prep.holdout_idx.size:
-        held = evaluate_policy(prep.scores[prep.holdout_idx], prep.correct[prep.holdout_idx], costs, t_eval)
+        held = evaluate_policy(
+            prep.scores[prep.holdout_idx], prep.correct[prep.holdout_idx], costs, t_eval
+        )
         ok = prep.correct[prep.holdout_idx][np.arange(prep.holdout_idx.size), held.exits]
         h_acc = held.accuracy
         h_ci = mean_bootstrap_ci(ok, seed=prep.seed)
@@ -786,11 +819,27 @@ def solve_run(
         target = resolve_budget(spec, run.costs, run.k, device=device, batch_size=batch_size)
         unit = target.unit
     else:
-        unit = "macs" if "macs" in units else resolve_budget("1x", run.costs, run.k, device=device, batch_size=batch_size).unit
+        unit = (
+            "macs"
+            if "macs" in units
+            else resolve_budget("1x", run.costs, run.k, device=device, batch_size=batch_size).unit
+        )
     run_path = str(getattr(run, "path", ""))
     if max_drop is not None:
-        return _solve_risk(run, target, unit, run_path, method=method, score=score, temperature=temperature,
-                           holdout=holdout, seed=seed, max_drop=max_drop, delta=delta, pvalue=pvalue)
+        return _solve_risk(
+            run,
+            target,
+            unit,
+            run_path,
+            method=method,
+            score=score,
+            temperature=temperature,
+            holdout=holdout,
+            seed=seed,
+            max_drop=max_drop,
+            delta=delta,
+            pvalue=pvalue,
+        )
     assert target is not None
     prep = prepare_run(run, score=score, temperature=temperature, holdout=holdout, seed=seed)
     costs = prep.units[unit]
@@ -798,7 +847,9 @@ def solve_run(
     problem = problem_for(method, fit_s, fit_c, costs)
     sol = solve_path(problem, [target.value], method)[0]
     if sol is None:
-        cheapest = min(s.cost for s in (problem.solution(t, e) for t, e in problem.geometric_pool()))
+        cheapest = min(
+            s.cost for s in (problem.solution(t, e) for t, e in problem.geometric_pool())
+        )
         raise BudgetError(
             f"no geometric solution fits budget {target.spec.text!r}: its cheapest fitted cost is "
             f"{format_budget(cheapest / costs[-1], 'fraction')}; raise the budget or use --method optimal"
@@ -836,8 +887,17 @@ def _solve_risk(
     order_idx = np.sort(fit_idx[perm[: fit_idx.shape[0] // 2]])
     test_idx = np.sort(fit_idx[perm[fit_idx.shape[0] // 2 :]])
     if order_idx.size == 0 or test_idx.size == 0:
-        raise DyncalError(f"risk control needs calibration samples to split in two; the fit part has {fit_idx.size}")
-    prep = prepare_run(run, score=score, temperature=temperature, holdout=holdout, seed=seed, temperature_idx=order_idx)
+        raise DyncalError(
+            f"risk control needs calibration samples to split in two; the fit part has {fit_idx.size}"
+        )
+    prep = prepare_run(
+        run,
+        score=score,
+        temperature=temperature,
+        holdout=holdout,
+        seed=seed,
+        temperature_idx=order_idx,
+    )
     costs = np.asarray(prep.units[unit])
     problem = problem_for(method, prep.scores[order_idx], prep.correct[order_idx], costs)
     budgets = np.linspace(costs[-1], costs[0], n_candidates)
@@ -845,7 +905,12 @@ def _solve_risk(
     safe = np.full(run.k - 1, np.inf)
     candidates = [safe] + [s.thresholds for s in path if s is not None]
     res = learn_then_test(
-        candidates, prep.scores[test_idx], prep.correct[test_idx], max_drop=max_drop, delta=delta, pvalue=pvalue
+        candidates,
+        prep.scores[test_idx],
+        prep.correct[test_idx],
+        max_drop=max_drop,
+        delta=delta,
+        pvalue=pvalue,
     )
     chosen = candidates[max(res.index, 0)]
     last_fit = float(np.mean(prep.correct[prep.fit_idx, -1]))
@@ -865,6 +930,7 @@ def _solve_risk(
             f"budget {target.spec.text!r}; raise the budget, --max-drop or --delta, or drop --budget"
         )
     if prep.holdout_idx.size:
-        result.risk["holdout_drop"] = float(np.mean(prep.correct[prep.holdout_idx, -1])) - float(result.holdout_accuracy or 0.0)  # type: ignore[index]
-    result.risk["calibration_drop"] = last_fit - result.calibration_accuracy  # type: ignore[index]
+        last_held = float(np.mean(prep.correct[prep.holdout_idx, -1]))
+        risk["holdout_drop"] = last_held - float(result.holdout_accuracy or 0.0)
+    risk["calibration_drop"] = last_fit - result.calibration_accuracy
     return result

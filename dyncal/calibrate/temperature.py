@@ -29,7 +29,7 @@ def _nll(logits: np.ndarray, labels: np.ndarray, exit_: int, temp: float, chunk_
         zmax = z.max(axis=1)
         lse = zmax + np.log(np.exp(z - zmax[:, None]).sum(axis=1))
         total += float(np.sum(lse - z[np.arange(z.shape[0]), y]))
-    return total / n
+    return float(total / n)
 
 
 class TemperatureScaler:
@@ -55,7 +55,11 @@ class TemperatureScaler:
     """
 
     def __init__(
-        self, *, min_temperature: float = 0.05, max_temperature: float = 20.0, chunk_rows: int = 4096
+        self,
+        *,
+        min_temperature: float = 0.05,
+        max_temperature: float = 20.0,
+        chunk_rows: int = 4096,
     ) -> None:
         self.min_temperature = min_temperature
         self.max_temperature = max_temperature
@@ -74,7 +78,9 @@ class TemperatureScaler:
         Raises:
             DyncalError: Bad shapes, empty data, or an invalid temperature range.
         """
-        if not (0 < self.min_temperature < self.max_temperature and math.isfinite(self.max_temperature)):
+        if not (
+            0 < self.min_temperature < self.max_temperature and math.isfinite(self.max_temperature)
+        ):
             raise DyncalError(
                 "TemperatureScaler needs 0 < min_temperature < max_temperature, got "
                 f"{self.min_temperature} and {self.max_temperature}"
@@ -84,7 +90,9 @@ class TemperatureScaler:
         labels = np.asarray(labels, dtype=np.int64)
         n, k, _ = logits.shape
         if n == 0 or labels.shape != (n,):
-            raise DyncalError(f"temperature fitting needs N > 0 labels matching logits {logits.shape}, got {labels.shape}")
+            raise DyncalError(
+                f"temperature fitting needs N > 0 labels matching logits {logits.shape}, got {labels.shape}"
+            )
         lo, hi = math.log(self.min_temperature), math.log(self.max_temperature)
         temps = np.ones(k)
         before = np.empty(k)

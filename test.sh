@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${DYNCAL_VENV:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]"
+if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]" >"$VENV/pip.log" 2>&1; then
+  cat "$VENV/pip.log" >&2; echo "error: installing dyncal failed (log above)" >&2; exit 1
+fi
 # Optional system packages: Fashion-MNIST (real-data tests) and poppler (PDF page rendering).
 # Tests that need them skip with a reason when they cannot be installed.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -62,6 +62,25 @@ def _json_safe(x: Any) -> Any:
     return x
 
 
+def command_line(ctx: typer.Context) -> str:
+    """The verb and its effective options as a reproducible command (for provenance)."""
+    import shlex
+
+    parts = ["dyncal", ctx.info_name or ""]
+    for name, value in ctx.params.items():
+        if value is None or value is False:
+            continue
+        flag = "--" + name.rstrip("_").replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                parts += [flag, shlex.quote(str(v))]
+        else:
+            parts += [flag, shlex.quote(str(value))]
+    return " ".join(parts)
+
+
 def _parse_float_list(text: str | None, option: str) -> list[float] | None:
     if text is None:
         return None
@@ -76,6 +95,7 @@ def _parse_float_list(text: str | None, option: str) -> list[float] | None:
 
 @app.command()
 def collect(
+    ctx: typer.Context,
     model: Annotated[str, typer.Option(help="Model: 'pkg.module:factory' or a torch.export archive FILE.pt2.")],
     data: Annotated[
         str,
@@ -126,6 +146,7 @@ def collect(
                 overwrite=overwrite,
                 progress=progress,
                 image_transform=dataclasses.asdict(transform) if data.startswith("imagefolder:") else None,
+                command=command_line(ctx),
             )
     if result is not None:
         typer.echo(f"wrote {result.path}: N={result.n}, K={result.k}, C={result.c}", err=True)

@@ -119,6 +119,7 @@ def collect_run(
     overwrite: bool = False,
     progress: ProgressFn | None = None,
     image_transform: dict[str, Any] | None = None,
+    command: str | None = None,
 ) -> Run | None:
     """Collect per-exit logits of ``loaded`` over ``dataset`` into the run ``out``.
 
@@ -137,6 +138,7 @@ def collect_run(
             (process 0 only; counts are this process's share).
         image_transform: The ``imagefolder:`` transform settings, for provenance (so
             verify can read the same inputs).
+        command: The command line to record (default: this process's ``sys.argv``).
 
     Returns:
         The finished run (process 0), or None on other torchrun processes.
@@ -154,7 +156,7 @@ def collect_run(
     try:
         return _collect(
             loaded, dataset, out, ctx, data_spec, batch_size, workers, limit, device, overwrite, progress,
-            image_transform,
+            image_transform, command,
         )
     finally:
         if ctx.active:
@@ -185,6 +187,7 @@ def _collect(
     overwrite: bool,
     progress: ProgressFn | None,
     image_transform: dict[str, Any] | None,
+    command: str | None,
 ) -> Run | None:
     n_total = len(dataset)  # type: ignore[arg-type]
     n = n_total if limit is None else min(limit, n_total)
@@ -279,6 +282,7 @@ def _collect(
             data=data_spec,
             device=str(dev) if not ctx.active else f"{dev.type} x{ctx.world_size}",
             weights_sha256=loaded.weights_sha256,
+            command=command,
             extra={
                 "weights": loaded.weights,
                 "model_path": loaded.model_path,

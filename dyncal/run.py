@@ -174,13 +174,16 @@ class Provenance:
         device: str,
         weights_sha256: str | None = None,
         extra: Mapping[str, Any] | None = None,
+        command: str | None = None,
     ) -> Provenance:
-        """Provenance stamped with this process's command line, time and library versions."""
+        """Provenance stamped with the command line (default: ``sys.argv``), time and versions."""
+        if command is None:
+            command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else ""
         return cls(
             model=model,
             weights_sha256=weights_sha256,
             data=data,
-            command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "",
+            command=command,
             created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
             device=device,
             versions=library_versions(),

@@ -15,12 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_clean_error
 
 from dyncal.calibrate.solvers import solve_run
 from dyncal.errors import DyncalError
 from dyncal.run import CostTable, LatencyProfile, Provenance, import_arrays, load_run, save_costs
-
-from conftest import assert_clean_error
 
 pypdf = pytest.importorskip("pypdf")
 
@@ -62,18 +61,27 @@ def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     z, y = _demo_logits()
     root = tmp_path_factory.mktemp("report_runs")
     prov = Provenance(
-        model="dyncal.demo:pretrained", weights_sha256="0" * 64, data="dyncal.demo:validation",
-        command="dyncal collect --model dyncal.demo:pretrained --data dyncal.demo:validation --out run",
-        created=CREATED, device="cpu", versions={"dyncal": "test"},
+        model="dyncal.demo:pretrained",
+        weights_sha256="0" * 64,
+        data="dyncal.demo:validation",
+        command="dyncal collect --model dyncal.demo:pretrained "
+        "--data dyncal.demo:validation --out run",
+        created=CREATED,
+        device="cpu",
+        versions={"dyncal": "test"},
     )
     plain = import_arrays(z, y, root / "plain", macs=DEMO_MACS, provenance=prov).path
     lat = import_arrays(z, y, root / "lat", macs=DEMO_MACS, provenance=prov).path
-    save_costs(lat, CostTable(macs=DEMO_MACS, latency={"cpu/b1": _latency(1), "cpu/b32": _latency(32)}))
+    save_costs(
+        lat, CostTable(macs=DEMO_MACS, latency={"cpu/b1": _latency(1), "cpu/b32": _latency(32)})
+    )
     return {"plain": plain, "lat": lat}
 
 
 @pytest.fixture(scope="session")
-def go_report(demo_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def go_report(
+    demo_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict]:
     """The GO report on the run with latency, via the CLI's --json."""
     from typer.testing import CliRunner
 
@@ -81,8 +89,20 @@ def go_report(demo_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
 
     out = tmp_path_factory.mktemp("go") / "report.pdf"
     res = CliRunner().invoke(
-        app, ["report", str(demo_runs["lat"]), "--out", str(out), "--min-accuracy", "0.9",
-              "--min-speedup", "3", "--device", "cpu", "--json"],
+        app,
+        [
+            "report",
+            str(demo_runs["lat"]),
+            "--out",
+            str(out),
+            "--min-accuracy",
+            "0.9",
+            "--min-speedup",
+            "3",
+            "--device",
+            "cpu",
+            "--json",
+        ],
     )
     assert res.exit_code == 0, res.output
     return out, json.loads(res.stdout)
@@ -104,8 +124,12 @@ def test_report_has_six_pages_and_the_decision(go_report: tuple[Path, dict]) -> 
     text = _pages_text(path)
     assert len(text) == 6
     assert [p["title"] for p in doc["pages"]] == [
-        "Decision", "Accuracy vs MACs", "Accuracy vs latency", "Exits at the operating point",
-        "Calibration", "Thresholds and provenance",
+        "Decision",
+        "Accuracy vs MACs",
+        "Accuracy vs latency",
+        "Exits at the operating point",
+        "Calibration",
+        "Thresholds and provenance",
     ]
     assert doc["decision"] == "GO"
     assert [c["name"] for c in doc["criteria"]] == ["accuracy", "speedup"]
@@ -116,12 +140,23 @@ def test_report_has_six_pages_and_the_decision(go_report: tuple[Path, dict]) -> 
     assert "GO" in first and "NO-GO" not in first and "PASS" in first and "FAIL" not in first
 
 
-def test_key_numbers_equal_what_solve_reports(go_report: tuple[Path, dict], demo_runs: dict[str, Path]) -> None:
+def test_key_numbers_equal_what_solve_reports(
+    go_report: tuple[Path, dict], demo_runs: dict[str, Path]
+) -> None:
     path, doc = go_report
     op = doc["operating_point"]
-    again = solve_run(load_run(demo_runs["lat"]), doc["budget"], method=op["method"], device="cpu", batch_size=1)
+    again = solve_run(
+        load_run(demo_runs["lat"]), doc["budget"], method=op["method"], device="cpu", batch_size=1
+    )
     solved = again.to_dict()
-    for key in ("thresholds", "temperatures", "holdout_accuracy", "holdout_ci", "expected_macs", "exit_shares"):
+    for key in (
+        "thresholds",
+        "temperatures",
+        "holdout_accuracy",
+        "holdout_ci",
+        "expected_macs",
+        "exit_shares",
+    ):
         assert op[key] == solved[key], key
     first, last = _flat(_pages_text(path)[0]), _flat(_pages_text(path)[5])
     acc = f"{100 * solved['holdout_accuracy']:.2f}%"
@@ -140,8 +175,15 @@ def test_key_numbers_equal_what_solve_reports(go_report: tuple[Path, dict], demo
 
 def test_provenance_page(go_report: tuple[Path, dict]) -> None:
     last = _flat(_pages_text(go_report[0])[5])
-    for needle in ("dyncal.demo:pretrained", "0" * 40, "dyncal.demo:validation", "797 samples / 4 exits / 10 classes",
-                   "dyncal collect --model", "test CPU", "--min-accuracy 0.9"):
+    for needle in (
+        "dyncal.demo:pretrained",
+        "0" * 40,
+        "dyncal.demo:validation",
+        "797 samples / 4 exits / 10 classes",
+        "dyncal collect --model",
+        "test CPU",
+        "--min-accuracy 0.9",
+    ):
         assert needle in last, needle
 
 
@@ -155,10 +197,22 @@ def test_go_and_nogo_reachable_and_no_criteria_states_the_tradeoff(
     assert doc["decision"] == "NO-GO" and doc["criteria"][0]["passed"] is False
     first = _flat(_pages_text(out)[0])
     assert "NO-GO" in first and "FAIL" in first
-    res = cli("report", demo_runs["plain"], "--out", out, "--max-drop", "0.05", "--budget", "0.3x", "--json")
+    res = cli(
+        "report",
+        demo_runs["plain"],
+        "--out",
+        out,
+        "--max-drop",
+        "0.05",
+        "--budget",
+        "0.3x",
+        "--json",
+    )
     doc = json.loads(res.stdout)
     assert doc["decision"] == "GO" and doc["budget"] == "0.3x"
-    assert doc["criteria"][0]["name"] == "accuracy_drop" and doc["criteria"][0]["interval"][1] <= 0.05
+    assert (
+        doc["criteria"][0]["name"] == "accuracy_drop" and doc["criteria"][0]["interval"][1] <= 0.05
+    )
     res = cli("report", demo_runs["plain"], "--out", out, "--json")
     doc = json.loads(res.stdout)
     assert doc["decision"] is None and doc["criteria"] == []
@@ -177,7 +231,9 @@ def test_human_summary(demo_runs: dict[str, Path], tmp_path: Path, cli) -> None:
 # --------------------------------------------------------------------------- the file
 
 
-def test_deterministic_small_and_dated(demo_runs: dict[str, Path], tmp_path: Path, go_report) -> None:
+def test_deterministic_small_and_dated(
+    demo_runs: dict[str, Path], tmp_path: Path, go_report
+) -> None:
     from dyncal.reports.pdf import build_report
 
     a, b = tmp_path / "a.pdf", tmp_path / "b.pdf"
@@ -190,7 +246,9 @@ def test_deterministic_small_and_dated(demo_runs: dict[str, Path], tmp_path: Pat
     assert meta.creation_date.isoformat().startswith("2026-11-27T23:00:00")
 
 
-def test_source_date_epoch_sets_the_date(demo_runs: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
+def test_source_date_epoch_sets_the_date(
+    demo_runs: dict[str, Path], tmp_path: Path, monkeypatch
+) -> None:
     from dyncal.reports.pdf import build_report
 
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "86400")
@@ -206,9 +264,13 @@ def _pgm(path: Path) -> np.ndarray:
     return np.frombuffer(parts[4][: w * h], dtype=np.uint8).reshape(h, w)
 
 
-@pytest.mark.skipif(shutil.which("pdftoppm") is None, reason="pdftoppm (poppler-utils) is not installed")
+@pytest.mark.skipif(
+    shutil.which("pdftoppm") is None, reason="pdftoppm (poppler-utils) is not installed"
+)
 def test_every_page_renders_and_is_not_blank(go_report: tuple[Path, dict], tmp_path: Path) -> None:
-    subprocess.run(["pdftoppm", "-r", "30", "-gray", str(go_report[0]), str(tmp_path / "p")], check=True)
+    subprocess.run(
+        ["pdftoppm", "-r", "30", "-gray", str(go_report[0]), str(tmp_path / "p")], check=True
+    )
     pages = sorted(tmp_path.glob("p-*.pgm"))
     assert len(pages) == 6
     for page in pages:
@@ -228,26 +290,39 @@ def test_every_page_renders_and_is_not_blank(go_report: tuple[Path, dict], tmp_p
         (["--min-accuracy", "95"], r"fraction in \[0, 1\], got 95.*did you mean 0.95"),
         (["--min-accuracy", "0.9", "--max-drop", "0.01"], r"not both"),
         (["--min-speedup", "0"], r"positive factor"),
-        (["--min-speedup", "2", "--device", "cpu"], r"no latency profiled for cpu/b1.*dyncal profile"),
+        (
+            ["--min-speedup", "2", "--device", "cpu"],
+            r"no latency profiled for cpu/b1.*dyncal profile",
+        ),
         (["--budget", "3ms"], r"ms needs measured latency"),
         (["--budget", "0.0001x"], r"cheapest feasible"),
         (["--method", "magic"], r"--method must be one of"),
     ],
 )
-def test_report_user_errors(demo_runs: dict[str, Path], tmp_path: Path, cli, args: list[str], pattern: str) -> None:
-    assert_clean_error(cli("report", demo_runs["plain"], "--out", tmp_path / "r.pdf", *args), pattern)
+def test_report_user_errors(
+    demo_runs: dict[str, Path], tmp_path: Path, cli, args: list[str], pattern: str
+) -> None:
+    assert_clean_error(
+        cli("report", demo_runs["plain"], "--out", tmp_path / "r.pdf", *args), pattern
+    )
     assert not (tmp_path / "r.pdf").exists()
 
 
 def test_report_path_errors(demo_runs: dict[str, Path], tmp_path: Path, cli) -> None:
-    assert_clean_error(cli("report", tmp_path / "nope", "--out", tmp_path / "r.pdf"), r"no run directory")
-    assert_clean_error(cli("report", demo_runs["plain"], "--out", tmp_path / "no" / "r.pdf"), r"does not exist")
+    assert_clean_error(
+        cli("report", tmp_path / "nope", "--out", tmp_path / "r.pdf"), r"no run directory"
+    )
+    assert_clean_error(
+        cli("report", demo_runs["plain"], "--out", tmp_path / "no" / "r.pdf"), r"does not exist"
+    )
     assert_clean_error(cli("report", demo_runs["plain"], "--out", tmp_path / "r.png"), r"\.pdf")
 
 
 def test_run_without_costs_is_an_error(tmp_path: Path, cli) -> None:
     rng = np.random.default_rng(0)
-    run = import_arrays(rng.normal(size=(60, 2, 3)).astype(np.float32), rng.integers(0, 3, 60), tmp_path / "r").path
+    run = import_arrays(
+        rng.normal(size=(60, 2, 3)).astype(np.float32), rng.integers(0, 3, 60), tmp_path / "r"
+    ).path
     assert_clean_error(cli("report", run, "--out", tmp_path / "r.pdf"), r"no costs.*dyncal profile")
 
 
@@ -257,7 +332,9 @@ def test_run_without_costs_is_an_error(tmp_path: Path, cli) -> None:
 @pytest.mark.parametrize("kind", ["frontier", "latency", "exits", "reliability"])
 def test_plot_every_kind(demo_runs: dict[str, Path], tmp_path: Path, cli, kind: str) -> None:
     png = tmp_path / f"{kind}.png"
-    res = cli("plot", demo_runs["lat"], "--kind", kind, "--out", png, "--budget", "0.1x", "--dpi", "40")
+    res = cli(
+        "plot", demo_runs["lat"], "--kind", kind, "--out", png, "--budget", "0.1x", "--dpi", "40"
+    )
     assert res.exit_code == 0, res.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -274,8 +351,12 @@ def test_plot_errors(demo_runs: dict[str, Path], tmp_path: Path, cli) -> None:
         cli("plot", demo_runs["plain"], "--kind", "latency", "--out", tmp_path / "l.png"),
         r"no latency profiled.*dyncal profile",
     )
-    assert_clean_error(cli("plot", demo_runs["plain"], "--kind", "pie", "--out", tmp_path / "x.png"), r"--kind")
-    assert_clean_error(cli("plot", demo_runs["plain"], "--kind", "exits", "--out", tmp_path / "x.jpg"), r"\.png")
+    assert_clean_error(
+        cli("plot", demo_runs["plain"], "--kind", "pie", "--out", tmp_path / "x.png"), r"--kind"
+    )
+    assert_clean_error(
+        cli("plot", demo_runs["plain"], "--kind", "exits", "--out", tmp_path / "x.jpg"), r"\.png"
+    )
 
 
 # --------------------------------------------------------------------------- figures alone
@@ -287,14 +368,33 @@ def _toy_frontier():
     rows = []
     for method, acc in (("smoothed", 0.9), ("geometric", 0.85), ("oracle", 0.97)):
         for f in (0.2, 0.6, 1.0):
-            rows.append({"method": method, "exit": pd.NA, "budget_fraction": f, "expected_macs": f * 1e9,
-                         "fitted_accuracy": acc + 0.05 * f, "holdout_accuracy": acc + 0.04 * f,
-                         "holdout_ci_low": acc, "holdout_ci_high": acc + 0.06, "ms:cpu/b1": f * 10,
-                         "ms:cuda/b64": f})
+            rows.append(
+                {
+                    "method": method,
+                    "exit": pd.NA,
+                    "budget_fraction": f,
+                    "expected_macs": f * 1e9,
+                    "fitted_accuracy": acc + 0.05 * f,
+                    "holdout_accuracy": acc + 0.04 * f,
+                    "holdout_ci_low": acc,
+                    "holdout_ci_high": acc + 0.06,
+                    "ms:cpu/b1": f * 10,
+                    "ms:cuda/b64": f,
+                }
+            )
     for k, f in ((1, 0.2), (2, 1.0)):
-        rows.append({"method": "static", "exit": k, "budget_fraction": f, "expected_macs": f * 1e9,
-                     "fitted_accuracy": 0.8 + 0.1 * k, "holdout_accuracy": 0.8 + 0.1 * k,
-                     "ms:cpu/b1": f * 10, "ms:cuda/b64": f})
+        rows.append(
+            {
+                "method": "static",
+                "exit": k,
+                "budget_fraction": f,
+                "expected_macs": f * 1e9,
+                "fitted_accuracy": 0.8 + 0.1 * k,
+                "holdout_accuracy": 0.8 + 0.1 * k,
+                "ms:cpu/b1": f * 10,
+                "ms:cuda/b64": f,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -306,7 +406,9 @@ def test_figure_functions_draw_on_given_axes() -> None:
     df = _toy_frontier()
     fig = Figure()
     ax = fig.add_subplot()
-    op = OperatingPoint(expected_macs=5e8, accuracy=0.93, interval=(0.9, 0.95), expected_ms={"cpu/b1": 5.0})
+    op = OperatingPoint(
+        expected_macs=5e8, accuracy=0.93, interval=(0.9, 0.95), expected_ms={"cpu/b1": 5.0}
+    )
     assert plot_frontier(df, operating_point=op, ax=ax) is fig
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert any("geometric" in t for t in labels) and any("oracle" in t for t in labels)

@@ -122,7 +122,8 @@ def _check_frontier(frontier: pd.DataFrame, x_col: str) -> None:
     missing = sorted(need - set(map(str, frontier.columns)))
     if missing:
         raise DyncalError(
-            f"the frontier table lacks column(s) {missing} (columns: {list(map(str, frontier.columns))}); "
+            f"the frontier table lacks column(s) {missing} (columns: "
+            f"{list(map(str, frontier.columns))}); "
             "re-create it with dyncal.analysis.frontier.compute_frontier"
         )
 
@@ -162,33 +163,66 @@ def _draw_curves(
             band = ok & np.isfinite(lo) & np.isfinite(hi)
             if band.any():
                 ax.fill_between(
-                    x[band], lo[band], hi[band], color=style["color"], alpha=0.18, lw=0,
-                    label=f"{method}: 95% interval (held out)", zorder=1,
+                    x[band],
+                    lo[band],
+                    hi[band],
+                    color=style["color"],
+                    alpha=0.18,
+                    lw=0,
+                    label=f"{method}: 95% interval (held out)",
+                    zorder=1,
                 )
     static = frontier[frontier["method"].astype(str) == "static"]
     if len(static):
         static = static.sort_values(x_col)
         sx = static[x_col].to_numpy(dtype=float)
         sy = static[acc_col].to_numpy(dtype=float)
-        ax.plot(sx, sy, ls="none", marker="s", ms=6, color="black", label="single exit (static)", zorder=5)
+        ax.plot(
+            sx,
+            sy,
+            ls="none",
+            marker="s",
+            ms=6,
+            color="black",
+            label="single exit (static)",
+            zorder=5,
+        )
         exits = static["exit"].tolist() if "exit" in static.columns else [None] * len(static)
         for xi, yi, k in zip(sx, sy, exits, strict=True):
             if k is not None and np.isfinite(xi) and np.isfinite(yi):
                 ax.annotate(
-                    f"exit {int(k)}", (xi, yi), xytext=(4, -11), textcoords="offset points",
-                    fontsize=8, color="black",
+                    f"exit {int(k)}",
+                    (xi, yi),
+                    xytext=(4, -11),
+                    textcoords="offset points",
+                    fontsize=8,
+                    color="black",
                 )
     if operating_point is not None and operating_x is not None and math.isfinite(operating_x):
         op = operating_point
         if op.interval is not None:
             lo, hi = op.interval
             ax.errorbar(
-                [operating_x], [op.accuracy], yerr=[[op.accuracy - lo], [hi - op.accuracy]],
-                fmt="none", ecolor=_OP_COLOR, elinewidth=1.4, capsize=4, zorder=6,
+                [operating_x],
+                [op.accuracy],
+                yerr=[[op.accuracy - lo], [hi - op.accuracy]],
+                fmt="none",
+                ecolor=_OP_COLOR,
+                elinewidth=1.4,
+                capsize=4,
+                zorder=6,
             )
         ax.plot(
-            [operating_x], [op.accuracy], ls="none", marker="*", ms=15, color=_OP_COLOR,
-            markeredgecolor="white", markeredgewidth=0.8, label=op.label, zorder=7,
+            [operating_x],
+            [op.accuracy],
+            ls="none",
+            marker="*",
+            ms=15,
+            color=_OP_COLOR,
+            markeredgecolor="white",
+            markeredgewidth=0.8,
+            label=op.label,
+            zorder=7,
         )
     ax.margins(x=0.08)
     ax.set_ylabel("top-1 accuracy" + (" (held out)" if held_out else " (fitted; nothing held out)"))
@@ -264,9 +298,13 @@ def plot_frontier(
     if macs.size and macs.max() / macs.min() > 30:
         ax.set_xscale("log")
     _draw_curves(
-        ax, frontier, "expected_macs",
+        ax,
+        frontier,
+        "expected_macs",
         operating_x=None if operating_point is None else operating_point.expected_macs,
-        operating_point=operating_point, legend=True, main_method=main_method,
+        operating_point=operating_point,
+        legend=True,
+        main_method=main_method,
     )
     ax.set_xlabel("expected MACs per sample" + (" (log scale)" if ax.get_xscale() == "log" else ""))
     ax.xaxis.set_major_formatter(EngFormatter(sep=" "))
@@ -317,7 +355,8 @@ def plot_latency(
     if missing:
         raise DyncalError(
             f"no latency profiled for {', '.join(missing)} (profiled: {', '.join(have)}); "
-            f"measure it with 'dyncal profile RUN --device ... --batch-size ...' or pick a profiled one"
+            "measure it with 'dyncal profile RUN --device ... --batch-size ...' or pick a "
+            "profiled one"
         )
     n = len(wanted)
     panels = _panels(axes, n, size=(7.0, 4.4), cols=1 if n <= 2 else 2)
@@ -326,16 +365,25 @@ def plot_latency(
         col = MS_PREFIX + key
         op_x = None if operating_point is None else operating_point.expected_ms.get(key)
         _draw_curves(
-            ax, frontier, col, operating_x=op_x, operating_point=operating_point, legend=(i == 0),
+            ax,
+            frontier,
+            col,
+            operating_x=op_x,
+            operating_point=operating_point,
+            legend=(i == 0),
             main_method=main_method,
         )
         device, _, batch = key.partition("/b")
         ax.set_title(f"{device}, batch size {batch}")
-        ax.set_xlabel("expected latency per batch (ms)" if batch not in ("", "1") else "expected latency (ms)")
+        ax.set_xlabel(
+            "expected latency per batch (ms)" if batch not in ("", "1") else "expected latency (ms)"
+        )
     return _figure_of(panels[0])
 
 
-def _panels(axes: Sequence[Axes] | None, n: int, *, size: tuple[float, float], cols: int) -> list[Axes]:
+def _panels(
+    axes: Sequence[Axes] | None, n: int, *, size: tuple[float, float], cols: int
+) -> list[Axes]:
     """``n`` axes: the ones given (checked), or a new constrained grid of ``cols`` columns."""
     if axes is not None:
         given = list(axes)
@@ -356,7 +404,7 @@ def _panels(axes: Sequence[Axes] | None, n: int, *, size: tuple[float, float], c
 def _figure_of(ax: Axes) -> Figure:
     fig = ax.get_figure(root=True)
     assert fig is not None
-    return fig  # type: ignore[return-value]
+    return fig
 
 
 def plot_exits(
@@ -393,7 +441,8 @@ def plot_exits(
     acc = np.asarray(accuracy, dtype=float)
     if share.shape != acc.shape or share.ndim != 1:
         raise DyncalError(
-            f"shares and accuracy need one value per exit each, got shapes {share.shape} and {acc.shape}"
+            f"shares and accuracy need one value per exit each, got shapes {share.shape} and "
+            f"{acc.shape}"
         )
     k = share.shape[0]
     fig, ax = _new_axes(ax)
@@ -404,8 +453,13 @@ def plot_exits(
         n_txt = "" if counts is None else f"\n(n = {int(counts[i]):,})"
         acc_txt = "no samples" if not np.isfinite(acc[i]) else f"accuracy {100 * acc[i]:.1f}%"
         ax.annotate(
-            f"{100 * share[i]:.1f}% leave{n_txt}\n{acc_txt}", (x[i], share[i]), xytext=(0, 4),
-            textcoords="offset points", ha="center", va="bottom", fontsize=8,
+            f"{100 * share[i]:.1f}% leave{n_txt}\n{acc_txt}",
+            (x[i], share[i]),
+            xytext=(0, 4),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=8,
         )
     ax.set_xticks(x, [f"exit {i}" for i in x])
     ax.set_ylim(0, min(1.0, top * 1.35) if top < 0.74 else 1.18)
@@ -416,8 +470,12 @@ def plot_exits(
     if exit_accuracy is not None:
         ref = np.asarray(exit_accuracy, dtype=float)
         ax2 = ax.twinx()
-        ax2.plot(x, ref, marker="o", color="#444444", lw=1, ls="--", label="exit accuracy on all samples")
-        ax2.plot(x, acc, marker="D", color=_OP_COLOR, lw=0, label="accuracy of samples leaving here")
+        ax2.plot(
+            x, ref, marker="o", color="#444444", lw=1, ls="--", label="exit accuracy on all samples"
+        )
+        ax2.plot(
+            x, acc, marker="D", color=_OP_COLOR, lw=0, label="accuracy of samples leaving here"
+        )
         ax2.set_ylabel("accuracy")
         ax2.yaxis.set_major_formatter(_percent_formatter())
         lo = float(np.nanmin(np.concatenate([ref, acc]))) if k else 0.0
@@ -425,7 +483,12 @@ def plot_exits(
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
         ax.legend(
-            h1 + h2, l1 + l2, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=3, fontsize=8,
+            h1 + h2,
+            l1 + l2,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.09),
+            ncol=3,
+            fontsize=8,
             frameon=False,
         )
     ax.grid(True, axis="y", color="#dddddd", lw=0.6)
@@ -485,18 +548,33 @@ def plot_reliability(
         filled = shown.count > 0
         ax.plot([0, 1], [0, 1], color="#888888", lw=1, ls="--", label="perfect calibration")
         ax.bar(
-            centers[filled], acc[filled], width=width[filled] * 0.95, color="#1f77b4", alpha=0.8,
+            centers[filled],
+            acc[filled],
+            width=width[filled] * 0.95,
+            color="#1f77b4",
+            alpha=0.8,
             label="accuracy in bin" + ("" if scaled is None else " (scaled)"),
         )
         ax.hlines(
-            conf[filled], (centers - width / 2)[filled], (centers + width / 2)[filled],
-            color=_OP_COLOR, lw=1.6, label="mean confidence in bin",
+            conf[filled],
+            (centers - width / 2)[filled],
+            (centers + width / 2)[filled],
+            color=_OP_COLOR,
+            lw=1.6,
+            label="mean confidence in bin",
         )
         if scaled is not None:
             rf = raw.count > 0
             rc = 0.5 * (raw.edges[:-1] + raw.edges[1:])
-            ax.plot(rc[rf], raw.accuracy[rf], ls="none", marker="_", ms=10, color="black",
-                    label="accuracy in bin (T = 1)")
+            ax.plot(
+                rc[rf],
+                raw.accuracy[rf],
+                ls="none",
+                marker="_",
+                ms=10,
+                color="black",
+                label="accuracy in bin (T = 1)",
+            )
         t_txt = ""
         if temperatures is not None and scaled is not None:
             t_txt = f", T = {temperatures[i]:.2f}"

@@ -78,7 +78,7 @@ _GO_COLOR = "#1a7f37"
 _NOGO_COLOR = "#c62828"
 _GREY = "#555555"
 _DEFAULT_MAX_DROP = 0.01
-_RC = {
+_RC: dict[str, Any] = {
     "pdf.fonttype": 42,
     "pdf.compression": 9,
     "font.family": "DejaVu Sans",
@@ -227,8 +227,9 @@ def report_date(run: Run) -> _dt.datetime:
     Example:
         >>> from types import SimpleNamespace
         >>> run = SimpleNamespace(provenance=SimpleNamespace(created="2026-01-02T03:04:05+00:00"))
-        >>> report_date(run).isoformat() if "SOURCE_DATE_EPOCH" not in os.environ else "2026-01-02T03:04:05+00:00"
-        '2026-01-02T03:04:05+00:00'
+        >>> fixed = "SOURCE_DATE_EPOCH" in os.environ
+        >>> fixed or report_date(run).isoformat() == "2026-01-02T03:04:05+00:00"
+        True
     """
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if epoch:
@@ -236,7 +237,8 @@ def report_date(run: Run) -> _dt.datetime:
             return _dt.datetime.fromtimestamp(int(epoch), tz=_dt.timezone.utc)
         except (ValueError, OverflowError) as e:
             raise DyncalError(
-                f"SOURCE_DATE_EPOCH must be whole seconds since 1970, got {epoch!r}; unset it or fix it"
+                f"SOURCE_DATE_EPOCH must be whole seconds since 1970, got {epoch!r}; unset it "
+                "or fix it"
             ) from e
     created = run.provenance.created if run is not None else ""
     try:
@@ -290,7 +292,10 @@ def _per_exit_costs(run: Run) -> dict[str, list[float]]:
     from dyncal.calibrate.budget import cost_units
 
     units = cost_units(run.costs, run.k)
-    return {(name[len(MS_PREFIX) :] if name.startswith(MS_PREFIX) else name): list(v) for name, v in units.items()}
+    return {
+        (name[len(MS_PREFIX) :] if name.startswith(MS_PREFIX) else name): list(v)
+        for name, v in units.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -302,7 +307,11 @@ class _FitHalf:
     n_held: int
 
     def passes(
-        self, thresholds: Sequence[float | None], req: Requirements, cost: Sequence[float] | None, baseline: float
+        self,
+        thresholds: Sequence[float | None],
+        req: Requirements,
+        cost: Sequence[float] | None,
+        baseline: float,
     ) -> bool:
         """Whether every criterion holds on the fitting half with room for both halves' noise.
 
@@ -355,21 +364,31 @@ def _choose_budget(
             if fit.passes(thresholds, req, speed_cost, baseline):
                 which = "cheapest" if cheapest_first else "largest (most accurate)"
                 return f"{float(frac)!r}x", (
-                    f"chosen as the {which} budget whose thresholds meet every criterion on the fitting half "
+                    f"chosen as the {which} budget whose thresholds meet every criterion on the "
+                    "fitting half "
                     "with a margin for sampling noise; judged on the held-out half"
                 )
-        return "1x", "no budget below the full model meets the criteria on the fitting half; the full budget is shown"
+        return (
+            "1x",
+            "no budget below the full model meets the criteria on the fitting half; the full "
+            "budget is shown",
+        )
     last_fit = float(fit.correct[:, -1].mean())
     ok = rows[rows["fitted_accuracy"] >= last_fit - _DEFAULT_MAX_DROP - 1e-12]
     frac = float(ok["budget_fraction"].iloc[0]) if len(ok) else 1.0
     return f"{frac!r}x", (
-        f"no --budget given: the cheapest budget whose fitted accuracy is within {_pts(_DEFAULT_MAX_DROP)} "
+        "no --budget given: the cheapest budget whose fitted accuracy is within "
+        f"{_pts(_DEFAULT_MAX_DROP)} "
         "of the last exit's"
     )
 
 
 def _outcome(
-    run: Run, thresholds: Mapping[str, Any], holdout: float, seed: int, scores_t1: tuple[np.ndarray, np.ndarray]
+    run: Run,
+    thresholds: Mapping[str, Any],
+    holdout: float,
+    seed: int,
+    scores_t1: tuple[np.ndarray, np.ndarray],
 ) -> ExitOutcome:
     """Apply the operating point to the held-out rows (all rows when nothing was held out)."""
     from dyncal.analysis.stats import stratified_split
@@ -383,7 +402,9 @@ def _outcome(
         scores, preds = scores_t1
     else:
         scores, preds = exit_scores(run.logits, score, temps)
-    _, held = stratified_split(labels, holdout, seed) if holdout > 0 else (None, np.zeros(0, np.int64))
+    _, held = (
+        stratified_split(labels, holdout, seed) if holdout > 0 else (None, np.zeros(0, np.int64))
+    )
     rows = held if len(held) else np.arange(run.n)
     exits = assign_exits(scores[rows], thresholds_from_json(thresholds["thresholds"]))
     right = preds[rows] == labels[rows, None]
@@ -434,10 +455,13 @@ def prepare_report(
     latency = _latency_choice(run, device, batch_size)
     if req.min_speedup is not None and latency is None and run.costs.macs is None:
         raise DyncalError(
-            "--min-speedup needs MAC counts or a profiled latency (--device/--batch-size); the run has "
+            "--min-speedup needs MAC counts or a profiled latency (--device/--batch-size); the "
+            "run has "
             f"neither: run 'dyncal profile {run.path}' first"
         )
-    speedup_cost = latency if latency is not None else ("macs" if run.costs.macs is not None else "")
+    speedup_cost = (
+        latency if latency is not None else ("macs" if run.costs.macs is not None else "")
+    )
     if not speedup_cost:
         speedup_cost = sorted(run.costs.latency)[0]
 
@@ -445,7 +469,9 @@ def prepare_report(
     if latency is not None:
         dev, _, b = latency.partition("/b")
         lat_dev, lat_batch = dev, int(b)
-    frontier = compute_frontier(run, holdout=holdout, seed=seed, device=lat_dev, batch_size=lat_batch)
+    frontier = compute_frontier(
+        run, holdout=holdout, seed=seed, device=lat_dev, batch_size=lat_batch
+    )
     baselines = _baselines(run)
     per_exit = _per_exit_costs(run)
     main_method = method or main_method_of(frontier)
@@ -453,13 +479,25 @@ def prepare_report(
     scores_t1 = exit_scores(run.logits, "maxprob")
     if budget is None:
         fit_idx, held_idx = stratified_split(labels, holdout, seed)
-        fit = _FitHalf(scores_t1[0][fit_idx], scores_t1[1][fit_idx] == labels[fit_idx, None], len(held_idx))
+        fit = _FitHalf(
+            scores_t1[0][fit_idx], scores_t1[1][fit_idx] == labels[fit_idx, None], len(held_idx)
+        )
         budget, reason = _choose_budget(
-            frontier, main_method, req, fit, per_exit.get(speedup_cost), baselines.get(speedup_cost, float("nan"))
+            frontier,
+            main_method,
+            req,
+            fit,
+            per_exit.get(speedup_cost),
+            baselines.get(speedup_cost, float("nan")),
         )
     else:
         reason = "asked with --budget"
-    solve_kwargs: dict[str, Any] = {"holdout": holdout, "seed": seed, "device": lat_dev, "batch_size": lat_batch}
+    solve_kwargs: dict[str, Any] = {
+        "holdout": holdout,
+        "seed": seed,
+        "device": lat_dev,
+        "batch_size": lat_batch,
+    }
     if main_method in METHODS:
         solve_kwargs["method"] = main_method
     result = solve_run(run, budget, **solve_kwargs)
@@ -469,8 +507,12 @@ def prepare_report(
     acc, interval = _op_accuracy(doc)
     pairs = {name: (per_exit[name], baselines[name]) for name in per_exit if name in baselines}
     criteria = judge(
-        req, accuracy=acc, accuracy_interval=interval, outcome=outcome,
-        speedup_costs=pairs, speedup_cost=speedup_cost,
+        req,
+        accuracy=acc,
+        accuracy_interval=interval,
+        outcome=outcome,
+        speedup_costs=pairs,
+        speedup_cost=speedup_cost,
     )
     from dyncal.reports.decision import speedup as _speedup
 
@@ -605,10 +647,17 @@ class _Page:
         self.fig.patch.set_facecolor("white")
         self.width_in, self.height_in = A4_INCHES
         self.y = 1.0 - 0.55 / self.height_in
-        self.fig.text(0.06, 1 - 0.35 / self.height_in, data.title, fontsize=8, color=_GREY, va="top")
         self.fig.text(
-            0.94, 1 - 0.35 / self.height_in, f"page {number} of {len(PAGE_TITLES)}",
-            fontsize=8, color=_GREY, va="top", ha="right",
+            0.06, 1 - 0.35 / self.height_in, data.title, fontsize=8, color=_GREY, va="top"
+        )
+        self.fig.text(
+            0.94,
+            1 - 0.35 / self.height_in,
+            f"page {number} of {len(PAGE_TITLES)}",
+            fontsize=8,
+            color=_GREY,
+            va="top",
+            ha="right",
         )
         run = data.run
         foot = (
@@ -630,8 +679,14 @@ class _Page:
         self.skip(size / 72 * 0.6)
 
     def para(
-        self, text: str, size: float = 9.5, width: int = 100, color: str = "black",
-        family: str | None = None, indent: float = 0.06, weight: str = "normal",
+        self,
+        text: str,
+        size: float = 9.5,
+        width: int = 100,
+        color: str = "black",
+        family: str | None = None,
+        indent: float = 0.06,
+        weight: str = "normal",
     ) -> None:
         """Wrapped text at the cursor."""
         lines = []
@@ -639,12 +694,19 @@ class _Page:
             lines.extend(textwrap.wrap(part, width=width) or [""])
         for line in lines:
             self.skip(size / 72 * 1.35)
-            kw: dict[str, Any] = {"fontsize": size, "color": color, "va": "baseline", "weight": weight}
+            kw: dict[str, Any] = {
+                "fontsize": size,
+                "color": color,
+                "va": "baseline",
+                "weight": weight,
+            }
             if family:
                 kw["family"] = family
             self.fig.text(indent, self.y, line, **kw)
 
-    def axes(self, height_in: float, left: float = 0.12, right: float = 0.94, gap_in: float = 0.15) -> Any:
+    def axes(
+        self, height_in: float, left: float = 0.12, right: float = 0.94, gap_in: float = 0.15
+    ) -> Any:
         """New axes below the cursor, ``height_in`` tall (room left for tick labels)."""
         self.skip(gap_in)
         bottom = self.y - height_in / self.height_in
@@ -653,8 +715,16 @@ class _Page:
         return ax
 
     def grid(
-        self, n: int, cols: int, panel_h_in: float, *, gap_in: float = 0.2, square: bool = False,
-        left: float = 0.12, right: float = 0.94, hgap: float = 0.07,
+        self,
+        n: int,
+        cols: int,
+        panel_h_in: float,
+        *,
+        gap_in: float = 0.2,
+        square: bool = False,
+        left: float = 0.12,
+        right: float = 0.94,
+        hgap: float = 0.07,
     ) -> list[Any]:
         """``n`` axes in rows of ``cols`` below the cursor, each ``panel_h_in`` tall."""
         rows = math.ceil(n / cols)
@@ -662,21 +732,31 @@ class _Page:
         if square:
             width = min(width, panel_h_in / self.width_in)
             left = 0.5 - (cols * width + hgap * (cols - 1)) / 2 + 0.02
-        out = []
+        out: list[Any] = []
         self.skip(gap_in)
         for r in range(rows):
             bottom = self.y - panel_h_in / self.height_in
             for c in range(cols):
                 if len(out) < n:
-                    out.append(self.fig.add_axes((left + c * (width + hgap), bottom, width, panel_h_in / self.height_in)))
+                    out.append(
+                        self.fig.add_axes(
+                            (left + c * (width + hgap), bottom, width, panel_h_in / self.height_in)
+                        )
+                    )
             self.y = bottom
             if r < rows - 1:
                 self.skip(0.8)
         return out
 
     def table(
-        self, header: Sequence[str], rows: Sequence[Sequence[str]], *, col_widths: Sequence[float],
-        size: float = 9, row_colors: Sequence[str | None] | None = None, left: float = 0.06,
+        self,
+        header: Sequence[str],
+        rows: Sequence[Sequence[str]],
+        *,
+        col_widths: Sequence[float],
+        size: float = 9,
+        row_colors: Sequence[str | None] | None = None,
+        left: float = 0.06,
     ) -> None:
         """A simple ruled table at the cursor; ``col_widths`` are figure fractions."""
         line_h = size / 72 * 1.6
@@ -685,7 +765,9 @@ class _Page:
         self.skip(line_h)
         for x, h in zip(xs, header, strict=True):
             self.fig.text(x + 0.005, self.y, h, fontsize=size, weight="bold", va="baseline")
-        self.fig.add_artist(_rule(self.fig, self.y - 0.3 * line_h / self.height_in, left, right, lw=0.8))
+        self.fig.add_artist(
+            _rule(self.fig, self.y - 0.3 * line_h / self.height_in, left, right, lw=0.8)
+        )
         for i, row in enumerate(rows):
             self.skip(line_h)
             color = row_colors[i] if row_colors is not None else None
@@ -694,8 +776,17 @@ class _Page:
                 if color is not None and j == len(row) - 1:
                     kw.update(color=color, weight="bold")
                 self.fig.text(x + 0.005, self.y, cell, **kw)
-        self.fig.add_artist(_rule(self.fig, self.y - 0.45 * line_h / self.height_in, left, right, lw=0.8))
+        self.fig.add_artist(
+            _rule(self.fig, self.y - 0.45 * line_h / self.height_in, left, right, lw=0.8)
+        )
         self.skip(0.45 * line_h)
+
+
+def _style() -> Any:
+    """The report's matplotlib settings, as a context manager."""
+    import matplotlib
+
+    return matplotlib.rc_context(_RC)  # type: ignore[arg-type]
 
 
 def _rule(fig: Figure, y: float, x0: float = 0.06, x1: float = 0.94, lw: float = 0.5) -> Any:
@@ -722,12 +813,19 @@ def _page_decision(data: ReportData) -> Figure:
     acc, interval = _op_accuracy(t)
     p.skip(0.2)
     if data.decision is None:
-        p.fig.text(0.06, p.y - 0.45 / p.height_in, "NO DECISION", fontsize=36, weight="bold", color=_GREY)
+        p.fig.text(
+            0.06, p.y - 0.45 / p.height_in, "NO DECISION", fontsize=36, weight="bold", color=_GREY
+        )
         p.skip(0.6)
-        p.para("No criterion was given, so this report does not decide; it states the trade-off.", size=11)
+        p.para(
+            "No criterion was given, so this report does not decide; it states the trade-off.",
+            size=11,
+        )
     else:
         color = _GO_COLOR if data.decision == "GO" else _NOGO_COLOR
-        p.fig.text(0.06, p.y - 0.75 / p.height_in, data.decision, fontsize=64, weight="bold", color=color)
+        p.fig.text(
+            0.06, p.y - 0.75 / p.height_in, data.decision, fontsize=64, weight="bold", color=color
+        )
         p.skip(0.95)
         failed = [c for c in data.criteria if not c.passed]
         if data.decision == "GO":
@@ -743,7 +841,8 @@ def _page_decision(data: ReportData) -> Figure:
     rows_txt = "held-out samples" if data.outcome.held_out else "samples (nothing held out)"
     sp_macs = data.speedup.get("macs")
     parts = [
-        f"At budget {_budget_label(data)}, early exit is right on {_pct(early_acc)} of {data.outcome.n:,} {rows_txt}, "
+        f"At budget {_budget_label(data)}, early exit is right on {_pct(early_acc)} of "
+        f"{data.outcome.n:,} {rows_txt}, "
         f"against {_pct(last_acc)} when exit {k_last} (the last) runs on every sample "
         f"({_change_text(last_acc - early_acc)})."
     ]
@@ -754,7 +853,8 @@ def _page_decision(data: ReportData) -> Figure:
         )
     for key in sorted(k for k in data.speedup if k != "macs"):
         parts.append(
-            f"On {key} it takes {_ms(_held_cost(data, key))} instead of {_ms(data.baselines.get(key))}: "
+            f"On {key} it takes {_ms(_held_cost(data, key))} instead of "
+            f"{_ms(data.baselines.get(key))}: "
             f"{data.speedup[key]:.2f}× faster."
         )
     if not any(k != "macs" for k in data.speedup):
@@ -767,29 +867,42 @@ def _page_decision(data: ReportData) -> Figure:
     if data.criteria:
         rows, colors = [], []
         for c in data.criteria:
-            rows.append([
-                _criterion_label(c),
-                _criterion_value(c, c.value),
-                "n/a" if c.interval is None else f"{_criterion_value(c, c.interval[0])} to {_criterion_value(c, c.interval[1])}",
-                f"{'≥' if c.comparison == '>=' else '≤'} {_criterion_value(c, c.required)}",
-                "PASS" if c.passed else "FAIL",
-            ])
+            rows.append(
+                [
+                    _criterion_label(c),
+                    _criterion_value(c, c.value),
+                    "n/a"
+                    if c.interval is None
+                    else _criterion_value(c, c.interval[0])
+                    + " to "
+                    + _criterion_value(c, c.interval[1]),
+                    f"{'≥' if c.comparison == '>=' else '≤'} {_criterion_value(c, c.required)}",
+                    "PASS" if c.passed else "FAIL",
+                ]
+            )
             colors.append(_GO_COLOR if c.passed else _NOGO_COLOR)
         p.table(
-            ["criterion", "measured", "95% interval", "required", "result"], rows,
-            col_widths=[0.28, 0.13, 0.25, 0.14, 0.1], size=10, row_colors=colors,
+            ["criterion", "measured", "95% interval", "required", "result"],
+            rows,
+            col_widths=[0.28, 0.13, 0.25, 0.14, 0.1],
+            size=10,
+            row_colors=colors,
         )
         rule = (
-            "A criterion passes only when its whole 95% interval (bootstrap over held-out samples) clears "
+            "A criterion passes only when its whole 95% interval (bootstrap over held-out "
+            "samples) clears "
             "the requirement."
             if data.outcome.held_out
-            else "Nothing was held out, so the point estimates decide (fitted on the same samples: optimistic)."
+            else "Nothing was held out, so the point estimates decide "
+            "(fitted on the same samples: optimistic)."
         )
         p.para(rule, size=8.5, color=_GREY)
     else:
         p.para(
-            "None given. To decide, add --min-accuracy A or --max-drop D (fractions, e.g. 0.95 or 0.01) "
-            "and/or --min-speedup S (e.g. 1.5), optionally with --device/--batch-size to judge latency.",
+            "None given. To decide, add --min-accuracy A or --max-drop D (fractions, e.g. 0.95 "
+            "or 0.01) "
+            "and/or --min-speedup S (e.g. 1.5), optionally with --device/--batch-size to judge "
+            "latency.",
             size=9.5,
         )
     # --- operating point
@@ -806,16 +919,31 @@ def _page_decision(data: ReportData) -> Figure:
         ["accuracy on fitting half", _pct(_float_or_none(t.get("calibration_accuracy")))],
     ]
     if "macs" in data.baselines:
-        op_rows.append([
-            "expected MACs",
-            f"{_macs(held_macs)} per sample held out ({_pct((held_macs or float('nan')) / data.baselines['macs'], 1)} "
-            f"of the last exit); {_macs(fit_macs)} on the fitting half, where the budget is met",
-        ])
+        op_rows.append(
+            [
+                "expected MACs",
+                f"{_macs(held_macs)} per sample held out "
+                f"({_pct((held_macs or float('nan')) / data.baselines['macs'], 1)} "
+                f"of the last exit); {_macs(fit_macs)} on the fitting half, where the budget is "
+                "met",
+            ]
+        )
     for key in sorted(k for k in data.baselines if k != "macs"):
-        op_rows.append([f"expected latency {key}", f"{_ms(_held_cost(data, key))} held out (last exit alone: {_ms(data.baselines[key])})"])
+        op_rows.append(
+            [
+                f"expected latency {key}",
+                f"{_ms(_held_cost(data, key))} held out (last exit alone: "
+                f"{_ms(data.baselines[key])})",
+            ]
+        )
     speed = [f"{v:.2f}× ({'MACs' if k == 'macs' else k})" for k, v in data.speedup.items()]
     op_rows.append(["speed-up vs last exit", ", ".join(speed) or "n/a"])
-    op_rows.append(["share leaving at exit 1..K", ", ".join(_pct(float(s), 1) for s in data.outcome.shares(data.k)) + " (held out)"])
+    op_rows.append(
+        [
+            "share leaving at exit 1..K",
+            ", ".join(_pct(float(s), 1) for s in data.outcome.shares(data.k)) + " (held out)",
+        ]
+    )
     for label, value in op_rows:
         p.skip(9.5 / 72 * 1.45)
         p.fig.text(0.06, p.y, label, fontsize=9.5, color=_GREY, va="baseline")
@@ -828,9 +956,12 @@ def _page_decision(data: ReportData) -> Figure:
     p.para(
         "Accuracies and speed-ups here are measured on samples held out of fitting the thresholds. "
         "Speed-up = cost of running the last exit on every sample / expected early-exit cost "
-        "(latency includes one exit decision per exit passed). Pages 2–3 show the whole trade-off curve; "
+        "(latency includes one exit decision per exit passed). Pages 2–3 show the whole "
+        "trade-off curve; "
         "page 4 where samples leave; page 5 calibration; page 6 thresholds and provenance.",
-        size=8.5, color=_GREY, width=110,
+        size=8.5,
+        color=_GREY,
+        width=110,
     )
     return p.fig
 
@@ -853,7 +984,11 @@ def _budget_label(data: ReportData) -> str:
     what = "MACs" if unit == "macs" else f"latency on {unit.removeprefix(MS_PREFIX)}"
     if frac is None:
         return data.budget
-    short = data.budget if data.budget_reason.startswith("asked") else format_budget(float(frac), "fraction")
+    short = (
+        data.budget
+        if data.budget_reason.startswith("asked")
+        else format_budget(float(frac), "fraction")
+    )
     return f"{short} ({_pct(float(frac), 1)} of the last exit's {what})"
 
 
@@ -861,11 +996,16 @@ def _page_frontier(data: ReportData) -> Figure:
     p = _Page(data, 2, "Accuracy vs compute (MACs)")
     main = str(data.thresholds.get("method") or "smoothed")
     p.para(
-        "Each curve is the accuracy on held-out samples against the mean MACs spent per sample, as the "
-        f"budget sweeps from exit 1 alone to the whole model. The band is the 95% interval of the {main} "
-        "thresholds (the ones deployed); squares are single exits used for every sample (a static model); "
-        "the geometric curve is the MSDNet-style baseline; the oracle is an upper bound that knows the "
-        "cheapest exit that gets each sample right. The star is the operating point, with its interval.",
+        "Each curve is the accuracy on held-out samples against the mean MACs spent per sample, "
+        "as the "
+        "budget sweeps from exit 1 alone to the whole model. The band is the 95% interval of "
+        f"the {main} "
+        "thresholds (the ones deployed); squares are single exits used for every sample (a "
+        "static model); "
+        "the geometric curve is the MSDNet-style baseline; the oracle is an upper bound that "
+        "knows the "
+        "cheapest exit that gets each sample right. The star is the operating point, with its "
+        "interval.",
         size=9.5,
     )
     ax = p.axes(5.6, gap_in=0.25)
@@ -874,8 +1014,12 @@ def _page_frontier(data: ReportData) -> Figure:
     p.heading("At the operating point's budget", size=11)
     rows, note = _method_rows(data, main)
     if rows:
-        p.table(["method", "held-out accuracy", "95% interval", "MACs (share of last exit)"], rows,
-                col_widths=[0.26, 0.17, 0.22, 0.23], size=9)
+        p.table(
+            ["method", "held-out accuracy", "95% interval", "MACs (share of last exit)"],
+            rows,
+            col_widths=[0.26, 0.17, 0.22, 0.23],
+            size=9,
+        )
     p.para(note, size=9.5)
     return p.fig
 
@@ -900,14 +1044,26 @@ def _method_rows(data: ReportData, main: str) -> tuple[list[list[str]], str]:
     for m in order:
         r = found[m]
         lo, hi = r.get("holdout_ci_low"), r.get("holdout_ci_high")
-        iv = "n/a" if lo is None or not np.isfinite(float(lo)) else f"{_pct(float(lo))} to {_pct(float(hi))}"
-        table.append([m + (" (deployed)" if m == main else ""), _pct(float(r[acc_col])), iv,
-                      f"{_macs(float(r['expected_macs']))} ({_pct(float(r['expected_fraction']), 1)})"])
-    note = f"Budget nearest the operating point's ({_pct(float(op_frac), 1)} of the last exit) on the frontier grid."
+        iv = (
+            "n/a"
+            if lo is None or not np.isfinite(float(lo))
+            else f"{_pct(float(lo))} to {_pct(float(hi))}"
+        )
+        table.append(
+            [
+                m + (" (deployed)" if m == main else ""),
+                _pct(float(r[acc_col])),
+                iv,
+                f"{_macs(float(r['expected_macs']))} ({_pct(float(r['expected_fraction']), 1)})",
+            ]
+        )
+    share = _pct(float(op_frac), 1)
+    note = f"Budget nearest the operating point's ({share} of the last exit) on the frontier grid."
     if main in found and "geometric" in found:
         gain = float(found[main][acc_col]) - float(found["geometric"][acc_col])
         note += (
-            f" {main} is {_pts(abs(gain), 2)} {'above' if gain >= 0 else 'below'} the geometric baseline "
+            f" {main} is {_pts(abs(gain), 2)} {'above' if gain >= 0 else 'below'} the geometric "
+            "baseline "
             "at this budget."
         )
     return table, note
@@ -921,20 +1077,39 @@ def _page_latency(data: ReportData) -> Figure:
         p.para("No latency was profiled for this run.", size=14, weight="bold")
         p.skip(0.1)
         p.para(
-            "MACs (page 2) are not time: early exit pays for the exit heads and a decision at each exit, "
-            "and batches shrink as samples leave. To see accuracy against measured milliseconds here, "
-            "measure the run's stages on the device you will deploy to, then build the report again:",
-            size=10.5, width=90,
+            "MACs (page 2) are not time: early exit pays for the exit heads and a decision at "
+            "each exit, "
+            "and batches shrink as samples leave. To see accuracy against measured milliseconds "
+            "here, "
+            "measure the run's stages on the device you will deploy to, then build the report "
+            "again:",
+            size=10.5,
+            width=90,
         )
         p.skip(0.1)
-        p.para(f"dyncal profile {data.run.path} --device cpu --batch-size 1,32", size=10.5, family="DejaVu Sans Mono", indent=0.1)
-        p.para(f"dyncal report {data.run.path} --out report.pdf", size=10.5, family="DejaVu Sans Mono", indent=0.1)
+        p.para(
+            f"dyncal profile {data.run.path} --device cpu --batch-size 1,32",
+            size=10.5,
+            family="DejaVu Sans Mono",
+            indent=0.1,
+        )
+        p.para(
+            f"dyncal report {data.run.path} --out report.pdf",
+            size=10.5,
+            family="DejaVu Sans Mono",
+            indent=0.1,
+        )
         p.skip(0.1)
-        p.para("Latency criteria (--min-speedup with --device, budgets in ms) need this too.", size=10.5)
+        p.para(
+            "Latency criteria (--min-speedup with --device, budgets in ms) need this too.",
+            size=10.5,
+        )
         return p.fig
     p.para(
-        "Held-out accuracy against expected latency, one panel per device and batch size. Expected latency "
-        "counts the stages a sample runs through plus one exit decision at each exit it passes; squares are "
+        "Held-out accuracy against expected latency, one panel per device and batch size. "
+        "Expected latency "
+        "counts the stages a sample runs through plus one exit decision at each exit it passes; "
+        "squares are "
         "single exits run on every sample.",
         size=9.5,
     )
@@ -942,8 +1117,13 @@ def _page_latency(data: ReportData) -> Figure:
     n_rows = math.ceil(len(keys) / cols)
     panel_h = 5.4 if len(keys) == 1 else min(3.3, 6.8 / n_rows - 0.6)
     axes = p.grid(len(keys), cols, panel_h, gap_in=0.35, hgap=0.1)
-    plot_latency(data.frontier, operating_point=data.operating_point(), keys=keys, axes=axes,
-                 main_method=str(data.thresholds.get("method") or "") or None)
+    plot_latency(
+        data.frontier,
+        operating_point=data.operating_point(),
+        keys=keys,
+        axes=axes,
+        main_method=str(data.thresholds.get("method") or "") or None,
+    )
     p.skip(0.45)
     p.heading("How it was measured", size=11)
     costs = data.run.costs
@@ -954,15 +1134,19 @@ def _page_latency(data: ReportData) -> Figure:
             continue
         iqr = prof.stage_iqr_ms
         med = prof.stage_median_ms
-        noisy = [i + 1 for i, (q, m) in enumerate(zip(iqr, med, strict=True)) if m > 0 and q > 0.1 * m]
+        noisy = [
+            i + 1 for i, (q, m) in enumerate(zip(iqr, med, strict=True)) if m > 0 and q > 0.1 * m
+        ]
         line = (
             f"{key}: {prof.hardware or 'hardware not recorded'}"
             + (f", {prof.threads} thread(s)" if prof.threads else "")
-            + f"; full model {_ms(prof.full_model_median_ms)} median; exit decision {_ms(prof.decision_median_ms)}; "
+            + f"; full model {_ms(prof.full_model_median_ms)} median; exit decision "
+            f"{_ms(prof.decision_median_ms)}; "
             + f"{len(prof.stage_ms[0]) if prof.stage_ms else 0} repeats per stage."
         )
         if noisy:
-            line += f" Warning: spread (IQR) above 10% of the median for stage(s) {', '.join(map(str, noisy))}."
+            stages = ", ".join(map(str, noisy))
+            line += f" Warning: spread (IQR) above 10% of the median for stage(s) {stages}."
         p.para(line, size=8.5, width=120, color=_NOGO_COLOR if noisy else "black")
     return p.fig
 
@@ -974,9 +1158,12 @@ def _page_exits(data: ReportData) -> Figure:
     shares, counts, acc = o.shares(k), o.counts(k), o.accuracy_per_exit(k)
     where = "held-out samples" if o.held_out else "samples"
     p.para(
-        f"Bars: share of the {o.n:,} {where} that leave at each exit under the operating point's thresholds "
-        f"(budget {_budget_label(data)}). Red diamonds: accuracy of those samples; grey circles: the exit's accuracy "
-        "on all samples, for reference. Samples that leave early are the confident ones, so they are usually "
+        f"Bars: share of the {o.n:,} {where} that leave at each exit under the operating "
+        "point's thresholds "
+        f"(budget {_budget_label(data)}). Red diamonds: accuracy of those samples; grey "
+        "circles: the exit's accuracy "
+        "on all samples, for reference. Samples that leave early are the confident ones, so "
+        "they are usually "
         "more accurate than the exit is on average.",
         size=9.5,
     )
@@ -987,7 +1174,15 @@ def _page_exits(data: ReportData) -> Figure:
     keys = sorted(k_ for k_ in data.baselines if k_ != "macs")
     per_exit = _per_exit_costs(data.run)
     th = _thresholds_text(data.thresholds, data.run)
-    header = ["exit", "threshold", "leave here", "n", "their accuracy", "exit accuracy", "cum. MACs"]
+    header = [
+        "exit",
+        "threshold",
+        "leave here",
+        "n",
+        "their accuracy",
+        "exit accuracy",
+        "cum. MACs",
+    ]
     widths = [0.07, 0.14, 0.11, 0.09, 0.14, 0.13, 0.12]
     if keys:
         header.append(f"ms {keys[0]}")
@@ -995,8 +1190,12 @@ def _page_exits(data: ReportData) -> Figure:
     rows = []
     for i in range(k):
         row = [
-            str(i + 1), th[i], _pct(float(shares[i]), 1), f"{int(counts[i]):,}",
-            _pct(float(acc[i]), 1) if np.isfinite(acc[i]) else "—", _pct(float(data.exit_accuracy[i]), 1),
+            str(i + 1),
+            th[i],
+            _pct(float(shares[i]), 1),
+            f"{int(counts[i]):,}",
+            _pct(float(acc[i]), 1) if np.isfinite(acc[i]) else "—",
+            _pct(float(data.exit_accuracy[i]), 1),
             _macs(macs[i]) if macs is not None else "n/a",
         ]
         if keys:
@@ -1005,8 +1204,10 @@ def _page_exits(data: ReportData) -> Figure:
     p.table(header, rows, col_widths=widths, size=9)
     if keys:
         p.para(
-            f"ms: latency for a sample leaving at that exit on {keys[0]} (stages so far plus the exit decisions).",
-            size=8.5, color=_GREY,
+            f"ms: latency for a sample leaving at that exit on {keys[0]} (stages so far plus "
+            "the exit decisions).",
+            size=8.5,
+            color=_GREY,
         )
     return p.fig
 
@@ -1015,16 +1216,24 @@ def _page_calibration(data: ReportData) -> Figure:
     p = _Page(data, 5, "Calibration of each exit")
     temps = [float(v) for v in (data.thresholds.get("temperatures") or [1.0] * data.k)]
     p.para(
-        "Early exit trusts each exit's confidence. A calibrated exit is right on about 90% of the samples "
-        "it gives 90% confidence; ECE (expected calibration error) is the sample-weighted mean gap between "
+        "Early exit trusts each exit's confidence. A calibrated exit is right on about 90% of "
+        "the samples "
+        "it gives 90% confidence; ECE (expected calibration error) is the sample-weighted mean "
+        "gap between "
         "confidence and accuracy over 15 bins, on all samples."
-        + (" Bars use the fitted temperatures; black ticks show temperature 1." if data.scaled_bins else ""),
+        + (
+            " Bars use the fitted temperatures; black ticks show temperature 1."
+            if data.scaled_bins
+            else ""
+        ),
         size=9.5,
     )
     p.skip(0.05)
     p.para(
-        "In each diagram: blue bars, the accuracy of the samples in a confidence bin; red ticks, their mean "
-        "confidence; dashed line, perfect calibration. Bars above the line: the exit is under-confident "
+        "In each diagram: blue bars, the accuracy of the samples in a confidence bin; red "
+        "ticks, their mean "
+        "confidence; dashed line, perfect calibration. Bars above the line: the exit is "
+        "under-confident "
         "(it could exit more); below: over-confident. Bins holding few samples are noisy.",
         size=9.5,
     )
@@ -1035,7 +1244,12 @@ def _page_calibration(data: ReportData) -> Figure:
         widths += [0.15, 0.17]
     rows = []
     for i in range(data.k):
-        row = [str(i + 1), _pct(float(data.exit_accuracy[i])), f"{float(data.exit_confidence[i]):.3f}", f"{data.bins[i].ece:.3f}"]
+        row = [
+            str(i + 1),
+            _pct(float(data.exit_accuracy[i])),
+            f"{float(data.exit_confidence[i]):.3f}",
+            f"{data.bins[i].ece:.3f}",
+        ]
         if data.scaled_bins:
             row += [f"{temps[i]:.3f}", f"{data.scaled_bins[i].ece:.3f}"]
         rows.append(row)
@@ -1047,7 +1261,11 @@ def _page_calibration(data: ReportData) -> Figure:
     panel_h = min(3.0 if cols == 2 else 2.2, room / n_rows)
     axes = p.grid(data.k, cols, panel_h, gap_in=0.35, square=True)
     plot_reliability(
-        data.bins, scaled=data.scaled_bins, temperatures=temps if data.scaled_bins else None, legend=False, axes=axes
+        data.bins,
+        scaled=data.scaled_bins,
+        temperatures=temps if data.scaled_bins else None,
+        legend=False,
+        axes=axes,
     )
     return p.fig
 
@@ -1061,14 +1279,27 @@ def _page_provenance(data: ReportData) -> Figure:
     temps = [float(v) for v in (t.get("temperatures") or [1.0] * run.k)]
     raw = t.get("thresholds") or []
     rows = [
-        [str(i + 1), th[i], "null" if i >= len(raw) or raw[i] is None else f"{float(raw[i]):.6g}", f"{temps[i]:.4g}"]
+        [
+            str(i + 1),
+            th[i],
+            "null" if i >= len(raw) or raw[i] is None else f"{float(raw[i]):.6g}",
+            f"{temps[i]:.4g}",
+        ]
         for i in range(run.k)
     ]
-    p.table(["exit", "threshold", "thresholds.json", "temperature"], rows, col_widths=[0.08, 0.2, 0.2, 0.16], size=9)
+    p.table(
+        ["exit", "threshold", "thresholds.json", "temperature"],
+        rows,
+        col_widths=[0.08, 0.2, 0.2, 0.16],
+        size=9,
+    )
     p.para(
-        f"score: {t.get('score', 'maxprob')}; method: {t.get('method', 'n/a')}; a sample leaves at the first exit "
-        "whose score (from logits / temperature) is at least that exit's threshold; the last exit takes the rest.",
-        size=8.5, color=_GREY,
+        f"score: {t.get('score', 'maxprob')}; method: {t.get('method', 'n/a')}; a sample leaves "
+        "at the first exit "
+        "whose score (from logits / temperature) is at least that exit's threshold; the last "
+        "exit takes the rest.",
+        size=8.5,
+        color=_GREY,
     )
     p.skip(0.1)
     p.heading("Run", size=11)
@@ -1088,13 +1319,25 @@ def _page_provenance(data: ReportData) -> Figure:
     if prov.extra:
         items.append(("details", ", ".join(f"{k}={v}" for k, v in sorted(prov.extra.items()))))
     if costs is not None:
-        items.append(("costs", f"source: {costs.source}; cumulative MACs: "
-                      + (", ".join(_macs(m) for m in costs.macs) if costs.macs else "none")))
+        items.append(
+            (
+                "costs",
+                f"source: {costs.source}; cumulative MACs: "
+                + (", ".join(_macs(m) for m in costs.macs) if costs.macs else "none"),
+            )
+        )
         if costs.unsupported_ops:
-            items.append(("not counted by fvcore", ", ".join(f"{u.op}×{u.count} (stage {u.stage})" for u in costs.unsupported_ops)))
+            items.append(
+                (
+                    "not counted by fvcore",
+                    ", ".join(f"{u.op}×{u.count} (stage {u.stage})" for u in costs.unsupported_ops),
+                )
+            )
         for key, prof in sorted(costs.latency.items()):
             setting = ", ".join(f"{k}={v}" for k, v in sorted(prof.settings.items()))
-            items.append((f"latency {key}", f"{prof.hardware or 'n/a'}; threads {prof.threads}; {setting}"))
+            items.append(
+                (f"latency {key}", f"{prof.hardware or 'n/a'}; threads {prof.threads}; {setting}")
+            )
     else:
         items.append(("costs", "none"))
     for label, value in items:
@@ -1105,12 +1348,21 @@ def _page_provenance(data: ReportData) -> Figure:
         for j, line in enumerate(wrapped[:6]):
             if j:
                 p.skip(9 / 72 * 1.3)
-            p.fig.text(0.3, p.y, line, fontsize=8.5 if mono else 9, va="baseline", family="DejaVu Sans Mono" if mono else None)
+            p.fig.text(
+                0.3,
+                p.y,
+                line,
+                fontsize=8.5 if mono else 9,
+                va="baseline",
+                family="DejaVu Sans Mono" if mono else None,
+            )
     p.skip(0.15)
     p.heading("This report", size=11)
     req = data.requirements
     asked = [
-        f"--budget {data.budget}" if data.budget_reason.startswith("asked") else f"budget {data.budget} ({data.budget_reason})",
+        f"--budget {data.budget}"
+        if data.budget_reason.startswith("asked")
+        else f"budget {data.budget} ({data.budget_reason})",
     ]
     if req.min_accuracy is not None:
         asked.append(f"--min-accuracy {req.min_accuracy:g}")
@@ -1136,10 +1388,16 @@ def render_pdf(data: ReportData) -> bytes:
     Returns:
         The PDF file's content.
     """
-    import matplotlib
     from matplotlib.backends.backend_pdf import PdfPages
 
-    pages = (_page_decision, _page_frontier, _page_latency, _page_exits, _page_calibration, _page_provenance)
+    pages = (
+        _page_decision,
+        _page_frontier,
+        _page_latency,
+        _page_exits,
+        _page_calibration,
+        _page_provenance,
+    )
     metadata = {
         "Title": data.title,
         "Subject": "early-exit go/no-go report",
@@ -1148,7 +1406,7 @@ def render_pdf(data: ReportData) -> bytes:
         "ModDate": data.date,
     }
     buf = io.BytesIO()
-    with matplotlib.rc_context(_RC), PdfPages(buf, metadata=metadata) as pdf:
+    with _style(), PdfPages(buf, metadata=metadata) as pdf:
         for draw in pages:
             fig = draw(data)
             pdf.savefig(fig)
@@ -1215,8 +1473,17 @@ def build_report(
     if out.is_dir():
         raise DyncalError(f"--out '{out}' is a directory; give a file name like report.pdf")
     data = prepare_report(
-        run_path, budget=budget, min_accuracy=min_accuracy, max_drop=max_drop, min_speedup=min_speedup,
-        device=device, batch_size=batch_size, title=title, method=method, holdout=holdout, seed=seed,
+        run_path,
+        budget=budget,
+        min_accuracy=min_accuracy,
+        max_drop=max_drop,
+        min_speedup=min_speedup,
+        device=device,
+        batch_size=batch_size,
+        title=title,
+        method=method,
+        holdout=holdout,
+        seed=seed,
         command=command,
     )
     pdf = render_pdf(data)
@@ -1277,8 +1544,6 @@ def export_figure(
         DyncalError: Unknown kind or suffix, a run without what the figure needs (latency
             for ``latency``, costs for the others), or an unwritable path.
     """
-    import matplotlib
-
     from dyncal.run import atomic_write_bytes
 
     if kind not in FIGURE_KINDS:
@@ -1289,32 +1554,48 @@ def export_figure(
         raise DyncalError(f"--out must end in .png, .svg or .pdf, got '{path}'")
     if not path.parent.exists():
         raise DyncalError(f"the folder '{path.parent}' for --out does not exist; create it first")
-    with matplotlib.rc_context(_RC):
+    with _style():
         if kind == "reliability":
             fig = _reliability_alone(run_path)
         else:
             if kind == "latency":
                 _require_latency(run_path)
             data = prepare_report(
-                run_path, budget=budget, device=device, batch_size=batch_size, method=method,
-                holdout=holdout, seed=seed,
+                run_path,
+                budget=budget,
+                device=device,
+                batch_size=batch_size,
+                method=method,
+                holdout=holdout,
+                seed=seed,
             )
             main = str(data.thresholds.get("method") or "") or None
             op = data.operating_point()
             if kind == "frontier":
-                fig = plot_frontier(data.frontier, operating_point=op, main_method=main,
-                                    title=f"{data.title}: accuracy vs MACs")
+                fig = plot_frontier(
+                    data.frontier,
+                    operating_point=op,
+                    main_method=main,
+                    title=f"{data.title}: accuracy vs MACs",
+                )
             elif kind == "latency":
                 fig = plot_latency(data.frontier, operating_point=op, main_method=main)
             else:
                 o = data.outcome
                 fig = plot_exits(
-                    o.shares(data.k), o.accuracy_per_exit(data.k), counts=o.counts(data.k),
+                    o.shares(data.k),
+                    o.accuracy_per_exit(data.k),
+                    counts=o.counts(data.k),
                     exit_accuracy=data.exit_accuracy,
-                    title=f"exits at the operating point (budget {_budget_label(data).split(' (')[0]})",
+                    title="exits at the operating point "
+                    f"(budget {_budget_label(data).split(' (')[0]})",
                 )
         buf = io.BytesIO()
-        meta: dict[str, Any] = {"svg": {"Date": None}, "png": {"Software": None}, "pdf": {"CreationDate": None}}[fmt]
+        meta: dict[str, Any] = {
+            "svg": {"Date": None},
+            "png": {"Software": None},
+            "pdf": {"CreationDate": None},
+        }[fmt]
         fig.savefig(buf, format=fmt, dpi=dpi, metadata=meta)
     try:
         atomic_write_bytes(path, buf.getvalue())
@@ -1330,7 +1611,8 @@ def _require_latency(run_path: str | os.PathLike[str]) -> None:
     run = load_run(run_path)
     if run.costs is None or not run.costs.latency:
         raise DyncalError(
-            f"run '{run.path}' has no latency profiled, so there is no accuracy-vs-latency figure; measure it "
+            f"run '{run.path}' has no latency profiled, so there is no accuracy-vs-latency "
+            "figure; measure it "
             f"with 'dyncal profile {run.path} --device cpu --batch-size 1,32'"
         )
 

@@ -140,7 +140,10 @@ def main() -> int:
             f"exit decision {lat['decision_ms']:.4f} ms"
             + (f", noisy: {', '.join(noisy)}" if noisy else "")
         )
-    lines.append(f"- fvcore on the whole model: {doc['model_macs']:,} MACs (= sum of stages)")
+    lines.append(
+        f"- fvcore on the whole eager model: {doc['model_macs']:,} MACs; on the unsplit graph: "
+        f"{doc['graph_macs']:,}; sum of stages: {doc['exits'][-1]['macs']:,}"
+    )
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {stem}.json and {stem}.md", file=sys.stderr)

@@ -160,6 +160,7 @@ class ProfileResult:
             "input_shape": list(self.input_shape),
             "stages": self.stage_source,
             "k": k,
+            "graph_macs": self.macs.graph_macs,
             "model_macs": self.macs.model_macs,
             "exits": exits,
             "unsupported_ops": [u.to_dict() for u in self.macs.unsupported_ops],

@@ -176,6 +176,26 @@ class PerceiverLike(nn.Module):
         return [outs[0], outs[1], outs[2], y_cnn + outs[2]]
 
 
+class AttentionExits(nn.Module):
+    """Two exits over ``nn.MultiheadAttention`` blocks on (B, 5, 16) token sequences.
+
+    In eval mode under no_grad, eager PyTorch runs MHA as one fused kernel that fvcore
+    cannot count, while the exported graph shows its projections: the stages (and the
+    unsplit graph) count them, the eager model does not.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.att1 = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.att2 = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.h1, self.h2 = nn.Linear(16, 3), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        a = x + self.att1(x, x, x, need_weights=False)[0]
+        b = a + self.att2(a, a, a, need_weights=False)[0]
+        return [self.h1(a.mean(1)), self.h2(b.mean(1))]
+
+
 class ResNet50Exits(nn.Module):
     """torchvision ResNet-50 (random weights, nothing downloaded) with three exits.
 

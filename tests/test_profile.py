@@ -70,7 +70,7 @@ def test_hand_counted_macs_per_exit(factory, shape):
         assert max(check.max_abs_diff) <= 1e-5
     counts = stage_macs(stages, torch.randn(1, *shape), model=model)
     assert counts.exit_macs == model.EXIT_MACS
-    assert counts.model_macs == model.EXIT_MACS[-1]
+    assert counts.model_macs == counts.graph_macs == model.EXIT_MACS[-1]
     assert counts.unsupported_ops == ()
 
 
@@ -209,6 +209,27 @@ def test_graph_errors(factory, shape, pattern):
     assert "\n" not in str(info.value)
 
 
+def test_stages_add_up_to_the_graph_when_eager_tracing_takes_a_fused_path(caplog):
+    torch.manual_seed(0)
+    model = zoo.AttentionExits().eval()
+    stages = _stages(model, (5, 16))
+    for b in (1, 4):
+        verify_stages(model, stages, torch.randn(b, 5, 16))
+    x = torch.randn(4, 5, 16)
+    with torch.inference_mode():
+        run = stages.start(x)
+        run.step()
+        run.keep(torch.tensor([True, False, False, True]))  # sizes follow the batch
+        torch.testing.assert_close(run.step(), model(x)[1][[0, 3]], rtol=1e-5, atol=1e-6)
+    with caplog.at_level("WARNING", logger="dyncal.analysis.flops"):
+        counts = stage_macs(stages, torch.randn(1, 5, 16), model=model)
+    # q/k/v/out projections 4 * 5 * 16 * 16 = 5120 per block, head 16 * 3 = 48
+    assert counts.stage_macs == (5168, 5168)
+    assert counts.graph_macs == 10336
+    assert counts.model_macs is not None and counts.model_macs < counts.graph_macs
+    assert "eager tracing took another path" in caplog.text
+
+
 # ----------------------------------------------------------------- ResNet-50
 
 
@@ -245,20 +266,20 @@ def test_latency_is_monotone_in_exit_index_on_cpu():
     assert all(m > 0 for m in prof.stage_median_ms)
     assert prof.exit_ms == sorted(prof.exit_ms)
     assert 0 < prof.decision_median_ms < prof.exit_ms[-1]
-    assert 0.5 < prof.full_model_median_ms / prof.exit_ms[-1] < 2.0
-    # independently: running stages 1..k end to end takes longer for larger k (within noise)
+    assert 0.33 < prof.full_model_median_ms / prof.exit_ms[-1] < 3.0
+    # independently: running stages 1..k end to end takes longer for larger k (within
+    # noise). Round-robin over k and the fastest block per k, so that other load on the
+    # machine hits every k alike and drops out.
     with pinned_threads(1), torch.inference_mode():
-        direct = []
-        for k in range(1, stages.k + 1):
-            reps = []
-            for _ in range(9):
+        best = [float("inf")] * stages.k
+        for _ in range(15):
+            for k in range(1, stages.k + 1):
                 t0 = time.perf_counter()
-                for _ in range(20):
+                for _ in range(10):
                     stages.run(x, upto=k)
-                reps.append((time.perf_counter() - t0) / 20)
-            direct.append(float(np.median(reps)))
-    assert all(b > 0.9 * a for a, b in zip(direct, direct[1:], strict=False)), direct
-    assert direct[-1] > 2 * direct[0], direct
+                best[k - 1] = min(best[k - 1], (time.perf_counter() - t0) / 10)
+    assert all(b > 0.9 * a for a, b in zip(best, best[1:], strict=False)), best
+    assert best[-1] > 2 * best[0], best
 
 
 def test_threads_are_restored_when_measuring_fails():
@@ -323,7 +344,7 @@ def test_cli_profile_json_keeps_device_and_settings(cli, tmp_path):
     doc = json.loads(result.stdout)
     assert doc["stages"] == "export" and doc["k"] == 4
     assert [e["macs"] for e in doc["exits"]] == sorted(e["macs"] for e in doc["exits"])
-    assert doc["exits"][-1]["macs"] == doc["model_macs"]
+    assert doc["exits"][-1]["macs"] == doc["model_macs"] == doc["graph_macs"]
     assert set(doc["latency"]) == {"cpu/b1", "cpu/b4"}
     lat = doc["latency"]["cpu/b4"]
     assert lat["device"] == "cpu" and lat["batch_size"] == 4 and lat["threads"] == 1

@@ -105,6 +105,8 @@ class Stages:
         dynamic_batch: Whether the stages run at any batch size (else only at
             ``example_batch_size``).
         example_batch_size: Batch size of the example the stages were built from.
+        whole: For exported stages, the unsplit graph they were cut from (its fvcore count
+            must equal the stages' sum).
 
     Example:
         >>> import torch
@@ -122,6 +124,7 @@ class Stages:
         source: str = "export",
         dynamic_batch: bool = True,
         example_batch_size: int | None = None,
+        whole: nn.Module | None = None,
     ) -> None:
         if len(modules) < 2:
             raise ProfileError(f"a multi-exit model needs K >= 2 stages, got {len(modules)}")
@@ -132,6 +135,7 @@ class Stages:
         self.source = source
         self.dynamic_batch = dynamic_batch
         self.example_batch_size = example_batch_size
+        self.whole = whole
 
     @property
     def k(self) -> int:
@@ -412,12 +416,14 @@ def _partition(gm: fx.GraphModule, example: torch.Tensor) -> Stages:
             p = g.placeholder(v.name)
             p.meta = dict(v.meta)
             env[v] = p
-        for v, source in remat.get(i, {}).items():
-            if isinstance(source, tuple):
-                env[v] = g.call_function(torch.ops.aten.sym_size.int, (env[source[0]], source[1]))
+        for v, recipe in remat.get(i, []):
+            if recipe[0] == "dim":
+                env[v] = g.call_function(torch.ops.aten.sym_size.int, (env[recipe[1]], recipe[2]))
                 env[v].meta = dict(v.meta)
+            elif recipe[0] == "copy":
+                env[v] = g.node_copy(v, env.__getitem__)
             else:
-                env[v] = source
+                env[v] = recipe[1]
         for n in graph.nodes:
             if n.op == "get_attr" and any(stage_of.get(u) == i for u in n.users):
                 env[n] = g.node_copy(n)
@@ -436,7 +442,21 @@ def _partition(gm: fx.GraphModule, example: torch.Tensor) -> Stages:
         source="export",
         dynamic_batch=batch_sym is not None,
         example_batch_size=int(example.shape[0]),
+        whole=_whole(gm, stage_of, flat),
     )
+
+
+def _whole(gm: fx.GraphModule, stage_of: dict[fx.Node, int], flat: Sequence[fx.Node]) -> nn.Module:
+    """The unsplit graph (export's input checks left out, as in the stages)."""
+    g = fx.Graph()
+    env: dict[fx.Node, Any] = {}
+    for n in gm.graph.nodes:
+        if n.op in ("placeholder", "get_attr") or n in stage_of:
+            env[n] = g.node_copy(n, env.__getitem__)
+    g.output(tuple(env[o] for o in flat))
+    whole = fx.GraphModule(gm, g, class_name="WholeGraph")
+    whole.eval()
+    return whole
 
 
 def _is_size(n: fx.Node) -> bool:
@@ -453,42 +473,80 @@ def _rematerialize_sizes(
     inputs: Sequence[fx.Node],
     carries: list[list[fx.Node]],
     order: dict[fx.Node, int],
-) -> dict[int, dict[fx.Node, Any]]:
-    """For each stage, how to get the sizes it uses but an earlier stage computed.
+) -> dict[int, list[tuple[fx.Node, tuple[Any, ...]]]]:
+    """For each stage, how to recompute the sizes it uses but an earlier stage computed.
 
-    A size equal to a dimension of a tensor the stage receives is read off that tensor
-    (``(tensor, dim)``); a static size becomes a constant; anything else is carried.
+    Recipes, in dependency order: ``("dim", tensor, d)`` reads a dimension of a tensor the
+    stage receives; ``("const", value)`` is a static size; ``("copy",)`` recomputes the size
+    arithmetic from sizes resolved before it. Sizes are recomputed rather than carried so
+    that they follow the tensors when :meth:`StageRun.keep` shrinks the batch; a size that
+    cannot be recomputed is carried.
     """
-    out: dict[int, dict[fx.Node, Any]] = {}
-    for n in ops:
-        i = stage_of[n]
-        for a in n.all_input_nodes:
-            if not _is_size(a) or defined_at.get(a, i) >= i or a in out.get(i, {}):
+    out: dict[int, list[tuple[fx.Node, tuple[Any, ...]]]] = {}
+    for i in range(max(stage_of.values(), default=-1) + 1):
+        avail = list(inputs if i == 0 else carries[i - 1])
+        recipes: dict[fx.Node, tuple[Any, ...]] = {}
+        steps: list[tuple[fx.Node, tuple[Any, ...]]] = []
+
+        for n in ops:
+            if stage_of[n] != i:
                 continue
-            val = a.meta["val"]
-            if not isinstance(val, (torch.SymInt, torch.SymFloat, torch.SymBool)):
-                out.setdefault(i, {})[a] = val
-                continue
-            found = None
-            for t in inputs if i == 0 else carries[i - 1]:
-                tv = t.meta.get("val")
-                if isinstance(tv, torch.Tensor):
-                    for d, size in enumerate(tv.shape):
-                        if isinstance(size, torch.SymInt) and str(size.node.expr) == str(
-                            val.node.expr
-                        ):
-                            found = (t, d)
-                            break
-                if found:
-                    break
-            if found is not None:
-                out.setdefault(i, {})[a] = found
-            else:  # carry the size itself from where it is computed
-                for j in range(defined_at[a], i):
-                    if a not in carries[j]:
-                        carries[j].append(a)
-                        carries[j].sort(key=order.__getitem__)
+            for a in n.all_input_nodes:
+                if not _is_size(a) or defined_at.get(a, i) >= i or a in recipes:
+                    continue
+                if not _resolve_size(
+                    a, avail, recipes, steps
+                ):  # carry the size itself from where it is computed
+                    for j in range(defined_at[a], i):
+                        if a not in carries[j]:
+                            carries[j].append(a)
+                            carries[j].sort(key=order.__getitem__)
+                    if a not in avail:
+                        avail.append(a)
+        if steps:
+            out[i] = steps
     return out
+
+
+def _resolve_size(
+    a: fx.Node,
+    avail: Sequence[fx.Node],
+    recipes: dict[fx.Node, tuple[Any, ...]],
+    steps: list[tuple[fx.Node, tuple[Any, ...]]],
+    depth: int = 0,
+) -> bool:
+    """Find a recipe for size ``a`` from the tensors in ``avail``; record it with its inputs'."""
+    if a in recipes:
+        return True
+    val = a.meta.get("val")
+    recipe: tuple[Any, ...] | None = None
+    if not isinstance(val, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+        recipe = ("const", val)
+    else:
+        recipe = _find_dim(val, avail)
+        if recipe is None and a.op == "call_function" and depth < 32:
+            ok = all(
+                arg in avail
+                or (_is_size(arg) and _resolve_size(arg, avail, recipes, steps, depth + 1))
+                for arg in a.all_input_nodes
+            )
+            recipe = ("copy",) if ok else None
+    if recipe is None:
+        return False
+    recipes[a] = recipe
+    steps.append((a, recipe))
+    return True
+
+
+def _find_dim(val: Any, tensors: Sequence[fx.Node]) -> tuple[Any, ...] | None:
+    """``("dim", t, d)`` for the first received tensor ``t`` whose dim ``d`` equals ``val``."""
+    for t in tensors:
+        tv = t.meta.get("val")
+        if isinstance(tv, torch.Tensor):
+            for d, size in enumerate(tv.shape):
+                if isinstance(size, torch.SymInt) and str(size.node.expr) == str(val.node.expr):
+                    return ("dim", t, d)
+    return None
 
 
 def _batch_symbol(inputs: Sequence[fx.Node]) -> Any:

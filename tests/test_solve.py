@@ -475,3 +475,23 @@ def test_cli_errors(cli, demo_run, demo_logits, tmp_path):
     # K < 2 is refused when the run is made
     np.savez(tmp_path / "k1.npz", logits=z[:, :1], labels=y)
     assert_clean_error(cli("import", tmp_path / "k1.npz", "--out", tmp_path / "k1"), r"K >= 2")
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(fraction=st.floats(0.02, 1.2), method=st.sampled_from(METHODS), seed=st.integers(0, 5))
+def test_thresholds_json_reproduces_numbers_property(demo_run, fraction, method, seed):
+    try:
+        res = solve_run(demo_run, f"{fraction!r}x", method=method, seed=seed)
+    except BudgetError as e:  # geometric has no solution right at exit 1's cost
+        assert method == "geometric" and "no geometric solution" in str(e)
+        return
+    doc = json.loads(json.dumps(res.to_dict()))
+    acc, macs, held = _reapply(doc, demo_run)
+    assert (acc, macs, held) == (
+        doc["calibration_accuracy"],
+        doc["expected_macs"],
+        doc["holdout_accuracy"],
+    )
+    assert doc["budget"]["met"] <= doc["budget"]["value"]

@@ -173,6 +173,7 @@ class ExitProblem:
         self.order = [np.argsort(-self._cols[j], kind="stable") for j in range(self.k - 1)]
         self.sorted_scores = [self._cols[j][self.order[j]] for j in range(self.k - 1)]
         self._geometric: list[tuple[np.ndarray, np.ndarray]] | None = None
+        self._geometric_solutions: list[Solution] | None = None
 
     # -- evaluation
     def passes(self, t: np.ndarray) -> np.ndarray:
@@ -302,16 +303,28 @@ class ExitProblem:
         return t
 
     # -- geometric pool
+    def geometric_solutions(self) -> list[Solution]:
+        """Every geometric ratio's thresholds with their gain and cost on these samples."""
+        if self._geometric_solutions is None:
+            self._geometric_solutions = [self.solution(t, e) for t, e in self.geometric_pool()]
+        return self._geometric_solutions
+
     def geometric_pool(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Thresholds and exits of every geometric ratio (published and fine grid)."""
         if self._geometric is None:
             qs = sorted(set(PUBLISHED_Q) | set(FINE_Q))
-            self._geometric = [_geometric_fit(self._cols, q) for q in qs]
+            first = self.sorted_scores[0]
+            self._geometric = [_geometric_fit(self._cols, q, first) for q in qs]
         return self._geometric
 
 
-def _geometric_fit(cols: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
-    """MSDNet's dynamic-evaluation thresholds for one ratio; ``cols`` is ``(K, N)``."""
+def _geometric_fit(
+    cols: np.ndarray, q: float, first_sorted: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """MSDNet's dynamic-evaluation thresholds for one ratio; ``cols`` is ``(K, N)``.
+
+    ``first_sorted`` (exit 1's scores sorted in decreasing order) skips the first partition.
+    """
     k, n = cols.shape
     f = q ** np.arange(1, k + 1, dtype=np.float64)
     f = f / f.sum()
@@ -321,10 +334,15 @@ def _geometric_fit(cols: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray]:
     for j in range(k - 1):
         quota = math.floor(n * f[j])
         col = cols[j]
-        left = col[present]
-        if quota == 0 or quota > left.shape[0]:
-            continue
-        thr = float(np.partition(left, left.shape[0] - quota)[left.shape[0] - quota])
+        if j == 0 and first_sorted is not None:
+            if quota == 0 or quota > n:
+                continue
+            thr = float(first_sorted[quota - 1])
+        else:
+            left = col[present]
+            if quota == 0 or quota > left.shape[0]:
+                continue
+            thr = float(np.partition(left, left.shape[0] - quota)[left.shape[0] - quota])
         t[j] = thr
         leave = present & (col >= thr)
         exits[leave] = j
@@ -407,7 +425,7 @@ def solve_path(
         raise DyncalError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     order = np.argsort(np.asarray(budgets, dtype=np.float64), kind="stable")
     out: list[Solution | None] = [None] * len(budgets)
-    geo = [problem.solution(t, e) for t, e in problem.geometric_pool()]
+    geo = problem.geometric_solutions()
     if method == "geometric":
         for i in order:
             fits = [s for s in geo if s.cost <= budgets[i]]

@@ -243,14 +243,17 @@ def _collect(
                 _gather(ctx, None)  # arrays exist now
                 if writer is None:
                     writer = RunWriter.attach(out, n, k, c)
+            assert writer is not None
             error = None
             try:
                 row = start
                 batch_index = 0
-                while first is not None:
-                    y, outs = first
+                current = first
+                while current is not None:
+                    y, outs = current
                     if batch_index > 0 and (
-                        not isinstance(outs, (list, tuple)) or len(outs) != k
+                        not isinstance(outs, (list, tuple))
+                        or len(outs) != k
                         or any(o.shape != (outs[0].shape[0], c) for o in outs)
                     ):
                         check_exit_outputs(outs, int(outs[0].shape[0]))
@@ -264,16 +267,13 @@ def _collect(
                     batch_index += 1
                     if progress is not None and ctx.rank == 0:
                         progress(row - start, stop - start, (row - start) / max(time.perf_counter() - t0, 1e-9))
-                    try:
-                        x, y = next(batches)
-                    except StopIteration:
-                        break
-                    first = (y, model(x.to(dev, non_blocking=True)))
+                    batch = next(batches, None)
+                    current = None if batch is None else (batch[1], model(batch[0].to(dev, non_blocking=True)))
             except DyncalError as e:
                 error = str(e)
         seconds = time.perf_counter() - t0
         if ctx.rank != 0:
-            writer.close()
+            writer.close()  # flushed before process 0 publishes
         _raise_first_error(_gather(ctx, error))
         if writer is None or ctx.rank != 0:
             return None

@@ -126,7 +126,8 @@ def load_dataset(spec: str, *, transform: ImageTransform | None = None) -> Datas
         from torchvision.datasets import ImageFolder
 
         try:
-            return ImageFolder(str(folder), transform=(transform or ImageTransform()).build())
+            folder_set: Dataset[Any] = ImageFolder(str(folder), transform=(transform or ImageTransform()).build())
+            return folder_set
         except (FileNotFoundError, RuntimeError) as e:
             raise DataError(f"--data '{spec}': {e} (expected DIR/<class>/<image files>)") from e
     if spec.endswith(".npz"):

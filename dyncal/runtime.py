@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from dyncal.analysis.latency import device_hardware, pinned_threads
 from dyncal.analysis.stages import Stages, build_stages
@@ -116,7 +115,8 @@ class EarlyExitRunner:
         if self.score == "margin":
             top2 = p.topk(2, dim=1).values
             return top2[:, 0] - top2[:, 1]
-        return torch.special.xlogy(p, p).sum(dim=1)
+        entropy: torch.Tensor = torch.special.xlogy(p, p).sum(dim=1)
+        return entropy
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -249,7 +249,11 @@ def _dataset_for(run: Run, data: str | None) -> Any:
     if not spec or spec.startswith("("):
         raise DyncalError(f"run '{run.path}' does not name its data set; pass --data")
     tf = run.provenance.extra.get("image_transform")
-    transform = ImageTransform(**{k: tuple(v) if isinstance(v, list) else v for k, v in tf.items()}) if tf else None
+    transform = None
+    if tf:
+        transform = ImageTransform(
+            resize=int(tf["resize"]), crop=int(tf["crop"]), mean=tuple(tf["mean"]), std=tuple(tf["std"])
+        )
     return load_dataset(spec, transform=transform)
 
 

@@ -567,7 +567,7 @@ def frontier(
         )
         write_frontier_csv(df, out)
     if json_:
-        records = json.loads(df.to_json(orient="records"))
+        records = json.loads(df.to_json(orient="records", double_precision=15))
         echo_json({"path": str(out), "rows": records})
         return
     from rich.console import Console

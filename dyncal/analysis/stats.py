@@ -55,8 +55,10 @@ def stratified_split(
         if m == 0 or m == count:
             part = "held-out" if m == 0 else "fit"
             raise DyncalError(
-                f"--holdout {holdout} is too small to leave any sample of class {cls} in the {part} part "
-                f"(the run has {count} of it); use a holdout fraction nearer 0.5, more samples, or --holdout 0"
+                f"--holdout {holdout} is too small to leave any sample of class {cls} in the "
+                f"{part} part "
+                f"(the run has {count} of it); use a holdout fraction nearer 0.5, more samples, "
+                "or --holdout 0"
             )
         idx = np.flatnonzero(labels == cls)
         held.append(rng.permutation(idx)[:m])

@@ -65,7 +65,10 @@ def parse_budget(text: str) -> BudgetSpec:
         0.6
     """
     m = _PATTERN.match(str(text))
-    form_hint = "use a fraction of the full model like 0.6x, MACs like 1.2GMAC or 850MMAC, or latency like 35ms"
+    form_hint = (
+        "use a fraction of the full model like 0.6x, MACs like 1.2GMAC or 850MMAC, "
+        "or latency like 35ms"
+    )
     if not m:
         raise BudgetError(f"cannot read budget {text!r}: {form_hint}")
     value, unit = float(m.group(1)), m.group(2).lower()
@@ -159,12 +162,14 @@ def _pick_latency(
             have = ", ".join(keys) or "none"
             raise BudgetError(
                 f"no latency profiled for {key} (profiled: {have}); run 'dyncal profile RUN "
-                f"--device {device or 'cpu'} --batch-size {batch_size or 1}' or choose a profiled device"
+                f"--device {device or 'cpu'} --batch-size {batch_size or 1}' or choose a "
+                "profiled device"
             )
         return "ms:" + key
     if not keys:
         raise BudgetError(
-            "a budget in ms needs measured latency, and this run has none; run 'dyncal profile RUN' "
+            "a budget in ms needs measured latency, and this run has none; run 'dyncal profile "
+            "RUN' "
             "(or give the budget as a fraction like 0.6x or in MACs like 850MMAC)"
         )
     if len(keys) == 1:
@@ -172,7 +177,8 @@ def _pick_latency(
     if "cpu/b1" in keys:
         return "ms:cpu/b1"
     raise BudgetError(
-        f"the run has latency for several devices ({', '.join(keys)}); choose one with --device and --batch-size"
+        f"the run has latency for several devices ({', '.join(keys)}); choose one with --device "
+        "and --batch-size"
     )
 
 
@@ -180,8 +186,10 @@ def format_budget(value: float, kind: str) -> str:
     """Write a budget back in the user's form, rounded up to 4 significant digits.
 
     Example:
-        >>> format_budget(0.123456, "fraction"), format_budget(7.08e4, "macs"), format_budget(3.21, "ms")
-        ('0.1235x', '70.8KMAC', '3.21ms')
+        >>> format_budget(0.123456, "fraction"), format_budget(7.08e4, "macs")
+        ('0.1235x', '70.8KMAC')
+        >>> format_budget(3.21, "ms")
+        '3.21ms'
     """
 
     def up(v: float) -> float:
@@ -239,7 +247,8 @@ def resolve_budget(
     if spec.kind == "macs":
         if "macs" not in units:
             raise BudgetError(
-                f"budget {spec.text!r} is in MACs but the run has no MAC counts; run 'dyncal profile RUN', "
+                f"budget {spec.text!r} is in MACs but the run has no MAC counts; run 'dyncal "
+                "profile RUN', "
                 "import with --macs, or give the budget as a fraction (0.6x) or in ms"
             )
         unit = "macs"
@@ -254,8 +263,10 @@ def resolve_budget(
     if value < col[0]:
         cheapest = col[0] / col[-1] if spec.kind == "fraction" else col[0]
         raise BudgetError(
-            f"budget {spec.text!r} is below the cost of exit 1 alone ({format_budget(col[0], 'ms' if unit != 'macs' else 'macs')}"
-            f" = {format_budget(col[0] / col[-1], 'fraction')} of the full model); the cheapest feasible "
+            f"budget {spec.text!r} is below the cost of exit 1 alone "
+            f"({format_budget(col[0], 'ms' if unit != 'macs' else 'macs')}"
+            f" = {format_budget(col[0] / col[-1], 'fraction')} of the full model); the cheapest "
+            "feasible "
             f"budget is {format_budget(cheapest, spec.kind)}"
         )
     return BudgetTarget(spec=spec, unit=unit, costs=col, value=value)

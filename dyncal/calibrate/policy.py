@@ -61,7 +61,8 @@ def _as_thresholds(thresholds: Sequence[float | None] | np.ndarray, k: int) -> n
         vals = vals[:-1]
     if len(vals) != k - 1 or any(v is None for v in vals):
         raise DyncalError(
-            f"expected {k - 1} thresholds (or {k} with the last null) for K={k} exits, got {list(thresholds)}"
+            f"expected {k - 1} thresholds (or {k} with the last null) for K={k} exits, got "
+            f"{list(thresholds)}"
         )
     return np.asarray(vals, dtype=np.float64)
 

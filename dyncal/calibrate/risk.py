@@ -171,7 +171,8 @@ def learn_then_test(
     Example:
         >>> s = np.array([[0.9, 1.0]] * 400)
         >>> ok = np.array([[True, True]] * 400)
-        >>> learn_then_test([np.array([np.inf]), np.array([0.5])], s, ok, max_drop=0.01, delta=0.05).index
+        >>> cands = [np.array([np.inf]), np.array([0.5])]
+        >>> learn_then_test(cands, s, ok, max_drop=0.01, delta=0.05).index
         1
     """
     if not (0.0 <= max_drop < 1.0):

@@ -156,7 +156,8 @@ class ExitProblem:
         if not np.all(np.isfinite(s)):
             row, ex = np.argwhere(~np.isfinite(s))[0]
             raise DyncalError(
-                f"scores contain NaN or inf (row {row}, exit {ex + 1}); check the logits and temperatures"
+                f"scores contain NaN or inf (row {row}, exit {ex + 1}); check the logits and "
+                "temperatures"
             )
         c = np.asarray(costs, dtype=np.float64)
         if c.shape != (s.shape[1],) or np.any(np.diff(c) < 0) or not np.all(np.isfinite(c)):
@@ -642,7 +643,8 @@ class ThresholdsResult:
         version = d.get("schema_version")
         if not isinstance(version, int) or version > SCHEMA_VERSION:
             raise DyncalError(
-                f"thresholds document has schema version {version!r}; this dyncal reads up to {SCHEMA_VERSION}"
+                f"thresholds document has schema version {version!r}; this dyncal reads up to "
+                f"{SCHEMA_VERSION}"
             )
         thresholds_from_json(d["thresholds"])  # validates the shape
         ci = d.get("holdout_ci")
@@ -870,7 +872,8 @@ def solve_run(
         )
         raise BudgetError(
             f"no geometric solution fits budget {target.spec.text!r}: its cheapest fitted cost is "
-            f"{format_budget(cheapest / costs[-1], 'fraction')}; raise the budget or use --method optimal"
+            f"{format_budget(cheapest / costs[-1], 'fraction')}; raise the budget or use "
+            "--method optimal"
         )
     return _result_from(prep, sol.thresholds, method, target, unit, run_path)
 
@@ -906,7 +909,8 @@ def _solve_risk(
     test_idx = np.sort(fit_idx[perm[fit_idx.shape[0] // 2 :]])
     if order_idx.size == 0 or test_idx.size == 0:
         raise DyncalError(
-            f"risk control needs calibration samples to split in two; the fit part has {fit_idx.size}"
+            "risk control needs calibration samples to split in two; the fit part has "
+            f"{fit_idx.size}"
         )
     prep = prepare_run(
         run,
@@ -944,8 +948,10 @@ def _solve_risk(
     if target is not None and result.budget["met"] > target.value:
         raise BudgetError(
             f"the cheapest thresholds with drop <= {max_drop} (delta {delta}) cost "
-            f"{format_budget(result.budget['met_fraction'], 'fraction')} on the calibration data, above the "
-            f"budget {target.spec.text!r}; raise the budget, --max-drop or --delta, or drop --budget"
+            f"{format_budget(result.budget['met_fraction'], 'fraction')} on the calibration "
+            "data, above the "
+            f"budget {target.spec.text!r}; raise the budget, --max-drop or --delta, or drop "
+            "--budget"
         )
     if prep.holdout_idx.size:
         last_held = float(np.mean(prep.correct[prep.holdout_idx, -1]))

@@ -91,7 +91,8 @@ class TemperatureScaler:
         n, k, _ = logits.shape
         if n == 0 or labels.shape != (n,):
             raise DyncalError(
-                f"temperature fitting needs N > 0 labels matching logits {logits.shape}, got {labels.shape}"
+                f"temperature fitting needs N > 0 labels matching logits {logits.shape}, got "
+                f"{labels.shape}"
             )
         lo, hi = math.log(self.min_temperature), math.log(self.max_temperature)
         temps = np.ones(k)

@@ -514,9 +514,9 @@ def prepare_report(
         speedup_costs=pairs,
         speedup_cost=speedup_cost,
     )
-    from dyncal.reports.decision import speedup as _speedup
-
-    speedups = {name: _speedup(outcome, c, b)[0] for name, (c, b) in pairs.items()}
+    speedups = {
+        name: float(b / np.mean(np.asarray(c, dtype=float)[outcome.exits])) for name, (c, b) in pairs.items()
+    }
     decision = None if not criteria else ("GO" if all(c.passed for c in criteria) else "NO-GO")
 
     conf, pred = scores_t1

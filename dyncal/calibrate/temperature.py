@@ -77,6 +77,8 @@ class TemperatureScaler:
         Raises:
             DyncalError: Bad shapes, empty data, or an invalid temperature range.
         """
+        from scipy.optimize import minimize_scalar
+
         if not (
             0 < self.min_temperature < self.max_temperature and math.isfinite(self.max_temperature)
         ):

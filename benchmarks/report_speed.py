@@ -35,19 +35,27 @@ IMAGENET_MACS = (0.6e9, 1.3e9, 2.1e9, 3.0e9, 4.1e9)
 
 def _prov(model: str, data: str) -> Provenance:
     return Provenance(
-        model=model, weights_sha256=None, data=data, command="benchmarks/report_speed.py",
-        created="2026-11-28T00:00:00+00:00", device="cpu", versions={},
+        model=model,
+        weights_sha256=None,
+        data=data,
+        command="benchmarks/report_speed.py",
+        created="2026-11-28T00:00:00+00:00",
+        device="cpu",
+        versions={},
     )
 
 
 def _latency(batch: int, stage_ms: tuple[float, ...]) -> LatencyProfile:
     wiggle = np.linspace(0.97, 1.03, 15)
     return LatencyProfile(
-        device="cpu", batch_size=batch,
+        device="cpu",
+        batch_size=batch,
         stage_ms=tuple(tuple(float(s * batch**0.8 * w) for w in wiggle) for s in stage_ms),
         decision_ms=tuple(float(0.05 * w) for w in wiggle),
         full_model_ms=tuple(float(sum(stage_ms) * batch**0.8 * w) for w in wiggle),
-        threads=1, hardware="synthetic", settings={"repeats": 15},
+        threads=1,
+        hardware="synthetic",
+        settings={"repeats": 15},
     )
 
 
@@ -61,7 +69,13 @@ def demo_run(root: Path) -> Path:
     y = np.array([int(ds[i][1]) for i in range(len(ds))])
     with torch.inference_mode():
         z = torch.stack(list(pretrained()(x)), dim=1).numpy()
-    run = import_arrays(z, y, root / "demo", macs=DEMO_MACS, provenance=_prov("dyncal.demo:pretrained", "dyncal.demo:validation"))
+    run = import_arrays(
+        z,
+        y,
+        root / "demo",
+        macs=DEMO_MACS,
+        provenance=_prov("dyncal.demo:pretrained", "dyncal.demo:validation"),
+    )
     return run.path
 
 
@@ -82,9 +96,18 @@ def imagenet_run(root: Path, n: int = 50_000, k: int = 5, c: int = 1000, chunk: 
             strength = signal[None, :] / (0.5 + hardness[start:stop, None])
             z[np.arange(b), :, labels[start:stop]] += strength.astype(np.float32)
             writer.write(start, z, labels[start:stop], np.arange(start, stop))
-        writer.finish(_prov("synthetic ImageNet-sized 5-exit network", "synthetic N=50,000"), CostTable(macs=IMAGENET_MACS))
+        writer.finish(
+            _prov("synthetic ImageNet-sized 5-exit network", "synthetic N=50,000"),
+            CostTable(macs=IMAGENET_MACS),
+        )
     stage = (4.0, 4.5, 5.0, 5.5, 7.0)
-    save_costs(out, CostTable(macs=IMAGENET_MACS, latency={"cpu/b1": _latency(1, stage), "cpu/b64": _latency(64, stage)}))
+    save_costs(
+        out,
+        CostTable(
+            macs=IMAGENET_MACS,
+            latency={"cpu/b1": _latency(1, stage), "cpu/b64": _latency(64, stage)},
+        ),
+    )
     return out
 
 
@@ -98,23 +121,37 @@ def measure(run: Path, out: Path, **criteria: float) -> dict[str, float]:
     t1 = time.perf_counter()
     pdf = render_pdf(data)
     render = time.perf_counter() - t1
-    return {"total_s": total, "render_s": render, "size_kb": len(pdf) / 1024, "decision": result.decision or "none"}  # type: ignore[dict-item]
+    return {
+        "total_s": total,
+        "render_s": render,
+        "size_kb": len(pdf) / 1024,
+        "decision": result.decision or "none",
+    }  # type: ignore[dict-item]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keep", type=Path, default=None, help="Keep the runs and PDFs in this folder.")
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="Keep the runs and PDFs in this folder."
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp()) if args.keep is None else args.keep
     root.mkdir(parents=True, exist_ok=True)
     rows = []
     try:
         demo = demo_run(root)
-        rows.append(("demo (N=797, K=4, C=10)", measure(demo, root / "demo.pdf", min_accuracy=0.95)))
+        rows.append(
+            ("demo (N=797, K=4, C=10)", measure(demo, root / "demo.pdf", min_accuracy=0.95))
+        )
         t = time.perf_counter()
         big = imagenet_run(root)
         make_s = time.perf_counter() - t
-        rows.append(("synthetic ImageNet (N=50,000, K=5, C=1,000)", measure(big, root / "imagenet.pdf", min_accuracy=0.75)))
+        rows.append(
+            (
+                "synthetic ImageNet (N=50,000, K=5, C=1,000)",
+                measure(big, root / "imagenet.pdf", min_accuracy=0.75),
+            )
+        )
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
@@ -123,18 +160,28 @@ def main() -> None:
     lines = [
         "# report speed (benchmarks/report_speed.py)",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other work); "
-        f"Python {platform.python_version()}; {dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()}.",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared "
+        "with other work); "
+        f"Python {platform.python_version()}; "
+        f"{dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()}.",
         "",
-        "`total` is the whole `build_report` (load, frontier of 3 methods x 41 budgets + oracle + static, solve, "
-        "criteria with bootstrap intervals, six pages drawn, PDF written); `render` is drawing and writing alone.",
+        "`total` is the whole `build_report` (load, frontier of 3 methods x 41 budgets + oracle "
+        "+ static, solve, "
+        "criteria with bootstrap intervals, six pages drawn, PDF written); `render` is drawing "
+        "and writing alone.",
         "",
         "| run | total (s) | render (s) | PDF size (KB) | decision |",
         "|---|---|---|---|---|",
     ]
     for name, r in rows:
-        lines.append(f"| {name} | {r['total_s']:.2f} | {r['render_s']:.2f} | {r['size_kb']:.0f} | {r['decision']} |")
-    lines += ["", f"Writing the synthetic 1 GB run itself took {make_s:.1f} s (not part of the report)."]
+        lines.append(
+            f"| {name} | {r['total_s']:.2f} | {r['render_s']:.2f} | {r['size_kb']:.0f} | "
+            f"{r['decision']} |"
+        )
+    lines += [
+        "",
+        f"Writing the synthetic 1 GB run itself took {make_s:.1f} s (not part of the report).",
+    ]
     text = "\n".join(lines) + "\n"
     (HERE / "report_speed.md").write_text(text)
     print(text)

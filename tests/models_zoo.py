@@ -196,6 +196,20 @@ class AttentionExits(nn.Module):
         return [self.h1(a.mean(1)), self.h2(b.mean(1))]
 
 
+class SequenceFirst(nn.Module):
+    """Carries (L, B, D) tensors between exits: the batch is dimension 1, not 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(16, 16), nn.Linear(16, 16)
+        self.h1, self.h2 = nn.Linear(16, 3), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        t = torch.relu(self.l1(x.transpose(0, 1)))  # (L, B, D)
+        u = torch.relu(self.l2(t))
+        return [self.h1(t.mean(0)), self.h2(u.mean(0))]
+
+
 class ResNet50Exits(nn.Module):
     """torchvision ResNet-50 (random weights, nothing downloaded) with three exits.
 

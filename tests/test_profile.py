@@ -163,6 +163,19 @@ def test_keep_rows_gives_the_models_logits_for_the_rows_that_stay():
     )
 
 
+def test_keep_cuts_carried_tensors_along_their_batch_dimension():
+    torch.manual_seed(0)
+    model = zoo.SequenceFirst().eval()
+    stages = _stages(model, (5, 16))
+    assert stages.batch_dims is not None and stages.batch_dims[0] == (1,)
+    x = torch.randn(4, 5, 16)
+    with torch.inference_mode():
+        run = stages.start(x)
+        run.step()
+        run.keep(torch.tensor([False, True, True, False]))
+        torch.testing.assert_close(run.step(), model(x)[1][1:3])
+
+
 def test_stages_declared_by_method_and_by_function():
     x = torch.randn(3, 8)
     model = zoo.data_dependent_staged()

@@ -98,8 +98,9 @@ class Stages:
 
     Args:
         modules: The ``K`` stage modules, exit 1 first.
-        batch_major: For each stage, which of its carry outputs have the batch as first
-            dimension (``K`` tuples; the last is empty).
+        batch_dims: For each stage, the batch dimension of each carry output (None for
+            values without one, such as weights computed once); ``K`` tuples, the last
+            empty. None (hand-declared stages): every carried tensor is batch-major.
         source: ``"export"`` (derived from the graph), ``"method"`` (``model.dyncal_stages``)
             or ``"function"`` (``--stages``).
         dynamic_batch: Whether the stages run at any batch size (else only at
@@ -120,7 +121,7 @@ class Stages:
         self,
         modules: Sequence[nn.Module],
         *,
-        batch_major: Sequence[tuple[bool, ...]] | None = None,
+        batch_dims: Sequence[tuple[int | None, ...]] | None = None,
         source: str = "export",
         dynamic_batch: bool = True,
         example_batch_size: int | None = None,
@@ -129,8 +130,8 @@ class Stages:
         if len(modules) < 2:
             raise ProfileError(f"a multi-exit model needs K >= 2 stages, got {len(modules)}")
         self.modules: tuple[nn.Module, ...] = tuple(modules)
-        self.batch_major: tuple[tuple[bool, ...], ...] | None = (
-            None if batch_major is None else tuple(tuple(b) for b in batch_major)
+        self.batch_dims: tuple[tuple[int | None, ...], ...] | None = (
+            None if batch_dims is None else tuple(tuple(b) for b in batch_dims)
         )
         self.source = source
         self.dynamic_batch = dynamic_batch
@@ -224,14 +225,20 @@ class StageRun:
         return logits
 
     def keep(self, rows: torch.Tensor) -> None:
-        """Keep only ``rows`` (a ``(B,)`` bool mask or integer indices) for later stages."""
+        """Keep only ``rows`` (a ``(B,)`` bool mask or integer indices) for later stages.
+
+        Every carried tensor is cut along its batch dimension (found from the exported
+        graph's symbolic shapes; dimension 0 for hand-declared stages).
+        """
         if self.done:
             return
-        major = None if self.stages.batch_major is None else self.stages.batch_major[self.exit - 1]
+        dims = None if self.stages.batch_dims is None else self.stages.batch_dims[self.exit - 1]
         if self.exit == 0:
-            major = (True,)
-        if major is None:
-            major = tuple(isinstance(t, torch.Tensor) and t.ndim > 0 for t in self._carry)
+            dims = (0,)
+        if dims is None:
+            dims = tuple(
+                0 if isinstance(t, torch.Tensor) and t.ndim > 0 else None for t in self._carry
+            )
         if not self.stages.dynamic_batch:
             raise ProfileError(
                 f"these stages were built for batch size {self.stages.example_batch_size} only "
@@ -239,7 +246,8 @@ class StageRun:
                 "dynamic stages"
             )
         self._carry = tuple(
-            t[rows] if is_batch else t for t, is_batch in zip(self._carry, major, strict=True)
+            t if d is None else t[(slice(None),) * d + (rows,)]
+            for t, d in zip(self._carry, dims, strict=True)
         )
 
 
@@ -407,7 +415,7 @@ def _partition(gm: fx.GraphModule, example: torch.Tensor) -> Stages:
 
     batch_sym = _batch_symbol(inputs)
     modules: list[nn.Module] = []
-    batch_major: list[tuple[bool, ...]] = []
+    batch_dims: list[tuple[int | None, ...]] = []
     for i in range(k):
         g = fx.Graph()
         env: dict[fx.Node, Any] = {}
@@ -435,10 +443,10 @@ def _partition(gm: fx.GraphModule, example: torch.Tensor) -> Stages:
         sm = fx.GraphModule(gm, g, class_name=f"Stage{i + 1}")
         sm.eval()
         modules.append(sm)
-        batch_major.append(tuple(_is_batch_major(v, batch_sym) for v in carries[i]))
+        batch_dims.append(tuple(_batch_dim(v, batch_sym) for v in carries[i]))
     return Stages(
         modules,
-        batch_major=batch_major if batch_sym is not None else None,
+        batch_dims=batch_dims if batch_sym is not None else None,
         source="export",
         dynamic_batch=batch_sym is not None,
         example_batch_size=int(example.shape[0]),
@@ -560,12 +568,15 @@ def _batch_symbol(inputs: Sequence[fx.Node]) -> Any:
     return b if isinstance(b, torch.SymInt) else None
 
 
-def _is_batch_major(node: fx.Node, batch_sym: Any) -> bool:
+def _batch_dim(node: fx.Node, batch_sym: Any) -> int | None:
+    """The first dimension of a carried value whose size is the batch symbol, else None."""
     val = node.meta.get("val")
-    if batch_sym is None or not isinstance(val, torch.Tensor) or val.ndim == 0:
-        return False
-    b = val.shape[0]
-    return isinstance(b, torch.SymInt) and str(b.node.expr) == str(batch_sym.node.expr)
+    if batch_sym is None or not isinstance(val, torch.Tensor):
+        return None
+    for d, size in enumerate(val.shape):
+        if isinstance(size, torch.SymInt) and str(size.node.expr) == str(batch_sym.node.expr):
+            return d
+    return None
 
 
 # --------------------------------------------------------------------------- by hand

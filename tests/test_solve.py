@@ -495,3 +495,27 @@ def test_thresholds_json_reproduces_numbers_property(demo_run, fraction, method,
         doc["holdout_accuracy"],
     )
     assert doc["budget"]["met"] <= doc["budget"]["value"]
+
+
+def test_p_values():
+    from scipy.stats import binom
+
+    from dyncal.calibrate.risk import binomial_pvalue, fixed_sequence_test, hoeffding_bentkus_pvalue
+
+    assert binomial_pvalue(3, 500, 0.01) == pytest.approx(binom.cdf(3, 500, 0.01))
+    hb = [hoeffding_bentkus_pvalue(m, 1000, 0.3) for m in (0.2, 0.25, 0.29, 0.35)]
+    assert all(0 <= p <= 1 for p in hb) and hb == sorted(hb) and hb[-1] == 1.0
+    assert fixed_sequence_test([0.01, 0.2, 0.01], 0.05) == 1
+
+
+def test_risk_mode_with_budget_too_small(demo_run):
+    with pytest.raises(BudgetError, match="cheapest thresholds with drop"):
+        solve_run(demo_run, "0.03x", max_drop=0.001, delta=0.05)
+    with pytest.raises(DyncalError, match="give a budget"):
+        solve_run(demo_run, None)
+
+
+def test_geometric_at_first_exit_cost_is_a_clear_error(demo_run):
+    with pytest.raises(BudgetError, match="no geometric solution fits"):
+        solve_run(demo_run, "0.02x", method="geometric")
+    assert solve_run(demo_run, "0.02x", method="optimal").exit_shares[0] == 1.0

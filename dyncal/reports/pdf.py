@@ -515,7 +515,8 @@ def prepare_report(
         speedup_cost=speedup_cost,
     )
     speedups = {
-        name: float(b / np.mean(np.asarray(c, dtype=float)[outcome.exits])) for name, (c, b) in pairs.items()
+        name: float(b / np.mean(np.asarray(c, dtype=float)[outcome.exits]))
+        for name, (c, b) in pairs.items()
     }
     decision = None if not criteria else ("GO" if all(c.passed for c in criteria) else "NO-GO")
 
@@ -789,6 +790,27 @@ def _style() -> Any:
     return matplotlib.rc_context(_RC)  # type: ignore[arg-type]
 
 
+def _budget_macs(data: ReportData) -> float | None:
+    """The budget in MACs, when it binds MACs."""
+    b = data.thresholds.get("budget") or {}
+    if b.get("unit") == "macs" and b.get("value") is not None:
+        return float(b["value"])
+    return None
+
+
+_SETTING_KEYS = ("repeats", "warmup", "timer", "dtype", "input_shape", "decision")
+
+
+def _latency_settings_text(settings: Mapping[str, Any]) -> str:
+    """The measurement settings a reader needs, and which stages were noisy."""
+    parts = [f"{k}={settings[k]}" for k in _SETTING_KEYS if k in settings]
+    noisy = settings.get("noisy")
+    if isinstance(noisy, Mapping) and noisy:
+        spread = ", ".join(f"{k} {100 * float(v):.0f}%" for k, v in noisy.items())
+        parts.append(f"IQR/median above 10%: {spread}")
+    return ", ".join(parts)
+
+
 def _rule(fig: Figure, y: float, x0: float = 0.06, x1: float = 0.94, lw: float = 0.5) -> Any:
     from matplotlib.lines import Line2D
 
@@ -924,8 +946,13 @@ def _page_decision(data: ReportData) -> Figure:
                 "expected MACs",
                 f"{_macs(held_macs)} per sample held out "
                 f"({_pct((held_macs or float('nan')) / data.baselines['macs'], 1)} "
-                f"of the last exit); {_macs(fit_macs)} on the fitting half, where the budget is "
-                "met",
+                f"of the last exit); {_macs(fit_macs)} on the fitting half, where the budget "
+                f"(at most {_macs(_budget_macs(data))}) is met; more would not buy accuracy"
+                if _budget_macs(data) is not None
+                and fit_macs is not None
+                and fit_macs < 0.8 * (_budget_macs(data) or 0.0)
+                else f"of the last exit); {_macs(fit_macs)} on the fitting half, where the budget "
+                "is met",
             ]
         )
     for key in sorted(k for k in data.baselines if k != "macs"):
@@ -1334,7 +1361,7 @@ def _page_provenance(data: ReportData) -> Figure:
                 )
             )
         for key, prof in sorted(costs.latency.items()):
-            setting = ", ".join(f"{k}={v}" for k, v in sorted(prof.settings.items()))
+            setting = _latency_settings_text(prof.settings)
             items.append(
                 (f"latency {key}", f"{prof.hardware or 'n/a'}; threads {prof.threads}; {setting}")
             )
@@ -1345,7 +1372,9 @@ def _page_provenance(data: ReportData) -> Figure:
         p.fig.text(0.06, p.y, label, fontsize=9, color=_GREY, va="baseline")
         mono = label in ("weights SHA-256", "command")
         wrapped = textwrap.wrap(value, width=70 if mono else 80, break_long_words=True) or [""]
-        for j, line in enumerate(wrapped[:6]):
+        if len(wrapped) > 4:
+            wrapped = [*wrapped[:3], wrapped[3][:-2] + " …"]
+        for j, line in enumerate(wrapped):
             if j:
                 p.skip(9 / 72 * 1.3)
             p.fig.text(

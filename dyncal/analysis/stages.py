@@ -14,8 +14,9 @@ a tuple of tensors::
     stage_K(*carry_{K-1}) -> (logits_K,)
 
 ``logits_k`` is ``(B, C)``. The carry holds every value a later stage needs (feature maps,
-latent tokens, the input itself when a later stage reads it); carried tensors whose first
-dimension is the batch can be cut to the samples that stay (:meth:`StageRun.keep`).
+latent tokens, the input itself when a later stage reads it); sizes are recomputed from the
+tensors, not carried. Carried tensors are cut to the samples that stay along their batch
+dimension (:meth:`StageRun.keep`).
 
 **Where stages come from**, first match wins:
 
@@ -26,7 +27,36 @@ dimension is the batch can be cut to the samples that stay (:meth:`StageRun.keep
    partitioned automatically.
 
 Hand-declared stages must carry only batch-major tensors (first dimension = batch). Either
-way, :func:`verify_stages` checks that the stages reproduce every exit of the model.
+way, :func:`verify_stages` checks that the stages reproduce every exit of the model, and
+``dyncal profile`` refuses stages that do not.
+
+**Declaring stages by hand** (for a model ``torch.export`` cannot capture, e.g. one with
+control flow on tensor values)::
+
+    class Stage1(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.body, self.head = net.body1, net.head1
+        def forward(self, x):
+            h = self.body(x)
+            return self.head(h), h            # (logits_1, carry)
+
+    class Stage2(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.body, self.head = net.body2, net.head2
+        def forward(self, h):
+            return (self.head(self.body(h)),)  # (logits_2,)
+
+    class Net(nn.Module):
+        ...
+        def dyncal_stages(self):               # picked up automatically
+            return [Stage1(self), Stage2(self)]
+
+or, without touching the model, ``def my_stages(net): return [Stage1(net), Stage2(net)]``
+in ``mypkg/stages.py`` and ``dyncal profile RUN --stages mypkg.stages:my_stages``. Stages
+share the model's parameters; MACs are counted per stage module with fvcore, so each
+stage must be traceable by ``torch.jit.trace``.
 
 Example:
     >>> import torch

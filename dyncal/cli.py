@@ -574,7 +574,8 @@ def frontier(
     from rich.table import Table
 
     solved = df[~df["method"].isin(["static"])]
-    table = Table(title=f"frontier ({len(df)} rows → {out}): held-out accuracy by budget")
+    which = "held-out" if holdout > 0 else "fitted"
+    table = Table(title=f"frontier ({len(df)} rows → {out}): {which} accuracy by budget")
     names_shown = list(dict.fromkeys(solved["method"]))
     table.add_column("budget", justify="right")
     for name in names_shown:

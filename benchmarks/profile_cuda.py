@@ -14,6 +14,17 @@ It builds a throw-away run whose logits are random (profile needs only the model
 
 with the GPU's (or CPU's) name in the file names and in the files. Nothing is downloaded:
 the model has random weights (``torchvision.models.resnet50(weights=None)``).
+
+dyncal is imported from this checkout (the script puts the repository root on
+``PYTHONPATH``), so nothing needs installing where torch, torchvision, numpy, typer and
+rich already are. fvcore and its small pure-Python dependencies may be missing on a GPU
+image; copy them from a machine that has them and put them on ``PYTHONPATH``::
+
+    # here
+    mkdir -p .devsite && echo /.devsite/ >> .git/info/exclude
+    cp -r .venv/lib/python3.11/site-packages/{fvcore,iopath,yacs,termcolor} .devsite/
+    # there (carry .devsite)
+    PYTHONPATH=.devsite python3 benchmarks/profile_cuda.py --device cuda
 """
 
 from __future__ import annotations

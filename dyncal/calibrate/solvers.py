@@ -492,6 +492,20 @@ class PreparedRun:
     seed: int
 
 
+class _RowSubset:
+    """Rows of a (memory-mapped) ``(N, K, C)`` array, read block by block on indexing."""
+
+    def __init__(self, base: np.ndarray, rows: np.ndarray) -> None:
+        self.base, self.rows = base, rows
+        self.shape = (int(rows.shape[0]), *base.shape[1:])
+        self.ndim = 3
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        first, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        block = np.asarray(self.base[self.rows[first]])
+        return block[(slice(None), *rest)] if rest else block
+
+
 def prepare_run(
     run: Any,
     *,
@@ -532,8 +546,8 @@ def prepare_run(
         from dyncal.calibrate.temperature import TemperatureScaler
 
         rows = fit_idx if temperature_idx is None else temperature_idx
-        logits = np.asarray(run.logits)[rows] if rows.shape[0] < run.n else run.logits
-        temps = TemperatureScaler().fit(logits, labels[rows]).temperatures_
+        logits = _RowSubset(run.logits, rows) if rows.shape[0] < run.n else run.logits
+        temps = TemperatureScaler().fit(logits, labels[rows]).temperatures_  # type: ignore[arg-type]
     scores, preds = exit_scores(run.logits, score, temps)
     if not np.all(np.isfinite(scores)):
         row, ex = np.argwhere(~np.isfinite(scores))[0]

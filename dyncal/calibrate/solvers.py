@@ -16,7 +16,9 @@ Methods (``METHODS``):
     quota of 0, or larger than what is left, lets nobody leave. ``q`` runs over the
     published 39 values ``p / 20`` and a fine geometric grid (240 values in [0.01, 8]) so
     the baseline is at its strongest. At a budget the baseline is the ``q`` of highest
-    fitted accuracy whose fitted cost fits. Cost: ``O(Q K N)`` for ``Q`` ratios (one
+    fitted accuracy whose fitted cost fits (none fits at exactly exit 1's cost: some sample
+    always stays). Shares are computed in float64 where the published code uses float32,
+    which can move a quota by one sample at the rounding boundary. Cost: ``O(Q K N)`` for ``Q`` ratios (one
     ``np.partition`` per exit and ratio), independent of the number of budgets.
 
 ``optimal``

@@ -431,3 +431,18 @@ def test_figure_functions_refuse_what_they_cannot_draw() -> None:
         plot_frontier(df.drop(columns=["expected_macs"]))
     with pytest.raises(DyncalError, match="one value per exit"):
         plot_exits([0.5, 0.5], [0.9])
+
+
+def test_latency_only_run_and_nothing_held_out(demo_runs: dict[str, Path], tmp_path: Path) -> None:
+    from dyncal.reports.pdf import build_report
+
+    src = load_run(demo_runs["plain"])
+    run = import_arrays(np.asarray(src.logits), np.asarray(src.labels), tmp_path / "lat_only").path
+    save_costs(run, CostTable(latency={"cpu/b1": _latency(1)}))
+    res = build_report(run, tmp_path / "r.pdf", min_speedup=2.0)
+    assert res.criteria[0].cost == "cpu/b1" and set(res.speedup) == {"cpu/b1"}
+    text = [_flat(t) for t in _pages_text(tmp_path / "r.pdf")]
+    assert "This run has no MAC counts" in text[1] and "cpu, batch size 1" in text[2]
+    res = build_report(demo_runs["plain"], tmp_path / "h.pdf", min_accuracy=0.9, holdout=0.0)
+    assert res.criteria[0].interval is None and res.decision == "GO"
+    assert "point estimates decide" in _flat(_pages_text(tmp_path / "h.pdf")[0])

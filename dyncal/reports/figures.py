@@ -279,7 +279,7 @@ def plot_frontier(
         The figure drawn on.
 
     Raises:
-        DyncalError: A needed column is missing.
+        DyncalError: A needed column is missing, or there are no MAC counts.
 
     Example:
         >>> import pandas as pd
@@ -290,6 +290,11 @@ def plot_frontier(
         'expected MACs per sample'
     """
     _check_frontier(frontier, "expected_macs")
+    if not frontier["expected_macs"].notna().any():
+        raise DyncalError(
+            "the run has no MAC counts, so there is no accuracy-vs-MACs figure; profile the run "
+            "('dyncal profile RUN') or import it with --macs, or plot --kind latency"
+        )
     from matplotlib.ticker import EngFormatter
 
     fig, ax = _new_axes(ax)

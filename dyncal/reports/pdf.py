@@ -453,17 +453,16 @@ def prepare_report(
             f"'dyncal profile {run.path}' (or import with --macs) first"
         )
     latency = _latency_choice(run, device, batch_size)
-    if req.min_speedup is not None and latency is None and run.costs.macs is None:
-        raise DyncalError(
-            "--min-speedup needs MAC counts or a profiled latency (--device/--batch-size); the "
-            "run has "
-            f"neither: run 'dyncal profile {run.path}' first"
-        )
-    speedup_cost = (
-        latency if latency is not None else ("macs" if run.costs.macs is not None else "")
-    )
-    if not speedup_cost:
-        speedup_cost = sorted(run.costs.latency)[0]
+    if latency is None and run.costs.macs is None:
+        # no MACs: latency it is; the one profiled key, or cpu/b1 among several
+        keys = sorted(run.costs.latency)
+        if len(keys) > 1 and "cpu/b1" not in keys:
+            raise DyncalError(
+                f"run '{run.path}' has no MAC counts and latency for several devices "
+                f"({', '.join(keys)}); choose one with --device and --batch-size"
+            )
+        latency = keys[0] if len(keys) == 1 else "cpu/b1"
+    speedup_cost = latency if latency is not None else "macs"
 
     lat_dev, lat_batch = (None, None)
     if latency is not None:
@@ -937,7 +936,10 @@ def _page_decision(data: ReportData) -> Figure:
         ["method, score", f"{t.get('method', 'n/a')}, {t.get('score', 'maxprob')}"],
         ["thresholds", ", ".join(_thresholds_text(t, data.run))],
         ["temperatures", ", ".join(f"{float(v):.3g}" for v in (t.get("temperatures") or []))],
-        ["held-out accuracy", f"{_pct(acc)}  (95% interval {_interval_text(interval, _pct)})"],
+        [
+            "held-out accuracy" if data.outcome.held_out else "accuracy (fitted)",
+            f"{_pct(acc)}  (95% interval {_interval_text(interval, _pct)})",
+        ],
         ["accuracy on fitting half", _pct(_float_or_none(t.get("calibration_accuracy")))],
     ]
     if "macs" in data.baselines:
@@ -1022,6 +1024,28 @@ def _budget_label(data: ReportData) -> str:
 def _page_frontier(data: ReportData) -> Figure:
     p = _Page(data, 2, "Accuracy vs compute (MACs)")
     main = str(data.thresholds.get("method") or "smoothed")
+    if "macs" not in data.baselines:
+        p.skip(0.3)
+        p.para("This run has no MAC counts.", size=14, weight="bold")
+        p.skip(0.1)
+        p.para(
+            "The run's costs are latency only, so the trade-off curves are on page 3 (accuracy vs "
+            "latency). To count compute per exit with fvcore, profile the run (it needs the "
+            "model), "
+            "or give the counts when importing:",
+            size=10.5,
+            width=90,
+        )
+        p.skip(0.1)
+        mono = "DejaVu Sans Mono"
+        p.para(f"dyncal profile {data.run.path} --device cpu", size=10.5, family=mono, indent=0.1)
+        p.para(
+            "dyncal import logits.npz --macs 1.2e8,3.1e8,... --out run",
+            size=10.5,
+            family=mono,
+            indent=0.1,
+        )
+        return p.fig
     p.para(
         "Each curve is the accuracy on held-out samples against the mean MACs spent per sample, "
         "as the "

@@ -715,15 +715,26 @@ def _print_report(doc: dict[str, Any]) -> None:
     typer.echo(f"decision: {decision}")
     for c in doc["criteria"]:
         pct = c["name"] != "speedup"
-
-        def fmt(v: float, pct: bool = pct) -> str:
-            return f"{100 * v:.2f}%" if pct else f"{v:.2f}x"
-
         iv = c["interval"]
+        bound = c["value"] if iv is None else iv[0 if c["comparison"] == ">=" else 1]
+        # enough decimals that the deciding bound and the requirement print differently
+        digits = 2
+        scale = 100 if pct else 1
+        while (
+            digits < 5
+            and bound != c["required"]
+            and round(bound * scale, digits) == round(c["required"] * scale, digits)
+        ):
+            digits += 1
+
+        def fmt(v: float, pct: bool = pct, digits: int = digits) -> str:
+            return f"{100 * v:.{digits}f}%" if pct else f"{v:.{digits}f}x"
+
         iv_txt = "" if iv is None else f" [{fmt(iv[0])}, {fmt(iv[1])}]"
         cost = f" ({c['cost']})" if c.get("cost") else ""
         verdict = "PASS" if c["passed"] else "FAIL"
-        typer.echo(f"  {c['name']}{cost}: {fmt(c['value'])}{iv_txt} {c['comparison']} {fmt(c['required'])}: {verdict}")
+        need = f"{c['comparison']} {fmt(c['required'])}"
+        typer.echo(f"  {c['name']}{cost}: {fmt(c['value'])}{iv_txt} {need}: {verdict}")
     op = doc["operating_point"]
     held = op.get("holdout_accuracy")
     speed = ", ".join(f"{v:.2f}x ({k})" for k, v in doc["speedup"].items())

@@ -599,12 +599,25 @@ def _interval_text(iv: tuple[float, float] | None, fmt: Any) -> str:
     return "not available (nothing held out)" if iv is None else f"{fmt(iv[0])} to {fmt(iv[1])}"
 
 
-def _criterion_value(c: Criterion, v: float) -> str:
+def _criterion_value(c: Criterion, v: float, digits: int = 2) -> str:
     if c.name == "speedup":
-        return f"{v:.2f}×"
+        return f"{v:.{digits}f}×"
     if c.name == "accuracy_drop":
-        return f"{100 * v:+.2f} pts"
-    return _pct(v)
+        return f"{100 * v:+.{digits}f} pts"
+    return _pct(v, digits)
+
+
+def _criterion_digits(c: Criterion) -> int:
+    """Decimals that keep the deciding bound visibly apart from the requirement (2 to 5)."""
+    bound = c.value if c.interval is None else c.interval[0 if c.comparison == ">=" else 1]
+    digits = 2
+    while (
+        digits < 5
+        and bound != c.required
+        and _criterion_value(c, bound, digits) == _criterion_value(c, c.required, digits)
+    ):
+        digits += 1
+    return digits
 
 
 def _criterion_label(c: Criterion) -> str:
@@ -691,7 +704,7 @@ class _Page:
         """Wrapped text at the cursor."""
         lines = []
         for part in text.split("\n"):
-            lines.extend(textwrap.wrap(part, width=width) or [""])
+            lines.extend(textwrap.wrap(part, width=width, break_on_hyphens=False) or [""])
         for line in lines:
             self.skip(size / 72 * 1.35)
             kw: dict[str, Any] = {
@@ -888,16 +901,17 @@ def _page_decision(data: ReportData) -> Figure:
     if data.criteria:
         rows, colors = [], []
         for c in data.criteria:
+            d = _criterion_digits(c)
             rows.append(
                 [
                     _criterion_label(c),
-                    _criterion_value(c, c.value),
+                    _criterion_value(c, c.value, d),
                     "n/a"
                     if c.interval is None
-                    else _criterion_value(c, c.interval[0])
+                    else _criterion_value(c, c.interval[0], d)
                     + " to "
-                    + _criterion_value(c, c.interval[1]),
-                    f"{'≥' if c.comparison == '>=' else '≤'} {_criterion_value(c, c.required)}",
+                    + _criterion_value(c, c.interval[1], d),
+                    f"{'≥' if c.comparison == '>=' else '≤'} {_criterion_value(c, c.required, d)}",
                     "PASS" if c.passed else "FAIL",
                 ]
             )
@@ -976,7 +990,7 @@ def _page_decision(data: ReportData) -> Figure:
     for label, value in op_rows:
         p.skip(9.5 / 72 * 1.45)
         p.fig.text(0.06, p.y, label, fontsize=9.5, color=_GREY, va="baseline")
-        wrapped = textwrap.wrap(value, width=78) or [""]
+        wrapped = textwrap.wrap(value, width=78, break_on_hyphens=False) or [""]
         p.fig.text(0.32, p.y, wrapped[0], fontsize=9.5, va="baseline")
         for extra in wrapped[1:]:
             p.skip(9.5 / 72 * 1.35)

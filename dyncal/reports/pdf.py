@@ -1237,6 +1237,9 @@ def _page_exits(data: ReportData) -> Figure:
     p.skip(0.85)
     macs = data.run.costs.macs if data.run.costs is not None else None
     keys = sorted(k_ for k_ in data.baselines if k_ != "macs")
+    if data.speedup_cost in keys:  # the latency the decision used, first
+        keys.remove(data.speedup_cost)
+        keys.insert(0, data.speedup_cost)
     per_exit = _per_exit_costs(data.run)
     th = _thresholds_text(data.thresholds, data.run)
     header = [
@@ -1269,8 +1272,8 @@ def _page_exits(data: ReportData) -> Figure:
     p.table(header, rows, col_widths=widths, size=9)
     if keys:
         p.para(
-            f"ms: latency for a sample leaving at that exit on {keys[0]} (stages so far plus "
-            "the exit decisions).",
+            f"ms: latency on {keys[0]} when leaving at that exit (stages so far plus the exit "
+            "decisions)" + ("" if keys[0].endswith("/b1") else ", for a whole batch") + ".",
             size=8.5,
             color=_GREY,
         )

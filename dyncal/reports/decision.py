@@ -208,7 +208,7 @@ def bootstrap_interval(
         return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
     values: list[np.ndarray] = []
-    chunk = max(1, min(n_resamples, 20_000_000 // max(n, 1)))
+    chunk = max(1, min(n_resamples, 4_000_000 // max(n, 1)))
     done = 0
     while done < n_resamples:
         b = min(chunk, n_resamples - done)

@@ -620,6 +620,20 @@ def _criterion_digits(c: Criterion) -> int:
     return digits
 
 
+def _failure_text(c: Criterion) -> str:
+    """Why a criterion failed, for people: the deciding bound against the requirement."""
+    d = _criterion_digits(c)
+    need = f"{'≥' if c.comparison == '>=' else '≤'} {_criterion_value(c, c.required, d)}"
+    if c.interval is None:
+        return f"{_criterion_label(c)} is {_criterion_value(c, c.value, d)}, needs {need}"
+    side = "down" if c.comparison == ">=" else "up"
+    bound = c.interval[0] if c.comparison == ">=" else c.interval[1]
+    return (
+        f"{_criterion_label(c)} is {_criterion_value(c, c.value, d)} but its interval reaches "
+        f"{side} to {_criterion_value(c, bound, d)}, needs {need}"
+    )
+
+
 def _criterion_label(c: Criterion) -> str:
     if c.name == "accuracy":
         return "held-out accuracy" if c.interval is not None else "accuracy (fitted)"
@@ -865,8 +879,9 @@ def _page_decision(data: ReportData) -> Figure:
         if data.decision == "GO":
             msg = "Every criterion is met, each with its whole 95% interval on the right side."
         else:
-            names = ", ".join(_criterion_label(c) for c in failed)
-            msg = f"Not met with 95% confidence: {names}."
+            msg = (
+                "Not met with 95% confidence: " + "; ".join(_failure_text(c) for c in failed) + "."
+            )
         p.para(msg, size=11)
     # --- the trade-off in one sentence
     k_last = data.k

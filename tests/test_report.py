@@ -446,3 +446,59 @@ def test_latency_only_run_and_nothing_held_out(demo_runs: dict[str, Path], tmp_p
     res = build_report(demo_runs["plain"], tmp_path / "h.pdf", min_accuracy=0.9, holdout=0.0)
     assert res.criteria[0].interval is None and res.decision == "GO"
     assert "point estimates decide" in _flat(_pages_text(tmp_path / "h.pdf")[0])
+
+
+# --------------------------------------------------------------------------- decision rules
+
+
+def test_judge_by_hand() -> None:
+    from dyncal.reports.decision import ExitOutcome, Requirements, judge
+
+    # 4 rows: exits 0,0,1,1; early exit wrong on row 3, last exit right everywhere
+    outcome = ExitOutcome(
+        exits=np.array([0, 0, 1, 1]),
+        correct=np.array([True, True, True, False]),
+        last_correct=np.ones(4, bool),
+        held_out=False,
+    )
+    costs = {"macs": ([1.0, 3.0], 4.0)}
+    crit = judge(
+        Requirements(max_drop=0.25, min_speedup=2.0),
+        accuracy=0.75,
+        accuracy_interval=None,
+        outcome=outcome,
+        speedup_costs=costs,
+        speedup_cost="macs",
+    )
+    drop, speed = crit
+    assert (drop.name, drop.value, drop.passed) == ("accuracy_drop", 0.25, True)
+    assert (speed.name, speed.value, speed.passed) == ("speedup", 2.0, True)  # 4 / mean(1,1,3,3)
+    crit = judge(
+        Requirements(min_accuracy=0.8),
+        accuracy=0.85,
+        accuracy_interval=(0.79, 0.9),
+        outcome=outcome,
+        speedup_costs=costs,
+        speedup_cost="macs",
+    )
+    assert crit[0].passed is False  # the point clears 0.8, the interval does not
+
+
+def test_held_out_intervals_bracket_the_values() -> None:
+    from dyncal.reports.decision import ExitOutcome, accuracy_drop, speedup
+
+    rng = np.random.default_rng(0)
+    n = 400
+    outcome = ExitOutcome(
+        exits=rng.integers(0, 3, n),
+        correct=rng.random(n) < 0.9,
+        last_correct=rng.random(n) < 0.92,
+        held_out=True,
+    )
+    d, (lo, hi) = accuracy_drop(outcome)
+    assert lo <= d <= hi and hi - lo < 0.1
+    s, (lo, hi) = speedup(outcome, [1.0, 2.0, 4.0], 4.0)
+    assert lo <= s <= hi and s == pytest.approx(
+        4.0 / np.mean(np.array([1.0, 2.0, 4.0])[outcome.exits])
+    )
+    assert accuracy_drop(outcome) == accuracy_drop(outcome)  # seeded: the same every time

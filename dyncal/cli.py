@@ -703,7 +703,7 @@ def _report_command(run: Path, out: Path, options: dict[str, Any]) -> str:
     parts = ["dyncal", "report", str(run), "--out", str(out)]
     for name, value in options.items():
         if value is not None:
-            parts += [f"--{name.replace('_', '-')}", str(value)]
+            parts += [f"--{name.replace('_', '-')}", str(value)] if value != "" else [f"--{name}"]
     return " ".join(parts)
 
 
@@ -768,6 +768,9 @@ def report(
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Latency batch size (default 1).")] = None,
     title: Annotated[Optional[str], typer.Option(help="Title on every page.")] = None,
     method: Annotated[Optional[str], typer.Option(help="Threshold solver: smoothed, optimal or geometric.")] = None,
+    temperature: Annotated[
+        bool, typer.Option("--temperature", help="Fit one temperature per exit on the fitting half.")
+    ] = False,
     holdout: Annotated[float, typer.Option(help="Fraction held out of fitting, to judge on.")] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
     json_: JsonOpt = False,
@@ -783,13 +786,14 @@ def report(
     options = {
         "budget": budget, "min_accuracy": min_accuracy, "max_drop": max_drop, "min_speedup": min_speedup,
         "device": device, "batch_size": batch_size, "title": title, "method": method,
+        "temperature": "" if temperature else None,
     }
     command = _report_command(run, out, options)
     with user_errors():
         result = build_report(
             run, out, budget=budget, min_accuracy=min_accuracy, max_drop=max_drop, min_speedup=min_speedup,
-            device=device, batch_size=batch_size, title=title, method=method, holdout=holdout, seed=seed,
-            command=command,
+            device=device, batch_size=batch_size, title=title, method=method, temperature=temperature,
+            holdout=holdout, seed=seed, command=command,
         )
     doc = result.to_dict()
     if json_:

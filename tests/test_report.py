@@ -502,3 +502,18 @@ def test_held_out_intervals_bracket_the_values() -> None:
         4.0 / np.mean(np.array([1.0, 2.0, 4.0])[outcome.exits])
     )
     assert accuracy_drop(outcome) == accuracy_drop(outcome)  # seeded: the same every time
+
+
+def test_temperature_scaling_shows_on_the_calibration_page(
+    demo_runs: dict[str, Path], tmp_path: Path, cli
+) -> None:
+    out = tmp_path / "t.pdf"
+    res = cli(
+        "report", demo_runs["plain"], "--out", out, "--budget", "0.2x", "--temperature", "--json"
+    )
+    assert res.exit_code == 0, res.output
+    temps = json.loads(res.stdout)["operating_point"]["temperatures"]
+    assert any(abs(t - 1) > 1e-3 for t in temps)
+    page = _flat(_pages_text(out)[4])
+    assert "ECE (fitted T)" in page and f"{temps[0]:.3f}" in page
+    assert "--temperature" in _flat(_pages_text(out)[5])

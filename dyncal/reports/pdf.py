@@ -427,6 +427,7 @@ def prepare_report(
     batch_size: int | None = None,
     title: str | None = None,
     method: str | None = None,
+    temperature: bool = False,
     holdout: float = 0.5,
     seed: int = 0,
     command: str = "",
@@ -469,7 +470,12 @@ def prepare_report(
         dev, _, b = latency.partition("/b")
         lat_dev, lat_batch = dev, int(b)
     frontier = compute_frontier(
-        run, holdout=holdout, seed=seed, device=lat_dev, batch_size=lat_batch
+        run,
+        holdout=holdout,
+        seed=seed,
+        device=lat_dev,
+        batch_size=lat_batch,
+        temperature=temperature,
     )
     baselines = _baselines(run)
     per_exit = _per_exit_costs(run)
@@ -478,9 +484,15 @@ def prepare_report(
     scores_t1 = exit_scores(run.logits, "maxprob")
     if budget is None:
         fit_idx, held_idx = stratified_split(labels, holdout, seed)
-        fit = _FitHalf(
-            scores_t1[0][fit_idx], scores_t1[1][fit_idx] == labels[fit_idx, None], len(held_idx)
-        )
+        if temperature:  # the frontier's thresholds apply to temperature-scaled scores
+            from dyncal.calibrate.solvers import prepare_run
+
+            prep = prepare_run(run, temperature=True, holdout=holdout, seed=seed)
+            fit = _FitHalf(prep.scores[fit_idx], prep.correct[fit_idx], len(held_idx))
+        else:
+            fit = _FitHalf(
+                scores_t1[0][fit_idx], scores_t1[1][fit_idx] == labels[fit_idx, None], len(held_idx)
+            )
         budget, reason = _choose_budget(
             frontier,
             main_method,
@@ -496,6 +508,7 @@ def prepare_report(
         "seed": seed,
         "device": lat_dev,
         "batch_size": lat_batch,
+        "temperature": temperature,
     }
     if main_method in METHODS:
         solve_kwargs["method"] = main_method
@@ -1510,6 +1523,7 @@ def build_report(
     batch_size: int | None = None,
     title: str | None = None,
     method: str | None = None,
+    temperature: bool = False,
     holdout: float = 0.5,
     seed: int = 0,
     command: str = "",
@@ -1531,6 +1545,7 @@ def build_report(
         batch_size: Latency batch size (default 1, or the smallest profiled).
         title: Title on every page (default from the model spec).
         method: Threshold solver (default: solve's default).
+        temperature: Fit one temperature per exit on the fitting half (default False).
         holdout: Fraction of samples held out of fitting (default 0.5).
         seed: Seed of the held-out split (default 0).
         command: The command line, printed on the provenance page.
@@ -1567,6 +1582,7 @@ def build_report(
         batch_size=batch_size,
         title=title,
         method=method,
+        temperature=temperature,
         holdout=holdout,
         seed=seed,
         command=command,

@@ -454,27 +454,16 @@ def plot_exits(
     x = np.arange(1, k + 1)
     ax.bar(x, share, width=0.6, color="#1f77b4", alpha=0.85, label="share of samples leaving here")
     top = max(float(np.nanmax(share)) if k else 0.0, 0.05)
-    for i in range(k):
-        n_txt = "" if counts is None else f"\n(n = {int(counts[i]):,})"
-        acc_txt = "no samples" if not np.isfinite(acc[i]) else f"accuracy {100 * acc[i]:.1f}%"
-        ax.annotate(
-            f"{100 * share[i]:.1f}% leave{n_txt}\n{acc_txt}",
-            (x[i], share[i]),
-            xytext=(0, 4),
-            textcoords="offset points",
-            ha="center",
-            va="bottom",
-            fontsize=8,
-        )
     ax.set_xticks(x, [f"exit {i}" for i in x])
     ax.set_ylim(0, min(1.0, top * 1.35) if top < 0.74 else 1.18)
     ticks = [t for t in ax.get_yticks() if 0 <= t <= 1.0 + 1e-9]
     ax.set_yticks(ticks)
     ax.set_ylabel("share of samples")
     ax.yaxis.set_major_formatter(_percent_formatter())
+    twin: Axes | None = None
     if exit_accuracy is not None:
         ref = np.asarray(exit_accuracy, dtype=float)
-        ax2 = ax.twinx()
+        ax2 = twin = ax.twinx()
         ax2.plot(
             x, ref, marker="o", color="#444444", lw=1, ls="--", label="exit accuracy on all samples"
         )
@@ -495,6 +484,22 @@ def plot_exits(
             ncol=3,
             fontsize=8,
             frameon=False,
+        )
+    # labels last, on the top-most axes, boxed: lines of a twin axis never cross them
+    top_ax = twin if twin is not None else ax
+    for i in range(k):
+        n_txt = "" if counts is None else f"\n(n = {int(counts[i]):,})"
+        acc_txt = "no samples" if not np.isfinite(acc[i]) else f"accuracy {100 * acc[i]:.1f}%"
+        top_ax.annotate(
+            f"{100 * share[i]:.1f}% leave{n_txt}\n{acc_txt}",
+            (x[i], share[i]),
+            xycoords=ax.transData,
+            xytext=(0, 4),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85},
         )
     ax.grid(True, axis="y", color="#dddddd", lw=0.6)
     ax.set_axisbelow(True)

@@ -432,7 +432,22 @@ def prepare_report(
     seed: int = 0,
     command: str = "",
 ) -> ReportData:
-    """Compute everything a report shows, without drawing (see :func:`build_report`)."""
+    """Compute everything a report shows, without drawing.
+
+    Takes the arguments of :func:`build_report` (less ``out_pdf``); :func:`render_pdf`
+    draws the result.
+
+    Returns:
+        The report's data: frontier, operating point, criteria, decision, calibration.
+
+    Raises:
+        DyncalError: As :func:`build_report`.
+
+    Example:
+        >>> data = prepare_report("run", min_accuracy=0.95)  # doctest: +SKIP
+        >>> data.decision, data.thresholds["holdout_accuracy"]  # doctest: +SKIP
+        ('GO', 0.9875)
+    """
     from dyncal.analysis.calibration import reliability_bins
     from dyncal.analysis.frontier import compute_frontier
     from dyncal.analysis.stats import stratified_split
@@ -1485,6 +1500,10 @@ def render_pdf(data: ReportData) -> bytes:
 
     Returns:
         The PDF file's content.
+
+    Example:
+        >>> render_pdf(prepare_report("run"))[:5]  # doctest: +SKIP
+        b'%PDF-'
     """
     from matplotlib.backends.backend_pdf import PdfPages
 
@@ -1644,6 +1663,10 @@ def export_figure(
     Raises:
         DyncalError: Unknown kind or suffix, a run without what the figure needs (latency
             for ``latency``, costs for the others), or an unwritable path.
+
+    Example:
+        >>> export_figure("run", "frontier", "frontier.svg", budget="0.5x")  # doctest: +SKIP
+        PosixPath('frontier.svg')
     """
     from dyncal.run import atomic_write_bytes
 

@@ -76,24 +76,33 @@ def exit_scores(
             raise DyncalError(f"temperatures must be {k} positive numbers, got {temps.tolist()}")
     scores = np.empty((n, k), dtype=np.float64)
     preds = np.empty((n, k), dtype=np.int64)
+    inv_t = (1.0 / temps).astype(np.float32)[None, :, None]
     for start in range(0, n, chunk_rows):
-        block = np.asarray(logits[start : start + chunk_rows], dtype=np.float64)
-        if not np.all(np.isfinite(block)):
-            row, ex = np.argwhere(~np.isfinite(block))[0][:2]
+        block = np.asarray(logits[start : start + chunk_rows], dtype=np.float32)
+        rows = slice(start, start + block.shape[0])
+        top = np.max(block, axis=-1, keepdims=True)
+        if not np.all(np.isfinite(top)) or not np.all(np.isfinite(block)):
+            bad = ~np.isfinite(block)
+            row, ex = np.argwhere(bad)[0][:2]
             raise DyncalError(
                 f"logits contain NaN or inf (row {start + row}, exit {ex + 1}); "
                 "re-collect or fix the imported arrays"
             )
-        p = softmax(block / temps[None, :, None], axis=-1)
-        rows = slice(start, start + block.shape[0])
-        preds[rows] = np.argmax(p, axis=-1)
+        # Softmax without materialising probabilities: with d = (z - max z) / T,
+        # p_i = exp(d_i) / S where S = sum exp(d); the top probability is 1 / S.
+        d = (block - top) * inv_t
+        e = np.exp(d)
+        total = e.sum(axis=-1, dtype=np.float64)
+        preds[rows] = np.argmax(block, axis=-1)  # a positive temperature keeps the argmax
         if score == "maxprob":
-            scores[rows] = np.max(p, axis=-1)
+            scores[rows] = 1.0 / total
         elif score == "margin":
-            top2 = np.partition(p, c - 2, axis=-1)[..., -2:] if c >= 2 else np.concatenate([np.zeros_like(p), p], -1)
-            scores[rows] = top2[..., 1] - top2[..., 0]
+            if c < 2:
+                scores[rows] = 1.0 / total
+            else:
+                second = np.partition(d, c - 2, axis=-1)[..., c - 2].astype(np.float64)
+                scores[rows] = (1.0 - np.exp(second)) / total
         else:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                plogp = np.where(p > 0, p * np.log(p), 0.0)
-            scores[rows] = np.sum(plogp, axis=-1)
+            # -H = sum p_i log p_i = sum p_i d_i - log S
+            scores[rows] = np.einsum("nkc,nkc->nk", e, d, dtype=np.float64) / total - np.log(total)
     return scores, preds

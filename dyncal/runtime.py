@@ -81,7 +81,7 @@ class EarlyExitRunner:
     Example:
         >>> from dyncal.demo import pretrained
         >>> stages = build_stages(pretrained(), torch.zeros(2, 1, 8, 8))
-        >>> runner = EarlyExitRunner(stages, [0.0, None, None, None], [1.0] * 4)
+        >>> runner = EarlyExitRunner(stages, [0.0, 2.0, 2.0, None], [1.0] * 4)
         >>> exits, preds = runner(torch.zeros(3, 1, 8, 8))
         >>> exits.tolist()          # threshold 0 at exit 1: everyone leaves there
         [0, 0, 0]

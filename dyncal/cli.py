@@ -131,7 +131,7 @@ def collect(
         means = _parse_float_list(mean, "--mean") or []
         stds = _parse_float_list(std, "--std") or []
         transform = ImageTransform(resize=resize, crop=crop, mean=tuple(means), std=tuple(stds))
-        dataset = load_dataset(data, transform=transform)
+        dataset = load_dataset(data, transform=transform, search_path=model_path)
         loaded = load_model(model, weights=weights, model_path=model_path, device=device)
         with _progress(quiet) as progress:
             result = collect_run(

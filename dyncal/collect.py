@@ -96,6 +96,39 @@ def _labels_of(y: Any, batch_index: int, c: int) -> np.ndarray:
     return labels
 
 
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:300]
+
+
+def _next_batch(batches: Any, batch_index: int, first_row: int, batch_size: int) -> tuple[Any, Any] | None:
+    """The next ``(inputs, labels)`` batch, or None at the end; loading errors become one line."""
+    try:
+        batch = next(batches)
+    except StopIteration:
+        return None
+    except Exception as e:  # noqa: BLE001 - anything the user's data set or collate raises
+        raise DataError(
+            f"could not load batch {batch_index} (rows {first_row}..{first_row + batch_size - 1}): "
+            f"{type(e).__name__}: {_first_line(e)}; every item must be an (input, label) pair of the same shape"
+        ) from e
+    if not isinstance(batch, (list, tuple)) or len(batch) != 2:
+        raise DataError(f"batch {batch_index} is not (inputs, labels); every item must be an (input, label) pair")
+    return batch[0], batch[1]
+
+
+def _forward(model: Any, x: Any, dev: torch.device, batch_index: int) -> Any:
+    """``model(x)`` on ``dev``; a failing forward becomes one line naming the batch and input."""
+    if not isinstance(x, torch.Tensor):
+        raise DataError(f"batch {batch_index}: inputs collated to {type(x).__name__}, expected a tensor")
+    try:
+        return model(x.to(dev, non_blocking=True))
+    except Exception as e:  # noqa: BLE001 - the user's model may raise anything
+        raise ModelError(
+            f"the model failed on batch {batch_index} (inputs {tuple(x.shape)} {str(x.dtype).replace('torch.', '')}): "
+            f"{type(e).__name__}: {_first_line(e)}; check that --data gives the inputs the model expects"
+        ) from e
+
+
 def _check_finite(logits: np.ndarray, batch_index: int, first_row: int) -> None:
     finite = np.isfinite(logits)
     if not finite.all():
@@ -170,8 +203,12 @@ def _init_distributed(ctx: DistributedContext, device: str) -> None:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") else "gloo"
-        dist.init_process_group(backend=backend)
+        if device.startswith("cuda"):
+            # Each process owns one GPU; NCCL's collectives use the current device.
+            torch.cuda.set_device(ctx.local_rank)
+            dist.init_process_group(backend="nccl")
+        else:
+            dist.init_process_group(backend="gloo")
 
 
 def _collect(
@@ -194,7 +231,11 @@ def _collect(
     if n == 0:
         raise DataError(f"--data '{data_spec}' is empty; nothing to collect")
     dev = resolve_device(f"cuda:{ctx.local_rank}" if ctx.active and device == "cuda" else device)
-    input_shape, input_dtype = check_item(dataset[0], 0)
+    try:
+        item0 = dataset[0]
+    except Exception as e:  # noqa: BLE001 - anything the user's data set raises
+        raise DataError(f"could not load item 0 of --data '{data_spec}': {type(e).__name__}: {_first_line(e)}") from e
+    input_shape, input_dtype = check_item(item0, 0)
     model = loaded.module.to(dev)
     if not loaded.spec.endswith(".pt2"):  # exported programs have no train/eval switch
         model.eval()
@@ -223,12 +264,12 @@ def _collect(
         shape_or_error: Any = None
         with torch.inference_mode():
             try:
-                x, y = next(batches)
-                outs = model(x.to(dev, non_blocking=True))
-                shape_or_error = check_exit_outputs(outs, int(x.shape[0]))
-                first = (y, outs)
-            except StopIteration:
-                shape_or_error = None  # an empty share (more processes than rows)
+                first_batch = _next_batch(batches, 0, start, batch_size)
+                if first_batch is not None:  # else an empty share (more processes than rows)
+                    x, y = first_batch
+                    outs = _forward(model, x, dev, 0)
+                    shape_or_error = check_exit_outputs(outs, int(x.shape[0]))
+                    first = (y, outs)
             except DyncalError as e:
                 shape_or_error = str(e)
             shapes = _gather(ctx, shape_or_error)
@@ -267,8 +308,8 @@ def _collect(
                     batch_index += 1
                     if progress is not None and ctx.rank == 0:
                         progress(row - start, stop - start, (row - start) / max(time.perf_counter() - t0, 1e-9))
-                    batch = next(batches, None)
-                    current = None if batch is None else (batch[1], model(batch[0].to(dev, non_blocking=True)))
+                    batch = _next_batch(batches, batch_index, row, batch_size)
+                    current = None if batch is None else (batch[1], _forward(model, batch[0], dev, batch_index))
             except DyncalError as e:
                 error = str(e)
         seconds = time.perf_counter() - t0

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from dyncal.errors import DataError, DyncalError
 from dyncal.models import import_object
+from dyncal.run import NPZ_READ_ERRORS
 
 __all__ = ["ImageTransform", "NpzDataset", "load_dataset", "check_item"]
 
@@ -79,8 +80,8 @@ class NpzDataset(Dataset[tuple[torch.Tensor, int]]):
                         "it needs 'inputs' (N, ...) and 'labels' (N,)"
                     )
                 inputs, labels = npz["inputs"], npz["labels"]
-        except (OSError, ValueError) as e:
-            raise DataError(f"--data: cannot read '{path}' as .npz: {e}") from e
+        except NPZ_READ_ERRORS as e:
+            raise DataError(f"--data: cannot read '{path}' as .npz ({type(e).__name__}: {e}); is the file complete?") from e
         if labels.ndim != 1 or inputs.shape[0] != labels.shape[0]:
             raise DataError(
                 f"--data '{path}': 'inputs' {inputs.shape} and 'labels' {labels.shape} must share N (labels 1-D)"
@@ -99,7 +100,12 @@ class NpzDataset(Dataset[tuple[torch.Tensor, int]]):
         return self.inputs[i], int(self.labels[i])
 
 
-def load_dataset(spec: str, *, transform: ImageTransform | None = None) -> Dataset[Any]:
+def load_dataset(
+    spec: str,
+    *,
+    transform: ImageTransform | None = None,
+    search_path: str | os.PathLike[str] | None = None,
+) -> Dataset[Any]:
     """Open the data set named by ``spec``.
 
     Args:
@@ -107,6 +113,8 @@ def load_dataset(spec: str, *, transform: ImageTransform | None = None) -> Datas
             ``pkg.module:factory`` (a callable returning a ``Dataset`` of ``(input, label)``)
             or ``FILE.npz`` (arrays ``inputs`` and ``labels``).
         transform: Evaluation transform for ``imagefolder:`` (default :class:`ImageTransform`).
+        search_path: A folder to import a ``pkg.module:factory`` from (the model's
+            ``--model-path``: data and model code often live together).
 
     Returns:
         A map-style data set with ``len()``.
@@ -137,7 +145,7 @@ def load_dataset(spec: str, *, transform: ImageTransform | None = None) -> Datas
             f"--data must be 'imagefolder:DIR', 'pkg.module:factory' or FILE.npz; got {spec!r}"
         )
     try:
-        factory = import_object(spec, what="--data")
+        factory = import_object(spec, what="--data", search_path=search_path)
     except DyncalError as e:
         raise DataError(str(e)) from e
     if not callable(factory):

@@ -22,6 +22,19 @@ DEMO_DATA = "dyncal.demo:validation"
 _BATCH_SIZES = (1, 32)
 
 
+_DEMO_FILES = {"run", "run.partial", "thresholds.json", "frontier.csv", "report.pdf", "verify.json"}
+
+
+def _is_demo_dir(path: Path) -> bool:
+    """Whether ``path`` holds nothing but what ``run_demo`` writes (so it may be replaced)."""
+    from dyncal.run import is_run_dir
+
+    names = {p.name for p in path.iterdir() if not p.name.startswith(".")}
+    if not names <= _DEMO_FILES:
+        return False
+    return "run" not in names or is_run_dir(path / "run")
+
+
 def _write_json(path: Path, doc: object) -> None:
     from dyncal.run import atomic_write_text
 
@@ -63,6 +76,11 @@ def run_demo(
             raise RunError(f"'{out}' already exists; choose another --out or pass --overwrite")
         if not out.is_dir():
             raise RunError(f"'{out}' is a file; choose another --out")
+        if not _is_demo_dir(out):
+            raise RunError(
+                f"'{out}' holds files dyncal demo did not write; --overwrite only replaces a demo "
+                "folder, so choose another --out"
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True)
     t0 = time.perf_counter()

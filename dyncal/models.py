@@ -134,9 +134,10 @@ def _load_weights(module: nn.Module, path: Path) -> None:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for unreadable files
+        first = (str(e).splitlines() or [""])[0][:200]
         raise ModelError(
-            f"--weights: cannot read '{path}' with torch.load(weights_only=True): "
-            f"{str(e).splitlines()[0]}"
+            f"--weights: cannot read '{path}' with torch.load(weights_only=True) "
+            f"({type(e).__name__}: {first}); is it a PyTorch checkpoint saved with torch.save?"
         ) from e
     state = _state_dict_from_checkpoint(ckpt, path)
     own = module.state_dict()

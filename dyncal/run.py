@@ -21,6 +21,8 @@ import logging
 import os
 import shutil
 import sys
+import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +57,9 @@ LOGITS_FILE = "logits.npy"
 LABELS_FILE = "labels.npy"
 INDICES_FILE = "indices.npy"
 PARTIAL_SUFFIX = ".partial"
+
+# What np.load raises for truncated, corrupt or pickled .npz files.
+NPZ_READ_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 # --------------------------------------------------------------------------- atomic files
@@ -675,12 +680,30 @@ class RunWriter:
             self.abort()
 
 
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` is a directory dyncal wrote as a run (so ``--overwrite`` may replace it)."""
+    try:
+        meta = json.loads((path / RUN_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("schema") == "dyncal.run"
+
+
 def check_out(out: Path, *, overwrite: bool) -> None:
-    """Refuse an output directory that exists unless ``overwrite``."""
+    """Refuse an output directory that exists unless ``overwrite`` and it is a dyncal run.
+
+    ``--overwrite`` never deletes a folder dyncal did not write: an existing ``out``
+    must be a run (or an empty folder) to be replaced.
+    """
     if out.exists() and not overwrite:
         raise RunError(f"'{out}' already exists; choose another --out or pass --overwrite")
     if out.exists() and not out.is_dir():
         raise RunError(f"'{out}' exists and is a file; choose another --out")
+    if out.exists() and not is_run_dir(out) and any(out.iterdir()):
+        raise RunError(
+            f"'{out}' exists and is not a dyncal run; --overwrite only replaces runs, so "
+            "choose another --out (or remove the folder yourself)"
+        )
     if not out.parent.exists():
         raise RunError(f"the folder '{out.parent}' for --out does not exist; create it first")
 
@@ -814,9 +837,9 @@ def _validate_macs(macs: Sequence[float], k: int) -> tuple[float, ...]:
         raise RunError(f"--macs needs one cumulative cost per exit (K={k}), got {len(vals)}")
     if any(not np.isfinite(v) or v <= 0 for v in vals):
         raise RunError(f"--macs must be positive finite numbers, got {list(vals)}")
-    if any(b < a for a, b in zip(vals, vals[1:], strict=False)):
+    if any(b <= a for a, b in zip(vals, vals[1:], strict=False)):
         raise RunError(
-            f"--macs must be cumulative (non-decreasing, exit 1 first), got {list(vals)}"
+            f"--macs must be cumulative (strictly increasing, exit 1 first), got {list(vals)}"
         )
     return vals
 
@@ -838,16 +861,15 @@ def import_npz(
     if not path.exists():
         raise RunError(f"no such file '{path}'")
     try:
-        npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise RunError(f"cannot read '{path}' as .npz: {e}") from e
-    with npz:
-        missing = [key for key in ("logits", "labels") if key not in npz.files]
-        if missing:
-            raise RunError(f"'{path}' has no array {missing[0]!r} (found: {', '.join(npz.files) or 'none'})")
-        logits = npz["logits"]
-        labels = npz["labels"]
-        indices = npz["indices"] if "indices" in npz.files else None
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [key for key in ("logits", "labels") if key not in npz.files]
+            if missing:
+                raise RunError(f"'{path}' has no array {missing[0]!r} (found: {', '.join(npz.files) or 'none'})")
+            logits = npz["logits"]
+            labels = npz["labels"]
+            indices = npz["indices"] if "indices" in npz.files else None
+    except NPZ_READ_ERRORS as e:
+        raise RunError(f"cannot read '{path}' as .npz ({type(e).__name__}: {e}); is the file complete?") from e
     prov = Provenance.here(model="(imported)", data=str(path), device="unknown")
     return import_arrays(
         logits, labels, out, macs=macs, layout=layout, indices=indices, overwrite=overwrite,

@@ -135,7 +135,14 @@ def test_info_json_matches_independent_computation(cli, toy_npz, tmp_path):
         p /= p.sum(1, keepdims=True)
         assert e["accuracy"] == pytest.approx(acc)
         assert e["mean_confidence"] == pytest.approx(p.max(1).mean())
-        assert 0 <= e["ece"] <= 1
+        # ECE with 15 equal-width bins, written out by hand.
+        conf, hit = p.max(1), logits[:, k].argmax(1) == run.labels
+        ece = 0.0
+        for lo in np.arange(15) / 15:
+            sel = (conf > lo) & (conf <= lo + 1 / 15)
+            if sel.any():
+                ece += sel.mean() * abs(hit[sel].mean() - conf[sel].mean())
+        assert e["ece"] == pytest.approx(ece)
         assert e["macs"] is None and e["latency_ms"] == {}
     table = cli("info", out)
     assert table.exit_code == 0 and f"{100 * doc['exits'][1]['accuracy']:.2f}%" in table.stdout
@@ -219,6 +226,10 @@ def _bad_ckpt(tmp_path: Path, kind: str) -> Path:
         (["--model", "toy_models:two_exit", "--data", "toy_models:out_of_range_dataset"], r"outside \[0, 3\)"),
         (["--model", "toy_models:two_exit", "--data", "toy_models:unlabelled_dataset"], "must be an \\(input, label\\) pair"),
         (["--model", "toy_models:two_exit", "--data", "missing.npz"], "no such file"),
+        (["--model", "toy_models:two_exit", "--data", "toy_models:ragged_dataset", "--batch-size", "8"],
+         r"could not load batch 1 \(rows 8\.\.15\)"),
+        (["--model", "toy_models:two_exit", "--data", "toy_models:wide_inputs_dataset"],
+         r"the model failed on batch 0 \(inputs \(6, 7\) float32\)"),
         (["--model", "toy_models:two_exit", "--device", "cuda"] if not torch.cuda.is_available() else
          ["--model", "toy_models:two_exit", "--device", "tpu"], "--device"),
     ],
@@ -262,6 +273,8 @@ def test_existing_out_is_kept_without_overwrite(cli, toy_npz, tmp_path):
         ({"logits": np.zeros((2, 5, 3)), "labels": np.zeros(5, int)}, [], "--layout knc"),
         ({"logits": np.zeros((5, 2, 3)), "labels": np.zeros(5, int)}, ["--macs", "1,2,3"], "one cumulative cost per exit"),
         ({"logits": np.zeros((5, 2, 3)), "labels": np.zeros(5, int)}, ["--macs", "3,2"], "cumulative"),
+        ({"logits": np.zeros((5, 2, 3)), "labels": np.zeros(5, int)}, ["--macs", "2,2"], "strictly increasing"),
+        ({"logits": np.array([[[None] * 3] * 2] * 5, dtype=object), "labels": np.zeros(5, int)}, [], "cannot read"),
     ],
 )
 def test_import_errors(cli, tmp_path, arrays, extra, pattern):
@@ -275,3 +288,48 @@ def test_import_unreadable_file(cli, tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"garbage")
     assert_clean_error(cli("import", tmp_path / "bad.npz", "--out", tmp_path / "r"), "cannot read")
     assert_clean_error(cli("import", tmp_path / "none.npz", "--out", tmp_path / "r"), "no such file")
+    np.savez(tmp_path / "ok.npz", logits=np.zeros((500, 2, 3)), labels=np.zeros(500, int))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "ok.npz").read_bytes()[:5000])
+    assert_clean_error(cli("import", tmp_path / "cut.npz", "--out", tmp_path / "r"), "is the file complete")
+    assert_clean_error(cli("collect", *MODEL, "--data", tmp_path / "cut.npz", "--out", tmp_path / "r"), "cannot read")
+    assert not (tmp_path / "r").exists()
+
+
+def test_unreadable_image_is_one_line(cli, tmp_path):
+    from PIL import Image
+
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "imgs" / "a" / "ok.png")
+    (tmp_path / "imgs" / "a" / "broken.png").write_text("not an image")
+    res = cli("collect", "--model", "toy_models:tiny_conv", "--model-path", TESTS, "--data",
+              f"imagefolder:{tmp_path / 'imgs'}", "--resize", 16, "--crop", 16, "--out", tmp_path / "r")
+    assert_clean_error(res, "could not load item 0.*UnidentifiedImageError")
+    (tmp_path / "imgs" / "a" / "broken.png").rename(tmp_path / "imgs" / "a" / "z-broken.png")  # now in batch 0
+    res = cli("collect", "--model", "toy_models:tiny_conv", "--model-path", TESTS, "--data",
+              f"imagefolder:{tmp_path / 'imgs'}", "--resize", 16, "--crop", 16, "--out", tmp_path / "r")
+    assert_clean_error(res, r"could not load batch 0 \(rows 0\.\.63\).*UnidentifiedImageError")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "r.partial").exists()
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_run(cli, toy_npz, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    assert_clean_error(cli("collect", *MODEL, "--data", toy_npz, "--out", precious, "--overwrite"),
+                       "not a dyncal run")
+    np.savez(tmp_path / "a.npz", logits=np.zeros((5, 2, 3)), labels=np.zeros(5, int))
+    assert_clean_error(cli("import", tmp_path / "a.npz", "--out", precious, "--overwrite"), "not a dyncal run")
+    assert_clean_error(cli("demo", "--out", precious, "--overwrite"), "did not write")
+    assert (precious / "thesis.tex").read_text() == "years of work"
+
+
+def test_model_path_also_finds_the_data_factory(cli, tmp_path):
+    (tmp_path / "mine.py").write_text(
+        "import torch\n"
+        "from toy_models import TwoExitMLP\n"
+        "def net():\n    return TwoExitMLP()\n"
+        "def data():\n    return torch.utils.data.TensorDataset(torch.randn(9, 4), torch.zeros(9, dtype=torch.long))\n"
+    )
+    res = cli("collect", "--model", "mine:net", "--data", "mine:data", "--model-path", tmp_path, "--out", tmp_path / "r")
+    assert res.exit_code == 0, res.output
+    assert load_run(tmp_path / "r").n == 9

@@ -122,3 +122,13 @@ def out_of_range_dataset() -> torch.utils.data.Dataset:
     x = torch.randn(10, 4)
     y = torch.arange(10) % 6  # labels up to 5, the model has C=3
     return torch.utils.data.TensorDataset(x, y)
+
+
+def ragged_dataset() -> list[tuple[torch.Tensor, int]]:
+    """Item 9 has a different shape: collate fails in the second batch."""
+    return [(torch.zeros(4 if i != 9 else 5), 0) for i in range(12)]
+
+
+def wide_inputs_dataset() -> torch.utils.data.Dataset:
+    """Inputs of 7 features for a model that takes 4."""
+    return torch.utils.data.TensorDataset(torch.randn(6, 7), torch.zeros(6, dtype=torch.long))

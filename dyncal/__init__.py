@@ -1,15 +1,37 @@
 """dyncal: measure, calibrate and verify early-exit (multi-exit) classifiers.
 
+Reading runs needs numpy only; the verbs that run models (collect, profile, verify)
+import torch when first used.
+
 Example:
     >>> import dyncal
     >>> sorted(n for n in dyncal.__all__ if n.startswith("load"))
     ['load_run']
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from dyncal.errors import DyncalError
 from dyncal.run import CostTable, LatencyProfile, Provenance, Run, import_arrays, import_npz, load_run
 
 __version__ = "0.1.0"
+
+# Heavier entry points, imported on first use: name -> module.
+_LAZY = {
+    "collect_run": "dyncal.collect",
+    "load_model": "dyncal.models",
+    "load_dataset": "dyncal.data",
+    "profile_run": "dyncal.profile",
+    "solve_run": "dyncal.calibrate.solvers",
+    "compute_frontier": "dyncal.analysis.frontier",
+    "build_report": "dyncal.reports.pdf",
+    "verify_run": "dyncal.runtime",
+    "EarlyExitRunner": "dyncal.runtime",
+    "build_stages": "dyncal.analysis.stages",
+}
 
 __all__ = [
     "CostTable",
@@ -21,4 +43,11 @@ __all__ = [
     "import_npz",
     "load_run",
     "__version__",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'dyncal' has no attribute {name!r}")

@@ -20,6 +20,7 @@ from dyncal.calibrate.solvers import (
     DEFAULT_METHOD,
     METHODS,
     PreparedRun,
+    budget_grid,
     prepare_run,
     problem_for,
     solve_path,
@@ -200,10 +201,7 @@ def compute_frontier(
 
         primary = resolve_budget("1x", run.costs, run.k, device=device, batch_size=batch_size).unit
     costs = np.asarray(units[primary])
-    fractions = np.linspace(costs[0] / costs[-1], 1.0, n_budgets)
-    budgets = fractions * costs[-1]
-    budgets[0] = costs[0]
-    budgets[-1] = costs[-1]
+    fractions, budgets = budget_grid(costs, n_budgets)
     macs_full = units["macs"][-1] if "macs" in units else None
     fs, fc = prep.scores[prep.fit_idx], prep.correct[prep.fit_idx]
     hs, hc = prep.scores[prep.holdout_idx], prep.correct[prep.holdout_idx]

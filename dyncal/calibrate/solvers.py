@@ -33,14 +33,18 @@ Methods (``METHODS``):
     1. Lagrangian path: for 16 values of λ (large to 0, warm-started) maximise
        ``gain - λ cost`` by exact updates until no threshold moves.
     2. Pool: those solutions, every ``geometric`` solution and "all at exit 1".
-    3. Per budget, in increasing order: start from the best pool member (or the previous
-       budget's answer) that fits, then budget-exact finish: repeatedly apply the exact
-       best single-threshold move among those that keep the cost within budget, until none
-       improves.
+    3. Per budget, in increasing order: budget-exact ascent (repeatedly the exact best
+       single-threshold move among those that keep the cost within budget, until none
+       improves) from the best pool member that fits, and from the previous budget's
+       answer after its best single move over all exits; the better of the two.
+    4. One budget alone (``dyncal solve``, :func:`solve_at`) follows the same path over the
+       frontier's grid of 41 budgets up to the asked one, then takes the best of that
+       answer, its best single move and the best pool member within the asked budget.
 
     Each step is monotone, so on the data it is fitted on ``optimal`` is never below
-    ``geometric`` at any budget, and along a frontier (budgets in increasing order) more
-    budget never lowers its accuracy. Cost: ``O(S K^2 N)`` per budget for ``S`` sweeps
+    ``geometric`` at any budget, along a frontier more budget never lowers its accuracy,
+    and separate ``dyncal solve`` calls agree: never below the frontier at its budgets,
+    never lower for more budget. Cost: ``O(S K^2 N)`` per budget for ``S`` sweeps
     (typically 1-3), plus the λ path and the geometric pool once.
 
 ``smoothed`` (the default)
@@ -91,6 +95,8 @@ __all__ = [
     "smoothed_gains",
     "geometric_thresholds",
     "solve_path",
+    "solve_at",
+    "budget_grid",
     "problem_for",
     "static_baselines",
     "PreparedRun",
@@ -177,6 +183,7 @@ class ExitProblem:
         self.sorted_scores = [self._cols[j][self.order[j]] for j in range(self.k - 1)]
         self._geometric: list[tuple[np.ndarray, np.ndarray]] | None = None
         self._geometric_solutions: list[Solution] | None = None
+        self._pool: list[Solution] | None = None
 
     # -- evaluation
     def passes(self, t: np.ndarray) -> np.ndarray:
@@ -277,6 +284,23 @@ class ExitProblem:
         if expected_cost(self.exits(new), self.costs) > budget:
             return t
         return new
+
+    def best_move(self, t: np.ndarray, budget: float) -> np.ndarray:
+        """The single best one-threshold move within ``budget`` over every exit (exact).
+
+        Its gain is the maximum over a set of moves that only grows with ``budget``, so the
+        result's gain never decreases as the budget rises (from the same ``t``). Returns
+        ``t`` itself when no feasible move improves the gain.
+        """
+        best, best_sol = t, None
+        for j in range(self.k - 1):
+            new = self.budget_update(t, j, budget)
+            if new is t:
+                continue
+            sol = self.solution(new)
+            if best_sol is None or (sol.gain, -sol.cost) > (best_sol.gain, -best_sol.cost):
+                best, best_sol = new, sol
+        return best
 
     # -- ascents
     def lagrange_ascent(self, t: np.ndarray, lam: float, max_sweeps: int = 20) -> np.ndarray:
@@ -435,31 +459,135 @@ def solve_path(
             if fits:
                 out[i] = max(fits, key=lambda s: (s.gain, -s.cost))
         return out
-    k = problem.k
-    pool = list(geo)
-    first = np.full(k - 1, np.inf)
-    first[0] = -np.inf
-    pool.append(problem.solution(first))
-    t = np.full(k - 1, np.inf)
-    for lam in _lambda_grid(problem.costs / problem.costs[-1]) / problem.costs[-1]:
-        t = problem.lagrange_ascent(t, float(lam))
-        pool.append(problem.solution(t))
+    pool = _pool(problem)
     prev: Solution | None = None
     for i in order:
-        b = float(budgets[i])
-        cands = [s for s in pool if s.cost <= b]
-        if prev is not None:
-            cands.append(prev)
-        if not cands:
+        sol = _path_step(problem, pool, prev, float(budgets[i]))
+        if sol is None:
             continue
-        start = max(cands, key=lambda s: (s.gain, -s.cost))
-        t = problem.budget_ascent(start.thresholds.copy(), b)
-        sol = problem.solution(t)
-        if sol.gain < start.gain or sol.cost > b:
-            sol = start
         out[i] = sol
         prev = sol
     return out
+
+
+def _better(a: Solution | None, b: Solution | None) -> Solution | None:
+    """The higher-gain solution (cheaper on ties); None loses."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return b if (b.gain, -b.cost) > (a.gain, -a.cost) else a
+
+
+def _ascend(problem: ExitProblem, start: Solution, budget: float) -> Solution:
+    """Budget-exact coordinate ascent from ``start``; never worse than ``start``."""
+    t = problem.budget_ascent(start.thresholds.copy(), budget)
+    sol = problem.solution(t)
+    return sol if sol.cost <= budget and sol.gain >= start.gain else start
+
+
+def _moved(problem: ExitProblem, prev: Solution, budget: float) -> Solution:
+    """``prev`` with its best single move within ``budget`` (``prev`` when none helps)."""
+    t = problem.best_move(prev.thresholds, budget)
+    if t is prev.thresholds:
+        return prev
+    sol = problem.solution(t)
+    return sol if sol.cost <= budget and sol.gain >= prev.gain else prev
+
+
+def _path_step(
+    problem: ExitProblem, pool: Sequence[Solution], prev: Solution | None, budget: float
+) -> Solution | None:
+    """One budget of an ascending path: the best of the pool's start and of ``prev`` moved on.
+
+    Both are improved by budget-exact ascent; ``prev`` first gets its best single move
+    within this budget (:meth:`ExitProblem.best_move`), so the answer here is at least as
+    good as that move within any smaller budget, which makes :func:`solve_at` monotone.
+    """
+    fits = [s for s in pool if s.cost <= budget]
+    best: Solution | None = None
+    if fits:
+        start = max(fits, key=lambda s: (s.gain, -s.cost))
+        best = _better(start, _ascend(problem, start, budget))
+    if prev is not None:
+        best = _better(best, _ascend(problem, _moved(problem, prev, budget), budget))
+    return best
+
+
+def budget_grid(
+    costs: Sequence[float] | np.ndarray, n_budgets: int = 41
+) -> tuple[np.ndarray, np.ndarray]:
+    """The frontier's budgets: ``n_budgets`` fractions from exit 1's cost to the last's.
+
+    Returns:
+        ``(fractions, budgets)``; budgets in the unit of ``costs``, the first and last
+        exactly ``costs[0]`` and ``costs[-1]``.
+
+    Example:
+        >>> f, b = budget_grid([1.0, 4.0], 4)
+        >>> f.tolist(), b.tolist()
+        ([0.25, 0.5, 0.75, 1.0], [1.0, 2.0, 3.0, 4.0])
+    """
+    c = np.asarray(costs, dtype=np.float64)
+    fractions = np.linspace(c[0] / c[-1], 1.0, n_budgets)
+    budgets = fractions * c[-1]
+    budgets[0] = c[0]
+    budgets[-1] = c[-1]
+    return fractions, budgets
+
+
+def solve_at(
+    problem: ExitProblem, budget: float, method: str, n_budgets: int = 41
+) -> Solution | None:
+    """Solve one budget the way the frontier does, so that separate calls agree.
+
+    ``optimal``/``smoothed``: the ascending path of :func:`solve_path` over the frontier's
+    grid (:func:`budget_grid`) up to the last grid budget ``g <= budget``, then the best of
+    that answer, its best single move within ``budget`` and the best pool member within
+    ``budget``. None of the three decreases as ``budget`` grows, and the path's answer at
+    the next grid budget dominates all three, so across separate calls the gain is
+    monotone in the budget, never below the frontier's at a grid budget and never below
+    ``geometric``. (A full ascent at ``budget`` itself is a local search whose end point
+    can fall as the budget grows, which is why it is not used here.)
+
+    Args:
+        problem: The fit samples.
+        budget: Mean-cost budget in the unit of ``problem.costs``.
+        method: ``optimal``, ``smoothed`` or ``geometric``.
+        n_budgets: Size of the frontier grid (default 41, as ``dyncal frontier``).
+
+    Returns:
+        The solution, or None when the method has none within the budget.
+    """
+    if method == "geometric":
+        return solve_path(problem, [budget], method)[0]
+    _, grid = budget_grid(problem.costs, n_budgets)
+    below = [float(g) for g in grid if g <= budget]
+    if any(budget < g <= budget * (1 + 1e-12) for g in grid):
+        below.append(budget)  # a grid budget equal to this one up to rounding
+    path = solve_path(problem, below, method) if below else []
+    prev = path[-1] if path else None
+    fits = [s for s in _pool(problem) if s.cost <= budget]
+    best = max(fits, key=lambda s: (s.gain, -s.cost)) if fits else None
+    if prev is not None:
+        best = _better(best, _moved(problem, prev, budget))
+    return best
+
+
+def _pool(problem: ExitProblem) -> list[Solution]:
+    """Starting points: every geometric solution, "all at exit 1" and the λ path."""
+    if problem._pool is None:
+        k = problem.k
+        pool = list(problem.geometric_solutions())
+        first = np.full(k - 1, np.inf)
+        first[0] = -np.inf
+        pool.append(problem.solution(first))
+        t = np.full(k - 1, np.inf)
+        for lam in _lambda_grid(problem.costs / problem.costs[-1]) / problem.costs[-1]:
+            t = problem.lagrange_ascent(t, float(lam))
+            pool.append(problem.solution(t))
+        problem._pool = pool
+    return problem._pool
 
 
 # --------------------------------------------------------------------------- runs
@@ -881,7 +1009,7 @@ def solve_run(
     costs = prep.units[unit]
     fit_s, fit_c = prep.scores[prep.fit_idx], prep.correct[prep.fit_idx]
     problem = problem_for(method, fit_s, fit_c, costs)
-    sol = solve_path(problem, [target.value], method)[0]
+    sol = solve_at(problem, target.value, method)
     if sol is None:
         cheapest = min(
             s.cost for s in (problem.solution(t, e) for t, e in problem.geometric_pool())

@@ -143,8 +143,11 @@ def test_geometric_matches_published_loop(q):
     rng = np.random.default_rng(int(q * 100))
     s = np.round(rng.uniform(size=(97, 4)), 2)  # ties on purpose
     ours = geometric_thresholds(s, q)
-    ref = _geometric_reference(s, q)
-    assert np.where(np.isinf(ours), 1e8, ours).tolist() == ref
+    ref = np.array(_geometric_reference(s, q))
+    # same decisions on every fit sample; each threshold sits midway below the published
+    # one (the quota's score), above the next lower score still present
+    assert assign_exits(s, ours).tolist() == assign_exits(s, ref).tolist()
+    assert np.all(np.where(np.isinf(ours), 1e8, ours) <= ref)
 
 
 # --------------------------------------------------------------------------- solvers
@@ -582,3 +585,50 @@ def test_single_solve_agrees_with_the_frontier_on_real_data(fashion_run):
         if 0.1 < frac < 0.3:
             one = solve_run(fashion_run, f"{frac!r}x", method="optimal")
             assert one.calibration_accuracy >= fitted - 1e-12, (frac, fitted)
+
+
+def _float32_scores(logits: np.ndarray, score: str, temperatures) -> np.ndarray:
+    """Scores as a float32 deployment computes them (EarlyExitRunner._score in runtime.py)."""
+    z = torch.from_numpy(np.array(logits, dtype=np.float32))
+    out = []
+    for k, t in enumerate(temperatures):
+        p = torch.softmax(z[:, k].float() / t, dim=1)
+        if score == "maxprob":
+            s = p.amax(dim=1)
+        elif score == "margin":
+            top2 = p.topk(2, dim=1).values
+            s = top2[:, 0] - top2[:, 1]
+        else:
+            s = torch.special.xlogy(p, p).sum(dim=1)
+        out.append(s.numpy())
+    return np.stack(out, axis=1).astype(np.float64)
+
+
+@pytest.mark.parametrize(
+    "method,score,budget",
+    [
+        ("smoothed", "maxprob", "0.2x"),
+        ("smoothed", "margin", "0.1x"),
+        ("optimal", "maxprob", "0.1x"),
+        ("optimal", "entropy", "0.3x"),
+        ("geometric", "margin", "0.2x"),
+        ("geometric", "entropy", "0.1x"),
+    ],
+)
+def test_float32_deployment_takes_the_same_exits(fashion_run, method, score, budget):
+    """thresholds.json applied to float32 softmax scores: same exits, accuracy and cost.
+
+    Thresholds used to be exact float64 scores of fit samples, so 1-3 of them flipped.
+    """
+    doc = json.loads(json.dumps(solve_run(fashion_run, budget, method=method, score=score).to_dict()))
+    t = np.array(doc["thresholds"][:-1], dtype=float)
+    s64, pred = exit_scores(fashion_run.logits, score, doc["temperatures"])
+    s32 = _float32_scores(fashion_run.logits, score, doc["temperatures"])
+    e64, e32 = assign_exits(s64, t), assign_exits(s32, t)
+    assert np.flatnonzero(e64 != e32).tolist() == []
+    y = np.asarray(fashion_run.labels)
+    fit, _ = stratified_split(y, doc["split"]["holdout"], doc["split"]["seed"])
+    ok = pred[fit] == y[fit, None]
+    o = evaluate_policy(s32[fit], ok, FASHION_MACS, t)
+    assert o.accuracy == doc["calibration_accuracy"]
+    assert o.expected_cost == doc["expected_macs"] == doc["budget"]["met"]

@@ -11,9 +11,11 @@ Methods (``METHODS``):
     The baseline of MSDNet's dynamic evaluation (reused by RANet, IMTA, L2W, Dynamic
     Perceiver), implemented faithfully but vectorised: for a ratio ``q`` the target exit
     shares are ``f_k ∝ q^k`` (k = 1..K, normalised); exit by exit, among samples still
-    present and sorted by score, ``t_k`` is the score of the ``floor(n f_k)``-th (n = all
-    fit samples) and everyone still present with ``s >= t_k`` leaves (ties included); a
-    quota of 0, or larger than what is left, lets nobody leave. ``q`` runs over the
+    present and sorted by score, the ``floor(n f_k)``-th (n = all fit samples) and everyone
+    still present with a score as high leaves (ties, and near-ties closer than
+    :data:`SEPARATION`, included); ``t_k`` is placed midway between the lowest score that
+    leaves and the next lower one present, so the same samples leave when scores are
+    recomputed in float32; a quota of 0, or larger than what is left, lets nobody leave. ``q`` runs over the
     published 39 values ``p / 20`` and a fine geometric grid (240 values in [0.01, 8]) so
     the baseline is at its strongest. At a budget the baseline is the ``q`` of highest
     fitted accuracy whose fitted cost fits (none fits at exactly exit 1's cost: some sample
@@ -27,8 +29,11 @@ Methods (``METHODS``):
     reaching exit k leave there; the rest go where the later thresholds send them, which
     does not depend on ``t_k``. Sorting the samples that reach k by ``s_k`` (one global
     argsort per exit, filtered by a mask, so ``O(N)`` per update) the change in gain and
-    cost for every possible cut is a prefix sum; cuts are only allowed between distinct
-    scores (ties leave together). So the best ``t_k`` is found exactly in ``O(N K)``:
+    cost for every possible cut is a prefix sum; cuts are only allowed between scores
+    more than :data:`SEPARATION` apart (ties and float32 near-ties leave together), and a
+    threshold lies midway across its gap, never on a sample's score, so a deployment
+    scoring in float32 sends every fit sample to the same exit. So the best ``t_k`` is
+    found exactly in ``O(N K)``:
 
     1. Lagrangian path: for 16 values of λ (large to 0, warm-started) maximise
        ``gain - λ cost`` by exact updates until no threshold moves.
@@ -147,7 +152,7 @@ class ExitProblem:
         >>> p = ExitProblem(s, g, [1.0, 2.0])
         >>> sol = solve_path(p, [1.5], "optimal")[0]
         >>> sol.thresholds.tolist(), sol.gain, sol.cost
-        ([0.7], 1.0, 1.3333333333333333)
+        ([0.55], 1.0, 1.3333333333333333)
     """
 
     def __init__(
@@ -229,14 +234,18 @@ class ExitProblem:
         cc = np.cumsum(self.costs[j] - self.costs[d_down])
         valid = np.ones(ss.shape[0], dtype=bool)
         if ss.shape[0] > 1:
-            valid[:-1] = ss[:-1] > ss[1:]
+            valid[:-1] = _separable(ss[:-1], ss[1:])
         cut = np.flatnonzero(valid)
         leaving = int(np.sum(ss >= t[j]))
         cur = -1
         if leaving:
             pos = int(np.searchsorted(cut, leaving - 1))
             cur = pos if pos < cut.shape[0] and cut[pos] == leaving - 1 else -2
-        return ss[cut], cg[cut], cc[cut], base_cost, cur
+        below = np.empty(cut.shape[0])
+        below[:-1] = ss[cut[:-1] + 1]
+        if cut.shape[0]:
+            below[-1] = _next_lower(self.sorted_scores[j], float(ss[cut[-1]]))
+        return _midway(ss[cut], below), cg[cut], cc[cut], base_cost, cur
 
     @staticmethod
     def _moved(t: np.ndarray, j: int, value: float) -> np.ndarray:
@@ -345,6 +354,39 @@ class ExitProblem:
         return self._geometric
 
 
+SEPARATION = 2e-6
+"""Scores closer than ``SEPARATION * max(1, |s|)`` count as tied: ties leave together.
+
+About 16 float32 steps near 1: a deployment that computes scores in float32 (softmax on
+a GPU) lands within a few steps of dyncal's float64 scores, so a threshold midway across a
+wider gap sends every fit sample to the same exit in both precisions."""
+
+
+def _separable(higher: np.ndarray, lower: np.ndarray) -> np.ndarray:
+    """Whether a threshold may fall between two scores (see :data:`SEPARATION`)."""
+    return np.asarray(higher - lower > SEPARATION * np.maximum(1.0, np.abs(higher)))
+
+
+def _next_lower(desc: np.ndarray, value: float) -> float:
+    """The largest entry of ``desc`` (sorted decreasing) below ``value``; -inf if none."""
+    i = int(np.searchsorted(-desc, -value, side="right"))
+    return float(desc[i]) if i < desc.shape[0] else -math.inf
+
+
+def _midway(cut: np.ndarray, below: np.ndarray) -> np.ndarray:
+    """Thresholds midway between each cut score and the next lower score it separates.
+
+    A threshold equal to a sample's score would let a re-computation of that score in
+    lower precision (a float32 deployment) fall on either side; midway, both agree.
+    ``below = -inf`` (nothing lower) gives -inf; where the two are adjacent floats the cut
+    score itself is kept (``s >= t`` still separates them).
+    """
+    with np.errstate(invalid="ignore", over="ignore"):
+        mid = cut / 2 + below / 2
+    ok = (mid > below) & (mid <= cut)
+    return np.where(np.isneginf(below), -np.inf, np.where(ok, mid, cut))
+
+
 def _geometric_fit(
     cols: np.ndarray, q: float, first_sorted: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -370,8 +412,18 @@ def _geometric_fit(
             if quota == 0 or quota > left.shape[0]:
                 continue
             thr = float(np.partition(left, left.shape[0] - quota)[left.shape[0] - quota])
-        t[j] = thr
-        leave = present & (col >= thr)
+        # near-ties of the quota's score leave with it, as exact ties do (SEPARATION)
+        below = col[present & (col < thr)]
+        while True:
+            near = below[(below >= thr - SEPARATION * max(1.0, abs(thr))) & (below < thr)]
+            if not near.size:
+                break
+            thr = float(near.min())
+        nxt = float(np.max(below, where=below < thr, initial=-math.inf))
+        if nxt == -math.inf:  # everyone present leaves: separate from any fit score below
+            nxt = float(np.max(col, where=col < thr, initial=-math.inf))
+        t[j] = float(_midway(np.array([thr]), np.array([nxt]))[0])
+        leave = present & (col >= t[j])
         exits[leave] = j
         present &= ~leave
     return t, exits
@@ -389,8 +441,8 @@ def geometric_thresholds(scores: np.ndarray, q: float) -> np.ndarray:
 
     Example:
         >>> s = np.array([[0.9, 0.5], [0.8, 0.5], [0.3, 0.5], [0.2, 0.5]])
-        >>> geometric_thresholds(s, 1.0).tolist()
-        [0.8]
+        >>> geometric_thresholds(s, 1.0).tolist()  # 0.9 and 0.8 leave: midway to 0.3
+        [0.55]
     """
     return _geometric_fit(np.ascontiguousarray(np.asarray(scores, dtype=np.float64).T), q)[0]
 

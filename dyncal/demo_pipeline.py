@@ -17,7 +17,9 @@ from dyncal.errors import RunError
 
 __all__ = ["run_demo", "DEMO_MODEL", "DEMO_DATA"]
 
-DEMO_MODEL = "dyncal.demo:pretrained"
+# The class plus the shipped checkpoint (rather than the ``pretrained`` factory) so the
+# run records the weights file and its SHA-256 like any user model would.
+DEMO_MODEL = "dyncal.demo:DigitsExitNet"
 DEMO_DATA = "dyncal.demo:validation"
 _BATCH_SIZES = (1, 32)
 
@@ -87,7 +89,10 @@ def run_demo(
     run_dir = out / "run"
 
     log(f"[1/6] collect: {DEMO_MODEL} over {DEMO_DATA} → {run_dir}")
-    collect_run(load_model(DEMO_MODEL), load_dataset(DEMO_DATA), run_dir, data_spec=DEMO_DATA, batch_size=128)
+    from dyncal.demo import WEIGHTS
+
+    model = load_model(DEMO_MODEL, weights=WEIGHTS)
+    collect_run(model, load_dataset(DEMO_DATA), run_dir, data_spec=DEMO_DATA, batch_size=128)
 
     log(f"[2/6] profile: stages from the graph, fvcore MACs, CPU latency at batch {_BATCH_SIZES}")
     profile_run(run_dir, devices=("cpu",), batch_sizes=_BATCH_SIZES)

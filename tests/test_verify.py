@@ -32,6 +32,7 @@ def test_demo_writes_every_artifact(demo_dir):
         assert (demo_dir / name).exists(), name
     run = load_run(demo_dir / "run")
     assert (run.n, run.k, run.c) == (797, 4, 10)
+    assert len(run.provenance.weights_sha256) == 64 and run.provenance.extra["weights"].endswith(".pt")
     assert run.costs.macs is not None and set(run.costs.latency) == {"cpu/b1", "cpu/b32"}
     assert (demo_dir / "report.pdf").read_bytes().startswith(b"%PDF")
 

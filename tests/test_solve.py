@@ -352,10 +352,38 @@ def test_split_and_bootstrap():
     y = np.repeat(np.arange(3), [10, 20, 30])
     fit, held = stratified_split(y, 0.5, seed=3)
     assert np.bincount(y[held]).tolist() == [5, 10, 15] and len(np.intersect1d(fit, held)) == 0
-    with pytest.raises(DyncalError, match="too small to leave any sample of class 0"):
-        stratified_split(np.array([0, 1, 1, 1, 1]), 0.2)
     lo, hi = mean_bootstrap_ci(np.array([1] * 80 + [0] * 20), seed=0)
     assert 0.7 < lo < 0.8 < hi < 0.9
+
+
+def test_split_keeps_classes_too_small_to_split_in_the_fit_part(demo_logits, tmp_path, caplog, cli):
+    # a singleton class (and one where round(0.2 * 2) == 0) go whole into the fit part
+    y = np.array([0, 1, 1, 1, 1, 2, 2])
+    with caplog.at_level("WARNING", logger="dyncal.analysis.stats"):
+        fit, held = stratified_split(y, 0.2)
+    assert y[held].tolist() == [1] and sorted(y[fit].tolist()) == [0, 1, 1, 1, 2, 2]
+    assert "2 class(es) too small to split" in caplog.text and "0 (1), 2 (2)" in caplog.text
+    assert fit.size == 6
+    # holdout 0.5 with a singleton used to say "--holdout 0.5 is too small ... nearer 0.5"
+    z, labels = demo_logits
+    z11 = np.concatenate([z, np.full((*z.shape[:2], 1), -5.0, dtype=z.dtype)], axis=2)
+    run = import_arrays(
+        np.concatenate([z11, z11[:1]]), np.concatenate([labels, [10]]), tmp_path / "one",
+        macs=DEMO_MACS,
+    )
+    res = solve_run(run, "0.5x")
+    assert res.split["n_unsplit_classes"] == 1 and res.split["unsplit_classes"] == [10]
+    assert res.split["n_calibration"] + res.split["n_holdout"] == run.n
+    # a fraction so large that a class has nothing left to fit on says "too large"
+    with pytest.raises(DyncalError, match=r"--holdout 0.999 is too large: .* class 0"):
+        stratified_split(np.repeat([0, 1], 5), 0.999)
+    assert_clean_error(
+        cli("solve", run.path, "--budget", "0.5x", "--holdout", "0.999", "--out", tmp_path / "t.json"),
+        r"--holdout 0.999 is too large",
+    )
+    with pytest.raises(DyncalError, match="holds nothing out: no class has enough samples"):
+        stratified_split(np.array([0, 1, 2]), 0.3)
+
 
 
 # --------------------------------------------------------------------------- risk control
@@ -447,7 +475,7 @@ def test_cli_errors(cli, demo_run, demo_logits, tmp_path):
     )
     assert_clean_error(
         cli("solve", demo_run.path, "--budget", "0.5x", "--holdout", "0.001", "--out", out),
-        r"too small to leave any sample of class",
+        r"--holdout 0.001 holds nothing out",
     )
     assert_clean_error(
         cli("solve", tmp_path / "nope", "--budget", "0.5x", "--out", out), r"no run directory"

@@ -6,14 +6,18 @@ of a run and reports accuracy on the other, with a 95% bootstrap interval.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from dyncal.errors import DyncalError
 
-__all__ = ["stratified_split", "bootstrap_ci", "mean_bootstrap_ci"]
+__all__ = ["stratified_split", "unsplit_classes", "bootstrap_ci", "mean_bootstrap_ci"]
+
+log = logging.getLogger(__name__)
 
 
 def stratified_split(
@@ -21,7 +25,9 @@ def stratified_split(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split sample indices into a fit part and a held-out part, class by class.
 
-    Each class contributes ``round(holdout * n_class)`` samples to the held-out part.
+    Each class contributes ``round(holdout * n_class)`` samples to the held-out part. A
+    class too small for that (a single sample, or ``round`` gives 0) goes whole into the
+    fit part, with a logged warning (:func:`unsplit_classes` lists them).
 
     Args:
         labels: ``(N,)`` integer classes.
@@ -32,14 +38,14 @@ def stratified_split(
         ``(fit_idx, holdout_idx)``, sorted int64 index arrays.
 
     Raises:
-        DyncalError: ``holdout`` out of range, or a class that would be missing from one
-            part (too few samples of it for this holdout fraction).
+        DyncalError: ``holdout`` out of range; so large that a class of several samples
+            would have none left to fit on; or leaving nothing held out at all.
 
     Example:
-        >>> y = np.array([0, 0, 1, 1, 0, 1, 0, 1])
+        >>> y = np.array([0, 0, 1, 1, 0, 1, 0, 1, 2])
         >>> fit, held = stratified_split(y, 0.5, seed=0)
         >>> len(fit), len(held), sorted(y[held].tolist())
-        (4, 4, [0, 0, 1, 1])
+        (5, 4, [0, 0, 1, 1])
     """
     labels = np.asarray(labels)
     if not (0.0 <= holdout < 1.0) or math.isnan(holdout):
@@ -49,23 +55,59 @@ def stratified_split(
         return np.arange(n, dtype=np.int64), np.zeros(0, dtype=np.int64)
     rng = np.random.default_rng(seed)
     classes, counts = np.unique(labels, return_counts=True)
-    held: list[np.ndarray] = []
+    held: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+    unsplit: list[tuple[Any, int]] = []
     for cls, count in zip(classes.tolist(), counts.tolist(), strict=True):
         m = int(round(holdout * count))
-        if m == 0 or m == count:
-            part = "held-out" if m == 0 else "fit"
+        if m == 0 or count == 1:
+            unsplit.append((cls, count))
+            continue
+        if m == count:
             raise DyncalError(
-                f"--holdout {holdout} is too small to leave any sample of class {cls} in the "
-                f"{part} part "
-                f"(the run has {count} of it); use a holdout fraction nearer 0.5, more samples, "
-                "or --holdout 0"
+                f"--holdout {holdout} is too large: it would leave no sample of class {cls} "
+                f"(the run has {count} of it) to fit thresholds on; use a fraction nearer 0.5, "
+                "such as --holdout 0.5"
             )
         idx = np.flatnonzero(labels == cls)
         held.append(rng.permutation(idx)[:m])
     held_idx = np.sort(np.concatenate(held)).astype(np.int64)
+    if held_idx.size == 0:
+        raise DyncalError(
+            f"--holdout {holdout} holds nothing out: no class has enough samples to split "
+            f"(the largest has {int(counts.max())}); use --holdout 0 to fit on everything, or "
+            "more samples"
+        )
+    if unsplit:
+        shown = ", ".join(f"{c} ({k})" for c, k in unsplit[:10])
+        more = f" and {len(unsplit) - 10} more" if len(unsplit) > 10 else ""
+        log.warning(
+            "%d class(es) too small to split at --holdout %s go whole into the fit part, none "
+            "held out: %s%s (class (samples))",
+            len(unsplit),
+            holdout,
+            shown,
+            more,
+        )
     mask = np.ones(n, dtype=bool)
     mask[held_idx] = False
     return np.flatnonzero(mask).astype(np.int64), held_idx
+
+
+def unsplit_classes(labels: np.ndarray, holdout: float) -> list[Any]:
+    """Classes :func:`stratified_split` keeps whole in the fit part (too small to split).
+
+    Example:
+        >>> unsplit_classes(np.array([0, 0, 1, 1, 2]), 0.5)
+        [2]
+    """
+    if holdout <= 0.0:
+        return []
+    classes, counts = np.unique(np.asarray(labels), return_counts=True)
+    return [
+        c
+        for c, k in zip(classes.tolist(), counts.tolist(), strict=True)
+        if k == 1 or int(round(holdout * k)) == 0
+    ]
 
 
 def mean_bootstrap_ci(

@@ -74,7 +74,7 @@ from typing import Any
 
 import numpy as np
 
-from dyncal.analysis.stats import mean_bootstrap_ci, stratified_split
+from dyncal.analysis.stats import mean_bootstrap_ci, stratified_split, unsplit_classes
 from dyncal.calibrate.budget import (
     BudgetTarget,
     cost_units,
@@ -660,6 +660,7 @@ class PreparedRun:
         n_classes: ``C``.
         holdout: Held-out fraction.
         seed: Split seed.
+        unsplit_classes: Classes too small to split, kept whole in the fit part.
     """
 
     score: str
@@ -672,6 +673,7 @@ class PreparedRun:
     n_classes: int
     holdout: float
     seed: int
+    unsplit_classes: tuple[Any, ...] = ()
 
 
 class _RowSubset:
@@ -745,6 +747,7 @@ def prepare_run(
         n_classes=run.c,
         holdout=float(holdout),
         seed=int(seed),
+        unsplit_classes=tuple(unsplit_classes(labels, holdout)),
     )
 
 
@@ -779,7 +782,9 @@ class ThresholdsResult:
         exit_shares: ``K`` shares on the fit part.
         static: One entry per exit used alone: accuracies and costs.
         holdout: Held-out details: ``n``, ``expected_macs``, ``expected_ms``, ``exit_shares``.
-        split: ``holdout``, ``seed``, ``n_calibration``, ``n_holdout``.
+        split: ``holdout``, ``seed``, ``n_calibration``, ``n_holdout``, and the classes too
+            small to split that were kept whole in the fit part (``n_unsplit_classes``,
+            ``unsplit_classes``).
         risk: Risk-control details, or None.
         run: Path of the run.
         n_classes: ``C``.
@@ -964,6 +969,8 @@ def _result_from(
             "seed": prep.seed,
             "n_calibration": int(prep.fit_idx.size),
             "n_holdout": int(prep.holdout_idx.size),
+            "n_unsplit_classes": len(prep.unsplit_classes),
+            "unsplit_classes": list(prep.unsplit_classes),
         },
         risk=risk,
         run=run_path,

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import TensorDataset
 
 __all__ = ["DigitsExitNet", "pretrained", "validation", "training", "WEIGHTS", "N_TRAIN"]
 
@@ -84,13 +84,13 @@ def _digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return x[tr, None], y[tr], x[va, None], y[va]
 
 
-def training() -> Dataset[tuple[torch.Tensor, torch.Tensor]]:
+def training() -> TensorDataset:
     """The 1,000 training digits as ``(image (1, 8, 8), label)`` items."""
     x, y, _, _ = _digits_split()
     return TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
 
 
-def validation() -> Dataset[tuple[torch.Tensor, torch.Tensor]]:
+def validation() -> TensorDataset:
     """The 797 held-out digits as ``(image (1, 8, 8), label)`` items."""
     _, _, x, y = _digits_split()
     return TensorDataset(torch.from_numpy(x), torch.from_numpy(y))

@@ -32,7 +32,7 @@ def train(epochs: int = 30, seed: int = 0) -> DigitsExitNet:
             x = torch.roll(x, shifts=(dx, dy), dims=(2, 3))
             loss = sum(loss_fn(out, y) for out in net(x))
             opt.zero_grad()
-            loss.backward()  # type: ignore[union-attr]
+            loss.backward()
             opt.step()
         sched.step()
     return net.eval()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -541,8 +542,8 @@ def test_p_values():
 
 
 def test_risk_mode_with_budget_too_small(demo_run):
-    with pytest.raises(BudgetError, match="cheapest thresholds with drop"):
-        solve_run(demo_run, "0.03x", max_drop=0.001, delta=0.05)
+    with pytest.raises(BudgetError, match=r"drop <= --max-drop 0.05 \(--delta 0.1\) cost"):
+        solve_run(demo_run, "0.03x", max_drop=0.05, delta=0.1)
     with pytest.raises(DyncalError, match="give a budget"):
         solve_run(demo_run, None)
 
@@ -660,3 +661,24 @@ def test_float32_deployment_takes_the_same_exits(fashion_run, method, score, bud
     o = evaluate_policy(s32[fit], ok, FASHION_MACS, t)
     assert o.accuracy == doc["calibration_accuracy"]
     assert o.expected_cost == doc["expected_macs"] == doc["budget"]["met"]
+
+
+def test_risk_mode_with_too_few_test_samples_says_so(demo_run, cli, tmp_path):
+    """It used to say the cheapest thresholds 'cost 1x' (or return them without a word)."""
+    from dyncal.calibrate.risk import min_test_samples
+
+    assert min_test_samples(0.001, 0.05) == 2995  # (1 - 0.001)^n <= 0.05
+    for budget in ("0.5x", None):
+        with pytest.raises(DyncalError) as e:
+            solve_run(demo_run, budget, max_drop=0.001, delta=0.05)
+        msg = str(e.value)
+        assert "accepted no thresholds" in msg and "1x" not in msg
+        assert "--max-drop 0.001" in msg and "--delta 0.05" in msg
+        assert re.search(r"on the \d{3} test samples", msg), msg
+        assert "needs at least 2995 test samples" in msg, msg
+    with pytest.raises(DyncalError, match="--max-drop 0.0 can never be shown"):
+        solve_run(demo_run, None, max_drop=0.0, delta=0.05)
+    assert_clean_error(
+        cli("solve", demo_run.path, "--max-drop", "0.001", "--out", tmp_path / "t.json"),
+        r"accepted no thresholds.*needs at least 2995",
+    )

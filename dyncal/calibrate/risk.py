@@ -47,6 +47,7 @@ __all__ = [
     "fixed_sequence_test",
     "LTTResult",
     "learn_then_test",
+    "min_test_samples",
 ]
 
 PVALUES = ("binomial", "hb")
@@ -199,3 +200,41 @@ def learn_then_test(
     return LTTResult(
         index=accepted - 1, p_values=tuple(pvals), n_accepted=accepted, method=pvalue, n_test=n
     )
+
+
+def min_test_samples(max_drop: float, delta: float, pvalue: str = "binomial") -> int | None:
+    """Fewest test samples with which even a candidate that loses none can pass.
+
+    The most conservative candidate (every sample at the last exit) never loses a sample
+    the last exit gets right; it passes when its p-value is at most δ. With fewer test
+    samples than this, no candidate can pass (for the binomial test,
+    ``(1 - ε)^n <= δ``, so ``n >= log δ / log(1 - ε)``).
+
+    Returns:
+        The smallest such ``n``, or None when no number of samples suffices (ε = 0).
+
+    Example:
+        >>> min_test_samples(0.005, 0.05)
+        598
+    """
+
+    def p(n: int) -> float:
+        if pvalue == "binomial":
+            return binomial_pvalue(0, n, max_drop) if max_drop > 0 else 1.0
+        return hoeffding_bentkus_pvalue(0.5, n, (max_drop + 1.0) / 2.0)
+
+    if max_drop <= 0:
+        return None
+    hi = 1
+    while p(hi) > delta:
+        hi *= 2
+        if hi > 2**40:
+            return None
+    lo = hi // 2  # p(lo) > delta (or lo == 0)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if p(mid) <= delta:
+            hi = mid
+        else:
+            lo = mid
+    return hi

@@ -1137,7 +1137,27 @@ def _solve_risk(
         delta=delta,
         pvalue=pvalue,
     )
-    chosen = candidates[max(res.index, 0)]
+    if res.n_accepted == 0:
+        from dyncal.calibrate.risk import min_test_samples
+
+        need = min_test_samples(max_drop, delta, pvalue)
+        what = (
+            f"--max-drop {max_drop} can never be shown with a finite sample; give a positive "
+            "--max-drop"
+            if need is None
+            else (
+                f"the {pvalue} test needs at least {need} test samples (about "
+                f"{math.ceil(2 * need / max(1.0 - holdout, 1e-9))} in the run at "
+                f"--holdout {holdout}, more if the cheaper candidates lose samples); collect more "
+                f"samples, or raise --max-drop or --delta"
+            )
+        )
+        raise DyncalError(
+            f"risk control accepted no thresholds: not even the last exit alone passed the test "
+            f"of an accuracy drop <= --max-drop {max_drop} with probability >= 1 - --delta "
+            f"{delta} on the {res.n_test} test samples (half the calibration part); {what}"
+        )
+    chosen = candidates[res.index]
     last_fit = float(np.mean(prep.correct[prep.fit_idx, -1]))
     risk: dict[str, Any] = {
         "max_drop": max_drop,
@@ -1150,7 +1170,7 @@ def _solve_risk(
     result = _result_from(prep, chosen, method, target, unit, run_path, risk=risk)
     if target is not None and result.budget["met"] > target.value:
         raise BudgetError(
-            f"the cheapest thresholds with drop <= {max_drop} (delta {delta}) cost "
+            f"the cheapest thresholds with drop <= --max-drop {max_drop} (--delta {delta}) cost "
             f"{format_budget(result.budget['met_fraction'], 'fraction')} on the calibration "
             "data, above the "
             f"budget {target.spec.text!r}; raise the budget, --max-drop or --delta, or drop "

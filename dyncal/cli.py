@@ -404,7 +404,7 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
-def _print_solve_summary(doc: dict[str, Any]) -> None:
+def _print_solve_summary(doc: dict[str, Any], asked_latency: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -415,6 +415,13 @@ def _print_solve_summary(doc: dict[str, Any]) -> None:
         f"[bold]{doc['method']}[/bold] thresholds, score {doc['score']}, budget {asked} "
         f"→ met {b['met_fraction']:.4f}x of the last exit ({b['unit']})"
     )
+    if asked_latency is not None and b["unit"] != "ms:" + asked_latency:
+        ms = doc.get("expected_ms", {}).get(asked_latency)
+        console.print(
+            f"--device/--batch-size: latency column {asked_latency}"
+            + ("" if ms is None else f", expected {ms:.4g} ms per sample")
+            + f"; the budget binds {b['unit']}, not latency"
+        )
     ts = ", ".join("-" if t is None else f"{t:.4g}" for t in doc["thresholds"])
     console.print(f"thresholds: [{ts}]   temperatures: [{', '.join(f'{t:.3g}' for t in doc['temperatures'])}]")
     split = doc.get("split", {})
@@ -501,8 +508,10 @@ def solve(
 
     with user_errors():
         _check_out_file(out)
+        loaded = load_run(run)
+        asked_latency = _asked_latency(loaded, device, batch_size)
         result = solve_run(
-            load_run(run),
+            loaded,
             budget,
             method=method,
             score=score,
@@ -519,8 +528,21 @@ def solve(
     if json_:
         echo_json(doc)
         return
-    _print_solve_summary(doc)
+    _print_solve_summary(doc, asked_latency)
     typer.echo(f"wrote {out}", err=True)
+
+
+def _asked_latency(run: Any, device: str | None, batch_size: int | None) -> str | None:
+    """The latency key --device/--batch-size name, if any and profiled."""
+    if device is None and batch_size is None:
+        return None
+    from dyncal.calibrate.budget import pick_latency, cost_units
+    from dyncal.errors import BudgetError
+
+    try:
+        return pick_latency(cost_units(run.costs, run.k), device, batch_size)[3:]
+    except BudgetError:
+        return None
 
 
 @app.command()

@@ -682,3 +682,36 @@ def test_risk_mode_with_too_few_test_samples_says_so(demo_run, cli, tmp_path):
         cli("solve", demo_run.path, "--max-drop", "0.001", "--out", tmp_path / "t.json"),
         r"accepted no thresholds.*needs at least 2995",
     )
+
+
+def test_several_latency_columns_need_device_and_batch(demo_logits, tmp_path, cli, caplog):
+    """An ms budget used cpu/b1 silently when several columns existed."""
+    z, y = demo_logits
+
+    def prof(dev: str, b: int, scale: float) -> LatencyProfile:
+        stages = tuple((scale * (j + 1),) for j in range(4))
+        return LatencyProfile(dev, b, stages, (0.1,), (10.0,), 1, "test")
+
+    latency = {"cpu/b1": prof("cpu", 1, 1.0), "cuda/b32": prof("cuda", 32, 0.1)}
+    for macs in (None, DEMO_MACS):
+        run = import_arrays(z, y, tmp_path / f"lat{macs is None}", macs=macs)
+        save_costs(run.path, CostTable(macs=macs, latency=latency, source="profile"))
+        run = load_run(run.path)
+        with pytest.raises(BudgetError, match=r"several devices or batch sizes \(cpu/b1, cuda/b32\)"):
+            solve_run(run, "3ms")
+        assert solve_run(run, "0.3ms", device="cuda").budget["unit"] == "ms:cuda/b32"
+        assert solve_run(run, "3ms", batch_size=1).budget["unit"] == "ms:cpu/b1"
+    # MACs and latency: --device with a budget in MACs is reported, not ignored
+    with caplog.at_level("WARNING", logger="dyncal.calibrate.solvers"):
+        res = solve_run(run, "0.5x", device="cuda", batch_size=32)
+    assert res.budget["unit"] == "macs"
+    assert "binds MACs, so --device cuda --batch-size 32 does not choose" in caplog.text
+    out = tmp_path / "t.json"
+    r = cli("solve", run.path, "--budget", "0.5x", "--device", "cuda", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "latency column cuda/b32, expected" in r.stdout and "binds macs" in r.stdout
+    norun = import_arrays(z, y, tmp_path / "nomacs2")
+    save_costs(norun.path, CostTable(latency=latency, source="profile"))
+    assert_clean_error(
+        cli("frontier", norun.path, "--out", tmp_path / "f.csv"), r"several devices or batch sizes"
+    )

@@ -25,6 +25,7 @@ __all__ = [
     "cost_units",
     "resolve_budget",
     "format_budget",
+    "pick_latency",
 ]
 
 _MAC_SCALE = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
@@ -152,17 +153,35 @@ class BudgetTarget:
         }
 
 
-def _pick_latency(
+def pick_latency(
     units: dict[str, tuple[float, ...]], device: str | None, batch_size: int | None
 ) -> str:
+    """The latency column asked by ``device``/``batch_size``, never a silent guess.
+
+    With neither given, the run must have exactly one latency column. ``device`` alone
+    takes its batch size 1 (else its smallest profiled); ``batch_size`` alone takes the one
+    device profiled at that size.
+    """
     keys = [u[3:] for u in units if u.startswith("ms:")]
     if device is not None or batch_size is not None:
-        key = latency_key(device or "cpu", batch_size or 1)
+        parsed = [(k.rpartition("/b")[0], k.rpartition("/b")[2]) for k in keys]
+        if batch_size is None:
+            batches = sorted(int(b) for d, b in parsed if d == device and b.isdigit())
+            batch_size = 1 if not batches or 1 in batches else batches[0]
+        if device is None:
+            devices = sorted({d for d, b in parsed if b == str(batch_size)})
+            if len(devices) > 1:
+                raise BudgetError(
+                    f"the run has latency at batch size {batch_size} for several devices "
+                    f"({', '.join(devices)}); choose one with --device"
+                )
+            device = devices[0] if devices else "cpu"
+        key = latency_key(device, batch_size)
         if key not in keys:
             have = ", ".join(keys) or "none"
             raise BudgetError(
                 f"no latency profiled for {key} (profiled: {have}); run 'dyncal profile RUN "
-                f"--device {device or 'cpu'} --batch-size {batch_size or 1}' or choose a "
+                f"--device {device} --batch-size {batch_size}' or choose a "
                 "profiled device"
             )
         return "ms:" + key
@@ -174,12 +193,13 @@ def _pick_latency(
         )
     if len(keys) == 1:
         return "ms:" + keys[0]
-    if "cpu/b1" in keys:
-        return "ms:cpu/b1"
     raise BudgetError(
-        f"the run has latency for several devices ({', '.join(keys)}); choose one with --device "
-        "and --batch-size"
+        f"the run has latency for several devices or batch sizes ({', '.join(keys)}); choose "
+        "one with --device and --batch-size"
     )
+
+
+_pick_latency = pick_latency  # the old private name
 
 
 def format_budget(value: float, kind: str) -> str:

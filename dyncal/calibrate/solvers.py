@@ -1041,6 +1041,8 @@ def solve_run(
     if spec is not None:
         target = resolve_budget(spec, run.costs, run.k, device=device, batch_size=batch_size)
         unit = target.unit
+        if (device is not None or batch_size is not None) and not unit.startswith("ms:"):
+            _warn_unused_latency(run, spec.text, device, batch_size)
     else:
         unit = (
             "macs"
@@ -1079,6 +1081,27 @@ def solve_run(
             "--method optimal"
         )
     return _result_from(prep, sol.thresholds, method, target, unit, run_path)
+
+
+def _warn_unused_latency(run: Any, budget: str, device: str | None, batch: int | None) -> None:
+    """--device/--batch-size with a budget in MACs: say what they do (and do not do)."""
+    from dyncal.calibrate.budget import pick_latency
+
+    asked = " ".join(
+        f"{o} {v}" for o, v in (("--device", device), ("--batch-size", batch)) if v is not None
+    )
+    units = cost_units(run.costs, run.k)
+    try:
+        key = pick_latency(units, device, batch)[3:]
+        shown = f"expected ms is reported for every profiled column, {key} among them"
+    except BudgetError as e:
+        shown = f"and they match no latency column: {e}"
+    log.warning(
+        "budget %s binds MACs, so %s does not choose the budget's column; %s",
+        budget,
+        asked,
+        shown,
+    )
 
 
 def _solve_risk(

@@ -470,14 +470,14 @@ def prepare_report(
         )
     latency = _latency_choice(run, device, batch_size)
     if latency is None and run.costs.macs is None:
-        # no MACs: latency it is; the one profiled key, or cpu/b1 among several
+        # no MACs: latency it is; the one profiled key, never a guess among several
         keys = sorted(run.costs.latency)
-        if len(keys) > 1 and "cpu/b1" not in keys:
+        if len(keys) > 1:
             raise DyncalError(
-                f"run '{run.path}' has no MAC counts and latency for several devices "
-                f"({', '.join(keys)}); choose one with --device and --batch-size"
+                f"run '{run.path}' has no MAC counts and latency for several devices or batch "
+                f"sizes ({', '.join(keys)}); choose one with --device and --batch-size"
             )
-        latency = keys[0] if len(keys) == 1 else "cpu/b1"
+        latency = keys[0]
     speedup_cost = latency if latency is not None else "macs"
 
     lat_dev, lat_batch = (None, None)

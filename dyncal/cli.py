@@ -424,6 +424,12 @@ def _print_solve_summary(doc: dict[str, Any], asked_latency: str | None = None) 
         )
     ts = ", ".join("-" if t is None else f"{t:.4g}" for t in doc["thresholds"])
     console.print(f"thresholds: [{ts}]   temperatures: [{', '.join(f'{t:.3g}' for t in doc['temperatures'])}]")
+    stuck = [j + 1 for j, v in enumerate(doc.get("temperature_at_bound") or []) if v]
+    if stuck:
+        console.print(
+            f"warning: the fitted temperature of exit {', '.join(map(str, stuck))} stopped at the "
+            "search bound (0.05 or 20); its confidence may be poorly calibrated"
+        )
     split = doc.get("split", {})
     line = f"accuracy: calibration {_pct(doc['calibration_accuracy'])} (n={split.get('n_calibration')})"
     if doc.get("holdout_accuracy") is not None:

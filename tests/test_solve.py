@@ -715,3 +715,21 @@ def test_several_latency_columns_need_device_and_batch(demo_logits, tmp_path, cl
     assert_clean_error(
         cli("frontier", norun.path, "--out", tmp_path / "f.csv"), r"several devices or batch sizes"
     )
+
+
+def test_temperature_at_the_search_bound_is_flagged(demo_logits, tmp_path, caplog, cli):
+    z, y = demo_logits
+    z = z.copy()
+    z[:, 0] = np.random.default_rng(0).normal(0, 10, z[:, 0].shape)  # exit 1: pure noise
+    run = import_arrays(z, y, tmp_path / "noise", macs=DEMO_MACS)
+    with caplog.at_level("WARNING", logger="dyncal.calibrate.temperature"):
+        res = solve_run(run, "0.5x", temperature=True)
+    assert res.temperatures[0] == pytest.approx(20.0, rel=1e-3)
+    assert res.temperature_at_bound == (True, False, False, False)
+    assert "hit the search bound [0.05, 20]" in caplog.text and "exit 1: T=20" in caplog.text
+    doc = json.loads(json.dumps(res.to_dict()))
+    assert doc["temperature_at_bound"] == [True, False, False, False]
+    assert ThresholdsResult.from_dict(doc).to_dict() == doc
+    assert solve_run(run, "0.5x").to_dict()["temperature_at_bound"] is None
+    r = cli("solve", run.path, "--budget", "0.5x", "--temperature", "--out", tmp_path / "t.json")
+    assert r.exit_code == 0 and "temperature of exit 1 stopped at the search bound" in r.stdout

@@ -661,6 +661,8 @@ class PreparedRun:
         holdout: Held-out fraction.
         seed: Split seed.
         unsplit_classes: Classes too small to split, kept whole in the fit part.
+        temperature_at_bound: Per exit, whether the fitted temperature hit the search's
+            bound (None when temperatures were not fitted).
     """
 
     score: str
@@ -674,6 +676,7 @@ class PreparedRun:
     holdout: float
     seed: int
     unsplit_classes: tuple[Any, ...] = ()
+    temperature_at_bound: tuple[bool, ...] | None = None
 
 
 class _RowSubset:
@@ -726,12 +729,15 @@ def prepare_run(
     labels = np.asarray(run.labels, dtype=np.int64)
     fit_idx, held_idx = stratified_split(labels, holdout, seed)
     temps = np.ones(run.k)
+    at_bound: tuple[bool, ...] | None = None
     if temperature:
         from dyncal.calibrate.temperature import TemperatureScaler
 
         rows = fit_idx if temperature_idx is None else temperature_idx
         logits = _RowSubset(run.logits, rows) if rows.shape[0] < run.n else run.logits
-        temps = TemperatureScaler().fit(logits, labels[rows]).temperatures_  # type: ignore[arg-type]
+        scaler = TemperatureScaler().fit(logits, labels[rows])  # type: ignore[arg-type]
+        temps = scaler.temperatures_
+        at_bound = tuple(bool(v) for v in scaler.at_bound_)
     scores, preds = exit_scores(run.logits, score, temps)
     if not np.all(np.isfinite(scores)):
         row, ex = np.argwhere(~np.isfinite(scores))[0]
@@ -748,6 +754,7 @@ def prepare_run(
         holdout=float(holdout),
         seed=int(seed),
         unsplit_classes=tuple(unsplit_classes(labels, holdout)),
+        temperature_at_bound=at_bound,
     )
 
 
@@ -788,6 +795,8 @@ class ThresholdsResult:
         risk: Risk-control details, or None.
         run: Path of the run.
         n_classes: ``C``.
+        temperature_at_bound: Per exit, whether its fitted temperature stopped at the
+            search bound (0.05 or 20): a warning sign; None when none were fitted.
         schema_version: Version of this document.
     """
 
@@ -808,6 +817,7 @@ class ThresholdsResult:
     risk: dict[str, Any] | None = None
     run: str = ""
     n_classes: int = 0
+    temperature_at_bound: tuple[bool, ...] | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -832,6 +842,9 @@ class ThresholdsResult:
             "risk": None if self.risk is None else dict(self.risk),
             "run": self.run,
             "n_classes": self.n_classes,
+            "temperature_at_bound": None
+            if self.temperature_at_bound is None
+            else list(self.temperature_at_bound),
         }
 
     @classmethod
@@ -869,6 +882,9 @@ class ThresholdsResult:
             risk=None if d.get("risk") is None else dict(d["risk"]),
             run=str(d.get("run", "")),
             n_classes=int(d.get("n_classes", 0)),
+            temperature_at_bound=None
+            if d.get("temperature_at_bound") is None
+            else tuple(bool(v) for v in d["temperature_at_bound"]),
             schema_version=int(version),
         )
 
@@ -975,6 +991,7 @@ def _result_from(
         risk=risk,
         run=run_path,
         n_classes=prep.n_classes,
+        temperature_at_bound=prep.temperature_at_bound,
     )
 
 

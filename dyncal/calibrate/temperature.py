@@ -9,6 +9,7 @@ any size work.
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -16,6 +17,8 @@ import numpy as np
 from dyncal.errors import DyncalError
 
 __all__ = ["TemperatureScaler"]
+
+log = logging.getLogger(__name__)
 
 
 def _nll(logits: np.ndarray, labels: np.ndarray, exit_: int, temp: float, chunk_rows: int) -> float:
@@ -43,6 +46,8 @@ class TemperatureScaler:
         temperatures_: ``(K,)`` fitted temperatures, after :meth:`fit`.
         nll_before_: ``(K,)`` mean NLL at ``T = 1``.
         nll_after_: ``(K,)`` mean NLL at the fitted temperatures.
+        at_bound_: ``(K,)`` booleans: the fit stopped at ``min_temperature`` or
+            ``max_temperature`` (also logged as a warning).
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -115,4 +120,18 @@ class TemperatureScaler:
         self.temperatures_ = temps
         self.nll_before_ = before
         self.nll_after_ = after
+        # the search is on log T to xatol 1e-4; within 1e-3 of a bound is at the bound
+        self.at_bound_ = (np.abs(np.log(temps) - lo) < 1e-3) | (np.abs(np.log(temps) - hi) < 1e-3)
+        if np.any(self.at_bound_):
+            exits = ", ".join(
+                f"exit {j + 1}: T={temps[j]:.3g}" for j in np.flatnonzero(self.at_bound_)
+            )
+            log.warning(
+                "fitted temperature hit the search bound [%g, %g] (%s): that exit's NLL wants "
+                "a more extreme temperature (logits nearly constant, or almost always right "
+                "or wrong); its scores may be poorly calibrated",
+                self.min_temperature,
+                self.max_temperature,
+                exits,
+            )
         return self

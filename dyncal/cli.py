@@ -636,6 +636,7 @@ def verify(
     weights: Annotated[Optional[Path], typer.Option(help="Checkpoint overriding the run's.")] = None,
     model_path: Annotated[Optional[Path], typer.Option(help="Folder to import the model's module from.")] = None,
     data: Annotated[Optional[str], typer.Option(help="Data spec overriding the run's.")] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="Timings per batch (the median is kept).")] = 3,
     json_: JsonOpt = False,
 ) -> None:
     """Run a real early exit with the thresholds and compare it with what solve predicted.
@@ -661,6 +662,7 @@ def verify(
             weights=None if weights is None else str(weights),
             model_path=None if model_path is None else str(model_path),
             data=data,
+            repeats=repeats,
         )
     doc = result.to_dict()
     if json_:

@@ -11,12 +11,12 @@ model does, so its wall-clock is what a user would get.
 * **agreement** — the share of samples whose runtime exit and prediction equal what the
   exit rule gives on the stored logits (the simulation every other stage relies on);
 * **latency** — measured mean milliseconds per batch against the prediction from the
-  run's cost table for the same samples, and against the plain model on the same batches.
-  At batch size 1 the prediction is ``mean_n early_exit_ms[exit_n]``. At larger batch sizes
-  a batch keeps running while any of its samples stays, so each batch is predicted to cost
-  its deepest simulated exit at full batch size (shrinking ignored: an upper bound). The
-  per-sample expectation ``solve`` reported is shown beside it (``solve_expected_ms``);
-  the gap between the two at large batch sizes is what verify is there to show.
+  run's cost table for the same samples (:func:`predict_batch_ms`: each stage on the rows
+  that reach it, interpolated between profiled batch sizes), and against the plain model
+  on the same batches. At batch size 1 the prediction is the per-sample expectation
+  ``solve`` reports (shown beside it as ``solve_expected_ms``); at larger batch sizes a
+  batch keeps running while any of its samples stays, which the per-sample expectation
+  misses and verify shows.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from dyncal.calibrate.solvers import ThresholdsResult
 from dyncal.data import ImageTransform, load_dataset
 from dyncal.errors import DyncalError
 from dyncal.models import load_model, resolve_device
-from dyncal.run import Run, latency_key, load_run
+from dyncal.run import CostTable, Run, latency_key, load_run
 
 __all__ = ["EarlyExitRunner", "VerifyResult", "verify_run", "read_thresholds"]
 
@@ -239,6 +239,65 @@ class VerifyResult:
         }
 
 
+def predict_batch_ms(costs: CostTable | None, device: str, exits: np.ndarray, batch_size: int) -> float | None:
+    """Predicted mean milliseconds per batch of an early exit, from the profiled stage times.
+
+    Batches are consecutive ``batch_size`` rows. In each batch, stage ``k`` runs on the
+    rows that reach it (simulated ``exits >= k``) and stops once none are left; each exit
+    passed before the last costs one decision. A stage's time at ``r`` rows is
+    interpolated linearly between the batch sizes profiled on ``device`` and extended
+    along the last segment beyond them (proportionally when only one size was profiled).
+    At batch size 1 this is the per-sample expectation solve reports.
+
+    Args:
+        costs: The run's cost table.
+        device: Device name as in the latency keys (``"cpu"``).
+        exits: ``(N,)`` simulated 0-based exits, in the order the batches take them.
+        batch_size: Rows per batch.
+
+    Returns:
+        Milliseconds, or None when nothing was profiled on ``device``.
+
+    Example:
+        >>> from dyncal.run import LatencyProfile
+        >>> prof = LatencyProfile("cpu", 1, ((1.0,), (2.0,)), (0.5,), (3.0,), 1, "x")
+        >>> predict_batch_ms(CostTable(latency={"cpu/b1": prof}), "cpu", np.array([0, 1]), 1)
+        2.5
+    """
+    if costs is None:
+        return None
+    profiles = sorted((p for p in costs.latency.values() if p.device == device), key=lambda p: p.batch_size)
+    if not profiles:
+        return None
+    sizes = np.array([p.batch_size for p in profiles], dtype=np.float64)
+    stage = np.array([p.stage_median_ms for p in profiles])  # (S, K)
+    decision = np.array([p.decision_median_ms for p in profiles])  # (S,)
+    k = stage.shape[1]
+    total = 0.0
+    n_batches = 0
+    for start in range(0, len(exits), batch_size):
+        e = exits[start : start + batch_size]
+        reach = np.array([(e >= j).sum() for j in range(k)], dtype=np.float64)  # rows at each stage
+        for j in range(k):
+            if reach[j] == 0:
+                break
+            total += _at_rows(reach[j], sizes, stage[:, j])
+            if j < k - 1:
+                total += _at_rows(reach[j], sizes, decision)
+        n_batches += 1
+    return total / n_batches if n_batches else None
+
+
+def _at_rows(rows: float, sizes: np.ndarray, ms: np.ndarray) -> float:
+    """Time at ``rows`` from times measured at batch ``sizes``: linear, extended at the ends."""
+    if len(sizes) == 1:
+        return float(ms[0] * max(1.0, rows / sizes[0]))
+    if rows > sizes[-1]:
+        slope = (ms[-1] - ms[-2]) / (sizes[-1] - sizes[-2])
+        return float(ms[-1] + slope * (rows - sizes[-1]))
+    return float(np.interp(rows, sizes, ms))
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -269,6 +328,7 @@ def verify_run(
     weights: str | None = None,
     model_path: str | None = None,
     data: str | None = None,
+    repeats: int = 3,
 ) -> VerifyResult:
     """Run a real early exit over the run's samples and compare with the prediction.
 
@@ -283,6 +343,7 @@ def verify_run(
         weights: Checkpoint overriding the provenance.
         model_path: Import folder overriding the provenance.
         data: Data spec overriding the provenance.
+        repeats: Timings per batch; the median is kept (default 3).
 
     Returns:
         Agreement with the simulation and measured vs predicted latency.
@@ -294,6 +355,8 @@ def verify_run(
     run = load_run(run_path)
     if len(thresholds.thresholds) != run.k:
         raise DyncalError(f"the thresholds are for K={len(thresholds.thresholds)} exits but the run has K={run.k}")
+    if repeats < 1:
+        raise DyncalError(f"--repeats must be at least 1, got {repeats}")
     if any(b < 1 for b in batch_sizes):
         raise DyncalError(f"--batch-size must be positive, got {list(batch_sizes)}")
     dev = resolve_device(device)
@@ -329,29 +392,30 @@ def verify_run(
             loaded.module(batches[0])
             exit_parts, pred_parts, ee_ms, full_ms = [], [], [], []
             for xb in batches:
-                _sync(dev)
-                t0 = time.perf_counter()
-                e, p = runner(xb)
-                _sync(dev)
-                ee_ms.append((time.perf_counter() - t0) * 1e3)
-                with torch.inference_mode():
+                # Median of `repeats` timings per batch (robust to a shared machine), then
+                # the mean over batches (their compositions differ, so all of them count).
+                ee, full = [], []
+                for _ in range(repeats):
                     _sync(dev)
                     t0 = time.perf_counter()
-                    loaded.module(xb)
+                    e, p = runner(xb)
                     _sync(dev)
-                    full_ms.append((time.perf_counter() - t0) * 1e3)
+                    ee.append((time.perf_counter() - t0) * 1e3)
+                    with torch.inference_mode():
+                        _sync(dev)
+                        t0 = time.perf_counter()
+                        loaded.module(xb)
+                        _sync(dev)
+                        full.append((time.perf_counter() - t0) * 1e3)
+                ee_ms.append(float(np.median(ee)))
+                full_ms.append(float(np.median(full)))
                 exit_parts.append(e.cpu())
                 pred_parts.append(p.cpu())
             if rt_exits is None:
                 rt_exits = torch.cat(exit_parts).numpy()
                 rt_preds = torch.cat(pred_parts).numpy()
             key = latency_key(device, b)
-            predicted = None
-            if run.costs is not None and key in run.costs.latency:
-                per_exit = np.asarray(run.costs.latency[key].early_exit_ms)
-                # A batch leaves at the deepest exit any of its samples needs (simulated).
-                deepest = np.array([sim_exits[s : s + b].max() for s in range(0, n, b)])
-                predicted = float(per_exit[deepest].mean()) if b > 1 else float(per_exit[sim_exits].mean())
+            predicted = predict_batch_ms(run.costs, device, sim_exits, b)
             timings.append(
                 BatchTiming(
                     key=key,
@@ -378,5 +442,5 @@ def verify_run(
         device=str(dev),
         hardware=device_hardware(dev),
         threads=n_threads,
-        extra={"stages": stages.source},
+        extra={"stages": stages.source, "repeats": repeats},
     )

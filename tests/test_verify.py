@@ -54,8 +54,18 @@ def test_verify_agrees_with_simulation(cli, demo_dir):
     assert doc["runtime_accuracy"] == doc["simulated_accuracy"]
     assert doc["runtime_exit_shares"] == doc["simulated_exit_shares"]
     assert set(doc["measured_ms"]) == {"cpu/b1", "cpu/b8"}
-    assert doc["predicted_ms"]["cpu/b1"] > 0  # cpu/b1 was profiled by the demo
-    assert doc["predicted_ms"]["cpu/b8"] is None  # b8 was not: no prediction, said as null
+    # b1 and b32 were profiled by the demo; b8 is predicted from them by interpolation.
+    assert doc["predicted_ms"]["cpu/b1"] > 0 and doc["predicted_ms"]["cpu/b8"] > 0
+    # At batch 1 the prediction is the per-sample expectation over the same rows.
+    run = load_run(demo_dir / "run")
+    th = json.loads((demo_dir / "thresholds.json").read_text())
+    from dyncal.calibrate.policy import assign_exits, thresholds_from_json
+    from dyncal.calibrate.scores import exit_scores
+
+    scores, _ = exit_scores(run.logits[:200], th["score"], th["temperatures"])
+    exits = assign_exits(scores, thresholds_from_json(th["thresholds"]))
+    per_sample = np.asarray(run.costs.latency["cpu/b1"].early_exit_ms)[exits].mean()
+    assert doc["predicted_ms"]["cpu/b1"] == pytest.approx(per_sample)
     assert all(v > 0 for v in doc["measured_ms"].values())
 
 

@@ -510,3 +510,45 @@ def test_temperature_scaling_shows_on_the_calibration_page(
     page = _flat(_pages_text(out)[4])
     assert "ECE (fitted T)" in page and f"{temps[0]:.3f}" in page
     assert "--temperature" in _flat(_pages_text(out)[5])
+
+
+def test_report_scores_the_logits_once(
+    demo_runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The frontier, the solve and the held-out simulation used to score the run 3 times."""
+    import dyncal.calibrate.scores as scores_mod
+    import dyncal.calibrate.solvers as solvers_mod
+    from dyncal.reports.pdf import build_report
+
+    calls: list[int] = []
+    real = scores_mod.exit_scores
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scores_mod, "exit_scores", counting)
+    monkeypatch.setattr(solvers_mod, "exit_scores", counting)
+    build_report(demo_runs["lat"], tmp_path / "r.pdf", min_accuracy=0.9)
+    assert len(calls) == 1
+    calls.clear()
+    build_report(demo_runs["lat"], tmp_path / "t.pdf", temperature=True)
+    assert len(calls) == 2  # scaled scores, and raw ones for the calibration page
+
+
+def test_prepared_run_stands_in_for_the_run(demo_runs: dict[str, Path]) -> None:
+    from dyncal.analysis.frontier import compute_frontier
+    from dyncal.calibrate.solvers import prepare_run
+
+    run = load_run(demo_runs["lat"])
+    prep = prepare_run(run, holdout=0.3, seed=2)
+    a = solve_run(prep, "0.3x", holdout=0.3).to_dict()
+    b = solve_run(run, "0.3x", holdout=0.3, seed=2).to_dict()
+    assert a == b
+    fa = compute_frontier(prep, n_budgets=5)
+    fb = compute_frontier(run, n_budgets=5, holdout=0.3, seed=2)
+    assert fa.equals(fb)
+    with pytest.raises(DyncalError, match=r"seed=5 contradicts the prepared run \(seed=2\)"):
+        solve_run(prep, "0.3x", seed=5)
+    with pytest.raises(DyncalError, match="score='margin' contradicts"):
+        compute_frontier(prep, score="margin")

@@ -154,7 +154,9 @@ def compute_frontier(
     budgets are met), ``holdout_*`` on the held-out part with a 95% bootstrap interval.
 
     Args:
-        run: A :class:`dyncal.run.Run`.
+        run: A :class:`dyncal.run.Run`, or a :class:`dyncal.calibrate.solvers.PreparedRun`
+            (already scored: ``score``, ``temperature``, ``holdout`` and ``seed`` come from
+            it and may be left out).
         n_budgets: Number of budgets (default 41, at least 2).
         score: ``maxprob`` (default), ``margin`` or ``entropy``.
         temperature: Fit per-exit temperatures on the fit part (default False).
@@ -192,14 +194,19 @@ def compute_frontier(
     if bad:
         raise DyncalError(f"unknown method {bad[0]!r}; choose from {', '.join(METHODS)}")
     all_methods = list(dict.fromkeys([*methods, DEFAULT_METHOD]))
-    prep = prepare_run(run, score=score, temperature=temperature, holdout=holdout, seed=seed)
+    if isinstance(run, PreparedRun):
+        run.check_options(score=score, temperature=temperature, holdout=holdout, seed=seed)
+        prep = run
+        seed = prep.seed  # the bootstrap intervals use the split's seed, as without prep
+    else:
+        prep = prepare_run(run, score=score, temperature=temperature, holdout=holdout, seed=seed)
     units = prep.units
     if "macs" in units:
         primary = "macs"
     else:
-        from dyncal.calibrate.budget import resolve_budget
+        from dyncal.calibrate.budget import pick_latency
 
-        primary = resolve_budget("1x", run.costs, run.k, device=device, batch_size=batch_size).unit
+        primary = pick_latency(units, device, batch_size)
     costs = np.asarray(units[primary])
     fractions, budgets = budget_grid(costs, n_budgets)
     macs_full = units["macs"][-1] if "macs" in units else None

@@ -663,6 +663,12 @@ class PreparedRun:
         unsplit_classes: Classes too small to split, kept whole in the fit part.
         temperature_at_bound: Per exit, whether the fitted temperature hit the search's
             bound (None when temperatures were not fitted).
+        costs: The run's cost table (:class:`dyncal.run.CostTable`).
+        path: The run's directory.
+
+    A prepared run can stand in for the run in :func:`solve_run` and
+    :func:`dyncal.analysis.frontier.compute_frontier`, so that several of them score the
+    logits once.
     """
 
     score: str
@@ -677,6 +683,36 @@ class PreparedRun:
     seed: int
     unsplit_classes: tuple[Any, ...] = ()
     temperature_at_bound: tuple[bool, ...] | None = None
+    costs: Any = None
+    path: str = ""
+
+    @property
+    def k(self) -> int:
+        """Number of exits."""
+        return int(self.scores.shape[1])
+
+    def check_options(self, **given: Any) -> None:
+        """Refuse options that contradict how this run was prepared.
+
+        Each of ``score``, ``temperature``, ``holdout``, ``seed`` may be left at its
+        default (then the prepared value is used) or equal the prepared value.
+
+        Raises:
+            DyncalError: An option given with another value than the prepared one.
+        """
+        defaults = {"score": "maxprob", "temperature": False, "holdout": 0.5, "seed": 0}
+        prepared = {
+            "score": self.score,
+            "temperature": self.temperature_at_bound is not None,
+            "holdout": self.holdout,
+            "seed": self.seed,
+        }
+        for name, value in given.items():
+            if value != defaults[name] and value != prepared[name]:
+                raise DyncalError(
+                    f"{name}={value!r} contradicts the prepared run ({name}={prepared[name]!r}); "
+                    "prepare it again with that option, or leave the option out"
+                )
 
 
 class _RowSubset:
@@ -755,6 +791,8 @@ def prepare_run(
         seed=int(seed),
         unsplit_classes=tuple(unsplit_classes(labels, holdout)),
         temperature_at_bound=at_bound,
+        costs=run.costs,
+        path=str(getattr(run, "path", "")),
     )
 
 
@@ -1013,7 +1051,9 @@ def solve_run(
     """Fit thresholds for a run under a budget (``dyncal solve``).
 
     Args:
-        run: A :class:`dyncal.run.Run` (``dyncal.load_run``).
+        run: A :class:`dyncal.run.Run` (``dyncal.load_run``), or a :class:`PreparedRun`
+            (:func:`prepare_run`) to skip scoring the logits again; then ``score``,
+            ``temperature``, ``holdout`` and ``seed`` come from it (left out, or equal).
         budget: ``0.6x``, ``1.2GMAC``/``850MMAC`` or ``35ms``; may be None in risk mode.
         method: ``smoothed`` (default), ``optimal`` or ``geometric``.
         score: ``maxprob`` (default), ``margin`` or ``entropy``.
@@ -1067,6 +1107,9 @@ def solve_run(
             else resolve_budget("1x", run.costs, run.k, device=device, batch_size=batch_size).unit
         )
     run_path = str(getattr(run, "path", ""))
+    prepared = run if isinstance(run, PreparedRun) else None
+    if prepared is not None:
+        prepared.check_options(score=score, temperature=temperature, holdout=holdout, seed=seed)
     if max_drop is not None:
         return _solve_risk(
             run,
@@ -1083,7 +1126,9 @@ def solve_run(
             pvalue=pvalue,
         )
     assert target is not None
-    prep = prepare_run(run, score=score, temperature=temperature, holdout=holdout, seed=seed)
+    prep = prepared or prepare_run(
+        run, score=score, temperature=temperature, holdout=holdout, seed=seed
+    )
     costs = prep.units[unit]
     fit_s, fit_c = prep.scores[prep.fit_idx], prep.correct[prep.fit_idx]
     problem = problem_for(method, fit_s, fit_c, costs)
@@ -1144,8 +1189,17 @@ def _solve_risk(
         raise DyncalError(f"--max-drop must be a fraction in [0, 1), got {max_drop}")
     if not (0.0 < delta < 1.0):
         raise DyncalError(f"--delta must be a fraction in (0, 1), got {delta}")
-    labels = np.asarray(run.labels, dtype=np.int64)
-    fit_idx, _ = stratified_split(labels, holdout, seed)
+    prepared = run if isinstance(run, PreparedRun) else None
+    if prepared is not None:
+        if temperature or prepared.temperature_at_bound is not None:
+            raise DyncalError(
+                "risk control fits temperatures on its own half of the calibration part; pass "
+                "the run itself, not a prepared one, with temperature=True"
+            )
+        fit_idx = prepared.fit_idx
+    else:
+        labels = np.asarray(run.labels, dtype=np.int64)
+        fit_idx, _ = stratified_split(labels, holdout, seed)
     # order half (builds the candidate sequence) and test half (p-values), disjoint
     perm = np.random.default_rng(seed + 1).permutation(fit_idx.shape[0])
     order_idx = np.sort(fit_idx[perm[: fit_idx.shape[0] // 2]])
@@ -1155,7 +1209,7 @@ def _solve_risk(
             "risk control needs calibration samples to split in two; the fit part has "
             f"{fit_idx.size}"
         )
-    prep = prepare_run(
+    prep = prepared or prepare_run(
         run,
         score=score,
         temperature=temperature,

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from dyncal.analysis.calibration import ReliabilityBins
+    from dyncal.calibrate.solvers import PreparedRun
     from dyncal.run import Run
 
 __all__ = [
@@ -383,31 +384,14 @@ def _choose_budget(
     )
 
 
-def _outcome(
-    run: Run,
-    thresholds: Mapping[str, Any],
-    holdout: float,
-    seed: int,
-    scores_t1: tuple[np.ndarray, np.ndarray],
-) -> ExitOutcome:
+def _outcome(prep: PreparedRun, thresholds: Mapping[str, Any]) -> ExitOutcome:
     """Apply the operating point to the held-out rows (all rows when nothing was held out)."""
-    from dyncal.analysis.stats import stratified_split
     from dyncal.calibrate.policy import assign_exits, thresholds_from_json
-    from dyncal.calibrate.scores import exit_scores
 
-    score = str(thresholds.get("score", "maxprob"))
-    temps = np.asarray(thresholds.get("temperatures") or [1.0] * run.k, dtype=float)
-    labels = np.asarray(run.labels)
-    if score == "maxprob" and np.all(temps == 1.0):
-        scores, preds = scores_t1
-    else:
-        scores, preds = exit_scores(run.logits, score, temps)
-    _, held = (
-        stratified_split(labels, holdout, seed) if holdout > 0 else (None, np.zeros(0, np.int64))
-    )
-    rows = held if len(held) else np.arange(run.n)
-    exits = assign_exits(scores[rows], thresholds_from_json(thresholds["thresholds"]))
-    right = preds[rows] == labels[rows, None]
+    held = prep.holdout_idx
+    rows = held if len(held) else np.arange(prep.scores.shape[0])
+    exits = assign_exits(prep.scores[rows], thresholds_from_json(thresholds["thresholds"]))
+    right = prep.correct[rows]
     return ExitOutcome(
         exits=exits,
         correct=right[np.arange(len(rows)), exits],
@@ -450,9 +434,8 @@ def prepare_report(
     """
     from dyncal.analysis.calibration import reliability_bins
     from dyncal.analysis.frontier import compute_frontier
-    from dyncal.analysis.stats import stratified_split
     from dyncal.calibrate.scores import exit_scores
-    from dyncal.calibrate.solvers import solve_run
+    from dyncal.calibrate.solvers import prepare_run, solve_run
     from dyncal.run import load_run
 
     req = Requirements(min_accuracy, max_drop, min_speedup).validate()
@@ -484,30 +467,17 @@ def prepare_report(
     if latency is not None:
         dev, _, b = latency.partition("/b")
         lat_dev, lat_batch = dev, int(b)
-    frontier = compute_frontier(
-        run,
-        holdout=holdout,
-        seed=seed,
-        device=lat_dev,
-        batch_size=lat_batch,
-        temperature=temperature,
-    )
+    # score the logits once: the frontier, the solve and the held-out simulation share it
+    prep = prepare_run(run, temperature=temperature, holdout=holdout, seed=seed)
+    frontier = compute_frontier(prep, device=lat_dev, batch_size=lat_batch)
     baselines = _baselines(run)
     per_exit = _per_exit_costs(run)
     main_method = method or main_method_of(frontier)
     labels = np.asarray(run.labels)
-    scores_t1 = exit_scores(run.logits, "maxprob")
     if budget is None:
-        fit_idx, held_idx = stratified_split(labels, holdout, seed)
-        if temperature:  # the frontier's thresholds apply to temperature-scaled scores
-            from dyncal.calibrate.solvers import prepare_run
-
-            prep = prepare_run(run, temperature=True, holdout=holdout, seed=seed)
-            fit = _FitHalf(prep.scores[fit_idx], prep.correct[fit_idx], len(held_idx))
-        else:
-            fit = _FitHalf(
-                scores_t1[0][fit_idx], scores_t1[1][fit_idx] == labels[fit_idx, None], len(held_idx)
-            )
+        fit = _FitHalf(
+            prep.scores[prep.fit_idx], prep.correct[prep.fit_idx], len(prep.holdout_idx)
+        )
         budget, reason = _choose_budget(
             frontier,
             main_method,
@@ -518,19 +488,13 @@ def prepare_report(
         )
     else:
         reason = "asked with --budget"
-    solve_kwargs: dict[str, Any] = {
-        "holdout": holdout,
-        "seed": seed,
-        "device": lat_dev,
-        "batch_size": lat_batch,
-        "temperature": temperature,
-    }
+    solve_kwargs: dict[str, Any] = {"device": lat_dev, "batch_size": lat_batch}
     if main_method in METHODS:
         solve_kwargs["method"] = main_method
-    result = solve_run(run, budget, **solve_kwargs)
+    result = solve_run(prep, budget, **solve_kwargs)
     doc = result.to_dict()
 
-    outcome = _outcome(run, doc, holdout, seed, scores_t1)
+    outcome = _outcome(prep, doc)
     acc, interval = _op_accuracy(doc)
     pairs = {name: (per_exit[name], baselines[name]) for name in per_exit if name in baselines}
     criteria = judge(
@@ -547,15 +511,18 @@ def prepare_report(
     }
     decision = None if not criteria else ("GO" if all(c.passed for c in criteria) else "NO-GO")
 
-    conf, pred = scores_t1
-    correct = pred == labels[:, None]
-    bins = tuple(reliability_bins(conf[:, k], correct[:, k]) for k in range(run.k))
     temps = [float(t) for t in (doc.get("temperatures") or [1.0] * run.k)]
     scaled = None
     if any(abs(t - 1.0) > 1e-9 for t in temps):
-        conf_t, pred_t = exit_scores(run.logits, "maxprob", temps)
-        right_t = pred_t == labels[:, None]
-        scaled = tuple(reliability_bins(conf_t[:, k], right_t[:, k]) for k in range(run.k))
+        # the prepared scores are temperature-scaled; the raw ones need their own pass
+        scaled = tuple(
+            reliability_bins(prep.scores[:, k], prep.correct[:, k]) for k in range(run.k)
+        )
+        conf, pred = exit_scores(run.logits, "maxprob")
+        correct = pred == labels[:, None]
+    else:
+        conf, correct = prep.scores, prep.correct
+    bins = tuple(reliability_bins(conf[:, k], correct[:, k]) for k in range(run.k))
     return ReportData(
         run=run,
         frontier=frontier,

@@ -215,7 +215,7 @@ def compute_frontier(
     rows: list[dict[str, Any]] = []
     geometric_pool = None
     for method in all_methods:
-        problem = problem_for(method, fs, fc, costs)
+        problem = problem_for(method, fs, fc, costs, prep.score)
         if geometric_pool is not None:
             problem._geometric = geometric_pool  # same scores: share the geometric fits
         sols = solve_path(problem, list(budgets), method)

@@ -12,8 +12,8 @@ Methods (``METHODS``):
     Perceiver), implemented faithfully but vectorised: for a ratio ``q`` the target exit
     shares are ``f_k ∝ q^k`` (k = 1..K, normalised); exit by exit, among samples still
     present and sorted by score, the ``floor(n f_k)``-th (n = all fit samples) and everyone
-    still present with a score as high leaves (ties, and near-ties closer than
-    :data:`SEPARATION`, included); ``t_k`` is placed midway between the lowest score that
+    still present with a score as high leaves (ties included, and near-ties closer than
+    :data:`SEPARATION`: float32 cannot tell them apart); ``t_k`` is placed midway between the lowest score that
     leaves and the next lower one present, so the same samples leave when scores are
     recomputed in float32; a quota of 0, or larger than what is left, lets nobody leave. ``q`` runs over the
     published 39 values ``p / 20`` and a fine geometric grid (240 values in [0.01, 8]) so
@@ -145,6 +145,8 @@ class ExitProblem:
         scores: ``(N, K)`` scores.
         gains: ``(N, K)`` gain of each exit on each sample (correctness, or smoothed).
         costs: ``K`` cumulative costs, non-decreasing.
+        score: The score's name, for the near-tie rule (:data:`SEPARATION`); default
+            maxprob's.
 
     Example:
         >>> s = np.array([[0.9, 0.6], [0.4, 0.8], [0.7, 0.9]])
@@ -156,7 +158,11 @@ class ExitProblem:
     """
 
     def __init__(
-        self, scores: np.ndarray, gains: np.ndarray, costs: Sequence[float] | np.ndarray
+        self,
+        scores: np.ndarray,
+        gains: np.ndarray,
+        costs: Sequence[float] | np.ndarray,
+        score: str | None = None,
     ) -> None:
         s = np.asarray(scores, dtype=np.float64)
         g = np.asarray(gains, dtype=np.float64)
@@ -180,6 +186,7 @@ class ExitProblem:
         self.scores = s
         self.gains = g
         self.costs = c
+        self.tie_floor = tie_floor(score)
         self.n, self.k = s.shape
         self._cols = np.ascontiguousarray(s.T)
         self._gcols = np.ascontiguousarray(g.T)
@@ -234,7 +241,7 @@ class ExitProblem:
         cc = np.cumsum(self.costs[j] - self.costs[d_down])
         valid = np.ones(ss.shape[0], dtype=bool)
         if ss.shape[0] > 1:
-            valid[:-1] = _separable(ss[:-1], ss[1:])
+            valid[:-1] = _separable(ss[:-1], ss[1:], self.tie_floor)
         cut = np.flatnonzero(valid)
         leaving = int(np.sum(ss >= t[j]))
         cur = -1
@@ -350,21 +357,30 @@ class ExitProblem:
         if self._geometric is None:
             qs = sorted(set(PUBLISHED_Q) | set(FINE_Q))
             first = self.sorted_scores[0]
-            self._geometric = [_geometric_fit(self._cols, q, first) for q in qs]
+            self._geometric = [
+                _geometric_fit(self._cols, q, first, self.tie_floor) for q in qs
+            ]
         return self._geometric
 
 
 SEPARATION = 2e-6
-"""Scores closer than ``SEPARATION * max(1, |s|)`` count as tied: ties leave together.
+"""Scores closer than ``SEPARATION * max(floor, |s|)`` count as tied: ties leave together.
 
-About 16 float32 steps near 1: a deployment that computes scores in float32 (softmax on
-a GPU) lands within a few steps of dyncal's float64 scores, so a threshold midway across a
-wider gap sends every fit sample to the same exit in both precisions."""
+About 16 float32 steps: a deployment that computes scores in float32 (softmax on a GPU)
+lands within a few steps of dyncal's float64 scores, so a threshold midway across a wider
+gap sends every fit sample to the same exit in both precisions. ``maxprob`` (``1 / sum``)
+has a relative float32 error, so its floor is 0; ``margin`` and ``entropy`` are sums and
+differences of probabilities with an absolute error, so theirs is 1 (:func:`tie_floor`)."""
 
 
-def _separable(higher: np.ndarray, lower: np.ndarray) -> np.ndarray:
+def tie_floor(score: str | None) -> float:
+    """The ``floor`` of :data:`SEPARATION` for a score (None: maxprob's)."""
+    return 0.0 if score in (None, "maxprob") else 1.0
+
+
+def _separable(higher: np.ndarray, lower: np.ndarray, floor: float = 0.0) -> np.ndarray:
     """Whether a threshold may fall between two scores (see :data:`SEPARATION`)."""
-    return np.asarray(higher - lower > SEPARATION * np.maximum(1.0, np.abs(higher)))
+    return np.asarray(higher - lower > SEPARATION * np.maximum(floor, np.abs(higher)))
 
 
 def _next_lower(desc: np.ndarray, value: float) -> float:
@@ -388,7 +404,7 @@ def _midway(cut: np.ndarray, below: np.ndarray) -> np.ndarray:
 
 
 def _geometric_fit(
-    cols: np.ndarray, q: float, first_sorted: np.ndarray | None = None
+    cols: np.ndarray, q: float, first_sorted: np.ndarray | None = None, floor: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """MSDNet's dynamic-evaluation thresholds for one ratio; ``cols`` is ``(K, N)``.
 
@@ -415,7 +431,7 @@ def _geometric_fit(
         # near-ties of the quota's score leave with it, as exact ties do (SEPARATION)
         below = col[present & (col < thr)]
         while True:
-            near = below[(below >= thr - SEPARATION * max(1.0, abs(thr))) & (below < thr)]
+            near = below[(below >= thr - SEPARATION * max(floor, abs(thr))) & (below < thr)]
             if not near.size:
                 break
             thr = float(near.min())
@@ -429,12 +445,13 @@ def _geometric_fit(
     return t, exits
 
 
-def geometric_thresholds(scores: np.ndarray, q: float) -> np.ndarray:
+def geometric_thresholds(scores: np.ndarray, q: float, score: str | None = None) -> np.ndarray:
     """MSDNet dynamic-evaluation thresholds for ratio ``q`` (vectorised, faithful).
 
     Args:
         scores: ``(N, K)`` scores of the fit samples.
         q: Ratio of the geometric exit distribution ``f_k ∝ q^k``.
+        score: The score's name, for the near-tie rule (:func:`tie_floor`; default maxprob's).
 
     Returns:
         ``(K - 1,)`` thresholds (``+inf`` where nobody leaves).
@@ -444,7 +461,8 @@ def geometric_thresholds(scores: np.ndarray, q: float) -> np.ndarray:
         >>> geometric_thresholds(s, 1.0).tolist()  # 0.9 and 0.8 leave: midway to 0.3
         [0.55]
     """
-    return _geometric_fit(np.ascontiguousarray(np.asarray(scores, dtype=np.float64).T), q)[0]
+    cols = np.ascontiguousarray(np.asarray(scores, dtype=np.float64).T)
+    return _geometric_fit(cols, q, None, tie_floor(score))[0]
 
 
 def smoothed_gains(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
@@ -797,11 +815,15 @@ def prepare_run(
 
 
 def problem_for(
-    method: str, scores: np.ndarray, correct: np.ndarray, costs: Sequence[float] | np.ndarray
+    method: str,
+    scores: np.ndarray,
+    correct: np.ndarray,
+    costs: Sequence[float] | np.ndarray,
+    score: str | None = None,
 ) -> ExitProblem:
-    """The :class:`ExitProblem` a method optimises on these samples."""
+    """The :class:`ExitProblem` a method optimises on these samples (``score``: its name)."""
     gains = smoothed_gains(scores, correct) if method == "smoothed" else correct.astype(np.float64)
-    return ExitProblem(scores, gains, costs)
+    return ExitProblem(scores, gains, costs, score)
 
 
 @dataclass(frozen=True)
@@ -1131,7 +1153,7 @@ def solve_run(
     )
     costs = prep.units[unit]
     fit_s, fit_c = prep.scores[prep.fit_idx], prep.correct[prep.fit_idx]
-    problem = problem_for(method, fit_s, fit_c, costs)
+    problem = problem_for(method, fit_s, fit_c, costs, prep.score)
     sol = solve_at(problem, target.value, method)
     if sol is None:
         cheapest = min(
@@ -1218,7 +1240,9 @@ def _solve_risk(
         temperature_idx=order_idx,
     )
     costs = np.asarray(prep.units[unit])
-    problem = problem_for(method, prep.scores[order_idx], prep.correct[order_idx], costs)
+    problem = problem_for(
+        method, prep.scores[order_idx], prep.correct[order_idx], costs, prep.score
+    )
     budgets = np.linspace(costs[-1], costs[0], n_candidates)
     path = solve_path(problem, list(budgets), method)
     safe = np.full(run.k - 1, np.inf)

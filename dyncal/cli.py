@@ -392,12 +392,14 @@ _RISK_HELP = (
 )
 
 
-def _check_out_file(path: Path) -> None:
-    """Refuse an output file whose folder does not exist."""
+def _check_out_file(path: Path, overwrite: bool = False) -> None:
+    """Refuse an output file whose folder does not exist, or that exists (as collect does)."""
     if not path.parent.exists():
         raise DyncalError(f"the folder '{path.parent}' for --out does not exist; create it first")
     if path.is_dir():
         raise DyncalError(f"--out '{path}' is a folder; give a file name such as thresholds.json")
+    if path.exists() and not overwrite:
+        raise DyncalError(f"'{path}' already exists; choose another --out or pass --overwrite")
 
 
 def _pct(x: float | None) -> str:
@@ -498,6 +500,7 @@ def solve(
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Latency batch size, with --device.")] = None,
     max_drop: Annotated[Optional[float], typer.Option(help=_RISK_HELP)] = None,
     delta: Annotated[float, typer.Option(help="Risk control: allowed probability of a drop above --max-drop.")] = 0.05,
+    overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Thresholds that maximise accuracy within a mean-cost budget, with honest held-out numbers.
@@ -513,7 +516,7 @@ def solve(
     from dyncal.run import atomic_write_text, load_run
 
     with user_errors():
-        _check_out_file(out)
+        _check_out_file(out, overwrite)
         loaded = load_run(run)
         asked_latency = _asked_latency(loaded, device, batch_size)
         result = solve_run(
@@ -567,6 +570,7 @@ def frontier(
     seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
     device: Annotated[Optional[str], typer.Option(help="Latency device when the run has no MACs.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Latency batch size, with --device.")] = None,
+    overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Accuracy versus cost for a grid of budgets: each solver, the oracle and each exit alone.
@@ -580,7 +584,7 @@ def frontier(
     from dyncal.run import load_run
 
     with user_errors():
-        _check_out_file(out)
+        _check_out_file(out, overwrite)
         names = tuple(m.strip() for m in methods.split(",") if m.strip())
         df = compute_frontier(
             load_run(run),
@@ -777,7 +781,7 @@ def _print_report(doc: dict[str, Any]) -> None:
 @app.command()
 def report(
     run: RunArg,
-    out: Annotated[Path, typer.Option(help="PDF file to write (replaced if it exists).")],
+    out: Annotated[Path, typer.Option(help="PDF file to write (an existing one only with --overwrite).")],
     budget: Annotated[
         Optional[str],
         typer.Option(help="Operating point's budget: 0.6x, 1.2GMAC or 35ms. Default: chosen from the criteria."),
@@ -803,6 +807,7 @@ def report(
     ] = False,
     holdout: Annotated[float, typer.Option(help="Fraction held out of fitting, to judge on.")] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
+    overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Write the PDF go/no-go report: decision, curves, exits, calibration, provenance.
@@ -823,7 +828,7 @@ def report(
         result = build_report(
             run, out, budget=budget, min_accuracy=min_accuracy, max_drop=max_drop, min_speedup=min_speedup,
             device=device, batch_size=batch_size, title=title, method=method, temperature=temperature,
-            holdout=holdout, seed=seed, command=command,
+            holdout=holdout, seed=seed, command=command, overwrite=overwrite,
         )
     doc = result.to_dict()
     if json_:

@@ -197,6 +197,12 @@ def test_go_and_nogo_reachable_and_no_criteria_states_the_tradeoff(
     assert doc["decision"] == "NO-GO" and doc["criteria"][0]["passed"] is False
     first = _flat(_pages_text(out)[0])
     assert "NO-GO" in first and "FAIL" in first
+    before = out.read_bytes()
+    assert_clean_error(
+        cli("report", demo_runs["plain"], "--out", out, "--max-drop", "0.05"),
+        r"already exists; choose another --out or pass --overwrite",
+    )
+    assert out.read_bytes() == before
     res = cli(
         "report",
         demo_runs["plain"],
@@ -207,13 +213,14 @@ def test_go_and_nogo_reachable_and_no_criteria_states_the_tradeoff(
         "--budget",
         "0.3x",
         "--json",
+        "--overwrite",
     )
     doc = json.loads(res.stdout)
     assert doc["decision"] == "GO" and doc["budget"] == "0.3x"
     assert (
         doc["criteria"][0]["name"] == "accuracy_drop" and doc["criteria"][0]["interval"][1] <= 0.05
     )
-    res = cli("report", demo_runs["plain"], "--out", out, "--json")
+    res = cli("report", demo_runs["plain"], "--out", out, "--json", "--overwrite")
     doc = json.loads(res.stdout)
     assert doc["decision"] is None and doc["criteria"] == []
     text = [_flat(t) for t in _pages_text(out)]

@@ -434,15 +434,35 @@ def test_cli_solve_and_frontier(cli, demo_run, tmp_path):
     doc = json.loads(r.stdout)
     assert doc == json.loads(out.read_text())
     assert doc["method"] == DEFAULT_METHOD and doc["budget"]["asked"] == "0.2x"
-    r = cli("solve", demo_run.path, "--budget", "0.2x", "--method", "geometric", "--out", out)
+    # an existing thresholds.json is refused, as collect refuses a run, unless --overwrite
+    before = out.read_text()
+    assert_clean_error(
+        cli("solve", demo_run.path, "--budget", "0.2x", "--method", "geometric", "--out", out),
+        r"already exists; choose another --out or pass --overwrite",
+    )
+    assert out.read_text() == before
+    r = cli(
+        "solve", demo_run.path, "--budget", "0.2x", "--method", "geometric", "--out", out,
+        "--overwrite",
+    )
     assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["method"] == "geometric"
     assert "held-out" in r.stdout and "95% CI" in r.stdout and "each exit alone" in r.stdout
     csv = tmp_path / "frontier.csv"
     r = cli("frontier", demo_run.path, "--out", csv, "--n-budgets", "6")
     assert r.exit_code == 0, r.output
     df = pd.read_csv(csv)
     assert list(df.columns) == frontier_columns(4, [])
-    r = cli("solve", demo_run.path, "--max-drop", "0.05", "--delta", "0.1", "--out", out, "--json")
+    assert_clean_error(
+        cli("frontier", demo_run.path, "--out", csv, "--n-budgets", "3"), r"already exists"
+    )
+    assert len(pd.read_csv(csv)) == len(df)
+    r = cli("frontier", demo_run.path, "--out", csv, "--n-budgets", "3", "--overwrite")
+    assert r.exit_code == 0 and len(pd.read_csv(csv)) < len(df)
+    r = cli(
+        "solve", demo_run.path, "--max-drop", "0.05", "--delta", "0.1", "--out", out, "--json",
+        "--overwrite",
+    )
     assert r.exit_code == 0 and json.loads(r.stdout)["risk"]["delta"] == 0.1
     r = cli("solve", "--help")
     assert "exchangeable" in r.stdout

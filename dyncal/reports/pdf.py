@@ -1513,12 +1513,14 @@ def build_report(
     holdout: float = 0.5,
     seed: int = 0,
     command: str = "",
+    overwrite: bool = True,
 ) -> ReportResult:
     """Solve a run's thresholds, judge the criteria and write the six-page PDF report.
 
     Args:
         run_path: A run directory with costs (MACs and/or profiled latency).
-        out_pdf: The PDF to write (atomically; replaced if it exists).
+        out_pdf: The PDF to write (atomically; an existing one is replaced only with
+            ``overwrite``).
         budget: Budget for the operating point (``0.6x``, ``1.2GMAC``, ``35ms``). Default:
             the cheapest frontier budget meeting the accuracy criterion on the fitting half;
             with only ``min_speedup``, the budget giving that speed-up; with no criterion,
@@ -1535,6 +1537,8 @@ def build_report(
         holdout: Fraction of samples held out of fitting (default 0.5).
         seed: Seed of the held-out split (default 0).
         command: The command line, printed on the provenance page.
+        overwrite: Replace an existing ``out_pdf`` (default True here; ``dyncal report``
+            refuses one unless ``--overwrite`` is given, as collect does).
 
     Returns:
         What was written and decided; ``to_dict()`` is the ``--json`` document.
@@ -1558,6 +1562,8 @@ def build_report(
         raise DyncalError(f"the folder '{out.parent}' for --out does not exist; create it first")
     if out.is_dir():
         raise DyncalError(f"--out '{out}' is a directory; give a file name like report.pdf")
+    if out.exists() and not overwrite:
+        raise DyncalError(f"'{out}' already exists; choose another --out or pass --overwrite")
     data = prepare_report(
         run_path,
         budget=budget,

@@ -555,6 +555,12 @@ def test_prepared_run_stands_in_for_the_run(demo_runs: dict[str, Path]) -> None:
     fa = compute_frontier(prep, n_budgets=5)
     fb = compute_frontier(run, n_budgets=5, holdout=0.3, seed=2)
     assert fa.equals(fb)
+    # after a default frontier, solve_run walks the cached path: same answers, any budget
+    compute_frontier(prep)
+    assert ("path", "smoothed", "macs", 41) in prep.cache
+    for budget in ("0.3x", "0.1234x", "1.2MMAC"):
+        fresh = solve_run(run, budget, holdout=0.3, seed=2).to_dict()
+        assert solve_run(prep, budget).to_dict() == fresh
     with pytest.raises(DyncalError, match=r"seed=5 contradicts the prepared run \(seed=2\)"):
         solve_run(prep, "0.3x", seed=5)
     with pytest.raises(DyncalError, match="score='margin' contradicts"):

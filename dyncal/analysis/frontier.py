@@ -22,7 +22,6 @@ from dyncal.calibrate.solvers import (
     PreparedRun,
     budget_grid,
     prepare_run,
-    problem_for,
     solve_path,
 )
 from dyncal.errors import DyncalError
@@ -215,10 +214,11 @@ def compute_frontier(
     rows: list[dict[str, Any]] = []
     geometric_pool = None
     for method in all_methods:
-        problem = problem_for(method, fs, fc, costs, prep.score)
-        if geometric_pool is not None:
+        problem = prep.problem(method, primary)
+        if geometric_pool is not None and problem._geometric is None:
             problem._geometric = geometric_pool  # same scores: share the geometric fits
         sols = solve_path(problem, list(budgets), method)
+        prep.cache[("path", method, primary, n_budgets)] = sols  # solve_run walks its prefix
         geometric_pool = problem.geometric_pool()
         for frac, sol in zip(fractions, sols, strict=True):
             bm = None if macs_full is None else float(frac * macs_full)

@@ -607,7 +607,11 @@ def budget_grid(
 
 
 def solve_at(
-    problem: ExitProblem, budget: float, method: str, n_budgets: int = 41
+    problem: ExitProblem,
+    budget: float,
+    method: str,
+    n_budgets: int = 41,
+    path: Sequence[Solution | None] | None = None,
 ) -> Solution | None:
     """Solve one budget the way the frontier does, so that separate calls agree.
 
@@ -625,6 +629,8 @@ def solve_at(
         budget: Mean-cost budget in the unit of ``problem.costs``.
         method: ``optimal``, ``smoothed`` or ``geometric``.
         n_budgets: Size of the frontier grid (default 41, as ``dyncal frontier``).
+        path: :func:`solve_path` of this problem and method over the whole grid, if already
+            computed (the frontier's); its prefix is the path walked here.
 
     Returns:
         The solution, or None when the method has none within the budget.
@@ -633,10 +639,14 @@ def solve_at(
         return solve_path(problem, [budget], method)[0]
     _, grid = budget_grid(problem.costs, n_budgets)
     below = [float(g) for g in grid if g <= budget]
-    if any(budget < g <= budget * (1 + 1e-12) for g in grid):
+    near = any(budget < g <= budget * (1 + 1e-12) for g in grid)
+    if near:
         below.append(budget)  # a grid budget equal to this one up to rounding
-    path = solve_path(problem, below, method) if below else []
-    prev = path[-1] if path else None
+    if path is not None and len(path) == len(grid) and not near:
+        walked = list(path[: len(below)])
+    else:
+        walked = solve_path(problem, below, method) if below else []
+    prev = walked[-1] if walked else None
     fits = [s for s in _pool(problem) if s.cost <= budget]
     best = max(fits, key=lambda s: (s.gain, -s.cost)) if fits else None
     if prev is not None:
@@ -683,6 +693,8 @@ class PreparedRun:
             bound (None when temperatures were not fitted).
         costs: The run's cost table (:class:`dyncal.run.CostTable`).
         path: The run's directory.
+        cache: Fit problems and frontier paths already computed on it, reused by
+            :func:`solve_run` and :func:`dyncal.analysis.frontier.compute_frontier`.
 
     A prepared run can stand in for the run in :func:`solve_run` and
     :func:`dyncal.analysis.frontier.compute_frontier`, so that several of them score the
@@ -703,6 +715,18 @@ class PreparedRun:
     temperature_at_bound: tuple[bool, ...] | None = None
     costs: Any = None
     path: str = ""
+    cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def problem(self, method: str, unit: str) -> ExitProblem:
+        """The fit part's :class:`ExitProblem` for a method and cost column (cached)."""
+        key = ("problem", method, unit)
+        if key not in self.cache:
+            fit = self.fit_idx
+            self.cache[key] = problem_for(
+                method, self.scores[fit], self.correct[fit], self.units[unit], self.score
+            )
+        problem: ExitProblem = self.cache[key]
+        return problem
 
     @property
     def k(self) -> int:
@@ -1152,9 +1176,8 @@ def solve_run(
         run, score=score, temperature=temperature, holdout=holdout, seed=seed
     )
     costs = prep.units[unit]
-    fit_s, fit_c = prep.scores[prep.fit_idx], prep.correct[prep.fit_idx]
-    problem = problem_for(method, fit_s, fit_c, costs, prep.score)
-    sol = solve_at(problem, target.value, method)
+    problem = prep.problem(method, unit)
+    sol = solve_at(problem, target.value, method, path=prep.cache.get(("path", method, unit, 41)))
     if sol is None:
         cheapest = min(
             s.cost for s in (problem.solution(t, e) for t, e in problem.geometric_pool())

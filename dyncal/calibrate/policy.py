@@ -85,10 +85,11 @@ def assign_exits(scores: np.ndarray, thresholds: Sequence[float | None] | np.nda
     """
     n, k = scores.shape
     t = _as_thresholds(thresholds, k)
-    passes = np.empty((n, k), dtype=bool)
-    np.greater_equal(scores[:, : k - 1], t[None, :], out=passes[:, : k - 1])
-    passes[:, k - 1] = True
-    exits: np.ndarray = np.argmax(passes, axis=1).astype(np.int64)
+    # last exit first, then each earlier exit overrides: the first passing exit wins (a
+    # column at a time is several times faster than argmax across a (N, K) mask)
+    exits = np.full(n, k - 1, dtype=np.int64)
+    for j in range(k - 2, -1, -1):
+        np.copyto(exits, j, where=scores[:, j] >= t[j])
     return exits
 
 

@@ -565,3 +565,16 @@ def test_prepared_run_stands_in_for_the_run(demo_runs: dict[str, Path]) -> None:
         solve_run(prep, "0.3x", seed=5)
     with pytest.raises(DyncalError, match="score='margin' contradicts"):
         compute_frontier(prep, score="margin")
+
+
+def test_temperature_at_the_bound_is_flagged_on_the_calibration_page(tmp_path: Path) -> None:
+    from dyncal.reports.pdf import build_report
+
+    z, y = _demo_logits()
+    z[:, 0] = np.random.default_rng(0).normal(0, 10, z[:, 0].shape)  # exit 1: pure noise
+    run = import_arrays(z, y, tmp_path / "noise", macs=DEMO_MACS)
+    res = build_report(run.path, tmp_path / "n.pdf", budget="0.5x", temperature=True)
+    assert res.thresholds["temperature_at_bound"] == [True, False, False, False]
+    page = _flat(_pages_text(tmp_path / "n.pdf")[4])
+    assert "(at bound)" in page
+    assert "temperature of exit 1 stopped at the search bound" in page

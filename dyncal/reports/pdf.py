@@ -1293,6 +1293,7 @@ def _page_exits(data: ReportData) -> Figure:
 def _page_calibration(data: ReportData) -> Figure:
     p = _Page(data, 5, "Calibration of each exit")
     temps = [float(v) for v in (data.thresholds.get("temperatures") or [1.0] * data.k)]
+    stuck = {i for i, v in enumerate(data.thresholds.get("temperature_at_bound") or []) if v}
     p.para(
         "Early exit trusts each exit's confidence. A calibrated exit is right on about 90% of "
         "the samples "
@@ -1329,9 +1330,20 @@ def _page_calibration(data: ReportData) -> Figure:
             f"{data.bins[i].ece:.3f}",
         ]
         if data.scaled_bins:
-            row += [f"{temps[i]:.3f}", f"{data.scaled_bins[i].ece:.3f}"]
+            mark = " (at bound)" if i in stuck else ""
+            row += [f"{temps[i]:.3f}{mark}", f"{data.scaled_bins[i].ece:.3f}"]
         rows.append(row)
     p.table(header, rows, col_widths=widths, size=9.5)
+    if stuck:
+        p.skip(0.05)
+        p.para(
+            "Warning: the fitted temperature of exit "
+            + ", ".join(str(i + 1) for i in sorted(stuck))
+            + " stopped at the search bound (0.05 or 20): its likelihood wants a more extreme "
+            "temperature (near-constant logits, or an exit almost always right or wrong), so "
+            "its confidence may be poorly calibrated.",
+            size=9.5,
+        )
     p.skip(0.2)
     cols = reliability_columns(data.k)
     n_rows = math.ceil(data.k / cols)

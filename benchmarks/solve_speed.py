@@ -157,7 +157,11 @@ def main() -> None:
         t0 = time.perf_counter()
         compute_frontier(prep)
         best = min(best, time.perf_counter() - t0)
-    timings["dyncal frontier default (compute_frontier: 3 methods on the fit half, oracle, static, held-out CIs)"] = best
+    label = (
+        "dyncal frontier default (compute_frontier: 3 methods on the fit half, oracle, "
+        "static, held-out CIs)"
+    )
+    timings[label] = best
     out["frontier_seconds"] = {k: round(v, 3) for k, v in timings.items()}
     out["load_average_1min"] = os.getloadavg()[0]
     # published per-sample loop vs vectorised, the 39 published ratios

@@ -379,7 +379,10 @@ def test_split_keeps_classes_too_small_to_split_in_the_fit_part(demo_logits, tmp
     with pytest.raises(DyncalError, match=r"--holdout 0.999 is too large: .* class 0"):
         stratified_split(np.repeat([0, 1], 5), 0.999)
     assert_clean_error(
-        cli("solve", run.path, "--budget", "0.5x", "--holdout", "0.999", "--out", tmp_path / "t.json"),
+        cli(
+            "solve", run.path, "--budget", "0.5x", "--holdout", "0.999",
+            "--out", tmp_path / "t.json",
+        ),
         r"--holdout 0.999 is too large",
     )
     with pytest.raises(DyncalError, match="holds nothing out: no class has enough samples"):
@@ -574,7 +577,7 @@ def test_geometric_at_first_exit_cost_is_a_clear_error(demo_run):
     assert solve_run(demo_run, "0.02x", method="optimal").exit_shares[0] == 1.0
 
 
-# --------------------------------------------------------------------------- one budget vs the frontier
+# ------------------------------------------------------------------- one budget vs the frontier
 
 FASHION = Path(__file__).parent.parent / "benchmarks"
 FASHION_MACS = [70880.0, 304368.0, 990864.0, 3716048.0]
@@ -615,7 +618,8 @@ def test_separate_solves_are_monotone_and_above_geometric(demo_run, fractions, m
 
             prep = prepare_run(demo_run)
             costs = prep.units["macs"]
-            pb = problem_for("smoothed", prep.scores[prep.fit_idx], prep.correct[prep.fit_idx], costs)
+            fit = prep.fit_idx
+            pb = problem_for("smoothed", prep.scores[fit], prep.correct[fit], costs)
             gain = pb.solution(np.asarray(res.thresholds[:-1], dtype=float)).gain
             assert gain >= prev_gain - 1e-12
             prev_gain = gain
@@ -669,7 +673,8 @@ def test_float32_deployment_takes_the_same_exits(fashion_run, method, score, bud
 
     Thresholds used to be exact float64 scores of fit samples, so 1-3 of them flipped.
     """
-    doc = json.loads(json.dumps(solve_run(fashion_run, budget, method=method, score=score).to_dict()))
+    res = solve_run(fashion_run, budget, method=method, score=score)
+    doc = json.loads(json.dumps(res.to_dict()))
     t = np.array(doc["thresholds"][:-1], dtype=float)
     s64, pred = exit_scores(fashion_run.logits, score, doc["temperatures"])
     s32 = _float32_scores(fashion_run.logits, score, doc["temperatures"])
@@ -717,7 +722,8 @@ def test_several_latency_columns_need_device_and_batch(demo_logits, tmp_path, cl
         run = import_arrays(z, y, tmp_path / f"lat{macs is None}", macs=macs)
         save_costs(run.path, CostTable(macs=macs, latency=latency, source="profile"))
         run = load_run(run.path)
-        with pytest.raises(BudgetError, match=r"several devices or batch sizes \(cpu/b1, cuda/b32\)"):
+        several = r"several devices or batch sizes \(cpu/b1, cuda/b32\)"
+        with pytest.raises(BudgetError, match=several):
             solve_run(run, "3ms")
         assert solve_run(run, "0.3ms", device="cuda").budget["unit"] == "ms:cuda/b32"
         assert solve_run(run, "3ms", batch_size=1).budget["unit"] == "ms:cpu/b1"

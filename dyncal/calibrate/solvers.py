@@ -13,15 +13,16 @@ Methods (``METHODS``):
     shares are ``f_k ∝ q^k`` (k = 1..K, normalised); exit by exit, among samples still
     present and sorted by score, the ``floor(n f_k)``-th (n = all fit samples) and everyone
     still present with a score as high leaves (ties included, and near-ties closer than
-    :data:`SEPARATION`: float32 cannot tell them apart); ``t_k`` is placed midway between the lowest score that
-    leaves and the next lower one present, so the same samples leave when scores are
-    recomputed in float32; a quota of 0, or larger than what is left, lets nobody leave. ``q`` runs over the
-    published 39 values ``p / 20`` and a fine geometric grid (240 values in [0.01, 8]) so
-    the baseline is at its strongest. At a budget the baseline is the ``q`` of highest
-    fitted accuracy whose fitted cost fits (none fits at exactly exit 1's cost: some sample
-    always stays). Shares are computed in float64 where the published code uses float32,
-    which can move a quota by one sample at the rounding boundary. Cost: ``O(Q K N)`` for ``Q`` ratios (one
-    ``np.partition`` per exit and ratio), independent of the number of budgets.
+    :data:`SEPARATION`: float32 cannot tell them apart); ``t_k`` is placed midway between
+    the lowest score that leaves and the next lower one present, so the same samples leave
+    when scores are recomputed in float32; a quota of 0, or larger than what is left, lets
+    nobody leave. ``q`` runs over the published 39 values ``p / 20`` and a fine geometric
+    grid (240 values in [0.01, 8]) so the baseline is at its strongest. At a budget the
+    baseline is the ``q`` of highest fitted accuracy whose fitted cost fits (none fits at
+    exactly exit 1's cost: some sample always stays). Shares are computed in float64 where
+    the published code uses float32, which can move a quota by one sample at the rounding
+    boundary. Cost: ``O(Q K N)`` for ``Q`` ratios (one ``np.partition`` per exit and
+    ratio), independent of the number of budgets.
 
 ``optimal``
     Coordinate ascent over all ``K - 1`` thresholds with *exact* one-threshold updates.

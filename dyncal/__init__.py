@@ -6,7 +6,7 @@ import torch when first used.
 Example:
     >>> import dyncal
     >>> sorted(n for n in dyncal.__all__ if n.startswith("load"))
-    ['load_run']
+    ['load_dataset', 'load_model', 'load_run']
 """
 
 from __future__ import annotations

@@ -847,6 +847,7 @@ def plot(
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Latency batch size.")] = None,
     method: Annotated[Optional[str], typer.Option(help="Threshold solver: smoothed, optimal or geometric.")] = None,
     dpi: Annotated[int, typer.Option(min=30, help="Resolution of .png output.")] = 150,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Export one figure of the report alone.
 
@@ -855,6 +856,7 @@ def plot(
     from dyncal.reports.pdf import export_figure
 
     with user_errors():
+        _check_out_file(out, overwrite)
         path = export_figure(run, kind, out, budget=budget, device=device, batch_size=batch_size, method=method, dpi=dpi)
     typer.echo(f"wrote {path}", err=True)
 

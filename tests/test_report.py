@@ -357,6 +357,13 @@ def test_plot_errors(demo_runs: dict[str, Path], tmp_path: Path, cli) -> None:
     assert_clean_error(
         cli("plot", demo_runs["plain"], "--kind", "exits", "--out", tmp_path / "x.jpg"), r"\.png"
     )
+    kept = tmp_path / "kept.png"
+    kept.write_bytes(b"mine")
+    assert_clean_error(
+        cli("plot", demo_runs["plain"], "--kind", "exits", "--out", kept), r"already exists.*--overwrite"
+    )
+    assert kept.read_bytes() == b"mine"
+    assert cli("plot", demo_runs["plain"], "--kind", "exits", "--out", kept, "--overwrite").exit_code == 0
 
 
 # --------------------------------------------------------------------------- figures alone

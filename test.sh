@@ -16,4 +16,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       || echo "note: could not install dataset-fashion-mnist/poppler-utils; those tests will skip" >&2
   fi
 fi
+# House rules first (fast): lint, formatting and strict typing of the package.
+"$VENV/bin/ruff" check dyncal tests benchmarks
+"$VENV/bin/ruff" format --check --quiet dyncal tests benchmarks
+"$VENV/bin/mypy" dyncal
 exec "$VENV/bin/python" -m pytest "$@"

@@ -19,7 +19,7 @@ class ImageNetSizedExits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outs = []
-        for body, head in zip(self.body, self.heads):
+        for body, head in zip(self.body, self.heads, strict=False):
             x = torch.relu(body(x))
             outs.append(head(x))
         return outs
@@ -55,14 +55,16 @@ class ConvExits(nn.Module):
         torch.manual_seed(0)
         chans = [3, 32, 64, 128, 128]
         self.stages = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU(), nn.Conv2d(b, b, 3, padding=1), nn.ReLU())
-            for a, b in zip(chans, chans[1:])
+            nn.Sequential(
+                nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU(), nn.Conv2d(b, b, 3, padding=1), nn.ReLU()
+            )
+            for a, b in zip(chans, chans[1:], strict=False)
         )
         self.heads = nn.ModuleList(nn.Linear(b, 100) for b in chans[1:])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outs = []
-        for stage, head in zip(self.stages, self.heads):
+        for stage, head in zip(self.stages, self.heads, strict=False):
             x = stage(x)
             outs.append(head(x.mean(dim=(2, 3))))
         return outs

@@ -45,7 +45,9 @@ def time_overhead(n: int = 1024, batch_size: int = 128, repeats: int = 11) -> di
     torch.manual_seed(0)
     dataset = torch.utils.data.TensorDataset(torch.randn(n, 3, 32, 32), torch.randint(0, 100, (n,)))
     model = bench_models.conv_exits()
-    loaded = LoadedModel(module=model, spec="bench_models:conv_exits", weights=None, weights_sha256=None, model_path=None)
+    loaded = LoadedModel(
+        module=model, spec="bench_models:conv_exits", weights=None, weights_sha256=None, model_path=None
+    )
 
     def bare() -> float:
         loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
@@ -68,8 +70,11 @@ def time_overhead(n: int = 1024, batch_size: int = 128, repeats: int = 11) -> di
         a.append(bare())
         b.append(collect())
     return {
-        "bare_min": min(a), "collect_min": min(b), "ratio_min": min(b) / min(a),
-        "bare_median": statistics.median(a), "collect_median": statistics.median(b),
+        "bare_min": min(a),
+        "collect_min": min(b),
+        "ratio_min": min(b) / min(a),
+        "bare_median": statistics.median(a),
+        "collect_median": statistics.median(b),
         "ratio_median": statistics.median(b) / statistics.median(a),
     }
 
@@ -89,9 +94,25 @@ def peak_rss_mib(n: int) -> float:
     with tempfile.TemporaryDirectory() as d:
         env = {**os.environ, "DYNCAL_BENCH_N": str(n), "PYTHONPATH": str(HERE)}
         out = subprocess.run(
-            [sys.executable, "-c", PEAK_SNIPPET, "collect", "--model", "bench_models:imagenet_sized",
-             "--data", "bench_models:synthetic", "--out", str(Path(d) / "run"), "--batch-size", "250", "-q"],
-            capture_output=True, text=True, env=env, check=True,
+            [
+                sys.executable,
+                "-c",
+                PEAK_SNIPPET,
+                "collect",
+                "--model",
+                "bench_models:imagenet_sized",
+                "--data",
+                "bench_models:synthetic",
+                "--out",
+                str(Path(d) / "run"),
+                "--batch-size",
+                "250",
+                "-q",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
         )
         return int(out.stdout.strip().splitlines()[-1]) / 1024
 

@@ -28,8 +28,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "demo"
         run_demo(out)
-        result = verify_run(out / "run", read_thresholds(out / "thresholds.json"),
-                            batch_sizes=(1, 8, 32, 128), repeats=5)
+        result = verify_run(
+            out / "run", read_thresholds(out / "thresholds.json"), batch_sizes=(1, 8, 32, 128), repeats=5
+        )
     doc = result.to_dict()
     lines = [
         "# Real early exit vs prediction (demo model, CPU)",

@@ -33,9 +33,7 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()
-    )
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
 
 
 def head(c_in: int) -> nn.Sequential:
@@ -120,9 +118,7 @@ def main() -> None:
         )
     net.eval()
     with torch.no_grad():
-        logits = torch.stack(
-            [torch.stack(net(xte_t[i : i + 1000]), 1) for i in range(0, 10000, 1000)]
-        )
+        logits = torch.stack([torch.stack(net(xte_t[i : i + 1000]), 1) for i in range(0, 10000, 1000)])
     logits = logits.reshape(10000, 4, 10).numpy()
     acc = (logits.argmax(-1) == yte[:, None]).mean(0)
     macs = cumulative_macs(net)

@@ -62,13 +62,8 @@ class _CachedModel:
 
         k = logits.shape[1]
         self._logits = [torch.from_numpy(np.ascontiguousarray(logits[:, j])) for j in range(k)]
-        points = [
-            ExitPoint(name=f"exit{j + 1}", layer_name=f"stage{j + 1}", in_channels=1)
-            for j in range(k - 1)
-        ]
-        self.config = EarlyExitConfig(
-            backbone="cached-logits", num_classes=logits.shape[2], exit_points=points
-        )
+        points = [ExitPoint(name=f"exit{j + 1}", layer_name=f"stage{j + 1}", in_channels=1) for j in range(k - 1)]
+        self.config = EarlyExitConfig(backbone="cached-logits", num_classes=logits.shape[2], exit_points=points)
         self._flops_at = {f"stage{j + 1}": float(macs[j] / macs[-1]) for j in range(k - 1)}
         self.training = False
 
@@ -99,9 +94,7 @@ def earlyon_thresholds(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = calibrate_thresholds_for_budget(model, loader, target_computation=min(1.0, fraction))  # type: ignore[arg-type]
-    t = np.array(
-        [thr if on else np.inf for thr, on in zip(res.thresholds, res.enabled_exits, strict=True)]
-    )
+    t = np.array([thr if on else np.inf for thr, on in zip(res.thresholds, res.enabled_exits, strict=True)])
     return t, bool(res.budget_met)
 
 
@@ -141,10 +134,7 @@ def main() -> None:
                     sols.append(t)
             else:
                 problem = problem_for(m, scores[fit], correct[fit], macs)
-                sols = [
-                    None if s is None else s.thresholds
-                    for s in solve_path(problem, list(budgets), m)
-                ]
+                sols = [None if s is None else s.thresholds for s in solve_path(problem, list(budgets), m)]
             seconds[m] += time.perf_counter() - t0
             for b, t in enumerate(sols):
                 if t is None:
@@ -157,9 +147,7 @@ def main() -> None:
                     held_cost[m][split, b] = ho.expected_cost / macs[-1]
     # budgets where every method has an answer on every split
     common = np.all([~np.isnan(held[m]).any(axis=0) for m in methods], axis=0)
-    active = common & (
-        fractions <= 0.35
-    )  # below ~0.3x this model's exit 3 and 4 are not yet affordable for all
+    active = common & (fractions <= 0.35)  # below ~0.3x this model's exit 3 and 4 are not yet affordable for all
     summary: dict[str, Any] = {}
     for m in methods:
         summary[m] = {
@@ -231,10 +219,7 @@ def main() -> None:
     for b, f in enumerate(fractions):
         cells = [
             "-" if np.isnan(v) else f"{100 * v:.2f}%"
-            for v in (
-                np.nanmean(held[m][:, b]) if not np.all(np.isnan(held[m][:, b])) else np.nan
-                for m in methods
-            )
+            for v in (np.nanmean(held[m][:, b]) if not np.all(np.isnan(held[m][:, b])) else np.nan for m in methods)
         ]
         lines.append(f"| {f:.3f}x | " + " | ".join(cells) + " |")
     lines += [

@@ -52,9 +52,7 @@ def _slug(text: str) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (dry run)")
-    ap.add_argument(
-        "--batch-size", default=None, help="comma-separated; default 1,32 on cuda, 1 on cpu"
-    )
+    ap.add_argument("--batch-size", default=None, help="comma-separated; default 1,32 on cuda, 1 on cpu")
     ap.add_argument("--threads", default=None, help="CPU threads pinned while timing")
     ap.add_argument("--repeats", default="25")
     ap.add_argument("--warmup", default="10")
@@ -128,28 +126,20 @@ def main() -> int:
         f"threads {first['threads']}, repeats {first['settings'].get('repeats')}, "
         f"warm-up {first['settings'].get('warmup')}, timer {first['settings'].get('timer')}",
         "",
-        "| exit | stage MACs | MACs (cum.) | "
-        + " | ".join(f"ms {k} (median, IQR)" for k in keys)
-        + " |",
+        "| exit | stage MACs | MACs (cum.) | " + " | ".join(f"ms {k} (median, IQR)" for k in keys) + " |",
         "|---:|---:|---:|" + "---:|" * len(keys),
     ]
     for e in doc["exits"]:
         i = e["exit"] - 1
-        cells = [
-            f"{doc['latency'][k]['exit_ms'][i]:.3f} ({doc['latency'][k]['stage_iqr_ms'][i]:.3f})"
-            for k in keys
-        ]
-        lines.append(
-            f"| {e['exit']} | {e['stage_macs']:,} | {e['macs']:,} | " + " | ".join(cells) + " |"
-        )
+        cells = [f"{doc['latency'][k]['exit_ms'][i]:.3f} ({doc['latency'][k]['stage_iqr_ms'][i]:.3f})" for k in keys]
+        lines.append(f"| {e['exit']} | {e['stage_macs']:,} | {e['macs']:,} | " + " | ".join(cells) + " |")
     lines.append("")
     for k in keys:
         lat = doc["latency"][k]
         noisy = lat["settings"].get("noisy") or {}
         lines.append(
             f"- {k}: full model {lat['full_model_ms']:.3f} ms, "
-            f"exit decision {lat['decision_ms']:.4f} ms"
-            + (f", noisy: {', '.join(noisy)}" if noisy else "")
+            f"exit decision {lat['decision_ms']:.4f} ms" + (f", noisy: {', '.join(noisy)}" if noisy else "")
         )
     lines.append(
         f"- fvcore on the whole eager model: {doc['model_macs']:,} MACs; on the unsplit graph: "

@@ -131,18 +131,14 @@ def measure(run: Path, out: Path, **criteria: float) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--keep", type=Path, default=None, help="Keep the runs and PDFs in this folder."
-    )
+    parser.add_argument("--keep", type=Path, default=None, help="Keep the runs and PDFs in this folder.")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp()) if args.keep is None else args.keep
     root.mkdir(parents=True, exist_ok=True)
     rows = []
     try:
         demo = demo_run(root)
-        rows.append(
-            ("demo (N=797, K=4, C=10)", measure(demo, root / "demo.pdf", min_accuracy=0.95))
-        )
+        rows.append(("demo (N=797, K=4, C=10)", measure(demo, root / "demo.pdf", min_accuracy=0.95)))
         t = time.perf_counter()
         big = imagenet_run(root)
         make_s = time.perf_counter() - t
@@ -180,10 +176,7 @@ def main() -> None:
         "|---|---|---|---|---|",
     ]
     for name, r in rows:
-        lines.append(
-            f"| {name} | {r['total_s']:.2f} | {r['render_s']:.2f} | {r['size_kb']:.0f} | "
-            f"{r['decision']} |"
-        )
+        lines.append(f"| {name} | {r['total_s']:.2f} | {r['render_s']:.2f} | {r['size_kb']:.0f} | {r['decision']} |")
     lines += [
         "",
         f"Writing the synthetic 1 GB run itself took {make_s:.1f} s (not part of the report).",

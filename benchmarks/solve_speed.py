@@ -122,10 +122,7 @@ def main() -> None:
             best = min(best, time.perf_counter() - t0)
         timings[method] = best
         rows = np.arange(N)
-        accs[method] = [
-            None if s is None else float(correct[rows, problem.exits(s.thresholds)].mean())
-            for s in sols
-        ]
+        accs[method] = [None if s is None else float(correct[rows, problem.exits(s.thresholds)].mean()) for s in sols]
     # both methods as compute_frontier runs them: one problem, the geometric fits shared
     best = math.inf
     for _ in range(3):
@@ -157,10 +154,7 @@ def main() -> None:
         t0 = time.perf_counter()
         compute_frontier(prep)
         best = min(best, time.perf_counter() - t0)
-    label = (
-        "dyncal frontier default (compute_frontier: 3 methods on the fit half, oracle, "
-        "static, held-out CIs)"
-    )
+    label = "dyncal frontier default (compute_frontier: 3 methods on the fit half, oracle, static, held-out CIs)"
     timings[label] = best
     out["frontier_seconds"] = {k: round(v, 3) for k, v in timings.items()}
     out["load_average_1min"] = os.getloadavg()[0]
@@ -184,11 +178,7 @@ def main() -> None:
         "speedup": round(loop_s / vec_s, 1),
         "same_exits": bool(same),
     }
-    gain = [
-        (o - g)
-        for o, g in zip(accs["optimal"], accs["geometric"], strict=True)
-        if o is not None and g is not None
-    ]
+    gain = [(o - g) for o, g in zip(accs["optimal"], accs["geometric"], strict=True) if o is not None and g is not None]
     out["optimal_minus_geometric_fitted_accuracy"] = {
         "min": round(min(gain), 5),
         "mean": round(float(np.mean(gain)), 5),

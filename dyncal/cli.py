@@ -13,7 +13,7 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -102,13 +102,13 @@ def collect(
         typer.Option(help="Data: 'imagefolder:DIR', 'pkg.module:factory' (returns a Dataset) or FILE.npz."),
     ],
     out: Annotated[Path, typer.Option(help="Run directory to create.")],
-    weights: Annotated[Optional[Path], typer.Option(help="Checkpoint loaded with torch.load(weights_only=True).")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Checkpoint loaded with torch.load(weights_only=True).")] = None,
     model_path: Annotated[
-        Optional[Path], typer.Option(help="Folder to import the model's module from (else PYTHONPATH).")
+        Path | None, typer.Option(help="Folder to import the model's module from (else PYTHONPATH).")
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Samples per forward.")] = 64,
     workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 0,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="Use only the first N samples.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Use only the first N samples.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
     resize: Annotated[int, typer.Option(help="imagefolder: resize the short side to this.")] = 256,
     crop: Annotated[int, typer.Option(help="imagefolder: centre crop size.")] = 224,
@@ -192,7 +192,7 @@ def import_(
     file: Annotated[Path, typer.Argument(help=".npz with 'logits' (N,K,C) and 'labels' (N,).", show_default=False)],
     out: Annotated[Path, typer.Option(help="Run directory to create.")],
     macs: Annotated[
-        Optional[str], typer.Option(help="Cumulative MACs per exit, comma-separated (e.g. 1.2e8,3.1e8).")
+        str | None, typer.Option(help="Cumulative MACs per exit, comma-separated (e.g. 1.2e8,3.1e8).")
     ] = None,
     layout: Annotated[
         str, typer.Option(help="Array layout of 'logits': nkc, or knc as MSDNet-style code stores it.")
@@ -295,23 +295,24 @@ def _parse_int_list(text: str | None, option: str) -> list[int] | None:
 def profile(
     run: RunArg,
     device: Annotated[
-        Optional[list[str]], typer.Option("--device", help="Device to time on: cpu, cuda or cuda:N (repeat for several).")
+        list[str] | None,
+        typer.Option("--device", help="Device to time on: cpu, cuda or cuda:N (repeat for several)."),
     ] = None,
     batch_size: Annotated[str, typer.Option(help="Batch sizes to time, comma-separated (e.g. 1,32).")] = "1",
     threads: Annotated[
-        Optional[int], typer.Option(min=1, help="CPU threads pinned while timing (default: torch's current setting).")
+        int | None, typer.Option(min=1, help="CPU threads pinned while timing (default: torch's current setting).")
     ] = None,
     model: Annotated[
-        Optional[str], typer.Option(help="Model spec overriding the run's ('pkg.module:factory' or FILE.pt2).")
+        str | None, typer.Option(help="Model spec overriding the run's ('pkg.module:factory' or FILE.pt2).")
     ] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="Checkpoint overriding the run's.")] = None,
-    model_path: Annotated[Optional[Path], typer.Option(help="Folder to import the model's module from.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Checkpoint overriding the run's.")] = None,
+    model_path: Annotated[Path | None, typer.Option(help="Folder to import the model's module from.")] = None,
     input_shape: Annotated[
-        Optional[str], typer.Option(help="Per-sample input shape overriding the run's, e.g. 3,224,224.")
+        str | None, typer.Option(help="Per-sample input shape overriding the run's, e.g. 3,224,224.")
     ] = None,
-    input_dtype: Annotated[Optional[str], typer.Option(help="Input dtype overriding the run's (float32).")] = None,
+    input_dtype: Annotated[str | None, typer.Option(help="Input dtype overriding the run's (float32).")] = None,
     stages: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="Declare stages by hand: 'pkg.module:fn', fn(model) -> list of stage modules."),
     ] = None,
     macs_only: Annotated[bool, typer.Option("--macs-only", help="Count MACs; measure no latency.")] = False,
@@ -436,7 +437,9 @@ def _print_solve_summary(doc: dict[str, Any], asked_latency: str | None = None) 
     line = f"accuracy: calibration {_pct(doc['calibration_accuracy'])} (n={split.get('n_calibration')})"
     if doc.get("holdout_accuracy") is not None:
         lo, hi = doc["holdout_ci"]
-        line += f", held-out {_pct(doc['holdout_accuracy'])} [95% CI {_pct(lo)} – {_pct(hi)}] (n={split.get('n_holdout')})"
+        line += (
+            f", held-out {_pct(doc['holdout_accuracy'])} [95% CI {_pct(lo)} – {_pct(hi)}] (n={split.get('n_holdout')})"
+        )
     else:
         line += ", held-out: none (--holdout 0)"
     console.print(line)
@@ -475,7 +478,7 @@ def solve(
     run: RunArg,
     out: Annotated[Path, typer.Option(help="Where to write thresholds.json.")],
     budget: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             help="Mean cost per sample: 0.6x (fraction of the last exit's cost), 1.2GMAC / 850MMAC, "
             "or 35ms (expected early-exit latency of a profiled --device/--batch-size)."
@@ -496,9 +499,9 @@ def solve(
         float, typer.Option(help="Fraction held out (stratified) to report honest accuracy; 0 fits on all.")
     ] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
-    device: Annotated[Optional[str], typer.Option(help="Latency device for ms budgets (e.g. cpu).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Latency batch size, with --device.")] = None,
-    max_drop: Annotated[Optional[float], typer.Option(help=_RISK_HELP)] = None,
+    device: Annotated[str | None, typer.Option(help="Latency device for ms budgets (e.g. cpu).")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Latency batch size, with --device.")] = None,
+    max_drop: Annotated[float | None, typer.Option(help=_RISK_HELP)] = None,
     delta: Annotated[float, typer.Option(help="Risk control: allowed probability of a drop above --max-drop.")] = 0.05,
     overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
@@ -545,7 +548,7 @@ def _asked_latency(run: Any, device: str | None, batch_size: int | None) -> str 
     """The latency key --device/--batch-size name, if any and profiled."""
     if device is None and batch_size is None:
         return None
-    from dyncal.calibrate.budget import pick_latency, cost_units
+    from dyncal.calibrate.budget import cost_units, pick_latency
     from dyncal.errors import BudgetError
 
     try:
@@ -568,8 +571,8 @@ def frontier(
     ] = False,
     holdout: Annotated[float, typer.Option(help="Fraction held out (stratified); 0 fits on all.")] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
-    device: Annotated[Optional[str], typer.Option(help="Latency device when the run has no MACs.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Latency batch size, with --device.")] = None,
+    device: Annotated[str | None, typer.Option(help="Latency device when the run has no MACs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Latency batch size, with --device.")] = None,
     overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -634,12 +637,12 @@ def verify(
     thresholds: Annotated[Path, typer.Option(help="thresholds.json from 'dyncal solve'.")],
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
     batch_size: Annotated[str, typer.Option(help="Batch sizes to time, comma-separated (e.g. 1,32).")] = "1",
-    limit: Annotated[Optional[int], typer.Option(min=1, help="Replay only the first N rows of the run.")] = None,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads pinned while timing.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Model spec overriding the run's.")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="Checkpoint overriding the run's.")] = None,
-    model_path: Annotated[Optional[Path], typer.Option(help="Folder to import the model's module from.")] = None,
-    data: Annotated[Optional[str], typer.Option(help="Data spec overriding the run's.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Replay only the first N rows of the run.")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads pinned while timing.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model spec overriding the run's.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Checkpoint overriding the run's.")] = None,
+    model_path: Annotated[Path | None, typer.Option(help="Folder to import the model's module from.")] = None,
+    data: Annotated[str | None, typer.Option(help="Data spec overriding the run's.")] = None,
     repeats: Annotated[int, typer.Option(min=1, help="Timings per batch (the median is kept).")] = 3,
     json_: JsonOpt = False,
 ) -> None:
@@ -783,25 +786,27 @@ def report(
     run: RunArg,
     out: Annotated[Path, typer.Option(help="PDF file to write (an existing one only with --overwrite).")],
     budget: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(help="Operating point's budget: 0.6x, 1.2GMAC or 35ms. Default: chosen from the criteria."),
     ] = None,
     min_accuracy: Annotated[
-        Optional[float], typer.Option(help="GO needs held-out accuracy at least this fraction (e.g. 0.95).")
+        float | None, typer.Option(help="GO needs held-out accuracy at least this fraction (e.g. 0.95).")
     ] = None,
     max_drop: Annotated[
-        Optional[float],
+        float | None,
         typer.Option(help="GO needs the accuracy drop vs the last exit at most this fraction (e.g. 0.01)."),
     ] = None,
     min_speedup: Annotated[
-        Optional[float],
-        typer.Option(help="GO needs a speed-up vs the last exit of at least this factor (e.g. 1.5); "
-                     "in latency with --device, else in MACs."),
+        float | None,
+        typer.Option(
+            help="GO needs a speed-up vs the last exit of at least this factor (e.g. 1.5); "
+            "in latency with --device, else in MACs."
+        ),
     ] = None,
-    device: Annotated[Optional[str], typer.Option(help="Latency device for --min-speedup and ms budgets.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Latency batch size (default 1).")] = None,
-    title: Annotated[Optional[str], typer.Option(help="Title on every page.")] = None,
-    method: Annotated[Optional[str], typer.Option(help="Threshold solver: smoothed, optimal or geometric.")] = None,
+    device: Annotated[str | None, typer.Option(help="Latency device for --min-speedup and ms budgets.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Latency batch size (default 1).")] = None,
+    title: Annotated[str | None, typer.Option(help="Title on every page.")] = None,
+    method: Annotated[str | None, typer.Option(help="Threshold solver: smoothed, optimal or geometric.")] = None,
     temperature: Annotated[
         bool, typer.Option("--temperature", help="Fit one temperature per exit on the fitting half.")
     ] = False,
@@ -819,16 +824,34 @@ def report(
     from dyncal.reports.pdf import build_report
 
     options = {
-        "budget": budget, "min_accuracy": min_accuracy, "max_drop": max_drop, "min_speedup": min_speedup,
-        "device": device, "batch_size": batch_size, "title": title, "method": method,
+        "budget": budget,
+        "min_accuracy": min_accuracy,
+        "max_drop": max_drop,
+        "min_speedup": min_speedup,
+        "device": device,
+        "batch_size": batch_size,
+        "title": title,
+        "method": method,
         "temperature": "" if temperature else None,
     }
     command = _report_command(run, out, options)
     with user_errors():
         result = build_report(
-            run, out, budget=budget, min_accuracy=min_accuracy, max_drop=max_drop, min_speedup=min_speedup,
-            device=device, batch_size=batch_size, title=title, method=method, temperature=temperature,
-            holdout=holdout, seed=seed, command=command, overwrite=overwrite,
+            run,
+            out,
+            budget=budget,
+            min_accuracy=min_accuracy,
+            max_drop=max_drop,
+            min_speedup=min_speedup,
+            device=device,
+            batch_size=batch_size,
+            title=title,
+            method=method,
+            temperature=temperature,
+            holdout=holdout,
+            seed=seed,
+            command=command,
+            overwrite=overwrite,
         )
     doc = result.to_dict()
     if json_:
@@ -842,10 +865,10 @@ def plot(
     run: RunArg,
     kind: Annotated[str, typer.Option(help="Which figure: frontier, latency, exits or reliability.")],
     out: Annotated[Path, typer.Option(help="File to write: .png, .svg or .pdf.")],
-    budget: Annotated[Optional[str], typer.Option(help="Operating point's budget (0.6x, 1.2GMAC, 35ms).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="Latency device for ms budgets.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Latency batch size.")] = None,
-    method: Annotated[Optional[str], typer.Option(help="Threshold solver: smoothed, optimal or geometric.")] = None,
+    budget: Annotated[str | None, typer.Option(help="Operating point's budget (0.6x, 1.2GMAC, 35ms).")] = None,
+    device: Annotated[str | None, typer.Option(help="Latency device for ms budgets.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Latency batch size.")] = None,
+    method: Annotated[str | None, typer.Option(help="Threshold solver: smoothed, optimal or geometric.")] = None,
     dpi: Annotated[int, typer.Option(min=30, help="Resolution of .png output.")] = 150,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -857,7 +880,9 @@ def plot(
 
     with user_errors():
         _check_out_file(out, overwrite)
-        path = export_figure(run, kind, out, budget=budget, device=device, batch_size=batch_size, method=method, dpi=dpi)
+        path = export_figure(
+            run, kind, out, budget=budget, device=device, batch_size=batch_size, method=method, dpi=dpi
+        )
     typer.echo(f"wrote {path}", err=True)
 
 

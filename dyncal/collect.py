@@ -85,7 +85,9 @@ def _labels_of(y: Any, batch_index: int, c: int) -> np.ndarray:
     if not isinstance(y, torch.Tensor):
         raise DataError(f"batch {batch_index}: labels collated to {type(y).__name__}; items must be (input, label)")
     if y.is_floating_point() or y.ndim != 1:
-        raise DataError(f"batch {batch_index}: labels must be one integer per item, got {y.dtype} of shape {tuple(y.shape)}")
+        raise DataError(
+            f"batch {batch_index}: labels must be one integer per item, got {y.dtype} of shape {tuple(y.shape)}"
+        )
     labels = y.numpy().astype(np.int64, copy=False)
     bad = (labels < 0) | (labels >= c)
     if bad.any():
@@ -188,8 +190,19 @@ def collect_run(
         _init_distributed(ctx, device)
     try:
         return _collect(
-            loaded, dataset, out, ctx, data_spec, batch_size, workers, limit, device, overwrite, progress,
-            image_transform, command,
+            loaded,
+            dataset,
+            out,
+            ctx,
+            data_spec,
+            batch_size,
+            workers,
+            limit,
+            device,
+            overwrite,
+            progress,
+            image_transform,
+            command,
         )
     finally:
         if ctx.active:
@@ -298,7 +311,9 @@ def _collect(
                         or any(o.shape != (outs[0].shape[0], c) for o in outs)
                     ):
                         check_exit_outputs(outs, int(outs[0].shape[0]))
-                        raise ModelError(f"batch {batch_index}: the model returned a different number of exits than K={k}")
+                        raise ModelError(
+                            f"batch {batch_index}: the model returned a different number of exits than K={k}"
+                        )
                     logits = torch.stack([o.float() for o in outs], dim=1).cpu().numpy()
                     _check_finite(logits, batch_index, row)
                     labels = _labels_of(y, batch_index, c)

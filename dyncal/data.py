@@ -81,7 +81,9 @@ class NpzDataset(Dataset[tuple[torch.Tensor, int]]):
                     )
                 inputs, labels = npz["inputs"], npz["labels"]
         except NPZ_READ_ERRORS as e:
-            raise DataError(f"--data: cannot read '{path}' as .npz ({type(e).__name__}: {e}); is the file complete?") from e
+            raise DataError(
+                f"--data: cannot read '{path}' as .npz ({type(e).__name__}: {e}); is the file complete?"
+            ) from e
         if labels.ndim != 1 or inputs.shape[0] != labels.shape[0]:
             raise DataError(
                 f"--data '{path}': 'inputs' {inputs.shape} and 'labels' {labels.shape} must share N (labels 1-D)"
@@ -141,9 +143,7 @@ def load_dataset(
     if spec.endswith(".npz"):
         return NpzDataset(spec)
     if ":" not in spec:
-        raise DataError(
-            f"--data must be 'imagefolder:DIR', 'pkg.module:factory' or FILE.npz; got {spec!r}"
-        )
+        raise DataError(f"--data must be 'imagefolder:DIR', 'pkg.module:factory' or FILE.npz; got {spec!r}")
     try:
         factory = import_object(spec, what="--data", search_path=search_path)
     except DyncalError as e:
@@ -179,7 +179,9 @@ def check_item(item: Any, index: int) -> tuple[tuple[int, ...], str]:
         ((1, 8, 8), 'float32')
     """
     if not isinstance(item, (tuple, list)) or len(item) != 2:
-        kind = f"a {type(item).__name__} of length {len(item)}" if isinstance(item, (tuple, list)) else type(item).__name__
+        kind = (
+            f"a {type(item).__name__} of length {len(item)}" if isinstance(item, (tuple, list)) else type(item).__name__
+        )
         raise DataError(f"data set item {index} is {kind}; every item must be an (input, label) pair")
     x, y = item
     if isinstance(x, np.ndarray):

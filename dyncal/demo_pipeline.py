@@ -119,7 +119,11 @@ def run_demo(
         f"  operating point ({th['method']}, budget {budget}): held-out accuracy "
         f"{100 * th['holdout_accuracy']:.2f}% "
         f"[{100 * th['holdout_ci'][0]:.2f}, {100 * th['holdout_ci'][1]:.2f}]"
-        + (f" vs last exit alone {100 * last['holdout_accuracy']:.2f}%" if last and last.get("holdout_accuracy") is not None else ""),
+        + (
+            f" vs last exit alone {100 * last['holdout_accuracy']:.2f}%"
+            if last and last.get("holdout_accuracy") is not None
+            else ""
+        ),
         f"  expected MACs {th['expected_macs']:.4g} per sample; exit shares "
         + ", ".join(f"{100 * s:.1f}%" for s in th["exit_shares"]),
     ]

@@ -92,7 +92,11 @@ def import_object(spec: str, *, what: str, search_path: str | os.PathLike[str] |
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        hint = " (give its folder with --model-path or add it to PYTHONPATH)" if e.name == module_name.split(".")[0] else ""
+        hint = (
+            " (give its folder with --model-path or add it to PYTHONPATH)"
+            if e.name == module_name.split(".")[0]
+            else ""
+        )
         raise DyncalError(f"{what}: cannot import module '{module_name}': {e}{hint}") from e
     finally:
         if added:
@@ -180,9 +184,7 @@ def resolve_device(device: str) -> torch.device:
         if not torch.cuda.is_available():
             raise DyncalError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DyncalError(
-                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-            )
+            raise DyncalError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif dev.type != "cpu":
         raise DyncalError(f"--device must be cpu, cuda or cuda:N; got {device!r}")
     return dev
@@ -227,7 +229,9 @@ def load_model(
         try:
             program = torch.export.load(str(path))
         except Exception as e:  # noqa: BLE001
-            raise ModelError(f"--model: cannot load '{spec}' as a torch.export archive: {str(e).splitlines()[0]}") from e
+            raise ModelError(
+                f"--model: cannot load '{spec}' as a torch.export archive: {str(e).splitlines()[0]}"
+            ) from e
         module: nn.Module = program.module()
         weights_sha = sha256_file(path)
     else:
@@ -281,8 +285,7 @@ def check_exit_outputs(outputs: Any, batch_size: int) -> tuple[int, int]:
         )
     if not isinstance(outputs, (list, tuple)):
         raise ModelError(
-            f"the model returned {type(outputs).__name__}; expected a list or tuple of K >= 2 "
-            "logits tensors (B, C)"
+            f"the model returned {type(outputs).__name__}; expected a list or tuple of K >= 2 logits tensors (B, C)"
         )
     if len(outputs) < 2:
         raise ModelError(f"the model returned {len(outputs)} exit(s); a multi-exit model needs K >= 2")
@@ -291,9 +294,7 @@ def check_exit_outputs(outputs: Any, batch_size: int) -> tuple[int, int]:
         if not isinstance(out, torch.Tensor):
             raise ModelError(f"exit {i + 1} is {type(out).__name__}, not a tensor")
         if out.ndim != 2 or out.shape[0] != batch_size:
-            raise ModelError(
-                f"exit {i + 1} has shape {tuple(out.shape)}; expected (B, C) with B={batch_size}"
-            )
+            raise ModelError(f"exit {i + 1} has shape {tuple(out.shape)}; expected (B, C) with B={batch_size}")
         shapes.append(int(out.shape[1]))
     if len(set(shapes)) != 1:
         raise ModelError(f"exits disagree on the number of classes C: {shapes}; all exits need the same C")

@@ -89,15 +89,10 @@ class ProfileOptions:
         if not self.devices and self.latency:
             raise ProfileError("give at least one --device to time on")
         if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
+            raise ProfileError(f"--batch-size must be positive integers, got {list(self.batch_sizes)}")
+        if self.input_shape is not None and (not self.input_shape or any(int(d) < 1 for d in self.input_shape)):
             raise ProfileError(
-                f"--batch-size must be positive integers, got {list(self.batch_sizes)}"
-            )
-        if self.input_shape is not None and (
-            not self.input_shape or any(int(d) < 1 for d in self.input_shape)
-        ):
-            raise ProfileError(
-                f"--input-shape must be positive integers per sample (e.g. 3,224,224), "
-                f"got {list(self.input_shape)}"
+                f"--input-shape must be positive integers per sample (e.g. 3,224,224), got {list(self.input_shape)}"
             )
         LatencySettings(
             threads=self.threads,
@@ -141,18 +136,10 @@ class ProfileResult:
                     "macs": self.macs.exit_macs[i],
                     "stage_macs": self.macs.stage_macs[i],
                     "latency_ms": {key: p.exit_ms[i] for key, p in sorted(costs.latency.items())},
-                    "stage_latency_ms": {
-                        key: p.stage_median_ms[i] for key, p in sorted(costs.latency.items())
-                    },
-                    "stage_latency_iqr_ms": {
-                        key: p.stage_iqr_ms[i] for key, p in sorted(costs.latency.items())
-                    },
-                    "early_exit_ms": {
-                        key: p.early_exit_ms[i] for key, p in sorted(costs.latency.items())
-                    },
-                    "unsupported_ops": {
-                        u.op: u.count for u in self.macs.unsupported_ops if u.stage == i + 1
-                    },
+                    "stage_latency_ms": {key: p.stage_median_ms[i] for key, p in sorted(costs.latency.items())},
+                    "stage_latency_iqr_ms": {key: p.stage_iqr_ms[i] for key, p in sorted(costs.latency.items())},
+                    "early_exit_ms": {key: p.early_exit_ms[i] for key, p in sorted(costs.latency.items())},
+                    "unsupported_ops": {u.op: u.count for u in self.macs.unsupported_ops if u.stage == i + 1},
                 }
             )
         return {
@@ -165,8 +152,7 @@ class ProfileResult:
             "exits": exits,
             "unsupported_ops": [u.to_dict() for u in self.macs.unsupported_ops],
             "checks": [
-                {"key": key, "batch_size": c.batch_size, "max_abs_diff": list(c.max_abs_diff)}
-                for key, c in self.checks
+                {"key": key, "batch_size": c.batch_size, "max_abs_diff": list(c.max_abs_diff)} for key, c in self.checks
             ],
             "measured": list(self.measured),
             "latency": {key: _latency_summary(p) for key, p in sorted(costs.latency.items())},
@@ -207,16 +193,12 @@ def _example(
     return x.to(device)
 
 
-def _stages_fn(
-    spec: str | None, model_path: str | None
-) -> Callable[[nn.Module], Sequence[nn.Module]] | None:
+def _stages_fn(spec: str | None, model_path: str | None) -> Callable[[nn.Module], Sequence[nn.Module]] | None:
     if spec is None:
         return None
     fn = import_object(spec, what="--stages", search_path=model_path)
     if not callable(fn):
-        raise ProfileError(
-            f"--stages: '{spec}' is not callable; name a function fn(model) -> [stage modules]"
-        )
+        raise ProfileError(f"--stages: '{spec}' is not callable; name a function fn(model) -> [stage modules]")
     return fn  # type: ignore[no-any-return]
 
 
@@ -286,9 +268,7 @@ def profile_model(
     for d in devices:
         resolve_device(d)
     x1 = _example(input_shape, input_dtype, 1, cpu, seed)
-    stages = build_stages(
-        model, _example(input_shape, input_dtype, _EXAMPLE_BATCH, cpu, seed), stages_fn=stages_fn
-    )
+    stages = build_stages(model, _example(input_shape, input_dtype, _EXAMPLE_BATCH, cpu, seed), stages_fn=stages_fn)
     checks: list[tuple[str, StageCheck]] = []
     stages, check = _checked_stages(model, stages, x1, stages_fn)
     checks.append(("cpu/b1", check))
@@ -334,9 +314,7 @@ def profile_model(
     return costs, macs, stages.source, checks
 
 
-def _resolve(
-    run: Run, options: ProfileOptions
-) -> tuple[str, str | None, str | None, tuple[int, ...], str]:
+def _resolve(run: Run, options: ProfileOptions) -> tuple[str, str | None, str | None, tuple[int, ...], str]:
     prov = run.provenance
     extra = prov.extra
     spec = options.model or (prov.model if prov.model and not prov.model.startswith("(") else None)
@@ -363,15 +341,11 @@ def _resolve(
         ) from None
     dtype = options.input_dtype or extra.get("input_dtype") or "float32"
     if weights is not None and not os.path.exists(weights):
-        raise ProfileError(
-            f"the run's weights '{weights}' do not exist on this machine; pass --weights FILE"
-        )
+        raise ProfileError(f"the run's weights '{weights}' do not exist on this machine; pass --weights FILE")
     return spec, weights, model_path, shape_t, str(dtype)
 
 
-def profile_run_full(
-    run_path: str | os.PathLike[str], *, options: ProfileOptions | None = None
-) -> ProfileResult:
+def profile_run_full(run_path: str | os.PathLike[str], *, options: ProfileOptions | None = None) -> ProfileResult:
     """Profile a run's model and store the cost table in the run; return the details.
 
     Args:

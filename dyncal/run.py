@@ -441,8 +441,7 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     path = Path(path)
     if path.name.endswith(PARTIAL_SUFFIX):
         raise RunError(
-            f"'{path}' is an unfinished run (interrupted or still being written); "
-            "re-run collect with --overwrite"
+            f"'{path}' is an unfinished run (interrupted or still being written); re-run collect with --overwrite"
         )
     if not path.exists():
         raise RunError(_missing_run_message(path))
@@ -463,8 +462,7 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     version = meta.get("schema_version")
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         raise RunError(
-            f"'{path}' has run schema version {version!r}; this dyncal reads up to "
-            f"{SCHEMA_VERSION}: upgrade dyncal"
+            f"'{path}' has run schema version {version!r}; this dyncal reads up to {SCHEMA_VERSION}: upgrade dyncal"
         )
     if meta.get("complete") is not True:
         raise RunError(f"'{path}' is marked incomplete; re-run collect with --overwrite")
@@ -481,9 +479,7 @@ def load_run(path: str | os.PathLike[str]) -> Run:
             f"N={n}, K={k}, C={c}; the run is damaged, re-create it"
         )
     if labels.shape != (n,) or indices.shape != (n,):
-        raise RunError(
-            f"run '{path}': labels {labels.shape} / indices {indices.shape} do not match N={n}"
-        )
+        raise RunError(f"run '{path}': labels {labels.shape} / indices {indices.shape} do not match N={n}")
     costs = meta.get("costs")
     return Run(
         path=path,
@@ -708,9 +704,7 @@ def check_out(out: Path, *, overwrite: bool) -> None:
         raise RunError(f"the folder '{out.parent}' for --out does not exist; create it first")
 
 
-def _run_document(
-    n: int, k: int, c: int, provenance: Provenance, costs: CostTable | None
-) -> dict[str, Any]:
+def _run_document(n: int, k: int, c: int, provenance: Provenance, costs: CostTable | None) -> dict[str, Any]:
     return {
         "schema": "dyncal.run",
         "schema_version": SCHEMA_VERSION,
@@ -783,10 +777,7 @@ def import_arrays(
     logits = np.asarray(logits) if not isinstance(logits, np.ndarray) else logits
     labels = np.asarray(labels)
     if logits.ndim != 3:
-        raise RunError(
-            f"logits must be 3-D ({'N, K, C' if layout == 'nkc' else 'K, N, C'}), "
-            f"got shape {logits.shape}"
-        )
+        raise RunError(f"logits must be 3-D ({'N, K, C' if layout == 'nkc' else 'K, N, C'}), got shape {logits.shape}")
     if layout == "knc":
         k, n, c = logits.shape
     else:
@@ -838,9 +829,7 @@ def _validate_macs(macs: Sequence[float], k: int) -> tuple[float, ...]:
     if any(not np.isfinite(v) or v <= 0 for v in vals):
         raise RunError(f"--macs must be positive finite numbers, got {list(vals)}")
     if any(b <= a for a, b in zip(vals, vals[1:], strict=False)):
-        raise RunError(
-            f"--macs must be cumulative (strictly increasing, exit 1 first), got {list(vals)}"
-        )
+        raise RunError(f"--macs must be cumulative (strictly increasing, exit 1 first), got {list(vals)}")
     return vals
 
 
@@ -872,6 +861,12 @@ def import_npz(
         raise RunError(f"cannot read '{path}' as .npz ({type(e).__name__}: {e}); is the file complete?") from e
     prov = Provenance.here(model="(imported)", data=str(path), device="unknown")
     return import_arrays(
-        logits, labels, out, macs=macs, layout=layout, indices=indices, overwrite=overwrite,
+        logits,
+        labels,
+        out,
+        macs=macs,
+        layout=layout,
+        indices=indices,
+        overwrite=overwrite,
         provenance=prov,
     )

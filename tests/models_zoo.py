@@ -99,9 +99,7 @@ class BranchyNet(nn.Module):
         b = F.relu(self.c2(a))
         c = F.relu(self.c3(b))
         e1 = self.h1(F.relu(self.h1_conv(b)))
-        pooled = torch.cat(
-            [F.adaptive_avg_pool2d(a, 1).flatten(1), F.adaptive_avg_pool2d(c, 1).flatten(1)], 1
-        )
+        pooled = torch.cat([F.adaptive_avg_pool2d(a, 1).flatten(1), F.adaptive_avg_pool2d(c, 1).flatten(1)], 1)
         e2 = self.h2(pooled)
         e3 = self.h3(F.relu(self.c4(c)))
         return [e1, e2, e3]

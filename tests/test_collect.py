@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 import toy_models
 from conftest import TESTS, assert_clean_error, model_outputs
+
 from dyncal.errors import RunError
 from dyncal.run import import_arrays, load_run
 
@@ -70,14 +70,38 @@ def test_collect_imagefolder_with_weights(cli, tmp_path):
     torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 3}, ckpt)
     out = tmp_path / "run"
     res = cli(
-        "collect", "--model", "toy_models:tiny_conv", "--model-path", TESTS, "--weights", ckpt,
-        "--data", f"imagefolder:{tmp_path / 'imgs'}", "--resize", 18, "--crop", 16,
-        "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25", "--out", out, "--batch-size", 4,
+        "collect",
+        "--model",
+        "toy_models:tiny_conv",
+        "--model-path",
+        TESTS,
+        "--weights",
+        ckpt,
+        "--data",
+        f"imagefolder:{tmp_path / 'imgs'}",
+        "--resize",
+        18,
+        "--crop",
+        16,
+        "--mean",
+        "0.5,0.5,0.5",
+        "--std",
+        "0.25,0.25,0.25",
+        "--out",
+        out,
+        "--batch-size",
+        4,
     )
     assert res.exit_code == 0, res.output
     run = load_run(out)
-    tf = transforms.Compose([transforms.Resize(18), transforms.CenterCrop(16), transforms.ToTensor(),
-                             transforms.Normalize([0.5] * 3, [0.25] * 3)])
+    tf = transforms.Compose(
+        [
+            transforms.Resize(18),
+            transforms.CenterCrop(16),
+            transforms.ToTensor(),
+            transforms.Normalize([0.5] * 3, [0.25] * 3),
+        ]
+    )
     files = sorted((tmp_path / "imgs").glob("*/*.png"))
     x = torch.stack([tf(Image.open(f).convert("RGB")) for f in files])
     np.testing.assert_allclose(run.logits, model_outputs(model, x), rtol=1e-4, atol=1e-5)
@@ -104,9 +128,29 @@ def test_torchrun_two_cpu_workers_equal_single_process(cli, toy_npz, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "--master_port", "29531", "-m", "dyncal", "collect",
-         "--model", "toy_models:two_exit", "--data", str(toy_npz), "--out", str(dist), "--batch-size", "4", "-q"],
-        capture_output=True, text=True, env=env, timeout=120,
+        [
+            str(torchrun),
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29531",
+            "-m",
+            "dyncal",
+            "collect",
+            "--model",
+            "toy_models:two_exit",
+            "--data",
+            str(toy_npz),
+            "--out",
+            str(dist),
+            "--batch-size",
+            "4",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     a, b = load_run(single), load_run(dist)
@@ -155,8 +199,9 @@ def test_import_layouts_and_costs(cli, tmp_path):
     np.savez(tmp_path / "nkc.npz", logits=logits, labels=labels)
     np.savez(tmp_path / "knc.npz", logits=logits.transpose(1, 0, 2), labels=labels)
     for name, layout in (("nkc", "nkc"), ("knc", "knc")):
-        res = cli("import", tmp_path / f"{name}.npz", "--out", tmp_path / name, "--layout", layout,
-                  "--macs", "1e6,2.5e6,4e6")
+        res = cli(
+            "import", tmp_path / f"{name}.npz", "--out", tmp_path / name, "--layout", layout, "--macs", "1e6,2.5e6,4e6"
+        )
         assert res.exit_code == 0, res.output
         run = load_run(tmp_path / name)
         np.testing.assert_array_equal(run.logits, logits)
@@ -179,8 +224,23 @@ def test_interrupted_collect_is_recognisably_incomplete(cli, toy_npz, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dyncal", "collect", "--model", "toy_models:slow", "--data", str(toy_npz),
-         "--out", str(out), "--batch-size", "2", "-q"], env=env, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "dyncal",
+            "collect",
+            "--model",
+            "toy_models:slow",
+            "--data",
+            str(toy_npz),
+            "--out",
+            str(out),
+            "--batch-size",
+            "2",
+            "-q",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
     )
     partial = tmp_path / "run.partial"
     deadline = time.time() + 60
@@ -224,14 +284,25 @@ def _bad_ckpt(tmp_path: Path, kind: str) -> Path:
         (["--model", "toy_models:broken_factory"], "calling 'toy_models:broken_factory\\(\\)' failed"),
         (["--model", "no_such_module:f"], "cannot import module 'no_such_module'"),
         (["--model", "toy_models:two_exit", "--data", "toy_models:out_of_range_dataset"], r"outside \[0, 3\)"),
-        (["--model", "toy_models:two_exit", "--data", "toy_models:unlabelled_dataset"], "must be an \\(input, label\\) pair"),
+        (
+            ["--model", "toy_models:two_exit", "--data", "toy_models:unlabelled_dataset"],
+            "must be an \\(input, label\\) pair",
+        ),
         (["--model", "toy_models:two_exit", "--data", "missing.npz"], "no such file"),
-        (["--model", "toy_models:two_exit", "--data", "toy_models:ragged_dataset", "--batch-size", "8"],
-         r"could not load batch 1 \(rows 8\.\.15\)"),
-        (["--model", "toy_models:two_exit", "--data", "toy_models:wide_inputs_dataset"],
-         r"the model failed on batch 0 \(inputs \(6, 7\) float32\)"),
-        (["--model", "toy_models:two_exit", "--device", "cuda"] if not torch.cuda.is_available() else
-         ["--model", "toy_models:two_exit", "--device", "tpu"], "--device"),
+        (
+            ["--model", "toy_models:two_exit", "--data", "toy_models:ragged_dataset", "--batch-size", "8"],
+            r"could not load batch 1 \(rows 8\.\.15\)",
+        ),
+        (
+            ["--model", "toy_models:two_exit", "--data", "toy_models:wide_inputs_dataset"],
+            r"the model failed on batch 0 \(inputs \(6, 7\) float32\)",
+        ),
+        (
+            ["--model", "toy_models:two_exit", "--device", "cuda"]
+            if not torch.cuda.is_available()
+            else ["--model", "toy_models:two_exit", "--device", "tpu"],
+            "--device",
+        ),
     ],
 )
 def test_collect_user_errors(cli, toy_npz, tmp_path, args, pattern):
@@ -243,9 +314,14 @@ def test_collect_user_errors(cli, toy_npz, tmp_path, args, pattern):
     assert not out.exists() and not (tmp_path / "run.partial").exists()
 
 
-@pytest.mark.parametrize(("kind", "pattern"), [("missing", "missing keys: head2.bias"),
-                                               ("unexpected", "unexpected keys: extra.weight"),
-                                               ("garbage", "cannot read")])
+@pytest.mark.parametrize(
+    ("kind", "pattern"),
+    [
+        ("missing", "missing keys: head2.bias"),
+        ("unexpected", "unexpected keys: extra.weight"),
+        ("garbage", "cannot read"),
+    ],
+)
 def test_bad_checkpoints(cli, toy_npz, tmp_path, kind, pattern):
     res = cli("collect", *MODEL, "--weights", _bad_ckpt(tmp_path, kind), "--data", toy_npz, "--out", tmp_path / "r")
     assert_clean_error(res, pattern)
@@ -271,7 +347,11 @@ def test_existing_out_is_kept_without_overwrite(cli, toy_npz, tmp_path):
         ({"logits": np.full((5, 2, 3), np.nan), "labels": np.zeros(5, int)}, [], "NaN or inf"),
         ({"logits": np.zeros((5, 2, 3))}, [], "no array 'labels'"),
         ({"logits": np.zeros((2, 5, 3)), "labels": np.zeros(5, int)}, [], "--layout knc"),
-        ({"logits": np.zeros((5, 2, 3)), "labels": np.zeros(5, int)}, ["--macs", "1,2,3"], "one cumulative cost per exit"),
+        (
+            {"logits": np.zeros((5, 2, 3)), "labels": np.zeros(5, int)},
+            ["--macs", "1,2,3"],
+            "one cumulative cost per exit",
+        ),
         ({"logits": np.zeros((5, 2, 3)), "labels": np.zeros(5, int)}, ["--macs", "3,2"], "cumulative"),
         ({"logits": np.zeros((5, 2, 3)), "labels": np.zeros(5, int)}, ["--macs", "2,2"], "strictly increasing"),
         ({"logits": np.array([[[None] * 3] * 2] * 5, dtype=object), "labels": np.zeros(5, int)}, [], "cannot read"),
@@ -301,12 +381,38 @@ def test_unreadable_image_is_one_line(cli, tmp_path):
     (tmp_path / "imgs" / "a").mkdir(parents=True)
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "imgs" / "a" / "ok.png")
     (tmp_path / "imgs" / "a" / "broken.png").write_text("not an image")
-    res = cli("collect", "--model", "toy_models:tiny_conv", "--model-path", TESTS, "--data",
-              f"imagefolder:{tmp_path / 'imgs'}", "--resize", 16, "--crop", 16, "--out", tmp_path / "r")
+    res = cli(
+        "collect",
+        "--model",
+        "toy_models:tiny_conv",
+        "--model-path",
+        TESTS,
+        "--data",
+        f"imagefolder:{tmp_path / 'imgs'}",
+        "--resize",
+        16,
+        "--crop",
+        16,
+        "--out",
+        tmp_path / "r",
+    )
     assert_clean_error(res, "could not load item 0.*UnidentifiedImageError")
     (tmp_path / "imgs" / "a" / "broken.png").rename(tmp_path / "imgs" / "a" / "z-broken.png")  # now in batch 0
-    res = cli("collect", "--model", "toy_models:tiny_conv", "--model-path", TESTS, "--data",
-              f"imagefolder:{tmp_path / 'imgs'}", "--resize", 16, "--crop", 16, "--out", tmp_path / "r")
+    res = cli(
+        "collect",
+        "--model",
+        "toy_models:tiny_conv",
+        "--model-path",
+        TESTS,
+        "--data",
+        f"imagefolder:{tmp_path / 'imgs'}",
+        "--resize",
+        16,
+        "--crop",
+        16,
+        "--out",
+        tmp_path / "r",
+    )
     assert_clean_error(res, r"could not load batch 0 \(rows 0\.\.63\).*UnidentifiedImageError")
     assert not (tmp_path / "r").exists() and not (tmp_path / "r.partial").exists()
 
@@ -315,8 +421,7 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_run(cli, toy_npz, tmp_pa
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "thesis.tex").write_text("years of work")
-    assert_clean_error(cli("collect", *MODEL, "--data", toy_npz, "--out", precious, "--overwrite"),
-                       "not a dyncal run")
+    assert_clean_error(cli("collect", *MODEL, "--data", toy_npz, "--out", precious, "--overwrite"), "not a dyncal run")
     np.savez(tmp_path / "a.npz", logits=np.zeros((5, 2, 3)), labels=np.zeros(5, int))
     assert_clean_error(cli("import", tmp_path / "a.npz", "--out", precious, "--overwrite"), "not a dyncal run")
     assert_clean_error(cli("demo", "--out", precious, "--overwrite"), "did not write")
@@ -330,6 +435,8 @@ def test_model_path_also_finds_the_data_factory(cli, tmp_path):
         "def net():\n    return TwoExitMLP()\n"
         "def data():\n    return torch.utils.data.TensorDataset(torch.randn(9, 4), torch.zeros(9, dtype=torch.long))\n"
     )
-    res = cli("collect", "--model", "mine:net", "--data", "mine:data", "--model-path", tmp_path, "--out", tmp_path / "r")
+    res = cli(
+        "collect", "--model", "mine:net", "--data", "mine:data", "--model-path", tmp_path, "--out", tmp_path / "r"
+    )
     assert res.exit_code == 0, res.output
     assert load_run(tmp_path / "r").n == 9

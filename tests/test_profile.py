@@ -23,9 +23,7 @@ from dyncal.run import Provenance, import_arrays, load_run
 # ----------------------------------------------------------------- helpers
 
 
-def _run_for(
-    tmp_path: Path, factory: str, input_shape: list[int], k: int, c: int, name: str = "run"
-) -> Path:
+def _run_for(tmp_path: Path, factory: str, input_shape: list[int], k: int, c: int, name: str = "run") -> Path:
     """An imported run whose provenance names a models_zoo factory, as collect records it."""
     prov = Provenance.here(
         model=f"models_zoo:{factory}",
@@ -40,9 +38,7 @@ def _run_for(
     )
     rng = np.random.default_rng(0)
     out = tmp_path / name
-    import_arrays(
-        rng.normal(size=(6, k, c)).astype(np.float32), rng.integers(0, c, 6), out, provenance=prov
-    )
+    import_arrays(rng.normal(size=(6, k, c)).astype(np.float32), rng.integers(0, c, 6), out, provenance=prov)
     return out
 
 
@@ -77,10 +73,7 @@ def test_hand_counted_macs_per_exit(factory, shape):
 def test_fvcore_conventions_we_rely_on():
     """One fused multiply-add is one MAC; bias adds are free."""
     assert model_macs(torch.nn.Linear(5, 7), torch.zeros(1, 5)).macs == 35
-    assert (
-        model_macs(torch.nn.Conv2d(2, 3, 3, padding=1), torch.zeros(1, 2, 4, 4)).macs
-        == 3 * 16 * 2 * 9
-    )
+    assert model_macs(torch.nn.Conv2d(2, 3, 3, padding=1), torch.zeros(1, 2, 4, 4)).macs == 3 * 16 * 2 * 9
 
 
 def test_stage_macs_are_per_sample_at_batch_one():
@@ -158,9 +151,7 @@ def test_keep_rows_gives_the_models_logits_for_the_rows_that_stay():
         run.keep(torch.tensor([0, 2]))  # integer rows of the 4 that stayed
         third = run.step()
     torch.testing.assert_close(second, want[1][keep], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(
-        third, want[2][keep.nonzero().flatten()[[0, 2]]], rtol=1e-5, atol=1e-6
-    )
+    torch.testing.assert_close(third, want[2][keep.nonzero().flatten()[[0, 2]]], rtol=1e-5, atol=1e-6)
 
 
 def test_keep_cuts_carried_tensors_along_their_batch_dimension():
@@ -191,9 +182,7 @@ def test_stages_declared_by_method_and_by_function():
 
 def test_wrong_declared_stages_are_caught():
     model = zoo.data_dependent()
-    swapped = build_stages(
-        model, torch.randn(2, 8), stages_fn=lambda m: list(reversed(zoo.data_dependent_stages(m)))
-    )
+    swapped = build_stages(model, torch.randn(2, 8), stages_fn=lambda m: list(reversed(zoo.data_dependent_stages(m))))
     with pytest.raises(ProfileError, match="fail at batch size|does not reproduce"):
         verify_stages(model, swapped, torch.randn(2, 8))
     with pytest.raises(ProfileError, match="must return a list of K >= 2"):
@@ -270,9 +259,7 @@ def test_latency_is_monotone_in_exit_index_on_cpu():
     stages = _stages(model, (1, 8, 8))
     x = torch.randn(8, 1, 8, 8)
     threads_before = torch.get_num_threads()
-    prof = measure_latency(
-        stages, model, x, LatencySettings(threads=1, warmup=2, repeats=7, min_block_ms=2.0)
-    )
+    prof = measure_latency(stages, model, x, LatencySettings(threads=1, warmup=2, repeats=7, min_block_ms=2.0))
     assert torch.get_num_threads() == threads_before
     assert prof.key == "cpu/b8" and prof.threads == 1 and prof.batch_size == 8
     assert all(len(r) == 7 for r in prof.stage_ms)
@@ -319,8 +306,7 @@ def test_only_torchscript_deprecations_are_filtered():
         model_macs(torch.nn.Linear(2, 2), torch.zeros(1, 2))
         with _quiet_torchscript():
             warnings.warn(
-                "`torch.jit.trace` is deprecated. "
-                "Please switch to `torch.compile` or `torch.export`.",
+                "`torch.jit.trace` is deprecated. Please switch to `torch.compile` or `torch.export`.",
                 FutureWarning,
                 stacklevel=1,
             )
@@ -350,9 +336,7 @@ def test_profile_run_stores_the_cost_table_and_merges_devices(tmp_path):
 
 def test_cli_profile_json_keeps_device_and_settings(cli, tmp_path):
     run = _run_for(tmp_path, "perceiver_like", [3, 8, 8], 4, 7)
-    result = cli(
-        "profile", run, "--device", "cpu", "--batch-size", "1,4", "--threads", "1", *FAST, "--json"
-    )
+    result = cli("profile", run, "--device", "cpu", "--batch-size", "1,4", "--threads", "1", *FAST, "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["stages"] == "export" and doc["k"] == 4
@@ -399,9 +383,7 @@ def test_cli_profile_table_and_overrides_for_an_imported_run(cli, tmp_path):
 def test_cli_profile_declared_stages(cli, tmp_path):
     run = _run_for(tmp_path, "data_dependent", [8], 2, 3)
     assert_clean_error(cli("profile", run, *FAST), r"cannot export DataDependent .*--stages")
-    ok = cli(
-        "profile", run, "--stages", "models_zoo:data_dependent_stages", "--macs-only", "--json"
-    )
+    ok = cli("profile", run, "--stages", "models_zoo:data_dependent_stages", "--macs-only", "--json")
     assert ok.exit_code == 0, ok.output
     assert json.loads(ok.stdout)["stages"] == "function"
     run2 = _run_for(tmp_path, "data_dependent_staged", [8], 2, 3, name="run2")
@@ -462,18 +444,14 @@ def test_cli_profile_errors_are_one_line(cli, tmp_path, factory, shape, k, args,
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 def test_cli_profile_cuda_on_a_cpu_machine(cli, tmp_path):
     run = _run_for(tmp_path, "conv_stack", [3, 8, 8], 3, 5)
-    assert_clean_error(
-        cli("profile", run, "--device", "cuda", *FAST), r"--device cuda: CUDA is not available"
-    )
+    assert_clean_error(cli("profile", run, "--device", "cuda", *FAST), r"--device cuda: CUDA is not available")
     assert load_run(run).costs is None  # nothing half-written
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_profile_on_cuda(tmp_path):
     run = _run_for(tmp_path, "conv_stack", [3, 8, 8], 3, 5)
-    result = profile_run_full(
-        run, options=ProfileOptions(devices=("cpu", "cuda"), repeats=3, warmup=1)
-    )
+    result = profile_run_full(run, options=ProfileOptions(devices=("cpu", "cuda"), repeats=3, warmup=1))
     prof = result.costs.latency["cuda/b1"]
     assert prof.settings["timer"] == "cuda_events" and prof.settings["gpu"]
     assert prof.exit_ms == sorted(prof.exit_ms)

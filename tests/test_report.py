@@ -64,24 +64,19 @@ def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         model="dyncal.demo:pretrained",
         weights_sha256="0" * 64,
         data="dyncal.demo:validation",
-        command="dyncal collect --model dyncal.demo:pretrained "
-        "--data dyncal.demo:validation --out run",
+        command="dyncal collect --model dyncal.demo:pretrained --data dyncal.demo:validation --out run",
         created=CREATED,
         device="cpu",
         versions={"dyncal": "test"},
     )
     plain = import_arrays(z, y, root / "plain", macs=DEMO_MACS, provenance=prov).path
     lat = import_arrays(z, y, root / "lat", macs=DEMO_MACS, provenance=prov).path
-    save_costs(
-        lat, CostTable(macs=DEMO_MACS, latency={"cpu/b1": _latency(1), "cpu/b32": _latency(32)})
-    )
+    save_costs(lat, CostTable(macs=DEMO_MACS, latency={"cpu/b1": _latency(1), "cpu/b32": _latency(32)}))
     return {"plain": plain, "lat": lat}
 
 
 @pytest.fixture(scope="session")
-def go_report(
-    demo_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, dict]:
+def go_report(demo_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """The GO report on the run with latency, via the CLI's --json."""
     from typer.testing import CliRunner
 
@@ -140,14 +135,10 @@ def test_report_has_six_pages_and_the_decision(go_report: tuple[Path, dict]) -> 
     assert "GO" in first and "NO-GO" not in first and "PASS" in first and "FAIL" not in first
 
 
-def test_key_numbers_equal_what_solve_reports(
-    go_report: tuple[Path, dict], demo_runs: dict[str, Path]
-) -> None:
+def test_key_numbers_equal_what_solve_reports(go_report: tuple[Path, dict], demo_runs: dict[str, Path]) -> None:
     path, doc = go_report
     op = doc["operating_point"]
-    again = solve_run(
-        load_run(demo_runs["lat"]), doc["budget"], method=op["method"], device="cpu", batch_size=1
-    )
+    again = solve_run(load_run(demo_runs["lat"]), doc["budget"], method=op["method"], device="cpu", batch_size=1)
     solved = again.to_dict()
     for key in (
         "thresholds",
@@ -217,9 +208,7 @@ def test_go_and_nogo_reachable_and_no_criteria_states_the_tradeoff(
     )
     doc = json.loads(res.stdout)
     assert doc["decision"] == "GO" and doc["budget"] == "0.3x"
-    assert (
-        doc["criteria"][0]["name"] == "accuracy_drop" and doc["criteria"][0]["interval"][1] <= 0.05
-    )
+    assert doc["criteria"][0]["name"] == "accuracy_drop" and doc["criteria"][0]["interval"][1] <= 0.05
     res = cli("report", demo_runs["plain"], "--out", out, "--json", "--overwrite")
     doc = json.loads(res.stdout)
     assert doc["decision"] is None and doc["criteria"] == []
@@ -238,9 +227,7 @@ def test_human_summary(demo_runs: dict[str, Path], tmp_path: Path, cli) -> None:
 # --------------------------------------------------------------------------- the file
 
 
-def test_deterministic_small_and_dated(
-    demo_runs: dict[str, Path], tmp_path: Path, go_report
-) -> None:
+def test_deterministic_small_and_dated(demo_runs: dict[str, Path], tmp_path: Path, go_report) -> None:
     from dyncal.reports.pdf import build_report
 
     a, b = tmp_path / "a.pdf", tmp_path / "b.pdf"
@@ -253,9 +240,7 @@ def test_deterministic_small_and_dated(
     assert meta.creation_date.isoformat().startswith("2026-11-27T23:00:00")
 
 
-def test_source_date_epoch_sets_the_date(
-    demo_runs: dict[str, Path], tmp_path: Path, monkeypatch
-) -> None:
+def test_source_date_epoch_sets_the_date(demo_runs: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
     from dyncal.reports.pdf import build_report
 
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "86400")
@@ -263,9 +248,7 @@ def test_source_date_epoch_sets_the_date(
     assert pypdf.PdfReader(str(tmp_path / "r.pdf")).metadata.creation_date.year == 1970
 
 
-@pytest.mark.skipif(
-    shutil.which("pdftoppm") is None, reason="pdftoppm (poppler-utils) is not installed"
-)
+@pytest.mark.skipif(shutil.which("pdftoppm") is None, reason="pdftoppm (poppler-utils) is not installed")
 def test_every_page_renders_and_is_not_blank(go_report: tuple[Path, dict], tmp_path: Path) -> None:
     from matplotlib.image import imread
 
@@ -299,30 +282,20 @@ def test_every_page_renders_and_is_not_blank(go_report: tuple[Path, dict], tmp_p
         (["--method", "magic"], r"--method must be one of"),
     ],
 )
-def test_report_user_errors(
-    demo_runs: dict[str, Path], tmp_path: Path, cli, args: list[str], pattern: str
-) -> None:
-    assert_clean_error(
-        cli("report", demo_runs["plain"], "--out", tmp_path / "r.pdf", *args), pattern
-    )
+def test_report_user_errors(demo_runs: dict[str, Path], tmp_path: Path, cli, args: list[str], pattern: str) -> None:
+    assert_clean_error(cli("report", demo_runs["plain"], "--out", tmp_path / "r.pdf", *args), pattern)
     assert not (tmp_path / "r.pdf").exists()
 
 
 def test_report_path_errors(demo_runs: dict[str, Path], tmp_path: Path, cli) -> None:
-    assert_clean_error(
-        cli("report", tmp_path / "nope", "--out", tmp_path / "r.pdf"), r"no run directory"
-    )
-    assert_clean_error(
-        cli("report", demo_runs["plain"], "--out", tmp_path / "no" / "r.pdf"), r"does not exist"
-    )
+    assert_clean_error(cli("report", tmp_path / "nope", "--out", tmp_path / "r.pdf"), r"no run directory")
+    assert_clean_error(cli("report", demo_runs["plain"], "--out", tmp_path / "no" / "r.pdf"), r"does not exist")
     assert_clean_error(cli("report", demo_runs["plain"], "--out", tmp_path / "r.png"), r"\.pdf")
 
 
 def test_run_without_costs_is_an_error(tmp_path: Path, cli) -> None:
     rng = np.random.default_rng(0)
-    run = import_arrays(
-        rng.normal(size=(60, 2, 3)).astype(np.float32), rng.integers(0, 3, 60), tmp_path / "r"
-    ).path
+    run = import_arrays(rng.normal(size=(60, 2, 3)).astype(np.float32), rng.integers(0, 3, 60), tmp_path / "r").path
     assert_clean_error(cli("report", run, "--out", tmp_path / "r.pdf"), r"no costs.*dyncal profile")
 
 
@@ -332,9 +305,7 @@ def test_run_without_costs_is_an_error(tmp_path: Path, cli) -> None:
 @pytest.mark.parametrize("kind", ["frontier", "latency", "exits", "reliability"])
 def test_plot_every_kind(demo_runs: dict[str, Path], tmp_path: Path, cli, kind: str) -> None:
     png = tmp_path / f"{kind}.png"
-    res = cli(
-        "plot", demo_runs["lat"], "--kind", kind, "--out", png, "--budget", "0.1x", "--dpi", "40"
-    )
+    res = cli("plot", demo_runs["lat"], "--kind", kind, "--out", png, "--budget", "0.1x", "--dpi", "40")
     assert res.exit_code == 0, res.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -351,12 +322,8 @@ def test_plot_errors(demo_runs: dict[str, Path], tmp_path: Path, cli) -> None:
         cli("plot", demo_runs["plain"], "--kind", "latency", "--out", tmp_path / "l.png"),
         r"no latency profiled.*dyncal profile",
     )
-    assert_clean_error(
-        cli("plot", demo_runs["plain"], "--kind", "pie", "--out", tmp_path / "x.png"), r"--kind"
-    )
-    assert_clean_error(
-        cli("plot", demo_runs["plain"], "--kind", "exits", "--out", tmp_path / "x.jpg"), r"\.png"
-    )
+    assert_clean_error(cli("plot", demo_runs["plain"], "--kind", "pie", "--out", tmp_path / "x.png"), r"--kind")
+    assert_clean_error(cli("plot", demo_runs["plain"], "--kind", "exits", "--out", tmp_path / "x.jpg"), r"\.png")
     kept = tmp_path / "kept.png"
     kept.write_bytes(b"mine")
     assert_clean_error(
@@ -413,9 +380,7 @@ def test_figure_functions_draw_on_given_axes() -> None:
     df = _toy_frontier()
     fig = Figure()
     ax = fig.add_subplot()
-    op = OperatingPoint(
-        expected_macs=5e8, accuracy=0.93, interval=(0.9, 0.95), expected_ms={"cpu/b1": 5.0}
-    )
+    op = OperatingPoint(expected_macs=5e8, accuracy=0.93, interval=(0.9, 0.95), expected_ms={"cpu/b1": 5.0})
     assert plot_frontier(df, operating_point=op, ax=ax) is fig
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert any("geometric" in t for t in labels) and any("oracle" in t for t in labels)
@@ -505,19 +470,13 @@ def test_held_out_intervals_bracket_the_values() -> None:
     d, (lo, hi) = accuracy_drop(outcome)
     assert lo <= d <= hi and hi - lo < 0.1
     s, (lo, hi) = speedup(outcome, [1.0, 2.0, 4.0], 4.0)
-    assert lo <= s <= hi and s == pytest.approx(
-        4.0 / np.mean(np.array([1.0, 2.0, 4.0])[outcome.exits])
-    )
+    assert lo <= s <= hi and s == pytest.approx(4.0 / np.mean(np.array([1.0, 2.0, 4.0])[outcome.exits]))
     assert accuracy_drop(outcome) == accuracy_drop(outcome)  # seeded: the same every time
 
 
-def test_temperature_scaling_shows_on_the_calibration_page(
-    demo_runs: dict[str, Path], tmp_path: Path, cli
-) -> None:
+def test_temperature_scaling_shows_on_the_calibration_page(demo_runs: dict[str, Path], tmp_path: Path, cli) -> None:
     out = tmp_path / "t.pdf"
-    res = cli(
-        "report", demo_runs["plain"], "--out", out, "--budget", "0.2x", "--temperature", "--json"
-    )
+    res = cli("report", demo_runs["plain"], "--out", out, "--budget", "0.2x", "--temperature", "--json")
     assert res.exit_code == 0, res.output
     temps = json.loads(res.stdout)["operating_point"]["temperatures"]
     assert any(abs(t - 1) > 1e-3 for t in temps)

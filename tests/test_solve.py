@@ -226,15 +226,11 @@ def _reapply(doc: dict, run) -> tuple[float, float, float | None]:
     """Apply a thresholds document with the exit rule, from scratch."""
     s, p = exit_scores(run.logits, doc["score"], doc["temperatures"])
     ok = p == np.asarray(run.labels)[:, None]
-    fit, held = stratified_split(
-        np.asarray(run.labels), doc["split"]["holdout"], doc["split"]["seed"]
-    )
+    fit, held = stratified_split(np.asarray(run.labels), doc["split"]["holdout"], doc["split"]["seed"])
     t = np.array(doc["thresholds"][:-1], dtype=float)
     e = assign_exits(s[fit], t)
     acc = float(np.mean(ok[fit][np.arange(fit.size), e]))
-    macs = float(
-        np.dot(np.bincount(e, minlength=4) / e.size, run.costs.macs)
-    )  # share-weighted mean
+    macs = float(np.dot(np.bincount(e, minlength=4) / e.size, run.costs.macs))  # share-weighted mean
     h = None
     if held.size:
         eh = assign_exits(s[held], t)
@@ -251,12 +247,8 @@ def _reapply(doc: dict, run) -> tuple[float, float, float | None]:
         ("1.5MMAC", "optimal", "maxprob", False, 0.0),
     ],
 )
-def test_thresholds_json_reproduces_numbers(
-    demo_run, budget, method, score, temperature, holdout, tmp_path
-):
-    res = solve_run(
-        demo_run, budget, method=method, score=score, temperature=temperature, holdout=holdout
-    )
+def test_thresholds_json_reproduces_numbers(demo_run, budget, method, score, temperature, holdout, tmp_path):
+    res = solve_run(demo_run, budget, method=method, score=score, temperature=temperature, holdout=holdout)
     path = tmp_path / "t.json"
     path.write_text(json.dumps(res.to_dict()))
     doc = json.loads(path.read_text())
@@ -314,9 +306,7 @@ def test_oracle_is_knapsack_optimal():
 def test_ms_budget_on_run_without_macs(demo_logits, tmp_path):
     z, y = demo_logits
     run = import_arrays(z, y, tmp_path / "lat")
-    prof = LatencyProfile(
-        "cpu", 1, ((1.0,), (2.0,), (3.0,), (4.0,)), (0.1,), (10.0,), 1, "test cpu"
-    )
+    prof = LatencyProfile("cpu", 1, ((1.0,), (2.0,), (3.0,), (4.0,)), (0.1,), (10.0,), 1, "test cpu")
     save_costs(run.path, CostTable(latency={"cpu/b1": prof}, source="profile"))
     run = load_run(run.path)
     res = solve_run(run, "4ms", device="cpu", batch_size=1)
@@ -338,11 +328,7 @@ def test_temperature_scaler_minimises_nll(demo_logits):
         def nll(t, zj=zj):
             a = zj / t
             return float(
-                np.mean(
-                    np.log(np.exp(a - a.max(1, keepdims=True)).sum(1))
-                    + a.max(1)
-                    - a[np.arange(len(y)), y]
-                )
+                np.mean(np.log(np.exp(a - a.max(1, keepdims=True)).sum(1)) + a.max(1) - a[np.arange(len(y)), y])
             )
 
         best = nll(ts.temperatures_[j])
@@ -369,7 +355,9 @@ def test_split_keeps_classes_too_small_to_split_in_the_fit_part(demo_logits, tmp
     z, labels = demo_logits
     z11 = np.concatenate([z, np.full((*z.shape[:2], 1), -5.0, dtype=z.dtype)], axis=2)
     run = import_arrays(
-        np.concatenate([z11, z11[:1]]), np.concatenate([labels, [10]]), tmp_path / "one",
+        np.concatenate([z11, z11[:1]]),
+        np.concatenate([labels, [10]]),
+        tmp_path / "one",
         macs=DEMO_MACS,
     )
     res = solve_run(run, "0.5x")
@@ -380,14 +368,19 @@ def test_split_keeps_classes_too_small_to_split_in_the_fit_part(demo_logits, tmp
         stratified_split(np.repeat([0, 1], 5), 0.999)
     assert_clean_error(
         cli(
-            "solve", run.path, "--budget", "0.5x", "--holdout", "0.999",
-            "--out", tmp_path / "t.json",
+            "solve",
+            run.path,
+            "--budget",
+            "0.5x",
+            "--holdout",
+            "0.999",
+            "--out",
+            tmp_path / "t.json",
         ),
         r"--holdout 0.999 is too large",
     )
     with pytest.raises(DyncalError, match="holds nothing out: no class has enough samples"):
         stratified_split(np.array([0, 1, 2]), 0.3)
-
 
 
 # --------------------------------------------------------------------------- risk control
@@ -406,9 +399,7 @@ def test_learn_then_test_controls_risk():
     correct = np.stack([ok1, ok2], 1)
     cands = [np.array([t]) for t in np.linspace(1.0, 0.0, 41)]
     cands[0] = np.array([np.inf])
-    true_drop = np.array(
-        [ok2.mean() - evaluate_policy(scores, correct, [1, 2], c).accuracy for c in cands]
-    )
+    true_drop = np.array([ok2.mean() - evaluate_policy(scores, correct, [1, 2], c).accuracy for c in cands])
     eps, delta = 0.02, 0.1
     bad = 0
     for _ in range(300):
@@ -445,7 +436,14 @@ def test_cli_solve_and_frontier(cli, demo_run, tmp_path):
     )
     assert out.read_text() == before
     r = cli(
-        "solve", demo_run.path, "--budget", "0.2x", "--method", "geometric", "--out", out,
+        "solve",
+        demo_run.path,
+        "--budget",
+        "0.2x",
+        "--method",
+        "geometric",
+        "--out",
+        out,
         "--overwrite",
     )
     assert r.exit_code == 0, r.output
@@ -456,14 +454,20 @@ def test_cli_solve_and_frontier(cli, demo_run, tmp_path):
     assert r.exit_code == 0, r.output
     df = pd.read_csv(csv)
     assert list(df.columns) == frontier_columns(4, [])
-    assert_clean_error(
-        cli("frontier", demo_run.path, "--out", csv, "--n-budgets", "3"), r"already exists"
-    )
+    assert_clean_error(cli("frontier", demo_run.path, "--out", csv, "--n-budgets", "3"), r"already exists")
     assert len(pd.read_csv(csv)) == len(df)
     r = cli("frontier", demo_run.path, "--out", csv, "--n-budgets", "3", "--overwrite")
     assert r.exit_code == 0 and len(pd.read_csv(csv)) < len(df)
     r = cli(
-        "solve", demo_run.path, "--max-drop", "0.05", "--delta", "0.1", "--out", out, "--json",
+        "solve",
+        demo_run.path,
+        "--max-drop",
+        "0.05",
+        "--delta",
+        "0.1",
+        "--out",
+        out,
+        "--json",
         "--overwrite",
     )
     assert r.exit_code == 0 and json.loads(r.stdout)["risk"]["delta"] == 0.1
@@ -501,21 +505,15 @@ def test_cli_errors(cli, demo_run, demo_logits, tmp_path):
         cli("solve", demo_run.path, "--budget", "0.5x", "--holdout", "0.001", "--out", out),
         r"--holdout 0.001 holds nothing out",
     )
-    assert_clean_error(
-        cli("solve", tmp_path / "nope", "--budget", "0.5x", "--out", out), r"no run directory"
-    )
+    assert_clean_error(cli("solve", tmp_path / "nope", "--budget", "0.5x", "--out", out), r"no run directory")
     assert_clean_error(
         cli("solve", demo_run.path, "--budget", "0.5x", "--method", "magic", "--out", out),
         r"--method",
     )
     z, y = demo_logits
     nocost = import_arrays(z, y, tmp_path / "nocost")
-    assert_clean_error(
-        cli("solve", nocost.path, "--budget", "0.5x", "--out", out), r"run has no costs"
-    )
-    assert_clean_error(
-        cli("frontier", nocost.path, "--out", tmp_path / "f.csv"), r"run has no costs"
-    )
+    assert_clean_error(cli("solve", nocost.path, "--budget", "0.5x", "--out", out), r"run has no costs")
+    assert_clean_error(cli("frontier", nocost.path, "--out", tmp_path / "f.csv"), r"run has no costs")
     # NaN scores: corrupt a finished run's logits on disk
     bad = import_arrays(z, y, tmp_path / "nan", macs=DEMO_MACS)
     arr = np.load(bad.path / "logits.npy")
@@ -525,17 +523,13 @@ def test_cli_errors(cli, demo_run, demo_logits, tmp_path):
     # incomplete run directory
     inc = import_arrays(z, y, tmp_path / "inc", macs=DEMO_MACS)
     (inc.path / "run.json").unlink()
-    assert_clean_error(
-        cli("solve", inc.path, "--budget", "0.5x", "--out", out), r"not a complete dyncal run"
-    )
+    assert_clean_error(cli("solve", inc.path, "--budget", "0.5x", "--out", out), r"not a complete dyncal run")
     # K < 2 is refused when the run is made
     np.savez(tmp_path / "k1.npz", logits=z[:, :1], labels=y)
     assert_clean_error(cli("import", tmp_path / "k1.npz", "--out", tmp_path / "k1"), r"K >= 2")
 
 
-@settings(
-    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(fraction=st.floats(0.02, 1.2), method=st.sampled_from(METHODS), seed=st.integers(0, 5))
 def test_thresholds_json_reproduces_numbers_property(demo_run, fraction, method, seed):
     try:
@@ -587,14 +581,10 @@ FASHION_MACS = [70880.0, 304368.0, 990864.0, 3716048.0]
 def fashion_run(tmp_path_factory):
     """Real logits: the 4-exit Fashion-MNIST model of benchmarks/ on its 10,000 test images."""
     data = np.load(FASHION / "fashion_mnist_logits.npz")
-    return import_arrays(
-        data["logits"], data["labels"], tmp_path_factory.mktemp("runs") / "fx", macs=FASHION_MACS
-    )
+    return import_arrays(data["logits"], data["labels"], tmp_path_factory.mktemp("runs") / "fx", macs=FASHION_MACS)
 
 
-@settings(
-    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     fractions=st.lists(st.floats(0.02, 1.0), min_size=2, max_size=5),
     method=st.sampled_from(["optimal", "smoothed"]),
@@ -627,10 +617,7 @@ def test_separate_solves_are_monotone_and_above_geometric(demo_run, fractions, m
 
 def test_single_solve_agrees_with_the_frontier_on_real_data(fashion_run):
     """The reviewer's repro: 0.154x / 0.1662x / 0.17x fitted 91.12% / 90.96% / 91.06% before."""
-    accs = [
-        solve_run(fashion_run, b, method="optimal").calibration_accuracy
-        for b in ("0.154x", "0.1662x", "0.17x")
-    ]
+    accs = [solve_run(fashion_run, b, method="optimal").calibration_accuracy for b in ("0.154x", "0.1662x", "0.17x")]
     assert accs == sorted(accs), accs
     df = compute_frontier(fashion_run, methods=("optimal",))
     opt = df[df.method == "optimal"]
@@ -738,9 +725,7 @@ def test_several_latency_columns_need_device_and_batch(demo_logits, tmp_path, cl
     assert "latency column cuda/b32, expected" in r.stdout and "binds macs" in r.stdout
     norun = import_arrays(z, y, tmp_path / "nomacs2")
     save_costs(norun.path, CostTable(latency=latency, source="profile"))
-    assert_clean_error(
-        cli("frontier", norun.path, "--out", tmp_path / "f.csv"), r"several devices or batch sizes"
-    )
+    assert_clean_error(cli("frontier", norun.path, "--out", tmp_path / "f.csv"), r"several devices or batch sizes")
 
 
 def test_temperature_at_the_search_bound_is_flagged(demo_logits, tmp_path, caplog, cli):

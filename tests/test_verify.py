@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import assert_clean_error
+
 from dyncal.analysis.stages import build_stages
 from dyncal.demo import pretrained, validation
 from dyncal.run import load_run
@@ -43,8 +43,17 @@ def test_demo_refuses_existing_folder(cli, demo_dir):
 
 
 def test_verify_agrees_with_simulation(cli, demo_dir):
-    res = cli("verify", demo_dir / "run", "--thresholds", demo_dir / "thresholds.json",
-              "--batch-size", "1,8", "--limit", 200, "--json")
+    res = cli(
+        "verify",
+        demo_dir / "run",
+        "--thresholds",
+        demo_dir / "thresholds.json",
+        "--batch-size",
+        "1,8",
+        "--limit",
+        200,
+        "--json",
+    )
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["n"] == 200
@@ -108,6 +117,9 @@ def test_verify_errors(cli, demo_dir, tmp_path):
     doc["thresholds"] = [0.5, None]
     doc["temperatures"] = [1.0, 1.0]
     (tmp_path / "k2.json").write_text(json.dumps(doc))
-    assert_clean_error(cli("verify", demo_dir / "run", "--thresholds", tmp_path / "k2.json"), "K=2 exits but the run has K=4")
-    assert_clean_error(cli("verify", demo_dir / "run", "--thresholds", demo_dir / "thresholds.json",
-                           "--batch-size", "0"), "positive")
+    assert_clean_error(
+        cli("verify", demo_dir / "run", "--thresholds", tmp_path / "k2.json"), "K=2 exits but the run has K=4"
+    )
+    assert_clean_error(
+        cli("verify", demo_dir / "run", "--thresholds", demo_dir / "thresholds.json", "--batch-size", "0"), "positive"
+    )

@@ -37,7 +37,7 @@ class TinyConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outs = []
-        for conv, head in zip((self.c1, self.c2, self.c3), self.heads):
+        for conv, head in zip((self.c1, self.c2, self.c3), self.heads, strict=False):
             x = torch.relu(conv(x))
             outs.append(head(x.mean(dim=(2, 3))))
         return tuple(outs)
@@ -106,6 +106,7 @@ def broken_factory() -> nn.Module:
 
 
 # ------------------------------------------------------------------ data factories
+
 
 def toy_dataset() -> torch.utils.data.Dataset:
     g = torch.Generator().manual_seed(3)

@@ -40,9 +40,7 @@ __all__ = ["MacCount", "StageMacs", "model_macs", "stage_macs", "stage_inputs"]
 log = logging.getLogger(__name__)
 
 # The exact deprecation notices TorchScript emits when fvcore imports or traces.
-_JIT_DEPRECATION = (
-    r"`torch\.jit\.\w+` is deprecated\. Please switch to `torch\.compile` or `torch\.export`\."
-)
+_JIT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated\. Please switch to `torch\.compile` or `torch\.export`\."
 
 
 @contextlib.contextmanager

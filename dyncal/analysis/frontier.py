@@ -54,9 +54,7 @@ def frontier_columns(k: int, latency_keys: Sequence[str]) -> list[str]:
     ]
 
 
-def oracle_at_budget(
-    correct: np.ndarray, costs: Sequence[float] | np.ndarray, budget: float
-) -> np.ndarray:
+def oracle_at_budget(correct: np.ndarray, costs: Sequence[float] | np.ndarray, budget: float) -> np.ndarray:
     """Per-sample exits of the oracle: most samples right within a mean-cost budget.
 
     Every sample that some exit gets right may go to its cheapest right exit; the others go
@@ -262,9 +260,7 @@ def compute_frontier(
             he = oracle_at_budget(hc, costs, float(b))
             held_ok = hc[np.arange(hs.shape[0]), he]
         fitted = float(fc[np.arange(fc.shape[0]), fe].mean())
-        rows.append(
-            _row("oracle", None, float(frac), bm, None, fitted, held_ok, fe, prep, primary, seed)
-        )
+        rows.append(_row("oracle", None, float(frac), bm, None, fitted, held_ok, fe, prep, primary, seed))
     k = prep.correct.shape[1]
     for j in range(k):
         t = np.full(k - 1, np.inf)

@@ -183,9 +183,7 @@ class _Clock:
         return (time.perf_counter() - t0) * 1e3 / calls
 
 
-def _block_calls(
-    clock: _Clock, fn: Callable[[], Any], settings: LatencySettings, wall: bool
-) -> int:
+def _block_calls(clock: _Clock, fn: Callable[[], Any], settings: LatencySettings, wall: bool) -> int:
     """How many calls make a block of at least ``min_block_ms``."""
     timer = clock.wall_block_ms if wall else clock.block_ms
     for _ in range(settings.warmup):

@@ -246,8 +246,7 @@ class StageRun:
         out = module(*self._carry)
         if not isinstance(out, (tuple, list)) or not out:
             raise ProfileError(
-                f"stage {self.exit + 1} returned {type(out).__name__}; a stage must return "
-                "a tuple (logits, *carry)"
+                f"stage {self.exit + 1} returned {type(out).__name__}; a stage must return a tuple (logits, *carry)"
             )
         self.exit += 1
         self._carry = tuple(out[1:])
@@ -266,9 +265,7 @@ class StageRun:
         if self.exit == 0:
             dims = (0,)
         if dims is None:
-            dims = tuple(
-                0 if isinstance(t, torch.Tensor) and t.ndim > 0 else None for t in self._carry
-            )
+            dims = tuple(0 if isinstance(t, torch.Tensor) and t.ndim > 0 else None for t in self._carry)
         if not self.stages.dynamic_batch:
             raise ProfileError(
                 f"these stages were built for batch size {self.stages.example_batch_size} only "
@@ -276,8 +273,7 @@ class StageRun:
                 "dynamic stages"
             )
         self._carry = tuple(
-            t if d is None else t[(slice(None),) * d + (rows,)]
-            for t, d in zip(self._carry, dims, strict=True)
+            t if d is None else t[(slice(None),) * d + (rows,)] for t, d in zip(self._carry, dims, strict=True)
         )
 
 
@@ -348,8 +344,7 @@ def _export(model: nn.Module, example: torch.Tensor, *, dynamic_batch: bool) -> 
     except Exception as e:  # noqa: BLE001 - export raises many types for unsupported models
         log.debug("torch.export failed", exc_info=True)
         raise ProfileError(
-            f"cannot export {type(model).__name__} with torch.export ({_first_line(e)}); "
-            + _EXPORT_HINT
+            f"cannot export {type(model).__name__} with torch.export ({_first_line(e)}); " + _EXPORT_HINT
         ) from e
 
 
@@ -408,11 +403,7 @@ def _partition(gm: fx.GraphModule, example: torch.Tensor) -> Stages:
                 continue
             stage_of[n] = i
             todo.extend(n.all_input_nodes)
-    ops = [
-        n
-        for n in graph.nodes
-        if n.op not in ("placeholder", "get_attr", "output") and not dropped(n)
-    ]
+    ops = [n for n in graph.nodes if n.op not in ("placeholder", "get_attr", "output") and not dropped(n)]
     unused = [n for n in ops if n not in stage_of]
     for n in unused:
         stage_of[n] = k - 1
@@ -499,9 +490,7 @@ def _whole(gm: fx.GraphModule, stage_of: dict[fx.Node, int], flat: Sequence[fx.N
 
 def _is_size(n: fx.Node) -> bool:
     """Whether a node computes a size or other scalar rather than a tensor."""
-    return isinstance(
-        n.meta.get("val"), (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool)
-    )
+    return isinstance(n.meta.get("val"), (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool))
 
 
 def _rematerialize_sizes(
@@ -532,9 +521,7 @@ def _rematerialize_sizes(
             for a in n.all_input_nodes:
                 if not _is_size(a) or defined_at.get(a, i) >= i or a in recipes:
                     continue
-                if not _resolve_size(
-                    a, avail, recipes, steps
-                ):  # carry the size itself from where it is computed
+                if not _resolve_size(a, avail, recipes, steps):  # carry the size itself from where it is computed
                     for j in range(defined_at[a], i):
                         if a not in carries[j]:
                             carries[j].append(a)
@@ -564,8 +551,7 @@ def _resolve_size(
         recipe = _find_dim(val, avail)
         if recipe is None and a.op == "call_function" and depth < 32:
             ok = all(
-                arg in avail
-                or (_is_size(arg) and _resolve_size(arg, avail, recipes, steps, depth + 1))
+                arg in avail or (_is_size(arg) and _resolve_size(arg, avail, recipes, steps, depth + 1))
                 for arg in a.all_input_nodes
             )
             recipe = ("copy",) if ok else None
@@ -641,11 +627,7 @@ def declared_stages(
         raise
     except Exception as e:  # noqa: BLE001 - user code may raise anything
         raise ProfileError(f"{name} failed: {_first_line(e)}") from e
-    if (
-        not isinstance(mods, (list, tuple))
-        or len(mods) < 2
-        or not all(isinstance(m, nn.Module) for m in mods)
-    ):
+    if not isinstance(mods, (list, tuple)) or len(mods) < 2 or not all(isinstance(m, nn.Module) for m in mods):
         raise ProfileError(
             f"{name} must return a list of K >= 2 nn.Module stages "
             "(stage_1(x) -> (logits, *carry), "

@@ -20,9 +20,7 @@ __all__ = ["stratified_split", "unsplit_classes", "bootstrap_ci", "mean_bootstra
 log = logging.getLogger(__name__)
 
 
-def stratified_split(
-    labels: np.ndarray, holdout: float, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(labels: np.ndarray, holdout: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Split sample indices into a fit part and a held-out part, class by class.
 
     Each class contributes ``round(holdout * n_class)`` samples to the held-out part. A
@@ -103,11 +101,7 @@ def unsplit_classes(labels: np.ndarray, holdout: float) -> list[Any]:
     if holdout <= 0.0:
         return []
     classes, counts = np.unique(np.asarray(labels), return_counts=True)
-    return [
-        c
-        for c, k in zip(classes.tolist(), counts.tolist(), strict=True)
-        if k == 1 or int(round(holdout * k)) == 0
-    ]
+    return [c for c, k in zip(classes.tolist(), counts.tolist(), strict=True) if k == 1 or int(round(holdout * k)) == 0]
 
 
 def mean_bootstrap_ci(

@@ -55,14 +55,11 @@ def score_range(score: str, n_classes: int) -> tuple[float, float]:
 def _as_thresholds(thresholds: Sequence[float | None] | np.ndarray, k: int) -> np.ndarray:
     """``K - 1`` (or ``K`` with a trailing None) thresholds as a float64 array."""
     vals = list(thresholds)
-    if len(vals) == k and (
-        vals[-1] is None or (isinstance(vals[-1], float) and math.isnan(vals[-1]))
-    ):
+    if len(vals) == k and (vals[-1] is None or (isinstance(vals[-1], float) and math.isnan(vals[-1]))):
         vals = vals[:-1]
     if len(vals) != k - 1 or any(v is None for v in vals):
         raise DyncalError(
-            f"expected {k - 1} thresholds (or {k} with the last null) for K={k} exits, got "
-            f"{list(thresholds)}"
+            f"expected {k - 1} thresholds (or {k} with the last null) for K={k} exits, got {list(thresholds)}"
         )
     return np.asarray(vals, dtype=np.float64)
 
@@ -171,9 +168,7 @@ def expected_cost(exits: np.ndarray, costs: Sequence[float] | np.ndarray) -> flo
     return float(np.dot(shares, c))
 
 
-def finite_thresholds(
-    thresholds: Sequence[float] | np.ndarray, score: str, n_classes: int
-) -> list[float | None]:
+def finite_thresholds(thresholds: Sequence[float] | np.ndarray, score: str, n_classes: int) -> list[float | None]:
     """Thresholds for ``thresholds.json``: ``K`` entries, infinities made finite, last None.
 
     ``+inf`` ("nobody leaves") becomes the score's maximum plus 1 and ``-inf`` ("everybody

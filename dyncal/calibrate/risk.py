@@ -192,14 +192,10 @@ def learn_then_test(
             p = binomial_pvalue(int(np.sum(last_ok & ~ok)), n, max_drop) if max_drop > 0 else 1.0
         else:
             loss = (last_ok.astype(np.float64) - ok.astype(np.float64) + 1.0) / 2.0
-            p = hoeffding_bentkus_pvalue(
-                float(loss.mean()) if n else 1.0, n, (max_drop + 1.0) / 2.0
-            )
+            p = hoeffding_bentkus_pvalue(float(loss.mean()) if n else 1.0, n, (max_drop + 1.0) / 2.0)
         pvals.append(p)
     accepted = fixed_sequence_test(pvals, delta)
-    return LTTResult(
-        index=accepted - 1, p_values=tuple(pvals), n_accepted=accepted, method=pvalue, n_test=n
-    )
+    return LTTResult(index=accepted - 1, p_values=tuple(pvals), n_accepted=accepted, method=pvalue, n_test=n)
 
 
 def min_test_samples(max_drop: float, delta: float, pvalue: str = "binomial") -> int | None:

@@ -85,8 +85,7 @@ def exit_scores(
             bad = ~np.isfinite(block)
             row, ex = np.argwhere(bad)[0][:2]
             raise DyncalError(
-                f"logits contain NaN or inf (row {start + row}, exit {ex + 1}); "
-                "re-collect or fix the imported arrays"
+                f"logits contain NaN or inf (row {start + row}, exit {ex + 1}); re-collect or fix the imported arrays"
             )
         # Softmax without materialising probabilities: with d = (z - max z) / T,
         # p_i = exp(d_i) / S where S = sum exp(d); the top probability is 1 / S.

@@ -168,22 +168,17 @@ class ExitProblem:
         s = np.asarray(scores, dtype=np.float64)
         g = np.asarray(gains, dtype=np.float64)
         if s.ndim != 2 or s.shape[1] < 2 or g.shape != s.shape:
-            raise DyncalError(
-                f"scores and gains must both be (N, K) with K >= 2, got {s.shape} and {g.shape}"
-            )
+            raise DyncalError(f"scores and gains must both be (N, K) with K >= 2, got {s.shape} and {g.shape}")
         if s.shape[0] == 0:
             raise DyncalError("no samples to fit thresholds on")
         if not np.all(np.isfinite(s)):
             row, ex = np.argwhere(~np.isfinite(s))[0]
             raise DyncalError(
-                f"scores contain NaN or inf (row {row}, exit {ex + 1}); check the logits and "
-                "temperatures"
+                f"scores contain NaN or inf (row {row}, exit {ex + 1}); check the logits and temperatures"
             )
         c = np.asarray(costs, dtype=np.float64)
         if c.shape != (s.shape[1],) or np.any(np.diff(c) < 0) or not np.all(np.isfinite(c)):
-            raise DyncalError(
-                f"costs must be {s.shape[1]} non-decreasing numbers, got {c.tolist()}"
-            )
+            raise DyncalError(f"costs must be {s.shape[1]} non-decreasing numbers, got {c.tolist()}")
         self.scores = s
         self.gains = g
         self.costs = c
@@ -358,9 +353,7 @@ class ExitProblem:
         if self._geometric is None:
             qs = sorted(set(PUBLISHED_Q) | set(FINE_Q))
             first = self.sorted_scores[0]
-            self._geometric = [
-                _geometric_fit(self._cols, q, first, self.tie_floor) for q in qs
-            ]
+            self._geometric = [_geometric_fit(self._cols, q, first, self.tie_floor) for q in qs]
         return self._geometric
 
 
@@ -500,9 +493,7 @@ def _lambda_grid(costs: np.ndarray, n_lambda: int = 16) -> np.ndarray:
     return np.concatenate([np.geomspace(top, top * 1e-4, n_lambda - 1), [0.0]])
 
 
-def solve_path(
-    problem: ExitProblem, budgets: Sequence[float], method: str
-) -> list[Solution | None]:
+def solve_path(problem: ExitProblem, budgets: Sequence[float], method: str) -> list[Solution | None]:
     """Solve for several budgets at once (ascending order is used internally).
 
     Args:
@@ -566,9 +557,7 @@ def _moved(problem: ExitProblem, prev: Solution, budget: float) -> Solution:
     return sol if sol.cost <= budget and sol.gain >= prev.gain else prev
 
 
-def _path_step(
-    problem: ExitProblem, pool: Sequence[Solution], prev: Solution | None, budget: float
-) -> Solution | None:
+def _path_step(problem: ExitProblem, pool: Sequence[Solution], prev: Solution | None, budget: float) -> Solution | None:
     """One budget of an ascending path: the best of the pool's start and of ``prev`` moved on.
 
     Both are improved by budget-exact ascent; ``prev`` first gets its best single move
@@ -585,9 +574,7 @@ def _path_step(
     return best
 
 
-def budget_grid(
-    costs: Sequence[float] | np.ndarray, n_budgets: int = 41
-) -> tuple[np.ndarray, np.ndarray]:
+def budget_grid(costs: Sequence[float] | np.ndarray, n_budgets: int = 41) -> tuple[np.ndarray, np.ndarray]:
     """The frontier's budgets: ``n_budgets`` fractions from exit 1's cost to the last's.
 
     Returns:
@@ -723,9 +710,7 @@ class PreparedRun:
         key = ("problem", method, unit)
         if key not in self.cache:
             fit = self.fit_idx
-            self.cache[key] = problem_for(
-                method, self.scores[fit], self.correct[fit], self.units[unit], self.score
-            )
+            self.cache[key] = problem_for(method, self.scores[fit], self.correct[fit], self.units[unit], self.score)
         problem: ExitProblem = self.cache[key]
         return problem
 
@@ -927,9 +912,7 @@ class ThresholdsResult:
             "risk": None if self.risk is None else dict(self.risk),
             "run": self.run,
             "n_classes": self.n_classes,
-            "temperature_at_bound": None
-            if self.temperature_at_bound is None
-            else list(self.temperature_at_bound),
+            "temperature_at_bound": None if self.temperature_at_bound is None else list(self.temperature_at_bound),
         }
 
     @classmethod
@@ -942,8 +925,7 @@ class ThresholdsResult:
         version = d.get("schema_version")
         if not isinstance(version, int) or version > SCHEMA_VERSION:
             raise DyncalError(
-                f"thresholds document has schema version {version!r}; this dyncal reads up to "
-                f"{SCHEMA_VERSION}"
+                f"thresholds document has schema version {version!r}; this dyncal reads up to {SCHEMA_VERSION}"
             )
         thresholds_from_json(d["thresholds"])  # validates the shape
         ci = d.get("holdout_ci")
@@ -956,9 +938,7 @@ class ThresholdsResult:
             expected_macs=None if d.get("expected_macs") is None else float(d["expected_macs"]),
             expected_ms={str(k): float(v) for k, v in (d.get("expected_ms") or {}).items()},
             calibration_accuracy=float(d["calibration_accuracy"]),
-            holdout_accuracy=None
-            if d.get("holdout_accuracy") is None
-            else float(d["holdout_accuracy"]),
+            holdout_accuracy=None if d.get("holdout_accuracy") is None else float(d["holdout_accuracy"]),
             holdout_ci=None if ci is None else (float(ci[0]), float(ci[1])),
             exit_shares=tuple(float(v) for v in d["exit_shares"]),
             static=tuple(dict(s) for s in d.get("static", [])),
@@ -979,16 +959,10 @@ class ThresholdsResult:
         return thresholds_from_json(list(self.thresholds))
 
 
-def _cost_summary(
-    units: Mapping[str, tuple[float, ...]], exits: np.ndarray
-) -> tuple[float | None, dict[str, float]]:
+def _cost_summary(units: Mapping[str, tuple[float, ...]], exits: np.ndarray) -> tuple[float | None, dict[str, float]]:
     """Mean MACs and mean ms per latency key of the given exits."""
     macs = expected_cost(exits, units["macs"]) if "macs" in units and exits.size else None
-    ms = {
-        u[3:]: expected_cost(exits, c)
-        for u, c in units.items()
-        if u.startswith("ms:") and exits.size
-    }
+    ms = {u[3:]: expected_cost(exits, c) for u, c in units.items() if u.startswith("ms:") and exits.size}
     return macs, ms
 
 
@@ -1028,9 +1002,7 @@ def _result_from(
     fit = evaluate_policy(prep.scores[prep.fit_idx], prep.correct[prep.fit_idx], costs, t_eval)
     fit_macs, fit_ms = _cost_summary(prep.units, fit.exits)
     budget: dict[str, Any] = (
-        target.to_dict()
-        if target is not None
-        else {"asked": None, "unit": unit, "value": None, "fraction": None}
+        target.to_dict() if target is not None else {"asked": None, "unit": unit, "value": None, "fraction": None}
     )
     budget["met"] = fit.expected_cost
     budget["met_fraction"] = fit.expected_cost / costs[-1]
@@ -1038,9 +1010,7 @@ def _result_from(
     h_ci: tuple[float, float] | None = None
     held_doc: dict[str, Any] | None = None
     if prep.holdout_idx.size:
-        held = evaluate_policy(
-            prep.scores[prep.holdout_idx], prep.correct[prep.holdout_idx], costs, t_eval
-        )
+        held = evaluate_policy(prep.scores[prep.holdout_idx], prep.correct[prep.holdout_idx], costs, t_eval)
         ok = prep.correct[prep.holdout_idx][np.arange(prep.holdout_idx.size), held.exits]
         h_acc = held.accuracy
         h_ci = mean_bootstrap_ci(ok, seed=prep.seed)
@@ -1173,16 +1143,12 @@ def solve_run(
             pvalue=pvalue,
         )
     assert target is not None
-    prep = prepared or prepare_run(
-        run, score=score, temperature=temperature, holdout=holdout, seed=seed
-    )
+    prep = prepared or prepare_run(run, score=score, temperature=temperature, holdout=holdout, seed=seed)
     costs = prep.units[unit]
     problem = prep.problem(method, unit)
     sol = solve_at(problem, target.value, method, path=prep.cache.get(("path", method, unit, 41)))
     if sol is None:
-        cheapest = min(
-            s.cost for s in (problem.solution(t, e) for t, e in problem.geometric_pool())
-        )
+        cheapest = min(s.cost for s in (problem.solution(t, e) for t, e in problem.geometric_pool()))
         raise BudgetError(
             f"no geometric solution fits budget {target.spec.text!r}: its cheapest fitted cost is "
             f"{format_budget(cheapest / costs[-1], 'fraction')}; raise the budget or use "
@@ -1195,9 +1161,7 @@ def _warn_unused_latency(run: Any, budget: str, device: str | None, batch: int |
     """--device/--batch-size with a budget in MACs: say what they do (and do not do)."""
     from dyncal.calibrate.budget import pick_latency
 
-    asked = " ".join(
-        f"{o} {v}" for o, v in (("--device", device), ("--batch-size", batch)) if v is not None
-    )
+    asked = " ".join(f"{o} {v}" for o, v in (("--device", device), ("--batch-size", batch)) if v is not None)
     units = cost_units(run.costs, run.k)
     try:
         key = pick_latency(units, device, batch)[3:]
@@ -1251,10 +1215,7 @@ def _solve_risk(
     order_idx = np.sort(fit_idx[perm[: fit_idx.shape[0] // 2]])
     test_idx = np.sort(fit_idx[perm[fit_idx.shape[0] // 2 :]])
     if order_idx.size == 0 or test_idx.size == 0:
-        raise DyncalError(
-            "risk control needs calibration samples to split in two; the fit part has "
-            f"{fit_idx.size}"
-        )
+        raise DyncalError(f"risk control needs calibration samples to split in two; the fit part has {fit_idx.size}")
     prep = prepared or prepare_run(
         run,
         score=score,
@@ -1264,9 +1225,7 @@ def _solve_risk(
         temperature_idx=order_idx,
     )
     costs = np.asarray(prep.units[unit])
-    problem = problem_for(
-        method, prep.scores[order_idx], prep.correct[order_idx], costs, prep.score
-    )
+    problem = problem_for(method, prep.scores[order_idx], prep.correct[order_idx], costs, prep.score)
     budgets = np.linspace(costs[-1], costs[0], n_candidates)
     path = solve_path(problem, list(budgets), method)
     safe = np.full(run.k - 1, np.inf)
@@ -1284,8 +1243,7 @@ def _solve_risk(
 
         need = min_test_samples(max_drop, delta, pvalue)
         what = (
-            f"--max-drop {max_drop} can never be shown with a finite sample; give a positive "
-            "--max-drop"
+            f"--max-drop {max_drop} can never be shown with a finite sample; give a positive --max-drop"
             if need is None
             else (
                 f"the {pvalue} test needs at least {need} test samples (about "

@@ -84,9 +84,7 @@ class TemperatureScaler:
         """
         from scipy.optimize import minimize_scalar
 
-        if not (
-            0 < self.min_temperature < self.max_temperature and math.isfinite(self.max_temperature)
-        ):
+        if not (0 < self.min_temperature < self.max_temperature and math.isfinite(self.max_temperature)):
             raise DyncalError(
                 "TemperatureScaler needs 0 < min_temperature < max_temperature, got "
                 f"{self.min_temperature} and {self.max_temperature}"
@@ -97,8 +95,7 @@ class TemperatureScaler:
         n, k, _ = logits.shape
         if n == 0 or labels.shape != (n,):
             raise DyncalError(
-                f"temperature fitting needs N > 0 labels matching logits {logits.shape}, got "
-                f"{labels.shape}"
+                f"temperature fitting needs N > 0 labels matching logits {logits.shape}, got {labels.shape}"
             )
         lo, hi = math.log(self.min_temperature), math.log(self.max_temperature)
         temps = np.ones(k)
@@ -123,9 +120,7 @@ class TemperatureScaler:
         # the search is on log T to xatol 1e-4; within 1e-3 of a bound is at the bound
         self.at_bound_ = (np.abs(np.log(temps) - lo) < 1e-3) | (np.abs(np.log(temps) - hi) < 1e-3)
         if np.any(self.at_bound_):
-            exits = ", ".join(
-                f"exit {j + 1}: T={temps[j]:.3g}" for j in np.flatnonzero(self.at_bound_)
-            )
+            exits = ", ".join(f"exit {j + 1}: T={temps[j]:.3g}" for j in np.flatnonzero(self.at_bound_))
             log.warning(
                 "fitted temperature hit the search bound [%g, %g] (%s): that exit's NLL wants "
                 "a more extreme temperature (logits nearly constant, or almost always right "

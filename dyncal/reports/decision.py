@@ -62,24 +62,16 @@ class Requirements:
         """
         if self.min_accuracy is not None and self.max_drop is not None:
             raise DyncalError(
-                f"give --min-accuracy or --max-drop, not both (got {self.min_accuracy} and "
-                f"{self.max_drop})"
+                f"give --min-accuracy or --max-drop, not both (got {self.min_accuracy} and {self.max_drop})"
             )
         for name, v in (("--min-accuracy", self.min_accuracy), ("--max-drop", self.max_drop)):
             if v is None:
                 continue
             if not math.isfinite(v) or v < 0 or v > 1:
-                hint = (
-                    f"; fractions, not percent: did you mean {v / 100:g}?" if 1 < v <= 100 else ""
-                )
+                hint = f"; fractions, not percent: did you mean {v / 100:g}?" if 1 < v <= 100 else ""
                 raise DyncalError(f"{name} must be a fraction in [0, 1], got {v:g}{hint}")
-        if self.min_speedup is not None and (
-            not math.isfinite(self.min_speedup) or self.min_speedup <= 0
-        ):
-            raise DyncalError(
-                "--min-speedup must be a positive factor (e.g. 1.5 for 1.5x), got "
-                f"{self.min_speedup:g}"
-            )
+        if self.min_speedup is not None and (not math.isfinite(self.min_speedup) or self.min_speedup <= 0):
+            raise DyncalError(f"--min-speedup must be a positive factor (e.g. 1.5 for 1.5x), got {self.min_speedup:g}")
         return self
 
 
@@ -220,9 +212,7 @@ def bootstrap_interval(
     return (float(lo), float(hi))
 
 
-def _clears(
-    value: float, interval: tuple[float, float] | None, required: float, comparison: str
-) -> bool:
+def _clears(value: float, interval: tuple[float, float] | None, required: float, comparison: str) -> bool:
     """Whether ``value`` (its whole interval, when known) is on the right side of ``required``."""
     if comparison == ">=":
         bound = value if interval is None else interval[0]
@@ -279,8 +269,7 @@ def judge(
                 requirements.max_drop,
                 "<=",
                 _clears(drop, interval, requirements.max_drop, "<="),
-                description="last exit's accuracy minus early exit's, same samples"
-                + (" (held out)" if held else ""),
+                description="last exit's accuracy minus early exit's, same samples" + (" (held out)" if held else ""),
             )
         )
     if requirements.min_speedup is not None:

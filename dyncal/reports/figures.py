@@ -380,15 +380,11 @@ def plot_latency(
         )
         device, _, batch = key.partition("/b")
         ax.set_title(f"{device}, batch size {batch}")
-        ax.set_xlabel(
-            "expected latency per batch (ms)" if batch not in ("", "1") else "expected latency (ms)"
-        )
+        ax.set_xlabel("expected latency per batch (ms)" if batch not in ("", "1") else "expected latency (ms)")
     return _figure_of(panels[0])
 
 
-def _panels(
-    axes: Sequence[Axes] | None, n: int, *, size: tuple[float, float], cols: int
-) -> list[Axes]:
+def _panels(axes: Sequence[Axes] | None, n: int, *, size: tuple[float, float], cols: int) -> list[Axes]:
     """``n`` axes: the ones given (checked), or a new constrained grid of ``cols`` columns."""
     if axes is not None:
         given = list(axes)
@@ -445,10 +441,7 @@ def plot_exits(
     share = np.asarray(shares, dtype=float)
     acc = np.asarray(accuracy, dtype=float)
     if share.shape != acc.shape or share.ndim != 1:
-        raise DyncalError(
-            f"shares and accuracy need one value per exit each, got shapes {share.shape} and "
-            f"{acc.shape}"
-        )
+        raise DyncalError(f"shares and accuracy need one value per exit each, got shapes {share.shape} and {acc.shape}")
     k = share.shape[0]
     fig, ax = _new_axes(ax)
     x = np.arange(1, k + 1)
@@ -464,12 +457,8 @@ def plot_exits(
     if exit_accuracy is not None:
         ref = np.asarray(exit_accuracy, dtype=float)
         ax2 = twin = ax.twinx()
-        ax2.plot(
-            x, ref, marker="o", color="#444444", lw=1, ls="--", label="exit accuracy on all samples"
-        )
-        ax2.plot(
-            x, acc, marker="D", color=_OP_COLOR, lw=0, label="accuracy of samples leaving here"
-        )
+        ax2.plot(x, ref, marker="o", color="#444444", lw=1, ls="--", label="exit accuracy on all samples")
+        ax2.plot(x, acc, marker="D", color=_OP_COLOR, lw=0, label="accuracy of samples leaving here")
         ax2.set_ylabel("accuracy")
         ax2.yaxis.set_major_formatter(_percent_formatter())
         lo = float(np.nanmin(np.concatenate([ref, acc]))) if k else 0.0

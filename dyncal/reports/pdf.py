@@ -238,8 +238,7 @@ def report_date(run: Run) -> _dt.datetime:
             return _dt.datetime.fromtimestamp(int(epoch), tz=_dt.timezone.utc)
         except (ValueError, OverflowError) as e:
             raise DyncalError(
-                f"SOURCE_DATE_EPOCH must be whole seconds since 1970, got {epoch!r}; unset it "
-                "or fix it"
+                f"SOURCE_DATE_EPOCH must be whole seconds since 1970, got {epoch!r}; unset it or fix it"
             ) from e
     created = run.provenance.created if run is not None else ""
     try:
@@ -293,10 +292,7 @@ def _per_exit_costs(run: Run) -> dict[str, list[float]]:
     from dyncal.calibrate.budget import cost_units
 
     units = cost_units(run.costs, run.k)
-    return {
-        (name[len(MS_PREFIX) :] if name.startswith(MS_PREFIX) else name): list(v)
-        for name, v in units.items()
-    }
+    return {(name[len(MS_PREFIX) :] if name.startswith(MS_PREFIX) else name): list(v) for name, v in units.items()}
 
 
 @dataclass(frozen=True)
@@ -371,8 +367,7 @@ def _choose_budget(
                 )
         return (
             "1x",
-            "no budget below the full model meets the criteria on the fitting half; the full "
-            "budget is shown",
+            "no budget below the full model meets the criteria on the fitting half; the full budget is shown",
         )
     last_fit = float(fit.correct[:, -1].mean())
     ok = rows[rows["fitted_accuracy"] >= last_fit - _DEFAULT_MAX_DROP - 1e-12]
@@ -475,9 +470,7 @@ def prepare_report(
     main_method = method or main_method_of(frontier)
     labels = np.asarray(run.labels)
     if budget is None:
-        fit = _FitHalf(
-            prep.scores[prep.fit_idx], prep.correct[prep.fit_idx], len(prep.holdout_idx)
-        )
+        fit = _FitHalf(prep.scores[prep.fit_idx], prep.correct[prep.fit_idx], len(prep.holdout_idx))
         budget, reason = _choose_budget(
             frontier,
             main_method,
@@ -505,19 +498,14 @@ def prepare_report(
         speedup_costs=pairs,
         speedup_cost=speedup_cost,
     )
-    speedups = {
-        name: float(b / np.mean(np.asarray(c, dtype=float)[outcome.exits]))
-        for name, (c, b) in pairs.items()
-    }
+    speedups = {name: float(b / np.mean(np.asarray(c, dtype=float)[outcome.exits])) for name, (c, b) in pairs.items()}
     decision = None if not criteria else ("GO" if all(c.passed for c in criteria) else "NO-GO")
 
     temps = [float(t) for t in (doc.get("temperatures") or [1.0] * run.k)]
     scaled = None
     if any(abs(t - 1.0) > 1e-9 for t in temps):
         # the prepared scores are temperature-scaled; the raw ones need their own pass
-        scaled = tuple(
-            reliability_bins(prep.scores[:, k], prep.correct[:, k]) for k in range(run.k)
-        )
+        scaled = tuple(reliability_bins(prep.scores[:, k], prep.correct[:, k]) for k in range(run.k))
         conf, pred = exit_scores(run.logits, "maxprob")
         correct = pred == labels[:, None]
     else:
@@ -669,9 +657,7 @@ class _Page:
         self.fig.patch.set_facecolor("white")
         self.width_in, self.height_in = A4_INCHES
         self.y = 1.0 - 0.55 / self.height_in
-        self.fig.text(
-            0.06, 1 - 0.35 / self.height_in, data.title, fontsize=8, color=_GREY, va="top"
-        )
+        self.fig.text(0.06, 1 - 0.35 / self.height_in, data.title, fontsize=8, color=_GREY, va="top")
         self.fig.text(
             0.94,
             1 - 0.35 / self.height_in,
@@ -726,9 +712,7 @@ class _Page:
                 kw["family"] = family
             self.fig.text(indent, self.y, line, **kw)
 
-    def axes(
-        self, height_in: float, left: float = 0.12, right: float = 0.94, gap_in: float = 0.15
-    ) -> Any:
+    def axes(self, height_in: float, left: float = 0.12, right: float = 0.94, gap_in: float = 0.15) -> Any:
         """New axes below the cursor, ``height_in`` tall (room left for tick labels)."""
         self.skip(gap_in)
         bottom = self.y - height_in / self.height_in
@@ -761,9 +745,7 @@ class _Page:
             for c in range(cols):
                 if len(out) < n:
                     out.append(
-                        self.fig.add_axes(
-                            (left + c * (width + hgap), bottom, width, panel_h_in / self.height_in)
-                        )
+                        self.fig.add_axes((left + c * (width + hgap), bottom, width, panel_h_in / self.height_in))
                     )
             self.y = bottom
             if r < rows - 1:
@@ -787,9 +769,7 @@ class _Page:
         self.skip(line_h)
         for x, h in zip(xs, header, strict=True):
             self.fig.text(x + 0.005, self.y, h, fontsize=size, weight="bold", va="baseline")
-        self.fig.add_artist(
-            _rule(self.fig, self.y - 0.3 * line_h / self.height_in, left, right, lw=0.8)
-        )
+        self.fig.add_artist(_rule(self.fig, self.y - 0.3 * line_h / self.height_in, left, right, lw=0.8))
         for i, row in enumerate(rows):
             self.skip(line_h)
             color = row_colors[i] if row_colors is not None else None
@@ -798,9 +778,7 @@ class _Page:
                 if color is not None and j == len(row) - 1:
                     kw.update(color=color, weight="bold")
                 self.fig.text(x + 0.005, self.y, cell, **kw)
-        self.fig.add_artist(
-            _rule(self.fig, self.y - 0.45 * line_h / self.height_in, left, right, lw=0.8)
-        )
+        self.fig.add_artist(_rule(self.fig, self.y - 0.45 * line_h / self.height_in, left, right, lw=0.8))
         self.skip(0.45 * line_h)
 
 
@@ -856,9 +834,7 @@ def _page_decision(data: ReportData) -> Figure:
     acc, interval = _op_accuracy(t)
     p.skip(0.2)
     if data.decision is None:
-        p.fig.text(
-            0.06, p.y - 0.45 / p.height_in, "NO DECISION", fontsize=36, weight="bold", color=_GREY
-        )
+        p.fig.text(0.06, p.y - 0.45 / p.height_in, "NO DECISION", fontsize=36, weight="bold", color=_GREY)
         p.skip(0.6)
         p.para(
             "No criterion was given, so this report does not decide; it states the trade-off.",
@@ -866,17 +842,13 @@ def _page_decision(data: ReportData) -> Figure:
         )
     else:
         color = _GO_COLOR if data.decision == "GO" else _NOGO_COLOR
-        p.fig.text(
-            0.06, p.y - 0.75 / p.height_in, data.decision, fontsize=64, weight="bold", color=color
-        )
+        p.fig.text(0.06, p.y - 0.75 / p.height_in, data.decision, fontsize=64, weight="bold", color=color)
         p.skip(0.95)
         failed = [c for c in data.criteria if not c.passed]
         if data.decision == "GO":
             msg = "Every criterion is met, each with its whole 95% interval on the right side."
         else:
-            msg = (
-                "Not met with 95% confidence: " + "; ".join(_failure_text(c) for c in failed) + "."
-            )
+            msg = "Not met with 95% confidence: " + "; ".join(_failure_text(c) for c in failed) + "."
         p.para(msg, size=11)
     # --- the trade-off in one sentence
     k_last = data.k
@@ -918,9 +890,7 @@ def _page_decision(data: ReportData) -> Figure:
                     _criterion_value(c, c.value, d),
                     "n/a"
                     if c.interval is None
-                    else _criterion_value(c, c.interval[0], d)
-                    + " to "
-                    + _criterion_value(c, c.interval[1], d),
+                    else _criterion_value(c, c.interval[0], d) + " to " + _criterion_value(c, c.interval[1], d),
                     f"{'≥' if c.comparison == '>=' else '≤'} {_criterion_value(c, c.required, d)}",
                     "PASS" if c.passed else "FAIL",
                 ]
@@ -938,8 +908,7 @@ def _page_decision(data: ReportData) -> Figure:
             "samples) clears "
             "the requirement."
             if data.outcome.held_out
-            else "Nothing was held out, so the point estimates decide "
-            "(fitted on the same samples: optimistic)."
+            else "Nothing was held out, so the point estimates decide (fitted on the same samples: optimistic)."
         )
         p.para(rule, size=8.5, color=_GREY)
     else:
@@ -977,16 +946,14 @@ def _page_decision(data: ReportData) -> Figure:
                 if _budget_macs(data) is not None
                 and fit_macs is not None
                 and fit_macs < 0.8 * (_budget_macs(data) or 0.0)
-                else f"of the last exit); {_macs(fit_macs)} on the fitting half, where the budget "
-                "is met",
+                else f"of the last exit); {_macs(fit_macs)} on the fitting half, where the budget is met",
             ]
         )
     for key in sorted(k for k in data.baselines if k != "macs"):
         op_rows.append(
             [
                 f"expected latency {key}",
-                f"{_ms(_held_cost(data, key))} held out (last exit alone: "
-                f"{_ms(data.baselines[key])})",
+                f"{_ms(_held_cost(data, key))} held out (last exit alone: {_ms(data.baselines[key])})",
             ]
         )
     speed = [f"{v:.2f}× ({'MACs' if k == 'macs' else k})" for k, v in data.speedup.items()]
@@ -1037,11 +1004,7 @@ def _budget_label(data: ReportData) -> str:
     what = "MACs" if unit == "macs" else f"latency on {unit.removeprefix(MS_PREFIX)}"
     if frac is None:
         return data.budget
-    short = (
-        data.budget
-        if data.budget_reason.startswith("asked")
-        else format_budget(float(frac), "fraction")
-    )
+    short = data.budget if data.budget_reason.startswith("asked") else format_budget(float(frac), "fraction")
     return f"{short} ({_pct(float(frac), 1)} of the last exit's {what})"
 
 
@@ -1119,11 +1082,7 @@ def _method_rows(data: ReportData, main: str) -> tuple[list[list[str]], str]:
     for m in order:
         r = found[m]
         lo, hi = r.get("holdout_ci_low"), r.get("holdout_ci_high")
-        iv = (
-            "n/a"
-            if lo is None or not np.isfinite(float(lo))
-            else f"{_pct(float(lo))} to {_pct(float(hi))}"
-        )
+        iv = "n/a" if lo is None or not np.isfinite(float(lo)) else f"{_pct(float(lo))} to {_pct(float(hi))}"
         table.append(
             [
                 m + (" (deployed)" if m == main else ""),
@@ -1209,15 +1168,12 @@ def _page_latency(data: ReportData) -> Figure:
             continue
         iqr = prof.stage_iqr_ms
         med = prof.stage_median_ms
-        noisy = [
-            i + 1 for i, (q, m) in enumerate(zip(iqr, med, strict=True)) if m > 0 and q > 0.1 * m
-        ]
+        noisy = [i + 1 for i, (q, m) in enumerate(zip(iqr, med, strict=True)) if m > 0 and q > 0.1 * m]
         line = (
             f"{key}: {prof.hardware or 'hardware not recorded'}"
             + (f", {prof.threads} thread(s)" if prof.threads else "")
             + f"; full model {_ms(prof.full_model_median_ms)} median; exit decision "
-            f"{_ms(prof.decision_median_ms)}; "
-            + f"{len(prof.stage_ms[0]) if prof.stage_ms else 0} repeats per stage."
+            f"{_ms(prof.decision_median_ms)}; " + f"{len(prof.stage_ms[0]) if prof.stage_ms else 0} repeats per stage."
         )
         if noisy:
             stages = ", ".join(map(str, noisy))
@@ -1300,11 +1256,7 @@ def _page_calibration(data: ReportData) -> Figure:
         "it gives 90% confidence; ECE (expected calibration error) is the sample-weighted mean "
         "gap between "
         "confidence and accuracy over 15 bins, on all samples."
-        + (
-            " Bars use the fitted temperatures; black ticks show temperature 1."
-            if data.scaled_bins
-            else ""
-        ),
+        + (" Bars use the fitted temperatures; black ticks show temperature 1." if data.scaled_bins else ""),
         size=9.5,
     )
     p.skip(0.05)
@@ -1425,9 +1377,7 @@ def _page_provenance(data: ReportData) -> Figure:
             )
         for key, prof in sorted(costs.latency.items()):
             setting = _latency_settings_text(prof.settings)
-            items.append(
-                (f"latency {key}", f"{prof.hardware or 'n/a'}; threads {prof.threads}; {setting}")
-            )
+            items.append((f"latency {key}", f"{prof.hardware or 'n/a'}; threads {prof.threads}; {setting}"))
     else:
         items.append(("costs", "none"))
     for label, value in items:
@@ -1696,8 +1646,7 @@ def export_figure(
                     o.accuracy_per_exit(data.k),
                     counts=o.counts(data.k),
                     exit_accuracy=data.exit_accuracy,
-                    title="exits at the operating point "
-                    f"(budget {_budget_label(data).split(' (')[0]})",
+                    title=f"exits at the operating point (budget {_budget_label(data).split(' (')[0]})",
                 )
         buf = io.BytesIO()
         meta: dict[str, Any] = {

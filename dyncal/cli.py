@@ -63,21 +63,25 @@ def _json_safe(x: Any) -> Any:
 
 
 def command_line(ctx: typer.Context) -> str:
-    """The verb and its effective options as a reproducible command (for provenance)."""
+    """The verb with its arguments and effective options, as a reproducible command (provenance).
+
+    Built from the parsed parameters rather than ``sys.argv``, which belongs to the host
+    process (a test runner, torchrun) and leaves out the defaults that shaped the result.
+    """
     import shlex
 
     parts = ["dyncal", ctx.info_name or ""]
-    for name, value in ctx.params.items():
-        if value is None or value is False:
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name or "")
+        if value is None or value is False or param.name in ("json_",):
             continue
-        flag = "--" + name.rstrip("_").replace("_", "-")
-        if value is True:
-            parts.append(flag)
-        elif isinstance(value, (list, tuple)):
-            for v in value:
-                parts += [flag, shlex.quote(str(v))]
-        else:
-            parts += [flag, shlex.quote(str(value))]
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if param.param_type_name == "argument":
+            parts += [shlex.quote(str(v)) for v in values]
+            continue
+        flag = max(param.opts, key=len)
+        for v in values:
+            parts += [flag] if v is True else [flag, shlex.quote(str(v))]
     return " ".join(parts)
 
 
@@ -735,15 +739,6 @@ def demo(
 # ----------------------------------------------------------------- report / plot
 
 
-def _report_command(run: Path, out: Path, options: dict[str, Any]) -> str:
-    """The ``dyncal report`` command line as given, for the provenance page."""
-    parts = ["dyncal", "report", str(run), "--out", str(out)]
-    for name, value in options.items():
-        if value is not None:
-            parts += [f"--{name.replace('_', '-')}", str(value)] if value != "" else [f"--{name}"]
-    return " ".join(parts)
-
-
 def _print_report(doc: dict[str, Any]) -> None:
     """A short summary of a report for people (percentages here only)."""
     size_kb = doc["size_bytes"] / 1024
@@ -783,6 +778,7 @@ def _print_report(doc: dict[str, Any]) -> None:
 
 @app.command()
 def report(
+    ctx: typer.Context,
     run: RunArg,
     out: Annotated[Path, typer.Option(help="PDF file to write (an existing one only with --overwrite).")],
     budget: Annotated[
@@ -823,18 +819,7 @@ def report(
     """
     from dyncal.reports.pdf import build_report
 
-    options = {
-        "budget": budget,
-        "min_accuracy": min_accuracy,
-        "max_drop": max_drop,
-        "min_speedup": min_speedup,
-        "device": device,
-        "batch_size": batch_size,
-        "title": title,
-        "method": method,
-        "temperature": "" if temperature else None,
-    }
-    command = _report_command(run, out, options)
+    command = command_line(ctx)
     with user_errors():
         result = build_report(
             run,

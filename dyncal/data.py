@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dyncal.errors import DataError, DyncalError
-from dyncal.models import import_object
+from dyncal.errors import DataError
+from dyncal.models import call_factory
 from dyncal.run import NPZ_READ_ERRORS
 
 __all__ = ["ImageTransform", "NpzDataset", "load_dataset", "check_item"]
@@ -144,18 +144,7 @@ def load_dataset(
         return NpzDataset(spec)
     if ":" not in spec:
         raise DataError(f"--data must be 'imagefolder:DIR', 'pkg.module:factory' or FILE.npz; got {spec!r}")
-    try:
-        factory = import_object(spec, what="--data", search_path=search_path)
-    except DyncalError as e:
-        raise DataError(str(e)) from e
-    if not callable(factory):
-        raise DataError(f"--data: '{spec}' is not callable; name a function that returns a Dataset")
-    try:
-        dataset = factory()
-    except DyncalError:
-        raise
-    except Exception as e:  # noqa: BLE001 - the user's factory may raise anything
-        raise DataError(f"--data: calling '{spec}()' failed: {type(e).__name__}: {e}") from e
+    dataset = call_factory(spec, what="--data", search_path=search_path, error=DataError, makes="a Dataset")
     if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
         raise DataError(
             f"--data: '{spec}()' returned {type(dataset).__name__}; expected a map-style Dataset "

@@ -15,7 +15,7 @@ import hashlib
 import importlib
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from torch import nn
 
 from dyncal.errors import DyncalError, ModelError
 
-__all__ = ["LoadedModel", "load_model", "check_exit_outputs", "import_object", "sha256_file"]
+__all__ = ["LoadedModel", "load_model", "check_exit_outputs", "import_object", "call_factory", "sha256_file"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,46 @@ def import_object(spec: str, *, what: str, search_path: str | os.PathLike[str] |
             raise DyncalError(f"{what}: module '{module_name}' has no attribute '{attr}'")
         obj = getattr(obj, part)
     return obj
+
+
+def call_factory(
+    spec: str,
+    *,
+    what: str,
+    search_path: str | os.PathLike[str] | None = None,
+    error: type[DyncalError] = DyncalError,
+    makes: str = "the object",
+) -> Any:
+    """Import the ``pkg.module:factory`` named by ``spec`` and call it with no arguments.
+
+    Args:
+        spec: ``"pkg.module:factory"``.
+        what: The option it came from, for messages (``"--model"``).
+        search_path: A folder put first on ``sys.path`` while importing.
+        error: The error class to raise.
+        makes: What the factory should return, for messages.
+
+    Raises:
+        DyncalError: (as ``error``) the spec cannot be imported, is not callable, or the
+            call fails; the message has the factory's exception in one line.
+
+    Example:
+        >>> call_factory("collections:OrderedDict", what="--x")
+        OrderedDict()
+    """
+    try:
+        factory = import_object(spec, what=what, search_path=search_path)
+    except DyncalError as e:
+        raise (e if isinstance(e, error) else error(str(e))) from e
+    if not callable(factory):
+        raise error(f"{what}: '{spec}' is not callable; name a function that returns {makes}")
+    try:
+        return factory()
+    except DyncalError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's factory may raise anything
+        first = (str(e).splitlines() or [""])[0]
+        raise error(f"{what}: calling '{spec}()' failed: {type(e).__name__}: {first}") from e
 
 
 def _strip_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
@@ -235,15 +275,9 @@ def load_model(
         module: nn.Module = program.module()
         weights_sha = sha256_file(path)
     else:
-        factory: Callable[[], Any] = import_object(spec, what="--model", search_path=model_path)
-        if not callable(factory):
-            raise ModelError(f"--model: '{spec}' is not callable; name a function or class that returns the model")
-        try:
-            module = factory()
-        except DyncalError:
-            raise
-        except Exception as e:  # noqa: BLE001 - the user's factory may raise anything
-            raise ModelError(f"--model: calling '{spec}()' failed: {type(e).__name__}: {e}") from e
+        module = call_factory(
+            spec, what="--model", search_path=model_path, error=ModelError, makes="the model (a class works too)"
+        )
         if not isinstance(module, nn.Module):
             raise ModelError(f"--model: '{spec}()' returned {type(module).__name__}, not a torch.nn.Module")
         if weights is not None:

@@ -69,7 +69,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -315,12 +315,12 @@ class ExitProblem:
         return best
 
     # -- ascents
-    def lagrange_ascent(self, t: np.ndarray, lam: float, max_sweeps: int = 20) -> np.ndarray:
-        """Coordinate ascent on ``gain - lam * cost`` until no threshold moves."""
+    def _ascent(self, t: np.ndarray, update: Callable[[np.ndarray, int], np.ndarray], max_sweeps: int) -> np.ndarray:
+        """Sweep exact one-threshold ``update``s over every exit until no threshold moves."""
         for _ in range(max_sweeps):
             moved = False
             for j in range(self.k - 1):
-                new = self.lagrange_update(t, j, lam)
+                new = update(t, j)
                 if new is not t:
                     moved = True
                     t = new
@@ -328,18 +328,13 @@ class ExitProblem:
                 break
         return t
 
+    def lagrange_ascent(self, t: np.ndarray, lam: float, max_sweeps: int = 20) -> np.ndarray:
+        """Coordinate ascent on ``gain - lam * cost`` until no threshold moves."""
+        return self._ascent(t, lambda t_, j: self.lagrange_update(t_, j, lam), max_sweeps)
+
     def budget_ascent(self, t: np.ndarray, budget: float, max_sweeps: int = 20) -> np.ndarray:
         """Coordinate ascent on gain within ``budget`` until no threshold moves."""
-        for _ in range(max_sweeps):
-            moved = False
-            for j in range(self.k - 1):
-                new = self.budget_update(t, j, budget)
-                if new is not t:
-                    moved = True
-                    t = new
-            if not moved:
-                break
-        return t
+        return self._ascent(t, lambda t_, j: self.budget_update(t_, j, budget), max_sweeps)
 
     # -- geometric pool
     def geometric_solutions(self) -> list[Solution]:

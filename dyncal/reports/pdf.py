@@ -994,18 +994,25 @@ def _held_cost(data: ReportData, name: str) -> float | None:
     return float(np.mean(np.asarray(per_exit, dtype=float)[data.outcome.exits]))
 
 
-def _budget_label(data: ReportData) -> str:
-    """The budget for people: short form and share of the last exit's cost."""
+def _short_budget(data: ReportData) -> str:
+    """The budget as asked, or a chosen one rounded for people."""
     from dyncal.calibrate.budget import format_budget
 
+    frac = (data.thresholds.get("budget") or {}).get("fraction")
+    if frac is None or data.budget_reason.startswith("asked"):
+        return data.budget
+    return format_budget(float(frac), "fraction")
+
+
+def _budget_label(data: ReportData) -> str:
+    """The budget for people: short form and share of the last exit's cost."""
     b = data.thresholds.get("budget") or {}
     frac = b.get("fraction")
     unit = str(b.get("unit") or "macs")
     what = "MACs" if unit == "macs" else f"latency on {unit.removeprefix(MS_PREFIX)}"
     if frac is None:
         return data.budget
-    short = data.budget if data.budget_reason.startswith("asked") else format_budget(float(frac), "fraction")
-    return f"{short} ({_pct(float(frac), 1)} of the last exit's {what})"
+    return f"{_short_budget(data)} ({_pct(float(frac), 1)} of the last exit's {what})"
 
 
 def _page_frontier(data: ReportData) -> Figure:
@@ -1404,7 +1411,7 @@ def _page_provenance(data: ReportData) -> Figure:
     asked = [
         f"--budget {data.budget}"
         if data.budget_reason.startswith("asked")
-        else f"budget {data.budget} ({data.budget_reason})",
+        else f"budget {_short_budget(data)} ({data.budget_reason})",
     ]
     if req.min_accuracy is not None:
         asked.append(f"--min-accuracy {req.min_accuracy:g}")

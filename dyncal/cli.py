@@ -717,6 +717,10 @@ def demo(
         "dyncal-demo"
     ),
     budget: Annotated[str, typer.Option(help="Budget for the operating point.")] = "0.5x",
+    max_drop: Annotated[
+        float, typer.Option(help="Report criterion: accuracy drop vs the last exit at most this fraction.")
+    ] = 0.01,
+    min_speedup: Annotated[float, typer.Option(help="Report criterion: CPU batch-1 latency speed-up.")] = 2.0,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Run the whole pipeline on the embedded default: a 4-exit CNN on handwritten digits.
@@ -732,7 +736,9 @@ def demo(
         typer.echo(message, err=True)
 
     with user_errors():
-        summary = run_demo(out, budget=budget, overwrite=overwrite, log=step)
+        summary = run_demo(
+            out, budget=budget, max_drop=max_drop, min_speedup=min_speedup, overwrite=overwrite, log=step
+        )
     typer.echo(summary)
 
 

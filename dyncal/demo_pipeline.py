@@ -47,6 +47,8 @@ def run_demo(
     out: str | os.PathLike[str],
     *,
     budget: str = "0.5x",
+    max_drop: float = 0.01,
+    min_speedup: float = 2.0,
     overwrite: bool = False,
     log: Callable[[str], None] = lambda _: None,
 ) -> str:
@@ -56,6 +58,8 @@ def run_demo(
         out: Folder to create (``run/``, ``thresholds.json``, ``frontier.csv``,
             ``report.pdf``, ``verify.json``).
         budget: Budget of the operating point (default half the last exit's MACs).
+        max_drop: Report criterion: held-out accuracy at most this far below the last exit's.
+        min_speedup: Report criterion: CPU batch-1 latency speed-up over the last exit.
         overwrite: Replace an existing folder.
         log: Called with one line per step.
 
@@ -106,7 +110,17 @@ def run_demo(
     write_frontier_csv(compute_frontier(run), out / "frontier.csv")
 
     log("[5/6] report")
-    report = build_report(run_dir, out / "report.pdf", budget=budget)
+    report = build_report(
+        run_dir,
+        out / "report.pdf",
+        budget=budget,
+        max_drop=max_drop,
+        min_speedup=min_speedup,
+        device="cpu",
+        batch_size=1,
+        command=f"dyncal report {run_dir} --out {out / 'report.pdf'} --budget {budget} --max-drop {max_drop} "
+        f"--min-speedup {min_speedup} --device cpu --batch-size 1",
+    )
 
     log("[6/6] verify: real early exit with the thresholds")
     verified = verify_run(run_dir, thresholds, batch_sizes=_BATCH_SIZES)
@@ -135,5 +149,6 @@ def run_demo(
         )
     lines.append(f"  agreement with the simulation: {100 * verified.agreement:.2f}%")
     decision = report.to_dict().get("decision")
-    lines.append(f"  report: {out / 'report.pdf'} ({'decision ' + decision if decision else 'no criteria given'})")
+    criteria = f"accuracy drop <= {100 * max_drop:g} pt, speed-up >= {min_speedup:g}x on cpu/b1"
+    lines.append(f"  report: {out / 'report.pdf'}: {decision} ({criteria})")
     return "\n".join(lines)

@@ -35,6 +35,10 @@ def test_demo_writes_every_artifact(demo_dir):
     assert len(run.provenance.weights_sha256) == 64 and run.provenance.extra["weights"].endswith(".pt")
     assert run.costs.macs is not None and set(run.costs.latency) == {"cpu/b1", "cpu/b32"}
     assert (demo_dir / "report.pdf").read_bytes().startswith(b"%PDF")
+    from pypdf import PdfReader
+
+    first_page = PdfReader(demo_dir / "report.pdf").pages[0].extract_text()
+    assert "GO" in first_page and "speed-up (latency, cpu/b1)" in first_page
 
 
 def test_demo_refuses_existing_folder(cli, demo_dir):

@@ -481,7 +481,15 @@ def prepare_report(
         )
     else:
         reason = "asked with --budget"
-    solve_kwargs: dict[str, Any] = {"device": lat_dev, "batch_size": lat_batch}
+    # The latency column matters to solve only for an ms budget; for the speed-up
+    # criterion the report uses it itself.
+    from dyncal.calibrate.budget import parse_budget
+
+    ms_budget = parse_budget(budget).kind == "ms"
+    solve_kwargs: dict[str, Any] = {
+        "device": lat_dev if ms_budget else None,
+        "batch_size": lat_batch if ms_budget else None,
+    }
     if main_method in METHODS:
         solve_kwargs["method"] = main_method
     result = solve_run(prep, budget, **solve_kwargs)

@@ -159,13 +159,16 @@ class _Clock:
     def block_ms(self, fn: Callable[[], Any], calls: int) -> float:
         """Mean milliseconds per call over a block of ``calls``."""
         if self.cuda:
+            # Events are recorded on the current stream of *this* device (cuda:N, not cuda:0).
+            stream = torch.cuda.current_stream(self.device)
             start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             self.sync()
-            start.record()
-            for _ in range(calls):
-                fn()
-            end.record()
+            with torch.cuda.device(self.device):
+                start.record(stream)
+                for _ in range(calls):
+                    fn()
+                end.record(stream)
             end.synchronize()
             return float(start.elapsed_time(end)) / calls
         t0 = time.perf_counter()

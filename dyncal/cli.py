@@ -648,6 +648,10 @@ def verify(
     model_path: Annotated[Path | None, typer.Option(help="Folder to import the model's module from.")] = None,
     data: Annotated[str | None, typer.Option(help="Data spec overriding the run's.")] = None,
     repeats: Annotated[int, typer.Option(min=1, help="Timings per batch (the median is kept).")] = 3,
+    stages: Annotated[
+        str | None,
+        typer.Option(help="Declare stages by hand: 'pkg.module:fn', fn(model) -> list of stage modules."),
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Run a real early exit with the thresholds and compare it with what solve predicted.
@@ -674,6 +678,7 @@ def verify(
             model_path=None if model_path is None else str(model_path),
             data=data,
             repeats=repeats,
+            stages_spec=stages,
         )
     doc = result.to_dict()
     if json_:

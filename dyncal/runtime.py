@@ -25,27 +25,30 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from torch import nn
 
 from dyncal.analysis.latency import device_hardware, pinned_threads
-from dyncal.analysis.stages import Stages, build_stages
+from dyncal.analysis.stages import Stages, build_stages, verify_stages
 from dyncal.calibrate.policy import assign_exits, thresholds_from_json
 from dyncal.calibrate.scores import SCORES, exit_scores
 from dyncal.calibrate.solvers import ThresholdsResult
 from dyncal.data import ImageTransform, load_dataset
-from dyncal.errors import DyncalError
-from dyncal.models import load_model, resolve_device
+from dyncal.errors import DataError, DyncalError
+from dyncal.models import check_exit_outputs, import_object, load_model, resolve_device
 from dyncal.run import CostTable, Run, latency_key, load_run
 
 __all__ = ["EarlyExitRunner", "VerifyResult", "verify_run", "read_thresholds"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def read_thresholds(path: str | os.PathLike[str]) -> ThresholdsResult:
@@ -298,6 +301,51 @@ def _at_rows(rows: float, sizes: np.ndarray, ms: np.ndarray) -> float:
     return float(np.interp(rows, sizes, ms))
 
 
+def _line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:300]
+
+
+def _try(what: str, batch_size: int, fn: Callable[[torch.Tensor], T], x: torch.Tensor) -> T:
+    """``fn(x)``; an error in the user's model or its stages becomes one line."""
+    try:
+        return fn(x)
+    except DyncalError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's model may raise anything
+        raise DyncalError(f"{what} failed at batch size {batch_size}: {type(e).__name__}: {_line(e)}") from e
+
+
+def _checked_stages(
+    model: nn.Module, x: torch.Tensor, dev: torch.device, k: int, stages_spec: str | None, search_path: str | None
+) -> Stages:
+    """Stages proven on a real batch: the model keeps the contract and the stages reproduce it.
+
+    A model exported with a fixed batch size cannot drop rows, so it cannot early-exit a
+    batch; that is said in one line rather than failing mid-run.
+    """
+    stages_fn = None
+    if stages_spec is not None:
+        stages_fn = import_object(stages_spec, what="--stages", search_path=search_path)
+        if not callable(stages_fn):
+            raise DyncalError(
+                f"--stages: '{stages_spec}' is not callable; name a function fn(model) -> [stage modules]"
+            )
+    probe = x[: min(4, x.shape[0])].to(dev)
+    with torch.inference_mode():
+        outs = _try("the model", probe.shape[0], model, probe)
+    got_k, _ = check_exit_outputs(outs, probe.shape[0])
+    if got_k != k:
+        raise DyncalError(f"the model returns K={got_k} exits but the run has K={k}; is it the run's model?")
+    stages = build_stages(model, probe[: min(2, probe.shape[0])], stages_fn=stages_fn)
+    verify_stages(model, stages, probe)
+    if not stages.dynamic_batch:
+        raise DyncalError(
+            f"the model's stages run at batch size {stages.example_batch_size} only (export could not keep the "
+            "batch dynamic), so samples cannot leave a batch early; declare stages with --stages or fix the model"
+        )
+    return stages
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -329,6 +377,7 @@ def verify_run(
     model_path: str | None = None,
     data: str | None = None,
     repeats: int = 3,
+    stages_spec: str | None = None,
 ) -> VerifyResult:
     """Run a real early exit over the run's samples and compare with the prediction.
 
@@ -344,6 +393,7 @@ def verify_run(
         model_path: Import folder overriding the provenance.
         data: Data spec overriding the provenance.
         repeats: Timings per batch; the median is kept (default 3).
+        stages_spec: ``pkg.module:fn`` declaring the stages by hand (as ``profile --stages``).
 
     Returns:
         Agreement with the simulation and measured vs predicted latency.
@@ -375,8 +425,13 @@ def verify_run(
     rows = np.asarray(run.indices[:n])
     labels = np.asarray(run.labels[:n])
 
-    x_all = torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in rows])
-    stages = build_stages(loaded.module, x_all[:2].to(dev))
+    try:
+        x_all = torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in rows])
+    except Exception as e:  # noqa: BLE001 - anything the user's data set raises
+        raise DataError(
+            f"could not load the run's inputs from '{data or prov.data}': {type(e).__name__}: {_line(e)}"
+        ) from e
+    stages = _checked_stages(loaded.module, x_all, dev, run.k, stages_spec, model_path or prov.extra.get("model_path"))
     runner = EarlyExitRunner(stages, thresholds.thresholds, thresholds.temperatures, thresholds.score)
 
     scores, sim_preds_all = exit_scores(run.logits[:n], thresholds.score, thresholds.temperatures)
@@ -388,8 +443,8 @@ def verify_run(
     with pinned_threads(threads) as n_threads:
         for b in batch_sizes:
             batches = [x_all[s : s + b].to(dev) for s in range(0, n, b)]
-            runner(batches[0])  # warm-up
-            loaded.module(batches[0])
+            _try("the early exit", b, runner, batches[0])  # warm-up
+            _try("the model", b, loaded.module, batches[0])
             exit_parts, pred_parts, ee_ms, full_ms = [], [], [], []
             for xb in batches:
                 # Median of `repeats` timings per batch (robust to a shared machine), then
@@ -398,7 +453,7 @@ def verify_run(
                 for _ in range(repeats):
                     _sync(dev)
                     t0 = time.perf_counter()
-                    e, p = runner(xb)
+                    batch_exits, batch_preds = _try("the early exit", b, runner, xb)
                     _sync(dev)
                     ee.append((time.perf_counter() - t0) * 1e3)
                     with torch.inference_mode():
@@ -409,8 +464,8 @@ def verify_run(
                         full.append((time.perf_counter() - t0) * 1e3)
                 ee_ms.append(float(np.median(ee)))
                 full_ms.append(float(np.median(full)))
-                exit_parts.append(e.cpu())
-                pred_parts.append(p.cpu())
+                exit_parts.append(batch_exits.cpu())
+                pred_parts.append(batch_preds.cpu())
             if rt_exits is None:
                 rt_exits = torch.cat(exit_parts).numpy()
                 rt_preds = torch.cat(pred_parts).numpy()

@@ -127,3 +127,46 @@ def test_verify_errors(cli, demo_dir, tmp_path):
     assert_clean_error(
         cli("verify", demo_dir / "run", "--thresholds", demo_dir / "thresholds.json", "--batch-size", "0"), "positive"
     )
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    """A collected two-exit MLP run with MACs and thresholds (no latency)."""
+    from typer.testing import CliRunner
+
+    from conftest import TESTS
+    from dyncal.cli import app
+
+    d = tmp_path_factory.mktemp("toy")
+    rng = np.random.default_rng(0)
+    np.savez(d / "x.npz", inputs=rng.normal(size=(60, 4)).astype(np.float32), labels=rng.integers(0, 3, 60))
+    runner = CliRunner()
+    for args in (
+        ["collect", "--model", "toy_models:two_exit", "--model-path", TESTS, "--data", d / "x.npz", "--out", d / "run"],
+        ["profile", d / "run", "--macs-only"],
+        ["solve", d / "run", "--budget", "0.8x", "--holdout", "0", "--out", d / "t.json"],
+    ):
+        res = runner.invoke(app, [str(a) for a in args])
+        assert res.exit_code == 0, (args, res.output, res.exception)
+    return d
+
+
+@pytest.mark.parametrize(
+    ("model", "pattern"),
+    [
+        ("toy_models:tiny_conv", r"the model failed at batch size 4: RuntimeError"),
+        ("toy_models:mixed_classes", r"disagree on the number of classes"),
+    ],
+)
+def test_verify_with_a_model_that_does_not_fit_the_run(cli, toy_run, model, pattern):
+    from conftest import TESTS
+
+    res = cli("verify", toy_run / "run", "--thresholds", toy_run / "t.json", "--model", model, "--model-path", TESTS)
+    assert_clean_error(res, pattern)
+
+
+def test_verify_toy_run_agrees(cli, toy_run):
+    res = cli("verify", toy_run / "run", "--thresholds", toy_run / "t.json", "--batch-size", "1,7", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["agreement"] == 1.0 and doc["predicted_ms"] == {"cpu/b1": None, "cpu/b7": None}

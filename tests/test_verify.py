@@ -132,9 +132,9 @@ def test_verify_errors(cli, demo_dir, tmp_path):
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
     """A collected two-exit MLP run with MACs and thresholds (no latency)."""
+    from conftest import TESTS
     from typer.testing import CliRunner
 
-    from conftest import TESTS
     from dyncal.cli import app
 
     d = tmp_path_factory.mktemp("toy")

@@ -383,6 +383,8 @@ def profile(
     if doc["unsupported_ops"]:
         ops = ", ".join(f"{u['op']}×{u['count']} (stage {u['stage']})" for u in doc["unsupported_ops"])
         typer.echo(f"ops fvcore could not count: {ops}")
+    if not doc["can_drop_rows"]:
+        typer.echo(f"early exit must run whole batches: {doc['drop_rows_reason']}")
 
 
 # ----------------------------------------------------------------- solve / frontier

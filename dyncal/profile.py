@@ -46,6 +46,7 @@ __all__ = ["ProfileOptions", "ProfileResult", "profile_run", "profile_run_full",
 log = logging.getLogger(__name__)
 
 _EXAMPLE_BATCH = 2  # export example: >= 2 keeps the batch dimension symbolic
+_ROWS_BATCH = 4  # rows of the check that samples can leave between stages
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,8 @@ class ProfileResult:
         measured: The latency keys measured now (``"cpu/b1"``, ...).
         model: The model spec used.
         input_shape: The per-sample input shape used.
+        drop_rows_reason: Why samples cannot leave a batch between stages (early exit must
+            then run whole batches), None when they can.
     """
 
     costs: CostTable
@@ -123,6 +126,7 @@ class ProfileResult:
     measured: tuple[str, ...]
     model: str
     input_shape: tuple[int, ...]
+    drop_rows_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The ``dyncal profile --json`` document."""
@@ -146,6 +150,8 @@ class ProfileResult:
             "model": self.model,
             "input_shape": list(self.input_shape),
             "stages": self.stage_source,
+            "can_drop_rows": self.drop_rows_reason is None,
+            "drop_rows_reason": self.drop_rows_reason,
             "k": k,
             "graph_macs": self.macs.graph_macs,
             "model_macs": self.macs.model_macs,
@@ -228,6 +234,18 @@ def _checked_stages(
         return again, verify_stages(model, again, x, rtol=rtol)
 
 
+def _rows_check(model: nn.Module, stages: Stages, x: torch.Tensor) -> None:
+    """Run :func:`verify_stages` on a batch of several rows for its row-drop check only.
+
+    A failure of the full-batch comparison at this size is left to the per-batch checks
+    (the stages may be fixed-size); only the row-drop verdict is kept.
+    """
+    try:
+        verify_stages(model, stages, x)
+    except ProfileError as e:
+        log.debug("row-drop check skipped at batch %d: %s", x.shape[0], e)
+
+
 def profile_model(
     model: nn.Module,
     input_shape: Sequence[int],
@@ -240,7 +258,7 @@ def profile_model(
     model_on: Callable[[str], nn.Module] | None = None,
     seed: int = 0,
     latency: bool = True,
-) -> tuple[CostTable, StageMacs, str, list[tuple[str, StageCheck]]]:
+) -> tuple[CostTable, StageMacs, Stages, list[tuple[str, StageCheck]]]:
     """Stages, MACs and latency of one model (no run directory involved).
 
     Args:
@@ -257,7 +275,9 @@ def profile_model(
         latency: Measure latency (False: MACs only).
 
     Returns:
-        ``(cost table, per-stage MACs, stage source, partition checks)``.
+        ``(cost table, per-stage MACs, stages, partition checks)``; ``stages.source`` says
+        where they came from, ``stages.can_drop_rows`` / ``stages.drop_rows_reason`` whether
+        samples can leave a batch between stages.
 
     Raises:
         ProfileError: Export/partition fails, the stages do not reproduce the model, fvcore
@@ -272,6 +292,8 @@ def profile_model(
     checks: list[tuple[str, StageCheck]] = []
     stages, check = _checked_stages(model, stages, x1, stages_fn)
     checks.append(("cpu/b1", check))
+    if stages.can_drop_rows:  # can rows leave between stages? (needs >= 2 rows; marks the stages if not)
+        _rows_check(model, stages, _example(input_shape, input_dtype, _ROWS_BATCH, cpu, seed))
     macs = stage_macs(stages, x1, model=model)
     log.info("MACs per exit: %s", list(macs.exit_macs))
     profiles: dict[str, LatencyProfile] = {}
@@ -291,6 +313,8 @@ def profile_model(
                 for b in batch_sizes:
                     x = _example(input_shape, input_dtype, int(b), dev, seed)
                     key = f"{name}/b{int(b)}"
+                    if stages.drop_rows_reason is not None:
+                        dev_stages.forbid_dropping_rows(stages.drop_rows_reason)
                     run_stages, check = _checked_stages(dev_model, dev_stages, x, stages_fn)
                     checks.append((key, check))
                     log.info("timing %s", key)
@@ -311,7 +335,7 @@ def profile_model(
         latency=profiles,
         source="profile",
     )
-    return costs, macs, stages.source, checks
+    return costs, macs, stages, checks
 
 
 def _resolve(run: Run, options: ProfileOptions) -> tuple[str, str | None, str | None, tuple[int, ...], str]:
@@ -394,7 +418,7 @@ def profile_run_full(run_path: str | os.PathLike[str], *, options: ProfileOption
         repeats=options.repeats,
         min_block_ms=options.min_block_ms,
     )
-    costs, macs, source, checks = profile_model(
+    costs, macs, stages, checks = profile_model(
         loaded.module,
         shape,
         input_dtype=dtype,
@@ -410,8 +434,9 @@ def profile_run_full(run_path: str | os.PathLike[str], *, options: ProfileOption
     return ProfileResult(
         costs=stored,
         macs=macs,
-        stage_source=source,
+        stage_source=stages.source,
         checks=tuple(checks),
+        drop_rows_reason=stages.drop_rows_reason,
         measured=tuple(costs.latency),
         model=spec,
         input_shape=shape,

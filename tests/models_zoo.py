@@ -332,3 +332,69 @@ def data_dependent_stages(model: nn.Module) -> list[nn.Module]:
     """A ``--stages`` function for :class:`DataDependent`."""
     assert isinstance(model, DataDependent)
     return [_DDStage1(model), _DDStage2(model)]
+
+
+class FlattenedCarry(nn.Module):
+    """Carries ``(B*T, D)`` rows between exits and reshapes them back with the batch size.
+
+    Input (B, 5, 16). The carried tensor has no dimension of size B (its first dimension is
+    B*T), and stage 2 needs B itself: rows cannot be cut from it, so early exit must run
+    whole batches.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(16, 16), nn.Linear(16, 16)
+        self.h1, self.h2 = nn.Linear(16, 3), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        b, t, d = x.shape
+        flat = torch.relu(self.l1(x)).reshape(b * t, d)  # exit 1 reads it: carried to stage 2
+        g = torch.relu(self.l2(flat)).reshape(b, t, d)
+        return [self.h1(flat).reshape(b, t, 3).mean(1), self.h2(g.mean(1))]
+
+
+class BatchStatistic(nn.Module):
+    """Exit 1 centres features on the batch mean; exit 2 reads them: logits depend on other rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(8, 16), nn.Linear(16, 16)
+        self.h1, self.h2 = nn.Linear(16, 3), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        a = self.l1(x)
+        a = torch.relu(a - a.mean(0))
+        return [self.h1(a), self.h2(torch.relu(self.l2(a)))]
+
+
+class TrainModeBatchNorm(nn.Module):
+    """BatchNorm before exit 1, whose features exit 2 reads; in train mode it uses batch statistics."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(8, 16), nn.Linear(16, 16)
+        self.bn = nn.BatchNorm1d(16)
+        self.h1, self.h2 = nn.Linear(16, 3), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        a = torch.relu(self.bn(self.l1(x)))
+        return [self.h1(a), self.h2(torch.relu(self.l2(a)))]
+
+
+def flattened_carry() -> FlattenedCarry:
+    """Factory (seeded, eval)."""
+    torch.manual_seed(0)
+    return FlattenedCarry().eval()
+
+
+def batch_statistic() -> BatchStatistic:
+    """Factory (seeded, eval)."""
+    torch.manual_seed(0)
+    return BatchStatistic().eval()
+
+
+def train_mode_batch_norm() -> TrainModeBatchNorm:
+    """Factory (seeded, left in train mode on purpose)."""
+    torch.manual_seed(0)
+    return TrainModeBatchNorm().train()

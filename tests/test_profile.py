@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import warnings
 from pathlib import Path
@@ -165,6 +166,60 @@ def test_keep_cuts_carried_tensors_along_their_batch_dimension():
         run.step()
         run.keep(torch.tensor([False, True, True, False]))
         torch.testing.assert_close(run.step(), model(x)[1][1:3])
+
+
+@pytest.mark.parametrize(
+    ("factory", "shape", "pattern"),
+    [
+        (zoo.flattened_carry, (5, 16), r"shape \(5\*B, 16\) .* cannot be cut to the rows that stay"),
+        (zoo.batch_statistic, (8,), r"exit 2 .* differs .* depend on the other rows of the batch"),
+        (zoo.train_mode_batch_norm, (8,), r"exit 2 .* differs .* depend on the other rows of the batch"),
+    ],
+    ids=["flattened-batch", "batch-mean", "train-mode-batchnorm"],
+)
+def test_stages_that_cannot_drop_rows_say_so_instead_of_giving_wrong_logits(factory, shape, pattern):
+    model = factory()
+    stages = _stages(model, shape)
+    x = torch.randn(6, *shape)
+    verify_stages(model, stages, x)  # the whole batch is reproduced: MACs and latency stay valid
+    assert not stages.can_drop_rows
+    assert re.search(pattern, stages.drop_rows_reason or ""), stages.drop_rows_reason
+    with torch.inference_mode():
+        run = stages.start(x)
+        run.step()
+        with pytest.raises(
+            ProfileError, match=r"^samples cannot leave this model's batch early: .*whole batches"
+        ) as info:
+            run.keep(torch.tensor([0, 2, 4]))
+    assert "\n" not in str(info.value)
+
+
+def test_models_that_can_drop_rows_keep_the_flag():
+    for factory, shape in [
+        (zoo.perceiver_like, (3, 8, 8)),
+        (zoo.SequenceFirst, (5, 16)),
+        (zoo.AttentionExits, (5, 16)),
+    ]:
+        model = factory().eval()
+        stages = _stages(model, shape)
+        verify_stages(model, stages, torch.randn(4, *shape))
+        assert stages.can_drop_rows and stages.drop_rows_reason is None, factory
+
+
+def test_profile_reports_stages_that_cannot_drop_rows(cli, tmp_path):
+    run = _run_for(tmp_path, "batch_statistic", [8], 2, 3)
+    result = cli("profile", run, "--batch-size", "1,2", "--threads", "1", *FAST, "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["can_drop_rows"] is False and "other rows of the batch" in doc["drop_rows_reason"]
+    assert set(doc["latency"]) == {"cpu/b1", "cpu/b2"}  # still profiled
+    ok = json.loads(
+        cli("profile", _run_for(tmp_path, "conv_stack", [3, 8, 8], 3, 5, name="r2"), "--macs-only", "--json").stdout
+    )
+    assert ok["can_drop_rows"] is True and ok["drop_rows_reason"] is None
+    table = cli("profile", _run_for(tmp_path, "flattened_carry", [5, 16], 2, 3, name="r3"), "--macs-only")
+    assert table.exit_code == 0, table.output
+    assert "early exit must run whole batches: stage 1 hands on a tensor" in table.stdout
 
 
 def test_stages_declared_by_method_and_by_function():

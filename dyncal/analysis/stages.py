@@ -138,6 +138,8 @@ class Stages:
         example_batch_size: Batch size of the example the stages were built from.
         whole: For exported stages, the unsplit graph they were cut from (its fvcore count
             must equal the stages' sum).
+        drop_rows_reason: Why rows cannot leave between stages (see :attr:`can_drop_rows`),
+            None when they can.
 
     Example:
         >>> import torch
@@ -156,6 +158,7 @@ class Stages:
         dynamic_batch: bool = True,
         example_batch_size: int | None = None,
         whole: nn.Module | None = None,
+        drop_rows_reason: str | None = None,
     ) -> None:
         if len(modules) < 2:
             raise ProfileError(f"a multi-exit model needs K >= 2 stages, got {len(modules)}")
@@ -167,6 +170,29 @@ class Stages:
         self.dynamic_batch = dynamic_batch
         self.example_batch_size = example_batch_size
         self.whole = whole
+        self.drop_rows_reason = drop_rows_reason
+        if not dynamic_batch and drop_rows_reason is None:
+            self.drop_rows_reason = (
+                f"the stages were exported for batch size {example_batch_size} only (the model could "
+                "not be exported with a dynamic batch)"
+            )
+
+    @property
+    def can_drop_rows(self) -> bool:
+        """Whether samples can leave between stages (:meth:`StageRun.keep`).
+
+        False when a carried value cannot be cut to the remaining rows (e.g. the model
+        flattens the batch into another dimension) or a later exit depends on the other
+        rows of the batch (batch statistics, BatchNorm in train mode); early exit must then
+        run whole batches. :attr:`drop_rows_reason` says why.
+        """
+        return self.drop_rows_reason is None
+
+    def forbid_dropping_rows(self, reason: str) -> None:
+        """Mark the stages as unable to drop rows, for ``reason`` (the first reason is kept)."""
+        if self.drop_rows_reason is None:
+            log.warning("samples cannot leave a batch early: %s", reason)
+            self.drop_rows_reason = reason
 
     @property
     def k(self) -> int:
@@ -266,11 +292,10 @@ class StageRun:
             dims = (0,)
         if dims is None:
             dims = tuple(0 if isinstance(t, torch.Tensor) and t.ndim > 0 else None for t in self._carry)
-        if not self.stages.dynamic_batch:
+        if self.stages.drop_rows_reason is not None:
             raise ProfileError(
-                f"these stages were built for batch size {self.stages.example_batch_size} only "
-                "(the model could not be exported with a dynamic batch); keep() needs "
-                "dynamic stages"
+                f"samples cannot leave this model's batch early: {self.stages.drop_rows_reason}; "
+                "early exit must run whole batches (every sample through the same stages)"
             )
         self._carry = tuple(
             t if d is None else t[(slice(None),) * d + (rows,)] for t, d in zip(self._carry, dims, strict=True)
@@ -435,6 +460,7 @@ def _partition(gm: fx.GraphModule, example: torch.Tensor) -> Stages:
     remat = _rematerialize_sizes(ops, stage_of, defined_at, inputs, carries, order)
 
     batch_sym = _batch_symbol(inputs)
+    reason = None if batch_sym is None else _uncuttable(carries, batch_sym)
     modules: list[nn.Module] = []
     batch_dims: list[tuple[int | None, ...]] = []
     for i in range(k):
@@ -472,6 +498,7 @@ def _partition(gm: fx.GraphModule, example: torch.Tensor) -> Stages:
         dynamic_batch=batch_sym is not None,
         example_batch_size=int(example.shape[0]),
         whole=_whole(gm, stage_of, flat),
+        drop_rows_reason=reason,
     )
 
 
@@ -584,6 +611,46 @@ def _batch_symbol(inputs: Sequence[fx.Node]) -> Any:
     return b if isinstance(b, torch.SymInt) else None
 
 
+def _uncuttable(carries: Sequence[Sequence[fx.Node]], batch_sym: Any) -> str | None:
+    """Why a carried value cannot be cut to the rows that stay, or None when all can.
+
+    A carried tensor can be cut when the batch size appears in its shape only as one bare
+    dimension (or not at all); a shape such as ``(B*T, D)`` or ``(B, B)``, or a carried size
+    computed from the batch size, would keep the batch it was computed for.
+    """
+    import sympy
+
+    sym = batch_sym.node.expr
+    big_b = sympy.Symbol("B")
+
+    def show(e: Any) -> str:
+        return str(e.subs(sym, big_b)) if hasattr(e, "subs") else str(e)
+
+    for i, carry in enumerate(carries[:-1]):
+        for v in carry:
+            val = v.meta.get("val")
+            if not isinstance(val, torch.Tensor):
+                continue
+            exprs = [s.node.expr if isinstance(s, torch.SymInt) else s for s in val.shape]
+            bare = sum(1 for e in exprs if e == sym)
+            mixed = [e for e in exprs if e != sym and sym in getattr(e, "free_symbols", ())]
+            if mixed or bare > 1:
+                return (
+                    f"stage {i + 1} hands on a tensor ('{v.name}') of shape ({', '.join(show(e) for e in exprs)}) "
+                    "for batch size B, which cannot be cut to the rows that stay (the model mixes the batch "
+                    "with another dimension; keep the batch a dimension of its own)"
+                )
+        for v in carry:
+            val = v.meta.get("val")
+            if isinstance(val, torch.SymInt) and sym in val.node.expr.free_symbols:
+                return (
+                    f"stage {i + 1} hands on a size ('{v.name}' = {show(val.node.expr)}) computed from the "
+                    "batch size B that no carried tensor has as a dimension (the model reshapes with a "
+                    "batch size it no longer has a tensor for), so it would keep the old batch size"
+                )
+    return None
+
+
 def _batch_dim(node: fx.Node, batch_sym: Any) -> int | None:
     """The first dimension of a carried value whose size is the batch symbol, else None."""
     val = node.meta.get("val")
@@ -689,6 +756,13 @@ def verify_stages(
 ) -> StageCheck:
     """Check that running stages ``1..K`` reproduces every exit of ``model`` on ``x``.
 
+    With two or more rows, also check that rows can leave between stages: for each stage
+    ``j < K``, run stages ``1..j`` on ``x``, keep every other row, finish, and compare exits
+    ``j+1..K`` with ``model(x[::2])``. When they differ (a later exit depends on the other
+    rows: batch statistics, BatchNorm in train mode) the stages are marked unable to drop
+    rows (:attr:`Stages.can_drop_rows`) instead of failing: their MACs and full-batch
+    latency remain valid.
+
     Args:
         model: The multi-exit model.
         stages: Its stages.
@@ -733,4 +807,37 @@ def verify_stages(
                 "wrong" + ("" if stages.source == "export" else ": fix dyncal_stages / --stages")
             )
         diffs.append(d)
+    if x.shape[0] >= 2 and stages.can_drop_rows:
+        reason = _row_drop_problem(model, stages, x, rtol=rtol, atol=atol)
+        if reason is not None:
+            stages.forbid_dropping_rows(reason)
     return StageCheck(batch_size=int(x.shape[0]), max_abs_diff=tuple(diffs))
+
+
+def _row_drop_problem(model: nn.Module, stages: Stages, x: torch.Tensor, *, rtol: float, atol: float) -> str | None:
+    """Why dropping rows after some stage changes a later exit, or None when it never does."""
+    rows = torch.arange(0, x.shape[0], 2, device=x.device)
+    with torch.inference_mode():
+        want = model(x[rows])
+        for j in range(1, stages.k):
+            run = stages.start(x)
+            try:
+                for _ in range(j):
+                    run.step()
+                run.keep(rows)
+                got = [run.step() for _ in range(j, stages.k)]
+            except DyncalError:
+                raise
+            except Exception as e:  # noqa: BLE001 - stage code may raise anything
+                return f"after rows leave at exit {j}, the next stage fails ({_first_line(e)})"
+            for i, (a, b) in enumerate(zip(want[j:], got, strict=True), start=j + 1):
+                d = float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
+                scale = float(a.float().abs().max()) if a.numel() else 0.0
+                if a.shape != b.shape or not d <= atol + rtol * scale:
+                    diff = f"max |diff| {d:.3g}" if a.shape == b.shape else f"shape {tuple(b.shape)}"
+                    return (
+                        f"exit {i} of the rows that stay after exit {j} differs from the model run on those "
+                        f"rows alone ({diff}): the model's outputs depend on the other rows of the batch "
+                        "(batch statistics such as BatchNorm in train mode or x - x.mean(0))"
+                    )
+    return None

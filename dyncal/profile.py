@@ -25,10 +25,11 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -234,6 +235,22 @@ def _checked_stages(
         return again, verify_stages(model, again, x, rtol=rtol)
 
 
+def state_sha256(model: nn.Module) -> str:
+    """SHA-256 of a model's state (names, dtypes, shapes and values of parameters and buffers).
+
+    Identifies the weights that were timed even when the model comes from a factory
+    without a checkpoint file.
+    """
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        if not isinstance(t, torch.Tensor):
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def _rows_check(model: nn.Module, stages: Stages, x: torch.Tensor) -> None:
     """Run :func:`verify_stages` on a batch of several rows for its row-drop check only.
 
@@ -258,6 +275,7 @@ def profile_model(
     model_on: Callable[[str], nn.Module] | None = None,
     seed: int = 0,
     latency: bool = True,
+    model_id: Mapping[str, Any] | None = None,
 ) -> tuple[CostTable, StageMacs, Stages, list[tuple[str, StageCheck]]]:
     """Stages, MACs and latency of one model (no run directory involved).
 
@@ -273,6 +291,9 @@ def profile_model(
             ``model``'s copy there with ``.to``; the CPU model is restored afterwards).
         seed: Seed of the random inputs.
         latency: Measure latency (False: MACs only).
+        model_id: What identifies the model (``model`` spec, ``weights_sha256``,
+            ``state_sha256``; see :data:`dyncal.run.MODEL_ID_KEYS`), recorded in every latency
+            entry's settings (default: the state's hash only).
 
     Returns:
         ``(cost table, per-stage MACs, stages, partition checks)``; ``stages.source`` says
@@ -284,6 +305,7 @@ def profile_model(
             cannot count, or a stage fails on a device.
     """
     settings = settings or LatencySettings()
+    model_id = dict(model_id) if model_id is not None else {"state_sha256": state_sha256(model)}
     cpu = torch.device("cpu")
     for d in devices:
         resolve_device(d)
@@ -324,7 +346,7 @@ def profile_model(
                         raise ProfileError(
                             f"out of memory on {name} at batch size {b}; try a smaller --batch-size"
                         ) from e
-                    profiles[prof.key] = prof
+                    profiles[prof.key] = replace(prof, settings={**prof.settings, **model_id})
             finally:
                 if dev.type != "cpu" and model_on is None:
                     model.to(cpu)
@@ -392,6 +414,11 @@ def profile_run_full(run_path: str | os.PathLike[str], *, options: ProfileOption
     dtype = _dtype(dtype_name)
     stages_fn = _stages_fn(options.stages, model_path)
     loaded = load_model(spec, weights=weights, model_path=model_path, device="cpu")
+    model_id = {
+        "model": spec,
+        "weights_sha256": loaded.weights_sha256,
+        "state_sha256": state_sha256(loaded.module),  # before anything runs (train-mode BatchNorm)
+    }
     x1 = _example(shape, dtype, 1, torch.device("cpu"), options.seed)
     try:
         with torch.inference_mode():
@@ -429,8 +456,9 @@ def profile_run_full(run_path: str | os.PathLike[str], *, options: ProfileOption
         model_on=model_on,
         seed=options.seed,
         latency=options.latency,
+        model_id=model_id,
     )
-    stored = save_costs(run.path, costs)
+    stored = save_costs(run.path, costs, model_id=model_id)
     return ProfileResult(
         costs=stored,
         macs=macs,

@@ -492,26 +492,56 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     )
 
 
-def save_costs(path: str | os.PathLike[str], costs: CostTable, *, merge: bool = True) -> CostTable:
+MODEL_ID_KEYS = ("model", "weights_sha256", "state_sha256")
+"""Keys of :attr:`LatencyProfile.settings` naming the model that was timed (spec, hashes)."""
+
+
+def _same_model(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether two model identities agree on every key both record (none recorded: assume so)."""
+    return all(old[key] == new[key] for key in MODEL_ID_KEYS if old.get(key) is not None and new.get(key) is not None)
+
+
+def save_costs(
+    path: str | os.PathLike[str],
+    costs: CostTable,
+    *,
+    merge: bool = True,
+    model_id: Mapping[str, Any] | None = None,
+) -> CostTable:
     """Store a cost table in a run's ``run.json`` (atomically).
 
     Args:
         path: A complete run directory.
         costs: The new cost table.
         merge: Keep latency entries of other devices/batch sizes already stored, and
-            MACs when the new table has none.
+            MACs when the new table has none. Entries timed on another model (their
+            ``settings`` name a different spec or hash, see :data:`MODEL_ID_KEYS`) are
+            dropped; entries that record no model (older runs) are kept.
+        model_id: The model the new table was measured on (``model``, ``weights_sha256``,
+            ``state_sha256``); by default read from the new latency entries' settings.
 
     Returns:
         The cost table as stored.
     """
     run = load_run(path)
     if merge and run.costs is not None:
-        latency = dict(run.costs.latency)
+        if model_id is None:
+            model_id = next(
+                ({k: p.settings.get(k) for k in MODEL_ID_KEYS} for p in costs.latency.values()),
+                None,
+            )
+        latency = {}
+        for key, old in run.costs.latency.items():
+            if model_id is not None and not _same_model(old.settings, model_id):
+                log.info("dropping latency %s of run '%s': it was timed on another model", key, path)
+                continue
+            latency[key] = old
         latency.update(costs.latency)
         costs = CostTable(
             macs=costs.macs if costs.macs is not None else run.costs.macs,
             stage_macs=costs.stage_macs if costs.stage_macs is not None else run.costs.stage_macs,
-            unsupported_ops=costs.unsupported_ops or run.costs.unsupported_ops,
+            # fvcore's list belongs to the MACs it was counted with: a fresh count replaces it, empty or not
+            unsupported_ops=costs.unsupported_ops if costs.macs is not None else run.costs.unsupported_ops,
             latency=latency,
             source=costs.source,
         )

@@ -18,8 +18,9 @@ from dyncal.analysis.flops import _quiet_torchscript, model_macs, stage_macs
 from dyncal.analysis.latency import LatencySettings, measure_latency, pinned_threads
 from dyncal.analysis.stages import Stages, build_stages, declared_stages, verify_stages
 from dyncal.errors import ProfileError
+from dyncal.models import sha256_file
 from dyncal.profile import ProfileOptions, profile_run, profile_run_full
-from dyncal.run import Provenance, import_arrays, load_run
+from dyncal.run import CostTable, LatencyProfile, Provenance, UnsupportedOp, import_arrays, load_run, save_costs
 
 # ----------------------------------------------------------------- helpers
 
@@ -387,6 +388,53 @@ def test_profile_run_stores_the_cost_table_and_merges_devices(tmp_path):
     stored = load_run(run).costs
     assert stored is not None and sorted(stored.latency) == ["cpu/b1", "cpu/b2", "cpu/b3"]
     assert stored.latency["cpu/b3"].threads == 1
+
+
+def _prof(device: str, batch: int, **settings: object) -> LatencyProfile:
+    return LatencyProfile(device, batch, ((1.0, 1.0, 1.0), (2.0, 2.0, 2.0)), (0.1,), (3.0,), 1, "cpu", dict(settings))
+
+
+def test_a_fresh_count_replaces_unsupported_ops_even_when_empty(tmp_path):
+    run = _run_for(tmp_path, "linear_stack", [8], 2, 3)
+    save_costs(run, CostTable(macs=(1.0, 2.0), unsupported_ops=(UnsupportedOp(1, "aten::softmax", 2),)))
+    stored = save_costs(run, CostTable(macs=(1.0, 3.0), unsupported_ops=()))
+    assert stored.unsupported_ops == () and load_run(run).costs.unsupported_ops == ()
+    # a table without MACs (latency only) keeps the count's list
+    save_costs(run, CostTable(macs=(1.0, 2.0), unsupported_ops=(UnsupportedOp(1, "aten::softmax", 2),)))
+    kept = save_costs(run, CostTable(latency={"cpu/b1": _prof("cpu", 1)}))
+    assert kept.unsupported_ops == (UnsupportedOp(1, "aten::softmax", 2),)
+
+
+def test_latency_timed_on_another_model_is_dropped_on_merge(tmp_path, caplog):
+    run = _run_for(tmp_path, "linear_stack", [8], 2, 3)
+    a = {"model": "m:f", "weights_sha256": None, "state_sha256": "aaa"}
+    b = {**a, "state_sha256": "bbb"}
+    save_costs(run, CostTable(macs=(1.0, 2.0), latency={"cpu/b1": _prof("cpu", 1, **a), "cpu/b4": _prof("cpu", 4)}))
+    with caplog.at_level("INFO", logger="dyncal.run"):
+        stored = save_costs(run, CostTable(macs=(1.0, 3.0), latency={"cpu/b2": _prof("cpu", 2, **b)}))
+    # cpu/b1 was timed on other weights; cpu/b4 records no model (an older run): kept
+    assert sorted(stored.latency) == ["cpu/b2", "cpu/b4"]
+    assert "dropping latency cpu/b1" in caplog.text
+    # MACs only, of yet another model: the latency of model b goes too
+    macs_only = save_costs(run, CostTable(macs=(1.0, 4.0)), model_id={**a, "state_sha256": "ccc"})
+    assert sorted(macs_only.latency) == ["cpu/b4"]
+
+
+def test_reprofiling_other_weights_drops_the_old_latency(tmp_path):
+    run = _run_for(tmp_path, "conv_stack", [3, 8, 8], 3, 5)
+    fast = {"threads": 1, "repeats": 3, "warmup": 1, "min_block_ms": 1.0}
+    first = profile_run(run, options=ProfileOptions(batch_sizes=(1,), **fast))
+    settings = first.latency["cpu/b1"].settings
+    assert settings["model"] == "models_zoo:conv_stack" and len(settings["state_sha256"]) == 64
+    same = profile_run(run, options=ProfileOptions(batch_sizes=(2,), **fast))
+    assert sorted(same.latency) == ["cpu/b1", "cpu/b2"]
+    model = zoo.conv_stack()
+    with torch.no_grad():
+        model.c1.weight.mul_(2)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    other = profile_run(run, options=ProfileOptions(batch_sizes=(2,), weights=str(tmp_path / "w.pt"), **fast))
+    assert sorted(other.latency) == ["cpu/b2"]
+    assert other.latency["cpu/b2"].settings["weights_sha256"] == sha256_file(tmp_path / "w.pt")
 
 
 def test_cli_profile_json_keeps_device_and_settings(cli, tmp_path):

@@ -286,8 +286,11 @@ def info(run: RunArg, json_: JsonOpt = False) -> None:
 def _parse_int_list(text: str | None, option: str) -> list[int] | None:
     if text is None:
         return None
+    items = [v.strip() for v in text.split(",")]
+    if "" in items:
+        raise DyncalError(f"{option} has an empty item in {text!r}; give comma-separated integers, e.g. 1,32")
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        values = [int(v) for v in items]
     except ValueError:
         raise DyncalError(f"{option} must be comma-separated integers, e.g. 1,32; got {text!r}") from None
     if not values or any(v < 1 for v in values):

@@ -424,10 +424,15 @@ def profile_run_full(run_path: str | os.PathLike[str], *, options: ProfileOption
         with torch.inference_mode():
             outs = loaded.module(x1)
     except Exception as e:  # noqa: BLE001 - the user's model may raise anything
+        hint = (
+            f"check --input-dtype: {dtype_name} is not a floating dtype (e.g. float32), which most models need; "
+            "and --input-shape"
+            if not dtype.is_floating_point
+            else "check --input-shape (and --input-dtype)"
+        )
         raise ProfileError(
-            f"the model '{spec}' fails on an input of shape {tuple(x1.shape)} "
-            f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
-            "check --input-shape"
+            f"the model '{spec}' fails on an input of shape {tuple(x1.shape)} and dtype {dtype_name} "
+            f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); {hint}"
         ) from e
     k, c = check_exit_outputs(outs, 1)
     if (k, c) != (run.k, run.c):

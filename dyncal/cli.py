@@ -760,6 +760,8 @@ def _print_report(doc: dict[str, Any]) -> None:
     size_kb = doc["size_bytes"] / 1024
     typer.echo(f"wrote {doc['path']} ({len(doc['pages'])} pages, {size_kb:.0f} KB)")
     decision = doc["decision"] or "no decision (no criterion given)"
+    if doc.get("decision_provisional"):
+        decision += " (provisional: nothing held out)"
     typer.echo(f"decision: {decision}")
     for c in doc["criteria"]:
         pct = c["name"] != "speedup"

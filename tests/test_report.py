@@ -544,3 +544,94 @@ def test_temperature_at_the_bound_is_flagged_on_the_calibration_page(tmp_path: P
     page = _flat(_pages_text(tmp_path / "n.pdf")[4])
     assert "(at bound)" in page
     assert "temperature of exit 1 stopped at the search bound" in page
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+def test_batch_latency_speedup_is_per_batch_not_per_sample(demo_runs: dict[str, Path], tmp_path: Path, cli) -> None:
+    """At batch 32 a batch runs each stage until its last sample leaves: judge that, not samples."""
+    from dyncal.reports.pdf import _per_exit_costs
+    from dyncal.runtime import predict_batch_ms
+
+    out = tmp_path / "r.pdf"
+    args = ["--budget", "0.5x", "--min-speedup", "2", "--device", "cpu", "--batch-size", "32", "--json"]
+    res = cli("report", demo_runs["lat"], "--out", out, *args)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    run = load_run(demo_runs["lat"])
+    thresholds = solve_run(run, "0.5x", holdout=0.5)
+    from dyncal.calibrate.policy import assign_exits, thresholds_from_json
+    from dyncal.calibrate.solvers import prepare_run
+
+    prep = prepare_run(run, holdout=0.5, seed=0)
+    exits = assign_exits(prep.scores[prep.holdout_idx], thresholds_from_json(thresholds.to_dict()["thresholds"]))
+    shuffled = exits[np.random.default_rng(20261128).permutation(len(exits))]
+    n_full = len(shuffled) // 32 * 32
+    per_batch = [predict_batch_ms(run.costs, "cpu", shuffled[s : s + 32], 32) for s in range(0, n_full, 32)]
+    baseline = run.costs.latency["cpu/b32"].exit_ms[-1]
+    speed = doc["criteria"][0]
+    assert speed["cost"] == "cpu/b32"
+    assert speed["value"] == pytest.approx(baseline / np.mean(per_batch))
+    assert doc["speedup"]["cpu/b32"] == pytest.approx(speed["value"])
+    per_sample = baseline / np.mean(np.asarray(_per_exit_costs(run)["cpu/b32"])[exits])
+    assert speed["value"] < 0.95 * per_sample  # the per-sample expectation a batch does not get
+    assert speed["interval"][0] <= speed["value"] <= speed["interval"][1]
+    # batch 1 keeps the per-sample expectation
+    baseline_b1 = run.costs.latency["cpu/b1"].exit_ms[-1]
+    b1 = baseline_b1 / np.mean(np.asarray(_per_exit_costs(run)["cpu/b1"])[exits])
+    assert doc["speedup"]["cpu/b1"] == pytest.approx(b1)
+    first = _flat(_pages_text(out)[0])
+    assert "a batch of 32 takes" in first and "dyncal verify" in first
+    assert "bootstrap over batches of 32" in first
+
+
+def test_nothing_held_out_decision_is_provisional(demo_runs: dict[str, Path], tmp_path: Path, cli) -> None:
+    out = tmp_path / "r.pdf"
+    res = cli("report", demo_runs["plain"], "--out", out, "--min-accuracy", "0.9", "--holdout", "0", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["decision"] == "GO" and doc["decision_provisional"] is True
+    first = _flat(_pages_text(out)[0])
+    assert "provisional: nothing held out" in first
+    assert "whole 95% interval on the right side" not in first
+    assert "per sample held out" not in first and "measured on samples held out" not in first
+    assert "per sample on all samples (nothing held out)" in first  # the MACs row keeps its number
+    assert "judged on the held-out half" not in first
+    res = cli("report", demo_runs["plain"], "--out", out, "--min-accuracy", "0.9", "--holdout", "0", "--overwrite")
+    assert "decision: GO (provisional: nothing held out)" in res.stdout
+    res = cli("report", demo_runs["plain"], "--out", out, "--min-accuracy", "0.9", "--json", "--overwrite")
+    assert json.loads(res.stdout)["decision_provisional"] is False
+
+
+def test_no_budget_meets_the_criteria_shows_the_closest(demo_runs: dict[str, Path], tmp_path: Path, cli) -> None:
+    out = tmp_path / "r.pdf"
+    res = cli("report", demo_runs["plain"], "--out", out, "--max-drop", "0.01", "--min-speedup", "50", "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["decision"] == "NO-GO"
+    assert doc["budget"] != "1x" and "comes closest" in doc["budget_reason"]
+    assert "of speed-up" in doc["budget_reason"]
+    # the cheapest budget that meets the drop: the speed-up is the best such budget gives
+    drop, speed = doc["criteria"]
+    assert speed["value"] > 2
+    assert "comes closest" in _flat(_pages_text(out)[0])
+
+
+def test_speedup_uses_latency_when_profiled(demo_runs: dict[str, Path], tmp_path: Path, cli) -> None:
+    # several latency keys and no --device: say which to choose
+    assert_clean_error(
+        cli("report", demo_runs["lat"], "--out", tmp_path / "r.pdf", "--min-speedup", "2"),
+        r"cpu/b1, cpu/b32.*--device and --batch-size",
+    )
+    # one latency key: judged on it, not on MACs
+    src = load_run(demo_runs["plain"])
+    run = import_arrays(np.asarray(src.logits), np.asarray(src.labels), tmp_path / "one", macs=DEMO_MACS).path
+    save_costs(run, CostTable(macs=DEMO_MACS, latency={"cpu/b1": _latency(1)}))
+    res = cli("report", run, "--out", tmp_path / "r.pdf", "--min-speedup", "2", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["criteria"][0]["cost"] == "cpu/b1"
+    # MACs only: MACs, labelled
+    res = cli("report", demo_runs["plain"], "--out", tmp_path / "m.pdf", "--min-speedup", "2", "--json")
+    crit = json.loads(res.stdout)["criteria"][0]
+    assert crit["cost"] == "macs" and "MACs" in crit["description"]

@@ -22,6 +22,7 @@ __all__ = [
     "ExitOutcome",
     "bootstrap_interval",
     "judge",
+    "speedup_of_units",
 ]
 
 N_BOOTSTRAP = 2000
@@ -229,6 +230,7 @@ def judge(
     outcome: ExitOutcome,
     speedup_costs: Mapping[str, tuple[Sequence[float], float]],
     speedup_cost: str,
+    speedup_units: np.ndarray | None = None,
 ) -> list[Criterion]:
     """Judge every requirement given.
 
@@ -241,6 +243,9 @@ def judge(
             baseline_cost)``, the cost of a sample leaving at each exit and of running
             the last exit on every sample.
         speedup_cost: Which entry of ``speedup_costs`` the speed-up criterion uses.
+        speedup_units: Instead of per-sample costs from ``speedup_costs``, the cost of
+            each unit the early-exit model runs (one value per batch for batch sizes
+            above 1); the interval is then a bootstrap over these units.
 
     Returns:
         The criteria, in the order accuracy, drop, speed-up.
@@ -274,7 +279,10 @@ def judge(
         )
     if requirements.min_speedup is not None:
         per_exit, baseline = speedup_costs[speedup_cost]
-        value, interval = speedup(outcome, per_exit, baseline)
+        if speedup_units is None:
+            value, interval = speedup(outcome, per_exit, baseline)
+        else:
+            value, interval = speedup_of_units(speedup_units, baseline, held)
         unit = "MACs" if speedup_cost == "macs" else f"latency on {speedup_cost}"
         out.append(
             Criterion(
@@ -330,3 +338,17 @@ def speedup(
         return value, None
     lo, hi = bootstrap_interval(outcome.n, lambda idx: baseline / cost[idx].mean(axis=1))
     return value, (lo, hi)
+
+
+def speedup_of_units(units: np.ndarray, baseline: float, held_out: bool) -> tuple[float, tuple[float, float] | None]:
+    """Baseline cost over the mean cost of ``units`` (samples or batches), with a bootstrap over them.
+
+    Example:
+        >>> speedup_of_units(np.array([2.0, 4.0]), 6.0, False)
+        (2.0, None)
+    """
+    u = np.asarray(units, dtype=float)
+    value = float(baseline / u.mean()) if len(u) else float("nan")
+    if not held_out or not len(u):
+        return value, None
+    return value, bootstrap_interval(len(u), lambda idx: baseline / u[idx].mean(axis=1))

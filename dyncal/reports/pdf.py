@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dyncal.errors import DyncalError
-from dyncal.reports.decision import Criterion, ExitOutcome, Requirements, judge
+from dyncal.reports.decision import Criterion, ExitOutcome, Requirements, judge, speedup_of_units
 from dyncal.reports.figures import (
     MS_PREFIX,
     OperatingPoint,
@@ -109,6 +109,8 @@ class ReportResult:
         speedup: Speed-up against the last exit on every sample, per cost (``"macs"``,
             ``"cpu/b1"``, ...), on the judged rows.
         size_bytes: Size of the PDF.
+        decision_provisional: True when a decision was made with nothing held out (point
+            estimates on the samples the thresholds were fitted on, no intervals).
 
     Example:
         >>> r = ReportResult(Path("r.pdf"), None, (), PAGE_TITLES, "0.5x", "asked", {}, {}, 1)
@@ -125,12 +127,14 @@ class ReportResult:
     thresholds: dict[str, Any]
     speedup: dict[str, float]
     size_bytes: int
+    decision_provisional: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The ``dyncal report --json`` document."""
         return {
             "path": str(self.path),
             "decision": self.decision,
+            "decision_provisional": self.decision_provisional,
             "criteria": [c.to_dict() for c in self.criteria],
             "pages": [{"number": i + 1, "title": t} for i, t in enumerate(self.pages)],
             "budget": self.budget,
@@ -295,6 +299,52 @@ def _per_exit_costs(run: Run) -> dict[str, list[float]]:
     return {(name[len(MS_PREFIX) :] if name.startswith(MS_PREFIX) else name): list(v) for name, v in units.items()}
 
 
+_BATCH_ORDER_SEED = 20261128
+
+
+def _batch_size_of(name: str) -> int:
+    """Batch size of a latency key (``"cpu/b32"`` -> 32); 1 for ``"macs"``."""
+    _, sep, b = name.partition("/b")
+    return int(b) if sep and b.isdigit() else 1
+
+
+def _unit_costs(run: Run, name: str, exits: np.ndarray) -> np.ndarray | None:
+    """Cost of each unit the early-exit model runs on rows leaving at ``exits``.
+
+    For MACs and batch size 1 a unit is a sample (``per_exit_cost[exit]``). For a latency
+    key with batch size ``b > 1`` a unit is a batch: the rows are shuffled in a fixed
+    seeded order (data order can be sorted by class) and cut into full batches of ``b``
+    (the remainder, fewer than ``b`` rows, is left out unless it is all there is); each
+    batch's time is predicted from the profiled stages by
+    :func:`dyncal.runtime.predict_batch_ms`, where a stage runs on the rows still in the
+    batch and stops once none is left. A per-sample expectation would assume every batch
+    stops as early as its average sample, which a batch does not.
+    """
+    per_exit = _per_exit_costs(run).get(name)
+    if per_exit is None:
+        return None
+    b = _batch_size_of(name)
+    exits = np.asarray(exits)
+    if b <= 1 or name == "macs":
+        per_sample: np.ndarray = np.asarray(per_exit, dtype=float)[exits]
+        return per_sample
+    from dyncal.runtime import predict_batch_ms
+
+    device = name.partition("/b")[0]
+    order = np.random.default_rng(_BATCH_ORDER_SEED).permutation(len(exits))
+    shuffled = exits[order]
+    n_full = (len(shuffled) // b) * b
+    starts = range(0, n_full, b) if n_full else [0]
+    out = []
+    for start in starts:
+        batch = shuffled[start : start + b]
+        if not len(batch):
+            continue
+        ms = predict_batch_ms(run.costs, device, batch, b)
+        out.append(float("nan") if ms is None else ms)
+    return np.asarray(out, dtype=float)
+
+
 @dataclass(frozen=True)
 class _FitHalf:
     """Scores and correctness of the fitting half: where a budget may be chosen."""
@@ -303,35 +353,55 @@ class _FitHalf:
     correct: np.ndarray
     n_held: int
 
-    def passes(
+    def shortfalls(
         self,
         thresholds: Sequence[float | None],
         req: Requirements,
-        cost: Sequence[float] | None,
+        units: Callable[[np.ndarray], np.ndarray | None] | None,
         baseline: float,
-    ) -> bool:
-        """Whether every criterion holds on the fitting half with room for both halves' noise.
+        batch: int = 1,
+    ) -> dict[str, float]:
+        """How far each criterion misses on the fitting half, with room for both halves' noise.
 
         The margin is the fitting half's one-sided 95% normal bound plus the half-width the
         held-out 95% interval will have, so a budget chosen here is expected to pass there.
+        Returns per criterion name the shortfall (0 when met): accuracy points for the
+        accuracy criteria, a factor for the speed-up (``units`` gives the cost of each
+        sample, or of each batch of ``batch`` rows, for the exits taken).
         """
         from dyncal.calibrate.policy import assign_exits
 
         n = self.scores.shape[0]
         exits = assign_exits(self.scores, thresholds)
         ok = self.correct[np.arange(n), exits].astype(float)
-        z = 1.645 / math.sqrt(max(n, 1)) + (1.96 / math.sqrt(self.n_held) if self.n_held else 0.0)
-        if req.min_accuracy is not None and ok.mean() - z * ok.std() < req.min_accuracy:
-            return False
+        out: dict[str, float] = {}
+
+        def margin(n_units: float, n_held: float) -> float:
+            return 1.645 / math.sqrt(max(n_units, 1)) + (1.96 / math.sqrt(n_held) if n_held >= 1 else 0.0)
+
+        z = margin(n, self.n_held)
+        if req.min_accuracy is not None:
+            out["accuracy"] = max(0.0, req.min_accuracy - (ok.mean() - z * ok.std()))
         if req.max_drop is not None:
             diff = self.correct[:, -1].astype(float) - ok
-            if diff.mean() + z * diff.std() > req.max_drop:
-                return False
-        if req.min_speedup is not None and cost is not None:
-            c = np.asarray(cost, dtype=float)[exits]
-            if baseline / (c.mean() + z * c.std()) < req.min_speedup:
-                return False
-        return True
+            out["accuracy_drop"] = max(0.0, diff.mean() + z * diff.std() - req.max_drop)
+        if req.min_speedup is not None and units is not None:
+            c = units(exits)
+            if c is not None and len(c):
+                zc = margin(len(c), self.n_held / max(batch, 1))
+                out["speedup"] = max(0.0, req.min_speedup - baseline / (c.mean() + zc * c.std()))
+        return out
+
+    def passes(
+        self,
+        thresholds: Sequence[float | None],
+        req: Requirements,
+        units: Callable[[np.ndarray], np.ndarray | None] | None,
+        baseline: float,
+        batch: int = 1,
+    ) -> bool:
+        """Whether every criterion holds on the fitting half (see :meth:`shortfalls`)."""
+        return not any(v > 0 for v in self.shortfalls(thresholds, req, units, baseline, batch).values())
 
 
 def _choose_budget(
@@ -339,15 +409,18 @@ def _choose_budget(
     method: str,
     req: Requirements,
     fit: _FitHalf,
-    speed_cost: Sequence[float] | None,
+    units: Callable[[np.ndarray], np.ndarray | None] | None,
     baseline: float,
+    batch: int = 1,
 ) -> tuple[str, str]:
     """Pick a budget when none was asked: ``(budget for solve, reason for people)``.
 
     With criteria: the cheapest budget on ``method``'s frontier whose thresholds meet every
     criterion on the fitting half with a one-sided 95% margin, so that the held-out half,
-    which decides, is not used to choose. Without: the cheapest budget whose fitted
-    accuracy is within one percentage point of the last exit's.
+    which decides, is not used to choose. When none does, the budget that comes closest:
+    with a speed-up criterion, the cheapest budget meeting the accuracy criteria (a larger
+    one is only slower); else the one with the smallest shortfall. Without criteria: the
+    cheapest budget whose fitted accuracy is within one percentage point of the last exit's.
     """
     rows = frontier[frontier["method"].astype(str) == method].sort_values("budget_fraction")
     rows = rows[rows["thresholds"].astype(str) != "null"]
@@ -356,18 +429,26 @@ def _choose_budget(
         # the most accurate (largest) budget that still gives it.
         cheapest_first = req.min_accuracy is not None or req.max_drop is not None
         pairs = list(zip(rows["budget_fraction"], rows["thresholds"], strict=True))
+        misses: list[tuple[float, dict[str, float]]] = []
         for frac, t_text in pairs if cheapest_first else pairs[::-1]:
-            thresholds = json.loads(t_text)
-            if fit.passes(thresholds, req, speed_cost, baseline):
+            short = fit.shortfalls(json.loads(t_text), req, units, baseline, batch)
+            if not any(v > 0 for v in short.values()):
                 which = "cheapest" if cheapest_first else "largest (most accurate)"
                 return f"{float(frac)!r}x", (
                     f"chosen as the {which} budget whose thresholds meet every criterion on the "
                     "fitting half "
-                    "with a margin for sampling noise; judged on the held-out half"
+                    "with a margin for sampling noise; "
+                    + ("judged on the held-out half" if fit.n_held else "nothing held out: judged on the same samples")
                 )
-        return (
-            "1x",
-            "no budget below the full model meets the criteria on the fitting half; the full budget is shown",
+            misses.append((float(frac), short))
+        if not misses:
+            return "1x", "no budget on the frontier to choose from; the full budget is shown"
+        closest = _closest_budget(misses, req)
+        frac, short = closest
+        how = "; ".join(_shortfall_text(name, v) for name, v in short.items() if v > 0)
+        return f"{frac!r}x", (
+            "no budget meets every criterion on the fitting half (with the margin for sampling "
+            f"noise); shown: the budget that comes closest, short by {how}"
         )
     last_fit = float(fit.correct[:, -1].mean())
     ok = rows[rows["fitted_accuracy"] >= last_fit - _DEFAULT_MAX_DROP - 1e-12]
@@ -377,6 +458,29 @@ def _choose_budget(
         f"{_pts(_DEFAULT_MAX_DROP)} "
         "of the last exit's"
     )
+
+
+def _closest_budget(misses: list[tuple[float, dict[str, float]]], req: Requirements) -> tuple[float, dict[str, float]]:
+    """The budget whose shortfalls are smallest (see :func:`_choose_budget`)."""
+    acc_names = ("accuracy", "accuracy_drop")
+    if req.min_speedup is not None:
+        acc_ok = [m for m in misses if not any(m[1].get(n, 0.0) > 0 for n in acc_names)]
+        if acc_ok:
+            return min(acc_ok, key=lambda m: m[0])
+
+    # smallest shortfall: speed-up relative to what was asked, accuracy in points
+    def total(m: tuple[float, dict[str, float]]) -> tuple[int, float, float]:
+        short = m[1]
+        rel = sum(v / (req.min_speedup or 1.0) if n == "speedup" else v for n, v in short.items())
+        return (sum(v > 0 for v in short.values()), rel, m[0])
+
+    return min(misses, key=total)
+
+
+def _shortfall_text(name: str, v: float) -> str:
+    if name == "speedup":
+        return f"{v:.2f}× of speed-up"
+    return f"{_pts(v)} of {'accuracy' if name == 'accuracy' else 'accuracy drop'}"
 
 
 def _outcome(prep: PreparedRun, thresholds: Mapping[str, Any]) -> ExitOutcome:
@@ -456,6 +560,15 @@ def prepare_report(
                 f"sizes ({', '.join(keys)}); choose one with --device and --batch-size"
             )
         latency = keys[0]
+    if latency is None and req.min_speedup is not None and run.costs.latency:
+        # latency was profiled: a speed-up is judged in time, not in MACs
+        keys = sorted(run.costs.latency)
+        if len(keys) > 1:
+            raise DyncalError(
+                f"--min-speedup: run '{run.path}' has latency for {', '.join(keys)}; choose one with "
+                "--device and --batch-size"
+            )
+        latency = keys[0]
     speedup_cost = latency if latency is not None else "macs"
 
     lat_dev, lat_batch = (None, None)
@@ -476,8 +589,9 @@ def prepare_report(
             main_method,
             req,
             fit,
-            per_exit.get(speedup_cost),
+            lambda exits: _unit_costs(run, speedup_cost, exits),
             baselines.get(speedup_cost, float("nan")),
+            _batch_size_of(speedup_cost),
         )
     else:
         reason = "asked with --budget"
@@ -498,6 +612,7 @@ def prepare_report(
     outcome = _outcome(prep, doc)
     acc, interval = _op_accuracy(doc)
     pairs = {name: (per_exit[name], baselines[name]) for name in per_exit if name in baselines}
+    units = {name: _unit_costs(run, name, outcome.exits) for name in pairs}
     criteria = judge(
         req,
         accuracy=acc,
@@ -505,8 +620,11 @@ def prepare_report(
         outcome=outcome,
         speedup_costs=pairs,
         speedup_cost=speedup_cost,
+        speedup_units=units.get(speedup_cost),
     )
-    speedups = {name: float(b / np.mean(np.asarray(c, dtype=float)[outcome.exits])) for name, (c, b) in pairs.items()}
+    speedups = {
+        name: speedup_of_units(u, pairs[name][1], False)[0] for name, u in units.items() if u is not None and len(u)
+    }
     decision = None if not criteria else ("GO" if all(c.passed for c in criteria) else "NO-GO")
 
     temps = [float(t) for t in (doc.get("temperatures") or [1.0] * run.k)]
@@ -853,7 +971,20 @@ def _page_decision(data: ReportData) -> Figure:
         p.fig.text(0.06, p.y - 0.75 / p.height_in, data.decision, fontsize=64, weight="bold", color=color)
         p.skip(0.95)
         failed = [c for c in data.criteria if not c.passed]
-        if data.decision == "GO":
+        if not data.outcome.held_out:
+            p.fig.text(
+                0.42,
+                p.y + 0.3 / p.height_in,
+                "(provisional: nothing held out)",
+                fontsize=16,
+                color=_GREY,
+            )
+            met = "Every criterion is met" if data.decision == "GO" else "Not every criterion is met"
+            msg = (
+                f"{met} by its point estimate, fitted on the same samples it is judged on "
+                "(optimistic; no intervals). Hold samples out (--holdout 0.5) for a decision."
+            )
+        elif data.decision == "GO":
             msg = "Every criterion is met, each with its whole 95% interval on the right side."
         else:
             msg = "Not met with 95% confidence: " + "; ".join(_failure_text(c) for c in failed) + "."
@@ -876,13 +1007,21 @@ def _page_decision(data: ReportData) -> Figure:
             f"{_macs(data.baselines.get('macs'))}: {sp_macs:.2f}× fewer MACs."
         )
     for key in sorted(k for k in data.speedup if k != "macs"):
+        b = _batch_size_of(key)
+        what = "it takes" if b == 1 else f"a batch of {b} takes"
         parts.append(
-            f"On {key} it takes {_ms(_held_cost(data, key))} instead of "
+            f"On {key} {what} {_ms(_held_cost(data, key))} instead of "
             f"{_ms(data.baselines.get(key))}: "
             f"{data.speedup[key]:.2f}× faster."
         )
     if not any(k != "macs" for k in data.speedup):
         parts.append("No latency was profiled, so the speed-up is in MACs only (see page 3).")
+    else:
+        parts.append(
+            "Latency is predicted from the profiled stage times (per batch above batch size 1: "
+            "a batch runs each stage until its last sample leaves); 'dyncal verify' measures "
+            "a real early exit."
+        )
     p.skip(0.1)
     p.para(" ".join(parts), size=10.5, width=92)
     # --- criteria table
@@ -911,10 +1050,18 @@ def _page_decision(data: ReportData) -> Figure:
             size=10,
             row_colors=colors,
         )
+        batch_note = ""
+        sp = next((c for c in data.criteria if c.name == "speedup"), None)
+        if sp is not None and _batch_size_of(str(sp.cost)) > 1:
+            b = _batch_size_of(str(sp.cost))
+            batch_note = (
+                f" The speed-up's interval is a bootstrap over batches of {b} held-out samples "
+                "(a fixed random order), each batch's time predicted from the profiled stages."
+            )
         rule = (
             "A criterion passes only when its whole 95% interval (bootstrap over held-out "
             "samples) clears "
-            "the requirement."
+            "the requirement." + batch_note
             if data.outcome.held_out
             else "Nothing was held out, so the point estimates decide (fitted on the same samples: optimistic)."
         )
@@ -930,6 +1077,7 @@ def _page_decision(data: ReportData) -> Figure:
     # --- operating point
     p.skip(0.1)
     p.heading("Operating point")
+    held_word = "held out" if data.outcome.held_out else "on all samples (nothing held out)"
     fit_macs = _float_or_none(t.get("expected_macs"))
     held_macs = _held_cost(data, "macs")
     op_rows = [
@@ -947,21 +1095,25 @@ def _page_decision(data: ReportData) -> Figure:
         op_rows.append(
             [
                 "expected MACs",
-                f"{_macs(held_macs)} per sample held out "
-                f"({_pct((held_macs or float('nan')) / data.baselines['macs'], 1)} "
-                f"of the last exit); {_macs(fit_macs)} on the fitting half, where the budget "
-                f"(at most {_macs(_budget_macs(data))}) is met; more would not buy accuracy"
-                if _budget_macs(data) is not None
-                and fit_macs is not None
-                and fit_macs < 0.8 * (_budget_macs(data) or 0.0)
-                else f"of the last exit); {_macs(fit_macs)} on the fitting half, where the budget is met",
+                f"{_macs(held_macs)} per sample {held_word} "
+                f"({_pct((held_macs or float('nan')) / data.baselines['macs'], 1)} of the last exit); "
+                + (
+                    f"{_macs(fit_macs)} on the fitting half, where the budget "
+                    f"(at most {_macs(_budget_macs(data))}) is met; more would not buy accuracy"
+                    if _budget_macs(data) is not None
+                    and fit_macs is not None
+                    and fit_macs < 0.8 * (_budget_macs(data) or 0.0)
+                    else f"{_macs(fit_macs)} on the fitting half, where the budget is met"
+                ),
             ]
         )
     for key in sorted(k for k in data.baselines if k != "macs"):
+        b = _batch_size_of(key)
+        per = "" if b == 1 else f" per batch of {b} (held-out samples in a fixed random order)"
         op_rows.append(
             [
                 f"expected latency {key}",
-                f"{_ms(_held_cost(data, key))} held out (last exit alone: {_ms(data.baselines[key])})",
+                f"{_ms(_held_cost(data, key))}{per}, {held_word} (last exit alone: {_ms(data.baselines[key])})",
             ]
         )
     speed = [f"{v:.2f}× ({'MACs' if k == 'macs' else k})" for k, v in data.speedup.items()]
@@ -969,7 +1121,7 @@ def _page_decision(data: ReportData) -> Figure:
     op_rows.append(
         [
             "share leaving at exit 1..K",
-            ", ".join(_pct(float(s), 1) for s in data.outcome.shares(data.k)) + " (held out)",
+            ", ".join(_pct(float(s), 1) for s in data.outcome.shares(data.k)) + f" ({held_word})",
         ]
     )
     for label, value in op_rows:
@@ -982,8 +1134,13 @@ def _page_decision(data: ReportData) -> Figure:
             p.fig.text(0.32, p.y, extra, fontsize=9.5, va="baseline")
     p.skip(0.2)
     p.para(
-        "Accuracies and speed-ups here are measured on samples held out of fitting the thresholds. "
-        "Speed-up = cost of running the last exit on every sample / expected early-exit cost "
+        (
+            "Accuracies and speed-ups here are measured on samples held out of fitting the thresholds. "
+            if data.outcome.held_out
+            else "Nothing was held out: accuracies and speed-ups here are on the samples the thresholds "
+            "were fitted on. "
+        )
+        + "Speed-up = cost of running the last exit on every sample / expected early-exit cost "
         "(latency includes one exit decision per exit passed). Pages 2–3 show the whole "
         "trade-off curve; "
         "page 4 where samples leave; page 5 calibration; page 6 thresholds and provenance.",
@@ -995,11 +1152,11 @@ def _page_decision(data: ReportData) -> Figure:
 
 
 def _held_cost(data: ReportData, name: str) -> float | None:
-    """Expected cost on the judged rows: ``"macs"`` or a latency key."""
-    per_exit = _per_exit_costs(data.run).get(name)
-    if per_exit is None or not data.outcome.n:
+    """Expected cost on the judged rows: ``"macs"`` or a latency key (per batch above batch size 1)."""
+    if not data.outcome.n:
         return None
-    return float(np.mean(np.asarray(per_exit, dtype=float)[data.outcome.exits]))
+    units = _unit_costs(data.run, name, data.outcome.exits)
+    return None if units is None or not len(units) else float(np.mean(units))
 
 
 def _short_budget(data: ReportData) -> str:
@@ -1571,6 +1728,7 @@ def build_report(
         thresholds=data.thresholds,
         speedup=dict(data.speedup),
         size_bytes=len(pdf),
+        decision_provisional=data.decision is not None and not data.outcome.held_out,
     )
 
 

@@ -635,3 +635,24 @@ def test_speedup_uses_latency_when_profiled(demo_runs: dict[str, Path], tmp_path
     res = cli("report", demo_runs["plain"], "--out", tmp_path / "m.pdf", "--min-speedup", "2", "--json")
     crit = json.loads(res.stdout)["criteria"][0]
     assert crit["cost"] == "macs" and "MACs" in crit["description"]
+
+
+def test_frontier_legend_sits_outside_the_curves(tmp_path: Path) -> None:
+    """An imported MAC-only run's curves fill the lower right, where the legend used to cover them."""
+    from dyncal.reports.pdf import _page_frontier, prepare_report
+
+    npz = np.load(Path(__file__).parents[1] / "benchmarks" / "fashion_mnist_logits.npz")
+    run = import_arrays(npz["logits"], npz["labels"], tmp_path / "fm", macs=(70880, 304368, 990864, 3716048)).path
+    fig = _page_frontier(prepare_report(run, budget="0.2x"))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    ax = next(a for a in fig.axes if a.get_legend() is not None)
+    legend = ax.get_legend().get_window_extent(renderer)
+    axes = ax.get_window_extent(renderer)
+    assert legend.y1 <= axes.y0  # wholly below the plotting area
+    assert legend.y0 >= 0 and legend.x0 >= 0 and legend.x1 <= fig.bbox.x1  # and on the page
+    # nothing drawn later on the page (the budget table) starts above the legend's bottom
+    below = [t for t in fig.texts if t.get_window_extent(renderer).y1 < axes.y0 and t.get_text().strip()]
+    assert all(t.get_window_extent(renderer).y1 <= legend.y0 for t in below)

@@ -137,8 +137,12 @@ def _draw_curves(
     operating_point: OperatingPoint | None,
     legend: bool,
     main_method: str | None,
+    legend_below: bool = True,
 ) -> None:
-    """Frontier lines, band, static exits and operating point on one axes."""
+    """Frontier lines, band, static exits and operating point on one axes.
+
+    The legend goes below the axes (``legend_below``), else in matplotlib's best spot.
+    """
     acc_col, held_out = _accuracy_columns(frontier)
     methods = [str(m) for m in dict.fromkeys(frontier["method"].astype(str))]
     curve_methods = [m for m in methods if m != "static"]
@@ -229,8 +233,21 @@ def _draw_curves(
     ax.yaxis.set_major_formatter(_percent_formatter())
     ax.grid(True, color="#dddddd", lw=0.6)
     ax.set_axisbelow(True)
-    if legend:
-        ax.legend(loc="lower right", fontsize=8, framealpha=0.9)
+    if legend and not legend_below:
+        ax.legend(loc="best", fontsize=8, framealpha=0.9)
+    elif legend:
+        # below the axes, never over the curves or the operating point (an imported run's
+        # curves can fill the lower right, where the legend used to sit)
+        handles, labels = ax.get_legend_handles_labels()
+        ax.legend(
+            handles,
+            labels,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.1),
+            ncol=2,
+            fontsize=8,
+            frameon=False,
+        )
 
 
 def main_method_of(frontier: pd.DataFrame) -> str:
@@ -376,6 +393,7 @@ def plot_latency(
             operating_x=op_x,
             operating_point=operating_point,
             legend=(i == 0),
+            legend_below=False,
             main_method=main_method,
         )
         device, _, batch = key.partition("/b")

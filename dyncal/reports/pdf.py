@@ -1218,8 +1218,9 @@ def _page_frontier(data: ReportData) -> Figure:
         "interval.",
         size=9.5,
     )
-    ax = p.axes(5.6, gap_in=0.25)
+    ax = p.axes(4.7, gap_in=0.25)
     plot_frontier(data.frontier, operating_point=data.operating_point(), ax=ax, main_method=main)
+    p.skip(0.9)  # the legend sits below the axes
     p.skip(0.6)
     p.heading("At the operating point's budget", size=11)
     rows, note = _method_rows(data, main)
@@ -1827,7 +1828,7 @@ def export_figure(
             "png": {"Software": None},
             "pdf": {"CreationDate": None},
         }[fmt]
-        fig.savefig(buf, format=fmt, dpi=dpi, metadata=meta)
+        fig.savefig(buf, format=fmt, dpi=dpi, metadata=meta, bbox_inches="tight")
     try:
         atomic_write_bytes(path, buf.getvalue())
     except OSError as e:

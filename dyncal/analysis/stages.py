@@ -18,6 +18,14 @@ latent tokens, the input itself when a later stage reads it); sizes are recomput
 tensors, not carried. Carried tensors are cut to the samples that stay along their batch
 dimension (:meth:`StageRun.keep`).
 
+Some models cannot let samples leave a batch between stages: a carried value mixes the batch
+with another dimension (``f.reshape(B*T, D)``), or a later exit depends on the other rows
+(``a - a.mean(0)``, BatchNorm in train mode). The partition and :func:`verify_stages` detect
+this; such stages still give valid MACs and full-batch latency, but
+:attr:`Stages.can_drop_rows` is False, :attr:`Stages.drop_rows_reason` says why, and
+:meth:`StageRun.keep` raises a one-line :class:`~dyncal.errors.ProfileError`: early exit must
+then run whole batches.
+
 **Where stages come from**, first match wins:
 
 1. ``stages_fn`` given to :func:`build_stages` (the CLI's ``--stages pkg.module:fn``): a

@@ -656,3 +656,18 @@ def test_frontier_legend_sits_outside_the_curves(tmp_path: Path) -> None:
     # nothing drawn later on the page (the budget table) starts above the legend's bottom
     below = [t for t in fig.texts if t.get_window_extent(renderer).y1 < axes.y0 and t.get_text().strip()]
     assert all(t.get_window_extent(renderer).y1 <= legend.y0 for t in below)
+
+
+def test_verify_json_beside_the_run_shows_measured_vs_predicted(demo_runs: dict[str, Path], tmp_path: Path) -> None:
+    from dyncal.reports.pdf import build_report
+
+    root = tmp_path / "demo"
+    shutil.copytree(demo_runs["lat"], root / "run")
+    out = tmp_path / "r.pdf"
+    build_report(root / "run", out, min_accuracy=0.9)
+    assert "Measured by 'dyncal verify'" not in _flat(_pages_text(out)[2])
+    verify = {"measured_ms": {"cpu/b1": 0.141, "cpu/b32": 1.15}, "predicted_ms": {"cpu/b1": 0.243, "cpu/b32": 0.883}}
+    (root / "verify.json").write_text(json.dumps(verify))
+    build_report(root / "run", out, min_accuracy=0.9, overwrite=True)
+    third = _flat(_pages_text(out)[2])
+    assert "Measured by 'dyncal verify'" in third and "1.15 ms" in third and "0.883 ms" in third and "1.30" in third

@@ -1352,7 +1352,38 @@ def _page_latency(data: ReportData) -> Figure:
             stages = ", ".join(map(str, noisy))
             line += f" Warning: spread (IQR) above 10% of the median for stage(s) {stages}."
         p.para(line, size=8.5, width=120, color=_NOGO_COLOR if noisy else "black")
+    verified = _verify_beside(data.run)
+    if verified:
+        p.skip(0.15)
+        p.heading("Measured by 'dyncal verify' (verify.json beside the run)", size=11)
+        rows = [
+            [key, _ms(measured), _ms(predicted), f"{measured / predicted:.2f}" if predicted else "n/a"]
+            for key, measured, predicted in verified
+        ]
+        p.table(["latency", "measured", "predicted", "measured / predicted"], rows, col_widths=[0.2, 0.2, 0.2, 0.25])
+        p.para(
+            "A real early exit on the thresholds verify ran (which may differ from this report's "
+            "operating point); ms per batch.",
+            size=8.5,
+            color=_GREY,
+        )
     return p.fig
+
+
+def _verify_beside(run: Run) -> list[tuple[str, float, float | None]]:
+    """``(key, measured ms, predicted ms)`` from ``verify.json`` beside the run directory, if any."""
+    path = Path(run.path).parent / "verify.json"
+    try:
+        doc = json.loads(path.read_text())
+        measured = doc.get("measured_ms") or {}
+        predicted = doc.get("predicted_ms") or {}
+        return [
+            (str(k), float(v), None if predicted.get(k) is None else float(predicted[k]))
+            for k, v in sorted(measured.items())
+            if v is not None
+        ]
+    except (OSError, ValueError, TypeError, AttributeError):
+        return []
 
 
 def _page_exits(data: ReportData) -> Figure:

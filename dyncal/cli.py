@@ -735,7 +735,7 @@ def demo(
 ) -> None:
     """Run the whole pipeline on the embedded default: a 4-exit CNN on handwritten digits.
 
-    collect → profile (CPU, batch 1 and 32) → solve → frontier → report → verify, all in OUT.
+    collect → profile (CPU, batch 1 and 32) → solve → frontier → verify → report, all in OUT.
     Nothing is downloaded: the digits ship with scikit-learn, the weights with dyncal.
 
     Example: dyncal demo --out dyncal-demo

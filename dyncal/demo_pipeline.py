@@ -1,6 +1,6 @@
 """``dyncal demo``: the whole pipeline on the embedded default, end to end.
 
-collect → profile (CPU, batch 1 and 32) → solve → frontier → report → verify, each the
+collect → profile (CPU, batch 1 and 32) → solve → frontier → verify → report, each the
 same library call the matching verb makes, into one folder.
 """
 
@@ -109,7 +109,11 @@ def run_demo(
     log("[4/6] frontier")
     write_frontier_csv(compute_frontier(run), out / "frontier.csv")
 
-    log("[5/6] report")
+    log("[5/6] verify: real early exit with the thresholds")
+    verified = verify_run(run_dir, thresholds, batch_sizes=_BATCH_SIZES)
+    _write_json(out / "verify.json", verified.to_dict())
+
+    log("[6/6] report (with the measured early exit beside the prediction)")
     report = build_report(
         run_dir,
         out / "report.pdf",
@@ -121,10 +125,6 @@ def run_demo(
         command=f"dyncal report {run_dir} --out {out / 'report.pdf'} --budget {budget} --max-drop {max_drop} "
         f"--min-speedup {min_speedup} --device cpu --batch-size 1",
     )
-
-    log("[6/6] verify: real early exit with the thresholds")
-    verified = verify_run(run_dir, thresholds, batch_sizes=_BATCH_SIZES)
-    _write_json(out / "verify.json", verified.to_dict())
 
     th = thresholds.to_dict()
     last = th["static"][-1] if th.get("static") else None

@@ -11,7 +11,6 @@ Run: ``.venv/bin/python benchmarks/collect_overhead.py`` (writes collect_overhea
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,18 +25,9 @@ sys.path.insert(0, str(HERE))
 
 import bench_models  # noqa: E402
 
+from dyncal.analysis.latency import cpu_model  # noqa: E402
 from dyncal.collect import collect_run  # noqa: E402
 from dyncal.models import LoadedModel  # noqa: E402
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def time_overhead(n: int = 1024, batch_size: int = 128, repeats: int = 11) -> dict[str, float]:
@@ -124,7 +114,7 @@ def main() -> None:
     lines = [
         "# collect overhead",
         "",
-        f"Machine: {_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; 1-min load average at the end: {os.getloadavg()[0]:.1f}.",
         "",
         "## Time: collect vs a bare inference loop (same DataLoader, 4-exit CNN, N=1024, batch 128, 1 thread)",

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from dyncal.analysis.frontier import compute_frontier
+from dyncal.analysis.latency import cpu_model
 from dyncal.analysis.stats import stratified_split
 from dyncal.calibrate.policy import assign_exits
 from dyncal.calibrate.scores import exit_scores
@@ -83,16 +84,6 @@ def geometric_loop(scores: np.ndarray, q: float) -> list[float]:
                 filtered[j] += 1
     thresholds[k - 1] = -1e8
     return thresholds
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

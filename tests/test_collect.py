@@ -383,7 +383,7 @@ def test_unreadable_image_is_one_line(cli, tmp_path):
     (tmp_path / "imgs" / "a").mkdir(parents=True)
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "imgs" / "a" / "ok.png")
     (tmp_path / "imgs" / "a" / "broken.png").write_text("not an image")
-    res = cli(
+    args = (
         "collect",
         "--model",
         "toy_models:tiny_conv",
@@ -398,23 +398,10 @@ def test_unreadable_image_is_one_line(cli, tmp_path):
         "--out",
         tmp_path / "r",
     )
+    res = cli(*args)
     assert_clean_error(res, "could not load item 0.*UnidentifiedImageError")
     (tmp_path / "imgs" / "a" / "broken.png").rename(tmp_path / "imgs" / "a" / "z-broken.png")  # now in batch 0
-    res = cli(
-        "collect",
-        "--model",
-        "toy_models:tiny_conv",
-        "--model-path",
-        TESTS,
-        "--data",
-        f"imagefolder:{tmp_path / 'imgs'}",
-        "--resize",
-        16,
-        "--crop",
-        16,
-        "--out",
-        tmp_path / "r",
-    )
+    res = cli(*args)
     assert_clean_error(res, r"could not load batch 0 \(rows 0\.\.63\).*UnidentifiedImageError")
     assert not (tmp_path / "r").exists() and not (tmp_path / "r.partial").exists()
 

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${DYNCAL_VENV:-.venv}
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]" >"$VENV/pip.log" 2>&1; then
+if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]" >"$VENV/pip.log" 2>&1; then
   cat "$VENV/pip.log" >&2; echo "error: installing dyncal failed (log above)" >&2; exit 1
 fi
 # Optional system packages: Fashion-MNIST (real-data tests) and poppler (PDF page rendering).

@@ -316,7 +316,7 @@ def _unit_costs(run: Run, name: str, exits: np.ndarray) -> np.ndarray | None:
     seeded order (data order can be sorted by class) and cut into full batches of ``b``
     (the remainder, fewer than ``b`` rows, is left out unless it is all there is); each
     batch's time is predicted from the profiled stages by
-    :func:`dyncal.runtime.predict_batch_ms`, where a stage runs on the rows still in the
+    :func:`dyncal.analysis.costmodel.predict_batch_ms`, where a stage runs on the rows still in the
     batch and stops once none is left. A per-sample expectation would assume every batch
     stops as early as its average sample, which a batch does not.
     """
@@ -328,7 +328,7 @@ def _unit_costs(run: Run, name: str, exits: np.ndarray) -> np.ndarray | None:
     if b <= 1 or name == "macs":
         per_sample: np.ndarray = np.asarray(per_exit, dtype=float)[exits]
         return per_sample
-    from dyncal.runtime import predict_batch_ms
+    from dyncal.analysis.costmodel import predict_batch_ms
 
     device = name.partition("/b")[0]
     order = np.random.default_rng(_BATCH_ORDER_SEED).permutation(len(exits))

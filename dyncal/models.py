@@ -7,14 +7,22 @@ A model is named either as ``pkg.module:factory`` (a callable returning the modu
 module is imported from ``--model-path DIR`` or ``PYTHONPATH``), optionally with
 ``--weights FILE`` loaded by ``torch.load(weights_only=True)``, or as a ``torch.export``
 archive ``FILE.pt2``.
+
+A factory is code and runs as such. A ``.pt2`` archive is treated as data: it is read
+once into memory, checked by :func:`load_exported` to hold no pickled entry that
+``torch.export.load`` would unpickle without restriction, and only then loaded from
+the same bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import io
+import json
 import os
 import sys
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +33,15 @@ from torch import nn
 
 from dyncal.errors import DyncalError, ModelError
 
-__all__ = ["LoadedModel", "load_model", "check_exit_outputs", "import_object", "call_factory", "sha256_file"]
+__all__ = [
+    "LoadedModel",
+    "load_model",
+    "load_exported",
+    "check_exit_outputs",
+    "import_object",
+    "call_factory",
+    "sha256_file",
+]
 
 
 @dataclass(frozen=True)
@@ -266,12 +282,7 @@ def load_model(
             raise ModelError(f"--model: no such file '{spec}'")
         if weights is not None:
             raise ModelError("--weights does not apply to a .pt2 archive (its weights are inside)")
-        try:
-            program = torch.export.load(str(path))
-        except Exception as e:  # noqa: BLE001
-            raise ModelError(
-                f"--model: cannot load '{spec}' as a torch.export archive: {str(e).splitlines()[0]}"
-            ) from e
+        program = load_exported(path, what="--model")
         module: nn.Module = program.module()
         weights_sha = sha256_file(path)
     else:
@@ -292,6 +303,102 @@ def load_model(
         weights_sha256=weights_sha,
         model_path=None if model_path is None else str(Path(model_path).resolve()),
     )
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+def _loads_restricted(data: bytes) -> bool:
+    """Whether ``data`` unpickles with torch's restricted unpickler (tensors and containers only)."""
+    try:
+        torch.load(io.BytesIO(data), weights_only=True)
+    except Exception:  # noqa: BLE001 - any failure means torch would fall back to plain pickle
+        return False
+    return True
+
+
+def check_exported_archive(data: bytes, name: str) -> None:
+    """Refuse a ``torch.export`` archive that would run pickled code when loaded.
+
+    ``torch.export.load`` unpickles without restriction every payload marked
+    ``use_pickle`` (tensor subclasses, script and opaque objects), compiled AOTInductor
+    packages, and falls back to plain pickle for sample inputs or legacy weight files that
+    torch's restricted unpickler rejects. An archive is accepted only when none of these
+    can happen.
+
+    Args:
+        data: The archive's bytes.
+        name: How to name the archive in messages.
+
+    Raises:
+        ModelError: Not a zip archive, or an entry that would be unpickled unrestricted.
+    """
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as e:
+        raise ModelError(
+            f"'{name}' is not a torch.export archive (not a zip file); save it with torch.export.save"
+        ) from e
+    refuse = (
+        f"'{name}' holds pickled data that loading would execute ({{}}); "
+        "re-export it with torch.export.save from plain tensors"
+    )
+    with archive:
+        for entry in archive.namelist():
+            parts = entry.split("/")
+            inner = "/".join(parts[1:])  # entries sit below one root folder
+            if inner.startswith("data/aotinductor/"):
+                raise ModelError(refuse.format(f"compiled AOTInductor package {entry!r}"))
+            if inner.endswith("_config.json") and inner.startswith(("data/weights/", "data/constants/")):
+                try:
+                    config = json.loads(archive.read(entry)).get("config", {})
+                    pickled = [fqn for fqn, meta in config.items() if meta.get("use_pickle")]
+                except (ValueError, AttributeError) as e:
+                    raise ModelError(f"'{name}': unreadable payload table {entry!r}: {_first_line(e)}") from e
+                if pickled:
+                    raise ModelError(refuse.format(f"{', '.join(pickled[:3])} in {entry!r}"))
+            elif inner.endswith(".pt") and inner.startswith(
+                ("data/sample_inputs/", "data/weights/", "data/constants/")
+            ):
+                if not _loads_restricted(archive.read(entry)):
+                    raise ModelError(refuse.format(f"{entry!r} needs the unrestricted unpickler"))
+
+
+def load_exported(path: str | os.PathLike[str], *, what: str = "--model") -> torch.export.ExportedProgram:
+    """Load a ``torch.export`` archive once it is known to hold no pickled code.
+
+    The file is read once; the bytes that were checked (:func:`check_exported_archive`)
+    are the bytes that are loaded.
+
+    Args:
+        path: A ``.pt2`` file written by ``torch.export.save``.
+        what: The option or artifact to name in messages.
+
+    Returns:
+        The exported program.
+
+    Raises:
+        ModelError: Missing, unreadable, carrying pickled entries, or not loadable.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from dyncal.demo import pretrained
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "demo.pt2"
+        >>> torch.export.save(torch.export.export(pretrained(), (torch.zeros(2, 1, 8, 8),)), path)
+        >>> load_exported(path).module()(torch.zeros(2, 1, 8, 8))[0].shape
+        torch.Size([2, 10])
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ModelError(f"{what}: cannot read '{path}': {e.strerror or e}") from e
+    check_exported_archive(data, str(path))
+    try:
+        return torch.export.load(io.BytesIO(data))
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged archive
+        raise ModelError(f"{what}: cannot load '{path}' as a torch.export archive: {_first_line(e)}") from e
 
 
 def check_exit_outputs(outputs: Any, batch_size: int) -> tuple[int, int]:

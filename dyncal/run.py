@@ -16,6 +16,8 @@ directory that :func:`load_run` refuses, never something that looks finished.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
+import hashlib
 import json
 import logging
 import os
@@ -47,6 +49,7 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_bytes",
     "latency_key",
+    "compute_fingerprint",
 ]
 
 log = logging.getLogger(__name__)
@@ -406,6 +409,32 @@ class Run:
         """Number of classes."""
         return int(self.logits.shape[2])
 
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 identity of the run's rows (logits and labels); see :func:`compute_fingerprint`.
+
+        Stored in ``run.json`` when the run is written; computed here for older runs.
+        """
+        stored = self.meta.get("fingerprint")
+        return stored if isinstance(stored, str) else compute_fingerprint(self.path)
+
+
+def compute_fingerprint(path: str | os.PathLike[str]) -> str:
+    """SHA-256 over the shapes, logits and labels of the run directory (or partial one) at ``path``.
+
+    Thresholds, verify results and exported packages record it, so a file made from one run
+    is refused by another. It reads the arrays once, in blocks (about a second per GB).
+    """
+    h = hashlib.sha256(b"dyncal.run.fingerprint/1\n")
+    for name in (LOGITS_FILE, LABELS_FILE):
+        arr = np.load(Path(path) / name, mmap_mode="r")
+        h.update(f"{name}:{arr.dtype.str}:{arr.shape}\n".encode())
+        flat = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr.reshape(-1, 1)
+        rows = max(1, (16 << 20) // max(1, flat.shape[1] * arr.dtype.itemsize))
+        for start in range(0, flat.shape[0], rows):
+            h.update(np.ascontiguousarray(flat[start : start + rows]).tobytes())
+    return h.hexdigest()
+
 
 def _missing_run_message(path: Path) -> str:
     partial = path.with_name(path.name + PARTIAL_SUFFIX)
@@ -686,6 +715,7 @@ class RunWriter:
         _, k, c = self._files[0].shape
         self.close()
         meta = _run_document(self.n, int(k), int(c), provenance, costs)
+        meta["fingerprint"] = compute_fingerprint(self.partial)
         atomic_write_text(self.partial / RUN_JSON, json.dumps(meta, indent=2))
         _publish(self.partial, self.out)
         self._finished = True

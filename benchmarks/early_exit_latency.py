@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
+from dyncal.artifacts.thresholds import read_thresholds
 from dyncal.demo_pipeline import run_demo
-from dyncal.runtime import read_thresholds, verify_run
+from dyncal.runtime import verify_run
 
 HERE = Path(__file__).parent
 

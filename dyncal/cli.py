@@ -667,7 +667,8 @@ def verify(
 
     Example: dyncal verify run --thresholds thresholds.json --batch-size 1,32
     """
-    from dyncal.runtime import read_thresholds, verify_run
+    from dyncal.artifacts.thresholds import read_thresholds
+    from dyncal.runtime import verify_run
 
     with user_errors():
         sizes = _parse_int_list(batch_size, "--batch-size") or [1]

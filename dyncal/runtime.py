@@ -21,13 +21,11 @@ model does, so its wall-clock is what a user would get.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -37,6 +35,7 @@ from torch import nn
 from dyncal.analysis.costmodel import predict_batch_ms
 from dyncal.analysis.latency import device_hardware, pinned_threads
 from dyncal.analysis.stages import Stages, build_stages, verify_stages
+from dyncal.artifacts.thresholds import check_thresholds_for_run, read_thresholds
 from dyncal.calibrate.policy import assign_exits, thresholds_from_json
 from dyncal.calibrate.scores import SCORES, exit_scores
 from dyncal.calibrate.solvers import ThresholdsResult
@@ -50,27 +49,6 @@ __all__ = ["EarlyExitRunner", "VerifyResult", "verify_run", "read_thresholds"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-def read_thresholds(path: str | os.PathLike[str]) -> ThresholdsResult:
-    """Read a thresholds.json written by ``dyncal solve``.
-
-    Raises:
-        DyncalError: Missing, unreadable or not a thresholds document.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise DyncalError(f"no such file '{path}'; write one with 'dyncal solve RUN --budget ... --out {path}'")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise DyncalError(f"cannot read '{path}' as JSON: {e}") from e
-    if not isinstance(doc, dict) or "thresholds" not in doc:
-        raise DyncalError(f"'{path}' is not a thresholds document (no 'thresholds' key)")
-    try:
-        return ThresholdsResult.from_dict(doc)
-    except (KeyError, TypeError, ValueError) as e:
-        raise DyncalError(f"'{path}' is not a valid thresholds document: {e}") from e
 
 
 class EarlyExitRunner:
@@ -345,8 +323,7 @@ def verify_run(
             model whose stages cannot be built.
     """
     run = load_run(run_path)
-    if len(thresholds.thresholds) != run.k:
-        raise DyncalError(f"the thresholds are for K={len(thresholds.thresholds)} exits but the run has K={run.k}")
+    check_thresholds_for_run(thresholds, run)
     if repeats < 1:
         raise DyncalError(f"--repeats must be at least 1, got {repeats}")
     if any(b < 1 for b in batch_sizes):

@@ -1,12 +1,29 @@
-"""Identity of a set of exit decisions, so that results can be bound to the thresholds they used."""
+"""thresholds.json: read, validated and bound to the run it was solved on.
+
+The document itself is :class:`dyncal.calibrate.solvers.ThresholdsResult`; this module is
+where it is opened. :func:`decision_fingerprint` names the exit decisions a document makes,
+so that verify results and reports can refuse evidence made with other thresholds.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["decision_fingerprint"]
+from dyncal.errors import DyncalError
+
+if TYPE_CHECKING:
+    from dyncal.calibrate.solvers import ThresholdsResult
+    from dyncal.run import Run
+
+__all__ = ["decision_fingerprint", "read_thresholds", "check_thresholds_for_run"]
+
+log = logging.getLogger(__name__)
 
 
 def decision_fingerprint(score: str, temperatures: Sequence[float], thresholds: Sequence[float | None]) -> str:
@@ -28,3 +45,59 @@ def decision_fingerprint(score: str, temperatures: Sequence[float], thresholds: 
         "thresholds": [None if t is None else float(t) for t in thresholds],
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def read_thresholds(path: str | os.PathLike[str]) -> ThresholdsResult:
+    """Read a thresholds.json written by ``dyncal solve``.
+
+    Raises:
+        DyncalError: Missing, unreadable or not a thresholds document.
+    """
+    from dyncal.calibrate.solvers import ThresholdsResult
+
+    path = Path(path)
+    if not path.exists():
+        raise DyncalError(f"no such file '{path}'; write one with 'dyncal solve RUN --budget ... --out {path}'")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DyncalError(f"cannot read '{path}' as JSON: {e}") from e
+    if not isinstance(doc, dict) or "thresholds" not in doc:
+        raise DyncalError(f"'{path}' is not a thresholds document (no 'thresholds' key)")
+    try:
+        return ThresholdsResult.from_dict(doc)
+    except (KeyError, TypeError, ValueError) as e:
+        raise DyncalError(f"'{path}' is not a valid thresholds document: {e}") from e
+
+
+def check_thresholds_for_run(thresholds: ThresholdsResult, run: Run) -> None:
+    """Refuse thresholds that were not solved on ``run``.
+
+    A document that records its run's fingerprint must match this run's; an older one
+    without it must at least fit the run's K exits and C classes (a warning says the
+    binding could not be checked).
+
+    Raises:
+        DyncalError: Thresholds from another run, or for another K or C.
+    """
+    k = len(thresholds.thresholds)
+    if k != run.k or len(thresholds.temperatures) != run.k:
+        raise DyncalError(
+            f"the thresholds are for K={k} exits but run '{run.path}' has K={run.k}; solve on this run: "
+            f"dyncal solve {run.path} --budget ... --out thresholds.json"
+        )
+    if thresholds.n_classes and thresholds.n_classes != run.c:
+        raise DyncalError(
+            f"the thresholds were solved on C={thresholds.n_classes} classes but run '{run.path}' has C={run.c}; "
+            "solve on this run"
+        )
+    if thresholds.run_fingerprint is None:
+        log.warning(
+            "the thresholds do not record the run they were solved on; cannot check they belong to '%s'", run.path
+        )
+        return
+    if thresholds.run_fingerprint != run.fingerprint:
+        raise DyncalError(
+            f"the thresholds were solved on another run (fingerprint {thresholds.run_fingerprint[:12]}, "
+            f"run '{run.path}' is {run.fingerprint[:12]}); solve on this run: dyncal solve {run.path} --budget ..."
+        )

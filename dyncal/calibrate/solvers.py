@@ -676,6 +676,7 @@ class PreparedRun:
             bound (None when temperatures were not fitted).
         costs: The run's cost table (:class:`dyncal.run.CostTable`).
         path: The run's directory.
+        fingerprint: The run's fingerprint (:attr:`dyncal.run.Run.fingerprint`), None for bare arrays.
         cache: Fit problems and frontier paths already computed on it, reused by
             :func:`solve_run` and :func:`dyncal.analysis.frontier.compute_frontier`.
 
@@ -698,6 +699,7 @@ class PreparedRun:
     temperature_at_bound: tuple[bool, ...] | None = None
     costs: Any = None
     path: str = ""
+    fingerprint: str | None = None
     cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def problem(self, method: str, unit: str) -> ExitProblem:
@@ -816,6 +818,7 @@ def prepare_run(
         temperature_at_bound=at_bound,
         costs=run.costs,
         path=str(getattr(run, "path", "")),
+        fingerprint=getattr(run, "fingerprint", None),
     )
 
 
@@ -859,6 +862,8 @@ class ThresholdsResult:
             ``unsplit_classes``).
         risk: Risk-control details, or None.
         run: Path of the run.
+        run_fingerprint: Fingerprint of the run solved on (:attr:`dyncal.run.Run.fingerprint`);
+            verify, report and export refuse the document for any other run.
         n_classes: ``C``.
         temperature_at_bound: Per exit, whether its fitted temperature stopped at the
             search bound (0.05 or 20): a warning sign; None when none were fitted.
@@ -884,6 +889,7 @@ class ThresholdsResult:
     n_classes: int = 0
     temperature_at_bound: tuple[bool, ...] | None = None
     schema_version: int = SCHEMA_VERSION
+    run_fingerprint: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The thresholds.json document."""
@@ -906,6 +912,7 @@ class ThresholdsResult:
             "split": dict(self.split),
             "risk": None if self.risk is None else dict(self.risk),
             "run": self.run,
+            "run_fingerprint": self.run_fingerprint,
             "n_classes": self.n_classes,
             "temperature_at_bound": None if self.temperature_at_bound is None else list(self.temperature_at_bound),
         }
@@ -946,7 +953,15 @@ class ThresholdsResult:
             if d.get("temperature_at_bound") is None
             else tuple(bool(v) for v in d["temperature_at_bound"]),
             schema_version=int(version),
+            run_fingerprint=None if d.get("run_fingerprint") is None else str(d["run_fingerprint"]),
         )
+
+    @property
+    def decision_fingerprint(self) -> str:
+        """Identity of the exit decisions (:func:`dyncal.artifacts.thresholds.decision_fingerprint`)."""
+        from dyncal.artifacts.thresholds import decision_fingerprint
+
+        return decision_fingerprint(self.score, self.temperatures, self.thresholds)
 
     @property
     def threshold_array(self) -> np.ndarray:
@@ -1042,6 +1057,7 @@ def _result_from(
         run=run_path,
         n_classes=prep.n_classes,
         temperature_at_bound=prep.temperature_at_bound,
+        run_fingerprint=prep.fingerprint,
     )
 
 

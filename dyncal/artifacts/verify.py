@@ -1,0 +1,402 @@
+"""verify.json: what a real early exit measured, bound to the run, thresholds and model it ran.
+
+``dyncal verify`` times the early exit and the plain model **interleaved on the same
+batches** (pairs), so that load on the machine hits both alike; the speed-up is measured as
+a ratio, and its interval carries both kinds of noise:
+
+* timing noise — replicates of each pair are resampled, the batches kept;
+* sampling noise — the batches (which samples were replayed) are resampled.
+
+Raw replicate times are stored; every summary is derived on read, so the CLI, the report
+and a script reading the JSON all see the same numbers. numpy only: a report can read this
+on a machine without torch.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dyncal.errors import DyncalError
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "PairedTiming", "VerifyResult", "ModelIdentity"]
+
+SCHEMA = "dyncal.verify"
+SCHEMA_VERSION = 1
+_BOOTSTRAP = 2000
+_SEED = 20231
+
+
+def _median_rows(a: np.ndarray) -> np.ndarray:
+    return np.asarray(np.median(a, axis=-1))
+
+
+@dataclass(frozen=True)
+class PairedTiming:
+    """Interleaved timings of the early exit and the plain model at one device and batch size.
+
+    ``early_exit_ms[b][r]`` and ``full_model_ms[b][r]`` are replicate ``r`` of batch ``b``,
+    measured back to back on the same batch (a pair).
+
+    Attributes:
+        key: ``"<device>/b<batch>"``.
+        batch_size: Rows per batch (the last batch may hold fewer).
+        early_exit_ms: ``(batches, repeats)`` milliseconds of the real early exit.
+        full_model_ms: ``(batches, repeats)`` milliseconds of the plain model, same batches.
+        predicted_ms: The cost model's prediction of ``measured_ms`` (None when not profiled).
+        solve_expected_ms: The per-sample expectation solve reported for this key, if any.
+
+    Example:
+        >>> t = PairedTiming("cpu/b1", 1, ((1.0, 1.0), (3.0, 3.0)), ((4.0, 4.0), (4.0, 4.0)), 2.0)
+        >>> t.measured_ms, t.full_model_ms_median, t.speedup
+        (2.0, 4.0, 2.0)
+    """
+
+    key: str
+    batch_size: int
+    early_exit_ms: tuple[tuple[float, ...], ...]
+    full_model_ms: tuple[tuple[float, ...], ...]
+    predicted_ms: float | None = None
+    solve_expected_ms: float | None = None
+
+    @cached_property
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(self.early_exit_ms, dtype=float), np.asarray(self.full_model_ms, dtype=float)
+
+    @property
+    def batches(self) -> int:
+        """Number of batches timed."""
+        return len(self.early_exit_ms)
+
+    @property
+    def repeats(self) -> int:
+        """Replicates per batch."""
+        return len(self.early_exit_ms[0]) if self.early_exit_ms else 0
+
+    @property
+    def measured_ms(self) -> float:
+        """Mean over batches of each batch's median early-exit time."""
+        return float(_median_rows(self._arrays[0]).mean())
+
+    @property
+    def full_model_ms_median(self) -> float:
+        """Mean over batches of each batch's median plain-model time."""
+        return float(_median_rows(self._arrays[1]).mean())
+
+    @property
+    def speedup(self) -> float:
+        """Plain model over early exit, same batches: ``full_model_ms_median / measured_ms``."""
+        return self.full_model_ms_median / self.measured_ms
+
+    @property
+    def measured_over_predicted(self) -> float | None:
+        """How far the prediction is off (None without one)."""
+        return None if not self.predicted_ms else self.measured_ms / self.predicted_ms
+
+    @property
+    def timing_spread(self) -> float:
+        """Median over batches of the paired ratio's IQR / median: the timing noise in force."""
+        ee, full = self._arrays
+        ratio = full / ee
+        q75, q50, q25 = np.percentile(ratio, [75, 50, 25], axis=1)
+        return float(np.median((q75 - q25) / q50))
+
+    def _bootstrap(self, *, batches: bool, replicates: bool) -> tuple[float, float]:
+        ee, full = self._arrays
+        n_b, n_r = ee.shape
+        rng = np.random.default_rng(_SEED)
+        out = np.empty(_BOOTSTRAP)
+        chunk = max(1, min(_BOOTSTRAP, 2_000_000 // max(1, n_b * n_r)))
+        for start in range(0, _BOOTSTRAP, chunk):
+            size = min(chunk, _BOOTSTRAP - start)
+            b_idx = rng.integers(0, n_b, (size, n_b)) if batches else np.broadcast_to(np.arange(n_b), (size, n_b))
+            if replicates:
+                r_idx = rng.integers(0, n_r, (size, n_b, n_r))
+            else:
+                r_idx = np.broadcast_to(np.arange(n_r), (size, n_b, n_r))
+            rows = b_idx[:, :, None]
+            ee_med = np.median(ee[rows, r_idx], axis=2).sum(axis=1)
+            full_med = np.median(full[rows, r_idx], axis=2).sum(axis=1)
+            out[start : start + size] = full_med / ee_med
+        lo, hi = np.quantile(out, [0.025, 0.975])
+        return float(lo), float(hi)
+
+    @cached_property
+    def speedup_ci(self) -> tuple[float, float]:
+        """95% interval of :attr:`speedup` with timing and sampling noise (batches and replicates resampled)."""
+        return self._bootstrap(batches=True, replicates=True)
+
+    @cached_property
+    def speedup_ci_timing(self) -> tuple[float, float]:
+        """95% interval of :attr:`speedup` from timing noise alone (replicates resampled, batches kept)."""
+        return self._bootstrap(batches=False, replicates=True)
+
+    @cached_property
+    def speedup_ci_sampling(self) -> tuple[float, float]:
+        """95% interval of :attr:`speedup` from sampling noise alone (batches resampled, medians kept)."""
+        return self._bootstrap(batches=True, replicates=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: raw replicates plus the derived summaries for readers."""
+        return {
+            "key": self.key,
+            "batch_size": self.batch_size,
+            "batches": self.batches,
+            "repeats": self.repeats,
+            "measured_ms": self.measured_ms,
+            "full_model_ms": self.full_model_ms_median,
+            "predicted_ms": self.predicted_ms,
+            "solve_expected_ms": self.solve_expected_ms,
+            "measured_over_predicted": self.measured_over_predicted,
+            "speedup": self.speedup,
+            "speedup_ci": list(self.speedup_ci),
+            "speedup_ci_timing": list(self.speedup_ci_timing),
+            "speedup_ci_sampling": list(self.speedup_ci_sampling),
+            "timing_spread": self.timing_spread,
+            "early_exit_ms_raw": [list(r) for r in self.early_exit_ms],
+            "full_model_ms_raw": [list(r) for r in self.full_model_ms],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PairedTiming:
+        """Build from :meth:`to_dict` output (validated)."""
+        key = _get(d, "key", str)
+        ee = _matrix(d, "early_exit_ms_raw")
+        full = _matrix(d, "full_model_ms_raw")
+        if len(ee) != len(full) or any(len(a) != len(b) for a, b in zip(ee, full, strict=True)):
+            raise ValueError(f"timing {key}: early_exit_ms_raw and full_model_ms_raw are not paired")
+        return cls(
+            key=key,
+            batch_size=_get(d, "batch_size", int),
+            early_exit_ms=ee,
+            full_model_ms=full,
+            predicted_ms=_opt_float(d, "predicted_ms"),
+            solve_expected_ms=_opt_float(d, "solve_expected_ms"),
+        )
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """The model a result was measured with.
+
+    Attributes:
+        spec: ``pkg.module:factory``, a ``.pt2`` path, or an exported package's path.
+        weights_sha256: SHA-256 of its checkpoint (or archive), None when it has none.
+        kind: ``"model"`` (the model's own stages) or ``"package"`` (a ``dyncal export``).
+    """
+
+    spec: str
+    weights_sha256: str | None
+    kind: str = "model"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"spec": self.spec, "weights_sha256": self.weights_sha256, "kind": self.kind}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelIdentity:
+        """Build from :meth:`to_dict` output (validated)."""
+        sha = d.get("weights_sha256")
+        if sha is not None and not isinstance(sha, str):
+            raise ValueError("model.weights_sha256 must be a string or null")
+        return cls(spec=_get(d, "spec", str), weights_sha256=sha, kind=str(d.get("kind", "model")))
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """What ``dyncal verify`` found, bound to the run, thresholds and model it used.
+
+    Attributes:
+        run_fingerprint: :attr:`dyncal.run.Run.fingerprint` of the replayed run.
+        decision_fingerprint: Of the thresholds applied
+            (:func:`dyncal.artifacts.thresholds.decision_fingerprint`).
+        model: The model (or package) that ran.
+        n: Samples replayed.
+        agreement: Share whose runtime exit and prediction equal the simulated ones.
+        exit_agreement: Share whose runtime exit equals the simulated one.
+        runtime_accuracy: Accuracy of the runtime predictions.
+        simulated_accuracy: Accuracy the exit rule gives on the stored logits, same samples.
+        runtime_exit_shares: ``K`` shares of samples leaving at each exit at runtime.
+        simulated_exit_shares: The same from the stored logits.
+        timings: One :class:`PairedTiming` per batch size.
+        device: Device name (``"cpu"``, ``"cuda:0"``).
+        hardware: CPU model or GPU name.
+        threads: CPU threads in force while timing.
+        settings: How it was measured (repeats, warm-up, time bound, whether it stopped early).
+        created: ISO-8601 UTC time.
+    """
+
+    run_fingerprint: str
+    decision_fingerprint: str
+    model: ModelIdentity
+    n: int
+    agreement: float
+    exit_agreement: float
+    runtime_accuracy: float
+    simulated_accuracy: float
+    runtime_exit_shares: tuple[float, ...]
+    simulated_exit_shares: tuple[float, ...]
+    timings: tuple[PairedTiming, ...]
+    device: str
+    hardware: str
+    threads: int | None
+    settings: dict[str, Any] = field(default_factory=dict)
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat())
+
+    def timing(self, key: str) -> PairedTiming | None:
+        """The timing of ``"<device>/b<batch>"``, or None."""
+        return next((t for t in self.timings if t.key == key), None)
+
+    def mismatch(
+        self, *, run_fingerprint: str, decision_fingerprint: str, weights_sha256: str | None = None
+    ) -> str | None:
+        """Why this result is not evidence for a run, thresholds and model (None when it is).
+
+        Example:
+            >>> r = VerifyResult("r", "d", ModelIdentity("m", None), 1, 1, 1, 1, 1, (1,), (1,), (), "cpu", "x", 1)
+            >>> r.mismatch(run_fingerprint="r", decision_fingerprint="other")
+            'it was measured with other thresholds'
+        """
+        if self.run_fingerprint != run_fingerprint:
+            return "it was measured on another run"
+        if self.decision_fingerprint != decision_fingerprint:
+            return "it was measured with other thresholds"
+        if weights_sha256 is not None and self.model.weights_sha256 not in (None, weights_sha256):
+            return "it was measured with other weights"
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The verify.json document (also ``dyncal verify --json``)."""
+        return {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "created": self.created,
+            "run_fingerprint": self.run_fingerprint,
+            "decision_fingerprint": self.decision_fingerprint,
+            "model": self.model.to_dict(),
+            "n": self.n,
+            "agreement": self.agreement,
+            "exit_agreement": self.exit_agreement,
+            "runtime_accuracy": self.runtime_accuracy,
+            "simulated_accuracy": self.simulated_accuracy,
+            "runtime_exit_shares": list(self.runtime_exit_shares),
+            "simulated_exit_shares": list(self.simulated_exit_shares),
+            "measured_ms": {t.key: t.measured_ms for t in self.timings},
+            "predicted_ms": {t.key: t.predicted_ms for t in self.timings},
+            "full_model_ms": {t.key: t.full_model_ms_median for t in self.timings},
+            "speedup": {t.key: t.speedup for t in self.timings},
+            "timings": [t.to_dict() for t in self.timings],
+            "device": self.device,
+            "hardware": self.hardware,
+            "threads": self.threads,
+            "settings": dict(self.settings),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> VerifyResult:
+        """Build from :meth:`to_dict` output.
+
+        Raises:
+            ValueError: A field is missing or of the wrong type (:meth:`load` words it for users).
+        """
+        if d.get("schema") != SCHEMA:
+            raise ValueError(f"not a verify document (schema {d.get('schema')!r}, expected {SCHEMA!r})")
+        version = d.get("schema_version")
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise ValueError(f"schema version {version!r}; this dyncal reads up to {SCHEMA_VERSION}")
+        timings = d.get("timings")
+        if not isinstance(timings, list) or not all(isinstance(t, Mapping) for t in timings):
+            raise ValueError("'timings' must be a list of objects")
+        model = d.get("model")
+        if not isinstance(model, Mapping):
+            raise ValueError("'model' must be an object")
+        threads = d.get("threads")
+        return cls(
+            run_fingerprint=_get(d, "run_fingerprint", str),
+            decision_fingerprint=_get(d, "decision_fingerprint", str),
+            model=ModelIdentity.from_dict(model),
+            n=_get(d, "n", int),
+            agreement=_get(d, "agreement", float),
+            exit_agreement=_get(d, "exit_agreement", float),
+            runtime_accuracy=_get(d, "runtime_accuracy", float),
+            simulated_accuracy=_get(d, "simulated_accuracy", float),
+            runtime_exit_shares=_floats(d, "runtime_exit_shares"),
+            simulated_exit_shares=_floats(d, "simulated_exit_shares"),
+            timings=tuple(PairedTiming.from_dict(t) for t in timings),
+            device=_get(d, "device", str),
+            hardware=str(d.get("hardware", "")),
+            threads=threads if isinstance(threads, int) and not isinstance(threads, bool) else None,
+            settings=dict(d["settings"]) if isinstance(d.get("settings"), Mapping) else {},
+            created=str(d.get("created", "")),
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write verify.json atomically."""
+        from dyncal.run import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> VerifyResult:
+        """Open and validate a verify.json.
+
+        Raises:
+            DyncalError: Missing, unreadable or malformed (one line naming the file and field).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise DyncalError(
+                f"no verify result at '{path}'; write one with 'dyncal verify RUN --thresholds T --out {path}'"
+            )
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as e:
+            raise DyncalError(f"cannot read '{path}' as JSON: {e}") from e
+        if not isinstance(doc, Mapping):
+            raise DyncalError(f"'{path}' is not a verify result (not a JSON object)")
+        try:
+            return cls.from_dict(doc)
+        except (ValueError, TypeError, KeyError, IndexError) as e:
+            raise DyncalError(f"'{path}' is not a valid verify result: {e}; run 'dyncal verify ... --out' again") from e
+
+
+def _get(d: Mapping[str, Any], key: str, kind: type) -> Any:
+    if key not in d:
+        raise ValueError(f"'{key}' is missing")
+    v = d[key]
+    if kind is float and isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v):
+        return float(v)
+    if kind is int and isinstance(v, int) and not isinstance(v, bool):
+        return v
+    if kind is str and isinstance(v, str):
+        return v
+    raise ValueError(f"'{key}' must be {'a finite number' if kind is float else kind.__name__}, got {v!r:.40}")
+
+
+def _opt_float(d: Mapping[str, Any], key: str) -> float | None:
+    return None if d.get(key) is None else _get(d, key, float)
+
+
+def _floats(d: Mapping[str, Any], key: str) -> tuple[float, ...]:
+    v = d.get(key)
+    if not isinstance(v, Sequence) or isinstance(v, str):
+        raise ValueError(f"'{key}' must be a list of numbers")
+    return tuple(_get({key: x}, key, float) for x in v)
+
+
+def _matrix(d: Mapping[str, Any], key: str) -> tuple[tuple[float, ...], ...]:
+    v = d.get(key)
+    if not isinstance(v, Sequence) or isinstance(v, str) or not v:
+        raise ValueError(f"'{key}' must be a non-empty list of lists of milliseconds")
+    rows = tuple(_floats({key: r}, key) for r in v)
+    if any(not r or min(r) <= 0 for r in rows):
+        raise ValueError(f"'{key}' must hold positive milliseconds, at least one per batch")
+    return rows

@@ -551,8 +551,8 @@ def test_temperature_at_the_bound_is_flagged_on_the_calibration_page(tmp_path: P
 
 def test_batch_latency_speedup_is_per_batch_not_per_sample(demo_runs: dict[str, Path], tmp_path: Path, cli) -> None:
     """At batch 32 a batch runs each stage until its last sample leaves: judge that, not samples."""
-    from dyncal.reports.pdf import _per_exit_costs
     from dyncal.analysis.costmodel import predict_batch_ms
+    from dyncal.reports.pdf import _per_exit_costs
 
     out = tmp_path / "r.pdf"
     args = ["--budget", "0.5x", "--min-speedup", "2", "--device", "cpu", "--batch-size", "32", "--json"]

@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from dyncal.analysis.stats import stratified_split
 from dyncal.calibrate.policy import evaluate_policy
 from dyncal.calibrate.scores import exit_scores
 from dyncal.calibrate.solvers import DEFAULT_METHOD, problem_for, solve_path
+from dyncal.stats import stratified_split
 
 HERE = Path(__file__).parent
 N_SPLITS = 10

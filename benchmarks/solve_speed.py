@@ -27,7 +27,6 @@ import numpy as np
 
 from dyncal.analysis.frontier import compute_frontier
 from dyncal.analysis.latency import cpu_model
-from dyncal.analysis.stats import stratified_split
 from dyncal.calibrate.policy import assign_exits
 from dyncal.calibrate.scores import exit_scores
 from dyncal.calibrate.solvers import (
@@ -37,6 +36,7 @@ from dyncal.calibrate.solvers import (
     problem_for,
     solve_path,
 )
+from dyncal.stats import stratified_split
 
 HERE = Path(__file__).parent
 N, K, C = 50_000, 5, 1000

@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 
 import dyncal.demo as demo
 from dyncal.analysis.frontier import compute_frontier, frontier_columns, oracle_at_budget
-from dyncal.analysis.stats import mean_bootstrap_ci, stratified_split
 from dyncal.calibrate.budget import format_budget, parse_budget, resolve_budget
 from dyncal.calibrate.policy import assign_exits, evaluate_policy, finite_thresholds
 from dyncal.calibrate.scores import exit_scores
@@ -34,6 +33,7 @@ from dyncal.calibrate.solvers import (
 from dyncal.calibrate.temperature import TemperatureScaler
 from dyncal.errors import BudgetError, DyncalError
 from dyncal.run import CostTable, LatencyProfile, import_arrays, load_run, save_costs
+from dyncal.stats import mean_bootstrap_ci, stratified_split
 
 DEMO_MACS = [1.0e5, 5.0e5, 2.0e6, 5.0e6]
 
@@ -346,7 +346,7 @@ def test_split_and_bootstrap():
 def test_split_keeps_classes_too_small_to_split_in_the_fit_part(demo_logits, tmp_path, caplog, cli):
     # a singleton class (and one where round(0.2 * 2) == 0) go whole into the fit part
     y = np.array([0, 1, 1, 1, 1, 2, 2])
-    with caplog.at_level("WARNING", logger="dyncal.analysis.stats"):
+    with caplog.at_level("WARNING", logger="dyncal.stats"):
         fit, held = stratified_split(y, 0.2)
     assert y[held].tolist() == [1] and sorted(y[fit].tolist()) == [0, 1, 1, 1, 2, 2]
     assert "2 class(es) too small to split" in caplog.text and "0 (1), 2 (2)" in caplog.text

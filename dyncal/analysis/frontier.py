@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from dyncal.analysis.stats import mean_bootstrap_ci
 from dyncal.calibrate.policy import evaluate_policy, expected_cost, finite_thresholds
 from dyncal.calibrate.solvers import (
     DEFAULT_METHOD,
@@ -26,6 +25,7 @@ from dyncal.calibrate.solvers import (
 )
 from dyncal.errors import DyncalError
 from dyncal.run import atomic_write_text
+from dyncal.stats import mean_bootstrap_ci
 
 __all__ = ["compute_frontier", "oracle_at_budget", "write_frontier_csv", "frontier_columns"]
 

@@ -75,7 +75,6 @@ from typing import Any
 
 import numpy as np
 
-from dyncal.analysis.stats import mean_bootstrap_ci, stratified_split, unsplit_classes
 from dyncal.calibrate.budget import (
     BudgetTarget,
     cost_units,
@@ -91,6 +90,7 @@ from dyncal.calibrate.policy import (
 )
 from dyncal.calibrate.scores import SCORES, exit_scores
 from dyncal.errors import BudgetError, DyncalError
+from dyncal.stats import mean_bootstrap_ci, stratified_split, unsplit_classes
 
 __all__ = [
     "METHODS",

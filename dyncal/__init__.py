@@ -26,6 +26,7 @@ _LAZY = {
     "load_dataset": "dyncal.data",
     "profile_run": "dyncal.profile",
     "solve_run": "dyncal.calibrate.solvers",
+    "ThresholdSolver": "dyncal.calibrate.estimator",
     "compute_frontier": "dyncal.analysis.frontier",
     "build_report": "dyncal.reports.pdf",
     "verify_run": "dyncal.runtime",

@@ -1,0 +1,185 @@
+"""The threshold solver as a scikit-learn-style estimator.
+
+``ThresholdSolver(...)`` stores its options and nothing else; :meth:`ThresholdSolver.fit`
+validates them against a run, scores the logits once, solves, and sets the learned values
+(ending in ``_``): the thresholds document ``result_``, ``thresholds_``, ``temperatures_``,
+``exit_shares_``, the held-out accuracy with its interval, and ``path_`` — the method's
+whole accuracy-vs-cost path on the same split, like scikit-learn's ``cv_results_``.
+:meth:`ThresholdSolver.predict` applies the exit rule to new logits.
+
+``dyncal solve`` and :func:`dyncal.calibrate.solvers.solve_run` compute the same thing; this
+class is the Python face for code that fits once and applies many times.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dyncal.errors import DyncalError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from dyncal.calibrate.solvers import ThresholdsResult
+
+__all__ = ["ThresholdSolver"]
+
+_PARAMS = (
+    "budget",
+    "method",
+    "score",
+    "temperature",
+    "holdout",
+    "seed",
+    "device",
+    "batch_size",
+    "max_drop",
+    "delta",
+    "pvalue",
+)
+
+
+class ThresholdSolver:
+    """Exit thresholds that maximise accuracy under an average-compute budget.
+
+    Args:
+        budget: ``"0.6x"``, ``"1.2GMAC"`` or ``"35ms"`` (None only with ``max_drop``).
+        method: ``"smoothed"`` (default), ``"optimal"`` or ``"geometric"`` (MSDNet's).
+        score: ``"maxprob"`` (default), ``"margin"`` or ``"entropy"``.
+        temperature: Fit one temperature per exit on the fit part (default False).
+        holdout: Held-out fraction for honest accuracy (default 0.5; 0: none).
+        seed: Seed of the stratified split (default 0).
+        device: Latency device, for ``ms`` budgets (e.g. ``"cpu"``).
+        batch_size: Latency batch size, with ``device``.
+        max_drop: Risk control: tolerated accuracy drop vs the last exit (a fraction).
+        delta: Risk control: probability that the drop exceeds ``max_drop`` (default 0.05).
+        pvalue: Risk control: ``"binomial"`` (default) or ``"hb"`` (Hoeffding-Bentkus).
+
+    Attributes:
+        result_: The thresholds document (:class:`~dyncal.calibrate.solvers.ThresholdsResult`).
+        thresholds_: ``(K - 1,)`` thresholds (``+inf``: nobody leaves there).
+        temperatures_: ``(K,)`` temperatures applied before scoring.
+        exit_shares_: ``(K,)`` share of fit samples leaving at each exit.
+        holdout_accuracy_: Accuracy on the held-out part (None when nothing is held out).
+        holdout_ci_: Its 95% bootstrap interval (or None).
+        path_: This method's frontier on the same split (:func:`dyncal.compute_frontier` rows).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from dyncal.run import import_arrays
+        >>> rng = np.random.default_rng(0)
+        >>> y = rng.integers(0, 3, 300)
+        >>> z = np.eye(3)[y][:, None, :] * [[1.0], [3.0]] + rng.normal(0, 1, (300, 2, 3))
+        >>> run = import_arrays(z, y, pathlib.Path(tempfile.mkdtemp()) / "r", macs=[1e6, 4e6])
+        >>> solver = ThresholdSolver("0.6x", method="optimal").fit(run)
+        >>> solver.thresholds_.shape, float(solver.exit_shares_.sum())
+        ((1,), 1.0)
+        >>> exits, preds = solver.predict(z[:5])
+        >>> exits.shape, preds.shape
+        ((5,), (5,))
+    """
+
+    def __init__(
+        self,
+        budget: str | None = None,
+        *,
+        method: str = "smoothed",
+        score: str = "maxprob",
+        temperature: bool = False,
+        holdout: float = 0.5,
+        seed: int = 0,
+        device: str | None = None,
+        batch_size: int | None = None,
+        max_drop: float | None = None,
+        delta: float = 0.05,
+        pvalue: str = "binomial",
+    ) -> None:
+        self.budget = budget
+        self.method = method
+        self.score = score
+        self.temperature = temperature
+        self.holdout = holdout
+        self.seed = seed
+        self.device = device
+        self.batch_size = batch_size
+        self.max_drop = max_drop
+        self.delta = delta
+        self.pvalue = pvalue
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's options (scikit-learn convention)."""
+        return {name: getattr(self, name) for name in _PARAMS}
+
+    def set_params(self, **params: Any) -> ThresholdSolver:
+        """Change options; a refit is needed for the learned values to follow."""
+        for name, value in params.items():
+            if name not in _PARAMS:
+                raise DyncalError(f"ThresholdSolver has no option {name!r}; options: {', '.join(_PARAMS)}")
+            setattr(self, name, value)
+        return self
+
+    def fit(self, run: Any) -> ThresholdSolver:
+        """Solve on a run (:class:`dyncal.run.Run` or a prepared one) and return ``self``.
+
+        Raises:
+            DyncalError: Bad options for this run, an unreachable budget (it names the
+                cheapest feasible one), or a run without costs.
+        """
+        from dyncal.analysis.frontier import compute_frontier
+        from dyncal.calibrate.solvers import PreparedRun, prepare_run, solve_run
+
+        prep = (
+            run
+            if isinstance(run, PreparedRun)
+            else prepare_run(run, score=self.score, temperature=self.temperature, holdout=self.holdout, seed=self.seed)
+        )
+        result = solve_run(
+            prep,
+            self.budget,
+            method=self.method,
+            device=self.device,
+            batch_size=self.batch_size,
+            max_drop=self.max_drop,
+            delta=self.delta,
+            pvalue=self.pvalue,
+        )
+        frontier = compute_frontier(prep, methods=(result.method,), device=self.device, batch_size=self.batch_size)
+        self.result_: ThresholdsResult = result
+        self.thresholds_ = result.threshold_array
+        self.temperatures_ = np.asarray(result.temperatures, dtype=np.float64)
+        self.exit_shares_ = np.asarray(result.exit_shares, dtype=np.float64)
+        self.holdout_accuracy_ = result.holdout_accuracy
+        self.holdout_ci_ = result.holdout_ci
+        self.path_: pd.DataFrame = frontier[frontier["method"] == result.method].reset_index(drop=True)
+        return self
+
+    def predict(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exit and prediction of every sample under the fitted thresholds.
+
+        Args:
+            logits: ``(N, K, C)`` per-exit logits.
+
+        Returns:
+            ``(exits, predictions)``, int64 ``(N,)`` each, exits from 0.
+
+        Raises:
+            DyncalError: Not fitted, or logits of another K.
+        """
+        from dyncal.calibrate.policy import assign_exits
+        from dyncal.calibrate.scores import exit_scores
+
+        if not hasattr(self, "result_"):
+            raise DyncalError("this ThresholdSolver is not fitted yet; call fit(run) first")
+        logits = np.asarray(logits)
+        k = len(self.temperatures_)
+        if logits.ndim != 3 or logits.shape[1] != k:
+            raise DyncalError(f"logits must have shape (N, {k}, C) for K={k} exits, got {logits.shape}")
+        scores, preds = exit_scores(logits, self.result_.score, self.temperatures_)
+        exits = assign_exits(scores, self.thresholds_)
+        return exits, preds[np.arange(len(exits)), exits]
+
+    def __repr__(self) -> str:
+        changed = {k: v for k, v in self.get_params().items() if v != ThresholdSolver().get_params()[k]}
+        return f"ThresholdSolver({', '.join(f'{k}={v!r}' for k, v in changed.items())})"

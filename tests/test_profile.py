@@ -597,3 +597,30 @@ def test_profile_on_cuda(tmp_path):
                 best[k - 1] = min(best[k - 1], (time.perf_counter() - t0) / 20)
     ratios = [ms / (1e3 * b) for ms, b in zip(prof.exit_ms, best, strict=True)]
     assert all(0.2 < r < 5.0 for r in ratios), (ratios, prof.exit_ms, best)
+
+
+def test_modules_that_never_run_are_reported_not_dropped():
+    """fvcore's uncalled_modules(): a head the forward skips costs nothing in any count; say so."""
+    import torch
+    from torch import nn
+
+    from dyncal.analysis.flops import stage_macs
+    from dyncal.analysis.stages import build_stages
+
+    class SkipsAHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Linear(4, 4)
+            self.head1 = nn.Linear(4, 3)
+            self.head2 = nn.Linear(4, 3)
+            self.unused = nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+            h = self.body(x)
+            return [self.head1(h), self.head2(torch.relu(h))]
+
+    model = SkipsAHead().eval()
+    counts = stage_macs(build_stages(model, torch.zeros(2, 4)), torch.zeros(1, 4), model=model)
+    assert counts.uncalled_modules == ("unused",)
+    assert counts.to_dict()["uncalled_modules"] == ["unused"]
+    assert counts.exit_macs[-1] == 16 + 12 + 12  # body + both heads, nothing of 'unused'

@@ -60,11 +60,14 @@ class MacCount:
         macs: Multiply-accumulates counted.
         by_operator: MACs per operator kind (``"conv"``, ``"linear"``, ...).
         unsupported: Operators fvcore could not count, with occurrence counts.
+        uncalled_modules: Submodules that never ran during the count: their work is in no
+            total (a head the forward skips, or a module bypassed by a fused path).
     """
 
     macs: int
     by_operator: dict[str, int] = field(default_factory=dict)
     unsupported: dict[str, int] = field(default_factory=dict)
+    uncalled_modules: tuple[str, ...] = ()
 
 
 def _count(module: nn.Module, inputs: tuple[Any, ...]) -> MacCount:
@@ -84,7 +87,8 @@ def _count(module: nn.Module, inputs: tuple[Any, ...]) -> MacCount:
             ) from e
         by_op = {str(k): int(v) for k, v in analysis.by_operator().items()}
         unsupported = {str(k): int(v) for k, v in analysis.unsupported_ops().items()}
-    return MacCount(macs=total, by_operator=by_op, unsupported=unsupported)
+        uncalled = tuple(sorted(str(m) for m in analysis.uncalled_modules()))
+    return MacCount(macs=total, by_operator=by_op, unsupported=unsupported, uncalled_modules=uncalled)
 
 
 class _TensorsOnly(nn.Module):
@@ -150,6 +154,8 @@ class StageMacs:
         model_macs: fvcore on the eager model (None when not counted). It can differ from
             ``graph_macs`` where eager tracing takes another path (for example
             ``nn.MultiheadAttention``'s fused inference kernel, which fvcore cannot count).
+        uncalled_modules: Submodules of the eager model that never ran while fvcore counted
+            it (fvcore's ``uncalled_modules()``); empty when the model was not counted.
     """
 
     stage_macs: tuple[int, ...]
@@ -157,6 +163,7 @@ class StageMacs:
     unsupported_ops: tuple[UnsupportedOp, ...]
     graph_macs: int | None = None
     model_macs: int | None = None
+    uncalled_modules: tuple[str, ...] = ()
 
     @property
     def exit_macs(self) -> tuple[int, ...]:
@@ -176,6 +183,7 @@ class StageMacs:
             "unsupported_ops": [u.to_dict() for u in self.unsupported_ops],
             "graph_macs": self.graph_macs,
             "model_macs": self.model_macs,
+            "uncalled_modules": list(self.uncalled_modules),
         }
 
 
@@ -238,9 +246,16 @@ def stage_macs(
                 "the partition lost or duplicated work: please report this model"
             )
     total = None
+    uncalled: tuple[str, ...] = ()
     if model is not None:
         whole = model_macs(model, x)
         total = whole.macs
+        uncalled = whole.uncalled_modules
+        if uncalled:
+            log.warning(
+                "modules that never ran while fvcore counted the model (their work is in no count): %s",
+                ", ".join(uncalled[:8]) + (f" and {len(uncalled) - 8} more" if len(uncalled) > 8 else ""),
+            )
         if summed != total:
             log.warning(
                 "fvcore counts %d MACs on the eager model but %d on its stages (per operator: "
@@ -257,6 +272,7 @@ def stage_macs(
         unsupported_ops=unsupported,
         graph_macs=graph_total,
         model_macs=total,
+        uncalled_modules=uncalled,
     )
 
 

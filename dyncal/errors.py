@@ -14,6 +14,7 @@ __all__ = [
     "RunError",
     "BudgetError",
     "ProfileError",
+    "first_line",
 ]
 
 
@@ -47,3 +48,19 @@ class BudgetError(DyncalError):
 
 class ProfileError(DyncalError):
     """The model cannot be partitioned into stages or measured on the asked device."""
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    r"""The first line of an exception's message (at most ``limit`` characters), for one-line errors.
+
+    A user's model or data set may raise anything with any message; dyncal quotes only its
+    first line so that its own error stays one line.
+
+    Example:
+        >>> first_line(ValueError("bad shape\n  more detail"))
+        'bad shape'
+        >>> first_line(KeyError())
+        'KeyError'
+    """
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:limit]

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from dyncal.analysis.stages import Stages
-from dyncal.errors import ProfileError
+from dyncal.errors import ProfileError, first_line
 from dyncal.run import UnsupportedOp
 
 __all__ = ["MacCount", "StageMacs", "model_macs", "stage_macs", "stage_inputs"]
@@ -80,10 +80,9 @@ def _count(module: nn.Module, inputs: tuple[Any, ...]) -> MacCount:
             with torch.no_grad():
                 total = int(analysis.total())
         except Exception as e:  # noqa: BLE001 - TorchScript tracing raises many types
-            line = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise ProfileError(
                 f"fvcore cannot trace {type(module).__name__} to count MACs "
-                f"({type(e).__name__}: {line}); the module must be traceable by torch.jit.trace"
+                f"({type(e).__name__}: {first_line(e)}); the module must be traceable by torch.jit.trace"
             ) from e
         by_op = {str(k): int(v) for k, v in analysis.by_operator().items()}
         unsupported = {str(k): int(v) for k, v in analysis.unsupported_ops().items()}

@@ -6,7 +6,7 @@ import torch when first used.
 Example:
     >>> import dyncal
     >>> sorted(n for n in dyncal.__all__ if n.startswith("load"))
-    ['load_dataset', 'load_model', 'load_run']
+    ['load_dataset', 'load_early_exit', 'load_model', 'load_run']
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ _LAZY = {
     "verify_run": "dyncal.runtime",
     "EarlyExitRunner": "dyncal.runtime",
     "build_stages": "dyncal.analysis.stages",
+    "export_package": "dyncal.export",
+    "load_early_exit": "dyncal.export",
 }
 
 __all__ = [

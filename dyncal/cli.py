@@ -719,6 +719,65 @@ def _print_verify(doc: dict[str, Any]) -> None:
     Console().print(table)
 
 
+# ----------------------------------------------------------------- export
+
+
+@app.command("export")
+def export_(
+    run: RunArg,
+    thresholds: Annotated[Path, typer.Option(help="thresholds.json from 'dyncal solve' on this run.")],
+    out: Annotated[Path, typer.Option(help="Package directory to create.")],
+    model: Annotated[str | None, typer.Option(help="Model spec overriding the run's.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Checkpoint overriding the run's.")] = None,
+    model_path: Annotated[Path | None, typer.Option(help="Folder to import the model's module from.")] = None,
+    stages: Annotated[
+        str | None,
+        typer.Option(help="Declare stages by hand: 'pkg.module:fn', fn(model) -> list of stage modules."),
+    ] = None,
+    input_shape: Annotated[
+        str | None, typer.Option(help="Per-sample input shape overriding the run's, e.g. 3,224,224.")
+    ] = None,
+    input_dtype: Annotated[str | None, typer.Option(help="Input dtype overriding the run's (float32).")] = None,
+    overwrite: OverwriteOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Write a self-contained early-exit package: stages as torch.export archives plus the exit rule.
+
+    Serve it without the model's code: exits, preds = dyncal.load_early_exit(DIR)(x). The package is
+    checked to reproduce every exit of the model before it is published.
+
+    Example: dyncal export run --thresholds thresholds.json --out package
+    """
+    from dyncal.artifacts.thresholds import read_thresholds
+    from dyncal.export import export_package
+
+    with user_errors():
+        shape = _parse_int_list(input_shape, "--input-shape")
+        result = export_package(
+            run,
+            read_thresholds(thresholds),
+            out,
+            overwrite=overwrite,
+            model=model,
+            weights=None if weights is None else str(weights),
+            model_path=None if model_path is None else str(model_path),
+            stages_spec=stages,
+            input_shape=shape,
+            input_dtype=input_dtype,
+        )
+    doc = result.to_dict()
+    if json_:
+        echo_json(doc)
+        return
+    typer.echo(
+        f"wrote {doc['path']}: K={doc['k']} stages, {doc['size_bytes'] / 1e6:.2f} MB, input "
+        f"(B, {', '.join(map(str, doc['input']['shape']))}) {doc['input']['dtype']}, decisions "
+        f"{doc['decision_fingerprint'][:12]}, max |logit diff| vs the model "
+        f"{max(doc['check']['max_abs_diff']):.2g}",
+        err=True,
+    )
+
+
 # ----------------------------------------------------------------- demo
 
 

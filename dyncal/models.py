@@ -365,21 +365,25 @@ def check_exported_archive(data: bytes, name: str) -> None:
                     raise ModelError(refuse.format(f"{entry!r} needs the unrestricted unpickler"))
 
 
-def load_exported(path: str | os.PathLike[str], *, what: str = "--model") -> torch.export.ExportedProgram:
+def load_exported(
+    path: str | os.PathLike[str], *, what: str = "--model", sha256: str | None = None
+) -> torch.export.ExportedProgram:
     """Load a ``torch.export`` archive once it is known to hold no pickled code.
 
-    The file is read once; the bytes that were checked (:func:`check_exported_archive`)
-    are the bytes that are loaded.
+    The file is read once; the bytes that were checked (:func:`check_exported_archive`,
+    and the hash when ``sha256`` is given) are the bytes that are loaded.
 
     Args:
         path: A ``.pt2`` file written by ``torch.export.save``.
         what: The option or artifact to name in messages.
+        sha256: The file's expected SHA-256 (e.g. from a package manifest); other bytes are refused.
 
     Returns:
         The exported program.
 
     Raises:
-        ModelError: Missing, unreadable, carrying pickled entries, or not loadable.
+        ModelError: Missing, unreadable, not the expected bytes, carrying pickled entries, or
+            not loadable.
 
     Example:
         >>> import tempfile, pathlib
@@ -394,6 +398,11 @@ def load_exported(path: str | os.PathLike[str], *, what: str = "--model") -> tor
         data = path.read_bytes()
     except OSError as e:
         raise ModelError(f"{what}: cannot read '{path}': {e.strerror or e}") from e
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise ModelError(
+            f"{what}: '{path}' has SHA-256 {hashlib.sha256(data).hexdigest()[:12]} but {sha256[:12]} was recorded; "
+            "the file was changed or damaged: re-create it"
+        )
     check_exported_archive(data, str(path))
     try:
         return torch.export.load(io.BytesIO(data))

@@ -324,22 +324,51 @@ def _read_manifest(path: Path) -> tuple[PackageManifest, bytes]:
 # --------------------------------------------------------------------------- the runner
 
 
-class _CountedStage(nn.Module):
-    """A loaded stage that counts its calls and the rows it computed."""
+class _StageProgram(nn.Module):
+    """A loaded stage that counts its calls and the rows it computed.
 
-    def __init__(self, inner: nn.Module, batch_dims: Sequence[int | None]) -> None:
+    It runs the exported program's graph directly with the program's weights passed in,
+    which skips the per-call input checks and pytree handling of
+    :meth:`torch.export.ExportedProgram.module` (they cost more than a small stage's
+    compute); the runner checks the input once, and what later stages receive comes from
+    the earlier ones. Programs with state other than weights, buffers and constants run
+    through ``module()``.
+    """
+
+    def __init__(self, program: torch.export.ExportedProgram, batch_dims: Sequence[int | None]) -> None:
+        from torch.export.graph_signature import InputKind, OutputKind
+
         super().__init__()
-        self.inner = inner
         self._where = next(((i, d) for i, d in enumerate(batch_dims) if d is not None), None)
         self.calls = 0
         self.rows = 0
+        sig = program.graph_signature
+        slots: list[torch.Tensor | None] = []
+        direct = all(o.kind == OutputKind.USER_OUTPUT for o in sig.output_specs)
+        for spec in sig.input_specs:
+            if spec.kind == InputKind.USER_INPUT:
+                slots.append(None)
+            elif spec.kind == InputKind.PARAMETER or (spec.kind == InputKind.BUFFER and spec.persistent):
+                slots.append(program.state_dict[str(spec.target)])
+            elif spec.kind in (InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+                value = program.constants[str(spec.target)]
+                direct &= isinstance(value, torch.Tensor)
+                slots.append(value if isinstance(value, torch.Tensor) else None)
+            else:
+                direct = False
+        self._slots = slots
+        self.graph: nn.Module = program.graph_module if direct else program.module()
+        self._direct = direct
 
     def forward(self, *args: Any) -> Any:
         self.calls += 1
         if self._where is not None:
             i, d = self._where
             self.rows += int(args[i].shape[d])
-        return self.inner(*args)
+        if not self._direct:
+            return self.graph(*args)
+        it = iter(args)
+        return self.graph(*[next(it) if t is None else t for t in self._slots])
 
 
 def _dtype(name: str, what: str) -> torch.dtype:
@@ -387,7 +416,7 @@ class PackageRunner(EarlyExitRunner):
         for i, program in enumerate(self._programs):
             ep = program if device.type == "cpu" else move_to_device_pass(program, device)
             dims = (0,) if i == 0 else self.manifest.stages[i - 1].carry_batch_dims
-            modules.append(_CountedStage(ep.module(), dims))
+            modules.append(_StageProgram(ep, dims))
         return Stages(
             modules,
             batch_dims=[s.carry_batch_dims for s in self.manifest.stages],
@@ -422,8 +451,8 @@ class PackageRunner(EarlyExitRunner):
         for m in self._counters():
             m.rows = m.calls = 0
 
-    def _counters(self) -> list[_CountedStage]:
-        return [m for m in self.stages.modules if isinstance(m, _CountedStage)]
+    def _counters(self) -> list[_StageProgram]:
+        return [m for m in self.stages.modules if isinstance(m, _StageProgram)]
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Early-exit a batch ``x`` ``(B, *input_shape)`` on the runner's device.

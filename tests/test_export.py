@@ -188,8 +188,12 @@ def _poison_stage() -> bytes:
     """An exported stage that fails on the carry a real stage 1 hands on (it expects 3 features)."""
 
     class Poison(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = torch.nn.Linear(3, 10)
+
         def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return h[:, :3] * 0, h
+            return self.head(h), h
 
     example = torch.zeros(2, 3)
     ep = torch.export.export(Poison(), (example,), dynamic_shapes=({0: torch.export.Dim("b", min=1)},))
@@ -222,7 +226,7 @@ def test_everyone_leaving_at_exit_1_never_runs_later_stages(demo, tmp_path):
         assert runner.stage_calls == [len(parts), 0, 0, 0]
     # the same package with the solved thresholds does reach stage 2, and fails there
     pkg2 = _copy_with(demo["pkg"], tmp_path / "solved", None, replaced)
-    with pytest.raises(AssertionError, match=r"Guard failed: h.size\(\)\[1\] == 3"):
+    with pytest.raises(RuntimeError, match="cannot be multiplied"):
         load_early_exit(pkg2)(x[:64])
 
 

@@ -153,7 +153,9 @@ def main() -> None:
         "|---:|---:|---:|---:|---:|---|",
     ]
     for b, nb, mi, me, med, q1, q3, same in rows:
-        lines.append(f"| {b} | {nb} | {mi:.3f} | {me:.3f} | {med:.2f} [{q1:.2f}, {q3:.2f}] | {'yes' if same else 'NO'} |")
+        lines.append(
+            f"| {b} | {nb} | {mi:.3f} | {me:.3f} | {med:.2f} [{q1:.2f}, {q3:.2f}] | {'yes' if same else 'NO'} |"
+        )
     lines += [
         "",
         "Both runners are `EarlyExitRunner`: the in-process one runs the stage graphs cut from the",

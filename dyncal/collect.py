@@ -123,12 +123,13 @@ def _forward(model: Any, x: Any, dev: torch.device, batch_index: int) -> Any:
     if not isinstance(x, torch.Tensor):
         raise DataError(f"batch {batch_index}: inputs collated to {type(x).__name__}, expected a tensor")
     try:
-        return model(x.to(dev, non_blocking=True))
+        out = model(x.to(dev, non_blocking=True))
     except Exception as e:  # noqa: BLE001 - the user's model may raise anything
         raise ModelError(
             f"the model failed on batch {batch_index} (inputs {tuple(x.shape)} {str(x.dtype).replace('torch.', '')}): "
             f"{type(e).__name__}: {_first_line(e)}; check that --data gives the inputs the model expects"
         ) from e
+    return [out] if isinstance(out, torch.Tensor) else out  # a static model: one exit (K = 1)
 
 
 def _check_finite(logits: np.ndarray, batch_index: int, first_row: int) -> None:
@@ -281,7 +282,7 @@ def _collect(
                 if first_batch is not None:  # else an empty share (more processes than rows)
                     x, y = first_batch
                     outs = _forward(model, x, dev, 0)
-                    shape_or_error = check_exit_outputs(outs, int(x.shape[0]))
+                    shape_or_error = check_exit_outputs(outs, int(x.shape[0]), static_ok=True)
                     first = (y, outs)
             except DyncalError as e:
                 shape_or_error = str(e)
@@ -310,7 +311,7 @@ def _collect(
                         or len(outs) != k
                         or any(o.shape != (outs[0].shape[0], c) for o in outs)
                     ):
-                        check_exit_outputs(outs, int(outs[0].shape[0]))
+                        check_exit_outputs(outs, int(outs[0].shape[0]), static_ok=True)
                         raise ModelError(
                             f"batch {batch_index}: the model returned a different number of exits than K={k}"
                         )

@@ -410,12 +410,14 @@ def load_exported(
         raise ModelError(f"{what}: cannot load '{path}' as a torch.export archive: {_first_line(e)}") from e
 
 
-def check_exit_outputs(outputs: Any, batch_size: int) -> tuple[int, int]:
+def check_exit_outputs(outputs: Any, batch_size: int, *, static_ok: bool = False) -> tuple[int, int]:
     """Check a forward's outputs against the multi-exit contract.
 
     Args:
         outputs: What ``model(x)`` returned.
         batch_size: Rows of the input batch.
+        static_ok: Also accept a static model (``K = 1``): one ``(B, C)`` tensor, or a list
+            of one (collect and profile measure static models for comparison).
 
     Returns:
         ``(K, C)``.
@@ -427,7 +429,11 @@ def check_exit_outputs(outputs: Any, batch_size: int) -> tuple[int, int]:
     Example:
         >>> check_exit_outputs([torch.zeros(2, 5), torch.zeros(2, 5)], 2)
         (2, 5)
+        >>> check_exit_outputs(torch.zeros(2, 5), 2, static_ok=True)
+        (1, 5)
     """
+    if isinstance(outputs, torch.Tensor) and static_ok:
+        outputs = [outputs]
     if isinstance(outputs, torch.Tensor):
         raise ModelError(
             f"the model returned one tensor of shape {tuple(outputs.shape)}; a multi-exit model "
@@ -437,7 +443,7 @@ def check_exit_outputs(outputs: Any, batch_size: int) -> tuple[int, int]:
         raise ModelError(
             f"the model returned {type(outputs).__name__}; expected a list or tuple of K >= 2 logits tensors (B, C)"
         )
-    if len(outputs) < 2:
+    if len(outputs) < (1 if static_ok else 2):
         raise ModelError(f"the model returned {len(outputs)} exit(s); a multi-exit model needs K >= 2")
     shapes = []
     for i, out in enumerate(outputs):

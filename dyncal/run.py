@@ -845,8 +845,8 @@ def import_arrays(
     if labels.ndim != 1 or labels.shape[0] != n:
         hint = " (is the layout (K, N, C)? pass --layout knc)" if labels.ndim == 1 and labels.shape[0] == k else ""
         raise RunError(f"labels must have shape ({n},) to match logits {logits.shape}, got {labels.shape}{hint}")
-    if k < 2:
-        raise RunError(f"a multi-exit run needs K >= 2 exits, got K={k}")
+    if k < 1:
+        raise RunError(f"a run needs K >= 1 exits (K = 1: a static model), got K={k}")
     if not np.issubdtype(labels.dtype, np.integer):
         if np.issubdtype(labels.dtype, np.floating) and np.all(np.mod(labels, 1) == 0):
             labels = labels.astype(np.int64)

@@ -524,9 +524,10 @@ def test_cli_errors(cli, demo_run, demo_logits, tmp_path):
     inc = import_arrays(z, y, tmp_path / "inc", macs=DEMO_MACS)
     (inc.path / "run.json").unlink()
     assert_clean_error(cli("solve", inc.path, "--budget", "0.5x", "--out", out), r"not a complete dyncal run")
-    # K < 2 is refused when the run is made
+    # a static run (K = 1) imports, but has no thresholds to solve
     np.savez(tmp_path / "k1.npz", logits=z[:, :1], labels=y)
-    assert_clean_error(cli("import", tmp_path / "k1.npz", "--out", tmp_path / "k1"), r"K >= 2")
+    assert cli("import", tmp_path / "k1.npz", "--out", tmp_path / "k1", "--macs", "1e6").exit_code == 0
+    assert_clean_error(cli("solve", tmp_path / "k1", "--budget", "1x", "--out", out), r"K=1 exit \(a static model\)")
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -168,8 +168,8 @@ class Stages:
         whole: nn.Module | None = None,
         drop_rows_reason: str | None = None,
     ) -> None:
-        if len(modules) < 2:
-            raise ProfileError(f"a multi-exit model needs K >= 2 stages, got {len(modules)}")
+        if len(modules) < 1:  # K = 1: a static model, measured as one stage
+            raise ProfileError(f"a model needs K >= 1 stages, got {len(modules)}")
         self.modules: tuple[nn.Module, ...] = tuple(modules)
         self.batch_dims: tuple[tuple[int | None, ...], ...] | None = (
             None if batch_dims is None else tuple(tuple(b) for b in batch_dims)
@@ -397,19 +397,20 @@ def _partition(gm: fx.GraphModule, example: torch.Tensor) -> Stages:
     flat = out_node.args[0]
     flat = list(flat) if isinstance(flat, (tuple, list)) else [flat]
     out_spec = getattr(gm, "_out_spec", None)
-    if out_spec is not None and getattr(out_spec, "type", None) not in (list, tuple):
+    static = out_spec is not None and out_spec.is_leaf()  # one (B, C) tensor: a static model, K = 1
+    if out_spec is not None and not static and getattr(out_spec, "type", None) not in (list, tuple):
         raise ProfileError(
             f"the model returns {getattr(out_spec, 'type', out_spec)}; a multi-exit model must "
             "return a list or tuple of K >= 2 logits tensors (B, C), exit 1 first"
         )
-    if out_spec is not None and out_spec.num_leaves != getattr(out_spec, "num_children", len(flat)):
+    if out_spec is not None and not static and out_spec.num_leaves != getattr(out_spec, "num_children", len(flat)):
         raise ProfileError(
             f"the model returns a nested structure with {out_spec.num_leaves} tensors; "
             "return a flat list or tuple of K logits tensors (B, C), exit 1 first"
         )
     k = len(flat)
-    if k < 2:
-        raise ProfileError(f"the model's graph has {k} output(s); a multi-exit model needs K >= 2")
+    if k < 1:
+        raise ProfileError("the model's graph has no output; a model returns K >= 1 logits tensors (B, C)")
     for i, o in enumerate(flat):
         if not isinstance(o, fx.Node) or o.op not in (
             "call_function",
@@ -787,6 +788,7 @@ def verify_stages(
     """
     with torch.inference_mode():
         want = model(x)
+        want = [want] if isinstance(want, torch.Tensor) else want  # a static model (K = 1)
         try:
             got = stages.run(x)
         except DyncalError:

@@ -754,6 +754,15 @@ class _RowSubset:
         return block[(slice(None), *rest)] if rest else block
 
 
+def _require_exits(run: Any) -> None:
+    """Refuse a static run (K = 1): it has no exits to choose between, only a point to compare with."""
+    if run.k < 2:
+        raise DyncalError(
+            f"run '{run.path}' has K=1 exit (a static model): there are no thresholds to solve; compare it with "
+            f"an early-exit run instead: dyncal report EARLY_EXIT_RUN --compare {run.path}"
+        )
+
+
 def prepare_run(
     run: Any,
     *,
@@ -782,8 +791,7 @@ def prepare_run(
     """
     if score not in SCORES:
         raise DyncalError(f"--score must be one of {', '.join(SCORES)}; got {score!r}")
-    if run.k < 2:
-        raise DyncalError(f"thresholds need a multi-exit run (K >= 2), got K={run.k}")
+    _require_exits(run)
     units = cost_units(run.costs, run.k)
     if not units:
         raise DyncalError("run has no costs: run 'dyncal profile RUN' or import with --macs")
@@ -1116,6 +1124,7 @@ def solve_run(
     """
     if method not in METHODS:
         raise DyncalError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    _require_exits(run)
     target: BudgetTarget | None = None
     spec = parse_budget(budget) if budget is not None else None
     if spec is None and max_drop is None:

@@ -8,12 +8,15 @@ batches, interleaved in one loop (alternating which goes first), as a ratio per 
 Both must take the same exits and predictions on every sample.
 
 Run: ``.venv/bin/python benchmarks/export_package.py [--device cuda] [--batch-size 1,64]``
-(writes export_package.md, or results/export_package_<device>_<card>.md off the CPU).
+(writes export_package.md, or results/export_package_<device>_<card>.md off the CPU). On a
+machine without fvcore (needed to profile the run), make the run and package elsewhere with
+``--keep DIR`` and measure them with ``--from DIR``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -29,14 +32,14 @@ import torch
 import dyncal
 from dyncal.analysis.latency import device_hardware, pinned_threads
 from dyncal.analysis.stages import build_stages
-from dyncal.calibrate.solvers import solve_run
-from dyncal.collect import collect_run
+from dyncal.artifacts.thresholds import read_thresholds
+from dyncal.calibrate.policy import assign_exits, thresholds_from_json
+from dyncal.calibrate.scores import exit_scores
 from dyncal.data import load_dataset
 from dyncal.demo import WEIGHTS
 from dyncal.demo_pipeline import DEMO_DATA, DEMO_MODEL
 from dyncal.export import export_package, load_early_exit
 from dyncal.models import load_model, resolve_device
-from dyncal.profile import ProfileOptions, profile_run
 from dyncal.runtime import EarlyExitRunner
 
 HERE = Path(__file__).parent
@@ -55,40 +58,61 @@ def _timed(fn, x: torch.Tensor, dev: torch.device) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+def _prepare(tmp: Path) -> float:
+    """The demo run (collect, MACs, solve at 0.5x) and its package under ``tmp``; returns the export's seconds."""
+    from dyncal.calibrate.solvers import solve_run
+    from dyncal.collect import collect_run
+    from dyncal.profile import ProfileOptions, profile_run
+    from dyncal.run import atomic_write_text
+
+    run_dir = tmp / "run"
+    collect_run(load_model(DEMO_MODEL, weights=WEIGHTS), load_dataset(DEMO_DATA), run_dir, data_spec=DEMO_DATA)
+    profile_run(run_dir, options=ProfileOptions(latency=False))
+    th = solve_run(dyncal.load_run(run_dir), "0.5x")
+    atomic_write_text(tmp / "thresholds.json", json.dumps(th.to_dict()))
+    t0 = time.perf_counter()
+    export_package(run_dir, th, tmp / "pkg")
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch-size", default="1,64")
     ap.add_argument("--repeats", type=int, default=5, help="timings per batch and runner (median kept)")
-    ap.add_argument("--limit", type=int, default=400, help="samples replayed")
+    ap.add_argument("--limit", type=int, default=400, help="samples timed (agreement: all of them)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--keep", type=Path, help="make the run, thresholds.json and pkg/ here, then stop")
+    ap.add_argument("--from", dest="source", type=Path, help="measure a folder made with --keep (no export here)")
+    ap.add_argument("--out", type=Path, help="where to write the results (default: next to this script)")
     args = ap.parse_args()
+    if args.keep is not None:
+        args.keep.mkdir(parents=True)
+        print(f"export took {_prepare(args.keep):.1f} s; made {args.keep}")
+        return
     dev = resolve_device(args.device)
     sizes = [int(b) for b in args.batch_size.split(",")]
 
     with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        run_dir = tmp / "run"
-        collect_run(load_model(DEMO_MODEL, weights=WEIGHTS), load_dataset(DEMO_DATA), run_dir, data_spec=DEMO_DATA)
-        profile_run(run_dir, options=ProfileOptions(latency=False))
-        run = dyncal.load_run(run_dir)
-        th = solve_run(run, "0.5x")
-        t0 = time.perf_counter()
-        result = export_package(run_dir, th, tmp / "pkg")
-        export_s = time.perf_counter() - t0
-        sizes_kb = {p.name: p.stat().st_size / 1024 for p in sorted((tmp / "pkg").iterdir())}
+        tmp = args.source if args.source is not None else Path(d)
+        export_s = None if args.source is not None else _prepare(tmp)
+        run = dyncal.load_run(tmp / "run")
+        th = read_thresholds(tmp / "thresholds.json")
+        pkg = tmp / "pkg"
+        size_mb = sum(p.stat().st_size for p in pkg.iterdir()) / 1e6
+        sizes_kb = {p.name: p.stat().st_size / 1024 for p in sorted(pkg.iterdir())}
 
         loads = []
         for _ in range(5):
             t0 = time.perf_counter()
-            load_early_exit(tmp / "pkg", device=str(dev))
+            load_early_exit(pkg, device=str(dev))
             loads.append(time.perf_counter() - t0)
         cold = subprocess.run(
             [
                 sys.executable,
                 "-c",
                 "import time; t0 = time.perf_counter(); import torch, dyncal; t1 = time.perf_counter(); "
-                f"dyncal.load_early_exit({str(tmp / 'pkg')!r}, device={str(dev)!r}); "
+                f"dyncal.load_early_exit({str(pkg)!r}, device={str(dev)!r}); "
                 "print(t1 - t0, time.perf_counter() - t1)",
             ],
             capture_output=True,
@@ -98,17 +122,25 @@ def main() -> None:
         )
         import_s, cold_load_s = (float(v) for v in cold.stdout.split())
 
-        exported = load_early_exit(tmp / "pkg", device=str(dev))
+        exported = load_early_exit(pkg, device=str(dev))
         model = load_model(DEMO_MODEL, weights=WEIGHTS, device=str(dev)).module
         ds = load_dataset(DEMO_DATA)
+        x_every = torch.stack([ds[int(i)][0] for i in run.indices]).to(dev)
+        scores, sim_preds = exit_scores(run.logits, th.score, th.temperatures)
+        sim_exits = assign_exits(scores, thresholds_from_json(list(th.thresholds)))
+        sim_preds = sim_preds[np.arange(run.n), sim_exits]
         n = min(args.limit, run.n)
-        x_all = torch.stack([ds[int(i)][0] for i in run.indices[:n]]).to(dev)
+        x_all = x_every[:n]
         stages = build_stages(model, x_all[:2])
         inproc = EarlyExitRunner(stages, th.thresholds, th.temperatures, th.score)
 
         rows = []
         with pinned_threads(args.threads if dev.type == "cpu" else None) as n_threads:
             for b in sizes:
+                parts = [exported(x_every[s : s + b]) for s in range(0, run.n, b)]
+                e_all = torch.cat([p[0] for p in parts]).cpu().numpy()
+                p_all = torch.cat([p[1] for p in parts]).cpu().numpy()
+                agreement = float(np.mean((e_all == sim_exits) & (p_all == sim_preds)))
                 batches = [x_all[s : s + b] for s in range(0, n, b)]
                 for fn in (inproc, exported):  # warm-up
                     fn(batches[0])
@@ -126,7 +158,9 @@ def main() -> None:
                     eb, pb = exported(xb)
                     same &= bool(torch.equal(ea, eb) and torch.equal(pa, pb))
                 q1, med, q3 = np.percentile(ratios, [25, 50, 75])
-                rows.append((b, len(batches), float(np.mean(ms_in)), float(np.mean(ms_ex)), med, q1, q3, same))
+                rows.append(
+                    (b, len(batches), float(np.mean(ms_in)), float(np.mean(ms_ex)), med, q1, q3, same, agreement)
+                )
 
     hw = device_hardware(dev)
     lines = [
@@ -136,25 +170,32 @@ def main() -> None:
         f"Python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. "
         "The machine was shared with other jobs while this ran: read the ratios, not the absolute times.",
         "",
-        f"Package: {result.size_bytes / 1e6:.2f} MB in {len(sizes_kb)} files ("
+        f"Package: {size_mb:.2f} MB in {len(sizes_kb)} files ("
         + ", ".join(f"{k} {v:.0f} KB" for k, v in sizes_kb.items())
-        + f"); `dyncal export` took {export_s:.1f} s (stages from the graph, torch.export of each stage, "
-        "saving, loading back and proving it against the model).",
+        + (
+            "; exported beforehand with `--keep`)."
+            if export_s is None
+            else f"); `dyncal export` took {export_s:.1f} s (stages from the graph, torch.export of each stage, "
+            "saving, loading back and proving it against the model)."
+        ),
         "",
         f"Load (`dyncal.load_early_exit`, hashes checked, archives checked for pickled entries): "
         f"{1e3 * float(np.median(loads)):.0f} ms warm (median of 5, this process); in a fresh process "
         f"{1e3 * cold_load_s:.0f} ms after {import_s:.1f} s of `import torch, dyncal`.",
         "",
-        f"Latency on {n} validation digits, thresholds from `dyncal solve --budget 0.5x`; per batch the "
-        f"median of {args.repeats} timings of each runner, interleaved (alternating which goes first):",
+        f"Thresholds from `dyncal solve --budget 0.5x`. Agreement: share of all {run.n} validation digits "
+        "whose exported exit and prediction equal the exit rule simulated on the run's stored (CPU) logits. "
+        f"Latency on the first {n}: per batch the median of {args.repeats} timings of each runner, interleaved "
+        "(alternating which goes first):",
         "",
-        "| batch | batches | in-process ms/batch | exported ms/batch | exported / in-process (median [IQR] over batches) "
-        "| same exits and predictions |",
-        "|---:|---:|---:|---:|---:|---|",
+        "| batch | agreement | batches timed | in-process ms/batch | exported ms/batch "
+        "| exported / in-process (median [IQR] over batches) | same exits and predictions |",
+        "|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for b, nb, mi, me, med, q1, q3, same in rows:
+    for b, nb, mi, me, med, q1, q3, same, agreement in rows:
         lines.append(
-            f"| {b} | {nb} | {mi:.3f} | {me:.3f} | {med:.2f} [{q1:.2f}, {q3:.2f}] | {'yes' if same else 'NO'} |"
+            f"| {b} | {100 * agreement:.2f}% | {nb} | {mi:.3f} | {me:.3f} | {med:.2f} [{q1:.2f}, {q3:.2f}] "
+            f"| {'yes' if same else 'NO'} |"
         )
     lines += [
         "",
@@ -164,10 +205,10 @@ def main() -> None:
     ]
     text = "\n".join(lines) + "\n"
     if dev.type == "cpu":
-        out = HERE / "export_package.md"
+        name = "export_package.md"
     else:
-        card = re.sub(r"[^a-z0-9]+", "-", hw.lower()).strip("-")
-        out = HERE / "results" / f"export_package_{dev.type}_{card}.md"
+        name = f"export_package_{dev.type}_{re.sub(r'[^a-z0-9]+', '-', hw.lower()).strip('-')}.md"
+    out = args.out / name if args.out is not None else HERE / ("" if dev.type == "cpu" else "results") / name
     out.write_text(text)
     print(text)
 

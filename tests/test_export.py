@@ -23,6 +23,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_clean_error
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import dyncal
 from dyncal.artifacts.thresholds import decision_fingerprint, read_thresholds
@@ -143,6 +145,40 @@ def test_demo_package_reproduces_the_exit_rule_in_a_fresh_process(demo, tmp_path
     out, info = _run_fresh(demo["pkg"], demo["x"], tmp_path, ["dyncal.demo"])
     assert info["leaked"] == []
     _check_fresh(out, exits, preds, 4)
+
+
+def _midpoint(sorted_scores: np.ndarray, q: float) -> float:
+    """A threshold midway between two neighbouring scores near quantile ``q``, far from both (no float ties)."""
+    gaps = np.diff(sorted_scores)
+    i = int(q * (len(gaps) - 1))
+    ok = np.flatnonzero(gaps > 1e-4)
+    j = ok[np.argmin(np.abs(ok - i))]
+    return float((sorted_scores[j] + sorted_scores[j + 1]) / 2)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    score=st.sampled_from(["maxprob", "margin", "entropy"]),
+    quantiles=st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3),
+    batch_size=st.integers(1, 97),
+)
+def test_package_stages_follow_the_exit_rule_for_any_thresholds(demo, score, quantiles, batch_size):
+    """The package's stages under EarlyExitRunner take the simulated exit for any thresholds and batch size."""
+    from dyncal.runtime import EarlyExitRunner
+
+    run = dyncal.load_run(demo["run"])
+    temps = [1.0, 1.3, 0.8, 1.0]
+    scores, preds = exit_scores(run.logits, score, temps)
+    ts = [_midpoint(np.sort(scores[:, j]), q) for j, q in enumerate(quantiles)]
+    n = 240  # rows replayed (kept small: batch size 1 is one runner call per row)
+    want = assign_exits(scores[:n], ts)
+    if "stages" not in demo:
+        demo["stages"] = load_early_exit(demo["pkg"]).stages
+    runner = EarlyExitRunner(demo["stages"], [*ts, None], temps, score)
+    x = torch.from_numpy(demo["x"][:n])
+    parts = [runner(x[i : i + batch_size]) for i in range(0, n, batch_size)]
+    np.testing.assert_array_equal(torch.cat([p[0] for p in parts]).numpy(), want)
+    np.testing.assert_array_equal(torch.cat([p[1] for p in parts]).numpy(), preds[np.arange(n), want])
 
 
 def test_manifest_binds_run_thresholds_model_and_files(demo):

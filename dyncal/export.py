@@ -50,7 +50,7 @@ from dyncal.analysis.stages import Stages, _quiet_export_logs, build_stages, ver
 from dyncal.artifacts.thresholds import check_thresholds_for_run, decision_fingerprint
 from dyncal.calibrate.scores import SCORES
 from dyncal.calibrate.solvers import ThresholdsResult
-from dyncal.errors import DyncalError, ModelError, ProfileError
+from dyncal.errors import DyncalError, ModelError, ProfileError, first_line
 from dyncal.models import (
     LoadedModel,
     check_exit_outputs,
@@ -88,9 +88,9 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _SHA = re.compile(r"[0-9a-f]{64}")
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+def _quote(e: BaseException) -> str:
+    """``Type: first line`` of an exception, for one-line errors."""
+    return f"{type(e).__name__}: {first_line(e)}"
 
 
 # --------------------------------------------------------------------------- the manifest
@@ -227,7 +227,7 @@ class PackageManifest:
                 schema_version=version,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise DyncalError(f"'{where}' is not a valid package manifest ({_first_line(e)}); re-export it") from e
+            raise DyncalError(f"'{where}' is not a valid package manifest ({_quote(e)}); re-export it") from e
         manifest.validate(where)
         return manifest
 
@@ -317,7 +317,7 @@ def _read_manifest(path: Path) -> tuple[PackageManifest, bytes]:
     try:
         doc = json.loads(data.decode("utf-8"))
     except ValueError as e:
-        raise DyncalError(f"cannot read '{file}': {_first_line(e)}; re-export the package") from e
+        raise DyncalError(f"cannot read '{file}': {_quote(e)}; re-export the package") from e
     return PackageManifest.from_dict(doc, where=str(file)), data
 
 
@@ -454,6 +454,31 @@ class PackageRunner(EarlyExitRunner):
     def _counters(self) -> list[_StageProgram]:
         return [m for m in self.stages.modules if isinstance(m, _StageProgram)]
 
+    @torch.inference_mode()
+    def full_model(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every exit's logits for the whole batch, no sample leaving: the package's plain model.
+
+        Returns:
+            ``K`` tensors ``(B, C)``, exit 1 first (what the model returns).
+        """
+        self._check_input(x)
+        return self.stages.run(x)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        """Refuse a batch that does not fit the package's input signature or device (one line)."""
+        m = self.manifest
+        if not isinstance(x, torch.Tensor):
+            raise DyncalError(f"the package takes a tensor (B, {', '.join(map(str, m.input_shape))}), got {type(x)}")
+        if tuple(x.shape[1:]) != m.input_shape or x.ndim != len(m.input_shape) + 1:
+            raise DyncalError(
+                f"input of shape {tuple(x.shape)} but the package takes (B, {', '.join(map(str, m.input_shape))})"
+            )
+        if x.dtype != self._dtype:
+            got = str(x.dtype).replace("torch.", "")
+            raise DyncalError(f"input of dtype {got} but the package takes {m.input_dtype}")
+        if x.device != self.device:
+            raise DyncalError(f"input on {x.device} but the package runs on {self.device}; move it with x.to(...)")
+
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Early-exit a batch ``x`` ``(B, *input_shape)`` on the runner's device.
 
@@ -463,19 +488,7 @@ class PackageRunner(EarlyExitRunner):
         Raises:
             DyncalError: ``x`` does not fit the package's input signature or device.
         """
-        m = self.manifest
-        if not isinstance(x, torch.Tensor):
-            raise DyncalError(f"the package takes a tensor (B, {', '.join(map(str, m.input_shape))}), got {type(x)}")
-        if tuple(x.shape[1:]) != m.input_shape or x.ndim != len(m.input_shape) + 1:
-            raise DyncalError(
-                f"input of shape {tuple(x.shape)} but the package takes (B, {', '.join(map(str, m.input_shape))})"
-            )
-        if x.dtype != self._dtype:
-            raise DyncalError(
-                f"input of dtype {str(x.dtype).replace('torch.', '')} but the package takes {m.input_dtype}"
-            )
-        if x.device != self.device:
-            raise DyncalError(f"input on {x.device} but the package runs on {self.device}; move it with x.to(...)")
+        self._check_input(x)
         if x.shape[0] == 0:
             empty = torch.empty((0,), dtype=torch.int64, device=x.device)
             return empty, empty.clone()
@@ -686,7 +699,7 @@ def _export_stages(
         except Exception as e:  # noqa: BLE001 - export raises many types
             log.debug("exporting stage %d failed", i + 1, exc_info=True)
             raise ProfileError(
-                f"cannot export stage {i + 1} with a dynamic batch dimension ({_first_line(e)}); the package needs "
+                f"cannot export stage {i + 1} with a dynamic batch dimension ({_quote(e)}); the package needs "
                 "stages that run at any batch size"
             ) from e
         with torch.no_grad():
@@ -818,7 +831,7 @@ def export_package(
     except Exception as e:  # noqa: BLE001 - the user's model may raise anything
         raise ModelError(
             f"the model '{loaded.spec}' fails on an input of shape {tuple(probe.shape)} and dtype {dtype_name} "
-            f"({_first_line(e)}); check --input-shape and --input-dtype"
+            f"({_quote(e)}); check --input-shape and --input-dtype"
         ) from e
     k, c = check_exit_outputs(outs, probe.shape[0])
     if (k, c) != (run.k, run.c):

@@ -333,6 +333,9 @@ def test_runner_is_a_drop_in_early_exit_runner(demo):
     x = torch.from_numpy(demo["x"][:50])
     exits, preds = runner(x)
     assert exits.dtype == preds.dtype == torch.int64 and exits.shape == (50,)
+    # the package's stand-in for the plain model (what verify times it against): every exit, every row
+    logits = runner.full_model(x)
+    np.testing.assert_allclose(torch.stack(logits, 1).numpy(), dyncal.load_run(demo["run"]).logits[:50], atol=1e-4)
 
 
 def test_cli_export_refuses_existing_outputs_and_leaves_them(demo, cli, tmp_path):

@@ -200,8 +200,9 @@ def main() -> None:
     lines += [
         "",
         "Both runners are `EarlyExitRunner`: the in-process one runs the stage graphs cut from the",
-        "model's export, the package's runs the same graphs re-exported and loaded from `.pt2`",
-        "(`ExportedProgram.module()`, which also checks its input shapes on every call).",
+        "model's export (fx modules), the package's runs the same graphs re-exported, loaded from",
+        "`.pt2` and called directly with their weights (the input is checked once per call, not per",
+        "stage). The cold load is mostly the first `torch.export.load` of the process.",
     ]
     text = "\n".join(lines) + "\n"
     if dev.type == "cpu":

@@ -22,17 +22,19 @@ import json
 import logging
 import os
 import shutil
+import stat
 import sys
 import zipfile
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dyncal.errors import RunError
+from dyncal.artifacts import validate as V
+from dyncal.errors import DyncalError, RunError
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -160,17 +162,27 @@ class Provenance:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Provenance:
-        """Build from :meth:`to_dict` output."""
+    def from_dict(cls, d: Mapping[str, Any], field: str = "provenance") -> Provenance:
+        """Build from :meth:`to_dict` output; missing text fields read as empty.
+
+        Raises:
+            FieldError: A field of the wrong type (named ``provenance.<key>``).
+        """
+        d = V.mapping(d, field)
+
+        def text(key: str) -> str:
+            return V.string(d.get(key, ""), f"{field}.{key}")
+
+        sha = d.get("weights_sha256")
         return cls(
-            model=str(d.get("model", "")),
-            weights_sha256=d.get("weights_sha256"),
-            data=str(d.get("data", "")),
-            command=str(d.get("command", "")),
-            created=str(d.get("created", "")),
-            device=str(d.get("device", "")),
-            versions=dict(d.get("versions", {})),
-            extra=dict(d.get("extra", {})),
+            model=text("model"),
+            weights_sha256=None if sha is None else V.string(sha, f"{field}.weights_sha256"),
+            data=text("data"),
+            command=text("command"),
+            created=text("created"),
+            device=text("device"),
+            versions=V.string_map(d.get("versions", {}), f"{field}.versions"),
+            extra=dict(V.mapping(d.get("extra", {}), f"{field}.extra")),
         )
 
     @classmethod
@@ -225,9 +237,18 @@ class UnsupportedOp:
         return {"stage": self.stage, "op": self.op, "count": self.count}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> UnsupportedOp:
-        """Build from :meth:`to_dict` output."""
-        return cls(stage=int(d["stage"]), op=str(d["op"]), count=int(d["count"]))
+    def from_dict(cls, d: Mapping[str, Any], field: str = "unsupported_ops[]") -> UnsupportedOp:
+        """Build from :meth:`to_dict` output.
+
+        Raises:
+            FieldError: A missing field or one of the wrong type.
+        """
+        d = V.mapping(d, field)
+        return cls(
+            stage=V.integer(V.require(d, "stage", f"{field}."), f"{field}.stage", minimum=1),
+            op=V.string(V.require(d, "op", f"{field}."), f"{field}.op"),
+            count=V.integer(V.require(d, "count", f"{field}."), f"{field}.count", minimum=0),
+        )
 
 
 @dataclass(frozen=True)
@@ -312,17 +333,27 @@ class LatencyProfile:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> LatencyProfile:
-        """Build from :meth:`to_dict` output."""
+    def from_dict(cls, d: Mapping[str, Any], field: str = "latency") -> LatencyProfile:
+        """Build from :meth:`to_dict` output (the derived ``exit_median_ms`` is ignored).
+
+        Raises:
+            FieldError: A missing field or one of the wrong type or value: ``stage_ms`` must
+                hold one non-empty list of finite non-negative milliseconds per stage.
+        """
+        d = V.mapping(d, field)
+        stages = V.sequence(V.require(d, "stage_ms", f"{field}."), f"{field}.stage_ms", min_length=1)
+        threads = d.get("threads")
         return cls(
-            device=str(d["device"]),
-            batch_size=int(d["batch_size"]),
-            stage_ms=tuple(tuple(float(x) for x in r) for r in d["stage_ms"]),
-            decision_ms=tuple(float(x) for x in d.get("decision_ms", ())),
-            full_model_ms=tuple(float(x) for x in d.get("full_model_ms", ())),
-            threads=d.get("threads"),
-            hardware=str(d.get("hardware", "")),
-            settings=dict(d.get("settings", {})),
+            device=V.string(V.require(d, "device", f"{field}."), f"{field}.device"),
+            batch_size=V.integer(V.require(d, "batch_size", f"{field}."), f"{field}.batch_size", minimum=1),
+            stage_ms=tuple(
+                V.number_list(r, f"{field}.stage_ms[{i}]", min_length=1, minimum=0) for i, r in enumerate(stages)
+            ),
+            decision_ms=V.number_list(d.get("decision_ms", []), f"{field}.decision_ms", minimum=0),
+            full_model_ms=V.number_list(d.get("full_model_ms", []), f"{field}.full_model_ms", minimum=0),
+            threads=None if threads is None else V.integer(threads, f"{field}.threads", minimum=1),
+            hardware=V.string(d.get("hardware", ""), f"{field}.hardware"),
+            settings=dict(V.mapping(d.get("settings", {}), f"{field}.settings")),
         )
 
 
@@ -356,17 +387,55 @@ class CostTable:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> CostTable:
-        """Build from :meth:`to_dict` output."""
+    def from_dict(cls, d: Mapping[str, Any], field: str = "costs", k: int | None = None) -> CostTable:
+        """Build from :meth:`to_dict` output, checking every field.
+
+        ``macs`` must be positive, finite and cumulative (non-decreasing); ``stage_macs``
+        finite and non-negative; every latency entry well formed and filed under its own
+        ``"<device>/b<batch>"`` key; all of them one entry per exit (``k`` when given).
+
+        Raises:
+            FieldError: The first malformed field, named ``costs.<key>...``.
+        """
+        d = V.mapping(d, field)
         macs = d.get("macs")
         stage = d.get("stage_macs")
-        return cls(
-            macs=None if macs is None else tuple(float(x) for x in macs),
-            stage_macs=None if stage is None else tuple(float(x) for x in stage),
-            unsupported_ops=tuple(UnsupportedOp.from_dict(u) for u in d.get("unsupported_ops", [])),
-            latency={k: LatencyProfile.from_dict(v) for k, v in d.get("latency", {}).items()},
-            source=str(d.get("source", "profile")),
+        table = cls(
+            macs=None
+            if macs is None
+            else V.number_list(macs, f"{field}.macs", length=k, min_length=1, positive=True, nondecreasing=True),
+            stage_macs=None
+            if stage is None
+            else V.number_list(stage, f"{field}.stage_macs", length=k, min_length=1, minimum=0),
+            unsupported_ops=tuple(
+                UnsupportedOp.from_dict(u, f"{field}.unsupported_ops[{i}]")
+                for i, u in enumerate(V.sequence(d.get("unsupported_ops", []), f"{field}.unsupported_ops"))
+            ),
+            latency={
+                key: LatencyProfile.from_dict(v, f"{field}.latency[{key!r}]")
+                for key, v in V.mapping(d.get("latency", {}), f"{field}.latency").items()
+            },
+            source=V.string(d.get("source", "profile"), f"{field}.source"),
         )
+        for key, prof in table.latency.items():
+            if key != prof.key:
+                raise V.FieldError(
+                    f"{field}.latency[{key!r}]",
+                    f"holds device {prof.device!r} at batch {prof.batch_size} ({prof.key!r})",
+                )
+        lengths = {
+            f"{field}.macs": None if table.macs is None else len(table.macs),
+            f"{field}.stage_macs": None if table.stage_macs is None else len(table.stage_macs),
+            **{f"{field}.latency[{key!r}].stage_ms": len(p.stage_ms) for key, p in table.latency.items()},
+        }
+        want = k if k is not None else next((n for n in lengths.values() if n is not None), None)
+        for name, n in lengths.items():
+            if n is not None and n != want:
+                raise V.FieldError(name, f"must have one entry per exit (K={want}), got {n}")
+        for op in table.unsupported_ops:
+            if want is not None and op.stage > want:
+                raise V.FieldError(f"{field}.unsupported_ops", f"names stage {op.stage} of a run with K={want}")
+        return table
 
 
 # --------------------------------------------------------------------------- reading
@@ -447,7 +516,16 @@ def _missing_run_message(path: Path) -> str:
 
 
 def load_run(path: str | os.PathLike[str]) -> Run:
-    """Open a complete run directory.
+    """Open a complete run directory, validating everything in it once.
+
+    ``run.json`` must be a dyncal run document of a known schema version whose every field
+    has the right type and value (N >= 1, K >= 1, C >= 2; a cost table of K positive,
+    finite, cumulative MACs and well-formed latency entries); the arrays must be regular
+    ``.npy`` files of the shapes ``run.json`` gives (logits floating point ``(N, K, C)``,
+    labels and indices integral ``(N,)``), every label in ``[0, C)`` and every logit
+    finite. The arrays are scanned in blocks (bounded memory; about 0.1 s per GB once in
+    the page cache) and the result is remembered for the process while the files are
+    unchanged.
 
     Args:
         path: The run directory written by ``dyncal collect`` or ``dyncal import``.
@@ -456,8 +534,9 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         The run, with ``logits`` memory-mapped ``(N, K, C)`` and ``labels`` ``(N,)``.
 
     Raises:
-        RunError: The directory is missing, incomplete (interrupted or still being
-            written), from a newer schema, or its arrays disagree with ``run.json``.
+        RunError: One line naming the file and the field that is missing, incomplete
+            (interrupted or still being written), from a newer schema or malformed, and
+            what to do.
 
     Example:
         >>> import numpy as np, tempfile, pathlib
@@ -472,53 +551,186 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         raise RunError(
             f"'{path}' is an unfinished run (interrupted or still being written); re-run collect with --overwrite"
         )
-    if not path.exists():
-        raise RunError(_missing_run_message(path))
-    if not path.is_dir():
-        raise RunError(f"'{path}' is a file, not a run directory")
-    meta_path = path / RUN_JSON
-    if not meta_path.exists():
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise RunError(_missing_run_message(path)) from None
+    except OSError as e:
+        raise RunError(f"cannot open run '{path}': {e.strerror or e}") from e
+    if not stat.S_ISDIR(st.st_mode):
+        raise RunError(f"'{path}' is {V.file_kind(st.st_mode)}, not a run directory")
+    if not (path / RUN_JSON).exists():
         raise RunError(
             f"'{path}' is not a complete dyncal run (no {RUN_JSON}): it was interrupted or "
             "is not a run; re-run collect with --overwrite"
         )
+    meta = _read_run_json(path)
+    n, k, c = _check_header(path, meta)
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise RunError(f"cannot read '{meta_path}': {e}; the run is damaged, re-create it") from e
-    if not isinstance(meta, dict) or meta.get("schema") != "dyncal.run":
-        raise RunError(f"'{meta_path}' is not a dyncal run document")
-    version = meta.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
-        raise RunError(
-            f"'{path}' has run schema version {version!r}; this dyncal reads up to {SCHEMA_VERSION}: upgrade dyncal"
-        )
-    if meta.get("complete") is not True:
-        raise RunError(f"'{path}' is marked incomplete; re-run collect with --overwrite")
+        provenance = Provenance.from_dict(meta.get("provenance", {}))
+    except V.FieldError as e:
+        raise RunError(f"run '{path}': {RUN_JSON} {e}; {_DAMAGED}") from None
+    costs_doc = meta.get("costs")
     try:
-        logits = np.load(path / LOGITS_FILE, mmap_mode="r")
-        labels = np.load(path / LABELS_FILE, mmap_mode="r")
-        indices = np.load(path / INDICES_FILE, mmap_mode="r")
-    except (OSError, ValueError) as e:
-        raise RunError(f"cannot read the arrays of run '{path}': {e}; re-create the run") from e
-    n, k, c = meta.get("n"), meta.get("k"), meta.get("c")
-    if logits.ndim != 3 or logits.shape != (n, k, c):
+        costs = None if costs_doc is None else CostTable.from_dict(costs_doc, k=k)
+    except V.FieldError as e:
         raise RunError(
-            f"run '{path}': logits.npy has shape {logits.shape} but run.json says "
-            f"N={n}, K={k}, C={c}; the run is damaged, re-create it"
-        )
-    if labels.shape != (n,) or indices.shape != (n,):
-        raise RunError(f"run '{path}': labels {labels.shape} / indices {indices.shape} do not match N={n}")
-    costs = meta.get("costs")
+            f"run '{path}': {RUN_JSON} {e}; fix it, or set \"costs\" to null and re-run 'dyncal profile {path}'"
+        ) from None
+    logits = _open_array(path, LOGITS_FILE, (n, k, c), "floating")
+    labels = _open_array(path, LABELS_FILE, (n,), "integer")
+    indices = _open_array(path, INDICES_FILE, (n,), "integer")
+    _check_values(path, logits, labels, c)
     return Run(
         path=path,
         logits=logits,
         labels=labels,
         indices=indices,
-        provenance=Provenance.from_dict(meta.get("provenance", {})),
-        costs=None if costs is None else CostTable.from_dict(costs),
+        provenance=provenance,
+        costs=costs,
         meta=meta,
     )
+
+
+_DAMAGED = "the run is damaged: re-create it with dyncal collect or dyncal import"
+MAX_RUN_JSON_BYTES = 64 << 20
+"""Largest run.json accepted (raw latency replicates of many devices fit in a few MB)."""
+_SCAN_BYTES = 16 << 20
+_SCANNED: dict[tuple[Any, ...], tuple[int, int]] = {}
+
+
+def _read_run_json(path: Path) -> dict[str, Any]:
+    try:
+        return V.read_json_document(path / RUN_JSON, what="a dyncal run document", max_bytes=MAX_RUN_JSON_BYTES)
+    except DyncalError as e:
+        raise RunError(f"run '{path}': {e}; {_DAMAGED}") from None
+
+
+def _check_header(path: Path, meta: Mapping[str, Any]) -> tuple[int, int, int]:
+    """Validate run.json's schema, version, completeness and N/K/C; return ``(n, k, c)``."""
+    if meta.get("schema") != "dyncal.run":
+        raise RunError(
+            f"run '{path}': {RUN_JSON} is not a dyncal run document (field 'schema' is "
+            f'{V.show(meta.get("schema"))}, not "dyncal.run"); {_DAMAGED}'
+        )
+    version = meta.get("schema_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        raise RunError(
+            f"run '{path}' has run schema version {V.show(version)}; this dyncal reads up to {SCHEMA_VERSION}: "
+            "upgrade dyncal"
+        )
+    try:
+        V.integer(V.require(meta, "schema_version"), "schema_version", minimum=1, maximum=SCHEMA_VERSION)
+        if meta.get("complete") is not True:
+            raise RunError(
+                f"run '{path}': {RUN_JSON} marks the run incomplete (field 'complete' is "
+                f"{V.show(meta.get('complete'))}); re-run collect with --overwrite"
+            )
+        n = V.integer(V.require(meta, "n"), "n", minimum=1)
+        k = V.integer(V.require(meta, "k"), "k", minimum=1)
+        c = V.integer(V.require(meta, "c"), "c", minimum=2)
+        files = meta.get("files")
+        default = {"logits": LOGITS_FILE, "labels": LABELS_FILE, "indices": INDICES_FILE}
+        if files is not None and files != default:
+            raise V.FieldError("files", f"must be {json.dumps(default)}, got {V.show(files, 80)}")
+        fingerprint = meta.get("fingerprint")
+        if fingerprint is not None and not _is_sha256(fingerprint):
+            raise V.FieldError("fingerprint", f"must be a SHA-256 hex digest, got {V.show(fingerprint)}")
+    except V.FieldError as e:
+        raise RunError(f"run '{path}': {RUN_JSON} {e}; {_DAMAGED}") from None
+    return n, k, c
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(ch in "0123456789abcdef" for ch in value)
+
+
+def _open_array(path: Path, name: str, shape: tuple[int, ...], kind: str) -> np.ndarray:
+    """Memory-map one array of a run after checking it is a regular, whole ``.npy`` of ``shape`` and ``kind``."""
+    file = path / name
+    try:
+        st = os.stat(file)
+    except FileNotFoundError:
+        raise RunError(f"run '{path}': {name} is missing; {_DAMAGED}") from None
+    except OSError as e:
+        raise RunError(f"run '{path}': cannot read {name} ({e.strerror or e}); {_DAMAGED}") from e
+    if not stat.S_ISREG(st.st_mode):
+        raise RunError(f"run '{path}': {name} is {V.file_kind(st.st_mode)}, not a .npy file; {_DAMAGED}")
+    if st.st_size == 0:
+        raise RunError(f"run '{path}': {name} is empty (0 bytes); {_DAMAGED}")
+    try:
+        arr = np.load(file, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise RunError(f"run '{path}': {name} is not a whole .npy array ({reason[:120]}); {_DAMAGED}") from None
+    if not isinstance(arr, np.ndarray):  # an .npz archive under the name
+        arr.close()
+        raise RunError(f"run '{path}': {name} is an .npz archive, not a .npy array; {_DAMAGED}")
+    wanted = np.floating if kind == "floating" else np.integer
+    if not np.issubdtype(arr.dtype, wanted):
+        what = "floating-point logits" if kind == "floating" else "integers"
+        raise RunError(f"run '{path}': {name} holds {arr.dtype} values, not {what}; {_DAMAGED}")
+    if arr.shape != shape:
+        dims = "(N, K, C)" if len(shape) == 3 else "(N,)"
+        raise RunError(f"run '{path}': {name} has shape {arr.shape} but {RUN_JSON} says {dims} = {shape}; {_DAMAGED}")
+    return arr
+
+
+def _scan(arr: np.ndarray, count: Callable[[np.ndarray], int]) -> int:
+    """Sum ``count(block)`` over the raw data of a memory-mapped array, read in bounded blocks."""
+    mm = arr if isinstance(arr, np.memmap) else None
+    if mm is None or mm.filename is None:
+        flat = np.asarray(arr).reshape(-1)
+        step = max(1, _SCAN_BYTES // max(1, flat.itemsize))
+        return sum(count(flat[i : i + step]) for i in range(0, flat.size, step))
+    step = max(1, _SCAN_BYTES // mm.itemsize)
+    buf = np.empty(min(step, mm.size), dtype=mm.dtype)
+    total = 0
+    with open(mm.filename, "rb") as fh:
+        fh.seek(mm.offset)
+        left = mm.size
+        while left:
+            view = buf[: min(step, left)]
+            got = fh.readinto(view.view(np.uint8).data)
+            if got != view.nbytes:
+                raise RunError(f"'{mm.filename}' changed while it was read; try again")
+            total += count(view)
+            left -= view.size
+    return total
+
+
+def _nonfinite(block: np.ndarray) -> int:
+    with np.errstate(invalid="ignore", over="ignore"):
+        if np.isfinite(np.add.reduce(block, dtype=block.dtype)):  # NaN and inf propagate: one pass
+            return 0
+    return int(block.size - np.count_nonzero(np.isfinite(block)))  # or the sum overflowed
+
+
+def _check_values(path: Path, logits: np.ndarray, labels: np.ndarray, c: int) -> None:
+    """Refuse labels outside ``[0, C)`` and non-finite logits, counting them (remembered per file state)."""
+    key: tuple[Any, ...] = (c,)
+    for name in (LOGITS_FILE, LABELS_FILE):
+        st = os.stat(path / name)
+        key += (os.path.realpath(path / name), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _SCANNED:
+        bad_labels, nonfinite = _SCANNED[key]
+    else:
+        bad_labels = _scan(labels, lambda b: int(np.count_nonzero((b < 0) | (b >= c))))
+        nonfinite = _scan(logits, _nonfinite)
+        if len(_SCANNED) > 256:
+            _SCANNED.clear()
+        _SCANNED[key] = (bad_labels, nonfinite)
+    if bad_labels:
+        lo, hi = int(labels.min()), int(labels.max())
+        raise RunError(
+            f"run '{path}': {LABELS_FILE} has {bad_labels} of {labels.shape[0]} labels outside [0, {c}) "
+            f"(C={c} classes; labels range from {lo} to {hi}); {_DAMAGED} with the right labels"
+        )
+    if nonfinite:
+        raise RunError(
+            f"run '{path}': {LOGITS_FILE} holds {nonfinite} NaN or infinite values of {logits.size}; "
+            "fix the model or the export, then re-create the run"
+        )
 
 
 MODEL_ID_KEYS = ("model", "weights_sha256", "state_sha256")
@@ -578,7 +790,10 @@ def save_costs(
         raise RunError(f"cost table has {len(costs.macs)} exits but the run has K={run.k}")
     meta = dict(run.meta)
     meta["costs"] = costs.to_dict()
-    atomic_write_text(Path(path) / RUN_JSON, json.dumps(meta, indent=2))
+    try:
+        atomic_write_text(Path(path) / RUN_JSON, json.dumps(meta, indent=2))
+    except OSError as e:
+        raise RunError(f"cannot write the cost table into '{Path(path) / RUN_JSON}': {e.strerror or e}") from e
     return costs
 
 
@@ -659,7 +874,10 @@ class RunWriter:
                     "running; pass --overwrite to discard it"
                 )
             shutil.rmtree(self.partial)
-        self.partial.mkdir(parents=True)
+        try:
+            self.partial.mkdir(parents=True)
+        except OSError as e:
+            raise RunError(f"cannot create the run '{self.out}': {e.strerror or e}; choose another --out") from e
 
     @classmethod
     def attach(cls, out: str | os.PathLike[str], n: int, k: int, c: int) -> RunWriter:
@@ -737,31 +955,68 @@ class RunWriter:
 
 
 def is_run_dir(path: Path) -> bool:
-    """Whether ``path`` is a directory dyncal wrote as a run (so ``--overwrite`` may replace it)."""
+    """Whether ``path`` is a directory dyncal wrote as a run (its run.json says so).
+
+    Only regular files are read, so a FIFO named run.json never blocks.
+    """
     try:
-        meta = json.loads((path / RUN_JSON).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        meta = V.read_json_document(path / RUN_JSON, what="a run document", max_bytes=MAX_RUN_JSON_BYTES)
+    except DyncalError:
         return False
-    return isinstance(meta, dict) and meta.get("schema") == "dyncal.run"
+    return meta.get("schema") == "dyncal.run"
+
+
+def run_dir_holding(path: str | os.PathLike[str]) -> Path | None:
+    """The run directory (complete, damaged or ``.partial``) that ``path`` is or lies inside, if any.
+
+    A folder counts as a run when its run.json says so, when it holds a run.json beside a
+    logits.npy (a damaged run is still somebody's run), or when its name ends in
+    ``.partial`` and it holds either.
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "run"
+        >>> _ = import_arrays(np.zeros((2, 2, 2), np.float32), [0, 1], out)
+        >>> run_dir_holding(out / "thresholds.json") == out
+        True
+        >>> run_dir_holding(out.parent / "thresholds.json") is None
+        True
+    """
+    p = Path(os.path.realpath(path))
+    for folder in (p, *p.parents):
+        if not folder.is_dir():
+            continue
+        has_json, has_logits = (os.path.lexists(folder / name) for name in (RUN_JSON, LOGITS_FILE))
+        partial = folder.name.endswith(PARTIAL_SUFFIX) and (has_json or has_logits)
+        if partial or (has_json and (has_logits or is_run_dir(folder))):
+            return folder
+    return None
 
 
 def check_out(out: Path, *, overwrite: bool) -> None:
-    """Refuse an output directory that exists unless ``overwrite`` and it is a dyncal run.
+    """Refuse an output run directory that is unsafe to create or replace.
 
     ``--overwrite`` never deletes a folder dyncal did not write: an existing ``out``
-    must be a run (or an empty folder) to be replaced.
+    must be a run (or an empty folder) to be replaced. ``out`` may not lie inside another
+    run directory, and its parent folder must exist and be writable.
     """
+    out = Path(out)
     if out.exists() and not overwrite:
         raise RunError(f"'{out}' already exists; choose another --out or pass --overwrite")
     if out.exists() and not out.is_dir():
-        raise RunError(f"'{out}' exists and is a file; choose another --out")
+        raise RunError(f"'{out}' exists and is not a folder; choose another --out")
     if out.exists() and not is_run_dir(out) and any(out.iterdir()):
         raise RunError(
             f"'{out}' exists and is not a dyncal run; --overwrite only replaces runs, so "
             "choose another --out (or remove the folder yourself)"
         )
-    if not out.parent.exists():
+    if not out.parent.is_dir():
         raise RunError(f"the folder '{out.parent}' for --out does not exist; create it first")
+    inside = run_dir_holding(out.parent)
+    if inside is not None:
+        raise RunError(f"--out '{out}' lies inside the run directory '{inside}'; choose a folder outside any run")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise RunError(f"cannot write in the folder '{out.parent}' for --out (permission denied); choose another --out")
 
 
 def _run_document(n: int, k: int, c: int, provenance: Provenance, costs: CostTable | None) -> dict[str, Any]:
@@ -838,6 +1093,8 @@ def import_arrays(
     labels = np.asarray(labels)
     if logits.ndim != 3:
         raise RunError(f"logits must be 3-D ({'N, K, C' if layout == 'nkc' else 'K, N, C'}), got shape {logits.shape}")
+    if not (np.issubdtype(logits.dtype, np.floating) or np.issubdtype(logits.dtype, np.integer)):
+        raise RunError(f"logits must be real numbers, got dtype {logits.dtype}")
     if layout == "knc":
         k, n, c = logits.shape
     else:
@@ -845,49 +1102,84 @@ def import_arrays(
     if labels.ndim != 1 or labels.shape[0] != n:
         hint = " (is the layout (K, N, C)? pass --layout knc)" if labels.ndim == 1 and labels.shape[0] == k else ""
         raise RunError(f"labels must have shape ({n},) to match logits {logits.shape}, got {labels.shape}{hint}")
+    if n < 1:
+        raise RunError(f"a run needs at least one sample, got N={n}")
     if k < 1:
         raise RunError(f"a run needs K >= 1 exits (K = 1: a static model), got K={k}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        if np.issubdtype(labels.dtype, np.floating) and np.all(np.mod(labels, 1) == 0):
-            labels = labels.astype(np.int64)
-        else:
-            raise RunError(f"labels must be integers, got dtype {labels.dtype}")
-    if n and (labels.min() < 0 or labels.max() >= c):
-        bad = labels[(labels < 0) | (labels >= c)][:5].tolist()
-        raise RunError(f"labels must lie in [0, {c}) for C={c} classes; found {bad}")
+    if c < 2:
+        raise RunError(f"a classifier needs C >= 2 classes, got C={c}")
+    labels = _integral_labels(labels, c)
     if indices is not None:
         indices = np.asarray(indices)
         if indices.shape != (n,):
             raise RunError(f"indices must have shape ({n},), got {indices.shape}")
+        if not np.issubdtype(indices.dtype, np.integer):
+            raise RunError(f"indices must be integers, got dtype {indices.dtype}")
     cost_table = None
     if macs is not None:
         cost_table = CostTable(macs=_validate_macs(macs, k), source="import")
-    with RunWriter(out, n, overwrite=overwrite) as writer:
-        writer.allocate(k, c)
-        for start in range(0, n, chunk_rows):
-            stop = min(n, start + chunk_rows)
-            block = logits[start:stop] if layout == "nkc" else np.swapaxes(logits[:, start:stop], 0, 1)
-            block = np.asarray(block, dtype=np.float32)
-            finite = np.isfinite(block)
-            if not finite.all():
-                row, exit_ = np.argwhere(~finite)[0][:2]
+    try:
+        with RunWriter(out, n, overwrite=overwrite) as writer:
+            writer.allocate(k, c)
+            nonfinite = 0
+            first: tuple[int, int] | None = None
+            for start in range(0, n, chunk_rows):
+                stop = min(n, start + chunk_rows)
+                block = logits[start:stop] if layout == "nkc" else np.swapaxes(logits[:, start:stop], 0, 1)
+                block = np.asarray(block, dtype=np.float32)
+                finite = np.isfinite(block)
+                if not finite.all():  # count them all, write nothing more
+                    if first is None:
+                        row, ex = np.argwhere(~finite)[0][:2]
+                        first = (start + int(row), int(ex) + 1)
+                    nonfinite += int(finite.size - np.count_nonzero(finite))
+                if nonfinite:
+                    continue
+                idx = np.arange(start, stop) if indices is None else indices[start:stop]
+                writer.write(start, block, labels[start:stop], idx)
+            if first is not None:
                 raise RunError(
-                    f"logits contain NaN or inf (first at row {start + row}, exit {exit_ + 1}); "
+                    f"logits contain {nonfinite} NaN or infinite values (first at row {first[0]}, exit {first[1]}); "
                     "fix the model or the export before importing"
                 )
-            idx = np.arange(start, stop) if indices is None else indices[start:stop]
-            writer.write(start, block, labels[start:stop], idx)
-        prov = provenance or Provenance.here(model="(imported)", data="(imported)", device="unknown")
-        writer.finish(prov, cost_table)
+            prov = provenance or Provenance.here(model="(imported)", data="(imported)", device="unknown")
+            writer.finish(prov, cost_table)
+    except OSError as e:
+        raise RunError(f"cannot write the run '{out}': {e.strerror or e}; choose another --out") from e
     return load_run(out)
 
 
+def _integral_labels(labels: np.ndarray, c: int) -> np.ndarray:
+    """Labels as int64 after checking they are whole numbers in ``[0, C)`` (counting the bad ones)."""
+    if np.issubdtype(labels.dtype, np.floating):
+        with np.errstate(invalid="ignore"):
+            whole = np.isfinite(labels) & (np.mod(labels, 1) == 0)
+        if not whole.all():
+            bad = labels[~whole][:3].tolist()
+            raise RunError(f"labels must be whole numbers; {int((~whole).sum())} of {labels.size} are not (e.g. {bad})")
+    elif not np.issubdtype(labels.dtype, np.integer):
+        raise RunError(f"labels must be integers, got dtype {labels.dtype}")
+    out_of_range = (labels < 0) | (labels >= c)
+    if out_of_range.any():
+        bad = labels[out_of_range][:3].tolist()
+        raise RunError(
+            f"labels must lie in [0, {c}) for C={c} classes; {int(out_of_range.sum())} of {labels.size} "
+            f"do not (e.g. {bad})"
+        )
+    return labels.astype(np.int64, copy=False)
+
+
 def _validate_macs(macs: Sequence[float], k: int) -> tuple[float, ...]:
-    vals = tuple(float(m) for m in macs)
-    if len(vals) != k:
-        raise RunError(f"--macs needs one cumulative cost per exit (K={k}), got {len(vals)}")
-    if any(not np.isfinite(v) or v <= 0 for v in vals):
-        raise RunError(f"--macs must be positive finite numbers, got {list(vals)}")
+    try:
+        vals = V.number_list(
+            [m.item() if isinstance(m, np.generic) else m for m in macs],
+            "--macs",
+            length=k,
+            positive=True,
+            nondecreasing=True,
+        )
+    except V.FieldError as e:
+        raise RunError(f"{e.field} {e.problem}; give one cumulative cost per exit (K={k}), exit 1 first") from None
     if any(b <= a for a, b in zip(vals, vals[1:], strict=False)):
         raise RunError(f"--macs must be cumulative (strictly increasing, exit 1 first), got {list(vals)}")
     return vals
@@ -907,10 +1199,17 @@ def import_npz(
     is missing, unreadable or lacks an array.
     """
     path = Path(path)
-    if not path.exists():
-        raise RunError(f"no such file '{path}'")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        st = os.stat(path)
+    except OSError:
+        raise RunError(f"no such file '{path}'") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise RunError(f"'{path}' is {V.file_kind(st.st_mode)}, not an .npz file")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise RunError(f"'{path}' is a single .npy array, not an .npz with arrays 'logits' and 'labels'")
+        with loaded as npz:
             missing = [key for key in ("logits", "labels") if key not in npz.files]
             if missing:
                 raise RunError(f"'{path}' has no array {missing[0]!r} (found: {', '.join(npz.files) or 'none'})")
@@ -918,7 +1217,8 @@ def import_npz(
             labels = npz["labels"]
             indices = npz["indices"] if "indices" in npz.files else None
     except NPZ_READ_ERRORS as e:
-        raise RunError(f"cannot read '{path}' as .npz ({type(e).__name__}: {e}); is the file complete?") from e
+        reason = (str(e).splitlines() or [""])[0][:120]
+        raise RunError(f"cannot read '{path}' as .npz ({type(e).__name__}: {reason}); is the file complete?") from e
     prov = Provenance.here(model="(imported)", data=str(path), device="unknown")
     return import_arrays(
         logits,

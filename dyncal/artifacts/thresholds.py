@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dyncal.artifacts.validate import FieldError, read_json_document
 from dyncal.errors import DyncalError
 
 if TYPE_CHECKING:
@@ -47,27 +48,46 @@ def decision_fingerprint(score: str, temperatures: Sequence[float], thresholds: 
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+MAX_THRESHOLDS_BYTES = 16 << 20
+"""Largest thresholds.json accepted (dyncal writes a few kB)."""
+
+
 def read_thresholds(path: str | os.PathLike[str]) -> ThresholdsResult:
-    """Read a thresholds.json written by ``dyncal solve``.
+    """Read and validate a thresholds.json written by ``dyncal solve``.
+
+    The file must be a regular file holding a small UTF-8 JSON object of bounded nesting
+    (:func:`dyncal.artifacts.validate.read_json_document`), and every field must have its
+    type and shape (:meth:`ThresholdsResult.from_dict`). Whether the thresholds belong to
+    a run is :func:`check_thresholds_for_run`'s question.
 
     Raises:
-        DyncalError: Missing, unreadable or not a thresholds document.
+        DyncalError: One line naming the file, the malformed field and what to do.
+
+    Example:
+        >>> import json, tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "t.json"
+        >>> _ = p.write_text(json.dumps({"schema_version": 1, "thresholds": [float("nan"), None]}))
+        >>> read_thresholds(p)
+        Traceback (most recent call last):
+        ...
+        dyncal.errors.DyncalError: '...t.json' is not a valid thresholds document: field 'thresholds[0]' must be a \
+finite number, got nan; write a new one with 'dyncal solve RUN --budget ... --out ...t.json'
     """
     from dyncal.calibrate.solvers import ThresholdsResult
 
     path = Path(path)
-    if not path.exists():
-        raise DyncalError(f"no such file '{path}'; write one with 'dyncal solve RUN --budget ... --out {path}'")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise DyncalError(f"cannot read '{path}' as JSON: {e}") from e
-    if not isinstance(doc, dict) or "thresholds" not in doc:
-        raise DyncalError(f"'{path}' is not a thresholds document (no 'thresholds' key)")
+    redo = f"write a new one with 'dyncal solve RUN --budget ... --out {path}'"
+    if not path.exists() and not path.is_symlink():
+        raise DyncalError(f"no such file '{path}'; {redo}")
+    doc = read_json_document(path, what="a thresholds document", max_bytes=MAX_THRESHOLDS_BYTES)
+    if "thresholds" not in doc:
+        raise DyncalError(f"'{path}' is not a thresholds document (no 'thresholds' key); {redo}")
     try:
         return ThresholdsResult.from_dict(doc)
-    except (KeyError, TypeError, ValueError) as e:
-        raise DyncalError(f"'{path}' is not a valid thresholds document: {e}") from e
+    except FieldError as e:
+        raise DyncalError(f"'{path}' is not a valid thresholds document: {e}; {redo}") from None
+    except DyncalError as e:  # a newer schema version
+        raise DyncalError(f"'{path}': {e}") from None
 
 
 def check_thresholds_for_run(thresholds: ThresholdsResult, run: Run) -> None:

@@ -71,10 +71,11 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
+from dyncal.artifacts import validate as V
 from dyncal.calibrate.budget import (
     BudgetTarget,
     cost_units,
@@ -927,41 +928,78 @@ class ThresholdsResult:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ThresholdsResult:
-        """Read a thresholds.json document.
+        """Read a thresholds.json document, checking every field's type and shape.
+
+        ``thresholds`` must list K >= 2 entries, finite numbers with the last null;
+        ``temperatures`` K positive finite numbers; ``exit_shares`` (and, when present,
+        ``temperature_at_bound``) K entries; accuracies fractions in [0, 1].
 
         Raises:
-            DyncalError: Not a thresholds document, or from a newer schema.
+            DyncalError: From a newer schema version.
+            FieldError: The first malformed field (a :class:`DyncalError` naming it).
         """
-        version = d.get("schema_version")
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
+        d = V.mapping(d, "(document)")
+        schema = d.get("schema", "dyncal.thresholds")
+        if schema != "dyncal.thresholds":
+            raise V.FieldError("schema", f'must be "dyncal.thresholds", got {V.show(schema)}')
+        version = V.require(d, "schema_version")
+        if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
             raise DyncalError(
-                f"thresholds document has schema version {version!r}; this dyncal reads up to {SCHEMA_VERSION}"
+                f"thresholds document has schema version {version}; this dyncal reads up to {SCHEMA_VERSION}: "
+                "upgrade dyncal"
             )
-        thresholds_from_json(d["thresholds"])  # validates the shape
+        version = V.integer(version, "schema_version", minimum=1)
+        raw = V.sequence(V.require(d, "thresholds"), "thresholds", min_length=2)
+        k = len(raw)
+        if raw[-1] is not None:
+            raise V.FieldError(f"thresholds[{k - 1}]", f"(the last exit's) must be null, got {V.show(raw[-1])}")
+        thresholds = tuple(V.number(v, f"thresholds[{i}]") for i, v in enumerate(raw[:-1]))
+
+        def opt_number(key: str, **bounds: Any) -> float | None:
+            v = d.get(key)
+            return None if v is None else V.number(v, key, **bounds)
+
         ci = d.get("holdout_ci")
+        at_bound = d.get("temperature_at_bound")
+        fingerprint = d.get("run_fingerprint")
         return cls(
-            score=str(d["score"]),
-            temperatures=tuple(float(v) for v in d["temperatures"]),
-            thresholds=tuple(None if v is None else float(v) for v in d["thresholds"]),
-            method=str(d["method"]),
-            budget=dict(d.get("budget") or {}),
-            expected_macs=None if d.get("expected_macs") is None else float(d["expected_macs"]),
-            expected_ms={str(k): float(v) for k, v in (d.get("expected_ms") or {}).items()},
-            calibration_accuracy=float(d["calibration_accuracy"]),
-            holdout_accuracy=None if d.get("holdout_accuracy") is None else float(d["holdout_accuracy"]),
-            holdout_ci=None if ci is None else (float(ci[0]), float(ci[1])),
-            exit_shares=tuple(float(v) for v in d["exit_shares"]),
-            static=tuple(dict(s) for s in d.get("static", [])),
-            holdout=None if d.get("holdout") is None else dict(d["holdout"]),
-            split=dict(d.get("split") or {}),
-            risk=None if d.get("risk") is None else dict(d["risk"]),
-            run=str(d.get("run", "")),
-            n_classes=int(d.get("n_classes", 0)),
+            score=V.string(V.require(d, "score"), "score", choices=SCORES),
+            temperatures=V.number_list(V.require(d, "temperatures"), "temperatures", length=k, positive=True),
+            thresholds=(*thresholds, None),
+            method=V.string(V.require(d, "method"), "method"),
+            budget=_budget_from_dict(d.get("budget") or {}),
+            expected_macs=opt_number("expected_macs", minimum=0),
+            expected_ms={
+                str(key): V.number(v, f"expected_ms[{key!r}]", minimum=0)
+                for key, v in V.mapping(d.get("expected_ms") or {}, "expected_ms").items()
+            },
+            calibration_accuracy=V.number(
+                V.require(d, "calibration_accuracy"), "calibration_accuracy", minimum=0, maximum=1
+            ),
+            holdout_accuracy=opt_number("holdout_accuracy", minimum=0, maximum=1),
+            holdout_ci=None
+            if ci is None
+            else cast(
+                "tuple[float, float]",
+                V.number_list(ci, "holdout_ci", length=2, minimum=0, maximum=1, nondecreasing=True),
+            ),
+            exit_shares=V.number_list(V.require(d, "exit_shares"), "exit_shares", length=k, minimum=0, maximum=1),
+            static=tuple(
+                dict(V.mapping(s, f"static[{i}]")) for i, s in enumerate(V.sequence(d.get("static", []), "static"))
+            ),
+            holdout=V.optional_mapping(d.get("holdout"), "holdout"),
+            split=dict(V.mapping(d.get("split") or {}, "split")),
+            risk=V.optional_mapping(d.get("risk"), "risk"),
+            run=V.string(d.get("run", ""), "run"),
+            n_classes=V.integer(d.get("n_classes", 0), "n_classes", minimum=0),
             temperature_at_bound=None
-            if d.get("temperature_at_bound") is None
-            else tuple(bool(v) for v in d["temperature_at_bound"]),
-            schema_version=int(version),
-            run_fingerprint=None if d.get("run_fingerprint") is None else str(d["run_fingerprint"]),
+            if at_bound is None
+            else tuple(
+                _boolean(v, f"temperature_at_bound[{i}]")
+                for i, v in enumerate(V.sequence(at_bound, "temperature_at_bound", length=k))
+            ),
+            schema_version=version,
+            run_fingerprint=None if fingerprint is None else V.string(fingerprint, "run_fingerprint"),
         )
 
     @property
@@ -975,6 +1013,24 @@ class ThresholdsResult:
     def threshold_array(self) -> np.ndarray:
         """The ``K - 1`` thresholds as floats."""
         return thresholds_from_json(list(self.thresholds))
+
+
+def _boolean(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise V.FieldError(field, f"must be true or false, got {V.show(value)}")
+    return value
+
+
+def _budget_from_dict(value: Any) -> dict[str, Any]:
+    """The ``budget`` object of a thresholds document: text fields text, numbers finite."""
+    budget = dict(V.mapping(value, "budget"))
+    for key in ("asked", "unit"):
+        if budget.get(key) is not None:
+            V.string(budget[key], f"budget.{key}")
+    for key in ("value", "fraction", "met", "met_fraction"):
+        if budget.get(key) is not None:
+            V.number(budget[key], f"budget.{key}", minimum=0)
+    return budget
 
 
 def _cost_summary(units: Mapping[str, tuple[float, ...]], exits: np.ndarray) -> tuple[float | None, dict[str, float]]:

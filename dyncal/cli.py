@@ -283,18 +283,23 @@ def info(run: RunArg, json_: JsonOpt = False) -> None:
 # ----------------------------------------------------------------- profile
 
 
-def _parse_int_list(text: str | None, option: str) -> list[int] | None:
+MAX_BATCH_SIZE = 65536
+"""Largest --batch-size profile and verify accept (a bigger batch is a typo, not a measurement)."""
+
+
+def _parse_int_list(text: str | None, option: str, maximum: int | None = None) -> list[int] | None:
     if text is None:
         return None
     items = [v.strip() for v in text.split(",")]
     if "" in items:
         raise DyncalError(f"{option} has an empty item in {text!r}; give comma-separated integers, e.g. 1,32")
     try:
-        values = [int(v) for v in items]
+        values = [int(v) for v in items if len(v) < 20]
     except ValueError:
-        raise DyncalError(f"{option} must be comma-separated integers, e.g. 1,32; got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise DyncalError(f"{option} must be positive integers, e.g. 1,32; got {text!r}")
+        raise DyncalError(f"{option} must be comma-separated integers, e.g. 1,32; got {text[:40]!r}") from None
+    if len(values) != len(items) or any(v < 1 or (maximum is not None and v > maximum) for v in values):
+        bound = "positive integers" if maximum is None else f"integers from 1 to {maximum}"
+        raise DyncalError(f"{option} must be {bound}, e.g. 1,32; got {text[:40]!r}")
     return values
 
 
@@ -341,7 +346,7 @@ def profile(
         shape = _parse_int_list(input_shape, "--input-shape")
         options = ProfileOptions(
             devices=tuple(device or ["cpu"]),
-            batch_sizes=tuple(_parse_int_list(batch_size, "--batch-size") or [1]),
+            batch_sizes=tuple(_parse_int_list(batch_size, "--batch-size", MAX_BATCH_SIZE) or [1]),
             threads=threads,
             model=model,
             weights=None if weights is None else str(weights),
@@ -400,16 +405,6 @@ _RISK_HELP = (
     "deployment samples are exchangeable (i.i.d. from one distribution); under distribution shift "
     "the guarantee does not hold."
 )
-
-
-def _check_out_file(path: Path, overwrite: bool = False) -> None:
-    """Refuse an output file whose folder does not exist, or that exists (as collect does)."""
-    if not path.parent.exists():
-        raise DyncalError(f"the folder '{path.parent}' for --out does not exist; create it first")
-    if path.is_dir():
-        raise DyncalError(f"--out '{path}' is a folder; give a file name such as thresholds.json")
-    if path.exists() and not overwrite:
-        raise DyncalError(f"'{path}' already exists; choose another --out or pass --overwrite")
 
 
 def _pct(x: float | None) -> str:
@@ -524,11 +519,12 @@ def solve(
 
     Example: dyncal solve run --budget 0.5x --out thresholds.json
     """
+    from dyncal.artifacts.outputs import check_output_file, write_output
     from dyncal.calibrate.solvers import solve_run
-    from dyncal.run import atomic_write_text, load_run
+    from dyncal.run import load_run
 
     with user_errors():
-        _check_out_file(out, overwrite)
+        check_output_file(out, overwrite=overwrite, kind="thresholds", protect=(run,))
         loaded = load_run(run)
         asked_latency = _asked_latency(loaded, device, batch_size)
         result = solve_run(
@@ -545,7 +541,7 @@ def solve(
             delta=delta,
         )
         doc = result.to_dict()
-        atomic_write_text(out, json.dumps(_json_safe(doc), indent=2) + "\n")
+        write_output(out, json.dumps(_json_safe(doc), indent=2) + "\n")
     if json_:
         echo_json(doc)
         return
@@ -593,10 +589,11 @@ def frontier(
     Example: dyncal frontier run --out frontier.csv
     """
     from dyncal.analysis.frontier import compute_frontier, write_frontier_csv
+    from dyncal.artifacts.outputs import check_output_file, output_errors
     from dyncal.run import load_run
 
     with user_errors():
-        _check_out_file(out, overwrite)
+        check_output_file(out, overwrite=overwrite, kind="frontier", protect=(run,))
         names = tuple(m.strip() for m in methods.split(",") if m.strip())
         df = compute_frontier(
             load_run(run),
@@ -609,7 +606,8 @@ def frontier(
             device=device,
             batch_size=batch_size,
         )
-        write_frontier_csv(df, out)
+        with output_errors(out):
+            write_frontier_csv(df, out)
     if json_:
         records = json.loads(df.to_json(orient="records", double_precision=15))
         echo_json({"path": str(out), "rows": records})
@@ -671,7 +669,7 @@ def verify(
     from dyncal.runtime import verify_run
 
     with user_errors():
-        sizes = _parse_int_list(batch_size, "--batch-size") or [1]
+        sizes = _parse_int_list(batch_size, "--batch-size", MAX_BATCH_SIZE) or [1]
         result = verify_run(
             run,
             read_thresholds(thresholds),
@@ -939,10 +937,11 @@ def plot(
 
     Example: dyncal plot run --kind frontier --out frontier.svg
     """
+    from dyncal.artifacts.outputs import check_output_file
     from dyncal.reports.pdf import export_figure
 
     with user_errors():
-        _check_out_file(out, overwrite)
+        check_output_file(out, overwrite=overwrite, kind="figure", protect=(run,))
         path = export_figure(
             run, kind, out, budget=budget, device=device, batch_size=batch_size, method=method, dpi=dpi
         )

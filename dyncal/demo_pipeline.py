@@ -67,6 +67,7 @@ def run_demo(
         RunError: ``out`` exists without ``overwrite``.
     """
     from dyncal.analysis.frontier import compute_frontier, write_frontier_csv
+    from dyncal.artifacts.outputs import check_output_folder, output_errors
     from dyncal.calibrate.solvers import solve_run
     from dyncal.collect import collect_run
     from dyncal.data import load_dataset
@@ -76,7 +77,7 @@ def run_demo(
     from dyncal.run import load_run
     from dyncal.runtime import verify_run
 
-    out = Path(out)
+    out = check_output_folder(out)
     if out.exists():
         if not overwrite:
             raise RunError(f"'{out}' already exists; choose another --out or pass --overwrite")
@@ -88,7 +89,8 @@ def run_demo(
                 "folder, so choose another --out"
             )
         shutil.rmtree(out)
-    out.mkdir(parents=True)
+    with output_errors(out):
+        out.mkdir(parents=True)
     t0 = time.perf_counter()
     run_dir = out / "run"
 

@@ -36,7 +36,7 @@ def stratified_split(labels: np.ndarray, holdout: float, seed: int = 0) -> tuple
         ``(fit_idx, holdout_idx)``, sorted int64 index arrays.
 
     Raises:
-        DyncalError: ``holdout`` out of range; so large that a class of several samples
+        DyncalError: ``seed`` negative; ``holdout`` out of range; so large that a class of several samples
             would have none left to fit on; or leaving nothing held out at all.
 
     Example:
@@ -48,6 +48,8 @@ def stratified_split(labels: np.ndarray, holdout: float, seed: int = 0) -> tuple
     labels = np.asarray(labels)
     if not (0.0 <= holdout < 1.0) or math.isnan(holdout):
         raise DyncalError(f"--holdout must be a fraction in [0, 1), got {holdout}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DyncalError(f"--seed must be a non-negative integer, got {seed!r}")
     n = labels.shape[0]
     if holdout == 0.0:
         return np.arange(n, dtype=np.int64), np.zeros(0, dtype=np.int64)

@@ -330,6 +330,12 @@ def test_plot_errors(demo_runs: dict[str, Path], tmp_path: Path, cli) -> None:
         cli("plot", demo_runs["plain"], "--kind", "exits", "--out", kept), r"already exists.*--overwrite"
     )
     assert kept.read_bytes() == b"mine"
+    assert_clean_error(  # --overwrite replaces only what dyncal wrote
+        cli("plot", demo_runs["plain"], "--kind", "exits", "--out", kept, "--overwrite"), r"dyncal did not write it"
+    )
+    assert kept.read_bytes() == b"mine"
+    kept.unlink()
+    assert cli("plot", demo_runs["plain"], "--kind", "exits", "--out", kept).exit_code == 0
     assert cli("plot", demo_runs["plain"], "--kind", "exits", "--out", kept, "--overwrite").exit_code == 0
 
 

@@ -67,6 +67,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 A4_INCHES = (8.27, 11.69)
+MAX_REPORT_EXITS = 12
+"""Most exits the report's pages have room for (tables and reliability diagrams, one per exit)."""
 PAGE_TITLES = (
     "Decision",
     "Accuracy vs MACs",
@@ -1640,6 +1642,7 @@ def render_pdf(data: ReportData) -> bytes:
     """
     from matplotlib.backends.backend_pdf import PdfPages
 
+    _check_report_exits(data.run)
     pages = (
         _page_decision,
         _page_frontier,
@@ -1661,6 +1664,15 @@ def render_pdf(data: ReportData) -> bytes:
             fig = draw(data)
             pdf.savefig(fig)
     return buf.getvalue()
+
+
+def _check_report_exits(run: Run) -> None:
+    """Refuse a run with more exits than the report's pages have room for."""
+    if run.k > MAX_REPORT_EXITS:
+        raise DyncalError(
+            f"the PDF report lays out at most {MAX_REPORT_EXITS} exits and run '{run.path}' has K={run.k}; "
+            "use 'dyncal solve', 'dyncal frontier' and 'dyncal plot' for this run"
+        )
 
 
 def build_report(
@@ -1719,17 +1731,14 @@ def build_report(
         >>> r.decision  # doctest: +SKIP
         'GO'
     """
-    from dyncal.run import atomic_write_bytes
+    from dyncal.artifacts.outputs import check_output_file, write_output
+    from dyncal.run import load_run
 
     out = Path(out_pdf)
     if out.suffix.lower() != ".pdf":
         raise DyncalError(f"--out must name a .pdf file, got '{out}'")
-    if not out.parent.exists():
-        raise DyncalError(f"the folder '{out.parent}' for --out does not exist; create it first")
-    if out.is_dir():
-        raise DyncalError(f"--out '{out}' is a directory; give a file name like report.pdf")
-    if out.exists() and not overwrite:
-        raise DyncalError(f"'{out}' already exists; choose another --out or pass --overwrite")
+    check_output_file(out, overwrite=overwrite, kind="report", protect=(run_path,))
+    _check_report_exits(load_run(run_path))  # before the solving (the run's scan is remembered)
     data = prepare_report(
         run_path,
         budget=budget,
@@ -1746,10 +1755,7 @@ def build_report(
         command=command,
     )
     pdf = render_pdf(data)
-    try:
-        atomic_write_bytes(out, pdf)
-    except OSError as e:
-        raise DyncalError(f"cannot write '{out}': {e.strerror or e}; choose another --out") from e
+    write_output(out, pdf)
     return ReportResult(
         path=out,
         decision=data.decision,
@@ -1767,6 +1773,8 @@ def build_report(
 # --------------------------------------------------------------------------- single figures
 
 FIGURE_KINDS = ("frontier", "latency", "exits", "reliability")
+MAX_FIGURE_PIXELS = 50_000_000
+"""Largest image ``plot`` draws (about 200 MB of memory while drawing)."""
 _FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 
 
@@ -1808,7 +1816,7 @@ def export_figure(
         >>> export_figure("run", "frontier", "frontier.svg", budget="0.5x")  # doctest: +SKIP
         PosixPath('frontier.svg')
     """
-    from dyncal.run import atomic_write_bytes
+    from dyncal.artifacts.outputs import dyncal_creator, write_output
 
     if kind not in FIGURE_KINDS:
         raise DyncalError(f"--kind must be one of {', '.join(FIGURE_KINDS)}, got {kind!r}")
@@ -1853,17 +1861,23 @@ def export_figure(
                     exit_accuracy=data.exit_accuracy,
                     title=f"exits at the operating point (budget {_budget_label(data).split(' (')[0]})",
                 )
+        width_in, height_in = fig.get_size_inches()
+        if width_in * height_in * dpi * dpi > MAX_FIGURE_PIXELS:
+            most = int((MAX_FIGURE_PIXELS / (width_in * height_in)) ** 0.5)
+            raise DyncalError(
+                f"--dpi {dpi} would draw a {width_in * dpi:.0f} x {height_in * dpi:.0f} pixel image; "
+                f"use --dpi {most} or less"
+            )
         buf = io.BytesIO()
-        meta: dict[str, Any] = {
-            "svg": {"Date": None},
-            "png": {"Software": None},
-            "pdf": {"CreationDate": None},
-        }[fmt]
+        creator = dyncal_creator()  # marks the file as dyncal's, so --overwrite may replace it
+        metadata: dict[str, dict[str, Any]] = {
+            "svg": {"Date": None, "Creator": creator},
+            "png": {"Software": creator},
+            "pdf": {"CreationDate": None, "Creator": creator},
+        }
+        meta = metadata[fmt]
         fig.savefig(buf, format=fmt, dpi=dpi, metadata=meta, bbox_inches="tight")
-    try:
-        atomic_write_bytes(path, buf.getvalue())
-    except OSError as e:
-        raise DyncalError(f"cannot write '{path}': {e.strerror or e}; choose another --out") from e
+    write_output(path, buf.getvalue())
     return path
 
 

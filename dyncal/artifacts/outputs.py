@@ -1,0 +1,277 @@
+"""Output files: what a verb may write, and what ``--overwrite`` may replace.
+
+Every verb that writes one file (solve, frontier, report, plot, verify --out) checks its
+``--out`` with :func:`check_output_file` before doing any work and writes it with
+:func:`write_output` (atomically). The rules, so that nothing the user owns is lost:
+
+- an existing file is refused without ``--overwrite``;
+- with ``--overwrite`` it is replaced only if dyncal wrote it, recognised from its contents
+  (:func:`written_by_dyncal`): a JSON object whose ``"schema"`` starts with ``dyncal.``, a
+  frontier CSV (its header), a PDF whose ``/Creator`` or ``/Producer`` names dyncal, a PNG
+  whose ``Software`` text says dyncal, an SVG whose creator is dyncal;
+- never a folder, a FIFO or a device; never a path inside a run directory (complete,
+  damaged or ``.partial``); never one of the command's own inputs (``protect``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import stat
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from dyncal.artifacts.validate import file_kind
+from dyncal.errors import DyncalError
+
+__all__ = [
+    "check_output_file",
+    "check_output_folder",
+    "written_by_dyncal",
+    "write_output",
+    "output_errors",
+    "dyncal_creator",
+]
+
+_EXAMPLES = {
+    "thresholds": "thresholds.json",
+    "frontier": "frontier.csv",
+    "report": "report.pdf",
+    "figure": "frontier.png",
+    "verify": "verify.json",
+}
+_MAX_SNIFF_BYTES = 256 << 20  # larger files are not dyncal outputs
+_PDF_CREATOR = re.compile(rb"/(?:Creator|Producer)\s*\(dyncal[ )]")
+_SVG_CREATOR = re.compile(r"<dc:creator>\s*<cc:Agent>\s*<dc:title>dyncal[ <]")
+
+
+def dyncal_creator() -> str:
+    """``"dyncal <version>"``: the creator stamped into the metadata of every file dyncal writes.
+
+    Example:
+        >>> dyncal_creator().startswith("dyncal ")
+        True
+    """
+    from importlib import metadata
+
+    try:
+        return f"dyncal {metadata.version('dyncal')}"
+    except metadata.PackageNotFoundError:
+        return "dyncal (development)"
+
+
+def written_by_dyncal(path: str | os.PathLike[str]) -> bool:
+    """Whether a regular file's contents show that dyncal wrote it.
+
+    Recognised: a JSON object with a ``"schema": "dyncal.*"`` key; a CSV whose header is
+    a frontier table's; a PDF with dyncal in its ``/Creator`` or ``/Producer``; a PNG with
+    a ``Software`` text chunk starting with ``dyncal``; an SVG whose creator is dyncal.
+    Anything else, anything unreadable and anything that is not a regular file is not.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (folder / "t.json").write_text('{"schema": "dyncal.thresholds"}')
+        >>> _ = (folder / "notes.txt").write_text("my notes")
+        >>> written_by_dyncal(folder / "t.json"), written_by_dyncal(folder / "notes.txt")
+        (True, False)
+    """
+    path = Path(path)
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_SNIFF_BYTES:
+            return False
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+            if head.startswith(b"\x89PNG\r\n\x1a\n"):
+                return _png_says_dyncal(fh)
+            data = head + fh.read()
+    except OSError:
+        return False
+    if data.startswith(b"%PDF-"):
+        return _PDF_CREATOR.search(data) is not None
+    text = data.decode("utf-8", errors="replace")
+    stripped = text.lstrip()
+    if stripped.startswith("{"):
+        try:
+            doc = json.loads(text)
+        except (ValueError, RecursionError):
+            return False
+        schema = doc.get("schema") if isinstance(doc, dict) else None
+        return isinstance(schema, str) and schema.startswith("dyncal.")
+    if stripped.startswith("<"):
+        return _SVG_CREATOR.search(text[:65536]) is not None
+    return _is_frontier_header(text.split("\n", 1)[0].rstrip("\r"))
+
+
+def _png_says_dyncal(fh: BinaryIO) -> bool:
+    """Walk a PNG's chunks (the signature already read) for a ``Software`` text naming dyncal."""
+    fh.seek(8)
+    while True:
+        header = fh.read(8)
+        if len(header) < 8:
+            return False
+        length = int.from_bytes(header[:4], "big")
+        kind = header[4:]
+        if kind in (b"IDAT", b"IEND"):
+            return False
+        if kind == b"tEXt" and length < 1 << 16:
+            key, _, value = fh.read(length).partition(b"\0")
+            if key == b"Software" and value.startswith(b"dyncal"):
+                return True
+            fh.seek(4, os.SEEK_CUR)
+        else:
+            fh.seek(length + 4, os.SEEK_CUR)
+
+
+def _is_frontier_header(line: str) -> bool:
+    """Whether ``line`` is the header :func:`dyncal.analysis.frontier.write_frontier_csv` writes."""
+    cols = line.split(",")
+    if not cols or cols[0] != "method":
+        return False
+    from dyncal.analysis.frontier import frontier_columns
+
+    fixed = frontier_columns(0, [])
+    if cols[: len(fixed)] != fixed:
+        return False
+    rest = cols[len(fixed) :]
+    ms = [c for c in rest if c.startswith("ms:")]
+    shares = rest[len(ms) :]
+    return rest[: len(ms)] == ms and shares == [f"share_{j + 1}" for j in range(len(shares))] and len(shares) >= 2
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_output_file(
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool,
+    kind: str = "output",
+    protect: Sequence[str | os.PathLike[str]] = (),
+) -> Path:
+    """Refuse an output file that would destroy something; call before doing the work.
+
+    Args:
+        path: The ``--out`` file.
+        overwrite: Whether ``--overwrite`` was given.
+        kind: ``thresholds``, ``frontier``, ``report``, ``figure`` or ``verify`` (for the
+            example file name in messages).
+        protect: The command's inputs (the run directory, a thresholds file, ...): ``path``
+            may be none of them nor lie inside one.
+
+    Returns:
+        ``path``, as a :class:`~pathlib.Path`.
+
+    Raises:
+        DyncalError: ``path`` lies inside a run directory or an input; is a folder or not a
+            regular file; exists without ``overwrite``; exists but dyncal did not write it;
+            or its folder is missing or not writable.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (folder / "notes.txt").write_text("mine")
+        >>> check_output_file(folder / "notes.txt", overwrite=True, kind="thresholds")
+        Traceback (most recent call last):
+        ...
+        dyncal.errors.DyncalError: '...notes.txt' exists and dyncal did not write it; --overwrite only \
+replaces dyncal's own outputs: choose another --out, or move the file away yourself
+    """
+    from dyncal.run import run_dir_holding
+
+    path = Path(path)
+    example = _EXAMPLES.get(kind, "out.json")
+    real = Path(os.path.realpath(path))
+    run_dir = run_dir_holding(real)
+    if run_dir is not None:
+        raise DyncalError(
+            f"--out '{path}' lies inside the run directory '{run_dir}'; dyncal never writes into a run: "
+            f"give a path outside it, e.g. {example}"
+        )
+    for item in protect:
+        guarded = Path(os.path.realpath(item))
+        if _inside(real, guarded):
+            raise DyncalError(
+                f"--out '{path}' would overwrite '{item}', an input of this command; choose another --out"
+            )
+    if not path.parent.is_dir():
+        raise DyncalError(f"the folder '{path.parent}' for --out does not exist; create it first")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise DyncalError(f"cannot check --out '{path}': {e.strerror or e}; choose another --out") from e
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise DyncalError(f"--out '{path}' is a folder; give a file name such as {path / example}")
+        if not stat.S_ISREG(st.st_mode):
+            raise DyncalError(f"--out '{path}' is {file_kind(st.st_mode)}, not a file; choose another --out")
+        if not overwrite:
+            raise DyncalError(f"'{path}' already exists; choose another --out or pass --overwrite")
+        if not written_by_dyncal(path):
+            raise DyncalError(
+                f"'{path}' exists and dyncal did not write it; --overwrite only replaces dyncal's own outputs: "
+                "choose another --out, or move the file away yourself"
+            )
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise DyncalError(f"cannot write in the folder '{path.parent}' (permission denied); choose another --out")
+    return path
+
+
+def check_output_folder(path: str | os.PathLike[str]) -> Path:
+    """Refuse an output folder (``collect``/``import``/``demo --out``) that lies inside a run directory.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> check_output_folder(pathlib.Path(tempfile.mkdtemp()) / "demo").name
+        'demo'
+    """
+    from dyncal.run import run_dir_holding
+
+    path = Path(path)
+    run_dir = run_dir_holding(Path(os.path.realpath(path)).parent)
+    if run_dir is not None:
+        raise DyncalError(f"--out '{path}' lies inside the run directory '{run_dir}'; choose a folder outside any run")
+    return path
+
+
+@contextlib.contextmanager
+def output_errors(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn an ``OSError`` raised while writing ``path`` into one :class:`DyncalError` line.
+
+    Example:
+        >>> with output_errors("/no-such-folder/x.json"):
+        ...     open("/no-such-folder/x.json", "w")
+        Traceback (most recent call last):
+        ...
+        dyncal.errors.DyncalError: cannot write '/no-such-folder/x.json': No such file or directory; choose ...
+    """
+    try:
+        yield
+    except OSError as e:
+        raise DyncalError(f"cannot write '{path}': {e.strerror or e}; choose another --out") from e
+
+
+def write_output(path: str | os.PathLike[str], data: bytes | str) -> None:
+    """Write an output file atomically (readers see the old file or the new one, never half).
+
+    Raises:
+        DyncalError: The file cannot be written (one line with the path and the reason).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "t.json"
+        >>> write_output(p, '{"schema": "dyncal.thresholds"}')
+        >>> written_by_dyncal(p)
+        True
+    """
+    from dyncal.run import atomic_write_bytes
+
+    with output_errors(path):
+        atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)

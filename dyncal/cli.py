@@ -298,8 +298,8 @@ def _parse_int_list(text: str | None, option: str, maximum: int | None = None) -
     except ValueError:
         raise DyncalError(f"{option} must be comma-separated integers, e.g. 1,32; got {text[:40]!r}") from None
     if len(values) != len(items) or any(v < 1 or (maximum is not None and v > maximum) for v in values):
-        bound = "positive integers" if maximum is None else f"integers from 1 to {maximum}"
-        raise DyncalError(f"{option} must be {bound}, e.g. 1,32; got {text[:40]!r}")
+        bound = "" if maximum is None else f" up to {maximum}"
+        raise DyncalError(f"{option} must be positive integers{bound}, e.g. 1,32; got {text[:40]!r}")
     return values
 
 

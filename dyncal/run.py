@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from dyncal.artifacts import validate as V
-from dyncal.errors import DyncalError, RunError
+from dyncal.artifacts.outputs import check_writable
+from dyncal.errors import DyncalError, RunError, first_line
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -661,8 +662,7 @@ def _open_array(path: Path, name: str, shape: tuple[int, ...], kind: str) -> np.
     try:
         arr = np.load(file, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise RunError(f"run '{path}': {name} is not a whole .npy array ({reason[:120]}); {_DAMAGED}") from None
+        raise RunError(f"run '{path}': {name} is not a whole .npy array ({first_line(e, 120)}); {_DAMAGED}") from None
     if not isinstance(arr, np.ndarray):  # an .npz archive under the name
         arr.close()
         raise RunError(f"run '{path}': {name} is an .npz archive, not a .npy array; {_DAMAGED}")
@@ -1015,8 +1015,10 @@ def check_out(out: Path, *, overwrite: bool) -> None:
     inside = run_dir_holding(out.parent)
     if inside is not None:
         raise RunError(f"--out '{out}' lies inside the run directory '{inside}'; choose a folder outside any run")
-    if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise RunError(f"cannot write in the folder '{out.parent}' for --out (permission denied); choose another --out")
+    try:
+        check_writable(out.parent)
+    except DyncalError as e:
+        raise RunError(str(e)) from None
 
 
 def _run_document(n: int, k: int, c: int, provenance: Provenance, costs: CostTable | None) -> dict[str, Any]:
@@ -1126,7 +1128,8 @@ def import_arrays(
             for start in range(0, n, chunk_rows):
                 stop = min(n, start + chunk_rows)
                 block = logits[start:stop] if layout == "nkc" else np.swapaxes(logits[:, start:stop], 0, 1)
-                block = np.asarray(block, dtype=np.float32)
+                with np.errstate(over="ignore"):  # beyond float32 becomes inf, counted below
+                    block = np.asarray(block, dtype=np.float32)
                 finite = np.isfinite(block)
                 if not finite.all():  # count them all, write nothing more
                     if first is None:
@@ -1139,8 +1142,8 @@ def import_arrays(
                 writer.write(start, block, labels[start:stop], idx)
             if first is not None:
                 raise RunError(
-                    f"logits contain {nonfinite} NaN or infinite values (first at row {first[0]}, exit {first[1]}); "
-                    "fix the model or the export before importing"
+                    f"logits contain {nonfinite} NaN or infinite values (or beyond float32, ±3.4e38; first at "
+                    f"row {first[0]}, exit {first[1]}); fix the model or the export before importing"
                 )
             prov = provenance or Provenance.here(model="(imported)", data="(imported)", device="unknown")
             writer.finish(prov, cost_table)
@@ -1217,8 +1220,9 @@ def import_npz(
             labels = npz["labels"]
             indices = npz["indices"] if "indices" in npz.files else None
     except NPZ_READ_ERRORS as e:
-        reason = (str(e).splitlines() or [""])[0][:120]
-        raise RunError(f"cannot read '{path}' as .npz ({type(e).__name__}: {reason}); is the file complete?") from e
+        raise RunError(
+            f"cannot read '{path}' as .npz ({type(e).__name__}: {first_line(e, 120)}); is the file complete?"
+        ) from e
     prov = Provenance.here(model="(imported)", data=str(path), device="unknown")
     return import_arrays(
         logits,

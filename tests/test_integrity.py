@@ -214,7 +214,7 @@ CORRUPTIONS: dict[str, tuple[Callable[[Path], None], str]] = {
     "schema newer": (lambda r: _set_meta(r, lambda d: d.__setitem__("schema_version", 99)), r"upgrade dyncal"),
     "schema bool": (lambda r: _set_meta(r, lambda d: d.__setitem__("schema_version", True)), r"schema_version"),
     "schema other": (lambda r: _set_meta(r, lambda d: d.__setitem__("schema", "x")), r"not a dyncal run document"),
-    "incomplete": (lambda r: _set_meta(r, lambda d: d.__setitem__("complete", False)), r"marked incomplete"),
+    "incomplete": (lambda r: _set_meta(r, lambda d: d.__setitem__("complete", False)), r"marks the run incomplete"),
     "fingerprint": (lambda r: _set_meta(r, lambda d: d.__setitem__("fingerprint", 5)), r"field 'fingerprint'"),
     "files": (lambda r: _set_meta(r, lambda d: d.__setitem__("files", {"logits": "x.npy"})), r"field 'files'"),
     "provenance list": (lambda r: _set_meta(r, lambda d: d.__setitem__("provenance", [])), r"'provenance' must be"),
@@ -278,10 +278,29 @@ def _verb_args(verb: str, run: Path, base: Path, out_dir: Path) -> list[object]:
 
 
 VERBS = ("info", "solve", "frontier", "report", "plot", "verify", "profile")
+# every verb opens runs through load_run: info meets every corruption, the others one of each kind
+SAMPLE = (
+    "logits empty",
+    "logits fifo",
+    "run.json fifo",
+    "logits truncated",
+    "logits int",
+    "logits NaN",
+    "labels float",
+    "labels out of range",
+    "run.json 5000 digits",
+    "run.json deep",
+    "n string",
+    "schema newer",
+    "provenance model",
+    "macs short",
+    "macs negative",
+    "latency stages",
+)
+CASES = [("info", name) for name in CORRUPTIONS] + [(verb, name) for verb in VERBS[1:] for name in SAMPLE]
 
 
-@pytest.mark.parametrize("verb", VERBS)
-@pytest.mark.parametrize("name", list(CORRUPTIONS))
+@pytest.mark.parametrize(("verb", "name"), CASES)
 def test_every_verb_refuses_a_corrupted_run(verb, name, corrupted, base, tmp_path, fifo_guard):
     run = corrupted[name]
     for p in run.iterdir():
@@ -666,6 +685,20 @@ def test_nothing_is_written_into_a_run(args, base, tmp_path):
     assert tree_hash(tmp_path) == before
 
 
+def test_dyncal_outputs_are_recognised_by_their_contents(base, tmp_path):
+    from dyncal.artifacts.outputs import written_by_dyncal
+
+    f = tmp_path / "f.csv"
+    assert invoke("frontier", base / "run", "--out", f, "--n-budgets", "3").exit_code == 0
+    assert written_by_dyncal(f) and written_by_dyncal(base / "t.json")
+    header, rest = f.read_text().split("\n", 1)
+    for other in (header.replace("share_3", "share_4"), header + ",mine", "method,exit", header.replace("method", "m")):
+        (tmp_path / "g.csv").write_text(other + "\n" + rest)
+        assert not written_by_dyncal(tmp_path / "g.csv"), other
+    assert not written_by_dyncal(base / "run" / "logits.npy")  # dyncal wrote it, but it is a run's
+    assert not written_by_dyncal(tmp_path / "missing.json")
+
+
 def test_outputs_are_never_folders_or_inputs(base, tmp_path):
     (tmp_path / "dir").mkdir()
     assert_clean_error(
@@ -713,18 +746,26 @@ def test_an_unwritable_out_is_one_line(args, base, tmp_path):
         (["report", "{run}", "--out", "{tmp}/r.pdf", "--seed", "-5"], r"--seed must be a non-negative"),
         (["plot", "{run}", "--kind", "exits", "--out", "{tmp}/p.png", "--dpi", "100000"], r"--dpi 100000 would draw"),
         (["profile", "{run}", "--batch-size", "1e11"], r"--batch-size must be comma-separated integers"),
-        (["profile", "{run}", "--batch-size", "100000000000"], r"--batch-size must be integers from 1 to 65536"),
-        (["verify", "{run}", "--thresholds", "{t}", "--batch-size", "9" * 30], r"--batch-size must be integers"),
+        (["profile", "{run}", "--batch-size", "100000000000"], r"--batch-size must be positive integers up to 65536"),
+        (
+            ["verify", "{run}", "--thresholds", "{t}", "--batch-size", "9" * 30],
+            r"--batch-size must be positive integers",
+        ),
         (["report", "{wide}", "--out", "{tmp}/r.pdf"], r"at most 12 exits and run .* has K=13"),
+        (["frontier", "{run}", "--out", "{tmp}/f.csv", "--n-budgets", "100000000"], r"--n-budgets must be from 2"),
+        (["info", "{tmp}/pipe"], r"'.*pipe' is a named pipe \(FIFO\), not a run directory"),
+        (["import", "{tmp}/pipe", "--out", "{tmp}/r"], r"is a named pipe \(FIFO\), not an \.npz file"),
         (["import", "{tmp}/none.npz", "--out", "{tmp}/r"], r"no such file"),
         (["import", "{run}/logits.npy", "--out", "{tmp}/r"], r"single \.npy array"),
         (["import", "{run}", "--out", "{tmp}/r"], r"is a folder, not an \.npz"),
     ],
 )
-def test_hostile_options_are_one_line(args, pattern, base, tmp_path):
+def test_hostile_options_are_one_line(args, pattern, base, tmp_path, fifo_guard):
     fill = {"run": base / "run", "tmp": tmp_path, "t": base / "t.json", "wide": tmp_path / "wide"}
     if "{wide}" in args:
         make_run(tmp_path / "wide", k=13)
+    os.mkfifo(tmp_path / "pipe")  # never opened: a regression fails on the guard instead of hanging
+    fifo_guard(tmp_path / "pipe")
     before = tree_hash(base)
     assert_clean_error(invoke(*[str(a).format(**fill) for a in args]), pattern)
     assert tree_hash(base) == before
@@ -752,7 +793,8 @@ def test_a_report_with_twelve_exits_fits(tmp_path):
         (np.zeros((4, 2, 3), dtype=complex), [0, 1, 2, 0], None, r"logits must be real numbers"),
         (np.zeros((4, 2, 1)), [0, 0, 0, 0], None, r"C >= 2 classes"),
         (np.zeros((0, 2, 3)), np.zeros(0, int), None, r"at least one sample"),
-        (np.full((4, 2, 3), np.nan), [0, 1, 2, 0], None, r"24 NaN or infinite values \(first at row 0, exit 1\)"),
+        (np.full((4, 2, 3), np.nan), [0, 1, 2, 0], None, r"24 NaN or infinite values .*first at row 0, exit 1\)"),
+        (np.full((4, 2, 3), 1e39), [0, 1, 2, 0], None, r"24 NaN or infinite values \(or beyond float32"),
     ],
 )
 def test_import_refuses_what_load_refuses(logits, labels, macs, pattern, tmp_path):

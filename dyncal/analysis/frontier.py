@@ -30,6 +30,10 @@ from dyncal.stats import mean_bootstrap_ci
 __all__ = ["compute_frontier", "oracle_at_budget", "write_frontier_csv", "frontier_columns"]
 
 
+MAX_BUDGETS = 10_000
+"""Most budgets one frontier solves (each is a full solve; more is a typo, not a finer curve)."""
+
+
 def frontier_columns(k: int, latency_keys: Sequence[str]) -> list[str]:
     """The frontier table's columns, in order.
 
@@ -154,7 +158,7 @@ def compute_frontier(
         run: A :class:`dyncal.run.Run`, or a :class:`dyncal.calibrate.solvers.PreparedRun`
             (already scored: ``score``, ``temperature``, ``holdout`` and ``seed`` come from
             it and may be left out).
-        n_budgets: Number of budgets (default 41, at least 2).
+        n_budgets: Number of budgets (default 41, from 2 to :data:`MAX_BUDGETS`).
         score: ``maxprob`` (default), ``margin`` or ``entropy``.
         temperature: Fit per-exit temperatures on the fit part (default False).
         holdout: Held-out fraction (default 0.5; 0: none, holdout columns are NaN).
@@ -185,8 +189,8 @@ def compute_frontier(
         >>> sorted(set(df["method"]))
         ['geometric', 'optimal', 'oracle', 'smoothed', 'static']
     """
-    if n_budgets < 2:
-        raise DyncalError(f"n_budgets must be at least 2, got {n_budgets}")
+    if not 2 <= n_budgets <= MAX_BUDGETS:
+        raise DyncalError(f"--n-budgets must be from 2 to {MAX_BUDGETS}, got {n_budgets}")
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise DyncalError(f"unknown method {bad[0]!r}; choose from {', '.join(METHODS)}")

@@ -30,6 +30,7 @@ from dyncal.errors import DyncalError
 __all__ = [
     "check_output_file",
     "check_output_folder",
+    "check_writable",
     "written_by_dyncal",
     "write_output",
     "output_errors",
@@ -219,9 +220,29 @@ replaces dyncal's own outputs: choose another --out, or move the file away yours
                 f"'{path}' exists and dyncal did not write it; --overwrite only replaces dyncal's own outputs: "
                 "choose another --out, or move the file away yourself"
             )
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise DyncalError(f"cannot write in the folder '{path.parent}' (permission denied); choose another --out")
+    check_writable(path.parent)
     return path
+
+
+def check_writable(folder: str | os.PathLike[str]) -> None:
+    """Refuse a folder no file can be created in, by creating (and removing) an empty hidden one.
+
+    Called before the work, so that a long computation is not lost to an unwritable ``--out``
+    (``os.access`` alone says yes to root on a read-only file system).
+
+    Example:
+        >>> check_writable("/no-such-folder")
+        Traceback (most recent call last):
+        ...
+        dyncal.errors.DyncalError: cannot write in the folder '/no-such-folder' (No such file or directory); ...
+    """
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".dyncal-probe-"):
+            pass
+    except OSError as e:
+        raise DyncalError(f"cannot write in the folder '{folder}' ({e.strerror or e}); choose another --out") from e
 
 
 def check_output_folder(path: str | os.PathLike[str]) -> Path:

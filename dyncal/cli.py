@@ -119,11 +119,24 @@ def collect(
     mean: Annotated[str, typer.Option(help="imagefolder: normalisation mean.")] = "0.485,0.456,0.406",
     std: Annotated[str, typer.Option(help="imagefolder: normalisation std.")] = "0.229,0.224,0.225",
     overwrite: OverwriteOpt = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted collect (OUT.partial) where it stopped, after checking that model, "
+            "weights, data and options match; starts afresh when there is nothing to continue.",
+        ),
+    ] = False,
+    checkpoint_every: Annotated[
+        float, typer.Option(min=0, help="Save progress for --resume at most every this many seconds (0: every batch).")
+    ] = 2.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Run a multi-exit model over a data set and store every exit's logits.
 
     Works under torchrun too: each process collects its share, rank 0 assembles the run.
+    The run appears only once complete; a second writer of the same --out fails at once;
+    a collect that was interrupted (kill -9 included) continues with --resume.
 
     Example: dyncal collect --model dyncal.demo:pretrained --data dyncal.demo:validation --out run
     """
@@ -137,6 +150,8 @@ def collect(
         transform = ImageTransform(resize=resize, crop=crop, mean=tuple(means), std=tuple(stds))
         dataset = load_dataset(data, transform=transform, search_path=model_path)
         loaded = load_model(model, weights=weights, model_path=model_path, device=device)
+        partial = out.with_name(out.name + ".partial")
+        had_progress = (partial / "progress.0.json").is_file()
         with _progress(quiet) as progress:
             result = collect_run(
                 loaded,
@@ -148,11 +163,16 @@ def collect(
                 limit=limit,
                 device=device,
                 overwrite=overwrite,
+                resume=resume,
+                checkpoint_s=checkpoint_every,
                 progress=progress,
                 image_transform=dataclasses.asdict(transform) if data.startswith("imagefolder:") else None,
                 command=command_line(ctx),
             )
     if result is not None:
+        if resume:
+            what = f"continued the interrupted collect in '{partial}'" if had_progress else "nothing to resume"
+            typer.echo(f"note: --resume: {what}", err=True)
         typer.echo(f"wrote {result.path}: N={result.n}, K={result.k}, C={result.c}", err=True)
 
 
@@ -280,6 +300,45 @@ def info(run: RunArg, json_: JsonOpt = False) -> None:
         typer.echo(f"ops fvcore could not count: {ops}")
 
 
+# ----------------------------------------------------------------- the run's code
+
+
+def note_run_code(
+    run: Path,
+    *,
+    model: str | None = None,
+    weights: Path | str | None = None,
+    model_path: Path | str | None = None,
+    data: str | None = None,
+) -> None:
+    """Say on stderr which code named in ``run.json`` a verb imported (model, data factory).
+
+    A run is data, but it names a model and a data set that profile and verify load; when
+    they come from ``run.json`` rather than the command line, the user should see which.
+    Called once the verb succeeded (an error stays one line, and names the model itself).
+    """
+    from dyncal.models import run_model_source
+    from dyncal.run import load_run
+
+    opened = load_run(run)
+    source = run_model_source(opened, model=model, weights=weights, model_path=model_path)
+    if source.from_run:
+        typer.echo(f"note: loaded the model {run / 'run.json'} names: {source.describe()}", err=True)
+    spec = opened.provenance.data
+    if data is None and ":" in spec and not spec.startswith(("(", "imagefolder:")):
+        typer.echo(f"note: imported the data factory {run / 'run.json'} names, to re-run a few rows: {spec}", err=True)
+
+
+def note_model_check(check: Any) -> None:
+    """Say on stderr when a model was used although it is not the run's, or could not be compared."""
+    if check is None:
+        return
+    if check.allowed:
+        typer.echo(f"note: --allow-other-model: used although {check.mismatch} (recorded)", err=True)
+    elif check.rows_checked == 0 and check.weights != "match" and check.rows_note:
+        typer.echo(f"note: the model could not be compared with the run's: {check.rows_note}", err=True)
+
+
 # ----------------------------------------------------------------- profile
 
 
@@ -327,6 +386,17 @@ def profile(
         str | None,
         typer.Option(help="Declare stages by hand: 'pkg.module:fn', fn(model) -> list of stage modules."),
     ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="Data spec overriding the run's, to re-run a few recorded rows.")
+    ] = None,
+    allow_other_model: Annotated[
+        bool,
+        typer.Option(
+            "--allow-other-model",
+            help="Profile a model that is not the run's (other weights or logits) and replace latency "
+            "timed on another model; recorded in run.json.",
+        ),
+    ] = False,
     macs_only: Annotated[bool, typer.Option("--macs-only", help="Count MACs; measure no latency.")] = False,
     repeats: Annotated[int, typer.Option(min=3, help="Timed replicates per stage.")] = 25,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed calls before timing.")] = 5,
@@ -334,9 +404,12 @@ def profile(
 ) -> None:
     """Per-exit cost of a run's model: stages from its graph, fvcore MACs, measured latency.
 
-    The model is exported and split into one stage per exit (stage k = what exit k needs
-    beyond exits 1..k-1); the stages are checked to reproduce every exit's logits, counted
-    with fvcore, and timed per device and batch size. Results go into the run's cost table.
+    The model is the one run.json names (said on stderr) unless --model is given, and must be
+    the run's: its checkpoint's SHA-256 and a few recorded rows re-run are compared with the
+    run (--allow-other-model to use another, recorded). It is exported and split into one
+    stage per exit (stage k = what exit k needs beyond exits 1..k-1); the stages are checked
+    to reproduce every exit's logits, counted with fvcore, and timed per device and batch
+    size. Results go into the run's cost table.
 
     Example: dyncal profile run --device cpu --batch-size 1,32 --threads 4
     """
@@ -354,11 +427,20 @@ def profile(
             input_shape=None if shape is None else tuple(shape),
             input_dtype=input_dtype,
             stages=stages,
+            data=data,
+            allow_other_model=allow_other_model,
             latency=not macs_only,
             repeats=repeats,
             warmup=warmup,
         )
         result = profile_run_full(run, options=options)
+        note_run_code(run, model=model, weights=weights, model_path=model_path, data=data)
+    note_model_check(result.model_check)
+    if result.replaced:
+        typer.echo(
+            f"note: replaced latency {', '.join(result.replaced)} timed on another model ({result.replaced_model})",
+            err=True,
+        )
     doc = {"path": str(run), **result.to_dict()}
     if json_:
         echo_json(doc)

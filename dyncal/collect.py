@@ -6,14 +6,17 @@ C, every process writes its rows in place, and process 0 publishes the run. Rows
 data set order and nothing is merged or copied afterwards.
 
 Memory stays flat as N grows: rows go straight to disk (see :class:`dyncal.run.RunWriter`).
+Process 0 holds the run's lock throughout, and every process saves its progress in the
+partial run, so ``resume`` continues a collect that was killed where it stopped.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +26,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from dyncal.data import check_item
-from dyncal.errors import DataError, DyncalError, ModelError
-from dyncal.models import LoadedModel, check_exit_outputs, resolve_device
-from dyncal.run import Provenance, Run, RunWriter, check_out, load_run
+from dyncal.errors import DataError, DyncalError, ModelError, RunError
+from dyncal.models import LoadedModel, check_exit_outputs, logits_difference, resolve_device
+from dyncal.run import PARTIAL_SUFFIX, Provenance, Run, RunWriter, atomic_write_text, check_out, load_run
 
 __all__ = ["collect_run", "DistributedContext"]
 
@@ -153,11 +156,18 @@ def collect_run(
     limit: int | None = None,
     device: str = "cpu",
     overwrite: bool = False,
+    resume: bool = False,
+    checkpoint_s: float = 2.0,
     progress: ProgressFn | None = None,
     image_transform: dict[str, Any] | None = None,
     command: str | None = None,
 ) -> Run | None:
     """Collect per-exit logits of ``loaded`` over ``dataset`` into the run ``out``.
+
+    The run is built in ``OUT.partial`` under the run's lock (:class:`dyncal.run.RunLock`)
+    and published only once every row is written. Progress is saved in
+    ``OUT.partial/progress.<rank>.json`` (after the rows it names are on disk), so an
+    interrupted collect, ``kill -9`` included, can be continued with ``resume``.
 
     Args:
         loaded: The model (see :func:`dyncal.models.load_model`).
@@ -169,7 +179,12 @@ def collect_run(
         limit: Use only the first ``limit`` samples.
         device: ``cpu``, ``cuda`` or ``cuda:N``; under torchrun ``cuda`` means this
             process's ``LOCAL_RANK`` device.
-        overwrite: Replace an existing run once the new one is complete.
+        overwrite: Replace an existing run once the new one is complete; discard an
+            interrupted ``OUT.partial`` (unless ``resume``).
+        resume: Continue ``OUT.partial`` from its last saved progress, after checking
+            that model, weights, data and options match what it recorded (a fresh start
+            when there is none). The result equals an uninterrupted collect bit for bit.
+        checkpoint_s: Save progress at most this often, in seconds (0: after every batch).
         progress: Called as ``progress(done, total, items_per_s)`` after each batch
             (process 0 only; counts are this process's share).
         image_transform: The ``imagefolder:`` transform settings, for provenance (so
@@ -182,35 +197,37 @@ def collect_run(
     Raises:
         ModelError: Outputs that break the multi-exit contract, or NaN/inf logits.
         DataError: Malformed items or labels outside ``[0, C)``.
-        RunError: ``out`` exists without ``overwrite``.
+        RunError: ``out`` exists without ``overwrite``, another process writes it, the
+            folder cannot be written, or the partial run does not match (``resume``).
     """
     ctx = DistributedContext.from_env()
     out = Path(out)
+    if checkpoint_s < 0:
+        raise DyncalError(f"the checkpoint interval must be >= 0 seconds, got {checkpoint_s}")
     check_out(out, overwrite=overwrite)
     if ctx.active:
         _init_distributed(ctx, device)
     try:
-        return _collect(
-            loaded,
-            dataset,
-            out,
-            ctx,
-            data_spec,
-            batch_size,
-            workers,
-            limit,
-            device,
-            overwrite,
-            progress,
-            image_transform,
-            command,
-        )
+        settings = _Settings(data_spec, batch_size, workers, limit, device, overwrite, resume, checkpoint_s)
+        return _collect(loaded, dataset, out, ctx, settings, progress, image_transform, command)
     finally:
         if ctx.active:
             import torch.distributed as dist
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+@dataclass(frozen=True)
+class _Settings:
+    data_spec: str
+    batch_size: int
+    workers: int
+    limit: int | None
+    device: str
+    overwrite: bool
+    resume: bool
+    checkpoint_s: float
 
 
 def _init_distributed(ctx: DistributedContext, device: str) -> None:
@@ -225,60 +242,180 @@ def _init_distributed(ctx: DistributedContext, device: str) -> None:
             dist.init_process_group(backend="gloo")
 
 
+# --------------------------------------------------------------------------- progress (resume)
+
+PROGRESS_SCHEMA = "dyncal.collect-progress"
+PROGRESS_VERSION = 1
+
+# What a partial run must agree on to be continued, with how to name each in a message.
+_SPEC_NAMES = {
+    "model": "--model",
+    "weights_sha256": "the weights' SHA-256",
+    "data": "--data",
+    "dataset_len": "the data set's length",
+    "limit": "--limit",
+    "n": "N",
+    "batch_size": "--batch-size",
+    "device": "--device",
+    "world_size": "the number of processes",
+    "input_shape": "the input shape",
+    "input_dtype": "the input dtype",
+    "image_transform": "the image transform",
+}
+
+
+def _progress_path(partial: Path, rank: int) -> Path:
+    return partial / f"progress.{rank}.json"
+
+
+def _write_progress(
+    partial: Path, rank: int, spec: Mapping[str, Any], k: int, c: int, block: tuple[int, int], done: int
+) -> None:
+    doc = {
+        "schema": PROGRESS_SCHEMA,
+        "schema_version": PROGRESS_VERSION,
+        "spec": dict(spec),
+        "k": k,
+        "c": c,
+        "rank": rank,
+        "block": list(block),
+        "done": done,
+    }
+    atomic_write_text(_progress_path(partial, rank), json.dumps(doc, indent=1))
+
+
+def _read_progress(partial: Path, rank: int) -> dict[str, Any] | None:
+    """This process's saved progress, or None when there is none (or it is unreadable)."""
+    try:
+        doc = json.loads(_progress_path(partial, rank).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ok = (
+        isinstance(doc, dict)
+        and doc.get("schema") == PROGRESS_SCHEMA
+        and doc.get("schema_version") == PROGRESS_VERSION
+        and isinstance(doc.get("spec"), dict)
+        and all(isinstance(doc.get(key), int) for key in ("k", "c", "done"))
+        and isinstance(doc.get("block"), list)
+    )
+    return doc if ok else None
+
+
+def _spec_difference(partial: Path, saved: Mapping[str, Any], now: Mapping[str, Any]) -> str | None:
+    """One line saying how this collect differs from the interrupted one, or None."""
+    diffs = [
+        f"{name} is {now.get(key)!r} now but was {saved.get(key)!r}"
+        for key, name in _SPEC_NAMES.items()
+        if saved.get(key) != now.get(key)
+    ]
+    if not diffs:
+        return None
+    more = f" (and {len(diffs) - 1} more difference{'s' if len(diffs) > 2 else ''})" if len(diffs) > 1 else ""
+    return (
+        f"cannot resume '{partial}': {diffs[0]}{more}; repeat the interrupted collect's options, "
+        "or pass --overwrite instead of --resume to start again"
+    )
+
+
+# --------------------------------------------------------------------------- the loop
+
+
 def _collect(
     loaded: LoadedModel,
     dataset: Dataset[Any],
     out: Path,
     ctx: DistributedContext,
-    data_spec: str,
-    batch_size: int,
-    workers: int,
-    limit: int | None,
-    device: str,
-    overwrite: bool,
+    s: _Settings,
     progress: ProgressFn | None,
     image_transform: dict[str, Any] | None,
     command: str | None,
 ) -> Run | None:
     n_total = len(dataset)  # type: ignore[arg-type]
-    n = n_total if limit is None else min(limit, n_total)
+    n = n_total if s.limit is None else min(s.limit, n_total)
     if n == 0:
-        raise DataError(f"--data '{data_spec}' is empty; nothing to collect")
-    dev = resolve_device(f"cuda:{ctx.local_rank}" if ctx.active and device == "cuda" else device)
+        raise DataError(f"--data '{s.data_spec}' is empty; nothing to collect")
+    dev = resolve_device(f"cuda:{ctx.local_rank}" if ctx.active and s.device == "cuda" else s.device)
     try:
         item0 = dataset[0]
     except Exception as e:  # noqa: BLE001 - anything the user's data set raises
-        raise DataError(f"could not load item 0 of --data '{data_spec}': {type(e).__name__}: {_first_line(e)}") from e
+        raise DataError(f"could not load item 0 of --data '{s.data_spec}': {type(e).__name__}: {_first_line(e)}") from e
     input_shape, input_dtype = check_item(item0, 0)
     model = loaded.module.to(dev)
     if not loaded.spec.endswith(".pt2"):  # exported programs have no train/eval switch
         model.eval()
     start, stop = ctx.block(n)
-    loader = DataLoader(
-        Subset(dataset, range(start, stop)),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        pin_memory=dev.type == "cuda",
-    )
+    block = (start, stop)
+    spec = {
+        "model": loaded.spec,
+        "weights_sha256": loaded.weights_sha256,
+        "data": s.data_spec,
+        "dataset_len": n_total,
+        "limit": s.limit,
+        "n": n,
+        "batch_size": s.batch_size,
+        "device": s.device,
+        "world_size": ctx.world_size,
+        "input_shape": list(input_shape),
+        "input_dtype": input_dtype,
+        "image_transform": image_transform,
+    }
 
+    # Process 0 takes the lock and makes (or keeps) the partial directory; the others wait.
     writer: RunWriter | None = None
-    setup_error = None
+    setup: Any = None
     if ctx.rank == 0:
         try:
-            writer = RunWriter(out, n, overwrite=overwrite)
+            writer = RunWriter(out, n, overwrite=s.overwrite, keep_partial=s.resume)
+            if writer.resumed and _read_progress(writer.partial, 0) is None:
+                log.info("'%s' holds no saved progress; collecting from the start", writer.partial)
+                writer.restart()
+            setup = writer.resumed
         except DyncalError as e:
-            setup_error = str(e)
-    # Others wait until process 0 has made the partial directory (or failed to).
-    _raise_first_error(_gather(ctx, setup_error))
+            setup = str(e)
+    setups = _gather(ctx, setup)
+    _raise_first_error(setups)
+    resumed = bool(setups[0])
+    partial = out.with_name(out.name + PARTIAL_SUFFIX)
+
+    keep_partial = resumed
     try:
+        saved_kc: tuple[int, int] | None = None
+        done = start
+        error: str | None = None
+        if resumed:
+            first_doc = _read_progress(partial, 0)
+            assert first_doc is not None  # process 0 checked it under the lock
+            saved_kc = (int(first_doc["k"]), int(first_doc["c"]))
+            mine = _read_progress(partial, ctx.rank)  # None: this process died before saving any
+            error = _spec_difference(partial, (mine or first_doc)["spec"], spec)
+            if mine is not None:
+                done = int(mine["done"])
+                if error is None and (list(mine["block"]) != list(block) or not start <= done <= stop):
+                    error = (
+                        f"cannot resume '{partial}': this process's rows are {list(block)} now but were "
+                        f"{mine['block']} (saved up to {done}); pass --overwrite instead of --resume to start again"
+                    )
+            if error is None and ctx.rank == 0:
+                log.info("resuming '%s' at row %d of %d", partial, done, stop)
+        _raise_first_error(_gather(ctx, error))
+
+        # Re-run the last saved batch (compared, not written) so a changed model or data
+        # set shows up before anything new is written.
+        first_row = start if done == start else start + ((done - start - 1) // s.batch_size) * s.batch_size
+        loader = DataLoader(
+            Subset(dataset, range(first_row, stop)),
+            batch_size=s.batch_size,
+            shuffle=False,
+            num_workers=s.workers,
+            pin_memory=dev.type == "cuda",
+        )
         batches = iter(loader)
         t0 = time.perf_counter()
         first: tuple[Any, Any] | None = None
         shape_or_error: Any = None
         with torch.inference_mode():
             try:
-                first_batch = _next_batch(batches, 0, start, batch_size)
+                first_batch = _next_batch(batches, 0, first_row, s.batch_size)
                 if first_batch is not None:  # else an empty share (more processes than rows)
                     x, y = first_batch
                     outs = _forward(model, x, dev, 0)
@@ -288,55 +425,45 @@ def _collect(
                 shape_or_error = str(e)
             shapes = _gather(ctx, shape_or_error)
             _raise_first_error(shapes)
-            kc = {tuple(s) for s in shapes if s is not None}
+            kc = {tuple(v) for v in shapes if v is not None}
+            if saved_kc is not None:
+                kc.add(saved_kc)
             if len(kc) != 1:
-                raise ModelError(f"processes disagree on (K, C): {sorted(kc)}")
+                what = "the model and the interrupted collect" if saved_kc is not None else "processes"
+                raise ModelError(f"{what} disagree on (K, C): {sorted(kc)}")
             k, c = kc.pop()
             if writer is not None:
-                writer.allocate(k, c)
+                if resumed:
+                    writer.open_existing(k, c)
+                else:
+                    writer.allocate(k, c)
             if ctx.active:
                 _gather(ctx, None)  # arrays exist now
                 if writer is None:
                     writer = RunWriter.attach(out, n, k, c)
             assert writer is not None
-            error = None
+            if not resumed:
+                _write_progress(partial, ctx.rank, spec, k, c, block, start)
             try:
-                row = start
-                batch_index = 0
-                current = first
-                while current is not None:
-                    y, outs = current
-                    if batch_index > 0 and (
-                        not isinstance(outs, (list, tuple))
-                        or len(outs) != k
-                        or any(o.shape != (outs[0].shape[0], c) for o in outs)
-                    ):
-                        check_exit_outputs(outs, int(outs[0].shape[0]), static_ok=True)
-                        raise ModelError(
-                            f"batch {batch_index}: the model returned a different number of exits than K={k}"
-                        )
-                    logits = torch.stack([o.float() for o in outs], dim=1).cpu().numpy()
-                    _check_finite(logits, batch_index, row)
-                    labels = _labels_of(y, batch_index, c)
-                    b = logits.shape[0]
-                    writer.write(row, logits, labels, np.arange(row, row + b, dtype=np.int64))
-                    row += b
-                    batch_index += 1
-                    if progress is not None and ctx.rank == 0:
-                        progress(row - start, stop - start, (row - start) / max(time.perf_counter() - t0, 1e-9))
-                    batch = _next_batch(batches, batch_index, row, batch_size)
-                    current = None if batch is None else (batch[1], _forward(model, batch[0], dev, batch_index))
+                row = _write_rows(
+                    writer, model, dev, batches, first, k, c, ctx, s, spec, block, first_row, done, t0, progress
+                )
+                if row != stop:
+                    raise DataError(
+                        f"the data set gave {row - start} rows of the {stop - start} expected; is its length right?"
+                    )
             except DyncalError as e:
                 error = str(e)
         seconds = time.perf_counter() - t0
         if ctx.rank != 0:
             writer.close()  # flushed before process 0 publishes
-        _raise_first_error(_gather(ctx, error))
+        errors = _gather(ctx, error)
+        _raise_first_error(errors)
         if writer is None or ctx.rank != 0:
             return None
         provenance = Provenance.here(
             model=loaded.spec,
-            data=data_spec,
+            data=s.data_spec,
             device=str(dev) if not ctx.active else f"{dev.type} x{ctx.world_size}",
             weights_sha256=loaded.weights_sha256,
             command=command,
@@ -345,9 +472,9 @@ def _collect(
                 "model_path": loaded.model_path,
                 "input_shape": list(input_shape),
                 "input_dtype": input_dtype,
-                "batch_size": batch_size,
-                "workers": workers,
-                "limit": limit,
+                "batch_size": s.batch_size,
+                "workers": s.workers,
+                "limit": s.limit,
                 "world_size": ctx.world_size,
                 "collect_seconds": round(seconds, 3),
                 "image_transform": image_transform,
@@ -356,7 +483,75 @@ def _collect(
         writer.finish(provenance)
         log.info("collected %d samples in %.1f s", n, seconds)
         return load_run(out)
-    except BaseException:
+    except BaseException as e:
+        # A user error in a fresh collect leaves nothing; an interruption, or any failure
+        # of a resumed one, keeps the partial run (and its progress) for --resume.
         if writer is not None:
-            writer.abort()
+            writer.abort(keep_partial=keep_partial or not isinstance(e, DyncalError))
         raise
+
+
+def _write_rows(
+    writer: RunWriter,
+    model: Any,
+    dev: torch.device,
+    batches: Any,
+    first: tuple[Any, Any] | None,
+    k: int,
+    c: int,
+    ctx: DistributedContext,
+    s: _Settings,
+    spec: Mapping[str, Any],
+    block: tuple[int, int],
+    row: int,
+    done: int,
+    t0: float,
+    progress: ProgressFn | None,
+) -> int:
+    """Write every batch from ``row`` on (rows before ``done`` are compared, not written); returns the end row."""
+    start, stop = block
+    first_row = row
+    last_saved = time.monotonic()
+    batch_index = 0
+    current = first
+    while current is not None:
+        y, outs = current
+        if batch_index > 0 and (
+            not isinstance(outs, (list, tuple)) or len(outs) != k or any(o.shape != (outs[0].shape[0], c) for o in outs)
+        ):
+            check_exit_outputs(outs, int(outs[0].shape[0]), static_ok=True)
+            raise ModelError(f"batch {batch_index}: the model returned a different number of exits than K={k}")
+        logits = torch.stack([o.float() for o in outs], dim=1).cpu().numpy()
+        _check_finite(logits, batch_index, row)
+        labels = _labels_of(y, batch_index, c)
+        b = logits.shape[0]
+        indices = np.arange(row, row + b, dtype=np.int64)
+        if row < done:
+            _compare_saved(writer, row, logits, labels, indices)
+        else:
+            writer.write(row, logits, labels, indices)
+        row += b
+        batch_index += 1
+        if row > done and (row == stop or time.monotonic() - last_saved >= s.checkpoint_s):
+            writer.sync()  # the rows are on disk before the progress file names them
+            _write_progress(writer.partial, ctx.rank, spec, k, c, block, row)
+            last_saved = time.monotonic()
+        if progress is not None and ctx.rank == 0:
+            progress(row - start, stop - start, (row - first_row) / max(time.perf_counter() - t0, 1e-9))
+        batch = _next_batch(batches, batch_index, row, s.batch_size)
+        current = None if batch is None else (batch[1], _forward(model, batch[0], dev, batch_index))
+    return row
+
+
+def _compare_saved(writer: RunWriter, row: int, logits: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
+    """Refuse to resume when rows the interrupted collect saved come out differently now."""
+    old_logits, old_labels, old_indices = writer.read(row, row + logits.shape[0])
+    diff, ok = logits_difference(logits, old_logits)
+    if ok and np.array_equal(labels, old_labels) and np.array_equal(indices, old_indices):
+        return
+    what = f"logits up to {diff:.3g} away" if not ok else "other labels"
+    raise RunError(
+        f"cannot resume '{writer.partial}': rows {row}..{row + logits.shape[0] - 1} come out with {what} than "
+        "the interrupted collect saved, so the model or the data changed; pass --overwrite instead of --resume "
+        "to start again"
+    )

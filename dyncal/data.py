@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,7 +19,10 @@ from dyncal.errors import DataError
 from dyncal.models import call_factory
 from dyncal.run import NPZ_READ_ERRORS
 
-__all__ = ["ImageTransform", "NpzDataset", "load_dataset", "check_item"]
+if TYPE_CHECKING:
+    from dyncal.run import Run
+
+__all__ = ["ImageTransform", "NpzDataset", "load_dataset", "dataset_for_run", "check_item"]
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,56 @@ def load_dataset(
             "with __len__ and __getitem__"
         )
     return dataset  # type: ignore[no-any-return]
+
+
+def dataset_for_run(
+    run: Run,
+    *,
+    data: str | None = None,
+    search_path: str | os.PathLike[str] | None = None,
+) -> Dataset[Any]:
+    """Open the data set a run was collected from, with the image transform it recorded.
+
+    Args:
+        run: An opened run.
+        data: Data spec overriding ``provenance.data`` (the recorded transform still applies).
+        search_path: Folder to import a data factory from (default: the run's recorded
+            ``model_path``, as collect's ``--model-path``).
+
+    Returns:
+        The data set; ``dataset[run.indices[i]]`` is row ``i``'s item.
+
+    Raises:
+        DataError: The run names no data set (imported runs) and none is given, its
+            recorded transform is malformed, or the data set cannot be opened.
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib
+        >>> from dyncal.run import Provenance, import_arrays
+        >>> prov = Provenance.here(model="m:f", data="dyncal.demo:validation", device="cpu")
+        >>> run = import_arrays(np.zeros((2, 4, 10), np.float32), [0, 1],
+        ...                     pathlib.Path(tempfile.mkdtemp()) / "r", provenance=prov)
+        >>> len(dataset_for_run(run))
+        797
+    """
+    prov = run.provenance
+    spec = data or prov.data
+    if not spec or spec.startswith("("):
+        raise DataError(f"run '{run.path}' does not name its data set (data: {prov.data!r}); pass --data")
+    tf = prov.extra.get("image_transform")
+    transform = None
+    if tf:
+        try:
+            transform = ImageTransform(
+                resize=int(tf["resize"]),
+                crop=int(tf["crop"]),
+                mean=tuple(float(v) for v in tf["mean"]),
+                std=tuple(float(v) for v in tf["std"]),
+            )
+        except (TypeError, KeyError, ValueError) as e:
+            raise DataError(f"run '{run.path}' records a malformed image_transform {tf!r}: {e}") from e
+    folder = search_path if search_path is not None else prov.extra.get("model_path")
+    return load_dataset(spec, transform=transform, search_path=folder)
 
 
 def check_item(item: Any, index: int) -> tuple[tuple[int, ...], str]:

@@ -24,7 +24,7 @@ DEMO_DATA = "dyncal.demo:validation"
 _BATCH_SIZES = (1, 32)
 
 
-_DEMO_FILES = {"run", "run.partial", "thresholds.json", "frontier.csv", "report.pdf", "verify.json"}
+_DEMO_FILES = {"run", "run.partial", "run.lock", "thresholds.json", "frontier.csv", "report.pdf", "verify.json"}
 
 
 def _is_demo_dir(path: Path) -> bool:
@@ -88,8 +88,9 @@ def run_demo(
                 f"'{out}' holds files dyncal demo did not write; --overwrite only replaces a demo "
                 "folder, so choose another --out"
             )
-        shutil.rmtree(out)
     with output_errors(out):
+        if out.exists():
+            shutil.rmtree(out)
         out.mkdir(parents=True)
     t0 = time.perf_counter()
     run_dir = out / "run"

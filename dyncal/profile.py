@@ -2,12 +2,16 @@
 
 The model is found through the run's provenance (``provenance.model``, and in
 ``provenance.extra``: ``weights``, ``model_path``, ``input_shape``, ``input_dtype``), each
-of which :class:`ProfileOptions` can override (needed for imported runs). The model is
+of which :class:`ProfileOptions` can override (needed for imported runs), and checked to be
+the run's model (:func:`dyncal.models.load_run_model`: the checkpoint's SHA-256 and a few
+recorded rows re-run) unless ``allow_other_model``. The run is locked, and checked to be
+writable, before anything is measured. The model is
 partitioned into stages (:mod:`dyncal.analysis.stages`), the partition is proven on real
 inputs (every exit's logits reproduced), MACs are counted per stage with fvcore
 (:mod:`dyncal.analysis.flops`) and latency is measured per device and batch size
 (:mod:`dyncal.analysis.latency`). The resulting :class:`dyncal.run.CostTable` is stored in
-the run with :func:`dyncal.run.save_costs`, keeping latency of other devices/batch sizes.
+the run with :func:`dyncal.run.store_costs`, keeping latency of other devices/batch sizes
+(latency timed on another model is replaced only with ``allow_other_model``).
 
 Example:
     >>> import numpy as np, tempfile, pathlib
@@ -39,8 +43,25 @@ from dyncal.analysis.flops import StageMacs, stage_macs
 from dyncal.analysis.latency import LatencySettings, measure_latency
 from dyncal.analysis.stages import StageCheck, Stages, build_stages, verify_stages
 from dyncal.errors import ProfileError
-from dyncal.models import check_exit_outputs, import_object, load_model, resolve_device
-from dyncal.run import CostTable, LatencyProfile, Run, load_run, save_costs
+from dyncal.models import (
+    ModelCheck,
+    check_exit_outputs,
+    import_object,
+    load_model,
+    load_run_model,
+    resolve_device,
+    run_model_source,
+)
+from dyncal.run import (
+    CostTable,
+    LatencyProfile,
+    Run,
+    RunLock,
+    check_writable,
+    load_run,
+    other_model_latency,
+    store_costs,
+)
 
 __all__ = ["ProfileOptions", "ProfileResult", "profile_run", "profile_run_full", "profile_model"]
 
@@ -64,6 +85,10 @@ class ProfileOptions:
         input_shape: Per-sample input shape overriding ``provenance.extra["input_shape"]``.
         input_dtype: Input dtype name overriding ``provenance.extra["input_dtype"]``.
         stages: ``pkg.module:fn`` declaring stages by hand (``fn(model) -> [nn.Module]``).
+        data: Data spec overriding the run's, for re-running recorded rows.
+        allow_other_model: Profile a model that is not the run's (checkpoint hash or
+            recorded rows differ), and replace latency timed on another model; recorded.
+        check_rows: Recorded rows re-run to check the model (0: hash only).
         latency: Measure latency (False: MACs only).
         warmup: Untimed calls before timing.
         repeats: Timed replicates.
@@ -80,6 +105,9 @@ class ProfileOptions:
     input_shape: tuple[int, ...] | None = None
     input_dtype: str | None = None
     stages: str | None = None
+    data: str | None = None
+    allow_other_model: bool = False
+    check_rows: int = 8
     latency: bool = True
     warmup: int = 5
     repeats: int = 25
@@ -90,6 +118,8 @@ class ProfileOptions:
         """Validate the options that need no model."""
         if not self.devices and self.latency:
             raise ProfileError("give at least one --device to time on")
+        if self.check_rows < 0:
+            raise ProfileError(f"the number of rows to re-run must be >= 0, got {self.check_rows}")
         if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
             raise ProfileError(f"--batch-size must be positive integers, got {list(self.batch_sizes)}")
         if self.input_shape is not None and (not self.input_shape or any(int(d) < 1 for d in self.input_shape)):
@@ -118,6 +148,10 @@ class ProfileResult:
         input_shape: The per-sample input shape used.
         drop_rows_reason: Why samples cannot leave a batch between stages (early exit must
             then run whole batches), None when they can.
+        model_check: How the model compared with the run's (see :func:`dyncal.models.check_run_model`).
+        model_from_run: Whether the model is the one ``run.json`` names (no ``model`` option).
+        replaced: Latency keys timed on another model that this profile replaced.
+        replaced_model: That other model, described.
     """
 
     costs: CostTable
@@ -128,6 +162,10 @@ class ProfileResult:
     model: str
     input_shape: tuple[int, ...]
     drop_rows_reason: str | None = None
+    model_check: ModelCheck | None = None
+    model_from_run: bool = False
+    replaced: tuple[str, ...] = ()
+    replaced_model: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The ``dyncal profile --json`` document."""
@@ -163,6 +201,9 @@ class ProfileResult:
             ],
             "measured": list(self.measured),
             "latency": {key: _latency_summary(p) for key, p in sorted(costs.latency.items())},
+            "model_check": None if self.model_check is None else self.model_check.to_dict(),
+            "replaced": list(self.replaced),
+            "replaced_model": self.replaced_model,
         }
 
 
@@ -360,19 +401,9 @@ def profile_model(
     return costs, macs, stages, checks
 
 
-def _resolve(run: Run, options: ProfileOptions) -> tuple[str, str | None, str | None, tuple[int, ...], str]:
-    prov = run.provenance
-    extra = prov.extra
-    spec = options.model or (prov.model if prov.model and not prov.model.startswith("(") else None)
-    if not spec:
-        raise ProfileError(
-            f"run '{run.path}' does not name its model (model: {prov.model!r}); pass "
-            "--model pkg.module:factory (or FILE.pt2) and --input-shape"
-        )
-    weights = options.weights if options.weights is not None else extra.get("weights")
-    if options.model is not None and options.weights is None and spec != prov.model:
-        weights = None  # the recorded weights belong to the recorded model
-    model_path = options.model_path if options.model_path is not None else extra.get("model_path")
+def _input_of(run: Run, options: ProfileOptions) -> tuple[tuple[int, ...], str]:
+    """The per-sample input shape and dtype name: the options', else the run's."""
+    extra = run.provenance.extra
     shape = options.input_shape if options.input_shape is not None else extra.get("input_shape")
     if not shape:
         raise ProfileError(
@@ -386,9 +417,7 @@ def _resolve(run: Run, options: ProfileOptions) -> tuple[str, str | None, str | 
             f"the recorded input shape {shape!r} is not a list of integers; pass --input-shape"
         ) from None
     dtype = options.input_dtype or extra.get("input_dtype") or "float32"
-    if weights is not None and not os.path.exists(weights):
-        raise ProfileError(f"the run's weights '{weights}' do not exist on this machine; pass --weights FILE")
-    return spec, weights, model_path, shape_t, str(dtype)
+    return shape_t, str(dtype)
 
 
 def profile_run_full(run_path: str | os.PathLike[str], *, options: ProfileOptions | None = None) -> ProfileResult:
@@ -410,15 +439,36 @@ def profile_run_full(run_path: str | os.PathLike[str], *, options: ProfileOption
     run = load_run(run_path)
     for d in options.devices:
         resolve_device(d)
-    spec, weights, model_path, shape, dtype_name = _resolve(run, options)
+    # Lock the run and prove it writable first: nothing is measured that cannot be stored.
+    with RunLock(run.path):
+        check_writable(run.path, what="the cost table (run.json)")
+        return _profile_locked(run, options)
+
+
+def _profile_locked(run: Run, options: ProfileOptions) -> ProfileResult:
+    run_model_source(run, model=options.model, weights=options.weights, model_path=options.model_path)
+    shape, dtype_name = _input_of(run, options)
     dtype = _dtype(dtype_name)
+    loaded = load_run_model(
+        run,
+        model=options.model,
+        weights=options.weights,
+        model_path=options.model_path,
+        data=options.data,
+        device="cpu",
+        allow_other_model=options.allow_other_model,
+        check_rows=options.check_rows,
+    )
+    spec, weights, model_path = loaded.spec, loaded.weights, loaded.model_path
     stages_fn = _stages_fn(options.stages, model_path)
-    loaded = load_model(spec, weights=weights, model_path=model_path, device="cpu")
-    model_id = {
+    model_id: dict[str, Any] = {
         "model": spec,
         "weights_sha256": loaded.weights_sha256,
         "state_sha256": state_sha256(loaded.module),  # before anything runs (train-mode BatchNorm)
     }
+    if loaded.check is not None and loaded.check.allowed:
+        model_id["other_model"] = loaded.check.mismatch
+    other_model_latency(run, model_id, allow_other_model=options.allow_other_model)  # refuse before measuring
     x1 = _example(shape, dtype, 1, torch.device("cpu"), options.seed)
     try:
         with torch.inference_mode():
@@ -463,9 +513,11 @@ def profile_run_full(run_path: str | os.PathLike[str], *, options: ProfileOption
         latency=options.latency,
         model_id=model_id,
     )
-    stored = save_costs(run.path, costs, model_id=model_id)
+    check_doc = None if loaded.check is None else loaded.check.to_dict()
+    costs = replace(costs, model={**model_id, "check": check_doc})
+    stored = store_costs(run.path, costs, model_id=model_id, allow_other_model=options.allow_other_model)
     return ProfileResult(
-        costs=stored,
+        costs=stored.costs,
         macs=macs,
         stage_source=stages.source,
         checks=tuple(checks),
@@ -473,6 +525,10 @@ def profile_run_full(run_path: str | os.PathLike[str], *, options: ProfileOption
         measured=tuple(costs.latency),
         model=spec,
         input_shape=shape,
+        model_check=loaded.check,
+        model_from_run=loaded.from_run,
+        replaced=stored.replaced,
+        replaced_model=stored.replaced_model,
     )
 
 

@@ -11,6 +11,10 @@ A run is a directory readable with numpy alone (no pickle)::
 A run is built in ``RUN.partial`` and renamed to ``RUN`` only after ``run.json`` (with
 ``"complete": true``) is on disk, so an interrupted collect leaves a ``.partial``
 directory that :func:`load_run` refuses, never something that looks finished.
+
+Whoever writes a run (collect, import, profile through :func:`save_costs`) holds
+:class:`RunLock`, an exclusive ``flock`` on ``RUN.lock`` beside the run, from its start to
+its last write; a second writer fails at once with one line instead of interleaving.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ import os
 import shutil
 import stat
 import sys
+import tempfile
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -49,6 +55,12 @@ __all__ = [
     "import_arrays",
     "import_npz",
     "save_costs",
+    "store_costs",
+    "StoredCosts",
+    "other_model_latency",
+    "RunLock",
+    "lock_path",
+    "check_writable",
     "atomic_write_text",
     "atomic_write_bytes",
     "latency_key",
@@ -63,6 +75,7 @@ LOGITS_FILE = "logits.npy"
 LABELS_FILE = "labels.npy"
 INDICES_FILE = "indices.npy"
 PARTIAL_SUFFIX = ".partial"
+LOCK_SUFFIX = ".lock"
 
 # What np.load raises for truncated, corrupt or pickled .npz files.
 NPZ_READ_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
@@ -109,6 +122,170 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         '{}'
     """
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+# --------------------------------------------------------------------------- writers' lock
+
+
+def lock_path(run: str | os.PathLike[str]) -> Path:
+    """The lock file of the run directory ``run``: ``RUN.lock`` beside it (never inside).
+
+    Example:
+        >>> lock_path("/data/runs/r50")
+        PosixPath('/data/runs/r50.lock')
+    """
+    run = Path(run)
+    return run.with_name(run.name + LOCK_SUFFIX)
+
+
+# Locks this process holds: lock path -> (descriptor, depth). flock conflicts between two
+# descriptors of one process too, so a nested writer (profile, then save_costs) reuses it.
+_HELD: dict[str, tuple[int, int]] = {}
+_HELD_GUARD = threading.Lock()
+
+
+class RunLock:
+    """Exclusive right to write one run, held by at most one process at a time.
+
+    An advisory ``fcntl.flock`` on ``RUN.lock`` beside the run directory (so it survives
+    the run being replaced, and no reader mistakes it for part of a run). The file holds
+    the owner's pid for the message a second writer sees. The kernel drops the lock when
+    the owner dies, so a lock file left by ``kill -9`` is harmless; a clean release
+    removes it. Re-entrant within a process.
+
+    Args:
+        run: The run directory (it need not exist yet).
+
+    Raises:
+        RunError: (on :meth:`acquire`) another process holds the lock, or the lock file
+            cannot be created (its folder is missing or not writable).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> run = pathlib.Path(tempfile.mkdtemp()) / "run"
+        >>> with RunLock(run):
+        ...     lock_path(run).exists()
+        True
+        >>> lock_path(run).exists()
+        False
+    """
+
+    def __init__(self, run: str | os.PathLike[str]) -> None:
+        self.run = Path(run)
+        self.path = lock_path(self.run)
+        self._key: str | None = None
+
+    def acquire(self) -> RunLock:
+        """Take the lock now or raise :class:`RunError` naming the process that holds it."""
+        import fcntl
+
+        folder = self.path.parent
+        if not folder.is_dir():
+            raise RunError(f"the folder '{folder}' for '{self.run}' does not exist; create it first")
+        key = str(folder.resolve() / self.path.name)
+        with _HELD_GUARD:
+            if key in _HELD:
+                fd, depth = _HELD[key]
+                _HELD[key] = (fd, depth + 1)
+                self._key = key
+                return self
+            for _ in range(20):
+                try:
+                    fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                except OSError as e:
+                    raise RunError(
+                        f"cannot create the lock file '{self.path}' beside the run ({e.strerror or e}); "
+                        "dyncal needs to write in that folder: choose one you can write to"
+                    ) from e
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    holder = _lock_holder(fd)
+                    os.close(fd)
+                    raise RunError(
+                        f"another dyncal process (pid {holder}) is writing '{self.run}'; "
+                        "wait for it to finish (or stop it), then try again"
+                    ) from None
+                # A releasing owner unlinks the file while holding it: the file locked must be
+                # the one still at the path, or two processes could each lock a different file.
+                try:
+                    st = os.stat(self.path)
+                    same = (st.st_dev, st.st_ino) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    break
+                os.close(fd)
+            else:  # pragma: no cover - twenty lost races in a row
+                raise RunError(f"could not take the lock '{self.path}'; try again")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            _HELD[key] = (fd, 1)
+            self._key = key
+        return self
+
+    def release(self) -> None:
+        """Give the lock up (the outermost release removes the lock file)."""
+        key, self._key = self._key, None
+        if key is None:
+            return
+        with _HELD_GUARD:
+            fd, depth = _HELD[key]
+            if depth > 1:
+                _HELD[key] = (fd, depth - 1)
+                return
+            del _HELD[key]
+            try:
+                os.unlink(key)  # while still holding it: see acquire
+            except OSError:
+                pass
+            os.close(fd)
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock."""
+        return self._key is not None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.release()
+
+
+def _lock_holder(fd: int) -> str:
+    """The pid written in a lock file, or ``?`` while its owner has not written it yet."""
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return "?"
+    return text if text.isdigit() else "?"
+
+
+def check_writable(folder: str | os.PathLike[str], *, what: str) -> None:
+    """Refuse ``folder`` unless a file can be created in it (tried, not guessed from modes).
+
+    Args:
+        folder: The folder to write in.
+        what: What is to be written there, for the message.
+
+    Raises:
+        RunError: The folder is missing or not writable.
+
+    Example:
+        >>> import tempfile
+        >>> check_writable(tempfile.mkdtemp(), what="the run's cost table")
+    """
+    folder = Path(folder)
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".dyncal-write-check-")
+    except OSError as e:
+        raise RunError(
+            f"cannot write {what} in '{folder}' ({e.strerror or e}); make the folder writable "
+            "or work on a copy (nothing was computed)"
+        ) from e
+    os.close(fd)
+    os.unlink(probe)
 
 
 # --------------------------------------------------------------------------- metadata
@@ -369,6 +546,9 @@ class CostTable:
         unsupported_ops: Operators fvcore could not count, per stage.
         latency: Measured latency per ``"<device>/b<batch>"`` key.
         source: ``"profile"`` (measured by dyncal) or ``"import"`` (given by the user).
+        model: The model the latest profile measured (``model``, ``weights_sha256``,
+            ``state_sha256``) and how it compared with the run's (``check``; ``allowed``
+            true when ``--allow-other-model`` let another model be used), or None.
     """
 
     macs: tuple[float, ...] | None = None
@@ -376,16 +556,20 @@ class CostTable:
     unsupported_ops: tuple[UnsupportedOp, ...] = ()
     latency: dict[str, LatencyProfile] = field(default_factory=dict)
     source: str = "profile"
+    model: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
-        return {
+        doc = {
             "macs": None if self.macs is None else list(self.macs),
             "stage_macs": None if self.stage_macs is None else list(self.stage_macs),
             "unsupported_ops": [u.to_dict() for u in self.unsupported_ops],
             "latency": {k: v.to_dict() for k, v in self.latency.items()},
             "source": self.source,
         }
+        if self.model is not None:
+            doc["model"] = dict(self.model)
+        return doc
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], field: str = "costs", k: int | None = None) -> CostTable:
@@ -417,6 +601,7 @@ class CostTable:
                 for key, v in V.mapping(d.get("latency", {}), f"{field}.latency").items()
             },
             source=V.string(d.get("source", "profile"), f"{field}.source"),
+            model=dict(d["model"]) if isinstance(d.get("model"), Mapping) else None,
         )
         for key, prof in table.latency.items():
             if key != prof.key:
@@ -742,59 +927,155 @@ def _same_model(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     return all(old[key] == new[key] for key in MODEL_ID_KEYS if old.get(key) is not None and new.get(key) is not None)
 
 
+def _describe_model(model_id: Mapping[str, Any]) -> str:
+    """``spec (weights 1a2b3c4d…, state 5e6f…)`` from a model identity, for messages."""
+    hashes = [
+        f"{name} {str(model_id[key])[:12]}"
+        for key, name in (("weights_sha256", "weights"), ("state_sha256", "state"))
+        if model_id.get(key)
+    ]
+    return f"{model_id.get('model') or '(unnamed model)'}" + (f" ({', '.join(hashes)})" if hashes else "")
+
+
+def other_model_latency(
+    run: Run, model_id: Mapping[str, Any] | None, *, allow_other_model: bool = False
+) -> tuple[list[str], str | None]:
+    """Latency keys of ``run`` timed on a model other than ``model_id``, and that model described.
+
+    Args:
+        run: An opened run.
+        model_id: The model about to be profiled (see :data:`MODEL_ID_KEYS`), or None.
+        allow_other_model: Return them (to be replaced) instead of refusing.
+
+    Raises:
+        RunError: There are some and ``allow_other_model`` is False: one line naming them
+            and the flag that replaces them.
+    """
+    keys: list[str] = []
+    described = None
+    if run.costs is None or model_id is None:
+        return keys, described
+    for key, old in run.costs.latency.items():
+        if not _same_model(old.settings, model_id):
+            keys.append(key)
+            described = _describe_model(old.settings)
+    if keys and not allow_other_model:
+        raise RunError(
+            f"run '{run.path}' holds latency {', '.join(keys)} timed on another model ({described}) than "
+            f"this one ({_describe_model(model_id)}); pass --allow-other-model to replace it, or profile "
+            "a copy of the run"
+        )
+    return keys, described
+
+
+@dataclass(frozen=True)
+class StoredCosts:
+    """What :func:`store_costs` wrote.
+
+    Attributes:
+        costs: The cost table as stored (merged with the entries kept).
+        replaced: Latency keys (``"cpu/b1"``, ...) timed on another model that were replaced.
+        replaced_model: That other model, described (spec and hashes), or None.
+    """
+
+    costs: CostTable
+    replaced: tuple[str, ...] = ()
+    replaced_model: str | None = None
+
+
+def store_costs(
+    path: str | os.PathLike[str],
+    costs: CostTable,
+    *,
+    merge: bool = True,
+    model_id: Mapping[str, Any] | None = None,
+    allow_other_model: bool = False,
+) -> StoredCosts:
+    """Store a cost table in a run's ``run.json``, atomically and under the run's lock.
+
+    Args:
+        path: A complete run directory.
+        costs: The new cost table.
+        merge: Keep latency entries of other devices/batch sizes already stored, and
+            MACs when the new table has none. Entries that record no model (older runs)
+            are kept.
+        model_id: The model the new table was measured on (``model``, ``weights_sha256``,
+            ``state_sha256``; see :data:`MODEL_ID_KEYS`); by default read from the new
+            latency entries' settings.
+        allow_other_model: Replace stored latency entries timed on another model (their
+            settings name a different spec or hash); without it such entries are an error,
+            never dropped silently.
+
+    Returns:
+        The stored table and the keys it replaced.
+
+    Raises:
+        RunError: Another process writes the run, the table does not fit the run, or the
+            run holds latency of another model and ``allow_other_model`` is not set.
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "run"
+        >>> _ = import_arrays(np.zeros((3, 2, 4), np.float32), [0, 1, 3], out)
+        >>> store_costs(out, CostTable(macs=(1e6, 2e6))).costs.macs
+        (1000000.0, 2000000.0)
+    """
+    with RunLock(path):
+        run = load_run(path)
+        replaced: list[str] = []
+        replaced_model = None
+        if merge and run.costs is not None:
+            if model_id is None:
+                model_id = next(
+                    ({k: p.settings.get(k) for k in MODEL_ID_KEYS} for p in costs.latency.values()),
+                    None,
+                )
+            replaced, replaced_model = other_model_latency(run, model_id, allow_other_model=allow_other_model)
+            latency = {key: old for key, old in run.costs.latency.items() if key not in replaced}
+            if replaced:
+                log.info("replacing latency %s of run '%s' timed on %s", ", ".join(replaced), path, replaced_model)
+            latency.update(costs.latency)
+            costs = CostTable(
+                macs=costs.macs if costs.macs is not None else run.costs.macs,
+                stage_macs=costs.stage_macs if costs.stage_macs is not None else run.costs.stage_macs,
+                # fvcore's list belongs to the MACs it was counted with: a fresh count replaces it, empty or not
+                unsupported_ops=costs.unsupported_ops if costs.macs is not None else run.costs.unsupported_ops,
+                latency=latency,
+                source=costs.source,
+                model=costs.model if costs.model is not None else run.costs.model,
+            )
+        if costs.macs is not None and len(costs.macs) != run.k:
+            raise RunError(f"cost table has {len(costs.macs)} exits but the run has K={run.k}")
+        meta = dict(run.meta)
+        meta["costs"] = costs.to_dict()
+        try:
+            atomic_write_text(Path(path) / RUN_JSON, json.dumps(meta, indent=2))
+        except OSError as e:
+            raise RunError(f"cannot write '{Path(path) / RUN_JSON}' ({e.strerror or e}); make the run writable") from e
+    return StoredCosts(costs=costs, replaced=tuple(replaced), replaced_model=replaced_model)
+
+
 def save_costs(
     path: str | os.PathLike[str],
     costs: CostTable,
     *,
     merge: bool = True,
     model_id: Mapping[str, Any] | None = None,
+    allow_other_model: bool = False,
 ) -> CostTable:
-    """Store a cost table in a run's ``run.json`` (atomically).
-
-    Args:
-        path: A complete run directory.
-        costs: The new cost table.
-        merge: Keep latency entries of other devices/batch sizes already stored, and
-            MACs when the new table has none. Entries timed on another model (their
-            ``settings`` name a different spec or hash, see :data:`MODEL_ID_KEYS`) are
-            dropped; entries that record no model (older runs) are kept.
-        model_id: The model the new table was measured on (``model``, ``weights_sha256``,
-            ``state_sha256``); by default read from the new latency entries' settings.
+    """Store a cost table in a run's ``run.json``; see :func:`store_costs`.
 
     Returns:
         The cost table as stored.
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "run"
+        >>> _ = import_arrays(np.zeros((3, 2, 4), np.float32), [0, 1, 3], out)
+        >>> save_costs(out, CostTable(macs=(1e6, 2e6))).macs
+        (1000000.0, 2000000.0)
     """
-    run = load_run(path)
-    if merge and run.costs is not None:
-        if model_id is None:
-            model_id = next(
-                ({k: p.settings.get(k) for k in MODEL_ID_KEYS} for p in costs.latency.values()),
-                None,
-            )
-        latency = {}
-        for key, old in run.costs.latency.items():
-            if model_id is not None and not _same_model(old.settings, model_id):
-                log.info("dropping latency %s of run '%s': it was timed on another model", key, path)
-                continue
-            latency[key] = old
-        latency.update(costs.latency)
-        costs = CostTable(
-            macs=costs.macs if costs.macs is not None else run.costs.macs,
-            stage_macs=costs.stage_macs if costs.stage_macs is not None else run.costs.stage_macs,
-            # fvcore's list belongs to the MACs it was counted with: a fresh count replaces it, empty or not
-            unsupported_ops=costs.unsupported_ops if costs.macs is not None else run.costs.unsupported_ops,
-            latency=latency,
-            source=costs.source,
-        )
-    if costs.macs is not None and len(costs.macs) != run.k:
-        raise RunError(f"cost table has {len(costs.macs)} exits but the run has K={run.k}")
-    meta = dict(run.meta)
-    meta["costs"] = costs.to_dict()
-    try:
-        atomic_write_text(Path(path) / RUN_JSON, json.dumps(meta, indent=2))
-    except OSError as e:
-        raise RunError(f"cannot write the cost table into '{Path(path) / RUN_JSON}': {e.strerror or e}") from e
-    return costs
+    return store_costs(path, costs, merge=merge, model_id=model_id, allow_other_model=allow_other_model).costs
 
 
 # --------------------------------------------------------------------------- writing
@@ -814,16 +1095,18 @@ class _RowFile:
         self.path = path
         self.dtype = np.dtype(dtype)
         self.shape = shape
-        if create:
-            mm = open_memmap(path, mode="w+", dtype=self.dtype, shape=shape)  # header + sparse body
-            self.offset = int(mm.offset)
-            del mm
-        else:
-            mm = np.load(path, mmap_mode="r")
-            if mm.shape != shape or mm.dtype != self.dtype:
-                raise RunError(f"'{path}' has shape {mm.shape}, expected {shape}")
-            self.offset = int(mm.offset)
-            del mm
+        self.fd = -1
+        try:
+            if create:
+                mm = open_memmap(path, mode="w+", dtype=self.dtype, shape=shape)  # header + sparse body
+            else:
+                mm = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise RunError(f"cannot {'create' if create else 'open'} '{path}': {e}") from e
+        if mm.shape != shape or mm.dtype != self.dtype:
+            raise RunError(f"'{path}' has shape {mm.shape} and dtype {mm.dtype}, expected {shape} {self.dtype}")
+        self.offset = int(mm.offset)
+        del mm
         self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * self.dtype.itemsize
         self.fd = os.open(path, os.O_RDWR)
 
@@ -832,6 +1115,14 @@ class _RowFile:
         if data.shape[1:] != self.shape[1:] or start < 0 or start + data.shape[0] > self.shape[0]:
             raise RunError(f"rows {start}..{start + data.shape[0]} of shape {data.shape} do not fit {self.shape}")
         os.pwrite(self.fd, data.tobytes(), self.offset + start * self.row_bytes)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        data = os.pread(self.fd, (stop - start) * self.row_bytes, self.offset + start * self.row_bytes)
+        return np.frombuffer(data, dtype=self.dtype).reshape((stop - start, *self.shape[1:]))
+
+    def sync(self) -> None:
+        if self.fd >= 0:
+            os.fsync(self.fd)
 
     def close(self, *, sync: bool) -> None:
         if self.fd >= 0:
@@ -845,18 +1136,30 @@ class RunWriter:
     """Builds a run in ``OUT.partial`` and publishes it as ``OUT`` on :meth:`finish`.
 
     Rows may be written in any order, by several processes (see :meth:`attach`); rows go
-    straight to disk, so memory stays flat however large N is. If the writer is closed
+    straight to disk, so memory stays flat however large N is. The creating process holds
+    the run's :class:`RunLock` from construction until :meth:`finish` or :meth:`abort`, so
+    no other writer can touch ``OUT`` or ``OUT.partial`` meanwhile. If the writer is closed
     without :meth:`finish` (an error), the partial directory is removed; if the process
     dies, it stays behind as ``OUT.partial``, which :func:`load_run` never mistakes for a
-    run.
+    run (and ``dyncal collect --resume`` continues).
 
     Args:
         out: Final run directory.
         n: Number of rows.
-        overwrite: Replace an existing ``OUT`` (only once the new run is complete).
+        overwrite: Replace an existing ``OUT`` (only once the new run is complete) and
+            discard an existing ``OUT.partial`` (unless ``keep_partial``).
+        keep_partial: Keep an existing ``OUT.partial`` to continue it (:attr:`resumed`
+            says whether there was one; :meth:`open_existing` opens its arrays).
+
+    Raises:
+        RunError: Another process writes ``OUT``, ``OUT`` exists without ``overwrite``, an
+            interrupted ``OUT.partial`` exists without ``overwrite``/``keep_partial``, or
+            the folder cannot be written.
     """
 
-    def __init__(self, out: str | os.PathLike[str], n: int, *, overwrite: bool = False) -> None:
+    def __init__(
+        self, out: str | os.PathLike[str], n: int, *, overwrite: bool = False, keep_partial: bool = False
+    ) -> None:
         self.out = Path(out)
         self.n = int(n)
         self.overwrite = overwrite
@@ -864,26 +1167,48 @@ class RunWriter:
         self._files: list[_RowFile] = []
         self._finished = False
         self._owner = True
-        check_out(self.out, overwrite=overwrite)
+        self.resumed = False
         if self.n <= 0:
             raise RunError(f"a run needs at least one sample, got N={self.n}")
-        if self.partial.exists():
-            if not overwrite:
-                raise RunError(
-                    f"'{self.partial}' exists: an earlier collect was interrupted or is still "
-                    "running; pass --overwrite to discard it"
-                )
-            shutil.rmtree(self.partial)
+        self._lock = RunLock(self.out).acquire()
         try:
+            check_out(self.out, overwrite=overwrite)
+            if self.partial.exists() and keep_partial and self.partial.is_dir():
+                self.resumed = True
+                return
+            if self.partial.exists() and not overwrite:
+                raise RunError(
+                    f"'{self.partial}' exists: an earlier collect was interrupted; pass --resume to "
+                    "continue it (collect only) or --overwrite to discard it"
+                )
+            self.restart()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def restart(self) -> None:
+        """Discard whatever ``OUT.partial`` holds and start an empty one."""
+        for f in self._files:
+            f.close(sync=False)
+        self._files = []
+        self.resumed = False
+        try:
+            if self.partial.is_dir() and not self.partial.is_symlink():
+                shutil.rmtree(self.partial)
+            elif self.partial.exists() or self.partial.is_symlink():
+                self.partial.unlink()
             self.partial.mkdir(parents=True)
         except OSError as e:
-            raise RunError(f"cannot create the run '{self.out}': {e.strerror or e}; choose another --out") from e
+            raise RunError(
+                f"cannot create '{self.partial}' ({e.strerror or e}); choose an --out in a folder you can write"
+            ) from e
 
     @classmethod
     def attach(cls, out: str | os.PathLike[str], n: int, k: int, c: int) -> RunWriter:
         """Open the arrays another process allocated, to write its share of the rows.
 
-        Only the process that created the writer may :meth:`finish` it.
+        Only the process that created the writer may :meth:`finish` it; attaching takes
+        no lock (the creator holds it for everyone).
         """
         self = cls.__new__(cls)
         self.out = Path(out)
@@ -893,15 +1218,25 @@ class RunWriter:
         self._files = []
         self._finished = False
         self._owner = False
+        self.resumed = False
+        self._lock = RunLock(self.out)  # never acquired
         self._open(k, c, create=False)
         return self
 
     def _open(self, k: int, c: int, *, create: bool) -> None:
-        self._files = [
-            _RowFile(self.partial / LOGITS_FILE, np.float32, (self.n, k, c), create=create),
-            _RowFile(self.partial / LABELS_FILE, np.int64, (self.n,), create=create),
-            _RowFile(self.partial / INDICES_FILE, np.int64, (self.n,), create=create),
-        ]
+        files: list[_RowFile] = []
+        try:
+            for name, dtype, shape in (
+                (LOGITS_FILE, np.float32, (self.n, k, c)),
+                (LABELS_FILE, np.int64, (self.n,)),
+                (INDICES_FILE, np.int64, (self.n,)),
+            ):
+                files.append(_RowFile(self.partial / name, dtype, shape, create=create))
+        except BaseException:
+            for f in files:
+                f.close(sync=False)
+            raise
+        self._files = files
 
     @property
     def allocated(self) -> bool:
@@ -912,6 +1247,10 @@ class RunWriter:
         """Create the on-disk arrays once K and C are known (from the first batch)."""
         self._open(k, c, create=True)
 
+    def open_existing(self, k: int, c: int) -> None:
+        """Open the arrays of the partial run being continued (checked to be ``(N, K, C)``)."""
+        self._open(k, c, create=False)
+
     def write(self, start: int, logits: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
         """Store rows ``start .. start+B``: ``logits`` ``(B, K, C)``, ``labels``/``indices`` ``(B,)``."""
         if not self._files:
@@ -919,32 +1258,52 @@ class RunWriter:
         for f, rows in zip(self._files, (logits, labels, indices), strict=True):
             f.write(start, rows)
 
+    def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows ``start .. stop`` as written so far: ``(logits, labels, indices)``."""
+        logits, labels, indices = (f.read(start, stop) for f in self._files)
+        return logits, labels, indices
+
+    def sync(self) -> None:
+        """Flush the rows written so far to disk (before recording them as done)."""
+        for f in self._files:
+            f.sync()
+
     def close(self) -> None:
         """Flush this process's writes to disk (non-owners call this before the owner finishes)."""
         for f in self._files:
             f.close(sync=True)
 
     def finish(self, provenance: Provenance, costs: CostTable | None = None) -> Path:
-        """Flush, write ``run.json`` and publish the run atomically. Returns ``OUT``."""
+        """Flush, write ``run.json`` and publish the run atomically. Returns ``OUT``.
+
+        Anything else in the partial directory (collect's progress files) is removed first.
+        """
         if not self._owner:
             raise RunError("only the process that created the run may finish it")
         if not self._files:
             raise RunError("no rows were written; the data set is empty")
         _, k, c = self._files[0].shape
         self.close()
+        keep = {LOGITS_FILE, LABELS_FILE, INDICES_FILE}
+        for extra in self.partial.iterdir():
+            if extra.name not in keep:
+                extra.unlink()
         meta = _run_document(self.n, int(k), int(c), provenance, costs)
         meta["fingerprint"] = compute_fingerprint(self.partial)
         atomic_write_text(self.partial / RUN_JSON, json.dumps(meta, indent=2))
         _publish(self.partial, self.out)
         self._finished = True
+        self._lock.release()
         return self.out
 
-    def abort(self) -> None:
-        """Discard the partial directory (owner) or just close the files (others)."""
+    def abort(self, *, keep_partial: bool = False) -> None:
+        """Close the files; the owner removes the partial directory (unless ``keep_partial``) and unlocks."""
         for f in self._files:
-            f.close(sync=False)
-        if self._owner and self.partial.exists():
-            shutil.rmtree(self.partial, ignore_errors=True)
+            f.close(sync=keep_partial)
+        if self._owner:
+            if not keep_partial and self.partial.exists():
+                shutil.rmtree(self.partial, ignore_errors=True)
+            self._lock.release()
 
     def __enter__(self) -> RunWriter:
         return self

@@ -17,10 +17,19 @@ from conftest import TESTS, assert_clean_error
 from dyncal.analysis.flops import _quiet_torchscript, model_macs, stage_macs
 from dyncal.analysis.latency import LatencySettings, measure_latency, pinned_threads
 from dyncal.analysis.stages import Stages, build_stages, declared_stages, verify_stages
-from dyncal.errors import ProfileError
+from dyncal.errors import DyncalError, ProfileError, RunError
 from dyncal.models import sha256_file
 from dyncal.profile import ProfileOptions, profile_run, profile_run_full
-from dyncal.run import CostTable, LatencyProfile, Provenance, UnsupportedOp, import_arrays, load_run, save_costs
+from dyncal.run import (
+    CostTable,
+    LatencyProfile,
+    Provenance,
+    UnsupportedOp,
+    import_arrays,
+    load_run,
+    save_costs,
+    store_costs,
+)
 
 # ----------------------------------------------------------------- helpers
 
@@ -408,22 +417,30 @@ def test_a_fresh_count_replaces_unsupported_ops_even_when_empty(tmp_path):
     assert kept.unsupported_ops == (UnsupportedOp(1, "aten::softmax", 2),)
 
 
-def test_latency_timed_on_another_model_is_dropped_on_merge(tmp_path, caplog):
+def test_latency_timed_on_another_model_is_replaced_only_when_allowed(tmp_path):
     run = _run_for(tmp_path, "linear_stack", [8], 2, 3)
     a = {"model": "m:f", "weights_sha256": None, "state_sha256": "aaa"}
     b = {**a, "state_sha256": "bbb"}
     save_costs(run, CostTable(macs=(1.0, 2.0), latency={"cpu/b1": _prof("cpu", 1, **a), "cpu/b4": _prof("cpu", 4)}))
-    with caplog.at_level("INFO", logger="dyncal.run"):
-        stored = save_costs(run, CostTable(macs=(1.0, 3.0), latency={"cpu/b2": _prof("cpu", 2, **b)}))
+    before = (run / "run.json").read_bytes()
+    new = CostTable(macs=(1.0, 3.0), latency={"cpu/b2": _prof("cpu", 2, **b)})
+    with pytest.raises(
+        RunError, match=r"holds latency cpu/b1 timed on another model \(m:f \(state aaa\)\).*--allow-other-model"
+    ):
+        save_costs(run, new)
+    assert (run / "run.json").read_bytes() == before  # nothing dropped silently
+    stored = store_costs(run, new, allow_other_model=True)
     # cpu/b1 was timed on other weights; cpu/b4 records no model (an older run): kept
-    assert sorted(stored.latency) == ["cpu/b2", "cpu/b4"]
-    assert "dropping latency cpu/b1" in caplog.text
+    assert sorted(stored.costs.latency) == ["cpu/b2", "cpu/b4"]
+    assert stored.replaced == ("cpu/b1",) and stored.replaced_model == "m:f (state aaa)"
     # MACs only, of yet another model: the latency of model b goes too
-    macs_only = save_costs(run, CostTable(macs=(1.0, 4.0)), model_id={**a, "state_sha256": "ccc"})
+    macs_only = save_costs(
+        run, CostTable(macs=(1.0, 4.0)), model_id={**a, "state_sha256": "ccc"}, allow_other_model=True
+    )
     assert sorted(macs_only.latency) == ["cpu/b4"]
 
 
-def test_reprofiling_other_weights_drops_the_old_latency(tmp_path):
+def test_reprofiling_other_weights_needs_the_flag_and_replaces_the_old_latency(tmp_path):
     run = _run_for(tmp_path, "conv_stack", [3, 8, 8], 3, 5)
     fast = {"threads": 1, "repeats": 3, "warmup": 1, "min_block_ms": 1.0}
     first = profile_run(run, options=ProfileOptions(batch_sizes=(1,), **fast))
@@ -435,9 +452,16 @@ def test_reprofiling_other_weights_drops_the_old_latency(tmp_path):
     with torch.no_grad():
         model.c1.weight.mul_(2)
     torch.save(model.state_dict(), tmp_path / "w.pt")
-    other = profile_run(run, options=ProfileOptions(batch_sizes=(2,), weights=str(tmp_path / "w.pt"), **fast))
-    assert sorted(other.latency) == ["cpu/b2"]
-    assert other.latency["cpu/b2"].settings["weights_sha256"] == sha256_file(tmp_path / "w.pt")
+    before = (run / "run.json").read_bytes()
+    with pytest.raises(DyncalError, match="collected without a checkpoint and one is given.*--allow-other-model"):
+        profile_run(run, options=ProfileOptions(batch_sizes=(2,), weights=str(tmp_path / "w.pt"), **fast))
+    assert (run / "run.json").read_bytes() == before
+    allowed = ProfileOptions(batch_sizes=(2,), weights=str(tmp_path / "w.pt"), allow_other_model=True, **fast)
+    result = profile_run_full(run, options=allowed)
+    assert sorted(result.costs.latency) == ["cpu/b2"] and result.replaced == ("cpu/b1", "cpu/b2")
+    assert result.costs.latency["cpu/b2"].settings["weights_sha256"] == sha256_file(tmp_path / "w.pt")
+    assert "without a checkpoint" in result.costs.latency["cpu/b2"].settings["other_model"]
+    assert load_run(run).costs.model["check"]["allowed"] is True
 
 
 def test_cli_profile_json_keeps_device_and_settings(cli, tmp_path):

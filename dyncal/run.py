@@ -202,6 +202,11 @@ class RunLock:
                 except OSError:
                     holder = _lock_holder(fd)
                     os.close(fd)
+                    if holder != "?" and not _alive(int(holder)):
+                        raise RunError(
+                            f"the dyncal process that was writing '{self.run}' (pid {holder}) has exited, but "
+                            "its data-loader workers still hold the lock; wait a few seconds, then try again"
+                        ) from None
                     raise RunError(
                         f"another dyncal process (pid {holder}) is writing '{self.run}'; "
                         "wait for it to finish (or stop it), then try again"
@@ -260,6 +265,17 @@ def _lock_holder(fd: int) -> str:
     except OSError:
         return "?"
     return text if text.isdigit() else "?"
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid exists (one we may not signal counts as existing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def check_writable(folder: str | os.PathLike[str], *, what: str) -> None:
@@ -696,7 +712,7 @@ def _missing_run_message(path: Path) -> str:
     if partial.exists():
         return (
             f"no complete run at '{path}': '{partial}' is a collect that was interrupted "
-            "or is still running; re-run collect (with --overwrite) to finish it"
+            "or is still running; continue it with the same collect command and --resume"
         )
     return f"no run directory at '{path}'; create one with 'dyncal collect' or 'dyncal import'"
 

@@ -128,7 +128,7 @@ def test_torchrun_two_cpu_workers_equal_single_process(cli, toy_npz, tmp_path):
     assert cli("collect", *MODEL, "--data", toy_npz, "--out", single, "--batch-size", 4).exit_code == 0
     dist = tmp_path / "dist"
     torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [
             str(torchrun),
@@ -224,7 +224,7 @@ def test_load_run_refuses_partial_and_unfinished(tmp_path):
 
 def test_interrupted_collect_is_recognisably_incomplete(cli, toy_npz, tmp_path):
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -254,8 +254,8 @@ def test_interrupted_collect_is_recognisably_incomplete(cli, toy_npz, tmp_path):
     assert partial.exists() and not out.exists()
     assert_clean_error(cli("info", out), "interrupted")
     assert_clean_error(cli("info", partial), "unfinished")
-    # Re-running refuses to silently reuse it, and --overwrite finishes the job.
-    assert_clean_error(cli("collect", *MODEL, "--data", toy_npz, "--out", out), r"\.partial' exists")
+    # Re-running refuses to silently reuse it (naming --resume), and --overwrite starts again.
+    assert_clean_error(cli("collect", *MODEL, "--data", toy_npz, "--out", out), r"\.partial' exists.*--resume")
     assert cli("collect", *MODEL, "--data", toy_npz, "--out", out, "--overwrite").exit_code == 0
     assert load_run(out).n == 37 and not partial.exists()
 

@@ -235,6 +235,36 @@ def test_resume_refuses_other_options_and_changed_data_and_keeps_the_partial(cli
     assert load_run(out).n == trust_data.N
 
 
+@pytest.mark.slow
+def test_torchrun_resumes_each_process_from_its_own_progress(tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+
+    def launch(port: int, out: Path, *extra: str, **env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(torchrun), "--nproc_per_node", "2", "--master_port", str(port), "-m", "dyncal", "collect"]
+            + [*map(str, MODEL), "--data", "trust_data:killing", "--out", str(out), "--batch-size", "5", "-q", *extra],
+            env=_env(**env),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    reference = tmp_path / "reference"
+    assert launch(29541, reference).returncode == 0
+    out = tmp_path / "run"
+    killed = launch(29542, out, "--checkpoint-every", "0", DYNCAL_TEST_KILL_AT="40")  # in process 1's rows
+    assert killed.returncode != 0 and not out.exists()
+    saved = {r: json.loads((tmp_path / "run.partial" / f"progress.{r}.json").read_text()) for r in (0, 1)}
+    # process 1 killed itself loading rows 36..40; process 0 was stopped by torchrun wherever it was
+    assert (saved[1]["block"], saved[1]["done"]) == ([26, 53], 36)
+    assert saved[0]["block"] == [0, 26] and saved[0]["done"] in (*range(0, 26, 5), 26)
+    resumed = launch(29543, out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    for name in RUN_FILES:
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    _same_run_json(out, reference)
+
+
 def test_resume_with_nothing_to_resume_collects_from_the_start(cli, toy_npz, tmp_path):
     out = tmp_path / "run"
     res = cli("collect", *MODEL, "--data", toy_npz, "--out", out, "--resume")

@@ -13,11 +13,14 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from dyncal.errors import DyncalError
+
+if TYPE_CHECKING:
+    from dyncal.models import ModelCheck
 
 app = typer.Typer(
     name="dyncal",
@@ -310,6 +313,7 @@ def note_run_code(
     weights: Path | str | None = None,
     model_path: Path | str | None = None,
     data: str | None = None,
+    check_rows: int = 8,
 ) -> None:
     """Say on stderr which code named in ``run.json`` a verb imported (model, data factory).
 
@@ -325,11 +329,11 @@ def note_run_code(
     if source.from_run:
         typer.echo(f"note: loaded the model {run / 'run.json'} names: {source.describe()}", err=True)
     spec = opened.provenance.data
-    if data is None and ":" in spec and not spec.startswith(("(", "imagefolder:")):
+    if check_rows > 0 and data is None and ":" in spec and not spec.startswith(("(", "imagefolder:")):
         typer.echo(f"note: imported the data factory {run / 'run.json'} names, to re-run a few rows: {spec}", err=True)
 
 
-def note_model_check(check: Any) -> None:
+def note_model_check(check: ModelCheck | None) -> None:
     """Say on stderr when a model was used although it is not the run's, or could not be compared."""
     if check is None:
         return
@@ -397,6 +401,9 @@ def profile(
             "timed on another model; recorded in run.json.",
         ),
     ] = False,
+    check_rows: Annotated[
+        int, typer.Option(min=0, help="Recorded rows re-run to check the model is the run's (0: its hash only).")
+    ] = 8,
     macs_only: Annotated[bool, typer.Option("--macs-only", help="Count MACs; measure no latency.")] = False,
     repeats: Annotated[int, typer.Option(min=3, help="Timed replicates per stage.")] = 25,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed calls before timing.")] = 5,
@@ -429,12 +436,13 @@ def profile(
             stages=stages,
             data=data,
             allow_other_model=allow_other_model,
+            check_rows=check_rows,
             latency=not macs_only,
             repeats=repeats,
             warmup=warmup,
         )
         result = profile_run_full(run, options=options)
-        note_run_code(run, model=model, weights=weights, model_path=model_path, data=data)
+        note_run_code(run, model=model, weights=weights, model_path=model_path, data=data, check_rows=check_rows)
     note_model_check(result.model_check)
     if result.replaced:
         typer.echo(

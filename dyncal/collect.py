@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from dyncal.data import check_item
-from dyncal.errors import DataError, DyncalError, ModelError, RunError
+from dyncal.errors import DataError, DyncalError, ModelError, RunError, first_line
 from dyncal.models import LoadedModel, check_exit_outputs, logits_difference, resolve_device
 from dyncal.run import PARTIAL_SUFFIX, Provenance, Run, RunWriter, atomic_write_text, check_out, load_run
 
@@ -101,10 +101,6 @@ def _labels_of(y: Any, batch_index: int, c: int) -> np.ndarray:
     return labels
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [""])[0][:300]
-
-
 def _next_batch(batches: Any, batch_index: int, first_row: int, batch_size: int) -> tuple[Any, Any] | None:
     """The next ``(inputs, labels)`` batch, or None at the end; loading errors become one line."""
     try:
@@ -114,7 +110,7 @@ def _next_batch(batches: Any, batch_index: int, first_row: int, batch_size: int)
     except Exception as e:  # noqa: BLE001 - anything the user's data set or collate raises
         raise DataError(
             f"could not load batch {batch_index} (rows {first_row}..{first_row + batch_size - 1}): "
-            f"{type(e).__name__}: {_first_line(e)}; every item must be an (input, label) pair of the same shape"
+            f"{type(e).__name__}: {first_line(e)}; every item must be an (input, label) pair of the same shape"
         ) from e
     if not isinstance(batch, (list, tuple)) or len(batch) != 2:
         raise DataError(f"batch {batch_index} is not (inputs, labels); every item must be an (input, label) pair")
@@ -130,7 +126,7 @@ def _forward(model: Any, x: Any, dev: torch.device, batch_index: int) -> Any:
     except Exception as e:  # noqa: BLE001 - the user's model may raise anything
         raise ModelError(
             f"the model failed on batch {batch_index} (inputs {tuple(x.shape)} {str(x.dtype).replace('torch.', '')}): "
-            f"{type(e).__name__}: {_first_line(e)}; check that --data gives the inputs the model expects"
+            f"{type(e).__name__}: {first_line(e)}; check that --data gives the inputs the model expects"
         ) from e
     return [out] if isinstance(out, torch.Tensor) else out  # a static model: one exit (K = 1)
 
@@ -338,7 +334,7 @@ def _collect(
     try:
         item0 = dataset[0]
     except Exception as e:  # noqa: BLE001 - anything the user's data set raises
-        raise DataError(f"could not load item 0 of --data '{s.data_spec}': {type(e).__name__}: {_first_line(e)}") from e
+        raise DataError(f"could not load item 0 of --data '{s.data_spec}': {type(e).__name__}: {first_line(e)}") from e
     input_shape, input_dtype = check_item(item0, 0)
     model = loaded.module.to(dev)
     if not loaded.spec.endswith(".pt2"):  # exported programs have no train/eval switch

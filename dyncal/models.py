@@ -20,6 +20,7 @@ import hashlib
 import importlib
 import io
 import json
+import logging
 import os
 import sys
 import zipfile
@@ -32,10 +33,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from dyncal.errors import DyncalError, ModelError
+from dyncal.errors import DyncalError, ModelError, first_line
 
 if TYPE_CHECKING:
     from dyncal.run import Run
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "LoadedModel",
@@ -319,10 +322,6 @@ def load_model(
     )
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-
-
 def _loads_restricted(data: bytes) -> bool:
     """Whether ``data`` unpickles with torch's restricted unpickler (tensors and containers only)."""
     try:
@@ -369,7 +368,7 @@ def check_exported_archive(data: bytes, name: str) -> None:
                     config = json.loads(archive.read(entry)).get("config", {})
                     pickled = [fqn for fqn, meta in config.items() if meta.get("use_pickle")]
                 except (ValueError, AttributeError) as e:
-                    raise ModelError(f"'{name}': unreadable payload table {entry!r}: {_first_line(e)}") from e
+                    raise ModelError(f"'{name}': unreadable payload table {entry!r}: {first_line(e)}") from e
                 if pickled:
                     raise ModelError(refuse.format(f"{', '.join(pickled[:3])} in {entry!r}"))
             elif inner.endswith(".pt") and inner.startswith(
@@ -421,7 +420,7 @@ def load_exported(
     try:
         return torch.export.load(io.BytesIO(data))
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged archive
-        raise ModelError(f"{what}: cannot load '{path}' as a torch.export archive: {_first_line(e)}") from e
+        raise ModelError(f"{what}: cannot load '{path}' as a torch.export archive: {first_line(e)}") from e
 
 
 def check_exit_outputs(outputs: Any, batch_size: int, *, static_ok: bool = False) -> tuple[int, int]:
@@ -617,7 +616,7 @@ def logits_difference(new: np.ndarray, stored: np.ndarray) -> tuple[float, bool]
 
 
 def _line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {_first_line(e)}"
+    return f"{type(e).__name__}: {first_line(e)}"
 
 
 def _recheck_rows(
@@ -791,6 +790,8 @@ def load_run_model(
         (True, 8, None)
     """
     source = run_model_source(run, model=model, weights=weights, model_path=model_path)
+    if source.from_run:
+        log.info("loading the model run '%s' names: %s", run.path, source.describe())
     loaded = load_model(source.spec, weights=source.weights, model_path=source.model_path, device=device)
     check = check_run_model(run, loaded, source=source, data=data, device=device, check_rows=check_rows)
     if check.mismatch is not None:

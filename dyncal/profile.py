@@ -42,6 +42,7 @@ from torch import nn
 from dyncal.analysis.flops import StageMacs, stage_macs
 from dyncal.analysis.latency import LatencySettings, measure_latency
 from dyncal.analysis.stages import StageCheck, Stages, build_stages, verify_stages
+from dyncal.artifacts.outputs import check_writable
 from dyncal.errors import ProfileError
 from dyncal.models import (
     ModelCheck,
@@ -57,7 +58,6 @@ from dyncal.run import (
     LatencyProfile,
     Run,
     RunLock,
-    check_writable,
     load_run,
     other_model_latency,
     store_costs,

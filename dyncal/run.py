@@ -28,7 +28,6 @@ import os
 import shutil
 import stat
 import sys
-import tempfile
 import threading
 import zipfile
 import zlib
@@ -60,7 +59,6 @@ __all__ = [
     "other_model_latency",
     "RunLock",
     "lock_path",
-    "check_writable",
     "atomic_write_text",
     "atomic_write_bytes",
     "latency_key",
@@ -276,32 +274,6 @@ def _alive(pid: int) -> bool:
     except OSError:
         return True
     return True
-
-
-def check_writable(folder: str | os.PathLike[str], *, what: str) -> None:
-    """Refuse ``folder`` unless a file can be created in it (tried, not guessed from modes).
-
-    Args:
-        folder: The folder to write in.
-        what: What is to be written there, for the message.
-
-    Raises:
-        RunError: The folder is missing or not writable.
-
-    Example:
-        >>> import tempfile
-        >>> check_writable(tempfile.mkdtemp(), what="the run's cost table")
-    """
-    folder = Path(folder)
-    try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".dyncal-write-check-")
-    except OSError as e:
-        raise RunError(
-            f"cannot write {what} in '{folder}' ({e.strerror or e}); make the folder writable "
-            "or work on a copy (nothing was computed)"
-        ) from e
-    os.close(fd)
-    os.unlink(probe)
 
 
 # --------------------------------------------------------------------------- metadata

@@ -224,11 +224,16 @@ replaces dyncal's own outputs: choose another --out, or move the file away yours
     return path
 
 
-def check_writable(folder: str | os.PathLike[str]) -> None:
+def check_writable(folder: str | os.PathLike[str], *, what: str | None = None) -> None:
     """Refuse a folder no file can be created in, by creating (and removing) an empty hidden one.
 
     Called before the work, so that a long computation is not lost to an unwritable ``--out``
-    (``os.access`` alone says yes to root on a read-only file system).
+    or run (``os.access`` alone says yes to root on a read-only file system).
+
+    Args:
+        folder: The folder to write in.
+        what: What is to be written there (e.g. "the cost table (run.json)"), for the message;
+            None: an ``--out`` file.
 
     Example:
         >>> check_writable("/no-such-folder")
@@ -242,7 +247,12 @@ def check_writable(folder: str | os.PathLike[str]) -> None:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".dyncal-probe-"):
             pass
     except OSError as e:
-        raise DyncalError(f"cannot write in the folder '{folder}' ({e.strerror or e}); choose another --out") from e
+        if what is None:
+            raise DyncalError(f"cannot write in the folder '{folder}' ({e.strerror or e}); choose another --out") from e
+        raise DyncalError(
+            f"cannot write {what} in '{folder}' ({e.strerror or e}); make the folder writable "
+            "or work on a copy (nothing was computed)"
+        ) from e
 
 
 def check_output_folder(path: str | os.PathLike[str]) -> Path:

@@ -910,36 +910,81 @@ def _print_report(doc: dict[str, Any]) -> None:
     decision = doc["decision"] or "no decision (no criterion given)"
     if doc.get("decision_provisional"):
         decision += " (provisional: nothing held out)"
+    if doc["decision"] == "INCONCLUSIVE":
+        decision += " (timing noise alone decides a latency criterion)"
     typer.echo(f"decision: {decision}")
     for c in doc["criteria"]:
         pct = c["name"] != "speedup"
-        iv = c["interval"]
-        bound = c["value"] if iv is None else iv[0 if c["comparison"] == ">=" else 1]
-        # enough decimals that the deciding bound and the requirement print differently
+        bounds = [c["value"]]
+        for name in ("interval", "interval_sampling"):
+            if c.get(name) is not None:
+                bounds.append(c[name][0 if c["comparison"] == ">=" else 1])
+        # enough decimals that the deciding bounds and the requirement print differently
         digits = 2
         scale = 100 if pct else 1
-        while (
-            digits < 5
-            and bound != c["required"]
-            and round(bound * scale, digits) == round(c["required"] * scale, digits)
+        while digits < 5 and any(
+            b != c["required"] and round(b * scale, digits) == round(c["required"] * scale, digits) for b in bounds
         ):
             digits += 1
 
         def fmt(v: float, pct: bool = pct, digits: int = digits) -> str:
             return f"{100 * v:.{digits}f}%" if pct else f"{v:.{digits}f}x"
 
+        iv = c["interval"]
         iv_txt = "" if iv is None else f" [{fmt(iv[0])}, {fmt(iv[1])}]"
-        cost = f" ({c['cost']})" if c.get("cost") else ""
-        verdict = "PASS" if c["passed"] else "FAIL"
+        cost = ""
+        if c.get("cost"):
+            cost = f" ({c['cost']}" + (f", {c['source']}" if c.get("source") not in (None, "macs") else "") + ")"
         need = f"{c['comparison']} {fmt(c['required'])}"
+        verdict = str(c.get("status") or ("pass" if c["passed"] else "fail")).upper()
         typer.echo(f"  {c['name']}{cost}: {fmt(c['value'])}{iv_txt} {need}: {verdict}")
+        if verdict == "INCONCLUSIVE":
+            s_iv = c.get("interval_sampling")
+            spread = c.get("timing_spread")
+            typer.echo(
+                "    sampling noise alone: "
+                + ("n/a" if s_iv is None else f"[{fmt(s_iv[0])}, {fmt(s_iv[1])}]")
+                + ("" if spread is None else f"; timing spread {100 * spread:.0f}% of the median")
+            )
+    if doc["decision"] == "INCONCLUSIVE":
+        from dyncal.reports.pdf import REMEDY
+
+        typer.echo(f"  to decide: {REMEDY}")
+    held = doc.get("held_out") or {}
     op = doc["operating_point"]
-    held = op.get("holdout_accuracy")
-    speed = ", ".join(f"{v:.2f}x ({k})" for k, v in doc["speedup"].items())
-    held_txt = "n/a" if held is None else f"{100 * held:.2f}%"
     frac = (op.get("budget") or {}).get("fraction")
     short = doc["budget"] if frac is None else f"{frac:.4g}x"
-    typer.echo(f"operating point: budget {short}, held-out accuracy {held_txt}, speed-up {speed}")
+    acc = held.get("accuracy")
+    ci = held.get("accuracy_ci")
+    acc_txt = (
+        "n/a"
+        if acc is None
+        else f"{100 * acc:.2f}%" + ("" if ci is None else f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]")
+    )
+    shares = ", ".join(f"{100 * s:.1f}%" for s in held.get("exit_shares") or [])
+    macs = held.get("expected_macs")
+    n = held.get("n", 0)
+    rows = f"{n:,} held-out samples" if held.get("rows") == "held out" else f"all {n:,} samples (nothing held out)"
+    typer.echo(
+        f"operating point: budget {short}; on {rows}: accuracy {acc_txt}"
+        + ("" if macs is None else f", {macs:.4g} MACs per sample")
+        + f", exit shares {shares}"
+    )
+    if "macs" in doc["speedup"]:
+        typer.echo(f"  MACs: {doc['speedup']['macs']:.2f}x fewer than the full model")
+    for key, e in doc.get("latency", {}).items():
+        typer.echo(
+            f"  {key}: early exit {_ms(e['early_exit_ms'])} ({e['source']}), full model {_ms(e['full_model_ms'])}: "
+            f"{e['speedup']:.2f}x"
+        )
+    for note in doc.get("notes", []):
+        typer.echo(f"note: {note}")
+
+
+def _ms(v: float | None) -> str:
+    from dyncal.reports.figures import format_ms
+
+    return format_ms(v)
 
 
 @app.command()
@@ -950,6 +995,20 @@ def report(
     budget: Annotated[
         str | None,
         typer.Option(help="Operating point's budget: 0.6x, 1.2GMAC or 35ms. Default: chosen from the criteria."),
+    ] = None,
+    thresholds: Annotated[
+        Path | None,
+        typer.Option(
+            help="Report the thresholds in this thresholds.json (from 'dyncal solve') instead of solving; "
+            "not with --budget."
+        ),
+    ] = None,
+    verify: Annotated[
+        Path | None,
+        typer.Option(
+            help="A 'dyncal verify --out' result: latency criteria are judged on the measured early exit "
+            "(used only if it matches the run, the thresholds and the weights)."
+        ),
     ] = None,
     min_accuracy: Annotated[
         float | None, typer.Option(help="GO needs held-out accuracy at least this fraction (e.g. 0.95).")
@@ -972,16 +1031,20 @@ def report(
     temperature: Annotated[
         bool, typer.Option("--temperature", help="Fit one temperature per exit on the fitting half.")
     ] = False,
-    holdout: Annotated[float, typer.Option(help="Fraction held out of fitting, to judge on.")] = 0.5,
-    seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
+    holdout: Annotated[
+        float | None, typer.Option(help="Fraction held out of fitting, to judge on (default 0.5).")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the held-out split (default 0).")] = None,
     overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Write the PDF go/no-go report: decision, curves, exits, calibration, provenance.
 
-    Without a criterion the report states the trade-off instead of deciding.
+    The decision is GO, NO-GO, or INCONCLUSIVE when timing noise alone decides a latency
+    criterion. Without a criterion the report states the trade-off instead of deciding.
 
-    Example: dyncal report run --out report.pdf --min-accuracy 0.95 --min-speedup 2
+    Example: dyncal report run --thresholds thresholds.json --verify verify.json --max-drop 0.01
+    --min-speedup 2 --device cpu --batch-size 1 --out report.pdf
     """
     from dyncal.reports.pdf import build_report
 
@@ -991,6 +1054,8 @@ def report(
             run,
             out,
             budget=budget,
+            thresholds=thresholds,
+            verify=verify,
             min_accuracy=min_accuracy,
             max_drop=max_drop,
             min_speedup=min_speedup,
@@ -1016,14 +1081,23 @@ def plot(
     run: RunArg,
     kind: Annotated[str, typer.Option(help="Which figure: frontier, latency, exits or reliability.")],
     out: Annotated[Path, typer.Option(help="File to write: .png, .svg or .pdf.")],
-    budget: Annotated[str | None, typer.Option(help="Operating point's budget (0.6x, 1.2GMAC, 35ms).")] = None,
+    budget: Annotated[
+        str | None,
+        typer.Option(
+            help="Operating point's budget (0.6x, 1.2GMAC, 35ms). Default: the cheapest budget whose fitted "
+            "accuracy is within 1 percentage point of the last exit's (the legend says which)."
+        ),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="Latency device for ms budgets.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Latency batch size.")] = None,
     method: Annotated[str | None, typer.Option(help="Threshold solver: smoothed, optimal or geometric.")] = None,
     dpi: Annotated[int, typer.Option(min=30, help="Resolution of .png output.")] = 150,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Export one figure of the report alone.
+    """Export one figure of the report alone, with the operating point marked.
+
+    Without --budget the operating point is the cheapest budget within 1 percentage point of
+    the last exit's fitted accuracy; the figure's legend names the budget.
 
     Example: dyncal plot run --kind frontier --out frontier.svg
     """

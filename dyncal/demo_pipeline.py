@@ -116,17 +116,18 @@ def run_demo(
     verified = verify_run(run_dir, thresholds, batch_sizes=_BATCH_SIZES)
     _write_json(out / "verify.json", verified.to_dict())
 
-    log("[6/6] report (with the measured early exit beside the prediction)")
+    log("[6/6] report (judged on the measured early exit)")
     report = build_report(
         run_dir,
         out / "report.pdf",
-        budget=budget,
+        thresholds=out / "thresholds.json",
+        verify=out / "verify.json",
         max_drop=max_drop,
         min_speedup=min_speedup,
         device="cpu",
         batch_size=1,
-        command=f"dyncal report {run_dir} --out {out / 'report.pdf'} --budget {budget} --max-drop {max_drop} "
-        f"--min-speedup {min_speedup} --device cpu --batch-size 1",
+        command=f"dyncal report {run_dir} --thresholds {out / 'thresholds.json'} --verify {out / 'verify.json'} "
+        f"--max-drop {max_drop} --min-speedup {min_speedup} --device cpu --batch-size 1 --out {out / 'report.pdf'}",
     )
 
     th = thresholds.to_dict()

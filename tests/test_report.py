@@ -8,6 +8,7 @@ is deterministic.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_clean_error
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dyncal.calibrate.solvers import solve_run
 from dyncal.errors import DyncalError
@@ -153,7 +156,7 @@ def test_key_numbers_equal_what_solve_reports(go_report: tuple[Path, dict], demo
     acc = f"{100 * solved['holdout_accuracy']:.2f}%"
     lo, hi = (f"{100 * v:.2f}%" for v in solved["holdout_ci"])
     assert f"held-out accuracy {acc} {lo} to {hi}" in first
-    assert f"{acc} (95% interval {lo} to {hi})" in first
+    assert f"{acc} (95% interval {lo} to {hi}; 399 samples)" in first
     # the accuracy criterion's value is solve's number, exactly
     assert doc["criteria"][0]["value"] == solved["holdout_accuracy"]
     assert doc["criteria"][0]["interval"] == solved["holdout_ci"]
@@ -430,7 +433,7 @@ def test_latency_only_run_and_nothing_held_out(demo_runs: dict[str, Path], tmp_p
 
 
 def test_judge_by_hand() -> None:
-    from dyncal.reports.decision import ExitOutcome, Requirements, judge
+    from dyncal.reports.decision import ExitOutcome, Requirements, judge, speedup_estimate
 
     # 4 rows: exits 0,0,1,1; early exit wrong on row 3, last exit right everywhere
     outcome = ExitOutcome(
@@ -439,31 +442,25 @@ def test_judge_by_hand() -> None:
         last_correct=np.ones(4, bool),
         held_out=False,
     )
-    costs = {"macs": ([1.0, 3.0], 4.0)}
+    speed = speedup_estimate(outcome, [1.0, 3.0], 4.0)
     crit = judge(
         Requirements(max_drop=0.25, min_speedup=2.0),
         accuracy=0.75,
         accuracy_interval=None,
         outcome=outcome,
-        speedup_costs=costs,
-        speedup_cost="macs",
+        speedup=speed,
     )
-    drop, speed = crit
-    assert (drop.name, drop.value, drop.passed) == ("accuracy_drop", 0.25, True)
-    assert (speed.name, speed.value, speed.passed) == ("speedup", 2.0, True)  # 4 / mean(1,1,3,3)
-    crit = judge(
-        Requirements(min_accuracy=0.8),
-        accuracy=0.85,
-        accuracy_interval=(0.79, 0.9),
-        outcome=outcome,
-        speedup_costs=costs,
-        speedup_cost="macs",
-    )
-    assert crit[0].passed is False  # the point clears 0.8, the interval does not
+    drop, sp = crit
+    assert (drop.name, drop.value, drop.status) == ("accuracy_drop", 0.25, "pass")
+    assert (sp.name, sp.value, sp.status, sp.source) == ("speedup", 2.0, "pass", "macs")  # 4 / mean(1,1,3,3)
+    crit = judge(Requirements(min_accuracy=0.8), accuracy=0.85, accuracy_interval=(0.79, 0.9), outcome=outcome)
+    assert crit[0].status == "fail" and crit[0].passed is False  # the point clears 0.8, the interval does not
+    with pytest.raises(DyncalError, match="--min-speedup criterion needs costs"):
+        judge(Requirements(min_speedup=2.0), accuracy=0.8, accuracy_interval=None, outcome=outcome)
 
 
 def test_held_out_intervals_bracket_the_values() -> None:
-    from dyncal.reports.decision import ExitOutcome, accuracy_drop, speedup
+    from dyncal.reports.decision import ExitOutcome, accuracy_drop, speedup_estimate
 
     rng = np.random.default_rng(0)
     n = 400
@@ -475,8 +472,10 @@ def test_held_out_intervals_bracket_the_values() -> None:
     )
     d, (lo, hi) = accuracy_drop(outcome)
     assert lo <= d <= hi and hi - lo < 0.1
-    s, (lo, hi) = speedup(outcome, [1.0, 2.0, 4.0], 4.0)
-    assert lo <= s <= hi and s == pytest.approx(4.0 / np.mean(np.array([1.0, 2.0, 4.0])[outcome.exits]))
+    est = speedup_estimate(outcome, [1.0, 2.0, 4.0], 4.0)
+    lo, hi = est.interval
+    assert lo <= est.value <= hi
+    assert est.value == pytest.approx(4.0 / np.mean(np.array([1.0, 2.0, 4.0])[outcome.exits]))
     assert accuracy_drop(outcome) == accuracy_drop(outcome)  # seeded: the same every time
 
 
@@ -555,41 +554,53 @@ def test_temperature_at_the_bound_is_flagged_on_the_calibration_page(tmp_path: P
 # --------------------------------------------------------------------------- review fixes
 
 
+def _edited_thresholds(run_path: Path, tmp_path: Path, thresholds: list, name: str) -> Path:
+    """A thresholds.json solved on the run, with its thresholds replaced by hand."""
+    doc = solve_run(load_run(run_path), "0.5x").to_dict()
+    doc["thresholds"] = thresholds
+    path = tmp_path / name
+    path.write_text(json.dumps(doc))
+    return path
+
+
 def test_batch_latency_speedup_is_per_batch_not_per_sample(demo_runs: dict[str, Path], tmp_path: Path, cli) -> None:
     """At batch 32 a batch runs each stage until its last sample leaves: judge that, not samples."""
-    from dyncal.analysis.costmodel import predict_batch_ms
-    from dyncal.reports.pdf import _per_exit_costs
-
-    out = tmp_path / "r.pdf"
-    args = ["--budget", "0.5x", "--min-speedup", "2", "--device", "cpu", "--batch-size", "32", "--json"]
-    res = cli("report", demo_runs["lat"], "--out", out, *args)
+    run = load_run(demo_runs["lat"])
+    prof = run.costs.latency["cpu/b32"]
+    full = prof.full_model_median_ms
+    stage, decision = prof.stage_median_ms, prof.decision_median_ms
+    args = ["--min-speedup", "2", "--device", "cpu", "--batch-size", "32", "--json"]
+    # everyone leaves at exit 1: every batch runs stage 1 and one decision, nothing else
+    first = _edited_thresholds(demo_runs["lat"], tmp_path, [0.0, 1.5, 1.5, None], "first.json")
+    res = cli("report", demo_runs["lat"], "--thresholds", first, "--out", tmp_path / "a.pdf", *args)
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
-    run = load_run(demo_runs["lat"])
-    thresholds = solve_run(run, "0.5x", holdout=0.5)
-    from dyncal.calibrate.policy import assign_exits, thresholds_from_json
-    from dyncal.calibrate.solvers import prepare_run
-
-    prep = prepare_run(run, holdout=0.5, seed=0)
-    exits = assign_exits(prep.scores[prep.holdout_idx], thresholds_from_json(thresholds.to_dict()["thresholds"]))
-    shuffled = exits[np.random.default_rng(20261128).permutation(len(exits))]
-    n_full = len(shuffled) // 32 * 32
-    per_batch = [predict_batch_ms(run.costs, "cpu", shuffled[s : s + 32], 32) for s in range(0, n_full, 32)]
-    baseline = run.costs.latency["cpu/b32"].exit_ms[-1]
+    assert doc["held_out"]["exit_shares"] == [1.0, 0.0, 0.0, 0.0]
+    assert doc["latency"]["cpu/b32"]["early_exit_ms"] == pytest.approx(stage[0] + decision)
+    assert doc["criteria"][0]["value"] == pytest.approx(full / (stage[0] + decision))
+    # nobody leaves early: every batch runs every stage and three decisions, slower than the full model
+    last = _edited_thresholds(demo_runs["lat"], tmp_path, [1.5, 1.5, 1.5, None], "last.json")
+    res = cli("report", demo_runs["lat"], "--thresholds", last, "--out", tmp_path / "b.pdf", *args)
+    doc = json.loads(res.stdout)
+    assert doc["latency"]["cpu/b32"]["early_exit_ms"] == pytest.approx(sum(stage) + 3 * decision)
+    full_last = run.costs.latency["cpu/b32"].full_model_median_ms / (sum(stage) + 3 * decision)
+    assert doc["criteria"][0]["value"] == pytest.approx(full_last) and doc["decision"] == "NO-GO"
+    # mixed exits: a batch waits for its slowest sample, so it gains less than the per-sample expectation
+    res = cli("report", demo_runs["lat"], "--budget", "0.5x", "--out", tmp_path / "c.pdf", *args)
+    doc = json.loads(res.stdout)
     speed = doc["criteria"][0]
-    assert speed["cost"] == "cpu/b32"
-    assert speed["value"] == pytest.approx(baseline / np.mean(per_batch))
-    assert doc["speedup"]["cpu/b32"] == pytest.approx(speed["value"])
-    per_sample = baseline / np.mean(np.asarray(_per_exit_costs(run)["cpu/b32"])[exits])
-    assert speed["value"] < 0.95 * per_sample  # the per-sample expectation a batch does not get
+    assert speed["cost"] == "cpu/b32" and speed["source"] == "predicted"
+    per_sample = full / float(np.dot(doc["held_out"]["exit_shares"], prof.early_exit_ms))
+    assert 1 < speed["value"] < 0.95 * per_sample
     assert speed["interval"][0] <= speed["value"] <= speed["interval"][1]
+    assert doc["speedup"]["cpu/b32"] == speed["value"]
     # batch 1 keeps the per-sample expectation
-    baseline_b1 = run.costs.latency["cpu/b1"].exit_ms[-1]
-    b1 = baseline_b1 / np.mean(np.asarray(_per_exit_costs(run)["cpu/b1"])[exits])
-    assert doc["speedup"]["cpu/b1"] == pytest.approx(b1)
-    first = _flat(_pages_text(out)[0])
-    assert "a batch of 32 takes" in first and "dyncal verify" in first
-    assert "bootstrap over batches of 32" in first
+    b1 = run.costs.latency["cpu/b1"]
+    expected_b1 = b1.full_model_median_ms / float(np.dot(doc["held_out"]["exit_shares"], b1.early_exit_ms))
+    assert doc["speedup"]["cpu/b1"] == pytest.approx(expected_b1)
+    page = _flat(_pages_text(tmp_path / "c.pdf")[0])
+    assert "a batch of 32 takes" in page and "dyncal verify" in page
+    assert "units are batches of 32 held-out samples" in page
 
 
 def test_nothing_held_out_decision_is_provisional(demo_runs: dict[str, Path], tmp_path: Path, cli) -> None:
@@ -664,16 +675,360 @@ def test_frontier_legend_sits_outside_the_curves(tmp_path: Path) -> None:
     assert all(t.get_window_extent(renderer).y1 <= legend.y0 for t in below)
 
 
-def test_verify_json_beside_the_run_shows_measured_vs_predicted(demo_runs: dict[str, Path], tmp_path: Path) -> None:
-    from dyncal.reports.pdf import build_report
+# --------------------------------------------------------------------------- the third verdict
 
-    root = tmp_path / "demo"
-    shutil.copytree(demo_runs["lat"], root / "run")
+
+_iv = st.floats(-5, 5, allow_nan=False, allow_infinity=False)
+
+
+@given(
+    value=_iv,
+    s_lo=st.floats(0, 2),
+    s_hi=st.floats(0, 2),
+    t_lo=st.floats(0, 2),
+    t_hi=st.floats(0, 2),
+    widen=st.floats(1, 50),
+    required=_iv,
+    comparison=st.sampled_from([">=", "<="]),
+)
+def test_more_timing_noise_never_flips_the_verdict(
+    value: float, s_lo: float, s_hi: float, t_lo: float, t_hi: float, widen: float, required: float, comparison: str
+) -> None:
+    """Widening the timing interval around the same estimate: PASS never becomes FAIL, nor FAIL PASS."""
+    from dyncal.reports.decision import FAIL, PASS, criterion_status
+
+    def status(t_scale: float) -> str:
+        sampling = (value - s_lo, value + s_hi)
+        timing = (value - t_scale * t_lo, value + t_scale * t_hi)
+        # both kinds of noise: half-widths added in quadrature, as a joint bootstrap roughly gives
+        combined = (value - np.hypot(s_lo, t_scale * t_lo), value + np.hypot(s_hi, t_scale * t_hi))
+        return criterion_status(value, combined, required, comparison, sampling=sampling, timing=timing)
+
+    quiet, busy = status(1.0), status(widen)
+    assert not (quiet == PASS and busy == FAIL)
+    assert not (quiet == FAIL and busy == PASS)
+    # and with no timing noise at all the rule is the sampling-only one: never inconclusive
+    both = (value - s_lo, value + s_hi)
+    exact = criterion_status(value, both, required, comparison, sampling=both, timing=(value, value))
+    clears = (value - s_lo >= required - 1e-12) if comparison == ">=" else (value + s_hi <= required + 1e-12)
+    assert exact == (PASS if clears else FAIL)
+
+
+@pytest.mark.parametrize(
+    ("combined", "sampling", "timing", "required", "expected"),
+    [
+        ((2.2, 2.8), (2.4, 2.6), (2.3, 2.7), 2.0, "pass"),  # everything clears
+        ((1.8, 3.2), (2.2, 2.8), (1.9, 3.1), 2.0, "inconclusive"),  # sampling clears, timing straddles
+        ((1.0, 1.6), (1.2, 1.4), (1.1, 1.5), 2.0, "fail"),  # the whole interval below
+        ((1.5, 3.5), (1.6, 3.4), (2.4, 2.6), 2.0, "fail"),  # sampling noise fails it; timing cannot rescue
+        ((1.5, 3.5), (1.9, 3.1), (1.8, 3.2), 2.0, "inconclusive"),  # ... but here it could
+    ],
+)
+def test_criterion_status_by_hand(combined, sampling, timing, required, expected) -> None:
+    from dyncal.reports.decision import criterion_status
+
+    assert criterion_status(2.5, combined, required, ">=", sampling=sampling, timing=timing) == expected
+    # the mirror image for an upper bound
+    mirror = tuple(-v for v in combined[::-1]), tuple(-v for v in sampling[::-1]), tuple(-v for v in timing[::-1])
+    assert criterion_status(-2.5, mirror[0], -required, "<=", sampling=mirror[1], timing=mirror[2]) == expected
+
+
+def test_decision_from_statuses() -> None:
+    from dyncal.reports.decision import Criterion, decide
+
+    def c(status: str) -> Criterion:
+        return Criterion("speedup", 2.0, None, 1.0, ">=", status)
+
+    assert decide([c("pass"), c("pass")]) == "GO"
+    assert decide([c("pass"), c("inconclusive")]) == "INCONCLUSIVE"
+    assert decide([c("inconclusive"), c("fail")]) == "NO-GO"
+    assert Criterion.from_dict({**c("inconclusive").to_dict()}).status == "inconclusive"
+    old = {k: v for k, v in c("fail").to_dict().items() if k != "status"}  # a document from before status
+    assert Criterion.from_dict({**old, "passed": True}).status == "pass"
+
+
+# --------------------------------------------------------------------------- verify as evidence
+
+
+def _verify_result(run_path: Path, thresholds: dict, *, full: list[float], early: list[float], batches: int = 3, **kw):
+    """A verify result for the run and thresholds: every batch times ``early``/``full`` (ms) as replicates."""
+    from dyncal.artifacts.thresholds import decision_fingerprint
+    from dyncal.artifacts.verify import ModelIdentity, PairedTiming, VerifyResult
+
+    run = load_run(run_path)
+    timing = PairedTiming(
+        key="cpu/b1",
+        batch_size=1,
+        early_exit_ms=tuple(tuple(early) for _ in range(batches)),
+        full_model_ms=tuple(tuple(full) for _ in range(batches)),
+        predicted_ms=0.2,
+    )
+    return VerifyResult(
+        run_fingerprint=kw.get("run_fingerprint", run.fingerprint),
+        decision_fingerprint=kw.get(
+            "decision_fingerprint",
+            decision_fingerprint(thresholds["score"], thresholds["temperatures"], thresholds["thresholds"]),
+        ),
+        model=ModelIdentity("dyncal.demo:pretrained", kw.get("weights", "0" * 64)),
+        n=run.n,
+        agreement=1.0,
+        exit_agreement=1.0,
+        runtime_accuracy=0.98,
+        simulated_accuracy=0.98,
+        runtime_exit_shares=(0.25,) * 4,
+        simulated_exit_shares=(0.25,) * 4,
+        timings=(timing,),
+        device="cpu",
+        hardware="test CPU",
+        threads=1,
+    )
+
+
+@pytest.fixture(scope="module")
+def solved(demo_runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """thresholds.json solved on the latency run at 0.5x (what verify would have run)."""
+    doc = solve_run(load_run(demo_runs["lat"]), "0.5x").to_dict()
+    path = tmp_path_factory.mktemp("solved") / "thresholds.json"
+    path.write_text(json.dumps(doc))
+    return path, doc
+
+
+_CRIT = ["--max-drop", "0.05", "--min-speedup", "2.5", "--device", "cpu", "--batch-size", "1"]
+
+
+def test_a_matching_verify_result_decides_the_latency_criterion(
+    demo_runs: dict[str, Path], solved: tuple[Path, dict], tmp_path: Path, cli
+) -> None:
+    th_path, th = solved
+    # quiet machine: every replicate of a pair alike; the plain model 3x the early exit
+    quiet = tmp_path / "quiet.json"
+    _verify_result(demo_runs["lat"], th, full=[0.6] * 5, early=[0.2] * 5).save(quiet)
+    out = tmp_path / "q.pdf"
+    res = cli("report", demo_runs["lat"], "--thresholds", th_path, "--verify", quiet, "--out", out, *_CRIT, "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    speed = doc["criteria"][1]
+    assert (speed["source"], speed["status"], doc["decision"]) == ("measured", "pass", "GO")
+    assert speed["value"] == pytest.approx(3.0) and doc["notes"] == []
+    assert doc["latency"]["cpu/b1"]["full_model_ms"] == pytest.approx(0.6)
+    assert doc["verify"]["source"] == str(quiet)
+    assert "Measured by dyncal verify" in _flat(_pages_text(out)[2])
+    # busy machine, same batch medians: replicates spread 3x wide. GO may become INCONCLUSIVE, never NO-GO
+    busy = tmp_path / "busy.json"
+    _verify_result(demo_runs["lat"], th, full=[0.2, 0.4, 0.6, 0.8, 1.0], early=[0.2] * 5).save(busy)
+    out = tmp_path / "b.pdf"
+    res = cli("report", demo_runs["lat"], "--thresholds", th_path, "--verify", busy, "--out", out, *_CRIT, "--json")
+    doc = json.loads(res.stdout)
+    speed = doc["criteria"][1]
+    assert speed["value"] == pytest.approx(3.0) and speed["status"] == "inconclusive"
+    assert doc["decision"] == "INCONCLUSIVE"
+    assert speed["interval_sampling"] == pytest.approx([3.0, 3.0])  # the batches agree; only timing is noisy
+    assert speed["interval"][0] < 2.5 < speed["interval"][1]
+    first = _flat(_pages_text(out)[0])
+    assert "INCONCLUSIVE" in first and "NO-GO" not in first and "Timing noise alone decides" in first
+    assert "--threads 1" in first and "--repeats" in first and "timing spread" in first
+    res = cli(
+        "report", demo_runs["lat"], "--thresholds", th_path, "--verify", busy, "--out", out, *_CRIT, "--overwrite"
+    )
+    assert "decision: INCONCLUSIVE" in res.stdout and "--threads 1" in res.stdout and "timing spread" in res.stdout
+    assert "speedup (cpu/b1, measured)" in res.stdout and ": INCONCLUSIVE" in res.stdout
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"decision_fingerprint": "f" * 64}, "it was measured with other thresholds"),
+        ({"run_fingerprint": "e" * 64}, "it was measured on another run"),
+        ({"weights": "a" * 64}, "it was measured with other weights"),
+    ],
+)
+def test_a_verify_result_for_something_else_is_ignored_with_a_note(
+    demo_runs: dict[str, Path], solved: tuple[Path, dict], tmp_path: Path, cli, change: dict, why: str
+) -> None:
+    th_path, th = solved
+    other = tmp_path / "verify.json"
+    _verify_result(demo_runs["lat"], th, full=[6.0] * 5, early=[0.2] * 5, **change).save(other)
     out = tmp_path / "r.pdf"
-    build_report(root / "run", out, min_accuracy=0.9)
-    assert "Measured by 'dyncal verify'" not in _flat(_pages_text(out)[2])
-    verify = {"measured_ms": {"cpu/b1": 0.141, "cpu/b32": 1.15}, "predicted_ms": {"cpu/b1": 0.243, "cpu/b32": 0.883}}
-    (root / "verify.json").write_text(json.dumps(verify))
-    build_report(root / "run", out, min_accuracy=0.9, overwrite=True)
-    third = _flat(_pages_text(out)[2])
-    assert "Measured by 'dyncal verify'" in third and "1.15 ms" in third and "0.883 ms" in third and "1.30" in third
+    res = cli("report", demo_runs["lat"], "--thresholds", th_path, "--verify", other, "--out", out, *_CRIT, "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["verify"] is None and doc["criteria"][1]["source"] == "predicted"
+    assert doc["latency"]["cpu/b1"]["full_model_ms"] != pytest.approx(6.0)  # none of its numbers is used
+    assert len(doc["notes"]) == 1 and why in doc["notes"][0] and "ignored" in doc["notes"][0]
+    assert why in _flat(_pages_text(out)[0]) and "Measured by dyncal verify" not in _flat(_pages_text(out)[2])
+    res = cli(
+        "report", demo_runs["lat"], "--thresholds", th_path, "--verify", other, "--out", out, *_CRIT, "--overwrite"
+    )
+    assert f"note: verify result '{other}' ignored: {why}" in res.stdout
+
+
+def test_a_broken_verify_file_is_an_error(demo_runs: dict[str, Path], solved: tuple[Path, dict], tmp_path: Path, cli):
+    bad = tmp_path / "verify.json"
+    bad.write_text(json.dumps({"schema": "dyncal.verify", "schema_version": 1}))
+    out = tmp_path / "r.pdf"
+    res = cli("report", demo_runs["lat"], "--thresholds", solved[0], "--verify", bad, "--out", out)
+    assert_clean_error(res, r"is not a valid verify result: .*run 'dyncal verify \.\.\. --out' again")
+    assert_clean_error(
+        cli("report", demo_runs["lat"], "--verify", tmp_path / "none.json", "--out", out), r"no verify result at"
+    )
+    assert not out.exists()
+
+
+def test_the_full_model_latency_is_one_figure_everywhere(
+    demo_runs: dict[str, Path], solved: tuple[Path, dict], tmp_path: Path, cli
+) -> None:
+    """Pages 1, 3 and 4, the JSON and the terminal print the same full-model ms per device and batch size."""
+    import re
+
+    from dyncal.reports.figures import format_ms
+
+    th_path, th = solved
+    verify = tmp_path / "verify.json"
+    _verify_result(demo_runs["lat"], th, full=[0.61, 0.62, 0.63], early=[0.2] * 3).save(verify)
+    for extra in ([], ["--verify", str(verify)]):  # predicted (profile) and measured (verify)
+        out = tmp_path / f"r{len(extra)}.pdf"
+        args = ["report", demo_runs["lat"], "--thresholds", th_path, *extra, "--out", out, *_CRIT]
+        res = cli(*args, "--json")
+        assert res.exit_code == 0, res.output
+        doc = json.loads(res.stdout)
+        figures = {k: format_ms(v) for k, v in doc["full_model_ms"].items()}
+        run = load_run(demo_runs["lat"])
+        expected_b1 = 0.62 if extra else run.costs.latency["cpu/b1"].full_model_median_ms
+        assert doc["full_model_ms"]["cpu/b1"] == pytest.approx(expected_b1)
+        assert doc["full_model_ms"]["cpu/b32"] == pytest.approx(run.costs.latency["cpu/b32"].full_model_median_ms)
+        assert {k: v["full_model_ms"] for k, v in doc["latency"].items()} == doc["full_model_ms"]
+        pages = [_flat(t) for t in _pages_text(out)]
+        for number in (0, 2):
+            assert all(f in pages[number] for f in figures.values()), number
+        assert figures["cpu/b1"] in pages[3]
+        printed = [m for page in pages for m in re.findall(r"full model (\d[\d.]*) ms", page)]
+        assert len(printed) >= 5 and set(printed) <= {f.removesuffix(" ms") for f in figures.values()}
+        terminal = cli(*args, "--overwrite").stdout
+        found = re.findall(r"full model (\d[\d.]*) ms", terminal)
+        assert sorted(found) == sorted(f.removesuffix(" ms") for f in figures.values())
+
+
+# --------------------------------------------------------------------------- --thresholds
+
+
+def test_report_the_thresholds_a_team_chose(demo_runs: dict[str, Path], tmp_path: Path, cli) -> None:
+    th = tmp_path / "t.json"
+    res = cli("solve", demo_runs["lat"], "--budget", "0.3x", "--holdout", "0.3", "--seed", "2", "--out", th, "--json")
+    assert res.exit_code == 0, res.output
+    solved_doc = json.loads(res.stdout)
+    out = tmp_path / "r.pdf"
+    res = cli("report", demo_runs["lat"], "--thresholds", th, "--min-accuracy", "0.9", "--out", out, "--json")
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    # held-out numbers on the document's own split: what solve printed
+    assert doc["held_out"]["accuracy"] == solved_doc["holdout_accuracy"]
+    assert doc["held_out"]["accuracy_ci"] == solved_doc["holdout_ci"]
+    assert doc["held_out"]["n"] == solved_doc["split"]["n_holdout"]
+    assert doc["held_out"]["exit_shares"] == pytest.approx(solved_doc["holdout"]["exit_shares"])
+    assert doc["held_out"]["expected_macs"] == pytest.approx(solved_doc["holdout"]["expected_macs"])
+    assert doc["operating_point"]["thresholds"] == solved_doc["thresholds"] and doc["notes"] == []
+    assert doc["criteria"][0]["value"] == solved_doc["holdout_accuracy"]
+    assert f"--thresholds {th}" in _flat(_pages_text(out)[5])
+
+
+def test_thresholds_options_that_contradict_it_are_errors(
+    demo_runs: dict[str, Path], solved: tuple[Path, dict], tmp_path: Path, cli
+) -> None:
+    th_path, th = solved
+    out = tmp_path / "r.pdf"
+    for args, pattern in (
+        (["--budget", "0.5x"], r"give --budget or --thresholds, not both"),
+        (["--seed", "3"], r"--thresholds fixes the method, temperatures and held-out split; leave out --seed"),
+        (["--method", "optimal"], r"leave out --method"),
+    ):
+        assert_clean_error(cli("report", demo_runs["lat"], "--thresholds", th_path, *args, "--out", out), pattern)
+    other = dict(th, run_fingerprint="d" * 64)
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert_clean_error(
+        cli("report", demo_runs["lat"], "--thresholds", tmp_path / "other.json", "--out", out),
+        r"the thresholds were solved on another run",
+    )
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------- one set of numbers
+
+
+def test_one_operating_point_one_set_of_numbers(go_report: tuple[Path, dict], demo_runs: dict[str, Path], cli) -> None:
+    path, doc = go_report
+    held = doc["held_out"]
+    pages = [_flat(t) for t in _pages_text(path)]
+    acc = f"{100 * held['accuracy']:.2f}%"
+    shares = [f"{100 * s:.1f}%" for s in held["exit_shares"]]
+    # page 1: accuracy, shares and the MACs on the held-out half
+    assert f"right on {acc} of {held['n']} held-out samples" in pages[0]
+    assert ", ".join(shares) + " (held out)" in pages[0]
+    # page 2: the deployed row is the operating point
+    assert re.search(rf"smoothed \(deployed\) {re.escape(acc)}", pages[1])
+    # page 4: the same shares and accuracy
+    assert all(f"{s} leave" in pages[3] for s in shares) and f"Overall: {acc} right" in pages[3]
+    # terminal
+    res = cli(
+        "report",
+        demo_runs["lat"],
+        "--out",
+        path,
+        "--min-accuracy",
+        "0.9",
+        "--min-speedup",
+        "3",
+        "--device",
+        "cpu",
+        "--overwrite",
+    )
+    assert f"accuracy {acc}" in res.stdout and "exit shares " + ", ".join(shares) in res.stdout
+
+
+def test_failure_text_says_the_estimate_itself_fails() -> None:
+    from dyncal.reports.decision import Criterion
+    from dyncal.reports.pdf import _failure_text
+
+    below = Criterion("speedup", 1.92, (1.86, 1.98), 2.0, ">=", "fail", cost="cpu/b1", source="predicted")
+    assert _failure_text(below) == "speed-up (latency, cpu/b1), predicted is 1.92×, needs ≥ 2.00×"
+    above = Criterion("speedup", 2.1, (1.9, 2.3), 2.0, ">=", "fail", cost="macs")
+    assert "is 2.10× but its 95% interval reaches down to 1.90×, needs ≥ 2.00×" in _failure_text(above)
+
+
+def test_plot_says_which_budget_it_marks(demo_runs: dict[str, Path], cli) -> None:
+    from dyncal.reports.pdf import _op_label, prepare_report
+
+    label = _op_label(prepare_report(demo_runs["plain"]))
+    assert "the cheapest within 1.0 percentage point of the last exit" in label and "--budget" in label
+    assert _op_label(prepare_report(demo_runs["plain"], budget="0.2x")) == "operating point (budget 0.2x)"
+    assert "within 1 percentage point of the last exit" in " ".join(cli("plot", "-h").stdout.split())
+
+
+def test_exit_figure_has_one_scale_per_panel_and_room_above_100_percent() -> None:
+    from dyncal.reports.figures import plot_exits
+
+    fig = plot_exits([0.0, 1.0], [np.nan, 1.0], counts=[0, 10], exit_accuracy=[0.5, 1.0])
+    shares, accuracy = fig.axes[:2]
+    assert shares.get_ylabel() == "share of samples leaving" and accuracy.get_ylabel() == "accuracy"
+    assert accuracy.get_ylim()[1] > 1.0 and shares.get_ylim()[1] > 1.0  # markers and bars at 100% stay whole
+    assert max(accuracy.get_yticks()) <= 1.0 and max(shares.get_yticks()) <= 1.0  # no tick above 100%
+    assert "no samples" in " ".join(t.get_text() for t in shares.texts)
+
+
+def test_the_operating_point_star_does_not_cover_an_exit_label() -> None:
+    from matplotlib.figure import Figure
+
+    from dyncal.reports.figures import _label_offset
+
+    ax = Figure(figsize=(6, 4)).add_subplot()
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 1)
+    to_points = 72.0 / ax.figure.dpi
+    square = (5.0, 0.5)
+    for star_offset in ((15, -7), (15, 8), (-15, 8), (0, 0)):
+        # the star where the label would go by default
+        xy = ax.transData.inverted().transform(ax.transData.transform(square) + np.array(star_offset) / to_points)
+        (ox, oy), ha = _label_offset(ax, square, tuple(xy))
+        x0, x1 = (ox, ox + 30) if ha == "left" else (ox - 30, ox)
+        if star_offset != (0, 0):
+            assert not (x0 - 8 <= star_offset[0] <= x1 + 8 and oy - 8 <= star_offset[1] <= oy + 17)
+    assert _label_offset(ax, square, None) == ((4, -11), "left")

@@ -1,8 +1,31 @@
-"""Go/no-go criteria: what was asked, what was measured on held-out data, and the verdict.
+"""Go/no-go criteria: what was asked, what was measured, and a verdict that load cannot flip.
 
-A criterion passes only when its whole 95% interval clears the requirement, so a GO
-means "shown with 95% confidence", not "the point estimate happens to be above the line".
-Without a held-out split (no interval) the point estimate decides, and the report says so.
+A criterion is ``pass``, ``fail`` or ``inconclusive``. Accuracy criteria carry sampling
+noise only (which samples were held out): they pass when their whole 95% interval clears
+the requirement and fail otherwise. Without a held-out split (no interval) the point
+estimate decides, and the report says so.
+
+A latency criterion (the speed-up in ms) also carries *timing* noise: replicates of the
+same batch differ, more so on a busy machine. It comes with three 95% intervals around
+one estimate ``v``: ``S`` from sampling noise alone, ``T`` from timing noise alone and
+``C`` from both. For a requirement ``value >= r`` (mirrored for ``<=``):
+
+* PASS when the interval that carries both kinds of noise clears ``r``:
+  ``min(C.low, S.low, T.low) >= r`` (never narrower than either part alone);
+* FAIL when timing noise cannot rescue it: the whole interval is below ``r``
+  (``max(C.high, S.high, T.high) < r``), or the sampling-only interval fails even when
+  moved up by the most favourable timing noise, ``S.low + max(0, T.high - v) < r``;
+* INCONCLUSIVE otherwise: timing noise alone decides (typically ``S`` clears ``r`` but
+  ``C`` straddles it).
+
+PASS needs ``S.low >= r`` and FAIL implies ``S.low < r``, so for the same estimate and
+sampling interval no amount of timing noise turns one into the other: load on the machine
+widens ``T`` and ``C`` and can make a PASS or a FAIL inconclusive, never the opposite.
+Without timing noise (``T = [v, v]``, ``C = S``) the rule is the sampling-only one: pass
+iff ``S.low >= r``.
+
+The decision is NO-GO when any criterion fails, else INCONCLUSIVE when any is
+inconclusive, else GO.
 """
 
 from __future__ import annotations
@@ -17,16 +40,27 @@ import numpy as np
 from dyncal.errors import DyncalError
 
 __all__ = [
+    "PASS",
+    "FAIL",
+    "INCONCLUSIVE",
     "Criterion",
     "Requirements",
     "ExitOutcome",
+    "SpeedupEstimate",
     "bootstrap_interval",
+    "criterion_status",
+    "decide",
     "judge",
+    "speedup_estimate",
     "speedup_of_units",
 ]
 
+PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 N_BOOTSTRAP = 2000
 _BOOTSTRAP_SEED = 20240607
+_TOL = 1e-12
+
+Interval = tuple[float, float]
 
 
 @dataclass(frozen=True)
@@ -36,9 +70,9 @@ class Requirements:
     Attributes:
         min_accuracy: Held-out accuracy must be at least this (in [0, 1]).
         max_drop: Accuracy lost against the last exit must be at most this (in [0, 1]).
-        min_speedup: Cost of the last exit on every sample divided by the expected cost
-            must be at least this (> 0); judged in ms when a latency key is chosen,
-            else in MACs.
+        min_speedup: Cost of the full model on every sample divided by the expected
+            early-exit cost must be at least this (> 0); judged in ms when a latency key
+            is chosen, else in MACs.
 
     Example:
         >>> Requirements(min_accuracy=0.9).any
@@ -76,6 +110,10 @@ class Requirements:
         return self
 
 
+def _iv(v: Any) -> Interval | None:
+    return None if v is None else (float(v[0]), float(v[1]))
+
+
 @dataclass(frozen=True)
 class Criterion:
     """One judged requirement.
@@ -83,30 +121,45 @@ class Criterion:
     Attributes:
         name: ``"accuracy"``, ``"accuracy_drop"`` or ``"speedup"``.
         value: The measured value (a fraction, or a factor for speed-up).
-        interval: 95% interval ``(low, high)``, or None when nothing was held out.
+        interval: 95% interval ``(low, high)`` carrying every kind of noise known (sampling,
+            and timing for latency), or None when nothing was held out.
         required: The requirement's threshold.
         comparison: ``">="`` or ``"<="``: how ``value`` must compare to ``required``.
-        passed: Whether the requirement is met (the whole interval clears it when known).
+        status: ``"pass"``, ``"fail"`` or ``"inconclusive"`` (see the module docstring).
         cost: For ``speedup``, the cost it is measured in: ``"macs"`` or a latency key.
         description: What the value is, for people.
+        interval_sampling: 95% interval from sampling noise alone (latency criteria).
+        interval_timing: 95% interval from timing noise alone (latency criteria).
+        timing_spread: Relative spread (IQR / median) of the timings behind the value.
+        source: For ``speedup``: ``"macs"``, ``"measured"`` (a real early exit timed by
+            ``dyncal verify``) or ``"predicted"`` (from the profiled stage times).
 
     Example:
-        >>> c = Criterion("accuracy", 0.95, (0.93, 0.97), 0.9, ">=", True)
-        >>> c.to_dict()["passed"]
-        True
+        >>> c = Criterion("accuracy", 0.95, (0.93, 0.97), 0.9, ">=", PASS)
+        >>> c.passed, c.to_dict()["status"]
+        (True, 'pass')
     """
 
     name: str
     value: float
-    interval: tuple[float, float] | None
+    interval: Interval | None
     required: float
     comparison: str
-    passed: bool
+    status: str
     cost: str | None = None
     description: str = ""
+    interval_sampling: Interval | None = None
+    interval_timing: Interval | None = None
+    timing_spread: float | None = None
+    source: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        """Whether the requirement is shown to be met (status ``pass``)."""
+        return self.status == PASS
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict."""
+        """Return a JSON-ready dict (``passed`` kept for readers of older documents)."""
         return {
             "name": self.name,
             "value": self.value,
@@ -114,23 +167,35 @@ class Criterion:
             "required": self.required,
             "comparison": self.comparison,
             "passed": self.passed,
+            "status": self.status,
             "cost": self.cost,
+            "source": self.source,
+            "interval_sampling": None if self.interval_sampling is None else list(self.interval_sampling),
+            "interval_timing": None if self.interval_timing is None else list(self.interval_timing),
+            "timing_spread": self.timing_spread,
             "description": self.description,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Criterion:
-        """Build from :meth:`to_dict` output."""
-        iv = d.get("interval")
+        """Build from :meth:`to_dict` output (a document without ``status`` reads ``passed``)."""
+        status = d.get("status")
+        if status not in (PASS, FAIL, INCONCLUSIVE):
+            status = PASS if d.get("passed") else FAIL
+        spread = d.get("timing_spread")
         return cls(
             name=str(d["name"]),
             value=float(d["value"]),
-            interval=None if iv is None else (float(iv[0]), float(iv[1])),
+            interval=_iv(d.get("interval")),
             required=float(d["required"]),
             comparison=str(d["comparison"]),
-            passed=bool(d["passed"]),
+            status=str(status),
             cost=d.get("cost"),
             description=str(d.get("description", "")),
+            interval_sampling=_iv(d.get("interval_sampling")),
+            interval_timing=_iv(d.get("interval_timing")),
+            timing_spread=None if spread is None else float(spread),
+            source=d.get("source"),
         )
 
 
@@ -169,6 +234,37 @@ class ExitOutcome:
         right = np.bincount(self.exits, weights=self.correct.astype(float), minlength=k)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(n_k > 0, right / np.maximum(n_k, 1), np.nan)
+
+
+@dataclass(frozen=True)
+class SpeedupEstimate:
+    """A speed-up against the full model, with the noise it carries.
+
+    Attributes:
+        cost: ``"macs"`` or a latency key (``"cpu/b1"``).
+        value: Full-model cost over the expected early-exit cost.
+        interval: 95% interval with every kind of noise known (None: nothing held out).
+        interval_sampling: From sampling noise alone (which samples or batches).
+        interval_timing: From timing noise alone (None for MACs, which are counted).
+        timing_spread: IQR / median of the timings behind it (None for MACs).
+        source: ``"macs"``, ``"measured"`` (``dyncal verify``) or ``"predicted"``.
+        early_exit: Expected early-exit cost (MACs per sample, or ms per batch).
+        full_model: The full model's cost in the same unit.
+
+    Example:
+        >>> SpeedupEstimate("macs", 2.0, None).source
+        'macs'
+    """
+
+    cost: str
+    value: float
+    interval: Interval | None
+    interval_sampling: Interval | None = None
+    interval_timing: Interval | None = None
+    timing_spread: float | None = None
+    source: str = "macs"
+    early_exit: float = float("nan")
+    full_model: float = float("nan")
 
 
 def bootstrap_interval(
@@ -213,24 +309,80 @@ def bootstrap_interval(
     return (float(lo), float(hi))
 
 
-def _clears(value: float, interval: tuple[float, float] | None, required: float, comparison: str) -> bool:
-    """Whether ``value`` (its whole interval, when known) is on the right side of ``required``."""
-    if comparison == ">=":
-        bound = value if interval is None else interval[0]
-        return bool(bound >= required - 1e-12)
-    bound = value if interval is None else interval[1]
-    return bool(bound <= required + 1e-12)
+def criterion_status(
+    value: float,
+    interval: Interval | None,
+    required: float,
+    comparison: str,
+    *,
+    sampling: Interval | None = None,
+    timing: Interval | None = None,
+) -> str:
+    """Pass, fail or inconclusive, by the rule of the module docstring.
+
+    Args:
+        value: The estimate ``v``.
+        interval: ``C``, with every kind of noise (None: the estimate alone decides).
+        required: ``r``.
+        comparison: ``">="`` or ``"<="``.
+        sampling: ``S``, sampling noise alone (default: ``interval`` without ``timing``,
+            else none, ``[v, v]``: nothing held out).
+        timing: ``T``, timing noise alone (default: none, ``[v, v]``).
+
+    Returns:
+        ``"pass"``, ``"fail"`` or ``"inconclusive"``.
+
+    Example:
+        >>> criterion_status(2.4, (1.8, 3.0), 2.0, ">=", sampling=(2.2, 2.6), timing=(1.9, 2.9))
+        'inconclusive'
+        >>> criterion_status(2.4, (1.8, 3.0), 2.0, ">=")
+        'fail'
+    """
+    if comparison not in (">=", "<="):
+        raise DyncalError(f"comparison must be '>=' or '<=', got {comparison!r}")
+    sign = 1.0 if comparison == ">=" else -1.0
+
+    def flip(iv: Interval | None) -> Interval | None:
+        if iv is None:
+            return None
+        a, b = sign * iv[0], sign * iv[1]
+        return (min(a, b), max(a, b))
+
+    v, r = sign * value, sign * required
+    c = flip(interval) or (v, v)
+    t = flip(timing) or (v, v)
+    s = flip(sampling) or (c if timing is None else (v, v))
+    if min(c[0], s[0], t[0]) >= r - _TOL:
+        return PASS
+    if max(c[1], s[1], t[1]) < r - _TOL or s[0] + max(0.0, t[1] - v) < r - _TOL:
+        return FAIL
+    return INCONCLUSIVE
+
+
+def decide(criteria: Sequence[Criterion]) -> str | None:
+    """NO-GO if any criterion fails, else INCONCLUSIVE if any is, else GO (None without criteria).
+
+    Example:
+        >>> c = Criterion("accuracy", 0.95, None, 0.9, ">=", PASS)
+        >>> decide([c]), decide([c, Criterion("speedup", 2.1, None, 2.0, ">=", INCONCLUSIVE)]), decide([])
+        ('GO', 'INCONCLUSIVE', None)
+    """
+    if not criteria:
+        return None
+    if any(c.status == FAIL for c in criteria):
+        return "NO-GO"
+    if any(c.status == INCONCLUSIVE for c in criteria):
+        return "INCONCLUSIVE"
+    return "GO"
 
 
 def judge(
     requirements: Requirements,
     *,
     accuracy: float,
-    accuracy_interval: tuple[float, float] | None,
+    accuracy_interval: Interval | None,
     outcome: ExitOutcome,
-    speedup_costs: Mapping[str, tuple[Sequence[float], float]],
-    speedup_cost: str,
-    speedup_units: np.ndarray | None = None,
+    speedup: SpeedupEstimate | None = None,
 ) -> list[Criterion]:
     """Judge every requirement given.
 
@@ -238,62 +390,75 @@ def judge(
         requirements: What was asked.
         accuracy: Held-out accuracy of the operating point (as solve reports it).
         accuracy_interval: Its 95% interval, or None.
-        outcome: Per-sample outcome on the judged rows (drop and speed-up intervals).
-        speedup_costs: Per cost name (``"macs"`` or a latency key): ``(per_exit_cost,
-            baseline_cost)``, the cost of a sample leaving at each exit and of running
-            the last exit on every sample.
-        speedup_cost: Which entry of ``speedup_costs`` the speed-up criterion uses.
-        speedup_units: Instead of per-sample costs from ``speedup_costs``, the cost of
-            each unit the early-exit model runs (one value per batch for batch sizes
-            above 1); the interval is then a bootstrap over these units.
+        outcome: Per-sample outcome on the judged rows (the drop's interval).
+        speedup: The speed-up the speed-up criterion is judged on (needed when asked).
 
     Returns:
         The criteria, in the order accuracy, drop, speed-up.
+
+    Raises:
+        DyncalError: A speed-up criterion without a speed-up estimate.
     """
     out: list[Criterion] = []
     held = outcome.held_out
     if requirements.min_accuracy is not None:
+        req = requirements.min_accuracy
         out.append(
             Criterion(
                 "accuracy",
                 accuracy,
                 accuracy_interval,
-                requirements.min_accuracy,
+                req,
                 ">=",
-                _clears(accuracy, accuracy_interval, requirements.min_accuracy, ">="),
+                criterion_status(accuracy, accuracy_interval, req, ">="),
                 description="top-1 accuracy with early exit" + (" (held out)" if held else ""),
+                interval_sampling=accuracy_interval,
             )
         )
     if requirements.max_drop is not None:
         drop, interval = accuracy_drop(outcome)
+        req = requirements.max_drop
         out.append(
             Criterion(
                 "accuracy_drop",
                 drop,
                 interval,
-                requirements.max_drop,
+                req,
                 "<=",
-                _clears(drop, interval, requirements.max_drop, "<="),
+                criterion_status(drop, interval, req, "<="),
                 description="last exit's accuracy minus early exit's, same samples" + (" (held out)" if held else ""),
+                interval_sampling=interval,
             )
         )
     if requirements.min_speedup is not None:
-        per_exit, baseline = speedup_costs[speedup_cost]
-        if speedup_units is None:
-            value, interval = speedup(outcome, per_exit, baseline)
+        if speedup is None:
+            raise DyncalError("a --min-speedup criterion needs costs to judge it on; profile the run first")
+        req = requirements.min_speedup
+        if speedup.cost == "macs":
+            unit = "MACs"
         else:
-            value, interval = speedup_of_units(speedup_units, baseline, held)
-        unit = "MACs" if speedup_cost == "macs" else f"latency on {speedup_cost}"
+            unit = f"latency on {speedup.cost}, {speedup.source}"
         out.append(
             Criterion(
                 "speedup",
-                value,
-                interval,
-                requirements.min_speedup,
+                speedup.value,
+                speedup.interval,
+                req,
                 ">=",
-                _clears(value, interval, requirements.min_speedup, ">="),
-                cost=speedup_cost,
-                description=f"last exit on every sample / expected cost ({unit})",
+                criterion_status(
+                    speedup.value,
+                    speedup.interval,
+                    req,
+                    ">=",
+                    sampling=speedup.interval_sampling,
+                    timing=speedup.interval_timing,
+                ),
+                cost=speedup.cost,
+                description=f"full model on every sample / expected early-exit cost ({unit})",
+                interval_sampling=speedup.interval_sampling,
+                interval_timing=speedup.interval_timing,
+                timing_spread=speedup.timing_spread,
+                source=speedup.source,
             )
         )
     return out
@@ -314,30 +479,35 @@ def accuracy_drop(outcome: ExitOutcome) -> tuple[float, tuple[float, float] | No
     return value, bootstrap_interval(outcome.n, lambda idx: diff[idx].mean(axis=1))
 
 
-def speedup(
-    outcome: ExitOutcome, per_exit_cost: Sequence[float], baseline: float
-) -> tuple[float, tuple[float, float] | None]:
-    """Baseline cost over the expected early-exit cost of the judged rows, with interval.
+def speedup_estimate(
+    outcome: ExitOutcome, per_exit_cost: Sequence[float], full_model: float, cost: str = "macs"
+) -> SpeedupEstimate:
+    """Full-model cost over the expected early-exit cost of the judged rows (per sample), with interval.
 
     Args:
         outcome: Per-sample exits.
         per_exit_cost: ``K`` costs of a sample leaving at exit k.
-        baseline: Cost of running the last exit on every sample.
+        full_model: Cost of the full model on one sample.
+        cost: Name of the cost (default ``"macs"``).
 
     Returns:
-        ``(speedup, interval)``.
+        The estimate; its interval is a bootstrap over the rows when they were held out.
 
     Example:
         >>> o = ExitOutcome(np.array([0, 1]), np.ones(2, bool), np.ones(2, bool), False)
-        >>> speedup(o, [1.0, 3.0], 3.0)
-        (1.5, None)
+        >>> speedup_estimate(o, [1.0, 3.0], 3.0).value
+        1.5
     """
-    cost = np.asarray(per_exit_cost, dtype=float)[outcome.exits]
-    value = float(baseline / cost.mean()) if outcome.n else float("nan")
-    if not outcome.held_out:
-        return value, None
-    lo, hi = bootstrap_interval(outcome.n, lambda idx: baseline / cost[idx].mean(axis=1))
-    return value, (lo, hi)
+    units = np.asarray(per_exit_cost, dtype=float)[outcome.exits]
+    value, interval = speedup_of_units(units, full_model, outcome.held_out)
+    return SpeedupEstimate(
+        cost,
+        value,
+        interval,
+        interval_sampling=interval,
+        early_exit=float(units.mean()) if len(units) else float("nan"),
+        full_model=full_model,
+    )
 
 
 def speedup_of_units(units: np.ndarray, baseline: float, held_out: bool) -> tuple[float, tuple[float, float] | None]:

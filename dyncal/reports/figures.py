@@ -138,10 +138,12 @@ def _draw_curves(
     legend: bool,
     main_method: str | None,
     legend_below: bool = True,
+    full_model: float | None = None,
 ) -> None:
     """Frontier lines, band, static exits and operating point on one axes.
 
-    The legend goes below the axes (``legend_below``), else in matplotlib's best spot.
+    The legend goes below the axes (``legend_below``), else in matplotlib's best spot;
+    ``full_model`` (an x value) draws the full model as a dashed vertical line.
     """
     acc_col, held_out = _accuracy_columns(frontier)
     methods = [str(m) for m in dict.fromkeys(frontier["method"].astype(str))]
@@ -177,6 +179,7 @@ def _draw_curves(
                     zorder=1,
                 )
     static = frontier[frontier["method"].astype(str) == "static"]
+    static_labels: list[tuple[float, float, Any]] = []
     if len(static):
         static = static.sort_values(x_col)
         sx = static[x_col].to_numpy(dtype=float)
@@ -192,16 +195,7 @@ def _draw_curves(
             zorder=5,
         )
         exits = static["exit"].tolist() if "exit" in static.columns else [None] * len(static)
-        for xi, yi, k in zip(sx, sy, exits, strict=True):
-            if k is not None and np.isfinite(xi) and np.isfinite(yi):
-                ax.annotate(
-                    f"exit {int(k)}",
-                    (xi, yi),
-                    xytext=(4, -11),
-                    textcoords="offset points",
-                    fontsize=8,
-                    color="black",
-                )
+        static_labels = [(xi, yi, k) for xi, yi, k in zip(sx, sy, exits, strict=True) if k is not None]
     if operating_point is not None and operating_x is not None and math.isfinite(operating_x):
         op = operating_point
         if op.interval is not None:
@@ -229,6 +223,27 @@ def _draw_curves(
             zorder=7,
         )
     ax.margins(x=0.08)
+    star = None
+    if operating_point is not None and operating_x is not None and math.isfinite(operating_x):
+        star = (operating_x, operating_point.accuracy)
+    if full_model is not None and math.isfinite(full_model):
+        ax.axvline(full_model, color="#444444", ls=(0, (4, 3)), lw=1.1, zorder=2)
+        ax.annotate(
+            f"full model {format_ms(full_model)}",
+            (full_model, 0.03),
+            xycoords=("data", "axes fraction"),
+            xytext=(-4, 0),
+            textcoords="offset points",
+            ha="right",
+            fontsize=8,
+            color="#444444",
+        )
+    for xi, yi, k in static_labels:
+        if np.isfinite(xi) and np.isfinite(yi):
+            offset, ha = _label_offset(ax, (xi, yi), star)
+            ax.annotate(
+                f"exit {int(k)}", (xi, yi), xytext=offset, textcoords="offset points", fontsize=8, ha=ha, color="black"
+            )
     ax.set_ylabel("top-1 accuracy" + (" (held out)" if held_out else " (fitted; nothing held out)"))
     ax.yaxis.set_major_formatter(_percent_formatter())
     ax.grid(True, color="#dddddd", lw=0.6)
@@ -248,6 +263,43 @@ def _draw_curves(
             fontsize=8,
             frameon=False,
         )
+
+
+def _label_offset(ax: Axes, xy: tuple[float, float], avoid: tuple[float, float] | None) -> tuple[tuple[int, int], str]:
+    """Offset (points) and alignment of a static exit's label that keep the operating point's star off it."""
+    candidates: list[tuple[tuple[int, int], str]] = [
+        ((4, -11), "left"),
+        ((4, 5), "left"),
+        ((-4, 5), "right"),
+        ((-4, -11), "right"),
+    ]
+    if avoid is None:
+        return candidates[0]
+    ax.get_xlim(), ax.get_ylim()  # settle the autoscaled limits before transforming
+    to_points = 72.0 / ax.figure.dpi
+    here = ax.transData.transform(xy)
+    there = ax.transData.transform(avoid)
+    dx, dy = (there - here) * to_points
+    if not (np.isfinite(dx) and np.isfinite(dy)):
+        return candidates[0]
+    width, height, star = 30.0, 9.0, 8.0
+    for (ox, oy), ha in candidates:
+        x0, x1 = (ox, ox + width) if ha == "left" else (ox - width, ox)
+        if not (x0 - star <= dx <= x1 + star and oy - star <= dy <= oy + height + star):
+            return (ox, oy), ha
+    return candidates[0]
+
+
+def format_ms(v: float | None) -> str:
+    """Milliseconds for people, the same way on every page and figure.
+
+    Example:
+        >>> format_ms(0.47812), format_ms(123.4)
+        ('0.478 ms', '123 ms')
+    """
+    if v is None or not math.isfinite(v):
+        return "n/a"
+    return f"{v:.3g} ms" if v < 100 else f"{v:.0f} ms"
 
 
 def main_method_of(frontier: pd.DataFrame) -> str:
@@ -342,6 +394,7 @@ def plot_latency(
     keys: Sequence[str] | None = None,
     main_method: str | None = None,
     axes: Sequence[Axes] | None = None,
+    full_model_ms: Mapping[str, float] | None = None,
 ) -> Figure:
     """Accuracy against expected latency, one panel per profiled device and batch size.
 
@@ -351,6 +404,7 @@ def plot_latency(
         keys: Latency keys to draw (default: every ``ms:`` column, device then batch).
         main_method: Method drawn with its interval band (default :func:`main_method_of`).
         axes: One axes per key to draw on; default a new figure with a grid of panels.
+        full_model_ms: Per key, the full model's ms, drawn as a dashed vertical line.
 
     Returns:
         The figure drawn on.
@@ -395,6 +449,7 @@ def plot_latency(
             legend=(i == 0),
             legend_below=False,
             main_method=main_method,
+            full_model=None if full_model_ms is None else full_model_ms.get(key),
         )
         device, _, batch = key.partition("/b")
         ax.set_title(f"{device}, batch size {batch}")
@@ -432,87 +487,105 @@ def plot_exits(
     *,
     counts: Sequence[int] | np.ndarray | None = None,
     exit_accuracy: Sequence[float] | np.ndarray | None = None,
-    ax: Axes | None = None,
+    axes: Sequence[Axes] | None = None,
     title: str | None = None,
 ) -> Figure:
-    """Where samples leave at the operating point, and how accurate each exit is for them.
+    """Where samples leave at the operating point (top panel), and how accurate they are (bottom panel).
+
+    Shares and accuracies are on separate panels, each with its own 0–100% scale, so no
+    marker is read against the other's axis.
 
     Args:
         shares: ``(K,)`` fraction of samples leaving at each exit (sums to 1).
         accuracy: ``(K,)`` accuracy of the samples that leave at each exit (NaN where none).
         counts: ``(K,)`` number of samples behind each share, printed on the bars.
         exit_accuracy: ``(K,)`` accuracy of each exit on *all* samples, drawn as a reference.
-        ax: Axes to draw on; default a new figure.
-        title: Axes title; default none.
+        axes: Two axes to draw on (shares, accuracy); default a new figure.
+        title: Title of the top panel; default none.
 
     Returns:
         The figure drawn on.
 
     Raises:
-        DyncalError: ``shares`` and ``accuracy`` differ in length.
+        DyncalError: ``shares`` and ``accuracy`` differ in length, or fewer than two ``axes``.
 
     Example:
         >>> fig = plot_exits([0.5, 0.3, 0.2], [0.99, 0.95, 0.8])
-        >>> len(fig.axes[0].patches)
-        3
+        >>> len(fig.axes[0].patches), fig.axes[1].get_ylabel()
+        (3, 'accuracy')
     """
     share = np.asarray(shares, dtype=float)
     acc = np.asarray(accuracy, dtype=float)
     if share.shape != acc.shape or share.ndim != 1:
         raise DyncalError(f"shares and accuracy need one value per exit each, got shapes {share.shape} and {acc.shape}")
+    if axes is None:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(7.0, 6.0), layout="constrained")
+        top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[1.3, 1.0])
+    else:
+        given = list(axes)
+        if len(given) < 2:
+            raise DyncalError(f"plot_exits needs two axes (shares, accuracy), got {len(given)}")
+        top, bottom = given[0], given[1]
     k = share.shape[0]
-    fig, ax = _new_axes(ax)
     x = np.arange(1, k + 1)
-    ax.bar(x, share, width=0.6, color="#1f77b4", alpha=0.85, label="share of samples leaving here")
-    top = max(float(np.nanmax(share)) if k else 0.0, 0.05)
-    ax.set_xticks(x, [f"exit {i}" for i in x])
-    ax.set_ylim(0, min(1.0, top * 1.35) if top < 0.74 else 1.18)
-    ticks = [t for t in ax.get_yticks() if 0 <= t <= 1.0 + 1e-9]
-    ax.set_yticks(ticks)
-    ax.set_ylabel("share of samples")
-    ax.yaxis.set_major_formatter(_percent_formatter())
-    twin: Axes | None = None
-    if exit_accuracy is not None:
-        ref = np.asarray(exit_accuracy, dtype=float)
-        ax2 = twin = ax.twinx()
-        ax2.plot(x, ref, marker="o", color="#444444", lw=1, ls="--", label="exit accuracy on all samples")
-        ax2.plot(x, acc, marker="D", color=_OP_COLOR, lw=0, label="accuracy of samples leaving here")
-        ax2.set_ylabel("accuracy")
-        ax2.yaxis.set_major_formatter(_percent_formatter())
-        lo = float(np.nanmin(np.concatenate([ref, acc]))) if k else 0.0
-        ax2.set_ylim(max(0.0, lo - 0.25 * (1 - lo) - 0.02), 1.005)
-        h1, l1 = ax.get_legend_handles_labels()
-        h2, l2 = ax2.get_legend_handles_labels()
-        ax.legend(
-            h1 + h2,
-            l1 + l2,
-            loc="upper center",
-            bbox_to_anchor=(0.5, -0.09),
-            ncol=3,
-            fontsize=8,
-            frameon=False,
-        )
-    # labels last, on the top-most axes, boxed: lines of a twin axis never cross them
-    top_ax = twin if twin is not None else ax
+    # --- shares
+    top.bar(x, share, width=0.6, color="#1f77b4", alpha=0.85)
+    peak = max(float(np.nanmax(share)) if k else 0.0, 0.05)
+    top.set_ylim(0, peak * 1.32)
+    top.set_yticks([t for t in top.get_yticks() if 0 <= t <= min(1.0, peak * 1.32) + 1e-9])
+    top.set_ylabel("share of samples leaving")
+    top.yaxis.set_major_formatter(_percent_formatter())
     for i in range(k):
-        n_txt = "" if counts is None else f"\n(n = {int(counts[i]):,})"
-        acc_txt = "no samples" if not np.isfinite(acc[i]) else f"accuracy {100 * acc[i]:.1f}%"
-        top_ax.annotate(
-            f"{100 * share[i]:.1f}% leave{n_txt}\n{acc_txt}",
+        n_txt = "" if counts is None else f" (n = {int(counts[i]):,})"
+        extra = "\nno samples" if not np.isfinite(acc[i]) else ""
+        top.annotate(
+            f"{100 * share[i]:.1f}% leave{n_txt}{extra}",
             (x[i], share[i]),
-            xycoords=ax.transData,
-            xytext=(0, 4),
+            xytext=(0, 3),
             textcoords="offset points",
             ha="center",
             va="bottom",
             fontsize=8,
-            bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85},
         )
-    ax.grid(True, axis="y", color="#dddddd", lw=0.6)
-    ax.set_axisbelow(True)
+    top.grid(True, axis="y", color="#dddddd", lw=0.6)
+    top.set_axisbelow(True)
+    top.set_xticks(x, [f"exit {i}" for i in x])
+    top.tick_params(axis="x", labelbottom=False)  # the accuracy panel below names the exits
+    top.set_xlim(0.4, k + 0.6)
     if title:
-        ax.set_title(title)
-    return fig
+        top.set_title(title)
+    # --- accuracy
+    values = [acc]
+    if exit_accuracy is not None:
+        ref = np.asarray(exit_accuracy, dtype=float)
+        values.append(ref)
+        bottom.plot(x, ref, marker="o", color="#444444", lw=1, ls="--", label="exit accuracy on all samples")
+    bottom.plot(x, acc, marker="D", color=_OP_COLOR, lw=0, ms=7, label="accuracy of the samples leaving here")
+    for i in range(k):
+        if np.isfinite(acc[i]):
+            bottom.annotate(
+                f"{100 * acc[i]:.1f}%",
+                (x[i], acc[i]),
+                xytext=(8, -3),
+                textcoords="offset points",
+                fontsize=8,
+                color=_OP_COLOR,
+            )
+    both = np.concatenate(values)
+    lo = float(np.nanmin(both)) if np.isfinite(both).any() else 0.0
+    span = max(1.0 - lo, 0.02)
+    bottom.set_ylim(max(0.0, lo - 0.15 * span), 1.0 + 0.12 * span)  # room above 100%: markers there stay whole
+    bottom.set_yticks([t for t in bottom.get_yticks() if lo - 0.15 * span <= t <= 1.0 + 1e-9])
+    bottom.set_ylabel("accuracy")
+    bottom.yaxis.set_major_formatter(_percent_formatter())
+    bottom.grid(True, axis="y", color="#dddddd", lw=0.6)
+    bottom.set_axisbelow(True)
+    bottom.set_xticks(x, [f"exit {i}" for i in x])
+    bottom.set_xlim(0.4, k + 0.6)
+    bottom.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, frameon=False)
+    return _figure_of(top)
 
 
 def plot_reliability(

@@ -31,10 +31,32 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dyncal.errors import DyncalError
-from dyncal.reports.decision import Criterion, ExitOutcome, Requirements, judge, speedup_of_units
+from dyncal.reports.decision import (
+    FAIL,
+    INCONCLUSIVE,
+    PASS,
+    Criterion,
+    ExitOutcome,
+    Requirements,
+    SpeedupEstimate,
+    decide,
+    judge,
+    speedup_estimate,
+)
+from dyncal.reports.evidence import (
+    LatencyEvidence,
+    batch_size_of,
+    full_model_ms,
+    measured_latency,
+    predicted_latency,
+    predicted_unit_ms,
+    unit_batches,
+    usable_verify,
+)
 from dyncal.reports.figures import (
     MS_PREFIX,
     OperatingPoint,
+    format_ms,
     latency_keys,
     main_method_of,
     plot_exits,
@@ -49,7 +71,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from dyncal.analysis.calibration import ReliabilityBins
-    from dyncal.calibrate.solvers import PreparedRun
+    from dyncal.artifacts.verify import VerifyResult
+    from dyncal.calibrate.solvers import PreparedRun, ThresholdsResult
     from dyncal.run import Run
 
 __all__ = [
@@ -79,6 +102,7 @@ PAGE_TITLES = (
 )
 _GO_COLOR = "#1a7f37"
 _NOGO_COLOR = "#c62828"
+_AMBER = "#b26a00"
 _GREY = "#555555"
 _DEFAULT_MAX_DROP = 0.01
 _RC: dict[str, Any] = {
@@ -102,17 +126,23 @@ class ReportResult:
 
     Attributes:
         path: The PDF written.
-        decision: ``"GO"``, ``"NO-GO"``, or None when no criterion was given.
+        decision: ``"GO"``, ``"NO-GO"``, ``"INCONCLUSIVE"`` (timing noise alone decides a
+            latency criterion), or None when no criterion was given.
         criteria: The judged criteria.
         pages: Page titles, in order.
         budget: The budget the thresholds were solved for (``"0.42x"``, ``"35ms"``).
-        budget_reason: Why that budget (asked, or how it was chosen).
+        budget_reason: Why that budget (asked, chosen, or the thresholds file's).
         thresholds: The ``thresholds.json`` document of the operating point.
-        speedup: Speed-up against the last exit on every sample, per cost (``"macs"``,
-            ``"cpu/b1"``, ...), on the judged rows.
+        speedup: Speed-up against the full model on every sample, per cost (``"macs"``,
+            ``"cpu/b1"``, ...): MACs on the judged rows, latency as in ``latency``.
         size_bytes: Size of the PDF.
         decision_provisional: True when a decision was made with nothing held out (point
             estimates on the samples the thresholds were fitted on, no intervals).
+        held_out: The operating point on the judged rows: the numbers every page shows.
+        latency: Per latency key, the early exit against the full model
+            (:meth:`dyncal.reports.evidence.LatencyEvidence.to_dict`).
+        notes: One-line notes (e.g. a verify result that was ignored, and why).
+        verify: The verify result used (path, samples, keys), or None.
 
     Example:
         >>> r = ReportResult(Path("r.pdf"), None, (), PAGE_TITLES, "0.5x", "asked", {}, {}, 1)
@@ -130,6 +160,10 @@ class ReportResult:
     speedup: dict[str, float]
     size_bytes: int
     decision_provisional: bool = False
+    held_out: dict[str, Any] = field(default_factory=dict)
+    latency: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    verify: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The ``dyncal report --json`` document."""
@@ -142,7 +176,12 @@ class ReportResult:
             "budget": self.budget,
             "budget_reason": self.budget_reason,
             "operating_point": self.thresholds,
+            "held_out": dict(self.held_out),
             "speedup": dict(self.speedup),
+            "full_model_ms": {k: v["full_model_ms"] for k, v in self.latency.items()},
+            "latency": {k: dict(v) for k, v in self.latency.items()},
+            "verify": None if self.verify is None else dict(self.verify),
+            "notes": list(self.notes),
             "size_bytes": self.size_bytes,
         }
 
@@ -159,9 +198,9 @@ class ReportData:
         budget_reason: Why that budget.
         requirements: The criteria asked.
         criteria: The judged criteria.
-        decision: ``"GO"``, ``"NO-GO"`` or None.
+        decision: ``"GO"``, ``"NO-GO"``, ``"INCONCLUSIVE"`` or None.
         outcome: Per-sample outcome on the judged (held-out) rows.
-        speedup: Speed-up per cost name on the judged rows.
+        speedup: Speed-up per cost name (MACs on the judged rows; latency as in ``latency``).
         speedup_cost: Cost name used for the speed-up criterion.
         exit_accuracy: ``(K,)`` accuracy of each exit on all samples (T = 1).
         exit_confidence: ``(K,)`` mean top probability of each exit (T = 1).
@@ -170,6 +209,16 @@ class ReportData:
         title: Report title.
         date: The report's fixed date (metadata and footer).
         command: The command line that made this report, if known.
+        full_model: The full model's cost per cost name: MACs, and ms per batch per latency
+            key (:func:`dyncal.reports.evidence.full_model_ms`): the one figure every page shows.
+        accuracy: Accuracy of the operating point on the judged rows.
+        accuracy_interval: Its 95% interval (None when nothing was held out).
+        latency: Per latency key, the early exit against the full model (measured or predicted).
+        notes: One-line notes shown on page 1, in the JSON and on the terminal.
+        verify: The verify result used as evidence (it matched), or None.
+        verify_label: Where it came from (a path), for people.
+        thresholds_path: The thresholds file reported (``--thresholds``), or None when solved here.
+        fit_costs: Expected cost per cost name on the fitting half (where the curves are drawn).
     """
 
     run: Run
@@ -190,39 +239,50 @@ class ReportData:
     title: str
     date: _dt.datetime
     command: str = ""
-    baselines: dict[str, float] = field(default_factory=dict)
+    full_model: dict[str, float] = field(default_factory=dict)
+    accuracy: float = float("nan")
+    accuracy_interval: tuple[float, float] | None = None
+    latency: dict[str, LatencyEvidence] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    verify: VerifyResult | None = None
+    verify_label: str = ""
+    thresholds_path: str | None = None
+    fit_costs: dict[str, float] = field(default_factory=dict)
+    methods: tuple[_MethodAtBudget, ...] = ()
 
     @property
     def k(self) -> int:
         """Number of exits."""
         return self.run.k
 
-    def operating_point(self) -> OperatingPoint:
-        """The operating point as the figures mark it."""
-        t = self.thresholds
-        acc, interval = _op_accuracy(t)
-        ms = {str(k): float(v) for k, v in (t.get("expected_ms") or {}).items() if v is not None}
+    def operating_point(self, label: str | None = None) -> OperatingPoint:
+        """The operating point as the figures mark it (fitting-half costs, like the curves)."""
+        ms = {k: v for k, v in self.fit_costs.items() if k != "macs"}
         return OperatingPoint(
-            expected_macs=_float_or_none(t.get("expected_macs")),
-            accuracy=acc,
-            interval=interval,
+            expected_macs=self.fit_costs.get("macs"),
+            accuracy=self.accuracy,
+            interval=self.accuracy_interval,
             expected_ms=ms,
-            label=f"operating point (budget {_budget_label(self).split(' (')[0]})",
+            label=label or f"operating point (budget {_budget_label(self).split(' (')[0]})",
         )
+
+    def held_out_summary(self) -> dict[str, Any]:
+        """The operating point on the judged rows: what page 1, 2 and 4, the JSON and the terminal show."""
+        o = self.outcome
+        return {
+            "rows": "held out" if o.held_out else "all samples (nothing held out)",
+            "n": o.n,
+            "accuracy": self.accuracy,
+            "accuracy_ci": None if self.accuracy_interval is None else list(self.accuracy_interval),
+            "last_exit_accuracy": float(o.last_correct.mean()) if o.n else None,
+            "expected_macs": _held_cost(self, "macs"),
+            "exit_shares": [float(s) for s in o.shares(self.k)],
+            "exit_counts": [int(c) for c in o.counts(self.k)],
+        }
 
 
 def _float_or_none(v: Any) -> float | None:
     return None if v is None else float(v)
-
-
-def _op_accuracy(t: Mapping[str, Any]) -> tuple[float, tuple[float, float] | None]:
-    """Held-out accuracy and interval of a thresholds document (fitted when none held out)."""
-    held = t.get("holdout_accuracy")
-    ci = t.get("holdout_ci")
-    if held is not None and not (isinstance(held, float) and math.isnan(held)):
-        interval = None if ci is None else (float(ci[0]), float(ci[1]))
-        return float(held), interval
-    return float(t.get("calibration_accuracy", float("nan"))), None
 
 
 # --------------------------------------------------------------------------- dates
@@ -278,73 +338,35 @@ def _latency_choice(run: Run, device: str | None, batch_size: int | None) -> str
     return key
 
 
-def _baselines(run: Run) -> dict[str, float]:
-    """Cost of running the last exit on every sample, per cost name (MACs and latency keys).
-
-    Latency is the sum of the stage medians up to the last exit, without exit decisions: a
-    static model makes none.
-    """
-    out: dict[str, float] = {}
+def _per_exit_macs(run: Run) -> list[float] | None:
+    """Cumulative MACs of a sample leaving at exit k (None without MAC counts)."""
     costs = run.costs
-    if costs is not None and costs.macs is not None:
-        out["macs"] = float(costs.macs[-1])
-    for key, prof in sorted((costs.latency if costs is not None else {}).items()):
-        out[key] = float(prof.exit_ms[-1])
-    return out
-
-
-def _per_exit_costs(run: Run) -> dict[str, list[float]]:
-    """Cost of a sample that leaves at exit k, per cost name (as solve counts it)."""
-    from dyncal.calibrate.budget import cost_units
-
-    units = cost_units(run.costs, run.k)
-    return {(name[len(MS_PREFIX) :] if name.startswith(MS_PREFIX) else name): list(v) for name, v in units.items()}
-
-
-_BATCH_ORDER_SEED = 20261128
-
-
-def _batch_size_of(name: str) -> int:
-    """Batch size of a latency key (``"cpu/b32"`` -> 32); 1 for ``"macs"``."""
-    _, sep, b = name.partition("/b")
-    return int(b) if sep and b.isdigit() else 1
+    if costs is None or costs.macs is None or len(costs.macs) != run.k:
+        return None
+    return [float(v) for v in costs.macs]
 
 
 def _unit_costs(run: Run, name: str, exits: np.ndarray) -> np.ndarray | None:
     """Cost of each unit the early-exit model runs on rows leaving at ``exits``.
 
-    For MACs and batch size 1 a unit is a sample (``per_exit_cost[exit]``). For a latency
-    key with batch size ``b > 1`` a unit is a batch: the rows are shuffled in a fixed
-    seeded order (data order can be sorted by class) and cut into full batches of ``b``
-    (the remainder, fewer than ``b`` rows, is left out unless it is all there is); each
-    batch's time is predicted from the profiled stages by
-    :func:`dyncal.analysis.costmodel.predict_batch_ms`, where a stage runs on the rows still in the
-    batch and stops once none is left. A per-sample expectation would assume every batch
-    stops as early as its average sample, which a batch does not.
+    MACs: a unit is a sample. A latency key: a sample at batch size 1, else a batch of the
+    rows (:func:`dyncal.reports.evidence.unit_batches`), each predicted from the profiled
+    stages by :func:`dyncal.analysis.costmodel.predict_batch_ms`, where a stage runs on the
+    rows still in the batch and stops once none is left. A per-sample expectation would
+    assume every batch stops as early as its average sample, which a batch does not.
     """
-    per_exit = _per_exit_costs(run).get(name)
-    if per_exit is None:
-        return None
-    b = _batch_size_of(name)
-    exits = np.asarray(exits)
-    if b <= 1 or name == "macs":
-        per_sample: np.ndarray = np.asarray(per_exit, dtype=float)[exits]
-        return per_sample
-    from dyncal.analysis.costmodel import predict_batch_ms
+    if name == "macs":
+        macs = _per_exit_macs(run)
+        return None if macs is None else np.asarray(macs, dtype=float)[np.asarray(exits)]
+    return predicted_unit_ms(run.costs, name, unit_batches(exits, batch_size_of(name)))
 
-    device = name.partition("/b")[0]
-    order = np.random.default_rng(_BATCH_ORDER_SEED).permutation(len(exits))
-    shuffled = exits[order]
-    n_full = (len(shuffled) // b) * b
-    starts = range(0, n_full, b) if n_full else [0]
-    out = []
-    for start in starts:
-        batch = shuffled[start : start + b]
-        if not len(batch):
-            continue
-        ms = predict_batch_ms(run.costs, device, batch, b)
-        out.append(float("nan") if ms is None else ms)
-    return np.asarray(out, dtype=float)
+
+def _profile_full_model(run: Run, name: str) -> float:
+    """The full model's cost before any verify result is matched (MACs, or the profile's ms)."""
+    if name == "macs":
+        macs = _per_exit_macs(run)
+        return float("nan") if macs is None else macs[-1]
+    return full_model_ms(run.costs, None, name)[0]
 
 
 @dataclass(frozen=True)
@@ -485,13 +507,13 @@ def _shortfall_text(name: str, v: float) -> str:
     return f"{_pts(v)} of {'accuracy' if name == 'accuracy' else 'accuracy drop'}"
 
 
-def _outcome(prep: PreparedRun, thresholds: Mapping[str, Any]) -> ExitOutcome:
+def _outcome(prep: PreparedRun, thresholds: Sequence[float | None]) -> ExitOutcome:
     """Apply the operating point to the held-out rows (all rows when nothing was held out)."""
     from dyncal.calibrate.policy import assign_exits, thresholds_from_json
 
     held = prep.holdout_idx
     rows = held if len(held) else np.arange(prep.scores.shape[0])
-    exits = assign_exits(prep.scores[rows], thresholds_from_json(thresholds["thresholds"]))
+    exits = assign_exits(prep.scores[rows], thresholds_from_json(thresholds))
     right = prep.correct[rows]
     return ExitOutcome(
         exits=exits,
@@ -501,10 +523,61 @@ def _outcome(prep: PreparedRun, thresholds: Mapping[str, Any]) -> ExitOutcome:
     )
 
 
+def _fit_costs(prep: PreparedRun, thresholds: Sequence[float | None]) -> dict[str, float]:
+    """Expected cost per cost name on the fitting half, as solve and the frontier count it."""
+    from dyncal.calibrate.policy import assign_exits, expected_cost, thresholds_from_json
+
+    exits = assign_exits(prep.scores[prep.fit_idx], thresholds_from_json(thresholds))
+    if not len(exits):
+        return {}
+    return {(u[3:] if u.startswith("ms:") else u): expected_cost(exits, c) for u, c in prep.units.items()}
+
+
+def _prepared_for(run: Run, th: ThresholdsResult, path: str) -> PreparedRun:
+    """The run scored and split as the thresholds document records (its score, temperatures and split)."""
+    import dataclasses
+
+    from dyncal.calibrate.scores import exit_scores
+    from dyncal.calibrate.solvers import prepare_run
+
+    split = th.split or {}
+    holdout = float(split.get("holdout", 0.5))
+    seed = int(split.get("seed", 0))
+    prep = prepare_run(run, score=th.score, holdout=holdout, seed=seed)
+    if any(t != 1.0 for t in th.temperatures):
+        scores, preds = exit_scores(run.logits, th.score, np.asarray(th.temperatures, dtype=float))
+        prep = dataclasses.replace(
+            prep,
+            scores=scores,
+            correct=preds == np.asarray(run.labels)[:, None],
+            temperatures=tuple(th.temperatures),
+            temperature_at_bound=th.temperature_at_bound or tuple(False for _ in th.temperatures),
+            cache={},
+        )
+    n_held = split.get("n_holdout")
+    if n_held is not None and int(n_held) != len(prep.holdout_idx):
+        raise DyncalError(
+            f"'{path}' records a held-out part of {n_held} samples but its split (holdout {holdout:g}, "
+            f"seed {seed}) gives {len(prep.holdout_idx)} on run '{run.path}'; solve again on this run"
+        )
+    return prep
+
+
+def _load_verify(verify: str | os.PathLike[str] | VerifyResult) -> tuple[VerifyResult, str]:
+    """A verify result and a label for people (its path)."""
+    from dyncal.artifacts.verify import VerifyResult
+
+    if isinstance(verify, VerifyResult):
+        return verify, "verify result"
+    return VerifyResult.load(verify), str(verify)
+
+
 def prepare_report(
     run_path: str | os.PathLike[str],
     *,
     budget: str | None = None,
+    thresholds: str | os.PathLike[str] | None = None,
+    verify: str | os.PathLike[str] | VerifyResult | None = None,
     min_accuracy: float | None = None,
     max_drop: float | None = None,
     min_speedup: float | None = None,
@@ -513,8 +586,8 @@ def prepare_report(
     title: str | None = None,
     method: str | None = None,
     temperature: bool = False,
-    holdout: float = 0.5,
-    seed: int = 0,
+    holdout: float | None = None,
+    seed: int | None = None,
     command: str = "",
 ) -> ReportData:
     """Compute everything a report shows, without drawing.
@@ -530,28 +603,48 @@ def prepare_report(
 
     Example:
         >>> data = prepare_report("run", min_accuracy=0.95)  # doctest: +SKIP
-        >>> data.decision, data.thresholds["holdout_accuracy"]  # doctest: +SKIP
+        >>> data.decision, data.accuracy  # doctest: +SKIP
         ('GO', 0.9875)
     """
     from dyncal.analysis.calibration import reliability_bins
     from dyncal.analysis.frontier import compute_frontier
+    from dyncal.analysis.stats import mean_bootstrap_ci
     from dyncal.calibrate.scores import exit_scores
-    from dyncal.calibrate.solvers import prepare_run, solve_run
+    from dyncal.calibrate.solvers import METHODS, prepare_run, solve_run
     from dyncal.run import load_run
 
     req = Requirements(min_accuracy, max_drop, min_speedup).validate()
-    from dyncal.calibrate.solvers import METHODS
-
     if method is not None and method not in METHODS:
         raise DyncalError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     if batch_size is not None and batch_size < 1:
         raise DyncalError(f"--batch-size must be a positive integer, got {batch_size}")
+    if budget is not None and thresholds is not None:
+        raise DyncalError(
+            f"give --budget or --thresholds, not both (got --budget {budget} and --thresholds {thresholds}); "
+            "--thresholds reports the thresholds a file already holds"
+        )
+    if thresholds is not None:
+        given = [
+            o
+            for o, v in (("--method", method), ("--temperature", temperature or None), ("--holdout", holdout))
+            if v is not None
+        ] + (["--seed"] if seed is not None else [])
+        if given:
+            raise DyncalError(
+                f"--thresholds fixes the method, temperatures and held-out split; leave out {', '.join(given)}"
+            )
     run = load_run(run_path)
     if run.costs is None or (run.costs.macs is None and not run.costs.latency):
         raise DyncalError(
             f"run '{run.path}' has no costs, so there is no speed to trade for accuracy; run "
             f"'dyncal profile {run.path}' (or import with --macs) first"
         )
+    th_doc = None
+    if thresholds is not None:
+        from dyncal.artifacts.thresholds import check_thresholds_for_run, read_thresholds
+
+        th_doc = read_thresholds(thresholds)
+        check_thresholds_for_run(th_doc, run)
     latency = _latency_choice(run, device, batch_size)
     if latency is None and run.costs.macs is None:
         # no MACs: latency it is; the one profiled key, never a guess among several
@@ -568,66 +661,126 @@ def prepare_report(
         if len(keys) > 1:
             raise DyncalError(
                 f"--min-speedup: run '{run.path}' has latency for {', '.join(keys)}; choose one with "
-                "--device and --batch-size"
+                f"--device and --batch-size (e.g. --device {keys[0].split('/b')[0]} --batch-size "
+                f"{keys[0].split('/b')[1]})"
             )
         latency = keys[0]
     speedup_cost = latency if latency is not None else "macs"
+    verify_result, verify_label = (None, "") if verify is None else _load_verify(verify)
 
     lat_dev, lat_batch = (None, None)
     if latency is not None:
         dev, _, b = latency.partition("/b")
         lat_dev, lat_batch = dev, int(b)
     # score the logits once: the frontier, the solve and the held-out simulation share it
-    prep = prepare_run(run, temperature=temperature, holdout=holdout, seed=seed)
+    if th_doc is not None:
+        prep = _prepared_for(run, th_doc, str(thresholds))
+    else:
+        prep = prepare_run(run, temperature=temperature, holdout=0.5 if holdout is None else holdout, seed=seed or 0)
     frontier = compute_frontier(prep, device=lat_dev, batch_size=lat_batch)
-    baselines = _baselines(run)
-    per_exit = _per_exit_costs(run)
     main_method = method or main_method_of(frontier)
     labels = np.asarray(run.labels)
-    if budget is None:
-        fit = _FitHalf(prep.scores[prep.fit_idx], prep.correct[prep.fit_idx], len(prep.holdout_idx))
-        budget, reason = _choose_budget(
-            frontier,
-            main_method,
-            req,
-            fit,
-            lambda exits: _unit_costs(run, speedup_cost, exits),
-            baselines.get(speedup_cost, float("nan")),
-            _batch_size_of(speedup_cost),
-        )
+    notes: list[str] = []
+    if th_doc is not None:
+        doc = th_doc.to_dict()
+        fingerprint = th_doc.decision_fingerprint
+        asked = (th_doc.budget or {}).get("asked")
+        budget = str(asked) if asked else "as solved"
+        reason = f"the thresholds in {thresholds}" + (f" (solved at budget {asked})" if asked else "")
     else:
-        reason = "asked with --budget"
-    # The latency column matters to solve only for an ms budget; for the speed-up
-    # criterion the report uses it itself.
-    from dyncal.calibrate.budget import parse_budget
+        if budget is None:
+            fit = _FitHalf(prep.scores[prep.fit_idx], prep.correct[prep.fit_idx], len(prep.holdout_idx))
+            budget, reason = _choose_budget(
+                frontier,
+                main_method,
+                req,
+                fit,
+                lambda exits: _unit_costs(run, speedup_cost, exits),
+                _profile_full_model(run, speedup_cost),
+                batch_size_of(speedup_cost),
+            )
+        else:
+            reason = "asked with --budget"
+        # The latency column matters to solve only for an ms budget; for the speed-up
+        # criterion the report uses it itself.
+        from dyncal.calibrate.budget import parse_budget
 
-    ms_budget = parse_budget(budget).kind == "ms"
-    solve_kwargs: dict[str, Any] = {
-        "device": lat_dev if ms_budget else None,
-        "batch_size": lat_batch if ms_budget else None,
-    }
-    if main_method in METHODS:
-        solve_kwargs["method"] = main_method
-    result = solve_run(prep, budget, **solve_kwargs)
-    doc = result.to_dict()
+        ms_budget = parse_budget(budget).kind == "ms"
+        solve_kwargs: dict[str, Any] = {
+            "device": lat_dev if ms_budget else None,
+            "batch_size": lat_batch if ms_budget else None,
+        }
+        if main_method in METHODS:
+            solve_kwargs["method"] = main_method
+        result = solve_run(prep, budget, **solve_kwargs)
+        doc = result.to_dict()
+        fingerprint = result.decision_fingerprint
 
-    outcome = _outcome(prep, doc)
-    acc, interval = _op_accuracy(doc)
-    pairs = {name: (per_exit[name], baselines[name]) for name in per_exit if name in baselines}
-    units = {name: _unit_costs(run, name, outcome.exits) for name in pairs}
+    outcome = _outcome(prep, doc["thresholds"])
+    if outcome.held_out:
+        acc = float(outcome.correct.mean())
+        interval: tuple[float, float] | None = mean_bootstrap_ci(outcome.correct, seed=prep.seed)
+    else:
+        acc, interval = float(outcome.correct.mean()), None
+    if th_doc is not None and th_doc.holdout_accuracy is not None and abs(th_doc.holdout_accuracy - acc) > 1e-12:
+        notes.append(
+            f"the held-out accuracy recorded in {thresholds} ({_pct(th_doc.holdout_accuracy)}) differs from "
+            f"the {_pct(acc)} these thresholds get on its held-out part (edited thresholds?); "
+            "the report shows the latter"
+        )
+    if verify_result is not None:
+        why = usable_verify(verify_result, verify_label, run, fingerprint)
+        if why is not None:
+            notes.append(why)
+            verify_result = None
+        elif latency is not None and req.min_speedup is not None and verify_result.timing(latency) is None:
+            timed = ", ".join(t.key for t in verify_result.timings) or "none"
+            notes.append(
+                f"verify result '{verify_label}' has no timing for {latency} (it timed {timed}); the speed-up "
+                f"on {latency} is predicted: verify with --batch-size {lat_batch} on {lat_dev}"
+            )
+
+    held_rows = f"{outcome.n:,} held-out samples" if outcome.held_out else f"{outcome.n:,} samples (nothing held out)"
+    evidence: dict[str, LatencyEvidence] = {}
+    for key in sorted(run.costs.latency):
+        timing = None if verify_result is None else verify_result.timing(key)
+        if timing is not None and verify_result is not None:
+            evidence[key] = measured_latency(timing, verify_result.n)
+        else:
+            evidence[key] = predicted_latency(run.costs, key, outcome.exits, held_out=outcome.held_out, rows=held_rows)
+    if verify_result is not None:
+        for t in verify_result.timings:
+            evidence.setdefault(t.key, measured_latency(t, verify_result.n))
+    estimates: dict[str, SpeedupEstimate] = {k: e.speedup for k, e in evidence.items()}
+    macs = _per_exit_macs(run)
+    if macs is not None:
+        estimates["macs"] = speedup_estimate(outcome, macs, macs[-1])
     criteria = judge(
         req,
         accuracy=acc,
         accuracy_interval=interval,
         outcome=outcome,
-        speedup_costs=pairs,
-        speedup_cost=speedup_cost,
-        speedup_units=units.get(speedup_cost),
+        speedup=estimates.get(speedup_cost),
     )
-    speedups = {
-        name: speedup_of_units(u, pairs[name][1], False)[0] for name, u in units.items() if u is not None and len(u)
-    }
-    decision = None if not criteria else ("GO" if all(c.passed for c in criteria) else "NO-GO")
+    decision = decide(criteria)
+    full_model = {name: e.full_model for name, e in estimates.items()}
+    speedups = {name: estimates[name].value for name in (["macs"] if "macs" in estimates else []) + sorted(evidence)}
+
+    fit_costs = _fit_costs(prep, doc["thresholds"])
+    unit = str((doc.get("budget") or {}).get("unit") or "macs")
+    other_kwargs: dict[str, Any] = {"device": None, "batch_size": None}
+    if unit.startswith(MS_PREFIX):
+        dev_, _, b_ = unit[len(MS_PREFIX) :].partition("/b")
+        other_kwargs = {"device": dev_, "batch_size": int(b_)}
+    asked_budget = (doc.get("budget") or {}).get("asked")
+    methods = _methods_at_budget(
+        prep,
+        frontier,
+        str(doc.get("method")),
+        None if asked_budget is None else str(asked_budget),
+        other_kwargs,
+        _MethodAtBudget(str(doc.get("method")), acc, interval, fit_costs.get("macs")),
+    )
 
     temps = [float(t) for t in (doc.get("temperatures") or [1.0] * run.k)]
     scaled = None
@@ -658,7 +811,16 @@ def prepare_report(
         title=title or f"Early-exit report: {_short_model(run)}",
         date=report_date(run),
         command=command,
-        baselines=baselines,
+        full_model=full_model,
+        accuracy=acc,
+        accuracy_interval=interval,
+        latency=evidence,
+        notes=tuple(notes),
+        verify=verify_result,
+        verify_label=verify_label,
+        thresholds_path=None if thresholds is None else str(thresholds),
+        fit_costs=fit_costs,
+        methods=methods,
     )
 
 
@@ -701,9 +863,7 @@ def _macs(v: float | None) -> str:
 
 
 def _ms(v: float | None) -> str:
-    if v is None or not math.isfinite(v):
-        return "n/a"
-    return f"{v:.3g} ms" if v < 100 else f"{v:.0f} ms"
+    return format_ms(v)
 
 
 def _interval_text(iv: tuple[float, float] | None, fmt: Any) -> str:
@@ -720,28 +880,75 @@ def _criterion_value(c: Criterion, v: float, digits: int = 2) -> str:
 
 def _criterion_digits(c: Criterion) -> int:
     """Decimals that keep the deciding bound visibly apart from the requirement (2 to 5)."""
-    bound = c.value if c.interval is None else c.interval[0 if c.comparison == ">=" else 1]
+    bounds = [c.value]
+    if c.interval is not None:
+        bounds.append(c.interval[0 if c.comparison == ">=" else 1])
+    if c.interval_sampling is not None:
+        bounds.append(c.interval_sampling[0 if c.comparison == ">=" else 1])
     digits = 2
-    while (
-        digits < 5
-        and bound != c.required
-        and _criterion_value(c, bound, digits) == _criterion_value(c, c.required, digits)
+    while digits < 5 and any(
+        b != c.required and _criterion_value(c, b, digits) == _criterion_value(c, c.required, digits) for b in bounds
     ):
         digits += 1
     return digits
 
 
+def _need_text(c: Criterion, digits: int) -> str:
+    return f"{'≥' if c.comparison == '>=' else '≤'} {_criterion_value(c, c.required, digits)}"
+
+
+def _value_clears(c: Criterion) -> bool:
+    if c.comparison == ">=":
+        return c.value >= c.required - 1e-12
+    return c.value <= c.required + 1e-12
+
+
 def _failure_text(c: Criterion) -> str:
-    """Why a criterion failed, for people: the deciding bound against the requirement."""
+    """Why a criterion failed, for people: the estimate itself, or the bound that decides."""
     d = _criterion_digits(c)
-    need = f"{'≥' if c.comparison == '>=' else '≤'} {_criterion_value(c, c.required, d)}"
-    if c.interval is None:
-        return f"{_criterion_label(c)} is {_criterion_value(c, c.value, d)}, needs {need}"
+    need = _need_text(c, d)
+    label = _criterion_label(c)
+    if c.interval is None or not _value_clears(c):
+        return f"{label} is {_criterion_value(c, c.value, d)}, needs {need}"
     side = "down" if c.comparison == ">=" else "up"
     bound = c.interval[0] if c.comparison == ">=" else c.interval[1]
     return (
-        f"{_criterion_label(c)} is {_criterion_value(c, c.value, d)} but its interval reaches "
+        f"{label} is {_criterion_value(c, c.value, d)} but its 95% interval reaches "
         f"{side} to {_criterion_value(c, bound, d)}, needs {need}"
+    )
+
+
+def _inconclusive_text(c: Criterion) -> str:
+    """Why timing noise alone decides a criterion, for people."""
+    d = _criterion_digits(c)
+    s_iv = c.interval_sampling
+    iv = c.interval
+    side = "down" if c.comparison == ">=" else "up"
+    parts = [f"{_criterion_label(c)} is {_criterion_value(c, c.value, d)}, needs {_need_text(c, d)}"]
+    if s_iv is not None:
+        parts.append(
+            f"sampling noise alone puts it at {_criterion_value(c, s_iv[0], d)} to {_criterion_value(c, s_iv[1], d)}"
+        )
+    if iv is not None:
+        bound = iv[0] if c.comparison == ">=" else iv[1]
+        spread = "" if c.timing_spread is None else f" (timing spread {100 * c.timing_spread:.0f}% of the median)"
+        parts.append(f"with timing noise{spread} its 95% interval reaches {side} to {_criterion_value(c, bound, d)}")
+    return "; ".join(parts)
+
+
+REMEDY = (
+    "measure again on a quiet machine, with --threads 1 and more --repeats "
+    "(dyncal profile RUN --threads 1 --repeats 100; dyncal verify RUN --threads 1 --repeats 20 --out verify.json)"
+)
+
+
+def _status_word(c: Criterion) -> str:
+    return {PASS: "PASS", FAIL: "FAIL", INCONCLUSIVE: "INCONCLUSIVE"}[c.status]
+
+
+def _status_color(status: str | None) -> str:
+    return {PASS: _GO_COLOR, "GO": _GO_COLOR, INCONCLUSIVE: _AMBER, "INCONCLUSIVE": _AMBER}.get(
+        str(status), _NOGO_COLOR
     )
 
 
@@ -750,7 +957,9 @@ def _criterion_label(c: Criterion) -> str:
         return "held-out accuracy" if c.interval is not None else "accuracy (fitted)"
     if c.name == "accuracy_drop":
         return "accuracy drop vs last exit"
-    return "speed-up (" + ("MACs" if c.cost == "macs" else f"latency, {c.cost}") + ")"
+    if c.cost == "macs":
+        return "speed-up (MACs)"
+    return f"speed-up (latency, {c.cost}), {c.source or 'predicted'}"
 
 
 def _thresholds_text(doc: Mapping[str, Any], run: Run) -> list[str]:
@@ -956,78 +1165,97 @@ def _version() -> str:
 # --------------------------------------------------------------------------- pages
 
 
+def _decision_message(data: ReportData) -> str:
+    """The sentence under the verdict: why GO, NO-GO or INCONCLUSIVE."""
+    if data.decision is None:
+        return "No criterion was given, so this report does not decide; it states the trade-off."
+    failed = [c for c in data.criteria if c.status == FAIL]
+    unsure = [c for c in data.criteria if c.status == INCONCLUSIVE]
+    if not data.outcome.held_out and not unsure:
+        met = "Every criterion is met" if data.decision == "GO" else "Not every criterion is met"
+        return (
+            f"{met} by its point estimate, fitted on the same samples it is judged on "
+            "(optimistic; no intervals). Hold samples out (--holdout 0.5) for a decision."
+        )
+    if data.decision == "GO":
+        return "Every criterion is met, each with its whole 95% interval on the right side."
+    if data.decision == "INCONCLUSIVE":
+        return (
+            "Timing noise alone decides: "
+            + "; ".join(_inconclusive_text(c) for c in unsure)
+            + f". The latency measurement is too noisy to call: {REMEDY}."
+        )
+    return "Not met with 95% confidence: " + "; ".join(_failure_text(c) for c in failed) + "."
+
+
+def _latency_sentence(data: ReportData, key: str) -> str:
+    """One key's early exit against the full model, for people."""
+    e = data.latency[key]
+    b = batch_size_of(key)
+    what = "the early exit takes" if b == 1 else f"a batch of {b} takes"
+    how = e.rows if e.source == "measured" else "predicted from the profiled stage times"
+    return (
+        f"On {key} {what} {_ms(e.early_exit_ms)} and the full model {_ms(e.full_model_ms)}: "
+        f"{e.speedup.value:.2f}× faster ({how})."
+    )
+
+
 def _page_decision(data: ReportData) -> Figure:
     p = _Page(data, 1, "Should this early-exit model ship?")
     t = data.thresholds
-    acc, interval = _op_accuracy(t)
+    acc, interval = data.accuracy, data.accuracy_interval
     p.skip(0.2)
     if data.decision is None:
         p.fig.text(0.06, p.y - 0.45 / p.height_in, "NO DECISION", fontsize=36, weight="bold", color=_GREY)
         p.skip(0.6)
-        p.para(
-            "No criterion was given, so this report does not decide; it states the trade-off.",
-            size=11,
-        )
     else:
-        color = _GO_COLOR if data.decision == "GO" else _NOGO_COLOR
-        p.fig.text(0.06, p.y - 0.75 / p.height_in, data.decision, fontsize=64, weight="bold", color=color)
+        size = 48 if data.decision == "INCONCLUSIVE" else 64
+        p.fig.text(
+            0.06,
+            p.y - 0.75 / p.height_in,
+            data.decision,
+            fontsize=size,
+            weight="bold",
+            color=_status_color(data.decision),
+        )
         p.skip(0.95)
-        failed = [c for c in data.criteria if not c.passed]
         if not data.outcome.held_out:
-            p.fig.text(
-                0.42,
-                p.y + 0.3 / p.height_in,
-                "(provisional: nothing held out)",
-                fontsize=16,
-                color=_GREY,
-            )
-            met = "Every criterion is met" if data.decision == "GO" else "Not every criterion is met"
-            msg = (
-                f"{met} by its point estimate, fitted on the same samples it is judged on "
-                "(optimistic; no intervals). Hold samples out (--holdout 0.5) for a decision."
-            )
-        elif data.decision == "GO":
-            msg = "Every criterion is met, each with its whole 95% interval on the right side."
-        else:
-            msg = "Not met with 95% confidence: " + "; ".join(_failure_text(c) for c in failed) + "."
-        p.para(msg, size=11)
-    # --- the trade-off in one sentence
+            p.fig.text(0.06, p.y + 0.05 / p.height_in, "(provisional: nothing held out)", fontsize=12, color=_GREY)
+            p.skip(0.1)
+    p.para(_decision_message(data), size=11, width=88)
+    for note in data.notes:
+        p.para("Note: " + note, size=9, color=_AMBER, width=105)
+    # --- the trade-off in a few sentences
+    o = data.outcome
     k_last = data.k
-    last_acc = float(data.outcome.last_correct.mean()) if data.outcome.n else float("nan")
-    early_acc = float(data.outcome.correct.mean()) if data.outcome.n else float("nan")
-    rows_txt = "held-out samples" if data.outcome.held_out else "samples (nothing held out)"
+    last_acc = float(o.last_correct.mean()) if o.n else float("nan")
+    rows_txt = "held-out samples" if o.held_out else "samples (nothing held out)"
     sp_macs = data.speedup.get("macs")
     parts = [
-        f"At budget {_budget_label(data)}, early exit is right on {_pct(early_acc)} of "
-        f"{data.outcome.n:,} {rows_txt}, "
+        f"At budget {_budget_label(data)}, early exit is right on {_pct(acc)} of "
+        f"{o.n:,} {rows_txt}, "
         f"against {_pct(last_acc)} when exit {k_last} (the last) runs on every sample "
-        f"({_change_text(last_acc - early_acc)})."
+        f"({_change_text(last_acc - acc)})."
     ]
     if sp_macs is not None:
         parts.append(
             f"It spends {_macs(_held_cost(data, 'macs'))} per sample on average instead of "
-            f"{_macs(data.baselines.get('macs'))}: {sp_macs:.2f}× fewer MACs."
+            f"{_macs(data.full_model.get('macs'))}: {sp_macs:.2f}× fewer MACs."
         )
-    for key in sorted(k for k in data.speedup if k != "macs"):
-        b = _batch_size_of(key)
-        what = "it takes" if b == 1 else f"a batch of {b} takes"
-        parts.append(
-            f"On {key} {what} {_ms(_held_cost(data, key))} instead of "
-            f"{_ms(data.baselines.get(key))}: "
-            f"{data.speedup[key]:.2f}× faster."
-        )
-    if not any(k != "macs" for k in data.speedup):
+    for key in sorted(data.latency):
+        parts.append(_latency_sentence(data, key))
+    if not data.latency:
         parts.append("No latency was profiled, so the speed-up is in MACs only (see page 3).")
-    else:
+    elif any(e.source == "predicted" for e in data.latency.values()):
         parts.append(
-            "Latency is predicted from the profiled stage times (per batch above batch size 1: "
-            "a batch runs each stage until its last sample leaves); 'dyncal verify' measures "
-            "a real early exit."
+            "Predicted latency comes from the profiled stage times (above batch size 1 a batch runs "
+            "each stage until its last sample leaves); 'dyncal verify --out verify.json' measures a real "
+            "early exit, which the report then judges on (--verify verify.json)."
         )
     p.skip(0.1)
-    p.para(" ".join(parts), size=10.5, width=92)
+    p.para(" ".join(parts), size=10, width=96)
     # --- criteria table
-    p.skip(0.15)
+    p.skip(0.1)
     p.heading("Criteria")
     if data.criteria:
         rows, colors = [], []
@@ -1040,34 +1268,50 @@ def _page_decision(data: ReportData) -> Figure:
                     "n/a"
                     if c.interval is None
                     else _criterion_value(c, c.interval[0], d) + " to " + _criterion_value(c, c.interval[1], d),
-                    f"{'≥' if c.comparison == '>=' else '≤'} {_criterion_value(c, c.required, d)}",
-                    "PASS" if c.passed else "FAIL",
+                    _need_text(c, d),
+                    _status_word(c),
                 ]
             )
-            colors.append(_GO_COLOR if c.passed else _NOGO_COLOR)
+            colors.append(_status_color(c.status))
         p.table(
-            ["criterion", "measured", "95% interval", "required", "result"],
+            ["criterion", "estimate", "95% interval", "required", "result"],
             rows,
-            col_widths=[0.28, 0.13, 0.25, 0.14, 0.1],
-            size=10,
+            col_widths=[0.32, 0.1, 0.2, 0.12, 0.14],
+            size=9.5,
             row_colors=colors,
         )
-        batch_note = ""
-        sp = next((c for c in data.criteria if c.name == "speedup"), None)
-        if sp is not None and _batch_size_of(str(sp.cost)) > 1:
-            b = _batch_size_of(str(sp.cost))
-            batch_note = (
-                f" The speed-up's interval is a bootstrap over batches of {b} held-out samples "
-                "(a fixed random order), each batch's time predicted from the profiled stages."
-            )
+        notes = []
+        for c in data.criteria:
+            if c.name != "speedup" or c.cost == "macs":
+                continue
+            d = _criterion_digits(c)
+            e = data.latency.get(str(c.cost))
+            bits = [f"The speed-up on {c.cost} is {c.source}" + (f" ({e.rows})" if e is not None else "")]
+            if c.interval_sampling is not None:
+                s_iv = c.interval_sampling
+                bits.append(
+                    f"its interval carries sampling noise ({_criterion_value(c, s_iv[0], d)} to "
+                    f"{_criterion_value(c, s_iv[1], d)} alone) and timing noise"
+                )
+            if c.interval_timing is not None:
+                t_iv = c.interval_timing
+                bits.append(
+                    f"timing noise alone gives {_criterion_value(c, t_iv[0], d)} to {_criterion_value(c, t_iv[1], d)}"
+                    + ("" if c.timing_spread is None else f", replicates spread {100 * c.timing_spread:.0f}% of median")
+                )
+            if batch_size_of(str(c.cost)) > 1 and c.source == "predicted":
+                bits.append(
+                    f"units are batches of {batch_size_of(str(c.cost))} held-out samples (a fixed random order)"
+                )
+            notes.append("; ".join(bits) + ".")
         rule = (
-            "A criterion passes only when its whole 95% interval (bootstrap over held-out "
-            "samples) clears "
-            "the requirement." + batch_note
-            if data.outcome.held_out
+            "A criterion passes when its whole 95% interval clears the requirement, fails when it does not "
+            "and timing noise cannot change that, and is inconclusive when timing noise alone decides (load "
+            "on the machine can make a verdict inconclusive, never the opposite)."
+            if o.held_out
             else "Nothing was held out, so the point estimates decide (fitted on the same samples: optimistic)."
         )
-        p.para(rule, size=8.5, color=_GREY)
+        p.para(" ".join([rule, *notes]), size=8, color=_GREY, width=118)
     else:
         p.para(
             "None given. To decide, add --min-accuracy A or --max-drop D (fractions, e.g. 0.95 "
@@ -1077,10 +1321,10 @@ def _page_decision(data: ReportData) -> Figure:
             size=9.5,
         )
     # --- operating point
-    p.skip(0.1)
+    p.skip(0.05)
     p.heading("Operating point")
-    held_word = "held out" if data.outcome.held_out else "on all samples (nothing held out)"
-    fit_macs = _float_or_none(t.get("expected_macs"))
+    held_word = "held out" if o.held_out else "on all samples (nothing held out)"
+    fit_macs = data.fit_costs.get("macs")
     held_macs = _held_cost(data, "macs")
     op_rows = [
         ["budget", f"{_budget_label(data)}; {data.budget_reason}"],
@@ -1088,17 +1332,17 @@ def _page_decision(data: ReportData) -> Figure:
         ["thresholds", ", ".join(_thresholds_text(t, data.run))],
         ["temperatures", ", ".join(f"{float(v):.3g}" for v in (t.get("temperatures") or []))],
         [
-            "held-out accuracy" if data.outcome.held_out else "accuracy (fitted)",
-            f"{_pct(acc)}  (95% interval {_interval_text(interval, _pct)})",
+            "held-out accuracy" if o.held_out else "accuracy (fitted)",
+            f"{_pct(acc)}  (95% interval {_interval_text(interval, _pct)}; {o.n:,} samples)",
         ],
         ["accuracy on fitting half", _pct(_float_or_none(t.get("calibration_accuracy")))],
     ]
-    if "macs" in data.baselines:
+    if "macs" in data.full_model:
         op_rows.append(
             [
                 "expected MACs",
                 f"{_macs(held_macs)} per sample {held_word} "
-                f"({_pct((held_macs or float('nan')) / data.baselines['macs'], 1)} of the last exit); "
+                f"({_pct((held_macs or float('nan')) / data.full_model['macs'], 1)} of the full model); "
                 + (
                     f"{_macs(fit_macs)} on the fitting half, where the budget "
                     f"(at most {_macs(_budget_macs(data))}) is met; more would not buy accuracy"
@@ -1109,56 +1353,75 @@ def _page_decision(data: ReportData) -> Figure:
                 ),
             ]
         )
-    for key in sorted(k for k in data.baselines if k != "macs"):
-        b = _batch_size_of(key)
-        per = "" if b == 1 else f" per batch of {b} (held-out samples in a fixed random order)"
+    for key in sorted(data.latency):
+        e = data.latency[key]
+        b = batch_size_of(key)
+        per = "" if b == 1 else f" per batch of {b}"
+        where = e.rows if e.source == "measured" else f"predicted, {held_word}"
+        off = ""
+        if e.measured_over_predicted is not None:
+            off = f"; predicted {_ms(e.predicted_ms)}, measured / predicted {e.measured_over_predicted:.2f}"
         op_rows.append(
-            [
-                f"expected latency {key}",
-                f"{_ms(_held_cost(data, key))}{per}, {held_word} (last exit alone: {_ms(data.baselines[key])})",
-            ]
+            [f"latency {key}", f"{_ms(e.early_exit_ms)}{per} ({where}{off}); full model {_ms(e.full_model_ms)}"]
         )
     speed = [f"{v:.2f}× ({'MACs' if k == 'macs' else k})" for k, v in data.speedup.items()]
-    op_rows.append(["speed-up vs last exit", ", ".join(speed) or "n/a"])
+    op_rows.append(["speed-up vs full model", ", ".join(speed) or "n/a"])
     op_rows.append(
         [
             "share leaving at exit 1..K",
-            ", ".join(_pct(float(s), 1) for s in data.outcome.shares(data.k)) + f" ({held_word})",
+            ", ".join(_pct(float(s), 1) for s in o.shares(data.k)) + f" ({held_word})",
         ]
     )
     for label, value in op_rows:
-        p.skip(9.5 / 72 * 1.45)
-        p.fig.text(0.06, p.y, label, fontsize=9.5, color=_GREY, va="baseline")
-        wrapped = textwrap.wrap(value, width=78, break_on_hyphens=False) or [""]
-        p.fig.text(0.32, p.y, wrapped[0], fontsize=9.5, va="baseline")
+        p.skip(9 / 72 * 1.45)
+        p.fig.text(0.06, p.y, label, fontsize=9, color=_GREY, va="baseline")
+        wrapped = textwrap.wrap(value, width=84, break_on_hyphens=False) or [""]
+        p.fig.text(0.3, p.y, wrapped[0], fontsize=9, va="baseline")
         for extra in wrapped[1:]:
-            p.skip(9.5 / 72 * 1.35)
-            p.fig.text(0.32, p.y, extra, fontsize=9.5, va="baseline")
-    p.skip(0.2)
+            p.skip(9 / 72 * 1.35)
+            p.fig.text(0.3, p.y, extra, fontsize=9, va="baseline")
+    p.skip(0.15)
     p.para(
         (
-            "Accuracies and speed-ups here are measured on samples held out of fitting the thresholds. "
-            if data.outcome.held_out
-            else "Nothing was held out: accuracies and speed-ups here are on the samples the thresholds "
-            "were fitted on. "
+            "Accuracies, costs and exit shares here are on the samples held out of fitting the thresholds "
+            "(pages 2 and 4 show the same numbers). "
+            if o.held_out
+            else "Nothing was held out: accuracies and costs here are on the samples the thresholds were fitted on. "
         )
-        + "Speed-up = cost of running the last exit on every sample / expected early-exit cost "
+        + "Speed-up = cost of the full model on every sample / expected early-exit cost "
         "(latency includes one exit decision per exit passed). Pages 2–3 show the whole "
         "trade-off curve; "
         "page 4 where samples leave; page 5 calibration; page 6 thresholds and provenance.",
-        size=8.5,
+        size=8,
         color=_GREY,
-        width=110,
+        width=118,
     )
     return p.fig
 
 
 def _held_cost(data: ReportData, name: str) -> float | None:
-    """Expected cost on the judged rows: ``"macs"`` or a latency key (per batch above batch size 1)."""
+    """Expected cost on the judged rows: MACs per sample, or a latency key's early-exit ms per batch."""
+    if name in data.latency:
+        return data.latency[name].early_exit_ms
     if not data.outcome.n:
         return None
     units = _unit_costs(data.run, name, data.outcome.exits)
     return None if units is None or not len(units) else float(np.mean(units))
+
+
+def _op_label(data: ReportData) -> str:
+    """The operating point for a legend: which budget, and why when it was not asked."""
+    short = _budget_label(data).split(" (")[0]
+    if data.thresholds_path is not None:
+        return f"operating point ({Path(data.thresholds_path).name}, budget {short})"
+    if data.budget_reason.startswith("asked"):
+        return f"operating point (budget {short})"
+    if data.requirements.any:
+        return f"operating point (budget {short}, chosen from the criteria)"
+    return (
+        f"operating point (budget {short}: the cheapest within {_pts(_DEFAULT_MAX_DROP)} of the last exit's "
+        "accuracy; set it with --budget)"
+    )
 
 
 def _short_budget(data: ReportData) -> str:
@@ -1185,7 +1448,7 @@ def _budget_label(data: ReportData) -> str:
 def _page_frontier(data: ReportData) -> Figure:
     p = _Page(data, 2, "Accuracy vs compute (MACs)")
     main = str(data.thresholds.get("method") or "smoothed")
-    if "macs" not in data.baselines:
+    if "macs" not in data.full_model:
         p.skip(0.3)
         p.para("This run has no MAC counts.", size=14, weight="bold")
         p.skip(0.1)
@@ -1228,7 +1491,7 @@ def _page_frontier(data: ReportData) -> Figure:
     rows, note = _method_rows(data, main)
     if rows:
         p.table(
-            ["method", "held-out accuracy", "95% interval", "MACs (share of last exit)"],
+            ["method", "held-out accuracy", "95% interval", "MACs, fitting half (share)"],
             rows,
             col_widths=[0.26, 0.17, 0.22, 0.23],
             size=9,
@@ -1238,44 +1501,92 @@ def _page_frontier(data: ReportData) -> Figure:
 
 
 def _method_rows(data: ReportData, main: str) -> tuple[list[list[str]], str]:
-    """Each method on the frontier at the budget nearest the operating point's, and a summary."""
-    f = data.frontier
-    b = data.thresholds.get("budget") or {}
-    op_frac = b.get("fraction")
-    if op_frac is None or "budget_fraction" not in f.columns:
-        return [], "The operating point has no budget fraction; see the curves."
-    acc_col = "holdout_accuracy" if f["holdout_accuracy"].notna().any() else "fitted_accuracy"
-    found: dict[str, Any] = {}
-    for method in [m for m in dict.fromkeys(f["method"].astype(str)) if m != "static"]:
-        rows = f[(f["method"].astype(str) == method) & f[acc_col].notna()]
-        if not len(rows):
-            continue
-        i = int(np.argmin(np.abs(rows["budget_fraction"].to_numpy(float) - float(op_frac))))
-        found[method] = rows.iloc[i]
-    order = sorted(found, key=lambda m: {main: 0, "geometric": 2, "oracle": 3}.get(m, 1))
+    """The deployed thresholds and every other method at the operating point's budget, and a summary."""
     table = []
-    for m in order:
-        r = found[m]
-        lo, hi = r.get("holdout_ci_low"), r.get("holdout_ci_high")
-        iv = "n/a" if lo is None or not np.isfinite(float(lo)) else f"{_pct(float(lo))} to {_pct(float(hi))}"
-        table.append(
-            [
-                m + (" (deployed)" if m == main else ""),
-                _pct(float(r[acc_col])),
-                iv,
-                f"{_macs(float(r['expected_macs']))} ({_pct(float(r['expected_fraction']), 1)})",
-            ]
-        )
-    share = _pct(float(op_frac), 1)
-    note = f"Budget nearest the operating point's ({share} of the last exit) on the frontier grid."
-    if main in found and "geometric" in found:
-        gain = float(found[main][acc_col]) - float(found["geometric"][acc_col])
-        note += (
-            f" {main} is {_pts(abs(gain), 2)} {'above' if gain >= 0 else 'below'} the geometric "
-            "baseline "
-            "at this budget."
-        )
+    by_name = {}
+    full = data.full_model.get("macs")
+    for m in data.methods:
+        by_name[m.method] = m
+        deployed = m.method == main
+        acc = "no solution" if m.accuracy is None else _pct(m.accuracy)
+        iv = "n/a" if m.interval is None else f"{_pct(m.interval[0])} to {_pct(m.interval[1])}"
+        share = "" if full is None or m.fit_macs is None else f" ({_pct(m.fit_macs / full, 1)})"
+        table.append([m.method + (" (deployed)" if deployed else ""), acc, iv, f"{_macs(m.fit_macs)}{share}"])
+    if not table:
+        return [], "The thresholds file records no budget to compare the other methods at; see the curves."
+    note = (
+        f"Every method solved at the operating point's budget ({_short_budget(data)}); accuracy on the "
+        f"{data.outcome.n:,} held-out samples, MACs on the fitting half (where the budget is met and the "
+        "curves are drawn). The deployed row is the operating point of page 1."
+    )
+    if main in by_name and "geometric" in by_name:
+        a, g = by_name[main].accuracy, by_name["geometric"].accuracy
+        if a is not None and g is not None:
+            gain = a - g
+            note += (
+                f" {main} is {_pts(abs(gain), 2)} {'above' if gain >= 0 else 'below'} the geometric baseline "
+                "at this budget."
+            )
     return table, note
+
+
+@dataclass(frozen=True)
+class _MethodAtBudget:
+    """One method at the operating point's budget (page 2's table)."""
+
+    method: str
+    accuracy: float | None
+    interval: tuple[float, float] | None
+    fit_macs: float | None
+
+
+def _methods_at_budget(
+    prep: PreparedRun,
+    frontier: pd.DataFrame,
+    main: str,
+    budget: str | None,
+    solve_kwargs: Mapping[str, Any],
+    deployed: _MethodAtBudget,
+) -> tuple[_MethodAtBudget, ...]:
+    """The deployed operating point, then every other solver and the oracle solved at the same budget."""
+    from dyncal.analysis.frontier import oracle_at_budget
+    from dyncal.analysis.stats import mean_bootstrap_ci
+    from dyncal.calibrate.budget import resolve_budget
+    from dyncal.calibrate.solvers import METHODS, solve_run
+
+    out = [deployed]
+    if budget is None:
+        return tuple(out)
+    names = [str(m) for m in dict.fromkeys(frontier["method"].astype(str)) if m not in ("static", "oracle", main)]
+    for name in sorted((n for n in names if n in METHODS), key=lambda n: n == "geometric"):
+        try:
+            doc = solve_run(prep, budget, method=name, **solve_kwargs).to_dict()
+        except DyncalError:
+            out.append(_MethodAtBudget(name, None, None, None))
+            continue
+        acc = doc.get("holdout_accuracy")
+        ci = doc.get("holdout_ci")
+        out.append(
+            _MethodAtBudget(
+                name,
+                _float_or_none(acc),
+                None if ci is None else (float(ci[0]), float(ci[1])),
+                _float_or_none(doc.get("expected_macs")),
+            )
+        )
+    target = resolve_budget(budget, prep.costs, prep.k, **{k: v for k, v in solve_kwargs.items() if k != "method"})
+    costs = np.asarray(prep.units[target.unit])
+    fit, held = prep.correct[prep.fit_idx], prep.correct[prep.holdout_idx]
+    fit_exits = oracle_at_budget(fit, costs, target.value)
+    macs = prep.units.get("macs")
+    fit_macs = None if macs is None else float(np.asarray(macs)[fit_exits].mean())
+    if len(held):
+        ok = held[np.arange(len(held)), oracle_at_budget(held, costs, target.value)]
+        out.append(_MethodAtBudget("oracle", float(ok.mean()), mean_bootstrap_ci(ok, seed=prep.seed), fit_macs))
+    else:
+        ok = fit[np.arange(len(fit)), fit_exits]
+        out.append(_MethodAtBudget("oracle", float(ok.mean()), None, fit_macs))
+    return tuple(out)
 
 
 def _page_latency(data: ReportData) -> Figure:
@@ -1316,15 +1627,15 @@ def _page_latency(data: ReportData) -> Figure:
         return p.fig
     p.para(
         "Held-out accuracy against expected latency, one panel per device and batch size. "
-        "Expected latency "
-        "counts the stages a sample runs through plus one exit decision at each exit it passes; "
-        "squares are "
-        "single exits run on every sample.",
+        "Expected latency counts the stages a sample runs through plus one exit decision at each "
+        "exit it passes (on the fitting half, like the curves of page 2); squares are single exits run "
+        "on every sample (their stages summed); the dashed line is the full model, the figure every "
+        "speed-up divides.",
         size=9.5,
     )
     cols = 1 if len(keys) <= 2 else 2
     n_rows = math.ceil(len(keys) / cols)
-    panel_h = 5.4 if len(keys) == 1 else min(3.3, 6.8 / n_rows - 0.6)
+    panel_h = 4.6 if len(keys) == 1 else min(2.7, 6.0 / n_rows - 0.6)
     axes = p.grid(len(keys), cols, panel_h, gap_in=0.35, hgap=0.1)
     plot_latency(
         data.frontier,
@@ -1332,6 +1643,7 @@ def _page_latency(data: ReportData) -> Figure:
         keys=keys,
         axes=axes,
         main_method=str(data.thresholds.get("method") or "") or None,
+        full_model_ms={k: e.full_model_ms for k, e in data.latency.items()},
     )
     p.skip(0.45)
     p.heading("How it was measured", size=11)
@@ -1344,48 +1656,62 @@ def _page_latency(data: ReportData) -> Figure:
         iqr = prof.stage_iqr_ms
         med = prof.stage_median_ms
         noisy = [i + 1 for i, (q, m) in enumerate(zip(iqr, med, strict=True)) if m > 0 and q > 0.1 * m]
+        e = data.latency.get(key)
+        full = (
+            ""
+            if e is None
+            else f" The full model {_ms(e.full_model_ms)} per {'sample' if batch_size_of(key) == 1 else 'batch'} "
+            f"({e.full_model_source})."
+        )
         line = (
             f"{key}: {prof.hardware or 'hardware not recorded'}"
             + (f", {prof.threads} thread(s)" if prof.threads else "")
-            + f"; full model {_ms(prof.full_model_median_ms)} median; exit decision "
-            f"{_ms(prof.decision_median_ms)}; " + f"{len(prof.stage_ms[0]) if prof.stage_ms else 0} repeats per stage."
+            + f"; exit decision {_ms(prof.decision_median_ms)}; "
+            + f"{len(prof.stage_ms[0]) if prof.stage_ms else 0} repeats per stage."
+            + full
         )
         if noisy:
             stages = ", ".join(map(str, noisy))
-            line += f" Warning: spread (IQR) above 10% of the median for stage(s) {stages}."
-        p.para(line, size=8.5, width=120, color=_NOGO_COLOR if noisy else "black")
-    verified = _verify_beside(data.run)
-    if verified:
-        p.skip(0.15)
-        p.heading("Measured by 'dyncal verify' (verify.json beside the run)", size=11)
-        rows = [
-            [key, _ms(measured), _ms(predicted), f"{measured / predicted:.2f}" if predicted else "n/a"]
-            for key, measured, predicted in verified
-        ]
-        p.table(["latency", "measured", "predicted", "measured / predicted"], rows, col_widths=[0.2, 0.2, 0.2, 0.25])
-        p.para(
-            "A real early exit on the thresholds verify ran (which may differ from this report's "
-            "operating point); ms per batch.",
+            line += (
+                f" Warning: spread (IQR) above 10% of the median for stage(s) {stages}: the machine was busy; "
+                "measure with --threads 1 and more --repeats on a quiet machine."
+            )
+        p.para(line, size=8, width=125, color=_NOGO_COLOR if noisy else "black")
+    measured = [e for e in data.latency.values() if e.source == "measured"]
+    if data.verify is not None and measured:
+        v = data.verify
+        p.skip(0.1)
+        p.heading(f"Measured by dyncal verify ({data.verify_label})", size=11)
+        rows = []
+        for e in sorted(measured, key=lambda e: e.key):
+            iv = e.speedup.interval
+            rows.append(
+                [
+                    e.key,
+                    _ms(e.early_exit_ms),
+                    _ms(e.predicted_ms),
+                    "n/a" if e.measured_over_predicted is None else f"{e.measured_over_predicted:.2f}",
+                    _ms(e.full_model_ms),
+                    f"{e.speedup.value:.2f}×" + ("" if iv is None else f" ({iv[0]:.2f} to {iv[1]:.2f})"),
+                ]
+            )
+        p.table(
+            ["latency", "early exit", "predicted", "meas. / pred.", "full model", "speed-up (95% interval)"],
+            rows,
+            col_widths=[0.12, 0.13, 0.13, 0.14, 0.13, 0.25],
             size=8.5,
+        )
+        p.para(
+            f"A real early exit with the operating point's thresholds and the plain model, timed interleaved on "
+            f"the same batches ({v.n:,} samples on {v.device}, {v.hardware or 'hardware not recorded'}, "
+            f"{v.threads or 'n/a'} thread(s)); ms per batch. Agreement with the simulated exits and "
+            f"predictions: {_pct(v.agreement)}. The decision judges these measured figures; the prediction "
+            "is shown for how far off it is.",
+            size=8,
             color=_GREY,
+            width=125,
         )
     return p.fig
-
-
-def _verify_beside(run: Run) -> list[tuple[str, float, float | None]]:
-    """``(key, measured ms, predicted ms)`` from ``verify.json`` beside the run directory, if any."""
-    path = Path(run.path).parent / "verify.json"
-    try:
-        doc = json.loads(path.read_text())
-        measured = doc.get("measured_ms") or {}
-        predicted = doc.get("predicted_ms") or {}
-        return [
-            (str(k), float(v), None if predicted.get(k) is None else float(predicted[k]))
-            for k, v in sorted(measured.items())
-            if v is not None
-        ]
-    except (OSError, ValueError, TypeError, AttributeError):
-        return []
 
 
 def _page_exits(data: ReportData) -> Figure:
@@ -1395,38 +1721,33 @@ def _page_exits(data: ReportData) -> Figure:
     shares, counts, acc = o.shares(k), o.counts(k), o.accuracy_per_exit(k)
     where = "held-out samples" if o.held_out else "samples"
     p.para(
-        f"Bars: share of the {o.n:,} {where} that leave at each exit under the operating "
-        "point's thresholds "
-        f"(budget {_budget_label(data)}). Red diamonds: accuracy of those samples; grey "
-        "circles: the exit's accuracy "
-        "on all samples, for reference. Samples that leave early are the confident ones, so "
-        "they are usually "
-        "more accurate than the exit is on average.",
+        f"Top: share of the {o.n:,} {where} that leave at each exit under the operating point's thresholds "
+        f"(budget {_budget_label(data)}). Bottom: accuracy of those samples (red diamonds) and, for "
+        "reference, each exit's accuracy on all samples (grey circles). Samples that leave early are the "
+        "confident ones, so they are usually more accurate than the exit is on average. "
+        f"Overall: {_pct(data.accuracy)} right on these samples"
+        + (f", {_macs(_held_cost(data, 'macs'))} per sample" if "macs" in data.full_model else "")
+        + " (as on page 1).",
         size=9.5,
     )
-    ax = p.axes(4.8, gap_in=0.25, right=0.88)
-    plot_exits(shares, acc, counts=counts, exit_accuracy=data.exit_accuracy, ax=ax)
-    p.skip(0.85)
+    p.skip(0.25)
+    top = p.axes(2.6, gap_in=0.1)
+    bottom = p.axes(2.0, gap_in=0.15)
+    plot_exits(shares, acc, counts=counts, exit_accuracy=data.exit_accuracy, axes=(top, bottom))
+    p.skip(0.75)
     macs = data.run.costs.macs if data.run.costs is not None else None
-    keys = sorted(k_ for k_ in data.baselines if k_ != "macs")
+    keys = sorted(data.run.costs.latency) if data.run.costs is not None else []
     if data.speedup_cost in keys:  # the latency the decision used, first
         keys.remove(data.speedup_cost)
         keys.insert(0, data.speedup_cost)
-    per_exit = _per_exit_costs(data.run)
     th = _thresholds_text(data.thresholds, data.run)
-    header = [
-        "exit",
-        "threshold",
-        "leave here",
-        "n",
-        "their accuracy",
-        "exit accuracy",
-        "cum. MACs",
-    ]
-    widths = [0.07, 0.14, 0.11, 0.09, 0.14, 0.13, 0.12]
-    if keys:
+    header = ["exit", "threshold", "leave here", "n", "their accuracy", "exit accuracy", "cum. MACs"]
+    widths = [0.06, 0.13, 0.11, 0.07, 0.13, 0.13, 0.12]
+    per_exit: list[float] = []
+    if keys and data.run.costs is not None:
         header.append(f"ms {keys[0]}")
         widths.append(0.14)
+        per_exit = list(data.run.costs.latency[keys[0]].early_exit_ms)
     rows = []
     for i in range(k):
         row = [
@@ -1438,16 +1759,19 @@ def _page_exits(data: ReportData) -> Figure:
             _pct(float(data.exit_accuracy[i]), 1),
             _macs(macs[i]) if macs is not None else "n/a",
         ]
-        if keys:
-            row.append(_ms(per_exit[keys[0]][i]))
+        if per_exit:
+            row.append(_ms(per_exit[i]))
         rows.append(row)
     p.table(header, rows, col_widths=widths, size=9)
-    if keys:
+    if per_exit:
+        e = data.latency.get(keys[0])
+        full = "" if e is None else f" For comparison, the full model {_ms(e.full_model_ms)} on {keys[0]}."
         p.para(
-            f"ms: latency on {keys[0]} when leaving at that exit (stages so far plus the exit "
-            "decisions)" + ("" if keys[0].endswith("/b1") else ", for a whole batch") + ".",
+            f"ms: profiled latency on {keys[0]} when leaving at that exit (stage medians so far plus the exit "
+            "decisions)" + ("" if keys[0].endswith("/b1") else ", for a whole batch") + "." + full,
             size=8.5,
             color=_GREY,
+            width=110,
         )
     return p.fig
 
@@ -1607,11 +1931,14 @@ def _page_provenance(data: ReportData) -> Figure:
     p.skip(0.15)
     p.heading("This report", size=11)
     req = data.requirements
-    asked = [
-        f"--budget {data.budget}"
-        if data.budget_reason.startswith("asked")
-        else f"budget {_short_budget(data)} ({data.budget_reason})",
-    ]
+    if data.thresholds_path is not None:
+        asked = [f"--thresholds {data.thresholds_path}"]
+    elif data.budget_reason.startswith("asked"):
+        asked = [f"--budget {data.budget}"]
+    else:
+        asked = [f"budget {_short_budget(data)} ({data.budget_reason})"]
+    if data.verify is not None:
+        asked.append(f"--verify {data.verify_label} (used: it matches the run, thresholds and weights)")
     if req.min_accuracy is not None:
         asked.append(f"--min-accuracy {req.min_accuracy:g}")
     if req.max_drop is not None:
@@ -1680,6 +2007,8 @@ def build_report(
     out_pdf: str | os.PathLike[str],
     *,
     budget: str | None = None,
+    thresholds: str | os.PathLike[str] | None = None,
+    verify: str | os.PathLike[str] | VerifyResult | None = None,
     min_accuracy: float | None = None,
     max_drop: float | None = None,
     min_speedup: float | None = None,
@@ -1688,8 +2017,8 @@ def build_report(
     title: str | None = None,
     method: str | None = None,
     temperature: bool = False,
-    holdout: float = 0.5,
-    seed: int = 0,
+    holdout: float | None = None,
+    seed: int | None = None,
     command: str = "",
     overwrite: bool = True,
 ) -> ReportResult:
@@ -1703,6 +2032,12 @@ def build_report(
             the cheapest frontier budget meeting the accuracy criterion on the fitting half;
             with only ``min_speedup``, the budget giving that speed-up; with no criterion,
             the cheapest within 1 percentage point of the last exit's fitted accuracy.
+        thresholds: A ``thresholds.json`` to report instead of solving (not with ``budget``):
+            checked against the run; its score, temperatures and held-out split are used, so
+            the held-out numbers are the ones solve printed.
+        verify: A ``dyncal verify --out`` result (path or object). Used only when it was
+            measured on this run, with these thresholds and the run's weights; then latency
+            criteria are judged on the measured early exit. Otherwise it is ignored with a note.
         min_accuracy: Held-out accuracy must be at least this fraction.
         max_drop: Accuracy lost against the last exit must be at most this fraction.
         min_speedup: Speed-up against the last exit on every sample must be at least this
@@ -1712,8 +2047,8 @@ def build_report(
         title: Title on every page (default from the model spec).
         method: Threshold solver (default: solve's default).
         temperature: Fit one temperature per exit on the fitting half (default False).
-        holdout: Fraction of samples held out of fitting (default 0.5).
-        seed: Seed of the held-out split (default 0).
+        holdout: Fraction of samples held out of fitting (default 0.5; from the file with ``thresholds``).
+        seed: Seed of the held-out split (default 0; from the file with ``thresholds``).
         command: The command line, printed on the provenance page.
         overwrite: Replace an existing ``out_pdf`` (default True here; ``dyncal report``
             refuses one unless ``--overwrite`` is given, as collect does).
@@ -1742,6 +2077,8 @@ def build_report(
     data = prepare_report(
         run_path,
         budget=budget,
+        thresholds=thresholds,
+        verify=verify,
         min_accuracy=min_accuracy,
         max_drop=max_drop,
         min_speedup=min_speedup,
@@ -1767,6 +2104,18 @@ def build_report(
         speedup=dict(data.speedup),
         size_bytes=len(pdf),
         decision_provisional=data.decision is not None and not data.outcome.held_out,
+        held_out=data.held_out_summary(),
+        latency={k: e.to_dict() for k, e in sorted(data.latency.items())},
+        notes=data.notes,
+        verify=None
+        if data.verify is None
+        else {
+            "source": data.verify_label,
+            "n": data.verify.n,
+            "device": data.verify.device,
+            "keys": [t.key for t in data.verify.timings],
+            "agreement": data.verify.agreement,
+        },
     )
 
 
@@ -1787,8 +2136,8 @@ def export_figure(
     device: str | None = None,
     batch_size: int | None = None,
     method: str | None = None,
-    holdout: float = 0.5,
-    seed: int = 0,
+    holdout: float | None = None,
+    seed: int | None = None,
     dpi: int = 150,
 ) -> Path:
     """Write one report figure alone (what ``dyncal plot`` does).
@@ -1797,7 +2146,9 @@ def export_figure(
         run_path: A run directory.
         kind: ``frontier``, ``latency``, ``exits`` or ``reliability``.
         out: Output file; the format follows the suffix (``.png``, ``.svg`` or ``.pdf``).
-        budget: Operating point's budget (default as in :func:`build_report` without criteria).
+        budget: Operating point's budget. Default: the cheapest budget whose fitted accuracy
+            is within 1 percentage point of the last exit's (as :func:`build_report` without
+            criteria); the figure's legend says which budget it is and why.
         device: Latency device for ms budgets.
         batch_size: Latency batch size.
         method: Threshold solver (default solve's).
@@ -1842,7 +2193,7 @@ def export_figure(
                 seed=seed,
             )
             main = str(data.thresholds.get("method") or "") or None
-            op = data.operating_point()
+            op = data.operating_point(_op_label(data))
             if kind == "frontier":
                 fig = plot_frontier(
                     data.frontier,
@@ -1859,7 +2210,7 @@ def export_figure(
                     o.accuracy_per_exit(data.k),
                     counts=o.counts(data.k),
                     exit_accuracy=data.exit_accuracy,
-                    title=f"exits at the operating point (budget {_budget_label(data).split(' (')[0]})",
+                    title=_op_label(data).replace("operating point", "exits at the operating point", 1),
                 )
         width_in, height_in = fig.get_size_inches()
         if width_in * height_in * dpi * dpi > MAX_FIGURE_PIXELS:

@@ -1,0 +1,410 @@
+"""The report's latency evidence: one full-model figure per key, and every speed-up with its noise.
+
+* :func:`full_model_ms` is the one definition of "the full model's latency" for a device
+  and batch size; every page, table, JSON key and terminal line of a report shows it.
+* :func:`measured_latency` turns a ``dyncal verify`` timing (the early exit and the plain
+  model interleaved on the same batches) into evidence; :func:`predicted_latency` predicts
+  the early exit from the profiled stage times when no verify timing is there, and carries
+  both the timing noise of the profile's raw replicates and the sampling noise of the rows.
+* :func:`usable_verify` says whether a verify result is evidence for a report at all.
+
+numpy only (no torch), like the rest of the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dyncal.analysis.costmodel import predict_batch_ms
+from dyncal.reports.decision import N_BOOTSTRAP, SpeedupEstimate, bootstrap_interval
+
+if TYPE_CHECKING:
+    from dyncal.artifacts.verify import PairedTiming, VerifyResult
+    from dyncal.run import CostTable, LatencyProfile, Run
+
+__all__ = [
+    "LatencyEvidence",
+    "full_model_ms",
+    "batch_size_of",
+    "unit_batches",
+    "predicted_unit_ms",
+    "predicted_latency",
+    "measured_latency",
+    "usable_verify",
+]
+
+_BATCH_ORDER_SEED = 20261128
+_TIMING_SEED = 20261129
+_TIMING_RESAMPLES = 200
+_PROBES = 16
+
+
+@dataclass(frozen=True)
+class LatencyEvidence:
+    """The early exit against the full model at one device and batch size.
+
+    Attributes:
+        key: ``"<device>/b<batch>"``.
+        source: ``"measured"`` (``dyncal verify``) or ``"predicted"`` (profiled stages).
+        early_exit_ms: Mean milliseconds per batch of the early exit (per sample at batch 1).
+        full_model_ms: The full model's milliseconds per batch (:func:`full_model_ms`).
+        full_model_source: Where that figure comes from, for people.
+        speedup: ``full_model_ms / early_exit_ms`` with its intervals.
+        predicted_ms: The cost model's prediction of ``early_exit_ms`` on the same samples.
+        rows: Which samples the figures are on, for people.
+
+    Example:
+        >>> e = LatencyEvidence("cpu/b1", "predicted", 1.0, 2.0, "profile", SpeedupEstimate("cpu/b1", 2.0, None))
+        >>> e.to_dict()["speedup"]
+        2.0
+    """
+
+    key: str
+    source: str
+    early_exit_ms: float
+    full_model_ms: float
+    full_model_source: str
+    speedup: SpeedupEstimate
+    predicted_ms: float | None = None
+    rows: str = ""
+
+    @property
+    def measured_over_predicted(self) -> float | None:
+        """How far the prediction is off a measured early exit (None when predicted)."""
+        if self.source != "measured" or not self.predicted_ms:
+            return None
+        return self.early_exit_ms / self.predicted_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (the report's ``latency`` entry for this key)."""
+        s = self.speedup
+        return {
+            "source": self.source,
+            "early_exit_ms": self.early_exit_ms,
+            "full_model_ms": self.full_model_ms,
+            "full_model_source": self.full_model_source,
+            "speedup": s.value,
+            "speedup_ci": None if s.interval is None else list(s.interval),
+            "speedup_ci_sampling": None if s.interval_sampling is None else list(s.interval_sampling),
+            "speedup_ci_timing": None if s.interval_timing is None else list(s.interval_timing),
+            "timing_spread": s.timing_spread,
+            "predicted_ms": self.predicted_ms,
+            "measured_over_predicted": self.measured_over_predicted,
+            "rows": self.rows,
+        }
+
+
+def batch_size_of(name: str) -> int:
+    """Batch size of a latency key (``"cpu/b32"`` -> 32); 1 for ``"macs"``.
+
+    Example:
+        >>> batch_size_of("cpu/b32"), batch_size_of("macs")
+        (32, 1)
+    """
+    _, sep, b = name.partition("/b")
+    return int(b) if sep and b.isdigit() else 1
+
+
+def _profile_full_model(prof: LatencyProfile) -> tuple[float, str]:
+    """The profile's full-model figure: the unpartitioned model's median, else the stages summed."""
+    ms = prof.full_model_median_ms
+    if math.isfinite(ms):
+        return ms, f"profiled: the unpartitioned model, median of {len(prof.full_model_ms)} replicates"
+    return float(sum(prof.stage_median_ms)), "sum of the stage medians (the whole model was not timed)"
+
+
+def full_model_ms(costs: CostTable | None, verify: VerifyResult | None, key: str) -> tuple[float, str]:
+    """The full model's milliseconds per batch at ``key``, and where the figure comes from.
+
+    The figure is, in order: the plain model as ``dyncal verify`` timed it interleaved with
+    the early exit (a matching verify result with a timing for ``key``); else the
+    profile's median of the unpartitioned model; else (an older profile that did not time
+    it) the sum of the stage medians. It is the one figure every page shows.
+
+    Args:
+        costs: The run's cost table.
+        verify: A verify result already checked to match the report (or None).
+        key: ``"<device>/b<batch>"``.
+
+    Returns:
+        ``(ms, source)``; ``(nan, "not profiled")`` when neither knows ``key``.
+
+    Example:
+        >>> from dyncal.run import CostTable, LatencyProfile
+        >>> prof = LatencyProfile("cpu", 1, ((1.0,), (2.0,)), (0.5,), (2.5, 2.7, 2.6), 1, "x")
+        >>> full_model_ms(CostTable(latency={"cpu/b1": prof}), None, "cpu/b1")[0]
+        2.6
+    """
+    timing = None if verify is None else verify.timing(key)
+    if timing is not None:
+        return (
+            timing.full_model_ms_median,
+            f"measured by dyncal verify, interleaved with the early exit on the same batches "
+            f"({timing.batches} batches x {timing.repeats} repeats)",
+        )
+    prof = None if costs is None else costs.latency.get(key)
+    if prof is None:
+        return float("nan"), "not profiled"
+    return _profile_full_model(prof)
+
+
+def unit_batches(exits: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """The units an early exit runs on the judged rows: samples at batch 1, else batches.
+
+    For ``batch_size > 1`` the rows are shuffled in a fixed seeded order (data order can be
+    sorted by class) and cut into full batches (the remainder, fewer than ``batch_size``
+    rows, is left out unless it is all there is).
+
+    Example:
+        >>> [len(b) for b in unit_batches(np.zeros(70, int), 32)]
+        [32, 32]
+    """
+    exits = np.asarray(exits)
+    if batch_size <= 1:
+        return [exits[i : i + 1] for i in range(len(exits))]
+    order = np.random.default_rng(_BATCH_ORDER_SEED).permutation(len(exits))
+    shuffled = exits[order]
+    n_full = (len(shuffled) // batch_size) * batch_size
+    if not n_full:
+        return [shuffled] if len(shuffled) else []
+    return [shuffled[s : s + batch_size] for s in range(0, n_full, batch_size)]
+
+
+def predicted_unit_ms(costs: CostTable | None, key: str, batches: Sequence[np.ndarray]) -> np.ndarray | None:
+    """Predicted ms of each unit (sample or batch), from the profiled stages (None: not profiled).
+
+    Each is :func:`dyncal.analysis.costmodel.predict_batch_ms` of the batch, computed once
+    per distinct batch.
+    """
+    if costs is None or key not in costs.latency:
+        return None
+    device, b = key.partition("/b")[0], batch_size_of(key)
+    cache: dict[tuple[int, ...], float] = {}
+    out = np.empty(len(batches))
+    for i, batch in enumerate(batches):
+        pattern = tuple(int(e) for e in batch)
+        if pattern not in cache:
+            ms = predict_batch_ms(costs, device, np.asarray(batch), b)
+            cache[pattern] = float("nan") if ms is None else ms
+        out[i] = cache[pattern]
+    return out
+
+
+def _is_series(v: Any) -> bool:
+    return (
+        isinstance(v, tuple) and len(v) > 0 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+    )
+
+
+def _series(prof: LatencyProfile) -> list[tuple[float, ...]]:
+    """Every series of raw replicates a profile holds (stages, decision, full model, ...)."""
+    out: list[tuple[float, ...]] = []
+    for f in dataclasses.fields(prof):
+        v = getattr(prof, f.name)
+        if _is_series(v):
+            out.append(v)
+        elif isinstance(v, tuple) and v and all(_is_series(r) for r in v):
+            out.extend(v)
+    return out
+
+
+def _replicate_fields(prof: LatencyProfile) -> list[tuple[str, bool]]:
+    """The profile's fields that hold raw replicates: ``(name, whether it holds rows of them)``."""
+    out = []
+    for f in dataclasses.fields(prof):
+        v = getattr(prof, f.name)
+        if _is_series(v):
+            out.append((f.name, False))
+        elif isinstance(v, tuple) and v and all(_is_series(r) for r in v):
+            out.append((f.name, True))
+    return out
+
+
+def _resampled(prof: LatencyProfile, fields: list[tuple[str, bool]], rng: np.random.Generator) -> LatencyProfile:
+    """The profile with every series of raw replicates (``fields``) resampled with replacement."""
+
+    def draw(series: tuple[float, ...]) -> tuple[float, ...]:
+        a = np.asarray(series, dtype=float)
+        return tuple(a[rng.integers(0, len(a), len(a))].tolist())
+
+    changes: dict[str, Any] = {}
+    for name, rows in fields:
+        v = getattr(prof, name)
+        changes[name] = tuple(draw(r) for r in v) if rows else draw(v)
+    return dataclasses.replace(prof, **changes)
+
+
+def _spread(prof: LatencyProfile) -> float:
+    """The largest IQR / median among a profile's series: the timing noise in force."""
+    spreads = [
+        float(np.subtract(*np.percentile(s, [75, 25])) / np.median(s)) for s in _series(prof) if np.median(s) > 0
+    ]
+    return max(spreads, default=0.0)
+
+
+def predicted_latency(
+    costs: CostTable, key: str, exits: np.ndarray, *, held_out: bool, rows: str = ""
+) -> LatencyEvidence:
+    """The early exit on the judged rows as the profiled stages predict it, with both kinds of noise.
+
+    Units are samples at batch 1, else batches of the rows (:func:`unit_batches`). The
+    speed-up is the profile's full-model figure over the mean predicted unit time. Its
+    intervals: sampling noise (the units resampled, medians kept; only when the rows were
+    held out), timing noise (every series of the profile's raw replicates resampled and the
+    prediction made again, units kept) and both at once.
+
+    Args:
+        costs: The run's cost table, with ``key`` profiled.
+        key: ``"<device>/b<batch>"``.
+        exits: ``(n,)`` exits of the judged rows.
+        held_out: Whether the rows were held out (else no sampling interval).
+        rows: Which rows, for people.
+
+    Returns:
+        The evidence, ``source="predicted"``.
+    """
+    b = batch_size_of(key)
+    batches = unit_batches(exits, b)
+    units = predicted_unit_ms(costs, key, batches)
+    assert units is not None
+    prof = costs.latency[key]
+    full, full_source = _profile_full_model(prof)
+    early = float(units.mean()) if len(units) else float("nan")
+    value = full / early if len(units) else float("nan")
+    t_units, t_full = _timing_resamples(costs, key, batches, units)
+    timing_values = t_full / t_units.mean(axis=1) if len(units) else np.full(1, np.nan)
+    lo, hi = np.quantile(timing_values, [0.025, 0.975])
+    timing: tuple[float, float] = (float(lo), float(hi))
+    sampling: tuple[float, float] | None = None
+    combined: tuple[float, float] = timing
+    if held_out and len(units):
+        sampling = bootstrap_interval(len(units), lambda idx: full / units[idx].mean(axis=1))
+        combined = _joint_interval(t_units, t_full)
+    estimate = SpeedupEstimate(
+        key,
+        value,
+        combined,
+        interval_sampling=sampling,
+        interval_timing=timing,
+        timing_spread=_spread(prof),
+        source="predicted",
+        early_exit=early,
+        full_model=full,
+    )
+    return LatencyEvidence(key, "predicted", early, full, full_source, estimate, predicted_ms=early, rows=rows)
+
+
+def _timing_resamples(
+    costs: CostTable, key: str, batches: Sequence[np.ndarray], units: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(R, units)`` unit times and ``(R,)`` full-model times with the profile's replicates resampled.
+
+    Each resample draws every series of raw replicates of the device's profiles with
+    replacement and predicts a fixed seeded sample of the units again (all of them when
+    there are few); every unit is scaled by how much that sample's mean moved. Timing noise
+    is shared by the units (the same stage medians price every sample and batch), so the
+    mean over units, which the speed-up divides, moves by that factor.
+    """
+    device = key.partition("/b")[0]
+    b = batch_size_of(key)
+    pick = np.arange(len(batches))
+    if len(batches) > _PROBES:
+        pick = np.sort(np.random.default_rng(_TIMING_SEED).choice(len(batches), _PROBES, replace=False))
+    chosen = [np.asarray(batches[int(i)]) for i in pick]
+    probe = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
+    if len({len(c) for c in chosen}) > 1:  # a short remainder batch would be cut differently: predict it alone
+        probe = chosen[0]
+    base = predict_batch_ms(costs, device, probe, b)
+    rng = np.random.default_rng(_TIMING_SEED)
+    layout = {k: _replicate_fields(p) for k, p in costs.latency.items() if p.device == device}
+    scale = np.ones(_TIMING_RESAMPLES)
+    t_full = np.empty(_TIMING_RESAMPLES)
+    for r in range(_TIMING_RESAMPLES):
+        latency = {k: (_resampled(p, layout[k], rng) if k in layout else p) for k, p in costs.latency.items()}
+        ms = predict_batch_ms(dataclasses.replace(costs, latency=latency), device, probe, b)
+        if base and ms is not None:
+            scale[r] = ms / base
+        t_full[r] = _profile_full_model(latency[key])[0]
+    return scale[:, None] * units[None, :], t_full
+
+
+def _joint_interval(t_units: np.ndarray, t_full: np.ndarray) -> tuple[float, float]:
+    """95% interval with both noises: each resample draws units and one timing resample."""
+    n_t, n_u = t_units.shape
+    rng = np.random.default_rng(_TIMING_SEED + 1)
+    values = np.empty(N_BOOTSTRAP)
+    chunk = max(1, min(N_BOOTSTRAP, 4_000_000 // max(n_u, 1)))
+    for start in range(0, N_BOOTSTRAP, chunk):
+        m = min(chunk, N_BOOTSTRAP - start)
+        idx = rng.integers(0, n_u, (m, n_u))
+        t = rng.integers(0, n_t, m)
+        values[start : start + m] = t_full[t] / np.take_along_axis(t_units[t], idx, axis=1).mean(axis=1)
+    lo, hi = np.quantile(values, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+def measured_latency(timing: PairedTiming, n: int) -> LatencyEvidence:
+    """A ``dyncal verify`` timing as evidence: the real early exit and the plain model, paired.
+
+    Args:
+        timing: The paired timing at one device and batch size.
+        n: Samples verify replayed.
+
+    Returns:
+        The evidence, ``source="measured"``, its intervals the timing's.
+    """
+    full, full_source = (
+        timing.full_model_ms_median,
+        (
+            f"measured by dyncal verify, interleaved with the early exit on the same batches "
+            f"({timing.batches} batches x {timing.repeats} repeats)"
+        ),
+    )
+    estimate = SpeedupEstimate(
+        timing.key,
+        timing.speedup,
+        timing.speedup_ci,
+        interval_sampling=timing.speedup_ci_sampling,
+        interval_timing=timing.speedup_ci_timing,
+        timing_spread=timing.timing_spread,
+        source="measured",
+        early_exit=timing.measured_ms,
+        full_model=full,
+    )
+    return LatencyEvidence(
+        timing.key,
+        "measured",
+        timing.measured_ms,
+        full,
+        full_source,
+        estimate,
+        predicted_ms=timing.predicted_ms,
+        rows=f"{n:,} samples replayed by dyncal verify",
+    )
+
+
+def usable_verify(verify: VerifyResult, label: str, run: Run, decision_fingerprint: str) -> str | None:
+    """Why a verify result is not evidence for this report (one line), or None when it is.
+
+    It must have been measured on this run, with the report's thresholds (same exit
+    decisions) and with the run's model weights.
+    """
+    why = verify.mismatch(
+        run_fingerprint=run.fingerprint,
+        decision_fingerprint=decision_fingerprint,
+        weights_sha256=run.provenance.weights_sha256,
+    )
+    if why is None:
+        return None
+    fix = (
+        "report the thresholds verify ran with --thresholds"
+        if why.endswith("other thresholds")
+        else f"run 'dyncal verify {run.path} --thresholds ... --out {label}' again"
+    )
+    return f"verify result '{label}' ignored: {why}; latency is predicted from the profile ({fix})"

@@ -38,7 +38,7 @@ def test_demo_writes_every_artifact(demo_dir):
     from pypdf import PdfReader
 
     first_page = PdfReader(demo_dir / "report.pdf").pages[0].extract_text()
-    assert "GO" in first_page and "speed-up (latency, cpu/b1)" in first_page
+    assert {"GO", "INCONCLUSIVE"} & set(first_page.split()) and "speed-up (latency, cpu/b1)" in first_page
 
 
 def test_demo_refuses_existing_folder(cli, demo_dir):

@@ -997,7 +997,7 @@ def test_failure_text_says_the_estimate_itself_fails() -> None:
 def test_plot_says_which_budget_it_marks(demo_runs: dict[str, Path], cli) -> None:
     from dyncal.reports.pdf import _op_label, prepare_report
 
-    label = _op_label(prepare_report(demo_runs["plain"]))
+    label = " ".join(_op_label(prepare_report(demo_runs["plain"])).split())
     assert "the cheapest within 1.0 percentage point of the last exit" in label and "--budget" in label
     assert _op_label(prepare_report(demo_runs["plain"], budget="0.2x")) == "operating point (budget 0.2x)"
     assert "within 1 percentage point of the last exit" in " ".join(cli("plot", "-h").stdout.split())

@@ -257,7 +257,7 @@ def predicted_latency(
     speed-up is the profile's full-model figure over the mean predicted unit time. Its
     intervals: sampling noise (the units resampled, medians kept; only when the rows were
     held out), timing noise (every series of the profile's raw replicates resampled and the
-    prediction made again, units kept) and both at once.
+    prediction made again, units kept; see :func:`_timing_resamples`) and both at once.
 
     Args:
         costs: The run's cost table, with ``key`` profiled.
@@ -277,15 +277,15 @@ def predicted_latency(
     full, full_source = _profile_full_model(prof)
     early = float(units.mean()) if len(units) else float("nan")
     value = full / early if len(units) else float("nan")
-    t_units, t_full = _timing_resamples(costs, key, batches, units)
-    timing_values = t_full / t_units.mean(axis=1) if len(units) else np.full(1, np.nan)
+    scale, t_full = _timing_resamples(costs, key, batches)
+    timing_values = t_full / (scale * early) if len(units) else np.full(1, np.nan)
     lo, hi = np.quantile(timing_values, [0.025, 0.975])
     timing: tuple[float, float] = (float(lo), float(hi))
     sampling: tuple[float, float] | None = None
     combined: tuple[float, float] = timing
     if held_out and len(units):
         sampling = bootstrap_interval(len(units), lambda idx: full / units[idx].mean(axis=1))
-        combined = _joint_interval(t_units, t_full)
+        combined = _joint_interval(units, scale, t_full)
     estimate = SpeedupEstimate(
         key,
         value,
@@ -300,10 +300,8 @@ def predicted_latency(
     return LatencyEvidence(key, "predicted", early, full, full_source, estimate, predicted_ms=early, rows=rows)
 
 
-def _timing_resamples(
-    costs: CostTable, key: str, batches: Sequence[np.ndarray], units: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(R, units)`` unit times and ``(R,)`` full-model times with the profile's replicates resampled.
+def _timing_resamples(costs: CostTable, key: str, batches: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``(R,)`` factors on the unit times and ``(R,)`` full-model times, the profile's replicates resampled.
 
     Each resample draws every series of raw replicates of the device's profiles with
     replacement and predicts a fixed seeded sample of the units again (all of them when
@@ -331,12 +329,12 @@ def _timing_resamples(
         if base and ms is not None:
             scale[r] = ms / base
         t_full[r] = _profile_full_model(latency[key])[0]
-    return scale[:, None] * units[None, :], t_full
+    return scale, t_full
 
 
-def _joint_interval(t_units: np.ndarray, t_full: np.ndarray) -> tuple[float, float]:
-    """95% interval with both noises: each resample draws units and one timing resample."""
-    n_t, n_u = t_units.shape
+def _joint_interval(units: np.ndarray, scale: np.ndarray, t_full: np.ndarray) -> tuple[float, float]:
+    """95% interval with both noises: each resample draws the units and one timing resample."""
+    n_t, n_u = len(scale), len(units)
     rng = np.random.default_rng(_TIMING_SEED + 1)
     values = np.empty(N_BOOTSTRAP)
     chunk = max(1, min(N_BOOTSTRAP, 4_000_000 // max(n_u, 1)))
@@ -344,7 +342,7 @@ def _joint_interval(t_units: np.ndarray, t_full: np.ndarray) -> tuple[float, flo
         m = min(chunk, N_BOOTSTRAP - start)
         idx = rng.integers(0, n_u, (m, n_u))
         t = rng.integers(0, n_t, m)
-        values[start : start + m] = t_full[t] / np.take_along_axis(t_units[t], idx, axis=1).mean(axis=1)
+        values[start : start + m] = t_full[t] / (scale[t] * units[idx].mean(axis=1))
     lo, hi = np.quantile(values, [0.025, 0.975])
     return float(lo), float(hi)
 

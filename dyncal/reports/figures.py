@@ -258,7 +258,7 @@ def _draw_curves(
             handles,
             labels,
             loc="upper center",
-            bbox_to_anchor=(0.5, -0.1),
+            bbox_to_anchor=(0.5, -0.13),
             ncol=2,
             fontsize=8,
             frameon=False,

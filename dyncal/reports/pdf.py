@@ -1,7 +1,9 @@
 """The PDF go/no-go report: six pages a team lead can decide from.
 
-1. Decision: GO / NO-GO (or the trade-off, when no criterion is given), the criteria with
-   their 95% intervals, the operating point and the speed-up against the last exit.
+1. Decision: GO / NO-GO / INCONCLUSIVE (timing noise alone decides a latency criterion),
+   or the trade-off when no criterion is given; the criteria with their 95% intervals, the
+   operating point and the speed-up against the full model (measured by ``dyncal verify``
+   when a matching result is given, else predicted from the profile).
 2. Accuracy against MACs: every method's frontier, the static exits, the oracle bound.
 3. Accuracy against latency, one panel per profiled device and batch size (or a page that
    says none was profiled and how to measure it).
@@ -1276,7 +1278,7 @@ def _page_decision(data: ReportData) -> Figure:
         p.table(
             ["criterion", "estimate", "95% interval", "required", "result"],
             rows,
-            col_widths=[0.32, 0.1, 0.2, 0.12, 0.14],
+            col_widths=[0.35, 0.1, 0.19, 0.11, 0.14],
             size=9.5,
             row_colors=colors,
         )
@@ -1419,8 +1421,8 @@ def _op_label(data: ReportData) -> str:
     if data.requirements.any:
         return f"operating point (budget {short}, chosen from the criteria)"
     return (
-        f"operating point (budget {short}: the cheapest within {_pts(_DEFAULT_MAX_DROP)} of the last exit's "
-        "accuracy; set it with --budget)"
+        f"operating point (budget {short}: the cheapest\nwithin {_pts(_DEFAULT_MAX_DROP)} of the last exit's "
+        "accuracy;\nset it with --budget)"
     )
 
 
@@ -2202,7 +2204,12 @@ def export_figure(
                     title=f"{data.title}: accuracy vs MACs",
                 )
             elif kind == "latency":
-                fig = plot_latency(data.frontier, operating_point=op, main_method=main)
+                fig = plot_latency(
+                    data.frontier,
+                    operating_point=op,
+                    main_method=main,
+                    full_model_ms={k: e.full_model_ms for k, e in data.latency.items()},
+                )
             else:
                 o = data.outcome
                 fig = plot_exits(

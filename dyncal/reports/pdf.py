@@ -610,7 +610,7 @@ def prepare_report(
     """
     from dyncal.analysis.calibration import reliability_bins
     from dyncal.analysis.frontier import compute_frontier
-    from dyncal.analysis.stats import mean_bootstrap_ci
+    from dyncal.stats import mean_bootstrap_ci
     from dyncal.calibrate.scores import exit_scores
     from dyncal.calibrate.solvers import METHODS, prepare_run, solve_run
     from dyncal.run import load_run
@@ -1552,7 +1552,7 @@ def _methods_at_budget(
 ) -> tuple[_MethodAtBudget, ...]:
     """The deployed operating point, then every other solver and the oracle solved at the same budget."""
     from dyncal.analysis.frontier import oracle_at_budget
-    from dyncal.analysis.stats import mean_bootstrap_ci
+    from dyncal.stats import mean_bootstrap_ci
     from dyncal.calibrate.budget import resolve_budget
     from dyncal.calibrate.solvers import METHODS, solve_run
 

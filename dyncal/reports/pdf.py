@@ -610,10 +610,10 @@ def prepare_report(
     """
     from dyncal.analysis.calibration import reliability_bins
     from dyncal.analysis.frontier import compute_frontier
-    from dyncal.stats import mean_bootstrap_ci
     from dyncal.calibrate.scores import exit_scores
     from dyncal.calibrate.solvers import METHODS, prepare_run, solve_run
     from dyncal.run import load_run
+    from dyncal.stats import mean_bootstrap_ci
 
     req = Requirements(min_accuracy, max_drop, min_speedup).validate()
     if method is not None and method not in METHODS:
@@ -1552,9 +1552,9 @@ def _methods_at_budget(
 ) -> tuple[_MethodAtBudget, ...]:
     """The deployed operating point, then every other solver and the oracle solved at the same budget."""
     from dyncal.analysis.frontier import oracle_at_budget
-    from dyncal.stats import mean_bootstrap_ci
     from dyncal.calibrate.budget import resolve_budget
     from dyncal.calibrate.solvers import METHODS, solve_run
+    from dyncal.stats import mean_bootstrap_ci
 
     out = [deployed]
     if budget is None:

@@ -60,7 +60,15 @@ from dyncal.models import (
     load_model,
     resolve_device,
 )
-from dyncal.run import Run, atomic_write_bytes, atomic_write_text, library_versions, load_run
+from dyncal.run import (
+    Run,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_out,
+    library_versions,
+    load_run,
+    publish_dir,
+)
 from dyncal.runtime import EarlyExitRunner
 
 __all__ = [
@@ -601,18 +609,8 @@ def _is_partial_export(path: Path) -> bool:
 
 
 def _check_out(out: Path, partial: Path, overwrite: bool) -> None:
-    """Refuse an output that exists (unless ``overwrite`` and it is a package) or has no folder."""
-    if out.exists() and not overwrite:
-        raise DyncalError(f"'{out}' already exists; choose another --out or pass --overwrite")
-    if out.exists() and not out.is_dir():
-        raise DyncalError(f"'{out}' exists and is a file; choose another --out")
-    if out.exists() and not _is_package_dir(out) and any(out.iterdir()):
-        raise DyncalError(
-            f"'{out}' exists and is not a dyncal package; --overwrite only replaces packages, so choose "
-            "another --out (or remove the folder yourself)"
-        )
-    if not out.parent.is_dir():
-        raise DyncalError(f"the folder '{out.parent}' for --out does not exist; create it first")
+    """Refuse an output that exists (unless ``overwrite`` and it is a package), lies in a run, or has no folder."""
+    check_out(out, overwrite=overwrite, what="package", is_ours=_is_package_dir, error=DyncalError)
     if partial.exists():
         if not overwrite:
             raise DyncalError(
@@ -621,17 +619,6 @@ def _check_out(out: Path, partial: Path, overwrite: bool) -> None:
             )
         if not _is_partial_export(partial):
             raise DyncalError(f"'{partial}' holds files dyncal export did not write; remove it yourself")
-
-
-def _publish(partial: Path, out: Path) -> None:
-    """Rename ``partial`` to ``out``, replacing an old ``out`` only once the new one is whole."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(partial, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(partial, out)
 
 
 def _load_run_model(run: Run, *, model: str | None, weights: str | None, model_path: str | None) -> LoadedModel:
@@ -902,7 +889,7 @@ def export_package(
         text = json.dumps(manifest.to_dict(), indent=2, allow_nan=False) + "\n"
         atomic_write_text(partial / MANIFEST, text)
         size = _files_size(partial)
-        _publish(partial, out)
+        publish_dir(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise

@@ -1279,7 +1279,7 @@ class RunWriter:
         meta = _run_document(self.n, int(k), int(c), provenance, costs)
         meta["fingerprint"] = compute_fingerprint(self.partial)
         atomic_write_text(self.partial / RUN_JSON, json.dumps(meta, indent=2))
-        _publish(self.partial, self.out)
+        publish_dir(self.partial, self.out)
         self._finished = True
         self._lock.release()
         return self.out
@@ -1340,32 +1340,48 @@ def run_dir_holding(path: str | os.PathLike[str]) -> Path | None:
     return None
 
 
-def check_out(out: Path, *, overwrite: bool) -> None:
-    """Refuse an output run directory that is unsafe to create or replace.
+def check_out(
+    out: Path,
+    *,
+    overwrite: bool,
+    what: str = "run",
+    is_ours: Callable[[Path], bool] | None = None,
+    error: type[DyncalError] = RunError,
+) -> None:
+    """Refuse an output directory (a run, or another folder dyncal builds) that is unsafe to create or replace.
 
-    ``--overwrite`` never deletes a folder dyncal did not write: an existing ``out``
-    must be a run (or an empty folder) to be replaced. ``out`` may not lie inside another
-    run directory, and its parent folder must exist and be writable.
+    ``--overwrite`` never deletes a folder dyncal did not write: an existing ``out`` must be
+    one of ours (``is_ours``; default: a dyncal run) or an empty folder to be replaced.
+    ``out`` may not lie inside a run directory, and its parent folder must exist and be
+    writable.
+
+    Args:
+        out: The folder to create.
+        overwrite: Whether an existing ``out`` may be replaced.
+        what: What is built there, for messages (``"run"``, ``"package"``).
+        is_ours: Recognises a folder of that kind dyncal wrote (default :func:`is_run_dir`).
+        error: The error class to raise.
     """
     out = Path(out)
+    is_ours = is_ours or is_run_dir
     if out.exists() and not overwrite:
-        raise RunError(f"'{out}' already exists; choose another --out or pass --overwrite")
+        raise error(f"'{out}' already exists; choose another --out or pass --overwrite")
     if out.exists() and not out.is_dir():
-        raise RunError(f"'{out}' exists and is not a folder; choose another --out")
-    if out.exists() and not is_run_dir(out) and any(out.iterdir()):
-        raise RunError(
-            f"'{out}' exists and is not a dyncal run; --overwrite only replaces runs, so "
+        raise error(f"'{out}' exists and is not a folder; choose another --out")
+    if out.exists() and not is_ours(out) and any(out.iterdir()):
+        raise error(
+            f"'{out}' exists and is not a dyncal {what}; --overwrite only replaces a dyncal {what}, so "
             "choose another --out (or remove the folder yourself)"
         )
     if not out.parent.is_dir():
-        raise RunError(f"the folder '{out.parent}' for --out does not exist; create it first")
+        raise error(f"the folder '{out.parent}' for --out does not exist; create it first")
     inside = run_dir_holding(out.parent)
     if inside is not None:
-        raise RunError(f"--out '{out}' lies inside the run directory '{inside}'; choose a folder outside any run")
+        raise error(f"--out '{out}' lies inside the run directory '{inside}'; choose a folder outside any run")
     try:
         check_writable(out.parent)
     except DyncalError as e:
-        raise RunError(str(e)) from None
+        raise error(str(e)) from None
 
 
 def _run_document(n: int, k: int, c: int, provenance: Provenance, costs: CostTable | None) -> dict[str, Any]:
@@ -1382,7 +1398,7 @@ def _run_document(n: int, k: int, c: int, provenance: Provenance, costs: CostTab
     }
 
 
-def _publish(partial: Path, out: Path) -> None:
+def publish_dir(partial: Path, out: Path) -> None:
     """Rename ``partial`` to ``out``, replacing an old ``out`` only after the new one is whole."""
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")

@@ -196,6 +196,37 @@ def predicted_unit_ms(costs: CostTable | None, key: str, batches: Sequence[np.nd
     return out
 
 
+def _per_exit_macs(run: Run) -> list[float] | None:
+    """Cumulative MACs of a sample leaving at exit k (None without MAC counts)."""
+    costs = run.costs
+    if costs is None or costs.macs is None or len(costs.macs) != run.k:
+        return None
+    return [float(v) for v in costs.macs]
+
+
+def _unit_costs(run: Run, name: str, exits: np.ndarray) -> np.ndarray | None:
+    """Cost of each unit the early-exit model runs on rows leaving at ``exits``.
+
+    MACs: a unit is a sample. A latency key: a sample at batch size 1, else a batch of the
+    rows (:func:`unit_batches`), each predicted from the profiled
+    stages by :func:`dyncal.analysis.costmodel.predict_batch_ms`, where a stage runs on the
+    rows still in the batch and stops once none is left. A per-sample expectation would
+    assume every batch stops as early as its average sample, which a batch does not.
+    """
+    if name == "macs":
+        macs = _per_exit_macs(run)
+        return None if macs is None else np.asarray(macs, dtype=float)[np.asarray(exits)]
+    return predicted_unit_ms(run.costs, name, unit_batches(exits, batch_size_of(name)))
+
+
+def _full_model_cost(run: Run, name: str) -> float:
+    """The full model's cost before any verify result is matched (MACs, or the profile's ms)."""
+    if name == "macs":
+        macs = _per_exit_macs(run)
+        return float("nan") if macs is None else macs[-1]
+    return full_model_ms(run.costs, None, name)[0]
+
+
 def _is_series(v: Any) -> bool:
     return (
         isinstance(v, tuple) and len(v) > 0 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)

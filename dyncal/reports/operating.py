@@ -39,7 +39,7 @@ from dyncal.reports.evidence import (
     predicted_latency,
     usable_verify,
 )
-from dyncal.reports.figures import MS_PREFIX, OperatingPoint, main_method_of
+from dyncal.reports.figures import MS_PREFIX, OperatingPoint
 from dyncal.reports.text import _pct, _pts
 
 if TYPE_CHECKING:
@@ -126,14 +126,7 @@ class ReportData:
 
     def operating_point(self, label: str | None = None) -> OperatingPoint:
         """The operating point as the figures mark it (fitting-half costs, like the curves)."""
-        ms = {k: v for k, v in self.fit_costs.items() if k != "macs"}
-        return OperatingPoint(
-            expected_macs=self.fit_costs.get("macs"),
-            accuracy=self.accuracy,
-            interval=self.accuracy_interval,
-            expected_ms=ms,
-            label=label or f"operating point (budget {_budget_label(self).split(' (')[0]})",
-        )
+        return _figure_point(self, label)
 
     def held_out_summary(self) -> dict[str, Any]:
         """The operating point on the judged rows: what page 1, 2 and 4, the JSON and the terminal show."""
@@ -410,7 +403,63 @@ def _load_verify(verify: str | os.PathLike[str] | VerifyResult) -> tuple[VerifyR
     return VerifyResult.load(verify), str(verify)
 
 
-def prepare_report(
+@dataclass(frozen=True)
+class _OperatingChoice:
+    """The operating point and how it was reached: what every page and every figure shares.
+
+    :func:`prepare_report` adds the evidence, the verdict and the calibration to it;
+    ``dyncal plot`` draws from it alone.
+    """
+
+    run: Run
+    prep: PreparedRun
+    frontier: pd.DataFrame | None
+    thresholds: dict[str, Any]
+    fingerprint: str
+    budget: str
+    budget_reason: str
+    requirements: Requirements
+    outcome: ExitOutcome
+    accuracy: float
+    accuracy_interval: tuple[float, float] | None
+    fit_costs: dict[str, float]
+    speedup_cost: str
+    latency_key: str | None
+    thresholds_path: str | None
+    title: str
+    notes: tuple[str, ...]
+    verify: VerifyResult | None
+    verify_label: str
+
+    def operating_point(self, label: str | None = None) -> OperatingPoint:
+        """The operating point as the figures mark it (see :meth:`ReportData.operating_point`)."""
+        return _figure_point(self, label)
+
+    def exit_correct_t1(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(N, K)`` confidence and correctness of every exit at temperature 1 (for calibration)."""
+        from dyncal.calibrate.scores import exit_scores
+
+        temps = [float(t) for t in (self.thresholds.get("temperatures") or [1.0] * self.run.k)]
+        if any(abs(t - 1.0) > 1e-9 for t in temps):
+            # the prepared scores are temperature-scaled; the raw ones need their own pass
+            conf, pred = exit_scores(self.run.logits, "maxprob")
+            return conf, pred == np.asarray(self.run.labels)[:, None]
+        return self.prep.scores, self.prep.correct
+
+
+def _figure_point(data: ReportData | _OperatingChoice, label: str | None) -> OperatingPoint:
+    """The operating point as the figures mark it (fitting-half costs, like the curves)."""
+    ms = {k: v for k, v in data.fit_costs.items() if k != "macs"}
+    return OperatingPoint(
+        expected_macs=data.fit_costs.get("macs"),
+        accuracy=data.accuracy,
+        interval=data.accuracy_interval,
+        expected_ms=ms,
+        label=label or f"operating point (budget {_budget_label(data).split(' (')[0]})",
+    )
+
+
+def _choose_operating_point(
     run_path: str | os.PathLike[str],
     *,
     budget: str | None = None,
@@ -426,28 +475,13 @@ def prepare_report(
     temperature: bool = False,
     holdout: float | None = None,
     seed: int | None = None,
-    command: str = "",
-) -> ReportData:
-    """Compute everything a report shows, without drawing.
+    frontier: bool = True,
+) -> _OperatingChoice:
+    """Check the arguments, score the run, choose and apply the operating point.
 
-    Takes the arguments of :func:`build_report` (less ``out_pdf``); :func:`render_pdf`
-    draws the result.
-
-    Returns:
-        The report's data: frontier, operating point, criteria, decision, calibration.
-
-    Raises:
-        DyncalError: As :func:`build_report`.
-
-    Example:
-        >>> data = prepare_report("run", min_accuracy=0.95)  # doctest: +SKIP
-        >>> data.decision, data.accuracy  # doctest: +SKIP
-        ('GO', 0.9875)
+    The frontier is computed when ``frontier`` is True or a budget must be chosen from it.
     """
-    from dyncal.analysis.calibration import reliability_bins
-    from dyncal.analysis.frontier import compute_frontier
-    from dyncal.calibrate.scores import exit_scores
-    from dyncal.calibrate.solvers import METHODS, prepare_run, solve_run
+    from dyncal.calibrate.solvers import DEFAULT_METHOD, METHODS, prepare_run, solve_run
     from dyncal.run import load_run
     from dyncal.stats import mean_bootstrap_ci
 
@@ -515,9 +549,12 @@ def prepare_report(
         prep = _prepared_for(run, th_doc, str(thresholds))
     else:
         prep = prepare_run(run, temperature=temperature, holdout=0.5 if holdout is None else holdout, seed=seed or 0)
-    frontier = compute_frontier(prep, device=lat_dev, batch_size=lat_batch)
-    main_method = method or main_method_of(frontier)
-    labels = np.asarray(run.labels)
+    table = None
+    if frontier or (th_doc is None and budget is None):
+        from dyncal.analysis.frontier import compute_frontier
+
+        table = compute_frontier(prep, device=lat_dev, batch_size=lat_batch)
+    main_method = method or DEFAULT_METHOD
     notes: list[str] = []
     if th_doc is not None:
         doc = th_doc.to_dict()
@@ -528,8 +565,9 @@ def prepare_report(
     else:
         if budget is None:
             fit = _FitHalf(prep.scores[prep.fit_idx], prep.correct[prep.fit_idx], len(prep.holdout_idx))
+            assert table is not None
             budget, reason = _choose_budget(
-                frontier,
+                table,
                 main_method,
                 req,
                 fit,
@@ -566,16 +604,98 @@ def prepare_report(
             f"the {_pct(acc)} these thresholds get on its held-out part (edited thresholds?); "
             "the report shows the latter"
         )
+    return _OperatingChoice(
+        run=run,
+        prep=prep,
+        frontier=table,
+        thresholds=doc,
+        fingerprint=fingerprint,
+        budget=budget,
+        budget_reason=reason,
+        requirements=req,
+        outcome=outcome,
+        accuracy=acc,
+        accuracy_interval=interval,
+        fit_costs=_fit_costs(prep, doc["thresholds"]),
+        speedup_cost=speedup_cost,
+        latency_key=latency,
+        thresholds_path=None if thresholds is None else str(thresholds),
+        title=title or f"Early-exit report: {_short_model(run)}",
+        notes=tuple(notes),
+        verify=verify_result,
+        verify_label=verify_label,
+    )
+
+
+def prepare_report(
+    run_path: str | os.PathLike[str],
+    *,
+    budget: str | None = None,
+    thresholds: str | os.PathLike[str] | None = None,
+    verify: str | os.PathLike[str] | VerifyResult | None = None,
+    min_accuracy: float | None = None,
+    max_drop: float | None = None,
+    min_speedup: float | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+    title: str | None = None,
+    method: str | None = None,
+    temperature: bool = False,
+    holdout: float | None = None,
+    seed: int | None = None,
+    command: str = "",
+) -> ReportData:
+    """Compute everything a report shows, without drawing.
+
+    Takes the arguments of :func:`build_report` (less ``out_pdf``); :func:`render_pdf`
+    draws the result.
+
+    Returns:
+        The report's data: frontier, operating point, criteria, decision, calibration.
+
+    Raises:
+        DyncalError: As :func:`build_report`.
+
+    Example:
+        >>> data = prepare_report("run", min_accuracy=0.95)  # doctest: +SKIP
+        >>> data.decision, data.accuracy  # doctest: +SKIP
+        ('GO', 0.9875)
+    """
+    from dyncal.analysis.calibration import reliability_bins
+
+    choice = _choose_operating_point(
+        run_path,
+        budget=budget,
+        thresholds=thresholds,
+        verify=verify,
+        min_accuracy=min_accuracy,
+        max_drop=max_drop,
+        min_speedup=min_speedup,
+        device=device,
+        batch_size=batch_size,
+        title=title,
+        method=method,
+        temperature=temperature,
+        holdout=holdout,
+        seed=seed,
+    )
+    run, prep, frontier, doc = choice.run, choice.prep, choice.frontier, choice.thresholds
+    assert frontier is not None and run.costs is not None
+    req, outcome, acc, interval = choice.requirements, choice.outcome, choice.accuracy, choice.accuracy_interval
+    latency, speedup_cost, fit_costs = choice.latency_key, choice.speedup_cost, choice.fit_costs
+    verify_result, verify_label = choice.verify, choice.verify_label
+    notes = list(choice.notes)
     if verify_result is not None:
-        why = usable_verify(verify_result, verify_label, run, fingerprint)
+        why = usable_verify(verify_result, verify_label, run, choice.fingerprint)
         if why is not None:
             notes.append(why)
             verify_result = None
         elif latency is not None and req.min_speedup is not None and verify_result.timing(latency) is None:
             timed = ", ".join(t.key for t in verify_result.timings) or "none"
+            dev, _, b = latency.partition("/b")
             notes.append(
                 f"verify result '{verify_label}' has no timing for {latency} (it timed {timed}); the speed-up "
-                f"on {latency} is predicted: verify with --batch-size {lat_batch} on {lat_dev}"
+                f"on {latency} is predicted: verify with --batch-size {b} on {dev}"
             )
 
     held_rows = f"{outcome.n:,} held-out samples" if outcome.held_out else f"{outcome.n:,} samples (nothing held out)"
@@ -604,7 +724,6 @@ def prepare_report(
     full_model = {name: e.full_model for name, e in estimates.items()}
     speedups = {name: estimates[name].value for name in (["macs"] if "macs" in estimates else []) + sorted(evidence)}
 
-    fit_costs = _fit_costs(prep, doc["thresholds"])
     unit = str((doc.get("budget") or {}).get("unit") or "macs")
     other_kwargs: dict[str, Any] = {"device": None, "batch_size": None}
     if unit.startswith(MS_PREFIX):
@@ -623,19 +742,15 @@ def prepare_report(
     temps = [float(t) for t in (doc.get("temperatures") or [1.0] * run.k)]
     scaled = None
     if any(abs(t - 1.0) > 1e-9 for t in temps):
-        # the prepared scores are temperature-scaled; the raw ones need their own pass
         scaled = tuple(reliability_bins(prep.scores[:, k], prep.correct[:, k]) for k in range(run.k))
-        conf, pred = exit_scores(run.logits, "maxprob")
-        correct = pred == labels[:, None]
-    else:
-        conf, correct = prep.scores, prep.correct
+    conf, correct = choice.exit_correct_t1()
     bins = tuple(reliability_bins(conf[:, k], correct[:, k]) for k in range(run.k))
     return ReportData(
         run=run,
         frontier=frontier,
         thresholds=doc,
-        budget=budget,
-        budget_reason=reason,
+        budget=choice.budget,
+        budget_reason=choice.budget_reason,
         requirements=req,
         criteria=tuple(criteria),
         decision=decision,
@@ -646,7 +761,7 @@ def prepare_report(
         exit_confidence=conf.mean(axis=0),
         bins=bins,
         scaled_bins=scaled,
-        title=title or f"Early-exit report: {_short_model(run)}",
+        title=choice.title,
         date=report_date(run),
         command=command,
         full_model=full_model,
@@ -656,7 +771,7 @@ def prepare_report(
         notes=tuple(notes),
         verify=verify_result,
         verify_label=verify_label,
-        thresholds_path=None if thresholds is None else str(thresholds),
+        thresholds_path=choice.thresholds_path,
         fit_costs=fit_costs,
         methods=methods,
     )
@@ -677,7 +792,7 @@ def _held_cost(data: ReportData, name: str) -> float | None:
     return None if units is None or not len(units) else float(np.mean(units))
 
 
-def _op_label(data: ReportData) -> str:
+def _op_label(data: ReportData | _OperatingChoice) -> str:
     """The operating point for a legend: which budget, and why when it was not asked."""
     short = _budget_label(data).split(" (")[0]
     if data.thresholds_path is not None:
@@ -692,7 +807,7 @@ def _op_label(data: ReportData) -> str:
     )
 
 
-def _short_budget(data: ReportData) -> str:
+def _short_budget(data: ReportData | _OperatingChoice) -> str:
     """The budget as asked, or a chosen one rounded for people."""
     from dyncal.calibrate.budget import format_budget
 
@@ -702,7 +817,7 @@ def _short_budget(data: ReportData) -> str:
     return format_budget(float(frac), "fraction")
 
 
-def _budget_label(data: ReportData) -> str:
+def _budget_label(data: ReportData | _OperatingChoice) -> str:
     """The budget for people: short form and share of the last exit's cost."""
     b = data.thresholds.get("budget") or {}
     frac = b.get("fraction")

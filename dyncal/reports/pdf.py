@@ -34,11 +34,12 @@ import numpy as np
 
 from dyncal.errors import DyncalError
 from dyncal.reports.decision import Criterion as Criterion
+from dyncal.reports.evidence import full_model_ms
 from dyncal.reports.figures import plot_exits, plot_frontier, plot_latency, plot_reliability
 from dyncal.reports.layout import PAGE_TITLES as PAGE_TITLES
 from dyncal.reports.layout import _style, _version
 from dyncal.reports.operating import ReportData as ReportData
-from dyncal.reports.operating import _op_label
+from dyncal.reports.operating import _choose_operating_point, _op_label
 from dyncal.reports.operating import prepare_report as prepare_report
 from dyncal.reports.operating import report_date as report_date
 from dyncal.reports.pages import _page_calibration, _page_decision, _page_exits, _page_latency, _page_provenance
@@ -371,7 +372,9 @@ def export_figure(
         else:
             if kind == "latency":
                 _require_latency(run_path)
-            data = prepare_report(
+            # the operating point alone: no evidence, verdict or calibration; the frontier
+            # only for the curves (or to choose the budget)
+            point = _choose_operating_point(
                 run_path,
                 budget=budget,
                 device=device,
@@ -379,31 +382,35 @@ def export_figure(
                 method=method,
                 holdout=holdout,
                 seed=seed,
+                frontier=kind != "exits",
             )
-            main = str(data.thresholds.get("method") or "") or None
-            op = data.operating_point(_op_label(data))
+            main = str(point.thresholds.get("method") or "") or None
+            op = point.operating_point(_op_label(point))
             if kind == "frontier":
+                assert point.frontier is not None
                 fig = plot_frontier(
-                    data.frontier,
+                    point.frontier,
                     operating_point=op,
                     main_method=main,
-                    title=f"{data.title}: accuracy vs MACs",
+                    title=f"{point.title}: accuracy vs MACs",
                 )
             elif kind == "latency":
+                assert point.frontier is not None and point.run.costs is not None
+                costs = point.run.costs
                 fig = plot_latency(
-                    data.frontier,
+                    point.frontier,
                     operating_point=op,
                     main_method=main,
-                    full_model_ms={k: e.full_model_ms for k, e in data.latency.items()},
+                    full_model_ms={k: full_model_ms(costs, None, k)[0] for k in costs.latency},
                 )
             else:
-                o = data.outcome
+                o, k = point.outcome, point.run.k
                 fig = plot_exits(
-                    o.shares(data.k),
-                    o.accuracy_per_exit(data.k),
-                    counts=o.counts(data.k),
-                    exit_accuracy=data.exit_accuracy,
-                    title=_op_label(data).replace("operating point", "exits at the operating point", 1),
+                    o.shares(k),
+                    o.accuracy_per_exit(k),
+                    counts=o.counts(k),
+                    exit_accuracy=point.exit_correct_t1()[1].mean(axis=0),
+                    title=_op_label(point).replace("operating point", "exits at the operating point", 1),
                 )
         width_in, height_in = fig.get_size_inches()
         if width_in * height_in * dpi * dpi > MAX_FIGURE_PIXELS:

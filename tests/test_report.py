@@ -490,6 +490,33 @@ def test_temperature_scaling_shows_on_the_calibration_page(demo_runs: dict[str, 
     assert "--temperature" in _flat(_pages_text(out)[5])
 
 
+def test_calibration_shows_top_probability_whatever_the_exit_score(demo_runs: dict[str, Path], tmp_path: Path, cli):
+    """Thresholds on the margin score: the calibration page still shows the top softmax probability."""
+    from dyncal.analysis.calibration import reliability_bins
+    from dyncal.calibrate.scores import exit_scores
+    from dyncal.reports.pdf import prepare_report
+
+    run = load_run(demo_runs["plain"])
+    conf, pred = exit_scores(run.logits, "maxprob")
+    th = tmp_path / "margin.json"
+    res = cli("solve", demo_runs["plain"], "--budget", "0.3x", "--score", "margin", "--out", th)
+    assert res.exit_code == 0, res.output
+    data = prepare_report(demo_runs["plain"], thresholds=th)
+    assert data.thresholds["score"] == "margin"
+    np.testing.assert_allclose(data.exit_confidence, conf.mean(axis=0))
+    np.testing.assert_allclose(data.exit_accuracy, (pred == run.labels[:, None]).mean(axis=0))
+    th_t = tmp_path / "margin_t.json"
+    res = cli("solve", demo_runs["plain"], "--budget", "0.3x", "--score", "entropy", "--temperature", "--out", th_t)
+    assert res.exit_code == 0, res.output
+    data = prepare_report(demo_runs["plain"], thresholds=th_t)
+    scaled, pred_t = exit_scores(run.logits, "maxprob", data.thresholds["temperatures"])
+    assert data.scaled_bins is not None
+    for k, b in enumerate(data.scaled_bins):
+        want = reliability_bins(scaled[:, k], pred_t[:, k] == run.labels)
+        np.testing.assert_array_equal(b.count, want.count)
+        np.testing.assert_allclose(b.confidence, want.confidence)
+
+
 def test_report_scores_the_logits_once(
     demo_runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

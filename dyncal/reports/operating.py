@@ -435,16 +435,20 @@ class _OperatingChoice:
         """The operating point as the figures mark it (see :meth:`ReportData.operating_point`)."""
         return _figure_point(self, label)
 
-    def exit_correct_t1(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(N, K)`` confidence and correctness of every exit at temperature 1 (for calibration)."""
+    def confidence(self, *, fitted_temperatures: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``(N, K)`` top probability and correctness of every exit, at T = 1 or the fitted temperatures.
+
+        The prepared scores are reused when they are exactly that (``maxprob`` at those
+        temperatures); a ``margin`` or ``entropy`` score is not a confidence.
+        """
         from dyncal.calibrate.scores import exit_scores
 
         temps = [float(t) for t in (self.thresholds.get("temperatures") or [1.0] * self.run.k)]
-        if any(abs(t - 1.0) > 1e-9 for t in temps):
-            # the prepared scores are temperature-scaled; the raw ones need their own pass
-            conf, pred = exit_scores(self.run.logits, "maxprob")
-            return conf, pred == np.asarray(self.run.labels)[:, None]
-        return self.prep.scores, self.prep.correct
+        scaled = any(abs(t - 1.0) > 1e-9 for t in temps)
+        if self.prep.score == "maxprob" and scaled == fitted_temperatures:
+            return self.prep.scores, self.prep.correct
+        conf, pred = exit_scores(self.run.logits, "maxprob", temps if fitted_temperatures else None)
+        return conf, pred == np.asarray(self.run.labels)[:, None]
 
 
 def _figure_point(data: ReportData | _OperatingChoice, label: str | None) -> OperatingPoint:
@@ -742,8 +746,9 @@ def prepare_report(
     temps = [float(t) for t in (doc.get("temperatures") or [1.0] * run.k)]
     scaled = None
     if any(abs(t - 1.0) > 1e-9 for t in temps):
-        scaled = tuple(reliability_bins(prep.scores[:, k], prep.correct[:, k]) for k in range(run.k))
-    conf, correct = choice.exit_correct_t1()
+        s_conf, s_correct = choice.confidence(fitted_temperatures=True)
+        scaled = tuple(reliability_bins(s_conf[:, k], s_correct[:, k]) for k in range(run.k))
+    conf, correct = choice.confidence()
     bins = tuple(reliability_bins(conf[:, k], correct[:, k]) for k in range(run.k))
     return ReportData(
         run=run,

@@ -409,7 +409,7 @@ def export_figure(
                     o.shares(k),
                     o.accuracy_per_exit(k),
                     counts=o.counts(k),
-                    exit_accuracy=point.exit_correct_t1()[1].mean(axis=0),
+                    exit_accuracy=point.confidence()[1].mean(axis=0),
                     title=_op_label(point).replace("operating point", "exits at the operating point", 1),
                 )
         width_in, height_in = fig.get_size_inches()

@@ -912,6 +912,12 @@ def _print_report(doc: dict[str, Any]) -> None:
         decision += " (provisional: nothing held out)"
     if doc["decision"] == "INCONCLUSIVE":
         decision += " (timing noise alone decides a latency criterion)"
+    if any(a["dominates"] and a["kind"] == "static" for a in doc.get("alternatives") or []):
+        decision += (
+            " (a static model is as accurate and faster)"
+            if doc["decision"]
+            else "; a static model is as accurate and faster"
+        )
     typer.echo(f"decision: {decision}")
     for c in doc["criteria"]:
         pct = c["name"] != "speedup"
@@ -977,6 +983,17 @@ def _print_report(doc: dict[str, Any]) -> None:
             f"  {key}: early exit {_ms(e['early_exit_ms'])} ({e['source']}), full model {_ms(e['full_model_ms'])}: "
             f"{e['speedup']:.2f}x"
         )
+    for a in doc.get("alternatives") or []:
+        ci = a["accuracy_difference_ci"]
+        cost = a["cost"]
+        cost_txt = f"{a['cost_value']:.4g} MACs" if cost == "macs" else f"{_ms(a['cost_value'])} on {cost}"
+        typer.echo(
+            f"  vs {a['name']} ({a['kind']}, {'paired' if a['paired'] else 'unpaired'}): accuracy "
+            f"{100 * a['accuracy']:.2f}%, {100 * a['accuracy_difference']:+.2f} pts"
+            + ("" if ci is None else f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]")
+            + f", {cost_txt}"
+            + (": as accurate and cheaper" if a["dominates"] else "")
+        )
     for note in doc.get("notes", []):
         typer.echo(f"note: {note}")
 
@@ -1035,6 +1052,14 @@ def report(
         float | None, typer.Option(help="Fraction held out of fitting, to judge on (default 0.5).")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the held-out split (default 0).")] = None,
+    compare: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Other runs on the same data to judge against, comma-separated or repeated: static models "
+            "(K=1) or other early-exit runs. Drawn on pages 2-3, judged on page 1; a static model as accurate "
+            "and cheaper makes it NO-GO."
+        ),
+    ] = None,
     overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -1043,12 +1068,17 @@ def report(
     The decision is GO, NO-GO, or INCONCLUSIVE when timing noise alone decides a latency
     criterion. Without a criterion the report states the trade-off instead of deciding.
 
+    With --compare, other runs measured on the same data (a static model, K=1, or another
+    early-exit model) are drawn beside the curves and judged against the operating point:
+    paired on the same samples when they hold them, unpaired (and said so) otherwise.
+
     Example: dyncal report run --thresholds thresholds.json --verify verify.json --max-drop 0.01
     --min-speedup 2 --device cpu --batch-size 1 --out report.pdf
     """
     from dyncal.reports.pdf import build_report
 
     command = command_line(ctx)
+    others = [part.strip() for item in compare or [] for part in item.split(",") if part.strip()]
     with user_errors():
         result = build_report(
             run,
@@ -1068,6 +1098,7 @@ def report(
             seed=seed,
             command=command,
             overwrite=overwrite,
+            compare=others,
         )
     doc = result.to_dict()
     if json_:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OperatingPoint",
+    "ComparedModel",
     "latency_keys",
     "main_method_of",
     "reliability_columns",
@@ -56,6 +57,8 @@ _LABELS = {
     "oracle": "oracle (upper bound: best exit known)",
 }
 _OP_COLOR = "#d62728"
+_COMPARE_COLORS = ("#17becf", "#8c564b", "#e377c2", "#bcbd22", "#9467bd", "#1a1a6e")
+_COMPARE_MARKERS = ("D", "^", "v", "P", "X", "h")
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,29 @@ class OperatingPoint:
     interval: tuple[float, float] | None = None
     expected_ms: Mapping[str, float] = field(default_factory=dict)
     label: str = "operating point"
+
+
+@dataclass(frozen=True)
+class ComparedModel:
+    """Another model drawn beside the curves: a point (a static model) or a curve (early exit).
+
+    Attributes:
+        name: Legend text.
+        static: A static model (drawn as a point with its interval) or an early-exit one (a curve).
+        points: ``"accuracy"`` (y values) and, per frontier column it is drawn against
+            (``"expected_macs"``, ``"ms:<device>/b<batch>"``), the x values; a column it lacks
+            leaves it off that panel.
+        interval: 95% interval of a static model's accuracy.
+
+    Example:
+        >>> ComparedModel("resnet18", True, {"accuracy": (0.7,), "expected_macs": (1.8e9,)}).static
+        True
+    """
+
+    name: str
+    static: bool
+    points: Mapping[str, Sequence[float]]
+    interval: tuple[float, float] | None = None
 
 
 def latency_keys(frontier: pd.DataFrame) -> list[str]:
@@ -139,8 +165,9 @@ def _draw_curves(
     main_method: str | None,
     legend_below: bool = True,
     full_model: float | None = None,
+    compared: Sequence[ComparedModel] = (),
 ) -> None:
-    """Frontier lines, band, static exits and operating point on one axes.
+    """Frontier lines, band, static exits, other models and operating point on one axes.
 
     The legend goes below the axes (``legend_below``), else in matplotlib's best spot;
     ``full_model`` (an x value) draws the full model as a dashed vertical line.
@@ -196,6 +223,7 @@ def _draw_curves(
         )
         exits = static["exit"].tolist() if "exit" in static.columns else [None] * len(static)
         static_labels = [(xi, yi, k) for xi, yi, k in zip(sx, sy, exits, strict=True) if k is not None]
+    _draw_compared(ax, compared, x_col)
     if operating_point is not None and operating_x is not None and math.isfinite(operating_x):
         op = operating_point
         if op.interval is not None:
@@ -265,6 +293,49 @@ def _draw_curves(
         )
 
 
+def _draw_compared(ax: Axes, compared: Sequence[ComparedModel], x_col: str) -> None:
+    """Other models: static ones as points with their interval, early-exit ones as curves."""
+    for i, m in enumerate(compared):
+        if x_col not in m.points:
+            continue
+        color = _COMPARE_COLORS[i % len(_COMPARE_COLORS)]
+        x = np.asarray(m.points[x_col], dtype=float)
+        y = np.asarray(m.points["accuracy"], dtype=float)
+        ok = np.isfinite(x) & np.isfinite(y)
+        if not ok.any():
+            continue
+        if not m.static:
+            ax.plot(
+                x[ok], y[ok], color=color, lw=1.5, ls="-", marker=".", ms=4, label=f"{m.name} (early exit)", zorder=4
+            )
+            continue
+        if m.interval is not None:
+            lo, hi = m.interval
+            ax.errorbar(
+                x[ok][:1],
+                y[ok][:1],
+                yerr=[[y[ok][0] - lo], [hi - y[ok][0]]],
+                fmt="none",
+                ecolor=color,
+                elinewidth=1.2,
+                capsize=3,
+                zorder=4.5,
+            )
+        marker = _COMPARE_MARKERS[i % len(_COMPARE_MARKERS)]
+        ax.plot(
+            x[ok][:1],
+            y[ok][:1],
+            ls="none",
+            marker=marker,
+            ms=8,
+            color=color,
+            markeredgecolor="black",
+            markeredgewidth=0.6,
+            label=f"{m.name} (static)",
+            zorder=4.5,  # under the single exits' squares, which it may sit on (the last exit alone)
+        )
+
+
 def _label_offset(ax: Axes, xy: tuple[float, float], avoid: tuple[float, float] | None) -> tuple[tuple[int, int], str]:
     """Offset (points) and alignment of a static exit's label that keep the operating point's star off it."""
     candidates: list[tuple[tuple[int, int], str]] = [
@@ -331,6 +402,7 @@ def plot_frontier(
     main_method: str | None = None,
     ax: Axes | None = None,
     title: str | None = None,
+    compared: Sequence[ComparedModel] = (),
 ) -> Figure:
     """Accuracy against expected MACs: every method's frontier, exits and operating point.
 
@@ -343,6 +415,7 @@ def plot_frontier(
             :func:`main_method_of`).
         ax: Axes to draw on; default a new figure.
         title: Axes title; default none.
+        compared: Other models to draw beside the curves (``dyncal report --compare``).
 
     Returns:
         The figure drawn on.
@@ -368,6 +441,8 @@ def plot_frontier(
 
     fig, ax = _new_axes(ax)
     macs = frontier["expected_macs"].to_numpy(dtype=float)
+    others = [np.asarray(m.points["expected_macs"], dtype=float) for m in compared if "expected_macs" in m.points]
+    macs = np.concatenate([macs, *others])
     macs = macs[np.isfinite(macs) & (macs > 0)]
     if macs.size and macs.max() / macs.min() > 30:
         ax.set_xscale("log")
@@ -379,6 +454,7 @@ def plot_frontier(
         operating_point=operating_point,
         legend=True,
         main_method=main_method,
+        compared=compared,
     )
     ax.set_xlabel("expected MACs per sample" + (" (log scale)" if ax.get_xscale() == "log" else ""))
     ax.xaxis.set_major_formatter(EngFormatter(sep=" "))
@@ -395,6 +471,7 @@ def plot_latency(
     main_method: str | None = None,
     axes: Sequence[Axes] | None = None,
     full_model_ms: Mapping[str, float] | None = None,
+    compared: Sequence[ComparedModel] = (),
 ) -> Figure:
     """Accuracy against expected latency, one panel per profiled device and batch size.
 
@@ -405,6 +482,7 @@ def plot_latency(
         main_method: Method drawn with its interval band (default :func:`main_method_of`).
         axes: One axes per key to draw on; default a new figure with a grid of panels.
         full_model_ms: Per key, the full model's ms, drawn as a dashed vertical line.
+        compared: Other models, drawn on the panels of the keys they were profiled for.
 
     Returns:
         The figure drawn on.
@@ -450,6 +528,7 @@ def plot_latency(
             legend_below=False,
             main_method=main_method,
             full_model=None if full_model_ms is None else full_model_ms.get(key),
+            compared=compared,
         )
         device, _, batch = key.partition("/b")
         ax.set_title(f"{device}, batch size {batch}")

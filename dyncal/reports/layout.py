@@ -27,6 +27,7 @@ PAGE_TITLES = (
     "Calibration",
     "Thresholds and provenance",
 )
+COMPARE_TITLE = "Against other models"
 _GO_COLOR = "#1a7f37"
 _NOGO_COLOR = "#c62828"
 _AMBER = "#b26a00"
@@ -41,6 +42,11 @@ _RC: dict[str, Any] = {
     "ytick.labelsize": 9,
     "svg.hashsalt": "dyncal",
 }
+
+
+def page_titles(data: ReportData) -> tuple[str, ...]:
+    """The report's page titles: six, and a seventh with the other models (--compare)."""
+    return PAGE_TITLES + ((COMPARE_TITLE,) if data.alternatives else ())
 
 
 def _status_color(status: str | None) -> str:
@@ -63,7 +69,7 @@ class _Page:
         self.fig.text(
             0.94,
             1 - 0.35 / self.height_in,
-            f"page {number} of {len(PAGE_TITLES)}",
+            f"page {number} of {len(page_titles(data))}",
             fontsize=8,
             color=_GREY,
             va="top",

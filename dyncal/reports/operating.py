@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dyncal.errors import DyncalError
+from dyncal.reports.compare import Alternative, compare_alternatives
 from dyncal.reports.decision import (
     Criterion,
     ExitOutcome,
@@ -88,6 +89,8 @@ class ReportData:
         verify_label: Where it came from (a path), for people.
         thresholds_path: The thresholds file reported (``--thresholds``), or None when solved here.
         fit_costs: Expected cost per cost name on the fitting half (where the curves are drawn).
+        methods: Every solver (and the oracle) at the operating point's budget (page 2's table).
+        alternatives: Other runs judged against the operating point (``--compare``).
     """
 
     run: Run
@@ -118,6 +121,7 @@ class ReportData:
     thresholds_path: str | None = None
     fit_costs: dict[str, float] = field(default_factory=dict)
     methods: tuple[_MethodAtBudget, ...] = ()
+    alternatives: tuple[Alternative, ...] = ()
 
     @property
     def k(self) -> int:
@@ -127,6 +131,11 @@ class ReportData:
     def operating_point(self, label: str | None = None) -> OperatingPoint:
         """The operating point as the figures mark it (fitting-half costs, like the curves)."""
         return _figure_point(self, label)
+
+    @property
+    def dominating_static(self) -> tuple[Alternative, ...]:
+        """The static alternatives that are as accurate and cheaper: early exit does not pay against them."""
+        return tuple(a for a in self.alternatives if a.static and a.dominates)
 
     def held_out_summary(self) -> dict[str, Any]:
         """The operating point on the judged rows: what page 1, 2 and 4, the JSON and the terminal show."""
@@ -648,11 +657,12 @@ def prepare_report(
     holdout: float | None = None,
     seed: int | None = None,
     command: str = "",
+    compare: Sequence[str | os.PathLike[str]] = (),
 ) -> ReportData:
     """Compute everything a report shows, without drawing.
 
-    Takes the arguments of :func:`build_report` (less ``out_pdf``); :func:`render_pdf`
-    draws the result.
+    Takes the arguments of :func:`build_report` (less ``out_pdf`` and ``overwrite``);
+    :func:`render_pdf` draws the result.
 
     Returns:
         The report's data: frontier, operating point, criteria, decision, calibration.
@@ -725,6 +735,9 @@ def prepare_report(
         speedup=estimates.get(speedup_cost),
     )
     decision = decide(criteria)
+    alternatives = compare_alternatives(choice, evidence, compare) if compare else ()
+    if decision is not None and any(a.static and a.dominates for a in alternatives):
+        decision = "NO-GO"  # a static model is as accurate and cheaper: early exit does not pay
     full_model = {name: e.full_model for name, e in estimates.items()}
     speedups = {name: estimates[name].value for name in (["macs"] if "macs" in estimates else []) + sorted(evidence)}
 
@@ -779,6 +792,7 @@ def prepare_report(
         thresholds_path=choice.thresholds_path,
         fit_costs=fit_costs,
         methods=methods,
+        alternatives=alternatives,
     )
 
 

@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dyncal.reports.decision import FAIL, INCONCLUSIVE
+from dyncal.reports.compare import Alternative
+from dyncal.reports.decision import FAIL, INCONCLUSIVE, decide
 from dyncal.reports.evidence import batch_size_of
 from dyncal.reports.figures import (
+    ComparedModel,
     latency_keys,
     plot_exits,
     plot_frontier,
@@ -33,7 +35,7 @@ from dyncal.reports.figures import (
     plot_reliability,
     reliability_columns,
 )
-from dyncal.reports.layout import _AMBER, _GREY, _NOGO_COLOR, _Page, _status_color
+from dyncal.reports.layout import _AMBER, _GO_COLOR, _GREY, _NOGO_COLOR, PAGE_TITLES, _Page, _status_color
 from dyncal.reports.operating import (
     ReportData,
     _budget_label,
@@ -85,26 +87,112 @@ def _latency_settings_text(settings: Mapping[str, Any]) -> str:
 
 
 def _decision_message(data: ReportData) -> str:
-    """The sentence under the verdict: why GO, NO-GO or INCONCLUSIVE."""
+    """The sentence under the verdict: why GO, NO-GO or INCONCLUSIVE (and a static model that dominates)."""
+    criteria = _criteria_message(data, decide(data.criteria))
+    dominant = data.dominating_static
+    if not dominant:
+        return criteria
+    what = _dominance_text(data, dominant[0])
     if data.decision is None:
+        return f"{criteria} A static model is as accurate and faster ({what}): early exit does not pay off against it."
+    alone = "Every criterion is met on its own." if decide(data.criteria) == "GO" else criteria
+    return f"A static model is as accurate and faster: NO-GO for early exit ({what}). {alone}"
+
+
+def _dominance_text(data: ReportData, a: Alternative) -> str:
+    """A dominating alternative in a few words: its accuracy and cost against the operating point's."""
+    iv = "" if a.difference_ci is None else f", 95% interval {_pts_interval(a.difference_ci)}"
+    return (
+        f"{a.name}: {_pct(a.accuracy)} against {_pct(data.accuracy)} ({100 * a.difference:+.2f} pts{iv}); "
+        f"{_cost_text(a.cost, a.cost_value)} against {_cost_text(a.cost, a.operating_cost)}"
+    )
+
+
+def _criteria_message(data: ReportData, decision: str | None) -> str:
+    """Why the criteria alone give GO, NO-GO or INCONCLUSIVE."""
+    if decision is None:
         return "No criterion was given, so this report does not decide; it states the trade-off."
     failed = [c for c in data.criteria if c.status == FAIL]
     unsure = [c for c in data.criteria if c.status == INCONCLUSIVE]
     if not data.outcome.held_out and not unsure:
-        met = "Every criterion is met" if data.decision == "GO" else "Not every criterion is met"
+        met = "Every criterion is met" if decision == "GO" else "Not every criterion is met"
         return (
             f"{met} by its point estimate, fitted on the same samples it is judged on "
             "(optimistic; no intervals). Hold samples out (--holdout 0.5) for a decision."
         )
-    if data.decision == "GO":
+    if decision == "GO":
         return "Every criterion is met, each with its whole 95% interval on the right side."
-    if data.decision == "INCONCLUSIVE":
+    if decision == "INCONCLUSIVE":
         return (
             "Timing noise alone decides: "
             + "; ".join(_inconclusive_text(c) for c in unsure)
             + f". The latency measurement is too noisy to call: {REMEDY}."
         )
     return "Not met with 95% confidence: " + "; ".join(_failure_text(c) for c in failed) + "."
+
+
+def _cost_text(cost: str, v: float | None) -> str:
+    """A cost in its unit: MACs per sample, or ms (per batch above batch size 1)."""
+    if cost == "macs":
+        return _macs(v)
+    b = batch_size_of(cost)
+    return f"{_ms(v)} on {cost}" + ("" if b == 1 else " per batch")
+
+
+def _pts_interval(iv: tuple[float, float]) -> str:
+    return f"{100 * iv[0]:+.2f} to {100 * iv[1]:+.2f} pts"
+
+
+def _alternative_result(a: Alternative) -> tuple[str, str]:
+    """The verdict on one alternative, and its colour: red when it dominates, green when early exit does."""
+    if a.dominates:
+        return "as accurate, cheaper", _NOGO_COLOR
+    if not a.at_operating_cost:
+        return "cannot run this cheaply", _GO_COLOR
+    low = a.difference if a.difference_ci is None else a.difference_ci[0]
+    if low > 1e-12:
+        word = "more accurate"
+    elif a.as_accurate:
+        word = "as accurate"
+    elif a.less_accurate:
+        word = "less accurate"
+    else:
+        word = "within noise"
+    cost = "cheaper" if a.cheaper else "costlier"
+    better = not a.cheaper and word != "more accurate"
+    return f"{cost}, {word}", _GO_COLOR if better else "black"
+
+
+def _alternatives_summary(data: ReportData) -> str:
+    """Page 1's two sentences: the best alternative at the operating point's cost, the cheapest at its accuracy."""
+    alts = data.alternatives
+    cost, op_value = alts[0].cost, alts[0].operating_cost  # one cost for all (see dyncal.reports.compare)
+    op_cost = _cost_text(cost, op_value)
+    at_cost = [a for a in alts if a.at_operating_cost and (not a.static or a.cost_value <= a.operating_cost)]
+    out = []
+    if at_cost:
+        best = max(at_cost, key=lambda a: a.accuracy)
+        iv = "" if best.difference_ci is None else f", 95% interval {_pts_interval(best.difference_ci)}"
+        how = "paired" if best.paired else "unpaired"
+        solved = "" if best.static else " (its thresholds solved at that cost)"
+        out.append(
+            f"At the operating point's cost ({op_cost}), the most accurate alternative is {best.name}{solved}: "
+            f"{_pct(best.accuracy)} against {_pct(data.accuracy)}, {100 * best.difference:+.2f} pts ({how}{iv})."
+        )
+    else:
+        out.append(f"No alternative runs at the operating point's cost ({op_cost}).")
+    reach = [a for a in alts if a.cost_to_reach is not None]
+    if reach:
+        cheapest = min(reach, key=lambda a: float(a.cost_to_reach or 0.0))
+        reached = float(cheapest.cost_to_reach or 0.0)
+        ratio = reached / op_value if op_value else float("nan")
+        out.append(
+            f"At the operating point's accuracy ({_pct(data.accuracy)}), the cheapest alternative is "
+            f"{cheapest.name}: {_cost_text(cost, reached)}, {ratio:.2f}× the operating point's cost."
+        )
+    else:
+        out.append(f"No alternative reaches the operating point's accuracy ({_pct(data.accuracy)}).")
+    return " ".join(out)
 
 
 def _latency_sentence(data: ReportData, key: str) -> str:
@@ -173,6 +261,9 @@ def _page_decision(data: ReportData) -> Figure:
         )
     p.skip(0.1)
     p.para(" ".join(parts), size=10, width=96)
+    if data.alternatives:
+        p.skip(0.05)
+        p.para(f"Against other models (page {len(PAGE_TITLES) + 1}): " + _alternatives_summary(data), size=10, width=96)
     # --- criteria table
     p.skip(0.1)
     p.heading("Criteria")
@@ -310,7 +401,8 @@ def _page_decision(data: ReportData) -> Figure:
         + "Speed-up = cost of the full model on every sample / expected early-exit cost "
         "(latency includes one exit decision per exit passed). Pages 2–3 show the whole "
         "trade-off curve; "
-        "page 4 where samples leave; page 5 calibration; page 6 thresholds and provenance.",
+        "page 4 where samples leave; page 5 calibration; page 6 thresholds and provenance"
+        + ("; page 7 the other models." if data.alternatives else "."),
         size=8,
         color=_GREY,
         width=118,
@@ -353,12 +445,21 @@ def _page_frontier(data: ReportData) -> Figure:
         "the geometric curve is the MSDNet-style baseline; the oracle is an upper bound that "
         "knows the "
         "cheapest exit that gets each sample right. The star is the operating point, with its "
-        "interval.",
+        "interval."
+        + (
+            " In colour, the other models (page 7): static ones as points with their 95% interval, early-exit "
+            "ones as their curve."
+            if data.alternatives
+            else ""
+        ),
         size=9.5,
     )
     ax = p.axes(4.7, gap_in=0.25)
-    plot_frontier(data.frontier, operating_point=data.operating_point(), ax=ax, main_method=main)
-    p.skip(0.9)  # the legend sits below the axes
+    compared = _compared_models(data)
+    plot_frontier(data.frontier, operating_point=data.operating_point(), ax=ax, main_method=main, compared=compared)
+    legend = ax.get_legend()
+    legend_rows = math.ceil(len(legend.get_texts()) / 2) if legend is not None else 0
+    p.skip(0.9 + 0.19 * max(0, legend_rows - 4))  # the legend sits below the axes
     p.skip(0.6)
     p.heading("At the operating point's budget", size=11)
     rows, note = _method_rows(data, main)
@@ -371,6 +472,11 @@ def _page_frontier(data: ReportData) -> Figure:
         )
     p.para(note, size=9.5)
     return p.fig
+
+
+def _compared_models(data: ReportData) -> list[ComparedModel]:
+    """The alternatives (--compare) as the figures draw them."""
+    return [ComparedModel(a.name, a.static, a.curve, a.ci if a.static else None) for a in data.alternatives]
 
 
 def _method_rows(data: ReportData, main: str) -> tuple[list[list[str]], str]:
@@ -444,7 +550,13 @@ def _page_latency(data: ReportData) -> Figure:
         "Expected latency counts the stages a sample runs through plus one exit decision at each "
         "exit it passes (on the fitting half, like the curves of page 2); squares are single exits run "
         "on every sample (their stages summed); the dashed line is the full model, the figure every "
-        "speed-up divides.",
+        "speed-up divides."
+        + (
+            " In colour, the other models (page 7) profiled on the same device, batch size and hardware: static "
+            "ones at their whole forward's latency, early-exit ones as their curve."
+            if data.alternatives
+            else ""
+        ),
         size=9.5,
     )
     cols = 1 if len(keys) <= 2 else 2
@@ -453,6 +565,7 @@ def _page_latency(data: ReportData) -> Figure:
     axes = p.grid(len(keys), cols, panel_h, gap_in=0.35, hgap=0.1)
     plot_latency(
         data.frontier,
+        compared=_compared_models(data),
         operating_point=data.operating_point(),
         keys=keys,
         axes=axes,
@@ -763,3 +876,128 @@ def _page_provenance(data: ReportData) -> Figure:
     if data.command:
         p.para(data.command, size=8.5, family="DejaVu Sans Mono", width=100)
     return p.fig
+
+
+def _short_name(name: str, most: int = 16) -> str:
+    return name if len(name) <= most else name[: most - 1] + "…"
+
+
+def _page_compare(data: ReportData) -> Figure:
+    """Page 7 (with --compare): every other model against the operating point."""
+    p = _Page(data, len(PAGE_TITLES) + 1, "Against other models")
+    alts = data.alternatives
+    op_costs = {a.cost: a.operating_cost for a in alts}
+    op_cost = "; ".join(_cost_text(c, v) for c, v in op_costs.items())
+    iv = "" if data.accuracy_interval is None else f" (95% interval {_interval_text(data.accuracy_interval, _pct)})"
+    p.para(
+        f"Other runs on the same data (--compare), each judged against the operating point (budget "
+        f"{_short_budget(data)}: {_pct(data.accuracy)}{iv} on {data.outcome.n:,} "
+        f"{'held-out ' if data.outcome.held_out else ''}samples, {op_cost}). A static model is one point on "
+        "pages 2–3; an early-exit model is judged with its thresholds solved at the operating point's cost and "
+        "drawn as its curve.",
+        size=9.5,
+    )
+    dominant = data.dominating_static
+    if dominant:
+        verdict = "NO-GO for early exit" if data.decision is not None else "early exit does not pay off against it"
+        p.skip(0.05)
+        p.para(f"A static model is as accurate and faster: {verdict}.", size=11, color=_NOGO_COLOR, weight="bold")
+        p.para(_dominance_text(data, dominant[0]) + ".", size=9.5)
+    p.skip(0.05)
+    p.heading("At the operating point", size=11)
+    rows, colors = [], []
+    for a in alts:
+        kind = "static" if a.static else "early exit"
+        acc = _pct(a.accuracy) + ("" if a.ci is None else f" ({100 * a.ci[0]:.1f}–{100 * a.ci[1]:.1f})")
+        diff = f"{100 * a.difference:+.2f}" + (
+            "" if a.difference_ci is None else f" ({100 * a.difference_ci[0]:+.2f} to {100 * a.difference_ci[1]:+.2f})"
+        )
+        ratio = a.cost_value / a.operating_cost if a.operating_cost else float("nan")
+        cost = _macs(a.cost_value) if a.cost == "macs" else _ms(a.cost_value)
+        word, color = _alternative_result(a)
+        rows.append(
+            [f"{_short_name(a.name)} ({kind}){'' if a.paired else '*'}", acc, diff, f"{cost} ({ratio:.2g}×)", word]
+        )
+        colors.append(color)
+    p.table(
+        ["model", "accuracy (95% int.)", "vs op. point, pts", "cost (× op.)", "result"],
+        rows,
+        col_widths=[0.19, 0.17, 0.175, 0.17, 0.2],
+        size=8,
+        row_colors=colors,
+        left=0.04,
+    )
+    costs = sorted({a.cost for a in alts})
+    p.para(
+        ("* unpaired (on other samples, see below). " if any(not a.paired for a in alts) else "")
+        + "Cost: "
+        + "; ".join("MACs per sample" if c == "macs" else f"ms on {c}" for c in costs)
+        + ". vs op. point: accuracy minus the operating point's, in percentage points, with its 95% interval. "
+        "Result: cheaper or costlier, "
+        "and more accurate (whole interval above zero), as accurate (at or above zero), less accurate (below "
+        "zero) or within noise (the interval straddles zero).",
+        size=8,
+        color=_GREY,
+        width=125,
+    )
+    p.skip(0.1)
+    p.para(_alternatives_summary(data), size=9.5)
+    keys = sorted({k for a in alts for k in a.latency_ms if k in data.latency})[:4]
+    has_macs = "macs" in data.full_model
+    if keys or has_macs:
+        p.skip(0.1)
+        p.heading("Costs", size=11)
+        header = ["model"] + (["MACs per sample"] if has_macs else []) + [f"ms {k}" for k in keys]
+        op_macs = [_macs(_held_cost(data, "macs"))] if has_macs else []
+        cost_rows = [["operating point (early exit)", *op_macs, *(_ms(data.latency[k].early_exit_ms) for k in keys)]]
+        for a in alts:
+            macs = [_macs(a.macs)] if has_macs else []
+            cost_rows.append([_short_name(a.name), *macs, *(_ms(a.latency_ms.get(k)) for k in keys)])
+        p.table(header, cost_rows, col_widths=[0.3] + [0.15] * (len(header) - 1), size=8.5)
+        p.para(
+            "MACs as fvcore counts them (expected per sample for an early exit); milliseconds per batch (per sample "
+            "at batch size 1): a static model's whole forward as profiled, an early exit's predicted from its "
+            "profiled stages on the judged samples. " + " ".join(_latency_left_out(data)),
+            size=8,
+            color=_GREY,
+            width=125,
+        )
+    p.skip(0.1)
+    p.heading("How they were compared", size=11)
+    notes = []
+    paired = [a.name for a in alts if a.paired]
+    if paired:
+        notes.append(
+            f"Paired ({', '.join(paired)}): on the same {data.outcome.n:,} samples as the operating point (same "
+            "dataset indices and labels); the interval is a bootstrap of the per-sample difference in correctness."
+        )
+    for a in alts:
+        if not a.paired:
+            notes.append(f"Unpaired ({a.name}): {a.note}; the interval bootstraps both accuracies independently.")
+    if any(not a.static for a in alts):
+        notes.append(
+            "An early-exit model is scored like the operating point and its thresholds solved at the operating "
+            "point's cost, fitted on samples it is not judged on; where even its first exit costs more, it is "
+            "judged with every sample at exit 1."
+        )
+    if not data.outcome.held_out:
+        notes.append("Nothing was held out, so there are no intervals and point estimates decide.")
+    notes.append(
+        "A model dominates when it is cheaper and as accurate; a static model that dominates makes the report "
+        "NO-GO for early exit (when criteria were given)."
+    )
+    for a in alts:
+        p.para(f"{a.name} (K={a.k}): {a.path}", size=8, color=_GREY, width=125)
+    p.skip(0.05)
+    p.para(" ".join(notes), size=8.5, width=118)
+    return p.fig
+
+
+def _latency_left_out(data: ReportData) -> list[str]:
+    """Why an alternative's latency is not drawn on page 3 for a key the report has."""
+    out = []
+    for a in data.alternatives:
+        for k in sorted(data.latency):
+            if k in a.latency_ms and f"ms:{k}" not in a.curve:
+                out.append(f"{a.name} was profiled on {k} on other hardware, so it is not drawn on page 3.")
+    return out

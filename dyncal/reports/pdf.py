@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,12 +38,19 @@ from dyncal.reports.decision import Criterion as Criterion
 from dyncal.reports.evidence import full_model_ms
 from dyncal.reports.figures import plot_exits, plot_frontier, plot_latency, plot_reliability
 from dyncal.reports.layout import PAGE_TITLES as PAGE_TITLES
-from dyncal.reports.layout import _style, _version
+from dyncal.reports.layout import _style, _version, page_titles
 from dyncal.reports.operating import ReportData as ReportData
 from dyncal.reports.operating import _choose_operating_point, _op_label
 from dyncal.reports.operating import prepare_report as prepare_report
 from dyncal.reports.operating import report_date as report_date
-from dyncal.reports.pages import _page_calibration, _page_decision, _page_exits, _page_latency, _page_provenance
+from dyncal.reports.pages import (
+    _page_calibration,
+    _page_compare,
+    _page_decision,
+    _page_exits,
+    _page_latency,
+    _page_provenance,
+)
 from dyncal.reports.pages import _page_frontier as _page_frontier  # re-exported (tests draw page 2 alone)
 from dyncal.reports.text import REMEDY as REMEDY
 from dyncal.reports.text import _failure_text as _failure_text
@@ -97,6 +105,8 @@ class ReportResult:
             (:meth:`dyncal.reports.evidence.LatencyEvidence.to_dict`).
         notes: One-line notes (e.g. a verify result that was ignored, and why).
         verify: The verify result used (path, samples, keys), or None.
+        alternatives: The other runs judged against the operating point
+            (:meth:`dyncal.reports.compare.Alternative.to_dict`), or None without ``compare``.
 
     Example:
         >>> r = ReportResult(Path("r.pdf"), None, (), PAGE_TITLES, "0.5x", "asked", {}, {}, 1)
@@ -118,10 +128,11 @@ class ReportResult:
     latency: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     verify: dict[str, Any] | None = None
+    alternatives: tuple[dict[str, Any], ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``dyncal report --json`` document."""
-        return {
+        """The ``dyncal report --json`` document (``alternatives`` only with ``compare``)."""
+        doc = {
             "path": str(self.path),
             "decision": self.decision,
             "decision_provisional": self.decision_provisional,
@@ -138,13 +149,16 @@ class ReportResult:
             "notes": list(self.notes),
             "size_bytes": self.size_bytes,
         }
+        if self.alternatives is not None:
+            doc["alternatives"] = [dict(a) for a in self.alternatives]
+        return doc
 
 
 # --------------------------------------------------------------------------- assembly
 
 
 def render_pdf(data: ReportData) -> bytes:
-    """Draw the six pages and return the PDF's bytes (deterministic for the same data).
+    """Draw the pages (six, seven with alternatives) and return the PDF's bytes (deterministic for the same data).
 
     Args:
         data: What :func:`prepare_report` computed.
@@ -166,7 +180,7 @@ def render_pdf(data: ReportData) -> bytes:
         _page_exits,
         _page_calibration,
         _page_provenance,
-    )
+    ) + ((_page_compare,) if data.alternatives else ())
     metadata = {
         "Title": data.title,
         "Subject": "early-exit go/no-go report",
@@ -210,6 +224,7 @@ def build_report(
     seed: int | None = None,
     command: str = "",
     overwrite: bool = True,
+    compare: Sequence[str | os.PathLike[str]] = (),
 ) -> ReportResult:
     """Solve a run's thresholds, judge the criteria and write the six-page PDF report.
 
@@ -241,6 +256,10 @@ def build_report(
         command: The command line, printed on the provenance page.
         overwrite: Replace an existing ``out_pdf`` (default True here; ``dyncal report``
             refuses one unless ``--overwrite`` is given, as collect does).
+        compare: Other runs measured on the same data (static models, K = 1, or other
+            early-exit models) to judge the operating point against
+            (:mod:`dyncal.reports.compare`): drawn on pages 2 and 3, judged on page 1. A
+            static model that is as accurate and cheaper makes the decision NO-GO.
 
     Returns:
         What was written and decided; ``to_dict()`` is the ``--json`` document.
@@ -261,7 +280,7 @@ def build_report(
     out = Path(out_pdf)
     if out.suffix.lower() != ".pdf":
         raise DyncalError(f"--out must name a .pdf file, got '{out}'")
-    check_output_file(out, overwrite=overwrite, kind="report", protect=(run_path,))
+    check_output_file(out, overwrite=overwrite, kind="report", protect=(run_path, *compare))
     _check_report_exits(load_run(run_path))  # before the solving (the run's scan is remembered)
     data = prepare_report(
         run_path,
@@ -279,6 +298,7 @@ def build_report(
         holdout=holdout,
         seed=seed,
         command=command,
+        compare=compare,
     )
     pdf = render_pdf(data)
     write_output(out, pdf)
@@ -286,7 +306,7 @@ def build_report(
         path=out,
         decision=data.decision,
         criteria=data.criteria,
-        pages=PAGE_TITLES,
+        pages=page_titles(data),
         budget=data.budget,
         budget_reason=data.budget_reason,
         thresholds=data.thresholds,
@@ -305,6 +325,7 @@ def build_report(
             "keys": [t.key for t in data.verify.timings],
             "agreement": data.verify.agreement,
         },
+        alternatives=tuple(a.to_dict() for a in data.alternatives) if compare else None,
     )
 
 

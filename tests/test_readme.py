@@ -21,8 +21,11 @@ from dyncal.demo import WEIGHTS
 from dyncal.demo_pipeline import DEMO_DATA, DEMO_MODEL
 
 README = Path(__file__).parents[1] / "README.md"
+TESTS = Path(__file__).parent
 SUBSTITUTIONS = {
     "mypkg.nets:msdnet --weights ckpt.pth --model-path src": f"{DEMO_MODEL} --weights {WEIGHTS}",
+    # the static alternative: the demo's last exit alone (tests/static_models.py)
+    "mypkg.nets:resnet18 --weights r18.pth --model-path src": f"static_models:demo_last_exit --model-path {TESTS}",
     "imagefolder:/data/imagenet/val": DEMO_DATA,
 }
 
@@ -60,6 +63,14 @@ def test_readme_pipeline_runs_on_the_demo_model(tmp_path: Path, monkeypatch: pyt
     for argv in pipeline_commands(README.read_text(encoding="utf-8")):
         res = runner.invoke(app, argv)
         assert res.exit_code == 0, (argv, res.output, res.exception)
-    for name in ("run/run.json", "thresholds.json", "safe.json", "frontier.csv", "verify.json", "report.pdf"):
+    for name in (
+        "run/run.json",
+        "thresholds.json",
+        "safe.json",
+        "frontier.csv",
+        "verify.json",
+        "report.pdf",
+        "compare.pdf",
+    ):
         assert (tmp_path / name).is_file(), name
     assert (tmp_path / "frontier.png").read_bytes()[:4] == b"\x89PNG"

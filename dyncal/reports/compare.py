@@ -446,6 +446,11 @@ def compare_alternatives(
         DyncalError: Too many alternatives, a missing or unreadable run, a run of other
             data (another number of classes, or other labels for the same samples), or
             one with no cost comparable with the report's.
+
+    Example:
+        >>> data = prepare_report("run", compare=["static_run"])  # doctest: +SKIP
+        >>> [(a.name, a.paired, a.dominates) for a in data.alternatives]  # doctest: +SKIP
+        [('static_run', True, False)]
     """
     from dyncal.run import load_run
 

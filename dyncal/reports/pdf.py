@@ -6,6 +6,7 @@ vs latency, exits, calibration, thresholds and provenance). Its parts, one job e
 * :mod:`dyncal.reports.operating` — the operating point and everything the pages show,
   computed once (:func:`prepare_report`, :class:`ReportData`; numpy only);
 * :mod:`dyncal.reports.decision` — the criteria and the verdict;
+* :mod:`dyncal.reports.compare` — other runs judged against the operating point (``compare``);
 * :mod:`dyncal.reports.evidence` — the cost model: per-exit costs, latency units, the
   full-model figure, measured or predicted speed-ups;
 * :mod:`dyncal.reports.text` — numbers and verdicts in words;

@@ -732,79 +732,148 @@ def frontier(
 def verify(
     run: RunArg,
     thresholds: Annotated[Path, typer.Option(help="thresholds.json from 'dyncal solve'.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Write the result here (verify.json), for 'dyncal report --verify'.")
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
     batch_size: Annotated[str, typer.Option(help="Batch sizes to time, comma-separated (e.g. 1,32).")] = "1",
     limit: Annotated[int | None, typer.Option(min=1, help="Replay only the first N rows of the run.")] = None,
-    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads pinned while timing.")] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(min=1, help="CPU threads pinned while timing (default: those the run's profile timed with)."),
+    ] = None,
+    max_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0.001,
+            help="Time bound of the timing, all batch sizes together; agreement still covers every sample.",
+        ),
+    ] = 10.0,
+    repeats: Annotated[int, typer.Option(min=1, help="Pairs (early exit, plain model) timed per batch.")] = 5,
     model: Annotated[str | None, typer.Option(help="Model spec overriding the run's.")] = None,
     weights: Annotated[Path | None, typer.Option(help="Checkpoint overriding the run's.")] = None,
     model_path: Annotated[Path | None, typer.Option(help="Folder to import the model's module from.")] = None,
     data: Annotated[str | None, typer.Option(help="Data spec overriding the run's.")] = None,
-    repeats: Annotated[int, typer.Option(min=1, help="Timings per batch (the median is kept).")] = 3,
     stages: Annotated[
         str | None,
         typer.Option(help="Declare stages by hand: 'pkg.module:fn', fn(model) -> list of stage modules."),
     ] = None,
+    overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Run a real early exit with the thresholds and compare it with what solve predicted.
+    """Run a real early exit with the thresholds, timed in pairs with the plain model.
 
     The model's stages run one at a time; samples whose score clears the threshold leave and
-    later stages see only the rest. Reports agreement with the simulated exits and
-    predictions, and measured vs predicted milliseconds per batch.
+    later stages see only the rest. Each batch is timed as pairs: the early exit and the
+    plain model back to back, so load on the machine hits both alike and the speed-up is a
+    measured ratio with an interval (timing and sampling noise). Reports agreement with
+    the simulated exits and predictions, and measured vs predicted milliseconds per batch.
 
-    Example: dyncal verify run --thresholds thresholds.json --batch-size 1,32
+    Example: dyncal verify run --thresholds thresholds.json --batch-size 1,32 --out verify.json
     """
+    from dyncal.artifacts.outputs import check_output_file, output_errors
     from dyncal.artifacts.thresholds import read_thresholds
     from dyncal.runtime import verify_run
 
     with user_errors():
         sizes = _parse_int_list(batch_size, "--batch-size", MAX_BATCH_SIZE) or [1]
-        result = verify_run(
-            run,
-            read_thresholds(thresholds),
-            device=device,
-            batch_sizes=sizes,
-            limit=limit,
-            threads=threads,
-            model=model,
-            weights=None if weights is None else str(weights),
-            model_path=None if model_path is None else str(model_path),
-            data=data,
-            repeats=repeats,
-            stages_spec=stages,
-        )
+        if out is not None:
+            check_output_file(out, overwrite=overwrite, kind="verify", protect=(run, thresholds))
+        with _verify_progress(quiet=json_) as progress:
+            result = verify_run(
+                run,
+                read_thresholds(thresholds),
+                device=device,
+                batch_sizes=sizes,
+                limit=limit,
+                threads=threads,
+                model=model,
+                weights=None if weights is None else str(weights),
+                model_path=None if model_path is None else str(model_path),
+                data=data,
+                repeats=repeats,
+                max_seconds=max_seconds,
+                stages_spec=stages,
+                progress=progress,
+            )
+        if out is not None:
+            with output_errors(out):
+                result.save(out)
     doc = result.to_dict()
     if json_:
         echo_json(doc)
         return
     _print_verify(doc)
+    if out is not None:
+        typer.echo(f"wrote {out}", err=True)
+
+
+@contextlib.contextmanager
+def _verify_progress(quiet: bool) -> Iterator[Any]:
+    """A callback ``progress(key, done, total)`` drawing one rich bar per batch size on stderr."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("verify {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(key: str, done: int, total: int) -> None:
+            if key not in tasks:
+                tasks[key] = bar.add_task(key, total=total)
+            bar.update(tasks[key], completed=done, total=total)
+
+        yield update
 
 
 def _print_verify(doc: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from dyncal.analysis.latency import NOISE_ADVICE, NOISE_IQR_FRACTION
+
+    settings = doc["settings"]
     typer.echo(
-        f"{doc['n']} samples on {doc['device']} ({doc['hardware']}, {doc['threads']} threads): "
-        f"agreement with the simulation {100 * doc['agreement']:.2f}% "
+        f"{doc['n']} samples on {doc['device']} ({doc['hardware']}), threads: {doc['threads']} "
+        f"(from {settings.get('threads_from', '?')}): agreement with the simulation {100 * doc['agreement']:.2f}% "
         f"(exits {100 * doc['exit_agreement']:.2f}%); accuracy runtime {100 * doc['runtime_accuracy']:.2f}% "
         f"vs simulated {100 * doc['simulated_accuracy']:.2f}%"
     )
-    table = Table(title="latency per batch (ms)")
-    for col in ("device/batch", "measured", "predicted", "measured/predicted", "full model", "speed-up"):
+    table = Table(title="latency per batch (ms): early exit and plain model timed in pairs")
+    for col in ("device/batch", "batches timed", "measured", "predicted", "measured/predicted", "full model"):
         table.add_column(col, justify="right")
+    table.add_column("speed-up [95% interval]", justify="right")
+    coverage = settings.get("coverage", {})
     for t in doc["timings"]:
         pred = t["predicted_ms"]
+        ratio = t["measured_over_predicted"]
+        cov = coverage.get(t["key"], {})
+        lo, hi = t["speedup_ci"]
         table.add_row(
             t["key"],
+            f"{t['batches']} of {cov.get('batches', t['batches'])}",
             f"{t['measured_ms']:.3f}",
             "-" if pred is None else f"{pred:.3f}",
-            "-" if t["measured_over_predicted"] is None else f"{t['measured_over_predicted']:.2f}",
+            "-" if ratio is None else f"{ratio:.2f}",
             f"{t['full_model_ms']:.3f}",
-            "-" if t["speedup_vs_full_model"] is None else f"{t['speedup_vs_full_model']:.2f}x",
+            f"{t['speedup']:.2f}x [{lo:.2f}, {hi:.2f}]",
         )
     Console().print(table)
+    stopped = [k for k, c in coverage.items() if c.get("stopped_early")]
+    if stopped:
+        typer.echo(
+            f"time bound {settings['max_seconds']:g} s: timed part of the batches at {', '.join(stopped)} "
+            f"(agreement covers all {doc['n']} samples); raise --max-seconds to time more"
+        )
+    for t in doc["timings"]:
+        if t["timing_spread"] > NOISE_IQR_FRACTION:
+            typer.echo(
+                f"warning: noisy timing at {t['key']}: the paired speed-up's spread (IQR) is "
+                f"{100 * t['timing_spread']:.0f}% of its median (> {100 * NOISE_IQR_FRACTION:.0f}%); {NOISE_ADVICE}"
+            )
 
 
 # ----------------------------------------------------------------- export

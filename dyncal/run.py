@@ -417,6 +417,13 @@ class UnsupportedOp:
         )
 
 
+def _replicates(value: Any, field: str) -> tuple[tuple[float, ...], ...]:
+    """Lists of raw replicate milliseconds (one non-empty list per entry)."""
+    return tuple(
+        V.number_list(r, f"{field}[{i}]", min_length=1, minimum=0) for i, r in enumerate(V.sequence(value, field))
+    )
+
+
 @dataclass(frozen=True)
 class LatencyProfile:
     """Measured wall-clock of each stage on one device at one batch size.
@@ -432,6 +439,15 @@ class LatencyProfile:
         threads: CPU threads used (``torch.get_num_threads``), None if not applicable.
         hardware: CPU model or GPU name.
         settings: Other measurement settings (warm-up, repeats, torch version, ...).
+        exit_path_ms: Raw replicate times of the real early exit with every row leaving at
+            exit k, ``K`` sequences (empty in runs profiled before dyncal measured them).
+        compaction_ms: Raw replicate times of the early exit's batch compaction at exit k
+            (rows leaving recorded, carried tensors cut to the rows staying, output
+            assembled), ``K - 1`` sequences at ``settings["compaction_rows"]`` rows; empty
+            when not measured or the stages cannot drop rows.
+        exit_path_rows_ms: Exit paths at fewer rows than ``batch_size`` (the rows a batch
+            still holds after samples left), ``{rows: K sequences}``; a stage's time is not
+            linear in its rows, so predictions interpolate between these.
     """
 
     device: str
@@ -442,6 +458,9 @@ class LatencyProfile:
     threads: int | None
     hardware: str
     settings: dict[str, Any] = field(default_factory=dict)
+    exit_path_ms: tuple[tuple[float, ...], ...] = ()
+    compaction_ms: tuple[tuple[float, ...], ...] = ()
+    exit_path_rows_ms: dict[int, tuple[tuple[float, ...], ...]] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -475,14 +494,22 @@ class LatencyProfile:
 
     @property
     def early_exit_ms(self) -> list[float]:
-        """Time for a sample that leaves at exit k in a real early exit, ``K`` floats.
+        """Time of a batch whose rows all leave at exit k in a real early exit, ``K`` floats.
 
-        Stages 1..k plus one exit decision at each exit passed through 1..k (the last exit
-        takes everything without a decision).
+        Measured on the runner itself (:attr:`exit_path_ms`; running maximum of the medians,
+        as leaving later never saves time). Older profiles without it: stages 1..k plus one
+        exit decision at each exit passed through 1..k (the last exit makes none).
         """
+        if len(self.exit_path_ms) == len(self.stage_ms) and all(self.exit_path_ms):
+            return [float(v) for v in np.maximum.accumulate([np.median(r) for r in self.exit_path_ms])]
         k = len(self.stage_ms)
         dec = self.decision_median_ms
         return [ms + dec * min(i + 1, k - 1) for i, ms in enumerate(self.exit_ms)]
+
+    @property
+    def compaction_median_ms(self) -> list[float]:
+        """Median time of one batch compaction at each exit before the last (empty if not measured)."""
+        return [float(np.median(r)) for r in self.compaction_ms if r]
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (raw replicates plus derived medians for readers)."""
@@ -496,6 +523,9 @@ class LatencyProfile:
             "hardware": self.hardware,
             "settings": dict(self.settings),
             "exit_median_ms": self.exit_ms,
+            "exit_path_ms": [list(r) for r in self.exit_path_ms],
+            "compaction_ms": [list(r) for r in self.compaction_ms],
+            "exit_path_rows_ms": {str(n): [list(r) for r in p] for n, p in sorted(self.exit_path_rows_ms.items())},
         }
 
     @classmethod
@@ -520,6 +550,14 @@ class LatencyProfile:
             threads=None if threads is None else V.integer(threads, f"{field}.threads", minimum=1),
             hardware=V.string(d.get("hardware", ""), f"{field}.hardware"),
             settings=dict(V.mapping(d.get("settings", {}), f"{field}.settings")),
+            exit_path_ms=_replicates(d.get("exit_path_ms", []), f"{field}.exit_path_ms"),
+            compaction_ms=_replicates(d.get("compaction_ms", []), f"{field}.compaction_ms"),
+            exit_path_rows_ms={
+                V.integer(int(n) if str(n).isdigit() else n, f"{field}.exit_path_rows_ms", minimum=1): _replicates(
+                    p, f"{field}.exit_path_rows_ms.{n}"
+                )
+                for n, p in V.mapping(d.get("exit_path_rows_ms", {}), f"{field}.exit_path_rows_ms").items()
+            },
         )
 
 

@@ -6,49 +6,73 @@ lets the samples with ``score >= t_k`` leave, and hands only the staying rows to
 ``k+1``. When nobody is left, later stages never run. That is the computation a deployed
 model does, so its wall-clock is what a user would get.
 
-:func:`verify_run` replays the run's own samples through it and compares:
+:func:`verify_run` replays the run's own samples through it, streamed from the data set
+one batch at a time, and finds:
 
 * **agreement** — the share of samples whose runtime exit and prediction equal what the
-  exit rule gives on the stored logits (the simulation every other stage relies on);
-* **latency** — measured mean milliseconds per batch against the prediction from the
-  run's cost table for the same samples (:func:`predict_batch_ms`: each stage on the rows
-  that reach it, interpolated between profiled batch sizes), and against the plain model
-  on the same batches. At batch size 1 the prediction is the per-sample expectation
-  ``solve`` reports (shown beside it as ``solve_expected_ms``); at larger batch sizes a
-  batch keeps running while any of its samples stays, which the per-sample expectation
-  misses and verify shows.
+  exit rule gives on the stored logits (the simulation every other stage relies on), over
+  every sample replayed;
+* **latency** — the early exit and the plain model timed as *pairs*, back to back on the
+  same batch, alternating which goes first (:meth:`dyncal.analysis.latency.Timer.paired`,
+  the clock ``dyncal profile`` uses), so load on the machine hits both alike and the
+  speed-up is measured as a ratio; beside it, the prediction from the run's cost table
+  for the same batches (:func:`dyncal.analysis.costmodel.predict_batches_ms`). Rows are
+  replayed in a seeded shuffled order (data sets are often sorted by class, which would
+  make consecutive batches unlike deployment) and timing stops adding batches once
+  ``max_seconds`` have passed (at least :data:`MIN_TIMED_BATCHES` per batch size).
+
+The result is a :class:`dyncal.artifacts.verify.VerifyResult` bound to the run, the
+thresholds and the model it measured.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from dyncal.analysis.costmodel import predict_batch_ms
-from dyncal.analysis.latency import device_hardware, pinned_threads
-from dyncal.analysis.stages import Stages, build_stages, verify_stages
+from dyncal.analysis.costmodel import predict_batches_ms
+from dyncal.analysis.latency import NOISE_ADVICE, NOISE_IQR_FRACTION, Clock, Timer, device_hardware, pinned_threads
+from dyncal.analysis.stages import StageRun, Stages, build_stages, verify_stages
 from dyncal.artifacts.thresholds import check_thresholds_for_run, read_thresholds
+from dyncal.artifacts.verify import ModelIdentity, PairedTiming, VerifyResult
 from dyncal.calibrate.policy import assign_exits, thresholds_from_json
 from dyncal.calibrate.scores import SCORES, exit_scores
 from dyncal.calibrate.solvers import ThresholdsResult
 from dyncal.data import ImageTransform, load_dataset
 from dyncal.errors import DataError, DyncalError
-from dyncal.models import check_exit_outputs, import_object, load_model, resolve_device
+from dyncal.models import LoadedModel, check_exit_outputs, import_object, load_model, resolve_device
 from dyncal.run import Run, latency_key, load_run
 
-__all__ = ["EarlyExitRunner", "VerifyResult", "verify_run", "read_thresholds"]
+__all__ = [
+    "EarlyExitRunner",
+    "VerifyResult",
+    "VerifyProgress",
+    "verify_run",
+    "read_thresholds",
+    "DEFAULT_MAX_SECONDS",
+    "MIN_TIMED_BATCHES",
+]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+DEFAULT_MAX_SECONDS = 10.0
+"""Default time bound of verify's timing (all batch sizes together)."""
+
+MIN_TIMED_BATCHES = 3
+"""Batches timed per batch size even when the time bound has passed."""
+
+_ORDER_SEED = 20231
+_SIM_CHUNK = 4096  # rows of stored logits scored at a time
 
 
 class EarlyExitRunner:
@@ -100,6 +124,59 @@ class EarlyExitRunner:
         entropy: torch.Tensor = torch.special.xlogy(p, p).sum(dim=1)
         return entropy
 
+    def leaving(self, logits: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
+        """Which rows leave at exit ``k`` (``(B,)`` bool) and how many.
+
+        Reading the count is the host synchronisation every early exit pays at every exit.
+        """
+        leave = self._score(logits, k) >= self.thresholds[k]
+        return leave, int(leave.sum())
+
+    @staticmethod
+    def _split(
+        run: StageRun,
+        logits: torch.Tensor,
+        leave: torch.Tensor,
+        alive: torch.Tensor | None,
+        k: int,
+        parts: list[tuple[torch.Tensor | None, int, torch.Tensor]],
+    ) -> torch.Tensor:
+        """Record the rows leaving at exit ``k``, cut the carry to the rest; return the rows still here."""
+        idx = leave.nonzero().squeeze(1)
+        parts.append((idx if alive is None else alive[idx], k, logits[idx].argmax(dim=1)))
+        stay = (~leave).nonzero().squeeze(1)
+        run.keep(stay)
+        return stay if alive is None else alive[stay]
+
+    @staticmethod
+    def _assemble(
+        b: int, parts: list[tuple[torch.Tensor | None, int, torch.Tensor]], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(exits, predictions)`` of the batch from the parts that left at each exit."""
+        if len(parts) == 1 and parts[0][0] is None:  # the whole batch left together
+            _, k, preds = parts[0]
+            return torch.full((b,), k, dtype=torch.int64, device=device), preds
+        exits = torch.empty((b,), dtype=torch.int64, device=device)
+        preds = torch.empty((b,), dtype=torch.int64, device=device)
+        for rows, k, p in parts:
+            exits[rows if rows is not None else slice(None)] = k
+            preds[rows if rows is not None else slice(None)] = p
+        return exits, preds
+
+    def compact(
+        self, run: StageRun, logits: torch.Tensor, leave: torch.Tensor, k: int, rest: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch compaction as :meth:`__call__` does it (what ``dyncal profile`` times).
+
+        The rows in ``leave`` are recorded as leaving at exit ``k``, ``run``'s carry is cut to
+        the others, and the output is assembled as if those left at the next exit with
+        predictions ``rest``.
+        """
+        parts: list[tuple[torch.Tensor | None, int, torch.Tensor]] = []
+        alive = self._split(run, logits, leave, None, k, parts)
+        parts.append((alive, k + 1, rest))
+        return self._assemble(logits.shape[0], parts, logits.device)
+
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Early-exit a batch ``x`` ``(B, ...)``.
@@ -108,7 +185,6 @@ class EarlyExitRunner:
             ``(exits, predictions)``, ``(B,)`` int64 each on ``x``'s device; exits are
             0-based.
         """
-        b = x.shape[0]
         # (rows that left, exit, their predictions); rows None means "all rows still here".
         parts: list[tuple[torch.Tensor | None, int, torch.Tensor]] = []
         alive: torch.Tensor | None = None
@@ -118,117 +194,35 @@ class EarlyExitRunner:
             if k == self.k - 1:
                 parts.append((alive, k, logits.argmax(dim=1)))
                 break
-            leave = self._score(logits, k) >= self.thresholds[k]
-            n_leave = int(leave.sum())  # the host sync every early exit pays
+            leave, n_leave = self.leaving(logits, k)
             if n_leave == 0:
                 continue
             if n_leave == logits.shape[0]:
                 parts.append((alive, k, logits.argmax(dim=1)))
                 break
-            idx = leave.nonzero().squeeze(1)
-            parts.append((idx if alive is None else alive[idx], k, logits[idx].argmax(dim=1)))
-            stay = ~leave
-            alive = stay.nonzero().squeeze(1) if alive is None else alive[stay]
-            run.keep(stay)
-        if len(parts) == 1 and parts[0][0] is None:  # the whole batch left together
-            _, k, preds = parts[0]
-            return torch.full((b,), k, dtype=torch.int64, device=x.device), preds
-        exits = torch.empty((b,), dtype=torch.int64, device=x.device)
-        preds = torch.empty((b,), dtype=torch.int64, device=x.device)
-        for rows, k, p in parts:
-            exits[rows if rows is not None else slice(None)] = k
-            preds[rows if rows is not None else slice(None)] = p
-        return exits, preds
+            alive = self._split(run, logits, leave, alive, k, parts)
+        return self._assemble(x.shape[0], parts, x.device)
 
 
-@dataclass(frozen=True)
-class BatchTiming:
-    """Measured and predicted latency at one batch size."""
+class VerifyProgress(Protocol):
+    """Called as ``progress(key, done, total)`` after each batch of a batch size.
 
-    key: str
-    batch_size: int
-    batches: int
-    measured_ms: float
-    measured_ms_iqr: float
-    full_model_ms: float
-    predicted_ms: float | None
-    solve_expected_ms: float | None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {
-            "key": self.key,
-            "batch_size": self.batch_size,
-            "batches": self.batches,
-            "measured_ms": self.measured_ms,
-            "measured_ms_iqr": self.measured_ms_iqr,
-            "full_model_ms": self.full_model_ms,
-            "predicted_ms": self.predicted_ms,
-            "solve_expected_ms": self.solve_expected_ms,
-            "measured_over_predicted": None if not self.predicted_ms else self.measured_ms / self.predicted_ms,
-            "speedup_vs_full_model": self.full_model_ms / self.measured_ms if self.measured_ms > 0 else None,
-        }
-
-
-@dataclass(frozen=True)
-class VerifyResult:
-    """What ``dyncal verify`` found.
-
-    Attributes:
-        n: Samples replayed.
-        agreement: Share whose runtime exit and prediction equal the simulated ones.
-        exit_agreement: Share whose runtime exit equals the simulated one.
-        runtime_accuracy: Accuracy of the runtime predictions.
-        simulated_accuracy: Accuracy the exit rule gives on the stored logits, same samples.
-        runtime_exit_shares: Share of samples leaving at each exit at runtime.
-        simulated_exit_shares: The same from the stored logits.
-        timings: Per batch size.
-        device: Device name and hardware.
-        threads: CPU threads in force.
+    ``key`` is ``"<device>/b<batch>"``; when the time bound ends a batch size early, a last
+    call has ``done == total`` with the batches actually replayed.
     """
 
-    n: int
-    agreement: float
-    exit_agreement: float
-    runtime_accuracy: float
-    simulated_accuracy: float
-    runtime_exit_shares: list[float]
-    simulated_exit_shares: list[float]
-    timings: list[BatchTiming]
-    device: str
-    hardware: str
-    threads: int
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``dyncal verify --json`` document."""
-        return {
-            "n": self.n,
-            "agreement": self.agreement,
-            "exit_agreement": self.exit_agreement,
-            "runtime_accuracy": self.runtime_accuracy,
-            "simulated_accuracy": self.simulated_accuracy,
-            "runtime_exit_shares": self.runtime_exit_shares,
-            "simulated_exit_shares": self.simulated_exit_shares,
-            "measured_ms": {t.key: t.measured_ms for t in self.timings},
-            "predicted_ms": {t.key: t.predicted_ms for t in self.timings},
-            "full_model_ms": {t.key: t.full_model_ms for t in self.timings},
-            "timings": [t.to_dict() for t in self.timings],
-            "device": self.device,
-            "hardware": self.hardware,
-            "threads": self.threads,
-            **self.extra,
-        }
+    def __call__(self, key: str, done: int, total: int) -> None:
+        """Report progress."""
 
 
 def _line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [""])[0][:300]
 
 
-def _try(what: str, batch_size: int, fn: Callable[[torch.Tensor], T], x: torch.Tensor) -> T:
-    """``fn(x)``; an error in the user's model or its stages becomes one line."""
+def _try(what: str, batch_size: int, fn: Callable[[], T]) -> T:
+    """``fn()``; an error in the user's model or its stages becomes one line."""
     try:
-        return fn(x)
+        return fn()
     except DyncalError:
         raise
     except Exception as e:  # noqa: BLE001 - the user's model may raise anything
@@ -250,9 +244,9 @@ def _checked_stages(
             raise DyncalError(
                 f"--stages: '{stages_spec}' is not callable; name a function fn(model) -> [stage modules]"
             )
-    probe = x[: min(4, x.shape[0])].to(dev)
+    probe = x.to(dev)
     with torch.inference_mode():
-        outs = _try("the model", probe.shape[0], model, probe)
+        outs = _try("the model", probe.shape[0], lambda: model(probe))
     got_k, _ = check_exit_outputs(outs, probe.shape[0])
     if got_k != k:
         raise DyncalError(f"the model returns K={got_k} exits but the run has K={k}; is it the run's model?")
@@ -266,12 +260,25 @@ def _checked_stages(
     return stages
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _load_run_model(
+    run: Run, model: str | None, weights: str | None, model_path: str | None, device: torch.device
+) -> LoadedModel:
+    """The model to replay: the run's (from its provenance) unless overridden."""
+    prov = run.provenance
+    spec = model or prov.model
+    if not spec or spec.startswith("("):
+        raise DyncalError(f"run '{run.path}' does not name its model; pass --model (and --weights)")
+    return load_model(
+        spec,
+        weights=weights if weights is not None else (prov.extra.get("weights") if model is None else None),
+        model_path=model_path if model_path is not None else prov.extra.get("model_path"),
+        device=str(device),
+    )
 
 
-def _dataset_for(run: Run, data: str | None) -> Any:
+def _dataset_for(run: Run, data: str | Dataset[Any] | None, search_path: str | None) -> Dataset[Any]:
+    if data is not None and not isinstance(data, str):
+        return data
     spec = data or run.provenance.data
     if not spec or spec.startswith("("):
         raise DyncalError(f"run '{run.path}' does not name its data set; pass --data")
@@ -281,7 +288,63 @@ def _dataset_for(run: Run, data: str | None) -> Any:
         transform = ImageTransform(
             resize=int(tf["resize"]), crop=int(tf["crop"]), mean=tuple(tf["mean"]), std=tuple(tf["std"])
         )
-    return load_dataset(spec, transform=transform)
+    return load_dataset(spec, transform=transform, search_path=search_path)  # as collect reads it
+
+
+def _stream(
+    dataset: Dataset[Any], rows: np.ndarray, batches: Sequence[np.ndarray], data_name: str
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """Yield ``(positions, inputs)`` per batch, read from the data set one batch at a time.
+
+    ``rows[p]`` is the data set index of run row ``p``; each batch lists run positions.
+    """
+    loader = DataLoader(
+        Subset(dataset, rows.tolist()),
+        batch_sampler=[b.tolist() for b in batches],
+        num_workers=0,
+    )
+    it = iter(loader)
+    for i, positions in enumerate(batches):
+        try:
+            item = next(it)
+        except Exception as e:  # noqa: BLE001 - anything the user's data set or collate raises
+            raise DataError(
+                f"could not load the run's inputs from '{data_name}' (batch {i}): {type(e).__name__}: {_line(e)}"
+            ) from e
+        x = item[0] if isinstance(item, (list, tuple)) else item
+        if not isinstance(x, torch.Tensor):
+            raise DataError(f"the data set '{data_name}' gives inputs of type {type(x).__name__}; expected tensors")
+        yield positions, x
+
+
+def _simulated(run: Run, n: int, thresholds: ThresholdsResult) -> tuple[np.ndarray, np.ndarray]:
+    """Exits and predictions the exit rule gives on the stored logits of rows ``0..n-1``."""
+    t = thresholds_from_json(thresholds.thresholds)
+    exits = np.empty(n, dtype=np.int64)
+    preds = np.empty(n, dtype=np.int64)
+    for s in range(0, n, _SIM_CHUNK):
+        scores, p = exit_scores(
+            np.asarray(run.logits[s : min(n, s + _SIM_CHUNK)]), thresholds.score, thresholds.temperatures
+        )
+        e = assign_exits(scores, t)
+        exits[s : s + len(e)] = e
+        preds[s : s + len(e)] = p[np.arange(len(e)), e]
+    return exits, preds
+
+
+def _threads_for(run: Run, device: str, batch_sizes: Sequence[int], threads: int | None) -> tuple[int | None, str]:
+    """The thread count to pin: as given, else the one the run's profile timed with (one clock)."""
+    if threads is not None:
+        return threads, "--threads"
+    if run.costs is not None:
+        for b in batch_sizes:
+            prof = run.costs.latency.get(latency_key(device, b))
+            if prof is not None and prof.threads:
+                return int(prof.threads), f"the profile of {prof.key}"
+        for prof in run.costs.latency.values():
+            if prof.device == device and prof.threads:
+                return int(prof.threads), f"the profile of {prof.key}"
+    return None, "torch's default"
 
 
 def verify_run(
@@ -295,126 +358,202 @@ def verify_run(
     model: str | None = None,
     weights: str | None = None,
     model_path: str | None = None,
-    data: str | None = None,
-    repeats: int = 3,
+    data: str | Dataset[Any] | None = None,
+    repeats: int = 5,
+    warmup: int = 3,
+    max_seconds: float = DEFAULT_MAX_SECONDS,
     stages_spec: str | None = None,
+    progress: VerifyProgress | None = None,
+    clock: Clock | None = None,
 ) -> VerifyResult:
-    """Run a real early exit over the run's samples and compare with the prediction.
+    """Run a real early exit over the run's samples and compare with the plain model and the prediction.
 
     Args:
         run_path: A complete run (collected, so its model and data are recorded).
-        thresholds: From ``dyncal solve`` (:func:`read_thresholds`).
+        thresholds: From ``dyncal solve`` (:func:`read_thresholds`); must be the run's.
         device: ``cpu``, ``cuda`` or ``cuda:N``.
-        batch_sizes: Batch sizes to time.
+        batch_sizes: Batch sizes to time; every sample is replayed at the first for agreement.
         limit: Replay only the first ``limit`` rows of the run.
-        threads: CPU threads pinned while timing.
+        threads: CPU threads pinned while replaying (default: those the run's profile timed
+            with on ``device``, else torch's current setting).
         model: Model spec overriding the run's provenance (with ``weights``, ``model_path``).
         weights: Checkpoint overriding the provenance.
         model_path: Import folder overriding the provenance.
-        data: Data spec overriding the provenance.
-        repeats: Timings per batch; the median is kept (default 3).
+        data: Data spec (or a map-style data set) overriding the provenance.
+        repeats: Pairs timed per batch (default 5).
+        warmup: Untimed calls of each before timing a batch size (default 3).
+        max_seconds: Time bound of the timing, all batch sizes together, shared out evenly
+            (default 10 s); batches past it are replayed untimed for agreement at the first
+            batch size and not at all at the others. At least :data:`MIN_TIMED_BATCHES` are
+            timed per batch size.
         stages_spec: ``pkg.module:fn`` declaring the stages by hand (as ``profile --stages``).
+        progress: Called after each batch (:class:`VerifyProgress`).
+        clock: The host clock timing and the time bound read (default ``time.perf_counter``).
 
     Returns:
-        Agreement with the simulation and measured vs predicted latency.
+        The verify result: agreement, paired timings per batch size with the prediction,
+        bound to the run, the thresholds and the model.
 
     Raises:
-        DyncalError: Thresholds that do not fit the run, no recorded model/data, or a
-            model whose stages cannot be built.
+        DyncalError: Thresholds that are not the run's, bad settings, no recorded
+            model/data, inputs that cannot be read, or a model whose stages cannot be built.
     """
     run = load_run(run_path)
     check_thresholds_for_run(thresholds, run)
     if repeats < 1:
         raise DyncalError(f"--repeats must be at least 1, got {repeats}")
-    if any(b < 1 for b in batch_sizes):
+    if warmup < 0:
+        raise DyncalError(f"warmup must be at least 0, got {warmup}")
+    if not max_seconds > 0:
+        raise DyncalError(f"--max-seconds must be positive, got {max_seconds}")
+    if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise DyncalError(f"--batch-size must be positive, got {list(batch_sizes)}")
+    if threads is not None and threads < 1:
+        raise DyncalError(f"--threads must be at least 1, got {threads}")
     dev = resolve_device(device)
-    prov = run.provenance
-    spec = model or prov.model
-    if not spec or spec.startswith("("):
-        raise DyncalError(f"run '{run.path}' does not name its model; pass --model (and --weights)")
-    loaded = load_model(
-        spec,
-        weights=weights if weights is not None else (prov.extra.get("weights") if model is None else None),
-        model_path=model_path if model_path is not None else prov.extra.get("model_path"),
-        device=str(dev),
-    )
-    dataset = _dataset_for(run, data)
+    loaded = _load_run_model(run, model, weights, model_path, dev)
+    search_path = model_path or run.provenance.extra.get("model_path")
+    dataset = _dataset_for(run, data, search_path)
+    data_name = data if isinstance(data, str) else (run.provenance.data if data is None else type(data).__name__)
+    data_name = str(data_name)
     n = run.n if limit is None else min(limit, run.n)
     rows = np.asarray(run.indices[:n])
     labels = np.asarray(run.labels[:n])
+    sim_exits, sim_preds = _simulated(run, n, thresholds)
+    order = np.random.default_rng(_ORDER_SEED).permutation(n)
+    pin, threads_source = _threads_for(run, device, batch_sizes, threads)
+    timer = Timer(dev, clock)
 
-    try:
-        x_all = torch.stack([torch.as_tensor(dataset[int(i)][0]) for i in rows])
-    except Exception as e:  # noqa: BLE001 - anything the user's data set raises
-        raise DataError(
-            f"could not load the run's inputs from '{data or prov.data}': {type(e).__name__}: {_line(e)}"
-        ) from e
-    stages = _checked_stages(loaded.module, x_all, dev, run.k, stages_spec, model_path or prov.extra.get("model_path"))
-    runner = EarlyExitRunner(stages, thresholds.thresholds, thresholds.temperatures, thresholds.score)
-
-    scores, sim_preds_all = exit_scores(run.logits[:n], thresholds.score, thresholds.temperatures)
-    sim_exits = assign_exits(scores, thresholds_from_json(thresholds.thresholds))
-    sim_preds = sim_preds_all[np.arange(n), sim_exits]
-
-    timings: list[BatchTiming] = []
-    rt_exits = rt_preds = None
-    with pinned_threads(threads) as n_threads:
-        for b in batch_sizes:
-            batches = [x_all[s : s + b].to(dev) for s in range(0, n, b)]
-            _try("the early exit", b, runner, batches[0])  # warm-up
-            _try("the model", b, loaded.module, batches[0])
-            exit_parts, pred_parts, ee_ms, full_ms = [], [], [], []
-            for xb in batches:
-                # Median of `repeats` timings per batch (robust to a shared machine), then
-                # the mean over batches (their compositions differ, so all of them count).
-                ee, full = [], []
-                for _ in range(repeats):
-                    _sync(dev)
-                    t0 = time.perf_counter()
-                    batch_exits, batch_preds = _try("the early exit", b, runner, xb)
-                    _sync(dev)
-                    ee.append((time.perf_counter() - t0) * 1e3)
-                    with torch.inference_mode():
-                        _sync(dev)
-                        t0 = time.perf_counter()
-                        loaded.module(xb)
-                        _sync(dev)
-                        full.append((time.perf_counter() - t0) * 1e3)
-                ee_ms.append(float(np.median(ee)))
-                full_ms.append(float(np.median(full)))
-                exit_parts.append(batch_exits.cpu())
-                pred_parts.append(batch_preds.cpu())
-            if rt_exits is None:
-                rt_exits = torch.cat(exit_parts).numpy()
-                rt_preds = torch.cat(pred_parts).numpy()
+    rt_exits = np.full(n, -1, dtype=np.int64)
+    rt_preds = np.full(n, -1, dtype=np.int64)
+    timings: list[PairedTiming] = []
+    coverage: dict[str, dict[str, Any]] = {}
+    with pinned_threads(pin) as n_threads:
+        _, probe = next(_stream(dataset, rows, [order[: min(4, n)]], data_name))
+        stages = _checked_stages(loaded.module, probe, dev, run.k, stages_spec, search_path)
+        runner = EarlyExitRunner(stages, thresholds.thresholds, thresholds.temperatures, thresholds.score)
+        plain = loaded.module
+        used_s = 0.0
+        first_rows = 0
+        for i, b in enumerate(batch_sizes):
             key = latency_key(device, b)
-            predicted = predict_batch_ms(run.costs, device, sim_exits, b)
-            timings.append(
-                BatchTiming(
-                    key=key,
-                    batch_size=b,
-                    batches=len(batches),
-                    measured_ms=float(np.mean(ee_ms)),
-                    measured_ms_iqr=float(np.subtract(*np.percentile(ee_ms, [75, 25]))),
-                    full_model_ms=float(np.mean(full_ms)),
-                    predicted_ms=predicted,
-                    solve_expected_ms=thresholds.expected_ms.get(key),
+            batches = [order[s : s + b] for s in range(0, n, b)]
+            share_s = (max_seconds - used_s) / (len(batch_sizes) - i)
+            ee_ms: list[list[float]] = []
+            full_ms: list[list[float]] = []
+            timed: list[np.ndarray] = []
+            start = timer.now()
+            for positions, xb in _stream(dataset, rows, batches, data_name):
+                if len(timed) >= MIN_TIMED_BATCHES and timer.now() - start >= share_s:
+                    break
+                xb = xb.to(dev)
+                if not timed:
+                    _try("the early exit", b, partial(timer.warm, partial(runner, xb), warmup))
+                    _try("the model", b, partial(timer.warm, partial(_plain, plain, xb), warmup))
+                out: list[tuple[torch.Tensor, torch.Tensor]] = []
+                early = partial(_into, out, runner, xb)
+                full = partial(_plain, plain, xb)
+                ee, fm = _try(
+                    "the early exit or the model",
+                    b,
+                    partial(timer.paired, early, full, repeats, a_first=len(timed) % 2 == 0),
                 )
+                ee_ms.append(ee)
+                full_ms.append(fm)
+                timed.append(positions)
+                if i == 0:
+                    _record(out[-1], positions, rt_exits, rt_preds)
+                if progress is not None:
+                    progress(key, len(timed), len(batches))
+            spent = timer.now() - start
+            used_s += spent
+            if progress is not None and len(timed) < len(batches):
+                progress(key, len(timed), len(timed))
+            if i == 0:
+                first_rows = int(sum(len(p) for p in timed))
+            timing_result = PairedTiming(
+                key=key,
+                batch_size=b,
+                early_exit_ms=tuple(tuple(r) for r in ee_ms),
+                full_model_ms=tuple(tuple(r) for r in full_ms),
+                predicted_ms=predict_batches_ms(run.costs, device, [sim_exits[p] for p in timed]),
+                solve_expected_ms=thresholds.expected_ms.get(key),
             )
-    assert rt_exits is not None and rt_preds is not None
+            if timing_result.timing_spread > NOISE_IQR_FRACTION:
+                log.warning(
+                    "noisy timing at %s: the paired ratio's IQR is %.0f%% of its median (> %.0f%%); %s",
+                    key,
+                    100 * timing_result.timing_spread,
+                    100 * NOISE_IQR_FRACTION,
+                    NOISE_ADVICE,
+                )
+            timings.append(timing_result)
+            coverage[key] = {
+                "batches_timed": len(timed),
+                "batches": len(batches),
+                "samples_timed": int(sum(len(p) for p in timed)),
+                "stopped_early": len(timed) < len(batches),
+                "seconds": round(spent, 3),
+            }
+        # Agreement covers every sample: the rows the time bound left untimed at the first
+        # batch size are replayed (untimed) in batches of the largest size.
+        rest = order[first_rows:]
+        big = max(batch_sizes)
+        rest_batches = [rest[s : s + big] for s in range(0, len(rest), big)]
+        for done, (positions, xb) in enumerate(_stream(dataset, rows, rest_batches, data_name), start=1):
+            _record(_try("the early exit", big, partial(runner, xb.to(dev))), positions, rt_exits, rt_preds)
+            if progress is not None:
+                progress("agreement", done, len(rest_batches))
+
     k = run.k
     return VerifyResult(
+        run_fingerprint=run.fingerprint,
+        decision_fingerprint=thresholds.decision_fingerprint,
+        model=ModelIdentity(spec=loaded.spec, weights_sha256=loaded.weights_sha256),
         n=n,
         agreement=float(np.mean((rt_exits == sim_exits) & (rt_preds == sim_preds))),
         exit_agreement=float(np.mean(rt_exits == sim_exits)),
         runtime_accuracy=float(np.mean(rt_preds == labels)),
         simulated_accuracy=float(np.mean(sim_preds == labels)),
-        runtime_exit_shares=[float(v) for v in np.bincount(rt_exits, minlength=k) / n],
-        simulated_exit_shares=[float(v) for v in np.bincount(sim_exits, minlength=k) / n],
-        timings=timings,
+        runtime_exit_shares=tuple(float(v) for v in np.bincount(rt_exits, minlength=k) / n),
+        simulated_exit_shares=tuple(float(v) for v in np.bincount(sim_exits, minlength=k) / n),
+        timings=tuple(timings),
         device=str(dev),
         hardware=device_hardware(dev),
         threads=n_threads,
-        extra={"stages": stages.source, "repeats": repeats},
+        settings={
+            "repeats": repeats,
+            "warmup": warmup,
+            "threads": n_threads,
+            "threads_from": threads_source,
+            "max_seconds": max_seconds,
+            "seconds": round(used_s, 3),
+            "min_timed_batches": MIN_TIMED_BATCHES,
+            "stopped_early": any(c["stopped_early"] for c in coverage.values()),
+            "coverage": coverage,
+            "order": f"rows shuffled (seed {_ORDER_SEED}), then consecutive batches",
+            "pairs": "early exit and plain model back to back on each batch, alternating which goes first",
+            "timer": timer.label,
+            "stages": stages.source,
+            "limit": limit,
+        },
     )
+
+
+def _record(
+    result: tuple[torch.Tensor, torch.Tensor], positions: np.ndarray, exits: np.ndarray, preds: np.ndarray
+) -> None:
+    """Store a batch's runtime exits and predictions at its run positions."""
+    exits[positions] = result[0].cpu().numpy()
+    preds[positions] = result[1].cpu().numpy()
+
+
+def _into(out: list[T], fn: Callable[[torch.Tensor], T], x: torch.Tensor) -> None:
+    """``out.append(fn(x))``: keeps what a timed call returned."""
+    out.append(fn(x))
+
+
+def _plain(model: nn.Module, x: torch.Tensor) -> Any:
+    """The plain model on ``x`` (every exit, no early exit), without autograd."""
+    with torch.inference_mode():
+        return model(x)

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import weakref
 
 import numpy as np
 import pytest
 import torch
 from conftest import assert_clean_error
 
+from dyncal.analysis.latency import Timer
 from dyncal.analysis.stages import build_stages
+from dyncal.artifacts.thresholds import read_thresholds
+from dyncal.artifacts.verify import VerifyResult
 from dyncal.demo import pretrained, validation
+from dyncal.errors import DyncalError
 from dyncal.run import load_run
-from dyncal.runtime import EarlyExitRunner
+from dyncal.runtime import MIN_TIMED_BATCHES, EarlyExitRunner, verify_run
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +61,10 @@ def test_verify_agrees_with_simulation(cli, demo_dir):
         "1,8",
         "--limit",
         200,
+        "--max-seconds",
+        1000,  # time every batch, so the prediction covers the same 200 rows
+        "--repeats",
+        2,
         "--json",
     )
     assert res.exit_code == 0, res.output
@@ -69,6 +78,7 @@ def test_verify_agrees_with_simulation(cli, demo_dir):
     assert set(doc["measured_ms"]) == {"cpu/b1", "cpu/b8"}
     # b1 and b32 were profiled by the demo; b8 is predicted from them by interpolation.
     assert doc["predicted_ms"]["cpu/b1"] > 0 and doc["predicted_ms"]["cpu/b8"] > 0
+    assert doc["settings"]["coverage"]["cpu/b1"]["batches_timed"] == 200
     # At batch 1 the prediction is the per-sample expectation over the same rows.
     run = load_run(demo_dir / "run")
     th = json.loads((demo_dir / "thresholds.json").read_text())
@@ -171,3 +181,207 @@ def test_verify_toy_run_agrees(cli, toy_run):
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["agreement"] == 1.0 and doc["predicted_ms"] == {"cpu/b1": None, "cpu/b7": None}
+
+
+# ----------------------------------------------------------------- the timing engine, on a fake clock
+
+
+class StepClock:
+    """A clock that moves ``step`` seconds each time it is read (nothing sleeps)."""
+
+    def __init__(self, step: float = 1.0) -> None:
+        self.t = 0.0
+        self.step = step
+        self.reads = 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        self.t += self.step
+        return self.t
+
+
+class VirtualClock:
+    """A clock that moves only when the timed code charges it."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def charge(self, ms: float) -> None:
+        self.t += ms / 1e3
+
+
+def test_pairs_alternate_and_keep_every_replicate():
+    clock = VirtualClock()
+    order: list[str] = []
+
+    def work(name: str, ms: list[float]):
+        def fn():
+            order.append(name)
+            clock.charge(ms[len([o for o in order if o == name]) - 1])
+
+        return fn
+
+    timer = Timer(torch.device("cpu"), clock=clock)
+    a_ms, b_ms = timer.paired(work("a", [1, 2, 3, 4, 5]), work("b", [10, 20, 30, 40, 50]), 5)
+    assert order == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b"]
+    assert a_ms == pytest.approx([1, 2, 3, 4, 5]) and b_ms == pytest.approx([10, 20, 30, 40, 50])  # pair by pair
+    order.clear()
+    timer.paired(work("a", [1] * 4), work("b", [1] * 4), 4, a_first=False)
+    assert order == ["b", "a", "a", "b", "b", "a", "a", "b"]
+
+
+def test_block_size_grows_until_the_clock_overhead_is_negligible():
+    clock = VirtualClock()
+    timer = Timer(torch.device("cpu"), clock=clock)
+    calls = [0]
+
+    def fn():
+        calls[0] += 1
+        clock.charge(0.3)
+
+    assert timer.block_calls(fn, min_block_ms=5.0, max_calls=1000) == 17  # ceil(5 / 0.3)
+    assert timer.block_calls(fn, min_block_ms=5.0, max_calls=4) == 4
+    assert timer.block_calls(fn, min_block_ms=0.0, max_calls=1000) == 1
+    calls[0] = 0
+    reps = timer.round_robin([fn, fn], [3, 2], repeats=4)
+    assert calls[0] == 4 * (3 + 2) and reps == [pytest.approx([0.3] * 4)] * 2  # ms per call, every replicate
+
+
+def test_threads_are_pinned_while_verifying_and_restored(demo_dir):
+    before = torch.get_num_threads()
+    seen = []
+
+    def progress(key, done, total):
+        seen.append(torch.get_num_threads())
+
+    result = verify_run(
+        demo_dir / "run",
+        read_thresholds(demo_dir / "thresholds.json"),
+        threads=1,
+        limit=12,
+        repeats=2,
+        progress=progress,
+    )
+    assert result.threads == 1 and result.settings["threads_from"] == "--threads"
+    assert set(seen) == {1} and torch.get_num_threads() == before
+
+
+# ----------------------------------------------------------------- verify: time bound, streaming, output
+
+
+def test_max_seconds_bounds_the_timing_but_agreement_covers_every_sample(demo_dir):
+    th = read_thresholds(demo_dir / "thresholds.json")
+    kw = dict(batch_sizes=(1, 4), limit=60, repeats=2, warmup=0)
+    # Each clock read moves 1 s: after three batches (the minimum) the bound has passed.
+    bounded = verify_run(demo_dir / "run", th, max_seconds=4.0, clock=StepClock(1.0), **kw)
+    cov = bounded.settings["coverage"]
+    assert cov["cpu/b1"]["batches_timed"] == MIN_TIMED_BATCHES == cov["cpu/b4"]["batches_timed"]
+    assert cov["cpu/b1"]["batches"] == 60 and cov["cpu/b4"]["batches"] == 15
+    assert bounded.settings["stopped_early"] and cov["cpu/b1"]["samples_timed"] == 3
+    assert [t.batches for t in bounded.timings] == [3, 3]
+    assert all(t.repeats == 2 for t in bounded.timings)
+    assert bounded.n == 60 and bounded.agreement == 1.0  # the untimed rows were replayed too
+    assert sum(bounded.runtime_exit_shares) == pytest.approx(1.0)
+    # every pair read the injected clock: 1 s between reads -> 1000 ms per timing
+    assert bounded.timings[0].early_exit_ms[0] == pytest.approx((1000.0, 1000.0))
+    unbounded = verify_run(demo_dir / "run", th, max_seconds=1e9, clock=StepClock(1.0), **kw)
+    cov = unbounded.settings["coverage"]
+    assert cov["cpu/b1"]["batches_timed"] == 60 and cov["cpu/b4"]["batches_timed"] == 15
+    assert not unbounded.settings["stopped_early"]
+    assert unbounded.runtime_exit_shares == bounded.runtime_exit_shares
+
+
+class HeldItems(torch.utils.data.Dataset):
+    """The demo's digits, refusing to hand out an item while more than ``most`` are still held."""
+
+    def __init__(self, most: int) -> None:
+        self.base = validation()
+        self.most = most
+        self.alive = 0
+        self.peak = 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def _release(self) -> None:
+        self.alive -= 1
+
+    def __getitem__(self, i):
+        if self.alive >= self.most:
+            raise RuntimeError(f"{self.alive} items held at once; verify must stream batches")
+        x, y = self.base[i]
+        x = x.clone()
+        weakref.finalize(x, self._release)
+        self.alive += 1
+        self.peak = max(self.peak, self.alive)
+        return x, y
+
+
+def test_verify_streams_batches_from_the_data_set(demo_dir):
+    th = read_thresholds(demo_dir / "thresholds.json")
+    data = HeldItems(most=8)
+    result = verify_run(demo_dir / "run", th, batch_sizes=(8, 2), limit=100, repeats=1, data=data)
+    assert result.n == 100 and result.agreement == 1.0
+    assert 2 <= data.peak <= 8
+    # Stacking every input first (as verify once did) is what the data set refuses.
+    whole = HeldItems(most=8)
+    with pytest.raises(RuntimeError, match="items held at once"):
+        torch.stack([whole[i][0] for i in range(100)])
+
+
+def test_verify_out_is_bound_to_run_thresholds_and_model(cli, demo_dir, tmp_path):
+    out = tmp_path / "verify.json"
+    args = ["verify", demo_dir / "run", "--thresholds", demo_dir / "thresholds.json", "--limit", 40]
+    res = cli(*args, "--batch-size", "1,4", "--max-seconds", 2, "--out", out)
+    assert res.exit_code == 0, res.output
+    assert f"wrote {out}" in res.stderr
+    v = VerifyResult.load(out)
+    run = load_run(demo_dir / "run")
+    th = read_thresholds(demo_dir / "thresholds.json")
+    assert v.run_fingerprint == run.fingerprint and v.decision_fingerprint == th.decision_fingerprint
+    assert v.model.spec == run.provenance.model and v.model.weights_sha256 == run.provenance.weights_sha256
+    assert (
+        v.mismatch(
+            run_fingerprint=run.fingerprint,
+            decision_fingerprint=th.decision_fingerprint,
+            weights_sha256=run.provenance.weights_sha256,
+        )
+        is None
+    )
+    assert [t.key for t in v.timings] == ["cpu/b1", "cpu/b4"] and v.n == 40
+    assert v.settings["max_seconds"] == 2 and v.settings["repeats"] == 5
+    for t in v.timings:
+        lo, hi = t.speedup_ci
+        assert lo <= hi and t.predicted_ms is not None and t.batches >= MIN_TIMED_BATCHES
+    # an existing file is refused without --overwrite and left as it was
+    before = out.read_bytes()
+    assert_clean_error(cli(*args, "--out", out), "already exists.*--overwrite")
+    assert out.read_bytes() == before
+    res = cli(*args, "--out", out, "--overwrite", "--max-seconds", 1)
+    assert res.exit_code == 0, res.output
+    assert VerifyResult.load(out).settings["max_seconds"] == 1
+
+
+def test_cli_prints_the_thread_count_and_the_paired_table(cli, demo_dir):
+    args = ["verify", demo_dir / "run", "--thresholds", demo_dir / "thresholds.json", "--limit", 20]
+    res = cli(*args, "--max-seconds", 1)
+    assert res.exit_code == 0, res.output
+    prof_threads = load_run(demo_dir / "run").costs.latency["cpu/b1"].threads
+    assert f"threads: {prof_threads} (from the profile of cpu/b1)" in res.stdout
+    for col in ("measured", "predicted", "full model", "speed-up"):
+        assert col in res.stdout
+    res = cli(*args, "--max-seconds", 1, "--threads", 1)
+    assert res.exit_code == 0 and "threads: 1 (from --threads)" in res.stdout
+    doc = json.loads(cli(*args, "--max-seconds", 1, "--threads", 1, "--json").stdout)
+    assert doc["threads"] == 1 and doc["settings"]["threads"] == 1
+
+
+def test_verify_refuses_bad_settings(cli, demo_dir):
+    args = ["verify", demo_dir / "run", "--thresholds", demo_dir / "thresholds.json"]
+    assert_clean_error(cli(*args, "--repeats", 0), "repeats")
+    assert_clean_error(cli(*args, "--max-seconds", 0), "max-seconds")
+    with pytest.raises(DyncalError, match="--max-seconds must be positive, got -1"):
+        verify_run(demo_dir / "run", read_thresholds(demo_dir / "thresholds.json"), max_seconds=-1)

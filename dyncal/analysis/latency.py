@@ -1,20 +1,29 @@
-"""Measured latency of every stage, every exit decision and the plain model.
+"""One clock for every latency dyncal measures: profile's stage times and verify's pairs.
 
-What is timed, on one device at one batch size:
+:class:`Timer` is the timing engine (after ``torch.utils.benchmark``): it synchronises the
+device before and after every timed block and reads one host clock (``time.perf_counter``
+unless another is injected, which is how the tests check the timing logic without
+wall-clock assumptions); callables first run ``warmup`` times; a block repeats a call
+often enough that the clock's overhead is negligible; every raw replicate is kept and
+summarised on read. :func:`pinned_threads` pins the CPU thread count for the block and
+restores it in a ``try/finally``; the count in force is recorded with the measurement.
+
+:func:`measure_latency` is what ``dyncal profile`` times, on one device at one batch size:
 
 * each stage ``k`` on the carry it receives (so exit ``k`` costs stages ``1..k``);
-* one exit decision: the score of a ``(B, C)`` logits tensor (top softmax probability)
-  compared with a threshold, plus the host synchronisation that reading the result needs;
+* one exit decision as the early exit makes it (:class:`dyncal.runtime.EarlyExitRunner`:
+  score, compare, and the host synchronisation that reading the count needs);
+* the real early exit with every row leaving at exit ``k``, for each ``k`` (the *exit
+  paths*: stages, decisions, predictions and the runner's own bookkeeping, as deployed);
+* the exit paths again at 2, 4, 8, ... rows below ``B`` (the rows a batch still holds
+  once samples have left; a stage's time is far from linear in its rows on a CPU);
+* the batch compaction at each exit: the rows that leave are recorded and every carried
+  tensor is cut down to the rows that stay (half of them), as the runner does it;
 * the plain, unpartitioned model producing all exits, for reference.
 
-Method (after ``torch.utils.benchmark``): the CPU thread count is pinned and restored in a
-``try/finally``; every callable first runs ``warmup`` times; each replicate runs a block of
-calls long enough that the clock's overhead is negligible and records the mean time per
-call; stages are measured round-robin so slow drifts of the machine hit all stages alike.
-On CUDA the device is synchronised before every clock read and blocks are timed with CUDA
-events. Raw replicates are kept (:class:`dyncal.run.LatencyProfile`); medians and spreads
-are derived on read. A stage whose inter-quartile range exceeds 10% of its median is
-flagged in ``settings["noisy"]`` and logged.
+Everything is measured round-robin so slow drifts of the machine hit all of it alike. A
+measurement whose inter-quartile range exceeds 10% of its median is flagged in
+``settings["noisy"]`` and logged with what to do about it (:data:`NOISE_ADVICE`).
 
 Example:
     >>> import torch
@@ -24,19 +33,21 @@ Example:
     >>> stages = build_stages(net, torch.zeros(2, 1, 8, 8))
     >>> settings = LatencySettings(repeats=3, warmup=1)
     >>> prof = measure_latency(stages, net, torch.zeros(1, 1, 8, 8), settings)
-    >>> prof.key, len(prof.stage_ms), len(prof.stage_ms[0])
-    ('cpu/b1', 4, 3)
+    >>> prof.key, len(prof.stage_ms), len(prof.stage_ms[0]), len(prof.exit_path_ms)
+    ('cpu/b1', 4, 3, 4)
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import logging
 import math
 import os
 import platform
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,19 +60,29 @@ from dyncal.errors import ProfileError
 from dyncal.run import LatencyProfile
 
 __all__ = [
+    "Clock",
     "LatencySettings",
+    "Timer",
     "measure_latency",
     "pinned_threads",
+    "spread",
     "cpu_model",
     "device_label",
     "device_hardware",
     "NOISE_IQR_FRACTION",
+    "NOISE_ADVICE",
 ]
 
 log = logging.getLogger(__name__)
 
 NOISE_IQR_FRACTION = 0.10
 """A measurement whose IQR exceeds this fraction of its median is flagged as noisy."""
+
+NOISE_ADVICE = "run on a quiet machine, pin one thread (--threads 1), or take more --repeats"
+"""What to do about a noisy measurement (printed with every noise warning)."""
+
+Clock = Callable[[], float]
+"""A monotonic clock in seconds (``time.perf_counter``); tests inject a fake one."""
 
 
 @dataclass(frozen=True)
@@ -145,54 +166,111 @@ def device_hardware(device: torch.device) -> str:
     return cpu_model()
 
 
-class _Clock:
-    """Times blocks of calls on one device; synchronises CUDA before reading."""
+def spread(replicates: Sequence[float] | np.ndarray) -> float:
+    """Inter-quartile range over median of raw replicates (0 when the median is 0).
 
-    def __init__(self, device: torch.device) -> None:
+    Example:
+        >>> spread([1.0, 1.0, 2.0, 3.0, 3.0])
+        1.0
+    """
+    q75, q50, q25 = np.percentile(np.asarray(replicates, dtype=float), [75, 50, 25])
+    return float((q75 - q25) / q50) if q50 > 0 else 0.0
+
+
+class Timer:
+    """The timing engine: device-synchronised blocks of calls on one clock.
+
+    Args:
+        device: The device the timed work runs on (CUDA is synchronised around each block).
+        clock: Seconds, monotonic (default ``time.perf_counter``). Tests inject a fake
+            clock that advances when the timed code runs.
+
+    Example:
+        >>> ticks = iter(range(100))
+        >>> timer = Timer(torch.device("cpu"), clock=lambda: float(next(ticks)))
+        >>> timer.block_ms(lambda: None, calls=4)      # one clock tick per read, 4 calls
+        250.0
+        >>> a, b = timer.paired(lambda: None, lambda: None, repeats=2)
+        >>> a, b
+        ([1000.0, 1000.0], [1000.0, 1000.0])
+    """
+
+    def __init__(self, device: torch.device, clock: Clock | None = None) -> None:
         self.device = device
+        self.clock: Clock = clock or time.perf_counter
         self.cuda = device.type == "cuda"
 
+    @property
+    def label(self) -> str:
+        """What the clock is, as recorded with a measurement."""
+        host = "perf_counter" if self.clock is time.perf_counter else getattr(self.clock, "__name__", "injected")
+        return f"{host}+cuda_synchronize" if self.cuda else host
+
     def sync(self) -> None:
+        """Wait for the device's queued work (no-op on the CPU)."""
         if self.cuda:
             torch.cuda.synchronize(self.device)
 
-    def block_ms(self, fn: Callable[[], Any], calls: int) -> float:
-        """Mean milliseconds per call over a block of ``calls``."""
-        if self.cuda:
-            # Events are recorded on the current stream of *this* device (cuda:N, not cuda:0).
-            stream = torch.cuda.current_stream(self.device)
-            start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-            end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
-            self.sync()
-            with torch.cuda.device(self.device):
-                start.record(stream)
-                for _ in range(calls):
-                    fn()
-                end.record(stream)
-            end.synchronize()
-            return float(start.elapsed_time(end)) / calls
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        return (time.perf_counter() - t0) * 1e3 / calls
+    def now(self) -> float:
+        """The clock's reading in seconds (for time bounds measured on the same clock)."""
+        return self.clock()
 
-    def wall_block_ms(self, fn: Callable[[], Any], calls: int) -> float:
-        """Like :meth:`block_ms` on the host clock (for work that syncs the host itself)."""
+    def block_ms(self, fn: Callable[[], Any], calls: int = 1) -> float:
+        """Mean milliseconds per call over a block of ``calls``, device synchronised on both ends."""
         self.sync()
-        t0 = time.perf_counter()
+        t0 = self.clock()
         for _ in range(calls):
             fn()
         self.sync()
-        return (time.perf_counter() - t0) * 1e3 / calls
+        return (self.clock() - t0) * 1e3 / calls
 
+    def warm(self, fn: Callable[[], Any], calls: int) -> None:
+        """Run ``fn`` untimed ``calls`` times (caches, allocator, lazy initialisation)."""
+        for _ in range(calls):
+            fn()
+        self.sync()
 
-def _block_calls(clock: _Clock, fn: Callable[[], Any], settings: LatencySettings, wall: bool) -> int:
-    """How many calls make a block of at least ``min_block_ms``."""
-    timer = clock.wall_block_ms if wall else clock.block_ms
-    for _ in range(settings.warmup):
-        fn()
-    one = max(timer(fn, 1), 1e-6)
-    return int(min(settings.max_block_calls, max(1, math.ceil(settings.min_block_ms / one))))
+    def block_calls(self, fn: Callable[[], Any], min_block_ms: float, max_calls: int) -> int:
+        """How many calls make a block of at least ``min_block_ms`` (one timed call decides)."""
+        if min_block_ms <= 0:
+            return 1
+        one = max(self.block_ms(fn, 1), 1e-6)
+        return int(min(max_calls, max(1, math.ceil(min_block_ms / one))))
+
+    def round_robin(self, fns: Sequence[Callable[[], Any]], calls: Sequence[int], repeats: int) -> list[list[float]]:
+        """``repeats`` replicates of every callable, one block each per round.
+
+        Returns:
+            ``len(fns)`` lists of ``repeats`` milliseconds per call.
+        """
+        out: list[list[float]] = [[] for _ in fns]
+        for _ in range(repeats):
+            for i, (fn, n) in enumerate(zip(fns, calls, strict=True)):
+                out[i].append(self.block_ms(fn, n))
+        return out
+
+    def paired(
+        self, a: Callable[[], Any], b: Callable[[], Any], repeats: int, *, a_first: bool = True, calls: int = 1
+    ) -> tuple[list[float], list[float]]:
+        """``repeats`` pairs of ``a`` and ``b`` timed back to back, alternating which goes first.
+
+        Whatever the machine does during a pair hits both of its members alike, so their
+        ratio is measured as a ratio; alternating the order cancels what one member leaves
+        behind for the next (caches, clock boosts).
+
+        Returns:
+            ``(a_ms, b_ms)``, ``repeats`` milliseconds per call each, pair by pair.
+        """
+        a_ms: list[float] = []
+        b_ms: list[float] = []
+        for r in range(repeats):
+            if (r % 2 == 0) == a_first:
+                a_ms.append(self.block_ms(a, calls))
+                b_ms.append(self.block_ms(b, calls))
+            else:
+                b_ms.append(self.block_ms(b, calls))
+                a_ms.append(self.block_ms(a, calls))
+        return a_ms, b_ms
 
 
 def _bind(module: nn.Module, args: tuple[Any, ...]) -> Callable[[], Any]:
@@ -200,12 +278,14 @@ def _bind(module: nn.Module, args: tuple[Any, ...]) -> Callable[[], Any]:
     return lambda: module(*args)
 
 
-def _decision(threshold: float) -> Callable[[torch.Tensor], int]:
-    def decide(logits: torch.Tensor) -> int:
-        conf = torch.softmax(logits.float(), dim=1).amax(dim=1)
-        return int((conf >= threshold).sum())  # reading the count is the host sync
-
-    return decide
+def _noisy(named: Sequence[tuple[str, Sequence[float]]]) -> dict[str, float]:
+    """``{name: IQR/median}`` of the measurements whose spread exceeds :data:`NOISE_IQR_FRACTION`."""
+    out = {}
+    for name, reps in named:
+        s = spread(reps) if len(reps) else 0.0
+        if s > NOISE_IQR_FRACTION:
+            out[name] = round(s, 3)
+    return out
 
 
 def measure_latency(
@@ -215,8 +295,9 @@ def measure_latency(
     settings: LatencySettings | None = None,
     *,
     device_name: str | None = None,
+    clock: Clock | None = None,
 ) -> LatencyProfile:
-    """Measure every stage, one exit decision and the plain model on ``x``'s device.
+    """Measure every stage, the exit decision, each exit path, compaction and the plain model.
 
     Args:
         stages: The model's stages, on the same device as ``x``.
@@ -225,17 +306,24 @@ def measure_latency(
         settings: How to measure (defaults: 1 thread, 5 warm-up calls, 25 replicates).
         device_name: The device as named in the key (``"cuda"`` rather than ``"cuda:0"``);
             defaults to ``x.device``.
+        clock: The host clock (default ``time.perf_counter``; see :class:`Timer`).
 
     Returns:
-        Raw replicate times per stage, per decision and for the full model, with the
-        device, batch size, thread count, hardware name and settings.
+        Raw replicate times per stage, per decision, per exit path, per compaction and for
+        the full model, with the device, batch size, thread count, hardware and settings.
+        Compaction is measured at ``max(2, B)`` rows (a single row cannot be split) and
+        left empty when the stages cannot drop rows.
 
     Raises:
         ProfileError: A stage fails to run on this input.
     """
+    from dyncal.runtime import EarlyExitRunner  # the runner times itself with this module's clock
+
     settings = settings or LatencySettings()
     device = x.device
-    clock = _Clock(device)
+    timer = Timer(device, clock)
+    k = stages.k
+    b = int(x.shape[0])
     with pinned_threads(settings.threads) as threads, torch.inference_mode():
         carries = []
         run = stages.start(x)
@@ -243,69 +331,145 @@ def measure_latency(
         while not run.done:
             carries.append(run.carry)
             logits = run.step()
-        stage_fns = [_bind(m, c) for m, c in zip(stages.modules, carries, strict=True)]
-        decide = _decision(settings.threshold)
         last_logits = logits
-        decision_fn: Callable[[], Any] = lambda: decide(last_logits)  # noqa: E731
+
+        def path_runner(at: int) -> EarlyExitRunner:
+            """The early exit with every row leaving at exit ``at`` (nobody leaves before it)."""
+            t: list[float | None] = [-math.inf if i == at else math.inf for i in range(k - 1)]
+            return EarlyExitRunner(stages, [*t, None], [1.0] * k)
+
+        stage_fns = [_bind(m, c) for m, c in zip(stages.modules, carries, strict=True)]
+        decider = EarlyExitRunner(stages, [settings.threshold] * (k - 1) + [None], [1.0] * k)
+        decision_fn: Callable[[], Any] = lambda: decider.leaving(last_logits, 0)  # noqa: E731
+        path_runners = [path_runner(j) for j in range(k)]
+        path_fns: list[Callable[[], Any]] = [functools.partial(r, x) for r in path_runners]
+        compaction_fns, compaction_rows = _compaction_fns(stages, decider, x)
         model_fn: Callable[[], Any] = lambda: model(x)  # noqa: E731
 
-        calls = [_block_calls(clock, f, settings, wall=False) for f in stage_fns]
-        dec_calls = _block_calls(clock, decision_fn, settings, wall=True)
-        model_calls = _block_calls(clock, model_fn, settings, wall=False)
+        ladder = _row_ladder(b) if stages.dynamic_batch else []
+        ladder_fns: list[Callable[[], Any]] = [functools.partial(r, x[:rows]) for rows in ladder for r in path_runners]
+        fns: list[Callable[[], Any]] = [
+            *stage_fns,
+            decision_fn,
+            *path_fns,
+            *compaction_fns,
+            *ladder_fns,
+            model_fn,
+        ]
+        calls = []
+        for f in fns:
+            timer.warm(f, settings.warmup)
+            calls.append(timer.block_calls(f, settings.min_block_ms, settings.max_block_calls))
+        reps = timer.round_robin(fns, calls, settings.repeats)
 
-        stage_ms: list[list[float]] = [[] for _ in stage_fns]
-        decision_ms: list[float] = []
-        model_ms: list[float] = []
-        for _ in range(settings.repeats):
-            for i, f in enumerate(stage_fns):
-                stage_ms[i].append(clock.block_ms(f, calls[i]))
-            decision_ms.append(clock.wall_block_ms(decision_fn, dec_calls))
-            model_ms.append(clock.block_ms(model_fn, model_calls))
-
-    noisy = {}
-    for name, reps in [
-        *((f"stage{i + 1}", r) for i, r in enumerate(stage_ms)),
-        ("decision", decision_ms),
-        ("full_model", model_ms),
-    ]:
-        q75, q50, q25 = np.percentile(reps, [75, 50, 25])
-        if q50 > 0 and (q75 - q25) > NOISE_IQR_FRACTION * q50:
-            noisy[name] = round(float((q75 - q25) / q50), 3)
+    n_comp = len(compaction_fns)
+    stage_ms = reps[:k]
+    decision_ms = reps[k]
+    path_ms = reps[k + 1 : 2 * k + 1]
+    compaction_ms = reps[2 * k + 1 : 2 * k + 1 + n_comp]
+    ladder_start = 2 * k + 1 + n_comp
+    path_rows_ms = {
+        rows: tuple(tuple(r) for r in reps[ladder_start + i * k : ladder_start + (i + 1) * k])
+        for i, rows in enumerate(ladder)
+    }
+    model_ms = reps[-1]
+    noisy = _noisy(
+        [
+            *((f"stage{i + 1}", r) for i, r in enumerate(stage_ms)),
+            ("decision", decision_ms),
+            *((f"exit_path{i + 1}", r) for i, r in enumerate(path_ms)),
+            ("full_model", model_ms),
+        ]
+    )
     if noisy:
         log.warning(
-            "noisy latency on %s at batch %d (IQR/median > %.0f%%): %s",
+            "noisy latency on %s at batch %d (IQR/median > %.0f%%): %s; %s",
             device,
-            x.shape[0],
+            b,
             100 * NOISE_IQR_FRACTION,
-            ", ".join(f"{k} {100 * v:.0f}%" for k, v in noisy.items()),
+            ", ".join(f"{n} {100 * v:.0f}%" for n, v in noisy.items()),
+            NOISE_ADVICE,
         )
     info: dict[str, Any] = {
         "warmup": settings.warmup,
         "repeats": settings.repeats,
         "min_block_ms": settings.min_block_ms,
-        "block_calls": calls,
-        "decision_block_calls": dec_calls,
-        "full_model_block_calls": model_calls,
-        "timer": "cuda_events" if clock.cuda else "perf_counter",
-        "decision": f"softmax max-probability >= {settings.threshold} + host sync",
+        "block_calls": calls[:k],
+        "decision_block_calls": calls[k],
+        "exit_path_block_calls": calls[k + 1 : 2 * k + 1],
+        "compaction_block_calls": calls[2 * k + 1 : 2 * k + 1 + n_comp],
+        "exit_path_rows": ladder,
+        "full_model_block_calls": calls[-1],
+        "timer": timer.label,
+        "decision": f"softmax max-probability >= {settings.threshold} + host sync (EarlyExitRunner.leaving)",
+        "exit_path": "EarlyExitRunner with every row leaving at exit k",
+        "compaction": "EarlyExitRunner split at exit k, every other row leaving, and the output assembled",
+        "compaction_rows": compaction_rows,
         "dtype": str(x.dtype).replace("torch.", ""),
         "input_shape": list(x.shape[1:]),
         "stages": stages.source,
         "torch": torch.__version__,
         "cpu": cpu_model(),
-        "gpu": torch.cuda.get_device_name(device) if clock.cuda else None,
-        "cuda": torch.version.cuda if clock.cuda else None,
+        "gpu": torch.cuda.get_device_name(device) if timer.cuda else None,
+        "cuda": torch.version.cuda if timer.cuda else None,
         "cpu_count": os.cpu_count(),
         "noisy": noisy,
         "noise_iqr_fraction": NOISE_IQR_FRACTION,
     }
     return LatencyProfile(
         device=device_name or device_label(device),
-        batch_size=int(x.shape[0]),
+        batch_size=b,
         stage_ms=tuple(tuple(r) for r in stage_ms),
         decision_ms=tuple(decision_ms),
         full_model_ms=tuple(model_ms),
         threads=threads,
         hardware=device_hardware(device),
         settings=info,
+        exit_path_ms=tuple(tuple(r) for r in path_ms),
+        compaction_ms=tuple(tuple(r) for r in compaction_ms),
+        exit_path_rows_ms=path_rows_ms,
     )
+
+
+def _row_ladder(batch_size: int) -> list[int]:
+    """Row counts below ``batch_size`` whose exit paths are measured too: 2, 4, 8, ... (powers of two).
+
+    Example:
+        >>> _row_ladder(32), _row_ladder(5), _row_ladder(1)
+        ([2, 4, 8, 16], [2, 4], [])
+    """
+    out = []
+    rows = 2
+    while rows < batch_size:
+        out.append(rows)
+        rows *= 2
+    return out
+
+
+def _compaction_fns(stages: Stages, runner: Any, x: torch.Tensor) -> tuple[list[Callable[[], Any]], int | None]:
+    """One callable per exit before the last: the runner's split with every other row leaving.
+
+    Measured at ``max(2, B)`` rows on the carry the next stage would receive; none when the
+    stages cannot drop rows (early exit then runs whole batches and never compacts).
+    """
+    if not stages.can_drop_rows or not stages.dynamic_batch:
+        return [], None
+    rows = max(2, int(x.shape[0]))
+    xc = x if x.shape[0] == rows else x.expand(rows, *x.shape[1:]).contiguous()
+    leave = torch.zeros(rows, dtype=torch.bool, device=x.device)
+    leave[::2] = True
+    rest = torch.zeros(rows - int(leave.sum()), dtype=torch.int64, device=x.device)  # predictions of the stayers
+    fns: list[Callable[[], Any]] = []
+    run = stages.start(xc)
+    for k in range(stages.k - 1):
+        logits = run.step()
+        snapshot = copy.copy(run)  # its carry is what stage k+1 receives; each call cuts a copy
+        fns.append(functools.partial(_compact_copy, runner, snapshot, logits, leave, k, rest))
+    return fns, rows
+
+
+def _compact_copy(
+    runner: Any, snapshot: Any, logits: torch.Tensor, leave: torch.Tensor, k: int, rest: torch.Tensor
+) -> Any:
+    """One compaction on a copy of ``snapshot`` (the snapshot itself is never cut)."""
+    return runner.compact(copy.copy(snapshot), logits, leave, k, rest)

@@ -1,0 +1,177 @@
+"""Does load on the machine change the verdict? ``dyncal verify`` quiet and beside two busy processes.
+
+Run on a quiet machine (writes verdict_under_load.md and .json next to this file):
+    PYTHONPATH=. .venv/bin/python benchmarks/verdict_under_load.py
+Smoke test (tiny settings, writes nothing): add --quick. On a many-core machine add
+--cpus 0,1 to pin this process and the busy ones to two cores (a shared 2-core box).
+
+For the demo model and a CPU-heavy 5-exit CNN (``bench_models:cpu_heavy``): collect,
+profile and solve once, then verify at batch 1 and 32 (one thread) on the quiet machine
+and again while two busy processes (``while True: pass``, bounded in time, always killed)
+compete for the cores. verify times the early exit and the plain model in pairs on the
+same batches, so load should hit both alike: the goal is a loaded speed-up within x1.1 of
+the quiet one and never the opposite verdict. Each speed-up is judged against the
+required one with a tri-state rule on its interval (timing and sampling noise): PASS if
+the whole interval clears it, FAIL if the whole interval is below, else INCONCLUSIVE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+
+import torch  # noqa: E402
+from bench_models import prepare_pipeline  # noqa: E402
+
+from dyncal.analysis.latency import cpu_model  # noqa: E402
+from dyncal.artifacts.verify import PairedTiming  # noqa: E402
+from dyncal.runtime import verify_run  # noqa: E402
+
+_BUSY = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
+
+
+def verdict(ci: tuple[float, float], required: float) -> str:
+    """PASS when the whole interval clears ``required``, FAIL when it is all below, else INCONCLUSIVE."""
+    lo, hi = ci
+    if lo >= required:
+        return "PASS"
+    if hi < required:
+        return "FAIL"
+    return "INCONCLUSIVE"
+
+
+@contextlib.contextmanager
+def busy(n: int, seconds: float) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """``n`` processes spinning a core each; they stop by themselves after ``seconds`` and are killed on exit."""
+    procs = [subprocess.Popen([sys.executable, "-c", _BUSY.format(seconds=seconds)]) for _ in range(n)]
+    try:
+        time.sleep(0.5)  # let them get going
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+
+
+def _row(t: PairedTiming, required: float) -> dict[str, object]:
+    return {
+        "speedup": t.speedup,
+        "speedup_ci": list(t.speedup_ci),
+        "speedup_ci_timing": list(t.speedup_ci_timing),
+        "measured_ms": t.measured_ms,
+        "full_model_ms": t.full_model_ms_median,
+        "timing_spread": t.timing_spread,
+        "batches": t.batches,
+        "verdict": verdict(t.speedup_ci, required),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny settings, write nothing (smoke test)")
+    ap.add_argument("--min-speedup", type=float, default=2.0, help="the required speed-up")
+    ap.add_argument("--repeats", type=int, default=7, help="pairs per batch")
+    ap.add_argument("--max-seconds", type=float, default=30.0, help="verify's time bound per run")
+    ap.add_argument("--busy", type=int, default=2, help="busy background processes")
+    ap.add_argument("--cpus", default=None, help="pin to these cores, e.g. 0,1")
+    ap.add_argument("--models", default="demo,cpu_heavy")
+    args = ap.parse_args()
+    if args.cpus:
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})  # busy processes inherit it
+    if args.quick:
+        os.environ.setdefault("DYNCAL_BENCH_N", "64")
+    repeats = 3 if args.quick else args.repeats
+    max_seconds = 2.0 if args.quick else args.max_seconds
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        for name in args.models.split(","):
+            run_dir, thresholds = prepare_pipeline(name, work, threads=1, profile_repeats=3 if args.quick else 25)
+
+            def measure(run_dir: str = run_dir, thresholds: object = thresholds) -> dict[str, PairedTiming]:
+                result = verify_run(
+                    run_dir,
+                    thresholds,  # type: ignore[arg-type]
+                    batch_sizes=(1, 32),
+                    threads=1,
+                    repeats=repeats,
+                    max_seconds=max_seconds,
+                    limit=64 if args.quick else None,
+                )
+                return {t.key: t for t in result.timings}
+
+            quiet = measure()
+            with busy(args.busy, seconds=10 * max_seconds + 120):
+                loaded = measure()
+            for key, q in quiet.items():
+                lq, ll = _row(q, args.min_speedup), _row(loaded[key], args.min_speedup)
+                opposite = {lq["verdict"], ll["verdict"]} == {"PASS", "FAIL"}
+                rows.append(
+                    {
+                        "model": name,
+                        "key": key,
+                        "required": args.min_speedup,
+                        "quiet": lq,
+                        "loaded": ll,
+                        "loaded_over_quiet": loaded[key].speedup / q.speedup,
+                        "opposite_verdict": opposite,
+                    }
+                )
+    machine = (
+        f"{cpu_model()}, {os.cpu_count()} cores"
+        + (f" (pinned to {args.cpus})" if args.cpus else "")
+        + f", 1 torch thread, torch {torch.__version__}, Python {platform.python_version()}; load average before "
+        f"{load_before[0]:.2f}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {time.perf_counter() - t0:.0f} s"
+    )
+
+    def fmt(r: dict[str, object]) -> str:
+        lo, hi = r["speedup_ci"]  # type: ignore[misc]
+        return f"{r['speedup']:.2f}x [{lo:.2f}, {hi:.2f}]"
+
+    lines = [
+        "# The verdict under load: verify quiet and beside busy processes",
+        "",
+        f"Machine: {machine}.",
+        "",
+        f"verify at batch 1 and 32, {repeats} pairs per batch, time bound {max_seconds:g} s per run; loaded = "
+        f"{args.busy} busy processes (`while True: pass`) running throughout. Required speed-up "
+        f"{args.min_speedup:g}x; verdict: PASS if the whole 95% interval clears it, FAIL if it is all below, "
+        "else INCONCLUSIVE. Goal: loaded/quiet within x1.1, never the opposite verdict.",
+        "",
+        "| model | latency | quiet speed-up [95%] | loaded speed-up [95%] | loaded/quiet | quiet verdict | loaded verdict | "
+        "spread quiet / loaded | early exit ms quiet / loaded | batches quiet / loaded |",
+        "|---|---|---:|---:|---:|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        q, lo = r["quiet"], r["loaded"]
+        ratio = r["loaded_over_quiet"]
+        flag = "" if abs(ratio - 1) <= 0.1 else " (outside x1.1)"
+        verdicts = f"{q['verdict']} | {lo['verdict']}" + (" (OPPOSITE)" if r["opposite_verdict"] else "")
+        lines.append(
+            f"| {r['model']} | {r['key']} | {fmt(q)} | {fmt(lo)} | {ratio:.3f}{flag} | {verdicts} | "
+            f"{100 * q['timing_spread']:.0f}% / {100 * lo['timing_spread']:.0f}% | "
+            f"{q['measured_ms']:.3f} / {lo['measured_ms']:.3f} | {q['batches']} / {lo['batches']} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.quick:
+        (HERE / "verdict_under_load.md").write_text(text)
+        (HERE / "verdict_under_load.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

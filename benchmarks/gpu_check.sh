@@ -35,6 +35,6 @@ d = json.load(open(sys.argv[1]))
 print("agreement", d["agreement"], "hardware", d["hardware"])
 for t in d["timings"]:
     print(t["key"], "measured", round(t["measured_ms"], 4), "predicted", t["predicted_ms"] and round(t["predicted_ms"], 4),
-          "full model", round(t["full_model_ms"], 4), "speed-up", t["speedup_vs_full_model"] and round(t["speedup_vs_full_model"], 2))
+          "full model", round(t["full_model_ms"], 4), "speed-up", round(t["speedup"], 2), "interval", [round(v, 2) for v in t["speedup_ci"]])
 PY
 rm -rf "$WORK"

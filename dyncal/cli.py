@@ -842,10 +842,15 @@ def _print_verify(doc: dict[str, Any]) -> None:
         f"(exits {100 * doc['exit_agreement']:.2f}%); accuracy runtime {100 * doc['runtime_accuracy']:.2f}% "
         f"vs simulated {100 * doc['simulated_accuracy']:.2f}%"
     )
-    table = Table(title="latency per batch (ms): early exit and plain model timed in pairs")
-    for col in ("device/batch", "batches timed", "measured", "predicted", "measured/predicted", "full model"):
-        table.add_column(col, justify="right")
-    table.add_column("speed-up [95% interval]", justify="right")
+    table = Table(
+        title="ms per batch: early exit and plain model timed in pairs",
+        box=None,
+        pad_edge=False,
+        padding=(0, 1),
+        collapse_padding=True,
+    )
+    for col in ("", "measured", "predicted", "meas/pred", "full model", "speed-up [95%]", "batches"):
+        table.add_column(col, justify="right", no_wrap=True)
     coverage = settings.get("coverage", {})
     for t in doc["timings"]:
         pred = t["predicted_ms"]
@@ -854,12 +859,12 @@ def _print_verify(doc: dict[str, Any]) -> None:
         lo, hi = t["speedup_ci"]
         table.add_row(
             t["key"],
-            f"{t['batches']} of {cov.get('batches', t['batches'])}",
             f"{t['measured_ms']:.3f}",
             "-" if pred is None else f"{pred:.3f}",
             "-" if ratio is None else f"{ratio:.2f}",
             f"{t['full_model_ms']:.3f}",
             f"{t['speedup']:.2f}x [{lo:.2f}, {hi:.2f}]",
+            f"{t['batches']}/{cov.get('batches', t['batches'])}",
         )
     Console().print(table)
     stopped = [k for k, c in coverage.items() if c.get("stopped_early")]

@@ -479,8 +479,8 @@ def verify_run(
                 predicted_ms=predict_batches_ms(run.costs, device, [sim_exits[p] for p in timed]),
                 solve_expected_ms=thresholds.expected_ms.get(key),
             )
-            if timing_result.timing_spread > NOISE_IQR_FRACTION:
-                log.warning(
+            if timing_result.timing_spread > NOISE_IQR_FRACTION:  # the CLI prints it from the result
+                log.info(
                     "noisy timing at %s: the paired ratio's IQR is %.0f%% of its median (> %.0f%%); %s",
                     key,
                     100 * timing_result.timing_spread,

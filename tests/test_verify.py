@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import weakref
 
 import numpy as np
@@ -231,6 +232,11 @@ def test_pairs_alternate_and_keep_every_replicate():
     order.clear()
     timer.paired(work("a", [1] * 4), work("b", [1] * 4), 4, a_first=False)
     assert order == ["b", "a", "a", "b", "b", "a", "a", "b"]
+    # settle: each member runs untimed right before its timed call; only the timed call counts
+    order.clear()
+    a_ms, b_ms = timer.paired(work("a", [7, 1, 7, 2]), work("b", [9, 3, 9, 4]), 2, settle=1)
+    assert order == ["a", "a", "b", "b", "b", "b", "a", "a"]
+    assert a_ms == pytest.approx([1, 2]) and b_ms == pytest.approx([3, 4])
 
 
 def test_block_size_grows_until_the_clock_overhead_is_negligible():
@@ -379,9 +385,77 @@ def test_cli_prints_the_thread_count_and_the_paired_table(cli, demo_dir):
     assert doc["threads"] == 1 and doc["settings"]["threads"] == 1
 
 
-def test_verify_refuses_bad_settings(cli, demo_dir):
-    args = ["verify", demo_dir / "run", "--thresholds", demo_dir / "thresholds.json"]
-    assert_clean_error(cli(*args, "--repeats", 0), "repeats")
-    assert_clean_error(cli(*args, "--max-seconds", 0), "max-seconds")
-    with pytest.raises(DyncalError, match="--max-seconds must be positive, got -1"):
-        verify_run(demo_dir / "run", read_thresholds(demo_dir / "thresholds.json"), max_seconds=-1)
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_seconds": -1.0}, "--max-seconds must be positive, got -1"),
+        ({"max_seconds": 0.0}, "--max-seconds must be positive, got 0"),
+        ({"repeats": 0}, "--repeats must be at least 1, got 0"),
+        ({"threads": 0}, "--threads must be at least 1, got 0"),
+        ({"warmup": -1}, "warmup must be at least 0, got -1"),
+        ({"batch_sizes": ()}, "--batch-size must be positive"),
+    ],
+)
+def test_verify_refuses_bad_settings(demo_dir, kwargs, message):
+    th = read_thresholds(demo_dir / "thresholds.json")
+    with pytest.raises(DyncalError, match=re.escape(message)):
+        verify_run(demo_dir / "run", th, **kwargs)
+
+
+# ----------------------------------------------------------------- the cost model, by hand
+
+
+def _profile(**extra):
+    from dyncal.run import LatencyProfile
+
+    base = dict(
+        device="cpu",
+        batch_size=4,
+        stage_ms=((9.0,), (9.0,), (9.0,)),  # unused once exit paths exist
+        decision_ms=(9.0,),
+        full_model_ms=(20.0,),
+        threads=1,
+        hardware="x",
+        settings={"compaction_rows": 4},
+    )
+    return LatencyProfile(**{**base, **extra})
+
+
+def test_cost_model_follows_what_the_runner_does():
+    from dyncal.analysis.costmodel import predict_batch_ms, predict_batches_ms
+    from dyncal.run import CostTable
+
+    prof = _profile(
+        exit_path_ms=((1.0,), (3.0,), (6.0,)),  # all 4 rows leave at exit k: stage increments 1, 2, 3
+        exit_path_rows_ms={2: ((0.5,), (1.5,), (3.0,))},  # at 2 rows: 0.5, 1.0, 1.5
+        compaction_ms=((0.25,), (0.4,)),
+    )
+    costs = CostTable(latency={"cpu/b4": prof})
+    cases = {
+        (0, 0, 0, 0): 1.0,  # the measured path itself
+        (2, 2, 2, 2): 6.0,
+        (0, 0, 2, 2): 1.0 + 1.0 + 1.5 + 0.25,  # stages 2-3 at 2 rows, one split at exit 1
+        (0, 1, 2, 2): 1.0 + 1.5 + 1.5 + 0.25 + 0.4,  # stage 2 at 3 rows: between 2 and 4; two splits
+    }
+    for exits, ms in cases.items():
+        assert predict_batches_ms(costs, "cpu", [np.array(exits)]) == pytest.approx(ms), exits
+    all_rows = np.concatenate([np.array(e) for e in cases])
+    assert predict_batch_ms(costs, "cpu", all_rows, 4) == pytest.approx(np.mean(list(cases.values())))
+    assert predict_batches_ms(costs, "cuda", [np.array([0])]) is None
+
+
+def test_profiles_without_exit_paths_still_load_and_predict():
+    from dyncal.analysis.costmodel import predict_batches_ms
+    from dyncal.run import CostTable, LatencyProfile
+
+    old = _profile().to_dict()
+    for key in ("exit_path_ms", "compaction_ms", "exit_path_rows_ms"):
+        old.pop(key)
+    prof = LatencyProfile.from_dict(old)
+    assert prof.exit_path_ms == () and prof.compaction_ms == () and prof.exit_path_rows_ms == {}
+    assert prof.early_exit_ms == [18.0, 36.0, 45.0]  # stages plus one decision per exit passed
+    # a batch that splits: no compaction measured, none charged
+    assert predict_batches_ms(CostTable(latency={"cpu/b4": prof}), "cpu", [np.array([0, 2, 2, 2])]) == 45.0
+    assert LatencyProfile.from_dict(_profile(exit_path_rows_ms={2: ((1.0,),) * 3}).to_dict()).exit_path_rows_ms == {
+        2: ((1.0,),) * 3
+    }

@@ -250,26 +250,41 @@ class Timer:
         return out
 
     def paired(
-        self, a: Callable[[], Any], b: Callable[[], Any], repeats: int, *, a_first: bool = True, calls: int = 1
+        self,
+        a: Callable[[], Any],
+        b: Callable[[], Any],
+        repeats: int,
+        *,
+        a_first: bool = True,
+        calls: int = 1,
+        settle: int = 0,
     ) -> tuple[list[float], list[float]]:
         """``repeats`` pairs of ``a`` and ``b`` timed back to back, alternating which goes first.
 
         Whatever the machine does during a pair hits both of its members alike, so their
         ratio is measured as a ratio; alternating the order cancels what one member leaves
-        behind for the next (caches, clock boosts).
+        behind for the next (clock boosts). ``settle`` untimed calls of each member right
+        before its timed block let it run in its own steady state rather than in the caches
+        the other member left (as it would when deployed alone).
 
         Returns:
             ``(a_ms, b_ms)``, ``repeats`` milliseconds per call each, pair by pair.
         """
         a_ms: list[float] = []
         b_ms: list[float] = []
+
+        def one(fn: Callable[[], Any], out: list[float]) -> None:
+            for _ in range(settle):
+                fn()
+            out.append(self.block_ms(fn, calls))
+
         for r in range(repeats):
             if (r % 2 == 0) == a_first:
-                a_ms.append(self.block_ms(a, calls))
-                b_ms.append(self.block_ms(b, calls))
+                one(a, a_ms)
+                one(b, b_ms)
             else:
-                b_ms.append(self.block_ms(b, calls))
-                a_ms.append(self.block_ms(a, calls))
+                one(b, b_ms)
+                one(a, a_ms)
         return a_ms, b_ms
 
 

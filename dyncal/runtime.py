@@ -16,11 +16,12 @@ one batch at a time, and finds:
   same batch, alternating which goes first (:meth:`dyncal.analysis.latency.Timer.paired`,
   the clock ``dyncal profile`` uses), so load on the machine hits both alike and the
   speed-up is measured as a ratio; each runs once untimed right before it is timed, so
-  neither is timed in the caches the other left behind (deployed, it runs alone); beside it, the prediction from the run's cost table
-  for the same batches (:func:`dyncal.analysis.costmodel.predict_batches_ms`). Rows are
-  replayed in a seeded shuffled order (data sets are often sorted by class, which would
-  make consecutive batches unlike deployment) and timing stops adding batches once
-  ``max_seconds`` have passed (at least :data:`MIN_TIMED_BATCHES` per batch size).
+  neither is timed in the caches the other left behind (deployed, it runs alone); beside
+  it, the prediction from the run's cost table for the same batches
+  (:func:`dyncal.analysis.costmodel.predict_batches_ms`). Rows are replayed in a seeded
+  shuffled order (data sets are often sorted by class, which would make consecutive
+  batches unlike deployment) and timing stops adding batches once ``max_seconds`` have
+  passed (at least :data:`MIN_TIMED_BATCHES` per batch size).
 
 The result is a :class:`dyncal.artifacts.verify.VerifyResult` bound to the run, the
 thresholds and the model it measured.

@@ -355,7 +355,8 @@ def measure_latency(
 
         stage_fns = [_bind(m, c) for m, c in zip(stages.modules, carries, strict=True)]
         decider = EarlyExitRunner(stages, [settings.threshold] * (k - 1) + [None], [1.0] * k)
-        decision_fn: Callable[[], Any] = lambda: decider.leaving(last_logits, 0)  # noqa: E731
+        # a static model (K = 1) makes no exit decision: nothing to time
+        decision_fns: list[Callable[[], Any]] = [functools.partial(decider.leaving, last_logits, 0)] if k > 1 else []
         path_runners = [path_runner(j) for j in range(k)]
         path_fns: list[Callable[[], Any]] = [functools.partial(r, x) for r in path_runners]
         compaction_fns, compaction_rows = _compaction_fns(stages, decider, x)
@@ -365,7 +366,7 @@ def measure_latency(
         ladder_fns: list[Callable[[], Any]] = [functools.partial(r, x[:rows]) for rows in ladder for r in path_runners]
         fns: list[Callable[[], Any]] = [
             *stage_fns,
-            decision_fn,
+            *decision_fns,
             *path_fns,
             *compaction_fns,
             *ladder_fns,
@@ -377,12 +378,12 @@ def measure_latency(
             calls.append(timer.block_calls(f, settings.min_block_ms, settings.max_block_calls))
         reps = timer.round_robin(fns, calls, settings.repeats)
 
-    n_comp = len(compaction_fns)
+    n_comp, n_dec = len(compaction_fns), len(decision_fns)
     stage_ms = reps[:k]
-    decision_ms = reps[k]
-    path_ms = reps[k + 1 : 2 * k + 1]
-    compaction_ms = reps[2 * k + 1 : 2 * k + 1 + n_comp]
-    ladder_start = 2 * k + 1 + n_comp
+    decision_ms = reps[k] if n_dec else []
+    path_ms = reps[k + n_dec : 2 * k + n_dec]
+    compaction_ms = reps[2 * k + n_dec : 2 * k + n_dec + n_comp]
+    ladder_start = 2 * k + n_dec + n_comp
     path_rows_ms = {
         rows: tuple(tuple(r) for r in reps[ladder_start + i * k : ladder_start + (i + 1) * k])
         for i, rows in enumerate(ladder)
@@ -410,9 +411,9 @@ def measure_latency(
         "repeats": settings.repeats,
         "min_block_ms": settings.min_block_ms,
         "block_calls": calls[:k],
-        "decision_block_calls": calls[k],
-        "exit_path_block_calls": calls[k + 1 : 2 * k + 1],
-        "compaction_block_calls": calls[2 * k + 1 : 2 * k + 1 + n_comp],
+        "decision_block_calls": calls[k] if n_dec else None,
+        "exit_path_block_calls": calls[k + n_dec : 2 * k + n_dec],
+        "compaction_block_calls": calls[2 * k + n_dec : 2 * k + n_dec + n_comp],
         "exit_path_rows": ladder,
         "full_model_block_calls": calls[-1],
         "timer": timer.label,

@@ -758,6 +758,20 @@ def verify(
         str | None,
         typer.Option(help="Declare stages by hand: 'pkg.module:fn', fn(model) -> list of stage modules."),
     ] = None,
+    package: Annotated[
+        Path | None,
+        typer.Option(
+            help="Replay a 'dyncal export' package instead of the model: measure what is shipped "
+            "(it must come from this run and these thresholds)."
+        ),
+    ] = None,
+    allow_other_model: Annotated[
+        bool,
+        typer.Option(
+            "--allow-other-model",
+            help="Replay a model that is not the run's (other weights or logits on recorded rows); recorded.",
+        ),
+    ] = False,
     overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -770,6 +784,7 @@ def verify(
     the simulated exits and predictions, and measured vs predicted milliseconds per batch.
 
     Example: dyncal verify run --thresholds thresholds.json --batch-size 1,32 --out verify.json
+    (or --package DIR from 'dyncal export', to time what ships)
     """
     from dyncal.artifacts.outputs import check_output_file, output_errors
     from dyncal.artifacts.thresholds import read_thresholds
@@ -794,11 +809,18 @@ def verify(
                 repeats=repeats,
                 max_seconds=max_seconds,
                 stages_spec=stages,
+                allow_other_model=allow_other_model,
+                package=package,
                 progress=progress,
             )
         if out is not None:
             with output_errors(out):
                 result.save(out)
+        if package is None:
+            note_run_code(run, model=model, weights=weights, model_path=model_path, data=data)
+    check = result.settings.get("model_check") or {}
+    if check.get("allowed"):
+        typer.echo(f"note: --allow-other-model: used although {check.get('mismatch')} (recorded)", err=True)
     doc = result.to_dict()
     if json_:
         echo_json(doc)

@@ -57,7 +57,7 @@ from dyncal.models import (
     check_exported_archive,
     import_object,
     load_exported,
-    load_model,
+    load_run_model,
     resolve_device,
 )
 from dyncal.run import (
@@ -621,20 +621,6 @@ def _check_out(out: Path, partial: Path, overwrite: bool) -> None:
             raise DyncalError(f"'{partial}' holds files dyncal export did not write; remove it yourself")
 
 
-def _load_run_model(run: Run, *, model: str | None, weights: str | None, model_path: str | None) -> LoadedModel:
-    """The run's model on the CPU, from its provenance unless overridden (as ``verify_run`` does)."""
-    prov = run.provenance
-    spec = model or prov.model
-    if not spec or spec.startswith("("):
-        raise DyncalError(f"run '{run.path}' does not name its model; pass --model (and --weights)")
-    return load_model(
-        spec,
-        weights=weights if weights is not None else (prov.extra.get("weights") if model is None else None),
-        model_path=model_path if model_path is not None else prov.extra.get("model_path"),
-        device="cpu",
-    )
-
-
 def _input_signature(run: Run, shape: Sequence[int] | None, dtype: str | None) -> tuple[tuple[int, ...], str]:
     """Per-sample input shape and dtype: the run's record unless given."""
     extra = run.provenance.extra
@@ -803,13 +789,8 @@ def export_package(
     _check_out(out, partial, overwrite)
     shape, dtype_name = _input_signature(run, input_shape, input_dtype)
     dtype = _dtype(dtype_name, "--input-dtype")
-    loaded = _load_run_model(run, model=model, weights=weights, model_path=model_path)
-    recorded = run.provenance.weights_sha256
-    if recorded and loaded.weights_sha256 and recorded != loaded.weights_sha256:
-        raise DyncalError(
-            f"the weights loaded ({loaded.weights_sha256[:12]}) are not the ones run '{run.path}' was collected "
-            f"with ({recorded[:12]}); export the run's model (or collect a run of this one)"
-        )
+    # the run's model, checked by hash and by re-running recorded rows: a package ships the model it measured
+    loaded = load_run_model(run, model=model, weights=weights, model_path=model_path, device="cpu")
     module = loaded.module
     probe = _example(shape, dtype, 4)
     try:

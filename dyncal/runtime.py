@@ -48,9 +48,9 @@ from dyncal.artifacts.verify import ModelIdentity, PairedTiming, VerifyResult
 from dyncal.calibrate.policy import assign_exits, thresholds_from_json
 from dyncal.calibrate.scores import SCORES, exit_scores
 from dyncal.calibrate.solvers import ThresholdsResult
-from dyncal.data import ImageTransform, load_dataset
+from dyncal.data import dataset_for_run
 from dyncal.errors import DataError, DyncalError
-from dyncal.models import LoadedModel, check_exit_outputs, import_object, load_model, resolve_device
+from dyncal.models import check_exit_outputs, import_object, load_run_model, resolve_device
 from dyncal.run import Run, latency_key, load_run
 
 __all__ = [
@@ -263,35 +263,33 @@ def _checked_stages(
     return stages
 
 
-def _load_run_model(
-    run: Run, model: str | None, weights: str | None, model_path: str | None, device: torch.device
-) -> LoadedModel:
-    """The model to replay: the run's (from its provenance) unless overridden."""
-    prov = run.provenance
-    spec = model or prov.model
-    if not spec or spec.startswith("("):
-        raise DyncalError(f"run '{run.path}' does not name its model; pass --model (and --weights)")
-    return load_model(
-        spec,
-        weights=weights if weights is not None else (prov.extra.get("weights") if model is None else None),
-        model_path=model_path if model_path is not None else prov.extra.get("model_path"),
-        device=str(device),
-    )
+def _bound_package(
+    package: str | os.PathLike[str],
+    run: Run,
+    thresholds: ThresholdsResult,
+    dev: torch.device,
+    *,
+    model: str | None,
+    weights: str | None,
+    stages_spec: str | None,
+) -> Any:
+    """Load a ``dyncal export`` package to replay, refusing one made from another run or thresholds."""
+    from dyncal.export import load_early_exit
 
-
-def _dataset_for(run: Run, data: str | Dataset[Any] | None, search_path: str | None) -> Dataset[Any]:
-    if data is not None and not isinstance(data, str):
-        return data
-    spec = data or run.provenance.data
-    if not spec or spec.startswith("("):
-        raise DyncalError(f"run '{run.path}' does not name its data set; pass --data")
-    tf = run.provenance.extra.get("image_transform")
-    transform = None
-    if tf:
-        transform = ImageTransform(
-            resize=int(tf["resize"]), crop=int(tf["crop"]), mean=tuple(tf["mean"]), std=tuple(tf["std"])
+    if model is not None or weights is not None or stages_spec is not None:
+        raise DyncalError("--package replays the exported stages: --model, --weights and --stages do not apply")
+    pkg = load_early_exit(package, device=str(dev))
+    if pkg.manifest.run_fingerprint != run.fingerprint:
+        raise DyncalError(
+            f"the package '{package}' was exported from another run (fingerprint "
+            f"{pkg.manifest.run_fingerprint[:12]}, run '{run.path}' is {run.fingerprint[:12]}); export it from this run"
         )
-    return load_dataset(spec, transform=transform, search_path=search_path)  # as collect reads it
+    if pkg.manifest.decision_fingerprint != thresholds.decision_fingerprint:
+        raise DyncalError(
+            f"the package '{package}' holds other thresholds than the --thresholds file; pass the thresholds it was "
+            "exported with, or export again"
+        )
+    return pkg
 
 
 def _stream(
@@ -362,6 +360,8 @@ def verify_run(
     weights: str | None = None,
     model_path: str | None = None,
     data: str | Dataset[Any] | None = None,
+    allow_other_model: bool = False,
+    package: str | os.PathLike[str] | None = None,
     repeats: int = 5,
     warmup: int = 3,
     max_seconds: float = DEFAULT_MAX_SECONDS,
@@ -383,6 +383,10 @@ def verify_run(
         weights: Checkpoint overriding the provenance.
         model_path: Import folder overriding the provenance.
         data: Data spec (or a map-style data set) overriding the provenance.
+        allow_other_model: Replay a model that is not the run's (its checkpoint hash or its
+            logits on recorded rows differ); recorded in the result.
+        package: A ``dyncal export`` package to replay instead of the model: what is measured
+            is what is shipped. It must be bound to this run and to ``thresholds``.
         repeats: Pairs timed per batch (default 5).
         warmup: Untimed calls of each before timing a batch size (default 3).
         max_seconds: Time bound of the timing, all batch sizes together, shared out evenly
@@ -414,9 +418,30 @@ def verify_run(
     if threads is not None and threads < 1:
         raise DyncalError(f"--threads must be at least 1, got {threads}")
     dev = resolve_device(device)
-    loaded = _load_run_model(run, model, weights, model_path, dev)
     search_path = model_path or run.provenance.extra.get("model_path")
-    dataset = _dataset_for(run, data, search_path)
+    if package is not None:
+        pkg = _bound_package(package, run, thresholds, dev, model=model, weights=weights, stages_spec=stages_spec)
+        identity = ModelIdentity(
+            spec=str(package), weights_sha256=pkg.manifest.model.get("weights_sha256"), kind="package"
+        )
+        model_check: dict[str, Any] | None = None
+    else:
+        loaded = load_run_model(
+            run,
+            model=model,
+            weights=weights,
+            model_path=model_path,
+            data=data if isinstance(data, str) else None,
+            device=str(dev),
+            allow_other_model=allow_other_model,
+        )
+        identity = ModelIdentity(spec=loaded.spec, weights_sha256=loaded.weights_sha256)
+        model_check = None if loaded.check is None else loaded.check.to_dict()
+    dataset = (
+        data
+        if data is not None and not isinstance(data, str)
+        else dataset_for_run(run, data=data, search_path=search_path)
+    )
     data_name = data if isinstance(data, str) else (run.provenance.data if data is None else type(data).__name__)
     data_name = str(data_name)
     n = run.n if limit is None else min(limit, run.n)
@@ -433,9 +458,14 @@ def verify_run(
     coverage: dict[str, dict[str, Any]] = {}
     with pinned_threads(pin) as n_threads:
         _, probe = next(_stream(dataset, rows, [order[: min(4, n)]], data_name))
-        stages = _checked_stages(loaded.module, probe, dev, run.k, stages_spec, search_path)
-        runner = EarlyExitRunner(stages, thresholds.thresholds, thresholds.temperatures, thresholds.score)
-        plain = loaded.module
+        runner: EarlyExitRunner
+        plain: Callable[[torch.Tensor], Any]
+        if package is not None:
+            runner, plain = pkg, pkg.full_model
+        else:
+            stages = _checked_stages(loaded.module, probe, dev, run.k, stages_spec, search_path)
+            runner = EarlyExitRunner(stages, thresholds.thresholds, thresholds.temperatures, thresholds.score)
+            plain = loaded.module
         used_s = 0.0
         first_rows = 0
         for i, b in enumerate(batch_sizes):
@@ -512,7 +542,7 @@ def verify_run(
     return VerifyResult(
         run_fingerprint=run.fingerprint,
         decision_fingerprint=thresholds.decision_fingerprint,
-        model=ModelIdentity(spec=loaded.spec, weights_sha256=loaded.weights_sha256),
+        model=identity,
         n=n,
         agreement=float(np.mean((rt_exits == sim_exits) & (rt_preds == sim_preds))),
         exit_agreement=float(np.mean(rt_exits == sim_exits)),
@@ -538,7 +568,8 @@ def verify_run(
             "pairs": "early exit and plain model back to back on each batch, alternating which goes first; "
             f"each runs {_SETTLE} time(s) untimed right before it is timed",
             "timer": timer.label,
-            "stages": stages.source,
+            "model_check": model_check,
+            "stages": runner.stages.source,
             "limit": limit,
         },
     )
@@ -557,7 +588,7 @@ def _into(out: list[T], fn: Callable[[torch.Tensor], T], x: torch.Tensor) -> Non
     out.append(fn(x))
 
 
-def _plain(model: nn.Module, x: torch.Tensor) -> Any:
+def _plain(model: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Any:
     """The plain model on ``x`` (every exit, no early exit), without autograd."""
     with torch.inference_mode():
         return model(x)

@@ -449,6 +449,40 @@ def test_export_refuses_weights_that_are_not_the_runs(demo, tmp_path):
     torch.manual_seed(5)
     other = tmp_path / "other.pt"
     torch.save(DigitsExitNet().state_dict(), other)
-    with pytest.raises(DyncalError, match="not the ones run"):
+    with pytest.raises(DyncalError, match="is not the model run .* was collected with: the SHA-256"):
         export_package(demo["run"], demo["th"], tmp_path / "pkg", weights=str(other))
     assert not (tmp_path / "pkg").exists() and not (tmp_path / "pkg.partial").exists()
+
+
+def test_verify_measures_the_package_that_ships(demo, tmp_path, cli):
+    """verify --package replays the exported stages: what is measured is what is shipped."""
+    out = tmp_path / "verify.json"
+    res = cli(
+        "verify", demo["run"], "--thresholds", demo["tmp"] / "th.json", "--package", demo["pkg"],
+        "--batch-size", "1,16", "--max-seconds", "2", "--repeats", "2", "--out", out,
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    from dyncal.artifacts.verify import VerifyResult
+
+    result = VerifyResult.load(out)
+    assert result.model.kind == "package" and result.model.spec == str(demo["pkg"])
+    assert result.model.weights_sha256 == dyncal.load_run(demo["run"]).provenance.weights_sha256
+    assert result.agreement == 1.0 and result.n == dyncal.load_run(demo["run"]).n
+    assert [t.key for t in result.timings] == ["cpu/b1", "cpu/b16"]
+    assert result.decision_fingerprint == demo["th"].decision_fingerprint
+
+
+def test_verify_refuses_a_package_of_other_thresholds(demo, tmp_path, cli):
+    from dyncal.calibrate.solvers import solve_run
+
+    other = tmp_path / "other.json"
+    th = solve_run(dyncal.load_run(demo["run"]), "0.05x")
+    assert th.decision_fingerprint != demo["th"].decision_fingerprint
+    other.write_text(json.dumps(th.to_dict()))
+    res = cli("verify", demo["run"], "--thresholds", other, "--package", demo["pkg"], "--max-seconds", "1")
+    assert_clean_error(res, "holds other thresholds than the --thresholds file")
+    res = cli(
+        "verify", demo["run"], "--thresholds", demo["tmp"] / "th.json", "--package", demo["pkg"],
+        "--weights", demo["tmp"] / "th.json",
+    )  # fmt: skip
+    assert_clean_error(res, "--package replays the exported stages")

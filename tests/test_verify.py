@@ -459,3 +459,26 @@ def test_profiles_without_exit_paths_still_load_and_predict():
     assert LatencyProfile.from_dict(_profile(exit_path_rows_ms={2: ((1.0,),) * 3}).to_dict()).exit_path_rows_ms == {
         2: ((1.0,),) * 3
     }
+
+
+def test_verify_replays_only_the_runs_model_unless_told_otherwise(cli, demo_dir, tmp_path):
+    """The model is the run's: other weights are refused, or used with --allow-other-model and recorded."""
+    import torch
+
+    from dyncal.artifacts.verify import VerifyResult
+    from dyncal.demo import DigitsExitNet
+
+    torch.manual_seed(11)
+    other = tmp_path / "other.pt"
+    torch.save(DigitsExitNet().state_dict(), other)
+    args = ("verify", demo_dir / "run", "--thresholds", demo_dir / "thresholds.json", "--max-seconds", "1")
+    model = ("--model", "dyncal.demo:DigitsExitNet", "--weights", other)
+    assert_clean_error(
+        cli(*args, *model), r"is not the model run .* was collected with: the SHA-256 .*--allow-other-model"
+    )
+    out = tmp_path / "v.json"
+    res = cli(*args, *model, "--allow-other-model", "--repeats", "1", "--limit", "40", "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "note: --allow-other-model: used although" in res.stderr
+    check = VerifyResult.load(out).settings["model_check"]
+    assert check["allowed"] is True and "SHA-256" in check["mismatch"]

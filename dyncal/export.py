@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dyncal.analysis.stages import Stages, _quiet_export_logs, build_stages, verify_stages
+from dyncal.analysis.stages import Stages, _quiet_export_logs, build_stages, stages_function, verify_stages
 from dyncal.artifacts.thresholds import check_thresholds_for_run, decision_fingerprint
 from dyncal.calibrate.scores import SCORES
 from dyncal.calibrate.solvers import ThresholdsResult
@@ -55,13 +55,13 @@ from dyncal.models import (
     LoadedModel,
     check_exit_outputs,
     check_exported_archive,
-    import_object,
+    input_signature,
     load_exported,
     load_run_model,
     resolve_device,
+    torch_dtype,
 )
 from dyncal.run import (
-    Run,
     atomic_write_bytes,
     atomic_write_text,
     check_out,
@@ -379,13 +379,6 @@ class _StageProgram(nn.Module):
         return self.graph(*[next(it) if t is None else t for t in self._slots])
 
 
-def _dtype(name: str, what: str) -> torch.dtype:
-    dt = getattr(torch, name.replace("torch.", ""), None)
-    if not isinstance(dt, torch.dtype):
-        raise DyncalError(f"{what}: {name!r} is not a torch dtype (e.g. float32)")
-    return dt
-
-
 class PackageRunner(EarlyExitRunner):
     """The early exit of an exported package (:func:`load_early_exit` makes one).
 
@@ -413,7 +406,7 @@ class PackageRunner(EarlyExitRunner):
         self.manifest = manifest
         self.manifest_sha256 = manifest_sha256
         self._programs = tuple(programs)
-        self._dtype = _dtype(manifest.input_dtype, f"package '{path}' input dtype")
+        self._dtype = torch_dtype(manifest.input_dtype, f"package '{path}' input dtype")
         self.device = device
         super().__init__(self._stages_on(device), manifest.thresholds, manifest.temperatures, manifest.score)
 
@@ -621,26 +614,6 @@ def _check_out(out: Path, partial: Path, overwrite: bool) -> None:
             raise DyncalError(f"'{partial}' holds files dyncal export did not write; remove it yourself")
 
 
-def _input_signature(run: Run, shape: Sequence[int] | None, dtype: str | None) -> tuple[tuple[int, ...], str]:
-    """Per-sample input shape and dtype: the run's record unless given."""
-    extra = run.provenance.extra
-    raw = shape if shape is not None else extra.get("input_shape")
-    if not raw:
-        raise DyncalError(
-            f"run '{run.path}' does not record its input shape; pass --input-shape with the per-sample shape, "
-            "e.g. 3,224,224"
-        )
-    try:
-        shape_t = tuple(int(v) for v in raw)
-    except (TypeError, ValueError):
-        raise DyncalError(f"the input shape {raw!r} is not a list of integers; pass --input-shape") from None
-    if any(v < 1 for v in shape_t):
-        raise DyncalError(f"--input-shape must be positive integers per sample, got {list(shape_t)}")
-    name = str(dtype or extra.get("input_dtype") or "float32").replace("torch.", "")
-    _dtype(name, "--input-dtype")
-    return shape_t, name
-
-
 def _example(shape: Sequence[int], dtype: torch.dtype, batch_size: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed + batch_size)
     if dtype.is_floating_point:
@@ -693,13 +666,7 @@ def _stages_for(
     loaded: LoadedModel, example: torch.Tensor, probe: torch.Tensor, stages_spec: str | None, model_path: str | None
 ) -> Stages:
     """The model's stages, proven on ``probe`` and able to let rows leave a batch."""
-    stages_fn = None
-    if stages_spec is not None:
-        stages_fn = import_object(stages_spec, what="--stages", search_path=model_path)
-        if not callable(stages_fn):
-            raise DyncalError(
-                f"--stages: '{stages_spec}' is not callable; name a function fn(model) -> [stage modules]"
-            )
+    stages_fn = stages_function(stages_spec, model_path)
     stages = build_stages(loaded.module, example, stages_fn=stages_fn)
     verify_stages(loaded.module, stages, probe)
     if not stages.dynamic_batch or not stages.can_drop_rows:
@@ -787,8 +754,8 @@ def export_package(
     out = Path(out)
     partial = out.with_name(out.name + PARTIAL_SUFFIX)
     _check_out(out, partial, overwrite)
-    shape, dtype_name = _input_signature(run, input_shape, input_dtype)
-    dtype = _dtype(dtype_name, "--input-dtype")
+    shape, dtype_name = input_signature(run, input_shape, input_dtype)
+    dtype = torch_dtype(dtype_name)
     # the run's model, checked by hash and by re-running recorded rows: a package ships the model it measured
     loaded = load_run_model(run, model=model, weights=weights, model_path=model_path, device="cpu")
     module = loaded.module

@@ -51,6 +51,8 @@ __all__ = [
     "logits_difference",
     "load_exported",
     "check_exit_outputs",
+    "input_signature",
+    "torch_dtype",
     "import_object",
     "call_factory",
     "sha256_file",
@@ -421,6 +423,53 @@ def load_exported(
         return torch.export.load(io.BytesIO(data))
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged archive
         raise ModelError(f"{what}: cannot load '{path}' as a torch.export archive: {first_line(e)}") from e
+
+
+def torch_dtype(name: str, what: str = "--input-dtype") -> torch.dtype:
+    """The torch dtype called ``name`` (``"float32"`` or ``"torch.float32"``).
+
+    Example:
+        >>> torch_dtype("torch.float16")
+        torch.float16
+
+    Raises:
+        ModelError: No such dtype (``what`` names the option or file it came from).
+    """
+    dt = getattr(torch, name.replace("torch.", ""), None)
+    if not isinstance(dt, torch.dtype):
+        raise ModelError(f"{what}: {name!r} is not a torch dtype (e.g. float32)")
+    return dt
+
+
+def input_signature(
+    run: Any, shape: Sequence[int] | None = None, dtype: str | None = None
+) -> tuple[tuple[int, ...], str]:
+    """A model's per-sample input shape and dtype name: as given, else as the run recorded them.
+
+    Args:
+        run: An opened run (:class:`dyncal.run.Run`).
+        shape: ``--input-shape`` (per sample, without the batch), or None.
+        dtype: ``--input-dtype``, or None (the run's, else ``float32``).
+
+    Raises:
+        ModelError: No shape recorded or given, a malformed one, or an unknown dtype.
+    """
+    extra = run.provenance.extra
+    raw = shape if shape is not None else extra.get("input_shape")
+    if not raw:
+        raise ModelError(
+            f"run '{run.path}' does not record its input shape; pass --input-shape with the per-sample shape, "
+            "e.g. 3,224,224"
+        )
+    try:
+        shape_t = tuple(int(v) for v in raw)
+    except (TypeError, ValueError):
+        raise ModelError(f"the input shape {raw!r} is not a list of integers; pass --input-shape") from None
+    if any(v < 1 for v in shape_t):
+        raise ModelError(f"--input-shape must be positive integers per sample, got {list(shape_t)}")
+    name = str(dtype or extra.get("input_dtype") or "float32").replace("torch.", "")
+    torch_dtype(name)
+    return shape_t, name
 
 
 def check_exit_outputs(outputs: Any, batch_size: int, *, static_ok: bool = False) -> tuple[int, int]:

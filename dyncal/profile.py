@@ -41,17 +41,18 @@ from torch import nn
 
 from dyncal.analysis.flops import StageMacs, stage_macs
 from dyncal.analysis.latency import LatencySettings, measure_latency
-from dyncal.analysis.stages import StageCheck, Stages, build_stages, verify_stages
+from dyncal.analysis.stages import StageCheck, Stages, build_stages, stages_function, verify_stages
 from dyncal.artifacts.outputs import check_writable
 from dyncal.errors import ProfileError
 from dyncal.models import (
     ModelCheck,
     check_exit_outputs,
-    import_object,
+    input_signature,
     load_model,
     load_run_model,
     resolve_device,
     run_model_source,
+    torch_dtype,
 )
 from dyncal.run import (
     CostTable,
@@ -223,13 +224,6 @@ def _latency_summary(p: LatencyProfile) -> dict[str, Any]:
     }
 
 
-def _dtype(name: str) -> torch.dtype:
-    dt = getattr(torch, name.replace("torch.", ""), None)
-    if not isinstance(dt, torch.dtype):
-        raise ProfileError(f"input dtype {name!r} is not a torch dtype; pass --input-dtype float32")
-    return dt
-
-
 def _example(
     shape: Sequence[int], dtype: torch.dtype, batch_size: int, device: torch.device, seed: int
 ) -> torch.Tensor:
@@ -239,15 +233,6 @@ def _example(
     else:
         x = torch.randint(0, 2, (batch_size, *shape), generator=g).to(dtype)
     return x.to(device)
-
-
-def _stages_fn(spec: str | None, model_path: str | None) -> Callable[[nn.Module], Sequence[nn.Module]] | None:
-    if spec is None:
-        return None
-    fn = import_object(spec, what="--stages", search_path=model_path)
-    if not callable(fn):
-        raise ProfileError(f"--stages: '{spec}' is not callable; name a function fn(model) -> [stage modules]")
-    return fn  # type: ignore[no-any-return]
 
 
 def _checked_stages(
@@ -401,25 +386,6 @@ def profile_model(
     return costs, macs, stages, checks
 
 
-def _input_of(run: Run, options: ProfileOptions) -> tuple[tuple[int, ...], str]:
-    """The per-sample input shape and dtype name: the options', else the run's."""
-    extra = run.provenance.extra
-    shape = options.input_shape if options.input_shape is not None else extra.get("input_shape")
-    if not shape:
-        raise ProfileError(
-            f"run '{run.path}' does not record the input shape; pass --input-shape "
-            "with the per-sample shape, e.g. 3,224,224"
-        )
-    try:
-        shape_t = tuple(int(d) for d in shape)
-    except (TypeError, ValueError):
-        raise ProfileError(
-            f"the recorded input shape {shape!r} is not a list of integers; pass --input-shape"
-        ) from None
-    dtype = options.input_dtype or extra.get("input_dtype") or "float32"
-    return shape_t, str(dtype)
-
-
 def profile_run_full(run_path: str | os.PathLike[str], *, options: ProfileOptions | None = None) -> ProfileResult:
     """Profile a run's model and store the cost table in the run; return the details.
 
@@ -447,8 +413,8 @@ def profile_run_full(run_path: str | os.PathLike[str], *, options: ProfileOption
 
 def _profile_locked(run: Run, options: ProfileOptions) -> ProfileResult:
     run_model_source(run, model=options.model, weights=options.weights, model_path=options.model_path)
-    shape, dtype_name = _input_of(run, options)
-    dtype = _dtype(dtype_name)
+    shape, dtype_name = input_signature(run, options.input_shape, options.input_dtype)
+    dtype = torch_dtype(dtype_name)
     loaded = load_run_model(
         run,
         model=options.model,
@@ -460,7 +426,7 @@ def _profile_locked(run: Run, options: ProfileOptions) -> ProfileResult:
         check_rows=options.check_rows,
     )
     spec, weights, model_path = loaded.spec, loaded.weights, loaded.model_path
-    stages_fn = _stages_fn(options.stages, model_path)
+    stages_fn = stages_function(options.stages, model_path)
     model_id: dict[str, Any] = {
         "model": spec,
         "weights_sha256": loaded.weights_sha256,

@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from dyncal.analysis.costmodel import predict_batches_ms
 from dyncal.analysis.latency import NOISE_ADVICE, NOISE_IQR_FRACTION, Clock, Timer, device_hardware, pinned_threads
-from dyncal.analysis.stages import StageRun, Stages, build_stages, verify_stages
+from dyncal.analysis.stages import StageRun, Stages, build_stages, stages_function, verify_stages
 from dyncal.artifacts.thresholds import check_thresholds_for_run, read_thresholds
 from dyncal.artifacts.verify import ModelIdentity, PairedTiming, VerifyResult
 from dyncal.calibrate.policy import assign_exits, thresholds_from_json
@@ -50,7 +50,7 @@ from dyncal.calibrate.scores import SCORES, exit_scores
 from dyncal.calibrate.solvers import ThresholdsResult
 from dyncal.data import dataset_for_run
 from dyncal.errors import DataError, DyncalError
-from dyncal.models import check_exit_outputs, import_object, load_run_model, resolve_device
+from dyncal.models import check_exit_outputs, load_run_model, resolve_device
 from dyncal.run import Run, latency_key, load_run
 
 __all__ = [
@@ -240,13 +240,7 @@ def _checked_stages(
     A model exported with a fixed batch size cannot drop rows, so it cannot early-exit a
     batch; that is said in one line rather than failing mid-run.
     """
-    stages_fn = None
-    if stages_spec is not None:
-        stages_fn = import_object(stages_spec, what="--stages", search_path=search_path)
-        if not callable(stages_fn):
-            raise DyncalError(
-                f"--stages: '{stages_spec}' is not callable; name a function fn(model) -> [stage modules]"
-            )
+    stages_fn = stages_function(stages_spec, search_path)
     probe = x.to(dev)
     with torch.inference_mode():
         outs = _try("the model", probe.shape[0], lambda: model(probe))

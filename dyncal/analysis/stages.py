@@ -85,6 +85,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -102,6 +103,7 @@ __all__ = [
     "build_stages",
     "export_stages",
     "declared_stages",
+    "stages_function",
     "verify_stages",
 ]
 
@@ -712,6 +714,26 @@ def declared_stages(
     for m in mods:
         m.eval()
     return Stages(list(mods), source=source)
+
+
+def stages_function(
+    spec: str | None, search_path: str | os.PathLike[str] | None = None
+) -> Callable[[nn.Module], Sequence[nn.Module]] | None:
+    """The ``--stages pkg.module:fn`` function that declares a model's stages by hand (None: none given).
+
+    It is code the user names: imported from ``search_path`` (``--model-path``) or ``PYTHONPATH``.
+
+    Raises:
+        ProfileError: It cannot be imported, or is not callable.
+    """
+    if spec is None:
+        return None
+    from dyncal.models import import_object
+
+    fn = import_object(spec, what="--stages", search_path=search_path)
+    if not callable(fn):
+        raise ProfileError(f"--stages: '{spec}' is not callable; name a function fn(model) -> [stage modules]")
+    return fn  # type: ignore[no-any-return]
 
 
 def build_stages(

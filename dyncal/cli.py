@@ -1171,31 +1171,16 @@ def report(
     Example: dyncal report run --thresholds thresholds.json --verify verify.json --max-drop 0.01
     --min-speedup 2 --device cpu --batch-size 1 --out report.pdf
     """
-    from dyncal.reports.pdf import build_report
+    from dyncal.reports.pdf import ReportOptions, build_report
 
+    report_fields = {f.name for f in dataclasses.fields(ReportOptions)}
     command = command_line(ctx)
     others = [part.strip() for item in compare or [] for part in item.split(",") if part.strip()]
     with user_errors():
-        result = build_report(
-            run,
-            out,
-            budget=budget,
-            thresholds=thresholds,
-            verify=verify,
-            min_accuracy=min_accuracy,
-            max_drop=max_drop,
-            min_speedup=min_speedup,
-            device=device,
-            batch_size=batch_size,
-            title=title,
-            method=method,
-            temperature=temperature,
-            holdout=holdout,
-            seed=seed,
-            command=command,
-            overwrite=overwrite,
-            compare=others,
-        )
+        # the command's own parameters are the report's options (one name each, no forwarding list)
+        asked = {k: v for k, v in ctx.params.items() if k in report_fields and k not in ("command", "compare")}
+        options = ReportOptions(**asked, command=command, compare=tuple(others))
+        result = build_report(run, out, options, overwrite=overwrite)
     doc = result.to_dict()
     if json_:
         echo_json(doc)

@@ -1059,3 +1059,17 @@ def test_the_operating_point_star_does_not_cover_an_exit_label() -> None:
         if star_offset != (0, 0):
             assert not (x0 - 8 <= star_offset[0] <= x1 + 8 and oy - 8 <= star_offset[1] <= oy + 17)
     assert _label_offset(ax, square, None) == ((4, -11), "left")
+
+
+def test_report_options_are_one_object_or_keywords_never_a_typo(demo_runs, tmp_path):
+    from dyncal.reports.operating import ReportOptions, prepare_report
+    from dyncal.reports.pdf import build_report
+
+    with pytest.raises(DyncalError, match="no report option 'max_dorp'; report options are: batch_size"):
+        build_report(demo_runs["plain"], tmp_path / "r.pdf", max_dorp=0.01)
+    with pytest.raises(DyncalError, match="not both"):
+        prepare_report(demo_runs["plain"], ReportOptions(budget="0.2x"), budget="0.3x")
+    by_object = prepare_report(demo_runs["plain"], ReportOptions(budget="0.2x", min_accuracy=0.9))
+    by_keywords = prepare_report(demo_runs["plain"], budget="0.2x", min_accuracy=0.9)
+    assert by_object.decision == by_keywords.decision and by_object.thresholds == by_keywords.thresholds
+    assert not (tmp_path / "r.pdf").exists()

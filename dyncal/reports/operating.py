@@ -8,6 +8,7 @@ the pages draw into a :class:`ReportData`. numpy only; nothing is drawn here.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
     from dyncal.calibrate.solvers import PreparedRun, ThresholdsResult
     from dyncal.run import Run
 
-__all__ = ["ReportData", "prepare_report", "report_date"]
+__all__ = ["ReportData", "ReportOptions", "prepare_report", "report_date", "report_options"]
 
 _DEFAULT_MAX_DROP = 0.01
 
@@ -472,28 +473,82 @@ def _figure_point(data: ReportData | _OperatingChoice, label: str | None) -> Ope
     )
 
 
+@dataclass(frozen=True)
+class ReportOptions:
+    """What a report is asked: the operating point, the criteria, the evidence, and how to label it.
+
+    One object carries them from the CLI (or Python) through every layer of the report.
+
+    Attributes:
+        budget: Operating point's budget (``0.6x``, ``1.2GMAC``, ``35ms``); None: chosen
+            from the criteria.
+        thresholds: A thresholds.json to report instead of solving at a budget.
+        verify: A verify.json (or :class:`~dyncal.artifacts.verify.VerifyResult`): measured
+            early exit, used only when it matches the run, thresholds and model.
+        min_accuracy: GO needs held-out accuracy at least this fraction.
+        max_drop: GO needs the accuracy drop vs the last exit at most this fraction.
+        min_speedup: GO needs a speed-up vs the last exit of at least this factor.
+        device: Latency device for the speed-up and ``ms`` budgets.
+        batch_size: Latency batch size.
+        title: Title on every page.
+        method: Threshold solver (default ``smoothed``).
+        temperature: Fit per-exit temperatures on the fitting half.
+        holdout: Held-out fraction (default 0.5).
+        seed: Seed of the held-out split (default 0).
+        command: The command line, shown on the provenance page.
+        compare: Other runs to judge the operating point against.
+    """
+
+    budget: str | None = None
+    thresholds: str | os.PathLike[str] | None = None
+    verify: str | os.PathLike[str] | VerifyResult | None = None
+    min_accuracy: float | None = None
+    max_drop: float | None = None
+    min_speedup: float | None = None
+    device: str | None = None
+    batch_size: int | None = None
+    title: str | None = None
+    method: str | None = None
+    temperature: bool = False
+    holdout: float | None = None
+    seed: int | None = None
+    command: str = ""
+    compare: Sequence[str | os.PathLike[str]] = ()
+
+
+def report_options(options: ReportOptions | None, fields: Mapping[str, Any]) -> ReportOptions:
+    """``options``, or a :class:`ReportOptions` built from keyword ``fields`` (not both).
+
+    Raises:
+        DyncalError: Both given, or a keyword that is no report option.
+    """
+    if options is not None:
+        if fields:
+            raise DyncalError(
+                f"give report options as options=ReportOptions(...) or as keywords, not both: {sorted(fields)}"
+            )
+        return options
+    known = {f.name for f in dataclasses.fields(ReportOptions)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise DyncalError(f"no report option {unknown[0]!r}; report options are: {', '.join(sorted(known))}")
+    return ReportOptions(**fields)
+
+
 def _choose_operating_point(
     run_path: str | os.PathLike[str],
+    options: ReportOptions,
     *,
-    budget: str | None = None,
-    thresholds: str | os.PathLike[str] | None = None,
-    verify: str | os.PathLike[str] | VerifyResult | None = None,
-    min_accuracy: float | None = None,
-    max_drop: float | None = None,
-    min_speedup: float | None = None,
-    device: str | None = None,
-    batch_size: int | None = None,
-    title: str | None = None,
-    method: str | None = None,
-    temperature: bool = False,
-    holdout: float | None = None,
-    seed: int | None = None,
     frontier: bool = True,
 ) -> _OperatingChoice:
     """Check the arguments, score the run, choose and apply the operating point.
 
     The frontier is computed when ``frontier`` is True or a budget must be chosen from it.
     """
+    budget, thresholds, verify, title = options.budget, options.thresholds, options.verify, options.title
+    device, batch_size, method, temperature = options.device, options.batch_size, options.method, options.temperature
+    holdout, seed = options.holdout, options.seed
+    min_accuracy, max_drop, min_speedup = options.min_accuracy, options.max_drop, options.min_speedup
     from dyncal.calibrate.solvers import DEFAULT_METHOD, METHODS, prepare_run, solve_run
     from dyncal.run import load_run
     from dyncal.stats import mean_bootstrap_ci
@@ -640,28 +695,14 @@ def _choose_operating_point(
     )
 
 
-def prepare_report(
-    run_path: str | os.PathLike[str],
-    *,
-    budget: str | None = None,
-    thresholds: str | os.PathLike[str] | None = None,
-    verify: str | os.PathLike[str] | VerifyResult | None = None,
-    min_accuracy: float | None = None,
-    max_drop: float | None = None,
-    min_speedup: float | None = None,
-    device: str | None = None,
-    batch_size: int | None = None,
-    title: str | None = None,
-    method: str | None = None,
-    temperature: bool = False,
-    holdout: float | None = None,
-    seed: int | None = None,
-    command: str = "",
-    compare: Sequence[str | os.PathLike[str]] = (),
-) -> ReportData:
+def prepare_report(run_path: str | os.PathLike[str], options: ReportOptions | None = None, **fields: Any) -> ReportData:
     """Compute everything a report shows, without drawing.
 
-    Takes the arguments of :func:`build_report` (less ``out_pdf`` and ``overwrite``);
+    Args:
+        run_path: The run.
+        options: What is asked (:class:`ReportOptions`); or give its fields as keywords.
+        **fields: :class:`ReportOptions` fields, when ``options`` is None.
+
     :func:`render_pdf` draws the result.
 
     Returns:
@@ -671,28 +712,15 @@ def prepare_report(
         DyncalError: As :func:`build_report`.
 
     Example:
-        >>> data = prepare_report("run", min_accuracy=0.95)  # doctest: +SKIP
+        >>> data = prepare_report("run", ReportOptions(min_accuracy=0.95))  # doctest: +SKIP
         >>> data.decision, data.accuracy  # doctest: +SKIP
         ('GO', 0.9875)
     """
     from dyncal.analysis.calibration import reliability_bins
 
-    choice = _choose_operating_point(
-        run_path,
-        budget=budget,
-        thresholds=thresholds,
-        verify=verify,
-        min_accuracy=min_accuracy,
-        max_drop=max_drop,
-        min_speedup=min_speedup,
-        device=device,
-        batch_size=batch_size,
-        title=title,
-        method=method,
-        temperature=temperature,
-        holdout=holdout,
-        seed=seed,
-    )
+    options = report_options(options, fields)
+    command, compare = options.command, options.compare
+    choice = _choose_operating_point(run_path, options)
     run, prep, frontier, doc = choice.run, choice.prep, choice.frontier, choice.thresholds
     assert frontier is not None and run.costs is not None
     req, outcome, acc, interval = choice.requirements, choice.outcome, choice.accuracy, choice.accuracy_interval

@@ -27,7 +27,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +40,8 @@ from dyncal.reports.figures import plot_exits, plot_frontier, plot_latency, plot
 from dyncal.reports.layout import PAGE_TITLES as PAGE_TITLES
 from dyncal.reports.layout import _style, _version, page_titles
 from dyncal.reports.operating import ReportData as ReportData
-from dyncal.reports.operating import _choose_operating_point, _op_label
+from dyncal.reports.operating import ReportOptions as ReportOptions
+from dyncal.reports.operating import _choose_operating_point, _op_label, report_options
 from dyncal.reports.operating import prepare_report as prepare_report
 from dyncal.reports.operating import report_date as report_date
 from dyncal.reports.pages import (
@@ -59,7 +59,6 @@ from dyncal.reports.text import _failure_text as _failure_text
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from dyncal.artifacts.verify import VerifyResult
     from dyncal.run import Run
 
 __all__ = [
@@ -209,23 +208,10 @@ def _check_report_exits(run: Run) -> None:
 def build_report(
     run_path: str | os.PathLike[str],
     out_pdf: str | os.PathLike[str],
+    options: ReportOptions | None = None,
     *,
-    budget: str | None = None,
-    thresholds: str | os.PathLike[str] | None = None,
-    verify: str | os.PathLike[str] | VerifyResult | None = None,
-    min_accuracy: float | None = None,
-    max_drop: float | None = None,
-    min_speedup: float | None = None,
-    device: str | None = None,
-    batch_size: int | None = None,
-    title: str | None = None,
-    method: str | None = None,
-    temperature: bool = False,
-    holdout: float | None = None,
-    seed: int | None = None,
-    command: str = "",
     overwrite: bool = True,
-    compare: Sequence[str | os.PathLike[str]] = (),
+    **fields: Any,
 ) -> ReportResult:
     """Solve a run's thresholds, judge the criteria and write the six-page PDF report.
 
@@ -233,6 +219,11 @@ def build_report(
         run_path: A run directory with costs (MACs and/or profiled latency).
         out_pdf: The PDF to write (atomically; an existing one is replaced only with
             ``overwrite``).
+        options: What is asked, as one :class:`~dyncal.reports.operating.ReportOptions`; or
+            give its fields as keywords (below).
+        overwrite: Replace an existing ``out_pdf`` (default True here; ``dyncal report``
+            refuses one unless ``--overwrite`` is given, as collect does).
+        **fields: The :class:`~dyncal.reports.operating.ReportOptions` fields:
         budget: Budget for the operating point (``0.6x``, ``1.2GMAC``, ``35ms``). Default:
             the cheapest frontier budget meeting the accuracy criterion on the fitting half;
             with only ``min_speedup``, the budget giving that speed-up; with no criterion,
@@ -255,8 +246,6 @@ def build_report(
         holdout: Fraction of samples held out of fitting (default 0.5; from the file with ``thresholds``).
         seed: Seed of the held-out split (default 0; from the file with ``thresholds``).
         command: The command line, printed on the provenance page.
-        overwrite: Replace an existing ``out_pdf`` (default True here; ``dyncal report``
-            refuses one unless ``--overwrite`` is given, as collect does).
         compare: Other runs measured on the same data (static models, K = 1, or other
             early-exit models) to judge the operating point against
             (:mod:`dyncal.reports.compare`): drawn on pages 2 and 3, judged on page 1. A
@@ -278,29 +267,13 @@ def build_report(
     from dyncal.artifacts.outputs import check_output_file, write_output
     from dyncal.run import load_run
 
+    options = report_options(options, fields)
     out = Path(out_pdf)
     if out.suffix.lower() != ".pdf":
         raise DyncalError(f"--out must name a .pdf file, got '{out}'")
-    check_output_file(out, overwrite=overwrite, kind="report", protect=(run_path, *compare))
+    check_output_file(out, overwrite=overwrite, kind="report", protect=(run_path, *options.compare))
     _check_report_exits(load_run(run_path))  # before the solving (the run's scan is remembered)
-    data = prepare_report(
-        run_path,
-        budget=budget,
-        thresholds=thresholds,
-        verify=verify,
-        min_accuracy=min_accuracy,
-        max_drop=max_drop,
-        min_speedup=min_speedup,
-        device=device,
-        batch_size=batch_size,
-        title=title,
-        method=method,
-        temperature=temperature,
-        holdout=holdout,
-        seed=seed,
-        command=command,
-        compare=compare,
-    )
+    data = prepare_report(run_path, options)
     pdf = render_pdf(data)
     write_output(out, pdf)
     return ReportResult(
@@ -326,7 +299,7 @@ def build_report(
             "keys": [t.key for t in data.verify.timings],
             "agreement": data.verify.agreement,
         },
-        alternatives=tuple(a.to_dict() for a in data.alternatives) if compare else None,
+        alternatives=tuple(a.to_dict() for a in data.alternatives) if options.compare else None,
     )
 
 
@@ -396,16 +369,10 @@ def export_figure(
                 _require_latency(run_path)
             # the operating point alone: no evidence, verdict or calibration; the frontier
             # only for the curves (or to choose the budget)
-            point = _choose_operating_point(
-                run_path,
-                budget=budget,
-                device=device,
-                batch_size=batch_size,
-                method=method,
-                holdout=holdout,
-                seed=seed,
-                frontier=kind != "exits",
+            asked = ReportOptions(
+                budget=budget, device=device, batch_size=batch_size, method=method, holdout=holdout, seed=seed
             )
+            point = _choose_operating_point(run_path, asked, frontier=kind != "exits")
             main = str(point.thresholds.get("method") or "") or None
             op = point.operating_point(_op_label(point))
             if kind == "frontier":

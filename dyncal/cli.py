@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from dyncal.artifacts.thresholds import json_ready
 from dyncal.errors import DyncalError
 
 if TYPE_CHECKING:
@@ -52,17 +53,7 @@ def user_errors() -> Iterator[None]:
 
 def echo_json(doc: Any) -> None:
     """Print one JSON document (NaN becomes null, as JSON has no NaN)."""
-    typer.echo(json.dumps(_json_safe(doc), indent=2))
-
-
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float) and x != x:  # NaN
-        return None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    return x
+    typer.echo(json.dumps(json_ready(doc), indent=2))
 
 
 def command_line(ctx: typer.Context) -> str:
@@ -610,6 +601,7 @@ def solve(
     Example: dyncal solve run --budget 0.5x --out thresholds.json
     """
     from dyncal.artifacts.outputs import check_output_file, write_output
+    from dyncal.artifacts.thresholds import thresholds_json
     from dyncal.calibrate.solvers import solve_run
     from dyncal.run import load_run
 
@@ -631,7 +623,7 @@ def solve(
             delta=delta,
         )
         doc = result.to_dict()
-        write_output(out, json.dumps(_json_safe(doc), indent=2) + "\n")
+        write_output(out, thresholds_json(result))
     if json_:
         echo_json(doc)
         return

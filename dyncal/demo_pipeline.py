@@ -6,7 +6,6 @@ same library call the matching verb makes, into one folder.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -37,12 +36,6 @@ def _is_demo_dir(path: Path) -> bool:
     return "run" not in names or is_run_dir(path / "run")
 
 
-def _write_json(path: Path, doc: object) -> None:
-    from dyncal.run import atomic_write_text
-
-    atomic_write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
-
-
 def run_demo(
     out: str | os.PathLike[str],
     *,
@@ -68,13 +61,14 @@ def run_demo(
     """
     from dyncal.analysis.frontier import compute_frontier, write_frontier_csv
     from dyncal.artifacts.outputs import check_output_folder, output_errors
+    from dyncal.artifacts.thresholds import thresholds_json
     from dyncal.calibrate.solvers import solve_run
     from dyncal.collect import collect_run
     from dyncal.data import load_dataset
     from dyncal.models import load_model
     from dyncal.profile import profile_run
     from dyncal.reports.pdf import build_report
-    from dyncal.run import load_run
+    from dyncal.run import atomic_write_text, load_run
     from dyncal.runtime import verify_run
 
     out = check_output_folder(out)
@@ -107,7 +101,7 @@ def run_demo(
     log(f"[3/6] solve: budget {budget}")
     run = load_run(run_dir)
     thresholds = solve_run(run, budget)
-    _write_json(out / "thresholds.json", thresholds.to_dict())
+    atomic_write_text(out / "thresholds.json", thresholds_json(thresholds))
 
     log("[4/6] frontier")
     write_frontier_csv(compute_frontier(run), out / "frontier.csv")

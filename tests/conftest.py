@@ -47,3 +47,26 @@ def model_outputs(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
     """(N, K, C) logits straight from the model."""
     with torch.inference_mode():
         return torch.stack(list(model.eval()(x)), dim=1).numpy()
+
+
+# The two tiers: ``./test.sh -m unit`` checks the numbers (solvers, statistics, documents,
+# validation) in about a minute; ``-m integration`` runs real models end to end (collect,
+# profile, verify, export, reports of collected runs, subprocesses, torchrun).
+INTEGRATION_MODULES = {
+    "test_collect.py",
+    "test_compare.py",
+    "test_export.py",
+    "test_profile.py",
+    "test_readme.py",
+    "test_report.py",
+    "test_static_runs.py",
+    "test_trust.py",
+    "test_verify.py",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test ``unit`` or ``integration`` by the module it lives in (doctests are unit)."""
+    for item in items:
+        tier = "integration" if item.path.name in INTEGRATION_MODULES else "unit"
+        item.add_marker(getattr(pytest.mark, tier))

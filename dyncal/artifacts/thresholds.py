@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dyncal.artifacts.validate import FieldError, read_json_document
 from dyncal.errors import DyncalError
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from dyncal.calibrate.solvers import ThresholdsResult
     from dyncal.run import Run
 
-__all__ = ["decision_fingerprint", "read_thresholds", "check_thresholds_for_run"]
+__all__ = ["decision_fingerprint", "read_thresholds", "check_thresholds_for_run", "thresholds_json", "json_ready"]
 
 log = logging.getLogger(__name__)
 
@@ -121,3 +121,26 @@ def check_thresholds_for_run(thresholds: ThresholdsResult, run: Run) -> None:
             f"the thresholds were solved on another run (fingerprint {thresholds.run_fingerprint[:12]}, "
             f"run '{run.path}' is {run.fingerprint[:12]}); solve on this run: dyncal solve {run.path} --budget ..."
         )
+
+
+def json_ready(x: Any) -> Any:
+    """``x`` with every NaN made null (JSON has no NaN); dicts, lists and tuples are walked."""
+    if isinstance(x, float) and x != x:
+        return None
+    if isinstance(x, dict):
+        return {k: json_ready(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_ready(v) for v in x]
+    return x
+
+
+def thresholds_json(thresholds: ThresholdsResult) -> str:
+    """The text of thresholds.json: the one way ``dyncal solve``, the demo and scripts write it.
+
+    Example:
+        >>> from dyncal.calibrate.solvers import ThresholdsResult
+        >>> doc = ThresholdsResult("maxprob", (1.0, 1.0), (0.5, None), "optimal", {}, None, {}, 0.9, None, None, (1, 0))
+        >>> json.loads(thresholds_json(doc))["thresholds"]
+        [0.5, None]
+    """
+    return json.dumps(json_ready(thresholds.to_dict()), indent=2, allow_nan=False) + "\n"

@@ -96,7 +96,8 @@ def run_demo(
     collect_run(model, load_dataset(DEMO_DATA), run_dir, data_spec=DEMO_DATA, batch_size=128)
 
     log(f"[2/6] profile: stages from the graph, fvcore MACs, CPU latency at batch {_BATCH_SIZES}")
-    profile_run(run_dir, devices=("cpu",), batch_sizes=_BATCH_SIZES)
+    # one thread: steadier timings on a shared machine (verify follows the profile's thread count)
+    profile_run(run_dir, devices=("cpu",), batch_sizes=_BATCH_SIZES, threads=1)
 
     log(f"[3/6] solve: budget {budget}")
     run = load_run(run_dir)

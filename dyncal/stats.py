@@ -1,4 +1,4 @@
-"""Held-out splits and bootstrap intervals.
+"""Held-out splits and bootstrap intervals: the one place dyncal's intervals are computed.
 
 Thresholds fitted on some samples look better on those samples, so dyncal fits on one part
 of a run and reports accuracy on the other, with a 95% bootstrap interval.
@@ -15,9 +15,20 @@ import numpy as np
 
 from dyncal.errors import DyncalError
 
-__all__ = ["stratified_split", "unsplit_classes", "bootstrap_ci", "mean_bootstrap_ci"]
+__all__ = [
+    "stratified_split",
+    "unsplit_classes",
+    "bootstrap_ci",
+    "bootstrap_interval",
+    "mean_bootstrap_ci",
+    "N_BOOTSTRAP",
+]
 
 log = logging.getLogger(__name__)
+
+N_BOOTSTRAP = 2000
+"""Bootstrap resamples of every interval the report and solve print."""
+_BOOTSTRAP_SEED = 20240607
 
 
 def stratified_split(labels: np.ndarray, holdout: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -184,3 +195,45 @@ def bootstrap_ci(
     alpha = (1 - level) / 2
     lo, hi = np.quantile(stats, [alpha, 1 - alpha])
     return float(lo), float(hi)
+
+
+def bootstrap_interval(
+    n: int,
+    statistic: Callable[[np.ndarray], np.ndarray],
+    *,
+    level: float = 0.95,
+    n_resamples: int = N_BOOTSTRAP,
+    seed: int = _BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of a statistic of ``n`` rows, deterministic for a seed.
+
+    Args:
+        n: Number of rows.
+        statistic: Maps a ``(B, n)`` array of resampled row indices to ``B`` values.
+        level: Coverage (default 0.95).
+        n_resamples: Bootstrap resamples (default 2000).
+        seed: Seed of the resampling.
+
+    Returns:
+        ``(low, high)``.
+
+    Example:
+        >>> x = np.array([0.0, 1.0] * 50)
+        >>> lo, hi = bootstrap_interval(100, lambda idx: x[idx].mean(axis=1))
+        >>> lo < 0.5 < hi
+        True
+    """
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    values: list[np.ndarray] = []
+    chunk = max(1, min(n_resamples, 4_000_000 // max(n, 1)))
+    done = 0
+    while done < n_resamples:
+        b = min(chunk, n_resamples - done)
+        values.append(np.asarray(statistic(rng.integers(0, n, size=(b, n))), dtype=float))
+        done += b
+    v = np.concatenate(values)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(v, [alpha, 1.0 - alpha])
+    return (float(lo), float(hi))

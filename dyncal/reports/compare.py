@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dyncal.errors import DyncalError
-from dyncal.reports.decision import bootstrap_interval
 from dyncal.reports.evidence import _per_exit_macs, _unit_costs, full_model_ms
+from dyncal.stats import bootstrap_interval
 
 if TYPE_CHECKING:
     from dyncal.calibrate.solvers import PreparedRun

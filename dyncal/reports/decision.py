@@ -31,13 +31,14 @@ inconclusive, else GO.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from dyncal.errors import DyncalError
+from dyncal.stats import bootstrap_interval
 
 __all__ = [
     "PASS",
@@ -56,8 +57,6 @@ __all__ = [
 ]
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
-N_BOOTSTRAP = 2000
-_BOOTSTRAP_SEED = 20240607
 _TOL = 1e-12
 
 Interval = tuple[float, float]
@@ -265,48 +264,6 @@ class SpeedupEstimate:
     source: str = "macs"
     early_exit: float = float("nan")
     full_model: float = float("nan")
-
-
-def bootstrap_interval(
-    n: int,
-    statistic: Callable[[np.ndarray], np.ndarray],
-    *,
-    level: float = 0.95,
-    n_resamples: int = N_BOOTSTRAP,
-    seed: int = _BOOTSTRAP_SEED,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of a statistic of ``n`` rows, deterministic for a seed.
-
-    Args:
-        n: Number of rows.
-        statistic: Maps a ``(B, n)`` array of resampled row indices to ``B`` values.
-        level: Coverage (default 0.95).
-        n_resamples: Bootstrap resamples (default 2000).
-        seed: Seed of the resampling.
-
-    Returns:
-        ``(low, high)``.
-
-    Example:
-        >>> x = np.array([0.0, 1.0] * 50)
-        >>> lo, hi = bootstrap_interval(100, lambda idx: x[idx].mean(axis=1))
-        >>> lo < 0.5 < hi
-        True
-    """
-    if n <= 0:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    values: list[np.ndarray] = []
-    chunk = max(1, min(n_resamples, 4_000_000 // max(n, 1)))
-    done = 0
-    while done < n_resamples:
-        b = min(chunk, n_resamples - done)
-        values.append(np.asarray(statistic(rng.integers(0, n, size=(b, n))), dtype=float))
-        done += b
-    v = np.concatenate(values)
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(v, [alpha, 1.0 - alpha])
-    return (float(lo), float(hi))
 
 
 def criterion_status(

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dyncal.analysis.costmodel import predict_batch_ms
-from dyncal.reports.decision import N_BOOTSTRAP, SpeedupEstimate, bootstrap_interval
+from dyncal.reports.decision import SpeedupEstimate
+from dyncal.stats import N_BOOTSTRAP, bootstrap_interval
 
 if TYPE_CHECKING:
     from dyncal.artifacts.verify import PairedTiming, VerifyResult

@@ -19,6 +19,7 @@ import typer
 
 from dyncal.artifacts.thresholds import json_ready
 from dyncal.errors import DyncalError
+from dyncal.run import LatencyKey
 
 if TYPE_CHECKING:
     from dyncal.models import ModelCheck
@@ -503,7 +504,7 @@ def _print_solve_summary(doc: dict[str, Any], asked_latency: str | None = None) 
         f"[bold]{doc['method']}[/bold] thresholds, score {doc['score']}, budget {asked} "
         f"→ met {b['met_fraction']:.4f}x of the last exit ({b['unit']})"
     )
-    if asked_latency is not None and b["unit"] != "ms:" + asked_latency:
+    if asked_latency is not None and b["unit"] != LatencyKey.parse(asked_latency).column:
         ms = doc.get("expected_ms", {}).get(asked_latency)
         console.print(
             f"--device/--batch-size: latency column {asked_latency}"
@@ -639,7 +640,7 @@ def _asked_latency(run: Any, device: str | None, batch_size: int | None) -> str 
     from dyncal.errors import BudgetError
 
     try:
-        return pick_latency(cost_units(run.costs, run.k), device, batch_size)[3:]
+        return str(LatencyKey.from_column(pick_latency(cost_units(run.costs, run.k), device, batch_size)))
     except BudgetError:
         return None
 

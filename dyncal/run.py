@@ -62,6 +62,7 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_bytes",
     "latency_key",
+    "LatencyKey",
     "compute_fingerprint",
 ]
 
@@ -279,14 +280,67 @@ def _alive(pid: int) -> bool:
 # --------------------------------------------------------------------------- metadata
 
 
+@dataclass(frozen=True, order=True)
+class LatencyKey:
+    """A device and batch size that latency was measured at; written ``"<device>/b<batch>"``.
+
+    JSON documents and tables keep the text form (``str(key)``); code that needs the device
+    or the batch size parses it here, never by slicing strings.
+
+    Example:
+        >>> key = LatencyKey.parse("cuda:1/b32")
+        >>> key.device, key.batch_size, str(key), key.column
+        ('cuda:1', 32, 'cuda:1/b32', 'ms:cuda:1/b32')
+        >>> LatencyKey.from_column("ms:cpu/b1") == LatencyKey("cpu", 1)
+        True
+    """
+
+    device: str
+    batch_size: int
+
+    PREFIX = "ms:"
+    """Prefix of a latency column in cost tables and frontier tables (``"ms:cpu/b1"``)."""
+
+    def __str__(self) -> str:
+        return f"{self.device}/b{self.batch_size}"
+
+    @property
+    def column(self) -> str:
+        """The cost column of this key: ``"ms:<device>/b<batch>"``."""
+        return f"{self.PREFIX}{self}"
+
+    @classmethod
+    def parse(cls, text: str) -> LatencyKey:
+        """Read ``"<device>/b<batch>"``.
+
+        Raises:
+            ValueError: Not of that form.
+        """
+        device, sep, batch = str(text).rpartition("/b")
+        if not sep or not device or not batch.isdigit() or int(batch) < 1:
+            raise ValueError(f"{text!r} is not a latency key '<device>/b<batch size>' (e.g. 'cpu/b1')")
+        return cls(device, int(batch))
+
+    @classmethod
+    def from_column(cls, column: str) -> LatencyKey:
+        """Read a cost column ``"ms:<device>/b<batch>"``.
+
+        Raises:
+            ValueError: Not a latency column.
+        """
+        if not str(column).startswith(cls.PREFIX):
+            raise ValueError(f"{column!r} is not a latency column ('ms:<device>/b<batch size>')")
+        return cls.parse(str(column)[len(cls.PREFIX) :])
+
+
 def latency_key(device: str, batch_size: int) -> str:
-    """The ``"<device>/b<batch>"`` key used for latency everywhere.
+    """The ``"<device>/b<batch>"`` key used for latency everywhere (the text of :class:`LatencyKey`).
 
     Example:
         >>> latency_key("cpu", 1)
         'cpu/b1'
     """
-    return f"{device}/b{batch_size}"
+    return str(LatencyKey(device, batch_size))
 
 
 @dataclass(frozen=True)

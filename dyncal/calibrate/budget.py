@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dyncal.errors import BudgetError, DyncalError
-from dyncal.run import CostTable, latency_key
+from dyncal.run import CostTable, LatencyKey
 
 __all__ = [
     "BudgetSpec",
@@ -111,7 +111,7 @@ def cost_units(costs: CostTable | None, k: int) -> dict[str, tuple[float, ...]]:
     for key in sorted(costs.latency):
         ms = costs.latency[key].early_exit_ms
         if len(ms) == k:
-            out[f"ms:{key}"] = tuple(float(v) for v in ms)
+            out[LatencyKey.parse(key).column] = tuple(float(v) for v in ms)
     return out
 
 
@@ -153,29 +153,29 @@ def pick_latency(units: dict[str, tuple[float, ...]], device: str | None, batch_
     takes its batch size 1 (else its smallest profiled); ``batch_size`` alone takes the one
     device profiled at that size.
     """
-    keys = [u[3:] for u in units if u.startswith("ms:")]
+    parsed = [LatencyKey.from_column(u) for u in units if u.startswith(LatencyKey.PREFIX)]
+    keys = [str(k) for k in parsed]
     if device is not None or batch_size is not None:
-        parsed = [(k.rpartition("/b")[0], k.rpartition("/b")[2]) for k in keys]
         if batch_size is None:
-            batches = sorted(int(b) for d, b in parsed if d == device and b.isdigit())
+            batches = sorted(k.batch_size for k in parsed if k.device == device)
             batch_size = 1 if not batches or 1 in batches else batches[0]
         if device is None:
-            devices = sorted({d for d, b in parsed if b == str(batch_size)})
+            devices = sorted({k.device for k in parsed if k.batch_size == batch_size})
             if len(devices) > 1:
                 raise BudgetError(
                     f"the run has latency at batch size {batch_size} for several devices "
                     f"({', '.join(devices)}); choose one with --device"
                 )
             device = devices[0] if devices else "cpu"
-        key = latency_key(device, batch_size)
-        if key not in keys:
+        key = LatencyKey(device, batch_size)
+        if key not in parsed:
             have = ", ".join(keys) or "none"
             raise BudgetError(
                 f"no latency profiled for {key} (profiled: {have}); run 'dyncal profile RUN "
                 f"--device {device} --batch-size {batch_size}' or choose a "
                 "profiled device"
             )
-        return "ms:" + key
+        return key.column
     if not keys:
         raise BudgetError(
             "a budget in ms needs measured latency, and this run has none; run 'dyncal profile "
@@ -183,7 +183,7 @@ def pick_latency(units: dict[str, tuple[float, ...]], device: str | None, batch_
             "(or give the budget as a fraction like 0.6x or in MACs like 850MMAC)"
         )
     if len(keys) == 1:
-        return "ms:" + keys[0]
+        return parsed[0].column
     raise BudgetError(
         f"the run has latency for several devices or batch sizes ({', '.join(keys)}); choose "
         "one with --device and --batch-size"

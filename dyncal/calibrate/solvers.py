@@ -91,6 +91,7 @@ from dyncal.calibrate.policy import (
 )
 from dyncal.calibrate.scores import SCORES, exit_scores
 from dyncal.errors import BudgetError, DyncalError
+from dyncal.run import LatencyKey
 from dyncal.stats import mean_bootstrap_ci, stratified_split, unsplit_classes
 
 __all__ = [
@@ -1033,10 +1034,19 @@ def _budget_from_dict(value: Any) -> dict[str, Any]:
     return budget
 
 
+def _is_latency(unit: str) -> bool:
+    return unit.startswith(LatencyKey.PREFIX)
+
+
+def _key(unit: str) -> str:
+    """``"ms:cpu/b1"`` -> ``"cpu/b1"``."""
+    return str(LatencyKey.from_column(unit))
+
+
 def _cost_summary(units: Mapping[str, tuple[float, ...]], exits: np.ndarray) -> tuple[float | None, dict[str, float]]:
     """Mean MACs and mean ms per latency key of the given exits."""
     macs = expected_cost(exits, units["macs"]) if "macs" in units and exits.size else None
-    ms = {u[3:]: expected_cost(exits, c) for u, c in units.items() if u.startswith("ms:") and exits.size}
+    ms = {_key(u): expected_cost(exits, c) for u, c in units.items() if _is_latency(u) and exits.size}
     return macs, ms
 
 
@@ -1052,7 +1062,7 @@ def static_baselines(prep: PreparedRun, *, seed: int = 0) -> list[dict[str, Any]
             "holdout_accuracy": float(np.mean(held)) if held.size else None,
             "holdout_ci": list(mean_bootstrap_ci(held, seed=seed)) if held.size else None,
             "macs": prep.units["macs"][j] if "macs" in prep.units else None,
-            "ms": {u[3:]: c[j] for u, c in prep.units.items() if u.startswith("ms:")},
+            "ms": {_key(u): c[j] for u, c in prep.units.items() if _is_latency(u)},
         }
         primary = next(iter(prep.units.values()))
         entry["fraction"] = primary[j] / primary[-1]
@@ -1191,7 +1201,7 @@ def solve_run(
     if spec is not None:
         target = resolve_budget(spec, run.costs, run.k, device=device, batch_size=batch_size)
         unit = target.unit
-        if (device is not None or batch_size is not None) and not unit.startswith("ms:"):
+        if (device is not None or batch_size is not None) and not _is_latency(unit):
             _warn_unused_latency(run, spec.text, device, batch_size)
     else:
         unit = (
@@ -1240,7 +1250,7 @@ def _warn_unused_latency(run: Any, budget: str, device: str | None, batch: int |
     asked = " ".join(f"{o} {v}" for o, v in (("--device", device), ("--batch-size", batch)) if v is not None)
     units = cost_units(run.costs, run.k)
     try:
-        key = pick_latency(units, device, batch)[3:]
+        key = _key(pick_latency(units, device, batch))
         shown = f"expected ms is reported for every profiled column, {key} among them"
     except BudgetError as e:
         shown = f"and they match no latency column: {e}"

@@ -37,6 +37,7 @@ import numpy as np
 
 from dyncal.errors import DyncalError
 from dyncal.reports.evidence import _per_exit_macs, _unit_costs, full_model_ms
+from dyncal.run import LatencyKey
 from dyncal.stats import bootstrap_interval
 
 if TYPE_CHECKING:
@@ -301,7 +302,7 @@ def _static(
         curve["expected_macs"] = (macs[0],)
     for k, v in latency.items():
         if _same_hardware(choice.run, alt, k):
-            curve[f"ms:{k}"] = (v,)
+            curve[LatencyKey.parse(k).column] = (v,)
     return Alternative(
         name=name,
         path=str(alt.path),
@@ -367,8 +368,10 @@ def _early_exit(
     held = prep.holdout_idx if len(prep.holdout_idx) else prep.fit_idx
     # the budget as the operating point's is met: its expected cost on the fitting half
     fit_cost = choice.fit_costs.get(main)
-    device, _, batch = main.partition("/b")
-    kwargs: dict[str, Any] = {} if main == "macs" else {"device": device, "batch_size": int(batch)}
+    kwargs: dict[str, Any] = {}
+    if main != "macs":
+        asked = LatencyKey.parse(main)
+        kwargs = {"device": asked.device, "batch_size": asked.batch_size}
     budget = f"{fit_cost!r}MAC" if main == "macs" else f"{fit_cost!r}ms"
     at_cost = True
     try:
@@ -393,7 +396,7 @@ def _early_exit(
     curve_rows = frontier[frontier["method"].astype(str) == DEFAULT_METHOD].sort_values("budget_fraction")
     acc_col = "holdout_accuracy" if curve_rows["holdout_accuracy"].notna().any() else "fitted_accuracy"
     curve: dict[str, tuple[float, ...]] = {"accuracy": tuple(float(v) for v in curve_rows[acc_col])}
-    for col in ["expected_macs"] + [f"ms:{k}" for k in latency if _same_hardware(choice.run, alt, k)]:
+    for col in ["expected_macs"] + [LatencyKey.parse(k).column for k in latency if _same_hardware(choice.run, alt, k)]:
         if col in curve_rows.columns:
             curve[col] = tuple(float(v) for v in curve_rows[col])
     reach_col = "expected_macs" if main == "macs" else f"ms:{main}"

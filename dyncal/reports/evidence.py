@@ -23,6 +23,7 @@ import numpy as np
 
 from dyncal.analysis.costmodel import predict_batch_ms
 from dyncal.reports.decision import SpeedupEstimate
+from dyncal.run import LatencyKey
 from dyncal.stats import N_BOOTSTRAP, bootstrap_interval
 
 if TYPE_CHECKING:
@@ -108,8 +109,10 @@ def batch_size_of(name: str) -> int:
         >>> batch_size_of("cpu/b32"), batch_size_of("macs")
         (32, 1)
     """
-    _, sep, b = name.partition("/b")
-    return int(b) if sep and b.isdigit() else 1
+    try:
+        return LatencyKey.parse(name).batch_size
+    except ValueError:  # "macs"
+        return 1
 
 
 def _profile_full_model(prof: LatencyProfile) -> tuple[float, str]:
@@ -185,7 +188,8 @@ def predicted_unit_ms(costs: CostTable | None, key: str, batches: Sequence[np.nd
     """
     if costs is None or key not in costs.latency:
         return None
-    device, b = key.partition("/b")[0], batch_size_of(key)
+    parsed = LatencyKey.parse(key)
+    device, b = parsed.device, parsed.batch_size
     cache: dict[tuple[int, ...], float] = {}
     out = np.empty(len(batches))
     for i, batch in enumerate(batches):
@@ -341,8 +345,8 @@ def _timing_resamples(costs: CostTable, key: str, batches: Sequence[np.ndarray])
     is shared by the units (the same stage medians price every sample and batch), so the
     mean over units, which the speed-up divides, moves by that factor.
     """
-    device = key.partition("/b")[0]
-    b = batch_size_of(key)
+    parsed = LatencyKey.parse(key)
+    device, b = parsed.device, parsed.batch_size
     pick = np.arange(len(batches))
     if len(batches) > _PROBES:
         pick = np.sort(np.random.default_rng(_TIMING_SEED).choice(len(batches), _PROBES, replace=False))

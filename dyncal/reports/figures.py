@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dyncal.errors import DyncalError
+from dyncal.run import LatencyKey
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,7 +43,7 @@ __all__ = [
     "plot_reliability",
 ]
 
-MS_PREFIX = "ms:"
+MS_PREFIX = LatencyKey.PREFIX
 _STYLE: dict[str, dict[str, Any]] = {
     "smoothed": {"color": "#1f77b4", "lw": 2.0, "ls": "-", "zorder": 4},
     "optimal": {"color": "#2ca02c", "lw": 1.4, "ls": "-.", "zorder": 4},
@@ -120,8 +121,8 @@ def latency_keys(frontier: pd.DataFrame) -> list[str]:
 
 
 def _key_order(key: str) -> tuple[str, int]:
-    device, _, batch = key.partition("/b")
-    return (device, int(batch) if batch.isdigit() else 0)
+    parsed = LatencyKey.parse(key)
+    return (parsed.device, parsed.batch_size)
 
 
 def _new_axes(ax: Axes | None, figsize: tuple[float, float] = (7.0, 4.8)) -> tuple[Figure, Axes]:
@@ -530,9 +531,9 @@ def plot_latency(
             full_model=None if full_model_ms is None else full_model_ms.get(key),
             compared=compared,
         )
-        device, _, batch = key.partition("/b")
-        ax.set_title(f"{device}, batch size {batch}")
-        ax.set_xlabel("expected latency per batch (ms)" if batch not in ("", "1") else "expected latency (ms)")
+        parsed = LatencyKey.parse(key)
+        ax.set_title(f"{parsed.device}, batch size {parsed.batch_size}")
+        ax.set_xlabel("expected latency per batch (ms)" if parsed.batch_size > 1 else "expected latency (ms)")
     return _figure_of(panels[0])
 
 

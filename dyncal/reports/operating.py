@@ -43,6 +43,7 @@ from dyncal.reports.evidence import (
 )
 from dyncal.reports.figures import MS_PREFIX, OperatingPoint
 from dyncal.reports.text import _pct, _pts
+from dyncal.run import LatencyKey
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -198,7 +199,7 @@ def _latency_choice(run: Run, device: str | None, batch_size: int | None) -> str
     have = sorted((run.costs.latency if run.costs is not None else {}).keys())
     dev = device or "cpu"
     if batch_size is None:
-        batches = sorted(int(k.split("/b")[1]) for k in have if k.split("/b")[0] == dev)
+        batches = sorted(k.batch_size for k in map(LatencyKey.parse, have) if k.device == dev)
         batch_size = 1 if not batches or 1 in batches else batches[0]
     key = latency_key(dev, batch_size)
     if key not in have:
@@ -610,8 +611,8 @@ def _choose_operating_point(
 
     lat_dev, lat_batch = (None, None)
     if latency is not None:
-        dev, _, b = latency.partition("/b")
-        lat_dev, lat_batch = dev, int(b)
+        parsed = LatencyKey.parse(latency)
+        lat_dev, lat_batch = parsed.device, parsed.batch_size
     # score the logits once: the frontier, the solve and the held-out simulation share it
     if th_doc is not None:
         prep = _prepared_for(run, th_doc, str(thresholds))
@@ -734,10 +735,10 @@ def prepare_report(run_path: str | os.PathLike[str], options: ReportOptions | No
             verify_result = None
         elif latency is not None and req.min_speedup is not None and verify_result.timing(latency) is None:
             timed = ", ".join(t.key for t in verify_result.timings) or "none"
-            dev, _, b = latency.partition("/b")
+            asked = LatencyKey.parse(latency)
             notes.append(
                 f"verify result '{verify_label}' has no timing for {latency} (it timed {timed}); the speed-up "
-                f"on {latency} is predicted: verify with --batch-size {b} on {dev}"
+                f"on {latency} is predicted: verify with --batch-size {asked.batch_size} on {asked.device}"
             )
 
     held_rows = f"{outcome.n:,} held-out samples" if outcome.held_out else f"{outcome.n:,} samples (nothing held out)"
@@ -772,8 +773,8 @@ def prepare_report(run_path: str | os.PathLike[str], options: ReportOptions | No
     unit = str((doc.get("budget") or {}).get("unit") or "macs")
     other_kwargs: dict[str, Any] = {"device": None, "batch_size": None}
     if unit.startswith(MS_PREFIX):
-        dev_, _, b_ = unit[len(MS_PREFIX) :].partition("/b")
-        other_kwargs = {"device": dev_, "batch_size": int(b_)}
+        unit_key = LatencyKey.from_column(unit)
+        other_kwargs = {"device": unit_key.device, "batch_size": unit_key.batch_size}
     asked_budget = (doc.get("budget") or {}).get("asked")
     methods = _methods_at_budget(
         prep,

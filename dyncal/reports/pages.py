@@ -60,6 +60,7 @@ from dyncal.reports.text import (
     _status_word,
     _thresholds_text,
 )
+from dyncal.run import LatencyKey
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -998,6 +999,6 @@ def _latency_left_out(data: ReportData) -> list[str]:
     out = []
     for a in data.alternatives:
         for k in sorted(data.latency):
-            if k in a.latency_ms and f"ms:{k}" not in a.curve:
+            if k in a.latency_ms and LatencyKey.parse(k).column not in a.curve:
                 out.append(f"{a.name} was profiled on {k} on other hardware, so it is not drawn on page 3.")
     return out

@@ -750,8 +750,15 @@ class Run:
 
         Stored in ``run.json`` when the run is written; computed here for older runs.
         """
-        stored = self.meta.get("fingerprint")
+        stored = self.meta.get("fingerprint")  # checked against the arrays by load_run
         return stored if isinstance(stored, str) else compute_fingerprint(self.path)
+
+
+_FINGERPRINT_PREFIX = b"dyncal.run.fingerprint/1\n"
+
+
+def _fingerprint_header(name: str, arr: np.ndarray) -> bytes:
+    return f"{name}:{arr.dtype.str}:{arr.shape}\n".encode()
 
 
 def compute_fingerprint(path: str | os.PathLike[str]) -> str:
@@ -760,10 +767,10 @@ def compute_fingerprint(path: str | os.PathLike[str]) -> str:
     Thresholds, verify results and exported packages record it, so a file made from one run
     is refused by another. It reads the arrays once, in blocks (about a second per GB).
     """
-    h = hashlib.sha256(b"dyncal.run.fingerprint/1\n")
+    h = hashlib.sha256(_FINGERPRINT_PREFIX)
     for name in (LOGITS_FILE, LABELS_FILE):
         arr = np.load(Path(path) / name, mmap_mode="r")
-        h.update(f"{name}:{arr.dtype.str}:{arr.shape}\n".encode())
+        h.update(_fingerprint_header(name, arr))
         flat = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr.reshape(-1, 1)
         rows = max(1, (16 << 20) // max(1, flat.shape[1] * arr.dtype.itemsize))
         for start in range(0, flat.shape[0], rows):
@@ -846,7 +853,15 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     logits = _open_array(path, LOGITS_FILE, (n, k, c), "floating")
     labels = _open_array(path, LABELS_FILE, (n,), "integer")
     indices = _open_array(path, INDICES_FILE, (n,), "integer")
-    _check_values(path, logits, labels, c)
+    fingerprint = _check_values(path, logits, labels, c)
+    stored = meta.get("fingerprint")
+    if stored is not None and stored != fingerprint:
+        raise RunError(
+            f"run '{path}': {LOGITS_FILE} or {LABELS_FILE} changed after the run was written (fingerprint "
+            f"{fingerprint[:12]}, {RUN_JSON} records {str(stored)[:12]}); {_DAMAGED}"
+        )
+    if stored is None:  # a run written before runs were fingerprinted
+        meta = {**meta, "fingerprint": fingerprint}
     return Run(
         path=path,
         logits=logits,
@@ -862,7 +877,7 @@ _DAMAGED = "the run is damaged: re-create it with dyncal collect or dyncal impor
 MAX_RUN_JSON_BYTES = 64 << 20
 """Largest run.json accepted (raw latency replicates of many devices fit in a few MB)."""
 _SCAN_BYTES = 16 << 20
-_SCANNED: dict[tuple[Any, ...], tuple[int, int]] = {}
+_SCANNED: dict[tuple[Any, ...], tuple[int, int, str]] = {}
 
 
 def _read_run_json(path: Path) -> dict[str, Any]:
@@ -941,13 +956,21 @@ def _open_array(path: Path, name: str, shape: tuple[int, ...], kind: str) -> np.
     return arr
 
 
-def _scan(arr: np.ndarray, count: Callable[[np.ndarray], int]) -> int:
-    """Sum ``count(block)`` over the raw data of a memory-mapped array, read in bounded blocks."""
+def _scan(arr: np.ndarray, count: Callable[[np.ndarray], int], digest: Any = None) -> int:
+    """Sum ``count(block)`` over the raw data of a memory-mapped array, read in bounded blocks.
+
+    ``digest`` (a hashlib object), when given, is fed the same bytes in order.
+    """
     mm = arr if isinstance(arr, np.memmap) else None
     if mm is None or mm.filename is None:
-        flat = np.asarray(arr).reshape(-1)
+        flat = np.ascontiguousarray(arr).reshape(-1)
         step = max(1, _SCAN_BYTES // max(1, flat.itemsize))
-        return sum(count(flat[i : i + step]) for i in range(0, flat.size, step))
+        total = 0
+        for i in range(0, flat.size, step):
+            total += count(flat[i : i + step])
+            if digest is not None:
+                digest.update(flat[i : i + step].tobytes())
+        return total
     step = max(1, _SCAN_BYTES // mm.itemsize)
     buf = np.empty(min(step, mm.size), dtype=mm.dtype)
     total = 0
@@ -960,6 +983,8 @@ def _scan(arr: np.ndarray, count: Callable[[np.ndarray], int]) -> int:
             if got != view.nbytes:
                 raise RunError(f"'{mm.filename}' changed while it was read; try again")
             total += count(view)
+            if digest is not None:
+                digest.update(view.view(np.uint8).data)
             left -= view.size
     return total
 
@@ -971,20 +996,28 @@ def _nonfinite(block: np.ndarray) -> int:
     return int(block.size - np.count_nonzero(np.isfinite(block)))  # or the sum overflowed
 
 
-def _check_values(path: Path, logits: np.ndarray, labels: np.ndarray, c: int) -> None:
-    """Refuse labels outside ``[0, C)`` and non-finite logits, counting them (remembered per file state)."""
+def _check_values(path: Path, logits: np.ndarray, labels: np.ndarray, c: int) -> str:
+    """Refuse labels outside ``[0, C)`` and non-finite logits, counting them; return the run's fingerprint.
+
+    One pass over the arrays does both (the fingerprint is :func:`compute_fingerprint`'s);
+    the result is remembered per file state, so opening the same run again costs nothing.
+    """
     key: tuple[Any, ...] = (c,)
     for name in (LOGITS_FILE, LABELS_FILE):
         st = os.stat(path / name)
         key += (os.path.realpath(path / name), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     if key in _SCANNED:
-        bad_labels, nonfinite = _SCANNED[key]
+        bad_labels, nonfinite, fingerprint = _SCANNED[key]
     else:
-        bad_labels = _scan(labels, lambda b: int(np.count_nonzero((b < 0) | (b >= c))))
-        nonfinite = _scan(logits, _nonfinite)
+        digest = hashlib.sha256(_FINGERPRINT_PREFIX)
+        digest.update(_fingerprint_header(LOGITS_FILE, logits))
+        nonfinite = _scan(logits, _nonfinite, digest)
+        digest.update(_fingerprint_header(LABELS_FILE, labels))
+        bad_labels = _scan(labels, lambda b: int(np.count_nonzero((b < 0) | (b >= c))), digest)
+        fingerprint = digest.hexdigest()
         if len(_SCANNED) > 256:
             _SCANNED.clear()
-        _SCANNED[key] = (bad_labels, nonfinite)
+        _SCANNED[key] = (bad_labels, nonfinite, fingerprint)
     if bad_labels:
         lo, hi = int(labels.min()), int(labels.max())
         raise RunError(
@@ -996,6 +1029,7 @@ def _check_values(path: Path, logits: np.ndarray, labels: np.ndarray, c: int) ->
             f"run '{path}': {LOGITS_FILE} holds {nonfinite} NaN or infinite values of {logits.size}; "
             "fix the model or the export, then re-create the run"
         )
+    return fingerprint
 
 
 MODEL_ID_KEYS = ("model", "weights_sha256", "state_sha256")

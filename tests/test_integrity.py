@@ -26,7 +26,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from dyncal.artifacts.verify import ModelIdentity
 from dyncal.cli import app
+from dyncal.errors import DyncalError, RunError
 from dyncal.run import CostTable, LatencyProfile, import_arrays, load_run, save_costs
 
 N, K, C = 60, 3, 4
@@ -803,3 +805,101 @@ def test_import_refuses_what_load_refuses(logits, labels, macs, pattern, tmp_pat
     with pytest.raises(RunError, match=pattern):
         import_arrays(logits, np.asarray(labels), tmp_path / "run", macs=macs)
     assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+
+
+# ----------------------------------------------------------------- evidence that must not be trusted
+
+
+_RAW = ("early_exit_ms_raw", "full_model_ms_raw")
+
+
+def _verify_doc(**change):
+    from dyncal.artifacts.verify import ModelIdentity, PairedTiming, VerifyResult
+
+    timing = PairedTiming("cpu/b1", 1, ((1.0, 1.1), (1.2, 1.0)), ((3.0, 3.1), (3.2, 3.0)))
+    fields = dict(
+        run_fingerprint="r",
+        decision_fingerprint="d",
+        model=ModelIdentity("m:f", "sha"),
+        n=2,
+        agreement=1.0,
+        exit_agreement=1.0,
+        runtime_accuracy=1.0,
+        simulated_accuracy=1.0,
+        runtime_exit_shares=(1.0, 0.0),
+        simulated_exit_shares=(1.0, 0.0),
+        timings=(timing,),
+        device="cpu",
+        hardware="x",
+        threads=1,
+    )
+    fields.update(change)
+    return VerifyResult(**fields)
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({}, None),
+        ({"model": ModelIdentity("m:f", None)}, "records none"),
+        ({"settings": {"model_check": {"allowed": True, "mismatch": "other logits"}}}, "not the run's"),
+        ({"agreement": 0.58}, "only 58.00% of samples"),
+    ],
+)
+def test_a_verify_result_of_another_model_is_no_evidence(change, why):
+    got = _verify_doc(**change).mismatch(run_fingerprint="r", decision_fingerprint="d", weights_sha256="sha")
+    assert got is None if why is None else why in got
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: [d["timings"][0][raw][0].append(1.0) for raw in _RAW], "same number of replicates"),
+        (lambda d: d["timings"].append(dict(d["timings"][0])), "holds cpu/b1 more than once"),
+        (lambda d: d["timings"][0].update(key="cpu/bX"), "is not a latency key"),
+        (lambda d: d["timings"][0].update(batch_size=4), "the key says 1"),
+        (lambda d: d["timings"][0]["early_exit_ms_raw"][0].__setitem__(0, 1e-320), "milliseconds between"),
+    ],
+)
+def test_malformed_verify_files_are_one_line(tmp_path, edit, message):
+    from dyncal.artifacts.verify import VerifyResult
+
+    doc = _verify_doc().to_dict()
+    edit(doc)
+    path = tmp_path / "v.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DyncalError, match=message) as info:
+        VerifyResult.load(path)
+    assert "\n" not in str(info.value)
+
+
+def test_thresholds_that_do_not_name_their_run_are_refused(tmp_path):
+    from dyncal.artifacts.thresholds import check_thresholds_for_run, read_thresholds
+    from dyncal.calibrate.solvers import solve_run
+
+    rng = np.random.default_rng(1)
+    logits, labels = rng.normal(size=(200, 2, 3)).astype(np.float32), rng.integers(0, 3, 200)
+    run = import_arrays(logits, labels, tmp_path / "r", macs=[1e6, 2e6])
+    doc = solve_run(run, "0.7x").to_dict()
+    doc.pop("run_fingerprint")
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(DyncalError, match="do not record the run they were solved on"):
+        check_thresholds_for_run(read_thresholds(path), run)
+
+
+def test_a_run_whose_arrays_changed_after_it_was_written_is_refused(tmp_path):
+    rng = np.random.default_rng(2)
+    out = tmp_path / "r"
+    import_arrays(rng.normal(size=(50, 2, 3)).astype(np.float32), rng.integers(0, 3, 50), out)
+    logits = np.load(out / "logits.npy")
+    np.save(out / "logits.npy", logits[::-1].copy())  # same shape, same values, other rows
+    with pytest.raises(RunError, match="changed after the run was written"):
+        load_run(out)
+
+
+def test_json_output_never_holds_nan_or_infinity():
+    from dyncal.artifacts.thresholds import json_ready
+
+    doc = {"a": [float("inf"), float("nan"), -float("inf"), 1.5]}
+    assert json.dumps(json_ready(doc)) == '{"a": [null, null, null, 1.5]}'

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,9 +94,8 @@ finite number, got nan; write a new one with 'dyncal solve RUN --budget ... --ou
 def check_thresholds_for_run(thresholds: ThresholdsResult, run: Run) -> None:
     """Refuse thresholds that were not solved on ``run``.
 
-    A document that records its run's fingerprint must match this run's; an older one
-    without it must at least fit the run's K exits and C classes (a warning says the
-    binding could not be checked).
+    The document must record its run's fingerprint and it must be this run's (one without
+    it, written before thresholds were bound to runs, is refused: solve again).
 
     Raises:
         DyncalError: Thresholds from another run, or for another K or C.
@@ -112,10 +112,10 @@ def check_thresholds_for_run(thresholds: ThresholdsResult, run: Run) -> None:
             "solve on this run"
         )
     if thresholds.run_fingerprint is None:
-        log.warning(
-            "the thresholds do not record the run they were solved on; cannot check they belong to '%s'", run.path
+        raise DyncalError(
+            f"the thresholds do not record the run they were solved on (no 'run_fingerprint'), so they cannot be "
+            f"checked against run '{run.path}'; solve again: dyncal solve {run.path} --budget ... --out thresholds.json"
         )
-        return
     if thresholds.run_fingerprint != run.fingerprint:
         raise DyncalError(
             f"the thresholds were solved on another run (fingerprint {thresholds.run_fingerprint[:12]}, "
@@ -124,8 +124,8 @@ def check_thresholds_for_run(thresholds: ThresholdsResult, run: Run) -> None:
 
 
 def json_ready(x: Any) -> Any:
-    """``x`` with every NaN made null (JSON has no NaN); dicts, lists and tuples are walked."""
-    if isinstance(x, float) and x != x:
+    """``x`` with every NaN and infinity made null (JSON has neither); dicts, lists and tuples are walked."""
+    if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
         return {k: json_ready(v) for k, v in x.items()}

@@ -32,6 +32,9 @@ __all__ = ["SCHEMA", "SCHEMA_VERSION", "PairedTiming", "VerifyResult", "ModelIde
 SCHEMA = "dyncal.verify"
 SCHEMA_VERSION = 1
 _BOOTSTRAP = 2000
+_MIN_MS, _MAX_MS = 1e-6, 1e9  # a nanosecond to 11 days: anything else is not a timing
+MIN_AGREEMENT = 0.99
+"""Below this agreement with the simulation a verify result is no evidence for the thresholds."""
 _SEED = 20231
 
 
@@ -180,9 +183,17 @@ class PairedTiming:
         full = _matrix(d, "full_model_ms_raw")
         if len(ee) != len(full) or any(len(a) != len(b) for a, b in zip(ee, full, strict=True)):
             raise ValueError(f"timing {key}: early_exit_ms_raw and full_model_ms_raw are not paired")
+        if len({len(r) for r in ee}) != 1:
+            raise ValueError(f"timing {key}: every batch must have the same number of replicates")
+        batch_size = _get(d, "batch_size", int)
+        from dyncal.run import LatencyKey
+
+        parsed = LatencyKey.parse(key)  # ValueError words it
+        if parsed.batch_size != batch_size:
+            raise ValueError(f"timing {key}: 'batch_size' is {batch_size}, the key says {parsed.batch_size}")
         return cls(
             key=key,
-            batch_size=_get(d, "batch_size", int),
+            batch_size=batch_size,
             early_exit_ms=ee,
             full_model_ms=full,
             predicted_ms=_opt_float(d, "predicted_ms"),
@@ -276,8 +287,18 @@ class VerifyResult:
             return "it was measured on another run"
         if self.decision_fingerprint != decision_fingerprint:
             return "it was measured with other thresholds"
-        if weights_sha256 is not None and self.model.weights_sha256 not in (None, weights_sha256):
-            return "it was measured with other weights"
+        if weights_sha256 is not None and self.model.weights_sha256 != weights_sha256:
+            return "it was measured with other weights" + (
+                " (it records none)" if self.model.weights_sha256 is None else ""
+            )
+        check = self.settings.get("model_check")
+        if isinstance(check, Mapping) and check.get("allowed"):
+            return f"it was measured with a model that is not the run's (--allow-other-model: {check.get('mismatch')})"
+        if self.agreement < MIN_AGREEMENT:
+            return (
+                f"its early exit took the simulated exit and prediction on only {100 * self.agreement:.2f}% of "
+                "samples, so it did not run what the thresholds simulate"
+            )
         return None
 
     def to_dict(self) -> dict[str, Any]:
@@ -337,7 +358,7 @@ class VerifyResult:
             simulated_accuracy=_get(d, "simulated_accuracy", float),
             runtime_exit_shares=_floats(d, "runtime_exit_shares"),
             simulated_exit_shares=_floats(d, "simulated_exit_shares"),
-            timings=tuple(PairedTiming.from_dict(t) for t in timings),
+            timings=_unique(tuple(PairedTiming.from_dict(t) for t in timings)),
             device=_get(d, "device", str),
             hardware=str(d.get("hardware", "")),
             threads=threads if isinstance(threads, int) and not isinstance(threads, bool) else None,
@@ -382,6 +403,14 @@ def _paired_speedup(ee: np.ndarray, full: np.ndarray) -> float:
     return float((ee_med * ratio).sum() / ee_med.sum())
 
 
+def _unique(timings: tuple[PairedTiming, ...]) -> tuple[PairedTiming, ...]:
+    keys = [t.key for t in timings]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(f"'timings' holds {twice[0]} more than once")
+    return timings
+
+
 def _get(d: Mapping[str, Any], key: str, kind: type) -> Any:
     if key not in d:
         raise ValueError(f"'{key}' is missing")
@@ -411,6 +440,6 @@ def _matrix(d: Mapping[str, Any], key: str) -> tuple[tuple[float, ...], ...]:
     if not isinstance(v, Sequence) or isinstance(v, str) or not v:
         raise ValueError(f"'{key}' must be a non-empty list of lists of milliseconds")
     rows = tuple(_floats({key: r}, key) for r in v)
-    if any(not r or min(r) <= 0 for r in rows):
-        raise ValueError(f"'{key}' must hold positive milliseconds, at least one per batch")
+    if any(not r or min(r) < _MIN_MS or max(r) > _MAX_MS for r in rows):
+        raise ValueError(f"'{key}' must hold milliseconds between {_MIN_MS:g} and {_MAX_MS:g}, at least one per batch")
     return rows

@@ -126,6 +126,7 @@ def run_demo(
     )
 
     th = thresholds.to_dict()
+    held = th["holdout"] or {"expected_macs": th["expected_macs"], "exit_shares": th["exit_shares"]}
     last = th["static"][-1] if th.get("static") else None
     lines = [
         f"dyncal demo finished in {time.perf_counter() - t0:.0f} s → {out}/",
@@ -137,15 +138,16 @@ def run_demo(
             if last and last.get("holdout_accuracy") is not None
             else ""
         ),
-        f"  expected MACs {th['expected_macs']:.4g} per sample; exit shares "
-        + ", ".join(f"{100 * s:.1f}%" for s in th["exit_shares"]),
+        # the held-out half, as the report and its --json show (solve's fit-half figures are in thresholds.json)
+        f"  held out: expected MACs {held['expected_macs']:.4g} per sample; exit shares "
+        + ", ".join(f"{100 * s:.1f}%" for s in held["exit_shares"]),
     ]
     for t in verified.timings:
-        pred = "-" if t.predicted_ms is None else f"{t.predicted_ms:.3f}"
+        pred = "-" if t.predicted_ms is None else f"{t.predicted_ms:.3g}"
         lo, hi = t.speedup_ci
         lines.append(
-            f"  verify {t.key}: early exit {t.measured_ms:.3f} ms vs predicted {pred} ms per batch; "
-            f"full model {t.full_model_ms_median:.3f} ms; speed-up {t.speedup:.2f}x [{lo:.2f}, {hi:.2f}]"
+            f"  verify {t.key}: early exit {t.measured_ms:.3g} ms vs predicted {pred} ms per batch; "
+            f"full model {t.full_model_ms_median:.3g} ms; speed-up {t.speedup:.2f}x [{lo:.2f}, {hi:.2f}]"
         )
     lines.append(f"  agreement with the simulation: {100 * verified.agreement:.2f}%")
     decision = report.to_dict().get("decision")

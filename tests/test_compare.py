@@ -322,6 +322,8 @@ def test_runs_of_other_data_are_refused(runs: dict[str, Path], tmp_path: Path, c
         (no_cost, r"--compare: run\(s\) .*nocost share no cost with run"),
         (",".join([str(other)] * 7), r"--compare takes at most 6 runs"),
         (only_held, r"--compare: early-exit run '.*only-held' holds only the 399 samples .* none to fit"),
+        (runs["demo"], r"--compare '.*demo' holds the same rows as '.*demo' \(the same run, or a copy\)"),
+        (f"{runs['small-cnn']},{runs['small-cnn']}", r"holds the same rows as '.*small-cnn'"),
     ):
         before = sorted(p.name for p in tmp_path.iterdir())
         assert_clean_error(cli("report", runs["demo"], "--compare", alt, "--out", out), pattern)

@@ -538,7 +538,7 @@ def test_verify_refuses_a_malformed_thresholds_file(name, base, tmp_path):
         (b'{"thresholds": ' + b"[" * 40 + b"]" * 40 + b"}", r"nests deeper"),
         (b"", r"invalid JSON"),
         (b"[]", r"holds a list"),
-        (b"{}", r"no 'thresholds' key"),
+        (b"{}", r"not a thresholds document \(no thresholds key\)"),
         (b'{"thresholds": [0.5, null, null]', r"invalid JSON"),
     ],
 )

@@ -82,7 +82,12 @@ finite number, got nan; write a new one with 'dyncal solve RUN --budget ... --ou
         raise DyncalError(f"no such file '{path}'; {redo}")
     doc = read_json_document(path, what="a thresholds document", max_bytes=MAX_THRESHOLDS_BYTES)
     if "thresholds" not in doc:
-        raise DyncalError(f"'{path}' is not a thresholds document (no 'thresholds' key); {redo}")
+        schema = doc.get("schema")
+        what = f" (it is a {schema} document)" if isinstance(schema, str) and schema.startswith("dyncal.") else ""
+        raise DyncalError(
+            f"'{path}' is not a thresholds document{what or ' (no thresholds key)'}; give the thresholds.json "
+            "'dyncal solve RUN --budget ... --out thresholds.json' wrote"
+        )
     try:
         return ThresholdsResult.from_dict(doc)
     except FieldError as e:

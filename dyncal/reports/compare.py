@@ -237,10 +237,13 @@ def _unpaired_difference(alt_ok: np.ndarray, op_ok: np.ndarray, n_boot: int = 20
 
 
 def _same_hardware(run: Run, alt: Run, key: str) -> bool:
-    """Whether ``key`` was profiled for both runs on the same hardware (else its ms do not compare)."""
+    """Whether ``key`` was profiled for both runs on the same hardware and threads (else its ms do not compare)."""
     mine = None if run.costs is None else run.costs.latency.get(key)
     theirs = None if alt.costs is None else alt.costs.latency.get(key)
-    return mine is not None and theirs is not None and mine.hardware == theirs.hardware
+    # the same hardware and thread count: milliseconds on 1 thread and on 16 do not compare
+    return (
+        mine is not None and theirs is not None and (mine.hardware, mine.threads) == (theirs.hardware, theirs.threads)
+    )
 
 
 def _shared_costs(run: Run, alt: Run) -> list[str]:
@@ -467,6 +470,14 @@ def compare_alternatives(
     judged = choice.prep.holdout_idx if o.held_out else np.arange(run.n)
     op_costs = _operating_costs(choice, latency)
     alts = [load_run(p) for p in paths]
+    seen: dict[str, str] = {run.fingerprint: str(run.path)}
+    for p, alt in zip(paths, alts, strict=True):
+        if alt.fingerprint in seen:
+            raise DyncalError(
+                f"--compare '{p}' holds the same rows as '{seen[alt.fingerprint]}' (the same run, or a copy); "
+                "compare against other models"
+            )
+        seen[alt.fingerprint] = str(p)
     matched = [_match_rows(run, alt, np.asarray(judged)) for alt in alts]
     cost = _comparison_cost(choice, alts)
     out = []

@@ -897,7 +897,7 @@ def _check_header(path: Path, meta: Mapping[str, Any]) -> tuple[int, int, int]:
     version = meta.get("schema_version")
     if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
         raise RunError(
-            f"run '{path}' has run schema version {V.show(version)}; this dyncal reads up to {SCHEMA_VERSION}: "
+            f"run '{path}': {RUN_JSON} has schema version {V.show(version)}; this dyncal reads up to {SCHEMA_VERSION}: "
             "upgrade dyncal"
         )
     try:

@@ -555,7 +555,7 @@ def test_prepared_run_stands_in_for_the_run(demo_runs: dict[str, Path]) -> None:
     assert fa.equals(fb)
     # after a default frontier, solve_run walks the cached path: same answers, any budget
     compute_frontier(prep)
-    assert ("path", "smoothed", "macs", 41) in prep.cache
+    assert ("smoothed", "macs", 41) in prep.cache.paths
     for budget in ("0.3x", "0.1234x", "1.2MMAC"):
         fresh = solve_run(run, budget, holdout=0.3, seed=2).to_dict()
         assert solve_run(prep, budget).to_dict() == fresh

@@ -214,14 +214,10 @@ def compute_frontier(
     fs, fc = prep.scores[prep.fit_idx], prep.correct[prep.fit_idx]
     hs, hc = prep.scores[prep.holdout_idx], prep.correct[prep.holdout_idx]
     rows: list[dict[str, Any]] = []
-    geometric_pool = None
     for method in all_methods:
-        problem = prep.problem(method, primary)
-        if geometric_pool is not None and problem._geometric is None:
-            problem._geometric = geometric_pool  # same scores: share the geometric fits
+        problem = prep.problem(method, primary)  # shares the geometric fits of the others
         sols = solve_path(problem, list(budgets), method)
-        prep.cache[("path", method, primary, n_budgets)] = sols  # solve_run walks its prefix
-        geometric_pool = problem.geometric_pool()
+        prep.cache.paths[(method, primary, n_budgets)] = sols  # solve_run walks its prefix
         for frac, sol in zip(fractions, sols, strict=True):
             bm = None if macs_full is None else float(frac * macs_full)
             if sol is None:

@@ -345,6 +345,11 @@ class ExitProblem:
             self._geometric_solutions = [self.solution(t, e) for t, e in self.geometric_pool()]
         return self._geometric_solutions
 
+    def adopt_geometric_pool(self, pool: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Reuse another problem's :meth:`geometric_pool` (one on the same scores: only the gains differ)."""
+        if self._geometric is None:
+            self._geometric = pool
+
     def geometric_pool(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Thresholds and exits of every geometric ratio (published and fine grid)."""
         if self._geometric is None:
@@ -658,6 +663,20 @@ def _pool(problem: ExitProblem) -> list[Solution]:
 # --------------------------------------------------------------------------- runs
 
 
+@dataclass
+class SolveCache:
+    """What solving a prepared run computed once and reuses: fit problems and frontier paths.
+
+    Attributes:
+        problems: ``(method, cost column)`` to the fit part's :class:`ExitProblem`.
+        paths: ``(method, cost column, number of budgets)`` to :func:`solve_path` over the
+            frontier's grid (``dyncal frontier`` fills it; :func:`solve_run` walks its prefix).
+    """
+
+    problems: dict[tuple[str, str], ExitProblem] = field(default_factory=dict)
+    paths: dict[tuple[str, str, int], list[Solution | None]] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class PreparedRun:
     """A run's scores and correctness, split and ready for the solvers.
@@ -702,16 +721,19 @@ class PreparedRun:
     costs: Any = None
     path: str = ""
     fingerprint: str | None = None
-    cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+    cache: SolveCache = field(default_factory=SolveCache, compare=False, repr=False)
 
     def problem(self, method: str, unit: str) -> ExitProblem:
         """The fit part's :class:`ExitProblem` for a method and cost column (cached)."""
-        key = ("problem", method, unit)
-        if key not in self.cache:
+        key = (method, unit)
+        if key not in self.cache.problems:
             fit = self.fit_idx
-            self.cache[key] = problem_for(method, self.scores[fit], self.correct[fit], self.units[unit], self.score)
-        problem: ExitProblem = self.cache[key]
-        return problem
+            problem = problem_for(method, self.scores[fit], self.correct[fit], self.units[unit], self.score)
+            for other in self.cache.problems.values():  # same scores: share the geometric fits
+                problem.adopt_geometric_pool(other.geometric_pool())
+                break
+            self.cache.problems[key] = problem
+        return self.cache.problems[key]
 
     @property
     def k(self) -> int:
@@ -1232,7 +1254,7 @@ def solve_run(
     prep = prepared or prepare_run(run, score=score, temperature=temperature, holdout=holdout, seed=seed)
     costs = prep.units[unit]
     problem = prep.problem(method, unit)
-    sol = solve_at(problem, target.value, method, path=prep.cache.get(("path", method, unit, 41)))
+    sol = solve_at(problem, target.value, method, path=prep.cache.paths.get((method, unit, 41)))
     if sol is None:
         cheapest = min(s.cost for s in (problem.solution(t, e) for t, e in problem.geometric_pool()))
         raise BudgetError(

@@ -338,7 +338,7 @@ def _difference(alt_ok: np.ndarray, op_ok: np.ndarray, paired: bool, held_out: b
 
 def _prepared(choice: _OperatingChoice, alt: Run, rows: _Rows) -> PreparedRun:
     """The early-exit alternative scored like the operating point; fitted on rows it is not judged on."""
-    from dyncal.calibrate.solvers import prepare_run
+    from dyncal.calibrate.solvers import SolveCache, prepare_run
 
     prep = choice.prep
     temperature = any(abs(float(t) - 1.0) > 1e-9 for t in prep.temperatures)
@@ -350,7 +350,7 @@ def _prepared(choice: _OperatingChoice, alt: Run, rows: _Rows) -> PreparedRun:
             "judged on, none to fit its thresholds on; collect it on the whole data set"
         )
     base = prepare_run(alt, score=prep.score, temperature=temperature, holdout=0.0, temperature_idx=rows.fit)
-    return dataclasses.replace(base, fit_idx=rows.fit, holdout_idx=rows.held, holdout=prep.holdout, cache={})
+    return dataclasses.replace(base, fit_idx=rows.fit, holdout_idx=rows.held, holdout=prep.holdout, cache=SolveCache())
 
 
 def _early_exit(

@@ -380,7 +380,7 @@ def _prepared_for(run: Run, th: ThresholdsResult, path: str) -> PreparedRun:
     import dataclasses
 
     from dyncal.calibrate.scores import exit_scores
-    from dyncal.calibrate.solvers import prepare_run
+    from dyncal.calibrate.solvers import SolveCache, prepare_run
 
     split = th.split or {}
     holdout = float(split.get("holdout", 0.5))
@@ -394,7 +394,7 @@ def _prepared_for(run: Run, th: ThresholdsResult, path: str) -> PreparedRun:
             correct=preds == np.asarray(run.labels)[:, None],
             temperatures=tuple(th.temperatures),
             temperature_at_bound=th.temperature_at_bound or tuple(False for _ in th.temperatures),
-            cache={},
+            cache=SolveCache(),
         )
     n_held = split.get("n_holdout")
     if n_held is not None and int(n_held) != len(prep.holdout_idx):

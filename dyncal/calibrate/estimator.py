@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dyncal.calibrate.solvers import DEFAULT_METHOD
 from dyncal.errors import DyncalError
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ class ThresholdSolver:
         self,
         budget: str | None = None,
         *,
-        method: str = "smoothed",
+        method: str = DEFAULT_METHOD,
         score: str = "maxprob",
         temperature: bool = False,
         holdout: float = 0.5,

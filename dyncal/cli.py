@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from dyncal.artifacts.thresholds import json_ready
-from dyncal.errors import DyncalError
+from dyncal.errors import DyncalError, render_params
 from dyncal.run import LatencyKey
 
 if TYPE_CHECKING:
@@ -42,13 +42,33 @@ OverwriteOpt = Annotated[
 RunArg = Annotated[Path, typer.Argument(help="A run directory (from collect or import).", show_default=False)]
 
 
+# Library parameters whose flag is not ``--`` + the name with dashes (the only such table).
+_PARAMETER_FLAGS: dict[str, str] = {}
+
+
+def flag_of(ctx: typer.Context | None, name: str) -> str | None:
+    """The flag of the running verb that sets library parameter ``name``, or None if it has none.
+
+    The verb's own declaration is the mapping: its Python parameter ``max_drop`` is the option
+    ``--max-drop``; :data:`_PARAMETER_FLAGS` names the few library parameters spelled otherwise.
+    """
+    if ctx is None:
+        return None
+    name = _PARAMETER_FLAGS.get(name, name)
+    for p in ctx.command.params:
+        if p.name in (name, name + "_"):
+            flags = [o for o in p.opts if o.startswith("--")]
+            return flags[0] if flags else (p.name or name).upper()
+    return None
+
+
 @contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn a DyncalError into one line on stderr and exit status 1."""
+def user_errors(ctx: typer.Context | None = None) -> Iterator[None]:
+    """Turn a DyncalError into one line on stderr and exit status 1, parameters shown as ``ctx``'s flags."""
     try:
         yield
     except DyncalError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {render_params(str(e), lambda name: flag_of(ctx, name))}", err=True)
         raise typer.Exit(code=1) from None
 
 
@@ -139,7 +159,7 @@ def collect(
     from dyncal.data import ImageTransform, load_dataset
     from dyncal.models import load_model
 
-    with user_errors():
+    with user_errors(ctx):
         means = _parse_float_list(mean, "--mean") or []
         stds = _parse_float_list(std, "--std") or []
         transform = ImageTransform(resize=resize, crop=crop, mean=tuple(means), std=tuple(stds))
@@ -208,6 +228,7 @@ def _progress(quiet: bool) -> Iterator[Any]:
 
 @app.command("import")
 def import_(
+    ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help=".npz with 'logits' (N,K,C) and 'labels' (N,).", show_default=False)],
     out: Annotated[Path, typer.Option(help="Run directory to create.")],
     macs: Annotated[
@@ -224,7 +245,7 @@ def import_(
     """
     from dyncal.run import import_npz
 
-    with user_errors():
+    with user_errors(ctx):
         run = import_npz(file, out, macs=_parse_float_list(macs, "--macs"), layout=layout, overwrite=overwrite)
     typer.echo(f"wrote {run.path}: N={run.n}, K={run.k}, C={run.c}", err=True)
 
@@ -260,14 +281,14 @@ def info_document(run: Any) -> dict[str, Any]:
 
 
 @app.command()
-def info(run: RunArg, json_: JsonOpt = False) -> None:
+def info(ctx: typer.Context, run: RunArg, json_: JsonOpt = False) -> None:
     """Show a run: N, K, C and per exit accuracy, confidence, ECE, MACs and latency.
 
     Example: dyncal info run --json
     """
     from dyncal.run import load_run
 
-    with user_errors():
+    with user_errors(ctx):
         doc = info_document(load_run(run))
     if json_:
         echo_json(doc)
@@ -360,6 +381,7 @@ def _parse_int_list(text: str | None, option: str, maximum: int | None = None) -
 
 @app.command()
 def profile(
+    ctx: typer.Context,
     run: RunArg,
     device: Annotated[
         list[str] | None,
@@ -414,7 +436,7 @@ def profile(
     """
     from dyncal.profile import ProfileOptions, profile_run_full
 
-    with user_errors():
+    with user_errors(ctx):
         shape = _parse_int_list(input_shape, "--input-shape")
         options = ProfileOptions(
             devices=tuple(device or ["cpu"]),
@@ -561,6 +583,7 @@ def _print_solve_summary(doc: dict[str, Any], asked_latency: str | None = None) 
 
 @app.command()
 def solve(
+    ctx: typer.Context,
     run: RunArg,
     out: Annotated[Path, typer.Option(help="Where to write thresholds.json.")],
     budget: Annotated[
@@ -606,7 +629,7 @@ def solve(
     from dyncal.calibrate.solvers import solve_run
     from dyncal.run import load_run
 
-    with user_errors():
+    with user_errors(ctx):
         check_output_file(out, overwrite=overwrite, kind="thresholds", protect=(run,))
         loaded = load_run(run)
         asked_latency = _asked_latency(loaded, device, batch_size)
@@ -647,6 +670,7 @@ def _asked_latency(run: Any, device: str | None, batch_size: int | None) -> str 
 
 @app.command()
 def frontier(
+    ctx: typer.Context,
     run: RunArg,
     out: Annotated[Path, typer.Option(help="Where to write frontier.csv.")],
     n_budgets: Annotated[int, typer.Option(min=2, help="Budgets from the first exit's cost to the last's.")] = 41,
@@ -675,7 +699,7 @@ def frontier(
     from dyncal.artifacts.outputs import check_output_file, output_errors
     from dyncal.run import load_run
 
-    with user_errors():
+    with user_errors(ctx):
         check_output_file(out, overwrite=overwrite, kind="frontier", protect=(run,))
         names = tuple(m.strip() for m in methods.split(",") if m.strip())
         df = compute_frontier(
@@ -723,6 +747,7 @@ def frontier(
 
 @app.command()
 def verify(
+    ctx: typer.Context,
     run: RunArg,
     thresholds: Annotated[Path, typer.Option(help="thresholds.json from 'dyncal solve'.")],
     out: Annotated[
@@ -783,7 +808,7 @@ def verify(
     from dyncal.artifacts.thresholds import read_thresholds
     from dyncal.runtime import verify_run
 
-    with user_errors():
+    with user_errors(ctx):
         sizes = _parse_int_list(batch_size, "--batch-size", MAX_BATCH_SIZE) or [1]
         if out is not None:
             check_output_file(out, overwrite=overwrite, kind="verify", protect=(run, thresholds))
@@ -901,6 +926,7 @@ def _print_verify(doc: dict[str, Any]) -> None:
 
 @app.command("export")
 def export_(
+    ctx: typer.Context,
     run: RunArg,
     thresholds: Annotated[Path, typer.Option(help="thresholds.json from 'dyncal solve' on this run.")],
     out: Annotated[Path, typer.Option(help="Package directory to create.")],
@@ -928,7 +954,7 @@ def export_(
     from dyncal.artifacts.thresholds import read_thresholds
     from dyncal.export import export_package
 
-    with user_errors():
+    with user_errors(ctx):
         shape = _parse_int_list(input_shape, "--input-shape")
         result = export_package(
             run,
@@ -960,6 +986,7 @@ def export_(
 
 @app.command()
 def demo(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option(help="Folder for the run, thresholds, frontier and report.")] = Path(
         "dyncal-demo"
     ),
@@ -982,7 +1009,7 @@ def demo(
     def step(message: str) -> None:
         typer.echo(message, err=True)
 
-    with user_errors():
+    with user_errors(ctx):
         summary = run_demo(
             out, budget=budget, max_drop=max_drop, min_speedup=min_speedup, overwrite=overwrite, log=step
         )
@@ -1169,7 +1196,7 @@ def report(
     report_fields = {f.name for f in dataclasses.fields(ReportOptions)}
     command = command_line(ctx)
     others = [part.strip() for item in compare or [] for part in item.split(",") if part.strip()]
-    with user_errors():
+    with user_errors(ctx):
         # the command's own parameters are the report's options (one name each, no forwarding list)
         asked = {k: v for k, v in ctx.params.items() if k in report_fields and k not in ("command", "compare")}
         options = ReportOptions(**asked, command=command, compare=tuple(others))
@@ -1183,6 +1210,7 @@ def report(
 
 @app.command()
 def plot(
+    ctx: typer.Context,
     run: RunArg,
     kind: Annotated[str, typer.Option(help="Which figure: frontier, latency, exits or reliability.")],
     out: Annotated[Path, typer.Option(help="File to write: .png, .svg or .pdf.")],
@@ -1209,7 +1237,7 @@ def plot(
     from dyncal.artifacts.outputs import check_output_file
     from dyncal.reports.pdf import export_figure
 
-    with user_errors():
+    with user_errors(ctx):
         check_output_file(out, overwrite=overwrite, kind="figure", protect=(run,))
         path = export_figure(
             run, kind, out, budget=budget, device=device, batch_size=batch_size, method=method, dpi=dpi

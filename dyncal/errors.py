@@ -3,9 +3,17 @@
 Every message says what is wrong, the value seen, and what to do. The CLI prints the
 message as one line and exits with status 1; anything that is not a ``DyncalError`` is a
 bug and keeps its traceback.
+
+Messages name what the caller passed by its **parameter name** in backticks
+(:func:`param`): a Python caller reads `` `max_drop` ``, and the command line shows the
+flag of the verb that ran (``--max-drop``, :func:`render_params`). The library never
+spells a flag; the one mapping from parameters to flags is the CLI's own declaration.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Callable
 
 __all__ = [
     "DyncalError",
@@ -15,6 +23,8 @@ __all__ = [
     "BudgetError",
     "ProfileError",
     "first_line",
+    "param",
+    "render_params",
 ]
 
 
@@ -64,3 +74,34 @@ def first_line(e: BaseException, limit: int = 300) -> str:
     """
     lines = str(e).strip().splitlines()
     return (lines[0] if lines else type(e).__name__)[:limit]
+
+
+_PARAM = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
+
+
+def param(name: str) -> str:
+    """Name the parameter ``name`` in a message: `` `name` `` for Python, its flag on the CLI.
+
+    Example:
+        >>> f"{param('max_drop')} must be below 1, got 1.5"
+        '`max_drop` must be below 1, got 1.5'
+    """
+    return f"`{name}`"
+
+
+def render_params(message: str, flag_of: Callable[[str], str | None]) -> str:
+    """``message`` with every `` `parameter` `` replaced by ``flag_of(parameter)``.
+
+    A name ``flag_of`` does not know (it returns None) keeps its backticks.
+
+    Example:
+        >>> flags = {"max_drop": "--max-drop"}
+        >>> render_params("`max_drop` must be below 1; see `n_bins`", flags.get)
+        '--max-drop must be below 1; see `n_bins`'
+    """
+
+    def swap(m: re.Match[str]) -> str:
+        flag = flag_of(m.group(1))
+        return m.group(0) if flag is None else flag
+
+    return _PARAM.sub(swap, message)

@@ -1,8 +1,9 @@
 """thresholds.json: read, validated and bound to the run it was solved on.
 
-The document itself is :class:`dyncal.calibrate.solvers.ThresholdsResult`; this module is
-where it is opened. :func:`decision_fingerprint` names the exit decisions a document makes,
-so that verify results and reports can refuse evidence made with other thresholds.
+:class:`ThresholdsDocument` is the document (``dyncal solve`` builds it; the solver's
+``ThresholdsDocument`` is the same class); this module alone reads, validates and writes it.
+:func:`decision_fingerprint` names the exit decisions a document makes, so that verify
+results and reports can refuse evidence made with other thresholds.
 """
 
 from __future__ import annotations
@@ -12,18 +13,35 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
+
+from dyncal.artifacts import validate as V
+from dyncal.artifacts.atomic import atomic_write_text
 from dyncal.artifacts.validate import FieldError, read_json_document
+from dyncal.calibrate.policy import thresholds_from_json
+from dyncal.calibrate.scores import SCORES
 from dyncal.errors import DyncalError
 
 if TYPE_CHECKING:
-    from dyncal.calibrate.solvers import ThresholdsResult
-    from dyncal.run import Run
+    from dyncal.artifacts.run import Run
 
-__all__ = ["decision_fingerprint", "read_thresholds", "check_thresholds_for_run", "thresholds_json", "json_ready"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "ThresholdsDocument",
+    "decision_fingerprint",
+    "read_thresholds",
+    "check_thresholds_for_run",
+    "thresholds_json",
+    "json_ready",
+]
+
+SCHEMA_VERSION = 1
+"""Version of the thresholds.json format."""
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +71,209 @@ MAX_THRESHOLDS_BYTES = 16 << 20
 """Largest thresholds.json accepted (dyncal writes a few kB)."""
 
 
-def read_thresholds(path: str | os.PathLike[str]) -> ThresholdsResult:
+@dataclass(frozen=True)
+class ThresholdsDocument:
+    """The ``thresholds.json`` document of ``dyncal solve``.
+
+    Calibration numbers (``calibration_accuracy``, ``expected_macs``, ``expected_ms``,
+    ``exit_shares``, ``budget["met"]``) are measured on the fit part, where the budget is
+    guaranteed; ``holdout_*`` on the held-out part. Applying ``thresholds`` with the exit
+    rule to the fit part's scores reproduces them exactly.
+
+    Attributes:
+        score: Score name.
+        temperatures: ``K`` temperatures.
+        thresholds: ``K`` thresholds, the last None.
+        method: Solver used (``risk`` mode: the solver that built the candidates).
+        budget: ``asked``, ``unit``, ``value``, ``fraction``, ``met``, ``met_fraction``.
+        expected_macs: Mean MACs on the fit part, None when the run has no MACs.
+        expected_ms: Mean early-exit ms per ``"<device>/b<batch>"``.
+        calibration_accuracy: Accuracy on the fit part.
+        holdout_accuracy: Accuracy on the held-out part (None when nothing was held out).
+        holdout_ci: 95% bootstrap interval of ``holdout_accuracy`` (None likewise).
+        exit_shares: ``K`` shares on the fit part.
+        static: One entry per exit used alone: accuracies and costs.
+        holdout: Held-out details: ``n``, ``expected_macs``, ``expected_ms``, ``exit_shares``.
+        split: ``holdout``, ``seed``, ``n_calibration``, ``n_holdout``, and the classes too
+            small to split that were kept whole in the fit part (``n_unsplit_classes``,
+            ``unsplit_classes``).
+        risk: Risk-control details, or None.
+        run: Path of the run.
+        run_fingerprint: Fingerprint of the run solved on (:attr:`dyncal.run.Run.fingerprint`);
+            verify, report and export refuse the document for any other run.
+        n_classes: ``C``.
+        temperature_at_bound: Per exit, whether its fitted temperature stopped at the
+            search bound (0.05 or 20): a warning sign; None when none were fitted.
+        schema_version: Version of this document.
+    """
+
+    score: str
+    temperatures: tuple[float, ...]
+    thresholds: tuple[float | None, ...]
+    method: str
+    budget: dict[str, Any]
+    expected_macs: float | None
+    expected_ms: dict[str, float]
+    calibration_accuracy: float
+    holdout_accuracy: float | None
+    holdout_ci: tuple[float, float] | None
+    exit_shares: tuple[float, ...]
+    static: tuple[dict[str, Any], ...] = ()
+    holdout: dict[str, Any] | None = None
+    split: dict[str, Any] = field(default_factory=dict)
+    risk: dict[str, Any] | None = None
+    run: str = ""
+    n_classes: int = 0
+    temperature_at_bound: tuple[bool, ...] | None = None
+    schema_version: int = SCHEMA_VERSION
+    run_fingerprint: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The thresholds.json document."""
+        return {
+            "schema": "dyncal.thresholds",
+            "schema_version": self.schema_version,
+            "score": self.score,
+            "temperatures": list(self.temperatures),
+            "thresholds": list(self.thresholds),
+            "method": self.method,
+            "budget": dict(self.budget),
+            "expected_macs": self.expected_macs,
+            "expected_ms": dict(self.expected_ms),
+            "calibration_accuracy": self.calibration_accuracy,
+            "holdout_accuracy": self.holdout_accuracy,
+            "holdout_ci": None if self.holdout_ci is None else list(self.holdout_ci),
+            "exit_shares": list(self.exit_shares),
+            "static": [dict(s) for s in self.static],
+            "holdout": None if self.holdout is None else dict(self.holdout),
+            "split": dict(self.split),
+            "risk": None if self.risk is None else dict(self.risk),
+            "run": self.run,
+            "run_fingerprint": self.run_fingerprint,
+            "n_classes": self.n_classes,
+            "temperature_at_bound": None if self.temperature_at_bound is None else list(self.temperature_at_bound),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ThresholdsDocument:
+        """Read a thresholds.json document, checking every field's type and shape.
+
+        ``thresholds`` must list K >= 2 entries, finite numbers with the last null;
+        ``temperatures`` K positive finite numbers; ``exit_shares`` (and, when present,
+        ``temperature_at_bound``) K entries; accuracies fractions in [0, 1].
+
+        Raises:
+            DyncalError: From a newer schema version.
+            FieldError: The first malformed field (a :class:`DyncalError` naming it).
+        """
+        d = V.mapping(d, "(document)")
+        schema = d.get("schema", "dyncal.thresholds")
+        if schema != "dyncal.thresholds":
+            raise V.FieldError("schema", f'must be "dyncal.thresholds", got {V.show(schema)}')
+        version = V.require(d, "schema_version")
+        if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+            raise DyncalError(
+                f"thresholds document has schema version {version}; this dyncal reads up to {SCHEMA_VERSION}: "
+                "upgrade dyncal"
+            )
+        version = V.integer(version, "schema_version", minimum=1)
+        raw = V.sequence(V.require(d, "thresholds"), "thresholds", min_length=2)
+        k = len(raw)
+        if raw[-1] is not None:
+            raise V.FieldError(f"thresholds[{k - 1}]", f"(the last exit's) must be null, got {V.show(raw[-1])}")
+        thresholds = tuple(V.number(v, f"thresholds[{i}]") for i, v in enumerate(raw[:-1]))
+
+        def opt_number(key: str, **bounds: Any) -> float | None:
+            v = d.get(key)
+            return None if v is None else V.number(v, key, **bounds)
+
+        ci = d.get("holdout_ci")
+        at_bound = d.get("temperature_at_bound")
+        fingerprint = d.get("run_fingerprint")
+        return cls(
+            score=V.string(V.require(d, "score"), "score", choices=SCORES),
+            temperatures=V.number_list(V.require(d, "temperatures"), "temperatures", length=k, positive=True),
+            thresholds=(*thresholds, None),
+            method=V.string(V.require(d, "method"), "method"),
+            budget=_budget_from_dict(d.get("budget") or {}),
+            expected_macs=opt_number("expected_macs", minimum=0),
+            expected_ms={
+                str(key): V.number(v, f"expected_ms[{key!r}]", minimum=0)
+                for key, v in V.mapping(d.get("expected_ms") or {}, "expected_ms").items()
+            },
+            calibration_accuracy=V.number(
+                V.require(d, "calibration_accuracy"), "calibration_accuracy", minimum=0, maximum=1
+            ),
+            holdout_accuracy=opt_number("holdout_accuracy", minimum=0, maximum=1),
+            holdout_ci=None
+            if ci is None
+            else cast(
+                "tuple[float, float]",
+                V.number_list(ci, "holdout_ci", length=2, minimum=0, maximum=1, nondecreasing=True),
+            ),
+            exit_shares=V.number_list(V.require(d, "exit_shares"), "exit_shares", length=k, minimum=0, maximum=1),
+            static=tuple(
+                dict(V.mapping(s, f"static[{i}]")) for i, s in enumerate(V.sequence(d.get("static", []), "static"))
+            ),
+            holdout=V.optional_mapping(d.get("holdout"), "holdout"),
+            split=dict(V.mapping(d.get("split") or {}, "split")),
+            risk=V.optional_mapping(d.get("risk"), "risk"),
+            run=V.string(d.get("run", ""), "run"),
+            n_classes=V.integer(d.get("n_classes", 0), "n_classes", minimum=0),
+            temperature_at_bound=None
+            if at_bound is None
+            else tuple(
+                _boolean(v, f"temperature_at_bound[{i}]")
+                for i, v in enumerate(V.sequence(at_bound, "temperature_at_bound", length=k))
+            ),
+            schema_version=version,
+            run_fingerprint=None if fingerprint is None else V.string(fingerprint, "run_fingerprint"),
+        )
+
+    @property
+    def decision_fingerprint(self) -> str:
+        """Identity of the exit decisions (:func:`dyncal.artifacts.thresholds.decision_fingerprint`)."""
+        return decision_fingerprint(self.score, self.temperatures, self.thresholds)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ThresholdsDocument:
+        """Read and validate a thresholds.json (:func:`read_thresholds`)."""
+        return read_thresholds(path)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the document to ``path`` atomically, as :func:`thresholds_json` spells it."""
+        atomic_write_text(path, thresholds_json(self))
+
+    @property
+    def threshold_array(self) -> np.ndarray:
+        """The ``K - 1`` thresholds as floats."""
+        return thresholds_from_json(list(self.thresholds))
+
+
+def _boolean(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise V.FieldError(field, f"must be true or false, got {V.show(value)}")
+    return value
+
+
+def _budget_from_dict(value: Any) -> dict[str, Any]:
+    """The ``budget`` object of a thresholds document: text fields text, numbers finite."""
+    budget = dict(V.mapping(value, "budget"))
+    for key in ("asked", "unit"):
+        if budget.get(key) is not None:
+            V.string(budget[key], f"budget.{key}")
+    for key in ("value", "fraction", "met", "met_fraction"):
+        if budget.get(key) is not None:
+            V.number(budget[key], f"budget.{key}", minimum=0)
+    return budget
+
+
+def read_thresholds(path: str | os.PathLike[str]) -> ThresholdsDocument:
     """Read and validate a thresholds.json written by ``dyncal solve``.
 
     The file must be a regular file holding a small UTF-8 JSON object of bounded nesting
     (:func:`dyncal.artifacts.validate.read_json_document`), and every field must have its
-    type and shape (:meth:`ThresholdsResult.from_dict`). Whether the thresholds belong to
+    type and shape (:meth:`ThresholdsDocument.from_dict`). Whether the thresholds belong to
     a run is :func:`check_thresholds_for_run`'s question.
 
     Raises:
@@ -74,8 +289,6 @@ def read_thresholds(path: str | os.PathLike[str]) -> ThresholdsResult:
         dyncal.errors.DyncalError: '...t.json' is not a valid thresholds document: field 'thresholds[0]' must be a \
 finite number, got nan; write a new one with 'dyncal solve RUN --budget ... --out ...t.json'
     """
-    from dyncal.calibrate.solvers import ThresholdsResult
-
     path = Path(path)
     redo = f"write a new one with 'dyncal solve RUN --budget ... --out {path}'"
     if not path.exists() and not path.is_symlink():
@@ -89,14 +302,14 @@ finite number, got nan; write a new one with 'dyncal solve RUN --budget ... --ou
             "'dyncal solve RUN --budget ... --out thresholds.json' wrote"
         )
     try:
-        return ThresholdsResult.from_dict(doc)
+        return ThresholdsDocument.from_dict(doc)
     except FieldError as e:
         raise DyncalError(f"'{path}' is not a valid thresholds document: {e}; {redo}") from None
     except DyncalError as e:  # a newer schema version
         raise DyncalError(f"'{path}': {e}") from None
 
 
-def check_thresholds_for_run(thresholds: ThresholdsResult, run: Run) -> None:
+def check_thresholds_for_run(thresholds: ThresholdsDocument, run: Run) -> None:
     """Refuse thresholds that were not solved on ``run``.
 
     The document must record its run's fingerprint and it must be this run's (one without
@@ -139,12 +352,13 @@ def json_ready(x: Any) -> Any:
     return x
 
 
-def thresholds_json(thresholds: ThresholdsResult) -> str:
+def thresholds_json(thresholds: ThresholdsDocument) -> str:
     """The text of thresholds.json: the one way ``dyncal solve``, the demo and scripts write it.
 
     Example:
-        >>> from dyncal.calibrate.solvers import ThresholdsResult
-        >>> doc = ThresholdsResult("maxprob", (1.0, 1.0), (0.5, None), "optimal", {}, None, {}, 0.9, None, None, (1, 0))
+        >>> doc = ThresholdsDocument(
+        ...     "maxprob", (1.0, 1.0), (0.5, None), "optimal", {}, None, {}, 0.9, None, None, (1, 0)
+        ... )
         >>> json.loads(thresholds_json(doc))["thresholds"]
         [0.5, None]
     """

@@ -7,12 +7,25 @@ estimator, :class:`dyncal.calibrate.estimator.ThresholdSolver`; the exit rule
 :func:`dyncal.calibrate.risk.learn_then_test`.
 """
 
-from dyncal.calibrate.budget import parse_budget, resolve_budget
-from dyncal.calibrate.estimator import ThresholdSolver
-from dyncal.calibrate.policy import assign_exits, evaluate_policy
-from dyncal.calibrate.scores import SCORES, exit_scores
-from dyncal.calibrate.solvers import DEFAULT_METHOD, METHODS, ThresholdsResult, solve_run
-from dyncal.calibrate.temperature import TemperatureScaler
+import importlib
+from typing import Any
+
+# Imported on first use, so that numpy-only modules (the thresholds artifact reads the
+# score names and the threshold encoding) can import a submodule without the solvers.
+_LAZY = {
+    "parse_budget": "dyncal.calibrate.budget",
+    "resolve_budget": "dyncal.calibrate.budget",
+    "ThresholdSolver": "dyncal.calibrate.estimator",
+    "assign_exits": "dyncal.calibrate.policy",
+    "evaluate_policy": "dyncal.calibrate.policy",
+    "SCORES": "dyncal.calibrate.scores",
+    "exit_scores": "dyncal.calibrate.scores",
+    "DEFAULT_METHOD": "dyncal.calibrate.solvers",
+    "METHODS": "dyncal.calibrate.solvers",
+    "ThresholdsResult": "dyncal.calibrate.solvers",
+    "solve_run": "dyncal.calibrate.solvers",
+    "TemperatureScaler": "dyncal.calibrate.temperature",
+}
 
 __all__ = [
     "SCORES",
@@ -28,3 +41,9 @@ __all__ = [
     "resolve_budget",
     "TemperatureScaler",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'dyncal.calibrate' has no attribute {name!r}")

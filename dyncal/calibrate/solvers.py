@@ -71,11 +71,11 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
-from dyncal.artifacts import validate as V
+from dyncal.artifacts.thresholds import ThresholdsDocument
 from dyncal.calibrate.budget import (
     BudgetTarget,
     cost_units,
@@ -87,7 +87,6 @@ from dyncal.calibrate.policy import (
     evaluate_policy,
     expected_cost,
     finite_thresholds,
-    thresholds_from_json,
 )
 from dyncal.calibrate.scores import SCORES, exit_scores
 from dyncal.errors import BudgetError, DyncalError
@@ -113,13 +112,15 @@ __all__ = [
     "solve_run",
 ]
 
+ThresholdsResult = ThresholdsDocument
+"""The ``thresholds.json`` document (:class:`dyncal.artifacts.thresholds.ThresholdsDocument`), by its older name."""
+
 log = logging.getLogger(__name__)
 
 METHODS = ("smoothed", "optimal", "geometric")
 DEFAULT_METHOD = "smoothed"
 PUBLISHED_Q: tuple[float, ...] = tuple(p / 20 for p in range(1, 40))
 FINE_Q: tuple[float, ...] = tuple(float(q) for q in np.geomspace(0.01, 8.0, 240))
-SCHEMA_VERSION = 1
 _TOL = 1e-9
 
 
@@ -864,196 +865,6 @@ def problem_for(
     """The :class:`ExitProblem` a method optimises on these samples (``score``: its name)."""
     gains = smoothed_gains(scores, correct) if method == "smoothed" else correct.astype(np.float64)
     return ExitProblem(scores, gains, costs, score)
-
-
-@dataclass(frozen=True)
-class ThresholdsResult:
-    """The ``thresholds.json`` document of ``dyncal solve``.
-
-    Calibration numbers (``calibration_accuracy``, ``expected_macs``, ``expected_ms``,
-    ``exit_shares``, ``budget["met"]``) are measured on the fit part, where the budget is
-    guaranteed; ``holdout_*`` on the held-out part. Applying ``thresholds`` with the exit
-    rule to the fit part's scores reproduces them exactly.
-
-    Attributes:
-        score: Score name.
-        temperatures: ``K`` temperatures.
-        thresholds: ``K`` thresholds, the last None.
-        method: Solver used (``risk`` mode: the solver that built the candidates).
-        budget: ``asked``, ``unit``, ``value``, ``fraction``, ``met``, ``met_fraction``.
-        expected_macs: Mean MACs on the fit part, None when the run has no MACs.
-        expected_ms: Mean early-exit ms per ``"<device>/b<batch>"``.
-        calibration_accuracy: Accuracy on the fit part.
-        holdout_accuracy: Accuracy on the held-out part (None when nothing was held out).
-        holdout_ci: 95% bootstrap interval of ``holdout_accuracy`` (None likewise).
-        exit_shares: ``K`` shares on the fit part.
-        static: One entry per exit used alone: accuracies and costs.
-        holdout: Held-out details: ``n``, ``expected_macs``, ``expected_ms``, ``exit_shares``.
-        split: ``holdout``, ``seed``, ``n_calibration``, ``n_holdout``, and the classes too
-            small to split that were kept whole in the fit part (``n_unsplit_classes``,
-            ``unsplit_classes``).
-        risk: Risk-control details, or None.
-        run: Path of the run.
-        run_fingerprint: Fingerprint of the run solved on (:attr:`dyncal.run.Run.fingerprint`);
-            verify, report and export refuse the document for any other run.
-        n_classes: ``C``.
-        temperature_at_bound: Per exit, whether its fitted temperature stopped at the
-            search bound (0.05 or 20): a warning sign; None when none were fitted.
-        schema_version: Version of this document.
-    """
-
-    score: str
-    temperatures: tuple[float, ...]
-    thresholds: tuple[float | None, ...]
-    method: str
-    budget: dict[str, Any]
-    expected_macs: float | None
-    expected_ms: dict[str, float]
-    calibration_accuracy: float
-    holdout_accuracy: float | None
-    holdout_ci: tuple[float, float] | None
-    exit_shares: tuple[float, ...]
-    static: tuple[dict[str, Any], ...] = ()
-    holdout: dict[str, Any] | None = None
-    split: dict[str, Any] = field(default_factory=dict)
-    risk: dict[str, Any] | None = None
-    run: str = ""
-    n_classes: int = 0
-    temperature_at_bound: tuple[bool, ...] | None = None
-    schema_version: int = SCHEMA_VERSION
-    run_fingerprint: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The thresholds.json document."""
-        return {
-            "schema": "dyncal.thresholds",
-            "schema_version": self.schema_version,
-            "score": self.score,
-            "temperatures": list(self.temperatures),
-            "thresholds": list(self.thresholds),
-            "method": self.method,
-            "budget": dict(self.budget),
-            "expected_macs": self.expected_macs,
-            "expected_ms": dict(self.expected_ms),
-            "calibration_accuracy": self.calibration_accuracy,
-            "holdout_accuracy": self.holdout_accuracy,
-            "holdout_ci": None if self.holdout_ci is None else list(self.holdout_ci),
-            "exit_shares": list(self.exit_shares),
-            "static": [dict(s) for s in self.static],
-            "holdout": None if self.holdout is None else dict(self.holdout),
-            "split": dict(self.split),
-            "risk": None if self.risk is None else dict(self.risk),
-            "run": self.run,
-            "run_fingerprint": self.run_fingerprint,
-            "n_classes": self.n_classes,
-            "temperature_at_bound": None if self.temperature_at_bound is None else list(self.temperature_at_bound),
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ThresholdsResult:
-        """Read a thresholds.json document, checking every field's type and shape.
-
-        ``thresholds`` must list K >= 2 entries, finite numbers with the last null;
-        ``temperatures`` K positive finite numbers; ``exit_shares`` (and, when present,
-        ``temperature_at_bound``) K entries; accuracies fractions in [0, 1].
-
-        Raises:
-            DyncalError: From a newer schema version.
-            FieldError: The first malformed field (a :class:`DyncalError` naming it).
-        """
-        d = V.mapping(d, "(document)")
-        schema = d.get("schema", "dyncal.thresholds")
-        if schema != "dyncal.thresholds":
-            raise V.FieldError("schema", f'must be "dyncal.thresholds", got {V.show(schema)}')
-        version = V.require(d, "schema_version")
-        if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
-            raise DyncalError(
-                f"thresholds document has schema version {version}; this dyncal reads up to {SCHEMA_VERSION}: "
-                "upgrade dyncal"
-            )
-        version = V.integer(version, "schema_version", minimum=1)
-        raw = V.sequence(V.require(d, "thresholds"), "thresholds", min_length=2)
-        k = len(raw)
-        if raw[-1] is not None:
-            raise V.FieldError(f"thresholds[{k - 1}]", f"(the last exit's) must be null, got {V.show(raw[-1])}")
-        thresholds = tuple(V.number(v, f"thresholds[{i}]") for i, v in enumerate(raw[:-1]))
-
-        def opt_number(key: str, **bounds: Any) -> float | None:
-            v = d.get(key)
-            return None if v is None else V.number(v, key, **bounds)
-
-        ci = d.get("holdout_ci")
-        at_bound = d.get("temperature_at_bound")
-        fingerprint = d.get("run_fingerprint")
-        return cls(
-            score=V.string(V.require(d, "score"), "score", choices=SCORES),
-            temperatures=V.number_list(V.require(d, "temperatures"), "temperatures", length=k, positive=True),
-            thresholds=(*thresholds, None),
-            method=V.string(V.require(d, "method"), "method"),
-            budget=_budget_from_dict(d.get("budget") or {}),
-            expected_macs=opt_number("expected_macs", minimum=0),
-            expected_ms={
-                str(key): V.number(v, f"expected_ms[{key!r}]", minimum=0)
-                for key, v in V.mapping(d.get("expected_ms") or {}, "expected_ms").items()
-            },
-            calibration_accuracy=V.number(
-                V.require(d, "calibration_accuracy"), "calibration_accuracy", minimum=0, maximum=1
-            ),
-            holdout_accuracy=opt_number("holdout_accuracy", minimum=0, maximum=1),
-            holdout_ci=None
-            if ci is None
-            else cast(
-                "tuple[float, float]",
-                V.number_list(ci, "holdout_ci", length=2, minimum=0, maximum=1, nondecreasing=True),
-            ),
-            exit_shares=V.number_list(V.require(d, "exit_shares"), "exit_shares", length=k, minimum=0, maximum=1),
-            static=tuple(
-                dict(V.mapping(s, f"static[{i}]")) for i, s in enumerate(V.sequence(d.get("static", []), "static"))
-            ),
-            holdout=V.optional_mapping(d.get("holdout"), "holdout"),
-            split=dict(V.mapping(d.get("split") or {}, "split")),
-            risk=V.optional_mapping(d.get("risk"), "risk"),
-            run=V.string(d.get("run", ""), "run"),
-            n_classes=V.integer(d.get("n_classes", 0), "n_classes", minimum=0),
-            temperature_at_bound=None
-            if at_bound is None
-            else tuple(
-                _boolean(v, f"temperature_at_bound[{i}]")
-                for i, v in enumerate(V.sequence(at_bound, "temperature_at_bound", length=k))
-            ),
-            schema_version=version,
-            run_fingerprint=None if fingerprint is None else V.string(fingerprint, "run_fingerprint"),
-        )
-
-    @property
-    def decision_fingerprint(self) -> str:
-        """Identity of the exit decisions (:func:`dyncal.artifacts.thresholds.decision_fingerprint`)."""
-        from dyncal.artifacts.thresholds import decision_fingerprint
-
-        return decision_fingerprint(self.score, self.temperatures, self.thresholds)
-
-    @property
-    def threshold_array(self) -> np.ndarray:
-        """The ``K - 1`` thresholds as floats."""
-        return thresholds_from_json(list(self.thresholds))
-
-
-def _boolean(value: Any, field: str) -> bool:
-    if not isinstance(value, bool):
-        raise V.FieldError(field, f"must be true or false, got {V.show(value)}")
-    return value
-
-
-def _budget_from_dict(value: Any) -> dict[str, Any]:
-    """The ``budget`` object of a thresholds document: text fields text, numbers finite."""
-    budget = dict(V.mapping(value, "budget"))
-    for key in ("asked", "unit"):
-        if budget.get(key) is not None:
-            V.string(budget[key], f"budget.{key}")
-    for key in ("value", "fraction", "met", "met_fraction"):
-        if budget.get(key) is not None:
-            V.number(budget[key], f"budget.{key}", minimum=0)
-    return budget
 
 
 def _is_latency(unit: str) -> bool:

@@ -1,0 +1,403 @@
+"""The cost table of a run: MACs per exit and latency per device and batch size.
+
+Stored under ``"costs"`` in ``run.json`` (:class:`dyncal.artifacts.run.RunDocument` writes
+it); :class:`LatencyKey` is the one parser of latency keys (``"cpu/b1"``) and cost columns
+(``"ms:cpu/b1"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dyncal.artifacts import validate as V
+from dyncal.errors import RunError
+
+if TYPE_CHECKING:
+    from dyncal.artifacts.run import Run
+
+__all__ = [
+    "LatencyKey",
+    "latency_key",
+    "UnsupportedOp",
+    "LatencyProfile",
+    "CostTable",
+    "MODEL_ID_KEYS",
+    "other_model_latency",
+]
+
+
+@dataclass(frozen=True, order=True)
+class LatencyKey:
+    """A device and batch size that latency was measured at; written ``"<device>/b<batch>"``.
+
+    JSON documents and tables keep the text form (``str(key)``); code that needs the device
+    or the batch size parses it here, never by slicing strings.
+
+    Example:
+        >>> key = LatencyKey.parse("cuda:1/b32")
+        >>> key.device, key.batch_size, str(key), key.column
+        ('cuda:1', 32, 'cuda:1/b32', 'ms:cuda:1/b32')
+        >>> LatencyKey.from_column("ms:cpu/b1") == LatencyKey("cpu", 1)
+        True
+    """
+
+    device: str
+    batch_size: int
+
+    PREFIX = "ms:"
+    """Prefix of a latency column in cost tables and frontier tables (``"ms:cpu/b1"``)."""
+
+    def __str__(self) -> str:
+        return f"{self.device}/b{self.batch_size}"
+
+    @property
+    def column(self) -> str:
+        """The cost column of this key: ``"ms:<device>/b<batch>"``."""
+        return f"{self.PREFIX}{self}"
+
+    @classmethod
+    def parse(cls, text: str) -> LatencyKey:
+        """Read ``"<device>/b<batch>"``.
+
+        Raises:
+            ValueError: Not of that form.
+        """
+        device, sep, batch = str(text).rpartition("/b")
+        if not sep or not device or not batch.isdigit() or int(batch) < 1:
+            raise ValueError(f"{text!r} is not a latency key '<device>/b<batch size>' (e.g. 'cpu/b1')")
+        return cls(device, int(batch))
+
+    @classmethod
+    def from_column(cls, column: str) -> LatencyKey:
+        """Read a cost column ``"ms:<device>/b<batch>"``.
+
+        Raises:
+            ValueError: Not a latency column.
+        """
+        if not str(column).startswith(cls.PREFIX):
+            raise ValueError(f"{column!r} is not a latency column ('ms:<device>/b<batch size>')")
+        return cls.parse(str(column)[len(cls.PREFIX) :])
+
+
+def latency_key(device: str, batch_size: int) -> str:
+    """The ``"<device>/b<batch>"`` key used for latency everywhere (the text of :class:`LatencyKey`).
+
+    Example:
+        >>> latency_key("cpu", 1)
+        'cpu/b1'
+    """
+    return str(LatencyKey(device, batch_size))
+
+
+@dataclass(frozen=True)
+class UnsupportedOp:
+    """An operator fvcore could not count, in one stage."""
+
+    stage: int
+    op: str
+    count: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {"stage": self.stage, "op": self.op, "count": self.count}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], field: str = "unsupported_ops[]") -> UnsupportedOp:
+        """Build from :meth:`to_dict` output.
+
+        Raises:
+            FieldError: A missing field or one of the wrong type.
+        """
+        d = V.mapping(d, field)
+        return cls(
+            stage=V.integer(V.require(d, "stage", f"{field}."), f"{field}.stage", minimum=1),
+            op=V.string(V.require(d, "op", f"{field}."), f"{field}.op"),
+            count=V.integer(V.require(d, "count", f"{field}."), f"{field}.count", minimum=0),
+        )
+
+
+def _replicates(value: Any, field: str) -> tuple[tuple[float, ...], ...]:
+    """Lists of raw replicate milliseconds (one non-empty list per entry)."""
+    return tuple(
+        V.number_list(r, f"{field}[{i}]", min_length=1, minimum=0) for i, r in enumerate(V.sequence(value, field))
+    )
+
+
+@dataclass(frozen=True)
+class LatencyProfile:
+    """Measured wall-clock of each stage on one device at one batch size.
+
+    Raw replicates are stored; medians and spreads are derived on read.
+
+    Attributes:
+        device: Device name as used in keys (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+        batch_size: Samples per forward.
+        stage_ms: Raw replicate times per stage, ``K`` sequences of milliseconds.
+        decision_ms: Raw replicate times of one exit decision (score + host sync).
+        full_model_ms: Raw replicate times of the unpartitioned model, all exits.
+        threads: CPU threads used (``torch.get_num_threads``), None if not applicable.
+        hardware: CPU model or GPU name.
+        settings: Other measurement settings (warm-up, repeats, torch version, ...).
+        exit_path_ms: Raw replicate times of the real early exit with every row leaving at
+            exit k, ``K`` sequences (empty in runs profiled before dyncal measured them).
+        compaction_ms: Raw replicate times of the early exit's batch compaction at exit k
+            (rows leaving recorded, carried tensors cut to the rows staying, output
+            assembled), ``K - 1`` sequences at ``settings["compaction_rows"]`` rows; empty
+            when not measured or the stages cannot drop rows.
+        exit_path_rows_ms: Exit paths at fewer rows than ``batch_size`` (the rows a batch
+            still holds after samples left), ``{rows: K sequences}``; a stage's time is not
+            linear in its rows, so predictions interpolate between these.
+    """
+
+    device: str
+    batch_size: int
+    stage_ms: tuple[tuple[float, ...], ...]
+    decision_ms: tuple[float, ...]
+    full_model_ms: tuple[float, ...]
+    threads: int | None
+    hardware: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    exit_path_ms: tuple[tuple[float, ...], ...] = ()
+    compaction_ms: tuple[tuple[float, ...], ...] = ()
+    exit_path_rows_ms: dict[int, tuple[tuple[float, ...], ...]] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """The ``"<device>/b<batch>"`` key."""
+        return latency_key(self.device, self.batch_size)
+
+    @property
+    def stage_median_ms(self) -> list[float]:
+        """Median time of each stage, ``K`` floats."""
+        return [float(np.median(r)) for r in self.stage_ms]
+
+    @property
+    def stage_iqr_ms(self) -> list[float]:
+        """Inter-quartile range of each stage's replicates, ``K`` floats."""
+        return [float(np.subtract(*np.percentile(r, [75, 25]))) for r in self.stage_ms]
+
+    @property
+    def decision_median_ms(self) -> float:
+        """Median time of one exit decision."""
+        return float(np.median(self.decision_ms)) if self.decision_ms else 0.0
+
+    @property
+    def full_model_median_ms(self) -> float:
+        """Median time of the unpartitioned model."""
+        return float(np.median(self.full_model_ms)) if self.full_model_ms else float("nan")
+
+    @property
+    def exit_ms(self) -> list[float]:
+        """Cumulative compute time to produce exit k: stage medians 1..k, ``K`` floats."""
+        return [float(v) for v in np.cumsum(self.stage_median_ms)]
+
+    @property
+    def early_exit_ms(self) -> list[float]:
+        """Time of a batch whose rows all leave at exit k in a real early exit, ``K`` floats.
+
+        Measured on the runner itself (:attr:`exit_path_ms`; running maximum of the medians,
+        as leaving later never saves time). Older profiles without it: stages 1..k plus one
+        exit decision at each exit passed through 1..k (the last exit makes none).
+        """
+        if len(self.exit_path_ms) == len(self.stage_ms) and all(self.exit_path_ms):
+            return [float(v) for v in np.maximum.accumulate([np.median(r) for r in self.exit_path_ms])]
+        k = len(self.stage_ms)
+        dec = self.decision_median_ms
+        return [ms + dec * min(i + 1, k - 1) for i, ms in enumerate(self.exit_ms)]
+
+    @property
+    def compaction_median_ms(self) -> list[float]:
+        """Median time of one batch compaction at each exit before the last (empty if not measured)."""
+        return [float(np.median(r)) for r in self.compaction_ms if r]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (raw replicates plus derived medians for readers)."""
+        return {
+            "device": self.device,
+            "batch_size": self.batch_size,
+            "stage_ms": [list(r) for r in self.stage_ms],
+            "decision_ms": list(self.decision_ms),
+            "full_model_ms": list(self.full_model_ms),
+            "threads": self.threads,
+            "hardware": self.hardware,
+            "settings": dict(self.settings),
+            "exit_median_ms": self.exit_ms,
+            "exit_path_ms": [list(r) for r in self.exit_path_ms],
+            "compaction_ms": [list(r) for r in self.compaction_ms],
+            "exit_path_rows_ms": {str(n): [list(r) for r in p] for n, p in sorted(self.exit_path_rows_ms.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], field: str = "latency") -> LatencyProfile:
+        """Build from :meth:`to_dict` output (the derived ``exit_median_ms`` is ignored).
+
+        Raises:
+            FieldError: A missing field or one of the wrong type or value: ``stage_ms`` must
+                hold one non-empty list of finite non-negative milliseconds per stage.
+        """
+        d = V.mapping(d, field)
+        stages = V.sequence(V.require(d, "stage_ms", f"{field}."), f"{field}.stage_ms", min_length=1)
+        threads = d.get("threads")
+        return cls(
+            device=V.string(V.require(d, "device", f"{field}."), f"{field}.device"),
+            batch_size=V.integer(V.require(d, "batch_size", f"{field}."), f"{field}.batch_size", minimum=1),
+            stage_ms=tuple(
+                V.number_list(r, f"{field}.stage_ms[{i}]", min_length=1, minimum=0) for i, r in enumerate(stages)
+            ),
+            decision_ms=V.number_list(d.get("decision_ms", []), f"{field}.decision_ms", minimum=0),
+            full_model_ms=V.number_list(d.get("full_model_ms", []), f"{field}.full_model_ms", minimum=0),
+            threads=None if threads is None else V.integer(threads, f"{field}.threads", minimum=1),
+            hardware=V.string(d.get("hardware", ""), f"{field}.hardware"),
+            settings=dict(V.mapping(d.get("settings", {}), f"{field}.settings")),
+            exit_path_ms=_replicates(d.get("exit_path_ms", []), f"{field}.exit_path_ms"),
+            compaction_ms=_replicates(d.get("compaction_ms", []), f"{field}.compaction_ms"),
+            exit_path_rows_ms={
+                V.integer(int(n) if str(n).isdigit() else n, f"{field}.exit_path_rows_ms", minimum=1): _replicates(
+                    p, f"{field}.exit_path_rows_ms.{n}"
+                )
+                for n, p in V.mapping(d.get("exit_path_rows_ms", {}), f"{field}.exit_path_rows_ms").items()
+            },
+        )
+
+
+@dataclass(frozen=True)
+class CostTable:
+    """What each exit costs.
+
+    Attributes:
+        macs: Cumulative multiply-accumulates (fvcore's count) to produce exit k, heads of
+            earlier exits included; ``K`` floats, or None when unknown.
+        stage_macs: MACs of each stage alone, ``K`` floats, or None.
+        unsupported_ops: Operators fvcore could not count, per stage.
+        latency: Measured latency per ``"<device>/b<batch>"`` key.
+        source: ``"profile"`` (measured by dyncal) or ``"import"`` (given by the user).
+        model: The model the latest profile measured (``model``, ``weights_sha256``,
+            ``state_sha256``) and how it compared with the run's (``check``; ``allowed``
+            true when ``--allow-other-model`` let another model be used), or None.
+    """
+
+    macs: tuple[float, ...] | None = None
+    stage_macs: tuple[float, ...] | None = None
+    unsupported_ops: tuple[UnsupportedOp, ...] = ()
+    latency: dict[str, LatencyProfile] = field(default_factory=dict)
+    source: str = "profile"
+    model: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        doc = {
+            "macs": None if self.macs is None else list(self.macs),
+            "stage_macs": None if self.stage_macs is None else list(self.stage_macs),
+            "unsupported_ops": [u.to_dict() for u in self.unsupported_ops],
+            "latency": {k: v.to_dict() for k, v in self.latency.items()},
+            "source": self.source,
+        }
+        if self.model is not None:
+            doc["model"] = dict(self.model)
+        return doc
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], field: str = "costs", k: int | None = None) -> CostTable:
+        """Build from :meth:`to_dict` output, checking every field.
+
+        ``macs`` must be positive, finite and cumulative (non-decreasing); ``stage_macs``
+        finite and non-negative; every latency entry well formed and filed under its own
+        ``"<device>/b<batch>"`` key; all of them one entry per exit (``k`` when given).
+
+        Raises:
+            FieldError: The first malformed field, named ``costs.<key>...``.
+        """
+        d = V.mapping(d, field)
+        macs = d.get("macs")
+        stage = d.get("stage_macs")
+        table = cls(
+            macs=None
+            if macs is None
+            else V.number_list(macs, f"{field}.macs", length=k, min_length=1, positive=True, nondecreasing=True),
+            stage_macs=None
+            if stage is None
+            else V.number_list(stage, f"{field}.stage_macs", length=k, min_length=1, minimum=0),
+            unsupported_ops=tuple(
+                UnsupportedOp.from_dict(u, f"{field}.unsupported_ops[{i}]")
+                for i, u in enumerate(V.sequence(d.get("unsupported_ops", []), f"{field}.unsupported_ops"))
+            ),
+            latency={
+                key: LatencyProfile.from_dict(v, f"{field}.latency[{key!r}]")
+                for key, v in V.mapping(d.get("latency", {}), f"{field}.latency").items()
+            },
+            source=V.string(d.get("source", "profile"), f"{field}.source"),
+            model=dict(d["model"]) if isinstance(d.get("model"), Mapping) else None,
+        )
+        for key, prof in table.latency.items():
+            if key != prof.key:
+                raise V.FieldError(
+                    f"{field}.latency[{key!r}]",
+                    f"holds device {prof.device!r} at batch {prof.batch_size} ({prof.key!r})",
+                )
+        lengths = {
+            f"{field}.macs": None if table.macs is None else len(table.macs),
+            f"{field}.stage_macs": None if table.stage_macs is None else len(table.stage_macs),
+            **{f"{field}.latency[{key!r}].stage_ms": len(p.stage_ms) for key, p in table.latency.items()},
+        }
+        want = k if k is not None else next((n for n in lengths.values() if n is not None), None)
+        for name, n in lengths.items():
+            if n is not None and n != want:
+                raise V.FieldError(name, f"must have one entry per exit (K={want}), got {n}")
+        for op in table.unsupported_ops:
+            if want is not None and op.stage > want:
+                raise V.FieldError(f"{field}.unsupported_ops", f"names stage {op.stage} of a run with K={want}")
+        return table
+
+
+MODEL_ID_KEYS = ("model", "weights_sha256", "state_sha256")
+"""Keys of :attr:`LatencyProfile.settings` naming the model that was timed (spec, hashes)."""
+
+
+def _same_model(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether two model identities agree on every key both record (none recorded: assume so)."""
+    return all(old[key] == new[key] for key in MODEL_ID_KEYS if old.get(key) is not None and new.get(key) is not None)
+
+
+def _describe_model(model_id: Mapping[str, Any]) -> str:
+    """``spec (weights 1a2b3c4d…, state 5e6f…)`` from a model identity, for messages."""
+    hashes = [
+        f"{name} {str(model_id[key])[:12]}"
+        for key, name in (("weights_sha256", "weights"), ("state_sha256", "state"))
+        if model_id.get(key)
+    ]
+    return f"{model_id.get('model') or '(unnamed model)'}" + (f" ({', '.join(hashes)})" if hashes else "")
+
+
+def other_model_latency(
+    run: Run, model_id: Mapping[str, Any] | None, *, allow_other_model: bool = False
+) -> tuple[list[str], str | None]:
+    """Latency keys of ``run`` timed on a model other than ``model_id``, and that model described.
+
+    Args:
+        run: An opened run.
+        model_id: The model about to be profiled (see :data:`MODEL_ID_KEYS`), or None.
+        allow_other_model: Return them (to be replaced) instead of refusing.
+
+    Raises:
+        RunError: There are some and ``allow_other_model`` is False: one line naming them
+            and the flag that replaces them.
+    """
+    keys: list[str] = []
+    described = None
+    if run.costs is None or model_id is None:
+        return keys, described
+    for key, old in run.costs.latency.items():
+        if not _same_model(old.settings, model_id):
+            keys.append(key)
+            described = _describe_model(old.settings)
+    if keys and not allow_other_model:
+        raise RunError(
+            f"run '{run.path}' holds latency {', '.join(keys)} timed on another model ({described}) than "
+            f"this one ({_describe_model(model_id)}); pass --allow-other-model to replace it, or profile "
+            "a copy of the run"
+        )
+    return keys, described

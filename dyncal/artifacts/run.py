@@ -1,0 +1,1228 @@
+"""The run directory: the one artifact every dyncal stage reads.
+
+A run is a directory readable with numpy alone (no pickle)::
+
+    RUN/
+      logits.npy    float32 (N, K, C)  per-exit logits, exit 1 first; memory-mapped on read
+      labels.npy    int64   (N,)       true class of every row
+      indices.npy   int64   (N,)       dataset index of every row
+      run.json      schema version, N/K/C, provenance and (once profiled) the cost table
+
+A run is built in ``RUN.partial`` and renamed to ``RUN`` only after ``run.json`` (with
+``"complete": true``) is on disk, so an interrupted collect leaves a ``.partial``
+directory that :func:`load_run` refuses, never something that looks finished.
+
+Whoever writes a run (collect, import, profile through :func:`save_costs`) holds
+:class:`RunLock`, an exclusive ``flock`` on ``RUN.lock`` beside the run, from its start to
+its last write; a second writer fails at once with one line instead of interleaving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import functools
+import hashlib
+import json
+import logging
+import os
+import shutil
+import stat
+import sys
+import zipfile
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dyncal.artifacts import validate as V
+from dyncal.artifacts.atomic import atomic_write_text
+from dyncal.artifacts.costs import MODEL_ID_KEYS, CostTable, other_model_latency
+from dyncal.artifacts.lock import RunLock
+from dyncal.artifacts.outputs import check_writable
+from dyncal.errors import DyncalError, RunError, first_line
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Provenance",
+    "RunDocument",
+    "Run",
+    "RunWriter",
+    "load_run",
+    "import_arrays",
+    "import_npz",
+    "save_costs",
+    "store_costs",
+    "StoredCosts",
+    "compute_fingerprint",
+    "check_out",
+    "is_run_dir",
+    "run_dir_holding",
+]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+RUN_JSON = "run.json"
+LOGITS_FILE = "logits.npy"
+LABELS_FILE = "labels.npy"
+INDICES_FILE = "indices.npy"
+PARTIAL_SUFFIX = ".partial"
+
+# What np.load raises for truncated, corrupt or pickled .npz files.
+NPZ_READ_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a run came from: enough to reproduce or audit it.
+
+    Attributes:
+        model: Model spec as given (``pkg.module:factory`` or a ``.pt2`` path), or a
+            description for imported runs.
+        weights_sha256: SHA-256 of the weights file, or None.
+        data: Data spec as given.
+        command: The command line that made the run.
+        created: ISO-8601 UTC time the run was finished.
+        device: Device the logits were computed on (``"cpu"``, ``"cuda:0"``, ...).
+        versions: Library versions (``dyncal``, ``torch``, ``numpy``, ...).
+        extra: Free-form details (world size, batch size, limit, ...).
+    """
+
+    model: str
+    weights_sha256: str | None
+    data: str
+    command: str
+    created: str
+    device: str
+    versions: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {
+            "model": self.model,
+            "weights_sha256": self.weights_sha256,
+            "data": self.data,
+            "command": self.command,
+            "created": self.created,
+            "device": self.device,
+            "versions": dict(self.versions),
+            "extra": dict(self.extra),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], field: str = "provenance") -> Provenance:
+        """Build from :meth:`to_dict` output; missing text fields read as empty.
+
+        Raises:
+            FieldError: A field of the wrong type (named ``provenance.<key>``).
+        """
+        d = V.mapping(d, field)
+
+        def text(key: str) -> str:
+            return V.string(d.get(key, ""), f"{field}.{key}")
+
+        sha = d.get("weights_sha256")
+        return cls(
+            model=text("model"),
+            weights_sha256=None if sha is None else V.string(sha, f"{field}.weights_sha256"),
+            data=text("data"),
+            command=text("command"),
+            created=text("created"),
+            device=text("device"),
+            versions=V.string_map(d.get("versions", {}), f"{field}.versions"),
+            extra=dict(V.mapping(d.get("extra", {}), f"{field}.extra")),
+        )
+
+    @classmethod
+    def here(
+        cls,
+        *,
+        model: str,
+        data: str,
+        device: str,
+        weights_sha256: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+        command: str | None = None,
+    ) -> Provenance:
+        """Provenance stamped with the command line (default: ``sys.argv``), time and versions."""
+        if command is None:
+            command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else ""
+        return cls(
+            model=model,
+            weights_sha256=weights_sha256,
+            data=data,
+            command=command,
+            created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+            device=device,
+            versions=library_versions(),
+            extra=dict(extra or {}),
+        )
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of dyncal and the libraries whose behaviour shapes its numbers."""
+    from importlib import metadata
+
+    out: dict[str, str] = {"python": sys.version.split()[0]}
+    for name in ("dyncal", "torch", "numpy", "scipy", "fvcore"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+# --------------------------------------------------------------------------- run.json
+
+_FILES = {"logits": LOGITS_FILE, "labels": LABELS_FILE, "indices": INDICES_FILE}
+_DAMAGED = "the run is damaged: re-create it with dyncal collect or dyncal import"
+MAX_RUN_JSON_BYTES = 64 << 20
+"""Largest run.json accepted (raw latency replicates of many devices fit in a few MB)."""
+_KNOWN_KEYS = frozenset(
+    {"schema", "schema_version", "complete", "n", "k", "c", "files", "provenance", "costs", "fingerprint"}
+)
+
+
+@dataclass(frozen=True)
+class RunDocument:
+    """``run.json``: a run's shape, provenance, cost table and fingerprint; the only reader and writer of that file.
+
+    Keys a later dyncal of the same schema version added are kept in ``other`` and written
+    back unchanged, so profiling a run never drops them.
+
+    Attributes:
+        n: Number of samples (rows).
+        k: Number of exits.
+        c: Number of classes.
+        provenance: Where the run came from.
+        costs: The cost table, or None until profiled or imported with costs.
+        fingerprint: SHA-256 of the run's logits and labels (:func:`compute_fingerprint`),
+            None in runs written before runs were fingerprinted.
+        schema_version: Version of the document's format.
+        other: Keys this dyncal does not know, as they were read.
+
+    Example:
+        >>> doc = RunDocument(n=4, k=2, c=3, provenance=Provenance("m", None, "d", "", "", "cpu"))
+        >>> RunDocument.from_dict(doc.to_dict(), "run") == doc
+        True
+    """
+
+    n: int
+    k: int
+    c: int
+    provenance: Provenance
+    costs: CostTable | None = None
+    fingerprint: str | None = None
+    schema_version: int = SCHEMA_VERSION
+    other: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-ready document (keys in the order dyncal has always written them)."""
+        doc: dict[str, Any] = {
+            "schema": "dyncal.run",
+            "schema_version": self.schema_version,
+            "complete": True,
+            "n": self.n,
+            "k": self.k,
+            "c": self.c,
+            "files": dict(_FILES),
+            "provenance": self.provenance.to_dict(),
+            "costs": None if self.costs is None else self.costs.to_dict(),
+        }
+        if self.fingerprint is not None:
+            doc["fingerprint"] = self.fingerprint
+        return {**doc, **{key: value for key, value in self.other.items() if key not in doc}}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any], path: str | os.PathLike[str]) -> RunDocument:
+        """Validate a parsed ``run.json`` of the run at ``path`` (named in messages).
+
+        Raises:
+            RunError: One line naming the field that is missing, malformed, from a newer
+                schema, or marks the run incomplete, and what to do.
+        """
+        if doc.get("schema") != "dyncal.run":
+            raise RunError(
+                f"run '{path}': {RUN_JSON} is not a dyncal run document (field 'schema' is "
+                f'{V.show(doc.get("schema"))}, not "dyncal.run"); {_DAMAGED}'
+            )
+        version = doc.get("schema_version")
+        if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+            raise RunError(
+                f"run '{path}': {RUN_JSON} has schema version {V.show(version)}; this dyncal reads up to "
+                f"{SCHEMA_VERSION}: upgrade dyncal"
+            )
+        try:
+            version = V.integer(V.require(doc, "schema_version"), "schema_version", minimum=1, maximum=SCHEMA_VERSION)
+            if doc.get("complete") is not True:
+                raise RunError(
+                    f"run '{path}': {RUN_JSON} marks the run incomplete (field 'complete' is "
+                    f"{V.show(doc.get('complete'))}); re-run collect with --overwrite"
+                )
+            n = V.integer(V.require(doc, "n"), "n", minimum=1)
+            k = V.integer(V.require(doc, "k"), "k", minimum=1)
+            c = V.integer(V.require(doc, "c"), "c", minimum=2)
+            files = doc.get("files")
+            if files is not None and files != _FILES:
+                raise V.FieldError("files", f"must be {json.dumps(_FILES)}, got {V.show(files, 80)}")
+            fingerprint = doc.get("fingerprint")
+            if fingerprint is not None and not _is_sha256(fingerprint):
+                raise V.FieldError("fingerprint", f"must be a SHA-256 hex digest, got {V.show(fingerprint)}")
+            provenance = Provenance.from_dict(doc.get("provenance", {}))
+        except V.FieldError as e:
+            raise RunError(f"run '{path}': {RUN_JSON} {e}; {_DAMAGED}") from None
+        costs_doc = doc.get("costs")
+        try:
+            costs = None if costs_doc is None else CostTable.from_dict(costs_doc, k=k)
+        except V.FieldError as e:
+            raise RunError(
+                f"run '{path}': {RUN_JSON} {e}; fix it, or set \"costs\" to null and re-run 'dyncal profile {path}'"
+            ) from None
+        return cls(
+            n=n,
+            k=k,
+            c=c,
+            provenance=provenance,
+            costs=costs,
+            fingerprint=fingerprint,
+            schema_version=version,
+            other={key: value for key, value in doc.items() if key not in _KNOWN_KEYS},
+        )
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike[str]) -> RunDocument:
+        """Read and validate ``run_dir/run.json`` (a regular file of bounded size and nesting).
+
+        Raises:
+            RunError: Unreadable or malformed; see :meth:`from_dict`.
+        """
+        try:
+            doc = V.read_json_document(
+                Path(run_dir) / RUN_JSON, what="a dyncal run document", max_bytes=MAX_RUN_JSON_BYTES
+            )
+        except DyncalError as e:
+            raise RunError(f"run '{run_dir}': {e}; {_DAMAGED}") from None
+        return cls.from_dict(doc, run_dir)
+
+    def save(self, run_dir: str | os.PathLike[str]) -> None:
+        """Write ``run_dir/run.json`` atomically.
+
+        Raises:
+            RunError: The folder is not writable.
+        """
+        target = Path(run_dir) / RUN_JSON
+        try:
+            atomic_write_text(target, json.dumps(self.to_dict(), indent=2))
+        except OSError as e:
+            raise RunError(f"cannot write '{target}' ({e.strerror or e}); make the run writable") from e
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(ch in "0123456789abcdef" for ch in value)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class Run:
+    """A complete run directory, opened.
+
+    Attributes:
+        path: The run directory.
+        logits: Per-exit logits, ``(N, K, C)`` float32, memory-mapped read-only.
+        labels: True classes, ``(N,)`` int64.
+        indices: Dataset index of every row, ``(N,)`` int64.
+        provenance: Where the run came from.
+        costs: The cost table, or None until profiled or imported with costs.
+        document: The whole ``run.json`` document.
+    """
+
+    path: Path
+    logits: np.ndarray
+    labels: np.ndarray
+    indices: np.ndarray
+    provenance: Provenance
+    costs: CostTable | None
+    document: RunDocument
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """``run.json`` as a plain dict (:meth:`RunDocument.to_dict`)."""
+        return self.document.to_dict()
+
+    @property
+    def n(self) -> int:
+        """Number of samples."""
+        return int(self.logits.shape[0])
+
+    @property
+    def k(self) -> int:
+        """Number of exits."""
+        return int(self.logits.shape[1])
+
+    @property
+    def c(self) -> int:
+        """Number of classes."""
+        return int(self.logits.shape[2])
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 identity of the run's rows (logits and labels); see :func:`compute_fingerprint`.
+
+        Stored in ``run.json`` when the run is written; computed here for older runs.
+        """
+        stored = self.document.fingerprint  # checked against the arrays by load_run
+        return stored if stored is not None else compute_fingerprint(self.path)
+
+
+_FINGERPRINT_PREFIX = b"dyncal.run.fingerprint/1\n"
+
+
+def _fingerprint_header(name: str, arr: np.ndarray) -> bytes:
+    return f"{name}:{arr.dtype.str}:{arr.shape}\n".encode()
+
+
+def compute_fingerprint(path: str | os.PathLike[str]) -> str:
+    """SHA-256 over the shapes, logits and labels of the run directory (or partial one) at ``path``.
+
+    Thresholds, verify results and exported packages record it, so a file made from one run
+    is refused by another. It reads the arrays once, in blocks (about a second per GB).
+    """
+    h = hashlib.sha256(_FINGERPRINT_PREFIX)
+    for name in (LOGITS_FILE, LABELS_FILE):
+        arr = np.load(Path(path) / name, mmap_mode="r")
+        h.update(_fingerprint_header(name, arr))
+        flat = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr.reshape(-1, 1)
+        rows = max(1, (16 << 20) // max(1, flat.shape[1] * arr.dtype.itemsize))
+        for start in range(0, flat.shape[0], rows):
+            h.update(np.ascontiguousarray(flat[start : start + rows]).tobytes())
+    return h.hexdigest()
+
+
+def _missing_run_message(path: Path) -> str:
+    partial = path.with_name(path.name + PARTIAL_SUFFIX)
+    if partial.exists():
+        return (
+            f"no complete run at '{path}': '{partial}' is a collect that was interrupted "
+            "or is still running; continue it with the same collect command and --resume"
+        )
+    return f"no run directory at '{path}'; create one with 'dyncal collect' or 'dyncal import'"
+
+
+def load_run(path: str | os.PathLike[str]) -> Run:
+    """Open a complete run directory, validating everything in it once.
+
+    ``run.json`` must be a dyncal run document of a known schema version whose every field
+    has the right type and value (N >= 1, K >= 1, C >= 2; a cost table of K positive,
+    finite, cumulative MACs and well-formed latency entries); the arrays must be regular
+    ``.npy`` files of the shapes ``run.json`` gives (logits floating point ``(N, K, C)``,
+    labels and indices integral ``(N,)``), every label in ``[0, C)`` and every logit
+    finite. The arrays are scanned in blocks (bounded memory; about 0.1 s per GB once in
+    the page cache) and the result is remembered for the process while the files are
+    unchanged.
+
+    Args:
+        path: The run directory written by ``dyncal collect`` or ``dyncal import``.
+
+    Returns:
+        The run, with ``logits`` memory-mapped ``(N, K, C)`` and ``labels`` ``(N,)``.
+
+    Raises:
+        RunError: One line naming the file and the field that is missing, incomplete
+            (interrupted or still being written), from a newer schema or malformed, and
+            what to do.
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "run"
+        >>> _ = import_arrays(np.zeros((4, 2, 3), np.float32), np.array([0, 1, 2, 0]), out)
+        >>> run = load_run(out)
+        >>> run.n, run.k, run.c
+        (4, 2, 3)
+    """
+    path = Path(path)
+    if path.name.endswith(PARTIAL_SUFFIX):
+        raise RunError(
+            f"'{path}' is an unfinished run (interrupted or still being written); re-run collect with --overwrite"
+        )
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise RunError(_missing_run_message(path)) from None
+    except OSError as e:
+        raise RunError(f"cannot open run '{path}': {e.strerror or e}") from e
+    if not stat.S_ISDIR(st.st_mode):
+        raise RunError(f"'{path}' is {V.file_kind(st.st_mode)}, not a run directory")
+    if not (path / RUN_JSON).exists():
+        raise RunError(
+            f"'{path}' is not a complete dyncal run (no {RUN_JSON}): it was interrupted or "
+            "is not a run; re-run collect with --overwrite"
+        )
+    document = RunDocument.load(path)
+    n, k, c = document.n, document.k, document.c
+    logits = _open_array(path, LOGITS_FILE, (n, k, c), "floating")
+    labels = _open_array(path, LABELS_FILE, (n,), "integer")
+    indices = _open_array(path, INDICES_FILE, (n,), "integer")
+    fingerprint = _check_values(path, logits, labels, c)
+    if document.fingerprint is not None and document.fingerprint != fingerprint:
+        raise RunError(
+            f"run '{path}': {LOGITS_FILE} or {LABELS_FILE} changed after the run was written (fingerprint "
+            f"{fingerprint[:12]}, {RUN_JSON} records {document.fingerprint[:12]}); {_DAMAGED}"
+        )
+    if document.fingerprint is None:  # a run written before runs were fingerprinted
+        document = dataclasses.replace(document, fingerprint=fingerprint)
+    return Run(
+        path=path,
+        logits=logits,
+        labels=labels,
+        indices=indices,
+        provenance=document.provenance,
+        costs=document.costs,
+        document=document,
+    )
+
+
+_SCAN_BYTES = 16 << 20
+_SCANNED: dict[tuple[Any, ...], tuple[int, int, str]] = {}
+
+
+def _open_array(path: Path, name: str, shape: tuple[int, ...], kind: str) -> np.ndarray:
+    """Memory-map one array of a run after checking it is a regular, whole ``.npy`` of ``shape`` and ``kind``."""
+    file = path / name
+    try:
+        st = os.stat(file)
+    except FileNotFoundError:
+        raise RunError(f"run '{path}': {name} is missing; {_DAMAGED}") from None
+    except OSError as e:
+        raise RunError(f"run '{path}': cannot read {name} ({e.strerror or e}); {_DAMAGED}") from e
+    if not stat.S_ISREG(st.st_mode):
+        raise RunError(f"run '{path}': {name} is {V.file_kind(st.st_mode)}, not a .npy file; {_DAMAGED}")
+    if st.st_size == 0:
+        raise RunError(f"run '{path}': {name} is empty (0 bytes); {_DAMAGED}")
+    try:
+        arr = np.load(file, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise RunError(f"run '{path}': {name} is not a whole .npy array ({first_line(e, 120)}); {_DAMAGED}") from None
+    if not isinstance(arr, np.ndarray):  # an .npz archive under the name
+        arr.close()
+        raise RunError(f"run '{path}': {name} is an .npz archive, not a .npy array; {_DAMAGED}")
+    wanted = np.floating if kind == "floating" else np.integer
+    if not np.issubdtype(arr.dtype, wanted):
+        what = "floating-point logits" if kind == "floating" else "integers"
+        raise RunError(f"run '{path}': {name} holds {arr.dtype} values, not {what}; {_DAMAGED}")
+    if arr.shape != shape:
+        dims = "(N, K, C)" if len(shape) == 3 else "(N,)"
+        raise RunError(f"run '{path}': {name} has shape {arr.shape} but {RUN_JSON} says {dims} = {shape}; {_DAMAGED}")
+    return arr
+
+
+def _scan(arr: np.ndarray, count: Callable[[np.ndarray], int], digest: Any = None) -> int:
+    """Sum ``count(block)`` over the raw data of a memory-mapped array, read in bounded blocks.
+
+    ``digest`` (a hashlib object), when given, is fed the same bytes in order.
+    """
+    mm = arr if isinstance(arr, np.memmap) else None
+    if mm is None or mm.filename is None:
+        flat = np.ascontiguousarray(arr).reshape(-1)
+        step = max(1, _SCAN_BYTES // max(1, flat.itemsize))
+        total = 0
+        for i in range(0, flat.size, step):
+            total += count(flat[i : i + step])
+            if digest is not None:
+                digest.update(flat[i : i + step].tobytes())
+        return total
+    step = max(1, _SCAN_BYTES // mm.itemsize)
+    buf = np.empty(min(step, mm.size), dtype=mm.dtype)
+    total = 0
+    with open(mm.filename, "rb") as fh:
+        fh.seek(mm.offset)
+        left = mm.size
+        while left:
+            view = buf[: min(step, left)]
+            got = fh.readinto(view.view(np.uint8).data)
+            if got != view.nbytes:
+                raise RunError(f"'{mm.filename}' changed while it was read; try again")
+            total += count(view)
+            if digest is not None:
+                digest.update(view.view(np.uint8).data)
+            left -= view.size
+    return total
+
+
+def _nonfinite(block: np.ndarray) -> int:
+    with np.errstate(invalid="ignore", over="ignore"):
+        if np.isfinite(np.add.reduce(block, dtype=block.dtype)):  # NaN and inf propagate: one pass
+            return 0
+    return int(block.size - np.count_nonzero(np.isfinite(block)))  # or the sum overflowed
+
+
+def _check_values(path: Path, logits: np.ndarray, labels: np.ndarray, c: int) -> str:
+    """Refuse labels outside ``[0, C)`` and non-finite logits, counting them; return the run's fingerprint.
+
+    One pass over the arrays does both (the fingerprint is :func:`compute_fingerprint`'s);
+    the result is remembered per file state, so opening the same run again costs nothing.
+    """
+    key: tuple[Any, ...] = (c,)
+    for name in (LOGITS_FILE, LABELS_FILE):
+        st = os.stat(path / name)
+        key += (os.path.realpath(path / name), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _SCANNED:
+        bad_labels, nonfinite, fingerprint = _SCANNED[key]
+    else:
+        digest = hashlib.sha256(_FINGERPRINT_PREFIX)
+        digest.update(_fingerprint_header(LOGITS_FILE, logits))
+        nonfinite = _scan(logits, _nonfinite, digest)
+        digest.update(_fingerprint_header(LABELS_FILE, labels))
+        bad_labels = _scan(labels, lambda b: int(np.count_nonzero((b < 0) | (b >= c))), digest)
+        fingerprint = digest.hexdigest()
+        if len(_SCANNED) > 256:
+            _SCANNED.clear()
+        _SCANNED[key] = (bad_labels, nonfinite, fingerprint)
+    if bad_labels:
+        lo, hi = int(labels.min()), int(labels.max())
+        raise RunError(
+            f"run '{path}': {LABELS_FILE} has {bad_labels} of {labels.shape[0]} labels outside [0, {c}) "
+            f"(C={c} classes; labels range from {lo} to {hi}); {_DAMAGED} with the right labels"
+        )
+    if nonfinite:
+        raise RunError(
+            f"run '{path}': {LOGITS_FILE} holds {nonfinite} NaN or infinite values of {logits.size}; "
+            "fix the model or the export, then re-create the run"
+        )
+    return fingerprint
+
+
+@dataclass(frozen=True)
+class StoredCosts:
+    """What :func:`store_costs` wrote.
+
+    Attributes:
+        costs: The cost table as stored (merged with the entries kept).
+        replaced: Latency keys (``"cpu/b1"``, ...) timed on another model that were replaced.
+        replaced_model: That other model, described (spec and hashes), or None.
+    """
+
+    costs: CostTable
+    replaced: tuple[str, ...] = ()
+    replaced_model: str | None = None
+
+
+def store_costs(
+    path: str | os.PathLike[str],
+    costs: CostTable,
+    *,
+    merge: bool = True,
+    model_id: Mapping[str, Any] | None = None,
+    allow_other_model: bool = False,
+) -> StoredCosts:
+    """Store a cost table in a run's ``run.json``, atomically and under the run's lock.
+
+    Args:
+        path: A complete run directory.
+        costs: The new cost table.
+        merge: Keep latency entries of other devices/batch sizes already stored, and
+            MACs when the new table has none. Entries that record no model (older runs)
+            are kept.
+        model_id: The model the new table was measured on (``model``, ``weights_sha256``,
+            ``state_sha256``; see :data:`MODEL_ID_KEYS`); by default read from the new
+            latency entries' settings.
+        allow_other_model: Replace stored latency entries timed on another model (their
+            settings name a different spec or hash); without it such entries are an error,
+            never dropped silently.
+
+    Returns:
+        The stored table and the keys it replaced.
+
+    Raises:
+        RunError: Another process writes the run, the table does not fit the run, or the
+            run holds latency of another model and ``allow_other_model`` is not set.
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "run"
+        >>> _ = import_arrays(np.zeros((3, 2, 4), np.float32), [0, 1, 3], out)
+        >>> store_costs(out, CostTable(macs=(1e6, 2e6))).costs.macs
+        (1000000.0, 2000000.0)
+    """
+    with RunLock(path):
+        run = load_run(path)
+        replaced: list[str] = []
+        replaced_model = None
+        if merge and run.costs is not None:
+            if model_id is None:
+                model_id = next(
+                    ({k: p.settings.get(k) for k in MODEL_ID_KEYS} for p in costs.latency.values()),
+                    None,
+                )
+            replaced, replaced_model = other_model_latency(run, model_id, allow_other_model=allow_other_model)
+            latency = {key: old for key, old in run.costs.latency.items() if key not in replaced}
+            if replaced:
+                log.info("replacing latency %s of run '%s' timed on %s", ", ".join(replaced), path, replaced_model)
+            latency.update(costs.latency)
+            costs = CostTable(
+                macs=costs.macs if costs.macs is not None else run.costs.macs,
+                stage_macs=costs.stage_macs if costs.stage_macs is not None else run.costs.stage_macs,
+                # fvcore's list belongs to the MACs it was counted with: a fresh count replaces it, empty or not
+                unsupported_ops=costs.unsupported_ops if costs.macs is not None else run.costs.unsupported_ops,
+                latency=latency,
+                source=costs.source,
+                model=costs.model if costs.model is not None else run.costs.model,
+            )
+        if costs.macs is not None and len(costs.macs) != run.k:
+            raise RunError(f"cost table has {len(costs.macs)} exits but the run has K={run.k}")
+        dataclasses.replace(run.document, costs=costs).save(path)
+    return StoredCosts(costs=costs, replaced=tuple(replaced), replaced_model=replaced_model)
+
+
+def save_costs(
+    path: str | os.PathLike[str],
+    costs: CostTable,
+    *,
+    merge: bool = True,
+    model_id: Mapping[str, Any] | None = None,
+    allow_other_model: bool = False,
+) -> CostTable:
+    """Store a cost table in a run's ``run.json``; see :func:`store_costs`.
+
+    Returns:
+        The cost table as stored.
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "run"
+        >>> _ = import_arrays(np.zeros((3, 2, 4), np.float32), [0, 1, 3], out)
+        >>> save_costs(out, CostTable(macs=(1e6, 2e6))).macs
+        (1000000.0, 2000000.0)
+    """
+    return store_costs(path, costs, merge=merge, model_id=model_id, allow_other_model=allow_other_model).costs
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class _RowFile:
+    """A ``.npy`` file on disk written row block by row block with ``os.pwrite``.
+
+    Writing through the file descriptor (not a memory map) keeps the writer's resident
+    memory flat however many rows are written: written pages belong to the page cache,
+    not to the process.
+    """
+
+    def __init__(self, path: Path, dtype: Any, shape: tuple[int, ...], *, create: bool) -> None:
+        from numpy.lib.format import open_memmap
+
+        self.path = path
+        self.dtype = np.dtype(dtype)
+        self.shape = shape
+        self.fd = -1
+        try:
+            if create:
+                mm = open_memmap(path, mode="w+", dtype=self.dtype, shape=shape)  # header + sparse body
+            else:
+                mm = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise RunError(f"cannot {'create' if create else 'open'} '{path}': {e}") from e
+        if mm.shape != shape or mm.dtype != self.dtype:
+            raise RunError(f"'{path}' has shape {mm.shape} and dtype {mm.dtype}, expected {shape} {self.dtype}")
+        self.offset = int(mm.offset)
+        del mm
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self.fd = os.open(path, os.O_RDWR)
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        data = np.ascontiguousarray(rows, dtype=self.dtype)
+        if data.shape[1:] != self.shape[1:] or start < 0 or start + data.shape[0] > self.shape[0]:
+            raise RunError(f"rows {start}..{start + data.shape[0]} of shape {data.shape} do not fit {self.shape}")
+        os.pwrite(self.fd, data.tobytes(), self.offset + start * self.row_bytes)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        data = os.pread(self.fd, (stop - start) * self.row_bytes, self.offset + start * self.row_bytes)
+        return np.frombuffer(data, dtype=self.dtype).reshape((stop - start, *self.shape[1:]))
+
+    def sync(self) -> None:
+        if self.fd >= 0:
+            os.fsync(self.fd)
+
+    def close(self, *, sync: bool) -> None:
+        if self.fd >= 0:
+            if sync:
+                os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = -1
+
+
+class RunWriter:
+    """Builds a run in ``OUT.partial`` and publishes it as ``OUT`` on :meth:`finish`.
+
+    Rows may be written in any order, by several processes (see :meth:`attach`); rows go
+    straight to disk, so memory stays flat however large N is. The creating process holds
+    the run's :class:`RunLock` from construction until :meth:`finish` or :meth:`abort`, so
+    no other writer can touch ``OUT`` or ``OUT.partial`` meanwhile. If the writer is closed
+    without :meth:`finish` (an error), the partial directory is removed; if the process
+    dies, it stays behind as ``OUT.partial``, which :func:`load_run` never mistakes for a
+    run (and ``dyncal collect --resume`` continues).
+
+    Args:
+        out: Final run directory.
+        n: Number of rows.
+        overwrite: Replace an existing ``OUT`` (only once the new run is complete) and
+            discard an existing ``OUT.partial`` (unless ``keep_partial``).
+        keep_partial: Keep an existing ``OUT.partial`` to continue it (:attr:`resumed`
+            says whether there was one; :meth:`open_existing` opens its arrays).
+
+    Raises:
+        RunError: Another process writes ``OUT``, ``OUT`` exists without ``overwrite``, an
+            interrupted ``OUT.partial`` exists without ``overwrite``/``keep_partial``, or
+            the folder cannot be written.
+    """
+
+    def __init__(
+        self, out: str | os.PathLike[str], n: int, *, overwrite: bool = False, keep_partial: bool = False
+    ) -> None:
+        self.out = Path(out)
+        self.n = int(n)
+        self.overwrite = overwrite
+        self.partial = self.out.with_name(self.out.name + PARTIAL_SUFFIX)
+        self._files: list[_RowFile] = []
+        self._finished = False
+        self._owner = True
+        self.resumed = False
+        if self.n <= 0:
+            raise RunError(f"a run needs at least one sample, got N={self.n}")
+        self._lock = RunLock(self.out).acquire()
+        try:
+            check_out(self.out, overwrite=overwrite)
+            if self.partial.exists() and keep_partial and self.partial.is_dir():
+                self.resumed = True
+                return
+            if self.partial.exists() and not overwrite:
+                raise RunError(
+                    f"'{self.partial}' exists: an earlier collect was interrupted; pass --resume to "
+                    "continue it (collect only) or --overwrite to discard it"
+                )
+            self.restart()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def restart(self) -> None:
+        """Discard whatever ``OUT.partial`` holds and start an empty one."""
+        for f in self._files:
+            f.close(sync=False)
+        self._files = []
+        self.resumed = False
+        try:
+            if self.partial.is_dir() and not self.partial.is_symlink():
+                shutil.rmtree(self.partial)
+            elif self.partial.exists() or self.partial.is_symlink():
+                self.partial.unlink()
+            self.partial.mkdir(parents=True)
+        except OSError as e:
+            raise RunError(
+                f"cannot create '{self.partial}' ({e.strerror or e}); choose an --out in a folder you can write"
+            ) from e
+
+    @classmethod
+    def attach(cls, out: str | os.PathLike[str], n: int, k: int, c: int) -> RunWriter:
+        """Open the arrays another process allocated, to write its share of the rows.
+
+        Only the process that created the writer may :meth:`finish` it; attaching takes
+        no lock (the creator holds it for everyone).
+        """
+        self = cls.__new__(cls)
+        self.out = Path(out)
+        self.n = int(n)
+        self.overwrite = False
+        self.partial = self.out.with_name(self.out.name + PARTIAL_SUFFIX)
+        self._files = []
+        self._finished = False
+        self._owner = False
+        self.resumed = False
+        self._lock = RunLock(self.out)  # never acquired
+        self._open(k, c, create=False)
+        return self
+
+    def _open(self, k: int, c: int, *, create: bool) -> None:
+        files: list[_RowFile] = []
+        try:
+            for name, dtype, shape in (
+                (LOGITS_FILE, np.float32, (self.n, k, c)),
+                (LABELS_FILE, np.int64, (self.n,)),
+                (INDICES_FILE, np.int64, (self.n,)),
+            ):
+                files.append(_RowFile(self.partial / name, dtype, shape, create=create))
+        except BaseException:
+            for f in files:
+                f.close(sync=False)
+            raise
+        self._files = files
+
+    @property
+    def allocated(self) -> bool:
+        """Whether the arrays exist (K and C are known)."""
+        return bool(self._files)
+
+    def allocate(self, k: int, c: int) -> None:
+        """Create the on-disk arrays once K and C are known (from the first batch)."""
+        self._open(k, c, create=True)
+
+    def open_existing(self, k: int, c: int) -> None:
+        """Open the arrays of the partial run being continued (checked to be ``(N, K, C)``)."""
+        self._open(k, c, create=False)
+
+    def write(self, start: int, logits: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
+        """Store rows ``start .. start+B``: ``logits`` ``(B, K, C)``, ``labels``/``indices`` ``(B,)``."""
+        if not self._files:
+            self.allocate(logits.shape[1], logits.shape[2])
+        for f, rows in zip(self._files, (logits, labels, indices), strict=True):
+            f.write(start, rows)
+
+    def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows ``start .. stop`` as written so far: ``(logits, labels, indices)``."""
+        logits, labels, indices = (f.read(start, stop) for f in self._files)
+        return logits, labels, indices
+
+    def sync(self) -> None:
+        """Flush the rows written so far to disk (before recording them as done)."""
+        for f in self._files:
+            f.sync()
+
+    def close(self) -> None:
+        """Flush this process's writes to disk (non-owners call this before the owner finishes)."""
+        for f in self._files:
+            f.close(sync=True)
+
+    def finish(self, provenance: Provenance, costs: CostTable | None = None) -> Path:
+        """Flush, write ``run.json`` and publish the run atomically. Returns ``OUT``.
+
+        Anything else in the partial directory (collect's progress files) is removed first.
+        """
+        if not self._owner:
+            raise RunError("only the process that created the run may finish it")
+        if not self._files:
+            raise RunError("no rows were written; the data set is empty")
+        _, k, c = self._files[0].shape
+        self.close()
+        keep = {LOGITS_FILE, LABELS_FILE, INDICES_FILE}
+        for extra in self.partial.iterdir():
+            if extra.name not in keep:
+                extra.unlink()
+        document = RunDocument(
+            n=self.n,
+            k=int(k),
+            c=int(c),
+            provenance=provenance,
+            costs=costs,
+            fingerprint=compute_fingerprint(self.partial),
+        )
+        document.save(self.partial)
+        publish_dir(self.partial, self.out)
+        self._finished = True
+        self._lock.release()
+        return self.out
+
+    def abort(self, *, keep_partial: bool = False) -> None:
+        """Close the files; the owner removes the partial directory (unless ``keep_partial``) and unlocks."""
+        for f in self._files:
+            f.close(sync=keep_partial)
+        if self._owner:
+            if not keep_partial and self.partial.exists():
+                shutil.rmtree(self.partial, ignore_errors=True)
+            self._lock.release()
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if not self._finished:
+            self.abort()
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether ``path`` is a directory dyncal wrote as a run (its run.json says so).
+
+    Only regular files are read, so a FIFO named run.json never blocks.
+    """
+    try:
+        meta = V.read_json_document(path / RUN_JSON, what="a run document", max_bytes=MAX_RUN_JSON_BYTES)
+    except DyncalError:
+        return False
+    return meta.get("schema") == "dyncal.run"
+
+
+def run_dir_holding(path: str | os.PathLike[str]) -> Path | None:
+    """The run directory (complete, damaged or ``.partial``) that ``path`` is or lies inside, if any.
+
+    A folder counts as a run when its run.json says so, when it holds a run.json beside a
+    logits.npy (a damaged run is still somebody's run), or when its name ends in
+    ``.partial`` and it holds either.
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "run"
+        >>> _ = import_arrays(np.zeros((2, 2, 2), np.float32), [0, 1], out)
+        >>> run_dir_holding(out / "thresholds.json") == out
+        True
+        >>> run_dir_holding(out.parent / "thresholds.json") is None
+        True
+    """
+    p = Path(os.path.realpath(path))
+    for folder in (p, *p.parents):
+        if not folder.is_dir():
+            continue
+        has_json, has_logits = (os.path.lexists(folder / name) for name in (RUN_JSON, LOGITS_FILE))
+        partial = folder.name.endswith(PARTIAL_SUFFIX) and (has_json or has_logits)
+        if partial or (has_json and (has_logits or is_run_dir(folder))):
+            return folder
+    return None
+
+
+def check_out(
+    out: Path,
+    *,
+    overwrite: bool,
+    what: str = "run",
+    is_ours: Callable[[Path], bool] | None = None,
+    error: type[DyncalError] = RunError,
+) -> None:
+    """Refuse an output directory (a run, or another folder dyncal builds) that is unsafe to create or replace.
+
+    ``--overwrite`` never deletes a folder dyncal did not write: an existing ``out`` must be
+    one of ours (``is_ours``; default: a dyncal run) or an empty folder to be replaced.
+    ``out`` may not lie inside a run directory, and its parent folder must exist and be
+    writable.
+
+    Args:
+        out: The folder to create.
+        overwrite: Whether an existing ``out`` may be replaced.
+        what: What is built there, for messages (``"run"``, ``"package"``).
+        is_ours: Recognises a folder of that kind dyncal wrote (default :func:`is_run_dir`).
+        error: The error class to raise.
+    """
+    out = Path(out)
+    is_ours = is_ours or is_run_dir
+    if out.exists() and not overwrite:
+        raise error(f"'{out}' already exists; choose another --out or pass --overwrite")
+    if out.exists() and not out.is_dir():
+        raise error(f"'{out}' exists and is not a folder; choose another --out")
+    if out.exists() and not is_ours(out) and any(out.iterdir()):
+        raise error(
+            f"'{out}' exists and is not a dyncal {what}; --overwrite only replaces a dyncal {what}, so "
+            "choose another --out (or remove the folder yourself)"
+        )
+    if not out.parent.is_dir():
+        raise error(f"the folder '{out.parent}' for --out does not exist; create it first")
+    inside = run_dir_holding(out.parent)
+    if inside is not None:
+        raise error(f"--out '{out}' lies inside the run directory '{inside}'; choose a folder outside any run")
+    try:
+        check_writable(out.parent)
+    except DyncalError as e:
+        raise error(str(e)) from None
+
+
+def publish_dir(partial: Path, out: Path) -> None:
+    """Rename ``partial`` to ``out``, replacing an old ``out`` only after the new one is whole."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(partial, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(partial, out)
+
+
+# --------------------------------------------------------------------------- import
+
+
+def import_arrays(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    out: str | os.PathLike[str],
+    *,
+    macs: Sequence[float] | None = None,
+    layout: str = "nkc",
+    indices: np.ndarray | None = None,
+    overwrite: bool = False,
+    provenance: Provenance | None = None,
+    chunk_rows: int = 4096,
+) -> Run:
+    """Build a run from arrays a user already has (skipping collect).
+
+    Args:
+        logits: Per-exit logits, ``(N, K, C)`` (``layout="nkc"``) or ``(K, N, C)``
+            (``layout="knc"``, as MSDNet-style code stores them).
+        labels: ``(N,)`` integer classes in ``[0, C)``.
+        out: Run directory to create.
+        macs: Optional cumulative MACs per exit, ``K`` increasing numbers.
+        layout: ``"nkc"`` (default) or ``"knc"``.
+        indices: Optional ``(N,)`` dataset indices; defaults to ``0..N-1``.
+        overwrite: Replace an existing run.
+        provenance: Provenance to record; defaults to this process's command line.
+        chunk_rows: Rows copied at a time (memory stays flat for memory-mapped input).
+
+    Returns:
+        The new run.
+
+    Raises:
+        RunError: Arrays of inconsistent shapes, NaN/inf logits, labels outside
+            ``[0, C)``, or bad costs.
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "r"
+        >>> run = import_arrays(np.ones((3, 2, 4), np.float32), [0, 1, 3], out, macs=[1e6, 2e6])
+        >>> run.costs.macs
+        (1000000.0, 2000000.0)
+    """
+    if layout not in ("nkc", "knc"):
+        raise RunError(f"layout must be 'nkc' or 'knc', got {layout!r}")
+    logits = np.asarray(logits) if not isinstance(logits, np.ndarray) else logits
+    labels = np.asarray(labels)
+    if logits.ndim != 3:
+        raise RunError(f"logits must be 3-D ({'N, K, C' if layout == 'nkc' else 'K, N, C'}), got shape {logits.shape}")
+    if not (np.issubdtype(logits.dtype, np.floating) or np.issubdtype(logits.dtype, np.integer)):
+        raise RunError(f"logits must be real numbers, got dtype {logits.dtype}")
+    if layout == "knc":
+        k, n, c = logits.shape
+    else:
+        n, k, c = logits.shape
+    if labels.ndim != 1 or labels.shape[0] != n:
+        hint = " (is the layout (K, N, C)? pass --layout knc)" if labels.ndim == 1 and labels.shape[0] == k else ""
+        raise RunError(f"labels must have shape ({n},) to match logits {logits.shape}, got {labels.shape}{hint}")
+    if n < 1:
+        raise RunError(f"a run needs at least one sample, got N={n}")
+    if k < 1:
+        raise RunError(f"a run needs K >= 1 exits (K = 1: a static model), got K={k}")
+    if c < 2:
+        raise RunError(f"a classifier needs C >= 2 classes, got C={c}")
+    labels = _integral_labels(labels, c)
+    if indices is not None:
+        indices = np.asarray(indices)
+        if indices.shape != (n,):
+            raise RunError(f"indices must have shape ({n},), got {indices.shape}")
+        if not np.issubdtype(indices.dtype, np.integer):
+            raise RunError(f"indices must be integers, got dtype {indices.dtype}")
+    cost_table = None
+    if macs is not None:
+        cost_table = CostTable(macs=_validate_macs(macs, k), source="import")
+    try:
+        with RunWriter(out, n, overwrite=overwrite) as writer:
+            writer.allocate(k, c)
+            nonfinite = 0
+            first: tuple[int, int] | None = None
+            for start in range(0, n, chunk_rows):
+                stop = min(n, start + chunk_rows)
+                block = logits[start:stop] if layout == "nkc" else np.swapaxes(logits[:, start:stop], 0, 1)
+                with np.errstate(over="ignore"):  # beyond float32 becomes inf, counted below
+                    block = np.asarray(block, dtype=np.float32)
+                finite = np.isfinite(block)
+                if not finite.all():  # count them all, write nothing more
+                    if first is None:
+                        row, ex = np.argwhere(~finite)[0][:2]
+                        first = (start + int(row), int(ex) + 1)
+                    nonfinite += int(finite.size - np.count_nonzero(finite))
+                if nonfinite:
+                    continue
+                idx = np.arange(start, stop) if indices is None else indices[start:stop]
+                writer.write(start, block, labels[start:stop], idx)
+            if first is not None:
+                raise RunError(
+                    f"logits contain {nonfinite} NaN or infinite values (or beyond float32, ±3.4e38; first at "
+                    f"row {first[0]}, exit {first[1]}); fix the model or the export before importing"
+                )
+            prov = provenance or Provenance.here(model="(imported)", data="(imported)", device="unknown")
+            writer.finish(prov, cost_table)
+    except OSError as e:
+        raise RunError(f"cannot write the run '{out}': {e.strerror or e}; choose another --out") from e
+    return load_run(out)
+
+
+def _integral_labels(labels: np.ndarray, c: int) -> np.ndarray:
+    """Labels as int64 after checking they are whole numbers in ``[0, C)`` (counting the bad ones)."""
+    if np.issubdtype(labels.dtype, np.floating):
+        with np.errstate(invalid="ignore"):
+            whole = np.isfinite(labels) & (np.mod(labels, 1) == 0)
+        if not whole.all():
+            bad = labels[~whole][:3].tolist()
+            raise RunError(f"labels must be whole numbers; {int((~whole).sum())} of {labels.size} are not (e.g. {bad})")
+    elif not np.issubdtype(labels.dtype, np.integer):
+        raise RunError(f"labels must be integers, got dtype {labels.dtype}")
+    out_of_range = (labels < 0) | (labels >= c)
+    if out_of_range.any():
+        bad = labels[out_of_range][:3].tolist()
+        raise RunError(
+            f"labels must lie in [0, {c}) for C={c} classes; {int(out_of_range.sum())} of {labels.size} "
+            f"do not (e.g. {bad})"
+        )
+    return labels.astype(np.int64, copy=False)
+
+
+def _validate_macs(macs: Sequence[float], k: int) -> tuple[float, ...]:
+    try:
+        vals = V.number_list(
+            [m.item() if isinstance(m, np.generic) else m for m in macs],
+            "--macs",
+            length=k,
+            positive=True,
+            nondecreasing=True,
+        )
+    except V.FieldError as e:
+        raise RunError(f"{e.field} {e.problem}; give one cumulative cost per exit (K={k}), exit 1 first") from None
+    if any(b <= a for a, b in zip(vals, vals[1:], strict=False)):
+        raise RunError(f"--macs must be cumulative (strictly increasing, exit 1 first), got {list(vals)}")
+    return vals
+
+
+def import_npz(
+    path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    macs: Sequence[float] | None = None,
+    layout: str = "nkc",
+    overwrite: bool = False,
+) -> Run:
+    """Build a run from an ``.npz`` with arrays ``logits`` and ``labels``.
+
+    See :func:`import_arrays` for the arguments. Raises :class:`RunError` when the file
+    is missing, unreadable or lacks an array.
+    """
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise RunError(f"no such file '{path}'") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise RunError(f"'{path}' is {V.file_kind(st.st_mode)}, not an .npz file")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise RunError(f"'{path}' is a single .npy array, not an .npz with arrays 'logits' and 'labels'")
+        with loaded as npz:
+            missing = [key for key in ("logits", "labels") if key not in npz.files]
+            if missing:
+                raise RunError(f"'{path}' has no array {missing[0]!r} (found: {', '.join(npz.files) or 'none'})")
+            logits = npz["logits"]
+            labels = npz["labels"]
+            indices = npz["indices"] if "indices" in npz.files else None
+    except NPZ_READ_ERRORS as e:
+        raise RunError(
+            f"cannot read '{path}' as .npz ({type(e).__name__}: {first_line(e, 120)}); is the file complete?"
+        ) from e
+    prov = Provenance.here(model="(imported)", data=str(path), device="unknown")
+    return import_arrays(
+        logits,
+        labels,
+        out,
+        macs=macs,
+        layout=layout,
+        indices=indices,
+        overwrite=overwrite,
+        provenance=prov,
+    )

@@ -1,0 +1,94 @@
+"""The typed artifact layer: each file has one document class that reads and writes it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dyncal.artifacts.costs import CostTable, LatencyKey, LatencyProfile
+from dyncal.artifacts.run import RunDocument, load_run, save_costs
+from dyncal.artifacts.thresholds import ThresholdsDocument, read_thresholds
+from dyncal.calibrate.solvers import ThresholdsResult
+from dyncal.errors import RunError
+from dyncal.run import Provenance, import_arrays
+
+
+def _run(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    out = tmp_path / "run"
+    prov = Provenance("m", None, "d", "cmd", "2026-01-01T00:00:00+00:00", "cpu")
+    import_arrays(rng.normal(size=(20, 2, 3)).astype(np.float32), rng.integers(0, 3, 20), out, provenance=prov)
+    return out
+
+
+def test_run_document_is_what_load_run_reads_and_round_trips(tmp_path: Path) -> None:
+    out = _run(tmp_path)
+    doc = RunDocument.load(out)
+    run = load_run(out)
+    assert run.document == doc
+    assert (doc.n, doc.k, doc.c) == (20, 2, 3)
+    assert doc.fingerprint == run.fingerprint
+    assert RunDocument.from_dict(json.loads((out / "run.json").read_text()), out) == doc
+    assert json.loads((out / "run.json").read_text()) == doc.to_dict()
+
+
+def test_keys_of_a_later_dyncal_survive_profiling(tmp_path: Path) -> None:
+    """A key this dyncal does not know is kept when the cost table is rewritten, not dropped."""
+    out = _run(tmp_path)
+    doc = json.loads((out / "run.json").read_text())
+    doc["added_later"] = {"kept": [1, 2]}
+    (out / "run.json").write_text(json.dumps(doc))
+    profile = LatencyProfile(
+        device="cpu",
+        batch_size=1,
+        stage_ms=((1.0, 1.1), (1.0, 0.9)),
+        decision_ms=(0.0, 0.0),
+        full_model_ms=(2.0, 2.1),
+        threads=1,
+        hardware="test",
+    )
+    save_costs(out, CostTable(macs=(1e6, 2e6), latency={str(LatencyKey("cpu", 1)): profile}))
+    after = json.loads((out / "run.json").read_text())
+    assert after["added_later"] == {"kept": [1, 2]}
+    assert after["costs"]["macs"] == [1e6, 2e6]
+    assert load_run(out).costs.latency["cpu/b1"] == profile
+    assert RunDocument.load(out).other == {"added_later": {"kept": [1, 2]}}
+
+
+def test_run_document_refuses_an_incomplete_run_in_one_line(tmp_path: Path) -> None:
+    out = _run(tmp_path)
+    doc = json.loads((out / "run.json").read_text())
+    doc["complete"] = False
+    (out / "run.json").write_text(json.dumps(doc))
+    with pytest.raises(RunError, match=r"marks the run incomplete .*re-run collect") as info:
+        RunDocument.load(out)
+    assert "\n" not in str(info.value)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 10**9),
+    k=st.integers(1, 64),
+    c=st.integers(2, 10**5),
+    macs=st.lists(st.floats(1.0, 1e12), min_size=1, max_size=64),
+)
+def test_run_document_round_trips_through_json(n: int, k: int, c: int, macs: list[float]) -> None:
+    macs = sorted(macs)[:k]
+    k = len(macs)
+    costs = CostTable(macs=tuple(macs))
+    doc = RunDocument(n=n, k=k, c=c, provenance=Provenance("m", None, "d", "", "", "cpu"), costs=costs)
+    assert RunDocument.from_dict(json.loads(json.dumps(doc.to_dict())), "run") == doc
+
+
+def test_thresholds_document_saves_and_loads_itself(tmp_path: Path) -> None:
+    doc = ThresholdsDocument(
+        "maxprob", (1.0, 1.5), (0.75, None), "optimal", {"asked": "2x"}, 1e6, {}, 0.9, 0.88, (0.85, 0.91), (0.6, 0.4)
+    )
+    doc.save(tmp_path / "t.json")
+    assert ThresholdsDocument.load(tmp_path / "t.json") == doc == read_thresholds(tmp_path / "t.json")
+    assert ThresholdsResult is ThresholdsDocument  # the solver's older name is the same class

@@ -457,7 +457,7 @@ def test_latency_timed_on_another_model_is_replaced_only_when_allowed(tmp_path):
     before = (run / "run.json").read_bytes()
     new = CostTable(macs=(1.0, 3.0), latency={"cpu/b2": _prof("cpu", 2, **b)})
     with pytest.raises(
-        RunError, match=r"holds latency cpu/b1 timed on another model \(m:f \(state aaa\)\).*--allow-other-model"
+        RunError, match=r"holds latency cpu/b1 timed on another model \(m:f \(state aaa\)\).*`allow_other_model`"
     ):
         save_costs(run, new)
     assert (run / "run.json").read_bytes() == before  # nothing dropped silently

@@ -397,7 +397,7 @@ def other_model_latency(
     if keys and not allow_other_model:
         raise RunError(
             f"run '{run.path}' holds latency {', '.join(keys)} timed on another model ({described}) than "
-            f"this one ({_describe_model(model_id)}); pass --allow-other-model to replace it, or profile "
+            f"this one ({_describe_model(model_id)}); pass `allow_other_model` to replace it, or profile "
             "a copy of the run"
         )
     return keys, described

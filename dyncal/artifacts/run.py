@@ -262,7 +262,7 @@ class RunDocument:
             if doc.get("complete") is not True:
                 raise RunError(
                     f"run '{path}': {RUN_JSON} marks the run incomplete (field 'complete' is "
-                    f"{V.show(doc.get('complete'))}); re-run collect with --overwrite"
+                    f"{V.show(doc.get('complete'))}); re-run 'dyncal collect ... --overwrite'"
                 )
             n = V.integer(V.require(doc, "n"), "n", minimum=1)
             k = V.integer(V.require(doc, "k"), "k", minimum=1)
@@ -410,7 +410,7 @@ def _missing_run_message(path: Path) -> str:
     if partial.exists():
         return (
             f"no complete run at '{path}': '{partial}' is a collect that was interrupted "
-            "or is still running; continue it with the same collect command and --resume"
+            "or is still running; continue it with the same 'dyncal collect ... --resume'"
         )
     return f"no run directory at '{path}'; create one with 'dyncal collect' or 'dyncal import'"
 
@@ -449,7 +449,8 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     path = Path(path)
     if path.name.endswith(PARTIAL_SUFFIX):
         raise RunError(
-            f"'{path}' is an unfinished run (interrupted or still being written); re-run collect with --overwrite"
+            f"'{path}' is an unfinished run (interrupted or still being written); "
+            "re-run 'dyncal collect ... --overwrite'"
         )
     try:
         st = os.stat(path)
@@ -462,7 +463,7 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     if not (path / RUN_JSON).exists():
         raise RunError(
             f"'{path}' is not a complete dyncal run (no {RUN_JSON}): it was interrupted or "
-            "is not a run; re-run collect with --overwrite"
+            "is not a run; re-run 'dyncal collect ... --overwrite'"
         )
     document = RunDocument.load(path)
     n, k, c = document.n, document.k, document.c
@@ -803,8 +804,8 @@ class RunWriter:
                 return
             if self.partial.exists() and not overwrite:
                 raise RunError(
-                    f"'{self.partial}' exists: an earlier collect was interrupted; pass --resume to "
-                    "continue it (collect only) or --overwrite to discard it"
+                    f"'{self.partial}' exists: an earlier collect was interrupted; pass `resume` to "
+                    "continue it (collect only) or `overwrite` to discard it"
                 )
             self.restart()
         except BaseException:
@@ -825,7 +826,7 @@ class RunWriter:
             self.partial.mkdir(parents=True)
         except OSError as e:
             raise RunError(
-                f"cannot create '{self.partial}' ({e.strerror or e}); choose an --out in a folder you can write"
+                f"cannot create '{self.partial}' ({e.strerror or e}); choose an `out` in a folder you can write"
             ) from e
 
     @classmethod
@@ -1008,19 +1009,19 @@ def check_out(
     out = Path(out)
     is_ours = is_ours or is_run_dir
     if out.exists() and not overwrite:
-        raise error(f"'{out}' already exists; choose another --out or pass --overwrite")
+        raise error(f"'{out}' already exists; choose another `out` or pass `overwrite`")
     if out.exists() and not out.is_dir():
-        raise error(f"'{out}' exists and is not a folder; choose another --out")
+        raise error(f"'{out}' exists and is not a folder; choose another `out`")
     if out.exists() and not is_ours(out) and any(out.iterdir()):
         raise error(
-            f"'{out}' exists and is not a dyncal {what}; --overwrite only replaces a dyncal {what}, so "
-            "choose another --out (or remove the folder yourself)"
+            f"'{out}' exists and is not a dyncal {what}; `overwrite` only replaces a dyncal {what}, so "
+            "choose another `out` (or remove the folder yourself)"
         )
     if not out.parent.is_dir():
-        raise error(f"the folder '{out.parent}' for --out does not exist; create it first")
+        raise error(f"the folder '{out.parent}' for `out` does not exist; create it first")
     inside = run_dir_holding(out.parent)
     if inside is not None:
-        raise error(f"--out '{out}' lies inside the run directory '{inside}'; choose a folder outside any run")
+        raise error(f"`out` '{out}' lies inside the run directory '{inside}'; choose a folder outside any run")
     try:
         check_writable(out.parent)
     except DyncalError as e:
@@ -1094,7 +1095,7 @@ def import_arrays(
     else:
         n, k, c = logits.shape
     if labels.ndim != 1 or labels.shape[0] != n:
-        hint = " (is the layout (K, N, C)? pass --layout knc)" if labels.ndim == 1 and labels.shape[0] == k else ""
+        hint = " (is the layout (K, N, C)? pass `layout` knc)" if labels.ndim == 1 and labels.shape[0] == k else ""
         raise RunError(f"labels must have shape ({n},) to match logits {logits.shape}, got {labels.shape}{hint}")
     if n < 1:
         raise RunError(f"a run needs at least one sample, got N={n}")
@@ -1140,7 +1141,7 @@ def import_arrays(
             prov = provenance or Provenance.here(model="(imported)", data="(imported)", device="unknown")
             writer.finish(prov, cost_table)
     except OSError as e:
-        raise RunError(f"cannot write the run '{out}': {e.strerror or e}; choose another --out") from e
+        raise RunError(f"cannot write the run '{out}': {e.strerror or e}; choose another `out`") from e
     return load_run(out)
 
 
@@ -1168,7 +1169,7 @@ def _validate_macs(macs: Sequence[float], k: int) -> tuple[float, ...]:
     try:
         vals = V.number_list(
             [m.item() if isinstance(m, np.generic) else m for m in macs],
-            "--macs",
+            "`macs`",
             length=k,
             positive=True,
             nondecreasing=True,
@@ -1176,7 +1177,7 @@ def _validate_macs(macs: Sequence[float], k: int) -> tuple[float, ...]:
     except V.FieldError as e:
         raise RunError(f"{e.field} {e.problem}; give one cumulative cost per exit (K={k}), exit 1 first") from None
     if any(b <= a for a, b in zip(vals, vals[1:], strict=False)):
-        raise RunError(f"--macs must be cumulative (strictly increasing, exit 1 first), got {list(vals)}")
+        raise RunError(f"`macs` must be cumulative (strictly increasing, exit 1 first), got {list(vals)}")
     return vals
 
 

@@ -65,7 +65,7 @@ def test_run_document_refuses_an_incomplete_run_in_one_line(tmp_path: Path) -> N
     doc = json.loads((out / "run.json").read_text())
     doc["complete"] = False
     (out / "run.json").write_text(json.dumps(doc))
-    with pytest.raises(RunError, match=r"marks the run incomplete .*re-run collect") as info:
+    with pytest.raises(RunError, match=r"marks the run incomplete .*re-run 'dyncal collect") as info:
         RunDocument.load(out)
     assert "\n" not in str(info.value)
 
@@ -92,3 +92,28 @@ def test_thresholds_document_saves_and_loads_itself(tmp_path: Path) -> None:
     doc.save(tmp_path / "t.json")
     assert ThresholdsDocument.load(tmp_path / "t.json") == doc == read_thresholds(tmp_path / "t.json")
     assert ThresholdsResult is ThresholdsDocument  # the solver's older name is the same class
+
+
+def test_a_report_with_latency_at_several_batch_sizes_never_imports_torch(tmp_path: Path) -> None:
+    """The cost model and every page are numpy work: reporting a profiled run needs no torch."""
+    import subprocess
+    import sys
+
+    out = _run(tmp_path)
+    stages = ((1.0, 1.1, 0.9), (2.0, 2.1, 1.9))
+    latency = {
+        str(LatencyKey("cpu", b)): LatencyProfile("cpu", b, stages, (0.1, 0.1), (3.0, 3.1, 2.9), 1, "test")
+        for b in (1, 8)
+    }
+    save_costs(out, CostTable(macs=(1e6, 2e6), latency=latency))
+    code = (
+        "import sys\nfrom dyncal.cli import app\n"
+        f"sys.argv = ['dyncal', 'report', {str(out)!r}, '--out', {str(tmp_path / 'r.pdf')!r}, '--budget', '0.8x',"
+        " '--device', 'cpu', '--batch-size', '8']\n"
+        "try:\n    app()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('torch' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "False"
+    assert (tmp_path / "r.pdf").read_bytes().startswith(b"%PDF")

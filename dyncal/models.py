@@ -25,7 +25,7 @@ import os
 import sys
 import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -581,14 +581,7 @@ class ModelCheck:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
-        return {
-            "weights": self.weights,
-            "rows_checked": self.rows_checked,
-            "max_abs_diff": self.max_abs_diff,
-            "rows_note": self.rows_note,
-            "mismatch": self.mismatch,
-            "allowed": self.allowed,
-        }
+        return asdict(self)
 
 
 def _names_model(spec: str) -> bool:

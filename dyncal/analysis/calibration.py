@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -90,12 +90,7 @@ class ExitStats:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
-        return {
-            "exit": self.exit,
-            "accuracy": self.accuracy,
-            "mean_confidence": self.mean_confidence,
-            "ece": self.ece,
-        }
+        return asdict(self)
 
 
 def exit_stats(logits: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> list[ExitStats]:

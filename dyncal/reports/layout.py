@@ -120,6 +120,10 @@ class _Page:
                 kw["family"] = family
             self.fig.text(indent, self.y, line, **kw)
 
+    def note(self, text: str, size: float = 8, width: int = 100) -> None:
+        """A grey footnote: what the numbers above are and how they were made."""
+        self.para(text, size=size, width=width, color=_GREY)
+
     def axes(self, height_in: float, left: float = 0.12, right: float = 0.94, gap_in: float = 0.15) -> Any:
         """New axes below the cursor, ``height_in`` tall (room left for tick labels)."""
         self.skip(gap_in)

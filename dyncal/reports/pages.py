@@ -322,7 +322,7 @@ def _page_decision(data: ReportData) -> Figure:
             if o.held_out
             else "Nothing was held out, so the point estimates decide (fitted on the same samples: optimistic)."
         )
-        p.para(" ".join([rule, *notes]), size=8, color=_GREY, width=118)
+        p.note(" ".join([rule, *notes]), width=118)
     else:
         p.para(
             "None given. To decide, add --min-accuracy A or --max-drop D (fractions, e.g. 0.95 "
@@ -392,7 +392,7 @@ def _page_decision(data: ReportData) -> Figure:
             p.skip(9 / 72 * 1.35)
             p.fig.text(0.3, p.y, extra, fontsize=9, va="baseline")
     p.skip(0.15)
-    p.para(
+    p.note(
         (
             "Accuracies, costs and exit shares here are on the samples held out of fitting the thresholds "
             "(pages 2 and 4 show the same numbers). "
@@ -404,8 +404,6 @@ def _page_decision(data: ReportData) -> Figure:
         "trade-off curve; "
         "page 4 where samples leave; page 5 calibration; page 6 thresholds and provenance"
         + ("; page 7 the other models." if data.alternatives else "."),
-        size=8,
-        color=_GREY,
         width=118,
     )
     return p.fig
@@ -629,14 +627,12 @@ def _page_latency(data: ReportData) -> Figure:
             col_widths=[0.12, 0.13, 0.13, 0.14, 0.13, 0.25],
             size=8.5,
         )
-        p.para(
+        p.note(
             f"A real early exit with the operating point's thresholds and the plain model, timed interleaved on "
             f"the same batches ({v.n:,} samples on {v.device}, {v.hardware or 'hardware not recorded'}, "
             f"{v.threads or 'n/a'} thread(s)); ms per batch. Agreement with the simulated exits and "
             f"predictions: {_pct(v.agreement)}. The decision judges these measured figures; the prediction "
             "is shown for how far off it is.",
-            size=8,
-            color=_GREY,
             width=125,
         )
     return p.fig
@@ -694,11 +690,10 @@ def _page_exits(data: ReportData) -> Figure:
     if per_exit:
         e = data.latency.get(keys[0])
         full = "" if e is None else f" For comparison, the full model {_ms(e.full_model_ms)} on {keys[0]}."
-        p.para(
+        p.note(
             f"ms: profiled latency on {keys[0]} when leaving at that exit (stage medians so far plus the exit "
             "decisions)" + ("" if keys[0].endswith("/b1") else ", for a whole batch") + "." + full,
             size=8.5,
-            color=_GREY,
             width=110,
         )
     return p.fig
@@ -793,13 +788,12 @@ def _page_provenance(data: ReportData) -> Figure:
         col_widths=[0.08, 0.2, 0.2, 0.16],
         size=9,
     )
-    p.para(
+    p.note(
         f"score: {t.get('score', 'maxprob')}; method: {t.get('method', 'n/a')}; a sample leaves "
         "at the first exit "
         "whose score (from logits / temperature) is at least that exit's threshold; the last "
         "exit takes the rest.",
         size=8.5,
-        color=_GREY,
     )
     p.skip(0.1)
     p.heading("Run", size=11)
@@ -929,7 +923,7 @@ def _page_compare(data: ReportData) -> Figure:
         left=0.04,
     )
     costs = sorted({a.cost for a in alts})
-    p.para(
+    p.note(
         ("* unpaired (on other samples, see below). " if any(not a.paired for a in alts) else "")
         + "Cost: "
         + "; ".join("MACs per sample" if c == "macs" else f"ms on {c}" for c in costs)
@@ -937,8 +931,6 @@ def _page_compare(data: ReportData) -> Figure:
         "Result: cheaper or costlier, "
         "and more accurate (whole interval above zero), as accurate (at or above zero), less accurate (below "
         "zero) or within noise (the interval straddles zero).",
-        size=8,
-        color=_GREY,
         width=125,
     )
     p.skip(0.1)
@@ -955,12 +947,10 @@ def _page_compare(data: ReportData) -> Figure:
             macs = [_macs(a.macs)] if has_macs else []
             cost_rows.append([_short_name(a.name), *macs, *(_ms(a.latency_ms.get(k)) for k in keys)])
         p.table(header, cost_rows, col_widths=[0.3] + [0.15] * (len(header) - 1), size=8.5)
-        p.para(
+        p.note(
             "MACs as fvcore counts them (expected per sample for an early exit); milliseconds per batch (per sample "
             "at batch size 1): a static model's whole forward as profiled, an early exit's predicted from its "
             "profiled stages on the judged samples. " + " ".join(_latency_left_out(data)),
-            size=8,
-            color=_GREY,
             width=125,
         )
     p.skip(0.1)
@@ -988,7 +978,7 @@ def _page_compare(data: ReportData) -> Figure:
         "NO-GO for early exit (when criteria were given)."
     )
     for a in alts:
-        p.para(f"{a.name} (K={a.k}): {a.path}", size=8, color=_GREY, width=125)
+        p.note(f"{a.name} (K={a.k}): {a.path}", width=125)
     p.skip(0.05)
     p.para(" ".join(notes), size=8.5, width=118)
     return p.fig

@@ -356,37 +356,30 @@ def judge(
     Raises:
         DyncalError: A speed-up criterion without a speed-up estimate.
     """
-    out: list[Criterion] = []
-    held = outcome.held_out
+    # the accuracy criteria: (name, value, interval, required, comparison, what it is), judged alike
+    judged: list[tuple[str, float, Interval | None, float, str, str]] = []
     if requirements.min_accuracy is not None:
-        req = requirements.min_accuracy
-        out.append(
-            Criterion(
-                "accuracy",
-                accuracy,
-                accuracy_interval,
-                req,
-                ">=",
-                criterion_status(accuracy, accuracy_interval, req, ">="),
-                description="top-1 accuracy with early exit" + (" (held out)" if held else ""),
-                interval_sampling=accuracy_interval,
-            )
+        judged.append(
+            ("accuracy", accuracy, accuracy_interval, requirements.min_accuracy, ">=", "top-1 accuracy with early exit")
         )
     if requirements.max_drop is not None:
         drop, interval = accuracy_drop(outcome)
-        req = requirements.max_drop
-        out.append(
-            Criterion(
-                "accuracy_drop",
-                drop,
-                interval,
-                req,
-                "<=",
-                criterion_status(drop, interval, req, "<="),
-                description="last exit's accuracy minus early exit's, same samples" + (" (held out)" if held else ""),
-                interval_sampling=interval,
-            )
+        drop_text = "last exit's accuracy minus early exit's, same samples"
+        judged.append(("accuracy_drop", drop, interval, requirements.max_drop, "<=", drop_text))
+    held = " (held out)" if outcome.held_out else ""
+    out = [
+        Criterion(
+            name,
+            value,
+            iv,
+            req,
+            op,
+            criterion_status(value, iv, req, op),
+            description=what + held,
+            interval_sampling=iv,
         )
+        for name, value, iv, req, op, what in judged
+    ]
     if requirements.min_speedup is not None:
         if speedup is None:
             raise DyncalError("a --min-speedup criterion needs costs to judge it on; profile the run first")

@@ -258,17 +258,6 @@ class _FitHalf:
                 out["speedup"] = max(0.0, req.min_speedup - baseline / (c.mean() + zc * c.std()))
         return out
 
-    def passes(
-        self,
-        thresholds: Sequence[float | None],
-        req: Requirements,
-        units: Callable[[np.ndarray], np.ndarray | None] | None,
-        baseline: float,
-        batch: int = 1,
-    ) -> bool:
-        """Whether every criterion holds on the fitting half (see :meth:`shortfalls`)."""
-        return not any(v > 0 for v in self.shortfalls(thresholds, req, units, baseline, batch).values())
-
 
 def _choose_budget(
     frontier: pd.DataFrame,

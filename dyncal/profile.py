@@ -41,7 +41,14 @@ from torch import nn
 
 from dyncal.analysis.flops import StageMacs, stage_macs
 from dyncal.analysis.latency import LatencySettings, measure_latency
-from dyncal.analysis.stages import StageCheck, Stages, build_stages, stages_function, verify_stages
+from dyncal.analysis.stages import (
+    StageCheck,
+    Stages,
+    build_stages,
+    checked_stages,
+    stages_function,
+    verify_stages,
+)
 from dyncal.artifacts.outputs import check_writable
 from dyncal.errors import ProfileError
 from dyncal.models import (
@@ -235,32 +242,6 @@ def _example(
     return x.to(device)
 
 
-def _checked_stages(
-    model: nn.Module,
-    stages: Stages,
-    x: torch.Tensor,
-    stages_fn: Callable[[nn.Module], Sequence[nn.Module]] | None,
-) -> tuple[Stages, StageCheck]:
-    """Verify ``stages`` on ``x``; re-export at this batch size when a dynamic export fails.
-
-    On CUDA the stages and the model may pick different kernels (TF32 convolutions by
-    default), so the tolerance is looser there.
-    """
-    rtol = 2e-3 if x.device.type == "cuda" else 1e-4
-    try:
-        return stages, verify_stages(model, stages, x, rtol=rtol)
-    except ProfileError:
-        if stages.source != "export" or stages.example_batch_size == x.shape[0]:
-            raise
-        log.info(
-            "stages exported at batch %s fail at batch %d; exporting again at that size",
-            stages.example_batch_size,
-            x.shape[0],
-        )
-        again = build_stages(model, x, stages_fn=stages_fn, dynamic_batch=False)
-        return again, verify_stages(model, again, x, rtol=rtol)
-
-
 def state_sha256(model: nn.Module) -> str:
     """SHA-256 of a model's state (names, dtypes, shapes and values of parameters and buffers).
 
@@ -336,9 +317,9 @@ def profile_model(
     for d in devices:
         resolve_device(d)
     x1 = _example(input_shape, input_dtype, 1, cpu, seed)
-    stages = build_stages(model, _example(input_shape, input_dtype, _EXAMPLE_BATCH, cpu, seed), stages_fn=stages_fn)
+    example = _example(input_shape, input_dtype, _EXAMPLE_BATCH, cpu, seed)
     checks: list[tuple[str, StageCheck]] = []
-    stages, check = _checked_stages(model, stages, x1, stages_fn)
+    stages, check = checked_stages(model, x1, example=example, stages_fn=stages_fn, reexport=True)
     checks.append(("cpu/b1", check))
     if stages.can_drop_rows:  # can rows leave between stages? (needs >= 2 rows; marks the stages if not)
         _rows_check(model, stages, _example(input_shape, input_dtype, _ROWS_BATCH, cpu, seed))
@@ -363,7 +344,9 @@ def profile_model(
                     key = f"{name}/b{int(b)}"
                     if stages.drop_rows_reason is not None:
                         dev_stages.forbid_dropping_rows(stages.drop_rows_reason)
-                    run_stages, check = _checked_stages(dev_model, dev_stages, x, stages_fn)
+                    run_stages, check = checked_stages(
+                        dev_model, x, stages=dev_stages, stages_fn=stages_fn, reexport=True
+                    )
                     checks.append((key, check))
                     log.info("timing %s", key)
                     try:

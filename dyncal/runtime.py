@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from dyncal.analysis.costmodel import predict_batches_ms
 from dyncal.analysis.latency import NOISE_ADVICE, NOISE_IQR_FRACTION, Clock, Timer, device_hardware, pinned_threads
-from dyncal.analysis.stages import StageRun, Stages, build_stages, stages_function, verify_stages
+from dyncal.analysis.stages import StageRun, Stages, checked_stages, stages_function
 from dyncal.artifacts.thresholds import check_thresholds_for_run, read_thresholds
 from dyncal.artifacts.verify import ModelIdentity, PairedTiming, VerifyResult
 from dyncal.calibrate.policy import assign_exits, thresholds_from_json
@@ -88,6 +88,7 @@ class EarlyExitRunner:
         score: ``maxprob``, ``margin`` or ``entropy``.
 
     Example:
+        >>> from dyncal.analysis.stages import build_stages
         >>> from dyncal.demo import pretrained
         >>> stages = build_stages(pretrained(), torch.zeros(2, 1, 8, 8))
         >>> runner = EarlyExitRunner(stages, [0.0, 2.0, 2.0, None], [1.0] * 4)
@@ -232,10 +233,10 @@ def _try(what: str, batch_size: int, fn: Callable[[], T]) -> T:
         raise DyncalError(f"{what} failed at batch size {batch_size}: {type(e).__name__}: {_line(e)}") from e
 
 
-def _checked_stages(
+def _early_exit_stages(
     model: nn.Module, x: torch.Tensor, dev: torch.device, k: int, stages_spec: str | None, search_path: str | None
 ) -> Stages:
-    """Stages proven on a real batch: the model keeps the contract and the stages reproduce it.
+    """Stages that can early-exit a batch: the model keeps the contract and the stages reproduce it.
 
     A model exported with a fixed batch size cannot drop rows, so it cannot early-exit a
     batch; that is said in one line rather than failing mid-run.
@@ -247,8 +248,7 @@ def _checked_stages(
     got_k, _ = check_exit_outputs(outs, probe.shape[0])
     if got_k != k:
         raise DyncalError(f"the model returns K={got_k} exits but the run has K={k}; is it the run's model?")
-    stages = build_stages(model, probe[: min(2, probe.shape[0])], stages_fn=stages_fn)
-    verify_stages(model, stages, probe)
+    stages, _ = checked_stages(model, probe, example=probe[: min(2, probe.shape[0])], stages_fn=stages_fn)
     if not stages.dynamic_batch:
         raise DyncalError(
             f"the model's stages run at batch size {stages.example_batch_size} only (export could not keep the "
@@ -412,7 +412,6 @@ def verify_run(
     if threads is not None and threads < 1:
         raise DyncalError(f"--threads must be at least 1, got {threads}")
     dev = resolve_device(device)
-    search_path = model_path or run.provenance.extra.get("model_path")
     if package is not None:
         pkg = _bound_package(package, run, thresholds, dev, model=model, weights=weights, stages_spec=stages_spec)
         identity = ModelIdentity(
@@ -434,7 +433,7 @@ def verify_run(
     dataset = (
         data
         if data is not None and not isinstance(data, str)
-        else dataset_for_run(run, data=data, search_path=search_path)
+        else dataset_for_run(run, data=data, search_path=model_path)
     )
     data_name = data if isinstance(data, str) else (run.provenance.data if data is None else type(data).__name__)
     data_name = str(data_name)
@@ -457,7 +456,7 @@ def verify_run(
         if package is not None:
             runner, plain = pkg, pkg.full_model
         else:
-            stages = _checked_stages(loaded.module, probe, dev, run.k, stages_spec, search_path)
+            stages = _early_exit_stages(loaded.module, probe, dev, run.k, stages_spec, loaded.model_path)
             runner = EarlyExitRunner(stages, thresholds.thresholds, thresholds.temperatures, thresholds.score)
             plain = loaded.module
         used_s = 0.0

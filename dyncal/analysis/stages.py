@@ -101,6 +101,7 @@ __all__ = [
     "StageRun",
     "StageCheck",
     "build_stages",
+    "checked_stages",
     "export_stages",
     "declared_stages",
     "stages_function",
@@ -844,6 +845,52 @@ def verify_stages(
         if reason is not None:
             stages.forbid_dropping_rows(reason)
     return StageCheck(batch_size=int(x.shape[0]), max_abs_diff=tuple(diffs))
+
+
+def checked_stages(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    stages: Stages | None = None,
+    example: torch.Tensor | None = None,
+    stages_fn: Callable[[nn.Module], Sequence[nn.Module]] | None = None,
+    reexport: bool = False,
+) -> tuple[Stages, StageCheck]:
+    """Stages of ``model`` proven on the batch ``x``: built (or given), then verified there.
+
+    On CUDA the stages and the model may pick different kernels (TF32 convolutions by
+    default), so the tolerance is looser there.
+
+    Args:
+        model: The multi-exit model, on ``x``'s device.
+        x: The batch the stages must reproduce the model on.
+        stages: Stages already built (default: :func:`build_stages` on ``example``).
+        example: The batch to build them from (default ``x``).
+        stages_fn: Optional hand-declared stages (``--stages``).
+        reexport: When exported stages built at another batch size fail at ``x``'s, export
+            again at exactly that size (fixed: they cannot drop rows) instead of failing.
+
+    Returns:
+        The stages (the re-exported ones when that happened) and their check on ``x``.
+
+    Raises:
+        ProfileError: The stages cannot be built, or do not reproduce the model on ``x``.
+    """
+    rtol = 2e-3 if x.device.type == "cuda" else 1e-4
+    if stages is None:
+        stages = build_stages(model, x if example is None else example, stages_fn=stages_fn)
+    try:
+        return stages, verify_stages(model, stages, x, rtol=rtol)
+    except ProfileError:
+        if not reexport or stages.source != "export" or stages.example_batch_size == x.shape[0]:
+            raise
+        log.info(
+            "stages exported at batch %s fail at batch %d; exporting again at that size",
+            stages.example_batch_size,
+            x.shape[0],
+        )
+        again = build_stages(model, x, stages_fn=stages_fn, dynamic_batch=False)
+        return again, verify_stages(model, again, x, rtol=rtol)
 
 
 def _row_drop_problem(model: nn.Module, stages: Stages, x: torch.Tensor, *, rtol: float, atol: float) -> str | None:

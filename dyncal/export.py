@@ -46,7 +46,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from dyncal.analysis.stages import Stages, _quiet_export_logs, build_stages, stages_function, verify_stages
+from dyncal.analysis.stages import (
+    EXAMPLE_BATCH,
+    Stages,
+    _quiet_export_logs,
+    checked_stages,
+    example_input,
+    stages_function,
+    verify_stages,
+)
 from dyncal.artifacts.thresholds import check_thresholds_for_run, decision_fingerprint
 from dyncal.calibrate.scores import SCORES
 from dyncal.calibrate.solvers import ThresholdsResult
@@ -90,7 +98,6 @@ PACKAGE_VERSION = 1
 MANIFEST = "manifest.json"
 PARTIAL_SUFFIX = ".partial"
 
-_EXAMPLE_BATCH = 2  # export example: >= 2 keeps the batch dimension symbolic
 _CHECK_BATCHES = (1, 4)  # the written package is proven against the model at these batch sizes
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _SHA = re.compile(r"[0-9a-f]{64}")
@@ -614,13 +621,6 @@ def _check_out(out: Path, partial: Path, overwrite: bool) -> None:
             raise DyncalError(f"'{partial}' holds files dyncal export did not write; remove it yourself")
 
 
-def _example(shape: Sequence[int], dtype: torch.dtype, batch_size: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed + batch_size)
-    if dtype.is_floating_point:
-        return torch.randn((batch_size, *shape), generator=g).to(dtype)
-    return torch.randint(0, 2, (batch_size, *shape), generator=g).to(dtype)
-
-
 def _export_stages(
     stages: Stages, example: torch.Tensor
 ) -> list[tuple[torch.export.ExportedProgram, tuple[int | None, ...]]]:
@@ -667,8 +667,7 @@ def _stages_for(
 ) -> Stages:
     """The model's stages, proven on ``probe`` and able to let rows leave a batch."""
     stages_fn = stages_function(stages_spec, model_path)
-    stages = build_stages(loaded.module, example, stages_fn=stages_fn)
-    verify_stages(loaded.module, stages, probe)
+    stages, _ = checked_stages(loaded.module, probe, example=example, stages_fn=stages_fn)
     if not stages.dynamic_batch or not stages.can_drop_rows:
         raise ProfileError(
             f"samples cannot leave this model's batch early ({stages.drop_rows_reason}); an early-exit package "
@@ -681,7 +680,7 @@ def _prove(model: nn.Module, runner: PackageRunner, shape: Sequence[int], dtype:
     """The loaded package reproduces every exit of the model at batch sizes 1 and 4, rows leaving included."""
     diffs = [0.0] * runner.k
     for b in _CHECK_BATCHES:
-        x = _example(shape, dtype, b, seed=1)
+        x = example_input(shape, dtype, b, seed=1)
         try:
             check = verify_stages(model, runner.stages, x)
         except ProfileError as e:
@@ -759,7 +758,7 @@ def export_package(
     # the run's model, checked by hash and by re-running recorded rows: a package ships the model it measured
     loaded = load_run_model(run, model=model, weights=weights, model_path=model_path, device="cpu")
     module = loaded.module
-    probe = _example(shape, dtype, 4)
+    probe = example_input(shape, dtype, 4)
     try:
         with torch.inference_mode():
             outs = module(probe)
@@ -774,9 +773,8 @@ def export_package(
             f"the model '{loaded.spec}' has K={k} exits and C={c} classes but run '{run.path}' has K={run.k}, "
             f"C={run.c}; export the model the run was collected with"
         )
-    model_path_used = model_path if model_path is not None else run.provenance.extra.get("model_path")
-    stages = _stages_for(loaded, _example(shape, dtype, _EXAMPLE_BATCH), probe, stages_spec, model_path_used)
-    exported = _export_stages(stages, _example(shape, dtype, _EXAMPLE_BATCH))
+    stages = _stages_for(loaded, example_input(shape, dtype, EXAMPLE_BATCH), probe, stages_spec, loaded.model_path)
+    exported = _export_stages(stages, example_input(shape, dtype, EXAMPLE_BATCH))
 
     from dyncal.profile import state_sha256
 

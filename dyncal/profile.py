@@ -42,10 +42,12 @@ from torch import nn
 from dyncal.analysis.flops import StageMacs, stage_macs
 from dyncal.analysis.latency import LatencySettings, measure_latency
 from dyncal.analysis.stages import (
+    EXAMPLE_BATCH,
     StageCheck,
     Stages,
     build_stages,
     checked_stages,
+    example_input,
     stages_function,
     verify_stages,
 )
@@ -75,7 +77,6 @@ __all__ = ["ProfileOptions", "ProfileResult", "profile_run", "profile_run_full",
 
 log = logging.getLogger(__name__)
 
-_EXAMPLE_BATCH = 2  # export example: >= 2 keeps the batch dimension symbolic
 _ROWS_BATCH = 4  # rows of the check that samples can leave between stages
 
 
@@ -231,17 +232,6 @@ def _latency_summary(p: LatencyProfile) -> dict[str, Any]:
     }
 
 
-def _example(
-    shape: Sequence[int], dtype: torch.dtype, batch_size: int, device: torch.device, seed: int
-) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed + batch_size)
-    if dtype.is_floating_point:
-        x = torch.randn((batch_size, *shape), generator=g).to(dtype)
-    else:
-        x = torch.randint(0, 2, (batch_size, *shape), generator=g).to(dtype)
-    return x.to(device)
-
-
 def state_sha256(model: nn.Module) -> str:
     """SHA-256 of a model's state (names, dtypes, shapes and values of parameters and buffers).
 
@@ -316,13 +306,13 @@ def profile_model(
     cpu = torch.device("cpu")
     for d in devices:
         resolve_device(d)
-    x1 = _example(input_shape, input_dtype, 1, cpu, seed)
-    example = _example(input_shape, input_dtype, _EXAMPLE_BATCH, cpu, seed)
+    x1 = example_input(input_shape, input_dtype, 1, device=cpu, seed=seed)
+    example = example_input(input_shape, input_dtype, EXAMPLE_BATCH, device=cpu, seed=seed)
     checks: list[tuple[str, StageCheck]] = []
     stages, check = checked_stages(model, x1, example=example, stages_fn=stages_fn, reexport=True)
     checks.append(("cpu/b1", check))
     if stages.can_drop_rows:  # can rows leave between stages? (needs >= 2 rows; marks the stages if not)
-        _rows_check(model, stages, _example(input_shape, input_dtype, _ROWS_BATCH, cpu, seed))
+        _rows_check(model, stages, example_input(input_shape, input_dtype, _ROWS_BATCH, device=cpu, seed=seed))
     macs = stage_macs(stages, x1, model=model)
     log.info("MACs per exit: %s", list(macs.exit_macs))
     profiles: dict[str, LatencyProfile] = {}
@@ -335,12 +325,12 @@ def profile_model(
                 dev_model = model_on(name) if model_on is not None else model.to(dev)
                 dev_stages = build_stages(
                     dev_model,
-                    _example(input_shape, input_dtype, _EXAMPLE_BATCH, dev, seed),
+                    example_input(input_shape, input_dtype, EXAMPLE_BATCH, device=dev, seed=seed),
                     stages_fn=stages_fn,
                 )
             try:
                 for b in batch_sizes:
-                    x = _example(input_shape, input_dtype, int(b), dev, seed)
+                    x = example_input(input_shape, input_dtype, int(b), device=dev, seed=seed)
                     key = f"{name}/b{int(b)}"
                     if stages.drop_rows_reason is not None:
                         dev_stages.forbid_dropping_rows(stages.drop_rows_reason)
@@ -418,7 +408,7 @@ def _profile_locked(run: Run, options: ProfileOptions) -> ProfileResult:
     if loaded.check is not None and loaded.check.allowed:
         model_id["other_model"] = loaded.check.mismatch
     other_model_latency(run, model_id, allow_other_model=options.allow_other_model)  # refuse before measuring
-    x1 = _example(shape, dtype, 1, torch.device("cpu"), options.seed)
+    x1 = example_input(shape, dtype, 1, seed=options.seed)
     try:
         with torch.inference_mode():
             outs = loaded.module(x1)

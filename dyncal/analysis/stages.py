@@ -100,8 +100,10 @@ __all__ = [
     "Stages",
     "StageRun",
     "StageCheck",
+    "EXAMPLE_BATCH",
     "build_stages",
     "checked_stages",
+    "example_input",
     "export_stages",
     "declared_stages",
     "stages_function",
@@ -121,6 +123,9 @@ _DROPPED_TARGETS = {
     "aten.sym_constrain_range_for_size.default",
     "aten.sym_constrain_range.default",
 }
+
+EXAMPLE_BATCH = 2
+"""Rows of the example stages are exported from: two or more keep the batch dimension symbolic."""
 
 _EXPORT_HINT = (
     f"declare the stages by hand: give the model a '{STAGES_METHOD}()' method or pass "
@@ -845,6 +850,27 @@ def verify_stages(
         if reason is not None:
             stages.forbid_dropping_rows(reason)
     return StageCheck(batch_size=int(x.shape[0]), max_abs_diff=tuple(diffs))
+
+
+def example_input(
+    shape: Sequence[int], dtype: torch.dtype, batch_size: int, *, seed: int = 0, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """A reproducible random batch ``(batch_size, *shape)`` to trace and check stages with.
+
+    Normal values for floating dtypes, 0 or 1 otherwise; the seed is offset by the batch
+    size, so every size gets its own rows.
+
+    Example:
+        >>> x = example_input((1, 8, 8), torch.float32, 2)
+        >>> tuple(x.shape), bool((x == example_input((1, 8, 8), torch.float32, 2)).all())
+        ((2, 1, 8, 8), True)
+    """
+    g = torch.Generator().manual_seed(seed + batch_size)
+    if dtype.is_floating_point:
+        x = torch.randn((batch_size, *shape), generator=g).to(dtype)
+    else:
+        x = torch.randint(0, 2, (batch_size, *shape), generator=g).to(dtype)
+    return x.to(device)
 
 
 def checked_stages(

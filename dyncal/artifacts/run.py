@@ -47,6 +47,14 @@ from dyncal.errors import DyncalError, RunError, first_line
 
 __all__ = [
     "SCHEMA_VERSION",
+    "RUN_JSON",
+    "LOGITS_FILE",
+    "LABELS_FILE",
+    "INDICES_FILE",
+    "PARTIAL_SUFFIX",
+    "NPZ_READ_ERRORS",
+    "library_versions",
+    "publish_dir",
     "Provenance",
     "RunDocument",
     "Run",
@@ -103,16 +111,7 @@ class Provenance:
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
-        return {
-            "model": self.model,
-            "weights_sha256": self.weights_sha256,
-            "data": self.data,
-            "command": self.command,
-            "created": self.created,
-            "device": self.device,
-            "versions": dict(self.versions),
-            "extra": dict(self.extra),
-        }
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], field: str = "provenance") -> Provenance:

@@ -391,7 +391,7 @@ def test_threads_are_restored_when_measuring_fails():
 
 
 def test_latency_settings_are_validated():
-    with pytest.raises(ProfileError, match="--threads must be at least 1, got 0"):
+    with pytest.raises(ProfileError, match="`threads` must be at least 1, got 0"):
         LatencySettings(threads=0)
     with pytest.raises(ProfileError, match="repeats must be at least 3"):
         LatencySettings(repeats=1)

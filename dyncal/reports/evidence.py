@@ -437,7 +437,7 @@ def usable_verify(verify: VerifyResult, label: str, run: Run, decision_fingerpri
     if why is None:
         return None
     fix = (
-        "report the thresholds verify ran with `thresholds`"
+        "report the thresholds verify ran with --thresholds"
         if why.endswith("other thresholds")
         else f"run 'dyncal verify {run.path} --thresholds ... --out {label}' again"
     )

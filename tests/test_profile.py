@@ -260,7 +260,7 @@ def test_wrong_declared_stages_are_caught():
         (
             zoo.data_dependent,
             (8,),
-            r"cannot export DataDependent with torch\.export .*dyncal_stages.*--stages",
+            r"cannot export DataDependent with torch\.export .*dyncal_stages.*`stages_spec`",
         ),
         (
             zoo.input_exit,

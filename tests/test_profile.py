@@ -485,7 +485,7 @@ def test_reprofiling_other_weights_needs_the_flag_and_replaces_the_old_latency(t
         model.c1.weight.mul_(2)
     torch.save(model.state_dict(), tmp_path / "w.pt")
     before = (run / "run.json").read_bytes()
-    with pytest.raises(DyncalError, match="collected without a checkpoint and one is given.*--allow-other-model"):
+    with pytest.raises(DyncalError, match="collected without a checkpoint and one is given.*`allow_other_model`"):
         profile_run(run, options=ProfileOptions(batch_sizes=(2,), weights=str(tmp_path / "w.pt"), **fast))
     assert (run / "run.json").read_bytes() == before
     allowed = ProfileOptions(batch_sizes=(2,), weights=str(tmp_path / "w.pt"), allow_other_model=True, **fast)

@@ -135,8 +135,7 @@ def test_messages_rendered_for_a_verb_without_that_parameter_keep_the_name():
 
 _FLAG = re.compile(r"--[a-z][a-z0-9-]*")
 _COMMAND = re.compile(r"dyncal [a-z]+ ")
-# TODO(lead): drop the exemption once run.py (moving into dyncal/artifacts/) names parameters too.
-_EXEMPT = {"cli.py", "run.py"}
+_EXEMPT = {"cli.py"}
 
 
 def _raised_texts(call: ast.Call):

@@ -43,7 +43,16 @@ RunArg = Annotated[Path, typer.Argument(help="A run directory (from collect or i
 
 
 # Library parameters whose flag is not ``--`` + the name with dashes (the only such table).
-_PARAMETER_FLAGS: dict[str, str] = {}
+_PARAMETER_FLAGS: dict[str, str] = {
+    "batch_sizes": "batch_size",  # profile/verify parse --batch-size 1,32 into batch_sizes
+    "devices": "device",  # profile: --device, repeatable
+    "data_spec": "data",  # collect_run
+    "out_pdf": "out",  # build_report
+    "path": "out",  # dyncal.artifacts.outputs: the output file or folder checked and written
+    "search_path": "model_path",  # import_object/load_dataset: the folder code is imported from
+    "stages_fn": "stages",  # build_stages: the function --stages names
+    "stages_spec": "stages",  # verify_run, export_package, stages_function
+}
 
 
 def flag_of(ctx: typer.Context | None, name: str) -> str | None:

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from dyncal.data import check_item
-from dyncal.errors import DataError, DyncalError, ModelError, RunError, first_line
+from dyncal.errors import DataError, DyncalError, ModelError, RunError, first_line, param
 from dyncal.models import LoadedModel, check_exit_outputs, logits_difference, resolve_device
 from dyncal.run import PARTIAL_SUFFIX, Provenance, Run, RunWriter, atomic_write_text, check_out, load_run
 
@@ -126,7 +126,7 @@ def _forward(model: Any, x: Any, dev: torch.device, batch_index: int) -> Any:
     except Exception as e:  # noqa: BLE001 - the user's model may raise anything
         raise ModelError(
             f"the model failed on batch {batch_index} (inputs {tuple(x.shape)} {str(x.dtype).replace('torch.', '')}): "
-            f"{type(e).__name__}: {first_line(e)}; check that --data gives the inputs the model expects"
+            f"{type(e).__name__}: {first_line(e)}; check that the data set gives the inputs the model expects"
         ) from e
     return [out] if isinstance(out, torch.Tensor) else out  # a static model: one exit (K = 1)
 
@@ -245,14 +245,14 @@ PROGRESS_VERSION = 1
 
 # What a partial run must agree on to be continued, with how to name each in a message.
 _SPEC_NAMES = {
-    "model": "--model",
+    "model": "the model",
     "weights_sha256": "the weights' SHA-256",
-    "data": "--data",
+    "data": param("data_spec"),
     "dataset_len": "the data set's length",
-    "limit": "--limit",
+    "limit": param("limit"),
     "n": "N",
-    "batch_size": "--batch-size",
-    "device": "--device",
+    "batch_size": param("batch_size"),
+    "device": param("device"),
     "world_size": "the number of processes",
     "input_shape": "the input shape",
     "input_dtype": "the input dtype",
@@ -309,7 +309,7 @@ def _spec_difference(partial: Path, saved: Mapping[str, Any], now: Mapping[str, 
     more = f" (and {len(diffs) - 1} more difference{'s' if len(diffs) > 2 else ''})" if len(diffs) > 1 else ""
     return (
         f"cannot resume '{partial}': {diffs[0]}{more}; repeat the interrupted collect's options, "
-        "or pass --overwrite instead of --resume to start again"
+        "or pass `overwrite` instead of `resume` to start again"
     )
 
 
@@ -329,12 +329,14 @@ def _collect(
     n_total = len(dataset)  # type: ignore[arg-type]
     n = n_total if s.limit is None else min(s.limit, n_total)
     if n == 0:
-        raise DataError(f"--data '{s.data_spec}' is empty; nothing to collect")
+        raise DataError(f"the data set '{s.data_spec}' is empty; nothing to collect")
     dev = resolve_device(f"cuda:{ctx.local_rank}" if ctx.active and s.device == "cuda" else s.device)
     try:
         item0 = dataset[0]
     except Exception as e:  # noqa: BLE001 - anything the user's data set raises
-        raise DataError(f"could not load item 0 of --data '{s.data_spec}': {type(e).__name__}: {first_line(e)}") from e
+        raise DataError(
+            f"could not load item 0 of the data set '{s.data_spec}': {type(e).__name__}: {first_line(e)}"
+        ) from e
     input_shape, input_dtype = check_item(item0, 0)
     model = loaded.module.to(dev)
     if not loaded.spec.endswith(".pt2"):  # exported programs have no train/eval switch
@@ -389,7 +391,7 @@ def _collect(
                 if error is None and (list(mine["block"]) != list(block) or not start <= done <= stop):
                     error = (
                         f"cannot resume '{partial}': this process's rows are {list(block)} now but were "
-                        f"{mine['block']} (saved up to {done}); pass --overwrite instead of --resume to start again"
+                        f"{mine['block']} (saved up to {done}); pass `overwrite` instead of `resume` to start again"
                     )
             if error is None and ctx.rank == 0:
                 log.info("resuming '%s' at row %d of %d", partial, done, stop)
@@ -548,6 +550,6 @@ def _compare_saved(writer: RunWriter, row: int, logits: np.ndarray, labels: np.n
     what = f"logits up to {diff:.3g} away" if not ok else "other labels"
     raise RunError(
         f"cannot resume '{writer.partial}': rows {row}..{row + logits.shape[0] - 1} come out with {what} than "
-        "the interrupted collect saved, so the model or the data changed; pass --overwrite instead of --resume "
+        "the interrupted collect saved, so the model or the data changed; pass `overwrite` instead of `resume` "
         "to start again"
     )

@@ -46,9 +46,9 @@ class ImageTransform:
         from torchvision import transforms
 
         if self.resize < 1 or self.crop < 1 or self.crop > self.resize:
-            raise DataError(f"need 1 <= --crop <= --resize, got crop={self.crop}, resize={self.resize}")
+            raise DataError(f"need 1 <= `crop` <= `resize`, got crop={self.crop}, resize={self.resize}")
         if len(self.mean) != len(self.std) or not self.mean or any(s <= 0 for s in self.std):
-            raise DataError(f"--mean and --std need the same number of values, std > 0; got {self.mean}, {self.std}")
+            raise DataError(f"`mean` and `std` need the same number of values, std > 0; got {self.mean}, {self.std}")
         return transforms.Compose(
             [
                 transforms.Resize(self.resize),
@@ -73,26 +73,26 @@ class NpzDataset(Dataset[tuple[torch.Tensor, int]]):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         path = Path(path)
         if not path.exists():
-            raise DataError(f"--data: no such file '{path}'")
+            raise DataError(f"data set: no such file '{path}'")
         try:
             with np.load(path, allow_pickle=False) as npz:
                 missing = [k for k in ("inputs", "labels") if k not in npz.files]
                 if missing:
                     raise DataError(
-                        f"--data '{path}' has no array {missing[0]!r} (found: {', '.join(npz.files) or 'none'}); "
+                        f"data set '{path}' has no array {missing[0]!r} (found: {', '.join(npz.files) or 'none'}); "
                         "it needs 'inputs' (N, ...) and 'labels' (N,)"
                     )
                 inputs, labels = npz["inputs"], npz["labels"]
         except NPZ_READ_ERRORS as e:
             raise DataError(
-                f"--data: cannot read '{path}' as .npz ({type(e).__name__}: {e}); is the file complete?"
+                f"data set: cannot read '{path}' as .npz ({type(e).__name__}: {e}); is the file complete?"
             ) from e
         if labels.ndim != 1 or inputs.shape[0] != labels.shape[0]:
             raise DataError(
-                f"--data '{path}': 'inputs' {inputs.shape} and 'labels' {labels.shape} must share N (labels 1-D)"
+                f"data set '{path}': 'inputs' {inputs.shape} and 'labels' {labels.shape} must share N (labels 1-D)"
             )
         if not np.issubdtype(labels.dtype, np.integer):
-            raise DataError(f"--data '{path}': 'labels' must be integers, got dtype {labels.dtype}")
+            raise DataError(f"data set '{path}': 'labels' must be integers, got dtype {labels.dtype}")
         self.inputs = torch.from_numpy(np.ascontiguousarray(inputs))
         if self.inputs.is_floating_point():
             self.inputs = self.inputs.float()
@@ -135,22 +135,22 @@ def load_dataset(
     if spec.startswith("imagefolder:"):
         folder = Path(spec[len("imagefolder:") :])
         if not folder.is_dir():
-            raise DataError(f"--data imagefolder: no such folder '{folder}'")
+            raise DataError(f"data set imagefolder: no such folder '{folder}'")
         from torchvision.datasets import ImageFolder
 
         try:
             folder_set: Dataset[Any] = ImageFolder(str(folder), transform=(transform or ImageTransform()).build())
             return folder_set
         except (FileNotFoundError, RuntimeError) as e:
-            raise DataError(f"--data '{spec}': {e} (expected DIR/<class>/<image files>)") from e
+            raise DataError(f"data set '{spec}': {e} (expected DIR/<class>/<image files>)") from e
     if spec.endswith(".npz"):
         return NpzDataset(spec)
     if ":" not in spec:
-        raise DataError(f"--data must be 'imagefolder:DIR', 'pkg.module:factory' or FILE.npz; got {spec!r}")
-    dataset = call_factory(spec, what="--data", search_path=search_path, error=DataError, makes="a Dataset")
+        raise DataError(f"the data set must be 'imagefolder:DIR', 'pkg.module:factory' or FILE.npz; got {spec!r}")
+    dataset = call_factory(spec, what="the data set", search_path=search_path, error=DataError, makes="a Dataset")
     if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
         raise DataError(
-            f"--data: '{spec}()' returned {type(dataset).__name__}; expected a map-style Dataset "
+            f"the data set: '{spec}()' returned {type(dataset).__name__}; expected a map-style Dataset "
             "with __len__ and __getitem__"
         )
     return dataset  # type: ignore[no-any-return]
@@ -189,7 +189,7 @@ def dataset_for_run(
     prov = run.provenance
     spec = data or prov.data
     if not spec or spec.startswith("("):
-        raise DataError(f"run '{run.path}' does not name its data set (data: {prov.data!r}); pass --data")
+        raise DataError(f"run '{run.path}' does not name its data set (data: {prov.data!r}); pass `data`")
     tf = prov.extra.get("image_transform")
     transform = None
     if tf:

@@ -74,13 +74,13 @@ def run_demo(
     out = check_output_folder(out)
     if out.exists():
         if not overwrite:
-            raise RunError(f"'{out}' already exists; choose another --out or pass --overwrite")
+            raise RunError(f"'{out}' already exists; choose another `out` or pass `overwrite`")
         if not out.is_dir():
-            raise RunError(f"'{out}' is a file; choose another --out")
+            raise RunError(f"'{out}' is a file; choose another `out`")
         if not _is_demo_dir(out):
             raise RunError(
-                f"'{out}' holds files dyncal demo did not write; --overwrite only replaces a demo "
-                "folder, so choose another --out"
+                f"'{out}' holds files dyncal demo did not write; `overwrite` only replaces a demo "
+                "folder, so choose another `out`"
             )
     with output_errors(out):
         if out.exists():

@@ -615,7 +615,7 @@ def _check_out(out: Path, partial: Path, overwrite: bool) -> None:
         if not overwrite:
             raise DyncalError(
                 f"'{partial}' exists: an earlier export was interrupted or is still running; "
-                "pass --overwrite to discard it"
+                "pass `overwrite` to discard it"
             )
         if not _is_partial_export(partial):
             raise DyncalError(f"'{partial}' holds files dyncal export did not write; remove it yourself")
@@ -635,7 +635,7 @@ def _export_stages(
             if not isinstance(v, torch.Tensor):
                 raise ProfileError(
                     f"stage {i} hands stage {i + 1} a {type(v).__name__}, not a tensor; a package carries tensors "
-                    "only (declare stages with --stages that pass tensors)"
+                    "only (declare stages with `stages_spec` that pass tensors)"
                 )
         batch = Dim("batch", min=1)
         shapes = tuple(None if d is None else {d: batch} for d in dims)
@@ -671,7 +671,7 @@ def _stages_for(
     if not stages.dynamic_batch or not stages.can_drop_rows:
         raise ProfileError(
             f"samples cannot leave this model's batch early ({stages.drop_rows_reason}); an early-exit package "
-            "needs stages that do: declare them with --stages or fix the model"
+            "needs stages that do: declare them with `stages_spec` or fix the model"
         )
     return stages
 
@@ -765,7 +765,7 @@ def export_package(
     except Exception as e:  # noqa: BLE001 - the user's model may raise anything
         raise ModelError(
             f"the model '{loaded.spec}' fails on an input of shape {tuple(probe.shape)} and dtype {dtype_name} "
-            f"({_quote(e)}); check --input-shape and --input-dtype"
+            f"({_quote(e)}); check `input_shape` and `input_dtype`"
         ) from e
     k, c = check_exit_outputs(outs, probe.shape[0])
     if (k, c) != (run.k, run.c):

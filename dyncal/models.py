@@ -103,14 +103,14 @@ def import_object(spec: str, *, what: str, search_path: str | os.PathLike[str] |
 
     Args:
         spec: ``"pkg.module:name"``.
-        what: The option it came from, for messages (``"--model"``).
+        what: What it names, for messages (``"the model"``, or ``param("stages_spec")``).
         search_path: A folder put first on ``sys.path`` while importing.
 
     Raises:
         DyncalError: Malformed spec, module not importable, or name missing.
 
     Example:
-        >>> import_object("math:sqrt", what="--x")(9.0)
+        >>> import_object("math:sqrt", what="the function")(9.0)
         3.0
     """
     module_name, sep, attr = spec.partition(":")
@@ -120,7 +120,7 @@ def import_object(spec: str, *, what: str, search_path: str | os.PathLike[str] |
     if search_path is not None:
         folder = str(Path(search_path).resolve())
         if not Path(folder).is_dir():
-            raise DyncalError(f"--model-path '{search_path}' is not a folder")
+            raise DyncalError(f"`search_path` '{search_path}' is not a folder")
         if folder not in sys.path:
             sys.path.insert(0, folder)
             added = True
@@ -128,7 +128,7 @@ def import_object(spec: str, *, what: str, search_path: str | os.PathLike[str] |
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         hint = (
-            " (give its folder with --model-path or add it to PYTHONPATH)"
+            " (give its folder with `search_path` or add it to PYTHONPATH)"
             if e.name == module_name.split(".")[0]
             else ""
         )
@@ -156,7 +156,7 @@ def call_factory(
 
     Args:
         spec: ``"pkg.module:factory"``.
-        what: The option it came from, for messages (``"--model"``).
+        what: What it names, for messages (``"the model"``, or ``param("stages_spec")``).
         search_path: A folder put first on ``sys.path`` while importing.
         error: The error class to raise.
         makes: What the factory should return, for messages.
@@ -166,7 +166,7 @@ def call_factory(
             call fails; the message has the factory's exception in one line.
 
     Example:
-        >>> call_factory("collections:OrderedDict", what="--x")
+        >>> call_factory("collections:OrderedDict", what="the factory")
         OrderedDict()
     """
     try:
@@ -202,20 +202,20 @@ def _state_dict_from_checkpoint(ckpt: Any, path: Path) -> dict[str, torch.Tensor
             state = _strip_prefix(ckpt, "module.")
             return _strip_prefix(state, "_orig_mod.")
     raise ModelError(
-        f"--weights '{path}' holds no state dict (a mapping of names to tensors, possibly under "
+        f"`weights` '{path}' holds no state dict (a mapping of names to tensors, possibly under "
         "'state_dict' or 'model'); save one with torch.save(model.state_dict(), path)"
     )
 
 
 def _load_weights(module: nn.Module, path: Path) -> None:
     if not path.exists():
-        raise ModelError(f"--weights: no such file '{path}'")
+        raise ModelError(f"`weights`: no such file '{path}'")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for unreadable files
         first = (str(e).splitlines() or [""])[0][:200]
         raise ModelError(
-            f"--weights: cannot read '{path}' with torch.load(weights_only=True) "
+            f"`weights`: cannot read '{path}' with torch.load(weights_only=True) "
             f"({type(e).__name__}: {first}); is it a PyTorch checkpoint saved with torch.save?"
         ) from e
     state = _state_dict_from_checkpoint(ckpt, path)
@@ -228,12 +228,12 @@ def _load_weights(module: nn.Module, path: Path) -> None:
             parts.append(f"missing keys: {_short_list(missing)}")
         if unexpected:
             parts.append(f"unexpected keys: {_short_list(unexpected)}")
-        raise ModelError(f"--weights '{path}' does not fit the model ({'; '.join(parts)})")
+        raise ModelError(f"`weights` '{path}' does not fit the model ({'; '.join(parts)})")
     shapes = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
     if shapes:
         k = shapes[0]
         raise ModelError(
-            f"--weights '{path}': '{k}' has shape {tuple(state[k].shape)} in the checkpoint "
+            f"`weights` '{path}': '{k}' has shape {tuple(state[k].shape)} in the checkpoint "
             f"but {tuple(own[k].shape)} in the model ({len(shapes)} mismatched)"
         )
     module.load_state_dict(state, strict=True)
@@ -254,14 +254,14 @@ def resolve_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError):
-        raise DyncalError(f"--device must be cpu, cuda or cuda:N; got {device!r}") from None
+        raise DyncalError(f"`device` must be cpu, cuda or cuda:N; got {device!r}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise DyncalError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+            raise DyncalError(f"`device` {device}: CUDA is not available on this machine; use `device` cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DyncalError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            raise DyncalError(f"`device` {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     elif dev.type != "cpu":
-        raise DyncalError(f"--device must be cpu, cuda or cuda:N; got {device!r}")
+        raise DyncalError(f"`device` must be cpu, cuda or cuda:N; got {device!r}")
     return dev
 
 
@@ -298,18 +298,18 @@ def load_model(
     if spec.endswith(".pt2"):
         path = Path(spec)
         if not path.exists():
-            raise ModelError(f"--model: no such file '{spec}'")
+            raise ModelError(f"the model archive '{spec}' does not exist")
         if weights is not None:
-            raise ModelError("--weights does not apply to a .pt2 archive (its weights are inside)")
-        program = load_exported(path, what="--model")
+            raise ModelError("`weights` does not apply to a .pt2 archive (its weights are inside)")
+        program = load_exported(path, what="the model archive")
         module: nn.Module = program.module()
         weights_sha = sha256_file(path)
     else:
         module = call_factory(
-            spec, what="--model", search_path=model_path, error=ModelError, makes="the model (a class works too)"
+            spec, what="the model", search_path=model_path, error=ModelError, makes="the model (a class works too)"
         )
         if not isinstance(module, nn.Module):
-            raise ModelError(f"--model: '{spec}()' returned {type(module).__name__}, not a torch.nn.Module")
+            raise ModelError(f"the model: '{spec}()' returned {type(module).__name__}, not a torch.nn.Module")
         if weights is not None:
             _load_weights(module, Path(weights))
             weights_sha = sha256_file(weights)
@@ -381,7 +381,7 @@ def check_exported_archive(data: bytes, name: str) -> None:
 
 
 def load_exported(
-    path: str | os.PathLike[str], *, what: str = "--model", sha256: str | None = None
+    path: str | os.PathLike[str], *, what: str = "the model archive", sha256: str | None = None
 ) -> torch.export.ExportedProgram:
     """Load a ``torch.export`` archive once it is known to hold no pickled code.
 
@@ -425,7 +425,7 @@ def load_exported(
         raise ModelError(f"{what}: cannot load '{path}' as a torch.export archive: {first_line(e)}") from e
 
 
-def torch_dtype(name: str, what: str = "--input-dtype") -> torch.dtype:
+def torch_dtype(name: str, what: str = "the input dtype") -> torch.dtype:
     """The torch dtype called ``name`` (``"float32"`` or ``"torch.float32"``).
 
     Example:
@@ -458,15 +458,15 @@ def input_signature(
     raw = shape if shape is not None else extra.get("input_shape")
     if not raw:
         raise ModelError(
-            f"run '{run.path}' does not record its input shape; pass --input-shape with the per-sample shape, "
+            f"run '{run.path}' does not record its input shape; pass `input_shape` with the per-sample shape, "
             "e.g. 3,224,224"
         )
     try:
         shape_t = tuple(int(v) for v in raw)
     except (TypeError, ValueError):
-        raise ModelError(f"the input shape {raw!r} is not a list of integers; pass --input-shape") from None
+        raise ModelError(f"the input shape {raw!r} is not a list of integers; pass `input_shape`") from None
     if any(v < 1 for v in shape_t):
-        raise ModelError(f"--input-shape must be positive integers per sample, got {list(shape_t)}")
+        raise ModelError(f"`input_shape` must be positive integers per sample, got {list(shape_t)}")
     name = str(dtype or extra.get("input_dtype") or "float32").replace("torch.", "")
     torch_dtype(name)
     return shape_t, name
@@ -624,12 +624,12 @@ def run_model_source(
     if not spec:
         raise ModelError(
             f"run '{run.path}' does not name its model (model: {prov.model!r}); pass "
-            "--model pkg.module:factory (or FILE.pt2)"
+            "`model` pkg.module:factory (or FILE.pt2)"
         )
     recorded_weights = extra.get("weights") if spec == prov.model else None
     chosen = str(weights) if weights is not None else recorded_weights
     if weights is None and chosen is not None and not os.path.exists(chosen):
-        raise ModelError(f"the run's weights '{chosen}' do not exist on this machine; pass --weights FILE")
+        raise ModelError(f"the run's weights '{chosen}' do not exist on this machine; pass `weights` FILE")
     folder = model_path if model_path is not None else extra.get("model_path")
     return ModelSource(
         spec=spec,
@@ -840,7 +840,7 @@ def load_run_model(
         if not allow_other_model:
             raise ModelError(
                 f"'{source.spec}' is not the model run '{run.path}' was collected with: {check.mismatch}; "
-                "re-collect the run with this model, or pass --allow-other-model to use it anyway (recorded)"
+                "re-collect the run with this model, or pass `allow_other_model` to use it anyway (recorded)"
             )
         check = replace(check, allowed=True)
     return replace(loaded, check=check, from_run=source.from_run)

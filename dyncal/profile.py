@@ -126,14 +126,14 @@ class ProfileOptions:
     def __post_init__(self) -> None:
         """Validate the options that need no model."""
         if not self.devices and self.latency:
-            raise ProfileError("give at least one --device to time on")
+            raise ProfileError("give at least one of `devices` to time on")
         if self.check_rows < 0:
             raise ProfileError(f"the number of rows to re-run must be >= 0, got {self.check_rows}")
         if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
-            raise ProfileError(f"--batch-size must be positive integers, got {list(self.batch_sizes)}")
+            raise ProfileError(f"`batch_sizes` must be positive integers, got {list(self.batch_sizes)}")
         if self.input_shape is not None and (not self.input_shape or any(int(d) < 1 for d in self.input_shape)):
             raise ProfileError(
-                f"--input-shape must be positive integers per sample (e.g. 3,224,224), got {list(self.input_shape)}"
+                f"`input_shape` must be positive integers per sample (e.g. 3,224,224), got {list(self.input_shape)}"
             )
         LatencySettings(
             threads=self.threads,
@@ -343,7 +343,7 @@ def profile_model(
                         prof = measure_latency(run_stages, dev_model, x, settings, device_name=name)
                     except torch.OutOfMemoryError as e:
                         raise ProfileError(
-                            f"out of memory on {name} at batch size {b}; try a smaller --batch-size"
+                            f"out of memory on {name} at batch size {b}; try a smaller `batch_sizes`"
                         ) from e
                     profiles[prof.key] = replace(prof, settings={**prof.settings, **model_id})
             finally:
@@ -414,10 +414,10 @@ def _profile_locked(run: Run, options: ProfileOptions) -> ProfileResult:
             outs = loaded.module(x1)
     except Exception as e:  # noqa: BLE001 - the user's model may raise anything
         hint = (
-            f"check --input-dtype: {dtype_name} is not a floating dtype (e.g. float32), which most models need; "
-            "and --input-shape"
+            f"check `input_dtype`: {dtype_name} is not a floating dtype (e.g. float32), which most models need; "
+            "and `input_shape`"
             if not dtype.is_floating_point
-            else "check --input-shape (and --input-dtype)"
+            else "check `input_shape` (and `input_dtype`)"
         )
         raise ProfileError(
             f"the model '{spec}' fails on an input of shape {tuple(x1.shape)} and dtype {dtype_name} "
@@ -427,7 +427,7 @@ def _profile_locked(run: Run, options: ProfileOptions) -> ProfileResult:
     if (k, c) != (run.k, run.c):
         raise ProfileError(
             f"the model '{spec}' has K={k} exits and C={c} classes but run '{run.path}' has "
-            f"K={run.k}, C={run.c}; profile the model the run was collected with (--model)"
+            f"K={run.k}, C={run.c}; profile the model the run was collected with (`model`)"
         )
 
     def model_on(device: str) -> nn.Module:

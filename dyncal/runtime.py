@@ -252,7 +252,7 @@ def _early_exit_stages(
     if not stages.dynamic_batch:
         raise DyncalError(
             f"the model's stages run at batch size {stages.example_batch_size} only (export could not keep the "
-            "batch dynamic), so samples cannot leave a batch early; declare stages with --stages or fix the model"
+            "batch dynamic), so samples cannot leave a batch early; declare stages with `stages_spec` or fix the model"
         )
     return stages
 
@@ -271,7 +271,7 @@ def _bound_package(
     from dyncal.export import load_early_exit
 
     if model is not None or weights is not None or stages_spec is not None:
-        raise DyncalError("--package replays the exported stages: --model, --weights and --stages do not apply")
+        raise DyncalError("`package` replays the exported stages: `model`, `weights` and `stages_spec` do not apply")
     pkg = load_early_exit(package, device=str(dev))
     if pkg.manifest.run_fingerprint != run.fingerprint:
         raise DyncalError(
@@ -280,7 +280,7 @@ def _bound_package(
         )
     if pkg.manifest.decision_fingerprint != thresholds.decision_fingerprint:
         raise DyncalError(
-            f"the package '{package}' holds other thresholds than the --thresholds file; pass the thresholds it was "
+            f"the package '{package}' holds other thresholds than `thresholds`; pass the thresholds it was "
             "exported with, or export again"
         )
     return pkg
@@ -402,15 +402,15 @@ def verify_run(
     run = load_run(run_path)
     check_thresholds_for_run(thresholds, run)
     if repeats < 1:
-        raise DyncalError(f"--repeats must be at least 1, got {repeats}")
+        raise DyncalError(f"`repeats` must be at least 1, got {repeats}")
     if warmup < 0:
         raise DyncalError(f"warmup must be at least 0, got {warmup}")
     if not max_seconds > 0:
-        raise DyncalError(f"--max-seconds must be positive, got {max_seconds}")
+        raise DyncalError(f"`max_seconds` must be positive, got {max_seconds}")
     if not batch_sizes or any(b < 1 for b in batch_sizes):
-        raise DyncalError(f"--batch-size must be positive, got {list(batch_sizes)}")
+        raise DyncalError(f"`batch_sizes` must be positive, got {list(batch_sizes)}")
     if threads is not None and threads < 1:
-        raise DyncalError(f"--threads must be at least 1, got {threads}")
+        raise DyncalError(f"`threads` must be at least 1, got {threads}")
     dev = resolve_device(device)
     if package is not None:
         pkg = _bound_package(package, run, thresholds, dev, model=model, weights=weights, stages_spec=stages_spec)

@@ -58,9 +58,9 @@ def stratified_split(labels: np.ndarray, holdout: float, seed: int = 0) -> tuple
     """
     labels = np.asarray(labels)
     if not (0.0 <= holdout < 1.0) or math.isnan(holdout):
-        raise DyncalError(f"--holdout must be a fraction in [0, 1), got {holdout}")
+        raise DyncalError(f"`holdout` must be a fraction in [0, 1), got {holdout}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise DyncalError(f"--seed must be a non-negative integer, got {seed!r}")
+        raise DyncalError(f"`seed` must be a non-negative integer, got {seed!r}")
     n = labels.shape[0]
     if holdout == 0.0:
         return np.arange(n, dtype=np.int64), np.zeros(0, dtype=np.int64)
@@ -75,17 +75,17 @@ def stratified_split(labels: np.ndarray, holdout: float, seed: int = 0) -> tuple
             continue
         if m == count:
             raise DyncalError(
-                f"--holdout {holdout} is too large: it would leave no sample of class {cls} "
+                f"`holdout` {holdout} is too large: it would leave no sample of class {cls} "
                 f"(the run has {count} of it) to fit thresholds on; use a fraction nearer 0.5, "
-                "such as --holdout 0.5"
+                "such as `holdout` 0.5"
             )
         idx = np.flatnonzero(labels == cls)
         held.append(rng.permutation(idx)[:m])
     held_idx = np.sort(np.concatenate(held)).astype(np.int64)
     if held_idx.size == 0:
         raise DyncalError(
-            f"--holdout {holdout} holds nothing out: no class has enough samples to split "
-            f"(the largest has {int(counts.max())}); use --holdout 0 to fit on everything, or "
+            f"`holdout` {holdout} holds nothing out: no class has enough samples to split "
+            f"(the largest has {int(counts.max())}); use `holdout` 0 to fit on everything, or "
             "more samples"
         )
     if unsplit:

@@ -260,7 +260,7 @@ def test_wrong_declared_stages_are_caught():
         (
             zoo.data_dependent,
             (8,),
-            r"cannot export DataDependent with torch\.export .*dyncal_stages.*--stages",
+            r"cannot export DataDependent with torch\.export .*dyncal_stages.*`stages_spec`",
         ),
         (
             zoo.input_exit,
@@ -391,7 +391,7 @@ def test_threads_are_restored_when_measuring_fails():
 
 
 def test_latency_settings_are_validated():
-    with pytest.raises(ProfileError, match="--threads must be at least 1, got 0"):
+    with pytest.raises(ProfileError, match="`threads` must be at least 1, got 0"):
         LatencySettings(threads=0)
     with pytest.raises(ProfileError, match="repeats must be at least 3"):
         LatencySettings(repeats=1)
@@ -485,7 +485,7 @@ def test_reprofiling_other_weights_needs_the_flag_and_replaces_the_old_latency(t
         model.c1.weight.mul_(2)
     torch.save(model.state_dict(), tmp_path / "w.pt")
     before = (run / "run.json").read_bytes()
-    with pytest.raises(DyncalError, match="collected without a checkpoint and one is given.*--allow-other-model"):
+    with pytest.raises(DyncalError, match="collected without a checkpoint and one is given.*`allow_other_model`"):
         profile_run(run, options=ProfileOptions(batch_sizes=(2,), weights=str(tmp_path / "w.pt"), **fast))
     assert (run / "run.json").read_bytes() == before
     allowed = ProfileOptions(batch_sizes=(2,), weights=str(tmp_path / "w.pt"), allow_other_model=True, **fast)

@@ -455,7 +455,7 @@ def test_judge_by_hand() -> None:
     assert (sp.name, sp.value, sp.status, sp.source) == ("speedup", 2.0, "pass", "macs")  # 4 / mean(1,1,3,3)
     crit = judge(Requirements(min_accuracy=0.8), accuracy=0.85, accuracy_interval=(0.79, 0.9), outcome=outcome)
     assert crit[0].status == "fail" and crit[0].passed is False  # the point clears 0.8, the interval does not
-    with pytest.raises(DyncalError, match="--min-speedup criterion needs costs"):
+    with pytest.raises(DyncalError, match="`min_speedup` criterion needs costs"):
         judge(Requirements(min_speedup=2.0), accuracy=0.8, accuracy_interval=None, outcome=outcome)
 
 

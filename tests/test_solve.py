@@ -364,7 +364,7 @@ def test_split_keeps_classes_too_small_to_split_in_the_fit_part(demo_logits, tmp
     assert res.split["n_unsplit_classes"] == 1 and res.split["unsplit_classes"] == [10]
     assert res.split["n_calibration"] + res.split["n_holdout"] == run.n
     # a fraction so large that a class has nothing left to fit on says "too large"
-    with pytest.raises(DyncalError, match=r"--holdout 0.999 is too large: .* class 0"):
+    with pytest.raises(DyncalError, match=r"`holdout` 0.999 is too large: .* class 0"):
         stratified_split(np.repeat([0, 1], 5), 0.999)
     assert_clean_error(
         cli(
@@ -558,9 +558,9 @@ def test_p_values():
 
 
 def test_risk_mode_with_budget_too_small(demo_run):
-    with pytest.raises(BudgetError, match=r"drop <= --max-drop 0.05 \(--delta 0.1\) cost"):
+    with pytest.raises(BudgetError, match=r"drop <= `max_drop` 0.05 \(`delta` 0.1\) cost"):
         solve_run(demo_run, "0.03x", max_drop=0.05, delta=0.1)
-    with pytest.raises(DyncalError, match="give a budget"):
+    with pytest.raises(DyncalError, match="give a `budget`"):
         solve_run(demo_run, None)
 
 
@@ -684,10 +684,10 @@ def test_risk_mode_with_too_few_test_samples_says_so(demo_run, cli, tmp_path):
             solve_run(demo_run, budget, max_drop=0.001, delta=0.05)
         msg = str(e.value)
         assert "accepted no thresholds" in msg and "1x" not in msg
-        assert "--max-drop 0.001" in msg and "--delta 0.05" in msg
+        assert "`max_drop` 0.001" in msg and "`delta` 0.05" in msg
         assert re.search(r"on the \d{3} test samples", msg), msg
         assert "needs at least 2995 test samples" in msg, msg
-    with pytest.raises(DyncalError, match="--max-drop 0.0 can never be shown"):
+    with pytest.raises(DyncalError, match="`max_drop` 0.0 can never be shown"):
         solve_run(demo_run, None, max_drop=0.0, delta=0.05)
     assert_clean_error(
         cli("solve", demo_run.path, "--max-drop", "0.001", "--out", tmp_path / "t.json"),

@@ -221,7 +221,7 @@ def test_resume_refuses_other_options_and_changed_data_and_keeps_the_partial(cli
     )
     assert_clean_error(
         cli("collect", "--model", "toy_models:slow", "--model-path", TESTS, *base[4:], "--batch-size", 5, "--resume"),
-        r"--model is 'toy_models:slow' now but was 'toy_models:two_exit'",
+        r"the model is 'toy_models:slow' now but was 'toy_models:two_exit'",
     )
     monkeypatch.setenv("DYNCAL_TEST_SHIFT", "0.5")  # same spec, other inputs: the recomputed batch shows it
     assert_clean_error(

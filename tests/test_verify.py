@@ -389,12 +389,12 @@ def test_cli_prints_the_thread_count_and_the_paired_table(cli, demo_dir):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"max_seconds": -1.0}, "--max-seconds must be positive, got -1"),
-        ({"max_seconds": 0.0}, "--max-seconds must be positive, got 0"),
-        ({"repeats": 0}, "--repeats must be at least 1, got 0"),
-        ({"threads": 0}, "--threads must be at least 1, got 0"),
+        ({"max_seconds": -1.0}, "`max_seconds` must be positive, got -1"),
+        ({"max_seconds": 0.0}, "`max_seconds` must be positive, got 0"),
+        ({"repeats": 0}, "`repeats` must be at least 1, got 0"),
+        ({"threads": 0}, "`threads` must be at least 1, got 0"),
         ({"warmup": -1}, "warmup must be at least 0, got -1"),
-        ({"batch_sizes": ()}, "--batch-size must be positive"),
+        ({"batch_sizes": ()}, "`batch_sizes` must be positive"),
     ],
 )
 def test_verify_refuses_bad_settings(demo_dir, kwargs, message):

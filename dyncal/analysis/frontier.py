@@ -190,7 +190,7 @@ def compute_frontier(
         ['geometric', 'optimal', 'oracle', 'smoothed', 'static']
     """
     if not 2 <= n_budgets <= MAX_BUDGETS:
-        raise DyncalError(f"--n-budgets must be from 2 to {MAX_BUDGETS}, got {n_budgets}")
+        raise DyncalError(f"`n_budgets` must be from 2 to {MAX_BUDGETS}, got {n_budgets}")
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise DyncalError(f"unknown method {bad[0]!r}; choose from {', '.join(METHODS)}")

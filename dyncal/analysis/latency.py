@@ -109,7 +109,7 @@ class LatencySettings:
     def __post_init__(self) -> None:
         """Validate the settings."""
         if self.threads is not None and self.threads < 1:
-            raise ProfileError(f"--threads must be at least 1, got {self.threads}")
+            raise ProfileError(f"`threads` must be at least 1, got {self.threads}")
         if self.repeats < 3:
             raise ProfileError(f"repeats must be at least 3 to give a spread, got {self.repeats}")
         if self.warmup < 0 or self.min_block_ms < 0 or self.max_block_calls < 1:

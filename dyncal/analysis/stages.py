@@ -93,7 +93,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from dyncal.errors import DyncalError, ProfileError
+from dyncal.errors import DyncalError, ProfileError, param
 
 __all__ = [
     "STAGES_METHOD",
@@ -129,7 +129,7 @@ EXAMPLE_BATCH = 2
 
 _EXPORT_HINT = (
     f"declare the stages by hand: give the model a '{STAGES_METHOD}()' method or pass "
-    "--stages pkg.module:fn (see dyncal.analysis.stages)"
+    "`stages_spec` pkg.module:fn (see dyncal.analysis.stages)"
 )
 
 
@@ -700,7 +700,7 @@ def declared_stages(
         ProfileError: The declaration fails or returns something other than >= 2 modules.
     """
     if stages_fn is not None:
-        source, name = "function", "--stages"
+        source, name = "function", param("stages_fn")
     elif callable(getattr(model, STAGES_METHOD, None)):
         source, name = "method", f"{type(model).__name__}.{STAGES_METHOD}()"
     else:
@@ -736,9 +736,9 @@ def stages_function(
         return None
     from dyncal.models import import_object
 
-    fn = import_object(spec, what="--stages", search_path=search_path)
+    fn = import_object(spec, what=param("stages_spec"), search_path=search_path)
     if not callable(fn):
-        raise ProfileError(f"--stages: '{spec}' is not callable; name a function fn(model) -> [stage modules]")
+        raise ProfileError(f"`stages_spec`: '{spec}' is not callable; name a function fn(model) -> [stage modules]")
     return fn  # type: ignore[no-any-return]
 
 
@@ -824,7 +824,7 @@ def verify_stages(
         except Exception as e:  # noqa: BLE001 - stage code may raise anything
             raise ProfileError(
                 f"the {stages.source} stages fail at batch size {x.shape[0]} ({_first_line(e)}); "
-                + ("fix dyncal_stages / --stages" if stages.source != "export" else _EXPORT_HINT)
+                + ("fix dyncal_stages / `stages_spec`" if stages.source != "export" else _EXPORT_HINT)
             ) from e
     if not isinstance(want, (list, tuple)) or len(want) != len(got):
         n = len(want) if isinstance(want, (list, tuple)) else 1
@@ -842,7 +842,7 @@ def verify_stages(
             raise ProfileError(
                 f"running stages 1..{i + 1} does not reproduce exit {i + 1} of the model "
                 f"(max |diff| {d:.3g} at logit scale {scale:.3g}); the {stages.source} stages are "
-                "wrong" + ("" if stages.source == "export" else ": fix dyncal_stages / --stages")
+                "wrong" + ("" if stages.source == "export" else ": fix dyncal_stages / `stages_spec`")
             )
         diffs.append(d)
     if x.shape[0] >= 2 and stages.can_drop_rows:

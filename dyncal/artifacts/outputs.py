@@ -180,8 +180,8 @@ def check_output_file(
         >>> check_output_file(folder / "notes.txt", overwrite=True, kind="thresholds")
         Traceback (most recent call last):
         ...
-        dyncal.errors.DyncalError: '...notes.txt' exists and dyncal did not write it; --overwrite only \
-replaces dyncal's own outputs: choose another --out, or move the file away yourself
+        dyncal.errors.DyncalError: '...notes.txt' exists and dyncal did not write it; `overwrite` only \
+replaces dyncal's own outputs: choose another `path`, or move the file away yourself
     """
     from dyncal.run import run_dir_holding
 
@@ -191,34 +191,34 @@ replaces dyncal's own outputs: choose another --out, or move the file away yours
     run_dir = run_dir_holding(real)
     if run_dir is not None:
         raise DyncalError(
-            f"--out '{path}' lies inside the run directory '{run_dir}'; dyncal never writes into a run: "
+            f"`path` '{path}' lies inside the run directory '{run_dir}'; dyncal never writes into a run: "
             f"give a path outside it, e.g. {example}"
         )
     for item in protect:
         guarded = Path(os.path.realpath(item))
         if _inside(real, guarded):
             raise DyncalError(
-                f"--out '{path}' would overwrite '{item}', an input of this command; choose another --out"
+                f"`path` '{path}' would overwrite '{item}', an input of this command; choose another `path`"
             )
     if not path.parent.is_dir():
-        raise DyncalError(f"the folder '{path.parent}' for --out does not exist; create it first")
+        raise DyncalError(f"the folder '{path.parent}' for `path` does not exist; create it first")
     try:
         st = os.stat(path)
     except FileNotFoundError:
         st = None
     except OSError as e:
-        raise DyncalError(f"cannot check --out '{path}': {e.strerror or e}; choose another --out") from e
+        raise DyncalError(f"cannot check `path` '{path}': {e.strerror or e}; choose another `path`") from e
     if st is not None:
         if stat.S_ISDIR(st.st_mode):
-            raise DyncalError(f"--out '{path}' is a folder; give a file name such as {path / example}")
+            raise DyncalError(f"`path` '{path}' is a folder; give a file name such as {path / example}")
         if not stat.S_ISREG(st.st_mode):
-            raise DyncalError(f"--out '{path}' is {file_kind(st.st_mode)}, not a file; choose another --out")
+            raise DyncalError(f"`path` '{path}' is {file_kind(st.st_mode)}, not a file; choose another `path`")
         if not overwrite:
-            raise DyncalError(f"'{path}' already exists; choose another --out or pass --overwrite")
+            raise DyncalError(f"'{path}' already exists; choose another `path` or pass `overwrite`")
         if not written_by_dyncal(path):
             raise DyncalError(
-                f"'{path}' exists and dyncal did not write it; --overwrite only replaces dyncal's own outputs: "
-                "choose another --out, or move the file away yourself"
+                f"'{path}' exists and dyncal did not write it; `overwrite` only replaces dyncal's own outputs: "
+                "choose another `path`, or move the file away yourself"
             )
     check_writable(path.parent)
     return path
@@ -248,7 +248,9 @@ def check_writable(folder: str | os.PathLike[str], *, what: str | None = None) -
             pass
     except OSError as e:
         if what is None:
-            raise DyncalError(f"cannot write in the folder '{folder}' ({e.strerror or e}); choose another --out") from e
+            raise DyncalError(
+                f"cannot write in the folder '{folder}' ({e.strerror or e}); choose another `path`"
+            ) from e
         raise DyncalError(
             f"cannot write {what} in '{folder}' ({e.strerror or e}); make the folder writable "
             "or work on a copy (nothing was computed)"
@@ -268,7 +270,7 @@ def check_output_folder(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     run_dir = run_dir_holding(Path(os.path.realpath(path)).parent)
     if run_dir is not None:
-        raise DyncalError(f"--out '{path}' lies inside the run directory '{run_dir}'; choose a folder outside any run")
+        raise DyncalError(f"`path` '{path}' lies inside the run directory '{run_dir}'; choose a folder outside any run")
     return path
 
 
@@ -286,7 +288,7 @@ def output_errors(path: str | os.PathLike[str]) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        raise DyncalError(f"cannot write '{path}': {e.strerror or e}; choose another --out") from e
+        raise DyncalError(f"cannot write '{path}': {e.strerror or e}; choose another `path`") from e
 
 
 def write_output(path: str | os.PathLike[str], data: bytes | str) -> None:

@@ -164,7 +164,7 @@ def pick_latency(units: dict[str, tuple[float, ...]], device: str | None, batch_
             if len(devices) > 1:
                 raise BudgetError(
                     f"the run has latency at batch size {batch_size} for several devices "
-                    f"({', '.join(devices)}); choose one with --device"
+                    f"({', '.join(devices)}); choose one with `device`"
                 )
             device = devices[0] if devices else "cpu"
         key = LatencyKey(device, batch_size)
@@ -186,7 +186,7 @@ def pick_latency(units: dict[str, tuple[float, ...]], device: str | None, batch_
         return parsed[0].column
     raise BudgetError(
         f"the run has latency for several devices or batch sizes ({', '.join(keys)}); choose "
-        "one with --device and --batch-size"
+        "one with `device` and `batch_size`"
     )
 
 
@@ -254,13 +254,13 @@ def resolve_budget(
         spec = parse_budget(spec)
     units = cost_units(costs, k)
     if not units:
-        raise DyncalError("run has no costs: run 'dyncal profile RUN' or import with --macs")
+        raise DyncalError("run has no costs: run 'dyncal profile RUN' (or 'dyncal import FILE --macs ...')")
     if spec.kind == "macs":
         if "macs" not in units:
             raise BudgetError(
                 f"budget {spec.text!r} is in MACs but the run has no MAC counts; run 'dyncal "
                 "profile RUN', "
-                "import with --macs, or give the budget as a fraction (0.6x) or in ms"
+                "re-import it with 'dyncal import FILE --macs ...', or give the budget as a fraction (0.6x) or in ms"
             )
         unit = "macs"
     elif spec.kind == "ms":

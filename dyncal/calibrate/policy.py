@@ -49,7 +49,7 @@ def score_range(score: str, n_classes: int) -> tuple[float, float]:
         return 0.0, 1.0
     if score == "entropy":
         return -math.log(n_classes), 0.0
-    raise DyncalError(f"--score must be one of maxprob, margin, entropy; got {score!r}")
+    raise DyncalError(f"`score` must be one of maxprob, margin, entropy; got {score!r}")
 
 
 def _as_thresholds(thresholds: Sequence[float | None] | np.ndarray, k: int) -> np.ndarray:

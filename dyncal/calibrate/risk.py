@@ -177,9 +177,9 @@ def learn_then_test(
         1
     """
     if not (0.0 <= max_drop < 1.0):
-        raise DyncalError(f"--max-drop must be a fraction in [0, 1), got {max_drop}")
+        raise DyncalError(f"`max_drop` must be a fraction in [0, 1), got {max_drop}")
     if not (0.0 < delta < 1.0):
-        raise DyncalError(f"--delta must be a fraction in (0, 1), got {delta}")
+        raise DyncalError(f"`delta` must be a fraction in (0, 1), got {delta}")
     if pvalue not in PVALUES:
         raise DyncalError(f"p-value method must be one of {', '.join(PVALUES)}, got {pvalue!r}")
     n, k = scores.shape

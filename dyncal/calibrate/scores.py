@@ -37,7 +37,7 @@ def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def _check_score(score: str) -> None:
     if score not in SCORES:
-        raise DyncalError(f"--score must be one of {', '.join(SCORES)}; got {score!r}")
+        raise DyncalError(f"`score` must be one of {', '.join(SCORES)}; got {score!r}")
 
 
 def exit_scores(

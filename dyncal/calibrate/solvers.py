@@ -514,7 +514,7 @@ def solve_path(problem: ExitProblem, budgets: Sequence[float], method: str) -> l
         DyncalError: Unknown method.
     """
     if method not in METHODS:
-        raise DyncalError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+        raise DyncalError(f"`method` must be one of {', '.join(METHODS)}, got {method!r}")
     order = np.argsort(np.asarray(budgets, dtype=np.float64), kind="stable")
     out: list[Solution | None] = [None] * len(budgets)
     geo = problem.geometric_solutions()
@@ -815,11 +815,11 @@ def prepare_run(
             NaN scores.
     """
     if score not in SCORES:
-        raise DyncalError(f"--score must be one of {', '.join(SCORES)}; got {score!r}")
+        raise DyncalError(f"`score` must be one of {', '.join(SCORES)}; got {score!r}")
     _require_exits(run)
     units = cost_units(run.costs, run.k)
     if not units:
-        raise DyncalError("run has no costs: run 'dyncal profile RUN' or import with --macs")
+        raise DyncalError("run has no costs: run 'dyncal profile RUN' (or 'dyncal import FILE --macs ...')")
     labels = np.asarray(run.labels, dtype=np.int64)
     fit_idx, held_idx = stratified_split(labels, holdout, seed)
     temps = np.ones(run.k)
@@ -1022,15 +1022,15 @@ def solve_run(
         (True, True)
     """
     if method not in METHODS:
-        raise DyncalError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+        raise DyncalError(f"`method` must be one of {', '.join(METHODS)}, got {method!r}")
     _require_exits(run)
     target: BudgetTarget | None = None
     spec = parse_budget(budget) if budget is not None else None
     if spec is None and max_drop is None:
-        raise DyncalError("give a budget (--budget 0.6x) or a risk target (--max-drop 0.005)")
+        raise DyncalError("give a `budget` (e.g. 0.6x) or a risk target `max_drop` (e.g. 0.005)")
     units = cost_units(run.costs, run.k)
     if not units:
-        raise DyncalError("run has no costs: run 'dyncal profile RUN' or import with --macs")
+        raise DyncalError("run has no costs: run 'dyncal profile RUN' (or 'dyncal import FILE --macs ...')")
     if spec is not None:
         target = resolve_budget(spec, run.costs, run.k, device=device, batch_size=batch_size)
         unit = target.unit
@@ -1071,7 +1071,7 @@ def solve_run(
         raise BudgetError(
             f"no geometric solution fits budget {target.spec.text!r}: its cheapest fitted cost is "
             f"{format_budget(cheapest / costs[-1], 'fraction')}; raise the budget or use "
-            "--method optimal"
+            "`method` optimal"
         )
     return _result_from(prep, sol.thresholds, method, target, unit, run_path)
 
@@ -1115,9 +1115,9 @@ def _solve_risk(
     from dyncal.calibrate.risk import learn_then_test
 
     if not (0.0 <= max_drop < 1.0):
-        raise DyncalError(f"--max-drop must be a fraction in [0, 1), got {max_drop}")
+        raise DyncalError(f"`max_drop` must be a fraction in [0, 1), got {max_drop}")
     if not (0.0 < delta < 1.0):
-        raise DyncalError(f"--delta must be a fraction in (0, 1), got {delta}")
+        raise DyncalError(f"`delta` must be a fraction in (0, 1), got {delta}")
     prepared = run if isinstance(run, PreparedRun) else None
     if prepared is not None:
         if temperature or prepared.temperature_at_bound is not None:
@@ -1162,18 +1162,18 @@ def _solve_risk(
 
         need = min_test_samples(max_drop, delta, pvalue)
         what = (
-            f"--max-drop {max_drop} can never be shown with a finite sample; give a positive --max-drop"
+            f"`max_drop` {max_drop} can never be shown with a finite sample; give a positive `max_drop`"
             if need is None
             else (
                 f"the {pvalue} test needs at least {need} test samples (about "
                 f"{math.ceil(2 * need / max(1.0 - holdout, 1e-9))} in the run at "
-                f"--holdout {holdout}, more if the cheaper candidates lose samples); collect more "
-                f"samples, or raise --max-drop or --delta"
+                f"`holdout` {holdout}, more if the cheaper candidates lose samples); collect more "
+                f"samples, or raise `max_drop` or `delta`"
             )
         )
         raise DyncalError(
             f"risk control accepted no thresholds: not even the last exit alone passed the test "
-            f"of an accuracy drop <= --max-drop {max_drop} with probability >= 1 - --delta "
+            f"of an accuracy drop <= `max_drop` {max_drop} with probability >= 1 - `delta` "
             f"{delta} on the {res.n_test} test samples (half the calibration part); {what}"
         )
     chosen = candidates[res.index]
@@ -1189,11 +1189,11 @@ def _solve_risk(
     result = _result_from(prep, chosen, method, target, unit, run_path, risk=risk)
     if target is not None and result.budget["met"] > target.value:
         raise BudgetError(
-            f"the cheapest thresholds with drop <= --max-drop {max_drop} (--delta {delta}) cost "
+            f"the cheapest thresholds with drop <= `max_drop` {max_drop} (`delta` {delta}) cost "
             f"{format_budget(result.budget['met_fraction'], 'fraction')} on the calibration "
             "data, above the "
-            f"budget {target.spec.text!r}; raise the budget, --max-drop or --delta, or drop "
-            "--budget"
+            f"budget {target.spec.text!r}; raise the budget, `max_drop` or `delta`, or drop "
+            "`budget`"
         )
     if prep.holdout_idx.size:
         last_held = float(np.mean(prep.correct[prep.holdout_idx, -1]))

@@ -182,7 +182,7 @@ def _match_rows(run: Run, alt: Run, judged: np.ndarray) -> _Rows:
     """Map the operating point's judged rows onto ``alt``'s rows (see the module docstring)."""
     if alt.c != run.c:
         raise DyncalError(
-            f"--compare: run '{alt.path}' has C={alt.c} classes and run '{run.path}' C={run.c}: they were not "
+            f"`compare`: run '{alt.path}' has C={alt.c} classes and run '{run.path}' C={run.c}: they were not "
             "measured on the same data; compare runs of the same data set"
         )
     idx_a = np.asarray(alt.indices, dtype=np.int64)
@@ -199,7 +199,7 @@ def _match_rows(run: Run, alt: Run, judged: np.ndarray) -> _Rows:
     if clash.any():
         i = int(np.flatnonzero(clash)[0])
         raise DyncalError(
-            f"--compare: run '{alt.path}' labels {int(clash.sum())} of the {int(found.sum())} samples both runs hold "
+            f"`compare`: run '{alt.path}' labels {int(clash.sum())} of the {int(found.sum())} samples both runs hold "
             f"differently from run '{run.path}' (dataset index {int(idx_r[i])}: label {int(lab_r[i])} there, "
             f"{int(lab_a[rows_a[i]])} here): they were not measured on the same data; compare runs of the same data set"
         )
@@ -264,7 +264,7 @@ def _comparison_cost(choice: _OperatingChoice, alts: Sequence[Run]) -> str:
     lacking = [str(a.path) for a, s in zip(alts, shared, strict=True) if not s] or [str(a.path) for a in alts]
     have = "MACs" if _per_exit_macs(run) is not None else "latency"
     raise DyncalError(
-        f"--compare: run(s) {', '.join(lacking)} share no cost with run '{run.path}' and the other runs ({have}, "
+        f"`compare`: run(s) {', '.join(lacking)} share no cost with run '{run.path}' and the other runs ({have}, "
         f"or latency profiled on the same hardware and batch size); profile them: dyncal profile {lacking[0]}"
     )
 
@@ -346,7 +346,7 @@ def _prepared(choice: _OperatingChoice, alt: Run, rows: _Rows) -> PreparedRun:
         return prepare_run(alt, score=prep.score, temperature=temperature, holdout=prep.holdout, seed=prep.seed)
     if not len(rows.fit):
         raise DyncalError(
-            f"--compare: early-exit run '{alt.path}' holds only the {len(rows.held):,} samples the operating point is "
+            f"`compare`: early-exit run '{alt.path}' holds only the {len(rows.held):,} samples the operating point is "
             "judged on, none to fit its thresholds on; collect it on the whole data set"
         )
     base = prepare_run(alt, score=prep.score, temperature=temperature, holdout=0.0, temperature_idx=rows.fit)
@@ -462,7 +462,7 @@ def compare_alternatives(
 
     if len(paths) > MAX_ALTERNATIVES:
         raise DyncalError(
-            f"--compare takes at most {MAX_ALTERNATIVES} runs (the decision page has room for that many), "
+            f"`compare` takes at most {MAX_ALTERNATIVES} runs (the decision page has room for that many), "
             f"got {len(paths)}; make separate reports"
         )
     run = choice.run
@@ -474,7 +474,7 @@ def compare_alternatives(
     for p, alt in zip(paths, alts, strict=True):
         if alt.fingerprint in seen:
             raise DyncalError(
-                f"--compare '{p}' holds the same rows as '{seen[alt.fingerprint]}' (the same run, or a copy); "
+                f"`compare` '{p}' holds the same rows as '{seen[alt.fingerprint]}' (the same run, or a copy); "
                 "compare against other models"
             )
         seen[alt.fingerprint] = str(p)

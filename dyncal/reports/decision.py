@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from dyncal.errors import DyncalError
+from dyncal.errors import DyncalError, param
 from dyncal.stats import bootstrap_interval
 
 __all__ = [
@@ -96,16 +96,16 @@ class Requirements:
         """
         if self.min_accuracy is not None and self.max_drop is not None:
             raise DyncalError(
-                f"give --min-accuracy or --max-drop, not both (got {self.min_accuracy} and {self.max_drop})"
+                f"give `min_accuracy` or `max_drop`, not both (got {self.min_accuracy} and {self.max_drop})"
             )
-        for name, v in (("--min-accuracy", self.min_accuracy), ("--max-drop", self.max_drop)):
+        for name, v in ((param("min_accuracy"), self.min_accuracy), (param("max_drop"), self.max_drop)):
             if v is None:
                 continue
             if not math.isfinite(v) or v < 0 or v > 1:
                 hint = f"; fractions, not percent: did you mean {v / 100:g}?" if 1 < v <= 100 else ""
                 raise DyncalError(f"{name} must be a fraction in [0, 1], got {v:g}{hint}")
         if self.min_speedup is not None and (not math.isfinite(self.min_speedup) or self.min_speedup <= 0):
-            raise DyncalError(f"--min-speedup must be a positive factor (e.g. 1.5 for 1.5x), got {self.min_speedup:g}")
+            raise DyncalError(f"`min_speedup` must be a positive factor (e.g. 1.5 for 1.5x), got {self.min_speedup:g}")
         return self
 
 
@@ -382,7 +382,7 @@ def judge(
     ]
     if requirements.min_speedup is not None:
         if speedup is None:
-            raise DyncalError("a --min-speedup criterion needs costs to judge it on; profile the run first")
+            raise DyncalError("a `min_speedup` criterion needs costs to judge it on; profile the run first")
         req = requirements.min_speedup
         if speedup.cost == "macs":
             unit = "MACs"

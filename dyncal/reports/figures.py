@@ -436,7 +436,8 @@ def plot_frontier(
     if not frontier["expected_macs"].notna().any():
         raise DyncalError(
             "the run has no MAC counts, so there is no accuracy-vs-MACs figure; profile the run "
-            "('dyncal profile RUN') or import it with --macs, or plot --kind latency"
+            "('dyncal profile RUN') or re-import it with 'dyncal import FILE --macs ...', or plot "
+            "'dyncal plot RUN --kind latency'"
         )
     from matplotlib.ticker import EngFormatter
 

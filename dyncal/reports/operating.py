@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dyncal.errors import DyncalError
+from dyncal.errors import DyncalError, param
 from dyncal.reports.compare import Alternative, compare_alternatives
 from dyncal.reports.decision import (
     Criterion,
@@ -206,7 +206,7 @@ def _latency_choice(run: Run, device: str | None, batch_size: int | None) -> str
         raise DyncalError(
             f"no latency profiled for {key} (profiled: {', '.join(have) or 'none'}); run "
             f"'dyncal profile {run.path} --device {dev} --batch-size {batch_size}' first, or leave "
-            "out --device/--batch-size to judge the speed-up in MACs"
+            "out `device`/`batch_size` to judge the speed-up in MACs"
         )
     return key
 
@@ -545,29 +545,30 @@ def _choose_operating_point(
 
     req = Requirements(min_accuracy, max_drop, min_speedup).validate()
     if method is not None and method not in METHODS:
-        raise DyncalError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+        raise DyncalError(f"`method` must be one of {', '.join(METHODS)}, got {method!r}")
     if batch_size is not None and batch_size < 1:
-        raise DyncalError(f"--batch-size must be a positive integer, got {batch_size}")
+        raise DyncalError(f"`batch_size` must be a positive integer, got {batch_size}")
     if budget is not None and thresholds is not None:
         raise DyncalError(
-            f"give --budget or --thresholds, not both (got --budget {budget} and --thresholds {thresholds}); "
-            "--thresholds reports the thresholds a file already holds"
+            f"give `budget` or `thresholds`, not both (got `budget` {budget} and `thresholds` {thresholds}); "
+            "`thresholds` reports the thresholds a file already holds"
         )
     if thresholds is not None:
         given = [
             o
-            for o, v in (("--method", method), ("--temperature", temperature or None), ("--holdout", holdout))
+            for o, v in (("method", method), ("temperature", temperature or None), ("holdout", holdout))
             if v is not None
-        ] + (["--seed"] if seed is not None else [])
+        ] + (["seed"] if seed is not None else [])
         if given:
             raise DyncalError(
-                f"--thresholds fixes the method, temperatures and held-out split; leave out {', '.join(given)}"
+                f"`thresholds` fixes the method, temperatures and held-out split; leave out "
+                f"{', '.join(map(param, given))}"
             )
     run = load_run(run_path)
     if run.costs is None or (run.costs.macs is None and not run.costs.latency):
         raise DyncalError(
             f"run '{run.path}' has no costs, so there is no speed to trade for accuracy; run "
-            f"'dyncal profile {run.path}' (or import with --macs) first"
+            f"'dyncal profile {run.path}' (or re-import it with 'dyncal import FILE --macs ...') first"
         )
     th_doc = None
     if thresholds is not None:
@@ -582,7 +583,7 @@ def _choose_operating_point(
         if len(keys) > 1:
             raise DyncalError(
                 f"run '{run.path}' has no MAC counts and latency for several devices or batch "
-                f"sizes ({', '.join(keys)}); choose one with --device and --batch-size"
+                f"sizes ({', '.join(keys)}); choose one with `device` and `batch_size`"
             )
         latency = keys[0]
     if latency is None and req.min_speedup is not None and run.costs.latency:
@@ -590,8 +591,8 @@ def _choose_operating_point(
         keys = sorted(run.costs.latency)
         if len(keys) > 1:
             raise DyncalError(
-                f"--min-speedup: run '{run.path}' has latency for {', '.join(keys)}; choose one with "
-                f"--device and --batch-size (e.g. --device {keys[0].split('/b')[0]} --batch-size "
+                f"`min_speedup`: run '{run.path}' has latency for {', '.join(keys)}; choose one with "
+                f"`device` and `batch_size` (e.g. `device` {keys[0].split('/b')[0]} `batch_size` "
                 f"{keys[0].split('/b')[1]})"
             )
         latency = keys[0]

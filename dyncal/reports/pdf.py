@@ -270,7 +270,7 @@ def build_report(
     options = report_options(options, fields)
     out = Path(out_pdf)
     if out.suffix.lower() != ".pdf":
-        raise DyncalError(f"--out must name a .pdf file, got '{out}'")
+        raise DyncalError(f"`out_pdf` must name a .pdf file, got '{out}'")
     check_output_file(out, overwrite=overwrite, kind="report", protect=(run_path, *options.compare))
     _check_report_exits(load_run(run_path))  # before the solving (the run's scan is remembered)
     data = prepare_report(run_path, options)
@@ -354,13 +354,13 @@ def export_figure(
     from dyncal.artifacts.outputs import dyncal_creator, write_output
 
     if kind not in FIGURE_KINDS:
-        raise DyncalError(f"--kind must be one of {', '.join(FIGURE_KINDS)}, got {kind!r}")
+        raise DyncalError(f"`kind` must be one of {', '.join(FIGURE_KINDS)}, got {kind!r}")
     path = Path(out)
     fmt = _FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise DyncalError(f"--out must end in .png, .svg or .pdf, got '{path}'")
+        raise DyncalError(f"`out` must end in .png, .svg or .pdf, got '{path}'")
     if not path.parent.exists():
-        raise DyncalError(f"the folder '{path.parent}' for --out does not exist; create it first")
+        raise DyncalError(f"the folder '{path.parent}' for `out` does not exist; create it first")
     with _style():
         if kind == "reliability":
             fig = _reliability_alone(run_path)
@@ -405,8 +405,8 @@ def export_figure(
         if width_in * height_in * dpi * dpi > MAX_FIGURE_PIXELS:
             most = int((MAX_FIGURE_PIXELS / (width_in * height_in)) ** 0.5)
             raise DyncalError(
-                f"--dpi {dpi} would draw a {width_in * dpi:.0f} x {height_in * dpi:.0f} pixel image; "
-                f"use --dpi {most} or less"
+                f"`dpi` {dpi} would draw a {width_in * dpi:.0f} x {height_in * dpi:.0f} pixel image; "
+                f"use `dpi` {most} or less"
             )
         buf = io.BytesIO()
         creator = dyncal_creator()  # marks the file as dyncal's, so --overwrite may replace it

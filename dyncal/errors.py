@@ -23,6 +23,7 @@ __all__ = [
     "BudgetError",
     "ProfileError",
     "first_line",
+    "describe",
     "param",
     "render_params",
 ]
@@ -74,6 +75,16 @@ def first_line(e: BaseException, limit: int = 300) -> str:
     """
     lines = str(e).strip().splitlines()
     return (lines[0] if lines else type(e).__name__)[:limit]
+
+
+def describe(e: BaseException, limit: int = 300) -> str:
+    r"""``TypeName: first line`` of an exception (just the type when it has no message), for one-line errors.
+
+    Example:
+        >>> describe(ValueError("bad shape\n  more detail")), describe(KeyError())
+        ('ValueError: bad shape', 'KeyError')
+    """
+    return f"{type(e).__name__}: {first_line(e, limit)}" if str(e).strip() else type(e).__name__
 
 
 _PARAM = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dyncal.errors import DyncalError, ModelError, first_line
+from dyncal.errors import DyncalError, ModelError, describe, first_line
 
 if TYPE_CHECKING:
     from dyncal.run import Run
@@ -180,8 +180,7 @@ def call_factory(
     except DyncalError:
         raise
     except Exception as e:  # noqa: BLE001 - the user's factory may raise anything
-        first = (str(e).splitlines() or [""])[0]
-        raise error(f"{what}: calling '{spec}()' failed: {type(e).__name__}: {first}") from e
+        raise error(f"{what}: calling '{spec}()' failed: {describe(e)}") from e
 
 
 def _strip_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
@@ -213,10 +212,9 @@ def _load_weights(module: nn.Module, path: Path) -> None:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for unreadable files
-        first = (str(e).splitlines() or [""])[0][:200]
         raise ModelError(
             f"`weights`: cannot read '{path}' with torch.load(weights_only=True) "
-            f"({type(e).__name__}: {first}); is it a PyTorch checkpoint saved with torch.save?"
+            f"({describe(e, 200)}); is it a PyTorch checkpoint saved with torch.save?"
         ) from e
     state = _state_dict_from_checkpoint(ckpt, path)
     own = module.state_dict()
@@ -657,10 +655,6 @@ def logits_difference(new: np.ndarray, stored: np.ndarray) -> tuple[float, bool]
     return float(diff.max()) if diff.size else 0.0, ok
 
 
-def _line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {first_line(e)}"
-
-
 def _recheck_rows(
     run: Run,
     module: nn.Module,
@@ -689,7 +683,7 @@ def _recheck_rows(
         x = torch.stack([torch.as_tensor(item[0]) for item in items])
         labels = [int(item[1]) for item in items]
     except Exception as e:  # noqa: BLE001 - anything the user's data set raises
-        return 0, None, f"the run's inputs cannot be read ({_line(e)})", None
+        return 0, None, f"the run's inputs cannot be read ({describe(e)})", None
     if labels != [int(v) for v in run.labels[rows]]:
         return (
             0,
@@ -706,7 +700,7 @@ def _recheck_rows(
         outs = [outs] if isinstance(outs, torch.Tensor) else outs  # a static model: one exit
         k, c = check_exit_outputs(outs, int(x.shape[0]), static_ok=True)
     except Exception as e:  # noqa: BLE001 - the user's model may raise anything
-        return 0, None, None, f"the model fails on the run's recorded inputs ({_line(e)})"
+        return 0, None, None, f"the model fails on the run's recorded inputs ({describe(e)})"
     if (k, c) != (run.k, run.c):
         return 0, None, None, f"the model has K={k} exits and C={c} classes, the run K={run.k}, C={run.c}"
     new = torch.stack([o.float() for o in outs], dim=1).cpu().numpy()

@@ -52,7 +52,7 @@ from dyncal.analysis.stages import (
     verify_stages,
 )
 from dyncal.artifacts.outputs import check_writable
-from dyncal.errors import ProfileError
+from dyncal.errors import ProfileError, describe
 from dyncal.models import (
     ModelCheck,
     check_exit_outputs,
@@ -421,7 +421,7 @@ def _profile_locked(run: Run, options: ProfileOptions) -> ProfileResult:
         )
         raise ProfileError(
             f"the model '{spec}' fails on an input of shape {tuple(x1.shape)} and dtype {dtype_name} "
-            f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); {hint}"
+            f"({describe(e)}); {hint}"
         ) from e
     k, c = check_exit_outputs(outs, 1, static_ok=True)
     if (k, c) != (run.k, run.c):

@@ -49,7 +49,7 @@ from dyncal.calibrate.policy import assign_exits, thresholds_from_json
 from dyncal.calibrate.scores import SCORES, exit_scores
 from dyncal.calibrate.solvers import ThresholdsResult
 from dyncal.data import dataset_for_run
-from dyncal.errors import DataError, DyncalError
+from dyncal.errors import DataError, DyncalError, describe
 from dyncal.models import check_exit_outputs, load_run_model, resolve_device
 from dyncal.run import Run, latency_key, load_run
 
@@ -219,10 +219,6 @@ class VerifyProgress(Protocol):
         """Report progress."""
 
 
-def _line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [""])[0][:300]
-
-
 def _try(what: str, batch_size: int, fn: Callable[[], T]) -> T:
     """``fn()``; an error in the user's model or its stages becomes one line."""
     try:
@@ -230,7 +226,7 @@ def _try(what: str, batch_size: int, fn: Callable[[], T]) -> T:
     except DyncalError:
         raise
     except Exception as e:  # noqa: BLE001 - the user's model may raise anything
-        raise DyncalError(f"{what} failed at batch size {batch_size}: {type(e).__name__}: {_line(e)}") from e
+        raise DyncalError(f"{what} failed at batch size {batch_size}: {describe(e)}") from e
 
 
 def _early_exit_stages(
@@ -303,9 +299,7 @@ def _stream(
         try:
             item = next(it)
         except Exception as e:  # noqa: BLE001 - anything the user's data set or collate raises
-            raise DataError(
-                f"could not load the run's inputs from '{data_name}' (batch {i}): {type(e).__name__}: {_line(e)}"
-            ) from e
+            raise DataError(f"could not load the run's inputs from '{data_name}' (batch {i}): {describe(e)}") from e
         x = item[0] if isinstance(item, (list, tuple)) else item
         if not isinstance(x, torch.Tensor):
             raise DataError(f"the data set '{data_name}' gives inputs of type {type(x).__name__}; expected tensors")

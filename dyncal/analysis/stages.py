@@ -93,7 +93,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from dyncal.errors import DyncalError, ProfileError, param
+from dyncal.errors import DyncalError, ProfileError, describe, param
 
 __all__ = [
     "STAGES_METHOD",
@@ -131,12 +131,6 @@ _EXPORT_HINT = (
     f"declare the stages by hand: give the model a '{STAGES_METHOD}()' method or pass "
     "`stages_spec` pkg.module:fn (see dyncal.analysis.stages)"
 )
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    line = text.splitlines()[0] if text else ""
-    return f"{type(e).__name__}: {line}" if line else type(e).__name__
 
 
 class Stages:
@@ -385,7 +379,7 @@ def _export(model: nn.Module, example: torch.Tensor, *, dynamic_batch: bool) -> 
     except Exception as e:  # noqa: BLE001 - export raises many types for unsupported models
         log.debug("torch.export failed", exc_info=True)
         raise ProfileError(
-            f"cannot export {type(model).__name__} with torch.export ({_first_line(e)}); " + _EXPORT_HINT
+            f"cannot export {type(model).__name__} with torch.export ({describe(e)}); " + _EXPORT_HINT
         ) from e
 
 
@@ -710,7 +704,7 @@ def declared_stages(
     except DyncalError:
         raise
     except Exception as e:  # noqa: BLE001 - user code may raise anything
-        raise ProfileError(f"{name} failed: {_first_line(e)}") from e
+        raise ProfileError(f"{name} failed: {describe(e)}") from e
     if not isinstance(mods, (list, tuple)) or len(mods) < 2 or not all(isinstance(m, nn.Module) for m in mods):
         raise ProfileError(
             f"{name} must return a list of K >= 2 nn.Module stages "
@@ -823,7 +817,7 @@ def verify_stages(
             raise
         except Exception as e:  # noqa: BLE001 - stage code may raise anything
             raise ProfileError(
-                f"the {stages.source} stages fail at batch size {x.shape[0]} ({_first_line(e)}); "
+                f"the {stages.source} stages fail at batch size {x.shape[0]} ({describe(e)}); "
                 + ("fix dyncal_stages / `stages_spec`" if stages.source != "export" else _EXPORT_HINT)
             ) from e
     if not isinstance(want, (list, tuple)) or len(want) != len(got):
@@ -934,7 +928,7 @@ def _row_drop_problem(model: nn.Module, stages: Stages, x: torch.Tensor, *, rtol
             except DyncalError:
                 raise
             except Exception as e:  # noqa: BLE001 - stage code may raise anything
-                return f"after rows leave at exit {j}, the next stage fails ({_first_line(e)})"
+                return f"after rows leave at exit {j}, the next stage fails ({describe(e)})"
             for i, (a, b) in enumerate(zip(want[j:], got, strict=True), start=j + 1):
                 d = float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
                 scale = float(a.float().abs().max()) if a.numel() else 0.0

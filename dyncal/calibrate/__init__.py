@@ -27,20 +27,7 @@ _LAZY = {
     "TemperatureScaler": "dyncal.calibrate.temperature",
 }
 
-__all__ = [
-    "SCORES",
-    "exit_scores",
-    "DEFAULT_METHOD",
-    "METHODS",
-    "ThresholdsResult",
-    "solve_run",
-    "ThresholdSolver",
-    "assign_exits",
-    "evaluate_policy",
-    "parse_budget",
-    "resolve_budget",
-    "TemperatureScaler",
-]
+__all__ = [*_LAZY]
 
 
 def __getattr__(name: str) -> Any:

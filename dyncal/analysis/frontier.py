@@ -14,24 +14,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dyncal.calibrate.options import MAX_BUDGETS as MAX_BUDGETS
+from dyncal.calibrate.options import FrontierOptions
 from dyncal.calibrate.policy import evaluate_policy, expected_cost, finite_thresholds
 from dyncal.calibrate.solvers import (
     DEFAULT_METHOD,
-    METHODS,
     PreparedRun,
     budget_grid,
     prepare_run,
     solve_path,
 )
-from dyncal.errors import DyncalError
+from dyncal.options import options_from
 from dyncal.run import atomic_write_text
 from dyncal.stats import mean_bootstrap_ci
 
 __all__ = ["compute_frontier", "oracle_at_budget", "write_frontier_csv", "frontier_columns"]
-
-
-MAX_BUDGETS = 10_000
-"""Most budgets one frontier solves (each is a full solve; more is a typo, not a finer curve)."""
 
 
 def frontier_columns(k: int, latency_keys: Sequence[str]) -> list[str]:
@@ -136,15 +133,8 @@ def _row(
 
 def compute_frontier(
     run: Any,
-    *,
-    n_budgets: int = 41,
-    score: str = "maxprob",
-    temperature: bool = False,
-    holdout: float = 0.5,
-    seed: int = 0,
-    methods: Sequence[str] = ("optimal", "geometric"),
-    device: str | None = None,
-    batch_size: int | None = None,
+    options: FrontierOptions | None = None,
+    **fields: Any,
 ) -> pd.DataFrame:
     """Accuracy versus cost for a grid of budgets, every method side by side.
 
@@ -158,15 +148,14 @@ def compute_frontier(
         run: A :class:`dyncal.run.Run`, or a :class:`dyncal.calibrate.solvers.PreparedRun`
             (already scored: ``score``, ``temperature``, ``holdout`` and ``seed`` come from
             it and may be left out).
-        n_budgets: Number of budgets (default 41, from 2 to :data:`MAX_BUDGETS`).
-        score: ``maxprob`` (default), ``margin`` or ``entropy``.
-        temperature: Fit per-exit temperatures on the fit part (default False).
-        holdout: Held-out fraction (default 0.5; 0: none, holdout columns are NaN).
-        seed: Split seed (default 0).
-        methods: Solvers to run (default ``("optimal", "geometric")``); the default method
-            is added when missing.
-        device: Latency device choosing the budget column when the run has no MACs.
-        batch_size: Latency batch size, with ``device``.
+        options: All options as one :class:`~dyncal.calibrate.options.FrontierOptions`.
+        **fields: The options as keywords instead: ``n_budgets`` (default 41, from 2 to
+            :data:`MAX_BUDGETS`), ``score`` (``maxprob`` default, ``margin``, ``entropy``),
+            ``temperature`` (fit per-exit temperatures on the fit part), ``holdout``
+            (held-out fraction, default 0.5; 0: none, holdout columns are NaN), ``seed``
+            (split seed), ``methods`` (solvers to run, default ``("optimal", "geometric")``;
+            the default method is added when missing), ``device`` and ``batch_size`` (the
+            latency column of the budgets when the run has no MACs).
 
     Returns:
         Long table with the columns of :func:`frontier_columns`: ``method`` is a solver
@@ -189,18 +178,15 @@ def compute_frontier(
         >>> sorted(set(df["method"]))
         ['geometric', 'optimal', 'oracle', 'smoothed', 'static']
     """
-    if not 2 <= n_budgets <= MAX_BUDGETS:
-        raise DyncalError(f"`n_budgets` must be from 2 to {MAX_BUDGETS}, got {n_budgets}")
-    bad = [m for m in methods if m not in METHODS]
-    if bad:
-        raise DyncalError(f"unknown method {bad[0]!r}; choose from {', '.join(METHODS)}")
-    all_methods = list(dict.fromkeys([*methods, DEFAULT_METHOD]))
+    opts = options_from(FrontierOptions, options, fields, "frontier")
+    n_budgets, device, batch_size = opts.n_budgets, opts.device, opts.batch_size
+    all_methods = [str(m) for m in dict.fromkeys([*opts.methods, DEFAULT_METHOD])]
     if isinstance(run, PreparedRun):
-        run.check_options(score=score, temperature=temperature, holdout=holdout, seed=seed)
+        run.check_options(**opts.prepare_fields())
         prep = run
-        seed = prep.seed  # the bootstrap intervals use the split's seed, as without prep
     else:
-        prep = prepare_run(run, score=score, temperature=temperature, holdout=holdout, seed=seed)
+        prep = prepare_run(run, **opts.prepare_fields())
+    seed = prep.seed  # the bootstrap intervals use the split's seed
     units = prep.units
     if "macs" in units:
         primary = "macs"

@@ -13,10 +13,12 @@ class is the Python face for code that fits once and applies many times.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dyncal.calibrate.options import SolveOptions
 from dyncal.calibrate.solvers import DEFAULT_METHOD
 from dyncal.errors import DyncalError
 
@@ -27,19 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ThresholdSolver"]
 
-_PARAMS = (
-    "budget",
-    "method",
-    "score",
-    "temperature",
-    "holdout",
-    "seed",
-    "device",
-    "batch_size",
-    "max_drop",
-    "delta",
-    "pvalue",
-)
+_PARAMS = tuple(f.name for f in dataclasses.fields(SolveOptions))  # the constructor's options
 
 
 class ThresholdSolver:
@@ -129,24 +119,14 @@ class ThresholdSolver:
                 cheapest feasible one), or a run without costs.
         """
         from dyncal.analysis.frontier import compute_frontier
+        from dyncal.calibrate.options import FrontierOptions
         from dyncal.calibrate.solvers import PreparedRun, prepare_run, solve_run
 
-        prep = (
-            run
-            if isinstance(run, PreparedRun)
-            else prepare_run(run, score=self.score, temperature=self.temperature, holdout=self.holdout, seed=self.seed)
-        )
-        result = solve_run(
-            prep,
-            self.budget,
-            method=self.method,
-            device=self.device,
-            batch_size=self.batch_size,
-            max_drop=self.max_drop,
-            delta=self.delta,
-            pvalue=self.pvalue,
-        )
-        frontier = compute_frontier(prep, methods=(result.method,), device=self.device, batch_size=self.batch_size)
+        options = SolveOptions(**self.get_params())
+        prep = run if isinstance(run, PreparedRun) else prepare_run(run, **options.prepare_fields())
+        result = solve_run(prep, options=options)
+        path = FrontierOptions(methods=(options.method,), device=self.device, batch_size=self.batch_size)
+        frontier = compute_frontier(prep, path)
         self.result_: ThresholdsResult = result
         self.thresholds_ = result.threshold_array
         self.temperatures_ = np.asarray(result.temperatures, dtype=np.float64)

@@ -38,6 +38,7 @@ import numpy as np
 from scipy.stats import binom
 
 from dyncal.calibrate.policy import assign_exits
+from dyncal.choices import PValue
 from dyncal.errors import DyncalError
 
 __all__ = [
@@ -50,7 +51,7 @@ __all__ = [
     "min_test_samples",
 ]
 
-PVALUES = ("binomial", "hb")
+PVALUES: tuple[str, ...] = tuple(p.value for p in PValue)
 
 
 def binomial_pvalue(n_losses: int, n: int, max_rate: float) -> float:

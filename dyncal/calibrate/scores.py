@@ -15,11 +15,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dyncal.choices import Score
 from dyncal.errors import DyncalError
 
 __all__ = ["SCORES", "exit_scores", "softmax"]
 
-SCORES = ("maxprob", "margin", "entropy")
+SCORES: tuple[str, ...] = tuple(s.value for s in Score)
 
 
 def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -75,6 +75,7 @@ from typing import Any
 
 import numpy as np
 
+from dyncal import choices
 from dyncal.artifacts.thresholds import ThresholdsDocument
 from dyncal.calibrate.budget import (
     BudgetTarget,
@@ -83,13 +84,16 @@ from dyncal.calibrate.budget import (
     parse_budget,
     resolve_budget,
 )
+from dyncal.calibrate.options import SolveOptions
 from dyncal.calibrate.policy import (
     evaluate_policy,
     expected_cost,
     finite_thresholds,
 )
 from dyncal.calibrate.scores import SCORES, exit_scores
+from dyncal.choices import Method
 from dyncal.errors import BudgetError, DyncalError
+from dyncal.options import options_from
 from dyncal.run import LatencyKey
 from dyncal.stats import mean_bootstrap_ci, stratified_split, unsplit_classes
 
@@ -117,8 +121,8 @@ ThresholdsResult = ThresholdsDocument
 
 log = logging.getLogger(__name__)
 
-METHODS = ("smoothed", "optimal", "geometric")
-DEFAULT_METHOD = "smoothed"
+METHODS: tuple[str, ...] = tuple(m.value for m in Method)
+DEFAULT_METHOD: str = choices.DEFAULT_METHOD.value
 PUBLISHED_Q: tuple[float, ...] = tuple(p / 20 for p in range(1, 40))
 FINE_Q: tuple[float, ...] = tuple(float(q) for q in np.geomspace(0.01, 8.0, 240))
 _TOL = 1e-9
@@ -970,18 +974,10 @@ def _result_from(
 
 def solve_run(
     run: Any,
-    budget: str | None,
+    budget: str | None = None,
     *,
-    method: str = DEFAULT_METHOD,
-    score: str = "maxprob",
-    temperature: bool = False,
-    holdout: float = 0.5,
-    seed: int = 0,
-    device: str | None = None,
-    batch_size: int | None = None,
-    max_drop: float | None = None,
-    delta: float = 0.05,
-    pvalue: str = "binomial",
+    options: SolveOptions | None = None,
+    **fields: Any,
 ) -> ThresholdsResult:
     """Fit thresholds for a run under a budget (``dyncal solve``).
 
@@ -990,18 +986,18 @@ def solve_run(
             (:func:`prepare_run`) to skip scoring the logits again; then ``score``,
             ``temperature``, ``holdout`` and ``seed`` come from it (left out, or equal).
         budget: ``0.6x``, ``1.2GMAC``/``850MMAC`` or ``35ms``; may be None in risk mode.
-        method: ``smoothed`` (default), ``optimal`` or ``geometric``.
-        score: ``maxprob`` (default), ``margin`` or ``entropy``.
-        temperature: Fit one temperature per exit by NLL on the fit part (default False).
-        holdout: Held-out fraction for honest accuracy, stratified (default 0.5; 0: none).
-        seed: Split seed (default 0).
-        device: Latency device for ``ms`` budgets and latency columns (e.g. ``"cpu"``).
-        batch_size: Latency batch size (e.g. 1).
-        max_drop: Risk mode: ε, the tolerated drop versus the last exit's accuracy. The
-            cheapest thresholds whose drop on new data is ≤ ε with probability ≥ 1 - δ
-            (Learn then Test, exchangeable data), within ``budget`` if one is given.
-        delta: δ for risk mode (default 0.05).
-        pvalue: ``binomial`` (default) or ``hb`` (Hoeffding–Bentkus) for risk mode.
+        options: All options as one :class:`~dyncal.calibrate.options.SolveOptions` (then
+            neither ``budget`` nor keywords).
+        **fields: The options as keywords instead (:class:`~dyncal.calibrate.options.SolveOptions`):
+            ``method`` (``smoothed`` default, ``optimal``, ``geometric``), ``score``
+            (``maxprob`` default, ``margin``, ``entropy``), ``temperature`` (fit one temperature
+            per exit by NLL on the fit part), ``holdout`` (held-out fraction, stratified;
+            default 0.5, 0: none), ``seed`` (split seed), ``device`` and ``batch_size`` (the
+            latency column of ``ms`` budgets), and risk mode: ``max_drop`` (ε, the tolerated
+            drop versus the last exit's accuracy: the cheapest thresholds whose drop on new
+            data is ≤ ε with probability ≥ 1 - δ, Learn then Test on exchangeable data,
+            within ``budget`` if one is given), ``delta`` (δ, default 0.05), ``pvalue``
+            (``binomial`` default, or ``hb``: Hoeffding–Bentkus).
 
     Returns:
         The thresholds document.
@@ -1021,13 +1017,11 @@ def solve_run(
         >>> res.budget["met"] <= res.budget["value"], res.thresholds[-1] is None
         (True, True)
     """
-    if method not in METHODS:
-        raise DyncalError(f"`method` must be one of {', '.join(METHODS)}, got {method!r}")
+    opts = options_from(SolveOptions, options, fields if budget is None else {**fields, "budget": budget}, "solve")
     _require_exits(run)
     target: BudgetTarget | None = None
-    spec = parse_budget(budget) if budget is not None else None
-    if spec is None and max_drop is None:
-        raise DyncalError("give a `budget` (e.g. 0.6x) or a risk target `max_drop` (e.g. 0.005)")
+    device, batch_size, method = opts.device, opts.batch_size, opts.method.value
+    spec = parse_budget(opts.budget) if opts.budget is not None else None
     units = cost_units(run.costs, run.k)
     if not units:
         raise DyncalError("run has no costs: run 'dyncal profile RUN' (or 'dyncal import FILE --macs ...')")
@@ -1045,24 +1039,11 @@ def solve_run(
     run_path = str(getattr(run, "path", ""))
     prepared = run if isinstance(run, PreparedRun) else None
     if prepared is not None:
-        prepared.check_options(score=score, temperature=temperature, holdout=holdout, seed=seed)
-    if max_drop is not None:
-        return _solve_risk(
-            run,
-            target,
-            unit,
-            run_path,
-            method=method,
-            score=score,
-            temperature=temperature,
-            holdout=holdout,
-            seed=seed,
-            max_drop=max_drop,
-            delta=delta,
-            pvalue=pvalue,
-        )
+        prepared.check_options(**opts.prepare_fields())
+    if opts.max_drop is not None:
+        return _solve_risk(run, target, unit, run_path, opts)
     assert target is not None
-    prep = prepared or prepare_run(run, score=score, temperature=temperature, holdout=holdout, seed=seed)
+    prep = prepared or prepare_run(run, **opts.prepare_fields())
     costs = prep.units[unit]
     problem = prep.problem(method, unit)
     sol = solve_at(problem, target.value, method, path=prep.cache.paths.get((method, unit, 41)))
@@ -1100,24 +1081,15 @@ def _solve_risk(
     target: BudgetTarget | None,
     unit: str,
     run_path: str,
-    *,
-    method: str,
-    score: str,
-    temperature: bool,
-    holdout: float,
-    seed: int,
-    max_drop: float,
-    delta: float,
-    pvalue: str,
+    opts: SolveOptions,
     n_candidates: int = 60,
 ) -> ThresholdsResult:
     """Risk mode of :func:`solve_run` (Learn then Test with fixed-sequence testing)."""
     from dyncal.calibrate.risk import learn_then_test
 
-    if not (0.0 <= max_drop < 1.0):
-        raise DyncalError(f"`max_drop` must be a fraction in [0, 1), got {max_drop}")
-    if not (0.0 < delta < 1.0):
-        raise DyncalError(f"`delta` must be a fraction in (0, 1), got {delta}")
+    assert opts.max_drop is not None
+    method, max_drop, delta, pvalue = opts.method.value, opts.max_drop, opts.delta, opts.pvalue.value
+    temperature, holdout, seed = opts.temperature, opts.holdout, opts.seed
     prepared = run if isinstance(run, PreparedRun) else None
     if prepared is not None:
         if temperature or prepared.temperature_at_bound is not None:
@@ -1135,14 +1107,7 @@ def _solve_risk(
     test_idx = np.sort(fit_idx[perm[fit_idx.shape[0] // 2 :]])
     if order_idx.size == 0 or test_idx.size == 0:
         raise DyncalError(f"risk control needs calibration samples to split in two; the fit part has {fit_idx.size}")
-    prep = prepared or prepare_run(
-        run,
-        score=score,
-        temperature=temperature,
-        holdout=holdout,
-        seed=seed,
-        temperature_idx=order_idx,
-    )
+    prep = prepared or prepare_run(run, **opts.prepare_fields(), temperature_idx=order_idx)
     costs = np.asarray(prep.units[unit])
     problem = problem_for(method, prep.scores[order_idx], prep.correct[order_idx], costs, prep.score)
     budgets = np.linspace(costs[-1], costs[0], n_candidates)

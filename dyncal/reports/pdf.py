@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dyncal.choices import FigureKind
 from dyncal.errors import DyncalError
 from dyncal.reports.decision import Criterion as Criterion
 from dyncal.reports.evidence import full_model_ms
@@ -305,7 +306,7 @@ def build_report(
 
 # --------------------------------------------------------------------------- single figures
 
-FIGURE_KINDS = ("frontier", "latency", "exits", "reliability")
+FIGURE_KINDS: tuple[str, ...] = tuple(k.value for k in FigureKind)
 MAX_FIGURE_PIXELS = 50_000_000
 """Largest image ``plot`` draws (about 200 MB of memory while drawing)."""
 _FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}

@@ -1,0 +1,123 @@
+"""Options of the threshold solver and the frontier: how a run is split and scored, and what to solve.
+
+:class:`PrepareOptions` are those of :func:`~dyncal.calibrate.solvers.prepare_run`;
+:class:`SolveOptions` (``dyncal solve``, :func:`~dyncal.calibrate.solvers.solve_run`) and
+:class:`FrontierOptions` (``dyncal frontier``, :func:`~dyncal.analysis.frontier.compute_frontier`)
+extend them. Each is frozen and checks its values when built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from dyncal.choices import DEFAULT_METHOD, Method, PValue, Score
+from dyncal.errors import DyncalError, param
+
+__all__ = ["PrepareOptions", "SolveOptions", "FrontierOptions", "MAX_BUDGETS"]
+
+MAX_BUDGETS = 10_000
+"""Most budgets one frontier solves (each is a full solve; more is a typo, not a finer curve)."""
+
+
+def _positive_batch(batch_size: int | None) -> None:
+    if batch_size is not None and batch_size < 1:
+        raise DyncalError(f"{param('batch_size')} must be at least 1, got {batch_size}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrepareOptions:
+    """How a run is split and scored before solving.
+
+    Attributes:
+        score: Confidence score (:class:`~dyncal.choices.Score`; default ``maxprob``).
+        temperature: Fit one temperature per exit by NLL on the fit part.
+        holdout: Held-out fraction, stratified (0: fit on everything).
+        seed: Seed of the split.
+    """
+
+    score: Score = Score.MAXPROB
+    temperature: bool = False
+    holdout: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Turn names into members; refuse an unknown score."""
+        object.__setattr__(self, "score", Score.parse(self.score, "score"))
+
+    def prepare_fields(self) -> dict[str, Any]:
+        """The fields :func:`~dyncal.calibrate.solvers.prepare_run` takes, as keywords."""
+        return {f.name: getattr(self, f.name) for f in fields(PrepareOptions)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SolveOptions(PrepareOptions):
+    """What ``dyncal solve`` is asked (see :func:`~dyncal.calibrate.solvers.solve_run`).
+
+    Attributes:
+        budget: ``0.6x``, ``1.2GMAC``/``850MMAC`` or ``35ms``; None only with ``max_drop``.
+        method: Solver (:class:`~dyncal.choices.Method`; default ``smoothed``).
+        device: Latency device for ``ms`` budgets and latency columns.
+        batch_size: Latency batch size: which profiled latency column (with ``device``).
+        max_drop: Risk control: tolerated drop versus the last exit's accuracy.
+        delta: Risk control: allowed probability of a drop above ``max_drop``.
+        pvalue: Risk control p-values (:class:`~dyncal.choices.PValue`).
+
+    Example:
+        >>> SolveOptions(budget="0.5x", method="geometric").method
+        <Method.GEOMETRIC: 'geometric'>
+        >>> SolveOptions(budget="0.5x", method="magic")
+        Traceback (most recent call last):
+        ...
+        dyncal.errors.DyncalError: `method` must be one of smoothed, optimal, geometric; got 'magic'
+    """
+
+    budget: str | None = None
+    method: Method = DEFAULT_METHOD
+    device: str | None = None
+    batch_size: int | None = None
+    max_drop: float | None = None
+    delta: float = 0.05
+    pvalue: PValue = PValue.BINOMIAL
+
+    def __post_init__(self) -> None:
+        """Check the values; a budget or a risk target is needed."""
+        super().__post_init__()
+        object.__setattr__(self, "method", Method.parse(self.method, "method"))
+        object.__setattr__(self, "pvalue", PValue.parse(self.pvalue, "pvalue"))
+        _positive_batch(self.batch_size)
+        if self.max_drop is not None and not (0.0 <= self.max_drop < 1.0):
+            raise DyncalError(f"{param('max_drop')} must be a fraction in [0, 1), got {self.max_drop}")
+        if self.max_drop is not None and not (0.0 < self.delta < 1.0):
+            raise DyncalError(f"{param('delta')} must be a fraction in (0, 1), got {self.delta}")
+        if self.budget is None and self.max_drop is None:
+            raise DyncalError(f"give a {param('budget')} (e.g. 0.6x) or a risk target {param('max_drop')} (e.g. 0.005)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FrontierOptions(PrepareOptions):
+    """What ``dyncal frontier`` is asked (see :func:`~dyncal.analysis.frontier.compute_frontier`).
+
+    Attributes:
+        n_budgets: Budgets from the first exit's cost to the last's (2 to :data:`MAX_BUDGETS`).
+        methods: Solvers to run; the default method is added when missing.
+        device: Latency device choosing the budget column when the run has no MACs.
+        batch_size: Latency batch size: which profiled latency column (with ``device``).
+
+    Example:
+        >>> FrontierOptions(methods=("geometric",), n_budgets=5).methods
+        (<Method.GEOMETRIC: 'geometric'>,)
+    """
+
+    n_budgets: int = 41
+    methods: tuple[Method, ...] = (Method.OPTIMAL, Method.GEOMETRIC)
+    device: str | None = None
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        """Check the values."""
+        super().__post_init__()
+        if not 2 <= self.n_budgets <= MAX_BUDGETS:
+            raise DyncalError(f"{param('n_budgets')} must be from 2 to {MAX_BUDGETS}, got {self.n_budgets}")
+        object.__setattr__(self, "methods", tuple(Method.parse(m, "methods") for m in self.methods))
+        _positive_batch(self.batch_size)

@@ -9,20 +9,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from dyncal.artifacts.thresholds import json_ready
+from dyncal.choices import DEFAULT_METHOD, Choice, FigureKind, Layout, Method, Score
 from dyncal.errors import DyncalError, render_params
 from dyncal.run import LatencyKey
 
 if TYPE_CHECKING:
     from dyncal.models import ModelCheck
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="dyncal",
@@ -34,19 +38,123 @@ app = typer.Typer(
 )
 
 # ----------------------------------------------------------------- shared options
+# Declared once; a verb's Python parameter names equal the library's parameter names, so
+# the options objects are built from ``ctx.params`` (:func:`options`) and library messages
+# naming a parameter render as this verb's flag (:func:`flag_of`).
+
+
+def choice_option(kind: type[Choice], help: str, **kwargs: Any) -> Any:
+    """A ``typer.Option`` for a closed set of names: a bad value is one ``error:`` line and exit 1.
+
+    (Typer's own enum options print a multi-line box with exit status 2.) The verb receives
+    the :class:`~dyncal.choices.Choice` member (a ``str``).
+    """
+
+    def parse(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> Choice | None:
+        if value is None:
+            return None
+        with user_errors(ctx):
+            return kind.parse(value, param.name or "value")
+        raise AssertionError("unreachable")  # pragma: no cover (user_errors exits)
+
+    return typer.Option(callback=parse, metavar="[" + "|".join(kind) + "]", help=help, **kwargs)
+
+
+def out_option(what: str) -> Any:
+    """``--out``: the file a verb writes (refused if it exists, unless ``--overwrite`` and dyncal wrote it)."""
+    return typer.Option(help=f"{what} to write (an existing one only with --overwrite).")
+
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
 OverwriteOpt = Annotated[
     bool, typer.Option("--overwrite", help="Replace an existing output (only once the new one is complete).")
 ]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 RunArg = Annotated[Path, typer.Argument(help="A run directory (from collect or import).", show_default=False)]
+ThresholdsOpt = Annotated[Path, typer.Option(help="thresholds.json from 'dyncal solve' on this run.")]
+
+# where a model runs (collect, verify) and where latency was measured (solve, frontier, report, plot)
+DeviceOpt = Annotated[str, typer.Option(help="Device to run the model on: cpu, cuda or cuda:N.")]
+LatencyDeviceOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Latency column's device (e.g. cpu), for ms budgets, latency speed-ups, and the budgets of a run "
+        "without MACs; with --batch-size."
+    ),
+]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="CPU threads pinned while timing (default: profile keeps torch's setting; verify uses the threads "
+        "the run's profile timed with).",
+    ),
+]
+
+# --batch-size: one flag, three meanings, each declared once
+LoadBatchOpt = Annotated[
+    int, typer.Option("--batch-size", min=1, help="Samples per forward while collecting (memory, not results).")
+]
+TimedBatchesOpt = Annotated[
+    str,
+    typer.Option(
+        "--batch-size",
+        help="Batch sizes to time, comma-separated (e.g. 1,32): one latency column ms:DEVICE/bN each.",
+    ),
+]
+LatencyBatchOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        min=1,
+        help="Latency column's batch size (with --device; default 1, else the smallest profiled).",
+    ),
+]
+
+# the model and data a run names, overridden (profile, verify, export)
+ModelOverrideOpt = Annotated[
+    str | None, typer.Option(help="Model spec overriding the run's ('pkg.module:factory' or FILE.pt2).")
+]
+WeightsOverrideOpt = Annotated[Path | None, typer.Option(help="Checkpoint overriding the run's.")]
+ModelPathOpt = Annotated[Path | None, typer.Option(help="Folder to import the model's module from.")]
+DataOverrideOpt = Annotated[
+    str | None, typer.Option(help="Data spec overriding the run's, to re-run a few recorded rows.")
+]
+StagesOpt = Annotated[
+    str | None,
+    typer.Option(help="Declare stages by hand: 'pkg.module:fn', fn(model) -> list of stage modules."),
+]
+InputShapeOpt = Annotated[str | None, typer.Option(help="Per-sample input shape overriding the run's, e.g. 3,224,224.")]
+InputDtypeOpt = Annotated[str | None, typer.Option(help="Input dtype overriding the run's (float32).")]
+AllowOtherModelOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-other-model",
+        help="Use a model that is not the run's (other weights, or other logits on recorded rows); recorded. "
+        "profile then also replaces latency timed on another model.",
+    ),
+]
+
+# how a run is split and scored (solve, frontier)
+ScoreOpt = Annotated[str, choice_option(Score, "Confidence score.")]
+TemperatureOpt = Annotated[
+    bool, typer.Option("--temperature/--no-temperature", help="Fit one temperature per exit by NLL first.")
+]
+HoldoutOpt = Annotated[
+    float, typer.Option(help="Fraction held out (stratified) to report honest accuracy; 0 fits on all.")
+]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the held-out split.")]
+MethodOrDefaultOpt = Annotated[
+    str | None, choice_option(Method, f"Threshold solver (default {DEFAULT_METHOD}).", show_default=False)
+]
 
 
-# Library parameters whose flag is not ``--`` + the name with dashes (the only such table).
+# Library parameters named otherwise than the verb's parameter that sets them (the only such table).
 _PARAMETER_FLAGS: dict[str, str] = {
     "batch_sizes": "batch_size",  # profile/verify parse --batch-size 1,32 into batch_sizes
     "devices": "device",  # profile: --device, repeatable
     "data_spec": "data",  # collect_run
+    "checkpoint_s": "checkpoint_every",  # collect_run
     "out_pdf": "out",  # build_report
     "path": "out",  # dyncal.artifacts.outputs: the output file or folder checked and written
     "search_path": "model_path",  # import_object/load_dataset: the folder code is imported from
@@ -109,6 +217,17 @@ def command_line(ctx: typer.Context) -> str:
     return " ".join(parts)
 
 
+def options(ctx: typer.Context, cls: type[T], **given: Any) -> T:
+    """The options object ``cls`` of a library entry point, built once from this verb's parameters.
+
+    A parameter of the verb sets the field of the same name (paths as strings); ``given``
+    sets the fields the verb spells differently (parsed lists, other names).
+    """
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    asked = {k: str(v) if isinstance(v, Path) else v for k, v in ctx.params.items() if k in names}
+    return cls(**{**asked, **given})
+
+
 def _parse_float_list(text: str | None, option: str) -> list[float] | None:
     if text is None:
         return None
@@ -134,10 +253,10 @@ def collect(
     model_path: Annotated[
         Path | None, typer.Option(help="Folder to import the model's module from (else PYTHONPATH).")
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Samples per forward.")] = 64,
+    batch_size: LoadBatchOpt = 64,
     workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 0,
     limit: Annotated[int | None, typer.Option(min=1, help="Use only the first N samples.")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    device: DeviceOpt = "cpu",
     resize: Annotated[int, typer.Option(help="imagefolder: resize the short side to this.")] = 256,
     crop: Annotated[int, typer.Option(help="imagefolder: centre crop size.")] = 224,
     mean: Annotated[str, typer.Option(help="imagefolder: normalisation mean.")] = "0.485,0.456,0.406",
@@ -154,7 +273,7 @@ def collect(
     checkpoint_every: Annotated[
         float, typer.Option(min=0, help="Save progress for --resume at most every this many seconds (0: every batch).")
     ] = 2.0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Run a multi-exit model over a data set and store every exit's logits.
 
@@ -164,7 +283,7 @@ def collect(
 
     Example: dyncal collect --model dyncal.demo:pretrained --data dyncal.demo:validation --out run
     """
-    from dyncal.collect import collect_run
+    from dyncal.collect import CollectOptions, collect_run
     from dyncal.data import ImageTransform, load_dataset
     from dyncal.models import load_model
 
@@ -176,20 +295,14 @@ def collect(
         loaded = load_model(model, weights=weights, model_path=model_path, device=device)
         partial = out.with_name(out.name + ".partial")
         had_progress = (partial / "progress.0.json").is_file()
-        with _progress(quiet) as progress:
+        collecting = options(ctx, CollectOptions, data_spec=data, checkpoint_s=checkpoint_every)
+        with _progress(quiet, "collect") as bar:
             result = collect_run(
                 loaded,
                 dataset,
                 out,
-                data_spec=data,
-                batch_size=batch_size,
-                workers=workers,
-                limit=limit,
-                device=device,
-                overwrite=overwrite,
-                resume=resume,
-                checkpoint_s=checkpoint_every,
-                progress=progress,
+                collecting,
+                progress=None if bar is None else functools.partial(bar, ""),
                 image_transform=dataclasses.asdict(transform) if data.startswith("imagefolder:") else None,
                 command=command_line(ctx),
             )
@@ -201,8 +314,12 @@ def collect(
 
 
 @contextlib.contextmanager
-def _progress(quiet: bool) -> Iterator[Any]:
-    """A callback ``progress(done, total)`` drawing a rich progress bar on stderr."""
+def _progress(quiet: bool, verb: str) -> Iterator[Any]:
+    """A callback ``progress(key, done, total, items_per_s=None)`` drawing rich bars on stderr.
+
+    One bar per ``key`` (verify: one per batch size, then "agreement"); ``items_per_s`` shows
+    a rate. None when quiet or stderr is no terminal.
+    """
     if quiet or not sys.stderr.isatty():
         yield None
         return
@@ -212,22 +329,25 @@ def _progress(quiet: bool) -> Iterator[Any]:
         MofNCompleteColumn,
         Progress,
         TextColumn,
+        TimeElapsedColumn,
         TimeRemainingColumn,
     )
 
     columns = (
-        TextColumn("collect"),
+        TextColumn(f"{verb} {{task.description}}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
+        TimeRemainingColumn() if verb == "collect" else TimeElapsedColumn(),
     )
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
-        task = bar.add_task("collect", total=None, rate="")
+        tasks: dict[str, Any] = {}
 
-        def update(done: int, total: int, items_per_s: float) -> None:
-            bar.update(task, completed=done, total=total, rate=f"{items_per_s:,.0f} items/s")
+        def update(key: str, done: int, total: int, items_per_s: float | None = None) -> None:
+            if key not in tasks:
+                tasks[key] = bar.add_task(key, total=total, rate="")
+            rate = "" if items_per_s is None else f"{items_per_s:,.0f} items/s ETA"
+            bar.update(tasks[key], completed=done, total=total, rate=rate)
 
         yield update
 
@@ -244,8 +364,8 @@ def import_(
         str | None, typer.Option(help="Cumulative MACs per exit, comma-separated (e.g. 1.2e8,3.1e8).")
     ] = None,
     layout: Annotated[
-        str, typer.Option(help="Array layout of 'logits': nkc, or knc as MSDNet-style code stores it.")
-    ] = "nkc",
+        str, choice_option(Layout, "Array layout of 'logits': nkc, or knc as MSDNet-style code stores it.")
+    ] = Layout.NKC,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Build a run from logits you already have, skipping collect.
@@ -396,34 +516,16 @@ def profile(
         list[str] | None,
         typer.Option("--device", help="Device to time on: cpu, cuda or cuda:N (repeat for several)."),
     ] = None,
-    batch_size: Annotated[str, typer.Option(help="Batch sizes to time, comma-separated (e.g. 1,32).")] = "1",
-    threads: Annotated[
-        int | None, typer.Option(min=1, help="CPU threads pinned while timing (default: torch's current setting).")
-    ] = None,
-    model: Annotated[
-        str | None, typer.Option(help="Model spec overriding the run's ('pkg.module:factory' or FILE.pt2).")
-    ] = None,
-    weights: Annotated[Path | None, typer.Option(help="Checkpoint overriding the run's.")] = None,
-    model_path: Annotated[Path | None, typer.Option(help="Folder to import the model's module from.")] = None,
-    input_shape: Annotated[
-        str | None, typer.Option(help="Per-sample input shape overriding the run's, e.g. 3,224,224.")
-    ] = None,
-    input_dtype: Annotated[str | None, typer.Option(help="Input dtype overriding the run's (float32).")] = None,
-    stages: Annotated[
-        str | None,
-        typer.Option(help="Declare stages by hand: 'pkg.module:fn', fn(model) -> list of stage modules."),
-    ] = None,
-    data: Annotated[
-        str | None, typer.Option(help="Data spec overriding the run's, to re-run a few recorded rows.")
-    ] = None,
-    allow_other_model: Annotated[
-        bool,
-        typer.Option(
-            "--allow-other-model",
-            help="Profile a model that is not the run's (other weights or logits) and replace latency "
-            "timed on another model; recorded in run.json.",
-        ),
-    ] = False,
+    batch_size: TimedBatchesOpt = "1",
+    threads: ThreadsOpt = None,
+    model: ModelOverrideOpt = None,
+    weights: WeightsOverrideOpt = None,
+    model_path: ModelPathOpt = None,
+    input_shape: InputShapeOpt = None,
+    input_dtype: InputDtypeOpt = None,
+    stages: StagesOpt = None,
+    data: DataOverrideOpt = None,
+    allow_other_model: AllowOtherModelOpt = False,
     check_rows: Annotated[
         int, typer.Option(min=0, help="Recorded rows re-run to check the model is the run's (0: its hash only).")
     ] = 8,
@@ -446,25 +548,15 @@ def profile(
     from dyncal.profile import ProfileOptions, profile_run_full
 
     with user_errors(ctx):
-        shape = _parse_int_list(input_shape, "--input-shape")
-        options = ProfileOptions(
+        asked = options(
+            ctx,
+            ProfileOptions,
             devices=tuple(device or ["cpu"]),
             batch_sizes=tuple(_parse_int_list(batch_size, "--batch-size", MAX_BATCH_SIZE) or [1]),
-            threads=threads,
-            model=model,
-            weights=None if weights is None else str(weights),
-            model_path=None if model_path is None else str(model_path),
-            input_shape=None if shape is None else tuple(shape),
-            input_dtype=input_dtype,
-            stages=stages,
-            data=data,
-            allow_other_model=allow_other_model,
-            check_rows=check_rows,
+            input_shape=_parse_int_list(input_shape, "--input-shape"),
             latency=not macs_only,
-            repeats=repeats,
-            warmup=warmup,
         )
-        result = profile_run_full(run, options=options)
+        result = profile_run_full(run, options=asked)
         note_run_code(run, model=model, weights=weights, model_path=model_path, data=data, check_rows=check_rows)
     note_model_check(result.model_check)
     if result.replaced:
@@ -510,8 +602,6 @@ def profile(
 
 # ----------------------------------------------------------------- solve / frontier
 
-_DEFAULT_METHOD = "smoothed"  # dyncal.calibrate.solvers.DEFAULT_METHOD (kept literal: fast startup)
-_METHODS = ("smoothed", "optimal", "geometric")
 _RISK_HELP = (
     "Risk control (Learn then Test): the cheapest thresholds whose accuracy on new data is at most "
     "this fraction below the last exit's, with probability >= 1 - delta. Assumes calibration and "
@@ -594,7 +684,7 @@ def _print_solve_summary(doc: dict[str, Any], asked_latency: str | None = None) 
 def solve(
     ctx: typer.Context,
     run: RunArg,
-    out: Annotated[Path, typer.Option(help="Where to write thresholds.json.")],
+    out: Annotated[Path, out_option("thresholds.json")],
     budget: Annotated[
         str | None,
         typer.Option(
@@ -604,21 +694,18 @@ def solve(
     ] = None,
     method: Annotated[
         str,
-        typer.Option(
-            help="smoothed (default: optimal on calibrated expected accuracy, generalises best), "
-            "optimal (exact coordinate/Lagrangian solver) or geometric (MSDNet's baseline)."
+        choice_option(
+            Method,
+            "smoothed (default: optimal on calibrated expected accuracy, generalises best), "
+            "optimal (exact coordinate/Lagrangian solver) or geometric (MSDNet's baseline).",
         ),
-    ] = _DEFAULT_METHOD,
-    score: Annotated[str, typer.Option(help="Confidence score: maxprob, margin or entropy.")] = "maxprob",
-    temperature: Annotated[
-        bool, typer.Option("--temperature/--no-temperature", help="Fit one temperature per exit by NLL first.")
-    ] = False,
-    holdout: Annotated[
-        float, typer.Option(help="Fraction held out (stratified) to report honest accuracy; 0 fits on all.")
-    ] = 0.5,
-    seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
-    device: Annotated[str | None, typer.Option(help="Latency device for ms budgets (e.g. cpu).")] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Latency batch size, with --device.")] = None,
+    ] = DEFAULT_METHOD,
+    score: ScoreOpt = Score.MAXPROB,
+    temperature: TemperatureOpt = False,
+    holdout: HoldoutOpt = 0.5,
+    seed: SeedOpt = 0,
+    device: LatencyDeviceOpt = None,
+    batch_size: LatencyBatchOpt = None,
     max_drop: Annotated[float | None, typer.Option(help=_RISK_HELP)] = None,
     delta: Annotated[float, typer.Option(help="Risk control: allowed probability of a drop above --max-drop.")] = 0.05,
     overwrite: OverwriteOpt = False,
@@ -635,6 +722,7 @@ def solve(
     """
     from dyncal.artifacts.outputs import check_output_file, write_output
     from dyncal.artifacts.thresholds import thresholds_json
+    from dyncal.calibrate.options import SolveOptions
     from dyncal.calibrate.solvers import solve_run
     from dyncal.run import load_run
 
@@ -642,19 +730,7 @@ def solve(
         check_output_file(out, overwrite=overwrite, kind="thresholds", protect=(run,))
         loaded = load_run(run)
         asked_latency = _asked_latency(loaded, device, batch_size)
-        result = solve_run(
-            loaded,
-            budget,
-            method=method,
-            score=score,
-            temperature=temperature,
-            holdout=holdout,
-            seed=seed,
-            device=device,
-            batch_size=batch_size,
-            max_drop=max_drop,
-            delta=delta,
-        )
+        result = solve_run(loaded, options=options(ctx, SolveOptions))
         doc = result.to_dict()
         write_output(out, thresholds_json(result))
     if json_:
@@ -681,19 +757,17 @@ def _asked_latency(run: Any, device: str | None, batch_size: int | None) -> str 
 def frontier(
     ctx: typer.Context,
     run: RunArg,
-    out: Annotated[Path, typer.Option(help="Where to write frontier.csv.")],
+    out: Annotated[Path, out_option("frontier.csv")],
     n_budgets: Annotated[int, typer.Option(min=2, help="Budgets from the first exit's cost to the last's.")] = 41,
     methods: Annotated[
         str, typer.Option(help="Comma-separated solvers (the default method is always added).")
     ] = "optimal,geometric",
-    score: Annotated[str, typer.Option(help="Confidence score: maxprob, margin or entropy.")] = "maxprob",
-    temperature: Annotated[
-        bool, typer.Option("--temperature/--no-temperature", help="Fit one temperature per exit by NLL first.")
-    ] = False,
-    holdout: Annotated[float, typer.Option(help="Fraction held out (stratified); 0 fits on all.")] = 0.5,
-    seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
-    device: Annotated[str | None, typer.Option(help="Latency device when the run has no MACs.")] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Latency batch size, with --device.")] = None,
+    score: ScoreOpt = Score.MAXPROB,
+    temperature: TemperatureOpt = False,
+    holdout: HoldoutOpt = 0.5,
+    seed: SeedOpt = 0,
+    device: LatencyDeviceOpt = None,
+    batch_size: LatencyBatchOpt = None,
     overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -706,22 +780,13 @@ def frontier(
     """
     from dyncal.analysis.frontier import compute_frontier, write_frontier_csv
     from dyncal.artifacts.outputs import check_output_file, output_errors
+    from dyncal.calibrate.options import FrontierOptions
     from dyncal.run import load_run
 
     with user_errors(ctx):
         check_output_file(out, overwrite=overwrite, kind="frontier", protect=(run,))
         names = tuple(m.strip() for m in methods.split(",") if m.strip())
-        df = compute_frontier(
-            load_run(run),
-            n_budgets=n_budgets,
-            score=score,
-            temperature=temperature,
-            holdout=holdout,
-            seed=seed,
-            methods=names,
-            device=device,
-            batch_size=batch_size,
-        )
+        df = compute_frontier(load_run(run), options(ctx, FrontierOptions, methods=names))
         with output_errors(out):
             write_frontier_csv(df, out)
     if json_:
@@ -758,17 +823,14 @@ def frontier(
 def verify(
     ctx: typer.Context,
     run: RunArg,
-    thresholds: Annotated[Path, typer.Option(help="thresholds.json from 'dyncal solve'.")],
+    thresholds: ThresholdsOpt,
     out: Annotated[
         Path | None, typer.Option(help="Write the result here (verify.json), for 'dyncal report --verify'.")
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
-    batch_size: Annotated[str, typer.Option(help="Batch sizes to time, comma-separated (e.g. 1,32).")] = "1",
+    device: DeviceOpt = "cpu",
+    batch_size: TimedBatchesOpt = "1",
     limit: Annotated[int | None, typer.Option(min=1, help="Replay only the first N rows of the run.")] = None,
-    threads: Annotated[
-        int | None,
-        typer.Option(min=1, help="CPU threads pinned while timing (default: those the run's profile timed with)."),
-    ] = None,
+    threads: ThreadsOpt = None,
     max_seconds: Annotated[
         float,
         typer.Option(
@@ -777,14 +839,11 @@ def verify(
         ),
     ] = 10.0,
     repeats: Annotated[int, typer.Option(min=1, help="Pairs (early exit, plain model) timed per batch.")] = 5,
-    model: Annotated[str | None, typer.Option(help="Model spec overriding the run's.")] = None,
-    weights: Annotated[Path | None, typer.Option(help="Checkpoint overriding the run's.")] = None,
-    model_path: Annotated[Path | None, typer.Option(help="Folder to import the model's module from.")] = None,
-    data: Annotated[str | None, typer.Option(help="Data spec overriding the run's.")] = None,
-    stages: Annotated[
-        str | None,
-        typer.Option(help="Declare stages by hand: 'pkg.module:fn', fn(model) -> list of stage modules."),
-    ] = None,
+    model: ModelOverrideOpt = None,
+    weights: WeightsOverrideOpt = None,
+    model_path: ModelPathOpt = None,
+    data: DataOverrideOpt = None,
+    stages: StagesOpt = None,
     package: Annotated[
         Path | None,
         typer.Option(
@@ -792,13 +851,7 @@ def verify(
             "(it must come from this run and these thresholds)."
         ),
     ] = None,
-    allow_other_model: Annotated[
-        bool,
-        typer.Option(
-            "--allow-other-model",
-            help="Replay a model that is not the run's (other weights or logits on recorded rows); recorded.",
-        ),
-    ] = False,
+    allow_other_model: AllowOtherModelOpt = False,
     overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -815,31 +868,15 @@ def verify(
     """
     from dyncal.artifacts.outputs import check_output_file, output_errors
     from dyncal.artifacts.thresholds import read_thresholds
-    from dyncal.runtime import verify_run
+    from dyncal.runtime import VerifyOptions, verify_run
 
     with user_errors(ctx):
         sizes = _parse_int_list(batch_size, "--batch-size", MAX_BATCH_SIZE) or [1]
         if out is not None:
             check_output_file(out, overwrite=overwrite, kind="verify", protect=(run, thresholds))
-        with _verify_progress(quiet=json_) as progress:
-            result = verify_run(
-                run,
-                read_thresholds(thresholds),
-                device=device,
-                batch_sizes=sizes,
-                limit=limit,
-                threads=threads,
-                model=model,
-                weights=None if weights is None else str(weights),
-                model_path=None if model_path is None else str(model_path),
-                data=data,
-                repeats=repeats,
-                max_seconds=max_seconds,
-                stages_spec=stages,
-                allow_other_model=allow_other_model,
-                package=package,
-                progress=progress,
-            )
+        asked = options(ctx, VerifyOptions, batch_sizes=tuple(sizes))
+        with _progress(json_, "verify") as progress:
+            result = verify_run(run, read_thresholds(thresholds), asked, progress=progress)
         if out is not None:
             with output_errors(out):
                 result.save(out)
@@ -855,27 +892,6 @@ def verify(
     _print_verify(doc)
     if out is not None:
         typer.echo(f"wrote {out}", err=True)
-
-
-@contextlib.contextmanager
-def _verify_progress(quiet: bool) -> Iterator[Any]:
-    """A callback ``progress(key, done, total)`` drawing one rich bar per batch size on stderr."""
-    if quiet or not sys.stderr.isatty():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn("verify {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
-        tasks: dict[str, Any] = {}
-
-        def update(key: str, done: int, total: int) -> None:
-            if key not in tasks:
-                tasks[key] = bar.add_task(key, total=total)
-            bar.update(tasks[key], completed=done, total=total)
-
-        yield update
 
 
 def _print_verify(doc: dict[str, Any]) -> None:
@@ -937,19 +953,14 @@ def _print_verify(doc: dict[str, Any]) -> None:
 def export_(
     ctx: typer.Context,
     run: RunArg,
-    thresholds: Annotated[Path, typer.Option(help="thresholds.json from 'dyncal solve' on this run.")],
+    thresholds: ThresholdsOpt,
     out: Annotated[Path, typer.Option(help="Package directory to create.")],
-    model: Annotated[str | None, typer.Option(help="Model spec overriding the run's.")] = None,
-    weights: Annotated[Path | None, typer.Option(help="Checkpoint overriding the run's.")] = None,
-    model_path: Annotated[Path | None, typer.Option(help="Folder to import the model's module from.")] = None,
-    stages: Annotated[
-        str | None,
-        typer.Option(help="Declare stages by hand: 'pkg.module:fn', fn(model) -> list of stage modules."),
-    ] = None,
-    input_shape: Annotated[
-        str | None, typer.Option(help="Per-sample input shape overriding the run's, e.g. 3,224,224.")
-    ] = None,
-    input_dtype: Annotated[str | None, typer.Option(help="Input dtype overriding the run's (float32).")] = None,
+    model: ModelOverrideOpt = None,
+    weights: WeightsOverrideOpt = None,
+    model_path: ModelPathOpt = None,
+    stages: StagesOpt = None,
+    input_shape: InputShapeOpt = None,
+    input_dtype: InputDtypeOpt = None,
     overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -961,22 +972,12 @@ def export_(
     Example: dyncal export run --thresholds thresholds.json --out package
     """
     from dyncal.artifacts.thresholds import read_thresholds
-    from dyncal.export import export_package
+    from dyncal.export import ExportOptions, export_package
 
     with user_errors(ctx):
         shape = _parse_int_list(input_shape, "--input-shape")
-        result = export_package(
-            run,
-            read_thresholds(thresholds),
-            out,
-            overwrite=overwrite,
-            model=model,
-            weights=None if weights is None else str(weights),
-            model_path=None if model_path is None else str(model_path),
-            stages_spec=stages,
-            input_shape=shape,
-            input_dtype=input_dtype,
-        )
+        asked = options(ctx, ExportOptions, input_shape=shape)
+        result = export_package(run, read_thresholds(thresholds), out, asked, overwrite=overwrite)
     doc = result.to_dict()
     if json_:
         echo_json(doc)
@@ -1166,10 +1167,10 @@ def report(
             "in latency with --device, else in MACs."
         ),
     ] = None,
-    device: Annotated[str | None, typer.Option(help="Latency device for --min-speedup and ms budgets.")] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Latency batch size (default 1).")] = None,
+    device: LatencyDeviceOpt = None,
+    batch_size: LatencyBatchOpt = None,
     title: Annotated[str | None, typer.Option(help="Title on every page.")] = None,
-    method: Annotated[str | None, typer.Option(help="Threshold solver: smoothed, optimal or geometric.")] = None,
+    method: MethodOrDefaultOpt = None,
     temperature: Annotated[
         bool, typer.Option("--temperature", help="Fit one temperature per exit on the fitting half.")
     ] = False,
@@ -1202,14 +1203,10 @@ def report(
     """
     from dyncal.reports.pdf import ReportOptions, build_report
 
-    report_fields = {f.name for f in dataclasses.fields(ReportOptions)}
-    command = command_line(ctx)
     others = [part.strip() for item in compare or [] for part in item.split(",") if part.strip()]
     with user_errors(ctx):
-        # the command's own parameters are the report's options (one name each, no forwarding list)
-        asked = {k: v for k, v in ctx.params.items() if k in report_fields and k not in ("command", "compare")}
-        options = ReportOptions(**asked, command=command, compare=tuple(others))
-        result = build_report(run, out, options, overwrite=overwrite)
+        asked = options(ctx, ReportOptions, command=command_line(ctx), compare=tuple(others))
+        result = build_report(run, out, asked, overwrite=overwrite)
     doc = result.to_dict()
     if json_:
         echo_json(doc)
@@ -1221,7 +1218,7 @@ def report(
 def plot(
     ctx: typer.Context,
     run: RunArg,
-    kind: Annotated[str, typer.Option(help="Which figure: frontier, latency, exits or reliability.")],
+    kind: Annotated[str, choice_option(FigureKind, "Which figure.")],
     out: Annotated[Path, typer.Option(help="File to write: .png, .svg or .pdf.")],
     budget: Annotated[
         str | None,
@@ -1230,9 +1227,9 @@ def plot(
             "accuracy is within 1 percentage point of the last exit's (the legend says which)."
         ),
     ] = None,
-    device: Annotated[str | None, typer.Option(help="Latency device for ms budgets.")] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Latency batch size.")] = None,
-    method: Annotated[str | None, typer.Option(help="Threshold solver: smoothed, optimal or geometric.")] = None,
+    device: LatencyDeviceOpt = None,
+    batch_size: LatencyBatchOpt = None,
+    method: MethodOrDefaultOpt = None,
     dpi: Annotated[int, typer.Option(min=30, help="Resolution of .png output.")] = 150,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -1244,13 +1241,11 @@ def plot(
     Example: dyncal plot run --kind frontier --out frontier.svg
     """
     from dyncal.artifacts.outputs import check_output_file
-    from dyncal.reports.pdf import export_figure
+    from dyncal.reports.pdf import ReportOptions, export_figure
 
     with user_errors(ctx):
         check_output_file(out, overwrite=overwrite, kind="figure", protect=(run,))
-        path = export_figure(
-            run, kind, out, budget=budget, device=device, batch_size=batch_size, method=method, dpi=dpi
-        )
+        path = export_figure(run, kind, out, options(ctx, ReportOptions), dpi=dpi)
     typer.echo(f"wrote {path}", err=True)
 
 

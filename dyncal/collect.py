@@ -28,9 +28,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from dyncal.data import check_item
 from dyncal.errors import DataError, DyncalError, ModelError, RunError, first_line, param
 from dyncal.models import LoadedModel, check_exit_outputs, logits_difference, resolve_device
+from dyncal.options import options_from
 from dyncal.run import PARTIAL_SUFFIX, Provenance, Run, RunWriter, atomic_write_text, check_out, load_run
 
-__all__ = ["collect_run", "DistributedContext"]
+__all__ = ["collect_run", "CollectOptions", "DistributedContext"]
 
 log = logging.getLogger(__name__)
 
@@ -141,34 +142,11 @@ def _check_finite(logits: np.ndarray, batch_index: int, first_row: int) -> None:
         )
 
 
-def collect_run(
-    loaded: LoadedModel,
-    dataset: Dataset[Any],
-    out: str | os.PathLike[str],
-    *,
-    data_spec: str,
-    batch_size: int = 64,
-    workers: int = 0,
-    limit: int | None = None,
-    device: str = "cpu",
-    overwrite: bool = False,
-    resume: bool = False,
-    checkpoint_s: float = 2.0,
-    progress: ProgressFn | None = None,
-    image_transform: dict[str, Any] | None = None,
-    command: str | None = None,
-) -> Run | None:
-    """Collect per-exit logits of ``loaded`` over ``dataset`` into the run ``out``.
+@dataclass(frozen=True, kw_only=True)
+class CollectOptions:
+    """How ``dyncal collect`` runs a model over a data set (see :func:`collect_run`).
 
-    The run is built in ``OUT.partial`` under the run's lock (:class:`dyncal.run.RunLock`)
-    and published only once every row is written. Progress is saved in
-    ``OUT.partial/progress.<rank>.json`` (after the rows it names are on disk), so an
-    interrupted collect, ``kill -9`` included, can be continued with ``resume``.
-
-    Args:
-        loaded: The model (see :func:`dyncal.models.load_model`).
-        dataset: Map-style data set of ``(input, label)`` items, read in order.
-        out: Run directory to create.
+    Attributes:
         data_spec: The data spec, for provenance.
         batch_size: Samples per forward.
         workers: DataLoader worker processes.
@@ -181,11 +159,67 @@ def collect_run(
             that model, weights, data and options match what it recorded (a fresh start
             when there is none). The result equals an uninterrupted collect bit for bit.
         checkpoint_s: Save progress at most this often, in seconds (0: after every batch).
+
+    Example:
+        >>> CollectOptions(data_spec="digits.npz", batch_size=32).batch_size
+        32
+        >>> CollectOptions(data_spec="digits.npz", checkpoint_s=-1)
+        Traceback (most recent call last):
+        ...
+        dyncal.errors.DyncalError: `checkpoint_s` must be >= 0 seconds, got -1
+    """
+
+    data_spec: str
+    batch_size: int = 64
+    workers: int = 0
+    limit: int | None = None
+    device: str = "cpu"
+    overwrite: bool = False
+    resume: bool = False
+    checkpoint_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        """Check the values."""
+        if self.checkpoint_s < 0:
+            raise DyncalError(f"{param('checkpoint_s')} must be >= 0 seconds, got {self.checkpoint_s}")
+        if self.batch_size < 1:
+            raise DyncalError(f"{param('batch_size')} must be at least 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise DyncalError(f"{param('workers')} must be at least 0, got {self.workers}")
+        if self.limit is not None and self.limit < 1:
+            raise DyncalError(f"{param('limit')} must be at least 1, got {self.limit}")
+
+
+def collect_run(
+    loaded: LoadedModel,
+    dataset: Dataset[Any],
+    out: str | os.PathLike[str],
+    options: CollectOptions | None = None,
+    *,
+    progress: ProgressFn | None = None,
+    image_transform: dict[str, Any] | None = None,
+    command: str | None = None,
+    **fields: Any,
+) -> Run | None:
+    """Collect per-exit logits of ``loaded`` over ``dataset`` into the run ``out``.
+
+    The run is built in ``OUT.partial`` under the run's lock (:class:`dyncal.run.RunLock`)
+    and published only once every row is written. Progress is saved in
+    ``OUT.partial/progress.<rank>.json`` (after the rows it names are on disk), so an
+    interrupted collect, ``kill -9`` included, can be continued with ``resume``.
+
+    Args:
+        loaded: The model (see :func:`dyncal.models.load_model`).
+        dataset: Map-style data set of ``(input, label)`` items, read in order.
+        out: Run directory to create.
+        options: How to collect (:class:`CollectOptions`; ``data_spec`` is required).
         progress: Called as ``progress(done, total, items_per_s)`` after each batch
             (process 0 only; counts are this process's share).
         image_transform: The ``imagefolder:`` transform settings, for provenance (so
             verify can read the same inputs).
         command: The command line to record (default: this process's ``sys.argv``).
+        **fields: The fields of :class:`CollectOptions` as keywords instead of ``options``
+            (``data_spec=``, ``batch_size=``, ...).
 
     Returns:
         The finished run (process 0), or None on other torchrun processes.
@@ -196,34 +230,20 @@ def collect_run(
         RunError: ``out`` exists without ``overwrite``, another process writes it, the
             folder cannot be written, or the partial run does not match (``resume``).
     """
+    opts = options_from(CollectOptions, options, fields, "collect")
     ctx = DistributedContext.from_env()
     out = Path(out)
-    if checkpoint_s < 0:
-        raise DyncalError(f"the checkpoint interval must be >= 0 seconds, got {checkpoint_s}")
-    check_out(out, overwrite=overwrite)
+    check_out(out, overwrite=opts.overwrite)
     if ctx.active:
-        _init_distributed(ctx, device)
+        _init_distributed(ctx, opts.device)
     try:
-        settings = _Settings(data_spec, batch_size, workers, limit, device, overwrite, resume, checkpoint_s)
-        return _collect(loaded, dataset, out, ctx, settings, progress, image_transform, command)
+        return _collect(loaded, dataset, out, ctx, opts, progress, image_transform, command)
     finally:
         if ctx.active:
             import torch.distributed as dist
 
             if dist.is_initialized():
                 dist.destroy_process_group()
-
-
-@dataclass(frozen=True)
-class _Settings:
-    data_spec: str
-    batch_size: int
-    workers: int
-    limit: int | None
-    device: str
-    overwrite: bool
-    resume: bool
-    checkpoint_s: float
 
 
 def _init_distributed(ctx: DistributedContext, device: str) -> None:
@@ -321,7 +341,7 @@ def _collect(
     dataset: Dataset[Any],
     out: Path,
     ctx: DistributedContext,
-    s: _Settings,
+    s: CollectOptions,
     progress: ProgressFn | None,
     image_transform: dict[str, Any] | None,
     command: str | None,
@@ -498,7 +518,7 @@ def _write_rows(
     k: int,
     c: int,
     ctx: DistributedContext,
-    s: _Settings,
+    s: CollectOptions,
     spec: Mapping[str, Any],
     block: tuple[int, int],
     row: int,

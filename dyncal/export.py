@@ -69,6 +69,7 @@ from dyncal.models import (
     resolve_device,
     torch_dtype,
 )
+from dyncal.options import input_shape_of, options_from
 from dyncal.run import (
     atomic_write_bytes,
     atomic_write_text,
@@ -87,6 +88,7 @@ __all__ = [
     "PackageRunner",
     "ExportResult",
     "export_package",
+    "ExportOptions",
     "load_early_exit",
     "read_manifest",
 ]
@@ -695,18 +697,43 @@ def _files_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
 
 
+@dataclass(frozen=True, kw_only=True)
+class ExportOptions:
+    """Which model ``dyncal export`` packages; ``None`` fields come from the run's provenance.
+
+    Attributes:
+        model: Model spec overriding the run's (with ``weights`` and ``model_path``).
+        weights: Checkpoint overriding the run's.
+        model_path: Import folder overriding the run's.
+        stages: ``pkg.module:fn`` declaring the stages by hand.
+        input_shape: Per-sample input shape overriding the run's record.
+        input_dtype: Input dtype overriding the run's record.
+
+    Example:
+        >>> ExportOptions(input_shape=[3, 8, 8]).input_shape
+        (3, 8, 8)
+    """
+
+    model: str | None = None
+    weights: str | None = None
+    model_path: str | None = None
+    stages: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    input_dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        """Check the input shape."""
+        object.__setattr__(self, "input_shape", input_shape_of(self.input_shape))
+
+
 def export_package(
     run_path: str | os.PathLike[str],
     thresholds: ThresholdsResult,
     out: str | os.PathLike[str],
+    options: ExportOptions | None = None,
     *,
     overwrite: bool = False,
-    model: str | None = None,
-    weights: str | None = None,
-    model_path: str | None = None,
-    stages_spec: str | None = None,
-    input_shape: Sequence[int] | None = None,
-    input_dtype: str | None = None,
+    **fields: Any,
 ) -> ExportResult:
     """Write a self-contained early-exit package of a run's model with its thresholds.
 
@@ -721,12 +748,8 @@ def export_package(
         thresholds: Solved on this run (:func:`~dyncal.artifacts.thresholds.read_thresholds`).
         out: The package directory to create.
         overwrite: Replace an existing package at ``out`` (never anything else).
-        model: Model spec overriding the run's (with ``weights`` and ``model_path``).
-        weights: Checkpoint overriding the run's.
-        model_path: Import folder overriding the run's.
-        stages_spec: ``pkg.module:fn`` declaring the stages by hand.
-        input_shape: Per-sample input shape overriding the run's record.
-        input_dtype: Input dtype overriding the run's record.
+        options: Which model to package (:class:`ExportOptions`; default: the run's).
+        **fields: The fields of :class:`ExportOptions` as keywords instead of ``options``.
 
     Returns:
         Where the package is, its manifest and size.
@@ -741,6 +764,7 @@ def export_package(
         th = dyncal.artifacts.thresholds.read_thresholds("thresholds.json")
         export_package("run", th, "pkg")          # then dyncal.load_early_exit("pkg")
     """
+    opts = options_from(ExportOptions, options, fields, "export")
     t0 = time.perf_counter()
     run = load_run(run_path)
     check_thresholds_for_run(thresholds, run)
@@ -753,10 +777,10 @@ def export_package(
     out = Path(out)
     partial = out.with_name(out.name + PARTIAL_SUFFIX)
     _check_out(out, partial, overwrite)
-    shape, dtype_name = input_signature(run, input_shape, input_dtype)
+    shape, dtype_name = input_signature(run, opts.input_shape, opts.input_dtype)
     dtype = torch_dtype(dtype_name)
     # the run's model, checked by hash and by re-running recorded rows: a package ships the model it measured
-    loaded = load_run_model(run, model=model, weights=weights, model_path=model_path, device="cpu")
+    loaded = load_run_model(run, model=opts.model, weights=opts.weights, model_path=opts.model_path, device="cpu")
     module = loaded.module
     probe = example_input(shape, dtype, 4)
     try:
@@ -773,7 +797,7 @@ def export_package(
             f"the model '{loaded.spec}' has K={k} exits and C={c} classes but run '{run.path}' has K={run.k}, "
             f"C={run.c}; export the model the run was collected with"
         )
-    stages = _stages_for(loaded, example_input(shape, dtype, EXAMPLE_BATCH), probe, stages_spec, loaded.model_path)
+    stages = _stages_for(loaded, example_input(shape, dtype, EXAMPLE_BATCH), probe, opts.stages, loaded.model_path)
     exported = _export_stages(stages, example_input(shape, dtype, EXAMPLE_BATCH))
 
     from dyncal.profile import state_sha256

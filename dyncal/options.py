@@ -11,12 +11,12 @@ list of keywords. The CLI builds the object from its own parameters (same names)
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-from dyncal.errors import DyncalError
+from dyncal.errors import DyncalError, param
 
-__all__ = ["options_from"]
+__all__ = ["options_from", "input_shape_of"]
 
 T = TypeVar("T")
 
@@ -53,3 +53,23 @@ def options_from(cls: type[T], options: T | None, fields: Mapping[str, Any], wha
     if unknown:
         raise DyncalError(f"no {what} option {unknown[0]!r}; {what} options are: {', '.join(sorted(known))}")
     return cls(**fields)
+
+
+def input_shape_of(shape: Sequence[int] | None) -> tuple[int, ...] | None:
+    """A per-sample input shape as a tuple, or a one-line error naming `` `input_shape` ``.
+
+    Example:
+        >>> input_shape_of([3, 8, 8])
+        (3, 8, 8)
+        >>> input_shape_of((3, 0))
+        Traceback (most recent call last):
+        ...
+        dyncal.errors.DyncalError: `input_shape` must be positive integers per sample (e.g. 3,224,224), got [3, 0]
+    """
+    if shape is None:
+        return None
+    if not shape or any(int(d) < 1 for d in shape):
+        raise DyncalError(
+            f"{param('input_shape')} must be positive integers per sample (e.g. 3,224,224), got {list(shape)}"
+        )
+    return tuple(int(d) for d in shape)

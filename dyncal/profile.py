@@ -63,6 +63,7 @@ from dyncal.models import (
     run_model_source,
     torch_dtype,
 )
+from dyncal.options import input_shape_of
 from dyncal.run import (
     CostTable,
     LatencyProfile,
@@ -131,10 +132,7 @@ class ProfileOptions:
             raise ProfileError(f"the number of rows to re-run must be >= 0, got {self.check_rows}")
         if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
             raise ProfileError(f"`batch_sizes` must be positive integers, got {list(self.batch_sizes)}")
-        if self.input_shape is not None and (not self.input_shape or any(int(d) < 1 for d in self.input_shape)):
-            raise ProfileError(
-                f"`input_shape` must be positive integers per sample (e.g. 3,224,224), got {list(self.input_shape)}"
-            )
+        object.__setattr__(self, "input_shape", input_shape_of(self.input_shape))
         LatencySettings(
             threads=self.threads,
             warmup=self.warmup,

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
@@ -49,8 +50,9 @@ from dyncal.calibrate.policy import assign_exits, thresholds_from_json
 from dyncal.calibrate.scores import SCORES, exit_scores
 from dyncal.calibrate.solvers import ThresholdsResult
 from dyncal.data import dataset_for_run
-from dyncal.errors import DataError, DyncalError, describe
+from dyncal.errors import DataError, DyncalError, describe, param
 from dyncal.models import check_exit_outputs, load_run_model, resolve_device
+from dyncal.options import options_from
 from dyncal.run import Run, latency_key, load_run
 
 __all__ = [
@@ -58,6 +60,7 @@ __all__ = [
     "VerifyResult",
     "VerifyProgress",
     "verify_run",
+    "VerifyOptions",
     "read_thresholds",
     "DEFAULT_MAX_SECONDS",
     "MIN_TIMED_BATCHES",
@@ -336,32 +339,11 @@ def _threads_for(run: Run, device: str, batch_sizes: Sequence[int], threads: int
     return None, "torch's default"
 
 
-def verify_run(
-    run_path: str | os.PathLike[str],
-    thresholds: ThresholdsResult,
-    *,
-    device: str = "cpu",
-    batch_sizes: Sequence[int] = (1,),
-    limit: int | None = None,
-    threads: int | None = None,
-    model: str | None = None,
-    weights: str | None = None,
-    model_path: str | None = None,
-    data: str | Dataset[Any] | None = None,
-    allow_other_model: bool = False,
-    package: str | os.PathLike[str] | None = None,
-    repeats: int = 5,
-    warmup: int = 3,
-    max_seconds: float = DEFAULT_MAX_SECONDS,
-    stages_spec: str | None = None,
-    progress: VerifyProgress | None = None,
-    clock: Clock | None = None,
-) -> VerifyResult:
-    """Run a real early exit over the run's samples and compare with the plain model and the prediction.
+@dataclass(frozen=True, kw_only=True)
+class VerifyOptions:
+    """What ``dyncal verify`` replays and how it times it (see :func:`verify_run`).
 
-    Args:
-        run_path: A complete run (collected, so its model and data are recorded).
-        thresholds: From ``dyncal solve`` (:func:`read_thresholds`); must be the run's.
+    Attributes:
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         batch_sizes: Batch sizes to time; every sample is replayed at the first for agreement.
         limit: Replay only the first ``limit`` rows of the run.
@@ -374,16 +356,75 @@ def verify_run(
         allow_other_model: Replay a model that is not the run's (its checkpoint hash or its
             logits on recorded rows differ); recorded in the result.
         package: A ``dyncal export`` package to replay instead of the model: what is measured
-            is what is shipped. It must be bound to this run and to ``thresholds``.
+            is what is shipped. It must be bound to this run and to the thresholds.
         repeats: Pairs timed per batch (default 5).
         warmup: Untimed calls of each before timing a batch size (default 3).
         max_seconds: Time bound of the timing, all batch sizes together, shared out evenly
             (default 10 s); batches past it are replayed untimed for agreement at the first
             batch size and not at all at the others. At least :data:`MIN_TIMED_BATCHES` are
             timed per batch size.
-        stages_spec: ``pkg.module:fn`` declaring the stages by hand (as ``profile --stages``).
+        stages: ``pkg.module:fn`` declaring the stages by hand (as ``profile --stages``).
+
+    Example:
+        >>> VerifyOptions(batch_sizes=(1, 32)).batch_sizes
+        (1, 32)
+        >>> VerifyOptions(repeats=0)
+        Traceback (most recent call last):
+        ...
+        dyncal.errors.DyncalError: `repeats` must be at least 1, got 0
+    """
+
+    device: str = "cpu"
+    batch_sizes: tuple[int, ...] = (1,)
+    limit: int | None = None
+    threads: int | None = None
+    model: str | None = None
+    weights: str | None = None
+    model_path: str | None = None
+    data: str | Dataset[Any] | None = None
+    allow_other_model: bool = False
+    package: str | os.PathLike[str] | None = None
+    repeats: int = 5
+    warmup: int = 3
+    max_seconds: float = DEFAULT_MAX_SECONDS
+    stages: str | None = None
+
+    def __post_init__(self) -> None:
+        """Check the values that need no run or model."""
+        object.__setattr__(self, "batch_sizes", tuple(self.batch_sizes))
+        if self.repeats < 1:
+            raise DyncalError(f"{param('repeats')} must be at least 1, got {self.repeats}")
+        if self.warmup < 0:
+            raise DyncalError(f"{param('warmup')} must be at least 0, got {self.warmup}")
+        if not self.max_seconds > 0:
+            raise DyncalError(f"{param('max_seconds')} must be positive, got {self.max_seconds}")
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise DyncalError(f"{param('batch_sizes')} must be positive, got {list(self.batch_sizes)}")
+        if self.threads is not None and self.threads < 1:
+            raise DyncalError(f"{param('threads')} must be at least 1, got {self.threads}")
+        if self.limit is not None and self.limit < 1:
+            raise DyncalError(f"{param('limit')} must be at least 1, got {self.limit}")
+
+
+def verify_run(
+    run_path: str | os.PathLike[str],
+    thresholds: ThresholdsResult,
+    options: VerifyOptions | None = None,
+    *,
+    progress: VerifyProgress | None = None,
+    clock: Clock | None = None,
+    **fields: Any,
+) -> VerifyResult:
+    """Run a real early exit over the run's samples and compare with the plain model and the prediction.
+
+    Args:
+        run_path: A complete run (collected, so its model and data are recorded).
+        thresholds: From ``dyncal solve`` (:func:`read_thresholds`); must be the run's.
+        options: What to replay and time (:class:`VerifyOptions`).
         progress: Called after each batch (:class:`VerifyProgress`).
         clock: The host clock timing and the time bound read (default ``time.perf_counter``).
+        **fields: The fields of :class:`VerifyOptions` as keywords instead of ``options``
+            (``device=``, ``batch_sizes=``, ``model=``, ...).
 
     Returns:
         The verify result: agreement, paired timings per batch size with the prediction,
@@ -393,50 +434,47 @@ def verify_run(
         DyncalError: Thresholds that are not the run's, bad settings, no recorded
             model/data, inputs that cannot be read, or a model whose stages cannot be built.
     """
+    opts = options_from(VerifyOptions, options, fields, "verify")
     run = load_run(run_path)
     check_thresholds_for_run(thresholds, run)
-    if repeats < 1:
-        raise DyncalError(f"`repeats` must be at least 1, got {repeats}")
-    if warmup < 0:
-        raise DyncalError(f"warmup must be at least 0, got {warmup}")
-    if not max_seconds > 0:
-        raise DyncalError(f"`max_seconds` must be positive, got {max_seconds}")
-    if not batch_sizes or any(b < 1 for b in batch_sizes):
-        raise DyncalError(f"`batch_sizes` must be positive, got {list(batch_sizes)}")
-    if threads is not None and threads < 1:
-        raise DyncalError(f"`threads` must be at least 1, got {threads}")
-    dev = resolve_device(device)
-    if package is not None:
-        pkg = _bound_package(package, run, thresholds, dev, model=model, weights=weights, stages_spec=stages_spec)
+    dev = resolve_device(opts.device)
+    if opts.package is not None:
+        pkg = _bound_package(
+            opts.package, run, thresholds, dev, model=opts.model, weights=opts.weights, stages_spec=opts.stages
+        )
         identity = ModelIdentity(
-            spec=str(package), weights_sha256=pkg.manifest.model.get("weights_sha256"), kind="package"
+            spec=str(opts.package), weights_sha256=pkg.manifest.model.get("weights_sha256"), kind="package"
         )
         model_check: dict[str, Any] | None = None
     else:
         loaded = load_run_model(
             run,
-            model=model,
-            weights=weights,
-            model_path=model_path,
-            data=data if isinstance(data, str) else None,
+            model=opts.model,
+            weights=opts.weights,
+            model_path=opts.model_path,
+            data=opts.data if isinstance(opts.data, str) else None,
             device=str(dev),
-            allow_other_model=allow_other_model,
+            allow_other_model=opts.allow_other_model,
         )
         identity = ModelIdentity(spec=loaded.spec, weights_sha256=loaded.weights_sha256)
         model_check = None if loaded.check is None else loaded.check.to_dict()
     dataset = (
-        data
-        if data is not None and not isinstance(data, str)
-        else dataset_for_run(run, data=data, search_path=model_path)
+        opts.data
+        if opts.data is not None and not isinstance(opts.data, str)
+        else dataset_for_run(run, data=opts.data, search_path=opts.model_path)
     )
-    data_name = data if isinstance(data, str) else (run.provenance.data if data is None else type(data).__name__)
+    data_name = (
+        opts.data
+        if isinstance(opts.data, str)
+        else (run.provenance.data if opts.data is None else type(opts.data).__name__)
+    )
     data_name = str(data_name)
-    n = run.n if limit is None else min(limit, run.n)
+    n = run.n if opts.limit is None else min(opts.limit, run.n)
     rows = np.asarray(run.indices[:n])
     labels = np.asarray(run.labels[:n])
     sim_exits, sim_preds = _simulated(run, n, thresholds)
     order = np.random.default_rng(_ORDER_SEED).permutation(n)
-    pin, threads_source = _threads_for(run, device, batch_sizes, threads)
+    pin, threads_source = _threads_for(run, opts.device, opts.batch_sizes, opts.threads)
     timer = Timer(dev, clock)
 
     rt_exits = np.full(n, -1, dtype=np.int64)
@@ -447,18 +485,18 @@ def verify_run(
         _, probe = next(_stream(dataset, rows, [order[: min(4, n)]], data_name))
         runner: EarlyExitRunner
         plain: Callable[[torch.Tensor], Any]
-        if package is not None:
+        if opts.package is not None:
             runner, plain = pkg, pkg.full_model
         else:
-            stages = _early_exit_stages(loaded.module, probe, dev, run.k, stages_spec, loaded.model_path)
+            stages = _early_exit_stages(loaded.module, probe, dev, run.k, opts.stages, loaded.model_path)
             runner = EarlyExitRunner(stages, thresholds.thresholds, thresholds.temperatures, thresholds.score)
             plain = loaded.module
         used_s = 0.0
         first_rows = 0
-        for i, b in enumerate(batch_sizes):
-            key = latency_key(device, b)
+        for i, b in enumerate(opts.batch_sizes):
+            key = latency_key(opts.device, b)
             batches = [order[s : s + b] for s in range(0, n, b)]
-            share_s = (max_seconds - used_s) / (len(batch_sizes) - i)
+            share_s = (opts.max_seconds - used_s) / (len(opts.batch_sizes) - i)
             ee_ms: list[list[float]] = []
             full_ms: list[list[float]] = []
             timed: list[np.ndarray] = []
@@ -468,15 +506,15 @@ def verify_run(
                     break
                 xb = xb.to(dev)
                 if not timed:
-                    _try("the early exit", b, partial(timer.warm, partial(runner, xb), warmup))
-                    _try("the model", b, partial(timer.warm, partial(_plain, plain, xb), warmup))
+                    _try("the early exit", b, partial(timer.warm, partial(runner, xb), opts.warmup))
+                    _try("the model", b, partial(timer.warm, partial(_plain, plain, xb), opts.warmup))
                 out: list[tuple[torch.Tensor, torch.Tensor]] = []
                 early = partial(_into, out, runner, xb)
                 full = partial(_plain, plain, xb)
                 ee, fm = _try(
                     "the early exit or the model",
                     b,
-                    partial(timer.paired, early, full, repeats, a_first=len(timed) % 2 == 0, settle=_SETTLE),
+                    partial(timer.paired, early, full, opts.repeats, a_first=len(timed) % 2 == 0, settle=_SETTLE),
                 )
                 ee_ms.append(ee)
                 full_ms.append(fm)
@@ -496,7 +534,7 @@ def verify_run(
                 batch_size=b,
                 early_exit_ms=tuple(tuple(r) for r in ee_ms),
                 full_model_ms=tuple(tuple(r) for r in full_ms),
-                predicted_ms=predict_batches_ms(run.costs, device, [sim_exits[p] for p in timed]),
+                predicted_ms=predict_batches_ms(run.costs, opts.device, [sim_exits[p] for p in timed]),
                 solve_expected_ms=thresholds.expected_ms.get(key),
             )
             if timing_result.timing_spread > NOISE_IQR_FRACTION:  # the CLI prints it from the result
@@ -518,7 +556,7 @@ def verify_run(
         # Agreement covers every sample: the rows the time bound left untimed at the first
         # batch size are replayed (untimed) in batches of the largest size.
         rest = order[first_rows:]
-        big = max(batch_sizes)
+        big = max(opts.batch_sizes)
         rest_batches = [rest[s : s + big] for s in range(0, len(rest), big)]
         for done, (positions, xb) in enumerate(_stream(dataset, rows, rest_batches, data_name), start=1):
             _record(_try("the early exit", big, partial(runner, xb.to(dev))), positions, rt_exits, rt_preds)
@@ -542,11 +580,11 @@ def verify_run(
         hardware=device_hardware(dev),
         threads=n_threads,
         settings={
-            "repeats": repeats,
-            "warmup": warmup,
+            "repeats": opts.repeats,
+            "warmup": opts.warmup,
             "threads": n_threads,
             "threads_from": threads_source,
-            "max_seconds": max_seconds,
+            "max_seconds": opts.max_seconds,
             "seconds": round(used_s, 3),
             "min_timed_batches": MIN_TIMED_BATCHES,
             "stopped_early": any(c["stopped_early"] for c in coverage.values()),
@@ -557,7 +595,7 @@ def verify_run(
             "timer": timer.label,
             "model_check": model_check,
             "stages": runner.stages.source,
-            "limit": limit,
+            "limit": opts.limit,
         },
     )
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dyncal.errors import DyncalError, param
+from dyncal.options import options_from
 from dyncal.reports.compare import Alternative, compare_alternatives
 from dyncal.reports.decision import (
     Criterion,
@@ -366,8 +367,6 @@ def _fit_costs(prep: PreparedRun, thresholds: Sequence[float | None]) -> dict[st
 
 def _prepared_for(run: Run, th: ThresholdsResult, path: str) -> PreparedRun:
     """The run scored and split as the thresholds document records (its score, temperatures and split)."""
-    import dataclasses
-
     from dyncal.calibrate.scores import exit_scores
     from dyncal.calibrate.solvers import SolveCache, prepare_run
 
@@ -512,17 +511,7 @@ def report_options(options: ReportOptions | None, fields: Mapping[str, Any]) -> 
     Raises:
         DyncalError: Both given, or a keyword that is no report option.
     """
-    if options is not None:
-        if fields:
-            raise DyncalError(
-                f"give report options as options=ReportOptions(...) or as keywords, not both: {sorted(fields)}"
-            )
-        return options
-    known = {f.name for f in dataclasses.fields(ReportOptions)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise DyncalError(f"no report option {unknown[0]!r}; report options are: {', '.join(sorted(known))}")
-    return ReportOptions(**fields)
+    return options_from(ReportOptions, options, fields, "report")
 
 
 def _choose_operating_point(

@@ -316,14 +316,10 @@ def export_figure(
     run_path: str | os.PathLike[str],
     kind: str,
     out: str | os.PathLike[str],
+    options: ReportOptions | None = None,
     *,
-    budget: str | None = None,
-    device: str | None = None,
-    batch_size: int | None = None,
-    method: str | None = None,
-    holdout: float | None = None,
-    seed: int | None = None,
     dpi: int = 150,
+    **fields: Any,
 ) -> Path:
     """Write one report figure alone (what ``dyncal plot`` does).
 
@@ -331,15 +327,13 @@ def export_figure(
         run_path: A run directory.
         kind: ``frontier``, ``latency``, ``exits`` or ``reliability``.
         out: Output file; the format follows the suffix (``.png``, ``.svg`` or ``.pdf``).
-        budget: Operating point's budget. Default: the cheapest budget whose fitted accuracy
-            is within 1 percentage point of the last exit's (as :func:`build_report` without
-            criteria); the figure's legend says which budget it is and why.
-        device: Latency device for ms budgets.
-        batch_size: Latency batch size.
-        method: Threshold solver (default solve's).
-        holdout: Held-out fraction (default 0.5).
-        seed: Split seed (default 0).
+        options: The operating point to mark (:class:`ReportOptions`: ``budget``, ``device``,
+            ``batch_size``, ``method``, ``holdout``, ``seed``; criteria, evidence and labels are
+            not drawn). Without a budget: the cheapest budget whose fitted accuracy is within
+            1 percentage point of the last exit's (as :func:`build_report` without criteria);
+            the figure's legend says which budget it is and why.
         dpi: Resolution of ``.png`` output (default 150).
+        **fields: The fields of :class:`ReportOptions` as keywords instead of ``options``.
 
     Returns:
         The path written.
@@ -354,8 +348,8 @@ def export_figure(
     """
     from dyncal.artifacts.outputs import dyncal_creator, write_output
 
-    if kind not in FIGURE_KINDS:
-        raise DyncalError(f"`kind` must be one of {', '.join(FIGURE_KINDS)}, got {kind!r}")
+    kind = FigureKind.parse(kind, "kind")
+    asked = report_options(options, fields)
     path = Path(out)
     fmt = _FORMATS.get(path.suffix.lower())
     if fmt is None:
@@ -370,9 +364,6 @@ def export_figure(
                 _require_latency(run_path)
             # the operating point alone: no evidence, verdict or calibration; the frontier
             # only for the curves (or to choose the budget)
-            asked = ReportOptions(
-                budget=budget, device=device, batch_size=batch_size, method=method, holdout=holdout, seed=seed
-            )
             point = _choose_operating_point(run_path, asked, frontier=kind != "exits")
             main = str(point.thresholds.get("method") or "") or None
             op = point.operating_point(_op_label(point))

@@ -1,0 +1,143 @@
+"""Options objects and closed choices: one object per entry point, validated once; one-line CLI errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+from conftest import assert_clean_error
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dyncal.calibrate.options import FrontierOptions, SolveOptions
+from dyncal.calibrate.solvers import solve_run
+from dyncal.choices import FigureKind, Layout, Method, PValue, Score
+from dyncal.cli import app
+from dyncal.collect import CollectOptions
+from dyncal.errors import DyncalError
+from dyncal.export import ExportOptions
+from dyncal.run import import_arrays
+from dyncal.runtime import VerifyOptions
+
+
+@pytest.fixture
+def small_run(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    z = np.eye(3)[y][:, None, :] * [[1.0], [3.0]] + rng.normal(0, 1, (200, 2, 3))
+    return import_arrays(z, y, tmp_path / "run", macs=[1e6, 4e6])
+
+
+# ----------------------------------------------------------------- CLI: a bad choice is one line
+
+
+@pytest.mark.parametrize(
+    ("args", "flag", "choices"),
+    [
+        (["solve", "{run}", "--budget", "0.5x", "--out", "{out}", "--method", "magic"], "--method", Method),
+        (["solve", "{run}", "--budget", "0.5x", "--out", "{out}", "--score", "confidence"], "--score", Score),
+        (["frontier", "{run}", "--out", "{out}", "--score", "Margin"], "--score", Score),
+        (["frontier", "{run}", "--out", "{out}", "--methods", "optimal,magic"], "--methods", Method),
+        (["report", "{run}", "--out", "{out}", "--method", ""], "--method", Method),
+        (["plot", "{run}", "--kind", "pie", "--out", "{out}"], "--kind", FigureKind),
+        (["import", "{npz}", "--out", "{out}", "--layout", "nck"], "--layout", Layout),
+    ],
+)
+def test_bad_choice_is_one_line_exit_1_and_writes_nothing(cli, small_run, tmp_path, args, flag, choices):
+    npz = tmp_path / "logits.npz"
+    np.savez(npz, logits=np.zeros((4, 2, 3)), labels=np.zeros(4, int))
+    out = tmp_path / "out.file"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    res = cli(*[a.format(run=small_run.path, out=out, npz=npz) for a in args])
+    assert_clean_error(res, rf"^error: {flag} must be one of {', '.join(choices)}; got '")
+    assert "╭" not in res.output and "Usage" not in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_good_choice_reaches_the_library_as_its_member(cli, small_run, tmp_path):
+    out = tmp_path / "t.json"
+    res = cli("solve", small_run.path, "--budget", "0.6x", "--method", "geometric", "--score", "margin", "--out", out)
+    assert res.exit_code == 0, res.output
+    doc = solve_run(small_run, options=SolveOptions(budget="0.6x", method=Method.GEOMETRIC, score="margin"))
+    assert (out.read_text().count('"geometric"'), doc.method, doc.score) == (1, "geometric", "margin")
+
+
+def test_option_values_refused_by_the_options_object_name_the_flag(cli, small_run, tmp_path):
+    out = tmp_path / "t.json"
+    assert_clean_error(
+        cli("solve", small_run.path, "--max-drop", "1.5", "--out", out), r"^error: --max-drop must be a fraction"
+    )
+    assert_clean_error(cli("solve", small_run.path, "--out", out), r"give a budget \(--budget 0.6x\)")
+    assert not out.exists()
+
+
+def test_each_meaning_of_batch_size_has_its_own_help():
+    group = typer.main.get_command(app)
+
+    def help_of(verb: str) -> str:
+        (param,) = [p for p in group.commands[verb].params if p.name == "batch_size"]  # type: ignore[attr-defined]
+        assert param.opts == ["--batch-size"]
+        return str(param.help)
+
+    assert help_of("collect").startswith("Samples per forward")
+    assert help_of("profile") == help_of("verify") and help_of("verify").startswith("Batch sizes to time")
+    latency = {help_of(v) for v in ("solve", "frontier", "report", "plot")}
+    assert len(latency) == 1 and latency.pop().startswith("Latency column's batch size")
+
+
+# ----------------------------------------------------------------- options objects
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: SolveOptions(budget="0.5x", method="magic"), r"`method` must be one of smoothed, optimal"),
+        (lambda: SolveOptions(budget="0.5x", score="conf"), r"`score` must be one of maxprob, margin, entropy"),
+        (lambda: SolveOptions(budget="0.5x", pvalue="z"), r"`pvalue` must be one of binomial, hb"),
+        (lambda: SolveOptions(), r"give a budget"),
+        (lambda: SolveOptions(max_drop=1.0), r"`max_drop` must be a fraction in \[0, 1\)"),
+        (lambda: SolveOptions(max_drop=0.01, delta=0.0), r"`delta` must be a fraction in \(0, 1\)"),
+        (lambda: SolveOptions(budget="0.5x", batch_size=0), r"`batch_size` must be at least 1"),
+        (lambda: FrontierOptions(n_budgets=1), r"`n_budgets` must be from 2"),
+        (lambda: FrontierOptions(methods=("optimal", "fast")), r"`methods` must be one of .*got 'fast'"),
+        (lambda: VerifyOptions(repeats=0), r"`repeats` must be at least 1"),
+        (lambda: VerifyOptions(batch_sizes=()), r"`batch_sizes` must be positive"),
+        (lambda: VerifyOptions(max_seconds=0), r"`max_seconds` must be positive"),
+        (lambda: CollectOptions(data_spec="x.npz", checkpoint_s=-1), r"`checkpoint_s` must be >= 0"),
+        (lambda: CollectOptions(data_spec="x.npz", batch_size=0), r"`batch_size` must be at least 1"),
+        (lambda: ExportOptions(input_shape=(3, 0)), r"`input_shape` must be positive integers"),
+    ],
+)
+def test_options_refuse_bad_values_in_one_line(build, match):
+    with pytest.raises(DyncalError, match=match) as info:
+        build()
+    assert "\n" not in str(info.value)
+
+
+def test_options_are_frozen_and_hold_members():
+    opts = SolveOptions(budget="0.5x", method="optimal", pvalue="hb")
+    assert (type(opts.method), type(opts.pvalue), type(opts.score)) == (Method, PValue, Score)
+    with pytest.raises(AttributeError):
+        opts.method = Method.GEOMETRIC  # type: ignore[misc]
+
+
+def test_keywords_and_options_object_give_the_same_result_but_not_both(small_run):
+    by_keywords = solve_run(small_run, "0.6x", method="optimal", holdout=0.3, seed=2)
+    by_object = solve_run(small_run, options=SolveOptions(budget="0.6x", method="optimal", holdout=0.3, seed=2))
+    assert by_keywords.to_dict() == by_object.to_dict()
+    with pytest.raises(DyncalError, match=r"not both"):
+        solve_run(small_run, "0.6x", options=SolveOptions(budget="0.6x"))
+    with pytest.raises(DyncalError, match=r"no solve option 'methd'"):
+        solve_run(small_run, "0.6x", methd="optimal")
+
+
+@given(st.text(max_size=12))
+def test_choice_parse_accepts_exactly_the_members(text):
+    if text in set(Method):
+        assert Method.parse(text, "method") is Method(text)
+    else:
+        with pytest.raises(DyncalError, match=r"^`method` must be one of") as info:
+            Method.parse(text, "method")
+        assert "\n" not in str(info.value) or "\n" in text

@@ -22,10 +22,14 @@ C = TypeVar("C", bound="Choice")
 
 
 class Choice(str, enum.Enum):
-    """A closed set of names; members compare equal to, print and serialise as their names."""
+    """A closed set of names; members compare equal to, print, show and serialise as their names."""
 
     def __str__(self) -> str:
         return str(self.value)
+
+    def __repr__(self) -> str:
+        # as the plain string it stands for, so messages quoting a value read the same either way
+        return repr(str(self.value))
 
     def __format__(self, spec: str) -> str:
         return format(str(self.value), spec)
@@ -38,8 +42,8 @@ class Choice(str, enum.Enum):
         """The member named ``value``, or a one-line error naming the parameter ``name``.
 
         Example:
-            >>> Method.parse("geometric", "method")
-            <Method.GEOMETRIC: 'geometric'>
+            >>> Method.parse("geometric", "method") is Method.GEOMETRIC
+            True
             >>> Method.parse("magic", "method")
             Traceback (most recent call last):
             ...

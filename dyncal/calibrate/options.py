@@ -64,8 +64,8 @@ class SolveOptions(PrepareOptions):
         pvalue: Risk control p-values (:class:`~dyncal.choices.PValue`).
 
     Example:
-        >>> SolveOptions(budget="0.5x", method="geometric").method
-        <Method.GEOMETRIC: 'geometric'>
+        >>> SolveOptions(budget="0.5x", method="geometric").method is Method.GEOMETRIC
+        True
         >>> SolveOptions(budget="0.5x", method="magic")
         Traceback (most recent call last):
         ...
@@ -106,7 +106,7 @@ class FrontierOptions(PrepareOptions):
 
     Example:
         >>> FrontierOptions(methods=("geometric",), n_budgets=5).methods
-        (<Method.GEOMETRIC: 'geometric'>,)
+        ('geometric',)
     """
 
     n_budgets: int = 41

@@ -1134,7 +1134,7 @@ def _ms(v: float | None) -> str:
 def report(
     ctx: typer.Context,
     run: RunArg,
-    out: Annotated[Path, typer.Option(help="PDF file to write (an existing one only with --overwrite).")],
+    out: Annotated[Path, out_option("PDF file")],
     budget: Annotated[
         str | None,
         typer.Option(help="Operating point's budget: 0.6x, 1.2GMAC or 35ms. Default: chosen from the criteria."),
@@ -1219,7 +1219,7 @@ def plot(
     ctx: typer.Context,
     run: RunArg,
     kind: Annotated[str, choice_option(FigureKind, "Which figure.")],
-    out: Annotated[Path, typer.Option(help="File to write: .png, .svg or .pdf.")],
+    out: Annotated[Path, out_option("Figure file (.png, .svg or .pdf)")],
     budget: Annotated[
         str | None,
         typer.Option(

@@ -69,7 +69,9 @@ def test_option_values_refused_by_the_options_object_name_the_flag(cli, small_ru
     assert_clean_error(
         cli("solve", small_run.path, "--max-drop", "1.5", "--out", out), r"^error: --max-drop must be a fraction"
     )
-    assert_clean_error(cli("solve", small_run.path, "--out", out), r"give a budget \(--budget 0.6x\)")
+    assert_clean_error(
+        cli("solve", small_run.path, "--out", out), r"give a --budget \(e.g. 0.6x\) or a risk target --max-drop"
+    )
     assert not out.exists()
 
 
@@ -96,7 +98,7 @@ def test_each_meaning_of_batch_size_has_its_own_help():
         (lambda: SolveOptions(budget="0.5x", method="magic"), r"`method` must be one of smoothed, optimal"),
         (lambda: SolveOptions(budget="0.5x", score="conf"), r"`score` must be one of maxprob, margin, entropy"),
         (lambda: SolveOptions(budget="0.5x", pvalue="z"), r"`pvalue` must be one of binomial, hb"),
-        (lambda: SolveOptions(), r"give a budget"),
+        (lambda: SolveOptions(), r"give a `budget`"),
         (lambda: SolveOptions(max_drop=1.0), r"`max_drop` must be a fraction in \[0, 1\)"),
         (lambda: SolveOptions(max_drop=0.01, delta=0.0), r"`delta` must be a fraction in \(0, 1\)"),
         (lambda: SolveOptions(budget="0.5x", batch_size=0), r"`batch_size` must be at least 1"),

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -179,14 +180,38 @@ def flag_of(ctx: typer.Context | None, name: str) -> str | None:
     return None
 
 
+class _FlagWarnings(logging.Handler):
+    """Prints the library's warnings on stderr as Python's last-resort handler would, parameters shown as flags."""
+
+    def __init__(self, ctx: typer.Context | None) -> None:
+        super().__init__(logging.WARNING)
+        self.ctx = ctx
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = render_params(record.getMessage(), lambda name: flag_of(self.ctx, name))
+        except Exception:  # noqa: BLE001 - a malformed record must not end the verb
+            self.handleError(record)
+            return
+        sys.stderr.write(message + "\n")
+
+
 @contextlib.contextmanager
 def user_errors(ctx: typer.Context | None = None) -> Iterator[None]:
-    """Turn a DyncalError into one line on stderr and exit status 1, parameters shown as ``ctx``'s flags."""
+    """Run a verb's body: a DyncalError becomes one line and exit status 1; warnings are printed; flags named.
+
+    Both the error and the library's warnings name parameters by ``ctx``'s flags (:func:`flag_of`).
+    """
+    library_log = logging.getLogger("dyncal")
+    handler = _FlagWarnings(ctx)
+    library_log.addHandler(handler)
     try:
         yield
     except DyncalError as e:
         typer.echo(f"error: {render_params(str(e), lambda name: flag_of(ctx, name))}", err=True)
         raise typer.Exit(code=1) from None
+    finally:
+        library_log.removeHandler(handler)
 
 
 def echo_json(doc: Any) -> None:
@@ -889,12 +914,12 @@ def verify(
     if json_:
         echo_json(doc)
         return
-    _print_verify(doc)
+    _print_verify(doc, ctx)
     if out is not None:
         typer.echo(f"wrote {out}", err=True)
 
 
-def _print_verify(doc: dict[str, Any]) -> None:
+def _print_verify(doc: dict[str, Any], ctx: typer.Context) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -942,7 +967,8 @@ def _print_verify(doc: dict[str, Any]) -> None:
         if t["timing_spread"] > NOISE_IQR_FRACTION:
             typer.echo(
                 f"warning: noisy timing at {t['key']}: the paired speed-up's spread (IQR) is "
-                f"{100 * t['timing_spread']:.0f}% of its median (> {100 * NOISE_IQR_FRACTION:.0f}%); {NOISE_ADVICE}"
+                f"{100 * t['timing_spread']:.0f}% of its median (> {100 * NOISE_IQR_FRACTION:.0f}%); "
+                f"{render_params(NOISE_ADVICE, lambda name: flag_of(ctx, name))}"
             )
 
 

@@ -69,7 +69,7 @@ from dyncal.models import (
     resolve_device,
     torch_dtype,
 )
-from dyncal.options import input_shape_of, options_from
+from dyncal.options import ModelOverrides, options_from
 from dyncal.run import (
     atomic_write_bytes,
     atomic_write_text,
@@ -698,32 +698,13 @@ def _files_size(path: Path) -> int:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ExportOptions:
-    """Which model ``dyncal export`` packages; ``None`` fields come from the run's provenance.
-
-    Attributes:
-        model: Model spec overriding the run's (with ``weights`` and ``model_path``).
-        weights: Checkpoint overriding the run's.
-        model_path: Import folder overriding the run's.
-        stages: ``pkg.module:fn`` declaring the stages by hand.
-        input_shape: Per-sample input shape overriding the run's record.
-        input_dtype: Input dtype overriding the run's record.
+class ExportOptions(ModelOverrides):
+    """Which model ``dyncal export`` packages: :class:`~dyncal.options.ModelOverrides` as it is.
 
     Example:
         >>> ExportOptions(input_shape=[3, 8, 8]).input_shape
         (3, 8, 8)
     """
-
-    model: str | None = None
-    weights: str | None = None
-    model_path: str | None = None
-    stages: str | None = None
-    input_shape: tuple[int, ...] | None = None
-    input_dtype: str | None = None
-
-    def __post_init__(self) -> None:
-        """Check the input shape."""
-        object.__setattr__(self, "input_shape", input_shape_of(self.input_shape))
 
 
 def export_package(

@@ -63,7 +63,7 @@ from dyncal.models import (
     run_model_source,
     torch_dtype,
 )
-from dyncal.options import input_shape_of
+from dyncal.options import ModelOverrides
 from dyncal.run import (
     CostTable,
     LatencyProfile,
@@ -81,20 +81,14 @@ log = logging.getLogger(__name__)
 _ROWS_BATCH = 4  # rows of the check that samples can leave between stages
 
 
-@dataclass(frozen=True)
-class ProfileOptions:
-    """What to profile and how; ``None`` fields come from the run's provenance.
+@dataclass(frozen=True, kw_only=True)
+class ProfileOptions(ModelOverrides):
+    """What to profile and how, on top of which model (:class:`~dyncal.options.ModelOverrides`).
 
     Attributes:
         devices: Devices to time on (``cpu``, ``cuda``, ``cuda:N``).
         batch_sizes: Batch sizes to time.
         threads: CPU threads pinned while timing (None: keep torch's current setting).
-        model: Model spec overriding ``provenance.model``.
-        weights: Checkpoint overriding ``provenance.extra["weights"]``.
-        model_path: Import folder overriding ``provenance.extra["model_path"]``.
-        input_shape: Per-sample input shape overriding ``provenance.extra["input_shape"]``.
-        input_dtype: Input dtype name overriding ``provenance.extra["input_dtype"]``.
-        stages: ``pkg.module:fn`` declaring stages by hand (``fn(model) -> [nn.Module]``).
         data: Data spec overriding the run's, for re-running recorded rows.
         allow_other_model: Profile a model that is not the run's (checkpoint hash or
             recorded rows differ), and replace latency timed on another model; recorded.
@@ -109,12 +103,6 @@ class ProfileOptions:
     devices: tuple[str, ...] = ("cpu",)
     batch_sizes: tuple[int, ...] = (1,)
     threads: int | None = None
-    model: str | None = None
-    weights: str | None = None
-    model_path: str | None = None
-    input_shape: tuple[int, ...] | None = None
-    input_dtype: str | None = None
-    stages: str | None = None
     data: str | None = None
     allow_other_model: bool = False
     check_rows: int = 8
@@ -132,7 +120,7 @@ class ProfileOptions:
             raise ProfileError(f"the number of rows to re-run must be >= 0, got {self.check_rows}")
         if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
             raise ProfileError(f"`batch_sizes` must be positive integers, got {list(self.batch_sizes)}")
-        object.__setattr__(self, "input_shape", input_shape_of(self.input_shape))
+        super().__post_init__()
         LatencySettings(
             threads=self.threads,
             warmup=self.warmup,

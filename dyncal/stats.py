@@ -92,7 +92,7 @@ def stratified_split(labels: np.ndarray, holdout: float, seed: int = 0) -> tuple
         shown = ", ".join(f"{c} ({k})" for c, k in unsplit[:10])
         more = f" and {len(unsplit) - 10} more" if len(unsplit) > 10 else ""
         log.warning(
-            "%d class(es) too small to split at --holdout %s go whole into the fit part, none "
+            "%d class(es) too small to split at `holdout` %s go whole into the fit part, none "
             "held out: %s%s (class (samples))",
             len(unsplit),
             holdout,

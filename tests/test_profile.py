@@ -379,7 +379,7 @@ def test_noisy_latency_is_flagged_with_the_remedy(caplog):
             stages, model, torch.randn(1, 1, 8, 8), LatencySettings(warmup=0, repeats=4, min_block_ms=0), clock=clock
         )
     assert "stage1" in prof.settings["noisy"]
-    assert "--threads 1" in caplog.text and "quiet machine" in caplog.text and "--repeats" in caplog.text
+    assert "`threads` 1" in caplog.text and "quiet machine" in caplog.text and "`repeats`" in caplog.text
 
 
 def test_threads_are_restored_when_measuring_fails():

@@ -717,11 +717,12 @@ def test_several_latency_columns_need_device_and_batch(demo_logits, tmp_path, cl
     with caplog.at_level("WARNING", logger="dyncal.calibrate.solvers"):
         res = solve_run(run, "0.5x", device="cuda", batch_size=32)
     assert res.budget["unit"] == "macs"
-    assert "binds MACs, so --device cuda --batch-size 32 does not choose" in caplog.text
+    assert "binds MACs, so `device` cuda `batch_size` 32 does not choose" in caplog.text
     out = tmp_path / "t.json"
     r = cli("solve", run.path, "--budget", "0.5x", "--device", "cuda", "--out", out)
     assert r.exit_code == 0, r.output
     assert "latency column cuda/b32, expected" in r.stdout and "binds macs" in r.stdout
+    assert "binds MACs, so --device cuda does not choose" in r.stderr  # the CLI shows the warning in flags
     norun = import_arrays(z, y, tmp_path / "nomacs2")
     save_costs(norun.path, CostTable(latency=latency, source="profile"))
     assert_clean_error(cli("frontier", norun.path, "--out", tmp_path / "f.csv"), r"several devices or batch sizes")

@@ -78,7 +78,7 @@ log = logging.getLogger(__name__)
 NOISE_IQR_FRACTION = 0.10
 """A measurement whose IQR exceeds this fraction of its median is flagged as noisy."""
 
-NOISE_ADVICE = "run on a quiet machine, pin one thread (--threads 1), or take more --repeats"
+NOISE_ADVICE = "run on a quiet machine, pin one thread (`threads` 1), or take more `repeats`"
 """What to do about a noisy measurement (printed with every noise warning)."""
 
 Clock = Callable[[], float]

@@ -1058,10 +1058,10 @@ def solve_run(
 
 
 def _warn_unused_latency(run: Any, budget: str, device: str | None, batch: int | None) -> None:
-    """--device/--batch-size with a budget in MACs: say what they do (and do not do)."""
+    """A latency device or batch size with a budget in MACs: say what they do (and do not do)."""
     from dyncal.calibrate.budget import pick_latency
 
-    asked = " ".join(f"{o} {v}" for o, v in (("--device", device), ("--batch-size", batch)) if v is not None)
+    asked = " ".join(f"{o} {v}" for o, v in (("`device`", device), ("`batch_size`", batch)) if v is not None)
     units = cost_units(run.costs, run.k)
     try:
         key = _key(pick_latency(units, device, batch))

@@ -14,8 +14,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from dyncal.artifacts.costs import CostTable, LatencyProfile
+from dyncal.artifacts.run import Provenance, Run, import_arrays, import_npz, load_run
 from dyncal.errors import DyncalError
-from dyncal.run import CostTable, LatencyProfile, Provenance, Run, import_arrays, import_npz, load_run
 
 __version__ = "0.1.0"
 

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from dyncal.artifacts.costs import LatencyKey
 from dyncal.artifacts.thresholds import json_ready
 from dyncal.choices import DEFAULT_METHOD, Choice, FigureKind, Layout, Method, Score
 from dyncal.errors import DyncalError, render_params
-from dyncal.run import LatencyKey
 
 if TYPE_CHECKING:
     from dyncal.models import ModelCheck
@@ -397,7 +397,7 @@ def import_(
 
     Example: dyncal import msdnet_logits.npz --layout knc --macs 6.86e6,1.4e7,2.1e7 --out run
     """
-    from dyncal.run import import_npz
+    from dyncal.artifacts.run import import_npz
 
     with user_errors(ctx):
         run = import_npz(file, out, macs=_parse_float_list(macs, "--macs"), layout=layout, overwrite=overwrite)
@@ -440,7 +440,7 @@ def info(ctx: typer.Context, run: RunArg, json_: JsonOpt = False) -> None:
 
     Example: dyncal info run --json
     """
-    from dyncal.run import load_run
+    from dyncal.artifacts.run import load_run
 
     with user_errors(ctx):
         doc = info_document(load_run(run))
@@ -488,8 +488,8 @@ def note_run_code(
     they come from ``run.json`` rather than the command line, the user should see which.
     Called once the verb succeeded (an error stays one line, and names the model itself).
     """
+    from dyncal.artifacts.run import load_run
     from dyncal.models import run_model_source
-    from dyncal.run import load_run
 
     opened = load_run(run)
     source = run_model_source(opened, model=model, weights=weights, model_path=model_path)
@@ -746,10 +746,10 @@ def solve(
     Example: dyncal solve run --budget 0.5x --out thresholds.json
     """
     from dyncal.artifacts.outputs import check_output_file, write_output
+    from dyncal.artifacts.run import load_run
     from dyncal.artifacts.thresholds import thresholds_json
     from dyncal.calibrate.options import SolveOptions
     from dyncal.calibrate.solvers import solve_run
-    from dyncal.run import load_run
 
     with user_errors(ctx):
         check_output_file(out, overwrite=overwrite, kind="thresholds", protect=(run,))
@@ -805,8 +805,8 @@ def frontier(
     """
     from dyncal.analysis.frontier import compute_frontier, write_frontier_csv
     from dyncal.artifacts.outputs import check_output_file, output_errors
+    from dyncal.artifacts.run import load_run
     from dyncal.calibrate.options import FrontierOptions
-    from dyncal.run import load_run
 
     with user_errors(ctx):
         check_output_file(out, overwrite=overwrite, kind="frontier", protect=(run,))

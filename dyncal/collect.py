@@ -25,11 +25,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from dyncal.artifacts.atomic import atomic_write_text
+from dyncal.artifacts.run import PARTIAL_SUFFIX, Provenance, Run, RunWriter, check_out, load_run
 from dyncal.data import check_item
 from dyncal.errors import DataError, DyncalError, ModelError, RunError, first_line, param
 from dyncal.models import LoadedModel, check_exit_outputs, logits_difference, resolve_device
 from dyncal.options import options_from
-from dyncal.run import PARTIAL_SUFFIX, Provenance, Run, RunWriter, atomic_write_text, check_out, load_run
 
 __all__ = ["collect_run", "CollectOptions", "DistributedContext"]
 

@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dyncal.artifacts.run import NPZ_READ_ERRORS
 from dyncal.errors import DataError
 from dyncal.models import call_factory
-from dyncal.run import NPZ_READ_ERRORS
 
 if TYPE_CHECKING:
-    from dyncal.run import Run
+    from dyncal.artifacts.run import Run
 
 __all__ = ["ImageTransform", "NpzDataset", "load_dataset", "dataset_for_run", "check_item"]
 

@@ -28,7 +28,7 @@ _DEMO_FILES = {"run", "run.partial", "run.lock", "thresholds.json", "frontier.cs
 
 def _is_demo_dir(path: Path) -> bool:
     """Whether ``path`` holds nothing but what ``run_demo`` writes (so it may be replaced)."""
-    from dyncal.run import is_run_dir
+    from dyncal.artifacts.run import is_run_dir
 
     names = {p.name for p in path.iterdir() if not p.name.startswith(".")}
     if not names <= _DEMO_FILES:
@@ -60,7 +60,9 @@ def run_demo(
         RunError: ``out`` exists without ``overwrite``.
     """
     from dyncal.analysis.frontier import compute_frontier, write_frontier_csv
+    from dyncal.artifacts.atomic import atomic_write_text
     from dyncal.artifacts.outputs import check_output_folder, output_errors
+    from dyncal.artifacts.run import load_run
     from dyncal.artifacts.thresholds import thresholds_json
     from dyncal.calibrate.solvers import solve_run
     from dyncal.collect import collect_run
@@ -68,7 +70,6 @@ def run_demo(
     from dyncal.models import load_model
     from dyncal.profile import profile_run
     from dyncal.reports.pdf import build_report
-    from dyncal.run import atomic_write_text, load_run
     from dyncal.runtime import verify_run
 
     out = check_output_folder(out)

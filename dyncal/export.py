@@ -55,9 +55,10 @@ from dyncal.analysis.stages import (
     stages_function,
     verify_stages,
 )
-from dyncal.artifacts.thresholds import check_thresholds_for_run, decision_fingerprint
+from dyncal.artifacts.atomic import atomic_write_bytes, atomic_write_text
+from dyncal.artifacts.run import check_out, library_versions, load_run, publish_dir
+from dyncal.artifacts.thresholds import ThresholdsDocument, check_thresholds_for_run, decision_fingerprint
 from dyncal.calibrate.scores import SCORES
-from dyncal.calibrate.solvers import ThresholdsResult
 from dyncal.errors import DyncalError, ModelError, ProfileError, first_line
 from dyncal.models import (
     LoadedModel,
@@ -70,14 +71,6 @@ from dyncal.models import (
     torch_dtype,
 )
 from dyncal.options import ModelOverrides, options_from
-from dyncal.run import (
-    atomic_write_bytes,
-    atomic_write_text,
-    check_out,
-    library_versions,
-    load_run,
-    publish_dir,
-)
 from dyncal.runtime import EarlyExitRunner
 
 __all__ = [
@@ -709,7 +702,7 @@ class ExportOptions(ModelOverrides):
 
 def export_package(
     run_path: str | os.PathLike[str],
-    thresholds: ThresholdsResult,
+    thresholds: ThresholdsDocument,
     out: str | os.PathLike[str],
     options: ExportOptions | None = None,
     *,

@@ -36,7 +36,7 @@ from torch import nn
 from dyncal.errors import DyncalError, ModelError, describe, first_line
 
 if TYPE_CHECKING:
-    from dyncal.run import Run
+    from dyncal.artifacts.run import Run
 
 log = logging.getLogger(__name__)
 

@@ -51,7 +51,10 @@ from dyncal.analysis.stages import (
     stages_function,
     verify_stages,
 )
+from dyncal.artifacts.costs import CostTable, LatencyProfile, other_model_latency
+from dyncal.artifacts.lock import RunLock
 from dyncal.artifacts.outputs import check_writable
+from dyncal.artifacts.run import Run, load_run, store_costs
 from dyncal.errors import ProfileError, describe
 from dyncal.models import (
     ModelCheck,
@@ -64,15 +67,6 @@ from dyncal.models import (
     torch_dtype,
 )
 from dyncal.options import ModelOverrides
-from dyncal.run import (
-    CostTable,
-    LatencyProfile,
-    Run,
-    RunLock,
-    load_run,
-    other_model_latency,
-    store_costs,
-)
 
 __all__ = ["ProfileOptions", "ProfileResult", "profile_run", "profile_run_full", "profile_model"]
 

@@ -44,16 +44,16 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from dyncal.analysis.costmodel import predict_batches_ms
 from dyncal.analysis.latency import NOISE_ADVICE, NOISE_IQR_FRACTION, Clock, Timer, device_hardware, pinned_threads
 from dyncal.analysis.stages import StageRun, Stages, checked_stages, stages_function
-from dyncal.artifacts.thresholds import check_thresholds_for_run, read_thresholds
+from dyncal.artifacts.costs import latency_key
+from dyncal.artifacts.run import Run, load_run
+from dyncal.artifacts.thresholds import ThresholdsDocument, check_thresholds_for_run, read_thresholds
 from dyncal.artifacts.verify import ModelIdentity, PairedTiming, VerifyResult
 from dyncal.calibrate.policy import assign_exits, thresholds_from_json
 from dyncal.calibrate.scores import SCORES, exit_scores
-from dyncal.calibrate.solvers import ThresholdsResult
 from dyncal.data import dataset_for_run
 from dyncal.errors import DataError, DyncalError, describe, param
 from dyncal.models import check_exit_outputs, load_run_model, resolve_device
 from dyncal.options import options_from
-from dyncal.run import Run, latency_key, load_run
 
 __all__ = [
     "EarlyExitRunner",
@@ -259,7 +259,7 @@ def _early_exit_stages(
 def _bound_package(
     package: str | os.PathLike[str],
     run: Run,
-    thresholds: ThresholdsResult,
+    thresholds: ThresholdsDocument,
     dev: torch.device,
     *,
     model: str | None,
@@ -309,7 +309,7 @@ def _stream(
         yield positions, x
 
 
-def _simulated(run: Run, n: int, thresholds: ThresholdsResult) -> tuple[np.ndarray, np.ndarray]:
+def _simulated(run: Run, n: int, thresholds: ThresholdsDocument) -> tuple[np.ndarray, np.ndarray]:
     """Exits and predictions the exit rule gives on the stored logits of rows ``0..n-1``."""
     t = thresholds_from_json(thresholds.thresholds)
     exits = np.empty(n, dtype=np.int64)
@@ -408,7 +408,7 @@ class VerifyOptions:
 
 def verify_run(
     run_path: str | os.PathLike[str],
-    thresholds: ThresholdsResult,
+    thresholds: ThresholdsDocument,
     options: VerifyOptions | None = None,
     *,
     progress: VerifyProgress | None = None,

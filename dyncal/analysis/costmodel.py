@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dyncal.run import CostTable, LatencyProfile
+from dyncal.artifacts.costs import CostTable, LatencyProfile
 
 __all__ = ["predict_batch_ms", "predict_batches_ms", "stage_increments_ms"]
 

@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from dyncal.analysis.stages import Stages
+from dyncal.artifacts.costs import UnsupportedOp
 from dyncal.errors import ProfileError, first_line
-from dyncal.run import UnsupportedOp
 
 __all__ = ["MacCount", "StageMacs", "model_macs", "stage_macs", "stage_inputs"]
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dyncal.artifacts.atomic import atomic_write_text
 from dyncal.calibrate.options import MAX_BUDGETS as MAX_BUDGETS
 from dyncal.calibrate.options import FrontierOptions
 from dyncal.calibrate.policy import evaluate_policy, expected_cost, finite_thresholds
@@ -25,7 +26,6 @@ from dyncal.calibrate.solvers import (
     solve_path,
 )
 from dyncal.options import options_from
-from dyncal.run import atomic_write_text
 from dyncal.stats import mean_bootstrap_ci
 
 __all__ = ["compute_frontier", "oracle_at_budget", "write_frontier_csv", "frontier_columns"]

@@ -56,8 +56,8 @@ import torch
 from torch import nn
 
 from dyncal.analysis.stages import Stages
+from dyncal.artifacts.costs import LatencyProfile
 from dyncal.errors import ProfileError
-from dyncal.run import LatencyProfile
 
 __all__ = [
     "Clock",

@@ -183,7 +183,7 @@ def check_output_file(
         dyncal.errors.DyncalError: '...notes.txt' exists and dyncal did not write it; `overwrite` only \
 replaces dyncal's own outputs: choose another `path`, or move the file away yourself
     """
-    from dyncal.run import run_dir_holding
+    from dyncal.artifacts.run import run_dir_holding
 
     path = Path(path)
     example = _EXAMPLES.get(kind, "out.json")
@@ -265,7 +265,7 @@ def check_output_folder(path: str | os.PathLike[str]) -> Path:
         >>> check_output_folder(pathlib.Path(tempfile.mkdtemp()) / "demo").name
         'demo'
     """
-    from dyncal.run import run_dir_holding
+    from dyncal.artifacts.run import run_dir_holding
 
     path = Path(path)
     run_dir = run_dir_holding(Path(os.path.realpath(path)).parent)
@@ -304,7 +304,7 @@ def write_output(path: str | os.PathLike[str], data: bytes | str) -> None:
         >>> written_by_dyncal(p)
         True
     """
-    from dyncal.run import atomic_write_bytes
+    from dyncal.artifacts.atomic import atomic_write_bytes
 
     with output_errors(path):
         atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)

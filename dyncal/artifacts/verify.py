@@ -186,7 +186,7 @@ class PairedTiming:
         if len({len(r) for r in ee}) != 1:
             raise ValueError(f"timing {key}: every batch must have the same number of replicates")
         batch_size = _get(d, "batch_size", int)
-        from dyncal.run import LatencyKey
+        from dyncal.artifacts.costs import LatencyKey
 
         parsed = LatencyKey.parse(key)  # ValueError words it
         if parsed.batch_size != batch_size:
@@ -368,7 +368,7 @@ class VerifyResult:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write verify.json atomically."""
-        from dyncal.run import atomic_write_text
+        from dyncal.artifacts.atomic import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
 

@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from dyncal.artifacts.costs import CostTable, LatencyKey
 from dyncal.errors import BudgetError, DyncalError
-from dyncal.run import CostTable, LatencyKey
 
 __all__ = [
     "BudgetSpec",

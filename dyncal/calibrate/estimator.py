@@ -25,7 +25,7 @@ from dyncal.errors import DyncalError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from dyncal.calibrate.solvers import ThresholdsResult
+    from dyncal.artifacts.thresholds import ThresholdsDocument
 
 __all__ = ["ThresholdSolver"]
 
@@ -49,7 +49,7 @@ class ThresholdSolver:
         pvalue: Risk control: ``"binomial"`` (default) or ``"hb"`` (Hoeffding-Bentkus).
 
     Attributes:
-        result_: The thresholds document (:class:`~dyncal.calibrate.solvers.ThresholdsResult`).
+        result_: The thresholds document (:class:`~dyncal.artifacts.thresholds.ThresholdsDocument`).
         thresholds_: ``(K - 1,)`` thresholds (``+inf``: nobody leaves there).
         temperatures_: ``(K,)`` temperatures applied before scoring.
         exit_shares_: ``(K,)`` share of fit samples leaving at each exit.
@@ -127,7 +127,7 @@ class ThresholdSolver:
         result = solve_run(prep, options=options)
         path = FrontierOptions(methods=(options.method,), device=self.device, batch_size=self.batch_size)
         frontier = compute_frontier(prep, path)
-        self.result_: ThresholdsResult = result
+        self.result_: ThresholdsDocument = result
         self.thresholds_ = result.threshold_array
         self.temperatures_ = np.asarray(result.temperatures, dtype=np.float64)
         self.exit_shares_ = np.asarray(result.exit_shares, dtype=np.float64)

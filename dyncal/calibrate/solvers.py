@@ -76,6 +76,7 @@ from typing import Any
 import numpy as np
 
 from dyncal import choices
+from dyncal.artifacts.costs import LatencyKey
 from dyncal.artifacts.thresholds import ThresholdsDocument
 from dyncal.calibrate.budget import (
     BudgetTarget,
@@ -94,7 +95,6 @@ from dyncal.calibrate.scores import SCORES, exit_scores
 from dyncal.choices import Method
 from dyncal.errors import BudgetError, DyncalError
 from dyncal.options import options_from
-from dyncal.run import LatencyKey
 from dyncal.stats import mean_bootstrap_ci, stratified_split, unsplit_classes
 
 __all__ = [
@@ -915,7 +915,7 @@ def _result_from(
     unit: str,
     run_path: str,
     risk: dict[str, Any] | None = None,
-) -> ThresholdsResult:
+) -> ThresholdsDocument:
     """Evaluate final thresholds and assemble the document."""
     t_json = finite_thresholds(thresholds, prep.score, prep.n_classes)
     t_eval = np.asarray(t_json[:-1], dtype=np.float64)
@@ -942,7 +942,7 @@ def _result_from(
             "expected_ms": h_ms,
             "exit_shares": list(held.shares),
         }
-    return ThresholdsResult(
+    return ThresholdsDocument(
         score=prep.score,
         temperatures=prep.temperatures,
         thresholds=tuple(t_json),
@@ -978,7 +978,7 @@ def solve_run(
     *,
     options: SolveOptions | None = None,
     **fields: Any,
-) -> ThresholdsResult:
+) -> ThresholdsDocument:
     """Fit thresholds for a run under a budget (``dyncal solve``).
 
     Args:
@@ -1083,7 +1083,7 @@ def _solve_risk(
     run_path: str,
     opts: SolveOptions,
     n_candidates: int = 60,
-) -> ThresholdsResult:
+) -> ThresholdsDocument:
     """Risk mode of :func:`solve_run` (Learn then Test with fixed-sequence testing)."""
     from dyncal.calibrate.risk import learn_then_test
 

@@ -35,16 +35,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dyncal.artifacts.costs import LatencyKey
 from dyncal.errors import DyncalError
 from dyncal.reports.evidence import _per_exit_macs, _unit_costs, full_model_ms
-from dyncal.run import LatencyKey
 from dyncal.stats import bootstrap_interval
 
 if TYPE_CHECKING:
+    from dyncal.artifacts.run import Run
     from dyncal.calibrate.solvers import PreparedRun
     from dyncal.reports.evidence import LatencyEvidence
     from dyncal.reports.operating import _OperatingChoice
-    from dyncal.run import Run
 
 __all__ = ["Alternative", "compare_alternatives", "MAX_ALTERNATIVES"]
 
@@ -458,7 +458,7 @@ def compare_alternatives(
         >>> [(a.name, a.paired, a.dominates) for a in data.alternatives]  # doctest: +SKIP
         [('static_run', True, False)]
     """
-    from dyncal.run import load_run
+    from dyncal.artifacts.run import load_run
 
     if len(paths) > MAX_ALTERNATIVES:
         raise DyncalError(

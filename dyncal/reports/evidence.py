@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dyncal.analysis.costmodel import predict_batch_ms
+from dyncal.artifacts.costs import LatencyKey
 from dyncal.reports.decision import SpeedupEstimate
-from dyncal.run import LatencyKey
 from dyncal.stats import N_BOOTSTRAP, bootstrap_interval
 
 if TYPE_CHECKING:
+    from dyncal.artifacts.costs import CostTable, LatencyProfile
+    from dyncal.artifacts.run import Run
     from dyncal.artifacts.verify import PairedTiming, VerifyResult
-    from dyncal.run import CostTable, LatencyProfile, Run
 
 __all__ = [
     "LatencyEvidence",

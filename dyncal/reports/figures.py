@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dyncal.artifacts.costs import LatencyKey
 from dyncal.errors import DyncalError
-from dyncal.run import LatencyKey
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dyncal.artifacts.costs import LatencyKey
 from dyncal.errors import DyncalError, param
 from dyncal.options import options_from
 from dyncal.reports.compare import Alternative, compare_alternatives
@@ -44,15 +45,15 @@ from dyncal.reports.evidence import (
 )
 from dyncal.reports.figures import MS_PREFIX, OperatingPoint
 from dyncal.reports.text import _pct, _pts
-from dyncal.run import LatencyKey
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from dyncal.analysis.calibration import ReliabilityBins
+    from dyncal.artifacts.run import Run
+    from dyncal.artifacts.thresholds import ThresholdsDocument
     from dyncal.artifacts.verify import VerifyResult
-    from dyncal.calibrate.solvers import PreparedRun, ThresholdsResult
-    from dyncal.run import Run
+    from dyncal.calibrate.solvers import PreparedRun
 
 __all__ = ["ReportData", "ReportOptions", "prepare_report", "report_date", "report_options"]
 
@@ -195,7 +196,7 @@ def _latency_choice(run: Run, device: str | None, batch_size: int | None) -> str
     """The latency key asked by ``device``/``batch_size`` (None when neither was given)."""
     if device is None and batch_size is None:
         return None
-    from dyncal.run import latency_key
+    from dyncal.artifacts.costs import latency_key
 
     have = sorted((run.costs.latency if run.costs is not None else {}).keys())
     dev = device or "cpu"
@@ -365,7 +366,7 @@ def _fit_costs(prep: PreparedRun, thresholds: Sequence[float | None]) -> dict[st
     return {(u[3:] if u.startswith("ms:") else u): expected_cost(exits, c) for u, c in prep.units.items()}
 
 
-def _prepared_for(run: Run, th: ThresholdsResult, path: str) -> PreparedRun:
+def _prepared_for(run: Run, th: ThresholdsDocument, path: str) -> PreparedRun:
     """The run scored and split as the thresholds document records (its score, temperatures and split)."""
     from dyncal.calibrate.scores import exit_scores
     from dyncal.calibrate.solvers import SolveCache, prepare_run
@@ -528,8 +529,8 @@ def _choose_operating_point(
     device, batch_size, method, temperature = options.device, options.batch_size, options.method, options.temperature
     holdout, seed = options.holdout, options.seed
     min_accuracy, max_drop, min_speedup = options.min_accuracy, options.max_drop, options.min_speedup
+    from dyncal.artifacts.run import load_run
     from dyncal.calibrate.solvers import DEFAULT_METHOD, METHODS, prepare_run, solve_run
-    from dyncal.run import load_run
     from dyncal.stats import mean_bootstrap_ci
 
     req = Requirements(min_accuracy, max_drop, min_speedup).validate()

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dyncal.artifacts.costs import LatencyKey
 from dyncal.reports.compare import Alternative
 from dyncal.reports.decision import FAIL, INCONCLUSIVE, decide
 from dyncal.reports.evidence import batch_size_of
@@ -60,7 +61,6 @@ from dyncal.reports.text import (
     _status_word,
     _thresholds_text,
 )
-from dyncal.run import LatencyKey
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -60,7 +60,7 @@ from dyncal.reports.text import _failure_text as _failure_text
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from dyncal.run import Run
+    from dyncal.artifacts.run import Run
 
 __all__ = [
     "ReportResult",
@@ -266,7 +266,7 @@ def build_report(
         'GO'
     """
     from dyncal.artifacts.outputs import check_output_file, write_output
-    from dyncal.run import load_run
+    from dyncal.artifacts.run import load_run
 
     options = report_options(options, fields)
     out = Path(out_pdf)
@@ -415,7 +415,7 @@ def export_figure(
 
 def _require_latency(run_path: str | os.PathLike[str]) -> None:
     """Fail early, before solving, when a run has no latency to plot."""
-    from dyncal.run import load_run
+    from dyncal.artifacts.run import load_run
 
     run = load_run(run_path)
     if run.costs is None or not run.costs.latency:
@@ -429,8 +429,8 @@ def _require_latency(run_path: str | os.PathLike[str]) -> None:
 def _reliability_alone(run_path: str | os.PathLike[str]) -> Figure:
     """Reliability diagrams of every exit at temperature 1."""
     from dyncal.analysis.calibration import reliability_bins
+    from dyncal.artifacts.run import load_run
     from dyncal.calibrate.scores import exit_scores
-    from dyncal.run import load_run
 
     run = load_run(run_path)
     conf, pred = exit_scores(run.logits, "maxprob")

@@ -13,7 +13,7 @@ from dyncal.reports.decision import FAIL, INCONCLUSIVE, PASS, Criterion
 from dyncal.reports.figures import format_ms
 
 if TYPE_CHECKING:
-    from dyncal.run import Run
+    from dyncal.artifacts.run import Run
 
 
 def _pct(v: float | None, digits: int = 2) -> str:

@@ -73,6 +73,20 @@ OverwriteOpt = Annotated[
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 RunArg = Annotated[Path, typer.Argument(help="A run directory (from collect or import).", show_default=False)]
 ThresholdsOpt = Annotated[Path, typer.Option(help="thresholds.json from 'dyncal solve' on this run.")]
+CompareOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        help="Other runs on the same data to judge against, comma-separated or repeated: static models "
+        "(K=1) or other early-exit runs. report: drawn on pages 2-3, judged on page 1 (a static model as "
+        "accurate and cheaper makes it NO-GO); plot: drawn on the frontier and latency figures."
+    ),
+]
+
+
+def compared_runs(compare: list[str] | None) -> tuple[str, ...]:
+    """The runs of ``--compare``, given comma-separated, repeated, or both."""
+    return tuple(part.strip() for item in compare or [] for part in item.split(",") if part.strip())
+
 
 # where a model runs (collect, verify) and where latency was measured (solve, frontier, report, plot)
 DeviceOpt = Annotated[str, typer.Option(help="Device to run the model on: cpu, cuda or cuda:N.")]
@@ -1204,14 +1218,7 @@ def report(
         float | None, typer.Option(help="Fraction held out of fitting, to judge on (default 0.5).")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the held-out split (default 0).")] = None,
-    compare: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Other runs on the same data to judge against, comma-separated or repeated: static models "
-            "(K=1) or other early-exit runs. Drawn on pages 2-3, judged on page 1; a static model as accurate "
-            "and cheaper makes it NO-GO."
-        ),
-    ] = None,
+    compare: CompareOpt = None,
     overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -1229,9 +1236,8 @@ def report(
     """
     from dyncal.reports.pdf import ReportOptions, build_report
 
-    others = [part.strip() for item in compare or [] for part in item.split(",") if part.strip()]
     with user_errors(ctx):
-        asked = options(ctx, ReportOptions, command=command_line(ctx), compare=tuple(others))
+        asked = options(ctx, ReportOptions, command=command_line(ctx), compare=compared_runs(compare))
         result = build_report(run, out, asked, overwrite=overwrite)
     doc = result.to_dict()
     if json_:
@@ -1257,21 +1263,24 @@ def plot(
     batch_size: LatencyBatchOpt = None,
     method: MethodOrDefaultOpt = None,
     dpi: Annotated[int, typer.Option(min=30, help="Resolution of .png output.")] = 150,
+    compare: CompareOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Export one figure of the report alone, with the operating point marked.
 
     Without --budget the operating point is the cheapest budget within 1 percentage point of
-    the last exit's fitted accuracy; the figure's legend names the budget.
+    the last exit's fitted accuracy; the figure's legend names the budget. With --compare the
+    other runs are drawn as the report draws them (frontier and latency figures).
 
-    Example: dyncal plot run --kind frontier --out frontier.svg
+    Example: dyncal plot run --kind frontier --out frontier.svg --compare resnet18_run
     """
     from dyncal.artifacts.outputs import check_output_file
     from dyncal.reports.pdf import ReportOptions, export_figure
 
+    others = compared_runs(compare)
     with user_errors(ctx):
-        check_output_file(out, overwrite=overwrite, kind="figure", protect=(run,))
-        path = export_figure(run, kind, out, options(ctx, ReportOptions), dpi=dpi)
+        check_output_file(out, overwrite=overwrite, kind="figure", protect=(run, *others))
+        path = export_figure(run, kind, out, options(ctx, ReportOptions, compare=others), dpi=dpi)
     typer.echo(f"wrote {path}", err=True)
 
 

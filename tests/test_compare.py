@@ -335,3 +335,26 @@ def test_the_report_may_not_be_written_into_a_compared_run(runs: dict[str, Path]
     res = cli("report", runs["demo"], "--compare", runs["small-cnn"], "--out", target)
     assert_clean_error(res, "small-cnn")
     assert not target.exists()
+
+
+def test_plot_draws_the_compared_runs_as_the_report_does(runs: dict[str, Path], tmp_path: Path, cli) -> None:
+    """``plot --compare`` puts the other runs on the frontier and latency figures; other kinds refuse it."""
+    alone, compared = tmp_path / "alone.svg", tmp_path / "compared.svg"
+    assert cli("plot", runs["demo"], "--kind", "frontier", "--out", alone).exit_code == 0
+    others = f"{runs['last-exit']},{runs['small-cnn']}"
+    res = cli("plot", runs["demo"], "--kind", "frontier", "--out", compared, "--compare", others)
+    assert res.exit_code == 0, res.output
+    drawn = compared.read_text()
+    assert "last-exit (static)" in drawn and "small-cnn (static)" in drawn
+    assert "(static)" not in alone.read_text().replace("single exit (static)", "")
+    latency = tmp_path / "latency.svg"
+    res = cli("plot", runs["demo"], "--kind", "latency", "--out", latency, "--compare", runs["small-cnn"])
+    assert res.exit_code == 0, res.output
+    assert "small-cnn (static)" in latency.read_text()
+    exits = tmp_path / "exits.svg"
+    res = cli("plot", runs["demo"], "--kind", "exits", "--out", exits, "--compare", runs["small-cnn"])
+    assert_clean_error(res, r"--compare draws on the frontier and latency figures, not on --kind exits")
+    assert not exits.exists()
+    target = runs["small-cnn"] / "f.svg"
+    assert_clean_error(cli("plot", runs["demo"], "--kind", "frontier", "--out", target, "--compare", others), "")
+    assert not target.exists()

@@ -676,6 +676,28 @@ def _choose_operating_point(
     )
 
 
+def latency_evidence(choice: _OperatingChoice, verify_result: VerifyResult | None = None) -> dict[str, LatencyEvidence]:
+    """The operating point's latency per key: measured by ``verify_result`` where it timed it, else predicted.
+
+    Predictions come from the profile on the judged rows; a key verify timed that was not
+    profiled is measured only.
+    """
+    run, outcome = choice.run, choice.outcome
+    held_rows = f"{outcome.n:,} held-out samples" if outcome.held_out else f"{outcome.n:,} samples (nothing held out)"
+    evidence: dict[str, LatencyEvidence] = {}
+    for key in sorted(run.costs.latency if run.costs is not None else ()):
+        timing = None if verify_result is None else verify_result.timing(key)
+        if timing is not None and verify_result is not None:
+            evidence[key] = measured_latency(timing, verify_result.n)
+        else:
+            assert run.costs is not None
+            evidence[key] = predicted_latency(run.costs, key, outcome.exits, held_out=outcome.held_out, rows=held_rows)
+    if verify_result is not None:
+        for t in verify_result.timings:
+            evidence.setdefault(t.key, measured_latency(t, verify_result.n))
+    return evidence
+
+
 def prepare_report(run_path: str | os.PathLike[str], options: ReportOptions | None = None, **fields: Any) -> ReportData:
     """Compute everything a report shows, without drawing.
 
@@ -721,17 +743,7 @@ def prepare_report(run_path: str | os.PathLike[str], options: ReportOptions | No
                 f"on {latency} is predicted: verify with --batch-size {asked.batch_size} on {asked.device}"
             )
 
-    held_rows = f"{outcome.n:,} held-out samples" if outcome.held_out else f"{outcome.n:,} samples (nothing held out)"
-    evidence: dict[str, LatencyEvidence] = {}
-    for key in sorted(run.costs.latency):
-        timing = None if verify_result is None else verify_result.timing(key)
-        if timing is not None and verify_result is not None:
-            evidence[key] = measured_latency(timing, verify_result.n)
-        else:
-            evidence[key] = predicted_latency(run.costs, key, outcome.exits, held_out=outcome.held_out, rows=held_rows)
-    if verify_result is not None:
-        for t in verify_result.timings:
-            evidence.setdefault(t.key, measured_latency(t, verify_result.n))
+    evidence = latency_evidence(choice, verify_result)
     estimates: dict[str, SpeedupEstimate] = {k: e.speedup for k, e in evidence.items()}
     macs = _per_exit_macs(run)
     if macs is not None:

@@ -35,14 +35,21 @@ import numpy as np
 
 from dyncal.choices import FigureKind
 from dyncal.errors import DyncalError
+from dyncal.reports.compare import compare_alternatives
 from dyncal.reports.decision import Criterion as Criterion
 from dyncal.reports.evidence import full_model_ms
-from dyncal.reports.figures import plot_exits, plot_frontier, plot_latency, plot_reliability
+from dyncal.reports.figures import ComparedModel, plot_exits, plot_frontier, plot_latency, plot_reliability
 from dyncal.reports.layout import PAGE_TITLES as PAGE_TITLES
 from dyncal.reports.layout import _style, _version, page_titles
 from dyncal.reports.operating import ReportData as ReportData
 from dyncal.reports.operating import ReportOptions as ReportOptions
-from dyncal.reports.operating import _choose_operating_point, _op_label, report_options
+from dyncal.reports.operating import (
+    _choose_operating_point,
+    _op_label,
+    _OperatingChoice,
+    latency_evidence,
+    report_options,
+)
 from dyncal.reports.operating import prepare_report as prepare_report
 from dyncal.reports.operating import report_date as report_date
 from dyncal.reports.pages import (
@@ -367,6 +374,7 @@ def export_figure(
             point = _choose_operating_point(run_path, asked, frontier=kind != "exits")
             main = str(point.thresholds.get("method") or "") or None
             op = point.operating_point(_op_label(point))
+            compared = _compared_runs(point, asked, kind)
             if kind == "frontier":
                 assert point.frontier is not None
                 fig = plot_frontier(
@@ -374,6 +382,7 @@ def export_figure(
                     operating_point=op,
                     main_method=main,
                     title=f"{point.title}: accuracy vs MACs",
+                    compared=compared,
                 )
             elif kind == "latency":
                 assert point.frontier is not None and point.run.costs is not None
@@ -383,6 +392,7 @@ def export_figure(
                     operating_point=op,
                     main_method=main,
                     full_model_ms={k: full_model_ms(costs, None, k)[0] for k in costs.latency},
+                    compared=compared,
                 )
             else:
                 o, k = point.outcome, point.run.k
@@ -411,6 +421,18 @@ def export_figure(
         fig.savefig(buf, format=fmt, dpi=dpi, metadata=meta, bbox_inches="tight")
     write_output(path, buf.getvalue())
     return path
+
+
+def _compared_runs(point: _OperatingChoice, asked: ReportOptions, kind: str) -> list[ComparedModel]:
+    """The ``compare`` runs as the report's figures draw them (judged against ``point`` like the report)."""
+    if not asked.compare:
+        return []
+    if kind not in ("frontier", "latency"):
+        raise DyncalError(f"`compare` draws on the frontier and latency figures, not on `kind` {kind}")
+    return [
+        ComparedModel(a.name, a.static, a.curve, a.ci if a.static else None)
+        for a in compare_alternatives(point, latency_evidence(point), asked.compare)
+    ]
 
 
 def _require_latency(run_path: str | os.PathLike[str]) -> None:

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 __all__ = [
     "DyncalError",
@@ -24,6 +27,7 @@ __all__ = [
     "ProfileError",
     "first_line",
     "describe",
+    "user_call",
     "param",
     "render_params",
 ]
@@ -85,6 +89,26 @@ def describe(e: BaseException, limit: int = 300) -> str:
         ('ValueError: bad shape', 'KeyError')
     """
     return f"{type(e).__name__}: {first_line(e, limit)}" if str(e).strip() else type(e).__name__
+
+
+def user_call(fn: Callable[[], T], failed: str, error: type[DyncalError] = DyncalError) -> T:
+    """``fn()``, where ``fn`` runs the user's code (a model, a factory, stages).
+
+    A :class:`DyncalError` passes through; anything else the user's code raises becomes one
+    line, ``error(f"{failed}: {describe(e)}")``, chained to the original.
+
+    Example:
+        >>> user_call(lambda: 1 / 0, "the model failed at batch size 4")
+        Traceback (most recent call last):
+        ...
+        dyncal.errors.DyncalError: the model failed at batch size 4: ZeroDivisionError: division by zero
+    """
+    try:
+        return fn()
+    except DyncalError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's code may raise anything
+        raise error(f"{failed}: {describe(e)}") from e
 
 
 _PARAM = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")

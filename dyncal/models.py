@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dyncal.errors import DyncalError, ModelError, describe, first_line
+from dyncal.errors import DyncalError, ModelError, describe, first_line, user_call
 
 if TYPE_CHECKING:
     from dyncal.artifacts.run import Run
@@ -175,12 +175,7 @@ def call_factory(
         raise (e if isinstance(e, error) else error(str(e))) from e
     if not callable(factory):
         raise error(f"{what}: '{spec}' is not callable; name a function that returns {makes}")
-    try:
-        return factory()
-    except DyncalError:
-        raise
-    except Exception as e:  # noqa: BLE001 - the user's factory may raise anything
-        raise error(f"{what}: calling '{spec}()' failed: {describe(e)}") from e
+    return user_call(factory, f"{what}: calling '{spec}()' failed", error)
 
 
 def _strip_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:

@@ -51,7 +51,7 @@ from dyncal.artifacts.verify import ModelIdentity, PairedTiming, VerifyResult
 from dyncal.calibrate.policy import assign_exits, thresholds_from_json
 from dyncal.calibrate.scores import SCORES, exit_scores
 from dyncal.data import dataset_for_run
-from dyncal.errors import DataError, DyncalError, describe, param
+from dyncal.errors import DataError, DyncalError, describe, param, user_call
 from dyncal.models import check_exit_outputs, load_run_model, resolve_device
 from dyncal.options import options_from
 
@@ -224,12 +224,7 @@ class VerifyProgress(Protocol):
 
 def _try(what: str, batch_size: int, fn: Callable[[], T]) -> T:
     """``fn()``; an error in the user's model or its stages becomes one line."""
-    try:
-        return fn()
-    except DyncalError:
-        raise
-    except Exception as e:  # noqa: BLE001 - the user's model may raise anything
-        raise DyncalError(f"{what} failed at batch size {batch_size}: {describe(e)}") from e
+    return user_call(fn, f"{what} failed at batch size {batch_size}")
 
 
 def _early_exit_stages(

@@ -93,7 +93,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from dyncal.errors import DyncalError, ProfileError, describe, param
+from dyncal.errors import DyncalError, ProfileError, describe, param, user_call
 
 __all__ = [
     "STAGES_METHOD",
@@ -699,12 +699,8 @@ def declared_stages(
         source, name = "method", f"{type(model).__name__}.{STAGES_METHOD}()"
     else:
         return None
-    try:
-        mods: Any = stages_fn(model) if stages_fn is not None else getattr(model, STAGES_METHOD)()
-    except DyncalError:
-        raise
-    except Exception as e:  # noqa: BLE001 - user code may raise anything
-        raise ProfileError(f"{name} failed: {describe(e)}") from e
+    declared = (lambda: stages_fn(model)) if stages_fn is not None else getattr(model, STAGES_METHOD)
+    mods: Any = user_call(declared, f"{name} failed", ProfileError)
     if not isinstance(mods, (list, tuple)) or len(mods) < 2 or not all(isinstance(m, nn.Module) for m in mods):
         raise ProfileError(
             f"{name} must return a list of K >= 2 nn.Module stages "

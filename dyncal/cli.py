@@ -179,15 +179,31 @@ _PARAMETER_FLAGS: dict[str, str] = {
 
 
 def flag_of(ctx: typer.Context | None, name: str) -> str | None:
-    """The flag of the running verb that sets library parameter ``name``, or None if it has none.
+    """How the command line sets library parameter ``name``, from where ``ctx`` runs.
 
-    The verb's own declaration is the mapping: its Python parameter ``max_drop`` is the option
-    ``--max-drop``; :data:`_PARAMETER_FLAGS` names the few library parameters spelled otherwise.
+    The running verb's flag when it has one: its declaration is the mapping (its Python
+    parameter ``max_drop`` is ``--max-drop``; :data:`_PARAMETER_FLAGS` names the few library
+    parameters spelled otherwise). Else the command of the first verb that has it
+    (``dyncal profile --threads``), so advice never names an option the running verb lacks;
+    None when no verb sets it.
     """
     if ctx is None:
         return None
     name = _PARAMETER_FLAGS.get(name, name)
-    for p in ctx.command.params:
+    own = _flag_in(ctx.command, name)
+    if own is not None:
+        return own
+    verbs = getattr(ctx.find_root().command, "commands", {})
+    for verb, command in verbs.items():
+        flag = _flag_in(command, name)
+        if flag is not None and flag.startswith("--"):
+            return f"dyncal {verb} {flag}"
+    return None
+
+
+def _flag_in(command: Any, name: str) -> str | None:
+    """The flag (or, for an argument, the metavar) of ``command``'s parameter ``name``."""
+    for p in command.params:
         if p.name in (name, name + "_"):
             flags = [o for o in p.opts if o.startswith("--")]
             return flags[0] if flags else (p.name or name).upper()

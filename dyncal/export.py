@@ -754,7 +754,14 @@ def export_package(
     shape, dtype_name = input_signature(run, opts.input_shape, opts.input_dtype)
     dtype = torch_dtype(dtype_name)
     # the run's model, checked by hash and by re-running recorded rows: a package ships the model it measured
-    loaded = load_run_model(run, model=opts.model, weights=opts.weights, model_path=opts.model_path, device="cpu")
+    loaded = load_run_model(
+        run,
+        model=opts.model,
+        weights=opts.weights,
+        model_path=opts.model_path,
+        device="cpu",
+        other_model_allowed=False,  # a package ships the run's model, bound to its weights
+    )
     module = loaded.module
     probe = example_input(shape, dtype, 4)
     try:

@@ -784,6 +784,7 @@ def load_run_model(
     device: str = "cpu",
     allow_other_model: bool = False,
     check_rows: int = 8,
+    other_model_allowed: bool = True,
 ) -> LoadedModel:
     """Load the model ``run`` was collected with, and check that it is that model.
 
@@ -801,6 +802,8 @@ def load_run_model(
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         allow_other_model: Use a model that differs from the run's (recorded in ``check``).
         check_rows: Recorded rows to re-run (0: compare the checkpoint's hash only).
+        other_model_allowed: Whether the caller may use another model at all; when not
+            (an exported package ships the run's model only), the error offers no override.
 
     Returns:
         The model, with :attr:`LoadedModel.check` and :attr:`LoadedModel.from_run` set.
@@ -827,9 +830,10 @@ def load_run_model(
     check = check_run_model(run, loaded, source=source, data=data, device=device, check_rows=check_rows)
     if check.mismatch is not None:
         if not allow_other_model:
+            override = ", or pass `allow_other_model` to use it anyway (recorded)" if other_model_allowed else ""
             raise ModelError(
                 f"'{source.spec}' is not the model run '{run.path}' was collected with: {check.mismatch}; "
-                "re-collect the run with this model, or pass `allow_other_model` to use it anyway (recorded)"
+                f"re-collect the run with this model{override}"
             )
         check = replace(check, allowed=True)
     return replace(loaded, check=check, from_run=source.from_run)

@@ -42,6 +42,7 @@ def test_keys_of_a_later_dyncal_survive_profiling(tmp_path: Path) -> None:
     out = _run(tmp_path)
     doc = json.loads((out / "run.json").read_text())
     doc["added_later"] = {"kept": [1, 2]}
+    doc["provenance"]["added_later_too"] = "kept"
     (out / "run.json").write_text(json.dumps(doc))
     profile = LatencyProfile(
         device="cpu",
@@ -55,6 +56,8 @@ def test_keys_of_a_later_dyncal_survive_profiling(tmp_path: Path) -> None:
     save_costs(out, CostTable(macs=(1e6, 2e6), latency={str(LatencyKey("cpu", 1)): profile}))
     after = json.loads((out / "run.json").read_text())
     assert after["added_later"] == {"kept": [1, 2]}
+    assert after["provenance"]["added_later_too"] == "kept"
+    assert list(after["provenance"]) == [*list(doc["provenance"])[:-1], "added_later_too"]
     assert after["costs"]["macs"] == [1e6, 2e6]
     assert load_run(out).costs.latency["cpu/b1"] == profile
     assert RunDocument.load(out).other == {"added_later": {"kept": [1, 2]}}

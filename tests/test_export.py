@@ -449,8 +449,10 @@ def test_export_refuses_weights_that_are_not_the_runs(demo, tmp_path):
     torch.manual_seed(5)
     other = tmp_path / "other.pt"
     torch.save(DigitsExitNet().state_dict(), other)
-    with pytest.raises(DyncalError, match="is not the model run .* was collected with: the SHA-256"):
+    with pytest.raises(DyncalError, match="is not the model run .* was collected with: the SHA-256") as info:
         export_package(demo["run"], demo["th"], tmp_path / "pkg", weights=str(other))
+    # a package ships the run's model only: no override is offered that export does not have
+    assert str(info.value).endswith("re-collect the run with this model")
     assert not (tmp_path / "pkg").exists() and not (tmp_path / "pkg.partial").exists()
 
 

@@ -41,7 +41,8 @@ def _commands() -> dict[str, typer.core.TyperCommand]:
 
 
 def _ctx(verb: str) -> typer.Context:
-    return typer.Context(_commands()[verb], info_name=verb)
+    root = typer.Context(typer.main.get_command(app), info_name="dyncal")
+    return typer.Context(_commands()[verb], parent=root, info_name=verb)
 
 
 # ----------------------------------------------------------------- Python callers read parameter names
@@ -102,7 +103,7 @@ def test_flag_of_uses_the_verbs_own_declaration():
     assert flag_of(profile, "batch_sizes") == "--batch-size"  # through _PARAMETER_FLAGS
     assert flag_of(report, "out_pdf") == "--out"
     assert flag_of(report, "min_accuracy") == "--min-accuracy"
-    assert flag_of(solve, "min_accuracy") is None  # solve has no such option
+    assert flag_of(solve, "min_accuracy") == "dyncal report --min-accuracy"  # solve has no such option
     assert flag_of(solve, "no_such_parameter") is None
     assert flag_of(None, "max_drop") is None
 
@@ -126,8 +127,25 @@ def test_render_params_edge_cases():
     assert render_params("`max_drop` must be below 1", lambda _: None) == "`max_drop` must be below 1"
 
 
-def test_messages_rendered_for_a_verb_without_that_parameter_keep_the_name():
-    assert render_params("`max_drop` 2", lambda n: flag_of(_ctx("plot"), n)) == "`max_drop` 2"
+def test_a_parameter_the_running_verb_lacks_is_shown_with_the_verb_that_has_it():
+    advice = "pin one thread (`threads` 1), or take more `repeats`"
+    assert render_params(advice, lambda n: flag_of(_ctx("demo"), n)) == (
+        "pin one thread (dyncal profile --threads 1), or take more dyncal profile --repeats"
+    )
+    assert render_params("`n_bins` 2", lambda n: flag_of(_ctx("plot"), n)) == "`n_bins` 2"  # no verb sets it
+
+
+def test_warnings_and_errors_of_the_cli_never_show_a_backticked_name(tmp_path, cli):
+    """A warning on a verb without the flag names the verb that has it (a tiny run: the split warns)."""
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 2])  # class 2 is too small to split
+    logits = rng.normal(size=(10, 2, 3)).astype(np.float32)
+    run = tmp_path / "run"
+    import_arrays(logits, labels, run, macs=[1.0, 2.0])
+    res = cli("plot", run, "--kind", "frontier", "--out", tmp_path / "f.png", "--budget", "1.5x")
+    assert res.exit_code == 0, res.output
+    assert "too small to split at dyncal solve --holdout 0.5" in res.stderr
+    assert "`" not in res.stderr
 
 
 # ----------------------------------------------------------------- the guard

@@ -84,6 +84,11 @@ PARTIAL_SUFFIX = ".partial"
 NPZ_READ_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
+_PROVENANCE_KEYS = frozenset(
+    {"model", "weights_sha256", "data", "command", "created", "device", "versions", "extra", "other"}
+)
+
+
 @dataclass(frozen=True)
 class Provenance:
     """Where a run came from: enough to reproduce or audit it.
@@ -98,6 +103,7 @@ class Provenance:
         device: Device the logits were computed on (``"cpu"``, ``"cuda:0"``, ...).
         versions: Library versions (``dyncal``, ``torch``, ``numpy``, ...).
         extra: Free-form details (world size, batch size, limit, ...).
+        other: Keys a later dyncal added, as they were read (written back unchanged).
     """
 
     model: str
@@ -108,10 +114,13 @@ class Provenance:
     device: str
     versions: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    other: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
-        return dataclasses.asdict(self)
+        doc = dataclasses.asdict(self)
+        other = doc.pop("other")
+        return {**doc, **{key: value for key, value in other.items() if key not in doc}}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], field: str = "provenance") -> Provenance:
@@ -135,6 +144,7 @@ class Provenance:
             device=text("device"),
             versions=V.string_map(d.get("versions", {}), f"{field}.versions"),
             extra=dict(V.mapping(d.get("extra", {}), f"{field}.extra")),
+            other={key: value for key, value in d.items() if key not in _PROVENANCE_KEYS},
         )
 
     @classmethod

@@ -199,3 +199,9 @@ def test_library_errors_name_parameters_not_flags():
     assert not offenders, "library errors spell flags; name the parameter (`name`, errors.param):\n" + "\n".join(
         offenders
     )
+
+
+def test_the_demo_refuses_a_bad_budget_before_writing_anything(tmp_path, cli):
+    out = tmp_path / "demo"
+    assert_clean_error(cli("demo", "--out", out, "--budget", "fast"), r"budget")
+    assert not out.exists() and list(tmp_path.iterdir()) == []

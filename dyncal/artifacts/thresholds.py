@@ -4,6 +4,12 @@
 ``ThresholdsDocument`` is the same class); this module alone reads, validates and writes it.
 :func:`decision_fingerprint` names the exit decisions a document makes, so that verify
 results and reports can refuse evidence made with other thresholds.
+
+The threshold encoding is owned here too: inside dyncal thresholds are ``K - 1`` floats
+where ``+inf`` means "nobody leaves here" and ``-inf`` "everybody who reaches this exit
+leaves"; :func:`finite_thresholds` writes them as ``K`` finite numbers (the last null) just
+outside the score's range (:func:`score_range`), which changes no decision, and
+:func:`thresholds_from_json` reads them back.
 """
 
 from __future__ import annotations
@@ -23,8 +29,7 @@ import numpy as np
 from dyncal.artifacts import validate as V
 from dyncal.artifacts.atomic import atomic_write_text
 from dyncal.artifacts.validate import FieldError, read_json_document
-from dyncal.calibrate.policy import thresholds_from_json
-from dyncal.calibrate.scores import SCORES
+from dyncal.choices import Score
 from dyncal.errors import DyncalError
 
 if TYPE_CHECKING:
@@ -38,6 +43,9 @@ __all__ = [
     "check_thresholds_for_run",
     "thresholds_json",
     "json_ready",
+    "score_range",
+    "finite_thresholds",
+    "thresholds_from_json",
 ]
 
 SCHEMA_VERSION = 1
@@ -191,7 +199,7 @@ class ThresholdsDocument:
         at_bound = d.get("temperature_at_bound")
         fingerprint = d.get("run_fingerprint")
         return cls(
-            score=V.string(V.require(d, "score"), "score", choices=SCORES),
+            score=V.string(V.require(d, "score"), "score", choices=tuple(Score)),
             temperatures=V.number_list(V.require(d, "temperatures"), "temperatures", length=k, positive=True),
             thresholds=(*thresholds, None),
             method=V.string(V.require(d, "method"), "method"),
@@ -339,6 +347,69 @@ def check_thresholds_for_run(thresholds: ThresholdsDocument, run: Run) -> None:
             f"the thresholds were solved on another run (fingerprint {thresholds.run_fingerprint[:12]}, "
             f"run '{run.path}' is {run.fingerprint[:12]}); solve on this run: dyncal solve {run.path} --budget ..."
         )
+
+
+def score_range(score: str, n_classes: int) -> tuple[float, float]:
+    """The closed interval every value of ``score`` lies in.
+
+    Args:
+        score: ``maxprob``, ``margin`` or ``entropy``.
+        n_classes: Number of classes ``C``.
+
+    Returns:
+        ``(low, high)``.
+
+    Raises:
+        DyncalError: Unknown score.
+
+    Example:
+        >>> score_range("maxprob", 10)
+        (0.1, 1.0)
+    """
+    kind = Score.parse(score, "score")
+    if kind is Score.MAXPROB:
+        return 1.0 / n_classes, 1.0
+    if kind is Score.MARGIN:
+        return 0.0, 1.0
+    return -math.log(n_classes), 0.0
+
+
+def finite_thresholds(thresholds: Sequence[float] | np.ndarray, score: str, n_classes: int) -> list[float | None]:
+    """Thresholds for ``thresholds.json``: ``K`` entries, infinities made finite, last None.
+
+    ``+inf`` ("nobody leaves") becomes the score's maximum plus 1 and ``-inf`` ("everybody
+    leaves") its minimum minus 1, so every decision stays the same.
+
+    Example:
+        >>> finite_thresholds([float("inf"), 0.7], "maxprob", 10)
+        [2.0, 0.7, None]
+    """
+    low, high = score_range(score, n_classes)
+    out: list[float | None] = []
+    for v in np.asarray(thresholds, dtype=np.float64):
+        if v == np.inf:
+            out.append(high + 1.0)
+        elif v == -np.inf:
+            out.append(low - 1.0)
+        else:
+            out.append(float(v))
+    out.append(None)
+    return out
+
+
+def thresholds_from_json(values: Sequence[float | None]) -> np.ndarray:
+    """The ``K - 1`` float thresholds of a ``thresholds.json`` list (last entry dropped).
+
+    Example:
+        >>> thresholds_from_json([0.9, 0.8, None]).tolist()
+        [0.9, 0.8]
+    """
+    vals = list(values)
+    if not vals or vals[-1] is not None:
+        raise DyncalError(f"thresholds must list K values with the last null, got {vals}")
+    if any(v is None for v in vals[:-1]):
+        raise DyncalError(f"only the last threshold may be null, got {vals}")
+    return np.asarray(vals[:-1], dtype=np.float64)
 
 
 def json_ready(x: Any) -> Any:

@@ -10,8 +10,8 @@ estimator, :class:`dyncal.calibrate.estimator.ThresholdSolver`; the exit rule
 import importlib
 from typing import Any
 
-# Imported on first use, so that numpy-only modules (the thresholds artifact reads the
-# score names and the threshold encoding) can import a submodule without the solvers.
+# Imported on first use, so that importing one submodule (the exit rule, the scores) does
+# not import the solvers.
 _LAZY = {
     "parse_budget": "dyncal.calibrate.budget",
     "resolve_budget": "dyncal.calibrate.budget",

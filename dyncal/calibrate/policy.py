@@ -2,9 +2,10 @@
 
 A sample leaves at the first exit ``k`` (``k < K``) with ``s_k >= t_k``; the last exit
 takes everything left (DESIGN.md). Inside dyncal thresholds are ``K - 1`` floats where
-``+inf`` means "nobody leaves here" and ``-inf`` "everybody who reaches this exit leaves";
-:func:`finite_thresholds` turns them into finite numbers outside the score's range for
-``thresholds.json`` (JSON has no infinities) without changing any decision.
+``+inf`` means "nobody leaves here" and ``-inf`` "everybody who reaches this exit leaves".
+Their ``thresholds.json`` encoding (:func:`finite_thresholds`, :func:`thresholds_from_json`,
+:func:`score_range`) belongs to :mod:`dyncal.artifacts.thresholds`; the names stay importable
+from here.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from dyncal.artifacts.thresholds import finite_thresholds, score_range, thresholds_from_json
 from dyncal.errors import DyncalError
 
 __all__ = [
@@ -27,29 +29,6 @@ __all__ = [
     "thresholds_from_json",
     "score_range",
 ]
-
-
-def score_range(score: str, n_classes: int) -> tuple[float, float]:
-    """The closed interval every value of ``score`` lies in.
-
-    Args:
-        score: ``maxprob``, ``margin`` or ``entropy``.
-        n_classes: Number of classes ``C``.
-
-    Returns:
-        ``(low, high)``.
-
-    Example:
-        >>> score_range("maxprob", 10)
-        (0.1, 1.0)
-    """
-    if score == "maxprob":
-        return 1.0 / n_classes, 1.0
-    if score == "margin":
-        return 0.0, 1.0
-    if score == "entropy":
-        return -math.log(n_classes), 0.0
-    raise DyncalError(f"`score` must be one of maxprob, margin, entropy; got {score!r}")
 
 
 def _as_thresholds(thresholds: Sequence[float | None] | np.ndarray, k: int) -> np.ndarray:
@@ -166,41 +145,3 @@ def expected_cost(exits: np.ndarray, costs: Sequence[float] | np.ndarray) -> flo
         return float("nan")
     shares = np.bincount(exits, minlength=c.shape[0]) / exits.size
     return float(np.dot(shares, c))
-
-
-def finite_thresholds(thresholds: Sequence[float] | np.ndarray, score: str, n_classes: int) -> list[float | None]:
-    """Thresholds for ``thresholds.json``: ``K`` entries, infinities made finite, last None.
-
-    ``+inf`` ("nobody leaves") becomes the score's maximum plus 1 and ``-inf`` ("everybody
-    leaves") its minimum minus 1, so every decision stays the same.
-
-    Example:
-        >>> finite_thresholds([float("inf"), 0.7], "maxprob", 10)
-        [2.0, 0.7, None]
-    """
-    low, high = score_range(score, n_classes)
-    out: list[float | None] = []
-    for v in np.asarray(thresholds, dtype=np.float64):
-        if v == np.inf:
-            out.append(high + 1.0)
-        elif v == -np.inf:
-            out.append(low - 1.0)
-        else:
-            out.append(float(v))
-    out.append(None)
-    return out
-
-
-def thresholds_from_json(values: Sequence[float | None]) -> np.ndarray:
-    """The ``K - 1`` float thresholds of a ``thresholds.json`` list (last entry dropped).
-
-    Example:
-        >>> thresholds_from_json([0.9, 0.8, None]).tolist()
-        [0.9, 0.8]
-    """
-    vals = list(values)
-    if not vals or vals[-1] is not None:
-        raise DyncalError(f"thresholds must list K values with the last null, got {vals}")
-    if any(v is None for v in vals[:-1]):
-        raise DyncalError(f"only the last threshold may be null, got {vals}")
-    return np.asarray(vals[:-1], dtype=np.float64)

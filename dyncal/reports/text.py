@@ -142,7 +142,7 @@ def _criterion_label(c: Criterion) -> str:
 
 def _thresholds_text(doc: Mapping[str, Any], run: Run) -> list[str]:
     """Each threshold for people: a number, or 'nobody leaves' / 'everybody leaves'."""
-    from dyncal.calibrate.policy import score_range
+    from dyncal.artifacts.thresholds import score_range
 
     lo, hi = score_range(str(doc.get("score", "maxprob")), run.c)
     out = []

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dyncal.analysis.frontier import compute_frontier
 from dyncal.analysis.latency import cpu_model
+from dyncal.calibrate.frontier import compute_frontier
 from dyncal.calibrate.policy import assign_exits
 from dyncal.calibrate.scores import exit_scores
 from dyncal.calibrate.solvers import (

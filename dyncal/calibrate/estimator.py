@@ -118,7 +118,7 @@ class ThresholdSolver:
             DyncalError: Bad options for this run, an unreachable budget (it names the
                 cheapest feasible one), or a run without costs.
         """
-        from dyncal.analysis.frontier import compute_frontier
+        from dyncal.calibrate.frontier import compute_frontier
         from dyncal.calibrate.options import FrontierOptions
         from dyncal.calibrate.solvers import PreparedRun, prepare_run, solve_run
 

@@ -362,8 +362,9 @@ def _early_exit(
     main: str,
 ) -> Alternative:
     """An early-exit model: thresholds solved at the operating point's cost, and its whole curve."""
-    from dyncal.analysis.frontier import compute_frontier
-    from dyncal.calibrate.policy import assign_exits, thresholds_from_json
+    from dyncal.artifacts.thresholds import thresholds_from_json
+    from dyncal.calibrate.frontier import compute_frontier
+    from dyncal.calibrate.policy import assign_exits
     from dyncal.calibrate.solvers import DEFAULT_METHOD, solve_run
     from dyncal.errors import BudgetError
 

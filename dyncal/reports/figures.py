@@ -3,7 +3,7 @@
 Every function draws on a :class:`matplotlib.figure.Figure` (never pyplot's global
 state), takes ``ax=None`` (single panel) or ``fig=None`` (several panels) and returns the
 figure. Numbers come in as a frontier :class:`pandas.DataFrame` (the long format of
-:func:`dyncal.analysis.frontier.compute_frontier`) or as plain arrays; nothing here
+:func:`dyncal.calibrate.frontier.compute_frontier`) or as plain arrays; nothing here
 computes accuracies or thresholds.
 
 Frontier columns read here: ``method`` (``"optimal"``, ``"geometric"``, ``"oracle"``,
@@ -151,7 +151,7 @@ def _check_frontier(frontier: pd.DataFrame, x_col: str) -> None:
         raise DyncalError(
             f"the frontier table lacks column(s) {missing} (columns: "
             f"{list(map(str, frontier.columns))}); "
-            "re-create it with dyncal.analysis.frontier.compute_frontier"
+            "re-create it with dyncal.calibrate.frontier.compute_frontier"
         )
 
 

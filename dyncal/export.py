@@ -19,7 +19,7 @@ every other file.
 
 Loading is checked: every file's hash must match the manifest, no archive may hold a
 pickled entry (:func:`dyncal.models.load_exported`), and the thresholds must match the
-decision fingerprint. The runner is an :class:`~dyncal.runtime.EarlyExitRunner` over the
+decision fingerprint. The runner is an :class:`~dyncal.analysis.early_exit.EarlyExitRunner` over the
 loaded stages, so its decisions are the same code path ``dyncal verify`` measures::
 
     runner = dyncal.load_early_exit("pkg")               # or device="cuda"
@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dyncal.analysis.early_exit import EarlyExitRunner
 from dyncal.analysis.stages import (
     EXAMPLE_BATCH,
     Stages,
@@ -71,7 +72,6 @@ from dyncal.models import (
     torch_dtype,
 )
 from dyncal.options import ModelOverrides, options_from
-from dyncal.runtime import EarlyExitRunner
 
 __all__ = [
     "PACKAGE_SCHEMA",
@@ -384,7 +384,7 @@ class _StageProgram(nn.Module):
 class PackageRunner(EarlyExitRunner):
     """The early exit of an exported package (:func:`load_early_exit` makes one).
 
-    A drop-in :class:`~dyncal.runtime.EarlyExitRunner`: ``runner(x)`` takes a batch
+    A drop-in :class:`~dyncal.analysis.early_exit.EarlyExitRunner`: ``runner(x)`` takes a batch
     ``(B, *input_shape)`` and returns ``(exits, predictions)``, int64 ``(B,)`` each on the
     runner's device, exits from 0. Rows that leave are cut from the batch; later stages
     never run once nobody is left.

@@ -1,9 +1,7 @@
 """A real early exit with solved thresholds, and its check against the prediction.
 
-:class:`EarlyExitRunner` runs a model's stages (:mod:`dyncal.analysis.stages`) one at a
-time; after stage ``k`` it scores exit ``k`` (temperature, score as in thresholds.json),
-lets the samples with ``score >= t_k`` leave, and hands only the staying rows to stage
-``k+1``. When nobody is left, later stages never run. That is the computation a deployed
+:class:`~dyncal.analysis.early_exit.EarlyExitRunner` (re-exported here) runs a model's stages
+one at a time and lets the confident rows leave at each exit: the computation a deployed
 model does, so its wall-clock is what a user would get.
 
 :func:`verify_run` replays the run's own samples through it, streamed from the data set
@@ -42,14 +40,20 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from dyncal.analysis.costmodel import predict_batches_ms
+from dyncal.analysis.early_exit import EarlyExitRunner
 from dyncal.analysis.latency import NOISE_ADVICE, NOISE_IQR_FRACTION, Clock, Timer, device_hardware, pinned_threads
-from dyncal.analysis.stages import StageRun, Stages, checked_stages, stages_function
+from dyncal.analysis.stages import Stages, checked_stages, stages_function
 from dyncal.artifacts.costs import latency_key
 from dyncal.artifacts.run import Run, load_run
-from dyncal.artifacts.thresholds import ThresholdsDocument, check_thresholds_for_run, read_thresholds
+from dyncal.artifacts.thresholds import (
+    ThresholdsDocument,
+    check_thresholds_for_run,
+    read_thresholds,
+    thresholds_from_json,
+)
 from dyncal.artifacts.verify import ModelIdentity, PairedTiming, VerifyResult
-from dyncal.calibrate.policy import assign_exits, thresholds_from_json
-from dyncal.calibrate.scores import SCORES, exit_scores
+from dyncal.calibrate.policy import assign_exits
+from dyncal.calibrate.scores import exit_scores
 from dyncal.data import dataset_for_run
 from dyncal.errors import DataError, DyncalError, describe, param, user_call
 from dyncal.models import check_exit_outputs, load_run_model, resolve_device
@@ -79,136 +83,6 @@ MIN_TIMED_BATCHES = 3
 _ORDER_SEED = 20231
 _SETTLE = 1  # untimed calls of each pair member right before it is timed (its own caches, as deployed)
 _SIM_CHUNK = 4096  # rows of stored logits scored at a time
-
-
-class EarlyExitRunner:
-    """Runs stages with real early exit.
-
-    Args:
-        stages: The model's stages.
-        thresholds: ``K`` thresholds, the last None (or NaN/inf: nobody leaves there).
-        temperatures: ``K`` positive temperatures.
-        score: ``maxprob``, ``margin`` or ``entropy``.
-
-    Example:
-        >>> from dyncal.analysis.stages import build_stages
-        >>> from dyncal.demo import pretrained
-        >>> stages = build_stages(pretrained(), torch.zeros(2, 1, 8, 8))
-        >>> runner = EarlyExitRunner(stages, [0.0, 2.0, 2.0, None], [1.0] * 4)
-        >>> exits, preds = runner(torch.zeros(3, 1, 8, 8))
-        >>> exits.tolist()          # threshold 0 at exit 1: everyone leaves there
-        [0, 0, 0]
-    """
-
-    def __init__(
-        self,
-        stages: Stages,
-        thresholds: Sequence[float | None],
-        temperatures: Sequence[float],
-        score: str = "maxprob",
-    ) -> None:
-        if score not in SCORES:
-            raise DyncalError(f"score must be one of {', '.join(SCORES)}; got {score!r}")
-        k = stages.k
-        t = thresholds_from_json(list(thresholds))
-        if len(t) != k - 1 or len(temperatures) != k:
-            raise DyncalError(
-                f"thresholds ({len(t) + 1}) and temperatures ({len(temperatures)}) must match the model's K={k} exits"
-            )
-        self.stages = stages
-        self.k = k
-        self.thresholds = [float(v) for v in t]
-        self.temperatures = [float(v) for v in temperatures]
-        self.score = score
-
-    def _score(self, logits: torch.Tensor, k: int) -> torch.Tensor:
-        p = torch.softmax(logits.float() / self.temperatures[k], dim=1)
-        if self.score == "maxprob":
-            return p.amax(dim=1)
-        if self.score == "margin":
-            top2 = p.topk(2, dim=1).values
-            return top2[:, 0] - top2[:, 1]
-        entropy: torch.Tensor = torch.special.xlogy(p, p).sum(dim=1)
-        return entropy
-
-    def leaving(self, logits: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
-        """Which rows leave at exit ``k`` (``(B,)`` bool) and how many.
-
-        Reading the count is the host synchronisation every early exit pays at every exit.
-        """
-        leave = self._score(logits, k) >= self.thresholds[k]
-        return leave, int(leave.sum())
-
-    @staticmethod
-    def _split(
-        run: StageRun,
-        logits: torch.Tensor,
-        leave: torch.Tensor,
-        alive: torch.Tensor | None,
-        k: int,
-        parts: list[tuple[torch.Tensor | None, int, torch.Tensor]],
-    ) -> torch.Tensor:
-        """Record the rows leaving at exit ``k``, cut the carry to the rest; return the rows still here."""
-        idx = leave.nonzero().squeeze(1)
-        parts.append((idx if alive is None else alive[idx], k, logits[idx].argmax(dim=1)))
-        stay = (~leave).nonzero().squeeze(1)
-        run.keep(stay)
-        return stay if alive is None else alive[stay]
-
-    @staticmethod
-    def _assemble(
-        b: int, parts: list[tuple[torch.Tensor | None, int, torch.Tensor]], device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(exits, predictions)`` of the batch from the parts that left at each exit."""
-        if len(parts) == 1 and parts[0][0] is None:  # the whole batch left together
-            _, k, preds = parts[0]
-            return torch.full((b,), k, dtype=torch.int64, device=device), preds
-        exits = torch.empty((b,), dtype=torch.int64, device=device)
-        preds = torch.empty((b,), dtype=torch.int64, device=device)
-        for rows, k, p in parts:
-            exits[rows if rows is not None else slice(None)] = k
-            preds[rows if rows is not None else slice(None)] = p
-        return exits, preds
-
-    def compact(
-        self, run: StageRun, logits: torch.Tensor, leave: torch.Tensor, k: int, rest: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One batch compaction as :meth:`__call__` does it (what ``dyncal profile`` times).
-
-        The rows in ``leave`` are recorded as leaving at exit ``k``, ``run``'s carry is cut to
-        the others, and the output is assembled as if those left at the next exit with
-        predictions ``rest``.
-        """
-        parts: list[tuple[torch.Tensor | None, int, torch.Tensor]] = []
-        alive = self._split(run, logits, leave, None, k, parts)
-        parts.append((alive, k + 1, rest))
-        return self._assemble(logits.shape[0], parts, logits.device)
-
-    @torch.inference_mode()
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Early-exit a batch ``x`` ``(B, ...)``.
-
-        Returns:
-            ``(exits, predictions)``, ``(B,)`` int64 each on ``x``'s device; exits are
-            0-based.
-        """
-        # (rows that left, exit, their predictions); rows None means "all rows still here".
-        parts: list[tuple[torch.Tensor | None, int, torch.Tensor]] = []
-        alive: torch.Tensor | None = None
-        run = self.stages.start(x)
-        for k in range(self.k):
-            logits = run.step()
-            if k == self.k - 1:
-                parts.append((alive, k, logits.argmax(dim=1)))
-                break
-            leave, n_leave = self.leaving(logits, k)
-            if n_leave == 0:
-                continue
-            if n_leave == logits.shape[0]:
-                parts.append((alive, k, logits.argmax(dim=1)))
-                break
-            alive = self._split(run, logits, leave, alive, k, parts)
-        return self._assemble(x.shape[0], parts, x.device)
 
 
 class VerifyProgress(Protocol):

@@ -11,7 +11,7 @@ restores it in a ``try/finally``; the count in force is recorded with the measur
 :func:`measure_latency` is what ``dyncal profile`` times, on one device at one batch size:
 
 * each stage ``k`` on the carry it receives (so exit ``k`` costs stages ``1..k``);
-* one exit decision as the early exit makes it (:class:`dyncal.runtime.EarlyExitRunner`:
+* one exit decision as the early exit makes it (:class:`dyncal.analysis.early_exit.EarlyExitRunner`:
   score, compare, and the host synchronisation that reading the count needs);
 * the real early exit with every row leaving at exit ``k``, for each ``k`` (the *exit
   paths*: stages, decisions, predictions and the runner's own bookkeeping, as deployed);
@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dyncal.analysis.early_exit import EarlyExitRunner
 from dyncal.analysis.stages import Stages
 from dyncal.artifacts.costs import LatencyProfile
 from dyncal.errors import ProfileError
@@ -332,8 +333,6 @@ def measure_latency(
     Raises:
         ProfileError: A stage fails to run on this input.
     """
-    from dyncal.runtime import EarlyExitRunner  # the runner times itself with this module's clock
-
     settings = settings or LatencySettings()
     device = x.device
     timer = Timer(device, clock)

@@ -1,0 +1,119 @@
+"""The package's import graph: no cycle through the subpackages.
+
+The graph is read from the source with :mod:`ast`, so it sees every import: top-level,
+inside functions (lazy) and under ``TYPE_CHECKING``. Its nodes are dyncal's subpackages
+(``artifacts``, ``calibrate``, ...) and top-level modules (``runtime``, ``errors``, ...).
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import deque
+from pathlib import Path
+
+import dyncal
+
+PACKAGE = Path(dyncal.__file__).parent
+LAYERED = ("artifacts", "calibrate", "analysis", "reports")
+"""The subpackages no import cycle may pass through."""
+
+
+def _node(module: str) -> str | None:
+    """The graph node of a module name: ``dyncal.calibrate.policy`` -> ``calibrate``."""
+    parts = module.split(".")
+    if parts[0] != "dyncal":
+        return None
+    return parts[1] if len(parts) > 1 else "dyncal"
+
+
+def _imported(tree: ast.AST, module: str, is_package: bool) -> list[tuple[str, int]]:
+    """Every dyncal module ``tree`` imports, at any depth, with its line."""
+    out: list[tuple[str, int]] = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Import):
+            out += [(a.name, n.lineno) for a in n.names]
+        elif isinstance(n, ast.ImportFrom):
+            if n.level:  # relative: resolve against this module's package
+                base = module.split(".")
+                base = base[: len(base) - n.level + (1 if is_package else 0)]
+                target = ".".join([*base, *([n.module] if n.module else [])])
+            else:
+                target = n.module or ""
+            # ``from dyncal import choices`` imports the submodule
+            out += [(f"{target}.{a.name}" if target == "dyncal" else target, n.lineno) for a in n.names]
+    return out
+
+
+def package_graph(root: Path) -> dict[str, dict[str, str]]:
+    """``{node: {imported node: "file:line" of one such import}}`` of the package at ``root``."""
+    graph: dict[str, dict[str, str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root.parent).with_suffix("")
+        is_package = rel.name == "__init__"
+        module = ".".join(rel.parts[:-1] if is_package else rel.parts)
+        source = _node(module)
+        assert source is not None
+        edges = graph.setdefault(source, {})
+        for target, line in _imported(ast.parse(path.read_text(encoding="utf-8")), module, is_package):
+            node = _node(target)
+            if node is not None and node != source:
+                edges.setdefault(node, f"{path.relative_to(root.parent)}:{line}")
+    return graph
+
+
+def cycle_through(graph: dict[str, dict[str, str]], start: str) -> list[str] | None:
+    """A shortest import cycle ``[start, ..., start]`` through ``start``, or None."""
+    parent: dict[str, str] = {}
+    queue = deque([start])
+    while queue:
+        node = queue.popleft()
+        for nxt in graph.get(node, {}):
+            if nxt == start:
+                path = [node]
+                while path[-1] != start:
+                    path.append(parent[path[-1]])
+                return [*reversed(path), start]
+            if nxt not in parent:
+                parent[nxt] = node
+                queue.append(nxt)
+    return None
+
+
+def _show(graph: dict[str, dict[str, str]], cycle: list[str]) -> str:
+    return " -> ".join(f"{a} ({graph[a][b]})" for a, b in zip(cycle[:-1], cycle[1:], strict=True)) + f" -> {cycle[-1]}"
+
+
+def test_no_import_cycle_passes_through_a_subpackage():
+    graph = package_graph(PACKAGE)
+    assert set(LAYERED) <= set(graph), "the graph misses a subpackage: the walk is broken"
+    for name in LAYERED:
+        cycle = cycle_through(graph, name)
+        assert cycle is None, f"import cycle: {_show(graph, cycle)}"
+
+
+def test_the_layers_import_downwards_only():
+    # artifacts (the files) below calibrate (scores, solvers, frontier) below analysis
+    # (stages, measurement) below reports; each imports only those below it
+    graph = package_graph(PACKAGE)
+    below = {"artifacts": (), "calibrate": ("artifacts",), "analysis": ("artifacts", "calibrate")}
+    for name, allowed in below.items():
+        upward = {n for n in graph[name] if n in LAYERED and n not in allowed}
+        assert not upward, f"{name} imports {sorted(upward)}: " + ", ".join(graph[name][n] for n in sorted(upward))
+
+
+def test_the_graph_sees_lazy_relative_and_type_checking_imports(tmp_path):
+    root = tmp_path / "dyncal"
+    for sub in ("artifacts", "calibrate"):
+        (root / sub).mkdir(parents=True)
+        (root / sub / "__init__.py").write_text("")
+    (root / "__init__.py").write_text("")
+    (root / "artifacts" / "doc.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..calibrate import policy\n"
+    )
+    (root / "calibrate" / "policy.py").write_text("def f():\n    import dyncal.artifacts.doc\n")
+    graph = package_graph(root)
+    assert graph["artifacts"] == {"calibrate": "dyncal/artifacts/doc.py:3"}
+    assert graph["calibrate"] == {"artifacts": "dyncal/calibrate/policy.py:2"}
+    assert cycle_through(graph, "artifacts") == ["artifacts", "calibrate", "artifacts"]
+    (root / "calibrate" / "policy.py").write_text("from dyncal import errors\n")
+    assert cycle_through(package_graph(root), "artifacts") is None

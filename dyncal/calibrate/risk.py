@@ -181,8 +181,7 @@ def learn_then_test(
         raise DyncalError(f"`max_drop` must be a fraction in [0, 1), got {max_drop}")
     if not (0.0 < delta < 1.0):
         raise DyncalError(f"`delta` must be a fraction in (0, 1), got {delta}")
-    if pvalue not in PVALUES:
-        raise DyncalError(f"p-value method must be one of {', '.join(PVALUES)}, got {pvalue!r}")
+    PValue.parse(pvalue, "pvalue")
     n, k = scores.shape
     last_ok = correct[:, k - 1]
     pvals: list[float] = []

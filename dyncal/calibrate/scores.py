@@ -36,11 +36,6 @@ def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     return out
 
 
-def _check_score(score: str) -> None:
-    if score not in SCORES:
-        raise DyncalError(f"`score` must be one of {', '.join(SCORES)}; got {score!r}")
-
-
 def exit_scores(
     logits: np.ndarray,
     score: str = "maxprob",
@@ -67,7 +62,7 @@ def exit_scores(
         >>> p.tolist(), round(float(s[0, 0]), 3), float(s[0, 1])
         ([[0, 0]], 0.881, 0.5)
     """
-    _check_score(score)
+    Score.parse(score, "score")
     n, k, c = logits.shape
     if temperatures is None:
         temps = np.ones(k)

@@ -77,7 +77,7 @@ import numpy as np
 
 from dyncal import choices
 from dyncal.artifacts.costs import LatencyKey
-from dyncal.artifacts.thresholds import ThresholdsDocument
+from dyncal.artifacts.thresholds import ThresholdsDocument, finite_thresholds
 from dyncal.calibrate.budget import (
     BudgetTarget,
     cost_units,
@@ -86,13 +86,9 @@ from dyncal.calibrate.budget import (
     resolve_budget,
 )
 from dyncal.calibrate.options import SolveOptions
-from dyncal.calibrate.policy import (
-    evaluate_policy,
-    expected_cost,
-    finite_thresholds,
-)
-from dyncal.calibrate.scores import SCORES, exit_scores
-from dyncal.choices import Method
+from dyncal.calibrate.policy import evaluate_policy, expected_cost
+from dyncal.calibrate.scores import exit_scores
+from dyncal.choices import Method, Score
 from dyncal.errors import BudgetError, DyncalError
 from dyncal.options import options_from
 from dyncal.stats import mean_bootstrap_ci, stratified_split, unsplit_classes
@@ -517,8 +513,7 @@ def solve_path(problem: ExitProblem, budgets: Sequence[float], method: str) -> l
     Raises:
         DyncalError: Unknown method.
     """
-    if method not in METHODS:
-        raise DyncalError(f"`method` must be one of {', '.join(METHODS)}, got {method!r}")
+    Method.parse(method, "method")
     order = np.argsort(np.asarray(budgets, dtype=np.float64), kind="stable")
     out: list[Solution | None] = [None] * len(budgets)
     geo = problem.geometric_solutions()
@@ -704,10 +699,10 @@ class PreparedRun:
         path: The run's directory.
         fingerprint: The run's fingerprint (:attr:`dyncal.run.Run.fingerprint`), None for bare arrays.
         cache: Fit problems and frontier paths already computed on it, reused by
-            :func:`solve_run` and :func:`dyncal.analysis.frontier.compute_frontier`.
+            :func:`solve_run` and :func:`dyncal.calibrate.frontier.compute_frontier`.
 
     A prepared run can stand in for the run in :func:`solve_run` and
-    :func:`dyncal.analysis.frontier.compute_frontier`, so that several of them score the
+    :func:`dyncal.calibrate.frontier.compute_frontier`, so that several of them score the
     logits once.
     """
 
@@ -818,8 +813,7 @@ def prepare_run(
         DyncalError: No costs, K < 2, bad score/holdout, a class missing from a part,
             NaN scores.
     """
-    if score not in SCORES:
-        raise DyncalError(f"`score` must be one of {', '.join(SCORES)}; got {score!r}")
+    Score.parse(score, "score")
     _require_exits(run)
     units = cost_units(run.costs, run.k)
     if not units:

@@ -60,7 +60,7 @@ from dyncal.artifacts.atomic import atomic_write_bytes, atomic_write_text
 from dyncal.artifacts.run import check_out, library_versions, load_run, publish_dir
 from dyncal.artifacts.thresholds import ThresholdsDocument, check_thresholds_for_run, decision_fingerprint
 from dyncal.calibrate.scores import SCORES
-from dyncal.errors import DyncalError, ModelError, ProfileError, first_line
+from dyncal.errors import DyncalError, ModelError, ProfileError, describe
 from dyncal.models import (
     LoadedModel,
     check_exit_outputs,
@@ -96,11 +96,6 @@ PARTIAL_SUFFIX = ".partial"
 _CHECK_BATCHES = (1, 4)  # the written package is proven against the model at these batch sizes
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _SHA = re.compile(r"[0-9a-f]{64}")
-
-
-def _quote(e: BaseException) -> str:
-    """``Type: first line`` of an exception, for one-line errors."""
-    return f"{type(e).__name__}: {first_line(e)}"
 
 
 # --------------------------------------------------------------------------- the manifest
@@ -237,7 +232,7 @@ class PackageManifest:
                 schema_version=version,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise DyncalError(f"'{where}' is not a valid package manifest ({_quote(e)}); re-export it") from e
+            raise DyncalError(f"'{where}' is not a valid package manifest ({describe(e)}); re-export it") from e
         manifest.validate(where)
         return manifest
 
@@ -327,7 +322,7 @@ def _read_manifest(path: Path) -> tuple[PackageManifest, bytes]:
     try:
         doc = json.loads(data.decode("utf-8"))
     except ValueError as e:
-        raise DyncalError(f"cannot read '{file}': {_quote(e)}; re-export the package") from e
+        raise DyncalError(f"cannot read '{file}': {describe(e)}; re-export the package") from e
     return PackageManifest.from_dict(doc, where=str(file)), data
 
 
@@ -640,7 +635,7 @@ def _export_stages(
         except Exception as e:  # noqa: BLE001 - export raises many types
             log.debug("exporting stage %d failed", i + 1, exc_info=True)
             raise ProfileError(
-                f"cannot export stage {i + 1} with a dynamic batch dimension ({_quote(e)}); the package needs "
+                f"cannot export stage {i + 1} with a dynamic batch dimension ({describe(e)}); the package needs "
                 "stages that run at any batch size"
             ) from e
         with torch.no_grad():
@@ -770,7 +765,7 @@ def export_package(
     except Exception as e:  # noqa: BLE001 - the user's model may raise anything
         raise ModelError(
             f"the model '{loaded.spec}' fails on an input of shape {tuple(probe.shape)} and dtype {dtype_name} "
-            f"({_quote(e)}); check `input_shape` and `input_dtype`"
+            f"({describe(e)}); check `input_shape` and `input_dtype`"
         ) from e
     k, c = check_exit_outputs(outs, probe.shape[0])
     if (k, c) != (run.k, run.c):

@@ -60,12 +60,11 @@ def run_demo(
     Raises:
         RunError: ``out`` exists without ``overwrite``.
     """
-    from dyncal.analysis.frontier import compute_frontier, write_frontier_csv
-    from dyncal.artifacts.atomic import atomic_write_text
+    from dyncal.artifacts.frontier import write_frontier_csv
     from dyncal.artifacts.outputs import check_output_folder, output_errors
     from dyncal.artifacts.run import load_run
-    from dyncal.artifacts.thresholds import thresholds_json
     from dyncal.calibrate.budget import parse_budget
+    from dyncal.calibrate.frontier import compute_frontier
     from dyncal.calibrate.solvers import solve_run
     from dyncal.collect import collect_run
     from dyncal.data import load_dataset
@@ -107,7 +106,7 @@ def run_demo(
     log(f"[3/6] solve: budget {budget}")
     run = load_run(run_dir)
     thresholds = solve_run(run, budget, **latency_column)
-    atomic_write_text(out / "thresholds.json", thresholds_json(thresholds))
+    thresholds.save(out / "thresholds.json")
 
     log("[4/6] frontier")
     write_frontier_csv(compute_frontier(run), out / "frontier.csv")

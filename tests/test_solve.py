@@ -20,6 +20,7 @@ import dyncal.demo as demo
 from dyncal.analysis.frontier import compute_frontier, frontier_columns, oracle_at_budget
 from dyncal.calibrate.budget import format_budget, parse_budget, resolve_budget
 from dyncal.calibrate.policy import assign_exits, evaluate_policy, finite_thresholds
+from dyncal.calibrate.risk import learn_then_test
 from dyncal.calibrate.scores import exit_scores
 from dyncal.calibrate.solvers import (
     DEFAULT_METHOD,
@@ -744,3 +745,33 @@ def test_temperature_at_the_search_bound_is_flagged(demo_logits, tmp_path, caplo
     assert solve_run(run, "0.5x").to_dict()["temperature_at_bound"] is None
     r = cli("solve", run.path, "--budget", "0.5x", "--temperature", "--out", tmp_path / "t.json")
     assert r.exit_code == 0 and "temperature of exit 1 stopped at the search bound" in r.stdout
+
+
+LTT = {"max_drop": 0.1, "delta": 0.1}
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda: solve_path(ExitProblem(np.ones((4, 2)), np.ones((4, 2)), [1.0, 2.0]), [1.5], "fast"),
+            "`method` must be one of smoothed, optimal, geometric; got 'fast'",
+        ),
+        (
+            lambda: exit_scores(np.zeros((1, 2, 3)), "conf"),
+            "`score` must be one of maxprob, margin, entropy; got 'conf'",
+        ),
+        (
+            lambda: learn_then_test([np.array([0.5])], np.ones((4, 2)), np.ones((4, 2), bool), **LTT, pvalue="z"),
+            "`pvalue` must be one of binomial, hb; got 'z'",
+        ),
+        (
+            lambda: finite_thresholds([0.5], "margins", 3),
+            "`score` must be one of maxprob, margin, entropy; got 'margins'",
+        ),
+    ],
+)
+def test_closed_choices_are_refused_in_one_line_naming_the_parameter(call, message):
+    with pytest.raises(DyncalError) as info:
+        call()
+    assert str(info.value) == message

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from dyncal.artifacts.run import NPZ_READ_ERRORS
 from dyncal.errors import DataError
-from dyncal.models import call_factory
+from dyncal.specs import call_factory
 
 if TYPE_CHECKING:
     from dyncal.artifacts.run import Run

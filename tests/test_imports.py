@@ -83,10 +83,12 @@ def _show(graph: dict[str, dict[str, str]], cycle: list[str]) -> str:
     return " -> ".join(f"{a} ({graph[a][b]})" for a, b in zip(cycle[:-1], cycle[1:], strict=True)) + f" -> {cycle[-1]}"
 
 
-def test_no_import_cycle_passes_through_a_subpackage():
+def test_no_import_cycle_anywhere_in_the_package():
+    """Subpackages and top-level modules alike; only the CLI (which imports every verb) is left out."""
     graph = package_graph(PACKAGE)
     assert set(LAYERED) <= set(graph), "the graph misses a subpackage: the walk is broken"
-    for name in LAYERED:
+    graph = {a: {b: where for b, where in out.items() if b != "cli"} for a, out in graph.items() if a != "cli"}
+    for name in sorted(graph):
         cycle = cycle_through(graph, name)
         assert cycle is None, f"import cycle: {_show(graph, cycle)}"
 

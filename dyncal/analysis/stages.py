@@ -724,7 +724,7 @@ def stages_function(
     """
     if spec is None:
         return None
-    from dyncal.models import import_object
+    from dyncal.specs import import_object
 
     fn = import_object(spec, what=param("stages_spec"), search_path=search_path)
     if not callable(fn):

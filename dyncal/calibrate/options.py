@@ -13,6 +13,7 @@ from typing import Any
 
 from dyncal.choices import DEFAULT_METHOD, Method, PValue, Score
 from dyncal.errors import DyncalError, param
+from dyncal.options import check_at_least, check_flag, check_fraction, check_seed, is_integer
 
 __all__ = ["PrepareOptions", "SolveOptions", "FrontierOptions", "MAX_BUDGETS"]
 
@@ -21,8 +22,13 @@ MAX_BUDGETS = 10_000
 
 
 def _positive_batch(batch_size: int | None) -> None:
-    if batch_size is not None and batch_size < 1:
-        raise DyncalError(f"{param('batch_size')} must be at least 1, got {batch_size}")
+    if batch_size is not None:
+        check_at_least("batch_size", batch_size, 1)
+
+
+def _optional_text(name: str, value: object) -> None:
+    if value is not None and not isinstance(value, str):
+        raise DyncalError(f"{param(name)} must be a string, got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,8 +48,11 @@ class PrepareOptions:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        """Turn names into members; refuse an unknown score."""
+        """Turn names into members; refuse an unknown score, a holdout, seed or temperature the split refuses."""
         object.__setattr__(self, "score", Score.parse(self.score, "score"))
+        check_flag("temperature", self.temperature)
+        check_fraction("holdout", self.holdout)
+        check_seed("seed", self.seed)
 
     def prepare_fields(self) -> dict[str, Any]:
         """The fields :func:`~dyncal.calibrate.solvers.prepare_run` takes, as keywords."""
@@ -86,12 +95,16 @@ class SolveOptions(PrepareOptions):
         object.__setattr__(self, "method", Method.parse(self.method, "method"))
         object.__setattr__(self, "pvalue", PValue.parse(self.pvalue, "pvalue"))
         _positive_batch(self.batch_size)
-        if self.max_drop is not None and not (0.0 <= self.max_drop < 1.0):
-            raise DyncalError(f"{param('max_drop')} must be a fraction in [0, 1), got {self.max_drop}")
-        if self.max_drop is not None and not (0.0 < self.delta < 1.0):
-            raise DyncalError(f"{param('delta')} must be a fraction in (0, 1), got {self.delta}")
+        _optional_text("device", self.device)
+        if self.max_drop is not None:
+            check_fraction("max_drop", self.max_drop)
+        check_fraction("delta", self.delta, "(0, 1)")
         if self.budget is None and self.max_drop is None:
             raise DyncalError(f"give a {param('budget')} (e.g. 0.6x) or a risk target {param('max_drop')} (e.g. 0.005)")
+        if self.budget is not None:
+            from dyncal.calibrate.budget import parse_budget
+
+            parse_budget(self.budget)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,6 +120,8 @@ class FrontierOptions(PrepareOptions):
     Example:
         >>> FrontierOptions(methods=("geometric",), n_budgets=5).methods
         ('geometric',)
+        >>> FrontierOptions(methods="geometric").methods  # one name is one method
+        ('geometric',)
     """
 
     n_budgets: int = 41
@@ -117,7 +132,9 @@ class FrontierOptions(PrepareOptions):
     def __post_init__(self) -> None:
         """Check the values."""
         super().__post_init__()
-        if not 2 <= self.n_budgets <= MAX_BUDGETS:
-            raise DyncalError(f"{param('n_budgets')} must be from 2 to {MAX_BUDGETS}, got {self.n_budgets}")
-        object.__setattr__(self, "methods", tuple(Method.parse(m, "methods") for m in self.methods))
+        if not is_integer(self.n_budgets) or not 2 <= self.n_budgets <= MAX_BUDGETS:
+            raise DyncalError(f"{param('n_budgets')} must be from 2 to {MAX_BUDGETS}, got {self.n_budgets!r}")
+        methods = (self.methods,) if isinstance(self.methods, str) else self.methods
+        object.__setattr__(self, "methods", tuple(Method.parse(m, "methods") for m in methods))
         _positive_batch(self.batch_size)
+        _optional_text("device", self.device)

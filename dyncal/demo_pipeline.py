@@ -11,7 +11,6 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from dyncal.errors import RunError
 
@@ -59,23 +58,39 @@ def run_demo(
 
     Raises:
         RunError: ``out`` exists without ``overwrite``.
+        DyncalError: A budget or criterion the solve or report options refuse (before
+            anything is written).
     """
     from dyncal.artifacts.frontier import write_frontier_csv
     from dyncal.artifacts.outputs import check_output_folder, output_errors
     from dyncal.artifacts.run import load_run
     from dyncal.calibrate.budget import parse_budget
     from dyncal.calibrate.frontier import compute_frontier
+    from dyncal.calibrate.options import SolveOptions
     from dyncal.calibrate.solvers import solve_run
     from dyncal.collect import collect_run
     from dyncal.data import load_dataset
     from dyncal.models import load_model
     from dyncal.profile import profile_run
-    from dyncal.reports.pdf import build_report
+    from dyncal.reports.pdf import ReportOptions, build_report
     from dyncal.runtime import verify_run
 
-    # an ms budget is read on the column the report judges: CPU, batch 1 (parsed first: a bad budget writes nothing)
-    latency_column: dict[str, Any] = {"device": "cpu", "batch_size": 1} if parse_budget(budget).kind == "ms" else {}
+    # every option is checked before any work: a bad value fails at once and writes nothing
+    # an ms budget is read on the column the report judges: CPU, batch 1
+    column = ("cpu", 1) if parse_budget(budget).kind == "ms" else (None, None)
+    solve_options = SolveOptions(budget=budget, device=column[0], batch_size=column[1])
     out = check_output_folder(out)
+    run_dir = out / "run"
+    report_options = ReportOptions(
+        thresholds=out / "thresholds.json",
+        verify=out / "verify.json",
+        max_drop=max_drop,
+        min_speedup=min_speedup,
+        device="cpu",
+        batch_size=1,
+        command=f"dyncal report {run_dir} --thresholds {out / 'thresholds.json'} --verify {out / 'verify.json'} "
+        f"--max-drop {max_drop} --min-speedup {min_speedup} --device cpu --batch-size 1 --out {out / 'report.pdf'}",
+    )
     if out.exists():
         if not overwrite:
             raise RunError(f"'{out}' already exists; choose another `out` or pass `overwrite`")
@@ -91,7 +106,6 @@ def run_demo(
             shutil.rmtree(out)
         out.mkdir(parents=True)
     t0 = time.perf_counter()
-    run_dir = out / "run"
 
     log(f"[1/6] collect: {DEMO_MODEL} over {DEMO_DATA} → {run_dir}")
     from dyncal.demo import WEIGHTS
@@ -105,7 +119,7 @@ def run_demo(
 
     log(f"[3/6] solve: budget {budget}")
     run = load_run(run_dir)
-    thresholds = solve_run(run, budget, **latency_column)
+    thresholds = solve_run(run, options=solve_options)
     thresholds.save(out / "thresholds.json")
 
     log("[4/6] frontier")
@@ -116,18 +130,7 @@ def run_demo(
     verified.save(out / "verify.json")
 
     log("[6/6] report (judged on the measured early exit)")
-    report = build_report(
-        run_dir,
-        out / "report.pdf",
-        thresholds=out / "thresholds.json",
-        verify=out / "verify.json",
-        max_drop=max_drop,
-        min_speedup=min_speedup,
-        device="cpu",
-        batch_size=1,
-        command=f"dyncal report {run_dir} --thresholds {out / 'thresholds.json'} --verify {out / 'verify.json'} "
-        f"--max-drop {max_drop} --min-speedup {min_speedup} --device cpu --batch-size 1 --out {out / 'report.pdf'}",
-    )
+    report = build_report(run_dir, out / "report.pdf", report_options)
 
     th = thresholds.to_dict()
     held = th["holdout"] or {"expected_macs": th["expected_macs"], "exit_shares": th["exit_shares"]}

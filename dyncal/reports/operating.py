@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dyncal.artifacts.costs import LatencyKey
+from dyncal.choices import Method
 from dyncal.errors import DyncalError, param
-from dyncal.options import options_from
+from dyncal.options import check_at_least, check_flag, check_fraction, check_seed, options_from
 from dyncal.reports.compare import Alternative, compare_alternatives
 from dyncal.reports.decision import (
     Criterion,
@@ -486,7 +487,18 @@ class ReportOptions:
         holdout: Held-out fraction (default 0.5).
         seed: Seed of the held-out split (default 0).
         command: The command line, shown on the provenance page.
-        compare: Other runs to judge the operating point against.
+        compare: Other runs to judge the operating point against (one path: one run).
+
+    Every value is checked when the object is built, so a caller that builds it first (the
+    demo) refuses a bad value before any work.
+
+    Example:
+        >>> ReportOptions(method="geometric").method is Method.GEOMETRIC
+        True
+        >>> ReportOptions(min_speedup=-1)
+        Traceback (most recent call last):
+        ...
+        dyncal.errors.DyncalError: `min_speedup` must be a positive factor (e.g. 1.5 for 1.5x), got -1
     """
 
     budget: str | None = None
@@ -498,12 +510,55 @@ class ReportOptions:
     device: str | None = None
     batch_size: int | None = None
     title: str | None = None
-    method: str | None = None
+    method: Method | None = None
     temperature: bool = False
     holdout: float | None = None
     seed: int | None = None
     command: str = ""
     compare: Sequence[str | os.PathLike[str]] = ()
+
+    def __post_init__(self) -> None:
+        """Check every value that needs no run; turn the method's name into a member."""
+        if self.method is not None:
+            object.__setattr__(self, "method", Method.parse(self.method, "method"))
+        if isinstance(self.compare, (str, os.PathLike)):
+            object.__setattr__(self, "compare", (self.compare,))
+        Requirements(self.min_accuracy, self.max_drop, self.min_speedup).validate()
+        if self.batch_size is not None:
+            check_at_least("batch_size", self.batch_size, 1)
+        check_flag("temperature", self.temperature)
+        if self.holdout is not None:
+            check_fraction("holdout", self.holdout)
+        if self.seed is not None:
+            check_seed("seed", self.seed)
+        for name in ("device", "title"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise DyncalError(f"{param(name)} must be a string, got {value!r}")
+        if self.budget is not None and self.thresholds is not None:
+            raise DyncalError(
+                f"give `budget` or `thresholds`, not both (got `budget` {self.budget} and `thresholds` "
+                f"{self.thresholds}); `thresholds` reports the thresholds a file already holds"
+            )
+        if self.budget is not None:
+            from dyncal.calibrate.budget import parse_budget
+
+            parse_budget(self.budget)
+        if self.thresholds is not None:
+            given = [
+                o
+                for o, v in (
+                    ("method", self.method),
+                    ("temperature", self.temperature or None),
+                    ("holdout", self.holdout),
+                )
+                if v is not None
+            ] + (["seed"] if self.seed is not None else [])
+            if given:
+                raise DyncalError(
+                    f"`thresholds` fixes the method, temperatures and held-out split; leave out "
+                    f"{', '.join(map(param, given))}"
+                )
 
 
 def report_options(options: ReportOptions | None, fields: Mapping[str, Any]) -> ReportOptions:
@@ -530,30 +585,11 @@ def _choose_operating_point(
     holdout, seed = options.holdout, options.seed
     min_accuracy, max_drop, min_speedup = options.min_accuracy, options.max_drop, options.min_speedup
     from dyncal.artifacts.run import load_run
-    from dyncal.calibrate.solvers import DEFAULT_METHOD, METHODS, prepare_run, solve_run
+    from dyncal.calibrate.solvers import DEFAULT_METHOD, prepare_run, solve_run
     from dyncal.stats import mean_bootstrap_ci
 
-    req = Requirements(min_accuracy, max_drop, min_speedup).validate()
-    if method is not None and method not in METHODS:
-        raise DyncalError(f"`method` must be one of {', '.join(METHODS)}, got {method!r}")
-    if batch_size is not None and batch_size < 1:
-        raise DyncalError(f"`batch_size` must be a positive integer, got {batch_size}")
-    if budget is not None and thresholds is not None:
-        raise DyncalError(
-            f"give `budget` or `thresholds`, not both (got `budget` {budget} and `thresholds` {thresholds}); "
-            "`thresholds` reports the thresholds a file already holds"
-        )
-    if thresholds is not None:
-        given = [
-            o
-            for o, v in (("method", method), ("temperature", temperature or None), ("holdout", holdout))
-            if v is not None
-        ] + (["seed"] if seed is not None else [])
-        if given:
-            raise DyncalError(
-                f"`thresholds` fixes the method, temperatures and held-out split; leave out "
-                f"{', '.join(map(param, given))}"
-            )
+    # the options checked their values when built (ReportOptions.__post_init__)
+    req = Requirements(min_accuracy, max_drop, min_speedup)
     run = load_run(run_path)
     if run.costs is None or (run.costs.macs is None and not run.costs.latency):
         raise DyncalError(
@@ -603,7 +639,7 @@ def _choose_operating_point(
         from dyncal.analysis.frontier import compute_frontier
 
         table = compute_frontier(prep, device=lat_dev, batch_size=lat_batch)
-    main_method = method or DEFAULT_METHOD
+    main_method = str(method or DEFAULT_METHOD)  # the plain name, as the frontier's column and the documents hold it
     notes: list[str] = []
     if th_doc is not None:
         doc = th_doc.to_dict()
@@ -635,9 +671,7 @@ def _choose_operating_point(
             "device": lat_dev if ms_budget else None,
             "batch_size": lat_batch if ms_budget else None,
         }
-        if main_method in METHODS:
-            solve_kwargs["method"] = main_method
-        result = solve_run(prep, budget, **solve_kwargs)
+        result = solve_run(prep, budget, method=main_method, **solve_kwargs)
         doc = result.to_dict()
         fingerprint = result.decision_fingerprint
 

@@ -55,7 +55,7 @@ from dyncal.artifacts.costs import CostTable, LatencyProfile, other_model_latenc
 from dyncal.artifacts.lock import RunLock
 from dyncal.artifacts.outputs import check_writable
 from dyncal.artifacts.run import Run, load_run, store_costs
-from dyncal.errors import ProfileError, describe
+from dyncal.errors import ProfileError, describe, param
 from dyncal.models import (
     ModelCheck,
     check_exit_outputs,
@@ -80,7 +80,7 @@ class ProfileOptions(ModelOverrides):
     """What to profile and how, on top of which model (:class:`~dyncal.options.ModelOverrides`).
 
     Attributes:
-        devices: Devices to time on (``cpu``, ``cuda``, ``cuda:N``).
+        devices: Devices to time on (``cpu``, ``cuda``, ``cuda:N``; one name is one device).
         batch_sizes: Batch sizes to time.
         threads: CPU threads pinned while timing (None: keep torch's current setting).
         data: Data spec overriding the run's, for re-running recorded rows.
@@ -107,11 +107,13 @@ class ProfileOptions(ModelOverrides):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        """Validate the options that need no model."""
+        """Validate the options that need no model; one device name is one device."""
+        if isinstance(self.devices, str):
+            object.__setattr__(self, "devices", (self.devices,))
         if not self.devices and self.latency:
             raise ProfileError("give at least one of `devices` to time on")
         if self.check_rows < 0:
-            raise ProfileError(f"the number of rows to re-run must be >= 0, got {self.check_rows}")
+            raise ProfileError(f"{param('check_rows')} (recorded rows to re-run) must be >= 0, got {self.check_rows}")
         if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
             raise ProfileError(f"`batch_sizes` must be positive integers, got {list(self.batch_sizes)}")
         super().__post_init__()

@@ -393,8 +393,12 @@ def test_threads_are_restored_when_measuring_fails():
 def test_latency_settings_are_validated():
     with pytest.raises(ProfileError, match="`threads` must be at least 1, got 0"):
         LatencySettings(threads=0)
-    with pytest.raises(ProfileError, match="repeats must be at least 3"):
+    with pytest.raises(ProfileError, match="^`repeats` must be at least 3 to give a spread, got 1$"):
         LatencySettings(repeats=1)
+    with pytest.raises(ProfileError, match="^`warmup` must be >= 0, got -1$"):
+        LatencySettings(warmup=-1)
+    with pytest.raises(ProfileError, match="^`min_block_ms` must be >= 0, got -1"):
+        LatencySettings(min_block_ms=-1.0)
 
 
 # ----------------------------------------------------------------- warnings

@@ -58,7 +58,7 @@ from torch import nn
 from dyncal.analysis.early_exit import EarlyExitRunner
 from dyncal.analysis.stages import Stages
 from dyncal.artifacts.costs import LatencyProfile
-from dyncal.errors import ProfileError
+from dyncal.errors import ProfileError, param
 
 __all__ = [
     "Clock",
@@ -112,12 +112,14 @@ class LatencySettings:
         if self.threads is not None and self.threads < 1:
             raise ProfileError(f"`threads` must be at least 1, got {self.threads}")
         if self.repeats < 3:
-            raise ProfileError(f"repeats must be at least 3 to give a spread, got {self.repeats}")
-        if self.warmup < 0 or self.min_block_ms < 0 or self.max_block_calls < 1:
-            raise ProfileError(
-                f"warmup, min_block_ms and max_block_calls must be >= 0, >= 0, >= 1; got "
-                f"{self.warmup}, {self.min_block_ms}, {self.max_block_calls}"
-            )
+            raise ProfileError(f"{param('repeats')} must be at least 3 to give a spread, got {self.repeats}")
+        for name, value, low in (
+            ("warmup", self.warmup, 0),
+            ("min_block_ms", self.min_block_ms, 0),
+            ("max_block_calls", self.max_block_calls, 1),
+        ):
+            if value < low:
+                raise ProfileError(f"{param(name)} must be >= {low}, got {value}")
 
 
 @contextlib.contextmanager

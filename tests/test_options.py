@@ -14,10 +14,12 @@ from hypothesis import strategies as st
 from dyncal.calibrate.options import FrontierOptions, SolveOptions
 from dyncal.calibrate.solvers import solve_run
 from dyncal.choices import FigureKind, Layout, Method, PValue, Score
-from dyncal.cli import app
+from dyncal.cli import app, flag_of, options
 from dyncal.collect import CollectOptions
-from dyncal.errors import DyncalError
+from dyncal.errors import DyncalError, render_params
 from dyncal.export import ExportOptions
+from dyncal.profile import ProfileOptions
+from dyncal.reports.operating import ReportOptions
 from dyncal.run import import_arrays
 from dyncal.runtime import VerifyOptions
 
@@ -56,11 +58,20 @@ def test_bad_choice_is_one_line_exit_1_and_writes_nothing(cli, small_run, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+def _verb(name: str) -> typer.core.TyperCommand:
+    return typer.main.get_command(app).commands[name]  # type: ignore[attr-defined,no-any-return]
+
+
 def test_a_good_choice_reaches_the_library_as_its_member(cli, small_run, tmp_path):
     out = tmp_path / "t.json"
-    res = cli("solve", small_run.path, "--budget", "0.6x", "--method", "geometric", "--score", "margin", "--out", out)
+    argv = [str(small_run.path), "--budget", "0.6x", "--method", "geometric", "--score", "margin", "--out", str(out)]
+    res = cli("solve", *argv)
     assert res.exit_code == 0, res.output
-    doc = solve_run(small_run, options=SolveOptions(budget="0.6x", method=Method.GEOMETRIC, score="margin"))
+    # the options object the verb hands solve_run, built from the same arguments as the verb builds it
+    with _verb("solve").make_context("solve", argv) as ctx:
+        asked = options(ctx, SolveOptions)
+    assert asked.method is Method.GEOMETRIC and asked.score is Score.MARGIN
+    doc = solve_run(small_run, options=asked)
     assert (out.read_text().count('"geometric"'), doc.method, doc.score) == (1, "geometric", "margin")
 
 
@@ -110,12 +121,94 @@ def test_each_meaning_of_batch_size_has_its_own_help():
         (lambda: CollectOptions(data_spec="x.npz", checkpoint_s=-1), r"`checkpoint_s` must be >= 0"),
         (lambda: CollectOptions(data_spec="x.npz", batch_size=0), r"`batch_size` must be at least 1"),
         (lambda: ExportOptions(input_shape=(3, 0)), r"`input_shape` must be positive integers"),
+        # solve and frontier: what the split, the solver and risk control would refuse later
+        (lambda: SolveOptions(budget="0.5x", holdout=2), r"^`holdout` must be a fraction in \[0, 1\), got 2$"),
+        (lambda: SolveOptions(budget="0.5x", holdout="0.5"), r"^`holdout` must be a fraction in \[0, 1\), got '0.5'$"),
+        (lambda: FrontierOptions(holdout=float("nan")), r"^`holdout` must be a fraction in \[0, 1\), got nan$"),
+        (lambda: SolveOptions(budget="0.5x", temperature="yes"), r"^`temperature` must be True or False, got 'yes'$"),
+        (lambda: SolveOptions(budget="0.5x", seed=-1), r"^`seed` must be a non-negative integer, got -1$"),
+        (lambda: FrontierOptions(seed=1.5), r"^`seed` must be a non-negative integer, got 1.5$"),
+        (lambda: SolveOptions(budget="0.5x", delta=1.0), r"^`delta` must be a fraction in \(0, 1\), got 1.0$"),
+        (lambda: SolveOptions(max_drop=float("nan")), r"^`max_drop` must be a fraction in \[0, 1\), got nan$"),
+        (lambda: SolveOptions(budget="half"), r"^cannot read budget 'half'"),
+        (lambda: SolveOptions(budget="0.5x", batch_size=1.5), r"^`batch_size` must be an integer of at least 1"),
+        (lambda: FrontierOptions(n_budgets=10_001), r"^`n_budgets` must be from 2 to 10000, got 10001$"),
+        (lambda: FrontierOptions(n_budgets=4.5), r"^`n_budgets` must be from 2 to 10000, got 4.5$"),
+        (lambda: FrontierOptions(methods="fast"), r"^`methods` must be one of .*got 'fast'$"),
+        # profile: the latency settings and rows to re-run, by parameter name
+        (lambda: ProfileOptions(repeats=2), r"^`repeats` must be at least 3 to give a spread, got 2$"),
+        (lambda: ProfileOptions(warmup=-1), r"^`warmup` must be >= 0, got -1$"),
+        (lambda: ProfileOptions(check_rows=-1), r"^`check_rows` \(recorded rows to re-run\) must be >= 0, got -1$"),
     ],
 )
 def test_options_refuse_bad_values_in_one_line(build, match):
     with pytest.raises(DyncalError, match=match) as info:
         build()
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"max_drop": 2}, r"^`max_drop` must be a fraction in \[0, 1\], got 2; fractions, not percent"),
+        ({"min_accuracy": -0.1}, r"^`min_accuracy` must be a fraction in \[0, 1\], got -0.1$"),
+        ({"min_accuracy": 0.9, "max_drop": 0.01}, r"^give `min_accuracy` or `max_drop`, not both"),
+        ({"min_speedup": -1}, r"^`min_speedup` must be a positive factor"),
+        ({"method": "foo"}, r"^`method` must be one of smoothed, optimal, geometric; got 'foo'$"),
+        ({"holdout": 3}, r"^`holdout` must be a fraction in \[0, 1\), got 3$"),
+        ({"seed": -2}, r"^`seed` must be a non-negative integer, got -2$"),
+        ({"temperature": "yes"}, r"^`temperature` must be True or False, got 'yes'$"),
+        ({"batch_size": 0}, r"^`batch_size` must be at least 1, got 0$"),
+        ({"device": 0}, r"^`device` must be a string, got 0$"),
+        ({"budget": "fast"}, r"^cannot read budget 'fast'"),
+        ({"budget": "0.5x", "thresholds": "t.json"}, r"^give `budget` or `thresholds`, not both"),
+        ({"thresholds": "t.json", "method": "optimal"}, r"^`thresholds` fixes the method.*leave out `method`$"),
+        ({"thresholds": "t.json", "holdout": 0.3, "seed": 1}, r"leave out `holdout`, `seed`$"),
+    ],
+)
+def test_report_options_refuse_each_bad_value_when_built(fields, match):
+    with pytest.raises(DyncalError, match=match) as info:
+        ReportOptions(**fields)
+    assert "\n" not in str(info.value)
+
+
+def test_report_options_hold_members_and_a_single_name_or_path_is_one():
+    opts = ReportOptions(method="geometric", compare="other_run")
+    assert opts.method is Method.GEOMETRIC and f"{opts.method}" == "geometric" and opts.compare == ("other_run",)
+    assert ReportOptions().method is None  # the report's default solver
+    assert FrontierOptions(methods="geometric").methods == (Method.GEOMETRIC,)
+    assert ProfileOptions(devices="cpu").devices == ("cpu",)
+
+
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (["--max-drop", "2"], r"^error: --max-drop must be a fraction in \[0, 1\], got 2; fractions, not percent"),
+        (["--min-speedup", "0"], r"^error: --min-speedup must be a positive factor"),
+        (["--budget", "half"], r"^error: cannot read budget 'half'"),
+    ],
+)
+def test_demo_refuses_a_bad_value_before_any_work(cli, tmp_path, args, pattern):
+    out = tmp_path / "x"
+    assert_clean_error(cli("demo", "--out", out, *args), pattern)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_profile_setting_errors_show_the_flag(cli, small_run):
+    # typer's own bound answers first on the command line, naming the flag ...
+    res = cli("profile", small_run.path, "--repeats", "1")
+    assert res.exit_code == 2 and "'--repeats'" in res.output
+    # ... and the library's message, should it get there, shows the same flags
+    with _verb("profile").make_context("profile", [str(small_run.path)]) as ctx:
+        for fields, flag in (
+            ({"repeats": 1}, "--repeats"),
+            ({"warmup": -1}, "--warmup"),
+            ({"check_rows": -1}, "--check-rows"),
+        ):
+            with pytest.raises(DyncalError) as info:
+                ProfileOptions(**fields)
+            shown = render_params(str(info.value), lambda n: flag_of(ctx, n))
+            assert shown.startswith(flag + " ") and "`" not in shown, shown
 
 
 def test_options_are_frozen_and_hold_members():

@@ -100,7 +100,6 @@ LatencyDeviceOpt = Annotated[
 ThreadsOpt = Annotated[
     int | None,
     typer.Option(
-        min=1,
         help="CPU threads pinned while timing (default: profile keeps torch's setting; verify uses the threads "
         "the run's profile timed with).",
     ),
@@ -108,7 +107,7 @@ ThreadsOpt = Annotated[
 
 # --batch-size: one flag, three meanings, each declared once
 LoadBatchOpt = Annotated[
-    int, typer.Option("--batch-size", min=1, help="Samples per forward while collecting (memory, not results).")
+    int, typer.Option("--batch-size", help="Samples per forward while collecting (memory, not results).")
 ]
 TimedBatchesOpt = Annotated[
     str,
@@ -121,7 +120,6 @@ LatencyBatchOpt = Annotated[
     int | None,
     typer.Option(
         "--batch-size",
-        min=1,
         help="Latency column's batch size (with --device; default 1, else the smallest profiled).",
     ),
 ]
@@ -309,8 +307,8 @@ def collect(
         Path | None, typer.Option(help="Folder to import the model's module from (else PYTHONPATH).")
     ] = None,
     batch_size: LoadBatchOpt = 64,
-    workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 0,
-    limit: Annotated[int | None, typer.Option(min=1, help="Use only the first N samples.")] = None,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N samples.")] = None,
     device: DeviceOpt = "cpu",
     resize: Annotated[int, typer.Option(help="imagefolder: resize the short side to this.")] = 256,
     crop: Annotated[int, typer.Option(help="imagefolder: centre crop size.")] = 224,
@@ -326,7 +324,7 @@ def collect(
         ),
     ] = False,
     checkpoint_every: Annotated[
-        float, typer.Option(min=0, help="Save progress for --resume at most every this many seconds (0: every batch).")
+        float, typer.Option(help="Save progress for --resume at most every this many seconds (0: every batch).")
     ] = 2.0,
     quiet: QuietOpt = False,
 ) -> None:
@@ -343,6 +341,7 @@ def collect(
     from dyncal.models import load_model
 
     with user_errors(ctx):
+        collecting = options(ctx, CollectOptions, data_spec=data, checkpoint_s=checkpoint_every)  # checked first
         means = _parse_float_list(mean, "--mean") or []
         stds = _parse_float_list(std, "--std") or []
         transform = ImageTransform(resize=resize, crop=crop, mean=tuple(means), std=tuple(stds))
@@ -350,7 +349,6 @@ def collect(
         loaded = load_model(model, weights=weights, model_path=model_path, device=device)
         partial = out.with_name(out.name + ".partial")
         had_progress = (partial / "progress.0.json").is_file()
-        collecting = options(ctx, CollectOptions, data_spec=data, checkpoint_s=checkpoint_every)
         with _progress(quiet, "collect") as bar:
             result = collect_run(
                 loaded,
@@ -582,11 +580,11 @@ def profile(
     data: DataOverrideOpt = None,
     allow_other_model: AllowOtherModelOpt = False,
     check_rows: Annotated[
-        int, typer.Option(min=0, help="Recorded rows re-run to check the model is the run's (0: its hash only).")
+        int, typer.Option(help="Recorded rows re-run to check the model is the run's (0: its hash only).")
     ] = 8,
     macs_only: Annotated[bool, typer.Option("--macs-only", help="Count MACs; measure no latency.")] = False,
-    repeats: Annotated[int, typer.Option(min=3, help="Timed replicates per stage.")] = 25,
-    warmup: Annotated[int, typer.Option(min=0, help="Untimed calls before timing.")] = 5,
+    repeats: Annotated[int, typer.Option(help="Timed replicates per stage.")] = 25,
+    warmup: Annotated[int, typer.Option(help="Untimed calls before timing.")] = 5,
     json_: JsonOpt = False,
 ) -> None:
     """Per-exit cost of a run's model: stages from its graph, fvcore MACs, measured latency.
@@ -813,7 +811,7 @@ def frontier(
     ctx: typer.Context,
     run: RunArg,
     out: Annotated[Path, out_option("frontier.csv")],
-    n_budgets: Annotated[int, typer.Option(min=2, help="Budgets from the first exit's cost to the last's.")] = 41,
+    n_budgets: Annotated[int, typer.Option(help="Budgets from the first exit's cost to the last's.")] = 41,
     methods: Annotated[
         str, typer.Option(help="Comma-separated solvers (the default method is always added).")
     ] = "optimal,geometric",
@@ -884,16 +882,15 @@ def verify(
     ] = None,
     device: DeviceOpt = "cpu",
     batch_size: TimedBatchesOpt = "1",
-    limit: Annotated[int | None, typer.Option(min=1, help="Replay only the first N rows of the run.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Replay only the first N rows of the run.")] = None,
     threads: ThreadsOpt = None,
     max_seconds: Annotated[
         float,
         typer.Option(
-            min=0.001,
             help="Time bound of the timing, all batch sizes together; agreement still covers every sample.",
         ),
     ] = 10.0,
-    repeats: Annotated[int, typer.Option(min=1, help="Pairs (early exit, plain model) timed per batch.")] = 5,
+    repeats: Annotated[int, typer.Option(help="Pairs (early exit, plain model) timed per batch.")] = 5,
     model: ModelOverrideOpt = None,
     weights: WeightsOverrideOpt = None,
     model_path: ModelPathOpt = None,
@@ -1278,7 +1275,7 @@ def plot(
     device: LatencyDeviceOpt = None,
     batch_size: LatencyBatchOpt = None,
     method: MethodOrDefaultOpt = None,
-    dpi: Annotated[int, typer.Option(min=30, help="Resolution of .png output.")] = 150,
+    dpi: Annotated[int, typer.Option(help="Resolution of .png output.")] = 150,
     compare: CompareOpt = None,
     overwrite: OverwriteOpt = False,
 ) -> None:

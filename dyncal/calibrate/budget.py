@@ -68,7 +68,7 @@ def parse_budget(text: str) -> BudgetSpec:
     m = _PATTERN.match(str(text))
     form_hint = "use a fraction of the full model like 0.6x, MACs like 1.2GMAC or 850MMAC, or latency like 35ms"
     if not m:
-        raise BudgetError(f"cannot read budget {text!r}: {form_hint}")
+        raise BudgetError(f"cannot read `budget` {text!r}: {form_hint}")
     value, unit = float(m.group(1)), m.group(2).lower()
     if unit == "x":
         kind = "fraction"
@@ -77,11 +77,11 @@ def parse_budget(text: str) -> BudgetSpec:
     elif unit.endswith("macs") or unit.endswith("mac"):
         prefix = unit[:-4] if unit.endswith("macs") else unit[:-3]
         if prefix not in _MAC_SCALE:
-            raise BudgetError(f"cannot read budget {text!r}: unknown MAC prefix {prefix!r}; {form_hint}")
+            raise BudgetError(f"cannot read `budget` {text!r}: unknown MAC prefix {prefix!r}; {form_hint}")
         value *= _MAC_SCALE[prefix]
         kind = "macs"
     else:
-        raise BudgetError(f"cannot read budget {text!r}: unknown unit {unit or '(none)'!r}; {form_hint}")
+        raise BudgetError(f"cannot read `budget` {text!r}: unknown unit {unit or '(none)'!r}; {form_hint}")
     if not math.isfinite(value) or value <= 0:
         raise BudgetError(f"budget must be positive, got {text!r}")
     return BudgetSpec(text=str(text).strip(), kind=kind, value=value)

@@ -314,6 +314,8 @@ def build_report(
 # --------------------------------------------------------------------------- single figures
 
 FIGURE_KINDS: tuple[str, ...] = tuple(k.value for k in FigureKind)
+MIN_DPI = 30
+"""Lowest resolution ``plot`` draws at (below it labels are unreadable)."""
 MAX_FIGURE_PIXELS = 50_000_000
 """Largest image ``plot`` draws (about 200 MB of memory while drawing)."""
 _FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
@@ -356,6 +358,8 @@ def export_figure(
     from dyncal.artifacts.outputs import dyncal_creator, write_output
 
     kind = FigureKind.parse(kind, "kind")
+    if dpi < MIN_DPI:
+        raise DyncalError(f"`dpi` must be at least {MIN_DPI}, got {dpi}")
     asked = report_options(options, fields)
     path = Path(out)
     fmt = _FORMATS.get(path.suffix.lower())

@@ -194,7 +194,7 @@ class ExitProblem:
         self.sorted_scores = [self._cols[j][self.order[j]] for j in range(self.k - 1)]
         self._geometric: list[tuple[np.ndarray, np.ndarray]] | None = None
         self._geometric_solutions: list[Solution] | None = None
-        self._pool: list[Solution] | None = None
+        self._starting_pool: list[Solution] | None = None
 
     # -- evaluation
     def passes(self, t: np.ndarray) -> np.ndarray:
@@ -254,7 +254,8 @@ class ExitProblem:
         return _midway(ss[cut], below), cg[cut], cc[cut], base_cost, cur
 
     @staticmethod
-    def _moved(t: np.ndarray, j: int, value: float) -> np.ndarray:
+    def _with_threshold(t: np.ndarray, j: int, value: float) -> np.ndarray:
+        """A copy of ``t`` with threshold ``j`` set to ``value``."""
         new = t.copy()
         new[j] = value
         return new
@@ -272,8 +273,8 @@ class ExitProblem:
         if max(best_val, 0.0) <= cur_val + _TOL:
             return t
         if best_val > 0.0:
-            return self._moved(t, j, float(thr[best]))
-        return self._moved(t, j, np.inf)
+            return self._with_threshold(t, j, float(thr[best]))
+        return self._with_threshold(t, j, np.inf)
 
     def budget_update(self, t: np.ndarray, j: int, budget: float) -> np.ndarray:
         """Best ``t_j`` for gain with mean cost ``<= budget``, the others fixed (exact).
@@ -295,7 +296,7 @@ class ExitProblem:
             best_gain, best_thr = 0.0, np.inf
         if best_gain <= cur_gain + _TOL:
             return t
-        new = self._moved(t, j, best_thr)
+        new = self._with_threshold(t, j, best_thr)
         if expected_cost(self.exits(new), self.costs) > budget:
             return t
         return new
@@ -345,6 +346,20 @@ class ExitProblem:
         if self._geometric_solutions is None:
             self._geometric_solutions = [self.solution(t, e) for t, e in self.geometric_pool()]
         return self._geometric_solutions
+
+    def starting_pool(self) -> list[Solution]:
+        """Starting points of the ascent: every geometric solution, "all at exit 1" and the λ path (computed once)."""
+        if self._starting_pool is None:
+            pool = list(self.geometric_solutions())
+            first = np.full(self.k - 1, np.inf)
+            first[0] = -np.inf
+            pool.append(self.solution(first))
+            t = np.full(self.k - 1, np.inf)
+            for lam in _lambda_grid(self.costs / self.costs[-1]) / self.costs[-1]:
+                t = self.lagrange_ascent(t, float(lam))
+                pool.append(self.solution(t))
+            self._starting_pool = pool
+        return self._starting_pool
 
     def adopt_geometric_pool(self, pool: list[tuple[np.ndarray, np.ndarray]]) -> None:
         """Reuse another problem's :meth:`geometric_pool` (one on the same scores: only the gains differ)."""
@@ -523,7 +538,7 @@ def solve_path(problem: ExitProblem, budgets: Sequence[float], method: str) -> l
             if fits:
                 out[i] = max(fits, key=lambda s: (s.gain, -s.cost))
         return out
-    pool = _pool(problem)
+    pool = problem.starting_pool()
     prev: Solution | None = None
     for i in order:
         sol = _path_step(problem, pool, prev, float(budgets[i]))
@@ -534,7 +549,7 @@ def solve_path(problem: ExitProblem, budgets: Sequence[float], method: str) -> l
     return out
 
 
-def _better(a: Solution | None, b: Solution | None) -> Solution | None:
+def _more_accurate(a: Solution | None, b: Solution | None) -> Solution | None:
     """The higher-gain solution (cheaper on ties); None loses."""
     if a is None:
         return b
@@ -543,14 +558,14 @@ def _better(a: Solution | None, b: Solution | None) -> Solution | None:
     return b if (b.gain, -b.cost) > (a.gain, -a.cost) else a
 
 
-def _ascend(problem: ExitProblem, start: Solution, budget: float) -> Solution:
+def _ascended_from(problem: ExitProblem, start: Solution, budget: float) -> Solution:
     """Budget-exact coordinate ascent from ``start``; never worse than ``start``."""
     t = problem.budget_ascent(start.thresholds.copy(), budget)
     sol = problem.solution(t)
     return sol if sol.cost <= budget and sol.gain >= start.gain else start
 
 
-def _moved(problem: ExitProblem, prev: Solution, budget: float) -> Solution:
+def _after_best_move(problem: ExitProblem, prev: Solution, budget: float) -> Solution:
     """``prev`` with its best single move within ``budget`` (``prev`` when none helps)."""
     t = problem.best_move(prev.thresholds, budget)
     if t is prev.thresholds:
@@ -570,9 +585,9 @@ def _path_step(problem: ExitProblem, pool: Sequence[Solution], prev: Solution | 
     best: Solution | None = None
     if fits:
         start = max(fits, key=lambda s: (s.gain, -s.cost))
-        best = _better(start, _ascend(problem, start, budget))
+        best = _more_accurate(start, _ascended_from(problem, start, budget))
     if prev is not None:
-        best = _better(best, _ascend(problem, _moved(problem, prev, budget), budget))
+        best = _more_accurate(best, _ascended_from(problem, _after_best_move(problem, prev, budget), budget))
     return best
 
 
@@ -637,27 +652,11 @@ def solve_at(
     else:
         walked = solve_path(problem, below, method) if below else []
     prev = walked[-1] if walked else None
-    fits = [s for s in _pool(problem) if s.cost <= budget]
+    fits = [s for s in problem.starting_pool() if s.cost <= budget]
     best = max(fits, key=lambda s: (s.gain, -s.cost)) if fits else None
     if prev is not None:
-        best = _better(best, _moved(problem, prev, budget))
+        best = _more_accurate(best, _after_best_move(problem, prev, budget))
     return best
-
-
-def _pool(problem: ExitProblem) -> list[Solution]:
-    """Starting points: every geometric solution, "all at exit 1" and the λ path."""
-    if problem._pool is None:
-        k = problem.k
-        pool = list(problem.geometric_solutions())
-        first = np.full(k - 1, np.inf)
-        first[0] = -np.inf
-        pool.append(problem.solution(first))
-        t = np.full(k - 1, np.inf)
-        for lam in _lambda_grid(problem.costs / problem.costs[-1]) / problem.costs[-1]:
-            t = problem.lagrange_ascent(t, float(lam))
-            pool.append(problem.solution(t))
-        problem._pool = pool
-    return problem._pool
 
 
 # --------------------------------------------------------------------------- runs
@@ -869,7 +868,7 @@ def _is_latency(unit: str) -> bool:
     return unit.startswith(LatencyKey.PREFIX)
 
 
-def _key(unit: str) -> str:
+def _key_of_column(unit: str) -> str:
     """``"ms:cpu/b1"`` -> ``"cpu/b1"``."""
     return str(LatencyKey.from_column(unit))
 
@@ -877,7 +876,7 @@ def _key(unit: str) -> str:
 def _cost_summary(units: Mapping[str, tuple[float, ...]], exits: np.ndarray) -> tuple[float | None, dict[str, float]]:
     """Mean MACs and mean ms per latency key of the given exits."""
     macs = expected_cost(exits, units["macs"]) if "macs" in units and exits.size else None
-    ms = {_key(u): expected_cost(exits, c) for u, c in units.items() if _is_latency(u) and exits.size}
+    ms = {_key_of_column(u): expected_cost(exits, c) for u, c in units.items() if _is_latency(u) and exits.size}
     return macs, ms
 
 
@@ -893,7 +892,7 @@ def static_baselines(prep: PreparedRun, *, seed: int = 0) -> list[dict[str, Any]
             "holdout_accuracy": float(np.mean(held)) if held.size else None,
             "holdout_ci": list(mean_bootstrap_ci(held, seed=seed)) if held.size else None,
             "macs": prep.units["macs"][j] if "macs" in prep.units else None,
-            "ms": {_key(u): c[j] for u, c in prep.units.items() if _is_latency(u)},
+            "ms": {_key_of_column(u): c[j] for u, c in prep.units.items() if _is_latency(u)},
         }
         primary = next(iter(prep.units.values()))
         entry["fraction"] = primary[j] / primary[-1]
@@ -1058,7 +1057,7 @@ def _warn_unused_latency(run: Any, budget: str, device: str | None, batch: int |
     asked = " ".join(f"{o} {v}" for o, v in (("`device`", device), ("`batch_size`", batch)) if v is not None)
     units = cost_units(run.costs, run.k)
     try:
-        key = _key(pick_latency(units, device, batch))
+        key = _key_of_column(pick_latency(units, device, batch))
         shown = f"expected ms is reported for every profiled column, {key} among them"
     except BudgetError as e:
         shown = f"and they match no latency column: {e}"

@@ -545,19 +545,21 @@ MAX_BATCH_SIZE = 65536
 """Largest --batch-size profile and verify accept (a bigger batch is a typo, not a measurement)."""
 
 
-def _parse_int_list(text: str | None, option: str, maximum: int | None = None) -> list[int] | None:
+def _parse_int_list(
+    text: str | None, option: str, maximum: int | None = None, example: str = "1,32"
+) -> list[int] | None:
     if text is None:
         return None
     items = [v.strip() for v in text.split(",")]
     if "" in items:
-        raise DyncalError(f"{option} has an empty item in {text!r}; give comma-separated integers, e.g. 1,32")
+        raise DyncalError(f"{option} has an empty item in {text!r}; give comma-separated integers, e.g. {example}")
     try:
         values = [int(v) for v in items if len(v) < 20]
     except ValueError:
-        raise DyncalError(f"{option} must be comma-separated integers, e.g. 1,32; got {text[:40]!r}") from None
+        raise DyncalError(f"{option} must be comma-separated integers, e.g. {example}; got {text[:40]!r}") from None
     if len(values) != len(items) or any(v < 1 or (maximum is not None and v > maximum) for v in values):
         bound = "" if maximum is None else f" up to {maximum}"
-        raise DyncalError(f"{option} must be positive integers{bound}, e.g. 1,32; got {text[:40]!r}")
+        raise DyncalError(f"{option} must be positive integers{bound}, e.g. {example}; got {text[:40]!r}")
     return values
 
 
@@ -606,7 +608,7 @@ def profile(
             ProfileOptions,
             devices=tuple(device or ["cpu"]),
             batch_sizes=tuple(_parse_int_list(batch_size, "--batch-size", MAX_BATCH_SIZE) or [1]),
-            input_shape=_parse_int_list(input_shape, "--input-shape"),
+            input_shape=_parse_int_list(input_shape, "--input-shape", example="3,224,224"),
             latency=not macs_only,
         )
         result = profile_run_full(run, options=asked)
@@ -1028,7 +1030,7 @@ def export_(
     from dyncal.export import ExportOptions, export_package
 
     with user_errors(ctx):
-        shape = _parse_int_list(input_shape, "--input-shape")
+        shape = _parse_int_list(input_shape, "--input-shape", example="3,224,224")
         asked = options(ctx, ExportOptions, input_shape=shape)
         result = export_package(run, read_thresholds(thresholds), out, asked, overwrite=overwrite)
     doc = result.to_dict()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -30,7 +31,7 @@ from dyncal.artifacts.run import PARTIAL_SUFFIX, Provenance, Run, RunWriter, che
 from dyncal.data import check_item
 from dyncal.errors import DataError, DyncalError, ModelError, RunError, first_line, param
 from dyncal.models import LoadedModel, check_exit_outputs, logits_difference, resolve_device
-from dyncal.options import options_from
+from dyncal.options import MAX_WORKERS, check_at_least, options_from
 
 __all__ = ["collect_run", "CollectOptions", "DistributedContext"]
 
@@ -181,12 +182,11 @@ class CollectOptions:
 
     def __post_init__(self) -> None:
         """Check the values."""
-        if self.checkpoint_s < 0:
+        if not 0 <= self.checkpoint_s < math.inf:  # NaN too
             raise DyncalError(f"{param('checkpoint_s')} must be >= 0 seconds, got {self.checkpoint_s}")
         if self.batch_size < 1:
             raise DyncalError(f"{param('batch_size')} must be at least 1, got {self.batch_size}")
-        if self.workers < 0:
-            raise DyncalError(f"{param('workers')} must be at least 0, got {self.workers}")
+        check_at_least("workers", self.workers, 0, MAX_WORKERS)
         if self.limit is not None and self.limit < 1:
             raise DyncalError(f"{param('limit')} must be at least 1, got {self.limit}")
 

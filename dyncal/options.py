@@ -18,6 +18,9 @@ from typing import Any, TypeVar
 from dyncal.errors import DyncalError, param
 
 __all__ = [
+    "MAX_REPEATS",
+    "MAX_THREADS",
+    "MAX_WORKERS",
     "options_from",
     "input_shape_of",
     "ModelOverrides",
@@ -127,19 +130,33 @@ def check_flag(name: str, value: object) -> None:
         raise DyncalError(f"{param(name)} must be True or False, got {value!r}")
 
 
-def check_at_least(name: str, value: object, low: int) -> None:
-    """Refuse ``value`` unless it is an integer of at least ``low``.
+MAX_REPEATS = 10_000
+"""Most timed replicates or warm-up calls (more is a typo: it would run for hours)."""
+MAX_THREADS = 1024
+"""Most CPU threads a measurement may pin."""
+MAX_WORKERS = 256
+"""Most data-loading worker processes."""
+
+
+def check_at_least(name: str, value: object, low: int, high: int | None = None) -> None:
+    """Refuse ``value`` unless it is an integer of at least ``low`` (and at most ``high``).
 
     Example:
         >>> check_at_least("batch_size", 0, 1)
         Traceback (most recent call last):
         ...
         dyncal.errors.DyncalError: `batch_size` must be at least 1, got 0
+        >>> check_at_least("repeats", 10**12, 1, MAX_REPEATS)
+        Traceback (most recent call last):
+        ...
+        dyncal.errors.DyncalError: `repeats` must be at most 10000, got 1000000000000
     """
     if not is_integer(value):
         raise DyncalError(f"{param(name)} must be an integer of at least {low}, got {value!r}")
     if value < low:  # type: ignore[operator]
         raise DyncalError(f"{param(name)} must be at least {low}, got {value!r}")
+    if high is not None and value > high:  # type: ignore[operator]
+        raise DyncalError(f"{param(name)} must be at most {high}, got {value!r}")
 
 
 def check_seed(name: str, value: object) -> None:

@@ -57,7 +57,7 @@ from dyncal.calibrate.scores import exit_scores
 from dyncal.data import dataset_for_run
 from dyncal.errors import DataError, DyncalError, describe, param, user_call
 from dyncal.models import check_exit_outputs, load_run_model, resolve_device
-from dyncal.options import options_from
+from dyncal.options import MAX_REPEATS, MAX_THREADS, check_at_least, options_from
 
 __all__ = [
     "EarlyExitRunner",
@@ -261,16 +261,14 @@ class VerifyOptions:
     def __post_init__(self) -> None:
         """Check the values that need no run or model."""
         object.__setattr__(self, "batch_sizes", tuple(self.batch_sizes))
-        if self.repeats < 1:
-            raise DyncalError(f"{param('repeats')} must be at least 1, got {self.repeats}")
-        if self.warmup < 0:
-            raise DyncalError(f"{param('warmup')} must be at least 0, got {self.warmup}")
+        check_at_least("repeats", self.repeats, 1, MAX_REPEATS)
+        check_at_least("warmup", self.warmup, 0, MAX_REPEATS)
         if not self.max_seconds > 0:
             raise DyncalError(f"{param('max_seconds')} must be positive, got {self.max_seconds}")
         if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
             raise DyncalError(f"{param('batch_sizes')} must be positive, got {list(self.batch_sizes)}")
-        if self.threads is not None and self.threads < 1:
-            raise DyncalError(f"{param('threads')} must be at least 1, got {self.threads}")
+        if self.threads is not None:
+            check_at_least("threads", self.threads, 1, MAX_THREADS)
         if self.limit is not None and self.limit < 1:
             raise DyncalError(f"{param('limit')} must be at least 1, got {self.limit}")
 

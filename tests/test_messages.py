@@ -128,9 +128,11 @@ def test_render_params_edge_cases():
 
 
 def test_a_parameter_the_running_verb_lacks_is_shown_with_the_verb_that_has_it():
-    advice = "pin one thread (`threads` 1), or take more `repeats`"
+    from dyncal.analysis.latency import NOISE_ADVICE as advice
+
     assert render_params(advice, lambda n: flag_of(_ctx("demo"), n)) == (
-        "pin one thread (dyncal profile --threads 1), or take more dyncal profile --repeats"
+        "run on a quiet machine, pin one thread (dyncal profile --threads 1), or take more replicates "
+        "(dyncal profile --repeats)"
     )
     assert render_params("`n_bins` 2", lambda n: flag_of(_ctx("plot"), n)) == "`n_bins` 2"  # no verb sets it
 

@@ -213,6 +213,15 @@ def test_demo_refuses_a_bad_value_before_any_work(cli, tmp_path, args, pattern):
         (["collect", "--model", "m:f", "--data", "d:f", "--out", "{out}", "--workers", "-1"], "--workers"),
         (["collect", "--model", "m:f", "--data", "d:f", "--out", "{out}", "--limit", "0"], "--limit"),
         (["collect", "--model", "m:f", "--data", "d:f", "--out", "{out}", "--checkpoint-every", "-1"], "--checkpoint"),
+        # huge values would hang or overflow, NaN would pass a comparison: refused too
+        (["profile", "{run}", "--repeats", "1000000000000"], "--repeats"),
+        (["profile", "{run}", "--warmup", "1000000000000"], "--warmup"),
+        (["profile", "{run}", "--threads", "1000000000000"], "--threads"),
+        (["verify", "{run}", "--thresholds", "{out}", "--repeats", "1000000000000"], "--repeats"),
+        (["verify", "{run}", "--thresholds", "{out}", "--threads", "1000000000000"], "--threads"),
+        (["collect", "--model", "m:f", "--data", "d:f", "--out", "{out}", "--workers", "1000000000000"], "--workers"),
+        (["collect", "--model", "m:f", "--data", "d:f", "--out", "{out}", "--checkpoint-every", "nan"], "--checkpoint"),
+        (["solve", "{run}", "--budget", "0x", "--out", "{out}"], "--budget"),
     ],
 )
 def test_a_value_below_its_bound_is_one_line_exit_1_naming_the_flag(cli, small_run, tmp_path, args, flag):

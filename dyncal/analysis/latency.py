@@ -59,6 +59,7 @@ from dyncal.analysis.early_exit import EarlyExitRunner
 from dyncal.analysis.stages import Stages
 from dyncal.artifacts.costs import LatencyProfile
 from dyncal.errors import ProfileError, param
+from dyncal.options import MAX_REPEATS, MAX_THREADS
 
 __all__ = [
     "Clock",
@@ -79,7 +80,7 @@ log = logging.getLogger(__name__)
 NOISE_IQR_FRACTION = 0.10
 """A measurement whose IQR exceeds this fraction of its median is flagged as noisy."""
 
-NOISE_ADVICE = "run on a quiet machine, pin one thread (`threads` 1), or take more `repeats`"
+NOISE_ADVICE = "run on a quiet machine, pin one thread (`threads` 1), or take more replicates (`repeats`)"
 """What to do about a noisy measurement (printed with every noise warning)."""
 
 Clock = Callable[[], float]
@@ -109,8 +110,8 @@ class LatencySettings:
 
     def __post_init__(self) -> None:
         """Validate the settings."""
-        if self.threads is not None and self.threads < 1:
-            raise ProfileError(f"`threads` must be at least 1, got {self.threads}")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise ProfileError(f"{param('threads')} must be from 1 to {MAX_THREADS}, got {self.threads}")
         if self.repeats < 3:
             raise ProfileError(f"{param('repeats')} must be at least 3 to give a spread, got {self.repeats}")
         for name, value, low in (
@@ -118,8 +119,11 @@ class LatencySettings:
             ("min_block_ms", self.min_block_ms, 0),
             ("max_block_calls", self.max_block_calls, 1),
         ):
-            if value < low:
+            if not value >= low:  # NaN too
                 raise ProfileError(f"{param(name)} must be >= {low}, got {value}")
+        for name, value in (("repeats", self.repeats), ("warmup", self.warmup)):
+            if value > MAX_REPEATS:
+                raise ProfileError(f"{param(name)} must be at most {MAX_REPEATS}, got {value}")
 
 
 @contextlib.contextmanager

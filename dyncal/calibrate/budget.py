@@ -83,7 +83,7 @@ def parse_budget(text: str) -> BudgetSpec:
     else:
         raise BudgetError(f"cannot read `budget` {text!r}: unknown unit {unit or '(none)'!r}; {form_hint}")
     if not math.isfinite(value) or value <= 0:
-        raise BudgetError(f"budget must be positive, got {text!r}")
+        raise BudgetError(f"`budget` must be positive, got {text!r}")
     return BudgetSpec(text=str(text).strip(), kind=kind, value=value)
 
 

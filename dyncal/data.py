@@ -6,6 +6,7 @@ index of each row so results can be traced back to the data.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,14 +42,20 @@ class ImageTransform:
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
 
+    def __post_init__(self) -> None:
+        """Check the sizes and the normalisation when built (before any model or data set is loaded)."""
+        if self.resize < 1 or self.crop < 1 or self.crop > self.resize:
+            raise DataError(f"need 1 <= `crop` <= `resize`, got crop={self.crop}, resize={self.resize}")
+        finite = all(math.isfinite(v) for v in (*self.mean, *self.std))
+        if len(self.mean) != len(self.std) or not self.mean or not finite or any(not s > 0 for s in self.std):
+            raise DataError(
+                f"`mean` and `std` need the same number of finite values, std > 0; got {self.mean}, {self.std}"
+            )
+
     def build(self) -> Any:
         """The torchvision transform."""
         from torchvision import transforms
 
-        if self.resize < 1 or self.crop < 1 or self.crop > self.resize:
-            raise DataError(f"need 1 <= `crop` <= `resize`, got crop={self.crop}, resize={self.resize}")
-        if len(self.mean) != len(self.std) or not self.mean or any(s <= 0 for s in self.std):
-            raise DataError(f"`mean` and `std` need the same number of values, std > 0; got {self.mean}, {self.std}")
         return transforms.Compose(
             [
                 transforms.Resize(self.resize),

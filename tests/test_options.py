@@ -222,6 +222,8 @@ def test_demo_refuses_a_bad_value_before_any_work(cli, tmp_path, args, pattern):
         (["collect", "--model", "m:f", "--data", "d:f", "--out", "{out}", "--workers", "1000000000000"], "--workers"),
         (["collect", "--model", "m:f", "--data", "d:f", "--out", "{out}", "--checkpoint-every", "nan"], "--checkpoint"),
         (["solve", "{run}", "--budget", "0x", "--out", "{out}"], "--budget"),
+        (["collect", "--model", "m:f", "--data", "imagefolder:/x", "--out", "{out}", "--std", "nan,1,1"], "--mean"),
+        (["collect", "--model", "m:f", "--data", "imagefolder:/x", "--out", "{out}", "--crop", "0"], "need 1 <= --cr"),
     ],
 )
 def test_a_value_below_its_bound_is_one_line_exit_1_naming_the_flag(cli, small_run, tmp_path, args, flag):

@@ -347,18 +347,24 @@ class Run:
         logits: Per-exit logits, ``(N, K, C)`` float32, memory-mapped read-only.
         labels: True classes, ``(N,)`` int64.
         indices: Dataset index of every row, ``(N,)`` int64.
-        provenance: Where the run came from.
-        costs: The cost table, or None until profiled or imported with costs.
-        document: The whole ``run.json`` document.
+        document: The whole ``run.json`` document (provenance, cost table, fingerprint).
     """
 
     path: Path
     logits: np.ndarray
     labels: np.ndarray
     indices: np.ndarray
-    provenance: Provenance
-    costs: CostTable | None
     document: RunDocument
+
+    @property
+    def provenance(self) -> Provenance:
+        """Where the run came from."""
+        return self.document.provenance
+
+    @property
+    def costs(self) -> CostTable | None:
+        """The cost table, or None until profiled or imported with costs."""
+        return self.document.costs
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -492,8 +498,6 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         logits=logits,
         labels=labels,
         indices=indices,
-        provenance=document.provenance,
-        costs=document.costs,
         document=document,
     )
 

@@ -1,8 +1,9 @@
-"""The package's import graph: no cycle through the subpackages.
+"""The package's import graph: no cycle between modules, layers that import downwards.
 
 The graph is read from the source with :mod:`ast`, so it sees every import: top-level,
-inside functions (lazy) and under ``TYPE_CHECKING``. Its nodes are dyncal's subpackages
-(``artifacts``, ``calibrate``, ...) and top-level modules (``runtime``, ``errors``, ...).
+inside functions (lazy) and under ``TYPE_CHECKING``. Its nodes are dyncal's modules
+(``artifacts.run``, ``reports.compare``, a package's ``__init__`` as the package); the
+layering test reads it at the granularity of the subpackages.
 """
 
 from __future__ import annotations
@@ -18,12 +19,16 @@ LAYERED = ("artifacts", "calibrate", "analysis", "reports")
 """The subpackages no import cycle may pass through."""
 
 
-def _node(module: str) -> str | None:
-    """The graph node of a module name: ``dyncal.calibrate.policy`` -> ``calibrate``."""
-    parts = module.split(".")
-    if parts[0] != "dyncal":
-        return None
-    return parts[1] if len(parts) > 1 else "dyncal"
+KNOWN_CYCLES: set[frozenset[str]] = {
+    frozenset({"artifacts.run", "artifacts.outputs", "artifacts.costs"}),
+    frozenset({"reports.operating", "reports.compare"}),
+}
+"""Module cycles that existed when modules became the test's nodes: the set only shrinks."""
+
+
+def _subpackage(module: str) -> str:
+    """The layer of a graph node: ``calibrate.policy`` -> ``calibrate``."""
+    return module.split(".")[0]
 
 
 def _imported(tree: ast.AST, module: str, is_package: bool) -> list[tuple[str, int]]:
@@ -39,26 +44,52 @@ def _imported(tree: ast.AST, module: str, is_package: bool) -> list[tuple[str, i
                 target = ".".join([*base, *([n.module] if n.module else [])])
             else:
                 target = n.module or ""
-            # ``from dyncal import choices`` imports the submodule
-            out += [(f"{target}.{a.name}" if target == "dyncal" else target, n.lineno) for a in n.names]
+            # ``from dyncal.reports import compare`` imports the submodule: name it, and the
+            # graph keeps the longest prefix that is a module
+            out += [(f"{target}.{a.name}", n.lineno) for a in n.names]
     return out
 
 
 def package_graph(root: Path) -> dict[str, dict[str, str]]:
-    """``{node: {imported node: "file:line" of one such import}}`` of the package at ``root``."""
-    graph: dict[str, dict[str, str]] = {}
+    """``{module: {imported module: "file:line" of one such import}}`` of the package at ``root``.
+
+    Modules are named without the leading ``dyncal.`` (the package itself is ``dyncal``); an
+    import of a name inside a module counts as an import of that module.
+    """
+    modules: dict[str, tuple[Path, bool]] = {}
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root.parent).with_suffix("")
         is_package = rel.name == "__init__"
-        module = ".".join(rel.parts[:-1] if is_package else rel.parts)
-        source = _node(module)
+        modules[".".join(rel.parts[:-1] if is_package else rel.parts)] = (path, is_package)
+
+    def node(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        if not name:
+            return None
+        return name.partition(".")[2] or "dyncal"
+
+    graph: dict[str, dict[str, str]] = {}
+    for module, (path, is_package) in modules.items():
+        source = node(module)
         assert source is not None
         edges = graph.setdefault(source, {})
         for target, line in _imported(ast.parse(path.read_text(encoding="utf-8")), module, is_package):
-            node = _node(target)
-            if node is not None and node != source:
-                edges.setdefault(node, f"{path.relative_to(root.parent)}:{line}")
+            imported = node(target) if target.split(".")[0] == "dyncal" else None
+            if imported is not None and imported != source:
+                edges.setdefault(imported, f"{path.relative_to(root.parent)}:{line}")
     return graph
+
+
+def _layers(graph: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """The graph between subpackages (and top-level modules)."""
+    layers: dict[str, dict[str, str]] = {}
+    for a, out in graph.items():
+        edges = layers.setdefault(_subpackage(a), {})
+        for b, where in out.items():
+            if _subpackage(b) != _subpackage(a):
+                edges.setdefault(_subpackage(b), where)
+    return layers
 
 
 def cycle_through(graph: dict[str, dict[str, str]], start: str) -> list[str] | None:
@@ -83,20 +114,35 @@ def _show(graph: dict[str, dict[str, str]], cycle: list[str]) -> str:
     return " -> ".join(f"{a} ({graph[a][b]})" for a, b in zip(cycle[:-1], cycle[1:], strict=True)) + f" -> {cycle[-1]}"
 
 
-def test_no_import_cycle_anywhere_in_the_package():
-    """Subpackages and top-level modules alike; only the CLI (which imports every verb) is left out."""
+def test_no_import_cycle_between_modules():
+    """Every module, the CLI included; a cycle is a set of modules that import each other."""
     graph = package_graph(PACKAGE)
-    assert set(LAYERED) <= set(graph), "the graph misses a subpackage: the walk is broken"
-    graph = {a: {b: where for b, where in out.items() if b != "cli"} for a, out in graph.items() if a != "cli"}
-    for name in sorted(graph):
-        cycle = cycle_through(graph, name)
-        assert cycle is None, f"import cycle: {_show(graph, cycle)}"
+    assert {"artifacts.run", "reports.pdf", "cli"} <= set(graph), "the graph misses a module: the walk is broken"
+    cycles = {frozenset(c[:-1]) for name in sorted(graph) if (c := cycle_through(graph, name))}
+    for known in KNOWN_CYCLES:  # the allowance covers these modules only, by any route among them
+        cycles = {c for c in cycles if not c <= known}
+    assert not cycles, "import cycles: " + "; ".join(_show(graph, cycle_through(graph, min(c)) or []) for c in cycles)
+
+
+def test_the_known_cycles_still_exist():
+    graph = package_graph(PACKAGE)
+    gone = [sorted(k) for k in KNOWN_CYCLES if not any((c := cycle_through(graph, m)) and set(c) <= k for m in k)]
+    assert not gone, f"no longer a cycle: remove from KNOWN_CYCLES {gone}"
+
+
+def test_no_import_cycle_between_subpackages():
+    layers = _layers(package_graph(PACKAGE))
+    assert set(LAYERED) <= set(layers), "the graph misses a subpackage: the walk is broken"
+    layers = {a: {b: w for b, w in out.items() if b != "cli"} for a, out in layers.items() if a != "cli"}
+    for name in sorted(layers):
+        cycle = cycle_through(layers, name)
+        assert cycle is None, f"import cycle: {_show(layers, cycle)}"
 
 
 def test_the_layers_import_downwards_only():
     # artifacts (the files) below calibrate (scores, solvers, frontier) below analysis
     # (stages, measurement) below reports; each imports only those below it
-    graph = package_graph(PACKAGE)
+    graph = _layers(package_graph(PACKAGE))
     below = {"artifacts": (), "calibrate": ("artifacts",), "analysis": ("artifacts", "calibrate")}
     for name, allowed in below.items():
         upward = {n for n in graph[name] if n in LAYERED and n not in allowed}
@@ -114,8 +160,9 @@ def test_the_graph_sees_lazy_relative_and_type_checking_imports(tmp_path):
     )
     (root / "calibrate" / "policy.py").write_text("def f():\n    import dyncal.artifacts.doc\n")
     graph = package_graph(root)
-    assert graph["artifacts"] == {"calibrate": "dyncal/artifacts/doc.py:3"}
-    assert graph["calibrate"] == {"artifacts": "dyncal/calibrate/policy.py:2"}
-    assert cycle_through(graph, "artifacts") == ["artifacts", "calibrate", "artifacts"]
+    assert graph["artifacts.doc"] == {"calibrate.policy": "dyncal/artifacts/doc.py:3"}
+    assert graph["calibrate.policy"] == {"artifacts.doc": "dyncal/calibrate/policy.py:2"}
+    assert cycle_through(graph, "artifacts.doc") == ["artifacts.doc", "calibrate.policy", "artifacts.doc"]
+    assert cycle_through(_layers(graph), "artifacts") == ["artifacts", "calibrate", "artifacts"]
     (root / "calibrate" / "policy.py").write_text("from dyncal import errors\n")
-    assert cycle_through(package_graph(root), "artifacts") is None
+    assert cycle_through(package_graph(root), "artifacts.doc") is None

@@ -605,10 +605,12 @@ def _is_package_dir(path: Path) -> bool:
 
 
 def _is_signature(entry: Path) -> bool:
+    if entry.name not in _SIGNATURE_FILES:
+        return False
     if entry.name == "signature.json":
         return (json_schema(entry) or "").startswith("dyncal.")
     try:
-        return entry.name == "manifest.sig" and is_regular_file(entry) and entry.stat().st_size <= _MAX_SIGNATURE_BYTES
+        return is_regular_file(entry) and entry.stat().st_size <= _MAX_SIGNATURE_BYTES
     except OSError:
         return False
 

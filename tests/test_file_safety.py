@@ -202,6 +202,16 @@ def test_a_stale_dyncal_lock_is_taken_over_and_removed(cli, toy, tmp_path):
         assert not lock_path(out).exists()
 
 
+def test_the_lock_of_the_current_folder_lies_beside_it(tmp_path, monkeypatch):
+    """``dyncal profile .`` inside a run: the folder is locked by its own name, beside it."""
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    assert lock_path(".") == tmp_path / ".dyncal-lock-run"
+    with OutputLock("."):
+        assert (tmp_path / ".dyncal-lock-run").is_file() and os.listdir(".") == []
+    assert os.listdir(tmp_path) == ["run"]
+
+
 # --------------------------------------------------------------------------- atomic writes
 
 

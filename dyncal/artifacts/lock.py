@@ -43,6 +43,8 @@ def lock_path(target: str | os.PathLike[str]) -> Path:
         PosixPath('/data/runs/.dyncal-lock-r50')
     """
     target = Path(target)
+    if target.name in ("", ".", ".."):  # `dyncal profile .`: the folder by its own name
+        target = Path(os.path.abspath(target))
     return target.with_name(LOCK_PREFIX + target.name)
 
 

@@ -347,7 +347,7 @@ def collect(
         transform = ImageTransform(resize=resize, crop=crop, mean=tuple(means), std=tuple(stds))
         dataset = load_dataset(data, transform=transform, search_path=model_path)
         loaded = load_model(model, weights=weights, model_path=model_path, device=device)
-        partial = out.with_name(out.name + ".partial")
+        partial = out.parent / (out.name + ".partial")  # `out` itself is checked by collect_run
         had_progress = (partial / "progress.0.json").is_file()
         with _progress(quiet, "collect") as bar:
             result = collect_run(
@@ -775,14 +775,13 @@ def solve(
 
     Example: dyncal solve run --budget 0.5x --out thresholds.json
     """
-    from dyncal.artifacts.outputs import check_output_file, write_output
+    from dyncal.artifacts.outputs import claim_output_file, write_output
     from dyncal.artifacts.run import load_run
     from dyncal.artifacts.thresholds import thresholds_json
     from dyncal.calibrate.options import SolveOptions
     from dyncal.calibrate.solvers import solve_run
 
-    with user_errors(ctx):
-        check_output_file(out, overwrite=overwrite, kind="thresholds", protect=(run,))
+    with user_errors(ctx), claim_output_file(out, overwrite=overwrite, kind="thresholds", protect=(run,)):
         loaded = load_run(run)
         asked_latency = _asked_latency(loaded, device, batch_size)
         result = solve_run(loaded, options=options(ctx, SolveOptions))
@@ -834,12 +833,11 @@ def frontier(
     Example: dyncal frontier run --out frontier.csv
     """
     from dyncal.analysis.frontier import compute_frontier, write_frontier_csv
-    from dyncal.artifacts.outputs import check_output_file, output_errors
+    from dyncal.artifacts.outputs import claim_output_file, output_errors
     from dyncal.artifacts.run import load_run
     from dyncal.calibrate.options import FrontierOptions
 
-    with user_errors(ctx):
-        check_output_file(out, overwrite=overwrite, kind="frontier", protect=(run,))
+    with user_errors(ctx), claim_output_file(out, overwrite=overwrite, kind="frontier", protect=(run,)):
         names = tuple(m.strip() for m in methods.split(",") if m.strip())
         df = compute_frontier(load_run(run), options(ctx, FrontierOptions, methods=names))
         with output_errors(out):
@@ -920,14 +918,14 @@ def verify(
     Example: dyncal verify run --thresholds thresholds.json --batch-size 1,32 --out verify.json
     (or --package DIR from 'dyncal export', to time what ships)
     """
-    from dyncal.artifacts.outputs import check_output_file, output_errors
+    from dyncal.artifacts.outputs import claim_output_file, output_errors
     from dyncal.artifacts.thresholds import read_thresholds
     from dyncal.runtime import VerifyOptions, verify_run
 
-    with user_errors(ctx):
+    with user_errors(ctx), contextlib.ExitStack() as claimed:
         sizes = _parse_int_list(batch_size, "--batch-size", MAX_BATCH_SIZE) or [1]
         if out is not None:
-            check_output_file(out, overwrite=overwrite, kind="verify", protect=(run, thresholds))
+            claimed.enter_context(claim_output_file(out, overwrite=overwrite, kind="verify", protect=(run, thresholds)))
         asked = options(ctx, VerifyOptions, batch_sizes=tuple(sizes))
         with _progress(json_, "verify") as progress:
             result = verify_run(run, read_thresholds(thresholds), asked, progress=progress)
@@ -1289,12 +1287,11 @@ def plot(
 
     Example: dyncal plot run --kind frontier --out frontier.svg --compare resnet18_run
     """
-    from dyncal.artifacts.outputs import check_output_file
+    from dyncal.artifacts.outputs import claim_output_file
     from dyncal.reports.pdf import ReportOptions, export_figure
 
     others = compared_runs(compare)
-    with user_errors(ctx):
-        check_output_file(out, overwrite=overwrite, kind="figure", protect=(run, *others))
+    with user_errors(ctx), claim_output_file(out, overwrite=overwrite, kind="figure", protect=(run, *others)):
         path = export_figure(run, kind, out, options(ctx, ReportOptions, compare=others), dpi=dpi)
     typer.echo(f"wrote {path}", err=True)
 

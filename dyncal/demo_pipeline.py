@@ -7,7 +7,7 @@ same library call the matching verb makes, into one folder.
 from __future__ import annotations
 
 import os
-import shutil
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,17 +23,53 @@ DEMO_DATA = "dyncal.demo:validation"
 _BATCH_SIZES = (1, 32)
 
 
-_DEMO_FILES = {"run", "run.partial", "run.lock", "thresholds.json", "frontier.csv", "report.pdf", "verify.json"}
+_DEMO_OUTPUTS = ("thresholds.json", "frontier.csv", "report.pdf", "verify.json")
+_OLD_RUN_LOCK = re.compile(rb"\d*\n?")  # run.lock of dyncal before 0.x wrote a bare pid
 
 
-def _is_demo_dir(path: Path) -> bool:
-    """Whether ``path`` holds nothing but what ``run_demo`` writes (so it may be replaced)."""
-    from dyncal.artifacts.run import is_run_dir
+def _demo_entry(entry: Path) -> Path | None:
+    """None if ``entry`` is one ``run_demo`` writes (checked by content), else what in it is not dyncal's.
 
-    names = {p.name for p in path.iterdir() if not p.name.startswith(".")}
-    if not names <= _DEMO_FILES:
-        return False
-    return "run" not in names or is_run_dir(path / "run")
+    A demo folder holds ``run/`` (a run, every file dyncal's) or, interrupted, ``run.partial/``;
+    ``thresholds.json``, ``frontier.csv``, ``report.pdf`` and ``verify.json`` as dyncal
+    writes them (:func:`~dyncal.artifacts.outputs.written_by_dyncal`); dyncal's lock files
+    and the temporary files of interrupted writes.
+    """
+    from dyncal.artifacts.lock import LOCK_PREFIX, is_dyncal_lock
+    from dyncal.artifacts.outputs import written_by_dyncal
+    from dyncal.artifacts.ownership import is_folder, is_regular_file, temp_of
+    from dyncal.artifacts.run import foreign_in_partial_run, foreign_in_run, is_run_dir
+
+    name = entry.name
+    if name == "run" and is_folder(entry):
+        return foreign_in_run(entry) if is_run_dir(entry) else entry
+    if name == "run.partial" and is_folder(entry):
+        return foreign_in_partial_run(entry)
+    if name in _DEMO_OUTPUTS and is_regular_file(entry) and written_by_dyncal(entry):
+        return None
+    if name.startswith(LOCK_PREFIX) and name[len(LOCK_PREFIX) :] in ("run", *_DEMO_OUTPUTS) and is_dyncal_lock(entry):
+        return None
+    if name == "run.lock" and is_regular_file(entry) and entry.stat().st_size < 32:
+        return None if _OLD_RUN_LOCK.fullmatch(entry.read_bytes()) else entry
+    return None if temp_of(entry, _DEMO_OUTPUTS) else entry
+
+
+def _make_demo_folder(out: Path, overwrite: bool) -> None:
+    """Create ``out`` empty (its lock held), replacing an old demo folder only if everything in it is dyncal's."""
+    from dyncal.artifacts.outputs import output_errors
+    from dyncal.artifacts.ownership import remove_owned_folder
+
+    if os.path.lexists(out):
+        if not overwrite:
+            raise RunError(f"'{out}' already exists; choose another `out` or pass `overwrite`")
+        if os.path.islink(out):
+            raise RunError(f"'{out}' is a symbolic link; dyncal never replaces a link: choose another `out`")
+        if not out.is_dir():
+            raise RunError(f"'{out}' is a file; choose another `out`")
+        with output_errors(out):
+            remove_owned_folder(out, _demo_entry, action="replace", error=RunError)
+    with output_errors(out):
+        out.mkdir()
 
 
 def run_demo(
@@ -62,7 +98,8 @@ def run_demo(
             anything is written).
     """
     from dyncal.artifacts.frontier import write_frontier_csv
-    from dyncal.artifacts.outputs import check_output_folder, output_errors
+    from dyncal.artifacts.lock import OutputLock
+    from dyncal.artifacts.outputs import check_output_folder, check_writable, output_errors
     from dyncal.artifacts.run import load_run
     from dyncal.calibrate.budget import parse_budget
     from dyncal.calibrate.frontier import compute_frontier
@@ -91,46 +128,39 @@ def run_demo(
         command=f"dyncal report {run_dir} --thresholds {out / 'thresholds.json'} --verify {out / 'verify.json'} "
         f"--max-drop {max_drop} --min-speedup {min_speedup} --device cpu --batch-size 1 --out {out / 'report.pdf'}",
     )
-    if out.exists():
-        if not overwrite:
-            raise RunError(f"'{out}' already exists; choose another `out` or pass `overwrite`")
-        if not out.is_dir():
-            raise RunError(f"'{out}' is a file; choose another `out`")
-        if not _is_demo_dir(out):
-            raise RunError(
-                f"'{out}' holds files dyncal demo did not write; `overwrite` only replaces a demo "
-                "folder, so choose another `out`"
-            )
+    if os.path.lexists(out) and not overwrite:
+        raise RunError(f"'{out}' already exists; choose another `out` or pass `overwrite`")
     with output_errors(out):
-        if out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
-    t0 = time.perf_counter()
+        out.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(out.parent)
+    with OutputLock(out):
+        _make_demo_folder(out, overwrite)
+        t0 = time.perf_counter()
 
-    log(f"[1/6] collect: {DEMO_MODEL} over {DEMO_DATA} → {run_dir}")
-    from dyncal.demo import WEIGHTS
+        log(f"[1/6] collect: {DEMO_MODEL} over {DEMO_DATA} → {run_dir}")
+        from dyncal.demo import WEIGHTS
 
-    model = load_model(DEMO_MODEL, weights=WEIGHTS)
-    collect_run(model, load_dataset(DEMO_DATA), run_dir, data_spec=DEMO_DATA, batch_size=128)
+        model = load_model(DEMO_MODEL, weights=WEIGHTS)
+        collect_run(model, load_dataset(DEMO_DATA), run_dir, data_spec=DEMO_DATA, batch_size=128)
 
-    log(f"[2/6] profile: stages from the graph, fvcore MACs, CPU latency at batch {_BATCH_SIZES}")
-    # one thread: steadier timings on a shared machine (verify follows the profile's thread count)
-    profile_run(run_dir, devices=("cpu",), batch_sizes=_BATCH_SIZES, threads=1)
+        log(f"[2/6] profile: stages from the graph, fvcore MACs, CPU latency at batch {_BATCH_SIZES}")
+        # one thread: steadier timings on a shared machine (verify follows the profile's thread count)
+        profile_run(run_dir, devices=("cpu",), batch_sizes=_BATCH_SIZES, threads=1)
 
-    log(f"[3/6] solve: budget {budget}")
-    run = load_run(run_dir)
-    thresholds = solve_run(run, options=solve_options)
-    thresholds.save(out / "thresholds.json")
+        log(f"[3/6] solve: budget {budget}")
+        run = load_run(run_dir)
+        thresholds = solve_run(run, options=solve_options)
+        thresholds.save(out / "thresholds.json")
 
-    log("[4/6] frontier")
-    write_frontier_csv(compute_frontier(run), out / "frontier.csv")
+        log("[4/6] frontier")
+        write_frontier_csv(compute_frontier(run), out / "frontier.csv")
 
-    log("[5/6] verify: real early exit with the thresholds")
-    verified = verify_run(run_dir, thresholds, batch_sizes=_BATCH_SIZES)
-    verified.save(out / "verify.json")
+        log("[5/6] verify: real early exit with the thresholds")
+        verified = verify_run(run_dir, thresholds, batch_sizes=_BATCH_SIZES)
+        verified.save(out / "verify.json")
 
-    log("[6/6] report (judged on the measured early exit)")
-    report = build_report(run_dir, out / "report.pdf", report_options)
+        log("[6/6] report (judged on the measured early exit)")
+        report = build_report(run_dir, out / "report.pdf", report_options)
 
     th = thresholds.to_dict()
     held = th["holdout"] or {"expected_macs": th["expected_macs"], "exit_shares": th["exit_shares"]}

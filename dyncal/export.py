@@ -29,6 +29,7 @@ loaded stages, so its decisions are the same code path ``dyncal verify`` measure
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import io
 import json
@@ -36,7 +37,6 @@ import logging
 import math
 import os
 import re
-import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -56,8 +56,17 @@ from dyncal.analysis.stages import (
     stages_function,
     verify_stages,
 )
-from dyncal.artifacts.atomic import atomic_write_bytes, atomic_write_text
-from dyncal.artifacts.run import check_out, library_versions, load_run, publish_dir
+from dyncal.artifacts.atomic import atomic_write_bytes, atomic_write_text, temp_target
+from dyncal.artifacts.lock import OutputLock
+from dyncal.artifacts.ownership import (
+    discard_built_folder,
+    foreign_entry,
+    is_regular_file,
+    json_schema,
+    refuse_foreign,
+    remove_owned_folder,
+)
+from dyncal.artifacts.run import Run, check_out, library_versions, load_run, publish_dir
 from dyncal.artifacts.thresholds import ThresholdsDocument, check_thresholds_for_run, decision_fingerprint
 from dyncal.calibrate.scores import SCORES
 from dyncal.errors import DyncalError, ModelError, ProfileError, describe
@@ -581,34 +590,96 @@ class ExportResult:
         }
 
 
+# Besides manifest.json and the files its manifest lists, a package may hold a signature of
+# its manifest (a later dyncal may sign packages); ``--overwrite`` replaces only these:
+#   manifest.sig     a detached signature: a regular file of at most 64 KB
+#   signature.json   a JSON document whose schema starts with "dyncal."
+_SIGNATURE_FILES = ("manifest.sig", "signature.json")
+_MAX_SIGNATURE_BYTES = 64 << 10
+_STAGE_FILE = re.compile(r"stage_\d+\.pt2")
+
+
 def _is_package_dir(path: Path) -> bool:
     """Whether ``path`` holds a manifest dyncal wrote (so ``--overwrite`` may replace it)."""
-    try:
-        doc = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    return json_schema(path / MANIFEST) == PACKAGE_SCHEMA
+
+
+def _is_signature(entry: Path) -> bool:
+    if entry.name not in _SIGNATURE_FILES:
         return False
-    return isinstance(doc, dict) and doc.get("schema") == PACKAGE_SCHEMA
+    if entry.name == "signature.json":
+        return (json_schema(entry) or "").startswith("dyncal.")
+    try:
+        return is_regular_file(entry) and entry.stat().st_size <= _MAX_SIGNATURE_BYTES
+    except OSError:
+        return False
 
 
-def _is_partial_export(path: Path) -> bool:
-    """Whether ``path`` holds only what an interrupted export writes."""
-    return path.is_dir() and all(
-        p.name == MANIFEST or re.fullmatch(r"\.?stage_\d+\.pt2(\.tmp-\d+)?|\.manifest\.json\.tmp-\d+", p.name)
-        for p in path.iterdir()
-    )
+def _listed_files(path: Path) -> frozenset[str]:
+    """The plain file names the manifest of the package ``path`` lists (none if it has no readable manifest)."""
+    if json_schema(path / MANIFEST) != PACKAGE_SCHEMA:
+        return frozenset()
+    try:
+        files = json.loads((path / MANIFEST).read_bytes()).get("files")
+    except (OSError, ValueError, RecursionError):
+        return frozenset()
+    if not isinstance(files, dict):
+        return frozenset()
+    names = (name for name in files if isinstance(name, str) and name != MANIFEST)
+    return frozenset(name for name in names if _SAFE_NAME.fullmatch(name))
+
+
+def _foreign_in_package(path: Path) -> Path | None:
+    """The first entry of a package dyncal did not write there: not its manifest, a file it lists, or a signature."""
+    listed = _listed_files(path)
+
+    def check(entry: Path) -> Path | None:
+        if entry.name == MANIFEST and json_schema(entry) == PACKAGE_SCHEMA:
+            return None
+        if entry.name in listed and is_regular_file(entry):
+            return None
+        return None if _is_signature(entry) else entry
+
+    return foreign_entry(path, check)
+
+
+def _partial_export_entry(entry: Path) -> Path | None:
+    """None if ``entry`` is one an export writes in ``OUT.partial`` (stages, manifest, their temporary files)."""
+    name = entry.name
+    if name == MANIFEST and json_schema(entry) == PACKAGE_SCHEMA:
+        return None
+    if _STAGE_FILE.fullmatch(name) and is_regular_file(entry):
+        return None
+    target = temp_target(name)
+    if target is not None and (target == MANIFEST or _STAGE_FILE.fullmatch(target)) and is_regular_file(entry):
+        return None
+    return None if _is_signature(entry) else entry
 
 
 def _check_out(out: Path, partial: Path, overwrite: bool) -> None:
-    """Refuse an output that exists (unless ``overwrite`` and it is a package), lies in a run, or has no folder."""
-    check_out(out, overwrite=overwrite, what="package", is_ours=_is_package_dir, error=DyncalError)
-    if partial.exists():
+    """Refuse an output that exists (unless ``overwrite`` and all a package's), lies in a run, or has no folder."""
+    check_out(
+        out,
+        overwrite=overwrite,
+        what="package",
+        is_ours=_is_package_dir,
+        foreign=_foreign_in_package,
+        error=DyncalError,
+    )
+    if os.path.lexists(partial):
+        refuse_foreign(partial, _partial_export_entry, action="remove", error=DyncalError)
         if not overwrite:
             raise DyncalError(
                 f"'{partial}' exists: an earlier export was interrupted or is still running; "
                 "pass `overwrite` to discard it"
             )
-        if not _is_partial_export(partial):
-            raise DyncalError(f"'{partial}' holds files dyncal export did not write; remove it yourself")
+
+
+def _write_error(out: Path, e: OSError) -> DyncalError:
+    """One line for a package that could not be written (a full disk, a file too large, no permission)."""
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    advice = "free some space or choose another `out`" if full else "choose another `out`"
+    return DyncalError(f"cannot write the package '{out}' ({e.strerror or e}); nothing was published: {advice}")
 
 
 def _export_stages(
@@ -744,8 +815,17 @@ def export_package(
         )
     _check_rule(thresholds.score, thresholds.temperatures, thresholds.thresholds, run.k, what="the thresholds")
     out = Path(out)
-    partial = out.with_name(out.name + PARTIAL_SUFFIX)
-    _check_out(out, partial, overwrite)
+    partial = out.parent / (out.name + PARTIAL_SUFFIX)  # `out` itself is checked by _check_out
+    _check_out(out, partial, overwrite)  # before the lock file is made: never inside a run
+    with OutputLock(out, error=DyncalError):
+        _check_out(out, partial, overwrite)  # again, now that no other export can change it
+        return _write_package(run, thresholds, opts, out, partial, t0)
+
+
+def _write_package(
+    run: Run, thresholds: ThresholdsDocument, opts: ExportOptions, out: Path, partial: Path, t0: float
+) -> ExportResult:
+    """Export the model's stages, build the package in ``partial``, prove it and publish it as ``out``."""
     shape, dtype_name = input_signature(run, opts.input_shape, opts.input_dtype)
     dtype = torch_dtype(dtype_name)
     # the run's model, checked by hash and by re-running recorded rows: a package ships the model it measured
@@ -778,9 +858,12 @@ def export_package(
 
     from dyncal.profile import state_sha256
 
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir()
+    try:
+        if os.path.lexists(partial):  # an interrupted export's, checked under the lock
+            remove_owned_folder(partial, _partial_export_entry, action="remove", error=DyncalError)
+        partial.mkdir()
+    except OSError as e:
+        raise _write_error(out, e) from e
     try:
         files: dict[str, str] = {}
         stage_docs = []
@@ -835,9 +918,11 @@ def export_package(
         text = json.dumps(manifest.to_dict(), indent=2, allow_nan=False) + "\n"
         atomic_write_text(partial / MANIFEST, text)
         size = _files_size(partial)
-        publish_dir(partial, out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        publish_dir(partial, out, foreign=_foreign_in_package, error=DyncalError)
+    except BaseException as e:
+        discard_built_folder(partial, _partial_export_entry)
+        if isinstance(e, OSError):
+            raise _write_error(out, e) from e
         raise
     return ExportResult(
         path=out,

@@ -56,6 +56,7 @@ INTEGRATION_MODULES = {
     "test_collect.py",
     "test_compare.py",
     "test_export.py",
+    "test_file_safety.py",
     "test_profile.py",
     "test_readme.py",
     "test_report.py",

@@ -412,7 +412,7 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_run(cli, toy_npz, tmp_pa
     assert_clean_error(cli("collect", *MODEL, "--data", toy_npz, "--out", precious, "--overwrite"), "not a dyncal run")
     np.savez(tmp_path / "a.npz", logits=np.zeros((5, 2, 3)), labels=np.zeros(5, int))
     assert_clean_error(cli("import", tmp_path / "a.npz", "--out", precious, "--overwrite"), "not a dyncal run")
-    assert_clean_error(cli("demo", "--out", precious, "--overwrite"), "did not write")
+    assert_clean_error(cli("demo", "--out", precious, "--overwrite"), "thesis.tex. is not a file dyncal wrote")
     assert (precious / "thesis.tex").read_text() == "years of work"
 
 

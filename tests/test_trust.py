@@ -90,7 +90,7 @@ def test_a_second_writer_fails_at_once_and_the_run_is_published_whole(cli, toy_n
     )
     try:
         _wait_for(gate / "ready", first)  # rows 0..9 written, the run's lock held
-        assert lock_path(out).read_text().strip() == str(first.pid)
+        assert lock_path(out).read_text() == f"dyncal lock: pid {first.pid}\n"
         held = rf"another dyncal process \(pid {first.pid}\) is writing '{out}'; wait for it"
         # a second collect --overwrite, a profile (rewrites run.json) and an import: all refused
         assert_clean_error(cli("collect", *MODEL, "--data", toy_npz, "--out", out, "--overwrite"), held)
@@ -148,7 +148,7 @@ def test_run_lock_names_its_holder_and_a_stale_lock_file_is_harmless(tmp_path):
             holder.kill()
     assert not lock_path(run).exists()
     # a lock file left behind by a killed writer holds no lock: the next writer proceeds
-    lock_path(run).write_text("999999\n")
+    lock_path(run).write_text("dyncal lock: pid 999999\n")
     assert save_costs(run, CostTable(macs=(1.0, 2.0))).macs == (1.0, 2.0)
     assert not lock_path(run).exists()
     # re-entrant in one process (profile holds it and then stores its costs)
@@ -419,8 +419,8 @@ def test_unwritable_outputs_fail_in_one_line_before_any_work(cli, toy_npz, tmp_p
             cli("collect", *MODEL, "--data", toy_npz, "--out", run.parent / "new"),
             rf"cannot write in the folder '{run.parent}' \(",
         )
-        assert_clean_error(cli("profile", run, "--macs-only"), r"cannot create the lock file .*run\.lock'")
-        assert_clean_error(cli("demo", "--out", run.parent / "demo"), r"cannot write '.*demo'")
+        assert_clean_error(cli("profile", run, "--macs-only"), r"cannot create the lock file .*\.dyncal-lock-run'")
+        assert_clean_error(cli("demo", "--out", run.parent / "demo"), rf"cannot write in the folder '{run.parent}'")
     assert sorted(p.name for p in run.parent.iterdir()) == ["run"]
 
 

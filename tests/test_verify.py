@@ -48,8 +48,12 @@ def test_demo_writes_every_artifact(demo_dir):
 
 
 def test_demo_refuses_existing_folder(cli, demo_dir):
+    from dyncal.artifacts.ownership import foreign_entry
+    from dyncal.demo_pipeline import _demo_entry
+
     assert_clean_error(cli("demo", "--out", demo_dir), "already exists.*--overwrite")
     assert (demo_dir / "report.pdf").exists()
+    assert foreign_entry(demo_dir, _demo_entry) is None  # every file is recognised as dyncal's: --overwrite may replace
 
 
 def test_verify_agrees_with_simulation(cli, demo_dir):

@@ -9,8 +9,11 @@ Every verb that writes one file (solve, frontier, report, plot, verify --out) ch
   (:func:`written_by_dyncal`): a JSON object whose ``"schema"`` starts with ``dyncal.``, a
   frontier CSV (its header), a PDF whose ``/Creator`` or ``/Producer`` names dyncal, a PNG
   whose ``Software`` text says dyncal, an SVG whose creator is dyncal;
-- never a folder, a FIFO or a device; never a path inside a run directory (complete,
-  damaged or ``.partial``); never one of the command's own inputs (``protect``).
+- never a folder, a link, a FIFO or a device; never a path inside a run directory
+  (complete, damaged or ``.partial``); never one of the command's own inputs (``protect``);
+- from the check to the write the writer holds the output's lock (:func:`claim_output_file`,
+  :class:`~dyncal.artifacts.lock.OutputLock`), so two commands writing one ``--out`` cannot
+  both succeed: the second fails at once, or finds the first one's file.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from dyncal.errors import DyncalError
 
 __all__ = [
     "check_output_file",
+    "claim_output_file",
     "check_output_folder",
     "check_writable",
     "written_by_dyncal",
@@ -169,9 +173,9 @@ def check_output_file(
         ``path``, as a :class:`~pathlib.Path`.
 
     Raises:
-        DyncalError: ``path`` lies inside a run directory or an input; is a folder or not a
-            regular file; exists without ``overwrite``; exists but dyncal did not write it;
-            or its folder is missing or not writable.
+        DyncalError: ``path`` lies inside a run directory or an input; is a folder, a link or
+            not a regular file; exists without ``overwrite``; exists but dyncal did not write
+            it; or its folder is missing or not writable.
 
     Example:
         >>> import tempfile, pathlib
@@ -203,12 +207,17 @@ replaces dyncal's own outputs: choose another `path`, or move the file away your
     if not path.parent.is_dir():
         raise DyncalError(f"the folder '{path.parent}' for `path` does not exist; create it first")
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except FileNotFoundError:
         st = None
     except OSError as e:
         raise DyncalError(f"cannot check `path` '{path}': {e.strerror or e}; choose another `path`") from e
     if st is not None:
+        if stat.S_ISLNK(st.st_mode):
+            raise DyncalError(
+                f"`path` '{path}' is a symbolic link; dyncal never writes through or over a link: "
+                "give the file's own path, or another `path`"
+            )
         if stat.S_ISDIR(st.st_mode):
             raise DyncalError(f"`path` '{path}' is a folder; give a file name such as {path / example}")
         if not stat.S_ISREG(st.st_mode):
@@ -222,6 +231,39 @@ replaces dyncal's own outputs: choose another `path`, or move the file away your
             )
     check_writable(path.parent)
     return path
+
+
+@contextlib.contextmanager
+def claim_output_file(
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool,
+    kind: str = "output",
+    protect: Sequence[str | os.PathLike[str]] = (),
+) -> Iterator[Path]:
+    """:func:`check_output_file`, then hold the output's lock until the block (the work and the write) ends.
+
+    The check runs again once the lock is held, so of two commands writing one ``path``
+    without ``overwrite`` only one writes: the other fails at once ("another dyncal process
+    ... is writing"), or, started after the first finished, finds its file. The lock is
+    ``.dyncal-lock-NAME`` beside ``path`` (:class:`~dyncal.artifacts.lock.OutputLock`).
+
+    Raises:
+        DyncalError: See :func:`check_output_file`; or another process writes ``path``.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "t.json"
+        >>> with claim_output_file(p, overwrite=False, kind="thresholds") as out:
+        ...     write_output(out, '{"schema": "dyncal.thresholds"}')
+        >>> sorted(q.name for q in p.parent.iterdir())
+        ['t.json']
+    """
+    from dyncal.artifacts.lock import OutputLock
+
+    path = check_output_file(path, overwrite=overwrite, kind=kind, protect=protect)
+    with OutputLock(path, error=DyncalError):
+        yield check_output_file(path, overwrite=overwrite, kind=kind, protect=protect)
 
 
 def check_writable(folder: str | os.PathLike[str], *, what: str | None = None) -> None:
@@ -258,7 +300,7 @@ def check_writable(folder: str | os.PathLike[str], *, what: str | None = None) -
 
 
 def check_output_folder(path: str | os.PathLike[str]) -> Path:
-    """Refuse an output folder (``collect``/``import``/``demo --out``) that lies inside a run directory.
+    """Refuse an output folder (``demo --out``) that names no folder or lies inside a run directory.
 
     Example:
         >>> import tempfile, pathlib
@@ -268,6 +310,8 @@ def check_output_folder(path: str | os.PathLike[str]) -> Path:
     from dyncal.artifacts.run import run_dir_holding
 
     path = Path(path)
+    if path.name in ("", ".", ".."):
+        raise DyncalError(f"`path` '{path}' names no folder to create; give a new folder's name")
     run_dir = run_dir_holding(Path(os.path.realpath(path)).parent)
     if run_dir is not None:
         raise DyncalError(f"`path` '{path}' lies inside the run directory '{run_dir}'; choose a folder outside any run")

@@ -13,8 +13,11 @@ A run is built in ``RUN.partial`` and renamed to ``RUN`` only after ``run.json``
 directory that :func:`load_run` refuses, never something that looks finished.
 
 Whoever writes a run (collect, import, profile through :func:`save_costs`) holds
-:class:`RunLock`, an exclusive ``flock`` on ``RUN.lock`` beside the run, from its start to
-its last write; a second writer fails at once with one line instead of interleaving.
+:class:`RunLock`, an exclusive ``flock`` on ``.dyncal-lock-RUN`` beside the run, from its
+start to its last write; a second writer fails at once with one line instead of
+interleaving. ``overwrite`` replaces a run, and ``resume``/``overwrite`` remove a
+``RUN.partial``, only when every entry in it is one dyncal writes there
+(:func:`foreign_in_run`, :func:`foreign_in_partial_run`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import hashlib
 import json
 import logging
 import os
+import re
+import secrets
 import shutil
 import stat
 import sys
@@ -39,10 +44,21 @@ from typing import Any
 import numpy as np
 
 from dyncal.artifacts import validate as V
-from dyncal.artifacts.atomic import atomic_write_text
+from dyncal.artifacts.atomic import atomic_write_text, temp_target
 from dyncal.artifacts.costs import MODEL_ID_KEYS, CostTable, other_model_latency
 from dyncal.artifacts.lock import RunLock
 from dyncal.artifacts.outputs import check_writable
+from dyncal.artifacts.ownership import (
+    discard_built_folder,
+    foreign_entry,
+    is_folder,
+    is_regular_file,
+    json_schema,
+    not_dyncals_message,
+    refuse_foreign,
+    remove_owned_folder,
+    temp_of,
+)
 from dyncal.errors import DyncalError, RunError, first_line
 
 __all__ = [
@@ -69,6 +85,8 @@ __all__ = [
     "check_out",
     "is_run_dir",
     "run_dir_holding",
+    "foreign_in_run",
+    "foreign_in_partial_run",
 ]
 
 log = logging.getLogger(__name__)
@@ -747,7 +765,7 @@ class _RowFile:
         self.offset = int(mm.offset)
         del mm
         self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        self.fd = os.open(path, os.O_RDWR)
+        self.fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
 
     def write(self, start: int, rows: np.ndarray) -> None:
         data = np.ascontiguousarray(rows, dtype=self.dtype)
@@ -802,41 +820,47 @@ class RunWriter:
         self.out = Path(out)
         self.n = int(n)
         self.overwrite = overwrite
-        self.partial = self.out.with_name(self.out.name + PARTIAL_SUFFIX)
         self._files: list[_RowFile] = []
         self._finished = False
         self._owner = True
         self.resumed = False
         if self.n <= 0:
             raise RunError(f"a run needs at least one sample, got N={self.n}")
+        check_out(self.out, overwrite=overwrite)  # before the lock file is made: never inside a run
+        self.partial = self.out.with_name(self.out.name + PARTIAL_SUFFIX)
         self._lock = RunLock(self.out).acquire()
         try:
-            check_out(self.out, overwrite=overwrite)
-            if self.partial.exists() and keep_partial and self.partial.is_dir():
-                self.resumed = True
-                return
-            if self.partial.exists() and not overwrite:
-                raise RunError(
-                    f"'{self.partial}' exists: an earlier collect was interrupted; pass `resume` to "
-                    "continue it (collect only) or `overwrite` to discard it"
-                )
+            check_out(self.out, overwrite=overwrite)  # again, now that no other writer can change it
+            if os.path.lexists(self.partial):
+                refuse_foreign(self.partial, _partial_entry, action=_PARTIAL_ACTION, error=RunError)
+                if keep_partial:
+                    self.resumed = True
+                    return
+                if not overwrite:
+                    raise RunError(
+                        f"'{self.partial}' exists: an earlier collect was interrupted; pass `resume` to "
+                        "continue it (collect only) or `overwrite` to discard it"
+                    )
             self.restart()
         except BaseException:
             self._lock.release()
             raise
 
     def restart(self) -> None:
-        """Discard whatever ``OUT.partial`` holds and start an empty one."""
+        """Discard what ``OUT.partial`` holds (checked to be all dyncal's) and start an empty one.
+
+        Raises:
+            RunError: ``OUT.partial`` holds something dyncal did not write (nothing is deleted),
+                or the folder cannot be created.
+        """
         for f in self._files:
             f.close(sync=False)
         self._files = []
         self.resumed = False
         try:
-            if self.partial.is_dir() and not self.partial.is_symlink():
-                shutil.rmtree(self.partial)
-            elif self.partial.exists() or self.partial.is_symlink():
-                self.partial.unlink()
-            self.partial.mkdir(parents=True)
+            if os.path.lexists(self.partial):
+                remove_owned_folder(self.partial, _partial_entry, action=_PARTIAL_ACTION, error=RunError)
+            self.partial.mkdir()
         except OSError as e:
             raise RunError(
                 f"cannot create '{self.partial}' ({e.strerror or e}); choose an `out` in a folder you can write"
@@ -923,9 +947,8 @@ class RunWriter:
             raise RunError("no rows were written; the data set is empty")
         _, k, c = self._files[0].shape
         self.close()
-        keep = {LOGITS_FILE, LABELS_FILE, INDICES_FILE}
-        for extra in self.partial.iterdir():
-            if extra.name not in keep:
+        for extra in self.partial.iterdir():  # collect's progress files; never a file dyncal did not write
+            if extra.name not in _RUN_ARRAYS and _partial_entry(extra) is None:
                 extra.unlink()
         document = RunDocument(
             n=self.n,
@@ -946,8 +969,8 @@ class RunWriter:
         for f in self._files:
             f.close(sync=keep_partial)
         if self._owner:
-            if not keep_partial and self.partial.exists():
-                shutil.rmtree(self.partial, ignore_errors=True)
+            if not keep_partial and is_folder(self.partial):
+                discard_built_folder(self.partial, _partial_entry)
             self._lock.release()
 
     def __enter__(self) -> RunWriter:
@@ -997,39 +1020,127 @@ def run_dir_holding(path: str | os.PathLike[str]) -> Path | None:
     return None
 
 
+_RUN_ARRAYS = frozenset({LOGITS_FILE, LABELS_FILE, INDICES_FILE})
+_PROGRESS_FILE = re.compile(r"progress\.\d+\.json")
+_PROGRESS_SCHEMA = "dyncal.collect-progress"  # dyncal.collect.PROGRESS_SCHEMA (not imported: it needs torch)
+_PARTIAL_ACTION = "remove or resume"
+
+
+def _run_entry(entry: Path) -> Path | None:
+    """None if ``entry`` is one dyncal writes in a run: an array, run.json, or a temporary run.json."""
+    name = entry.name
+    if name in _RUN_ARRAYS and is_regular_file(entry):
+        return None
+    if name == RUN_JSON and json_schema(entry) == "dyncal.run":
+        return None
+    return None if temp_of(entry, [RUN_JSON]) else entry
+
+
+def _partial_entry(entry: Path) -> Path | None:
+    """None if ``entry`` is one dyncal writes in ``RUN.partial``: a run's files, or collect's progress files."""
+    if _run_entry(entry) is None:
+        return None
+    name = entry.name
+    if _PROGRESS_FILE.fullmatch(name) and json_schema(entry) == _PROGRESS_SCHEMA:
+        return None
+    target = temp_target(name)
+    if target is not None and _PROGRESS_FILE.fullmatch(target) and is_regular_file(entry):
+        return None
+    return entry
+
+
+def foreign_in_run(path: str | os.PathLike[str]) -> Path | None:
+    """The first entry of the run directory ``path`` that dyncal did not write there, or None.
+
+    A run holds exactly ``logits.npy``, ``labels.npy``, ``indices.npy`` (regular files) and
+    a ``run.json`` whose schema is ``dyncal.run`` (and, after an interrupted profile, the
+    temporary file of a ``run.json`` being written). Anything else, links and folders
+    included, is somebody else's: ``overwrite`` does not replace the run then.
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "run"
+        >>> _ = import_arrays(np.zeros((2, 2, 2), np.float32), [0, 1], out)
+        >>> foreign_in_run(out) is None
+        True
+        >>> _ = (out / "NOTES.md").write_text("mine")
+        >>> foreign_in_run(out).name
+        'NOTES.md'
+    """
+    return foreign_entry(Path(path), _run_entry)
+
+
+def foreign_in_partial_run(path: str | os.PathLike[str]) -> Path | None:
+    """The first entry of ``RUN.partial`` that dyncal did not write there (see :func:`foreign_in_run`), or None.
+
+    Besides a run's files, a partial run holds collect's progress files
+    (``progress.N.json``, schema ``dyncal.collect-progress``) and their temporary files.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> partial = pathlib.Path(tempfile.mkdtemp()) / "run.partial"
+        >>> partial.mkdir()
+        >>> _ = (partial / "progress.0.json").write_text('{"schema": "dyncal.collect-progress"}')
+        >>> foreign_in_partial_run(partial) is None
+        True
+    """
+    return foreign_entry(Path(path), _partial_entry)
+
+
 def check_out(
     out: Path,
     *,
     overwrite: bool,
     what: str = "run",
     is_ours: Callable[[Path], bool] | None = None,
+    foreign: Callable[[Path], Path | None] | None = None,
     error: type[DyncalError] = RunError,
 ) -> None:
     """Refuse an output directory (a run, or another folder dyncal builds) that is unsafe to create or replace.
 
-    ``--overwrite`` never deletes a folder dyncal did not write: an existing ``out`` must be
-    one of ours (``is_ours``; default: a dyncal run) or an empty folder to be replaced.
-    ``out`` may not lie inside a run directory, and its parent folder must exist and be
-    writable.
+    ``--overwrite`` never deletes anything dyncal did not write: an existing ``out`` must be
+    an empty folder, or one of ours (``is_ours``; default: a dyncal run) in which every
+    entry is one dyncal wrote (``foreign`` finds none; default :func:`foreign_in_run`).
+    ``out`` may not be a link, name no folder (``''``, ``.``, ``..``) or lie inside a run
+    directory, and its parent folder must exist and be writable.
 
     Args:
         out: The folder to create.
         overwrite: Whether an existing ``out`` may be replaced.
         what: What is built there, for messages (``"run"``, ``"package"``).
         is_ours: Recognises a folder of that kind dyncal wrote (default :func:`is_run_dir`).
+        foreign: The first entry of such a folder that dyncal did not write, or None
+            (default :func:`foreign_in_run`).
         error: The error class to raise.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> check_out(pathlib.Path(tempfile.mkdtemp()) / "run", overwrite=False)
+        >>> check_out(pathlib.Path("."), overwrite=True)
+        Traceback (most recent call last):
+        ...
+        dyncal.errors.RunError: `out` '.' names no folder to create; give a new folder's name, such as run
     """
     out = Path(out)
     is_ours = is_ours or is_run_dir
-    if out.exists() and not overwrite:
-        raise error(f"'{out}' already exists; choose another `out` or pass `overwrite`")
-    if out.exists() and not out.is_dir():
-        raise error(f"'{out}' exists and is not a folder; choose another `out`")
-    if out.exists() and not is_ours(out) and any(out.iterdir()):
-        raise error(
-            f"'{out}' exists and is not a dyncal {what}; `overwrite` only replaces a dyncal {what}, so "
-            "choose another `out` (or remove the folder yourself)"
-        )
+    foreign = foreign or foreign_in_run
+    if out.name in ("", ".", ".."):
+        raise error(f"`out` '{out}' names no folder to create; give a new folder's name, such as {what}")
+    if os.path.lexists(out):
+        if not overwrite:
+            raise error(f"'{out}' already exists; choose another `out` or pass `overwrite`")
+        if os.path.islink(out):
+            raise error(f"'{out}' is a symbolic link; dyncal never replaces a link: choose another `out`")
+        if not out.is_dir():
+            raise error(f"'{out}' exists and is not a folder; choose another `out`")
+        if not is_ours(out) and any(out.iterdir()):
+            raise error(
+                f"'{out}' exists and is not a dyncal {what}; `overwrite` only replaces a dyncal {what}, so "
+                "choose another `out` (or remove the folder yourself)"
+            )
+        bad = foreign(out)
+        if bad is not None:
+            raise error(not_dyncals_message(bad, out))
     if not out.parent.is_dir():
         raise error(f"the folder '{out.parent}' for `out` does not exist; create it first")
     inside = run_dir_holding(out.parent)
@@ -1041,15 +1152,42 @@ def check_out(
         raise error(str(e)) from None
 
 
-def publish_dir(partial: Path, out: Path) -> None:
-    """Rename ``partial`` to ``out``, replacing an old ``out`` only after the new one is whole."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(partial, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(partial, out)
+def publish_dir(
+    partial: Path,
+    out: Path,
+    *,
+    foreign: Callable[[Path], Path | None] | None = None,
+    error: type[DyncalError] = RunError,
+) -> None:
+    """Rename ``partial`` to ``out``, replacing an old ``out`` only after the new one is whole.
+
+    The old ``out`` is deleted only if everything in it is dyncal's (``foreign`` finds
+    nothing; default :func:`foreign_in_run`), checked again as it is moved aside, so a
+    file put there while the new one was built is refused, not deleted.
+
+    Raises:
+        DyncalError: (as ``error``) the old ``out`` holds something dyncal did not write; it
+            is left in place, and ``partial`` with it.
+    """
+    foreign = foreign or foreign_in_run
+    if not os.path.lexists(out):
+        os.rename(partial, out)
+        return
+    bad = foreign(out)
+    if bad is not None:
+        raise error(not_dyncals_message(bad, out))
+    old = out.with_name(f".{out.name}.old-{secrets.token_hex(8)}")
+    os.rename(out, old)
+    bad = foreign(old)
+    if bad is not None:  # it changed between the check and the move: put it back
+        os.rename(old, out)
+        raise error(not_dyncals_message(out / bad.relative_to(old), out))
+    try:
+        os.rename(partial, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- import

@@ -272,18 +272,18 @@ def build_report(
         >>> r.decision  # doctest: +SKIP
         'GO'
     """
-    from dyncal.artifacts.outputs import check_output_file, write_output
+    from dyncal.artifacts.outputs import claim_output_file, write_output
     from dyncal.artifacts.run import load_run
 
     options = report_options(options, fields)
     out = Path(out_pdf)
     if out.suffix.lower() != ".pdf":
         raise DyncalError(f"`out_pdf` must name a .pdf file, got '{out}'")
-    check_output_file(out, overwrite=overwrite, kind="report", protect=(run_path, *options.compare))
-    _check_report_exits(load_run(run_path))  # before the solving (the run's scan is remembered)
-    data = prepare_report(run_path, options)
-    pdf = render_pdf(data)
-    write_output(out, pdf)
+    with claim_output_file(out, overwrite=overwrite, kind="report", protect=(run_path, *options.compare)):
+        _check_report_exits(load_run(run_path))  # before the solving (the run's scan is remembered)
+        data = prepare_report(run_path, options)
+        pdf = render_pdf(data)
+        write_output(out, pdf)
     return ReportResult(
         path=out,
         decision=data.decision,

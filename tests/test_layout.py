@@ -29,7 +29,7 @@ ALLOWED: set[str] = {
     "collect.py:_collect",
     "demo_pipeline.py:run_demo",
     "export.py",
-    "export.py:export_package",
+    "export.py:_write_package",
     "models.py",
     "reports/figures.py",
     "reports/figures.py:_draw_curves",

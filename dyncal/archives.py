@@ -127,6 +127,7 @@ def read_regular_file(
     what: str,
     limit: int,
     error: type[DyncalError] = DyncalError,
+    advice: str = "give the path of a regular file",
 ) -> bytes:
     """Read a regular file of at most ``limit`` bytes; refuse pipes, devices and directories unread.
 
@@ -140,6 +141,7 @@ def read_regular_file(
         what: How to name it in messages (``"the model archive"``).
         limit: Most bytes read; a larger file (or one that grows past it) is refused.
         error: The :class:`DyncalError` subclass raised.
+        advice: What to do, ending every refusal.
 
     Returns:
         The file's bytes.
@@ -151,32 +153,31 @@ def read_regular_file(
         >>> read_regular_file("/dev/null", what="the model archive", limit=10)
         Traceback (most recent call last):
         ...
-        dyncal.errors.DyncalError: the model archive: '/dev/null' is a character device, not a regular file; ...
+        dyncal.errors.DyncalError: the model archive: '/dev/null' is a character device, not a regular file; give ...
     """
     shown = os.fspath(path)
-    not_regular = "not a regular file; give the path of the file itself"
     try:
         st = os.stat(path)
         if not stat.S_ISREG(st.st_mode):
-            raise error(f"{what}: '{shown}' is {_kind_of(st.st_mode)}, {not_regular}")
+            raise error(f"{what}: '{shown}' is {_kind_of(st.st_mode)}, not a regular file; {advice}")
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError:
-        raise error(f"{what}: no such file '{shown}'") from None
+        raise error(f"{what}: no such file '{shown}'; {advice}") from None
     except OSError as e:
-        raise error(f"{what}: cannot read '{shown}': {e.strerror or e}") from e
+        raise error(f"{what}: cannot read '{shown}': {e.strerror or e}; {advice}") from e
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise error(f"{what}: '{shown}' is {_kind_of(st.st_mode)}, {not_regular}")
+            raise error(f"{what}: '{shown}' is {_kind_of(st.st_mode)}, not a regular file; {advice}")
         if st.st_size > limit:
-            raise error(f"{what}: '{shown}' has {st.st_size} bytes, more than the {limit} dyncal reads")
+            raise error(f"{what}: '{shown}' has {st.st_size} bytes, more than the {limit} dyncal reads; {advice}")
         with io.FileIO(fd, "r", closefd=False) as fh:
             data = fh.readall()  # sized from fstat: one buffer, no copy
         if len(data) > limit:
-            raise error(f"{what}: '{shown}' grew past the {limit} bytes dyncal reads while it was read")
+            raise error(f"{what}: '{shown}' grew past the {limit} bytes dyncal reads while it was read; {advice}")
         return data
     except OSError as e:
-        raise error(f"{what}: cannot read '{shown}': {e.strerror or e}") from e
+        raise error(f"{what}: cannot read '{shown}': {e.strerror or e}; {advice}") from e
     finally:
         os.close(fd)
 

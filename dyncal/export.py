@@ -365,7 +365,7 @@ def _read_key(key: str | os.PathLike[str] | bytes, name: str) -> bytes:
         where = "the key given"
     else:
         where = f"key file '{os.fspath(key)}'"
-        secret = read_regular_file(key, what=param(name), limit=_KEY_LIMIT).strip()
+        secret = read_regular_file(key, what=param(name), limit=_KEY_LIMIT, advice="give the key file itself").strip()
     if len(secret) < MIN_KEY_BYTES:
         raise DyncalError(
             f"{param(name)}: {where} holds {len(secret)} bytes; a signing key needs at least {MIN_KEY_BYTES} "
@@ -647,7 +647,9 @@ def _load(path: Path, device: str, secret: bytes | None = None) -> PackageRunner
             if hashlib.sha256(data).hexdigest() != sha:
                 raise DyncalError(f"package file '{path / name}' does not match its SHA-256 in the manifest")
     programs = [
-        load_exported(path / s.file, what=f"package stage {i + 1}", sha256=manifest.files[s.file])
+        load_exported(
+            path / s.file, what=f"package stage {i + 1}", sha256=manifest.files[s.file], advice="re-export the package"
+        )
         for i, s in enumerate(manifest.stages)
     ]
     runner = PackageRunner(path, manifest, programs, dev, hashlib.sha256(manifest_bytes).hexdigest())
@@ -657,10 +659,7 @@ def _load(path: Path, device: str, secret: bytes | None = None) -> PackageRunner
 
 def _read_bytes(file: Path, limit: int) -> bytes:
     """A package file's bytes: a regular file of at most ``limit`` bytes (pipes and devices refused unread)."""
-    try:
-        return read_regular_file(file, what="package file", limit=limit)
-    except DyncalError as e:
-        raise DyncalError(f"{e}; re-export the package") from e
+    return read_regular_file(file, what="package file", limit=limit, advice="re-export the package")
 
 
 # --------------------------------------------------------------------------- export

@@ -259,11 +259,12 @@ def check_exported_archive(data: bytes, name: str) -> None:
 
 
 def _load_exported(
-    path: str | os.PathLike[str], *, what: str, sha256: str | None
+    path: str | os.PathLike[str], *, what: str, sha256: str | None, advice: str = "give the path of a .pt2 file"
 ) -> tuple[torch.export.ExportedProgram, str]:
     """The program in ``path`` and the SHA-256 of the bytes it was checked and loaded from."""
     path = Path(path)
-    data = archives.read_regular_file(path, what=what, limit=archives.ARCHIVE_LIMIT_BYTES, error=ModelError)
+    limit = archives.ARCHIVE_LIMIT_BYTES
+    data = archives.read_regular_file(path, what=what, limit=limit, error=ModelError, advice=advice)
     digest = hashlib.sha256(data).hexdigest()
     if sha256 is not None and digest != sha256:
         raise ModelError(
@@ -278,7 +279,11 @@ def _load_exported(
 
 
 def load_exported(
-    path: str | os.PathLike[str], *, what: str = "the model archive", sha256: str | None = None
+    path: str | os.PathLike[str],
+    *,
+    what: str = "the model archive",
+    sha256: str | None = None,
+    advice: str = "give the path of a .pt2 file",
 ) -> torch.export.ExportedProgram:
     """Load a ``torch.export`` archive once it is known to hold nothing that would execute.
 
@@ -291,6 +296,7 @@ def load_exported(
         path: A ``.pt2`` file written by ``torch.export.save``.
         what: The option or artifact to name in messages.
         sha256: The file's expected SHA-256 (e.g. from a package manifest); other bytes are refused.
+        advice: What to do when the file is missing, not a regular file or too large.
 
     Returns:
         The exported program.
@@ -307,7 +313,7 @@ def load_exported(
         >>> load_exported(path).module()(torch.zeros(2, 1, 8, 8))[0].shape
         torch.Size([2, 10])
     """
-    return _load_exported(path, what=what, sha256=sha256)[0]
+    return _load_exported(path, what=what, sha256=sha256, advice=advice)[0]
 
 
 def torch_dtype(name: str, what: str = "the input dtype") -> torch.dtype:

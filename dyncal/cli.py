@@ -903,6 +903,13 @@ def verify(
             "(it must come from this run and these thresholds)."
         ),
     ] = None,
+    verify_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="Key file the --package was signed with (dyncal export --sign-key): refuse it unless its "
+            "signature verifies."
+        ),
+    ] = None,
     allow_other_model: AllowOtherModelOpt = False,
     overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
@@ -1014,6 +1021,13 @@ def export_(
     stages: StagesOpt = None,
     input_shape: InputShapeOpt = None,
     input_dtype: InputDtypeOpt = None,
+    sign_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="Sign the package with this secret key file (HMAC-SHA256 of its manifest); load it with "
+            "load_early_exit(DIR, verify_key=KEYFILE) or verify --package DIR --verify-key KEYFILE."
+        ),
+    ] = None,
     overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -1039,7 +1053,8 @@ def export_(
         f"wrote {doc['path']}: K={doc['k']} stages, {doc['size_bytes'] / 1e6:.2f} MB, input "
         f"(B, {', '.join(map(str, doc['input']['shape']))}) {doc['input']['dtype']}, decisions "
         f"{doc['decision_fingerprint'][:12]}, max |logit diff| vs the model "
-        f"{max(doc['check']['max_abs_diff']):.2g}",
+        f"{max(doc['check']['max_abs_diff']):.2g}"
+        + ("" if doc["signature"] is None else f", signed with key {doc['signature']['key_id']}"),
         err=True,
     )
 

@@ -8,6 +8,7 @@ thresholds, without the model's code::
       stage_1.pt2       stage 1 as a torch.export archive, batch dimension dynamic
       ...
       stage_K.pt2
+      signature.json    only when exported with a key: HMAC-SHA256 of manifest.json
 
 The stages follow the protocol of :mod:`dyncal.analysis.stages` (``stage_1(x) -> (logits_1,
 *carry_1)``, ``stage_k(*carry_{k-1}) -> (logits_k, *carry_k)``); the manifest records the
@@ -17,10 +18,17 @@ stage receives, and the exit rule: score, temperatures and thresholds with their
 (its fingerprint) and the model (spec, weights and state SHA-256) and lists the SHA-256 of
 every other file.
 
-Loading is checked: every file's hash must match the manifest, no archive may hold a
-pickled entry (:func:`dyncal.models.load_exported`), and the thresholds must match the
-decision fingerprint. The runner is an :class:`~dyncal.analysis.early_exit.EarlyExitRunner` over the
-loaded stages, so its decisions are the same code path ``dyncal verify`` measures::
+Loading is checked: every file's hash must match the manifest, every archive is parsed and
+checked before torch reads it (:mod:`dyncal.archives`, through
+:func:`dyncal.models.load_exported`), and the thresholds must match the decision
+fingerprint. Hashes catch damage, not a consistent forgery: whoever can rewrite the package
+can rewrite its manifest too. A package exported with ``sign_key`` carries an HMAC-SHA256
+of its manifest under that key; ``load_early_exit(DIR, verify_key=KEY)`` refuses it unless
+the signature verifies (and refuses an unsigned package), which only someone holding the
+key can forge. HMAC is symmetric: the verifier holds the same secret as the exporter.
+
+The runner is an :class:`~dyncal.analysis.early_exit.EarlyExitRunner` over the loaded
+stages, so its decisions are the same code path ``dyncal verify`` measures::
 
     runner = dyncal.load_early_exit("pkg")               # or device="cuda"
     exits, preds = runner(x)                             # int64 (B,) each, exits from 0
@@ -31,6 +39,7 @@ from __future__ import annotations
 import datetime as _dt
 import errno
 import hashlib
+import hmac
 import io
 import json
 import logging
@@ -46,6 +55,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dyncal import archives
 from dyncal.analysis.early_exit import EarlyExitRunner
 from dyncal.analysis.stages import (
     EXAMPLE_BATCH,
@@ -56,6 +66,7 @@ from dyncal.analysis.stages import (
     stages_function,
     verify_stages,
 )
+from dyncal.archives import read_regular_file
 from dyncal.artifacts.atomic import atomic_write_bytes, atomic_write_text, temp_target
 from dyncal.artifacts.lock import OutputLock
 from dyncal.artifacts.ownership import (
@@ -69,7 +80,7 @@ from dyncal.artifacts.ownership import (
 from dyncal.artifacts.run import Run, check_out, library_versions, load_run, publish_dir
 from dyncal.artifacts.thresholds import ThresholdsDocument, check_thresholds_for_run, decision_fingerprint
 from dyncal.calibrate.scores import SCORES
-from dyncal.errors import DyncalError, ModelError, ProfileError, describe
+from dyncal.errors import DyncalError, ModelError, ProfileError, describe, param
 from dyncal.models import (
     LoadedModel,
     check_exit_outputs,
@@ -93,6 +104,7 @@ __all__ = [
     "ExportOptions",
     "load_early_exit",
     "read_manifest",
+    "MIN_KEY_BYTES",
 ]
 
 log = logging.getLogger(__name__)
@@ -100,11 +112,19 @@ log = logging.getLogger(__name__)
 PACKAGE_SCHEMA = "dyncal.package"
 PACKAGE_VERSION = 1
 MANIFEST = "manifest.json"
+SIGNATURE = "signature.json"
+SIGNATURE_SCHEMA = "dyncal.package-signature"
+SIGNATURE_ALGORITHM = "hmac-sha256"
+MIN_KEY_BYTES = 32
+"""Shortest signing key accepted (after surrounding whitespace is stripped from the key file)."""
 PARTIAL_SUFFIX = ".partial"
 
 _CHECK_BATCHES = (1, 4)  # the written package is proven against the model at these batch sizes
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _SHA = re.compile(r"[0-9a-f]{64}")
+_MANIFEST_LIMIT = 16 * 2**20
+_KEY_LIMIT = 64 * 2**10
+_MAC_DOMAIN = b"dyncal.package-signature v1\n"
 
 
 # --------------------------------------------------------------------------- the manifest
@@ -265,7 +285,7 @@ class PackageManifest:
         if any(v < 1 for v in self.input_shape):
             raise DyncalError(f"{bad}: input shape {list(self.input_shape)}")
         for name, sha in self.files.items():
-            if not _SAFE_NAME.fullmatch(name) or name == MANIFEST:
+            if not _SAFE_NAME.fullmatch(name) or name in (MANIFEST, SIGNATURE):
                 raise DyncalError(f"{bad}: file name {name!r} (plain names inside the package only)")
             if not _SHA.fullmatch(sha):
                 raise DyncalError(f"{bad}: {name!r} has no SHA-256 ({sha!r})")
@@ -320,19 +340,95 @@ def read_manifest(path: str | os.PathLike[str]) -> PackageManifest:
 
 def _read_manifest(path: Path) -> tuple[PackageManifest, bytes]:
     """The manifest of the package at ``path`` and the bytes it was parsed from (read once)."""
+    data = _manifest_bytes(path)
+    return _parse_manifest(data, path / MANIFEST), data
+
+
+def _manifest_bytes(path: Path) -> bytes:
+    """The bytes of ``path/manifest.json`` (a regular file), unparsed."""
     if not path.is_dir():
         raise DyncalError(
             f"no package directory at '{path}'; write one with 'dyncal export RUN --thresholds T --out DIR'"
         )
     file = path / MANIFEST
-    if not file.is_file():
+    if not os.path.lexists(file):
         raise DyncalError(f"'{path}' is not a dyncal package (no {MANIFEST})")
-    data = _read_bytes(file)
+    return _read_bytes(file, _MANIFEST_LIMIT)
+
+
+def _parse_manifest(data: bytes, file: Path) -> PackageManifest:
     try:
         doc = json.loads(data.decode("utf-8"))
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise DyncalError(f"cannot read '{file}': {describe(e)}; re-export the package") from e
-    return PackageManifest.from_dict(doc, where=str(file)), data
+    return PackageManifest.from_dict(doc, where=str(file))
+
+
+# --------------------------------------------------------------------------- signatures
+
+
+def _read_key(key: str | os.PathLike[str] | bytes, name: str) -> bytes:
+    """The secret in a key file (surrounding whitespace stripped), or ``key`` itself when given as bytes."""
+    if isinstance(key, (bytes, bytearray)):
+        secret = bytes(key)
+        where = "the key given"
+    else:
+        where = f"key file '{os.fspath(key)}'"
+        secret = read_regular_file(key, what=param(name), limit=_KEY_LIMIT, advice="give the key file itself").strip()
+    if len(secret) < MIN_KEY_BYTES:
+        raise DyncalError(
+            f"{param(name)}: {where} holds {len(secret)} bytes; a signing key needs at least {MIN_KEY_BYTES} "
+            "(make one with: python -c 'import secrets; print(secrets.token_hex(32))' > KEYFILE)"
+        )
+    return secret
+
+
+def _key_id(secret: bytes) -> str:
+    """A short name of a key that reveals nothing of it (to tell keys apart in messages)."""
+    return hmac.new(secret, b"dyncal.package-key-id", hashlib.sha256).hexdigest()[:16]
+
+
+def _signature(secret: bytes, manifest: bytes) -> dict[str, Any]:
+    """``signature.json``: the HMAC-SHA256 of the manifest's exact bytes under ``secret``."""
+    return {
+        "schema": SIGNATURE_SCHEMA,
+        "schema_version": 1,
+        "algorithm": SIGNATURE_ALGORITHM,
+        "key_id": _key_id(secret),
+        "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
+        "mac": hmac.new(secret, _MAC_DOMAIN + manifest, hashlib.sha256).hexdigest(),
+    }
+
+
+def _verify_signature(path: Path, manifest: bytes, secret: bytes) -> str:
+    """Check ``path``'s signature of the manifest bytes under ``secret``; returns the key id."""
+    file = path / SIGNATURE
+    if not os.path.lexists(file):
+        raise DyncalError(
+            f"package '{path}' is not signed (no {SIGNATURE}) but `verify_key` was given; export it with "
+            "`sign_key`, or load it without `verify_key` if you trust where it came from"
+        )
+    try:
+        doc = json.loads(_read_bytes(file, _KEY_LIMIT).decode("utf-8"))
+        fields = (doc["schema"], doc["algorithm"], str(doc["key_id"]), str(doc["mac"]))
+    except (ValueError, TypeError, KeyError, RecursionError) as e:
+        raise DyncalError(
+            f"package '{path}': {SIGNATURE} is not a signature ({describe(e)}); re-export the package"
+        ) from e
+    schema, algorithm, key_id, mac = fields
+    if schema != SIGNATURE_SCHEMA or algorithm != SIGNATURE_ALGORITHM:
+        raise DyncalError(
+            f"package '{path}': {SIGNATURE} is not a {SIGNATURE_ALGORITHM} package signature; re-export the package"
+        )
+    expected = _signature(secret, manifest)
+    if not hmac.compare_digest(mac, expected["mac"]):
+        why = (
+            f"it was signed with another key (key id {key_id[:16]}, `verify_key` is {expected['key_id']})"
+            if not hmac.compare_digest(key_id, expected["key_id"])
+            else "the manifest was changed after it was signed"
+        )
+        raise DyncalError(f"the signature of package '{path}' does not verify: {why}; do not load it")
+    return str(expected["key_id"])
 
 
 # --------------------------------------------------------------------------- the runner
@@ -398,6 +494,7 @@ class PackageRunner(EarlyExitRunner):
         manifest: Its manifest.
         manifest_sha256: SHA-256 of ``manifest.json`` as loaded (pin it to pin the package).
         device: Where the stages run.
+        key_id: Id of the key whose signature was verified when loading, or None (no ``verify_key``).
     """
 
     def __init__(
@@ -411,6 +508,7 @@ class PackageRunner(EarlyExitRunner):
         self.path = path
         self.manifest = manifest
         self.manifest_sha256 = manifest_sha256
+        self.key_id: str | None = None
         self._programs = tuple(programs)
         self._dtype = torch_dtype(manifest.input_dtype, f"package '{path}' input dtype")
         self.device = device
@@ -502,27 +600,37 @@ class PackageRunner(EarlyExitRunner):
         return super().__call__(x)
 
 
-def load_early_exit(path: str | os.PathLike[str], *, device: str = "cpu") -> PackageRunner:
+def load_early_exit(
+    path: str | os.PathLike[str],
+    *,
+    device: str = "cpu",
+    verify_key: str | os.PathLike[str] | bytes | None = None,
+) -> PackageRunner:
     """Load an exported early-exit package; the model's code is not needed.
 
-    Every file's SHA-256 is checked against the manifest, every archive is checked to
-    hold no pickled entry before it is loaded, and the thresholds against the decision
-    fingerprint.
+    With ``verify_key``, the package's signature (``dyncal export --sign-key``) is checked
+    against the manifest's bytes before anything else is read: a package that is unsigned,
+    signed with another key, or whose manifest changed since is refused. Then every file's
+    SHA-256 is checked against the manifest, every archive is parsed and checked before torch
+    reads it (:mod:`dyncal.archives`), and the thresholds against the decision fingerprint.
+    Without a key the hashes catch damage but not a consistent forgery: anyone who can
+    rewrite the package can rewrite its manifest too.
 
     Args:
         path: A package directory written by ``dyncal export``.
         device: ``cpu``, ``cuda`` or ``cuda:N`` (:meth:`PackageRunner.to` moves it later).
+        verify_key: The key file the package was signed with (or the key itself as bytes).
 
     Returns:
         The runner: ``exits, preds = runner(x)``.
 
     Raises:
-        DyncalError: Not a package, a changed or missing file, a pickled entry, or a
-            manifest that does not hold together.
+        DyncalError: Not a package, a signature that does not verify, a changed or missing
+            file, an archive that is refused, or a manifest that does not hold together.
 
     Example::
 
-        runner = dyncal.load_early_exit("pkg")
+        runner = dyncal.load_early_exit("pkg", verify_key="package.key")
         with torch.inference_mode():
             for x in batches:                     # (B, *runner.manifest.input_shape)
                 exits, preds = runner(x)
@@ -530,32 +638,37 @@ def load_early_exit(path: str | os.PathLike[str], *, device: str = "cpu") -> Pac
     path = Path(path)
     if path.name.endswith(PARTIAL_SUFFIX):
         read_manifest(path)  # refuses an unfinished export with its own message
-    return _load(path, device)
+    secret = None if verify_key is None else _read_key(verify_key, "verify_key")
+    return _load(path, device, secret)
 
 
-def _load(path: Path, device: str) -> PackageRunner:
-    manifest, manifest_bytes = _read_manifest(path)
+def _load(path: Path, device: str, secret: bytes | None = None) -> PackageRunner:
+    manifest_bytes = _manifest_bytes(path)
+    key_id = None if secret is None else _verify_signature(path, manifest_bytes, secret)
+    manifest = _parse_manifest(manifest_bytes, path / MANIFEST)
     dev = resolve_device(device)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
     stage_files = {s.file for s in manifest.stages}
     for name, sha in sorted(manifest.files.items()):
         if name not in stage_files:  # no other files today; hash anything listed
-            data = _read_bytes(path / name)
+            data = _read_bytes(path / name, archives.ARCHIVE_LIMIT_BYTES)
             if hashlib.sha256(data).hexdigest() != sha:
                 raise DyncalError(f"package file '{path / name}' does not match its SHA-256 in the manifest")
     programs = [
-        load_exported(path / s.file, what=f"package stage {i + 1}", sha256=manifest.files[s.file])
+        load_exported(
+            path / s.file, what=f"package stage {i + 1}", sha256=manifest.files[s.file], advice="re-export the package"
+        )
         for i, s in enumerate(manifest.stages)
     ]
-    return PackageRunner(path, manifest, programs, dev, hashlib.sha256(manifest_bytes).hexdigest())
+    runner = PackageRunner(path, manifest, programs, dev, hashlib.sha256(manifest_bytes).hexdigest())
+    runner.key_id = key_id
+    return runner
 
 
-def _read_bytes(file: Path) -> bytes:
-    try:
-        return file.read_bytes()
-    except OSError as e:
-        raise DyncalError(f"cannot read package file '{file}': {e.strerror or e}; re-export the package") from e
+def _read_bytes(file: Path, limit: int) -> bytes:
+    """A package file's bytes: a regular file of at most ``limit`` bytes (pipes and devices refused unread)."""
+    return read_regular_file(file, what="package file", limit=limit, advice="re-export the package")
 
 
 # --------------------------------------------------------------------------- export
@@ -571,6 +684,7 @@ class ExportResult:
         manifest_sha256: SHA-256 of ``manifest.json``.
         size_bytes: Total size of the package's files.
         seconds: Wall-clock time of the export.
+        key_id: Id of the key that signed it (``sign_key``), or None when unsigned.
     """
 
     path: Path
@@ -578,24 +692,21 @@ class ExportResult:
     manifest_sha256: str
     size_bytes: int
     seconds: float
+    key_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``dyncal export --json`` document: the manifest plus where and how big."""
+        """The ``dyncal export --json`` document: the manifest plus where, how big and how signed."""
+        signature = None if self.key_id is None else {"algorithm": SIGNATURE_ALGORITHM, "key_id": self.key_id}
         return {
             "path": str(self.path),
             "manifest_sha256": self.manifest_sha256,
             "size_bytes": self.size_bytes,
             "seconds": self.seconds,
+            "signature": signature,
             **self.manifest.to_dict(),
         }
 
 
-# Besides manifest.json and the files its manifest lists, a package may hold a signature of
-# its manifest (a later dyncal may sign packages); ``--overwrite`` replaces only these:
-#   manifest.sig     a detached signature: a regular file of at most 64 KB
-#   signature.json   a JSON document whose schema starts with "dyncal."
-_SIGNATURE_FILES = ("manifest.sig", "signature.json")
-_MAX_SIGNATURE_BYTES = 64 << 10
 _STAGE_FILE = re.compile(r"stage_\d+\.pt2")
 
 
@@ -605,14 +716,8 @@ def _is_package_dir(path: Path) -> bool:
 
 
 def _is_signature(entry: Path) -> bool:
-    if entry.name not in _SIGNATURE_FILES:
-        return False
-    if entry.name == "signature.json":
-        return (json_schema(entry) or "").startswith("dyncal.")
-    try:
-        return is_regular_file(entry) and entry.stat().st_size <= _MAX_SIGNATURE_BYTES
-    except OSError:
-        return False
+    """Whether ``entry`` is the package's signature (``--sign-key``), which the manifest cannot list."""
+    return entry.name == SIGNATURE and json_schema(entry) == SIGNATURE_SCHEMA
 
 
 def _listed_files(path: Path) -> frozenset[str]:
@@ -651,7 +756,11 @@ def _partial_export_entry(entry: Path) -> Path | None:
     if _STAGE_FILE.fullmatch(name) and is_regular_file(entry):
         return None
     target = temp_target(name)
-    if target is not None and (target == MANIFEST or _STAGE_FILE.fullmatch(target)) and is_regular_file(entry):
+    if (
+        target is not None
+        and (target in (MANIFEST, SIGNATURE) or _STAGE_FILE.fullmatch(target))
+        and is_regular_file(entry)
+    ):
         return None
     return None if _is_signature(entry) else entry
 
@@ -758,12 +867,19 @@ def _files_size(path: Path) -> int:
 
 @dataclass(frozen=True, kw_only=True)
 class ExportOptions(ModelOverrides):
-    """Which model ``dyncal export`` packages: :class:`~dyncal.options.ModelOverrides` as it is.
+    """Which model ``dyncal export`` packages (:class:`~dyncal.options.ModelOverrides`), and how it is signed.
+
+    Attributes:
+        sign_key: A key file (at least :data:`MIN_KEY_BYTES` bytes, e.g. 64 hex digits) to
+            sign the package with: ``signature.json`` holds an HMAC-SHA256 of the manifest,
+            checked by ``load_early_exit(DIR, verify_key=...)``. None: unsigned.
 
     Example:
         >>> ExportOptions(input_shape=[3, 8, 8]).input_shape
         (3, 8, 8)
     """
+
+    sign_key: str | None = None
 
 
 def export_package(
@@ -788,7 +904,8 @@ def export_package(
         thresholds: Solved on this run (:func:`~dyncal.artifacts.thresholds.read_thresholds`).
         out: The package directory to create.
         overwrite: Replace an existing package at ``out`` (never anything else).
-        options: Which model to package (:class:`ExportOptions`; default: the run's).
+        options: Which model to package and the key to sign it with (:class:`ExportOptions`;
+            default: the run's model, unsigned).
         **fields: The fields of :class:`ExportOptions` as keywords instead of ``options``.
 
     Returns:
@@ -817,13 +934,20 @@ def export_package(
     out = Path(out)
     partial = out.parent / (out.name + PARTIAL_SUFFIX)  # `out` itself is checked by _check_out
     _check_out(out, partial, overwrite)  # before the lock file is made: never inside a run
+    secret = None if opts.sign_key is None else _read_key(opts.sign_key, "sign_key")
     with OutputLock(out, error=DyncalError):
         _check_out(out, partial, overwrite)  # again, now that no other export can change it
-        return _write_package(run, thresholds, opts, out, partial, t0)
+        return _write_package(run, thresholds, opts, out, partial, t0, secret)
 
 
 def _write_package(
-    run: Run, thresholds: ThresholdsDocument, opts: ExportOptions, out: Path, partial: Path, t0: float
+    run: Run,
+    thresholds: ThresholdsDocument,
+    opts: ExportOptions,
+    out: Path,
+    partial: Path,
+    t0: float,
+    secret: bytes | None,
 ) -> ExportResult:
     """Export the model's stages, build the package in ``partial``, prove it and publish it as ``out``."""
     shape, dtype_name = input_signature(run, opts.input_shape, opts.input_dtype)
@@ -917,6 +1041,10 @@ def _write_package(
         manifest = replace(manifest, check=_prove(module, _load(partial, "cpu"), shape, dtype))
         text = json.dumps(manifest.to_dict(), indent=2, allow_nan=False) + "\n"
         atomic_write_text(partial / MANIFEST, text)
+        if secret is not None:  # signed inside the partial folder: published with the package or not at all
+            atomic_write_text(
+                partial / SIGNATURE, json.dumps(_signature(secret, text.encode("utf-8")), indent=2) + "\n"
+            )
         size = _files_size(partial)
         publish_dir(partial, out, foreign=_foreign_in_package, error=DyncalError)
     except BaseException as e:
@@ -930,4 +1058,5 @@ def _write_package(
         manifest_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
         size_bytes=size,
         seconds=time.perf_counter() - t0,
+        key_id=None if secret is None else _key_id(secret),
     )

@@ -9,19 +9,19 @@ module is imported from ``--model-path DIR`` or ``PYTHONPATH``), optionally with
 archive ``FILE.pt2``.
 
 A factory is code and runs as such. A ``.pt2`` archive is treated as data: it is read
-once into memory, checked by :func:`load_exported` to hold no pickled entry that
-``torch.export.load`` would unpickle without restriction, and only then loaded from
-the same bytes.
+once into memory (a regular file of bounded size), checked by :mod:`dyncal.archives` to
+hold nothing through which loading or running it could execute code (pickles, expressions
+that sympy would evaluate, names pasted into generated code, imports and calls by name),
+and only then loaded from the same bytes (:func:`load_exported`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import os
-import zipfile
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dyncal import archives
 from dyncal.errors import DyncalError, ModelError, describe, first_line
 from dyncal.specs import call_factory, import_object  # noqa: F401 - importable from here too, as before
 
@@ -121,6 +122,9 @@ def _state_dict_from_checkpoint(ckpt: Any, path: Path) -> dict[str, torch.Tensor
 def _load_weights(module: nn.Module, path: Path) -> None:
     if not path.exists():
         raise ModelError(f"`weights`: no such file '{path}'")
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):  # torch.load would read a device or a pipe forever
+        raise ModelError(f"`weights`: '{path}' is not a regular file; give the path of the checkpoint file itself")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for unreadable files
@@ -211,9 +215,8 @@ def load_model(
             raise ModelError(f"the model archive '{spec}' does not exist")
         if weights is not None:
             raise ModelError("`weights` does not apply to a .pt2 archive (its weights are inside)")
-        program = load_exported(path, what="the model archive")
+        program, weights_sha = _load_exported(path, what="the model archive", sha256=None)
         module: nn.Module = program.module()
-        weights_sha = sha256_file(path)
     else:
         module = call_factory(
             spec, what="the model", search_path=model_path, error=ModelError, makes="the model (a class works too)"
@@ -234,81 +237,73 @@ def load_model(
     )
 
 
-def _loads_restricted(data: bytes) -> bool:
-    """Whether ``data`` unpickles with torch's restricted unpickler (tensors and containers only)."""
-    try:
-        torch.load(io.BytesIO(data), weights_only=True)
-    except Exception:  # noqa: BLE001 - any failure means torch would fall back to plain pickle
-        return False
-    return True
-
-
 def check_exported_archive(data: bytes, name: str) -> None:
-    """Refuse a ``torch.export`` archive that would run pickled code when loaded.
+    """Refuse a ``torch.export`` archive that loading or running could make execute code.
 
-    ``torch.export.load`` unpickles without restriction every payload marked
-    ``use_pickle`` (tensor subclasses, script and opaque objects), compiled AOTInductor
-    packages, and falls back to plain pickle for sample inputs or legacy weight files that
-    torch's restricted unpickler rejects. An archive is accepted only when none of these
-    can happen.
+    The checks, and every route through ``torch.export.load`` they cover, are those of
+    :func:`dyncal.archives.check_archive`: the zip is parsed by dyncal (no duplicate or
+    case-folded names, no data outside the archive, CRCs and sizes checked, bounded), only
+    entries ``torch.export.save`` writes for tensors are accepted (no ``use_pickle`` payload,
+    no ``opaque_obj_*``/``custom_obj_*`` constant whatever its flag, no AOTInductor package,
+    no sample inputs the restricted unpickler refuses), and every string of the program that
+    torch evaluates, pastes into generated code or resolves by name is checked.
 
     Args:
         data: The archive's bytes.
         name: How to name the archive in messages.
 
     Raises:
-        ModelError: Not a zip archive, or an entry that would be unpickled unrestricted.
+        ModelError: Not a zip archive, or anything refused (one line naming the entry).
     """
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as e:
+    archives.check_archive(data, name)
+
+
+def _load_exported(
+    path: str | os.PathLike[str], *, what: str, sha256: str | None, advice: str = "give the path of a .pt2 file"
+) -> tuple[torch.export.ExportedProgram, str]:
+    """The program in ``path`` and the SHA-256 of the bytes it was checked and loaded from."""
+    path = Path(path)
+    limit = archives.ARCHIVE_LIMIT_BYTES
+    data = archives.read_regular_file(path, what=what, limit=limit, error=ModelError, advice=advice)
+    digest = hashlib.sha256(data).hexdigest()
+    if sha256 is not None and digest != sha256:
         raise ModelError(
-            f"'{name}' is not a torch.export archive (not a zip file); save it with torch.export.save"
-        ) from e
-    refuse = (
-        f"'{name}' holds pickled data that loading would execute ({{}}); "
-        "re-export it with torch.export.save from plain tensors"
-    )
-    with archive:
-        for entry in archive.namelist():
-            parts = entry.split("/")
-            inner = "/".join(parts[1:])  # entries sit below one root folder
-            if inner.startswith("data/aotinductor/"):
-                raise ModelError(refuse.format(f"compiled AOTInductor package {entry!r}"))
-            if inner.endswith("_config.json") and inner.startswith(("data/weights/", "data/constants/")):
-                try:
-                    config = json.loads(archive.read(entry)).get("config", {})
-                    pickled = [fqn for fqn, meta in config.items() if meta.get("use_pickle")]
-                except (ValueError, AttributeError) as e:
-                    raise ModelError(f"'{name}': unreadable payload table {entry!r}: {first_line(e)}") from e
-                if pickled:
-                    raise ModelError(refuse.format(f"{', '.join(pickled[:3])} in {entry!r}"))
-            elif inner.endswith(".pt") and inner.startswith(
-                ("data/sample_inputs/", "data/weights/", "data/constants/")
-            ):
-                if not _loads_restricted(archive.read(entry)):
-                    raise ModelError(refuse.format(f"{entry!r} needs the unrestricted unpickler"))
+            f"{what}: '{path}' has SHA-256 {digest[:12]} but {sha256[:12]} was recorded; "
+            "the file was changed or damaged: re-create it"
+        )
+    check_exported_archive(data, str(path))
+    try:
+        return torch.export.load(io.BytesIO(data)), digest
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged archive
+        raise ModelError(f"{what}: cannot load '{path}' as a torch.export archive: {first_line(e)}") from e
 
 
 def load_exported(
-    path: str | os.PathLike[str], *, what: str = "the model archive", sha256: str | None = None
+    path: str | os.PathLike[str],
+    *,
+    what: str = "the model archive",
+    sha256: str | None = None,
+    advice: str = "give the path of a .pt2 file",
 ) -> torch.export.ExportedProgram:
-    """Load a ``torch.export`` archive once it is known to hold no pickled code.
+    """Load a ``torch.export`` archive once it is known to hold nothing that would execute.
 
-    The file is read once; the bytes that were checked (:func:`check_exported_archive`,
-    and the hash when ``sha256`` is given) are the bytes that are loaded.
+    The file is read once (a regular file, at most :data:`dyncal.archives.ARCHIVE_LIMIT_BYTES`;
+    pipes, devices and directories are refused before reading); the bytes that were checked
+    (:func:`check_exported_archive`, and the hash when ``sha256`` is given) are the bytes
+    that are loaded.
 
     Args:
         path: A ``.pt2`` file written by ``torch.export.save``.
         what: The option or artifact to name in messages.
         sha256: The file's expected SHA-256 (e.g. from a package manifest); other bytes are refused.
+        advice: What to do when the file is missing, not a regular file or too large.
 
     Returns:
         The exported program.
 
     Raises:
-        ModelError: Missing, unreadable, not the expected bytes, carrying pickled entries, or
-            not loadable.
+        ModelError: Missing, not a regular file, too large, unreadable, not the expected
+            bytes, refused by the checks, or not loadable.
 
     Example:
         >>> import tempfile, pathlib
@@ -318,21 +313,7 @@ def load_exported(
         >>> load_exported(path).module()(torch.zeros(2, 1, 8, 8))[0].shape
         torch.Size([2, 10])
     """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ModelError(f"{what}: cannot read '{path}': {e.strerror or e}") from e
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise ModelError(
-            f"{what}: '{path}' has SHA-256 {hashlib.sha256(data).hexdigest()[:12]} but {sha256[:12]} was recorded; "
-            "the file was changed or damaged: re-create it"
-        )
-    check_exported_archive(data, str(path))
-    try:
-        return torch.export.load(io.BytesIO(data))
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged archive
-        raise ModelError(f"{what}: cannot load '{path}' as a torch.export archive: {first_line(e)}") from e
+    return _load_exported(path, what=what, sha256=sha256, advice=advice)[0]
 
 
 def torch_dtype(name: str, what: str = "the input dtype") -> torch.dtype:

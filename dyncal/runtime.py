@@ -134,13 +134,14 @@ def _bound_package(
     model: str | None,
     weights: str | None,
     stages_spec: str | None,
+    verify_key: str | None = None,
 ) -> Any:
     """Load a ``dyncal export`` package to replay, refusing one made from another run or thresholds."""
     from dyncal.export import load_early_exit
 
     if model is not None or weights is not None or stages_spec is not None:
         raise DyncalError("`package` replays the exported stages: `model`, `weights` and `stages_spec` do not apply")
-    pkg = load_early_exit(package, device=str(dev))
+    pkg = load_early_exit(package, device=str(dev), verify_key=verify_key)
     if pkg.manifest.run_fingerprint != run.fingerprint:
         raise DyncalError(
             f"the package '{package}' was exported from another run (fingerprint "
@@ -226,6 +227,8 @@ class VerifyOptions:
             logits on recorded rows differ); recorded in the result.
         package: A ``dyncal export`` package to replay instead of the model: what is measured
             is what is shipped. It must be bound to this run and to the thresholds.
+        verify_key: Key file the package was signed with (``dyncal export --sign-key``): a
+            package whose signature does not verify under it, or an unsigned one, is refused.
         repeats: Pairs timed per batch (default 5).
         warmup: Untimed calls of each before timing a batch size (default 3).
         max_seconds: Time bound of the timing, all batch sizes together, shared out evenly
@@ -253,6 +256,7 @@ class VerifyOptions:
     data: str | Dataset[Any] | None = None
     allow_other_model: bool = False
     package: str | os.PathLike[str] | None = None
+    verify_key: str | None = None
     repeats: int = 5
     warmup: int = 3
     max_seconds: float = DEFAULT_MAX_SECONDS
@@ -271,6 +275,8 @@ class VerifyOptions:
             check_at_least("threads", self.threads, 1, MAX_THREADS)
         if self.limit is not None and self.limit < 1:
             raise DyncalError(f"{param('limit')} must be at least 1, got {self.limit}")
+        if self.verify_key is not None and self.package is None:
+            raise DyncalError(f"{param('verify_key')} checks the signature of a {param('package')}; pass one too")
 
 
 def verify_run(
@@ -307,7 +313,14 @@ def verify_run(
     dev = resolve_device(opts.device)
     if opts.package is not None:
         pkg = _bound_package(
-            opts.package, run, thresholds, dev, model=opts.model, weights=opts.weights, stages_spec=opts.stages
+            opts.package,
+            run,
+            thresholds,
+            dev,
+            model=opts.model,
+            weights=opts.weights,
+            stages_spec=opts.stages,
+            verify_key=opts.verify_key,
         )
         identity = ModelIdentity(
             spec=str(opts.package), weights_sha256=pkg.manifest.model.get("weights_sha256"), kind="package"

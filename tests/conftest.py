@@ -53,6 +53,7 @@ def model_outputs(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
 # validation) in about a minute; ``-m integration`` runs real models end to end (collect,
 # profile, verify, export, reports of collected runs, subprocesses, torchrun).
 INTEGRATION_MODULES = {
+    "test_archives.py",
     "test_collect.py",
     "test_compare.py",
     "test_export.py",

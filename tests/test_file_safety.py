@@ -335,7 +335,8 @@ def test_overwrite_keeps_a_package_holding_a_users_file(cli, toy, tmp_path, what
 def test_a_package_of_dyncals_files_only_passes_the_overwrite_check(cli, toy, tmp_path):
     pkg = tmp_path / "pkg"
     _fake_package(pkg)
-    (pkg / "manifest.sig").write_bytes(b"sig")  # a signature file beside the manifest is dyncal's too
+    # the signature of a package exported with --sign-key is dyncal's too
+    (pkg / "signature.json").write_text(json.dumps({"schema": "dyncal.package-signature"}))
     before = _tree(tmp_path)
     res = cli(*_verb("export", toy, pkg), "--overwrite")
     assert res.exit_code == 1 and "not a file dyncal wrote" not in res.stderr  # it stops at the run's model

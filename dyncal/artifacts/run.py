@@ -653,6 +653,8 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         (4, 2, 3)
     """
     path = Path(path)
+    if path.name in ("", ".."):  # '.', '..', '/': name the folder, so that RUN.lock beside it has a name too
+        path = Path(os.path.abspath(path))
     if path.name.endswith(PARTIAL_SUFFIX):
         raise RunError(
             f"'{path}' is an unfinished run (interrupted or still being written); "

@@ -33,6 +33,7 @@ __all__ = [
     "string_map",
     "require",
     "read_json_document",
+    "parse_json_document",
     "MAX_JSON_DEPTH",
 ]
 
@@ -332,21 +333,50 @@ def read_json_document(path: str | os.PathLike[str], *, what: str, max_bytes: in
             raw = fh.read(max_bytes + 1)
     except OSError as e:
         raise DyncalError(f"'{path}': cannot read it ({e.strerror or e})") from e
+    return parse_json_document(raw, where=str(path), what=what)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is beyond the range of a float")
+    return value
+
+
+def parse_json_document(raw: bytes, *, where: str, what: str) -> dict[str, Any]:
+    """Parse bytes that must hold one JSON object: UTF-8, strict JSON, bounded nesting.
+
+    Refused, each with one line starting with ``'where'``: bytes that are not UTF-8,
+    invalid JSON, ``NaN`` and ``Infinity`` (Python's extensions, which no JSON writer
+    produces and dyncal never writes) and numbers beyond a float, integers too long to convert, nesting deeper than
+    :data:`MAX_JSON_DEPTH` (the parser's own recursion limit included), and a top level
+    that is not an object.
+
+    Example:
+        >>> parse_json_document(b'{"t": Infinity}', where="m.json", what="a manifest")
+        Traceback (most recent call last):
+        ...
+        dyncal.errors.DyncalError: 'm.json' is not a manifest: invalid JSON (Infinity is not a JSON number)
+    """
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DyncalError(f"'{path}' is not {what}: not UTF-8 text (byte {e.start})") from None
+        raise DyncalError(f"'{where}' is not {what}: not UTF-8 text (byte {e.start})") from None
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
     except RecursionError:
-        raise DyncalError(f"'{path}' is not {what}: its JSON nests deeper than {MAX_JSON_DEPTH} levels") from None
-    except ValueError as e:  # JSONDecodeError, and integers longer than Python converts
+        raise DyncalError(f"'{where}' is not {what}: its JSON nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as e:  # JSONDecodeError, constants, and integers longer than Python converts
         reason = str(e).split(";")[0]
-        raise DyncalError(f"'{path}' is not {what}: invalid JSON ({reason})") from None
+        raise DyncalError(f"'{where}' is not {what}: invalid JSON ({reason})") from None
     if _depth(doc) > MAX_JSON_DEPTH:
-        raise DyncalError(f"'{path}' is not {what}: its JSON nests deeper than {MAX_JSON_DEPTH} levels")
+        raise DyncalError(f"'{where}' is not {what}: its JSON nests deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(doc, dict):
-        raise DyncalError(f"'{path}' is not {what}: it holds {_type_name(doc)}, not a JSON object")
+        raise DyncalError(f"'{where}' is not {what}: it holds {_type_name(doc)}, not a JSON object")
     return doc
 
 

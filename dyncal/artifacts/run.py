@@ -727,7 +727,7 @@ _CHECKED: dict[tuple[Any, ...], _Checked] = {}
 
 def _nonfinite(block: np.ndarray) -> int:
     with np.errstate(invalid="ignore", over="ignore"):
-        if np.isfinite(np.add.reduce(block, dtype=block.dtype)):  # NaN and inf propagate: one pass
+        if np.isfinite(np.add.reduce(block, dtype=block.dtype.type)):  # NaN, inf propagate; any byte order
             return 0
     return int(block.size - np.count_nonzero(np.isfinite(block)))  # or the sum overflowed
 

@@ -233,7 +233,7 @@ class ThresholdsDocument:
             ),
             exit_shares=V.number_list(V.require(d, "exit_shares"), "exit_shares", length=k, minimum=0, maximum=1),
             static=tuple(
-                _static_from_dict(s, f"static[{i}]", k) for i, s in enumerate(V.sequence(d.get("static", []), "static"))
+                _static_from_dict(s, f"static[{i}]") for i, s in enumerate(V.sequence(d.get("static", []), "static"))
             ),
             holdout=None if d.get("holdout") is None else _holdout_from_dict(d["holdout"], k),
             split=_split_from_dict(d.get("split") or {}),
@@ -312,11 +312,11 @@ def _holdout_from_dict(value: Any, k: int) -> dict[str, Any]:
     return held
 
 
-def _static_from_dict(value: Any, field: str, k: int) -> dict[str, Any]:
+def _static_from_dict(value: Any, field: str) -> dict[str, Any]:
     """One ``static`` entry: an exit used alone, its accuracies and costs."""
     entry = dict(V.mapping(value, field))
     if "exit" in entry:
-        V.integer(entry["exit"], f"{field}.exit", minimum=1, maximum=k)
+        V.integer(entry["exit"], f"{field}.exit", minimum=1)
     for key in ("calibration_accuracy", "holdout_accuracy"):
         _opt(entry.get(key), f"{field}.{key}", minimum=0, maximum=1)
     if entry.get("holdout_ci") is not None:
@@ -357,8 +357,8 @@ def read_thresholds(path: str | os.PathLike[str]) -> ThresholdsDocument:
         >>> read_thresholds(p)
         Traceback (most recent call last):
         ...
-        dyncal.errors.DyncalError: '...t.json' is not a valid thresholds document: field 'thresholds[0]' must be a \
-finite number, got nan; write a new one with 'dyncal solve RUN --budget ... --out ...t.json'
+        dyncal.errors.DyncalError: '...t.json' is not a thresholds document: field 'thresholds[0]' must be a \
+finite number, got nan
     """
     path = Path(path)
     redo = f"write a new one with 'dyncal solve RUN --budget ... --out {path}'"

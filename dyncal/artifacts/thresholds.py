@@ -41,6 +41,8 @@ __all__ = [
     "decision_fingerprint",
     "read_thresholds",
     "check_thresholds_for_run",
+    "check_thresholds_figures",
+    "TEMPERATURE_RANGE",
     "thresholds_json",
     "json_ready",
     "score_range",

@@ -461,8 +461,8 @@ def _npy_file(run: Path, name: str, shape: tuple[int, ...] | None = None, kind: 
         raise RunError(f"run '{run}': {name} is empty (0 bytes); {_DAMAGED}")
     not_whole = f"run '{run}': {name} is not a whole .npy array"
     try:
-        with open(file, "rb") as fh:
-            st = os.fstat(fh.fileno())  # the file opened (a FIFO swapped in after stat would show here)
+        with _open_nonblocking(file) as fh:
+            st = os.fstat(fh.fileno())  # the file opened (a FIFO swapped in after stat shows here, never blocks)
             if not stat.S_ISREG(st.st_mode):
                 raise RunError(f"run '{run}': {name} is {V.file_kind(st.st_mode)}, not a .npy file; {_DAMAGED}")
             if fh.read(4) == b"PK\x03\x04":
@@ -493,6 +493,11 @@ def _npy_file(run: Path, name: str, shape: tuple[int, ...] | None = None, kind: 
         how = "holds only" if st.st_size < declared else "has trailing bytes:"
         raise RunError(f"{not_whole} ({how} {st.st_size:,} bytes, its header declares {declared:,}); {_DAMAGED}")
     return _NpyFile(run, name, dtype, tuple(dims), bool(fortran), offset, st)
+
+
+def _open_nonblocking(path: Path) -> Any:
+    """``path`` opened for unbuffered binary reading; a FIFO put there after it was checked does not block."""
+    return open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb", buffering=0)
 
 
 def _changed_while_read(file: _NpyFile) -> RunError:
@@ -534,7 +539,7 @@ def _read_array(file: _NpyFile, *, keep: bool, feed: Callable[[np.ndarray], None
     direct = flat is not None and file.dtype.isnative
     step = max(1, _READ_BYTES // file.dtype.itemsize)
     buf = None if direct else np.empty(min(step, file.size), dtype=file.dtype)
-    with open(file.run / file.name, "rb", buffering=0) as fh:
+    with _open_nonblocking(file.run / file.name) as fh:
         st = os.fstat(fh.fileno())
         if (st.st_dev, st.st_ino) != (file.stat.st_dev, file.stat.st_ino):
             raise _changed_while_read(file)

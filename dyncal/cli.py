@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
 from dyncal.artifacts.costs import LatencyKey
 from dyncal.artifacts.thresholds import json_ready
@@ -29,7 +30,44 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
+# click's UsageError, the base of every command-line mistake (unknown option, missing or malformed value);
+# typer vendors click, so it is found through the public typer.BadParameter
+_UsageError: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+@contextlib.contextmanager
+def _one_line_usage_errors(ctx: Any = None) -> Iterator[None]:
+    """A usage error becomes one ``error:`` line and exit status 1, as every other user mistake.
+
+    (Typer would print a multi-line box and exit with status 2.) Asking for help with no
+    arguments stays help.
+    """
+    try:
+        yield
+    except _UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError":
+            raise
+        where = getattr(e, "ctx", None) or ctx
+        command = getattr(where, "command_path", "") or "dyncal"
+        message = " ".join(e.format_message().split())  # type: ignore[attr-defined]
+        typer.echo(f"error: {message.rstrip('.')}; see '{command} --help'", err=True)
+        raise typer.Exit(code=1) from None
+
+
+class _Verbs(TyperGroup):
+    """dyncal's verbs, whose usage errors are one line (:func:`_one_line_usage_errors`)."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: Any = None, **extra: Any) -> Any:
+        with _one_line_usage_errors():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _one_line_usage_errors(ctx):
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
+    cls=_Verbs,
     name="dyncal",
     help="Measure, calibrate and verify early-exit (multi-exit) classifiers.",
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -229,12 +267,16 @@ def user_errors(ctx: typer.Context | None = None) -> Iterator[None]:
     """Run a verb's body: a DyncalError becomes one line and exit status 1; warnings are printed; flags named.
 
     Both the error and the library's warnings name parameters by ``ctx``'s flags (:func:`flag_of`).
+    What the body prints goes to stderr (a model that prints keeps ``--json`` output valid):
+    verbs print their results after it.
     """
     library_log = logging.getLogger("dyncal")
     handler = _FlagWarnings(ctx)
     library_log.addHandler(handler)
     try:
-        yield
+        # the user's code (a model, a data set, a factory) may print: to stderr, never into stdout's --json
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
     except DyncalError as e:
         typer.echo(f"error: {render_params(str(e), lambda name: flag_of(ctx, name))}", err=True)
         raise typer.Exit(code=1) from None

@@ -67,6 +67,7 @@ from dyncal.analysis.stages import (
     verify_stages,
 )
 from dyncal.archives import read_regular_file
+from dyncal.artifacts import validate as V
 from dyncal.artifacts.atomic import atomic_write_bytes, atomic_write_text, temp_target
 from dyncal.artifacts.lock import OutputLock
 from dyncal.artifacts.ownership import (
@@ -78,7 +79,12 @@ from dyncal.artifacts.ownership import (
     remove_owned_folder,
 )
 from dyncal.artifacts.run import Run, check_out, library_versions, load_run, publish_dir
-from dyncal.artifacts.thresholds import ThresholdsDocument, check_thresholds_for_run, decision_fingerprint
+from dyncal.artifacts.thresholds import (
+    TEMPERATURE_RANGE,
+    ThresholdsDocument,
+    check_thresholds_for_run,
+    decision_fingerprint,
+)
 from dyncal.calibrate.scores import SCORES
 from dyncal.errors import DyncalError, ModelError, ProfileError, describe, param
 from dyncal.models import (
@@ -125,6 +131,8 @@ _SHA = re.compile(r"[0-9a-f]{64}")
 _MANIFEST_LIMIT = 16 * 2**20
 _KEY_LIMIT = 64 * 2**10
 _MAC_DOMAIN = b"dyncal.package-signature v1\n"
+MAX_INPUT_DIM = 1 << 31
+"""Largest size of one input dimension a manifest may declare."""
 
 
 # --------------------------------------------------------------------------- the manifest
@@ -226,42 +234,69 @@ class PackageManifest:
         if not isinstance(d, Mapping) or d.get("schema") != PACKAGE_SCHEMA:
             raise DyncalError(f"'{where}' is not a dyncal package manifest (schema is not {PACKAGE_SCHEMA!r})")
         version = d.get("schema_version")
-        if not isinstance(version, int) or version > PACKAGE_VERSION:
+        if isinstance(version, int) and not isinstance(version, bool) and version > PACKAGE_VERSION:
             raise DyncalError(
                 f"'{where}' has package schema version {version!r}; this dyncal reads up to {PACKAGE_VERSION}: "
                 "upgrade dyncal"
             )
         try:
-            inp = d["input"]
+            version = V.integer(V.require(d, "schema_version"), "schema_version", minimum=1)
+            k = V.integer(V.require(d, "k"), "k", minimum=2)
+            inp = V.mapping(V.require(d, "input"), "input")
+            raw = V.sequence(V.require(d, "thresholds"), "thresholds", length=k)
+            if raw[-1] is not None:
+                raise V.FieldError(f"thresholds[{k - 1}]", f"(the last exit's) must be null, got {V.show(raw[-1])}")
             stages = tuple(
                 PackageStage(
-                    file=str(s["file"]),
-                    carry_batch_dims=tuple(None if v is None else int(v) for v in s["carry_batch_dims"]),
+                    file=V.string(
+                        V.require(V.mapping(s, f"stages[{i}]"), "file", f"stages[{i}]."), f"stages[{i}].file"
+                    ),
+                    carry_batch_dims=tuple(
+                        None if v is None else V.integer(v, f"stages[{i}].carry_batch_dims[{j}]", minimum=0)
+                        for j, v in enumerate(
+                            V.sequence(
+                                V.require(s, "carry_batch_dims", f"stages[{i}]."), f"stages[{i}].carry_batch_dims"
+                            )
+                        )
+                    ),
                 )
-                for s in d["stages"]
+                for i, s in enumerate(V.sequence(V.require(d, "stages"), "stages", length=k))
             )
             manifest = cls(
-                k=int(d["k"]),
-                c=int(d["c"]),
-                score=str(d["score"]),
-                temperatures=tuple(float(t) for t in d["temperatures"]),
-                thresholds=tuple(None if t is None else float(t) for t in d["thresholds"]),
-                decision_fingerprint=str(d["decision_fingerprint"]),
-                input_shape=tuple(int(v) for v in inp["shape"]),
-                input_dtype=str(inp["dtype"]),
+                k=k,
+                c=V.integer(V.require(d, "c"), "c", minimum=2),
+                score=V.string(V.require(d, "score"), "score", choices=tuple(SCORES)),
+                temperatures=V.number_list(
+                    V.require(d, "temperatures"),
+                    "temperatures",
+                    length=k,
+                    positive=True,
+                    minimum=TEMPERATURE_RANGE[0],
+                    maximum=TEMPERATURE_RANGE[1],
+                ),
+                thresholds=(*(V.number(t, f"thresholds[{i}]") for i, t in enumerate(raw[:-1])), None),
+                decision_fingerprint=V.string(V.require(d, "decision_fingerprint"), "decision_fingerprint"),
+                input_shape=tuple(
+                    V.integer(v, f"input.shape[{i}]", minimum=1, maximum=MAX_INPUT_DIM)
+                    for i, v in enumerate(V.sequence(V.require(inp, "shape", "input."), "input.shape"))
+                ),
+                input_dtype=V.string(V.require(inp, "dtype", "input."), "input.dtype"),
                 stages=stages,
-                files={str(k): str(v) for k, v in dict(d["files"]).items()},
-                run_fingerprint=str(d["run_fingerprint"]),
-                run=str(d.get("run", "")),
-                model=dict(d.get("model") or {}),
-                solve=dict(d.get("solve") or {}),
-                check=dict(d.get("check") or {}),
-                created=str(d.get("created", "")),
-                versions={str(k): str(v) for k, v in dict(d.get("versions") or {}).items()},
+                files={
+                    str(name): V.string(sha, f"files.{name}")
+                    for name, sha in V.mapping(V.require(d, "files"), "files").items()
+                },
+                run_fingerprint=V.string(V.require(d, "run_fingerprint"), "run_fingerprint"),
+                run=V.string(d.get("run", ""), "run"),
+                model=dict(V.mapping(d.get("model") or {}, "model")),
+                solve=dict(V.mapping(d.get("solve") or {}, "solve")),
+                check=dict(V.mapping(d.get("check") or {}, "check")),
+                created=V.string(d.get("created", ""), "created"),
+                versions=V.string_map(d.get("versions") or {}, "versions"),
                 schema_version=version,
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise DyncalError(f"'{where}' is not a valid package manifest ({describe(e)}); re-export it") from e
+        except V.FieldError as e:
+            raise DyncalError(f"'{where}' is not a valid package manifest: {e}; re-export the package") from None
         manifest.validate(where)
         return manifest
 
@@ -309,8 +344,9 @@ def _check_rule(
         raise DyncalError(f"{what}: score must be one of {', '.join(SCORES)}, got {score!r}")
     if k < 2:
         raise DyncalError(f"{what}: an early exit needs K >= 2 exits, got K={k}")
-    if len(temperatures) != k or any(not math.isfinite(t) or t <= 0 for t in temperatures):
-        raise DyncalError(f"{what}: temperatures must be {k} positive numbers, got {list(temperatures)}")
+    low, high = TEMPERATURE_RANGE
+    if len(temperatures) != k or any(not (math.isfinite(t) and low <= t <= high) for t in temperatures):
+        raise DyncalError(f"{what}: temperatures must be {k} numbers in [{low:g}, {high:g}], got {list(temperatures)}")
     if len(thresholds) != k or thresholds[-1] is not None:
         raise DyncalError(f"{what}: thresholds must be {k} values with the last null, got {list(thresholds)}")
     head = thresholds[:-1]
@@ -358,9 +394,9 @@ def _manifest_bytes(path: Path) -> bytes:
 
 def _parse_manifest(data: bytes, file: Path) -> PackageManifest:
     try:
-        doc = json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError) as e:
-        raise DyncalError(f"cannot read '{file}': {describe(e)}; re-export the package") from e
+        doc = V.parse_json_document(data, where=str(file), what="a dyncal package manifest")
+    except DyncalError as e:
+        raise DyncalError(f"{e}; re-export the package") from None
     return PackageManifest.from_dict(doc, where=str(file))
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import os
 import stat
 from collections.abc import Mapping, Sequence
@@ -159,14 +160,16 @@ def _short_list(items: Sequence[str], n: int = 6) -> str:
 
 
 def resolve_device(device: str) -> torch.device:
-    """Parse ``cpu``, ``cuda`` or ``cuda:N`` and check that it exists here.
+    """Parse ``cpu``, ``cuda`` or ``cuda:N`` (:func:`dyncal.artifacts.costs.device_name`) and check it exists here.
 
     Example:
         >>> resolve_device("cpu")
         device(type='cpu')
     """
+    from dyncal.artifacts.costs import device_name
+
     try:
-        dev = torch.device(device)
+        dev = torch.device(device_name(device))  # cpu:N (N > 0) and other spellings refused
     except (RuntimeError, ValueError):
         raise DyncalError(f"`device` must be cpu, cuda or cuda:N; got {device!r}") from None
     if dev.type == "cuda":
@@ -332,6 +335,10 @@ def torch_dtype(name: str, what: str = "the input dtype") -> torch.dtype:
     return dt
 
 
+MAX_SAMPLE_VALUES = 1 << 28
+"""Most values one input sample may have (1 GiB of float32): a larger `input_shape` is a typo."""
+
+
 def input_signature(
     run: Any, shape: Sequence[int] | None = None, dtype: str | None = None
 ) -> tuple[tuple[int, ...], str]:
@@ -358,6 +365,13 @@ def input_signature(
         raise ModelError(f"the input shape {raw!r} is not a list of integers; pass `input_shape`") from None
     if any(v < 1 for v in shape_t):
         raise ModelError(f"`input_shape` must be positive integers per sample, got {list(shape_t)}")
+    values = math.prod(shape_t)
+    if values > MAX_SAMPLE_VALUES:
+        raise ModelError(
+            f"`input_shape` {','.join(map(str, shape_t))} has {values:.3g} values per sample, more than the "
+            f"{MAX_SAMPLE_VALUES:,} dyncal accepts (a 4K video frame has 25 million); give the per-sample shape "
+            "without the batch, e.g. 3,224,224"
+        )
     name = str(dtype or extra.get("input_dtype") or "float32").replace("torch.", "")
     torch_dtype(name)
     return shape_t, name
@@ -402,6 +416,12 @@ def check_exit_outputs(outputs: Any, batch_size: int, *, static_ok: bool = False
     for i, out in enumerate(outputs):
         if not isinstance(out, torch.Tensor):
             raise ModelError(f"exit {i + 1} is {type(out).__name__}, not a tensor")
+        if out.is_meta or out.layout != torch.strided:
+            what = "on the meta device (a tensor without values)" if out.is_meta else f"a {out.layout} tensor"
+            raise ModelError(
+                f"exit {i + 1} is {what}; the model must return dense logits it computed (were its weights "
+                "left on the meta device? load them, e.g. with `weights`)"
+            )
         if out.ndim != 2 or out.shape[0] != batch_size:
             raise ModelError(f"exit {i + 1} has shape {tuple(out.shape)}; expected (B, C) with B={batch_size}")
         shapes.append(int(out.shape[1]))

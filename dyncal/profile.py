@@ -51,7 +51,7 @@ from dyncal.analysis.stages import (
     stages_function,
     verify_stages,
 )
-from dyncal.artifacts.costs import CostTable, LatencyProfile, other_model_latency
+from dyncal.artifacts.costs import CostTable, LatencyProfile, device_name, other_model_latency
 from dyncal.artifacts.lock import RunLock
 from dyncal.artifacts.outputs import check_writable
 from dyncal.artifacts.run import Run, load_run, store_costs
@@ -110,6 +110,7 @@ class ProfileOptions(ModelOverrides):
         """Validate the options that need no model; one device name is one device."""
         if isinstance(self.devices, str):
             object.__setattr__(self, "devices", (self.devices,))
+        object.__setattr__(self, "devices", tuple(dict.fromkeys(device_name(d) for d in self.devices)))
         if not self.devices and self.latency:
             raise ProfileError("give at least one of `devices` to time on")
         if self.check_rows < 0:
@@ -262,7 +263,7 @@ def profile_model(
         model: The multi-exit model, in eval mode on the CPU.
         input_shape: Per-sample input shape, e.g. ``(3, 224, 224)``.
         input_dtype: Input dtype.
-        devices: Devices to time on.
+        devices: Devices to time on (each named once, as :func:`~dyncal.artifacts.costs.device_name` names it).
         batch_sizes: Batch sizes to time.
         settings: Latency settings.
         stages_fn: Optional hand-declared stages (``fn(model) -> [nn.Module]``).
@@ -286,6 +287,7 @@ def profile_model(
     settings = settings or LatencySettings()
     model_id = dict(model_id) if model_id is not None else {"state_sha256": state_sha256(model)}
     cpu = torch.device("cpu")
+    devices = tuple(dict.fromkeys(device_name(d) for d in devices))  # cpu:0 is cpu: one key per device
     for d in devices:
         resolve_device(d)
     x1 = example_input(input_shape, input_dtype, 1, device=cpu, seed=seed)

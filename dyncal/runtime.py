@@ -43,7 +43,7 @@ from dyncal.analysis.costmodel import predict_batches_ms
 from dyncal.analysis.early_exit import EarlyExitRunner
 from dyncal.analysis.latency import NOISE_ADVICE, NOISE_IQR_FRACTION, Clock, Timer, device_hardware, pinned_threads
 from dyncal.analysis.stages import Stages, checked_stages, stages_function
-from dyncal.artifacts.costs import latency_key
+from dyncal.artifacts.costs import device_name, latency_key
 from dyncal.artifacts.run import Run, load_run
 from dyncal.artifacts.thresholds import (
     ThresholdsDocument,
@@ -263,8 +263,9 @@ class VerifyOptions:
     stages: str | None = None
 
     def __post_init__(self) -> None:
-        """Check the values that need no run or model."""
+        """Check the values that need no run or model; one device has one name (:func:`device_name`)."""
         object.__setattr__(self, "batch_sizes", tuple(self.batch_sizes))
+        object.__setattr__(self, "device", device_name(self.device))
         check_at_least("repeats", self.repeats, 1, MAX_REPEATS)
         check_at_least("warmup", self.warmup, 0, MAX_REPEATS)
         if not self.max_seconds > 0:

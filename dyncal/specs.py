@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dyncal.errors import DyncalError, user_call
+from dyncal.errors import DyncalError, describe, user_call
 
 __all__ = ["import_object", "call_factory"]
 
@@ -27,7 +27,9 @@ def import_object(spec: str, *, what: str, search_path: str | os.PathLike[str] |
         search_path: A folder put first on ``sys.path`` while importing.
 
     Raises:
-        DyncalError: Malformed spec, module not importable, or name missing.
+        DyncalError: Malformed spec (a relative module too), module not importable (missing,
+            or raising anything while imported: a syntax error, an exception, ``sys.exit``),
+            or name missing; one line each.
 
     Example:
         >>> import_object("math:sqrt", what="the function")(9.0)
@@ -36,6 +38,11 @@ def import_object(spec: str, *, what: str, search_path: str | os.PathLike[str] |
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise DyncalError(f"{what} must look like 'pkg.module:factory', got {spec!r}")
+    if not all(part.isidentifier() for part in (*module_name.split("."), *attr.split("."))):
+        raise DyncalError(
+            f"{what} must look like 'pkg.module:factory' with dotted Python names (a relative module such as "
+            f"'.mod' cannot be imported: give its folder with `search_path` and its plain name), got {spec!r}"
+        )
     added = False
     if search_path is not None:
         folder = str(Path(search_path).resolve())
@@ -53,6 +60,13 @@ def import_object(spec: str, *, what: str, search_path: str | os.PathLike[str] |
             else ""
         )
         raise DyncalError(f"{what}: cannot import module '{module_name}': {e}{hint}") from e
+    except Exception as e:  # noqa: BLE001 - importing runs the user's module, which may raise anything
+        raise DyncalError(f"{what}: importing module '{module_name}' failed: {describe(e)}") from e
+    except SystemExit as e:  # a script that parses its arguments when imported
+        raise DyncalError(
+            f"{what}: module '{module_name}' exited while being imported (SystemExit {e.code!r}); move its script "
+            'code under `if __name__ == "__main__":`'
+        ) from None
     finally:
         if added:
             sys.path.remove(str(Path(search_path).resolve()))  # type: ignore[arg-type]

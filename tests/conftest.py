@@ -68,7 +68,11 @@ INTEGRATION_MODULES = {
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test ``unit`` or ``integration`` by the module it lives in (doctests are unit)."""
+    """Mark every test ``unit`` or ``integration`` by the module it lives in (doctests are unit).
+
+    A test of another module that runs a model says so itself with ``@pytest.mark.integration``.
+    """
     for item in items:
-        tier = "integration" if item.path.name in INTEGRATION_MODULES else "unit"
+        explicit = item.get_closest_marker("integration") is not None
+        tier = "integration" if explicit or item.path.name in INTEGRATION_MODULES else "unit"
         item.add_marker(getattr(pytest.mark, tier))

@@ -136,6 +136,7 @@ def test_verify_errors(cli, demo_dir, tmp_path):
     doc["thresholds"] = [0.5, None]
     doc["temperatures"] = [1.0, 1.0]
     doc["exit_shares"], doc["temperature_at_bound"] = [0.5, 0.5], None  # a whole K=2 document
+    doc["holdout"]["exit_shares"] = [0.5, 0.5]
     (tmp_path / "k2.json").write_text(json.dumps(doc))
     assert_clean_error(
         cli("verify", demo_dir / "run", "--thresholds", tmp_path / "k2.json"), "K=2 exits but run .* has K=4"

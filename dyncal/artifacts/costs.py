@@ -7,6 +7,7 @@ it); :class:`LatencyKey` is the one parser of latency keys (``"cpu/b1"``) and co
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dyncal.artifacts import validate as V
-from dyncal.errors import RunError
+from dyncal.errors import DyncalError, RunError, param
 
 if TYPE_CHECKING:
     from dyncal.artifacts.run import Run
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LatencyKey",
     "latency_key",
+    "device_name",
     "UnsupportedOp",
     "LatencyProfile",
     "CostTable",
@@ -81,6 +83,38 @@ class LatencyKey:
         if not str(column).startswith(cls.PREFIX):
             raise ValueError(f"{column!r} is not a latency column ('ms:<device>/b<batch size>')")
         return cls.parse(str(column)[len(cls.PREFIX) :])
+
+
+_DEVICE = re.compile(r"(cpu|cuda)(?::(\d{1,4}))?")
+
+
+def device_name(device: str) -> str:
+    """The one name of a device, as latency keys, profiles and verify results record it.
+
+    ``cpu`` and ``cpu:0`` are ``cpu``; ``cuda`` and ``cuda:0`` are ``cuda`` (the device a
+    dyncal process uses first); ``cuda:N`` stays. Whether the device exists here is
+    :func:`dyncal.models.resolve_device`'s question.
+
+    Raises:
+        DyncalError: Not ``cpu``, ``cuda`` or ``cuda:N``; or ``cpu:N`` with N > 0 (a
+            process has one CPU device: threads are set with `threads`).
+
+    Example:
+        >>> device_name("cpu:0"), device_name("cuda:0"), device_name("cuda:1")
+        ('cpu', 'cuda', 'cuda:1')
+    """
+    m = _DEVICE.fullmatch(str(device))
+    if m is None:
+        raise DyncalError(f"{param('device')} must be cpu, cuda or cuda:N; got {str(device)[:40]!r}")
+    kind, index = m.group(1), m.group(2)
+    if index is None or int(index) == 0:
+        return kind
+    if kind == "cpu":
+        raise DyncalError(
+            f"{param('device')} {device}: a process has one CPU device, cpu (threads are set with "
+            f"{param('threads')}); use {param('device')} cpu"
+        )
+    return f"{kind}:{int(index)}"
 
 
 def latency_key(device: str, batch_size: int) -> str:

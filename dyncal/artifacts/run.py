@@ -3,9 +3,9 @@
 A run is a directory readable with numpy alone (no pickle)::
 
     RUN/
-      logits.npy    float32 (N, K, C)  per-exit logits, exit 1 first; memory-mapped on read
+      logits.npy    float32 (N, K, C)  per-exit logits, exit 1 first
       labels.npy    int64   (N,)       true class of every row
-      indices.npy   int64   (N,)       dataset index of every row
+      indices.npy   int64   (N,)       dataset index of every row (each >= 0, each item once)
       run.json      schema version, N/K/C, provenance and (once profiled) the cost table
 
 A run is built in ``RUN.partial`` and renamed to ``RUN`` only after ``run.json`` (with
@@ -28,18 +28,20 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import secrets
 import shutil
 import stat
 import sys
+import time
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -228,7 +230,7 @@ class RunDocument:
         c: Number of classes.
         provenance: Where the run came from.
         costs: The cost table, or None until profiled or imported with costs.
-        fingerprint: SHA-256 of the run's logits and labels (:func:`compute_fingerprint`),
+        fingerprint: SHA-256 of the run's logits, labels and indices (:func:`compute_fingerprint`),
             None in runs written before runs were fingerprinted.
         schema_version: Version of the document's format.
         other: Keys this dyncal does not know, as they were read.
@@ -362,7 +364,7 @@ class Run:
 
     Attributes:
         path: The run directory.
-        logits: Per-exit logits, ``(N, K, C)`` float32, memory-mapped read-only.
+        logits: Per-exit logits, ``(N, K, C)`` float32, in memory, read-only.
         labels: True classes, ``(N,)`` int64.
         indices: Dataset index of every row, ``(N,)`` int64.
         document: The whole ``run.json`` document (provenance, cost table, fingerprint).
@@ -406,7 +408,7 @@ class Run:
 
     @functools.cached_property
     def fingerprint(self) -> str:
-        """SHA-256 identity of the run's rows (logits and labels); see :func:`compute_fingerprint`.
+        """SHA-256 identity of the run's arrays (logits, labels and indices); see :func:`compute_fingerprint`.
 
         Stored in ``run.json`` when the run is written; computed here for older runs.
         """
@@ -414,28 +416,217 @@ class Run:
         return stored if stored is not None else compute_fingerprint(self.path)
 
 
-_FINGERPRINT_PREFIX = b"dyncal.run.fingerprint/1\n"
+_FINGERPRINT_PREFIX = b"dyncal.run.fingerprint/2\n"
+_ARRAY_FILES: tuple[tuple[str, str], ...] = (
+    (LOGITS_FILE, "floating"),
+    (LABELS_FILE, "integer"),
+    (INDICES_FILE, "integer"),
+)
+_READ_BYTES = 16 << 20
+_RACY_NS = 2_000_000_000
+"""A remembered check is trusted only for files last changed (ctime) this long before it was made.
+
+File times tick coarsely (a few ms, a second on some file systems): a file changed in the same
+tick as an earlier change keeps its ctime, so a check made within that tick proves nothing.
+"""
 
 
-def _fingerprint_header(name: str, arr: np.ndarray) -> bytes:
-    return f"{name}:{arr.dtype.str}:{arr.shape}\n".encode()
+@dataclass(frozen=True)
+class _NpyFile:
+    """One array file of a run, as its ``.npy`` header describes it (already checked against the file's size)."""
+
+    run: Path
+    name: str
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    fortran: bool
+    offset: int
+    stat: os.stat_result
+
+    @property
+    def size(self) -> int:
+        """Number of values."""
+        return math.prod(self.shape)
+
+    @property
+    def identity(self) -> tuple[int, ...]:
+        """What changes whenever the file's bytes change (ctime: even when mtime is set back)."""
+        st = self.stat
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    @property
+    def header(self) -> bytes:
+        """What the fingerprint records of the header: name, dtype with its byte order, array order and shape."""
+        return f"{self.name}:{self.dtype.str}:{'F' if self.fortran else 'C'}:{self.shape}\n".encode()
+
+
+def _npy_file(run: Path, name: str, shape: tuple[int, ...] | None = None, kind: str | None = None) -> _NpyFile:
+    """Check that ``run/name`` is a whole ``.npy`` file (of ``shape`` and ``kind`` when given); read its header.
+
+    Only the header is read: the file is never memory-mapped, so a file that shrinks later
+    cannot bring the process down (SIGBUS); :func:`_read_arrays` reads the data.
+    """
+    file = run / name
+    try:
+        st = os.stat(file)
+    except FileNotFoundError:
+        raise RunError(f"run '{run}': {name} is missing; {_DAMAGED}") from None
+    except OSError as e:
+        raise RunError(f"run '{run}': cannot read {name} ({e.strerror or e}); {_DAMAGED}") from e
+    if not stat.S_ISREG(st.st_mode):
+        raise RunError(f"run '{run}': {name} is {V.file_kind(st.st_mode)}, not a .npy file; {_DAMAGED}")
+    if st.st_size == 0:
+        raise RunError(f"run '{run}': {name} is empty (0 bytes); {_DAMAGED}")
+    not_whole = f"run '{run}': {name} is not a whole .npy array"
+    try:
+        with _open_nonblocking(file) as fh:
+            st = os.fstat(fh.fileno())  # the file opened (a FIFO swapped in after stat shows here, never blocks)
+            if not stat.S_ISREG(st.st_mode):
+                raise RunError(f"run '{run}': {name} is {V.file_kind(st.st_mode)}, not a .npy file; {_DAMAGED}")
+            if fh.read(4) == b"PK\x03\x04":
+                raise RunError(f"run '{run}': {name} is an .npz archive, not a .npy array; {_DAMAGED}")
+            fh.seek(0)
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                dims, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                dims, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                raise ValueError(f"format version {version[0]}.{version[1]}, which dyncal does not write")
+            offset = fh.tell()
+    except (OSError, ValueError, EOFError, SyntaxError) as e:
+        raise RunError(f"{not_whole} ({first_line(e, 120)}); {_DAMAGED}") from None
+    if dtype.hasobject:
+        raise RunError(f"{not_whole} (it holds Python objects, which need pickle); {_DAMAGED}")
+    if kind is not None:
+        wanted = np.floating if kind == "floating" else np.integer
+        if dtype.names is not None or dtype.subdtype is not None or not np.issubdtype(dtype, wanted):
+            what = "floating-point logits" if kind == "floating" else "integers"
+            raise RunError(f"run '{run}': {name} holds {dtype} values, not {what}; {_DAMAGED}")
+    if shape is not None and tuple(dims) != shape:
+        axes = "(N, K, C)" if len(shape) == 3 else "(N,)"
+        raise RunError(f"run '{run}': {name} has shape {tuple(dims)} but {RUN_JSON} says {axes} = {shape}; {_DAMAGED}")
+    declared = offset + math.prod(dims) * dtype.itemsize
+    if st.st_size != declared:
+        how = "holds only" if st.st_size < declared else "has trailing bytes:"
+        raise RunError(f"{not_whole} ({how} {st.st_size:,} bytes, its header declares {declared:,}); {_DAMAGED}")
+    return _NpyFile(run, name, dtype, tuple(dims), bool(fortran), offset, st)
+
+
+def _open_nonblocking(path: Path) -> Any:
+    """``path`` opened for unbuffered binary reading; a FIFO put there after it was checked does not block."""
+    return open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb", buffering=0)
+
+
+def _changed_while_read(file: _NpyFile) -> RunError:
+    return RunError(
+        f"run '{file.run}': {file.name} changed while it was read (another process writes or truncates it); "
+        "try again once nothing changes the run"
+    )
+
+
+def _read_into(fh: Any, block: np.ndarray) -> int:
+    """Fill ``block`` from ``fh``; the number of bytes read (fewer only at the end of the file)."""
+    view = block.view(np.uint8).reshape(-1).data
+    got = 0
+    while got < len(view):
+        n = fh.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+def _read_array(file: _NpyFile, *, keep: bool, feed: Callable[[np.ndarray], None] | None = None) -> np.ndarray | None:
+    """Read one array's data in bounded blocks; ``feed(block)`` sees the blocks in file order.
+
+    With ``keep`` the array is returned, in memory, read-only, in native byte order (the
+    file's array order); else only ``feed`` sees the data. A file that is shorter or longer
+    than its header said, or another file under the name, is refused as changed.
+    """
+    order: Literal["C", "F"] = "F" if file.fortran else "C"
+    try:
+        out = np.empty(file.shape, dtype=file.dtype.newbyteorder("="), order=order) if keep else None
+    except MemoryError:
+        gb = file.size * file.dtype.itemsize / 2**30
+        raise RunError(
+            f"run '{file.run}': {file.name} holds {gb:.1f} GiB, more than this machine can hold in memory; "
+            "open the run on a machine with more memory"
+        ) from None
+    flat = None if out is None else out.ravel(order="K")  # a view: the array in file order
+    direct = flat is not None and file.dtype.isnative
+    step = max(1, _READ_BYTES // file.dtype.itemsize)
+    buf = None if direct else np.empty(min(step, file.size), dtype=file.dtype)
+    with _open_nonblocking(file.run / file.name) as fh:
+        st = os.fstat(fh.fileno())
+        if (st.st_dev, st.st_ino) != (file.stat.st_dev, file.stat.st_ino):
+            raise _changed_while_read(file)
+        fh.seek(file.offset)
+        done = 0
+        while done < file.size:
+            m = min(step, file.size - done)
+            block = flat[done : done + m] if direct else buf[:m]  # type: ignore[index]
+            if _read_into(fh, block) != block.nbytes:
+                raise _changed_while_read(file)
+            if feed is not None:
+                feed(block)
+            if flat is not None and not direct:
+                flat[done : done + m] = block  # to native byte order
+            done += m
+        if fh.read(1):
+            raise _changed_while_read(file)
+    if out is not None:
+        out.flags.writeable = False
+    return out
+
+
+def _read_arrays(
+    files: Sequence[_NpyFile], *, keep: bool, counts: Sequence[Callable[[np.ndarray], int]] | None = None
+) -> tuple[list[np.ndarray | None], list[int], str]:
+    """Read a run's arrays once: ``(arrays (with keep), counts, fingerprint)``.
+
+    The fingerprint is SHA-256 over a version line and, per file in order, its header as
+    :attr:`_NpyFile.header` spells it (name, dtype with byte order, array order, shape)
+    followed by its data bytes exactly as stored: everything that decides what is read.
+    ``counts[i](block)`` is summed over file ``i``'s blocks.
+    """
+    digest = hashlib.sha256(_FINGERPRINT_PREFIX)
+    arrays: list[np.ndarray | None] = []
+    totals: list[int] = []
+    for i, file in enumerate(files):
+        digest.update(file.header)
+        count = None if counts is None else counts[i]
+        total = 0
+
+        def feed(block: np.ndarray, count: Callable[[np.ndarray], int] | None = count) -> None:
+            nonlocal total
+            digest.update(block.view(np.uint8).data)
+            if count is not None:
+                total += count(block)
+
+        arrays.append(_read_array(file, keep=keep, feed=feed))
+        totals.append(total)
+    return arrays, totals, digest.hexdigest()
 
 
 def compute_fingerprint(path: str | os.PathLike[str]) -> str:
-    """SHA-256 over the shapes, logits and labels of the run directory (or partial one) at ``path``.
+    """SHA-256 identity of the run directory (or partial one) at ``path``: logits, labels and indices.
 
-    Thresholds, verify results and exported packages record it, so a file made from one run
-    is refused by another. It reads the arrays once, in blocks (about a second per GB).
+    It covers, per array, the dtype with its byte order, the array order (C or Fortran),
+    the shape and every data byte as stored, so any change to what :func:`load_run` would
+    read changes it. Thresholds, verify results and exported packages record it, so a file
+    made from one run is refused by another. It reads the arrays once, in blocks (about a
+    second per GB); :func:`load_run` computes the same while it checks the run.
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "run"
+        >>> run = import_arrays(np.zeros((2, 2, 2), np.float32), [0, 1], out)
+        >>> compute_fingerprint(out) == run.fingerprint
+        True
     """
-    h = hashlib.sha256(_FINGERPRINT_PREFIX)
-    for name in (LOGITS_FILE, LABELS_FILE):
-        arr = np.load(Path(path) / name, mmap_mode="r")
-        h.update(_fingerprint_header(name, arr))
-        flat = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr.reshape(-1, 1)
-        rows = max(1, (16 << 20) // max(1, flat.shape[1] * arr.dtype.itemsize))
-        for start in range(0, flat.shape[0], rows):
-            h.update(np.ascontiguousarray(flat[start : start + rows]).tobytes())
-    return h.hexdigest()
+    path = Path(path)
+    return _read_arrays([_npy_file(path, name) for name, _ in _ARRAY_FILES], keep=False)[2]
 
 
 def _missing_run_message(path: Path) -> str:
@@ -453,18 +644,23 @@ def load_run(path: str | os.PathLike[str]) -> Run:
 
     ``run.json`` must be a dyncal run document of a known schema version whose every field
     has the right type and value (N >= 1, K >= 1, C >= 2; a cost table of K positive,
-    finite, cumulative MACs and well-formed latency entries); the arrays must be regular
-    ``.npy`` files of the shapes ``run.json`` gives (logits floating point ``(N, K, C)``,
-    labels and indices integral ``(N,)``), every label in ``[0, C)`` and every logit
-    finite. The arrays are scanned in blocks (bounded memory; about 0.1 s per GB once in
-    the page cache) and the result is remembered for the process while the files are
-    unchanged.
+    finite, cumulative MACs and well-formed latency entries); the arrays must be regular,
+    whole ``.npy`` files of the shapes ``run.json`` gives (logits floating point
+    ``(N, K, C)``, labels and indices integral ``(N,)``), every label in ``[0, C)``, every
+    dataset index non-negative and named once, every logit finite, and together they must
+    have the fingerprint ``run.json`` records (:func:`compute_fingerprint`).
+
+    The arrays are read into memory in one pass that also checks and fingerprints them
+    (bounded blocks; nothing is memory-mapped, so a file truncated or rewritten later by
+    another process changes nothing in this one). The checks are remembered for the
+    process while the files are unchanged (device, inode, size, mtime and ctime), so
+    opening the same run again only reads it.
 
     Args:
         path: The run directory written by ``dyncal collect`` or ``dyncal import``.
 
     Returns:
-        The run, with ``logits`` memory-mapped ``(N, K, C)`` and ``labels`` ``(N,)``.
+        The run, with ``logits`` ``(N, K, C)``, ``labels`` and ``indices`` ``(N,)``, read-only.
 
     Raises:
         RunError: One line naming the file and the field that is missing, incomplete
@@ -480,6 +676,8 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         (4, 2, 3)
     """
     path = Path(path)
+    if path.name in ("", ".."):  # '.', '..', '/': name the folder, so that RUN.lock beside it has a name too
+        path = Path(os.path.abspath(path))
     if path.name.endswith(PARTIAL_SUFFIX):
         raise RunError(
             f"'{path}' is an unfinished run (interrupted or still being written); "
@@ -500,134 +698,109 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         )
     document = RunDocument.load(path)
     n, k, c = document.n, document.k, document.c
-    logits = _open_array(path, LOGITS_FILE, (n, k, c), "floating")
-    labels = _open_array(path, LABELS_FILE, (n,), "integer")
-    indices = _open_array(path, INDICES_FILE, (n,), "integer")
-    fingerprint = _check_values(path, logits, labels, c)
+    files = [_npy_file(path, name, (n, k, c) if name == LOGITS_FILE else (n,), kind) for name, kind in _ARRAY_FILES]
+    logits, labels, indices, checked = _read_checked(path, files, c)
+    if checked.bad_labels:
+        lo, hi = int(labels.min()), int(labels.max())
+        raise RunError(
+            f"run '{path}': {LABELS_FILE} has {checked.bad_labels} of {n} labels outside [0, {c}) "
+            f"(C={c} classes; labels range from {lo} to {hi}); {_DAMAGED} with the right labels"
+        )
+    if checked.nonfinite:
+        raise RunError(
+            f"run '{path}': {LOGITS_FILE} holds {checked.nonfinite} NaN or infinite values of {logits.size}; "
+            "fix the model or the export, then re-create the run"
+        )
+    if checked.negative_indices:
+        raise RunError(
+            f"run '{path}': {INDICES_FILE} has {checked.negative_indices} of {n} dataset indices below 0 "
+            f"(e.g. {int(indices.min())}); dataset indices count from 0: {_DAMAGED}"
+        )
+    if checked.repeated_index is not None:
+        raise RunError(
+            f"run '{path}': {INDICES_FILE} names dataset item {checked.repeated_index} for more than one row "
+            f"({checked.repeated} rows repeat an item); every row is another item: {_DAMAGED}"
+        )
+    fingerprint = checked.fingerprint
     if document.fingerprint is not None and document.fingerprint != fingerprint:
         raise RunError(
-            f"run '{path}': {LOGITS_FILE} or {LABELS_FILE} changed after the run was written (fingerprint "
-            f"{fingerprint[:12]}, {RUN_JSON} records {document.fingerprint[:12]}); {_DAMAGED}"
+            f"run '{path}': {LOGITS_FILE}, {LABELS_FILE} or {INDICES_FILE} changed after the run was written "
+            f"(fingerprint {fingerprint[:12]}, {RUN_JSON} records {document.fingerprint[:12]}); {_DAMAGED}"
         )
     if document.fingerprint is None:  # a run written before runs were fingerprinted
         document = dataclasses.replace(document, fingerprint=fingerprint)
-    return Run(
-        path=path,
-        logits=logits,
-        labels=labels,
-        indices=indices,
-        document=document,
-    )
+    return Run(path=path, logits=logits, labels=labels, indices=indices, document=document)
 
 
-_SCAN_BYTES = 16 << 20
-_SCANNED: dict[tuple[Any, ...], tuple[int, int, str]] = {}
+@dataclass(frozen=True)
+class _Checked:
+    """What checking a run's arrays found (remembered per file state)."""
+
+    nonfinite: int
+    bad_labels: int
+    negative_indices: int
+    repeated: int
+    repeated_index: int | None
+    fingerprint: str
+    at_ns: int
 
 
-def _open_array(path: Path, name: str, shape: tuple[int, ...], kind: str) -> np.ndarray:
-    """Memory-map one array of a run after checking it is a regular, whole ``.npy`` of ``shape`` and ``kind``."""
-    file = path / name
-    try:
-        st = os.stat(file)
-    except FileNotFoundError:
-        raise RunError(f"run '{path}': {name} is missing; {_DAMAGED}") from None
-    except OSError as e:
-        raise RunError(f"run '{path}': cannot read {name} ({e.strerror or e}); {_DAMAGED}") from e
-    if not stat.S_ISREG(st.st_mode):
-        raise RunError(f"run '{path}': {name} is {V.file_kind(st.st_mode)}, not a .npy file; {_DAMAGED}")
-    if st.st_size == 0:
-        raise RunError(f"run '{path}': {name} is empty (0 bytes); {_DAMAGED}")
-    try:
-        arr = np.load(file, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
-        raise RunError(f"run '{path}': {name} is not a whole .npy array ({first_line(e, 120)}); {_DAMAGED}") from None
-    if not isinstance(arr, np.ndarray):  # an .npz archive under the name
-        arr.close()
-        raise RunError(f"run '{path}': {name} is an .npz archive, not a .npy array; {_DAMAGED}")
-    wanted = np.floating if kind == "floating" else np.integer
-    if not np.issubdtype(arr.dtype, wanted):
-        what = "floating-point logits" if kind == "floating" else "integers"
-        raise RunError(f"run '{path}': {name} holds {arr.dtype} values, not {what}; {_DAMAGED}")
-    if arr.shape != shape:
-        dims = "(N, K, C)" if len(shape) == 3 else "(N,)"
-        raise RunError(f"run '{path}': {name} has shape {arr.shape} but {RUN_JSON} says {dims} = {shape}; {_DAMAGED}")
-    return arr
-
-
-def _scan(arr: np.ndarray, count: Callable[[np.ndarray], int], digest: Any = None) -> int:
-    """Sum ``count(block)`` over the raw data of a memory-mapped array, read in bounded blocks.
-
-    ``digest`` (a hashlib object), when given, is fed the same bytes in order.
-    """
-    mm = arr if isinstance(arr, np.memmap) else None
-    if mm is None or mm.filename is None:
-        flat = np.ascontiguousarray(arr).reshape(-1)
-        step = max(1, _SCAN_BYTES // max(1, flat.itemsize))
-        total = 0
-        for i in range(0, flat.size, step):
-            total += count(flat[i : i + step])
-            if digest is not None:
-                digest.update(flat[i : i + step].tobytes())
-        return total
-    step = max(1, _SCAN_BYTES // mm.itemsize)
-    buf = np.empty(min(step, mm.size), dtype=mm.dtype)
-    total = 0
-    with open(mm.filename, "rb") as fh:
-        fh.seek(mm.offset)
-        left = mm.size
-        while left:
-            view = buf[: min(step, left)]
-            got = fh.readinto(view.view(np.uint8).data)
-            if got != view.nbytes:
-                raise RunError(f"'{mm.filename}' changed while it was read; try again")
-            total += count(view)
-            if digest is not None:
-                digest.update(view.view(np.uint8).data)
-            left -= view.size
-    return total
+_CHECKED: dict[tuple[Any, ...], _Checked] = {}
 
 
 def _nonfinite(block: np.ndarray) -> int:
     with np.errstate(invalid="ignore", over="ignore"):
-        if np.isfinite(np.add.reduce(block, dtype=block.dtype)):  # NaN and inf propagate: one pass
+        if np.isfinite(np.add.reduce(block, dtype=block.dtype.type)):  # NaN, inf propagate; any byte order
             return 0
     return int(block.size - np.count_nonzero(np.isfinite(block)))  # or the sum overflowed
 
 
-def _check_values(path: Path, logits: np.ndarray, labels: np.ndarray, c: int) -> str:
-    """Refuse labels outside ``[0, C)`` and non-finite logits, counting them; return the run's fingerprint.
+def _read_checked(path: Path, files: Sequence[_NpyFile], c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, _Checked]:
+    """The run's arrays ``(logits, labels, indices)``, read, with what checking them found.
 
-    One pass over the arrays does both (the fingerprint is :func:`compute_fingerprint`'s);
-    the result is remembered per file state, so opening the same run again costs nothing.
+    The checks and the fingerprint are computed in the pass that reads the arrays and
+    remembered for the files' state; a remembered result is used only for files whose
+    ctime lies well before it was made (:data:`_RACY_NS`). After reading, every file must
+    still be in the state it was read in, so the bytes checked are the bytes returned.
     """
-    key: tuple[Any, ...] = (c,)
-    for name in (LOGITS_FILE, LABELS_FILE):
-        st = os.stat(path / name)
-        key += (os.path.realpath(path / name), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-    if key in _SCANNED:
-        bad_labels, nonfinite, fingerprint = _SCANNED[key]
+    key = (c, *(part for f in files for part in (os.path.realpath(f.run / f.name), *f.identity)))
+    known = _CHECKED.get(key)
+    started = time.time_ns()
+    if known is not None and all(f.stat.st_ctime_ns + _RACY_NS < known.at_ns for f in files):
+        arrays = [_read_array(f, keep=True) for f in files]
+        checked = known
     else:
-        digest = hashlib.sha256(_FINGERPRINT_PREFIX)
-        digest.update(_fingerprint_header(LOGITS_FILE, logits))
-        nonfinite = _scan(logits, _nonfinite, digest)
-        digest.update(_fingerprint_header(LABELS_FILE, labels))
-        bad_labels = _scan(labels, lambda b: int(np.count_nonzero((b < 0) | (b >= c))), digest)
-        fingerprint = digest.hexdigest()
-        if len(_SCANNED) > 256:
-            _SCANNED.clear()
-        _SCANNED[key] = (bad_labels, nonfinite, fingerprint)
-    if bad_labels:
-        lo, hi = int(labels.min()), int(labels.max())
-        raise RunError(
-            f"run '{path}': {LABELS_FILE} has {bad_labels} of {labels.shape[0]} labels outside [0, {c}) "
-            f"(C={c} classes; labels range from {lo} to {hi}); {_DAMAGED} with the right labels"
+        counts = (
+            _nonfinite,
+            lambda b: int(np.count_nonzero((b < 0) | (b >= c))),
+            lambda b: int(np.count_nonzero(b < 0)),
         )
-    if nonfinite:
-        raise RunError(
-            f"run '{path}': {LOGITS_FILE} holds {nonfinite} NaN or infinite values of {logits.size}; "
-            "fix the model or the export, then re-create the run"
+        arrays, (nonfinite, bad_labels, negative), fingerprint = _read_arrays(files, keep=True, counts=counts)
+        ordered = np.sort(arrays[2])  # type: ignore[arg-type]
+        same = ordered[1:] == ordered[:-1]
+        repeated = int(np.count_nonzero(same))
+        checked = _Checked(
+            nonfinite=nonfinite,
+            bad_labels=bad_labels,
+            negative_indices=negative,
+            repeated=repeated,
+            repeated_index=int(ordered[1:][same][0]) if repeated else None,
+            fingerprint=fingerprint,
+            at_ns=started,
         )
-    return fingerprint
+    for f in files:  # the bytes read are the bytes checked
+        try:
+            st = os.stat(f.run / f.name)
+        except OSError:
+            raise _changed_while_read(f) from None
+        if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != f.identity:
+            raise _changed_while_read(f)
+    if checked is not known:
+        if len(_CHECKED) > 256:
+            _CHECKED.clear()
+        _CHECKED[key] = checked
+    logits, labels, indices = arrays
+    return logits, labels, indices, checked  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -1261,6 +1434,7 @@ def import_arrays(
             raise RunError(f"indices must have shape ({n},), got {indices.shape}")
         if not np.issubdtype(indices.dtype, np.integer):
             raise RunError(f"indices must be integers, got dtype {indices.dtype}")
+        _check_indices(indices)
     cost_table = None
     if macs is not None:
         cost_table = CostTable(macs=_validate_macs(macs, k), source="import")
@@ -1316,6 +1490,51 @@ def _integral_labels(labels: np.ndarray, c: int) -> np.ndarray:
     return labels.astype(np.int64, copy=False)
 
 
+def _check_indices(indices: np.ndarray) -> None:
+    """Refuse dataset indices below 0 or naming one item for several rows (what :func:`load_run` refuses)."""
+    negative = indices < 0
+    if negative.any():
+        raise RunError(
+            f"indices must be dataset indices >= 0; {int(negative.sum())} of {indices.size} are not "
+            f"(e.g. {indices[negative][:3].tolist()})"
+        )
+    ordered = np.sort(indices)
+    same = ordered[1:] == ordered[:-1]
+    if same.any():
+        raise RunError(
+            f"indices must name each dataset item once; {int(same.sum())} rows repeat one "
+            f"(e.g. {int(ordered[1:][same][0])})"
+        )
+
+
+def _check_npz_entry(npz: Any, key: str, path: Path) -> None:
+    """Refuse an ``.npz`` entry whose header declares more data than the entry holds, before reading it.
+
+    ``np.load`` allocates the array its header declares before reading it, so a header
+    claiming 10^12 rows would exhaust memory rather than fail.
+    """
+    archive: zipfile.ZipFile = npz.zip
+    member = f"{key}.npy" if f"{key}.npy" in archive.namelist() else key
+    info = archive.getinfo(member)
+    with archive.open(member) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            return  # np.load reads (or refuses) the rest itself
+        if dtype.hasobject:
+            return  # np.load refuses it without pickle
+        declared = math.prod(shape) * dtype.itemsize
+        held = info.file_size - fh.tell()
+    if declared > held:
+        raise RunError(
+            f"'{path}': array {key!r} declares shape {tuple(shape)} ({declared:,} bytes) but holds {max(0, held):,} "
+            "bytes; is the file complete?"
+        )
+
+
 def _validate_macs(macs: Sequence[float], k: int) -> tuple[float, ...]:
     try:
         vals = V.number_list(
@@ -1360,13 +1579,17 @@ def import_npz(
             missing = [key for key in ("logits", "labels") if key not in npz.files]
             if missing:
                 raise RunError(f"'{path}' has no array {missing[0]!r} (found: {', '.join(npz.files) or 'none'})")
-            logits = npz["logits"]
-            labels = npz["labels"]
-            indices = npz["indices"] if "indices" in npz.files else None
+            names = [key for key in ("logits", "labels", "indices") if key in npz.files]
+            for key in names:
+                _check_npz_entry(npz, key, path)
+            logits, labels, *rest = (npz[key] for key in names)
+            indices = rest[0] if rest else None
     except NPZ_READ_ERRORS as e:
         raise RunError(
             f"cannot read '{path}' as .npz ({type(e).__name__}: {first_line(e, 120)}); is the file complete?"
         ) from e
+    except MemoryError:
+        raise RunError(f"'{path}' holds arrays larger than this machine's memory; import them elsewhere") from None
     prov = Provenance.here(model="(imported)", data=str(path), device="unknown")
     return import_arrays(
         logits,

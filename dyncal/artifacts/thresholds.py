@@ -41,6 +41,8 @@ __all__ = [
     "decision_fingerprint",
     "read_thresholds",
     "check_thresholds_for_run",
+    "check_thresholds_figures",
+    "TEMPERATURE_RANGE",
     "thresholds_json",
     "json_ready",
     "score_range",
@@ -77,6 +79,11 @@ def decision_fingerprint(score: str, temperatures: Sequence[float], thresholds: 
 
 MAX_THRESHOLDS_BYTES = 16 << 20
 """Largest thresholds.json accepted (dyncal writes a few kB)."""
+
+TEMPERATURE_RANGE = (1e-3, 1e3)
+"""Temperatures a document may hold: well around what the fitter searches (0.05 to 20, or 1 unfitted).
+
+Beyond it ``logits / T`` is no calibration but an overflow (``1e-320``) or a constant."""
 
 
 @dataclass(frozen=True)
@@ -200,7 +207,14 @@ class ThresholdsDocument:
         fingerprint = d.get("run_fingerprint")
         return cls(
             score=V.string(V.require(d, "score"), "score", choices=tuple(Score)),
-            temperatures=V.number_list(V.require(d, "temperatures"), "temperatures", length=k, positive=True),
+            temperatures=V.number_list(
+                V.require(d, "temperatures"),
+                "temperatures",
+                length=k,
+                positive=True,
+                minimum=TEMPERATURE_RANGE[0],
+                maximum=TEMPERATURE_RANGE[1],
+            ),
             thresholds=(*thresholds, None),
             method=V.string(V.require(d, "method"), "method"),
             budget=_budget_from_dict(d.get("budget") or {}),
@@ -221,10 +235,10 @@ class ThresholdsDocument:
             ),
             exit_shares=V.number_list(V.require(d, "exit_shares"), "exit_shares", length=k, minimum=0, maximum=1),
             static=tuple(
-                dict(V.mapping(s, f"static[{i}]")) for i, s in enumerate(V.sequence(d.get("static", []), "static"))
+                _static_from_dict(s, f"static[{i}]") for i, s in enumerate(V.sequence(d.get("static", []), "static"))
             ),
-            holdout=V.optional_mapping(d.get("holdout"), "holdout"),
-            split=dict(V.mapping(d.get("split") or {}, "split")),
+            holdout=None if d.get("holdout") is None else _holdout_from_dict(d["holdout"], k),
+            split=_split_from_dict(d.get("split") or {}),
             risk=V.optional_mapping(d.get("risk"), "risk"),
             run=V.string(d.get("run", ""), "run"),
             n_classes=V.integer(d.get("n_classes", 0), "n_classes", minimum=0),
@@ -264,6 +278,57 @@ def _boolean(value: Any, field: str) -> bool:
     return value
 
 
+def _opt(value: Any, field: str, **bounds: Any) -> float | None:
+    return None if value is None else V.number(value, field, **bounds)
+
+
+def _cost_map(value: Any, field: str) -> dict[str, float]:
+    return {str(key): V.number(v, f"{field}[{key!r}]", minimum=0) for key, v in V.mapping(value, field).items()}
+
+
+def _split_from_dict(value: Any) -> dict[str, Any]:
+    """The ``split`` object: how the run was split (fractions fractions, counts integers; others kept)."""
+    split = dict(V.mapping(value, "split"))
+    if "holdout" in split:
+        V.number(split["holdout"], "split.holdout", minimum=0, maximum=1)
+        if not split["holdout"] < 1:
+            raise V.FieldError("split.holdout", f"must be a fraction in [0, 1), got {V.show(split['holdout'])}")
+    if "seed" in split:
+        V.integer(split["seed"], "split.seed", minimum=0)
+    for key, least in (("n_calibration", 1), ("n_holdout", 0), ("n_unsplit_classes", 0)):
+        if key in split:
+            V.integer(split[key], f"split.{key}", minimum=least)
+    if "unsplit_classes" in split:
+        for i, c in enumerate(V.sequence(split["unsplit_classes"], "split.unsplit_classes")):
+            V.integer(c, f"split.unsplit_classes[{i}]", minimum=0)
+    return split
+
+
+def _holdout_from_dict(value: Any, k: int) -> dict[str, Any]:
+    """The ``holdout`` object: the held-out part's size, costs and exit shares."""
+    held = dict(V.mapping(value, "holdout"))
+    V.integer(V.require(held, "n", "holdout."), "holdout.n", minimum=1)
+    V.number_list(V.require(held, "exit_shares", "holdout."), "holdout.exit_shares", length=k, minimum=0, maximum=1)
+    _opt(held.get("expected_macs"), "holdout.expected_macs", minimum=0)
+    _cost_map(held.get("expected_ms") or {}, "holdout.expected_ms")
+    return held
+
+
+def _static_from_dict(value: Any, field: str) -> dict[str, Any]:
+    """One ``static`` entry: an exit used alone, its accuracies and costs."""
+    entry = dict(V.mapping(value, field))
+    if "exit" in entry:
+        V.integer(entry["exit"], f"{field}.exit", minimum=1)
+    for key in ("calibration_accuracy", "holdout_accuracy"):
+        _opt(entry.get(key), f"{field}.{key}", minimum=0, maximum=1)
+    if entry.get("holdout_ci") is not None:
+        V.number_list(entry["holdout_ci"], f"{field}.holdout_ci", length=2, minimum=0, maximum=1, nondecreasing=True)
+    _opt(entry.get("macs"), f"{field}.macs", minimum=0)
+    _opt(entry.get("fraction"), f"{field}.fraction", minimum=0)
+    _cost_map(entry.get("ms") or {}, f"{field}.ms")
+    return entry
+
+
 def _budget_from_dict(value: Any) -> dict[str, Any]:
     """The ``budget`` object of a thresholds document: text fields text, numbers finite."""
     budget = dict(V.mapping(value, "budget"))
@@ -294,8 +359,8 @@ def read_thresholds(path: str | os.PathLike[str]) -> ThresholdsDocument:
         >>> read_thresholds(p)
         Traceback (most recent call last):
         ...
-        dyncal.errors.DyncalError: '...t.json' is not a valid thresholds document: field 'thresholds[0]' must be a \
-finite number, got nan; write a new one with 'dyncal solve RUN --budget ... --out ...t.json'
+        dyncal.errors.DyncalError: '...t.json' is not a thresholds document: field 'thresholds[0]' must be a \
+finite number, got nan
     """
     path = Path(path)
     redo = f"write a new one with 'dyncal solve RUN --budget ... --out {path}'"
@@ -317,11 +382,13 @@ finite number, got nan; write a new one with 'dyncal solve RUN --budget ... --ou
         raise DyncalError(f"'{path}': {e}") from None
 
 
-def check_thresholds_for_run(thresholds: ThresholdsDocument, run: Run) -> None:
+def check_thresholds_for_run(thresholds: ThresholdsDocument, run: Run, *, figures: bool = True) -> None:
     """Refuse thresholds that were not solved on ``run``.
 
     The document must record its run's fingerprint and it must be this run's (one without
-    it, written before thresholds were bound to runs, is refused: solve again).
+    it, written before thresholds were bound to runs, is refused: solve again). With
+    ``figures`` (the default) the figures it records must be this run's too
+    (:func:`check_thresholds_figures`), so a fingerprint pasted in from another run is refused.
 
     Raises:
         DyncalError: Thresholds from another run, or for another K or C.
@@ -347,6 +414,112 @@ def check_thresholds_for_run(thresholds: ThresholdsDocument, run: Run) -> None:
             f"the thresholds were solved on another run (fingerprint {thresholds.run_fingerprint[:12]}, "
             f"run '{run.path}' is {run.fingerprint[:12]}); solve on this run: dyncal solve {run.path} --budget ..."
         )
+    if figures:
+        check_thresholds_figures(thresholds, run)
+
+
+def check_thresholds_figures(thresholds: ThresholdsDocument, run: Run, correct: np.ndarray | None = None) -> None:
+    """Refuse thresholds whose recorded figures do not summarise ``run``.
+
+    A document from ``dyncal solve`` describes its run: its split (``holdout``, ``seed``)
+    gives ``n_calibration`` fit rows and ``n_holdout`` held-out rows that together are the
+    run's N; its exit shares are counts of those rows (summing to 1); and ``static`` holds
+    every exit's accuracy on each part, which depends on the run and the split alone, not
+    on the thresholds. Another run's fingerprint pasted into a document fails here, while
+    thresholds edited by hand still pass (the report recomputes what they give, and says so).
+
+    Args:
+        thresholds: The document.
+        run: The run it is bound to (same K and C; see :func:`check_thresholds_for_run`).
+        correct: ``(N, K)`` whether each exit's prediction is right, when the caller has it
+            (else computed from the logits).
+
+    Raises:
+        DyncalError: A split or figure that does not fit the run (one line, with what to do).
+    """
+    from dyncal.stats import stratified_split
+
+    redo = f"solve on this run: dyncal solve {run.path} --budget ... --out thresholds.json"
+    other = f"they are another run's (its fingerprint pasted in?) or were edited; {redo}"
+    split = thresholds.split
+    missing = [key for key in ("holdout", "seed", "n_calibration", "n_holdout") if key not in split]
+    if missing or len(thresholds.static) != run.k:
+        what = f"'split.{missing[0]}'" if missing else f"{run.k} 'static' entries"
+        raise DyncalError(
+            f"the thresholds do not record {what}, so they cannot be checked against run '{run.path}'; {redo}"
+        )
+    n_fit, n_held = split["n_calibration"], split["n_holdout"]
+    if n_fit + n_held != run.n:
+        raise DyncalError(
+            f"the thresholds were solved on {n_fit + n_held} samples ({n_fit} calibration + {n_held} held out) "
+            f"but run '{run.path}' has N={run.n}: {other}"
+        )
+    labels = np.asarray(run.labels, dtype=np.int64)
+    quiet = _Quiet()
+    logging.getLogger("dyncal.stats").addFilter(quiet)  # solve gave that warning already
+    try:
+        fit_idx, held_idx = stratified_split(labels, float(split["holdout"]), int(split["seed"]))
+    except DyncalError as e:
+        raise DyncalError(f"the thresholds' split does not fit run '{run.path}' ({e}); {redo}") from None
+    finally:
+        logging.getLogger("dyncal.stats").removeFilter(quiet)
+    if (fit_idx.size, held_idx.size) != (n_fit, n_held):
+        raise DyncalError(
+            f"the thresholds record {n_fit} calibration and {n_held} held-out samples, but their split "
+            f"(holdout {split['holdout']:g}, seed {split['seed']}) gives {fit_idx.size} and {held_idx.size} on "
+            f"run '{run.path}': {other}"
+        )
+    held = thresholds.holdout
+    if (held is None) != (n_held == 0) or (thresholds.holdout_accuracy is None) != (n_held == 0):
+        raise DyncalError(f"the thresholds' held-out figures do not fit their {n_held} held-out samples: {other}")
+    parts = [("calibration", fit_idx, thresholds.exit_shares, thresholds.calibration_accuracy)]
+    if held is not None:
+        if held.get("n") != n_held:
+            raise DyncalError(
+                f"the thresholds' 'holdout.n' is {held.get('n')}, their split holds {n_held} out: {other}"
+            )
+        shares = V.number_list(held.get("exit_shares"), "holdout.exit_shares", length=run.k, minimum=0, maximum=1)
+        parts.append(("held-out", held_idx, shares, float(thresholds.holdout_accuracy or 0)))
+    for name, rows, shares, accuracy in parts:
+        counts = [v * rows.size for v in (*shares, accuracy)]
+        if abs(sum(shares) - 1) > 1e-9 or any(abs(c - round(c)) > 1e-6 * rows.size for c in counts):
+            raise DyncalError(
+                f"the thresholds' {name} exit shares {_shares(shares)} and accuracy {accuracy:.6f} are no counts "
+                f"of {rows.size} samples summing to all of them: {other}"
+            )
+    if correct is None:
+        correct = _correct(run)
+    key = {"calibration": "calibration_accuracy", "held-out": "holdout_accuracy"}
+    for name, rows, _, _ in parts:
+        got = correct[rows].mean(axis=0)
+        recorded = [s.get(key[name]) for s in thresholds.static]
+        if any(r is None or abs(float(r) - float(g)) > 1e-9 for r, g in zip(recorded, got, strict=True)):
+            shown = ", ".join("null" if r is None else f"{float(r):.4f}" for r in recorded)
+            raise DyncalError(
+                f"the thresholds' exits do not match run '{run.path}': alone, its exits are right on "
+                f"{_shares(got)} of its {rows.size} {name} samples, the file records [{shown}]: {other}"
+            )
+
+
+def _correct(run: Run, chunk_rows: int = 8192) -> np.ndarray:
+    """``(N, K)``: whether each exit's top logit is the label (read in blocks of rows)."""
+    labels = np.asarray(run.labels)
+    out = np.empty((run.n, run.k), dtype=bool)
+    for start in range(0, run.n, chunk_rows):
+        block = np.asarray(run.logits[start : start + chunk_rows], dtype=np.float32)  # as exit_scores reads them
+        out[start : start + block.shape[0]] = block.argmax(axis=-1) == labels[start : start + block.shape[0], None]
+    return out
+
+
+class _Quiet(logging.Filter):
+    """Drops every record (a warning already given once)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+def _shares(values: Sequence[float] | np.ndarray) -> str:
+    return "[" + ", ".join(f"{v:.3f}" for v in values) + "]"
 
 
 def score_range(score: str, n_classes: int) -> tuple[float, float]:

@@ -33,6 +33,7 @@ __all__ = [
     "string_map",
     "require",
     "read_json_document",
+    "parse_json_document",
     "MAX_JSON_DEPTH",
 ]
 
@@ -332,21 +333,71 @@ def read_json_document(path: str | os.PathLike[str], *, what: str, max_bytes: in
             raw = fh.read(max_bytes + 1)
     except OSError as e:
         raise DyncalError(f"'{path}': cannot read it ({e.strerror or e})") from e
+    return parse_json_document(raw, where=str(path), what=what)
+
+
+def _first_nonfinite(doc: Any) -> tuple[str, float] | None:
+    """The first NaN or infinity in ``doc`` with its field path (``costs.macs[1]``), or None."""
+    stack: list[tuple[Any, str]] = [(doc, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            return path or "(document)", node
+        if isinstance(node, dict):
+            stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in reversed(list(node.items())))
+        elif isinstance(node, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(node))))
+    return None
+
+
+def _has_nonfinite(doc: Any) -> bool:
+    """Whether ``doc`` holds a NaN or an infinity anywhere (fast: no paths)."""
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, float):
+            if not math.isfinite(node):
+                return True
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return False
+
+
+def parse_json_document(raw: bytes, *, where: str, what: str) -> dict[str, Any]:
+    """Parse bytes that must hold one JSON object: UTF-8, strict JSON, bounded nesting.
+
+    Refused, each with one line starting with ``'where'``: bytes that are not UTF-8,
+    invalid JSON, integers too long to convert, nesting deeper than
+    :data:`MAX_JSON_DEPTH` (the parser's own recursion limit included), a top level that is
+    not an object, and any ``NaN`` or infinity (``NaN``, ``Infinity`` and ``1e999`` are no
+    JSON numbers; dyncal never writes them), named by its field whatever the field.
+
+    Example:
+        >>> parse_json_document(b'{"t": [1, Infinity]}', where="m.json", what="a manifest")
+        Traceback (most recent call last):
+        ...
+        dyncal.errors.DyncalError: 'm.json' is not a manifest: field 't[1]' must be a finite number, got inf
+    """
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DyncalError(f"'{path}' is not {what}: not UTF-8 text (byte {e.start})") from None
+        raise DyncalError(f"'{where}' is not {what}: not UTF-8 text (byte {e.start})") from None
     try:
         doc = json.loads(text)
     except RecursionError:
-        raise DyncalError(f"'{path}' is not {what}: its JSON nests deeper than {MAX_JSON_DEPTH} levels") from None
+        raise DyncalError(f"'{where}' is not {what}: its JSON nests deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as e:  # JSONDecodeError, and integers longer than Python converts
         reason = str(e).split(";")[0]
-        raise DyncalError(f"'{path}' is not {what}: invalid JSON ({reason})") from None
+        raise DyncalError(f"'{where}' is not {what}: invalid JSON ({reason})") from None
     if _depth(doc) > MAX_JSON_DEPTH:
-        raise DyncalError(f"'{path}' is not {what}: its JSON nests deeper than {MAX_JSON_DEPTH} levels")
+        raise DyncalError(f"'{where}' is not {what}: its JSON nests deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(doc, dict):
-        raise DyncalError(f"'{path}' is not {what}: it holds {_type_name(doc)}, not a JSON object")
+        raise DyncalError(f"'{where}' is not {what}: it holds {_type_name(doc)}, not a JSON object")
+    if _has_nonfinite(doc):
+        field, value = _first_nonfinite(doc) or ("(document)", math.nan)
+        raise DyncalError(f"'{where}' is not {what}: field '{field}' must be a finite number, got {value}")
     return doc
 
 

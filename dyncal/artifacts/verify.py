@@ -33,6 +33,8 @@ SCHEMA = "dyncal.verify"
 SCHEMA_VERSION = 1
 _BOOTSTRAP = 2000
 _MIN_MS, _MAX_MS = 1e-6, 1e9  # a nanosecond to 11 days: anything else is not a timing
+MAX_VERIFY_BYTES = 256 << 20
+"""Largest verify.json accepted (raw replicates of every batch; dyncal writes a few MB)."""
 MIN_AGREEMENT = 0.99
 """Below this agreement with the simulation a verify result is no evidence for the thresholds."""
 _SEED = 20231
@@ -347,21 +349,29 @@ class VerifyResult:
         if not isinstance(model, Mapping):
             raise ValueError("'model' must be an object")
         threads = d.get("threads")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"'threads' must be a positive integer or null, got {threads!r:.40}")
+        n = _get(d, "n", int)
+        if n < 1:
+            raise ValueError(f"'n' must be at least 1, got {n}")
+        shares = {key: _fractions(d, key) for key in ("runtime_exit_shares", "simulated_exit_shares")}
+        if len(set(map(len, shares.values()))) != 1:
+            raise ValueError("'runtime_exit_shares' and 'simulated_exit_shares' must have one entry per exit each")
         return cls(
             run_fingerprint=_get(d, "run_fingerprint", str),
             decision_fingerprint=_get(d, "decision_fingerprint", str),
             model=ModelIdentity.from_dict(model),
-            n=_get(d, "n", int),
-            agreement=_get(d, "agreement", float),
-            exit_agreement=_get(d, "exit_agreement", float),
-            runtime_accuracy=_get(d, "runtime_accuracy", float),
-            simulated_accuracy=_get(d, "simulated_accuracy", float),
-            runtime_exit_shares=_floats(d, "runtime_exit_shares"),
-            simulated_exit_shares=_floats(d, "simulated_exit_shares"),
+            n=n,
+            agreement=_fraction(d, "agreement"),
+            exit_agreement=_fraction(d, "exit_agreement"),
+            runtime_accuracy=_fraction(d, "runtime_accuracy"),
+            simulated_accuracy=_fraction(d, "simulated_accuracy"),
+            runtime_exit_shares=shares["runtime_exit_shares"],
+            simulated_exit_shares=shares["simulated_exit_shares"],
             timings=_unique(tuple(PairedTiming.from_dict(t) for t in timings)),
             device=_get(d, "device", str),
             hardware=str(d.get("hardware", "")),
-            threads=threads if isinstance(threads, int) and not isinstance(threads, bool) else None,
+            threads=threads,
             settings=dict(d["settings"]) if isinstance(d.get("settings"), Mapping) else {},
             created=str(d.get("created", "")),
         )
@@ -379,17 +389,14 @@ class VerifyResult:
         Raises:
             DyncalError: Missing, unreadable or malformed (one line naming the file and field).
         """
+        from dyncal.artifacts.validate import read_json_document
+
         path = Path(path)
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():
             raise DyncalError(
                 f"no verify result at '{path}'; write one with 'dyncal verify RUN --thresholds T --out {path}'"
             )
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError) as e:
-            raise DyncalError(f"cannot read '{path}' as JSON: {e}") from e
-        if not isinstance(doc, Mapping):
-            raise DyncalError(f"'{path}' is not a verify result (not a JSON object)")
+        doc = read_json_document(path, what="a verify result", max_bytes=MAX_VERIFY_BYTES)
         try:
             return cls.from_dict(doc)
         except (ValueError, TypeError, KeyError, IndexError) as e:
@@ -426,6 +433,20 @@ def _get(d: Mapping[str, Any], key: str, kind: type) -> Any:
 
 def _opt_float(d: Mapping[str, Any], key: str) -> float | None:
     return None if d.get(key) is None else _get(d, key, float)
+
+
+def _fraction(d: Mapping[str, Any], key: str) -> float:
+    v = _get(d, key, float)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"'{key}' must be a fraction in [0, 1], got {v!r}")
+    return float(v)
+
+
+def _fractions(d: Mapping[str, Any], key: str) -> tuple[float, ...]:
+    values = _floats(d, key)
+    if not values or any(not 0.0 <= v <= 1.0 for v in values):
+        raise ValueError(f"'{key}' must be a non-empty list of fractions in [0, 1]")
+    return values
 
 
 def _floats(d: Mapping[str, Any], key: str) -> tuple[float, ...]:

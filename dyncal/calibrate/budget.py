@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from dyncal.artifacts.costs import CostTable, LatencyKey
+from dyncal.artifacts.costs import CostTable, LatencyKey, device_name
 from dyncal.errors import BudgetError, DyncalError
 
 __all__ = [
@@ -155,6 +155,8 @@ def pick_latency(units: dict[str, tuple[float, ...]], device: str | None, batch_
     """
     parsed = [LatencyKey.from_column(u) for u in units if u.startswith(LatencyKey.PREFIX)]
     keys = [str(k) for k in parsed]
+    if device is not None:
+        device = device_name(device)
     if device is not None or batch_size is not None:
         if batch_size is None:
             batches = sorted(k.batch_size for k in parsed if k.device == device)

@@ -197,10 +197,10 @@ def _latency_choice(run: Run, device: str | None, batch_size: int | None) -> str
     """The latency key asked by ``device``/``batch_size`` (None when neither was given)."""
     if device is None and batch_size is None:
         return None
-    from dyncal.artifacts.costs import latency_key
+    from dyncal.artifacts.costs import device_name, latency_key
 
     have = sorted((run.costs.latency if run.costs is not None else {}).keys())
-    dev = device or "cpu"
+    dev = device_name(device or "cpu")
     if batch_size is None:
         batches = sorted(k.batch_size for k in map(LatencyKey.parse, have) if k.device == dev)
         batch_size = 1 if not batches or 1 in batches else batches[0]

@@ -7,6 +7,7 @@ is deterministic.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -1024,13 +1025,26 @@ def test_failure_text_says_the_estimate_itself_fails() -> None:
     assert "is 2.10× but its 95% interval reaches down to 1.90×, needs ≥ 2.00×" in failure_text(above)
 
 
-def test_plot_says_which_budget_it_marks(demo_runs: dict[str, Path], cli) -> None:
+def test_plot_says_which_budget_it_marks(demo_runs: dict[str, Path], tmp_path: Path, cli) -> None:
+    from dyncal.reports.choice import BudgetSource
     from dyncal.reports.data import prepare_report
+    from dyncal.reports.operating import ReportOptions, choose_operating_point
 
-    label = " ".join(prepare_report(demo_runs["plain"]).legend_label().split())
+    chosen = prepare_report(demo_runs["plain"])
+    assert chosen.budget_source is BudgetSource.CHOSEN
+    label = " ".join(chosen.legend_label().split())
     assert "the cheapest within 1.0 percentage point of the last exit" in label and "--budget" in label
-    assert prepare_report(demo_runs["plain"], budget="0.2x").legend_label() == "operating point (budget 0.2x)"
+    asked = prepare_report(demo_runs["plain"], budget="0.2x")
+    assert asked.budget_source is BudgetSource.ASKED and asked.legend_label() == "operating point (budget 0.2x)"
     assert "within 1 percentage point of the last exit" in " ".join(cli("plot", "-h").stdout.split())
+    th = tmp_path / "team.json"
+    assert cli("solve", demo_runs["plain"], "--budget", "0.2x", "--out", th).exit_code == 0
+    read = choose_operating_point(demo_runs["plain"], ReportOptions(thresholds=th), frontier=False)
+    assert read.budget_source is BudgetSource.THRESHOLDS and read.frontier is None
+    assert read.legend_label().startswith("operating point (team.json, budget ")
+    # the source decides, not the prose: a reason that reads "asked" does not make a chosen budget asked
+    reworded = dataclasses.replace(chosen, budget_reason="asked for nothing")
+    assert reworded.legend_label() == chosen.legend_label()
 
 
 def test_exit_figure_has_one_scale_per_panel_and_room_above_100_percent() -> None:

@@ -112,7 +112,8 @@ def imagenet_run(root: Path, n: int = 50_000, k: int = 5, c: int = 1000, chunk: 
 
 
 def measure(run: Path, out: Path, **criteria: float) -> dict[str, float]:
-    from dyncal.reports.pdf import build_report, prepare_report, render_pdf
+    from dyncal.reports.data import prepare_report
+    from dyncal.reports.pdf import build_report, render_pdf
 
     t0 = time.perf_counter()
     result = build_report(run, out, **criteria)  # type: ignore[arg-type]

@@ -1189,7 +1189,7 @@ def _print_report(doc: dict[str, Any]) -> None:
                 + ("" if spread is None else f"; timing spread {100 * spread:.0f}% of the median")
             )
     if doc["decision"] == "INCONCLUSIVE":
-        from dyncal.reports.pdf import REMEDY
+        from dyncal.reports.text import REMEDY
 
         typer.echo(f"  to decide: {REMEDY}")
     held = doc.get("held_out") or {}
@@ -1304,7 +1304,8 @@ def report(
     Example: dyncal report run --thresholds thresholds.json --verify verify.json --max-drop 0.01
     --min-speedup 2 --device cpu --batch-size 1 --out report.pdf
     """
-    from dyncal.reports.pdf import ReportOptions, build_report
+    from dyncal.reports.operating import ReportOptions
+    from dyncal.reports.pdf import build_report
 
     with user_errors(ctx):
         asked = options(ctx, ReportOptions, command=command_line(ctx), compare=compared_runs(compare))
@@ -1345,7 +1346,8 @@ def plot(
     Example: dyncal plot run --kind frontier --out frontier.svg --compare resnet18_run
     """
     from dyncal.artifacts.outputs import claim_output_file
-    from dyncal.reports.pdf import ReportOptions, export_figure
+    from dyncal.reports.operating import ReportOptions
+    from dyncal.reports.pdf import export_figure
 
     others = compared_runs(compare)
     with user_errors(ctx), claim_output_file(out, overwrite=overwrite, kind="figure", protect=(run, *others)):

@@ -109,7 +109,8 @@ def run_demo(
     from dyncal.data import load_dataset
     from dyncal.models import load_model
     from dyncal.profile import profile_run
-    from dyncal.reports.pdf import ReportOptions, build_report
+    from dyncal.reports.operating import ReportOptions
+    from dyncal.reports.pdf import build_report
     from dyncal.runtime import verify_run
 
     # every option is checked before any work: a bad value fails at once and writes nothing

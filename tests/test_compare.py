@@ -255,7 +255,7 @@ def test_a_run_on_other_samples_is_compared_unpaired(runs: dict[str, Path], tmp_
 @given(seed=st.integers(0, 2**16))
 def test_pairing_does_not_depend_on_row_order(seed: int, tmp_path_factory: pytest.TempPathFactory) -> None:
     """The same static model with its rows shuffled is judged on the same samples, with the same numbers."""
-    from dyncal.reports.operating import prepare_report
+    from dyncal.reports.data import prepare_report
 
     rng = np.random.default_rng(seed)
     n, c = 80, 3

@@ -7,6 +7,7 @@ is deterministic.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -384,7 +385,8 @@ def _toy_frontier():
 def test_figure_functions_draw_on_given_axes() -> None:
     from matplotlib.figure import Figure
 
-    from dyncal.reports.figures import OperatingPoint, plot_exits, plot_frontier, plot_latency
+    from dyncal.reports.figures import OperatingPoint, plot_frontier, plot_latency
+    from dyncal.reports.figures_exits import plot_exits
 
     df = _toy_frontier()
     fig = Figure()
@@ -401,7 +403,8 @@ def test_figure_functions_draw_on_given_axes() -> None:
 
 
 def test_figure_functions_refuse_what_they_cannot_draw() -> None:
-    from dyncal.reports.figures import plot_exits, plot_frontier, plot_latency
+    from dyncal.reports.figures import plot_frontier, plot_latency
+    from dyncal.reports.figures_exits import plot_exits
 
     df = _toy_frontier()
     with pytest.raises(DyncalError, match="no latency was profiled"):
@@ -494,7 +497,7 @@ def test_calibration_shows_top_probability_whatever_the_exit_score(demo_runs: di
     """Thresholds on the margin score: the calibration page still shows the top softmax probability."""
     from dyncal.analysis.calibration import reliability_bins
     from dyncal.calibrate.scores import exit_scores
-    from dyncal.reports.pdf import prepare_report
+    from dyncal.reports.data import prepare_report
 
     run = load_run(demo_runs["plain"])
     conf, pred = exit_scores(run.logits, "maxprob")
@@ -683,7 +686,8 @@ def test_speedup_uses_latency_when_profiled(demo_runs: dict[str, Path], tmp_path
 
 def test_frontier_legend_sits_outside_the_curves(tmp_path: Path) -> None:
     """An imported MAC-only run's curves fill the lower right, where the legend used to cover them."""
-    from dyncal.reports.pdf import _page_frontier, prepare_report
+    from dyncal.reports.data import prepare_report
+    from dyncal.reports.pages.curves import _page_frontier
 
     npz = np.load(Path(__file__).parents[1] / "benchmarks" / "fashion_mnist_logits.npz")
     run = import_arrays(npz["logits"], npz["labels"], tmp_path / "fm", macs=(70880, 304368, 990864, 3716048)).path
@@ -1013,25 +1017,38 @@ def test_one_operating_point_one_set_of_numbers(go_report: tuple[Path, dict], de
 
 def test_failure_text_says_the_estimate_itself_fails() -> None:
     from dyncal.reports.decision import Criterion
-    from dyncal.reports.pdf import _failure_text
+    from dyncal.reports.text import failure_text
 
     below = Criterion("speedup", 1.92, (1.86, 1.98), 2.0, ">=", "fail", cost="cpu/b1", source="predicted")
-    assert _failure_text(below) == "speed-up (latency, cpu/b1), predicted is 1.92×, needs ≥ 2.00×"
+    assert failure_text(below) == "speed-up (latency, cpu/b1), predicted is 1.92×, needs ≥ 2.00×"
     above = Criterion("speedup", 2.1, (1.9, 2.3), 2.0, ">=", "fail", cost="macs")
-    assert "is 2.10× but its 95% interval reaches down to 1.90×, needs ≥ 2.00×" in _failure_text(above)
+    assert "is 2.10× but its 95% interval reaches down to 1.90×, needs ≥ 2.00×" in failure_text(above)
 
 
-def test_plot_says_which_budget_it_marks(demo_runs: dict[str, Path], cli) -> None:
-    from dyncal.reports.pdf import _op_label, prepare_report
+def test_plot_says_which_budget_it_marks(demo_runs: dict[str, Path], tmp_path: Path, cli) -> None:
+    from dyncal.reports.choice import BudgetSource
+    from dyncal.reports.data import prepare_report
+    from dyncal.reports.operating import ReportOptions, choose_operating_point
 
-    label = " ".join(_op_label(prepare_report(demo_runs["plain"])).split())
+    chosen = prepare_report(demo_runs["plain"])
+    assert chosen.budget_source is BudgetSource.CHOSEN
+    label = " ".join(chosen.legend_label().split())
     assert "the cheapest within 1.0 percentage point of the last exit" in label and "--budget" in label
-    assert _op_label(prepare_report(demo_runs["plain"], budget="0.2x")) == "operating point (budget 0.2x)"
+    asked = prepare_report(demo_runs["plain"], budget="0.2x")
+    assert asked.budget_source is BudgetSource.ASKED and asked.legend_label() == "operating point (budget 0.2x)"
     assert "within 1 percentage point of the last exit" in " ".join(cli("plot", "-h").stdout.split())
+    th = tmp_path / "team.json"
+    assert cli("solve", demo_runs["plain"], "--budget", "0.2x", "--out", th).exit_code == 0
+    read = choose_operating_point(demo_runs["plain"], ReportOptions(thresholds=th), frontier=False)
+    assert read.budget_source is BudgetSource.THRESHOLDS and read.frontier is None
+    assert read.legend_label().startswith("operating point (team.json, budget ")
+    # the source decides, not the prose: a reason that reads "asked" does not make a chosen budget asked
+    reworded = dataclasses.replace(chosen, budget_reason="asked for nothing")
+    assert reworded.legend_label() == chosen.legend_label()
 
 
 def test_exit_figure_has_one_scale_per_panel_and_room_above_100_percent() -> None:
-    from dyncal.reports.figures import plot_exits
+    from dyncal.reports.figures_exits import plot_exits
 
     fig = plot_exits([0.0, 1.0], [np.nan, 1.0], counts=[0, 10], exit_accuracy=[0.5, 1.0])
     shares, accuracy = fig.axes[:2]
@@ -1062,7 +1079,8 @@ def test_the_operating_point_star_does_not_cover_an_exit_label() -> None:
 
 
 def test_report_options_are_one_object_or_keywords_never_a_typo(demo_runs, tmp_path):
-    from dyncal.reports.operating import ReportOptions, prepare_report
+    from dyncal.reports.data import prepare_report
+    from dyncal.reports.operating import ReportOptions
     from dyncal.reports.pdf import build_report
 
     with pytest.raises(DyncalError, match="no report option 'max_dorp'; report options are: batch_size"):

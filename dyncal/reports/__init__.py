@@ -1,10 +1,11 @@
 """Figures and the PDF go/no-go report.
 
 * :func:`dyncal.reports.pdf.build_report` — the whole report, with its decision (``pdf``
-  assembles it; ``operating`` computes what it shows, ``decision`` judges, ``compare``
-  weighs other runs against it, ``evidence`` holds the cost model, ``text``, ``layout``
-  and ``pages`` draw it);
-* :mod:`dyncal.reports.figures` — each figure alone (what ``dyncal plot`` exports).
+  assembles it; ``operating`` chooses the operating point (``choice``), ``data`` computes
+  what the pages show, ``decision`` judges, ``compare`` weighs other runs against it,
+  ``evidence`` holds the cost model, ``text``, ``layout`` and ``pages`` draw it);
+* :mod:`dyncal.reports.figures` and :mod:`dyncal.reports.figures_exits` — each figure alone
+  (what ``dyncal plot`` exports).
 
 Imports are lazy so that ``import dyncal.reports`` does not pull in matplotlib.
 """

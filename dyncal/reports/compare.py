@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dyncal.artifacts.costs import LatencyKey
+from dyncal.choices import DEFAULT_METHOD
 from dyncal.errors import DyncalError
 from dyncal.reports.evidence import _per_exit_macs, _unit_costs, full_model_ms
 from dyncal.stats import bootstrap_interval
@@ -43,8 +44,8 @@ from dyncal.stats import bootstrap_interval
 if TYPE_CHECKING:
     from dyncal.artifacts.run import Run
     from dyncal.calibrate.solvers import PreparedRun
+    from dyncal.reports.choice import OperatingChoice
     from dyncal.reports.evidence import LatencyEvidence
-    from dyncal.reports.operating import _OperatingChoice
 
 __all__ = ["Alternative", "compare_alternatives", "MAX_ALTERNATIVES"]
 
@@ -253,7 +254,7 @@ def _shared_costs(run: Run, alt: Run) -> list[str]:
     return out + sorted(k for k in keys if _same_hardware(run, alt, k))
 
 
-def _comparison_cost(choice: _OperatingChoice, alts: Sequence[Run]) -> str:
+def _comparison_cost(choice: OperatingChoice, alts: Sequence[Run]) -> str:
     """The one cost every alternative is compared on: the report's own, else MACs, else a shared latency key."""
     run = choice.run
     shared = [set(_shared_costs(run, a)) for a in alts]
@@ -269,7 +270,7 @@ def _comparison_cost(choice: _OperatingChoice, alts: Sequence[Run]) -> str:
     )
 
 
-def _operating_costs(choice: _OperatingChoice, latency: Mapping[str, LatencyEvidence]) -> dict[str, float]:
+def _operating_costs(choice: OperatingChoice, latency: Mapping[str, LatencyEvidence]) -> dict[str, float]:
     """The operating point's cost on its judged rows: MACs per sample, ms per batch per key."""
     out = {k: e.early_exit_ms for k, e in latency.items()}
     macs = _per_exit_macs(choice.run)
@@ -278,54 +279,72 @@ def _operating_costs(choice: _OperatingChoice, latency: Mapping[str, LatencyEvid
     return out
 
 
-def _static(
-    choice: _OperatingChoice,
-    alt: Run,
-    name: str,
-    rows: _Rows,
-    op_costs: Mapping[str, float],
-    main: str,
-) -> Alternative:
+@dataclass(frozen=True)
+class _Judging:
+    """One alternative to judge against the operating point: its run, its matched rows and the cost compared."""
+
+    choice: OperatingChoice
+    alt: Run
+    name: str
+    rows: _Rows
+    op_costs: Mapping[str, float]
+    main: str
+
+    def judged(
+        self,
+        ok: np.ndarray,
+        ci: Interval | None,
+        costs: Mapping[str, float],
+        latency: dict[str, float],
+        curve: dict[str, tuple[float, ...]],
+        reach: float | None,
+        at_cost: bool = True,
+    ) -> Alternative:
+        """The alternative, from ``ok`` (its correctness on the judged rows) and its costs there."""
+        choice, alt, main = self.choice, self.alt, self.main
+        diff, diff_ci = _difference(ok, choice.outcome.correct, self.rows.paired, choice.outcome.held_out)
+        return Alternative(
+            name=self.name,
+            path=str(alt.path),
+            k=alt.k,
+            paired=self.rows.paired,
+            n=len(ok),
+            accuracy=float(ok.mean()),
+            ci=ci,
+            macs=costs.get("macs"),
+            latency_ms=latency,
+            difference=diff,
+            difference_ci=diff_ci,
+            cost=main,
+            cost_value=costs.get(main, math.nan),
+            operating_cost=self.op_costs[main],
+            cheaper=all(costs.get(c, math.inf) < self.op_costs[c] for c in _shared_costs(choice.run, alt)),
+            cost_to_reach=reach,
+            at_operating_cost=at_cost,
+            note=self.rows.note,
+            curve=curve,
+        )
+
+
+def _static(j: _Judging) -> Alternative:
     """A static model: its one exit on the matched rows."""
+    choice, alt, rows, main = j.choice, j.alt, j.rows, j.main
     logits = np.asarray(alt.logits[rows.held, 0])
     ok = logits.argmax(axis=1) == np.asarray(alt.labels)[rows.held]
-    seed = choice.prep.seed
     macs = _per_exit_macs(alt)
     latency = {}
     if alt.costs is not None:
         latency = {k: full_model_ms(alt.costs, None, k)[0] for k in sorted(alt.costs.latency)}
-    costs = {"macs": macs[0]} if macs is not None else {}
-    costs.update(latency)
+    costs = ({"macs": macs[0]} if macs is not None else {}) | latency
     acc = float(ok.mean())
-    op_ok = choice.outcome.correct
-    diff, diff_ci = _difference(ok, op_ok, rows.paired, choice.outcome.held_out)
-    cheaper = all(costs[c] < op_costs[c] for c in _shared_costs(choice.run, alt))
     curve: dict[str, tuple[float, ...]] = {"accuracy": (acc,)}
     if macs is not None:
         curve["expected_macs"] = (macs[0],)
     for k, v in latency.items():
         if _same_hardware(choice.run, alt, k):
             curve[LatencyKey.parse(k).column] = (v,)
-    return Alternative(
-        name=name,
-        path=str(alt.path),
-        k=1,
-        paired=rows.paired,
-        n=len(ok),
-        accuracy=acc,
-        ci=_mean_ci(ok, seed),
-        macs=None if macs is None else macs[0],
-        latency_ms=latency,
-        difference=diff,
-        difference_ci=diff_ci,
-        cost=main,
-        cost_value=costs[main],
-        operating_cost=op_costs[main],
-        cheaper=cheaper,
-        cost_to_reach=costs[main] if acc >= choice.accuracy - 1e-12 else None,
-        note=rows.note,
-        curve=curve,
-    )
+    reach = costs[main] if acc >= choice.accuracy - 1e-12 else None
+    return j.judged(ok, _mean_ci(ok, choice.prep.seed), costs, latency, curve, reach)
 
 
 def _difference(alt_ok: np.ndarray, op_ok: np.ndarray, paired: bool, held_out: bool) -> tuple[float, Interval | None]:
@@ -336,7 +355,7 @@ def _difference(alt_ok: np.ndarray, op_ok: np.ndarray, paired: bool, held_out: b
     return diff, ci if held_out else None
 
 
-def _prepared(choice: _OperatingChoice, alt: Run, rows: _Rows) -> PreparedRun:
+def _prepared(choice: OperatingChoice, alt: Run, rows: _Rows) -> PreparedRun:
     """The early-exit alternative scored like the operating point; fitted on rows it is not judged on."""
     from dyncal.calibrate.solvers import SolveCache, prepare_run
 
@@ -353,22 +372,16 @@ def _prepared(choice: _OperatingChoice, alt: Run, rows: _Rows) -> PreparedRun:
     return dataclasses.replace(base, fit_idx=rows.fit, holdout_idx=rows.held, holdout=prep.holdout, cache=SolveCache())
 
 
-def _early_exit(
-    choice: _OperatingChoice,
-    alt: Run,
-    name: str,
-    rows: _Rows,
-    op_costs: Mapping[str, float],
-    main: str,
-) -> Alternative:
+def _early_exit(j: _Judging) -> Alternative:
     """An early-exit model: thresholds solved at the operating point's cost, and its whole curve."""
     from dyncal.artifacts.thresholds import thresholds_from_json
     from dyncal.calibrate.frontier import compute_frontier
     from dyncal.calibrate.policy import assign_exits
-    from dyncal.calibrate.solvers import DEFAULT_METHOD, solve_run
+    from dyncal.calibrate.solvers import solve_run
     from dyncal.errors import BudgetError
 
-    prep = _prepared(choice, alt, rows)
+    choice, alt, main, method = j.choice, j.alt, j.main, str(DEFAULT_METHOD)
+    prep = _prepared(choice, alt, j.rows)
     held = prep.holdout_idx if len(prep.holdout_idx) else prep.fit_idx
     # the budget as the operating point's is met: its expected cost on the fitting half
     fit_cost = choice.fit_costs.get(main)
@@ -379,25 +392,21 @@ def _early_exit(
     budget = f"{fit_cost!r}MAC" if main == "macs" else f"{fit_cost!r}ms"
     at_cost = True
     try:
-        doc = solve_run(prep, budget, method=DEFAULT_METHOD, **kwargs).to_dict()
+        doc = solve_run(prep, budget, method=method, **kwargs).to_dict()
         exits = assign_exits(prep.scores[held], thresholds_from_json(doc["thresholds"]))
     except BudgetError:
         at_cost = False  # even its first exit costs more: judged there, all samples at exit 1
         exits = np.zeros(len(held), dtype=np.int64)
     ok = prep.correct[held][np.arange(len(held)), exits]
-    costs: dict[str, float] = {}
     macs = _per_exit_macs(alt)
-    if macs is not None:
-        costs["macs"] = float(np.mean(np.asarray(macs)[exits]))
     latency: dict[str, float] = {}
     for key in sorted(alt.costs.latency if alt.costs is not None else {}):
         units = _unit_costs(alt, key, exits)
         if units is not None and len(units):
             latency[key] = float(units.mean())
-    costs.update(latency)
-    diff, diff_ci = _difference(ok, choice.outcome.correct, rows.paired, choice.outcome.held_out)
+    costs = ({"macs": float(np.mean(np.asarray(macs)[exits]))} if macs is not None else {}) | latency
     frontier = compute_frontier(prep)
-    curve_rows = frontier[frontier["method"].astype(str) == DEFAULT_METHOD].sort_values("budget_fraction")
+    curve_rows = frontier[frontier["method"].astype(str) == method].sort_values("budget_fraction")
     acc_col = "holdout_accuracy" if curve_rows["holdout_accuracy"].notna().any() else "fitted_accuracy"
     curve: dict[str, tuple[float, ...]] = {"accuracy": tuple(float(v) for v in curve_rows[acc_col])}
     for col in ["expected_macs"] + [LatencyKey.parse(k).column for k in latency if _same_hardware(choice.run, alt, k)]:
@@ -411,31 +420,12 @@ def _early_exit(
             reach = float(good[reach_col].min())
     if main != "macs" and reach is not None:
         reach = None  # the curve's ms are per sample on the fitting half, not per batch: not the same unit
-    return Alternative(
-        name=name,
-        path=str(alt.path),
-        k=alt.k,
-        paired=rows.paired,
-        n=len(ok),
-        accuracy=float(ok.mean()),
-        ci=_mean_ci(ok, prep.seed) if len(prep.holdout_idx) else None,
-        macs=costs.get("macs"),
-        latency_ms=latency,
-        difference=diff,
-        difference_ci=diff_ci,
-        cost=main,
-        cost_value=costs.get(main, math.nan),
-        operating_cost=op_costs[main],
-        cheaper=all(costs.get(c, math.inf) < op_costs[c] for c in _shared_costs(choice.run, alt)),
-        cost_to_reach=reach,
-        at_operating_cost=at_cost,
-        note=rows.note,
-        curve=curve,
-    )
+    ci = _mean_ci(ok, prep.seed) if len(prep.holdout_idx) else None
+    return j.judged(ok, ci, costs, latency, curve, reach, at_cost)
 
 
 def compare_alternatives(
-    choice: _OperatingChoice,
+    choice: OperatingChoice,
     latency: Mapping[str, LatencyEvidence],
     paths: Sequence[str | os.PathLike[str]],
 ) -> tuple[Alternative, ...]:
@@ -484,5 +474,5 @@ def compare_alternatives(
     out = []
     for name, alt, rows in zip(_names(paths), alts, matched, strict=True):
         judge = _static if alt.k == 1 else _early_exit
-        out.append(judge(choice, alt, name, rows, op_costs, cost))
+        out.append(judge(_Judging(choice, alt, name, rows, op_costs, cost)))
     return tuple(out)

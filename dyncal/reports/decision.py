@@ -247,7 +247,6 @@ class SpeedupEstimate:
         interval_timing: From timing noise alone (None for MACs, which are counted).
         timing_spread: IQR / median of the timings behind it (None for MACs).
         source: ``"macs"``, ``"measured"`` (``dyncal verify``) or ``"predicted"``.
-        early_exit: Expected early-exit cost (MACs per sample, or ms per batch).
         full_model: The full model's cost in the same unit.
 
     Example:
@@ -262,7 +261,6 @@ class SpeedupEstimate:
     interval_timing: Interval | None = None
     timing_spread: float | None = None
     source: str = "macs"
-    early_exit: float = float("nan")
     full_model: float = float("nan")
 
 
@@ -455,7 +453,6 @@ def speedup_estimate(
         value,
         interval,
         interval_sampling=interval,
-        early_exit=float(units.mean()) if len(units) else float("nan"),
         full_model=full_model,
     )
 

@@ -331,7 +331,6 @@ def predicted_latency(
         interval_timing=timing,
         timing_spread=_spread(prof),
         source="predicted",
-        early_exit=early,
         full_model=full,
     )
     return LatencyEvidence(key, "predicted", early, full, full_source, estimate, predicted_ms=early, rows=rows)
@@ -409,7 +408,6 @@ def measured_latency(timing: PairedTiming, n: int) -> LatencyEvidence:
         interval_timing=timing.speedup_ci_timing,
         timing_spread=timing.timing_spread,
         source="measured",
-        early_exit=timing.measured_ms,
         full_model=full,
     )
     return LatencyEvidence(

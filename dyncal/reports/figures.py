@@ -29,18 +29,15 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from dyncal.analysis.calibration import ReliabilityBins
 
 __all__ = [
     "OperatingPoint",
     "ComparedModel",
     "latency_keys",
     "main_method_of",
-    "reliability_columns",
+    "format_ms",
     "plot_frontier",
     "plot_latency",
-    "plot_exits",
-    "plot_reliability",
 ]
 
 MS_PREFIX = LatencyKey.PREFIX
@@ -174,87 +171,14 @@ def _draw_curves(
     ``full_model`` (an x value) draws the full model as a dashed vertical line.
     """
     acc_col, held_out = _accuracy_columns(frontier)
-    methods = [str(m) for m in dict.fromkeys(frontier["method"].astype(str))]
-    curve_methods = [m for m in methods if m != "static"]
-    main = main_method or main_method_of(frontier)
-    # the main method first, then other solvers, then the baseline and the bound.
-    order = {main: 0, "geometric": 2, "oracle": 3}
-    curve_methods.sort(key=lambda m: order.get(m, 1))
-    other = iter(_OTHER_COLORS)
-    for method in curve_methods:
-        rows = frontier[frontier["method"].astype(str) == method].sort_values(x_col)
-        x = rows[x_col].to_numpy(dtype=float)
-        y = rows[acc_col].to_numpy(dtype=float)
-        ok = np.isfinite(x) & np.isfinite(y)
-        if not ok.any():
-            continue
-        style = dict(_STYLE.get(method) or {"color": next(other, "#17becf"), "lw": 1.6, "ls": "-."})
-        ax.plot(x[ok], y[ok], label=_LABELS.get(method, method), marker=None, **style)
-        has_band = held_out and {"holdout_ci_low", "holdout_ci_high"} <= set(rows.columns)
-        if method == main and has_band:
-            lo = rows["holdout_ci_low"].to_numpy(dtype=float)
-            hi = rows["holdout_ci_high"].to_numpy(dtype=float)
-            band = ok & np.isfinite(lo) & np.isfinite(hi)
-            if band.any():
-                ax.fill_between(
-                    x[band],
-                    lo[band],
-                    hi[band],
-                    color=style["color"],
-                    alpha=0.18,
-                    lw=0,
-                    label=f"{method}: 95% interval (held out)",
-                    zorder=1,
-                )
-    static = frontier[frontier["method"].astype(str) == "static"]
-    static_labels: list[tuple[float, float, Any]] = []
-    if len(static):
-        static = static.sort_values(x_col)
-        sx = static[x_col].to_numpy(dtype=float)
-        sy = static[acc_col].to_numpy(dtype=float)
-        ax.plot(
-            sx,
-            sy,
-            ls="none",
-            marker="s",
-            ms=6,
-            color="black",
-            label="single exit (static)",
-            zorder=5,
-        )
-        exits = static["exit"].tolist() if "exit" in static.columns else [None] * len(static)
-        static_labels = [(xi, yi, k) for xi, yi, k in zip(sx, sy, exits, strict=True) if k is not None]
+    _draw_methods(ax, frontier, x_col, acc_col, held_out, main_method or main_method_of(frontier))
+    static_labels = _draw_static(ax, frontier[frontier["method"].astype(str) == "static"], x_col, acc_col)
     _draw_compared(ax, compared, x_col)
-    if operating_point is not None and operating_x is not None and math.isfinite(operating_x):
-        op = operating_point
-        if op.interval is not None:
-            lo, hi = op.interval
-            ax.errorbar(
-                [operating_x],
-                [op.accuracy],
-                yerr=[[op.accuracy - lo], [hi - op.accuracy]],
-                fmt="none",
-                ecolor=_OP_COLOR,
-                elinewidth=1.4,
-                capsize=4,
-                zorder=6,
-            )
-        ax.plot(
-            [operating_x],
-            [op.accuracy],
-            ls="none",
-            marker="*",
-            ms=15,
-            color=_OP_COLOR,
-            markeredgecolor="white",
-            markeredgewidth=0.8,
-            label=op.label,
-            zorder=7,
-        )
-    ax.margins(x=0.08)
     star = None
     if operating_point is not None and operating_x is not None and math.isfinite(operating_x):
+        _draw_star(ax, operating_point, operating_x)
         star = (operating_x, operating_point.accuracy)
+    ax.margins(x=0.08)
     if full_model is not None and math.isfinite(full_model):
         ax.axvline(full_model, color="#444444", ls=(0, (4, 3)), lw=1.1, zorder=2)
         ax.annotate(
@@ -283,15 +207,80 @@ def _draw_curves(
         # below the axes, never over the curves or the operating point (an imported run's
         # curves can fill the lower right, where the legend used to sit)
         handles, labels = ax.get_legend_handles_labels()
-        ax.legend(
-            handles,
-            labels,
-            loc="upper center",
-            bbox_to_anchor=(0.5, -0.13),
-            ncol=2,
-            fontsize=8,
-            frameon=False,
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=8, frameon=False)
+
+
+def _draw_methods(ax: Axes, frontier: pd.DataFrame, x_col: str, acc_col: str, held_out: bool, main: str) -> None:
+    """Every method's curve, the main one first with its held-out interval band, the baseline and bound last."""
+    curve_methods = [m for m in (str(m) for m in dict.fromkeys(frontier["method"].astype(str))) if m != "static"]
+    order = {main: 0, "geometric": 2, "oracle": 3}
+    curve_methods.sort(key=lambda m: order.get(m, 1))
+    other = iter(_OTHER_COLORS)
+    for method in curve_methods:
+        rows = frontier[frontier["method"].astype(str) == method].sort_values(x_col)
+        x = rows[x_col].to_numpy(dtype=float)
+        y = rows[acc_col].to_numpy(dtype=float)
+        ok = np.isfinite(x) & np.isfinite(y)
+        if not ok.any():
+            continue
+        style = dict(_STYLE.get(method) or {"color": next(other, "#17becf"), "lw": 1.6, "ls": "-."})
+        ax.plot(x[ok], y[ok], label=_LABELS.get(method, method), marker=None, **style)
+        has_band = held_out and {"holdout_ci_low", "holdout_ci_high"} <= set(rows.columns)
+        if method == main and has_band:
+            lo = rows["holdout_ci_low"].to_numpy(dtype=float)
+            hi = rows["holdout_ci_high"].to_numpy(dtype=float)
+            band = ok & np.isfinite(lo) & np.isfinite(hi)
+            if band.any():
+                ax.fill_between(
+                    x[band],
+                    lo[band],
+                    hi[band],
+                    color=style["color"],
+                    alpha=0.18,
+                    lw=0,
+                    label=f"{method}: 95% interval (held out)",
+                    zorder=1,
+                )
+
+
+def _draw_static(ax: Axes, static: pd.DataFrame, x_col: str, acc_col: str) -> list[tuple[float, float, Any]]:
+    """The single exits as squares; returns where each exit's label goes: ``(x, y, exit)``."""
+    if not len(static):
+        return []
+    static = static.sort_values(x_col)
+    sx = static[x_col].to_numpy(dtype=float)
+    sy = static[acc_col].to_numpy(dtype=float)
+    ax.plot(sx, sy, ls="none", marker="s", ms=6, color="black", label="single exit (static)", zorder=5)
+    exits = static["exit"].tolist() if "exit" in static.columns else [None] * len(static)
+    return [(xi, yi, k) for xi, yi, k in zip(sx, sy, exits, strict=True) if k is not None]
+
+
+def _draw_star(ax: Axes, op: OperatingPoint, x: float) -> None:
+    """The operating point: a star at ``x``, with its interval."""
+    if op.interval is not None:
+        lo, hi = op.interval
+        ax.errorbar(
+            [x],
+            [op.accuracy],
+            yerr=[[op.accuracy - lo], [hi - op.accuracy]],
+            fmt="none",
+            ecolor=_OP_COLOR,
+            elinewidth=1.4,
+            capsize=4,
+            zorder=6,
         )
+    ax.plot(
+        [x],
+        [op.accuracy],
+        ls="none",
+        marker="*",
+        ms=15,
+        color=_OP_COLOR,
+        markeredgecolor="white",
+        markeredgewidth=0.8,
+        label=op.label,
+        zorder=7,
+    )
 
 
 def _draw_compared(ax: Axes, compared: Sequence[ComparedModel], x_col: str) -> None:
@@ -560,214 +549,3 @@ def _figure_of(ax: Axes) -> Figure:
     fig = ax.get_figure(root=True)
     assert fig is not None
     return fig
-
-
-def plot_exits(
-    shares: Sequence[float] | np.ndarray,
-    accuracy: Sequence[float] | np.ndarray,
-    *,
-    counts: Sequence[int] | np.ndarray | None = None,
-    exit_accuracy: Sequence[float] | np.ndarray | None = None,
-    axes: Sequence[Axes] | None = None,
-    title: str | None = None,
-) -> Figure:
-    """Where samples leave at the operating point (top panel), and how accurate they are (bottom panel).
-
-    Shares and accuracies are on separate panels, each with its own 0–100% scale, so no
-    marker is read against the other's axis.
-
-    Args:
-        shares: ``(K,)`` fraction of samples leaving at each exit (sums to 1).
-        accuracy: ``(K,)`` accuracy of the samples that leave at each exit (NaN where none).
-        counts: ``(K,)`` number of samples behind each share, printed on the bars.
-        exit_accuracy: ``(K,)`` accuracy of each exit on *all* samples, drawn as a reference.
-        axes: Two axes to draw on (shares, accuracy); default a new figure.
-        title: Title of the top panel; default none.
-
-    Returns:
-        The figure drawn on.
-
-    Raises:
-        DyncalError: ``shares`` and ``accuracy`` differ in length, or fewer than two ``axes``.
-
-    Example:
-        >>> fig = plot_exits([0.5, 0.3, 0.2], [0.99, 0.95, 0.8])
-        >>> len(fig.axes[0].patches), fig.axes[1].get_ylabel()
-        (3, 'accuracy')
-    """
-    share = np.asarray(shares, dtype=float)
-    acc = np.asarray(accuracy, dtype=float)
-    if share.shape != acc.shape or share.ndim != 1:
-        raise DyncalError(f"shares and accuracy need one value per exit each, got shapes {share.shape} and {acc.shape}")
-    if axes is None:
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(7.0, 6.0), layout="constrained")
-        top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[1.3, 1.0])
-    else:
-        given = list(axes)
-        if len(given) < 2:
-            raise DyncalError(f"plot_exits needs two axes (shares, accuracy), got {len(given)}")
-        top, bottom = given[0], given[1]
-    k = share.shape[0]
-    x = np.arange(1, k + 1)
-    # --- shares
-    top.bar(x, share, width=0.6, color="#1f77b4", alpha=0.85)
-    peak = max(float(np.nanmax(share)) if k else 0.0, 0.05)
-    top.set_ylim(0, peak * 1.32)
-    top.set_yticks([t for t in top.get_yticks() if 0 <= t <= min(1.0, peak * 1.32) + 1e-9])
-    top.set_ylabel("share of samples leaving")
-    top.yaxis.set_major_formatter(_percent_formatter())
-    for i in range(k):
-        n_txt = "" if counts is None else f" (n = {int(counts[i]):,})"
-        extra = "\nno samples" if not np.isfinite(acc[i]) else ""
-        top.annotate(
-            f"{100 * share[i]:.1f}% leave{n_txt}{extra}",
-            (x[i], share[i]),
-            xytext=(0, 3),
-            textcoords="offset points",
-            ha="center",
-            va="bottom",
-            fontsize=8,
-        )
-    top.grid(True, axis="y", color="#dddddd", lw=0.6)
-    top.set_axisbelow(True)
-    top.set_xticks(x, [f"exit {i}" for i in x])
-    top.tick_params(axis="x", labelbottom=False)  # the accuracy panel below names the exits
-    top.set_xlim(0.4, k + 0.6)
-    if title:
-        top.set_title(title)
-    # --- accuracy
-    values = [acc]
-    if exit_accuracy is not None:
-        ref = np.asarray(exit_accuracy, dtype=float)
-        values.append(ref)
-        bottom.plot(x, ref, marker="o", color="#444444", lw=1, ls="--", label="exit accuracy on all samples")
-    bottom.plot(x, acc, marker="D", color=_OP_COLOR, lw=0, ms=7, label="accuracy of the samples leaving here")
-    for i in range(k):
-        if np.isfinite(acc[i]):
-            bottom.annotate(
-                f"{100 * acc[i]:.1f}%",
-                (x[i], acc[i]),
-                xytext=(8, -3),
-                textcoords="offset points",
-                fontsize=8,
-                color=_OP_COLOR,
-            )
-    both = np.concatenate(values)
-    lo = float(np.nanmin(both)) if np.isfinite(both).any() else 0.0
-    span = max(1.0 - lo, 0.02)
-    bottom.set_ylim(max(0.0, lo - 0.15 * span), 1.0 + 0.12 * span)  # room above 100%: markers there stay whole
-    bottom.set_yticks([t for t in bottom.get_yticks() if lo - 0.15 * span <= t <= 1.0 + 1e-9])
-    bottom.set_ylabel("accuracy")
-    bottom.yaxis.set_major_formatter(_percent_formatter())
-    bottom.grid(True, axis="y", color="#dddddd", lw=0.6)
-    bottom.set_axisbelow(True)
-    bottom.set_xticks(x, [f"exit {i}" for i in x])
-    bottom.set_xlim(0.4, k + 0.6)
-    bottom.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, frameon=False)
-    return _figure_of(top)
-
-
-def plot_reliability(
-    bins: Sequence[ReliabilityBins],
-    *,
-    scaled: Sequence[ReliabilityBins] | None = None,
-    temperatures: Sequence[float] | None = None,
-    legend: bool = True,
-    axes: Sequence[Axes] | None = None,
-) -> Figure:
-    """Reliability diagrams, one panel per exit: accuracy against confidence per bin.
-
-    Args:
-        bins: ``K`` bin summaries at temperature 1 (from
-            :func:`dyncal.analysis.calibration.reliability_bins`), exit 1 first.
-        scaled: Optional ``K`` bin summaries after temperature scaling, drawn as bars with
-            the unscaled ones as an outline.
-        temperatures: ``K`` temperatures behind ``scaled``, shown in the titles.
-        legend: Draw a legend in the first panel (default True).
-        axes: One axes per exit to draw on; default a new figure with a grid of panels.
-
-    Returns:
-        The figure drawn on.
-
-    Raises:
-        DyncalError: No exits, ``scaled`` of another length, or fewer ``axes`` than exits.
-
-    Example:
-        >>> from dyncal.analysis.calibration import reliability_bins
-        >>> b = reliability_bins(np.array([0.9, 0.6]), np.array([True, False]), n_bins=10)
-        >>> len(plot_reliability([b, b]).axes)
-        2
-    """
-    k = len(bins)
-    if k == 0:
-        raise DyncalError("plot_reliability needs the bins of at least one exit, got none")
-    if scaled is not None and len(scaled) != k:
-        raise DyncalError(f"scaled needs {k} bin summaries (one per exit), got {len(scaled)}")
-    cols = reliability_columns(k)
-    rows = math.ceil(k / cols)
-    panels = _panels(axes, k, size=(3.4, 3.4), cols=cols)
-    for i in range(k):
-        ax = panels[i]
-        raw = bins[i]
-        shown = raw if scaled is None else scaled[i]
-        centers = 0.5 * (shown.edges[:-1] + shown.edges[1:])
-        width = np.diff(shown.edges)
-        acc = np.nan_to_num(shown.accuracy)
-        conf = np.where(np.isfinite(shown.confidence), shown.confidence, centers)
-        filled = shown.count > 0
-        ax.plot([0, 1], [0, 1], color="#888888", lw=1, ls="--", label="perfect calibration")
-        ax.bar(
-            centers[filled],
-            acc[filled],
-            width=width[filled] * 0.95,
-            color="#1f77b4",
-            alpha=0.8,
-            label="accuracy in bin" + ("" if scaled is None else " (scaled)"),
-        )
-        ax.hlines(
-            conf[filled],
-            (centers - width / 2)[filled],
-            (centers + width / 2)[filled],
-            color=_OP_COLOR,
-            lw=1.6,
-            label="mean confidence in bin",
-        )
-        if scaled is not None:
-            rf = raw.count > 0
-            rc = 0.5 * (raw.edges[:-1] + raw.edges[1:])
-            ax.plot(
-                rc[rf],
-                raw.accuracy[rf],
-                ls="none",
-                marker="_",
-                ms=10,
-                color="black",
-                label="accuracy in bin (T = 1)",
-            )
-        t_txt = ""
-        if temperatures is not None and scaled is not None:
-            t_txt = f", T = {temperatures[i]:.2f}"
-        ax.set_title(f"exit {i + 1}{t_txt}: ECE {shown.ece:.3f}", fontsize=10)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_aspect("equal")
-        if i % cols == 0:
-            ax.set_ylabel("accuracy")
-        if i // cols == rows - 1 or i + cols >= k:
-            ax.set_xlabel("confidence (top softmax probability)", fontsize=9)
-            ax.xaxis.set_tick_params(labelbottom=True)
-        if i == 0 and legend:
-            ax.legend(loc="upper left", fontsize=7, framealpha=0.9)
-    return _figure_of(panels[0])
-
-
-def reliability_columns(k: int) -> int:
-    """Panels per row of a reliability grid of ``k`` exits.
-
-    Example:
-        >>> [reliability_columns(k) for k in (2, 3, 4, 5)]
-        [2, 3, 2, 3]
-    """
-    return 2 if k in (2, 4) else min(k, 3)

@@ -16,7 +16,7 @@ from dyncal.reports.decision import INCONCLUSIVE, PASS
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from dyncal.reports.operating import ReportData
+    from dyncal.reports.data import ReportData
 
 A4_INCHES = (8.27, 11.69)
 PAGE_TITLES = (

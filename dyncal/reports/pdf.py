@@ -3,16 +3,18 @@
 The report is six pages a team lead can decide from (decision, accuracy vs MACs, accuracy
 vs latency, exits, calibration, thresholds and provenance). Its parts, one job each:
 
-* :mod:`dyncal.reports.operating` — the operating point and everything the pages show,
-  computed once (:func:`prepare_report`, :class:`ReportData`; numpy only);
+* :mod:`dyncal.reports.operating` — what is asked (:class:`ReportOptions`) and the operating
+  point chosen from it (:class:`~dyncal.reports.choice.OperatingChoice`);
+* :mod:`dyncal.reports.data` — everything the pages show, computed once
+  (:func:`~dyncal.reports.data.prepare_report`, :class:`~dyncal.reports.data.ReportData`; numpy only);
 * :mod:`dyncal.reports.decision` — the criteria and the verdict;
 * :mod:`dyncal.reports.compare` — other runs judged against the operating point (``compare``);
 * :mod:`dyncal.reports.evidence` — the cost model: per-exit costs, latency units, the
   full-model figure, measured or predicted speed-ups;
 * :mod:`dyncal.reports.text` — numbers and verdicts in words;
 * :mod:`dyncal.reports.layout` — the A4 page frame and style;
-* :mod:`dyncal.reports.pages` — the six pages;
-* :mod:`dyncal.reports.figures` — each figure, usable alone.
+* :mod:`dyncal.reports.pages` — the pages;
+* :mod:`dyncal.reports.figures` and :mod:`dyncal.reports.figures_exits` — each figure, usable alone.
 
 Here: :func:`build_report` (prepare, render, write), :func:`render_pdf` and
 :func:`export_figure` (what ``dyncal plot`` writes).
@@ -25,7 +27,6 @@ creation time, and nothing on the pages depends on the clock.
 from __future__ import annotations
 
 import io
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,53 +36,24 @@ import numpy as np
 
 from dyncal.choices import FigureKind
 from dyncal.errors import DyncalError
+from dyncal.options import options_from
 from dyncal.reports.compare import compare_alternatives
-from dyncal.reports.decision import Criterion as Criterion
+from dyncal.reports.data import ReportData, latency_evidence, prepare_report
+from dyncal.reports.decision import Criterion
 from dyncal.reports.evidence import full_model_ms
-from dyncal.reports.figures import ComparedModel, plot_exits, plot_frontier, plot_latency, plot_reliability
-from dyncal.reports.layout import PAGE_TITLES as PAGE_TITLES
+from dyncal.reports.figures import ComparedModel, plot_frontier, plot_latency
+from dyncal.reports.figures_exits import plot_exits, plot_reliability
 from dyncal.reports.layout import _style, _version, page_titles
-from dyncal.reports.operating import ReportData as ReportData
-from dyncal.reports.operating import ReportOptions as ReportOptions
-from dyncal.reports.operating import (
-    _choose_operating_point,
-    _op_label,
-    _OperatingChoice,
-    latency_evidence,
-    report_options,
-)
-from dyncal.reports.operating import prepare_report as prepare_report
-from dyncal.reports.operating import report_date as report_date
-from dyncal.reports.pages import (
-    _page_calibration,
-    _page_compare,
-    _page_decision,
-    _page_exits,
-    _page_latency,
-    _page_provenance,
-)
-from dyncal.reports.pages import _page_frontier as _page_frontier  # re-exported (tests draw page 2 alone)
-from dyncal.reports.text import REMEDY as REMEDY
-from dyncal.reports.text import _failure_text as _failure_text
+from dyncal.reports.operating import ReportOptions, choose_operating_point
+from dyncal.reports.pages import report_pages
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from dyncal.artifacts.run import Run
+    from dyncal.reports.choice import OperatingChoice
 
-__all__ = [
-    "ReportResult",
-    "ReportData",
-    "build_report",
-    "prepare_report",
-    "render_pdf",
-    "export_figure",
-    "report_date",
-    "PAGE_TITLES",
-    "FIGURE_KINDS",
-]
-
-log = logging.getLogger(__name__)
+__all__ = ["ReportResult", "build_report", "render_pdf", "export_figure", "FIGURE_KINDS"]
 
 MAX_REPORT_EXITS = 12
 """Most exits the report's pages have room for (tables and reliability diagrams, one per exit)."""
@@ -117,7 +89,7 @@ class ReportResult:
             (:meth:`dyncal.reports.compare.Alternative.to_dict`), or None without ``compare``.
 
     Example:
-        >>> r = ReportResult(Path("r.pdf"), None, (), PAGE_TITLES, "0.5x", "asked", {}, {}, 1)
+        >>> r = ReportResult(Path("r.pdf"), None, (), ("Decision",), "0.5x", "asked", {}, {}, 1)
         >>> r.to_dict()["decision"] is None
         True
     """
@@ -181,14 +153,6 @@ def render_pdf(data: ReportData) -> bytes:
     from matplotlib.backends.backend_pdf import PdfPages
 
     _check_report_exits(data.run)
-    pages = (
-        _page_decision,
-        _page_frontier,
-        _page_latency,
-        _page_exits,
-        _page_calibration,
-        _page_provenance,
-    ) + ((_page_compare,) if data.alternatives else ())
     metadata = {
         "Title": data.title,
         "Subject": "early-exit go/no-go report",
@@ -198,7 +162,7 @@ def render_pdf(data: ReportData) -> bytes:
     }
     buf = io.BytesIO()
     with _style(), PdfPages(buf, metadata=metadata) as pdf:
-        for draw in pages:
+        for draw in report_pages(data):
             fig = draw(data)
             pdf.savefig(fig)
     return buf.getvalue()
@@ -275,7 +239,7 @@ def build_report(
     from dyncal.artifacts.outputs import claim_output_file, write_output
     from dyncal.artifacts.run import load_run
 
-    options = report_options(options, fields)
+    options = options_from(ReportOptions, options, fields, "report")
     out = Path(out_pdf)
     if out.suffix.lower() != ".pdf":
         raise DyncalError(f"`out_pdf` must name a .pdf file, got '{out}'")
@@ -360,7 +324,7 @@ def export_figure(
     kind = FigureKind.parse(kind, "kind")
     if dpi < MIN_DPI:
         raise DyncalError(f"`dpi` must be at least {MIN_DPI}, got {dpi}")
-    asked = report_options(options, fields)
+    asked = options_from(ReportOptions, options, fields, "report")
     path = Path(out)
     fmt = _FORMATS.get(path.suffix.lower())
     if fmt is None:
@@ -368,45 +332,9 @@ def export_figure(
     if not path.parent.exists():
         raise DyncalError(f"the folder '{path.parent}' for `out` does not exist; create it first")
     with _style():
-        if kind == "reliability":
-            fig = _reliability_alone(run_path)
-        else:
-            if kind == "latency":
-                _require_latency(run_path)
-            # the operating point alone: no evidence, verdict or calibration; the frontier
-            # only for the curves (or to choose the budget)
-            point = _choose_operating_point(run_path, asked, frontier=kind != "exits")
-            main = str(point.thresholds.get("method") or "") or None
-            op = point.operating_point(_op_label(point))
-            compared = _compared_runs(point, asked, kind)
-            if kind == "frontier":
-                assert point.frontier is not None
-                fig = plot_frontier(
-                    point.frontier,
-                    operating_point=op,
-                    main_method=main,
-                    title=f"{point.title}: accuracy vs MACs",
-                    compared=compared,
-                )
-            elif kind == "latency":
-                assert point.frontier is not None and point.run.costs is not None
-                costs = point.run.costs
-                fig = plot_latency(
-                    point.frontier,
-                    operating_point=op,
-                    main_method=main,
-                    full_model_ms={k: full_model_ms(costs, None, k)[0] for k in costs.latency},
-                    compared=compared,
-                )
-            else:
-                o, k = point.outcome, point.run.k
-                fig = plot_exits(
-                    o.shares(k),
-                    o.accuracy_per_exit(k),
-                    counts=o.counts(k),
-                    exit_accuracy=point.confidence()[1].mean(axis=0),
-                    title=_op_label(point).replace("operating point", "exits at the operating point", 1),
-                )
+        fig = (
+            _reliability_alone(run_path) if kind == "reliability" else _figure_at_operating_point(run_path, kind, asked)
+        )
         width_in, height_in = fig.get_size_inches()
         if width_in * height_in * dpi * dpi > MAX_FIGURE_PIXELS:
             most = int((MAX_FIGURE_PIXELS / (width_in * height_in)) ** 0.5)
@@ -427,7 +355,46 @@ def export_figure(
     return path
 
 
-def _compared_runs(point: _OperatingChoice, asked: ReportOptions, kind: str) -> list[ComparedModel]:
+def _figure_at_operating_point(run_path: str | os.PathLike[str], kind: str, asked: ReportOptions) -> Figure:
+    """The frontier, latency or exits figure, with the operating point marked."""
+    if kind == "latency":
+        _require_latency(run_path)
+    # the operating point alone: no evidence, verdict or calibration; the frontier
+    # only for the curves (or to choose the budget)
+    point = choose_operating_point(run_path, asked, frontier=kind != "exits")
+    main = str(point.thresholds.get("method") or "") or None
+    op = point.operating_point(point.legend_label())
+    compared = _compared_runs(point, asked, kind)
+    if kind == "frontier":
+        assert point.frontier is not None
+        return plot_frontier(
+            point.frontier,
+            operating_point=op,
+            main_method=main,
+            title=f"{point.title}: accuracy vs MACs",
+            compared=compared,
+        )
+    if kind == "latency":
+        assert point.frontier is not None and point.run.costs is not None
+        costs = point.run.costs
+        return plot_latency(
+            point.frontier,
+            operating_point=op,
+            main_method=main,
+            full_model_ms={k: full_model_ms(costs, None, k)[0] for k in costs.latency},
+            compared=compared,
+        )
+    o, k = point.outcome, point.run.k
+    return plot_exits(
+        o.shares(k),
+        o.accuracy_per_exit(k),
+        counts=o.counts(k),
+        exit_accuracy=point.confidence()[1].mean(axis=0),
+        title=point.legend_label().replace("operating point", "exits at the operating point", 1),
+    )
+
+
+def _compared_runs(point: OperatingChoice, asked: ReportOptions, kind: str) -> list[ComparedModel]:
     """The ``compare`` runs as the report's figures draw them (judged against ``point`` like the report)."""
     if not asked.compare:
         return []

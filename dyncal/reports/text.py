@@ -1,6 +1,7 @@
-"""How the report's numbers and criteria read for people: percentages, MACs, ms, verdict sentences.
+"""How the report's numbers and criteria read for people: percentages, MACs, verdict sentences.
 
-Plain string formatting (no matplotlib); fractions become percentages only here.
+Plain string formatting (no matplotlib); fractions become percentages only here. Milliseconds
+read as :func:`dyncal.reports.figures.format_ms` writes them.
 """
 
 from __future__ import annotations
@@ -10,34 +11,77 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from dyncal.reports.decision import FAIL, INCONCLUSIVE, PASS, Criterion
-from dyncal.reports.figures import format_ms
 
 if TYPE_CHECKING:
     from dyncal.artifacts.run import Run
 
+__all__ = [
+    "REMEDY",
+    "pct",
+    "pts",
+    "change_text",
+    "format_macs",
+    "interval_text",
+    "criterion_value",
+    "criterion_digits",
+    "criterion_label",
+    "need_text",
+    "failure_text",
+    "inconclusive_text",
+    "status_word",
+    "thresholds_text",
+]
 
-def _pct(v: float | None, digits: int = 2) -> str:
-    """A fraction as a percentage for people."""
+REMEDY = (
+    "measure again on a quiet machine, with --threads 1 and more --repeats "
+    "(dyncal profile RUN --threads 1 --repeats 100; dyncal verify RUN --threads 1 --repeats 20 --out verify.json)"
+)
+"""What to do when timing noise alone decides a latency criterion."""
+
+
+def pct(v: float | None, digits: int = 2) -> str:
+    """A fraction as a percentage for people (``n/a`` when missing or not finite).
+
+    Example:
+        >>> pct(0.98765), pct(0.5, 1), pct(None)
+        ('98.77%', '50.0%', 'n/a')
+    """
     if v is None or not math.isfinite(v):
         return "n/a"
     return f"{100 * v:.{digits}f}%"
 
 
-def _pts(v: float, digits: int = 1) -> str:
-    """A difference of fractions in percentage points."""
+def pts(v: float, digits: int = 1) -> str:
+    """A difference of fractions in percentage points.
+
+    Example:
+        >>> pts(0.01), pts(0.0123, 2)
+        ('1.0 percentage point', '1.23 percentage points')
+    """
     return f"{100 * v:.{digits}f} percentage point" + ("" if abs(100 * v - 1) < 1e-9 else "s")
 
 
-def _change_text(drop: float) -> str:
-    """An accuracy drop in words: lost, gained or unchanged."""
+def change_text(drop: float) -> str:
+    """An accuracy drop in words: lost, gained or unchanged.
+
+    Example:
+        >>> change_text(0.02), change_text(-0.005), change_text(0.0)
+        ('2.00 percentage points lost', '0.50 percentage points better', 'no accuracy lost')
+    """
     if not math.isfinite(drop):
         return "change not available"
     if abs(drop) < 5e-5:
         return "no accuracy lost"
-    return f"{_pts(abs(drop), 2)} {'lost' if drop > 0 else 'better'}"
+    return f"{pts(abs(drop), 2)} {'lost' if drop > 0 else 'better'}"
 
 
-def _macs(v: float | None) -> str:
+def format_macs(v: float | None) -> str:
+    """MACs for people, in the largest unit that keeps a number of at least 1.
+
+    Example:
+        >>> format_macs(1.234e9), format_macs(70880), format_macs(None)
+        ('1.23 GMAC', '70.9 KMAC', 'n/a')
+    """
     if v is None or not math.isfinite(v):
         return "n/a"
     for unit, scale in (("GMAC", 1e9), ("MMAC", 1e6), ("KMAC", 1e3)):
@@ -46,24 +90,38 @@ def _macs(v: float | None) -> str:
     return f"{v:.3g} MAC"
 
 
-def _ms(v: float | None) -> str:
-    return format_ms(v)
+def interval_text(iv: tuple[float, float] | None, fmt: Any) -> str:
+    """A 95% interval written with ``fmt``, or why there is none.
 
-
-def _interval_text(iv: tuple[float, float] | None, fmt: Any) -> str:
+    Example:
+        >>> interval_text((0.9, 0.95), pct), interval_text(None, pct)
+        ('90.00% to 95.00%', 'not available (nothing held out)')
+    """
     return "not available (nothing held out)" if iv is None else f"{fmt(iv[0])} to {fmt(iv[1])}"
 
 
-def _criterion_value(c: Criterion, v: float, digits: int = 2) -> str:
+def criterion_value(c: Criterion, v: float, digits: int = 2) -> str:
+    """A value of criterion ``c`` in its unit: a factor, points of drop, or a percentage.
+
+    Example:
+        >>> c = Criterion("accuracy_drop", 0.004, None, 0.01, "<=", "pass")
+        >>> criterion_value(c, c.value), criterion_value(c, c.required, 3)
+        ('+0.40 pts', '+1.000 pts')
+    """
     if c.name == "speedup":
         return f"{v:.{digits}f}×"
     if c.name == "accuracy_drop":
         return f"{100 * v:+.{digits}f} pts"
-    return _pct(v, digits)
+    return pct(v, digits)
 
 
-def _criterion_digits(c: Criterion) -> int:
-    """Decimals that keep the deciding bound visibly apart from the requirement (2 to 5)."""
+def criterion_digits(c: Criterion) -> int:
+    """Decimals that keep the deciding bound visibly apart from the requirement (2 to 5).
+
+    Example:
+        >>> criterion_digits(Criterion("speedup", 2.0004, (1.9999, 2.1), 2.0, ">=", "fail"))
+        4
+    """
     bounds = [c.value]
     if c.interval is not None:
         bounds.append(c.interval[0 if c.comparison == ">=" else 1])
@@ -71,14 +129,20 @@ def _criterion_digits(c: Criterion) -> int:
         bounds.append(c.interval_sampling[0 if c.comparison == ">=" else 1])
     digits = 2
     while digits < 5 and any(
-        b != c.required and _criterion_value(c, b, digits) == _criterion_value(c, c.required, digits) for b in bounds
+        b != c.required and criterion_value(c, b, digits) == criterion_value(c, c.required, digits) for b in bounds
     ):
         digits += 1
     return digits
 
 
-def _need_text(c: Criterion, digits: int) -> str:
-    return f"{'≥' if c.comparison == '>=' else '≤'} {_criterion_value(c, c.required, digits)}"
+def need_text(c: Criterion, digits: int) -> str:
+    """What criterion ``c`` requires, as the pages print it.
+
+    Example:
+        >>> need_text(Criterion("speedup", 2.4, None, 2.0, ">=", "pass"), 2)
+        '≥ 2.00×'
+    """
+    return f"{'≥' if c.comparison == '>=' else '≤'} {criterion_value(c, c.required, digits)}"
 
 
 def _value_clears(c: Criterion) -> bool:
@@ -87,50 +151,68 @@ def _value_clears(c: Criterion) -> bool:
     return c.value <= c.required + 1e-12
 
 
-def _failure_text(c: Criterion) -> str:
-    """Why a criterion failed, for people: the estimate itself, or the bound that decides."""
-    d = _criterion_digits(c)
-    need = _need_text(c, d)
-    label = _criterion_label(c)
+def failure_text(c: Criterion) -> str:
+    """Why a criterion failed, for people: the estimate itself, or the bound that decides.
+
+    Example:
+        >>> failure_text(Criterion("speedup", 1.92, (1.86, 1.98), 2.0, ">=", "fail", cost="macs"))
+        'speed-up (MACs) is 1.92×, needs ≥ 2.00×'
+    """
+    d = criterion_digits(c)
+    need = need_text(c, d)
+    label = criterion_label(c)
     if c.interval is None or not _value_clears(c):
-        return f"{label} is {_criterion_value(c, c.value, d)}, needs {need}"
+        return f"{label} is {criterion_value(c, c.value, d)}, needs {need}"
     side = "down" if c.comparison == ">=" else "up"
     bound = c.interval[0] if c.comparison == ">=" else c.interval[1]
     return (
-        f"{label} is {_criterion_value(c, c.value, d)} but its 95% interval reaches "
-        f"{side} to {_criterion_value(c, bound, d)}, needs {need}"
+        f"{label} is {criterion_value(c, c.value, d)} but its 95% interval reaches "
+        f"{side} to {criterion_value(c, bound, d)}, needs {need}"
     )
 
 
-def _inconclusive_text(c: Criterion) -> str:
-    """Why timing noise alone decides a criterion, for people."""
-    d = _criterion_digits(c)
+def inconclusive_text(c: Criterion) -> str:
+    """Why timing noise alone decides a criterion, for people.
+
+    Example:
+        >>> c = Criterion("speedup", 2.4, (1.8, 3.0), 2.0, ">=", "inconclusive", cost="cpu/b1",
+        ...               interval_sampling=(2.2, 2.6), source="measured")
+        >>> inconclusive_text(c).split("; ")[1]
+        'sampling noise alone puts it at 2.20× to 2.60×'
+    """
+    d = criterion_digits(c)
     s_iv = c.interval_sampling
     iv = c.interval
     side = "down" if c.comparison == ">=" else "up"
-    parts = [f"{_criterion_label(c)} is {_criterion_value(c, c.value, d)}, needs {_need_text(c, d)}"]
+    parts = [f"{criterion_label(c)} is {criterion_value(c, c.value, d)}, needs {need_text(c, d)}"]
     if s_iv is not None:
         parts.append(
-            f"sampling noise alone puts it at {_criterion_value(c, s_iv[0], d)} to {_criterion_value(c, s_iv[1], d)}"
+            f"sampling noise alone puts it at {criterion_value(c, s_iv[0], d)} to {criterion_value(c, s_iv[1], d)}"
         )
     if iv is not None:
         bound = iv[0] if c.comparison == ">=" else iv[1]
         spread = "" if c.timing_spread is None else f" (timing spread {100 * c.timing_spread:.0f}% of the median)"
-        parts.append(f"with timing noise{spread} its 95% interval reaches {side} to {_criterion_value(c, bound, d)}")
+        parts.append(f"with timing noise{spread} its 95% interval reaches {side} to {criterion_value(c, bound, d)}")
     return "; ".join(parts)
 
 
-REMEDY = (
-    "measure again on a quiet machine, with --threads 1 and more --repeats "
-    "(dyncal profile RUN --threads 1 --repeats 100; dyncal verify RUN --threads 1 --repeats 20 --out verify.json)"
-)
+def status_word(c: Criterion) -> str:
+    """A criterion's status as the tables print it.
 
-
-def _status_word(c: Criterion) -> str:
+    Example:
+        >>> status_word(Criterion("accuracy", 0.97, None, 0.95, ">=", "pass"))
+        'PASS'
+    """
     return {PASS: "PASS", FAIL: "FAIL", INCONCLUSIVE: "INCONCLUSIVE"}[c.status]
 
 
-def _criterion_label(c: Criterion) -> str:
+def criterion_label(c: Criterion) -> str:
+    """What a criterion judges, for people (with its cost and evidence for a speed-up).
+
+    Example:
+        >>> criterion_label(Criterion("speedup", 2.4, None, 2.0, ">=", "pass", cost="cpu/b1", source="measured"))
+        'speed-up (latency, cpu/b1), measured'
+    """
     if c.name == "accuracy":
         return "held-out accuracy" if c.interval is not None else "accuracy (fitted)"
     if c.name == "accuracy_drop":
@@ -140,8 +222,14 @@ def _criterion_label(c: Criterion) -> str:
     return f"speed-up (latency, {c.cost}), {c.source or 'predicted'}"
 
 
-def _thresholds_text(doc: Mapping[str, Any], run: Run) -> list[str]:
-    """Each threshold for people: a number, or 'nobody leaves' / 'everybody leaves'."""
+def thresholds_text(doc: Mapping[str, Any], run: Run) -> list[str]:
+    """Each threshold of a ``thresholds.json`` document for people: a number, or who leaves.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> thresholds_text({"score": "maxprob", "thresholds": [0.9, 2.0, None]}, SimpleNamespace(c=10))
+        ['0.9000', 'none leave', 'takes the rest']
+    """
     from dyncal.artifacts.thresholds import score_range
 
     lo, hi = score_range(str(doc.get("score", "maxprob")), run.c)

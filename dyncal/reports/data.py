@@ -1,0 +1,326 @@
+"""Everything a report shows, computed once: the operating point with its evidence, verdict and calibration.
+
+:func:`prepare_report` chooses the operating point (:mod:`dyncal.reports.operating`), takes
+the latency evidence (measured by a matching verify result, else predicted from the profile),
+judges the criteria, weighs other runs (``compare``), solves the other methods at the same
+budget and bins the calibration into a :class:`ReportData`. numpy only; nothing is drawn here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dyncal.artifacts.costs import LatencyKey
+from dyncal.choices import Method
+from dyncal.errors import DyncalError
+from dyncal.options import options_from
+from dyncal.reports.choice import OperatingChoice
+from dyncal.reports.compare import Alternative, compare_alternatives
+from dyncal.reports.decision import Criterion, decide, judge, speedup_estimate
+from dyncal.reports.evidence import (
+    LatencyEvidence,
+    _per_exit_macs,
+    _unit_costs,
+    measured_latency,
+    predicted_latency,
+    usable_verify,
+)
+from dyncal.reports.figures import MS_PREFIX
+from dyncal.reports.operating import ReportOptions, choose_operating_point
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from dyncal.analysis.calibration import ReliabilityBins
+    from dyncal.artifacts.run import Run
+    from dyncal.artifacts.verify import VerifyResult
+
+__all__ = ["ReportData", "prepare_report", "report_date", "latency_evidence"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportData(OperatingChoice):
+    """Everything the pages draw, computed once (what :func:`prepare_report` returns).
+
+    The operating point and how it was reached are the
+    :class:`~dyncal.reports.choice.OperatingChoice` fields; here ``frontier`` is always
+    computed, ``verify`` is the verify result used as evidence (it matched) or None, and
+    ``notes`` say why one was not used.
+
+    Attributes:
+        frontier: The long-format frontier table.
+        criteria: The judged criteria.
+        decision: ``"GO"``, ``"NO-GO"``, ``"INCONCLUSIVE"`` or None.
+        speedup: Speed-up per cost name (MACs on the judged rows; latency as in ``latency``).
+        exit_accuracy: ``(K,)`` accuracy of each exit on all samples (T = 1).
+        exit_confidence: ``(K,)`` mean top probability of each exit (T = 1).
+        bins: ``K`` reliability bins at T = 1.
+        scaled_bins: ``K`` reliability bins with the fitted temperatures, or None.
+        date: The report's fixed date (metadata and footer).
+        command: The command line that made this report, if known.
+        full_model: The full model's cost per cost name: MACs, and ms per batch per latency
+            key (:func:`dyncal.reports.evidence.full_model_ms`): the one figure every page shows.
+        latency: Per latency key, the early exit against the full model (measured or predicted).
+        methods: Every solver (and the oracle) at the operating point's budget (page 2's table).
+        alternatives: Other runs judged against the operating point (``--compare``).
+
+    Example:
+        >>> data = prepare_report("run", min_accuracy=0.95)  # doctest: +SKIP
+        >>> data.decision, data.held_out_summary()["n"]  # doctest: +SKIP
+        ('GO', 2500)
+    """
+
+    frontier: pd.DataFrame
+    criteria: tuple[Criterion, ...]
+    decision: str | None
+    speedup: dict[str, float]
+    exit_accuracy: np.ndarray
+    exit_confidence: np.ndarray
+    bins: tuple[ReliabilityBins, ...]
+    scaled_bins: tuple[ReliabilityBins, ...] | None
+    date: _dt.datetime
+    command: str
+    full_model: dict[str, float]
+    latency: dict[str, LatencyEvidence]
+    methods: tuple[_MethodAtBudget, ...]
+    alternatives: tuple[Alternative, ...]
+
+    @property
+    def dominating_static(self) -> tuple[Alternative, ...]:
+        """The static alternatives that are as accurate and cheaper: early exit does not pay against them."""
+        return tuple(a for a in self.alternatives if a.static and a.dominates)
+
+    def held_cost(self, name: str) -> float | None:
+        """Expected cost on the judged rows: MACs per sample, or a latency key's early-exit ms per batch."""
+        if name in self.latency:
+            return self.latency[name].early_exit_ms
+        if not self.outcome.n:
+            return None
+        units = _unit_costs(self.run, name, self.outcome.exits)
+        return None if units is None or not len(units) else float(np.mean(units))
+
+    def held_out_summary(self) -> dict[str, Any]:
+        """The operating point on the judged rows: what page 1, 2 and 4, the JSON and the terminal show."""
+        o = self.outcome
+        return {
+            "rows": "held out" if o.held_out else "all samples (nothing held out)",
+            "n": o.n,
+            "accuracy": self.accuracy,
+            "accuracy_ci": None if self.accuracy_interval is None else list(self.accuracy_interval),
+            "last_exit_accuracy": float(o.last_correct.mean()) if o.n else None,
+            "expected_macs": self.held_cost("macs"),
+            "exit_shares": [float(s) for s in o.shares(self.k)],
+            "exit_counts": [int(c) for c in o.counts(self.k)],
+        }
+
+
+def _float_or_none(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def report_date(run: Run) -> _dt.datetime:
+    """The fixed date of a report: ``SOURCE_DATE_EPOCH`` if set, else the run's creation time.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> run = SimpleNamespace(provenance=SimpleNamespace(created="2026-01-02T03:04:05+00:00"))
+        >>> fixed = "SOURCE_DATE_EPOCH" in os.environ
+        >>> fixed or report_date(run).isoformat() == "2026-01-02T03:04:05+00:00"
+        True
+    """
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch:
+        try:
+            return _dt.datetime.fromtimestamp(int(epoch), tz=_dt.timezone.utc)
+        except (ValueError, OverflowError) as e:
+            raise DyncalError(
+                f"SOURCE_DATE_EPOCH must be whole seconds since 1970, got {epoch!r}; unset it or fix it"
+            ) from e
+    created = run.provenance.created if run is not None else ""
+    try:
+        d = _dt.datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        return _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+    return d if d.tzinfo else d.replace(tzinfo=_dt.timezone.utc)
+
+
+def latency_evidence(choice: OperatingChoice, verify_result: VerifyResult | None = None) -> dict[str, LatencyEvidence]:
+    """The operating point's latency per key: measured by ``verify_result`` where it timed it, else predicted.
+
+    Predictions come from the profile on the judged rows; a key verify timed that was not
+    profiled is measured only.
+
+    Example:
+        >>> evidence = latency_evidence(choose_operating_point("run", ReportOptions()))  # doctest: +SKIP
+        >>> evidence["cpu/b1"].source  # doctest: +SKIP
+        'predicted'
+    """
+    run, outcome = choice.run, choice.outcome
+    held_rows = f"{outcome.n:,} held-out samples" if outcome.held_out else f"{outcome.n:,} samples (nothing held out)"
+    evidence: dict[str, LatencyEvidence] = {}
+    for key in sorted(run.costs.latency if run.costs is not None else ()):
+        timing = None if verify_result is None else verify_result.timing(key)
+        if timing is not None and verify_result is not None:
+            evidence[key] = measured_latency(timing, verify_result.n)
+        else:
+            assert run.costs is not None
+            evidence[key] = predicted_latency(run.costs, key, outcome.exits, held_out=outcome.held_out, rows=held_rows)
+    if verify_result is not None:
+        for t in verify_result.timings:
+            evidence.setdefault(t.key, measured_latency(t, verify_result.n))
+    return evidence
+
+
+def _usable_verify(choice: OperatingChoice) -> tuple[VerifyResult | None, tuple[str, ...]]:
+    """The verify result the report may judge on (None when it does not match), and the notes with why not."""
+    result, label, latency = choice.verify, choice.verify_label, choice.latency_key
+    if result is None:
+        return None, choice.notes
+    why = usable_verify(result, label, choice.run, choice.fingerprint)
+    if why is not None:
+        return None, (*choice.notes, why)
+    if latency is not None and choice.requirements.min_speedup is not None and result.timing(latency) is None:
+        timed = ", ".join(t.key for t in result.timings) or "none"
+        asked = LatencyKey.parse(latency)
+        return result, (
+            *choice.notes,
+            f"verify result '{label}' has no timing for {latency} (it timed {timed}); the speed-up "
+            f"on {latency} is predicted: verify with --batch-size {asked.batch_size} on {asked.device}",
+        )
+    return result, choice.notes
+
+
+def prepare_report(run_path: str | os.PathLike[str], options: ReportOptions | None = None, **fields: Any) -> ReportData:
+    """Compute everything a report shows, without drawing.
+
+    Args:
+        run_path: The run.
+        options: What is asked (:class:`ReportOptions`); or give its fields as keywords.
+        **fields: :class:`ReportOptions` fields, when ``options`` is None.
+
+    :func:`dyncal.reports.pdf.render_pdf` draws the result.
+
+    Returns:
+        The report's data: frontier, operating point, criteria, decision, calibration.
+
+    Raises:
+        DyncalError: As :func:`dyncal.reports.pdf.build_report`.
+
+    Example:
+        >>> data = prepare_report("run", ReportOptions(min_accuracy=0.95))  # doctest: +SKIP
+        >>> data.decision, data.accuracy  # doctest: +SKIP
+        ('GO', 0.9875)
+    """
+    from dyncal.analysis.calibration import reliability_bins
+
+    options = options_from(ReportOptions, options, fields, "report")
+    choice = choose_operating_point(run_path, options)
+    run, outcome = choice.run, choice.outcome
+    verify_result, notes = _usable_verify(choice)
+    evidence = latency_evidence(choice, verify_result)
+    estimates = {k: e.speedup for k, e in evidence.items()}
+    macs = _per_exit_macs(run)
+    if macs is not None:
+        estimates["macs"] = speedup_estimate(outcome, macs, macs[-1])
+    criteria = judge(
+        choice.requirements,
+        accuracy=choice.accuracy,
+        accuracy_interval=choice.accuracy_interval,
+        outcome=outcome,
+        speedup=estimates.get(choice.speedup_cost),
+    )
+    decision = decide(criteria)
+    alternatives = compare_alternatives(choice, evidence, options.compare) if options.compare else ()
+    if decision is not None and any(a.static and a.dominates for a in alternatives):
+        decision = "NO-GO"  # a static model is as accurate and cheaper: early exit does not pay
+    methods = _methods_at_budget(choice)
+    scaled = None
+    if any(abs(float(t) - 1.0) > 1e-9 for t in choice.thresholds.get("temperatures") or ()):
+        s_conf, s_correct = choice.confidence(fitted_temperatures=True)
+        scaled = tuple(reliability_bins(s_conf[:, k], s_correct[:, k]) for k in range(run.k))
+    conf, correct = choice.confidence()
+    shared = {f.name: getattr(choice, f.name) for f in dataclasses.fields(OperatingChoice)}
+    shared.update(notes=notes, verify=verify_result)
+    return ReportData(
+        **shared,
+        criteria=tuple(criteria),
+        decision=decision,
+        speedup={name: estimates[name].value for name in (["macs"] if "macs" in estimates else []) + sorted(evidence)},
+        exit_accuracy=correct.mean(axis=0),
+        exit_confidence=conf.mean(axis=0),
+        bins=tuple(reliability_bins(conf[:, k], correct[:, k]) for k in range(run.k)),
+        scaled_bins=scaled,
+        date=report_date(run),
+        command=options.command,
+        full_model={name: e.full_model for name, e in estimates.items()},
+        latency=evidence,
+        methods=methods,
+        alternatives=alternatives,
+    )
+
+
+@dataclass(frozen=True)
+class _MethodAtBudget:
+    """One method at the operating point's budget (page 2's table)."""
+
+    method: str
+    accuracy: float | None
+    interval: tuple[float, float] | None
+    fit_macs: float | None
+
+
+def _methods_at_budget(choice: OperatingChoice) -> tuple[_MethodAtBudget, ...]:
+    """The deployed operating point, then every other solver and the oracle solved at the same budget."""
+    from dyncal.calibrate.budget import resolve_budget
+    from dyncal.calibrate.frontier import oracle_at_budget
+    from dyncal.calibrate.solvers import solve_run
+    from dyncal.stats import mean_bootstrap_ci
+
+    prep, frontier, doc = choice.prep, choice.frontier, choice.thresholds
+    main = str(doc.get("method"))
+    out = [_MethodAtBudget(main, choice.accuracy, choice.accuracy_interval, choice.fit_costs.get("macs"))]
+    budget = (doc.get("budget") or {}).get("asked")
+    if budget is None or frontier is None:
+        return tuple(out)
+    unit = str((doc.get("budget") or {}).get("unit") or "macs")
+    key = LatencyKey.from_column(unit) if unit.startswith(MS_PREFIX) else None
+    at: dict[str, Any] = {
+        "device": None if key is None else key.device,
+        "batch_size": None if key is None else key.batch_size,
+    }
+    solvers = {m.value for m in Method}
+    names = [str(m) for m in dict.fromkeys(frontier["method"].astype(str)) if m not in ("static", "oracle", main)]
+    for name in sorted((n for n in names if n in solvers), key=lambda n: n == "geometric"):
+        try:
+            solved = solve_run(prep, str(budget), method=name, **at).to_dict()
+        except DyncalError:
+            out.append(_MethodAtBudget(name, None, None, None))
+            continue
+        ci = solved.get("holdout_ci")
+        out.append(
+            _MethodAtBudget(
+                name,
+                _float_or_none(solved.get("holdout_accuracy")),
+                None if ci is None else (float(ci[0]), float(ci[1])),
+                _float_or_none(solved.get("expected_macs")),
+            )
+        )
+    target = resolve_budget(str(budget), prep.costs, prep.k, **at)
+    costs = np.asarray(prep.units[target.unit])
+    fit, held = prep.correct[prep.fit_idx], prep.correct[prep.holdout_idx]
+    fit_exits = oracle_at_budget(fit, costs, target.value)
+    macs = prep.units.get("macs")
+    fit_macs = None if macs is None else float(np.asarray(macs)[fit_exits].mean())
+    if len(held):
+        ok = held[np.arange(len(held)), oracle_at_budget(held, costs, target.value)]
+        out.append(_MethodAtBudget("oracle", float(ok.mean()), mean_bootstrap_ci(ok, seed=prep.seed), fit_macs))
+    else:
+        ok = fit[np.arange(len(fit)), fit_exits]
+        out.append(_MethodAtBudget("oracle", float(ok.mean()), None, fit_macs))
+    return tuple(out)

@@ -36,7 +36,8 @@ import numpy as np
 
 from dyncal.calibrate.policy import evaluate_policy
 from dyncal.calibrate.scores import exit_scores
-from dyncal.calibrate.solvers import DEFAULT_METHOD, problem_for, solve_path
+from dyncal.calibrate.search import problem_for, solve_path
+from dyncal.choices import DEFAULT_METHOD
 from dyncal.stats import stratified_split
 
 HERE = Path(__file__).parent

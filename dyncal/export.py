@@ -59,7 +59,7 @@ from dyncal.analysis.stages import (
 from dyncal.artifacts.atomic import atomic_write_bytes, atomic_write_text
 from dyncal.artifacts.run import check_out, library_versions, load_run, publish_dir
 from dyncal.artifacts.thresholds import ThresholdsDocument, check_thresholds_for_run, decision_fingerprint
-from dyncal.calibrate.scores import SCORES
+from dyncal.choices import Score
 from dyncal.errors import DyncalError, ModelError, ProfileError, describe
 from dyncal.models import (
     LoadedModel,
@@ -276,8 +276,8 @@ def _check_rule(
     what: str,
 ) -> None:
     """Refuse an exit rule the runner could not apply as written (one line)."""
-    if score not in SCORES:
-        raise DyncalError(f"{what}: score must be one of {', '.join(SCORES)}, got {score!r}")
+    if score not in tuple(Score):
+        raise DyncalError(f"{what}: score must be one of {', '.join(Score)}, got {score!r}")
     if k < 2:
         raise DyncalError(f"{what}: an early exit needs K >= 2 exits, got K={k}")
     if len(temperatures) != k or any(not math.isfinite(t) or t <= 0 for t in temperatures):

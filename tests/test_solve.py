@@ -17,21 +17,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dyncal.demo as demo
-from dyncal.analysis.frontier import compute_frontier, frontier_columns, oracle_at_budget
+from dyncal.artifacts.frontier import frontier_columns
+from dyncal.artifacts.thresholds import ThresholdsDocument
 from dyncal.calibrate.budget import format_budget, parse_budget, resolve_budget
+from dyncal.calibrate.frontier import compute_frontier, oracle_at_budget
 from dyncal.calibrate.policy import assign_exits, evaluate_policy, finite_thresholds
+from dyncal.calibrate.prepare import prepare_run
+from dyncal.calibrate.problem import ExitProblem, geometric_thresholds
 from dyncal.calibrate.risk import learn_then_test
 from dyncal.calibrate.scores import exit_scores
-from dyncal.calibrate.solvers import (
-    DEFAULT_METHOD,
-    METHODS,
-    ExitProblem,
-    ThresholdsResult,
-    geometric_thresholds,
-    solve_path,
-    solve_run,
-)
+from dyncal.calibrate.search import problem_for, solve_path
+from dyncal.calibrate.solvers import solve_run
 from dyncal.calibrate.temperature import TemperatureScaler
+from dyncal.choices import DEFAULT_METHOD, Method
 from dyncal.errors import BudgetError, DyncalError
 from dyncal.run import CostTable, LatencyProfile, import_arrays, load_run, save_costs
 from dyncal.stats import mean_bootstrap_ci, stratified_split
@@ -276,7 +274,7 @@ def test_thresholds_json_reproduces_numbers(demo_run, budget, method, score, tem
     assert macs == doc["expected_macs"] == doc["budget"]["met"]
     assert held == doc["holdout_accuracy"]
     assert (doc["holdout_ci"] is None) == (holdout == 0)
-    assert ThresholdsResult.from_dict(doc).to_dict() == doc
+    assert ThresholdsDocument.from_dict(doc).to_dict() == doc
 
 
 def test_optimal_monotone_and_above_geometric_on_real_frontier(demo_run):
@@ -474,7 +472,7 @@ def test_cli_solve_and_frontier(cli, demo_run, tmp_path):
     assert r.exit_code == 0 and json.loads(r.stdout)["risk"]["delta"] == 0.1
     r = cli("solve", "--help")
     assert "exchangeable" in r.stdout
-    assert METHODS[0] == DEFAULT_METHOD
+    assert list(Method)[0] == DEFAULT_METHOD
 
 
 def test_cli_errors(cli, demo_run, demo_logits, tmp_path):
@@ -532,7 +530,7 @@ def test_cli_errors(cli, demo_run, demo_logits, tmp_path):
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(fraction=st.floats(0.02, 1.2), method=st.sampled_from(METHODS), seed=st.integers(0, 5))
+@given(fraction=st.floats(0.02, 1.2), method=st.sampled_from(list(Method)), seed=st.integers(0, 5))
 def test_thresholds_json_reproduces_numbers_property(demo_run, fraction, method, seed):
     try:
         res = solve_run(demo_run, f"{fraction!r}x", method=method, seed=seed)
@@ -604,8 +602,6 @@ def test_separate_solves_are_monotone_and_above_geometric(demo_run, fractions, m
                 continue
             assert res.calibration_accuracy >= geo.calibration_accuracy - 1e-12
         else:  # smoothed is monotone in what it maximises: the smoothed gain
-            from dyncal.calibrate.solvers import prepare_run, problem_for
-
             prep = prepare_run(demo_run)
             costs = prep.units["macs"]
             fit = prep.fit_idx
@@ -741,7 +737,7 @@ def test_temperature_at_the_search_bound_is_flagged(demo_logits, tmp_path, caplo
     assert "hit the search bound [0.05, 20]" in caplog.text and "exit 1: T=20" in caplog.text
     doc = json.loads(json.dumps(res.to_dict()))
     assert doc["temperature_at_bound"] == [True, False, False, False]
-    assert ThresholdsResult.from_dict(doc).to_dict() == doc
+    assert ThresholdsDocument.from_dict(doc).to_dict() == doc
     assert solve_run(run, "0.5x").to_dict()["temperature_at_bound"] is None
     r = cli("solve", run.path, "--budget", "0.5x", "--temperature", "--out", tmp_path / "t.json")
     assert r.exit_code == 0 and "temperature of exit 1 stopped at the search bound" in r.stdout
@@ -764,6 +760,10 @@ LTT = {"max_drop": 0.1, "delta": 0.1}
         (
             lambda: learn_then_test([np.array([0.5])], np.ones((4, 2)), np.ones((4, 2), bool), **LTT, pvalue="z"),
             "`pvalue` must be one of binomial, hb; got 'z'",
+        ),
+        (
+            lambda: prepare_run(None, score="conf"),  # checked by its options before the run is read
+            "`score` must be one of maxprob, margin, entropy; got 'conf'",
         ),
         (
             lambda: finite_thresholds([0.5], "margins", 3),

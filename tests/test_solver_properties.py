@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dyncal.calibrate.solvers import budget_grid, problem_for, solve_at
+from dyncal.calibrate.search import budget_grid, problem_for, solve_at
 
 
 @st.composite

@@ -42,7 +42,7 @@ from dyncal.stats import bootstrap_interval
 
 if TYPE_CHECKING:
     from dyncal.artifacts.run import Run
-    from dyncal.calibrate.solvers import PreparedRun
+    from dyncal.calibrate.prepare import PreparedRun
     from dyncal.reports.evidence import LatencyEvidence
     from dyncal.reports.operating import _OperatingChoice
 
@@ -338,7 +338,7 @@ def _difference(alt_ok: np.ndarray, op_ok: np.ndarray, paired: bool, held_out: b
 
 def _prepared(choice: _OperatingChoice, alt: Run, rows: _Rows) -> PreparedRun:
     """The early-exit alternative scored like the operating point; fitted on rows it is not judged on."""
-    from dyncal.calibrate.solvers import SolveCache, prepare_run
+    from dyncal.calibrate.prepare import SolveCache, prepare_run
 
     prep = choice.prep
     temperature = any(abs(float(t) - 1.0) > 1e-9 for t in prep.temperatures)
@@ -365,7 +365,8 @@ def _early_exit(
     from dyncal.artifacts.thresholds import thresholds_from_json
     from dyncal.calibrate.frontier import compute_frontier
     from dyncal.calibrate.policy import assign_exits
-    from dyncal.calibrate.solvers import DEFAULT_METHOD, solve_run
+    from dyncal.calibrate.solvers import solve_run
+    from dyncal.choices import DEFAULT_METHOD
     from dyncal.errors import BudgetError
 
     prep = _prepared(choice, alt, rows)

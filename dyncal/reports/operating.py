@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from dyncal.artifacts.run import Run
     from dyncal.artifacts.thresholds import ThresholdsDocument
     from dyncal.artifacts.verify import VerifyResult
-    from dyncal.calibrate.solvers import PreparedRun
+    from dyncal.calibrate.prepare import PreparedRun
 
 __all__ = ["ReportData", "ReportOptions", "prepare_report", "report_date", "report_options"]
 
@@ -369,8 +369,8 @@ def _fit_costs(prep: PreparedRun, thresholds: Sequence[float | None]) -> dict[st
 
 def _prepared_for(run: Run, th: ThresholdsDocument, path: str) -> PreparedRun:
     """The run scored and split as the thresholds document records (its score, temperatures and split)."""
+    from dyncal.calibrate.prepare import SolveCache, prepare_run
     from dyncal.calibrate.scores import exit_scores
-    from dyncal.calibrate.solvers import SolveCache, prepare_run
 
     split = th.split or {}
     holdout = float(split.get("holdout", 0.5))
@@ -585,7 +585,9 @@ def _choose_operating_point(
     holdout, seed = options.holdout, options.seed
     min_accuracy, max_drop, min_speedup = options.min_accuracy, options.max_drop, options.min_speedup
     from dyncal.artifacts.run import load_run
-    from dyncal.calibrate.solvers import DEFAULT_METHOD, prepare_run, solve_run
+    from dyncal.calibrate.prepare import prepare_run
+    from dyncal.calibrate.solvers import solve_run
+    from dyncal.choices import DEFAULT_METHOD
     from dyncal.stats import mean_bootstrap_ci
 
     # the options checked their values when built (ReportOptions.__post_init__)
@@ -923,14 +925,15 @@ def _methods_at_budget(
     """The deployed operating point, then every other solver and the oracle solved at the same budget."""
     from dyncal.analysis.frontier import oracle_at_budget
     from dyncal.calibrate.budget import resolve_budget
-    from dyncal.calibrate.solvers import METHODS, solve_run
+    from dyncal.calibrate.solvers import solve_run
+    from dyncal.choices import Method
     from dyncal.stats import mean_bootstrap_ci
 
     out = [deployed]
     if budget is None:
         return tuple(out)
     names = [str(m) for m in dict.fromkeys(frontier["method"].astype(str)) if m not in ("static", "oracle", main)]
-    for name in sorted((n for n in names if n in METHODS), key=lambda n: n == "geometric"):
+    for name in sorted((n for n in names if n in tuple(Method)), key=lambda n: n == "geometric"):
         try:
             doc = solve_run(prep, budget, method=name, **solve_kwargs).to_dict()
         except DyncalError:

@@ -7,7 +7,7 @@ to exit 4's, fractions of exit 4's cumulative MACs) and scored on the other half
 exit rule:
 
 * ``smoothed`` (dyncal's default), ``optimal`` and ``geometric`` (MSDNet's baseline with its
-  best ratio for the budget) from ``dyncal.calibrate.solvers``;
+  best ratio for the budget) from ``dyncal.calibrate.search``;
 * ``earlyon``: the budget calibrator of earlyon 0.3.0 (PyPI),
   ``earlyon.core.thresholds.calibrate_thresholds_for_budget`` — its own code, unmodified,
   run on the same logits through a small adapter that plays the model (returns the cached

@@ -34,8 +34,9 @@ class SolveCache:
 
     Attributes:
         problems: ``(method, cost column)`` to the fit part's :class:`ExitProblem`.
-        paths: ``(method, cost column, number of budgets)`` to :func:`solve_path` over the
-            frontier's grid (``dyncal frontier`` fills it; :func:`solve_run` walks its prefix).
+        paths: ``(method, cost column, number of budgets)`` to :func:`~dyncal.calibrate.search.solve_path`
+            over the frontier's grid (``dyncal frontier`` fills it;
+            :func:`~dyncal.calibrate.solvers.solve_run` walks its prefix).
     """
 
     problems: dict[tuple[str, str], ExitProblem] = field(default_factory=dict)
@@ -64,9 +65,9 @@ class PreparedRun:
         path: The run's directory.
         fingerprint: The run's fingerprint (:attr:`dyncal.run.Run.fingerprint`), None for bare arrays.
         cache: Fit problems and frontier paths already computed on it, reused by
-            :func:`solve_run` and :func:`dyncal.calibrate.frontier.compute_frontier`.
+            :func:`~dyncal.calibrate.solvers.solve_run` and :func:`dyncal.calibrate.frontier.compute_frontier`.
 
-    A prepared run can stand in for the run in :func:`solve_run` and
+    A prepared run can stand in for the run in :func:`~dyncal.calibrate.solvers.solve_run` and
     :func:`dyncal.calibrate.frontier.compute_frontier`, so that several of them score the
     logits once.
     """

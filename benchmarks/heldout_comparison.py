@@ -7,7 +7,7 @@ to exit 4's, fractions of exit 4's cumulative MACs) and scored on the other half
 exit rule:
 
 * ``smoothed`` (dyncal's default), ``optimal`` and ``geometric`` (MSDNet's baseline with its
-  best ratio for the budget) from ``dyncal.calibrate.solvers``;
+  best ratio for the budget) from ``dyncal.calibrate.search``;
 * ``earlyon``: the budget calibrator of earlyon 0.3.0 (PyPI),
   ``earlyon.core.thresholds.calibrate_thresholds_for_budget`` — its own code, unmodified,
   run on the same logits through a small adapter that plays the model (returns the cached
@@ -53,7 +53,8 @@ import numpy as np
 from dyncal.artifacts.thresholds import finite_thresholds
 from dyncal.calibrate.policy import evaluate_policy
 from dyncal.calibrate.scores import exit_scores
-from dyncal.calibrate.solvers import DEFAULT_METHOD, budget_grid, problem_for, solve_at, solve_path
+from dyncal.calibrate.search import budget_grid, problem_for, solve_at, solve_path
+from dyncal.choices import DEFAULT_METHOD
 from dyncal.stats import stratified_split
 
 HERE = Path(__file__).parent

@@ -28,14 +28,10 @@ import numpy as np
 from dyncal.analysis.latency import cpu_model
 from dyncal.calibrate.frontier import compute_frontier
 from dyncal.calibrate.policy import assign_exits
+from dyncal.calibrate.prepare import PreparedRun
+from dyncal.calibrate.problem import PUBLISHED_Q, _geometric_fit
 from dyncal.calibrate.scores import exit_scores
-from dyncal.calibrate.solvers import (
-    PUBLISHED_Q,
-    PreparedRun,
-    _geometric_fit,
-    problem_for,
-    solve_path,
-)
+from dyncal.calibrate.search import problem_for, solve_path
 from dyncal.stats import stratified_split
 
 HERE = Path(__file__).parent

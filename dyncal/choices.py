@@ -56,7 +56,7 @@ class Choice(str, enum.Enum):
 
 
 class Method(Choice):
-    """Threshold solvers (:mod:`dyncal.calibrate.solvers` describes each)."""
+    """Threshold solvers (:mod:`dyncal.calibrate.search` describes each)."""
 
     SMOOTHED = "smoothed"
     OPTIMAL = "optimal"

@@ -85,7 +85,7 @@ from dyncal.artifacts.thresholds import (
     check_thresholds_for_run,
     decision_fingerprint,
 )
-from dyncal.calibrate.scores import SCORES
+from dyncal.choices import Score
 from dyncal.errors import DyncalError, ModelError, ProfileError, describe, param
 from dyncal.models import (
     LoadedModel,
@@ -265,7 +265,7 @@ class PackageManifest:
             manifest = cls(
                 k=k,
                 c=V.integer(V.require(d, "c"), "c", minimum=2),
-                score=V.string(V.require(d, "score"), "score", choices=tuple(SCORES)),
+                score=V.string(V.require(d, "score"), "score", choices=tuple(Score)),
                 temperatures=V.number_list(
                     V.require(d, "temperatures"),
                     "temperatures",
@@ -340,8 +340,8 @@ def _check_rule(
     what: str,
 ) -> None:
     """Refuse an exit rule the runner could not apply as written (one line)."""
-    if score not in SCORES:
-        raise DyncalError(f"{what}: score must be one of {', '.join(SCORES)}, got {score!r}")
+    if score not in tuple(Score):
+        raise DyncalError(f"{what}: score must be one of {', '.join(Score)}, got {score!r}")
     if k < 2:
         raise DyncalError(f"{what}: an early exit needs K >= 2 exits, got K={k}")
     low, high = TEMPERATURE_RANGE

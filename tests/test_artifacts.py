@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from dyncal.artifacts.costs import CostTable, LatencyKey, LatencyProfile
 from dyncal.artifacts.run import RunDocument, load_run, save_costs
 from dyncal.artifacts.thresholds import ThresholdsDocument, read_thresholds
-from dyncal.calibrate.solvers import ThresholdsResult
 from dyncal.errors import RunError
 from dyncal.run import Provenance, import_arrays
 
@@ -94,7 +93,6 @@ def test_thresholds_document_saves_and_loads_itself(tmp_path: Path) -> None:
     )
     doc.save(tmp_path / "t.json")
     assert ThresholdsDocument.load(tmp_path / "t.json") == doc == read_thresholds(tmp_path / "t.json")
-    assert ThresholdsResult is ThresholdsDocument  # the solver's older name is the same class
 
 
 def test_a_report_with_latency_at_several_batch_sizes_never_imports_torch(tmp_path: Path) -> None:

@@ -300,7 +300,7 @@ def test_an_early_exit_alternative_is_a_curve_judged_at_the_same_cost(
 
 
 def test_runs_of_other_data_are_refused(runs: dict[str, Path], tmp_path: Path, cli) -> None:
-    from dyncal.calibrate.solvers import prepare_run
+    from dyncal.calibrate.prepare import prepare_run
 
     demo = load_run(runs["demo"])
     labels = (np.asarray(demo.labels) + 1) % demo.c  # the same dataset indices, other labels

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+
 import numpy as np
 import pytest
+from sklearn.base import clone
 
+from dyncal.calibrate import estimator
 from dyncal.calibrate.estimator import ThresholdSolver
+from dyncal.calibrate.options import SolveOptions
 from dyncal.calibrate.solvers import solve_run
 from dyncal.errors import DyncalError
 from dyncal.run import import_arrays
@@ -50,3 +56,34 @@ def test_options_are_stored_untouched_and_validated_in_fit(run):
     fitted = ThresholdSolver().set_params(budget="0.6x").fit(run)
     with pytest.raises(DyncalError, match=r"shape \(N, 3, C\)"):
         fitted.predict(np.zeros((2, 2, 4)))
+
+
+def test_the_parameters_are_solve_options_fields_with_their_defaults():
+    options = dataclasses.fields(SolveOptions)
+    params = inspect.signature(ThresholdSolver).parameters
+    assert sorted(params) == sorted(f.name for f in options)
+    assert {n: p.default for n, p in params.items()} == {f.name: f.default for f in options}
+    assert ThresholdSolver().get_params() == {f.name: f.default for f in options}
+    assert [n for n, p in params.items() if p.kind is not p.KEYWORD_ONLY] == ["budget"]
+
+
+def test_clone_round_trips_and_set_params_changes_only_what_it_names():
+    solver = ThresholdSolver("0.4x", method="geometric", holdout=0.2, max_drop=0.01)
+    twin = clone(solver)
+    assert twin is not solver and twin.get_params() == solver.get_params()
+    assert repr(twin) == "ThresholdSolver(holdout=0.2, budget='0.4x', method='geometric', max_drop=0.01)"
+    assert twin.set_params(seed=4) is twin and twin.get_params() == {**solver.get_params(), "seed": 4}
+    with pytest.raises(DyncalError, match="no option 'budgit'"):
+        ThresholdSolver(budgit="0.5x")
+
+
+def test_a_field_added_to_the_solve_options_becomes_a_parameter(monkeypatch):
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Wider(SolveOptions):
+        patience: int = 3
+
+    monkeypatch.setattr(estimator, "_FIELDS", dataclasses.fields(Wider))
+    solver = ThresholdSolver("0.5x")
+    assert solver.get_params()["patience"] == 3
+    assert solver.set_params(patience=5).get_params()["patience"] == 5
+    assert repr(solver) == "ThresholdSolver(budget='0.5x', patience=5)"

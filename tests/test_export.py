@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dyncal
-from dyncal.artifacts.thresholds import decision_fingerprint, read_thresholds
+from dyncal.artifacts.thresholds import ThresholdsDocument, decision_fingerprint, read_thresholds
 from dyncal.calibrate.policy import assign_exits, thresholds_from_json
 from dyncal.calibrate.scores import exit_scores
 from dyncal.errors import DyncalError, ModelError
@@ -77,7 +77,7 @@ _FRESH = textwrap.dedent(
 )
 
 
-def _simulated(run_dir: Path, th: dyncal.calibrate.solvers.ThresholdsResult) -> tuple[np.ndarray, np.ndarray]:
+def _simulated(run_dir: Path, th: ThresholdsDocument) -> tuple[np.ndarray, np.ndarray]:
     run = dyncal.load_run(run_dir)
     scores, preds = exit_scores(run.logits, th.score, th.temperatures)
     exits = assign_exits(scores, thresholds_from_json(list(th.thresholds)))

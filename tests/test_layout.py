@@ -25,8 +25,6 @@ ALLOWED: set[str] = {
     "analysis/stages.py:_partition",
     "artifacts/run.py",
     "artifacts/run.py:import_arrays",
-    "calibrate/frontier.py:compute_frontier",
-    "calibrate/solvers.py",
     "cli.py",
     "collect.py:_collect",
     "demo_pipeline.py:run_demo",

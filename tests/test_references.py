@@ -17,8 +17,9 @@ import torch
 
 from dyncal.analysis.calibration import expected_calibration_error
 from dyncal.calibrate.risk import binomial_pvalue, hoeffding_bentkus_pvalue
-from dyncal.calibrate.scores import SCORES, exit_scores
+from dyncal.calibrate.scores import exit_scores
 from dyncal.calibrate.temperature import TemperatureScaler
+from dyncal.choices import Score
 
 
 def _logits(seed: int, n: int = 2000, k: int = 3, c: int = 7) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +81,7 @@ def test_temperature_matches_nll_minimised_on_torch_cross_entropy(seed):
         assert fitted[exit_] == pytest.approx(ref, rel=2e-3)
 
 
-@pytest.mark.parametrize("score", SCORES)
+@pytest.mark.parametrize("score", list(Score))
 def test_runtime_scores_in_torch_equal_the_solver_scores_in_numpy(score):
     """The real early exit (torch, float32) and the simulation (numpy) must score alike."""
     from dyncal.analysis.stages import build_stages

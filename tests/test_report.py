@@ -524,8 +524,8 @@ def test_report_scores_the_logits_once(
     demo_runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The frontier, the solve and the held-out simulation used to score the run 3 times."""
+    import dyncal.calibrate.prepare as prepare_mod
     import dyncal.calibrate.scores as scores_mod
-    import dyncal.calibrate.solvers as solvers_mod
     from dyncal.reports.pdf import build_report
 
     calls: list[int] = []
@@ -536,7 +536,7 @@ def test_report_scores_the_logits_once(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(scores_mod, "exit_scores", counting)
-    monkeypatch.setattr(solvers_mod, "exit_scores", counting)
+    monkeypatch.setattr(prepare_mod, "exit_scores", counting)
     build_report(demo_runs["lat"], tmp_path / "r.pdf", min_accuracy=0.9)
     assert len(calls) == 1
     calls.clear()
@@ -546,7 +546,7 @@ def test_report_scores_the_logits_once(
 
 def test_prepared_run_stands_in_for_the_run(demo_runs: dict[str, Path]) -> None:
     from dyncal.analysis.frontier import compute_frontier
-    from dyncal.calibrate.solvers import prepare_run
+    from dyncal.calibrate.prepare import prepare_run
 
     run = load_run(demo_runs["lat"])
     prep = prepare_run(run, holdout=0.3, seed=2)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import re
@@ -17,21 +16,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dyncal.demo as demo
-from dyncal.analysis.frontier import compute_frontier, frontier_columns, oracle_at_budget
+from dyncal.artifacts.frontier import frontier_columns
+from dyncal.artifacts.thresholds import ThresholdsDocument
 from dyncal.calibrate.budget import format_budget, parse_budget, resolve_budget
+from dyncal.calibrate.frontier import compute_frontier, oracle_at_budget
 from dyncal.calibrate.policy import assign_exits, evaluate_policy, finite_thresholds
+from dyncal.calibrate.prepare import prepare_run
+from dyncal.calibrate.problem import ExitProblem, geometric_thresholds
 from dyncal.calibrate.risk import learn_then_test
 from dyncal.calibrate.scores import exit_scores
-from dyncal.calibrate.solvers import (
-    DEFAULT_METHOD,
-    METHODS,
-    ExitProblem,
-    ThresholdsResult,
-    geometric_thresholds,
-    solve_path,
-    solve_run,
-)
+from dyncal.calibrate.search import solve_path
+from dyncal.calibrate.solvers import solve_run
 from dyncal.calibrate.temperature import TemperatureScaler
+from dyncal.choices import DEFAULT_METHOD, Method
 from dyncal.errors import BudgetError, DyncalError
 from dyncal.run import CostTable, LatencyProfile, import_arrays, load_run, save_costs
 from dyncal.stats import mean_bootstrap_ci, stratified_split
@@ -152,74 +149,6 @@ def test_geometric_matches_published_loop(q):
     assert np.all(np.where(np.isinf(ours), 1e8, ours) <= ref)
 
 
-# --------------------------------------------------------------------------- solvers
-
-
-def _brute_force(scores, correct, costs, budget):
-    """Best fitted accuracy over every threshold combination (cuts at sample scores)."""
-    n, k = scores.shape
-    best = -1.0
-    options = [sorted(set(scores[:, j].tolist())) + [np.inf] for j in range(k - 1)]
-    for t in itertools.product(*options):
-        o = evaluate_policy(scores, correct, costs, np.array(t))
-        if o.expected_cost <= budget:
-            best = max(best, o.accuracy)
-    return best
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_optimal_close_to_brute_force_and_above_geometric(seed):
-    rng = np.random.default_rng(seed)
-    n, k = 14, 3
-    s = np.round(rng.uniform(size=(n, k)), 1)
-    ok = rng.uniform(size=(n, k)) < np.array([0.5, 0.7, 0.85])
-    costs = np.array([1.0, 2.0, 4.0])
-    budgets = [1.0, 1.5, 2.0, 2.5, 3.0, 4.0]
-    opt = solve_path(ExitProblem(s, ok.astype(float), costs), budgets, "optimal")
-    geo = solve_path(ExitProblem(s, ok.astype(float), costs), budgets, "geometric")
-    for b, o, g in zip(budgets, opt, geo, strict=True):
-        assert o is not None and o.cost <= b
-        best = _brute_force(s, ok, costs, b)
-        assert o.gain <= best + 1e-12
-        assert o.gain >= best - 2.0 / n  # coordinate ascent: within two samples of the optimum
-        if g is not None:
-            assert o.gain >= g.gain - 1e-12
-
-
-@st.composite
-def problems(draw):
-    n = draw(st.integers(4, 40))
-    k = draw(st.integers(2, 4))
-    seed = draw(st.integers(0, 2**31 - 1))
-    rng = np.random.default_rng(seed)
-    levels = draw(st.sampled_from([3, 10, 1000]))  # few levels: many ties
-    s = np.floor(rng.uniform(size=(n, k)) * levels) / levels
-    ok = rng.uniform(size=(n, k)) < rng.uniform(0.3, 0.95, size=k)
-    costs = np.cumsum(rng.uniform(0.1, 2.0, size=k))
-    fracs = sorted(draw(st.lists(st.floats(0.0, 1.0), min_size=2, max_size=6)))
-    budgets = [costs[0] + f * (costs[-1] - costs[0]) for f in fracs]
-    return s, ok, costs, budgets
-
-
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(problems())
-def test_solver_properties(problem):
-    s, ok, costs, budgets = problem
-    opt = solve_path(ExitProblem(s, ok.astype(float), costs), budgets, "optimal")
-    geo = solve_path(ExitProblem(s, ok.astype(float), costs), budgets, "geometric")
-    prev = -1.0
-    for b, o, g in zip(budgets, opt, geo, strict=True):
-        assert o is not None
-        out = evaluate_policy(s, ok, costs, o.thresholds)
-        assert out.expected_cost <= b  # met <= asked, on the fitted data
-        assert out.accuracy == o.gain
-        assert out.accuracy >= prev - 1e-12  # more budget never lowers fitted accuracy
-        prev = out.accuracy
-        if g is not None:
-            assert g.cost <= b
-            assert out.accuracy >= g.gain - 1e-12  # optimal >= geometric at every budget
-
-
 # --------------------------------------------------------------------------- solve_run, thresholds.json
 
 
@@ -276,7 +205,7 @@ def test_thresholds_json_reproduces_numbers(demo_run, budget, method, score, tem
     assert macs == doc["expected_macs"] == doc["budget"]["met"]
     assert held == doc["holdout_accuracy"]
     assert (doc["holdout_ci"] is None) == (holdout == 0)
-    assert ThresholdsResult.from_dict(doc).to_dict() == doc
+    assert ThresholdsDocument.from_dict(doc).to_dict() == doc
 
 
 def test_optimal_monotone_and_above_geometric_on_real_frontier(demo_run):
@@ -474,7 +403,7 @@ def test_cli_solve_and_frontier(cli, demo_run, tmp_path):
     assert r.exit_code == 0 and json.loads(r.stdout)["risk"]["delta"] == 0.1
     r = cli("solve", "--help")
     assert "exchangeable" in r.stdout
-    assert METHODS[0] == DEFAULT_METHOD
+    assert list(Method)[0] == DEFAULT_METHOD
 
 
 def test_cli_errors(cli, demo_run, demo_logits, tmp_path):
@@ -532,7 +461,7 @@ def test_cli_errors(cli, demo_run, demo_logits, tmp_path):
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(fraction=st.floats(0.02, 1.2), method=st.sampled_from(METHODS), seed=st.integers(0, 5))
+@given(fraction=st.floats(0.02, 1.2), method=st.sampled_from(list(Method)), seed=st.integers(0, 5))
 def test_thresholds_json_reproduces_numbers_property(demo_run, fraction, method, seed):
     try:
         res = solve_run(demo_run, f"{fraction!r}x", method=method, seed=seed)
@@ -582,37 +511,6 @@ def fashion_run(tmp_path_factory):
     """Real logits: the 4-exit Fashion-MNIST model of benchmarks/ on its 10,000 test images."""
     data = np.load(FASHION / "fashion_mnist_logits.npz")
     return import_arrays(data["logits"], data["labels"], tmp_path_factory.mktemp("runs") / "fx", macs=FASHION_MACS)
-
-
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(
-    fractions=st.lists(st.floats(0.02, 1.0), min_size=2, max_size=5),
-    method=st.sampled_from(["optimal", "smoothed"]),
-)
-def test_separate_solves_are_monotone_and_above_geometric(demo_run, fractions, method):
-    """Each budget solved by its own solve_run call: more budget never fits worse."""
-    prev_gain, prev_acc = -1.0, -1.0
-    for f in sorted(fractions):
-        res = solve_run(demo_run, f"{f!r}x", method=method)
-        assert res.budget["met"] <= res.budget["value"]
-        if method == "optimal":
-            assert res.calibration_accuracy >= prev_acc - 1e-12
-            prev_acc = res.calibration_accuracy
-            try:
-                geo = solve_run(demo_run, f"{f!r}x", method="geometric")
-            except BudgetError:
-                continue
-            assert res.calibration_accuracy >= geo.calibration_accuracy - 1e-12
-        else:  # smoothed is monotone in what it maximises: the smoothed gain
-            from dyncal.calibrate.solvers import prepare_run, problem_for
-
-            prep = prepare_run(demo_run)
-            costs = prep.units["macs"]
-            fit = prep.fit_idx
-            pb = problem_for("smoothed", prep.scores[fit], prep.correct[fit], costs)
-            gain = pb.solution(np.asarray(res.thresholds[:-1], dtype=float)).gain
-            assert gain >= prev_gain - 1e-12
-            prev_gain = gain
 
 
 def test_single_solve_agrees_with_the_frontier_on_real_data(fashion_run):
@@ -741,7 +639,7 @@ def test_temperature_at_the_search_bound_is_flagged(demo_logits, tmp_path, caplo
     assert "hit the search bound [0.05, 20]" in caplog.text and "exit 1: T=20" in caplog.text
     doc = json.loads(json.dumps(res.to_dict()))
     assert doc["temperature_at_bound"] == [True, False, False, False]
-    assert ThresholdsResult.from_dict(doc).to_dict() == doc
+    assert ThresholdsDocument.from_dict(doc).to_dict() == doc
     assert solve_run(run, "0.5x").to_dict()["temperature_at_bound"] is None
     r = cli("solve", run.path, "--budget", "0.5x", "--temperature", "--out", tmp_path / "t.json")
     assert r.exit_code == 0 and "temperature of exit 1 stopped at the search bound" in r.stdout
@@ -764,6 +662,10 @@ LTT = {"max_drop": 0.1, "delta": 0.1}
         (
             lambda: learn_then_test([np.array([0.5])], np.ones((4, 2)), np.ones((4, 2), bool), **LTT, pvalue="z"),
             "`pvalue` must be one of binomial, hb; got 'z'",
+        ),
+        (
+            lambda: prepare_run(None, score="conf"),  # checked by its options before the run is read
+            "`score` must be one of maxprob, margin, entropy; got 'conf'",
         ),
         (
             lambda: finite_thresholds([0.5], "margins", 3),

@@ -1,48 +1,107 @@
-"""Invariants of the threshold solvers, over random and real-like score sets (hypothesis)."""
+"""The threshold solvers' promises, checked on one strategy of random problems (hypothesis).
+
+On the data they are fitted on: the met cost never exceeds the asked budget; along a path
+more budget never lowers the fitted gain; ``optimal`` and ``smoothed`` are never below the
+best ``geometric`` solution; one budget solved alone (``solve_at``) is never below the
+frontier at that budget and never falls as the budget grows; and on problems small enough
+to enumerate, ``optimal`` never claims more than the true optimum and reaches it with two
+exits. (With three or more it can fall short by more than two samples: the strict xfail
+below keeps the smallest case found.) Real data keep two
+examples in test_solve.py (the demo frontier, the Fashion-MNIST repro).
+"""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
-from hypothesis import given, settings
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import ExitCase, exit_problems
 
-from dyncal.calibrate.solvers import budget_grid, problem_for, solve_at
+from dyncal.calibrate.policy import evaluate_policy
+from dyncal.calibrate.search import budget_grid, problem_for, solve_at, solve_path
 
-
-@st.composite
-def score_sets(draw):
-    """Scores of K exits that get more confident and more often right, with ties (rounded)."""
-    seed = draw(st.integers(0, 2**31 - 1))
-    n = draw(st.integers(20, 300))
-    k = draw(st.integers(2, 5))
-    decimals = draw(st.sampled_from([1, 2, 6]))
-    rng = np.random.default_rng(seed)
-    skill = rng.uniform(0, 1, (n, 1)) + np.linspace(0, 1, k)[None, :]
-    correct = rng.uniform(0, 2, (n, k)) < skill
-    scores = np.round(np.clip(0.3 * skill + rng.normal(0, 0.2, (n, k)) + 0.2 * correct, 0.01, 1.0), decimals)
-    steps = rng.uniform(0.2, 3.0, k)
-    costs = np.cumsum(steps)
-    return scores, correct, costs
+TOL = 1e-12
+SEARCHES = st.sampled_from(["optimal", "smoothed"])
+FAST = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@settings(max_examples=40, deadline=None)
-@given(score_sets(), st.floats(0.0, 1.0))
-def test_optimal_is_never_below_the_best_geometric_solution_on_its_fit_data(data, where):
-    scores, correct, costs = data
-    lo, hi = costs[0], costs[-1]
-    budget = lo + where * (hi - lo)
-    opt = solve_at(problem_for("optimal", scores, correct, costs, "maxprob"), budget, "optimal")
-    geo = solve_at(problem_for("geometric", scores, correct, costs, "maxprob"), budget, "geometric")
-    assert opt is not None and opt.cost <= budget * (1 + 1e-12)
-    if geo is not None:
-        assert opt.gain >= geo.gain - 1e-9
+@settings(FAST, max_examples=100)
+@given(exit_problems(), SEARCHES)
+def test_a_path_meets_its_budgets_gains_with_budget_and_beats_geometric(case: ExitCase, method: str):
+    problem = problem_for(method, case.scores, case.correct, case.costs, "maxprob")
+    path = solve_path(problem, case.budgets, method)
+    geometric = solve_path(problem, case.budgets, "geometric")
+    previous = -1.0
+    for budget, sol, geo in zip(case.budgets, path, geometric, strict=True):
+        assert sol is not None and sol.cost <= budget
+        assert sol.gain >= previous - TOL
+        previous = sol.gain
+        if geo is not None:
+            assert geo.cost <= budget and sol.gain >= geo.gain - TOL
+        if method == "optimal":  # 0/1 gains: the gain is the fitted accuracy, met with the exit rule itself
+            fit = evaluate_policy(case.scores, case.correct, case.costs, sol.thresholds)
+            assert (fit.accuracy, fit.expected_cost <= budget) == (sol.gain, True)
 
 
-@settings(max_examples=25, deadline=None)
-@given(score_sets())
-def test_optimal_gain_is_monotone_in_the_budget(data):
-    scores, correct, costs = data
-    problem = problem_for("optimal", scores, correct, costs, "maxprob")
-    _, grid = budget_grid(costs, 9)
-    gains = [solve_at(problem, float(b), "optimal").gain for b in grid]
-    assert all(b >= a - 1e-9 for a, b in zip(gains, gains[1:], strict=False))
+@settings(FAST, max_examples=40)
+@given(exit_problems(max_n=150), SEARCHES)
+def test_one_budget_alone_is_never_below_the_frontier_and_never_falls(case: ExitCase, method: str):
+    n_budgets = 7
+    problem = problem_for(method, case.scores, case.correct, case.costs, "maxprob")
+    _, grid = budget_grid(case.costs, n_budgets)
+    frontier = solve_path(problem, list(grid), method)
+    for budget, on_frontier in zip(grid, frontier, strict=True):
+        alone = solve_at(problem, float(budget), method, n_budgets)
+        assert alone is not None and on_frontier is not None
+        assert alone.cost <= budget and alone.gain >= on_frontier.gain - TOL
+    previous = -1.0
+    for budget in case.budgets:
+        alone = solve_at(problem, budget, method, n_budgets)
+        geo = solve_at(problem, budget, "geometric", n_budgets)
+        assert alone is not None and alone.cost <= budget and alone.gain >= previous - TOL
+        assert geo is None or alone.gain >= geo.gain - TOL
+        previous = alone.gain
+
+
+def _brute_force(case: ExitCase, budget: float) -> float:
+    """The best fitted accuracy of any thresholds (cuts at sample scores) within ``budget``, enumerated."""
+    n, k = case.scores.shape
+    levels = [np.array([*np.unique(case.scores[:, j]), np.inf]) for j in range(k - 1)]
+    grid = np.array(list(itertools.product(*levels)))  # (M, K - 1): every combination of cuts
+    leaves = case.scores[None, :, : k - 1] >= grid[:, None, :]  # (M, N, K - 1)
+    exits = np.where(leaves.any(axis=2), leaves.argmax(axis=2), k - 1)
+    accuracy = case.correct[np.arange(n)[None, :], exits].mean(axis=1)
+    shares = np.stack([np.count_nonzero(exits == j, axis=1) / n for j in range(k)], axis=1)
+    cost = shares @ case.costs  # share-weighted, as expected_cost: all at exit 1 costs exactly costs[0]
+    return float(accuracy[cost <= budget].max())
+
+
+@settings(FAST, max_examples=60)
+@given(exit_problems(max_n=12))
+def test_optimal_never_beats_the_enumerated_optimum_and_meets_it_with_two_exits(case: ExitCase):
+    problem = problem_for("optimal", case.scores, case.correct, case.costs, "maxprob")
+    for budget, sol in zip(case.budgets, solve_path(problem, case.budgets, "optimal"), strict=True):
+        best = _brute_force(case, budget)
+        assert sol is not None and sol.gain <= best + TOL
+        if case.scores.shape[1] == 2:  # one threshold: the exact update finds the optimum
+            assert sol.gain >= best - TOL
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: coordinate ascent from its pool ends 4 of 6 samples short")
+def test_optimal_is_within_two_samples_of_the_enumerated_optimum_with_three_exits():
+    """Found by the strategy above: the best thresholds send 2 samples to exit 1 and 4 to exit 2.
+
+    That needs both thresholds to move at once (exit 1 up and exit 2 down); each single
+    move from "all at exit 1" breaks the budget, and no pool member starts near it. About
+    0.5% of the strategy's small problems with K >= 3 miss the optimum by more than two samples.
+    """
+    scores = np.array([[0, 0.4, 0.7], [0.2, 0.1, 0.7], [0, 0.5, 0.9], [0.2, 0.5, 0.8], [0, 0.5, 0.3], [0, 0.5, 0.7]])
+    correct = np.array([[0, 1, 0], [1, 0, 1], [0, 1, 1], [0, 1, 1], [0, 1, 1], [0, 1, 1]], dtype=bool)
+    case = ExitCase(scores, correct, np.array([1.0, 1.5, 2.5]), [1.35])
+    best = _brute_force(case, 1.35)
+    sol = solve_path(problem_for("optimal", scores, correct, case.costs), case.budgets, "optimal")[0]
+    assert best == 5 / 6
+    assert sol is not None and sol.gain >= best - 2 / 6

@@ -6,6 +6,7 @@ written against ``dyncal.analysis.frontier``.
 """
 
 from dyncal.artifacts.frontier import frontier_columns, write_frontier_csv
-from dyncal.calibrate.frontier import MAX_BUDGETS, compute_frontier, oracle_at_budget
+from dyncal.calibrate.frontier import compute_frontier, oracle_at_budget
+from dyncal.calibrate.options import MAX_BUDGETS
 
 __all__ = ["compute_frontier", "oracle_at_budget", "write_frontier_csv", "frontier_columns", "MAX_BUDGETS"]

@@ -18,11 +18,7 @@ _LAZY = {
     "ThresholdSolver": "dyncal.calibrate.estimator",
     "assign_exits": "dyncal.calibrate.policy",
     "evaluate_policy": "dyncal.calibrate.policy",
-    "SCORES": "dyncal.calibrate.scores",
     "exit_scores": "dyncal.calibrate.scores",
-    "DEFAULT_METHOD": "dyncal.calibrate.solvers",
-    "METHODS": "dyncal.calibrate.solvers",
-    "ThresholdsResult": "dyncal.calibrate.solvers",
     "solve_run": "dyncal.calibrate.solvers",
     "TemperatureScaler": "dyncal.calibrate.temperature",
 }

@@ -23,6 +23,7 @@ __all__ = [
     "BudgetTarget",
     "parse_budget",
     "cost_units",
+    "require_cost_units",
     "resolve_budget",
     "format_budget",
     "pick_latency",
@@ -115,6 +116,24 @@ def cost_units(costs: CostTable | None, k: int) -> dict[str, tuple[float, ...]]:
     return out
 
 
+def require_cost_units(costs: CostTable | None, k: int) -> dict[str, tuple[float, ...]]:
+    """:func:`cost_units`, refusing a run that has none (nothing to budget or to solve against).
+
+    Raises:
+        DyncalError: The run has no costs at all.
+
+    Example:
+        >>> require_cost_units(None, 2)
+        Traceback (most recent call last):
+        ...
+        dyncal.errors.DyncalError: run has no costs: run 'dyncal profile RUN' (or 'dyncal import FILE --macs ...')
+    """
+    units = cost_units(costs, k)
+    if not units:
+        raise DyncalError("run has no costs: run 'dyncal profile RUN' (or 'dyncal import FILE --macs ...')")
+    return units
+
+
 @dataclass(frozen=True)
 class BudgetTarget:
     """A budget resolved against a run's costs.
@@ -192,9 +211,6 @@ def pick_latency(units: dict[str, tuple[float, ...]], device: str | None, batch_
     )
 
 
-_pick_latency = pick_latency  # the old private name
-
-
 def format_budget(value: float, kind: str) -> str:
     """Write a budget back in the user's form, rounded up to 4 significant digits.
 
@@ -254,9 +270,7 @@ def resolve_budget(
     """
     if isinstance(spec, str):
         spec = parse_budget(spec)
-    units = cost_units(costs, k)
-    if not units:
-        raise DyncalError("run has no costs: run 'dyncal profile RUN' (or 'dyncal import FILE --macs ...')")
+    units = require_cost_units(costs, k)
     if spec.kind == "macs":
         if "macs" not in units:
             raise BudgetError(
@@ -266,9 +280,9 @@ def resolve_budget(
             )
         unit = "macs"
     elif spec.kind == "ms":
-        unit = _pick_latency(units, device, batch_size)
+        unit = pick_latency(units, device, batch_size)
     else:
-        unit = "macs" if "macs" in units else _pick_latency(units, device, batch_size)
+        unit = "macs" if "macs" in units else pick_latency(units, device, batch_size)
     col = units[unit]
     value = spec.value * col[-1] if spec.kind == "fraction" else spec.value
     if col[0] * (1 - 1e-9) <= value < col[0]:

@@ -14,12 +14,12 @@ class is the Python face for code that fits once and applies many times.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dyncal.calibrate.options import SolveOptions
-from dyncal.calibrate.solvers import DEFAULT_METHOD
 from dyncal.errors import DyncalError
 
 if TYPE_CHECKING:
@@ -29,11 +29,28 @@ if TYPE_CHECKING:
 
 __all__ = ["ThresholdSolver"]
 
-_PARAMS = tuple(f.name for f in dataclasses.fields(SolveOptions))  # the constructor's options
+_FIELDS = dataclasses.fields(SolveOptions)
+"""The estimator's parameters: every option of :class:`SolveOptions`, declared there once."""
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    return f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+
+
+def _signature() -> inspect.Signature:
+    """``(self, budget=None, *, <every other option>=<its default>)``: for help(), IDEs and scikit-learn's clone."""
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    for f in sorted(_FIELDS, key=lambda f: f.name != "budget"):  # budget first: the one positional option
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD if f.name == "budget" else inspect.Parameter.KEYWORD_ONLY
+        params.append(inspect.Parameter(f.name, kind, default=_default(f)))
+    return inspect.Signature(params)
 
 
 class ThresholdSolver:
     """Exit thresholds that maximise accuracy under an average-compute budget.
+
+    The options are :class:`~dyncal.calibrate.options.SolveOptions`' fields with its defaults
+    (the signature is derived from them):
 
     Args:
         budget: ``"0.6x"``, ``"1.2GMAC"`` or ``"35ms"`` (None only with ``max_drop``).
@@ -58,56 +75,30 @@ class ThresholdSolver:
         path_: This method's frontier on the same split (:func:`dyncal.compute_frontier` rows).
 
     Example:
-        >>> import tempfile, pathlib
-        >>> from dyncal.run import import_arrays
-        >>> rng = np.random.default_rng(0)
-        >>> y = rng.integers(0, 3, 300)
-        >>> z = np.eye(3)[y][:, None, :] * [[1.0], [3.0]] + rng.normal(0, 1, (300, 2, 3))
-        >>> run = import_arrays(z, y, pathlib.Path(tempfile.mkdtemp()) / "r", macs=[1e6, 4e6])
+        >>> run = toy_run()  # 300 samples, K = 2 exits, C = 3 classes, 1 and 4 MMAC (doctest fixture)
         >>> solver = ThresholdSolver("0.6x", method="optimal").fit(run)
         >>> solver.thresholds_.shape, float(solver.exit_shares_.sum())
         ((1,), 1.0)
-        >>> exits, preds = solver.predict(z[:5])
+        >>> exits, preds = solver.predict(run.logits[:5])
         >>> exits.shape, preds.shape
         ((5,), (5,))
     """
 
-    def __init__(
-        self,
-        budget: str | None = None,
-        *,
-        method: str = DEFAULT_METHOD,
-        score: str = "maxprob",
-        temperature: bool = False,
-        holdout: float = 0.5,
-        seed: int = 0,
-        device: str | None = None,
-        batch_size: int | None = None,
-        max_drop: float | None = None,
-        delta: float = 0.05,
-        pvalue: str = "binomial",
-    ) -> None:
-        self.budget = budget
-        self.method = method
-        self.score = score
-        self.temperature = temperature
-        self.holdout = holdout
-        self.seed = seed
-        self.device = device
-        self.batch_size = batch_size
-        self.max_drop = max_drop
-        self.delta = delta
-        self.pvalue = pvalue
+    def __init__(self, budget: str | None = None, **params: Any) -> None:
+        self.set_params(**{**{f.name: _default(f) for f in _FIELDS}, **params, "budget": budget})
+
+    __init__.__signature__ = _signature()  # type: ignore[attr-defined]
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The constructor's options (scikit-learn convention)."""
-        return {name: getattr(self, name) for name in _PARAMS}
+        return {f.name: getattr(self, f.name) for f in _FIELDS}
 
     def set_params(self, **params: Any) -> ThresholdSolver:
         """Change options; a refit is needed for the learned values to follow."""
+        names = [f.name for f in _FIELDS]
         for name, value in params.items():
-            if name not in _PARAMS:
-                raise DyncalError(f"ThresholdSolver has no option {name!r}; options: {', '.join(_PARAMS)}")
+            if name not in names:
+                raise DyncalError(f"ThresholdSolver has no option {name!r}; options: {', '.join(names)}")
             setattr(self, name, value)
         return self
 
@@ -120,12 +111,13 @@ class ThresholdSolver:
         """
         from dyncal.calibrate.frontier import compute_frontier
         from dyncal.calibrate.options import FrontierOptions
-        from dyncal.calibrate.solvers import PreparedRun, prepare_run, solve_run
+        from dyncal.calibrate.prepare import PreparedRun, prepare_run
+        from dyncal.calibrate.solvers import solve_run
 
         options = SolveOptions(**self.get_params())
-        prep = run if isinstance(run, PreparedRun) else prepare_run(run, **options.prepare_fields())
+        prep = run if isinstance(run, PreparedRun) else prepare_run(run, options)
         result = solve_run(prep, options=options)
-        path = FrontierOptions(methods=(options.method,), device=self.device, batch_size=self.batch_size)
+        path = FrontierOptions(methods=(options.method,), device=options.device, batch_size=options.batch_size)
         frontier = compute_frontier(prep, path)
         self.result_: ThresholdsDocument = result
         self.thresholds_ = result.threshold_array
@@ -162,5 +154,5 @@ class ThresholdSolver:
         return exits, preds[np.arange(len(exits)), exits]
 
     def __repr__(self) -> str:
-        changed = {k: v for k, v in self.get_params().items() if v != ThresholdSolver().get_params()[k]}
+        changed = {f.name: getattr(self, f.name) for f in _FIELDS if getattr(self, f.name) != _default(f)}
         return f"ThresholdSolver({', '.join(f'{k}={v!r}' for k, v in changed.items())})"

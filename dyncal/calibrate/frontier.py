@@ -3,7 +3,6 @@
 :func:`compute_frontier` solves over a grid of budgets and returns a long-format
 :class:`pandas.DataFrame` (one row per method and budget) that ``dyncal frontier`` writes as
 CSV (:mod:`dyncal.artifacts.frontier` owns that file) and the report draws.
-:mod:`dyncal.analysis.frontier` re-exports these names.
 """
 
 from __future__ import annotations
@@ -16,22 +15,18 @@ import numpy as np
 import pandas as pd
 
 from dyncal.artifacts.frontier import frontier_columns
-from dyncal.artifacts.frontier import write_frontier_csv as write_frontier_csv
 from dyncal.artifacts.thresholds import finite_thresholds
-from dyncal.calibrate.options import MAX_BUDGETS as MAX_BUDGETS
+from dyncal.calibrate.budget import pick_latency
 from dyncal.calibrate.options import FrontierOptions
 from dyncal.calibrate.policy import evaluate_policy, expected_cost
-from dyncal.calibrate.solvers import (
-    DEFAULT_METHOD,
-    PreparedRun,
-    budget_grid,
-    prepare_run,
-    solve_path,
-)
+from dyncal.calibrate.prepare import PreparedRun, prepare_run
+from dyncal.calibrate.problem import Solution
+from dyncal.calibrate.search import budget_grid, solve_path
+from dyncal.choices import DEFAULT_METHOD
 from dyncal.options import options_from
 from dyncal.stats import mean_bootstrap_ci
 
-__all__ = ["compute_frontier", "oracle_at_budget", "write_frontier_csv", "frontier_columns"]
+__all__ = ["compute_frontier", "oracle_at_budget"]
 
 
 def oracle_at_budget(correct: np.ndarray, costs: Sequence[float] | np.ndarray, budget: float) -> np.ndarray:
@@ -69,47 +64,6 @@ def oracle_at_budget(correct: np.ndarray, costs: Sequence[float] | np.ndarray, b
     return exits
 
 
-def _row(
-    method: str,
-    exit_: int | None,
-    fraction: float,
-    budget_macs: float | None,
-    thresholds: list[float | None] | None,
-    fitted: float,
-    held: np.ndarray | None,
-    fit_exits: np.ndarray,
-    prep: PreparedRun,
-    primary: str,
-    seed: int,
-) -> dict[str, Any]:
-    """One frontier row; costs are measured on the fit part."""
-    k = prep.correct.shape[1]
-    row: dict[str, Any] = {
-        "method": method,
-        "exit": exit_ if exit_ is not None else pd.NA,
-        "budget_fraction": fraction,
-        "budget_macs": np.nan if budget_macs is None else budget_macs,
-        "thresholds": json.dumps(thresholds) if thresholds is not None else json.dumps(None),
-        "fitted_accuracy": fitted,
-    }
-    if held is not None and held.size:
-        lo, hi = mean_bootstrap_ci(held, seed=seed)
-        row.update(holdout_accuracy=float(held.mean()), holdout_ci_low=lo, holdout_ci_high=hi)
-    else:
-        row.update(holdout_accuracy=np.nan, holdout_ci_low=np.nan, holdout_ci_high=np.nan)
-    units = prep.units
-    row["expected_macs"] = expected_cost(fit_exits, units["macs"]) if "macs" in units else np.nan
-    pc = units[primary]
-    row["expected_fraction"] = expected_cost(fit_exits, pc) / pc[-1]
-    for u, c in units.items():
-        if u.startswith("ms:"):
-            row[u] = expected_cost(fit_exits, c)
-    shares = np.bincount(fit_exits, minlength=k) / max(fit_exits.size, 1)
-    for j in range(k):
-        row[f"share_{j + 1}"] = float(shares[j])
-    return row
-
-
 def compute_frontier(
     run: Any,
     options: FrontierOptions | None = None,
@@ -124,12 +78,12 @@ def compute_frontier(
     budgets are met), ``holdout_*`` on the held-out part with a 95% bootstrap interval.
 
     Args:
-        run: A :class:`dyncal.run.Run`, or a :class:`dyncal.calibrate.solvers.PreparedRun`
+        run: A :class:`dyncal.run.Run`, or a :class:`dyncal.calibrate.prepare.PreparedRun`
             (already scored: ``score``, ``temperature``, ``holdout`` and ``seed`` come from
             it and may be left out).
         options: All options as one :class:`~dyncal.calibrate.options.FrontierOptions`.
         **fields: The options as keywords instead: ``n_budgets`` (default 41, from 2 to
-            :data:`MAX_BUDGETS`), ``score`` (``maxprob`` default, ``margin``, ``entropy``),
+            :data:`~dyncal.calibrate.options.MAX_BUDGETS`), ``score`` (``maxprob`` default, ``margin``, ``entropy``),
             ``temperature`` (fit per-exit temperatures on the fit part), ``holdout``
             (held-out fraction, default 0.5; 0: none, holdout columns are NaN), ``seed``
             (split seed), ``methods`` (solvers to run, default ``("optimal", "geometric")``;
@@ -137,54 +91,60 @@ def compute_frontier(
             latency column of the budgets when the run has no MACs).
 
     Returns:
-        Long table with the columns of :func:`frontier_columns`: ``method`` is a solver
+        Long table with the columns of :func:`~dyncal.artifacts.frontier.frontier_columns`: ``method`` is a solver
         name, ``"oracle"`` (every sample at its cheapest right exit within the budget;
         its held-out accuracy is the oracle on the held-out part) or ``"static"`` (one row
         per exit used alone, ``exit`` set); ``thresholds`` is a JSON list (last null;
         ``null`` for oracle rows and where a method has no solution in the budget).
 
     Raises:
-        DyncalError: No costs, bad options, or the errors of :func:`prepare_run`.
+        DyncalError: No costs, bad options, or the errors of :func:`~dyncal.calibrate.prepare.prepare_run`.
 
     Example:
-        >>> import tempfile, pathlib
-        >>> from dyncal.run import import_arrays
-        >>> rng = np.random.default_rng(0)
-        >>> y = rng.integers(0, 3, 300)
-        >>> z = np.eye(3)[y][:, None, :] * [[1.0], [3.0]] + rng.normal(0, 1, (300, 2, 3))
-        >>> run = import_arrays(z, y, pathlib.Path(tempfile.mkdtemp()) / "r", macs=[1e6, 4e6])
-        >>> df = compute_frontier(run, n_budgets=5)
+        >>> df = compute_frontier(toy_run(), n_budgets=5)  # toy_run: 300 samples, K = 2 (doctest fixture)
         >>> sorted(set(df["method"]))
         ['geometric', 'optimal', 'oracle', 'smoothed', 'static']
     """
     opts = options_from(FrontierOptions, options, fields, "frontier")
-    n_budgets, device, batch_size = opts.n_budgets, opts.device, opts.batch_size
-    all_methods = [str(m) for m in dict.fromkeys([*opts.methods, DEFAULT_METHOD])]
     if isinstance(run, PreparedRun):
-        run.check_options(**opts.prepare_fields())
+        run.check_options(opts)
         prep = run
     else:
-        prep = prepare_run(run, **opts.prepare_fields())
-    seed = prep.seed  # the bootstrap intervals use the split's seed
-    units = prep.units
-    if "macs" in units:
-        primary = "macs"
-    else:
-        from dyncal.calibrate.budget import pick_latency
-
-        primary = pick_latency(units, device, batch_size)
-    costs = np.asarray(units[primary])
-    fractions, budgets = budget_grid(costs, n_budgets)
-    macs_full = units["macs"][-1] if "macs" in units else None
-    fs, fc = prep.scores[prep.fit_idx], prep.correct[prep.fit_idx]
-    hs, hc = prep.scores[prep.holdout_idx], prep.correct[prep.holdout_idx]
+        prep = prepare_run(run, opts)
+    primary = "macs" if "macs" in prep.units else pick_latency(prep.units, opts.device, opts.batch_size)
+    parts = _Parts(prep, primary)
+    fractions, budgets = budget_grid(parts.costs, opts.n_budgets)
     rows: list[dict[str, Any]] = []
-    for method in all_methods:
-        problem = prep.problem(method, primary)  # shares the geometric fits of the others
-        sols = solve_path(problem, list(budgets), method)
-        prep.cache.paths[(method, primary, n_budgets)] = sols  # solve_run walks its prefix
+    for method in [str(m) for m in dict.fromkeys([*opts.methods, DEFAULT_METHOD])]:
+        sols = solve_path(prep.problem(method, primary), list(budgets), method)  # problems share geometric fits
+        prep.cache.paths[(method, primary, opts.n_budgets)] = sols  # solve_run walks its prefix
+        rows += parts.solved(method, fractions, sols)
+    rows += parts.oracle(fractions, budgets)
+    rows += parts.static()
+    latency_keys = [u[3:] for u in prep.units if u.startswith("ms:")]
+    df = pd.DataFrame(rows).reindex(columns=frontier_columns(prep.k, latency_keys))
+    df["exit"] = df["exit"].astype("Int64")
+    return df
+
+
+class _Parts:
+    """The frontier's rows of a prepared run in one cost column: fit and held-out parts, taken once."""
+
+    def __init__(self, prep: PreparedRun, primary: str) -> None:
+        self.prep, self.primary = prep, primary
+        self.costs = np.asarray(prep.units[primary])
+        self.macs_full = prep.units["macs"][-1] if "macs" in prep.units else None
+        self.fs, self.fc = prep.scores[prep.fit_idx], prep.correct[prep.fit_idx]
+        self.hs, self.hc = prep.scores[prep.holdout_idx], prep.correct[prep.holdout_idx]
+
+    def _macs_at(self, fraction: float) -> float | None:
+        return None if self.macs_full is None else float(fraction * self.macs_full)
+
+    def solved(self, method: str, fractions: np.ndarray, sols: list[Solution | None]) -> list[dict[str, Any]]:
+        """One row per budget of a method's path; a budget without a solution gets a row without numbers."""
+        rows: list[dict[str, Any]] = []
         for frac, sol in zip(fractions, sols, strict=True):
-            bm = None if macs_full is None else float(frac * macs_full)
+            bm = self._macs_at(frac)
             if sol is None:
                 empty = {
                     "method": method,
@@ -195,63 +155,79 @@ def compute_frontier(
                 }
                 rows.append(empty)
                 continue
-            t_json = finite_thresholds(sol.thresholds, prep.score, prep.n_classes)
+            t_json = finite_thresholds(sol.thresholds, self.prep.score, self.prep.n_classes)
             t_eval = np.asarray(t_json[:-1], dtype=np.float64)
-            fit = evaluate_policy(fs, fc, costs, t_eval)
+            fit = evaluate_policy(self.fs, self.fc, self.costs, t_eval)
             held_ok = None
-            if hs.shape[0]:
-                held = evaluate_policy(hs, hc, costs, t_eval)
-                held_ok = hc[np.arange(hs.shape[0]), held.exits]
-            rows.append(
-                _row(
-                    method,
-                    None,
-                    float(frac),
-                    bm,
-                    t_json,
-                    fit.accuracy,
-                    held_ok,
-                    fit.exits,
-                    prep,
-                    primary,
-                    seed,
-                )
-            )
-    for frac, b in zip(fractions, budgets, strict=True):
-        bm = None if macs_full is None else float(frac * macs_full)
-        fe = oracle_at_budget(fc, costs, float(b))
-        held_ok = None
-        if hs.shape[0]:
-            he = oracle_at_budget(hc, costs, float(b))
-            held_ok = hc[np.arange(hs.shape[0]), he]
-        fitted = float(fc[np.arange(fc.shape[0]), fe].mean())
-        rows.append(_row("oracle", None, float(frac), bm, None, fitted, held_ok, fe, prep, primary, seed))
-    k = prep.correct.shape[1]
-    for j in range(k):
-        t = np.full(k - 1, np.inf)
-        if j < k - 1:
-            t[j] = -np.inf
-        t_json = finite_thresholds(t, prep.score, prep.n_classes)
-        fe = np.full(fc.shape[0], j, dtype=np.int64)
-        held_ok = hc[:, j] if hs.shape[0] else None
-        frac = float(costs[j] / costs[-1])
-        bm = None if macs_full is None else float(units["macs"][j])
-        rows.append(
-            _row(
-                "static",
-                j + 1,
-                frac,
-                bm,
-                t_json,
-                float(fc[:, j].mean()),
-                held_ok,
-                fe,
-                prep,
-                primary,
-                seed,
-            )
-        )
-    latency_keys = [u[3:] for u in units if u.startswith("ms:")]
-    df = pd.DataFrame(rows).reindex(columns=frontier_columns(k, latency_keys))
-    df["exit"] = df["exit"].astype("Int64")
-    return df
+            if self.hs.shape[0]:
+                held = evaluate_policy(self.hs, self.hc, self.costs, t_eval)
+                held_ok = self.hc[np.arange(self.hs.shape[0]), held.exits]
+            rows.append(self.row(method, None, float(frac), bm, t_json, fit.accuracy, held_ok, fit.exits))
+        return rows
+
+    def oracle(self, fractions: np.ndarray, budgets: np.ndarray) -> list[dict[str, Any]]:
+        """The oracle at every budget: fitted on the fit part, and the oracle of the held-out part."""
+        rows = []
+        for frac, b in zip(fractions, budgets, strict=True):
+            fe = oracle_at_budget(self.fc, self.costs, float(b))
+            held_ok = None
+            if self.hs.shape[0]:
+                he = oracle_at_budget(self.hc, self.costs, float(b))
+                held_ok = self.hc[np.arange(self.hs.shape[0]), he]
+            fitted = float(self.fc[np.arange(self.fc.shape[0]), fe].mean())
+            rows.append(self.row("oracle", None, float(frac), self._macs_at(frac), None, fitted, held_ok, fe))
+        return rows
+
+    def static(self) -> list[dict[str, Any]]:
+        """Each exit used alone."""
+        rows = []
+        k = self.prep.k
+        for j in range(k):
+            t = np.full(k - 1, np.inf)
+            if j < k - 1:
+                t[j] = -np.inf
+            t_json = finite_thresholds(t, self.prep.score, self.prep.n_classes)
+            fe = np.full(self.fc.shape[0], j, dtype=np.int64)
+            held_ok = self.hc[:, j] if self.hs.shape[0] else None
+            frac = float(self.costs[j] / self.costs[-1])
+            bm = None if self.macs_full is None else float(self.prep.units["macs"][j])
+            rows.append(self.row("static", j + 1, frac, bm, t_json, float(self.fc[:, j].mean()), held_ok, fe))
+        return rows
+
+    def row(
+        self,
+        method: str,
+        exit_: int | None,
+        fraction: float,
+        budget_macs: float | None,
+        thresholds: list[float | None] | None,
+        fitted: float,
+        held: np.ndarray | None,
+        fit_exits: np.ndarray,
+    ) -> dict[str, Any]:
+        """One frontier row; costs are measured on the fit part."""
+        k = self.prep.k
+        row: dict[str, Any] = {
+            "method": method,
+            "exit": exit_ if exit_ is not None else pd.NA,
+            "budget_fraction": fraction,
+            "budget_macs": np.nan if budget_macs is None else budget_macs,
+            "thresholds": json.dumps(thresholds) if thresholds is not None else json.dumps(None),
+            "fitted_accuracy": fitted,
+        }
+        if held is not None and held.size:
+            lo, hi = mean_bootstrap_ci(held, seed=self.prep.seed)
+            row.update(holdout_accuracy=float(held.mean()), holdout_ci_low=lo, holdout_ci_high=hi)
+        else:
+            row.update(holdout_accuracy=np.nan, holdout_ci_low=np.nan, holdout_ci_high=np.nan)
+        units = self.prep.units
+        row["expected_macs"] = expected_cost(fit_exits, units["macs"]) if "macs" in units else np.nan
+        pc = units[self.primary]
+        row["expected_fraction"] = expected_cost(fit_exits, pc) / pc[-1]
+        for u, c in units.items():
+            if u.startswith("ms:"):
+                row[u] = expected_cost(fit_exits, c)
+        shares = np.bincount(fit_exits, minlength=k) / max(fit_exits.size, 1)
+        for j in range(k):
+            row[f"share_{j + 1}"] = float(shares[j])
+        return row

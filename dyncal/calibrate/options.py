@@ -1,19 +1,23 @@
 """Options of the threshold solver and the frontier: how a run is split and scored, and what to solve.
 
-:class:`PrepareOptions` are those of :func:`~dyncal.calibrate.solvers.prepare_run`;
+:class:`PrepareOptions` are those of :func:`~dyncal.calibrate.prepare.prepare_run`;
 :class:`SolveOptions` (``dyncal solve``, :func:`~dyncal.calibrate.solvers.solve_run`) and
-:class:`FrontierOptions` (``dyncal frontier``, :func:`~dyncal.analysis.frontier.compute_frontier`)
+:class:`FrontierOptions` (``dyncal frontier``, :func:`~dyncal.calibrate.frontier.compute_frontier`)
 extend them. Each is frozen and checks its values when built.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 from dyncal.choices import DEFAULT_METHOD, Method, PValue, Score
 from dyncal.errors import DyncalError, param
 from dyncal.options import check_at_least, check_flag, check_fraction, check_seed, is_integer
+
+if TYPE_CHECKING:
+    from dyncal.calibrate.budget import BudgetSpec
 
 __all__ = ["PrepareOptions", "SolveOptions", "FrontierOptions", "MAX_BUDGETS"]
 
@@ -53,10 +57,6 @@ class PrepareOptions:
         check_flag("temperature", self.temperature)
         check_fraction("holdout", self.holdout)
         check_seed("seed", self.seed)
-
-    def prepare_fields(self) -> dict[str, Any]:
-        """The fields :func:`~dyncal.calibrate.solvers.prepare_run` takes, as keywords."""
-        return {f.name: getattr(self, f.name) for f in fields(PrepareOptions)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,15 +101,19 @@ class SolveOptions(PrepareOptions):
         check_fraction("delta", self.delta, "(0, 1)")
         if self.budget is None and self.max_drop is None:
             raise DyncalError(f"give a {param('budget')} (e.g. 0.6x) or a risk target {param('max_drop')} (e.g. 0.005)")
-        if self.budget is not None:
-            from dyncal.calibrate.budget import parse_budget
+        _ = self.budget_spec  # an unreadable budget is refused here, and parsed once
 
-            parse_budget(self.budget)
+    @cached_property
+    def budget_spec(self) -> BudgetSpec | None:
+        """``budget`` parsed (None without one)."""
+        from dyncal.calibrate.budget import parse_budget
+
+        return None if self.budget is None else parse_budget(self.budget)
 
 
 @dataclass(frozen=True, kw_only=True)
 class FrontierOptions(PrepareOptions):
-    """What ``dyncal frontier`` is asked (see :func:`~dyncal.analysis.frontier.compute_frontier`).
+    """What ``dyncal frontier`` is asked (see :func:`~dyncal.calibrate.frontier.compute_frontier`).
 
     Attributes:
         n_budgets: Budgets from the first exit's cost to the last's (2 to :data:`MAX_BUDGETS`).

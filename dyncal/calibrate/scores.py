@@ -18,9 +18,7 @@ import numpy as np
 from dyncal.choices import Score
 from dyncal.errors import DyncalError
 
-__all__ = ["SCORES", "exit_scores", "softmax"]
-
-SCORES: tuple[str, ...] = tuple(s.value for s in Score)
+__all__ = ["exit_scores", "softmax"]
 
 
 def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -38,7 +36,7 @@ def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def exit_scores(
     logits: np.ndarray,
-    score: str = "maxprob",
+    score: Score | str = Score.MAXPROB,
     temperatures: Sequence[float] | np.ndarray | None = None,
     *,
     chunk_rows: int = 8192,
@@ -47,7 +45,8 @@ def exit_scores(
 
     Args:
         logits: ``(N, K, C)`` logits; may be a read-only memmap (read ``chunk_rows`` at a time).
-        score: One of ``maxprob``, ``margin``, ``entropy``.
+        score: One of ``maxprob``, ``margin``, ``entropy`` (:class:`~dyncal.choices.Score`; a name is
+            checked, a member is trusted).
         temperatures: ``K`` positive temperatures (default all 1).
         chunk_rows: Rows processed at once; bounds memory at ``chunk_rows * K * C`` floats.
 
@@ -62,7 +61,8 @@ def exit_scores(
         >>> p.tolist(), round(float(s[0, 0]), 3), float(s[0, 1])
         ([[0, 0]], 0.881, 0.5)
     """
-    Score.parse(score, "score")
+    if not isinstance(score, Score):  # members come checked from the options objects and documents
+        score = Score.parse(score, "score")
     n, k, c = logits.shape
     if temperatures is None:
         temps = np.ones(k)

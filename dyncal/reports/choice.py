@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from dyncal.artifacts.run import Run
     from dyncal.artifacts.verify import VerifyResult
-    from dyncal.calibrate.solvers import PreparedRun
+    from dyncal.calibrate.prepare import PreparedRun
     from dyncal.reports.decision import ExitOutcome, Requirements
 
 __all__ = ["BudgetSource", "OperatingChoice", "DEFAULT_MAX_DROP"]

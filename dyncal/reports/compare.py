@@ -43,7 +43,7 @@ from dyncal.stats import bootstrap_interval
 
 if TYPE_CHECKING:
     from dyncal.artifacts.run import Run
-    from dyncal.calibrate.solvers import PreparedRun
+    from dyncal.calibrate.prepare import PreparedRun
     from dyncal.reports.choice import OperatingChoice
     from dyncal.reports.evidence import LatencyEvidence
 
@@ -357,7 +357,7 @@ def _difference(alt_ok: np.ndarray, op_ok: np.ndarray, paired: bool, held_out: b
 
 def _prepared(choice: OperatingChoice, alt: Run, rows: _Rows) -> PreparedRun:
     """The early-exit alternative scored like the operating point; fitted on rows it is not judged on."""
-    from dyncal.calibrate.solvers import SolveCache, prepare_run
+    from dyncal.calibrate.prepare import SolveCache, prepare_run
 
     prep = choice.prep
     temperature = any(abs(float(t) - 1.0) > 1e-9 for t in prep.temperatures)

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from dyncal.artifacts.run import Run
     from dyncal.artifacts.thresholds import ThresholdsDocument
     from dyncal.artifacts.verify import VerifyResult
-    from dyncal.calibrate.solvers import PreparedRun
+    from dyncal.calibrate.prepare import PreparedRun
 
 __all__ = ["ReportOptions", "choose_operating_point"]
 
@@ -293,8 +293,8 @@ def _fit_costs(prep: PreparedRun, thresholds: Sequence[float | None]) -> dict[st
 
 def _prepared_for(run: Run, th: ThresholdsDocument, path: str) -> PreparedRun:
     """The run scored and split as the thresholds document records (its score, temperatures and split)."""
+    from dyncal.calibrate.prepare import SolveCache, prepare_run
     from dyncal.calibrate.scores import exit_scores
-    from dyncal.calibrate.solvers import SolveCache, prepare_run
 
     split = th.split or {}
     holdout = float(split.get("holdout", 0.5))
@@ -372,7 +372,7 @@ def _scored(
 
     The frontier, the solve and the held-out simulation share the scores.
     """
-    from dyncal.calibrate.solvers import prepare_run
+    from dyncal.calibrate.prepare import prepare_run
 
     if th is not None:
         prep = _prepared_for(run, th, str(options.thresholds))

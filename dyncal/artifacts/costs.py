@@ -15,6 +15,7 @@ import numpy as np
 
 from dyncal.artifacts import validate as V
 from dyncal.errors import RunError
+from dyncal.measurement import Measurement
 
 if TYPE_CHECKING:
     from dyncal.artifacts.run import Run
@@ -173,22 +174,22 @@ class LatencyProfile:
     @property
     def stage_median_ms(self) -> list[float]:
         """Median time of each stage, ``K`` floats."""
-        return [float(np.median(r)) for r in self.stage_ms]
+        return [Measurement(r).median_ms for r in self.stage_ms]
 
     @property
     def stage_iqr_ms(self) -> list[float]:
         """Inter-quartile range of each stage's replicates, ``K`` floats."""
-        return [float(np.subtract(*np.percentile(r, [75, 25]))) for r in self.stage_ms]
+        return [Measurement(r).iqr_ms for r in self.stage_ms]
 
     @property
     def decision_median_ms(self) -> float:
-        """Median time of one exit decision."""
-        return float(np.median(self.decision_ms)) if self.decision_ms else 0.0
+        """Median time of one exit decision (0 when none was timed)."""
+        return Measurement(self.decision_ms).median_ms if self.decision_ms else 0.0
 
     @property
     def full_model_median_ms(self) -> float:
-        """Median time of the unpartitioned model."""
-        return float(np.median(self.full_model_ms)) if self.full_model_ms else float("nan")
+        """Median time of the unpartitioned model (NaN when it was not timed)."""
+        return Measurement(self.full_model_ms).median_ms
 
     @property
     def exit_ms(self) -> list[float]:
@@ -204,7 +205,7 @@ class LatencyProfile:
         exit decision at each exit passed through 1..k (the last exit makes none).
         """
         if len(self.exit_path_ms) == len(self.stage_ms) and all(self.exit_path_ms):
-            return [float(v) for v in np.maximum.accumulate([np.median(r) for r in self.exit_path_ms])]
+            return [float(v) for v in np.maximum.accumulate([Measurement(r).median_ms for r in self.exit_path_ms])]
         k = len(self.stage_ms)
         dec = self.decision_median_ms
         return [ms + dec * min(i + 1, k - 1) for i, ms in enumerate(self.exit_ms)]
@@ -212,7 +213,7 @@ class LatencyProfile:
     @property
     def compaction_median_ms(self) -> list[float]:
         """Median time of one batch compaction at each exit before the last (empty if not measured)."""
-        return [float(np.median(r)) for r in self.compaction_ms if r]
+        return [Measurement(r).median_ms for r in self.compaction_ms if r]
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (raw replicates plus derived medians for readers)."""

@@ -18,8 +18,6 @@ code_size = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(code_size)
 
 ALLOWED: set[str] = {
-    "analysis/stages.py",
-    "analysis/stages.py:_partition",
     "artifacts/run.py",
     "artifacts/run.py:import_arrays",
     "calibrate/frontier.py:compute_frontier",

@@ -328,15 +328,25 @@ def _timed(
     return timed, {name: [next(blocks) for _ in group] for name, group in groups.items()}
 
 
-def _noisy(timed: dict[str, list[Measurement]]) -> dict[str, float]:
-    """``{name: IQR/median}`` of the noisy stages, decision, exit paths and full model (:func:`is_noisy`)."""
+def _noisy(timed: dict[str, list[Measurement]], x: torch.Tensor) -> dict[str, float]:
+    """``{name: IQR/median}`` of the noisy stages, decision, exit paths and full model, logged with the remedy."""
     named = [
         *((f"stage{i + 1}", m) for i, m in enumerate(timed["stage"])),
         *(("decision", m) for m in timed["decision"]),
         *((f"exit_path{i + 1}", m) for i, m in enumerate(timed["exit_path"])),
         ("full_model", timed["full_model"][0]),
     ]
-    return {name: round(m.spread, 3) for name, m in named if m.noisy}
+    noisy = {name: round(m.spread, 3) for name, m in named if m.noisy}
+    if noisy:
+        log.warning(
+            "noisy latency on %s at batch %d (IQR/median > %.0f%%): %s; %s",
+            x.device,
+            x.shape[0],
+            100 * NOISE_IQR_FRACTION,
+            ", ".join(f"{n} {100 * v:.0f}%" for n, v in noisy.items()),
+            NOISE_ADVICE,
+        )
+    return noisy
 
 
 def _replicates(measurements: list[Measurement]) -> tuple[tuple[float, ...], ...]:
@@ -378,16 +388,6 @@ def measure_latency(
     with pinned_threads(settings.threads) as threads, torch.inference_mode():
         groups, compaction_rows = _groups(stages, model, x, settings.threshold, ladder)
         timed, blocks = _timed(timer, groups, settings)
-    noisy = _noisy(timed)
-    if noisy:
-        log.warning(
-            "noisy latency on %s at batch %d (IQR/median > %.0f%%): %s; %s",
-            x.device,
-            x.shape[0],
-            100 * NOISE_IQR_FRACTION,
-            ", ".join(f"{n} {100 * v:.0f}%" for n, v in noisy.items()),
-            NOISE_ADVICE,
-        )
     return LatencyProfile(
         device=device_name or str(x.device),
         batch_size=int(x.shape[0]),
@@ -396,50 +396,36 @@ def measure_latency(
         full_model_ms=timed["full_model"][0].replicates_ms,
         threads=threads,
         hardware=device_hardware(x.device),
-        settings=_settings(settings, timer, blocks, ladder, compaction_rows, stages, x, noisy),
+        settings={
+            "warmup": settings.warmup,
+            "repeats": settings.repeats,
+            "min_block_ms": settings.min_block_ms,
+            "block_calls": blocks["stage"],
+            "decision_block_calls": next(iter(blocks["decision"]), None),
+            "exit_path_block_calls": blocks["exit_path"],
+            "compaction_block_calls": blocks["compaction"],
+            "exit_path_rows": ladder,
+            "full_model_block_calls": blocks["full_model"][0],
+            "timer": timer.label,
+            "decision": f"softmax max-probability >= {settings.threshold} + host sync (EarlyExitRunner.leaving)",
+            "exit_path": "EarlyExitRunner with every row leaving at exit k",
+            "compaction": "EarlyExitRunner split at exit k, every other row leaving, and the output assembled",
+            "compaction_rows": compaction_rows,
+            "dtype": str(x.dtype).replace("torch.", ""),
+            "input_shape": list(x.shape[1:]),
+            "stages": stages.source,
+            "torch": torch.__version__,
+            "cpu": cpu_model(),
+            "gpu": torch.cuda.get_device_name(x.device) if timer.cuda else None,
+            "cuda": torch.version.cuda if timer.cuda else None,
+            "cpu_count": os.cpu_count(),
+            "noisy": _noisy(timed, x),
+            "noise_iqr_fraction": NOISE_IQR_FRACTION,
+        },
         exit_path_ms=_replicates(timed["exit_path"]),
         compaction_ms=_replicates(timed["compaction"]),
         exit_path_rows_ms={rows: _replicates(timed[f"ladder:{rows}"]) for rows in ladder},
     )
-
-
-def _settings(
-    settings: LatencySettings,
-    timer: Timer,
-    blocks: dict[str, list[int]],
-    ladder: list[int],
-    compaction_rows: int | None,
-    stages: Stages,
-    x: torch.Tensor,
-    noisy: dict[str, float],
-) -> dict[str, Any]:
-    """How a profile was measured, as stored in its ``settings``."""
-    return {
-        "warmup": settings.warmup,
-        "repeats": settings.repeats,
-        "min_block_ms": settings.min_block_ms,
-        "block_calls": blocks["stage"],
-        "decision_block_calls": next(iter(blocks["decision"]), None),
-        "exit_path_block_calls": blocks["exit_path"],
-        "compaction_block_calls": blocks["compaction"],
-        "exit_path_rows": ladder,
-        "full_model_block_calls": blocks["full_model"][0],
-        "timer": timer.label,
-        "decision": f"softmax max-probability >= {settings.threshold} + host sync (EarlyExitRunner.leaving)",
-        "exit_path": "EarlyExitRunner with every row leaving at exit k",
-        "compaction": "EarlyExitRunner split at exit k, every other row leaving, and the output assembled",
-        "compaction_rows": compaction_rows,
-        "dtype": str(x.dtype).replace("torch.", ""),
-        "input_shape": list(x.shape[1:]),
-        "stages": stages.source,
-        "torch": torch.__version__,
-        "cpu": cpu_model(),
-        "gpu": torch.cuda.get_device_name(x.device) if timer.cuda else None,
-        "cuda": torch.version.cuda if timer.cuda else None,
-        "cpu_count": os.cpu_count(),
-        "noisy": noisy,
-        "noise_iqr_fraction": NOISE_IQR_FRACTION,
-    }
 
 
 def _row_ladder(batch_size: int) -> list[int]:

@@ -121,10 +121,11 @@ class UnsupportedOp:
         )
 
 
-def _replicates(value: Any, field: str) -> tuple[tuple[float, ...], ...]:
-    """Lists of raw replicate milliseconds (one non-empty list per entry)."""
+def _replicates(value: Any, field: str, min_length: int = 0) -> tuple[tuple[float, ...], ...]:
+    """Lists of raw replicate milliseconds (one non-empty list per entry, at least ``min_length`` entries)."""
     return tuple(
-        V.number_list(r, f"{field}[{i}]", min_length=1, minimum=0) for i, r in enumerate(V.sequence(value, field))
+        V.number_list(r, f"{field}[{i}]", min_length=1, minimum=0)
+        for i, r in enumerate(V.sequence(value, field, min_length=min_length))
     )
 
 
@@ -241,14 +242,11 @@ class LatencyProfile:
                 hold one non-empty list of finite non-negative milliseconds per stage.
         """
         d = V.mapping(d, field)
-        stages = V.sequence(V.require(d, "stage_ms", f"{field}."), f"{field}.stage_ms", min_length=1)
         threads = d.get("threads")
         return cls(
             device=V.string(V.require(d, "device", f"{field}."), f"{field}.device"),
             batch_size=V.integer(V.require(d, "batch_size", f"{field}."), f"{field}.batch_size", minimum=1),
-            stage_ms=tuple(
-                V.number_list(r, f"{field}.stage_ms[{i}]", min_length=1, minimum=0) for i, r in enumerate(stages)
-            ),
+            stage_ms=_replicates(V.require(d, "stage_ms", f"{field}."), f"{field}.stage_ms", min_length=1),
             decision_ms=V.number_list(d.get("decision_ms", []), f"{field}.decision_ms", minimum=0),
             full_model_ms=V.number_list(d.get("full_model_ms", []), f"{field}.full_model_ms", minimum=0),
             threads=None if threads is None else V.integer(threads, f"{field}.threads", minimum=1),

@@ -101,7 +101,7 @@ class PairedTiming:
         early-exit time, so on a quiet machine this is ``full_model_ms_median / measured_ms``
         (total plain-model time over total early-exit time).
         """
-        return _paired_speedup(*self._arrays)
+        return float(_paired_speedup(*self._arrays))
 
     @property
     def measured_over_predicted(self) -> float | None:
@@ -128,10 +128,7 @@ class PairedTiming:
             else:
                 r_idx = np.broadcast_to(np.arange(n_r), (size, n_b, n_r))
             rows = b_idx[:, :, None]
-            ee_s, full_s = ee[rows, r_idx], full[rows, r_idx]
-            ee_med = row_medians(ee_s)
-            ratio = row_medians(full_s / ee_s)
-            out[start : start + size] = (ee_med * ratio).sum(axis=1) / ee_med.sum(axis=1)
+            out[start : start + size] = _paired_speedup(ee[rows, r_idx], full[rows, r_idx])
         lo, hi = np.quantile(out, [0.025, 0.975])
         return float(lo), float(hi)
 
@@ -392,11 +389,14 @@ class VerifyResult:
             raise DyncalError(f"'{path}' is not a valid verify result: {e}; run 'dyncal verify ... --out' again") from e
 
 
-def _paired_speedup(ee: np.ndarray, full: np.ndarray) -> float:
-    """Median paired ratio per batch, weighted by the batch's median early-exit time."""
-    ee_med = row_medians(ee)
-    ratio = row_medians(full / ee)
-    return float((ee_med * ratio).sum() / ee_med.sum())
+def _paired_speedup(ee: np.ndarray, full: np.ndarray) -> np.ndarray:
+    """Median paired ratio per batch, weighted by the batch's median early-exit time.
+
+    ``ee`` and ``full`` are ``(..., batches, repeats)``: one speed-up per leading index
+    (the bootstrap's resamples), a single one for a ``(batches, repeats)`` timing.
+    """
+    ee_med, ratio = row_medians(ee), row_medians(full / ee)
+    return np.asarray((ee_med * ratio).sum(axis=-1) / ee_med.sum(axis=-1))
 
 
 def _unique(timings: tuple[PairedTiming, ...]) -> tuple[PairedTiming, ...]:

@@ -999,7 +999,7 @@ def _print_verify(doc: dict[str, Any], ctx: typer.Context) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from dyncal.analysis.latency import NOISE_ADVICE, NOISE_IQR_FRACTION
+    from dyncal.measurement import NOISE_ADVICE, NOISE_IQR_FRACTION
 
     settings = doc["settings"]
     typer.echo(

@@ -57,10 +57,10 @@ from torch import nn
 
 from dyncal import archives
 from dyncal.analysis.early_exit import EarlyExitRunner
+from dyncal.analysis.partition import quiet_export_logs as _quiet_export_logs
 from dyncal.analysis.stages import (
     EXAMPLE_BATCH,
     Stages,
-    _quiet_export_logs,
     checked_stages,
     example_input,
     stages_function,

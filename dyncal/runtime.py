@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from dyncal.analysis.costmodel import predict_batches_ms
 from dyncal.analysis.early_exit import EarlyExitRunner
-from dyncal.analysis.latency import NOISE_ADVICE, NOISE_IQR_FRACTION, Clock, Timer, device_hardware, pinned_threads
+from dyncal.analysis.latency import Clock, Timer, device_hardware, pinned_threads
 from dyncal.analysis.stages import Stages, checked_stages, stages_function
 from dyncal.artifacts.costs import device_name, latency_key
 from dyncal.artifacts.run import Run, load_run
@@ -56,6 +56,7 @@ from dyncal.calibrate.policy import assign_exits
 from dyncal.calibrate.scores import exit_scores
 from dyncal.data import dataset_for_run
 from dyncal.errors import DataError, DyncalError, describe, param, user_call
+from dyncal.measurement import NOISE_ADVICE, NOISE_IQR_FRACTION
 from dyncal.models import check_exit_outputs, load_run_model, resolve_device
 from dyncal.options import MAX_REPEATS, MAX_THREADS, check_at_least, options_from
 

@@ -128,7 +128,7 @@ def test_render_params_edge_cases():
 
 
 def test_a_parameter_the_running_verb_lacks_is_shown_with_the_verb_that_has_it():
-    from dyncal.analysis.latency import NOISE_ADVICE as advice
+    from dyncal.measurement import NOISE_ADVICE as advice
 
     assert render_params(advice, lambda n: flag_of(_ctx("demo"), n)) == (
         "run on a quiet machine, pin one thread (dyncal profile --threads 1), or take more replicates "

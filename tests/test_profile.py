@@ -18,6 +18,7 @@ from dyncal.analysis.flops import _quiet_torchscript, model_macs, stage_macs
 from dyncal.analysis.latency import LatencySettings, measure_latency, pinned_threads
 from dyncal.analysis.stages import Stages, build_stages, declared_stages, verify_stages
 from dyncal.errors import DyncalError, ProfileError, RunError
+from dyncal.measurement import Measurement
 from dyncal.models import sha256_file
 from dyncal.profile import ProfileOptions, profile_run, profile_run_full
 from dyncal.run import (
@@ -378,7 +379,9 @@ def test_noisy_latency_is_flagged_with_the_remedy(caplog):
         prof = measure_latency(
             stages, model, torch.randn(1, 1, 8, 8), LatencySettings(warmup=0, repeats=4, min_block_ms=0), clock=clock
         )
-    assert "stage1" in prof.settings["noisy"]
+    noisy = prof.settings["noisy"]  # stage 1 jitters, and so does every exit path (each runs stage 1)
+    assert noisy["stage1"] == round(Measurement(prof.stage_ms[0]).spread, 3) and "stage2" not in noisy
+    assert sorted(noisy) == ["exit_path1", "exit_path2", "exit_path3", "exit_path4", "stage1"]
     assert "`threads` 1" in caplog.text and "quiet machine" in caplog.text and "`repeats`" in caplog.text
 
 

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from dyncal.artifacts.costs import CostTable, LatencyProfile
+from dyncal.measurement import Measurement
 
 __all__ = ["predict_batch_ms", "predict_batches_ms", "stage_increments_ms"]
 
@@ -49,9 +50,9 @@ def stage_increments_ms(profile: LatencyProfile) -> np.ndarray:
     return np.diff(np.asarray(profile.early_exit_ms, dtype=np.float64), prepend=0.0)
 
 
-def _path_increments(paths: Sequence[Sequence[float]]) -> np.ndarray:
+def _path_increments(paths: Sequence[tuple[float, ...]]) -> np.ndarray:
     """Stage increments from exit-path replicates (running maximum of the medians, differenced)."""
-    return np.diff(np.maximum.accumulate([float(np.median(r)) for r in paths]), prepend=0.0)
+    return np.diff(np.maximum.accumulate([Measurement(r).median_ms for r in paths]), prepend=0.0)
 
 
 def _increment_points(profiles: Sequence[LatencyProfile]) -> tuple[np.ndarray, np.ndarray]:

@@ -23,16 +23,15 @@ restores it in a ``try/finally``; the count in force is recorded with the measur
 
 Everything is measured round-robin so slow drifts of the machine hit all of it alike. A
 measurement whose inter-quartile range exceeds 10% of its median is flagged in
-``settings["noisy"]`` and logged with what to do about it (:data:`NOISE_ADVICE`).
+``settings["noisy"]`` and logged with what to do about it
+(:data:`dyncal.measurement.NOISE_ADVICE`).
 
 Example:
-    >>> import torch
     >>> from dyncal.demo import DigitsExitNet
     >>> from dyncal.analysis.stages import build_stages
     >>> net = DigitsExitNet().eval()
-    >>> stages = build_stages(net, torch.zeros(2, 1, 8, 8))
-    >>> settings = LatencySettings(repeats=3, warmup=1)
-    >>> prof = measure_latency(stages, net, torch.zeros(1, 1, 8, 8), settings)
+    >>> at_b1 = LatencySettings(repeats=3, warmup=1)
+    >>> prof = measure_latency(build_stages(net, torch.zeros(2, 1, 8, 8)), net, torch.zeros(1, 1, 8, 8), at_b1)
     >>> prof.key, len(prof.stage_ms), len(prof.stage_ms[0]), len(prof.exit_path_ms)
     ('cpu/b1', 4, 3, 4)
 """
@@ -51,7 +50,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -59,6 +57,7 @@ from dyncal.analysis.early_exit import EarlyExitRunner
 from dyncal.analysis.stages import Stages
 from dyncal.artifacts.costs import LatencyProfile
 from dyncal.errors import ProfileError, param
+from dyncal.measurement import NOISE_ADVICE, NOISE_IQR_FRACTION, Measurement
 from dyncal.options import MAX_REPEATS, MAX_THREADS
 
 __all__ = [
@@ -67,21 +66,11 @@ __all__ = [
     "Timer",
     "measure_latency",
     "pinned_threads",
-    "spread",
     "cpu_model",
-    "device_label",
     "device_hardware",
-    "NOISE_IQR_FRACTION",
-    "NOISE_ADVICE",
 ]
 
 log = logging.getLogger(__name__)
-
-NOISE_IQR_FRACTION = 0.10
-"""A measurement whose IQR exceeds this fraction of its median is flagged as noisy."""
-
-NOISE_ADVICE = "run on a quiet machine, pin one thread (`threads` 1), or take more replicates (`repeats`)"
-"""What to do about a noisy measurement (printed with every noise warning)."""
 
 Clock = Callable[[], float]
 """A monotonic clock in seconds (``time.perf_counter``); tests inject a fake one."""
@@ -161,27 +150,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def device_label(device: torch.device) -> str:
-    """The device's name in cost-table keys: ``cpu``, ``cuda`` or ``cuda:N`` as given."""
-    return str(device)
-
-
 def device_hardware(device: torch.device) -> str:
     """CPU model, or the GPU's name for a CUDA device."""
     if device.type == "cuda":
         return str(torch.cuda.get_device_name(device))
     return cpu_model()
-
-
-def spread(replicates: Sequence[float] | np.ndarray) -> float:
-    """Inter-quartile range over median of raw replicates (0 when the median is 0).
-
-    Example:
-        >>> spread([1.0, 1.0, 2.0, 3.0, 3.0])
-        1.0
-    """
-    q75, q50, q25 = np.percentile(np.asarray(replicates, dtype=float), [75, 50, 25])
-    return float((q75 - q25) / q50) if q50 > 0 else 0.0
 
 
 class Timer:
@@ -300,14 +273,84 @@ def _bind(module: nn.Module, args: tuple[Any, ...]) -> Callable[[], Any]:
     return lambda: module(*args)
 
 
-def _noisy(named: Sequence[tuple[str, Sequence[float]]]) -> dict[str, float]:
-    """``{name: IQR/median}`` of the measurements whose spread exceeds :data:`NOISE_IQR_FRACTION`."""
-    out = {}
-    for name, reps in named:
-        s = spread(reps) if len(reps) else 0.0
-        if s > NOISE_IQR_FRACTION:
-            out[name] = round(s, 3)
-    return out
+Groups = dict[str, list[Callable[[], Any]]]
+"""Callables to time, by name: ``stage``, ``decision``, ``exit_path``, ``compaction``,
+``ladder:<rows>`` (the exit paths at fewer rows) and ``full_model``, timed in that order."""
+
+
+def _groups(
+    stages: Stages, model: nn.Module, x: torch.Tensor, threshold: float, ladder: list[int]
+) -> tuple[Groups, int | None]:
+    """What :func:`measure_latency` times, by name, and the rows compaction is timed at."""
+    k = stages.k
+    carries = []
+    run = stages.start(x)
+    logits = x
+    while not run.done:
+        carries.append(run.carry)
+        logits = run.step()
+
+    def path_runner(at: int) -> EarlyExitRunner:
+        """The early exit with every row leaving at exit ``at`` (nobody leaves before it)."""
+        t: list[float | None] = [-math.inf if i == at else math.inf for i in range(k - 1)]
+        return EarlyExitRunner(stages, [*t, None], [1.0] * k)
+
+    decider = EarlyExitRunner(stages, [threshold] * (k - 1) + [None], [1.0] * k)
+    paths = [path_runner(j) for j in range(k)]
+    compaction, compaction_rows = _compaction_fns(stages, decider, x)
+    groups: Groups = {
+        "stage": [_bind(m, c) for m, c in zip(stages.modules, carries, strict=True)],
+        # a static model (K = 1) makes no exit decision: nothing to time
+        "decision": [functools.partial(decider.leaving, logits, 0)] if k > 1 else [],
+        "exit_path": [functools.partial(r, x) for r in paths],
+        "compaction": compaction,
+        **{f"ladder:{rows}": [functools.partial(r, x[:rows]) for r in paths] for rows in ladder},
+        "full_model": [lambda: model(x)],
+    }
+    return groups, compaction_rows
+
+
+def _timed(
+    timer: Timer, groups: Groups, settings: LatencySettings
+) -> tuple[dict[str, list[Measurement]], dict[str, list[int]]]:
+    """Every callable of ``groups`` warmed up, sized into blocks and timed round-robin.
+
+    Returns:
+        A :class:`Measurement` per callable and the calls per block of each, by group.
+    """
+    fns = [f for group in groups.values() for f in group]
+    calls = []
+    for f in fns:
+        timer.warm(f, settings.warmup)
+        calls.append(timer.block_calls(f, settings.min_block_ms, settings.max_block_calls))
+    reps, blocks = iter(timer.round_robin(fns, calls, settings.repeats)), iter(calls)
+    timed = {name: [Measurement(tuple(next(reps))) for _ in group] for name, group in groups.items()}
+    return timed, {name: [next(blocks) for _ in group] for name, group in groups.items()}
+
+
+def _noisy(timed: dict[str, list[Measurement]], x: torch.Tensor) -> dict[str, float]:
+    """``{name: IQR/median}`` of the noisy stages, decision, exit paths and full model, logged with the remedy."""
+    named = [
+        *((f"stage{i + 1}", m) for i, m in enumerate(timed["stage"])),
+        *(("decision", m) for m in timed["decision"]),
+        *((f"exit_path{i + 1}", m) for i, m in enumerate(timed["exit_path"])),
+        ("full_model", timed["full_model"][0]),
+    ]
+    noisy = {name: round(m.spread, 3) for name, m in named if m.noisy}
+    if noisy:
+        log.warning(
+            "noisy latency on %s at batch %d (IQR/median > %.0f%%): %s; %s",
+            x.device,
+            x.shape[0],
+            100 * NOISE_IQR_FRACTION,
+            ", ".join(f"{n} {100 * v:.0f}%" for n, v in noisy.items()),
+            NOISE_ADVICE,
+        )
+    return noisy
+
+
+def _replicates(measurements: list[Measurement]) -> tuple[tuple[float, ...], ...]:
+    return tuple(m.replicates_ms for m in measurements)
 
 
 def measure_latency(
@@ -340,115 +383,48 @@ def measure_latency(
         ProfileError: A stage fails to run on this input.
     """
     settings = settings or LatencySettings()
-    device = x.device
-    timer = Timer(device, clock)
-    k = stages.k
-    b = int(x.shape[0])
+    timer = Timer(x.device, clock)
+    ladder = _row_ladder(int(x.shape[0])) if stages.dynamic_batch else []
     with pinned_threads(settings.threads) as threads, torch.inference_mode():
-        carries = []
-        run = stages.start(x)
-        logits = x
-        while not run.done:
-            carries.append(run.carry)
-            logits = run.step()
-        last_logits = logits
-
-        def path_runner(at: int) -> EarlyExitRunner:
-            """The early exit with every row leaving at exit ``at`` (nobody leaves before it)."""
-            t: list[float | None] = [-math.inf if i == at else math.inf for i in range(k - 1)]
-            return EarlyExitRunner(stages, [*t, None], [1.0] * k)
-
-        stage_fns = [_bind(m, c) for m, c in zip(stages.modules, carries, strict=True)]
-        decider = EarlyExitRunner(stages, [settings.threshold] * (k - 1) + [None], [1.0] * k)
-        # a static model (K = 1) makes no exit decision: nothing to time
-        decision_fns: list[Callable[[], Any]] = [functools.partial(decider.leaving, last_logits, 0)] if k > 1 else []
-        path_runners = [path_runner(j) for j in range(k)]
-        path_fns: list[Callable[[], Any]] = [functools.partial(r, x) for r in path_runners]
-        compaction_fns, compaction_rows = _compaction_fns(stages, decider, x)
-        model_fn: Callable[[], Any] = lambda: model(x)  # noqa: E731
-
-        ladder = _row_ladder(b) if stages.dynamic_batch else []
-        ladder_fns: list[Callable[[], Any]] = [functools.partial(r, x[:rows]) for rows in ladder for r in path_runners]
-        fns: list[Callable[[], Any]] = [
-            *stage_fns,
-            *decision_fns,
-            *path_fns,
-            *compaction_fns,
-            *ladder_fns,
-            model_fn,
-        ]
-        calls = []
-        for f in fns:
-            timer.warm(f, settings.warmup)
-            calls.append(timer.block_calls(f, settings.min_block_ms, settings.max_block_calls))
-        reps = timer.round_robin(fns, calls, settings.repeats)
-
-    n_comp, n_dec = len(compaction_fns), len(decision_fns)
-    stage_ms = reps[:k]
-    decision_ms = reps[k] if n_dec else []
-    path_ms = reps[k + n_dec : 2 * k + n_dec]
-    compaction_ms = reps[2 * k + n_dec : 2 * k + n_dec + n_comp]
-    ladder_start = 2 * k + n_dec + n_comp
-    path_rows_ms = {
-        rows: tuple(tuple(r) for r in reps[ladder_start + i * k : ladder_start + (i + 1) * k])
-        for i, rows in enumerate(ladder)
-    }
-    model_ms = reps[-1]
-    noisy = _noisy(
-        [
-            *((f"stage{i + 1}", r) for i, r in enumerate(stage_ms)),
-            ("decision", decision_ms),
-            *((f"exit_path{i + 1}", r) for i, r in enumerate(path_ms)),
-            ("full_model", model_ms),
-        ]
-    )
-    if noisy:
-        log.warning(
-            "noisy latency on %s at batch %d (IQR/median > %.0f%%): %s; %s",
-            device,
-            b,
-            100 * NOISE_IQR_FRACTION,
-            ", ".join(f"{n} {100 * v:.0f}%" for n, v in noisy.items()),
-            NOISE_ADVICE,
-        )
-    info: dict[str, Any] = {
-        "warmup": settings.warmup,
-        "repeats": settings.repeats,
-        "min_block_ms": settings.min_block_ms,
-        "block_calls": calls[:k],
-        "decision_block_calls": calls[k] if n_dec else None,
-        "exit_path_block_calls": calls[k + n_dec : 2 * k + n_dec],
-        "compaction_block_calls": calls[2 * k + n_dec : 2 * k + n_dec + n_comp],
-        "exit_path_rows": ladder,
-        "full_model_block_calls": calls[-1],
-        "timer": timer.label,
-        "decision": f"softmax max-probability >= {settings.threshold} + host sync (EarlyExitRunner.leaving)",
-        "exit_path": "EarlyExitRunner with every row leaving at exit k",
-        "compaction": "EarlyExitRunner split at exit k, every other row leaving, and the output assembled",
-        "compaction_rows": compaction_rows,
-        "dtype": str(x.dtype).replace("torch.", ""),
-        "input_shape": list(x.shape[1:]),
-        "stages": stages.source,
-        "torch": torch.__version__,
-        "cpu": cpu_model(),
-        "gpu": torch.cuda.get_device_name(device) if timer.cuda else None,
-        "cuda": torch.version.cuda if timer.cuda else None,
-        "cpu_count": os.cpu_count(),
-        "noisy": noisy,
-        "noise_iqr_fraction": NOISE_IQR_FRACTION,
-    }
+        groups, compaction_rows = _groups(stages, model, x, settings.threshold, ladder)
+        timed, blocks = _timed(timer, groups, settings)
     return LatencyProfile(
-        device=device_name or device_label(device),
-        batch_size=b,
-        stage_ms=tuple(tuple(r) for r in stage_ms),
-        decision_ms=tuple(decision_ms),
-        full_model_ms=tuple(model_ms),
+        device=device_name or str(x.device),
+        batch_size=int(x.shape[0]),
+        stage_ms=_replicates(timed["stage"]),
+        decision_ms=next(iter(_replicates(timed["decision"])), ()),
+        full_model_ms=timed["full_model"][0].replicates_ms,
         threads=threads,
-        hardware=device_hardware(device),
-        settings=info,
-        exit_path_ms=tuple(tuple(r) for r in path_ms),
-        compaction_ms=tuple(tuple(r) for r in compaction_ms),
-        exit_path_rows_ms=path_rows_ms,
+        hardware=device_hardware(x.device),
+        settings={
+            "warmup": settings.warmup,
+            "repeats": settings.repeats,
+            "min_block_ms": settings.min_block_ms,
+            "block_calls": blocks["stage"],
+            "decision_block_calls": next(iter(blocks["decision"]), None),
+            "exit_path_block_calls": blocks["exit_path"],
+            "compaction_block_calls": blocks["compaction"],
+            "exit_path_rows": ladder,
+            "full_model_block_calls": blocks["full_model"][0],
+            "timer": timer.label,
+            "decision": f"softmax max-probability >= {settings.threshold} + host sync (EarlyExitRunner.leaving)",
+            "exit_path": "EarlyExitRunner with every row leaving at exit k",
+            "compaction": "EarlyExitRunner split at exit k, every other row leaving, and the output assembled",
+            "compaction_rows": compaction_rows,
+            "dtype": str(x.dtype).replace("torch.", ""),
+            "input_shape": list(x.shape[1:]),
+            "stages": stages.source,
+            "torch": torch.__version__,
+            "cpu": cpu_model(),
+            "gpu": torch.cuda.get_device_name(x.device) if timer.cuda else None,
+            "cuda": torch.version.cuda if timer.cuda else None,
+            "cpu_count": os.cpu_count(),
+            "noisy": _noisy(timed, x),
+            "noise_iqr_fraction": NOISE_IQR_FRACTION,
+        },
+        exit_path_ms=_replicates(timed["exit_path"]),
+        compaction_ms=_replicates(timed["compaction"]),
+        exit_path_rows_ms={rows: _replicates(timed[f"ladder:{rows}"]) for rows in ladder},
     )
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from dyncal.artifacts import validate as V
 from dyncal.errors import DyncalError, RunError, param
+from dyncal.measurement import Measurement
 
 if TYPE_CHECKING:
     from dyncal.artifacts.run import Run
@@ -154,10 +155,11 @@ class UnsupportedOp:
         )
 
 
-def _replicates(value: Any, field: str) -> tuple[tuple[float, ...], ...]:
-    """Lists of raw replicate milliseconds (one non-empty list per entry)."""
+def _replicates(value: Any, field: str, min_length: int = 0) -> tuple[tuple[float, ...], ...]:
+    """Lists of raw replicate milliseconds (one non-empty list per entry, at least ``min_length`` entries)."""
     return tuple(
-        V.number_list(r, f"{field}[{i}]", min_length=1, minimum=0) for i, r in enumerate(V.sequence(value, field))
+        V.number_list(r, f"{field}[{i}]", min_length=1, minimum=0)
+        for i, r in enumerate(V.sequence(value, field, min_length=min_length))
     )
 
 
@@ -207,22 +209,22 @@ class LatencyProfile:
     @property
     def stage_median_ms(self) -> list[float]:
         """Median time of each stage, ``K`` floats."""
-        return [float(np.median(r)) for r in self.stage_ms]
+        return [Measurement(r).median_ms for r in self.stage_ms]
 
     @property
     def stage_iqr_ms(self) -> list[float]:
         """Inter-quartile range of each stage's replicates, ``K`` floats."""
-        return [float(np.subtract(*np.percentile(r, [75, 25]))) for r in self.stage_ms]
+        return [Measurement(r).iqr_ms for r in self.stage_ms]
 
     @property
     def decision_median_ms(self) -> float:
-        """Median time of one exit decision."""
-        return float(np.median(self.decision_ms)) if self.decision_ms else 0.0
+        """Median time of one exit decision (0 when none was timed)."""
+        return Measurement(self.decision_ms).median_ms if self.decision_ms else 0.0
 
     @property
     def full_model_median_ms(self) -> float:
-        """Median time of the unpartitioned model."""
-        return float(np.median(self.full_model_ms)) if self.full_model_ms else float("nan")
+        """Median time of the unpartitioned model (NaN when it was not timed)."""
+        return Measurement(self.full_model_ms).median_ms
 
     @property
     def exit_ms(self) -> list[float]:
@@ -238,7 +240,7 @@ class LatencyProfile:
         exit decision at each exit passed through 1..k (the last exit makes none).
         """
         if len(self.exit_path_ms) == len(self.stage_ms) and all(self.exit_path_ms):
-            return [float(v) for v in np.maximum.accumulate([np.median(r) for r in self.exit_path_ms])]
+            return [float(v) for v in np.maximum.accumulate([Measurement(r).median_ms for r in self.exit_path_ms])]
         k = len(self.stage_ms)
         dec = self.decision_median_ms
         return [ms + dec * min(i + 1, k - 1) for i, ms in enumerate(self.exit_ms)]
@@ -246,7 +248,7 @@ class LatencyProfile:
     @property
     def compaction_median_ms(self) -> list[float]:
         """Median time of one batch compaction at each exit before the last (empty if not measured)."""
-        return [float(np.median(r)) for r in self.compaction_ms if r]
+        return [Measurement(r).median_ms for r in self.compaction_ms if r]
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (raw replicates plus derived medians for readers)."""
@@ -274,14 +276,11 @@ class LatencyProfile:
                 hold one non-empty list of finite non-negative milliseconds per stage.
         """
         d = V.mapping(d, field)
-        stages = V.sequence(V.require(d, "stage_ms", f"{field}."), f"{field}.stage_ms", min_length=1)
         threads = d.get("threads")
         return cls(
             device=V.string(V.require(d, "device", f"{field}."), f"{field}.device"),
             batch_size=V.integer(V.require(d, "batch_size", f"{field}."), f"{field}.batch_size", minimum=1),
-            stage_ms=tuple(
-                V.number_list(r, f"{field}.stage_ms[{i}]", min_length=1, minimum=0) for i, r in enumerate(stages)
-            ),
+            stage_ms=_replicates(V.require(d, "stage_ms", f"{field}."), f"{field}.stage_ms", min_length=1),
             decision_ms=V.number_list(d.get("decision_ms", []), f"{field}.decision_ms", minimum=0),
             full_model_ms=V.number_list(d.get("full_model_ms", []), f"{field}.full_model_ms", minimum=0),
             threads=None if threads is None else V.integer(threads, f"{field}.threads", minimum=1),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -25,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from dyncal.artifacts import validate as V
 from dyncal.errors import DyncalError
+from dyncal.measurement import row_medians, row_spreads
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "PairedTiming", "VerifyResult", "ModelIdentity"]
 
@@ -38,10 +40,6 @@ MAX_VERIFY_BYTES = 256 << 20
 MIN_AGREEMENT = 0.99
 """Below this agreement with the simulation a verify result is no evidence for the thresholds."""
 _SEED = 20231
-
-
-def _median_rows(a: np.ndarray) -> np.ndarray:
-    return np.asarray(np.median(a, axis=-1))
 
 
 @dataclass(frozen=True)
@@ -89,12 +87,12 @@ class PairedTiming:
     @property
     def measured_ms(self) -> float:
         """Mean over batches of each batch's median early-exit time."""
-        return float(_median_rows(self._arrays[0]).mean())
+        return float(row_medians(self._arrays[0]).mean())
 
     @property
     def full_model_ms_median(self) -> float:
         """Mean over batches of each batch's median plain-model time."""
-        return float(_median_rows(self._arrays[1]).mean())
+        return float(row_medians(self._arrays[1]).mean())
 
     @property
     def speedup(self) -> float:
@@ -105,7 +103,7 @@ class PairedTiming:
         early-exit time, so on a quiet machine this is ``full_model_ms_median / measured_ms``
         (total plain-model time over total early-exit time).
         """
-        return _paired_speedup(*self._arrays)
+        return float(_paired_speedup(*self._arrays))
 
     @property
     def measured_over_predicted(self) -> float | None:
@@ -116,9 +114,7 @@ class PairedTiming:
     def timing_spread(self) -> float:
         """Median over batches of the paired ratio's IQR / median: the timing noise in force."""
         ee, full = self._arrays
-        ratio = full / ee
-        q75, q50, q25 = np.percentile(ratio, [75, 50, 25], axis=1)
-        return float(np.median((q75 - q25) / q50))
+        return float(np.median(row_spreads(full / ee)))
 
     def _bootstrap(self, *, batches: bool, replicates: bool) -> tuple[float, float]:
         ee, full = self._arrays
@@ -134,10 +130,7 @@ class PairedTiming:
             else:
                 r_idx = np.broadcast_to(np.arange(n_r), (size, n_b, n_r))
             rows = b_idx[:, :, None]
-            ee_s, full_s = ee[rows, r_idx], full[rows, r_idx]
-            ee_med = np.median(ee_s, axis=2)
-            ratio = np.median(full_s / ee_s, axis=2)
-            out[start : start + size] = (ee_med * ratio).sum(axis=1) / ee_med.sum(axis=1)
+            out[start : start + size] = _paired_speedup(ee[rows, r_idx], full[rows, r_idx])
         lo, hi = np.quantile(out, [0.025, 0.975])
         return float(lo), float(hi)
 
@@ -399,15 +392,18 @@ class VerifyResult:
         doc = read_json_document(path, what="a verify result", max_bytes=MAX_VERIFY_BYTES)
         try:
             return cls.from_dict(doc)
-        except (ValueError, TypeError, KeyError, IndexError) as e:
+        except (V.FieldError, ValueError, TypeError, KeyError, IndexError) as e:
             raise DyncalError(f"'{path}' is not a valid verify result: {e}; run 'dyncal verify ... --out' again") from e
 
 
-def _paired_speedup(ee: np.ndarray, full: np.ndarray) -> float:
-    """Median paired ratio per batch, weighted by the batch's median early-exit time."""
-    ee_med = np.median(ee, axis=1)
-    ratio = np.median(full / ee, axis=1)
-    return float((ee_med * ratio).sum() / ee_med.sum())
+def _paired_speedup(ee: np.ndarray, full: np.ndarray) -> np.ndarray:
+    """Median paired ratio per batch, weighted by the batch's median early-exit time.
+
+    ``ee`` and ``full`` are ``(..., batches, repeats)``: one speed-up per leading index
+    (the bootstrap's resamples), a single one for a ``(batches, repeats)`` timing.
+    """
+    ee_med, ratio = row_medians(ee), row_medians(full / ee)
+    return np.asarray((ee_med * ratio).sum(axis=-1) / ee_med.sum(axis=-1))
 
 
 def _unique(timings: tuple[PairedTiming, ...]) -> tuple[PairedTiming, ...]:
@@ -418,21 +414,15 @@ def _unique(timings: tuple[PairedTiming, ...]) -> tuple[PairedTiming, ...]:
     return timings
 
 
+_READ: dict[type, Any] = {float: V.number, int: V.integer, str: V.string}
+
+
 def _get(d: Mapping[str, Any], key: str, kind: type) -> Any:
-    if key not in d:
-        raise ValueError(f"'{key}' is missing")
-    v = d[key]
-    if kind is float and isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v):
-        return float(v)
-    if kind is int and isinstance(v, int) and not isinstance(v, bool):
-        return v
-    if kind is str and isinstance(v, str):
-        return v
-    raise ValueError(f"'{key}' must be {'a finite number' if kind is float else kind.__name__}, got {v!r:.40}")
+    return _READ[kind](V.require(d, key), key)
 
 
 def _opt_float(d: Mapping[str, Any], key: str) -> float | None:
-    return None if d.get(key) is None else _get(d, key, float)
+    return None if d.get(key) is None else V.number(d[key], key)
 
 
 def _fraction(d: Mapping[str, Any], key: str) -> float:
@@ -450,17 +440,11 @@ def _fractions(d: Mapping[str, Any], key: str) -> tuple[float, ...]:
 
 
 def _floats(d: Mapping[str, Any], key: str) -> tuple[float, ...]:
-    v = d.get(key)
-    if not isinstance(v, Sequence) or isinstance(v, str):
-        raise ValueError(f"'{key}' must be a list of numbers")
-    return tuple(_get({key: x}, key, float) for x in v)
+    return V.number_list(d.get(key), key)
 
 
 def _matrix(d: Mapping[str, Any], key: str) -> tuple[tuple[float, ...], ...]:
-    v = d.get(key)
-    if not isinstance(v, Sequence) or isinstance(v, str) or not v:
-        raise ValueError(f"'{key}' must be a non-empty list of lists of milliseconds")
-    rows = tuple(_floats({key: r}, key) for r in v)
-    if any(not r or min(r) < _MIN_MS or max(r) > _MAX_MS for r in rows):
-        raise ValueError(f"'{key}' must hold milliseconds between {_MIN_MS:g} and {_MAX_MS:g}, at least one per batch")
-    return rows
+    rows = V.sequence(d.get(key), key, min_length=1)
+    return tuple(
+        V.number_list(r, f"{key}[{i}]", min_length=1, minimum=_MIN_MS, maximum=_MAX_MS) for i, r in enumerate(rows)
+    )

@@ -22,8 +22,6 @@ ALLOWED: set[str] = {
     "archives.py",
     "analysis/stages.py",
     "analysis/stages.py:_partition",
-    "artifacts/run.py",
-    "artifacts/run.py:import_arrays",
     "calibrate/frontier.py:compute_frontier",
     "calibrate/solvers.py",
     "cli.py",

@@ -197,14 +197,14 @@ def _latency_choice(run: Run, device: str | None, batch_size: int | None) -> str
     """The latency key asked by ``device``/``batch_size`` (None when neither was given)."""
     if device is None and batch_size is None:
         return None
-    from dyncal.artifacts.costs import device_name, latency_key
+    from dyncal.artifacts.costs import device_name
 
     have = sorted((run.costs.latency if run.costs is not None else {}).keys())
     dev = device_name(device or "cpu")
     if batch_size is None:
         batches = sorted(k.batch_size for k in map(LatencyKey.parse, have) if k.device == dev)
         batch_size = 1 if not batches or 1 in batches else batches[0]
-    key = latency_key(dev, batch_size)
+    key = str(LatencyKey(dev, batch_size))
     if key not in have:
         raise DyncalError(
             f"no latency profiled for {key} (profiled: {', '.join(have) or 'none'}); run "

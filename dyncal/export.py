@@ -66,7 +66,7 @@ from dyncal.analysis.stages import (
     stages_function,
     verify_stages,
 )
-from dyncal.archives import read_regular_file
+from dyncal.archives.files import read_regular_file
 from dyncal.artifacts import validate as V
 from dyncal.artifacts.atomic import atomic_write_bytes, atomic_write_text, temp_target
 from dyncal.artifacts.lock import OutputLock

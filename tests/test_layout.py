@@ -19,7 +19,6 @@ _spec.loader.exec_module(code_size)
 
 ALLOWED: set[str] = {
     "analysis/latency.py:measure_latency",
-    "archives.py",
     "analysis/stages.py",
     "analysis/stages.py:_partition",
     "calibrate/frontier.py:compute_frontier",

@@ -446,6 +446,7 @@ def check_thresholds_figures(thresholds: ThresholdsDocument, run: Run, correct: 
             f"but run '{run.path}' has N={run.n}: {other}"
         )
     labels = np.asarray(run.labels, dtype=np.int64)
+
     def quiet(record: logging.LogRecord) -> bool:  # drops every record
         return False
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from dyncal.artifacts.ownership import not_dyncals_message
+from dyncal.artifacts.ownership import EntryCheck, not_dyncals_message
 from dyncal.artifacts.rundir import foreign_in_run, is_run_dir, run_dir_holding
 from dyncal.artifacts.validate import file_kind
 from dyncal.errors import DyncalError, RunError
@@ -322,8 +322,8 @@ def check_out(
     *,
     overwrite: bool,
     what: str = "run",
-    is_ours: Callable[[Path], bool] | None = None,
-    foreign: Callable[[Path], Path | None] | None = None,
+    is_ours: Callable[[Path], bool] = is_run_dir,
+    foreign: EntryCheck = foreign_in_run,
     error: type[DyncalError] = RunError,
 ) -> None:
     """Refuse an output directory (a run, or another folder dyncal builds) that is unsafe to create or replace.
@@ -352,8 +352,6 @@ def check_out(
         dyncal.errors.RunError: `out` '.' names no folder to create; give a new folder's name, such as run
     """
     out = Path(out)
-    is_ours = is_ours or is_run_dir
-    foreign = foreign or foreign_in_run
     if out.name in ("", ".", ".."):
         raise error(f"`out` '{out}' names no folder to create; give a new folder's name, such as {what}")
     if os.path.lexists(out):

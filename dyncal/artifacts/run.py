@@ -228,10 +228,7 @@ def store_costs(
         replaced_model = None
         if merge and run.costs is not None:
             if model_id is None:
-                model_id = next(
-                    ({k: p.settings.get(k) for k in MODEL_ID_KEYS} for p in costs.latency.values()),
-                    None,
-                )
+                model_id = next(({k: p.settings.get(k) for k in MODEL_ID_KEYS} for p in costs.latency.values()), None)
             replaced, replaced_model = other_model_latency(run, model_id, allow_other_model=allow_other_model)
             latency = {key: old for key, old in run.costs.latency.items() if key not in replaced}
             if replaced:

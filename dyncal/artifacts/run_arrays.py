@@ -20,17 +20,13 @@ from typing import Any, Literal
 import numpy as np
 
 from dyncal.artifacts import validate as V
-from dyncal.artifacts.rundir import DAMAGED, INDICES_FILE, LABELS_FILE, LOGITS_FILE, RUN_JSON
+from dyncal.artifacts.rundir import DAMAGED, INDICES_FILE, LABELS_FILE, LOGITS_FILE, RUN_ARRAYS, RUN_JSON
 from dyncal.errors import RunError, first_line
 
-__all__ = ["compute_fingerprint", "read_arrays"]
+__all__ = ["compute_fingerprint", "read_arrays", "npy_header"]
 
 _FINGERPRINT_PREFIX = b"dyncal.run.fingerprint/2\n"
-_ARRAY_FILES: tuple[tuple[str, str], ...] = (
-    (LOGITS_FILE, "floating"),
-    (LABELS_FILE, "integer"),
-    (INDICES_FILE, "integer"),
-)
+_KINDS = ("floating", "integer", "integer")  # of RUN_ARRAYS' values
 _READ_BYTES = 16 << 20
 _RACY_NS = 2_000_000_000
 """A remembered check is trusted only for files last changed (ctime) this long before it was made.
@@ -82,7 +78,7 @@ def _npy_file(run: Path, name: str, shape: tuple[int, ...] | None = None, kind: 
 
     st = V.regular_file(
         file,
-        missing=lambda: RunError(f"run '{run}': {name} is missing; {DAMAGED}"),
+        missing=lambda _: RunError(f"run '{run}': {name} is missing; {DAMAGED}"),
         unreadable=lambda why: RunError(f"run '{run}': cannot read {name} ({why}); {DAMAGED}"),
         other=not_npy,
     )
@@ -97,13 +93,10 @@ def _npy_file(run: Path, name: str, shape: tuple[int, ...] | None = None, kind: 
             if fh.read(4) == b"PK\x03\x04":
                 raise RunError(f"run '{run}': {name} is an .npz archive, not a .npy array; {DAMAGED}")
             fh.seek(0)
-            version = np.lib.format.read_magic(fh)
-            if version == (1, 0):
-                dims, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-            elif version == (2, 0):
-                dims, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-            else:
+            version, header = npy_header(fh)
+            if header is None:
                 raise ValueError(f"format version {version[0]}.{version[1]}, which dyncal does not write")
+            dims, fortran, dtype = header
             offset = fh.tell()
     except (OSError, ValueError, EOFError, SyntaxError) as e:
         raise RunError(f"{not_whole} ({first_line(e, 120)}); {DAMAGED}") from None
@@ -122,6 +115,25 @@ def _npy_file(run: Path, name: str, shape: tuple[int, ...] | None = None, kind: 
         how = "holds only" if st.st_size < declared else "has trailing bytes:"
         raise RunError(f"{not_whole} ({how} {st.st_size:,} bytes, its header declares {declared:,}); {DAMAGED}")
     return _NpyFile(run, name, dtype, tuple(dims), bool(fortran), offset, st)
+
+
+def npy_header(fh: Any) -> tuple[tuple[int, int], tuple[tuple[int, ...], bool, np.dtype[Any]] | None]:
+    """The format version of the ``.npy`` data at ``fh`` and, for versions 1.0 and 2.0, ``(shape, fortran, dtype)``.
+
+    Example:
+        >>> import io, numpy as np
+        >>> buf = io.BytesIO()
+        >>> np.save(buf, np.zeros((2, 3), np.float32))
+        >>> _ = buf.seek(0)
+        >>> npy_header(buf)
+        ((1, 0), ((2, 3), False, dtype('float32')))
+    """
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        return version, np.lib.format.read_array_header_1_0(fh)
+    if version == (2, 0):
+        return version, np.lib.format.read_array_header_2_0(fh)
+    return version, None
 
 
 def _open_nonblocking(path: Path) -> Any:
@@ -238,7 +250,7 @@ def compute_fingerprint(path: str | os.PathLike[str]) -> str:
         True
     """
     path = Path(path)
-    return _read_arrays([_npy_file(path, name) for name, _ in _ARRAY_FILES], keep=False)[2]
+    return _read_arrays([_npy_file(path, name) for name in RUN_ARRAYS], keep=False)[2]
 
 
 @dataclass(frozen=True)
@@ -326,7 +338,8 @@ def read_arrays(path: Path, n: int, k: int, c: int) -> tuple[np.ndarray, np.ndar
     Raises:
         RunError: One line naming the file and what is wrong with it.
     """
-    files = [_npy_file(path, name, (n, k, c) if name == LOGITS_FILE else (n,), kind) for name, kind in _ARRAY_FILES]
+    shapes = ((n, k, c), (n,), (n,))
+    files = [_npy_file(path, *spec) for spec in zip(RUN_ARRAYS, shapes, _KINDS, strict=True)]
     logits, labels, indices, checked = _read_checked(files, c)
     if checked.bad_labels:
         lo, hi = int(labels.min()), int(labels.max())

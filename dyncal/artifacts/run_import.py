@@ -15,6 +15,7 @@ import numpy as np
 from dyncal.artifacts import validate as V
 from dyncal.artifacts.costs import CostTable
 from dyncal.artifacts.run import Run, load_run
+from dyncal.artifacts.run_arrays import npy_header
 from dyncal.artifacts.run_document import Provenance
 from dyncal.artifacts.run_writer import RunWriter
 from dyncal.errors import RunError, first_line
@@ -184,13 +185,10 @@ def _check_npz_entry(npz: Any, key: str, path: Path) -> None:
     member = f"{key}.npy" if f"{key}.npy" in archive.namelist() else key
     info = archive.getinfo(member)
     with archive.open(member) as fh:
-        version = np.lib.format.read_magic(fh)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
-        elif version == (2, 0):
-            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
-        else:
+        _, header = npy_header(fh)
+        if header is None:
             return  # np.load reads (or refuses) the rest itself
+        shape, _, dtype = header
         if dtype.hasobject:
             return  # np.load refuses it without pickle
         declared = math.prod(shape) * dtype.itemsize
@@ -234,7 +232,7 @@ def import_npz(
     path = Path(path)
     V.regular_file(
         path,
-        missing=lambda: RunError(f"no such file '{path}'"),
+        missing=lambda _: RunError(f"no such file '{path}'"),
         unreadable=lambda _: RunError(f"no such file '{path}'"),
         other=lambda kind: RunError(f"'{path}' is {kind}, not an .npz file"),
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from dyncal.artifacts.costs import CostTable
 from dyncal.artifacts.lock import RunLock
 from dyncal.artifacts.outputs import check_out
 from dyncal.artifacts.ownership import (
+    EntryCheck,
     discard_built_folder,
     is_folder,
     not_dyncals_message,
@@ -23,15 +23,7 @@ from dyncal.artifacts.ownership import (
 )
 from dyncal.artifacts.run_arrays import compute_fingerprint
 from dyncal.artifacts.run_document import Provenance, RunDocument
-from dyncal.artifacts.rundir import (
-    INDICES_FILE,
-    LABELS_FILE,
-    LOGITS_FILE,
-    PARTIAL_SUFFIX,
-    RUN_ARRAYS,
-    foreign_in_run,
-    partial_run_entry,
-)
+from dyncal.artifacts.rundir import PARTIAL_SUFFIX, RUN_ARRAYS, foreign_in_run, partial_run_entry
 from dyncal.errors import DyncalError, RunError
 
 __all__ = ["RunWriter", "publish_dir"]
@@ -115,21 +107,24 @@ class RunWriter:
             the folder cannot be written.
     """
 
+    def _setup(self, out: str | os.PathLike[str], n: int, *, owner: bool) -> None:
+        self.out = Path(out)
+        self.n = int(n)
+        self.partial = self.out.with_name(self.out.name + PARTIAL_SUFFIX)
+        self._files: list[_RowFile] = []
+        self._finished = False
+        self._owner = owner
+        self.resumed = False
+        self._lock = RunLock(self.out)
+
     def __init__(
         self, out: str | os.PathLike[str], n: int, *, overwrite: bool = False, keep_partial: bool = False
     ) -> None:
-        self.out = Path(out)
-        self.n = int(n)
-        self.overwrite = overwrite
-        self._files: list[_RowFile] = []
-        self._finished = False
-        self._owner = True
-        self.resumed = False
+        self._setup(out, n, owner=True)
         if self.n <= 0:
             raise RunError(f"a run needs at least one sample, got N={self.n}")
         check_out(self.out, overwrite=overwrite)  # before the lock file is made: never inside a run
-        self.partial = self.out.with_name(self.out.name + PARTIAL_SUFFIX)
-        self._lock = RunLock(self.out).acquire()
+        self._lock.acquire()
         try:
             check_out(self.out, overwrite=overwrite)  # again, now that no other writer can change it
             if os.path.lexists(self.partial):
@@ -175,26 +170,15 @@ class RunWriter:
         no lock (the creator holds it for everyone).
         """
         self = cls.__new__(cls)
-        self.out = Path(out)
-        self.n = int(n)
-        self.overwrite = False
-        self.partial = self.out.with_name(self.out.name + PARTIAL_SUFFIX)
-        self._files = []
-        self._finished = False
-        self._owner = False
-        self.resumed = False
-        self._lock = RunLock(self.out)  # never acquired
+        self._setup(out, n, owner=False)  # the lock is never acquired
         self._open(k, c, create=False)
         return self
 
     def _open(self, k: int, c: int, *, create: bool) -> None:
         files: list[_RowFile] = []
         try:
-            for name, dtype, shape in (
-                (LOGITS_FILE, np.float32, (self.n, k, c)),
-                (LABELS_FILE, np.int64, (self.n,)),
-                (INDICES_FILE, np.int64, (self.n,)),
-            ):
+            dtypes, shapes = (np.float32, np.int64, np.int64), ((self.n, k, c), (self.n,), (self.n,))
+            for name, dtype, shape in zip(RUN_ARRAYS, dtypes, shapes, strict=True):
                 files.append(_RowFile(self.partial / name, dtype, shape, create=create))
         except BaseException:
             for f in files:
@@ -281,7 +265,7 @@ def publish_dir(
     partial: Path,
     out: Path,
     *,
-    foreign: Callable[[Path], Path | None] | None = None,
+    foreign: EntryCheck = foreign_in_run,
     error: type[DyncalError] = RunError,
 ) -> None:
     """Rename ``partial`` to ``out``, replacing an old ``out`` only after the new one is whole.
@@ -294,7 +278,6 @@ def publish_dir(
         DyncalError: (as ``error``) the old ``out`` holds something dyncal did not write; it
             is left in place, and ``partial`` with it.
     """
-    foreign = foreign or foreign_in_run
     if not os.path.lexists(out):
         os.rename(partial, out)
         return

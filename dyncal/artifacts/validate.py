@@ -270,29 +270,25 @@ def file_kind(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
+Refusal = Callable[[str], DyncalError]
+"""Builds a caller's own one-line refusal from a detail (a reason, or what a path is)."""
+
+
 def regular_file(
-    path: str | os.PathLike[str],
-    *,
-    missing: Callable[[], DyncalError],
-    unreadable: Callable[[str], DyncalError],
-    other: Callable[[str], DyncalError],
+    path: str | os.PathLike[str], *, missing: Refusal, unreadable: Refusal, other: Refusal
 ) -> os.stat_result:
     """``os.stat`` of a regular file (a link to one is followed), checked before anything opens it.
 
-    Each refusal is the caller's own message: ``missing()`` for no such file,
+    Each refusal is the caller's own message: ``missing(path)`` for no such file,
     ``unreadable(reason)`` when ``stat`` fails otherwise, ``other(kind)`` for anything but a
     regular file (``kind`` as :func:`file_kind` words it), so a FIFO or a device is never opened.
 
     Raises:
-        DyncalError: What the matching callable returns.
+        DyncalError: What the matching refusal returns.
 
     Example:
-        >>> regular_file(
-        ...     "/dev/null",
-        ...     missing=lambda: DyncalError("no such file"),
-        ...     unreadable=lambda why: DyncalError(why),
-        ...     other=lambda kind: DyncalError(f"'/dev/null' is {kind}"),
-        ... )
+        >>> refuse = lambda detail: DyncalError(f"'/dev/null' is {detail}")
+        >>> regular_file("/dev/null", missing=refuse, unreadable=refuse, other=refuse)
         Traceback (most recent call last):
         ...
         dyncal.errors.DyncalError: '/dev/null' is a character device
@@ -300,7 +296,7 @@ def regular_file(
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise missing() from None
+        raise missing(os.fspath(path)) from None
     except OSError as e:
         raise unreadable(str(e.strerror or e)) from e
     if not stat.S_ISREG(st.st_mode):
@@ -359,7 +355,7 @@ def read_json_document(path: str | os.PathLike[str], *, what: str, max_bytes: in
     path = Path(path)
     st = regular_file(
         path,
-        missing=lambda: DyncalError(f"'{path}': no such file"),
+        missing=lambda _: DyncalError(f"'{path}': no such file"),
         unreadable=lambda why: DyncalError(f"'{path}': cannot read it ({why})"),
         other=lambda kind: DyncalError(f"'{path}' is {kind}, not {what}"),
     )

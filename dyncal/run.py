@@ -15,6 +15,7 @@ from dyncal.artifacts.costs import *  # noqa: F403
 from dyncal.artifacts.lock import *  # noqa: F403
 from dyncal.artifacts.outputs import check_out  # noqa: F401
 from dyncal.artifacts.run import *  # noqa: F403
+from dyncal.artifacts.run_arrays import compute_fingerprint  # noqa: F401
 from dyncal.artifacts.run_document import *  # noqa: F403
 from dyncal.artifacts.run_import import *  # noqa: F403
 from dyncal.artifacts.run_writer import *  # noqa: F403

@@ -330,7 +330,8 @@ def check_out(
 
     ``--overwrite`` never deletes anything dyncal did not write: an existing ``out`` must be
     an empty folder, or one of ours (``is_ours``; default: a dyncal run) in which every
-    entry is one dyncal wrote (``foreign`` finds none; default :func:`foreign_in_run`).
+    entry is one dyncal wrote (``foreign`` finds none; default
+    :func:`~dyncal.artifacts.rundir.foreign_in_run`).
     ``out`` may not be a link, name no folder (``''``, ``.``, ``..``) or lie inside a run
     directory, and its parent folder must exist and be writable.
 
@@ -338,9 +339,9 @@ def check_out(
         out: The folder to create.
         overwrite: Whether an existing ``out`` may be replaced.
         what: What is built there, for messages (``"run"``, ``"package"``).
-        is_ours: Recognises a folder of that kind dyncal wrote (default :func:`is_run_dir`).
+        is_ours: Recognises a folder of that kind dyncal wrote (default: a dyncal run).
         foreign: The first entry of such a folder that dyncal did not write, or None
-            (default :func:`foreign_in_run`).
+            (default: anything but a run's files).
         error: The error class to raise.
 
     Example:

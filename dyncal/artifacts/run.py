@@ -250,7 +250,7 @@ def store_costs(
 
 
 MODEL_ID_KEYS = ("model", "weights_sha256", "state_sha256")
-"""Keys of :attr:`LatencyProfile.settings` naming the model that was timed (spec, hashes)."""
+"""Keys of :attr:`dyncal.artifacts.costs.LatencyProfile.settings` naming the model that was timed (spec, hashes)."""
 
 
 def _same_model(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:

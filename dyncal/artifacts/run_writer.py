@@ -87,11 +87,12 @@ class RunWriter:
 
     Rows may be written in any order, by several processes (see :meth:`attach`); rows go
     straight to disk, so memory stays flat however large N is. The creating process holds
-    the run's :class:`RunLock` from construction until :meth:`finish` or :meth:`abort`, so
-    no other writer can touch ``OUT`` or ``OUT.partial`` meanwhile. If the writer is closed
-    without :meth:`finish` (an error), the partial directory is removed; if the process
-    dies, it stays behind as ``OUT.partial``, which :func:`load_run` never mistakes for a
-    run (and ``dyncal collect --resume`` continues).
+    the run's :class:`~dyncal.artifacts.lock.RunLock` from construction until :meth:`finish`
+    or :meth:`abort`, so no other writer can touch ``OUT`` or ``OUT.partial`` meanwhile. If
+    the writer is closed without :meth:`finish` (an error), the partial directory is
+    removed; if the process dies, it stays behind as ``OUT.partial``, which
+    :func:`dyncal.artifacts.run.load_run` never mistakes for a run (and ``dyncal collect
+    --resume`` continues).
 
     Args:
         out: Final run directory.

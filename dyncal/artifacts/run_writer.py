@@ -121,10 +121,10 @@ class RunWriter:
     def __init__(
         self, out: str | os.PathLike[str], n: int, *, overwrite: bool = False, keep_partial: bool = False
     ) -> None:
+        if int(n) <= 0:
+            raise RunError(f"a run needs at least one sample, got N={int(n)}")
+        check_out(Path(out), overwrite=overwrite)  # before the lock file is made: never inside a run
         self._setup(out, n, owner=True)
-        if self.n <= 0:
-            raise RunError(f"a run needs at least one sample, got N={self.n}")
-        check_out(self.out, overwrite=overwrite)  # before the lock file is made: never inside a run
         self._lock.acquire()
         try:
             check_out(self.out, overwrite=overwrite)  # again, now that no other writer can change it

@@ -270,12 +270,12 @@ def file_kind(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
-Refusal = Callable[[str], DyncalError]
+_Refusal = Callable[[str], DyncalError]
 """Builds a caller's own one-line refusal from a detail (a reason, or what a path is)."""
 
 
 def regular_file(
-    path: str | os.PathLike[str], *, missing: Refusal, unreadable: Refusal, other: Refusal
+    path: str | os.PathLike[str], *, missing: _Refusal, unreadable: _Refusal, other: _Refusal
 ) -> os.stat_result:
     """``os.stat`` of a regular file (a link to one is followed), checked before anything opens it.
 

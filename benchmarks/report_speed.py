@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dyncal.run import CostTable, LatencyProfile, Provenance, RunWriter, import_arrays, save_costs
+from dyncal.run import CostTable, LatencyProfile, Provenance, RunWriter, import_arrays, load_run, store_costs
 
 HERE = Path(__file__).parent
 DEMO_MACS = (4928.0, 153664.0, 1926976.0, 9897280.0)
@@ -101,8 +101,8 @@ def imagenet_run(root: Path, n: int = 50_000, k: int = 5, c: int = 1000, chunk: 
             CostTable(macs=IMAGENET_MACS),
         )
     stage = (4.0, 4.5, 5.0, 5.5, 7.0)
-    save_costs(
-        out,
+    store_costs(
+        load_run(out),
         CostTable(
             macs=IMAGENET_MACS,
             latency={"cpu/b1": _latency(1, stage), "cpu/b64": _latency(64, stage)},
@@ -144,7 +144,6 @@ def main() -> None:
         big = imagenet_run(root)
         make_s = time.perf_counter() - t
         from dyncal.calibrate.scores import exit_scores
-        from dyncal.run import load_run
 
         rows.append(
             (

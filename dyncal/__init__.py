@@ -15,7 +15,9 @@ import importlib
 from typing import Any
 
 from dyncal.artifacts.costs import CostTable, LatencyProfile
-from dyncal.artifacts.run import Provenance, Run, import_arrays, import_npz, load_run
+from dyncal.artifacts.run import Run, load_run
+from dyncal.artifacts.run_document import Provenance
+from dyncal.artifacts.run_import import import_arrays, import_npz
 from dyncal.errors import DyncalError
 
 __version__ = "0.1.0"

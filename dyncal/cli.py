@@ -467,7 +467,7 @@ def import_(
 
     Example: dyncal import msdnet_logits.npz --layout knc --macs 6.86e6,1.4e7,2.1e7 --out run
     """
-    from dyncal.artifacts.run import import_npz
+    from dyncal.artifacts.run_import import import_npz
 
     with user_errors(ctx):
         run = import_npz(file, out, macs=_parse_float_list(macs, "--macs"), layout=layout, overwrite=overwrite)

@@ -27,7 +27,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from dyncal.artifacts.atomic import atomic_write_text
-from dyncal.artifacts.run import PARTIAL_SUFFIX, Provenance, Run, RunWriter, check_out, load_run
+from dyncal.artifacts.outputs import check_out
+from dyncal.artifacts.run import Run, load_run
+from dyncal.artifacts.run_document import Provenance
+from dyncal.artifacts.run_writer import RunWriter
+from dyncal.artifacts.rundir import PARTIAL_SUFFIX
 from dyncal.data import check_item
 from dyncal.errors import DataError, DyncalError, ModelError, RunError, first_line, param
 from dyncal.models import LoadedModel, check_exit_outputs, logits_difference, resolve_device

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dyncal.artifacts.run import NPZ_READ_ERRORS
+from dyncal.artifacts.run_import import NPZ_READ_ERRORS
 from dyncal.errors import DataError
 from dyncal.specs import call_factory
 

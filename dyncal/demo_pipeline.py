@@ -38,7 +38,7 @@ def _demo_entry(entry: Path) -> Path | None:
     from dyncal.artifacts.lock import LOCK_PREFIX, is_dyncal_lock
     from dyncal.artifacts.outputs import written_by_dyncal
     from dyncal.artifacts.ownership import is_folder, is_regular_file, temp_of
-    from dyncal.artifacts.run import foreign_in_partial_run, foreign_in_run, is_run_dir
+    from dyncal.artifacts.rundir import foreign_in_partial_run, foreign_in_run, is_run_dir
 
     name = entry.name
     if name == "run" and is_folder(entry):

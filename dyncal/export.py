@@ -66,10 +66,11 @@ from dyncal.analysis.stages import (
     stages_function,
     verify_stages,
 )
-from dyncal.archives import read_regular_file
+from dyncal.archives.files import read_regular_file
 from dyncal.artifacts import validate as V
 from dyncal.artifacts.atomic import atomic_write_bytes, atomic_write_text, temp_target
 from dyncal.artifacts.lock import OutputLock
+from dyncal.artifacts.outputs import check_out
 from dyncal.artifacts.ownership import (
     discard_built_folder,
     foreign_entry,
@@ -78,7 +79,9 @@ from dyncal.artifacts.ownership import (
     refuse_foreign,
     remove_owned_folder,
 )
-from dyncal.artifacts.run import Run, check_out, library_versions, load_run, publish_dir
+from dyncal.artifacts.run import Run, load_run
+from dyncal.artifacts.run_document import library_versions
+from dyncal.artifacts.run_writer import publish_dir
 from dyncal.artifacts.thresholds import (
     TEMPERATURE_RANGE,
     ThresholdsDocument,

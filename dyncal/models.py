@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from dyncal import archives
+from dyncal.archives.files import read_regular_file
 from dyncal.errors import DyncalError, ModelError, describe, first_line
 from dyncal.specs import call_factory, import_object  # noqa: F401 - importable from here too, as before
 
@@ -267,7 +268,7 @@ def _load_exported(
     """The program in ``path`` and the SHA-256 of the bytes it was checked and loaded from."""
     path = Path(path)
     limit = archives.ARCHIVE_LIMIT_BYTES
-    data = archives.read_regular_file(path, what=what, limit=limit, error=ModelError, advice=advice)
+    data = read_regular_file(path, what=what, limit=limit, error=ModelError, advice=advice)
     digest = hashlib.sha256(data).hexdigest()
     if sha256 is not None and digest != sha256:
         raise ModelError(

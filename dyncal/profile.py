@@ -51,10 +51,10 @@ from dyncal.analysis.stages import (
     stages_function,
     verify_stages,
 )
-from dyncal.artifacts.costs import CostTable, LatencyProfile, device_name, other_model_latency
+from dyncal.artifacts.costs import CostTable, LatencyProfile, device_name
 from dyncal.artifacts.lock import RunLock
 from dyncal.artifacts.outputs import check_writable
-from dyncal.artifacts.run import Run, load_run, store_costs
+from dyncal.artifacts.run import Run, load_run, other_model_latency, store_costs
 from dyncal.errors import ProfileError, describe, param
 from dyncal.models import (
     ModelCheck,
@@ -438,7 +438,7 @@ def _profile_locked(run: Run, options: ProfileOptions) -> ProfileResult:
     )
     check_doc = None if loaded.check is None else loaded.check.to_dict()
     costs = replace(costs, model={**model_id, "check": check_doc})
-    stored = store_costs(run.path, costs, model_id=model_id, allow_other_model=options.allow_other_model)
+    stored = store_costs(run, costs, model_id=model_id, allow_other_model=options.allow_other_model)
     return ProfileResult(
         costs=stored.costs,
         macs=macs,

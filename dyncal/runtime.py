@@ -43,7 +43,7 @@ from dyncal.analysis.costmodel import predict_batches_ms
 from dyncal.analysis.early_exit import EarlyExitRunner
 from dyncal.analysis.latency import Clock, Timer, device_hardware, pinned_threads
 from dyncal.analysis.stages import Stages, checked_stages, stages_function
-from dyncal.artifacts.costs import device_name, latency_key
+from dyncal.artifacts.costs import LatencyKey, device_name
 from dyncal.artifacts.run import Run, load_run
 from dyncal.artifacts.thresholds import (
     ThresholdsDocument,
@@ -201,7 +201,7 @@ def _threads_for(run: Run, device: str, batch_sizes: Sequence[int], threads: int
         return threads, "--threads"
     if run.costs is not None:
         for b in batch_sizes:
-            prof = run.costs.latency.get(latency_key(device, b))
+            prof = run.costs.latency.get(str(LatencyKey(device, b)))
             if prof is not None and prof.threads:
                 return int(prof.threads), f"the profile of {prof.key}"
         for prof in run.costs.latency.values():
@@ -376,7 +376,7 @@ def verify_run(
         used_s = 0.0
         first_rows = 0
         for i, b in enumerate(opts.batch_sizes):
-            key = latency_key(opts.device, b)
+            key = str(LatencyKey(opts.device, b))
             batches = [order[s : s + b] for s in range(0, n, b)]
             share_s = (opts.max_seconds - used_s) / (len(opts.batch_sizes) - i)
             ee_ms: list[list[float]] = []

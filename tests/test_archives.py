@@ -38,7 +38,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dyncal import archives
-from dyncal.archives import check_archive, check_expression, read_regular_file
+from dyncal.archives import check_archive
+from dyncal.archives.expressions import check_expression
+from dyncal.archives.files import read_regular_file
 from dyncal.artifacts.thresholds import decision_fingerprint
 from dyncal.errors import DyncalError, ModelError
 from dyncal.export import MANIFEST, SIGNATURE, export_package, load_early_exit

@@ -11,9 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dyncal.artifacts.costs import CostTable, LatencyKey, LatencyProfile
-from dyncal.artifacts.run import RunDocument, load_run, save_costs
+from dyncal.artifacts.run import load_run, store_costs
+from dyncal.artifacts.run_document import RunDocument
 from dyncal.artifacts.thresholds import ThresholdsDocument, read_thresholds
-from dyncal.errors import RunError
+from dyncal.errors import DyncalError, RunError
 from dyncal.run import Provenance, import_arrays
 
 
@@ -52,7 +53,7 @@ def test_keys_of_a_later_dyncal_survive_profiling(tmp_path: Path) -> None:
         threads=1,
         hardware="test",
     )
-    save_costs(out, CostTable(macs=(1e6, 2e6), latency={str(LatencyKey("cpu", 1)): profile}))
+    store_costs(load_run(out), CostTable(macs=(1e6, 2e6), latency={str(LatencyKey("cpu", 1)): profile}))
     after = json.loads((out / "run.json").read_text())
     assert after["added_later"] == {"kept": [1, 2]}
     assert after["provenance"]["added_later_too"] == "kept"
@@ -72,6 +73,36 @@ def test_run_document_refuses_an_incomplete_run_in_one_line(tmp_path: Path) -> N
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(("value", "problem"), [(None, "is missing"), ("abc", "must be a SHA-256 hex digest")])
+def test_a_run_without_its_fingerprint_is_refused_as_damaged(tmp_path: Path, value: str | None, problem: str) -> None:
+    out = _run(tmp_path)
+    doc = json.loads((out / "run.json").read_text())
+    if value is None:
+        del doc["fingerprint"]
+    else:
+        doc["fingerprint"] = value
+    (out / "run.json").write_text(json.dumps(doc))
+    with pytest.raises(RunError, match=rf"run.json field 'fingerprint' {problem}.*the run is damaged: re-create it"):
+        load_run(out)
+
+
+def test_thresholds_without_their_runs_fingerprint_are_refused_when_read(tmp_path: Path) -> None:
+    doc = ThresholdsDocument("maxprob", (1.0, 1.0), (0.5, None), "optimal", {}, None, {}, 0.9, None, None, (1, 0))
+    doc.save(tmp_path / "t.json")  # solved on bare arrays: no run to name
+    with pytest.raises(DyncalError, match=r"field 'run_fingerprint' must be a string, got null; write a new one"):
+        read_thresholds(tmp_path / "t.json")
+
+
+def test_costs_are_not_stored_into_a_run_replaced_after_it_was_opened(tmp_path: Path) -> None:
+    out = _run(tmp_path)
+    opened = load_run(out)
+    import_arrays(np.ones((20, 2, 3), np.float32), np.zeros(20, int), out, overwrite=True)
+    before = (out / "run.json").read_bytes()
+    with pytest.raises(RunError, match=r"run '.*run' was replaced after it was opened .*; open it again"):
+        store_costs(opened, CostTable(macs=(1e6, 2e6)))
+    assert (out / "run.json").read_bytes() == before
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     n=st.integers(1, 10**9),
@@ -83,16 +114,29 @@ def test_run_document_round_trips_through_json(n: int, k: int, c: int, macs: lis
     macs = sorted(macs)[:k]
     k = len(macs)
     costs = CostTable(macs=tuple(macs))
-    doc = RunDocument(n=n, k=k, c=c, provenance=Provenance("m", None, "d", "", "", "cpu"), costs=costs)
+    doc = RunDocument(
+        n=n, k=k, c=c, provenance=Provenance("m", None, "d", "", "", "cpu"), fingerprint="0" * 64, costs=costs
+    )
     assert RunDocument.from_dict(json.loads(json.dumps(doc.to_dict())), "run") == doc
 
 
 def test_thresholds_document_saves_and_loads_itself(tmp_path: Path) -> None:
     doc = ThresholdsDocument(
-        "maxprob", (1.0, 1.5), (0.75, None), "optimal", {"asked": "2x"}, 1e6, {}, 0.9, 0.88, (0.85, 0.91), (0.6, 0.4)
+        "maxprob",
+        (1.0, 1.5),
+        (0.75, None),
+        "optimal",
+        {"asked": "2x"},
+        1e6,
+        {},
+        0.9,
+        0.88,
+        (0.85, 0.91),
+        (0.6, 0.4),
+        run_fingerprint="f" * 64,
     )
     doc.save(tmp_path / "t.json")
-    assert ThresholdsDocument.load(tmp_path / "t.json") == doc == read_thresholds(tmp_path / "t.json")
+    assert read_thresholds(tmp_path / "t.json") == doc
 
 
 def test_a_report_with_latency_at_several_batch_sizes_never_imports_torch(tmp_path: Path) -> None:
@@ -106,7 +150,7 @@ def test_a_report_with_latency_at_several_batch_sizes_never_imports_torch(tmp_pa
         str(LatencyKey("cpu", b)): LatencyProfile("cpu", b, stages, (0.1, 0.1), (3.0, 3.1, 2.9), 1, "test")
         for b in (1, 8)
     }
-    save_costs(out, CostTable(macs=(1e6, 2e6), latency=latency))
+    store_costs(load_run(out), CostTable(macs=(1e6, 2e6), latency=latency))
     code = (
         "import sys\nfrom dyncal.cli import app\n"
         f"sys.argv = ['dyncal', 'report', {str(out)!r}, '--out', {str(tmp_path / 'r.pdf')!r}, '--budget', '0.8x',"

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from static_models import SMALL_CNN_MACS
 
-from dyncal.run import LatencyProfile, import_arrays, load_run, save_costs
+from dyncal.run import LatencyProfile, import_arrays, load_run, store_costs
 
 pypdf = pytest.importorskip("pypdf")
 TESTS = Path(__file__).parent
@@ -42,10 +42,11 @@ def _profile(batch: int, stage_ms: list[float], full_ms: float) -> LatencyProfil
 
 
 def _with_latency(path: Path, stage_ms: list[float], full_ms: float) -> None:
-    costs = load_run(path).costs
+    run = load_run(path)
+    costs = run.costs
     assert costs is not None and costs.macs is not None
     latency = {f"cpu/b{b}": _profile(b, stage_ms, full_ms) for b in (1, 32)}
-    save_costs(path, dataclasses.replace(costs, latency=latency))
+    store_costs(run, dataclasses.replace(costs, latency=latency))
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,8 @@ from conftest import TESTS, assert_clean_error
 from dyncal.artifacts import atomic
 from dyncal.artifacts.atomic import atomic_write_bytes, atomic_write_text
 from dyncal.artifacts.lock import OutputLock, lock_path
-from dyncal.artifacts.run import import_arrays, load_run
+from dyncal.artifacts.run import load_run
+from dyncal.artifacts.run_import import import_arrays
 from dyncal.calibrate.solvers import solve_run
 
 ROOT = TESTS.parent

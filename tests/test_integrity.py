@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 from dyncal.artifacts.verify import ModelIdentity
 from dyncal.cli import app
 from dyncal.errors import DyncalError, RunError
-from dyncal.run import CostTable, LatencyProfile, import_arrays, load_run, save_costs
+from dyncal.run import CostTable, LatencyProfile, import_arrays, load_run, store_costs
 
 N, K, C = 60, 3, 4
 HYPOTHESIS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -47,10 +47,10 @@ def _arrays(seed: int, n: int = N, k: int = K, c: int = C) -> tuple[np.ndarray, 
 def make_run(out: Path, seed: int = 0, k: int = K) -> Path:
     """A small imported run with MACs and one latency entry, so every cost field is present."""
     logits, labels = _arrays(seed, k=k)
-    import_arrays(logits, labels, out, macs=[1e6 * (j + 1) for j in range(k)])
+    run = import_arrays(logits, labels, out, macs=[1e6 * (j + 1) for j in range(k)])
     stage = tuple((0.1, 0.12, 0.11) for _ in range(k))
     prof = LatencyProfile("cpu", 1, stage, (0.01, 0.01, 0.01), (0.5, 0.5, 0.5), 1, "test cpu")
-    save_costs(out, CostTable(latency={prof.key: prof}))
+    store_costs(run, CostTable(latency={prof.key: prof}))
     return out
 
 
@@ -874,18 +874,23 @@ def test_malformed_verify_files_are_one_line(tmp_path, edit, message):
 
 
 def test_thresholds_that_do_not_name_their_run_are_refused(tmp_path):
+    import dataclasses
+
     from dyncal.artifacts.thresholds import check_thresholds_for_run, read_thresholds
     from dyncal.calibrate.solvers import solve_run
 
     rng = np.random.default_rng(1)
     logits, labels = rng.normal(size=(200, 2, 3)).astype(np.float32), rng.integers(0, 3, 200)
     run = import_arrays(logits, labels, tmp_path / "r", macs=[1e6, 2e6])
-    doc = solve_run(run, "0.7x").to_dict()
+    solved = solve_run(run, "0.7x")
+    doc = solved.to_dict()
     doc.pop("run_fingerprint")
     path = tmp_path / "t.json"
     path.write_text(json.dumps(doc))
-    with pytest.raises(DyncalError, match="do not record the run they were solved on"):
-        check_thresholds_for_run(read_thresholds(path), run)
+    with pytest.raises(DyncalError, match=r"t\.json' is not a valid thresholds document: field 'run_fingerprint' is"):
+        read_thresholds(path)
+    with pytest.raises(DyncalError, match="do not record the run they were solved on"):  # solved on bare arrays
+        check_thresholds_for_run(dataclasses.replace(solved, run_fingerprint=None), run)
 
 
 def test_a_run_whose_arrays_changed_after_it_was_written_is_refused(tmp_path):

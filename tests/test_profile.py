@@ -28,7 +28,6 @@ from dyncal.run import (
     UnsupportedOp,
     import_arrays,
     load_run,
-    save_costs,
     store_costs,
 )
 
@@ -451,12 +450,12 @@ def _prof(device: str, batch: int, **settings: object) -> LatencyProfile:
 
 def test_a_fresh_count_replaces_unsupported_ops_even_when_empty(tmp_path):
     run = _run_for(tmp_path, "linear_stack", [8], 2, 3)
-    save_costs(run, CostTable(macs=(1.0, 2.0), unsupported_ops=(UnsupportedOp(1, "aten::softmax", 2),)))
-    stored = save_costs(run, CostTable(macs=(1.0, 3.0), unsupported_ops=()))
+    store_costs(load_run(run), CostTable(macs=(1.0, 2.0), unsupported_ops=(UnsupportedOp(1, "aten::softmax", 2),)))
+    stored = store_costs(load_run(run), CostTable(macs=(1.0, 3.0), unsupported_ops=())).costs
     assert stored.unsupported_ops == () and load_run(run).costs.unsupported_ops == ()
     # a table without MACs (latency only) keeps the count's list
-    save_costs(run, CostTable(macs=(1.0, 2.0), unsupported_ops=(UnsupportedOp(1, "aten::softmax", 2),)))
-    kept = save_costs(run, CostTable(latency={"cpu/b1": _prof("cpu", 1)}))
+    store_costs(load_run(run), CostTable(macs=(1.0, 2.0), unsupported_ops=(UnsupportedOp(1, "aten::softmax", 2),)))
+    kept = store_costs(load_run(run), CostTable(latency={"cpu/b1": _prof("cpu", 1)})).costs
     assert kept.unsupported_ops == (UnsupportedOp(1, "aten::softmax", 2),)
 
 
@@ -464,22 +463,23 @@ def test_latency_timed_on_another_model_is_replaced_only_when_allowed(tmp_path):
     run = _run_for(tmp_path, "linear_stack", [8], 2, 3)
     a = {"model": "m:f", "weights_sha256": None, "state_sha256": "aaa"}
     b = {**a, "state_sha256": "bbb"}
-    save_costs(run, CostTable(macs=(1.0, 2.0), latency={"cpu/b1": _prof("cpu", 1, **a), "cpu/b4": _prof("cpu", 4)}))
+    latency = {"cpu/b1": _prof("cpu", 1, **a), "cpu/b4": _prof("cpu", 4)}
+    store_costs(load_run(run), CostTable(macs=(1.0, 2.0), latency=latency))
     before = (run / "run.json").read_bytes()
     new = CostTable(macs=(1.0, 3.0), latency={"cpu/b2": _prof("cpu", 2, **b)})
     with pytest.raises(
         RunError, match=r"holds latency cpu/b1 timed on another model \(m:f \(state aaa\)\).*`allow_other_model`"
     ):
-        save_costs(run, new)
+        store_costs(load_run(run), new)
     assert (run / "run.json").read_bytes() == before  # nothing dropped silently
-    stored = store_costs(run, new, allow_other_model=True)
+    stored = store_costs(load_run(run), new, allow_other_model=True)
     # cpu/b1 was timed on other weights; cpu/b4 records no model (an older run): kept
     assert sorted(stored.costs.latency) == ["cpu/b2", "cpu/b4"]
     assert stored.replaced == ("cpu/b1",) and stored.replaced_model == "m:f (state aaa)"
     # MACs only, of yet another model: the latency of model b goes too
-    macs_only = save_costs(
-        run, CostTable(macs=(1.0, 4.0)), model_id={**a, "state_sha256": "ccc"}, allow_other_model=True
-    )
+    macs_only = store_costs(
+        load_run(run), CostTable(macs=(1.0, 4.0)), model_id={**a, "state_sha256": "ccc"}, allow_other_model=True
+    ).costs
     assert sorted(macs_only.latency) == ["cpu/b4"]
 
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from dyncal.calibrate.solvers import solve_run
 from dyncal.errors import DyncalError
-from dyncal.run import CostTable, LatencyProfile, Provenance, import_arrays, load_run, save_costs
+from dyncal.run import CostTable, LatencyProfile, Provenance, import_arrays, load_run, store_costs
 
 pypdf = pytest.importorskip("pypdf")
 
@@ -74,9 +74,9 @@ def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         versions={"dyncal": "test"},
     )
     plain = import_arrays(z, y, root / "plain", macs=DEMO_MACS, provenance=prov).path
-    lat = import_arrays(z, y, root / "lat", macs=DEMO_MACS, provenance=prov).path
-    save_costs(lat, CostTable(macs=DEMO_MACS, latency={"cpu/b1": _latency(1), "cpu/b32": _latency(32)}))
-    return {"plain": plain, "lat": lat}
+    lat = import_arrays(z, y, root / "lat", macs=DEMO_MACS, provenance=prov)
+    store_costs(lat, CostTable(macs=DEMO_MACS, latency={"cpu/b1": _latency(1), "cpu/b32": _latency(32)}))
+    return {"plain": plain, "lat": lat.path}
 
 
 @pytest.fixture(scope="session")
@@ -421,8 +421,9 @@ def test_latency_only_run_and_nothing_held_out(demo_runs: dict[str, Path], tmp_p
     from dyncal.reports.pdf import build_report
 
     src = load_run(demo_runs["plain"])
-    run = import_arrays(np.asarray(src.logits), np.asarray(src.labels), tmp_path / "lat_only").path
-    save_costs(run, CostTable(latency={"cpu/b1": _latency(1)}))
+    opened = import_arrays(np.asarray(src.logits), np.asarray(src.labels), tmp_path / "lat_only")
+    store_costs(opened, CostTable(latency={"cpu/b1": _latency(1)}))
+    run = opened.path
     res = build_report(run, tmp_path / "r.pdf", min_speedup=2.0)
     assert res.criteria[0].cost == "cpu/b1" and set(res.speedup) == {"cpu/b1"}
     text = [_flat(t) for t in _pages_text(tmp_path / "r.pdf")]
@@ -673,8 +674,9 @@ def test_speedup_uses_latency_when_profiled(demo_runs: dict[str, Path], tmp_path
     )
     # one latency key: judged on it, not on MACs
     src = load_run(demo_runs["plain"])
-    run = import_arrays(np.asarray(src.logits), np.asarray(src.labels), tmp_path / "one", macs=DEMO_MACS).path
-    save_costs(run, CostTable(macs=DEMO_MACS, latency={"cpu/b1": _latency(1)}))
+    opened = import_arrays(np.asarray(src.logits), np.asarray(src.labels), tmp_path / "one", macs=DEMO_MACS)
+    store_costs(opened, CostTable(macs=DEMO_MACS, latency={"cpu/b1": _latency(1)}))
+    run = opened.path
     res = cli("report", run, "--out", tmp_path / "r.pdf", "--min-speedup", "2", "--json")
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["criteria"][0]["cost"] == "cpu/b1"

@@ -30,7 +30,7 @@ from dyncal.calibrate.solvers import solve_run
 from dyncal.calibrate.temperature import TemperatureScaler
 from dyncal.choices import DEFAULT_METHOD, Method
 from dyncal.errors import BudgetError, DyncalError
-from dyncal.run import CostTable, LatencyProfile, import_arrays, load_run, save_costs
+from dyncal.run import CostTable, LatencyProfile, import_arrays, load_run, store_costs
 from dyncal.stats import mean_bootstrap_ci, stratified_split
 
 DEMO_MACS = [1.0e5, 5.0e5, 2.0e6, 5.0e6]
@@ -237,7 +237,7 @@ def test_ms_budget_on_run_without_macs(demo_logits, tmp_path):
     z, y = demo_logits
     run = import_arrays(z, y, tmp_path / "lat")
     prof = LatencyProfile("cpu", 1, ((1.0,), (2.0,), (3.0,), (4.0,)), (0.1,), (10.0,), 1, "test cpu")
-    save_costs(run.path, CostTable(latency={"cpu/b1": prof}, source="profile"))
+    store_costs(run, CostTable(latency={"cpu/b1": prof}, source="profile"))
     run = load_run(run.path)
     res = solve_run(run, "4ms", device="cpu", batch_size=1)
     assert res.expected_macs is None
@@ -605,7 +605,7 @@ def test_several_latency_columns_need_device_and_batch(demo_logits, tmp_path, cl
     latency = {"cpu/b1": prof("cpu", 1, 1.0), "cuda/b32": prof("cuda", 32, 0.1)}
     for macs in (None, DEMO_MACS):
         run = import_arrays(z, y, tmp_path / f"lat{macs is None}", macs=macs)
-        save_costs(run.path, CostTable(macs=macs, latency=latency, source="profile"))
+        store_costs(run, CostTable(macs=macs, latency=latency, source="profile"))
         run = load_run(run.path)
         several = r"several devices or batch sizes \(cpu/b1, cuda/b32\)"
         with pytest.raises(BudgetError, match=several):
@@ -623,7 +623,7 @@ def test_several_latency_columns_need_device_and_batch(demo_logits, tmp_path, cl
     assert "latency column cuda/b32, expected" in r.stdout and "binds macs" in r.stdout
     assert "binds MACs, so --device cuda does not choose" in r.stderr  # the CLI shows the warning in flags
     norun = import_arrays(z, y, tmp_path / "nomacs2")
-    save_costs(norun.path, CostTable(latency=latency, source="profile"))
+    store_costs(norun, CostTable(latency=latency, source="profile"))
     assert_clean_error(cli("frontier", norun.path, "--out", tmp_path / "f.csv"), r"several devices or batch sizes")
 
 

@@ -26,13 +26,14 @@ import pytest
 from conftest import TESTS, assert_clean_error
 from typer.testing import CliRunner
 
-import dyncal.artifacts.run as run_module
+import dyncal.artifacts.run_arrays as run_module
 from dyncal.artifacts.costs import device_name
+from dyncal.artifacts.run_arrays import compute_fingerprint
 from dyncal.artifacts.thresholds import check_thresholds_for_run, decision_fingerprint, read_thresholds
 from dyncal.cli import app
 from dyncal.errors import DyncalError, RunError
 from dyncal.export import PackageManifest, PackageStage, read_manifest
-from dyncal.run import compute_fingerprint, import_arrays, load_run
+from dyncal.run import import_arrays, load_run
 
 N, K, C = 60, 3, 4
 FAST = ("--repeats", "3", "--warmup", "1")
@@ -74,9 +75,9 @@ def _set_meta(run: Path, edit: Callable[[dict[str, Any]], None]) -> None:
     (run / "run.json").write_text(json.dumps(doc))
 
 
-def _drop_fingerprint(run: Path) -> None:
-    """As a run written before runs were fingerprinted: its arrays are then checked for what they hold."""
-    _set_meta(run, lambda d: d.pop("fingerprint"))
+def _restamp(run: Path) -> None:
+    """run.json made to record the arrays as they are now: they are then checked for what they hold."""
+    _set_meta(run, lambda d: d.__setitem__("fingerprint", compute_fingerprint(run)))
 
 
 def _rewrite_header(path: Path, **change: Any) -> None:
@@ -101,7 +102,7 @@ def test_a_header_flipped_to_fortran_order_is_another_run(base, tmp_path):
     _rewrite_header(run / "logits.npy", fortran_order=True)  # same bytes, read in another order
     assert compute_fingerprint(run) != before
     assert_clean_error(invoke("info", run), r"logits\.npy, labels\.npy or indices\.npy changed after the run was")
-    _drop_fingerprint(run)  # even then, what was solved on the old reading is not this run's
+    _restamp(run)  # even then, what was solved on the old reading is not this run's
     assert load_run(run).logits.flags.f_contiguous
     res = invoke("report", run, "--thresholds", base / "t.json", "--out", tmp_path / "r.pdf")
     assert_clean_error(res, r"the thresholds were solved on another run")
@@ -114,7 +115,7 @@ def test_big_endian_arrays_are_fingerprinted_as_such_and_read_as_their_values(ba
     for name, dtype in (("logits.npy", ">f4"), ("labels.npy", ">i8"), ("indices.npy", ">i8")):
         np.save(run / name, np.load(run / name).astype(dtype))
     assert_clean_error(invoke("info", run), r"changed after the run was written")
-    _drop_fingerprint(run)
+    _restamp(run)
     swapped = load_run(run)
     assert swapped.logits.dtype == np.float32 and swapped.logits.dtype.isnative and swapped.labels.dtype.isnative
     assert np.array_equal(swapped.logits, original.logits) and np.array_equal(swapped.labels, original.labels)
@@ -138,9 +139,9 @@ def test_indices_must_be_dataset_indices_named_once(change, pattern, base, tmp_p
     for row, value in change.items():
         indices[row] = value
     np.save(run / "indices.npy", indices)
-    for drop in (False, True):  # with its fingerprint or without (a run of an older dyncal)
-        if drop:
-            _drop_fingerprint(run)
+    for restamp in (False, True):  # with its fingerprint, or with run.json made to match the new arrays
+        if restamp:
+            _restamp(run)
         for verb in (["info", run], ["verify", run, "--thresholds", base / "t.json"]):
             assert_clean_error(invoke(*verb), pattern)
 
@@ -151,7 +152,7 @@ def test_indices_are_fingerprinted(base, tmp_path):
     indices[[0, 1]] = indices[[1, 0]]  # still every item once: other rows, other items
     np.save(run / "indices.npy", indices)
     assert_clean_error(invoke("info", run), r"indices\.npy changed after the run was written")
-    _drop_fingerprint(run)
+    _restamp(run)
     assert_clean_error(
         invoke("verify", run, "--thresholds", base / "t.json"), r"the thresholds were solved on another run"
     )
@@ -183,7 +184,7 @@ def test_the_writer_and_the_reader_share_one_fingerprint(base, tmp_path):
     for name, change in layouts.items():
         run = Path(shutil.copytree(base / "run", tmp_path / name))
         change(run)
-        _drop_fingerprint(run)
+        _restamp(run)
         assert compute_fingerprint(run) == load_run(run).fingerprint, name
         seen.add(compute_fingerprint(run))
     assert len(seen) == 1 + len(layouts)  # each layout is another identity

@@ -27,7 +27,7 @@ from conftest import TESTS, assert_clean_error, model_outputs
 
 from dyncal.errors import ModelError, RunError
 from dyncal.models import load_model, load_run_model
-from dyncal.run import CostTable, RunLock, load_run, lock_path, save_costs
+from dyncal.run import CostTable, RunLock, load_run, lock_path, store_costs
 
 ROOT = TESTS.parent
 MODEL = ["--model", "toy_models:two_exit", "--model-path", TESTS]
@@ -98,7 +98,7 @@ def test_a_second_writer_fails_at_once_and_the_run_is_published_whole(cli, toy_n
         np.savez(tmp_path / "a.npz", logits=np.zeros((5, 2, 3)), labels=np.zeros(5, int))
         assert_clean_error(cli("import", tmp_path / "a.npz", "--out", out, "--overwrite"), held)
         with pytest.raises(RunError, match=held):
-            save_costs(out, CostTable(macs=(1.0, 2.0)))
+            store_costs(load_run(out), CostTable(macs=(1.0, 2.0)))
         assert _snapshot(out) == old  # the published run is untouched meanwhile
         (gate / "go").touch()
         assert first.wait(timeout=120) == 0, first.stderr.read() if first.stderr else ""
@@ -119,7 +119,7 @@ def test_run_lock_names_its_holder_and_a_stale_lock_file_is_harmless(tmp_path):
     from dyncal.run import import_arrays
 
     run = tmp_path / "run"
-    import_arrays(np.zeros((4, 2, 3), np.float32), [0, 1, 2, 0], run)
+    opened = import_arrays(np.zeros((4, 2, 3), np.float32), [0, 1, 2, 0], run)
     before = (run / "run.json").read_bytes()
     holder = subprocess.Popen(
         [
@@ -139,7 +139,7 @@ def test_run_lock_names_its_holder_and_a_stale_lock_file_is_harmless(tmp_path):
     try:
         _wait_for(tmp_path / "ready", holder)
         with pytest.raises(RunError, match=rf"another dyncal process \(pid {holder.pid}\) is writing"):
-            save_costs(run, CostTable(macs=(1.0, 2.0)))
+            store_costs(opened, CostTable(macs=(1.0, 2.0)))
         assert (run / "run.json").read_bytes() == before
         (tmp_path / "go").touch()
         assert holder.wait(timeout=60) == 0
@@ -149,11 +149,11 @@ def test_run_lock_names_its_holder_and_a_stale_lock_file_is_harmless(tmp_path):
     assert not lock_path(run).exists()
     # a lock file left behind by a killed writer holds no lock: the next writer proceeds
     lock_path(run).write_text("dyncal lock: pid 999999\n")
-    assert save_costs(run, CostTable(macs=(1.0, 2.0))).macs == (1.0, 2.0)
+    assert store_costs(opened, CostTable(macs=(1.0, 2.0))).costs.macs == (1.0, 2.0)
     assert not lock_path(run).exists()
     # re-entrant in one process (profile holds it and then stores its costs)
     with RunLock(run), RunLock(run):
-        save_costs(run, CostTable(macs=(1.0, 3.0)))
+        store_costs(opened, CostTable(macs=(1.0, 3.0)))
         assert lock_path(run).exists()
     assert not lock_path(run).exists()
 

@@ -1,6 +1,6 @@
 """The cost table of a run: MACs per exit and latency per device and batch size.
 
-Stored under ``"costs"`` in ``run.json`` (:class:`dyncal.artifacts.run.RunDocument` writes
+Stored under ``"costs"`` in ``run.json`` (:class:`dyncal.artifacts.run_document.RunDocument` writes
 it); :class:`LatencyKey` is the one parser of latency keys (``"cpu/b1"``) and cost columns
 (``"ms:cpu/b1"``).
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -18,18 +18,12 @@ from dyncal.artifacts import validate as V
 from dyncal.errors import DyncalError, RunError, param
 from dyncal.measurement import Measurement
 
-if TYPE_CHECKING:
-    from dyncal.artifacts.run import Run
-
 __all__ = [
     "LatencyKey",
-    "latency_key",
     "device_name",
     "UnsupportedOp",
     "LatencyProfile",
     "CostTable",
-    "MODEL_ID_KEYS",
-    "other_model_latency",
 ]
 
 
@@ -118,16 +112,6 @@ def device_name(device: str) -> str:
     return f"{kind}:{int(index)}"
 
 
-def latency_key(device: str, batch_size: int) -> str:
-    """The ``"<device>/b<batch>"`` key used for latency everywhere (the text of :class:`LatencyKey`).
-
-    Example:
-        >>> latency_key("cpu", 1)
-        'cpu/b1'
-    """
-    return str(LatencyKey(device, batch_size))
-
-
 @dataclass(frozen=True)
 class UnsupportedOp:
     """An operator fvcore could not count, in one stage."""
@@ -204,7 +188,7 @@ class LatencyProfile:
     @property
     def key(self) -> str:
         """The ``"<device>/b<batch>"`` key."""
-        return latency_key(self.device, self.batch_size)
+        return str(LatencyKey(self.device, self.batch_size))
 
     @property
     def stage_median_ms(self) -> list[float]:
@@ -384,53 +368,3 @@ class CostTable:
             if want is not None and op.stage > want:
                 raise V.FieldError(f"{field}.unsupported_ops", f"names stage {op.stage} of a run with K={want}")
         return table
-
-
-MODEL_ID_KEYS = ("model", "weights_sha256", "state_sha256")
-"""Keys of :attr:`LatencyProfile.settings` naming the model that was timed (spec, hashes)."""
-
-
-def _same_model(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    """Whether two model identities agree on every key both record (none recorded: assume so)."""
-    return all(old[key] == new[key] for key in MODEL_ID_KEYS if old.get(key) is not None and new.get(key) is not None)
-
-
-def _describe_model(model_id: Mapping[str, Any]) -> str:
-    """``spec (weights 1a2b3c4d…, state 5e6f…)`` from a model identity, for messages."""
-    hashes = [
-        f"{name} {str(model_id[key])[:12]}"
-        for key, name in (("weights_sha256", "weights"), ("state_sha256", "state"))
-        if model_id.get(key)
-    ]
-    return f"{model_id.get('model') or '(unnamed model)'}" + (f" ({', '.join(hashes)})" if hashes else "")
-
-
-def other_model_latency(
-    run: Run, model_id: Mapping[str, Any] | None, *, allow_other_model: bool = False
-) -> tuple[list[str], str | None]:
-    """Latency keys of ``run`` timed on a model other than ``model_id``, and that model described.
-
-    Args:
-        run: An opened run.
-        model_id: The model about to be profiled (see :data:`MODEL_ID_KEYS`), or None.
-        allow_other_model: Return them (to be replaced) instead of refusing.
-
-    Raises:
-        RunError: There are some and ``allow_other_model`` is False: one line naming them
-            and the flag that replaces them.
-    """
-    keys: list[str] = []
-    described = None
-    if run.costs is None or model_id is None:
-        return keys, described
-    for key, old in run.costs.latency.items():
-        if not _same_model(old.settings, model_id):
-            keys.append(key)
-            described = _describe_model(old.settings)
-    if keys and not allow_other_model:
-        raise RunError(
-            f"run '{run.path}' holds latency {', '.join(keys)} timed on another model ({described}) than "
-            f"this one ({_describe_model(model_id)}); pass `allow_other_model` to replace it, or profile "
-            "a copy of the run"
-        )
-    return keys, described

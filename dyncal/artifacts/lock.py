@@ -74,7 +74,7 @@ def is_dyncal_lock(path: str | os.PathLike[str]) -> bool:
 
 
 # Locks this process holds: lock path -> (descriptor, depth). flock conflicts between two
-# descriptors of one process too, so a nested writer (profile, then save_costs) reuses it.
+# descriptors of one process too, so a nested writer (profile, then store_costs) reuses it.
 _HELD: dict[str, tuple[int, int]] = {}
 _HELD_GUARD = threading.Lock()
 

@@ -23,17 +23,20 @@ import json
 import os
 import re
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from dyncal.artifacts.ownership import EntryCheck, not_dyncals_message
+from dyncal.artifacts.rundir import foreign_in_run, is_run_dir, run_dir_holding
 from dyncal.artifacts.validate import file_kind
-from dyncal.errors import DyncalError
+from dyncal.errors import DyncalError, RunError
 
 __all__ = [
     "check_output_file",
     "claim_output_file",
     "check_output_folder",
+    "check_out",
     "check_writable",
     "written_by_dyncal",
     "write_output",
@@ -187,8 +190,6 @@ def check_output_file(
         dyncal.errors.DyncalError: '...notes.txt' exists and dyncal did not write it; `overwrite` only \
 replaces dyncal's own outputs: choose another `path`, or move the file away yourself
     """
-    from dyncal.artifacts.run import run_dir_holding
-
     path = Path(path)
     example = _EXAMPLES.get(kind, "out.json")
     real = Path(os.path.realpath(path))
@@ -307,8 +308,6 @@ def check_output_folder(path: str | os.PathLike[str]) -> Path:
         >>> check_output_folder(pathlib.Path(tempfile.mkdtemp()) / "demo").name
         'demo'
     """
-    from dyncal.artifacts.run import run_dir_holding
-
     path = Path(path)
     if path.name in ("", ".", ".."):
         raise DyncalError(f"`path` '{path}' names no folder to create; give a new folder's name")
@@ -316,6 +315,70 @@ def check_output_folder(path: str | os.PathLike[str]) -> Path:
     if run_dir is not None:
         raise DyncalError(f"`path` '{path}' lies inside the run directory '{run_dir}'; choose a folder outside any run")
     return path
+
+
+def check_out(
+    out: Path,
+    *,
+    overwrite: bool,
+    what: str = "run",
+    is_ours: Callable[[Path], bool] = is_run_dir,
+    foreign: EntryCheck = foreign_in_run,
+    error: type[DyncalError] = RunError,
+) -> None:
+    """Refuse an output directory (a run, or another folder dyncal builds) that is unsafe to create or replace.
+
+    ``--overwrite`` never deletes anything dyncal did not write: an existing ``out`` must be
+    an empty folder, or one of ours (``is_ours``; default: a dyncal run) in which every
+    entry is one dyncal wrote (``foreign`` finds none; default
+    :func:`~dyncal.artifacts.rundir.foreign_in_run`).
+    ``out`` may not be a link, name no folder (``''``, ``.``, ``..``) or lie inside a run
+    directory, and its parent folder must exist and be writable.
+
+    Args:
+        out: The folder to create.
+        overwrite: Whether an existing ``out`` may be replaced.
+        what: What is built there, for messages (``"run"``, ``"package"``).
+        is_ours: Recognises a folder of that kind dyncal wrote (default: a dyncal run).
+        foreign: The first entry of such a folder that dyncal did not write, or None
+            (default: anything but a run's files).
+        error: The error class to raise.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> check_out(pathlib.Path(tempfile.mkdtemp()) / "run", overwrite=False)
+        >>> check_out(pathlib.Path("."), overwrite=True)
+        Traceback (most recent call last):
+        ...
+        dyncal.errors.RunError: `out` '.' names no folder to create; give a new folder's name, such as run
+    """
+    out = Path(out)
+    if out.name in ("", ".", ".."):
+        raise error(f"`out` '{out}' names no folder to create; give a new folder's name, such as {what}")
+    if os.path.lexists(out):
+        if not overwrite:
+            raise error(f"'{out}' already exists; choose another `out` or pass `overwrite`")
+        if os.path.islink(out):
+            raise error(f"'{out}' is a symbolic link; dyncal never replaces a link: choose another `out`")
+        if not out.is_dir():
+            raise error(f"'{out}' exists and is not a folder; choose another `out`")
+        if not is_ours(out) and any(out.iterdir()):
+            raise error(
+                f"'{out}' exists and is not a dyncal {what}; `overwrite` only replaces a dyncal {what}, so "
+                "choose another `out` (or remove the folder yourself)"
+            )
+        bad = foreign(out)
+        if bad is not None:
+            raise error(not_dyncals_message(bad, out))
+    if not out.parent.is_dir():
+        raise error(f"the folder '{out.parent}' for `out` does not exist; create it first")
+    inside = run_dir_holding(out.parent)
+    if inside is not None:
+        raise error(f"`out` '{out}' lies inside the run directory '{inside}'; choose a folder outside any run")
+    try:
+        check_writable(out.parent)
+    except DyncalError as e:
+        raise error(str(e)) from None
 
 
 @contextlib.contextmanager

@@ -114,8 +114,9 @@ class ThresholdsDocument:
             ``unsplit_classes``).
         risk: Risk-control details, or None.
         run: Path of the run.
-        run_fingerprint: Fingerprint of the run solved on (:attr:`dyncal.run.Run.fingerprint`);
-            verify, report and export refuse the document for any other run.
+        run_fingerprint: Fingerprint of the run solved on (:attr:`dyncal.artifacts.run.Run.fingerprint`;
+            None only for thresholds solved on bare arrays, which no file holds); verify, report and
+            export refuse the document for any other run.
         n_classes: ``C``.
         temperature_at_bound: Per exit, whether its fitted temperature stopped at the
             search bound (0.05 or 20): a warning sign; None when none were fitted.
@@ -175,7 +176,8 @@ class ThresholdsDocument:
 
         ``thresholds`` must list K >= 2 entries, finite numbers with the last null;
         ``temperatures`` K positive finite numbers; ``exit_shares`` (and, when present,
-        ``temperature_at_bound``) K entries; accuracies fractions in [0, 1].
+        ``temperature_at_bound``) K entries; accuracies fractions in [0, 1]; and
+        ``run_fingerprint`` must name the run the thresholds were solved on.
 
         Raises:
             DyncalError: From a newer schema version.
@@ -197,14 +199,8 @@ class ThresholdsDocument:
         if raw[-1] is not None:
             raise V.FieldError(f"thresholds[{k - 1}]", f"(the last exit's) must be null, got {V.show(raw[-1])}")
         thresholds = tuple(V.number(v, f"thresholds[{i}]") for i, v in enumerate(raw[:-1]))
-
-        def opt_number(key: str, **bounds: Any) -> float | None:
-            v = d.get(key)
-            return None if v is None else V.number(v, key, **bounds)
-
         ci = d.get("holdout_ci")
         at_bound = d.get("temperature_at_bound")
-        fingerprint = d.get("run_fingerprint")
         return cls(
             score=V.string(V.require(d, "score"), "score", choices=tuple(Score)),
             temperatures=V.number_list(
@@ -218,7 +214,7 @@ class ThresholdsDocument:
             thresholds=(*thresholds, None),
             method=V.string(V.require(d, "method"), "method"),
             budget=_budget_from_dict(d.get("budget") or {}),
-            expected_macs=opt_number("expected_macs", minimum=0),
+            expected_macs=_opt(d.get("expected_macs"), "expected_macs", minimum=0),
             expected_ms={
                 str(key): V.number(v, f"expected_ms[{key!r}]", minimum=0)
                 for key, v in V.mapping(d.get("expected_ms") or {}, "expected_ms").items()
@@ -226,7 +222,7 @@ class ThresholdsDocument:
             calibration_accuracy=V.number(
                 V.require(d, "calibration_accuracy"), "calibration_accuracy", minimum=0, maximum=1
             ),
-            holdout_accuracy=opt_number("holdout_accuracy", minimum=0, maximum=1),
+            holdout_accuracy=_opt(d.get("holdout_accuracy"), "holdout_accuracy", minimum=0, maximum=1),
             holdout_ci=None
             if ci is None
             else cast(
@@ -249,18 +245,13 @@ class ThresholdsDocument:
                 for i, v in enumerate(V.sequence(at_bound, "temperature_at_bound", length=k))
             ),
             schema_version=version,
-            run_fingerprint=None if fingerprint is None else V.string(fingerprint, "run_fingerprint"),
+            run_fingerprint=V.string(V.require(d, "run_fingerprint"), "run_fingerprint"),
         )
 
     @property
     def decision_fingerprint(self) -> str:
         """Identity of the exit decisions (:func:`dyncal.artifacts.thresholds.decision_fingerprint`)."""
         return decision_fingerprint(self.score, self.temperatures, self.thresholds)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> ThresholdsDocument:
-        """Read and validate a thresholds.json (:func:`read_thresholds`)."""
-        return read_thresholds(path)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the document to ``path`` atomically, as :func:`thresholds_json` spells it."""
@@ -385,8 +376,8 @@ finite number, got nan
 def check_thresholds_for_run(thresholds: ThresholdsDocument, run: Run, *, figures: bool = True) -> None:
     """Refuse thresholds that were not solved on ``run``.
 
-    The document must record its run's fingerprint and it must be this run's (one without
-    it, written before thresholds were bound to runs, is refused: solve again). With
+    The document must record its run's fingerprint and it must be this run's (one solved on
+    bare arrays records none, and is refused: solve on the run). With
     ``figures`` (the default) the figures it records must be this run's too
     (:func:`check_thresholds_figures`), so a fingerprint pasted in from another run is refused.
 
@@ -455,7 +446,10 @@ def check_thresholds_figures(thresholds: ThresholdsDocument, run: Run, correct: 
             f"but run '{run.path}' has N={run.n}: {other}"
         )
     labels = np.asarray(run.labels, dtype=np.int64)
-    quiet = _Quiet()
+
+    def quiet(record: logging.LogRecord) -> bool:  # drops every record
+        return False
+
     logging.getLogger("dyncal.stats").addFilter(quiet)  # solve gave that warning already
     try:
         fit_idx, held_idx = stratified_split(labels, float(split["holdout"]), int(split["seed"]))
@@ -509,13 +503,6 @@ def _correct(run: Run, chunk_rows: int = 8192) -> np.ndarray:
         block = np.asarray(run.logits[start : start + chunk_rows], dtype=np.float32)  # as exit_scores reads them
         out[start : start + block.shape[0]] = block.argmax(axis=-1) == labels[start : start + block.shape[0], None]
     return out
-
-
-class _Quiet(logging.Filter):
-    """Drops every record (a warning already given once)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return False
 
 
 def _shares(values: Sequence[float] | np.ndarray) -> str:

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ __all__ = [
     "sequence",
     "number_list",
     "file_kind",
+    "regular_file",
     "optional_mapping",
     "string_map",
     "require",
@@ -269,6 +270,40 @@ def file_kind(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
+_Refusal = Callable[[str], DyncalError]
+"""Builds a caller's own one-line refusal from a detail (a reason, or what a path is)."""
+
+
+def regular_file(
+    path: str | os.PathLike[str], *, missing: _Refusal, unreadable: _Refusal, other: _Refusal
+) -> os.stat_result:
+    """``os.stat`` of a regular file (a link to one is followed), checked before anything opens it.
+
+    Each refusal is the caller's own message: ``missing(path)`` for no such file,
+    ``unreadable(reason)`` when ``stat`` fails otherwise, ``other(kind)`` for anything but a
+    regular file (``kind`` as :func:`file_kind` words it), so a FIFO or a device is never opened.
+
+    Raises:
+        DyncalError: What the matching refusal returns.
+
+    Example:
+        >>> refuse = lambda detail: DyncalError(f"'/dev/null' is {detail}")
+        >>> regular_file("/dev/null", missing=refuse, unreadable=refuse, other=refuse)
+        Traceback (most recent call last):
+        ...
+        dyncal.errors.DyncalError: '/dev/null' is a character device
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise missing(os.fspath(path)) from None
+    except OSError as e:
+        raise unreadable(str(e.strerror or e)) from e
+    if not stat.S_ISREG(st.st_mode):
+        raise other(file_kind(st.st_mode))
+    return st
+
+
 def _depth(doc: Any) -> int:
     """Deepest nesting of lists and objects in ``doc`` (iterative: no recursion limit)."""
     deepest = 0
@@ -318,14 +353,12 @@ def read_json_document(path: str | os.PathLike[str], *, what: str, max_bytes: in
         dyncal.errors.DyncalError: '...t.json' is not a thresholds document: its JSON nests deeper than 32 levels
     """
     path = Path(path)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise DyncalError(f"'{path}': no such file") from None
-    except OSError as e:
-        raise DyncalError(f"'{path}': cannot read it ({e.strerror or e})") from e
-    if not stat.S_ISREG(st.st_mode):
-        raise DyncalError(f"'{path}' is {file_kind(st.st_mode)}, not {what}")
+    st = regular_file(
+        path,
+        missing=lambda _: DyncalError(f"'{path}': no such file"),
+        unreadable=lambda why: DyncalError(f"'{path}': cannot read it ({why})"),
+        other=lambda kind: DyncalError(f"'{path}' is {kind}, not {what}"),
+    )
     if st.st_size > max_bytes:
         raise DyncalError(f"'{path}' is {st.st_size:,} bytes, larger than {what} can be ({max_bytes:,}); is it one?")
     try:

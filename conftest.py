@@ -17,7 +17,7 @@ def _doctest_names(doctest_namespace: dict[str, Any], tmp_path_factory: pytest.T
 
 def _toy_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[[], Any]:
     def toy_run() -> Any:
-        from dyncal.artifacts.run import import_arrays
+        from dyncal.artifacts.run_import import import_arrays
 
         rng = np.random.default_rng(0)
         y = rng.integers(0, 3, 300)

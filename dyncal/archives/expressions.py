@@ -73,7 +73,9 @@ class _Expression:
             pos = m.end()
         self.i = 0
         self.depth = 0
-        self.in_power = False
+        # per power being parsed, the largest product of exponents of the powers inside its base:
+        # (s0**2 + s0)**2 is fine (4), Pow(Pow(2, 64), 64) would be a 2**4096-sized number
+        self.inner_powers: list[int] = [1]
 
     # -- helpers
     def peek(self, offset: int = 0) -> tuple[str, str]:
@@ -166,23 +168,29 @@ class _Expression:
     def power(self) -> None:
         if self.at("**"):
             raise _ExprError("'**' without a base")
-        start = self.i
+        self.inner_powers.append(1)
         self.primary()
         if self.at("**"):
-            if self.in_power or any(v in ("**", *_POWERS) for _, v in self.tokens[start : self.i]):
-                raise _ExprError("a power of a power")
             self.take()
-            self.small_exponent()
+            self.raised(self.inner_powers.pop(), self.small_exponent())
+        else:
+            self.inner_powers[-1] = max(self.inner_powers[-1], self.inner_powers.pop())
 
-    def small_exponent(self) -> None:
-        """An exponent: a small integer literal (``2``, ``-1``, ``(2)``, ``Integer(2)``)."""
+    def raised(self, inner: int, exponent: int) -> None:
+        """A power of ``exponent`` over a base whose own powers multiply to ``inner``; bounded together."""
+        if inner > 1 and inner * max(exponent, 1) > _MAX_EXPONENT:
+            raise _ExprError(f"a power of a power (exponents multiplying past {_MAX_EXPONENT})")
+        self.inner_powers[-1] = max(self.inner_powers[-1], inner * max(exponent, 1))
+
+    def small_exponent(self) -> int:
+        """An exponent: a small integer literal (``2``, ``-1``, ``(2)``, ``Integer(2)``); its size."""
         parens = self.at("(")
         if parens:
             self.take()
         if self.at("Integer") and self.peek(1)[1] == "(":
             self.take()
             self.take("(")
-            self.small_exponent()
+            size = self.small_exponent()
             self.take(")")
         else:
             if self.at("-"):
@@ -190,8 +198,10 @@ class _Expression:
             n = self.take(kind="num")
             if not n.isdigit() or int(n) > _MAX_EXPONENT:
                 raise _ExprError(f"the exponent {n} (integers up to {_MAX_EXPONENT} only)")
+            size = int(n)
         if parens:
             self.take(")")
+        return size
 
     def primary(self) -> None:
         kind, value = self.peek()
@@ -253,13 +263,10 @@ class _Expression:
         elif function in ("Integer", "Rational", "Float"):
             self.literals(function)
         elif function in _POWERS:
-            if self.in_power:
-                raise _ExprError("a power of a power")
-            self.in_power = True
+            self.inner_powers.append(1)
             self.nested(self.expr)
             self.take(",")
-            self.small_exponent()
-            self.in_power = False
+            self.raised(self.inner_powers.pop(), self.small_exponent())
         else:
             first = True
             while not self.at(")"):

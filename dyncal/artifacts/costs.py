@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from dyncal.artifacts import validate as V
-from dyncal.errors import DyncalError, RunError, param
+from dyncal.errors import DyncalError, param
 from dyncal.measurement import Measurement
 
 __all__ = [

@@ -26,7 +26,6 @@ ALLOWED: set[str] = {
     "artifacts/run.py:import_arrays",
     "calibrate/frontier.py:compute_frontier",
     "calibrate/solvers.py",
-    "cli.py",
     "collect.py:_collect",
     "demo_pipeline.py:run_demo",
     "export.py",

@@ -149,8 +149,8 @@ def latency_column(
 def with_options(*blocks: Callable[..., None], after: str) -> Callable[[F], F]:
     """Give a verb the options of ``blocks``' signatures, listed after its parameter ``after``.
 
-    The verb takes them as ``**shared``; typer reads the spliced signature, so ``--help``
-    lists them in that place.
+    The verb takes them as keyword arguments (``**shared``); typer reads the spliced
+    signature, so ``--help`` lists them in that place.
     """
     spliced = [p for block in blocks for p in inspect.signature(block, eval_str=True).parameters.values()]
 

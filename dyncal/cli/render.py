@@ -1,6 +1,6 @@
 """What the verbs print: tables and summaries for people, JSON for programs, notes and progress on stderr.
 
-Each printer reads the ``--json`` document of its verb, so the two views cannot disagree.
+The tables read the same result a verb prints with ``--json``, so the two views agree.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def note_model_check(check: ModelCheck | None) -> None:
         typer.echo(f"note: the model could not be compared with the run's: {check.rows_note}", err=True)
 
 
-def _table(title: str | None, columns: Iterable[str], no_wrap: bool = False, **style: Any) -> Table:
+def _table(title: str, columns: Iterable[str], no_wrap: bool = False, **style: Any) -> Table:
     """A rich table whose columns are right-aligned (numbers)."""
     from rich.table import Table
 

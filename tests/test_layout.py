@@ -18,7 +18,6 @@ code_size = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(code_size)
 
 ALLOWED: set[str] = {
-    "cli.py",
     "collect.py:_collect",
     "demo_pipeline.py:run_demo",
     "export.py",

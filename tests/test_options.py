@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from dyncal.calibrate.options import FrontierOptions, SolveOptions
 from dyncal.calibrate.solvers import solve_run
 from dyncal.choices import FigureKind, Layout, Method, PValue, Score
-from dyncal.cli import app, flag_of, options
+from dyncal.cli import app
+from dyncal.cli.params import flag_of, options
 from dyncal.collect import CollectOptions
 from dyncal.errors import DyncalError, render_params
 from dyncal.export import ExportOptions

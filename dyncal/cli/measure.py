@@ -1,0 +1,328 @@
+"""The verbs that build or measure a run: collect, import, info, profile, verify, export, demo."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dyncal.choices import Layout
+from dyncal.cli import params, render
+
+RunDirOpt = Annotated[Path, typer.Option(help="Run directory to create.")]
+
+
+def collect(
+    ctx: typer.Context,
+    model: Annotated[str, typer.Option(help="Model: 'pkg.module:factory' or a torch.export archive FILE.pt2.")],
+    data: Annotated[
+        str,
+        typer.Option(help="Data: 'imagefolder:DIR', 'pkg.module:factory' (returns a Dataset) or FILE.npz."),
+    ],
+    out: RunDirOpt,
+    weights: Annotated[Path | None, typer.Option(help="Checkpoint loaded with torch.load(weights_only=True).")] = None,
+    model_path: Annotated[
+        Path | None, typer.Option(help="Folder to import the model's module from (else PYTHONPATH).")
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Samples per forward while collecting (memory, not results).")
+    ] = 64,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N samples.")] = None,
+    device: params.DeviceOpt = "cpu",
+    resize: Annotated[int, typer.Option(help="imagefolder: resize the short side to this.")] = 256,
+    crop: Annotated[int, typer.Option(help="imagefolder: centre crop size.")] = 224,
+    mean: Annotated[str, typer.Option(help="imagefolder: normalisation mean.")] = "0.485,0.456,0.406",
+    std: Annotated[str, typer.Option(help="imagefolder: normalisation std.")] = "0.229,0.224,0.225",
+    overwrite: params.OverwriteOpt = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted collect (OUT.partial) where it stopped, after checking that model, "
+            "weights, data and options match; starts afresh when there is nothing to continue.",
+        ),
+    ] = False,
+    checkpoint_every: Annotated[
+        float, typer.Option(help="Save progress for --resume at most every this many seconds (0: every batch).")
+    ] = 2.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Run a multi-exit model over a data set and store every exit's logits.
+
+    Works under torchrun too: each process collects its share, rank 0 assembles the run.
+    The run appears only once complete; a second writer of the same --out fails at once;
+    a collect that was interrupted (kill -9 included) continues with --resume.
+
+    Example: dyncal collect --model dyncal.demo:pretrained --data dyncal.demo:validation --out run
+    """
+    from dyncal.collect import CollectOptions, collect_run
+    from dyncal.data import ImageTransform, load_dataset
+    from dyncal.models import load_model
+
+    with params.user_errors(ctx):
+        collecting = params.options(ctx, CollectOptions, data_spec=data, checkpoint_s=checkpoint_every)  # checked first
+        means = params.float_list(mean, "--mean") or []
+        stds = params.float_list(std, "--std") or []
+        transform = ImageTransform(resize=resize, crop=crop, mean=tuple(means), std=tuple(stds))
+        dataset = load_dataset(data, transform=transform, search_path=model_path)
+        loaded = load_model(model, weights=weights, model_path=model_path, device=device)
+        partial = out.parent / (out.name + ".partial")  # `out` itself is checked by collect_run
+        had_progress = (partial / "progress.0.json").is_file()
+        with render.progress(quiet, "collect") as bar:
+            result = collect_run(
+                loaded,
+                dataset,
+                out,
+                collecting,
+                progress=None if bar is None else functools.partial(bar, ""),
+                image_transform=dataclasses.asdict(transform) if data.startswith("imagefolder:") else None,
+                command=params.command_line(ctx),
+            )
+    if result is not None:
+        if resume:
+            what = f"continued the interrupted collect in '{partial}'" if had_progress else "nothing to resume"
+            typer.echo(f"note: --resume: {what}", err=True)
+        typer.echo(f"wrote {result.path}: N={result.n}, K={result.k}, C={result.c}", err=True)
+
+
+def import_(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help=".npz with 'logits' (N,K,C) and 'labels' (N,).", show_default=False)],
+    out: RunDirOpt,
+    macs: Annotated[
+        str | None, typer.Option(help="Cumulative MACs per exit, comma-separated (e.g. 1.2e8,3.1e8).")
+    ] = None,
+    layout: Annotated[
+        str, params.choice_option(Layout, "Array layout of 'logits': nkc, or knc as MSDNet-style code stores it.")
+    ] = Layout.NKC,
+    overwrite: params.OverwriteOpt = False,
+) -> None:
+    """Build a run from logits you already have, skipping collect.
+
+    Example: dyncal import msdnet_logits.npz --layout knc --macs 6.86e6,1.4e7,2.1e7 --out run
+    """
+    from dyncal.artifacts.run_import import import_npz
+
+    with params.user_errors(ctx):
+        run = import_npz(file, out, macs=params.float_list(macs, "--macs"), layout=layout, overwrite=overwrite)
+    typer.echo(f"wrote {run.path}: N={run.n}, K={run.k}, C={run.c}", err=True)
+
+
+def info(ctx: typer.Context, run: params.RunArg, json_: params.JsonOpt = False) -> None:
+    """Show a run: N, K, C and per exit accuracy, confidence, ECE, MACs and latency.
+
+    Example: dyncal info run --json
+    """
+    from dyncal.artifacts.run import load_run
+    from dyncal.verbs.info import run_info
+
+    with params.user_errors(ctx):
+        doc = run_info(load_run(run))
+    render.show(doc, json_, render.print_info)
+
+
+@params.with_options(params.model_overrides, after="threads")
+def profile(
+    ctx: typer.Context,
+    run: params.RunArg,
+    device: Annotated[
+        list[str] | None,
+        typer.Option("--device", help="Device to time on: cpu, cuda or cuda:N (repeat for several)."),
+    ] = None,
+    batch_size: params.TimedBatchesOpt = "1",
+    threads: params.ThreadsOpt = None,
+    input_shape: params.InputShapeOpt = None,
+    input_dtype: params.InputDtypeOpt = None,
+    stages: params.StagesOpt = None,
+    data: params.DataOverrideOpt = None,
+    allow_other_model: params.AllowOtherModelOpt = False,
+    check_rows: Annotated[
+        int, typer.Option(help="Recorded rows re-run to check the model is the run's (0: its hash only).")
+    ] = 8,
+    macs_only: Annotated[bool, typer.Option("--macs-only", help="Count MACs; measure no latency.")] = False,
+    repeats: Annotated[int, typer.Option(help="Timed replicates per stage.")] = 25,
+    warmup: Annotated[int, typer.Option(help="Untimed calls before timing.")] = 5,
+    json_: params.JsonOpt = False,
+    **overrides: Any,
+) -> None:
+    """Per-exit cost of a run's model: stages from its graph, fvcore MACs, measured latency.
+
+    The model is the one run.json names (said on stderr) unless --model is given, and must be
+    the run's: its checkpoint's SHA-256 and a few recorded rows re-run are compared with the
+    run (--allow-other-model to use another, recorded). It is exported and split into one
+    stage per exit (stage k = what exit k needs beyond exits 1..k-1); the stages are checked
+    to reproduce every exit's logits, counted with fvcore, and timed per device and batch
+    size. Results go into the run's cost table.
+
+    Example: dyncal profile run --device cpu --batch-size 1,32 --threads 4
+    """
+    from dyncal.profile import ProfileOptions, profile_run_full
+
+    with params.user_errors(ctx):
+        asked = params.options(
+            ctx,
+            ProfileOptions,
+            devices=tuple(device or ["cpu"]),
+            batch_sizes=params.timed_batch_sizes(batch_size),
+            input_shape=params.int_list(input_shape, "--input-shape", example="3,224,224"),
+            latency=not macs_only,
+        )
+        result = profile_run_full(run, options=asked)
+        render.note_run_code(run, data=data, check_rows=check_rows, **overrides)
+    render.note_model_check(result.model_check)
+    if result.replaced:
+        typer.echo(
+            f"note: replaced latency {', '.join(result.replaced)} timed on another model ({result.replaced_model})",
+            err=True,
+        )
+    render.show({"path": str(run), **result.to_dict()}, json_, render.print_profile)
+
+
+@params.with_options(params.model_overrides, after="repeats")
+def verify(
+    ctx: typer.Context,
+    run: params.RunArg,
+    thresholds: params.ThresholdsOpt,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the result here (verify.json), for 'dyncal report --verify'.")
+    ] = None,
+    device: params.DeviceOpt = "cpu",
+    batch_size: params.TimedBatchesOpt = "1",
+    limit: Annotated[int | None, typer.Option(help="Replay only the first N rows of the run.")] = None,
+    threads: params.ThreadsOpt = None,
+    max_seconds: Annotated[
+        float,
+        typer.Option(
+            help="Time bound of the timing, all batch sizes together; agreement still covers every sample.",
+        ),
+    ] = 10.0,
+    repeats: Annotated[int, typer.Option(help="Pairs (early exit, plain model) timed per batch.")] = 5,
+    data: params.DataOverrideOpt = None,
+    stages: params.StagesOpt = None,
+    package: Annotated[
+        Path | None,
+        typer.Option(
+            help="Replay a 'dyncal export' package instead of the model: measure what is shipped "
+            "(it must come from this run and these thresholds)."
+        ),
+    ] = None,
+    verify_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="Key file the --package was signed with (dyncal export --sign-key): refuse it unless its "
+            "signature verifies."
+        ),
+    ] = None,
+    allow_other_model: params.AllowOtherModelOpt = False,
+    overwrite: params.OverwriteOpt = False,
+    json_: params.JsonOpt = False,
+    **overrides: Any,
+) -> None:
+    """Run a real early exit with the thresholds, timed in pairs with the plain model.
+
+    The model's stages run one at a time; samples whose score clears the threshold leave and
+    later stages see only the rest. Each batch is timed as pairs: the early exit and the
+    plain model back to back, so load on the machine hits both alike and the speed-up is a
+    measured ratio with an interval (timing and sampling noise). Reports agreement with
+    the simulated exits and predictions, and measured vs predicted milliseconds per batch.
+
+    Example: dyncal verify run --thresholds thresholds.json --batch-size 1,32 --out verify.json
+    (or --package DIR from 'dyncal export', to time what ships)
+    """
+    from dyncal.artifacts.outputs import claim_output_file, output_errors
+    from dyncal.artifacts.thresholds import read_thresholds
+    from dyncal.runtime import VerifyOptions, verify_run
+
+    with params.user_errors(ctx), contextlib.ExitStack() as claimed:
+        sizes = params.timed_batch_sizes(batch_size)
+        if out is not None:
+            claimed.enter_context(claim_output_file(out, overwrite=overwrite, kind="verify", protect=(run, thresholds)))
+        asked = params.options(ctx, VerifyOptions, batch_sizes=sizes)
+        with render.progress(json_, "verify") as on_progress:
+            result = verify_run(run, read_thresholds(thresholds), asked, progress=on_progress)
+        if out is not None:
+            with output_errors(out):
+                result.save(out)
+        if package is None:
+            render.note_run_code(run, data=data, **overrides)
+    check = result.settings.get("model_check") or {}
+    if check.get("allowed"):
+        typer.echo(f"note: --allow-other-model: used although {check.get('mismatch')} (recorded)", err=True)
+    doc = result.to_dict()
+    if json_:
+        render.echo_json(doc)
+        return
+    render.print_verify(doc, ctx)
+    if out is not None:
+        typer.echo(f"wrote {out}", err=True)
+
+
+@params.with_options(params.model_overrides, after="out")
+def export_(
+    ctx: typer.Context,
+    run: params.RunArg,
+    thresholds: params.ThresholdsOpt,
+    out: Annotated[Path, typer.Option(help="Package directory to create.")],
+    stages: params.StagesOpt = None,
+    input_shape: params.InputShapeOpt = None,
+    input_dtype: params.InputDtypeOpt = None,
+    sign_key: Annotated[
+        Path | None,
+        typer.Option(
+            help="Sign the package with this secret key file (HMAC-SHA256 of its manifest); load it with "
+            "load_early_exit(DIR, verify_key=KEYFILE) or verify --package DIR --verify-key KEYFILE."
+        ),
+    ] = None,
+    overwrite: params.OverwriteOpt = False,
+    json_: params.JsonOpt = False,
+    **overrides: Any,
+) -> None:
+    """Write a self-contained early-exit package: stages as torch.export archives plus the exit rule.
+
+    Serve it without the model's code: exits, preds = dyncal.load_early_exit(DIR)(x). The package is
+    checked to reproduce every exit of the model before it is published.
+
+    Example: dyncal export run --thresholds thresholds.json --out package
+    """
+    from dyncal.artifacts.thresholds import read_thresholds
+    from dyncal.export import ExportOptions, export_package
+
+    with params.user_errors(ctx):
+        shape = params.int_list(input_shape, "--input-shape", example="3,224,224")
+        asked = params.options(ctx, ExportOptions, input_shape=shape)
+        result = export_package(run, read_thresholds(thresholds), out, asked, overwrite=overwrite)
+    render.show(result.to_dict(), json_, render.print_export)
+
+
+def demo(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(help="Folder for the run, thresholds, frontier and report.")] = Path(
+        "dyncal-demo"
+    ),
+    budget: Annotated[str, typer.Option(help="Budget for the operating point.")] = "0.5x",
+    max_drop: Annotated[
+        float, typer.Option(help="Report criterion: accuracy drop vs the last exit at most this fraction.")
+    ] = 0.01,
+    min_speedup: Annotated[float, typer.Option(help="Report criterion: CPU batch-1 latency speed-up.")] = 2.0,
+    overwrite: params.OverwriteOpt = False,
+) -> None:
+    """Run the whole pipeline on the embedded default: a 4-exit CNN on handwritten digits.
+
+    collect → profile (CPU, batch 1 and 32) → solve → frontier → verify → report, all in OUT.
+    Nothing is downloaded: the digits ship with scikit-learn, the weights with dyncal.
+
+    Example: dyncal demo --out dyncal-demo
+    """
+    from dyncal.demo_pipeline import run_demo
+
+    step = functools.partial(typer.echo, err=True)
+    with params.user_errors(ctx):
+        summary = run_demo(
+            out, budget=budget, max_drop=max_drop, min_speedup=min_speedup, overwrite=overwrite, log=step
+        )
+    typer.echo(summary)

@@ -1,0 +1,461 @@
+"""What the verbs print: tables and summaries for people, JSON for programs, notes and progress on stderr.
+
+The tables read the same result a verb prints with ``--json``, so the two views agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from dyncal.artifacts.costs import LatencyKey
+from dyncal.artifacts.thresholds import json_ready
+from dyncal.cli.params import flag_of
+from dyncal.errors import render_params
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from rich.table import Table
+
+    from dyncal.models import ModelCheck
+
+
+def echo_json(doc: Any) -> None:
+    """Print one JSON document (NaN becomes null, as JSON has no NaN)."""
+    typer.echo(json.dumps(json_ready(doc), indent=2))
+
+
+def show(doc: Any, as_json: bool, printer: Callable[[Any], None]) -> None:
+    """Print a verb's result: its JSON document with ``--json``, else for people with ``printer``."""
+    if as_json:
+        echo_json(doc)
+    else:
+        printer(doc)
+
+
+@contextlib.contextmanager
+def progress(quiet: bool, verb: str) -> Iterator[Any]:
+    """A callback ``progress(key, done, total, items_per_s=None)`` drawing rich bars on stderr.
+
+    One bar per ``key`` (verify: one per batch size, then "agreement"); ``items_per_s`` shows
+    a rate. None when quiet or stderr is no terminal.
+    """
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn(f"{verb} {{task.description}}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn() if verb == "collect" else TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        tasks: dict[str, Any] = {}
+
+        def update(key: str, done: int, total: int, items_per_s: float | None = None) -> None:
+            if key not in tasks:
+                tasks[key] = bar.add_task(key, total=total, rate="")
+            rate = "" if items_per_s is None else f"{items_per_s:,.0f} items/s ETA"
+            bar.update(tasks[key], completed=done, total=total, rate=rate)
+
+        yield update
+
+
+def note_run_code(
+    run: Path,
+    *,
+    model: str | None = None,
+    weights: Path | str | None = None,
+    model_path: Path | str | None = None,
+    data: str | None = None,
+    check_rows: int = 8,
+) -> None:
+    """Say on stderr which code named in ``run.json`` a verb imported (model, data factory).
+
+    A run is data, but it names a model and a data set that profile and verify load; when
+    they come from ``run.json`` rather than the command line, the user should see which.
+    Called once the verb succeeded (an error stays one line, and names the model itself).
+    """
+    from dyncal.artifacts.run import load_run
+    from dyncal.models import run_model_source
+
+    opened = load_run(run)
+    source = run_model_source(opened, model=model, weights=weights, model_path=model_path)
+    if source.from_run:
+        typer.echo(f"note: loaded the model {run / 'run.json'} names: {source.describe()}", err=True)
+    spec = opened.provenance.data
+    if check_rows > 0 and data is None and ":" in spec and not spec.startswith(("(", "imagefolder:")):
+        typer.echo(f"note: imported the data factory {run / 'run.json'} names, to re-run a few rows: {spec}", err=True)
+
+
+def note_model_check(check: ModelCheck | None) -> None:
+    """Say on stderr when a model was used although it is not the run's, or could not be compared."""
+    if check is None:
+        return
+    if check.allowed:
+        typer.echo(f"note: --allow-other-model: used although {check.mismatch} (recorded)", err=True)
+    elif check.rows_checked == 0 and check.weights != "match" and check.rows_note:
+        typer.echo(f"note: the model could not be compared with the run's: {check.rows_note}", err=True)
+
+
+def _table(title: str, columns: Iterable[str], no_wrap: bool = False, **style: Any) -> Table:
+    """A rich table whose columns are right-aligned (numbers)."""
+    from rich.table import Table
+
+    table = Table(title=title, **style)
+    for col in columns:
+        table.add_column(col, justify="right", no_wrap=no_wrap)
+    return table
+
+
+def _print_table(table: Table) -> None:
+    from rich.console import Console
+
+    Console().print(table)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def _print_unsupported_ops(ops: list[dict[str, Any]]) -> None:
+    if ops:
+        text = ", ".join(f"{u['op']}×{u['count']} (stage {u['stage']})" for u in ops)
+        typer.echo(f"ops fvcore could not count: {text}")
+
+
+# ----------------------------------------------------------------- per verb
+
+
+def print_info(doc: dict[str, Any]) -> None:
+    """``dyncal info``: one row per exit."""
+    lat_keys = sorted({k for e in doc["exits"] for k in e["latency_ms"]})
+    table = _table(
+        f"{doc['path']}  N={doc['n']}  K={doc['k']}  C={doc['c']}",
+        ("exit", "accuracy", "mean conf.", "ECE", "MACs (cum.)", *[f"ms {k}" for k in lat_keys]),
+    )
+    for e in doc["exits"]:
+        table.add_row(
+            str(e["exit"]),
+            f"{100 * e['accuracy']:.2f}%",
+            f"{e['mean_confidence']:.3f}",
+            f"{e['ece']:.3f}",
+            "-" if e["macs"] is None else f"{e['macs']:.4g}",
+            *[f"{e['latency_ms'][k]:.3f}" for k in lat_keys],
+        )
+    _print_table(table)
+    _print_unsupported_ops(doc.get("unsupported_ops") or [])
+
+
+def print_profile(doc: dict[str, Any]) -> None:
+    """``dyncal profile``: MACs and latency per exit, then each latency column's settings."""
+    keys = sorted(doc["latency"])
+    table = _table(
+        f"{doc['path']}  {doc['model']}  input {tuple(doc['input_shape'])}  stages: {doc['stages']}",
+        ("exit", "stage MACs", "MACs (cum.)", *[f"ms {k} (IQR)" for k in keys]),
+    )
+    for e in doc["exits"]:
+        i = e["exit"] - 1
+        table.add_row(
+            str(e["exit"]),
+            f"{e['stage_macs']:,}",
+            f"{e['macs']:,}",
+            *[f"{e['latency_ms'][k]:.3f} ({doc['latency'][k]['stage_iqr_ms'][i]:.3f})" for k in keys],
+        )
+    _print_table(table)
+    for k in keys:
+        lat = doc["latency"][k]
+        noisy = lat["settings"].get("noisy") or {}
+        note = f"; noisy (IQR > 10% of median): {', '.join(noisy)}" if noisy else ""
+        typer.echo(
+            f"{k}: full model {lat['full_model_ms']:.3f} ms, exit decision {lat['decision_ms']:.3f} ms, "
+            f"{lat['hardware']}, threads {lat['threads']}, torch {lat['settings'].get('torch')}{note}"
+        )
+    _print_unsupported_ops(doc["unsupported_ops"])
+    if not doc["can_drop_rows"]:
+        typer.echo(f"early exit must run whole batches: {doc['drop_rows_reason']}")
+
+
+def print_solve(doc: dict[str, Any], asked_latency: str | None = None) -> None:
+    """``dyncal solve``: the thresholds, their accuracy and cost, and each exit alone."""
+    from rich.console import Console
+
+    console = Console()
+    b = doc["budget"]
+    asked = b.get("asked") or "(none: risk control)"
+    console.print(
+        f"[bold]{doc['method']}[/bold] thresholds, score {doc['score']}, budget {asked} "
+        f"→ met {b['met_fraction']:.4f}x of the last exit ({b['unit']})"
+    )
+    if asked_latency is not None and b["unit"] != LatencyKey.parse(asked_latency).column:
+        ms = doc.get("expected_ms", {}).get(asked_latency)
+        console.print(
+            f"--device/--batch-size: latency column {asked_latency}"
+            + ("" if ms is None else f", expected {ms:.4g} ms per sample")
+            + f"; the budget binds {b['unit']}, not latency"
+        )
+    ts = ", ".join("-" if t is None else f"{t:.4g}" for t in doc["thresholds"])
+    console.print(f"thresholds: [{ts}]   temperatures: [{', '.join(f'{t:.3g}' for t in doc['temperatures'])}]")
+    stuck = [j + 1 for j, v in enumerate(doc.get("temperature_at_bound") or []) if v]
+    if stuck:
+        console.print(
+            f"warning: the fitted temperature of exit {', '.join(map(str, stuck))} stopped at the "
+            "search bound (0.05 or 20); its confidence may be poorly calibrated"
+        )
+    split = doc.get("split", {})
+    line = f"accuracy: calibration {_pct(doc['calibration_accuracy'])} (n={split.get('n_calibration')})"
+    if doc.get("holdout_accuracy") is not None:
+        lo, hi = doc["holdout_ci"]
+        line += (
+            f", held-out {_pct(doc['holdout_accuracy'])} [95% CI {_pct(lo)} – {_pct(hi)}] (n={split.get('n_holdout')})"
+        )
+    else:
+        line += ", held-out: none (--holdout 0)"
+    console.print(line)
+    costs = []
+    if doc.get("expected_macs") is not None:
+        costs.append(f"{doc['expected_macs']:.4g} MACs")
+    costs += [f"{ms:.4g} ms ({key})" for key, ms in doc.get("expected_ms", {}).items()]
+    console.print(f"expected cost per sample: {', '.join(costs)} = {b['met_fraction']:.4f}x")
+    console.print("exit shares: " + ", ".join(f"{j + 1}: {100 * s:.1f}%" for j, s in enumerate(doc["exit_shares"])))
+    if doc.get("risk"):
+        r = doc["risk"]
+        console.print(
+            f"risk control: drop vs last exit ≤ {r['max_drop']} with probability ≥ {1 - r['delta']:.3g} "
+            f"({r['n_accepted']} of {r['n_candidates']} candidates accepted, {r['p_value_method']} p-values); "
+            f"calibration drop {r.get('calibration_drop', float('nan')):+.4f}"
+            + (f", held-out drop {r['holdout_drop']:+.4f}" if "holdout_drop" in r else "")
+        )
+    console.print(_static_table(doc["static"]))
+
+
+def _static_table(static: list[dict[str, Any]]) -> Table:
+    keys = sorted({k for s in static for k in s.get("ms", {})})
+    table = _table(
+        "each exit alone (static baselines)",
+        ("exit", "calibration acc.", "held-out acc.", "MACs", "fraction", *[f"ms {k}" for k in keys]),
+    )
+    for s in static:
+        table.add_row(
+            str(s["exit"]),
+            _pct(s["calibration_accuracy"]),
+            _pct(s.get("holdout_accuracy")),
+            "-" if s.get("macs") is None else f"{s['macs']:.4g}",
+            f"{s['fraction']:.4f}x",
+            *[f"{s['ms'][k]:.4g}" for k in keys],
+        )
+    return table
+
+
+def print_frontier(df: pd.DataFrame, out: Path, holdout: float) -> None:
+    """``dyncal frontier``: held-out (else fitted) accuracy of each solver at about ten budgets."""
+    solved = df[~df["method"].isin(["static"])]
+    which = "held-out" if holdout > 0 else "fitted"
+    names_shown = list(dict.fromkeys(solved["method"]))
+    table = _table(f"frontier ({len(df)} rows → {out}): {which} accuracy by budget", ("budget", *names_shown))
+    fracs = sorted(set(solved["budget_fraction"]))
+    step = max(1, len(fracs) // 10)
+    for f in fracs[::step] + ([fracs[-1]] if (len(fracs) - 1) % step else []):
+        cells = []
+        for name in names_shown:
+            sel = solved[(solved["method"] == name) & (solved["budget_fraction"] == f)]
+            col = "holdout_accuracy" if holdout > 0 else "fitted_accuracy"
+            v = sel[col].iloc[0] if len(sel) else float("nan")
+            cells.append("-" if v != v else f"{100 * v:.2f}%")
+        table.add_row(f"{f:.3f}x", *cells)
+    _print_table(table)
+
+
+def print_verify(doc: dict[str, Any], ctx: typer.Context) -> None:
+    """``dyncal verify``: agreement with the simulation, then measured against predicted ms per batch size."""
+    from dyncal.measurement import NOISE_ADVICE, NOISE_IQR_FRACTION
+
+    settings = doc["settings"]
+    typer.echo(
+        f"{doc['n']} samples on {doc['device']} ({doc['hardware']}), threads: {doc['threads']} "
+        f"(from {settings.get('threads_from', '?')}): agreement with the simulation {100 * doc['agreement']:.2f}% "
+        f"(exits {100 * doc['exit_agreement']:.2f}%); accuracy runtime {100 * doc['runtime_accuracy']:.2f}% "
+        f"vs simulated {100 * doc['simulated_accuracy']:.2f}%"
+    )
+    table = _table(
+        "ms per batch: early exit and plain model timed in pairs",
+        ("", "measured", "predicted", "meas/pred", "full model", "speed-up [95%]", "batches"),
+        no_wrap=True,
+        box=None,
+        pad_edge=False,
+        padding=(0, 1),
+        collapse_padding=True,
+    )
+    coverage = settings.get("coverage", {})
+    for t in doc["timings"]:
+        pred = t["predicted_ms"]
+        ratio = t["measured_over_predicted"]
+        cov = coverage.get(t["key"], {})
+        lo, hi = t["speedup_ci"]
+        table.add_row(
+            t["key"],
+            f"{t['measured_ms']:.3f}",
+            "-" if pred is None else f"{pred:.3f}",
+            "-" if ratio is None else f"{ratio:.2f}",
+            f"{t['full_model_ms']:.3f}",
+            f"{t['speedup']:.2f}x [{lo:.2f}, {hi:.2f}]",
+            f"{t['batches']}/{cov.get('batches', t['batches'])}",
+        )
+    _print_table(table)
+    stopped = [k for k, c in coverage.items() if c.get("stopped_early")]
+    if stopped:
+        typer.echo(
+            f"time bound {settings['max_seconds']:g} s: timed part of the batches at {', '.join(stopped)} "
+            f"(agreement covers all {doc['n']} samples); raise --max-seconds to time more"
+        )
+    for t in doc["timings"]:
+        if t["timing_spread"] > NOISE_IQR_FRACTION:
+            typer.echo(
+                f"warning: noisy timing at {t['key']}: the paired speed-up's spread (IQR) is "
+                f"{100 * t['timing_spread']:.0f}% of its median (> {100 * NOISE_IQR_FRACTION:.0f}%); "
+                f"{render_params(NOISE_ADVICE, lambda name: flag_of(ctx, name))}"
+            )
+
+
+def print_export(doc: dict[str, Any]) -> None:
+    """``dyncal export``: what the package holds and how closely it reproduces the model."""
+    typer.echo(
+        f"wrote {doc['path']}: K={doc['k']} stages, {doc['size_bytes'] / 1e6:.2f} MB, input "
+        f"(B, {', '.join(map(str, doc['input']['shape']))}) {doc['input']['dtype']}, decisions "
+        f"{doc['decision_fingerprint'][:12]}, max |logit diff| vs the model "
+        f"{max(doc['check']['max_abs_diff']):.2g}"
+        + ("" if doc["signature"] is None else f", signed with key {doc['signature']['key_id']}"),
+        err=True,
+    )
+
+
+# ----------------------------------------------------------------- report
+
+
+def print_report(doc: dict[str, Any]) -> None:
+    """``dyncal report``: the decision, each criterion, the operating point, the alternatives (in percent)."""
+    typer.echo(f"wrote {doc['path']} ({len(doc['pages'])} pages, {doc['size_bytes'] / 1024:.0f} KB)")
+    typer.echo(f"decision: {_decision_text(doc)}")
+    for c in doc["criteria"]:
+        _print_criterion(c)
+    if doc["decision"] == "INCONCLUSIVE":
+        from dyncal.reports.text import REMEDY
+
+        typer.echo(f"  to decide: {REMEDY}")
+    _print_operating_point(doc)
+    _print_alternatives(doc)
+    for note in doc.get("notes", []):
+        typer.echo(f"note: {note}")
+
+
+def _decision_text(doc: dict[str, Any]) -> str:
+    decision = doc["decision"] or "no decision (no criterion given)"
+    if doc.get("decision_provisional"):
+        decision += " (provisional: nothing held out)"
+    if doc["decision"] == "INCONCLUSIVE":
+        decision += " (timing noise alone decides a latency criterion)"
+    if any(a["dominates"] and a["kind"] == "static" for a in doc.get("alternatives") or []):
+        decision += (
+            " (a static model is as accurate and faster)"
+            if doc["decision"]
+            else "; a static model is as accurate and faster"
+        )
+    return decision
+
+
+def _print_criterion(c: dict[str, Any]) -> None:
+    pct = c["name"] != "speedup"
+    bounds = [c["value"]]
+    for name in ("interval", "interval_sampling"):
+        if c.get(name) is not None:
+            bounds.append(c[name][0 if c["comparison"] == ">=" else 1])
+    # enough decimals that the deciding bounds and the requirement print differently
+    digits = 2
+    scale = 100 if pct else 1
+    while digits < 5 and any(
+        b != c["required"] and round(b * scale, digits) == round(c["required"] * scale, digits) for b in bounds
+    ):
+        digits += 1
+
+    def fmt(v: float) -> str:
+        return f"{100 * v:.{digits}f}%" if pct else f"{v:.{digits}f}x"
+
+    iv = c["interval"]
+    iv_txt = "" if iv is None else f" [{fmt(iv[0])}, {fmt(iv[1])}]"
+    cost = ""
+    if c.get("cost"):
+        cost = f" ({c['cost']}" + (f", {c['source']}" if c.get("source") not in (None, "macs") else "") + ")"
+    need = f"{c['comparison']} {fmt(c['required'])}"
+    verdict = str(c.get("status") or ("pass" if c["passed"] else "fail")).upper()
+    typer.echo(f"  {c['name']}{cost}: {fmt(c['value'])}{iv_txt} {need}: {verdict}")
+    if verdict == "INCONCLUSIVE":
+        s_iv = c.get("interval_sampling")
+        spread = c.get("timing_spread")
+        typer.echo(
+            "    sampling noise alone: "
+            + ("n/a" if s_iv is None else f"[{fmt(s_iv[0])}, {fmt(s_iv[1])}]")
+            + ("" if spread is None else f"; timing spread {100 * spread:.0f}% of the median")
+        )
+
+
+def _print_operating_point(doc: dict[str, Any]) -> None:
+    held = doc.get("held_out") or {}
+    frac = (doc["operating_point"].get("budget") or {}).get("fraction")
+    short = doc["budget"] if frac is None else f"{frac:.4g}x"
+    acc = held.get("accuracy")
+    ci = held.get("accuracy_ci")
+    acc_txt = (
+        "n/a"
+        if acc is None
+        else f"{100 * acc:.2f}%" + ("" if ci is None else f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]")
+    )
+    shares = ", ".join(f"{100 * s:.1f}%" for s in held.get("exit_shares") or [])
+    macs = held.get("expected_macs")
+    n = held.get("n", 0)
+    rows = f"{n:,} held-out samples" if held.get("rows") == "held out" else f"all {n:,} samples (nothing held out)"
+    typer.echo(
+        f"operating point: budget {short}; on {rows}: accuracy {acc_txt}"
+        + ("" if macs is None else f", {macs:.4g} MACs per sample")
+        + f", exit shares {shares}"
+    )
+
+
+def _print_alternatives(doc: dict[str, Any]) -> None:
+    """The speed-ups of the operating point, then how each compared run fares against it."""
+    from dyncal.reports.figures import format_ms
+
+    if "macs" in doc["speedup"]:
+        typer.echo(f"  MACs: {doc['speedup']['macs']:.2f}x fewer than the full model")
+    for key, e in doc.get("latency", {}).items():
+        typer.echo(
+            f"  {key}: early exit {format_ms(e['early_exit_ms'])} ({e['source']}), "
+            f"full model {format_ms(e['full_model_ms'])}: {e['speedup']:.2f}x"
+        )
+    for a in doc.get("alternatives") or []:
+        ci = a["accuracy_difference_ci"]
+        cost = a["cost"]
+        cost_txt = f"{a['cost_value']:.4g} MACs" if cost == "macs" else f"{format_ms(a['cost_value'])} on {cost}"
+        typer.echo(
+            f"  vs {a['name']} ({a['kind']}, {'paired' if a['paired'] else 'unpaired'}): accuracy "
+            f"{100 * a['accuracy']:.2f}%, {100 * a['accuracy_difference']:+.2f} pts"
+            + ("" if ci is None else f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]")
+            + f", {cost_txt}"
+            + (": as accurate and cheaper" if a["dominates"] else "")
+        )

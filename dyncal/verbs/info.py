@@ -1,0 +1,51 @@
+"""What ``dyncal info`` shows of a run: its size, and per exit accuracy, calibration and costs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dyncal.analysis.calibration import exit_stats
+from dyncal.artifacts.run import Run
+
+__all__ = ["run_info"]
+
+
+def run_info(run: Run) -> dict[str, Any]:
+    """The ``dyncal info --json`` document of a run.
+
+    Args:
+        run: An opened run (:func:`dyncal.load_run`).
+
+    Returns:
+        ``path``, ``n``, ``k``, ``c``; ``exits``, one dict per exit with its accuracy, mean
+        confidence, ECE, cumulative ``macs`` (None when not counted) and ``latency_ms`` per
+        profiled latency key; with a cost table also ``full_model_ms``, ``decision_ms`` and
+        ``unsupported_ops``; and the run's ``provenance``.
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib
+        >>> from dyncal.artifacts.run import import_arrays
+        >>> z = np.array([[[2.0, 0.0], [3.0, 0.0]], [[0.0, 1.0], [0.0, 2.0]]])
+        >>> run = import_arrays(z, [0, 0], pathlib.Path(tempfile.mkdtemp()) / "r", macs=[1e6, 4e6])
+        >>> doc = run_info(run)
+        >>> doc["n"], doc["k"], [(e["exit"], e["accuracy"], e["macs"]) for e in doc["exits"]]
+        (2, 2, [(1, 0.5, 1000000.0), (2, 0.5, 4000000.0)])
+    """
+    costs = run.costs
+    exits = [
+        {
+            **s.to_dict(),
+            "macs": None if costs is None or costs.macs is None else costs.macs[s.exit - 1],
+            "latency_ms": {}
+            if costs is None
+            else {key: prof.exit_ms[s.exit - 1] for key, prof in sorted(costs.latency.items())},
+        }
+        for s in exit_stats(run.logits, run.labels)
+    ]
+    doc: dict[str, Any] = {"path": str(run.path), "n": run.n, "k": run.k, "c": run.c, "exits": exits}
+    if costs is not None:
+        doc["full_model_ms"] = {k: p.full_model_median_ms for k, p in sorted(costs.latency.items())}
+        doc["decision_ms"] = {k: p.decision_median_ms for k, p in sorted(costs.latency.items())}
+        doc["unsupported_ops"] = [u.to_dict() for u in costs.unsupported_ops]
+    doc["provenance"] = run.provenance.to_dict()
+    return doc

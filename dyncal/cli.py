@@ -26,7 +26,7 @@ from dyncal.choices import DEFAULT_METHOD, Choice, FigureKind, Layout, Method, S
 from dyncal.errors import DyncalError, render_params
 
 if TYPE_CHECKING:
-    from dyncal.models import ModelCheck
+    from dyncal.run_model import ModelCheck
 
 T = TypeVar("T")
 
@@ -378,9 +378,9 @@ def collect(
 
     Example: dyncal collect --model dyncal.demo:pretrained --data dyncal.demo:validation --out run
     """
-    from dyncal.collect import CollectOptions, collect_run
     from dyncal.data import ImageTransform, load_dataset
     from dyncal.models import load_model
+    from dyncal.verbs.collect import CollectOptions, collect_run
 
     with user_errors(ctx):
         collecting = options(ctx, CollectOptions, data_spec=data, checkpoint_s=checkpoint_every)  # checked first
@@ -559,7 +559,7 @@ def note_run_code(
     Called once the verb succeeded (an error stays one line, and names the model itself).
     """
     from dyncal.artifacts.run import load_run
-    from dyncal.models import run_model_source
+    from dyncal.run_model import run_model_source
 
     opened = load_run(run)
     source = run_model_source(opened, model=model, weights=weights, model_path=model_path)
@@ -642,7 +642,7 @@ def profile(
 
     Example: dyncal profile run --device cpu --batch-size 1,32 --threads 4
     """
-    from dyncal.profile import ProfileOptions, profile_run_full
+    from dyncal.verbs.profile import ProfileOptions, profile_run_full
 
     with user_errors(ctx):
         asked = options(
@@ -969,7 +969,7 @@ def verify(
     """
     from dyncal.artifacts.outputs import claim_output_file, output_errors
     from dyncal.artifacts.thresholds import read_thresholds
-    from dyncal.runtime import VerifyOptions, verify_run
+    from dyncal.verbs.verify import VerifyOptions, verify_run
 
     with user_errors(ctx), contextlib.ExitStack() as claimed:
         sizes = _parse_int_list(batch_size, "--batch-size", MAX_BATCH_SIZE) or [1]
@@ -1081,7 +1081,7 @@ def export_(
     Example: dyncal export run --thresholds thresholds.json --out package
     """
     from dyncal.artifacts.thresholds import read_thresholds
-    from dyncal.export import ExportOptions, export_package
+    from dyncal.verbs.export import ExportOptions, export_package
 
     with user_errors(ctx):
         shape = _parse_int_list(input_shape, "--input-shape", example="3,224,224")
@@ -1124,7 +1124,7 @@ def demo(
 
     Example: dyncal demo --out dyncal-demo
     """
-    from dyncal.demo_pipeline import run_demo
+    from dyncal.verbs.demo import run_demo
 
     def step(message: str) -> None:
         typer.echo(message, err=True)

@@ -27,11 +27,6 @@ ALLOWED: set[str] = {
     "calibrate/frontier.py:compute_frontier",
     "calibrate/solvers.py",
     "cli.py",
-    "collect.py:_collect",
-    "demo_pipeline.py:run_demo",
-    "export.py",
-    "export.py:_write_package",
-    "models.py",
     "reports/figures.py",
     "reports/figures.py:_draw_curves",
     "reports/figures.py:plot_exits",
@@ -44,7 +39,6 @@ ALLOWED: set[str] = {
     "reports/pages.py:_page_provenance",
     "reports/pages.py:_page_compare",
     "reports/pdf.py:export_figure",
-    "runtime.py:verify_run",
 }
 """Files over 600 lines and functions over 100 when the rule was set: the list only shrinks."""
 

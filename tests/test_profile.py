@@ -19,7 +19,6 @@ from dyncal.analysis.latency import LatencySettings, measure_latency, pinned_thr
 from dyncal.analysis.stages import Stages, build_stages, declared_stages, verify_stages
 from dyncal.errors import DyncalError, ProfileError, RunError
 from dyncal.models import sha256_file
-from dyncal.profile import ProfileOptions, profile_run, profile_run_full
 from dyncal.run import (
     CostTable,
     LatencyProfile,
@@ -30,6 +29,7 @@ from dyncal.run import (
     save_costs,
     store_costs,
 )
+from dyncal.verbs.profile import ProfileOptions, profile_run, profile_run_full
 
 # ----------------------------------------------------------------- helpers
 

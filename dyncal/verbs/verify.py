@@ -1,6 +1,6 @@
 """A real early exit with solved thresholds, and its check against the prediction.
 
-:class:`~dyncal.analysis.early_exit.EarlyExitRunner` (re-exported here) runs a model's stages
+:class:`~dyncal.analysis.early_exit.EarlyExitRunner` runs a model's stages
 one at a time and lets the confident rows leave at each exit: the computation a deployed
 model does, so its wall-clock is what a user would get.
 
@@ -43,36 +43,24 @@ from dyncal.analysis.costmodel import predict_batches_ms
 from dyncal.analysis.early_exit import EarlyExitRunner
 from dyncal.analysis.latency import NOISE_ADVICE, NOISE_IQR_FRACTION, Clock, Timer, device_hardware, pinned_threads
 from dyncal.analysis.stages import Stages, checked_stages, stages_function
-from dyncal.artifacts.costs import device_name, latency_key
+from dyncal.artifacts.costs import LatencyKey, device_name
 from dyncal.artifacts.run import Run, load_run
-from dyncal.artifacts.thresholds import (
-    ThresholdsDocument,
-    check_thresholds_for_run,
-    read_thresholds,
-    thresholds_from_json,
-)
+from dyncal.artifacts.thresholds import ThresholdsDocument, check_thresholds_for_run, thresholds_from_json
 from dyncal.artifacts.verify import ModelIdentity, PairedTiming, VerifyResult
 from dyncal.calibrate.policy import assign_exits
 from dyncal.calibrate.scores import exit_scores
 from dyncal.data import dataset_for_run
 from dyncal.errors import DataError, DyncalError, describe, param, user_call
-from dyncal.models import check_exit_outputs, load_run_model, resolve_device
+from dyncal.models import resolve_device
 from dyncal.options import MAX_REPEATS, MAX_THREADS, check_at_least, options_from
+from dyncal.run_model import ModelOverrides, open_run_model, probe_run_model
 
-__all__ = [
-    "EarlyExitRunner",
-    "VerifyResult",
-    "VerifyProgress",
-    "verify_run",
-    "VerifyOptions",
-    "read_thresholds",
-    "DEFAULT_MAX_SECONDS",
-    "MIN_TIMED_BATCHES",
-]
+__all__ = ["VerifyProgress", "verify_run", "VerifyOptions", "DEFAULT_MAX_SECONDS", "MIN_TIMED_BATCHES"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+Plain = Callable[[torch.Tensor], Any]
 
 DEFAULT_MAX_SECONDS = 10.0
 """Default time bound of verify's timing (all batch sizes together)."""
@@ -102,20 +90,14 @@ def _try(what: str, batch_size: int, fn: Callable[[], T]) -> T:
 
 
 def _early_exit_stages(
-    model: nn.Module, x: torch.Tensor, dev: torch.device, k: int, stages_spec: str | None, search_path: str | None
+    model: nn.Module, probe: torch.Tensor, stages_spec: str | None, search_path: str | None
 ) -> Stages:
-    """Stages that can early-exit a batch: the model keeps the contract and the stages reproduce it.
+    """Stages of ``model`` that reproduce it on ``probe`` and can early-exit a batch.
 
     A model exported with a fixed batch size cannot drop rows, so it cannot early-exit a
     batch; that is said in one line rather than failing mid-run.
     """
     stages_fn = stages_function(stages_spec, search_path)
-    probe = x.to(dev)
-    with torch.inference_mode():
-        outs = _try("the model", probe.shape[0], lambda: model(probe))
-    got_k, _ = check_exit_outputs(outs, probe.shape[0])
-    if got_k != k:
-        raise DyncalError(f"the model returns K={got_k} exits but the run has K={k}; is it the run's model?")
     stages, _ = checked_stages(model, probe, example=probe[: min(2, probe.shape[0])], stages_fn=stages_fn)
     if not stages.dynamic_batch:
         raise DyncalError(
@@ -130,17 +112,11 @@ def _bound_package(
     run: Run,
     thresholds: ThresholdsDocument,
     dev: torch.device,
-    *,
-    model: str | None,
-    weights: str | None,
-    stages_spec: str | None,
-    verify_key: str | None = None,
+    verify_key: str | None,
 ) -> Any:
     """Load a ``dyncal export`` package to replay, refusing one made from another run or thresholds."""
-    from dyncal.export import load_early_exit
+    from dyncal.analysis.package_runner import load_early_exit
 
-    if model is not None or weights is not None or stages_spec is not None:
-        raise DyncalError("`package` replays the exported stages: `model`, `weights` and `stages_spec` do not apply")
     pkg = load_early_exit(package, device=str(dev), verify_key=verify_key)
     if pkg.manifest.run_fingerprint != run.fingerprint:
         raise DyncalError(
@@ -153,6 +129,40 @@ def _bound_package(
             "exported with, or export again"
         )
     return pkg
+
+
+def _subject(
+    run: Run, thresholds: ThresholdsDocument, opts: VerifyOptions, dev: torch.device
+) -> tuple[ModelIdentity, dict[str, Any] | None, Callable[[torch.Tensor], tuple[EarlyExitRunner, Plain]]]:
+    """What is replayed: its identity, how it compared with the run's model, and how to make its early exit.
+
+    The early exit is made later, from a probe batch of the run's inputs, under the pinned
+    thread count: ``early_exit(probe)`` returns it and the plain model.
+    """
+    if opts.package is not None:
+        pkg = _bound_package(opts.package, run, thresholds, dev, opts.verify_key)
+        identity = ModelIdentity(
+            spec=str(opts.package), weights_sha256=pkg.manifest.model.get("weights_sha256"), kind="package"
+        )
+        return identity, None, lambda _: (pkg, pkg.full_model)
+    opened = open_run_model(
+        run,
+        ModelOverrides(model=opts.model, weights=opts.weights, model_path=opts.model_path),
+        probe=None,
+        device=str(dev),
+        data=opts.data if isinstance(opts.data, str) else None,
+        allow_other_model=opts.allow_other_model,
+    )
+
+    def early_exit(probe: torch.Tensor) -> tuple[EarlyExitRunner, Plain]:
+        probe = probe.to(dev)
+        probe_run_model(run, opened, probe)
+        stages = _early_exit_stages(opened.module, probe, opts.stages, opened.model_path)
+        runner = EarlyExitRunner(stages, thresholds.thresholds, thresholds.temperatures, thresholds.score)
+        return runner, opened.module
+
+    identity = ModelIdentity(spec=opened.spec, weights_sha256=opened.weights_sha256)
+    return identity, opened.check.to_dict(), early_exit
 
 
 def _stream(
@@ -200,7 +210,7 @@ def _threads_for(run: Run, device: str, batch_sizes: Sequence[int], threads: int
         return threads, "--threads"
     if run.costs is not None:
         for b in batch_sizes:
-            prof = run.costs.latency.get(latency_key(device, b))
+            prof = run.costs.latency.get(str(LatencyKey(device, b)))
             if prof is not None and prof.threads:
                 return int(prof.threads), f"the profile of {prof.key}"
         for prof in run.costs.latency.values():
@@ -278,6 +288,10 @@ class VerifyOptions:
             raise DyncalError(f"{param('limit')} must be at least 1, got {self.limit}")
         if self.verify_key is not None and self.package is None:
             raise DyncalError(f"{param('verify_key')} checks the signature of a {param('package')}; pass one too")
+        if self.package is not None and (self.model, self.weights, self.stages) != (None, None, None):
+            raise DyncalError(
+                "`package` replays the exported stages: `model`, `weights` and `stages_spec` do not apply"
+            )
 
 
 def verify_run(
@@ -312,155 +326,28 @@ def verify_run(
     run = load_run(run_path)
     check_thresholds_for_run(thresholds, run)
     dev = resolve_device(opts.device)
-    if opts.package is not None:
-        pkg = _bound_package(
-            opts.package,
-            run,
-            thresholds,
-            dev,
-            model=opts.model,
-            weights=opts.weights,
-            stages_spec=opts.stages,
-            verify_key=opts.verify_key,
-        )
-        identity = ModelIdentity(
-            spec=str(opts.package), weights_sha256=pkg.manifest.model.get("weights_sha256"), kind="package"
-        )
-        model_check: dict[str, Any] | None = None
-    else:
-        loaded = load_run_model(
-            run,
-            model=opts.model,
-            weights=opts.weights,
-            model_path=opts.model_path,
-            data=opts.data if isinstance(opts.data, str) else None,
-            device=str(dev),
-            allow_other_model=opts.allow_other_model,
-        )
-        identity = ModelIdentity(spec=loaded.spec, weights_sha256=loaded.weights_sha256)
-        model_check = None if loaded.check is None else loaded.check.to_dict()
-    dataset = (
-        opts.data
-        if opts.data is not None and not isinstance(opts.data, str)
-        else dataset_for_run(run, data=opts.data, search_path=opts.model_path)
-    )
-    data_name = (
-        opts.data
-        if isinstance(opts.data, str)
-        else (run.provenance.data if opts.data is None else type(opts.data).__name__)
-    )
-    data_name = str(data_name)
-    n = run.n if opts.limit is None else min(opts.limit, run.n)
-    rows = np.asarray(run.indices[:n])
-    labels = np.asarray(run.labels[:n])
-    sim_exits, sim_preds = _simulated(run, n, thresholds)
-    order = np.random.default_rng(_ORDER_SEED).permutation(n)
+    identity, model_check, early_exit = _subject(run, thresholds, opts, dev)
+    session = _Session(run, thresholds, opts, Timer(dev, clock), progress)
     pin, threads_source = _threads_for(run, opts.device, opts.batch_sizes, opts.threads)
-    timer = Timer(dev, clock)
-
-    rt_exits = np.full(n, -1, dtype=np.int64)
-    rt_preds = np.full(n, -1, dtype=np.int64)
-    timings: list[PairedTiming] = []
-    coverage: dict[str, dict[str, Any]] = {}
     with pinned_threads(pin) as n_threads:
-        _, probe = next(_stream(dataset, rows, [order[: min(4, n)]], data_name))
-        runner: EarlyExitRunner
-        plain: Callable[[torch.Tensor], Any]
-        if opts.package is not None:
-            runner, plain = pkg, pkg.full_model
-        else:
-            stages = _early_exit_stages(loaded.module, probe, dev, run.k, opts.stages, loaded.model_path)
-            runner = EarlyExitRunner(stages, thresholds.thresholds, thresholds.temperatures, thresholds.score)
-            plain = loaded.module
+        _, probe = next(session.stream([session.order[: min(4, session.n)]]))
+        runner, plain = early_exit(probe)
         used_s = 0.0
-        first_rows = 0
+        timings: list[PairedTiming] = []
+        coverage: dict[str, dict[str, Any]] = {}
         for i, b in enumerate(opts.batch_sizes):
-            key = latency_key(opts.device, b)
-            batches = [order[s : s + b] for s in range(0, n, b)]
             share_s = (opts.max_seconds - used_s) / (len(opts.batch_sizes) - i)
-            ee_ms: list[list[float]] = []
-            full_ms: list[list[float]] = []
-            timed: list[np.ndarray] = []
-            start = timer.now()
-            for positions, xb in _stream(dataset, rows, batches, data_name):
-                if len(timed) >= MIN_TIMED_BATCHES and timer.now() - start >= share_s:
-                    break
-                xb = xb.to(dev)
-                if not timed:
-                    _try("the early exit", b, partial(timer.warm, partial(runner, xb), opts.warmup))
-                    _try("the model", b, partial(timer.warm, partial(_plain, plain, xb), opts.warmup))
-                out: list[tuple[torch.Tensor, torch.Tensor]] = []
-                early = partial(_into, out, runner, xb)
-                full = partial(_plain, plain, xb)
-                ee, fm = _try(
-                    "the early exit or the model",
-                    b,
-                    partial(timer.paired, early, full, opts.repeats, a_first=len(timed) % 2 == 0, settle=_SETTLE),
-                )
-                ee_ms.append(ee)
-                full_ms.append(fm)
-                timed.append(positions)
-                if i == 0:
-                    _record(out[-1], positions, rt_exits, rt_preds)
-                if progress is not None:
-                    progress(key, len(timed), len(batches))
-            spent = timer.now() - start
-            used_s += spent
-            if progress is not None and len(timed) < len(batches):
-                progress(key, len(timed), len(timed))
-            if i == 0:
-                first_rows = int(sum(len(p) for p in timed))
-            timing_result = PairedTiming(
-                key=key,
-                batch_size=b,
-                early_exit_ms=tuple(tuple(r) for r in ee_ms),
-                full_model_ms=tuple(tuple(r) for r in full_ms),
-                predicted_ms=predict_batches_ms(run.costs, opts.device, [sim_exits[p] for p in timed]),
-                solve_expected_ms=thresholds.expected_ms.get(key),
+            timing, coverage[str(LatencyKey(opts.device, b))], spent = session.time(
+                runner, plain, b, share_s, first=i == 0
             )
-            if timing_result.timing_spread > NOISE_IQR_FRACTION:  # the CLI prints it from the result
-                log.info(
-                    "noisy timing at %s: the paired ratio's IQR is %.0f%% of its median (> %.0f%%); %s",
-                    key,
-                    100 * timing_result.timing_spread,
-                    100 * NOISE_IQR_FRACTION,
-                    NOISE_ADVICE,
-                )
-            timings.append(timing_result)
-            coverage[key] = {
-                "batches_timed": len(timed),
-                "batches": len(batches),
-                "samples_timed": int(sum(len(p) for p in timed)),
-                "stopped_early": len(timed) < len(batches),
-                "seconds": round(spent, 3),
-            }
-        # Agreement covers every sample: the rows the time bound left untimed at the first
-        # batch size are replayed (untimed) in batches of the largest size.
-        rest = order[first_rows:]
-        big = max(opts.batch_sizes)
-        rest_batches = [rest[s : s + big] for s in range(0, len(rest), big)]
-        for done, (positions, xb) in enumerate(_stream(dataset, rows, rest_batches, data_name), start=1):
-            _record(_try("the early exit", big, partial(runner, xb.to(dev))), positions, rt_exits, rt_preds)
-            if progress is not None:
-                progress("agreement", done, len(rest_batches))
-
-    k = run.k
-    return VerifyResult(
-        run_fingerprint=run.fingerprint,
-        decision_fingerprint=thresholds.decision_fingerprint,
-        model=identity,
-        n=n,
-        agreement=float(np.mean((rt_exits == sim_exits) & (rt_preds == sim_preds))),
-        exit_agreement=float(np.mean(rt_exits == sim_exits)),
-        runtime_accuracy=float(np.mean(rt_preds == labels)),
-        simulated_accuracy=float(np.mean(sim_preds == labels)),
-        runtime_exit_shares=tuple(float(v) for v in np.bincount(rt_exits, minlength=k) / n),
-        simulated_exit_shares=tuple(float(v) for v in np.bincount(sim_exits, minlength=k) / n),
-        timings=tuple(timings),
-        device=str(dev),
-        hardware=device_hardware(dev),
-        threads=n_threads,
-        settings={
+            used_s += spent
+            timings.append(timing)
+        session.replay_untimed(runner, max(opts.batch_sizes))
+    return session.result(
+        identity,
+        tuple(timings),
+        n_threads,
+        {
             "repeats": opts.repeats,
             "warmup": opts.warmup,
             "threads": n_threads,
@@ -473,7 +360,7 @@ def verify_run(
             "order": f"rows shuffled (seed {_ORDER_SEED}), then consecutive batches",
             "pairs": "early exit and plain model back to back on each batch, alternating which goes first; "
             f"each runs {_SETTLE} time(s) untimed right before it is timed",
-            "timer": timer.label,
+            "timer": session.timer.label,
             "model_check": model_check,
             "stages": runner.stages.source,
             "limit": opts.limit,
@@ -481,12 +368,142 @@ def verify_run(
     )
 
 
-def _record(
-    result: tuple[torch.Tensor, torch.Tensor], positions: np.ndarray, exits: np.ndarray, preds: np.ndarray
-) -> None:
-    """Store a batch's runtime exits and predictions at its run positions."""
-    exits[positions] = result[0].cpu().numpy()
-    preds[positions] = result[1].cpu().numpy()
+class _Session:
+    """One verify: the run's rows in replay order, what the exit rule gives on their stored logits, what ran."""
+
+    def __init__(
+        self,
+        run: Run,
+        thresholds: ThresholdsDocument,
+        opts: VerifyOptions,
+        timer: Timer,
+        progress: VerifyProgress | None,
+    ) -> None:
+        self.run, self.thresholds, self.opts, self.timer, self.progress = run, thresholds, opts, timer, progress
+        data = opts.data  # a data set given, else the run's (or the spec given)
+        if data is None or isinstance(data, str):
+            self.dataset = dataset_for_run(run, data=data, search_path=opts.model_path)
+            self.data_name = str(data or run.provenance.data)
+        else:
+            self.dataset, self.data_name = data, type(data).__name__
+        self.n = run.n if opts.limit is None else min(opts.limit, run.n)
+        self.sim_exits, self.sim_preds = _simulated(run, self.n, thresholds)
+        self.order = np.random.default_rng(_ORDER_SEED).permutation(self.n)
+        self.exits = np.full(self.n, -1, dtype=np.int64)  # what ran, -1 until replayed
+        self.preds = np.full(self.n, -1, dtype=np.int64)
+        self.timed_rows = 0  # rows timed (and recorded) at the first batch size
+
+    def stream(self, batches: Sequence[np.ndarray]) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """``(positions, inputs)`` of each batch of run positions, read from the data set."""
+        return _stream(self.dataset, np.asarray(self.run.indices[: self.n]), batches, self.data_name)
+
+    def record(self, result: tuple[torch.Tensor, torch.Tensor], positions: np.ndarray) -> None:
+        """Store a batch's runtime exits and predictions at its run positions."""
+        self.exits[positions] = result[0].cpu().numpy()
+        self.preds[positions] = result[1].cpu().numpy()
+
+    def time(
+        self, runner: EarlyExitRunner, plain: Plain, b: int, share_s: float, *, first: bool
+    ) -> tuple[PairedTiming, dict[str, Any], float]:
+        """Time batches of ``b`` in pairs until ``share_s`` seconds passed: the timing, its coverage, the seconds spent.
+
+        At the ``first`` batch size the timed batches' exits are recorded for agreement.
+        """
+        opts, timer, dev = self.opts, self.timer, self.timer.device
+        key = str(LatencyKey(opts.device, b))
+        batches = [self.order[s : s + b] for s in range(0, self.n, b)]
+        ee_ms: list[list[float]] = []
+        full_ms: list[list[float]] = []
+        timed: list[np.ndarray] = []
+        start = timer.now()
+        for positions, xb in self.stream(batches):
+            if len(timed) >= MIN_TIMED_BATCHES and timer.now() - start >= share_s:
+                break
+            xb = xb.to(dev)
+            if not timed:
+                _try("the early exit", b, partial(timer.warm, partial(runner, xb), opts.warmup))
+                _try("the model", b, partial(timer.warm, partial(_plain, plain, xb), opts.warmup))
+            out: list[tuple[torch.Tensor, torch.Tensor]] = []
+            pair = partial(
+                timer.paired,
+                partial(_into, out, runner, xb),
+                partial(_plain, plain, xb),
+                opts.repeats,
+                a_first=len(timed) % 2 == 0,
+                settle=_SETTLE,
+            )
+            ee, fm = _try("the early exit or the model", b, pair)
+            ee_ms.append(ee)
+            full_ms.append(fm)
+            timed.append(positions)
+            if first:
+                self.record(out[-1], positions)
+            if self.progress is not None:
+                self.progress(key, len(timed), len(batches))
+        spent = timer.now() - start
+        if self.progress is not None and len(timed) < len(batches):
+            self.progress(key, len(timed), len(timed))
+        samples = int(sum(len(p) for p in timed))
+        if first:
+            self.timed_rows = samples
+        timing = PairedTiming(
+            key=key,
+            batch_size=b,
+            early_exit_ms=tuple(tuple(r) for r in ee_ms),
+            full_model_ms=tuple(tuple(r) for r in full_ms),
+            predicted_ms=predict_batches_ms(self.run.costs, opts.device, [self.sim_exits[p] for p in timed]),
+            solve_expected_ms=self.thresholds.expected_ms.get(key),
+        )
+        if timing.timing_spread > NOISE_IQR_FRACTION:  # the CLI prints it from the result
+            log.info(
+                "noisy timing at %s: the paired ratio's IQR is %.0f%% of its median (> %.0f%%); %s",
+                key,
+                100 * timing.timing_spread,
+                100 * NOISE_IQR_FRACTION,
+                NOISE_ADVICE,
+            )
+        coverage = {
+            "batches_timed": len(timed),
+            "batches": len(batches),
+            "samples_timed": samples,
+            "stopped_early": len(timed) < len(batches),
+            "seconds": round(spent, 3),
+        }
+        return timing, coverage, spent
+
+    def replay_untimed(self, runner: EarlyExitRunner, big: int) -> None:
+        """Agreement covers every sample: replay (untimed, in batches of ``big``) the rows the time bound left out."""
+        rest = self.order[self.timed_rows :]
+        rest_batches = [rest[s : s + big] for s in range(0, len(rest), big)]
+        for done, (positions, xb) in enumerate(self.stream(rest_batches), start=1):
+            self.record(_try("the early exit", big, partial(runner, xb.to(self.timer.device))), positions)
+            if self.progress is not None:
+                self.progress("agreement", done, len(rest_batches))
+
+    def result(
+        self, identity: ModelIdentity, timings: tuple[PairedTiming, ...], threads: int | None, settings: dict[str, Any]
+    ) -> VerifyResult:
+        """The verify result: agreement of what ran with the simulation, and the timings."""
+        n, k, dev = self.n, self.run.k, self.timer.device
+        labels = np.asarray(self.run.labels[:n])
+        exits, preds, sim_exits, sim_preds = self.exits, self.preds, self.sim_exits, self.sim_preds
+        return VerifyResult(
+            run_fingerprint=self.run.fingerprint,
+            decision_fingerprint=self.thresholds.decision_fingerprint,
+            model=identity,
+            n=n,
+            agreement=float(np.mean((exits == sim_exits) & (preds == sim_preds))),
+            exit_agreement=float(np.mean(exits == sim_exits)),
+            runtime_accuracy=float(np.mean(preds == labels)),
+            simulated_accuracy=float(np.mean(sim_preds == labels)),
+            runtime_exit_shares=tuple(float(v) for v in np.bincount(exits, minlength=k) / n),
+            simulated_exit_shares=tuple(float(v) for v in np.bincount(sim_exits, minlength=k) / n),
+            timings=timings,
+            device=str(dev),
+            hardware=device_hardware(dev),
+            threads=threads,
+            settings=settings,
+        )
 
 
 def _into(out: list[T], fn: Callable[[torch.Tensor], T], x: torch.Tensor) -> None:

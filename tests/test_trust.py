@@ -355,6 +355,33 @@ def test_open_run_model_checks_hash_and_rows(tmp_path, toy_npz):
     assert moved.check.rows_checked == 8 and moved.check.mismatch is None and not moved.from_run
 
 
+def test_profile_export_and_verify_refuse_a_model_of_another_c_in_the_same_words(tmp_path):
+    """One probe (``probe_run_model``): the same ModelError, whichever verb runs the run's model again."""
+    from torch.utils.data import TensorDataset
+
+    from dyncal.artifacts.run import Provenance, import_arrays
+    from dyncal.calibrate.solvers import solve_run
+    from dyncal.verbs.export import export_package
+    from dyncal.verbs.profile import profile_run
+    from dyncal.verbs.verify import verify_run
+
+    extra = {"model_path": str(TESTS), "input_shape": [3, 8, 8], "input_dtype": "float32"}
+    prov = Provenance.here(model="models_zoo:conv_stack", data="(test)", device="cpu", extra=extra)
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(40, 3, 4)).astype(np.float32)  # conv_stack has C=5, so no row can say so
+    run = import_arrays(logits, rng.integers(0, 4, 40), tmp_path / "run", macs=(1e6, 2e6, 3e6), provenance=prov)
+    thresholds = solve_run(run, "0.8x")
+    wrong = r"^the model 'models_zoo:conv_stack' has K=3 exits and C=5 classes but run '.*' has K=3, C=4; use the model"
+    with pytest.raises(ModelError, match=wrong):
+        profile_run(run.path, latency=False)
+    with pytest.raises(ModelError, match=wrong):
+        export_package(run.path, thresholds, tmp_path / "pkg")
+    inputs = TensorDataset(torch.randn(40, 3, 8, 8), torch.zeros(40, dtype=torch.int64))
+    with pytest.raises(ModelError, match=wrong):
+        verify_run(run.path, thresholds, data=inputs)
+    assert load_run(run.path).costs.macs == (1e6, 2e6, 3e6) and not (tmp_path / "pkg").exists()
+
+
 def test_an_exported_run_is_checked_by_the_archives_hash(tmp_path, archives):
     from dyncal.data import load_dataset
     from dyncal.verbs.collect import collect_run

@@ -221,27 +221,6 @@ def load_model(
     )
 
 
-def check_exported_archive(data: bytes, name: str) -> None:
-    """Refuse a ``torch.export`` archive that loading or running could make execute code.
-
-    The checks, and every route through ``torch.export.load`` they cover, are those of
-    :func:`dyncal.archives.check_archive`: the zip is parsed by dyncal (no duplicate or
-    case-folded names, no data outside the archive, CRCs and sizes checked, bounded), only
-    entries ``torch.export.save`` writes for tensors are accepted (no ``use_pickle`` payload,
-    no ``opaque_obj_*``/``custom_obj_*`` constant whatever its flag, no AOTInductor package,
-    no sample inputs the restricted unpickler refuses), and every string of the program that
-    torch evaluates, pastes into generated code or resolves by name is checked.
-
-    Args:
-        data: The archive's bytes.
-        name: How to name the archive in messages.
-
-    Raises:
-        ModelError: Not a zip archive, or anything refused (one line naming the entry).
-    """
-    archives.check_archive(data, name)
-
-
 def _load_exported(
     path: str | os.PathLike[str], *, what: str, sha256: str | None, advice: str = "give the path of a .pt2 file"
 ) -> tuple[torch.export.ExportedProgram, str]:
@@ -255,7 +234,7 @@ def _load_exported(
             f"{what}: '{path}' has SHA-256 {digest[:12]} but {sha256[:12]} was recorded; "
             "the file was changed or damaged: re-create it"
         )
-    check_exported_archive(data, str(path))
+    archives.check_archive(data, str(path))
     try:
         return torch.export.load(io.BytesIO(data)), digest
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged archive
@@ -273,7 +252,7 @@ def load_exported(
 
     The file is read once (a regular file, at most :data:`dyncal.archives.ARCHIVE_LIMIT_BYTES`;
     pipes, devices and directories are refused before reading); the bytes that were checked
-    (:func:`check_exported_archive`, and the hash when ``sha256`` is given) are the bytes
+    (:func:`dyncal.archives.check_archive`, and the hash when ``sha256`` is given) are the bytes
     that are loaded.
 
     Args:

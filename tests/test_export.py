@@ -203,10 +203,10 @@ def test_manifest_binds_run_thresholds_model_and_files(demo):
 
 
 def test_no_pickled_entry_in_any_archive(demo):
-    from dyncal.models import check_exported_archive
+    from dyncal.archives import check_archive
 
     for name in json.loads((demo["pkg"] / MANIFEST).read_text())["files"]:
-        check_exported_archive((demo["pkg"] / name).read_bytes(), name)  # raises on a pickled entry
+        check_archive((demo["pkg"] / name).read_bytes(), name)  # raises on a pickled entry
 
 
 def _copy_with(pkg: Path, dst: Path, manifest_edit=None, files: dict[str, bytes] | None = None) -> Path:

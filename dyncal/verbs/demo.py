@@ -13,6 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dyncal.artifacts.frontier import write_frontier_csv
+from dyncal.artifacts.lock import LOCK_PREFIX, OutputLock, is_dyncal_lock
+from dyncal.artifacts.outputs import check_output_folder, check_writable, output_errors, written_by_dyncal
+from dyncal.artifacts.ownership import foreign_entry, is_folder, is_regular_file, remove_owned_folder, temp_of
+from dyncal.artifacts.run import check_out, foreign_in_partial_run, foreign_in_run, is_run_dir, load_run
 from dyncal.errors import RunError
 
 if TYPE_CHECKING:
@@ -41,11 +46,6 @@ def _demo_entry(entry: Path) -> Path | None:
     writes them (:func:`~dyncal.artifacts.outputs.written_by_dyncal`); dyncal's lock files
     and the temporary files of interrupted writes.
     """
-    from dyncal.artifacts.lock import LOCK_PREFIX, is_dyncal_lock
-    from dyncal.artifacts.outputs import written_by_dyncal
-    from dyncal.artifacts.ownership import is_folder, is_regular_file, temp_of
-    from dyncal.artifacts.run import foreign_in_partial_run, foreign_in_run, is_run_dir
-
     name = entry.name
     if name == "run" and is_folder(entry):
         return foreign_in_run(entry) if is_run_dir(entry) else entry
@@ -62,10 +62,6 @@ def _demo_entry(entry: Path) -> Path | None:
 
 def _make_demo_folder(out: Path, overwrite: bool) -> None:
     """Create ``out`` empty (its lock held), replacing an old demo folder only if everything in it is dyncal's."""
-    from dyncal.artifacts.outputs import output_errors
-    from dyncal.artifacts.ownership import foreign_entry, remove_owned_folder
-    from dyncal.artifacts.run import check_out
-
     check_out(
         out,
         overwrite=overwrite,
@@ -104,10 +100,6 @@ def run_demo(
         DyncalError: A budget or criterion the solve or report options refuse (before
             anything is written).
     """
-    from dyncal.artifacts.frontier import write_frontier_csv
-    from dyncal.artifacts.lock import OutputLock
-    from dyncal.artifacts.outputs import check_writable, output_errors
-    from dyncal.artifacts.run import load_run
     from dyncal.calibrate.frontier import compute_frontier
     from dyncal.calibrate.solvers import solve_run
     from dyncal.data import load_dataset
@@ -161,7 +153,6 @@ def _options(
     out: str | os.PathLike[str], budget: str, max_drop: float, min_speedup: float
 ) -> tuple[Path, SolveOptions, ReportOptions]:
     """The demo folder, and the solve and report options it runs with (checked: nothing is written yet)."""
-    from dyncal.artifacts.outputs import check_output_folder
     from dyncal.calibrate.budget import parse_budget
     from dyncal.calibrate.options import SolveOptions
     from dyncal.reports.operating import ReportOptions

@@ -34,6 +34,7 @@ from dyncal.analysis.stages import (
     stages_function,
     verify_stages,
 )
+from dyncal.archives import check_archive
 from dyncal.artifacts import package
 from dyncal.artifacts.atomic import atomic_write_bytes, atomic_write_text
 from dyncal.artifacts.lock import OutputLock
@@ -41,7 +42,7 @@ from dyncal.artifacts.ownership import discard_built_folder, refuse_foreign, rem
 from dyncal.artifacts.run import PARTIAL_SUFFIX, Run, check_out, library_versions, load_run, publish_dir
 from dyncal.artifacts.thresholds import ThresholdsDocument, check_thresholds_for_run
 from dyncal.errors import DyncalError, ProfileError, describe
-from dyncal.models import check_exported_archive, torch_dtype
+from dyncal.models import torch_dtype
 from dyncal.options import options_from
 from dyncal.run_model import ModelOverrides, RunModel, open_run_model
 
@@ -314,7 +315,7 @@ def _write_stages(
         buf = io.BytesIO()
         torch.export.save(program, buf)
         data = buf.getvalue()
-        check_exported_archive(data, name)
+        check_archive(data, name)
         atomic_write_bytes(partial / name, data)
         files[name] = hashlib.sha256(data).hexdigest()
         stage_docs.append(package.PackageStage(file=name, carry_batch_dims=carry_dims))

@@ -110,11 +110,12 @@ class ProfileOptions(ModelOverrides):
         if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
             raise ProfileError(f"`batch_sizes` must be positive integers, got {list(self.batch_sizes)}")
         super().__post_init__()
-        LatencySettings(
-            threads=self.threads,
-            warmup=self.warmup,
-            repeats=self.repeats,
-            min_block_ms=self.min_block_ms,
+        self.latency_settings()  # checks threads, warmup, repeats and min_block_ms
+
+    def latency_settings(self) -> LatencySettings:
+        """How latency is timed with these options."""
+        return LatencySettings(
+            threads=self.threads, warmup=self.warmup, repeats=self.repeats, min_block_ms=self.min_block_ms
         )
 
 
@@ -383,19 +384,13 @@ def _profile_locked(run: Run, options: ProfileOptions) -> ProfileResult:
     def model_on(device: str) -> nn.Module:
         return load_model(opened.spec, weights=opened.weights, model_path=opened.model_path, device=device).module
 
-    settings = LatencySettings(
-        threads=options.threads,
-        warmup=options.warmup,
-        repeats=options.repeats,
-        min_block_ms=options.min_block_ms,
-    )
     costs, macs, stages, checks = profile_model(
         opened.module,
         opened.input_shape,
         input_dtype=torch_dtype(opened.input_dtype),
         devices=options.devices,
         batch_sizes=tuple(int(b) for b in options.batch_sizes),
-        settings=settings,
+        settings=options.latency_settings(),
         stages_fn=stages_fn,
         model_on=model_on,
         seed=options.seed,

@@ -36,13 +36,12 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from dyncal.analysis.costmodel import predict_batches_ms
 from dyncal.analysis.early_exit import EarlyExitRunner
 from dyncal.analysis.latency import NOISE_ADVICE, NOISE_IQR_FRACTION, Clock, Timer, device_hardware, pinned_threads
-from dyncal.analysis.stages import Stages, checked_stages, stages_function
+from dyncal.analysis.stages import checked_stages, stages_function
 from dyncal.artifacts.costs import LatencyKey, device_name
 from dyncal.artifacts.run import Run, load_run
 from dyncal.artifacts.thresholds import ThresholdsDocument, check_thresholds_for_run, thresholds_from_json
@@ -89,58 +88,30 @@ def _try(what: str, batch_size: int, fn: Callable[[], T]) -> T:
     return user_call(fn, f"{what} failed at batch size {batch_size}")
 
 
-def _early_exit_stages(
-    model: nn.Module, probe: torch.Tensor, stages_spec: str | None, search_path: str | None
-) -> Stages:
-    """Stages of ``model`` that reproduce it on ``probe`` and can early-exit a batch.
-
-    A model exported with a fixed batch size cannot drop rows, so it cannot early-exit a
-    batch; that is said in one line rather than failing mid-run.
-    """
-    stages_fn = stages_function(stages_spec, search_path)
-    stages, _ = checked_stages(model, probe, example=probe[: min(2, probe.shape[0])], stages_fn=stages_fn)
-    if not stages.dynamic_batch:
-        raise DyncalError(
-            f"the model's stages run at batch size {stages.example_batch_size} only (export could not keep the "
-            "batch dynamic), so samples cannot leave a batch early; declare stages with `stages_spec` or fix the model"
-        )
-    return stages
-
-
-def _bound_package(
-    package: str | os.PathLike[str],
-    run: Run,
-    thresholds: ThresholdsDocument,
-    dev: torch.device,
-    verify_key: str | None,
-) -> Any:
-    """Load a ``dyncal export`` package to replay, refusing one made from another run or thresholds."""
-    from dyncal.analysis.package_runner import load_early_exit
-
-    pkg = load_early_exit(package, device=str(dev), verify_key=verify_key)
-    if pkg.manifest.run_fingerprint != run.fingerprint:
-        raise DyncalError(
-            f"the package '{package}' was exported from another run (fingerprint "
-            f"{pkg.manifest.run_fingerprint[:12]}, run '{run.path}' is {run.fingerprint[:12]}); export it from this run"
-        )
-    if pkg.manifest.decision_fingerprint != thresholds.decision_fingerprint:
-        raise DyncalError(
-            f"the package '{package}' holds other thresholds than `thresholds`; pass the thresholds it was "
-            "exported with, or export again"
-        )
-    return pkg
-
-
 def _subject(
     run: Run, thresholds: ThresholdsDocument, opts: VerifyOptions, dev: torch.device
 ) -> tuple[ModelIdentity, dict[str, Any] | None, Callable[[torch.Tensor], tuple[EarlyExitRunner, Plain]]]:
     """What is replayed: its identity, how it compared with the run's model, and how to make its early exit.
 
-    The early exit is made later, from a probe batch of the run's inputs, under the pinned
-    thread count: ``early_exit(probe)`` returns it and the plain model.
+    A package must have been exported from this run with these thresholds. The early exit
+    is made later, from a probe batch of the run's inputs, under the pinned thread count:
+    ``early_exit(probe)`` returns it and the plain model.
     """
     if opts.package is not None:
-        pkg = _bound_package(opts.package, run, thresholds, dev, opts.verify_key)
+        from dyncal.analysis.package_runner import load_early_exit
+
+        pkg = load_early_exit(opts.package, device=str(dev), verify_key=opts.verify_key)
+        if pkg.manifest.run_fingerprint != run.fingerprint:
+            raise DyncalError(
+                f"the package '{opts.package}' was exported from another run (fingerprint "
+                f"{pkg.manifest.run_fingerprint[:12]}, run '{run.path}' is {run.fingerprint[:12]}); "
+                "export it from this run"
+            )
+        if pkg.manifest.decision_fingerprint != thresholds.decision_fingerprint:
+            raise DyncalError(
+                f"the package '{opts.package}' holds other thresholds than `thresholds`; pass the thresholds it "
+                "was exported with, or export again"
+            )
         identity = ModelIdentity(
             spec=str(opts.package), weights_sha256=pkg.manifest.model.get("weights_sha256"), kind="package"
         )
@@ -155,38 +126,23 @@ def _subject(
     )
 
     def early_exit(probe: torch.Tensor) -> tuple[EarlyExitRunner, Plain]:
+        # stages that reproduce the model on the probe; a model exported with a fixed batch
+        # size cannot drop rows, which is said in one line rather than failing mid-run
         probe = probe.to(dev)
         probe_run_model(run, opened, probe)
-        stages = _early_exit_stages(opened.module, probe, opts.stages, opened.model_path)
+        stages_fn = stages_function(opts.stages, opened.model_path)
+        stages, _ = checked_stages(opened.module, probe, example=probe[: min(2, probe.shape[0])], stages_fn=stages_fn)
+        if not stages.dynamic_batch:
+            raise DyncalError(
+                f"the model's stages run at batch size {stages.example_batch_size} only (export could not keep the "
+                "batch dynamic), so samples cannot leave a batch early; declare stages with `stages_spec` or fix "
+                "the model"
+            )
         runner = EarlyExitRunner(stages, thresholds.thresholds, thresholds.temperatures, thresholds.score)
         return runner, opened.module
 
     identity = ModelIdentity(spec=opened.spec, weights_sha256=opened.weights_sha256)
     return identity, opened.check.to_dict(), early_exit
-
-
-def _stream(
-    dataset: Dataset[Any], rows: np.ndarray, batches: Sequence[np.ndarray], data_name: str
-) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-    """Yield ``(positions, inputs)`` per batch, read from the data set one batch at a time.
-
-    ``rows[p]`` is the data set index of run row ``p``; each batch lists run positions.
-    """
-    loader = DataLoader(
-        Subset(dataset, rows.tolist()),
-        batch_sampler=[b.tolist() for b in batches],
-        num_workers=0,
-    )
-    it = iter(loader)
-    for i, positions in enumerate(batches):
-        try:
-            item = next(it)
-        except Exception as e:  # noqa: BLE001 - anything the user's data set or collate raises
-            raise DataError(f"could not load the run's inputs from '{data_name}' (batch {i}): {describe(e)}") from e
-        x = item[0] if isinstance(item, (list, tuple)) else item
-        if not isinstance(x, torch.Tensor):
-            raise DataError(f"the data set '{data_name}' gives inputs of type {type(x).__name__}; expected tensors")
-        yield positions, x
 
 
 def _simulated(run: Run, n: int, thresholds: ThresholdsDocument) -> tuple[np.ndarray, np.ndarray]:
@@ -394,8 +350,23 @@ class _Session:
         self.timed_rows = 0  # rows timed (and recorded) at the first batch size
 
     def stream(self, batches: Sequence[np.ndarray]) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        """``(positions, inputs)`` of each batch of run positions, read from the data set."""
-        return _stream(self.dataset, np.asarray(self.run.indices[: self.n]), batches, self.data_name)
+        """Yield ``(positions, inputs)`` per batch of run positions, read from the data set one batch at a time."""
+        rows = np.asarray(self.run.indices[: self.n])  # the data set index of each run row
+        loader = DataLoader(Subset(self.dataset, rows.tolist()), batch_sampler=[b.tolist() for b in batches])
+        it = iter(loader)
+        for i, positions in enumerate(batches):
+            try:
+                item = next(it)
+            except Exception as e:  # noqa: BLE001 - anything the user's data set or collate raises
+                raise DataError(
+                    f"could not load the run's inputs from '{self.data_name}' (batch {i}): {describe(e)}"
+                ) from e
+            x = item[0] if isinstance(item, (list, tuple)) else item
+            if not isinstance(x, torch.Tensor):
+                raise DataError(
+                    f"the data set '{self.data_name}' gives inputs of type {type(x).__name__}; expected tensors"
+                )
+            yield positions, x
 
     def record(self, result: tuple[torch.Tensor, torch.Tensor], positions: np.ndarray) -> None:
         """Store a batch's runtime exits and predictions at its run positions."""

@@ -153,12 +153,12 @@ def prepare_pipeline(
 ) -> tuple[str, object]:
     """collect -> profile -> solve for one of :data:`PIPELINES`; returns ``(run dir, thresholds)``."""
     from dyncal.calibrate.solvers import solve_run
-    from dyncal.collect import collect_run
     from dyncal.data import load_dataset
     from dyncal.demo import WEIGHTS
     from dyncal.models import load_model
-    from dyncal.profile import ProfileOptions, profile_run
     from dyncal.run import load_run
+    from dyncal.verbs.collect import collect_run
+    from dyncal.verbs.profile import ProfileOptions, profile_run
 
     spec, weights, data, model_path = PIPELINES[name]
     weights = str(WEIGHTS) if weights == "WEIGHTS" else weights

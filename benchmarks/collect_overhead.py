@@ -26,8 +26,8 @@ sys.path.insert(0, str(HERE))
 import bench_models  # noqa: E402
 
 from dyncal.analysis.latency import cpu_model  # noqa: E402
-from dyncal.collect import collect_run  # noqa: E402
 from dyncal.models import LoadedModel  # noqa: E402
+from dyncal.verbs.collect import collect_run  # noqa: E402
 
 
 def time_overhead(n: int = 1024, batch_size: int = 128, repeats: int = 11) -> dict[str, float]:

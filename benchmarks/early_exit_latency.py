@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from bench_models import prepare_pipeline  # noqa: E402
 
 from dyncal.analysis.latency import cpu_model  # noqa: E402
-from dyncal.runtime import verify_run  # noqa: E402
+from dyncal.verbs.verify import verify_run  # noqa: E402
 
 TARGETS = {1: 0.15, 32: 0.25}
 

@@ -30,17 +30,18 @@ import numpy as np
 import torch
 
 import dyncal
+from dyncal.analysis.early_exit import EarlyExitRunner
 from dyncal.analysis.latency import device_hardware, pinned_threads
+from dyncal.analysis.package_runner import load_early_exit
 from dyncal.analysis.stages import build_stages
 from dyncal.artifacts.thresholds import read_thresholds
 from dyncal.calibrate.policy import assign_exits, thresholds_from_json
 from dyncal.calibrate.scores import exit_scores
 from dyncal.data import load_dataset
 from dyncal.demo import WEIGHTS
-from dyncal.demo_pipeline import DEMO_DATA, DEMO_MODEL
-from dyncal.export import export_package, load_early_exit
 from dyncal.models import load_model, resolve_device
-from dyncal.runtime import EarlyExitRunner
+from dyncal.verbs.demo import DEMO_DATA, DEMO_MODEL
+from dyncal.verbs.export import export_package
 
 HERE = Path(__file__).parent
 
@@ -61,9 +62,9 @@ def _timed(fn, x: torch.Tensor, dev: torch.device) -> float:
 def _prepare(tmp: Path) -> float:
     """The demo run (collect, MACs, solve at 0.5x) and its package under ``tmp``; returns the export's seconds."""
     from dyncal.calibrate.solvers import solve_run
-    from dyncal.collect import collect_run
-    from dyncal.profile import ProfileOptions, profile_run
     from dyncal.run import atomic_write_text
+    from dyncal.verbs.collect import collect_run
+    from dyncal.verbs.profile import ProfileOptions, profile_run
 
     run_dir = tmp / "run"
     collect_run(load_model(DEMO_MODEL, weights=WEIGHTS), load_dataset(DEMO_DATA), run_dir, data_spec=DEMO_DATA)

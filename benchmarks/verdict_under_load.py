@@ -40,7 +40,7 @@ from bench_models import prepare_pipeline  # noqa: E402
 from dyncal.analysis.latency import cpu_model  # noqa: E402
 from dyncal.artifacts.verify import PairedTiming  # noqa: E402
 from dyncal.reports.decision import criterion_status  # noqa: E402
-from dyncal.runtime import verify_run  # noqa: E402
+from dyncal.verbs.verify import verify_run  # noqa: E402
 
 _BUSY = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
 

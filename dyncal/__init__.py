@@ -24,19 +24,19 @@ __version__ = "0.1.0"
 
 # Heavier entry points, imported on first use: name -> module.
 _LAZY = {
-    "collect_run": "dyncal.collect",
+    "collect_run": "dyncal.verbs.collect",
     "load_model": "dyncal.models",
     "load_dataset": "dyncal.data",
-    "profile_run": "dyncal.profile",
+    "profile_run": "dyncal.verbs.profile",
     "solve_run": "dyncal.calibrate.solvers",
     "ThresholdSolver": "dyncal.calibrate.estimator",
     "compute_frontier": "dyncal.calibrate.frontier",
     "build_report": "dyncal.reports.pdf",
-    "verify_run": "dyncal.runtime",
+    "verify_run": "dyncal.verbs.verify",
     "EarlyExitRunner": "dyncal.analysis.early_exit",
     "build_stages": "dyncal.analysis.stages",
-    "export_package": "dyncal.export",
-    "load_early_exit": "dyncal.export",
+    "export_package": "dyncal.verbs.export",
+    "load_early_exit": "dyncal.analysis.package_runner",
 }
 
 __all__ = [

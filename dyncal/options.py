@@ -23,7 +23,6 @@ __all__ = [
     "MAX_WORKERS",
     "options_from",
     "input_shape_of",
-    "ModelOverrides",
     "is_integer",
     "check_fraction",
     "check_flag",
@@ -170,34 +169,3 @@ def check_seed(name: str, value: object) -> None:
     """
     if not is_integer(value) or value < 0:  # type: ignore[operator]
         raise DyncalError(f"{param(name)} must be a non-negative integer, got {value!r}")
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ModelOverrides:
-    """Which model a verb that re-runs the run's model uses; ``None`` fields come from the run's provenance.
-
-    The options of ``profile`` and ``export`` extend it.
-
-    Attributes:
-        model: Model spec overriding ``provenance.model`` (with ``weights`` and ``model_path``).
-        weights: Checkpoint overriding ``provenance.extra["weights"]``.
-        model_path: Import folder overriding ``provenance.extra["model_path"]``.
-        input_shape: Per-sample input shape overriding ``provenance.extra["input_shape"]``.
-        input_dtype: Input dtype name overriding ``provenance.extra["input_dtype"]``.
-        stages: ``pkg.module:fn`` declaring stages by hand (``fn(model) -> [nn.Module]``).
-
-    Example:
-        >>> ModelOverrides(input_shape=[3, 8, 8]).input_shape
-        (3, 8, 8)
-    """
-
-    model: str | None = None
-    weights: str | None = None
-    model_path: str | None = None
-    input_shape: tuple[int, ...] | None = None
-    input_dtype: str | None = None
-    stages: str | None = None
-
-    def __post_init__(self) -> None:
-        """Check the input shape."""
-        object.__setattr__(self, "input_shape", input_shape_of(self.input_shape))

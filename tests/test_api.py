@@ -22,8 +22,7 @@ def test_every_public_name_resolves_and_is_documented():
 
 
 def test_moved_names_keep_their_old_addresses():
-    from dyncal import runtime
-    from dyncal.analysis import early_exit, frontier
+    from dyncal.analysis import frontier
     from dyncal.artifacts import frontier as frontier_csv
     from dyncal.artifacts import thresholds
     from dyncal.calibrate import frontier as solved
@@ -33,6 +32,5 @@ def test_moved_names_keep_their_old_addresses():
     assert frontier.oracle_at_budget is solved.oracle_at_budget
     assert frontier.frontier_columns is frontier_csv.frontier_columns
     assert frontier.write_frontier_csv is frontier_csv.write_frontier_csv
-    assert runtime.EarlyExitRunner is early_exit.EarlyExitRunner is dyncal.EarlyExitRunner
     for name in ("thresholds_from_json", "finite_thresholds", "score_range"):
         assert getattr(policy, name) is getattr(thresholds, name)

@@ -38,14 +38,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dyncal import archives
+from dyncal.analysis.package_runner import load_early_exit
 from dyncal.archives import check_archive
 from dyncal.archives.expressions import check_expression
 from dyncal.archives.files import read_regular_file
+from dyncal.artifacts.package import MANIFEST, SIGNATURE
 from dyncal.artifacts.thresholds import decision_fingerprint
 from dyncal.errors import DyncalError, ModelError
-from dyncal.export import MANIFEST, SIGNATURE, export_package, load_early_exit
 from dyncal.models import load_exported, load_model
 from dyncal.run import load_run
+from dyncal.verbs.export import export_package
 
 ROOT = TESTS.parent
 X = torch.zeros(3, 1, 8, 8)
@@ -706,11 +708,11 @@ def test_a_weights_file_that_is_a_device_is_refused(cli, tmp_path):
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A small demo run, profiled for MACs, solved at 0.5x and exported (unsigned)."""
     from dyncal.calibrate.solvers import solve_run
-    from dyncal.collect import collect_run
     from dyncal.data import load_dataset
     from dyncal.demo import WEIGHTS
-    from dyncal.demo_pipeline import DEMO_DATA, DEMO_MODEL
-    from dyncal.profile import ProfileOptions, profile_run
+    from dyncal.verbs.collect import collect_run
+    from dyncal.verbs.demo import DEMO_DATA, DEMO_MODEL
+    from dyncal.verbs.profile import ProfileOptions, profile_run
 
     tmp = tmp_path_factory.mktemp("pipeline")
     run = tmp / "run"
@@ -816,7 +818,7 @@ def signed(pipeline: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) 
     """The pipeline's run exported again, signed with a key, through the CLI; what was in the folder at publish."""
     from typer.testing import CliRunner
 
-    import dyncal.export as export_module
+    import dyncal.verbs.export as export_module
     from dyncal.cli import app
 
     tmp = tmp_path_factory.mktemp("signed")
@@ -937,7 +939,8 @@ def test_signature_is_checked_before_the_manifest_is_parsed(signed, tmp_path):
 
 
 def test_export_result_without_a_key_says_unsigned(pipeline):
-    from dyncal.export import ExportResult, read_manifest
+    from dyncal.artifacts.package import read_manifest
+    from dyncal.verbs.export import ExportResult
 
     manifest = read_manifest(pipeline["pkg"])
     result = ExportResult(pipeline["pkg"], manifest, "0" * 64, 1, 0.0)

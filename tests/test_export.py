@@ -27,11 +27,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dyncal
+from dyncal.analysis.package_runner import load_early_exit
+from dyncal.artifacts.package import MANIFEST
 from dyncal.artifacts.thresholds import ThresholdsDocument, decision_fingerprint, read_thresholds
 from dyncal.calibrate.policy import assign_exits, thresholds_from_json
 from dyncal.calibrate.scores import exit_scores
 from dyncal.errors import DyncalError, ModelError
-from dyncal.export import MANIFEST, export_package, load_early_exit
+from dyncal.verbs.export import export_package
 
 ROOT = Path(__file__).parents[1]
 TESTS = Path(__file__).parent
@@ -120,12 +122,12 @@ def _check_fresh(out: dict[str, np.ndarray], exits: np.ndarray, preds: np.ndarra
 def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The demo run (collected, MACs profiled), solved at 0.5x and exported."""
     from dyncal.calibrate.solvers import solve_run
-    from dyncal.collect import collect_run
     from dyncal.data import load_dataset
     from dyncal.demo import WEIGHTS
-    from dyncal.demo_pipeline import DEMO_DATA, DEMO_MODEL
     from dyncal.models import load_model
-    from dyncal.profile import ProfileOptions, profile_run
+    from dyncal.verbs.collect import collect_run
+    from dyncal.verbs.demo import DEMO_DATA, DEMO_MODEL
+    from dyncal.verbs.profile import ProfileOptions, profile_run
 
     tmp = tmp_path_factory.mktemp("demo")
     run_dir = tmp / "run"
@@ -164,7 +166,7 @@ def _midpoint(sorted_scores: np.ndarray, q: float) -> float:
 )
 def test_package_stages_follow_the_exit_rule_for_any_thresholds(demo, score, quantiles, batch_size):
     """The package's stages under EarlyExitRunner take the simulated exit for any thresholds and batch size."""
-    from dyncal.runtime import EarlyExitRunner
+    from dyncal.analysis.early_exit import EarlyExitRunner
 
     run = dyncal.load_run(demo["run"])
     temps = [1.0, 1.3, 0.8, 1.0]
@@ -201,10 +203,10 @@ def test_manifest_binds_run_thresholds_model_and_files(demo):
 
 
 def test_no_pickled_entry_in_any_archive(demo):
-    from dyncal.models import check_exported_archive
+    from dyncal.archives import check_archive
 
     for name in json.loads((demo["pkg"] / MANIFEST).read_text())["files"]:
-        check_exported_archive((demo["pkg"] / name).read_bytes(), name)  # raises on a pickled entry
+        check_archive((demo["pkg"] / name).read_bytes(), name)  # raises on a pickled entry
 
 
 def _copy_with(pkg: Path, dst: Path, manifest_edit=None, files: dict[str, bytes] | None = None) -> Path:
@@ -326,7 +328,7 @@ def test_runner_checks_its_input_and_handles_an_empty_batch(demo):
 
 
 def test_runner_is_a_drop_in_early_exit_runner(demo):
-    from dyncal.runtime import EarlyExitRunner
+    from dyncal.analysis.early_exit import EarlyExitRunner
 
     runner = load_early_exit(demo["pkg"])
     assert isinstance(runner, EarlyExitRunner)
@@ -387,7 +389,7 @@ def branchy(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
     from dyncal.calibrate.solvers import solve_run
     from dyncal.cli import app
-    from dyncal.profile import ProfileOptions, profile_run
+    from dyncal.verbs.profile import ProfileOptions, profile_run
 
     tmp = tmp_path_factory.mktemp("branchy")
     code = tmp / "code"

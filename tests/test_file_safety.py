@@ -368,7 +368,7 @@ def test_overwrite_keeps_a_demo_folder_holding_a_users_file(cli, toy, tmp_path, 
 
 def test_a_demo_folder_of_dyncals_files_is_recognised_as_dyncals(toy, tmp_path):
     from dyncal.artifacts.ownership import foreign_entry
-    from dyncal.demo_pipeline import _demo_entry
+    from dyncal.verbs.demo import _demo_entry
 
     demo = tmp_path / "demo"
     _demo_folder(demo, toy)

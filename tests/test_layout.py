@@ -17,14 +17,7 @@ assert _spec is not None and _spec.loader is not None
 code_size = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(code_size)
 
-ALLOWED: set[str] = {
-    "collect.py:_collect",
-    "demo_pipeline.py:run_demo",
-    "export.py",
-    "export.py:_write_package",
-    "models.py",
-    "runtime.py:verify_run",
-}
+ALLOWED: set[str] = {}
 """Files over 600 lines and functions over 100 when the rule was set: the list only shrinks."""
 
 

@@ -16,13 +16,13 @@ from dyncal.calibrate.solvers import solve_run
 from dyncal.choices import FigureKind, Layout, Method, PValue, Score
 from dyncal.cli import app
 from dyncal.cli.params import flag_of, options
-from dyncal.collect import CollectOptions
 from dyncal.errors import DyncalError, render_params
-from dyncal.export import ExportOptions
-from dyncal.profile import ProfileOptions
 from dyncal.reports.operating import ReportOptions
 from dyncal.run import import_arrays
-from dyncal.runtime import VerifyOptions
+from dyncal.verbs.collect import CollectOptions
+from dyncal.verbs.export import ExportOptions
+from dyncal.verbs.profile import ProfileOptions
+from dyncal.verbs.verify import VerifyOptions
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from dyncal.analysis.stages import Stages, build_stages, declared_stages, verify
 from dyncal.errors import DyncalError, ProfileError, RunError
 from dyncal.measurement import Measurement
 from dyncal.models import sha256_file
-from dyncal.profile import ProfileOptions, profile_run, profile_run_full
 from dyncal.run import (
     CostTable,
     LatencyProfile,
@@ -30,6 +29,7 @@ from dyncal.run import (
     load_run,
     store_costs,
 )
+from dyncal.verbs.profile import ProfileOptions, profile_run, profile_run_full
 
 # ----------------------------------------------------------------- helpers
 
@@ -527,6 +527,16 @@ def test_cli_profile_json_keeps_device_and_settings(cli, tmp_path):
     assert set(info["exits"][0]["latency_ms"]) == {"cpu/b1", "cpu/b4"}
     stored = json.loads((run / "run.json").read_text())["costs"]["latency"]["cpu/b1"]
     assert stored["device"] == "cpu" and stored["threads"] == 1 and len(stored["stage_ms"]) == 4
+
+
+def test_profile_run_takes_options_or_keywords_and_refuses_both(tmp_path):
+    run = _run_for(tmp_path, "conv_stack", [3, 8, 8], 3, 5)
+    with pytest.raises(DyncalError, match=r"give profile options as options=ProfileOptions\(...\) or as keywords"):
+        profile_run(run, options=ProfileOptions(latency=False), devices=("cpu",))  # devices was ignored before
+    with pytest.raises(DyncalError, match="no profile option 'device'; profile options are: "):
+        profile_run(run, device="cpu")
+    costs = profile_run(run, latency=False, check_rows=0)
+    assert costs.latency == {} and len(costs.macs) == 3
 
 
 def test_cli_profile_table_and_overrides_for_an_imported_run(cli, tmp_path):

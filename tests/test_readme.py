@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from dyncal.cli import app
 from dyncal.demo import WEIGHTS
-from dyncal.demo_pipeline import DEMO_DATA, DEMO_MODEL
+from dyncal.verbs.demo import DEMO_DATA, DEMO_MODEL
 
 README = Path(__file__).parents[1] / "README.md"
 TESTS = Path(__file__).parent

@@ -84,9 +84,9 @@ def test_temperature_matches_nll_minimised_on_torch_cross_entropy(seed):
 @pytest.mark.parametrize("score", list(Score))
 def test_runtime_scores_in_torch_equal_the_solver_scores_in_numpy(score):
     """The real early exit (torch, float32) and the simulation (numpy) must score alike."""
+    from dyncal.analysis.early_exit import EarlyExitRunner
     from dyncal.analysis.stages import build_stages
     from dyncal.demo import pretrained
-    from dyncal.runtime import EarlyExitRunner
 
     model = pretrained()
     temps = [0.7, 1.0, 1.6, 2.5]

@@ -28,11 +28,11 @@ from typer.testing import CliRunner
 
 import dyncal.artifacts.run_arrays as run_module
 from dyncal.artifacts.costs import device_name
+from dyncal.artifacts.package import PackageManifest, PackageStage, read_manifest
 from dyncal.artifacts.run_arrays import compute_fingerprint
 from dyncal.artifacts.thresholds import check_thresholds_for_run, decision_fingerprint, read_thresholds
 from dyncal.cli import app
 from dyncal.errors import DyncalError, RunError
-from dyncal.export import PackageManifest, PackageStage, read_manifest
 from dyncal.run import import_arrays, load_run
 
 N, K, C = 60, 3, 4

@@ -26,8 +26,9 @@ import trust_data
 from conftest import TESTS, assert_clean_error, model_outputs
 
 from dyncal.errors import ModelError, RunError
-from dyncal.models import load_model, load_run_model
+from dyncal.models import load_model
 from dyncal.run import CostTable, RunLock, load_run, lock_path, store_costs
+from dyncal.run_model import ModelOverrides, open_run_model
 
 ROOT = TESTS.parent
 MODEL = ["--model", "toy_models:two_exit", "--model-path", TESTS]
@@ -322,9 +323,9 @@ def test_profile_refuses_a_model_that_is_not_the_runs(cli, toy_npz, tmp_path):
     assert "SHA-256" in costs.latency["cpu/b1"].settings["other_model"]
 
 
-def test_load_run_model_checks_hash_and_rows(tmp_path, toy_npz):
-    from dyncal.collect import collect_run
+def test_open_run_model_checks_hash_and_rows(tmp_path, toy_npz):
     from dyncal.data import load_dataset
+    from dyncal.verbs.collect import collect_run
 
     run = collect_run(
         load_model("toy_models:two_exit", model_path=TESTS),
@@ -334,23 +335,57 @@ def test_load_run_model_checks_hash_and_rows(tmp_path, toy_npz):
         batch_size=8,
     )
     assert run is not None
-    loaded = load_run_model(run)
-    assert loaded.from_run and loaded.check.weights == "not recorded" and loaded.check.rows_checked == 8
+    loaded = open_run_model(run, ModelOverrides())
+    assert (
+        loaded.input_shape == (4,)
+        and loaded.from_run
+        and loaded.check.weights == "not recorded"
+        and loaded.check.rows_checked == 8
+    )
     # data moved away: rows cannot be re-run, and the same spec is still accepted (and says why)
     toy_npz.rename(tmp_path / "moved.npz")
-    unchecked = load_run_model(run)
+    unchecked = open_run_model(run, ModelOverrides(), probe=None)
     assert unchecked.check.rows_checked == 0 and "no such file" in unchecked.check.rows_note
     assert unchecked.check.mismatch is None
     with pytest.raises(ModelError, match="collected with 'toy_models:two_exit', not 'toy_models:slow', and no rows"):
-        load_run_model(run, model="toy_models:slow", model_path=TESTS)
+        open_run_model(run, ModelOverrides(model="toy_models:slow", model_path=TESTS), probe=None)
     # ... unless the data is given again, and the rows agree
-    moved = load_run_model(run, model="toy_models:slow", model_path=TESTS, data=str(tmp_path / "moved.npz"))
+    slow = ModelOverrides(model="toy_models:slow", model_path=str(TESTS))
+    moved = open_run_model(run, slow, probe=None, data=str(tmp_path / "moved.npz"))
     assert moved.check.rows_checked == 8 and moved.check.mismatch is None and not moved.from_run
 
 
+def test_profile_export_and_verify_refuse_a_model_of_another_c_in_the_same_words(tmp_path):
+    """One probe (``probe_run_model``): the same ModelError, whichever verb runs the run's model again."""
+    from torch.utils.data import TensorDataset
+
+    from dyncal.artifacts.run_document import Provenance
+    from dyncal.artifacts.run_import import import_arrays
+    from dyncal.calibrate.solvers import solve_run
+    from dyncal.verbs.export import export_package
+    from dyncal.verbs.profile import profile_run
+    from dyncal.verbs.verify import verify_run
+
+    extra = {"model_path": str(TESTS), "input_shape": [3, 8, 8], "input_dtype": "float32"}
+    prov = Provenance.here(model="models_zoo:conv_stack", data="(test)", device="cpu", extra=extra)
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(40, 3, 4)).astype(np.float32)  # conv_stack has C=5, so no row can say so
+    run = import_arrays(logits, rng.integers(0, 4, 40), tmp_path / "run", macs=(1e6, 2e6, 3e6), provenance=prov)
+    thresholds = solve_run(run, "0.8x")
+    wrong = r"^the model 'models_zoo:conv_stack' has K=3 exits and C=5 classes but run '.*' has K=3, C=4; use the model"
+    with pytest.raises(ModelError, match=wrong):
+        profile_run(run.path, latency=False)
+    with pytest.raises(ModelError, match=wrong):
+        export_package(run.path, thresholds, tmp_path / "pkg")
+    inputs = TensorDataset(torch.randn(40, 3, 8, 8), torch.zeros(40, dtype=torch.int64))
+    with pytest.raises(ModelError, match=wrong):
+        verify_run(run.path, thresholds, data=inputs)
+    assert load_run(run.path).costs.macs == (1e6, 2e6, 3e6) and not (tmp_path / "pkg").exists()
+
+
 def test_an_exported_run_is_checked_by_the_archives_hash(tmp_path, archives):
-    from dyncal.collect import collect_run
     from dyncal.data import load_dataset
+    from dyncal.verbs.collect import collect_run
 
     archive = archives["clean"]
     run = collect_run(
@@ -362,13 +397,13 @@ def test_an_exported_run_is_checked_by_the_archives_hash(tmp_path, archives):
         limit=32,
     )
     assert run is not None
-    loaded = load_run_model(run, check_rows=4)
+    loaded = open_run_model(run, ModelOverrides(), probe=None, check_rows=4)
     assert loaded.check.weights == "match" and loaded.check.rows_checked == 4
     # the same graph with other weights (the first convolution's, scaled): another archive
     scaled = {"data/weights/weight_0": lambda raw: (np.frombuffer(raw, np.float32) * 1.5).tobytes()}
     other = _rewrite(archive, tmp_path / "other.pt2", scaled)
     with pytest.raises(ModelError, match=r"SHA-256 of '.*other\.pt2' is"):
-        load_run_model(run, model=str(other))
+        open_run_model(run, ModelOverrides(model=str(other)), probe=None)
 
 
 # ----------------------------------------------------------------- unwritable outputs

@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import assert_clean_error
 
+from dyncal.analysis.early_exit import EarlyExitRunner
 from dyncal.analysis.latency import Timer
 from dyncal.analysis.stages import build_stages
 from dyncal.artifacts.thresholds import read_thresholds
@@ -18,7 +19,7 @@ from dyncal.artifacts.verify import VerifyResult
 from dyncal.demo import pretrained, validation
 from dyncal.errors import DyncalError
 from dyncal.run import load_run
-from dyncal.runtime import MIN_TIMED_BATCHES, EarlyExitRunner, verify_run
+from dyncal.verbs.verify import MIN_TIMED_BATCHES, verify_run
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_demo_writes_every_artifact(demo_dir):
 
 def test_demo_refuses_existing_folder(cli, demo_dir):
     from dyncal.artifacts.ownership import foreign_entry
-    from dyncal.demo_pipeline import _demo_entry
+    from dyncal.verbs.demo import _demo_entry
 
     assert_clean_error(cli("demo", "--out", demo_dir), "already exists.*--overwrite")
     assert (demo_dir / "report.pdf").exists()

@@ -5,7 +5,7 @@ time; after stage ``k`` it scores exit ``k`` (temperature, score as in threshold
 lets the samples with ``score >= t_k`` leave, and hands only the staying rows to stage
 ``k+1``. When nobody is left, later stages never run. That is the computation a deployed
 model does: ``dyncal profile`` times its parts (:mod:`dyncal.analysis.latency`), ``dyncal
-verify`` times it whole (:mod:`dyncal.runtime`, which re-exports it) and an exported package
+verify`` times it whole (:mod:`dyncal.verbs.verify`) and an exported package
 subclasses it.
 """
 

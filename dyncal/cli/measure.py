@@ -60,9 +60,9 @@ def collect(
 
     Example: dyncal collect --model dyncal.demo:pretrained --data dyncal.demo:validation --out run
     """
-    from dyncal.collect import CollectOptions, collect_run
     from dyncal.data import ImageTransform, load_dataset
     from dyncal.models import load_model
+    from dyncal.verbs.collect import CollectOptions, collect_run
 
     with params.user_errors(ctx):
         collecting = params.options(ctx, CollectOptions, data_spec=data, checkpoint_s=checkpoint_every)  # checked first
@@ -161,7 +161,7 @@ def profile(
 
     Example: dyncal profile run --device cpu --batch-size 1,32 --threads 4
     """
-    from dyncal.profile import ProfileOptions, profile_run_full
+    from dyncal.verbs.profile import ProfileOptions, profile_run_full
 
     with params.user_errors(ctx):
         asked = params.options(
@@ -236,7 +236,7 @@ def verify(
     """
     from dyncal.artifacts.outputs import claim_output_file, output_errors
     from dyncal.artifacts.thresholds import read_thresholds
-    from dyncal.runtime import VerifyOptions, verify_run
+    from dyncal.verbs.verify import VerifyOptions, verify_run
 
     with params.user_errors(ctx), contextlib.ExitStack() as claimed:
         sizes = params.timed_batch_sizes(batch_size)
@@ -290,7 +290,7 @@ def export_(
     Example: dyncal export run --thresholds thresholds.json --out package
     """
     from dyncal.artifacts.thresholds import read_thresholds
-    from dyncal.export import ExportOptions, export_package
+    from dyncal.verbs.export import ExportOptions, export_package
 
     with params.user_errors(ctx):
         shape = params.int_list(input_shape, "--input-shape", example="3,224,224")
@@ -318,7 +318,7 @@ def demo(
 
     Example: dyncal demo --out dyncal-demo
     """
-    from dyncal.demo_pipeline import run_demo
+    from dyncal.verbs.demo import run_demo
 
     step = functools.partial(typer.echo, err=True)
     with params.user_errors(ctx):

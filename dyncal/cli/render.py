@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from rich.table import Table
 
-    from dyncal.models import ModelCheck
+    from dyncal.run_model import ModelCheck
 
 
 def echo_json(doc: Any) -> None:
@@ -94,7 +94,7 @@ def note_run_code(
     Called once the verb succeeded (an error stays one line, and names the model itself).
     """
     from dyncal.artifacts.run import load_run
-    from dyncal.models import run_model_source
+    from dyncal.run_model import run_model_source
 
     opened = load_run(run)
     source = run_model_source(opened, model=model, weights=weights, model_path=model_path)

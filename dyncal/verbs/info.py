@@ -24,7 +24,7 @@ def run_info(run: Run) -> dict[str, Any]:
 
     Example:
         >>> import numpy as np, tempfile, pathlib
-        >>> from dyncal.artifacts.run import import_arrays
+        >>> from dyncal.artifacts.run_import import import_arrays
         >>> z = np.array([[[2.0, 0.0], [3.0, 0.0]], [[0.0, 1.0], [0.0, 2.0]]])
         >>> run = import_arrays(z, [0, 0], pathlib.Path(tempfile.mkdtemp()) / "r", macs=[1e6, 4e6])
         >>> doc = run_info(run)

@@ -11,8 +11,20 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from dyncal.artifacts.frontier import write_frontier_csv
+from dyncal.artifacts.lock import LOCK_PREFIX, OutputLock, is_dyncal_lock
+from dyncal.artifacts.outputs import check_out, check_output_folder, check_writable, output_errors, written_by_dyncal
+from dyncal.artifacts.ownership import foreign_entry, is_folder, is_regular_file, remove_owned_folder, temp_of
+from dyncal.artifacts.run import load_run
+from dyncal.artifacts.rundir import foreign_in_partial_run, foreign_in_run, is_run_dir
 from dyncal.errors import RunError
+
+if TYPE_CHECKING:
+    from dyncal.artifacts.verify import VerifyResult
+    from dyncal.calibrate.options import SolveOptions
+    from dyncal.reports.operating import ReportOptions
 
 __all__ = ["run_demo", "DEMO_MODEL", "DEMO_DATA"]
 
@@ -35,11 +47,6 @@ def _demo_entry(entry: Path) -> Path | None:
     writes them (:func:`~dyncal.artifacts.outputs.written_by_dyncal`); dyncal's lock files
     and the temporary files of interrupted writes.
     """
-    from dyncal.artifacts.lock import LOCK_PREFIX, is_dyncal_lock
-    from dyncal.artifacts.outputs import written_by_dyncal
-    from dyncal.artifacts.ownership import is_folder, is_regular_file, temp_of
-    from dyncal.artifacts.rundir import foreign_in_partial_run, foreign_in_run, is_run_dir
-
     name = entry.name
     if name == "run" and is_folder(entry):
         return foreign_in_run(entry) if is_run_dir(entry) else entry
@@ -56,19 +63,16 @@ def _demo_entry(entry: Path) -> Path | None:
 
 def _make_demo_folder(out: Path, overwrite: bool) -> None:
     """Create ``out`` empty (its lock held), replacing an old demo folder only if everything in it is dyncal's."""
-    from dyncal.artifacts.outputs import output_errors
-    from dyncal.artifacts.ownership import remove_owned_folder
-
-    if os.path.lexists(out):
-        if not overwrite:
-            raise RunError(f"'{out}' already exists; choose another `out` or pass `overwrite`")
-        if os.path.islink(out):
-            raise RunError(f"'{out}' is a symbolic link; dyncal never replaces a link: choose another `out`")
-        if not out.is_dir():
-            raise RunError(f"'{out}' is a file; choose another `out`")
-        with output_errors(out):
-            remove_owned_folder(out, _demo_entry, action="replace", error=RunError)
+    check_out(
+        out,
+        overwrite=overwrite,
+        what="demo folder",
+        is_ours=lambda _: True,  # whatever it holds is checked entry by entry
+        foreign=lambda folder: foreign_entry(folder, _demo_entry),
+    )
     with output_errors(out):
+        if os.path.lexists(out):
+            remove_owned_folder(out, _demo_entry, action="replace", error=RunError)
         out.mkdir()
 
 
@@ -97,38 +101,19 @@ def run_demo(
         DyncalError: A budget or criterion the solve or report options refuse (before
             anything is written).
     """
-    from dyncal.artifacts.frontier import write_frontier_csv
-    from dyncal.artifacts.lock import OutputLock
-    from dyncal.artifacts.outputs import check_output_folder, check_writable, output_errors
-    from dyncal.artifacts.run import load_run
-    from dyncal.calibrate.budget import parse_budget
     from dyncal.calibrate.frontier import compute_frontier
-    from dyncal.calibrate.options import SolveOptions
     from dyncal.calibrate.solvers import solve_run
-    from dyncal.collect import collect_run
     from dyncal.data import load_dataset
+    from dyncal.demo import WEIGHTS
     from dyncal.models import load_model
-    from dyncal.profile import profile_run
-    from dyncal.reports.operating import ReportOptions
     from dyncal.reports.pdf import build_report
-    from dyncal.runtime import verify_run
+    from dyncal.verbs.collect import collect_run
+    from dyncal.verbs.profile import profile_run
+    from dyncal.verbs.verify import verify_run
 
     # every option is checked before any work: a bad value fails at once and writes nothing
-    # an ms budget is read on the column the report judges: CPU, batch 1
-    column = ("cpu", 1) if parse_budget(budget).kind == "ms" else (None, None)
-    solve_options = SolveOptions(budget=budget, device=column[0], batch_size=column[1])
-    out = check_output_folder(out)
+    out, solve_options, report_options = _options(out, budget, max_drop, min_speedup)
     run_dir = out / "run"
-    report_options = ReportOptions(
-        thresholds=out / "thresholds.json",
-        verify=out / "verify.json",
-        max_drop=max_drop,
-        min_speedup=min_speedup,
-        device="cpu",
-        batch_size=1,
-        command=f"dyncal report {run_dir} --thresholds {out / 'thresholds.json'} --verify {out / 'verify.json'} "
-        f"--max-drop {max_drop} --min-speedup {min_speedup} --device cpu --batch-size 1 --out {out / 'report.pdf'}",
-    )
     if os.path.lexists(out) and not overwrite:
         raise RunError(f"'{out}' already exists; choose another `out` or pass `overwrite`")
     with output_errors(out):
@@ -139,8 +124,6 @@ def run_demo(
         t0 = time.perf_counter()
 
         log(f"[1/6] collect: {DEMO_MODEL} over {DEMO_DATA} → {run_dir}")
-        from dyncal.demo import WEIGHTS
-
         model = load_model(DEMO_MODEL, weights=WEIGHTS)
         collect_run(model, load_dataset(DEMO_DATA), run_dir, data_spec=DEMO_DATA, batch_size=128)
 
@@ -163,11 +146,51 @@ def run_demo(
         log("[6/6] report (judged on the measured early exit)")
         report = build_report(run_dir, out / "report.pdf", report_options)
 
-    th = thresholds.to_dict()
+    seconds = time.perf_counter() - t0
+    return _summary(out, seconds, budget, max_drop, min_speedup, thresholds.to_dict(), verified, report.to_dict())
+
+
+def _options(
+    out: str | os.PathLike[str], budget: str, max_drop: float, min_speedup: float
+) -> tuple[Path, SolveOptions, ReportOptions]:
+    """The demo folder, and the solve and report options it runs with (checked: nothing is written yet)."""
+    from dyncal.calibrate.budget import parse_budget
+    from dyncal.calibrate.options import SolveOptions
+    from dyncal.reports.operating import ReportOptions
+
+    # an ms budget is read on the column the report judges: CPU, batch 1
+    column = ("cpu", 1) if parse_budget(budget).kind == "ms" else (None, None)
+    solve_options = SolveOptions(budget=budget, device=column[0], batch_size=column[1])
+    out = check_output_folder(out)
+    run_dir = out / "run"
+    report_options = ReportOptions(
+        thresholds=out / "thresholds.json",
+        verify=out / "verify.json",
+        max_drop=max_drop,
+        min_speedup=min_speedup,
+        device="cpu",
+        batch_size=1,
+        command=f"dyncal report {run_dir} --thresholds {out / 'thresholds.json'} --verify {out / 'verify.json'} "
+        f"--max-drop {max_drop} --min-speedup {min_speedup} --device cpu --batch-size 1 --out {out / 'report.pdf'}",
+    )
+    return out, solve_options, report_options
+
+
+def _summary(
+    out: Path,
+    seconds: float,
+    budget: str,
+    max_drop: float,
+    min_speedup: float,
+    th: dict[str, Any],
+    verified: VerifyResult,
+    report: dict[str, Any],
+) -> str:
+    """The demo's summary: the operating point held out (thresholds.json ``th``), verify's timings, the verdict."""
     held = th["holdout"] or {"expected_macs": th["expected_macs"], "exit_shares": th["exit_shares"]}
     last = th["static"][-1] if th.get("static") else None
     lines = [
-        f"dyncal demo finished in {time.perf_counter() - t0:.0f} s → {out}/",
+        f"dyncal demo finished in {seconds:.0f} s → {out}/",
         f"  operating point ({th['method']}, budget {budget}): held-out accuracy "
         f"{100 * th['holdout_accuracy']:.2f}% "
         f"[{100 * th['holdout_ci'][0]:.2f}, {100 * th['holdout_ci'][1]:.2f}]"
@@ -188,7 +211,6 @@ def run_demo(
             f"full model {t.full_model_ms_median:.3g} ms; speed-up {t.speedup:.2f}x [{lo:.2f}, {hi:.2f}]"
         )
     lines.append(f"  agreement with the simulation: {100 * verified.agreement:.2f}%")
-    decision = report.to_dict().get("decision")
     criteria = f"accuracy drop <= {100 * max_drop:g} pt, speed-up >= {min_speedup:g}x on cpu/b1"
-    lines.append(f"  report: {out / 'report.pdf'}: {decision} ({criteria})")
+    lines.append(f"  report: {out / 'report.pdf'}: {report.get('decision')} ({criteria})")
     return "\n".join(lines)

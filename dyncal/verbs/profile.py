@@ -3,19 +3,20 @@
 The model is found through the run's provenance (``provenance.model``, and in
 ``provenance.extra``: ``weights``, ``model_path``, ``input_shape``, ``input_dtype``), each
 of which :class:`ProfileOptions` can override (needed for imported runs), and checked to be
-the run's model (:func:`dyncal.models.load_run_model`: the checkpoint's SHA-256 and a few
+the run's model (:func:`dyncal.run_model.open_run_model`: the checkpoint's SHA-256 and a few
 recorded rows re-run) unless ``allow_other_model``. The run is locked, and checked to be
 writable, before anything is measured. The model is
 partitioned into stages (:mod:`dyncal.analysis.stages`), the partition is proven on real
 inputs (every exit's logits reproduced), MACs are counted per stage with fvcore
 (:mod:`dyncal.analysis.flops`) and latency is measured per device and batch size
-(:mod:`dyncal.analysis.latency`). The resulting :class:`dyncal.run.CostTable` is stored in
-the run with :func:`dyncal.run.store_costs`, keeping latency of other devices/batch sizes
+(:mod:`dyncal.analysis.latency`). The resulting :class:`dyncal.artifacts.costs.CostTable` is stored in
+the run with :func:`dyncal.artifacts.run.store_costs`, keeping latency of other devices/batch sizes
 (latency timed on another model is replaced only with ``allow_other_model``).
 
 Example:
     >>> import numpy as np, tempfile, pathlib
-    >>> from dyncal.run import Provenance, import_arrays
+    >>> from dyncal.artifacts.run_document import Provenance
+    >>> from dyncal.artifacts.run_import import import_arrays
     >>> out = pathlib.Path(tempfile.mkdtemp()) / "run"
     >>> prov = Provenance.here(model="dyncal.demo:pretrained", data="x", device="cpu",
     ...                        extra={"input_shape": [1, 8, 8], "input_dtype": "float32"})
@@ -29,7 +30,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -55,18 +55,10 @@ from dyncal.artifacts.costs import CostTable, LatencyProfile, device_name
 from dyncal.artifacts.lock import RunLock
 from dyncal.artifacts.outputs import check_writable
 from dyncal.artifacts.run import Run, load_run, other_model_latency, store_costs
-from dyncal.errors import ProfileError, describe, param
-from dyncal.models import (
-    ModelCheck,
-    check_exit_outputs,
-    input_signature,
-    load_model,
-    load_run_model,
-    resolve_device,
-    run_model_source,
-    torch_dtype,
-)
-from dyncal.options import ModelOverrides
+from dyncal.errors import ProfileError, param
+from dyncal.models import load_model, resolve_device, torch_dtype
+from dyncal.options import options_from
+from dyncal.run_model import ModelCheck, ModelOverrides, ModelSource, open_run_model, state_sha256
 
 __all__ = ["ProfileOptions", "ProfileResult", "profile_run", "profile_run_full", "profile_model"]
 
@@ -77,7 +69,7 @@ _ROWS_BATCH = 4  # rows of the check that samples can leave between stages
 
 @dataclass(frozen=True, kw_only=True)
 class ProfileOptions(ModelOverrides):
-    """What to profile and how, on top of which model (:class:`~dyncal.options.ModelOverrides`).
+    """What to profile and how, on top of which model (:class:`~dyncal.run_model.ModelOverrides`).
 
     Attributes:
         devices: Devices to time on (``cpu``, ``cuda``, ``cuda:N``; one name is one device).
@@ -111,6 +103,7 @@ class ProfileOptions(ModelOverrides):
         if isinstance(self.devices, str):
             object.__setattr__(self, "devices", (self.devices,))
         object.__setattr__(self, "devices", tuple(dict.fromkeys(device_name(d) for d in self.devices)))
+        object.__setattr__(self, "batch_sizes", tuple(self.batch_sizes))
         if not self.devices and self.latency:
             raise ProfileError("give at least one of `devices` to time on")
         if self.check_rows < 0:
@@ -118,11 +111,12 @@ class ProfileOptions(ModelOverrides):
         if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
             raise ProfileError(f"`batch_sizes` must be positive integers, got {list(self.batch_sizes)}")
         super().__post_init__()
-        LatencySettings(
-            threads=self.threads,
-            warmup=self.warmup,
-            repeats=self.repeats,
-            min_block_ms=self.min_block_ms,
+        self.latency_settings()  # checks threads, warmup, repeats and min_block_ms
+
+    def latency_settings(self) -> LatencySettings:
+        """How latency is timed with these options."""
+        return LatencySettings(
+            threads=self.threads, warmup=self.warmup, repeats=self.repeats, min_block_ms=self.min_block_ms
         )
 
 
@@ -140,8 +134,8 @@ class ProfileResult:
         input_shape: The per-sample input shape used.
         drop_rows_reason: Why samples cannot leave a batch between stages (early exit must
             then run whole batches), None when they can.
-        model_check: How the model compared with the run's (see :func:`dyncal.models.check_run_model`).
-        model_from_run: Whether the model is the one ``run.json`` names (no ``model`` option).
+        model_check: How the model compared with the run's (see :func:`dyncal.run_model.check_run_model`).
+        source: Where the model came from: what ``run.json`` names, or the ``model`` option.
         replaced: Latency keys timed on another model that this profile replaced.
         replaced_model: That other model, described.
     """
@@ -155,7 +149,7 @@ class ProfileResult:
     input_shape: tuple[int, ...]
     drop_rows_reason: str | None = None
     model_check: ModelCheck | None = None
-    model_from_run: bool = False
+    source: ModelSource | None = None
     replaced: tuple[str, ...] = ()
     replaced_model: str | None = None
 
@@ -215,22 +209,6 @@ def _latency_summary(p: LatencyProfile) -> dict[str, Any]:
     }
 
 
-def state_sha256(model: nn.Module) -> str:
-    """SHA-256 of a model's state (names, dtypes, shapes and values of parameters and buffers).
-
-    Identifies the weights that were timed even when the model comes from a factory
-    without a checkpoint file.
-    """
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        if not isinstance(t, torch.Tensor):
-            continue
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def _rows_check(model: nn.Module, stages: Stages, x: torch.Tensor) -> None:
     """Run :func:`verify_stages` on a batch of several rows for its row-drop check only.
 
@@ -272,7 +250,7 @@ def profile_model(
         seed: Seed of the random inputs.
         latency: Measure latency (False: MACs only).
         model_id: What identifies the model (``model`` spec, ``weights_sha256``,
-            ``state_sha256``; see :data:`dyncal.run.MODEL_ID_KEYS`), recorded in every latency
+            ``state_sha256``; see :data:`dyncal.artifacts.costs.MODEL_ID_KEYS`), recorded in every latency
             entry's settings (default: the state's hash only).
 
     Returns:
@@ -290,49 +268,25 @@ def profile_model(
     devices = tuple(dict.fromkeys(device_name(d) for d in devices))  # cpu:0 is cpu: one key per device
     for d in devices:
         resolve_device(d)
-    x1 = example_input(input_shape, input_dtype, 1, device=cpu, seed=seed)
-    example = example_input(input_shape, input_dtype, EXAMPLE_BATCH, device=cpu, seed=seed)
+
+    def inputs(batch_size: int, device: torch.device) -> torch.Tensor:
+        return example_input(input_shape, input_dtype, batch_size, device=device, seed=seed)
+
+    x1 = inputs(1, cpu)
     checks: list[tuple[str, StageCheck]] = []
-    stages, check = checked_stages(model, x1, example=example, stages_fn=stages_fn, reexport=True)
+    stages, check = checked_stages(model, x1, example=inputs(EXAMPLE_BATCH, cpu), stages_fn=stages_fn, reexport=True)
     checks.append(("cpu/b1", check))
     if stages.can_drop_rows:  # can rows leave between stages? (needs >= 2 rows; marks the stages if not)
-        _rows_check(model, stages, example_input(input_shape, input_dtype, _ROWS_BATCH, device=cpu, seed=seed))
+        _rows_check(model, stages, inputs(_ROWS_BATCH, cpu))
     macs = stage_macs(stages, x1, model=model)
     log.info("MACs per exit: %s", list(macs.exit_macs))
     profiles: dict[str, LatencyProfile] = {}
-    if latency:
-        for name in devices:
-            dev = resolve_device(name)
-            if dev.type == "cpu":
-                dev_model, dev_stages = model, stages
-            else:
-                dev_model = model_on(name) if model_on is not None else model.to(dev)
-                dev_stages = build_stages(
-                    dev_model,
-                    example_input(input_shape, input_dtype, EXAMPLE_BATCH, device=dev, seed=seed),
-                    stages_fn=stages_fn,
-                )
-            try:
-                for b in batch_sizes:
-                    x = example_input(input_shape, input_dtype, int(b), device=dev, seed=seed)
-                    key = f"{name}/b{int(b)}"
-                    if stages.drop_rows_reason is not None:
-                        dev_stages.forbid_dropping_rows(stages.drop_rows_reason)
-                    run_stages, check = checked_stages(
-                        dev_model, x, stages=dev_stages, stages_fn=stages_fn, reexport=True
-                    )
-                    checks.append((key, check))
-                    log.info("timing %s", key)
-                    try:
-                        prof = measure_latency(run_stages, dev_model, x, settings, device_name=name)
-                    except torch.OutOfMemoryError as e:
-                        raise ProfileError(
-                            f"out of memory on {name} at batch size {b}; try a smaller `batch_sizes`"
-                        ) from e
-                    profiles[prof.key] = replace(prof, settings={**prof.settings, **model_id})
-            finally:
-                if dev.type != "cpu" and model_on is None:
-                    model.to(cpu)
+    for name in devices if latency else ():
+        timed = _time_on(
+            name, model, stages, inputs, batch_sizes, settings, stages_fn=stages_fn, model_on=model_on, checks=checks
+        )
+        for prof in timed:
+            profiles[prof.key] = replace(prof, settings={**prof.settings, **model_id})
     costs = CostTable(
         macs=tuple(float(m) for m in macs.exit_macs),
         stage_macs=tuple(float(m) for m in macs.stage_macs),
@@ -341,6 +295,48 @@ def profile_model(
         source="profile",
     )
     return costs, macs, stages, checks
+
+
+def _time_on(
+    name: str,
+    model: nn.Module,
+    stages: Stages,
+    inputs: Callable[[int, torch.device], torch.Tensor],
+    batch_sizes: Sequence[int],
+    settings: LatencySettings,
+    *,
+    stages_fn: Callable[[nn.Module], Sequence[nn.Module]] | None,
+    model_on: Callable[[str], nn.Module] | None,
+    checks: list[tuple[str, StageCheck]],
+) -> list[LatencyProfile]:
+    """Latency on device ``name`` at every batch size (inputs from ``inputs(b, device)``).
+
+    Each partition check is appended to ``checks``.
+    """
+    dev = resolve_device(name)
+    if dev.type == "cpu":
+        dev_model, dev_stages = model, stages
+    else:
+        dev_model = model_on(name) if model_on is not None else model.to(dev)
+        dev_stages = build_stages(dev_model, inputs(EXAMPLE_BATCH, dev), stages_fn=stages_fn)
+    try:
+        profiles = []
+        for b in batch_sizes:
+            x = inputs(int(b), dev)
+            key = f"{name}/b{int(b)}"
+            if stages.drop_rows_reason is not None:
+                dev_stages.forbid_dropping_rows(stages.drop_rows_reason)
+            run_stages, check = checked_stages(dev_model, x, stages=dev_stages, stages_fn=stages_fn, reexport=True)
+            checks.append((key, check))
+            log.info("timing %s", key)
+            try:
+                profiles.append(measure_latency(run_stages, dev_model, x, settings, device_name=name))
+            except torch.OutOfMemoryError as e:
+                raise ProfileError(f"out of memory on {name} at batch size {b}; try a smaller `batch_sizes`") from e
+        return profiles
+    finally:
+        if dev.type != "cpu" and model_on is None:
+            model.to(torch.device("cpu"))
 
 
 def profile_run_full(run_path: str | os.PathLike[str], *, options: ProfileOptions | None = None) -> ProfileResult:
@@ -369,75 +365,40 @@ def profile_run_full(run_path: str | os.PathLike[str], *, options: ProfileOption
 
 
 def _profile_locked(run: Run, options: ProfileOptions) -> ProfileResult:
-    run_model_source(run, model=options.model, weights=options.weights, model_path=options.model_path)
-    shape, dtype_name = input_signature(run, options.input_shape, options.input_dtype)
-    dtype = torch_dtype(dtype_name)
-    loaded = load_run_model(
+    opened = open_run_model(
         run,
-        model=options.model,
-        weights=options.weights,
-        model_path=options.model_path,
+        options,
         data=options.data,
-        device="cpu",
         allow_other_model=options.allow_other_model,
         check_rows=options.check_rows,
     )
-    spec, weights, model_path = loaded.spec, loaded.weights, loaded.model_path
-    stages_fn = stages_function(options.stages, model_path)
+    stages_fn = stages_function(options.stages, opened.model_path)
     model_id: dict[str, Any] = {
-        "model": spec,
-        "weights_sha256": loaded.weights_sha256,
-        "state_sha256": state_sha256(loaded.module),  # before anything runs (train-mode BatchNorm)
+        "model": opened.spec,
+        "weights_sha256": opened.weights_sha256,
+        "state_sha256": opened.state_sha256,
     }
-    if loaded.check is not None and loaded.check.allowed:
-        model_id["other_model"] = loaded.check.mismatch
+    if opened.check.allowed:
+        model_id["other_model"] = opened.check.mismatch
     other_model_latency(run, model_id, allow_other_model=options.allow_other_model)  # refuse before measuring
-    x1 = example_input(shape, dtype, 1, seed=options.seed)
-    try:
-        with torch.inference_mode():
-            outs = loaded.module(x1)
-    except Exception as e:  # noqa: BLE001 - the user's model may raise anything
-        hint = (
-            f"check `input_dtype`: {dtype_name} is not a floating dtype (e.g. float32), which most models need; "
-            "and `input_shape`"
-            if not dtype.is_floating_point
-            else "check `input_shape` (and `input_dtype`)"
-        )
-        raise ProfileError(
-            f"the model '{spec}' fails on an input of shape {tuple(x1.shape)} and dtype {dtype_name} "
-            f"({describe(e)}); {hint}"
-        ) from e
-    k, c = check_exit_outputs(outs, 1, static_ok=True)
-    if (k, c) != (run.k, run.c):
-        raise ProfileError(
-            f"the model '{spec}' has K={k} exits and C={c} classes but run '{run.path}' has "
-            f"K={run.k}, C={run.c}; profile the model the run was collected with (`model`)"
-        )
 
     def model_on(device: str) -> nn.Module:
-        return load_model(spec, weights=weights, model_path=model_path, device=device).module
+        return load_model(opened.spec, weights=opened.weights, model_path=opened.model_path, device=device).module
 
-    settings = LatencySettings(
-        threads=options.threads,
-        warmup=options.warmup,
-        repeats=options.repeats,
-        min_block_ms=options.min_block_ms,
-    )
     costs, macs, stages, checks = profile_model(
-        loaded.module,
-        shape,
-        input_dtype=dtype,
+        opened.module,
+        opened.input_shape,
+        input_dtype=torch_dtype(opened.input_dtype),
         devices=options.devices,
         batch_sizes=tuple(int(b) for b in options.batch_sizes),
-        settings=settings,
+        settings=options.latency_settings(),
         stages_fn=stages_fn,
         model_on=model_on,
         seed=options.seed,
         latency=options.latency,
         model_id=model_id,
     )
-    check_doc = None if loaded.check is None else loaded.check.to_dict()
-    costs = replace(costs, model={**model_id, "check": check_doc})
+    costs = replace(costs, model={**model_id, "check": opened.check.to_dict()})
     stored = store_costs(run, costs, model_id=model_id, allow_other_model=options.allow_other_model)
     return ProfileResult(
         costs=stored.costs,
@@ -446,40 +407,29 @@ def _profile_locked(run: Run, options: ProfileOptions) -> ProfileResult:
         checks=tuple(checks),
         drop_rows_reason=stages.drop_rows_reason,
         measured=tuple(costs.latency),
-        model=spec,
-        input_shape=shape,
-        model_check=loaded.check,
-        model_from_run=loaded.from_run,
+        model=opened.spec,
+        input_shape=opened.input_shape,
+        model_check=opened.check,
+        source=opened.source,
         replaced=stored.replaced,
         replaced_model=stored.replaced_model,
     )
 
 
-def profile_run(
-    run_path: str | os.PathLike[str],
-    *,
-    devices: Sequence[str] = ("cpu",),
-    batch_sizes: Sequence[int] = (1,),
-    threads: int | None = None,
-    options: ProfileOptions | None = None,
-) -> CostTable:
+def profile_run(run_path: str | os.PathLike[str], options: ProfileOptions | None = None, **fields: Any) -> CostTable:
     """Profile a run's model (stages, MACs, latency) and store the cost table in the run.
 
     Args:
         run_path: A complete run directory (from collect, or import with ``options.model``).
-        devices: Devices to time on; ignored when ``options`` is given.
-        batch_sizes: Batch sizes to time; ignored when ``options`` is given.
-        threads: CPU threads pinned while timing; ignored when ``options`` is given.
-        options: All options (model overrides, hand-declared stages, repeats, ...).
+        options: All options (devices, batch sizes, threads, model overrides, hand-declared
+            stages, repeats, ...; :class:`ProfileOptions`).
+        **fields: The fields of :class:`ProfileOptions` as keywords instead of ``options``
+            (``devices=``, ``batch_sizes=``, ``threads=``, ...).
 
     Returns:
         The cost table as stored (latency of other devices/batch sizes kept).
 
     Raises:
-        DyncalError: See :func:`profile_run_full`.
+        DyncalError: Options given both ways, or see :func:`profile_run_full`.
     """
-    if options is None:
-        options = ProfileOptions(
-            devices=tuple(devices), batch_sizes=tuple(int(b) for b in batch_sizes), threads=threads
-        )
-    return profile_run_full(run_path, options=options).costs
+    return profile_run_full(run_path, options=options_from(ProfileOptions, options, fields, "profile")).costs

@@ -5,14 +5,13 @@ the data set, process 0 allocates the on-disk arrays once the first batches tell
 C, every process writes its rows in place, and process 0 publishes the run. Rows stay in
 data set order and nothing is merged or copied afterwards.
 
-Memory stays flat as N grows: rows go straight to disk (see :class:`dyncal.run.RunWriter`).
+Memory stays flat as N grows: rows go straight to disk (see :class:`dyncal.artifacts.run.RunWriter`).
 Process 0 holds the run's lock throughout, and every process saves its progress in the
 partial run, so ``resume`` continues a collect that was killed where it stopped.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -26,16 +25,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from dyncal.artifacts.atomic import atomic_write_text
 from dyncal.artifacts.outputs import check_out
 from dyncal.artifacts.run import Run, load_run
 from dyncal.artifacts.run_document import Provenance
 from dyncal.artifacts.run_writer import RunWriter
 from dyncal.artifacts.rundir import PARTIAL_SUFFIX
 from dyncal.data import check_item
-from dyncal.errors import DataError, DyncalError, ModelError, RunError, first_line, param
-from dyncal.models import LoadedModel, check_exit_outputs, logits_difference, resolve_device
+from dyncal.errors import DataError, DyncalError, ModelError, first_line, param
+from dyncal.models import LoadedModel, check_exit_outputs, resolve_device
 from dyncal.options import MAX_WORKERS, check_at_least, options_from
+from dyncal.verbs.collect_resume import compare_saved, read_progress, resume_point, write_progress
 
 __all__ = ["collect_run", "CollectOptions", "DistributedContext"]
 
@@ -208,7 +207,7 @@ def collect_run(
 ) -> Run | None:
     """Collect per-exit logits of ``loaded`` over ``dataset`` into the run ``out``.
 
-    The run is built in ``OUT.partial`` under the run's lock (:class:`dyncal.run.RunLock`)
+    The run is built in ``OUT.partial`` under the run's lock (:class:`dyncal.artifacts.lock.RunLock`)
     and published only once every row is written. Progress is saved in
     ``OUT.partial/progress.<rank>.json`` (after the rows it names are on disk), so an
     interrupted collect, ``kill -9`` included, can be continued with ``resume``.
@@ -263,81 +262,6 @@ def _init_distributed(ctx: DistributedContext, device: str) -> None:
             dist.init_process_group(backend="gloo")
 
 
-# --------------------------------------------------------------------------- progress (resume)
-
-PROGRESS_SCHEMA = "dyncal.collect-progress"
-PROGRESS_VERSION = 1
-
-# What a partial run must agree on to be continued, with how to name each in a message.
-_SPEC_NAMES = {
-    "model": "the model",
-    "weights_sha256": "the weights' SHA-256",
-    "data": param("data_spec"),
-    "dataset_len": "the data set's length",
-    "limit": param("limit"),
-    "n": "N",
-    "batch_size": param("batch_size"),
-    "device": param("device"),
-    "world_size": "the number of processes",
-    "input_shape": "the input shape",
-    "input_dtype": "the input dtype",
-    "image_transform": "the image transform",
-}
-
-
-def _progress_path(partial: Path, rank: int) -> Path:
-    return partial / f"progress.{rank}.json"
-
-
-def _write_progress(
-    partial: Path, rank: int, spec: Mapping[str, Any], k: int, c: int, block: tuple[int, int], done: int
-) -> None:
-    doc = {
-        "schema": PROGRESS_SCHEMA,
-        "schema_version": PROGRESS_VERSION,
-        "spec": dict(spec),
-        "k": k,
-        "c": c,
-        "rank": rank,
-        "block": list(block),
-        "done": done,
-    }
-    atomic_write_text(_progress_path(partial, rank), json.dumps(doc, indent=1))
-
-
-def _read_progress(partial: Path, rank: int) -> dict[str, Any] | None:
-    """This process's saved progress, or None when there is none (or it is unreadable)."""
-    try:
-        doc = json.loads(_progress_path(partial, rank).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    ok = (
-        isinstance(doc, dict)
-        and doc.get("schema") == PROGRESS_SCHEMA
-        and doc.get("schema_version") == PROGRESS_VERSION
-        and isinstance(doc.get("spec"), dict)
-        and all(isinstance(doc.get(key), int) for key in ("k", "c", "done"))
-        and isinstance(doc.get("block"), list)
-    )
-    return doc if ok else None
-
-
-def _spec_difference(partial: Path, saved: Mapping[str, Any], now: Mapping[str, Any]) -> str | None:
-    """One line saying how this collect differs from the interrupted one, or None."""
-    diffs = [
-        f"{name} is {now.get(key)!r} now but was {saved.get(key)!r}"
-        for key, name in _SPEC_NAMES.items()
-        if saved.get(key) != now.get(key)
-    ]
-    if not diffs:
-        return None
-    more = f" (and {len(diffs) - 1} more difference{'s' if len(diffs) > 2 else ''})" if len(diffs) > 1 else ""
-    return (
-        f"cannot resume '{partial}': {diffs[0]}{more}; repeat the interrupted collect's options, "
-        "or pass `overwrite` instead of `resume` to start again"
-    )
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -366,8 +290,7 @@ def _collect(
     model = loaded.module.to(dev)
     if not loaded.spec.endswith(".pt2"):  # exported programs have no train/eval switch
         model.eval()
-    start, stop = ctx.block(n)
-    block = (start, stop)
+    start, stop = block = ctx.block(n)
     spec = {
         "model": loaded.spec,
         "weights_sha256": loaded.weights_sha256,
@@ -382,44 +305,12 @@ def _collect(
         "input_dtype": input_dtype,
         "image_transform": image_transform,
     }
-
-    # Process 0 takes the lock and makes (or keeps) the partial directory; the others wait.
-    writer: RunWriter | None = None
-    setup: Any = None
-    if ctx.rank == 0:
-        try:
-            writer = RunWriter(out, n, overwrite=s.overwrite, keep_partial=s.resume)
-            if writer.resumed and _read_progress(writer.partial, 0) is None:
-                log.info("'%s' holds no saved progress; collecting from the start", writer.partial)
-                writer.restart()
-            setup = writer.resumed
-        except DyncalError as e:
-            setup = str(e)
-    setups = _gather(ctx, setup)
-    _raise_first_error(setups)
-    resumed = bool(setups[0])
+    writer, resumed = _open_writer(out, n, ctx, s)
     partial = out.with_name(out.name + PARTIAL_SUFFIX)
-
-    keep_partial = resumed
     try:
-        saved_kc: tuple[int, int] | None = None
-        done = start
-        error: str | None = None
-        if resumed:
-            first_doc = _read_progress(partial, 0)
-            assert first_doc is not None  # process 0 checked it under the lock
-            saved_kc = (int(first_doc["k"]), int(first_doc["c"]))
-            mine = _read_progress(partial, ctx.rank)  # None: this process died before saving any
-            error = _spec_difference(partial, (mine or first_doc)["spec"], spec)
-            if mine is not None:
-                done = int(mine["done"])
-                if error is None and (list(mine["block"]) != list(block) or not start <= done <= stop):
-                    error = (
-                        f"cannot resume '{partial}': this process's rows are {list(block)} now but were "
-                        f"{mine['block']} (saved up to {done}); pass `overwrite` instead of `resume` to start again"
-                    )
-            if error is None and ctx.rank == 0:
-                log.info("resuming '%s' at row %d of %d", partial, done, stop)
+        done, saved_kc, error = resume_point(partial, ctx.rank, spec, block) if resumed else (start, None, None)
+        if error is None and resumed and ctx.rank == 0:
+            log.info("resuming '%s' at row %d of %d", partial, done, stop)
         _raise_first_error(_gather(ctx, error))
 
         # Re-run the last saved batch (compared, not written) so a changed model or data
@@ -434,39 +325,11 @@ def _collect(
         )
         batches = iter(loader)
         t0 = time.perf_counter()
-        first: tuple[Any, Any] | None = None
-        shape_or_error: Any = None
         with torch.inference_mode():
-            try:
-                first_batch = _next_batch(batches, 0, first_row, s.batch_size)
-                if first_batch is not None:  # else an empty share (more processes than rows)
-                    x, y = first_batch
-                    outs = _forward(model, x, dev, 0)
-                    shape_or_error = check_exit_outputs(outs, int(x.shape[0]), static_ok=True)
-                    first = (y, outs)
-            except DyncalError as e:
-                shape_or_error = str(e)
-            shapes = _gather(ctx, shape_or_error)
-            _raise_first_error(shapes)
-            kc = {tuple(v) for v in shapes if v is not None}
-            if saved_kc is not None:
-                kc.add(saved_kc)
-            if len(kc) != 1:
-                what = "the model and the interrupted collect" if saved_kc is not None else "processes"
-                raise ModelError(f"{what} disagree on (K, C): {sorted(kc)}")
-            k, c = kc.pop()
-            if writer is not None:
-                if resumed:
-                    writer.open_existing(k, c)
-                else:
-                    writer.allocate(k, c)
-            if ctx.active:
-                _gather(ctx, None)  # arrays exist now
-                if writer is None:
-                    writer = RunWriter.attach(out, n, k, c)
-            assert writer is not None
+            first, (k, c) = _first_batch(model, dev, batches, first_row, ctx, s, saved_kc)
+            writer = _arrays(writer, out, n, k, c, ctx, resumed)
             if not resumed:
-                _write_progress(partial, ctx.rank, spec, k, c, block, start)
+                write_progress(partial, ctx.rank, spec, k, c, block, start)
             try:
                 row = _write_rows(
                     writer, model, dev, batches, first, k, c, ctx, s, spec, block, first_row, done, t0, progress
@@ -480,38 +343,123 @@ def _collect(
         seconds = time.perf_counter() - t0
         if ctx.rank != 0:
             writer.close()  # flushed before process 0 publishes
-        errors = _gather(ctx, error)
-        _raise_first_error(errors)
-        if writer is None or ctx.rank != 0:
+        _raise_first_error(_gather(ctx, error))
+        if ctx.rank != 0:
             return None
-        provenance = Provenance.here(
-            model=loaded.spec,
-            data=s.data_spec,
-            device=str(dev) if not ctx.active else f"{dev.type} x{ctx.world_size}",
-            weights_sha256=loaded.weights_sha256,
-            command=command,
-            extra={
-                "weights": loaded.weights,
-                "model_path": loaded.model_path,
-                "input_shape": list(input_shape),
-                "input_dtype": input_dtype,
-                "batch_size": s.batch_size,
-                "workers": s.workers,
-                "limit": s.limit,
-                "world_size": ctx.world_size,
-                "collect_seconds": round(seconds, 3),
-                "image_transform": image_transform,
-            },
-        )
-        writer.finish(provenance)
+        writer.finish(_provenance(loaded, s, dev, ctx, command, input_shape, input_dtype, seconds, image_transform))
         log.info("collected %d samples in %.1f s", n, seconds)
         return load_run(out)
     except BaseException as e:
         # A user error in a fresh collect leaves nothing; an interruption, or any failure
         # of a resumed one, keeps the partial run (and its progress) for --resume.
         if writer is not None:
-            writer.abort(keep_partial=keep_partial or not isinstance(e, DyncalError))
+            writer.abort(keep_partial=resumed or not isinstance(e, DyncalError))
         raise
+
+
+def _open_writer(out: Path, n: int, ctx: DistributedContext, s: CollectOptions) -> tuple[RunWriter | None, bool]:
+    """Process 0 takes the lock and makes (or keeps) the partial run; the others wait.
+
+    Returns:
+        The writer (process 0's; None on the others) and whether it continues an interrupted collect.
+    """
+    writer: RunWriter | None = None
+    setup: Any = None
+    if ctx.rank == 0:
+        try:
+            writer = RunWriter(out, n, overwrite=s.overwrite, keep_partial=s.resume)
+            if writer.resumed and read_progress(writer.partial, 0) is None:
+                log.info("'%s' holds no saved progress; collecting from the start", writer.partial)
+                writer.restart()
+            setup = writer.resumed
+        except DyncalError as e:
+            setup = str(e)
+    setups = _gather(ctx, setup)
+    _raise_first_error(setups)
+    return writer, bool(setups[0])
+
+
+def _first_batch(
+    model: Any,
+    dev: torch.device,
+    batches: Any,
+    first_row: int,
+    ctx: DistributedContext,
+    s: CollectOptions,
+    saved_kc: tuple[int, int] | None,
+) -> tuple[tuple[Any, Any] | None, tuple[int, int]]:
+    """This process's first ``(labels, outputs)`` (None: an empty share), and the (K, C) every process agrees on."""
+    first: tuple[Any, Any] | None = None
+    shape_or_error: Any = None
+    try:
+        first_batch = _next_batch(batches, 0, first_row, s.batch_size)
+        if first_batch is not None:  # else an empty share (more processes than rows)
+            x, y = first_batch
+            outs = _forward(model, x, dev, 0)
+            shape_or_error = check_exit_outputs(outs, int(x.shape[0]), static_ok=True)
+            first = (y, outs)
+    except DyncalError as e:
+        shape_or_error = str(e)
+    shapes = _gather(ctx, shape_or_error)
+    _raise_first_error(shapes)
+    kc = {tuple(v) for v in shapes if v is not None}
+    if saved_kc is not None:
+        kc.add(saved_kc)
+    if len(kc) != 1:
+        what = "the model and the interrupted collect" if saved_kc is not None else "processes"
+        raise ModelError(f"{what} disagree on (K, C): {sorted(kc)}")
+    k, c = kc.pop()
+    return first, (k, c)
+
+
+def _arrays(
+    writer: RunWriter | None, out: Path, n: int, k: int, c: int, ctx: DistributedContext, resumed: bool
+) -> RunWriter:
+    """Process 0 allocates (or reopens) the arrays; then the other processes attach to them."""
+    if writer is not None:
+        if resumed:
+            writer.open_existing(k, c)
+        else:
+            writer.allocate(k, c)
+    if ctx.active:
+        _gather(ctx, None)  # arrays exist now
+        if writer is None:
+            writer = RunWriter.attach(out, n, k, c)
+    assert writer is not None
+    return writer
+
+
+def _provenance(
+    loaded: LoadedModel,
+    s: CollectOptions,
+    dev: torch.device,
+    ctx: DistributedContext,
+    command: str | None,
+    input_shape: Any,
+    input_dtype: str,
+    seconds: float,
+    image_transform: dict[str, Any] | None,
+) -> Provenance:
+    """What the finished run records of how it was collected."""
+    return Provenance.here(
+        model=loaded.spec,
+        data=s.data_spec,
+        device=str(dev) if not ctx.active else f"{dev.type} x{ctx.world_size}",
+        weights_sha256=loaded.weights_sha256,
+        command=command,
+        extra={
+            "weights": loaded.weights,
+            "model_path": loaded.model_path,
+            "input_shape": list(input_shape),
+            "input_dtype": input_dtype,
+            "batch_size": s.batch_size,
+            "workers": s.workers,
+            "limit": s.limit,
+            "world_size": ctx.world_size,
+            "collect_seconds": round(seconds, 3),
+            "image_transform": image_transform,
+        },
+    )
 
 
 def _write_rows(
@@ -550,31 +498,17 @@ def _write_rows(
         b = logits.shape[0]
         indices = np.arange(row, row + b, dtype=np.int64)
         if row < done:
-            _compare_saved(writer, row, logits, labels, indices)
+            compare_saved(writer, row, logits, labels, indices)
         else:
             writer.write(row, logits, labels, indices)
         row += b
         batch_index += 1
         if row > done and (row == stop or time.monotonic() - last_saved >= s.checkpoint_s):
             writer.sync()  # the rows are on disk before the progress file names them
-            _write_progress(writer.partial, ctx.rank, spec, k, c, block, row)
+            write_progress(writer.partial, ctx.rank, spec, k, c, block, row)
             last_saved = time.monotonic()
         if progress is not None and ctx.rank == 0:
             progress(row - start, stop - start, (row - first_row) / max(time.perf_counter() - t0, 1e-9))
         batch = _next_batch(batches, batch_index, row, s.batch_size)
         current = None if batch is None else (batch[1], _forward(model, batch[0], dev, batch_index))
     return row
-
-
-def _compare_saved(writer: RunWriter, row: int, logits: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> None:
-    """Refuse to resume when rows the interrupted collect saved come out differently now."""
-    old_logits, old_labels, old_indices = writer.read(row, row + logits.shape[0])
-    diff, ok = logits_difference(logits, old_logits)
-    if ok and np.array_equal(labels, old_labels) and np.array_equal(indices, old_indices):
-        return
-    what = f"logits up to {diff:.3g} away" if not ok else "other labels"
-    raise RunError(
-        f"cannot resume '{writer.partial}': rows {row}..{row + logits.shape[0] - 1} come out with {what} than "
-        "the interrupted collect saved, so the model or the data changed; pass `overwrite` instead of `resume` "
-        "to start again"
-    )

@@ -1,0 +1,277 @@
+"""Serving an exported package: :func:`load_early_exit` loads one, :class:`PackageRunner` runs it.
+
+Loading is checked: every file's hash must match the manifest
+(:mod:`dyncal.artifacts.package`), every archive is parsed and checked before torch reads it
+(:mod:`dyncal.archives`, through :func:`dyncal.models.load_exported`), and the thresholds
+must match the decision fingerprint. ``load_early_exit(DIR, verify_key=KEY)`` refuses a
+package unless its signature verifies under the key (and refuses an unsigned package).
+
+The runner is an :class:`~dyncal.analysis.early_exit.EarlyExitRunner` over the loaded
+stages, so its decisions are the same code path ``dyncal verify`` measures::
+
+    runner = dyncal.load_early_exit("pkg")               # or device="cuda"
+    exits, preds = runner(x)                             # int64 (B,) each, exits from 0
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dyncal import archives
+from dyncal.analysis.early_exit import EarlyExitRunner
+from dyncal.analysis.stages import Stages
+from dyncal.artifacts import package
+from dyncal.artifacts.rundir import PARTIAL_SUFFIX
+from dyncal.errors import DyncalError
+from dyncal.models import load_exported, resolve_device, torch_dtype
+
+__all__ = ["PackageRunner", "load_early_exit"]
+
+
+class _StageProgram(nn.Module):
+    """A loaded stage that counts its calls and the rows it computed.
+
+    It runs the exported program's graph directly with the program's weights passed in,
+    which skips the per-call input checks and pytree handling of
+    :meth:`torch.export.ExportedProgram.module` (they cost more than a small stage's
+    compute); the runner checks the input once, and what later stages receive comes from
+    the earlier ones. Programs with state other than weights, buffers and constants run
+    through ``module()``.
+    """
+
+    def __init__(self, program: torch.export.ExportedProgram, batch_dims: Sequence[int | None]) -> None:
+        from torch.export.graph_signature import InputKind, OutputKind
+
+        super().__init__()
+        self._where = next(((i, d) for i, d in enumerate(batch_dims) if d is not None), None)
+        self.calls = 0
+        self.rows = 0
+        sig = program.graph_signature
+        slots: list[torch.Tensor | None] = []
+        direct = all(o.kind == OutputKind.USER_OUTPUT for o in sig.output_specs)
+        for spec in sig.input_specs:
+            if spec.kind == InputKind.USER_INPUT:
+                slots.append(None)
+            elif spec.kind == InputKind.PARAMETER or (spec.kind == InputKind.BUFFER and spec.persistent):
+                slots.append(program.state_dict[str(spec.target)])
+            elif spec.kind in (InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
+                value = program.constants[str(spec.target)]
+                direct &= isinstance(value, torch.Tensor)
+                slots.append(value if isinstance(value, torch.Tensor) else None)
+            else:
+                direct = False
+        self._slots = slots
+        self.graph: nn.Module = program.graph_module if direct else program.module()
+        self._direct = direct
+
+    def forward(self, *args: Any) -> Any:
+        self.calls += 1
+        if self._where is not None:
+            i, d = self._where
+            self.rows += int(args[i].shape[d])
+        if not self._direct:
+            return self.graph(*args)
+        it = iter(args)
+        return self.graph(*[next(it) if t is None else t for t in self._slots])
+
+
+class PackageRunner(EarlyExitRunner):
+    """The early exit of an exported package (:func:`load_early_exit` makes one).
+
+    A drop-in :class:`~dyncal.analysis.early_exit.EarlyExitRunner`: ``runner(x)`` takes a batch
+    ``(B, *input_shape)`` and returns ``(exits, predictions)``, int64 ``(B,)`` each on the
+    runner's device, exits from 0. Rows that leave are cut from the batch; later stages
+    never run once nobody is left.
+
+    Attributes:
+        path: The package directory.
+        manifest: Its manifest.
+        manifest_sha256: SHA-256 of ``manifest.json`` as loaded (pin it to pin the package).
+        device: Where the stages run.
+        key_id: Id of the key whose signature was verified when loading, or None (no ``verify_key``).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: package.PackageManifest,
+        programs: Sequence[torch.export.ExportedProgram],
+        device: torch.device,
+        manifest_sha256: str,
+    ) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.manifest_sha256 = manifest_sha256
+        self.key_id: str | None = None
+        self._programs = tuple(programs)
+        self._dtype = torch_dtype(manifest.input_dtype, f"package '{path}' input dtype")
+        self.device = device
+        super().__init__(self._stages_on(device), manifest.thresholds, manifest.temperatures, manifest.score)
+
+    def _stages_on(self, device: torch.device) -> Stages:
+        from torch.export.passes import move_to_device_pass
+
+        modules = []
+        for i, program in enumerate(self._programs):
+            ep = program if device.type == "cpu" else move_to_device_pass(program, device)
+            dims = (0,) if i == 0 else self.manifest.stages[i - 1].carry_batch_dims
+            modules.append(_StageProgram(ep, dims))
+        return Stages(
+            modules,
+            batch_dims=[s.carry_batch_dims for s in self.manifest.stages],
+            source="package",
+            dynamic_batch=True,
+        )
+
+    def to(self, device: torch.device | str) -> PackageRunner:
+        """Run the stages on ``device`` (``cpu``, ``cuda``, ``cuda:N``) from now on; returns ``self``."""
+        dev = resolve_device(str(device))
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        self.stages = self._stages_on(dev)
+        self.device = dev
+        return self
+
+    @property
+    def stage_rows(self) -> list[int]:
+        """Rows each stage has computed since loading (or :meth:`reset_counts`), ``K`` ints.
+
+        With an early exit, stage ``k`` sees only the rows that stayed past exit ``k - 1``.
+        """
+        return [m.rows for m in self._counters()]
+
+    @property
+    def stage_calls(self) -> list[int]:
+        """Calls of each stage since loading (or :meth:`reset_counts`), ``K`` ints."""
+        return [m.calls for m in self._counters()]
+
+    def reset_counts(self) -> None:
+        """Zero :attr:`stage_rows` and :attr:`stage_calls`."""
+        for m in self._counters():
+            m.rows = m.calls = 0
+
+    def _counters(self) -> list[_StageProgram]:
+        return [m for m in self.stages.modules if isinstance(m, _StageProgram)]
+
+    @torch.inference_mode()
+    def full_model(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every exit's logits for the whole batch, no sample leaving: the package's plain model.
+
+        Returns:
+            ``K`` tensors ``(B, C)``, exit 1 first (what the model returns).
+        """
+        self._check_input(x)
+        return self.stages.run(x)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        """Refuse a batch that does not fit the package's input signature or device (one line)."""
+        m = self.manifest
+        if not isinstance(x, torch.Tensor):
+            raise DyncalError(f"the package takes a tensor (B, {', '.join(map(str, m.input_shape))}), got {type(x)}")
+        if tuple(x.shape[1:]) != m.input_shape or x.ndim != len(m.input_shape) + 1:
+            raise DyncalError(
+                f"input of shape {tuple(x.shape)} but the package takes (B, {', '.join(map(str, m.input_shape))})"
+            )
+        if x.dtype != self._dtype:
+            got = str(x.dtype).replace("torch.", "")
+            raise DyncalError(f"input of dtype {got} but the package takes {m.input_dtype}")
+        if x.device != self.device:
+            raise DyncalError(f"input on {x.device} but the package runs on {self.device}; move it with x.to(...)")
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Early-exit a batch ``x`` ``(B, *input_shape)`` on the runner's device.
+
+        Returns:
+            ``(exits, predictions)``, int64 ``(B,)`` each; exits are 0-based.
+
+        Raises:
+            DyncalError: ``x`` does not fit the package's input signature or device.
+        """
+        self._check_input(x)
+        if x.shape[0] == 0:
+            empty = torch.empty((0,), dtype=torch.int64, device=x.device)
+            return empty, empty.clone()
+        return super().__call__(x)
+
+
+def load_early_exit(
+    path: str | os.PathLike[str],
+    *,
+    device: str = "cpu",
+    verify_key: str | os.PathLike[str] | bytes | None = None,
+) -> PackageRunner:
+    """Load an exported early-exit package; the model's code is not needed.
+
+    With ``verify_key``, the package's signature (``dyncal export --sign-key``) is checked
+    against the manifest's bytes before anything else is read: a package that is unsigned,
+    signed with another key, or whose manifest changed since is refused. Then every file's
+    SHA-256 is checked against the manifest, every archive is parsed and checked before torch
+    reads it (:mod:`dyncal.archives`), and the thresholds against the decision fingerprint.
+    Without a key the hashes catch damage but not a consistent forgery: anyone who can
+    rewrite the package can rewrite its manifest too.
+
+    Args:
+        path: A package directory written by ``dyncal export``.
+        device: ``cpu``, ``cuda`` or ``cuda:N`` (:meth:`PackageRunner.to` moves it later).
+        verify_key: The key file the package was signed with (or the key itself as bytes).
+
+    Returns:
+        The runner: ``exits, preds = runner(x)``.
+
+    Raises:
+        DyncalError: Not a package, a signature that does not verify, a changed or missing
+            file, an archive that is refused, or a manifest that does not hold together.
+
+    Example::
+
+        runner = dyncal.load_early_exit("pkg", verify_key="package.key")
+        with torch.inference_mode():
+            for x in batches:                     # (B, *runner.manifest.input_shape)
+                exits, preds = runner(x)
+    """
+    path = Path(path)
+    if path.name.endswith(PARTIAL_SUFFIX):
+        package.read_manifest(path)  # refuses an unfinished export with its own message
+    secret = None if verify_key is None else package.read_key(verify_key, "verify_key")
+    return open_package(path, device, secret)
+
+
+def open_package(path: Path, device: str, secret: bytes | None = None) -> PackageRunner:
+    """Load the package in the folder ``path`` as it is, the folder of an export in progress too.
+
+    Args:
+        path: The package's folder.
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        secret: The key whose signature must verify, or None.
+
+    Raises:
+        DyncalError: See :func:`load_early_exit`.
+    """
+    raw = package.manifest_bytes(path)
+    key_id = None if secret is None else package.verify_signature(path, raw, secret)
+    manifest = package.parse_manifest(raw, path / package.MANIFEST)
+    dev = resolve_device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    stage_files = {s.file for s in manifest.stages}
+    for name, sha in sorted(manifest.files.items()):
+        if name not in stage_files:  # no other files today; hash anything listed
+            data = package.read_package_file(path / name, archives.ARCHIVE_LIMIT_BYTES)
+            if hashlib.sha256(data).hexdigest() != sha:
+                raise DyncalError(f"package file '{path / name}' does not match its SHA-256 in the manifest")
+    programs = [
+        load_exported(
+            path / s.file, what=f"package stage {i + 1}", sha256=manifest.files[s.file], advice="re-export the package"
+        )
+        for i, s in enumerate(manifest.stages)
+    ]
+    runner = PackageRunner(path, manifest, programs, dev, hashlib.sha256(raw).hexdigest())
+    runner.key_id = key_id
+    return runner

@@ -1,0 +1,393 @@
+"""``dyncal export``: a self-contained early-exit package of a run's model with its thresholds.
+
+The package's files are described in :mod:`dyncal.artifacts.package`;
+:func:`dyncal.analysis.package_runner.load_early_exit` serves it. The package is built in
+``OUT.partial``, loaded back the way users load it, proven to reproduce every exit of the
+model, and only then published as ``OUT``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dyncal.analysis.package_runner import PackageRunner, open_package
+from dyncal.analysis.partition import quiet_export_logs
+from dyncal.analysis.stages import (
+    EXAMPLE_BATCH,
+    Stages,
+    checked_stages,
+    example_input,
+    stages_function,
+    verify_stages,
+)
+from dyncal.archives import check_archive
+from dyncal.artifacts import package
+from dyncal.artifacts.atomic import atomic_write_bytes, atomic_write_text
+from dyncal.artifacts.lock import OutputLock
+from dyncal.artifacts.outputs import check_out
+from dyncal.artifacts.ownership import discard_built_folder, refuse_foreign, remove_owned_folder
+from dyncal.artifacts.run import Run, load_run
+from dyncal.artifacts.run_document import library_versions
+from dyncal.artifacts.run_writer import publish_dir
+from dyncal.artifacts.rundir import PARTIAL_SUFFIX
+from dyncal.artifacts.thresholds import ThresholdsDocument, check_thresholds_for_run
+from dyncal.errors import DyncalError, ProfileError, describe
+from dyncal.models import torch_dtype
+from dyncal.options import options_from
+from dyncal.run_model import ModelOverrides, RunModel, open_run_model
+
+__all__ = ["ExportResult", "ExportOptions", "export_package"]
+
+log = logging.getLogger(__name__)
+
+_CHECK_BATCHES = (1, 4)  # the written package is proven against the model at these batch sizes
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What ``dyncal export`` wrote.
+
+    Attributes:
+        path: The package directory.
+        manifest: Its manifest.
+        manifest_sha256: SHA-256 of ``manifest.json``.
+        size_bytes: Total size of the package's files.
+        seconds: Wall-clock time of the export.
+        key_id: Id of the key that signed it (``sign_key``), or None when unsigned.
+    """
+
+    path: Path
+    manifest: package.PackageManifest
+    manifest_sha256: str
+    size_bytes: int
+    seconds: float
+    key_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``dyncal export --json`` document: the manifest plus where, how big and how signed."""
+        signature = None if self.key_id is None else {"algorithm": package.SIGNATURE_ALGORITHM, "key_id": self.key_id}
+        return {
+            "path": str(self.path),
+            "manifest_sha256": self.manifest_sha256,
+            "size_bytes": self.size_bytes,
+            "seconds": self.seconds,
+            "signature": signature,
+            **self.manifest.to_dict(),
+        }
+
+
+def _check_out(out: Path, partial: Path, overwrite: bool) -> None:
+    """Refuse an output that exists (unless ``overwrite`` and all a package's), lies in a run, or has no folder."""
+    check_out(
+        out,
+        overwrite=overwrite,
+        what="package",
+        is_ours=package.is_package_dir,
+        foreign=package.foreign_in_package,
+        error=DyncalError,
+    )
+    if os.path.lexists(partial):
+        refuse_foreign(partial, package.partial_export_entry, action="remove", error=DyncalError)
+        if not overwrite:
+            raise DyncalError(
+                f"'{partial}' exists: an earlier export was interrupted or is still running; "
+                "pass `overwrite` to discard it"
+            )
+
+
+def _write_error(out: Path, e: OSError) -> DyncalError:
+    """One line for a package that could not be written (a full disk, a file too large, no permission)."""
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    advice = "free some space or choose another `out`" if full else "choose another `out`"
+    return DyncalError(f"cannot write the package '{out}' ({e.strerror or e}); nothing was published: {advice}")
+
+
+def _export_stages(
+    stages: Stages, example: torch.Tensor
+) -> list[tuple[torch.export.ExportedProgram, tuple[int | None, ...]]]:
+    """Each stage as an exported program with a dynamic batch, and the batch dims of what it hands on."""
+    from torch.export import Dim
+
+    out = []
+    carry: tuple[Any, ...] = (example,)
+    dims: tuple[int | None, ...] = (0,)
+    for i, module in enumerate(stages.modules):
+        for v in carry:
+            if not isinstance(v, torch.Tensor):
+                raise ProfileError(
+                    f"stage {i} hands stage {i + 1} a {type(v).__name__}, not a tensor; a package carries tensors "
+                    "only (declare stages with `stages_spec` that pass tensors)"
+                )
+        batch = Dim("batch", min=1)
+        shapes = tuple(None if d is None else {d: batch} for d in dims)
+        try:
+            with quiet_export_logs():
+                program = torch.export.export(module, carry, dynamic_shapes=shapes, strict=False)
+        except Exception as e:  # noqa: BLE001 - export raises many types
+            log.debug("exporting stage %d failed", i + 1, exc_info=True)
+            raise ProfileError(
+                f"cannot export stage {i + 1} with a dynamic batch dimension ({describe(e)}); the package needs "
+                "stages that run at any batch size"
+            ) from e
+        with torch.no_grad():
+            outs = module(*carry)
+        carry = tuple(outs[1:])
+        if i == stages.k - 1:
+            next_dims: tuple[int | None, ...] = ()
+        elif stages.batch_dims is not None:
+            next_dims = stages.batch_dims[i]
+        else:  # hand-declared stages carry batch-major tensors
+            next_dims = tuple(0 if isinstance(t, torch.Tensor) and t.ndim > 0 else None for t in carry)
+        out.append((program, next_dims))
+        dims = next_dims
+    return out
+
+
+def _stages_for(opened: RunModel, example: torch.Tensor, probe: torch.Tensor, stages_spec: str | None) -> Stages:
+    """The model's stages, proven on ``probe`` and able to let rows leave a batch."""
+    stages_fn = stages_function(stages_spec, opened.model_path)
+    stages, _ = checked_stages(opened.module, probe, example=example, stages_fn=stages_fn)
+    if not stages.dynamic_batch or not stages.can_drop_rows:
+        raise ProfileError(
+            f"samples cannot leave this model's batch early ({stages.drop_rows_reason}); an early-exit package "
+            "needs stages that do: declare them with `stages_spec` or fix the model"
+        )
+    return stages
+
+
+def _prove(model: nn.Module, runner: PackageRunner, shape: Sequence[int], dtype: torch.dtype) -> dict[str, Any]:
+    """The loaded package reproduces every exit of the model at batch sizes 1 and 4, rows leaving included."""
+    diffs = [0.0] * runner.k
+    for b in _CHECK_BATCHES:
+        x = example_input(shape, dtype, b, seed=1)
+        try:
+            check = verify_stages(model, runner.stages, x)
+        except ProfileError as e:
+            raise ProfileError(f"the exported package does not reproduce the model at batch size {b}: {e}") from e
+        if not runner.stages.can_drop_rows:
+            raise ProfileError(f"the exported package cannot let rows leave a batch: {runner.stages.drop_rows_reason}")
+        diffs = [max(a, d) for a, d in zip(diffs, check.max_abs_diff, strict=True)]
+    return {"batch_sizes": list(_CHECK_BATCHES), "max_abs_diff": diffs, "rows_can_leave": True}
+
+
+def _files_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportOptions(ModelOverrides):
+    """Which model ``dyncal export`` packages (:class:`~dyncal.run_model.ModelOverrides`), and how it is signed.
+
+    Attributes:
+        sign_key: A key file (at least :data:`MIN_KEY_BYTES` bytes, e.g. 64 hex digits) to
+            sign the package with: ``signature.json`` holds an HMAC-SHA256 of the manifest,
+            checked by ``load_early_exit(DIR, verify_key=...)``. None: unsigned.
+
+    Example:
+        >>> ExportOptions(input_shape=[3, 8, 8]).input_shape
+        (3, 8, 8)
+    """
+
+    sign_key: str | None = None
+
+
+def export_package(
+    run_path: str | os.PathLike[str],
+    thresholds: ThresholdsDocument,
+    out: str | os.PathLike[str],
+    options: ExportOptions | None = None,
+    *,
+    overwrite: bool = False,
+    **fields: Any,
+) -> ExportResult:
+    """Write a self-contained early-exit package of a run's model with its thresholds.
+
+    The model (from the run's provenance unless overridden) is split into stages, each
+    stage is exported with :func:`torch.export.export` and a dynamic batch dimension, and
+    the package is built in ``OUT.partial``, loaded back the way users load it, proven to
+    reproduce every exit of the model (batch sizes 1 and 4, rows leaving between stages),
+    and only then renamed to ``OUT``.
+
+    Args:
+        run_path: A complete run with K >= 2 exits.
+        thresholds: Solved on this run (:func:`~dyncal.artifacts.thresholds.read_thresholds`).
+        out: The package directory to create.
+        overwrite: Replace an existing package at ``out`` (never anything else).
+        options: Which model to package and the key to sign it with (:class:`ExportOptions`;
+            default: the run's model, unsigned).
+        **fields: The fields of :class:`ExportOptions` as keywords instead of ``options``.
+
+    Returns:
+        Where the package is, its manifest and size.
+
+    Raises:
+        DyncalError: Thresholds of another run, a static run, an existing ``out``, weights
+            that are not the run's, a model whose stages cannot be exported with a dynamic
+            batch or cannot drop rows, or a package that does not reproduce the model.
+
+    Example::
+
+        th = dyncal.artifacts.thresholds.read_thresholds("thresholds.json")
+        export_package("run", th, "pkg")          # then dyncal.load_early_exit("pkg")
+    """
+    opts = options_from(ExportOptions, options, fields, "export")
+    t0 = time.perf_counter()
+    run = load_run(run_path)
+    check_thresholds_for_run(thresholds, run)
+    if run.k < 2:
+        raise DyncalError(
+            f"run '{run.path}' has K=1 exit (a static model): there is no early exit to export; compare it with "
+            "an early-exit run in 'dyncal report --compare'"
+        )
+    package.check_exit_rule(
+        thresholds.score, thresholds.temperatures, thresholds.thresholds, run.k, what="the thresholds"
+    )
+    out = Path(out)
+    partial = out.parent / (out.name + PARTIAL_SUFFIX)  # `out` itself is checked by _check_out
+    _check_out(out, partial, overwrite)  # before the lock file is made: never inside a run
+    secret = None if opts.sign_key is None else package.read_key(opts.sign_key, "sign_key")
+    with OutputLock(out, error=DyncalError):
+        _check_out(out, partial, overwrite)  # again, now that no other export can change it
+        return _write_package(run, thresholds, opts, out, partial, t0, secret)
+
+
+def _write_package(
+    run: Run,
+    thresholds: ThresholdsDocument,
+    opts: ExportOptions,
+    out: Path,
+    partial: Path,
+    t0: float,
+    secret: bytes | None,
+) -> ExportResult:
+    """Export the model's stages, build the package in ``partial``, prove it and publish it as ``out``."""
+    # the run's model, checked by hash and by re-running recorded rows: a package ships the model it measured
+    opened = open_run_model(run, opts, probe=4, other_model_allowed=False)
+    shape, dtype = opened.input_shape, torch_dtype(opened.input_dtype)
+    stages = _stages_for(
+        opened, example_input(shape, dtype, EXAMPLE_BATCH), example_input(shape, dtype, 4), opts.stages
+    )
+    exported = _export_stages(stages, example_input(shape, dtype, EXAMPLE_BATCH))
+    try:
+        if os.path.lexists(partial):  # an interrupted export's, checked under the lock
+            remove_owned_folder(partial, package.partial_export_entry, action="remove", error=DyncalError)
+        partial.mkdir()
+    except OSError as e:
+        raise _write_error(out, e) from e
+    try:
+        manifest = _manifest(run, thresholds, opened, stages.source, *_write_stages(partial, exported))
+        manifest, text = _write_manifest(partial, manifest, opened.module, secret)
+        size = _files_size(partial)
+        publish_dir(partial, out, foreign=package.foreign_in_package, error=DyncalError)
+    except BaseException as e:
+        discard_built_folder(partial, package.partial_export_entry)
+        if isinstance(e, OSError):
+            raise _write_error(out, e) from e
+        raise
+    return ExportResult(
+        path=out,
+        manifest=manifest,
+        manifest_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        size_bytes=size,
+        seconds=time.perf_counter() - t0,
+        key_id=None if secret is None else package.key_id(secret),
+    )
+
+
+def _write_stages(
+    partial: Path, exported: Sequence[tuple[torch.export.ExportedProgram, tuple[int | None, ...]]]
+) -> tuple[dict[str, str], tuple[package.PackageStage, ...]]:
+    """Save every stage's archive in ``partial``, checked as a loader checks it; their SHA-256 and entries."""
+    files: dict[str, str] = {}
+    stage_docs = []
+    for i, (program, carry_dims) in enumerate(exported):
+        name = f"stage_{i + 1}.pt2"
+        buf = io.BytesIO()
+        torch.export.save(program, buf)
+        data = buf.getvalue()
+        check_archive(data, name)
+        atomic_write_bytes(partial / name, data)
+        files[name] = hashlib.sha256(data).hexdigest()
+        stage_docs.append(package.PackageStage(file=name, carry_batch_dims=carry_dims))
+    return files, tuple(stage_docs)
+
+
+def _manifest(
+    run: Run,
+    thresholds: ThresholdsDocument,
+    opened: RunModel,
+    stages_source: str,
+    files: dict[str, str],
+    stages: tuple[package.PackageStage, ...],
+) -> package.PackageManifest:
+    """The manifest of the package: its exit rule, stage files, and the run, model and thresholds it is bound to."""
+    th = thresholds.to_dict()
+    solve_keys = (
+        "method",
+        "budget",
+        "calibration_accuracy",
+        "holdout_accuracy",
+        "holdout_ci",
+        "expected_macs",
+        "expected_ms",
+        "exit_shares",
+    )
+    return package.PackageManifest(
+        k=run.k,
+        c=run.c,
+        score=thresholds.score,
+        temperatures=tuple(float(t) for t in thresholds.temperatures),
+        thresholds=tuple(None if t is None else float(t) for t in thresholds.thresholds),
+        decision_fingerprint=thresholds.decision_fingerprint,
+        input_shape=opened.input_shape,
+        input_dtype=opened.input_dtype,
+        stages=stages,
+        files=files,
+        run_fingerprint=run.fingerprint,
+        run=str(run.path),
+        model={
+            "spec": opened.spec,
+            "weights_sha256": opened.weights_sha256,
+            "state_sha256": opened.state_sha256,
+            "stages_source": stages_source,
+        },
+        solve={key: th.get(key) for key in solve_keys},
+        created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        versions=library_versions(),
+    )
+
+
+def _write_manifest(
+    partial: Path, manifest: package.PackageManifest, model: nn.Module, secret: bytes | None
+) -> tuple[package.PackageManifest, str]:
+    """Write the manifest, prove the package loaded back from ``partial`` against ``model``, record the proof, sign.
+
+    Returns:
+        The manifest as written, with its check, and its text.
+    """
+    manifest.validate()
+    atomic_write_text(partial / package.MANIFEST, json.dumps(manifest.to_dict(), indent=2, allow_nan=False) + "\n")
+    dtype = torch_dtype(manifest.input_dtype)
+    manifest = replace(manifest, check=_prove(model, open_package(partial, "cpu"), manifest.input_shape, dtype))
+    text = json.dumps(manifest.to_dict(), indent=2, allow_nan=False) + "\n"
+    atomic_write_text(partial / package.MANIFEST, text)
+    if secret is not None:  # signed inside the partial folder: published with the package or not at all
+        atomic_write_text(
+            partial / package.SIGNATURE,
+            json.dumps(package.sign_manifest(secret, text.encode("utf-8")), indent=2) + "\n",
+        )
+    return manifest, text

@@ -1,0 +1,489 @@
+"""A real early exit with solved thresholds, and its check against the prediction.
+
+:class:`~dyncal.analysis.early_exit.EarlyExitRunner` runs a model's stages
+one at a time and lets the confident rows leave at each exit: the computation a deployed
+model does, so its wall-clock is what a user would get.
+
+:func:`verify_run` replays the run's own samples through it, streamed from the data set
+one batch at a time, and finds:
+
+* **agreement** — the share of samples whose runtime exit and prediction equal what the
+  exit rule gives on the stored logits (the simulation every other stage relies on), over
+  every sample replayed;
+* **latency** — the early exit and the plain model timed as *pairs*, back to back on the
+  same batch, alternating which goes first (:meth:`dyncal.analysis.latency.Timer.paired`,
+  the clock ``dyncal profile`` uses), so load on the machine hits both alike and the
+  speed-up is measured as a ratio; each runs once untimed right before it is timed, so
+  neither is timed in the caches the other left behind (deployed, it runs alone); beside
+  it, the prediction from the run's cost table for the same batches
+  (:func:`dyncal.analysis.costmodel.predict_batches_ms`). Rows are replayed in a seeded
+  shuffled order (data sets are often sorted by class, which would make consecutive
+  batches unlike deployment) and timing stops adding batches once ``max_seconds`` have
+  passed (at least :data:`MIN_TIMED_BATCHES` per batch size).
+
+The result is a :class:`dyncal.artifacts.verify.VerifyResult` bound to the run, the
+thresholds and the model it measured.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from dyncal.analysis.costmodel import predict_batches_ms
+from dyncal.analysis.early_exit import EarlyExitRunner
+from dyncal.analysis.latency import Clock, Timer, device_hardware, pinned_threads
+from dyncal.analysis.stages import checked_stages, stages_function
+from dyncal.artifacts.costs import LatencyKey, device_name
+from dyncal.artifacts.run import Run, load_run
+from dyncal.artifacts.thresholds import ThresholdsDocument, check_thresholds_for_run, thresholds_from_json
+from dyncal.artifacts.verify import ModelIdentity, PairedTiming, VerifyResult
+from dyncal.calibrate.policy import assign_exits
+from dyncal.calibrate.scores import exit_scores
+from dyncal.data import dataset_for_run
+from dyncal.errors import DataError, DyncalError, describe, param, user_call
+from dyncal.measurement import NOISE_ADVICE, NOISE_IQR_FRACTION
+from dyncal.models import resolve_device
+from dyncal.options import MAX_REPEATS, MAX_THREADS, check_at_least, options_from
+from dyncal.run_model import ModelOverrides, open_run_model, probe_run_model
+
+__all__ = ["VerifyProgress", "verify_run", "VerifyOptions", "DEFAULT_MAX_SECONDS", "MIN_TIMED_BATCHES"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Plain = Callable[[torch.Tensor], Any]
+
+DEFAULT_MAX_SECONDS = 10.0
+"""Default time bound of verify's timing (all batch sizes together)."""
+
+MIN_TIMED_BATCHES = 3
+"""Batches timed per batch size even when the time bound has passed."""
+
+_ORDER_SEED = 20231
+_SETTLE = 1  # untimed calls of each pair member right before it is timed (its own caches, as deployed)
+_SIM_CHUNK = 4096  # rows of stored logits scored at a time
+
+
+class VerifyProgress(Protocol):
+    """Called as ``progress(key, done, total)`` after each batch of a batch size.
+
+    ``key`` is ``"<device>/b<batch>"``; when the time bound ends a batch size early, a last
+    call has ``done == total`` with the batches actually replayed.
+    """
+
+    def __call__(self, key: str, done: int, total: int) -> None:
+        """Report progress."""
+
+
+def _try(what: str, batch_size: int, fn: Callable[[], T]) -> T:
+    """``fn()``; an error in the user's model or its stages becomes one line."""
+    return user_call(fn, f"{what} failed at batch size {batch_size}")
+
+
+def _subject(
+    run: Run, thresholds: ThresholdsDocument, opts: VerifyOptions, dev: torch.device
+) -> tuple[ModelIdentity, dict[str, Any] | None, Callable[[torch.Tensor], tuple[EarlyExitRunner, Plain]]]:
+    """What is replayed: its identity, how it compared with the run's model, and how to make its early exit.
+
+    A package must have been exported from this run with these thresholds. The early exit
+    is made later, from a probe batch of the run's inputs, under the pinned thread count:
+    ``early_exit(probe)`` returns it and the plain model.
+    """
+    if opts.package is not None:
+        from dyncal.analysis.package_runner import load_early_exit
+
+        pkg = load_early_exit(opts.package, device=str(dev), verify_key=opts.verify_key)
+        if pkg.manifest.run_fingerprint != run.fingerprint:
+            raise DyncalError(
+                f"the package '{opts.package}' was exported from another run (fingerprint "
+                f"{pkg.manifest.run_fingerprint[:12]}, run '{run.path}' is {run.fingerprint[:12]}); "
+                "export it from this run"
+            )
+        if pkg.manifest.decision_fingerprint != thresholds.decision_fingerprint:
+            raise DyncalError(
+                f"the package '{opts.package}' holds other thresholds than `thresholds`; pass the thresholds it "
+                "was exported with, or export again"
+            )
+        identity = ModelIdentity(
+            spec=str(opts.package), weights_sha256=pkg.manifest.model.get("weights_sha256"), kind="package"
+        )
+        return identity, None, lambda _: (pkg, pkg.full_model)
+    opened = open_run_model(
+        run,
+        ModelOverrides(model=opts.model, weights=opts.weights, model_path=opts.model_path),
+        probe=None,
+        device=str(dev),
+        data=opts.data if isinstance(opts.data, str) else None,
+        allow_other_model=opts.allow_other_model,
+    )
+
+    def early_exit(probe: torch.Tensor) -> tuple[EarlyExitRunner, Plain]:
+        # stages that reproduce the model on the probe; a model exported with a fixed batch
+        # size cannot drop rows, which is said in one line rather than failing mid-run
+        probe = probe.to(dev)
+        probe_run_model(run, opened, probe)
+        stages_fn = stages_function(opts.stages, opened.model_path)
+        stages, _ = checked_stages(opened.module, probe, example=probe[: min(2, probe.shape[0])], stages_fn=stages_fn)
+        if not stages.dynamic_batch:
+            raise DyncalError(
+                f"the model's stages run at batch size {stages.example_batch_size} only (export could not keep the "
+                "batch dynamic), so samples cannot leave a batch early; declare stages with `stages_spec` or fix "
+                "the model"
+            )
+        runner = EarlyExitRunner(stages, thresholds.thresholds, thresholds.temperatures, thresholds.score)
+        return runner, opened.module
+
+    identity = ModelIdentity(spec=opened.spec, weights_sha256=opened.weights_sha256)
+    return identity, opened.check.to_dict(), early_exit
+
+
+def _simulated(run: Run, n: int, thresholds: ThresholdsDocument) -> tuple[np.ndarray, np.ndarray]:
+    """Exits and predictions the exit rule gives on the stored logits of rows ``0..n-1``."""
+    t = thresholds_from_json(thresholds.thresholds)
+    exits = np.empty(n, dtype=np.int64)
+    preds = np.empty(n, dtype=np.int64)
+    for s in range(0, n, _SIM_CHUNK):
+        scores, p = exit_scores(
+            np.asarray(run.logits[s : min(n, s + _SIM_CHUNK)]), thresholds.score, thresholds.temperatures
+        )
+        e = assign_exits(scores, t)
+        exits[s : s + len(e)] = e
+        preds[s : s + len(e)] = p[np.arange(len(e)), e]
+    return exits, preds
+
+
+def _threads_for(run: Run, device: str, batch_sizes: Sequence[int], threads: int | None) -> tuple[int | None, str]:
+    """The thread count to pin: as given, else the one the run's profile timed with (one clock)."""
+    if threads is not None:
+        return threads, "--threads"
+    if run.costs is not None:
+        for b in batch_sizes:
+            prof = run.costs.latency.get(str(LatencyKey(device, b)))
+            if prof is not None and prof.threads:
+                return int(prof.threads), f"the profile of {prof.key}"
+        for prof in run.costs.latency.values():
+            if prof.device == device and prof.threads:
+                return int(prof.threads), f"the profile of {prof.key}"
+    return None, "torch's default"
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyOptions:
+    """What ``dyncal verify`` replays and how it times it (see :func:`verify_run`).
+
+    Attributes:
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        batch_sizes: Batch sizes to time; every sample is replayed at the first for agreement.
+        limit: Replay only the first ``limit`` rows of the run.
+        threads: CPU threads pinned while replaying (default: those the run's profile timed
+            with on ``device``, else torch's current setting).
+        model: Model spec overriding the run's provenance (with ``weights``, ``model_path``).
+        weights: Checkpoint overriding the provenance.
+        model_path: Import folder overriding the provenance.
+        data: Data spec (or a map-style data set) overriding the provenance.
+        allow_other_model: Replay a model that is not the run's (its checkpoint hash or its
+            logits on recorded rows differ); recorded in the result.
+        package: A ``dyncal export`` package to replay instead of the model: what is measured
+            is what is shipped. It must be bound to this run and to the thresholds.
+        verify_key: Key file the package was signed with (``dyncal export --sign-key``): a
+            package whose signature does not verify under it, or an unsigned one, is refused.
+        repeats: Pairs timed per batch (default 5).
+        warmup: Untimed calls of each before timing a batch size (default 3).
+        max_seconds: Time bound of the timing, all batch sizes together, shared out evenly
+            (default 10 s); batches past it are replayed untimed for agreement at the first
+            batch size and not at all at the others. At least :data:`MIN_TIMED_BATCHES` are
+            timed per batch size.
+        stages: ``pkg.module:fn`` declaring the stages by hand (as ``profile --stages``).
+
+    Example:
+        >>> VerifyOptions(batch_sizes=(1, 32)).batch_sizes
+        (1, 32)
+        >>> VerifyOptions(repeats=0)
+        Traceback (most recent call last):
+        ...
+        dyncal.errors.DyncalError: `repeats` must be at least 1, got 0
+    """
+
+    device: str = "cpu"
+    batch_sizes: tuple[int, ...] = (1,)
+    limit: int | None = None
+    threads: int | None = None
+    model: str | None = None
+    weights: str | None = None
+    model_path: str | None = None
+    data: str | Dataset[Any] | None = None
+    allow_other_model: bool = False
+    package: str | os.PathLike[str] | None = None
+    verify_key: str | None = None
+    repeats: int = 5
+    warmup: int = 3
+    max_seconds: float = DEFAULT_MAX_SECONDS
+    stages: str | None = None
+
+    def __post_init__(self) -> None:
+        """Check the values that need no run or model; one device has one name (:func:`device_name`)."""
+        object.__setattr__(self, "batch_sizes", tuple(self.batch_sizes))
+        object.__setattr__(self, "device", device_name(self.device))
+        check_at_least("repeats", self.repeats, 1, MAX_REPEATS)
+        check_at_least("warmup", self.warmup, 0, MAX_REPEATS)
+        if not self.max_seconds > 0:
+            raise DyncalError(f"{param('max_seconds')} must be positive, got {self.max_seconds}")
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise DyncalError(f"{param('batch_sizes')} must be positive, got {list(self.batch_sizes)}")
+        if self.threads is not None:
+            check_at_least("threads", self.threads, 1, MAX_THREADS)
+        if self.limit is not None and self.limit < 1:
+            raise DyncalError(f"{param('limit')} must be at least 1, got {self.limit}")
+        if self.verify_key is not None and self.package is None:
+            raise DyncalError(f"{param('verify_key')} checks the signature of a {param('package')}; pass one too")
+        if self.package is not None and (self.model, self.weights, self.stages) != (None, None, None):
+            raise DyncalError(
+                "`package` replays the exported stages: `model`, `weights` and `stages_spec` do not apply"
+            )
+
+
+def verify_run(
+    run_path: str | os.PathLike[str],
+    thresholds: ThresholdsDocument,
+    options: VerifyOptions | None = None,
+    *,
+    progress: VerifyProgress | None = None,
+    clock: Clock | None = None,
+    **fields: Any,
+) -> VerifyResult:
+    """Run a real early exit over the run's samples and compare with the plain model and the prediction.
+
+    Args:
+        run_path: A complete run (collected, so its model and data are recorded).
+        thresholds: From ``dyncal solve`` (:func:`read_thresholds`); must be the run's.
+        options: What to replay and time (:class:`VerifyOptions`).
+        progress: Called after each batch (:class:`VerifyProgress`).
+        clock: The host clock timing and the time bound read (default ``time.perf_counter``).
+        **fields: The fields of :class:`VerifyOptions` as keywords instead of ``options``
+            (``device=``, ``batch_sizes=``, ``model=``, ...).
+
+    Returns:
+        The verify result: agreement, paired timings per batch size with the prediction,
+        bound to the run, the thresholds and the model.
+
+    Raises:
+        DyncalError: Thresholds that are not the run's, bad settings, no recorded
+            model/data, inputs that cannot be read, or a model whose stages cannot be built.
+    """
+    opts = options_from(VerifyOptions, options, fields, "verify")
+    run = load_run(run_path)
+    check_thresholds_for_run(thresholds, run)
+    dev = resolve_device(opts.device)
+    identity, model_check, early_exit = _subject(run, thresholds, opts, dev)
+    session = _Session(run, thresholds, opts, Timer(dev, clock), progress)
+    pin, threads_source = _threads_for(run, opts.device, opts.batch_sizes, opts.threads)
+    with pinned_threads(pin) as n_threads:
+        _, probe = next(session.stream([session.order[: min(4, session.n)]]))
+        runner, plain = early_exit(probe)
+        used_s = 0.0
+        timings: list[PairedTiming] = []
+        coverage: dict[str, dict[str, Any]] = {}
+        for i, b in enumerate(opts.batch_sizes):
+            share_s = (opts.max_seconds - used_s) / (len(opts.batch_sizes) - i)
+            timing, coverage[str(LatencyKey(opts.device, b))], spent = session.time(
+                runner, plain, b, share_s, first=i == 0
+            )
+            used_s += spent
+            timings.append(timing)
+        session.replay_untimed(runner, max(opts.batch_sizes))
+    return session.result(
+        identity,
+        tuple(timings),
+        n_threads,
+        {
+            "repeats": opts.repeats,
+            "warmup": opts.warmup,
+            "threads": n_threads,
+            "threads_from": threads_source,
+            "max_seconds": opts.max_seconds,
+            "seconds": round(used_s, 3),
+            "min_timed_batches": MIN_TIMED_BATCHES,
+            "stopped_early": any(c["stopped_early"] for c in coverage.values()),
+            "coverage": coverage,
+            "order": f"rows shuffled (seed {_ORDER_SEED}), then consecutive batches",
+            "pairs": "early exit and plain model back to back on each batch, alternating which goes first; "
+            f"each runs {_SETTLE} time(s) untimed right before it is timed",
+            "timer": session.timer.label,
+            "model_check": model_check,
+            "stages": runner.stages.source,
+            "limit": opts.limit,
+        },
+    )
+
+
+class _Session:
+    """One verify: the run's rows in replay order, what the exit rule gives on their stored logits, what ran."""
+
+    def __init__(
+        self,
+        run: Run,
+        thresholds: ThresholdsDocument,
+        opts: VerifyOptions,
+        timer: Timer,
+        progress: VerifyProgress | None,
+    ) -> None:
+        self.run, self.thresholds, self.opts, self.timer, self.progress = run, thresholds, opts, timer, progress
+        data = opts.data  # a data set given, else the run's (or the spec given)
+        if data is None or isinstance(data, str):
+            self.dataset = dataset_for_run(run, data=data, search_path=opts.model_path)
+            self.data_name = str(data or run.provenance.data)
+        else:
+            self.dataset, self.data_name = data, type(data).__name__
+        self.n = run.n if opts.limit is None else min(opts.limit, run.n)
+        self.sim_exits, self.sim_preds = _simulated(run, self.n, thresholds)
+        self.order = np.random.default_rng(_ORDER_SEED).permutation(self.n)
+        self.exits = np.full(self.n, -1, dtype=np.int64)  # what ran, -1 until replayed
+        self.preds = np.full(self.n, -1, dtype=np.int64)
+        self.timed_rows = 0  # rows timed (and recorded) at the first batch size
+
+    def stream(self, batches: Sequence[np.ndarray]) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """Yield ``(positions, inputs)`` per batch of run positions, read from the data set one batch at a time."""
+        rows = np.asarray(self.run.indices[: self.n])  # the data set index of each run row
+        loader = DataLoader(Subset(self.dataset, rows.tolist()), batch_sampler=[b.tolist() for b in batches])
+        it = iter(loader)
+        for i, positions in enumerate(batches):
+            try:
+                item = next(it)
+            except Exception as e:  # noqa: BLE001 - anything the user's data set or collate raises
+                raise DataError(
+                    f"could not load the run's inputs from '{self.data_name}' (batch {i}): {describe(e)}"
+                ) from e
+            x = item[0] if isinstance(item, (list, tuple)) else item
+            if not isinstance(x, torch.Tensor):
+                raise DataError(
+                    f"the data set '{self.data_name}' gives inputs of type {type(x).__name__}; expected tensors"
+                )
+            yield positions, x
+
+    def record(self, result: tuple[torch.Tensor, torch.Tensor], positions: np.ndarray) -> None:
+        """Store a batch's runtime exits and predictions at its run positions."""
+        self.exits[positions] = result[0].cpu().numpy()
+        self.preds[positions] = result[1].cpu().numpy()
+
+    def time(
+        self, runner: EarlyExitRunner, plain: Plain, b: int, share_s: float, *, first: bool
+    ) -> tuple[PairedTiming, dict[str, Any], float]:
+        """Time batches of ``b`` in pairs until ``share_s`` seconds passed: the timing, its coverage, the seconds spent.
+
+        At the ``first`` batch size the timed batches' exits are recorded for agreement.
+        """
+        opts, timer, dev = self.opts, self.timer, self.timer.device
+        key = str(LatencyKey(opts.device, b))
+        batches = [self.order[s : s + b] for s in range(0, self.n, b)]
+        ee_ms: list[list[float]] = []
+        full_ms: list[list[float]] = []
+        timed: list[np.ndarray] = []
+        start = timer.now()
+        for positions, xb in self.stream(batches):
+            if len(timed) >= MIN_TIMED_BATCHES and timer.now() - start >= share_s:
+                break
+            xb = xb.to(dev)
+            if not timed:
+                _try("the early exit", b, partial(timer.warm, partial(runner, xb), opts.warmup))
+                _try("the model", b, partial(timer.warm, partial(_plain, plain, xb), opts.warmup))
+            out: list[tuple[torch.Tensor, torch.Tensor]] = []
+            pair = partial(
+                timer.paired,
+                partial(_into, out, runner, xb),
+                partial(_plain, plain, xb),
+                opts.repeats,
+                a_first=len(timed) % 2 == 0,
+                settle=_SETTLE,
+            )
+            ee, fm = _try("the early exit or the model", b, pair)
+            ee_ms.append(ee)
+            full_ms.append(fm)
+            timed.append(positions)
+            if first:
+                self.record(out[-1], positions)
+            if self.progress is not None:
+                self.progress(key, len(timed), len(batches))
+        spent = timer.now() - start
+        if self.progress is not None and len(timed) < len(batches):
+            self.progress(key, len(timed), len(timed))
+        samples = int(sum(len(p) for p in timed))
+        if first:
+            self.timed_rows = samples
+        timing = PairedTiming(
+            key=key,
+            batch_size=b,
+            early_exit_ms=tuple(tuple(r) for r in ee_ms),
+            full_model_ms=tuple(tuple(r) for r in full_ms),
+            predicted_ms=predict_batches_ms(self.run.costs, opts.device, [self.sim_exits[p] for p in timed]),
+            solve_expected_ms=self.thresholds.expected_ms.get(key),
+        )
+        if timing.timing_spread > NOISE_IQR_FRACTION:  # the CLI prints it from the result
+            log.info(
+                "noisy timing at %s: the paired ratio's IQR is %.0f%% of its median (> %.0f%%); %s",
+                key,
+                100 * timing.timing_spread,
+                100 * NOISE_IQR_FRACTION,
+                NOISE_ADVICE,
+            )
+        coverage = {
+            "batches_timed": len(timed),
+            "batches": len(batches),
+            "samples_timed": samples,
+            "stopped_early": len(timed) < len(batches),
+            "seconds": round(spent, 3),
+        }
+        return timing, coverage, spent
+
+    def replay_untimed(self, runner: EarlyExitRunner, big: int) -> None:
+        """Agreement covers every sample: replay (untimed, in batches of ``big``) the rows the time bound left out."""
+        rest = self.order[self.timed_rows :]
+        rest_batches = [rest[s : s + big] for s in range(0, len(rest), big)]
+        for done, (positions, xb) in enumerate(self.stream(rest_batches), start=1):
+            self.record(_try("the early exit", big, partial(runner, xb.to(self.timer.device))), positions)
+            if self.progress is not None:
+                self.progress("agreement", done, len(rest_batches))
+
+    def result(
+        self, identity: ModelIdentity, timings: tuple[PairedTiming, ...], threads: int | None, settings: dict[str, Any]
+    ) -> VerifyResult:
+        """The verify result: agreement of what ran with the simulation, and the timings."""
+        n, k, dev = self.n, self.run.k, self.timer.device
+        labels = np.asarray(self.run.labels[:n])
+        exits, preds, sim_exits, sim_preds = self.exits, self.preds, self.sim_exits, self.sim_preds
+        return VerifyResult(
+            run_fingerprint=self.run.fingerprint,
+            decision_fingerprint=self.thresholds.decision_fingerprint,
+            model=identity,
+            n=n,
+            agreement=float(np.mean((exits == sim_exits) & (preds == sim_preds))),
+            exit_agreement=float(np.mean(exits == sim_exits)),
+            runtime_accuracy=float(np.mean(preds == labels)),
+            simulated_accuracy=float(np.mean(sim_preds == labels)),
+            runtime_exit_shares=tuple(float(v) for v in np.bincount(exits, minlength=k) / n),
+            simulated_exit_shares=tuple(float(v) for v in np.bincount(sim_exits, minlength=k) / n),
+            timings=timings,
+            device=str(dev),
+            hardware=device_hardware(dev),
+            threads=threads,
+            settings=settings,
+        )
+
+
+def _into(out: list[T], fn: Callable[[torch.Tensor], T], x: torch.Tensor) -> None:
+    """``out.append(fn(x))``: keeps what a timed call returned."""
+    out.append(fn(x))
+
+
+def _plain(model: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Any:
+    """The plain model on ``x`` (every exit, no early exit), without autograd."""
+    with torch.inference_mode():
+        return model(x)

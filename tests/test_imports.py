@@ -19,10 +19,6 @@ LAYERED = ("artifacts", "calibrate", "analysis", "reports")
 """The subpackages no import cycle may pass through."""
 
 
-KNOWN_CYCLES: set[frozenset[str]] = set()
-"""Module cycles that existed when modules became the test's nodes: the set only shrinks."""
-
-
 def _subpackage(module: str) -> str:
     """The layer of a graph node: ``calibrate.policy`` -> ``calibrate``."""
     return module.split(".")[0]
@@ -115,16 +111,9 @@ def test_no_import_cycle_between_modules():
     """Every module, the CLI included; a cycle is a set of modules that import each other."""
     graph = package_graph(PACKAGE)
     assert {"artifacts.run", "reports.pdf", "cli"} <= set(graph), "the graph misses a module: the walk is broken"
-    cycles = {frozenset(c[:-1]) for name in sorted(graph) if (c := cycle_through(graph, name))}
-    for known in KNOWN_CYCLES:  # the allowance covers these modules only, by any route among them
-        cycles = {c for c in cycles if not c <= known}
-    assert not cycles, "import cycles: " + "; ".join(_show(graph, cycle_through(graph, min(c)) or []) for c in cycles)
-
-
-def test_the_known_cycles_still_exist():
-    graph = package_graph(PACKAGE)
-    gone = [sorted(k) for k in KNOWN_CYCLES if not any((c := cycle_through(graph, m)) and set(c) <= k for m in k)]
-    assert not gone, f"no longer a cycle: remove from KNOWN_CYCLES {gone}"
+    for name in sorted(graph):
+        cycle = cycle_through(graph, name)
+        assert cycle is None, f"import cycle: {_show(graph, cycle)}"
 
 
 def test_no_import_cycle_between_subpackages():

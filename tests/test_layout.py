@@ -1,8 +1,4 @@
-"""House rules on the package's shape: no file over 600 lines, no function over 100.
-
-``ALLOWED`` lists what was over the limits when the rule was set; it may only shrink (a
-test fails when an entry is no longer needed, so fixed rooms leave the list).
-"""
+"""House rules on the package's shape: no file over 600 lines, no function over 100."""
 
 from __future__ import annotations
 
@@ -16,9 +12,6 @@ _spec = importlib.util.spec_from_file_location("code_size", PACKAGE.parent / "be
 assert _spec is not None and _spec.loader is not None
 code_size = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(code_size)
-
-ALLOWED: set[str] = {}
-"""Files over 600 lines and functions over 100 when the rule was set: the list only shrinks."""
 
 
 def oversized() -> set[str]:
@@ -34,13 +27,8 @@ def oversized() -> set[str]:
 
 
 def test_no_file_over_600_lines_and_no_function_over_100():
-    new = oversized() - ALLOWED
-    assert not new, f"over the size limits (split by responsibility): {sorted(new)}"
-
-
-def test_the_allowance_only_shrinks():
-    fixed = ALLOWED - oversized()
-    assert not fixed, f"within the limits now: remove from ALLOWED {sorted(fixed)}"
+    found = oversized()
+    assert not found, f"over the size limits (split by responsibility): {sorted(found)}"
 
 
 def test_the_counter_sees_long_functions_and_skips_docstrings():

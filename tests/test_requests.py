@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dyncal.analysis.requests import stratified_order
 from dyncal.artifacts import requests as R
-from dyncal.artifacts.requests import RequestTimings, latency_statistics, stratified_order
+from dyncal.artifacts.requests import RequestTimings, latency_statistics
 from dyncal.artifacts.validate import FieldError
 from dyncal.errors import DyncalError
 from dyncal.stats import N_BOOTSTRAP, centred_interval, stratified_resamples, weighted_percentiles

@@ -22,11 +22,12 @@ script reading verify.json can recompute every figure:
   report's rule (:func:`dyncal.reports.decision.criterion_status`) needs: sampling noise,
   timing noise and both.
 
-**Which requests.** When the time bound cannot time every row, :func:`stratified_order`
-orders the rows so that every exit appears early and every prefix holds each exit near its
-share; verify times a prefix of that order. The overall figures then weight each unit by
-its exit's share of everything replayed over its share of what was timed
-(``population``), so oversampling a rare slow exit does not bias the tail.
+**Which requests.** When the time bound cannot time every row,
+:func:`dyncal.analysis.requests.stratified_order` orders the rows so that every exit
+appears early and every prefix holds each exit near its share; verify times a prefix of
+that order. The overall figures then weight each unit by its exit's share of everything
+replayed over its share of what was timed (``population``), so oversampling a rare slow
+exit does not bias the tail.
 :meth:`RequestTimings.coverage` states the count ("232 of 797 requests timed (time bound
 10 s)").
 
@@ -54,12 +55,10 @@ __all__ = [
     "STATISTICS",
     "SIDES",
     "VIEWS",
-    "MIN_PER_EXIT",
     "IntervalEstimate",
     "LatencySummary",
     "RequestTimings",
     "latency_statistics",
-    "stratified_order",
 ]
 
 STATISTICS = ("mean", "std", "p50", "p90", "p95", "p99", "max")
@@ -69,8 +68,6 @@ SIDES = ("early_exit", "plain")
 """The two deployments timed: the real early exit and the plain deployment (DESIGN.md)."""
 VIEWS = ("fastest", "raw")
 """``fastest``: each unit's fastest replicate (noise-reduced); ``raw``: every replicate."""
-MIN_PER_EXIT = 5
-""":func:`stratified_order` puts this many rows of every exit (or all it has) first."""
 _SEED = 20240621
 _MIN_MS, _MAX_MS = 1e-6, 1e9
 _CHUNK = 2_000_000  # replicate draws held at once in a bootstrap
@@ -158,47 +155,6 @@ def latency_statistics(values: np.ndarray, weights: np.ndarray | None = None) ->
     pct = weighted_percentiles(x, _PERCENTILES, weights)
     out = np.column_stack([mean, std, pct, x.max(axis=1)])
     return out[0] if np.ndim(values) == 1 else out
-
-
-def stratified_order(exits: np.ndarray, *, min_per_exit: int = MIN_PER_EXIT, seed: int = 0) -> np.ndarray:
-    """An order of the rows to time: every exit early, each prefix near the exit shares.
-
-    First ``min_per_exit`` rounds of one row per exit (rarest exit first, so a short time
-    bound still sees every exit); then the remaining rows interleaved so that any prefix
-    holds each exit in proportion to its share (row ``i`` of exit ``k``, in a seeded
-    shuffle, is placed at ``(i + u_k) / N_k`` with a random offset ``u_k``).
-
-    Args:
-        exits: ``(n,)`` exit of each row (the simulated exit: known before timing).
-        min_per_exit: Rows of every exit put first.
-        seed: Seed of the shuffle.
-
-    Returns:
-        ``(n,)`` int64, a permutation of ``range(n)``.
-
-    Example:
-        >>> e = np.array([0] * 90 + [1] * 8 + [2] * 2)
-        >>> order = stratified_order(e, min_per_exit=2)
-        >>> sorted(e[order[:6]].tolist()), sorted(order.tolist()) == list(range(100))
-        ([0, 0, 1, 1, 2, 2], True)
-    """
-    e = np.asarray(exits, dtype=np.int64)
-    if min_per_exit < 0:
-        raise DyncalError(f"`min_per_exit` must be >= 0, got {min_per_exit}")
-    rng = np.random.default_rng(seed)
-    labels, counts = np.unique(e, return_counts=True)
-    members = {int(k): rng.permutation(np.flatnonzero(e == k)) for k in labels}
-    offsets = np.asarray(rng.uniform(0.0, 1.0, labels.shape[0]))
-    rarest_first = [int(labels[i]) for i in np.argsort(counts, kind="stable")]
-    head = [int(members[k][r]) for r in range(min_per_exit) for k in rarest_first if r < members[k].shape[0]]
-    tail_rows: list[np.ndarray] = []
-    tail_keys: list[np.ndarray] = []
-    for k, u in zip(labels.tolist(), offsets.tolist(), strict=True):
-        rest = members[k][min_per_exit:]
-        tail_rows.append(rest)
-        tail_keys.append((np.arange(min_per_exit, min_per_exit + rest.shape[0]) + u) / members[k].shape[0])
-    rows, keys = np.concatenate([np.zeros(0, np.int64), *tail_rows]), np.concatenate([np.zeros(0), *tail_keys])
-    return np.concatenate([np.asarray(head, dtype=np.int64), rows[np.argsort(keys, kind="stable")]])
 
 
 @dataclass(frozen=True, eq=False)

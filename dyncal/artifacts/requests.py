@@ -272,6 +272,14 @@ class RequestTimings:
         a = self._side(side)
         return np.asarray(a.min(axis=1) if _view(view) == "fastest" else a.mean(axis=1))
 
+    def percentiles_ms(self, side: str, percentiles: Sequence[float], view: str = "fastest") -> np.ndarray:
+        """Percentiles of one side's latency, without intervals (weighted like every overall figure)."""
+        a = self._side(side)
+        w = self.weights
+        if _view(view) == "fastest":
+            return weighted_percentiles(a.min(axis=1), percentiles, w)
+        return weighted_percentiles(a.reshape(-1), percentiles, None if w is None else np.repeat(w, self.repeats))
+
     def throughput_per_s(self, side: str, view: str = "fastest") -> float:
         """Rows per second: rows timed over the (weighted) time their units took (Offline's figure)."""
         ms = self.service_ms(side, view)

@@ -338,15 +338,21 @@ def centred_interval(draws: np.ndarray, point: np.ndarray, level: float = 0.95) 
 
     The bootstrap of a minimum (the fastest replicate), a maximum or a tail percentile is
     biased: resampled minima are never below the minimum, so a plain percentile interval
-    can miss its own estimate. Moving the draws by their median's distance from the
-    estimate keeps the interval's width and puts the estimate inside it.
+    can miss its own estimate. Moving the draws so that their median is the estimate keeps
+    the interval's shape and puts the estimate inside it. The move is a factor
+    (``point / median``) where both are positive, as times and speed-ups are, so an
+    interval of a positive quantity stays positive; otherwise it is a shift.
 
     Example:
-        >>> lo, hi = centred_interval(np.array([2.0, 3.0, 3.0, 4.0]), np.array(1.0), level=0.5)
+        >>> lo, hi = centred_interval(np.array([2.0, 3.0, 3.0, 4.0]), np.array(1.5), level=0.5)
         >>> float(lo), float(hi)
-        (0.75, 1.25)
+        (1.375, 1.625)
     """
     d = np.asarray(draws, dtype=np.float64)
-    shift = np.median(d, axis=0) - point
+    p = np.asarray(point, dtype=np.float64)
+    med = np.median(d, axis=0)
     lo, hi = np.quantile(d, [(1 - level) / 2, (1 + level) / 2], axis=0)
-    return np.asarray(lo - shift), np.asarray(hi - shift)
+    ratio = (p > 0) & (med > 0)
+    factor = np.divide(p, med, out=np.ones_like(med), where=ratio)
+    shift = np.where(ratio, 0.0, med - p)
+    return np.asarray(lo * factor - shift), np.asarray(hi * factor - shift)

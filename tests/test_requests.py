@@ -75,12 +75,15 @@ def test_one_stratum_resamples_are_the_ordinary_bootstrap():
     assert np.array_equal(strata[idx], np.broadcast_to(strata, idx.shape))
 
 
-def test_a_centred_interval_holds_its_estimate_and_keeps_its_width():
-    draws = np.random.default_rng(0).normal(5.0, 1.0, 1000)
-    lo, hi = centred_interval(draws, np.asarray(3.0))
+def test_a_centred_interval_holds_its_estimate_and_stays_positive():
+    draws = np.random.default_rng(0).lognormal(2.0, 1.0, 1000)
     plain_lo, plain_hi = np.quantile(draws, [0.025, 0.975])
-    assert lo < 3.0 < hi
-    assert hi - lo == pytest.approx(plain_hi - plain_lo)
+    lo, hi = centred_interval(draws, np.asarray(0.5))  # an estimate far below its draws: moved by a factor
+    assert 0 < lo < 0.5 < hi
+    assert hi / lo == pytest.approx(plain_hi / plain_lo)
+    signed = np.random.default_rng(0).normal(5.0, 1.0, 1000)
+    lo, hi = centred_interval(signed - 6.0, np.asarray(-2.0))  # not positive: moved by a shift
+    assert lo < -2.0 < hi and hi - lo == pytest.approx(np.subtract(*np.quantile(signed, [0.975, 0.025])))
 
 
 # -- request timings
@@ -125,8 +128,8 @@ def test_summary_intervals_are_the_bootstrap_numpy_computes():
         [_numpy_statistics(t.early_exit_ms[units[b][:, None], pairs[b]].min(axis=1)) for b in range(N_BOOTSTRAP)]
     )
     point = np.array(_numpy_statistics(t.early_exit_ms.min(axis=1)))
-    shift = np.median(draws, axis=0) - point
-    lo, hi = np.quantile(draws, [0.025, 0.975], axis=0) - shift
+    factor = point / np.median(draws, axis=0)  # every statistic here is positive: the move is a factor
+    lo, hi = np.quantile(draws, [0.025, 0.975], axis=0) * factor
     s = t.summary("early_exit", "fastest")
     assert np.allclose([s.intervals[k][0] for k in R.STATISTICS], lo)
     assert np.allclose([s.intervals[k][1] for k in R.STATISTICS], hi)

@@ -3,30 +3,42 @@
 Design. ``dyncal verify`` times the early exit and the plain deployment back to back on the
 same batch, several times (pairs); :class:`~dyncal.artifacts.verify.PairedTiming` keeps
 them as ``(batches, pairs)`` matrices. Its speed-up takes the median over each batch's
-pair ratios. On a busy machine that median moves: a preemption lands on one side of a pair
-and not the other, and with two busy processes on two cores more than half the pairs of a
-slow batch can be hit. Noise from other processes only ever *adds* time (Chen & Revels,
+pair ratios. On a busy machine that median moves: a call loses a time slice whenever the
+scheduler runs another process, a longer call more often, so the plain deployment's
+pairs are hit more often than the early exit's and the median ratio leans towards a
+larger speed-up. Noise from other processes only ever *adds* time (Chen & Revels,
 "Robust benchmarking in noisy environments", 2016), which is why ``timeit`` recommends the
 minimum of the repeats: the fastest run is the one the machine disturbed least.
-:func:`paired_speedup` therefore
+:func:`paired_speedup` offers, and records which it used (:attr:`PairedEstimate.estimator`):
 
-1. discards the pairs a preemption hit: a pair either of whose times lies more than
-   :data:`PREEMPTION_MADS` scaled MADs above its batch's median for that side (a one-sided
-   rule: load only slows; a floor of 5% of the median on the MAD keeps quiet batches whole);
-2. reduces each batch to a low quantile of its kept pairs, per side: the **minimum** by
-   default (``quantile=0``), as ``timeit`` does;
-3. divides the plain deployment's total by the early exit's over the batches (each batch
-   weighted by its early-exit time, as the existing estimator does on a quiet machine);
-4. gives the three 95% bootstrap intervals the report's rule needs (batches resampled,
-   kept pairs resampled within batches, both), re-centred on the estimate
-   (:func:`dyncal.stats.centred_interval`: resampled minima are biased up).
+``min``
+    Each batch reduced to its fastest pair per side (or a low ``quantile`` of the pairs
+    left after discarding those a preemption hit: more than :data:`PREEMPTION_MADS` scaled
+    MADs above the batch's median on that side, one-sided, the MAD at least 5% of the
+    median); the plain deployment's total over the early exit's. Unbiased as long as each
+    side *has* undisturbed runs.
+``mean``
+    Each batch's mean time per side, the totals divided, every pair kept. When
+    preemptions arrive at a rate per unit of running time, both sides are slowed by the
+    same factor on average, so the ratio of means stays put even when no run of the plain
+    deployment escapes them, which is where the minimum fails: it then compares an
+    undisturbed early exit with a disturbed plain deployment. Nothing is discarded: a
+    one-sided rule discards the short side's rare hits and keeps the long side's common
+    ones, which biases the ratio (a long stall widens the interval instead).
+``auto`` (the default)
+    ``min`` when the machine repeats its fastest runs (on both sides, in at least
+    :data:`FLOOR_SHARE` of the batches the second-fastest pair is within 5% of the
+    fastest: :func:`floor_confirmed`), else ``mean``.
+``median-ratio``
+    The existing estimator, kept for comparison (``benchmarks/verdict_under_load_core.py``).
+
+Every estimate comes with the three 95% bootstrap intervals the report's rule needs
+(batches resampled, pairs resampled within batches, both), re-centred on the estimate
+(:func:`dyncal.stats.centred_interval`: resampled minima are biased up).
 
 :func:`more_pairs` is the rule for "more pairs when the spread is high": a batch whose
 spread (IQR / median) is above 10% gets its pairs doubled, up to a cap, until another
 doubling no longer lowers either minimum by more than 1%.
-
-The estimator used is recorded (:attr:`PairedEstimate.estimator`); ``"median-ratio"``
-is the existing estimator, kept for comparison (``benchmarks/verdict_under_load_core.py``).
 
 Wiring (not done here): verify's loop calls :func:`more_pairs` after each batch's pairs
 (rows may then differ in length: pass them as lists), and ``PairedTiming`` reports
@@ -47,20 +59,28 @@ from dyncal.stats import N_BOOTSTRAP, centred_interval
 __all__ = [
     "ESTIMATORS",
     "PREEMPTION_MADS",
+    "FLOOR_SHARE",
     "SPREAD_LIMIT",
     "PairedEstimate",
     "paired_speedup",
     "preempted",
+    "floor_confirmed",
     "more_pairs",
 ]
 
 ESTIMATORS = {
-    "min": "fastest of each batch's pairs per side (timeit; Chen & Revels 2016), preempted pairs discarded",
+    "auto": "min where the machine repeats its fastest runs, else mean",
+    "min": "fastest of each batch's pairs per side (timeit; Chen & Revels 2016)",
+    "mean": "mean of each batch's pairs per side, every pair kept",
     "median-ratio": "median of each batch's pair ratios, every pair kept (the estimator before issue 21)",
 }
-"""Estimator names and what they compute (a low quantile other than 0 is named ``"q<quantile>"``)."""
+"""Estimators :func:`paired_speedup` takes (a low quantile other than 0 is recorded as ``"q<quantile>"``)."""
 PREEMPTION_MADS = 3.5
-"""A time more than this many scaled MADs above its batch's median marks its pair as preempted."""
+"""A time more than this many scaled MADs above its batch's median on its side counts as preempted."""
+FLOOR_SHARE = 0.5
+"""``auto`` takes ``min`` when at least this share of batches repeat their fastest time on both sides."""
+FLOOR_TOLERANCE = 0.05
+"""A batch repeats its fastest time when its second-fastest pair is within this fraction of it."""
 SPREAD_LIMIT = 0.10
 """A batch whose IQR exceeds this fraction of its median gets more pairs (:func:`more_pairs`)."""
 _MAD_FLOOR = 0.05  # the MAD is taken as at least 5% of the median: a quiet batch keeps its pairs
@@ -77,7 +97,8 @@ class PairedEstimate:
     """A speed-up of the plain deployment over the early exit, with how it was estimated.
 
     Attributes:
-        estimator: ``"min"``, ``"q<quantile>"`` or ``"median-ratio"`` (:data:`ESTIMATORS`).
+        estimator: The estimator used: ``"min"``, ``"q<quantile>"``, ``"mean"`` or
+            ``"median-ratio"`` (``"auto"`` records the one it chose).
         value: Plain deployment's time over the early exit's.
         interval: 95% interval with timing and sampling noise.
         interval_sampling: From which batches were timed alone.
@@ -85,8 +106,11 @@ class PairedEstimate:
         early_exit_ms: Mean over batches of the early exit's reduced time.
         plain_ms: Mean over batches of the plain deployment's reduced time.
         pairs: Pairs timed.
-        discarded: Pairs discarded as preempted.
-        timing_spread: Median over batches of the kept pair ratios' IQR / median.
+        discarded: Pairs with a time the estimator left out as preempted (``min`` only).
+        timing_spread: Median over batches of the pair ratios' IQR / median.
+        floor_confirmed: Share of batches repeating their fastest time, early exit and plain
+            (:func:`floor_confirmed`).
+        asked: The estimator asked for (``"auto"`` by default).
     """
 
     estimator: str
@@ -99,18 +123,30 @@ class PairedEstimate:
     pairs: int
     discarded: int
     timing_spread: float
+    floor_confirmed: tuple[float, float] = (1.0, 1.0)
+    asked: str = "auto"
 
     @property
     def description(self) -> str:
-        """What the estimator computes, for people."""
-        if self.estimator in ESTIMATORS:
-            return ESTIMATORS[self.estimator]
-        return f"{self.estimator[1:]} quantile of each batch's pairs per side, preempted pairs discarded"
+        """What the estimator computes (and why ``auto`` chose it), for people."""
+        what = ESTIMATORS.get(self.estimator) or (
+            f"{self.estimator[1:]} quantile of each batch's pairs per side, preempted times discarded"
+        )
+        if self.asked != "auto":
+            return what
+        ee, pl = self.floor_confirmed
+        why = "repeat" if self.estimator == "min" else "do not repeat"
+        return (
+            f"{what}; chosen because the fastest runs {why} (second-fastest within "
+            f"{100 * FLOOR_TOLERANCE:.0f}% in {100 * ee:.0f}% of batches for the early exit, {100 * pl:.0f}% "
+            "for the plain deployment)"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return {
             "estimator": self.estimator,
+            "asked": self.asked,
             "description": self.description,
             "speedup": self.value,
             "speedup_ci": list(self.interval),
@@ -121,6 +157,7 @@ class PairedEstimate:
             "pairs": self.pairs,
             "discarded_pairs": self.discarded,
             "timing_spread": self.timing_spread,
+            "floor_confirmed": list(self.floor_confirmed),
         }
 
 
@@ -150,6 +187,14 @@ def _checked(early_exit_ms: Timings, plain_ms: Timings) -> tuple[np.ndarray, np.
     return ee, pl
 
 
+def _high(a: np.ndarray, mads: float) -> np.ndarray:
+    """``(B, R)`` whether each time lies more than ``mads`` scaled MADs above its batch's median (one-sided)."""
+    med = np.nanmedian(a, axis=1, keepdims=True)
+    mad = np.maximum(1.4826 * np.nanmedian(np.abs(a - med), axis=1, keepdims=True), _MAD_FLOOR * med)
+    with np.errstate(invalid="ignore"):
+        return np.asarray(a > med + mads * mad)
+
+
 def preempted(early_exit_ms: Timings, plain_ms: Timings, mads: float = PREEMPTION_MADS) -> np.ndarray:
     """``(B, R)`` whether each pair was hit by a preemption (either side far above its batch's median).
 
@@ -159,45 +204,61 @@ def preempted(early_exit_ms: Timings, plain_ms: Timings, mads: float = PREEMPTIO
         [[False, False, False, False, True]]
     """
     ee, pl = _checked(early_exit_ms, plain_ms)
-    return _preempted(ee, pl, mads)
+    return np.asarray(_high(ee, mads) | _high(pl, mads))
 
 
-def _preempted(ee: np.ndarray, pl: np.ndarray, mads: float) -> np.ndarray:
-    hit = np.zeros(ee.shape, dtype=bool)
-    for a in (ee, pl):
-        med = np.nanmedian(a, axis=1, keepdims=True)
-        mad = np.maximum(1.4826 * np.nanmedian(np.abs(a - med), axis=1, keepdims=True), _MAD_FLOOR * med)
-        with np.errstate(invalid="ignore"):
-            hit |= a > med + mads * mad
-    return hit
+def floor_confirmed(ms: Timings) -> float:
+    """Share of batches whose second-fastest time is within :data:`FLOOR_TOLERANCE` of the fastest.
+
+    A machine that repeats its fastest run has undisturbed runs to offer; one that never
+    does disturbs every run, and a minimum then measures the disturbance (a batch of one
+    pair confirms nothing).
+
+    Example:
+        >>> floor_confirmed([[1.0, 1.02, 1.5], [1.0, 1.3, 1.4]])
+        0.5
+    """
+    a = np.sort(_padded(ms, "ms"), axis=1)
+    if a.shape[1] < 2:
+        return 0.0
+    with np.errstate(invalid="ignore"):
+        return float(np.mean(a[:, 1] <= a[:, 0] * (1 + FLOOR_TOLERANCE)))
 
 
-def _reduce(a: np.ndarray, quantile: float) -> np.ndarray:
-    """A low quantile of the last axis, NaNs (absent pairs) left out."""
-    if not np.isnan(a).any():
-        return np.asarray(a.min(axis=-1) if quantile == 0 else np.quantile(a, quantile, axis=-1))
-    return np.asarray(np.nanmin(a, axis=-1) if quantile == 0 else np.nanquantile(a, quantile, axis=-1))
-
-
-def _median(a: np.ndarray) -> np.ndarray:
-    """The median of the last axis, NaNs (absent pairs) left out."""
-    return np.asarray(np.nanmedian(a, axis=-1) if np.isnan(a).any() else np.median(a, axis=-1))
+def _nan_aware(fn_plain: Any, fn_nan: Any, a: np.ndarray, *args: Any) -> np.ndarray:
+    return np.asarray(fn_nan(a, *args, axis=-1) if np.isnan(a).any() else fn_plain(a, *args, axis=-1))
 
 
 def _speedups(ee: np.ndarray, pl: np.ndarray, estimator: str, quantile: float) -> np.ndarray:
-    """Speed-up per leading index of ``(..., B, R)`` matrices (NaN: no pair)."""
+    """Speed-up per leading index of ``(..., B, R)`` matrices (NaN: no time)."""
     if estimator == "median-ratio":
-        ee_med = _median(ee)
-        ratio = _median(pl / ee)
+        ee_med = _nan_aware(np.median, np.nanmedian, ee)
+        ratio = _nan_aware(np.median, np.nanmedian, pl / ee)
         return np.asarray((ee_med * ratio).sum(axis=-1) / ee_med.sum(axis=-1))
-    return np.asarray(_reduce(pl, quantile).sum(axis=-1) / _reduce(ee, quantile).sum(axis=-1))
+    if estimator == "mean":
+        total_pl, total_ee = _nan_aware(np.mean, np.nanmean, pl), _nan_aware(np.mean, np.nanmean, ee)
+        return np.asarray(total_pl.sum(axis=-1) / total_ee.sum(axis=-1))
+    if quantile == 0:
+        fast_pl, fast_ee = _nan_aware(np.min, np.nanmin, pl), _nan_aware(np.min, np.nanmin, ee)
+        return np.asarray(fast_pl.sum(axis=-1) / fast_ee.sum(axis=-1))
+    low_pl = _nan_aware(np.quantile, np.nanquantile, pl, quantile)
+    return np.asarray(low_pl.sum(axis=-1) / _nan_aware(np.quantile, np.nanquantile, ee, quantile).sum(axis=-1))
+
+
+def _reduced(a: np.ndarray, estimator: str, quantile: float) -> float:
+    """Mean over batches of one side's reduced time."""
+    if estimator == "mean":
+        return float(np.mean(_nan_aware(np.mean, np.nanmean, a)))
+    if estimator == "median-ratio":
+        return float(np.mean(_nan_aware(np.median, np.nanmedian, a)))
+    return float(np.mean(_nan_aware(np.quantile, np.nanquantile, a, quantile)))
 
 
 def paired_speedup(
     early_exit_ms: Timings,
     plain_ms: Timings,
     *,
-    estimator: str = "min",
+    estimator: str = "auto",
     quantile: float = 0.0,
     n_resamples: int = N_BOOTSTRAP,
     seed: int = _SEED,
@@ -209,14 +270,15 @@ def paired_speedup(
             in length when given as lists: :func:`more_pairs` lengthens noisy batches).
         plain_ms: The plain deployment's, same shape, pair ``r`` of batch ``b`` timed
             right beside ``early_exit_ms[b][r]``.
-        estimator: ``"min"`` (default: a low quantile of each batch's kept pairs per side)
-            or ``"median-ratio"`` (the median of pair ratios, every pair kept).
-        quantile: The low quantile of ``"min"`` (0, the default, is the minimum).
+        estimator: ``"auto"`` (default), ``"min"``, ``"mean"`` or ``"median-ratio"``
+            (the module docstring says what each computes).
+        quantile: The low quantile ``"min"`` takes of the pairs left after discarding the
+            preempted ones (0, the default, is the minimum).
         n_resamples: Bootstrap resamples.
         seed: Seed of the bootstrap.
 
     Returns:
-        The estimate, its intervals, the estimator's name and the pairs discarded.
+        The estimate, its intervals, the estimator used and the pairs discarded.
 
     Raises:
         DyncalError: Unpaired or empty timings, an unknown estimator, or a quantile outside [0, 0.5].
@@ -233,12 +295,16 @@ def paired_speedup(
     if not 0.0 <= quantile <= 0.5:
         raise DyncalError(f"`quantile` must lie in [0, 0.5] (a low quantile), got {quantile:g}")
     ee, pl = _checked(early_exit_ms, plain_ms)
-    hit = _preempted(ee, pl, PREEMPTION_MADS) if estimator != "median-ratio" else np.zeros(ee.shape, bool)
-    ee_k, pl_k = np.where(hit, np.nan, ee), np.where(hit, np.nan, pl)
-    ee_k, pl_k = _compact(ee_k), _compact(pl_k)
-    value = float(_speedups(ee_k, pl_k, estimator, quantile))
+    floors = (floor_confirmed(ee), floor_confirmed(pl))
+    chosen = estimator if estimator != "auto" else ("min" if min(floors) >= FLOOR_SHARE else "mean")
+    if chosen == "min":  # per side: a low quantile of each side's undisturbed times
+        hit_ee, hit_pl = _high(ee, PREEMPTION_MADS), _high(pl, PREEMPTION_MADS)
+    else:
+        hit_ee = hit_pl = np.zeros(ee.shape, dtype=bool)
+    ee_k, pl_k = _compact(np.where(hit_ee, np.nan, ee)), _compact(np.where(hit_pl, np.nan, pl))
+    value = float(_speedups(ee_k, pl_k, chosen, quantile))
     draws = {
-        kind: _bootstrap(ee_k, pl_k, estimator, quantile, n_resamples, seed, batches=b, pairs=p)
+        kind: _bootstrap(ee_k, pl_k, chosen, quantile, n_resamples, seed, batches=b, pairs=p)
         for kind, b, p in (("both", True, True), ("sampling", True, False), ("timing", False, True))
     }
 
@@ -246,20 +312,21 @@ def paired_speedup(
         lo, hi = centred_interval(d, np.asarray(value))
         return (float(lo), float(hi))
 
-    name = "min" if estimator == "min" and quantile == 0 else (f"q{quantile:g}" if estimator == "min" else estimator)
-    ratio = pl_k / ee_k
+    ratio = pl / ee
     q75, q50, q25 = np.nanpercentile(ratio, [75, 50, 25], axis=1)
     return PairedEstimate(
-        estimator=name,
+        estimator=f"q{quantile:g}" if chosen == "min" and quantile > 0 else chosen,
         value=value,
         interval=iv(draws["both"]),
         interval_sampling=iv(draws["sampling"]),
         interval_timing=iv(draws["timing"]),
-        early_exit_ms=float(np.mean(_reduce(ee_k, quantile) if estimator != "median-ratio" else _median(ee))),
-        plain_ms=float(np.mean(_reduce(pl_k, quantile) if estimator != "median-ratio" else _median(pl))),
+        early_exit_ms=_reduced(ee_k, chosen, quantile),
+        plain_ms=_reduced(pl_k, chosen, quantile),
         pairs=int(np.sum(~np.isnan(ee))),
-        discarded=int(np.sum(hit)),
+        discarded=int(np.sum(hit_ee | hit_pl)),
         timing_spread=float(np.median((q75 - q25) / q50)),
+        floor_confirmed=floors,
+        asked=estimator,
     )
 
 
@@ -280,27 +347,33 @@ def _bootstrap(
     batches: bool,
     pairs: bool,
 ) -> np.ndarray:
-    """``(n_resamples,)`` speed-ups with batches and/or each batch's kept pairs resampled."""
+    """``(n_resamples,)`` speed-ups with batches and/or each batch's kept pairs resampled.
+
+    One uniform draw picks the pair on both sides, so sides that kept the same pairs stay paired.
+    """
     n_b, n_r = ee.shape
-    kept = np.sum(~np.isnan(ee), axis=1)
-    whole = bool(np.all(kept == n_r))
+    kept = [np.sum(~np.isnan(a), axis=1) for a in (ee, pl)]
+    whole = all(bool(np.all(k == n_r)) for k in kept)
     rng = np.random.default_rng(seed)
     out = np.empty(n_resamples)
     chunk = max(1, min(n_resamples, _CHUNK // max(1, n_b * n_r)))
     for start in range(0, n_resamples, chunk):
         size = min(chunk, n_resamples - start)
         b_idx = rng.integers(0, n_b, (size, n_b)) if batches else np.broadcast_to(np.arange(n_b), (size, n_b))
-        count = kept[b_idx][:, :, None]
-        if pairs:
-            r_idx = np.floor(rng.random((size, n_b, n_r)) * count).astype(np.int64)
-        else:
-            r_idx = np.broadcast_to(np.arange(n_r), (size, n_b, n_r))
+        u = rng.random((size, n_b, n_r)) if pairs else None
         rows = b_idx[:, :, None]
-        e, p = ee[rows, r_idx], pl[rows, r_idx]
-        if not whole:
-            absent = np.arange(n_r)[None, None, :] >= count
-            e, p = np.where(absent, np.nan, e), np.where(absent, np.nan, p)
-        out[start : start + size] = _speedups(e, p, estimator, quantile)
+        sides = []
+        for a, k in zip((ee, pl), kept, strict=True):
+            count = k[b_idx][:, :, None]
+            if u is not None:
+                r_idx = np.floor(u * count).astype(np.int64)
+            else:
+                r_idx = np.broadcast_to(np.arange(n_r), (size, n_b, n_r))
+            x = a[rows, np.minimum(r_idx, n_r - 1)]
+            if not whole:
+                x = np.where(np.arange(n_r)[None, None, :] >= count, np.nan, x)
+            sides.append(x)
+        out[start : start + size] = _speedups(sides[0], sides[1], estimator, quantile)
     return out
 
 

@@ -63,6 +63,13 @@ Methods (:class:`~dyncal.choices.Method`):
     default because it generalises best on real held-out data: see
     ``benchmarks/heldout_comparison.md``. The budget is still met exactly on the fit data
     (costs are not smoothed); accuracies are always reported with real 0/1 hits.
+
+A second constraint. A problem may carry an :class:`~dyncal.calibrate.problem.ExitCap`:
+at most so many fit samples may leave at some exits (a latency percentile bound is one,
+:mod:`dyncal.calibrate.tail`). Every step above asks
+:meth:`~dyncal.calibrate.problem.ExitProblem.fits` (the budget and the cap) where it
+compared the cost, and the exact one-threshold update keeps both, so every answer meets
+both on the fit data; without a cap nothing changes.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,9 @@ __all__ = [
     "bootstrap_interval",
     "mean_bootstrap_ci",
     "N_BOOTSTRAP",
+    "weighted_percentiles",
+    "centred_interval",
+    "stratified_resamples",
 ]
 
 log = logging.getLogger(__name__)
@@ -237,3 +240,119 @@ def bootstrap_interval(
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(v, [alpha, 1.0 - alpha])
     return (float(lo), float(hi))
+
+
+def weighted_percentiles(
+    values: np.ndarray, percentiles: Sequence[float] | np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """Percentiles of each row of ``values``: numpy's linear rule, with weights as repetitions.
+
+    Without weights (or with equal ones) this is ``np.percentile(values, percentiles,
+    axis=-1)`` with the percentiles on the last axis. A weight says how many requests of
+    the population a value stands for: weights are scaled so the smallest is 1, and value
+    ``i`` then fills ``w_i`` consecutive places of an expanded sample of ``W = sum(w)``
+    places, read by the linear rule at place ``q (W - 1)``. With integer weights whose
+    smallest is 1 this equals ``np.percentile`` of the values repeated ``w_i`` times.
+
+    Args:
+        values: ``(m,)`` or ``(B, m)`` values, ``m >= 1``.
+        percentiles: ``Q`` percentiles in ``[0, 100]``.
+        weights: ``(m,)`` or ``(B, m)`` positive weights, or None (equal).
+
+    Returns:
+        ``(Q,)`` for one row, ``(B, Q)`` for ``B`` rows.
+
+    Raises:
+        DyncalError: No values, a percentile outside ``[0, 100]``, or a weight that is not positive.
+
+    Example:
+        >>> weighted_percentiles(np.array([1.0, 2.0, 3.0, 4.0]), [50, 100]).tolist()
+        [2.5, 4.0]
+        >>> weighted_percentiles(np.array([1.0, 2.0, 3.0]), [50], np.array([1.0, 1.0, 2.0])).tolist()  # 1, 2, 3, 3
+        [2.5]
+    """
+    x = np.asarray(values, dtype=np.float64)
+    q = np.asarray(percentiles, dtype=np.float64).reshape(-1)
+    if x.ndim not in (1, 2) or x.shape[-1] == 0:
+        raise DyncalError(f"percentiles need (m,) or (B, m) values with m >= 1, got shape {x.shape}")
+    if np.any(~(q >= 0) | ~(q <= 100)):
+        raise DyncalError(f"percentiles must lie in [0, 100], got {q.tolist()}")
+    w = None if weights is None else np.broadcast_to(np.asarray(weights, dtype=np.float64), x.shape)
+    if w is not None and not np.all(w > 0):
+        raise DyncalError("percentile weights must be positive")
+    if w is None or np.all(w == w[..., :1]):
+        return np.moveaxis(np.asarray(np.percentile(x, q, axis=-1)), 0, -1)
+    rows = np.atleast_2d(x)
+    order = np.argsort(rows, axis=-1, kind="stable")
+    xs = np.take_along_axis(rows, order, axis=-1)
+    ws = np.take_along_axis(np.atleast_2d(w), order, axis=-1)
+    ws = ws / ws.min(axis=1, keepdims=True)
+    cum = np.cumsum(ws, axis=1)
+    # knots of the expanded sample: value i holds from place cum_i - w_i to place cum_i - 1
+    places = np.stack([cum - ws, cum - 1.0], axis=2).reshape(rows.shape[0], -1)
+    knots = np.repeat(xs, 2, axis=1)
+    target = q[None, :] / 100.0 * (cum[:, -1:] - 1.0)
+    # one searchsorted over every row: row r's places are shifted past every earlier row's
+    shift = np.concatenate([[0.0], np.cumsum(cum[:, -1] + 1.0)[:-1]])[:, None]
+    j = np.searchsorted((places + shift).reshape(-1), (target + shift).reshape(-1), side="right")
+    j = j.reshape(target.shape) - 1 - 2 * xs.shape[1] * np.arange(rows.shape[0])[:, None]
+    j = np.clip(j, 0, places.shape[1] - 2)
+    p0, p1 = np.take_along_axis(places, j, axis=1), np.take_along_axis(places, j + 1, axis=1)
+    v0, v1 = np.take_along_axis(knots, j, axis=1), np.take_along_axis(knots, j + 1, axis=1)
+    gap = p1 - p0
+    frac = np.clip(np.divide(target - p0, gap, out=np.zeros_like(gap), where=gap > 0), 0.0, 1.0)
+    out = np.asarray(v0 + frac * (v1 - v0))
+    return np.asarray(out[0]) if x.ndim == 1 else out
+
+
+def stratified_resamples(strata: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Bootstrap index draws that keep each stratum's size: column ``j`` redraws within ``strata[j]``.
+
+    A resample of a stratified sample keeps as many units of each stratum as were drawn,
+    so weights that depend on the stratum stay those of the sample. With one stratum this
+    is the ordinary bootstrap (``rng.integers(0, n, (n_resamples, n))``, the same draws).
+
+    Args:
+        strata: ``(n,)`` stratum label of each unit.
+        n_resamples: Resamples ``B``.
+        rng: The generator (strata are drawn in increasing label order).
+
+    Returns:
+        ``(B, n)`` int64 unit indices.
+
+    Example:
+        >>> idx = stratified_resamples(np.array([0, 1, 0, 1]), 3, np.random.default_rng(0))
+        >>> bool(np.all(idx[:, [0, 2]] % 2 == 0)), bool(np.all(idx[:, [1, 3]] % 2 == 1))
+        (True, True)
+    """
+    s = np.asarray(strata)
+    out = np.empty((n_resamples, s.shape[0]), dtype=np.int64)
+    for label in np.unique(s):
+        members = np.flatnonzero(s == label)
+        out[:, members] = members[rng.integers(0, members.shape[0], (n_resamples, members.shape[0]))]
+    return out
+
+
+def centred_interval(draws: np.ndarray, point: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile-bootstrap interval of ``draws`` (``(B, ...)``) moved so the draws' median sits on ``point``.
+
+    The bootstrap of a minimum (the fastest replicate), a maximum or a tail percentile is
+    biased: resampled minima are never below the minimum, so a plain percentile interval
+    can miss its own estimate. Moving the draws so that their median is the estimate keeps
+    the interval's shape and puts the estimate inside it. The move is a factor
+    (``point / median``) where both are positive, as times and speed-ups are, so an
+    interval of a positive quantity stays positive; otherwise it is a shift.
+
+    Example:
+        >>> lo, hi = centred_interval(np.array([2.0, 3.0, 3.0, 4.0]), np.array(1.5), level=0.5)
+        >>> float(lo), float(hi)
+        (1.375, 1.625)
+    """
+    d = np.asarray(draws, dtype=np.float64)
+    p = np.asarray(point, dtype=np.float64)
+    med = np.median(d, axis=0)
+    lo, hi = np.quantile(d, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    ratio = (p > 0) & (med > 0)
+    factor = np.divide(p, med, out=np.ones_like(med), where=ratio)
+    shift = np.where(ratio, 0.0, med - p)
+    return np.asarray(lo * factor - shift), np.asarray(hi * factor - shift)

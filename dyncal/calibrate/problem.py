@@ -9,6 +9,7 @@ sample to the same exit.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import numpy as np
 from dyncal.calibrate.policy import expected_cost
 from dyncal.errors import DyncalError
 
-__all__ = ["ExitProblem", "Solution", "PUBLISHED_Q", "geometric_thresholds"]
+__all__ = ["ExitProblem", "ExitCap", "Solution", "PUBLISHED_Q", "geometric_thresholds"]
 
 PUBLISHED_Q: tuple[float, ...] = tuple(p / 20 for p in range(1, 40))
 FINE_Q: tuple[float, ...] = tuple(float(q) for q in np.geomspace(0.01, 8.0, 240))
@@ -33,11 +34,31 @@ class Solution:
         thresholds: ``(K - 1,)`` float64; ``+inf`` lets nobody leave.
         gain: Mean gain (accuracy for 0/1 gains).
         cost: Mean cost (:func:`dyncal.calibrate.policy.expected_cost`).
+        capped: Fit samples leaving at the exits an :class:`ExitCap` limits (0 without one).
     """
 
     thresholds: np.ndarray
     gain: float
     cost: float
+    capped: int = 0
+
+
+@dataclass(frozen=True)
+class ExitCap:
+    """At most ``max_count`` fit samples may leave at the exits marked in ``capped``.
+
+    A second linear constraint beside the mean-cost budget: a bound on a latency
+    percentile is one (:mod:`dyncal.calibrate.tail`). Like the cost, the number of capped
+    samples changes by a prefix sum when one threshold moves, so the one-threshold updates
+    stay exact.
+
+    Attributes:
+        capped: ``K`` flags, one per exit.
+        max_count: Most fit samples allowed to leave at the flagged exits.
+    """
+
+    capped: tuple[bool, ...]
+    max_count: int
 
 
 class ExitProblem:
@@ -49,6 +70,8 @@ class ExitProblem:
         costs: ``K`` cumulative costs, non-decreasing.
         score: The score's name, for the near-tie rule (:data:`SEPARATION`); default
             maxprob's.
+        cap: A limit on the samples leaving at some exits (:class:`ExitCap`), kept by every
+            budget update and by :meth:`fits`; None: no limit.
 
     Example:
         >>> s = np.array([[0.9, 0.6], [0.4, 0.8], [0.7, 0.9]])
@@ -65,6 +88,7 @@ class ExitProblem:
         gains: np.ndarray,
         costs: Sequence[float] | np.ndarray,
         score: str | None = None,
+        cap: ExitCap | None = None,
     ) -> None:
         s = np.asarray(scores, dtype=np.float64)
         g = np.asarray(gains, dtype=np.float64)
@@ -80,9 +104,14 @@ class ExitProblem:
         c = np.asarray(costs, dtype=np.float64)
         if c.shape != (s.shape[1],) or np.any(np.diff(c) < 0) or not np.all(np.isfinite(c)):
             raise DyncalError(f"costs must be {s.shape[1]} non-decreasing numbers, got {c.tolist()}")
+        if cap is not None and (len(cap.capped) != s.shape[1] or cap.max_count < 0):
+            raise DyncalError(f"an exit cap needs {s.shape[1]} flags and a count >= 0, got {cap}")
         self.scores = s
         self.gains = g
         self.costs = c
+        self.cap = cap
+        self._capped = np.zeros(s.shape[1]) if cap is None else np.asarray(cap.capped, dtype=np.float64)
+        self._cut_capped: tuple[np.ndarray, float] = (np.zeros(0), 0.0)  # set by _cuts under a cap
         self.tie_floor = tie_floor(score)
         self.n, self.k = s.shape
         self._cols = np.ascontiguousarray(s.T)
@@ -93,6 +122,17 @@ class ExitProblem:
         self._geometric: list[tuple[np.ndarray, np.ndarray]] | None = None
         self._geometric_solutions: list[Solution] | None = None
         self._starting_pool: list[Solution] | None = None
+
+    def with_cap(self, cap: ExitCap | None) -> ExitProblem:
+        """The same fit samples under another cap (sorted orders and geometric fits shared, not recomputed)."""
+        if cap is not None and (len(cap.capped) != self.k or cap.max_count < 0):
+            raise DyncalError(f"an exit cap needs {self.k} flags and a count >= 0, got {cap}")
+        other = copy.copy(self)
+        other.cap = cap
+        other._capped = np.zeros(self.k) if cap is None else np.asarray(cap.capped, dtype=np.float64)
+        other._geometric_solutions = None  # their capped counts differ
+        other._starting_pool = None
+        return other
 
     # -- evaluation
     def exits(self, t: np.ndarray, skip: int | None = None) -> np.ndarray:
@@ -105,13 +145,18 @@ class ExitProblem:
         return e
 
     def solution(self, t: np.ndarray, exits: np.ndarray | None = None) -> Solution:
-        """Wrap thresholds with their mean gain and cost."""
+        """Wrap thresholds with their mean gain and cost (and the capped samples, with a cap)."""
         e = self.exits(t) if exits is None else exits
         return Solution(
             np.array(t, dtype=np.float64),
             float(np.mean(self.gains[np.arange(self.n), e])),
             expected_cost(e, self.costs),
+            0 if self.cap is None else int(np.sum(self._capped[e])),
         )
+
+    def fits(self, sol: Solution, budget: float) -> bool:
+        """Whether a solution meets the budget and, with a cap, the cap."""
+        return sol.cost <= budget and (self.cap is None or sol.capped <= self.cap.max_count)
 
     # -- exact one-threshold update
     def _cuts(self, t: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, int]:
@@ -119,7 +164,8 @@ class ExitProblem:
 
         Cut ``i`` lets the ``i + 1`` highest-scoring samples that reach exit j leave; cuts
         fall between distinct scores only. The current cut is -1 when nobody leaves and -2
-        when ``t_j`` is not at an allowed cut.
+        when ``t_j`` is not at an allowed cut. With a cap, the prefix changes of the capped
+        count and its base are left in ``self._cut_capped`` for :meth:`budget_update`.
         """
         down = self.exits(t, skip=j)  # exit taken if nobody left at j
         base_cost = float(np.sum(self.costs[down]))
@@ -138,6 +184,9 @@ class ExitProblem:
         if leaving:
             pos = int(np.searchsorted(cut, leaving - 1))
             cur = pos if pos < cut.shape[0] and cut[pos] == leaving - 1 else -2
+        if self.cap is not None:
+            cs = np.cumsum(self._capped[j] - self._capped[d_down])
+            self._cut_capped = (cs[cut], float(np.sum(self._capped[down])))
         below = np.empty(cut.shape[0])
         below[:-1] = ss[cut[:-1] + 1]
         if cut.shape[0]:
@@ -168,7 +217,7 @@ class ExitProblem:
         return self._with_threshold(t, j, np.inf)
 
     def budget_update(self, t: np.ndarray, j: int, budget: float) -> np.ndarray:
-        """Best ``t_j`` for gain with mean cost ``<= budget``, the others fixed (exact).
+        """Best ``t_j`` for gain with mean cost ``<= budget`` (and within the cap), the others fixed (exact).
 
         Returns ``t`` itself (same object) when no feasible move improves the gain.
         """
@@ -176,6 +225,12 @@ class ExitProblem:
         limit = budget * self.n * (1 - 1e-12) - base_cost
         cur_gain = 0.0 if cur == -1 else (float(cg[cur]) if cur >= 0 else -math.inf)
         feasible = cc <= limit
+        nobody_fits = limit >= 0  # letting nobody leave at j
+        if self.cap is not None:
+            cs, base_capped = self._cut_capped
+            cap_limit = self.cap.max_count - base_capped
+            feasible &= cs <= cap_limit
+            nobody_fits = nobody_fits and cap_limit >= 0
         best_gain, best_thr, best_cost = -math.inf, np.inf, math.inf
         if np.any(feasible):
             masked = np.where(feasible, cg, -np.inf)
@@ -183,12 +238,12 @@ class ExitProblem:
             ties = np.flatnonzero(masked >= top - _TOL)
             b = int(ties[np.argmin(cc[ties])])
             best_gain, best_thr, best_cost = float(cg[b]), float(thr[b]), float(cc[b])
-        if limit >= 0 and (best_gain < -_TOL or (abs(best_gain) <= _TOL and best_cost > 0)):
+        if nobody_fits and (best_gain < -_TOL or (abs(best_gain) <= _TOL and best_cost > 0)):
             best_gain, best_thr = 0.0, np.inf
         if best_gain <= cur_gain + _TOL:
             return t
         new = self._with_threshold(t, j, best_thr)
-        if expected_cost(self.exits(new), self.costs) > budget:
+        if not self.fits(self.solution(new), budget):
             return t
         return new
 

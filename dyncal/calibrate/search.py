@@ -63,6 +63,13 @@ Methods (:class:`~dyncal.choices.Method`):
     default because it generalises best on real held-out data: see
     ``benchmarks/heldout_comparison.md``. The budget is still met exactly on the fit data
     (costs are not smoothed); accuracies are always reported with real 0/1 hits.
+
+A second constraint. A problem may carry an :class:`~dyncal.calibrate.problem.ExitCap`:
+at most so many fit samples may leave at some exits (a latency percentile bound is one,
+:mod:`dyncal.calibrate.tail`). Every step above asks
+:meth:`~dyncal.calibrate.problem.ExitProblem.fits` (the budget and the cap) where it
+compared the cost, and the exact one-threshold update keeps both, so every answer meets
+both on the fit data; without a cap nothing changes.
 """
 
 from __future__ import annotations
@@ -138,7 +145,7 @@ def solve_path(problem: ExitProblem, budgets: Sequence[float], method: str) -> l
     geo = problem.geometric_solutions()
     if method == "geometric":
         for i in order:
-            fits = [s for s in geo if s.cost <= budgets[i]]
+            fits = [s for s in geo if problem.fits(s, float(budgets[i]))]
             if fits:
                 out[i] = max(fits, key=lambda s: (s.gain, -s.cost))
         return out
@@ -166,7 +173,7 @@ def _ascended_from(problem: ExitProblem, start: Solution, budget: float) -> Solu
     """Budget-exact coordinate ascent from ``start``; never worse than ``start``."""
     t = problem.budget_ascent(start.thresholds.copy(), budget)
     sol = problem.solution(t)
-    return sol if sol.cost <= budget and sol.gain >= start.gain else start
+    return sol if problem.fits(sol, budget) and sol.gain >= start.gain else start
 
 
 def _after_best_move(problem: ExitProblem, prev: Solution, budget: float) -> Solution:
@@ -175,7 +182,7 @@ def _after_best_move(problem: ExitProblem, prev: Solution, budget: float) -> Sol
     if t is prev.thresholds:
         return prev
     sol = problem.solution(t)
-    return sol if sol.cost <= budget and sol.gain >= prev.gain else prev
+    return sol if problem.fits(sol, budget) and sol.gain >= prev.gain else prev
 
 
 def _path_step(problem: ExitProblem, pool: Sequence[Solution], prev: Solution | None, budget: float) -> Solution | None:
@@ -185,7 +192,7 @@ def _path_step(problem: ExitProblem, pool: Sequence[Solution], prev: Solution | 
     within this budget (:meth:`ExitProblem.best_move`), so the answer here is at least as
     good as that move within any smaller budget, which makes :func:`solve_at` monotone.
     """
-    fits = [s for s in pool if s.cost <= budget]
+    fits = [s for s in pool if problem.fits(s, budget)]
     best: Solution | None = None
     if fits:
         start = max(fits, key=lambda s: (s.gain, -s.cost))
@@ -256,7 +263,7 @@ def solve_at(
     else:
         walked = solve_path(problem, below, method) if below else []
     prev = walked[-1] if walked else None
-    fits = [s for s in problem.starting_pool() if s.cost <= budget]
+    fits = [s for s in problem.starting_pool() if problem.fits(s, budget)]
     best = max(fits, key=lambda s: (s.gain, -s.cost)) if fits else None
     if prev is not None:
         best = _more_accurate(best, _after_best_move(problem, prev, budget))

@@ -1,0 +1,166 @@
+"""The tail in the solve: thresholds that keep a latency percentile under a bound.
+
+Design. A request that leaves at exit k costs ``L_k`` milliseconds at batch 1 (the
+profiled cumulative latency of exits 1..k, heads included). On the fit samples, the
+predicted latency distribution is therefore ``L[exit(n)]`` and its p-th percentile
+(:func:`predicted_percentile_ms`, numpy's linear rule) depends only on how many samples
+leave at the *slow* exits, those with ``L_k > bound``: the percentile is within the bound
+exactly when numpy's linear rule reads only fast samples, i.e. when at most
+:func:`max_slow_count` samples leave at slow exits (the ideal statement "the share at
+slow exits is at most ``1 - p``", made exact for a finite sample: numpy reads the order
+statistics around ``(n - 1) p``, and both it reads must be fast).
+
+That is a second linear constraint on the exit assignment beside the mean budget, a cap
+on the count at a set of exits (:class:`~dyncal.calibrate.problem.ExitCap`). Moving one
+threshold changes the capped count by a prefix sum over the samples reaching that exit,
+exactly like the cost, so the solver's exact one-threshold updates keep both constraints
+(:meth:`~dyncal.calibrate.problem.ExitProblem.budget_update`) and
+:func:`~dyncal.calibrate.search.solve_at` runs unchanged on a capped problem: every
+answer it returns meets the budget and the tail bound on the fit data. The slow exits
+are a set, not necessarily a suffix: a profile whose latency is not monotone in the exit
+still gets the right constraint.
+
+Wiring (not done here): ``solve_run`` takes a tail option (``p99=2.5`` with the latency
+column's device and batch size), builds ``TailConstraint(p, bound, units["ms:<key>"])``
+and solves ``capped_problem(prep.problem(method, unit), constraint)`` with ``solve_at``;
+the thresholds document records the bound and ``predicted_percentile_ms`` of the result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from dyncal.calibrate.problem import ExitCap, ExitProblem, Solution
+from dyncal.calibrate.search import solve_at
+from dyncal.errors import BudgetError, DyncalError
+
+__all__ = ["TailConstraint", "predicted_percentile_ms", "max_slow_count", "capped_problem", "solve_with_tail"]
+
+
+@dataclass(frozen=True)
+class TailConstraint:
+    """The predicted ``percentile``-th latency of a request must stay within ``bound_ms``.
+
+    Attributes:
+        percentile: In ``(0, 100]`` (100: the slowest request).
+        bound_ms: The bound in milliseconds.
+        per_exit_ms: ``K`` latencies of a request leaving at each exit (cumulative, batch 1).
+
+    Example:
+        >>> c = TailConstraint(99.0, 2.0, (1.0, 1.5, 3.0))
+        >>> c.slow_exits.tolist(), c.max_slow(1000)
+        ([False, False, True], 9)
+    """
+
+    percentile: float
+    bound_ms: float
+    per_exit_ms: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.percentile <= 100.0:
+            raise DyncalError(f"a tail percentile must lie in (0, 100], got {self.percentile:g}")
+        if not (math.isfinite(self.bound_ms) and self.bound_ms > 0):
+            raise DyncalError(f"a tail bound must be a positive number of ms, got {self.bound_ms:g}")
+        ms = np.asarray(self.per_exit_ms, dtype=np.float64)
+        if ms.ndim != 1 or ms.shape[0] < 2 or not np.all(np.isfinite(ms)) or np.any(ms <= 0):
+            raise DyncalError(f"per-exit latency must be K >= 2 positive ms, got {list(self.per_exit_ms)}")
+
+    @property
+    def slow_exits(self) -> np.ndarray:
+        """``(K,)`` whether a request leaving at each exit takes longer than the bound."""
+        return np.asarray(self.per_exit_ms, dtype=np.float64) > self.bound_ms
+
+    def max_slow(self, n: int) -> int:
+        """Most of ``n`` fit samples that may leave at slow exits (:func:`max_slow_count`)."""
+        return max_slow_count(n, self.percentile)
+
+    def cap(self, n: int) -> ExitCap:
+        """The constraint on ``n`` fit samples as a cap on the slow exits."""
+        return ExitCap(tuple(bool(v) for v in self.slow_exits), self.max_slow(n))
+
+
+def predicted_percentile_ms(exits: np.ndarray, per_exit_ms: Sequence[float], percentile: float) -> float:
+    """The ``percentile``-th latency of requests leaving at ``exits`` (numpy's linear rule).
+
+    Example:
+        >>> predicted_percentile_ms(np.array([0] * 99 + [1]), [1.0, 3.0], 90.0)
+        1.0
+        >>> round(predicted_percentile_ms(np.array([0] * 99 + [1]), [1.0, 3.0], 99.0), 4)  # reads the slow one
+        1.02
+    """
+    if np.asarray(exits).size == 0:
+        raise DyncalError("a predicted percentile needs at least one sample")
+    return float(np.percentile(np.asarray(per_exit_ms, dtype=np.float64)[np.asarray(exits)], percentile))
+
+
+def max_slow_count(n: int, percentile: float) -> int:
+    """Most of ``n`` samples that may be slow with their ``percentile``-th value still fast.
+
+    ``np.percentile`` (linear rule) reads the sorted values at ``floor(h)`` and, when
+    ``h`` has a fractional part, at ``floor(h) + 1``, with ``h = (n - 1) p`` computed as
+    numpy computes it; the count is chosen so that both are fast samples.
+
+    Example:
+        >>> max_slow_count(100, 99.0), max_slow_count(101, 99.0), max_slow_count(100, 100.0)
+        (0, 1, 0)
+        >>> max_slow_count(1000, 90.0)
+        99
+    """
+    if n < 1:
+        raise DyncalError(f"a tail constraint needs fit samples, got {n}")
+    h = float((n - 1) * np.true_divide(percentile, 100))  # numpy's virtual index for the linear rule
+    low = math.floor(h)
+    read = min(n - 1, low + 1 if h > low else low)  # the last sorted position numpy reads
+    return n - (read + 1)
+
+
+def capped_problem(problem: ExitProblem, constraint: TailConstraint) -> ExitProblem:
+    """The same fit samples with the tail constraint as a cap on the slow exits.
+
+    Raises:
+        BudgetError: The bound is below exit 1's latency (no thresholds can meet it), or
+            the constraint has another number of exits.
+    """
+    ms = np.asarray(constraint.per_exit_ms, dtype=np.float64)
+    if ms.shape[0] != problem.k:
+        raise DyncalError(f"the tail constraint has {ms.shape[0]} per-exit latencies for {problem.k} exits")
+    if constraint.slow_exits[0]:
+        raise BudgetError(
+            f"a p{constraint.percentile:g} bound of {constraint.bound_ms:g} ms is below exit 1's latency "
+            f"{ms[0]:.4g} ms: no thresholds can meet it; raise the bound to at least {ms[0]:.4g} ms"
+        )
+    return problem.with_cap(constraint.cap(problem.n))
+
+
+def solve_with_tail(
+    problem: ExitProblem, budget: float, method: str, constraint: TailConstraint, n_budgets: int = 41
+) -> Solution | None:
+    """The most accurate thresholds within ``budget`` whose predicted tail meets ``constraint``.
+
+    Args:
+        problem: The fit samples (uncapped, as :func:`~dyncal.calibrate.search.problem_for` makes them).
+        budget: Mean-cost budget in the unit of ``problem.costs``.
+        method: ``optimal``, ``smoothed`` or ``geometric``.
+        constraint: The tail bound and the per-exit latency it is predicted from.
+        n_budgets: The frontier grid :func:`~dyncal.calibrate.search.solve_at` walks.
+
+    Returns:
+        The solution (its ``capped`` samples at slow exits within the cap), or None when
+        the method has none (``geometric`` near exit 1's cost).
+
+    Raises:
+        BudgetError: The bound is below exit 1's latency.
+
+    Example:
+        >>> s = np.array([[0.9, 0.5], [0.8, 0.5], [0.3, 0.5], [0.2, 0.5]])
+        >>> ok = np.array([[1, 1], [1, 1], [0, 1], [0, 1]], bool)
+        >>> p = ExitProblem(s, ok.astype(float), [1.0, 3.0])
+        >>> sol = solve_with_tail(p, 3.0, "optimal", TailConstraint(50.0, 2.0, (1.0, 3.0)))
+        >>> sol.gain, sol.capped  # at most one of four may take 3 ms for the median to stay within 2 ms
+        (0.75, 1)
+    """
+    return solve_at(capped_problem(problem, constraint), budget, method, n_budgets)

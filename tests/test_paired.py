@@ -1,0 +1,140 @@
+"""The speed-up estimator for busy machines: what load does to it, on synthetic timings (no clock)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dyncal.artifacts.verify import PairedTiming
+from dyncal.errors import DyncalError
+from dyncal.paired import ESTIMATORS, floor_confirmed, more_pairs, paired_speedup, preempted
+
+
+def _quiet(seed: int, batches: int = 120, pairs: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """Batch timings of an early exit (1 to 2 ms by the exits its rows take) and a 4.5 ms plain model, 3% jitter."""
+    rng = np.random.default_rng(seed)
+    ee_true = rng.choice([1.0, 1.5, 2.0], size=(batches, 1), p=[0.5, 0.3, 0.2])
+    ee = ee_true * (1 + rng.exponential(0.03, (batches, pairs)))
+    pl = 4.5 * (1 + rng.exponential(0.03, (batches, pairs)))
+    return ee, pl
+
+
+def _loaded(ee: np.ndarray, pl: np.ndarray, seed: int, gap_ms: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
+    """Busy processes: a call loses a 3 ms time slice per ``gap_ms`` it runs, on average (Poisson).
+
+    A longer call is hit more often, so more of the plain model's pairs are hit than of
+    the early exit's: the median ratio leans towards a larger speed-up.
+    """
+    rng = np.random.default_rng(seed)
+    return ee + 3.0 * rng.poisson(ee / gap_ms), pl + 3.0 * rng.poisson(pl / gap_ms)
+
+
+def test_median_ratio_is_the_existing_estimator():
+    ee, pl = _quiet(0)
+    t = PairedTiming("cpu/b1", 1, tuple(map(tuple, ee)), tuple(map(tuple, pl)))
+    est = paired_speedup(ee, pl, estimator="median-ratio")
+    assert est.value == pytest.approx(t.speedup, rel=1e-12)
+    assert est.discarded == 0 and est.estimator == est.asked == "median-ratio"
+    assert "median" in est.description
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_preemptions_move_the_median_of_ratios_but_not_the_minimum(seed: int):
+    ee, pl = _quiet(seed)
+    quiet, quiet_med = paired_speedup(ee, pl), paired_speedup(ee, pl, estimator="median-ratio").value
+    lee, lpl = _loaded(ee, pl, seed + 100)
+    loaded = paired_speedup(lee, lpl)
+    loaded_med = paired_speedup(lee, lpl, estimator="median-ratio").value
+    assert quiet.estimator == loaded.estimator == "min"  # the fastest runs repeat on both sides
+    assert abs(loaded.value / quiet.value - 1) <= 0.1  # the issue's goal: within x1.1
+    assert abs(loaded_med / quiet_med - 1) > 0.1  # what the old estimator did under the same load
+    assert (
+        loaded.discarded > 0
+        and loaded.asked == "auto"
+        and "chosen because the fastest runs repeat" in (loaded.description)
+    )
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_when_no_run_escapes_the_load_the_mean_takes_over_from_the_minimum(seed: int):
+    """A slice lost every millisecond: the plain model never runs undisturbed, the early exit sometimes does."""
+    ee, pl = _quiet(seed)
+    lee, lpl = _loaded(ee, pl, seed + 100, gap_ms=1.0)
+    forced_min = paired_speedup(lee, lpl, estimator="min").value / paired_speedup(ee, pl, estimator="min").value
+    assert forced_min > 1.5  # the minimum compares an undisturbed early exit with a disturbed plain model
+    loaded = paired_speedup(lee, lpl)
+    assert loaded.estimator == "mean" and loaded.floor_confirmed[1] < 0.5
+    assert abs(loaded.value / paired_speedup(ee, pl).value - 1) <= 0.1
+    assert "do not repeat" in loaded.description and loaded.discarded == 0
+
+
+def test_a_low_quantile_is_named_and_discards_the_hit_pairs():
+    ee = [[1.0, 1.0, 1.02, 9.0, 1.01], [2.0, 2.0, 2.0, 2.0, 2.0]]
+    pl = [[3.0, 3.0, 3.0, 3.0, 3.0], [6.0, 6.1, 6.0, 6.0, 20.0]]
+    assert preempted(ee, pl).tolist() == [[False, False, False, True, False], [False, False, False, False, True]]
+    est = paired_speedup(ee, pl, estimator="min", quantile=0.25)
+    assert est.estimator == "q0.25" and est.discarded == 2 and est.pairs == 10
+    assert est.value == pytest.approx((3.0 + 6.0) / (1.0 + 2.0))
+    assert "0.25 quantile" in est.description
+
+
+def test_a_slow_pair_below_the_floor_is_kept():
+    """The MAD floor is 5% of the median: ordinary jitter on a quiet batch is not a preemption."""
+    assert not preempted([[1.0, 1.0, 1.0, 1.0, 1.15]], [[2.0] * 5]).any()
+    assert preempted([[1.0, 1.0, 1.0, 1.0, 1.2]], [[2.0] * 5]).any()
+    assert not preempted([[1.0, 1.0, 1.0, 1.0, 0.2]], [[2.0] * 5]).any()  # faster is never load
+
+
+@given(st.integers(0, 2**32 - 1), st.sampled_from(list(ESTIMATORS)))
+@settings(max_examples=15, deadline=None)
+def test_every_interval_holds_its_estimate(seed: int, estimator: str):
+    ee, pl = _loaded(*_quiet(seed, batches=20, pairs=5), seed)
+    est = paired_speedup(ee, pl, estimator=estimator, n_resamples=300)
+    for lo, hi in (est.interval, est.interval_sampling, est.interval_timing):
+        assert lo <= est.value <= hi
+    assert est.to_dict()["asked"] == estimator
+
+
+def test_a_floor_is_confirmed_when_the_fastest_time_repeats():
+    assert floor_confirmed([[1.0, 1.04, 2.0], [1.0, 1.2, 1.3], [2.0, 2.0, 9.0], [5.0, 5.5, 5.3]]) == 0.5
+    assert floor_confirmed([[1.0], [2.0]]) == 0.0  # one pair confirms nothing
+    assert floor_confirmed([[1.0, 1.0, 1.0], [3.0, 3.0]]) == 1.0
+
+
+def test_batches_with_more_pairs_are_read_as_lists():
+    ee = [[1.0, 1.1, 1.0], [2.0, 2.2, 2.1, 2.0, 2.3, 2.0]]
+    pl = [[3.0, 3.0, 3.1], [6.0, 6.0, 6.0, 6.2, 6.0, 6.1]]
+    est = paired_speedup(ee, pl, n_resamples=200)
+    assert est.pairs == 9 and est.value == pytest.approx(9.0 / 3.0)
+    assert est.early_exit_ms == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize(
+    ("ee", "pl", "kwargs", "match"),
+    [
+        ([[1.0, 1.0]], [[1.0]], {}, "paired"),
+        ([[1.0]], [[0.0]], {}, "positive"),
+        ([[]], [[]], {}, "at least one batch"),
+        ([[1.0]], [[1.0]], {"estimator": "max"}, "`estimator` must be one of auto, min, mean, median-ratio"),
+        ([[1.0]], [[1.0]], {"quantile": 0.9}, "low quantile"),
+    ],
+)
+def test_bad_timings_are_refused(ee, pl, kwargs, match):
+    with pytest.raises(DyncalError, match=match):
+        paired_speedup(ee, pl, **kwargs)
+
+
+def test_more_pairs_when_the_spread_is_high_until_the_minimum_settles():
+    assert more_pairs([1.0] * 2, [2.0] * 2) == 5  # fewer than the minimum
+    assert more_pairs([1.0, 1.02, 1.01, 1.0, 1.03, 1.0, 1.01], [2.0] * 7) == 0  # quiet: enough
+    noisy = [1.5, 1.0, 1.6, 1.4, 1.7, 1.2, 1.9]
+    assert more_pairs(noisy, [2.0] * 7) == 7  # noisy: double
+    assert more_pairs(noisy + [1.5, 1.6, 1.8, 1.4, 1.3, 1.6, 1.7], [2.0] * 14) == 0  # the minimum did not move
+    assert more_pairs(noisy + [0.5, 1.6, 1.8, 1.4, 1.3, 1.6, 1.7], [2.0] * 14) == 14  # it did: double again
+    assert more_pairs(noisy * 4, [2.0] * 28) == 0  # the cap
+    assert more_pairs(noisy * 3, [2.0] * 21, max_pairs=28) == 0  # settled
+    assert more_pairs(noisy * 2 + [0.5] + noisy[1:], [2.0] * 21, max_pairs=28) == 7  # not settled: up to the cap
+    with pytest.raises(DyncalError, match="paired"):
+        more_pairs([1.0], [1.0, 2.0])

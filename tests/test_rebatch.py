@@ -113,9 +113,7 @@ def test_nobody_leaving_early_runs_every_stage_on_full_batches(demo):
     batch_size=st.one_of(st.none(), st.integers(1, 40)),
     max_pending=st.one_of(st.none(), st.integers(1, 3)),
 )
-def test_any_stream_gives_every_row_its_simulated_exit_in_order(
-    demo, score, quantiles, sizes, batch_size, max_pending
-):
+def test_any_stream_gives_every_row_its_simulated_exit_in_order(demo, score, quantiles, sizes, batch_size, max_pending):
     runner, exits, preds = _rule(demo, score, quantiles)
     batches = _batches(demo["x"], sizes)
     got = list(runner.map(batches, batch_size=batch_size, max_pending=max_pending))

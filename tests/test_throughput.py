@@ -33,9 +33,10 @@ def _result(per_batch: float, rebatched: float, plain: float = 1.0, **kw) -> Thr
 
 
 def test_per_batch_early_exit_is_advised_when_it_beats_the_plain_deployment():
-    r = _result(0.5, 0.4)
+    r = _result(0.5, 0.6)
     assert r.recommendation == "per_batch" and r.speedup("per_batch") == 2.0 and r.samples_per_s("plain") == 64.0
-    assert "pays batch by batch at batch 32" in r.advice
+    assert "pays batch by batch at batch 32" in r.advice and "faster still" not in r.advice
+    assert "throughput mode (runner.map) is faster still" in _result(0.5, 0.3).advice
 
 
 def test_the_throughput_mode_is_advised_when_per_batch_early_exit_loses():

@@ -127,9 +127,10 @@ class CaptureInfo:
         backend: ``cuda`` or ``eager`` (the CPU stand-in: no graph, same buffers).
         buckets: Batch sizes captured at (each stage, lazily or at once).
         graphs: Graphs captured so far (one per stage, bucket and input signature).
-        memory_bytes: Device memory they hold (``torch.cuda.memory_allocated`` growth over
-            the captures: static inputs, outputs and the graphs' private pool); 0 on the CPU.
-        reserved_bytes: Growth of ``torch.cuda.memory_reserved`` over the captures.
+        memory_bytes: Device memory allocated over the captures (``torch.cuda.memory_allocated``
+            growth: static inputs and outputs, live blocks of the graphs' pool); 0 on the CPU.
+        reserved_bytes: Growth of ``torch.cuda.memory_reserved`` over the captures: also the
+            memory the graphs' private pool keeps for their intermediate values.
         capture_s: Seconds spent capturing (warm-up included).
         eager_calls: Calls that ran eagerly (more rows than the largest bucket).
     """

@@ -114,7 +114,10 @@ class ThroughputResult:
         rec = self.recommendation
         modes = ", ".join(f"{m} {self.speedup(m):.2f}x" for m in MODES if m in self.seconds and m != "plain")
         if rec == "per_batch":
-            return f"early exit pays batch by batch at batch {self.batch_size} ({modes} the plain deployment)"
+            text = f"early exit pays batch by batch at batch {self.batch_size} ({modes} the plain deployment)"
+            if "rebatched" in self.seconds and self.speedup("rebatched") > self.speedup("per_batch"):
+                text += "; for offline or streaming work the throughput mode (runner.map) is faster still"
+            return text
         if rec == "rebatched":
             return (
                 f"per-batch early exit loses at batch {self.batch_size} ({modes}); use the throughput mode "

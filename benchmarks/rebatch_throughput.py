@@ -12,9 +12,9 @@ Dry run (tiny settings, the CPU stand-in for graphs; what the test suite runs so
 
     python benchmarks/rebatch_throughput.py --dry --out-dir /tmp/x
 
-For each model: thresholds are set so that half of the rows still present leave at each exit
-before the last (each threshold midway in a gap between two rows' scores, so no row sits on
-a threshold), the simulation (the exit rule on the model's own logits) gives every row's
+For each model: thresholds are set so that a share of the rows still present (``--leave``,
+default 0.75) leaves at each exit before the last (each threshold midway in a gap between
+two rows' scores, so no row sits on a threshold), the simulation (the exit rule on the model's own logits) gives every row's
 exit and prediction, and for each runtime (eager, or per-stage CUDA graphs at bucketed batch
 sizes, :mod:`dyncal.analysis.graphs`) and batch size:
 
@@ -31,6 +31,7 @@ on). The MACs ratio is the plain deployment's MACs over the mean MACs of the exi
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -59,8 +60,6 @@ from dyncal.analysis.stages import Stages, checked_stages  # noqa: E402
 from dyncal.analysis.throughput import measure_throughput  # noqa: E402
 from dyncal.calibrate.policy import assign_exits  # noqa: E402
 from dyncal.calibrate.scores import exit_scores  # noqa: E402
-
-LEAVE_SHARE = 0.5  # of the rows still present, at each exit before the last
 
 
 def _images(n: int, shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
@@ -97,8 +96,8 @@ MODELS: dict[str, Callable[[int], tuple[nn.Module, torch.Tensor]]] = {
 }
 
 
-def _thresholds(scores: np.ndarray) -> tuple[list[float], float]:
-    """Per exit, a threshold letting about LEAVE_SHARE of the rows still present leave, midway in a score gap.
+def _thresholds(scores: np.ndarray, leave: list[float]) -> tuple[list[float], float]:
+    """Per exit, a threshold letting about ``leave[j]`` of the rows still present leave, midway in a score gap.
 
     Returns the thresholds and the smallest distance of any row's score to its exit's threshold.
     """
@@ -110,7 +109,7 @@ def _thresholds(scores: np.ndarray) -> tuple[list[float], float]:
         if len(s) < 2:
             ts.append(float("inf"))
             continue
-        target = int((1 - LEAVE_SHARE) * (len(s) - 1))
+        target = int((1 - leave[min(j, len(leave) - 1)]) * (len(s) - 1))
         lo, hi = max(0, target - len(s) // 20 - 1), min(len(s) - 1, target + len(s) // 20 + 1)
         gaps = np.diff(s[lo : hi + 1])
         i = lo + int(np.argmax(gaps))
@@ -148,7 +147,7 @@ def _bench_model(name: str, args: argparse.Namespace, device: torch.device) -> d
     with torch.inference_mode():
         logits = torch.cat([torch.stack(stages.run(b), 1).float().cpu() for b in _stream(x_all, 64)]).numpy()
     scores, preds = exit_scores(logits, "maxprob")
-    ts, margin = _thresholds(scores)
+    ts, margin = _thresholds(scores, [float(v) for v in args.leave.split(",")])
     sim_exits = assign_exits(scores, ts)
     sim_preds = preds[np.arange(len(sim_exits)), sim_exits]
     k = stages.k
@@ -181,14 +180,10 @@ def _bench_model(name: str, args: argparse.Namespace, device: torch.device) -> d
             x = x_all[: rows[b]]
             batches = _stream(x, b)
             warm = None
-            if device.type == "cuda" and not args.dry:
-
-                def plain_pass(batches: list[torch.Tensor] = batches, fn: Any = plain_run) -> None:
-                    for xb in batches:
-                        fn(xb)
-
+            if device.type == "cuda" and not args.dry:  # clocks up, kernels chosen: blocks of a few batches
                 with torch.inference_mode():
-                    warm = settle(timer, plain_pass, window=5, tolerance=0.02, max_blocks=args.settle_blocks)
+                    one = functools.partial(plain_run, batches[0])
+                    warm = settle(timer, one, calls=max(1, 16 // b), max_blocks=args.settle_blocks)
             res = measure_throughput(
                 runner,
                 plain_run,
@@ -240,7 +235,8 @@ def render(doc: dict[str, Any]) -> str:
         f"{m['threads']}; load average {m['load_average']:.2f} before, {doc['load_after']:.2f} after; {m['date']}; "
         f"{doc['seconds']:.0f} s. {'DRY RUN (tiny settings).' if doc['dry'] else ''}",
         "",
-        "Thresholds: half of the rows still present leave at each exit before the last (maxprob). samples/s",
+        f"Thresholds: a share ({doc['settings']['leave']}) of the rows still present leaves at each exit before the "
+        "last (maxprob). samples/s",
         "is the median over replicates of all rows; the spread is the largest IQR/median of the modes;",
         "speed-ups are over the plain deployment (backbone and last head) under the same runtime; 'of MACs'",
         "is the re-batched speed-up as a share of the MACs ratio; agreement is with the simulation.",
@@ -301,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default=None, help="comma-separated of " + ", ".join(MODELS))
     ap.add_argument("--runtimes", default=None, help="eager,graphs (graphs on the CPU: the padding stand-in)")
     ap.add_argument("--batch-sizes", default="1,32")
+    ap.add_argument("--leave", default="0.75", help="share of the rows present leaving at each exit (one, or per exit)")
     ap.add_argument("--rows", type=int, default=None, help="rows timed at batch sizes above 1")
     ap.add_argument("--rows-b1", type=int, default=None, help="rows timed at batch size 1")
     ap.add_argument("--repeats", type=int, default=None)

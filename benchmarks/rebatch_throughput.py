@@ -99,24 +99,24 @@ MODELS: dict[str, Callable[[int], tuple[nn.Module, torch.Tensor]]] = {
 def _thresholds(scores: np.ndarray, leave: list[float]) -> tuple[list[float], float]:
     """Per exit, a threshold letting about ``leave[j]`` of the rows still present leave, midway in a score gap.
 
-    Returns the thresholds and the smallest distance of any row's score to its exit's threshold.
+    Returns the thresholds and the smallest distance of a row's score to the threshold of an
+    exit it reaches (how far the closest decision is from flipping).
     """
     n, k = scores.shape
     alive = np.ones(n, dtype=bool)
     ts: list[float] = []
+    margin = float("inf")
     for j in range(k - 1):
         s = np.sort(scores[alive, j])
         if len(s) < 2:
             ts.append(float("inf"))
             continue
         target = int((1 - leave[min(j, len(leave) - 1)]) * (len(s) - 1))
-        lo, hi = max(0, target - len(s) // 20 - 1), min(len(s) - 1, target + len(s) // 20 + 1)
-        gaps = np.diff(s[lo : hi + 1])
-        i = lo + int(np.argmax(gaps))
+        lo, hi = max(0, target - len(s) // 10 - 1), min(len(s) - 1, target + len(s) // 10 + 1)
+        i = lo + int(np.argmax(np.diff(s[lo : hi + 1])))
         ts.append(float((s[i] + s[i + 1]) / 2))
+        margin = min(margin, float(np.abs(s - ts[-1]).min()))
         alive &= scores[:, j] < ts[-1]
-    finite = [t for t in ts if np.isfinite(t)]
-    margin = float(min(np.abs(scores[:, j] - t).min() for j, t in enumerate(ts) if np.isfinite(t))) if finite else 0.0
     return ts, margin
 
 

@@ -120,6 +120,14 @@ def test_any_stream_gives_every_row_its_simulated_exit_in_order(demo, score, qua
     _check(got, batches, exits, preds)
 
 
+def test_an_empty_first_batch_does_not_set_the_full_size(demo):
+    runner, exits, preds = _rule(demo, "maxprob", [0.5, 0.4, 0.3])
+    batches = _batches(demo["x"], [0, 16, 16, 16, 0, 9])
+    rb = Rebatcher(runner)
+    _check(list(rb.map(batches)), batches, exits, preds)
+    assert rb.stats.full_calls[0] == 3 and rb.stats.stage_calls[0] == 4  # 16-row batches, then the 9 left
+
+
 def test_results_come_while_the_stream_is_read(demo):
     """Lazy: a batch whose rows all left comes out before the next is read; max_pending bounds the wait."""
     read: list[int] = []

@@ -217,10 +217,10 @@ class _Stream:
         n = int(x.shape[0])
         if self.answers is None:
             self.answers = _Answers(x.device)
-            self.full = self.full or max(n, 1)
         elif x.device != self.answers.device:
             raise DyncalError(f"all batches must be on one device: {self.answers.device}, then {x.device}")
-        assert self.full is not None
+        if self.full is None and n:
+            self.full = n  # the first batch with rows sets the full size
         rows = torch.arange(self.rows_seen, self.rows_seen + n, device=x.device)
         self.answers.reserve(n)
         self.sizes.append(n)
@@ -229,7 +229,7 @@ class _Stream:
             self._push(0, _Chunk((x,), (0,), rows, n, self.next_batch))
         self.next_batch += 1
         for k in range(self.k):
-            while self.queued[k] >= self.full:
+            while self.full is not None and self.queued[k] >= self.full:
                 self._run(k, self.full)
         if self.rb.max_pending is not None and len(self.sizes) > self.rb.max_pending:
             self.flush()

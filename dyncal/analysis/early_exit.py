@@ -11,10 +11,12 @@ subclasses it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
+from dyncal.analysis.carry import split_rows
+from dyncal.analysis.rebatch import Rebatcher
 from dyncal.analysis.stages import StageRun, Stages
 from dyncal.artifacts.thresholds import thresholds_from_json
 from dyncal.choices import Score
@@ -85,14 +87,17 @@ class EarlyExitRunner:
         run: StageRun,
         logits: torch.Tensor,
         leave: torch.Tensor,
+        n_leave: int,
         alive: torch.Tensor | None,
         k: int,
         parts: list[tuple[torch.Tensor | None, int, torch.Tensor]],
     ) -> torch.Tensor:
-        """Record the rows leaving at exit ``k``, cut the carry to the rest; return the rows still here."""
-        idx = leave.nonzero().squeeze(1)
+        """Record the rows leaving at exit ``k``, cut the carry to the rest; return the rows still here.
+
+        The indices come from ``n_leave`` (read by the exit decision) without another host synchronisation.
+        """
+        idx, stay = split_rows(leave, n_leave)
         parts.append((idx if alive is None else alive[idx], k, logits[idx].argmax(dim=1)))
-        stay = (~leave).nonzero().squeeze(1)
         run.keep(stay)
         return stay if alive is None else alive[stay]
 
@@ -112,16 +117,24 @@ class EarlyExitRunner:
         return exits, preds
 
     def compact(
-        self, run: StageRun, logits: torch.Tensor, leave: torch.Tensor, k: int, rest: torch.Tensor
+        self,
+        run: StageRun,
+        logits: torch.Tensor,
+        leave: torch.Tensor,
+        k: int,
+        rest: torch.Tensor,
+        n_leave: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One batch compaction as :meth:`__call__` does it (what ``dyncal profile`` times).
 
         The rows in ``leave`` are recorded as leaving at exit ``k``, ``run``'s carry is cut to
         the others, and the output is assembled as if those left at the next exit with
-        predictions ``rest``.
+        predictions ``rest``. ``n_leave`` is ``leave``'s count as the exit decision read it
+        (read here when None).
         """
         parts: list[tuple[torch.Tensor | None, int, torch.Tensor]] = []
-        alive = self._split(run, logits, leave, None, k, parts)
+        n = int(leave.sum()) if n_leave is None else n_leave
+        alive = self._split(run, logits, leave, n, None, k, parts)
         parts.append((alive, k + 1, rest))
         return self._assemble(logits.shape[0], parts, logits.device)
 
@@ -148,5 +161,33 @@ class EarlyExitRunner:
             if n_leave == logits.shape[0]:
                 parts.append((alive, k, logits.argmax(dim=1)))
                 break
-            alive = self._split(run, logits, leave, alive, k, parts)
+            alive = self._split(run, logits, leave, n_leave, alive, k, parts)
         return self._assemble(x.shape[0], parts, x.device)
+
+    def map(
+        self, batches: Iterable[torch.Tensor], *, batch_size: int | None = None, max_pending: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The throughput mode: early-exit a stream of batches, every stage on full batches.
+
+        The rows that continue past an exit are pooled across input batches, so each stage
+        runs on ``batch_size`` rows (default: the first batch's) until the stream ends
+        (:class:`~dyncal.analysis.rebatch.Rebatcher`). Each row gets the exit and prediction
+        :meth:`__call__` would give it.
+
+        Args:
+            batches: Input batches ``(B_i, ...)`` on the runner's device.
+            batch_size: Rows of a full batch.
+            max_pending: Bound on the input batches waiting for answers (None: none).
+
+        Yields:
+            ``(exits, predictions)`` per input batch, in input order.
+
+        Example:
+            >>> from dyncal.analysis.stages import build_stages
+            >>> from dyncal.demo import pretrained
+            >>> stages = build_stages(pretrained(), torch.zeros(2, 1, 8, 8))
+            >>> runner = EarlyExitRunner(stages, [0.0, 2.0, 2.0, None], [1.0] * 4)   # all leave at exit 1
+            >>> [e.tolist() for e, _ in runner.map([torch.zeros(2, 1, 8, 8), torch.zeros(1, 1, 8, 8)])]
+            [[0, 0], [0]]
+        """
+        return Rebatcher(self, batch_size=batch_size, max_pending=max_pending).map(batches)

@@ -1,0 +1,170 @@
+"""GPU timing worth trusting: CUDA events, clocks that have settled, kernels chosen before timing.
+
+* :class:`EventTimer` is :class:`~dyncal.analysis.latency.Timer` with each block timed by
+  two CUDA events recorded on the device's stream around it (the device's own clock, no
+  host clock jitter at either end); on the CPU it is the plain :class:`Timer`, so code
+  written against it runs (and is tested) anywhere.
+* :func:`settle` warms a callable up until its block times stop drifting (GPU clocks ramp
+  up, caches and the allocator fill): the last ``window`` blocks must spread (IQR over
+  median) by at most ``tolerance``, within a bound on blocks.
+* :func:`autotuned` lets cuDNN pick its kernels for the shapes at hand (``cudnn.benchmark``)
+  for a block (warm-up, graph capture) and restores the setting: the choice must be made
+  before timing, not during it.
+
+Example:
+    >>> ticks = iter(range(1000))
+    >>> timer = EventTimer(torch.device("cpu"), clock=lambda: float(next(ticks)))
+    >>> timer.label, timer.block_ms(lambda: None, calls=2)   # the CPU: the host clock
+    ('<lambda>', 500.0)
+    >>> settle(timer, lambda: None, window=3).settled          # equal blocks: settled at once
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from dyncal.analysis.latency import Clock, Timer
+from dyncal.errors import DyncalError, param
+
+__all__ = ["EventTimer", "SettleResult", "settle", "autotuned", "iqr_fraction"]
+
+
+class EventTimer(Timer):
+    """A :class:`~dyncal.analysis.latency.Timer` whose blocks CUDA events time on a GPU.
+
+    Args:
+        device: Where the timed work runs; on a CUDA device events time each block, on the
+            CPU the host clock does (as :class:`Timer`).
+        clock: Host clock for the CPU and for :meth:`now` (default ``time.perf_counter``).
+    """
+
+    def __init__(self, device: torch.device, clock: Clock | None = None) -> None:
+        super().__init__(device, clock)
+
+    @property
+    def label(self) -> str:
+        """``cuda_events`` on a GPU, else the host clock's name."""
+        return "cuda_events" if self.cuda else super().label
+
+    def block_ms(self, fn: Callable[[], Any], calls: int = 1) -> float:
+        """Mean milliseconds per call over a block of ``calls``: between two events on the device's stream.
+
+        The stream is synchronised before the block (nothing queued earlier is counted) and
+        the end event is waited for; host synchronisations inside ``fn`` (an early exit's
+        decisions) are part of the time, as they are of a deployment's.
+        """
+        if not self.cuda:
+            return super().block_ms(fn, calls)
+        with torch.cuda.device(self.device):
+            start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+            end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+            torch.cuda.synchronize(self.device)
+            start.record()
+            for _ in range(calls):
+                fn()
+            end.record()
+            end.synchronize()
+            return float(start.elapsed_time(end)) / calls
+
+
+def iqr_fraction(values: Any) -> float:
+    """Inter-quartile range over median (0 when the median is 0).
+
+    Example:
+        >>> iqr_fraction([1.0, 1.0, 2.0, 3.0, 3.0])
+        1.0
+    """
+    q75, q50, q25 = np.percentile(np.asarray(values, dtype=float), [75, 50, 25])
+    return float((q75 - q25) / q50) if q50 > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class SettleResult:
+    """How a warm-up went.
+
+    Attributes:
+        blocks: Blocks run (each ``calls`` calls).
+        settled: Whether the last ``window`` blocks spread by at most the tolerance.
+        spread: IQR over median of the last ``window`` blocks.
+        last_ms: Their milliseconds per call.
+    """
+
+    blocks: int
+    settled: bool
+    spread: float
+    last_ms: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return {"blocks": self.blocks, "settled": self.settled, "spread": self.spread, "last_ms": list(self.last_ms)}
+
+
+def settle(
+    timer: Timer,
+    fn: Callable[[], Any],
+    *,
+    calls: int = 1,
+    window: int = 5,
+    tolerance: float = 0.02,
+    max_blocks: int = 200,
+) -> SettleResult:
+    """Run ``fn`` in timed blocks until its times settle, or ``max_blocks`` blocks have run.
+
+    Args:
+        timer: The timer the measurement will use.
+        fn: What will be timed.
+        calls: Calls per block.
+        window: Blocks that must agree (at least 3).
+        tolerance: Largest IQR over median of the last ``window`` blocks that counts as settled.
+        max_blocks: Upper bound on blocks; the result says whether it settled by then.
+
+    Returns:
+        How many blocks ran and whether the times settled.
+
+    Raises:
+        DyncalError: ``window`` below 3, ``calls`` or ``max_blocks`` below 1, or a
+            negative ``tolerance``.
+    """
+    if window < 3:
+        raise DyncalError(f"{param('window')} must be at least 3 blocks, got {window}")
+    if calls < 1 or max_blocks < 1:
+        raise DyncalError(f"{param('calls')} and {param('max_blocks')} must be at least 1, got {calls}, {max_blocks}")
+    if not tolerance >= 0:
+        raise DyncalError(f"{param('tolerance')} must be >= 0, got {tolerance}")
+    times: list[float] = []
+    for _ in range(max_blocks):
+        times.append(timer.block_ms(fn, calls))
+        if len(times) >= window and iqr_fraction(times[-window:]) <= tolerance:
+            return SettleResult(len(times), True, iqr_fraction(times[-window:]), tuple(times[-window:]))
+    last = times[-window:]
+    return SettleResult(len(times), False, iqr_fraction(last), tuple(last))
+
+
+@contextlib.contextmanager
+def autotuned(enabled: bool = True) -> Iterator[None]:
+    """Let cuDNN benchmark and pick convolution kernels for the block; restore the setting after.
+
+    Run the warm-up (and any CUDA graph capture) inside, so the kernels are chosen before
+    anything is timed. A no-op for work that does not run on cuDNN.
+
+    Example:
+        >>> before = torch.backends.cudnn.benchmark
+        >>> with autotuned():
+        ...     torch.backends.cudnn.benchmark
+        True
+        >>> torch.backends.cudnn.benchmark == before
+        True
+    """
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = enabled
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before

@@ -79,6 +79,7 @@ __all__ = [
     "RolloutStep",
     "RolloutPlan",
     "rollout_plan",
+    "simulated_telemetry",
 ]
 
 PROCEED, HOLD, ROLLBACK = "PROCEED", "HOLD", "ROLLBACK"
@@ -149,18 +150,15 @@ def shadow_requests_needed(max_drop: float, delta: float, rate: float = 0.0, *, 
         n0 += 1
     if r == 0.0:
         return n0
-    lo, hi = n0, n0
-    while sst.binom.cdf(math.ceil(r * hi), hi, eps) > dlt:
-        lo, hi = hi, hi * 2
-        if hi > limit:
-            return None
-    # the first passing n lies in (lo, hi]; scan it in vectorised blocks (the count's rounding is not monotone)
-    for start in range(lo, hi + 1, 1 << 16):
-        ns = np.arange(start, min(hi, start + (1 << 16) - 1) + 1)
+    # the count's rounding makes passing non-monotone in n: scan every n from n0, in vectorised blocks
+    start, block = n0, 1 << 14
+    while start <= limit:
+        ns = np.arange(start, min(limit, start + block - 1) + 1)
         ok = sst.binom.cdf(np.ceil(r * ns), ns, eps) <= dlt
         if ok.any():
             return int(ns[np.argmax(ok)])
-    return hi
+        start, block = start + block, min(block * 2, 1 << 20)
+    return None
 
 
 def population_stability_index(reference: np.ndarray, current: np.ndarray, n_bins: int = 10) -> float:
@@ -746,6 +744,60 @@ def monitor(
         calibration=reference.summary(),
         windows=tuple(windows),
         options=options,
+    )
+
+
+def simulated_telemetry(
+    logits: np.ndarray,
+    thresholds: ThresholdsDocument,
+    *,
+    shadow: float,
+    seed: int = 0,
+    latency_ms: Sequence[float] | None = None,
+    start_us: int = 0,
+    spacing_us: int = 1000,
+) -> TelemetryData:
+    """The telemetry the shipped runner would write for samples with these per-exit logits.
+
+    Each sample is one request, ``spacing_us`` apart from ``start_us``; its exit, prediction and
+    scores follow the exit rule, a ``shadow`` share (drawn with ``seed``) records the last exit's
+    class. For benchmarks and tests of the monitor on collected runs (clean or perturbed).
+
+    Args:
+        logits: ``(N, K, C)``.
+        thresholds: The thresholds document (score, temperatures, thresholds).
+        shadow: Shadow share in [0, 1].
+        seed: Seed of the shadow draws.
+        latency_ms: ``K`` latencies of a request leaving at each exit (default: not measured, NaN).
+        start_us: Time of the first request, µs since the epoch.
+        spacing_us: Time between requests, µs.
+
+    Example:
+        >>> from dyncal.artifacts.thresholds import ThresholdsDocument
+        >>> doc = ThresholdsDocument("maxprob", (1.0, 1.0), (0.9, None), "optimal", {}, None, {}, 0.9,
+        ...                          None, None, (0.5, 0.5), n_classes=2)
+        >>> z = np.array([[[4.0, 0.0], [0.0, 1.0]], [[0.1, 0.0], [0.0, 3.0]]])
+        >>> d = simulated_telemetry(z, doc, shadow=1.0)
+        >>> d.exits.tolist(), d.predictions.tolist(), d.last_predictions.tolist()
+        ([0, 1], [0, 1], [1, 1])
+    """
+    from dyncal.calibrate.policy import assign_exits
+    from dyncal.calibrate.scores import exit_scores
+
+    if not 0.0 <= shadow <= 1.0:
+        raise DyncalError(f"{param('shadow')} must be a share in [0, 1], got {shadow!r}")
+    scores, preds = exit_scores(logits, thresholds.score, thresholds.temperatures)
+    exits = assign_exits(scores, thresholds.threshold_array)
+    n = exits.size
+    chosen = np.random.default_rng(seed).random(n) < shadow
+    lat = None if latency_ms is None else np.asarray(latency_ms, dtype=np.float64)[exits]
+    return TelemetryData.from_arrays(
+        exits=exits,
+        predictions=preds[np.arange(n), exits],
+        scores=scores,
+        last_predictions=np.where(chosen, preds[:, -1], -1),
+        latency_ms=lat,
+        time_us=start_us + spacing_us * np.arange(n, dtype=np.int64),
     )
 
 

@@ -272,6 +272,7 @@ def _figures(
 
 
 def _status(upper: float, point: float, limit: float) -> str:
+    """``holds`` when the upper bound is within the limit, ``breaks`` when the point estimate is above it."""
     if upper <= limit:
         return "holds"
     return "breaks" if point > limit else "uncertain"
@@ -286,11 +287,13 @@ class Evaluation:
         reference: The same figures on A (its held-out part when it has one).
         deltas: B − A: ``accuracy``, ``drop``, ``last_exit_accuracy``, and per cost unit
             ``{"difference", "ratio"}``.
-        budget: ``unit``, ``value`` (in that unit), ``asked``, B's ``mean`` and ``upper``, and
-            ``status`` (``holds``: B's 95% upper bound within the budget; ``breaks``: its mean
-            above; ``uncertain``), or None when the thresholds had no budget or B no such cost.
+        budget: ``unit``, ``value`` (in that unit), ``asked``, ``limit`` (the value plus the
+            tolerance), B's ``mean`` with its 95% ``lower`` and ``upper`` bounds, and ``status``:
+            ``holds`` (mean within the limit), ``breaks`` (even the lower bound above it) or
+            ``uncertain``; None when the thresholds had no budget or no run has such a cost.
         drop_bound: ``max_drop``, ``delta``, B's drop and losses, the Clopper-Pearson upper
-            bound of its loss rate, and ``status`` likewise; None without a ``max_drop``.
+            bound of its loss rate, and ``status``: ``holds`` (that bound within ``max_drop``:
+            certified), ``breaks`` (the drop itself above) or ``uncertain``; None without a ``max_drop``.
         model_check: How the model was checked (:class:`ModelCheck`).
         data_relation: ``"other data"`` or ``"same data"`` (:func:`data_relation`).
         notes: Sentences for people: that the data differ, how costs were found, ...
@@ -356,6 +359,7 @@ def evaluate_thresholds(
     reference: Run | None = None,
     max_drop: float | None = None,
     delta: float | None = None,
+    cost_tolerance: float = 0.05,
 ) -> Evaluation:
     """Apply thresholds solved on run A to run B of the same model on other data.
 
@@ -366,6 +370,8 @@ def evaluate_thresholds(
             were not solved on it.
         max_drop: Drop bound to check on B (default: the document's risk ``max_drop``, if any).
         delta: Its error probability (default: the document's, else 0.05).
+        cost_tolerance: Relative slack on the budget (default 0.05, as ``dyncal monitor``): the
+            solve meets the budget on its fit part, so fresh samples of the same data land around it.
 
     Returns:
         The evaluation.
@@ -379,6 +385,8 @@ def evaluate_thresholds(
     from dyncal.monitor import clopper_pearson
     from dyncal.stats import stratified_split
 
+    if isinstance(cost_tolerance, bool) or not 0.0 <= cost_tolerance < 10.0:
+        raise DyncalError(f"{param('cost_tolerance')} must be in [0, 10), got {cost_tolerance!r}")
     ref = reference if reference is not None else _open_reference(thresholds)
     check_thresholds_for_run(thresholds, ref)
     relation = data_relation(ref, run)
@@ -431,14 +439,18 @@ def evaluate_thresholds(
     unit, value = budget_doc.get("unit"), budget_doc.get("value")
     if unit in costs and value is not None:
         b_cost = fig_b.costs[unit]
+        limit = float(value) * (1.0 + cost_tolerance)
+        lower, upper = b_cost["ci"]
         budget = {
             "unit": unit,
             "asked": budget_doc.get("asked"),
             "value": float(value),
+            "limit": limit,
             "reference_mean": fig_a.costs[unit]["mean"],
             "mean": b_cost["mean"],
-            "upper": b_cost["ci"][1],
-            "status": _status(b_cost["ci"][1], b_cost["mean"], float(value)),
+            "lower": lower,
+            "upper": upper,
+            "status": "breaks" if lower > limit else ("uncertain" if b_cost["mean"] > limit else "holds"),
         }
         if budget["status"] != "holds":
             notes.append(

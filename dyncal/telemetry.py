@@ -270,9 +270,14 @@ def telemetry_schema(metadata: Mapping[str, Any] | None = None) -> pa.Schema:
 
 
 def _numpy(x: Any, dtype: Any) -> np.ndarray:
-    """``x`` (array, list, CPU or device tensor) as a 1-D or 2-D numpy array of ``dtype``."""
+    """``x`` (array, list, CPU or device tensor) as a numpy array of ``dtype`` (no copy where none is needed)."""
+    if type(x) is np.ndarray and x.dtype == dtype:
+        return x
     if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
+        try:
+            x = x.numpy()  # a CPU tensor outside autograd: a view
+        except (RuntimeError, TypeError):
+            x = x.detach().cpu().numpy()
     return np.asarray(x, dtype=dtype)
 
 
@@ -338,7 +343,7 @@ class _Batch:
     exits: np.ndarray
     predictions: np.ndarray
     scores: np.ndarray
-    latency_ms: np.ndarray
+    latency_ms: float | np.ndarray
     last: np.ndarray | None
     request_ids: Sequence[str | None] | None
     number: int
@@ -526,10 +531,17 @@ class TelemetryWriter:
         b = ex.shape[0]
         preds = _numpy(predictions, np.int64).reshape(-1)
         sc = _numpy(scores, np.float32)
-        lat = np.broadcast_to(_numpy(latency_ms, np.float32), (b,))
+        lat: float | np.ndarray  # one number for the batch is expanded at the flush, off the request path
+        if isinstance(latency_ms, (int, float)):
+            lat = float(latency_ms)
+        else:
+            lat = np.array(np.broadcast_to(_numpy(latency_ms, np.float32), (b,)))
         last = None if last_predictions is None else _numpy(last_predictions, np.int64).reshape(-1)
         k = self.identity.k
-        if b and not (0 <= ex.min() and ex.max() < k):
+        if b == 1:
+            if not 0 <= int(ex[0]) < k:
+                raise DyncalError(f"telemetry exits must lie in [0, {k}), got {ex.tolist()}")
+        elif b and not (0 <= ex.min() and ex.max() < k):
             raise DyncalError(f"telemetry exits must lie in [0, {k}), got {ex.tolist()[:8]}")
         if preds.shape != (b,) or sc.shape != (b, k) or (last is not None and last.shape != (b,)):
             raise DyncalError(
@@ -544,7 +556,7 @@ class TelemetryWriter:
                 raise self._failure()
             if self._closed:
                 raise DyncalError("this telemetry writer is closed; load the runner again to record more")
-            self._buffer.append(_Batch(int(now * 1e6), ex, preds, sc, lat.copy(), last, request_ids, self._batches))
+            self._buffer.append(_Batch(int(now * 1e6), ex, preds, sc, lat, last, request_ids, self._batches))
             self._batches += 1
             self._buffered_rows += b
             if self._oldest is None:
@@ -558,7 +570,7 @@ class TelemetryWriter:
         if self.metrics is not None:
             n_shadow = 0 if last is None else int((last >= 0).sum())
             n_disagree = 0 if last is None else int(((last >= 0) & (last != preds)).sum())
-            self.metrics.observe(ex, lat, n_shadow, n_disagree)
+            self.metrics.observe(ex, np.broadcast_to(np.float32(lat), (b,)), n_shadow, n_disagree)
 
     # ------------------------------------------------------------------ flushing and rotating
 
@@ -679,7 +691,11 @@ class TelemetryWriter:
             pa.array(exits.astype(np.int16)),
             pa.array(np.concatenate([b.predictions for b in batches]).astype(np.int32)),
             pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(np.float32))),
-            pa.array(np.concatenate([b.latency_ms for b in batches]).astype(np.float32)),
+            pa.array(
+                np.concatenate(
+                    [np.broadcast_to(np.float32(b.latency_ms), (n,)) for b, n in zip(batches, sizes, strict=True)]
+                )
+            ),
             pa.array(shadow),
             pa.array(last.astype(np.int32), mask=~shadow),
         ]

@@ -708,8 +708,16 @@ def monitor(
             raise DyncalError(f"the telemetry was written by another package: {problem}; give this package's telemetry")
     lab = _label_array(data, labels)
     quality, labelled = _quality(data, lab, options)
+    calibration = reference.summary()
+    quality["calibration_disagreement_rate"] = calibration["disagreement_rate"]
     cost = _cost(data, reference, options)
     decision, reasons = decide(quality, cost, options)
+    if calibration["disagreement_rate"] >= options.max_drop:
+        reasons.append(
+            f"the thresholds disagree with the last exit on {calibration['disagreement_rate']:.4f} of the calibration "
+            f"run, not below `max_drop` {options.max_drop}: label-free evidence cannot certify this drop; raise "
+            "`max_drop`, re-solve at a larger budget, or bring labels"
+        )
     windows = []
     for start, end in _window_bounds(data, options):
         rows = (data.time_us >= start) & (data.time_us < end)
@@ -741,7 +749,7 @@ def monitor(
         cost=cost,
         latency=_latency(data),
         drift=_drift(data, reference),
-        calibration=reference.summary(),
+        calibration=calibration,
         windows=tuple(windows),
         options=options,
     )

@@ -358,3 +358,10 @@ def test_psi_and_atc_on_known_inputs():
     t = atc_threshold(conf, correct)
     assert np.mean(conf > t) == pytest.approx(correct.mean(), abs=1e-9)
     assert np.mean(conf > atc_threshold(conf, np.ones(1000, bool))) == 1.0
+
+
+def test_thresholds_that_disagree_above_epsilon_on_calibration_say_so(reference: CalibrationReference):
+    rate = reference.summary()["disagreement_rate"]
+    report = monitor(reference, telemetry(100, disagree=0, shadow=100), MonitorOptions(max_drop=rate * 0.9))
+    assert report.quality["calibration_disagreement_rate"] == rate
+    assert any("label-free evidence cannot certify this drop" in r for r in report.reasons)

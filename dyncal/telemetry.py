@@ -43,6 +43,17 @@ complete batches of streams (live writers' and killed ones'); :func:`recover_tel
 turns the streams of dead writers into finished files. A killed writer so loses at most the
 rows it had not flushed (``flush_rows`` rows or ``flush_seconds`` seconds of traffic).
 
+**The runner's hook**, once per batch ``x`` of ``B`` requests::
+
+    shadow = writer.shadow_mask(B)                       # (B,) bool, a `shadow` share
+    t0 = time.perf_counter()
+    exits, preds, scores = ...                           # the early exit; scores (B, K), NaN past each exit
+    ms = (time.perf_counter() - t0) * 1e3
+    last = torch.full((B,), -1)
+    if shadow.any():                                     # complete the plain model on those rows
+        last[shadow] = plain_model(x[shadow]).argmax(1)
+    writer.record(exits, preds, scores, ms, last_predictions=last, request_ids=ids)
+
 Needs ``pyarrow`` (``pip install 'dyncal[rollout]'``); Prometheus metrics
 (:class:`TelemetryMetrics`) need ``prometheus-client``, in the same extra.
 """

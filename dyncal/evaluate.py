@@ -352,6 +352,84 @@ def _open_reference(thresholds: ThresholdsDocument) -> Run:
         raise DyncalError(f"the thresholds' run '{thresholds.run}' cannot be opened ({describe(e)})") from None
 
 
+def _costs(ref: Run, run: Run) -> tuple[dict[str, tuple[float, ...]], str]:
+    """The cost units to judge with (B's profile over A's) and a note saying where they come from."""
+    from dyncal.calibrate.budget import cost_units
+
+    units_a = cost_units(ref.costs, ref.k)
+    units_b = cost_units(run.costs, run.k)
+    if units_b:
+        note = "costs: run B's own profile" + (
+            ", with run A's for units B lacks" if set(units_a) - set(units_b) else ""
+        )
+    elif units_a:
+        note = "costs: run A's profile (same model; run B was not profiled)"
+    else:
+        note = "costs: neither run has costs, so none are compared"
+    return {**units_a, **units_b}, note
+
+
+def _budget_check(
+    budget_doc: Mapping[str, Any], fig_a: Figures, fig_b: Figures, tolerance: float, notes: list[str]
+) -> dict[str, Any] | None:
+    """Whether the thresholds' budget holds on B (:attr:`Evaluation.budget`); a note when it does not."""
+    unit, value = budget_doc.get("unit"), budget_doc.get("value")
+    if unit not in fig_b.costs or value is None:
+        return None
+    b_cost = fig_b.costs[unit]
+    limit = float(value) * (1.0 + tolerance)
+    lower, upper = b_cost["ci"]
+    budget = {
+        "unit": unit,
+        "asked": budget_doc.get("asked"),
+        "value": float(value),
+        "limit": limit,
+        "reference_mean": fig_a.costs[unit]["mean"],
+        "mean": b_cost["mean"],
+        "lower": lower,
+        "upper": upper,
+        "status": "breaks" if lower > limit else ("uncertain" if b_cost["mean"] > limit else "holds"),
+    }
+    if budget["status"] != "holds":
+        notes.append(
+            f"the budget {budget_doc.get('asked') or value} does not hold on run B: "
+            f"{b_cost['mean']:.4g} {unit} per sample ({b_cost['mean'] / fig_a.costs[unit]['mean']:.2f}x run A's)"
+        )
+    return budget
+
+
+def _drop_check(
+    thresholds: ThresholdsDocument, fig_b: Figures, max_drop: float | None, delta: float | None, notes: list[str]
+) -> dict[str, Any] | None:
+    """Whether a drop bound holds on B (:attr:`Evaluation.drop_bound`); a note when it does not."""
+    from dyncal.monitor import clopper_pearson
+
+    risk = thresholds.risk or {}
+    eps = max_drop if max_drop is not None else risk.get("max_drop")
+    dlt = delta if delta is not None else risk.get("delta", 0.05)
+    if eps is None:
+        return None
+    for name, v in (("max_drop", eps), ("delta", dlt)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < float(v) < 1 or math.isnan(v):
+            raise DyncalError(f"{param(name)} must be a fraction in (0, 1), got {v!r}")
+    _, upper = clopper_pearson(fig_b.losses, fig_b.n, float(dlt))
+    bound = {
+        "max_drop": float(eps),
+        "delta": float(dlt),
+        "drop": fig_b.drop,
+        "losses": fig_b.losses,
+        "n": fig_b.n,
+        "loss_upper": upper,
+        "status": _status(upper, fig_b.drop, float(eps)),
+    }
+    if bound["status"] != "holds":
+        notes.append(
+            f"the drop bound {float(eps):g} is not certified on run B: drop {fig_b.drop:.4f}, "
+            f"loss rate up to {upper:.4f} (confidence {1 - float(dlt):g})"
+        )
+    return bound
+
+
 def evaluate_thresholds(
     run: Run,
     thresholds: ThresholdsDocument,
@@ -381,8 +459,6 @@ def evaluate_thresholds(
             ``reference``, or a bad ``max_drop`` / ``delta``.
     """
     from dyncal.artifacts.thresholds import check_thresholds_for_run
-    from dyncal.calibrate.budget import cost_units
-    from dyncal.monitor import clopper_pearson
     from dyncal.stats import stratified_split
 
     if isinstance(cost_tolerance, bool) or not 0.0 <= cost_tolerance < 10.0:
@@ -396,26 +472,15 @@ def evaluate_thresholds(
             "document and the report: evaluate them on a run of other data"
         )
     model = check_same_model(ref, run)
-    notes = []
-    if relation == "other data":
-        notes.append(
-            f"the data differ: the thresholds were solved on {ref.provenance.data!r} and are judged on "
-            f"{run.provenance.data!r}"
-        )
-    else:
-        notes.append(f"same data spec {run.provenance.data!r}, another collection of it")
-    notes.append(model.note)
-    units_a = cost_units(ref.costs, ref.k)
-    units_b = cost_units(run.costs, run.k)
-    costs = {**units_a, **units_b}
-    if units_b:
-        notes.append(
-            "costs: run B's own profile" + (", with run A's for units B lacks" if set(units_a) - set(units_b) else "")
-        )
-    elif units_a:
-        notes.append("costs: run A's profile (same model; run B was not profiled)")
-    else:
-        notes.append("costs: neither run has costs, so none are compared")
+    notes = [
+        f"the data differ: the thresholds were solved on {ref.provenance.data!r} and are judged on "
+        f"{run.provenance.data!r}"
+        if relation == "other data"
+        else f"same data spec {run.provenance.data!r}, another collection of it",
+        model.note,
+    ]
+    costs, source = _costs(ref, run)
+    notes.append(source)
     split = thresholds.split
     held: np.ndarray | None = None
     if int(split.get("n_holdout", 0) or 0) > 0:
@@ -434,52 +499,8 @@ def evaluate_thresholds(
             for unit in costs
         },
     }
-    budget_doc = thresholds.budget
-    budget: dict[str, Any] | None = None
-    unit, value = budget_doc.get("unit"), budget_doc.get("value")
-    if unit in costs and value is not None:
-        b_cost = fig_b.costs[unit]
-        limit = float(value) * (1.0 + cost_tolerance)
-        lower, upper = b_cost["ci"]
-        budget = {
-            "unit": unit,
-            "asked": budget_doc.get("asked"),
-            "value": float(value),
-            "limit": limit,
-            "reference_mean": fig_a.costs[unit]["mean"],
-            "mean": b_cost["mean"],
-            "lower": lower,
-            "upper": upper,
-            "status": "breaks" if lower > limit else ("uncertain" if b_cost["mean"] > limit else "holds"),
-        }
-        if budget["status"] != "holds":
-            notes.append(
-                f"the budget {budget_doc.get('asked') or value} does not hold on run B: "
-                f"{b_cost['mean']:.4g} {unit} per sample ({b_cost['mean'] / fig_a.costs[unit]['mean']:.2f}x run A's)"
-            )
-    risk = thresholds.risk or {}
-    eps = max_drop if max_drop is not None else risk.get("max_drop")
-    dlt = delta if delta is not None else risk.get("delta", 0.05)
-    drop_bound: dict[str, Any] | None = None
-    if eps is not None:
-        for name, v in (("max_drop", eps), ("delta", dlt)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < float(v) < 1 or math.isnan(v):
-                raise DyncalError(f"{param(name)} must be a fraction in (0, 1), got {v!r}")
-        _, upper = clopper_pearson(fig_b.losses, fig_b.n, float(dlt))
-        drop_bound = {
-            "max_drop": float(eps),
-            "delta": float(dlt),
-            "drop": fig_b.drop,
-            "losses": fig_b.losses,
-            "n": fig_b.n,
-            "loss_upper": upper,
-            "status": _status(upper, fig_b.drop, float(eps)),
-        }
-        if drop_bound["status"] != "holds":
-            notes.append(
-                f"the drop bound {float(eps):g} is not certified on run B: drop {fig_b.drop:.4f}, "
-                f"loss rate up to {upper:.4f} (confidence {1 - float(dlt):g})"
-            )
+    budget = _budget_check(thresholds.budget, fig_a, fig_b, cost_tolerance, notes)
+    drop_bound = _drop_check(thresholds, fig_b, max_drop, delta, notes)
     return Evaluation(
         target=fig_b,
         reference=fig_a,

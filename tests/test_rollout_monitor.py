@@ -365,3 +365,31 @@ def test_thresholds_that_disagree_above_epsilon_on_calibration_say_so(reference:
     report = monitor(reference, telemetry(100, disagree=0, shadow=100), MonitorOptions(max_drop=rate * 0.9))
     assert report.quality["calibration_disagreement_rate"] == rate
     assert any("label-free evidence cannot certify this drop" in r for r in report.reasons)
+
+
+def test_labels_files_read_into_request_ids(tmp_path: Path):
+    from dyncal.monitor import read_labels
+
+    csv_file = tmp_path / "labels.csv"
+    csv_file.write_text("request_id,label,note\nr1,3,x\nr2,0,y\n")
+    assert read_labels(csv_file, n_classes=4) == {"r1": 3, "r2": 0}
+    json_file = tmp_path / "labels.json"
+    json_file.write_text('{"a": 1, "b": 2}')
+    assert read_labels(json_file) == {"a": 1, "b": 2}
+    cases = [
+        ("missing.csv", None, r"no labels file"),
+        ("bad.txt", "x", r"must be .csv \(request_id,label\) or .json"),
+        ("cols.csv", "id,label\n1,2\n", r"has no 'request_id' column"),
+        ("twice.csv", "request_id,label\nr,1\nr,2\n", r"line 3: request 'r' is labelled twice"),
+        ("range.csv", "request_id,label\nr,7\n", r"line 2: label 7 is not a class in \[0, 4\)"),
+        ("text.csv", "request_id,label\nr,cat\n", r"label 'cat' is not an integer class"),
+        ("list.json", "[1, 2]", r"must hold a JSON object"),
+        ("broken.json", "{", r"cannot be read: JSONDecodeError"),
+    ]
+    for name, text, pattern in cases:
+        path = tmp_path / name
+        if text is not None:
+            path.write_text(text)
+        with pytest.raises(DyncalError, match=pattern) as info:
+            read_labels(path, n_classes=4)
+        assert "\n" not in str(info.value)

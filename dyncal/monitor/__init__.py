@@ -55,6 +55,7 @@ from dyncal.monitor.decision import (
     decide,
     monitor,
 )
+from dyncal.monitor.labels import read_labels
 from dyncal.monitor.plan import DEFAULT_STEPS, RolloutPlan, RolloutStep, rollout_plan
 from dyncal.monitor.reference import CalibrationReference, simulated_telemetry
 
@@ -77,4 +78,5 @@ __all__ = [
     "RolloutPlan",
     "rollout_plan",
     "simulated_telemetry",
+    "read_labels",
 ]

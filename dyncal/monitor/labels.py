@@ -44,7 +44,7 @@ def read_labels(path: str | os.PathLike[str], *, n_classes: int | None = None) -
     Example:
         >>> import tempfile, pathlib
         >>> p = pathlib.Path(tempfile.mkdtemp()) / "labels.csv"
-        >>> _ = p.write_text("request_id,label\\nr1,3\\nr2,0\\n")
+        >>> _ = p.write_text("request_id,label\nr1,3\nr2,0\n")
         >>> read_labels(p, n_classes=10)
         {'r1': 3, 'r2': 0}
     """

@@ -38,6 +38,7 @@ __all__ = [
     "Figures",
     "Evaluation",
     "evaluate_thresholds",
+    "robustness_rows",
 ]
 
 _SEED = 20240612
@@ -513,3 +514,38 @@ def evaluate_thresholds(
         decision_fingerprint=thresholds.decision_fingerprint,
         thresholds_run_fingerprint=thresholds.run_fingerprint,
     )
+
+
+def robustness_rows(evaluations: Sequence[Evaluation], unit: str = "macs") -> list[dict[str, Any]]:
+    """One row per evaluated run for a robustness table (the report's page): what broke where.
+
+    Args:
+        evaluations: :func:`evaluate_thresholds` results of one thresholds document on several runs
+            (``collect --perturb`` collects one per perturbation).
+        unit: The cost unit of the ``cost_ratio`` column.
+
+    Returns:
+        Rows with ``run``, ``perturbation`` (``"gaussian_noise:0.5"``, or None for unperturbed
+        data), ``accuracy``, ``accuracy_ci``, ``drop``, ``drop_ci``, ``cost_ratio`` (B / A),
+        ``budget`` and ``drop_bound`` (``holds`` / ``breaks`` / ``uncertain``, None when not judged).
+    """
+    from dyncal.perturb import perturbation_of
+
+    rows = []
+    for ev in evaluations:
+        _, perturbation, _ = perturbation_of(ev.target.data)
+        ratio = ev.deltas["costs"].get(unit, {}).get("ratio")
+        rows.append(
+            {
+                "run": ev.target.run,
+                "perturbation": None if perturbation is None else str(perturbation),
+                "accuracy": ev.target.accuracy,
+                "accuracy_ci": list(ev.target.accuracy_ci),
+                "drop": ev.target.drop,
+                "drop_ci": list(ev.target.drop_ci),
+                "cost_ratio": ratio,
+                "budget": None if ev.budget is None else ev.budget["status"],
+                "drop_bound": None if ev.drop_bound is None else ev.drop_bound["status"],
+            }
+        )
+    return rows

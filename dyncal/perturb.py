@@ -33,6 +33,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
+import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ __all__ = [
     "perturb_image",
     "perturb_batch",
     "perturbed_data_spec",
+    "perturbation_of",
 ]
 
 PERTURBATIONS: tuple[str, ...] = ("gaussian_noise", "blur", "jpeg", "contrast", "brightness", "shift")
@@ -396,3 +398,25 @@ def perturbed_data_spec(data: str, perturbation: Perturbation, seed: int = 0) ->
         'dyncal.demo:validation [perturbed blur:1 seed 0]'
     """
     return f"{data} [perturbed {perturbation} seed {int(seed)}]"
+
+
+_PERTURBED = re.compile(r"^(?P<data>.*) \[perturbed (?P<name>[a-z_]+):(?P<severity>[^ ]+) seed (?P<seed>\d+)\]$")
+
+
+def perturbation_of(data: str) -> tuple[str, Perturbation | None, int | None]:
+    """Read back :func:`perturbed_data_spec`: ``(clean spec, perturbation, seed)``; ``(spec, None, None)`` if clean.
+
+    Example:
+        >>> perturbation_of("d [perturbed blur:1 seed 2]")
+        ('d', Perturbation(name='blur', severity=1.0), 2)
+        >>> perturbation_of("dyncal.demo:validation")
+        ('dyncal.demo:validation', None, None)
+    """
+    m = _PERTURBED.match(str(data))
+    if m is None:
+        return str(data), None, None
+    try:
+        p = Perturbation(m.group("name"), float(m.group("severity")))
+    except (DyncalError, ValueError):
+        return str(data), None, None
+    return m.group("data"), p, int(m.group("seed"))

@@ -194,3 +194,17 @@ def test_the_demo_model_under_noise_costs_more_and_says_the_data_differ(tmp_path
     assert ev.target.accuracy < ev.reference.accuracy - 0.3
     assert ev.deltas["costs"]["macs"]["ratio"] > 1.5
     assert ev.model_check.verified == ("model", "macs")
+
+
+def test_robustness_rows_name_each_perturbation(tmp_path: Path, a_and_doc):
+    from dyncal.evaluate import robustness_rows
+    from dyncal.perturb import Perturbation, perturbed_data_spec
+
+    _, doc = a_and_doc
+    noise = Perturbation("gaussian_noise", 0.5)
+    soft = make_run(tmp_path / "soft", 2000, 8, data=perturbed_data_spec("toy:clean", noise), scale=0.3)
+    other = make_run(tmp_path / "other", 2000, 9, data="toy:site-2")
+    rows = robustness_rows([evaluate_thresholds(soft, doc, max_drop=0.5), evaluate_thresholds(other, doc)])
+    assert [r["perturbation"] for r in rows] == ["gaussian_noise:0.5", None]
+    assert rows[0]["budget"] == "breaks" and rows[0]["cost_ratio"] > 1.5 and rows[0]["drop_bound"] == "holds"
+    assert rows[1]["drop_bound"] is None and rows[1]["budget"] == "holds"

@@ -482,3 +482,18 @@ def test_any_batches_round_trip(tmp_path_factory: pytest.TempPathFactory, sizes:
     expected = np.where(np.arange(k)[None, :] <= ex[:, None], sc.astype(np.float32), np.nan)
     assert d.exits.tolist() == ex.tolist()
     assert np.array_equal(d.scores, expected, equal_nan=True)
+
+
+def test_a_failed_write_is_one_line_and_stops_the_writer(tmp_path: Path):
+    import shutil
+
+    folder = tmp_path / "tele"
+    w = TelemetryWriter(folder, IDENT, background=False, flush_rows=1)
+    shutil.rmtree(folder)  # the folder is gone: the segment cannot be created
+    with pytest.raises(DyncalError, match=r"telemetry could not be written to '.*tele': FileNotFoundError") as info:
+        w.record([0], [0], np.zeros((1, 3)), 1.0)
+    assert "\n" not in str(info.value)
+    with pytest.raises(DyncalError, match="could not be written"):
+        w.record([0], [0], np.zeros((1, 3)), 1.0)
+    with pytest.raises(DyncalError, match="could not be written"):
+        w.close()

@@ -233,7 +233,8 @@ class TelemetryWriter:
             "shadow": self.shadow,
             "process": {"host": socket.gethostname(), "pid": self._pid, "writer": self._stem},
         }
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the buffer: held for an append, never across a write
+        self._io = threading.Lock()  # the files: one flush, rotation or close at a time, in order
         self._wake = threading.Condition(self._lock)
         self._buffer: list[_Batch] = []
         self._buffered_rows = 0
@@ -329,8 +330,7 @@ class TelemetryWriter:
             raise DyncalError(f"telemetry of a batch of {b} got {len(request_ids)} request ids")
         now = self._clock() if when is None else float(when)
         with self._lock:
-            if self._error is not None:
-                raise self._failure()
+            self._raise_if_failed()
             if self._closed:
                 raise DyncalError("this telemetry writer is closed; load the runner again to record more")
             self._buffer.append(_Batch(int(now * 1e6), ex, preds, sc, lat, last, request_ids, self._batches))
@@ -339,11 +339,11 @@ class TelemetryWriter:
             if self._oldest is None:
                 self._oldest = now
             due = self._buffered_rows >= self.flush_rows
-            if self._thread is None:
-                if due or now - self._oldest >= self.flush_seconds:
-                    self._flush_locked()
-            elif due:
+            aged = now - self._oldest >= self.flush_seconds
+            if self._thread is not None and due:
                 self._wake.notify()
+        if self._thread is None and (due or aged):
+            self._flush()
         if self.metrics is not None:
             n_shadow = 0 if last is None else int((last >= 0).sum())
             n_disagree = 0 if last is None else int(((last >= 0) & (last != preds)).sum())
@@ -355,20 +355,16 @@ class TelemetryWriter:
         """Write the buffered rows to the live stream now (one record batch).
 
         Raises:
-            DyncalError: The write failed (the rows stay buffered).
+            DyncalError: The write failed; the writer then refuses more rows (it cannot promise them).
         """
-        with self._lock:
-            if self._error is not None:
-                raise self._failure()
-            self._flush_locked()
+        self._raise_if_failed()
+        self._flush()
 
     def rotate(self) -> None:
         """Flush, then finish the live segment as a Parquet file (the next flush starts a new one)."""
-        with self._lock:
-            if self._error is not None:
-                raise self._failure()
-            self._flush_locked()
-            self._finish_locked()
+        self._raise_if_failed()
+        self._flush()
+        self._guarded(self._finish)
 
     def close(self) -> None:
         """Flush, finish the live segment and stop the background thread (idempotent)."""
@@ -381,12 +377,10 @@ class TelemetryWriter:
             self._wake.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
-        with self._lock:
-            _WRITERS.discard(self)
-            if self._error is not None:
-                raise self._failure()
-            self._flush_locked()
-            self._finish_locked()
+        _WRITERS.discard(self)
+        self._raise_if_failed()
+        self._flush()
+        self._guarded(self._finish)
 
     def __enter__(self) -> TelemetryWriter:
         return self
@@ -394,8 +388,31 @@ class TelemetryWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _failure(self) -> DyncalError:
-        return DyncalError(f"telemetry could not be written to '{self.folder}': {describe(self._error or OSError())}")
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise DyncalError(f"telemetry could not be written to '{self.folder}': {describe(self._error)}")
+
+    def _guarded(self, step: Callable[[], None]) -> None:
+        """``step()`` under the file lock; a failure is kept (the writer stops) and raised as one line."""
+        with self._io:
+            try:
+                step()
+            except Exception as e:  # noqa: BLE001 - a full disk, a removed folder: reported, not a traceback
+                self._error = self._error or e
+                log.error("telemetry write to '%s' failed: %s", self.folder, describe(e))
+        self._raise_if_failed()
+
+    def _flush(self) -> None:
+        """Take the buffered rows and append them to the live stream (the buffer lock is held only to take them)."""
+
+        def write() -> None:
+            with self._lock:
+                batches, self._buffer = self._buffer, []
+                self._buffered_rows, self._oldest = 0, None
+            if batches:
+                self._write(batches)
+
+        self._guarded(write)
 
     def _loop(self) -> None:
         """The background thread: flush when rows or age say so, rotate when age says so."""
@@ -414,22 +431,24 @@ class TelemetryWriter:
                 if self._closed:
                     return
                 now = self._clock()
-                try:
-                    if self._buffered_rows >= self.flush_rows or (
-                        self._oldest is not None and now - self._oldest >= self.flush_seconds
-                    ):
-                        self._flush_locked()
-                    elif self._fd is not None and now - self._segment_start >= self.rotate_seconds:
-                        self._finish_locked()
-                except Exception as e:  # noqa: BLE001 - kept and raised to the next caller
-                    log.error("telemetry write to '%s' failed: %s", self.folder, describe(e))
-                    self._error = e
-                    return
+                flush_due = self._buffered_rows >= self.flush_rows or (
+                    self._oldest is not None and now - self._oldest >= self.flush_seconds
+                )
+            try:
+                if flush_due:
+                    self._flush()
+                else:
+                    self._guarded(self._finish_if_old)
+            except DyncalError:
+                return  # kept in self._error: the next record, flush or close raises it
 
-    def _flush_locked(self) -> None:
-        if not self._buffer:
-            return
-        batch = self._record_batch(self._buffer)
+    def _finish_if_old(self) -> None:
+        if self._fd is not None and self._clock() - self._segment_start >= self.rotate_seconds:
+            self._finish()
+
+    def _write(self, batches: Sequence[_Batch]) -> None:
+        """Append one record batch of ``batches`` to the live stream; finish the segment when big or old enough."""
+        batch = self._record_batch(batches)
         data = batch.serialize().to_pybytes()
         if self._fd is None:
             self._open_segment()
@@ -439,9 +458,8 @@ class TelemetryWriter:
             os.fsync(self._fd)
         self._segment_bytes += len(data)
         self.rows_written += batch.num_rows
-        self._buffer, self._buffered_rows, self._oldest = [], 0, None
         if self._segment_bytes >= self.rotate_bytes or self._clock() - self._segment_start >= self.rotate_seconds:
-            self._finish_locked()
+            self._finish()
 
     def _record_batch(self, batches: Sequence[_Batch]) -> pa.RecordBatch:
         pa = self._pa
@@ -496,7 +514,7 @@ class TelemetryWriter:
         self._segment_start = self._clock()
         self._segment_bytes = len(header)
 
-    def _finish_locked(self) -> None:
+    def _finish(self) -> None:
         if self._fd is None or self._segment_path is None:
             return
         stream = self._segment_path

@@ -39,6 +39,7 @@ __all__ = [
     "Evaluation",
     "evaluate_thresholds",
     "robustness_rows",
+    "refuse_other_data",
 ]
 
 _SEED = 20240612
@@ -148,6 +149,39 @@ def data_relation(a: Run, b: Run) -> str:
     if da == db and not _unknown_spec(da):
         return "same data"
     return "other data"
+
+
+def refuse_other_data(a: Run, b: Run) -> None:
+    """Refuse comparing two runs of the same model on different data (``report --compare``): that is ``evaluate``.
+
+    Runs of different models pass (comparing models on the same data is what a comparison is for).
+
+    Raises:
+        DyncalError: Same model, other data: one line naming ``dyncal evaluate``.
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib
+        >>> from dyncal.run import Provenance, import_arrays
+        >>> def run(data, labels):
+        ...     prov = Provenance("pkg.m:f", "ab" * 32, data, "", "", "cpu")
+        ...     out = pathlib.Path(tempfile.mkdtemp()) / "r"
+        ...     return import_arrays(np.zeros((2, 2, 3), np.float32), labels, out, provenance=prov)
+        >>> refuse_other_data(run("clean", [0, 1]), run("noisy", [1, 0]))
+        Traceback (most recent call last):
+        ...
+        dyncal.errors.DyncalError: run '...' is the same model as run '...' on other data ('noisy', not 'clean'): \
+a comparison needs the same data; judge the thresholds on it with: dyncal evaluate ... --thresholds thresholds.json
+    """
+    try:
+        check_same_model(a, b)
+    except DyncalError:
+        return
+    if data_relation(a, b) == "other data":
+        raise DyncalError(
+            f"run '{b.path}' is the same model as run '{a.path}' on other data ({b.provenance.data!r}, not "
+            f"{a.provenance.data!r}): a comparison needs the same data; judge the thresholds on it with: "
+            f"dyncal evaluate {b.path} --thresholds thresholds.json"
+        )
 
 
 @dataclass(frozen=True)

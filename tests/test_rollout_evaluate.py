@@ -208,3 +208,14 @@ def test_robustness_rows_name_each_perturbation(tmp_path: Path, a_and_doc):
     assert [r["perturbation"] for r in rows] == ["gaussian_noise:0.5", None]
     assert rows[0]["budget"] == "breaks" and rows[0]["cost_ratio"] > 1.5 and rows[0]["drop_bound"] == "holds"
     assert rows[1]["drop_bound"] is None and rows[1]["budget"] == "holds"
+
+
+def test_a_comparison_of_one_model_on_other_data_is_sent_to_evaluate(tmp_path: Path):
+    from dyncal.evaluate import refuse_other_data
+
+    a = make_run(tmp_path / "a", 100, 0, data="toy:clean")
+    b = make_run(tmp_path / "b", 100, 1, data="toy:noisy")
+    with pytest.raises(DyncalError, match=r"same model as run .* on other data .*dyncal evaluate .*b --thresholds"):
+        refuse_other_data(a, b)
+    refuse_other_data(a, make_run(tmp_path / "c", 100, 2, data="toy:clean"))  # same data: a comparison
+    refuse_other_data(a, make_run(tmp_path / "d", 100, 3, data="toy:noisy", sha="cc" * 32))  # another model

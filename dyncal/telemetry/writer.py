@@ -251,6 +251,21 @@ class TelemetryWriter:
         self._error: BaseException | None = None
         self._closed = False
         self._thread: threading.Thread | None = None
+        # one batch built now pays pyarrow's lazy imports (pandas among them: seconds) at load, not on a request
+        self._record_batch(
+            [
+                _Batch(
+                    0,
+                    np.zeros(1, np.int64),
+                    np.zeros(1, np.int64),
+                    np.zeros((1, identity.k), np.float32),
+                    0.0,
+                    None,
+                    None,
+                    0,
+                )
+            ]
+        )
         _WRITERS.add(self)
         if background:
             self._thread = threading.Thread(target=self._loop, name=f"dyncal-telemetry-{self._pid}", daemon=True)
@@ -462,35 +477,50 @@ class TelemetryWriter:
             self._finish()
 
     def _record_batch(self, batches: Sequence[_Batch]) -> pa.RecordBatch:
+        """One Arrow record batch of many recorded batches (vectorised: batch-1 traffic makes thousands)."""
         pa = self._pa
+        k = self.identity.k
+        sizes = np.fromiter((b.exits.size for b in batches), dtype=np.int64, count=len(batches))
+        total = int(sizes.sum())
         exits = np.concatenate([b.exits for b in batches])
         scores = np.concatenate([b.scores for b in batches])
-        k = self.identity.k
         lengths = exits + 1
-        offsets = np.zeros(exits.size + 1, dtype=np.int32)
+        offsets = np.zeros(total + 1, dtype=np.int32)
         np.cumsum(lengths, out=offsets[1:])
         values = scores[np.arange(k)[None, :] < lengths[:, None]]
-        sizes = [b.exits.size for b in batches]
-        last = np.concatenate(
-            [np.full(n, -1) if b.last is None else b.last for b, n in zip(batches, sizes, strict=True)]
-        )
+        if all(isinstance(b.latency_ms, float) for b in batches):
+            latency = np.repeat(np.array([b.latency_ms for b in batches], dtype=np.float32), sizes)
+        else:
+            latency = np.concatenate(
+                [np.broadcast_to(np.float32(b.latency_ms), (b.exits.size,)) for b in batches]
+            ).astype(np.float32)
+        if all(b.last is None for b in batches):
+            last = np.full(total, -1, dtype=np.int64)
+        else:
+            last = np.concatenate([np.full(b.exits.size, -1) if b.last is None else b.last for b in batches])
         shadow = last >= 0
-        ids: list[str | None] = []
-        for b, n in zip(batches, sizes, strict=True):
-            ids.extend([None] * n if b.request_ids is None else [None if r is None else str(r) for r in b.request_ids])
+        if all(b.request_ids is None for b in batches):
+            ids = pa.nulls(total, type=pa.string())
+        else:
+            flat: list[str | None] = []
+            for b in batches:
+                n = b.exits.size
+                flat.extend(
+                    [None] * n if b.request_ids is None else [None if r is None else str(r) for r in b.request_ids]
+                )
+            ids = pa.array(flat, type=pa.string())
         columns = [
-            pa.array(np.repeat([b.time_us for b in batches], sizes), type=pa.timestamp("us", tz="UTC")),
-            pa.array(ids, type=pa.string()),
-            pa.array(np.repeat([b.number for b in batches], sizes), type=pa.int64()),
-            pa.array(np.repeat(sizes, sizes), type=pa.int32()),
+            pa.array(
+                np.repeat(np.array([b.time_us for b in batches], dtype=np.int64), sizes),
+                type=pa.timestamp("us", tz="UTC"),
+            ),
+            ids,
+            pa.array(np.repeat(np.array([b.number for b in batches], dtype=np.int64), sizes)),
+            pa.array(np.repeat(sizes, sizes).astype(np.int32)),
             pa.array(exits.astype(np.int16)),
             pa.array(np.concatenate([b.predictions for b in batches]).astype(np.int32)),
             pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(np.float32))),
-            pa.array(
-                np.concatenate(
-                    [np.broadcast_to(np.float32(b.latency_ms), (n,)) for b, n in zip(batches, sizes, strict=True)]
-                )
-            ),
+            pa.array(latency),
             pa.array(shadow),
             pa.array(last.astype(np.int32), mask=~shadow),
         ]

@@ -17,7 +17,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -114,16 +113,36 @@ class TelemetryMetrics:
             self.disagreements.inc(n_disagree)
 
 
-@dataclass
-class _Batch:
-    time_us: int
-    exits: np.ndarray
-    predictions: np.ndarray
-    scores: np.ndarray
-    latency_ms: float | np.ndarray
-    last: np.ndarray | None
-    request_ids: Sequence[str | None] | None
-    number: int
+class _Columns:
+    """Rows not yet flushed, in preallocated columns (a row costs a few item stores, not an object)."""
+
+    def __init__(self, capacity: int, k: int) -> None:
+        self.n = 0
+        self.oldest: float | None = None
+        self.time_us = np.empty(capacity, np.int64)
+        self.batch = np.empty(capacity, np.int64)
+        self.batch_size = np.empty(capacity, np.int32)
+        self.exits = np.empty(capacity, np.int64)
+        self.predictions = np.empty(capacity, np.int64)
+        self.scores = np.empty((capacity, k), np.float32)
+        self.latency_ms = np.empty(capacity, np.float32)
+        self.last = np.empty(capacity, np.int64)
+        self.request_ids: list[str | None] | None = None  # None until a batch brings ids
+
+    def reserve(self, rows: int) -> None:
+        """Room for ``rows`` more rows (the columns double when full)."""
+        need = self.n + rows
+        if need <= self.exits.shape[0]:
+            return
+        size = max(need, 2 * self.exits.shape[0])
+        for name in ("time_us", "batch", "batch_size", "exits", "predictions", "latency_ms", "last"):
+            old = getattr(self, name)
+            new = np.empty(size, old.dtype)
+            new[: self.n] = old[: self.n]
+            setattr(self, name, new)
+        scores = np.empty((size, self.scores.shape[1]), np.float32)
+        scores[: self.n] = self.scores[: self.n]
+        self.scores = scores
 
 
 _WRITERS: weakref.WeakSet[TelemetryWriter] = weakref.WeakSet()
@@ -236,9 +255,7 @@ class TelemetryWriter:
         self._lock = threading.RLock()  # the buffer: held for an append, never across a write
         self._io = threading.Lock()  # the files: one flush, rotation or close at a time, in order
         self._wake = threading.Condition(self._lock)
-        self._buffer: list[_Batch] = []
-        self._buffered_rows = 0
-        self._oldest: float | None = None
+        self._rows = _Columns(flush_rows, identity.k)
         self._batches = 0
         self._segment = 0
         self._fd: int | None = None
@@ -252,20 +269,12 @@ class TelemetryWriter:
         self._closed = False
         self._thread: threading.Thread | None = None
         # one batch built now pays pyarrow's lazy imports (pandas among them: seconds) at load, not on a request
-        self._record_batch(
-            [
-                _Batch(
-                    0,
-                    np.zeros(1, np.int64),
-                    np.zeros(1, np.int64),
-                    np.zeros((1, identity.k), np.float32),
-                    0.0,
-                    None,
-                    None,
-                    0,
-                )
-            ]
-        )
+        warm = _Columns(1, identity.k)
+        warm.reserve(1)
+        warm.n, warm.time_us[0], warm.batch[0], warm.batch_size[0] = 1, 0, 0, 1
+        warm.exits[0], warm.predictions[0], warm.latency_ms[0], warm.last[0] = 0, 0, 0.0, -1
+        warm.scores[0] = 0.0
+        self._record_batch(warm)
         _WRITERS.add(self)
         if background:
             self._thread = threading.Thread(target=self._loop, name=f"dyncal-telemetry-{self._pid}", daemon=True)
@@ -324,11 +333,11 @@ class TelemetryWriter:
         b = ex.shape[0]
         preds = _numpy(predictions, np.int64).reshape(-1)
         sc = _numpy(scores, np.float32)
-        lat: float | np.ndarray  # one number for the batch is expanded at the flush, off the request path
+        lat: float | np.ndarray
         if isinstance(latency_ms, (int, float)):
             lat = float(latency_ms)
         else:
-            lat = np.array(np.broadcast_to(_numpy(latency_ms, np.float32), (b,)))
+            lat = np.broadcast_to(_numpy(latency_ms, np.float32), (b,))
         last = None if last_predictions is None else _numpy(last_predictions, np.int64).reshape(-1)
         k = self.identity.k
         if b == 1:
@@ -348,13 +357,40 @@ class TelemetryWriter:
             self._raise_if_failed()
             if self._closed:
                 raise DyncalError("this telemetry writer is closed; load the runner again to record more")
-            self._buffer.append(_Batch(int(now * 1e6), ex, preds, sc, lat, last, request_ids, self._batches))
+            rows = self._rows
+            rows.reserve(b)
+            i = rows.n
+            if b == 1:  # batch-1 serving: item stores
+                rows.time_us[i] = int(now * 1e6)
+                rows.batch[i] = self._batches
+                rows.batch_size[i] = 1
+                rows.exits[i] = ex[0]
+                rows.predictions[i] = preds[0]
+                rows.scores[i] = sc[0]
+                rows.latency_ms[i] = lat if isinstance(lat, float) else lat[0]
+                rows.last[i] = -1 if last is None else last[0]
+            else:
+                j = i + b
+                rows.time_us[i:j] = int(now * 1e6)
+                rows.batch[i:j] = self._batches
+                rows.batch_size[i:j] = b
+                rows.exits[i:j] = ex
+                rows.predictions[i:j] = preds
+                rows.scores[i:j] = sc
+                rows.latency_ms[i:j] = lat
+                rows.last[i:j] = -1 if last is None else last
+            if request_ids is not None:
+                if rows.request_ids is None:
+                    rows.request_ids = [None] * i
+                rows.request_ids.extend(None if r is None else str(r) for r in request_ids)
+            elif rows.request_ids is not None:
+                rows.request_ids.extend([None] * b)
+            rows.n += b
             self._batches += 1
-            self._buffered_rows += b
-            if self._oldest is None:
-                self._oldest = now
-            due = self._buffered_rows >= self.flush_rows
-            aged = now - self._oldest >= self.flush_seconds
+            if rows.oldest is None:
+                rows.oldest = now
+            due = rows.n >= self.flush_rows
+            aged = now - rows.oldest >= self.flush_seconds
             if self._thread is not None and due:
                 self._wake.notify()
         if self._thread is None and (due or aged):
@@ -422,10 +458,9 @@ class TelemetryWriter:
 
         def write() -> None:
             with self._lock:
-                batches, self._buffer = self._buffer, []
-                self._buffered_rows, self._oldest = 0, None
-            if batches:
-                self._write(batches)
+                rows, self._rows = self._rows, _Columns(self.flush_rows, self.identity.k)
+            if rows.n:
+                self._write(rows)
 
         self._guarded(write)
 
@@ -437,17 +472,18 @@ class TelemetryWriter:
                     return
                 now = self._clock()
                 waits = [self.flush_seconds]
-                if self._oldest is not None:
-                    waits.append(self._oldest + self.flush_seconds - now)
+                if self._rows.oldest is not None:
+                    waits.append(self._rows.oldest + self.flush_seconds - now)
                 if self._fd is not None:
                     waits.append(self._segment_start + self.rotate_seconds - now)
-                if self._buffered_rows < self.flush_rows:
+                if self._rows.n < self.flush_rows:
                     self._wake.wait(timeout=max(0.05, min(waits)))
                 if self._closed:
                     return
                 now = self._clock()
-                flush_due = self._buffered_rows >= self.flush_rows or (
-                    self._oldest is not None and now - self._oldest >= self.flush_seconds
+                oldest = self._rows.oldest
+                flush_due = self._rows.n >= self.flush_rows or (
+                    oldest is not None and now - oldest >= self.flush_seconds
                 )
             try:
                 if flush_due:
@@ -461,9 +497,9 @@ class TelemetryWriter:
         if self._fd is not None and self._clock() - self._segment_start >= self.rotate_seconds:
             self._finish()
 
-    def _write(self, batches: Sequence[_Batch]) -> None:
-        """Append one record batch of ``batches`` to the live stream; finish the segment when big or old enough."""
-        batch = self._record_batch(batches)
+    def _write(self, rows: _Columns) -> None:
+        """Append ``rows`` as one record batch to the live stream; finish the segment when big or old enough."""
+        batch = self._record_batch(rows)
         data = batch.serialize().to_pybytes()
         if self._fd is None:
             self._open_segment()
@@ -476,51 +512,29 @@ class TelemetryWriter:
         if self._segment_bytes >= self.rotate_bytes or self._clock() - self._segment_start >= self.rotate_seconds:
             self._finish()
 
-    def _record_batch(self, batches: Sequence[_Batch]) -> pa.RecordBatch:
-        """One Arrow record batch of many recorded batches (vectorised: batch-1 traffic makes thousands)."""
+    def _record_batch(self, rows: _Columns) -> pa.RecordBatch:
+        """The buffered rows as one Arrow record batch (views of the columns, no copy but the scores')."""
         pa = self._pa
-        k = self.identity.k
-        sizes = np.fromiter((b.exits.size for b in batches), dtype=np.int64, count=len(batches))
-        total = int(sizes.sum())
-        exits = np.concatenate([b.exits for b in batches])
-        scores = np.concatenate([b.scores for b in batches])
+        n, k = rows.n, self.identity.k
+        exits = rows.exits[:n]
         lengths = exits + 1
-        offsets = np.zeros(total + 1, dtype=np.int32)
+        offsets = np.zeros(n + 1, dtype=np.int32)
         np.cumsum(lengths, out=offsets[1:])
-        values = scores[np.arange(k)[None, :] < lengths[:, None]]
-        if all(isinstance(b.latency_ms, float) for b in batches):
-            latency = np.repeat(np.array([b.latency_ms for b in batches], dtype=np.float32), sizes)
-        else:
-            latency = np.concatenate(
-                [np.broadcast_to(np.float32(b.latency_ms), (b.exits.size,)) for b in batches]
-            ).astype(np.float32)
-        if all(b.last is None for b in batches):
-            last = np.full(total, -1, dtype=np.int64)
-        else:
-            last = np.concatenate([np.full(b.exits.size, -1) if b.last is None else b.last for b in batches])
+        values = rows.scores[:n][np.arange(k)[None, :] < lengths[:, None]]
+        last = rows.last[:n]
         shadow = last >= 0
-        if all(b.request_ids is None for b in batches):
-            ids = pa.nulls(total, type=pa.string())
-        else:
-            flat: list[str | None] = []
-            for b in batches:
-                n = b.exits.size
-                flat.extend(
-                    [None] * n if b.request_ids is None else [None if r is None else str(r) for r in b.request_ids]
-                )
-            ids = pa.array(flat, type=pa.string())
+        ids = (
+            pa.nulls(n, type=pa.string()) if rows.request_ids is None else pa.array(rows.request_ids, type=pa.string())
+        )
         columns = [
-            pa.array(
-                np.repeat(np.array([b.time_us for b in batches], dtype=np.int64), sizes),
-                type=pa.timestamp("us", tz="UTC"),
-            ),
+            pa.array(rows.time_us[:n], type=pa.timestamp("us", tz="UTC")),
             ids,
-            pa.array(np.repeat(np.array([b.number for b in batches], dtype=np.int64), sizes)),
-            pa.array(np.repeat(sizes, sizes).astype(np.int32)),
+            pa.array(rows.batch[:n]),
+            pa.array(rows.batch_size[:n]),
             pa.array(exits.astype(np.int16)),
-            pa.array(np.concatenate([b.predictions for b in batches]).astype(np.int32)),
-            pa.ListArray.from_arrays(pa.array(offsets), pa.array(values.astype(np.float32))),
-            pa.array(latency),
+            pa.array(rows.predictions[:n].astype(np.int32)),
+            pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
+            pa.array(rows.latency_ms[:n]),
             pa.array(shadow),
             pa.array(last.astype(np.int32), mask=~shadow),
         ]

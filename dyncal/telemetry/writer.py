@@ -1,0 +1,571 @@
+"""The writer: one per process, rows buffered, flushed to a live Arrow stream, finished as Parquet.
+
+:mod:`dyncal.telemetry` describes the files and what a crash leaves.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import math
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dyncal.errors import DyncalError, describe, param
+from dyncal.telemetry.schema import (
+    EXTRA_HINT,
+    PREFIX,
+    STREAM_SUFFIX,
+    TELEMETRY_SCHEMA,
+    TELEMETRY_VERSION,
+    PackageIdentity,
+    read_stream,
+    require_pyarrow,
+    telemetry_schema,
+    write_all,
+    write_parquet,
+)
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = ["TelemetryWriter", "TelemetryMetrics"]
+
+log = logging.getLogger(__name__)
+
+
+def _numpy(x: Any, dtype: Any) -> np.ndarray:
+    """``x`` (array, list, CPU or device tensor) as a numpy array of ``dtype`` (no copy where none is needed)."""
+    if type(x) is np.ndarray and x.dtype == dtype:
+        return x
+    if hasattr(x, "detach"):
+        try:
+            x = x.numpy()  # a CPU tensor outside autograd: a view
+        except (RuntimeError, TypeError):
+            x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+class TelemetryMetrics:
+    """Prometheus metrics of an early exit: requests per exit, latency, shadow disagreements.
+
+    Args:
+        k: Exits.
+        registry: A ``prometheus_client.CollectorRegistry`` (default: the global one).
+        namespace: Metric name prefix (default ``dyncal``).
+        buckets: Latency histogram buckets in seconds.
+
+    Metrics: ``<ns>_early_exit_requests_total{exit="1".."K"}`` (exits counted from 1, as people
+    read them), ``<ns>_early_exit_latency_seconds`` (histogram), ``<ns>_shadow_requests_total``,
+    ``<ns>_shadow_disagreements_total``.
+
+    Raises:
+        DyncalError: prometheus-client is not installed (names the extra).
+    """
+
+    def __init__(
+        self,
+        k: int,
+        *,
+        registry: Any = None,
+        namespace: str = "dyncal",
+        buckets: Sequence[float] = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+    ) -> None:
+        try:
+            import prometheus_client as prom
+        except ImportError:
+            raise DyncalError(f"Prometheus metrics need prometheus-client, not installed; {EXTRA_HINT}") from None
+        kw: dict[str, Any] = {"namespace": namespace}
+        if registry is not None:
+            kw["registry"] = registry
+        self.k = int(k)
+        self.requests = prom.Counter("early_exit_requests", "Requests answered, per exit (from 1)", ["exit"], **kw)
+        self._per_exit = [self.requests.labels(exit=str(j + 1)) for j in range(self.k)]
+        self.latency = prom.Histogram(
+            "early_exit_latency_seconds", "Latency of early-exit requests", buckets=tuple(buckets), **kw
+        )
+        self.shadow = prom.Counter("shadow_requests", "Requests whose plain model was completed too", **kw)
+        self.disagreements = prom.Counter(
+            "shadow_disagreements", "Shadow requests where the early exit's class differs from the last exit's", **kw
+        )
+
+    def observe(self, exits: np.ndarray, latency_ms: np.ndarray, n_shadow: int, n_disagree: int) -> None:
+        """Count one batch: exits ``(B,)`` from 0, latencies ``(B,)`` in ms, its shadow requests and disagreements."""
+        for j, count in enumerate(np.bincount(exits, minlength=self.k)[: self.k]):
+            if count:
+                self._per_exit[j].inc(int(count))
+        for ms in latency_ms:
+            self.latency.observe(float(ms) / 1000.0)
+        if n_shadow:
+            self.shadow.inc(n_shadow)
+        if n_disagree:
+            self.disagreements.inc(n_disagree)
+
+
+class _Columns:
+    """Rows not yet flushed, in preallocated columns (a row costs a few item stores, not an object)."""
+
+    def __init__(self, capacity: int, k: int) -> None:
+        self.n = 0
+        self.oldest: float | None = None
+        self.time_us = np.empty(capacity, np.int64)
+        self.batch = np.empty(capacity, np.int64)
+        self.batch_size = np.empty(capacity, np.int32)
+        self.exits = np.empty(capacity, np.int64)
+        self.predictions = np.empty(capacity, np.int64)
+        self.scores = np.empty((capacity, k), np.float32)
+        self.latency_ms = np.empty(capacity, np.float32)
+        self.last = np.empty(capacity, np.int64)
+        self.request_ids: list[str | None] | None = None  # None until a batch brings ids
+
+    def reserve(self, rows: int) -> None:
+        """Room for ``rows`` more rows (the columns double when full)."""
+        need = self.n + rows
+        if need <= self.exits.shape[0]:
+            return
+        size = max(need, 2 * self.exits.shape[0])
+        for name in ("time_us", "batch", "batch_size", "exits", "predictions", "latency_ms", "last"):
+            old = getattr(self, name)
+            new = np.empty(size, old.dtype)
+            new[: self.n] = old[: self.n]
+            setattr(self, name, new)
+        scores = np.empty((size, self.scores.shape[1]), np.float32)
+        scores[: self.n] = self.scores[: self.n]
+        self.scores = scores
+
+
+_WRITERS: weakref.WeakSet[TelemetryWriter] = weakref.WeakSet()
+
+
+def _close_all_at_exit() -> None:
+    for writer in list(_WRITERS):
+        with contextlib.suppress(Exception):  # an exiting interpreter must not fail on telemetry
+            writer.close()
+
+
+atexit.register(_close_all_at_exit)
+
+
+def _forked() -> None:
+    for writer in list(_WRITERS):
+        writer._forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
+class TelemetryWriter:
+    """Writes one process's telemetry into a folder (module docstring: files, crashes, schema).
+
+    Args:
+        folder: Telemetry folder (created if missing); several processes may share it.
+        identity: The package the rows come from.
+        shadow: Share of requests whose plain model is completed too (:meth:`shadow_mask`), in [0, 1].
+        flush_rows: Buffered rows that trigger a flush (default 1024).
+        flush_seconds: Age of the oldest buffered row that triggers a flush (default 10 s).
+        rotate_bytes: Size of the live stream that finishes the segment as Parquet (default 64 MiB).
+        rotate_seconds: Age of a segment that finishes it (default 3600 s).
+        row_group_rows: Rows per Parquet row group of finished files (default 65536).
+        background: Flush and rotate on a daemon thread (default True), so requests never
+            wait for a write; False flushes inline in :meth:`record` (deterministic; tests).
+        fsync: Sync every flush to disk (survives power loss, not only a killed process; slower).
+        metrics: Prometheus metrics to update per batch, or None.
+        seed: Seed of the shadow draws (default: fresh entropy).
+        clock: Seconds since the epoch (default ``time.time``); inject one in tests.
+
+    Example:
+        >>> import tempfile
+        >>> ident = PackageIdentity("ab" * 32, 2, 3, "maxprob", (1.0, 1.0), (0.9, None))
+        >>> folder = tempfile.mkdtemp()
+        >>> with TelemetryWriter(folder, ident, shadow=1.0, background=False) as w:  # doctest: +SKIP
+        ...     w.record([0, 1], [2, 0], [[0.95, float("nan")], [0.4, 0.8]], [1.5, 2.5], last_predictions=[2, 1])
+        >>> read_telemetry(folder).data.n  # doctest: +SKIP
+        2
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        identity: PackageIdentity,
+        *,
+        shadow: float = 0.0,
+        flush_rows: int = 1024,
+        flush_seconds: float = 10.0,
+        rotate_bytes: int = 64 << 20,
+        rotate_seconds: float = 3600.0,
+        row_group_rows: int = 65536,
+        background: bool = True,
+        fsync: bool = False,
+        metrics: TelemetryMetrics | None = None,
+        seed: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._pa = require_pyarrow()
+        if isinstance(shadow, bool) or not isinstance(shadow, (int, float)) or not 0.0 <= shadow <= 1.0:
+            raise DyncalError(f"{param('shadow')} must be a share in [0, 1], got {shadow!r}")
+        for name, value in (
+            ("flush_rows", flush_rows),
+            ("rotate_bytes", rotate_bytes),
+            ("row_group_rows", row_group_rows),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise DyncalError(f"{param(name)} must be a positive integer, got {value!r}")
+        for name, seconds in (("flush_seconds", flush_seconds), ("rotate_seconds", rotate_seconds)):
+            finite = name == "flush_seconds"  # rotate_seconds may be inf: rotate by size alone
+            if not isinstance(seconds, (int, float)) or not seconds > 0 or (finite and math.isinf(seconds)):
+                raise DyncalError(f"{param(name)} must be a positive number of seconds, got {seconds!r}")
+        self.folder = Path(folder)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DyncalError(f"cannot create the telemetry folder '{self.folder}': {describe(e)}") from None
+        if not self.folder.is_dir():
+            raise DyncalError(f"the telemetry folder '{self.folder}' is not a folder; give a folder")
+        self.identity = identity
+        self.shadow = float(shadow)
+        self.flush_rows, self.flush_seconds = flush_rows, float(flush_seconds)
+        self.rotate_bytes, self.rotate_seconds = rotate_bytes, float(rotate_seconds)
+        self.row_group_rows, self.fsync, self.metrics = row_group_rows, fsync, metrics
+        self._clock = clock
+        self._rng = np.random.default_rng(seed)
+        self._pid = os.getpid()
+        self._forked = False
+        host = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:40] or "host"
+        started = time.strftime("%Y%m%dT%H%M%S", time.gmtime(clock()))
+        self._stem = f"{PREFIX}{host}-{self._pid}-{started}-{secrets.token_hex(4)}"
+        self._meta = {
+            "schema": TELEMETRY_SCHEMA,
+            "schema_version": TELEMETRY_VERSION,
+            "package": identity.to_dict(),
+            "shadow": self.shadow,
+            "process": {"host": socket.gethostname(), "pid": self._pid, "writer": self._stem},
+        }
+        self._lock = threading.RLock()  # the buffer: held for an append, never across a write
+        self._io = threading.Lock()  # the files: one flush, rotation or close at a time, in order
+        self._wake = threading.Condition(self._lock)
+        self._rows = _Columns(flush_rows, identity.k)
+        self._batches = 0
+        self._segment = 0
+        self._fd: int | None = None
+        self._segment_path: Path | None = None
+        self._segment_start = 0.0
+        self._segment_bytes = 0
+        self._schema_meta = telemetry_schema({**self._meta, "segment": 0})
+        self.finished: list[Path] = []
+        self.rows_written = 0
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        # one batch built now pays pyarrow's lazy imports (pandas among them: seconds) at load, not on a request
+        warm = _Columns(1, identity.k)
+        warm.reserve(1)
+        warm.n, warm.time_us[0], warm.batch[0], warm.batch_size[0] = 1, 0, 0, 1
+        warm.exits[0], warm.predictions[0], warm.latency_ms[0], warm.last[0] = 0, 0, 0.0, -1
+        warm.scores[0] = 0.0
+        self._record_batch(warm)
+        _WRITERS.add(self)
+        if background:
+            self._thread = threading.Thread(target=self._loop, name=f"dyncal-telemetry-{self._pid}", daemon=True)
+            self._thread.start()
+
+    # ------------------------------------------------------------------ the request path
+
+    def shadow_mask(self, batch_size: int) -> np.ndarray:
+        """Which of ``batch_size`` requests to shadow: ``(B,)`` bool, each True with probability ``shadow``.
+
+        Example:
+            >>> w = object.__new__(TelemetryWriter); w.shadow = 0.0; w._rng = np.random.default_rng(0)
+            >>> w.shadow_mask(3).tolist()
+            [False, False, False]
+        """
+        if self.shadow <= 0.0:
+            return np.zeros(batch_size, dtype=bool)
+        if self.shadow >= 1.0:
+            return np.ones(batch_size, dtype=bool)
+        return self._rng.random(batch_size) < self.shadow
+
+    def record(
+        self,
+        exits: Any,
+        predictions: Any,
+        scores: Any,
+        latency_ms: Any,
+        *,
+        last_predictions: Any = None,
+        request_ids: Sequence[str | None] | None = None,
+        when: float | None = None,
+    ) -> None:
+        """Record one batch of ``B`` requests (the runner's hook, called once per batch).
+
+        Args:
+            exits: ``(B,)`` exit taken, from 0.
+            predictions: ``(B,)`` class answered.
+            scores: ``(B, K)`` score of each request at each exit; entries past a request's exit
+                are ignored (NaN there is fine).
+            latency_ms: The batch's latency in ms (one number) or ``(B,)`` per request.
+            last_predictions: ``(B,)`` the last exit's class on shadow requests and -1 elsewhere,
+                or None when no request was shadowed.
+            request_ids: ``B`` ids (or None entries), or None.
+            when: Seconds since the epoch the batch was answered (default: the clock).
+
+        Raises:
+            DyncalError: Arrays of the wrong shape, a writer used after :meth:`close` or in a
+                forked child, or a previous background write that failed.
+        """
+        if self._forked or os.getpid() != self._pid:
+            raise DyncalError(
+                f"this telemetry writer was created in process {self._pid} and is used in a forked child "
+                f"({os.getpid()}); create the writer (load the runner) in each worker process"
+            )
+        ex = _numpy(exits, np.int64).reshape(-1)
+        b = ex.shape[0]
+        preds = _numpy(predictions, np.int64).reshape(-1)
+        sc = _numpy(scores, np.float32)
+        lat: float | np.ndarray
+        if isinstance(latency_ms, (int, float)):
+            lat = float(latency_ms)
+        else:
+            lat = np.broadcast_to(_numpy(latency_ms, np.float32), (b,))
+        last = None if last_predictions is None else _numpy(last_predictions, np.int64).reshape(-1)
+        k = self.identity.k
+        if b == 1:
+            if not 0 <= int(ex[0]) < k:
+                raise DyncalError(f"telemetry exits must lie in [0, {k}), got {ex.tolist()}")
+        elif b and not (0 <= ex.min() and ex.max() < k):
+            raise DyncalError(f"telemetry exits must lie in [0, {k}), got {ex.tolist()[:8]}")
+        if preds.shape != (b,) or sc.shape != (b, k) or (last is not None and last.shape != (b,)):
+            raise DyncalError(
+                f"telemetry of a batch of {b}: predictions {preds.shape}, scores {sc.shape} (want ({b}, {k})) and "
+                f"last_predictions {None if last is None else last.shape} do not fit"
+            )
+        if request_ids is not None and len(request_ids) != b:
+            raise DyncalError(f"telemetry of a batch of {b} got {len(request_ids)} request ids")
+        now = self._clock() if when is None else float(when)
+        with self._lock:
+            self._raise_if_failed()
+            if self._closed:
+                raise DyncalError("this telemetry writer is closed; load the runner again to record more")
+            rows = self._rows
+            rows.reserve(b)
+            i = rows.n
+            if b == 1:  # batch-1 serving: item stores
+                rows.time_us[i] = int(now * 1e6)
+                rows.batch[i] = self._batches
+                rows.batch_size[i] = 1
+                rows.exits[i] = ex[0]
+                rows.predictions[i] = preds[0]
+                rows.scores[i] = sc[0]
+                rows.latency_ms[i] = lat if isinstance(lat, float) else lat[0]
+                rows.last[i] = -1 if last is None else last[0]
+            else:
+                j = i + b
+                rows.time_us[i:j] = int(now * 1e6)
+                rows.batch[i:j] = self._batches
+                rows.batch_size[i:j] = b
+                rows.exits[i:j] = ex
+                rows.predictions[i:j] = preds
+                rows.scores[i:j] = sc
+                rows.latency_ms[i:j] = lat
+                rows.last[i:j] = -1 if last is None else last
+            if request_ids is not None:
+                if rows.request_ids is None:
+                    rows.request_ids = [None] * i
+                rows.request_ids.extend(None if r is None else str(r) for r in request_ids)
+            elif rows.request_ids is not None:
+                rows.request_ids.extend([None] * b)
+            rows.n += b
+            self._batches += 1
+            if rows.oldest is None:
+                rows.oldest = now
+            due = rows.n >= self.flush_rows
+            aged = now - rows.oldest >= self.flush_seconds
+            if self._thread is not None and due:
+                self._wake.notify()
+        if self._thread is None and (due or aged):
+            self._flush()
+        if self.metrics is not None:
+            n_shadow = 0 if last is None else int((last >= 0).sum())
+            n_disagree = 0 if last is None else int(((last >= 0) & (last != preds)).sum())
+            self.metrics.observe(ex, np.broadcast_to(np.float32(lat), (b,)), n_shadow, n_disagree)
+
+    # ------------------------------------------------------------------ flushing and rotating
+
+    def flush(self) -> None:
+        """Write the buffered rows to the live stream now (one record batch).
+
+        Raises:
+            DyncalError: The write failed; the writer then refuses more rows (it cannot promise them).
+        """
+        self._raise_if_failed()
+        self._flush()
+
+    def rotate(self) -> None:
+        """Flush, then finish the live segment as a Parquet file (the next flush starts a new one)."""
+        self._raise_if_failed()
+        self._flush()
+        self._guarded(self._finish)
+
+    def close(self) -> None:
+        """Flush, finish the live segment and stop the background thread (idempotent)."""
+        if self._forked or os.getpid() != self._pid:
+            return  # a forked child must not touch its parent's files
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._wake.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        _WRITERS.discard(self)
+        self._raise_if_failed()
+        self._flush()
+        self._guarded(self._finish)
+
+    def __enter__(self) -> TelemetryWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise DyncalError(f"telemetry could not be written to '{self.folder}': {describe(self._error)}")
+
+    def _guarded(self, step: Callable[[], None]) -> None:
+        """``step()`` under the file lock; a failure is kept (the writer stops) and raised as one line."""
+        with self._io:
+            try:
+                step()
+            except Exception as e:  # noqa: BLE001 - a full disk, a removed folder: reported, not a traceback
+                self._error = self._error or e
+                log.error("telemetry write to '%s' failed: %s", self.folder, describe(e))
+        self._raise_if_failed()
+
+    def _flush(self) -> None:
+        """Take the buffered rows and append them to the live stream (the buffer lock is held only to take them)."""
+
+        def write() -> None:
+            with self._lock:
+                rows, self._rows = self._rows, _Columns(self.flush_rows, self.identity.k)
+            if rows.n:
+                self._write(rows)
+
+        self._guarded(write)
+
+    def _loop(self) -> None:
+        """The background thread: flush when rows or age say so, rotate when age says so."""
+        while True:
+            with self._lock:
+                if self._closed:
+                    return
+                now = self._clock()
+                waits = [self.flush_seconds]
+                if self._rows.oldest is not None:
+                    waits.append(self._rows.oldest + self.flush_seconds - now)
+                if self._fd is not None:
+                    waits.append(self._segment_start + self.rotate_seconds - now)
+                if self._rows.n < self.flush_rows:
+                    self._wake.wait(timeout=max(0.05, min(waits)))
+                if self._closed:
+                    return
+                now = self._clock()
+                oldest = self._rows.oldest
+                flush_due = self._rows.n >= self.flush_rows or (
+                    oldest is not None and now - oldest >= self.flush_seconds
+                )
+            try:
+                if flush_due:
+                    self._flush()
+                else:
+                    self._guarded(self._finish_if_old)
+            except DyncalError:
+                return  # kept in self._error: the next record, flush or close raises it
+
+    def _finish_if_old(self) -> None:
+        if self._fd is not None and self._clock() - self._segment_start >= self.rotate_seconds:
+            self._finish()
+
+    def _write(self, rows: _Columns) -> None:
+        """Append ``rows`` as one record batch to the live stream; finish the segment when big or old enough."""
+        batch = self._record_batch(rows)
+        data = batch.serialize().to_pybytes()
+        if self._fd is None:
+            self._open_segment()
+        assert self._fd is not None
+        write_all(self._fd, data)
+        if self.fsync:
+            os.fsync(self._fd)
+        self._segment_bytes += len(data)
+        self.rows_written += batch.num_rows
+        if self._segment_bytes >= self.rotate_bytes or self._clock() - self._segment_start >= self.rotate_seconds:
+            self._finish()
+
+    def _record_batch(self, rows: _Columns) -> pa.RecordBatch:
+        """The buffered rows as one Arrow record batch (views of the columns, no copy but the scores')."""
+        pa = self._pa
+        n, k = rows.n, self.identity.k
+        exits = rows.exits[:n]
+        lengths = exits + 1
+        offsets = np.zeros(n + 1, dtype=np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        values = rows.scores[:n][np.arange(k)[None, :] < lengths[:, None]]
+        last = rows.last[:n]
+        shadow = last >= 0
+        ids = (
+            pa.nulls(n, type=pa.string()) if rows.request_ids is None else pa.array(rows.request_ids, type=pa.string())
+        )
+        columns = [
+            pa.array(rows.time_us[:n], type=pa.timestamp("us", tz="UTC")),
+            ids,
+            pa.array(rows.batch[:n]),
+            pa.array(rows.batch_size[:n]),
+            pa.array(exits.astype(np.int16)),
+            pa.array(rows.predictions[:n].astype(np.int32)),
+            pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
+            pa.array(rows.latency_ms[:n]),
+            pa.array(shadow),
+            pa.array(last.astype(np.int32), mask=~shadow),
+        ]
+        return pa.RecordBatch.from_arrays(columns, schema=self._schema_meta)
+
+    def _open_segment(self) -> None:
+        import fcntl
+
+        self._schema_meta = telemetry_schema({**self._meta, "segment": self._segment})
+        path = self.folder / f"{self._stem}-{self._segment:05d}{STREAM_SUFFIX}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            header = self._schema_meta.serialize().to_pybytes()
+            write_all(fd, header)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        self._fd, self._segment_path = fd, path
+        self._segment_start = self._clock()
+        self._segment_bytes = len(header)
+
+    def _finish(self) -> None:
+        if self._fd is None or self._segment_path is None:
+            return
+        stream = self._segment_path
+        table, _ = read_stream(stream.read_bytes())
+        if table is not None and table.num_rows:
+            self.finished.append(write_parquet(table, stream, self.row_group_rows))
+        stream.unlink()
+        os.close(self._fd)
+        self._fd, self._segment_path = None, None
+        self._segment += 1

@@ -47,7 +47,8 @@ sys.path.insert(0, str(HERE))
 from dyncal.analysis.flops import stage_macs  # noqa: E402
 from dyncal.analysis.latency import cpu_model  # noqa: E402
 from dyncal.analysis.stages import build_stages  # noqa: E402
-from dyncal.artifacts.run import Provenance, import_arrays  # noqa: E402
+from dyncal.artifacts.run import Provenance  # noqa: E402
+from dyncal.artifacts.run_import import import_arrays  # noqa: E402
 from dyncal.calibrate.estimator import ThresholdSolver  # noqa: E402
 from dyncal.monitor import CalibrationReference, MonitorOptions, monitor, simulated_telemetry  # noqa: E402
 from dyncal.perturb import Perturbation, perturb_batch  # noqa: E402

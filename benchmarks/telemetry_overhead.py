@@ -36,7 +36,8 @@ import torch
 from dyncal.analysis.early_exit import EarlyExitRunner
 from dyncal.analysis.latency import cpu_model, pinned_threads
 from dyncal.analysis.stages import build_stages
-from dyncal.artifacts.run import Provenance, import_arrays
+from dyncal.artifacts.run import Provenance
+from dyncal.artifacts.run_import import import_arrays
 from dyncal.calibrate.estimator import ThresholdSolver
 from dyncal.demo import pretrained, validation
 from dyncal.telemetry import PackageIdentity, TelemetryWriter

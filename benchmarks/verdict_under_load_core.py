@@ -46,11 +46,7 @@ from dyncal.analysis.latency import cpu_model  # noqa: E402
 from dyncal.artifacts.verify import PairedTiming  # noqa: E402
 from dyncal.paired import paired_speedup  # noqa: E402
 from dyncal.reports.decision import criterion_status  # noqa: E402
-
-try:
-    from dyncal.runtime import verify_run  # noqa: E402
-except ImportError:  # after the verbs split
-    from dyncal.verbs.verify import verify_run  # type: ignore[no-redef]  # noqa: E402
+from dyncal.verbs.verify import verify_run  # noqa: E402
 
 _BUSY = "import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
 ESTIMATORS = ("median-ratio", "auto", "min", "mean")

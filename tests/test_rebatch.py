@@ -175,12 +175,12 @@ def package(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The demo run (collected, MACs profiled), solved at 0.5x and exported."""
     import dyncal
     from dyncal.calibrate.solvers import solve_run
-    from dyncal.collect import collect_run
     from dyncal.data import load_dataset
     from dyncal.demo import WEIGHTS
-    from dyncal.demo_pipeline import DEMO_DATA, DEMO_MODEL
     from dyncal.models import load_model
-    from dyncal.profile import ProfileOptions, profile_run
+    from dyncal.verbs.collect import collect_run
+    from dyncal.verbs.demo import DEMO_DATA, DEMO_MODEL
+    from dyncal.verbs.profile import ProfileOptions, profile_run
 
     tmp = tmp_path_factory.mktemp("demo")
     run_dir = tmp / "run"

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from dyncal.artifacts.run import Provenance, import_arrays
+from dyncal.artifacts.run import Provenance
+from dyncal.artifacts.run_import import import_arrays
 from dyncal.calibrate.estimator import ThresholdSolver
 from dyncal.calibrate.policy import evaluate_policy
 from dyncal.calibrate.scores import exit_scores

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import binom
 
-from dyncal.artifacts.run import Provenance, import_arrays
+from dyncal.artifacts.run import Provenance
+from dyncal.artifacts.run_import import import_arrays
 from dyncal.artifacts.thresholds import ThresholdsDocument
 from dyncal.calibrate.estimator import ThresholdSolver
 from dyncal.errors import DyncalError

@@ -152,11 +152,11 @@ def prepare_pipeline(
     batch_sizes: tuple[int, ...] = (1, 32),
 ) -> tuple[str, object]:
     """collect -> profile -> solve for one of :data:`PIPELINES`; returns ``(run dir, thresholds)``."""
+    from dyncal.artifacts.run import load_run
     from dyncal.calibrate.solvers import solve_run
     from dyncal.data import load_dataset
     from dyncal.demo import WEIGHTS
     from dyncal.models import load_model
-    from dyncal.run import load_run
     from dyncal.verbs.collect import collect_run
     from dyncal.verbs.profile import ProfileOptions, profile_run
 

@@ -34,8 +34,8 @@ from dyncal.analysis.early_exit import EarlyExitRunner
 from dyncal.analysis.latency import device_hardware, pinned_threads
 from dyncal.analysis.package_runner import load_early_exit
 from dyncal.analysis.stages import build_stages
-from dyncal.artifacts.thresholds import read_thresholds
-from dyncal.calibrate.policy import assign_exits, thresholds_from_json
+from dyncal.artifacts.thresholds import read_thresholds, thresholds_from_json
+from dyncal.calibrate.policy import assign_exits
 from dyncal.calibrate.scores import exit_scores
 from dyncal.data import load_dataset
 from dyncal.demo import WEIGHTS
@@ -61,8 +61,8 @@ def _timed(fn, x: torch.Tensor, dev: torch.device) -> float:
 
 def _prepare(tmp: Path) -> float:
     """The demo run (collect, MACs, solve at 0.5x) and its package under ``tmp``; returns the export's seconds."""
+    from dyncal.artifacts.atomic import atomic_write_text
     from dyncal.calibrate.solvers import solve_run
-    from dyncal.run import atomic_write_text
     from dyncal.verbs.collect import collect_run
     from dyncal.verbs.profile import ProfileOptions, profile_run
 

@@ -26,7 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dyncal.run import CostTable, LatencyProfile, Provenance, RunWriter, import_arrays, load_run, store_costs
+from dyncal.artifacts.costs import CostTable, LatencyProfile
+from dyncal.artifacts.run import load_run, store_costs
+from dyncal.artifacts.run_document import Provenance
+from dyncal.artifacts.run_import import import_arrays
+from dyncal.artifacts.run_writer import RunWriter
 
 HERE = Path(__file__).parent
 DEMO_MACS = (4928.0, 153664.0, 1926976.0, 9897280.0)

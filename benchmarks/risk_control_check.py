@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dyncal.artifacts.run_import import import_arrays
 from dyncal.calibrate.solvers import solve_run
-from dyncal.run import import_arrays
 
 HERE = Path(__file__).parent
 SETTINGS = ((0.005, 0.05), (0.01, 0.1))

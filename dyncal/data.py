@@ -186,7 +186,7 @@ def dataset_for_run(
 
     Example:
         >>> import numpy as np, tempfile, pathlib
-        >>> from dyncal.run import Provenance, import_arrays
+        >>> from dyncal import Provenance, import_arrays
         >>> prov = Provenance.here(model="m:f", data="dyncal.demo:validation", device="cpu")
         >>> run = import_arrays(np.zeros((2, 4, 10), np.float32), [0, 1],
         ...                     pathlib.Path(tempfile.mkdtemp()) / "r", provenance=prov)

@@ -83,7 +83,7 @@ def check_same_model(a: Run, b: Run) -> ModelCheck:
 
     Example:
         >>> import numpy as np, tempfile, pathlib
-        >>> from dyncal.run import Provenance, import_arrays
+        >>> from dyncal import Provenance, import_arrays
         >>> def run(data):
         ...     prov = Provenance("pkg.m:f", "ab" * 32, data, "", "", "cpu")
         ...     out = pathlib.Path(tempfile.mkdtemp()) / "r"
@@ -136,7 +136,7 @@ def data_relation(a: Run, b: Run) -> str:
 
     Example:
         >>> import numpy as np, tempfile, pathlib
-        >>> from dyncal.run import Provenance, import_arrays
+        >>> from dyncal import Provenance, import_arrays
         >>> prov = Provenance("m:f", None, "d", "", "", "cpu")
         >>> r = import_arrays(np.zeros((2, 2, 3), np.float32), [0, 1], pathlib.Path(tempfile.mkdtemp()) / "r",
         ...                   provenance=prov)
@@ -161,7 +161,7 @@ def refuse_other_data(a: Run, b: Run) -> None:
 
     Example:
         >>> import numpy as np, tempfile, pathlib
-        >>> from dyncal.run import Provenance, import_arrays
+        >>> from dyncal import Provenance, import_arrays
         >>> def run(data, labels):
         ...     prov = Provenance("pkg.m:f", "ab" * 32, data, "", "", "cpu")
         ...     out = pathlib.Path(tempfile.mkdtemp()) / "r"

@@ -19,18 +19,3 @@ def test_every_public_name_resolves_and_is_documented():
         obj = getattr(dyncal, name)
         if callable(obj):
             assert obj.__doc__, f"dyncal.{name} has no docstring"
-
-
-def test_moved_names_keep_their_old_addresses():
-    from dyncal.analysis import frontier
-    from dyncal.artifacts import frontier as frontier_csv
-    from dyncal.artifacts import thresholds
-    from dyncal.calibrate import frontier as solved
-    from dyncal.calibrate import policy
-
-    assert frontier.compute_frontier is solved.compute_frontier is dyncal.compute_frontier
-    assert frontier.oracle_at_budget is solved.oracle_at_budget
-    assert frontier.frontier_columns is frontier_csv.frontier_columns
-    assert frontier.write_frontier_csv is frontier_csv.write_frontier_csv
-    for name in ("thresholds_from_json", "finite_thresholds", "score_range"):
-        assert getattr(policy, name) is getattr(thresholds, name)

@@ -43,10 +43,10 @@ from dyncal.archives import check_archive
 from dyncal.archives.expressions import check_expression
 from dyncal.archives.files import read_regular_file
 from dyncal.artifacts.package import MANIFEST, SIGNATURE
+from dyncal.artifacts.run import load_run
 from dyncal.artifacts.thresholds import decision_fingerprint
 from dyncal.errors import DyncalError, ModelError
 from dyncal.models import load_exported, load_model
-from dyncal.run import load_run
 from dyncal.verbs.export import export_package
 
 ROOT = TESTS.parent

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 
 from dyncal.artifacts.costs import CostTable, LatencyKey, LatencyProfile
 from dyncal.artifacts.run import load_run, store_costs
-from dyncal.artifacts.run_document import RunDocument
+from dyncal.artifacts.run_document import Provenance, RunDocument
+from dyncal.artifacts.run_import import import_arrays
 from dyncal.artifacts.thresholds import ThresholdsDocument, read_thresholds
 from dyncal.errors import DyncalError, RunError
-from dyncal.run import Provenance, import_arrays
 
 
 def _run(tmp_path: Path) -> Path:

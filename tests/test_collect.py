@@ -16,8 +16,9 @@ import torch
 import toy_models
 from conftest import TESTS, assert_clean_error, model_outputs
 
+from dyncal.artifacts.run import load_run
+from dyncal.artifacts.run_import import import_arrays
 from dyncal.errors import RunError
-from dyncal.run import import_arrays, load_run
 
 MODEL = ["--model", "toy_models:two_exit", "--model-path", TESTS]
 

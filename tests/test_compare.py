@@ -19,7 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from static_models import SMALL_CNN_MACS
 
-from dyncal.run import LatencyProfile, import_arrays, load_run, store_costs
+from dyncal.artifacts.costs import LatencyProfile
+from dyncal.artifacts.run import load_run, store_costs
+from dyncal.artifacts.run_import import import_arrays
 
 pypdf = pytest.importorskip("pypdf")
 TESTS = Path(__file__).parent

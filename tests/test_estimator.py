@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
+from dyncal.artifacts.run_import import import_arrays
 from dyncal.calibrate import estimator
 from dyncal.calibrate.estimator import ThresholdSolver
 from dyncal.calibrate.options import SolveOptions
 from dyncal.calibrate.solvers import solve_run
 from dyncal.errors import DyncalError
-from dyncal.run import import_arrays
 
 
 @pytest.fixture(scope="module")

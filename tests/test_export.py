@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 import dyncal
 from dyncal.analysis.package_runner import load_early_exit
 from dyncal.artifacts.package import MANIFEST
-from dyncal.artifacts.thresholds import ThresholdsDocument, decision_fingerprint, read_thresholds
-from dyncal.calibrate.policy import assign_exits, thresholds_from_json
+from dyncal.artifacts.thresholds import ThresholdsDocument, decision_fingerprint, read_thresholds, thresholds_from_json
+from dyncal.calibrate.policy import assign_exits
 from dyncal.calibrate.scores import exit_scores
 from dyncal.errors import DyncalError, ModelError
 from dyncal.verbs.export import export_package

@@ -26,10 +26,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from dyncal.artifacts.costs import CostTable, LatencyProfile
+from dyncal.artifacts.run import load_run, store_costs
+from dyncal.artifacts.run_import import import_arrays
 from dyncal.artifacts.verify import ModelIdentity
 from dyncal.cli import app
 from dyncal.errors import DyncalError, RunError
-from dyncal.run import CostTable, LatencyProfile, import_arrays, load_run, store_costs
 
 N, K, C = 60, 3, 4
 HYPOTHESIS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

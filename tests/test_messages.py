@@ -18,11 +18,11 @@ import typer
 from conftest import assert_clean_error
 
 from dyncal.artifacts.outputs import check_output_file
+from dyncal.artifacts.run_import import import_arrays
 from dyncal.calibrate.solvers import solve_run
 from dyncal.cli import app
 from dyncal.cli.params import _PARAMETER_FLAGS, flag_of
 from dyncal.errors import DyncalError, param, render_params
-from dyncal.run import import_arrays
 from dyncal.stats import stratified_split
 
 DYNCAL = Path(__file__).parent.parent / "dyncal"

@@ -11,6 +11,7 @@ from conftest import assert_clean_error
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dyncal.artifacts.run_import import import_arrays
 from dyncal.calibrate.options import FrontierOptions, SolveOptions
 from dyncal.calibrate.solvers import solve_run
 from dyncal.choices import FigureKind, Layout, Method, PValue, Score
@@ -18,7 +19,6 @@ from dyncal.cli import app
 from dyncal.cli.params import flag_of, options
 from dyncal.errors import DyncalError, render_params
 from dyncal.reports.operating import ReportOptions
-from dyncal.run import import_arrays
 from dyncal.verbs.collect import CollectOptions
 from dyncal.verbs.export import ExportOptions
 from dyncal.verbs.profile import ProfileOptions

@@ -17,18 +17,13 @@ from conftest import TESTS, assert_clean_error
 from dyncal.analysis.flops import _quiet_torchscript, model_macs, stage_macs
 from dyncal.analysis.latency import LatencySettings, measure_latency, pinned_threads
 from dyncal.analysis.stages import Stages, build_stages, declared_stages, verify_stages
+from dyncal.artifacts.costs import CostTable, LatencyProfile, UnsupportedOp
+from dyncal.artifacts.run import load_run, store_costs
+from dyncal.artifacts.run_document import Provenance
+from dyncal.artifacts.run_import import import_arrays
 from dyncal.errors import DyncalError, ProfileError, RunError
 from dyncal.measurement import Measurement
 from dyncal.models import sha256_file
-from dyncal.run import (
-    CostTable,
-    LatencyProfile,
-    Provenance,
-    UnsupportedOp,
-    import_arrays,
-    load_run,
-    store_costs,
-)
 from dyncal.verbs.profile import ProfileOptions, profile_run, profile_run_full
 
 # ----------------------------------------------------------------- helpers

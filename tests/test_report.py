@@ -21,9 +21,12 @@ from conftest import assert_clean_error
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dyncal.artifacts.costs import CostTable, LatencyProfile
+from dyncal.artifacts.run import load_run, store_costs
+from dyncal.artifacts.run_document import Provenance
+from dyncal.artifacts.run_import import import_arrays
 from dyncal.calibrate.solvers import solve_run
 from dyncal.errors import DyncalError
-from dyncal.run import CostTable, LatencyProfile, Provenance, import_arrays, load_run, store_costs
 
 pypdf = pytest.importorskip("pypdf")
 
@@ -546,7 +549,7 @@ def test_report_scores_the_logits_once(
 
 
 def test_prepared_run_stands_in_for_the_run(demo_runs: dict[str, Path]) -> None:
-    from dyncal.analysis.frontier import compute_frontier
+    from dyncal.calibrate.frontier import compute_frontier
     from dyncal.calibrate.prepare import prepare_run
 
     run = load_run(demo_runs["lat"])

@@ -16,11 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dyncal.demo as demo
+from dyncal.artifacts.costs import CostTable, LatencyProfile
 from dyncal.artifacts.frontier import frontier_columns
-from dyncal.artifacts.thresholds import ThresholdsDocument
+from dyncal.artifacts.run import load_run, store_costs
+from dyncal.artifacts.run_import import import_arrays
+from dyncal.artifacts.thresholds import ThresholdsDocument, finite_thresholds
 from dyncal.calibrate.budget import format_budget, parse_budget, resolve_budget
 from dyncal.calibrate.frontier import compute_frontier, oracle_at_budget
-from dyncal.calibrate.policy import assign_exits, evaluate_policy, finite_thresholds
+from dyncal.calibrate.policy import assign_exits, evaluate_policy
 from dyncal.calibrate.prepare import prepare_run
 from dyncal.calibrate.problem import ExitProblem, geometric_thresholds
 from dyncal.calibrate.risk import learn_then_test
@@ -30,7 +33,6 @@ from dyncal.calibrate.solvers import solve_run
 from dyncal.calibrate.temperature import TemperatureScaler
 from dyncal.choices import DEFAULT_METHOD, Method
 from dyncal.errors import BudgetError, DyncalError
-from dyncal.run import CostTable, LatencyProfile, import_arrays, load_run, store_costs
 from dyncal.stats import mean_bootstrap_ci, stratified_split
 
 DEMO_MACS = [1.0e5, 5.0e5, 2.0e6, 5.0e6]

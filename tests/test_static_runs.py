@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import assert_clean_error
 
-from dyncal.run import load_run
+from dyncal.artifacts.run import load_run
 
 TESTS = Path(__file__).parent
 # toy_models.single_output: Linear(4, 8) -> ReLU -> Linear(8, 8) -> ReLU -> Linear(8, 3);

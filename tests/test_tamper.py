@@ -29,11 +29,12 @@ from typer.testing import CliRunner
 import dyncal.artifacts.run_arrays as run_module
 from dyncal.artifacts.costs import device_name
 from dyncal.artifacts.package import PackageManifest, PackageStage, read_manifest
+from dyncal.artifacts.run import load_run
 from dyncal.artifacts.run_arrays import compute_fingerprint
+from dyncal.artifacts.run_import import import_arrays
 from dyncal.artifacts.thresholds import check_thresholds_for_run, decision_fingerprint, read_thresholds
 from dyncal.cli import app
 from dyncal.errors import DyncalError, RunError
-from dyncal.run import import_arrays, load_run
 
 N, K, C = 60, 3, 4
 FAST = ("--repeats", "3", "--warmup", "1")
@@ -247,7 +248,7 @@ _HOLDER = """
 import pathlib, sys, time
 import numpy as np
 from dyncal.calibrate.scores import exit_scores
-from dyncal.run import load_run
+from dyncal.artifacts.run import load_run
 
 run = load_run(sys.argv[1])
 gate = pathlib.Path(sys.argv[2])

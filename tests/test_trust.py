@@ -25,9 +25,11 @@ import toy_models
 import trust_data
 from conftest import TESTS, assert_clean_error, model_outputs
 
+from dyncal.artifacts.costs import CostTable
+from dyncal.artifacts.lock import RunLock, lock_path
+from dyncal.artifacts.run import load_run, store_costs
 from dyncal.errors import ModelError, RunError
 from dyncal.models import load_model
-from dyncal.run import CostTable, RunLock, load_run, lock_path, store_costs
 from dyncal.run_model import ModelOverrides, open_run_model
 
 ROOT = TESTS.parent
@@ -117,7 +119,7 @@ def test_a_second_writer_fails_at_once_and_the_run_is_published_whole(cli, toy_n
 
 
 def test_run_lock_names_its_holder_and_a_stale_lock_file_is_harmless(tmp_path):
-    from dyncal.run import import_arrays
+    from dyncal.artifacts.run_import import import_arrays
 
     run = tmp_path / "run"
     opened = import_arrays(np.zeros((4, 2, 3), np.float32), [0, 1, 2, 0], run)
@@ -127,7 +129,7 @@ def test_run_lock_names_its_holder_and_a_stale_lock_file_is_harmless(tmp_path):
             sys.executable,
             "-c",
             "import sys, time, pathlib\n"
-            "from dyncal.run import RunLock\n"
+            "from dyncal.artifacts.lock import RunLock\n"
             "with RunLock(sys.argv[1]):\n"
             "    pathlib.Path(sys.argv[2]).touch()\n"
             "    while not pathlib.Path(sys.argv[3]).exists(): time.sleep(0.02)\n",

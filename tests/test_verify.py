@@ -14,11 +14,11 @@ from conftest import assert_clean_error
 from dyncal.analysis.early_exit import EarlyExitRunner
 from dyncal.analysis.latency import Timer
 from dyncal.analysis.stages import build_stages
+from dyncal.artifacts.run import load_run
 from dyncal.artifacts.thresholds import read_thresholds
 from dyncal.artifacts.verify import VerifyResult
 from dyncal.demo import pretrained, validation
 from dyncal.errors import DyncalError
-from dyncal.run import load_run
 from dyncal.verbs.verify import MIN_TIMED_BATCHES, verify_run
 
 
@@ -88,7 +88,8 @@ def test_verify_agrees_with_simulation(cli, demo_dir):
     # At batch 1 the prediction is the per-sample expectation over the same rows.
     run = load_run(demo_dir / "run")
     th = json.loads((demo_dir / "thresholds.json").read_text())
-    from dyncal.calibrate.policy import assign_exits, thresholds_from_json
+    from dyncal.artifacts.thresholds import thresholds_from_json
+    from dyncal.calibrate.policy import assign_exits
     from dyncal.calibrate.scores import exit_scores
 
     scores, _ = exit_scores(run.logits[:200], th["score"], th["temperatures"])
@@ -413,7 +414,7 @@ def test_verify_refuses_bad_settings(demo_dir, kwargs, message):
 
 
 def _profile(**extra):
-    from dyncal.run import LatencyProfile
+    from dyncal.artifacts.costs import LatencyProfile
 
     base = dict(
         device="cpu",
@@ -430,7 +431,7 @@ def _profile(**extra):
 
 def test_cost_model_follows_what_the_runner_does():
     from dyncal.analysis.costmodel import predict_batch_ms, predict_batches_ms
-    from dyncal.run import CostTable
+    from dyncal.artifacts.costs import CostTable
 
     prof = _profile(
         exit_path_ms=((1.0,), (3.0,), (6.0,)),  # all 4 rows leave at exit k: stage increments 1, 2, 3
@@ -453,7 +454,7 @@ def test_cost_model_follows_what_the_runner_does():
 
 def test_profiles_without_exit_paths_still_load_and_predict():
     from dyncal.analysis.costmodel import predict_batches_ms
-    from dyncal.run import CostTable, LatencyProfile
+    from dyncal.artifacts.costs import CostTable, LatencyProfile
 
     old = _profile().to_dict()
     for key in ("exit_path_ms", "compaction_ms", "exit_path_rows_ms"):

@@ -6,7 +6,7 @@ lets a report at any batch size run on a machine without it.
 
 The model follows what :class:`dyncal.runtime.EarlyExitRunner` does to a batch, with
 each part measured by ``dyncal profile`` on the runner itself
-(:class:`dyncal.run.LatencyProfile`):
+(:class:`dyncal.artifacts.costs.LatencyProfile`):
 
 * the *exit paths* ``P_k(b)``: a batch of ``b`` rows that all leave at exit ``k`` — its
   stages, the decision and host sync at every exit passed, the predictions and the

@@ -228,7 +228,7 @@ class VerifyResult:
     """What ``dyncal verify`` found, bound to the run, thresholds and model it used.
 
     Attributes:
-        run_fingerprint: :attr:`dyncal.run.Run.fingerprint` of the replayed run.
+        run_fingerprint: :attr:`dyncal.artifacts.run.Run.fingerprint` of the replayed run.
         decision_fingerprint: Of the thresholds applied
             (:func:`dyncal.artifacts.thresholds.decision_fingerprint`).
         model: The model (or package) that ran.

@@ -103,7 +103,7 @@ class ThresholdSolver:
         return self
 
     def fit(self, run: Any) -> ThresholdSolver:
-        """Solve on a run (:class:`dyncal.run.Run` or a prepared one) and return ``self``.
+        """Solve on a run (:class:`dyncal.artifacts.run.Run` or a prepared one) and return ``self``.
 
         Raises:
             DyncalError: Bad options for this run, an unreachable budget (it names the

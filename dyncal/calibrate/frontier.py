@@ -78,7 +78,7 @@ def compute_frontier(
     budgets are met), ``holdout_*`` on the held-out part with a 95% bootstrap interval.
 
     Args:
-        run: A :class:`dyncal.run.Run`, or a :class:`dyncal.calibrate.prepare.PreparedRun`
+        run: A :class:`dyncal.artifacts.run.Run`, or a :class:`dyncal.calibrate.prepare.PreparedRun`
             (already scored: ``score``, ``temperature``, ``holdout`` and ``seed`` come from
             it and may be left out).
         options: All options as one :class:`~dyncal.calibrate.options.FrontierOptions`.

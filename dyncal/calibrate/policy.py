@@ -3,9 +3,8 @@
 A sample leaves at the first exit ``k`` (``k < K``) with ``s_k >= t_k``; the last exit
 takes everything left (DESIGN.md). Inside dyncal thresholds are ``K - 1`` floats where
 ``+inf`` means "nobody leaves here" and ``-inf`` "everybody who reaches this exit leaves".
-Their ``thresholds.json`` encoding (:func:`finite_thresholds`, :func:`thresholds_from_json`,
-:func:`score_range`) belongs to :mod:`dyncal.artifacts.thresholds`; the names stay importable
-from here.
+Their ``thresholds.json`` encoding (``finite_thresholds``, ``thresholds_from_json``,
+``score_range``) belongs to :mod:`dyncal.artifacts.thresholds`.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from dyncal.artifacts.thresholds import finite_thresholds, score_range, thresholds_from_json
 from dyncal.errors import DyncalError
 
 __all__ = [
@@ -25,9 +23,6 @@ __all__ = [
     "PolicyOutcome",
     "evaluate_policy",
     "expected_cost",
-    "finite_thresholds",
-    "thresholds_from_json",
-    "score_range",
 ]
 
 

@@ -61,9 +61,9 @@ class PreparedRun:
         unsplit_classes: Classes too small to split, kept whole in the fit part.
         temperature_at_bound: Per exit, whether the fitted temperature hit the search's
             bound (None when temperatures were not fitted).
-        costs: The run's cost table (:class:`dyncal.run.CostTable`).
+        costs: The run's cost table (:class:`dyncal.artifacts.costs.CostTable`).
         path: The run's directory.
-        fingerprint: The run's fingerprint (:attr:`dyncal.run.Run.fingerprint`), None for bare arrays.
+        fingerprint: The run's fingerprint (:attr:`dyncal.artifacts.run.Run.fingerprint`), None for bare arrays.
         cache: Fit problems and frontier paths already computed on it, reused by
             :func:`~dyncal.calibrate.solvers.solve_run` and :func:`dyncal.calibrate.frontier.compute_frontier`.
 
@@ -170,7 +170,7 @@ def prepare_run(
     """Split a run, fit temperatures on the fit part, and score every sample.
 
     Args:
-        run: A :class:`dyncal.run.Run`.
+        run: A :class:`dyncal.artifacts.run.Run`.
         options: All options as one :class:`~dyncal.calibrate.options.PrepareOptions` (or any
             options object extending it, such as ``SolveOptions``).
         temperature_idx: Rows to fit temperatures on (default: the fit part).

@@ -105,9 +105,10 @@ def solve_run(
     """Fit thresholds for a run under a budget (``dyncal solve``).
 
     Args:
-        run: A :class:`dyncal.run.Run` (``dyncal.load_run``), or a :class:`~dyncal.calibrate.prepare.PreparedRun`
-            (:func:`~dyncal.calibrate.prepare.prepare_run`) to skip scoring the logits again; then ``score``,
-            ``temperature``, ``holdout`` and ``seed`` come from it (left out, or equal).
+        run: A :class:`~dyncal.artifacts.run.Run` (``dyncal.load_run``), or a
+            :class:`~dyncal.calibrate.prepare.PreparedRun` (:func:`~dyncal.calibrate.prepare.prepare_run`)
+            to skip scoring the logits again; then ``score``, ``temperature``, ``holdout`` and
+            ``seed`` come from it (left out, or equal).
         budget: ``0.6x``, ``1.2GMAC``/``850MMAC`` or ``35ms``; may be None in risk mode.
         options: All options as one :class:`~dyncal.calibrate.options.SolveOptions` (then
             neither ``budget`` nor keywords).

@@ -141,7 +141,7 @@ def full_model_ms(costs: CostTable | None, verify: VerifyResult | None, key: str
         ``(ms, source)``; ``(nan, "not profiled")`` when neither knows ``key``.
 
     Example:
-        >>> from dyncal.run import CostTable, LatencyProfile
+        >>> from dyncal import CostTable, LatencyProfile
         >>> prof = LatencyProfile("cpu", 1, ((1.0,), (2.0,)), (0.5,), (2.5, 2.7, 2.6), 1, "x")
         >>> full_model_ms(CostTable(latency={"cpu/b1": prof}), None, "cpu/b1")[0]
         2.6

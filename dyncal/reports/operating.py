@@ -267,7 +267,8 @@ def _shortfall_text(name: str, v: float) -> str:
 
 def _outcome(prep: PreparedRun, thresholds: Sequence[float | None]) -> ExitOutcome:
     """Apply the operating point to the held-out rows (all rows when nothing was held out)."""
-    from dyncal.calibrate.policy import assign_exits, thresholds_from_json
+    from dyncal.artifacts.thresholds import thresholds_from_json
+    from dyncal.calibrate.policy import assign_exits
 
     held = prep.holdout_idx
     rows = held if len(held) else np.arange(prep.scores.shape[0])
@@ -283,7 +284,8 @@ def _outcome(prep: PreparedRun, thresholds: Sequence[float | None]) -> ExitOutco
 
 def _fit_costs(prep: PreparedRun, thresholds: Sequence[float | None]) -> dict[str, float]:
     """Expected cost per cost name on the fitting half, as solve and the frontier count it."""
-    from dyncal.calibrate.policy import assign_exits, expected_cost, thresholds_from_json
+    from dyncal.artifacts.thresholds import thresholds_from_json
+    from dyncal.calibrate.policy import assign_exits, expected_cost
 
     exits = assign_exits(prep.scores[prep.fit_idx], thresholds_from_json(thresholds))
     if not len(exits):

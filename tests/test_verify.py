@@ -31,6 +31,7 @@ def demo_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "demo"
     res = CliRunner().invoke(app, ["demo", "--out", str(out)])
     assert res.exit_code == 0, (res.output, res.exception)
+    (out.parent / "demo-output.txt").write_text(res.output)  # beside the demo folder, not in it
     return out
 
 
@@ -44,8 +45,23 @@ def test_demo_writes_every_artifact(demo_dir):
     assert (demo_dir / "report.pdf").read_bytes().startswith(b"%PDF")
     from pypdf import PdfReader
 
+    from dyncal.reports.decision import Criterion, decide
+
+    # Judged on structure, not on this machine's speed: any verdict is right if it follows from
+    # the criteria the page shows, and the accuracy criterion (no clock in it) has thresholds.json's numbers.
     first_page = PdfReader(demo_dir / "report.pdf").pages[0].extract_text()
-    assert {"GO", "INCONCLUSIVE"} & set(first_page.split()) and "speed-up (latency, cpu/b1)" in first_page
+    criterion = r"^(accuracy drop vs last exit|speed-up \(latency, cpu/b1\), measured) (\S+) .* (\w+)$"
+    rows = {name: (estimate, status) for name, estimate, status in re.findall(criterion, first_page, re.M)}
+    assert set(rows) == {"accuracy drop vs last exit", "speed-up (latency, cpu/b1), measured"}, first_page
+    drop, status = rows["accuracy drop vs last exit"]
+    th = json.loads((demo_dir / "thresholds.json").read_text())
+    last_alone = th["static"][-1]["holdout_accuracy"]
+    assert status == "PASS" and float(drop) == pytest.approx(100 * (last_alone - th["holdout_accuracy"]), abs=0.005)
+    verdict = decide([Criterion(name, 0.0, None, 0.0, ">=", status.lower()) for name, (_, status) in rows.items()])
+    assert verdict in ("GO", "NO-GO", "INCONCLUSIVE")
+    assert first_page.split("Should this early-exit model ship?")[1].split()[0] == verdict
+    summary = (demo_dir.parent / "demo-output.txt").read_text()
+    assert f"report: {demo_dir / 'report.pdf'}: {verdict} (" in summary
 
 
 def test_demo_refuses_existing_folder(cli, demo_dir):

@@ -50,9 +50,9 @@ def _ctx(verb: str) -> typer.Context:
 
 
 def test_a_python_caller_reads_the_parameter_name(run, tmp_path):
-    with pytest.raises(DyncalError, match=r"^`max_drop` must be a fraction in \[0, 1\), got 1.5$"):
+    with pytest.raises(DyncalError, match=r"^`max_drop` .*, got 1.5$"):
         solve_run(run, None, max_drop=1.5)
-    with pytest.raises(DyncalError, match=r"^`holdout` must be a fraction in \[0, 1\), got 1.5$"):
+    with pytest.raises(DyncalError, match=r"^`holdout` .*, got 1.5$"):
         stratified_split(np.zeros(10, dtype=np.int64), 1.5)
     foreign = tmp_path / "notes.txt"
     foreign.write_text("mine")

@@ -388,17 +388,17 @@ def test_threads_are_restored_when_measuring_fails():
 
 
 def test_latency_settings_are_validated():
-    with pytest.raises(ProfileError, match="^`threads` must be from 1 to 1024, got 0$"):
+    with pytest.raises(DyncalError, match="^`threads` .*, got 0$"):
         LatencySettings(threads=0)
-    with pytest.raises(ProfileError, match="^`repeats` must be at most 10000, got 1000000000000$"):
+    with pytest.raises(DyncalError, match="^`repeats` .*, got 1000000000000$"):
         LatencySettings(repeats=10**12)
-    with pytest.raises(ProfileError, match="^`min_block_ms` must be >= 0, got nan$"):
+    with pytest.raises(DyncalError, match="^`min_block_ms` .*, got nan$"):
         LatencySettings(min_block_ms=float("nan"))
-    with pytest.raises(ProfileError, match="^`repeats` must be at least 3 to give a spread, got 1$"):
+    with pytest.raises(DyncalError, match="^`repeats` .*, got 1$"):
         LatencySettings(repeats=1)
-    with pytest.raises(ProfileError, match="^`warmup` must be >= 0, got -1$"):
+    with pytest.raises(DyncalError, match="^`warmup` .*, got -1$"):
         LatencySettings(warmup=-1)
-    with pytest.raises(ProfileError, match="^`min_block_ms` must be >= 0, got -1"):
+    with pytest.raises(DyncalError, match="^`min_block_ms` .*, got -1"):
         LatencySettings(min_block_ms=-1.0)
 
 

@@ -528,7 +528,7 @@ def test_single_solve_agrees_with_the_frontier_on_real_data(fashion_run):
 
 
 def _float32_scores(logits: np.ndarray, score: str, temperatures) -> np.ndarray:
-    """Scores as a float32 deployment computes them (EarlyExitRunner._score in runtime.py)."""
+    """Scores as a float32 deployment computes them (EarlyExitRunner._score in analysis/early_exit.py)."""
     z = torch.from_numpy(np.array(logits, dtype=np.float32))
     out = []
     for k, t in enumerate(temperatures):

@@ -4,7 +4,7 @@ The report judges latency with these predictions when no measured early exit is 
 and ``dyncal verify`` prints them beside what it measured; keeping them free of torch
 lets a report at any batch size run on a machine without it.
 
-The model follows what :class:`dyncal.runtime.EarlyExitRunner` does to a batch, with
+The model follows what :class:`dyncal.analysis.early_exit.EarlyExitRunner` does to a batch, with
 each part measured by ``dyncal profile`` on the runner itself
 (:class:`dyncal.artifacts.costs.LatencyProfile`):
 

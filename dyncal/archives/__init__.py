@@ -66,7 +66,7 @@ inflate beyond what it declares), and sizes are bounded (:data:`ARCHIVE_LIMIT_BY
 
 What this does *not* promise: that running the model is cheap (a graph may allocate or
 compute as much as any model), or that the archive is the one you meant to load (see the
-package signature in :mod:`dyncal.export`).
+package signature in :mod:`dyncal.artifacts.package`).
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ DAMAGED = "the run is damaged: re-create it with dyncal collect or dyncal import
 """What to do about a run whose files are not what dyncal wrote (ends the message)."""
 
 _PROGRESS_FILE = re.compile(r"progress\.\d+\.json")
-_PROGRESS_SCHEMA = "dyncal.collect-progress"  # dyncal.collect.PROGRESS_SCHEMA (not imported: it needs torch)
+_PROGRESS_SCHEMA = "dyncal.collect-progress"  # verbs.collect_resume.PROGRESS_SCHEMA (not imported: it needs torch)
 
 
 def is_run_dir(path: Path) -> bool:

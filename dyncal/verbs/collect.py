@@ -5,7 +5,7 @@ the data set, process 0 allocates the on-disk arrays once the first batches tell
 C, every process writes its rows in place, and process 0 publishes the run. Rows stay in
 data set order and nothing is merged or copied afterwards.
 
-Memory stays flat as N grows: rows go straight to disk (see :class:`dyncal.artifacts.run.RunWriter`).
+Memory stays flat as N grows: rows go straight to disk (see :class:`dyncal.artifacts.run_writer.RunWriter`).
 Process 0 holds the run's lock throughout, and every process saves its progress in the
 partial run, so ``resume`` continues a collect that was killed where it stopped.
 """

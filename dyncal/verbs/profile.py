@@ -250,7 +250,7 @@ def profile_model(
         seed: Seed of the random inputs.
         latency: Measure latency (False: MACs only).
         model_id: What identifies the model (``model`` spec, ``weights_sha256``,
-            ``state_sha256``; see :data:`dyncal.artifacts.costs.MODEL_ID_KEYS`), recorded in every latency
+            ``state_sha256``; see :data:`dyncal.artifacts.run.MODEL_ID_KEYS`), recorded in every latency
             entry's settings (default: the state's hash only).
 
     Returns:

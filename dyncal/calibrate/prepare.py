@@ -138,7 +138,7 @@ class PreparedRun:
 
 
 class _RowSubset:
-    """Rows of a (memory-mapped) ``(N, K, C)`` array, read block by block on indexing."""
+    """Rows of an ``(N, K, C)`` array, copied block by block on indexing (never the whole subset at once)."""
 
     def __init__(self, base: np.ndarray, rows: np.ndarray) -> None:
         self.base, self.rows = base, rows

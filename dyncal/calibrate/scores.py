@@ -1,4 +1,4 @@
-"""Confidence scores of every exit, computed in chunks from (memory-mapped) logits.
+"""Confidence scores of every exit, computed from the logits a chunk of rows at a time.
 
 The exit rule (DESIGN.md): with per-exit temperature ``T_k`` and score ``s_k`` computed
 from ``logits_k / T_k``, a sample leaves at the first exit ``k`` with ``s_k >= t_k``.

@@ -3,8 +3,8 @@
 Each exit is its own classifier with its own over- or under-confidence, so each gets its
 own temperature ``T_k``: the minimiser of the mean NLL of ``softmax(logits_k / T_k)``.
 The NLL is convex in ``1 / T``, so a bounded scalar search (scipy's Brent method on
-``log T``) finds the global minimum. Logits are read in chunks, so memory-mapped runs of
-any size work.
+``log T``) finds the global minimum. Logits are scaled in chunks of rows, so the temporary
+arrays stay small whatever the run's size.
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ from dyncal.artifacts.costs import LatencyKey
 from dyncal.artifacts.thresholds import json_ready
 from dyncal.cli.params import flag_of
 from dyncal.errors import render_params
+from dyncal.reports.decision import Criterion
+from dyncal.reports.text import criterion_digits, pct
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -131,10 +133,6 @@ def _print_table(table: Table) -> None:
     Console().print(table)
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}%"
-
-
 def _print_unsupported_ops(ops: list[dict[str, Any]]) -> None:
     if ops:
         text = ", ".join(f"{u['op']}×{u['count']} (stage {u['stage']})" for u in ops)
@@ -220,12 +218,10 @@ def print_solve(doc: dict[str, Any], asked_latency: str | None = None) -> None:
             "search bound (0.05 or 20); its confidence may be poorly calibrated"
         )
     split = doc.get("split", {})
-    line = f"accuracy: calibration {_pct(doc['calibration_accuracy'])} (n={split.get('n_calibration')})"
+    line = f"accuracy: calibration {pct(doc['calibration_accuracy'])} (n={split.get('n_calibration')})"
     if doc.get("holdout_accuracy") is not None:
         lo, hi = doc["holdout_ci"]
-        line += (
-            f", held-out {_pct(doc['holdout_accuracy'])} [95% CI {_pct(lo)} – {_pct(hi)}] (n={split.get('n_holdout')})"
-        )
+        line += f", held-out {pct(doc['holdout_accuracy'])} [95% CI {pct(lo)} – {pct(hi)}] (n={split.get('n_holdout')})"
     else:
         line += ", held-out: none (--holdout 0)"
     console.print(line)
@@ -255,8 +251,8 @@ def _static_table(static: list[dict[str, Any]]) -> Table:
     for s in static:
         table.add_row(
             str(s["exit"]),
-            _pct(s["calibration_accuracy"]),
-            _pct(s.get("holdout_accuracy")),
+            pct(s["calibration_accuracy"], missing="-"),
+            pct(s.get("holdout_accuracy"), missing="-"),
             "-" if s.get("macs") is None else f"{s['macs']:.4g}",
             f"{s['fraction']:.4f}x",
             *[f"{s['ms'][k]:.4g}" for k in keys],
@@ -381,21 +377,10 @@ def _decision_text(doc: dict[str, Any]) -> str:
 
 
 def _print_criterion(c: dict[str, Any]) -> None:
-    pct = c["name"] != "speedup"
-    bounds = [c["value"]]
-    for name in ("interval", "interval_sampling"):
-        if c.get(name) is not None:
-            bounds.append(c[name][0 if c["comparison"] == ">=" else 1])
-    # enough decimals that the deciding bounds and the requirement print differently
-    digits = 2
-    scale = 100 if pct else 1
-    while digits < 5 and any(
-        b != c["required"] and round(b * scale, digits) == round(c["required"] * scale, digits) for b in bounds
-    ):
-        digits += 1
+    digits = criterion_digits(Criterion.from_dict(c))
 
     def fmt(v: float) -> str:
-        return f"{100 * v:.{digits}f}%" if pct else f"{v:.{digits}f}x"
+        return f"{v:.{digits}f}x" if c["name"] == "speedup" else f"{100 * v:.{digits}f}%"
 
     iv = c["interval"]
     iv_txt = "" if iv is None else f" [{fmt(iv[0])}, {fmt(iv[1])}]"
@@ -403,7 +388,7 @@ def _print_criterion(c: dict[str, Any]) -> None:
     if c.get("cost"):
         cost = f" ({c['cost']}" + (f", {c['source']}" if c.get("source") not in (None, "macs") else "") + ")"
     need = f"{c['comparison']} {fmt(c['required'])}"
-    verdict = str(c.get("status") or ("pass" if c["passed"] else "fail")).upper()
+    verdict = str(c["status"]).upper()
     typer.echo(f"  {c['name']}{cost}: {fmt(c['value'])}{iv_txt} {need}: {verdict}")
     if verdict == "INCONCLUSIVE":
         s_iv = c.get("interval_sampling")

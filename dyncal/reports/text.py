@@ -39,15 +39,15 @@ REMEDY = (
 """What to do when timing noise alone decides a latency criterion."""
 
 
-def pct(v: float | None, digits: int = 2) -> str:
-    """A fraction as a percentage for people (``n/a`` when missing or not finite).
+def pct(v: float | None, digits: int = 2, missing: str = "n/a") -> str:
+    """A fraction as a percentage for people (``missing`` when missing or not finite).
 
     Example:
-        >>> pct(0.98765), pct(0.5, 1), pct(None)
-        ('98.77%', '50.0%', 'n/a')
+        >>> pct(0.98765), pct(0.5, 1), pct(None), pct(None, missing="-")
+        ('98.77%', '50.0%', 'n/a', '-')
     """
     if v is None or not math.isfinite(v):
-        return "n/a"
+        return missing
     return f"{100 * v:.{digits}f}%"
 
 

@@ -25,6 +25,7 @@ from torch import nn
 
 from dyncal.analysis.stages import example_input
 from dyncal.artifacts.run import Run
+from dyncal.artifacts.run_document import Provenance
 from dyncal.errors import DyncalError, ModelError, describe
 from dyncal.models import LoadedModel, check_exit_outputs, load_model, resolve_device, torch_dtype
 from dyncal.options import input_shape_of
@@ -187,19 +188,21 @@ def _names_model(spec: str) -> bool:
 
 
 def run_model_source(
-    run: Run,
+    provenance: Provenance,
+    run_path: str | os.PathLike[str],
     *,
     model: str | None = None,
     weights: str | os.PathLike[str] | None = None,
     model_path: str | os.PathLike[str] | None = None,
 ) -> ModelSource:
-    """Resolve the model of ``run`` from its provenance, or from the overrides given.
+    """Resolve the model of a run from its provenance (``run.json`` alone), or from the overrides given.
 
     The recorded checkpoint goes with the recorded spec only: ``model`` naming another
     spec drops it unless ``weights`` is given too. Nothing is imported here.
 
     Args:
-        run: An opened run.
+        provenance: The run's provenance (:attr:`Run.provenance`, or ``RunDocument.load(path).provenance``).
+        run_path: The run directory, named in errors.
         model: Spec overriding ``provenance.model``.
         weights: Checkpoint overriding ``provenance.extra["weights"]``.
         model_path: Import folder overriding ``provenance.extra["model_path"]``.
@@ -214,15 +217,16 @@ def run_model_source(
         >>> prov = Provenance.here(model="dyncal.demo:pretrained", data="x", device="cpu")
         >>> run = import_arrays(np.zeros((2, 4, 10), np.float32), [0, 1],
         ...                     pathlib.Path(tempfile.mkdtemp()) / "r", provenance=prov)
-        >>> run_model_source(run).describe(), run_model_source(run).from_run
+        >>> source = run_model_source(run.provenance, run.path)
+        >>> source.describe(), source.from_run
         ('dyncal.demo:pretrained', True)
     """
-    prov = run.provenance
+    prov = provenance
     extra = prov.extra
     spec = model or (prov.model if _names_model(prov.model) else None)
     if not spec:
         raise ModelError(
-            f"run '{run.path}' does not name its model (model: {prov.model!r}); pass "
+            f"run '{run_path}' does not name its model (model: {prov.model!r}); pass "
             "`model` pkg.module:factory (or FILE.pt2)"
         )
     recorded_weights = extra.get("weights") if spec == prov.model else None
@@ -472,7 +476,9 @@ def open_run_model(
         >>> opened.from_run, opened.check.rows_checked, opened.check.mismatch, opened.input_shape
         (True, 8, None, (1, 8, 8))
     """
-    source = run_model_source(run, model=overrides.model, weights=overrides.weights, model_path=overrides.model_path)
+    source = run_model_source(
+        run.provenance, run.path, model=overrides.model, weights=overrides.weights, model_path=overrides.model_path
+    )
     if probe is not None:  # the model is named before the input shape is asked for
         shape, dtype_name = input_signature(run, overrides.input_shape, overrides.input_dtype)
     if source.from_run:

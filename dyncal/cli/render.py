@@ -95,14 +95,14 @@ def note_run_code(
     they come from ``run.json`` rather than the command line, the user should see which.
     Called once the verb succeeded (an error stays one line, and names the model itself).
     """
-    from dyncal.artifacts.run import load_run
+    from dyncal.artifacts.run_document import RunDocument
     from dyncal.run_model import run_model_source
 
-    opened = load_run(run)
-    source = run_model_source(opened, model=model, weights=weights, model_path=model_path)
+    provenance = RunDocument.load(run).provenance  # run.json only: the arrays are not read again
+    source = run_model_source(provenance, run, model=model, weights=weights, model_path=model_path)
     if source.from_run:
         typer.echo(f"note: loaded the model {run / 'run.json'} names: {source.describe()}", err=True)
-    spec = opened.provenance.data
+    spec = provenance.data
     if check_rows > 0 and data is None and ":" in spec and not spec.startswith(("(", "imagefolder:")):
         typer.echo(f"note: imported the data factory {run / 'run.json'} names, to re-run a few rows: {spec}", err=True)
 

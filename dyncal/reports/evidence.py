@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from dyncal.artifacts.costs import CostTable, LatencyProfile
     from dyncal.artifacts.run import Run
     from dyncal.artifacts.verify import PairedTiming, VerifyResult
+    from dyncal.reports.timed import TimedCoverage
 
 __all__ = [
     "LatencyEvidence",
@@ -383,12 +384,14 @@ def _joint_interval(units: np.ndarray, scale: np.ndarray, t_full: np.ndarray, va
     return float(lo), float(hi)
 
 
-def measured_latency(timing: PairedTiming, n: int) -> LatencyEvidence:
+def measured_latency(timing: PairedTiming, n: int, timed: TimedCoverage | None = None) -> LatencyEvidence:
     """A ``dyncal verify`` timing as evidence: the real early exit and the plain model, paired.
 
     Args:
         timing: The paired timing at one device and batch size.
         n: Samples verify replayed.
+        timed: How many of them it timed (:meth:`TimedCoverage.of`); a speed-up timed on
+            part of them is measurement-limited (:mod:`dyncal.reports.decision`).
 
     Returns:
         The evidence, ``source="measured"``, its intervals the timing's.
@@ -409,6 +412,7 @@ def measured_latency(timing: PairedTiming, n: int) -> LatencyEvidence:
         timing_spread=timing.timing_spread,
         source="measured",
         full_model=full,
+        timed=timed,
     )
     return LatencyEvidence(
         timing.key,
@@ -418,7 +422,7 @@ def measured_latency(timing: PairedTiming, n: int) -> LatencyEvidence:
         full_source,
         estimate,
         predicted_ms=timing.predicted_ms,
-        rows=f"{n:,} samples replayed by dyncal verify",
+        rows=f"{n:,} samples replayed by dyncal verify" if timed is None else f"dyncal verify: {timed.text()}",
     )
 
 

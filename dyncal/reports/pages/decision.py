@@ -78,6 +78,13 @@ def _criteria_message(data: ReportData, decision: str | None) -> str:
         )
     if decision == "GO":
         return "Every criterion is met, each with its whole 95% interval on the right side."
+    limited = [c for c in unsure if c.remedy]
+    if decision == "INCONCLUSIVE" and limited:
+        return (
+            "Too few samples were timed to decide: "
+            + "; ".join(f"{inconclusive_text(c)}; {c.remedy}" for c in limited)
+            + " (verify stopped at its time bound)."
+        )
     if decision == "INCONCLUSIVE":
         return (
             "Timing noise alone decides: "

@@ -65,9 +65,13 @@ CompareOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option(help="Device to run the model on: cpu, cuda or cuda:N.")]
 ThreadsOpt = Annotated[
     int | None,
+    typer.Option(help="CPU threads pinned while timing (default: those the run's profile timed with)."),
+]
+ProfileThreadsOpt = Annotated[
+    int,
     typer.Option(
-        help="CPU threads pinned while timing (default: profile keeps torch's setting; verify uses the threads "
-        "the run's profile timed with).",
+        help="CPU threads pinned while timing. Default 1: steady figures on a busy or shared machine, "
+        "where threads wait on each other; give your deployment's count to time that.",
     ),
 ]
 TimedBatchesOpt = Annotated[

@@ -41,6 +41,7 @@ from torch import nn
 
 from dyncal.analysis.flops import StageMacs, stage_macs
 from dyncal.analysis.latency import LatencySettings, measure_latency
+from dyncal.analysis.plausible import check_plausible
 from dyncal.analysis.stages import (
     EXAMPLE_BATCH,
     StageCheck,
@@ -260,7 +261,8 @@ def profile_model(
 
     Raises:
         ProfileError: Export/partition fails, the stages do not reproduce the model, fvcore
-            cannot count, or a stage fails on a device.
+            cannot count, a stage fails on a device, or a latency cannot be right
+            (:func:`dyncal.analysis.plausible.check_plausible`).
     """
     settings = settings or LatencySettings()
     model_id = dict(model_id) if model_id is not None else {"state_sha256": state_sha256(model)}
@@ -287,6 +289,7 @@ def profile_model(
         )
         for prof in timed:
             profiles[prof.key] = replace(prof, settings={**prof.settings, **model_id})
+    check_plausible(profiles.values(), threads=settings.threads, repeats=settings.repeats)
     costs = CostTable(
         macs=tuple(float(m) for m in macs.exit_macs),
         stage_macs=tuple(float(m) for m in macs.stage_macs),

@@ -140,7 +140,7 @@ def profile(
     input_dtype: params.InputDtypeOpt = None,
     stages: params.StagesOpt = None,
     data: params.DataOverrideOpt = None,
-    allow_other_model: params.AllowOtherModelOpt = False,
+    allow_other_model: params.ProfileAllowOtherModelOpt = False,
     check_rows: Annotated[
         int, typer.Option(help="Recorded rows re-run to check the model is the run's (0: its hash only).")
     ] = 8,

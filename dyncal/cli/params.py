@@ -94,8 +94,15 @@ AllowOtherModelOpt = Annotated[
     bool,
     typer.Option(
         "--allow-other-model",
-        help="Use a model that is not the run's (other weights, or other logits on recorded rows); recorded. "
-        "profile then also replaces latency timed on another model.",
+        help="Use a model that is not the run's (other weights, or other logits on recorded rows); recorded.",
+    ),
+]
+ProfileAllowOtherModelOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-other-model",
+        help="Use a model that is not the run's (other weights, or other logits on recorded rows), and replace "
+        "latency timed on another model; recorded.",
     ),
 ]
 MethodOrDefaultOpt = Annotated[

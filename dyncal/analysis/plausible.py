@@ -9,11 +9,15 @@ single sample was timed. Such a figure would price every exit and decide a verdi
   not take longer than on a whole batch of ``B > b``: refused when even the fastest
   replicate at ``b`` is above :data:`ORDER_TOLERANCE` times the median at ``B`` (the
   tolerance because a launch-bound GPU or tiny model times them alike);
-* **no median** — the full model's replicates spread so wide (IQR above
-  :data:`MAX_SPREAD` times the median, of at least :data:`MIN_SPREAD_REPLICATES`
-  replicates: the IQR of fewer is itself noise) that the median says nothing.
+* **no median** — the full model's replicates spread so wide that the median says
+  nothing: IQR above :data:`MAX_SPREAD` times the median *and* the median above
+  :data:`MAX_MEDIAN_OVER_FASTEST` times the fastest replicate (most runs were slowed, not
+  a few), among at least :data:`MIN_SPREAD_REPLICATES` replicates (the IQR of fewer is
+  itself noise).
 
-The remedy names only what was not already done (:func:`dyncal.measurement.noise_advice`).
+``dyncal profile`` times a device again (up to :data:`ATTEMPTS` times in all) before it
+refuses: a burst of load passes, and a machine loaded throughout gets the refusal. The
+remedy names only what was not already done (:func:`dyncal.measurement.noise_advice`).
 """
 
 from __future__ import annotations
@@ -25,13 +29,27 @@ from dyncal.artifacts.costs import LatencyProfile
 from dyncal.errors import ProfileError
 from dyncal.measurement import Measurement, noise_advice
 
-__all__ = ["ORDER_TOLERANCE", "MAX_SPREAD", "MIN_SPREAD_REPLICATES", "implausible", "check_plausible"]
+__all__ = [
+    "ATTEMPTS",
+    "ORDER_TOLERANCE",
+    "MAX_SPREAD",
+    "MAX_MEDIAN_OVER_FASTEST",
+    "MIN_SPREAD_REPLICATES",
+    "implausible",
+    "check_plausible",
+]
+
+ATTEMPTS = 3
+"""Timings of one device before implausible latency is refused."""
 
 ORDER_TOLERANCE = 1.25
 """A smaller batch may take up to this factor of a larger batch's whole time (launch-bound timings tie)."""
 
 MAX_SPREAD = 1.0
 """Refused above this IQR / median of the full model: the middle half of the replicates spans the median itself."""
+
+MAX_MEDIAN_OVER_FASTEST = 2.0
+"""With the spread, refused when the median is above this factor of the fastest replicate."""
 
 MIN_SPREAD_REPLICATES = 8
 """Replicates below which the spread is not judged."""
@@ -59,7 +77,8 @@ def implausible(profiles: Iterable[LatencyProfile]) -> str | None:
     ordered = sorted(profiles, key=lambda p: (p.device, p.batch_size))
     for p in ordered:
         m = Measurement(p.full_model_ms)
-        if len(m.replicates_ms) >= MIN_SPREAD_REPLICATES and m.spread > MAX_SPREAD:
+        wide = m.spread > MAX_SPREAD and m.median_ms > MAX_MEDIAN_OVER_FASTEST * min(p.full_model_ms or (0.0,))
+        if len(m.replicates_ms) >= MIN_SPREAD_REPLICATES and wide:
             return (
                 f"the full model's replicates at {p.key} spread so wide that their median means nothing "
                 f"(IQR {m.iqr_ms:.3g} ms, {100 * m.spread:.0f}% of the median {m.median_ms:.3g} ms)"

@@ -123,3 +123,19 @@ def test_k3_calibration_uses_the_page(reports: dict[str, Path]) -> None:
     width, height, words = _words(reports["k3_plain"])[4]
     titles = [w for w in words if w[4] == "ECE" and w[1] > 0.3 * height]
     assert len({round(w[1]) for w in titles}) == 2, titles  # panel titles on two rows
+
+
+def test_the_recorded_command_holds_only_what_was_typed(tmp_path: Path, toy_npz: Path) -> None:
+    """Provenance's command line: the options given, none left at their default (--batch-size, --device, ...)."""
+    from conftest import TESTS
+
+    from dyncal.artifacts.run import load_run
+
+    out = tmp_path / "run"
+    args = ["collect", "--model", "toy_models:two_exit", "--model-path", str(TESTS), "--data", str(toy_npz)]
+    res = CliRunner().invoke(app, [*args, "--out", str(out), "--limit", "20"])
+    assert res.exit_code == 0, res.output
+    command = load_run(out).provenance.command
+    assert command == (
+        f"dyncal collect --model toy_models:two_exit --data {toy_npz} --out {out} --model-path {TESTS} --limit 20"
+    )

@@ -264,15 +264,20 @@ def user_errors(ctx: typer.Context | None = None) -> Iterator[None]:
 
 
 def command_line(ctx: typer.Context) -> str:
-    """The verb with its arguments and effective options, as a reproducible command (provenance).
+    """The verb with the arguments and options the user gave, as a reproducible command (provenance).
 
     Built from the parsed parameters rather than ``sys.argv``, which belongs to the host
-    process (a test runner, torchrun) and leaves out the defaults that shaped the result.
+    process (a test runner, torchrun). Options left at their default are not shown: a
+    recorded command holds what was typed (the settings that shaped the result are
+    recorded beside it, e.g. in thresholds.json).
     """
     parts = ["dyncal", ctx.info_name or ""]
     for param in ctx.command.params:
         value = ctx.params.get(param.name or "")
         if value is None or value is False or param.name in ("json_",):
+            continue
+        source = ctx.get_parameter_source(param.name or "")
+        if source is not None and source.name in ("DEFAULT", "DEFAULT_MAP"):
             continue
         values = value if isinstance(value, (list, tuple)) else [value]
         if param.param_type_name == "argument":

@@ -110,10 +110,10 @@ def _page_calibration(data: ReportData) -> Figure:
         size=9.5,
     )
     header = ["exit", "accuracy", "mean confidence", "ECE (T = 1)"]
-    widths = [0.08, 0.14, 0.18, 0.16]
+    widths = [0.07, 0.13, 0.17, 0.14]
     if data.scaled_bins:
         header += ["temperature", "ECE (fitted T)"]
-        widths += [0.15, 0.17]
+        widths += [0.21, 0.16]  # "20.000 (at bound)" on one line
     rows = []
     for i in range(data.k):
         row = [

@@ -333,7 +333,6 @@ def _alternatives_table(p: _Page, data: ReportData) -> None:
         col_widths=[0.19, 0.17, 0.175, 0.17, 0.2],
         size=8,
         row_colors=colors,
-        left=0.04,
     )
     costs = sorted({a.cost for a in alts})
     p.note(

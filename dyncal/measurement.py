@@ -22,13 +22,41 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["NOISE_IQR_FRACTION", "NOISE_ADVICE", "Measurement", "is_noisy", "row_medians", "row_spreads"]
+__all__ = [
+    "NOISE_IQR_FRACTION",
+    "NOISE_ADVICE",
+    "Measurement",
+    "is_noisy",
+    "noise_advice",
+    "row_medians",
+    "row_spreads",
+]
 
 NOISE_IQR_FRACTION = 0.10
 """A measurement whose IQR exceeds this fraction of its median is flagged as noisy."""
 
 NOISE_ADVICE = "run on a quiet machine, pin one thread (`threads` 1), or take more replicates (`repeats`)"
-"""What to do about a noisy measurement (printed with every noise warning)."""
+"""What to do about a noisy measurement, when nothing is known of how it was taken (:func:`noise_advice`)."""
+
+
+def noise_advice(threads: int | None = None, repeats: int | None = None) -> str:
+    """What to do about a noisy measurement, leaving out what was already done.
+
+    Pinning one thread is advised only when more (or torch's default) were used; more
+    replicates are counted from those taken.
+
+    Example:
+        >>> noise_advice(threads=1, repeats=25)
+        'run on a quiet machine, or take more replicates (`repeats` 100; 25 were taken)'
+        >>> noise_advice()
+        'run on a quiet machine, pin one thread (`threads` 1), or take more replicates (`repeats`)'
+    """
+    more = "`repeats`" if repeats is None else f"`repeats` {4 * repeats}; {repeats} were taken"
+    steps = ["run on a quiet machine"]
+    if threads != 1:
+        steps.append("pin one thread (`threads` 1)")
+    steps.append(f"or take more replicates ({more})")
+    return ", ".join(steps)
 
 
 def row_medians(a: ArrayLike) -> np.ndarray:

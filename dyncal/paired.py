@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from dyncal.errors import DyncalError
-from dyncal.stats import N_BOOTSTRAP, centred_interval
+from dyncal.stats import N_BOOTSTRAP, centred_interval, enclosing_interval
 
 __all__ = [
     "ESTIMATORS",
@@ -317,7 +317,7 @@ def paired_speedup(
     return PairedEstimate(
         estimator=f"q{quantile:g}" if chosen == "min" and quantile > 0 else chosen,
         value=value,
-        interval=iv(draws["both"]),
+        interval=enclosing_interval(iv(draws["both"]), iv(draws["sampling"]), iv(draws["timing"])),
         interval_sampling=iv(draws["sampling"]),
         interval_timing=iv(draws["timing"]),
         early_exit_ms=_reduced(ee_k, chosen, quantile),

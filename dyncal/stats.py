@@ -25,6 +25,7 @@ __all__ = [
     "weighted_percentiles",
     "centred_interval",
     "stratified_resamples",
+    "enclosing_interval",
 ]
 
 log = logging.getLogger(__name__)
@@ -356,3 +357,25 @@ def centred_interval(draws: np.ndarray, point: np.ndarray, level: float = 0.95) 
     factor = np.divide(p, med, out=np.ones_like(med), where=ratio)
     shift = np.where(ratio, 0.0, med - p)
     return np.asarray(lo * factor - shift), np.asarray(hi * factor - shift)
+
+
+def enclosing_interval(combined: tuple[float, float], *parts: tuple[float, float] | None) -> tuple[float, float]:
+    """The interval of several noises at once, widened so it contains the interval of each alone.
+
+    A joint bootstrap (units and timing replicates resampled together) estimates the
+    combined noise, but its quantiles need not contain those of one noise alone: a
+    resampled median of a few replicates is biased, and a percentile of a product is not
+    ordered with the percentiles of its factors. An interval that claims to carry both
+    noises must not be narrower than either, so each end is the outermost of the joint
+    interval and its parts. Parts that are None or not finite are skipped.
+
+    Example:
+        >>> enclosing_interval((2.80, 4.48), (3.26, 4.70), None)
+        (2.8, 4.7)
+    """
+    ends = [(float(combined[0]), float(combined[1]))]
+    ends += [(float(p[0]), float(p[1])) for p in parts if p is not None]
+    finite = [e for e in ends if math.isfinite(e[0]) and math.isfinite(e[1])]
+    if not finite:
+        return ends[0]
+    return min(e[0] for e in finite), max(e[1] for e in finite)

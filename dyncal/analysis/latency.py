@@ -24,7 +24,7 @@ restores it in a ``try/finally``; the count in force is recorded with the measur
 Everything is measured round-robin so slow drifts of the machine hit all of it alike. A
 measurement whose inter-quartile range exceeds 10% of its median is flagged in
 ``settings["noisy"]`` and logged with what to do about it
-(:data:`dyncal.measurement.NOISE_ADVICE`).
+(:func:`dyncal.measurement.noise_advice`).
 
 Example:
     >>> from dyncal.demo import DigitsExitNet
@@ -57,7 +57,7 @@ from dyncal.analysis.early_exit import EarlyExitRunner
 from dyncal.analysis.stages import Stages
 from dyncal.artifacts.costs import LatencyProfile
 from dyncal.errors import ProfileError, param
-from dyncal.measurement import NOISE_ADVICE, NOISE_IQR_FRACTION, Measurement
+from dyncal.measurement import NOISE_IQR_FRACTION, Measurement, noise_advice
 from dyncal.options import MAX_REPEATS, MAX_THREADS
 
 __all__ = [
@@ -328,7 +328,7 @@ def _timed(
     return timed, {name: [next(blocks) for _ in group] for name, group in groups.items()}
 
 
-def _noisy(timed: dict[str, list[Measurement]], x: torch.Tensor) -> dict[str, float]:
+def _noisy(timed: dict[str, list[Measurement]], x: torch.Tensor, threads: int | None, repeats: int) -> dict[str, float]:
     """``{name: IQR/median}`` of the noisy stages, decision, exit paths and full model, logged with the remedy."""
     named = [
         *((f"stage{i + 1}", m) for i, m in enumerate(timed["stage"])),
@@ -344,7 +344,7 @@ def _noisy(timed: dict[str, list[Measurement]], x: torch.Tensor) -> dict[str, fl
             x.shape[0],
             100 * NOISE_IQR_FRACTION,
             ", ".join(f"{n} {100 * v:.0f}%" for n, v in noisy.items()),
-            NOISE_ADVICE,
+            noise_advice(threads, repeats),
         )
     return noisy
 
@@ -419,7 +419,7 @@ def measure_latency(
             "gpu": torch.cuda.get_device_name(x.device) if timer.cuda else None,
             "cuda": torch.version.cuda if timer.cuda else None,
             "cpu_count": os.cpu_count(),
-            "noisy": _noisy(timed, x),
+            "noisy": _noisy(timed, x, threads, settings.repeats),
             "noise_iqr_fraction": NOISE_IQR_FRACTION,
         },
         exit_path_ms=_replicates(timed["exit_path"]),

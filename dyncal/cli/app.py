@@ -53,4 +53,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
     no_args_is_help=True,
+    # plain help: paragraphs re-wrapped to the terminal (80 columns at most), one option per
+    # entry with its text beside it or below, no boxes or metavar columns that squeeze the
+    # text into a narrow column at 80 columns (tests/test_help.py)
+    rich_markup_mode=None,
 )

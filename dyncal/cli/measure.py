@@ -135,12 +135,12 @@ def profile(
         typer.Option("--device", help="Device to time on: cpu, cuda or cuda:N (repeat for several)."),
     ] = None,
     batch_size: params.TimedBatchesOpt = "1",
-    threads: params.ThreadsOpt = None,
+    threads: params.ProfileThreadsOpt = 1,
     input_shape: params.InputShapeOpt = None,
     input_dtype: params.InputDtypeOpt = None,
     stages: params.StagesOpt = None,
     data: params.DataOverrideOpt = None,
-    allow_other_model: params.AllowOtherModelOpt = False,
+    allow_other_model: params.ProfileAllowOtherModelOpt = False,
     check_rows: Annotated[
         int, typer.Option(help="Recorded rows re-run to check the model is the run's (0: its hash only).")
     ] = 8,
@@ -198,9 +198,10 @@ def verify(
     max_seconds: Annotated[
         float,
         typer.Option(
-            help="Time bound of the timing, all batch sizes together; agreement still covers every sample.",
+            help="Time bound of the timing in seconds, all batch sizes together; agreement covers every "
+            "sample. A speed-up timed on too few samples is inconclusive.",
         ),
-    ] = 10.0,
+    ] = 60.0,
     repeats: Annotated[int, typer.Option(help="Pairs (early exit, plain model) timed per batch.")] = 5,
     data: params.DataOverrideOpt = None,
     stages: params.StagesOpt = None,

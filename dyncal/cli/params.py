@@ -65,9 +65,13 @@ CompareOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option(help="Device to run the model on: cpu, cuda or cuda:N.")]
 ThreadsOpt = Annotated[
     int | None,
+    typer.Option(help="CPU threads pinned while timing (default: those the run's profile timed with)."),
+]
+ProfileThreadsOpt = Annotated[
+    int,
     typer.Option(
-        help="CPU threads pinned while timing (default: profile keeps torch's setting; verify uses the threads "
-        "the run's profile timed with).",
+        help="CPU threads pinned while timing. Default 1: steady figures on a busy or shared machine, "
+        "where threads wait on each other; give your deployment's count to time that.",
     ),
 ]
 TimedBatchesOpt = Annotated[
@@ -90,8 +94,15 @@ AllowOtherModelOpt = Annotated[
     bool,
     typer.Option(
         "--allow-other-model",
-        help="Use a model that is not the run's (other weights, or other logits on recorded rows); recorded. "
-        "profile then also replaces latency timed on another model.",
+        help="Use a model that is not the run's (other weights, or other logits on recorded rows); recorded.",
+    ),
+]
+ProfileAllowOtherModelOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-other-model",
+        help="Use a model that is not the run's (other weights, or other logits on recorded rows), and replace "
+        "latency timed on another model; recorded.",
     ),
 ]
 MethodOrDefaultOpt = Annotated[
@@ -253,15 +264,20 @@ def user_errors(ctx: typer.Context | None = None) -> Iterator[None]:
 
 
 def command_line(ctx: typer.Context) -> str:
-    """The verb with its arguments and effective options, as a reproducible command (provenance).
+    """The verb with the arguments and options the user gave, as a reproducible command (provenance).
 
     Built from the parsed parameters rather than ``sys.argv``, which belongs to the host
-    process (a test runner, torchrun) and leaves out the defaults that shaped the result.
+    process (a test runner, torchrun). Options left at their default are not shown: a
+    recorded command holds what was typed (the settings that shaped the result are
+    recorded beside it, e.g. in thresholds.json).
     """
     parts = ["dyncal", ctx.info_name or ""]
     for param in ctx.command.params:
         value = ctx.params.get(param.name or "")
         if value is None or value is False or param.name in ("json_",):
+            continue
+        source = ctx.get_parameter_source(param.name or "")
+        if source is not None and source.name in ("DEFAULT", "DEFAULT_MAP"):
             continue
         values = value if isinstance(value, (list, tuple)) else [value]
         if param.param_type_name == "argument":

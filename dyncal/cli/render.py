@@ -281,7 +281,7 @@ def print_frontier(df: pd.DataFrame, out: Path, holdout: float) -> None:
 
 def print_verify(doc: dict[str, Any], ctx: typer.Context) -> None:
     """``dyncal verify``: agreement with the simulation, then measured against predicted ms per batch size."""
-    from dyncal.measurement import NOISE_ADVICE, NOISE_IQR_FRACTION
+    from dyncal.measurement import NOISE_IQR_FRACTION, noise_advice
 
     settings = doc["settings"]
     typer.echo(
@@ -317,16 +317,19 @@ def print_verify(doc: dict[str, Any], ctx: typer.Context) -> None:
     _print_table(table)
     stopped = [k for k, c in coverage.items() if c.get("stopped_early")]
     if stopped:
+        timed = "; ".join(
+            f"{k}: {coverage[k].get('samples_timed', 0):,} of {doc['n']:,} samples timed" for k in stopped
+        )
         typer.echo(
-            f"time bound {settings['max_seconds']:g} s: timed part of the batches at {', '.join(stopped)} "
-            f"(agreement covers all {doc['n']} samples); raise --max-seconds to time more"
+            f"time bound {settings['max_seconds']:g} s: {timed} (agreement covers all {doc['n']:,}); "
+            "a speed-up timed on too few samples is inconclusive: raise --max-seconds to time more"
         )
     for t in doc["timings"]:
         if t["timing_spread"] > NOISE_IQR_FRACTION:
             typer.echo(
                 f"warning: noisy timing at {t['key']}: the paired speed-up's spread (IQR) is "
                 f"{100 * t['timing_spread']:.0f}% of its median (> {100 * NOISE_IQR_FRACTION:.0f}%); "
-                f"{render_params(NOISE_ADVICE, lambda name: flag_of(ctx, name))}"
+                f"{render_params(noise_advice(doc['threads'], settings.get('repeats')), lambda n: flag_of(ctx, n))}"
             )
 
 
@@ -354,7 +357,8 @@ def print_report(doc: dict[str, Any]) -> None:
     if doc["decision"] == "INCONCLUSIVE":
         from dyncal.reports.text import REMEDY
 
-        typer.echo(f"  to decide: {REMEDY}")
+        remedies = [c["remedy"] for c in doc["criteria"] if c.get("remedy")]
+        typer.echo(f"  to decide: {'; '.join(remedies) if remedies else REMEDY}")
     _print_operating_point(doc)
     _print_alternatives(doc)
     for note in doc.get("notes", []):

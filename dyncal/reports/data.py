@@ -33,6 +33,7 @@ from dyncal.reports.evidence import (
 )
 from dyncal.reports.figures import MS_PREFIX
 from dyncal.reports.operating import ReportOptions, choose_operating_point
+from dyncal.reports.timed import TimedCoverage
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -167,13 +168,13 @@ def latency_evidence(choice: OperatingChoice, verify_result: VerifyResult | None
     for key in sorted(run.costs.latency if run.costs is not None else ()):
         timing = None if verify_result is None else verify_result.timing(key)
         if timing is not None and verify_result is not None:
-            evidence[key] = measured_latency(timing, verify_result.n)
+            evidence[key] = measured_latency(timing, verify_result.n, TimedCoverage.of(verify_result, key))
         else:
             assert run.costs is not None
             evidence[key] = predicted_latency(run.costs, key, outcome.exits, held_out=outcome.held_out, rows=held_rows)
     if verify_result is not None:
         for t in verify_result.timings:
-            evidence.setdefault(t.key, measured_latency(t, verify_result.n))
+            evidence.setdefault(t.key, measured_latency(t, verify_result.n, TimedCoverage.of(verify_result, t.key)))
     return evidence
 
 

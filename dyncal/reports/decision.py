@@ -18,6 +18,12 @@ one estimate ``v``: ``S`` from sampling noise alone, ``T`` from timing noise alo
 * INCONCLUSIVE otherwise: timing noise alone decides (typically ``S`` clears ``r`` but
   ``C`` straddles it).
 
+A measured speed-up for which ``dyncal verify`` stopped at its time bound before timing
+every batch is *measurement-limited*: its sampling noise is that of the few batches timed,
+which more timing removes. Unless it passes, or its whole interval is below ``r``, it is
+INCONCLUSIVE with the remedy "time more: --max-seconds N"
+(:class:`dyncal.reports.timed.TimedCoverage`), never FAIL.
+
 PASS needs ``S.low >= r`` and FAIL implies ``S.low < r``, so for the same estimate and
 sampling interval no amount of timing noise turns one into the other: load on the machine
 widens ``T`` and ``C`` and can make a PASS or a FAIL inconclusive, never the opposite.
@@ -38,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from dyncal.errors import DyncalError, param
+from dyncal.reports.timed import TimedCoverage
 from dyncal.stats import bootstrap_interval
 
 __all__ = [
@@ -132,6 +139,8 @@ class Criterion:
         timing_spread: Relative spread (IQR / median) of the timings behind the value.
         source: For ``speedup``: ``"macs"``, ``"measured"`` (a real early exit timed by
             ``dyncal verify``) or ``"predicted"`` (from the profiled stage times).
+        remedy: What to run to decide an inconclusive criterion that more measurement
+            would decide (``"time more: --max-seconds 60"``), else None.
 
     Example:
         >>> c = Criterion("accuracy", 0.95, (0.93, 0.97), 0.9, ">=", PASS)
@@ -151,6 +160,7 @@ class Criterion:
     interval_timing: Interval | None = None
     timing_spread: float | None = None
     source: str | None = None
+    remedy: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -173,6 +183,7 @@ class Criterion:
             "interval_timing": None if self.interval_timing is None else list(self.interval_timing),
             "timing_spread": self.timing_spread,
             "description": self.description,
+            "remedy": self.remedy,
         }
 
     @classmethod
@@ -195,6 +206,7 @@ class Criterion:
             interval_timing=_iv(d.get("interval_timing")),
             timing_spread=None if spread is None else float(spread),
             source=d.get("source"),
+            remedy=None if d.get("remedy") is None else str(d["remedy"]),
         )
 
 
@@ -248,6 +260,8 @@ class SpeedupEstimate:
         timing_spread: IQR / median of the timings behind it (None for MACs).
         source: ``"macs"``, ``"measured"`` (``dyncal verify``) or ``"predicted"``.
         full_model: The full model's cost in the same unit.
+        timed: For ``"measured"``: how much of the run ``dyncal verify`` timed (None:
+            not recorded, or not measured).
 
     Example:
         >>> SpeedupEstimate("macs", 2.0, None).source
@@ -262,6 +276,12 @@ class SpeedupEstimate:
     timing_spread: float | None = None
     source: str = "macs"
     full_model: float = float("nan")
+    timed: TimedCoverage | None = None
+
+    @property
+    def measurement_limited(self) -> bool:
+        """Whether verify stopped at its time bound before timing every batch behind this figure."""
+        return self.timed is not None and self.timed.stopped_early
 
 
 def criterion_status(
@@ -272,6 +292,7 @@ def criterion_status(
     *,
     sampling: Interval | None = None,
     timing: Interval | None = None,
+    limited: bool = False,
 ) -> str:
     """Pass, fail or inconclusive, by the rule of the module docstring.
 
@@ -283,6 +304,8 @@ def criterion_status(
         sampling: ``S``, sampling noise alone (default: ``interval`` without ``timing``,
             else none, ``[v, v]``: nothing held out).
         timing: ``T``, timing noise alone (default: none, ``[v, v]``).
+        limited: Whether too few batches were timed (measurement-limited): then only a
+            whole interval below ``r`` fails.
 
     Returns:
         ``"pass"``, ``"fail"`` or ``"inconclusive"``.
@@ -292,6 +315,8 @@ def criterion_status(
         'inconclusive'
         >>> criterion_status(2.4, (1.8, 3.0), 2.0, ">=")
         'fail'
+        >>> criterion_status(2.4, (1.8, 3.0), 2.0, ">=", limited=True)
+        'inconclusive'
     """
     if comparison not in (">=", "<="):
         raise DyncalError(f"comparison must be '>=' or '<=', got {comparison!r}")
@@ -309,7 +334,9 @@ def criterion_status(
     s = flip(sampling) or (c if timing is None else (v, v))
     if min(c[0], s[0], t[0]) >= r - _TOL:
         return PASS
-    if max(c[1], s[1], t[1]) < r - _TOL or s[0] + max(0.0, t[1] - v) < r - _TOL:
+    if max(c[1], s[1], t[1]) < r - _TOL:
+        return FAIL
+    if not limited and s[0] + max(0.0, t[1] - v) < r - _TOL:
         return FAIL
     return INCONCLUSIVE
 
@@ -386,6 +413,15 @@ def judge(
             unit = "MACs"
         else:
             unit = f"latency on {speedup.cost}, {speedup.source}"
+        status = criterion_status(
+            speedup.value,
+            speedup.interval,
+            req,
+            ">=",
+            sampling=speedup.interval_sampling,
+            timing=speedup.interval_timing,
+            limited=speedup.measurement_limited,
+        )
         out.append(
             Criterion(
                 "speedup",
@@ -393,23 +429,26 @@ def judge(
                 speedup.interval,
                 req,
                 ">=",
-                criterion_status(
-                    speedup.value,
-                    speedup.interval,
-                    req,
-                    ">=",
-                    sampling=speedup.interval_sampling,
-                    timing=speedup.interval_timing,
-                ),
+                status,
                 cost=speedup.cost,
                 description=f"full model on every sample / expected early-exit cost ({unit})",
                 interval_sampling=speedup.interval_sampling,
                 interval_timing=speedup.interval_timing,
                 timing_spread=speedup.timing_spread,
                 source=speedup.source,
+                remedy=_time_more(speedup, req) if status == INCONCLUSIVE else None,
             )
         )
     return out
+
+
+def _time_more(speedup: SpeedupEstimate, required: float) -> str | None:
+    """The remedy of a measurement-limited speed-up (None when it is not limited)."""
+    if speedup.timed is None or not speedup.measurement_limited:
+        return None
+    ivs = [iv for iv in (speedup.interval, speedup.interval_sampling, speedup.interval_timing) if iv is not None]
+    hull = (min(iv[0] for iv in ivs), max(iv[1] for iv in ivs)) if ivs else (speedup.value, speedup.value)
+    return speedup.timed.remedy(speedup.value, hull, required)
 
 
 def accuracy_drop(outcome: ExitOutcome) -> tuple[float, tuple[float, float] | None]:

@@ -24,12 +24,13 @@ import numpy as np
 from dyncal.analysis.costmodel import predict_batch_ms
 from dyncal.artifacts.costs import LatencyKey
 from dyncal.reports.decision import SpeedupEstimate
-from dyncal.stats import N_BOOTSTRAP, bootstrap_interval
+from dyncal.stats import N_BOOTSTRAP, bootstrap_interval, centred_interval, enclosing_interval
 
 if TYPE_CHECKING:
     from dyncal.artifacts.costs import CostTable, LatencyProfile
     from dyncal.artifacts.run import Run
     from dyncal.artifacts.verify import PairedTiming, VerifyResult
+    from dyncal.reports.timed import TimedCoverage
 
 __all__ = [
     "LatencyEvidence",
@@ -316,13 +317,13 @@ def predicted_latency(
     value = full / early if len(units) else float("nan")
     scale, t_full = _timing_resamples(costs, key, batches)
     timing_values = t_full / (scale * early) if len(units) else np.full(1, np.nan)
-    lo, hi = np.quantile(timing_values, [0.025, 0.975])
+    lo, hi = centred_interval(timing_values, np.asarray(value))  # resampled medians are biased
     timing: tuple[float, float] = (float(lo), float(hi))
     sampling: tuple[float, float] | None = None
     combined: tuple[float, float] = timing
     if held_out and len(units):
         sampling = bootstrap_interval(len(units), lambda idx: full / units[idx].mean(axis=1))
-        combined = _joint_interval(units, scale, t_full)
+        combined = enclosing_interval(_joint_interval(units, scale, t_full, value), sampling, timing)
     estimate = SpeedupEstimate(
         key,
         value,
@@ -368,8 +369,8 @@ def _timing_resamples(costs: CostTable, key: str, batches: Sequence[np.ndarray])
     return scale, t_full
 
 
-def _joint_interval(units: np.ndarray, scale: np.ndarray, t_full: np.ndarray) -> tuple[float, float]:
-    """95% interval with both noises: each resample draws the units and one timing resample."""
+def _joint_interval(units: np.ndarray, scale: np.ndarray, t_full: np.ndarray, value: float) -> tuple[float, float]:
+    """95% interval with both noises: each resample draws the units and one timing resample, centred on ``value``."""
     n_t, n_u = len(scale), len(units)
     rng = np.random.default_rng(_TIMING_SEED + 1)
     values = np.empty(N_BOOTSTRAP)
@@ -379,16 +380,18 @@ def _joint_interval(units: np.ndarray, scale: np.ndarray, t_full: np.ndarray) ->
         idx = rng.integers(0, n_u, (m, n_u))
         t = rng.integers(0, n_t, m)
         values[start : start + m] = t_full[t] / (scale[t] * units[idx].mean(axis=1))
-    lo, hi = np.quantile(values, [0.025, 0.975])
+    lo, hi = centred_interval(values, np.asarray(value))
     return float(lo), float(hi)
 
 
-def measured_latency(timing: PairedTiming, n: int) -> LatencyEvidence:
+def measured_latency(timing: PairedTiming, n: int, timed: TimedCoverage | None = None) -> LatencyEvidence:
     """A ``dyncal verify`` timing as evidence: the real early exit and the plain model, paired.
 
     Args:
         timing: The paired timing at one device and batch size.
         n: Samples verify replayed.
+        timed: How many of them it timed (:meth:`TimedCoverage.of`); a speed-up timed on
+            part of them is measurement-limited (:mod:`dyncal.reports.decision`).
 
     Returns:
         The evidence, ``source="measured"``, its intervals the timing's.
@@ -409,6 +412,7 @@ def measured_latency(timing: PairedTiming, n: int) -> LatencyEvidence:
         timing_spread=timing.timing_spread,
         source="measured",
         full_model=full,
+        timed=timed,
     )
     return LatencyEvidence(
         timing.key,
@@ -418,7 +422,7 @@ def measured_latency(timing: PairedTiming, n: int) -> LatencyEvidence:
         full_source,
         estimate,
         predicted_ms=timing.predicted_ms,
-        rows=f"{n:,} samples replayed by dyncal verify",
+        rows=f"{n:,} samples replayed by dyncal verify" if timed is None else f"dyncal verify: {timed.text()}",
     )
 
 

@@ -55,6 +55,8 @@ _LABELS = {
     "oracle": "oracle (upper bound: best exit known)",
 }
 _OP_COLOR = "#d62728"
+LABEL_BOX = {"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.85}
+"""Behind every label drawn among curves: a curve passing under it does not strike it through."""
 _COMPARE_COLORS = ("#17becf", "#8c564b", "#e377c2", "#bcbd22", "#9467bd", "#1a1a6e")
 _COMPARE_MARKERS = ("D", "^", "v", "P", "X", "h")
 
@@ -190,12 +192,22 @@ def _draw_curves(
             ha="right",
             fontsize=8,
             color="#444444",
+            bbox=LABEL_BOX,
+            zorder=6,
         )
     for xi, yi, k in static_labels:
         if np.isfinite(xi) and np.isfinite(yi):
             offset, ha = _label_offset(ax, (xi, yi), star)
             ax.annotate(
-                f"exit {int(k)}", (xi, yi), xytext=offset, textcoords="offset points", fontsize=8, ha=ha, color="black"
+                f"exit {int(k)}",
+                (xi, yi),
+                xytext=offset,
+                textcoords="offset points",
+                fontsize=8,
+                ha=ha,
+                color="black",
+                bbox=LABEL_BOX,  # a curve passing under a label does not strike it through
+                zorder=6,
             )
     ax.set_ylabel("top-1 accuracy" + (" (held out)" if held_out else " (fitted; nothing held out)"))
     ax.yaxis.set_major_formatter(_percent_formatter())

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dyncal.errors import DyncalError
-from dyncal.reports.figures import _OP_COLOR, _figure_of, _panels, _percent_formatter
+from dyncal.reports.figures import _OP_COLOR, LABEL_BOX, _figure_of, _panels, _percent_formatter
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -129,6 +129,8 @@ def _draw_exit_accuracy(bottom: Axes, acc: np.ndarray, exit_accuracy: Sequence[f
                 textcoords="offset points",
                 fontsize=8,
                 color=_OP_COLOR,
+                bbox=LABEL_BOX,
+                zorder=6,
             )
     both = np.concatenate(values)
     lo = float(np.nanmin(both)) if np.isfinite(both).any() else 0.0
@@ -209,6 +211,8 @@ def plot_reliability(
             lw=1.6,
             label="mean confidence in bin",
         )
+        for c, n in zip(centers[filled], shown.count[filled], strict=True):  # samples per bin: how far to trust it
+            ax.text(c, 0.015, f"{int(n):,}", rotation=90, ha="center", va="bottom", fontsize=6, color="#111111")
         if scaled is not None:
             rf = raw.count > 0
             rc = 0.5 * (raw.edges[:-1] + raw.edges[1:])
@@ -243,6 +247,6 @@ def reliability_columns(k: int) -> int:
 
     Example:
         >>> [reliability_columns(k) for k in (2, 3, 4, 5)]
-        [2, 3, 2, 3]
+        [2, 2, 2, 3]
     """
-    return 2 if k in (2, 4) else min(k, 3)
+    return 2 if k in (2, 3, 4) else min(k, 3)  # three in a row leave half the page empty

@@ -2,12 +2,17 @@
 
 :class:`_Page` lays out text, tables and axes top to bottom on one figure; the pages in
 :mod:`dyncal.reports.pages` are written with it. matplotlib is imported only when drawing.
+
+Text is wrapped by its measured width in its font (:func:`wrap_text`), never by a count of
+characters: a paragraph stays between the margins, a table cell within its column (a cell
+too long wraps onto more lines and its row grows), and a long number or hash is moved to
+the next line whole rather than cut.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +37,9 @@ _GO_COLOR = "#1a7f37"
 _NOGO_COLOR = "#c62828"
 _AMBER = "#b26a00"
 _GREY = "#555555"
+LEFT, RIGHT = 0.06, 0.94
+"""The page's text margins, as figure fractions."""
+_MONO = "DejaVu Sans Mono"
 _RC: dict[str, Any] = {
     "pdf.fonttype": 42,
     "pdf.compression": 9,
@@ -42,6 +50,49 @@ _RC: dict[str, Any] = {
     "ytick.labelsize": 9,
     "svg.hashsalt": "dyncal",
 }
+
+
+@functools.lru_cache(maxsize=65536)
+def _width_pt(text: str, size: float, weight: str, family: str | None) -> float:
+    """Width of ``text`` in points in the report's font (``family`` None: DejaVu Sans)."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextToPath
+
+    props = FontProperties(family=family or "DejaVu Sans", size=size, weight=weight)
+    return float(TextToPath().get_text_width_height_descent(text, props, ismath=False)[0])
+
+
+def wrap_text(
+    text: str, width_in: float, size: float, *, weight: str = "normal", family: str | None = None
+) -> list[str]:
+    """``text`` in lines no wider than ``width_in`` inches in its font; explicit newlines kept.
+
+    Words are never cut: a word wider than the line (a hash, a long path) takes a line of
+    its own, cut at the line's width only when it alone is wider than a line.
+
+    Example:
+        >>> wrap_text("a b c", 10.0, 9)
+        ['a b c']
+        >>> len(wrap_text("word " * 40, 2.0, 9)) > 5
+        True
+    """
+    limit = 72.0 * width_in
+    lines: list[str] = []
+    for part in text.split("\n"):
+        line = ""
+        for word in part.split():
+            candidate = f"{line} {word}" if line else word
+            if not line or _width_pt(candidate, size, weight, family) <= limit:
+                line = candidate
+                continue
+            lines.append(line)
+            line = word
+        while _width_pt(line, size, weight, family) > limit and len(line) > 1:  # one word wider than a line
+            cut = max(1, int(len(line) * limit / _width_pt(line, size, weight, family)))
+            lines.append(line[:cut])
+            line = line[cut:]
+        lines.append(line)
+    return lines
 
 
 def page_titles(data: ReportData) -> tuple[str, ...]:
@@ -77,8 +128,8 @@ class _Page:
         )
         run = data.run
         foot = (
-            f"run {run.path.name}: N={run.n:,}, K={run.k}, C={run.c:,} · "
-            f"run created {data.date.strftime('%Y-%m-%d %H:%M UTC')} · dyncal {_version()}"
+            f"run '{run.path.name}' (N={run.n:,}, K={run.k}, C={run.c:,}) · "
+            f"created {data.date.strftime('%Y-%m-%d %H:%M UTC')} · dyncal {_version()}"
         )
         self.fig.text(0.06, 0.3 / self.height_in, foot, fontsize=7, color=_GREY)
         self.fig.add_artist(_rule(self.fig, 1 - 0.45 / self.height_in))
@@ -104,10 +155,9 @@ class _Page:
         indent: float = 0.06,
         weight: str = "normal",
     ) -> None:
-        """Wrapped text at the cursor."""
-        lines = []
-        for part in text.split("\n"):
-            lines.extend(textwrap.wrap(part, width=width, break_on_hyphens=False) or [""])
+        """Text at the cursor, wrapped between ``indent`` and the right margin (``width`` is ignored)."""
+        del width  # kept for callers: lines are measured in the font, not counted in characters
+        lines = wrap_text(text, (RIGHT - indent) * self.width_in, size, weight=weight, family=family)
         for line in lines:
             self.skip(size / 72 * 1.35)
             kw: dict[str, Any] = {
@@ -119,6 +169,23 @@ class _Page:
             if family:
                 kw["family"] = family
             self.fig.text(indent, self.y, line, **kw)
+
+    def rows(
+        self, items: Sequence[tuple[str, str]], *, value_x: float = 0.3, size: float = 9, mono: Sequence[str] = ()
+    ) -> None:
+        """Label and value pairs at the cursor, each value wrapped whole between ``value_x`` and the margin.
+
+        Labels named in ``mono`` have their value in a monospaced font (hashes, commands).
+        """
+        for label, value in items:
+            self.skip(size / 72 * 1.45)
+            self.fig.text(LEFT, self.y, label, fontsize=size, color=_GREY, va="baseline")
+            family = _MONO if label in mono else None
+            v_size = size - 0.5 if family else size
+            for j, line in enumerate(wrap_text(value, (RIGHT - value_x) * self.width_in, v_size, family=family)):
+                if j:
+                    self.skip(size / 72 * 1.35)
+                self.fig.text(value_x, self.y, line, fontsize=v_size, va="baseline", family=family)
 
     def note(self, text: str, size: float = 8, width: int = 100) -> None:
         """A grey footnote: what the numbers above are and how they were made."""
@@ -174,22 +241,42 @@ class _Page:
         row_colors: Sequence[str | None] | None = None,
         left: float = 0.06,
     ) -> None:
-        """A simple ruled table at the cursor; ``col_widths`` are figure fractions."""
+        """A simple ruled table at the cursor; ``col_widths`` are figure fractions.
+
+        Columns wider in all than the page's margins allow are narrowed in proportion; a cell
+        wider than its column wraps within it and its row grows.
+        """
         line_h = size / 72 * 1.6
-        xs = [left + sum(col_widths[:i]) for i in range(len(col_widths))]
-        right = left + sum(col_widths)
-        self.skip(line_h)
-        for x, h in zip(xs, header, strict=True):
-            self.fig.text(x + 0.005, self.y, h, fontsize=size, weight="bold", va="baseline")
+        wrap_h = size / 72 * 1.25
+        scale = min(1.0, (RIGHT - left) / sum(col_widths))
+        widths = [w * scale for w in col_widths]
+        xs = [left + sum(widths[:i]) for i in range(len(widths))]
+        right = left + sum(widths)
+
+        def cells(row: Sequence[str], weights: Sequence[str]) -> list[list[str]]:
+            return [
+                wrap_text(str(c), (w - 0.012) * self.width_in, size, weight=wt)
+                for c, w, wt in zip(row, widths, weights, strict=True)
+            ]
+
+        def draw(lines: list[list[str]], styles: Sequence[dict[str, Any]]) -> None:
+            self.skip(line_h)
+            for depth in range(max(map(len, lines))):
+                if depth:
+                    self.skip(wrap_h)
+                for x, cell, style in zip(xs, lines, styles, strict=True):
+                    if depth < len(cell):
+                        self.fig.text(x + 0.005, self.y, cell[depth], fontsize=size, va="baseline", **style)
+
+        bold = {"weight": "bold"}
+        draw(cells(header, ["bold"] * len(header)), [bold] * len(header))
         self.fig.add_artist(_rule(self.fig, self.y - 0.3 * line_h / self.height_in, left, right, lw=0.8))
         for i, row in enumerate(rows):
-            self.skip(line_h)
             color = row_colors[i] if row_colors is not None else None
-            for j, (x, cell) in enumerate(zip(xs, row, strict=True)):
-                kw: dict[str, Any] = {"fontsize": size, "va": "baseline"}
-                if color is not None and j == len(row) - 1:
-                    kw.update(color=color, weight="bold")
-                self.fig.text(x + 0.005, self.y, cell, **kw)
+            styles: list[dict[str, Any]] = [{} for _ in row]
+            if color is not None:
+                styles[-1] = {"color": color, "weight": "bold"}
+            draw(cells(row, [st.get("weight", "normal") for st in styles]), styles)
         self.fig.add_artist(_rule(self.fig, self.y - 0.45 * line_h / self.height_in, left, right, lw=0.8))
         self.skip(0.45 * line_h)
 

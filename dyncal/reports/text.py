@@ -33,8 +33,8 @@ __all__ = [
 ]
 
 REMEDY = (
-    "measure again on a quiet machine, with --threads 1 and more --repeats "
-    "(dyncal profile RUN --threads 1 --repeats 100; dyncal verify RUN --threads 1 --repeats 20 --out verify.json)"
+    "measure again on a quiet machine with more --repeats (dyncal profile RUN --repeats 100; dyncal verify RUN "
+    "--repeats 20 --out verify.json), pinning one thread (--threads 1) if more were used"
 )
 """What to do when timing noise alone decides a latency criterion."""
 

@@ -219,7 +219,8 @@ def _how_measured(p: _Page, data: ReportData, key: str) -> None:
         stages = ", ".join(map(str, noisy))
         line += (
             f" Warning: spread (IQR) above 10% of the median for stage(s) {stages}: the machine was busy; "
-            "measure with --threads 1 and more --repeats on a quiet machine."
+            "measure on a quiet machine with more --repeats"
+            + ("." if prof.threads == 1 else " and one thread (--threads 1).")
         )
     p.para(line, size=8, width=125, color=_NOGO_COLOR if noisy else "black")
 

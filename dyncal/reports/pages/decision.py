@@ -5,7 +5,6 @@ Its sentences on other models (``compare``) are shared with page 7 (:mod:`dyncal
 
 from __future__ import annotations
 
-import textwrap
 from typing import TYPE_CHECKING
 
 from dyncal.reports.compare import Alternative
@@ -78,6 +77,13 @@ def _criteria_message(data: ReportData, decision: str | None) -> str:
         )
     if decision == "GO":
         return "Every criterion is met, each with its whole 95% interval on the right side."
+    limited = [c for c in unsure if c.remedy]
+    if decision == "INCONCLUSIVE" and limited:
+        return (
+            "Too few samples were timed to decide: "
+            + "; ".join(f"{inconclusive_text(c)}; {c.remedy}" for c in limited)
+            + " (verify stopped at its time bound)."
+        )
     if decision == "INCONCLUSIVE":
         return (
             "Timing noise alone decides: "
@@ -176,14 +182,7 @@ def _page_decision(data: ReportData) -> Figure:
     _criteria_table(p, data)
     p.skip(0.05)
     p.heading("Operating point")
-    for label, value in _operating_rows(data):
-        p.skip(9 / 72 * 1.45)
-        p.fig.text(0.06, p.y, label, fontsize=9, color=_GREY, va="baseline")
-        wrapped = textwrap.wrap(value, width=84, break_on_hyphens=False) or [""]
-        p.fig.text(0.3, p.y, wrapped[0], fontsize=9, va="baseline")
-        for extra in wrapped[1:]:
-            p.skip(9 / 72 * 1.35)
-            p.fig.text(0.3, p.y, extra, fontsize=9, va="baseline")
+    p.rows([(label, value) for label, value in _operating_rows(data)])
     p.skip(0.15)
     p.note(
         (
@@ -286,7 +285,7 @@ def _criteria_table(p: _Page, data: ReportData) -> None:
     p.table(
         ["criterion", "estimate", "95% interval", "required", "result"],
         rows,
-        col_widths=[0.35, 0.1, 0.19, 0.11, 0.14],
+        col_widths=[0.33, 0.12, 0.2, 0.12, 0.11],
         size=9.5,
         row_colors=colors,
     )

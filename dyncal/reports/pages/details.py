@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import textwrap
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +13,7 @@ from dyncal.reports.choice import BudgetSource
 from dyncal.reports.data import ReportData
 from dyncal.reports.figures import format_ms
 from dyncal.reports.figures_exits import plot_exits, plot_reliability, reliability_columns
-from dyncal.reports.layout import _GREY, _NOGO_COLOR, PAGE_TITLES, _Page
+from dyncal.reports.layout import _NOGO_COLOR, PAGE_TITLES, _Page
 from dyncal.reports.pages.decision import _alternative_result, _alternatives_summary, _cost_text, _dominance_text
 from dyncal.reports.text import format_macs, interval_text, pct, thresholds_text
 
@@ -106,14 +105,15 @@ def _page_calibration(data: ReportData) -> Figure:
         "ticks, their mean "
         "confidence; dashed line, perfect calibration. Bars above the line: the exit is "
         "under-confident "
-        "(it could exit more); below: over-confident. Bins holding few samples are noisy.",
+        "(it could exit more); below: over-confident. The number at the foot of each bar counts its "
+        "samples: bins holding few are noisy.",
         size=9.5,
     )
     header = ["exit", "accuracy", "mean confidence", "ECE (T = 1)"]
-    widths = [0.08, 0.14, 0.18, 0.16]
+    widths = [0.07, 0.13, 0.17, 0.14]
     if data.scaled_bins:
         header += ["temperature", "ECE (fitted T)"]
-        widths += [0.15, 0.17]
+        widths += [0.21, 0.16]  # "20.000 (at bound)" on one line
     rows = []
     for i in range(data.k):
         row = [
@@ -171,29 +171,12 @@ def _page_provenance(data: ReportData) -> Figure:
     )
     p.skip(0.1)
     p.heading("Run", size=11)
-    for label, value in _run_items(data.run):
-        p.skip(9 / 72 * 1.4)
-        p.fig.text(0.06, p.y, label, fontsize=9, color=_GREY, va="baseline")
-        mono = label in ("weights SHA-256", "command")
-        wrapped = textwrap.wrap(value, width=70 if mono else 80, break_long_words=True) or [""]
-        if len(wrapped) > 4:
-            wrapped = [*wrapped[:3], wrapped[3][:-2] + " …"]
-        for j, line in enumerate(wrapped):
-            if j:
-                p.skip(9 / 72 * 1.3)
-            p.fig.text(
-                0.3,
-                p.y,
-                line,
-                fontsize=8.5 if mono else 9,
-                va="baseline",
-                family="DejaVu Sans Mono" if mono else None,
-            )
+    p.rows(_run_items(data.run), mono=("weights SHA-256", "command"))  # whole, wrapped between words
     p.skip(0.15)
     p.heading("This report", size=11)
     p.para("; ".join(_asked(data)), size=9)
     if data.command:
-        p.para(data.command, size=8.5, family="DejaVu Sans Mono", width=100)
+        p.para(data.command, size=8, family="DejaVu Sans Mono")
     return p.fig
 
 
@@ -350,7 +333,6 @@ def _alternatives_table(p: _Page, data: ReportData) -> None:
         col_widths=[0.19, 0.17, 0.175, 0.17, 0.2],
         size=8,
         row_colors=colors,
-        left=0.04,
     )
     costs = sorted({a.cost for a in alts})
     p.note(

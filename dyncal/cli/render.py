@@ -361,8 +361,23 @@ def print_report(doc: dict[str, Any]) -> None:
         typer.echo(f"  to decide: {REMEDY}")
     _print_operating_point(doc)
     _print_alternatives(doc)
+    _print_savings(doc.get("savings"))
     for note in doc.get("notes", []):
         typer.echo(f"note: {note}")
+
+
+def _print_savings(s: dict[str, Any] | None) -> None:
+    """``report --rate``: the Offline saving in one line (the page has every scenario and the assumptions)."""
+    if not s:
+        return
+    plain, early = s["offline"]["plain"], s["offline"]["early_exit"]
+    saving = "" if s["offline_saving"] is None else f"{100 * s['offline_saving']:.0f}% fewer; "
+    typer.echo(
+        f"what it saves at {s['rate_per_s']:g}/s: early exit {early['cores']} {s['unit']}, plain deployment "
+        f"{plain['cores']} ({saving}Offline, batch {early['batch_size']}); "
+        f"{early['core_hours_per_million']:.3g} vs {plain['core_hours_per_million']:.3g} core-hours per million "
+        "requests"
+    )
 
 
 def _decision_text(doc: dict[str, Any]) -> str:
@@ -381,7 +396,8 @@ def _decision_text(doc: dict[str, Any]) -> str:
 
 
 def _print_criterion(c: dict[str, Any]) -> None:
-    pct = c["name"] != "speedup"
+    pct = c["name"] != "speedup" and not c["name"].startswith("latency_")
+    unit = " ms" if c["name"].startswith("latency_") and c["name"].endswith("_ms") else "x"
     bounds = [c["value"]]
     for name in ("interval", "interval_sampling"):
         if c.get(name) is not None:
@@ -395,7 +411,7 @@ def _print_criterion(c: dict[str, Any]) -> None:
         digits += 1
 
     def fmt(v: float) -> str:
-        return f"{100 * v:.{digits}f}%" if pct else f"{v:.{digits}f}x"
+        return f"{100 * v:.{digits}f}%" if pct else f"{v:.{digits}f}{unit}"
 
     iv = c["interval"]
     iv_txt = "" if iv is None else f" [{fmt(iv[0])}, {fmt(iv[1])}]"

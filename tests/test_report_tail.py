@@ -14,58 +14,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import assert_clean_error
+from tail_runs import WEIGHTS, K, tail_run
 
 from dyncal.artifacts.requests import RequestTimings
 from dyncal.calibrate.solvers import solve_run
 from dyncal.errors import DyncalError
-from dyncal.run import CostTable, LatencyProfile, Provenance, import_arrays, load_run, store_costs
+from dyncal.run import load_run
 
 pypdf = pytest.importorskip("pypdf")
 pytestmark = pytest.mark.integration  # every test writes a PDF report
 
-K, N, C = 4, 600, 5
-WEIGHTS = "0" * 64
-
-
-def _profile() -> LatencyProfile:
-    reps = 5
-    wiggle = np.linspace(0.99, 1.01, reps)
-    return LatencyProfile(
-        device="cpu",
-        batch_size=1,
-        stage_ms=tuple(tuple(float(s * w) for w in wiggle) for s in (0.4, 0.3, 0.4, 0.5)),
-        decision_ms=tuple(float(0.02 * w) for w in wiggle),
-        full_model_ms=tuple(float(1.7 * w) for w in wiggle),
-        threads=2,
-        hardware="test CPU",
-        settings={"repeats": reps},
-    )
-
 
 @pytest.fixture(scope="module")
 def run_and_thresholds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
-    """A 4-exit run whose later exits are more accurate, and thresholds solved on it at 0.6x."""
-    rng = np.random.default_rng(3)
-    y = rng.integers(0, C, N)
-    z = rng.normal(size=(N, K, C)).astype(np.float32)
-    for k in range(K):
-        z[np.arange(N), k, y] += 0.8 + 0.9 * k  # deeper exits: more confident and more often right
+    """The demo-like run, and thresholds solved on it at 0.6x."""
     root = tmp_path_factory.mktemp("tail_run")
-    prov = Provenance(
-        model="tests:synthetic",
-        weights_sha256=WEIGHTS,
-        data="tests:synthetic",
-        command="dyncal import",
-        created="2026-12-01T00:00:00+00:00",
-        device="cpu",
-        versions={"dyncal": "test"},
-    )
-    run = import_arrays(z, y, root / "run", macs=(1e6, 2e6, 3e6, 4e6), provenance=prov)
-    store_costs(run, CostTable(macs=(1e6, 2e6, 3e6, 4e6), latency={"cpu/b1": _profile()}))
-    doc = solve_run(load_run(run.path), "0.6x").to_dict()
+    path = tail_run(root)
+    doc = solve_run(load_run(path), "0.6x").to_dict()
     th = root / "thresholds.json"
     th.write_text(json.dumps(doc))
-    return run.path, th, doc
+    return path, th, doc
 
 
 def _timings(noise_ms: float, *, n: int = 240, pairs: int = 5, seed: int = 0, plain: float = 2.1) -> RequestTimings:

@@ -42,6 +42,14 @@ def solve(
     ] = DEFAULT_METHOD,
     max_drop: Annotated[float | None, typer.Option(help=_RISK_HELP)] = None,
     delta: Annotated[float, typer.Option(help="Risk control: allowed probability of a drop above --max-drop.")] = 0.05,
+    max_latency_ms: Annotated[
+        str | None,
+        typer.Option(
+            help="A tail bound, p99=2.5 (any percentile, or max): the predicted p-th percentile of a request's "
+            "latency (profiled batch-1 latency of the exit it takes) stays within it on the fit samples, as well "
+            "as the mean within --budget."
+        ),
+    ] = None,
     overwrite: params.OverwriteOpt = False,
     json_: params.JsonOpt = False,
     **shared: Any,
@@ -162,6 +170,7 @@ def report(
             "in latency with --device, else in MACs."
         ),
     ] = None,
+    title: Annotated[str | None, typer.Option(help="Title on every page.")] = None,
     max_p99_ms: Annotated[
         float | None, typer.Option(help="GO needs the p99 latency of a request at most this many ms (e.g. 2.5).")
     ] = None,
@@ -187,7 +196,6 @@ def report(
             "devices (GPU) and core-hours per million requests, plain deployment vs early exit (needs --verify)."
         ),
     ] = None,
-    title: Annotated[str | None, typer.Option(help="Title on every page.")] = None,
     method: params.MethodOrDefaultOpt = None,
     temperature: Annotated[
         bool, typer.Option("--temperature", help="Fit one temperature per exit on the fitting half.")

@@ -235,6 +235,7 @@ def print_solve(doc: dict[str, Any], asked_latency: str | None = None) -> None:
     costs += [f"{ms:.4g} ms ({key})" for key, ms in doc.get("expected_ms", {}).items()]
     console.print(f"expected cost per sample: {', '.join(costs)} = {b['met_fraction']:.4f}x")
     console.print("exit shares: " + ", ".join(f"{j + 1}: {100 * s:.1f}%" for j, s in enumerate(doc["exit_shares"])))
+    _print_tail(console, b.get("tail"))
     if doc.get("risk"):
         r = doc["risk"]
         console.print(
@@ -244,6 +245,19 @@ def print_solve(doc: dict[str, Any], asked_latency: str | None = None) -> None:
             + (f", held-out drop {r['holdout_drop']:+.4f}" if "holdout_drop" in r else "")
         )
     console.print(_static_table(doc["static"]))
+
+
+def _print_tail(console: Any, tail: dict[str, Any] | None) -> None:
+    """``solve --max-latency-ms``: the bound kept on the fit part, and the held-out figure."""
+    if not tail:
+        return
+    label = tail["asked"].split("=")[0]
+    held = "" if tail.get("holdout_ms") is None else f", held-out {tail['holdout_ms']:.4g} ms"
+    console.print(
+        f"tail: {label} latency per request predicted {tail['fit_ms']:.4g} ms on the fit part{held} "
+        f"(bound {tail['bound_ms']:g} ms, {tail['latency']}; exits slower than the bound: "
+        f"{', '.join(map(str, tail['slow_exits'])) or 'none'})"
+    )
 
 
 def _static_table(static: list[dict[str, Any]]) -> Table:

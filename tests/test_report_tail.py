@@ -173,16 +173,21 @@ def test_tail_and_rate_mistakes_are_one_line(run_and_thresholds, tmp_path: Path,
     assert not out.exists()
 
 
-def test_a_verify_result_without_requests_says_so_for_a_rate(run_and_thresholds, tmp_path: Path, cli):
+def test_a_verify_result_without_stored_requests_uses_its_batch_1_pairs(run_and_thresholds, tmp_path: Path, cli):
+    """Each timed batch of 1 is a request (here 3 of the 600, 1 ms early exit and 2 ms plain); its exit is unknown."""
     run_path, th_path, th = run_and_thresholds
     verify = _verify_doc(run_path, th, [], tmp_path, "verify.json")
-    res = cli("report", run_path, "--thresholds", th_path, "--out", tmp_path / "r.pdf", "--verify", verify,
-              "--rate", "200/s")  # fmt: skip
-    assert_clean_error(res, "the verify result stores no timed requests")
+    out = tmp_path / "r.pdf"
+    doc = _report(cli, run_path, th_path, out, "--verify", verify, "--rate", "200/s", "--max-p99-ratio", "0.6")
+    assert doc["requests"]["cpu/b1"]["coverage"] == "3 of 600 requests timed"
+    assert doc["criteria"][-1]["value"] == pytest.approx(0.5) and doc["decision"] == "GO"
+    assert doc["savings"]["single_stream"]["plain"] == {"p90_ms": 2.0, "p99_ms": 2.0}
+    page = _pages(out)[6]
+    assert "did not record the exit each request took" in page and "leaving at exit" not in page
     bad = json.loads(verify.read_text())
     bad["requests"] = [{**_timings(0.001).to_dict(summaries=False), "plain_ms": [[1.0]]}]
     verify.write_text(json.dumps(bad))
-    res = cli("report", run_path, "--thresholds", th_path, "--out", tmp_path / "r.pdf", "--verify", verify)
+    res = cli("report", run_path, "--thresholds", th_path, "--out", tmp_path / "r2.pdf", "--verify", verify)
     assert_clean_error(res, r"is not a valid verify result: .*requests\[0\]")
 
 

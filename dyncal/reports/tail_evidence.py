@@ -3,7 +3,9 @@
 Verify's per-request timings (:class:`~dyncal.artifacts.requests.RequestTimings`, one per
 batch size) are read from the verify result: its ``requests`` attribute when it has one,
 else the document's ``requests`` list (or a ``requests`` object inside each of its
-``timings``), each in :meth:`RequestTimings.to_dict`'s format (:func:`stored_requests`).
+``timings``), each in :meth:`RequestTimings.to_dict`'s format (:func:`stored_requests`). A
+verify result that stores none still has its paired timings: at batch 1 each timed batch is
+a request, only its exit is not recorded (:func:`requests_from_pairs`).
 
 :func:`report_tail_criteria` judges the tail bounds the report was asked
 (:func:`dyncal.reports.tail.tail_bounds`): on verify's batch-1 requests when it timed them
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "stored_requests",
     "requests_from_document",
+    "requests_from_pairs",
     "requests_document",
     "report_tail_criteria",
     "report_savings",
@@ -93,15 +96,61 @@ def stored_requests(
     held = getattr(verify, "requests", None)
     if held:
         return tuple(sorted(held, key=lambda t: t.batch_size))
-    if source is None or not isinstance(source, (str, os.PathLike)):
-        return ()
-    from dyncal.artifacts.verify import MAX_VERIFY_BYTES
+    if isinstance(source, (str, os.PathLike)):
+        from dyncal.artifacts.verify import MAX_VERIFY_BYTES
 
-    doc = V.read_json_document(source, what="a verify result", max_bytes=MAX_VERIFY_BYTES)
-    try:
-        return requests_from_document(doc)
-    except V.FieldError as e:
-        raise DyncalError(f"'{source}' is not a valid verify result: {e}; run 'dyncal verify ... --out' again") from e
+        doc = V.read_json_document(source, what="a verify result", max_bytes=MAX_VERIFY_BYTES)
+        try:
+            found = requests_from_document(doc)
+        except V.FieldError as e:
+            raise DyncalError(
+                f"'{source}' is not a valid verify result: {e}; run 'dyncal verify ... --out' again"
+            ) from e
+        if found:
+            return found
+    return requests_from_pairs(verify)
+
+
+def requests_from_pairs(verify: VerifyResult) -> tuple[RequestTimings, ...]:
+    """A verify result that stores no requests: each paired timing's batches as units, their exits not recorded.
+
+    At batch 1 a timed batch is one request, so its pairs are that request's latencies; only
+    the exit each took is unknown (one stratum: ``n_exits`` is 1, and no figure is per exit).
+    The rows timed come from the result's coverage (``samples_timed``) where it records it.
+
+    Example:
+        >>> from dyncal.artifacts.verify import ModelIdentity, PairedTiming, VerifyResult
+        >>> pair = PairedTiming("cpu/b1", 1, ((1.0, 1.1),) * 3, ((2.0, 2.0),) * 3)
+        >>> v = VerifyResult("r", "d", ModelIdentity("m", None), 10, 1, 1, 1, 1, (1,), (1,), (pair,), "cpu", "x", 1,
+        ...                  settings={"max_seconds": 10.0})
+        >>> requests_from_pairs(v)[0].coverage()
+        '3 of 10 requests timed (time bound 10 s)'
+    """
+    coverage = verify.settings.get("coverage")
+    bound = verify.settings.get("max_seconds")
+    out = []
+    for t in verify.timings:
+        if not t.batches:
+            continue
+        b = t.batch_size
+        known = coverage.get(t.key) if isinstance(coverage, Mapping) else None
+        samples = known.get("samples_timed") if isinstance(known, Mapping) else None
+        rows = t.batches * b if not isinstance(samples, int) else samples
+        rows = min(max(rows, (t.batches - 1) * b + 1), t.batches * b)  # as many units as batches timed
+        out.append(
+            RequestTimings(
+                t.key,
+                b,
+                np.arange(rows),
+                np.zeros(rows, dtype=np.int64),
+                np.asarray(t.early_exit_ms),
+                np.asarray(t.full_model_ms),
+                n_exits=1,
+                n_available=max(rows, verify.n),
+                time_bound_s=float(bound) if isinstance(bound, (int, float)) and bound > 0 else None,
+            )
+        )
+    return tuple(sorted(out, key=lambda t: t.batch_size))
 
 
 def batch_one(requests: Sequence[RequestTimings]) -> RequestTimings | None:

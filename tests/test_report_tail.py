@@ -118,7 +118,7 @@ def test_a_tail_criterion_decides_the_report(run_and_thresholds, tmp_path: Path,
     )
     assert tail["value"] == pytest.approx(np.percentile(_timings(noise).early_exit_ms.min(axis=1), 99))
     pages = _pages(out)
-    assert "p99 latency per request (cpu/b1), measured" in pages[0] and decision in pages[0]
+    assert "p99 latency (cpu/b1), measured" in pages[0] and decision in pages[0]
     assert doc["pages"][-1]["title"] == "Latency as requests feel it" and len(pages) == 7
     assert "240 of 240 requests timed" in pages[6] and "leaving at exit 4" in pages[6]
     assert doc["requests"]["cpu/b1"]["coverage"] == "240 of 240 requests timed"

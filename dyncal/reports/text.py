@@ -222,8 +222,8 @@ def criterion_label(c: Criterion) -> str:
     if c.name.startswith("latency_"):
         label = c.name.split("_")[1]
         if c.name.endswith("_ratio"):
-            return f"{label} latency vs plain deployment ({c.cost}), {c.source or 'measured'}"
-        return f"{label} latency per request ({c.cost}), {c.source or 'measured'}"
+            return f"{label} vs plain deployment ({c.cost})"
+        return f"{label} latency ({c.cost}), {c.source or 'measured'}"
     if c.cost == "macs":
         return "speed-up (MACs)"
     return f"speed-up (latency, {c.cost}), {c.source or 'predicted'}"

@@ -117,8 +117,11 @@ def savings_sentence(s: Savings) -> str:
         >>> import numpy as np
         >>> t = RequestTimings("cpu/b1", 1, np.arange(4), np.zeros(4, int), np.full((4, 1), 2.0), np.full((4, 1), 5.0),
         ...                    n_exits=1)
-        >>> savings_sentence(what_it_saves([t], 1000.0, cores_per_server=2))
-        'At 1000 requests/s early exit needs 6 cores where the plain deployment needs 14: 57% fewer (Offline, batch 1).'
+        >>> offline, server = savings_sentence(what_it_saves([t], 1000.0, cores_per_server=2)).split(". ")
+        >>> offline
+        'At 1000 requests/s early exit needs 6 cores where the plain deployment needs 14: 57% fewer (Offline, batch 1)'
+        >>> server
+        'Served one request at a time (Server): 6 against 14, 57% fewer.'
     """
     unit = s.unit
     off = s.offline

@@ -53,7 +53,7 @@ def _constant(key: str, batch: int, ee_ms: float, plain_ms: float, n: int = 64) 
     )
 
 
-def _verify_doc(run_path: Path, th: dict, requests: list[RequestTimings], tmp: Path, name: str) -> Path:
+def _verify_doc(run_path: Path, th: dict, requests: list[RequestTimings], tmp: Path, name: str, **change) -> Path:
     """verify.json for the run and thresholds, with ``requests`` stored in their document format."""
     from dyncal.artifacts.thresholds import decision_fingerprint
     from dyncal.artifacts.verify import ModelIdentity, PairedTiming, VerifyResult
@@ -78,6 +78,7 @@ def _verify_doc(run_path: Path, th: dict, requests: list[RequestTimings], tmp: P
     )
     doc = result.to_dict()
     doc["requests"] = [t.to_dict(summaries=False) for t in requests]
+    doc.update(change)
     path = tmp / name
     path.write_text(json.dumps(doc))
     return path
@@ -189,6 +190,18 @@ def test_a_verify_result_without_stored_requests_uses_its_batch_1_pairs(run_and_
     verify.write_text(json.dumps(bad))
     res = cli("report", run_path, "--thresholds", th_path, "--out", tmp_path / "r2.pdf", "--verify", verify)
     assert_clean_error(res, r"is not a valid verify result: .*requests\[0\]")
+
+
+def test_a_verify_result_for_other_thresholds_is_named_when_the_tail_or_rate_needs_it(
+    run_and_thresholds, tmp_path: Path, cli
+):
+    run_path, th_path, th = run_and_thresholds
+    other = _verify_doc(run_path, th, [_timings(0.001)], tmp_path, "v.json", decision_fingerprint="f" * 64)
+    for args in (["--max-p99-ratio", "1.2"], ["--rate", "200/s"]):
+        res = cli("report", run_path, "--thresholds", th_path, "--out", tmp_path / "r.pdf", "--verify", other, *args)
+        assert_clean_error(res, "verify result '.*v.json' ignored: it was measured with other thresholds")
+    doc = _report(cli, run_path, th_path, tmp_path / "r.pdf", "--verify", other, "--max-p99-ms", "5")
+    assert doc["criteria"][-1]["source"] == "predicted" and "requests" not in doc  # predicted, as the note says
 
 
 # -- what it saves

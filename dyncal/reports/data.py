@@ -244,10 +244,11 @@ def prepare_report(run_path: str | os.PathLike[str], options: ReportOptions | No
     )
     requests = stored_requests(verify_result, options.verify)
     bounds = options.tail_bounds
+    unused = notes[-1] if verify_result is None and options.verify is not None and notes else None
     criteria += report_tail_criteria(
-        bounds, requests, exits=outcome.exits, costs=run.costs, k=run.k, device=options.device
+        bounds, requests, exits=outcome.exits, costs=run.costs, k=run.k, device=options.device, unused=unused
     )
-    savings = report_savings(options.rate, requests, verify_result, bounds)
+    savings = report_savings(options.rate, requests, verify_result, bounds, unused)
     decision = decide(criteria)
     alternatives = compare_alternatives(choice, evidence, options.compare) if options.compare else ()
     if decision is not None and any(a.static and a.dominates for a in alternatives):

@@ -183,6 +183,7 @@ def report_tail_criteria(
     costs: CostTable | None,
     k: int,
     device: str | None = None,
+    unused: str | None = None,
 ) -> list[Criterion]:
     """Judge the report's tail bounds: measured on verify's batch-1 requests, else predicted from the profile.
 
@@ -193,6 +194,7 @@ def report_tail_criteria(
         costs: The run's costs (the profiled batch-1 latency, for a prediction).
         k: Exits.
         device: The latency device asked, if any.
+        unused: Why a verify result that was given is not used (its note), if so.
 
     Raises:
         DyncalError: A ratio to the plain deployment without verify's batch-1 requests, or
@@ -208,7 +210,7 @@ def report_tail_criteria(
         name = "max_p99_ratio" if ratio.percentile == 99.0 else "max_latency_ratio"
         raise DyncalError(
             f"{param(name)} {ratio.text}: the plain deployment's latency per request is measured by verify, not "
-            f"predicted; {_VERIFY_HINT}"
+            f"predicted; " + (unused or _VERIFY_HINT)
         )
     key, per_exit = _predicted_key(costs, k, device)
     return [predicted_tail_criterion(b, exits, per_exit, cost=key) for b in bounds]
@@ -219,6 +221,7 @@ def report_savings(
     requests: Sequence[RequestTimings],
     verify: VerifyResult | None,
     bounds: Sequence[TailBound] = (),
+    unused: str | None = None,
 ) -> Savings | None:
     """What early exit saves at ``rate`` (None when no rate was asked).
 
@@ -233,6 +236,8 @@ def report_savings(
 
     per_s = parse_rate(rate)
     if verify is None or not requests:
+        if unused is not None:
+            raise DyncalError(f"{param('rate')} needs verify's measured service times; {unused}")
         why = "no verify result was given" if verify is None else "the verify result stores no timed requests"
         raise DyncalError(f"{param('rate')} needs verify's measured service times and {why}; {_VERIFY_HINT}")
     p99 = next((b.bound for b in bounds if b.form == "ms" and b.percentile == 99.0), None)

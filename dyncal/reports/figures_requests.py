@@ -68,19 +68,8 @@ def plot_request_cdf(timings: RequestTimings, axes: Sequence[Axes] | None = None
         left.step(x, y, where="post", color=color, lw=1.6, label=f"{label} (p99 {p99:.3g} ms)")
     left.axhline(0.99, color="#999999", lw=0.6, ls=":")
     left.set_title(f"all {unit}s: early exit vs plain")
-    strata = timings.unit_exits
-    ee = timings.service_ms("early_exit")
-    if timings.n_exits == 1:  # a verify result that did not record the exit of each request
-        right.text(0.5, 0.55, "the exit of each request\nwas not recorded by this\nverify result", ha="center",
-                   va="center", transform=right.transAxes, fontsize=9, color="#555555")  # fmt: skip
-        strata = np.full(strata.shape, -1)
-    for j, k in enumerate(np.unique(strata[strata >= 0]).tolist()):
-        x, y = weighted_cdf(ee[strata == k])
-        right.step(x, y, where="post", color=_EXIT_COLORS[j % len(_EXIT_COLORS)], lw=1.3, label=f"exit {k + 1}")
-    x, y = weighted_cdf(timings.service_ms("plain"), w)
-    right.step(x, y, where="post", color=_PLAIN_COLOR, lw=1.0, ls="--", label="plain deployment")
-    right.set_title("early exit by the exit taken" if timings.batch_size == 1 else "by the deepest exit in the batch")
-    for ax in (left, right):
+    _by_exit(right, timings, w)
+    for ax in (left, right) if timings.n_exits > 1 else (left,):
         ax.set_xlabel(f"ms per {unit} (fastest pair)")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
@@ -89,3 +78,21 @@ def plot_request_cdf(timings: RequestTimings, axes: Sequence[Axes] | None = None
     fig_out = left.get_figure()
     assert fig_out is not None
     return fig_out  # type: ignore[return-value]
+
+
+def _by_exit(ax: Axes, timings: RequestTimings, w: np.ndarray | None) -> None:
+    """The early exit's CDF at each exit a timed unit took, the plain deployment's for reference."""
+    if timings.n_exits == 1:  # a verify result that did not record the exit of each request
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "the exit of each request\nwas not recorded by this\nverify result", ha="center",
+                va="center", transform=ax.transAxes, fontsize=9, color="#555555")  # fmt: skip
+        return
+    strata = timings.unit_exits
+    ee = timings.service_ms("early_exit")
+    for j, k in enumerate(np.unique(strata).tolist()):
+        x, y = weighted_cdf(ee[strata == k])
+        ax.step(x, y, where="post", color=_EXIT_COLORS[j % len(_EXIT_COLORS)], lw=1.3, label=f"exit {k + 1}")
+    x, y = weighted_cdf(timings.service_ms("plain"), w)
+    ax.step(x, y, where="post", color=_PLAIN_COLOR, lw=1.0, ls="--", label="plain deployment")
+    batch = timings.batch_size
+    ax.set_title("early exit by the exit taken" if batch == 1 else "by the deepest exit in the batch")

@@ -20,10 +20,12 @@ answer it returns meets the budget and the tail bound on the fit data. The slow 
 are a set, not necessarily a suffix: a profile whose latency is not monotone in the exit
 still gets the right constraint.
 
-Wiring (not done here): ``solve_run`` takes a tail option (``p99=2.5`` with the latency
-column's device and batch size), builds ``TailConstraint(p, bound, units["ms:<key>"])``
-and solves ``capped_problem(prep.problem(method, unit), constraint)`` with ``solve_at``;
-the thresholds document records the bound and ``predicted_percentile_ms`` of the result.
+Where it is used: ``solve --max-latency-ms p99=2.5`` (``SolveOptions.max_latency_ms``):
+:func:`run_tail_constraint` reads the bound on the run's profiled batch-1 latency column,
+:func:`~dyncal.calibrate.solvers.solve_run` solves with :func:`solve_with_tail`, and the
+thresholds document records :func:`tail_document` under ``budget.tail``. :class:`TailBound`
+and :func:`parse_tail_bound` (the bound as users write it) live here so that both ``solve``
+and the report's criteria (:mod:`dyncal.reports.tail`) read it.
 """
 
 from __future__ import annotations

@@ -21,11 +21,12 @@ Without a verify result, :func:`predicted_tail_criterion` judges the percentile 
 shares predict from the profiled per-exit latency
 (:func:`dyncal.calibrate.tail.predicted_percentile_ms`): a point estimate, no interval.
 
-Wiring (not done here): the CLI declares ``--max-p99-ms``, ``--max-latency-ms`` (repeatable),
-``--max-p99-ratio`` and ``--max-latency-ratio`` on ``report`` and passes them to
-:func:`tail_bounds`; the report appends ``judge_tail(bounds, timings)`` (the batch-1
-:class:`~dyncal.artifacts.requests.RequestTimings` of verify.json) to the criteria of
-:func:`~dyncal.reports.decision.judge` before :func:`~dyncal.reports.decision.decide`.
+Where it is used: ``report`` declares ``--max-p99-ms``, ``--max-latency-ms`` (repeatable),
+``--max-p99-ratio`` and ``--max-latency-ratio`` (:attr:`dyncal.reports.operating.ReportOptions.tail_bounds`
+reads them with :func:`tail_bounds`); :func:`dyncal.reports.tail_evidence.report_tail_criteria`
+judges them on verify's batch-1 requests and :func:`~dyncal.reports.data.prepare_report` adds
+them to the criteria before :func:`~dyncal.reports.decision.decide`. :class:`TailBound` and
+:func:`parse_tail_bound` live in :mod:`dyncal.calibrate.tail` (``solve`` reads a bound too).
 """
 
 from __future__ import annotations

@@ -13,11 +13,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from dyncal.run import CostTable, Provenance, import_arrays, store_costs
 from test_report import CREATED, DEMO_MACS, _demo_logits, _latency
 from typer.testing import CliRunner
 
 from dyncal.cli import app
-from dyncal.run import CostTable, Provenance, import_arrays, store_costs
 
 pytestmark = pytest.mark.skipif(shutil.which("pdftotext") is None, reason="needs poppler-utils (pdftotext)")
 

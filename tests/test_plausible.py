@@ -7,11 +7,11 @@ import json
 import re
 
 import pytest
+from dyncal.run import LatencyProfile, load_run
 from test_profile import FAST, _run_for
 
 from dyncal.analysis.plausible import ORDER_TOLERANCE, check_plausible, implausible
 from dyncal.errors import ProfileError
-from dyncal.run import LatencyProfile, load_run
 
 
 def _prof(b: int, full: tuple[float, ...], device: str = "cpu", threads: int | None = 1) -> LatencyProfile:

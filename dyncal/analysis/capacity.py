@@ -24,10 +24,10 @@ cores_per_server / throughput / 3600``, what the work itself takes) beside them.
 saving is ``1 - early exit / plain`` of the provisioned cores, in percent only in text for
 people.
 
-Wiring (not done here): the report's "what it saves" section calls
-``what_it_saves(timings, parse_rate(opts.rate), cores_per_server=threads)`` with verify's
-per-batch-size :class:`RequestTimings`, prints ``Savings.assumption`` under the table and
-puts ``Savings.to_dict()`` in ``report --json``.
+Where it is used: ``report --rate`` (:func:`dyncal.reports.tail_evidence.report_savings`, with
+verify's per-batch-size :class:`RequestTimings` and its threads per server) draws the "What it
+saves" page (:mod:`dyncal.reports.pages.requests`) with ``Savings.assumption`` under the table,
+and puts ``Savings.to_dict()`` in ``report --json`` under ``savings``.
 """
 
 from __future__ import annotations

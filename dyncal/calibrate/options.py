@@ -71,6 +71,9 @@ class SolveOptions(PrepareOptions):
         max_drop: Risk control: tolerated drop versus the last exit's accuracy.
         delta: Risk control: allowed probability of a drop above ``max_drop``.
         pvalue: Risk control p-values (:class:`~dyncal.choices.PValue`).
+        max_latency_ms: A tail bound, ``p99=2.5``: the predicted percentile of a request's
+            latency (profiled batch-1 latency of the exits taken) stays within it on the fit
+            samples (:mod:`dyncal.calibrate.tail`); with a budget, not with ``max_drop``.
 
     Example:
         >>> SolveOptions(budget="0.5x", method="geometric").method is Method.GEOMETRIC
@@ -88,10 +91,20 @@ class SolveOptions(PrepareOptions):
     max_drop: float | None = None
     delta: float = 0.05
     pvalue: PValue = PValue.BINOMIAL
+    max_latency_ms: str | None = None
 
     def __post_init__(self) -> None:
         """Check the values; a budget or a risk target is needed."""
         super().__post_init__()
+        if self.max_latency_ms is not None:
+            from dyncal.calibrate.tail import parse_tail_bound
+
+            parse_tail_bound(self.max_latency_ms, "ms", "max_latency_ms")
+            if self.max_drop is not None:
+                raise DyncalError(
+                    f"{param('max_latency_ms')} constrains a solve at a {param('budget')}, not risk control "
+                    f"({param('max_drop')}); leave one out"
+                )
         object.__setattr__(self, "method", Method.parse(self.method, "method"))
         object.__setattr__(self, "pvalue", PValue.parse(self.pvalue, "pvalue"))
         _positive_batch(self.batch_size)

@@ -138,6 +138,11 @@ def solve_run(
     """
     opts = options_from(SolveOptions, options, fields if budget is None else {**fields, "budget": budget}, "solve")
     _require_exits(run)
+    tail = None
+    if opts.max_latency_ms is not None:  # its latency column checked first: with a tail, `device` chooses it
+        from dyncal.calibrate.tail import run_tail_constraint
+
+        tail = run_tail_constraint(require_cost_units(run.costs, run.k), opts.max_latency_ms, opts.device)
     target, unit = _budget_column(run, opts)
     run_path = str(getattr(run, "path", ""))
     prepared = run if isinstance(run, PreparedRun) else None
@@ -149,7 +154,12 @@ def solve_run(
     method = opts.method.value
     prep = prepared or prepare_run(run, opts)
     problem = prep.problem(method, unit)
-    sol = solve_at(problem, target.value, method, path=prep.cache.paths.get((method, unit, 41)))
+    if tail is not None:
+        from dyncal.calibrate.tail import solve_with_tail
+
+        sol = solve_with_tail(problem, target.value, method, tail[0])
+    else:
+        sol = solve_at(problem, target.value, method, path=prep.cache.paths.get((method, unit, 41)))
     if sol is None:
         cheapest = min(s.cost for s in (problem.solution(t, e) for t, e in problem.geometric_pool()))
         raise BudgetError(
@@ -157,7 +167,13 @@ def solve_run(
             f"{format_budget(cheapest / prep.units[unit][-1], 'fraction')}; raise the budget or use "
             "`method` optimal"
         )
-    return _result_from(prep, sol.thresholds, method, target, unit, run_path)
+    result = _result_from(prep, sol.thresholds, method, target, unit, run_path)
+    if tail is not None:
+        from dyncal.calibrate.tail import tail_document
+
+        scores = prep.scores
+        result.budget["tail"] = tail_document(scores[prep.fit_idx], scores[prep.holdout_idx], result.thresholds, *tail)
+    return result
 
 
 def _budget_column(run: Any, opts: SolveOptions) -> tuple[BudgetTarget | None, str]:
@@ -167,7 +183,7 @@ def _budget_column(run: Any, opts: SolveOptions) -> tuple[BudgetTarget | None, s
     if spec is None:  # risk mode without a budget: MACs, else the latency column asked
         return None, "macs" if "macs" in units else pick_latency(units, device, batch_size)
     target = resolve_budget(spec, run.costs, run.k, device=device, batch_size=batch_size)
-    if (device is not None or batch_size is not None) and target.unit == "macs":
+    if (device is not None or batch_size is not None) and target.unit == "macs" and opts.max_latency_ms is None:
         _warn_unused_latency(units, spec.text, device, batch_size)
     return target, target.unit
 

@@ -20,25 +20,146 @@ answer it returns meets the budget and the tail bound on the fit data. The slow 
 are a set, not necessarily a suffix: a profile whose latency is not monotone in the exit
 still gets the right constraint.
 
-Wiring (not done here): ``solve_run`` takes a tail option (``p99=2.5`` with the latency
-column's device and batch size), builds ``TailConstraint(p, bound, units["ms:<key>"])``
-and solves ``capped_problem(prep.problem(method, unit), constraint)`` with ``solve_at``;
-the thresholds document records the bound and ``predicted_percentile_ms`` of the result.
+Where it is used: ``solve --max-latency-ms p99=2.5`` (``SolveOptions.max_latency_ms``):
+:func:`run_tail_constraint` reads the bound on the run's profiled batch-1 latency column,
+:func:`~dyncal.calibrate.solvers.solve_run` solves with :func:`solve_with_tail`, and the
+thresholds document records :func:`tail_document` under ``budget.tail``. :class:`TailBound`
+and :func:`parse_tail_bound` (the bound as users write it) live here so that both ``solve``
+and the report's criteria (:mod:`dyncal.reports.tail`) read it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from dyncal.calibrate.problem import ExitCap, ExitProblem, Solution
 from dyncal.calibrate.search import solve_at
-from dyncal.errors import BudgetError, DyncalError
+from dyncal.errors import BudgetError, DyncalError, param
 
-__all__ = ["TailConstraint", "predicted_percentile_ms", "max_slow_count", "capped_problem", "solve_with_tail"]
+__all__ = [
+    "FORMS",
+    "TailBound",
+    "parse_tail_bound",
+    "TailConstraint",
+    "predicted_percentile_ms",
+    "max_slow_count",
+    "capped_problem",
+    "solve_with_tail",
+    "run_tail_constraint",
+    "tail_document",
+]
+
+
+FORMS = ("ms", "ratio")
+"""``ms``: a bound in milliseconds; ``ratio``: a factor over the plain deployment's percentile."""
+_SPEC = re.compile(r"^\s*(?:p(?P<p>\d+(?:\.\d+)?)|(?P<max>max))\s*=\s*(?P<v>[^\s=]+?)\s*(?P<unit>ms|x)?\s*$", re.I)
+
+
+@dataclass(frozen=True)
+class TailBound:
+    """A bound on one percentile of request latency.
+
+    Attributes:
+        percentile: In ``(0, 100]`` (100 is the maximum).
+        bound: Milliseconds (``form="ms"``) or a factor over the plain deployment (``"ratio"``).
+        form: ``"ms"`` or ``"ratio"``.
+
+    Example:
+        >>> b = TailBound(99.0, 2.5)
+        >>> b.name, b.label, b.text
+        ('latency_p99_ms', 'p99', 'p99=2.5ms')
+    """
+
+    percentile: float
+    bound: float
+    form: str = "ms"
+
+    def __post_init__(self) -> None:
+        if self.form not in FORMS:
+            raise DyncalError(f"a tail bound's form must be one of {', '.join(FORMS)}, got {self.form!r}")
+        if not (0.0 < self.percentile <= 100.0):
+            raise DyncalError(f"a tail percentile must lie in (0, 100], got {self.percentile:g}")
+        if not (math.isfinite(self.bound) and self.bound > 0):
+            raise DyncalError(f"a tail bound must be a positive number, got {self.bound:g}")
+
+    @property
+    def label(self) -> str:
+        """``"p99"``, ``"p99.9"`` or ``"max"``."""
+        return "max" if self.percentile == 100.0 else f"p{self.percentile:g}"
+
+    @property
+    def name(self) -> str:
+        """The criterion's name: ``latency_p99_ms``, ``latency_p99_ratio``."""
+        return f"latency_{self.label}_{self.form}"
+
+    @property
+    def text(self) -> str:
+        """As a user writes it: ``p99=2.5ms`` or ``p99=1.2x``."""
+        return f"{self.label}={self.bound:g}{'ms' if self.form == 'ms' else 'x'}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {"percentile": self.percentile, "bound": self.bound, "form": self.form}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TailBound:
+        """Build from :meth:`to_dict` output.
+
+        Raises:
+            DyncalError: A missing or malformed field.
+        """
+        try:
+            return cls(float(d["percentile"]), float(d["bound"]), str(d.get("form", "ms")))
+        except (KeyError, TypeError, ValueError) as e:
+            raise DyncalError(f"a tail bound needs 'percentile', 'bound' and 'form', got {dict(d)!r:.80}") from e
+
+
+def parse_tail_bound(text: str, form: str = "ms", name: str = "max_latency_ms") -> TailBound:
+    """Read ``p99=2.5`` (any percentile ``p<q>`` with ``0 < q <= 100``, or ``max``).
+
+    Args:
+        text: What the user wrote; ``ms`` may follow a bound in milliseconds, ``x`` a factor.
+        form: ``"ms"`` or ``"ratio"`` (the option it came with says which).
+        name: The parameter, for the message.
+
+    Raises:
+        DyncalError: Not of that form, a percentile out of range, a bound that is not a
+            positive number, or a unit that does not fit the form.
+
+    Example:
+        >>> parse_tail_bound("p99=2.5")
+        TailBound(percentile=99.0, bound=2.5, form='ms')
+        >>> parse_tail_bound("p99.9 = 1.2x", "ratio").text
+        'p99.9=1.2x'
+    """
+    what = "a bound in ms" if form == "ms" else "a factor over the plain deployment's"
+    example = "p99=2.5" if form == "ms" else "p99=1.2"
+    m = _SPEC.match(str(text))
+    unit_ok = m is not None and (m["unit"] is None or m["unit"].lower() == ("ms" if form == "ms" else "x"))
+    value = _number(m["v"]) if m is not None else None
+    if m is None or not unit_ok or value is None:
+        raise DyncalError(
+            f"{param(name)} must look like {example} (a percentile p1..p100 or max, '=', {what}), got {text!r:.60}"
+        )
+    pct = 100.0 if m["max"] else float(m["p"])
+    if not 0.0 < pct <= 100.0:
+        raise DyncalError(f"{param(name)}: the percentile must lie in (0, 100], got p{m['p']} in {text!r:.60}")
+    if not (math.isfinite(value) and value > 0):
+        raise DyncalError(f"{param(name)}: the bound must be a positive number, got {m['v']!r:.30} in {text!r:.60}")
+    return TailBound(pct, value, form)
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -164,3 +285,70 @@ def solve_with_tail(
         (0.75, 1)
     """
     return solve_at(capped_problem(problem, constraint), budget, method, n_budgets)
+
+
+def run_tail_constraint(
+    units: Mapping[str, Sequence[float]], text: str, device: str | None = None
+) -> tuple[TailConstraint, str]:
+    """The constraint ``max_latency_ms`` (``p99=2.5``) asks of a run: its bound on the profiled batch-1 latency.
+
+    Args:
+        units: The run's cost columns (:func:`dyncal.calibrate.budget.cost_units`).
+        text: What the user wrote.
+        device: The latency device asked (default: the one profiled at batch 1).
+
+    Returns:
+        The constraint and the latency column it reads (``ms:cpu/b1``).
+
+    Raises:
+        DyncalError: A malformed bound, or no latency profiled at batch 1 (the latency of one request).
+
+    Example:
+        >>> c, column = run_tail_constraint({"macs": (1.0, 2.0), "ms:cpu/b1": (0.5, 1.5)}, "p99=1")
+        >>> column, c.slow_exits.tolist()
+        ('ms:cpu/b1', [False, True])
+    """
+    from dyncal.calibrate.budget import pick_latency
+
+    bound = parse_tail_bound(text, "ms", "max_latency_ms")
+    try:
+        column = pick_latency({k: tuple(v) for k, v in units.items()}, device, 1)
+    except BudgetError as e:
+        raise BudgetError(
+            f"{param('max_latency_ms')} bounds the latency of one request, so it needs batch 1: {e}"
+        ) from None
+    return TailConstraint(bound.percentile, bound.bound, tuple(float(v) for v in units[column])), column
+
+
+def tail_document(
+    fit_scores: np.ndarray,
+    held_scores: np.ndarray,
+    thresholds: Sequence[float | None],
+    constraint: TailConstraint,
+    column: str,
+) -> dict[str, Any]:
+    """The tail bound a solve kept, for the thresholds document: what was asked and the percentile predicted.
+
+    ``fit_ms`` is within ``bound_ms`` by construction; ``holdout_ms`` (None without a
+    held-out part) is the honest figure, which may exceed it.
+    """
+    from dyncal.artifacts.thresholds import thresholds_from_json
+    from dyncal.calibrate.policy import assign_exits
+
+    t = thresholds_from_json(list(thresholds))
+
+    def predicted(scores: np.ndarray) -> float | None:
+        if not scores.shape[0]:
+            return None
+        return predicted_percentile_ms(assign_exits(scores, t), constraint.per_exit_ms, constraint.percentile)
+
+    label = "max" if constraint.percentile == 100.0 else f"p{constraint.percentile:g}"
+    return {
+        "asked": f"{label}={constraint.bound_ms:g}",
+        "percentile": constraint.percentile,
+        "bound_ms": constraint.bound_ms,
+        "latency": column.split(":", 1)[1],
+        "slow_exits": [k + 1 for k in np.flatnonzero(constraint.slow_exits).tolist()],
+        "fit_ms": predicted(fit_scores),
+        "holdout_ms": predicted(held_scores),
+    }

@@ -42,6 +42,14 @@ def solve(
     ] = DEFAULT_METHOD,
     max_drop: Annotated[float | None, typer.Option(help=_RISK_HELP)] = None,
     delta: Annotated[float, typer.Option(help="Risk control: allowed probability of a drop above --max-drop.")] = 0.05,
+    max_latency_ms: Annotated[
+        str | None,
+        typer.Option(
+            help="A tail bound, p99=2.5 (any percentile, or max): the predicted p-th percentile of a request's "
+            "latency (profiled batch-1 latency of the exit it takes) stays within it on the fit samples, as well "
+            "as the mean within --budget."
+        ),
+    ] = None,
     overwrite: params.OverwriteOpt = False,
     json_: params.JsonOpt = False,
     **shared: Any,
@@ -163,6 +171,31 @@ def report(
         ),
     ] = None,
     title: Annotated[str | None, typer.Option(help="Title on every page.")] = None,
+    max_p99_ms: Annotated[
+        float | None, typer.Option(help="GO needs the p99 latency of a request at most this many ms (e.g. 2.5).")
+    ] = None,
+    max_latency_ms: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="GO needs a latency percentile of a request at most this many ms: p99=2.5, p90=1 or max=4 "
+            "(repeatable). Judged on verify's timed requests at batch 1, else predicted from the profile."
+        ),
+    ] = None,
+    max_p99_ratio: Annotated[
+        float | None,
+        typer.Option(help="GO needs the p99 latency at most this factor of the plain deployment's (e.g. 1.2)."),
+    ] = None,
+    max_latency_ratio: Annotated[
+        list[str] | None,
+        typer.Option(help="The same for any percentile: p99=1.2 (repeatable; needs --verify with timed requests)."),
+    ] = None,
+    rate: Annotated[
+        str | None,
+        typer.Option(
+            help="A request rate (200/s, 12k/min): a page says what early exit saves at it, cores (CPU) or "
+            "devices (GPU) and core-hours per million requests, plain deployment vs early exit (needs --verify)."
+        ),
+    ] = None,
     method: params.MethodOrDefaultOpt = None,
     temperature: Annotated[
         bool, typer.Option("--temperature", help="Fit one temperature per exit on the fitting half.")

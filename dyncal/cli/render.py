@@ -231,6 +231,7 @@ def print_solve(doc: dict[str, Any], asked_latency: str | None = None) -> None:
     costs += [f"{ms:.4g} ms ({key})" for key, ms in doc.get("expected_ms", {}).items()]
     console.print(f"expected cost per sample: {', '.join(costs)} = {b['met_fraction']:.4f}x")
     console.print("exit shares: " + ", ".join(f"{j + 1}: {100 * s:.1f}%" for j, s in enumerate(doc["exit_shares"])))
+    _print_tail(console, b.get("tail"))
     if doc.get("risk"):
         r = doc["risk"]
         console.print(
@@ -240,6 +241,19 @@ def print_solve(doc: dict[str, Any], asked_latency: str | None = None) -> None:
             + (f", held-out drop {r['holdout_drop']:+.4f}" if "holdout_drop" in r else "")
         )
     console.print(_static_table(doc["static"]))
+
+
+def _print_tail(console: Any, tail: dict[str, Any] | None) -> None:
+    """``solve --max-latency-ms``: the bound kept on the fit part, and the held-out figure."""
+    if not tail:
+        return
+    label = tail["asked"].split("=")[0]
+    held = "" if tail.get("holdout_ms") is None else f", held-out {tail['holdout_ms']:.4g} ms"
+    console.print(
+        f"tail: {label} latency per request predicted {tail['fit_ms']:.4g} ms on the fit part{held} "
+        f"(bound {tail['bound_ms']:g} ms, {tail['latency']}; exits slower than the bound: "
+        f"{', '.join(map(str, tail['slow_exits'])) or 'none'})"
+    )
 
 
 def _static_table(static: list[dict[str, Any]]) -> Table:
@@ -361,8 +375,23 @@ def print_report(doc: dict[str, Any]) -> None:
         typer.echo(f"  to decide: {'; '.join(remedies) if remedies else REMEDY}")
     _print_operating_point(doc)
     _print_alternatives(doc)
+    _print_savings(doc.get("savings"))
     for note in doc.get("notes", []):
         typer.echo(f"note: {note}")
+
+
+def _print_savings(s: dict[str, Any] | None) -> None:
+    """``report --rate``: the Offline saving in one line (the page has every scenario and the assumptions)."""
+    if not s:
+        return
+    plain, early = s["offline"]["plain"], s["offline"]["early_exit"]
+    saving = "" if s["offline_saving"] is None else f"{100 * s['offline_saving']:.0f}% fewer; "
+    typer.echo(
+        f"what it saves at {s['rate_per_s']:g}/s: early exit {early['cores']} {s['unit']}, plain deployment "
+        f"{plain['cores']} ({saving}Offline, batch {early['batch_size']}); "
+        f"{early['core_hours_per_million']:.3g} vs {plain['core_hours_per_million']:.3g} core-hours per million "
+        "requests"
+    )
 
 
 def _decision_text(doc: dict[str, Any]) -> str:
@@ -382,9 +411,11 @@ def _decision_text(doc: dict[str, Any]) -> str:
 
 def _print_criterion(c: dict[str, Any]) -> None:
     digits = criterion_digits(Criterion.from_dict(c))
+    pct = c["name"] != "speedup" and not c["name"].startswith("latency_")
+    unit = " ms" if c["name"].startswith("latency_") and c["name"].endswith("_ms") else "x"
 
     def fmt(v: float) -> str:
-        return f"{v:.{digits}f}x" if c["name"] == "speedup" else f"{100 * v:.{digits}f}%"
+        return f"{100 * v:.{digits}f}%" if pct else f"{v:.{digits}f}{unit}"
 
     iv = c["interval"]
     iv_txt = "" if iv is None else f" [{fmt(iv[0])}, {fmt(iv[1])}]"

@@ -33,12 +33,15 @@ from dyncal.reports.evidence import (
 )
 from dyncal.reports.figures import MS_PREFIX
 from dyncal.reports.operating import ReportOptions, choose_operating_point
+from dyncal.reports.tail_evidence import report_savings, report_tail_criteria, stored_requests
 from dyncal.reports.timed import TimedCoverage
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from dyncal.analysis.calibration import ReliabilityBins
+    from dyncal.analysis.capacity import Savings
+    from dyncal.artifacts.requests import RequestTimings
     from dyncal.artifacts.run import Run
     from dyncal.artifacts.verify import VerifyResult
 
@@ -70,6 +73,8 @@ class ReportData(OperatingChoice):
         latency: Per latency key, the early exit against the full model (measured or predicted).
         methods: Every solver (and the oracle) at the operating point's budget (page 2's table).
         alternatives: Other runs judged against the operating point (``--compare``).
+        requests: Verify's per-request timings, one per batch size (the tail and the savings).
+        savings: What early exit saves at the asked ``rate``, or None.
 
     Example:
         >>> data = prepare_report("run", min_accuracy=0.95)  # doctest: +SKIP
@@ -91,6 +96,8 @@ class ReportData(OperatingChoice):
     latency: dict[str, LatencyEvidence]
     methods: tuple[_MethodAtBudget, ...]
     alternatives: tuple[Alternative, ...]
+    requests: tuple[RequestTimings, ...] = ()
+    savings: Savings | None = None
 
     @property
     def dominating_static(self) -> tuple[Alternative, ...]:
@@ -236,6 +243,13 @@ def prepare_report(run_path: str | os.PathLike[str], options: ReportOptions | No
         outcome=outcome,
         speedup=estimates.get(choice.speedup_cost),
     )
+    requests = stored_requests(verify_result, options.verify)
+    bounds = options.tail_bounds
+    unused = notes[-1] if verify_result is None and options.verify is not None and notes else None
+    criteria += report_tail_criteria(
+        bounds, requests, exits=outcome.exits, costs=run.costs, k=run.k, device=options.device, unused=unused
+    )
+    savings = report_savings(options.rate, requests, verify_result, bounds, unused)
     decision = decide(criteria)
     alternatives = compare_alternatives(choice, evidence, options.compare) if options.compare else ()
     if decision is not None and any(a.static and a.dominates for a in alternatives):
@@ -263,6 +277,8 @@ def prepare_report(run_path: str | os.PathLike[str], options: ReportOptions | No
         latency=evidence,
         methods=methods,
         alternatives=alternatives,
+        requests=requests,
+        savings=savings,
     )
 
 

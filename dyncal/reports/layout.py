@@ -33,6 +33,8 @@ PAGE_TITLES = (
     "Thresholds and provenance",
 )
 COMPARE_TITLE = "Against other models"
+REQUESTS_TITLE = "Latency as requests feel it"
+SAVINGS_TITLE = "What it saves"
 _GO_COLOR = "#1a7f37"
 _NOGO_COLOR = "#c62828"
 _AMBER = "#b26a00"
@@ -96,8 +98,13 @@ def wrap_text(
 
 
 def page_titles(data: ReportData) -> tuple[str, ...]:
-    """The report's page titles: six, and a seventh with the other models (--compare)."""
-    return PAGE_TITLES + ((COMPARE_TITLE,) if data.alternatives else ())
+    """The report's page titles: six, then the other models (--compare), verify's requests, the savings (--rate)."""
+    return (
+        PAGE_TITLES
+        + ((COMPARE_TITLE,) if data.alternatives else ())
+        + ((REQUESTS_TITLE,) if data.requests else ())
+        + ((SAVINGS_TITLE,) if data.savings is not None else ())
+    )
 
 
 def _status_color(status: str | None) -> str:

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from dyncal.artifacts.thresholds import ThresholdsDocument
     from dyncal.artifacts.verify import VerifyResult
     from dyncal.calibrate.prepare import PreparedRun
+    from dyncal.reports.tail import TailBound
 
 __all__ = ["ReportOptions", "choose_operating_point"]
 
@@ -65,6 +66,12 @@ class ReportOptions:
         seed: Seed of the held-out split (default 0).
         command: The command line, shown on the provenance page.
         compare: Other runs to judge the operating point against (one path: one run).
+        max_p99_ms: GO needs the p99 latency of a request at most this many ms.
+        max_latency_ms: The same for any percentile: ``p99=2.5``, ``p90=1`` (:mod:`dyncal.reports.tail`).
+        max_p99_ratio: GO needs the p99 latency at most this factor of the plain deployment's.
+        max_latency_ratio: The same for any percentile: ``p99=1.2``.
+        rate: A request rate (``200/s``): the report says what early exit saves at it
+            (:mod:`dyncal.analysis.capacity`; needs verify's timed requests).
 
     Every value is checked when the object is built, so a caller that builds it first (the
     demo) refuses a bad value before any work.
@@ -93,9 +100,15 @@ class ReportOptions:
     seed: int | None = None
     command: str = ""
     compare: Sequence[str | os.PathLike[str]] = ()
+    max_p99_ms: float | None = None
+    max_latency_ms: Sequence[str] = ()
+    max_p99_ratio: float | None = None
+    max_latency_ratio: Sequence[str] = ()
+    rate: str | None = None
 
     def __post_init__(self) -> None:
         """Check every value that needs no run; turn the method's name into a member."""
+        _check_tail_and_rate(self)
         if self.method is not None:
             object.__setattr__(self, "method", Method.parse(self.method, "method"))
         if isinstance(self.compare, (str, os.PathLike)):
@@ -136,6 +149,30 @@ class ReportOptions:
                     f"`thresholds` fixes the method, temperatures and held-out split; leave out "
                     f"{', '.join(map(param, given))}"
                 )
+
+    @property
+    def tail_bounds(self) -> tuple[TailBound, ...]:
+        """The tail criteria asked (:func:`dyncal.reports.tail.tail_bounds`), one per percentile and form."""
+        from dyncal.reports.tail import tail_bounds
+
+        return tail_bounds(
+            max_p99_ms=self.max_p99_ms,
+            max_latency_ms=self.max_latency_ms,
+            max_p99_ratio=self.max_p99_ratio,
+            max_latency_ratio=self.max_latency_ratio,
+        )
+
+
+def _check_tail_and_rate(options: ReportOptions) -> None:
+    """Read the tail bounds and the rate once (a bad one is refused before any work); lists as tuples."""
+    from dyncal.analysis.capacity import parse_rate
+
+    for name in ("max_latency_ms", "max_latency_ratio"):
+        value = getattr(options, name)
+        object.__setattr__(options, name, (value,) if isinstance(value, str) else tuple(value or ()))
+    _ = options.tail_bounds
+    if options.rate is not None:
+        parse_rate(options.rate)
 
 
 @dataclass(frozen=True)

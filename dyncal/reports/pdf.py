@@ -46,6 +46,7 @@ from dyncal.reports.figures_exits import plot_exits, plot_reliability
 from dyncal.reports.layout import _style, _version, page_titles
 from dyncal.reports.operating import ReportOptions, choose_operating_point
 from dyncal.reports.pages import report_pages
+from dyncal.reports.tail_evidence import requests_document
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -87,6 +88,9 @@ class ReportResult:
         verify: The verify result used (path, samples, keys), or None.
         alternatives: The other runs judged against the operating point
             (:meth:`dyncal.reports.compare.Alternative.to_dict`), or None without ``compare``.
+        requests: Latency as requests feel it, per batch size verify timed: coverage and the
+            summaries (:meth:`dyncal.artifacts.requests.LatencySummary.to_dict`); None when verify stored none.
+        savings: What early exit saves at the asked rate (:meth:`dyncal.analysis.capacity.Savings.to_dict`).
 
     Example:
         >>> r = ReportResult(Path("r.pdf"), None, (), ("Decision",), "0.5x", "asked", {}, {}, 1)
@@ -109,6 +113,8 @@ class ReportResult:
     notes: tuple[str, ...] = ()
     verify: dict[str, Any] | None = None
     alternatives: tuple[dict[str, Any], ...] | None = None
+    requests: dict[str, dict[str, Any]] | None = None
+    savings: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The ``dyncal report --json`` document (``alternatives`` only with ``compare``)."""
@@ -131,6 +137,10 @@ class ReportResult:
         }
         if self.alternatives is not None:
             doc["alternatives"] = [dict(a) for a in self.alternatives]
+        if self.requests is not None:
+            doc["requests"] = {k: dict(v) for k, v in self.requests.items()}
+        if self.savings is not None:
+            doc["savings"] = dict(self.savings)
         return doc
 
 
@@ -272,6 +282,8 @@ def build_report(
             "agreement": data.verify.agreement,
         },
         alternatives=tuple(a.to_dict() for a in data.alternatives) if options.compare else None,
+        requests=requests_document(data.requests) if data.requests else None,
+        savings=None if data.savings is None else data.savings.to_dict(),
     )
 
 

@@ -21,24 +21,23 @@ Without a verify result, :func:`predicted_tail_criterion` judges the percentile 
 shares predict from the profiled per-exit latency
 (:func:`dyncal.calibrate.tail.predicted_percentile_ms`): a point estimate, no interval.
 
-Wiring (not done here): the CLI declares ``--max-p99-ms``, ``--max-latency-ms`` (repeatable),
-``--max-p99-ratio`` and ``--max-latency-ratio`` on ``report`` and passes them to
-:func:`tail_bounds`; the report appends ``judge_tail(bounds, timings)`` (the batch-1
-:class:`~dyncal.artifacts.requests.RequestTimings` of verify.json) to the criteria of
-:func:`~dyncal.reports.decision.judge` before :func:`~dyncal.reports.decision.decide`.
+Where it is used: ``report`` declares ``--max-p99-ms``, ``--max-latency-ms`` (repeatable),
+``--max-p99-ratio`` and ``--max-latency-ratio`` (:attr:`dyncal.reports.operating.ReportOptions.tail_bounds`
+reads them with :func:`tail_bounds`); :func:`dyncal.reports.tail_evidence.report_tail_criteria`
+judges them on verify's batch-1 requests and :func:`~dyncal.reports.data.prepare_report` adds
+them to the criteria before :func:`~dyncal.reports.decision.decide`. :class:`TailBound` and
+:func:`parse_tail_bound` live in :mod:`dyncal.calibrate.tail` (``solve`` reads a bound too).
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
 from dyncal.artifacts.requests import IntervalEstimate, RequestTimings
+from dyncal.calibrate.tail import FORMS, TailBound, parse_tail_bound
 from dyncal.errors import DyncalError, param
 from dyncal.reports.decision import Criterion, criterion_status
 
@@ -51,111 +50,6 @@ __all__ = [
     "tail_criterion",
     "predicted_tail_criterion",
 ]
-
-FORMS = ("ms", "ratio")
-"""``ms``: a bound in milliseconds; ``ratio``: a factor over the plain deployment's percentile."""
-_SPEC = re.compile(r"^\s*(?:p(?P<p>\d+(?:\.\d+)?)|(?P<max>max))\s*=\s*(?P<v>[^\s=]+?)\s*(?P<unit>ms|x)?\s*$", re.I)
-
-
-@dataclass(frozen=True)
-class TailBound:
-    """A bound on one percentile of request latency.
-
-    Attributes:
-        percentile: In ``(0, 100]`` (100 is the maximum).
-        bound: Milliseconds (``form="ms"``) or a factor over the plain deployment (``"ratio"``).
-        form: ``"ms"`` or ``"ratio"``.
-
-    Example:
-        >>> b = TailBound(99.0, 2.5)
-        >>> b.name, b.label, b.text
-        ('latency_p99_ms', 'p99', 'p99=2.5ms')
-    """
-
-    percentile: float
-    bound: float
-    form: str = "ms"
-
-    def __post_init__(self) -> None:
-        if self.form not in FORMS:
-            raise DyncalError(f"a tail bound's form must be one of {', '.join(FORMS)}, got {self.form!r}")
-        if not (0.0 < self.percentile <= 100.0):
-            raise DyncalError(f"a tail percentile must lie in (0, 100], got {self.percentile:g}")
-        if not (math.isfinite(self.bound) and self.bound > 0):
-            raise DyncalError(f"a tail bound must be a positive number, got {self.bound:g}")
-
-    @property
-    def label(self) -> str:
-        """``"p99"``, ``"p99.9"`` or ``"max"``."""
-        return "max" if self.percentile == 100.0 else f"p{self.percentile:g}"
-
-    @property
-    def name(self) -> str:
-        """The criterion's name: ``latency_p99_ms``, ``latency_p99_ratio``."""
-        return f"latency_{self.label}_{self.form}"
-
-    @property
-    def text(self) -> str:
-        """As a user writes it: ``p99=2.5ms`` or ``p99=1.2x``."""
-        return f"{self.label}={self.bound:g}{'ms' if self.form == 'ms' else 'x'}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {"percentile": self.percentile, "bound": self.bound, "form": self.form}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TailBound:
-        """Build from :meth:`to_dict` output.
-
-        Raises:
-            DyncalError: A missing or malformed field.
-        """
-        try:
-            return cls(float(d["percentile"]), float(d["bound"]), str(d.get("form", "ms")))
-        except (KeyError, TypeError, ValueError) as e:
-            raise DyncalError(f"a tail bound needs 'percentile', 'bound' and 'form', got {dict(d)!r:.80}") from e
-
-
-def parse_tail_bound(text: str, form: str = "ms", name: str = "max_latency_ms") -> TailBound:
-    """Read ``p99=2.5`` (any percentile ``p<q>`` with ``0 < q <= 100``, or ``max``).
-
-    Args:
-        text: What the user wrote; ``ms`` may follow a bound in milliseconds, ``x`` a factor.
-        form: ``"ms"`` or ``"ratio"`` (the option it came with says which).
-        name: The parameter, for the message.
-
-    Raises:
-        DyncalError: Not of that form, a percentile out of range, a bound that is not a
-            positive number, or a unit that does not fit the form.
-
-    Example:
-        >>> parse_tail_bound("p99=2.5")
-        TailBound(percentile=99.0, bound=2.5, form='ms')
-        >>> parse_tail_bound("p99.9 = 1.2x", "ratio").text
-        'p99.9=1.2x'
-    """
-    what = "a bound in ms" if form == "ms" else "a factor over the plain deployment's"
-    example = "p99=2.5" if form == "ms" else "p99=1.2"
-    m = _SPEC.match(str(text))
-    unit_ok = m is not None and (m["unit"] is None or m["unit"].lower() == ("ms" if form == "ms" else "x"))
-    value = _number(m["v"]) if m is not None else None
-    if m is None or not unit_ok or value is None:
-        raise DyncalError(
-            f"{param(name)} must look like {example} (a percentile p1..p100 or max, '=', {what}), got {text!r:.60}"
-        )
-    pct = 100.0 if m["max"] else float(m["p"])
-    if not 0.0 < pct <= 100.0:
-        raise DyncalError(f"{param(name)}: the percentile must lie in (0, 100], got p{m['p']} in {text!r:.60}")
-    if not (math.isfinite(value) and value > 0):
-        raise DyncalError(f"{param(name)}: the bound must be a positive number, got {m['v']!r:.30} in {text!r:.60}")
-    return TailBound(pct, value, form)
-
-
-def _number(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
 
 
 def tail_bounds(

@@ -108,8 +108,10 @@ def criterion_value(c: Criterion, v: float, digits: int = 2) -> str:
         >>> criterion_value(c, c.value), criterion_value(c, c.required, 3)
         ('+0.40 pts', '+1.000 pts')
     """
-    if c.name == "speedup":
+    if c.name == "speedup" or (c.name.startswith("latency_") and c.name.endswith("_ratio")):
         return f"{v:.{digits}f}×"
+    if c.name.startswith("latency_"):
+        return f"{v:.{digits}f} ms"
     if c.name == "accuracy_drop":
         return f"{100 * v:+.{digits}f} pts"
     return pct(v, digits)
@@ -217,6 +219,11 @@ def criterion_label(c: Criterion) -> str:
         return "held-out accuracy" if c.interval is not None else "accuracy (fitted)"
     if c.name == "accuracy_drop":
         return "accuracy drop vs last exit"
+    if c.name.startswith("latency_"):
+        label = c.name.split("_")[1]
+        if c.name.endswith("_ratio"):
+            return f"{label} vs plain deployment ({c.cost})"
+        return f"{label} latency ({c.cost}), {c.source or 'measured'}"
     if c.cost == "macs":
         return "speed-up (MACs)"
     return f"speed-up (latency, {c.cost}), {c.source or 'predicted'}"

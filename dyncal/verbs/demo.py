@@ -35,6 +35,7 @@ DEMO_DATA = "dyncal.demo:validation"
 _BATCH_SIZES = (1, 32)
 
 
+_DEMO_RATE = "200/s"
 _DEMO_OUTPUTS = ("thresholds.json", "frontier.csv", "report.pdf", "verify.json")
 _OLD_RUN_LOCK = re.compile(rb"\d*\n?")  # run.lock of dyncal before 0.x wrote a bare pid
 
@@ -170,8 +171,10 @@ def _options(
         min_speedup=min_speedup,
         device="cpu",
         batch_size=1,
+        rate=_DEMO_RATE,  # the report's last page: what early exit saves at this rate
         command=f"dyncal report {run_dir} --thresholds {out / 'thresholds.json'} --verify {out / 'verify.json'} "
-        f"--max-drop {max_drop} --min-speedup {min_speedup} --device cpu --batch-size 1 --out {out / 'report.pdf'}",
+        f"--max-drop {max_drop} --min-speedup {min_speedup} --device cpu --batch-size 1 --rate {_DEMO_RATE} "
+        f"--out {out / 'report.pdf'}",
     )
     return out, solve_options, report_options
 
@@ -213,4 +216,11 @@ def _summary(
     lines.append(f"  agreement with the simulation: {100 * verified.agreement:.2f}%")
     criteria = f"accuracy drop <= {100 * max_drop:g} pt, speed-up >= {min_speedup:g}x on cpu/b1"
     lines.append(f"  report: {out / 'report.pdf'}: {report.get('decision')} ({criteria})")
+    saved = report.get("savings")
+    if saved:
+        plain, early = saved["offline"]["plain"], saved["offline"]["early_exit"]
+        lines.append(
+            f"  what it saves at {_DEMO_RATE}: early exit {early['cores']} {saved['unit']} vs {plain['cores']} for the "
+            f"plain deployment (Offline, batch {early['batch_size']}; page {len(report['pages'])})"
+        )
     return "\n".join(lines)

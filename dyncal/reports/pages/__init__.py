@@ -10,6 +10,9 @@
 5. Calibration: per-exit accuracy, confidence, ECE and reliability diagrams.
 6. Thresholds and provenance.
 7. With ``compare``: the other models against the operating point (:mod:`.details`).
+8. With a verify result that stores its timed requests: latency as requests feel it, the
+   distribution (CDF) of early exit vs the plain deployment and by exit (:mod:`.requests`).
+9. With ``rate``: what early exit saves, MLPerf's scenarios, cores and core-hours (:mod:`.requests`).
 
 Each page function takes the report's data and returns one A4 figure; nothing here computes
 accuracies or thresholds.
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING
 from dyncal.reports.pages.curves import _page_frontier, _page_latency
 from dyncal.reports.pages.decision import _page_decision
 from dyncal.reports.pages.details import _page_calibration, _page_compare, _page_exits, _page_provenance
+from dyncal.reports.pages.requests import _page_requests, _page_savings
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -39,5 +43,14 @@ def report_pages(data: ReportData) -> tuple[Callable[[ReportData], Figure], ...]
         >>> [draw.__name__ for draw in report_pages(prepare_report("run"))][:2]  # doctest: +SKIP
         ['_page_decision', '_page_frontier']
     """
-    pages = (_page_decision, _page_frontier, _page_latency, _page_exits, _page_calibration, _page_provenance)
-    return pages + ((_page_compare,) if data.alternatives else ())
+    pages: tuple[Callable[[ReportData], Figure], ...] = (
+        _page_decision,
+        _page_frontier,
+        _page_latency,
+        _page_exits,
+        _page_calibration,
+        _page_provenance,
+    )
+    pages += (_page_compare,) if data.alternatives else ()
+    pages += (_page_requests,) if data.requests else ()
+    return pages + ((_page_savings,) if data.savings is not None else ())

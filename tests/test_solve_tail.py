@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tail_runs import tail_run
 
+from dyncal.artifacts.thresholds import thresholds_from_json
 from dyncal.calibrate.budget import cost_units
-from dyncal.calibrate.policy import assign_exits, thresholds_from_json
+from dyncal.calibrate.policy import assign_exits
 from dyncal.calibrate.prepare import prepare_run
 from dyncal.calibrate.solvers import solve_run
 from dyncal.calibrate.tail import predicted_percentile_ms

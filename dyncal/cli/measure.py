@@ -136,6 +136,7 @@ def profile(
     ] = None,
     batch_size: params.TimedBatchesOpt = "1",
     threads: params.ThreadsOpt = None,
+    runtime: params.RuntimeOpt = None,
     input_shape: params.InputShapeOpt = None,
     input_dtype: params.InputDtypeOpt = None,
     stages: params.StagesOpt = None,
@@ -202,6 +203,16 @@ def verify(
         ),
     ] = 10.0,
     repeats: Annotated[int, typer.Option(help="Pairs (early exit, plain model) timed per batch.")] = 5,
+    runtime: params.RuntimeOpt = None,
+    throughput: Annotated[
+        bool,
+        typer.Option(
+            "--throughput",
+            help="Also measure samples/s of per-batch early exit, the throughput mode (runner.map: continuing rows "
+            "pooled into full batches) and the plain deployment over the same rows, at each --batch-size; says "
+            "which to deploy.",
+        ),
+    ] = False,
     data: params.DataOverrideOpt = None,
     stages: params.StagesOpt = None,
     package: Annotated[
@@ -258,6 +269,7 @@ def verify(
         render.echo_json(doc)
         return
     render.print_verify(doc, ctx)
+    render.print_runtime_and_throughput(doc)
     if out is not None:
         typer.echo(f"wrote {out}", err=True)
 
@@ -271,6 +283,7 @@ def export_(
     stages: params.StagesOpt = None,
     input_shape: params.InputShapeOpt = None,
     input_dtype: params.InputDtypeOpt = None,
+    runtime: params.RuntimeOpt = None,
     sign_key: Annotated[
         Path | None,
         typer.Option(

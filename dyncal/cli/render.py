@@ -334,6 +334,30 @@ def print_verify(doc: dict[str, Any], ctx: typer.Context) -> None:
             )
 
 
+def print_runtime_and_throughput(doc: dict[str, Any]) -> None:
+    """``dyncal verify``: the runtime both sides ran under, and ``--throughput``'s samples/s with its advice."""
+    from dyncal.analysis.throughput import ThroughputResult
+
+    runtime = doc["settings"].get("runtime")
+    if isinstance(runtime, dict):
+        typer.echo(f"runtime: early exit {runtime.get('early_exit')}, plain model {runtime.get('plain')}")
+    entries = doc.get("throughput") or []
+    if not entries:
+        return
+    typer.echo("samples/s over the same rows (speed-up over the plain deployment under the same runtime):")
+    for t in entries:
+        sps, sp = t["samples_per_s"], t["speedup"]
+        modes = [f"per-batch early exit {sps['per_batch']:.1f} ({sp['per_batch']:.2f}x)"]
+        if "rebatched" in sps:
+            modes.append(f"throughput mode {sps['rebatched']:.1f} ({sp['rebatched']:.2f}x)")
+        macs = "" if t["macs_ratio"] is None else f"; MACs ratio {t['macs_ratio']:.2f}x"
+        typer.echo(
+            f"  {t['key']}, {t['samples']} rows: {', '.join(modes)}, plain deployment {sps['plain']:.1f}{macs}; "
+            f"agreement {100 * t['agreement']:.2f}%"
+        )
+        typer.echo(f"  deploy {t['recommendation']}: {ThroughputResult.from_dict(t).advice}")
+
+
 def print_export(doc: dict[str, Any]) -> None:
     """``dyncal export``: what the package holds and how closely it reproduces the model."""
     typer.echo(

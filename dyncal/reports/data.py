@@ -33,6 +33,7 @@ from dyncal.reports.evidence import (
 )
 from dyncal.reports.figures import MS_PREFIX
 from dyncal.reports.operating import ReportOptions, choose_operating_point
+from dyncal.reports.throughput import throughput_notes
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -246,7 +247,7 @@ def prepare_report(run_path: str | os.PathLike[str], options: ReportOptions | No
         scaled = tuple(reliability_bins(s_conf[:, k], s_correct[:, k]) for k in range(run.k))
     conf, correct = choice.confidence()
     shared = {f.name: getattr(choice, f.name) for f in dataclasses.fields(OperatingChoice)}
-    shared.update(notes=notes, verify=verify_result)
+    shared.update(notes=(*notes, *throughput_notes(verify_result, choice.latency_key)), verify=verify_result)
     return ReportData(
         **shared,
         criteria=tuple(criteria),

@@ -136,10 +136,10 @@ def profile(
     ] = None,
     batch_size: params.TimedBatchesOpt = "1",
     threads: params.ThreadsOpt = None,
-    runtime: params.RuntimeOpt = None,
     input_shape: params.InputShapeOpt = None,
     input_dtype: params.InputDtypeOpt = None,
     stages: params.StagesOpt = None,
+    runtime: params.RuntimeOpt = None,
     data: params.DataOverrideOpt = None,
     allow_other_model: params.AllowOtherModelOpt = False,
     check_rows: Annotated[
@@ -203,6 +203,8 @@ def verify(
         ),
     ] = 10.0,
     repeats: Annotated[int, typer.Option(help="Pairs (early exit, plain model) timed per batch.")] = 5,
+    data: params.DataOverrideOpt = None,
+    stages: params.StagesOpt = None,
     runtime: params.RuntimeOpt = None,
     throughput: Annotated[
         bool,
@@ -213,8 +215,6 @@ def verify(
             "which to deploy.",
         ),
     ] = False,
-    data: params.DataOverrideOpt = None,
-    stages: params.StagesOpt = None,
     package: Annotated[
         Path | None,
         typer.Option(

@@ -186,7 +186,8 @@ def print_profile(doc: dict[str, Any]) -> None:
         note = f"; noisy (IQR > 10% of median): {', '.join(noisy)}" if noisy else ""
         typer.echo(
             f"{k}: full model {lat['full_model_ms']:.3f} ms, exit decision {lat['decision_ms']:.3f} ms, "
-            f"{lat['hardware']}, threads {lat['threads']}, torch {lat['settings'].get('torch')}{note}"
+            f"{lat['hardware']}, threads {lat['threads']}, runtime {lat['settings'].get('runtime', 'eager')}, "
+            f"torch {lat['settings'].get('torch')}{note}"
         )
     _print_unsupported_ops(doc["unsupported_ops"])
     if not doc["can_drop_rows"]:

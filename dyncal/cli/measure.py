@@ -242,6 +242,10 @@ def verify(
     measured ratio with an interval (timing and sampling noise). Reports agreement with
     the simulated exits and predictions, and measured vs predicted milliseconds per batch.
 
+    With --throughput it also measures samples/s of per-batch early exit, the throughput mode
+    (runner.map: rows that continue pooled into full batches) and the plain deployment over
+    the same rows, and says which to deploy. --runtime says how the stages run (graphs: CUDA only).
+
     Example: dyncal verify run --thresholds thresholds.json --batch-size 1,32 --out verify.json
     (or --package DIR from 'dyncal export', to time what ships)
     """

@@ -55,3 +55,35 @@ def test_the_runtime_modes_benchmark_runs_dry_on_the_cpu(tmp_path):
     assert doc["models"][0]["capture"]["graphs"]["early_exit"]["graphs"] == 4 * 6
     md = doc_file.with_suffix(".md").read_text()
     assert "DRY RUN" in md and "| graphs (cpu stand-in) | 32 |" in md and "Advice:" in md
+
+
+def test_the_verify_summary_reads_a_verify_document_with_throughput(tmp_path):
+    """Step 3 prints each demo verify (per runtime, with --throughput) through benchmarks/verify_summary.py."""
+    from dyncal.artifacts.verify import ModelIdentity, PairedTiming, VerifyResult
+
+    timing = PairedTiming("cuda/b32", 32, ((1.0,) * 3,) * 3, ((2.0,) * 3,) * 3, predicted_ms=None)
+    entry = {
+        "version": 1, "key": "cuda/b32", "runtime": "graphs", "timer": "cuda_events", "batch_size": 32,
+        "samples": 2048, "seconds": {"per_batch": [1.1] * 3, "rebatched": [0.8] * 3, "plain": [1.0] * 3},
+        "samples_per_s": {"per_batch": 1861.8, "rebatched": 2560.0, "plain": 2048.0},
+        "speedup": {"per_batch": 0.91, "rebatched": 1.25, "plain": 1.0},
+        "agreement": 1.0, "exit_shares": [0.5, 0.5], "macs_ratio": 1.5, "recommendation": "rebatched",
+    }  # fmt: skip
+    runtime = {"runtime": "graphs", "early_exit": "graphs", "plain": "graphs (plain deployment)"}
+    doc = VerifyResult(
+        "r", "d", ModelIdentity("m", None), 2048, 1.0, 1.0, 0.9, 0.9, (0.5, 0.5), (0.5, 0.5), (timing,),
+        "cuda:0", "NVIDIA H200", None, settings={"runtime": runtime}, throughput=(entry,),
+    )  # fmt: skip
+    path = tmp_path / "demo_verify_graphs.json"
+    doc.save(path)
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "verify_summary.py"), str(path)], capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[1].startswith("agreement 1.0 hardware NVIDIA H200 runtime {'runtime': 'graphs'")
+    assert lines[2].startswith("cuda/b32 measured 1.0000 ms, predicted -, full model 2.0000, speed-up 2.00")
+    assert lines[3] == (
+        "cuda/b32 samples/s: per_batch 1861.8, rebatched 2560.0, plain 2048.0 (per_batch 0.91x, rebatched 1.25x); "
+        "MACs ratio 1.50x; agreement 1.0; deploy rebatched"
+    )

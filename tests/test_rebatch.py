@@ -186,10 +186,15 @@ def package(tmp_path_factory: pytest.TempPathFactory) -> dict:
     run_dir = tmp / "run"
     collect_run(load_model(DEMO_MODEL, weights=WEIGHTS), load_dataset(DEMO_DATA), run_dir, data_spec=DEMO_DATA)
     profile_run(run_dir, options=ProfileOptions(latency=False))
-    dyncal.export_package(run_dir, solve_run(dyncal.load_run(run_dir), "0.5x"), tmp / "pkg")
+    run = dyncal.load_run(run_dir)
+    th = solve_run(run, "0.5x")
+    dyncal.export_package(run_dir, th, tmp / "pkg")
     ds = load_dataset(DEMO_DATA)
-    x = torch.stack([ds[int(i)][0] for i in dyncal.load_run(run_dir).indices])
-    return {"runner": dyncal.load_early_exit(tmp / "pkg"), "x": x}
+    x = torch.stack([ds[int(i)][0] for i in run.indices])
+    scores, preds = exit_scores(np.asarray(run.logits), th.score, th.temperatures)
+    exits = assign_exits(scores, [t for t in th.thresholds if t is not None])
+    sim = (exits, preds[np.arange(len(exits)), exits])
+    return {"runner": dyncal.load_early_exit(tmp / "pkg"), "x": x, "sim": sim, "pkg": tmp / "pkg"}
 
 
 def test_a_package_runner_rebatches_like_it_early_exits(package):
@@ -201,3 +206,39 @@ def test_a_package_runner_rebatches_like_it_early_exits(package):
     for (e, p), (e1, p1) in zip(got, per_batch, strict=True):
         assert torch.equal(e, e1) and torch.equal(p, p1)
     assert len(set(torch.cat([e for e, _ in got]).tolist())) >= 3
+
+
+def test_a_package_runner_maps_every_row_once_in_order_as_the_simulation(package):
+    runner = package["runner"]
+    exits, preds = package["sim"]
+    assert len(set(exits.tolist())) >= 3, "the thresholds should use several exits"
+    for sizes in ([64] * 7 + [29], [1, 7, 100, 3, 0, 50], [len(exits)]):
+        batches = _batches(package["x"], sizes)
+        runner.reset_counts()
+        got = list(runner.map(batches))
+        _check(got, batches, exits, preds)
+        n = sum(sizes)
+        reached = [int((exits[:n] >= j).sum()) for j in range(runner.k)]
+        assert runner.stage_rows == reached, "each stage computed exactly the rows that reach its exit"
+
+
+def test_a_package_runner_maps_batches_that_all_leave_at_exit_1(package):
+    import dyncal
+
+    pkg = package["runner"]
+    everyone_leaves = type(pkg)(pkg.path, pkg.manifest, pkg._programs, pkg.device, pkg.manifest_sha256)
+    everyone_leaves.thresholds = [0.0] + everyone_leaves.thresholds[1:]  # maxprob >= 0: all leave at exit 1
+    batches = _batches(package["x"], [16, 16, 5])
+    got = list(everyone_leaves.map(batches))
+    assert [e.tolist() for e, _ in got] == [[0] * 16, [0] * 16, [0] * 5]
+    assert everyone_leaves.stage_calls == [3] + [0] * (pkg.k - 1)
+    assert dyncal.load_early_exit(package["pkg"]).thresholds == pkg.thresholds  # the package itself is unchanged
+
+
+def test_a_package_runner_refuses_a_bad_batch_in_the_stream_in_one_line(package):
+    runner = package["runner"]
+    good = package["x"][:4]
+    with pytest.raises(DyncalError, match=r"input of shape \(4, 64\) but the package takes \(B, 1, 8, 8\)"):
+        list(runner.map([good, good.reshape(4, 64)]))
+    with pytest.raises(DyncalError, match="input of dtype float64 but the package takes float32"):
+        list(runner.map([good.double()]))

@@ -2,14 +2,15 @@
 
 * :class:`EventTimer` is :class:`~dyncal.analysis.latency.Timer` with each block timed by
   two CUDA events recorded on the device's stream around it (the device's own clock, no
-  host clock jitter at either end); on the CPU it is the plain :class:`Timer`, so code
-  written against it runs (and is tested) anywhere.
+  host clock jitter at either end), and a warm-up that goes on until block times settle;
+  on the CPU it is the plain :class:`Timer`, so code written against it runs (and is
+  tested) anywhere. ``dyncal profile`` and ``dyncal verify`` time with it.
 * :func:`settle` warms a callable up until its block times stop drifting (GPU clocks ramp
   up, caches and the allocator fill): the last ``window`` blocks must spread (IQR over
   median) by at most ``tolerance``, within a bound on blocks.
 * :func:`autotuned` lets cuDNN pick its kernels for the shapes at hand (``cudnn.benchmark``)
   for a block (warm-up, graph capture) and restores the setting: the choice must be made
-  before timing, not during it.
+  before timing, not during it; :func:`device_tuned` does so on a CUDA device only.
 
 Example:
     >>> ticks = iter(range(1000))
@@ -33,7 +34,10 @@ import torch
 from dyncal.analysis.latency import Clock, Timer
 from dyncal.errors import DyncalError, param
 
-__all__ = ["EventTimer", "SettleResult", "settle", "autotuned", "iqr_fraction"]
+__all__ = ["EventTimer", "SettleResult", "settle", "autotuned", "device_tuned", "iqr_fraction"]
+
+SETTLE_MAX_BLOCKS = 20
+"""Most blocks :meth:`EventTimer.warm` adds on a GPU while waiting for times to settle."""
 
 
 class EventTimer(Timer):
@@ -52,6 +56,17 @@ class EventTimer(Timer):
     def label(self) -> str:
         """``cuda_events`` on a GPU, else the host clock's name."""
         return "cuda_events" if self.cuda else super().label
+
+    def warm(self, fn: Callable[[], Any], calls: int) -> None:
+        """``calls`` untimed calls; on a GPU then blocks until their times settle (:func:`settle`).
+
+        GPU clocks ramp up and the allocator fills over the first calls, so a fixed number
+        of warm-up calls leaves the first replicates slower; the settled warm-up stops once
+        the last blocks agree within 2 % (at most :data:`SETTLE_MAX_BLOCKS` blocks).
+        """
+        super().warm(fn, calls)
+        if self.cuda:
+            settle(self, fn, max_blocks=SETTLE_MAX_BLOCKS)
 
     def block_ms(self, fn: Callable[[], Any], calls: int = 1) -> float:
         """Mean milliseconds per call over a block of ``calls``: between two events on the device's stream.
@@ -145,6 +160,16 @@ def settle(
             return SettleResult(len(times), True, iqr_fraction(times[-window:]), tuple(times[-window:]))
     last = times[-window:]
     return SettleResult(len(times), False, iqr_fraction(last), tuple(last))
+
+
+def device_tuned(device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """:func:`autotuned` on a CUDA device; elsewhere nothing (the user's cuDNN setting is left alone).
+
+    Example:
+        >>> with device_tuned(torch.device("cpu")):
+        ...     pass
+    """
+    return autotuned() if device.type == "cuda" else contextlib.nullcontext()
 
 
 @contextlib.contextmanager

@@ -60,6 +60,7 @@ __all__ = [
     "bucket_for",
     "default_runtime",
     "graph_stages",
+    "select_runtime",
     "with_runtime",
 ]
 
@@ -117,6 +118,41 @@ def default_runtime(device: torch.device | str) -> str:
         ('eager', 'graphs')
     """
     return "graphs" if torch.device(device).type == "cuda" else "eager"
+
+
+def select_runtime(runtime: str | None, device: torch.device | str) -> str:
+    """The runtime to run on ``device``: ``runtime`` when given, else :func:`default_runtime`.
+
+    ``graphs`` replays CUDA graphs, so it is refused on any other device, and on a machine
+    without CUDA, in one line that says what to do.
+
+    Raises:
+        DyncalError: Unknown ``runtime``, or ``graphs`` without CUDA.
+
+    Example:
+        >>> select_runtime(None, "cpu"), select_runtime("eager", "cuda")
+        ('eager', 'eager')
+        >>> select_runtime("graphs", "cpu")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        dyncal.errors.DyncalError: `runtime` graphs needs CUDA (it replays per-stage CUDA graphs), but `device` is ...
+    """
+    if runtime is not None and runtime not in RUNTIMES:
+        raise DyncalError(f"{param('runtime')} must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    dev = torch.device(device)
+    if runtime is None:
+        return default_runtime(dev)
+    if runtime == "graphs" and dev.type != "cuda":
+        raise DyncalError(
+            f"{param('runtime')} graphs needs CUDA (it replays per-stage CUDA graphs), but {param('device')} is "
+            f"{dev}; use {param('device')} cuda on a machine with a GPU, or {param('runtime')} eager"
+        )
+    if runtime == "graphs" and not torch.cuda.is_available():
+        raise DyncalError(
+            f"{param('runtime')} graphs needs CUDA (it replays per-stage CUDA graphs), and this machine has no "
+            f"CUDA device; use {param('runtime')} eager"
+        )
+    return runtime
 
 
 @dataclass(frozen=True)

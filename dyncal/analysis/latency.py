@@ -361,6 +361,7 @@ def measure_latency(
     *,
     device_name: str | None = None,
     clock: Clock | None = None,
+    timer: Timer | None = None,
 ) -> LatencyProfile:
     """Measure every stage, the exit decision, each exit path, compaction and the plain model.
 
@@ -372,6 +373,8 @@ def measure_latency(
         device_name: The device as named in the key (``"cuda"`` rather than ``"cuda:0"``);
             defaults to ``x.device``.
         clock: The host clock (default ``time.perf_counter``; see :class:`Timer`).
+        timer: The timing engine (default a :class:`Timer` on ``clock``; on a GPU ``dyncal
+            profile`` passes :class:`~dyncal.analysis.cuda_timing.EventTimer`).
 
     Returns:
         Raw replicate times per stage, per decision, per exit path, per compaction and for
@@ -383,7 +386,7 @@ def measure_latency(
         ProfileError: A stage fails to run on this input.
     """
     settings = settings or LatencySettings()
-    timer = Timer(x.device, clock)
+    timer = timer or Timer(x.device, clock)
     ladder = _row_ladder(int(x.shape[0])) if stages.dynamic_batch else []
     with pinned_threads(settings.threads) as threads, torch.inference_mode():
         groups, compaction_rows = _groups(stages, model, x, settings.threshold, ladder)

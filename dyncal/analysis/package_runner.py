@@ -11,13 +11,15 @@ stages, so its decisions are the same code path ``dyncal verify`` measures::
 
     runner = dyncal.load_early_exit("pkg")               # or device="cuda"
     exits, preds = runner(x)                             # int64 (B,) each, exits from 0
+    for exits, preds in runner.map(batches):             # the throughput mode, in input order
+        ...
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +201,26 @@ class PackageRunner(EarlyExitRunner):
             empty = torch.empty((0,), dtype=torch.int64, device=x.device)
             return empty, empty.clone()
         return super().__call__(x)
+
+    def map(
+        self, batches: Iterable[torch.Tensor], *, batch_size: int | None = None, max_pending: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The throughput mode (:meth:`EarlyExitRunner.map`), each batch checked as :meth:`__call__` checks it.
+
+        Rows that continue past an exit are pooled across input batches, so every stage runs
+        on full batches; results come out per input batch, in input order, each row with
+        the exit and prediction :meth:`__call__` gives it.
+
+        Raises:
+            DyncalError: A batch does not fit the package's input signature or device (raised
+                when the stream reaches it).
+        """
+        return super().map(self._checked(batches), batch_size=batch_size, max_pending=max_pending)
+
+    def _checked(self, batches: Iterable[torch.Tensor]) -> Iterator[torch.Tensor]:
+        for x in batches:
+            self._check_input(x)
+            yield x
 
 
 def load_early_exit(

@@ -253,6 +253,10 @@ class VerifyResult:
         threads: CPU threads in force while timing.
         settings: How it was measured (repeats, warm-up, time bound, whether it stopped early).
         created: ISO-8601 UTC time.
+        throughput: ``verify --throughput``: per batch size, samples/s of per-batch early exit,
+            the throughput mode and the plain deployment over the same rows, with agreement,
+            MACs ratio and the mode to deploy (``dyncal.analysis.throughput.ThroughputResult``
+            documents, each with its ``key``); empty when not measured.
     """
 
     run_fingerprint: str
@@ -271,6 +275,7 @@ class VerifyResult:
     threads: int | None
     settings: dict[str, Any] = field(default_factory=dict)
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat())
+    throughput: tuple[dict[str, Any], ...] = ()
 
     def timing(self, key: str) -> PairedTiming | None:
         """The timing of ``"<device>/b<batch>"``, or None."""
@@ -329,6 +334,7 @@ class VerifyResult:
             "hardware": self.hardware,
             "threads": self.threads,
             "settings": dict(self.settings),
+            **({"throughput": [dict(t) for t in self.throughput]} if self.throughput else {}),
         }
 
     @classmethod
@@ -375,6 +381,7 @@ class VerifyResult:
             threads=threads,
             settings=dict(d["settings"]) if isinstance(d.get("settings"), Mapping) else {},
             created=str(d.get("created", "")),
+            throughput=_throughput(d.get("throughput", [])),
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -402,6 +409,13 @@ class VerifyResult:
             return cls.from_dict(doc)
         except (V.FieldError, ValueError, TypeError, KeyError, IndexError) as e:
             raise DyncalError(f"'{path}' is not a valid verify result: {e}; run 'dyncal verify ... --out' again") from e
+
+
+def _throughput(value: Any) -> tuple[dict[str, Any], ...]:
+    """The ``throughput`` entries: objects, each with its latency ``key`` (their fields are read by the report)."""
+    if not isinstance(value, list) or not all(isinstance(t, Mapping) and isinstance(t.get("key"), str) for t in value):
+        raise ValueError("'throughput' must be a list of objects, each with a 'key'")
+    return tuple(dict(t) for t in value)
 
 
 def _paired_speedup(ee: np.ndarray, full: np.ndarray) -> np.ndarray:

@@ -139,6 +139,7 @@ def profile(
     input_shape: params.InputShapeOpt = None,
     input_dtype: params.InputDtypeOpt = None,
     stages: params.StagesOpt = None,
+    runtime: params.RuntimeOpt = None,
     data: params.DataOverrideOpt = None,
     allow_other_model: params.ProfileAllowOtherModelOpt = False,
     check_rows: Annotated[
@@ -205,6 +206,16 @@ def verify(
     repeats: Annotated[int, typer.Option(help="Pairs (early exit, plain model) timed per batch.")] = 5,
     data: params.DataOverrideOpt = None,
     stages: params.StagesOpt = None,
+    runtime: params.RuntimeOpt = None,
+    throughput: Annotated[
+        bool,
+        typer.Option(
+            "--throughput",
+            help="Also measure samples/s of per-batch early exit, the throughput mode (runner.map: continuing rows "
+            "pooled into full batches) and the plain deployment over the same rows, at each --batch-size; says "
+            "which to deploy.",
+        ),
+    ] = False,
     package: Annotated[
         Path | None,
         typer.Option(
@@ -231,6 +242,10 @@ def verify(
     plain model back to back, so load on the machine hits both alike and the speed-up is a
     measured ratio with an interval (timing and sampling noise). Reports agreement with
     the simulated exits and predictions, and measured vs predicted milliseconds per batch.
+
+    With --throughput it also measures samples/s of per-batch early exit, the throughput mode
+    (runner.map: rows that continue pooled into full batches) and the plain deployment over
+    the same rows, and says which to deploy. --runtime says how the stages run (graphs: CUDA only).
 
     Example: dyncal verify run --thresholds thresholds.json --batch-size 1,32 --out verify.json
     (or --package DIR from 'dyncal export', to time what ships)
@@ -259,6 +274,7 @@ def verify(
         render.echo_json(doc)
         return
     render.print_verify(doc, ctx)
+    render.print_runtime_and_throughput(doc)
     if out is not None:
         typer.echo(f"wrote {out}", err=True)
 
@@ -272,6 +288,7 @@ def export_(
     stages: params.StagesOpt = None,
     input_shape: params.InputShapeOpt = None,
     input_dtype: params.InputDtypeOpt = None,
+    runtime: params.RuntimeOpt = None,
     sign_key: Annotated[
         Path | None,
         typer.Option(

@@ -81,6 +81,15 @@ TimedBatchesOpt = Annotated[
         help="Batch sizes to time, comma-separated (e.g. 1,32): one latency column ms:DEVICE/bN each.",
     ),
 ]
+RuntimeOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="[eager|graphs]",
+        help="How the stages (and the plain deployment alike) run: eager, or graphs (CUDA only: per-stage CUDA "
+        "graphs at bucketed batch sizes). Default: graphs on CUDA, else eager.",
+        show_default=False,
+    ),
+]
 DataOverrideOpt = Annotated[
     str | None, typer.Option(help="Data spec overriding the run's, to re-run a few recorded rows.")
 ]

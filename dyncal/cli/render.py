@@ -184,7 +184,8 @@ def print_profile(doc: dict[str, Any]) -> None:
         note = f"; noisy (IQR > 10% of median): {', '.join(noisy)}" if noisy else ""
         typer.echo(
             f"{k}: full model {lat['full_model_ms']:.3f} ms, exit decision {lat['decision_ms']:.3f} ms, "
-            f"{lat['hardware']}, threads {lat['threads']}, torch {lat['settings'].get('torch')}{note}"
+            f"{lat['hardware']}, threads {lat['threads']}, runtime {lat['settings'].get('runtime', 'eager')}, "
+            f"torch {lat['settings'].get('torch')}{note}"
         )
     _print_unsupported_ops(doc["unsupported_ops"])
     if not doc["can_drop_rows"]:
@@ -345,6 +346,30 @@ def print_verify(doc: dict[str, Any], ctx: typer.Context) -> None:
                 f"{100 * t['timing_spread']:.0f}% of its median (> {100 * NOISE_IQR_FRACTION:.0f}%); "
                 f"{render_params(noise_advice(doc['threads'], settings.get('repeats')), lambda n: flag_of(ctx, n))}"
             )
+
+
+def print_runtime_and_throughput(doc: dict[str, Any]) -> None:
+    """``dyncal verify``: the runtime both sides ran under, and ``--throughput``'s samples/s with its advice."""
+    from dyncal.analysis.throughput import ThroughputResult
+
+    runtime = doc["settings"].get("runtime")
+    if isinstance(runtime, dict):
+        typer.echo(f"runtime: early exit {runtime.get('early_exit')}, plain model {runtime.get('plain')}")
+    entries = doc.get("throughput") or []
+    if not entries:
+        return
+    typer.echo("samples/s over the same rows (speed-up over the plain deployment under the same runtime):")
+    for t in entries:
+        sps, sp = t["samples_per_s"], t["speedup"]
+        modes = [f"per-batch early exit {sps['per_batch']:.1f} ({sp['per_batch']:.2f}x)"]
+        if "rebatched" in sps:
+            modes.append(f"throughput mode {sps['rebatched']:.1f} ({sp['rebatched']:.2f}x)")
+        macs = "" if t["macs_ratio"] is None else f"; MACs ratio {t['macs_ratio']:.2f}x"
+        typer.echo(
+            f"  {t['key']}, {t['samples']} rows: {', '.join(modes)}, plain deployment {sps['plain']:.1f}{macs}; "
+            f"agreement {100 * t['agreement']:.2f}%"
+        )
+        typer.echo(f"  deploy {t['recommendation']}: {ThroughputResult.from_dict(t).advice}")
 
 
 def print_export(doc: dict[str, Any]) -> None:

@@ -34,6 +34,7 @@ from dyncal.reports.evidence import (
 from dyncal.reports.figures import MS_PREFIX
 from dyncal.reports.operating import ReportOptions, choose_operating_point
 from dyncal.reports.tail_evidence import report_savings, report_tail_criteria, stored_requests
+from dyncal.reports.throughput import throughput_notes
 from dyncal.reports.timed import TimedCoverage
 
 if TYPE_CHECKING:
@@ -261,7 +262,7 @@ def prepare_report(run_path: str | os.PathLike[str], options: ReportOptions | No
         scaled = tuple(reliability_bins(s_conf[:, k], s_correct[:, k]) for k in range(run.k))
     conf, correct = choice.confidence()
     shared = {f.name: getattr(choice, f.name) for f in dataclasses.fields(OperatingChoice)}
-    shared.update(notes=notes, verify=verify_result)
+    shared.update(notes=(*notes, *throughput_notes(verify_result, choice.latency_key)), verify=verify_result)
     return ReportData(
         **shared,
         criteria=tuple(criteria),

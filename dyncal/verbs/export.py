@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dyncal.analysis.graphs import select_runtime
 from dyncal.analysis.package_runner import PackageRunner, open_package
 from dyncal.analysis.partition import quiet_export_logs
 from dyncal.analysis.stages import (
@@ -49,6 +50,7 @@ from dyncal.errors import DyncalError, ProfileError, describe
 from dyncal.models import torch_dtype
 from dyncal.options import options_from
 from dyncal.run_model import ModelOverrides, RunModel, open_run_model
+from dyncal.verbs.runtimes import prove_package_graphs
 
 __all__ = ["ExportResult", "ExportOptions", "export_package"]
 
@@ -68,6 +70,8 @@ class ExportResult:
         size_bytes: Total size of the package's files.
         seconds: Wall-clock time of the export.
         key_id: Id of the key that signed it (``sign_key``), or None when unsigned.
+        graphs_check: Under ``runtime`` graphs, how the package was proven to replay from CUDA
+            graphs as it runs eagerly (:func:`~dyncal.verbs.runtimes.prove_package_graphs`); else None.
     """
 
     path: Path
@@ -76,6 +80,7 @@ class ExportResult:
     size_bytes: int
     seconds: float
     key_id: str | None = None
+    graphs_check: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The ``dyncal export --json`` document: the manifest plus where, how big and how signed."""
@@ -87,6 +92,7 @@ class ExportResult:
             "seconds": self.seconds,
             "signature": signature,
             **self.manifest.to_dict(),
+            **({} if self.graphs_check is None else {"graphs_check": self.graphs_check}),
         }
 
 
@@ -196,6 +202,8 @@ class ExportOptions(ModelOverrides):
         sign_key: A key file (at least :data:`MIN_KEY_BYTES` bytes, e.g. 64 hex digits) to
             sign the package with: ``signature.json`` holds an HMAC-SHA256 of the manifest,
             checked by ``load_early_exit(DIR, verify_key=...)``. None: unsigned.
+        runtime: ``graphs`` also proves that the package replays from per-stage CUDA graphs
+            exactly as it runs eagerly (needs CUDA); ``eager`` or None: no such check.
 
     Example:
         >>> ExportOptions(input_shape=[3, 8, 8]).input_shape
@@ -203,6 +211,13 @@ class ExportOptions(ModelOverrides):
     """
 
     sign_key: str | None = None
+    runtime: str | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse ``runtime`` graphs on a machine without CUDA before anything is exported."""
+        super().__post_init__()
+        if self.runtime is not None:
+            select_runtime(self.runtime, "cuda" if self.runtime == "graphs" else "cpu")
 
 
 def export_package(
@@ -291,6 +306,7 @@ def _write_package(
     try:
         manifest = _manifest(run, thresholds, opened, stages.source, *_write_stages(partial, exported))
         manifest, text = _write_manifest(partial, manifest, opened.module, secret)
+        graphs_check = None if opts.runtime != "graphs" else prove_package_graphs(partial, shape, dtype)
         size = _files_size(partial)
         publish_dir(partial, out, foreign=package.foreign_in_package, error=DyncalError)
     except BaseException as e:
@@ -305,6 +321,7 @@ def _write_package(
         size_bytes=size,
         seconds=time.perf_counter() - t0,
         key_id=None if secret is None else package.key_id(secret),
+        graphs_check=graphs_check,
     )
 
 

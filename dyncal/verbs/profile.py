@@ -39,7 +39,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from dyncal.analysis.cuda_timing import EventTimer, device_tuned
 from dyncal.analysis.flops import StageMacs, stage_macs
+from dyncal.analysis.graphs import graph_stages, select_runtime
 from dyncal.analysis.latency import LatencySettings, measure_latency
 from dyncal.analysis.plausible import ATTEMPTS, check_plausible, implausible
 from dyncal.analysis.stages import (
@@ -85,6 +87,9 @@ class ProfileOptions(ModelOverrides):
         repeats: Timed replicates.
         min_block_ms: Minimum length of one timed block of calls.
         seed: Seed of the random inputs.
+        runtime: How the stages run while timed: ``eager``, or ``graphs`` (CUDA only:
+            per-stage CUDA graphs at bucketed batch sizes); default per device
+            (:func:`~dyncal.analysis.graphs.select_runtime`), recorded in each latency entry.
     """
 
     devices: tuple[str, ...] = ("cpu",)
@@ -98,6 +103,7 @@ class ProfileOptions(ModelOverrides):
     repeats: int = 25
     min_block_ms: float = 5.0
     seed: int = 0
+    runtime: str | None = None
 
     def __post_init__(self) -> None:
         """Validate the options that need no model; one device name is one device."""
@@ -113,6 +119,8 @@ class ProfileOptions(ModelOverrides):
             raise ProfileError(f"`batch_sizes` must be positive integers, got {list(self.batch_sizes)}")
         super().__post_init__()
         self.latency_settings()  # checks threads, warmup, repeats and min_block_ms
+        for d in self.devices if self.latency else ():
+            select_runtime(self.runtime, d)  # graphs on a CPU is refused before anything loads
 
     def latency_settings(self) -> LatencySettings:
         """How latency is timed with these options."""
@@ -235,6 +243,7 @@ def profile_model(
     seed: int = 0,
     latency: bool = True,
     model_id: Mapping[str, Any] | None = None,
+    runtime: str | None = None,
 ) -> tuple[CostTable, StageMacs, Stages, list[tuple[str, StageCheck]]]:
     """Stages, MACs and latency of one model (no run directory involved).
 
@@ -253,6 +262,7 @@ def profile_model(
         model_id: What identifies the model (``model`` spec, ``weights_sha256``,
             ``state_sha256``; see :data:`dyncal.artifacts.run.MODEL_ID_KEYS`), recorded in every latency
             entry's settings (default: the state's hash only).
+        runtime: ``eager`` or ``graphs`` (CUDA only); default per device.
 
     Returns:
         ``(cost table, per-stage MACs, stages, partition checks)``; ``stages.source`` says
@@ -288,7 +298,7 @@ def profile_model(
             attempt_checks: list[tuple[str, StageCheck]] = []
             timed = _time_on(
                 name, model, stages, inputs, batch_sizes, settings, stages_fn=stages_fn, model_on=model_on,
-                checks=attempt_checks,
+                checks=attempt_checks, runtime=select_runtime(runtime, name),
             )  # fmt: skip
             why = implausible(timed)
             if why is None or attempt == ATTEMPTS:
@@ -321,10 +331,14 @@ def _time_on(
     stages_fn: Callable[[nn.Module], Sequence[nn.Module]] | None,
     model_on: Callable[[str], nn.Module] | None,
     checks: list[tuple[str, StageCheck]],
+    runtime: str = "eager",
 ) -> list[LatencyProfile]:
     """Latency on device ``name`` at every batch size (inputs from ``inputs(b, device)``).
 
-    Each partition check is appended to ``checks``.
+    Each partition check is appended to ``checks``. On a GPU blocks are timed by CUDA
+    events after a warm-up that settles, with cuDNN's kernels chosen before timing
+    (:mod:`dyncal.analysis.cuda_timing`); under ``runtime`` graphs the stages replay CUDA
+    graphs captured at bucketed batch sizes (:mod:`dyncal.analysis.graphs`).
     """
     dev = resolve_device(name)
     if dev.type == "cpu":
@@ -343,7 +357,11 @@ def _time_on(
             checks.append((key, check))
             log.info("timing %s", key)
             try:
-                profiles.append(measure_latency(run_stages, dev_model, x, settings, device_name=name))
+                if runtime == "graphs":
+                    run_stages = graph_stages(run_stages, max(int(v) for v in batch_sizes))
+                with device_tuned(dev):
+                    prof = measure_latency(run_stages, dev_model, x, settings, device_name=name, timer=EventTimer(dev))
+                profiles.append(replace(prof, settings={**prof.settings, "runtime": runtime}))
             except torch.OutOfMemoryError as e:
                 raise ProfileError(f"out of memory on {name} at batch size {b}; try a smaller `batch_sizes`") from e
         return profiles
@@ -410,6 +428,7 @@ def _profile_locked(run: Run, options: ProfileOptions) -> ProfileResult:
         seed=options.seed,
         latency=options.latency,
         model_id=model_id,
+        runtime=options.runtime,
     )
     costs = replace(costs, model={**model_id, "check": opened.check.to_dict()})
     stored = store_costs(run, costs, model_id=model_id, allow_other_model=options.allow_other_model)

@@ -27,6 +27,7 @@ thresholds and the model it measured.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -39,7 +40,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from dyncal.analysis.costmodel import predict_batches_ms
+from dyncal.analysis.cuda_timing import EventTimer, device_tuned
 from dyncal.analysis.early_exit import EarlyExitRunner
+from dyncal.analysis.graphs import select_runtime
 from dyncal.analysis.latency import Clock, Timer, device_hardware, pinned_threads
 from dyncal.analysis.stages import checked_stages, stages_function
 from dyncal.artifacts.costs import LatencyKey, device_name
@@ -54,6 +57,8 @@ from dyncal.measurement import NOISE_IQR_FRACTION, noise_advice
 from dyncal.models import resolve_device
 from dyncal.options import MAX_REPEATS, MAX_THREADS, check_at_least, options_from
 from dyncal.run_model import ModelOverrides, open_run_model, probe_run_model
+from dyncal.verbs.runtimes import under_runtime
+from dyncal.verbs.verify_throughput import verify_throughput
 
 __all__ = ["VerifyProgress", "verify_run", "VerifyOptions", "DEFAULT_MAX_SECONDS", "MIN_TIMED_BATCHES"]
 
@@ -208,6 +213,12 @@ class VerifyOptions:
             batch size and not at all at the others. At least :data:`MIN_TIMED_BATCHES` are
             timed per batch size.
         stages: ``pkg.module:fn`` declaring the stages by hand (as ``profile --stages``).
+        runtime: How the stages run: ``eager``, or ``graphs`` (CUDA only: per-stage CUDA
+            graphs at bucketed batch sizes, the plain deployment alike); default per device
+            (:func:`~dyncal.analysis.graphs.select_runtime`). Recorded in ``settings``.
+        throughput: Also measure samples/s of per-batch early exit, the throughput mode
+            (``runner.map``) and the plain deployment over the same rows, at every batch
+            size (:mod:`dyncal.verbs.verify_throughput`; its own time bound of ``max_seconds``).
 
     Example:
         >>> VerifyOptions(batch_sizes=(1, 32)).batch_sizes
@@ -233,6 +244,8 @@ class VerifyOptions:
     warmup: int = 3
     max_seconds: float = DEFAULT_MAX_SECONDS
     stages: str | None = None
+    runtime: str | None = None
+    throughput: bool = False
 
     def __post_init__(self) -> None:
         """Check the values that need no run or model; one device has one name (:func:`device_name`)."""
@@ -250,6 +263,7 @@ class VerifyOptions:
             raise DyncalError(f"{param('limit')} must be at least 1, got {self.limit}")
         if self.verify_key is not None and self.package is None:
             raise DyncalError(f"{param('verify_key')} checks the signature of a {param('package')}; pass one too")
+        object.__setattr__(self, "runtime", select_runtime(self.runtime, self.device))
         if self.package is not None and (self.model, self.weights, self.stages) != (None, None, None):
             raise DyncalError(
                 "`package` replays the exported stages: `model`, `weights` and `stages_spec` do not apply"
@@ -289,11 +303,15 @@ def verify_run(
     check_thresholds_for_run(thresholds, run)
     dev = resolve_device(opts.device)
     identity, model_check, early_exit = _subject(run, thresholds, opts, dev)
-    session = _Session(run, thresholds, opts, Timer(dev, clock), progress)
+    session = _Session(run, thresholds, opts, EventTimer(dev, clock), progress)
     pin, threads_source = _threads_for(run, opts.device, opts.batch_sizes, opts.threads)
-    with pinned_threads(pin) as n_threads:
+    with pinned_threads(pin) as n_threads, device_tuned(dev):
         _, probe = next(session.stream([session.order[: min(4, session.n)]]))
-        runner, plain = early_exit(probe)
+        probe = probe.to(dev)
+        eager_runner, model = early_exit(probe)
+        runner, plain, runtime = under_runtime(
+            eager_runner, model, str(opts.runtime), max_batch_size=max(opts.batch_sizes), example=probe
+        )
         used_s = 0.0
         timings: list[PairedTiming] = []
         coverage: dict[str, dict[str, Any]] = {}
@@ -305,7 +323,23 @@ def verify_run(
             used_s += spent
             timings.append(timing)
         session.replay_untimed(runner, max(opts.batch_sizes))
-    return session.result(
+        throughput = (
+            ()
+            if not opts.throughput
+            else tuple(
+                verify_throughput(
+                    session,
+                    eager_runner,
+                    model,
+                    probe.to(dev),
+                    (runner, plain, runtime["runtime"]),
+                    timings,
+                    repeats=opts.repeats,
+                    budget_s=opts.max_seconds,
+                )
+            )
+        )
+    result = session.result(
         identity,
         tuple(timings),
         n_threads,
@@ -326,8 +360,10 @@ def verify_run(
             "model_check": model_check,
             "stages": runner.stages.source,
             "limit": opts.limit,
+            "runtime": runtime,
         },
     )
+    return dataclasses.replace(result, throughput=throughput)
 
 
 class _Session:

@@ -28,6 +28,7 @@ from dyncal.reports.text import (
     status_word,
     thresholds_text,
 )
+from dyncal.reports.throughput import runtime_sentences
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -245,6 +246,7 @@ def _trade_off(data: ReportData) -> str:
         )
     for key in sorted(data.latency):
         parts.append(_latency_sentence(data, key))
+    parts += runtime_sentences(data.verify, data.latency_key)
     if not data.latency:
         parts.append("No latency was profiled, so the speed-up is in MACs only (see page 3).")
     elif any(e.source == "predicted" for e in data.latency.values()):

@@ -1,0 +1,192 @@
+"""``dyncal verify --throughput``: samples/s of the early exit's modes and the plain deployment on the run's rows.
+
+For each batch size verify timed, :func:`measure_verify_throughput` takes the same rows
+(the run's, in verify's shuffled order, as many as :func:`throughput_batches` lets the time
+bound pay for) and times, round-robin under one runtime
+(:func:`dyncal.analysis.throughput.measure_throughput`):
+
+* per-batch early exit (the latency mode verify just timed in pairs);
+* the throughput mode, ``runner.map`` (:mod:`dyncal.analysis.rebatch`): the rows that
+  continue are pooled across batches, so every stage runs on full batches;
+* the plain deployment (backbone and last head, :mod:`dyncal.analysis.plain`), the
+  baseline a team would deploy without early exit.
+
+Both early-exit modes must give every row the simulated exit and prediction (the
+agreement); the MACs ratio says what the exits promise, the recommendation which mode to
+deploy (:attr:`~dyncal.analysis.throughput.ThroughputResult.recommendation`). Each result is
+stored in verify.json under ``throughput`` with its latency key.
+
+Example:
+    >>> throughput_batches(plain_batch_ms=2.0, batches=100, budget_s=1.0, repeats=5)
+    20
+    >>> throughput_batches(plain_batch_ms=500.0, batches=100, budget_s=1.0, repeats=5)   # at least 4
+    4
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from dyncal.analysis.early_exit import EarlyExitRunner
+from dyncal.analysis.flops import model_macs
+from dyncal.analysis.latency import Timer
+from dyncal.analysis.throughput import measure_throughput
+from dyncal.artifacts.run import Run
+from dyncal.artifacts.verify import PairedTiming
+from dyncal.errors import DyncalError, user_call
+from dyncal.verbs.runtimes import plain_for
+
+__all__ = [
+    "MIN_THROUGHPUT_BATCHES",
+    "throughput_batches",
+    "measure_verify_throughput",
+    "verify_throughput",
+    "ThroughputSource",
+]
+
+log = logging.getLogger(__name__)
+
+MIN_THROUGHPUT_BATCHES = 4
+"""Batches timed per batch size at least (the throughput mode pools rows across batches)."""
+
+_PASSES = 3  # untimed passes besides the timed replicates: the agreement passes and a warm-up
+
+
+class ThroughputSource(Protocol):
+    """What verify's session gives the throughput measurement: rows, their simulation, the clock."""
+
+    run: Run
+    n: int
+    order: np.ndarray
+    sim_exits: np.ndarray
+    sim_preds: np.ndarray
+    timer: Timer
+
+    def stream(self, batches: Sequence[np.ndarray]) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """``(positions, inputs)`` per batch of run positions."""
+        ...
+
+
+def throughput_batches(*, plain_batch_ms: float, batches: int, budget_s: float, repeats: int) -> int:
+    """Batches to time so that three modes, ``repeats`` replicates and the untimed passes fit ``budget_s``.
+
+    At least :data:`MIN_THROUGHPUT_BATCHES` (or every batch there is), at most ``batches``.
+    """
+    per_batch_s = 3 * (repeats + _PASSES) * max(plain_batch_ms, 1e-6) / 1e3
+    fit = math.floor(budget_s / per_batch_s)
+    return int(min(batches, max(MIN_THROUGHPUT_BATCHES, fit)))
+
+
+def measure_verify_throughput(
+    source: ThroughputSource,
+    runner: EarlyExitRunner,
+    plain: Callable[[torch.Tensor], Any],
+    timings: Sequence[PairedTiming],
+    *,
+    runtime: str,
+    repeats: int,
+    budget_s: float,
+    plain_macs: float | None,
+) -> list[dict[str, Any]]:
+    """Samples/s of per-batch early exit, the throughput mode and the plain deployment at each batch size timed.
+
+    Args:
+        source: Verify's session (rows in replay order, their simulated exits and predictions, the timer).
+        runner: The early exit, under ``runtime``.
+        plain: The plain deployment under the same runtime (``plain(x)``).
+        timings: Verify's paired timings, one per batch size (they size the rows timed here).
+        runtime: The runtime both run under, recorded.
+        repeats: Replicates of each mode (at least 3).
+        budget_s: Time bound of this measurement, all batch sizes together.
+        plain_macs: MACs of the plain deployment per sample, for the MACs ratio (None: no ratio).
+
+    Returns:
+        One document per batch size: :meth:`ThroughputResult.to_dict` with its ``key``.
+
+    Raises:
+        DyncalError: The model, the stages or the data set fail (one line).
+    """
+    costs = source.run.costs
+    exit_macs = None if costs is None or costs.macs is None else list(costs.macs)
+    dev = source.timer.device
+    reps = max(3, repeats)
+    out: list[dict[str, Any]] = []
+    for timing in timings:
+        b = timing.batch_size
+        m = throughput_batches(
+            plain_batch_ms=timing.full_model_ms_median,
+            batches=math.ceil(source.n / b),
+            budget_s=budget_s / len(timings),
+            repeats=reps,
+        )
+        positions = source.order[: min(source.n, m * b)]
+        chunks = [positions[s : s + b] for s in range(0, len(positions), b)]
+        batches = [x.to(dev) for _, x in source.stream(chunks)]
+        log.info("throughput at %s: %d rows in %d batches", timing.key, len(positions), len(batches))
+        measure = functools.partial(
+            measure_throughput,
+            runner,
+            plain,
+            batches,
+            timer=source.timer,
+            repeats=reps,
+            runtime=runtime,
+            modes=("per_batch", "rebatched") if b > 1 else ("per_batch",),
+            exit_macs=exit_macs,
+            plain_macs=plain_macs,
+            expected=(source.sim_exits[positions], source.sim_preds[positions]),
+        )
+        result = user_call(measure, f"the throughput measurement failed at batch size {b}")
+        out.append({"key": timing.key, **result.to_dict()})
+    return out
+
+
+def verify_throughput(
+    source: ThroughputSource,
+    eager_runner: EarlyExitRunner,
+    model: Callable[[torch.Tensor], Any],
+    probe: torch.Tensor,
+    timed: tuple[EarlyExitRunner, Callable[[torch.Tensor], Any], str],
+    timings: Sequence[PairedTiming],
+    *,
+    repeats: int,
+    budget_s: float,
+) -> list[dict[str, Any]]:
+    """The throughput measurement of verify: the plain deployment made and counted, then measured.
+
+    See :func:`measure_verify_throughput`; the plain deployment's MACs (fvcore) give the MACs
+    ratio when the run has MACs per exit.
+
+    Args:
+        source: Verify's session.
+        eager_runner: The early exit as built (eager), to cut the plain deployment from.
+        model: The model (or a package's ``full_model``).
+        probe: A few input rows on the device (to export or count the plain deployment on).
+        timed: ``(early exit, plain model, runtime)`` as verify timed them: under ``graphs``
+            the plain model already is the plain deployment under graphs.
+        timings: Verify's paired timings.
+        repeats: Replicates of each mode.
+        budget_s: Time bound of this measurement.
+    """
+    runner, timed_plain, runtime = timed
+    plain_eager, _, module = plain_for(eager_runner, model, probe)
+    plain = timed_plain if runtime != "eager" else plain_eager
+    costs = source.run.costs
+    plain_macs: float | None = None
+    if module is None:
+        plain_macs = None if costs is None or costs.macs is None else float(costs.macs[-1])
+    elif costs is not None and costs.macs is not None:
+        try:
+            plain_macs = float(model_macs(module, probe[:1]).macs)
+        except DyncalError as e:  # fvcore cannot count it: no MACs ratio, said in the log
+            log.info("no MACs ratio: the plain deployment's MACs cannot be counted (%s)", e)
+    return measure_verify_throughput(
+        source, runner, plain, timings, runtime=runtime, repeats=repeats, budget_s=budget_s, plain_macs=plain_macs
+    )

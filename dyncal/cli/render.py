@@ -350,7 +350,7 @@ def print_verify(doc: dict[str, Any], ctx: typer.Context) -> None:
 
 def print_runtime_and_throughput(doc: dict[str, Any]) -> None:
     """``dyncal verify``: the runtime both sides ran under, and ``--throughput``'s samples/s with its advice."""
-    from dyncal.analysis.throughput import ThroughputResult
+    from dyncal.artifacts.throughput import ThroughputResult
 
     runtime = doc["settings"].get("runtime")
     if isinstance(runtime, dict):

@@ -29,8 +29,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from dyncal.analysis.throughput import ThroughputResult
 from dyncal.artifacts.costs import LatencyKey
+from dyncal.artifacts.throughput import ThroughputResult
 from dyncal.errors import DyncalError
 
 if TYPE_CHECKING:

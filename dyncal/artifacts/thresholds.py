@@ -120,6 +120,13 @@ class ThresholdsDocument:
         temperature_at_bound: Per exit, whether its fitted temperature stopped at the
             search bound (0.05 or 20): a warning sign; None when none were fitted.
         schema_version: Version of this document.
+        guard: What the guard did (:mod:`dyncal.calibrate.guard`; None in risk mode and in
+            documents written before it): ``replaced`` (the method whose own answer was
+            replaced, or None), ``by`` (``"exit 1 alone"``, ``"geometric"``, ``"<method> at
+            0.55x"``), ``exit``, ``reason``, ``fit_accuracy``, ``method_fit_accuracy`` and
+            ``rivals`` (each exit alone within the budget and geometric's answer: ``name``,
+            ``exit``, ``thresholds``, ``cost_fraction``, ``fit_accuracy``,
+            ``holdout_accuracy``, ``holdout_p_value``).
     """
 
     score: str
@@ -142,6 +149,7 @@ class ThresholdsDocument:
     temperature_at_bound: tuple[bool, ...] | None = None
     schema_version: int = SCHEMA_VERSION
     run_fingerprint: str | None = None
+    guard: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The thresholds.json document."""
@@ -167,6 +175,7 @@ class ThresholdsDocument:
             "run_fingerprint": self.run_fingerprint,
             "n_classes": self.n_classes,
             "temperature_at_bound": None if self.temperature_at_bound is None else list(self.temperature_at_bound),
+            "guard": None if self.guard is None else dict(self.guard),
         }
 
     @classmethod
@@ -250,6 +259,7 @@ class ThresholdsDocument:
             ),
             schema_version=version,
             run_fingerprint=None if fingerprint is None else V.string(fingerprint, "run_fingerprint"),
+            guard=V.optional_mapping(d.get("guard"), "guard"),
         )
 
     @property

@@ -465,8 +465,8 @@ def test_cli_errors(cli, demo_run, demo_logits, tmp_path):
 def test_thresholds_json_reproduces_numbers_property(demo_run, fraction, method, seed):
     try:
         res = solve_run(demo_run, f"{fraction!r}x", method=method, seed=seed)
-    except BudgetError as e:  # geometric has no solution right at exit 1's cost
-        assert method == "geometric" and "no geometric solution" in str(e)
+    except BudgetError as e:  # a budget below exit 1's cost after rounding the fraction
+        assert "below the cost of exit 1 alone" in str(e)
         return
     doc = json.loads(json.dumps(res.to_dict()))
     acc, macs, held = _reapply(doc, demo_run)
@@ -494,9 +494,14 @@ def test_risk_mode_with_budget_too_small(demo_run):
         solve_run(demo_run, None)
 
 
-def test_geometric_at_first_exit_cost_is_a_clear_error(demo_run):
-    with pytest.raises(BudgetError, match="no geometric solution fits"):
-        solve_run(demo_run, "0.02x", method="geometric")
+def test_geometric_at_first_exit_cost_returns_exit_1_alone_and_says_so(demo_run):
+    """It used to be an error ("no geometric solution fits"): geometric always keeps some samples for later exits."""
+    res = solve_run(demo_run, "0.02x", method="geometric")
+    assert res.method == "geometric" and res.exit_shares[0] == 1.0
+    guard = res.guard
+    assert guard is not None and guard["replaced"] == "geometric" and guard["by"] == "exit 1 alone"
+    assert guard["exit"] == 1 and guard["method_fit_accuracy"] is None
+    assert guard["reason"] == "geometric has no solution within the budget; exit 1 alone fits"
     assert solve_run(demo_run, "0.02x", method="optimal").exit_shares[0] == 1.0
 
 
@@ -653,7 +658,7 @@ LTT = {"max_drop": 0.1, "delta": 0.1}
     [
         (
             lambda: solve_path(ExitProblem(np.ones((4, 2)), np.ones((4, 2)), [1.0, 2.0]), [1.5], "fast"),
-            "`method` must be one of smoothed, optimal, geometric; got 'fast'",
+            "`method` must be one of optimal, smoothed, geometric; got 'fast'",
         ),
         (
             lambda: exit_scores(np.zeros((1, 2, 3)), "conf"),

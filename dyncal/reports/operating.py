@@ -201,7 +201,8 @@ def _choose_budget(
     criterion on the fitting half with a one-sided 95% margin, so that the held-out half,
     which decides, is not used to choose. When none does, the budget that comes closest:
     with a speed-up criterion, the cheapest budget meeting the accuracy criteria (a larger
-    one is only slower); else the one with the smallest shortfall. Without criteria: the
+    one is only slower), or when none does the cheapest of those that miss them by least;
+    else the one with the smallest shortfall. Without criteria: the
     cheapest budget whose fitted accuracy is within one percentage point of the last exit's.
     """
     rows = frontier[frontier["method"].astype(str) == method].sort_values("budget_fraction")
@@ -246,9 +247,8 @@ def _closest_budget(misses: list[tuple[float, dict[str, float]]], req: Requireme
     """The budget whose shortfalls are smallest (see :func:`_choose_budget`)."""
     acc_names = ("accuracy", "accuracy_drop")
     if req.min_speedup is not None:
-        acc_ok = [m for m in misses if not any(m[1].get(n, 0.0) > 0 for n in acc_names)]
-        if acc_ok:
-            return min(acc_ok, key=lambda m: m[0])
+        # the accuracy criteria first (a budget that misses them by less), then the cheapest
+        return min(misses, key=lambda m: (round(sum(m[1].get(n, 0.0) for n in acc_names), 9), m[0]))
 
     # smallest shortfall: speed-up relative to what was asked, accuracy in points
     def total(m: tuple[float, dict[str, float]]) -> tuple[int, float, float]:

@@ -458,4 +458,14 @@ def _print_alternatives(doc: dict[str, Any]) -> None:
             + ("" if ci is None else f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]")
             + f", {cost_txt}"
             + (": as accurate and cheaper" if a["dominates"] else "")
+            + _other_costs_text(a)
         )
+
+
+def _other_costs_text(a: dict[str, Any]) -> str:
+    """The costs an alternative was not judged on, as context: ``" (context: costlier in MACs, cheaper on cpu/b1)"``."""
+    other = {c: v for c, v in (a.get("cheaper_on") or {}).items() if c != a["cost"]}
+    if not other:
+        return ""
+    words = [f"{'cheaper' if v else 'costlier'} {'in MACs' if c == 'macs' else 'on ' + c}" for c, v in other.items()]
+    return f" (judged on {a['cost']}; context: {', '.join(words)})"

@@ -51,7 +51,7 @@ def test_smoothed_beaten_by_a_rival_returns_the_rival_and_records_why(early_best
     assert guard["by"] == best["name"] and list(res.thresholds) == best["thresholds"]
     assert guard["exit"] == best["exit"]
     assert guard["reason"] == (
-        f"{best['name']} is more accurate on the calibration part than smoothed within the budget "
+        f"{best['name']} is more accurate on the fit half than smoothed within the budget "
         f"({100 * guard['fit_accuracy']:.2f}% vs {100 * guard['method_fit_accuracy']:.2f}%)"
     )
     for r in guard["rivals"]:  # each rival as the exit alone (or geometric) gives it, on both parts
@@ -66,6 +66,25 @@ def test_smoothed_beaten_by_a_rival_returns_the_rival_and_records_why(early_best
     assert chosen["holdout_accuracy"] == res.holdout_accuracy and chosen["holdout_p_value"] == 1.0
     doc = json.loads(json.dumps(res.to_dict()))
     assert ThresholdsDocument.from_dict(doc).to_dict() == doc
+
+
+def test_solve_says_in_its_output_what_the_guard_returned_and_what_the_thresholds_mean(early_best, tmp_path, cli):
+    # the CLI on the same run: the guard's replacement, the exit rule in words, fit-half figures labelled
+    run = Path(early_best.path)
+    out = tmp_path / "t.json"
+    res = cli("solve", run, "--budget", "0.8x", "--method", "smoothed", "--out", out)
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.stdout.split())
+    doc = json.loads(out.read_text())
+    guard = doc["guard"]
+    assert guard["by"] and f"guard: {guard['reason']}; returned {guard['by']}" in text
+    meanings = describe_thresholds(doc["thresholds"], doc["score"], doc["n_classes"])
+    assert "exit rule: " + "; ".join(f"exit {j + 1}: {m}" for j, m in enumerate(meanings)) in text
+    assert "-0.9" not in text.split("exit rule:")[1].split("temperatures")[0]
+    assert "on the fit half: expected cost per sample" in text and "held out: expected cost per sample" in text
+    assert f"accuracy: fit half {100 * doc['calibration_accuracy']:.2f}%" in text
+    res = cli("solve", run, "--budget", "0.8x", "--out", out, "--overwrite")  # optimal: nothing replaced
+    assert res.exit_code == 0 and "guard:" not in res.stdout
 
 
 def test_optimal_keeps_its_answer_and_it_is_at_least_every_rivals(early_best):

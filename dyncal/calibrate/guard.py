@@ -95,14 +95,14 @@ class Guarded:
             >>> alone = Solution(np.array([-np.inf]), 0.72, 1.0)
             >>> g = Guarded("optimal", 1.6, alone, 0.72, own, 0.70, "exit 1 alone", 1, ())
             >>> g.reason
-            'exit 1 alone is more accurate on the calibration part than optimal within the budget (72.00% vs 70.00%)'
+            'exit 1 alone is more accurate on the fit half than optimal within the budget (72.00% vs 70.00%)'
         """
         if self.by is None:
             return None
         if self.own is None or self.own_accuracy is None:
             return f"{self.method} has no solution within the budget; {self.by} fits"
         return (
-            f"{self.by} is more accurate on the calibration part than {self.method} within the budget "
+            f"{self.by} is more accurate on the fit half than {self.method} within the budget "
             f"({100 * self.accuracy:.2f}% vs {100 * self.own_accuracy:.2f}%)"
         )
 

@@ -201,7 +201,7 @@ def solve_run(
     problem = prep.problem(method, unit)
     guarded = guarded_at(problem, target.value, method, path=prep.cache.paths.get((method, unit, 41)))
     if guarded.replaced:
-        log.warning(
+        log.info(
             "budget %s: %s; using %s (thresholds.json records it under 'guard')",
             target.spec.text,
             guarded.reason,

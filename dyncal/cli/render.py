@@ -194,7 +194,7 @@ def print_profile(doc: dict[str, Any]) -> None:
 
 
 def print_solve(doc: dict[str, Any], asked_latency: str | None = None) -> None:
-    """``dyncal solve``: the thresholds, their accuracy and cost, and each exit alone."""
+    """``dyncal solve``: the exit rule, the guard, accuracy and cost (fit half and held out), and each exit alone."""
     from rich.console import Console
 
     console = Console()
@@ -202,17 +202,19 @@ def print_solve(doc: dict[str, Any], asked_latency: str | None = None) -> None:
     asked = b.get("asked") or "(none: risk control)"
     console.print(
         f"[bold]{doc['method']}[/bold] thresholds, score {doc['score']}, budget {asked} "
-        f"→ met {b['met_fraction']:.4f}x of the last exit ({b['unit']})"
+        f"→ met {b['met_fraction']:.4f}x of the last exit ({b['unit']}) on the fit half"
     )
     if asked_latency is not None and b["unit"] != LatencyKey.parse(asked_latency).column:
         ms = doc.get("expected_ms", {}).get(asked_latency)
         console.print(
             f"--device/--batch-size: latency column {asked_latency}"
-            + ("" if ms is None else f", expected {ms:.4g} ms per sample")
+            + ("" if ms is None else f", expected {ms:.4g} ms per sample on the fit half")
             + f"; the budget binds {b['unit']}, not latency"
         )
-    ts = ", ".join("-" if t is None else f"{t:.4g}" for t in doc["thresholds"])
-    console.print(f"thresholds: [{ts}]   temperatures: [{', '.join(f'{t:.3g}' for t in doc['temperatures'])}]")
+    console.print(_exit_rule_text(doc) + f"   temperatures: [{', '.join(f'{t:.3g}' for t in doc['temperatures'])}]")
+    guard = doc.get("guard") or {}
+    if guard.get("by"):
+        console.print(f"guard: {guard['reason']}; returned {guard['by']} (thresholds.json 'guard')", markup=False)
     stuck = [j + 1 for j, v in enumerate(doc.get("temperature_at_bound") or []) if v]
     if stuck:
         console.print(
@@ -220,7 +222,7 @@ def print_solve(doc: dict[str, Any], asked_latency: str | None = None) -> None:
             "search bound (0.05 or 20); its confidence may be poorly calibrated"
         )
     split = doc.get("split", {})
-    line = f"accuracy: calibration {_pct(doc['calibration_accuracy'])} (n={split.get('n_calibration')})"
+    line = f"accuracy: fit half {_pct(doc['calibration_accuracy'])} (n={split.get('n_calibration')})"
     if doc.get("holdout_accuracy") is not None:
         lo, hi = doc["holdout_ci"]
         line += (
@@ -229,12 +231,10 @@ def print_solve(doc: dict[str, Any], asked_latency: str | None = None) -> None:
     else:
         line += ", held-out: none (--holdout 0)"
     console.print(line)
-    costs = []
-    if doc.get("expected_macs") is not None:
-        costs.append(f"{doc['expected_macs']:.4g} MACs")
-    costs += [f"{ms:.4g} ms ({key})" for key, ms in doc.get("expected_ms", {}).items()]
-    console.print(f"expected cost per sample: {', '.join(costs)} = {b['met_fraction']:.4f}x")
-    console.print("exit shares: " + ", ".join(f"{j + 1}: {100 * s:.1f}%" for j, s in enumerate(doc["exit_shares"])))
+    console.print(_cost_and_shares("on the fit half", doc, doc["exit_shares"], b["met_fraction"]))
+    held = doc.get("holdout") or {}
+    if held.get("n") and held.get("exit_shares"):
+        console.print(_cost_and_shares("held out", held, held["exit_shares"], None))
     if doc.get("risk"):
         r = doc["risk"]
         console.print(
@@ -244,6 +244,29 @@ def print_solve(doc: dict[str, Any], asked_latency: str | None = None) -> None:
             + (f", held-out drop {r['holdout_drop']:+.4f}" if "holdout_drop" in r else "")
         )
     console.print(_static_table(doc["static"]))
+
+
+def _exit_rule_text(doc: dict[str, Any]) -> str:
+    """The thresholds as the exit rule reads them: ``"exit 1: score >= 0.56; exit 2: all leave; ..."``.
+
+    Thresholds that let every sample reaching an exit leave (or none) are written to
+    thresholds.json as numbers beyond the score's range (``-0.9``, ``2``); people read words.
+    """
+    from dyncal.calibrate.policy import describe_thresholds
+
+    words = describe_thresholds(doc["thresholds"], doc["score"], doc.get("n_classes") or None)
+    return "exit rule: " + "; ".join(f"exit {j + 1}: {w}" for j, w in enumerate(words))
+
+
+def _cost_and_shares(where: str, part: dict[str, Any], shares: list[float], fraction: float | None) -> str:
+    """``"<where>: expected cost per sample 4.04e+05 MACs, 0.12 ms (cpu/b1) = 0.0408x; exit shares 1: 9.8%, ..."``."""
+    costs = []
+    if part.get("expected_macs") is not None:
+        costs.append(f"{part['expected_macs']:.4g} MACs")
+    costs += [f"{ms:.4g} ms ({key})" for key, ms in (part.get("expected_ms") or {}).items()]
+    text = f"{where}: expected cost per sample {', '.join(costs) or '-'}"
+    text += "" if fraction is None else f" = {fraction:.4f}x"
+    return text + "; exit shares " + ", ".join(f"{j + 1}: {100 * s:.1f}%" for j, s in enumerate(shares))
 
 
 def _static_table(static: list[dict[str, Any]]) -> Table:

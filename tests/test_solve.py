@@ -388,6 +388,15 @@ def test_cli_solve_and_frontier(cli, demo_run, tmp_path):
     assert len(pd.read_csv(csv)) == len(df)
     r = cli("frontier", demo_run.path, "--out", csv, "--n-budgets", "3", "--overwrite")
     assert r.exit_code == 0 and len(pd.read_csv(csv)) < len(df)
+    # --json: thresholds as numbers (a list, the last null), and what they mean in words
+    r = cli("frontier", demo_run.path, "--out", csv, "--n-budgets", "3", "--overwrite", "--json")
+    rows = json.loads(r.stdout)["rows"]
+    solved = [row for row in rows if row["method"] != "oracle"]
+    assert solved and all(isinstance(row["thresholds"], list) and row["thresholds"][-1] is None for row in solved)
+    assert all(len(row["exit_rule"]) == 4 for row in solved)
+    first = next(row for row in solved if row["method"] == "static" and row["exit"] == 1)
+    assert first["exit_rule"] == ["all leave", "not reached", "not reached", "not reached"]
+    assert all(row["thresholds"] is None and row["exit_rule"] is None for row in rows if row["method"] == "oracle")
     r = cli(
         "solve",
         demo_run.path,

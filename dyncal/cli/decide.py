@@ -115,12 +115,14 @@ def frontier(
 
     with params.user_errors(ctx), claim_output_file(out, overwrite=overwrite, kind="frontier", protect=(run,)):
         names = tuple(m.strip() for m in methods.split(",") if m.strip())
-        df = compute_frontier(load_run(run), params.options(ctx, FrontierOptions, methods=names))
+        opened = load_run(run)
+        opts = params.options(ctx, FrontierOptions, methods=names)
+        df = compute_frontier(opened, opts)
         with output_errors(out):
             write_frontier_csv(df, out)
     if json_:
         records = json.loads(df.to_json(orient="records", double_precision=15))
-        render.echo_json({"path": str(out), "rows": records})
+        render.echo_json({"path": str(out), "rows": render.frontier_records(records, str(opts.score), opened.c)})
     else:
         render.print_frontier(df, out, shared["holdout"])
 

@@ -306,6 +306,23 @@ def print_frontier(df: pd.DataFrame, out: Path, holdout: float) -> None:
     _print_table(table)
 
 
+def frontier_records(records: list[dict[str, Any]], score: str, n_classes: int) -> list[dict[str, Any]]:
+    """``frontier --json``'s rows: ``thresholds`` as a list (the CSV keeps JSON text), and ``exit_rule`` in words.
+
+    ``exit_rule`` reads each threshold as the exit rule does (:func:`~dyncal.calibrate.policy.describe_thresholds`):
+    ``"all leave"`` / ``"none leave"`` where the list holds the placeholders beyond the score's range.
+    """
+    from dyncal.calibrate.policy import describe_thresholds
+
+    out = []
+    for r in records:
+        text = r.get("thresholds")
+        t = json.loads(text) if isinstance(text, str) else None
+        rule = None if t is None else describe_thresholds(t, score, n_classes)
+        out.append({**r, "thresholds": t, "exit_rule": rule})
+    return out
+
+
 def print_verify(doc: dict[str, Any], ctx: typer.Context) -> None:
     """``dyncal verify``: agreement with the simulation, then measured against predicted ms per batch size."""
     from dyncal.measurement import NOISE_ADVICE, NOISE_IQR_FRACTION

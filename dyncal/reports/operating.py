@@ -25,6 +25,7 @@ from dyncal.options import check_at_least, check_flag, check_fraction, check_see
 from dyncal.reports.choice import DEFAULT_MAX_DROP, BudgetSource, OperatingChoice
 from dyncal.reports.decision import ExitOutcome, Requirements
 from dyncal.reports.evidence import _full_model_cost, _unit_costs, batch_size_of
+from dyncal.reports.rivals import held_out_rivals, rival_warnings
 from dyncal.reports.text import pct, pts
 
 if TYPE_CHECKING:
@@ -497,6 +498,7 @@ def choose_operating_point(
             f"the {pct(acc)} these thresholds get on its held-out part (edited thresholds?); "
             "the report shows the latter"
         )
+    notes += rival_warnings(held_out_rivals(prep, doc, outcome), acc)
     return OperatingChoice(
         run=run,
         prep=prep,

@@ -36,8 +36,8 @@ def solve(
         str,
         params.choice_option(
             Method,
-            "smoothed (default: optimal on calibrated expected accuracy, generalises best), "
-            "optimal (exact coordinate/Lagrangian solver) or geometric (MSDNet's baseline).",
+            "optimal (default: exact solver on 0/1 hits, least held-out regret), smoothed (the same on "
+            "calibrated expected accuracy) or geometric (MSDNet's baseline); every one guarded.",
         ),
     ] = DEFAULT_METHOD,
     max_drop: Annotated[float | None, typer.Option(help=_RISK_HELP)] = None,

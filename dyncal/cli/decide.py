@@ -214,6 +214,10 @@ def plot(
             "accuracy is within 1 percentage point of the last exit's (the legend says which)."
         ),
     ] = None,
+    thresholds: Annotated[
+        Path | None,
+        typer.Option(help="Mark the thresholds in this thresholds.json (from 'dyncal solve'); not with --budget."),
+    ] = None,
     method: params.MethodOrDefaultOpt = None,
     dpi: Annotated[int, typer.Option(help="Resolution of .png output.")] = 150,
     compare: params.CompareOpt = None,
@@ -222,17 +226,19 @@ def plot(
 ) -> None:
     """Export one figure of the report alone, with the operating point marked.
 
-    Without --budget the operating point is the cheapest budget within 1 percentage point of
-    the last exit's fitted accuracy; the figure's legend names the budget. With --compare the
-    other runs are drawn as the report draws them (frontier and latency figures).
+    --thresholds marks the thresholds that ship; else --budget solves one; else the cheapest
+    budget within 1 percentage point of the last exit's fitted accuracy (the legend names
+    it). The star sits at the held-out accuracy and cost the report's page 1 shows. With
+    --compare the other runs are drawn as the report draws them (frontier and latency).
 
-    Example: dyncal plot run --kind frontier --out frontier.svg --compare resnet18_run
+    Example: dyncal plot run --kind latency --thresholds thresholds.json --out latency.svg
     """
     from dyncal.artifacts.outputs import claim_output_file
     from dyncal.reports.operating import ReportOptions
     from dyncal.reports.pdf import export_figure
 
     others = params.compared_runs(compare)
-    with params.user_errors(ctx), claim_output_file(out, overwrite=overwrite, kind="figure", protect=(run, *others)):
+    protect: list[str | Path] = [run, *others, *([] if thresholds is None else [thresholds])]
+    with params.user_errors(ctx), claim_output_file(out, overwrite=overwrite, kind="figure", protect=protect):
         path = export_figure(run, kind, out, params.options(ctx, ReportOptions, compare=others), dpi=dpi)
     typer.echo(f"wrote {path}", err=True)

@@ -161,6 +161,13 @@ def print_info(doc: dict[str, Any]) -> None:
             *[f"{e['latency_ms'][k]:.3f}" for k in lat_keys],
         )
     _print_table(table)
+    if lat_keys:
+        typer.echo(
+            "ms: a batch whose rows all leave at that exit (the exit path, as solve, frontier and the report "
+            "use it; the stage medians alone are 'stage_sum_ms' in --json)"
+        )
+    for k, ms in (doc.get("full_model_ms") or {}).items():
+        typer.echo(f"{k}: full model {ms:.4g} ms ({doc['full_model_source'][k]})")
     _print_unsupported_ops(doc.get("unsupported_ops") or [])
 
 
@@ -235,6 +242,11 @@ def print_solve(doc: dict[str, Any], asked_latency: str | None = None) -> None:
     held = doc.get("holdout") or {}
     if held.get("n") and held.get("exit_shares"):
         console.print(_cost_and_shares("held out", held, held["exit_shares"], None))
+    if any(LatencyKey.parse(k).batch_size > 1 for k in doc.get("expected_ms") or {}):
+        console.print(
+            "ms at batch size > 1: per batch, each sample at its own exit's path (the budget's unit); the report "
+            "and verify give the time of mixed batches, a different figure"
+        )
     if doc.get("risk"):
         r = doc["risk"]
         console.print(

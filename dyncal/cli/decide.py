@@ -214,11 +214,11 @@ def plot(
             "accuracy is within 1 percentage point of the last exit's (the legend says which)."
         ),
     ] = None,
+    method: params.MethodOrDefaultOpt = None,
     thresholds: Annotated[
         Path | None,
         typer.Option(help="Mark the thresholds in this thresholds.json (from 'dyncal solve'); not with --budget."),
     ] = None,
-    method: params.MethodOrDefaultOpt = None,
     dpi: Annotated[int, typer.Option(help="Resolution of .png output.")] = 150,
     compare: params.CompareOpt = None,
     overwrite: params.OverwriteOpt = False,

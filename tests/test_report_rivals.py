@@ -73,3 +73,14 @@ def test_the_report_warns_on_page_one(disagreeing: Path, tmp_path: Path, cli) ->
     assert len(warnings) == 1, doc["notes"]
     page1 = " ".join(pypdf.PdfReader(str(out)).pages[0].extract_text().split())
     assert "held out, exit 1 alone is more accurate than these thresholds" in page1
+
+
+def test_the_report_says_when_solve_returned_a_rival(disagreeing: Path, tmp_path: Path, cli) -> None:
+    # geometric has no answer at exactly exit 1's cost: the guard returns exit 1 alone, and page 1 says so
+    out = tmp_path / "r.pdf"
+    res = cli("report", disagreeing, "--budget", "0.5x", "--method", "geometric", "--out", out, "--json")
+    assert res.exit_code == 0, res.output
+    notes = json.loads(res.stdout)["notes"]
+    assert any(n.startswith("the thresholds are exit 1 alone, not geometric's own answer: ") for n in notes), notes
+    page1 = " ".join(pypdf.PdfReader(str(out)).pages[0].extract_text().split())
+    assert "the thresholds are exit 1 alone, not geometric's own answer" in page1

@@ -498,6 +498,9 @@ def choose_operating_point(
             f"the {pct(acc)} these thresholds get on its held-out part (edited thresholds?); "
             "the report shows the latter"
         )
+    guard = doc.get("guard") or {}
+    if guard.get("by"):
+        notes.append(f"the thresholds are {guard['by']}, not {guard['replaced']}'s own answer: {guard['reason']}")
     notes += rival_warnings(held_out_rivals(prep, doc, outcome), acc)
     return OperatingChoice(
         run=run,

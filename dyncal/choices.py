@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from dyncal.errors import DyncalError, param
 
-__all__ = ["Choice", "Method", "Score", "PValue", "FigureKind", "Layout", "DEFAULT_METHOD"]
+__all__ = ["Choice", "Method", "Score", "PValue", "FigureKind", "Layout", "DEFAULT_METHOD", "DEFAULT_RISK_METHOD"]
 
 
 C = TypeVar("C", bound="Choice")
@@ -47,7 +47,7 @@ class Choice(str, enum.Enum):
             >>> Method.parse("magic", "method")
             Traceback (most recent call last):
             ...
-            dyncal.errors.DyncalError: `method` must be one of smoothed, optimal, geometric; got 'magic'
+            dyncal.errors.DyncalError: `method` must be one of optimal, smoothed, geometric; got 'magic'
         """
         try:
             return cls(value)
@@ -58,13 +58,21 @@ class Choice(str, enum.Enum):
 class Method(Choice):
     """Threshold solvers (:mod:`dyncal.calibrate.search` describes each)."""
 
-    SMOOTHED = "smoothed"
     OPTIMAL = "optimal"
+    SMOOTHED = "smoothed"
     GEOMETRIC = "geometric"
 
 
-DEFAULT_METHOD = Method.SMOOTHED
-"""The solver ``dyncal solve`` uses unless told otherwise (it generalises best on held-out data)."""
+DEFAULT_METHOD = Method.OPTIMAL
+"""The solver ``dyncal solve --budget`` uses unless told otherwise: the least held-out regret across monotone
+and non-monotone models (``benchmarks/heldout_comparison.md``)."""
+
+DEFAULT_RISK_METHOD = Method.SMOOTHED
+"""The solver that orders risk control's candidates unless told otherwise (``dyncal solve --max-drop``).
+
+Its candidates disagree with the last exit on fewer samples, which is what the binomial test
+counts: ``optimal``'s, tuned to accuracy, fix and break more samples and stop the test early
+(on the demo only the last exit alone passes with ``optimal``; 0.14x with ``smoothed``)."""
 
 
 class Score(Choice):

@@ -21,6 +21,7 @@ __all__ = [
     "bootstrap_ci",
     "bootstrap_interval",
     "mean_bootstrap_ci",
+    "mcnemar_pvalue",
     "N_BOOTSTRAP",
     "weighted_percentiles",
     "centred_interval",
@@ -119,6 +120,35 @@ def unsplit_classes(labels: np.ndarray, holdout: float) -> list[Any]:
         return []
     classes, counts = np.unique(np.asarray(labels), return_counts=True)
     return [c for c, k in zip(classes.tolist(), counts.tolist(), strict=True) if k == 1 or int(round(holdout * k)) == 0]
+
+
+def mcnemar_pvalue(right_a: np.ndarray, right_b: np.ndarray) -> float:
+    """Exact two-sided McNemar p-value: do two answers on the same samples differ in accuracy?
+
+    Only the samples where exactly one of them is right count; under "equally accurate"
+    each of those goes either way with probability 1/2 (a binomial test).
+
+    Args:
+        right_a: ``(n,)`` booleans, answer A right on each sample.
+        right_b: ``(n,)`` booleans, answer B right on the same samples.
+
+    Returns:
+        The p-value (1.0 when they never disagree).
+
+    Example:
+        >>> a = np.array([True] * 10 + [False] * 10)
+        >>> round(mcnemar_pvalue(a, ~a), 6), mcnemar_pvalue(a, a)
+        (1.0, 1.0)
+        >>> round(mcnemar_pvalue(np.ones(12, bool), np.zeros(12, bool)), 6)  # 12 of 12 discordant one way
+        0.000488
+    """
+    from scipy.stats import binomtest
+
+    a, b = np.asarray(right_a, dtype=bool), np.asarray(right_b, dtype=bool)
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(b & ~a))
+    if only_a + only_b == 0:
+        return 1.0
+    return float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
 
 
 def mean_bootstrap_ci(

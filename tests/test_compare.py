@@ -237,6 +237,34 @@ def test_a_more_accurate_but_costlier_static_model_does_not_decide(runs: dict[st
     assert doc["decision"] == "GO"
 
 
+def test_a_static_model_cheaper_only_at_the_judged_batch_size_makes_it_no_go(
+    runs: dict[str, Path], tmp_path: Path, cli
+) -> None:
+    # issue 17: more accurate, dearer in MACs and at cpu/b1, cheaper per batch at cpu/b32 where it is judged
+    static = _static_run(runs, tmp_path / "batched", right=True, macs=5e7)
+    opened = load_run(static)
+    latency = {"cpu/b1": _profile(1, [2.0], 2.0), "cpu/b32": _profile(32, [0.01], 0.01)}
+    store_costs(opened, dataclasses.replace(opened.costs, latency=latency))
+    out = tmp_path / "r.pdf"
+    common = ["--min-accuracy", "0.9", "--device", "cpu", "--compare", static, "--out", out, "--json"]
+    res = cli("report", runs["demo"], "--batch-size", "32", *common)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    (alt,) = doc["alternatives"]
+    assert alt["cost"] == "cpu/b32" and alt["cheaper"] and alt["dominates"]
+    assert alt["cheaper_on"] == {"macs": False, "cpu/b1": False, "cpu/b32": True}  # the other units: context
+    assert all(c["status"] == "pass" for c in doc["criteria"]) and doc["decision"] == "NO-GO"
+    human = cli("report", runs["demo"], "--batch-size", "32", *common[:-1], "--overwrite")
+    assert "decision: NO-GO (a static model is as accurate and faster)" in human.stdout
+    assert "judged on cpu/b32; context: costlier in MACs, costlier on cpu/b1" in human.stdout
+    # judged at batch size 1 the same model is dearer: early exit stands
+    res = cli("report", runs["demo"], "--batch-size", "1", *common, "--overwrite")
+    doc = json.loads(res.stdout)
+    (alt,) = doc["alternatives"]
+    assert alt["cost"] == "cpu/b1" and not alt["cheaper"] and not alt["dominates"]
+    assert alt["cheaper_on"]["cpu/b32"] and doc["decision"] == "GO"
+
+
 # --------------------------------------------------------------------------- pairing
 
 

@@ -107,7 +107,7 @@ def test_each_meaning_of_batch_size_has_its_own_help():
 @pytest.mark.parametrize(
     ("build", "match"),
     [
-        (lambda: SolveOptions(budget="0.5x", method="magic"), r"`method` must be one of smoothed, optimal"),
+        (lambda: SolveOptions(budget="0.5x", method="magic"), r"`method` must be one of optimal, smoothed"),
         (lambda: SolveOptions(budget="0.5x", score="conf"), r"`score` must be one of maxprob, margin, entropy"),
         (lambda: SolveOptions(budget="0.5x", pvalue="z"), r"`pvalue` must be one of binomial, hb"),
         (lambda: SolveOptions(), r"give a `budget`"),
@@ -155,7 +155,7 @@ def test_options_refuse_bad_values_in_one_line(build, match):
         ({"min_accuracy": -0.1}, r"^`min_accuracy` .*, got -0.1$"),
         ({"min_accuracy": 0.9, "max_drop": 0.01}, r"^give `min_accuracy` or `max_drop`, not both"),
         ({"min_speedup": -1}, r"^`min_speedup` must be a positive factor"),
-        ({"method": "foo"}, r"^`method` must be one of smoothed, optimal, geometric; got 'foo'$"),
+        ({"method": "foo"}, r"^`method` must be one of optimal, smoothed, geometric; got 'foo'$"),
         ({"holdout": 3}, r"^`holdout` .*, got 3$"),
         ({"seed": -2}, r"^`seed` .*, got -2$"),
         ({"temperature": "yes"}, r"^`temperature` .*, got 'yes'$"),

@@ -26,6 +26,7 @@ from dyncal.artifacts.run import load_run, store_costs
 from dyncal.artifacts.run_document import Provenance
 from dyncal.artifacts.run_import import import_arrays
 from dyncal.calibrate.solvers import solve_run
+from dyncal.choices import DEFAULT_METHOD
 from dyncal.errors import DyncalError
 
 pypdf = pytest.importorskip("pypdf")
@@ -562,7 +563,7 @@ def test_prepared_run_stands_in_for_the_run(demo_runs: dict[str, Path]) -> None:
     assert fa.equals(fb)
     # after a default frontier, solve_run walks the cached path: same answers, any budget
     compute_frontier(prep)
-    assert ("smoothed", "macs", 41) in prep.cache.paths
+    assert (DEFAULT_METHOD, "macs", 41) in prep.cache.paths
     for budget in ("0.3x", "0.1234x", "1.2MMAC"):
         fresh = solve_run(run, budget, holdout=0.3, seed=2).to_dict()
         assert solve_run(prep, budget).to_dict() == fresh
@@ -1000,7 +1001,7 @@ def test_one_operating_point_one_set_of_numbers(go_report: tuple[Path, dict], de
     assert f"right on {acc} of {held['n']} held-out samples" in pages[0]
     assert ", ".join(shares) + " (held out)" in pages[0]
     # page 2: the deployed row is the operating point
-    assert re.search(rf"smoothed \(deployed\) {re.escape(acc)}", pages[1])
+    assert re.search(rf"{DEFAULT_METHOD} \(deployed\) {re.escape(acc)}", pages[1])
     # page 4: the same shares and accuracy
     assert all(f"{s} leave" in pages[3] for s in shares) and f"Overall: {acc} right" in pages[3]
     # terminal

@@ -390,6 +390,15 @@ def test_cli_solve_and_frontier(cli, demo_run, tmp_path):
     assert len(pd.read_csv(csv)) == len(df)
     r = cli("frontier", demo_run.path, "--out", csv, "--n-budgets", "3", "--overwrite")
     assert r.exit_code == 0 and len(pd.read_csv(csv)) < len(df)
+    # --json: thresholds as numbers (a list, the last null), and what they mean in words
+    r = cli("frontier", demo_run.path, "--out", csv, "--n-budgets", "3", "--overwrite", "--json")
+    rows = json.loads(r.stdout)["rows"]
+    solved = [row for row in rows if row["method"] != "oracle"]
+    assert solved and all(isinstance(row["thresholds"], list) and row["thresholds"][-1] is None for row in solved)
+    assert all(len(row["exit_rule"]) == 4 for row in solved)
+    first = next(row for row in solved if row["method"] == "static" and row["exit"] == 1)
+    assert first["exit_rule"] == ["all leave", "not reached", "not reached", "not reached"]
+    assert all(row["thresholds"] is None and row["exit_rule"] is None for row in rows if row["method"] == "oracle")
     r = cli(
         "solve",
         demo_run.path,
@@ -467,8 +476,8 @@ def test_cli_errors(cli, demo_run, demo_logits, tmp_path):
 def test_thresholds_json_reproduces_numbers_property(demo_run, fraction, method, seed):
     try:
         res = solve_run(demo_run, f"{fraction!r}x", method=method, seed=seed)
-    except BudgetError as e:  # geometric has no solution right at exit 1's cost
-        assert method == "geometric" and "no geometric solution" in str(e)
+    except BudgetError as e:  # a budget below exit 1's cost after rounding the fraction
+        assert "below the cost of exit 1 alone" in str(e)
         return
     doc = json.loads(json.dumps(res.to_dict()))
     acc, macs, held = _reapply(doc, demo_run)
@@ -496,9 +505,14 @@ def test_risk_mode_with_budget_too_small(demo_run):
         solve_run(demo_run, None)
 
 
-def test_geometric_at_first_exit_cost_is_a_clear_error(demo_run):
-    with pytest.raises(BudgetError, match="no geometric solution fits"):
-        solve_run(demo_run, "0.02x", method="geometric")
+def test_geometric_at_first_exit_cost_returns_exit_1_alone_and_says_so(demo_run):
+    """It used to be an error ("no geometric solution fits"): geometric always keeps some samples for later exits."""
+    res = solve_run(demo_run, "0.02x", method="geometric")
+    assert res.method == "geometric" and res.exit_shares[0] == 1.0
+    guard = res.guard
+    assert guard is not None and guard["replaced"] == "geometric" and guard["by"] == "exit 1 alone"
+    assert guard["exit"] == 1 and guard["method_fit_accuracy"] is None
+    assert guard["reason"] == "geometric has no solution within the budget; exit 1 alone fits"
     assert solve_run(demo_run, "0.02x", method="optimal").exit_shares[0] == 1.0
 
 
@@ -655,7 +669,7 @@ LTT = {"max_drop": 0.1, "delta": 0.1}
     [
         (
             lambda: solve_path(ExitProblem(np.ones((4, 2)), np.ones((4, 2)), [1.0, 2.0]), [1.5], "fast"),
-            "`method` must be one of smoothed, optimal, geometric; got 'fast'",
+            "`method` must be one of optimal, smoothed, geometric; got 'fast'",
         ),
         (
             lambda: exit_scores(np.zeros((1, 2, 3)), "conf"),

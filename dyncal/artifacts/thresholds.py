@@ -121,6 +121,7 @@ class ThresholdsDocument:
         temperature_at_bound: Per exit, whether its fitted temperature stopped at the
             search bound (0.05 or 20): a warning sign; None when none were fitted.
         schema_version: Version of this document.
+        guard: What the guard did (:func:`dyncal.calibrate.solvers.guard_record`); None in risk mode.
     """
 
     score: str
@@ -143,6 +144,7 @@ class ThresholdsDocument:
     temperature_at_bound: tuple[bool, ...] | None = None
     schema_version: int = SCHEMA_VERSION
     run_fingerprint: str | None = None
+    guard: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The thresholds.json document."""
@@ -168,6 +170,7 @@ class ThresholdsDocument:
             "run_fingerprint": self.run_fingerprint,
             "n_classes": self.n_classes,
             "temperature_at_bound": None if self.temperature_at_bound is None else list(self.temperature_at_bound),
+            "guard": None if self.guard is None else dict(self.guard),
         }
 
     @classmethod
@@ -246,6 +249,7 @@ class ThresholdsDocument:
             ),
             schema_version=version,
             run_fingerprint=V.string(V.require(d, "run_fingerprint"), "run_fingerprint"),
+            guard=V.optional_mapping(d.get("guard"), "guard"),
         )
 
     @property

@@ -54,7 +54,8 @@ class ThresholdSolver:
 
     Args:
         budget: ``"0.6x"``, ``"1.2GMAC"`` or ``"35ms"`` (None only with ``max_drop``).
-        method: ``"smoothed"`` (default), ``"optimal"`` or ``"geometric"`` (MSDNet's).
+        method: ``"optimal"``, ``"smoothed"`` or ``"geometric"`` (MSDNet's); default (None)
+            ``"optimal"`` for a budget, ``"smoothed"`` with ``max_drop``.
         score: ``"maxprob"`` (default), ``"margin"`` or ``"entropy"``.
         temperature: Fit one temperature per exit on the fit part (default False).
         holdout: Held-out fraction for honest accuracy (default 0.5; 0: none).
@@ -117,7 +118,7 @@ class ThresholdSolver:
         options = SolveOptions(**self.get_params())
         prep = run if isinstance(run, PreparedRun) else prepare_run(run, options)
         result = solve_run(prep, options=options)
-        path = FrontierOptions(methods=(options.method,), device=options.device, batch_size=options.batch_size)
+        path = FrontierOptions(methods=(options.solver,), device=options.device, batch_size=options.batch_size)
         frontier = compute_frontier(prep, path)
         self.result_: ThresholdsDocument = result
         self.thresholds_ = result.threshold_array

@@ -17,6 +17,7 @@ import pandas as pd
 from dyncal.artifacts.frontier import frontier_columns
 from dyncal.artifacts.thresholds import finite_thresholds
 from dyncal.calibrate.budget import pick_latency
+from dyncal.calibrate.guard import guarded_path
 from dyncal.calibrate.options import FrontierOptions
 from dyncal.calibrate.policy import evaluate_policy, expected_cost
 from dyncal.calibrate.prepare import PreparedRun, prepare_run
@@ -76,6 +77,10 @@ def compute_frontier(
     ``device``/``batch_size``, or the only one). Thresholds are fitted on the fit part of
     a stratified split; ``fitted_accuracy`` and every cost column are measured there (where
     budgets are met), ``holdout_*`` on the held-out part with a 95% bootstrap interval.
+    Each method's row at a budget is what ``dyncal solve`` returns there: its answer after
+    the guard (:mod:`dyncal.calibrate.guard`: replaced by an exit alone or ``geometric``'s
+    answer when one is more accurate on the fit part, or by its own answer at a smaller
+    budget), so ``fitted_accuracy`` never falls as the budget grows.
 
     Args:
         run: A :class:`dyncal.artifacts.run.Run`, or a :class:`dyncal.calibrate.prepare.PreparedRun`
@@ -103,7 +108,7 @@ def compute_frontier(
     Example:
         >>> df = compute_frontier(toy_run(), n_budgets=5)  # toy_run: 300 samples, K = 2 (doctest fixture)
         >>> sorted(set(df["method"]))
-        ['geometric', 'optimal', 'oracle', 'smoothed', 'static']
+        ['geometric', 'optimal', 'oracle', 'static']
     """
     opts = options_from(FrontierOptions, options, fields, "frontier")
     if isinstance(run, PreparedRun):
@@ -116,9 +121,11 @@ def compute_frontier(
     fractions, budgets = budget_grid(parts.costs, opts.n_budgets)
     rows: list[dict[str, Any]] = []
     for method in [str(m) for m in dict.fromkeys([*opts.methods, DEFAULT_METHOD])]:
-        sols = solve_path(prep.problem(method, primary), list(budgets), method)  # problems share geometric fits
+        problem = prep.problem(method, primary)  # problems share geometric fits
+        sols = solve_path(problem, list(budgets), method)
         prep.cache.paths[(method, primary, opts.n_budgets)] = sols  # solve_run walks its prefix
-        rows += parts.solved(method, fractions, sols)
+        guarded = guarded_path(problem, list(budgets), method, sols)  # what solve_run returns at each budget
+        rows += parts.solved(method, fractions, [None if g is None else g.solution for g in guarded])
     rows += parts.oracle(fractions, budgets)
     rows += parts.static()
     latency_keys = [u[3:] for u in prep.units if u.startswith("ms:")]

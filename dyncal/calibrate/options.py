@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from dyncal.choices import DEFAULT_METHOD, Method, PValue, Score
+from dyncal.choices import DEFAULT_METHOD, DEFAULT_RISK_METHOD, Method, PValue, Score
 from dyncal.errors import DyncalError, param
 from dyncal.options import check_at_least, check_flag, check_fraction, check_seed, is_integer
 
@@ -65,7 +65,10 @@ class SolveOptions(PrepareOptions):
 
     Attributes:
         budget: ``0.6x``, ``1.2GMAC``/``850MMAC`` or ``35ms``; None only with ``max_drop``.
-        method: Solver (:class:`~dyncal.choices.Method`; default ``smoothed``).
+        method: Solver (:class:`~dyncal.choices.Method`). Left out (None), the mode's
+            default: :data:`~dyncal.choices.DEFAULT_METHOD` (``optimal``) for a budget,
+            :data:`~dyncal.choices.DEFAULT_RISK_METHOD` (``smoothed``) with ``max_drop``;
+            :attr:`solver` is the one used.
         device: Latency device for ``ms`` budgets and latency columns.
         batch_size: Latency batch size: which profiled latency column (with ``device``).
         max_drop: Risk control: tolerated drop versus the last exit's accuracy.
@@ -76,16 +79,18 @@ class SolveOptions(PrepareOptions):
             samples (:mod:`dyncal.calibrate.tail`); with a budget, not with ``max_drop``.
 
     Example:
-        >>> SolveOptions(budget="0.5x", method="geometric").method is Method.GEOMETRIC
+        >>> SolveOptions(budget="0.5x", method="geometric").solver is Method.GEOMETRIC
         True
+        >>> SolveOptions(budget="0.5x").solver, SolveOptions(max_drop=0.01).solver
+        ('optimal', 'smoothed')
         >>> SolveOptions(budget="0.5x", method="magic")
         Traceback (most recent call last):
         ...
-        dyncal.errors.DyncalError: `method` must be one of smoothed, optimal, geometric; got 'magic'
+        dyncal.errors.DyncalError: `method` must be one of optimal, smoothed, geometric; got 'magic'
     """
 
     budget: str | None = None
-    method: Method = DEFAULT_METHOD
+    method: Method | None = None
     device: str | None = None
     batch_size: int | None = None
     max_drop: float | None = None
@@ -105,7 +110,8 @@ class SolveOptions(PrepareOptions):
                     f"{param('max_latency_ms')} constrains a solve at a {param('budget')}, not risk control "
                     f"({param('max_drop')}); leave one out"
                 )
-        object.__setattr__(self, "method", Method.parse(self.method, "method"))
+        if self.method is not None:
+            object.__setattr__(self, "method", Method.parse(self.method, "method"))
         object.__setattr__(self, "pvalue", PValue.parse(self.pvalue, "pvalue"))
         _positive_batch(self.batch_size)
         _optional_text("device", self.device)
@@ -115,6 +121,13 @@ class SolveOptions(PrepareOptions):
         if self.budget is None and self.max_drop is None:
             raise DyncalError(f"give a {param('budget')} (e.g. 0.6x) or a risk target {param('max_drop')} (e.g. 0.005)")
         _ = self.budget_spec  # an unreadable budget is refused here, and parsed once
+
+    @property
+    def solver(self) -> Method:
+        """The method used: ``method``, or the default of the mode (a budget, or risk control)."""
+        if self.method is not None:
+            return self.method
+        return DEFAULT_RISK_METHOD if self.max_drop is not None else DEFAULT_METHOD
 
     @cached_property
     def budget_spec(self) -> BudgetSpec | None:

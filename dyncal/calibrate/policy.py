@@ -12,14 +12,21 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dyncal.artifacts.thresholds import score_range
+from dyncal.choices import Score
 from dyncal.errors import DyncalError
+
+if TYPE_CHECKING:
+    from dyncal.artifacts.thresholds import ThresholdsDocument
 
 __all__ = [
     "assign_exits",
+    "threshold_meanings",
+    "describe_thresholds",
     "PolicyOutcome",
     "evaluate_policy",
     "expected_cost",
@@ -62,6 +69,83 @@ def assign_exits(scores: np.ndarray, thresholds: Sequence[float | None] | np.nda
     for j in range(k - 2, -1, -1):
         np.copyto(exits, j, where=scores[:, j] >= t[j])
     return exits
+
+
+ALL_LEAVE = "all leave"
+NONE_LEAVE = "none leave"
+NOT_REACHED = "not reached"
+
+
+def describe_thresholds(
+    thresholds: Sequence[float | None] | np.ndarray, score: str, n_classes: int | None = None
+) -> list[str]:
+    """What each exit does under the exit rule, in words: one entry per exit.
+
+    ``"all leave"`` (every sample that reaches the exit leaves there: a threshold at or
+    below the lowest score possible, such as thresholds.json's ``-0.9`` for maxprob with 10
+    classes, or ``-inf``), ``"none leave"`` (above the highest score possible: ``2.0``,
+    ``+inf``), ``"score >= 0.8123"``, or ``"not reached"`` (an earlier exit lets everyone
+    leave). The last exit takes everyone who reaches it: ``"all leave"`` or ``"not reached"``.
+
+    Args:
+        thresholds: ``K - 1`` thresholds, or ``K`` with the last None (thresholds.json).
+        score: The score's name (its range decides what "all" and "none" are).
+        n_classes: ``C``, for the range of ``maxprob`` (``1/C`` to 1) and ``entropy``
+            (``-log C`` to 0); None or 0 when unknown: then only ``±inf`` and values beyond
+            what any ``C`` allows count as all or none.
+
+    Returns:
+        ``K`` phrases.
+
+    Example:
+        >>> describe_thresholds([0.5607, -0.9, None], "maxprob", 10)  # issue 17's "[0.5607, -0.9, -]"
+        ['score >= 0.5607', 'all leave', 'not reached']
+        >>> describe_thresholds([2.0, 0.7, None], "maxprob", 10)
+        ['none leave', 'score >= 0.7', 'all leave']
+    """
+    vals = list(thresholds)
+    if vals and vals[-1] is None:
+        vals = vals[:-1]
+    if any(v is None for v in vals):
+        raise DyncalError(f"only the last threshold may be null, got {list(thresholds)}")
+    kind = Score.parse(score, "score")
+    if n_classes:
+        low, high = score_range(kind, n_classes)
+    else:  # the bounds every C shares: maxprob in (0, 1], margin in [0, 1], entropy <= 0
+        low, high = {Score.MAXPROB: (0.0, 1.0), Score.MARGIN: (0.0, 1.0), Score.ENTROPY: (-math.inf, 0.0)}[kind]
+    out: list[str] = []
+    reached = True
+    for v in (float(x) for x in vals if x is not None):
+        if not reached:
+            out.append(NOT_REACHED)
+        elif v <= low:
+            out.append(ALL_LEAVE)
+            reached = False
+        elif v > high:
+            out.append(NONE_LEAVE)
+        else:
+            out.append(f"score >= {v:.6g}")
+    out.append(ALL_LEAVE if reached else NOT_REACHED)
+    return out
+
+
+def threshold_meanings(doc: ThresholdsDocument) -> list[str]:
+    """What each exit of a thresholds document does, in words (:func:`describe_thresholds`).
+
+    thresholds.json keeps numbers (``-0.9``, ``2.0``) because every reader and the exported
+    package apply the exit rule to them; what people read (``dyncal solve``'s summary, the
+    report's pages) should show these words instead.
+
+    Example:
+        >>> from dyncal.artifacts.thresholds import ThresholdsDocument
+        >>> doc = ThresholdsDocument(
+        ...     "maxprob", (1.0,) * 3, (0.5607, -0.9, None), "optimal", {}, None, {}, 0.7, None, None, (0.5, 0.5, 0),
+        ...     n_classes=10,
+        ... )
+        >>> threshold_meanings(doc)
+        ['score >= 0.5607', 'all leave', 'not reached']
+    """
+    return describe_thresholds(list(doc.thresholds), doc.score, doc.n_classes or None)
 
 
 @dataclass(frozen=True)

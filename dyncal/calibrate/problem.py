@@ -19,7 +19,7 @@ import numpy as np
 from dyncal.calibrate.policy import expected_cost
 from dyncal.errors import DyncalError
 
-__all__ = ["ExitProblem", "ExitCap", "Solution", "PUBLISHED_Q", "geometric_thresholds"]
+__all__ = ["ExitProblem", "ExitCap", "Solution", "PUBLISHED_Q", "geometric_thresholds", "single_exit_thresholds"]
 
 PUBLISHED_Q: tuple[float, ...] = tuple(p / 20 for p in range(1, 40))
 FINE_Q: tuple[float, ...] = tuple(float(q) for q in np.geomspace(0.01, 8.0, 240))
@@ -72,6 +72,8 @@ class ExitProblem:
             maxprob's.
         cap: A limit on the samples leaving at some exits (:class:`ExitCap`), kept by every
             budget update and by :meth:`fits`; None: no limit.
+        correct: ``(N, K)`` 0/1 correctness when ``gains`` are something else (smoothed):
+            :meth:`accuracy` and the guard's rivals are judged on it. Default: ``gains``.
 
     Example:
         >>> s = np.array([[0.9, 0.6], [0.4, 0.8], [0.7, 0.9]])
@@ -89,6 +91,7 @@ class ExitProblem:
         costs: Sequence[float] | np.ndarray,
         score: str | None = None,
         cap: ExitCap | None = None,
+        correct: np.ndarray | None = None,
     ) -> None:
         s = np.asarray(scores, dtype=np.float64)
         g = np.asarray(gains, dtype=np.float64)
@@ -108,6 +111,12 @@ class ExitProblem:
             raise DyncalError(f"an exit cap needs {s.shape[1]} flags and a count >= 0, got {cap}")
         self.scores = s
         self.gains = g
+        self.hits = g if correct is None else np.asarray(correct, dtype=np.float64)
+        if self.hits.shape != s.shape:
+            raise DyncalError(f"correct must be (N, K) like the scores, got {self.hits.shape}")
+        self.gains_are_hits = correct is None
+        self.exit_accuracy = self.hits.mean(axis=0)
+        """``(K,)`` fit accuracy of each exit used alone."""
         self.costs = c
         self.cap = cap
         self._capped = np.zeros(s.shape[1]) if cap is None else np.asarray(cap.capped, dtype=np.float64)
@@ -122,6 +131,9 @@ class ExitProblem:
         self._geometric: list[tuple[np.ndarray, np.ndarray]] | None = None
         self._geometric_solutions: list[Solution] | None = None
         self._starting_pool: list[Solution] | None = None
+        self._two_exit: list[_TwoExitFamily] | None = None
+        self._single: dict[int, Solution] = {}
+        self._geometric_by_accuracy: tuple[list[Solution], np.ndarray, np.ndarray] | None = None
 
     def with_cap(self, cap: ExitCap | None) -> ExitProblem:
         """The same fit samples under another cap (sorted orders and geometric fits shared, not recomputed)."""
@@ -132,6 +144,8 @@ class ExitProblem:
         other._capped = np.zeros(self.k) if cap is None else np.asarray(cap.capped, dtype=np.float64)
         other._geometric_solutions = None  # their capped counts differ
         other._starting_pool = None
+        other._single = {}
+        other._geometric_by_accuracy = None
         return other
 
     # -- evaluation
@@ -157,6 +171,18 @@ class ExitProblem:
     def fits(self, sol: Solution, budget: float) -> bool:
         """Whether a solution meets the budget and, with a cap, the cap."""
         return sol.cost <= budget and (self.cap is None or sol.capped <= self.cap.max_count)
+
+    def accuracy(self, solution: Solution) -> float:
+        """Fitted accuracy (0/1 hits) of a solution: its gain unless the gains are smoothed."""
+        if self.gains_are_hits:
+            return solution.gain
+        return float(np.mean(self.hits[np.arange(self.n), self.exits(solution.thresholds)]))
+
+    def single_exit(self, j: int) -> Solution:
+        """Everyone at exit ``j`` (0-based): nobody leaves before it, everyone who reaches it leaves."""
+        if j not in self._single:
+            self._single[j] = self.solution(single_exit_thresholds(self.k, j), np.full(self.n, j, dtype=np.intp))
+        return self._single[j]
 
     # -- exact one-threshold update
     def _cuts(self, t: np.ndarray, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, int]:
@@ -294,18 +320,101 @@ class ExitProblem:
         return self._geometric_solutions
 
     def starting_pool(self) -> list[Solution]:
-        """Starting points of the ascent: every geometric solution, "all at exit 1" and the λ path (computed once)."""
+        """Starting points of the ascent: every geometric solution, everyone at exit j (every j) and the λ path.
+
+        Computed once. :meth:`best_two_exit` adds, per budget, the best policy that uses two exits.
+        """
         if self._starting_pool is None:
             pool = list(self.geometric_solutions())
-            first = np.full(self.k - 1, np.inf)
-            first[0] = -np.inf
-            pool.append(self.solution(first))
+            pool += [self.single_exit(j) for j in range(self.k)]
             t = np.full(self.k - 1, np.inf)
             for lam in _lambda_grid(self.costs / self.costs[-1]) / self.costs[-1]:
                 t = self.lagrange_ascent(t, float(lam))
                 pool.append(self.solution(t))
             self._starting_pool = pool
         return self._starting_pool
+
+    def geometric_by_accuracy(self) -> tuple[list[Solution], np.ndarray, np.ndarray]:
+        """Every geometric solution with its 0/1 accuracy as gain, and their costs and accuracies as arrays."""
+        if self._geometric_by_accuracy is None:
+            if self.gains_are_hits:
+                sols = self.geometric_solutions()
+            else:
+                rows = np.arange(self.n)
+                sols = [
+                    Solution(t, float(np.mean(self.hits[rows, e])), s.cost, s.capped)
+                    for (t, e), s in zip(self.geometric_pool(), self.geometric_solutions(), strict=True)
+                ]
+            cost = np.array([s.cost for s in sols], dtype=np.float64)
+            acc = np.array([s.gain for s in sols], dtype=np.float64)
+            self._geometric_by_accuracy = (sols, cost, acc)
+        return self._geometric_by_accuracy
+
+    def best_geometric(self, budget: float) -> Solution | None:
+        """The most accurate geometric solution (0/1 hits; cheaper on ties) within ``budget`` and the cap; None if none.
+
+        Its ``gain`` is its accuracy; thresholds and cost are the geometric solution's.
+        """
+        sols, cost, acc = self.geometric_by_accuracy()
+        fits = np.flatnonzero([self.fits(s, budget) for s in sols])
+        if not fits.size:
+            return None
+        top = float(np.max(acc[fits]))
+        best = fits[acc[fits] >= top]
+        return sols[int(best[np.argmin(cost[best])])]
+
+    # -- two-exit policies
+    def best_two_exit(self, budget: float) -> Solution | None:
+        """The best policy that uses at most two exits, within ``budget`` (exact; None if none fits).
+
+        For exits ``i < j``: nobody leaves before ``i``, the confident at ``i`` leave there
+        (``t_i`` at any allowed cut, or nobody), everyone else leaves at ``j``. Every single
+        exit is such a policy. Coordinate ascent cannot reach these from every start (opening
+        ``j`` and moving ``t_i`` must happen at once), so each budget's path starts from the
+        best of them too. Cost per budget: ``O(K^2 log N)`` after an ``O(K^2 N)`` preparation.
+        """
+        if self._two_exit is None:
+            self._two_exit = self._two_exit_families()
+        limits = [budget * self.n * (1 + 1e-12)] * len(self._two_exit)  # rounding: the real cost is checked
+        while True:
+            best: tuple[float, float, int, int] | None = None  # (gain, -cost, family, entry)
+            for f, fam in enumerate(self._two_exit):
+                e = fam.best_within(limits[f])
+                if e is not None and (best is None or (fam.gain[e], -fam.cost[e]) > best[:2]):
+                    best = (float(fam.gain[e]), float(-fam.cost[e]), f, e)
+            if best is None:
+                return None
+            fam = self._two_exit[best[2]]
+            sol = self.solution(fam.thresholds(self.k, best[3]))
+            if sol.cost <= budget:
+                return sol
+            limits[best[2]] = float(np.nextafter(-best[1], -np.inf))  # over by rounding: only cheaper entries
+
+    def _two_exit_families(self) -> list[_TwoExitFamily]:
+        """Every pair ``i < j``: gains and costs (sums over samples) of each cut at exit ``i``."""
+        families = []
+        for i in range(self.k - 1):
+            thr, counts = self._all_cuts(i)
+            ordered = self._gcols[i][self.order[i]]
+            for j in range(i + 1, self.k):
+                gain_j = float(np.sum(self._gcols[j]))
+                step = np.concatenate([[0.0], np.cumsum(ordered - self._gcols[j][self.order[i]])])
+                gain = gain_j + step[counts]
+                cost = self.n * self.costs[j] + counts * (self.costs[i] - self.costs[j])
+                families.append(_TwoExitFamily.build(i, j, thr, gain, cost))
+        return families
+
+    def _all_cuts(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+        """Thresholds at exit ``j`` when every sample reaches it, and how many leave: nobody first, then each cut."""
+        ss = self.sorted_scores[j]
+        valid = np.ones(ss.shape[0], dtype=bool)
+        if ss.shape[0] > 1:
+            valid[:-1] = _separable(ss[:-1], ss[1:], self.tie_floor)
+        cut = np.flatnonzero(valid)
+        below = np.full(cut.shape[0], -math.inf)
+        below[:-1] = ss[cut[:-1] + 1]
+        thr = np.concatenate([[math.inf], _midway(ss[cut], below)])
+        return thr, np.concatenate([[0], cut + 1])
 
     def adopt_geometric_pool(self, pool: list[tuple[np.ndarray, np.ndarray]]) -> None:
         """Reuse another problem's :meth:`geometric_pool` (one on the same scores: only the gains differ)."""
@@ -319,6 +428,60 @@ class ExitProblem:
             first = self.sorted_scores[0]
             self._geometric = [_geometric_fit(self._cols, q, first, self.tie_floor) for q in qs]
         return self._geometric
+
+
+@dataclass(frozen=True)
+class _TwoExitFamily:
+    """Policies using exits ``i`` and ``j`` only: one entry per cut at ``i`` (entry 0: nobody leaves at ``i``).
+
+    ``gain`` and ``cost`` are sums over the samples. Entry by entry more samples leave at
+    the cheaper exit ``i``, so ``cost`` never increases and the entries within a budget
+    are a suffix; ``best_from[e]`` is the entry of highest gain from ``e`` on (the last,
+    i.e. cheapest, of equals).
+    """
+
+    i: int
+    j: int
+    threshold: np.ndarray
+    gain: np.ndarray
+    cost: np.ndarray
+    best_from: np.ndarray
+
+    @classmethod
+    def build(cls, i: int, j: int, threshold: np.ndarray, gain: np.ndarray, cost: np.ndarray) -> _TwoExitFamily:
+        """The family with its suffix argmax precomputed."""
+        rev = gain[::-1]
+        top = np.maximum.accumulate(rev)
+        rises = np.concatenate([[True], rev[1:] > top[:-1]])  # where the running maximum is first reached
+        first = np.maximum.accumulate(np.where(rises, np.arange(rev.shape[0]), 0))
+        best_from = (rev.shape[0] - 1 - first)[::-1]
+        return cls(i, j, threshold, gain, cost, np.ascontiguousarray(best_from))
+
+    def best_within(self, limit: float) -> int | None:
+        """The entry of highest gain (cheaper on ties) whose summed cost is within ``limit``."""
+        first = int(np.searchsorted(-self.cost, -limit, side="left"))
+        return int(self.best_from[first]) if first < self.cost.shape[0] else None
+
+    def thresholds(self, k: int, entry: int) -> np.ndarray:
+        """The ``K - 1`` thresholds of an entry."""
+        t = np.full(k - 1, np.inf)
+        if self.j < k - 1 and self.threshold[entry] != -np.inf:  # else nobody reaches exit j
+            t[self.j] = -np.inf
+        t[self.i] = self.threshold[entry]
+        return t
+
+
+def single_exit_thresholds(k: int, j: int) -> np.ndarray:
+    """``K - 1`` thresholds that send everyone to exit ``j`` (0-based): ``+inf`` before it, ``-inf`` at it.
+
+    Example:
+        >>> single_exit_thresholds(3, 1).tolist(), single_exit_thresholds(3, 2).tolist()
+        ([inf, -inf], [inf, inf])
+    """
+    t = np.full(k - 1, np.inf)
+    if j < k - 1:
+        t[j] = -np.inf
+    return t
 
 
 SEPARATION = 2e-6

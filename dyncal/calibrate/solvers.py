@@ -17,13 +17,14 @@ import numpy as np
 from dyncal.artifacts.costs import LatencyKey
 from dyncal.artifacts.thresholds import ThresholdsDocument, finite_thresholds
 from dyncal.calibrate.budget import BudgetTarget, format_budget, pick_latency, require_cost_units, resolve_budget
+from dyncal.calibrate.guard import Guarded, guarded_at
 from dyncal.calibrate.options import SolveOptions
 from dyncal.calibrate.policy import evaluate_policy
 from dyncal.calibrate.prepare import PreparedRun, _require_exits, prepare_run, static_baselines
-from dyncal.calibrate.search import problem_for, solve_at, solve_path
+from dyncal.calibrate.search import problem_for, solve_path
 from dyncal.errors import BudgetError, DyncalError
 from dyncal.options import options_from
-from dyncal.stats import mean_bootstrap_ci, stratified_split
+from dyncal.stats import mcnemar_pvalue, mean_bootstrap_ci, stratified_split
 
 __all__ = ["solve_run"]
 
@@ -38,8 +39,9 @@ def _result_from(
     unit: str,
     run_path: str,
     risk: dict[str, Any] | None = None,
+    guarded: Guarded | None = None,
 ) -> ThresholdsDocument:
-    """Evaluate final thresholds and assemble the document."""
+    """Evaluate final thresholds and assemble the document (with the guard's record when one was applied)."""
     t_json = finite_thresholds(thresholds, prep.score, prep.n_classes)
     t_eval = np.asarray(t_json[:-1], dtype=np.float64)
     costs = prep.units[unit]
@@ -53,6 +55,7 @@ def _result_from(
     h_acc: float | None = None
     h_ci: tuple[float, float] | None = None
     held_doc: dict[str, Any] | None = None
+    ok: np.ndarray | None = None
     if prep.holdout_idx.size:
         held = evaluate_policy(prep.scores[prep.holdout_idx], prep.correct[prep.holdout_idx], costs, t_eval)
         ok = prep.correct[prep.holdout_idx][np.arange(prep.holdout_idx.size), held.exits]
@@ -92,7 +95,54 @@ def _result_from(
         n_classes=prep.n_classes,
         temperature_at_bound=prep.temperature_at_bound,
         run_fingerprint=prep.fingerprint,
+        guard=None if guarded is None else guard_record(prep, guarded, unit, fit.accuracy, ok),
     )
+
+
+def guard_record(
+    prep: PreparedRun, guarded: Guarded, unit: str, fit_accuracy: float, held_right: np.ndarray | None
+) -> dict[str, Any]:
+    """The ``guard`` field of thresholds.json: what replaced the method's answer and why, and every rival.
+
+    Keys: ``replaced`` (the method whose own answer was replaced, or None), ``by`` (``"exit 1
+    alone"``, ``"geometric"``, ``"<method> at 0.55x"``), ``exit``, ``reason``,
+    ``fit_accuracy``, ``method_fit_accuracy`` and ``rivals`` (``name``, ``exit``,
+    ``thresholds``, ``cost_fraction``, ``fit_accuracy``, ``holdout_accuracy``,
+    ``holdout_p_value``).
+
+    Each rival (an exit alone within the budget, ``geometric``'s answer) carries its fit and
+    held-out accuracy and the exact McNemar p-value of its held-out difference with the
+    answer returned, so that a report can warn when one does better on held-out data.
+    """
+    costs = prep.units[unit]
+    hs, hc = prep.scores[prep.holdout_idx], prep.correct[prep.holdout_idx]
+    rivals = []
+    for r in guarded.rivals:
+        t_json = finite_thresholds(r.solution.thresholds, prep.score, prep.n_classes)
+        entry: dict[str, Any] = {
+            "name": r.name,
+            "exit": r.exit,
+            "thresholds": t_json,
+            "cost_fraction": r.solution.cost / costs[-1],
+            "fit_accuracy": r.accuracy,
+            "holdout_accuracy": None,
+            "holdout_p_value": None,
+        }
+        if held_right is not None:
+            held = evaluate_policy(hs, hc, costs, np.asarray(t_json[:-1], dtype=np.float64))
+            right = hc[np.arange(hs.shape[0]), held.exits]
+            entry["holdout_accuracy"] = held.accuracy
+            entry["holdout_p_value"] = mcnemar_pvalue(right, held_right)
+        rivals.append(entry)
+    return {
+        "replaced": guarded.method if guarded.replaced else None,
+        "by": guarded.by,
+        "exit": guarded.exit,
+        "reason": guarded.reason,
+        "fit_accuracy": fit_accuracy,
+        "method_fit_accuracy": guarded.own_accuracy,
+        "rivals": rivals,
+    }
 
 
 def solve_run(
@@ -113,7 +163,8 @@ def solve_run(
         options: All options as one :class:`~dyncal.calibrate.options.SolveOptions` (then
             neither ``budget`` nor keywords).
         **fields: The options as keywords instead (:class:`~dyncal.calibrate.options.SolveOptions`):
-            ``method`` (``smoothed`` default, ``optimal``, ``geometric``), ``score``
+            ``method`` (``optimal``, ``smoothed`` or ``geometric``; default ``optimal`` for a
+            budget, ``smoothed`` in risk mode), ``score``
             (``maxprob`` default, ``margin``, ``entropy``), ``temperature`` (fit one temperature
             per exit by NLL on the fit part), ``holdout`` (held-out fraction, stratified;
             default 0.5, 0: none), ``seed`` (split seed), ``device`` and ``batch_size`` (the
@@ -151,29 +202,33 @@ def solve_run(
     if opts.max_drop is not None:
         return _solve_risk(run, target, unit, run_path, opts)
     assert target is not None
-    method = opts.method.value
+    method = opts.solver.value
     prep = prepared or prepare_run(run, opts)
     problem = prep.problem(method, unit)
     if tail is not None:
-        from dyncal.calibrate.tail import solve_with_tail
+        from dyncal.calibrate.tail import solve_with_tail, tail_document
 
         sol = solve_with_tail(problem, target.value, method, tail[0])
-    else:
-        sol = solve_at(problem, target.value, method, path=prep.cache.paths.get((method, unit, 41)))
-    if sol is None:
-        cheapest = min(s.cost for s in (problem.solution(t, e) for t, e in problem.geometric_pool()))
-        raise BudgetError(
-            f"no geometric solution fits budget {target.spec.text!r}: its cheapest fitted cost is "
-            f"{format_budget(cheapest / prep.units[unit][-1], 'fraction')}; raise the budget or use "
-            "`method` optimal"
-        )
-    result = _result_from(prep, sol.thresholds, method, target, unit, run_path)
-    if tail is not None:
-        from dyncal.calibrate.tail import tail_document
-
+        if sol is None:
+            cheapest = min(s.cost for s in (problem.solution(t, e) for t, e in problem.geometric_pool()))
+            raise BudgetError(
+                f"no geometric solution fits budget {target.spec.text!r}: its cheapest fitted cost is "
+                f"{format_budget(cheapest / prep.units[unit][-1], 'fraction')}; raise the budget or use "
+                "`method` optimal"
+            )
+        result = _result_from(prep, sol.thresholds, method, target, unit, run_path)
         scores = prep.scores
         result.budget["tail"] = tail_document(scores[prep.fit_idx], scores[prep.holdout_idx], result.thresholds, *tail)
-    return result
+        return result
+    guarded = guarded_at(problem, target.value, method, path=prep.cache.paths.get((method, unit, 41)))
+    if guarded.replaced:
+        log.info(
+            "budget %s: %s; using %s (thresholds.json records it under 'guard')",
+            target.spec.text,
+            guarded.reason,
+            guarded.by,
+        )
+    return _result_from(prep, guarded.solution.thresholds, method, target, unit, run_path, guarded=guarded)
 
 
 def _budget_column(run: Any, opts: SolveOptions) -> tuple[BudgetTarget | None, str]:
@@ -218,7 +273,7 @@ def _solve_risk(
     from dyncal.calibrate.risk import learn_then_test
 
     assert opts.max_drop is not None
-    method, max_drop, delta = opts.method.value, opts.max_drop, opts.delta
+    method, max_drop, delta = opts.solver.value, opts.max_drop, opts.delta
     order_idx, test_idx = _risk_halves(run, opts)
     prep = run if isinstance(run, PreparedRun) else prepare_run(run, opts, temperature_idx=order_idx)
     costs = np.asarray(prep.units[unit])

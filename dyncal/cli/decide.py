@@ -36,8 +36,8 @@ def solve(
         str,
         params.choice_option(
             Method,
-            "smoothed (default: optimal on calibrated expected accuracy, generalises best), "
-            "optimal (exact coordinate/Lagrangian solver) or geometric (MSDNet's baseline).",
+            "optimal (default: exact solver on 0/1 hits, least held-out regret), smoothed (the same on "
+            "calibrated expected accuracy) or geometric (MSDNet's baseline); every one guarded.",
         ),
     ] = DEFAULT_METHOD,
     max_drop: Annotated[float | None, typer.Option(help=_RISK_HELP)] = None,
@@ -123,12 +123,14 @@ def frontier(
 
     with params.user_errors(ctx), claim_output_file(out, overwrite=overwrite, kind="frontier", protect=(run,)):
         names = tuple(m.strip() for m in methods.split(",") if m.strip())
-        df = compute_frontier(load_run(run), params.options(ctx, FrontierOptions, methods=names))
+        opened = load_run(run)
+        opts = params.options(ctx, FrontierOptions, methods=names)
+        df = compute_frontier(opened, opts)
         with output_errors(out):
             write_frontier_csv(df, out)
     if json_:
         records = json.loads(df.to_json(orient="records", double_precision=15))
-        render.echo_json({"path": str(out), "rows": records})
+        render.echo_json({"path": str(out), "rows": render.frontier_records(records, str(opts.score), opened.c)})
     else:
         render.print_frontier(df, out, shared["holdout"])
 
@@ -246,6 +248,10 @@ def plot(
         ),
     ] = None,
     method: params.MethodOrDefaultOpt = None,
+    thresholds: Annotated[
+        Path | None,
+        typer.Option(help="Mark the thresholds in this thresholds.json (from 'dyncal solve'); not with --budget."),
+    ] = None,
     dpi: Annotated[int, typer.Option(help="Resolution of .png output.")] = 150,
     compare: params.CompareOpt = None,
     overwrite: params.OverwriteOpt = False,
@@ -253,17 +259,19 @@ def plot(
 ) -> None:
     """Export one figure of the report alone, with the operating point marked.
 
-    Without --budget the operating point is the cheapest budget within 1 percentage point of
-    the last exit's fitted accuracy; the figure's legend names the budget. With --compare the
-    other runs are drawn as the report draws them (frontier and latency figures).
+    --thresholds marks the thresholds that ship; else --budget solves one; else the cheapest
+    budget within 1 percentage point of the last exit's fitted accuracy (the legend names
+    it). The star sits at the held-out accuracy and cost the report's page 1 shows. With
+    --compare the other runs are drawn as the report draws them (frontier and latency).
 
-    Example: dyncal plot run --kind frontier --out frontier.svg --compare resnet18_run
+    Example: dyncal plot run --kind latency --thresholds thresholds.json --out latency.svg
     """
     from dyncal.artifacts.outputs import claim_output_file
     from dyncal.reports.operating import ReportOptions
     from dyncal.reports.pdf import export_figure
 
     others = params.compared_runs(compare)
-    with params.user_errors(ctx), claim_output_file(out, overwrite=overwrite, kind="figure", protect=(run, *others)):
+    protect: list[str | Path] = [run, *others, *([] if thresholds is None else [thresholds])]
+    with params.user_errors(ctx), claim_output_file(out, overwrite=overwrite, kind="figure", protect=protect):
         path = export_figure(run, kind, out, params.options(ctx, ReportOptions, compare=others), dpi=dpi)
     typer.echo(f"wrote {path}", err=True)

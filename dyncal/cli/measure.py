@@ -324,8 +324,12 @@ def demo(
     ),
     budget: Annotated[str, typer.Option(help="Budget for the operating point.")] = "0.5x",
     max_drop: Annotated[
-        float, typer.Option(help="Report criterion: accuracy drop vs the last exit at most this fraction.")
-    ] = 0.01,
+        float,
+        typer.Option(
+            help="Report criterion: accuracy drop vs the last exit at most this fraction (399 held-out digits "
+            "resolve about 2 points)."
+        ),
+    ] = 0.02,
     min_speedup: Annotated[float, typer.Option(help="Report criterion: CPU batch-1 latency speed-up.")] = 2.0,
     overwrite: params.OverwriteOpt = False,
 ) -> None:

@@ -159,6 +159,13 @@ def print_info(doc: dict[str, Any]) -> None:
             *[f"{e['latency_ms'][k]:.3f}" for k in lat_keys],
         )
     _print_table(table)
+    if lat_keys:
+        typer.echo(
+            "ms: a batch whose rows all leave at that exit (the exit path, as solve, frontier and the report "
+            "use it; the stage medians alone are 'stage_sum_ms' in --json)"
+        )
+    for k, ms in (doc.get("full_model_ms") or {}).items():
+        typer.echo(f"{k}: full model {ms:.4g} ms ({doc['full_model_source'][k]})")
     _print_unsupported_ops(doc.get("unsupported_ops") or [])
 
 
@@ -193,7 +200,7 @@ def print_profile(doc: dict[str, Any]) -> None:
 
 
 def print_solve(doc: dict[str, Any], asked_latency: str | None = None) -> None:
-    """``dyncal solve``: the thresholds, their accuracy and cost, and each exit alone."""
+    """``dyncal solve``: the exit rule, the guard, accuracy and cost (fit half and held out), and each exit alone."""
     from rich.console import Console
 
     console = Console()
@@ -201,17 +208,19 @@ def print_solve(doc: dict[str, Any], asked_latency: str | None = None) -> None:
     asked = b.get("asked") or "(none: risk control)"
     console.print(
         f"[bold]{doc['method']}[/bold] thresholds, score {doc['score']}, budget {asked} "
-        f"→ met {b['met_fraction']:.4f}x of the last exit ({b['unit']})"
+        f"→ met {b['met_fraction']:.4f}x of the last exit ({b['unit']}) on the fit half"
     )
     if asked_latency is not None and b["unit"] != LatencyKey.parse(asked_latency).column:
         ms = doc.get("expected_ms", {}).get(asked_latency)
         console.print(
             f"--device/--batch-size: latency column {asked_latency}"
-            + ("" if ms is None else f", expected {ms:.4g} ms per sample")
+            + ("" if ms is None else f", expected {ms:.4g} ms per sample on the fit half")
             + f"; the budget binds {b['unit']}, not latency"
         )
-    ts = ", ".join("-" if t is None else f"{t:.4g}" for t in doc["thresholds"])
-    console.print(f"thresholds: [{ts}]   temperatures: [{', '.join(f'{t:.3g}' for t in doc['temperatures'])}]")
+    console.print(_exit_rule_text(doc) + f"   temperatures: [{', '.join(f'{t:.3g}' for t in doc['temperatures'])}]")
+    guard = doc.get("guard") or {}
+    if guard.get("by"):
+        console.print(f"guard: {guard['reason']}; returned {guard['by']} (thresholds.json 'guard')", markup=False)
     stuck = [j + 1 for j, v in enumerate(doc.get("temperature_at_bound") or []) if v]
     if stuck:
         console.print(
@@ -219,19 +228,22 @@ def print_solve(doc: dict[str, Any], asked_latency: str | None = None) -> None:
             "search bound (0.05 or 20); its confidence may be poorly calibrated"
         )
     split = doc.get("split", {})
-    line = f"accuracy: calibration {pct(doc['calibration_accuracy'])} (n={split.get('n_calibration')})"
+    line = f"accuracy: fit half {pct(doc['calibration_accuracy'])} (n={split.get('n_calibration')})"
     if doc.get("holdout_accuracy") is not None:
         lo, hi = doc["holdout_ci"]
         line += f", held-out {pct(doc['holdout_accuracy'])} [95% CI {pct(lo)} – {pct(hi)}] (n={split.get('n_holdout')})"
     else:
         line += ", held-out: none (--holdout 0)"
     console.print(line)
-    costs = []
-    if doc.get("expected_macs") is not None:
-        costs.append(f"{doc['expected_macs']:.4g} MACs")
-    costs += [f"{ms:.4g} ms ({key})" for key, ms in doc.get("expected_ms", {}).items()]
-    console.print(f"expected cost per sample: {', '.join(costs)} = {b['met_fraction']:.4f}x")
-    console.print("exit shares: " + ", ".join(f"{j + 1}: {100 * s:.1f}%" for j, s in enumerate(doc["exit_shares"])))
+    console.print(_cost_and_shares("on the fit half", doc, doc["exit_shares"], b["met_fraction"]))
+    held = doc.get("holdout") or {}
+    if held.get("n") and held.get("exit_shares"):
+        console.print(_cost_and_shares("held out", held, held["exit_shares"], None))
+    if any(LatencyKey.parse(k).batch_size > 1 for k in doc.get("expected_ms") or {}):
+        console.print(
+            "ms at batch size > 1: per batch, each sample at its own exit's path (the budget's unit); the report "
+            "and verify give the time of mixed batches, a different figure"
+        )
     _print_tail(console, b.get("tail"))
     if doc.get("risk"):
         r = doc["risk"]
@@ -255,6 +267,29 @@ def _print_tail(console: Any, tail: dict[str, Any] | None) -> None:
         f"(bound {tail['bound_ms']:g} ms, {tail['latency']}; exits slower than the bound: "
         f"{', '.join(map(str, tail['slow_exits'])) or 'none'})"
     )
+
+
+def _exit_rule_text(doc: dict[str, Any]) -> str:
+    """The thresholds as the exit rule reads them: ``"exit 1: score >= 0.56; exit 2: all leave; ..."``.
+
+    Thresholds that let every sample reaching an exit leave (or none) are written to
+    thresholds.json as numbers beyond the score's range (``-0.9``, ``2``); people read words.
+    """
+    from dyncal.calibrate.policy import describe_thresholds
+
+    words = describe_thresholds(doc["thresholds"], doc["score"], doc.get("n_classes") or None)
+    return "exit rule: " + "; ".join(f"exit {j + 1}: {w}" for j, w in enumerate(words))
+
+
+def _cost_and_shares(where: str, part: dict[str, Any], shares: list[float], fraction: float | None) -> str:
+    """``"<where>: expected cost per sample 4.04e+05 MACs, 0.12 ms (cpu/b1) = 0.0408x; exit shares 1: 9.8%, ..."``."""
+    costs = []
+    if part.get("expected_macs") is not None:
+        costs.append(f"{part['expected_macs']:.4g} MACs")
+    costs += [f"{ms:.4g} ms ({key})" for key, ms in (part.get("expected_ms") or {}).items()]
+    text = f"{where}: expected cost per sample {', '.join(costs) or '-'}"
+    text += "" if fraction is None else f" = {fraction:.4f}x"
+    return text + "; exit shares " + ", ".join(f"{j + 1}: {100 * s:.1f}%" for j, s in enumerate(shares))
 
 
 def _static_table(static: list[dict[str, Any]]) -> Table:
@@ -292,6 +327,23 @@ def print_frontier(df: pd.DataFrame, out: Path, holdout: float) -> None:
             cells.append("-" if v != v else f"{100 * v:.2f}%")
         table.add_row(f"{f:.3f}x", *cells)
     _print_table(table)
+
+
+def frontier_records(records: list[dict[str, Any]], score: str, n_classes: int) -> list[dict[str, Any]]:
+    """``frontier --json``'s rows: ``thresholds`` as a list (the CSV keeps JSON text), and ``exit_rule`` in words.
+
+    ``exit_rule`` reads each threshold as the exit rule does (:func:`~dyncal.calibrate.policy.describe_thresholds`):
+    ``"all leave"`` / ``"none leave"`` where the list holds the placeholders beyond the score's range.
+    """
+    from dyncal.calibrate.policy import describe_thresholds
+
+    out = []
+    for r in records:
+        text = r.get("thresholds")
+        t = json.loads(text) if isinstance(text, str) else None
+        rule = None if t is None else describe_thresholds(t, score, n_classes)
+        out.append({**r, "thresholds": t, "exit_rule": rule})
+    return out
 
 
 def print_verify(doc: dict[str, Any], ctx: typer.Context) -> None:
@@ -503,4 +555,14 @@ def _print_alternatives(doc: dict[str, Any]) -> None:
             + ("" if ci is None else f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]")
             + f", {cost_txt}"
             + (": as accurate and cheaper" if a["dominates"] else "")
+            + _other_costs_text(a)
         )
+
+
+def _other_costs_text(a: dict[str, Any]) -> str:
+    """The costs an alternative was not judged on, as context: ``" (context: costlier in MACs, cheaper on cpu/b1)"``."""
+    other = {c: v for c, v in (a.get("cheaper_on") or {}).items() if c != a["cost"]}
+    if not other:
+        return ""
+    words = [f"{'cheaper' if v else 'costlier'} {'in MACs' if c == 'macs' else 'on ' + c}" for c, v in other.items()]
+    return f" (judged on {a['cost']}; context: {', '.join(words)})"

@@ -15,12 +15,16 @@ on the rows the operating point is judged on:
   both runs hold with two different labels.
 
 Every alternative is compared on one cost: the latency key the report's speed-up is judged
-on when all of them were profiled there, else MACs when all have them, else a latency key
-they all share (latency counts only when profiled on the same hardware). An alternative is
-*cheaper* when it costs less on every cost it shares with the report's run, and *dominates*
-when it is cheaper and at least as accurate, judged like a criterion: the whole 95% interval
-of the accuracy difference is at or above zero (the point estimate when nothing was held
-out). A static model that dominates makes the report NO-GO for early exit.
+on (its device and batch size) when all of them were profiled there, else MACs when all
+have them, else a latency key they all share (latency counts only when profiled on the same
+hardware). An alternative is *cheaper* when it costs less on that cost, the one the
+criteria are judged on; the other costs it shares with the report's run (MACs, other batch
+sizes) are stated as context (``cheaper_on``) and decide nothing: a model that is cheaper
+per batch of 8 on the judged CPU is cheaper for that deployment, whatever its MACs or its
+batch-1 time. It *dominates* when it is cheaper and at least as accurate, judged like a
+criterion: the whole 95% interval of the accuracy difference is at or above zero (the point
+estimate when nothing was held out). A static model that dominates makes the report NO-GO
+for early exit.
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ class Alternative:
         cost: The cost compared (``"macs"`` or a latency key).
         cost_value: Its cost in that unit.
         operating_cost: The operating point's cost in that unit.
-        cheaper: Whether it costs less than the operating point (every compared cost).
+        cheaper: Whether it costs less than the operating point on ``cost`` (the judged one).
         cost_to_reach: Its cost at the operating point's accuracy (a static model's own
             cost when it is at least as accurate; the cheapest point of an early-exit
             model's curve that is), or None when it does not reach it.
@@ -87,6 +91,8 @@ class Alternative:
         note: Why the comparison is unpaired or what was left out, for people ("" if nothing).
         curve: For drawing: per frontier column (``"expected_macs"``, ``"ms:<key>"``) the
             x values, and ``"accuracy"`` the y values (one point for a static model).
+        cheaper_on: Context: per cost it shares with the report's run (MACs, latency keys
+            on the same hardware), whether it costs less there; only ``cost`` decides.
 
     Example:
         >>> a = Alternative("small", "runs/small", 1, True, 100, 0.9, (0.85, 0.95), 1e6, {}, 0.01,
@@ -114,6 +120,7 @@ class Alternative:
     at_operating_cost: bool = True
     note: str = ""
     curve: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    cheaper_on: dict[str, bool] = field(default_factory=dict)
 
     @property
     def static(self) -> bool:
@@ -156,6 +163,7 @@ class Alternative:
             "cost_value": self.cost_value,
             "operating_point_cost": self.operating_cost,
             "cheaper": self.cheaper,
+            "cheaper_on": dict(self.cheaper_on),
             "cost_to_reach_accuracy": self.cost_to_reach,
             "at_operating_point_cost": self.at_operating_cost,
             "dominates": self.dominates,
@@ -318,11 +326,16 @@ class _Judging:
             cost=main,
             cost_value=costs.get(main, math.nan),
             operating_cost=self.op_costs[main],
-            cheaper=all(costs.get(c, math.inf) < self.op_costs[c] for c in _shared_costs(choice.run, alt)),
+            cheaper=costs.get(main, math.inf) < self.op_costs[main],
             cost_to_reach=reach,
             at_operating_cost=at_cost,
             note=self.rows.note,
             curve=curve,
+            cheaper_on={
+                c: costs.get(c, math.inf) < self.op_costs[c]
+                for c in _shared_costs(choice.run, alt)
+                if c in self.op_costs
+            },
         )
 
 

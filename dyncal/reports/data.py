@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +32,7 @@ from dyncal.reports.evidence import (
     predicted_latency,
     usable_verify,
 )
-from dyncal.reports.figures import MS_PREFIX
+from dyncal.reports.figures import MS_PREFIX, OperatingPoint
 from dyncal.reports.operating import ReportOptions, choose_operating_point
 from dyncal.reports.tail_evidence import report_savings, report_tail_criteria, stored_requests
 from dyncal.reports.throughput import throughput_notes
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from dyncal.artifacts.run import Run
     from dyncal.artifacts.verify import VerifyResult
 
-__all__ = ["ReportData", "prepare_report", "report_date", "latency_evidence"]
+__all__ = ["ReportData", "prepare_report", "report_date", "latency_evidence", "held_out_point"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,6 +115,10 @@ class ReportData(OperatingChoice):
         units = _unit_costs(self.run, name, self.outcome.exits)
         return None if units is None or not len(units) else float(np.mean(units))
 
+    def operating_point(self, label: str | None = None) -> OperatingPoint:
+        """The operating point as the figures mark it: page 1's held-out figures (:func:`held_out_point`)."""
+        return held_out_point(self, self.latency, label)
+
     def held_out_summary(self) -> dict[str, Any]:
         """The operating point on the judged rows: what page 1, 2 and 4, the JSON and the terminal show."""
         o = self.outcome
@@ -127,6 +132,29 @@ class ReportData(OperatingChoice):
             "exit_shares": [float(s) for s in o.shares(self.k)],
             "exit_counts": [int(c) for c in o.counts(self.k)],
         }
+
+
+def held_out_point(
+    choice: OperatingChoice, latency: Mapping[str, LatencyEvidence], label: str | None = None
+) -> OperatingPoint:
+    """The operating point at the figures page 1 shows: held-out accuracy, held-out MACs and ms.
+
+    The star of the frontier and latency figures (the report's and ``dyncal plot``'s) sits at
+    the same accuracy and cost as page 1's text: MACs per sample on the judged rows, and per
+    latency key the early exit's ms there (:class:`~dyncal.reports.evidence.LatencyEvidence`:
+    measured by verify, else predicted per batch from the profile). The curves are the
+    frontier's (fit-half costs), so the star may sit a little off them.
+    """
+    point = OperatingChoice.operating_point(choice, label)  # the fit-half point, whatever subclass
+    macs = None
+    if choice.outcome.n:
+        units = _unit_costs(choice.run, "macs", choice.outcome.exits)
+        macs = None if units is None or not len(units) else float(np.mean(units))
+    return dataclasses.replace(
+        point,
+        expected_macs=macs if macs is not None else point.expected_macs,
+        expected_ms={**point.expected_ms, **{k: e.early_exit_ms for k, e in latency.items()}},
+    )
 
 
 def _float_or_none(v: Any) -> float | None:

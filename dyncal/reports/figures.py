@@ -49,8 +49,8 @@ _STYLE: dict[str, dict[str, Any]] = {
 }
 _OTHER_COLORS = ("#9467bd", "#8c564b", "#e377c2")
 _LABELS = {
-    "smoothed": "smoothed thresholds (dyncal default)",
-    "optimal": "optimal thresholds (fitted on 0/1 hits)",
+    "smoothed": "smoothed thresholds (calibrated accuracy)",
+    "optimal": "optimal thresholds (dyncal default)",
     "geometric": "geometric prior (MSDNet-style baseline)",
     "oracle": "oracle (upper bound: best exit known)",
 }

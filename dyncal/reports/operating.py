@@ -25,6 +25,7 @@ from dyncal.options import check_at_least, check_flag, check_fraction, check_see
 from dyncal.reports.choice import DEFAULT_MAX_DROP, BudgetSource, OperatingChoice
 from dyncal.reports.decision import ExitOutcome, Requirements
 from dyncal.reports.evidence import _full_model_cost, _unit_costs, batch_size_of
+from dyncal.reports.rivals import held_out_rivals, rival_warnings
 from dyncal.reports.text import pct, pts
 
 if TYPE_CHECKING:
@@ -238,7 +239,8 @@ def _choose_budget(
     criterion on the fitting half with a one-sided 95% margin, so that the held-out half,
     which decides, is not used to choose. When none does, the budget that comes closest:
     with a speed-up criterion, the cheapest budget meeting the accuracy criteria (a larger
-    one is only slower); else the one with the smallest shortfall. Without criteria: the
+    one is only slower), or when none does the cheapest of those that miss them by least;
+    else the one with the smallest shortfall. Without criteria: the
     cheapest budget whose fitted accuracy is within one percentage point of the last exit's.
     """
     rows = frontier[frontier["method"].astype(str) == method].sort_values("budget_fraction")
@@ -283,9 +285,8 @@ def _closest_budget(misses: list[tuple[float, dict[str, float]]], req: Requireme
     """The budget whose shortfalls are smallest (see :func:`_choose_budget`)."""
     acc_names = ("accuracy", "accuracy_drop")
     if req.min_speedup is not None:
-        acc_ok = [m for m in misses if not any(m[1].get(n, 0.0) > 0 for n in acc_names)]
-        if acc_ok:
-            return min(acc_ok, key=lambda m: m[0])
+        # the accuracy criteria first (a budget that misses them by less), then the cheapest
+        return min(misses, key=lambda m: (round(sum(m[1].get(n, 0.0) for n in acc_names), 9), m[0]))
 
     # smallest shortfall: speed-up relative to what was asked, accuracy in points
     def total(m: tuple[float, dict[str, float]]) -> tuple[int, float, float]:
@@ -536,6 +537,10 @@ def choose_operating_point(
             f"the {pct(acc)} these thresholds get on its held-out part (edited thresholds?); "
             "the report shows the latter"
         )
+    guard = doc.get("guard") or {}
+    if guard.get("by"):
+        notes.append(f"the thresholds are {guard['by']}, not {guard['replaced']}'s own answer: {guard['reason']}")
+    notes += rival_warnings(held_out_rivals(prep, doc, outcome), acc)
     return OperatingChoice(
         run=run,
         prep=prep,

@@ -38,7 +38,7 @@ from dyncal.choices import FigureKind
 from dyncal.errors import DyncalError
 from dyncal.options import options_from
 from dyncal.reports.compare import compare_alternatives
-from dyncal.reports.data import ReportData, latency_evidence, prepare_report
+from dyncal.reports.data import ReportData, held_out_point, latency_evidence, prepare_report
 from dyncal.reports.decision import Criterion
 from dyncal.reports.evidence import full_model_ms
 from dyncal.reports.figures import ComparedModel, plot_frontier, plot_latency
@@ -312,9 +312,11 @@ def export_figure(
         run_path: A run directory.
         kind: ``frontier``, ``latency``, ``exits`` or ``reliability``.
         out: Output file; the format follows the suffix (``.png``, ``.svg`` or ``.pdf``).
-        options: The operating point to mark (:class:`ReportOptions`: ``budget``, ``device``,
-            ``batch_size``, ``method``, ``holdout``, ``seed``; criteria, evidence and labels are
-            not drawn). Without a budget: the cheapest budget whose fitted accuracy is within
+        options: The operating point to mark (:class:`ReportOptions`: ``thresholds`` or
+            ``budget``, ``device``, ``batch_size``, ``method``, ``holdout``, ``seed``; criteria,
+            evidence and labels are not drawn). The star is at the held-out figures the
+            report's page 1 shows (:func:`~dyncal.reports.data.held_out_point`). Without a
+            budget: the cheapest budget whose fitted accuracy is within
             1 percentage point of the last exit's (as :func:`build_report` without criteria);
             the figure's legend says which budget it is and why.
         dpi: Resolution of ``.png`` output (default 150).
@@ -375,7 +377,8 @@ def _figure_at_operating_point(run_path: str | os.PathLike[str], kind: str, aske
     # only for the curves (or to choose the budget)
     point = choose_operating_point(run_path, asked, frontier=kind != "exits")
     main = str(point.thresholds.get("method") or "") or None
-    op = point.operating_point(point.legend_label())
+    evidence = latency_evidence(point) if point.run.costs is not None and point.run.costs.latency else {}
+    op = held_out_point(point, evidence, point.legend_label())  # the report's page-1 figures
     compared = _compared_runs(point, asked, kind)
     if kind == "frontier":
         assert point.frontier is not None

@@ -232,23 +232,21 @@ def criterion_label(c: Criterion) -> str:
 def thresholds_text(doc: Mapping[str, Any], run: Run) -> list[str]:
     """Each threshold of a ``thresholds.json`` document for people: a number, or who leaves.
 
+    Read as the exit rule reads them (:func:`dyncal.calibrate.policy.describe_thresholds`):
+    a placeholder beyond the score's range is ``"all leave"`` or ``"none leave"``, and an exit
+    after one where all leave is ``"not reached"``; the last exit ``"takes the rest"``.
+
     Example:
         >>> from types import SimpleNamespace
         >>> thresholds_text({"score": "maxprob", "thresholds": [0.9, 2.0, None]}, SimpleNamespace(c=10))
         ['0.9000', 'none leave', 'takes the rest']
+        >>> thresholds_text({"score": "maxprob", "thresholds": [0.56, -0.9, None]}, SimpleNamespace(c=10))
+        ['0.5600', 'all leave', 'not reached']
     """
-    from dyncal.artifacts.thresholds import score_range
+    from dyncal.calibrate.policy import NOT_REACHED, describe_thresholds
 
-    lo, hi = score_range(str(doc.get("score", "maxprob")), run.c)
-    out = []
-    for t in doc.get("thresholds", [])[:-1]:
-        if t is None:
-            out.append("—")
-        elif t > hi:
-            out.append("none leave")
-        elif t < lo:
-            out.append("all leave")
-        else:
-            out.append(f"{t:.4f}")
-    out.append("takes the rest")
+    values = list(doc.get("thresholds", []))
+    words = describe_thresholds(values, str(doc.get("score", "maxprob")), run.c)
+    out = [f"{float(t):.4f}" if w.startswith("score >=") else w for t, w in zip(values[:-1], words, strict=False)]
+    out.append(NOT_REACHED if words[-1] == NOT_REACHED else "takes the rest")
     return out

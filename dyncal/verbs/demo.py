@@ -81,7 +81,7 @@ def run_demo(
     out: str | os.PathLike[str],
     *,
     budget: str = "0.5x",
-    max_drop: float = 0.01,
+    max_drop: float = 0.02,
     min_speedup: float = 2.0,
     overwrite: bool = False,
     log: Callable[[str], None] = lambda _: None,
@@ -92,7 +92,9 @@ def run_demo(
         out: Folder to create (``run/``, ``thresholds.json``, ``frontier.csv``,
             ``report.pdf``, ``verify.json``).
         budget: Budget of the operating point (default half the last exit's MACs).
-        max_drop: Report criterion: held-out accuracy at most this far below the last exit's.
+        max_drop: Report criterion: held-out accuracy at most this far below the last exit's
+            (2 points: the 95% interval of the drop on 399 held-out digits is about 3 points wide,
+            so a 1-point bound is met or missed by two or three samples).
         min_speedup: Report criterion: CPU batch-1 latency speed-up over the last exit.
         overwrite: Replace an existing folder.
         log: Called with one line per step.

@@ -6,6 +6,7 @@ from typing import Any
 
 from dyncal.analysis.calibration import exit_stats
 from dyncal.artifacts.run import Run
+from dyncal.reports.evidence import full_model_ms
 
 __all__ = ["run_info"]
 
@@ -18,9 +19,13 @@ def run_info(run: Run) -> dict[str, Any]:
 
     Returns:
         ``path``, ``n``, ``k``, ``c``; ``exits``, one dict per exit with its accuracy, mean
-        confidence, ECE, cumulative ``macs`` (None when not counted) and ``latency_ms`` per
-        profiled latency key; with a cost table also ``full_model_ms``, ``decision_ms`` and
-        ``unsupported_ops``; and the run's ``provenance``.
+        confidence, ECE, cumulative ``macs`` (None when not counted), ``latency_ms`` per
+        profiled latency key (the exit path: a batch whose rows all leave at that exit, as
+        the profile timed it on the early-exit runner: the figure ``solve``, ``frontier`` and
+        the report use) and ``stage_sum_ms`` (the stage medians summed up to that exit,
+        without the decisions and bookkeeping); with a cost table also ``full_model_ms`` with
+        ``full_model_source`` (the figure the report shows without a verify result, and where
+        it comes from), ``decision_ms`` and ``unsupported_ops``; and the run's ``provenance``.
 
     Example:
         >>> import numpy as np, tempfile, pathlib
@@ -38,13 +43,18 @@ def run_info(run: Run) -> dict[str, Any]:
             "macs": None if costs is None or costs.macs is None else costs.macs[s.exit - 1],
             "latency_ms": {}
             if costs is None
+            else {key: prof.early_exit_ms[s.exit - 1] for key, prof in sorted(costs.latency.items())},
+            "stage_sum_ms": {}
+            if costs is None
             else {key: prof.exit_ms[s.exit - 1] for key, prof in sorted(costs.latency.items())},
         }
         for s in exit_stats(run.logits, run.labels)
     ]
     doc: dict[str, Any] = {"path": str(run.path), "n": run.n, "k": run.k, "c": run.c, "exits": exits}
     if costs is not None:
-        doc["full_model_ms"] = {k: p.full_model_median_ms for k, p in sorted(costs.latency.items())}
+        full = {k: full_model_ms(costs, None, k) for k in sorted(costs.latency)}
+        doc["full_model_ms"] = {k: ms for k, (ms, _) in full.items()}
+        doc["full_model_source"] = {k: source for k, (_, source) in full.items()}
         doc["decision_ms"] = {k: p.decision_median_ms for k, p in sorted(costs.latency.items())}
         doc["unsupported_ops"] = [u.to_dict() for u in costs.unsupported_ops]
     doc["provenance"] = run.provenance.to_dict()

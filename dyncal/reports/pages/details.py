@@ -389,8 +389,9 @@ def _how_compared(data: ReportData) -> list[str]:
     if not data.outcome.held_out:
         notes.append("Nothing was held out, so there are no intervals and point estimates decide.")
     notes.append(
-        "A model dominates when it is cheaper and as accurate; a static model that dominates makes the report "
-        "NO-GO for early exit (when criteria were given)."
+        "A model dominates when it is cheaper on the cost compared (the device and batch size the criteria are "
+        "judged on; MACs and other batch sizes are context) and as accurate; a static model that dominates makes "
+        "the report NO-GO for early exit (when criteria were given)."
     )
     return notes
 

@@ -219,6 +219,20 @@ def verify(
         ),
     ] = None,
     allow_other_model: params.AllowOtherModelOpt = False,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            help="How the stages and the plain deployment run, both alike: eager, frozen (torch.jit.freeze + "
+            "optimize_for_inference), compiled (torch.compile) or graphs (CUDA graphs); exits stay exact."
+        ),
+    ] = "eager",
+    estimator: Annotated[
+        str,
+        typer.Option(
+            help="Speed-up estimator: auto (the fastest pairs where the machine repeats them, else the ratio of "
+            "means), min, mean or median-ratio; the one used is recorded."
+        ),
+    ] = "auto",
     overwrite: params.OverwriteOpt = False,
     json_: params.JsonOpt = False,
     **overrides: Any,
@@ -228,8 +242,11 @@ def verify(
     The model's stages run one at a time; samples whose score clears the threshold leave and
     later stages see only the rest. Each batch is timed as pairs: the early exit and the
     plain model back to back, so load on the machine hits both alike and the speed-up is a
-    measured ratio with an interval (timing and sampling noise). Reports agreement with
-    the simulated exits and predictions, and measured vs predicted milliseconds per batch.
+    measured ratio with an interval (timing and sampling noise). The plain model is the
+    plain deployment: the stages and the last head only, no exit decision, same runtime.
+    Reports agreement with the simulated exits and predictions, measured vs predicted
+    milliseconds per batch, and the latency distribution per request at batch 1 (mean,
+    std, p50..p99, max; fastest of the pairs and raw; by exit) with 95% intervals.
 
     Example: dyncal verify run --thresholds thresholds.json --batch-size 1,32 --out verify.json
     (or --package DIR from 'dyncal export', to time what ships)

@@ -326,12 +326,58 @@ def print_verify(doc: dict[str, Any], ctx: typer.Context) -> None:
             f"(agreement covers all {doc['n']} samples); raise --max-seconds to time more"
         )
     for t in doc["timings"]:
+        print_request_distribution(t)
+    for t in doc["timings"]:
         if t["timing_spread"] > NOISE_IQR_FRACTION:
             typer.echo(
                 f"warning: noisy timing at {t['key']}: the paired speed-up's spread (IQR) is "
                 f"{100 * t['timing_spread']:.0f}% of its median (> {100 * NOISE_IQR_FRACTION:.0f}%); "
                 f"{render_params(NOISE_ADVICE, lambda name: flag_of(ctx, name))}"
             )
+
+
+def print_request_distribution(timing: dict[str, Any]) -> None:
+    """The latency distribution verify measured at one batch size: per request (batch 1) or per batch, by exit."""
+    requests, estimate = timing.get("requests"), timing.get("estimate")
+    if estimate:
+        typer.echo(
+            f"{timing['key']}: speed-up {estimate['speedup']:.2f}x by the {estimate['estimator']} estimator "
+            f"({estimate['discarded_pairs']} of {estimate['pairs']} pairs discarded as preempted)"
+        )
+    if not requests or not requests.get("summaries"):
+        return
+    unit = "request" if requests["batch_size"] == 1 else "batch"
+    typer.echo(f"ms per {unit} at {timing['key']}: {requests['coverage']}")
+    stats = ("mean", "std", "p50", "p90", "p95", "p99", "max")
+    table = _table(
+        "",
+        ("", "n", *stats, "p99 95%"),
+        no_wrap=True,
+        box=None,
+        pad_edge=False,
+        padding=(0, 1),
+        collapse_padding=True,
+    )
+    names = {"early_exit": "early exit", "plain": "plain"}
+    for s in requests["summaries"]:
+        if s["exit"] is not None and (s["side"] == "plain" or s["view"] == "raw"):
+            continue  # by exit: the early exit's fastest view only (the plain deployment does not exit)
+        label = f"  at exit {s['exit'] + 1}" if s["exit"] is not None else names[s["side"]]
+        lo, hi = s["p99_ms_ci"]
+        table.add_row(
+            label + (", raw" if s["view"] == "raw" else ""),
+            str(s["units"]),
+            *(_ms3(s[f"{name}_ms"]) for name in stats),
+            f"{_ms3(lo)}-{_ms3(hi)}",
+        )
+    _print_table(table)
+    typer.echo("fastest of each unit's pairs (noise-reduced) unless marked raw (every pair)")
+
+
+def _ms3(ms: float) -> str:
+    """Milliseconds in at most five characters below 10 s: 0.053, 12.35, 123.5, 1234."""
+    digits = 3 if ms < 10 else 2 if ms < 100 else 1 if ms < 1000 else 0
+    return f"{ms:.{digits}f}"
 
 
 def print_export(doc: dict[str, Any]) -> None:

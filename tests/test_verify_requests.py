@@ -22,7 +22,7 @@ from tests.test_verify import StepClock
 
 pytestmark = pytest.mark.integration
 
-ROWS = 120
+ROWS = 60
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_the_package_deploys_its_last_exit_alone(demo):
 
 
 def test_requests_are_stored_and_round_trip(demo, tmp_path):
-    result = verify_run(demo["run"], demo["th"], limit=ROWS, batch_sizes=(1, 8), max_seconds=600, repeats=3)
+    result = verify_run(demo["run"], demo["th"], limit=ROWS, batch_sizes=(1, 4), max_seconds=600, repeats=2)
     assert result.settings["baseline"] == BASELINE and result.settings["runtime"] == "eager"
     b1, b8 = result.timings
     r1 = b1.requests
@@ -92,7 +92,7 @@ def test_requests_are_stored_and_round_trip(demo, tmp_path):
     assert np.array_equal(r1.plain_ms, np.asarray(b1.full_model_ms))
     sim = np.asarray(result.simulated_exit_shares)
     assert np.allclose(np.bincount(r1.exits, minlength=len(sim)) / ROWS, result.runtime_exit_shares)
-    assert b8.requests.units == ROWS // 8 and b8.requests.batch_size == 8
+    assert b8.requests.units == ROWS // 4 and b8.requests.batch_size == 4
     assert b1.estimate.estimator in ("min", "mean") and b1.estimate.asked == "auto"
     path = tmp_path / "verify.json"
     result.save(path)
@@ -121,7 +121,9 @@ def test_a_time_bound_times_every_exit_and_says_how_many(demo):
 
 
 def test_frozen_runtime_keeps_the_exits_exact(demo):
-    result = verify_run(demo["run"], demo["th"], limit=64, batch_sizes=(1, 16), max_seconds=600, runtime="frozen")
+    result = verify_run(
+        demo["run"], demo["th"], limit=32, batch_sizes=(1, 8), max_seconds=600, repeats=2, runtime="frozen"
+    )
     assert result.agreement == 1.0 and result.settings["runtime"] == "frozen"
 
 

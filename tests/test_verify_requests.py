@@ -186,3 +186,22 @@ def test_cli_verify_prints_the_distribution_and_stores_the_requests(cli, demo, t
     assert doc["settings"]["runtime"] == "frozen" and len(doc["timings"][0]["requests"]["rows"]) == 40
     bad = cli("verify", demo["run"], "--thresholds", demo["tmp"] / "th.json", "--runtime", "fast")
     assert bad.exit_code == 1 and "--runtime must be one of" in bad.output and "Traceback" not in bad.output
+
+
+def test_profile_times_the_plain_deployment_as_the_full_model():
+    """profile's full-model figure is the plain deployment too; a model without one keeps every head, and says so."""
+    from dyncal.analysis.latency import PLAIN_FIGURE, LatencySettings, _plain_call, measure_latency
+    from dyncal.demo import DigitsExitNet
+    from tests.models_zoo import DataDependentStaged
+
+    net = DigitsExitNet().eval()
+    x = torch.randn(3, 1, 8, 8)
+    stages = build_stages(net, torch.zeros(2, 1, 8, 8))
+    call, what = _plain_call(stages, net, x)
+    assert what == PLAIN_FIGURE and _linear_calls(lambda _: call(), x) == 1
+    prof = measure_latency(stages, net, x, LatencySettings(repeats=3, warmup=1, min_block_ms=0.0))
+    assert prof.settings["full_model"] == PLAIN_FIGURE
+    odd = DataDependentStaged().eval()  # stages declared by hand, a model torch.export cannot capture
+    odd_stages = build_stages(odd, torch.zeros(2, 8))
+    _, what = _plain_call(odd_stages, odd, torch.zeros(2, 8))
+    assert what.startswith("the model with every head (no plain deployment:")

@@ -295,8 +295,8 @@ def print_verify(doc: dict[str, Any], ctx: typer.Context) -> None:
         f"vs simulated {100 * doc['simulated_accuracy']:.2f}%"
     )
     table = _table(
-        "ms per batch: early exit and plain model timed in pairs",
-        ("", "measured", "predicted", "meas/pred", "full model", "speed-up [95%]", "batches"),
+        "ms per batch: early exit and plain deployment (stages + last head) timed in pairs",
+        ("", "measured", "predicted", "meas/pred", "plain", "speed-up [95%]", "batches"),
         no_wrap=True,
         box=None,
         pad_edge=False,

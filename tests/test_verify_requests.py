@@ -60,7 +60,13 @@ def test_verify_times_a_plain_deployment_that_computes_no_intermediate_head(demo
 
     run = dyncal.load_run(demo["run"])
     x = torch.randn(5, 1, 8, 8)
-    for opts in (VerifyOptions(), VerifyOptions(package=str(demo["pkg"])), VerifyOptions(runtime="frozen")):
+    package = str(demo["pkg"])
+    for opts in (
+        VerifyOptions(),
+        VerifyOptions(package=package),
+        VerifyOptions(runtime="frozen"),
+        VerifyOptions(package=package, runtime="frozen"),  # a package's weights are frozen in too
+    ):
         _, _, make = _subject(run, demo["th"], opts, torch.device("cpu"))
         runner, plain = make(x[:4])
         exits, _ = plain(x)

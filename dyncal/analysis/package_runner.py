@@ -72,7 +72,7 @@ class _StageProgram(nn.Module):
             if spec.kind == InputKind.USER_INPUT:
                 slots.append(None)
             elif spec.kind == InputKind.PARAMETER or (spec.kind == InputKind.BUFFER and spec.persistent):
-                slots.append(program.state_dict[str(spec.target)])
+                slots.append(program.state_dict[str(spec.target)].detach())  # inference: no grad (a trace keeps it)
             elif spec.kind in (InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
                 value = program.constants[str(spec.target)]
                 direct &= isinstance(value, torch.Tensor)

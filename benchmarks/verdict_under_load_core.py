@@ -81,10 +81,10 @@ def measured_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     return [row for name in args.models.split(",") for row in _model_rows(name, args)]
 
 
-def _model_rows(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+def _model_rows(model: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as work:
-        run_dir, thresholds = prepare_pipeline(name, work, threads=1, profile_repeats=3 if args.quick else 25)
+        run_dir, thresholds = prepare_pipeline(model, work, threads=1, profile_repeats=3 if args.quick else 25)
 
         def measure() -> dict[str, PairedTiming]:
             result = verify_run(
@@ -104,7 +104,7 @@ def _model_rows(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
                 loaded = measure()
             for key, q in quiet.items():
                 lt = loaded[key]
-                row: dict[str, Any] = {"model": name, "run": run + 1, "key": key, "batches": q.batches}
+                row: dict[str, Any] = {"model": model, "run": run + 1, "key": key, "batches": q.batches}
                 if args.raw:  # the paired timings themselves, so other estimators can be tried on them
                     row["raw"] = {
                         "quiet": {"early_exit_ms": q.early_exit_ms, "full_model_ms": q.full_model_ms},

@@ -4,9 +4,10 @@ Run (writes verdict_under_load_core.md and .json next to this file):
     PYTHONPATH=. .venv/bin/python benchmarks/verdict_under_load_core.py
 Smoke test (tiny settings, writes nothing): add --quick.
 
-For each model of ``--models`` (the demo and the CPU-heavy 5-exit CNN): collect, profile and solve once; then, ``--runs`` times, ``dyncal
-verify`` at batch 1 and 32 (one thread) on a quiet machine and again beside two busy
-processes (``while True: pass``, bounded in time, always killed), on the same samples.
+For each model of ``--models`` (the demo and the CPU-heavy 5-exit CNN): collect, profile
+and solve once; then, ``--runs`` times, ``dyncal verify`` at batch 1 and 32 (one thread)
+on a quiet machine and again beside two busy processes (``while True: pass``, bounded in
+time, always killed), on the same samples.
 Every verify's paired timings are read by the estimators side by side: the existing one
 (``median-ratio``: the median of each batch's pair ratios, :attr:`PairedTiming.speedup`) and
 issue 21's (``auto``, :func:`dyncal.paired.paired_speedup`: each batch's fastest pair per

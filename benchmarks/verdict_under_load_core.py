@@ -4,9 +4,10 @@ Run (writes verdict_under_load_core.md and .json next to this file):
     PYTHONPATH=. .venv/bin/python benchmarks/verdict_under_load_core.py
 Smoke test (tiny settings, writes nothing): add --quick.
 
-For the demo model: collect, profile and solve once; then, ``--runs`` times, ``dyncal
-verify`` at batch 1 and 32 (one thread) on a quiet machine and again beside two busy
-processes (``while True: pass``, bounded in time, always killed), on the same samples.
+For each model of ``--models`` (the demo and the CPU-heavy 5-exit CNN): collect, profile
+and solve once; then, ``--runs`` times, ``dyncal verify`` at batch 1 and 32 (one thread)
+on a quiet machine and again beside two busy processes (``while True: pass``, bounded in
+time, always killed), on the same samples.
 Every verify's paired timings are read by the estimators side by side: the existing one
 (``median-ratio``: the median of each batch's pair ratios, :attr:`PairedTiming.speedup`) and
 issue 21's (``auto``, :func:`dyncal.paired.paired_speedup`: each batch's fastest pair per
@@ -77,10 +78,14 @@ def estimate(ee: Any, full: Any, estimator: str, required: float) -> dict[str, A
 
 
 def measured_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """``--runs`` quiet/loaded verify pairs on the demo model, both estimators on each."""
+    """``--runs`` quiet/loaded verify pairs per model of ``--models``, every estimator on each."""
+    return [row for name in args.models.split(",") for row in _model_rows(name, args)]
+
+
+def _model_rows(model: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as work:
-        run_dir, thresholds = prepare_pipeline("demo", work, threads=1, profile_repeats=3 if args.quick else 25)
+        run_dir, thresholds = prepare_pipeline(model, work, threads=1, profile_repeats=3 if args.quick else 25)
 
         def measure() -> dict[str, PairedTiming]:
             result = verify_run(
@@ -100,7 +105,7 @@ def measured_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
                 loaded = measure()
             for key, q in quiet.items():
                 lt = loaded[key]
-                row: dict[str, Any] = {"run": run + 1, "key": key, "batches": q.batches}
+                row: dict[str, Any] = {"model": model, "run": run + 1, "key": key, "batches": q.batches}
                 if args.raw:  # the paired timings themselves, so other estimators can be tried on them
                     row["raw"] = {
                         "quiet": {"early_exit_ms": q.early_exit_ms, "full_model_ms": q.full_model_ms},
@@ -150,9 +155,9 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
         return f"{r['speedup']:.2f}x [{lo:.2f}, {hi:.2f}] {r['verdict']}{chosen}"
 
     out = [
-        "| run | latency | estimator | quiet [95%] verdict | loaded [95%] verdict | loaded/quiet | pairs discarded "
+        "| model | run | latency | estimator | quiet [95%] verdict | loaded [95%] verdict | loaded/quiet | pairs discarded "
         "quiet / loaded |",
-        "|---:|---|---|---|---|---:|---:|",
+        "|---|---:|---|---|---|---|---:|---:|",
     ]
     for row in rows:
         for name in ESTIMATORS:
@@ -161,7 +166,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
             flag = "" if abs(ratio - 1) <= 0.1 else " (outside x1.1)"
             opposite = {e["quiet"]["verdict"], e["loaded"]["verdict"]} == {"PASS", "FAIL"}
             out.append(
-                f"| {row['run']} | {row['key']} | {name} | {fmt(e['quiet'])} | {fmt(e['loaded'])}"
+                f"| {row.get('model', 'synthetic')} | {row['run']} | {row['key']} | {name} | {fmt(e['quiet'])} | {fmt(e['loaded'])}"
                 f"{' (OPPOSITE)' if opposite else ''} | {ratio:.3f}{flag} | "
                 f"{e['quiet']['discarded_pairs']}/{e['quiet']['pairs']} / "
                 f"{e['loaded']['discarded_pairs']}/{e['loaded']['pairs']} |"
@@ -172,10 +177,12 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
 def summary(rows: list[dict[str, Any]]) -> list[str]:
     """The range of loaded/quiet per estimator and key."""
     out = []
-    for key in sorted({r["key"] for r in rows}):
+    for model, key in sorted({(r.get("model", "synthetic"), r["key"]) for r in rows}):
         for name in ESTIMATORS:
-            ratios = [r[name]["loaded_over_quiet"] for r in rows if r["key"] == key]
-            out.append(f"- {key}, {name}: loaded/quiet from x{min(ratios):.3f} to x{max(ratios):.3f}")
+            ratios = [
+                r[name]["loaded_over_quiet"] for r in rows if r["key"] == key and r.get("model", "synthetic") == model
+            ]
+            out.append(f"- {model} {key}, {name}: loaded/quiet from x{min(ratios):.3f} to x{max(ratios):.3f}")
     return out
 
 
@@ -189,6 +196,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=400, help="samples replayed (all timed, quiet and loaded alike)")
     ap.add_argument("--busy", type=int, default=2, help="busy background processes")
     ap.add_argument("--raw", action="store_true", help="keep every verify's paired timings in the JSON")
+    ap.add_argument("--models", default="demo,cpu_heavy", help="bench_models pipelines to verify")
     args = ap.parse_args()
     if args.quick:
         os.environ.setdefault("DYNCAL_BENCH_N", "64")
@@ -208,7 +216,8 @@ def main() -> None:
         "",
         f"Machine: {machine}.",
         "",
-        f"`dyncal verify` of the demo model, first {args.limit} samples at batch 1 and 32, {args.repeats} pairs per "
+        f"`dyncal verify` of {args.models.replace(',', ' and ')} (the plain model is the plain deployment), first "
+        f"{args.limit} samples at batch 1 and 32, {args.repeats} pairs per "
         f"batch, {args.runs} runs; loaded = {args.busy} busy processes (`while True: pass`). Each verify's paired "
         "timings read by the estimators: `median-ratio` (the existing `PairedTiming.speedup`) and `auto` "
         "(`dyncal.paired.paired_speedup`: each batch's fastest pair per side where the fastest runs repeat, "
@@ -216,7 +225,7 @@ def main() -> None:
         f"Verdict by the report's rule at a required {args.min_speedup:g}x. Goal: loaded/quiet within x1.1, never "
         "the opposite verdict.",
         "",
-        "## Measured",
+        "## Measured (the speed-up verify reports is `auto`'s)",
         "",
         *table(measured),
         "",

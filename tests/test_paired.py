@@ -32,10 +32,13 @@ def _loaded(ee: np.ndarray, pl: np.ndarray, seed: int, gap_ms: float = 6.0) -> t
 
 
 def test_median_ratio_is_the_existing_estimator():
+    """A timing read with the estimator verify used before issue 21 gives its speed-up; by default it takes auto's."""
     ee, pl = _quiet(0)
-    t = PairedTiming("cpu/b1", 1, tuple(map(tuple, ee)), tuple(map(tuple, pl)))
+    t = PairedTiming("cpu/b1", 1, tuple(map(tuple, ee)), tuple(map(tuple, pl)), estimator="median-ratio")
     est = paired_speedup(ee, pl, estimator="median-ratio")
     assert est.value == pytest.approx(t.speedup, rel=1e-12)
+    auto = PairedTiming("cpu/b1", 1, tuple(map(tuple, ee)), tuple(map(tuple, pl)))
+    assert auto.speedup == paired_speedup(ee, pl).value and auto.speedup_ci == paired_speedup(ee, pl).interval
     assert est.discarded == 0 and est.estimator == est.asked == "median-ratio"
     assert "median" in est.description
 

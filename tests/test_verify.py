@@ -401,7 +401,7 @@ def test_cli_prints_the_thread_count_and_the_paired_table(cli, demo_dir):
     assert res.exit_code == 0, res.output
     prof_threads = load_run(demo_dir / "run").costs.latency["cpu/b1"].threads
     assert f"threads: {prof_threads} (from the profile of cpu/b1)" in res.stdout
-    for col in ("measured", "predicted", "full model", "speed-up"):
+    for col in ("measured", "predicted", "plain deployment", "speed-up"):
         assert col in res.stdout
     res = cli(*args, "--max-seconds", 1, "--threads", 1)
     assert res.exit_code == 0 and "threads: 1 (from --threads)" in res.stdout

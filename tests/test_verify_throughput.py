@@ -177,7 +177,7 @@ def test_verify_throughput_measures_every_mode_on_the_same_rows(demo_run):
     assert res.settings["runtime"] == {
         "runtime": "eager",
         "early_exit": "eager",
-        "plain": "eager (the whole model, every head)",
+        "plain": "eager (plain deployment: backbone and last head)",
     }
     assert [t["key"] for t in res.throughput] == ["cpu/b1", "cpu/b16"]
     b1, b16 = res.throughput
@@ -198,7 +198,7 @@ def test_verify_cli_prints_the_runtime_and_the_throughput(demo_run, cli, tmp_pat
         "--repeats", "3", "--max-seconds", "0.5", "--throughput", "--out", out,
     )  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert "runtime: early exit eager, plain model eager (the whole model, every head)" in res.stdout
+    assert "runtime: early exit eager, plain model eager (plain deployment: backbone and last head)" in res.stdout
     assert re.search(r"cpu/b8, \d+ rows: per-batch early exit [\d.]+ \([\d.]+x\), throughput mode", res.stdout)
     assert "agreement 100.00%" in res.stdout and "deploy " in res.stdout
     doc = json.loads(out.read_text())

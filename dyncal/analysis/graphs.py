@@ -52,6 +52,7 @@ from dyncal.errors import DyncalError, ProfileError, describe, param
 
 __all__ = [
     "RUNTIMES",
+    "refuse_verify_only_runtime",
     "Backend",
     "BucketedStage",
     "BucketedStages",
@@ -66,7 +67,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("eager", "graphs")
+RUNTIMES = ("eager", "frozen", "compiled", "graphs")
 """How stages run: ``eager`` (module calls) or ``graphs`` (CUDA graphs at bucketed batch sizes)."""
 
 Backend = Literal["cuda", "eager"]
@@ -153,6 +154,19 @@ def select_runtime(runtime: str | None, device: torch.device | str) -> str:
             f"CUDA device; use {param('runtime')} eager"
         )
     return runtime
+
+
+def refuse_verify_only_runtime(runtime: str | None, verb: str) -> None:
+    """Refuse ``frozen`` and ``compiled`` (they rebuild the runners of ``dyncal verify``) for ``verb``.
+
+    Raises:
+        DyncalError: ``runtime`` is ``frozen`` or ``compiled``.
+    """
+    if runtime in ("frozen", "compiled"):
+        raise DyncalError(
+            f"{param('runtime')} {runtime} applies to verify (it rebuilds the early exit and the plain deployment "
+            f"alike); {verb} takes eager or graphs"
+        )
 
 
 @dataclass(frozen=True)
@@ -505,8 +519,8 @@ def with_runtime(
         DyncalError: Unknown ``runtime``.
         ProfileError: ``graphs`` without a CUDA device or with stages that cannot drop rows.
     """
-    if runtime not in RUNTIMES:
-        raise DyncalError(f"{param('runtime')} must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if runtime not in ("eager", "graphs"):
+        raise DyncalError(f"{param('runtime')} must be eager or graphs here, got {runtime!r}")
     if runtime == "eager":
         return runner
     stages = getattr(runner, "stages", None)

@@ -19,7 +19,10 @@ restores it in a ``try/finally``; the count in force is recorded with the measur
   once samples have left; a stage's time is far from linear in its rows on a CPU);
 * the batch compaction at each exit: the rows that leave are recorded and every carried
   tensor is cut down to the rows that stay (half of them), as the runner does it;
-* the plain, unpartitioned model producing all exits, for reference.
+* the plain deployment (the stages and the last head only, no exit decision:
+  :mod:`dyncal.analysis.plain`), for reference: what would be deployed without early exit
+  (the model with every head only when no plain deployment can be built, said in
+  ``settings.full_model``).
 
 Everything is measured round-robin so slow drifts of the machine hit all of it alike. A
 measurement whose inter-quartile range exceeds 10% of its median is flagged in
@@ -71,6 +74,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+PLAIN_FIGURE = "the plain deployment: the stages and the last head only, no exit decision (analysis/plain.py)"
+"""What the full-model latency times (``settings.full_model`` of a latency profile)."""
 
 Clock = Callable[[], float]
 """A monotonic clock in seconds (``time.perf_counter``); tests inject a fake one."""
@@ -280,8 +286,8 @@ Groups = dict[str, list[Callable[[], Any]]]
 
 def _groups(
     stages: Stages, model: nn.Module, x: torch.Tensor, threshold: float, ladder: list[int]
-) -> tuple[Groups, int | None]:
-    """What :func:`measure_latency` times, by name, and the rows compaction is timed at."""
+) -> tuple[Groups, int | None, str]:
+    """What :func:`measure_latency` times, by name, the rows compaction is timed at, and what the full model is."""
     k = stages.k
     carries = []
     run = stages.start(x)
@@ -298,6 +304,7 @@ def _groups(
     decider = EarlyExitRunner(stages, [threshold] * (k - 1) + [None], [1.0] * k)
     paths = [path_runner(j) for j in range(k)]
     compaction, compaction_rows = _compaction_fns(stages, decider, x)
+    full_model, full_model_what = _plain_call(stages, model, x)
     groups: Groups = {
         "stage": [_bind(m, c) for m, c in zip(stages.modules, carries, strict=True)],
         # a static model (K = 1) makes no exit decision: nothing to time
@@ -305,9 +312,22 @@ def _groups(
         "exit_path": [functools.partial(r, x) for r in paths],
         "compaction": compaction,
         **{f"ladder:{rows}": [functools.partial(r, x[:rows]) for r in paths] for rows in ladder},
-        "full_model": [lambda: model(x)],
+        "full_model": [full_model],
     }
-    return groups, compaction_rows
+    return groups, compaction_rows, full_model_what
+
+
+def _plain_call(stages: Stages, model: nn.Module, x: torch.Tensor) -> tuple[Callable[[], Any], str]:
+    """The full-model figure's callable and what it is: the plain deployment, else the model with every head."""
+    from dyncal.analysis.plain import plain_deployment, plain_runner
+
+    example = x if x.shape[0] >= 2 else torch.cat([x, x])
+    try:
+        plain = plain_runner(plain_deployment(stages, model=model, example=example))
+    except ProfileError as e:
+        log.warning("the full-model latency times the model with every head (no plain deployment: %s)", e)
+        return (lambda: model(x)), f"the model with every head (no plain deployment: {e})"
+    return functools.partial(plain, x), PLAIN_FIGURE
 
 
 def _timed(
@@ -367,7 +387,7 @@ def measure_latency(
 
     Args:
         stages: The model's stages, on the same device as ``x``.
-        model: The plain model (for the reference time).
+        model: The multi-exit model (its plain deployment is cut from it when the stages carry no graph).
         x: An input batch ``(B, ...)``; ``B`` is the batch size measured.
         settings: How to measure (defaults: 1 thread, 5 warm-up calls, 25 replicates).
         device_name: The device as named in the key (``"cuda"`` rather than ``"cuda:0"``);
@@ -389,7 +409,7 @@ def measure_latency(
     timer = timer or Timer(x.device, clock)
     ladder = _row_ladder(int(x.shape[0])) if stages.dynamic_batch else []
     with pinned_threads(settings.threads) as threads, torch.inference_mode():
-        groups, compaction_rows = _groups(stages, model, x, settings.threshold, ladder)
+        groups, compaction_rows, full_model_what = _groups(stages, model, x, settings.threshold, ladder)
         timed, blocks = _timed(timer, groups, settings)
     return LatencyProfile(
         device=device_name or str(x.device),
@@ -409,6 +429,7 @@ def measure_latency(
             "compaction_block_calls": blocks["compaction"],
             "exit_path_rows": ladder,
             "full_model_block_calls": blocks["full_model"][0],
+            "full_model": full_model_what,
             "timer": timer.label,
             "decision": f"softmax max-probability >= {settings.threshold} + host sync (EarlyExitRunner.leaving)",
             "exit_path": "EarlyExitRunner with every row leaving at exit k",

@@ -13,6 +13,12 @@ stages, so its decisions are the same code path ``dyncal verify`` measures::
     exits, preds = runner(x)                             # int64 (B,) each, exits from 0
     for exits, preds in runner.map(batches):             # the throughput mode, in input order
         ...
+    logits = runner.plain_model(x)                       # the plain deployment: last exit only
+
+:meth:`PackageRunner.plain_model` is what the same package would deploy without early
+exit: every stage cut to the values the next stage needs (no intermediate head runs),
+the last stage whole, no exit decision (:mod:`dyncal.analysis.plain`). ``dyncal verify
+--package`` times it as the baseline (:meth:`PackageRunner.plain_runner`).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from torch import nn
 
 from dyncal import archives
 from dyncal.analysis.early_exit import EarlyExitRunner
+from dyncal.analysis.plain import cut_outputs, plain_runner
 from dyncal.analysis.stages import Stages
 from dyncal.artifacts import package
 from dyncal.artifacts.rundir import PARTIAL_SUFFIX
@@ -48,7 +55,12 @@ class _StageProgram(nn.Module):
     through ``module()``.
     """
 
-    def __init__(self, program: torch.export.ExportedProgram, batch_dims: Sequence[int | None]) -> None:
+    def __init__(
+        self,
+        program: torch.export.ExportedProgram,
+        batch_dims: Sequence[int | None],
+        keep: Sequence[int] | None = None,
+    ) -> None:
         from torch.export.graph_signature import InputKind, OutputKind
 
         super().__init__()
@@ -62,7 +74,7 @@ class _StageProgram(nn.Module):
             if spec.kind == InputKind.USER_INPUT:
                 slots.append(None)
             elif spec.kind == InputKind.PARAMETER or (spec.kind == InputKind.BUFFER and spec.persistent):
-                slots.append(program.state_dict[str(spec.target)])
+                slots.append(program.state_dict[str(spec.target)].detach())  # inference: no grad (a trace keeps it)
             elif spec.kind in (InputKind.BUFFER, InputKind.CONSTANT_TENSOR):
                 value = program.constants[str(spec.target)]
                 direct &= isinstance(value, torch.Tensor)
@@ -72,6 +84,10 @@ class _StageProgram(nn.Module):
         self._slots = slots
         self.graph: nn.Module = program.graph_module if direct else program.module()
         self._direct = direct
+        if keep is not None:  # only these outputs (the carry, for the plain deployment): nothing else runs
+            if not isinstance(self.graph, torch.fx.GraphModule):  # pragma: no cover - torch gives graphs
+                raise DyncalError(f"a package stage is a {type(self.graph).__name__}, not a graph that can be cut")
+            self.graph = cut_outputs(self.graph, keep, "PlainStage")
 
     def forward(self, *args: Any) -> Any:
         self.calls += 1
@@ -82,6 +98,20 @@ class _StageProgram(nn.Module):
             return self.graph(*args)
         it = iter(args)
         return self.graph(*[next(it) if t is None else t for t in self._slots])
+
+
+class _Chain(nn.Module):
+    """Stages cut to their carry, run one after the other: ``x -> (logits of the last exit,)``."""
+
+    def __init__(self, parts: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+
+    def forward(self, x: torch.Tensor) -> tuple[Any, ...]:
+        carry: tuple[Any, ...] = (x,)
+        for part in self.parts:
+            carry = tuple(part(*carry))
+        return carry
 
 
 class PackageRunner(EarlyExitRunner):
@@ -115,6 +145,7 @@ class PackageRunner(EarlyExitRunner):
         self._programs = tuple(programs)
         self._dtype = torch_dtype(manifest.input_dtype, f"package '{path}' input dtype")
         self.device = device
+        self._plain: Stages | None = None
         super().__init__(self._stages_on(device), manifest.thresholds, manifest.temperatures, manifest.score)
 
     def _stages_on(self, device: torch.device) -> Stages:
@@ -132,6 +163,43 @@ class PackageRunner(EarlyExitRunner):
             dynamic_batch=True,
         )
 
+    def _plain_stages_on(self, device: torch.device) -> Stages:
+        """The plain deployment as one stage: each stage cut to its carry, the last whole."""
+        from torch.export.passes import move_to_device_pass
+
+        parts = []
+        k = len(self._programs)
+        for i, program in enumerate(self._programs):
+            ep = program if device.type == "cpu" else move_to_device_pass(program, device)
+            dims = (0,) if i == 0 else self.manifest.stages[i - 1].carry_batch_dims
+            n_carry = len(self.manifest.stages[i].carry_batch_dims)
+            keep = [0] if i == k - 1 else list(range(1, 1 + n_carry))
+            parts.append(_StageProgram(ep, dims, keep))
+        return Stages([_Chain(parts)], batch_dims=[()], source="plain", dynamic_batch=True)
+
+    def plain_runner(self) -> EarlyExitRunner:
+        """The plain deployment's runner (``runner(x) -> (exits, predictions)``, every exit the last).
+
+        The baseline ``dyncal verify --package`` times: the stages without their
+        intermediate heads and without exit decisions, on the runner's device.
+        """
+        return plain_runner(self._plain_stages_on(self.device), self.score)
+
+    @torch.inference_mode()
+    def plain_model(self, x: torch.Tensor) -> torch.Tensor:
+        """The last exit's logits ``(B, C)`` computed as the plain deployment (no intermediate head runs).
+
+        What this package would deploy without early exit; compare with :meth:`__call__`'s cost.
+
+        Raises:
+            DyncalError: ``x`` does not fit the package's input signature or device.
+        """
+        self._check_input(x)
+        if self._plain is None:
+            self._plain = self._plain_stages_on(self.device)
+        logits: torch.Tensor = self._plain.run(x)[0]
+        return logits
+
     def to(self, device: torch.device | str) -> PackageRunner:
         """Run the stages on ``device`` (``cpu``, ``cuda``, ``cuda:N``) from now on; returns ``self``."""
         dev = resolve_device(str(device))
@@ -139,6 +207,7 @@ class PackageRunner(EarlyExitRunner):
             dev = torch.device("cuda", torch.cuda.current_device())
         self.stages = self._stages_on(dev)
         self.device = dev
+        self._plain = None
         return self
 
     @property

@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -41,7 +42,7 @@ from dyncal.analysis.early_exit import EarlyExitRunner
 from dyncal.analysis.stages import Stages
 from dyncal.errors import ProfileError, describe, user_call
 
-__all__ = ["PLAIN_METHOD", "plain_deployment", "plain_runner", "last_exit_graph"]
+__all__ = ["PLAIN_METHOD", "plain_deployment", "plain_runner", "last_exit_graph", "cut_outputs"]
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +78,29 @@ def last_exit_graph(gm: fx.GraphModule) -> fx.GraphModule:
     Raises:
         ProfileError: The graph has no output.
     """
+    return cut_outputs(gm, [-1], "PlainDeployment")
+
+
+def cut_outputs(gm: fx.GraphModule, keep: Sequence[int], name: str = "CutGraph") -> fx.GraphModule:
+    """``gm`` returning only its (flat) outputs ``keep``, as a tuple, every op they do not need left out.
+
+    Placeholders stay, so the signature does not change. A package's stage cut to its carry
+    (``keep`` = 1, 2, ...) computes no head (:meth:`dyncal.analysis.package_runner.PackageRunner.plain_model`).
+
+    Raises:
+        ProfileError: An output asked for is missing or not computed from the inputs.
+    """
     out_node = next((n for n in gm.graph.nodes if n.op == "output"), None)
     flat = [] if out_node is None else out_node.args[0]
     flat = list(flat) if isinstance(flat, (tuple, list)) else [flat]
-    last = flat[-1] if flat else None
-    if not isinstance(last, fx.Node):
+    try:
+        picked = [flat[i] for i in keep]
+    except IndexError:
+        picked = []
+    if not picked or not all(isinstance(n, fx.Node) for n in picked):
         raise ProfileError("the model's graph has no output computed from its input; it has no last exit to deploy")
     needed: set[fx.Node] = set()
-    todo = [last]
+    todo = list(picked)
     while todo:
         n = todo.pop()
         if n not in needed:
@@ -95,11 +111,11 @@ def last_exit_graph(gm: fx.GraphModule) -> fx.GraphModule:
     for n in gm.graph.nodes:
         if n.op == "placeholder" or n in needed:
             env[n] = g.node_copy(n, env.__getitem__)
-    g.output((env[last],))
+    g.output(tuple(env[n] for n in picked))
     g.lint()
-    plain = fx.GraphModule(gm, g, class_name="PlainDeployment")
-    plain.eval()
-    return plain
+    cut = fx.GraphModule(gm, g, class_name=name)
+    cut.eval()
+    return cut
 
 
 def _exported_graph(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:

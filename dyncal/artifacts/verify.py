@@ -7,6 +7,17 @@ a ratio, and its interval carries both kinds of noise:
 * timing noise — replicates of each pair are resampled, the batches kept;
 * sampling noise — the batches (which samples were replayed) are resampled.
 
+The "plain model" is the plain deployment (:mod:`dyncal.analysis.plain`): the stages and
+the last head only, no intermediate head, no exit decision, run by the same runtime,
+threads and device (``settings.baseline`` says so; the keys keep their ``full_model`` names).
+The speed-up comes from :func:`dyncal.paired.paired_speedup`, an estimator made for busy
+machines (``estimator``, default ``auto``; the one used is recorded in ``estimate``).
+
+Each timing also keeps its per-request view (``requests``,
+:class:`dyncal.artifacts.requests.RequestTimings`, in that module's format): the run row
+and runtime exit of every timed row and both deployments' raw milliseconds per unit (a
+request at batch 1, a batch at batch B), with the distribution summaries derived from them.
+
 Raw replicate times are stored; every summary is derived on read, so the CLI, the report
 and a script reading the JSON all see the same numbers. numpy only: a report can read this
 on a machine without torch.
@@ -26,21 +37,20 @@ from typing import Any
 import numpy as np
 
 from dyncal.artifacts import validate as V
+from dyncal.artifacts.requests import RequestTimings
 from dyncal.errors import DyncalError
 from dyncal.measurement import row_medians, row_spreads
-from dyncal.stats import centred_interval, enclosing_interval
+from dyncal.paired import ESTIMATORS, PairedEstimate, paired_speedup
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "PairedTiming", "VerifyResult", "ModelIdentity"]
 
 SCHEMA = "dyncal.verify"
 SCHEMA_VERSION = 1
-_BOOTSTRAP = 2000
 _MIN_MS, _MAX_MS = 1e-6, 1e9  # a nanosecond to 11 days: anything else is not a timing
 MAX_VERIFY_BYTES = 256 << 20
 """Largest verify.json accepted (raw replicates of every batch; dyncal writes a few MB)."""
 MIN_AGREEMENT = 0.99
 """Below this agreement with the simulation a verify result is no evidence for the thresholds."""
-_SEED = 20231
 
 
 @dataclass(frozen=True)
@@ -54,9 +64,13 @@ class PairedTiming:
         key: ``"<device>/b<batch>"``.
         batch_size: Rows per batch (the last batch may hold fewer).
         early_exit_ms: ``(batches, repeats)`` milliseconds of the real early exit.
-        full_model_ms: ``(batches, repeats)`` milliseconds of the plain model, same batches.
+        full_model_ms: ``(batches, repeats)`` milliseconds of the plain model (the plain
+            deployment), same batches.
         predicted_ms: The cost model's prediction of ``measured_ms`` (None when not profiled).
         solve_expected_ms: The per-sample expectation solve reported for this key, if any.
+        estimator: The speed-up estimator asked for (:data:`dyncal.paired.ESTIMATORS`).
+        requests: The same timings per request (batch 1) or per batch, with the run rows
+            and exits of each (None in documents written before issue 21).
 
     Example:
         >>> t = PairedTiming("cpu/b1", 1, ((1.0, 1.0), (3.0, 3.0)), ((4.0, 4.0), (4.0, 4.0)), 2.0)
@@ -70,6 +84,18 @@ class PairedTiming:
     full_model_ms: tuple[tuple[float, ...], ...]
     predicted_ms: float | None = None
     solve_expected_ms: float | None = None
+    estimator: str = "auto"
+    requests: RequestTimings | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        r = self.requests
+        if r is not None and (r.key != self.key or r.early_exit_ms.shape != (self.batches, self.repeats)):
+            raise DyncalError(f"timing {self.key}: its request timings ({r.key}) are not the same timings")
+
+    @cached_property
+    def estimate(self) -> PairedEstimate:
+        """The speed-up with its intervals, from :func:`dyncal.paired.paired_speedup` (records the estimator)."""
+        return paired_speedup(*self._arrays, estimator=self.estimator)
 
     @cached_property
     def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
@@ -97,14 +123,13 @@ class PairedTiming:
 
     @property
     def speedup(self) -> float:
-        """Plain model over early exit on the same batches, measured as a ratio.
+        """Plain model over early exit on the same batches, measured as a ratio (:attr:`estimate`).
 
-        Each batch's ratio is the median over its pairs of ``full / early exit`` (load that
-        hits a pair hits both alike and cancels); the batches are weighted by their median
-        early-exit time, so on a quiet machine this is ``full_model_ms_median / measured_ms``
-        (total plain-model time over total early-exit time).
+        With ``estimator="median-ratio"`` (documents written before issue 21), each batch's
+        ratio is the median over its pairs of ``full / early exit``, the batches weighted by
+        their median early-exit time.
         """
-        return float(_paired_speedup(*self._arrays))
+        return self.estimate.value
 
     @property
     def measured_over_predicted(self) -> float | None:
@@ -117,45 +142,20 @@ class PairedTiming:
         ee, full = self._arrays
         return float(np.median(row_spreads(full / ee)))
 
-    def _bootstrap(self, *, batches: bool, replicates: bool) -> tuple[float, float]:
-        ee, full = self._arrays
-        n_b, n_r = ee.shape
-        rng = np.random.default_rng(_SEED)
-        out = np.empty(_BOOTSTRAP)
-        chunk = max(1, min(_BOOTSTRAP, 2_000_000 // max(1, n_b * n_r)))
-        for start in range(0, _BOOTSTRAP, chunk):
-            size = min(chunk, _BOOTSTRAP - start)
-            b_idx = rng.integers(0, n_b, (size, n_b)) if batches else np.broadcast_to(np.arange(n_b), (size, n_b))
-            if replicates:
-                r_idx = rng.integers(0, n_r, (size, n_b, n_r))
-            else:
-                r_idx = np.broadcast_to(np.arange(n_r), (size, n_b, n_r))
-            rows = b_idx[:, :, None]
-            out[start : start + size] = _paired_speedup(ee[rows, r_idx], full[rows, r_idx])
-        # a resampled median of a few replicates is biased: centre the draws on the estimate
-        lo, hi = centred_interval(out, np.asarray(self.speedup))
-        return float(lo), float(hi)
-
-    @cached_property
+    @property
     def speedup_ci(self) -> tuple[float, float]:
-        """95% interval of :attr:`speedup` with timing and sampling noise (batches and replicates resampled).
+        """95% interval of :attr:`speedup` with timing and sampling noise (batches and replicates resampled)."""
+        return self.estimate.interval
 
-        It contains :attr:`speedup_ci_timing` and :attr:`speedup_ci_sampling`
-        (:func:`dyncal.stats.enclosing_interval`): an interval that carries both noises is
-        never narrower than one of them.
-        """
-        joint = self._bootstrap(batches=True, replicates=True)
-        return enclosing_interval(joint, self.speedup_ci_timing, self.speedup_ci_sampling)
-
-    @cached_property
+    @property
     def speedup_ci_timing(self) -> tuple[float, float]:
         """95% interval of :attr:`speedup` from timing noise alone (replicates resampled, batches kept)."""
-        return self._bootstrap(batches=False, replicates=True)
+        return self.estimate.interval_timing
 
-    @cached_property
+    @property
     def speedup_ci_sampling(self) -> tuple[float, float]:
-        """95% interval of :attr:`speedup` from sampling noise alone (batches resampled, medians kept)."""
-        return self._bootstrap(batches=True, replicates=False)
+        """95% interval of :attr:`speedup` from sampling noise alone (batches resampled, replicates kept)."""
+        return self.estimate.interval_sampling
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: raw replicates plus the derived summaries for readers."""
@@ -174,8 +174,12 @@ class PairedTiming:
             "speedup_ci_timing": list(self.speedup_ci_timing),
             "speedup_ci_sampling": list(self.speedup_ci_sampling),
             "timing_spread": self.timing_spread,
+            "estimator": self.estimate.estimator,
+            "estimator_asked": self.estimator,
+            "estimate": self.estimate.to_dict(),
             "early_exit_ms_raw": [list(r) for r in self.early_exit_ms],
             "full_model_ms_raw": [list(r) for r in self.full_model_ms],
+            "requests": None if self.requests is None else self.requests.to_dict(),
         }
 
     @classmethod
@@ -194,6 +198,15 @@ class PairedTiming:
         parsed = LatencyKey.parse(key)  # ValueError words it
         if parsed.batch_size != batch_size:
             raise ValueError(f"timing {key}: 'batch_size' is {batch_size}, the key says {parsed.batch_size}")
+        estimator = d.get("estimator_asked", "median-ratio")  # before issue 21: the median of pair ratios
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"timing {key}: 'estimator_asked' must be one of {', '.join(ESTIMATORS)}")
+        raw = d.get("requests")
+        requests = None if raw is None else RequestTimings.from_dict(V.mapping(raw, "requests"), f"{key}.requests.")
+        if requests is not None and not (
+            np.array_equal(requests.early_exit_ms, ee) and np.array_equal(requests.plain_ms, full)
+        ):
+            raise ValueError(f"timing {key}: 'requests' holds other milliseconds than the raw timings")
         return cls(
             key=key,
             batch_size=batch_size,
@@ -201,6 +214,8 @@ class PairedTiming:
             full_model_ms=full,
             predicted_ms=_opt_float(d, "predicted_ms"),
             solve_expected_ms=_opt_float(d, "solve_expected_ms"),
+            estimator=str(estimator),
+            requests=requests,
         )
 
 
@@ -416,16 +431,6 @@ def _throughput(value: Any) -> tuple[dict[str, Any], ...]:
     if not isinstance(value, list) or not all(isinstance(t, Mapping) and isinstance(t.get("key"), str) for t in value):
         raise ValueError("'throughput' must be a list of objects, each with a 'key'")
     return tuple(dict(t) for t in value)
-
-
-def _paired_speedup(ee: np.ndarray, full: np.ndarray) -> np.ndarray:
-    """Median paired ratio per batch, weighted by the batch's median early-exit time.
-
-    ``ee`` and ``full`` are ``(..., batches, repeats)``: one speed-up per leading index
-    (the bootstrap's resamples), a single one for a ``(batches, repeats)`` timing.
-    """
-    ee_med, ratio = row_medians(ee), row_medians(full / ee)
-    return np.asarray((ee_med * ratio).sum(axis=-1) / ee_med.sum(axis=-1))
 
 
 def _unique(timings: tuple[PairedTiming, ...]) -> tuple[PairedTiming, ...]:

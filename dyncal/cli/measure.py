@@ -231,6 +231,13 @@ def verify(
         ),
     ] = None,
     allow_other_model: params.AllowOtherModelOpt = False,
+    estimator: Annotated[
+        str,
+        typer.Option(
+            help="Speed-up estimator: auto (the fastest pairs where the machine repeats them, else the ratio of "
+            "means), min, mean or median-ratio; the one used is recorded."
+        ),
+    ] = "auto",
     overwrite: params.OverwriteOpt = False,
     json_: params.JsonOpt = False,
     **overrides: Any,
@@ -240,8 +247,11 @@ def verify(
     The model's stages run one at a time; samples whose score clears the threshold leave and
     later stages see only the rest. Each batch is timed as pairs: the early exit and the
     plain model back to back, so load on the machine hits both alike and the speed-up is a
-    measured ratio with an interval (timing and sampling noise). Reports agreement with
-    the simulated exits and predictions, and measured vs predicted milliseconds per batch.
+    measured ratio with an interval (timing and sampling noise). The plain model is the
+    plain deployment: the stages and the last head only, no exit decision, same runtime.
+    Reports agreement with the simulated exits and predictions, measured vs predicted
+    milliseconds per batch, and the latency distribution per request at batch 1 (mean,
+    std, p50..p99, max; fastest of the pairs and raw; by exit) with 95% intervals.
 
     With --throughput it also measures samples/s of per-batch early exit, the throughput mode
     (runner.map: rows that continue pooled into full batches) and the plain deployment over

@@ -84,9 +84,10 @@ TimedBatchesOpt = Annotated[
 RuntimeOpt = Annotated[
     str | None,
     typer.Option(
-        metavar="[eager|graphs]",
-        help="How the stages (and the plain deployment alike) run: eager, or graphs (CUDA only: per-stage CUDA "
-        "graphs at bucketed batch sizes). Default: graphs on CUDA, else eager.",
+        metavar="[eager|frozen|compiled|graphs]",
+        help="How the stages and the plain deployment run, both alike: eager, frozen (torch.jit.freeze + "
+        "optimize_for_inference), compiled (torch.compile) or graphs (CUDA only: per-stage CUDA graphs at "
+        "bucketed batch sizes); exits stay exact. Default: graphs on CUDA, else eager.",
         show_default=False,
     ),
 ]

@@ -358,8 +358,8 @@ def print_verify(doc: dict[str, Any], ctx: typer.Context) -> None:
         f"vs simulated {100 * doc['simulated_accuracy']:.2f}%"
     )
     table = _table(
-        "ms per batch: early exit and plain model timed in pairs",
-        ("", "measured", "predicted", "meas/pred", "full model", "speed-up [95%]", "batches"),
+        "ms per batch: early exit and plain deployment (stages + last head) timed in pairs",
+        ("", "measured", "predicted", "meas/pred", "plain", "speed-up [95%]", "batches"),
         no_wrap=True,
         box=None,
         pad_edge=False,
@@ -392,6 +392,8 @@ def print_verify(doc: dict[str, Any], ctx: typer.Context) -> None:
             "a speed-up timed on too few samples is inconclusive: raise --max-seconds to time more"
         )
     for t in doc["timings"]:
+        print_request_distribution(t)
+    for t in doc["timings"]:
         if t["timing_spread"] > NOISE_IQR_FRACTION:
             typer.echo(
                 f"warning: noisy timing at {t['key']}: the paired speed-up's spread (IQR) is "
@@ -422,6 +424,50 @@ def print_runtime_and_throughput(doc: dict[str, Any]) -> None:
             f"agreement {100 * t['agreement']:.2f}%"
         )
         typer.echo(f"  deploy {t['recommendation']}: {ThroughputResult.from_dict(t).advice}")
+
+
+def print_request_distribution(timing: dict[str, Any]) -> None:
+    """The latency distribution verify measured at one batch size: per request (batch 1) or per batch, by exit."""
+    requests, estimate = timing.get("requests"), timing.get("estimate")
+    if estimate:
+        typer.echo(
+            f"{timing['key']}: speed-up {estimate['speedup']:.2f}x by the {estimate['estimator']} estimator "
+            f"({estimate['discarded_pairs']} of {estimate['pairs']} pairs discarded as preempted)"
+        )
+    if not requests or not requests.get("summaries"):
+        return
+    unit = "request" if requests["batch_size"] == 1 else "batch"
+    typer.echo(f"ms per {unit} at {timing['key']}: {requests['coverage']}")
+    stats = ("mean", "std", "p50", "p90", "p95", "p99", "max")
+    table = _table(
+        "",
+        ("", "n", *stats, "p99 95%"),
+        no_wrap=True,
+        box=None,
+        pad_edge=False,
+        padding=(0, 1),
+        collapse_padding=True,
+    )
+    names = {"early_exit": "early exit", "plain": "plain"}
+    for s in requests["summaries"]:
+        if s["exit"] is not None and (s["side"] == "plain" or s["view"] == "raw"):
+            continue  # by exit: the early exit's fastest view only (the plain deployment does not exit)
+        label = f"  at exit {s['exit'] + 1}" if s["exit"] is not None else names[s["side"]]
+        lo, hi = s["p99_ms_ci"]
+        table.add_row(
+            label + (", raw" if s["view"] == "raw" else ""),
+            str(s["units"]),
+            *(_ms3(s[f"{name}_ms"]) for name in stats),
+            f"{_ms3(lo)}-{_ms3(hi)}",
+        )
+    _print_table(table)
+    typer.echo("fastest of each unit's pairs (noise-reduced) unless marked raw (every pair)")
+
+
+def _ms3(ms: float) -> str:
+    """Milliseconds in at most five characters below 10 s: 0.053, 12.35, 123.5, 1234."""
+    digits = 3 if ms < 10 else 2 if ms < 100 else 1 if ms < 1000 else 0
+    return f"{ms:.{digits}f}"
 
 
 def print_export(doc: dict[str, Any]) -> None:

@@ -213,7 +213,7 @@ def _summary(
         lo, hi = t.speedup_ci
         lines.append(
             f"  verify {t.key}: early exit {t.measured_ms:.3g} ms vs predicted {pred} ms per batch; "
-            f"full model {t.full_model_ms_median:.3g} ms; speed-up {t.speedup:.2f}x [{lo:.2f}, {hi:.2f}]"
+            f"plain deployment {t.full_model_ms_median:.3g} ms; speed-up {t.speedup:.2f}x [{lo:.2f}, {hi:.2f}]"
         )
     lines.append(f"  agreement with the simulation: {100 * verified.agreement:.2f}%")
     criteria = f"accuracy drop <= {100 * max_drop:g} pt, speed-up >= {min_speedup:g}x on cpu/b1"

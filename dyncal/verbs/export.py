@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dyncal.analysis.graphs import select_runtime
+from dyncal.analysis.graphs import refuse_verify_only_runtime, select_runtime
 from dyncal.analysis.package_runner import PackageRunner, open_package
 from dyncal.analysis.partition import quiet_export_logs
 from dyncal.analysis.stages import (
@@ -216,6 +216,7 @@ class ExportOptions(ModelOverrides):
     def __post_init__(self) -> None:
         """Refuse ``runtime`` graphs on a machine without CUDA before anything is exported."""
         super().__post_init__()
+        refuse_verify_only_runtime(self.runtime, "export")
         if self.runtime is not None:
             select_runtime(self.runtime, "cuda" if self.runtime == "graphs" else "cpu")
 

@@ -41,7 +41,7 @@ from torch import nn
 
 from dyncal.analysis.cuda_timing import EventTimer, device_tuned
 from dyncal.analysis.flops import StageMacs, stage_macs
-from dyncal.analysis.graphs import graph_stages, select_runtime
+from dyncal.analysis.graphs import graph_stages, refuse_verify_only_runtime, select_runtime
 from dyncal.analysis.latency import LatencySettings, measure_latency
 from dyncal.analysis.plausible import ATTEMPTS, check_plausible, implausible
 from dyncal.analysis.stages import (
@@ -119,6 +119,7 @@ class ProfileOptions(ModelOverrides):
             raise ProfileError(f"`batch_sizes` must be positive integers, got {list(self.batch_sizes)}")
         super().__post_init__()
         self.latency_settings()  # checks threads, warmup, repeats and min_block_ms
+        refuse_verify_only_runtime(self.runtime, "profile")
         for d in self.devices if self.latency else ():
             select_runtime(self.runtime, d)  # graphs on a CPU is refused before anything loads
 

@@ -11,15 +11,23 @@ one batch at a time, and finds:
   exit rule gives on the stored logits (the simulation every other stage relies on), over
   every sample replayed;
 * **latency** — the early exit and the plain model timed as *pairs*, back to back on the
-  same batch, alternating which goes first (:meth:`dyncal.analysis.latency.Timer.paired`,
-  the clock ``dyncal profile`` uses), so load on the machine hits both alike and the
-  speed-up is measured as a ratio; each runs once untimed right before it is timed, so
-  neither is timed in the caches the other left behind (deployed, it runs alone); beside
-  it, the prediction from the run's cost table for the same batches
-  (:func:`dyncal.analysis.costmodel.predict_batches_ms`). Rows are replayed in a seeded
-  shuffled order (data sets are often sorted by class, which would make consecutive
-  batches unlike deployment) and timing stops adding batches once ``max_seconds`` have
-  passed (at least :data:`MIN_TIMED_BATCHES` per batch size).
+  same batch (the plain model is the plain deployment, :mod:`dyncal.analysis.plain`: the
+  stages and the last head only, no intermediate head, no exit decision, under the same
+  ``runtime`` (:mod:`dyncal.analysis.runtime`), threads and device), alternating which
+  goes first (:meth:`dyncal.analysis.latency.Timer.paired`, the clock ``dyncal profile``
+  uses), so load on the machine hits both alike and the speed-up is measured as a ratio;
+  each runs once untimed right before it is timed, so neither is timed in the caches the
+  other left behind (deployed, it runs alone); beside it, the prediction from the run's
+  cost table for the same batches (:func:`dyncal.analysis.costmodel.predict_batches_ms`).
+  Rows are replayed in a seeded shuffled order (data sets are often sorted by class, which
+  would make consecutive batches unlike deployment) and timing stops adding batches once
+  ``max_seconds`` have passed (at least :data:`MIN_TIMED_BATCHES` per batch size). At
+  batch 1 the order is stratified by simulated exit
+  (:func:`dyncal.analysis.requests.stratified_order`), so whatever the bound allows shows
+  every exit; each timing keeps its per-request view
+  (:class:`dyncal.artifacts.requests.RequestTimings`: row, exit and both latencies of every
+  timed request, weighted back to the exit shares of every replayed row) and its speed-up
+  estimator (:func:`dyncal.paired.paired_speedup`).
 
 The result is a :class:`dyncal.artifacts.verify.VerifyResult` bound to the run, the
 thresholds and the model it measured.
@@ -31,7 +39,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
@@ -44,8 +52,12 @@ from dyncal.analysis.cuda_timing import EventTimer, device_tuned
 from dyncal.analysis.early_exit import EarlyExitRunner
 from dyncal.analysis.graphs import select_runtime
 from dyncal.analysis.latency import Clock, Timer, device_hardware, pinned_threads
+from dyncal.analysis.plain import plain_deployment, plain_runner
+from dyncal.analysis.requests import stratified_order
+from dyncal.analysis.runtime import RUNTIMES, apply_runtime
 from dyncal.analysis.stages import checked_stages, stages_function
 from dyncal.artifacts.costs import LatencyKey, device_name
+from dyncal.artifacts.requests import RequestTimings
 from dyncal.artifacts.run import Run, load_run
 from dyncal.artifacts.thresholds import ThresholdsDocument, check_thresholds_for_run, thresholds_from_json
 from dyncal.artifacts.verify import ModelIdentity, PairedTiming, VerifyResult
@@ -56,8 +68,8 @@ from dyncal.errors import DataError, DyncalError, describe, param, user_call
 from dyncal.measurement import NOISE_IQR_FRACTION, noise_advice
 from dyncal.models import resolve_device
 from dyncal.options import MAX_REPEATS, MAX_THREADS, check_at_least, options_from
+from dyncal.paired import ESTIMATORS
 from dyncal.run_model import ModelOverrides, open_run_model, probe_run_model
-from dyncal.verbs.runtimes import under_runtime
 from dyncal.verbs.verify_throughput import verify_throughput
 
 __all__ = ["VerifyProgress", "verify_run", "VerifyOptions", "DEFAULT_MAX_SECONDS", "MIN_TIMED_BATCHES"]
@@ -66,6 +78,12 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Plain = Callable[[torch.Tensor], Any]
+
+BASELINE = (
+    "plain deployment: the stages and the last head only (no intermediate head, no exit decision), "
+    "same runtime, threads and device as the early exit"
+)
+"""What verify's "plain model" (``full_model_ms``, the speed-up's denominator) is."""
 
 DEFAULT_MAX_SECONDS = 60.0
 """Default time bound of verify's timing (all batch sizes together).
@@ -106,7 +124,7 @@ def _subject(
 
     A package must have been exported from this run with these thresholds. The early exit
     is made later, from a probe batch of the run's inputs, under the pinned thread count:
-    ``early_exit(probe)`` returns it and the plain model.
+    ``early_exit(probe)`` returns it and the plain deployment's runner, both under ``runtime``.
     """
     if opts.package is not None:
         from dyncal.analysis.package_runner import load_early_exit
@@ -126,7 +144,7 @@ def _subject(
         identity = ModelIdentity(
             spec=str(opts.package), weights_sha256=pkg.manifest.model.get("weights_sha256"), kind="package"
         )
-        return identity, None, lambda _: (pkg, pkg.full_model)
+        return identity, None, lambda probe: _under_runtime(pkg, pkg.plain_runner(), probe.to(dev), opts)
     opened = open_run_model(
         run,
         ModelOverrides(model=opts.model, weights=opts.weights, model_path=opts.model_path),
@@ -150,10 +168,23 @@ def _subject(
                 "the model"
             )
         runner = EarlyExitRunner(stages, thresholds.thresholds, thresholds.temperatures, thresholds.score)
-        return runner, opened.module
+        example = probe if probe.shape[0] >= 2 else probe.repeat(2, *([1] * (probe.ndim - 1)))
+        plain = plain_runner(plain_deployment(stages, model=opened.module, example=example), thresholds.score)
+        return _under_runtime(runner, plain, probe, opts)
 
     identity = ModelIdentity(spec=opened.spec, weights_sha256=opened.weights_sha256)
     return identity, opened.check.to_dict(), early_exit
+
+
+def _under_runtime(
+    runner: EarlyExitRunner, plain: EarlyExitRunner, probe: torch.Tensor, opts: VerifyOptions
+) -> tuple[EarlyExitRunner, Plain]:
+    """The early exit and the plain deployment, both under ``opts.runtime`` (checked on ``probe``)."""
+    big = max(opts.batch_sizes)
+    return (
+        apply_runtime(runner, str(opts.runtime), example=probe, max_batch_size=big),
+        apply_runtime(plain, str(opts.runtime), example=probe, max_batch_size=big),
+    )
 
 
 def _simulated(run: Run, n: int, thresholds: ThresholdsDocument) -> tuple[np.ndarray, np.ndarray]:
@@ -213,12 +244,14 @@ class VerifyOptions:
             batch size and not at all at the others. At least :data:`MIN_TIMED_BATCHES` are
             timed per batch size.
         stages: ``pkg.module:fn`` declaring the stages by hand (as ``profile --stages``).
-        runtime: How the stages run: ``eager``, or ``graphs`` (CUDA only: per-stage CUDA
-            graphs at bucketed batch sizes, the plain deployment alike); default per device
+        runtime: How the stages and the plain deployment run, both alike
+            (:data:`dyncal.analysis.runtime.RUNTIMES`: ``eager``, ``frozen``, ``compiled``, ``graphs``
+            (CUDA only)); default per device
             (:func:`~dyncal.analysis.graphs.select_runtime`). Recorded in ``settings``.
         throughput: Also measure samples/s of per-batch early exit, the throughput mode
             (``runner.map``) and the plain deployment over the same rows, at every batch
             size (:mod:`dyncal.verbs.verify_throughput`; its own time bound of ``max_seconds``).
+        estimator: The speed-up estimator (:data:`dyncal.paired.ESTIMATORS`, default ``auto``).
 
     Example:
         >>> VerifyOptions(batch_sizes=(1, 32)).batch_sizes
@@ -246,6 +279,7 @@ class VerifyOptions:
     stages: str | None = None
     runtime: str | None = None
     throughput: bool = False
+    estimator: str = "auto"
 
     def __post_init__(self) -> None:
         """Check the values that need no run or model; one device has one name (:func:`device_name`)."""
@@ -259,6 +293,8 @@ class VerifyOptions:
             raise DyncalError(f"{param('batch_sizes')} must be positive, got {list(self.batch_sizes)}")
         if self.threads is not None:
             check_at_least("threads", self.threads, 1, MAX_THREADS)
+        if self.estimator not in ESTIMATORS:
+            raise DyncalError(f"{param('estimator')} must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
         if self.limit is not None and self.limit < 1:
             raise DyncalError(f"{param('limit')} must be at least 1, got {self.limit}")
         if self.verify_key is not None and self.package is None:
@@ -308,10 +344,12 @@ def verify_run(
     with pinned_threads(pin) as n_threads, device_tuned(dev):
         _, probe = next(session.stream([session.order[: min(4, session.n)]]))
         probe = probe.to(dev)
-        eager_runner, model = early_exit(probe)
-        runner, plain, runtime = under_runtime(
-            eager_runner, model, str(opts.runtime), max_batch_size=max(opts.batch_sizes), example=probe
-        )
+        runner, plain = early_exit(probe)
+        runtime = {
+            "runtime": str(opts.runtime),
+            "early_exit": str(opts.runtime),
+            "plain": f"{opts.runtime} (plain deployment: backbone and last head)",
+        }
         used_s = 0.0
         timings: list[PairedTiming] = []
         coverage: dict[str, dict[str, Any]] = {}
@@ -329,8 +367,6 @@ def verify_run(
             else tuple(
                 verify_throughput(
                     session,
-                    eager_runner,
-                    model,
                     probe.to(dev),
                     (runner, plain, runtime["runtime"]),
                     timings,
@@ -353,9 +389,13 @@ def verify_run(
             "min_timed_batches": MIN_TIMED_BATCHES,
             "stopped_early": any(c["stopped_early"] for c in coverage.values()),
             "coverage": coverage,
-            "order": f"rows shuffled (seed {_ORDER_SEED}), then consecutive batches",
+            "order": f"batch 1: rows stratified by simulated exit (seed {_ORDER_SEED}); larger batches: rows "
+            f"shuffled (seed {_ORDER_SEED}), then consecutive batches",
             "pairs": "early exit and plain model back to back on each batch, alternating which goes first; "
             f"each runs {_SETTLE} time(s) untimed right before it is timed",
+            "baseline": BASELINE,
+            "runtime_description": RUNTIMES[str(opts.runtime)],
+            "estimator": opts.estimator,
             "timer": session.timer.label,
             "model_check": model_check,
             "stages": runner.stages.source,
@@ -389,7 +429,13 @@ class _Session:
         self.order = np.random.default_rng(_ORDER_SEED).permutation(self.n)
         self.exits = np.full(self.n, -1, dtype=np.int64)  # what ran, -1 until replayed
         self.preds = np.full(self.n, -1, dtype=np.int64)
-        self.timed_rows = 0  # rows timed (and recorded) at the first batch size
+        self.batches: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}  # key: (timed, all batches)
+
+    def order_for(self, b: int) -> np.ndarray:
+        """Rows in the order batches of ``b`` are timed: stratified by exit at batch 1, else shuffled."""
+        if b == 1:
+            return stratified_order(self.sim_exits, seed=_ORDER_SEED)
+        return self.order
 
     def stream(self, batches: Sequence[np.ndarray]) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """Yield ``(positions, inputs)`` per batch of run positions, read from the data set one batch at a time."""
@@ -424,7 +470,8 @@ class _Session:
         """
         opts, timer, dev = self.opts, self.timer, self.timer.device
         key = str(LatencyKey(opts.device, b))
-        batches = [self.order[s : s + b] for s in range(0, self.n, b)]
+        order = self.order_for(b)
+        batches = [order[s : s + b] for s in range(0, self.n, b)]
         ee_ms: list[list[float]] = []
         full_ms: list[list[float]] = []
         timed: list[np.ndarray] = []
@@ -457,8 +504,7 @@ class _Session:
         if self.progress is not None and len(timed) < len(batches):
             self.progress(key, len(timed), len(timed))
         samples = int(sum(len(p) for p in timed))
-        if first:
-            self.timed_rows = samples
+        self.batches[key] = (timed, batches)
         timing = PairedTiming(
             key=key,
             batch_size=b,
@@ -466,6 +512,7 @@ class _Session:
             full_model_ms=tuple(tuple(r) for r in full_ms),
             predicted_ms=predict_batches_ms(self.run.costs, opts.device, [self.sim_exits[p] for p in timed]),
             solve_expected_ms=self.thresholds.expected_ms.get(key),
+            estimator=opts.estimator,
         )
         if timing.timing_spread > NOISE_IQR_FRACTION:  # the CLI prints it from the result
             log.info(
@@ -486,7 +533,7 @@ class _Session:
 
     def replay_untimed(self, runner: EarlyExitRunner, big: int) -> None:
         """Agreement covers every sample: replay (untimed, in batches of ``big``) the rows the time bound left out."""
-        rest = self.order[self.timed_rows :]
+        rest = self.order[self.exits[self.order] < 0]
         rest_batches = [rest[s : s + big] for s in range(0, len(rest), big)]
         for done, (positions, xb) in enumerate(self.stream(rest_batches), start=1):
             self.record(_try("the early exit", big, partial(runner, xb.to(self.timer.device))), positions)
@@ -498,6 +545,10 @@ class _Session:
     ) -> VerifyResult:
         """The verify result: agreement of what ran with the simulation, and the timings."""
         n, k, dev = self.n, self.run.k, self.timer.device
+        timings = tuple(self.with_requests(t) for t in timings)
+        for t in timings:
+            if t.requests is not None:
+                settings["coverage"][t.key]["requests"] = t.requests.coverage()
         labels = np.asarray(self.run.labels[:n])
         exits, preds, sim_exits, sim_preds = self.exits, self.preds, self.sim_exits, self.sim_preds
         return VerifyResult(
@@ -518,6 +569,21 @@ class _Session:
             settings=settings,
         )
 
+    def with_requests(self, timing: PairedTiming) -> PairedTiming:
+        """``timing`` with its per-request view: the rows, runtime exits and both latencies of each timed unit."""
+        timed, every = self.batches[timing.key]
+        requests = RequestTimings.from_batches(
+            timing.key,
+            timed,
+            self.exits,
+            timing.early_exit_ms,
+            timing.full_model_ms,
+            n_exits=self.run.k,
+            all_batches=every,
+            time_bound_s=self.opts.max_seconds,
+        )
+        return replace(timing, requests=requests)
+
 
 def _into(out: list[T], fn: Callable[[torch.Tensor], T], x: torch.Tensor) -> None:
     """``out.append(fn(x))``: keeps what a timed call returned."""
@@ -525,6 +591,6 @@ def _into(out: list[T], fn: Callable[[torch.Tensor], T], x: torch.Tensor) -> Non
 
 
 def _plain(model: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Any:
-    """The plain model on ``x`` (every exit, no early exit), without autograd."""
+    """The plain deployment on ``x`` (the last exit only, no exit decision), without autograd."""
     with torch.inference_mode():
         return model(x)

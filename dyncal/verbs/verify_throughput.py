@@ -41,7 +41,6 @@ from dyncal.analysis.throughput import measure_throughput
 from dyncal.artifacts.run import Run
 from dyncal.artifacts.verify import PairedTiming
 from dyncal.errors import DyncalError, user_call
-from dyncal.verbs.runtimes import plain_for
 
 __all__ = [
     "MIN_THROUGHPUT_BATCHES",
@@ -150,8 +149,6 @@ def measure_verify_throughput(
 
 def verify_throughput(
     source: ThroughputSource,
-    eager_runner: EarlyExitRunner,
-    model: Callable[[torch.Tensor], Any],
     probe: torch.Tensor,
     timed: tuple[EarlyExitRunner, Callable[[torch.Tensor], Any], str],
     timings: Sequence[PairedTiming],
@@ -159,34 +156,32 @@ def verify_throughput(
     repeats: int,
     budget_s: float,
 ) -> list[dict[str, Any]]:
-    """The throughput measurement of verify: the plain deployment made and counted, then measured.
+    """The throughput measurement of verify: the plain deployment counted, then measured.
 
     See :func:`measure_verify_throughput`; the plain deployment's MACs (fvcore) give the MACs
-    ratio when the run has MACs per exit.
+    ratio when the run has MACs per exit (a package's or a runtime's stages that fvcore
+    cannot count: the last exit's MACs).
 
     Args:
         source: Verify's session.
-        eager_runner: The early exit as built (eager), to cut the plain deployment from.
-        model: The model (or a package's ``full_model``).
-        probe: A few input rows on the device (to export or count the plain deployment on).
-        timed: ``(early exit, plain model, runtime)`` as verify timed them: under ``graphs``
-            the plain model already is the plain deployment under graphs.
+        probe: A few input rows on the device (to count the plain deployment on).
+        timed: ``(early exit, plain deployment, runtime)`` as verify timed them, both under
+            the same runtime.
         timings: Verify's paired timings.
         repeats: Replicates of each mode.
         budget_s: Time bound of this measurement.
     """
-    runner, timed_plain, runtime = timed
-    plain_eager, _, module = plain_for(eager_runner, model, probe)
-    plain = timed_plain if runtime != "eager" else plain_eager
+    runner, plain, runtime = timed
     costs = source.run.costs
     plain_macs: float | None = None
-    if module is None:
-        plain_macs = None if costs is None or costs.macs is None else float(costs.macs[-1])
-    elif costs is not None and costs.macs is not None:
-        try:
-            plain_macs = float(model_macs(module, probe[:1]).macs)
-        except DyncalError as e:  # fvcore cannot count it: no MACs ratio, said in the log
-            log.info("no MACs ratio: the plain deployment's MACs cannot be counted (%s)", e)
+    if costs is not None and costs.macs is not None:
+        plain_macs = float(costs.macs[-1])
+        modules: Sequence[Any] = getattr(getattr(plain, "stages", None), "modules", ())
+        if len(modules) == 1 and isinstance(modules[0], torch.nn.Module) and runtime == "eager":
+            try:
+                plain_macs = float(model_macs(modules[0], probe[:1]).macs)
+            except DyncalError as e:  # fvcore cannot count it: the last exit's MACs, said in the log
+                log.info("the plain deployment's MACs cannot be counted (%s); using the last exit's", e)
     return measure_verify_throughput(
         source, runner, plain, timings, runtime=runtime, repeats=repeats, budget_s=budget_s, plain_macs=plain_macs
     )

@@ -38,7 +38,7 @@ def test_help_fits_80_columns(verb):
 
 def test_choices_are_never_split_mid_word():
     text = _help("solve")
-    assert "[smoothed|optimal|geometric]" in text and "[maxprob|margin|entropy]" in text
+    assert "[optimal|smoothed|geometric]" in text and "[maxprob|margin|entropy]" in text
     assert "[frontier|latency|exits|reliability]" in _help("plot")
 
 

@@ -88,7 +88,7 @@ def test_the_package_deploys_its_last_exit_alone(demo):
 
 def test_requests_are_stored_and_round_trip(demo, tmp_path):
     result = verify_run(demo["run"], demo["th"], limit=ROWS, batch_sizes=(1, 4), max_seconds=600, repeats=2)
-    assert result.settings["baseline"] == BASELINE and result.settings["runtime"] == "eager"
+    assert result.settings["baseline"] == BASELINE and result.settings["runtime"]["runtime"] == "eager"
     b1, b8 = result.timings
     r1 = b1.requests
     assert r1 is not None and b8.requests is not None
@@ -130,7 +130,7 @@ def test_frozen_runtime_keeps_the_exits_exact(demo):
     result = verify_run(
         demo["run"], demo["th"], limit=32, batch_sizes=(1, 8), max_seconds=600, repeats=2, runtime="frozen"
     )
-    assert result.agreement == 1.0 and result.settings["runtime"] == "frozen"
+    assert result.agreement == 1.0 and result.settings["runtime"]["runtime"] == "frozen"
 
 
 @pytest.mark.skip(reason="torch.compile's first compilation takes minutes on a loaded CPU; benchmarks run it")
@@ -189,7 +189,7 @@ def test_cli_verify_prints_the_distribution_and_stores_the_requests(cli, demo, t
     assert "ms per request at cpu/b1: 40 of 40 requests timed" in res.output
     assert "p99" in res.output and "at exit" in res.output and "by the " in res.output
     doc = json.loads(out.read_text())
-    assert doc["settings"]["runtime"] == "frozen" and len(doc["timings"][0]["requests"]["rows"]) == 40
+    assert doc["settings"]["runtime"]["runtime"] == "frozen" and len(doc["timings"][0]["requests"]["rows"]) == 40
     bad = cli("verify", demo["run"], "--thresholds", demo["tmp"] / "th.json", "--runtime", "fast")
     assert bad.exit_code == 1 and "--runtime must be one of" in bad.output and "Traceback" not in bad.output
 

@@ -69,6 +69,8 @@ class ReportData(OperatingChoice):
         latency: Per latency key, the early exit against the full model (measured or predicted).
         methods: Every solver (and the oracle) at the operating point's budget (page 2's table).
         alternatives: Other runs judged against the operating point (``--compare``).
+        robustness: The thresholds on perturbed runs, one row each (``--robustness``,
+            :func:`dyncal.reports.robustness.robustness_table`).
 
     Example:
         >>> data = prepare_report("run", min_accuracy=0.95)  # doctest: +SKIP
@@ -90,6 +92,7 @@ class ReportData(OperatingChoice):
     latency: dict[str, LatencyEvidence]
     methods: tuple[_MethodAtBudget, ...]
     alternatives: tuple[Alternative, ...]
+    robustness: tuple[dict[str, Any], ...] = ()
 
     @property
     def dominating_static(self) -> tuple[Alternative, ...]:
@@ -262,7 +265,16 @@ def prepare_report(run_path: str | os.PathLike[str], options: ReportOptions | No
         latency=evidence,
         methods=methods,
         alternatives=alternatives,
+        robustness=_robustness(choice, options),
     )
+
+
+def _robustness(choice: OperatingChoice, options: ReportOptions) -> tuple[dict[str, Any], ...]:
+    if not options.robustness:
+        return ()
+    from dyncal.reports.robustness import robustness_table
+
+    return robustness_table(choice, options.robustness, options.max_drop)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ PAGE_TITLES = (
     "Thresholds and provenance",
 )
 COMPARE_TITLE = "Against other models"
+ROBUSTNESS_TITLE = "Robustness under perturbed data"
 _GO_COLOR = "#1a7f37"
 _NOGO_COLOR = "#c62828"
 _AMBER = "#b26a00"
@@ -46,7 +47,8 @@ _RC: dict[str, Any] = {
 
 def page_titles(data: ReportData) -> tuple[str, ...]:
     """The report's page titles: six, and a seventh with the other models (--compare)."""
-    return PAGE_TITLES + ((COMPARE_TITLE,) if data.alternatives else ())
+    robustness = (ROBUSTNESS_TITLE,) if data.robustness else ()
+    return PAGE_TITLES + ((COMPARE_TITLE,) if data.alternatives else ()) + robustness
 
 
 def _status_color(status: str | None) -> str:

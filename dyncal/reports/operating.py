@@ -65,6 +65,8 @@ class ReportOptions:
         seed: Seed of the held-out split (default 0).
         command: The command line, shown on the provenance page.
         compare: Other runs to judge the operating point against (one path: one run).
+        robustness: Runs of the same model on other data (``collect --perturb``) to judge the
+            operating point's thresholds on (the robustness page).
 
     Every value is checked when the object is built, so a caller that builds it first (the
     demo) refuses a bad value before any work.
@@ -93,6 +95,7 @@ class ReportOptions:
     seed: int | None = None
     command: str = ""
     compare: Sequence[str | os.PathLike[str]] = ()
+    robustness: Sequence[str | os.PathLike[str]] = ()
 
     def __post_init__(self) -> None:
         """Check every value that needs no run; turn the method's name into a member."""
@@ -100,6 +103,8 @@ class ReportOptions:
             object.__setattr__(self, "method", Method.parse(self.method, "method"))
         if isinstance(self.compare, (str, os.PathLike)):
             object.__setattr__(self, "compare", (self.compare,))
+        if isinstance(self.robustness, (str, os.PathLike)):
+            object.__setattr__(self, "robustness", (self.robustness,))
         Requirements(self.min_accuracy, self.max_drop, self.min_speedup).validate()
         if self.batch_size is not None:
             check_at_least("batch_size", self.batch_size, 1)

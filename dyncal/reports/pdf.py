@@ -87,6 +87,7 @@ class ReportResult:
         verify: The verify result used (path, samples, keys), or None.
         alternatives: The other runs judged against the operating point
             (:meth:`dyncal.reports.compare.Alternative.to_dict`), or None without ``compare``.
+        robustness: The thresholds on each ``robustness`` run (:mod:`dyncal.reports.robustness`), or None.
 
     Example:
         >>> r = ReportResult(Path("r.pdf"), None, (), ("Decision",), "0.5x", "asked", {}, {}, 1)
@@ -109,6 +110,7 @@ class ReportResult:
     notes: tuple[str, ...] = ()
     verify: dict[str, Any] | None = None
     alternatives: tuple[dict[str, Any], ...] | None = None
+    robustness: tuple[dict[str, Any], ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The ``dyncal report --json`` document (``alternatives`` only with ``compare``)."""
@@ -131,6 +133,8 @@ class ReportResult:
         }
         if self.alternatives is not None:
             doc["alternatives"] = [dict(a) for a in self.alternatives]
+        if self.robustness is not None:
+            doc["robustness"] = [dict(r) for r in self.robustness]
         return doc
 
 
@@ -272,6 +276,7 @@ def build_report(
             "agreement": data.verify.agreement,
         },
         alternatives=tuple(a.to_dict() for a in data.alternatives) if options.compare else None,
+        robustness=data.robustness if options.robustness else None,
     )
 
 

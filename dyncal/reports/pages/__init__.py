@@ -10,6 +10,7 @@
 5. Calibration: per-exit accuracy, confidence, ECE and reliability diagrams.
 6. Thresholds and provenance.
 7. With ``compare``: the other models against the operating point (:mod:`.details`).
+8. With ``robustness``: the thresholds on perturbed runs of the same model (:mod:`.robustness`).
 
 Each page function takes the report's data and returns one A4 figure; nothing here computes
 accuracies or thresholds.
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 from dyncal.reports.pages.curves import _page_frontier, _page_latency
 from dyncal.reports.pages.decision import _page_decision
 from dyncal.reports.pages.details import _page_calibration, _page_compare, _page_exits, _page_provenance
+from dyncal.reports.pages.robustness import _page_robustness
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -40,4 +42,4 @@ def report_pages(data: ReportData) -> tuple[Callable[[ReportData], Figure], ...]
         ['_page_decision', '_page_frontier']
     """
     pages = (_page_decision, _page_frontier, _page_latency, _page_exits, _page_calibration, _page_provenance)
-    return pages + ((_page_compare,) if data.alternatives else ())
+    return pages + ((_page_compare,) if data.alternatives else ()) + ((_page_robustness,) if data.robustness else ())

@@ -80,10 +80,13 @@ def collect(
     from dyncal.data import ImageTransform, load_dataset
     from dyncal.models import load_model
     from dyncal.verbs.collect import CollectOptions, collect_run
+    from dyncal.perturb import parse_perturbations
     from dyncal.verbs.rollout import perturbed_run_path
 
     with params.user_errors(ctx):
         collecting = params.options(ctx, CollectOptions, data_spec=data, checkpoint_s=checkpoint_every)  # checked first
+        if perturb:
+            parse_perturbations(perturb)  # a malformed --perturb before any loading
         means = params.float_list(mean, "--mean") or []
         stds = params.float_list(std, "--std") or []
         transform = ImageTransform(resize=resize, crop=crop, mean=tuple(means), std=tuple(stds))

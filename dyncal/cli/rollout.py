@@ -178,24 +178,25 @@ def monitor(
                 assumed_rate=assumed_rate,
                 requests_per_hour=requests_per_hour,
             )
-            render.show(made.to_dict(), json_, print_plan)
-            return
-        if run is None or thresholds is None or telemetry is None:
-            missing = [
-                n for n, v in (("RUN", run), ("--thresholds", thresholds), ("--telemetry", telemetry)) if v is None
-            ]
-            raise DyncalError(
-                f"monitor needs {', '.join(missing)}: dyncal monitor RUN --thresholds T.json --telemetry DIR "
-                "(or --plan --max-drop E)"
-            )
-        from dyncal.artifacts.thresholds import read_thresholds
+            doc, printer = made.to_dict(), print_plan
+        else:
+            if run is None or thresholds is None or telemetry is None:
+                missing = [
+                    n for n, v in (("RUN", run), ("--thresholds", thresholds), ("--telemetry", telemetry)) if v is None
+                ]
+                raise DyncalError(
+                    f"monitor needs {', '.join(missing)}: dyncal monitor RUN --thresholds T.json --telemetry DIR "
+                    "(or --plan --max-drop E)"
+                )
+            from dyncal.artifacts.thresholds import read_thresholds
 
-        eps, dlt = risk_defaults(read_thresholds(thresholds), max_drop, delta)
-        options = MonitorOptions(
-            max_drop=eps, delta=dlt, cost_tolerance=cost_tolerance, window_seconds=window_seconds, n_windows=windows
-        )
-        result = monitor_telemetry(run, thresholds, telemetry, options, labels=labels, package=package)
-    render.show(result.to_dict(), json_, print_monitor)
+            eps, dlt = risk_defaults(read_thresholds(thresholds), max_drop, delta)
+            options = MonitorOptions(
+                max_drop=eps, delta=dlt, cost_tolerance=cost_tolerance, window_seconds=window_seconds, n_windows=windows
+            )
+            result = monitor_telemetry(run, thresholds, telemetry, options, labels=labels, package=package)
+            doc, printer = result.to_dict(), print_monitor
+    render.show(doc, json_, printer)
 
 
 def print_plan(doc: dict[str, Any]) -> None:

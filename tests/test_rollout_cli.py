@@ -120,7 +120,8 @@ def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     ok(
         "collect", "--model", "dyncal.demo:pretrained", "--data", "dyncal.demo:validation", "--out", tmp / "run",
-        "--perturb", "gaussian_noise:0.5", "--perturb", "shift:1", "--pixel-mean", "0.5", "--pixel-std", "0.5", "--limit", "240", "-q",
+        "--perturb", "gaussian_noise:0.5", "--perturb", "shift:1", "--pixel-mean", "0.5", "--pixel-std", "0.5",
+        "--limit", "240", "-q",
     )  # fmt: skip
     ok("profile", tmp / "run", "--macs-only")
     ok("solve", tmp / "run", "--budget", "0.5x", "--out", tmp / "t.json")
@@ -223,3 +224,56 @@ def test_load_early_exit_refuses_a_shadow_without_telemetry(tmp_path):
 
     with pytest.raises(DyncalError, match=r"`shadow` and `metrics` need `telemetry`"):
         load_early_exit(tmp_path, shadow=0.1)
+
+
+@pytest.mark.integration
+def test_the_serving_example_writes_telemetry_that_monitor_reads(demo_runs, tmp_path):
+    for module in ("fastapi", "uvicorn", "httpx", "pyarrow"):
+        pytest.importorskip(module, reason=f"the serving example needs {module} (the serve and rollout extras)")
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    tele = tmp_path / "tele"
+    server = subprocess.Popen(
+        [sys.executable, str(root / "examples/serve/app.py"), "--package", str(demo_runs["pkg"]), "--telemetry",
+         str(tele), "--canary", "0.5", "--shadow", "1", "--port", "0", "--seed", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        line = server.stdout.readline() if server.stdout else ""
+        assert line.startswith("serving on http://127.0.0.1:"), (line, server.stderr and server.stderr.read())
+        url = line.split()[-1]
+        ds = dyncal.load_dataset("dyncal.demo:validation")
+        answers = []
+        with httpx.Client(base_url=url, timeout=60) as client:
+            assert client.get("/healthz").json()["shadow"] == 1.0
+            for i in range(40):
+                x = ds[i][0].numpy()[None].tolist()
+                r = client.post("/predict", json={"inputs": x, "request_ids": [f"q{i}"]})
+                assert r.status_code == 200, r.text
+                answers.append(r.json())
+            bad = client.post("/predict", json={"inputs": [[1.0, 2.0]]})
+            assert bad.status_code == 422 and "want (B, (1, 8, 8))" in bad.text
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    canary = [a for a in answers if a["path"] == ["early_exit"]]
+    assert 5 < len(canary) < 35  # a canary share of 0.5 of 40 requests
+    assert all(a["exits"][0] is not None for a in canary)
+    assert list(tele.glob("*.arrows")) == [] and len(list(tele.glob("*.parquet"))) == 1  # finished on SIGTERM
+    done = subprocess.run(
+        [sys.executable, "-m", "dyncal", "monitor", str(demo_runs["run"]), "--thresholds", str(demo_runs["t"]),
+         "--telemetry", str(tele), "--max-drop", "0.2", "--json"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["n"] == len(canary) and doc["quality"]["n_shadow"] == len(canary)
+    assert doc["decision"] in ("PROCEED", "HOLD")
+    assert doc["telemetry"]["files"] and not doc["telemetry"]["streams"]

@@ -79,8 +79,8 @@ def collect(
     """
     from dyncal.data import ImageTransform, load_dataset
     from dyncal.models import load_model
-    from dyncal.verbs.collect import CollectOptions, collect_run
     from dyncal.perturb import parse_perturbations
+    from dyncal.verbs.collect import CollectOptions, collect_run
     from dyncal.verbs.rollout import perturbed_run_path
 
     with params.user_errors(ctx):

@@ -277,3 +277,23 @@ def test_the_serving_example_writes_telemetry_that_monitor_reads(demo_runs, tmp_
     assert doc["n"] == len(canary) and doc["quality"]["n_shadow"] == len(canary)
     assert doc["decision"] in ("PROCEED", "HOLD")
     assert doc["telemetry"]["files"] and not doc["telemetry"]["streams"]
+
+
+@pytest.mark.integration
+def test_the_runner_counts_requests_per_exit_in_prometheus(demo_runs, tmp_path):
+    pytest.importorskip("pyarrow", reason="telemetry needs pyarrow (the rollout extra)")
+    prom = pytest.importorskip("prometheus_client", reason="metrics need prometheus-client (the rollout extra)")
+    from dyncal.analysis.package_runner import load_early_exit
+
+    registry = prom.CollectorRegistry()
+    runner = load_early_exit(demo_runs["pkg"], telemetry=tmp_path / "t", shadow=1.0, metrics=registry)
+    ds = dyncal.load_dataset("dyncal.demo:validation")
+    exits, preds = runner(torch.stack([ds[i][0] for i in range(30)]))
+    assert runner.telemetry is not None
+    runner.telemetry.close()
+    per_exit = [
+        registry.get_sample_value("dyncal_early_exit_requests_total", {"exit": str(j + 1)}) or 0.0 for j in range(4)
+    ]
+    assert per_exit == np.bincount(exits.numpy(), minlength=4).tolist()
+    assert registry.get_sample_value("dyncal_shadow_requests_total") == 30
+    assert registry.get_sample_value("dyncal_early_exit_latency_seconds_count") == 30

@@ -81,7 +81,6 @@ def collect(
     from dyncal.models import load_model
     from dyncal.perturb import parse_perturbations
     from dyncal.verbs.collect import CollectOptions, collect_run
-    from dyncal.verbs.rollout import perturbed_run_path
 
     with params.user_errors(ctx):
         collecting = params.options(ctx, CollectOptions, data_spec=data, checkpoint_s=checkpoint_every)  # checked first
@@ -91,9 +90,7 @@ def collect(
         stds = params.float_list(std, "--std") or []
         transform = ImageTransform(resize=resize, crop=crop, mean=tuple(means), std=tuple(stds))
         dataset = load_dataset(data, transform=transform, search_path=model_path)
-        folder = data.startswith("imagefolder:")  # its items are normalised with --mean/--std
-        pixels = (pixel_mean or (mean if folder else "0"), pixel_std or (std if folder else "1"))
-        stressed = _perturbed(dataset, data, perturb, perturb_seed, *pixels)
+        stressed = _perturbed(dataset, data, perturb, perturb_seed, (pixel_mean, pixel_std), (mean, std))
         loaded = load_model(model, weights=weights, model_path=model_path, device=device)
         partial = out.parent / (out.name + ".partial")  # `out` itself is checked by collect_run
         had_progress = (partial / "progress.0.json").is_file()
@@ -113,24 +110,47 @@ def collect(
             typer.echo(f"note: --resume: {what}", err=True)
         typer.echo(f"wrote {result.path}: N={result.n}, K={result.k}, C={result.c}", err=True)
     with params.user_errors(ctx):
-        for p, perturbed, spec in stressed:
-            target = perturbed_run_path(out, p)
-            with render.progress(quiet, f"collect {p}") as bar:
-                collect_run(
-                    loaded,
-                    perturbed,
-                    target,
-                    dataclasses.replace(collecting, data_spec=spec),
-                    progress=None if bar is None else functools.partial(bar, ""),
-                    command=params.command_line(ctx),
-                )
-            typer.echo(f"wrote {target}: {p}", err=True)
+        _collect_perturbed(ctx, loaded, stressed, out, collecting, quiet)
 
 
-def _perturbed(dataset: Any, data: str, specs: list[str] | None, seed: int, mean: str, std: str) -> list[Any]:
-    """``collect --perturb``: one (perturbation, data set, data spec) per severity, checked on the first item."""
+def _collect_perturbed(
+    ctx: typer.Context, loaded: Any, stressed: list[Any], out: Path, collecting: Any, quiet: bool
+) -> None:
+    """``collect --perturb``: each perturbed data set collected as its own run ``OUT-NAME-SEVERITY``."""
+    from dyncal.verbs.collect import collect_run
+    from dyncal.verbs.rollout import perturbed_run_path
+
+    for p, perturbed, spec in stressed:
+        target = perturbed_run_path(out, p)
+        with render.progress(quiet, f"collect {p}") as bar:
+            collect_run(
+                loaded,
+                perturbed,
+                target,
+                dataclasses.replace(collecting, data_spec=spec),
+                progress=None if bar is None else functools.partial(bar, ""),
+                command=params.command_line(ctx),
+            )
+        typer.echo(f"wrote {target}: {p}", err=True)
+
+
+def _perturbed(
+    dataset: Any,
+    data: str,
+    specs: list[str] | None,
+    seed: int,
+    pixels: tuple[str | None, str | None],
+    normalised: tuple[str, str],
+) -> list[Any]:
+    """``collect --perturb``: one (perturbation, data set, data spec) per severity, checked on the first item.
+
+    The pixels' normalisation is ``--pixel-mean/--pixel-std``, else imagefolder's ``--mean/--std``, else none.
+    """
     if not specs:
         return []
+    folder = data.startswith("imagefolder:")
+    mean = pixels[0] or (normalised[0] if folder else "0")
+    std = pixels[1] or (normalised[1] if folder else "1")
     from dyncal.verbs.rollout import perturbed_datasets
 
     means = params.float_list(mean, "--pixel-mean") or [0.0]

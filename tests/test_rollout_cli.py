@@ -206,6 +206,17 @@ def test_the_runner_records_each_request_and_monitor_decides_on_it(demo_runs, cl
     text = cli(*common, "--max-drop", "0.1").stdout
     assert text.startswith("decision: PROCEED") and "drift (context)" in text
 
+    labels = tmp_path / "labels.csv"  # labels that arrive later, joined by request id
+    labels.write_text("request_id,label\n" + "".join(f"r{i},{int(y)}\n" for i, y in enumerate(run.labels[:N_SERVED])))
+    doc = json.loads(cli(*common, "--max-drop", "0.1", "--labels", labels, "--json").stdout)
+    early_ok = preds == run.labels[:N_SERVED]
+    assert doc["quality"]["source"] == "labels" and doc["labels"]["accuracy"] == pytest.approx(early_ok.mean())
+
+    page = tmp_path / "monitor.pdf"
+    assert cli(*common, "--max-drop", "0.1", "--out", page).exit_code == 0
+    assert page.read_bytes()[:5] == b"%PDF-"
+    assert_clean_error(cli(*common, "--max-drop", "0.1", "--out", page), r"exists|overwrite")
+
     _serve(demo_runs["pkg"], tmp_path / "none", x[:50], shadow=0.0)
     doc = json.loads(cli(*common[:-1], tmp_path / "none", "--max-drop", "0.05", "--json").stdout)
     assert doc["decision"] == "HOLD" and any("no shadow requests" in r for r in doc["reasons"])

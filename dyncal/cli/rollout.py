@@ -149,6 +149,8 @@ def monitor(
     requests_per_hour: Annotated[
         float | None, typer.Option(help="--plan: traffic, to say how long each step takes.")
     ] = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the decision as a one-page PDF here.")] = None,
+    overwrite: params.OverwriteOpt = False,
     json_: params.JsonOpt = False,
 ) -> None:
     """Production against calibration: PROCEED, HOLD or ROLLBACK for the next rollout step.
@@ -196,7 +198,20 @@ def monitor(
             )
             result = monitor_telemetry(run, thresholds, telemetry, options, labels=labels, package=package)
             doc, printer = result.to_dict(), print_monitor
+            if out is not None:
+                _write_pdf(out, doc, overwrite, (run, thresholds, telemetry))
     render.show(doc, json_, printer)
+
+
+def _write_pdf(out: Path, doc: dict[str, Any], overwrite: bool, protect: tuple[Path, ...]) -> None:
+    from dyncal.artifacts.outputs import claim_output_file, write_output
+    from dyncal.reports.monitor_page import monitor_pdf
+
+    if out.suffix.lower() != ".pdf":
+        raise DyncalError(f"{param('out')} must name a .pdf file, got '{out}'")
+    with claim_output_file(out, overwrite=overwrite, kind="monitor page", protect=protect):
+        write_output(out, monitor_pdf(doc))
+    typer.echo(f"wrote {out}", err=True)
 
 
 def print_plan(doc: dict[str, Any]) -> None:

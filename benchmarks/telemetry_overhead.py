@@ -15,8 +15,9 @@ the process's CPU time (all threads, the writer's included); on a loaded machine
 the steadier figure, and the goal is judged on it.
 The writer's per-request time alone (``record`` without the model) is reported too.
 
-Not measured here: the runner collecting the scores at each evaluated exit (it computes them
-anyway to decide; the wiring hands them over), and Prometheus metrics.
+A third mode times the wiring itself: :func:`dyncal.analysis.package_telemetry.observed_call`, what
+``load_early_exit(DIR, telemetry=...)`` runs per call (scores kept at each exit, then ``record``).
+Not measured here: Prometheus metrics.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import torch
 
 from dyncal.analysis.early_exit import EarlyExitRunner
 from dyncal.analysis.latency import cpu_model, pinned_threads
+from dyncal.analysis.package_telemetry import observed_call
 from dyncal.analysis.stages import build_stages
 from dyncal.artifacts.run import Provenance
 from dyncal.artifacts.run_import import import_arrays
@@ -85,13 +87,17 @@ def main() -> None:
         k = runner.k
         requests = [x[i : i + 1] for i in range(x.shape[0])]
         nan_scores = np.full((1, k), np.nan, dtype=np.float32)
-        for mode, background in (("background", True), ("inline", False)):
+        modes = (("background", True, False), ("inline", False, False), ("runner wiring", True, True))
+        for mode, background, wired in modes:
             writer = TelemetryWriter(work / f"tele-{mode}", ident, shadow=0.0, background=background)
 
             def bare(i: int) -> None:
                 runner(requests[i % len(requests)])
 
-            def with_telemetry(i: int, writer: TelemetryWriter = writer) -> None:
+            def with_telemetry(i: int, writer: TelemetryWriter = writer, wired: bool = wired) -> None:
+                if wired:  # what load_early_exit(telemetry=...) runs: scores kept at each exit, then record()
+                    observed_call(runner, writer, requests[i % len(requests)])
+                    return
                 t0 = time.perf_counter()
                 exits, preds = runner(requests[i % len(requests)])
                 ms = (time.perf_counter() - t0) * 1e3
@@ -176,7 +182,9 @@ def main() -> None:
         "Where the end-to-end figure is far above the writer's own share, the early exit itself ran slower",
         "between telemetry calls (its weights and activations evicted from the core's caches on a machine",
         "shared with other processes); a quiet machine is needed to tell that from the writer's cost.",
-        "Not measured: the runner handing over its scores (the wiring), Prometheus metrics.",
+        "`runner wiring` is what `load_early_exit(DIR, telemetry=...)` runs per call",
+        "(`dyncal.analysis.package_telemetry.observed_call`: the early exit keeping each exit's scores,",
+        "the answer moved to the host, then `record()`), against the plain runner. Not measured: Prometheus metrics.",
         "",
     ]
     text = "\n".join(lines)

@@ -19,6 +19,9 @@ stages, so its decisions are the same code path ``dyncal verify`` measures::
 exit: every stage cut to the values the next stage needs (no intermediate head runs),
 the last stage whole, no exit decision (:mod:`dyncal.analysis.plain`). ``dyncal verify
 --package`` times it as the baseline (:meth:`PackageRunner.plain_runner`).
+
+With ``telemetry=DIR`` every call also records one row per request, and on a ``shadow`` share
+the plain model's prediction (:mod:`dyncal.analysis.package_telemetry`).
 """
 
 from __future__ import annotations
@@ -27,19 +30,23 @@ import hashlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from dyncal import archives
 from dyncal.analysis.early_exit import EarlyExitRunner
+from dyncal.analysis.package_telemetry import observed_call, open_telemetry
 from dyncal.analysis.plain import cut_outputs, plain_runner
 from dyncal.analysis.stages import Stages
 from dyncal.artifacts import package
 from dyncal.artifacts.rundir import PARTIAL_SUFFIX
-from dyncal.errors import DyncalError
+from dyncal.errors import DyncalError, param
 from dyncal.models import load_exported, resolve_device, torch_dtype
+
+if TYPE_CHECKING:
+    from dyncal.telemetry import TelemetryWriter
 
 __all__ = ["PackageRunner", "load_early_exit"]
 
@@ -128,6 +135,7 @@ class PackageRunner(EarlyExitRunner):
         manifest_sha256: SHA-256 of ``manifest.json`` as loaded (pin it to pin the package).
         device: Where the stages run.
         key_id: Id of the key whose signature was verified when loading, or None (no ``verify_key``).
+        telemetry: The telemetry writer (``load_early_exit(telemetry=DIR)``), or None.
     """
 
     def __init__(
@@ -142,6 +150,7 @@ class PackageRunner(EarlyExitRunner):
         self.manifest = manifest
         self.manifest_sha256 = manifest_sha256
         self.key_id: str | None = None
+        self.telemetry: TelemetryWriter | None = None
         self._programs = tuple(programs)
         self._dtype = torch_dtype(manifest.input_dtype, f"package '{path}' input dtype")
         self.device = device
@@ -256,8 +265,12 @@ class PackageRunner(EarlyExitRunner):
         if x.device != self.device:
             raise DyncalError(f"input on {x.device} but the package runs on {self.device}; move it with x.to(...)")
 
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, x: torch.Tensor, request_ids: Sequence[str | None] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Early-exit a batch ``x`` ``(B, *input_shape)`` on the runner's device.
+
+        ``request_ids`` (one per row, or None) go into the telemetry, to join labels that arrive later.
 
         Returns:
             ``(exits, predictions)``, int64 ``(B,)`` each; exits are 0-based.
@@ -269,6 +282,8 @@ class PackageRunner(EarlyExitRunner):
         if x.shape[0] == 0:
             empty = torch.empty((0,), dtype=torch.int64, device=x.device)
             return empty, empty.clone()
+        if self.telemetry is not None:
+            return observed_call(self, self.telemetry, x, request_ids)
         return super().__call__(x)
 
     def map(
@@ -297,6 +312,9 @@ def load_early_exit(
     *,
     device: str = "cpu",
     verify_key: str | os.PathLike[str] | bytes | None = None,
+    telemetry: str | os.PathLike[str] | None = None,
+    shadow: float = 0.0,
+    metrics: Any = None,
 ) -> PackageRunner:
     """Load an exported early-exit package; the model's code is not needed.
 
@@ -312,6 +330,11 @@ def load_early_exit(
         path: A package directory written by ``dyncal export``.
         device: ``cpu``, ``cuda`` or ``cuda:N`` (:meth:`PackageRunner.to` moves it later).
         verify_key: The key file the package was signed with (or the key itself as bytes).
+        telemetry: A folder to write telemetry into (Parquet; needs pyarrow, the ``rollout`` extra),
+            one row per request; None writes none.
+        shadow: With ``telemetry``, the share of requests whose plain model runs too (the last
+            exit's prediction recorded, for ``dyncal monitor``'s drop bound), in [0, 1].
+        metrics: With ``telemetry``, Prometheus metrics: True (the global registry) or a registry.
 
     Returns:
         The runner: ``exits, preds = runner(x)``.
@@ -331,7 +354,12 @@ def load_early_exit(
     if path.name.endswith(PARTIAL_SUFFIX):
         package.read_manifest(path)  # refuses an unfinished export with its own message
     secret = None if verify_key is None else package.read_key(verify_key, "verify_key")
-    return open_package(path, device, secret)
+    if telemetry is None and (shadow or metrics is not None):
+        raise DyncalError(f"{param('shadow')} and {param('metrics')} need {param('telemetry')}: a folder to write into")
+    runner = open_package(path, device, secret)
+    if telemetry is not None:
+        runner.telemetry = open_telemetry(runner, telemetry, shadow=shadow, metrics=metrics)
+    return runner
 
 
 def open_package(path: Path, device: str, secret: bytes | None = None) -> PackageRunner:

@@ -5,7 +5,7 @@ Each verb parses options, calls the library, and prints. Library errors
 anything else is a bug and keeps its traceback.
 """
 
-from dyncal.cli import decide, measure
+from dyncal.cli import decide, measure, rollout
 from dyncal.cli.app import app
 
 # listed by `dyncal --help` in this order, the pipeline's
@@ -21,6 +21,8 @@ for _verb in (
     measure.demo,
     decide.report,
     decide.plot,
+    rollout.evaluate,
+    rollout.monitor,
 ):
     app.command(_verb.__name__.rstrip("_"))(_verb)
 

@@ -207,6 +207,13 @@ def report(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the held-out split (default 0).")] = None,
     compare: params.CompareOpt = None,
+    robustness: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Runs of the same model on other data (collect --perturb writes OUT-NAME-SEVERITY), "
+            "comma-separated or repeated: the operating point judged on each, on a robustness page."
+        ),
+    ] = None,
     overwrite: params.OverwriteOpt = False,
     json_: params.JsonOpt = False,
     **shared: Any,
@@ -228,7 +235,11 @@ def report(
 
     with params.user_errors(ctx):
         asked = params.options(
-            ctx, ReportOptions, command=params.command_line(ctx), compare=params.compared_runs(compare)
+            ctx,
+            ReportOptions,
+            command=params.command_line(ctx),
+            compare=params.compared_runs(compare),
+            robustness=params.compared_runs(robustness),
         )
         result = build_report(run, out, asked, overwrite=overwrite)
     render.show(result.to_dict(), json_, render.print_report)

@@ -51,25 +51,46 @@ def collect(
         float, typer.Option(help="Save progress for --resume at most every this many seconds (0: every batch).")
     ] = 2.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    perturb: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also collect the data corrupted: NAME:SEVERITY[,SEVERITY...] (gaussian_noise, blur, jpeg, "
+            "contrast, brightness, shift), repeatable; each severity becomes its own run OUT-NAME-SEVERITY."
+        ),
+    ] = None,
+    perturb_seed: Annotated[int, typer.Option(help="--perturb: seed of the corruptions' random draws.")] = 0,
+    pixel_mean: Annotated[
+        str | None,
+        typer.Option(help="--perturb: normalisation mean of the inputs (pixel = x * std + mean; imagefolder: --mean)."),
+    ] = None,
+    pixel_std: Annotated[
+        str | None, typer.Option(help="--perturb: normalisation std of the inputs (imagefolder: --std).")
+    ] = None,
 ) -> None:
     """Run a multi-exit model over a data set and store every exit's logits.
 
     Works under torchrun too: each process collects its share, rank 0 assembles the run.
     The run appears only once complete; a second writer of the same --out fails at once;
     a collect that was interrupted (kill -9 included) continues with --resume.
+    With --perturb, each corruption and severity is collected too, as its own run beside the
+    clean one (OUT-gaussian_noise-0.25, ...), for 'dyncal evaluate' and 'report --robustness'.
 
     Example: dyncal collect --model dyncal.demo:pretrained --data dyncal.demo:validation --out run
     """
     from dyncal.data import ImageTransform, load_dataset
     from dyncal.models import load_model
+    from dyncal.perturb import parse_perturbations
     from dyncal.verbs.collect import CollectOptions, collect_run
 
     with params.user_errors(ctx):
         collecting = params.options(ctx, CollectOptions, data_spec=data, checkpoint_s=checkpoint_every)  # checked first
+        if perturb:
+            parse_perturbations(perturb)  # a malformed --perturb before any loading
         means = params.float_list(mean, "--mean") or []
         stds = params.float_list(std, "--std") or []
         transform = ImageTransform(resize=resize, crop=crop, mean=tuple(means), std=tuple(stds))
         dataset = load_dataset(data, transform=transform, search_path=model_path)
+        stressed = _perturbed(dataset, data, perturb, perturb_seed, (pixel_mean, pixel_std), (mean, std))
         loaded = load_model(model, weights=weights, model_path=model_path, device=device)
         partial = out.parent / (out.name + ".partial")  # `out` itself is checked by collect_run
         had_progress = (partial / "progress.0.json").is_file()
@@ -88,6 +109,60 @@ def collect(
             what = f"continued the interrupted collect in '{partial}'" if had_progress else "nothing to resume"
             typer.echo(f"note: --resume: {what}", err=True)
         typer.echo(f"wrote {result.path}: N={result.n}, K={result.k}, C={result.c}", err=True)
+    with params.user_errors(ctx):
+        _collect_perturbed(ctx, loaded, stressed, out, collecting, quiet)
+
+
+def _collect_perturbed(
+    ctx: typer.Context, loaded: Any, stressed: list[Any], out: Path, collecting: Any, quiet: bool
+) -> None:
+    """``collect --perturb``: each perturbed data set collected as its own run ``OUT-NAME-SEVERITY``."""
+    from dyncal.verbs.collect import collect_run
+    from dyncal.verbs.rollout import perturbed_run_path
+
+    for p, perturbed, spec in stressed:
+        target = perturbed_run_path(out, p)
+        with render.progress(quiet, f"collect {p}") as bar:
+            collect_run(
+                loaded,
+                perturbed,
+                target,
+                dataclasses.replace(collecting, data_spec=spec),
+                progress=None if bar is None else functools.partial(bar, ""),
+                command=params.command_line(ctx),
+            )
+        typer.echo(f"wrote {target}: {p}", err=True)
+
+
+def _perturbed(
+    dataset: Any,
+    data: str,
+    specs: list[str] | None,
+    seed: int,
+    pixels: tuple[str | None, str | None],
+    normalised: tuple[str, str],
+) -> list[Any]:
+    """``collect --perturb``: one (perturbation, data set, data spec) per severity, checked on the first item.
+
+    The pixels' normalisation is ``--pixel-mean/--pixel-std``, else imagefolder's ``--mean/--std``, else none.
+    """
+    if not specs:
+        return []
+    folder = data.startswith("imagefolder:")
+    mean = pixels[0] or (normalised[0] if folder else "0")
+    std = pixels[1] or (normalised[1] if folder else "1")
+    from dyncal.verbs.rollout import perturbed_datasets
+
+    means = params.float_list(mean, "--pixel-mean") or [0.0]
+    stds = params.float_list(std, "--pixel-std") or [1.0]
+    return perturbed_datasets(
+        dataset,
+        data,
+        specs,
+        seed=seed,
+        pixel_mean=means[0] if len(means) == 1 else means,
+        pixel_std=stds[0] if len(stds) == 1 else stds,
+    )
 
 
 def import_(

@@ -463,6 +463,7 @@ def compare_alternatives(
         [('static_run', True, False)]
     """
     from dyncal.artifacts.run import load_run
+    from dyncal.evaluate import refuse_other_data
 
     if len(paths) > MAX_ALTERNATIVES:
         raise DyncalError(
@@ -482,6 +483,7 @@ def compare_alternatives(
                 "compare against other models"
             )
         seen[alt.fingerprint] = str(p)
+        refuse_other_data(run, alt)  # the same model on other data is `dyncal evaluate`'s question
     matched = [_match_rows(run, alt, np.asarray(judged)) for alt in alts]
     cost = _comparison_cost(choice, alts)
     out = []

@@ -77,6 +77,8 @@ class ReportData(OperatingChoice):
         alternatives: Other runs judged against the operating point (``--compare``).
         requests: Verify's per-request timings, one per batch size (the tail and the savings).
         savings: What early exit saves at the asked ``rate``, or None.
+        robustness: The thresholds on perturbed runs, one row each (``--robustness``,
+            :func:`dyncal.reports.robustness.robustness_table`).
 
     Example:
         >>> data = prepare_report("run", min_accuracy=0.95)  # doctest: +SKIP
@@ -100,6 +102,7 @@ class ReportData(OperatingChoice):
     alternatives: tuple[Alternative, ...]
     requests: tuple[RequestTimings, ...] = ()
     savings: Savings | None = None
+    robustness: tuple[dict[str, Any], ...] = ()
 
     @property
     def dominating_static(self) -> tuple[Alternative, ...]:
@@ -308,7 +311,16 @@ def prepare_report(run_path: str | os.PathLike[str], options: ReportOptions | No
         alternatives=alternatives,
         requests=requests,
         savings=savings,
+        robustness=_robustness(choice, options),
     )
+
+
+def _robustness(choice: OperatingChoice, options: ReportOptions) -> tuple[dict[str, Any], ...]:
+    if not options.robustness:
+        return ()
+    from dyncal.reports.robustness import robustness_table
+
+    return robustness_table(choice, options.robustness, options.max_drop)
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ PAGE_TITLES = (
 COMPARE_TITLE = "Against other models"
 REQUESTS_TITLE = "Latency as requests feel it"
 SAVINGS_TITLE = "What it saves"
+ROBUSTNESS_TITLE = "Robustness under perturbed data"
 _GO_COLOR = "#1a7f37"
 _NOGO_COLOR = "#c62828"
 _AMBER = "#b26a00"
@@ -98,12 +99,13 @@ def wrap_text(
 
 
 def page_titles(data: ReportData) -> tuple[str, ...]:
-    """The report's page titles: six, then the other models (--compare), verify's requests, the savings (--rate)."""
+    """The report's page titles: six, then --compare, verify's requests, --rate's savings, --robustness."""
     return (
         PAGE_TITLES
         + ((COMPARE_TITLE,) if data.alternatives else ())
         + ((REQUESTS_TITLE,) if data.requests else ())
         + ((SAVINGS_TITLE,) if data.savings is not None else ())
+        + ((ROBUSTNESS_TITLE,) if data.robustness else ())
     )
 
 

@@ -73,6 +73,8 @@ class ReportOptions:
         max_latency_ratio: The same for any percentile: ``p99=1.2``.
         rate: A request rate (``200/s``): the report says what early exit saves at it
             (:mod:`dyncal.analysis.capacity`; needs verify's timed requests).
+        robustness: Runs of the same model on other data (``collect --perturb``) to judge the
+            operating point's thresholds on (the robustness page).
 
     Every value is checked when the object is built, so a caller that builds it first (the
     demo) refuses a bad value before any work.
@@ -106,6 +108,7 @@ class ReportOptions:
     max_p99_ratio: float | None = None
     max_latency_ratio: Sequence[str] = ()
     rate: str | None = None
+    robustness: Sequence[str | os.PathLike[str]] = ()
 
     def __post_init__(self) -> None:
         """Check every value that needs no run; turn the method's name into a member."""
@@ -114,6 +117,8 @@ class ReportOptions:
             object.__setattr__(self, "method", Method.parse(self.method, "method"))
         if isinstance(self.compare, (str, os.PathLike)):
             object.__setattr__(self, "compare", (self.compare,))
+        if isinstance(self.robustness, (str, os.PathLike)):
+            object.__setattr__(self, "robustness", (self.robustness,))
         Requirements(self.min_accuracy, self.max_drop, self.min_speedup).validate()
         if self.batch_size is not None:
             check_at_least("batch_size", self.batch_size, 1)

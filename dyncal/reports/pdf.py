@@ -91,6 +91,7 @@ class ReportResult:
         requests: Latency as requests feel it, per batch size verify timed: coverage and the
             summaries (:meth:`dyncal.artifacts.requests.LatencySummary.to_dict`); None when verify stored none.
         savings: What early exit saves at the asked rate (:meth:`dyncal.analysis.capacity.Savings.to_dict`).
+        robustness: The thresholds on each ``robustness`` run (:mod:`dyncal.reports.robustness`), or None.
 
     Example:
         >>> r = ReportResult(Path("r.pdf"), None, (), ("Decision",), "0.5x", "asked", {}, {}, 1)
@@ -115,6 +116,7 @@ class ReportResult:
     alternatives: tuple[dict[str, Any], ...] | None = None
     requests: dict[str, dict[str, Any]] | None = None
     savings: dict[str, Any] | None = None
+    robustness: tuple[dict[str, Any], ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The ``dyncal report --json`` document (``alternatives`` only with ``compare``)."""
@@ -141,6 +143,8 @@ class ReportResult:
             doc["requests"] = {k: dict(v) for k, v in self.requests.items()}
         if self.savings is not None:
             doc["savings"] = dict(self.savings)
+        if self.robustness is not None:
+            doc["robustness"] = [dict(r) for r in self.robustness]
         return doc
 
 
@@ -284,6 +288,7 @@ def build_report(
         alternatives=tuple(a.to_dict() for a in data.alternatives) if options.compare else None,
         requests=requests_document(data.requests) if data.requests else None,
         savings=None if data.savings is None else data.savings.to_dict(),
+        robustness=data.robustness if options.robustness else None,
     )
 
 

@@ -57,6 +57,33 @@ def _numpy(x: Any, dtype: Any) -> np.ndarray:
     return np.asarray(x, dtype=dtype)
 
 
+def _coerce_batch(
+    exits: Any, predictions: Any, scores: Any, latency_ms: Any, last_predictions: Any, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float | np.ndarray, np.ndarray | None]:
+    """One recorded batch as numpy arrays, shapes checked (see :meth:`TelemetryWriter.record`)."""
+    ex = _numpy(exits, np.int64).reshape(-1)
+    b = ex.shape[0]
+    preds = _numpy(predictions, np.int64).reshape(-1)
+    sc = _numpy(scores, np.float32)
+    lat: float | np.ndarray
+    if isinstance(latency_ms, (int, float)):
+        lat = float(latency_ms)
+    else:
+        lat = np.broadcast_to(_numpy(latency_ms, np.float32), (b,))
+    last = None if last_predictions is None else _numpy(last_predictions, np.int64).reshape(-1)
+    if b == 1:
+        if not 0 <= int(ex[0]) < k:
+            raise DyncalError(f"telemetry exits must lie in [0, {k}), got {ex.tolist()}")
+    elif b and not (0 <= ex.min() and ex.max() < k):
+        raise DyncalError(f"telemetry exits must lie in [0, {k}), got {ex.tolist()[:8]}")
+    if preds.shape != (b,) or sc.shape != (b, k) or (last is not None and last.shape != (b,)):
+        raise DyncalError(
+            f"telemetry of a batch of {b}: predictions {preds.shape}, scores {sc.shape} (want ({b}, {k})) and "
+            f"last_predictions {None if last is None else last.shape} do not fit"
+        )
+    return ex, preds, sc, lat, last
+
+
 class TelemetryMetrics:
     """Prometheus metrics of an early exit: requests per exit, latency, shadow disagreements.
 
@@ -143,6 +170,48 @@ class _Columns:
         scores = np.empty((size, self.scores.shape[1]), np.float32)
         scores[: self.n] = self.scores[: self.n]
         self.scores = scores
+
+    def append(
+        self,
+        time_us: int,
+        batch: int,
+        exits: np.ndarray,
+        predictions: np.ndarray,
+        scores: np.ndarray,
+        latency_ms: float | np.ndarray,
+        last: np.ndarray | None,
+        request_ids: Sequence[str | None] | None,
+    ) -> None:
+        """Store one checked batch (the caller holds the buffer lock)."""
+        b = exits.shape[0]
+        self.reserve(b)
+        i = self.n
+        if b == 1:  # batch-1 serving: item stores
+            self.time_us[i] = time_us
+            self.batch[i] = batch
+            self.batch_size[i] = 1
+            self.exits[i] = exits[0]
+            self.predictions[i] = predictions[0]
+            self.scores[i] = scores[0]
+            self.latency_ms[i] = latency_ms if isinstance(latency_ms, float) else latency_ms[0]
+            self.last[i] = -1 if last is None else last[0]
+        else:
+            j = i + b
+            self.time_us[i:j] = time_us
+            self.batch[i:j] = batch
+            self.batch_size[i:j] = b
+            self.exits[i:j] = exits
+            self.predictions[i:j] = predictions
+            self.scores[i:j] = scores
+            self.latency_ms[i:j] = latency_ms
+            self.last[i:j] = -1 if last is None else last
+        if request_ids is not None:
+            if self.request_ids is None:
+                self.request_ids = [None] * i
+            self.request_ids.extend(None if r is None else str(r) for r in request_ids)
+        elif self.request_ids is not None:
+            self.request_ids.extend([None] * b)
+        self.n += b
 
 
 _WRITERS: weakref.WeakSet[TelemetryWriter] = weakref.WeakSet()
@@ -329,27 +398,10 @@ class TelemetryWriter:
                 f"this telemetry writer was created in process {self._pid} and is used in a forked child "
                 f"({os.getpid()}); create the writer (load the runner) in each worker process"
             )
-        ex = _numpy(exits, np.int64).reshape(-1)
+        ex, preds, sc, lat, last = _coerce_batch(
+            exits, predictions, scores, latency_ms, last_predictions, self.identity.k
+        )
         b = ex.shape[0]
-        preds = _numpy(predictions, np.int64).reshape(-1)
-        sc = _numpy(scores, np.float32)
-        lat: float | np.ndarray
-        if isinstance(latency_ms, (int, float)):
-            lat = float(latency_ms)
-        else:
-            lat = np.broadcast_to(_numpy(latency_ms, np.float32), (b,))
-        last = None if last_predictions is None else _numpy(last_predictions, np.int64).reshape(-1)
-        k = self.identity.k
-        if b == 1:
-            if not 0 <= int(ex[0]) < k:
-                raise DyncalError(f"telemetry exits must lie in [0, {k}), got {ex.tolist()}")
-        elif b and not (0 <= ex.min() and ex.max() < k):
-            raise DyncalError(f"telemetry exits must lie in [0, {k}), got {ex.tolist()[:8]}")
-        if preds.shape != (b,) or sc.shape != (b, k) or (last is not None and last.shape != (b,)):
-            raise DyncalError(
-                f"telemetry of a batch of {b}: predictions {preds.shape}, scores {sc.shape} (want ({b}, {k})) and "
-                f"last_predictions {None if last is None else last.shape} do not fit"
-            )
         if request_ids is not None and len(request_ids) != b:
             raise DyncalError(f"telemetry of a batch of {b} got {len(request_ids)} request ids")
         now = self._clock() if when is None else float(when)
@@ -358,34 +410,7 @@ class TelemetryWriter:
             if self._closed:
                 raise DyncalError("this telemetry writer is closed; load the runner again to record more")
             rows = self._rows
-            rows.reserve(b)
-            i = rows.n
-            if b == 1:  # batch-1 serving: item stores
-                rows.time_us[i] = int(now * 1e6)
-                rows.batch[i] = self._batches
-                rows.batch_size[i] = 1
-                rows.exits[i] = ex[0]
-                rows.predictions[i] = preds[0]
-                rows.scores[i] = sc[0]
-                rows.latency_ms[i] = lat if isinstance(lat, float) else lat[0]
-                rows.last[i] = -1 if last is None else last[0]
-            else:
-                j = i + b
-                rows.time_us[i:j] = int(now * 1e6)
-                rows.batch[i:j] = self._batches
-                rows.batch_size[i:j] = b
-                rows.exits[i:j] = ex
-                rows.predictions[i:j] = preds
-                rows.scores[i:j] = sc
-                rows.latency_ms[i:j] = lat
-                rows.last[i:j] = -1 if last is None else last
-            if request_ids is not None:
-                if rows.request_ids is None:
-                    rows.request_ids = [None] * i
-                rows.request_ids.extend(None if r is None else str(r) for r in request_ids)
-            elif rows.request_ids is not None:
-                rows.request_ids.extend([None] * b)
-            rows.n += b
+            rows.append(int(now * 1e6), self._batches, ex, preds, sc, lat, last, request_ids)
             self._batches += 1
             if rows.oldest is None:
                 rows.oldest = now

@@ -13,6 +13,7 @@
 8. With a verify result that stores its timed requests: latency as requests feel it, the
    distribution (CDF) of early exit vs the plain deployment and by exit (:mod:`.requests`).
 9. With ``rate``: what early exit saves, MLPerf's scenarios, cores and core-hours (:mod:`.requests`).
+10. With ``robustness``: the thresholds on perturbed runs of the same model (:mod:`.robustness`).
 
 Each page function takes the report's data and returns one A4 figure; nothing here computes
 accuracies or thresholds.
@@ -27,6 +28,7 @@ from dyncal.reports.pages.curves import _page_frontier, _page_latency
 from dyncal.reports.pages.decision import _page_decision
 from dyncal.reports.pages.details import _page_calibration, _page_compare, _page_exits, _page_provenance
 from dyncal.reports.pages.requests import _page_requests, _page_savings
+from dyncal.reports.pages.robustness import _page_robustness
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -53,4 +55,5 @@ def report_pages(data: ReportData) -> tuple[Callable[[ReportData], Figure], ...]
     )
     pages += (_page_compare,) if data.alternatives else ()
     pages += (_page_requests,) if data.requests else ()
-    return pages + ((_page_savings,) if data.savings is not None else ())
+    pages += (_page_savings,) if data.savings is not None else ()
+    return pages + ((_page_robustness,) if data.robustness else ())

@@ -1,0 +1,150 @@
+"""Telemetry from the shipped runner: ``load_early_exit(DIR, telemetry=PATH, shadow=0.02)``.
+
+With a telemetry folder, each call of the package's runner records one row per request through
+a :class:`~dyncal.telemetry.TelemetryWriter` (one per process; files and crash behaviour in
+:mod:`dyncal.telemetry`): the time stamp, the exit taken, the score at every exit evaluated
+(the score the exit rule compared with its threshold, with the package's temperatures), the
+prediction and the latency of the early exit in ms (the batch's, measured around it, the
+answer on the host). On a random ``shadow`` share of requests the runner also runs the plain
+model (every stage, nobody leaving) and records the last exit's prediction: the evidence
+``dyncal monitor`` bounds the accuracy drop with. The shadow run is not in the latency.
+
+The early exit here takes the same decisions as :meth:`EarlyExitRunner.__call__
+<dyncal.analysis.early_exit.EarlyExitRunner.__call__>` (same stages, scores and thresholds)
+and keeps each exit's scores; without telemetry the runner does not pay for that.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from dyncal.errors import DyncalError, param
+
+if TYPE_CHECKING:
+    from dyncal.analysis.early_exit import EarlyExitRunner
+    from dyncal.telemetry import TelemetryWriter
+
+__all__ = ["early_exit_with_scores", "observed_call", "open_telemetry"]
+
+
+@torch.inference_mode()
+def early_exit_with_scores(runner: EarlyExitRunner, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Early-exit ``x`` as ``runner(x)`` does, keeping the score of every row at every exit it reached.
+
+    Returns:
+        ``(exits, predictions, scores)``: int64 ``(B,)`` tensors on ``x``'s device, and float32
+        ``(B, K)`` scores on the host, NaN past each row's exit.
+
+    Example:
+        >>> from dyncal.analysis.early_exit import EarlyExitRunner
+        >>> from dyncal.analysis.stages import build_stages
+        >>> from dyncal.demo import pretrained
+        >>> stages = build_stages(pretrained(), torch.zeros(2, 1, 8, 8))
+        >>> runner = EarlyExitRunner(stages, [0.0, 2.0, 2.0, None], [1.0] * 4)
+        >>> exits, preds, scores = early_exit_with_scores(runner, torch.zeros(3, 1, 8, 8))
+        >>> exits.tolist(), scores.shape, bool(np.isnan(scores[:, 1:]).all())
+        ([0, 0, 0], (3, 4), True)
+    """
+    b = int(x.shape[0])
+    taps: list[tuple[torch.Tensor | None, int, torch.Tensor]] = []  # (rows present, exit, their scores)
+    parts: list[tuple[torch.Tensor | None, int, torch.Tensor]] = []
+    alive: torch.Tensor | None = None
+    run = runner.stages.start(x)
+    for k in range(runner.k):
+        logits = run.step()
+        score = runner._score(logits, k)
+        taps.append((alive, k, score))
+        if k == runner.k - 1:
+            parts.append((alive, k, logits.argmax(dim=1)))
+            break
+        leave = score >= runner.thresholds[k]
+        n_leave = int(leave.sum())
+        if n_leave == 0:
+            continue
+        if n_leave == logits.shape[0]:
+            parts.append((alive, k, logits.argmax(dim=1)))
+            break
+        alive = runner._split(run, logits, leave, n_leave, alive, k, parts)
+    exits, preds = runner._assemble(b, parts, x.device)
+    scores = np.full((b, runner.k), np.nan, dtype=np.float32)
+    for rows, k, s in taps:
+        values = s.float().cpu().numpy()
+        if rows is None:
+            scores[:, k] = values
+        else:
+            scores[rows.cpu().numpy(), k] = values
+    return exits, preds, scores
+
+
+def observed_call(
+    runner: EarlyExitRunner,
+    writer: TelemetryWriter,
+    x: torch.Tensor,
+    request_ids: Sequence[str | None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``runner(x)`` with one telemetry row per request (and the plain model on the shadow share).
+
+    Returns:
+        ``(exits, predictions)`` as ``runner(x)``.
+
+    Raises:
+        DyncalError: ``request_ids`` of another length than the batch, or a failed telemetry write.
+    """
+    b = int(x.shape[0])
+    if request_ids is not None and len(request_ids) != b:
+        raise DyncalError(f"{param('request_ids')} has {len(request_ids)} ids for a batch of {b}")
+    shadow = writer.shadow_mask(b)
+    t0 = time.perf_counter()
+    exits, preds, scores = early_exit_with_scores(runner, x)
+    exits_host, preds_host = exits.cpu(), preds.cpu()  # the answer on the host: the latency's end
+    ms = (time.perf_counter() - t0) * 1e3
+    last = None
+    if shadow.any():
+        rows = np.flatnonzero(shadow)
+        index = torch.from_numpy(rows).to(x.device)
+        with torch.inference_mode():
+            plain = runner.stages.run(x.index_select(0, index))[-1].argmax(dim=1).cpu().numpy()
+        last = np.full(b, -1, dtype=np.int64)
+        last[rows] = plain
+    writer.record(exits_host, preds_host, scores, ms, last_predictions=last, request_ids=request_ids)
+    return exits, preds
+
+
+def open_telemetry(
+    runner: Any,
+    folder: str | os.PathLike[str],
+    *,
+    shadow: float = 0.0,
+    metrics: Any = None,
+    seed: int | None = None,
+    **writer_options: Any,
+) -> TelemetryWriter:
+    """The telemetry writer of a package runner (its identity: the manifest, thresholds and run).
+
+    Args:
+        runner: A :class:`~dyncal.analysis.package_runner.PackageRunner`.
+        folder: Telemetry folder (created if missing; several processes may share it).
+        shadow: Share of requests whose plain model is run too, in [0, 1].
+        metrics: Prometheus metrics: None (none), True (the global registry), or a
+            ``prometheus_client.CollectorRegistry``.
+        seed: Seed of the shadow draws (default: fresh entropy).
+        **writer_options: More :class:`~dyncal.telemetry.TelemetryWriter` options (``flush_rows``, ...).
+
+    Raises:
+        DyncalError: A bad ``shadow``, pyarrow (or prometheus-client, with ``metrics``) not installed.
+    """
+    from dyncal.telemetry import PackageIdentity, TelemetryMetrics, TelemetryWriter
+
+    if isinstance(shadow, bool) or not isinstance(shadow, (int, float)) or not 0.0 <= shadow <= 1.0:
+        raise DyncalError(f"{param('shadow')} must be a share in [0, 1], got {shadow!r}")
+    identity = PackageIdentity.from_runner(runner)
+    prom = None
+    if metrics is not None and metrics is not False:
+        prom = TelemetryMetrics(identity.k, registry=None if metrics is True else metrics)
+    return TelemetryWriter(folder, identity, shadow=float(shadow), metrics=prom, seed=seed, **writer_options)

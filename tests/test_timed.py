@@ -97,7 +97,7 @@ def test_page_one_says_how_many_were_timed():
 
 
 def test_verify_output_says_how_many_were_timed(capsys):
-    from dyncal.cli.render import print_verify
+    from dyncal.cli.render_verify import print_verify
 
     v = _verify(_straddling_ratios(), timed_batches=46, seconds=5.0)
     doc = v.to_dict()

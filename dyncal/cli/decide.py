@@ -135,6 +135,37 @@ def frontier(
         render.print_frontier(df, out, shared["holdout"])
 
 
+def _tail_and_savings(
+    max_p99_ms: Annotated[
+        float | None, typer.Option(help="GO needs the p99 latency of a request at most this many ms (e.g. 2.5).")
+    ] = None,
+    max_latency_ms: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="GO needs a latency percentile of a request at most this many ms: p99=2.5, p90=1 or max=4 "
+            "(repeatable). Judged on verify's timed requests at batch 1, else predicted from the profile."
+        ),
+    ] = None,
+    max_p99_ratio: Annotated[
+        float | None,
+        typer.Option(help="GO needs the p99 latency at most this factor of the plain deployment's (e.g. 1.2)."),
+    ] = None,
+    max_latency_ratio: Annotated[
+        list[str] | None,
+        typer.Option(help="The same for any percentile: p99=1.2 (repeatable; needs --verify with timed requests)."),
+    ] = None,
+    rate: Annotated[
+        str | None,
+        typer.Option(
+            help="A request rate (200/s, 12k/min): a page says what early exit saves at it, cores (CPU) or "
+            "devices (GPU) and core-hours per million requests, plain deployment vs early exit (needs --verify)."
+        ),
+    ] = None,
+) -> None:
+    """Report criteria on the tail of request latency, and the rate the savings are computed at."""
+
+
+@params.with_options(_tail_and_savings, after="title")
 @params.with_options(params.latency_column, after="min_speedup")
 def report(
     ctx: typer.Context,
@@ -173,31 +204,6 @@ def report(
         ),
     ] = None,
     title: Annotated[str | None, typer.Option(help="Title on every page.")] = None,
-    max_p99_ms: Annotated[
-        float | None, typer.Option(help="GO needs the p99 latency of a request at most this many ms (e.g. 2.5).")
-    ] = None,
-    max_latency_ms: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="GO needs a latency percentile of a request at most this many ms: p99=2.5, p90=1 or max=4 "
-            "(repeatable). Judged on verify's timed requests at batch 1, else predicted from the profile."
-        ),
-    ] = None,
-    max_p99_ratio: Annotated[
-        float | None,
-        typer.Option(help="GO needs the p99 latency at most this factor of the plain deployment's (e.g. 1.2)."),
-    ] = None,
-    max_latency_ratio: Annotated[
-        list[str] | None,
-        typer.Option(help="The same for any percentile: p99=1.2 (repeatable; needs --verify with timed requests)."),
-    ] = None,
-    rate: Annotated[
-        str | None,
-        typer.Option(
-            help="A request rate (200/s, 12k/min): a page says what early exit saves at it, cores (CPU) or "
-            "devices (GPU) and core-hours per million requests, plain deployment vs early exit (needs --verify)."
-        ),
-    ] = None,
     method: params.MethodOrDefaultOpt = None,
     temperature: Annotated[
         bool, typer.Option("--temperature", help="Fit one temperature per exit on the fitting half.")

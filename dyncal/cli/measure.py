@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import inspect
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from dyncal.choices import Layout
-from dyncal.cli import params, render
+from dyncal.cli import params, render, render_verify
 
 RunDirOpt = Annotated[Path, typer.Option(help="Run directory to create.")]
 
@@ -259,6 +260,28 @@ def profile(
     render.show({"path": str(run), **result.to_dict()}, json_, render.print_profile)
 
 
+def _verify_modes(
+    throughput: Annotated[
+        bool,
+        typer.Option(
+            "--throughput",
+            help="Also measure samples/s of per-batch early exit, the throughput mode (runner.map: continuing rows "
+            "pooled into full batches) and the plain deployment over the same rows, at each --batch-size; says "
+            "which to deploy.",
+        ),
+    ] = False,
+    estimator: Annotated[
+        str,
+        typer.Option(
+            help="Speed-up estimator: auto (the fastest pairs where the machine repeats them, else the ratio of "
+            "means), min, mean or median-ratio; the one used is recorded."
+        ),
+    ] = "auto",
+) -> None:
+    """What verify measures beyond paired latency: the throughput modes, and the speed-up estimator."""
+
+
+@params.with_options(_verify_modes, after="runtime")
 @params.with_options(params.model_overrides, after="repeats")
 def verify(
     ctx: typer.Context,
@@ -282,15 +305,6 @@ def verify(
     data: params.DataOverrideOpt = None,
     stages: params.StagesOpt = None,
     runtime: params.RuntimeOpt = None,
-    throughput: Annotated[
-        bool,
-        typer.Option(
-            "--throughput",
-            help="Also measure samples/s of per-batch early exit, the throughput mode (runner.map: continuing rows "
-            "pooled into full batches) and the plain deployment over the same rows, at each --batch-size; says "
-            "which to deploy.",
-        ),
-    ] = False,
     package: Annotated[
         Path | None,
         typer.Option(
@@ -306,13 +320,6 @@ def verify(
         ),
     ] = None,
     allow_other_model: params.AllowOtherModelOpt = False,
-    estimator: Annotated[
-        str,
-        typer.Option(
-            help="Speed-up estimator: auto (the fastest pairs where the machine repeats them, else the ratio of "
-            "means), min, mean or median-ratio; the one used is recorded."
-        ),
-    ] = "auto",
     overwrite: params.OverwriteOpt = False,
     json_: params.JsonOpt = False,
     **overrides: Any,
@@ -350,7 +357,8 @@ def verify(
             with output_errors(out):
                 result.save(out)
         if package is None:
-            render.note_run_code(run, data=data, **overrides)
+            modes = inspect.signature(_verify_modes).parameters
+            render.note_run_code(run, data=data, **{k: v for k, v in overrides.items() if k not in modes})
     check = result.settings.get("model_check") or {}
     if check.get("allowed"):
         typer.echo(f"note: --allow-other-model: used although {check.get('mismatch')} (recorded)", err=True)
@@ -358,8 +366,8 @@ def verify(
     if json_:
         render.echo_json(doc)
         return
-    render.print_verify(doc, ctx)
-    render.print_runtime_and_throughput(doc)
+    render_verify.print_verify(doc, ctx)
+    render_verify.print_runtime_and_throughput(doc)
     if out is not None:
         typer.echo(f"wrote {out}", err=True)
 

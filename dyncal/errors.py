@@ -20,6 +20,7 @@ T = TypeVar("T")
 
 __all__ = [
     "DyncalError",
+    "one_line",
     "ModelError",
     "DataError",
     "RunError",
@@ -122,6 +123,19 @@ def param(name: str) -> str:
         '`max_drop` must be below 1, got 1.5'
     """
     return f"`{name}`"
+
+
+_LINE_BREAKS = {c: repr(chr(c))[1:-1] for c in (0x0A, 0x0B, 0x0C, 0x0D, 0x1C, 0x1D, 0x1E, 0x85, 0x2028, 0x2029)}
+
+
+def one_line(message: str) -> str:
+    """``message`` with every character that splits a line escaped: an error stays one line whatever a file named.
+
+    Example:
+        >>> one_line("field 'score.\\x1e' must be a number")
+        "field 'score.\\\\x1e' must be a number"
+    """
+    return message.translate(_LINE_BREAKS)
 
 
 def render_params(message: str, flag_of: Callable[[str], str | None]) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import TESTS, assert_clean_error
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -572,6 +572,7 @@ _JSON = st.recursive(
     ),
     value=_JSON,
 )
+@example(key="score", value={"\x1e": float("inf")})  # a key that splits a line is escaped, not echoed
 def test_thresholds_fields_of_any_json_type(base, tmp_path, key, value):
     """Any JSON value in any field: the file verifies (the value fits) or is refused in one line."""
     doc = _thresholds(base)

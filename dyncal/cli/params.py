@@ -20,7 +20,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from dyncal.choices import DEFAULT_METHOD, Choice, Method, Score
-from dyncal.errors import DyncalError, render_params
+from dyncal.errors import DyncalError, one_line, render_params
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -264,7 +264,7 @@ def user_errors(ctx: typer.Context | None = None) -> Iterator[None]:
         with contextlib.redirect_stdout(sys.stderr):
             yield
     except DyncalError as e:
-        typer.echo(f"error: {render_params(str(e), lambda name: flag_of(ctx, name))}", err=True)
+        typer.echo(f"error: {one_line(render_params(str(e), lambda name: flag_of(ctx, name)))}", err=True)
         raise typer.Exit(code=1) from None
     finally:
         library_log.removeHandler(handler)

@@ -132,8 +132,9 @@ def one_line(message: str) -> str:
     """``message`` with every character that splits a line escaped: an error stays one line whatever a file named.
 
     Example:
-        >>> one_line("field 'score.\\x1e' must be a number")
-        "field 'score.\\\\x1e' must be a number"
+        >>> text = "key " + chr(30) + " refused"
+        >>> len(text.splitlines()), len(one_line(text).splitlines())
+        (2, 1)
     """
     return message.translate(_LINE_BREAKS)
 

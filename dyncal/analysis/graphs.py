@@ -520,7 +520,7 @@ def with_runtime(
         ProfileError: ``graphs`` without a CUDA device or with stages that cannot drop rows.
     """
     if runtime not in ("eager", "graphs"):
-        raise DyncalError(f"{param('runtime')} must be eager or graphs here, got {runtime!r}")
+        raise DyncalError(f"{param('runtime')} must be one of eager, graphs, got {runtime!r}")
     if runtime == "eager":
         return runner
     stages = getattr(runner, "stages", None)

@@ -19,7 +19,8 @@ disagreement rate of the first split's calibration half, rounded up to 0.005, si
 disagreement bound can only certify ε above the rate the thresholds disagree at). The true drop is the production half's own, from labels
 (last exit's accuracy minus the early exit's, over every request).
 
-Checks: on clean traffic, ROLLBACK (a false alarm) in at most δ of splits; the bound covers the
+Checks: on clean traffic, ROLLBACK (a false alarm) in at most δ of splits (without labels ROLLBACK
+needs a budget surely broken; a disagreement surely above ε only HOLDs); the bound covers the
 true drop in at least 1 − δ of splits, for every scenario; PROCEED never when the true drop is
 above ε (in at most δ of splits). Also reported: cost per request against the calibration and
 the budget, exit-share drift (χ² p-value) and the ATC accuracy estimate against the truth.
@@ -286,9 +287,10 @@ def main() -> None:
         lines += table(res) + [""]
     lines += [
         "Reading: the disagreement bound is conservative by construction (disagreement >= loss >= drop), so it",
-        "covers the drop; a shift that leaves quality alone keeps PROCEED or HOLD, one that breaks the certificate",
-        "(disagreement surely above ε) or the budget rolls back. Drift (exit shares) moves under every shift and",
-        "decides nothing on its own.",
+        "covers the drop; but a disagreement above ε is no shown drop (the early exit can disagree and be right),",
+        "so without labels it HOLDs (cannot certify), never rolls back. ROLLBACK needs shown harm: with labels, the",
+        "drop's lower bound above ε, or the cost surely above the budget (+ tolerance). These runs carry no labels,",
+        "so ROLLBACK here means a broken budget. Drift (exit shares) moves under every shift and decides nothing.",
         "",
     ]
     text = "\n".join(lines)

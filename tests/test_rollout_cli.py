@@ -205,6 +205,10 @@ def test_the_runner_records_each_request_and_monitor_decides_on_it(demo_runs, cl
     assert doc["quality"]["disagreements"] == int((z_preds[np.arange(N_SERVED), exits] != z_preds[:, -1]).sum())
     text = cli(*common, "--max-drop", "0.1").stdout
     assert text.startswith("decision: PROCEED") and "drift (context)" in text
+    # an ε no label-free evidence of this size can certify: HOLD and ask for labels, never ROLLBACK on disagreement
+    doc = json.loads(cli(*common, "--max-drop", "0.001", "--json").stdout)
+    assert doc["quality"]["upper"] > 0.001 and doc["cost"]["status"] != "over"
+    assert doc["decision"] == "HOLD" and any("cannot certify the drop without labels" in r for r in doc["reasons"])
 
     labels = tmp_path / "labels.csv"  # labels that arrive later, joined by request id
     labels.write_text("request_id,label\n" + "".join(f"r{i},{int(y)}\n" for i, y in enumerate(run.labels[:N_SERVED])))

@@ -26,6 +26,7 @@ from dyncal.monitor import (
     MonitorOptions,
     atc_threshold,
     clopper_pearson,
+    decide,
     monitor,
     population_stability_index,
     rollout_plan,
@@ -198,13 +199,37 @@ def test_enough_agreeing_shadow_requests_proceed(reference: CalibrationReference
     assert report.quality["upper"] <= 0.02 and report.quality["passed"]
 
 
-def test_a_disagreement_surely_above_epsilon_rolls_back(reference: CalibrationReference):
+def test_a_disagreement_surely_above_epsilon_without_labels_holds_never_rolls_back(reference: CalibrationReference):
+    # disagreement bounds the drop only from above (the early exit may be the one that is right): no shown harm
     opts = MonitorOptions(max_drop=0.02)
     report = monitor(reference, telemetry(2000, disagree=100, shadow=1000), opts)  # 10% disagree
-    assert report.decision == ROLLBACK
-    assert report.quality["lower"] > 0.02
+    assert report.quality["lower"] > 0.02 and report.cost["status"] == "ok"
+    assert report.decision == HOLD
+    assert any("cannot certify the drop without labels" in r and "--labels" in r for r in report.reasons)
     near = monitor(reference, telemetry(2000, disagree=25, shadow=1000), opts)  # 2.5%: not surely above 2%
     assert near.decision == HOLD and near.quality["lower"] <= 0.02 < near.quality["upper"]
+    assert any("cannot certify the drop without labels" in r for r in near.reasons)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    n=st.integers(1, 20_000),
+    frac=st.floats(0.0, 1.0),
+    eps=st.floats(0.001, 0.5),
+    cost=st.sampled_from(["ok", "uncertain", "no budget", "no requests"]),
+)
+def test_without_labels_the_decision_is_never_rollback_unless_the_budget_breaks(
+    n: int, frac: float, eps: float, cost: str
+):
+    count = round(frac * n)
+    lo, hi = clopper_pearson(count, n, 0.05)
+    quality = {"source": "shadow", "n": n, "n_shadow": n, "count": count, "lower": lo, "upper": hi}
+    costs = {"status": cost, "mean": 1.0, "limit": 1.0, "budget": 1.0}
+    decision, reasons = decide(quality, costs, MonitorOptions(max_drop=eps))
+    assert decision != ROLLBACK
+    assert (decision == PROCEED) == (hi <= eps and cost in ("ok", "no budget"))
+    if hi > eps:
+        assert any("cannot certify the drop without labels" in r for r in reasons)
 
 
 def test_cost_over_the_budget_rolls_back_even_when_quality_holds(reference: CalibrationReference):
@@ -260,7 +285,7 @@ def test_labels_bound_the_drop_by_losses(reference: CalibrationReference):
     labels = {str(i): 1 for i in range(n)}
     opts = MonitorOptions(max_drop=0.02)
     unlabelled = monitor(reference, data, opts)
-    assert unlabelled.decision == ROLLBACK
+    assert unlabelled.decision == HOLD  # 10% disagreement is no shown drop
     report = monitor(reference, data, opts, labels=labels)
     assert report.quality["source"] == "labels" and report.quality["count"] == 0
     assert report.labels is not None and report.labels["drop"] == pytest.approx(-0.1)
@@ -270,6 +295,12 @@ def test_labels_bound_the_drop_by_losses(reference: CalibrationReference):
     bad = monitor(reference, data, opts, labels=harmed)
     assert bad.labels is not None and bad.labels["drop"] == pytest.approx(0.1)
     assert bad.quality["harm_lower"] > 0.02 and bad.decision == ROLLBACK
+    assert any("labelled drop is above" in r for r in bad.reasons)
+    # losses whose upper bound is above ε but whose drop is not surely above it: wait, do not roll back
+    few = {str(i): (2 if i < 75 else 1) for i in range(n)}  # 2.5% losses
+    unsure = monitor(reference, data, opts, labels=few)
+    assert unsure.quality["harm_lower"] <= 0.02 < unsure.quality["upper"]
+    assert unsure.decision == HOLD and any("wait for more requests" in r for r in unsure.reasons)
 
 
 def test_windows_show_the_trend(reference: CalibrationReference):
@@ -278,7 +309,13 @@ def test_windows_show_the_trend(reference: CalibrationReference):
     both = TelemetryData(*(np.concatenate([getattr(good, f), getattr(bad, f)]) for f in good.__dataclass_fields__))
     report = monitor(reference, both, MonitorOptions(max_drop=0.02, window_seconds=5.0))
     decisions = [w["decision"] for w in report.windows if w["n"]]
-    assert decisions == [PROCEED, ROLLBACK]
+    assert decisions == [PROCEED, HOLD]  # without labels the disagreeing window cannot be certified
+    assert report.decision == HOLD
+    # labels showing that the last exit was right where they disagree: the second window rolls back
+    both = replace(both, request_ids=np.array([str(i) for i in range(2000)], dtype=object))
+    labels = {str(i): (2 if 1000 <= i < 1200 else 1) for i in range(2000)}
+    report = monitor(reference, both, MonitorOptions(max_drop=0.02, window_seconds=5.0), labels=labels)
+    assert [w["decision"] for w in report.windows if w["n"]] == [PROCEED, ROLLBACK]
     assert report.decision == ROLLBACK
     assert sum(w["n"] for w in report.windows) == 2000
 

@@ -158,7 +158,9 @@ def monitor(
     Quality without labels: on shadow requests the early exit's disagreement with the last exit
     bounds the accuracy drop (exact Clopper-Pearson bound at 1 - delta); with --labels, the
     losses do. Cost: mean MACs / ms per request against the budget. Drift (exit shares, scores)
-    is context and never decides. Shadow share 0 gives no evidence: HOLD, never PROCEED.
+    is context and never decides. ROLLBACK only on shown harm: with --labels a drop surely above
+    --max-drop, or a cost surely over the budget; without labels an uncertified disagreement is
+    HOLD. Shadow share 0 gives no evidence: HOLD, never PROCEED.
     Repeated per time window so a trend shows.
 
     Example: dyncal monitor run --thresholds thresholds.json --telemetry telemetry/

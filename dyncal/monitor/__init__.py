@@ -24,14 +24,18 @@ solve met (``budget.value``; the cost met when no budget was asked) widened by
 
 **The decision** (:func:`decide`), in this order:
 
-1. ``ROLLBACK`` when the quality certificate is broken: the disagreement's lower bound exceeds
-   ε (the upper bound can then never come below ε, however long one waits); with labels, when
-   the drop's own lower bound (losses' lower bound minus gains' upper bound, δ/2 each)
-   exceeds ε, i.e. harm is shown. Or when the cost's lower bound exceeds the budget limit.
-2. ``PROCEED`` when there is shadow evidence, the upper bound is at most ε, and the cost's mean
-   is within the limit (or there is no budget to hold).
-3. ``HOLD`` otherwise: no shadow requests (no evidence is never PROCEED), too few to bound
-   the drop, or a cost above the limit that is not yet significant.
+1. ``ROLLBACK`` only on shown harm: with labels, when the drop's own lower bound (losses'
+   lower bound minus gains' upper bound, δ/2 each) exceeds ε; or when the cost's lower bound
+   exceeds the budget limit. Disagreement alone never rolls back: it bounds the drop only from
+   above (the early exit can disagree with the last exit and be right), so a disagreement
+   surely above ε is no shown drop.
+2. ``PROCEED`` when there is shadow evidence, the upper bound (disagreement's, or the losses'
+   with labels) is at most ε, and the cost's mean is within the limit (or there is no budget
+   to hold).
+3. ``HOLD`` otherwise: no shadow requests (no evidence is never PROCEED); without labels, a
+   disagreement not certifiably at most ε ("cannot certify the drop without labels": add
+   labels or collect more shadow requests); too few labelled requests to bound the losses; or
+   a cost above the limit that is not yet significant.
 
 Drift statistics (exit shares by χ², per-exit scores by Kolmogorov-Smirnov and PSI, the
 average-thresholded-confidence accuracy estimate of Garg et al. 2022) are context: they never

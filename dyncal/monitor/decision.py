@@ -343,12 +343,6 @@ def decide(quality: Mapping[str, Any], cost: Mapping[str, Any], opts: MonitorOpt
             f"the labelled drop is above {pct} with confidence {1 - opts.delta:g} "
             f"(lower bound {quality['harm_lower']:.4f})"
         )
-    elif not labelled and n and quality.get("lower", 0.0) > eps:
-        rollback = True
-        reasons.append(
-            f"the early exit disagrees with the last exit on more than {pct} of shadow requests with confidence "
-            f"{1 - opts.delta:g} (lower bound {quality['lower']:.4f}): the drop bound cannot pass"
-        )
     if cost.get("status") == "over":
         rollback = True
         reasons.append(
@@ -362,6 +356,13 @@ def decide(quality: Mapping[str, Any], cost: Mapping[str, Any], opts: MonitorOpt
             "no shadow requests: without them the drop cannot be bounded (start the runner with a shadow share > 0)"
             if not labelled
             else "no labelled shadow requests"
+        )
+    elif not labelled and quality.get("upper") is not None and quality["upper"] > eps:
+        # disagreement only bounds the drop from above: a disagreement above ε is no shown drop, so never ROLLBACK
+        reasons.append(
+            f"cannot certify the drop without labels: disagreement [{quality['lower']:.4f}, {quality['upper']:.4f}] "
+            f"vs ε {eps:g} ({quality['count']} {what} in {n} shadow requests); add labels (--labels) or collect "
+            "more shadow requests"
         )
     elif quality.get("upper") is not None and quality["upper"] > eps:
         reasons.append(

@@ -406,15 +406,7 @@ class BucketedStages(Stages):
         modules = [
             BucketedStage(stages, k, buckets, backend, pool, clone_outputs=clone_outputs) for k in range(stages.k)
         ]
-        super().__init__(
-            modules,
-            batch_dims=stages.batch_dims,
-            source=stages.source,
-            dynamic_batch=stages.dynamic_batch,
-            example_batch_size=stages.example_batch_size,
-            whole=stages.whole,
-            drop_rows_reason=stages.drop_rows_reason,
-        )
+        super().__init__(modules, **stages.layout())
 
     @property
     def bucketed(self) -> list[BucketedStage]:

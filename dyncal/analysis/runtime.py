@@ -160,15 +160,7 @@ def runtime_stages(stages: Stages, runtime: str, *, example: torch.Tensor) -> St
         raise ProfileError(
             f"the stages cannot run under `runtime` {runtime} ({describe(e)}); use `runtime` eager"
         ) from e
-    built = Stages(
-        modules,
-        batch_dims=stages.batch_dims,
-        source=stages.source,
-        dynamic_batch=stages.dynamic_batch,
-        example_batch_size=stages.example_batch_size,
-        whole=stages.whole,
-        drop_rows_reason=stages.drop_rows_reason,
-    )
+    built = Stages(modules, **stages.layout())
     _check(stages, built, example, runtime)
     return built
 

@@ -171,6 +171,17 @@ class Stages:
                 "not be exported with a dynamic batch)"
             )
 
+    def layout(self) -> dict[str, Any]:
+        """Everything but the modules, as :class:`Stages`' keyword arguments: other modules, same stages."""
+        return {
+            "batch_dims": self.batch_dims,
+            "source": self.source,
+            "dynamic_batch": self.dynamic_batch,
+            "example_batch_size": self.example_batch_size,
+            "whole": self.whole,
+            "drop_rows_reason": self.drop_rows_reason,
+        }
+
     @property
     def can_drop_rows(self) -> bool:
         """Whether samples can leave between stages (:meth:`StageRun.keep`).

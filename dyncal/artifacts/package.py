@@ -43,7 +43,7 @@ from dyncal.artifacts import validate as V
 from dyncal.artifacts.atomic import temp_target
 from dyncal.artifacts.ownership import foreign_entry, is_regular_file, json_schema
 from dyncal.artifacts.rundir import PARTIAL_SUFFIX
-from dyncal.artifacts.thresholds import TEMPERATURE_RANGE, decision_fingerprint
+from dyncal.artifacts.thresholds import TEMPERATURE_RANGE, decision_fingerprint, read_exit_rule
 from dyncal.choices import Score
 from dyncal.errors import DyncalError, describe, param
 
@@ -203,15 +203,7 @@ class PackageManifest:
             manifest = cls(
                 k=k,
                 c=V.integer(V.require(d, "c"), "c", minimum=2),
-                score=V.string(V.require(d, "score"), "score", choices=tuple(Score)),
-                temperatures=V.number_list(
-                    V.require(d, "temperatures"),
-                    "temperatures",
-                    length=k,
-                    positive=True,
-                    minimum=TEMPERATURE_RANGE[0],
-                    maximum=TEMPERATURE_RANGE[1],
-                ),
+                **read_exit_rule(d, k),
                 thresholds=(*(V.number(t, f"thresholds[{i}]") for i, t in enumerate(raw[:-1])), None),
                 decision_fingerprint=V.string(V.require(d, "decision_fingerprint"), "decision_fingerprint"),
                 input_shape=tuple(

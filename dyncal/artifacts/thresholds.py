@@ -39,6 +39,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "ThresholdsDocument",
     "decision_fingerprint",
+    "read_exit_rule",
     "read_thresholds",
     "check_thresholds_for_run",
     "check_thresholds_figures",
@@ -81,9 +82,16 @@ MAX_THRESHOLDS_BYTES = 16 << 20
 """Largest thresholds.json accepted (dyncal writes a few kB)."""
 
 TEMPERATURE_RANGE = (1e-3, 1e3)
-"""Temperatures a document may hold: well around what the fitter searches (0.05 to 20, or 1 unfitted).
+"""Temperatures a document may hold: around what the fitter searches (0.05 to 20); beyond, ``logits / T`` overflows."""
 
-Beyond it ``logits / T`` is no calibration but an overflow (``1e-320``) or a constant."""
+
+def read_exit_rule(d: Mapping[str, Any], k: int) -> dict[str, Any]:
+    """``score`` and ``k`` ``temperatures`` (in :data:`TEMPERATURE_RANGE`) of a thresholds document or a manifest."""
+    (lo, hi), temperatures = TEMPERATURE_RANGE, V.require(d, "temperatures")
+    return {
+        "score": V.string(V.require(d, "score"), "score", choices=tuple(Score)),
+        "temperatures": V.number_list(temperatures, "temperatures", length=k, positive=True, minimum=lo, maximum=hi),
+    }
 
 
 @dataclass(frozen=True)
@@ -205,15 +213,7 @@ class ThresholdsDocument:
         ci = d.get("holdout_ci")
         at_bound = d.get("temperature_at_bound")
         return cls(
-            score=V.string(V.require(d, "score"), "score", choices=tuple(Score)),
-            temperatures=V.number_list(
-                V.require(d, "temperatures"),
-                "temperatures",
-                length=k,
-                positive=True,
-                minimum=TEMPERATURE_RANGE[0],
-                maximum=TEMPERATURE_RANGE[1],
-            ),
+            **read_exit_rule(d, k),
             thresholds=(*thresholds, None),
             method=V.string(V.require(d, "method"), "method"),
             budget=_budget_from_dict(d.get("budget") or {}),

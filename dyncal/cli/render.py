@@ -384,7 +384,8 @@ def _print_savings(s: dict[str, Any] | None) -> None:
     plain, early = s["offline"]["plain"], s["offline"]["early_exit"]
     saving = "" if s["offline_saving"] is None else f"{100 * s['offline_saving']:.0f}% fewer; "
     typer.echo(
-        f"what it saves at {s['rate_per_s']:g}/s: early exit {early['cores']} {s['unit']}, plain deployment "
+        f"what it saves at {s['rate_per_s']:g}/s: early exit {early['cores']} "
+        f"{s['unit'] if early['cores'] != 1 else s['unit'].removesuffix('s')}, plain deployment "
         f"{plain['cores']} ({saving}Offline, batch {early['batch_size']}); "
         f"{early['core_hours_per_million']:.3g} vs {plain['core_hours_per_million']:.3g} core-hours per million "
         "requests"

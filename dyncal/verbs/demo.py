@@ -35,7 +35,7 @@ DEMO_DATA = "dyncal.demo:validation"
 _BATCH_SIZES = (1, 32)
 
 
-_DEMO_RATE = "200/s"
+_DEMO_RATE = "20000/s"
 _DEMO_OUTPUTS = ("thresholds.json", "frontier.csv", "report.pdf", "verify.json")
 _OLD_RUN_LOCK = re.compile(rb"\d*\n?")  # run.lock of dyncal before 0.x wrote a bare pid
 
@@ -222,7 +222,8 @@ def _summary(
     if saved:
         plain, early = saved["offline"]["plain"], saved["offline"]["early_exit"]
         lines.append(
-            f"  what it saves at {_DEMO_RATE}: early exit {early['cores']} {saved['unit']} vs {plain['cores']} for the "
+            f"  what it saves at {_DEMO_RATE}: early exit {early['cores']} "
+            f"{saved['unit'] if early['cores'] != 1 else saved['unit'].removesuffix('s')} vs {plain['cores']} for the "
             f"plain deployment (Offline, batch {early['batch_size']}; page {len(report['pages'])})"
         )
     return "\n".join(lines)

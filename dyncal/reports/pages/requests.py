@@ -123,8 +123,8 @@ def savings_sentence(s: Savings) -> str:
         >>> server
         'Served one request at a time (Server): 6 against 14, 57% fewer.'
     """
-    unit = s.unit
     off = s.offline
+    unit = s.unit if off["early_exit"].cores != 1 else s.unit.removesuffix("s")
     text = (
         f"At {s.rate_per_s:g} requests/s early exit needs {off['early_exit'].cores:,} {unit} where the plain "
         f"deployment needs {off['plain'].cores:,}: {_saving(s.offline_saving)} fewer "

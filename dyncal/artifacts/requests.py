@@ -16,6 +16,9 @@ script reading verify.json can recompute every figure:
 * 95% percentile-bootstrap **intervals**, seeded: a resample redraws the units within
   their exit (the exit mix is known from every replayed row, not only the timed ones) and,
   for timing noise, the pairs within each unit (the two deployments keep their pairing).
+  :attr:`RequestTimings.bootstrap_draws` resamples: 2000, fewer (at least 500) past 30M
+  replicate draws, so a large validation set is summarised in seconds
+  (:mod:`dyncal.artifacts.request_draws`; ``benchmarks/request_summary_speed.md``).
   The draws are re-centred on the estimate (:func:`dyncal.stats.centred_interval`): the bootstrap of a
   fastest replicate or of a tail is biased, and an interval should hold its estimate.
   :meth:`RequestTimings.percentile` gives one percentile with the three intervals the

@@ -11,7 +11,8 @@ time, always killed), on the same samples.
 Every verify's paired timings are read by the estimators side by side: the existing one
 (``median-ratio``: the median of each batch's pair ratios, :attr:`PairedTiming.speedup`) and
 issue 21's (``auto``, :func:`dyncal.paired.paired_speedup`: each batch's fastest pair per
-side when the machine repeats its fastest runs, else the ratio of mean times), with the two
+side when undisturbed plain runs are expected in every batch (:func:`dyncal.paired.clean_runs`),
+else the ratio of mean times), with the two
 it chooses between forced (``min``, ``mean``). The goal: loaded / quiet within x1.1, and
 never the opposite verdict (the report's rule at the required speed-up).
 
@@ -220,7 +221,8 @@ def main() -> None:
         f"{args.limit} samples at batch 1 and 32, {args.repeats} pairs per "
         f"batch, {args.runs} runs; loaded = {args.busy} busy processes (`while True: pass`). Each verify's paired "
         "timings read by the estimators: `median-ratio` (the existing `PairedTiming.speedup`) and `auto` "
-        "(`dyncal.paired.paired_speedup`: each batch's fastest pair per side where the fastest runs repeat, "
+        "(`dyncal.paired.paired_speedup`: each batch's fastest pair per side where undisturbed plain runs are "
+        "expected in every batch, pooled over the pairs, "
         "else the ratio of mean times; the one it chose in brackets), and the two it chooses between forced. "
         f"Verdict by the report's rule at a required {args.min_speedup:g}x. Goal: loaded/quiet within x1.1, never "
         "the opposite verdict.",

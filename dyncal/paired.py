@@ -26,9 +26,15 @@ minimum of the repeats: the fastest run is the one the machine disturbed least.
     one-sided rule discards the short side's rare hits and keeps the long side's common
     ones, which biases the ratio (a long stall widens the interval instead).
 ``auto`` (the default)
-    ``min`` when the machine repeats its fastest runs (on both sides, in at least
-    :data:`FLOOR_SHARE` of the batches the second-fastest pair is within 5% of the
-    fastest: :func:`floor_confirmed`), else ``mean``.
+    ``min`` when the plain deployment can be expected to have undisturbed runs in every
+    batch, else ``mean`` (:func:`clean_runs`). The choice reads one figure pooled over
+    every pair: the share of the early exit's pairs a preemption hit (more than
+    :data:`HIT_TOLERANCE` above its batch's fastest), turned into the chance that a run
+    as long as the plain deployment escapes (preemptions arrive per unit of running
+    time), times the pairs per batch: ``min`` from :data:`CLEAN_RUNS` expected clean
+    runs. A per-batch test (does the second-fastest repeat the fastest?) read on 8
+    batches flipped between runs, and a disturbed plain deployment repeats its disturbed
+    time (every run loses one slice), which the per-batch test took for a floor.
 ``median-ratio``
     The existing estimator, kept for comparison (``benchmarks/verdict_under_load_core.py``).
 
@@ -65,6 +71,7 @@ __all__ = [
     "paired_speedup",
     "preempted",
     "floor_confirmed",
+    "clean_runs",
     "more_pairs",
 ]
 
@@ -78,7 +85,11 @@ ESTIMATORS = {
 PREEMPTION_MADS = 3.5
 """A time more than this many scaled MADs above its batch's median on its side counts as preempted."""
 FLOOR_SHARE = 0.5
-"""``auto`` takes ``min`` when at least this share of batches repeat their fastest time on both sides."""
+"""(Before the pooled rule) share of batches repeating their fastest time; kept as a recorded diagnostic."""
+HIT_TOLERANCE = 0.25
+"""A time more than this fraction above its batch's fastest on its side counts as hit (for ``auto``'s choice)."""
+CLEAN_RUNS = 2.0
+"""``auto`` takes ``min`` when at least this many undisturbed plain runs are expected per batch."""
 FLOOR_TOLERANCE = 0.05
 """A batch repeats its fastest time when its second-fastest pair is within this fraction of it."""
 SPREAD_LIMIT = 0.10
@@ -111,6 +122,7 @@ class PairedEstimate:
         floor_confirmed: Share of batches repeating their fastest time, early exit and plain
             (:func:`floor_confirmed`).
         asked: The estimator asked for (``"auto"`` by default).
+        expected_clean_runs: Undisturbed plain runs expected per batch (:func:`clean_runs`), ``auto``'s figure.
     """
 
     estimator: str
@@ -125,6 +137,7 @@ class PairedEstimate:
     timing_spread: float
     floor_confirmed: tuple[float, float] = (1.0, 1.0)
     asked: str = "auto"
+    expected_clean_runs: float = float("inf")
 
     @property
     def description(self) -> str:
@@ -134,12 +147,11 @@ class PairedEstimate:
         )
         if self.asked != "auto":
             return what
-        ee, pl = self.floor_confirmed
-        why = "repeat" if self.estimator == "min" else "do not repeat"
+        why = "expect" if self.estimator == "min" else "do not expect"
         return (
-            f"{what}; chosen because the fastest runs {why} (second-fastest within "
-            f"{100 * FLOOR_TOLERANCE:.0f}% in {100 * ee:.0f}% of batches for the early exit, {100 * pl:.0f}% "
-            "for the plain deployment)"
+            f"{what}; chosen because the pairs {why} undisturbed plain runs in every batch "
+            f"({self.expected_clean_runs:.1f} per batch from the early exit's preempted share; "
+            f"{CLEAN_RUNS:g} wanted)"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -158,6 +170,7 @@ class PairedEstimate:
             "discarded_pairs": self.discarded,
             "timing_spread": self.timing_spread,
             "floor_confirmed": list(self.floor_confirmed),
+            "expected_clean_runs": self.expected_clean_runs,
         }
 
 
@@ -225,6 +238,29 @@ def floor_confirmed(ms: Timings) -> float:
         return float(np.mean(a[:, 1] <= a[:, 0] * (1 + FLOOR_TOLERANCE)))
 
 
+def clean_runs(early_exit_ms: Timings, plain_ms: Timings) -> float:
+    """Undisturbed plain runs to expect per batch, from how often the (shorter) early exit was hit.
+
+    Pooled over every pair: ``p``, the share of early-exit times more than
+    :data:`HIT_TOLERANCE` above their batch's fastest, is the chance a preemption hits a
+    run of the early exit's length; a run ``L`` times as long (``L``: the plain
+    deployment's fastest total over the early exit's) escapes with chance ``(1 - p)^L``;
+    times the pairs per batch. Pooling makes it steady where a per-batch test on a few
+    batches is not; reading the short side sees a load that hits every plain run.
+
+    Example:
+        >>> clean_runs([[1.0, 1.0, 4.0, 1.0]] * 4, [[3.0, 3.0, 3.0, 6.0]] * 4)  # 1 in 4 hit; 3x as long
+        1.6875
+    """
+    ee, pl = _checked(early_exit_ms, plain_ms)
+    present = ~np.isnan(ee)
+    floor_ee, floor_pl = np.nanmin(ee, axis=1), np.nanmin(pl, axis=1)
+    with np.errstate(invalid="ignore"):
+        hit = float(np.sum(ee > floor_ee[:, None] * (1 + HIT_TOLERANCE)) / np.sum(present))
+    length = float(floor_pl.sum() / floor_ee.sum())
+    return float(np.sum(present) / ee.shape[0] * (1 - hit) ** max(1.0, length))
+
+
 def _nan_aware(fn_plain: Any, fn_nan: Any, a: np.ndarray, *args: Any) -> np.ndarray:
     return np.asarray(fn_nan(a, *args, axis=-1) if np.isnan(a).any() else fn_plain(a, *args, axis=-1))
 
@@ -284,8 +320,8 @@ def paired_speedup(
         DyncalError: Unpaired or empty timings, an unknown estimator, or a quantile outside [0, 0.5].
 
     Example:
-        >>> ee = [[1.0, 1.0, 9.0], [2.0, 2.1, 2.0]]  # a preemption hit the third pair of batch 1
-        >>> pl = [[3.0, 3.1, 3.0], [6.0, 6.0, 6.3]]
+        >>> ee = [[1.0, 1.0, 9.0, 1.0], [2.0, 2.1, 2.0, 2.0]]  # a preemption hit the third pair of batch 1
+        >>> pl = [[3.0, 3.1, 3.0, 3.0], [6.0, 6.0, 6.3, 6.0]]
         >>> est = paired_speedup(ee, pl)
         >>> est.value, est.estimator, est.discarded
         (3.0, 'min', 1)
@@ -296,7 +332,8 @@ def paired_speedup(
         raise DyncalError(f"`quantile` must lie in [0, 0.5] (a low quantile), got {quantile:g}")
     ee, pl = _checked(early_exit_ms, plain_ms)
     floors = (floor_confirmed(ee), floor_confirmed(pl))
-    chosen = estimator if estimator != "auto" else ("min" if min(floors) >= FLOOR_SHARE else "mean")
+    expected = clean_runs(ee, pl)
+    chosen = estimator if estimator != "auto" else ("min" if expected >= CLEAN_RUNS else "mean")
     if chosen == "min":  # per side: a low quantile of each side's undisturbed times
         hit_ee, hit_pl = _high(ee, PREEMPTION_MADS), _high(pl, PREEMPTION_MADS)
     else:
@@ -327,6 +364,7 @@ def paired_speedup(
         timing_spread=float(np.median((q75 - q25) / q50)),
         floor_confirmed=floors,
         asked=estimator,
+        expected_clean_runs=expected,
     )
 
 

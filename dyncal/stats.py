@@ -311,28 +311,36 @@ def weighted_percentiles(
     w = None if weights is None else np.broadcast_to(np.asarray(weights, dtype=np.float64), x.shape)
     if w is not None and not np.all(w > 0):
         raise DyncalError("percentile weights must be positive")
-    if w is None or np.all(w == w[..., :1]):
-        return np.moveaxis(np.asarray(np.percentile(x, q, axis=-1)), 0, -1)
     rows = np.atleast_2d(x)
-    order = np.argsort(rows, axis=-1, kind="stable")
+    if w is None or np.all(w == w[..., :1]):
+        # numpy's linear rule read off a sorted copy: np.sort is several times faster than np.percentile's partitions
+        xs = np.sort(rows, axis=-1)
+        place = (xs.shape[1] - 1) * (q / 100.0)
+        below = np.floor(place)
+        frac = place - below
+        lo = xs[:, below.astype(np.int64)]
+        hi = xs[:, np.minimum(below.astype(np.int64) + 1, xs.shape[1] - 1)]
+        out = np.where(frac >= 0.5, hi - (hi - lo) * (1 - frac), lo + (hi - lo) * frac)  # numpy's _lerp, to the bit
+        return np.asarray(out[0]) if x.ndim == 1 else out
+    order = np.argsort(rows, axis=-1)  # ties need no stable order: equal values read the same at any place
     xs = np.take_along_axis(rows, order, axis=-1)
     ws = np.take_along_axis(np.atleast_2d(w), order, axis=-1)
     ws = ws / ws.min(axis=1, keepdims=True)
     cum = np.cumsum(ws, axis=1)
-    # knots of the expanded sample: value i holds from place cum_i - w_i to place cum_i - 1
-    places = np.stack([cum - ws, cum - 1.0], axis=2).reshape(rows.shape[0], -1)
-    knots = np.repeat(xs, 2, axis=1)
-    target = q[None, :] / 100.0 * (cum[:, -1:] - 1.0)
-    # one searchsorted over every row: row r's places are shifted past every earlier row's
-    shift = np.concatenate([[0.0], np.cumsum(cum[:, -1] + 1.0)[:-1]])[:, None]
-    j = np.searchsorted((places + shift).reshape(-1), (target + shift).reshape(-1), side="right")
-    j = j.reshape(target.shape) - 1 - 2 * xs.shape[1] * np.arange(rows.shape[0])[:, None]
-    j = np.clip(j, 0, places.shape[1] - 2)
-    p0, p1 = np.take_along_axis(places, j, axis=1), np.take_along_axis(places, j + 1, axis=1)
-    v0, v1 = np.take_along_axis(knots, j, axis=1), np.take_along_axis(knots, j + 1, axis=1)
-    gap = p1 - p0
-    frac = np.clip(np.divide(target - p0, gap, out=np.zeros_like(gap), where=gap > 0), 0.0, 1.0)
-    out = np.asarray(v0 + frac * (v1 - v0))
+    # value i fills places cum_i - w_i .. cum_i - 1 of the expanded sample; between cum_i - 1 and cum_i
+    # the linear rule moves from value i to value i + 1
+    last = cum - 1.0
+    target = q[None, :] / 100.0 * last[:, -1:]
+    out = np.empty(target.shape)
+    at = np.arange(rows.shape[0])
+    for c in range(q.shape[0]):
+        t = target[:, c]
+        i = np.minimum(np.sum(last < t[:, None], axis=1), rows.shape[1] - 1)  # first value whose places reach t
+        inside = t >= cum[at, i] - ws[at, i]
+        prev = np.maximum(i - 1, 0)
+        frac = np.clip(t - last[at, prev], 0.0, 1.0)
+        between = xs[at, prev] + frac * (xs[at, i] - xs[at, prev])
+        out[:, c] = np.where(inside, xs[at, i], between)
     return np.asarray(out[0]) if x.ndim == 1 else out
 
 

@@ -50,13 +50,13 @@ def test_preemptions_move_the_median_of_ratios_but_not_the_minimum(seed: int):
     lee, lpl = _loaded(ee, pl, seed + 100)
     loaded = paired_speedup(lee, lpl)
     loaded_med = paired_speedup(lee, lpl, estimator="median-ratio").value
-    assert quiet.estimator == loaded.estimator == "min"  # the fastest runs repeat on both sides
+    assert quiet.estimator == loaded.estimator == "min"  # undisturbed plain runs to expect in every batch
     assert abs(loaded.value / quiet.value - 1) <= 0.1  # the issue's goal: within x1.1
     assert abs(loaded_med / quiet_med - 1) > 0.1  # what the old estimator did under the same load
     assert (
         loaded.discarded > 0
         and loaded.asked == "auto"
-        and "chosen because the fastest runs repeat" in (loaded.description)
+        and "chosen because the pairs expect undisturbed plain runs" in loaded.description
     )
 
 
@@ -68,9 +68,9 @@ def test_when_no_run_escapes_the_load_the_mean_takes_over_from_the_minimum(seed:
     forced_min = paired_speedup(lee, lpl, estimator="min").value / paired_speedup(ee, pl, estimator="min").value
     assert forced_min > 1.5  # the minimum compares an undisturbed early exit with a disturbed plain model
     loaded = paired_speedup(lee, lpl)
-    assert loaded.estimator == "mean" and loaded.floor_confirmed[1] < 0.5
+    assert loaded.estimator == "mean" and loaded.expected_clean_runs < 2
     assert abs(loaded.value / paired_speedup(ee, pl).value - 1) <= 0.1
-    assert "do not repeat" in loaded.description and loaded.discarded == 0
+    assert "do not expect" in loaded.description and loaded.discarded == 0
 
 
 def test_a_low_quantile_is_named_and_discards_the_hit_pairs():
@@ -141,3 +141,36 @@ def test_more_pairs_when_the_spread_is_high_until_the_minimum_settles():
     assert more_pairs(noisy * 2 + [0.5] + noisy[1:], [2.0] * 21, max_pairs=28) == 7  # not settled: up to the cap
     with pytest.raises(DyncalError, match="paired"):
         more_pairs([1.0], [1.0, 2.0])
+
+
+def _few_batches(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The demo at batch 32: 8 batches of 7 pairs, an early exit of about 1 ms and a 3.3 ms plain deployment."""
+    rng = np.random.default_rng(seed)
+    ee = rng.uniform(0.9, 1.1, (8, 1)) * (1 + rng.exponential(0.02, (8, 7)))
+    return ee, 3.3 * (1 + rng.exponential(0.02, (8, 7)))
+
+
+@given(st.integers(0, 2**32 - 1))
+@settings(max_examples=40, deadline=None)
+def test_on_few_batches_preemption_spikes_neither_flip_the_choice_nor_move_the_estimate(seed: int):
+    """Spikes injected as a busy machine makes them (a 3 ms slice per 12 ms of running): within x1.1, same estimator."""
+    ee, pl = _few_batches(seed)
+    clean = paired_speedup(ee, pl, n_resamples=50)
+    spiked = paired_speedup(*_loaded(ee, pl, seed + 1, gap_ms=12.0), n_resamples=50)
+    assert clean.estimator == spiked.estimator == "min"
+    assert spiked.expected_clean_runs >= 2 and np.isfinite(spiked.expected_clean_runs)
+    assert abs(spiked.value / clean.value - 1) <= 0.1
+
+
+def test_a_plain_deployment_hit_in_every_run_is_not_taken_for_a_floor():
+    """Every plain run loses one slice (its disturbed time repeats); the early exit escapes 40% of the time."""
+    rng = np.random.default_rng(7)
+    ee, pl = _few_batches(7)
+    lee = ee + 3.0 * (rng.random(ee.shape) < 0.6)
+    lpl = pl + 3.0
+    assert floor_confirmed(lpl) == 1.0  # the per-batch test sees a repeated fastest time
+    forced_min = paired_speedup(lee, lpl, estimator="min", n_resamples=50).value
+    assert forced_min / paired_speedup(ee, pl, n_resamples=50).value > 1.5  # the minimum would be far off
+    auto = paired_speedup(lee, lpl, n_resamples=50)
+    assert auto.estimator == "mean" and auto.expected_clean_runs < 2
+    assert auto.to_dict()["expected_clean_runs"] == auto.expected_clean_runs

@@ -16,6 +16,9 @@ script reading verify.json can recompute every figure:
 * 95% percentile-bootstrap **intervals**, seeded: a resample redraws the units within
   their exit (the exit mix is known from every replayed row, not only the timed ones) and,
   for timing noise, the pairs within each unit (the two deployments keep their pairing).
+  :attr:`RequestTimings.bootstrap_draws` resamples: 2000, fewer (at least 500) past 30M
+  replicate draws, so a large validation set is summarised in seconds
+  (:mod:`dyncal.artifacts.request_draws`; ``benchmarks/request_summary_speed.md``).
   The draws are re-centred on the estimate (:func:`dyncal.stats.centred_interval`): the bootstrap of a
   fastest replicate or of a tail is biased, and an interval should hold its estimate.
   :meth:`RequestTimings.percentile` gives one percentile with the three intervals the
@@ -48,8 +51,15 @@ from typing import Any
 import numpy as np
 
 from dyncal.artifacts import validate as V
+from dyncal.artifacts.request_draws import (
+    STATISTICS,
+    group_statistics,
+    latency_statistics,
+    resample_parts,
+    view_values,
+)
 from dyncal.errors import DyncalError
-from dyncal.stats import N_BOOTSTRAP, centred_interval, stratified_resamples, weighted_percentiles
+from dyncal.stats import N_BOOTSTRAP, centred_interval, weighted_percentiles
 
 __all__ = [
     "STATISTICS",
@@ -61,16 +71,14 @@ __all__ = [
     "latency_statistics",
 ]
 
-STATISTICS = ("mean", "std", "p50", "p90", "p95", "p99", "max")
-"""The statistics of every latency distribution, in the order they are reported."""
-_PERCENTILES = (50.0, 90.0, 95.0, 99.0)
 SIDES = ("early_exit", "plain")
 """The two deployments timed: the real early exit and the plain deployment (DESIGN.md)."""
 VIEWS = ("fastest", "raw")
 """``fastest``: each unit's fastest replicate (noise-reduced); ``raw``: every replicate."""
 _SEED = 20240621
 _MIN_MS, _MAX_MS = 1e-6, 1e9
-_CHUNK = 2_000_000  # replicate draws held at once in a bootstrap
+_DRAW_BUDGET = 30_000_000  # replicate draws per bootstrap: N_BOOTSTRAP resamples up to 3000 requests x 5 pairs
+_MIN_DRAWS = 500  # fewer resamples above the budget, never fewer than this
 
 Interval = tuple[float, float]
 
@@ -132,29 +140,6 @@ class LatencySummary:
             out[f"{name}_ms"] = self.values[name]
             out[f"{name}_ms_ci"] = list(self.intervals[name])
         return out
-
-
-def latency_statistics(values: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """:data:`STATISTICS` of each row of ``values`` (weighted as :func:`dyncal.stats.weighted_percentiles`).
-
-    Args:
-        values: ``(m,)`` or ``(B, m)`` milliseconds.
-        weights: ``(m,)`` positive weights, or None.
-
-    Returns:
-        ``(7,)`` or ``(B, 7)``: mean, std (``ddof=0``), p50, p90, p95, p99, max.
-
-    Example:
-        >>> latency_statistics(np.array([1.0, 2.0, 3.0, 4.0])).round(3).tolist()
-        [2.5, 1.118, 2.5, 3.7, 3.85, 3.97, 4.0]
-    """
-    x = np.atleast_2d(np.asarray(values, dtype=np.float64))
-    w = np.ones(x.shape[1]) if weights is None else np.asarray(weights, dtype=np.float64)
-    mean = np.average(x, axis=1, weights=w)
-    std = np.sqrt(np.average((x - mean[:, None]) ** 2, axis=1, weights=w))
-    pct = weighted_percentiles(x, _PERCENTILES, weights)
-    out = np.column_stack([mean, std, pct, x.max(axis=1)])
-    return out[0] if np.ndim(values) == 1 else out
 
 
 @dataclass(frozen=True, eq=False)
@@ -223,6 +208,15 @@ class RequestTimings:
     def repeats(self) -> int:
         """Pairs per unit."""
         return int(self.early_exit_ms.shape[1])
+
+    @property
+    def bootstrap_draws(self) -> int:
+        """Resamples behind every interval: :data:`~dyncal.stats.N_BOOTSTRAP`, fewer (at least 500) past 30M replicates.
+
+        The bound keeps verify's summaries of a large validation set to seconds; with
+        thousands of requests the intervals are narrow and 500 resamples place them well.
+        """
+        return max(_MIN_DRAWS, min(N_BOOTSTRAP, _DRAW_BUDGET // max(1, self.early_exit_ms.size)))
 
     @property
     def unit_exits(self) -> np.ndarray:
@@ -354,6 +348,7 @@ class RequestTimings:
             "n_available": self.n_available,
             "time_bound_s": self.time_bound_s,
             "coverage": self.coverage(),
+            "bootstrap_draws": self.bootstrap_draws,
             "rows": self.rows.tolist(),
             "exits": self.exits.tolist(),
             "population": None if self.population is None else self.population.tolist(),
@@ -485,58 +480,59 @@ class RequestTimings:
         return self.early_exit_ms[pick], self.plain_ms[pick], strata[pick], None
 
     def _summary_draws(self, exit: int | None) -> tuple[np.ndarray, np.ndarray]:
-        """Point statistics ``(4, 7)`` and draws ``(B, 4, 7)``: (view, side) in :data:`VIEWS` x :data:`SIDES` order."""
+        """Point statistics ``(4, 7)`` and draws ``(B, 4, 7)``: (view, side) in :data:`VIEWS` x :data:`SIDES` order.
+
+        One stratified resample serves every group: its columns of exit ``k`` redraw only
+        units of exit ``k``, so they are a bootstrap of that exit's group. Every group is
+        drawn (and cached) at the first call.
+        """
         key = ("summary", exit)
         if key not in self._cache:
-            ee, pl, _, w = self._arrays(exit)
-
-            def stats(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-                return np.stack([_view_stats(x, v, w) for v in VIEWS for x in (a, b)], axis=1)
-
-            point = stats(ee[None], pl[None])[0]
-            self._cache[key] = (point, self._draws(stats, exit, True, True))
+            self._arrays(exit)  # an exit no timed unit took is refused
+            self._all_summary_draws()
         return self._cache[key]  # type: ignore[no-any-return]
+
+    def _all_summary_draws(self) -> None:
+        """Cache :meth:`_summary_draws` of the overall group and of every exit a timed unit took."""
+        order = np.argsort(self.unit_exits, kind="stable")  # each exit's units contiguous: a group is a slice
+        strata, w = self.unit_exits[order], self.weights
+        w = None if w is None else w[order]
+        bounds = np.searchsorted(strata, np.unique(strata), side="left").tolist() + [self.units]
+        groups: list[tuple[int | None, slice, np.ndarray | None]] = [(None, slice(0, self.units), w)]
+        groups += [(int(strata[lo]), slice(lo, hi), None) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+        stats = group_statistics([(cols, gw) for _, cols, gw in groups])
+        points = stats(self.early_exit_ms[order].T[None], self.plain_ms[order].T[None])
+        parts = self._draw_parts(stats, None, True, True, order)
+        for (g, _, _), point, draws in zip(groups, points, parts, strict=True):
+            self._cache[("summary", g)] = (point[0], np.concatenate(draws))
 
     def _percentiles_of(self, q: float, view: str, ee: np.ndarray, pl: np.ndarray) -> np.ndarray:
         """``(b, 3)``: the ``q``-th percentile of early exit and plain, and their ratio, per draw."""
         w = self.weights
-        a = _view_values(ee if ee.ndim == 3 else ee[None], view)
-        b = _view_values(pl if pl.ndim == 3 else pl[None], view)
-        wv = None if w is None else (w if view == "fastest" else np.repeat(w, self.repeats))
+        a = view_values(ee if ee.ndim == 3 else ee.T[None], view)
+        b = view_values(pl if pl.ndim == 3 else pl.T[None], view)
+        wv = None if w is None else (w if view == "fastest" else np.tile(w, self.repeats))
         pa = weighted_percentiles(a, [q], wv)[:, 0]
         pb = weighted_percentiles(b, [q], wv)[:, 0]
         return np.column_stack([pa, pb, pa / pb])
 
     def _draws(self, fn: Any, exit: int | None, sampling: bool, timing: bool) -> np.ndarray:
-        """``fn(early_exit, plain)`` over :data:`~dyncal.stats.N_BOOTSTRAP` resamples ``(b, U, R)`` each."""
+        """``fn(early_exit, plain)`` over :attr:`bootstrap_draws` resamples ``(b, R, U)`` each."""
+        return np.concatenate(self._draw_parts(lambda a, b: [fn(a, b)], exit, sampling, timing)[0])
+
+    def _draw_parts(
+        self, fn: Any, exit: int | None, sampling: bool, timing: bool, order: np.ndarray | None = None
+    ) -> list[list[np.ndarray]]:
+        """``fn(early_exit, plain)`` (a list of results) per chunk of resamples: ``[result][chunk]``.
+
+        A resample redraws the units within their stratum (``sampling``) and each unit's
+        pairs (``timing``); chunks bound the replicates held at once. ``fn`` gets ``(b, R,
+        U)`` arrays (pairs before units: a unit's fastest is a reduction over a middle axis,
+        and the raw view a reshape), units in ``order`` when given. Seeded: the same
+        timings give the same draws.
+        """
         ee, pl, strata, _ = self._arrays(exit)
-        n_u, n_r = ee.shape
-        rng = np.random.default_rng(_SEED)
-        chunk = max(1, min(N_BOOTSTRAP, _CHUNK // max(1, n_u * n_r)))
-        parts = []
-        for start in range(0, N_BOOTSTRAP, chunk):
-            size = min(chunk, N_BOOTSTRAP - start)
-            units = (
-                stratified_resamples(strata, size, rng) if sampling else np.broadcast_to(np.arange(n_u), (size, n_u))
-            )
-            if timing:
-                pairs = rng.integers(0, n_r, (size, n_u, n_r))
-            else:
-                pairs = np.broadcast_to(np.arange(n_r), (size, n_u, n_r))
-            u = units[:, :, None]
-            parts.append(np.asarray(fn(ee[u, pairs], pl[u, pairs])))
-        return np.concatenate(parts)
-
-
-def _view_values(a: np.ndarray, view: str) -> np.ndarray:
-    """``(b, U, R)`` replicates as ``(b, U)`` fastest or ``(b, U * R)`` raw values."""
-    return a.min(axis=2) if view == "fastest" else a.reshape(a.shape[0], -1)
-
-
-def _view_stats(a: np.ndarray, view: str, w: np.ndarray | None) -> np.ndarray:
-    """``(b, 7)`` statistics of ``(b, U, R)`` replicates in a view."""
-    wv = None if w is None else (w if view == "fastest" else np.repeat(w, a.shape[2]))
-    return np.atleast_2d(latency_statistics(_view_values(a, view), wv))
+        return resample_parts(ee, pl, strata, self.bootstrap_draws, fn, sampling, timing, order, _SEED)
 
 
 def _view(view: str) -> str:

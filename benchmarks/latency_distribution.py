@@ -42,9 +42,9 @@ sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
 from bench_models import PIPELINES, prepare_pipeline  # noqa: E402
-from dyncal.run import load_run  # noqa: E402
 
 from dyncal.analysis.latency import cpu_model  # noqa: E402
+from dyncal.artifacts.run import load_run  # noqa: E402
 from dyncal.data import load_dataset  # noqa: E402
 from dyncal.verbs.verify import verify_run  # noqa: E402
 

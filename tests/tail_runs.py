@@ -5,7 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from dyncal.run import CostTable, LatencyProfile, Provenance, import_arrays, store_costs
+
+from dyncal.artifacts.costs import CostTable, LatencyProfile
+from dyncal.artifacts.run import store_costs
+from dyncal.artifacts.run_document import Provenance
+from dyncal.artifacts.run_import import import_arrays
 
 K, N, C = 4, 600, 5
 WEIGHTS = "0" * 64

@@ -13,10 +13,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from dyncal.run import CostTable, Provenance, import_arrays, store_costs
 from test_report import CREATED, DEMO_MACS, _demo_logits, _latency
 from typer.testing import CliRunner
 
+from dyncal.artifacts.costs import CostTable
+from dyncal.artifacts.run import store_costs
+from dyncal.artifacts.run_document import Provenance
+from dyncal.artifacts.run_import import import_arrays
 from dyncal.cli import app
 
 pytestmark = pytest.mark.skipif(shutil.which("pdftotext") is None, reason="needs poppler-utils (pdftotext)")

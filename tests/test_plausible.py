@@ -7,10 +7,11 @@ import json
 import re
 
 import pytest
-from dyncal.run import LatencyProfile, load_run
 from test_profile import FAST, _run_for
 
 from dyncal.analysis.plausible import ORDER_TOLERANCE, check_plausible, implausible
+from dyncal.artifacts.costs import LatencyProfile
+from dyncal.artifacts.run import load_run
 from dyncal.errors import ProfileError
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import assert_clean_error
-from dyncal.run import load_run
 from tail_runs import WEIGHTS, K, tail_run
 
 from dyncal.artifacts.requests import RequestTimings
+from dyncal.artifacts.run import load_run
 from dyncal.calibrate.solvers import solve_run
 from dyncal.errors import DyncalError
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import assert_clean_error
-from dyncal.run import load_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tail_runs import tail_run
 
+from dyncal.artifacts.run import load_run
 from dyncal.artifacts.thresholds import thresholds_from_json
 from dyncal.calibrate.budget import cost_units
 from dyncal.calibrate.policy import assign_exits

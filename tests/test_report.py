@@ -799,6 +799,7 @@ def _verify_result(run_path: Path, thresholds: dict, *, full: list[float], early
         early_exit_ms=tuple(tuple(early) for _ in range(batches)),
         full_model_ms=tuple(tuple(full) for _ in range(batches)),
         predicted_ms=0.2,
+        estimator=kw.get("estimator", "auto"),
     )
     return VerifyResult(
         run_fingerprint=kw.get("run_fingerprint", run.fingerprint),
@@ -851,8 +852,10 @@ def test_a_matching_verify_result_decides_the_latency_criterion(
     assert doc["verify"]["source"] == str(quiet)
     assert "Measured by dyncal verify" in _flat(_pages_text(out)[2])
     # busy machine, same batch medians: replicates spread 3x wide. GO may become INCONCLUSIVE, never NO-GO
+    # (judged by the ratio of medians: `auto` would read these plain runs' floor, 0.2 ms, as the clean time)
     busy = tmp_path / "busy.json"
-    _verify_result(demo_runs["lat"], th, full=[0.2, 0.4, 0.6, 0.8, 1.0], early=[0.2] * 5).save(busy)
+    spread = [0.2, 0.4, 0.6, 0.8, 1.0]
+    _verify_result(demo_runs["lat"], th, full=spread, early=[0.2] * 5, estimator="median-ratio").save(busy)
     out = tmp_path / "b.pdf"
     res = cli("report", demo_runs["lat"], "--thresholds", th_path, "--verify", busy, "--out", out, *_CRIT, "--json")
     doc = json.loads(res.stdout)

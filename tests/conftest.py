@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -76,3 +77,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         explicit = item.get_closest_marker("integration") is not None
         tier = "integration" if explicit or item.path.name in INTEGRATION_MODULES else "unit"
         item.add_marker(getattr(pytest.mark, tier))
+
+
+def solved_demo(tmp: Path, *, export: bool = False) -> tuple[Path, Any]:
+    """The demo collected into ``tmp/run`` with its MACs counted and thresholds solved at 0.5x (``tmp/th.json``).
+
+    With ``export`` the early exit is also exported to ``tmp/pkg``. Returns the run folder and
+    the thresholds document.
+    """
+    import json
+
+    import dyncal
+    from dyncal.calibrate.solvers import solve_run
+    from dyncal.data import load_dataset
+    from dyncal.demo import WEIGHTS
+    from dyncal.models import load_model
+    from dyncal.verbs.collect import collect_run
+    from dyncal.verbs.demo import DEMO_DATA, DEMO_MODEL
+    from dyncal.verbs.profile import ProfileOptions, profile_run
+
+    run_dir = tmp / "run"
+    collect_run(load_model(DEMO_MODEL, weights=WEIGHTS), load_dataset(DEMO_DATA), run_dir, data_spec=DEMO_DATA)
+    profile_run(run_dir, options=ProfileOptions(latency=False))
+    th = solve_run(dyncal.load_run(run_dir), "0.5x")
+    (tmp / "th.json").write_text(json.dumps(th.to_dict()))
+    if export:
+        dyncal.export_package(run_dir, th, tmp / "pkg")
+    return run_dir, th

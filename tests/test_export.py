@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_clean_error
+from conftest import assert_clean_error, solved_demo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -121,20 +121,11 @@ def _check_fresh(out: dict[str, np.ndarray], exits: np.ndarray, preds: np.ndarra
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The demo run (collected, MACs profiled), solved at 0.5x and exported."""
-    from dyncal.calibrate.solvers import solve_run
     from dyncal.data import load_dataset
-    from dyncal.demo import WEIGHTS
-    from dyncal.models import load_model
-    from dyncal.verbs.collect import collect_run
-    from dyncal.verbs.demo import DEMO_DATA, DEMO_MODEL
-    from dyncal.verbs.profile import ProfileOptions, profile_run
+    from dyncal.verbs.demo import DEMO_DATA
 
     tmp = tmp_path_factory.mktemp("demo")
-    run_dir = tmp / "run"
-    collect_run(load_model(DEMO_MODEL, weights=WEIGHTS), load_dataset(DEMO_DATA), run_dir, data_spec=DEMO_DATA)
-    profile_run(run_dir, options=ProfileOptions(latency=False))
-    th = solve_run(dyncal.load_run(run_dir), "0.5x")
-    (tmp / "th.json").write_text(json.dumps(th.to_dict()))
+    run_dir, th = solved_demo(tmp)
     result = export_package(run_dir, th, tmp / "pkg")
     ds = load_dataset(DEMO_DATA)
     x = torch.stack([ds[int(i)][0] for i in dyncal.load_run(run_dir).indices]).numpy()

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
+from conftest import solved_demo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -174,21 +175,12 @@ def test_stages_that_cannot_drop_rows_are_refused():
 def package(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The demo run (collected, MACs profiled), solved at 0.5x and exported."""
     import dyncal
-    from dyncal.calibrate.solvers import solve_run
     from dyncal.data import load_dataset
-    from dyncal.demo import WEIGHTS
-    from dyncal.models import load_model
-    from dyncal.verbs.collect import collect_run
-    from dyncal.verbs.demo import DEMO_DATA, DEMO_MODEL
-    from dyncal.verbs.profile import ProfileOptions, profile_run
+    from dyncal.verbs.demo import DEMO_DATA
 
     tmp = tmp_path_factory.mktemp("demo")
-    run_dir = tmp / "run"
-    collect_run(load_model(DEMO_MODEL, weights=WEIGHTS), load_dataset(DEMO_DATA), run_dir, data_spec=DEMO_DATA)
-    profile_run(run_dir, options=ProfileOptions(latency=False))
+    run_dir, th = solved_demo(tmp, export=True)
     run = dyncal.load_run(run_dir)
-    th = solve_run(run, "0.5x")
-    dyncal.export_package(run_dir, th, tmp / "pkg")
     ds = load_dataset(DEMO_DATA)
     x = torch.stack([ds[int(i)][0] for i in run.indices])
     scores, preds = exit_scores(np.asarray(run.logits), th.score, th.temperatures)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import solved_demo
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
@@ -28,22 +29,8 @@ ROWS = 60
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The demo run (collected, MACs profiled), solved at 0.5x and exported."""
-    from dyncal.calibrate.solvers import solve_run
-    from dyncal.data import load_dataset
-    from dyncal.demo import WEIGHTS
-    from dyncal.models import load_model
-    from dyncal.verbs.collect import collect_run
-    from dyncal.verbs.demo import DEMO_DATA, DEMO_MODEL
-    from dyncal.verbs.export import export_package
-    from dyncal.verbs.profile import ProfileOptions, profile_run
-
     tmp = tmp_path_factory.mktemp("demo")
-    run_dir = tmp / "run"
-    collect_run(load_model(DEMO_MODEL, weights=WEIGHTS), load_dataset(DEMO_DATA), run_dir, data_spec=DEMO_DATA)
-    profile_run(run_dir, options=ProfileOptions(latency=False))
-    th = solve_run(dyncal.load_run(run_dir), "0.5x")
-    (tmp / "th.json").write_text(json.dumps(th.to_dict()))
-    export_package(run_dir, th, tmp / "pkg")
+    run_dir, th = solved_demo(tmp, export=True)
     return {"tmp": tmp, "run": run_dir, "th": th, "pkg": tmp / "pkg"}
 
 

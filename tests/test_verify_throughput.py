@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import solved_demo
 
 from dyncal.artifacts.verify import PairedTiming, VerifyResult
 from dyncal.errors import DyncalError
@@ -129,23 +130,9 @@ def test_throughput_round_trips_through_verify_json_and_a_broken_entry_is_one_li
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The demo collected, its MACs counted, thresholds solved at 0.5x."""
-    import dyncal
-    from dyncal.calibrate.solvers import solve_run
-    from dyncal.data import load_dataset
-    from dyncal.demo import WEIGHTS
-    from dyncal.models import load_model
-    from dyncal.verbs.collect import collect_run
-    from dyncal.verbs.demo import DEMO_DATA, DEMO_MODEL
-    from dyncal.verbs.profile import ProfileOptions, profile_run
-
     tmp = tmp_path_factory.mktemp("demo")
-    run_dir = tmp / "run"
-    collect_run(load_model(DEMO_MODEL, weights=WEIGHTS), load_dataset(DEMO_DATA), run_dir, data_spec=DEMO_DATA)
-    profile_run(run_dir, options=ProfileOptions(latency=False))
-    th = solve_run(dyncal.load_run(run_dir), "0.5x")
-    th_path = tmp / "thresholds.json"
-    th_path.write_text(json.dumps(th.to_dict()))
-    return {"run": run_dir, "th": th, "th_path": th_path}
+    run_dir, th = solved_demo(tmp)
+    return {"run": run_dir, "th": th, "th_path": tmp / "th.json"}
 
 
 class _Ticks:

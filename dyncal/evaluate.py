@@ -18,13 +18,13 @@ Costs are A's (the model's) unless B was profiled itself, so an unprofiled B can
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dyncal.constraints import check
 from dyncal.errors import DyncalError, describe, param
 
 if TYPE_CHECKING:
@@ -444,9 +444,8 @@ def _drop_check(
     dlt = delta if delta is not None else risk.get("delta", 0.05)
     if eps is None:
         return None
-    for name, v in (("max_drop", eps), ("delta", dlt)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < float(v) < 1 or math.isnan(v):
-            raise DyncalError(f"{param(name)} must be a fraction in (0, 1), got {v!r}")
+    check("max_drop", eps, rule="certified.max_drop")
+    check("delta", dlt)
     _, upper = clopper_pearson(fig_b.losses, fig_b.n, float(dlt))
     bound = {
         "max_drop": float(eps),

@@ -11,24 +11,12 @@ list of keywords. The CLI builds the object from its own parameters (same names)
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from dyncal.errors import DyncalError, param
 
-__all__ = [
-    "MAX_REPEATS",
-    "MAX_THREADS",
-    "MAX_WORKERS",
-    "options_from",
-    "input_shape_of",
-    "is_integer",
-    "check_fraction",
-    "check_flag",
-    "check_seed",
-    "check_at_least",
-]
+__all__ = ["options_from", "input_shape_of"]
 
 T = TypeVar("T")
 
@@ -85,87 +73,3 @@ def input_shape_of(shape: Sequence[int] | None) -> tuple[int, ...] | None:
             f"{param('input_shape')} must be positive integers per sample (e.g. 3,224,224), got {list(shape)}"
         )
     return tuple(int(d) for d in shape)
-
-
-def is_integer(value: object) -> bool:
-    """Whether ``value`` is an integer (Python's or numpy's), not a bool.
-
-    Example:
-        >>> is_integer(3), is_integer(3.0), is_integer(True)
-        (True, False, False)
-    """
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def check_fraction(name: str, value: object, interval: str = "[0, 1)") -> None:
-    """Refuse ``value`` unless it is a number in ``interval`` (``[0, 1)``, ``(0, 1)``, ``[0, 1]``).
-
-    Example:
-        >>> check_fraction("holdout", 0.5)
-        >>> check_fraction("delta", 0.0, "(0, 1)")
-        Traceback (most recent call last):
-        ...
-        dyncal.errors.DyncalError: `delta` must be a fraction in (0, 1), got 0.0
-    """
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if ok:
-        v = float(value)  # type: ignore[arg-type]
-        ok = (0.0 < v if interval[0] == "(" else 0.0 <= v) and (v < 1.0 if interval[-1] == ")" else v <= 1.0)
-    if not ok:
-        shown = value if isinstance(value, numbers.Real) and not isinstance(value, bool) else repr(value)
-        raise DyncalError(f"{param(name)} must be a fraction in {interval}, got {shown}")
-
-
-def check_flag(name: str, value: object) -> None:
-    """Refuse ``value`` unless it is True or False (a string such as ``"no"`` would count as true).
-
-    Example:
-        >>> check_flag("temperature", "yes")
-        Traceback (most recent call last):
-        ...
-        dyncal.errors.DyncalError: `temperature` must be True or False, got 'yes'
-    """
-    if not isinstance(value, bool):
-        raise DyncalError(f"{param(name)} must be True or False, got {value!r}")
-
-
-MAX_REPEATS = 10_000
-"""Most timed replicates or warm-up calls (more is a typo: it would run for hours)."""
-MAX_THREADS = 1024
-"""Most CPU threads a measurement may pin."""
-MAX_WORKERS = 256
-"""Most data-loading worker processes."""
-
-
-def check_at_least(name: str, value: object, low: int, high: int | None = None) -> None:
-    """Refuse ``value`` unless it is an integer of at least ``low`` (and at most ``high``).
-
-    Example:
-        >>> check_at_least("batch_size", 0, 1)
-        Traceback (most recent call last):
-        ...
-        dyncal.errors.DyncalError: `batch_size` must be at least 1, got 0
-        >>> check_at_least("repeats", 10**12, 1, MAX_REPEATS)
-        Traceback (most recent call last):
-        ...
-        dyncal.errors.DyncalError: `repeats` must be at most 10000, got 1000000000000
-    """
-    if not is_integer(value):
-        raise DyncalError(f"{param(name)} must be an integer of at least {low}, got {value!r}")
-    if value < low:  # type: ignore[operator]
-        raise DyncalError(f"{param(name)} must be at least {low}, got {value!r}")
-    if high is not None and value > high:  # type: ignore[operator]
-        raise DyncalError(f"{param(name)} must be at most {high}, got {value!r}")
-
-
-def check_seed(name: str, value: object) -> None:
-    """Refuse ``value`` unless it is a non-negative integer (the split seeds' rule).
-
-    Example:
-        >>> check_seed("seed", -1)
-        Traceback (most recent call last):
-        ...
-        dyncal.errors.DyncalError: `seed` must be a non-negative integer, got -1
-    """
-    if not is_integer(value) or value < 0:  # type: ignore[operator]
-        raise DyncalError(f"{param(name)} must be a non-negative integer, got {value!r}")

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from dyncal.constraints import check
 from dyncal.errors import DyncalError
 
 __all__ = [
@@ -62,10 +63,8 @@ def stratified_split(labels: np.ndarray, holdout: float, seed: int = 0) -> tuple
         (5, 4, [0, 0, 1, 1])
     """
     labels = np.asarray(labels)
-    if not (0.0 <= holdout < 1.0) or math.isnan(holdout):
-        raise DyncalError(f"`holdout` must be a fraction in [0, 1), got {holdout}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise DyncalError(f"`seed` must be a non-negative integer, got {seed!r}")
+    check("holdout", holdout)
+    check("seed", seed)
     n = labels.shape[0]
     if holdout == 0.0:
         return np.arange(n, dtype=np.int64), np.zeros(0, dtype=np.int64)

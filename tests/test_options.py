@@ -117,7 +117,7 @@ def test_each_meaning_of_batch_size_has_its_own_help():
         (lambda: FrontierOptions(n_budgets=1), r"`n_budgets` must be from 2"),
         (lambda: FrontierOptions(methods=("optimal", "fast")), r"`methods` must be one of .*got 'fast'"),
         (lambda: VerifyOptions(repeats=0), r"`repeats` must be at least 1"),
-        (lambda: VerifyOptions(batch_sizes=()), r"`batch_sizes` must be positive"),
+        (lambda: VerifyOptions(batch_sizes=()), r"`batch_sizes` is empty"),
         (lambda: VerifyOptions(max_seconds=0), r"`max_seconds` must be positive"),
         (lambda: CollectOptions(data_spec="x.npz", checkpoint_s=-1), r"`checkpoint_s` must be >= 0"),
         (lambda: CollectOptions(data_spec="x.npz", batch_size=0), r"`batch_size` must be at least 1"),

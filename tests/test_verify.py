@@ -417,7 +417,7 @@ def test_cli_prints_the_thread_count_and_the_paired_table(cli, demo_dir):
         ({"repeats": 0}, "`repeats` must be at least 1, got 0"),
         ({"threads": 0}, "`threads` must be at least 1, got 0"),
         ({"warmup": -1}, "`warmup` must be at least 0, got -1"),
-        ({"batch_sizes": ()}, "`batch_sizes` must be positive"),
+        ({"batch_sizes": ()}, "`batch_sizes` is empty"),
     ],
 )
 def test_verify_refuses_bad_settings(demo_dir, kwargs, message):

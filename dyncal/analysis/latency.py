@@ -59,9 +59,9 @@ from torch import nn
 from dyncal.analysis.early_exit import EarlyExitRunner
 from dyncal.analysis.stages import Stages
 from dyncal.artifacts.costs import LatencyProfile
-from dyncal.errors import ProfileError, param
+from dyncal.constraints import check
+from dyncal.errors import ProfileError
 from dyncal.measurement import NOISE_IQR_FRACTION, Measurement, noise_advice
-from dyncal.options import MAX_REPEATS, MAX_THREADS
 
 __all__ = [
     "Clock",
@@ -105,20 +105,12 @@ class LatencySettings:
 
     def __post_init__(self) -> None:
         """Validate the settings."""
-        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
-            raise ProfileError(f"{param('threads')} must be from 1 to {MAX_THREADS}, got {self.threads}")
-        if self.repeats < 3:
-            raise ProfileError(f"{param('repeats')} must be at least 3 to give a spread, got {self.repeats}")
-        for name, value, low in (
-            ("warmup", self.warmup, 0),
-            ("min_block_ms", self.min_block_ms, 0),
-            ("max_block_calls", self.max_block_calls, 1),
-        ):
-            if not value >= low:  # NaN too
-                raise ProfileError(f"{param(name)} must be >= {low}, got {value}")
-        for name, value in (("repeats", self.repeats), ("warmup", self.warmup)):
-            if value > MAX_REPEATS:
-                raise ProfileError(f"{param(name)} must be at most {MAX_REPEATS}, got {value}")
+        if self.threads is not None:
+            check("threads", self.threads, error=ProfileError)
+        check("repeats", self.repeats, rule="profile.repeats", error=ProfileError)
+        check("warmup", self.warmup, error=ProfileError)
+        check("min_block_ms", self.min_block_ms, error=ProfileError)
+        check("max_block_calls", self.max_block_calls, error=ProfileError)
 
 
 @contextlib.contextmanager

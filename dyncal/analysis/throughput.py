@@ -43,6 +43,7 @@ import torch
 from dyncal.analysis.latency import Timer
 from dyncal.analysis.rebatch import ExitRule, Rebatcher
 from dyncal.artifacts.throughput import MODES, ThroughputResult
+from dyncal.constraints import check
 from dyncal.errors import DyncalError, param
 
 __all__ = ["MODES", "ThroughputResult", "measure_throughput", "macs_ratio"]
@@ -113,8 +114,7 @@ def measure_throughput(
     """
     if not batches:
         raise DyncalError(f"{param('batches')} is empty; give at least one batch to time")
-    if repeats < 3:
-        raise DyncalError(f"{param('repeats')} must be at least 3 to give a spread, got {repeats}")
+    check("repeats", repeats, rule="profile.repeats")
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
         raise DyncalError(f"{param('modes')} must be among {', '.join(MODES)}, got {', '.join(unknown)}")

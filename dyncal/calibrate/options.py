@@ -13,8 +13,8 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from dyncal.choices import DEFAULT_METHOD, DEFAULT_RISK_METHOD, Method, PValue, Score
+from dyncal.constraints import check, is_integer
 from dyncal.errors import DyncalError, param
-from dyncal.options import check_at_least, check_flag, check_fraction, check_seed, is_integer
 
 if TYPE_CHECKING:
     from dyncal.calibrate.budget import BudgetSpec
@@ -27,7 +27,7 @@ MAX_BUDGETS = 10_000
 
 def _positive_batch(batch_size: int | None) -> None:
     if batch_size is not None:
-        check_at_least("batch_size", batch_size, 1)
+        check("batch_size", batch_size)
 
 
 def _optional_text(name: str, value: object) -> None:
@@ -54,9 +54,9 @@ class PrepareOptions:
     def __post_init__(self) -> None:
         """Turn names into members; refuse an unknown score, a holdout, seed or temperature the split refuses."""
         object.__setattr__(self, "score", Score.parse(self.score, "score"))
-        check_flag("temperature", self.temperature)
-        check_fraction("holdout", self.holdout)
-        check_seed("seed", self.seed)
+        check("temperature", self.temperature)
+        check("holdout", self.holdout)
+        check("seed", self.seed)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,8 +116,8 @@ class SolveOptions(PrepareOptions):
         _positive_batch(self.batch_size)
         _optional_text("device", self.device)
         if self.max_drop is not None:
-            check_fraction("max_drop", self.max_drop)
-        check_fraction("delta", self.delta, "(0, 1)")
+            check("max_drop", self.max_drop)
+        check("delta", self.delta)
         if self.budget is None and self.max_drop is None:
             raise DyncalError(f"give a {param('budget')} (e.g. 0.6x) or a risk target {param('max_drop')} (e.g. 0.005)")
         _ = self.budget_spec  # an unreadable budget is refused here, and parsed once

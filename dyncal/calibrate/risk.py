@@ -39,6 +39,7 @@ from scipy.stats import binom
 
 from dyncal.calibrate.policy import assign_exits
 from dyncal.choices import PValue
+from dyncal.constraints import check
 from dyncal.errors import DyncalError
 
 __all__ = [
@@ -177,10 +178,8 @@ def learn_then_test(
         >>> learn_then_test(cands, s, ok, max_drop=0.01, delta=0.05).index
         1
     """
-    if not (0.0 <= max_drop < 1.0):
-        raise DyncalError(f"`max_drop` must be a fraction in [0, 1), got {max_drop}")
-    if not (0.0 < delta < 1.0):
-        raise DyncalError(f"`delta` must be a fraction in (0, 1), got {delta}")
+    check("max_drop", max_drop)
+    check("delta", delta)
     PValue.parse(pvalue, "pvalue")
     n, k = scores.shape
     last_ok = correct[:, k - 1]

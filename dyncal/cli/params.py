@@ -20,6 +20,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from dyncal.choices import DEFAULT_METHOD, Choice, Method, Score
+from dyncal.constraints import CONSTRAINTS
 from dyncal.errors import DyncalError, one_line, render_params
 
 T = TypeVar("T")
@@ -325,10 +326,6 @@ def float_list(text: str | None, option: str) -> list[float] | None:
         raise DyncalError(f"{option} must be comma-separated numbers, e.g. 1.2e8,3.1e8; got {text!r}") from None
 
 
-MAX_BATCH_SIZE = 65536
-"""Largest --batch-size profile and verify accept (a bigger batch is a typo, not a measurement)."""
-
-
 def int_list(text: str | None, option: str, maximum: int | None = None, example: str = "1,32") -> list[int] | None:
     """The positive integers of a comma-separated option (``--batch-size 1,32``); None when not given."""
     if text is None:
@@ -348,4 +345,4 @@ def int_list(text: str | None, option: str, maximum: int | None = None, example:
 
 def timed_batch_sizes(text: str) -> tuple[int, ...]:
     """The batch sizes ``--batch-size`` asks profile and verify to time."""
-    return tuple(int_list(text, "--batch-size", MAX_BATCH_SIZE) or [1])
+    return tuple(int_list(text, "--batch-size", int(CONSTRAINTS["batch_size"].high or 0)) or [1])

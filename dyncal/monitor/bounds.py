@@ -7,23 +7,15 @@ import math
 import numpy as np
 from scipy import stats as sst
 
-from dyncal.errors import DyncalError, param
+from dyncal.constraints import check
+from dyncal.errors import DyncalError
 
 __all__ = [
-    "check_fraction",
     "clopper_pearson",
     "shadow_requests_needed",
     "population_stability_index",
     "atc_threshold",
 ]
-
-
-def check_fraction(value: float, name: str, *, open_low: bool = True) -> float:
-    """``value`` as a float in (0, 1) (``[0, 1)`` with ``open_low=False``), or a one-line error naming ``name``."""
-    v = float(value)
-    if not (0.0 < v < 1.0 if open_low else 0.0 <= v < 1.0):
-        raise DyncalError(f"{param(name)} must be a fraction in {'(0' if open_low else '[0'}, 1), got {value!r}")
-    return v
 
 
 def clopper_pearson(count: int, n: int, delta: float) -> tuple[float, float]:
@@ -45,7 +37,7 @@ def clopper_pearson(count: int, n: int, delta: float) -> tuple[float, float]:
     """
     if n < 0 or not 0 <= count <= n:
         raise DyncalError(f"need 0 <= count <= n, got count {count} of n {n}")
-    check_fraction(delta, "delta")
+    check("delta", delta)
     if n == 0:
         return 0.0, 1.0
     lower = 0.0 if count == 0 else float(sst.beta.ppf(delta, count, n - count + 1))
@@ -65,9 +57,9 @@ def shadow_requests_needed(max_drop: float, delta: float, rate: float = 0.0, *, 
         >>> shadow_requests_needed(0.01, 0.05), shadow_requests_needed(0.01, 0.05, rate=0.005)
         (299, 1182)
     """
-    eps = check_fraction(max_drop, "max_drop")
-    dlt = check_fraction(delta, "delta")
-    r = check_fraction(rate, "rate", open_low=False)
+    eps = float(check("max_drop", max_drop, rule="certified.max_drop"))
+    dlt = float(check("delta", delta))
+    r = float(check("rate", rate, rule="certified.rate"))
     if r >= eps:
         return None
     n0 = max(1, math.ceil(math.log(dlt) / math.log1p(-eps) - 1e-12))

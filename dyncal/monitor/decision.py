@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 from scipy import stats as sst
 
+from dyncal.constraints import check
 from dyncal.errors import DyncalError, param
 from dyncal.monitor.bounds import (
     atc_threshold,
-    check_fraction,
     clopper_pearson,
     population_stability_index,
     shadow_requests_needed,
@@ -58,8 +58,8 @@ class MonitorOptions:
 
     def __post_init__(self) -> None:
         """Check every option."""
-        check_fraction(self.max_drop, "max_drop")
-        check_fraction(self.delta, "delta")
+        check("max_drop", self.max_drop, rule="certified.max_drop")
+        check("delta", self.delta)
         if not (0.0 <= self.cost_tolerance < 10.0):
             raise DyncalError(f"{param('cost_tolerance')} must be in [0, 10), got {self.cost_tolerance!r}")
         if self.window_seconds is not None and not self.window_seconds > 0:

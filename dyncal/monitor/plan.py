@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dyncal.constraints import check
 from dyncal.errors import DyncalError, param
-from dyncal.monitor.bounds import check_fraction, shadow_requests_needed
+from dyncal.monitor.bounds import shadow_requests_needed
 
 __all__ = ["DEFAULT_STEPS", "RolloutStep", "RolloutPlan", "rollout_plan"]
 
@@ -111,8 +112,8 @@ def rollout_plan(
         >>> [(s.shadow_requests, s.early_exit_requests, s.total_requests) for s in plan.steps]
         [(299, 2990, 59800), (299, 2990, 2990)]
     """
-    eps = check_fraction(max_drop, "max_drop")
-    dlt = check_fraction(delta, "delta")
+    eps = float(check("max_drop", max_drop, rule="certified.max_drop"))
+    dlt = float(check("delta", delta))
     if isinstance(shadow, bool) or not 0.0 < float(shadow) <= 1.0:
         raise DyncalError(
             f"{param('shadow')} {shadow!r} gives no quality evidence: the plan needs a shadow share in (0, 1]"

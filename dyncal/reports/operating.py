@@ -20,8 +20,8 @@ import numpy as np
 
 from dyncal.artifacts.costs import LatencyKey, device_name
 from dyncal.choices import DEFAULT_METHOD, Method
+from dyncal.constraints import check
 from dyncal.errors import DyncalError, param
-from dyncal.options import check_at_least, check_flag, check_fraction, check_seed
 from dyncal.reports.choice import DEFAULT_MAX_DROP, BudgetSource, OperatingChoice
 from dyncal.reports.decision import ExitOutcome, Requirements
 from dyncal.reports.evidence import _full_model_cost, _unit_costs, batch_size_of
@@ -121,12 +121,12 @@ class ReportOptions:
             object.__setattr__(self, "robustness", (self.robustness,))
         Requirements(self.min_accuracy, self.max_drop, self.min_speedup).validate()
         if self.batch_size is not None:
-            check_at_least("batch_size", self.batch_size, 1)
-        check_flag("temperature", self.temperature)
+            check("batch_size", self.batch_size)
+        check("temperature", self.temperature)
         if self.holdout is not None:
-            check_fraction("holdout", self.holdout)
+            check("holdout", self.holdout)
         if self.seed is not None:
-            check_seed("seed", self.seed)
+            check("seed", self.seed)
         for name in ("device", "title"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):

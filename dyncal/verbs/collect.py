@@ -30,10 +30,11 @@ from dyncal.artifacts.run import Run, load_run
 from dyncal.artifacts.run_document import Provenance
 from dyncal.artifacts.run_writer import RunWriter
 from dyncal.artifacts.rundir import PARTIAL_SUFFIX
+from dyncal.constraints import check
 from dyncal.data import check_item
 from dyncal.errors import DataError, DyncalError, ModelError, first_line, param
 from dyncal.models import LoadedModel, check_exit_outputs, resolve_device
-from dyncal.options import MAX_WORKERS, check_at_least, options_from
+from dyncal.options import options_from
 from dyncal.verbs.collect_resume import compare_saved, read_progress, resume_point, write_progress
 
 __all__ = ["collect_run", "CollectOptions", "DistributedContext"]
@@ -187,11 +188,10 @@ class CollectOptions:
         """Check the values."""
         if not 0 <= self.checkpoint_s < math.inf:  # NaN too
             raise DyncalError(f"{param('checkpoint_s')} must be >= 0 seconds, got {self.checkpoint_s}")
-        if self.batch_size < 1:
-            raise DyncalError(f"{param('batch_size')} must be at least 1, got {self.batch_size}")
-        check_at_least("workers", self.workers, 0, MAX_WORKERS)
-        if self.limit is not None and self.limit < 1:
-            raise DyncalError(f"{param('limit')} must be at least 1, got {self.limit}")
+        check("batch_size", self.batch_size)
+        check("workers", self.workers)
+        if self.limit is not None:
+            check("limit", self.limit)
 
 
 def collect_run(

@@ -58,6 +58,7 @@ from dyncal.artifacts.costs import CostTable, LatencyProfile, device_name
 from dyncal.artifacts.lock import RunLock
 from dyncal.artifacts.outputs import check_writable
 from dyncal.artifacts.run import Run, load_run, other_model_latency, store_costs
+from dyncal.constraints import check
 from dyncal.errors import ProfileError, param
 from dyncal.models import load_model, resolve_device, torch_dtype
 from dyncal.options import options_from
@@ -115,8 +116,10 @@ class ProfileOptions(ModelOverrides):
             raise ProfileError("give at least one of `devices` to time on")
         if self.check_rows < 0:
             raise ProfileError(f"{param('check_rows')} (recorded rows to re-run) must be >= 0, got {self.check_rows}")
-        if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
-            raise ProfileError(f"`batch_sizes` must be positive integers, got {list(self.batch_sizes)}")
+        if not self.batch_sizes:
+            raise ProfileError(f"{param('batch_sizes')} is empty; give at least one batch size")
+        for b in self.batch_sizes:
+            check("batch_sizes", b, rule="batch_size", error=ProfileError)
         super().__post_init__()
         self.latency_settings()  # checks threads, warmup, repeats and min_block_ms
         refuse_verify_only_runtime(self.runtime, "profile")

@@ -63,11 +63,12 @@ from dyncal.artifacts.thresholds import ThresholdsDocument, check_thresholds_for
 from dyncal.artifacts.verify import ModelIdentity, PairedTiming, VerifyResult
 from dyncal.calibrate.policy import assign_exits
 from dyncal.calibrate.scores import exit_scores
+from dyncal.constraints import check
 from dyncal.data import dataset_for_run
 from dyncal.errors import DataError, DyncalError, describe, param, user_call
 from dyncal.measurement import NOISE_IQR_FRACTION, noise_advice
 from dyncal.models import resolve_device
-from dyncal.options import MAX_REPEATS, MAX_THREADS, check_at_least, options_from
+from dyncal.options import options_from
 from dyncal.paired import ESTIMATORS
 from dyncal.run_model import ModelOverrides, open_run_model, probe_run_model
 from dyncal.verbs.verify_throughput import verify_throughput
@@ -285,18 +286,20 @@ class VerifyOptions:
         """Check the values that need no run or model; one device has one name (:func:`device_name`)."""
         object.__setattr__(self, "batch_sizes", tuple(self.batch_sizes))
         object.__setattr__(self, "device", device_name(self.device))
-        check_at_least("repeats", self.repeats, 1, MAX_REPEATS)
-        check_at_least("warmup", self.warmup, 0, MAX_REPEATS)
+        check("repeats", self.repeats)
+        check("warmup", self.warmup)
         if not self.max_seconds > 0:
             raise DyncalError(f"{param('max_seconds')} must be positive, got {self.max_seconds}")
-        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
-            raise DyncalError(f"{param('batch_sizes')} must be positive, got {list(self.batch_sizes)}")
+        if not self.batch_sizes:
+            raise DyncalError(f"{param('batch_sizes')} is empty; give at least one batch size")
+        for b in self.batch_sizes:
+            check("batch_sizes", b, rule="batch_size")
         if self.threads is not None:
-            check_at_least("threads", self.threads, 1, MAX_THREADS)
+            check("threads", self.threads)
         if self.estimator not in ESTIMATORS:
             raise DyncalError(f"{param('estimator')} must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
-        if self.limit is not None and self.limit < 1:
-            raise DyncalError(f"{param('limit')} must be at least 1, got {self.limit}")
+        if self.limit is not None:
+            check("limit", self.limit)
         if self.verify_key is not None and self.package is None:
             raise DyncalError(f"{param('verify_key')} checks the signature of a {param('package')}; pass one too")
         object.__setattr__(self, "runtime", select_runtime(self.runtime, self.device))

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from dyncal.analysis.cuda_timing import EventTimer, autotuned, iqr_fraction, settle
+from dyncal.analysis.cuda_timing import EventTimer, autotuned, settle
 from dyncal.analysis.latency import Timer
 from dyncal.errors import DyncalError
 
@@ -65,12 +65,6 @@ def test_warm_up_that_never_settles_says_so():
 def test_bad_warm_up_settings_are_refused(kwargs, match):
     with pytest.raises(DyncalError, match=match):
         settle(Timer(torch.device("cpu")), lambda: None, **kwargs)
-
-
-def test_iqr_fraction():
-    assert iqr_fraction([2.0, 2.0, 2.0]) == 0.0
-    assert iqr_fraction([0.0, 0.0, 0.0]) == 0.0
-    assert iqr_fraction([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(2.0 / 3.0)
 
 
 def test_autotuning_is_restored_even_on_error():

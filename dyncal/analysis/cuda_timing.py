@@ -28,13 +28,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from dyncal.analysis.latency import Clock, Timer
 from dyncal.errors import DyncalError, param
+from dyncal.measurement import Measurement
 
-__all__ = ["EventTimer", "SettleResult", "settle", "autotuned", "device_tuned", "iqr_fraction"]
+__all__ = ["EventTimer", "SettleResult", "settle", "autotuned", "device_tuned"]
 
 SETTLE_MAX_BLOCKS = 20
 """Most blocks :meth:`EventTimer.warm` adds on a GPU while waiting for times to settle."""
@@ -87,17 +87,6 @@ class EventTimer(Timer):
             end.record()
             end.synchronize()
             return float(start.elapsed_time(end)) / calls
-
-
-def iqr_fraction(values: Any) -> float:
-    """Inter-quartile range over median (0 when the median is 0).
-
-    Example:
-        >>> iqr_fraction([1.0, 1.0, 2.0, 3.0, 3.0])
-        1.0
-    """
-    q75, q50, q25 = np.percentile(np.asarray(values, dtype=float), [75, 50, 25])
-    return float((q75 - q25) / q50) if q50 > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -156,10 +145,10 @@ def settle(
     times: list[float] = []
     for _ in range(max_blocks):
         times.append(timer.block_ms(fn, calls))
-        if len(times) >= window and iqr_fraction(times[-window:]) <= tolerance:
-            return SettleResult(len(times), True, iqr_fraction(times[-window:]), tuple(times[-window:]))
+        if len(times) >= window and (spread := Measurement(tuple(times[-window:])).spread) <= tolerance:
+            return SettleResult(len(times), True, spread, tuple(times[-window:]))
     last = times[-window:]
-    return SettleResult(len(times), False, iqr_fraction(last), tuple(last))
+    return SettleResult(len(times), False, Measurement(tuple(last)).spread, tuple(last))
 
 
 def device_tuned(device: torch.device) -> contextlib.AbstractContextManager[None]:

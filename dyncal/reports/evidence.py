@@ -23,6 +23,7 @@ import numpy as np
 
 from dyncal.analysis.costmodel import predict_batch_ms
 from dyncal.artifacts.costs import LatencyKey
+from dyncal.measurement import Measurement
 from dyncal.reports.decision import SpeedupEstimate
 from dyncal.stats import N_BOOTSTRAP, bootstrap_interval, centred_interval, enclosing_interval
 
@@ -280,10 +281,7 @@ def _resampled(prof: LatencyProfile, fields: list[tuple[str, bool]], rng: np.ran
 
 def _spread(prof: LatencyProfile) -> float:
     """The largest IQR / median among a profile's series: the timing noise in force."""
-    spreads = [
-        float(np.subtract(*np.percentile(s, [75, 25])) / np.median(s)) for s in _series(prof) if np.median(s) > 0
-    ]
-    return max(spreads, default=0.0)
+    return max((Measurement(tuple(s)).spread for s in _series(prof)), default=0.0)
 
 
 def predicted_latency(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from dyncal.measurement import Measurement
 from dyncal.reports.data import ReportData
 from dyncal.reports.evidence import LatencyEvidence, batch_size_of
 from dyncal.reports.figures import ComparedModel, format_ms, latency_keys, plot_frontier, plot_latency
@@ -198,9 +199,7 @@ def _how_measured(p: _Page, data: ReportData, key: str) -> None:
     prof = data.run.costs.latency.get(key)
     if prof is None:
         return
-    iqr = prof.stage_iqr_ms
-    med = prof.stage_median_ms
-    noisy = [i + 1 for i, (q, m) in enumerate(zip(iqr, med, strict=True)) if m > 0 and q > 0.1 * m]
+    noisy = [i + 1 for i, r in enumerate(prof.stage_ms) if Measurement(r).noisy]
     e = data.latency.get(key)
     full = (
         ""

@@ -22,7 +22,11 @@ if TYPE_CHECKING:
 
     from dyncal.analysis.calibration import ReliabilityBins
 
-__all__ = ["plot_exits", "plot_reliability", "reliability_columns"]
+__all__ = ["plot_exits", "plot_reliability", "reliability_columns", "bin_counts_shown"]
+
+
+COMPACT_EXITS = 6
+"""Above this many exits the share bars carry only their share and count (longer labels collide)."""
 
 
 def plot_exits(
@@ -89,17 +93,22 @@ def _draw_shares(
     top.set_yticks([t for t in top.get_yticks() if 0 <= t <= min(1.0, peak * 1.32) + 1e-9])
     top.set_ylabel("share of samples leaving")
     top.yaxis.set_major_formatter(_percent_formatter())
+    compact = k > COMPACT_EXITS  # many bars: share and count only, the table below says the rest
     for i in range(k):
-        n_txt = "" if counts is None else f" (n = {int(counts[i]):,})"
-        extra = "\nno samples" if not np.isfinite(acc[i]) else ""
+        n = None if counts is None else int(counts[i])
+        if compact:
+            text = f"{100 * share[i]:.1f}%" + ("" if n is None else f"\n{n:,}")
+        else:
+            n_txt = "" if n is None else f" (n = {n:,})"
+            text = f"{100 * share[i]:.1f}% leave{n_txt}" + ("\nno samples" if not np.isfinite(acc[i]) else "")
         top.annotate(
-            f"{100 * share[i]:.1f}% leave{n_txt}{extra}",
+            text,
             (x[i], share[i]),
             xytext=(0, 3),
             textcoords="offset points",
             ha="center",
             va="bottom",
-            fontsize=8,
+            fontsize=7 if compact else 8,
         )
     top.grid(True, axis="y", color="#dddddd", lw=0.6)
     top.set_axisbelow(True)
@@ -211,7 +220,7 @@ def plot_reliability(
             lw=1.6,
             label="mean confidence in bin",
         )
-        for c, n in zip(centers[filled], shown.count[filled], strict=True):  # samples per bin: how far to trust it
+        for c, n in zip(centers[filled], shown.count[filled] if bin_counts_shown(k) else (), strict=False):
             ax.text(c, 0.015, f"{int(n):,}", rotation=90, ha="center", va="bottom", fontsize=6, color="#111111")
         if scaled is not None:
             rf = raw.count > 0
@@ -228,18 +237,33 @@ def plot_reliability(
         t_txt = ""
         if temperatures is not None and scaled is not None:
             t_txt = f", T = {temperatures[i]:.2f}"
-        ax.set_title(f"exit {i + 1}{t_txt}: ECE {shown.ece:.3f}", fontsize=10)
+        if cols <= 2:
+            ax.set_title(f"exit {i + 1}{t_txt}: ECE {shown.ece:.3f}", fontsize=10)
+        else:  # narrow panels: two short lines
+            ax.set_title(f"exit {i + 1}{t_txt}\nECE {shown.ece:.3f}", fontsize=8)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_aspect("equal")
         if i % cols == 0:
             ax.set_ylabel("accuracy")
         if i // cols == rows - 1 or i + cols >= k:
-            ax.set_xlabel("confidence (top softmax probability)", fontsize=9)
+            ax.set_xlabel("confidence (top softmax probability)" if cols <= 2 else "confidence", fontsize=9)
             ax.xaxis.set_tick_params(labelbottom=True)
         if i == 0 and legend:
             ax.legend(loc="upper left", fontsize=7, framealpha=0.9)
     return _figure_of(panels[0])
+
+
+def bin_counts_shown(k: int) -> bool:
+    """Whether a reliability grid of ``k`` exits prints each bin's sample count (its panels are wide enough).
+
+    Three rows of panels and more leave a bin ~2 pt wide on an A4 page: no count fits.
+
+    Example:
+        >>> bin_counts_shown(6), bin_counts_shown(7)
+        (True, False)
+    """
+    return math.ceil(k / reliability_columns(k)) < 3
 
 
 def reliability_columns(k: int) -> int:

@@ -12,7 +12,7 @@ from dyncal.artifacts.costs import LatencyKey
 from dyncal.reports.choice import BudgetSource
 from dyncal.reports.data import ReportData
 from dyncal.reports.figures import format_ms
-from dyncal.reports.figures_exits import plot_exits, plot_reliability, reliability_columns
+from dyncal.reports.figures_exits import bin_counts_shown, plot_exits, plot_reliability, reliability_columns
 from dyncal.reports.layout import _NOGO_COLOR, PAGE_TITLES, _Page
 from dyncal.reports.pages.decision import _alternative_result, _alternatives_summary, _cost_text, _dominance_text
 from dyncal.reports.text import format_macs, interval_text, pct, thresholds_text
@@ -105,8 +105,12 @@ def _page_calibration(data: ReportData) -> Figure:
         "ticks, their mean "
         "confidence; dashed line, perfect calibration. Bars above the line: the exit is "
         "under-confident "
-        "(it could exit more); below: over-confident. The number at the foot of each bar counts its "
-        "samples: bins holding few are noisy.",
+        "(it could exit more); below: over-confident. "
+        + (
+            "The number at the foot of each bar counts its samples: bins holding few are noisy."
+            if bin_counts_shown(data.k)
+            else f"With {data.k} exits the panels are too small to print each bin's sample count."
+        ),
         size=9.5,
     )
     header = ["exit", "accuracy", "mean confidence", "ECE (T = 1)"]

@@ -668,3 +668,66 @@ def test_export_on_a_full_disk_is_one_line_and_leaves_nothing(exportable, tmp_pa
         f"error: cannot write the package '{disk / 'pkg'}' (No space left on device); nothing was published: "
         "free some space or choose another --out"
     )
+
+
+# --------------------------------------------------------------------------- a full disk during collect
+
+
+@pytest.fixture(scope="module")
+def big_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6,000 rows: a run of 0.25 MB, more than the small disks below hold."""
+    path = tmp_path_factory.mktemp("big") / "toy.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, inputs=rng.normal(size=(6000, 4)).astype(np.float32), labels=rng.integers(0, 3, 6000))
+    return path
+
+
+def test_collect_on_a_disk_too_small_is_refused_before_writing(big_npz, tmp_path):
+    """The arrays are sparse until written: without the check a full disk shows only midway (or as SIGBUS)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) to mount a small tmpfs")
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot enter a user and mount namespace here: {probe.stderr.decode().strip()}")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    cmd = [sys.executable, "-m", "dyncal", "collect", *map(str, MODEL), "--data", str(big_npz), "-q"]
+    proc = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", _FULL_DISK.replace("pkg", "run"), "sh", str(disk), str(disk), *cmd],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if "mount:" in proc.stderr and "exit=" not in proc.stdout:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    assert proc.stdout.splitlines() == ["exit=1"], (proc.stdout, proc.stderr)  # and nothing left on the disk
+    err = proc.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith("error: a run of 6,000 rows x 2 exits x 3 classes needs 0.25 MB and the disk holding")
+    assert err.endswith("MB free: free some space or choose another --out")
+
+
+def test_collect_whose_files_cannot_be_made_is_one_line_and_publishes_nothing(big_npz, tmp_path):
+    """A real write failure after the room check passed (the kernel's file size limit, EFBIG)."""
+    out = tmp_path / "run"
+    proc = _dyncal("collect", *MODEL, "--data", big_npz, "--out", out, "-q", preexec_fn=lambda: _limit_file_size(8192))
+    _one_line_error(proc, r"cannot write '.*logits\.npy' \(File too large\); no run was published: free some space")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_rows_that_hit_a_full_disk_midway_are_one_line(tmp_path):
+    """ENOSPC from the kernel on a row write (the fd swapped for /dev/full): a RunError, not an OSError."""
+    from dyncal.artifacts.run_writer import _RowFile
+    from dyncal.errors import RunError
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full")
+    f = _RowFile(tmp_path / "logits.npy", np.float32, (10, 2, 3), create=True)
+    os.close(f.fd)
+    f.fd = os.open("/dev/full", os.O_WRONLY)
+    with pytest.raises(
+        RunError, match=r"^cannot write '.*logits\.npy' \(No space left on device\); no run was published"
+    ):
+        f.write(0, np.zeros((4, 2, 3), np.float32))
+    f.close(sync=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
@@ -29,6 +30,29 @@ from dyncal.errors import DyncalError, RunError
 __all__ = ["RunWriter", "publish_dir"]
 
 _PARTIAL_ACTION = "remove or resume"
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_HEADER_BYTES = 4096
+"""Room kept for each array's ``.npy`` header, ``run.json`` and the progress files."""
+
+
+def _write_failed(path: Path, e: OSError) -> RunError:
+    """One line for rows that could not be written: a full disk or quota, or another I/O error."""
+    advice = "free some space or choose another `out`" if e.errno in _FULL else "choose another `out`"
+    return RunError(f"cannot write '{path}' ({e.strerror or e}); no run was published: {advice}")
+
+
+def _check_room(folder: Path, need: int, what: str) -> None:
+    """Refuse before writing when the disk holding ``folder`` has less free space than ``need`` bytes."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return  # no figure to judge by: a write that fails still gives one line
+    free = st.f_bavail * st.f_frsize
+    if free < need:
+        raise RunError(
+            f"{what} needs {need / 1e6:.2f} MB and the disk holding '{folder}' has {free / 1e6:.2f} MB free: "
+            "free some space or choose another `out`"
+        )
 
 
 class _RowFile:
@@ -51,7 +75,9 @@ class _RowFile:
                 mm = open_memmap(path, mode="w+", dtype=self.dtype, shape=shape)  # header + sparse body
             else:
                 mm = np.load(path, mmap_mode="r")
-        except (OSError, ValueError) as e:
+        except OSError as e:
+            raise (_write_failed(path, e) if create else RunError(f"cannot open '{path}': {e}")) from e
+        except ValueError as e:
             raise RunError(f"cannot {'create' if create else 'open'} '{path}': {e}") from e
         if mm.shape != shape or mm.dtype != self.dtype:
             raise RunError(f"'{path}' has shape {mm.shape} and dtype {mm.dtype}, expected {shape} {self.dtype}")
@@ -64,7 +90,10 @@ class _RowFile:
         data = np.ascontiguousarray(rows, dtype=self.dtype)
         if data.shape[1:] != self.shape[1:] or start < 0 or start + data.shape[0] > self.shape[0]:
             raise RunError(f"rows {start}..{start + data.shape[0]} of shape {data.shape} do not fit {self.shape}")
-        os.pwrite(self.fd, data.tobytes(), self.offset + start * self.row_bytes)
+        try:
+            os.pwrite(self.fd, data.tobytes(), self.offset + start * self.row_bytes)
+        except OSError as e:
+            raise _write_failed(self.path, e) from e
 
     def read(self, start: int, stop: int) -> np.ndarray:
         data = os.pread(self.fd, (stop - start) * self.row_bytes, self.offset + start * self.row_bytes)
@@ -72,7 +101,10 @@ class _RowFile:
 
     def sync(self) -> None:
         if self.fd >= 0:
-            os.fsync(self.fd)
+            try:
+                os.fsync(self.fd)
+            except OSError as e:
+                raise _write_failed(self.path, e) from e
 
     def close(self, *, sync: bool) -> None:
         if self.fd >= 0:
@@ -188,7 +220,14 @@ class RunWriter:
         self._files = files
 
     def allocate(self, k: int, c: int) -> None:
-        """Create the on-disk arrays once K and C are known (from the first batch)."""
+        """Create the on-disk arrays once K and C are known (from the first batch).
+
+        Raises:
+            RunError: The disk has not the room for every row (the arrays are sparse until
+                written, so a full disk would otherwise show only midway).
+        """
+        need = self.n * (k * c * 4 + 2 * 8) + len(RUN_ARRAYS) * _HEADER_BYTES
+        _check_room(self.partial, need, f"a run of {self.n:,} rows x {k} exits x {c} classes")
         self._open(k, c, create=True)
 
     def open_existing(self, k: int, c: int) -> None:

@@ -60,6 +60,13 @@ def collect(
         ),
     ] = None,
     perturb_seed: Annotated[int, typer.Option(help="--perturb: seed of the corruptions' random draws.")] = 0,
+    collate: Annotated[
+        str | None,
+        typer.Option(
+            help="'pkg.module:fn' making a batch (inputs, labels) from a list of items, e.g. to pad sequences "
+            "(dyncal.inputs:pad_collate); default: stack."
+        ),
+    ] = None,
     pixel_mean: Annotated[
         str | None,
         typer.Option(help="--perturb: normalisation mean of the inputs (pixel = x * std + mean; imagefolder: --mean)."),

@@ -1,0 +1,73 @@
+"""Models that take several tensors (token ids and a mask) through every verb, as tuples and as dicts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TESTS, assert_clean_error
+from typer.testing import CliRunner
+
+from dyncal.artifacts.run import load_run
+from dyncal.cli import app
+from dyncal.inputs import InputSignature
+
+pytestmark = pytest.mark.integration
+
+MODEL = ["--model", "text_models:model", "--model-path", TESTS]
+PAD = ["--collate", "dyncal.inputs:pad_collate"]
+
+
+def _cli(*args: object):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module", params=["dict", "tuple"])
+def text_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run of the tiny text model over variable-length sequences, padded per batch."""
+    out = tmp_path_factory.mktemp(f"text-{request.param}") / "run"
+    res = _cli("collect", *MODEL, "--data", f"text_models:{request.param}_data", "--out", out, "--batch-size", 8, *PAD)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def _model_logits(kind: str) -> np.ndarray:
+    import text_models
+
+    net, data = text_models.model(), text_models.TextData(kind)
+    with torch.inference_mode():
+        rows = [net(s[None], torch.ones(1, len(s), dtype=torch.int64)) for s in data.seqs]
+    return np.stack([torch.cat(r).numpy() for r in rows])
+
+
+def test_collect_records_each_input_with_a_dynamic_length(text_run: Path) -> None:
+    run = load_run(text_run)
+    extra = run.provenance.extra
+    sig = InputSignature.from_dict(extra["inputs"])
+    assert sig.kind == text_run.parent.name.split("-")[1].rstrip("0123456789")
+    assert [s.dtype for s in sig.inputs] == ["int64", "int64"]
+    assert [s.dynamic for s in sig.inputs] == [(0,), (0,)]
+    assert sig.inputs[0].value_range == (0, 49) and sig.inputs[1].value_range == (0, 1)
+    assert extra["collate"] == "dyncal.inputs:pad_collate" and "input_shape" not in extra
+    assert (run.n, run.k, run.c) == (96, 3, 3)
+    # padded batches give the logits of each sequence alone: the mask is honoured
+    np.testing.assert_allclose(np.asarray(run.logits), _model_logits("dict"), atol=1e-4)
+
+
+def test_ragged_sequences_without_a_collate_say_what_to_pass(tmp_path: Path) -> None:
+    res = _cli("collect", *MODEL, "--data", "text_models:tuple_data", "--out", tmp_path / "r")
+    assert_clean_error(res, r"input '0' has samples of different shapes .*--collate pkg.module:fn")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_collate_that_cannot_be_imported_is_one_line(tmp_path: Path) -> None:
+    res = _cli("collect", *MODEL, "--data", "text_models:dict_data", "--out", tmp_path / "r", "--collate", "nope:fn")
+    assert_clean_error(res, r"--collate: cannot import module 'nope'")
+
+
+def test_run_json_is_plain_json(text_run: Path) -> None:
+    doc = json.loads((text_run / "run.json").read_text())
+    assert doc["provenance"]["extra"]["inputs"]["inputs"][0]["name"] in ("input_ids", "0")

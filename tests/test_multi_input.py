@@ -71,3 +71,40 @@ def test_a_collate_that_cannot_be_imported_is_one_line(tmp_path: Path) -> None:
 def test_run_json_is_plain_json(text_run: Path) -> None:
     doc = json.loads((text_run / "run.json").read_text())
     assert doc["provenance"]["extra"]["inputs"]["inputs"][0]["name"] in ("input_ids", "0")
+
+
+def _batches(kind: str) -> tuple[object, object, InputSignature]:
+    import text_models
+
+    from dyncal.inputs import pad_collate
+
+    data = text_models.TextData(kind)
+    a, _ = pad_collate([data[i] for i in range(4)])
+    b, _ = pad_collate([data[i] for i in range(4, 14)])
+    return a, b, InputSignature.of(a).merge(InputSignature.of(b))
+
+
+@pytest.mark.parametrize("kind", ["dict", "tuple"])
+def test_exported_stages_take_every_input_and_carry_the_mask(kind: str) -> None:
+    import text_models
+
+    from dyncal.analysis.stages import build_stages, verify_stages
+    from dyncal.inputs import call_model, take_rows
+
+    net = text_models.model()
+    a, b, sig = _batches(kind)
+    stages = build_stages(net, a, signature=sig)
+    assert stages.source == "export" and stages.k == 3 and stages.can_drop_rows
+    # stage 1 takes (input_ids, attention_mask); the mask is carried to later stages, cut with the rows
+    assert len(stages.start(b).carry) == 2
+    assert verify_stages(net, stages, b).batch_size == 10  # a length the export never saw
+    seqs = {len(set(d.values())) for dims in stages.dim_symbols for d in dims}
+    assert seqs == {2}  # batch and sequence length stay symbolic everywhere
+    run = stages.start(b)
+    run.step()
+    keep = torch.tensor([i % 3 == 0 for i in range(10)])
+    run.keep(keep)
+    want = call_model(net, take_rows(b, keep))
+    torch.testing.assert_close(run.step(), want[1], atol=1e-5, rtol=1e-4)
+    mask_carried = [t for t in run.carry if t.dtype == torch.int64]
+    assert mask_carried and mask_carried[0].shape[0] == int(keep.sum())

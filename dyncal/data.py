@@ -37,6 +37,8 @@ __all__ = [
     "collate_for_run",
     "run_rows",
     "probe_batch",
+    "loader_collate",
+    "batch_inputs",
 ]
 
 
@@ -366,3 +368,30 @@ def probe_batch(
     except DyncalError as e:
         log.info("probing with random inputs of the run's signature: %s", e)
         return signature.example(rows, device=device), signature.describe()
+
+
+def loader_collate(run: Run, search_path: str | os.PathLike[str] | None = None) -> Any:
+    """The ``collate_fn`` to read a run's rows with a ``DataLoader``: the run's own, or None (torch's stacking).
+
+    A single-tensor run collected without ``collate`` is read as ever (None); a multi-input run
+    or one with a recorded collate uses :func:`collate_for_run`.
+    """
+    extra = run.provenance.extra
+    return collate_for_run(run, search_path) if extra.get("inputs") is not None or extra.get("collate") else None
+
+
+def batch_inputs(item: Any, data_name: str) -> Any:
+    """The inputs of a batch a ``DataLoader`` gave (``(inputs, labels)``): a tensor, a tuple or a dict of tensors.
+
+    Raises:
+        DataError: They are something else (naming the data set).
+    """
+    from dyncal.inputs import as_inputs
+
+    x = item[0] if isinstance(item, (list, tuple)) else item
+    try:
+        return as_inputs(x, what=f"the data set '{data_name}' gives inputs that")
+    except InputError:
+        raise DataError(
+            f"the data set '{data_name}' gives inputs of type {type(x).__name__}; expected tensors"
+        ) from None

@@ -108,3 +108,48 @@ def test_exported_stages_take_every_input_and_carry_the_mask(kind: str) -> None:
     torch.testing.assert_close(run.step(), want[1], atol=1e-5, rtol=1e-4)
     mask_carried = [t for t in run.carry if t.dtype == torch.int64]
     assert mask_carried and mask_carried[0].shape[0] == int(keep.sum())
+
+
+@pytest.fixture(scope="module")
+def profiled(text_run: Path) -> Path:
+    """The text run profiled (CPU, batch 1 and 4, few replicates) with two sequence-length buckets."""
+    res = _cli("profile", text_run, "--batch-size", "1,4", "--repeats", 3, "--warmup", 1, "--seq-len", "4,16", "--json")
+    assert res.exit_code == 0, res.output
+    (text_run.parent / "profile.json").write_text(res.stdout)
+    return text_run
+
+
+def test_profile_averages_macs_over_the_data_lengths_and_gives_buckets(profiled: Path) -> None:
+    doc = json.loads((profiled.parent / "profile.json").read_text())
+    buckets = {b["length"]: b for b in doc["seq_len_buckets"]}
+    assert sorted(buckets) == [4, 16]
+    macs = [e["macs"] for e in doc["exits"]]
+    # attention and MLP grow with the length; the stored MACs lie between the buckets of the data's lengths (3..12)
+    assert buckets[4]["macs"][-1] < macs[-1] < buckets[16]["macs"][-1]
+    assert "averaged over the data's sequence lengths" in doc["macs_basis"]
+    run = load_run(profiled)
+    assert run.costs is not None and run.costs.macs is not None and list(run.costs.macs) == macs
+    assert "averaged over" in run.costs.model["macs_basis"]
+    assert set(run.costs.latency) == {"cpu/b1", "cpu/b4"}
+    assert doc["inputs"].endswith("(B, L)")
+
+
+def test_solve_and_verify_replay_the_run_with_its_inputs(profiled: Path) -> None:
+    out = profiled.parent
+    res = _cli("solve", profiled, "--budget", "0.7x", "--out", out / "t.json")
+    assert res.exit_code == 0, res.output
+    res = _cli(
+        "verify",
+        profiled,
+        "--thresholds",
+        out / "t.json",
+        "--batch-size",
+        "1,4",
+        "--repeats",
+        2,
+        "--out",
+        out / "v.json",
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "v.json").read_text())
+    assert doc["agreement"] == 1.0 and doc["n"] == 96

@@ -171,7 +171,8 @@ def print_profile(doc: dict[str, Any]) -> None:
     """``dyncal profile``: MACs and latency per exit, then each latency column's settings."""
     keys = sorted(doc["latency"])
     table = _table(
-        f"{doc['path']}  {doc['model']}  input {tuple(doc['input_shape'])}  stages: {doc['stages']}",
+        f"{doc['path']}  {doc['model']}  input {doc.get('inputs') or tuple(doc['input_shape'])}  "
+        f"stages: {doc['stages']}",
         ("exit", "stage MACs", "MACs (cum.)", *[f"ms {k} (IQR)" for k in keys]),
     )
     for e in doc["exits"]:
@@ -193,6 +194,11 @@ def print_profile(doc: dict[str, Any]) -> None:
             f"torch {lat['settings'].get('torch')}{note}"
         )
     _print_unsupported_ops(doc["unsupported_ops"])
+    if doc.get("macs_basis"):
+        typer.echo(f"MACs: {doc['macs_basis']}")
+    for bucket in doc.get("seq_len_buckets", []):
+        lat = "; ".join(f"{k} " + ", ".join(f"{v:.3f}" for v in ms) + " ms" for k, ms in bucket["latency_ms"].items())
+        typer.echo(f"length {bucket['length']}: MACs per exit {', '.join(f'{m:,}' for m in bucket['macs'])}; {lat}")
     if not doc["can_drop_rows"]:
         typer.echo(f"early exit must run whole batches: {doc['drop_rows_reason']}")
 

@@ -153,3 +153,74 @@ def test_solve_and_verify_replay_the_run_with_its_inputs(profiled: Path) -> None
     assert res.exit_code == 0, res.output
     doc = json.loads((out / "v.json").read_text())
     assert doc["agreement"] == 1.0 and doc["n"] == 96
+
+
+def test_inputs_that_change_dtype_mid_run_name_the_input(tmp_path: Path) -> None:
+    res = _cli("collect", *MODEL, "--data", "text_models:float_mask_data", "--out", tmp_path / "r", *PAD)
+    assert_clean_error(res, r"batch 1: input 'attention_mask' changed from int64 \[\d+\] to float32")
+    assert not (tmp_path / "r").exists()
+
+
+def _seqs(lengths: list[int], seed: int = 5) -> dict[str, torch.Tensor]:
+    from dyncal.inputs import pad_collate
+
+    g = torch.Generator().manual_seed(seed)
+    items = [
+        ({"input_ids": torch.randint(1, 50, (n,), generator=g), "attention_mask": torch.ones(n, dtype=torch.int64)}, 0)
+        for n in lengths
+    ]
+    return pad_collate(items)[0]
+
+
+def test_export_serves_lengths_it_never_saw_with_masks_aligned(profiled: Path) -> None:
+    import text_models
+
+    import dyncal
+    from dyncal.inputs import InputSignature, take_rows
+
+    out = profiled.parent
+    if not (out / "t.json").exists():
+        assert _cli("solve", profiled, "--budget", "0.7x", "--out", out / "t.json").exit_code == 0
+    res = _cli("export", profiled, "--thresholds", out / "t.json", "--out", out / "pkg", "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert "input_ids int64 (B, L); attention_mask int64 (B, L)" in res.stderr
+    runner = dyncal.load_early_exit(out / "pkg")
+    sig = runner.manifest.inputs
+    assert isinstance(sig, InputSignature) and sig.names in (("input_ids", "attention_mask"), ("0", "1"))
+    net = text_models.model()
+    for lengths in ([1], [2, 40, 7], [25] * 5):  # the run's sequences have 3..12 tokens
+        batch = _seqs(lengths)
+        if sig.kind == "tuple":
+            exits, preds = runner(batch["input_ids"], batch["attention_mask"])
+            full = runner.full_model((batch["input_ids"], batch["attention_mask"]))
+        else:
+            exits, preds = runner(**batch)
+            full = runner.full_model(batch)
+        with torch.inference_mode():
+            want = net(**batch)
+        for a, b in zip(full, want, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        # each row's prediction is its own sequence's, alone and unpadded: rows left with their masks
+        for i, n in enumerate(lengths):
+            alone = take_rows(batch, torch.tensor([i]))
+            alone = {k: v[:, :n] for k, v in alone.items()}
+            with torch.inference_mode():
+                assert int(preds[i]) == int(net(**alone)[int(exits[i])].argmax())
+
+
+def test_the_package_refuses_an_input_naming_it(profiled: Path) -> None:
+    import dyncal
+
+    pkg = profiled.parent / "pkg"
+    if not pkg.exists():
+        pytest.skip("exported by the test before")
+    runner = dyncal.load_early_exit(pkg)
+    batch = _seqs([4, 6])
+    bad = (batch["input_ids"].float(), batch["attention_mask"])
+    with pytest.raises(dyncal.DyncalError, match=r"input '(input_ids|0)' has dtype float32, expected int64"):
+        runner(*bad) if runner.manifest.inputs.kind == "tuple" else runner(input_ids=bad[0], attention_mask=bad[1])
+    with pytest.raises(dyncal.DyncalError, match=r"input '(attention_mask|1)' has \d+ rows|is missing|expected"):
+        if runner.manifest.inputs.kind == "tuple":
+            runner(batch["input_ids"], batch["attention_mask"][:1])
+        else:
+            runner(input_ids=batch["input_ids"])

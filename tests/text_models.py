@@ -88,3 +88,16 @@ def tuple_data() -> TextData:
 def dict_data() -> TextData:
     """Items ``({"input_ids": ..., "attention_mask": ...}, label)``."""
     return TextData("dict")
+
+
+def float_mask_data() -> TextData:
+    """Dict items whose mask is float32 from item 10 on: the inputs change dtype in the second batch."""
+
+    class FloatMask(TextData):
+        def __getitem__(self, i: int) -> tuple[object, int]:
+            x, y = super().__getitem__(i)
+            if i >= 10:
+                x["attention_mask"] = x["attention_mask"].float()  # type: ignore[index]
+            return x, y
+
+    return FloatMask("dict")

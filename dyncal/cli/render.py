@@ -352,9 +352,14 @@ def frontier_records(records: list[dict[str, Any]], score: str, n_classes: int) 
 
 def print_export(doc: dict[str, Any]) -> None:
     """``dyncal export``: what the package holds and how closely it reproduces the model."""
+    inputs = f"(B, {', '.join(map(str, doc['input']['shape']))}) {doc['input']['dtype']}"
+    if doc.get("inputs"):  # several inputs
+        from dyncal.inputs import InputSignature
+
+        inputs = InputSignature.from_dict(doc["inputs"]).describe()
     typer.echo(
         f"wrote {doc['path']}: K={doc['k']} stages, {doc['size_bytes'] / 1e6:.2f} MB, input "
-        f"(B, {', '.join(map(str, doc['input']['shape']))}) {doc['input']['dtype']}, decisions "
+        f"{inputs}, decisions "
         f"{doc['decision_fingerprint'][:12]}, max |logit diff| vs the model "
         f"{max(doc['check']['max_abs_diff']):.2g}"
         + ("" if doc["signature"] is None else f", signed with key {doc['signature']['key_id']}"),

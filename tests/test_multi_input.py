@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -183,7 +184,7 @@ def test_export_serves_lengths_it_never_saw_with_masks_aligned(profiled: Path) -
         assert _cli("solve", profiled, "--budget", "0.7x", "--out", out / "t.json").exit_code == 0
     res = _cli("export", profiled, "--thresholds", out / "t.json", "--out", out / "pkg", "--overwrite")
     assert res.exit_code == 0, res.output
-    assert "input_ids int64 (B, L); attention_mask int64 (B, L)" in res.stderr
+    assert re.search(r"input (input_ids|0) int64 \(B, L\); (attention_mask|1) int64 \(B, L\)", res.stderr)
     runner = dyncal.load_early_exit(out / "pkg")
     sig = runner.manifest.inputs
     assert isinstance(sig, InputSignature) and sig.names in (("input_ids", "attention_mask"), ("0", "1"))
@@ -224,3 +225,23 @@ def test_the_package_refuses_an_input_naming_it(profiled: Path) -> None:
             runner(batch["input_ids"], batch["attention_mask"][:1])
         else:
             runner(input_ids=batch["input_ids"])
+
+
+def test_declared_stages_take_the_same_inputs() -> None:
+    import text_models
+
+    from dyncal.analysis.stages import build_stages, verify_stages
+
+    net = text_models.model()
+    a, b, sig = _batches("dict")
+    stages = build_stages(net, a, stages_fn=text_models.stages, signature=sig)
+    assert stages.source == "function"
+    check = verify_stages(net, stages, b)
+    assert check.batch_size == 10 and stages.can_drop_rows
+
+
+def test_the_report_says_what_the_macs_are(profiled: Path) -> None:
+    from dyncal.reports.pages.details import _run_items
+
+    items = dict(_run_items(load_run(profiled)))
+    assert "averaged over the data's sequence lengths" in items["MACs basis"]

@@ -101,3 +101,29 @@ def float_mask_data() -> TextData:
             return x, y
 
     return FloatMask("dict")
+
+
+class _Stage(nn.Module):
+    """One part of :class:`TinyTextNet` as a hand-declared stage: ``(*inputs or carry) -> (logits, h, mask)``."""
+
+    def __init__(self, net: TinyTextNet, part: int) -> None:
+        super().__init__()
+        self.net, self.part = net, part
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        net = self.net
+        if self.part == 0:
+            h = net.embed(h)
+        elif self.part == 1:
+            q, k, v = net.qkv(h).chunk(3, dim=-1)
+            bias = (1.0 - mask.to(h.dtype))[:, None, :] * -1e4
+            h = h + torch.softmax(q @ k.transpose(1, 2) / DIM**0.5 + bias, dim=-1) @ v
+        else:
+            h = h + net.mlp(h)
+        logits = net.heads[self.part](net.pool(h, mask))
+        return (logits,) if self.part == 2 else (logits, h, mask)
+
+
+def stages(net: TinyTextNet) -> list[nn.Module]:
+    """The model's stages declared by hand (``--stages text_models:stages``): stage 1 takes ids and mask."""
+    return [_Stage(net, i) for i in range(3)]

@@ -125,6 +125,7 @@ _INTEGER_RULES = {
     "workers": (0, MAX_WORKERS),
     "seed": (0, None),
     "max_block_calls": (1, None),
+    "seq_len": (1, None),
 }
 
 CONSTRAINTS: Mapping[str, Constraint] = MappingProxyType(

@@ -316,7 +316,7 @@ def test_the_runner_counts_requests_per_exit_in_prometheus(demo_runs, tmp_path):
 
 @pytest.mark.integration
 def test_batch_one_rows_converted_at_the_flush_equal_rows_converted_per_request(demo_runs, tmp_path):
-    """The runner's batch-1 path keeps references and converts at the flush: the same rows and metrics."""
+    """The runner's batch-1 path (numbers into lists, last-exit scores at the flush): the same rows and metrics."""
     pa = pytest.importorskip("pyarrow", reason="telemetry needs pyarrow (the rollout extra)")
     pq = pytest.importorskip("pyarrow.parquet", reason="telemetry needs pyarrow (the rollout extra)")
     prom = pytest.importorskip("prometheus_client", reason="metrics need prometheus-client (the rollout extra)")

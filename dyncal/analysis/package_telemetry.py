@@ -13,13 +13,15 @@ The early exit here takes the same decisions as :meth:`EarlyExitRunner.__call__
 <dyncal.analysis.early_exit.EarlyExitRunner.__call__>` (same stages, scores and thresholds)
 and keeps each exit's scores; without telemetry the runner does not pay for that.
 
-At batch 1 (the serving case where a few microseconds show) the request path does no more
-work than the plain early exit: it keeps references to the score tensors the exit rule
-computed and to the exit's logits, and hands them to
-:meth:`~dyncal.telemetry.TelemetryWriter.record_one`; the writer's flush turns a whole
-buffer of requests into rows at once (:func:`deferred_rows`: one concatenation per exit, the
-predictions and the last exit's score computed there). Larger batches are converted on the
-request path, where the cost is shared by the batch's rows.
+At batch 1 (the serving case, where a few microseconds show) the request path does the plain
+early exit's work, reads the scores the exit rule computed and the prediction (``item()``),
+and appends the numbers to the writer's lists
+(:meth:`~dyncal.telemetry.TelemetryWriter.record_one`): no numpy array, no check of arrays,
+no tensor kept, except the last exit's logits of a request that got there: the exit rule
+computes no score there, and the flush computes them for the whole buffer at once
+(:func:`last_exit_scores`). Keeping every request's tensors until the flush was tried and
+measured: the garbage collector then walks them, which costs more than reading them. Larger
+batches are converted on the request path, where the cost is shared by the batch's rows.
 """
 
 from __future__ import annotations
@@ -37,12 +39,12 @@ from dyncal.errors import DyncalError, param
 if TYPE_CHECKING:
     from dyncal.analysis.early_exit import EarlyExitRunner
     from dyncal.telemetry import TelemetryWriter
-    from dyncal.telemetry.columns import DeferredConvert
+    from dyncal.telemetry.columns import DeferredScores
 
-OnePayload = tuple[int, torch.Tensor, list[torch.Tensor], torch.Tensor | None]
-"""One batch-1 request's references: (exit, logits at that exit, scores before the last exit, shadow prediction)."""
+OneRow = tuple[int, int, list[float], torch.Tensor | None]
+"""One batch-1 request's row: (exit, prediction, the scores read, the last exit's logits or None)."""
 
-__all__ = ["deferred_rows", "early_exit_one", "early_exit_with_scores", "observed_call", "open_telemetry"]
+__all__ = ["early_exit_one", "last_exit_scores", "early_exit_with_scores", "observed_call", "open_telemetry"]
 
 
 @torch.inference_mode()
@@ -95,19 +97,20 @@ def early_exit_with_scores(runner: EarlyExitRunner, x: torch.Tensor) -> tuple[to
 
 
 @torch.inference_mode()
-def early_exit_one(runner: EarlyExitRunner, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, OnePayload]:
-    """Early-exit one request ``x`` ``(1, ...)`` as ``runner(x)`` does, keeping references for its telemetry row.
+def early_exit_one(runner: EarlyExitRunner, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, OneRow]:
+    """Early-exit one request ``x`` ``(1, ...)`` as ``runner(x)`` does, reading what its telemetry row needs.
 
     The same work as :meth:`EarlyExitRunner.__call__
     <dyncal.analysis.early_exit.EarlyExitRunner.__call__>` at batch 1 (same stages, scores,
-    decisions and outputs), plus a list append per exit.
+    decisions and outputs), plus reading each score the exit rule computed and the prediction
+    (``item()``, a fraction of a microsecond each). At the last exit the rule computes no
+    score; its logits are handed on, for the flush to score with the whole buffer.
 
     Returns:
-        ``(exits, predictions, payload)``: the runner's ``(1,)`` tensors and ``(exit, logits at
-        that exit, the score tensors of the exits before the last that were evaluated, None)``
-        for :func:`deferred_rows` (the last item: the shadow's prediction, set by the caller).
+        ``(exits, predictions, row)``: the runner's ``(1,)`` tensors and ``(exit, prediction,
+        scores read, the last exit's logits or None)``.
     """
-    scores: list[torch.Tensor] = []
+    scores: list[float] = []
     parts: list[tuple[torch.Tensor | None, int, torch.Tensor]] = []
     run = runner.stages.start(x)
     last = runner.k - 1
@@ -117,7 +120,7 @@ def early_exit_one(runner: EarlyExitRunner, x: torch.Tensor) -> tuple[torch.Tens
             parts.append((None, k, logits.argmax(dim=1)))
             break
         score = runner._score(logits, k)  # runner.leaving(), its score kept
-        scores.append(score)
+        scores.append(score.item())
         n_leave = int((score >= runner.thresholds[k]).sum())
         if n_leave == 0:
             continue
@@ -125,49 +128,26 @@ def early_exit_one(runner: EarlyExitRunner, x: torch.Tensor) -> tuple[torch.Tens
             parts.append((None, k, logits.argmax(dim=1)))
             break
     exits, preds = runner._assemble(1, parts, x.device)
-    return exits, preds, (k, logits, scores, None)
+    return exits, preds, (k, int(preds.item()), scores, logits if k == last else None)
 
 
-def deferred_rows(runner: EarlyExitRunner) -> DeferredConvert:
-    """The converter of :func:`early_exit_one`'s payloads into telemetry columns, for the writer's flush.
+def last_exit_scores(runner: EarlyExitRunner) -> DeferredScores:
+    """What the writer's flush computes the last exit's scores with: one call for the whole buffer.
 
-    Per buffer, not per request: one concatenation of all score tensors, and per exit one of
-    the logits that left there (their predictions, and at the last exit the score the exit
-    rule never needed), moved to the host once.
+    Takes the last exit's logits ``(1, C)`` of ``n`` requests and returns their ``(n,)``
+    float32 scores, as the runner's score rule computes them (its temperature), on the host.
     """
 
     @torch.inference_mode()
-    def convert(payloads: Sequence[OnePayload]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        n = len(payloads)
-        exits = np.fromiter((p[0] for p in payloads), np.int64, n)
-        scores = np.full((n, runner.k), np.nan, dtype=np.float32)
-        flat = [s for p in payloads for s in p[2]]
-        if flat:
-            lengths = np.fromiter((len(p[2]) for p in payloads), np.int64, n)
-            starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
-            scores[np.repeat(np.arange(n), lengths), np.arange(len(flat)) - starts] = _host(flat).float().numpy()
-        predictions = np.empty(n, np.int64)
-        for k in np.unique(exits).tolist():
-            rows = np.flatnonzero(exits == k)
-            logits = _host([payloads[i][1] for i in rows.tolist()])
-            predictions[rows] = logits.argmax(dim=1).numpy()
-            if k == runner.k - 1:
-                scores[rows, k] = runner._score(logits, k).float().numpy()
-        last = np.full(n, -1, dtype=np.int64)
-        shadowed = [(i, p[3]) for i, p in enumerate(payloads) if p[3] is not None]
-        if shadowed:
-            last[[i for i, _ in shadowed]] = _host([plain for _, plain in shadowed]).numpy()
-        return exits, predictions, scores, last
+    def scores(logits: Sequence[torch.Tensor]) -> np.ndarray:
+        try:
+            z = torch.cat(list(logits))
+        except RuntimeError:  # the runner moved to another device while rows were buffered
+            z = torch.cat([t.cpu() for t in logits])
+        out: np.ndarray = runner._score(z, runner.k - 1).float().cpu().numpy()
+        return out
 
-    return convert
-
-
-def _host(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """``tensors`` concatenated along rows, on the host (moved one by one if they lie on several devices)."""
-    try:
-        return torch.cat(tensors).cpu()
-    except RuntimeError:  # the runner moved to another device while rows were buffered
-        return torch.cat([t.cpu() for t in tensors])
+    return scores
 
 
 def observed_call(
@@ -184,7 +164,7 @@ def observed_call(
     Raises:
         DyncalError: ``request_ids`` of another length than the batch, or a failed telemetry write.
     """
-    b = int(x.shape[0])
+    b = x.shape[0]
     if request_ids is not None and len(request_ids) != b:
         raise DyncalError(f"{param('request_ids')} has {len(request_ids)} ids for a batch of {b}")
     if b == 1 and writer.deferred is not None:
@@ -209,22 +189,18 @@ def observed_call(
 def _observed_one(
     runner: EarlyExitRunner, writer: TelemetryWriter, x: torch.Tensor, request_id: str | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`observed_call` at batch 1: references recorded, converted at the writer's flush."""
+    """:func:`observed_call` at batch 1: the row's numbers handed to the writer's lists."""
     t0 = time.perf_counter()
-    exits, preds, payload = early_exit_one(runner, x)
-    if not x.is_cpu:  # the answer on the host: the latency's end
-        exits.cpu(), preds.cpu()
-    ms = (time.perf_counter() - t0) * 1e3
-    disagrees = None
+    exits, preds, (k, pred, scores, pending) = early_exit_one(runner, x)
+    ms = (time.perf_counter() - t0) * 1e3  # item() read the answer: it is on the host
+    last = -1
     if writer.shadow > 0.0 and writer.shadow_mask(1)[0]:
         with torch.inference_mode():
-            plain = runner.stages.run(x)[-1].argmax(dim=1)
-        payload = (*payload[:3], plain)
-        if writer.metrics is not None:
-            disagrees = bool((plain != preds).any())
+            last = int(runner.stages.run(x)[-1].argmax(dim=1).item())
     writer.record_one(
-        payload, payload[0], ms, request_id=None if request_id is None else str(request_id), disagrees=disagrees
-    )
+        k, pred, scores, ms, pending=pending, last_prediction=last,
+        request_id=None if request_id is None else str(request_id),
+    )  # fmt: skip
     return exits, preds
 
 
@@ -259,5 +235,5 @@ def open_telemetry(
     prom = None
     if metrics is not None and metrics is not False:
         prom = TelemetryMetrics(identity.k, registry=None if metrics is True else metrics)
-    writer_options.setdefault("deferred", deferred_rows(runner))
+    writer_options.setdefault("deferred", last_exit_scores(runner))
     return TelemetryWriter(folder, identity, shadow=float(shadow), metrics=prom, seed=seed, **writer_options)

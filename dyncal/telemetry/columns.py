@@ -2,10 +2,12 @@
 
 Two ways in. :meth:`Columns.append` stores a checked batch (numpy arrays) in preallocated
 columns. The runner's batch-1 path (:meth:`~dyncal.telemetry.TelemetryWriter.record_one`)
-appends one tuple of references per request to :attr:`Columns.deferred`: converting a
-request's few small tensors to numbers costs microseconds each, which at batch 1 is a visible
-share of a small model's latency; the flush converts them all at once
-(:meth:`Columns.absorb`, with the converter the runner gave the writer).
+appends plain numbers to the lists of :class:`Singles`: no array store, no object per request
+that outlives it (a request's tensors kept until the flush would make Python's garbage
+collector walk them, which costs more than reading their values), except the logits of a
+request that reached the last exit, whose score the exit rule never needed: the flush
+computes those for the whole buffer at once (the writer's ``deferred`` function).
+:meth:`Columns.absorb` turns the lists into column rows.
 """
 
 from __future__ import annotations
@@ -17,14 +19,29 @@ import numpy as np
 
 from dyncal.errors import DyncalError
 
-__all__ = ["Columns", "Deferred", "DeferredConvert"]
+__all__ = ["Columns", "DeferredScores", "Singles"]
 
-Deferred = tuple[int, int, float, str | None, Any]
-"""One deferred request: ``(batch number, time stamp in ns since the epoch, latency ms, request id, payload)``."""
+DeferredScores = Callable[[Sequence[Any]], np.ndarray]
+"""What the runner left for the flush (the last exit's logits of ``n`` requests) -> their ``(n,)`` scores."""
 
-DeferredConvert = Callable[[Sequence[Any]], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
-"""Payloads of ``n`` deferred requests -> ``(exits, predictions, scores (n, K) NaN past each exit, last
-predictions (-1 where not shadowed))``."""
+
+class Singles:
+    """Batch-1 requests recorded since the last flush, one list per column (appends only)."""
+
+    def __init__(self) -> None:
+        self.batch: list[int] = []
+        self.time_ns: list[int] = []
+        self.latency_ms: list[float] = []
+        self.exits: list[int] = []
+        self.predictions: list[int] = []
+        self.last: list[int] = []
+        self.request_ids: list[str | None] = []
+        self.scores: list[float] = []  # exit + 1 values per request (NaN where left for the flush)
+        self.pending: list[Any] = []  # what the flush computes the NaN scores from
+        self.pending_at: list[int] = []  # their places in ``scores``
+
+    def __len__(self) -> int:
+        return len(self.exits)
 
 
 class Columns:
@@ -48,12 +65,12 @@ class Columns:
         self.latency_ms = np.empty(capacity, np.float32)
         self.last = np.empty(capacity, np.int64)
         self.request_ids: list[str | None] | None = None  # None until a batch brings ids
-        self.deferred: list[Deferred] = []
+        self.singles = Singles()
 
     @property
     def rows(self) -> int:
-        """Rows buffered: in the columns and deferred."""
-        return self.n + len(self.deferred)
+        """Rows buffered: in the columns and as singles."""
+        return self.n + len(self.singles.exits)
 
     def reserve(self, rows: int) -> None:
         """Room for ``rows`` more rows (the columns double when full)."""
@@ -112,33 +129,35 @@ class Columns:
             self.request_ids.extend([None] * b)
         self.n += b
 
-    def absorb(self, convert: DeferredConvert | None) -> None:
-        """Turn the deferred requests into column rows (``convert`` reads their payloads), in batch order."""
-        entries, self.deferred = self.deferred, []
-        if not entries:
+    def absorb(self, deferred: DeferredScores | None) -> None:
+        """Turn the batch-1 requests into column rows (``deferred`` computes the scores left), in batch order."""
+        singles, self.singles = self.singles, Singles()
+        m, i = len(singles), self.n
+        if not m:
             return
-        if convert is None:
-            raise DyncalError("deferred telemetry rows need the writer's `deferred` converter")
-        m, i = len(entries), self.n
-        exits, predictions, scores, last = convert([e[4] for e in entries])
-        if (
-            exits.shape != (m,)
-            or predictions.shape != (m,)
-            or last.shape != (m,)
-            or scores.shape != (m, self.scores.shape[1])
-        ):
-            raise DyncalError(f"the deferred telemetry converter returned arrays that do not fit {m} requests")
+        values = np.array(singles.scores, dtype=np.float32)
+        if singles.pending:
+            if deferred is None:
+                raise DyncalError("telemetry rows left scores for the flush, but the writer has no `deferred` function")
+            values[singles.pending_at] = deferred(singles.pending)
+        exits = np.array(singles.exits, dtype=np.int64)
+        lengths = exits + 1
+        if values.shape[0] != int(lengths.sum()):
+            raise DyncalError(f"telemetry of {m} requests got {values.shape[0]} scores for their {lengths.sum()} exits")
         self.reserve(m)
         j = i + m
-        self.batch[i:j] = np.fromiter((e[0] for e in entries), np.int64, m)
-        self.time_us[i:j] = np.fromiter((e[1] for e in entries), np.int64, m) // 1000
-        self.latency_ms[i:j] = np.fromiter((e[2] for e in entries), np.float64, m)
+        self.batch[i:j] = singles.batch
+        self.time_us[i:j] = np.array(singles.time_ns, dtype=np.int64) // 1000
+        self.latency_ms[i:j] = singles.latency_ms
         self.batch_size[i:j] = 1
         self.exits[i:j] = exits
-        self.predictions[i:j] = predictions
-        self.scores[i:j] = scores
-        self.last[i:j] = last
-        ids = [e[3] for e in entries]
+        self.predictions[i:j] = singles.predictions
+        self.last[i:j] = singles.last
+        block = self.scores[i:j]
+        block[:] = np.nan
+        starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        block[np.repeat(np.arange(m), lengths), np.arange(values.shape[0]) - starts] = values
+        ids = singles.request_ids
         if self.request_ids is not None or any(r is not None for r in ids):
             if self.request_ids is None:
                 self.request_ids = [None] * i

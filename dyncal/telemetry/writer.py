@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dyncal.errors import DyncalError, describe, param
-from dyncal.telemetry.columns import Columns, DeferredConvert
+from dyncal.telemetry.columns import Columns, DeferredScores
 from dyncal.telemetry.schema import (
     EXTRA_HINT,
     PREFIX,
@@ -140,13 +140,13 @@ class TelemetryMetrics:
         if n_disagree:
             self.disagreements.inc(n_disagree)
 
-    def observe_one(self, exit_index: int, latency_ms: float, disagrees: bool | None) -> None:
-        """Count one request: its exit from 0, latency in ms, and on a shadow request whether the classes differ."""
+    def observe_one(self, exit_index: int, latency_ms: float, last_prediction: int, prediction: int) -> None:
+        """Count one request: its exit from 0, latency in ms, and the last exit's class if shadowed (else -1)."""
         self._per_exit[exit_index].inc()
         self.latency.observe(latency_ms / 1000.0)
-        if disagrees is not None:
+        if last_prediction >= 0:
             self.shadow.inc()
-            if disagrees:
+            if last_prediction != prediction:
                 self.disagreements.inc()
 
 
@@ -190,8 +190,8 @@ class TelemetryWriter:
         metrics: Prometheus metrics to update per batch, or None.
         seed: Seed of the shadow draws (default: fresh entropy).
         clock: Seconds since the epoch (default ``time.time``); inject one in tests.
-        deferred: What turns :meth:`record_one`'s payloads into rows at flush time (the runner's
-            :func:`~dyncal.analysis.package_telemetry.open_telemetry` gives it), or None.
+        deferred: What computes the scores :meth:`record_one` left for the flush (``pending``: the
+            runner's :func:`~dyncal.analysis.package_telemetry.open_telemetry` gives it), or None.
 
     Example:
         >>> import tempfile
@@ -219,7 +219,7 @@ class TelemetryWriter:
         metrics: TelemetryMetrics | None = None,
         seed: int | None = None,
         clock: Callable[[], float] = time.time,
-        deferred: DeferredConvert | None = None,
+        deferred: DeferredScores | None = None,
     ) -> None:
         self._pa = require_pyarrow()
         if isinstance(shadow, bool) or not isinstance(shadow, (int, float)) or not 0.0 <= shadow <= 1.0:
@@ -368,36 +368,43 @@ class TelemetryWriter:
 
     def record_one(
         self,
-        payload: Any,
         exit_index: int,
+        prediction: int,
+        scores: Sequence[float],
         latency_ms: float,
         *,
+        pending: Any = None,
+        last_prediction: int = -1,
         request_id: str | None = None,
-        disagrees: bool | None = None,
     ) -> None:
-        """Record one request (batch 1) as references, converted with the other buffered rows at flush time.
+        """Record one request (batch 1) from plain numbers: the runner's hook at batch 1.
 
-        The runner's hook at batch 1 (:func:`~dyncal.analysis.package_telemetry.observed_call`):
-        no conversion, no check and no array store on the request path; the writer's
-        ``deferred`` converter turns ``payload`` into the row's exit, prediction, scores and
-        last prediction when the buffer is flushed. Rows are as :meth:`record` writes them.
+        Appends to lists (no array store, no object kept per request); the flush writes the
+        rows as :meth:`record` would. :func:`~dyncal.analysis.package_telemetry.observed_call`
+        calls it.
 
         Args:
-            payload: What the converter reads (the runner's exit, logits and scores).
-            exit_index: The exit taken, from 0 (for the Prometheus metrics).
+            exit_index: The exit taken, from 0.
+            prediction: The class answered.
+            scores: The score at each exit evaluated: ``exit_index + 1`` values, or
+                ``exit_index`` with ``pending``.
             latency_ms: The request's latency in ms.
+            pending: What the writer's ``deferred`` function computes the last of the scores
+                from at flush time (the runner: the last exit's logits), or None.
+            last_prediction: The last exit's class on a shadow request, else -1.
             request_id: The caller's id, or None.
-            disagrees: On a shadow request, whether the last exit's class differs (for the metrics);
-                None when not shadowed.
 
         Raises:
-            DyncalError: A writer without a ``deferred`` converter, closed, used in a forked
-                child, or whose previous background write failed.
+            DyncalError: An exit out of range or scores that do not fit it, a writer closed, used
+                in a forked child, or whose previous background write failed.
         """
         if self._forked or (not _AT_FORK and os.getpid() != self._pid):
             raise self._forked_error()
-        if self.deferred is None:
-            raise DyncalError("record_one needs a writer made with a `deferred` converter; use record()")
+        n_scores = len(scores) + (pending is not None)
+        if not 0 <= exit_index < self.identity.k or n_scores != exit_index + 1:
+            raise DyncalError(f"telemetry of exit {exit_index} of {self.identity.k} got {n_scores} scores")
+        if pending is not None and self.deferred is None:
+            raise DyncalError("record_one got a score to compute later, but the writer has no `deferred` function")
         ns = self._stamp_ns()
         with self._lock:
             if self._error is not None or self._closed:
@@ -406,15 +413,27 @@ class TelemetryWriter:
             rows = self._rows
             if rows.oldest is None:
                 rows.oldest = ns / 1e9
-            rows.deferred.append((self._batches, ns, latency_ms, request_id, payload))
+            one = rows.singles
+            one.batch.append(self._batches)
             self._batches += 1
-            due = rows.n + len(rows.deferred) >= self.flush_rows
+            one.time_ns.append(ns)
+            one.latency_ms.append(latency_ms)
+            one.exits.append(exit_index)
+            one.predictions.append(prediction)
+            one.last.append(last_prediction)
+            one.request_ids.append(request_id)
+            one.scores.extend(scores)
+            if pending is not None:
+                one.pending_at.append(len(one.scores))
+                one.scores.append(math.nan)
+                one.pending.append(pending)
+            due = rows.n + len(one.exits) >= self.flush_rows
             if due and self._thread is not None:
                 self._wake.notify()
         if self._thread is None and (due or ns / 1e9 - rows.oldest >= self.flush_seconds):
             self._flush()
         if self.metrics is not None:
-            self.metrics.observe_one(exit_index, latency_ms, disagrees)
+            self.metrics.observe_one(exit_index, latency_ms, last_prediction, prediction)
 
     # ------------------------------------------------------------------ flushing and rotating
 

@@ -15,7 +15,7 @@ and keeps each exit's scores; without telemetry the runner does not pay for that
 
 At batch 1 (the serving case, where a few microseconds show) the request path does the plain
 early exit's work, reads the scores the exit rule computed and the prediction (``item()``),
-and appends the numbers to the writer's lists
+and appends the numbers to the writer's buffer
 (:meth:`~dyncal.telemetry.TelemetryWriter.record_one`): no numpy array, no check of arrays,
 no tensor kept, except the last exit's logits of a request that got there: the exit rule
 computes no score there, and the flush computes them for the whole buffer at once
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from dyncal.telemetry import TelemetryWriter
     from dyncal.telemetry.columns import DeferredScores
 
-OneRow = tuple[int, int, list[float], torch.Tensor | None]
+OneRow = tuple[int, int, tuple[float, ...], torch.Tensor | None]
 """One batch-1 request's row: (exit, prediction, the scores read, the last exit's logits or None)."""
 
 __all__ = ["early_exit_one", "last_exit_scores", "early_exit_with_scores", "observed_call", "open_telemetry"]
@@ -128,7 +128,7 @@ def early_exit_one(runner: EarlyExitRunner, x: torch.Tensor) -> tuple[torch.Tens
             parts.append((None, k, logits.argmax(dim=1)))
             break
     exits, preds = runner._assemble(1, parts, x.device)
-    return exits, preds, (k, int(preds.item()), scores, logits if k == last else None)
+    return exits, preds, (k, int(preds.item()), tuple(scores), logits if k == last else None)
 
 
 def last_exit_scores(runner: EarlyExitRunner) -> DeferredScores:

@@ -2,16 +2,17 @@
 
 Two ways in. :meth:`Columns.append` stores a checked batch (numpy arrays) in preallocated
 columns. The runner's batch-1 path (:meth:`~dyncal.telemetry.TelemetryWriter.record_one`)
-appends plain numbers to the lists of :class:`Singles`: no array store, no object per request
-that outlives it (a request's tensors kept until the flush would make Python's garbage
-collector walk them, which costs more than reading their values), except the logits of a
-request that reached the last exit, whose score the exit rule never needed: the flush
-computes those for the whole buffer at once (the writer's ``deferred`` function).
-:meth:`Columns.absorb` turns the lists into column rows.
+appends one tuple of plain numbers per request to :class:`Singles` (one object touched, no
+array store; a request's tensors kept until the flush would make Python's garbage collector
+walk them, which costs more than reading their values), except the logits of a request that
+reached the last exit, whose score the exit rule never needed: the flush computes those for
+the whole buffer at once (the writer's ``deferred`` function). :meth:`Columns.absorb` turns
+the tuples into column rows.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -19,29 +20,27 @@ import numpy as np
 
 from dyncal.errors import DyncalError
 
-__all__ = ["Columns", "DeferredScores", "Singles"]
+__all__ = ["Columns", "DeferredScores", "Single", "Singles"]
 
 DeferredScores = Callable[[Sequence[Any]], np.ndarray]
 """What the runner left for the flush (the last exit's logits of ``n`` requests) -> their ``(n,)`` scores."""
 
 
+Single = tuple[int, int, float, int, int, int, "str | None", tuple[float, ...]]
+"""One batch-1 request: (batch, time stamp in ns, latency ms, exit, prediction, last prediction, request id,
+scores read). Numbers only: Python's garbage collector stops tracking such a tuple at its first look."""
+
+
 class Singles:
-    """Batch-1 requests recorded since the last flush, one list per column (appends only)."""
+    """Batch-1 requests recorded since the last flush: one tuple each, and what the flush must still compute."""
 
     def __init__(self) -> None:
-        self.batch: list[int] = []
-        self.time_ns: list[int] = []
-        self.latency_ms: list[float] = []
-        self.exits: list[int] = []
-        self.predictions: list[int] = []
-        self.last: list[int] = []
-        self.request_ids: list[str | None] = []
-        self.scores: list[float] = []  # exit + 1 values per request (NaN where left for the flush)
-        self.pending: list[Any] = []  # what the flush computes the NaN scores from
-        self.pending_at: list[int] = []  # their places in ``scores``
+        self.rows: list[Single] = []
+        self.pending: list[Any] = []  # the last exit's logits of requests that got there
+        self.pending_rows: list[int] = []  # their places in ``rows``
 
     def __len__(self) -> int:
-        return len(self.exits)
+        return len(self.rows)
 
 
 class Columns:
@@ -70,7 +69,7 @@ class Columns:
     @property
     def rows(self) -> int:
         """Rows buffered: in the columns and as singles."""
-        return self.n + len(self.singles.exits)
+        return self.n + len(self.singles.rows)
 
     def reserve(self, rows: int) -> None:
         """Room for ``rows`` more rows (the columns double when full)."""
@@ -135,29 +134,29 @@ class Columns:
         m, i = len(singles), self.n
         if not m:
             return
-        values = np.array(singles.scores, dtype=np.float32)
+        batch, time_ns, latency_ms, exits_, predictions, last, ids_, scores = zip(*singles.rows, strict=True)
+        exits = np.array(exits_, dtype=np.int64)
+        lengths = np.fromiter(map(len, scores), np.int64, m)
+        self.reserve(m)
+        j = i + m
+        self.batch[i:j] = batch
+        self.time_us[i:j] = np.array(time_ns, dtype=np.int64) // 1000
+        self.latency_ms[i:j] = latency_ms
+        self.batch_size[i:j] = 1
+        self.exits[i:j] = exits
+        self.predictions[i:j] = predictions
+        self.last[i:j] = last
+        block = self.scores[i:j]
+        block[:] = np.nan
+        flat = np.fromiter(itertools.chain.from_iterable(scores), np.float32, int(lengths.sum()))
+        starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        block[np.repeat(np.arange(m), lengths), np.arange(flat.shape[0]) - starts] = flat
         if singles.pending:
             if deferred is None:
                 raise DyncalError("telemetry rows left scores for the flush, but the writer has no `deferred` function")
-            values[singles.pending_at] = deferred(singles.pending)
-        exits = np.array(singles.exits, dtype=np.int64)
-        lengths = exits + 1
-        if values.shape[0] != int(lengths.sum()):
-            raise DyncalError(f"telemetry of {m} requests got {values.shape[0]} scores for their {lengths.sum()} exits")
-        self.reserve(m)
-        j = i + m
-        self.batch[i:j] = singles.batch
-        self.time_us[i:j] = np.array(singles.time_ns, dtype=np.int64) // 1000
-        self.latency_ms[i:j] = singles.latency_ms
-        self.batch_size[i:j] = 1
-        self.exits[i:j] = exits
-        self.predictions[i:j] = singles.predictions
-        self.last[i:j] = singles.last
-        block = self.scores[i:j]
-        block[:] = np.nan
-        starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
-        block[np.repeat(np.arange(m), lengths), np.arange(values.shape[0]) - starts] = values
-        ids = singles.request_ids
+            rows = np.array(singles.pending_rows)
+            block[rows, exits[rows]] = deferred(singles.pending)
+        ids = list(ids_)
         if self.request_ids is not None or any(r is not None for r in ids):
             if self.request_ids is None:
                 self.request_ids = [None] * i

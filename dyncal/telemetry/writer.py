@@ -370,7 +370,7 @@ class TelemetryWriter:
         self,
         exit_index: int,
         prediction: int,
-        scores: Sequence[float],
+        scores: tuple[float, ...],
         latency_ms: float,
         *,
         pending: Any = None,
@@ -379,7 +379,7 @@ class TelemetryWriter:
     ) -> None:
         """Record one request (batch 1) from plain numbers: the runner's hook at batch 1.
 
-        Appends to lists (no array store, no object kept per request); the flush writes the
+        Appends one tuple of numbers (no array store, no tensor kept); the flush writes the
         rows as :meth:`record` would. :func:`~dyncal.analysis.package_telemetry.observed_call`
         calls it.
 
@@ -414,20 +414,13 @@ class TelemetryWriter:
             if rows.oldest is None:
                 rows.oldest = ns / 1e9
             one = rows.singles
-            one.batch.append(self._batches)
-            self._batches += 1
-            one.time_ns.append(ns)
-            one.latency_ms.append(latency_ms)
-            one.exits.append(exit_index)
-            one.predictions.append(prediction)
-            one.last.append(last_prediction)
-            one.request_ids.append(request_id)
-            one.scores.extend(scores)
             if pending is not None:
-                one.pending_at.append(len(one.scores))
-                one.scores.append(math.nan)
+                one.pending_rows.append(len(one.rows))
                 one.pending.append(pending)
-            due = rows.n + len(one.exits) >= self.flush_rows
+            row = (self._batches, ns, latency_ms, exit_index, prediction, last_prediction, request_id, scores)
+            one.rows.append(row)
+            self._batches += 1
+            due = rows.n + len(one.rows) >= self.flush_rows
             if due and self._thread is not None:
                 self._wake.notify()
         if self._thread is None and (due or ns / 1e9 - rows.oldest >= self.flush_seconds):

@@ -312,3 +312,53 @@ def test_the_runner_counts_requests_per_exit_in_prometheus(demo_runs, tmp_path):
     assert per_exit == np.bincount(exits.numpy(), minlength=4).tolist()
     assert registry.get_sample_value("dyncal_shadow_requests_total") == 30
     assert registry.get_sample_value("dyncal_early_exit_latency_seconds_count") == 30
+
+
+@pytest.mark.integration
+def test_batch_one_rows_converted_at_the_flush_equal_rows_converted_per_request(demo_runs, tmp_path):
+    """The runner's batch-1 path (numbers into lists, last-exit scores at the flush): the same rows and metrics."""
+    pa = pytest.importorskip("pyarrow", reason="telemetry needs pyarrow (the rollout extra)")
+    pq = pytest.importorskip("pyarrow.parquet", reason="telemetry needs pyarrow (the rollout extra)")
+    prom = pytest.importorskip("prometheus_client", reason="metrics need prometheus-client (the rollout extra)")
+    from dyncal.analysis.package_runner import load_early_exit
+    from dyncal.analysis.package_telemetry import open_telemetry
+
+    ds = dyncal.load_dataset("dyncal.demo:validation")
+    x = torch.stack([ds[i][0] for i in range(70)])
+    plain_exits, plain_preds = load_early_exit(demo_runs["pkg"])(x)
+    tables, samples = {}, {}
+    for name, deferred in (("deferred", True), ("per_request", False)):
+        runner = load_early_exit(demo_runs["pkg"])
+        registry = prom.CollectorRegistry()
+        writer = open_telemetry(
+            runner, tmp_path / name, shadow=0.5, seed=3, background=False, flush_rows=7,
+            metrics=registry, **({} if deferred else {"deferred": None}),
+        )  # fmt: skip
+        assert (writer.deferred is not None) == deferred
+        runner.telemetry = writer
+        answers = []
+        for i in range(60):  # batch 1, some with ids; the writer's own record() and a batch of 5 in between
+            answers.append(runner(x[i : i + 1], request_ids=[f"r{i}"] if i % 3 else None))
+            if i == 20:
+                writer.record([1], [2], np.full((1, 4), 0.5, np.float32), 1.0, request_ids=["own"])
+            if i == 40:
+                answers.append(runner(x[60:65]))
+        answers.append(runner(x[65:70]))
+        writer.close()
+        exits, preds = torch.cat([a[0] for a in answers]), torch.cat([a[1] for a in answers])
+        order = [*range(41), *range(60, 65), *range(41, 60), *range(65, 70)]
+        assert torch.equal(exits, plain_exits[order]) and torch.equal(preds, plain_preds[order])
+        files = sorted((tmp_path / name).glob("*.parquet"))
+        assert len(files) == 1 and not list((tmp_path / name).glob("*.arrows"))
+        tables[name] = pq.read_table(files[0]).drop(["time", "latency_ms"])
+        samples[name] = [
+            (s.name, s.labels, s.value) for m in registry.collect() for s in m.samples if "_sum" not in s.name
+        ]
+        samples[name] = [s for s in samples[name] if not s[0].endswith("_created") and "bucket" not in s[0]]
+    fast, slow = tables["deferred"], tables["per_request"]
+    assert fast.num_rows == slow.num_rows == 71 and fast.column_names == slow.column_names
+    for column in fast.column_names:
+        assert fast.column(column).to_pylist() == slow.column(column).to_pylist(), column
+    assert fast.column("batch").to_pylist() == [*range(42), *[42] * 5, *range(43, 62), *[62] * 5]  # recorded order
+    assert pa.compute.sum(fast.column("shadow")).as_py() > 0
+    assert samples["deferred"] == samples["per_request"]

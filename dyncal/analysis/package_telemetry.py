@@ -12,6 +12,16 @@ model (every stage, nobody leaving) and records the last exit's prediction: the 
 The early exit here takes the same decisions as :meth:`EarlyExitRunner.__call__
 <dyncal.analysis.early_exit.EarlyExitRunner.__call__>` (same stages, scores and thresholds)
 and keeps each exit's scores; without telemetry the runner does not pay for that.
+
+At batch 1 (the serving case, where a few microseconds show) the request path does the plain
+early exit's work, reads the scores the exit rule computed and the prediction (``item()``),
+and appends the numbers to the writer's buffer
+(:meth:`~dyncal.telemetry.TelemetryWriter.record_one`): no numpy array, no check of arrays,
+no tensor kept, except the last exit's logits of a request that got there: the exit rule
+computes no score there, and the flush computes them for the whole buffer at once
+(:func:`last_exit_scores`). Keeping every request's tensors until the flush was tried and
+measured: the garbage collector then walks them, which costs more than reading them. Larger
+batches are converted on the request path, where the cost is shared by the batch's rows.
 """
 
 from __future__ import annotations
@@ -30,8 +40,12 @@ from dyncal.inputs import batch_size, flatten, take_rows
 if TYPE_CHECKING:
     from dyncal.analysis.early_exit import EarlyExitRunner
     from dyncal.telemetry import TelemetryWriter
+    from dyncal.telemetry.columns import DeferredScores
 
-__all__ = ["early_exit_with_scores", "observed_call", "open_telemetry"]
+OneRow = tuple[int, int, tuple[float, ...], torch.Tensor | None]
+"""One batch-1 request's row: (exit, prediction, the scores read, the last exit's logits or None)."""
+
+__all__ = ["early_exit_one", "last_exit_scores", "early_exit_with_scores", "observed_call", "open_telemetry"]
 
 
 @torch.inference_mode()
@@ -83,6 +97,60 @@ def early_exit_with_scores(runner: EarlyExitRunner, x: torch.Tensor) -> tuple[to
     return exits, preds, scores
 
 
+@torch.inference_mode()
+def early_exit_one(runner: EarlyExitRunner, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, OneRow]:
+    """Early-exit one request ``x`` ``(1, ...)`` as ``runner(x)`` does, reading what its telemetry row needs.
+
+    The same work as :meth:`EarlyExitRunner.__call__
+    <dyncal.analysis.early_exit.EarlyExitRunner.__call__>` at batch 1 (same stages, scores,
+    decisions and outputs), plus reading each score the exit rule computed and the prediction
+    (``item()``, a fraction of a microsecond each). At the last exit the rule computes no
+    score; its logits are handed on, for the flush to score with the whole buffer.
+
+    Returns:
+        ``(exits, predictions, row)``: the runner's ``(1,)`` tensors and ``(exit, prediction,
+        scores read, the last exit's logits or None)``.
+    """
+    scores: list[float] = []
+    parts: list[tuple[torch.Tensor | None, int, torch.Tensor]] = []
+    run = runner.stages.start(x)
+    last = runner.k - 1
+    for k in range(runner.k):
+        logits = run.step()
+        if k == last:
+            parts.append((None, k, logits.argmax(dim=1)))
+            break
+        score = runner._score(logits, k)  # runner.leaving(), its score kept
+        scores.append(score.item())
+        n_leave = int((score >= runner.thresholds[k]).sum())
+        if n_leave == 0:
+            continue
+        if n_leave == logits.shape[0]:
+            parts.append((None, k, logits.argmax(dim=1)))
+            break
+    exits, preds = runner._assemble(1, parts, flatten(x)[0].device)
+    return exits, preds, (k, int(preds.item()), tuple(scores), logits if k == last else None)
+
+
+def last_exit_scores(runner: EarlyExitRunner) -> DeferredScores:
+    """What the writer's flush computes the last exit's scores with: one call for the whole buffer.
+
+    Takes the last exit's logits ``(1, C)`` of ``n`` requests and returns their ``(n,)``
+    float32 scores, as the runner's score rule computes them (its temperature), on the host.
+    """
+
+    @torch.inference_mode()
+    def scores(logits: Sequence[torch.Tensor]) -> np.ndarray:
+        try:
+            z = torch.cat(list(logits))
+        except RuntimeError:  # the runner moved to another device while rows were buffered
+            z = torch.cat([t.cpu() for t in logits])
+        out: np.ndarray = runner._score(z, runner.k - 1).float().cpu().numpy()
+        return out
+
+    return scores
+
+
 def observed_call(
     runner: EarlyExitRunner,
     writer: TelemetryWriter,
@@ -100,6 +168,8 @@ def observed_call(
     b = batch_size(x)
     if request_ids is not None and len(request_ids) != b:
         raise DyncalError(f"{param('request_ids')} has {len(request_ids)} ids for a batch of {b}")
+    if b == 1 and writer.deferred is not None:
+        return _observed_one(runner, writer, x, None if request_ids is None else request_ids[0])
     shadow = writer.shadow_mask(b)
     t0 = time.perf_counter()
     exits, preds, scores = early_exit_with_scores(runner, x)
@@ -114,6 +184,24 @@ def observed_call(
         last = np.full(b, -1, dtype=np.int64)
         last[rows] = plain
     writer.record(exits_host, preds_host, scores, ms, last_predictions=last, request_ids=request_ids)
+    return exits, preds
+
+
+def _observed_one(
+    runner: EarlyExitRunner, writer: TelemetryWriter, x: torch.Tensor, request_id: str | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`observed_call` at batch 1: the row's numbers handed to the writer's lists."""
+    t0 = time.perf_counter()
+    exits, preds, (k, pred, scores, pending) = early_exit_one(runner, x)
+    ms = (time.perf_counter() - t0) * 1e3  # item() read the answer: it is on the host
+    last = -1
+    if writer.shadow > 0.0 and writer.shadow_mask(1)[0]:
+        with torch.inference_mode():
+            last = int(runner.stages.run(x)[-1].argmax(dim=1).item())
+    writer.record_one(
+        k, pred, scores, ms, pending=pending, last_prediction=last,
+        request_id=None if request_id is None else str(request_id),
+    )  # fmt: skip
     return exits, preds
 
 
@@ -148,4 +236,5 @@ def open_telemetry(
     prom = None
     if metrics is not None and metrics is not False:
         prom = TelemetryMetrics(identity.k, registry=None if metrics is True else metrics)
+    writer_options.setdefault("deferred", last_exit_scores(runner))
     return TelemetryWriter(folder, identity, shadow=float(shadow), metrics=prom, seed=seed, **writer_options)

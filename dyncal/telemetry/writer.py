@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dyncal.errors import DyncalError, describe, param
+from dyncal.telemetry.columns import Columns, DeferredScores
+from dyncal.telemetry.metrics import TelemetryMetrics
 from dyncal.telemetry.schema import (
-    EXTRA_HINT,
     PREFIX,
     STREAM_SUFFIX,
     TELEMETRY_SCHEMA,
@@ -84,136 +85,6 @@ def _coerce_batch(
     return ex, preds, sc, lat, last
 
 
-class TelemetryMetrics:
-    """Prometheus metrics of an early exit: requests per exit, latency, shadow disagreements.
-
-    Args:
-        k: Exits.
-        registry: A ``prometheus_client.CollectorRegistry`` (default: the global one).
-        namespace: Metric name prefix (default ``dyncal``).
-        buckets: Latency histogram buckets in seconds.
-
-    Metrics: ``<ns>_early_exit_requests_total{exit="1".."K"}`` (exits counted from 1, as people
-    read them), ``<ns>_early_exit_latency_seconds`` (histogram), ``<ns>_shadow_requests_total``,
-    ``<ns>_shadow_disagreements_total``.
-
-    Raises:
-        DyncalError: prometheus-client is not installed (names the extra).
-    """
-
-    def __init__(
-        self,
-        k: int,
-        *,
-        registry: Any = None,
-        namespace: str = "dyncal",
-        buckets: Sequence[float] = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
-    ) -> None:
-        try:
-            import prometheus_client as prom
-        except ImportError:
-            raise DyncalError(f"Prometheus metrics need prometheus-client, not installed; {EXTRA_HINT}") from None
-        kw: dict[str, Any] = {"namespace": namespace}
-        if registry is not None:
-            kw["registry"] = registry
-        self.k = int(k)
-        self.requests = prom.Counter("early_exit_requests", "Requests answered, per exit (from 1)", ["exit"], **kw)
-        self._per_exit = [self.requests.labels(exit=str(j + 1)) for j in range(self.k)]
-        self.latency = prom.Histogram(
-            "early_exit_latency_seconds", "Latency of early-exit requests", buckets=tuple(buckets), **kw
-        )
-        self.shadow = prom.Counter("shadow_requests", "Requests whose plain model was completed too", **kw)
-        self.disagreements = prom.Counter(
-            "shadow_disagreements", "Shadow requests where the early exit's class differs from the last exit's", **kw
-        )
-
-    def observe(self, exits: np.ndarray, latency_ms: np.ndarray, n_shadow: int, n_disagree: int) -> None:
-        """Count one batch: exits ``(B,)`` from 0, latencies ``(B,)`` in ms, its shadow requests and disagreements."""
-        for j, count in enumerate(np.bincount(exits, minlength=self.k)[: self.k]):
-            if count:
-                self._per_exit[j].inc(int(count))
-        for ms in latency_ms:
-            self.latency.observe(float(ms) / 1000.0)
-        if n_shadow:
-            self.shadow.inc(n_shadow)
-        if n_disagree:
-            self.disagreements.inc(n_disagree)
-
-
-class _Columns:
-    """Rows not yet flushed, in preallocated columns (a row costs a few item stores, not an object)."""
-
-    def __init__(self, capacity: int, k: int) -> None:
-        self.n = 0
-        self.oldest: float | None = None
-        self.time_us = np.empty(capacity, np.int64)
-        self.batch = np.empty(capacity, np.int64)
-        self.batch_size = np.empty(capacity, np.int32)
-        self.exits = np.empty(capacity, np.int64)
-        self.predictions = np.empty(capacity, np.int64)
-        self.scores = np.empty((capacity, k), np.float32)
-        self.latency_ms = np.empty(capacity, np.float32)
-        self.last = np.empty(capacity, np.int64)
-        self.request_ids: list[str | None] | None = None  # None until a batch brings ids
-
-    def reserve(self, rows: int) -> None:
-        """Room for ``rows`` more rows (the columns double when full)."""
-        need = self.n + rows
-        if need <= self.exits.shape[0]:
-            return
-        size = max(need, 2 * self.exits.shape[0])
-        for name in ("time_us", "batch", "batch_size", "exits", "predictions", "latency_ms", "last"):
-            old = getattr(self, name)
-            new = np.empty(size, old.dtype)
-            new[: self.n] = old[: self.n]
-            setattr(self, name, new)
-        scores = np.empty((size, self.scores.shape[1]), np.float32)
-        scores[: self.n] = self.scores[: self.n]
-        self.scores = scores
-
-    def append(
-        self,
-        time_us: int,
-        batch: int,
-        exits: np.ndarray,
-        predictions: np.ndarray,
-        scores: np.ndarray,
-        latency_ms: float | np.ndarray,
-        last: np.ndarray | None,
-        request_ids: Sequence[str | None] | None,
-    ) -> None:
-        """Store one checked batch (the caller holds the buffer lock)."""
-        b = exits.shape[0]
-        self.reserve(b)
-        i = self.n
-        if b == 1:  # batch-1 serving: item stores
-            self.time_us[i] = time_us
-            self.batch[i] = batch
-            self.batch_size[i] = 1
-            self.exits[i] = exits[0]
-            self.predictions[i] = predictions[0]
-            self.scores[i] = scores[0]
-            self.latency_ms[i] = latency_ms if isinstance(latency_ms, float) else latency_ms[0]
-            self.last[i] = -1 if last is None else last[0]
-        else:
-            j = i + b
-            self.time_us[i:j] = time_us
-            self.batch[i:j] = batch
-            self.batch_size[i:j] = b
-            self.exits[i:j] = exits
-            self.predictions[i:j] = predictions
-            self.scores[i:j] = scores
-            self.latency_ms[i:j] = latency_ms
-            self.last[i:j] = -1 if last is None else last
-        if request_ids is not None:
-            if self.request_ids is None:
-                self.request_ids = [None] * i
-            self.request_ids.extend(None if r is None else str(r) for r in request_ids)
-        elif self.request_ids is not None:
-            self.request_ids.extend([None] * b)
-        self.n += b
-
-
 _WRITERS: weakref.WeakSet[TelemetryWriter] = weakref.WeakSet()
 
 
@@ -231,7 +102,8 @@ def _forked() -> None:
         writer._forked = True
 
 
-if hasattr(os, "register_at_fork"):
+_AT_FORK = hasattr(os, "register_at_fork")  # a forked child is then told by the flag, without a getpid()
+if _AT_FORK:
     os.register_at_fork(after_in_child=_forked)
 
 
@@ -253,6 +125,8 @@ class TelemetryWriter:
         metrics: Prometheus metrics to update per batch, or None.
         seed: Seed of the shadow draws (default: fresh entropy).
         clock: Seconds since the epoch (default ``time.time``); inject one in tests.
+        deferred: What computes the scores :meth:`record_one` left for the flush (``pending``: the
+            runner's :func:`~dyncal.analysis.package_telemetry.open_telemetry` gives it), or None.
 
     Example:
         >>> import tempfile
@@ -280,6 +154,7 @@ class TelemetryWriter:
         metrics: TelemetryMetrics | None = None,
         seed: int | None = None,
         clock: Callable[[], float] = time.time,
+        deferred: DeferredScores | None = None,
     ) -> None:
         self._pa = require_pyarrow()
         if isinstance(shadow, bool) or not isinstance(shadow, (int, float)) or not 0.0 <= shadow <= 1.0:
@@ -308,6 +183,10 @@ class TelemetryWriter:
         self.rotate_bytes, self.rotate_seconds = rotate_bytes, float(rotate_seconds)
         self.row_group_rows, self.fsync, self.metrics = row_group_rows, fsync, metrics
         self._clock = clock
+        self._stamp_ns: Callable[[], int] = (
+            time.time_ns if clock is time.time else (lambda: int(clock() * 1e6) * 1000)  # µs, as record() stores
+        )
+        self.deferred = deferred
         self._rng = np.random.default_rng(seed)
         self._pid = os.getpid()
         self._forked = False
@@ -324,7 +203,7 @@ class TelemetryWriter:
         self._lock = threading.RLock()  # the buffer: held for an append, never across a write
         self._io = threading.Lock()  # the files: one flush, rotation or close at a time, in order
         self._wake = threading.Condition(self._lock)
-        self._rows = _Columns(flush_rows, identity.k)
+        self._rows = Columns(flush_rows, identity.k)
         self._batches = 0
         self._segment = 0
         self._fd: int | None = None
@@ -338,7 +217,7 @@ class TelemetryWriter:
         self._closed = False
         self._thread: threading.Thread | None = None
         # one batch built now pays pyarrow's lazy imports (pandas among them: seconds) at load, not on a request
-        warm = _Columns(1, identity.k)
+        warm = Columns(1, identity.k)
         warm.reserve(1)
         warm.n, warm.time_us[0], warm.batch[0], warm.batch_size[0] = 1, 0, 0, 1
         warm.exits[0], warm.predictions[0], warm.latency_ms[0], warm.last[0] = 0, 0, 0.0, -1
@@ -394,10 +273,7 @@ class TelemetryWriter:
                 forked child, or a previous background write that failed.
         """
         if self._forked or os.getpid() != self._pid:
-            raise DyncalError(
-                f"this telemetry writer was created in process {self._pid} and is used in a forked child "
-                f"({os.getpid()}); create the writer (load the runner) in each worker process"
-            )
+            raise self._forked_error()
         ex, preds, sc, lat, last = _coerce_batch(
             exits, predictions, scores, latency_ms, last_predictions, self.identity.k
         )
@@ -414,7 +290,7 @@ class TelemetryWriter:
             self._batches += 1
             if rows.oldest is None:
                 rows.oldest = now
-            due = rows.n >= self.flush_rows
+            due = rows.rows >= self.flush_rows
             aged = now - rows.oldest >= self.flush_seconds
             if self._thread is not None and due:
                 self._wake.notify()
@@ -424,6 +300,68 @@ class TelemetryWriter:
             n_shadow = 0 if last is None else int((last >= 0).sum())
             n_disagree = 0 if last is None else int(((last >= 0) & (last != preds)).sum())
             self.metrics.observe(ex, np.broadcast_to(np.float32(lat), (b,)), n_shadow, n_disagree)
+
+    def record_one(
+        self,
+        exit_index: int,
+        prediction: int,
+        scores: tuple[float, ...],
+        latency_ms: float,
+        *,
+        pending: Any = None,
+        last_prediction: int = -1,
+        request_id: str | None = None,
+    ) -> None:
+        """Record one request (batch 1) from plain numbers: the runner's hook at batch 1.
+
+        Appends one tuple of numbers (no array store, no tensor kept); the flush writes the
+        rows as :meth:`record` would. :func:`~dyncal.analysis.package_telemetry.observed_call`
+        calls it.
+
+        Args:
+            exit_index: The exit taken, from 0.
+            prediction: The class answered.
+            scores: The score at each exit evaluated: ``exit_index + 1`` values, or
+                ``exit_index`` with ``pending``.
+            latency_ms: The request's latency in ms.
+            pending: What the writer's ``deferred`` function computes the last of the scores
+                from at flush time (the runner: the last exit's logits), or None.
+            last_prediction: The last exit's class on a shadow request, else -1.
+            request_id: The caller's id, or None.
+
+        Raises:
+            DyncalError: An exit out of range or scores that do not fit it, a writer closed, used
+                in a forked child, or whose previous background write failed.
+        """
+        if self._forked or (not _AT_FORK and os.getpid() != self._pid):
+            raise self._forked_error()
+        n_scores = len(scores) + (pending is not None)
+        if not 0 <= exit_index < self.identity.k or n_scores != exit_index + 1:
+            raise DyncalError(f"telemetry of exit {exit_index} of {self.identity.k} got {n_scores} scores")
+        if pending is not None and self.deferred is None:
+            raise DyncalError("record_one got a score to compute later, but the writer has no `deferred` function")
+        ns = self._stamp_ns()
+        with self._lock:
+            if self._error is not None or self._closed:
+                self._raise_if_failed()
+                raise DyncalError("this telemetry writer is closed; load the runner again to record more")
+            rows = self._rows
+            if rows.oldest is None:
+                rows.oldest = ns / 1e9
+            one = rows.singles
+            if pending is not None:
+                one.pending_rows.append(len(one.rows))
+                one.pending.append(pending)
+            row = (self._batches, ns, latency_ms, exit_index, prediction, last_prediction, request_id, scores)
+            one.rows.append(row)
+            self._batches += 1
+            due = rows.n + len(one.rows) >= self.flush_rows
+            if due and self._thread is not None:
+                self._wake.notify()
+        if self._thread is None and (due or ns / 1e9 - rows.oldest >= self.flush_seconds):
+            self._flush()
+        if self.metrics is not None:
+            self.metrics.observe_one(exit_index, latency_ms, last_prediction, prediction)
 
     # ------------------------------------------------------------------ flushing and rotating
 
@@ -464,6 +402,12 @@ class TelemetryWriter:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _forked_error(self) -> DyncalError:
+        return DyncalError(
+            f"this telemetry writer was created in process {self._pid} and is used in a forked child "
+            f"({os.getpid()}); create the writer (load the runner) in each worker process"
+        )
+
     def _raise_if_failed(self) -> None:
         if self._error is not None:
             raise DyncalError(f"telemetry could not be written to '{self.folder}': {describe(self._error)}")
@@ -483,8 +427,9 @@ class TelemetryWriter:
 
         def write() -> None:
             with self._lock:
-                rows, self._rows = self._rows, _Columns(self.flush_rows, self.identity.k)
-            if rows.n:
+                rows, self._rows = self._rows, Columns(self.flush_rows, self.identity.k)
+            if rows.rows:
+                rows.absorb(self.deferred)
                 self._write(rows)
 
         self._guarded(write)
@@ -501,13 +446,13 @@ class TelemetryWriter:
                     waits.append(self._rows.oldest + self.flush_seconds - now)
                 if self._fd is not None:
                     waits.append(self._segment_start + self.rotate_seconds - now)
-                if self._rows.n < self.flush_rows:
+                if self._rows.rows < self.flush_rows:
                     self._wake.wait(timeout=max(0.05, min(waits)))
                 if self._closed:
                     return
                 now = self._clock()
                 oldest = self._rows.oldest
-                flush_due = self._rows.n >= self.flush_rows or (
+                flush_due = self._rows.rows >= self.flush_rows or (
                     oldest is not None and now - oldest >= self.flush_seconds
                 )
             try:
@@ -522,7 +467,7 @@ class TelemetryWriter:
         if self._fd is not None and self._clock() - self._segment_start >= self.rotate_seconds:
             self._finish()
 
-    def _write(self, rows: _Columns) -> None:
+    def _write(self, rows: Columns) -> None:
         """Append ``rows`` as one record batch to the live stream; finish the segment when big or old enough."""
         batch = self._record_batch(rows)
         data = batch.serialize().to_pybytes()
@@ -537,7 +482,7 @@ class TelemetryWriter:
         if self._segment_bytes >= self.rotate_bytes or self._clock() - self._segment_start >= self.rotate_seconds:
             self._finish()
 
-    def _record_batch(self, rows: _Columns) -> pa.RecordBatch:
+    def _record_batch(self, rows: Columns) -> pa.RecordBatch:
         """The buffered rows as one Arrow record batch (views of the columns, no copy but the scores')."""
         pa = self._pa
         n, k = rows.n, self.identity.k

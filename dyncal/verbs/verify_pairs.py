@@ -37,7 +37,9 @@ def time_pairs(
     """``n`` pairs on ``x``, alternating which goes first; the early exit's outputs appended to ``out`` when given."""
     runner, plain, b = subject
     ee = partial(runner, x) if out is None else partial(_into, out, runner, x)
-    pair = partial(timer.paired, ee, partial(run_plain, plain, x), n, a_first=a_first, settle=SETTLE)
+    # a runner enters inference mode itself: timed as deployed, with nothing around it
+    pl = partial(plain, x) if isinstance(plain, EarlyExitRunner) else partial(run_plain, plain, x)
+    pair = partial(timer.paired, ee, pl, n, a_first=a_first, settle=SETTLE)
     return user_call(pair, f"the early exit or the model failed at batch size {b}")
 
 

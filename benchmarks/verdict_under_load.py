@@ -35,6 +35,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
@@ -99,6 +101,7 @@ def main() -> None:
     ap.add_argument("--busy", type=int, default=2, help="busy background processes")
     ap.add_argument("--cpus", default=None, help="pin to these cores, e.g. 0,1")
     ap.add_argument("--models", default="demo,cpu_heavy")
+    ap.add_argument("--raw", default=None, help="folder to save every run's raw pairs in (npz)")
     ap.add_argument("--runs", type=int, default=3, help="quiet/loaded pairs of runs per model, interleaved")
     args = ap.parse_args()
     if args.cpus:
@@ -115,7 +118,9 @@ def main() -> None:
         for name in args.models.split(","):
             run_dir, thresholds = prepare_pipeline(name, work, threads=1, profile_repeats=3 if args.quick else 25)
 
-            def measure(run_dir: str = run_dir, thresholds: object = thresholds) -> dict[str, tuple[PairedTiming, ...]]:
+            def measure(
+                label: str, run_dir: str = run_dir, thresholds: object = thresholds, name: str = name
+            ) -> dict[str, tuple[PairedTiming, ...]]:
                 load = [round(os.getloadavg()[0], 2)]
                 result = verify_run(
                     run_dir,
@@ -127,13 +132,21 @@ def main() -> None:
                     limit=limit,
                 )
                 load.append(round(os.getloadavg()[0], 2))
+                if args.raw:  # every pair, for reading other estimators on the same timings
+                    for t in result.timings:
+                        tag = f"{name}_{label}_{t.key.replace('/', '_')}_{int(time.time() * 1e3)}"
+                        np.savez_compressed(
+                            Path(args.raw) / f"{tag}.npz",
+                            ee=np.asarray(t.early_exit_ms),
+                            pl=np.asarray(t.full_model_ms),
+                        )
                 cov = result.settings["coverage"]
                 return {t.key: (t, cov[t.key]["pairs"], load) for t in result.timings}  # type: ignore[misc]
 
             for run in range(1, args.runs + 1):
-                quiet = measure()
+                quiet = measure("quiet")
                 with busy(args.busy, seconds=10 * max_seconds + 120):
-                    loaded = measure()
+                    loaded = measure("loaded")
                 for key, (q, q_pairs, q_load) in quiet.items():
                     lt, l_pairs, l_load = loaded[key]
                     lq = _row(q, args.min_speedup, q_pairs, q_load)  # type: ignore[arg-type]

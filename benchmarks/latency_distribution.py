@@ -13,8 +13,9 @@ profile and solve (0.5x), then
 * an independent loop written here, on the same rows: the early exit by hand (each model's
   blocks and heads called in turn, softmax max-probability over the temperature against
   the threshold, stop at the first confident exit) and the plain model by hand (backbone +
-  last head, modules called directly), each request timed ``--repeats`` times with
-  ``time.perf_counter`` alternating the two, the fastest kept, percentiles by numpy;
+  last head, modules called directly), each returning its prediction, each request timed
+  ``--repeats`` times with ``time.perf_counter`` alternating them, the fastest kept,
+  percentiles by numpy; dyncal's own runners (exported stages) in the same loop;
 * for reference, the model with every head (what verify timed as the plain model before
   issue 21), and verify under ``--runtime frozen`` (the tuned baseline).
 
@@ -61,15 +62,15 @@ def blocks_and_heads(model: torch.nn.Module) -> list[tuple[Callable[[torch.Tenso
 def hand_early_exit(parts: list, thresholds: list[float | None], temps: list[float]) -> Callable:
     """The early exit by hand: blocks in turn, leave at the first exit whose max-probability clears its threshold."""
 
-    def run(x: torch.Tensor) -> int:
+    def run(x: torch.Tensor) -> tuple[int, torch.Tensor]:
         f = x
         for k, (block, head) in enumerate(parts):
             f = block(f)
             logits = head(f)
             t = thresholds[k] if k < len(thresholds) else None
             if t is None or float(torch.softmax(logits / temps[k], dim=1).max()) >= t:
-                return k
-        return len(parts) - 1
+                return k, logits.argmax(dim=1)  # a request's answer: its exit and its prediction
+        return len(parts) - 1, logits.argmax(dim=1)
 
     return run
 
@@ -81,9 +82,21 @@ def hand_plain(parts: list) -> Callable:
         f = x
         for block, _ in parts:
             f = block(f)
-        return parts[-1][1](f)
+        return parts[-1][1](f).argmax(dim=1)  # the prediction, as the early exit gives one
 
     return run
+
+
+def shipped(model: torch.nn.Module, th: Any, xs: list[torch.Tensor]) -> tuple[Callable, Callable]:
+    """dyncal's early-exit runner and plain-deployment runner, built as verify builds them (exported stages)."""
+    from dyncal.analysis.early_exit import EarlyExitRunner
+    from dyncal.analysis.plain import plain_deployment, plain_runner
+    from dyncal.analysis.stages import build_stages
+
+    example = torch.cat(xs[:2])
+    stages = build_stages(model, example)
+    runner = EarlyExitRunner(stages, th.thresholds, th.temperatures, th.score)
+    return runner, plain_runner(plain_deployment(stages, model=model, example=example), th.score)
 
 
 def loop_times(fns: list[Callable], xs: list[torch.Tensor], repeats: int) -> np.ndarray:
@@ -136,8 +149,9 @@ def measure(name: str, work: str, args: argparse.Namespace) -> dict[str, Any]:
     assert th.score == "maxprob", th.score  # type: ignore[attr-defined]
     ee = hand_early_exit(parts, list(th.thresholds), list(th.temperatures))  # type: ignore[attr-defined]
     with torch.inference_mode():
-        loop_exits = np.array([ee(x) for x in xs])
-    times = loop_times([ee, hand_plain(parts), model], xs, args.repeats)
+        loop_exits = np.array([ee(x)[0] for x in xs])
+    runner, plain = shipped(model, th, xs)
+    times = loop_times([ee, hand_plain(parts), model, runner, plain], xs, args.repeats)
     dy = {side: r.service_ms(side) for side in ("early_exit", "plain")}
     dyf = {side: rf.service_ms(side) for side in ("early_exit", "plain")}
     return {
@@ -152,6 +166,7 @@ def measure(name: str, work: str, args: argparse.Namespace) -> dict[str, Any]:
         "dyncal": {"early_exit": pct(dy["early_exit"]), "plain": pct(dy["plain"])},
         "dyncal_frozen": {"early_exit": pct(dyf["early_exit"]), "plain": pct(dyf["plain"])},
         "loop": {"early_exit": pct(times[0]), "plain": pct(times[1]), "every_head": pct(times[2])},
+        "runner_loop": {"early_exit": pct(times[3]), "plain": pct(times[4])},
         "dyncal_p99_interval": {side: list(r.percentile(99, side).interval) for side in ("early_exit", "plain")},
     }
 
@@ -168,6 +183,8 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
             ("plain deployment", "dyncal verify", row["dyncal"]["plain"]),
             ("plain deployment", "loop here (hand-built backbone + last head)", row["loop"]["plain"]),
             ("every head (the old baseline)", "loop here", row["loop"]["every_head"]),
+            ("early exit", "dyncal's runner called in the loop here", row["runner_loop"]["early_exit"]),
+            ("plain deployment", "dyncal's plain runner called in the loop here", row["runner_loop"]["plain"]),
             ("early exit, frozen", "dyncal verify --runtime frozen", row["dyncal_frozen"]["early_exit"]),
             ("plain deployment, frozen", "dyncal verify --runtime frozen", row["dyncal_frozen"]["plain"]),
         ]
@@ -182,13 +199,17 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
 def ratios(rows: list[dict[str, Any]]) -> list[str]:
     out = []
     for row in rows:
-        d, lp = row["dyncal"], row["loop"]
+        d, lp, rl = row["dyncal"], row["loop"], row["runner_loop"]
         out.append(
             f"- {row['model']}: {row['coverage']}; exits equal to the loop's on {100 * row['exits_equal']:.1f}% "
             f"(exit counts {row['exit_shares']}). dyncal / loop: early exit p50 x{d['early_exit']['p50'] / lp['early_exit']['p50']:.2f}, "
             f"p99 x{d['early_exit']['p99'] / lp['early_exit']['p99']:.2f}; plain p50 "
             f"x{d['plain']['p50'] / lp['plain']['p50']:.2f}, p99 x{d['plain']['p99'] / lp['plain']['p99']:.2f}. "
             f"Every head / plain deployment (loop, p50): x{lp['every_head']['p50'] / lp['plain']['p50']:.2f}. "
+            f"dyncal / its runners called in the loop (p50): early exit "
+            f"x{d['early_exit']['p50'] / rl['early_exit']['p50']:.2f}, plain x{d['plain']['p50'] / rl['plain']['p50']:.2f}; "
+            f"runners / hand-written (loop, p50): early exit x{rl['early_exit']['p50'] / lp['early_exit']['p50']:.2f}, "
+            f"plain x{rl['plain']['p50'] / lp['plain']['p50']:.2f}. "
             f"Speed-up {row['speedup']:.2f}x ({row['estimator']}), frozen {row['speedup_frozen']:.2f}x; "
             f"p99 of the early exit over the plain deployment x{d['early_exit']['p99'] / d['plain']['p99']:.2f}."
         )
@@ -222,7 +243,10 @@ def main() -> None:
         f"Batch 1, first {args.limit} rows of each run, every row timed, {args.repeats} pairs per request, fastest "
         "per request (noise-reduced). dyncal: `verify_run(...).timings[0].requests` (its plain model is the plain "
         "deployment: stages + last head, no exit decision). Loop: the early exit and the plain model written by "
-        "hand in this script, timed with `time.perf_counter`, percentiles by numpy.",
+        "hand in this script (each returns its prediction, as a deployment must), timed with `time.perf_counter`, "
+        "percentiles by numpy; and dyncal's own runners (exported stages, as verify and `export` run them) "
+        "called in the same loop, which separates what verify's timing adds (dyncal / runner loop) from what "
+        "the runner costs over hand-written code (runner loop / hand loop).",
         "",
         *table(rows),
         "",

@@ -42,13 +42,11 @@ Every estimate comes with the three 95% bootstrap intervals the report's rule ne
 (batches resampled, pairs resampled within batches, both), re-centred on the estimate
 (:func:`dyncal.stats.centred_interval`: resampled minima are biased up).
 
-:func:`more_pairs` is the rule for "more pairs when the spread is high": a batch whose
-spread (IQR / median) is above 10% gets its pairs doubled, up to a cap, until another
-doubling no longer lowers either minimum by more than 1%.
-
-Wiring (not done here): verify's loop calls :func:`more_pairs` after each batch's pairs
-(rows may then differ in length: pass them as lists), and ``PairedTiming`` reports
-``paired_speedup(ee, full)`` with its ``estimator`` beside the raw matrices.
+:func:`more_pairs` is a per-batch rule for "more pairs when the spread is high" (a batch
+whose IQR / median is above 10% gets its pairs doubled until its minimum settles). verify
+uses the rule of :mod:`dyncal.pair_rounds` instead, which keeps every batch's pairs equal:
+rounds of pairs on every timed batch while this module's timing interval of the speed-up
+is wider than ±2.5% (or ``auto`` expects too few undisturbed runs), within the time bound.
 """
 
 from __future__ import annotations

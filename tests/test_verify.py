@@ -313,6 +313,8 @@ def test_max_seconds_bounds_the_timing_but_agreement_covers_every_sample(demo_di
     assert bounded.settings["stopped_early"] and cov["cpu/b1"]["samples_timed"] == 3
     assert [t.batches for t in bounded.timings] == [3, 3]
     assert all(t.repeats == 2 for t in bounded.timings)
+    # equal times: the speed-up is settled at once, no round of more pairs (dyncal/pair_rounds.py)
+    assert cov["cpu/b1"]["pairs"]["stopped"] == "settled" and cov["cpu/b4"]["pairs"]["pairs_per_batch"] == 2
     assert bounded.n == 60 and bounded.agreement == 1.0  # the untimed rows were replayed too
     assert sum(bounded.runtime_exit_shares) == pytest.approx(1.0)
     # every pair read the injected clock: 1 s between reads -> 1000 ms per timing

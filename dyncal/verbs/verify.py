@@ -21,7 +21,9 @@ one batch at a time, and finds:
   cost table for the same batches (:func:`dyncal.analysis.costmodel.predict_batches_ms`).
   Rows are replayed in a seeded shuffled order (data sets are often sorted by class, which
   would make consecutive batches unlike deployment) and timing stops adding batches once
-  ``max_seconds`` have passed (at least :data:`MIN_TIMED_BATCHES` per batch size). At
+  ``max_seconds`` have passed (at least :data:`MIN_TIMED_BATCHES` per batch size); then,
+  while the speed-up is not settled, rounds of more pairs on the timed batches within the
+  same bound (:mod:`dyncal.verbs.verify_pairs`, recorded in ``coverage[key].pairs``). At
   batch 1 the order is stratified by simulated exit
   (:func:`dyncal.analysis.requests.stratified_order`), so whatever the bound allows shows
   every exit; each timing keeps its per-request view
@@ -72,6 +74,9 @@ from dyncal.models import resolve_device
 from dyncal.options import options_from
 from dyncal.paired import ESTIMATORS
 from dyncal.run_model import ModelOverrides, open_run_model, probe_run_model, run_inputs
+from dyncal.verbs.verify_pairs import SETTLE as _SETTLE
+from dyncal.verbs.verify_pairs import more_pairs_rounds, time_pairs
+from dyncal.verbs.verify_pairs import run_plain as _plain
 from dyncal.verbs.verify_throughput import verify_throughput
 
 __all__ = ["VerifyProgress", "verify_run", "VerifyOptions", "DEFAULT_MAX_SECONDS", "MIN_TIMED_BATCHES"]
@@ -99,7 +104,6 @@ MIN_TIMED_BATCHES = 3
 """Batches timed per batch size even when the time bound has passed."""
 
 _ORDER_SEED = 20231
-_SETTLE = 1  # untimed calls of each pair member right before it is timed (its own caches, as deployed)
 _SIM_CHUNK = 4096  # rows of stored logits scored at a time
 
 
@@ -488,15 +492,7 @@ class _Session:
                 _try("the early exit", b, partial(timer.warm, partial(runner, xb), opts.warmup))
                 _try("the model", b, partial(timer.warm, partial(_plain, plain, xb), opts.warmup))
             out: list[tuple[torch.Tensor, torch.Tensor]] = []
-            pair = partial(
-                timer.paired,
-                partial(_into, out, runner, xb),
-                partial(_plain, plain, xb),
-                opts.repeats,
-                a_first=len(timed) % 2 == 0,
-                settle=_SETTLE,
-            )
-            ee, fm = _try("the early exit or the model", b, pair)
+            ee, fm = time_pairs(timer, (runner, plain, b), xb, opts.repeats, len(timed) % 2 == 0, out)
             ee_ms.append(ee)
             full_ms.append(fm)
             timed.append(positions)
@@ -504,6 +500,10 @@ class _Session:
                 self.record(out[-1], positions)
             if self.progress is not None:
                 self.progress(key, len(timed), len(batches))
+        rounds = more_pairs_rounds(  # more pairs while the speed-up is not settled (within the bound)
+            timer, (runner, plain, b), lambda: self.stream(timed), (ee_ms, full_ms), repeats=opts.repeats,
+            estimator=opts.estimator, start=start, share_s=share_s,
+        )  # fmt: skip
         spent = timer.now() - start
         if self.progress is not None and len(timed) < len(batches):
             self.progress(key, len(timed), len(timed))
@@ -532,6 +532,7 @@ class _Session:
             "samples_timed": samples,
             "stopped_early": len(timed) < len(batches),
             "seconds": round(spent, 3),
+            "pairs": rounds.to_dict(),
         }
         return timing, coverage, spent
 
@@ -587,14 +588,3 @@ class _Session:
             time_bound_s=self.opts.max_seconds,
         )
         return replace(timing, requests=requests)
-
-
-def _into(out: list[T], fn: Callable[[torch.Tensor], T], x: torch.Tensor) -> None:
-    """``out.append(fn(x))``: keeps what a timed call returned."""
-    out.append(fn(x))
-
-
-def _plain(model: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Any:
-    """The plain deployment on ``x`` (the last exit only, no exit decision), without autograd."""
-    with torch.inference_mode():
-        return model(x)

@@ -24,7 +24,7 @@ verify.json. The estimate itself is computed once, afterwards, on every pair
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +41,7 @@ CHECK_RESAMPLES = 400
 """Bootstrap resamples of the check between rounds (the reported interval uses the full count)."""
 
 Rows = list[list[float]]
-Round = Callable[[int, bool], Iterator[tuple[list[float], list[float]]]]
+Round = Callable[[int, bool], Iterable[tuple[list[float], list[float]]]]
 """``time_round(pairs, a_first)`` yields ``(early_exit_ms, plain_ms)`` of ``pairs`` pairs per timed batch, in order."""
 
 
@@ -162,7 +162,7 @@ def add_rounds(
 
 
 def _one_round(
-    ee: Rows, pl: Rows, pairs: Iterator[tuple[list[float], list[float]]], add: int, clock: Any, deadline: float
+    ee: Rows, pl: Rows, pairs: Iterable[tuple[list[float], list[float]]], add: int, clock: Any, deadline: float
 ) -> bool:
     """Append one round to every batch; False (and every row as before) when the clock passed ``deadline``."""
     n, done, overran = len(ee[0]), 0, False

@@ -66,7 +66,7 @@ def more_pairs_rounds(
 
     return add_rounds(
         *rows,
-        one_round,  # type: ignore[arg-type]
+        one_round,
         clock=timer.now,
         deadline=start + share_s,
         estimator=estimator,

@@ -268,7 +268,7 @@ def profile_model(
     model_id: Mapping[str, Any] | None = None,
     runtime: str | None = None,
     batches: Callable[[int, torch.device], Inputs] | None = None,
-    mac_samples: Sequence[Inputs] = (),
+    mac_samples: Sequence[tuple[Inputs, float]] = (),
     signature: InputSignature | None = None,
 ) -> tuple[CostTable, StageMacs, Stages, list[tuple[str, StageCheck]]]:
     """Stages, MACs and latency of one model (no run directory involved).
@@ -290,7 +290,8 @@ def profile_model(
             entry's settings (default: the state's hash only).
         runtime: ``eager`` or ``graphs`` (CUDA only); default per device.
         batches: ``batches(b, device)``: the inputs to build, check and time with (default: random).
-        mac_samples: One-row batches whose MACs are averaged (default: one count on ``batches(1)``).
+        mac_samples: One-row batches whose MACs are averaged, with their weights (default: one count on
+            ``batches(1)``).
         signature: The inputs' signature (several inputs: its dynamic dimensions stay dynamic).
 
     Returns:
@@ -351,7 +352,7 @@ def profile_model(
     return costs, macs, stages, checks
 
 
-def _macs(stages: Stages, model: nn.Module, x1: Inputs, mac_samples: Sequence[Inputs]) -> StageMacs:
+def _macs(stages: Stages, model: nn.Module, x1: Inputs, mac_samples: Sequence[tuple[Inputs, float]]) -> StageMacs:
     """MACs on ``x1``, or averaged over ``mac_samples`` (several inputs: no eager count, whose module view misleads)."""
     if mac_samples:
         return averaged_macs(lambda s: stage_macs(stages, s), mac_samples)  # type: ignore[no-any-return]
@@ -460,7 +461,7 @@ def _profile_locked(run: Run, options: ProfileOptions) -> ProfileResult:
             run, opened.inputs, data=options.data, search_path=opened.model_path, seed=options.seed
         )
 
-    def measure(batches: Any = None, samples: Sequence[Inputs] = ()) -> Any:
+    def measure(batches: Any = None, samples: Sequence[tuple[Inputs, float]] = ()) -> Any:
         return profile_model(
             opened.module,
             opened.input_shape,

@@ -6,9 +6,12 @@ numbers. So for a run that records several inputs (:mod:`dyncal.inputs`):
 - every timed or counted batch is made of **real rows of the run's data set**, collated as
   collect collated them (:class:`RunBatches`);
 - the **MACs stored in the cost table are averaged over the data's length distribution**:
-  each of up to :data:`MAC_ROWS` rows spread over the run is counted alone, at its own
-  length (as a batch-1 server sees it), and the per-exit counts are averaged
-  (:func:`averaged_macs`). A budget in MACs (``solve --budget``) is therefore a budget on
+  the sequence length of up to :data:`LENGTH_ROWS` rows spread over the run is read; one
+  row of each length is counted alone (as a batch-1 server sees it) and the counts are
+  averaged with the share of rows of that length as weights (:func:`averaged_macs`). A
+  model's MACs depend on the length, not on the token values, so this is the data's exact
+  mean (up to :data:`MAC_LENGTHS` distinct lengths; beyond, rows are grouped by quantile
+  and each group counted at its median length). A budget in MACs (``solve --budget``) is therefore a budget on
   the *expected* cost per request over the data; the cost table's ``model.macs_basis``
   says so and the report prints it;
 - ``profile --seq-len 32,128`` also gives MACs and latency **per sequence-length bucket**
@@ -31,10 +34,12 @@ from dyncal.errors import DyncalError, ProfileError
 from dyncal.inputs import Inputs, InputSignature, to_device
 
 __all__ = [
-    "MAC_ROWS",
+    "LENGTH_ROWS",
+    "MAC_LENGTHS",
     "RunBatches",
     "fit_length",
     "averaged_macs",
+    "length_groups",
     "macs_basis",
     "LengthBucket",
     "MultiInputProfile",
@@ -42,8 +47,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MAC_ROWS = 16
-"""Rows of the run whose MACs are counted one by one and averaged (spread evenly over the run)."""
+LENGTH_ROWS = 4096
+"""Rows of the run whose sequence length is read (spread evenly over the run; all of a smaller run)."""
+MAC_LENGTHS = 48
+"""Most distinct lengths counted one by one (more are grouped by quantile)."""
 
 
 class RunBatches:
@@ -119,28 +126,53 @@ def fit_length(x: Inputs, signature: InputSignature, length: int) -> Inputs:
     return signature.unflatten(out)
 
 
-def averaged_macs(count: Any, samples: Sequence[Inputs]) -> Any:
-    """``count(sample)`` (a :class:`~dyncal.analysis.flops.StageMacs`) over one-row samples, per stage averaged.
+def averaged_macs(count: Any, samples: Sequence[tuple[Inputs, float]]) -> Any:
+    """``count(sample)`` (a :class:`~dyncal.analysis.flops.StageMacs`) over weighted one-row samples, per stage.
 
     The first sample's count keeps its operators and uncounted ops; its per-stage MACs are
-    replaced by the mean over all samples (rounded to whole MACs).
+    replaced by the weighted mean over all samples (rounded to whole MACs).
     """
     from dataclasses import replace
 
-    counts = [count(x) for x in samples]
-    mean = np.mean([c.stage_macs for c in counts], axis=0)
+    counts = [count(x) for x, _ in samples]
+    mean = np.average([c.stage_macs for c in counts], axis=0, weights=[w for _, w in samples])
     return replace(counts[0], stage_macs=tuple(int(round(float(m))) for m in mean), graph_macs=None, model_macs=None)
 
 
-def macs_basis(lengths: Sequence[int], rows: int) -> str:
-    """What a multi-input run's stored MACs are, in words (the report prints it)."""
+def macs_basis(lengths: Sequence[int], counted: int) -> str:
+    """What a multi-input run's stored MACs are, in words (the report prints it).
+
+    Example:
+        >>> macs_basis([4, 4, 10], 2)  # doctest: +ELLIPSIS
+        "MACs per sample averaged over the data's sequence lengths (3 rows ..., mean 6.0; counted at 2 ..."
+    """
     if not lengths:
-        return f"MACs per sample averaged over {rows} rows of the run's data"
+        return f"MACs per sample of {counted} row(s) of the run's data (its inputs have no varying length)"
     return (
-        f"MACs per sample averaged over the data's sequence lengths ({rows} rows of the run, lengths "
-        f"{min(lengths)}..{max(lengths)}, mean {float(np.mean(lengths)):.1f}); a MAC budget is the expected "
-        "cost per request"
+        f"MACs per sample averaged over the data's sequence lengths ({len(lengths)} rows of the run read, lengths "
+        f"{min(lengths)}..{max(lengths)}, mean {float(np.mean(lengths)):.1f}; counted at {counted} lengths, "
+        "weighted by their share); a MAC budget is the expected cost per request"
     )
+
+
+def length_groups(lengths: Sequence[int], most: int = MAC_LENGTHS) -> list[tuple[int, float]]:
+    """``(index of the row to count, weight)`` per group of rows of equal (or, past ``most``, similar) length.
+
+    Example:
+        >>> length_groups([7, 3, 7, 7])           # one row of each length, weighted by its share
+        [(1, 0.25), (2, 0.75)]
+        >>> len(length_groups(list(range(100)), most=4))
+        4
+    """
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    values = np.asarray(lengths)[order]
+    distinct = np.unique(values)
+    if len(distinct) <= most:
+        groups = [order[values == v] for v in distinct]
+    else:  # quantile groups of equal size, each counted at its median row
+        groups = [g for g in np.array_split(order, most) if len(g)]
+    n = len(lengths)
+    return [(int(g[len(g) // 2]), len(g) / n) for g in groups]
 
 
 @dataclass(frozen=True)
@@ -168,12 +200,12 @@ class MultiInputProfile:
 
     Attributes:
         batches: Real rows of the run (:class:`RunBatches`).
-        samples: One-row batches whose MACs are averaged (:func:`averaged_macs`).
+        samples: One-row batches whose MACs are averaged, each with its weight (:func:`averaged_macs`).
         basis: :func:`macs_basis` of those rows.
     """
 
     batches: RunBatches
-    samples: tuple[Inputs, ...]
+    samples: tuple[tuple[Inputs, float], ...]
     basis: str
 
     @classmethod
@@ -183,12 +215,16 @@ class MultiInputProfile:
         """Open the run's data set and pick the rows (raises :class:`ProfileError` when it cannot be read)."""
         batches = RunBatches(run, signature, data=data, search_path=search_path, seed=seed)
         try:
-            samples = tuple(batches.rows([i]) for i in batches.spread(MAC_ROWS))
+            positions = batches.spread(LENGTH_ROWS if signature.has_dynamic else 1)
+            rows = [batches.rows([i]) for i in positions]
         except DyncalError as e:
             raise ProfileError(f"the run's rows cannot be read to profile the model on them ({e})") from e
-        lengths = [_length(signature, x) for x in samples]
+        lengths = [_length(signature, x) for x in rows]
         known = [n for n in lengths if n is not None]
-        return cls(batches, samples, macs_basis(known, len(samples)))
+        if len(known) < len(rows):  # no varying length: one row stands for all
+            return cls(batches, ((rows[0], 1.0),), macs_basis([], 1))
+        groups = length_groups(known)
+        return cls(batches, tuple((rows[i], w) for i, w in groups), macs_basis(known, len(groups)))
 
     def bucket_batches(self, length: int) -> tuple[Any, tuple[Inputs, ...]]:
         """The batches and MAC samples of the sequence-length bucket ``length``."""
@@ -197,7 +233,7 @@ class MultiInputProfile:
         def batches(batch_size: int, device: torch.device) -> Inputs:
             return fit_length(self.batches(batch_size, device), sig, length)
 
-        return batches, (fit_length(self.samples[0], sig, length),)
+        return batches, ((fit_length(self.samples[0][0], sig, length), 1.0),)
 
 
 def _length(signature: InputSignature, x: Inputs) -> int | None:

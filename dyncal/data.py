@@ -6,6 +6,7 @@ index of each row so results can be traced back to the data.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -18,12 +19,27 @@ from torch.utils.data import Dataset
 
 from dyncal.artifacts.run_import import NPZ_READ_ERRORS
 from dyncal.errors import DataError
+from dyncal.inputs import InputError, InputSignature, as_inputs
 from dyncal.specs import call_factory
 
 if TYPE_CHECKING:
     from dyncal.artifacts.run import Run
 
-__all__ = ["ImageTransform", "NpzDataset", "load_dataset", "dataset_for_run", "check_item"]
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ImageTransform",
+    "NpzDataset",
+    "load_dataset",
+    "dataset_for_run",
+    "check_item",
+    "item_signature",
+    "collate_for_run",
+    "run_rows",
+    "probe_batch",
+    "loader_collate",
+    "batch_inputs",
+]
 
 
 @dataclass(frozen=True)
@@ -213,19 +229,19 @@ def dataset_for_run(
     return load_dataset(spec, transform=transform, search_path=folder)
 
 
-def check_item(item: Any, index: int) -> tuple[tuple[int, ...], str]:
-    """Check that a data set item is ``(input tensor, integer label)``.
+def item_signature(item: Any, index: int) -> InputSignature:
+    """Check that a data set item is ``(inputs, integer label)``; the inputs' signature (one sample, no batch).
 
-    Returns:
-        The input's shape and dtype name.
+    The inputs are a tensor (or array), a tuple of them, or a dict of str to them
+    (:mod:`dyncal.inputs`).
 
     Raises:
-        DataError: The item is not a pair, the input is not a tensor/array, or the label
-            is not an integer.
+        DataError: The item is not a pair, an input is not a tensor/array (naming which),
+            or the label is not an integer.
 
     Example:
-        >>> check_item((torch.zeros(1, 8, 8), 3), 0)
-        ((1, 8, 8), 'float32')
+        >>> item_signature(({"ids": torch.tensor([4, 9]), "mask": torch.ones(2, dtype=torch.int64)}, 1), 0).describe()
+        'ids int64 (B, 2); mask int64 (B, 2)'
     """
     if not isinstance(item, (tuple, list)) or len(item) != 2:
         kind = (
@@ -233,13 +249,149 @@ def check_item(item: Any, index: int) -> tuple[tuple[int, ...], str]:
         )
         raise DataError(f"data set item {index} is {kind}; every item must be an (input, label) pair")
     x, y = item
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    if not isinstance(x, torch.Tensor):
-        raise DataError(f"data set item {index}: input is {type(x).__name__}, expected a tensor (add a transform)")
+    try:
+        signature = InputSignature.of_sample(as_inputs(x, what=f"data set item {index}"))
+    except InputError as e:
+        raise DataError(str(e).replace(f"data set item {index} are ", f"data set item {index}: input is ")) from None
     if isinstance(y, torch.Tensor):
         if y.numel() != 1 or y.is_floating_point() or y.is_complex():
             raise DataError(f"data set item {index}: label {y!r} must be one integer class")
     elif not isinstance(y, (int, np.integer)) or isinstance(y, bool):
         raise DataError(f"data set item {index}: label {y!r} must be an integer class")
-    return tuple(int(s) for s in x.shape), str(x.dtype).replace("torch.", "")
+    return signature
+
+
+def check_item(item: Any, index: int) -> tuple[tuple[int, ...], str]:
+    """Check that a data set item is ``(input tensor, integer label)``.
+
+    Returns:
+        The input's shape and dtype name.
+
+    Raises:
+        DataError: The item is not a pair, the input is not a tensor/array (a tuple or dict
+            of inputs: see :func:`item_signature`), or the label is not an integer.
+
+    Example:
+        >>> check_item((torch.zeros(1, 8, 8), 3), 0)
+        ((1, 8, 8), 'float32')
+    """
+    signature = item_signature(item, index)
+    if not signature.single:
+        raise DataError(f"data set item {index}: input is a {signature.kind}, expected a tensor (add a transform)")
+    spec = signature.inputs[0]
+    return spec.shape, spec.dtype
+
+
+def collate_for_run(run: Run, search_path: str | os.PathLike[str] | None = None) -> Any:
+    """The collate function a run's batches were made with (``provenance.extra["collate"]``), else stacking.
+
+    Raises:
+        DyncalError: The recorded ``pkg.module:fn`` cannot be imported.
+    """
+    from dyncal.inputs import resolve_collate
+
+    folder = search_path if search_path is not None else run.provenance.extra.get("model_path")
+    return resolve_collate(run.provenance.extra.get("collate"), folder)
+
+
+def run_rows(
+    run: Run,
+    rows: Any,
+    *,
+    data: str | None = None,
+    search_path: str | os.PathLike[str] | None = None,
+    dataset: Dataset[Any] | None = None,
+) -> tuple[Any, list[int]]:
+    """The run's rows ``rows`` read back from its data set as one batch: ``(inputs, labels)``.
+
+    A single-tensor run's inputs are stacked (as ever); other runs' go through the run's
+    collate function (:func:`collate_for_run`), so sequences are padded as when collected.
+
+    Raises:
+        DataError: The data set cannot be opened or read, or the run reads past its end.
+        DyncalError: The recorded collate function cannot be imported.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> from dyncal.models import load_model
+        >>> from dyncal.verbs.collect import collect_run
+        >>> run = collect_run(load_model("dyncal.demo:pretrained"), load_dataset("dyncal.demo:validation"),
+        ...                   pathlib.Path(tempfile.mkdtemp()) / "r", data_spec="dyncal.demo:validation", limit=5)
+        >>> x, labels = run_rows(run, [0, 3])
+        >>> tuple(x.shape), labels == run.labels[[0, 3]].tolist()
+        ((2, 1, 8, 8), True)
+    """
+    from dyncal.errors import describe
+
+    dataset = dataset if dataset is not None else dataset_for_run(run, data=data, search_path=search_path)
+    where = np.asarray(run.indices[np.asarray(rows, dtype=np.int64)], dtype=np.int64)
+    size = len(dataset)  # type: ignore[arg-type]
+    if where.size and (where.min() < 0 or where.max() >= size):
+        raise DataError(f"the data set has {size} items but the run reads item {int(where.max())}")
+    multi = run.provenance.extra.get("inputs") is not None
+    collate = collate_for_run(run, search_path) if multi or run.provenance.extra.get("collate") else None
+    try:
+        items = [dataset[int(i)] for i in where]
+        labels = [int(item[1]) for item in items]
+        if collate is None:
+            return torch.stack([torch.as_tensor(item[0]) for item in items]), labels
+        return collate(items)[0], labels
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - anything the user's data set or collate raises
+        raise DataError(f"the run's inputs cannot be read ({describe(e)})") from e
+
+
+def probe_batch(
+    run: Run,
+    signature: InputSignature,
+    rows: int,
+    data: str | None = None,
+    search_path: str | os.PathLike[str] | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[Any, str | None]:
+    """A batch of several inputs to probe a run's model with: its first rows read from its data set, else random.
+
+    Real rows come first (token ids a model embeds are not random numbers); when the data
+    set cannot be read, random inputs of ``signature`` (:meth:`InputSignature.example`).
+
+    Returns:
+        The batch on ``device``, and None for real rows or the signature described for random ones.
+    """
+    from dyncal.errors import DyncalError
+    from dyncal.inputs import to_device
+
+    try:
+        x, _ = run_rows(run, np.arange(min(rows, run.n)), data=data, search_path=search_path)
+        signature.check(x, what="the run's data")
+        return to_device(x, device), None
+    except DyncalError as e:
+        log.info("probing with random inputs of the run's signature: %s", e)
+        return signature.example(rows, device=device), signature.describe()
+
+
+def loader_collate(run: Run, search_path: str | os.PathLike[str] | None = None) -> Any:
+    """The ``collate_fn`` to read a run's rows with a ``DataLoader``: the run's own, or None (torch's stacking).
+
+    A single-tensor run collected without ``collate`` is read as ever (None); a multi-input run
+    or one with a recorded collate uses :func:`collate_for_run`.
+    """
+    extra = run.provenance.extra
+    return collate_for_run(run, search_path) if extra.get("inputs") is not None or extra.get("collate") else None
+
+
+def batch_inputs(item: Any, data_name: str) -> Any:
+    """The inputs of a batch a ``DataLoader`` gave (``(inputs, labels)``): a tensor, a tuple or a dict of tensors.
+
+    Raises:
+        DataError: They are something else (naming the data set).
+    """
+    from dyncal.inputs import as_inputs
+
+    x = item[0] if isinstance(item, (list, tuple)) else item
+    try:
+        return as_inputs(x, what=f"the data set '{data_name}' gives inputs that")
+    except InputError:
+        raise DataError(
+            f"the data set '{data_name}' gives inputs of type {type(x).__name__}; expected tensors"
+        ) from None

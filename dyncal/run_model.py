@@ -27,6 +27,7 @@ from dyncal.analysis.stages import example_input
 from dyncal.artifacts.run import Run
 from dyncal.artifacts.run_document import Provenance
 from dyncal.errors import DyncalError, ModelError, describe
+from dyncal.inputs import Inputs, InputSignature, batch_size, call_model, describe_inputs, is_single
 from dyncal.models import LoadedModel, check_exit_outputs, load_model, resolve_device, torch_dtype
 from dyncal.options import input_shape_of
 
@@ -43,6 +44,7 @@ __all__ = [
     "check_run_model",
     "logits_difference",
     "input_signature",
+    "run_inputs",
     "state_sha256",
 ]
 
@@ -118,6 +120,33 @@ def input_signature(
     name = str(dtype or extra.get("input_dtype") or "float32").replace("torch.", "")
     torch_dtype(name)
     return shape_t, name
+
+
+def run_inputs(run: Run, shape: Sequence[int] | None = None, dtype: str | None = None) -> InputSignature:
+    """The inputs a run's model takes: the recorded signature of a multi-input run, else one tensor.
+
+    A single-tensor run's signature is :func:`input_signature`'s shape and dtype (``shape``
+    and ``dtype`` override them); a multi-input run records its own (``provenance.extra["inputs"]``).
+
+    Raises:
+        ModelError: No shape recorded or given, a malformed signature, or an unknown dtype.
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib
+        >>> from dyncal import Provenance, import_arrays
+        >>> prov = Provenance.here(model="m:f", data="d", device="cpu", extra={"input_shape": [4]})
+        >>> run = import_arrays(np.zeros((2, 2, 3), np.float32), [0, 1],
+        ...                     pathlib.Path(tempfile.mkdtemp()) / "r", provenance=prov)
+        >>> run_inputs(run).describe()
+        'input float32 (B, 4)'
+    """
+    recorded = run.provenance.extra.get("inputs")
+    if recorded is not None and shape is None:
+        try:
+            return InputSignature.from_dict(recorded)
+        except DyncalError as e:
+            raise ModelError(f"run '{run.path}' records malformed inputs: {e}") from None
+    return InputSignature.single_tensor(*input_signature(run, shape, dtype))
 
 
 ROWS_RTOL = 1e-2
@@ -270,7 +299,7 @@ def _recheck_rows(
     count: int,
 ) -> tuple[int, float | None, str | None, str | None]:
     """Re-run up to ``count`` recorded rows: ``(rows, max |diff|, why not checked, mismatch)``."""
-    from dyncal.data import dataset_for_run
+    from dyncal.data import dataset_for_run, run_rows
 
     if count < 1:
         return 0, None, "not asked to re-run rows", None
@@ -279,16 +308,10 @@ def _recheck_rows(
     except DyncalError as e:
         return 0, None, f"the run's data set cannot be opened ({e})", None
     rows = np.unique(np.linspace(0, run.n - 1, min(count, run.n)).round().astype(np.int64))
-    where = np.asarray(run.indices[rows], dtype=np.int64)
     try:
-        size = len(dataset)  # type: ignore[arg-type]
-        if where.min() < 0 or where.max() >= size:
-            return 0, None, f"the data set has {size} items but the run reads item {int(where.max())}", None
-        items = [dataset[int(i)] for i in where]
-        x = torch.stack([torch.as_tensor(item[0]) for item in items])
-        labels = [int(item[1]) for item in items]
-    except Exception as e:  # noqa: BLE001 - anything the user's data set raises
-        return 0, None, f"the run's inputs cannot be read ({describe(e)})", None
+        x, labels = run_rows(run, rows, search_path=search_path, dataset=dataset)
+    except DyncalError as e:
+        return 0, None, str(e), None
     if labels != [int(v) for v in run.labels[rows]]:
         return (
             0,
@@ -300,10 +323,12 @@ def _recheck_rows(
             ),
         )
     try:
+        from dyncal.inputs import to_device
+
         with torch.inference_mode():
-            outs = module(x.to(device))
+            outs = call_model(module, to_device(x, device))
         outs = [outs] if isinstance(outs, torch.Tensor) else outs  # a static model: one exit
-        k, c = check_exit_outputs(outs, int(x.shape[0]), static_ok=True)
+        k, c = check_exit_outputs(outs, batch_size(x), static_ok=True)
     except Exception as e:  # noqa: BLE001 - the user's model may raise anything
         return 0, None, None, f"the model fails on the run's recorded inputs ({describe(e)})"
     if (k, c) != (run.k, run.c):
@@ -410,6 +435,8 @@ class RunModel(LoadedModel):
         state_sha256: :func:`state_sha256` of the model as loaded, before anything ran on it.
         input_shape: Per-sample input shape of the probe (empty when not probed).
         input_dtype: Input dtype name of the probe (empty when not probed).
+        inputs: The inputs the model takes (:func:`run_inputs`; None when not probed); a
+            model of several inputs has an empty ``input_shape`` and ``input_dtype``.
     """
 
     source: ModelSource
@@ -417,6 +444,12 @@ class RunModel(LoadedModel):
     state_sha256: str
     input_shape: tuple[int, ...] = ()
     input_dtype: str = ""
+    inputs: InputSignature | None = None
+
+    @property
+    def single_input(self) -> bool:
+        """Whether the model takes one tensor (``input_shape``, ``input_dtype``)."""
+        return self.inputs is None or self.inputs.single
 
     @property
     def from_run(self) -> bool:
@@ -480,7 +513,7 @@ def open_run_model(
         run.provenance, run.path, model=overrides.model, weights=overrides.weights, model_path=overrides.model_path
     )
     if probe is not None:  # the model is named before the input shape is asked for
-        shape, dtype_name = input_signature(run, overrides.input_shape, overrides.input_dtype)
+        signature = run_inputs(run, overrides.input_shape, overrides.input_dtype)
     if source.from_run:
         log.info("loading the model run '%s' names: %s", run.path, source.describe())
     loaded = load_model(source.spec, weights=source.weights, model_path=source.model_path, device=device)
@@ -497,11 +530,17 @@ def open_run_model(
     opened = RunModel(**vars(loaded), source=source, check=check, state_sha256=state_sha256(loaded.module))
     if probe is None:
         return opened
-    x = example_input(shape, torch_dtype(dtype_name), probe, device=resolve_device(device))
-    return probe_run_model(run, opened, x, dtype_name)
+    if signature.single:
+        spec = signature.inputs[0]
+        x = example_input(spec.shape, torch_dtype(spec.dtype), probe, device=resolve_device(device))
+        return probe_run_model(run, opened, x, spec.dtype)
+    from dyncal.data import probe_batch
+
+    x, dtype_name = probe_batch(run, signature, probe, data, opened.model_path, resolve_device(device))
+    return replace(probe_run_model(run, opened, x, dtype_name), inputs=signature)
 
 
-def probe_run_model(run: Run, model: RunModel, x: torch.Tensor, dtype_name: str | None = None) -> RunModel:
+def probe_run_model(run: Run, model: RunModel, x: Inputs, dtype_name: str | None = None) -> RunModel:
     """Run the run's model once on the batch ``x``; refuse a failure, or exits other than the run's K of C classes.
 
     The outputs must keep the multi-exit contract (one tensor when the run is static).
@@ -509,9 +548,11 @@ def probe_run_model(run: Run, model: RunModel, x: torch.Tensor, dtype_name: str 
     Args:
         run: The run.
         model: Its model (:func:`open_run_model`).
-        x: A batch on the model's device.
+        x: A batch on the model's device: a tensor, a tuple or a dict of tensors (:mod:`dyncal.inputs`).
         dtype_name: The input dtype as named (``input_dtype``) when ``x`` holds random inputs of
-            the run's signature; None when it holds inputs read from the data set.
+            the run's signature; None when it holds inputs read from the data set. Only a
+            single integer tensor gets the advice to check ``input_dtype``: several inputs
+            (token ids and a mask) are integers by design.
 
     Returns:
         ``model`` with the probe's per-sample input shape and dtype.
@@ -519,9 +560,11 @@ def probe_run_model(run: Run, model: RunModel, x: torch.Tensor, dtype_name: str 
     Raises:
         ModelError: The model fails on ``x``, breaks the contract, or has another K or C than the run.
     """
-    name = dtype_name or str(x.dtype).replace("torch.", "")
+    name = dtype_name or (str(x.dtype).replace("torch.", "") if is_single(x) else describe_inputs(x))
     if dtype_name is None:
         hint = "check that the data set gives the inputs the model expects"
+    elif not is_single(x):
+        hint = "check that the model takes the inputs the run recorded"
     elif not x.dtype.is_floating_point:
         hint = (
             f"check `input_dtype`: {name} is not a floating dtype (e.g. float32), which most models need; "
@@ -531,16 +574,16 @@ def probe_run_model(run: Run, model: RunModel, x: torch.Tensor, dtype_name: str 
         hint = "check `input_shape` (and `input_dtype`)"
     try:
         with torch.inference_mode():
-            outs = model.module(x)
+            outs = call_model(model.module, x)
     except Exception as e:  # noqa: BLE001 - the user's model may raise anything
-        raise ModelError(
-            f"the model '{model.spec}' fails on an input of shape {tuple(x.shape)} and dtype {name} "
-            f"({describe(e)}); {hint}"
-        ) from e
-    k, c = check_exit_outputs(outs, int(x.shape[0]), static_ok=run.k == 1)
+        what = f"of shape {tuple(x.shape)} and dtype {name}" if is_single(x) else f"({describe_inputs(x)})"
+        raise ModelError(f"the model '{model.spec}' fails on an input {what} ({describe(e)}); {hint}") from e
+    k, c = check_exit_outputs(outs, batch_size(x), static_ok=run.k == 1)
     if (k, c) != (run.k, run.c):
         raise ModelError(
             f"the model '{model.spec}' has K={k} exits and C={c} classes but run '{run.path}' has "
             f"K={run.k}, C={run.c}; use the model the run was collected with (`model`)"
         )
-    return replace(model, input_shape=tuple(x.shape[1:]), input_dtype=name)
+    if not is_single(x):
+        return replace(model, inputs=InputSignature.of(x) if model.inputs is None else model.inputs)
+    return replace(model, input_shape=tuple(x.shape[1:]), input_dtype=name, inputs=InputSignature.of(x))

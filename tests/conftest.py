@@ -108,9 +108,9 @@ def solved_demo(tmp: Path, *, export: bool = False) -> tuple[Path, Any]:
 
 @pytest.fixture(scope="session")
 def text_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Weights of ``text_models:text_encoder`` trained once per session (seconds on a CPU), as a state dict file."""
-    from tests import text_models
+    """Weights of ``text_encoders:text_encoder`` trained once per session (seconds on a CPU), as a state dict file."""
+    from tests import text_encoders
 
     path = tmp_path_factory.mktemp("text_encoder") / "text_encoder.pt"
-    torch.save(text_models.train(text_models.text_encoder(), **text_models.TEST_TRAINING).state_dict(), path)
+    torch.save(text_encoders.train(text_encoders.text_encoder(), **text_encoders.TEST_TRAINING).state_dict(), path)
     return path

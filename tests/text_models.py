@@ -1,256 +1,129 @@
-"""Text classifiers with exits, a generated text data set and a quick trainer.
+"""A tiny text classifier with three exits taking ``input_ids`` and ``attention_mask``, and its data sets.
 
-Importable as ``text_models:<name>`` with ``--model-path tests`` (the tests and
-``benchmarks/text_exits.py`` do so):
-
-- ``text_encoder``: a small transformer encoder (token and position embeddings, four
-  ``nn.TransformerEncoderLayer``s with ``batch_first=True``, masked mean pooling) with exits
-  after layers 1, 2 and 4; ``forward(input_ids, attention_mask)`` returns three ``(B, 3)``
-  logits tensors;
-- ``bert_exits``: a BERT-style encoder built from a ``transformers.BertConfig`` (no download)
-  with exits on the hidden states of layers 1, 2 and 3 (needs the ``nlp`` extra);
-- ``text_data`` / ``text_data_dict`` / ``text_data_train``: sentences of 4 to 32 tokens,
-  ``((input_ids, attention_mask), label)`` or ``({"input_ids": ..., "attention_mask": ...},
-  label)``, unpadded; ``pad_collate`` pads a batch to its longest row;
-- ``train(model, ...)``: a few seconds on a CPU make every exit clearly better than chance,
-  the last exit best.
-
-**The task.** Tokens ``1..3`` are markers of classes 0..2 and token ``4`` is "not": a marker
-right after "not" does not count. The label is the class whose marker counts most. Half
-of the rows are easy (the winner leads by three or more, nothing negated); the others are
-hard (the winner leads by one after negation, and a bag of words that ignores "not" picks
-another class), so early exits get the easy rows right and need depth for the hard ones.
+Importable as ``text_models:<name>`` (the tests pass ``--model-path tests``). The same model
+serves tuple data (``model(ids, mask)``) and dict data (``model(input_ids=..., attention_mask=...)``).
+Sequences have 3 to 12 tokens (ids 1..49, 0 is padding) and are padded per batch by
+:func:`dyncal.inputs.pad_collate`; labels are the last exit's predictions on the unpadded
+sequence, so exit 3 is always right and the earlier exits often.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
-
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
-PAD, NOT, FIRST_FILLER, VOCAB = 0, 4, 5, 32
-MARKERS = (1, 2, 3)
-N_CLASSES = len(MARKERS)
-MIN_LEN, MAX_LEN = 4, 32
-MAX_POSITIONS = 64
+VOCAB, DIM, CLASSES, N = 50, 16, 3, 96
 
 
-# ---------------------------------------------------------------------------- the data
+class TinyTextNet(nn.Module):
+    """Embedding, a masked self-attention block and an MLP block; an exit after each of the three parts."""
 
-
-def _row(rng: np.random.Generator) -> tuple[list[int], int]:
-    """One sentence and its label (see the module docs)."""
-    label = int(rng.integers(N_CLASSES))
-    others = [c for c in range(N_CLASSES) if c != label]
-    if rng.random() < 0.5:  # easy: a clear winner, nothing negated
-        counts = {label: int(rng.integers(3, 7))}
-        for c in others:
-            counts[c] = int(rng.integers(0, counts[label] - 2))
-        negated = {c: 0 for c in range(N_CLASSES)}
-    else:  # hard: the winner leads by one, a rival would win if "not" were ignored
-        rival = int(rng.choice(others))
-        counts = {label: int(rng.integers(2, 5))}
-        counts[rival] = counts[label] - 1
-        counts[[c for c in others if c != rival][0]] = int(rng.integers(0, counts[label] - 1))
-        negated = {c: 0 for c in range(N_CLASSES)}
-        negated[rival] = int(rng.integers(2, 4))
-    pieces: list[list[int]] = []
-    for c in range(N_CLASSES):
-        pieces += [[MARKERS[c]]] * counts[c] + [[NOT, MARKERS[c]]] * negated[c]
-    used = sum(len(p) for p in pieces)
-    length = int(rng.integers(max(MIN_LEN, used), MAX_LEN + 1))
-    pieces += [[int(t)] for t in rng.integers(FIRST_FILLER, VOCAB, length - used)]
-    order = rng.permutation(len(pieces))
-    tokens = [t for i in order for t in pieces[i]]
-    return tokens, label
-
-
-class TextMarkers(Dataset[Any]):
-    """``n`` generated sentences (4 to 32 tokens, unpadded) with labels, fixed by ``seed``.
-
-    Args:
-        n: Number of rows.
-        seed: Seed of the generator (the same seed gives the same rows).
-        as_dict: Yield ``({"input_ids": ..., "attention_mask": ...}, label)`` instead of
-            ``((input_ids, attention_mask), label)``.
-    """
-
-    def __init__(self, n: int, seed: int, *, as_dict: bool = False) -> None:
-        rng = np.random.default_rng(seed)
-        rows = [_row(rng) for _ in range(n)]
-        self.tokens = [torch.tensor(t, dtype=torch.int64) for t, _ in rows]
-        self.labels = [y for _, y in rows]
-        self.as_dict = as_dict
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[Any, int]:
-        ids = self.tokens[i]
-        mask = torch.ones_like(ids)
-        inputs: Any = {"input_ids": ids, "attention_mask": mask} if self.as_dict else (ids, mask)
-        return inputs, self.labels[i]
-
-
-def text_data() -> TextMarkers:
-    """600 validation rows as ``((input_ids, attention_mask), label)``."""
-    return TextMarkers(600, seed=1)
-
-
-def text_data_dict() -> TextMarkers:
-    """The same 600 validation rows as ``({"input_ids": ..., "attention_mask": ...}, label)``."""
-    return TextMarkers(600, seed=1, as_dict=True)
-
-
-def text_data_train() -> TextMarkers:
-    """3000 training rows (another seed than the validation rows)."""
-    return TextMarkers(3000, seed=0)
-
-
-def pad_collate(items: Sequence[tuple[Any, int]]) -> tuple[Any, torch.Tensor]:
-    """Pad a batch of unpadded rows to its longest row (ids with ``PAD``, mask with 0).
-
-    Returns:
-        ``((input_ids, attention_mask), labels)`` or ``({...}, labels)`` like the items,
-        ids and mask ``(B, L)`` int64, labels ``(B,)``.
-    """
-    first = items[0][0]
-    rows = [(x["input_ids"], x["attention_mask"]) if isinstance(x, Mapping) else x for x, _ in items]
-    length = max(int(ids.shape[0]) for ids, _ in rows)
-    ids = torch.full((len(rows), length), PAD, dtype=torch.int64)
-    mask = torch.zeros((len(rows), length), dtype=torch.int64)
-    for i, (row_ids, row_mask) in enumerate(rows):
-        ids[i, : row_ids.shape[0]] = row_ids
-        mask[i, : row_mask.shape[0]] = row_mask
-    labels = torch.tensor([int(y) for _, y in items])
-    if isinstance(first, Mapping):
-        return {"input_ids": ids, "attention_mask": mask}, labels
-    return (ids, mask), labels
-
-
-# ---------------------------------------------------------------------------- the models
-
-
-def masked_mean(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``h (B, L, D)`` over the positions where ``mask (B, L)`` is 1."""
-    m = mask.unsqueeze(-1).to(h.dtype)
-    return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
-
-
-class TextExitEncoder(nn.Module):
-    """Embeddings, ``layers`` encoder layers, an exit (masked mean + linear) after each of ``exits``.
-
-    Args:
-        dim: Model width.
-        heads: Attention heads.
-        ffn: Feed-forward width.
-        layers: Encoder layers.
-        exits: 1-based layers after which an exit reads the hidden states (the last layer last).
-    """
-
-    def __init__(
-        self, dim: int = 32, heads: int = 4, ffn: int = 64, layers: int = 4, exits: tuple[int, ...] = (1, 2, 4)
-    ) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        torch.manual_seed(0)
-        self.exits = exits
-        self.tokens = nn.Embedding(VOCAB, dim, padding_idx=PAD)
-        self.positions = nn.Embedding(MAX_POSITIONS, dim)
-        self.layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(dim, heads, ffn, dropout=0.0, batch_first=True) for _ in range(layers)
-        )
-        self.heads = nn.ModuleList(nn.Linear(dim, N_CLASSES) for _ in exits)
+        torch.manual_seed(3)
+        self.embed = nn.Embedding(VOCAB, DIM)
+        self.qkv = nn.Linear(DIM, 3 * DIM)
+        self.mlp = nn.Sequential(nn.Linear(DIM, 2 * DIM), nn.ReLU(), nn.Linear(2 * DIM, DIM))
+        self.heads = nn.ModuleList(nn.Linear(DIM, CLASSES) for _ in range(3))
+
+    @staticmethod
+    def pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Masked mean over the tokens: padding never counts."""
+        m = mask.unsqueeze(-1).to(h.dtype)
+        return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
-        length = input_ids.shape[1]
-        h = self.tokens(input_ids) + self.positions.weight[:length]
-        padding = attention_mask == 0
-        out = []
-        for i, layer in enumerate(self.layers, start=1):
-            h = layer(h, src_key_padding_mask=padding)
-            if i in self.exits:
-                out.append(self.heads[len(out)](masked_mean(h, attention_mask)))
+        h = self.embed(input_ids)
+        out = [self.heads[0](self.pool(h, attention_mask))]
+        q, k, v = self.qkv(h).chunk(3, dim=-1)
+        bias = (1.0 - attention_mask.to(h.dtype))[:, None, :] * -1e4
+        attn = torch.softmax(q @ k.transpose(1, 2) / DIM**0.5 + bias, dim=-1)
+        h = h + attn @ v
+        out.append(self.heads[1](self.pool(h, attention_mask)))
+        h = h + self.mlp(h)
+        out.append(self.heads[2](self.pool(h, attention_mask)))
         return out
 
 
-def text_encoder() -> nn.Module:
-    """The small encoder with exits after layers 1, 2 and 4 (seeded weights; train with :func:`train`)."""
-    return TextExitEncoder()
+def model() -> TinyTextNet:
+    """The model, in eval mode."""
+    return TinyTextNet().eval()
 
 
-class BertExits(nn.Module):
-    """A BERT encoder from a config with an exit (masked mean + linear) on the hidden states of each of ``exits``."""
-
-    def __init__(self, config: Any, exits: tuple[int, ...] = (1, 2, 3)) -> None:
-        super().__init__()
-        from transformers import BertModel
-
-        torch.manual_seed(0)
-        self.bert = BertModel(config, add_pooling_layer=False)
-        self.exits = exits
-        self.heads = nn.ModuleList(nn.Linear(config.hidden_size, N_CLASSES) for _ in exits)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
-        states = self.bert(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
-        return [head(masked_mean(states[k], attention_mask)) for k, head in zip(self.exits, self.heads, strict=True)]
+def _sequences() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(11)
+    lengths = torch.randint(3, 13, (N,), generator=g)
+    return [torch.randint(1, VOCAB, (int(n),), generator=g) for n in lengths]
 
 
-def bert_exits() -> nn.Module:
-    """A tiny BERT (3 layers, width 32, 4 heads) from ``BertConfig``, nothing downloaded."""
-    from transformers import BertConfig
-
-    config = BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=MAX_POSITIONS,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        pad_token_id=PAD,
-    )
-    return BertExits(config)
-
-
-# ---------------------------------------------------------------------------- training
-
-
-TEST_TRAINING: dict[str, Any] = {"steps": 150, "lr": 5e-3, "batch_size": 64}
-"""What the tests train with (about 20 s on one loaded core): exits near 57 %, 64 % and 71 %."""
-
-
-def train(model: nn.Module, *, steps: int = 300, batch_size: int = 64, lr: float = 3e-3, seed: int = 0) -> nn.Module:
-    """Train every exit at once (summed cross-entropy) on :func:`text_data_train`; returns the model in eval mode."""
-    data = text_data_train()
-    gen = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small steps: more threads only wait for each other, the more so on a busy machine
-    model.train()
-    try:
-        for _ in range(steps):
-            rows = torch.randint(len(data), (batch_size,), generator=gen).tolist()
-            (ids, mask), labels = pad_collate([data[i] for i in rows])
-            loss = sum(nn.functional.cross_entropy(logits, labels) for logits in model(ids, mask))
-            optimizer.zero_grad()
-            loss.backward()  # type: ignore[union-attr]
-            optimizer.step()
-    finally:
-        torch.set_num_threads(threads)
-    return model.eval()
-
-
-def exit_accuracy(model: nn.Module, data: TextMarkers, batch_size: int = 100) -> list[float]:
-    """Accuracy of each exit on ``data``."""
-    correct: list[int] = []
+def _labels(seqs: list[torch.Tensor]) -> list[int]:
+    net = model()
     with torch.inference_mode():
-        for start in range(0, len(data), batch_size):
-            (ids, mask), labels = pad_collate([data[i] for i in range(start, min(start + batch_size, len(data)))])
-            hits = [int((logits.argmax(1) == labels).sum()) for logits in model.eval()(ids, mask)]
-            correct = hits if not correct else [a + b for a, b in zip(correct, hits, strict=True)]
-    return [c / len(data) for c in correct]
+        return [int(net(s[None], torch.ones(1, len(s), dtype=torch.int64))[-1].argmax()) for s in seqs]
+
+
+class TextData(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """Items ``((ids, mask), label)`` (``kind="tuple"``) or ``({"input_ids", "attention_mask"}, label)``."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.seqs = _sequences()
+        self.labels = _labels(self.seqs)
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def __getitem__(self, i: int) -> tuple[object, int]:
+        ids = self.seqs[i]
+        mask = torch.ones(len(ids), dtype=torch.int64)
+        x: object = (ids, mask) if self.kind == "tuple" else {"input_ids": ids, "attention_mask": mask}
+        return x, self.labels[i]
+
+
+def tuple_data() -> TextData:
+    """Items ``((input_ids, attention_mask), label)``."""
+    return TextData("tuple")
+
+
+def dict_data() -> TextData:
+    """Items ``({"input_ids": ..., "attention_mask": ...}, label)``."""
+    return TextData("dict")
+
+
+def float_mask_data() -> TextData:
+    """Dict items whose mask is float32 from item 10 on: the inputs change dtype in the second batch."""
+
+    class FloatMask(TextData):
+        def __getitem__(self, i: int) -> tuple[object, int]:
+            x, y = super().__getitem__(i)
+            if i >= 10:
+                x["attention_mask"] = x["attention_mask"].float()  # type: ignore[index]
+            return x, y
+
+    return FloatMask("dict")
+
+
+class _Stage(nn.Module):
+    """One part of :class:`TinyTextNet` as a hand-declared stage: ``(*inputs or carry) -> (logits, h, mask)``."""
+
+    def __init__(self, net: TinyTextNet, part: int) -> None:
+        super().__init__()
+        self.net, self.part = net, part
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        net = self.net
+        if self.part == 0:
+            h = net.embed(h)
+        elif self.part == 1:
+            q, k, v = net.qkv(h).chunk(3, dim=-1)
+            bias = (1.0 - mask.to(h.dtype))[:, None, :] * -1e4
+            h = h + torch.softmax(q @ k.transpose(1, 2) / DIM**0.5 + bias, dim=-1) @ v
+        else:
+            h = h + net.mlp(h)
+        logits = net.heads[self.part](net.pool(h, mask))
+        return (logits,) if self.part == 2 else (logits, h, mask)
+
+
+def stages(net: TinyTextNet) -> list[nn.Module]:
+    """The model's stages declared by hand (``--stages text_models:stages``): stage 1 takes ids and mask."""
+    return [_Stage(net, i) for i in range(3)]

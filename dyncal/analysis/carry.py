@@ -51,7 +51,7 @@ def _batch_major(values: Sequence[Any]) -> BatchDims:
 def input_batch_dims(stages: Stages, k: int, values: Sequence[Any]) -> BatchDims:
     """The batch dimension of each value stage ``k`` (0-based) receives.
 
-    Stage 0 receives the input (rows on dimension 0); later stages receive the carry, whose
+    Stage 0 receives the inputs (rows on dimension 0 of each); later stages receive the carry, whose
     dimensions the exported graph records (:attr:`Stages.batch_dims`); hand-declared stages
     carry batch-major tensors.
 
@@ -62,8 +62,8 @@ def input_batch_dims(stages: Stages, k: int, values: Sequence[Any]) -> BatchDims
         >>> input_batch_dims(stages, 1, stages.start(torch.zeros(2, 1, 8, 8)).carry)
         (0,)
     """
-    if k == 0:
-        return (0,) + (None,) * (len(values) - 1)
+    if k == 0:  # the inputs: each batch-major
+        return _batch_major(values)
     if stages.batch_dims is None:
         return _batch_major(values)
     dims = stages.batch_dims[k - 1]

@@ -21,6 +21,7 @@ from dyncal.analysis.stages import StageRun, Stages
 from dyncal.artifacts.thresholds import thresholds_from_json
 from dyncal.choices import Score
 from dyncal.errors import DyncalError
+from dyncal.inputs import batch_size, flatten
 
 __all__ = ["EarlyExitRunner"]
 
@@ -162,7 +163,7 @@ class EarlyExitRunner:
                 parts.append((alive, k, logits.argmax(dim=1)))
                 break
             alive = self._split(run, logits, leave, n_leave, alive, k, parts)
-        return self._assemble(x.shape[0], parts, x.device)
+        return self._assemble(batch_size(x), parts, flatten(x)[0].device)
 
     def map(
         self, batches: Iterable[torch.Tensor], *, batch_size: int | None = None, max_pending: int | None = None

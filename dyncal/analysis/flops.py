@@ -36,6 +36,7 @@ from dyncal.analysis.attention_macs import ATTENTION_HANDLES, work_done_elsewher
 from dyncal.analysis.stages import Stages
 from dyncal.artifacts.costs import UnsupportedOp
 from dyncal.errors import ProfileError, first_line
+from dyncal.inputs import Inputs, InputSignature, is_single
 
 __all__ = ["MacCount", "StageMacs", "model_macs", "stage_macs", "stage_inputs"]
 
@@ -114,12 +115,23 @@ class _TensorsOnly(nn.Module):
         return tuple(o for o in out if isinstance(o, torch.Tensor))
 
 
-def model_macs(model: nn.Module, x: torch.Tensor) -> MacCount:
+class _CalledWith(nn.Module):
+    """A model of several inputs called with positional tensors (fvcore passes positional inputs)."""
+
+    def __init__(self, model: nn.Module, signature: InputSignature) -> None:
+        super().__init__()
+        self.model, self.signature = model, signature
+
+    def forward(self, *flat: torch.Tensor) -> Any:
+        return self.signature.call(self.model, flat)
+
+
+def model_macs(model: nn.Module, x: Inputs) -> MacCount:
     """Fvcore's MACs for the whole model on input ``x`` (use ``B = 1`` for per-sample MACs).
 
     Args:
         model: Any module.
-        x: Its input, ``(B, ...)``.
+        x: Its input, ``(B, ...)``, or a tuple or dict of inputs (:mod:`dyncal.inputs`).
 
     Returns:
         The count, with per-operator MACs and uncounted operators.
@@ -132,10 +144,15 @@ def model_macs(model: nn.Module, x: torch.Tensor) -> MacCount:
         >>> model_macs(torch.nn.Conv2d(2, 3, 1, bias=False), torch.zeros(1, 2, 4, 4)).macs
         96
     """
-    return _count(model, (x,))
+    if is_single(x):
+        return _count(model, (x,))
+    signature = InputSignature.of(x)
+    if signature.kind == "tuple":
+        return _count(model, signature.flatten(x))
+    return _count(_CalledWith(model, signature), signature.flatten(x))
 
 
-def stage_inputs(stages: Stages, x: torch.Tensor) -> list[tuple[Any, ...]]:
+def stage_inputs(stages: Stages, x: Inputs) -> list[tuple[Any, ...]]:
     """The arguments each stage receives when the stages run on ``x``, ``K`` tuples."""
     out: list[tuple[Any, ...]] = []
     with torch.no_grad():
@@ -194,7 +211,7 @@ class StageMacs:
 
 def stage_macs(
     stages: Stages,
-    x: torch.Tensor,
+    x: Inputs,
     *,
     model: nn.Module | None = None,
 ) -> StageMacs:
@@ -202,7 +219,8 @@ def stage_macs(
 
     Args:
         stages: The model's stages.
-        x: One sample ``(1, ...)`` on the stages' device (a larger batch scales every count).
+        x: One sample ``(1, ...)`` on the stages' device (a larger batch scales every count);
+            a tuple or dict of inputs for a model of several.
         model: When given, also count the eager model (a difference from the stages' sum
             is logged, not raised: eager tracing may take fused paths fvcore cannot count).
 
@@ -242,7 +260,7 @@ def stage_macs(
     stage_ops = dict(_sum_counters(c.by_operator for c in per_stage))
     graph_total = None
     if stages.whole is not None:
-        graph = _count(stages.whole, (x,))
+        graph = _count(stages.whole, stages.flat_inputs(x))
         graph_total = graph.macs
         if summed != graph_total:
             raise ProfileError(

@@ -60,6 +60,7 @@ from dyncal.analysis.early_exit import EarlyExitRunner
 from dyncal.analysis.stages import Stages
 from dyncal.artifacts.costs import LatencyProfile
 from dyncal.errors import ProfileError, param
+from dyncal.inputs import Inputs, batch_size, call_model, describe_inputs, flatten, is_single, take_rows
 from dyncal.measurement import NOISE_IQR_FRACTION, Measurement, noise_advice
 from dyncal.options import MAX_REPEATS, MAX_THREADS
 
@@ -285,13 +286,13 @@ Groups = dict[str, list[Callable[[], Any]]]
 
 
 def _groups(
-    stages: Stages, model: nn.Module, x: torch.Tensor, threshold: float, ladder: list[int]
+    stages: Stages, model: nn.Module, x: Inputs, threshold: float, ladder: list[int]
 ) -> tuple[Groups, int | None, str]:
     """What :func:`measure_latency` times, by name, the rows compaction is timed at, and what the full model is."""
     k = stages.k
     carries = []
     run = stages.start(x)
-    logits = x
+    logits: Any = x
     while not run.done:
         carries.append(run.carry)
         logits = run.step()
@@ -311,22 +312,22 @@ def _groups(
         "decision": [functools.partial(decider.leaving, logits, 0)] if k > 1 else [],
         "exit_path": [functools.partial(r, x) for r in paths],
         "compaction": compaction,
-        **{f"ladder:{rows}": [functools.partial(r, x[:rows]) for r in paths] for rows in ladder},
+        **{f"ladder:{rows}": [functools.partial(r, take_rows(x, slice(0, rows))) for r in paths] for rows in ladder},
         "full_model": [full_model],
     }
     return groups, compaction_rows, full_model_what
 
 
-def _plain_call(stages: Stages, model: nn.Module, x: torch.Tensor) -> tuple[Callable[[], Any], str]:
+def _plain_call(stages: Stages, model: nn.Module, x: Inputs) -> tuple[Callable[[], Any], str]:
     """The full-model figure's callable and what it is: the plain deployment, else the model with every head."""
     from dyncal.analysis.plain import plain_deployment, plain_runner
 
-    example = x if x.shape[0] >= 2 else torch.cat([x, x])
+    example = x if batch_size(x) >= 2 else take_rows(x, torch.zeros(2, dtype=torch.int64))
     try:
         plain = plain_runner(plain_deployment(stages, model=model, example=example))
     except ProfileError as e:
         log.warning("the full-model latency times the model with every head (no plain deployment: %s)", e)
-        return (lambda: model(x)), f"the model with every head (no plain deployment: {e})"
+        return (lambda: call_model(model, x)), f"the model with every head (no plain deployment: {e})"
     return functools.partial(plain, x), PLAIN_FIGURE
 
 
@@ -348,7 +349,7 @@ def _timed(
     return timed, {name: [next(blocks) for _ in group] for name, group in groups.items()}
 
 
-def _noisy(timed: dict[str, list[Measurement]], x: torch.Tensor, threads: int | None, repeats: int) -> dict[str, float]:
+def _noisy(timed: dict[str, list[Measurement]], x: Inputs, threads: int | None, repeats: int) -> dict[str, float]:
     """``{name: IQR/median}`` of the noisy stages, decision, exit paths and full model, logged with the remedy."""
     named = [
         *((f"stage{i + 1}", m) for i, m in enumerate(timed["stage"])),
@@ -360,8 +361,8 @@ def _noisy(timed: dict[str, list[Measurement]], x: torch.Tensor, threads: int | 
     if noisy:
         log.warning(
             "noisy latency on %s at batch %d (IQR/median > %.0f%%): %s; %s",
-            x.device,
-            x.shape[0],
+            flatten(x)[0].device,
+            batch_size(x),
             100 * NOISE_IQR_FRACTION,
             ", ".join(f"{n} {100 * v:.0f}%" for n, v in noisy.items()),
             noise_advice(threads, repeats),
@@ -376,7 +377,7 @@ def _replicates(measurements: list[Measurement]) -> tuple[tuple[float, ...], ...
 def measure_latency(
     stages: Stages,
     model: nn.Module,
-    x: torch.Tensor,
+    x: Inputs,
     settings: LatencySettings | None = None,
     *,
     device_name: str | None = None,
@@ -388,7 +389,7 @@ def measure_latency(
     Args:
         stages: The model's stages, on the same device as ``x``.
         model: The multi-exit model (its plain deployment is cut from it when the stages carry no graph).
-        x: An input batch ``(B, ...)``; ``B`` is the batch size measured.
+        x: An input batch ``(B, ...)`` (or a tuple or dict of inputs); ``B`` is the batch size measured.
         settings: How to measure (defaults: 1 thread, 5 warm-up calls, 25 replicates).
         device_name: The device as named in the key (``"cuda"`` rather than ``"cuda:0"``);
             defaults to ``x.device``.
@@ -406,19 +407,20 @@ def measure_latency(
         ProfileError: A stage fails to run on this input.
     """
     settings = settings or LatencySettings()
-    timer = timer or Timer(x.device, clock)
-    ladder = _row_ladder(int(x.shape[0])) if stages.dynamic_batch else []
+    first = flatten(x)[0]
+    timer = timer or Timer(first.device, clock)
+    ladder = _row_ladder(batch_size(x)) if stages.dynamic_batch else []
     with pinned_threads(settings.threads) as threads, torch.inference_mode():
         groups, compaction_rows, full_model_what = _groups(stages, model, x, settings.threshold, ladder)
         timed, blocks = _timed(timer, groups, settings)
     return LatencyProfile(
-        device=device_name or str(x.device),
-        batch_size=int(x.shape[0]),
+        device=device_name or str(first.device),
+        batch_size=batch_size(x),
         stage_ms=_replicates(timed["stage"]),
         decision_ms=next(iter(_replicates(timed["decision"])), ()),
         full_model_ms=timed["full_model"][0].replicates_ms,
         threads=threads,
-        hardware=device_hardware(x.device),
+        hardware=device_hardware(first.device),
         settings={
             "warmup": settings.warmup,
             "repeats": settings.repeats,
@@ -435,12 +437,13 @@ def measure_latency(
             "exit_path": "EarlyExitRunner with every row leaving at exit k",
             "compaction": "EarlyExitRunner split at exit k, every other row leaving, and the output assembled",
             "compaction_rows": compaction_rows,
-            "dtype": str(x.dtype).replace("torch.", ""),
-            "input_shape": list(x.shape[1:]),
+            "dtype": str(first.dtype).replace("torch.", ""),
+            "input_shape": list(first.shape[1:]),
+            **({} if is_single(x) else {"inputs": describe_inputs(x)}),
             "stages": stages.source,
             "torch": torch.__version__,
             "cpu": cpu_model(),
-            "gpu": torch.cuda.get_device_name(x.device) if timer.cuda else None,
+            "gpu": torch.cuda.get_device_name(first.device) if timer.cuda else None,
             "cuda": torch.version.cuda if timer.cuda else None,
             "cpu_count": os.cpu_count(),
             "noisy": _noisy(timed, x, threads, settings.repeats),
@@ -467,7 +470,7 @@ def _row_ladder(batch_size: int) -> list[int]:
     return out
 
 
-def _compaction_fns(stages: Stages, runner: Any, x: torch.Tensor) -> tuple[list[Callable[[], Any]], int | None]:
+def _compaction_fns(stages: Stages, runner: Any, x: Inputs) -> tuple[list[Callable[[], Any]], int | None]:
     """One callable per exit before the last: the runner's split with every other row leaving.
 
     Measured at ``max(2, B)`` rows on the carry the next stage would receive; none when the
@@ -475,11 +478,12 @@ def _compaction_fns(stages: Stages, runner: Any, x: torch.Tensor) -> tuple[list[
     """
     if not stages.can_drop_rows or not stages.dynamic_batch:
         return [], None
-    rows = max(2, int(x.shape[0]))
-    xc = x if x.shape[0] == rows else x.expand(rows, *x.shape[1:]).contiguous()
-    leave = torch.zeros(rows, dtype=torch.bool, device=x.device)
+    rows = max(2, batch_size(x))
+    device = flatten(x)[0].device
+    xc = x if batch_size(x) == rows else take_rows(x, torch.zeros(rows, dtype=torch.int64, device=device))
+    leave = torch.zeros(rows, dtype=torch.bool, device=device)
     leave[::2] = True
-    rest = torch.zeros(rows - int(leave.sum()), dtype=torch.int64, device=x.device)  # predictions of the stayers
+    rest = torch.zeros(rows - int(leave.sum()), dtype=torch.int64, device=device)  # predictions of the stayers
     fns: list[Callable[[], Any]] = []
     run = stages.start(xc)
     for k in range(stages.k - 1):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,7 @@ from dyncal.analysis.stages import Stages
 from dyncal.artifacts import package
 from dyncal.artifacts.rundir import PARTIAL_SUFFIX
 from dyncal.errors import DyncalError, param
+from dyncal.inputs import batch_size
 from dyncal.models import load_exported, resolve_device, torch_dtype
 
 if TYPE_CHECKING:
@@ -114,8 +115,8 @@ class _Chain(nn.Module):
         super().__init__()
         self.parts = nn.ModuleList(parts)
 
-    def forward(self, x: torch.Tensor) -> tuple[Any, ...]:
-        carry: tuple[Any, ...] = (x,)
+    def forward(self, *x: torch.Tensor) -> tuple[Any, ...]:
+        carry: tuple[Any, ...] = x
         for part in self.parts:
             carry = tuple(part(*carry))
         return carry
@@ -163,14 +164,20 @@ class PackageRunner(EarlyExitRunner):
         modules = []
         for i, program in enumerate(self._programs):
             ep = program if device.type == "cpu" else move_to_device_pass(program, device)
-            dims = (0,) if i == 0 else self.manifest.stages[i - 1].carry_batch_dims
+            dims = self._input_dims if i == 0 else self.manifest.stages[i - 1].carry_batch_dims
             modules.append(_StageProgram(ep, dims))
         return Stages(
             modules,
             batch_dims=[s.carry_batch_dims for s in self.manifest.stages],
             source="package",
             dynamic_batch=True,
+            inputs=self.manifest.inputs,
         )
+
+    @property
+    def _input_dims(self) -> tuple[int, ...]:
+        """The batch dimension of each input stage 1 takes (0: every input is batch-major)."""
+        return (0,) * (1 if self.manifest.inputs is None else len(self.manifest.inputs.inputs))
 
     def _plain_stages_on(self, device: torch.device) -> Stages:
         """The plain deployment as one stage: each stage cut to its carry, the last whole."""
@@ -180,11 +187,11 @@ class PackageRunner(EarlyExitRunner):
         k = len(self._programs)
         for i, program in enumerate(self._programs):
             ep = program if device.type == "cpu" else move_to_device_pass(program, device)
-            dims = (0,) if i == 0 else self.manifest.stages[i - 1].carry_batch_dims
+            dims = self._input_dims if i == 0 else self.manifest.stages[i - 1].carry_batch_dims
             n_carry = len(self.manifest.stages[i].carry_batch_dims)
             keep = [0] if i == k - 1 else list(range(1, 1 + n_carry))
             parts.append(_StageProgram(ep, dims, keep))
-        return Stages([_Chain(parts)], batch_dims=[()], source="plain", dynamic_batch=True)
+        return Stages([_Chain(parts)], batch_dims=[()], source="plain", dynamic_batch=True, inputs=self.manifest.inputs)
 
     def plain_runner(self) -> EarlyExitRunner:
         """The plain deployment's runner (``runner(x) -> (exits, predictions)``, every exit the last).
@@ -195,7 +202,7 @@ class PackageRunner(EarlyExitRunner):
         return plain_runner(self._plain_stages_on(self.device), self.score)
 
     @torch.inference_mode()
-    def plain_model(self, x: torch.Tensor) -> torch.Tensor:
+    def plain_model(self, x: Any) -> torch.Tensor:
         """The last exit's logits ``(B, C)`` computed as the plain deployment (no intermediate head runs).
 
         What this package would deploy without early exit; compare with :meth:`__call__`'s cost.
@@ -241,7 +248,7 @@ class PackageRunner(EarlyExitRunner):
         return [m for m in self.stages.modules if isinstance(m, _StageProgram)]
 
     @torch.inference_mode()
-    def full_model(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def full_model(self, x: Any) -> list[torch.Tensor]:
         """Every exit's logits for the whole batch, no sample leaving: the package's plain model.
 
         Returns:
@@ -250,9 +257,15 @@ class PackageRunner(EarlyExitRunner):
         self._check_input(x)
         return self.stages.run(x)
 
-    def _check_input(self, x: torch.Tensor) -> None:
+    def _check_input(self, x: Any) -> None:
         """Refuse a batch that does not fit the package's input signature or device (one line)."""
         m = self.manifest
+        if m.inputs is not None:  # several inputs: each checked, named in the message
+            m.inputs.check(x, what="the package's inputs")
+            for name, t in zip(m.inputs.names, m.inputs.flatten(x), strict=True):
+                if t.device != self.device:
+                    raise DyncalError(f"input '{name}' on {t.device} but the package runs on {self.device}")
+            return
         if not isinstance(x, torch.Tensor):
             raise DyncalError(f"the package takes a tensor (B, {', '.join(map(str, m.input_shape))}), got {type(x)}")
         if tuple(x.shape[1:]) != m.input_shape or x.ndim != len(m.input_shape) + 1:
@@ -266,11 +279,14 @@ class PackageRunner(EarlyExitRunner):
             raise DyncalError(f"input on {x.device} but the package runs on {self.device}; move it with x.to(...)")
 
     def __call__(
-        self, x: torch.Tensor, request_ids: Sequence[str | None] | None = None
+        self, x: Any = None, request_ids: Sequence[str | None] | None = None, *more: Any, **named: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Early-exit a batch ``x`` ``(B, *input_shape)`` on the runner's device.
 
         ``request_ids`` (one per row, or None) go into the telemetry, to join labels that arrive later.
+        A package of several inputs is called as its model is: ``runner(input_ids=..., attention_mask=...)``
+        (dict inputs), ``runner(ids, mask)`` (tuple inputs), or with the tuple or dict itself;
+        ``request_ids`` then only by keyword.
 
         Returns:
             ``(exits, predictions)``, int64 ``(B,)`` each; exits are 0-based.
@@ -278,13 +294,34 @@ class PackageRunner(EarlyExitRunner):
         Raises:
             DyncalError: ``x`` does not fit the package's input signature or device.
         """
+        if self.manifest.inputs is not None:
+            x, request_ids = self._gather(x, request_ids, more, named)
         self._check_input(x)
-        if x.shape[0] == 0:
-            empty = torch.empty((0,), dtype=torch.int64, device=x.device)
+        if batch_size(x) == 0:
+            empty = torch.empty((0,), dtype=torch.int64, device=self.device)
             return empty, empty.clone()
         if self.telemetry is not None:
             return observed_call(self, self.telemetry, x, request_ids)
         return super().__call__(x)
+
+    def _gather(
+        self, x: Any, second: Any, more: tuple[Any, ...], named: dict[str, Any]
+    ) -> tuple[Any, Sequence[str | None] | None]:
+        """The inputs of a call made as the model is called, and the request ids (by keyword)."""
+        sig = self.manifest.inputs
+        assert sig is not None
+        request_ids = named.pop("request_ids", None)
+        if sig.kind == "dict":
+            if x is not None or second is not None or more:
+                if isinstance(x, Mapping) and second is None and not more and not named:
+                    return x, request_ids
+                raise DyncalError(f"the package takes keyword inputs ({', '.join(sig.names)}); call runner(name=...)")
+            return named, request_ids
+        if named:
+            raise DyncalError(f"the package takes positional inputs ({sig.describe()}), got {', '.join(named)}")
+        if isinstance(x, (tuple, list)) and second is None and not more:
+            return tuple(x), request_ids
+        return tuple(v for v in (x, second, *more) if v is not None), request_ids
 
     def map(
         self, batches: Iterable[torch.Tensor], *, batch_size: int | None = None, max_pending: int | None = None

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from dyncal.errors import DyncalError, param
+from dyncal.inputs import batch_size, flatten, take_rows
 
 if TYPE_CHECKING:
     from dyncal.analysis.early_exit import EarlyExitRunner
@@ -51,7 +52,7 @@ def early_exit_with_scores(runner: EarlyExitRunner, x: torch.Tensor) -> tuple[to
         >>> exits.tolist(), scores.shape, bool(np.isnan(scores[:, 1:]).all())
         ([0, 0, 0], (3, 4), True)
     """
-    b = int(x.shape[0])
+    b = batch_size(x)
     taps: list[tuple[torch.Tensor | None, int, torch.Tensor]] = []  # (rows present, exit, their scores)
     parts: list[tuple[torch.Tensor | None, int, torch.Tensor]] = []
     alive: torch.Tensor | None = None
@@ -71,7 +72,7 @@ def early_exit_with_scores(runner: EarlyExitRunner, x: torch.Tensor) -> tuple[to
             parts.append((alive, k, logits.argmax(dim=1)))
             break
         alive = runner._split(run, logits, leave, n_leave, alive, k, parts)
-    exits, preds = runner._assemble(b, parts, x.device)
+    exits, preds = runner._assemble(b, parts, flatten(x)[0].device)
     scores = np.full((b, runner.k), np.nan, dtype=np.float32)
     for rows, k, s in taps:
         values = s.float().cpu().numpy()
@@ -96,7 +97,7 @@ def observed_call(
     Raises:
         DyncalError: ``request_ids`` of another length than the batch, or a failed telemetry write.
     """
-    b = int(x.shape[0])
+    b = batch_size(x)
     if request_ids is not None and len(request_ids) != b:
         raise DyncalError(f"{param('request_ids')} has {len(request_ids)} ids for a batch of {b}")
     shadow = writer.shadow_mask(b)
@@ -107,9 +108,9 @@ def observed_call(
     last = None
     if shadow.any():
         rows = np.flatnonzero(shadow)
-        index = torch.from_numpy(rows).to(x.device)
+        index = torch.from_numpy(rows).to(flatten(x)[0].device)
         with torch.inference_mode():
-            plain = runner.stages.run(x.index_select(0, index))[-1].argmax(dim=1).cpu().numpy()
+            plain = runner.stages.run(take_rows(x, index))[-1].argmax(dim=1).cpu().numpy()
         last = np.full(b, -1, dtype=np.int64)
         last[rows] = plain
     writer.record(exits_host, preds_host, scores, ms, last_predictions=last, request_ids=request_ids)

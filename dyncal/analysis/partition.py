@@ -29,6 +29,7 @@ import torch
 from torch import fx, nn
 
 from dyncal.errors import ProfileError, describe
+from dyncal.inputs import Inputs, InputSignature, batch_size, is_single
 
 __all__ = ["EXPORT_HINT", "Partition", "export_partition", "quiet_export_logs"]
 
@@ -63,6 +64,10 @@ class Partition(TypedDict):
         example_batch_size: Batch size of the example the model was exported with.
         whole: The unsplit graph the stages were cut from.
         drop_rows_reason: Why rows cannot leave between stages, None when they can.
+        dim_symbols: The symbolic dimensions of what each stage receives, ``K`` tuples (the
+            inputs, then each stage's carry), one ``{dim: symbol}`` per value: the batch and,
+            for models of several inputs, the sequence length. Exporting a stage again
+            (``dyncal export``) keeps exactly these dimensions dynamic.
     """
 
     modules: tuple[nn.Module, ...]
@@ -71,22 +76,57 @@ class Partition(TypedDict):
     example_batch_size: int
     whole: nn.Module
     drop_rows_reason: str | None
+    dim_symbols: tuple[tuple[dict[int, str], ...], ...]
 
 
-def export_partition(model: nn.Module, example: torch.Tensor, *, dynamic_batch: bool = True) -> Partition:
+def export_partition(
+    model: nn.Module, example: Inputs, *, dynamic_batch: bool = True, signature: InputSignature | None = None
+) -> Partition:
     """Export ``model`` with ``torch.export`` and cut its graph into stages at the exits.
 
     Args:
         model: A multi-exit model in eval mode; ``model(example)`` returns ``K`` logits.
-        example: One input batch ``(B, ...)`` (B >= 2 keeps the batch dimension dynamic).
+        example: One input batch ``(B, ...)`` (B >= 2 keeps the batch dimension dynamic): a
+            tensor, or a tuple or dict of tensors (:mod:`dyncal.inputs`), exported as args or kwargs.
         dynamic_batch: Ask export for a dynamic batch dimension (falls back to the example's
             batch size when the model pins it).
+        signature: The inputs' signature (default: the example's); its dynamic dimensions (a
+            sequence length) are exported dynamic too.
 
     Raises:
         ProfileError: The model cannot be exported (with export's reason in one line), or
             an exit's output is not an op computed by the graph.
     """
-    return _partition(_export(model, example, dynamic_batch=dynamic_batch).module(), example)
+    if is_single(example):
+        return _partition(_export(model, example, dynamic_batch=dynamic_batch).module(), example)
+    signature = signature or InputSignature.of(example)
+    return _partition(_export_inputs(model, example, signature, dynamic_batch).module(), example, signature.names)
+
+
+def _export_inputs(model: nn.Module, example: Inputs, signature: InputSignature, dynamic_batch: bool) -> Any:
+    """Export a model of several inputs: a tuple as args, a dict as kwargs (in the signature's order)."""
+    from torch.export import Dim
+
+    flat = signature.flatten(example)
+    shapes = [
+        {**({0: Dim.AUTO} if dynamic_batch else {}), **{d + 1: Dim.AUTO for d in spec.dynamic}}
+        for spec in signature.inputs
+    ]
+    if signature.kind == "dict":
+        args: tuple[Any, ...] = ()
+        kwargs: dict[str, Any] | None = dict(zip(signature.names, flat, strict=True))
+        dynamic: Any = dict(zip(signature.names, shapes, strict=True))
+    else:
+        args, kwargs, dynamic = tuple(flat), None, tuple(shapes)
+    try:
+        with quiet_export_logs():
+            return torch.export.export(model, args, kwargs, dynamic_shapes=dynamic, strict=False)
+    except Exception as e:  # noqa: BLE001 - export raises many types for unsupported models
+        log.debug("torch.export failed", exc_info=True)
+        raise ProfileError(
+            f"cannot export {type(model).__name__} with torch.export on inputs {signature.describe()} "
+            f"({describe(e)}); " + EXPORT_HINT
+        ) from e
 
 
 # Loggers through which export narrates its failures on stderr (it also prints the partial
@@ -192,11 +232,13 @@ def _stages_of(graph: fx.Graph, flat: Sequence[fx.Node]) -> tuple[dict[fx.Node, 
     return stage_of, ops
 
 
-def _partition(gm: fx.GraphModule, example: torch.Tensor) -> Partition:
+def _partition(gm: fx.GraphModule, example: Inputs, names: Sequence[str] = ()) -> Partition:
     """Cut the exported graph ``gm`` into one stage per exit (see the module docs)."""
     flat = _exit_outputs(gm)
     stage_of, ops = _stages_of(gm.graph, flat)
     inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if names and sorted(str(n.target) for n in inputs) == sorted(names):  # stage 1 takes the signature's order
+        inputs.sort(key=lambda n: list(names).index(str(n.target)))
 
     # Tensors needed after stage i: used by an op of a later stage, or a later exit's output.
     # Sizes (SymInts) are not carried: a later stage reads them off a tensor it receives.
@@ -249,10 +291,24 @@ def _partition(gm: fx.GraphModule, example: torch.Tensor) -> Partition:
         modules=tuple(stage(i) for i in range(len(flat))),
         batch_dims=None if batch_sym is None else tuple(tuple(_batch_dim(v, batch_sym) for v in c) for c in carries),
         dynamic_batch=batch_sym is not None,
-        example_batch_size=int(example.shape[0]),
+        example_batch_size=batch_size(example),
         whole=_whole(gm, stage_of, flat),
         drop_rows_reason=None if batch_sym is None else _uncuttable(carries, batch_sym),
+        dim_symbols=tuple(tuple(_symbols(v) for v in values) for values in [inputs, *carries[:-1]]),
     )
+
+
+def _symbols(node: fx.Node) -> dict[int, str]:
+    """The dimensions of a value whose size is a bare symbol (the batch, a sequence length), by symbol name."""
+    val = node.meta.get("val")
+    if not isinstance(val, torch.Tensor):
+        return {}
+    sizes: list[Any] = list(val.shape)
+    return {
+        d: str(size.node.expr)
+        for d, size in enumerate(sizes)
+        if isinstance(size, torch.SymInt) and getattr(size.node.expr, "is_Symbol", False)
+    }
 
 
 def _whole(gm: fx.GraphModule, stage_of: dict[fx.Node, int], flat: Sequence[fx.Node]) -> nn.Module:

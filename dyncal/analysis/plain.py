@@ -57,8 +57,8 @@ class _AsStage(nn.Module):
         super().__init__()
         self.plain = module
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
-        out = self.plain(x)
+    def forward(self, *x: torch.Tensor) -> tuple[torch.Tensor]:
+        out = self.plain(*x)
         if isinstance(out, (tuple, list)) and len(out) == 1:
             out = out[0]
         if not isinstance(out, torch.Tensor):
@@ -181,6 +181,7 @@ def plain_deployment(
         source="plain",
         dynamic_batch=dynamic,
         example_batch_size=None if stages is None else stages.example_batch_size,
+        inputs=None if stages is None else stages.inputs,
     )
 
 

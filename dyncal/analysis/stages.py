@@ -93,6 +93,7 @@ from torch import nn
 
 from dyncal.analysis.partition import EXPORT_HINT, export_partition
 from dyncal.errors import DyncalError, ProfileError, describe, param, user_call
+from dyncal.inputs import Inputs, InputSignature, batch_size, call_model, flatten, take_rows
 
 __all__ = [
     "STAGES_METHOD",
@@ -134,6 +135,10 @@ class Stages:
             must equal the stages' sum).
         drop_rows_reason: Why rows cannot leave between stages (see :attr:`can_drop_rows`),
             None when they can.
+        dim_symbols: For exported stages, the symbolic dimensions of what each stage
+            receives (:class:`~dyncal.analysis.partition.Partition`); None: the batch only.
+        inputs: The model's inputs (:class:`~dyncal.inputs.InputSignature`), for a model of
+            several inputs: stage 1 takes them positionally in this order; None: as given.
 
     Example:
         >>> import torch
@@ -153,6 +158,8 @@ class Stages:
         example_batch_size: int | None = None,
         whole: nn.Module | None = None,
         drop_rows_reason: str | None = None,
+        dim_symbols: Sequence[tuple[dict[int, str], ...]] | None = None,
+        inputs: InputSignature | None = None,
     ) -> None:
         if len(modules) < 1:  # K = 1: a static model, measured as one stage
             raise ProfileError(f"a model needs K >= 1 stages, got {len(modules)}")
@@ -165,6 +172,8 @@ class Stages:
         self.example_batch_size = example_batch_size
         self.whole = whole
         self.drop_rows_reason = drop_rows_reason
+        self.dim_symbols = None if dim_symbols is None else tuple(tuple(v) for v in dim_symbols)
+        self.inputs = inputs
         if not dynamic_batch and drop_rows_reason is None:
             self.drop_rows_reason = (
                 f"the stages were exported for batch size {example_batch_size} only (the model could "
@@ -180,6 +189,8 @@ class Stages:
             "example_batch_size": self.example_batch_size,
             "whole": self.whole,
             "drop_rows_reason": self.drop_rows_reason,
+            "dim_symbols": self.dim_symbols,
+            "inputs": self.inputs,
         }
 
     @property
@@ -213,11 +224,15 @@ class Stages:
             m.to(device)
         return self
 
-    def start(self, x: torch.Tensor) -> StageRun:
-        """Begin an early-exit pass over input ``x`` ``(B, ...)``; see :class:`StageRun`."""
+    def flat_inputs(self, x: Inputs) -> tuple[torch.Tensor, ...]:
+        """What stage 1 receives for the inputs ``x``: its tensors in the signature's order."""
+        return flatten(x) if self.inputs is None else self.inputs.flatten(x)
+
+    def start(self, x: Inputs) -> StageRun:
+        """Begin an early-exit pass over inputs ``x`` (a tensor ``(B, ...)``, tuple or dict); see :class:`StageRun`."""
         return StageRun(self, x)
 
-    def iter_exits(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
+    def iter_exits(self, x: Inputs) -> Iterator[torch.Tensor]:
         """Yield exit ``k``'s logits ``(B, C)`` after running stage ``k``; stop when you like.
 
         Breaking out of the loop after exit ``k`` means stages ``k+1..K`` never run.
@@ -226,7 +241,7 @@ class Stages:
         while not run.done:
             yield run.step()
 
-    def run(self, x: torch.Tensor, *, upto: int | None = None) -> list[torch.Tensor]:
+    def run(self, x: Inputs, *, upto: int | None = None) -> list[torch.Tensor]:
         """Run stages ``1..upto`` (default all) and return those exits' logits, each ``(B, C)``."""
         upto = self.k if upto is None else upto
         if not 1 <= upto <= self.k:
@@ -254,10 +269,10 @@ class StageRun:
             run.keep(~leave)                       # later stages see only staying rows
     """
 
-    def __init__(self, stages: Stages, x: torch.Tensor) -> None:
+    def __init__(self, stages: Stages, x: Inputs) -> None:
         self.stages = stages
         self.exit = 0
-        self._carry: tuple[Any, ...] = (x,)
+        self._carry: tuple[Any, ...] = stages.flat_inputs(x)
 
     @property
     def done(self) -> bool:
@@ -293,8 +308,8 @@ class StageRun:
         if self.done:
             return
         dims = None if self.stages.batch_dims is None else self.stages.batch_dims[self.exit - 1]
-        if self.exit == 0:
-            dims = (0,)
+        if self.exit == 0:  # the inputs: every one batch-major, rows leave all of them together
+            dims = (0,) * len(self._carry)
         if dims is None:
             dims = tuple(0 if isinstance(t, torch.Tensor) and t.ndim > 0 else None for t in self._carry)
         if self.stages.drop_rows_reason is not None:
@@ -335,7 +350,7 @@ def declared_stages(
     if not isinstance(mods, (list, tuple)) or len(mods) < 2 or not all(isinstance(m, nn.Module) for m in mods):
         raise ProfileError(
             f"{name} must return a list of K >= 2 nn.Module stages "
-            "(stage_1(x) -> (logits, *carry), "
+            "(stage_1(*inputs) -> (logits, *carry), "
             f"stage_k(*carry) -> (logits, *carry)); got {type(mods).__name__}"
         )
     for m in mods:
@@ -365,18 +380,22 @@ def stages_function(
 
 def build_stages(
     model: nn.Module,
-    example: torch.Tensor,
+    example: Inputs,
     *,
     stages_fn: Callable[[nn.Module], Sequence[nn.Module]] | None = None,
     dynamic_batch: bool = True,
+    signature: InputSignature | None = None,
 ) -> Stages:
     """Stages of ``model``: declared by hand if it declares them, else from its graph.
 
     Args:
         model: A multi-exit model in eval mode.
-        example: One input batch ``(B, ...)`` on the model's device.
+        example: One input batch ``(B, ...)`` on the model's device: a tensor, a tuple or a
+            dict of tensors (stage 1 then takes them positionally, in the signature's order).
         stages_fn: Optional ``fn(model) -> Sequence[nn.Module]`` (``--stages``).
         dynamic_batch: For exported stages, try to keep the batch dimension dynamic.
+        signature: The inputs' signature (default: the example's; a run's records which
+            dimensions, such as the sequence length, vary).
 
     Returns:
         The stages (not yet verified; see :func:`verify_stages`).
@@ -385,10 +404,14 @@ def build_stages(
         ProfileError: Export fails (with a hint on declaring stages) or the declaration is
             malformed.
     """
+    if signature is None and not isinstance(example, torch.Tensor):
+        signature = InputSignature.of(example)
     declared = declared_stages(model, stages_fn)
     if declared is not None:
+        declared.inputs = signature
         return declared
-    return Stages(**export_partition(model, example, dynamic_batch=dynamic_batch), source="export")
+    part = export_partition(model, example, dynamic_batch=dynamic_batch, signature=signature)
+    return Stages(**part, source="export", inputs=signature)
 
 
 @dataclass(frozen=True)
@@ -407,7 +430,7 @@ class StageCheck:
 def verify_stages(
     model: nn.Module,
     stages: Stages,
-    x: torch.Tensor,
+    x: Inputs,
     *,
     rtol: float = 1e-4,
     atol: float = 1e-5,
@@ -424,7 +447,7 @@ def verify_stages(
     Args:
         model: The multi-exit model.
         stages: Its stages.
-        x: An input batch ``(B, ...)``.
+        x: An input batch ``(B, ...)``: a tensor, a tuple or a dict of tensors.
         rtol: Relative tolerance (of each exit's largest logit magnitude).
         atol: Absolute tolerance.
 
@@ -436,7 +459,7 @@ def verify_stages(
             exit differs beyond tolerance.
     """
     with torch.inference_mode():
-        want = model(x)
+        want = call_model(model, x)
         want = [want] if isinstance(want, torch.Tensor) else want  # a static model (K = 1)
         try:
             got = stages.run(x)
@@ -444,7 +467,7 @@ def verify_stages(
             raise
         except Exception as e:  # noqa: BLE001 - stage code may raise anything
             raise ProfileError(
-                f"the {stages.source} stages fail at batch size {x.shape[0]} ({describe(e)}); "
+                f"the {stages.source} stages fail at batch size {batch_size(x)} ({describe(e)}); "
                 + ("fix dyncal_stages / `stages_spec`" if stages.source != "export" else EXPORT_HINT)
             ) from e
     if not isinstance(want, (list, tuple)) or len(want) != len(got):
@@ -466,11 +489,11 @@ def verify_stages(
                 "wrong" + ("" if stages.source == "export" else ": fix dyncal_stages / `stages_spec`")
             )
         diffs.append(d)
-    if x.shape[0] >= 2 and stages.can_drop_rows:
+    if batch_size(x) >= 2 and stages.can_drop_rows:
         reason = _row_drop_problem(model, stages, x, rtol=rtol, atol=atol)
         if reason is not None:
             stages.forbid_dropping_rows(reason)
-    return StageCheck(batch_size=int(x.shape[0]), max_abs_diff=tuple(diffs))
+    return StageCheck(batch_size=batch_size(x), max_abs_diff=tuple(diffs))
 
 
 def example_input(
@@ -496,12 +519,13 @@ def example_input(
 
 def checked_stages(
     model: nn.Module,
-    x: torch.Tensor,
+    x: Inputs,
     *,
     stages: Stages | None = None,
-    example: torch.Tensor | None = None,
+    example: Inputs | None = None,
     stages_fn: Callable[[nn.Module], Sequence[nn.Module]] | None = None,
     reexport: bool = False,
+    signature: InputSignature | None = None,
 ) -> tuple[Stages, StageCheck]:
     """Stages of ``model`` proven on the batch ``x``: built (or given), then verified there.
 
@@ -516,6 +540,7 @@ def checked_stages(
         stages_fn: Optional hand-declared stages (``--stages``).
         reexport: When exported stages built at another batch size fail at ``x``'s, export
             again at exactly that size (fixed: they cannot drop rows) instead of failing.
+        signature: The inputs' signature, for a model of several inputs (:func:`build_stages`).
 
     Returns:
         The stages (the re-exported ones when that happened) and their check on ``x``.
@@ -523,28 +548,28 @@ def checked_stages(
     Raises:
         ProfileError: The stages cannot be built, or do not reproduce the model on ``x``.
     """
-    rtol = 2e-3 if x.device.type == "cuda" else 1e-4
+    rtol = 2e-3 if flatten(x)[0].device.type == "cuda" else 1e-4
     if stages is None:
-        stages = build_stages(model, x if example is None else example, stages_fn=stages_fn)
+        stages = build_stages(model, x if example is None else example, stages_fn=stages_fn, signature=signature)
     try:
         return stages, verify_stages(model, stages, x, rtol=rtol)
     except ProfileError:
-        if not reexport or stages.source != "export" or stages.example_batch_size == x.shape[0]:
+        if not reexport or stages.source != "export" or stages.example_batch_size == batch_size(x):
             raise
         log.info(
             "stages exported at batch %s fail at batch %d; exporting again at that size",
             stages.example_batch_size,
-            x.shape[0],
+            batch_size(x),
         )
-        again = build_stages(model, x, stages_fn=stages_fn, dynamic_batch=False)
+        again = build_stages(model, x, stages_fn=stages_fn, dynamic_batch=False, signature=signature)
         return again, verify_stages(model, again, x, rtol=rtol)
 
 
-def _row_drop_problem(model: nn.Module, stages: Stages, x: torch.Tensor, *, rtol: float, atol: float) -> str | None:
+def _row_drop_problem(model: nn.Module, stages: Stages, x: Inputs, *, rtol: float, atol: float) -> str | None:
     """Why dropping rows after some stage changes a later exit, or None when it never does."""
-    rows = torch.arange(0, x.shape[0], 2, device=x.device)
+    rows = torch.arange(0, batch_size(x), 2, device=flatten(x)[0].device)
     with torch.inference_mode():
-        want = model(x[rows])
+        want = call_model(model, take_rows(x, rows))
         for j in range(1, stages.k):
             run = stages.start(x)
             try:

@@ -46,6 +46,7 @@ from dyncal.artifacts.rundir import PARTIAL_SUFFIX
 from dyncal.artifacts.thresholds import TEMPERATURE_RANGE, decision_fingerprint, read_exit_rule
 from dyncal.choices import Score
 from dyncal.errors import DyncalError, describe, param
+from dyncal.inputs import InputSignature
 
 __all__ = [
     "PACKAGE_SCHEMA",
@@ -108,6 +109,9 @@ class PackageManifest:
         input_shape: Per-sample input shape (the batch dimension left out).
         input_dtype: Input dtype name (``float32``).
         stages: The ``K`` stage files, exit 1 first.
+        inputs: For a model of several inputs, their signature (``manifest.json``'s
+            ``inputs``; ``input`` then describes the first): the runner takes them as the
+            model does and checks each. None for a model of one tensor.
         files: SHA-256 of every file in the package but the manifest.
         run_fingerprint: Fingerprint of the run the thresholds were solved on.
         run: Path of that run when exported (for people).
@@ -137,9 +141,11 @@ class PackageManifest:
     created: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     schema_version: int = PACKAGE_VERSION
+    inputs: InputSignature | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The ``manifest.json`` document."""
+        several = {} if self.inputs is None else {"inputs": self.inputs.to_dict()}
         return {
             "schema": PACKAGE_SCHEMA,
             "schema_version": self.schema_version,
@@ -159,6 +165,7 @@ class PackageManifest:
             "check": dict(self.check),
             "created": self.created,
             "versions": dict(self.versions),
+            **several,
         }
 
     @classmethod
@@ -224,6 +231,7 @@ class PackageManifest:
                 created=V.string(d.get("created", ""), "created"),
                 versions=V.string_map(d.get("versions") or {}, "versions"),
                 schema_version=version,
+                inputs=None if d.get("inputs") is None else _signature(d["inputs"]),
             )
         except V.FieldError as e:
             raise DyncalError(f"'{where}' is not a valid package manifest: {e}; re-export the package") from None
@@ -456,3 +464,11 @@ def partial_export_entry(entry: Path) -> Path | None:
     ):
         return None
     return None if _is_signature(entry) else entry
+
+
+def _signature(raw: Any) -> InputSignature:
+    """The manifest's ``inputs``; a malformed one is a :class:`~dyncal.artifacts.validate.FieldError` on ``inputs``."""
+    try:
+        return InputSignature.from_dict(raw)
+    except DyncalError as e:
+        raise V.FieldError("inputs", str(e)) from None

@@ -60,6 +60,7 @@ def collect(
         ),
     ] = None,
     perturb_seed: Annotated[int, typer.Option(help="--perturb: seed of the corruptions' random draws.")] = 0,
+    collate: params.CollateOpt = None,
     pixel_mean: Annotated[
         str | None,
         typer.Option(help="--perturb: normalisation mean of the inputs (pixel = x * std + mean; imagefolder: --mean)."),
@@ -222,6 +223,13 @@ def profile(
         int, typer.Option(help="Recorded rows re-run to check the model is the run's (0: its hash only).")
     ] = 8,
     macs_only: Annotated[bool, typer.Option("--macs-only", help="Count MACs; measure no latency.")] = False,
+    seq_len: Annotated[
+        str | None,
+        typer.Option(
+            help="Models of several inputs: also MACs and latency at these sequence lengths (e.g. 32,128), "
+            "the run's rows padded or cut to each."
+        ),
+    ] = None,
     repeats: Annotated[int, typer.Option(help="Timed replicates per stage.")] = 25,
     warmup: Annotated[int, typer.Option(help="Untimed calls before timing.")] = 5,
     json_: params.JsonOpt = False,
@@ -248,6 +256,7 @@ def profile(
             batch_sizes=params.timed_batch_sizes(batch_size),
             input_shape=params.int_list(input_shape, "--input-shape", example="3,224,224"),
             latency=not macs_only,
+            seq_lens=tuple(params.int_list(seq_len, "--seq-len", example="32,128") or ()),
         )
         result = profile_run_full(run, options=asked)
         render.note_run_code(run, data=data, check_rows=check_rows, **overrides)

@@ -125,6 +125,15 @@ MethodOrDefaultOpt = Annotated[
 # splices them into a verb, which reads them from ``ctx.params`` (:func:`options`) or ``**shared``.
 
 
+CollateOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="'pkg.module:fn' making a batch (inputs, labels) from a list of items, e.g. to pad sequences "
+        "(dyncal.inputs:pad_collate); default: stack."
+    ),
+]
+
+
 def model_overrides(
     model: Annotated[
         str | None, typer.Option(help="Model spec overriding the run's ('pkg.module:factory' or FILE.pt2).")
@@ -197,6 +206,7 @@ _PARAMETER_FLAGS: dict[str, str] = {
     "search_path": "model_path",  # import_object/load_dataset: the folder code is imported from
     "stages_fn": "stages",  # build_stages: the function --stages names
     "stages_spec": "stages",  # verify_run, export_package, stages_function
+    "seq_lens": "seq_len",  # profile parses --seq-len 32,128 into seq_lens
 }
 
 

@@ -171,7 +171,8 @@ def print_profile(doc: dict[str, Any]) -> None:
     """``dyncal profile``: MACs and latency per exit, then each latency column's settings."""
     keys = sorted(doc["latency"])
     table = _table(
-        f"{doc['path']}  {doc['model']}  input {tuple(doc['input_shape'])}  stages: {doc['stages']}",
+        f"{doc['path']}  {doc['model']}  input {doc.get('inputs') or tuple(doc['input_shape'])}  "
+        f"stages: {doc['stages']}",
         ("exit", "stage MACs", "MACs (cum.)", *[f"ms {k} (IQR)" for k in keys]),
     )
     for e in doc["exits"]:
@@ -193,6 +194,11 @@ def print_profile(doc: dict[str, Any]) -> None:
             f"torch {lat['settings'].get('torch')}{note}"
         )
     _print_unsupported_ops(doc["unsupported_ops"])
+    if doc.get("macs_basis"):
+        typer.echo(f"MACs: {doc['macs_basis']}")
+    for bucket in doc.get("seq_len_buckets", []):
+        lat = "; ".join(f"{k} " + ", ".join(f"{v:.3f}" for v in ms) + " ms" for k, ms in bucket["latency_ms"].items())
+        typer.echo(f"length {bucket['length']}: MACs per exit {', '.join(f'{m:,}' for m in bucket['macs'])}; {lat}")
     if not doc["can_drop_rows"]:
         typer.echo(f"early exit must run whole batches: {doc['drop_rows_reason']}")
 
@@ -346,9 +352,14 @@ def frontier_records(records: list[dict[str, Any]], score: str, n_classes: int) 
 
 def print_export(doc: dict[str, Any]) -> None:
     """``dyncal export``: what the package holds and how closely it reproduces the model."""
+    inputs = f"(B, {', '.join(map(str, doc['input']['shape']))}) {doc['input']['dtype']}"
+    if doc.get("inputs"):  # several inputs
+        from dyncal.inputs import InputSignature
+
+        inputs = InputSignature.from_dict(doc["inputs"]).describe()
     typer.echo(
         f"wrote {doc['path']}: K={doc['k']} stages, {doc['size_bytes'] / 1e6:.2f} MB, input "
-        f"(B, {', '.join(map(str, doc['input']['shape']))}) {doc['input']['dtype']}, decisions "
+        f"{inputs}, decisions "
         f"{doc['decision_fingerprint'][:12]}, max |logit diff| vs the model "
         f"{max(doc['check']['max_abs_diff']):.2g}"
         + ("" if doc["signature"] is None else f", signed with key {doc['signature']['key_id']}"),

@@ -12,6 +12,7 @@ partial run, so ``resume`` continues a collect that was killed where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -30,8 +31,18 @@ from dyncal.artifacts.run import Run, load_run
 from dyncal.artifacts.run_document import Provenance
 from dyncal.artifacts.run_writer import RunWriter
 from dyncal.artifacts.rundir import PARTIAL_SUFFIX
-from dyncal.data import check_item
+from dyncal.data import item_signature
 from dyncal.errors import DataError, DyncalError, ModelError, first_line, param
+from dyncal.inputs import (
+    InputError,
+    InputSignature,
+    as_inputs,
+    batch_size,
+    call_model,
+    describe_inputs,
+    resolve_collate,
+    to_device,
+)
 from dyncal.models import LoadedModel, check_exit_outputs, resolve_device
 from dyncal.options import MAX_WORKERS, check_at_least, options_from
 from dyncal.verbs.collect_resume import compare_saved, read_progress, resume_point, write_progress
@@ -113,6 +124,8 @@ def _next_batch(batches: Any, batch_index: int, first_row: int, batch_size: int)
         batch = next(batches)
     except StopIteration:
         return None
+    except DyncalError as e:  # dyncal's collate refusing the items says why itself
+        raise DataError(f"batch {batch_index} (rows {first_row}..{first_row + batch_size - 1}): {e}") from None
     except Exception as e:  # noqa: BLE001 - anything the user's data set or collate raises
         raise DataError(
             f"could not load batch {batch_index} (rows {first_row}..{first_row + batch_size - 1}): "
@@ -123,15 +136,31 @@ def _next_batch(batches: Any, batch_index: int, first_row: int, batch_size: int)
     return batch[0], batch[1]
 
 
-def _forward(model: Any, x: Any, dev: torch.device, batch_index: int) -> Any:
-    """``model(x)`` on ``dev``; a failing forward becomes one line naming the batch and input."""
-    if not isinstance(x, torch.Tensor):
-        raise DataError(f"batch {batch_index}: inputs collated to {type(x).__name__}, expected a tensor")
+class _InputTally:
+    """The inputs' signature over every batch seen: sizes that vary become dynamic, integer ranges join."""
+
+    def __init__(self) -> None:
+        self.signature: InputSignature | None = None
+
+    def add(self, x: Any, batch_index: int) -> Any:
+        """Check batch ``x`` against the batches before it (same inputs, dtypes, ranks) and return it."""
+        try:
+            x = as_inputs(x, what=f"batch {batch_index}: the collated inputs")
+            seen = InputSignature.of(x)
+            self.signature = seen if self.signature is None else self.signature.merge(seen)
+        except InputError as e:
+            raise DataError(f"batch {batch_index}: {e}" if not str(e).startswith("batch") else str(e)) from None
+        return x
+
+
+def _forward(model: Any, x: Any, dev: torch.device, batch_index: int, tally: _InputTally | None = None) -> Any:
+    """``model(x)`` (``model(*x)``, ``model(**x)``) on ``dev``; a failing forward becomes one line naming the batch."""
+    x = (tally or _InputTally()).add(x, batch_index)
     try:
-        out = model(x.to(dev, non_blocking=True))
+        out = call_model(model, to_device(x, dev, non_blocking=True))
     except Exception as e:  # noqa: BLE001 - the user's model may raise anything
         raise ModelError(
-            f"the model failed on batch {batch_index} (inputs {tuple(x.shape)} {str(x.dtype).replace('torch.', '')}): "
+            f"the model failed on batch {batch_index} (inputs {describe_inputs(x)}): "
             f"{type(e).__name__}: {first_line(e)}; check that the data set gives the inputs the model expects"
         ) from e
     return [out] if isinstance(out, torch.Tensor) else out  # a static model: one exit (K = 1)
@@ -182,6 +211,7 @@ class CollectOptions:
     overwrite: bool = False
     resume: bool = False
     checkpoint_s: float = 2.0
+    collate: str | None = None
 
     def __post_init__(self) -> None:
         """Check the values."""
@@ -286,7 +316,9 @@ def _collect(
         raise DataError(
             f"could not load item 0 of the data set '{s.data_spec}': {type(e).__name__}: {first_line(e)}"
         ) from e
-    input_shape, input_dtype = check_item(item0, 0)
+    sample = item_signature(item0, 0)
+    input_shape, input_dtype = (sample.inputs[0].shape, sample.inputs[0].dtype) if sample.single else (None, None)
+    collate_fn = resolve_collate(s.collate, loaded.model_path) if s.collate or not sample.single else None
     model = loaded.module.to(dev)
     if not loaded.spec.endswith(".pt2"):  # exported programs have no train/eval switch
         model.eval()
@@ -301,10 +333,12 @@ def _collect(
         "batch_size": s.batch_size,
         "device": s.device,
         "world_size": ctx.world_size,
-        "input_shape": list(input_shape),
-        "input_dtype": input_dtype,
+        "input_shape": None if input_shape is None else list(input_shape),
+        "input_dtype": input_dtype or sample.describe(),
         "image_transform": image_transform,
     }
+    if s.collate is not None:
+        spec["collate"] = s.collate
     writer, resumed = _open_writer(out, n, ctx, s)
     partial = out.with_name(out.name + PARTIAL_SUFFIX)
     try:
@@ -322,17 +356,19 @@ def _collect(
             shuffle=False,
             num_workers=s.workers,
             pin_memory=dev.type == "cuda",
+            collate_fn=collate_fn,
         )
         batches = iter(loader)
+        tally = _InputTally()
         t0 = time.perf_counter()
         with torch.inference_mode():
-            first, (k, c) = _first_batch(model, dev, batches, first_row, ctx, s, saved_kc)
+            first, (k, c) = _first_batch(model, dev, batches, first_row, ctx, s, saved_kc, tally)
             writer = _arrays(writer, out, n, k, c, ctx, resumed)
             if not resumed:
                 write_progress(partial, ctx.rank, spec, k, c, block, start)
             try:
                 row = _write_rows(
-                    writer, model, dev, batches, first, k, c, ctx, s, spec, block, first_row, done, t0, progress
+                    writer, model, dev, batches, first, k, c, ctx, s, spec, block, first_row, done, t0, progress, tally
                 )
                 if row != stop:
                     raise DataError(
@@ -344,9 +380,11 @@ def _collect(
         if ctx.rank != 0:
             writer.close()  # flushed before process 0 publishes
         _raise_first_error(_gather(ctx, error))
+        signatures = _gather(ctx, None if sample.single or tally.signature is None else tally.signature.to_dict())
         if ctx.rank != 0:
             return None
-        writer.finish(_provenance(loaded, s, dev, ctx, command, input_shape, input_dtype, seconds, image_transform))
+        prov = _provenance(loaded, s, dev, ctx, command, input_shape, input_dtype, seconds, image_transform)
+        writer.finish(_with_signature(prov, signatures, s.collate))
         log.info("collected %d samples in %.1f s", n, seconds)
         return load_run(out)
     except BaseException as e:
@@ -387,6 +425,7 @@ def _first_batch(
     ctx: DistributedContext,
     s: CollectOptions,
     saved_kc: tuple[int, int] | None,
+    tally: _InputTally,
 ) -> tuple[tuple[Any, Any] | None, tuple[int, int]]:
     """This process's first ``(labels, outputs)`` (None: an empty share), and the (K, C) every process agrees on."""
     first: tuple[Any, Any] | None = None
@@ -395,8 +434,8 @@ def _first_batch(
         first_batch = _next_batch(batches, 0, first_row, s.batch_size)
         if first_batch is not None:  # else an empty share (more processes than rows)
             x, y = first_batch
-            outs = _forward(model, x, dev, 0)
-            shape_or_error = check_exit_outputs(outs, int(x.shape[0]), static_ok=True)
+            outs = _forward(model, x, dev, 0, tally)
+            shape_or_error = check_exit_outputs(outs, batch_size(as_inputs(x)), static_ok=True)
             first = (y, outs)
     except DyncalError as e:
         shape_or_error = str(e)
@@ -436,7 +475,7 @@ def _provenance(
     ctx: DistributedContext,
     command: str | None,
     input_shape: Any,
-    input_dtype: str,
+    input_dtype: str | None,
     seconds: float,
     image_transform: dict[str, Any] | None,
 ) -> Provenance:
@@ -450,7 +489,7 @@ def _provenance(
         extra={
             "weights": loaded.weights,
             "model_path": loaded.model_path,
-            "input_shape": list(input_shape),
+            "input_shape": None if input_shape is None else list(input_shape),
             "input_dtype": input_dtype,
             "batch_size": s.batch_size,
             "workers": s.workers,
@@ -460,6 +499,21 @@ def _provenance(
             "image_transform": image_transform,
         },
     )
+
+
+def _with_signature(prov: Provenance, signatures: list[Any], collate: str | None) -> Provenance:
+    """The provenance with the inputs' signature over every process's batches (multi-input runs) and the collate."""
+    extra = dict(prov.extra)
+    seen = [InputSignature.from_dict(d) for d in signatures if d is not None]
+    if seen:
+        merged = seen[0]
+        for other in seen[1:]:
+            merged = merged.merge(other)
+        extra["inputs"] = merged.to_dict()
+        del extra["input_shape"], extra["input_dtype"]
+    if collate is not None:
+        extra["collate"] = collate
+    return dataclasses.replace(prov, extra=extra)
 
 
 def _write_rows(
@@ -478,6 +532,7 @@ def _write_rows(
     done: int,
     t0: float,
     progress: ProgressFn | None,
+    tally: _InputTally,
 ) -> int:
     """Write every batch from ``row`` on (rows before ``done`` are compared, not written); returns the end row."""
     start, stop = block
@@ -510,5 +565,5 @@ def _write_rows(
         if progress is not None and ctx.rank == 0:
             progress(row - start, stop - start, (row - first_row) / max(time.perf_counter() - t0, 1e-9))
         batch = _next_batch(batches, batch_index, row, s.batch_size)
-        current = None if batch is None else (batch[1], _forward(model, batch[0], dev, batch_index))
+        current = None if batch is None else (batch[1], _forward(model, batch[0], dev, batch_index, tally))
     return row

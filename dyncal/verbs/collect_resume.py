@@ -39,6 +39,7 @@ _SPEC_NAMES = {
     "input_shape": "the input shape",
     "input_dtype": "the input dtype",
     "image_transform": "the image transform",
+    "collate": param("collate"),
 }
 
 

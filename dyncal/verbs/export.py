@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -122,15 +122,14 @@ def _write_error(out: Path, e: OSError) -> DyncalError:
     return DyncalError(f"cannot write the package '{out}' ({e.strerror or e}); nothing was published: {advice}")
 
 
-def _export_stages(
-    stages: Stages, example: torch.Tensor
-) -> list[tuple[torch.export.ExportedProgram, tuple[int | None, ...]]]:
-    """Each stage as an exported program with a dynamic batch, and the batch dims of what it hands on."""
+def _export_stages(stages: Stages, example: Any) -> list[tuple[torch.export.ExportedProgram, tuple[int | None, ...]]]:
+    """Each stage as an exported program with a dynamic batch (and sequence length), and the batch dims it hands on."""
     from torch.export import Dim
 
     out = []
-    carry: tuple[Any, ...] = (example,)
-    dims: tuple[int | None, ...] = (0,)
+    carry: tuple[Any, ...] = stages.flat_inputs(example)
+    dims: tuple[int | None, ...] = (0,) * len(carry)
+    lengths = _length_dims(stages)
     for i, module in enumerate(stages.modules):
         for v in carry:
             if not isinstance(v, torch.Tensor):
@@ -139,7 +138,10 @@ def _export_stages(
                     "only (declare stages with `stages_spec` that pass tensors)"
                 )
         batch = Dim("batch", min=1)
-        shapes = tuple(None if d is None else {d: batch} for d in dims)
+        shapes = tuple(
+            None if d is None and not lengths(i, j) else {**lengths(i, j), **({} if d is None else {d: batch})}
+            for j, d in enumerate(dims)
+        )
         try:
             with quiet_export_logs():
                 program = torch.export.export(module, carry, dynamic_shapes=shapes, strict=False)
@@ -163,10 +165,39 @@ def _export_stages(
     return out
 
 
-def _stages_for(opened: RunModel, example: torch.Tensor, probe: torch.Tensor, stages_spec: str | None) -> Stages:
+def _length_dims(stages: Stages) -> Callable[[int, int], dict[int, Any]]:
+    """``dims(i, j)``: the dynamic dimensions besides the batch (a sequence length) of value ``j`` stage ``i`` receives.
+
+    Exported stages know them from the graph (:attr:`Stages.dim_symbols`): one ``Dim`` per
+    symbol, shared by every value that has it. Stages declared by hand for a model of several
+    inputs: the inputs' dynamic dimensions (one shared length); their carry keeps the batch only.
+    """
+    from torch.export import Dim
+
+    sig, symbols = stages.inputs, stages.dim_symbols
+    if symbols is None:
+        first = [] if sig is None else [{d + 1: _LENGTH for d in s.dynamic} for s in sig.inputs]
+        return lambda i, j: first[j] if i == 0 and j < len(first) else {}
+    batch = symbols[0][0].get(0) if symbols and symbols[0] else None
+    named: dict[str, Any] = {}
+    table = [
+        [
+            {d: named.setdefault(name, Dim(f"length{len(named)}", min=1)) for d, name in syms.items() if name != batch}
+            for syms in values
+        ]
+        for values in symbols
+    ]
+    return lambda i, j: table[i][j] if i < len(table) and j < len(table[i]) else {}
+
+
+_LENGTH = torch.export.Dim("length", min=1)
+
+
+def _stages_for(opened: RunModel, example: Any, probe: Any, stages_spec: str | None) -> Stages:
     """The model's stages, proven on ``probe`` and able to let rows leave a batch."""
     stages_fn = stages_function(stages_spec, opened.model_path)
-    stages, _ = checked_stages(opened.module, probe, example=example, stages_fn=stages_fn)
+    signature = None if opened.single_input else opened.inputs
+    stages, _ = checked_stages(opened.module, probe, example=example, stages_fn=stages_fn, signature=signature)
     if not stages.dynamic_batch or not stages.can_drop_rows:
         raise ProfileError(
             f"samples cannot leave this model's batch early ({stages.drop_rows_reason}); an early-exit package "
@@ -175,11 +206,15 @@ def _stages_for(opened: RunModel, example: torch.Tensor, probe: torch.Tensor, st
     return stages
 
 
-def _prove(model: nn.Module, runner: PackageRunner, shape: Sequence[int], dtype: torch.dtype) -> dict[str, Any]:
-    """The loaded package reproduces every exit of the model at batch sizes 1 and 4, rows leaving included."""
+def _prove(model: nn.Module, runner: PackageRunner, batches: Callable[[int], Any]) -> dict[str, Any]:
+    """The loaded package reproduces every exit of the model at batch sizes 1 and 4, rows leaving included.
+
+    ``batches(b)`` gives the inputs (a model of several inputs: real rows of the run, and at
+    batch 4 a sequence length longer than any the export saw).
+    """
     diffs = [0.0] * runner.k
     for b in _CHECK_BATCHES:
-        x = example_input(shape, dtype, b, seed=1)
+        x = batches(b)
         try:
             check = verify_stages(model, runner.stages, x)
         except ProfileError as e:
@@ -188,6 +223,29 @@ def _prove(model: nn.Module, runner: PackageRunner, shape: Sequence[int], dtype:
             raise ProfileError(f"the exported package cannot let rows leave a batch: {runner.stages.drop_rows_reason}")
         diffs = [max(a, d) for a, d in zip(diffs, check.max_abs_diff, strict=True)]
     return {"batch_sizes": list(_CHECK_BATCHES), "max_abs_diff": diffs, "rows_can_leave": True}
+
+
+def _batches(run: Run, opened: RunModel, opts: ExportOptions) -> Callable[[int], Any]:
+    """``batches(b)``: random inputs of the model's shape (one tensor), else ``b`` real rows of the run's data."""
+    if opened.single_input:
+        shape, dtype = opened.input_shape, torch_dtype(opened.input_dtype)
+        return lambda b: example_input(shape, dtype, b, seed=1)
+    from dyncal.verbs.profile_inputs import RunBatches
+
+    assert opened.inputs is not None
+    rows = RunBatches(run, opened.inputs, data=None, search_path=opened.model_path, seed=1)
+    return lambda b: rows(b, torch.device("cpu"))
+
+
+def _proof_batches(opened: RunModel, batches: Callable[[int], Any]) -> Callable[[int], Any]:
+    """The proof's inputs: at batch 4 a model of several inputs gets a sequence length the export never saw."""
+    sig = opened.inputs
+    if opened.single_input or sig is None or not sig.has_dynamic:
+        return batches
+    from dyncal.verbs.profile_inputs import fit_length
+
+    unseen = max(s.shape[d] for s in sig.inputs for d in s.dynamic) + 3
+    return lambda b: batches(b) if b == 1 else fit_length(batches(b), sig, unseen)
 
 
 def _files_size(path: Path) -> int:
@@ -293,11 +351,10 @@ def _write_package(
     """Export the model's stages, build the package in ``partial``, prove it and publish it as ``out``."""
     # the run's model, checked by hash and by re-running recorded rows: a package ships the model it measured
     opened = open_run_model(run, opts, probe=4, other_model_allowed=False)
-    shape, dtype = opened.input_shape, torch_dtype(opened.input_dtype)
-    stages = _stages_for(
-        opened, example_input(shape, dtype, EXAMPLE_BATCH), example_input(shape, dtype, 4), opts.stages
-    )
-    exported = _export_stages(stages, example_input(shape, dtype, EXAMPLE_BATCH))
+    shape, dtype = opened.input_shape, torch_dtype(opened.input_dtype or "float32")
+    batches = _batches(run, opened, opts)
+    stages = _stages_for(opened, batches(EXAMPLE_BATCH), batches(4), opts.stages)
+    exported = _export_stages(stages, batches(EXAMPLE_BATCH))
     try:
         if os.path.lexists(partial):  # an interrupted export's, checked under the lock
             remove_owned_folder(partial, package.partial_export_entry, action="remove", error=DyncalError)
@@ -306,7 +363,7 @@ def _write_package(
         raise _write_error(out, e) from e
     try:
         manifest = _manifest(run, thresholds, opened, stages.source, *_write_stages(partial, exported))
-        manifest, text = _write_manifest(partial, manifest, opened.module, secret)
+        manifest, text = _write_manifest(partial, manifest, opened.module, secret, _proof_batches(opened, batches))
         graphs_check = None if opts.runtime != "graphs" else prove_package_graphs(partial, shape, dtype)
         size = _files_size(partial)
         publish_dir(partial, out, foreign=package.foreign_in_package, error=DyncalError)
@@ -354,6 +411,7 @@ def _manifest(
 ) -> package.PackageManifest:
     """The manifest of the package: its exit rule, stage files, and the run, model and thresholds it is bound to."""
     th = thresholds.to_dict()
+    first = None if opened.single_input or opened.inputs is None else opened.inputs.inputs[0]
     solve_keys = (
         "method",
         "budget",
@@ -371,8 +429,9 @@ def _manifest(
         temperatures=tuple(float(t) for t in thresholds.temperatures),
         thresholds=tuple(None if t is None else float(t) for t in thresholds.thresholds),
         decision_fingerprint=thresholds.decision_fingerprint,
-        input_shape=opened.input_shape,
-        input_dtype=opened.input_dtype,
+        input_shape=opened.input_shape if first is None else first.shape,
+        input_dtype=opened.input_dtype if first is None else first.dtype,
+        inputs=None if opened.single_input else opened.inputs,
         stages=stages,
         files=files,
         run_fingerprint=run.fingerprint,
@@ -390,7 +449,11 @@ def _manifest(
 
 
 def _write_manifest(
-    partial: Path, manifest: package.PackageManifest, model: nn.Module, secret: bytes | None
+    partial: Path,
+    manifest: package.PackageManifest,
+    model: nn.Module,
+    secret: bytes | None,
+    batches: Callable[[int], Any],
 ) -> tuple[package.PackageManifest, str]:
     """Write the manifest, prove the package loaded back from ``partial`` against ``model``, record the proof, sign.
 
@@ -399,8 +462,7 @@ def _write_manifest(
     """
     manifest.validate()
     atomic_write_text(partial / package.MANIFEST, json.dumps(manifest.to_dict(), indent=2, allow_nan=False) + "\n")
-    dtype = torch_dtype(manifest.input_dtype)
-    manifest = replace(manifest, check=_prove(model, open_package(partial, "cpu"), manifest.input_shape, dtype))
+    manifest = replace(manifest, check=_prove(model, open_package(partial, "cpu"), batches))
     text = json.dumps(manifest.to_dict(), indent=2, allow_nan=False) + "\n"
     atomic_write_text(partial / package.MANIFEST, text)
     if secret is not None:  # signed inside the partial folder: published with the package or not at all

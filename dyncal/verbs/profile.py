@@ -59,9 +59,11 @@ from dyncal.artifacts.lock import RunLock
 from dyncal.artifacts.outputs import check_writable
 from dyncal.artifacts.run import Run, load_run, other_model_latency, store_costs
 from dyncal.errors import ProfileError, param
+from dyncal.inputs import Inputs, InputSignature, batch_size
 from dyncal.models import load_model, resolve_device, torch_dtype
 from dyncal.options import options_from
 from dyncal.run_model import ModelCheck, ModelOverrides, ModelSource, open_run_model, state_sha256
+from dyncal.verbs.profile_inputs import LengthBucket, MultiInputProfile, averaged_macs
 
 __all__ = ["ProfileOptions", "ProfileResult", "profile_run", "profile_run_full", "profile_model"]
 
@@ -90,6 +92,8 @@ class ProfileOptions(ModelOverrides):
         runtime: How the stages run while timed: ``eager``, or ``graphs`` (CUDA only:
             per-stage CUDA graphs at bucketed batch sizes); default per device
             (:func:`~dyncal.analysis.graphs.select_runtime`), recorded in each latency entry.
+        seq_lens: For a model of several inputs with a sequence length, also the MACs and
+            latency at each of these lengths (:mod:`dyncal.verbs.profile_inputs`).
     """
 
     devices: tuple[str, ...] = ("cpu",)
@@ -104,6 +108,7 @@ class ProfileOptions(ModelOverrides):
     min_block_ms: float = 5.0
     seed: int = 0
     runtime: str | None = None
+    seq_lens: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         """Validate the options that need no model; one device name is one device."""
@@ -117,6 +122,8 @@ class ProfileOptions(ModelOverrides):
             raise ProfileError(f"{param('check_rows')} (recorded rows to re-run) must be >= 0, got {self.check_rows}")
         if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
             raise ProfileError(f"`batch_sizes` must be positive integers, got {list(self.batch_sizes)}")
+        if any(int(n) < 1 for n in self.seq_lens):
+            raise ProfileError(f"{param('seq_lens')} must be positive sequence lengths, got {list(self.seq_lens)}")
         super().__post_init__()
         self.latency_settings()  # checks threads, warmup, repeats and min_block_ms
         refuse_verify_only_runtime(self.runtime, "profile")
@@ -148,6 +155,9 @@ class ProfileResult:
         source: Where the model came from: what ``run.json`` names, or the ``model`` option.
         replaced: Latency keys timed on another model that this profile replaced.
         replaced_model: That other model, described.
+        macs_basis: For a model of several inputs, what its MACs are (averaged over the data's lengths).
+        buckets: Cost per sequence length (``seq_lens``).
+        inputs: For a model of several inputs, its inputs described (``input_shape`` is then empty).
     """
 
     costs: CostTable
@@ -162,9 +172,17 @@ class ProfileResult:
     source: ModelSource | None = None
     replaced: tuple[str, ...] = ()
     replaced_model: str | None = None
+    macs_basis: str | None = None
+    buckets: tuple[LengthBucket, ...] = ()
+    inputs: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The ``dyncal profile --json`` document."""
+        multi: dict[str, Any] = {} if self.macs_basis is None else {"macs_basis": self.macs_basis}
+        if self.inputs is not None:
+            multi["inputs"] = self.inputs
+        if self.buckets:
+            multi["seq_len_buckets"] = [b.to_dict() for b in self.buckets]
         costs = self.costs
         k = len(self.macs.stage_macs)
         exits = []
@@ -200,6 +218,7 @@ class ProfileResult:
             "model_check": None if self.model_check is None else self.model_check.to_dict(),
             "replaced": list(self.replaced),
             "replaced_model": self.replaced_model,
+            **multi,
         }
 
 
@@ -219,7 +238,7 @@ def _latency_summary(p: LatencyProfile) -> dict[str, Any]:
     }
 
 
-def _rows_check(model: nn.Module, stages: Stages, x: torch.Tensor) -> None:
+def _rows_check(model: nn.Module, stages: Stages, x: Inputs) -> None:
     """Run :func:`verify_stages` on a batch of several rows for its row-drop check only.
 
     A failure of the full-batch comparison at this size is left to the per-batch checks
@@ -228,7 +247,7 @@ def _rows_check(model: nn.Module, stages: Stages, x: torch.Tensor) -> None:
     try:
         verify_stages(model, stages, x)
     except ProfileError as e:
-        log.debug("row-drop check skipped at batch %d: %s", x.shape[0], e)
+        log.debug("row-drop check skipped at batch %d: %s", batch_size(x), e)
 
 
 def profile_model(
@@ -245,6 +264,9 @@ def profile_model(
     latency: bool = True,
     model_id: Mapping[str, Any] | None = None,
     runtime: str | None = None,
+    batches: Callable[[int, torch.device], Inputs] | None = None,
+    mac_samples: Sequence[Inputs] = (),
+    signature: InputSignature | None = None,
 ) -> tuple[CostTable, StageMacs, Stages, list[tuple[str, StageCheck]]]:
     """Stages, MACs and latency of one model (no run directory involved).
 
@@ -264,6 +286,9 @@ def profile_model(
             ``state_sha256``; see :data:`dyncal.artifacts.run.MODEL_ID_KEYS`), recorded in every latency
             entry's settings (default: the state's hash only).
         runtime: ``eager`` or ``graphs`` (CUDA only); default per device.
+        batches: ``batches(b, device)``: the inputs to build, check and time with (default: random).
+        mac_samples: One-row batches whose MACs are averaged (default: one count on ``batches(1)``).
+        signature: The inputs' signature (several inputs: its dynamic dimensions stay dynamic).
 
     Returns:
         ``(cost table, per-stage MACs, stages, partition checks)``; ``stages.source`` says
@@ -282,16 +307,18 @@ def profile_model(
     for d in devices:
         resolve_device(d)
 
-    def inputs(batch_size: int, device: torch.device) -> torch.Tensor:
-        return example_input(input_shape, input_dtype, batch_size, device=device, seed=seed)
+    def inputs(b: int, device: torch.device) -> Inputs:
+        return batches(b, device) if batches else example_input(input_shape, input_dtype, b, device=device, seed=seed)
 
     x1 = inputs(1, cpu)
     checks: list[tuple[str, StageCheck]] = []
-    stages, check = checked_stages(model, x1, example=inputs(EXAMPLE_BATCH, cpu), stages_fn=stages_fn, reexport=True)
+    stages, check = checked_stages(
+        model, x1, example=inputs(EXAMPLE_BATCH, cpu), stages_fn=stages_fn, reexport=True, signature=signature
+    )
     checks.append(("cpu/b1", check))
     if stages.can_drop_rows:  # can rows leave between stages? (needs >= 2 rows; marks the stages if not)
         _rows_check(model, stages, inputs(_ROWS_BATCH, cpu))
-    macs = stage_macs(stages, x1, model=model)
+    macs = _macs(stages, model, x1, mac_samples)
     log.info("MACs per exit: %s", list(macs.exit_macs))
     profiles: dict[str, LatencyProfile] = {}
     for name in devices if latency else ():
@@ -321,11 +348,18 @@ def profile_model(
     return costs, macs, stages, checks
 
 
+def _macs(stages: Stages, model: nn.Module, x1: Inputs, mac_samples: Sequence[Inputs]) -> StageMacs:
+    """MACs on ``x1``, or averaged over ``mac_samples`` (several inputs: no eager count, whose module view misleads)."""
+    if mac_samples:
+        return averaged_macs(lambda s: stage_macs(stages, s), mac_samples)  # type: ignore[no-any-return]
+    return stage_macs(stages, x1, model=model)
+
+
 def _time_on(
     name: str,
     model: nn.Module,
     stages: Stages,
-    inputs: Callable[[int, torch.device], torch.Tensor],
+    inputs: Callable[[int, torch.device], Inputs],
     batch_sizes: Sequence[int],
     settings: LatencySettings,
     *,
@@ -346,7 +380,7 @@ def _time_on(
         dev_model, dev_stages = model, stages
     else:
         dev_model = model_on(name) if model_on is not None else model.to(dev)
-        dev_stages = build_stages(dev_model, inputs(EXAMPLE_BATCH, dev), stages_fn=stages_fn)
+        dev_stages = build_stages(dev_model, inputs(EXAMPLE_BATCH, dev), stages_fn=stages_fn, signature=stages.inputs)
     try:
         profiles = []
         for b in batch_sizes:
@@ -417,21 +451,35 @@ def _profile_locked(run: Run, options: ProfileOptions) -> ProfileResult:
     def model_on(device: str) -> nn.Module:
         return load_model(opened.spec, weights=opened.weights, model_path=opened.model_path, device=device).module
 
-    costs, macs, stages, checks = profile_model(
-        opened.module,
-        opened.input_shape,
-        input_dtype=torch_dtype(opened.input_dtype),
-        devices=options.devices,
-        batch_sizes=tuple(int(b) for b in options.batch_sizes),
-        settings=options.latency_settings(),
-        stages_fn=stages_fn,
-        model_on=model_on,
-        seed=options.seed,
-        latency=options.latency,
-        model_id=model_id,
-        runtime=options.runtime,
-    )
-    costs = replace(costs, model={**model_id, "check": opened.check.to_dict()})
+    multi = None
+    if not opened.single_input and opened.inputs is not None:
+        multi = MultiInputProfile.of_run(
+            run, opened.inputs, data=options.data, search_path=opened.model_path, seed=options.seed
+        )
+
+    def measure(batches: Any = None, samples: Sequence[Inputs] = ()) -> Any:
+        return profile_model(
+            opened.module,
+            opened.input_shape,
+            input_dtype=torch_dtype(opened.input_dtype or "float32"),
+            devices=options.devices,
+            batch_sizes=tuple(int(b) for b in options.batch_sizes),
+            settings=options.latency_settings(),
+            stages_fn=stages_fn,
+            model_on=model_on,
+            seed=options.seed,
+            latency=options.latency,
+            model_id=model_id,
+            runtime=options.runtime,
+            batches=batches,
+            mac_samples=samples,
+            signature=opened.inputs if multi is not None else None,
+        )
+
+    costs, macs, stages, checks = measure() if multi is None else measure(multi.batches, multi.samples)
+    basis = {} if multi is None else {"macs_basis": multi.basis}
+    costs = replace(costs, model={**model_id, "check": opened.check.to_dict(), **basis})
+    buckets = [] if multi is None else [(n, measure(*multi.bucket_batches(n))) for n in options.seq_lens]
     stored = store_costs(run, costs, model_id=model_id, allow_other_model=options.allow_other_model)
     return ProfileResult(
         costs=stored.costs,
@@ -446,6 +494,12 @@ def _profile_locked(run: Run, options: ProfileOptions) -> ProfileResult:
         source=opened.source,
         replaced=stored.replaced,
         replaced_model=stored.replaced_model,
+        macs_basis=None if multi is None else multi.basis,
+        inputs=None if multi is None else multi.batches.signature.describe(),
+        buckets=tuple(
+            LengthBucket(n, m.exit_macs, {key: list(p.exit_ms) for key, p in c.latency.items()})
+            for n, (c, m, _, _) in buckets
+        ),
     )
 
 

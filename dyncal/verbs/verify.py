@@ -63,13 +63,14 @@ from dyncal.artifacts.thresholds import ThresholdsDocument, check_thresholds_for
 from dyncal.artifacts.verify import ModelIdentity, PairedTiming, VerifyResult
 from dyncal.calibrate.policy import assign_exits
 from dyncal.calibrate.scores import exit_scores
-from dyncal.data import dataset_for_run
+from dyncal.data import batch_inputs, dataset_for_run, loader_collate
 from dyncal.errors import DataError, DyncalError, describe, param, user_call
+from dyncal.inputs import batch_size, take_rows, to_device
 from dyncal.measurement import NOISE_IQR_FRACTION, noise_advice
 from dyncal.models import resolve_device
 from dyncal.options import MAX_REPEATS, MAX_THREADS, check_at_least, options_from
 from dyncal.paired import ESTIMATORS
-from dyncal.run_model import ModelOverrides, open_run_model, probe_run_model
+from dyncal.run_model import ModelOverrides, open_run_model, probe_run_model, run_inputs
 from dyncal.verbs.verify_throughput import verify_throughput
 
 __all__ = ["VerifyProgress", "verify_run", "VerifyOptions", "DEFAULT_MAX_SECONDS", "MIN_TIMED_BATCHES"]
@@ -144,7 +145,7 @@ def _subject(
         identity = ModelIdentity(
             spec=str(opts.package), weights_sha256=pkg.manifest.model.get("weights_sha256"), kind="package"
         )
-        return identity, None, lambda probe: _under_runtime(pkg, pkg.plain_runner(), probe.to(dev), opts)
+        return identity, None, lambda probe: _under_runtime(pkg, pkg.plain_runner(), to_device(probe, dev), opts)
     opened = open_run_model(
         run,
         ModelOverrides(model=opts.model, weights=opts.weights, model_path=opts.model_path),
@@ -154,13 +155,15 @@ def _subject(
         allow_other_model=opts.allow_other_model,
     )
 
-    def early_exit(probe: torch.Tensor) -> tuple[EarlyExitRunner, Plain]:
+    def early_exit(probe: Any) -> tuple[EarlyExitRunner, Plain]:
         # stages that reproduce the model on the probe; a model exported with a fixed batch
         # size cannot drop rows, which is said in one line rather than failing mid-run
-        probe = probe.to(dev)
+        probe = to_device(probe, dev)
         probe_run_model(run, opened, probe)
         stages_fn = stages_function(opts.stages, opened.model_path)
-        stages, _ = checked_stages(opened.module, probe, example=probe[: min(2, probe.shape[0])], stages_fn=stages_fn)
+        signature = run_inputs(run) if run.provenance.extra.get("inputs") is not None else None
+        example = take_rows(probe, slice(0, min(2, batch_size(probe))))
+        stages, _ = checked_stages(opened.module, probe, example=example, stages_fn=stages_fn, signature=signature)
         if not stages.dynamic_batch:
             raise DyncalError(
                 f"the model's stages run at batch size {stages.example_batch_size} only (export could not keep the "
@@ -168,7 +171,7 @@ def _subject(
                 "the model"
             )
         runner = EarlyExitRunner(stages, thresholds.thresholds, thresholds.temperatures, thresholds.score)
-        example = probe if probe.shape[0] >= 2 else probe.repeat(2, *([1] * (probe.ndim - 1)))
+        example = probe if batch_size(probe) >= 2 else take_rows(probe, torch.zeros(2, dtype=torch.int64, device=dev))
         plain = plain_runner(plain_deployment(stages, model=opened.module, example=example), thresholds.score)
         return _under_runtime(runner, plain, probe, opts)
 
@@ -177,7 +180,7 @@ def _subject(
 
 
 def _under_runtime(
-    runner: EarlyExitRunner, plain: EarlyExitRunner, probe: torch.Tensor, opts: VerifyOptions
+    runner: EarlyExitRunner, plain: EarlyExitRunner, probe: Any, opts: VerifyOptions
 ) -> tuple[EarlyExitRunner, Plain]:
     """The early exit and the plain deployment, both under ``opts.runtime`` (checked on ``probe``)."""
     big = max(opts.batch_sizes)
@@ -343,7 +346,7 @@ def verify_run(
     pin, threads_source = _threads_for(run, opts.device, opts.batch_sizes, opts.threads)
     with pinned_threads(pin) as n_threads, device_tuned(dev):
         _, probe = next(session.stream([session.order[: min(4, session.n)]]))
-        probe = probe.to(dev)
+        probe = to_device(probe, dev)
         runner, plain = early_exit(probe)
         runtime = {
             "runtime": str(opts.runtime),
@@ -367,7 +370,7 @@ def verify_run(
             else tuple(
                 verify_throughput(
                     session,
-                    probe.to(dev),
+                    to_device(probe, dev),
                     (runner, plain, runtime["runtime"]),
                     timings,
                     repeats=opts.repeats,
@@ -437,10 +440,13 @@ class _Session:
             return stratified_order(self.sim_exits, seed=_ORDER_SEED)
         return self.order
 
-    def stream(self, batches: Sequence[np.ndarray]) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    def stream(self, batches: Sequence[np.ndarray]) -> Iterator[tuple[np.ndarray, Any]]:
         """Yield ``(positions, inputs)`` per batch of run positions, read from the data set one batch at a time."""
         rows = np.asarray(self.run.indices[: self.n])  # the data set index of each run row
-        loader = DataLoader(Subset(self.dataset, rows.tolist()), batch_sampler=[b.tolist() for b in batches])
+        collate = loader_collate(self.run, self.opts.model_path)
+        loader = DataLoader(
+            Subset(self.dataset, rows.tolist()), batch_sampler=[b.tolist() for b in batches], collate_fn=collate
+        )
         it = iter(loader)
         for i, positions in enumerate(batches):
             try:
@@ -449,12 +455,7 @@ class _Session:
                 raise DataError(
                     f"could not load the run's inputs from '{self.data_name}' (batch {i}): {describe(e)}"
                 ) from e
-            x = item[0] if isinstance(item, (list, tuple)) else item
-            if not isinstance(x, torch.Tensor):
-                raise DataError(
-                    f"the data set '{self.data_name}' gives inputs of type {type(x).__name__}; expected tensors"
-                )
-            yield positions, x
+            yield positions, batch_inputs(item, self.data_name)
 
     def record(self, result: tuple[torch.Tensor, torch.Tensor], positions: np.ndarray) -> None:
         """Store a batch's runtime exits and predictions at its run positions."""
@@ -479,7 +480,7 @@ class _Session:
         for positions, xb in self.stream(batches):
             if len(timed) >= MIN_TIMED_BATCHES and timer.now() - start >= share_s:
                 break
-            xb = xb.to(dev)
+            xb = to_device(xb, dev)
             if not timed:
                 _try("the early exit", b, partial(timer.warm, partial(runner, xb), opts.warmup))
                 _try("the model", b, partial(timer.warm, partial(_plain, plain, xb), opts.warmup))
@@ -536,7 +537,7 @@ class _Session:
         rest = self.order[self.exits[self.order] < 0]
         rest_batches = [rest[s : s + big] for s in range(0, len(rest), big)]
         for done, (positions, xb) in enumerate(self.stream(rest_batches), start=1):
-            self.record(_try("the early exit", big, partial(runner, xb.to(self.timer.device))), positions)
+            self.record(_try("the early exit", big, partial(runner, to_device(xb, self.timer.device))), positions)
             if self.progress is not None:
                 self.progress("agreement", done, len(rest_batches))
 

@@ -229,6 +229,9 @@ def _run_items(run: Run) -> list[tuple[str, str]]:
             + (", ".join(format_macs(m) for m in costs.macs) if costs.macs else "none"),
         )
     )
+    basis = (costs.model or {}).get("macs_basis")
+    if basis:  # a model of several inputs: MACs averaged over the data's sequence lengths
+        items.append(("MACs basis", str(basis)))
     if costs.unsupported_ops:
         items.append(
             (

@@ -1,4 +1,4 @@
-"""The text models, data and trainer the text tests and benchmarks/text_exits.py rely on."""
+"""The text encoders, data and trainer the text tests and benchmarks/text_exits.py rely on."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from collections import Counter
 import pytest
 import torch
 
-from tests import text_models as tm
+from dyncal.inputs import pad_collate
+from tests import text_encoders as tm
 
 
 def test_text_data_is_generated_deterministically_with_the_promised_shape() -> None:
@@ -40,7 +41,7 @@ def test_labels_follow_the_rule_and_hard_rows_fool_a_bag_of_words() -> None:
 @pytest.mark.parametrize("make", [tm.text_data, tm.text_data_dict])
 def test_pad_collate_pads_to_the_longest_row_of_the_batch(make) -> None:  # noqa: ANN001
     data = make()
-    inputs, labels = tm.pad_collate([data[i] for i in range(5)])
+    inputs, labels = pad_collate([data[i] for i in range(5)])
     ids, mask = (inputs["input_ids"], inputs["attention_mask"]) if isinstance(inputs, dict) else inputs
     longest = max(len(data.tokens[i]) for i in range(5))
     assert ids.shape == mask.shape == (5, longest) and labels.tolist() == data.labels[:5]
@@ -52,7 +53,7 @@ def test_padding_does_not_change_a_rows_logits() -> None:
     """Masked attention and masked mean pooling: a row padded in a batch gives its logits alone."""
     model = tm.text_encoder().eval()
     data = tm.text_data()
-    (ids, mask), _ = tm.pad_collate([data[i] for i in range(8)])
+    (ids, mask), _ = pad_collate([data[i] for i in range(8)])
     with torch.inference_mode():
         batch = model(ids, mask)
         for i in range(8):
@@ -73,7 +74,7 @@ def test_trained_exits_learn_and_depth_helps(text_weights) -> None:  # noqa: ANN
 def test_bert_exits_from_a_config() -> None:
     pytest.importorskip("transformers", reason="the Hugging Face model needs the nlp extra (pip install dyncal[nlp])")
     model = tm.bert_exits().eval()
-    (ids, mask), _ = tm.pad_collate([tm.text_data()[i] for i in range(4)])
+    (ids, mask), _ = pad_collate([tm.text_data()[i] for i in range(4)])
     with torch.inference_mode():
         out = model(ids, mask)
     assert [tuple(o.shape) for o in out] == [(4, 3)] * 3

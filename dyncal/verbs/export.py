@@ -180,9 +180,14 @@ def _length_dims(stages: Stages) -> Callable[[int, int], dict[int, Any]]:
         return lambda i, j: first[j] if i == 0 and j < len(first) else {}
     batch = symbols[0][0].get(0) if symbols and symbols[0] else None
     named: dict[str, Any] = {}
+    most = _largest_sizes(stages.modules)
     table = [
         [
-            {d: named.setdefault(name, Dim(f"length{len(named)}", min=1)) for d, name in syms.items() if name != batch}
+            {
+                d: named.setdefault(name, Dim(f"length{len(named)}", min=1, max=most.get(name)))
+                for d, name in syms.items()
+                if name != batch
+            }
             for syms in values
         ]
         for values in symbols
@@ -191,6 +196,28 @@ def _length_dims(stages: Stages) -> Callable[[int, int], dict[int, Any]]:
 
 
 _LENGTH = torch.export.Dim("length", min=1)
+
+
+def _largest_sizes(modules: Sequence[nn.Module]) -> dict[str, int]:
+    """The upper bound the model's export proved for each symbolic size its stages receive, where it has one.
+
+    A model that slices a table by the sequence length (position embeddings of 512 rows)
+    runs only up to that length; exporting a stage again must keep the bound or export
+    refuses the unbounded dimension.
+    """
+    most: dict[str, int] = {}
+    for module in modules:
+        nodes = module.graph.nodes if isinstance(module, torch.fx.GraphModule) else ()
+        for node in nodes:
+            val = node.meta.get("val") if node.op == "placeholder" else None
+            for size in val.shape if isinstance(val, torch.Tensor) else ():
+                expr = size.node.expr if isinstance(size, torch.SymInt) else None
+                if expr is None or not getattr(expr, "is_Symbol", False):
+                    continue
+                upper = size.node.shape_env.var_to_range[expr].upper
+                if getattr(upper, "is_Integer", False) or type(upper) is int:
+                    most[str(expr)] = int(upper)
+    return most
 
 
 def _stages_for(opened: RunModel, example: Any, probe: Any, stages_spec: str | None) -> Stages:

@@ -140,7 +140,7 @@ class TextExitEncoder(nn.Module):
         torch.manual_seed(0)
         self.exits = exits
         self.tokens = nn.Embedding(VOCAB, dim, padding_idx=PAD)
-        self.positions = nn.Embedding(MAX_POSITIONS, dim)
+        self.positions = nn.Parameter(0.02 * torch.randn(MAX_POSITIONS, dim))  # sliced by length, as BERT's
         self.layers = nn.ModuleList(
             nn.TransformerEncoderLayer(dim, heads, ffn, dropout=0.0, batch_first=True) for _ in range(layers)
         )
@@ -148,7 +148,7 @@ class TextExitEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
         length = input_ids.shape[1]
-        h = self.tokens(input_ids) + self.positions.weight[:length]
+        h = self.tokens(input_ids) + self.positions[:length]
         padding = attention_mask == 0
         out = []
         for i, layer in enumerate(self.layers, start=1):

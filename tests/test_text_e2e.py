@@ -62,6 +62,9 @@ def _serves_unseen_lengths(pkg: Path, net: torch.nn.Module, lengths: list[int]) 
     ]
     (ids, mask), _ = pad_collate(items)
     exits, preds = runner(ids, mask) if sig.kind == "tuple" else runner(input_ids=ids, attention_mask=mask)
+    too_long = torch.ones(1, te.MAX_POSITIONS + 1, dtype=torch.int64)  # both models have 64 positions
+    with pytest.raises(dyncal.DyncalError, match=r"input '(0|input_ids)' has 65 positions .* at most 64"):
+        runner(too_long, too_long) if sig.kind == "tuple" else runner(input_ids=too_long, attention_mask=too_long)
     for i, n in enumerate(lengths):
         alone_ids, alone_mask = take_rows((ids[:, :n], mask[:, :n]), torch.tensor([i]))
         with torch.inference_mode():
@@ -71,7 +74,7 @@ def _serves_unseen_lengths(pkg: Path, net: torch.nn.Module, lengths: list[int]) 
 
 def test_small_text_encoder_through_every_verb(tmp_path: Path, text_weights: Path) -> None:
     model = ["--model", "text_encoders:text_encoder", "--weights", text_weights]
-    run, said = _through_every_verb(tmp_path, model, "text_encoders:text_data", 96)
+    run, said = _through_every_verb(tmp_path, model, "text_encoders:text_data", 64)
     assert "never ran" not in said and "scaled_dot_product_attention" not in said  # attention is counted
     costs = load_run(run).costs
     assert costs is not None and costs.macs is not None and costs.macs[0] < costs.macs[1] < costs.macs[2]

@@ -198,6 +198,20 @@ def _length_dims(stages: Stages) -> Callable[[int, int], dict[int, Any]]:
 _LENGTH = torch.export.Dim("length", min=1)
 
 
+def _with_longest(opened: RunModel, stages: Stages) -> RunModel:
+    """The run's model with each input's proven longest length (the manifest records it, the runner checks it)."""
+    sig, symbols = opened.inputs, stages.dim_symbols
+    if opened.single_input or sig is None or not symbols:
+        return opened
+    most = _largest_sizes(stages.modules)
+    specs = []
+    for spec, dims in zip(sig.inputs, symbols[0], strict=False):
+        bounds = [most[name] for d, name in dims.items() if d - 1 in spec.dynamic and name in most]
+        specs.append(replace(spec, longest=min(bounds)) if bounds else spec)
+    specs += sig.inputs[len(specs) :]
+    return replace(opened, inputs=replace(sig, inputs=tuple(specs)))
+
+
 def _largest_sizes(modules: Sequence[nn.Module]) -> dict[str, int]:
     """The upper bound the model's export proved for each symbolic size its stages receive, where it has one.
 
@@ -272,6 +286,7 @@ def _proof_batches(opened: RunModel, batches: Callable[[int], Any]) -> Callable[
     from dyncal.verbs.profile_inputs import fit_length
 
     unseen = max(s.shape[d] for s in sig.inputs for d in s.dynamic) + 3
+    unseen = min([unseen, *(s.longest for s in sig.inputs if s.longest is not None)])
     return lambda b: batches(b) if b == 1 else fit_length(batches(b), sig, unseen)
 
 
@@ -382,6 +397,7 @@ def _write_package(
     batches = _batches(run, opened, opts)
     stages = _stages_for(opened, batches(EXAMPLE_BATCH), batches(4), opts.stages)
     exported = _export_stages(stages, batches(EXAMPLE_BATCH))
+    opened = _with_longest(opened, stages)
     try:
         if os.path.lexists(partial):  # an interrupted export's, checked under the lock
             remove_owned_folder(partial, package.partial_export_entry, action="remove", error=DyncalError)

@@ -232,9 +232,8 @@ class InputSpec:
             after the batch; the batch dimension is always dynamic.
         value_range: ``(low, high)``, the smallest and largest value seen, for integer inputs
             (token ids: probes draw from it); None for floating inputs or when not known.
-        longest: The largest size the dynamic dimensions may take, where the model's export
-            proved a bound (a table of 512 positions); None: no bound (a package's manifest
-            records it and refuses longer inputs by name).
+        longest: The largest size of the dynamic dimensions where the model's export proved a
+            bound (512 positions); None: none. A package's runner refuses longer inputs.
 
     Example:
         >>> InputSpec("input_ids", "int64", (32,), dynamic=(0,), value_range=(0, 99)).batch_shape()
@@ -407,11 +406,6 @@ class InputSignature:
                     f"{what}: input '{spec.name}' has shape {tuple(t.shape)}, expected ({spec.batch_shape()})"
                 )
             for d, size in enumerate(spec.shape):
-                if d in spec.dynamic and spec.longest is not None and int(t.shape[d + 1]) > spec.longest:
-                    raise InputError(
-                        f"{what}: input '{spec.name}' has {int(t.shape[d + 1])} positions in dimension {d + 1}; "
-                        f"the model takes at most {spec.longest} (shorten or split the sequence)"
-                    )
                 if d not in spec.dynamic and int(t.shape[d + 1]) != size:
                     raise InputError(
                         f"{what}: input '{spec.name}' has size {int(t.shape[d + 1])} in dimension {d + 1}, "

@@ -245,3 +245,23 @@ def test_the_report_says_what_the_macs_are(profiled: Path) -> None:
 
     items = dict(_run_items(load_run(profiled)))
     assert "averaged over the data's sequence lengths" in items["MACs basis"]
+
+
+def test_the_package_keeps_request_ids_in_telemetry(profiled: Path, tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    import dyncal
+    from dyncal.telemetry.reader import read_telemetry
+
+    pkg = profiled.parent / "pkg"
+    if not pkg.exists():
+        pytest.skip("exported by the test before")
+    runner = dyncal.load_early_exit(pkg, telemetry=tmp_path / "tel", shadow=1.0)
+    batch = _seqs([3, 9, 5])
+    args = (batch["input_ids"], batch["attention_mask"])
+    if runner.manifest.inputs.kind == "tuple":
+        exits, _ = runner(*args, request_ids=["a", "b", "c"])
+    else:
+        exits, _ = runner(input_ids=args[0], attention_mask=args[1], request_ids=["a", "b", "c"])
+    runner.telemetry.close()
+    seen = read_telemetry(tmp_path / "tel").data
+    assert list(seen.request_ids) == ["a", "b", "c"] and list(seen.exits) == exits.tolist()

@@ -286,23 +286,22 @@ class PackageRunner(EarlyExitRunner):
             raise DyncalError(f"input on {x.device} but the package runs on {self.device}; move it with x.to(...)")
 
     def __call__(
-        self, x: Any = None, request_ids: Sequence[str | None] | None = None, *more: Any, **named: Any
+        self, *args: Any, request_ids: Sequence[str | None] | None = None, **named: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Early-exit a batch ``x`` ``(B, *input_shape)`` on the runner's device.
+        """Early-exit a batch ``x`` ``(B, *input_shape)`` on the runner's device: ``runner(x)``.
 
-        ``request_ids`` (one per row, or None) go into the telemetry, to join labels that arrive later.
-        A package of several inputs is called as its model is: ``runner(input_ids=..., attention_mask=...)``
-        (dict inputs), ``runner(ids, mask)`` (tuple inputs), or with the tuple or dict itself;
-        ``request_ids`` then only by keyword.
+        ``request_ids`` (one per row, or None; also as the second positional argument of a
+        one-tensor package) go into the telemetry, to join labels that arrive later. A package
+        of several inputs is called as its model is: ``runner(input_ids=..., attention_mask=...)``
+        (dict inputs), ``runner(ids, mask)`` (tuple inputs), or with the tuple or dict itself.
 
         Returns:
             ``(exits, predictions)``, int64 ``(B,)`` each; exits are 0-based.
 
         Raises:
-            DyncalError: ``x`` does not fit the package's input signature or device.
+            DyncalError: The inputs do not fit the package's input signature or device.
         """
-        if self.manifest.inputs is not None:
-            x, request_ids = self._gather(x, request_ids, more, named)
+        x, request_ids = self._gather(args, named, request_ids)
         self._check_input(x)
         if batch_size(x) == 0:
             empty = torch.empty((0,), dtype=torch.int64, device=self.device)
@@ -312,23 +311,23 @@ class PackageRunner(EarlyExitRunner):
         return super().__call__(x)
 
     def _gather(
-        self, x: Any, second: Any, more: tuple[Any, ...], named: dict[str, Any]
+        self, args: tuple[Any, ...], named: dict[str, Any], request_ids: Sequence[str | None] | None
     ) -> tuple[Any, Sequence[str | None] | None]:
-        """The inputs of a call made as the model is called, and the request ids (by keyword)."""
+        """The inputs of a call made as the model is called, and the request ids."""
         sig = self.manifest.inputs
-        assert sig is not None
-        request_ids = named.pop("request_ids", None)
+        if sig is None:  # one tensor: runner(x) or runner(x, request_ids)
+            if named or not 1 <= len(args) <= 2:
+                raise DyncalError(f"the package takes one tensor: runner(x), got {len(args)} inputs and {list(named)}")
+            return args[0], args[1] if len(args) == 2 else request_ids
+        if len(args) == 1 and not named and isinstance(args[0], (Mapping, tuple, list)):
+            return (args[0] if isinstance(args[0], Mapping) else tuple(args[0])), request_ids
         if sig.kind == "dict":
-            if x is not None or second is not None or more:
-                if isinstance(x, Mapping) and second is None and not more and not named:
-                    return x, request_ids
+            if args:
                 raise DyncalError(f"the package takes keyword inputs ({', '.join(sig.names)}); call runner(name=...)")
             return named, request_ids
         if named:
             raise DyncalError(f"the package takes positional inputs ({sig.describe()}), got {', '.join(named)}")
-        if isinstance(x, (tuple, list)) and second is None and not more:
-            return tuple(x), request_ids
-        return tuple(v for v in (x, second, *more) if v is not None), request_ids
+        return args, request_ids
 
     def map(
         self, batches: Iterable[torch.Tensor], *, batch_size: int | None = None, max_pending: int | None = None

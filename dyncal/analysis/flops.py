@@ -174,8 +174,8 @@ class StageMacs:
         graph_macs: fvcore on the unsplit exported graph (equals the stages' sum; None for
             stages declared by hand).
         model_macs: fvcore on the eager model (None when not counted). It can differ from
-            ``graph_macs`` where eager tracing takes another path (for example
-            ``nn.MultiheadAttention``'s fused inference kernel, which fvcore cannot count).
+            ``graph_macs`` where eager tracing takes a fused path no rule counts
+            (``nn.MultiheadAttention``'s fused kernel is counted: :mod:`~dyncal.analysis.attention_macs`).
         uncalled_modules: Submodules of the eager model that never ran while fvcore counted
             it (fvcore's ``uncalled_modules()``); empty when the model was not counted.
     """

@@ -72,6 +72,7 @@ def _serves_unseen_lengths(pkg: Path, net: torch.nn.Module, lengths: list[int]) 
         assert int(preds[i]) == int(logits.argmax()), (i, n)
 
 
+@pytest.mark.slow
 def test_small_text_encoder_through_every_verb(tmp_path: Path, text_weights: Path) -> None:
     model = ["--model", "text_encoders:text_encoder", "--weights", text_weights]
     run, said = _through_every_verb(tmp_path, model, "text_encoders:text_data", 64)
@@ -83,6 +84,7 @@ def test_small_text_encoder_through_every_verb(tmp_path: Path, text_weights: Pat
     _serves_unseen_lengths(tmp_path / "pkg", net.eval(), [1, 45, 7, 33])  # the data has 4..32 tokens
 
 
+@pytest.mark.slow
 def test_bert_with_exits_through_every_verb(tmp_path: Path) -> None:
     pytest.importorskip("transformers", reason=NEEDS_TRANSFORMERS)
     run, said = _through_every_verb(

@@ -232,6 +232,8 @@ class InputSpec:
             after the batch; the batch dimension is always dynamic.
         value_range: ``(low, high)``, the smallest and largest value seen, for integer inputs
             (token ids: probes draw from it); None for floating inputs or when not known.
+        longest: The largest size of the dynamic dimensions where the model's export proved a
+            bound (512 positions); None: none. A package's runner refuses longer inputs.
 
     Example:
         >>> InputSpec("input_ids", "int64", (32,), dynamic=(0,), value_range=(0, 99)).batch_shape()
@@ -243,6 +245,7 @@ class InputSpec:
     shape: tuple[int, ...]
     dynamic: tuple[int, ...] = ()
     value_range: tuple[int, int] | None = None
+    longest: int | None = None
 
     def batch_shape(self) -> str:
         """The batch shape in symbols: ``B`` for the batch, ``L`` for a dynamic dimension."""
@@ -256,6 +259,7 @@ class InputSpec:
             "shape": list(self.shape),
             "dynamic": list(self.dynamic),
             "value_range": None if self.value_range is None else list(self.value_range),
+            **({} if self.longest is None else {"longest": self.longest}),
         }
 
     @classmethod
@@ -270,6 +274,7 @@ class InputSpec:
                 value_range=None
                 if d.get("value_range") is None
                 else (int(d["value_range"][0]), int(d["value_range"][1])),
+                longest=None if d.get("longest") is None else int(d["longest"]),
             )
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise InputError(f"a malformed input signature entry {dict(d)!r}: {type(e).__name__}: {e}") from None

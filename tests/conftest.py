@@ -104,3 +104,13 @@ def solved_demo(tmp: Path, *, export: bool = False) -> tuple[Path, Any]:
     if export:
         dyncal.export_package(run_dir, th, tmp / "pkg")
     return run_dir, th
+
+
+@pytest.fixture(scope="session")
+def text_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Weights of ``text_encoders:text_encoder`` trained once per session (seconds on a CPU), as a state dict file."""
+    from tests import text_encoders
+
+    path = tmp_path_factory.mktemp("text_encoder") / "text_encoder.pt"
+    torch.save(text_encoders.train(text_encoders.text_encoder(), **text_encoders.TEST_TRAINING).state_dict(), path)
+    return path

@@ -177,9 +177,9 @@ class PerceiverLike(nn.Module):
 class AttentionExits(nn.Module):
     """Two exits over ``nn.MultiheadAttention`` blocks on (B, 5, 16) token sequences.
 
-    In eval mode under no_grad, eager PyTorch runs MHA as one fused kernel that fvcore
-    cannot count, while the exported graph shows its projections: the stages (and the
-    unsplit graph) count them, the eager model does not.
+    In eval mode under no_grad, eager PyTorch runs MHA as one fused kernel
+    (``aten::_native_multi_head_attention``), while the exported graph shows its projections
+    and ``scaled_dot_product_attention``: dyncal's attention rules count both to one total.
     """
 
     def __init__(self) -> None:

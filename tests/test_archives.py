@@ -633,9 +633,20 @@ def test_guard_grammar_reads_input_sizes_only():
         ("L['x'); import os; ('']", "unexpected"),
         ("math.os", "math.os"),
         ("s0 > 1", "the name 's0'"),
+        ("torch.load('x') == 1", "torch.load"),
+        ("torch.sym_max.__globals__", r"expected \( at"),
     ]:
         with pytest.raises(ValueError, match=why):
             check_expression(bad, mode="guard")
+
+
+def test_guards_of_attention_reshapes_pass():
+    """nn.TransformerEncoderLayer with a padding mask, exported with a dynamic length, guards with torch.sym_max."""
+    guard = "(32*L['ids'].size()[0]) != torch.sym_max(1, (8*L['ids'].size()[0]) // L['mask'].size()[1])"
+    check_expression(guard, mode="guard")
+    check_expression("torch.sym_min(L['x'].size()[1], 64) >= 1", mode="guard")
+    with pytest.raises(ValueError, match="the name 'torch'"):
+        check_expression("torch.sym_max(s0, 1)", symbols=frozenset({"s0"}))
 
 
 # --------------------------------------------------------------------------- files that are not files

@@ -151,3 +151,14 @@ def test_padding_then_cutting_rows_keeps_ids_and_mask_aligned(lengths: list[int]
     assert cut["mask"].sum(1).tolist() == kept_lengths
     assert bool(((cut["ids"] > 0) == (cut["mask"] == 1)).all())
     assert [len(t) for t in flatten(cut)] == [len(kept_lengths)] * 2
+
+
+def test_a_proven_longest_length_is_kept() -> None:
+    """A package's bound on the length round-trips; documents without it read as before (the runner checks it)."""
+    from dyncal.inputs import InputSignature, InputSpec
+
+    ids = InputSpec("input_ids", "int64", (12,), dynamic=(0,), value_range=(0, 31), longest=64)
+    sig = InputSignature("dict", (ids,))
+    assert InputSignature.from_dict(sig.to_dict()) == sig
+    assert "longest" not in InputSpec("x", "int64", (12,), dynamic=(0,)).to_dict()
+    sig.check({"input_ids": torch.zeros(2, 65, dtype=torch.int64)})  # the signature alone does not refuse it

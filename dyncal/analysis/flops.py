@@ -4,7 +4,8 @@ fvcore's :class:`~fvcore.nn.FlopCountAnalysis` counts one fused multiply-add as 
 dyncal calls that unit a MAC everywhere (papers in this field call it a FLOP). Each stage
 module (:mod:`dyncal.analysis.stages`) is counted on its own, on the carry it receives for a
 one-sample input, so a count is per sample. The cost of exit ``k`` is the sum over stages
-``1..k``. Ops fvcore cannot count are listed per stage with how often they occur.
+``1..k``. Ops fvcore cannot count are listed per stage with how often they occur. Fused
+attention operators are counted by the rules in :mod:`dyncal.analysis.attention_macs`.
 
 fvcore traces with TorchScript, whose deprecation warnings (``FutureWarning:
 `torch.jit.trace` is deprecated``) are filtered here and nowhere else; every other warning
@@ -31,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dyncal.analysis.attention_macs import ATTENTION_HANDLES, work_done_elsewhere
 from dyncal.analysis.stages import Stages
 from dyncal.artifacts.costs import UnsupportedOp
 from dyncal.errors import ProfileError, first_line
@@ -62,7 +64,9 @@ class MacCount:
         by_operator: MACs per operator kind (``"conv"``, ``"linear"``, ...).
         unsupported: Operators fvcore could not count, with occurrence counts.
         uncalled_modules: Submodules that never ran during the count: their work is in no
-            total (a head the forward skips, or a module bypassed by a fused path).
+            total (a head the forward skips, or a module bypassed by a fused path). An
+            attention module's parts whose work its own operator did are not listed
+            (:func:`~dyncal.analysis.attention_macs.work_done_elsewhere`).
     """
 
     macs: int
@@ -75,7 +79,7 @@ def _count(module: nn.Module, inputs: tuple[Any, ...]) -> MacCount:
     with _quiet_torchscript():
         from fvcore.nn import FlopCountAnalysis
 
-        analysis = FlopCountAnalysis(module, inputs)
+        analysis = FlopCountAnalysis(module, inputs).set_op_handle(**ATTENTION_HANDLES)
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         try:
             with torch.no_grad():
@@ -87,7 +91,9 @@ def _count(module: nn.Module, inputs: tuple[Any, ...]) -> MacCount:
             ) from e
         by_op = {str(k): int(v) for k, v in analysis.by_operator().items()}
         unsupported = {str(k): int(v) for k, v in analysis.unsupported_ops().items()}
-        uncalled = tuple(sorted(str(m) for m in analysis.uncalled_modules()))
+        uncalled_names = [str(m) for m in analysis.uncalled_modules()]
+        fused = work_done_elsewhere(module, uncalled_names)
+        uncalled = tuple(sorted(set(uncalled_names) - fused))
     return MacCount(macs=total, by_operator=by_op, unsupported=unsupported, uncalled_modules=uncalled)
 
 
@@ -168,8 +174,8 @@ class StageMacs:
         graph_macs: fvcore on the unsplit exported graph (equals the stages' sum; None for
             stages declared by hand).
         model_macs: fvcore on the eager model (None when not counted). It can differ from
-            ``graph_macs`` where eager tracing takes another path (for example
-            ``nn.MultiheadAttention``'s fused inference kernel, which fvcore cannot count).
+            ``graph_macs`` where eager tracing takes a fused path no rule counts
+            (``nn.MultiheadAttention``'s fused kernel is counted: :mod:`~dyncal.analysis.attention_macs`).
         uncalled_modules: Submodules of the eager model that never ran while fvcore counted
             it (fvcore's ``uncalled_modules()``); empty when the model was not counted.
     """

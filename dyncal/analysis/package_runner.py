@@ -262,7 +262,14 @@ class PackageRunner(EarlyExitRunner):
         m = self.manifest
         if m.inputs is not None:  # several inputs: each checked, named in the message
             m.inputs.check(x, what="the package's inputs")
-            for name, t in zip(m.inputs.names, m.inputs.flatten(x), strict=True):
+            for spec, t in zip(m.inputs.inputs, m.inputs.flatten(x), strict=True):
+                name = spec.name
+                longer = [int(t.shape[d + 1]) for d in spec.dynamic if spec.longest and t.shape[d + 1] > spec.longest]
+                if longer:
+                    raise DyncalError(
+                        f"the package's inputs: input '{name}' has {longer[0]} positions; the model takes at most "
+                        f"{spec.longest} (its export proved that bound: shorten or split the sequence)"
+                    )
                 if t.device != self.device:
                     raise DyncalError(f"input '{name}' on {t.device} but the package runs on {self.device}")
             return

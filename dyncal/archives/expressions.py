@@ -41,6 +41,8 @@ _SYMPY_FUNCTIONS = frozenset(
 _POWERS = frozenset({"Pow", "PowByNatural", "FloatPow"})
 _GUARD_FUNCTIONS = frozenset({"max", "min", "abs", "int", "float", "TrueDiv"})
 _MATH = frozenset({"floor", "ceil", "trunc", "sqrt", "isnan"})
+# Guards on attention reshapes print torch.sym_max(1, ...); the guard code runs with ``torch`` bound.
+_TORCH_SYM = frozenset({"sym_max", "sym_min"})
 _CONSTANTS = frozenset({"True", "False", "true", "false", "oo"})
 _KEYWORDS = frozenset(
     """positive negative nonnegative nonpositive integer real finite infinite zero nonzero
@@ -225,6 +227,12 @@ class _Expression:
         value = self.take(kind="name")
         if self.mode == "guard" and value == "L" and self.at("["):
             self.source()
+        elif self.mode == "guard" and value == "torch" and self.at("."):
+            self.take(".")
+            attr = self.take(kind="name")
+            if attr not in _TORCH_SYM:
+                raise _ExprError(f"torch.{attr}")
+            self.call(f"torch.{attr}")
         elif self.mode == "guard" and value == "math" and self.at("."):
             self.take(".")
             attr = self.take(kind="name")

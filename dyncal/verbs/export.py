@@ -180,9 +180,14 @@ def _length_dims(stages: Stages) -> Callable[[int, int], dict[int, Any]]:
         return lambda i, j: first[j] if i == 0 and j < len(first) else {}
     batch = symbols[0][0].get(0) if symbols and symbols[0] else None
     named: dict[str, Any] = {}
+    most = _largest_sizes(stages.modules)
     table = [
         [
-            {d: named.setdefault(name, Dim(f"length{len(named)}", min=1)) for d, name in syms.items() if name != batch}
+            {
+                d: named.setdefault(name, Dim(f"length{len(named)}", min=1, max=most.get(name)))
+                for d, name in syms.items()
+                if name != batch
+            }
             for syms in values
         ]
         for values in symbols
@@ -191,6 +196,42 @@ def _length_dims(stages: Stages) -> Callable[[int, int], dict[int, Any]]:
 
 
 _LENGTH = torch.export.Dim("length", min=1)
+
+
+def _with_longest(opened: RunModel, stages: Stages) -> RunModel:
+    """The run's model with each input's proven longest length (the manifest records it, the runner checks it)."""
+    sig, symbols = opened.inputs, stages.dim_symbols
+    if opened.single_input or sig is None or not symbols:
+        return opened
+    most = _largest_sizes(stages.modules)
+    specs = []
+    for spec, dims in zip(sig.inputs, symbols[0], strict=False):
+        bounds = [most[name] for d, name in dims.items() if d - 1 in spec.dynamic and name in most]
+        specs.append(replace(spec, longest=min(bounds)) if bounds else spec)
+    specs += sig.inputs[len(specs) :]
+    return replace(opened, inputs=replace(sig, inputs=tuple(specs)))
+
+
+def _largest_sizes(modules: Sequence[nn.Module]) -> dict[str, int]:
+    """The upper bound the model's export proved for each symbolic size its stages receive, where it has one.
+
+    A model that slices a table by the sequence length (position embeddings of 512 rows)
+    runs only up to that length; exporting a stage again must keep the bound or export
+    refuses the unbounded dimension.
+    """
+    most: dict[str, int] = {}
+    for module in modules:
+        nodes = module.graph.nodes if isinstance(module, torch.fx.GraphModule) else ()
+        for node in nodes:
+            val = node.meta.get("val") if node.op == "placeholder" else None
+            for size in val.shape if isinstance(val, torch.Tensor) else ():
+                expr = size.node.expr if isinstance(size, torch.SymInt) else None
+                if expr is None or not getattr(expr, "is_Symbol", False):
+                    continue
+                upper = size.node.shape_env.var_to_range[expr].upper
+                if getattr(upper, "is_Integer", False) or type(upper) is int:
+                    most[str(expr)] = int(upper)
+    return most
 
 
 def _stages_for(opened: RunModel, example: Any, probe: Any, stages_spec: str | None) -> Stages:
@@ -245,6 +286,7 @@ def _proof_batches(opened: RunModel, batches: Callable[[int], Any]) -> Callable[
     from dyncal.verbs.profile_inputs import fit_length
 
     unseen = max(s.shape[d] for s in sig.inputs for d in s.dynamic) + 3
+    unseen = min([unseen, *(s.longest for s in sig.inputs if s.longest is not None)])
     return lambda b: batches(b) if b == 1 else fit_length(batches(b), sig, unseen)
 
 
@@ -355,6 +397,7 @@ def _write_package(
     batches = _batches(run, opened, opts)
     stages = _stages_for(opened, batches(EXAMPLE_BATCH), batches(4), opts.stages)
     exported = _export_stages(stages, batches(EXAMPLE_BATCH))
+    opened = _with_longest(opened, stages)
     try:
         if os.path.lexists(partial):  # an interrupted export's, checked under the lock
             remove_owned_folder(partial, package.partial_export_entry, action="remove", error=DyncalError)

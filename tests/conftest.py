@@ -114,3 +114,28 @@ def text_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("text_encoder") / "text_encoder.pt"
     torch.save(text_encoders.train(text_encoders.text_encoder(), **text_encoders.TEST_TRAINING).state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_package(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """:func:`solved_demo` with the export, once a session for every test file that reads it.
+
+    Keys: ``tmp`` (the folder), ``run``, ``th`` (the document), ``th_path`` and ``pkg``. Tests only
+    read these; one that changes a file works on a copy.
+    """
+    tmp = tmp_path_factory.mktemp("demo_package")
+    run_dir, th = solved_demo(tmp, export=True)
+    return {"tmp": tmp, "run": run_dir, "th": th, "th_path": tmp / "th.json", "pkg": tmp / "pkg"}
+
+
+@pytest.fixture(scope="session")
+def demo_pt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model exported with a dynamic batch (``demo.pt2``): a clean archive, shared read-only."""
+    from dyncal.demo import pretrained
+
+    path = tmp_path_factory.mktemp("demo_pt2") / "demo.pt2"
+    program = torch.export.export(
+        pretrained().eval(), (torch.zeros(3, 1, 8, 8),), dynamic_shapes=({0: torch.export.Dim("b")},)
+    )
+    torch.export.save(program, str(path))
+    return path

@@ -50,7 +50,6 @@ from dyncal.models import load_exported, load_model
 from dyncal.verbs.export import export_package
 
 ROOT = TESTS.parent
-X = torch.zeros(3, 1, 8, 8)
 Members = list[tuple[str, bytes]]
 
 
@@ -217,14 +216,9 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def clean(demo_pt2: Path) -> Path:
     """The demo model exported with a dynamic batch: a clean archive."""
-    from dyncal.demo import pretrained
-
-    path = tmp_path_factory.mktemp("clean") / "demo.pt2"
-    program = torch.export.export(pretrained().eval(), (X,), dynamic_shapes=({0: torch.export.Dim("b")},))
-    torch.export.save(program, str(path))
-    return path
+    return demo_pt2
 
 
 @pytest.fixture(scope="module")

@@ -139,6 +139,7 @@ def test_thresholds_document_saves_and_loads_itself(tmp_path: Path) -> None:
     assert read_thresholds(tmp_path / "t.json") == doc
 
 
+@pytest.mark.integration  # a fresh process renders the whole report
 def test_a_report_with_latency_at_several_batch_sizes_never_imports_torch(tmp_path: Path) -> None:
     """The cost model and every page are numpy work: reporting a profiled run needs no torch."""
     import subprocess

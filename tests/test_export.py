@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_clean_error, solved_demo
+from conftest import assert_clean_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -119,17 +119,14 @@ def _check_fresh(out: dict[str, np.ndarray], exits: np.ndarray, preds: np.ndarra
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The demo run (collected, MACs profiled), solved at 0.5x and exported."""
+def demo(demo_package: dict) -> dict:
+    """The demo run (collected, MACs profiled), solved at 0.5x and exported; ``x``: its inputs in order."""
     from dyncal.data import load_dataset
     from dyncal.verbs.demo import DEMO_DATA
 
-    tmp = tmp_path_factory.mktemp("demo")
-    run_dir, th = solved_demo(tmp)
-    result = export_package(run_dir, th, tmp / "pkg")
     ds = load_dataset(DEMO_DATA)
-    x = torch.stack([ds[int(i)][0] for i in dyncal.load_run(run_dir).indices]).numpy()
-    return {"tmp": tmp, "run": run_dir, "th": th, "pkg": tmp / "pkg", "result": result, "x": x}
+    x = torch.stack([ds[int(i)][0] for i in dyncal.load_run(demo_package["run"]).indices]).numpy()
+    return {**demo_package, "x": x}
 
 
 def test_demo_package_reproduces_the_exit_rule_in_a_fresh_process(demo, tmp_path):

@@ -592,7 +592,14 @@ def test_an_empty_out_is_one_line(cli, toy, tmp_path, monkeypatch, verb):
 
 @pytest.fixture(scope="module")
 def exportable(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A collected run of a model that exports, with MACs and thresholds (``run``, ``t.json``)."""
+    """A collected run of a model that exports, with MACs and thresholds (``run``, ``t.json``).
+
+    Made in this process: only the export under test runs as a real process.
+    """
+    from typer.testing import CliRunner
+
+    from dyncal.cli import app
+
     tmp = tmp_path_factory.mktemp("exportable")
     rng = np.random.default_rng(0)
     np.savez(tmp / "toy.npz", inputs=rng.normal(size=(37, 4)).astype(np.float32), labels=rng.integers(0, 3, 37))
@@ -601,8 +608,8 @@ def exportable(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ["profile", tmp / "run", "--macs-only"],
         ["solve", tmp / "run", "--budget", "0.7x", "--out", tmp / "t.json"],
     ):
-        proc = _dyncal(*args)
-        assert proc.returncode == 0, proc.stderr
+        res = CliRunner().invoke(app, [str(a) for a in args])
+        assert res.exit_code == 0, (res.output, res.exception)
     return tmp
 
 

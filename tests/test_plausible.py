@@ -67,6 +67,7 @@ def test_few_replicates_are_not_judged_by_their_spread():
     assert implausible([_prof(1, (1.0, 1.0, 9.0))]) is None
 
 
+@pytest.mark.integration  # a real profile: the model exported and timed
 def test_profile_refuses_and_stores_nothing(cli, tmp_path, monkeypatch):
     """A real profile whose batch-1 figure is made impossible (as a busy machine made it) exits 1, run unchanged."""
     import dyncal.verbs.profile as profile_verb
@@ -94,6 +95,7 @@ def test_profile_refuses_and_stores_nothing(cli, tmp_path, monkeypatch):
     assert {v["threads"] for v in json.loads(ok.stdout)["latency"].values()} == {1}  # profile's default
 
 
+@pytest.mark.integration  # a real profile: the model exported and timed
 def test_a_burst_of_load_is_timed_again_not_refused(cli, tmp_path, monkeypatch):
     """Only the first timing of batch 1 is impossible: profile times the device again and stores the second."""
     import dyncal.verbs.profile as profile_verb

@@ -338,7 +338,8 @@ def test_latency_is_monotone_in_exit_index_on_cpu():
     model.register_forward_pre_hook(lambda _m, args: clock.charge(100.0 * args[0].shape[0]))
     x = torch.randn(8, 1, 8, 8)
     threads_before = torch.get_num_threads()
-    settings = LatencySettings(threads=1, warmup=2, repeats=7, min_block_ms=20.0)
+    # what costs no virtual time fills a whole block: 4 calls (more than stage 1's 3) rather than the default 1,000
+    settings = LatencySettings(threads=1, warmup=2, repeats=7, min_block_ms=20.0, max_block_calls=4)
     prof = measure_latency(stages, model, x, settings, clock=clock)
     assert torch.get_num_threads() == threads_before
     assert prof.key == "cpu/b8" and prof.threads == 1 and prof.batch_size == 8

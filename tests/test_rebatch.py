@@ -7,7 +7,6 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
-from conftest import solved_demo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -172,21 +171,20 @@ def test_stages_that_cannot_drop_rows_are_refused():
 
 
 @pytest.fixture(scope="module")
-def package(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def package(demo_package: dict) -> dict:
     """The demo run (collected, MACs profiled), solved at 0.5x and exported."""
     import dyncal
     from dyncal.data import load_dataset
     from dyncal.verbs.demo import DEMO_DATA
 
-    tmp = tmp_path_factory.mktemp("demo")
-    run_dir, th = solved_demo(tmp, export=True)
-    run = dyncal.load_run(run_dir)
+    th = demo_package["th"]
+    run = dyncal.load_run(demo_package["run"])
     ds = load_dataset(DEMO_DATA)
     x = torch.stack([ds[int(i)][0] for i in run.indices])
     scores, preds = exit_scores(np.asarray(run.logits), th.score, th.temperatures)
     exits = assign_exits(scores, [t for t in th.thresholds if t is not None])
     sim = (exits, preds[np.arange(len(exits)), exits])
-    return {"runner": dyncal.load_early_exit(tmp / "pkg"), "x": x, "sim": sim, "pkg": tmp / "pkg"}
+    return {"runner": dyncal.load_early_exit(demo_package["pkg"]), "x": x, "sim": sim, "pkg": demo_package["pkg"]}
 
 
 def test_a_package_runner_rebatches_like_it_early_exits(package):

@@ -464,16 +464,6 @@ def test_unwritable_outputs_fail_in_one_line_before_any_work(cli, toy_npz, tmp_p
 # ----------------------------------------------------------------- .pt2 archives with pickles
 
 
-def _export_demo(path: Path) -> Path:
-    from dyncal.demo import pretrained
-
-    model = pretrained().eval()
-    example = (torch.zeros(2, 1, 8, 8),)
-    program = torch.export.export(model, example, dynamic_shapes=({0: torch.export.Dim("b")},))
-    torch.export.save(program, str(path))
-    return path
-
-
 class _TouchMarker:
     """Unpickles to ``open(marker, "w")``: proof that a payload ran."""
 
@@ -514,10 +504,10 @@ KINDS = ("use_pickle weight", "sample inputs")
 
 
 @pytest.fixture(scope="module")
-def archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def archives(demo_pt2: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A clean export of the demo model, and for each kind a crafted copy shown to be live."""
     folder = tmp_path_factory.mktemp("pt2")
-    found = {"clean": _export_demo(folder / "demo.pt2")}
+    found = {"clean": demo_pt2}
     live = [
         _evil_archive(found["clean"], folder / f"live-{i}.pt2", kind, folder / f"live-{i}")
         for i, kind in enumerate(KINDS)

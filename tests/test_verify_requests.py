@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import solved_demo
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
@@ -27,11 +26,9 @@ ROWS = 60
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def demo(demo_package: dict) -> dict:
     """The demo run (collected, MACs profiled), solved at 0.5x and exported."""
-    tmp = tmp_path_factory.mktemp("demo")
-    run_dir, th = solved_demo(tmp, export=True)
-    return {"tmp": tmp, "run": run_dir, "th": th, "pkg": tmp / "pkg"}
+    return demo_package
 
 
 def _linear_calls(fn, x: torch.Tensor) -> int:

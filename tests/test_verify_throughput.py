@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import solved_demo
 
 from dyncal.artifacts.verify import PairedTiming, VerifyResult
 from dyncal.errors import DyncalError
@@ -128,11 +127,9 @@ def test_throughput_round_trips_through_verify_json_and_a_broken_entry_is_one_li
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The demo collected, its MACs counted, thresholds solved at 0.5x."""
-    tmp = tmp_path_factory.mktemp("demo")
-    run_dir, th = solved_demo(tmp)
-    return {"run": run_dir, "th": th, "th_path": tmp / "th.json"}
+def demo_run(demo_package: dict) -> dict:
+    """The demo collected, its MACs counted, thresholds solved at 0.5x and exported (``pkg``)."""
+    return demo_package
 
 
 class _Ticks:
@@ -224,7 +221,7 @@ def test_verify_under_graphs_on_cuda_agrees_with_the_simulation(demo_run):  # pr
     assert res.settings["timer"] == "cuda_events"
 
 
-def test_plain_for_cuts_the_plain_deployment_or_runs_a_package_whole(demo_run, tmp_path):
+def test_plain_for_cuts_the_plain_deployment_or_runs_a_package_whole(demo_run):
     import dyncal
     from dyncal.analysis.early_exit import EarlyExitRunner
     from dyncal.analysis.stages import build_stages
@@ -241,8 +238,7 @@ def test_plain_for_cuts_the_plain_deployment_or_runs_a_package_whole(demo_run, t
     same, model, said = under_runtime(runner, net, "eager", max_batch_size=8)
     assert same is runner and model is net and said["early_exit"] == "eager"
 
-    dyncal.export_package(demo_run["run"], demo_run["th"], tmp_path / "pkg")
-    pkg = dyncal.load_early_exit(tmp_path / "pkg")
+    pkg = dyncal.load_early_exit(demo_run["pkg"])
     whole, what, module = plain_for(pkg, pkg.full_model, x[:2])
     exits, preds = whole(x)
     assert module is None and "every stage" in what

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from dyncal.artifacts.fields import JsonFields
 from dyncal.artifacts.requests import RequestTimings
 from dyncal.errors import DyncalError, param
 
@@ -167,7 +168,7 @@ def server_p99_ms(
 
 
 @dataclass(frozen=True)
-class DeploymentPlan:
+class DeploymentPlan(JsonFields):
     """What one deployment needs for the rate in one scenario.
 
     Attributes:
@@ -189,16 +190,8 @@ class DeploymentPlan:
     batch_size: int
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {
-            "deployment": self.deployment,
-            "servers": self.servers,
-            "cores": self.cores,
-            "core_hours_per_million": self.core_hours_per_million,
-            "busy_core_hours_per_million": self.busy_core_hours_per_million,
-            "figure": None if math.isinf(self.figure) else self.figure,
-            "batch_size": self.batch_size,
-        }
+        """JSON-ready dict; an infinite figure (servers that cannot keep up) is null."""
+        return {**super().to_dict(), "figure": None if math.isinf(self.figure) else self.figure}
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from torch import nn
 from dyncal.analysis.carry import BatchDims, check_stage_output, input_batch_dims, output_batch_dims, row_count
 from dyncal.analysis.cuda_timing import autotuned
 from dyncal.analysis.stages import Stages
+from dyncal.artifacts.fields import JsonFields
 from dyncal.errors import DyncalError, ProfileError, describe, param
 
 __all__ = [
@@ -170,7 +171,7 @@ def refuse_verify_only_runtime(runtime: str | None, verb: str) -> None:
 
 
 @dataclass(frozen=True)
-class CaptureInfo:
+class CaptureInfo(JsonFields):
     """What the graphs of some stages hold.
 
     Attributes:
@@ -192,18 +193,6 @@ class CaptureInfo:
     reserved_bytes: int
     capture_s: float
     eager_calls: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields."""
-        return {
-            "backend": self.backend,
-            "buckets": list(self.buckets),
-            "graphs": self.graphs,
-            "memory_bytes": self.memory_bytes,
-            "reserved_bytes": self.reserved_bytes,
-            "capture_s": self.capture_s,
-            "eager_calls": self.eager_calls,
-        }
 
 
 def _signature(values: Sequence[Any], dims: BatchDims) -> tuple[Any, ...]:

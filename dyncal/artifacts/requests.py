@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from dyncal.artifacts import validate as V
+from dyncal.artifacts.fields import JsonFields
 from dyncal.artifacts.request_draws import (
     STATISTICS,
     group_statistics,
@@ -84,7 +85,7 @@ Interval = tuple[float, float]
 
 
 @dataclass(frozen=True)
-class IntervalEstimate:
+class IntervalEstimate(JsonFields):
     """A value with its 95% intervals from sampling noise, timing noise and both.
 
     Attributes:
@@ -102,15 +103,6 @@ class IntervalEstimate:
     interval: Interval
     interval_sampling: Interval
     interval_timing: Interval
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {
-            "value": self.value,
-            "interval": list(self.interval),
-            "interval_sampling": list(self.interval_sampling),
-            "interval_timing": list(self.interval_timing),
-        }
 
 
 @dataclass(frozen=True)

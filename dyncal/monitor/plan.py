@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dyncal.artifacts.fields import JsonFields
 from dyncal.constraints import check
 from dyncal.errors import DyncalError, param
 from dyncal.monitor.bounds import shadow_requests_needed
@@ -18,7 +19,7 @@ DEFAULT_STEPS: tuple[float, ...] = (0.01, 0.05, 0.25, 1.0)
 
 
 @dataclass(frozen=True)
-class RolloutStep:
+class RolloutStep(JsonFields):
     """One rollout step.
 
     Attributes:
@@ -34,16 +35,6 @@ class RolloutStep:
     early_exit_requests: int
     total_requests: int
     hours: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {
-            "share": self.share,
-            "shadow_requests": self.shadow_requests,
-            "early_exit_requests": self.early_exit_requests,
-            "total_requests": self.total_requests,
-            "hours": self.hours,
-        }
 
 
 @dataclass(frozen=True)

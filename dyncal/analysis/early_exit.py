@@ -3,7 +3,9 @@
 :class:`EarlyExitRunner` runs a model's stages (:mod:`dyncal.analysis.stages`) one at a
 time; after stage ``k`` it scores exit ``k`` (temperature, score as in thresholds.json),
 lets the samples with ``score >= t_k`` leave, and hands only the staying rows to stage
-``k+1``. When nobody is left, later stages never run. That is the computation a deployed
+``k+1``. When nobody is left, later stages never run. At batch 1 each exit's score is read
+once as a float and compared on the host (:meth:`EarlyExitRunner.leaves_one`): the same
+decision, fewer operations. That is the computation a deployed
 model does: ``dyncal profile`` times its parts (:mod:`dyncal.analysis.latency`), ``dyncal
 verify`` times it whole (:mod:`dyncal.verbs.verify`) and an exported package
 subclasses it.
@@ -112,6 +114,7 @@ class EarlyExitRunner:
 
         Each exit's decision reads its score once (:meth:`leaves_one`); those read are appended
         to ``scores`` when given (what telemetry records). The last exit computes no score.
+        Call it under ``torch.inference_mode()``, as :meth:`__call__` does.
         """
         run = self.stages.start(x)
         last = self.k - 1

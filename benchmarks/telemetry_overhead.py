@@ -282,18 +282,16 @@ def report(doc: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "Where a batch-1 request's telemetry goes: the request path reads the score the exit rule computed at each "
-        "exit it evaluated and the prediction (`item()`, 2-3 values a request on the demo, a few tenths of a µs "
-        "each), times the request (two `perf_counter`, one `time_ns`) and appends one tuple (`record_one`); the "
-        "writer's thread turns the buffered rows into Arrow columns, scores the requests that reached the last exit "
-        "in one call, and writes them (the flush, above). About 3.5 µs a request in all, measured apart (the "
-        "reads ~1.5, the call path ~0.5, `record_one` and the flush as above): the floor of recording this schema "
-        "from Python at batch 1, close to 3% of the demo's 0.11-0.14 ms early exit. Measured in place, between model runs, it costs more (the model's run evicts "
-        "the writer's objects from the caches; other processes' load moves every figure, as the A/A control "
-        "shows), which keeps the 0.1 ms demo above the goal on this shared machine. On the CPU-heavy CNN (0.6 ms) "
-        "the same µs are about 1%, below what a shared machine resolves: the A/A control's IQR is about ±5%, and "
-        "over runs at load 8-13 the median moved between -1% and +6% (best blocks near 0). `per-request "
-        "conversion` is what the same wiring cost before.",
+        "Where a batch-1 request's telemetry goes: the exit decisions read each score as a float on the host "
+        "(the plain runner does the same, one read per exit evaluated), and the telemetry path keeps those floats; "
+        "it adds the prediction's `item()` (about 0.2 µs), the request's timing (two `perf_counter`, one "
+        "`time_ns`) and one tuple appended (`record_one`, above). The writer's thread turns the buffered rows into "
+        "Arrow columns, scores the requests that reached the last exit in one call, writes them and, with "
+        "`metrics=`, counts them in Prometheus (the flush, above). Measured apart, about 2 µs a request in all, "
+        "2% of the demo's 0.1 ms early exit. Measured in place, between model runs, it costs more (the model's "
+        "run evicts the writer's objects from the caches; other processes' load moves every figure, as the A/A "
+        "control shows). On the CPU-heavy CNN (0.6-0.8 ms) the same µs are below what a shared machine resolves. "
+        "`per-request conversion` is what the same wiring cost before the batch-1 path.",
         "",
         "Blocks of "
         + ", ".join(f"{r['block']} requests × {r['rounds']} rounds ({n})" for n, r in doc["models"].items())

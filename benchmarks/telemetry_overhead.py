@@ -15,6 +15,9 @@ demo (an early exit of about 0.1 ms per request) and the CPU-heavy 5-exit CNN of
   reports where there is no difference (the noise of a shared machine);
 * ``telemetry``: ``telemetry=DIR`` (shadow 0; the writer flushing on its background thread);
 * ``telemetry + prometheus``: the same with ``metrics=`` a Prometheus registry;
+* ``plain, tensor decisions (before)``: no telemetry, each exit decided as the runner did
+  before it read one float per exit at batch 1 (the tensor comparison ``score >= threshold``
+  and a count read from it): the plain runner's own speed-up, in the same rounds;
 * ``per-request conversion``: ``telemetry=DIR`` with the writer's batch-1 path turned off
   (``deferred=None``): each request's scores (the last exit's computed for the one row) and
   answer converted to numpy arrays, checked and stored, as every batch-1 request was before
@@ -42,6 +45,7 @@ import platform
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -99,10 +103,25 @@ def variants(pkg: Path, work: Path) -> dict[str, Any]:
         )
     except ImportError:
         print("prometheus-client not installed: the metrics variant is skipped")
+    tensor = load_early_exit(pkg)
+    tensor.run_one = types.MethodType(tensor_decisions_run_one, tensor)
+    out["plain, tensor decisions (before)"] = tensor
     before = load_early_exit(pkg)
     before.telemetry = open_telemetry(before, work / "t-per-request", deferred=None)
     out["per-request conversion"] = before
     return out
+
+
+def tensor_decisions_run_one(self: Any, x: torch.Tensor, scores: list[float] | None = None) -> Any:
+    """``EarlyExitRunner.run_one`` deciding as the runner did before: on tensors, then a count read (``leaving``)."""
+    run = self.stages.start(x)
+    for k in range(self.k - 1):
+        logits = run.step()
+        _, n_leave = self.leaving(logits, k)
+        if n_leave:
+            return k, logits, logits.argmax(dim=1)
+    logits = run.step()
+    return self.k - 1, logits, logits.argmax(dim=1)
 
 
 def time_block(runner: Callable[[torch.Tensor], Any], requests: list[torch.Tensor], start: int, n: int) -> np.ndarray:
@@ -159,6 +178,11 @@ def measure(name: str, work: Path, quick: bool) -> dict[str, Any]:
             "cpu_extra_us_best_block": float((t[:, 1].min() - base[:, 1].min()) / block * 1e6),
             "cpu_extra_us_all_rounds": float((t[:, 1].sum() - base[:, 1].sum()) / (block * rounds) * 1e6),
             "rows_written": 0 if runners[v].telemetry is None else int(runners[v].telemetry.rows_written),
+            # the plain runner's median block over the variant's (< 1: the plain runner is faster)
+            **{
+                f"{clock}_ratio_of_medians": float(np.median(base[:, i]) / np.median(t[:, i]))
+                for i, clock in enumerate(("wall", "cpu"))
+            },
         }
     return result
 
@@ -180,7 +204,24 @@ def writer_parts(runner: Any, requests: list[torch.Tensor], folder: Path, n: int
         t2 = time.thread_time()
         best_record, best_flush = min(best_record, t1 - t0), min(best_flush, t2 - t1)
     writer.close()
-    return {"record_one_us": best_record / n * 1e6, "flush_us_per_row": best_flush / n * 1e6}
+    out = {"record_one_us": best_record / n * 1e6, "flush_us_per_row": best_flush / n * 1e6}
+    try:
+        import prometheus_client
+
+        from dyncal.telemetry import TelemetryMetrics
+    except ImportError:
+        return out
+    metrics = TelemetryMetrics(runner.k, registry=prometheus_client.CollectorRegistry())
+    rng = np.random.default_rng(0)
+    exits, preds = rng.integers(0, runner.k, n), rng.integers(0, 10, n)
+    ms, last = rng.uniform(0.05, 3.0, n).astype(np.float32), np.full(n, -1)
+    best = float("inf")
+    for _ in range(5):  # what the flush adds with metrics= (the counts of its rows at once)
+        t0 = time.thread_time()
+        metrics.observe_rows(exits, ms, preds, last)
+        best = min(best, time.thread_time() - t0)
+    out["prometheus_flush_us_per_row"] = best / n * 1e6
+    return out
 
 
 def pct(q: list[float]) -> str:
@@ -223,22 +264,34 @@ def report(doc: dict[str, Any]) -> str:
     lines += [
         f"- {name}: `record_one` {r['writer']['record_one_us']:.2f} µs; the flush (rows to columns, the last exit's "
         f"scores, Arrow, one write) {r['writer']['flush_us_per_row']:.2f} µs per row, on the writer's thread"
+        + (
+            f"; with Prometheus, the flush's counts add {r['writer']['prometheus_flush_us_per_row']:.2f} µs per row"
+            if "prometheus_flush_us_per_row" in r["writer"]
+            else ""
+        )
         for name, r in doc["models"].items()
     ]
+    lines += ["", "The plain runner, deciding each exit on one float read (now) against the tensor decisions (before):"]
+    for name, r in doc["models"].items():
+        tensor, aa = r["variants"]["plain, tensor decisions (before)"], r["variants"]["plain again (A/A control)"]
+        lines.append(
+            f"- {name}: median block time now / before {tensor['cpu_ratio_of_medians']:.3f} (CPU), "
+            f"{tensor['wall_ratio_of_medians']:.3f} (wall); the A/A control's "
+            f"{aa['cpu_ratio_of_medians']:.3f} (CPU), {aa['wall_ratio_of_medians']:.3f} (wall); "
+            f"the tensor decisions cost {tensor['cpu_extra_us']:+.1f} µs/request more (CPU, median of rounds)"
+        )
     lines += [
         "",
-        "Where a batch-1 request's telemetry goes: the request path reads the score the exit rule computed at each "
-        "exit it evaluated and the prediction (`item()`, 2-3 values a request on the demo, a few tenths of a µs "
-        "each), times the request (two `perf_counter`, one `time_ns`) and appends one tuple (`record_one`); the "
-        "writer's thread turns the buffered rows into Arrow columns, scores the requests that reached the last exit "
-        "in one call, and writes them (the flush, above). About 3.5 µs a request in all, measured apart (the "
-        "reads ~1.5, the call path ~0.5, `record_one` and the flush as above): the floor of recording this schema "
-        "from Python at batch 1, close to 3% of the demo's 0.11-0.14 ms early exit. Measured in place, between model runs, it costs more (the model's run evicts "
-        "the writer's objects from the caches; other processes' load moves every figure, as the A/A control "
-        "shows), which keeps the 0.1 ms demo above the goal on this shared machine. On the CPU-heavy CNN (0.6 ms) "
-        "the same µs are about 1%, below what a shared machine resolves: the A/A control's IQR is about ±5%, and "
-        "over runs at load 8-13 the median moved between -1% and +6% (best blocks near 0). `per-request "
-        "conversion` is what the same wiring cost before.",
+        "Where a batch-1 request's telemetry goes: the exit decisions read each score as a float on the host "
+        "(the plain runner does the same, one read per exit evaluated), and the telemetry path keeps those floats; "
+        "it adds the prediction's `item()` (about 0.2 µs), the request's timing (two `perf_counter`, one "
+        "`time_ns`) and one tuple appended (`record_one`, above). The writer's thread turns the buffered rows into "
+        "Arrow columns, scores the requests that reached the last exit in one call, writes them and, with "
+        "`metrics=`, counts them in Prometheus (the flush, above). Measured apart, about 2 µs a request in all, "
+        "2% of the demo's 0.1 ms early exit. Measured in place, between model runs, it costs more (the model's "
+        "run evicts the writer's objects from the caches; other processes' load moves every figure, as the A/A "
+        "control shows). On the CPU-heavy CNN (0.6-0.8 ms) the same µs are below what a shared machine resolves. "
+        "`per-request conversion` is what the same wiring cost before the batch-1 path.",
         "",
         "Blocks of "
         + ", ".join(f"{r['block']} requests × {r['rounds']} rounds ({n})" for n, r in doc["models"].items())

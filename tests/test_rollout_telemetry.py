@@ -458,6 +458,54 @@ def test_prometheus_metrics_count_requests_latency_and_disagreements(tmp_path: P
     assert "dyncal_shadow_disagreements_total 1.0" in text
 
 
+def test_prometheus_counts_lag_by_a_flush_and_then_equal_the_rows(tmp_path: Path):
+    """Metrics are updated at the flush (off the request path): nothing before it, every row after it."""
+    prom = pytest.importorskip("prometheus_client", reason="metrics need prometheus-client (the rollout extra)")
+    registry = prom.CollectorRegistry()
+    w = TelemetryWriter(tmp_path, IDENT, background=False, metrics=TelemetryMetrics(3, registry=registry))
+    w.record_one(0, 1, (0.9,), 0.3)
+    w.record_one(2, 2, (0.1, 0.2, 0.4), 7.0, last_prediction=1)
+    w.record([1], [0], np.zeros((1, 3)), 2.0, last_predictions=[0])
+    count = registry.get_sample_value
+    assert (count("dyncal_early_exit_latency_seconds_count") or 0.0) == 0.0  # buffered, not yet counted
+    w.flush()
+    assert [count("dyncal_early_exit_requests_total", {"exit": str(j)}) for j in (1, 2, 3)] == [1.0, 1.0, 1.0]
+    assert count("dyncal_early_exit_latency_seconds_count") == 3.0
+    assert count("dyncal_early_exit_latency_seconds_bucket", {"le": "0.0005"}) == 1.0
+    assert count("dyncal_early_exit_latency_seconds_bucket", {"le": "0.005"}) == 2.0
+    assert count("dyncal_shadow_requests_total") == 2.0 and count("dyncal_shadow_disagreements_total") == 1.0
+    w.close()
+    assert count("dyncal_early_exit_latency_seconds_count") == 3.0  # counted once
+
+
+@settings(max_examples=30, deadline=None)
+@given(ms=st.lists(st.one_of(st.sampled_from([0.5, 1.0, 2.0, 5.0, 5000.0, 0.0]), st.floats(0.0, 9000.0)), max_size=40))
+def test_prometheus_bulk_counts_equal_one_observation_per_request(ms: list[float]):
+    """The flush's bulk histogram update (bucket bounds included) equals observing each request alone."""
+    prom = pytest.importorskip("prometheus_client", reason="metrics need prometheus-client (the rollout extra)")
+    bulk, each = prom.CollectorRegistry(), prom.CollectorRegistry()
+    rng = np.random.default_rng(len(ms))
+    exits, preds = rng.integers(0, 3, len(ms)), rng.integers(0, 3, len(ms))
+    last = np.where(rng.random(len(ms)) < 0.5, rng.integers(0, 3, len(ms)), -1)
+    TelemetryMetrics(3, registry=bulk).observe_rows(exits, np.array(ms, dtype=np.float32), preds, last)
+    one = TelemetryMetrics(3, registry=each)
+    for e, m, p, q in zip(exits, np.array(ms, dtype=np.float32), preds, last, strict=True):
+        one.observe_one(int(e), float(m), int(q), int(p))
+
+    def samples(registry: object) -> dict:
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for m in registry.collect()  # type: ignore[attr-defined]
+            for s in m.samples
+            if not s.name.endswith("_created")
+        }
+
+    got, want = samples(bulk), samples(each)
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+
+
 def test_missing_pyarrow_names_the_extra(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     with pytest.raises(DyncalError, match=r"telemetry needs pyarrow.*pip install 'dyncal\[rollout\]'"):

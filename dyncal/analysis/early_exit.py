@@ -3,7 +3,9 @@
 :class:`EarlyExitRunner` runs a model's stages (:mod:`dyncal.analysis.stages`) one at a
 time; after stage ``k`` it scores exit ``k`` (temperature, score as in thresholds.json),
 lets the samples with ``score >= t_k`` leave, and hands only the staying rows to stage
-``k+1``. When nobody is left, later stages never run. That is the computation a deployed
+``k+1``. When nobody is left, later stages never run. At batch 1 each exit's score is read
+once as a float and compared on the host (:meth:`EarlyExitRunner.leaves_one`): the same
+decision, fewer operations. That is the computation a deployed
 model does: ``dyncal profile`` times its parts (:mod:`dyncal.analysis.latency`), ``dyncal
 verify`` times it whole (:mod:`dyncal.verbs.verify`) and an exported package
 subclasses it.
@@ -62,6 +64,8 @@ class EarlyExitRunner:
         self.stages = stages
         self.k = k
         self.thresholds = [float(v) for v in t]
+        # float32 as the scores: a host comparison with these decides as the tensor one does (bit for bit)
+        self.thresholds32 = [torch.tensor(v, dtype=torch.float32).item() for v in self.thresholds]
         self.temperatures = [float(v) for v in temperatures]
         self.score = score
 
@@ -85,6 +89,44 @@ class EarlyExitRunner:
         """
         leave = self._score(logits, k) >= self.thresholds[k]
         return leave, int(leave.sum()) if leave.shape[0] != 1 else int(bool(leave))  # one call less per request
+
+    def leaves_one(self, logits: torch.Tensor, k: int) -> tuple[bool, float]:
+        """Whether a batch of one leaves at exit ``k``, and its score (read once, as a Python float).
+
+        The batch-1 form of :meth:`leaving`: the score comes to the host (the synchronisation
+        every early exit pays) and is compared there with the float32 threshold, the same decision
+        as the tensor comparison ``score >= threshold`` (which rounds the threshold to float32).
+
+        Example:
+            >>> from dyncal.analysis.stages import build_stages
+            >>> from dyncal.demo import pretrained
+            >>> stages = build_stages(pretrained(), torch.zeros(2, 1, 8, 8))
+            >>> runner = EarlyExitRunner(stages, [0.0, 2.0, 2.0, None], [1.0] * 4)
+            >>> leave, score = runner.leaves_one(torch.zeros(1, 10), 0)
+            >>> leave, round(score, 3)          # ten equal logits: maxprob 0.1 >= threshold 0
+            (True, 0.1)
+        """
+        score: float = self._score(logits, k).item()
+        return score >= self.thresholds32[k], score
+
+    def run_one(self, x: torch.Tensor, scores: list[float] | None = None) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """Early-exit a batch of one: ``(exit, that exit's logits, predictions (1,))``.
+
+        Each exit's decision reads its score once (:meth:`leaves_one`); those read are appended
+        to ``scores`` when given (what telemetry records). The last exit computes no score.
+        Call it under ``torch.inference_mode()``, as :meth:`__call__` does.
+        """
+        run = self.stages.start(x)
+        last = self.k - 1
+        for k in range(last):
+            logits = run.step()
+            leave, score = self.leaves_one(logits, k)
+            if scores is not None:
+                scores.append(score)
+            if leave:
+                return k, logits, logits.argmax(dim=1)
+        logits = run.step()
+        return last, logits, logits.argmax(dim=1)
 
     @staticmethod
     def _split(
@@ -150,6 +192,9 @@ class EarlyExitRunner:
             ``(exits, predictions)``, ``(B,)`` int64 each on ``x``'s device; exits are
             0-based.
         """
+        if batch_size(x) == 1:
+            k, logits, preds = self.run_one(x)
+            return torch.full((1,), k, dtype=torch.int64, device=flatten(x)[0].device), preds
         # (rows that left, exit, their predictions); rows None means "all rows still here".
         parts: list[tuple[torch.Tensor | None, int, torch.Tensor]] = []
         alive: torch.Tensor | None = None

@@ -14,8 +14,8 @@ The early exit here takes the same decisions as :meth:`EarlyExitRunner.__call__
 and keeps each exit's scores; without telemetry the runner does not pay for that.
 
 At batch 1 (the serving case, where a few microseconds show) the request path does the plain
-early exit's work, reads the scores the exit rule computed and the prediction (``item()``),
-and appends the numbers to the writer's buffer
+early exit's work, keeps the scores its exit decisions read on the host anyway, reads the
+prediction (``item()``), and appends the numbers to the writer's buffer
 (:meth:`~dyncal.telemetry.TelemetryWriter.record_one`): no numpy array, no check of arrays,
 no tensor kept, except the last exit's logits of a request that got there: the exit rule
 computes no score there, and the flush computes them for the whole buffer at once
@@ -102,9 +102,10 @@ def early_exit_one(runner: EarlyExitRunner, x: torch.Tensor) -> tuple[torch.Tens
     """Early-exit one request ``x`` ``(1, ...)`` as ``runner(x)`` does, reading what its telemetry row needs.
 
     The same work as :meth:`EarlyExitRunner.__call__
-    <dyncal.analysis.early_exit.EarlyExitRunner.__call__>` at batch 1 (same stages, scores,
-    decisions and outputs), plus reading each score the exit rule computed and the prediction
-    (``item()``, a fraction of a microsecond each). At the last exit the rule computes no
+    <dyncal.analysis.early_exit.EarlyExitRunner.__call__>` at batch 1
+    (:meth:`~dyncal.analysis.early_exit.EarlyExitRunner.run_one`: same stages, scores,
+    decisions and outputs); the scores are the floats the exit decisions read anyway, so the
+    only extra read is the prediction's ``item()``. At the last exit the rule computes no
     score; its logits are handed on, for the flush to score with the whole buffer.
 
     Returns:
@@ -112,24 +113,9 @@ def early_exit_one(runner: EarlyExitRunner, x: torch.Tensor) -> tuple[torch.Tens
         scores read, the last exit's logits or None)``.
     """
     scores: list[float] = []
-    parts: list[tuple[torch.Tensor | None, int, torch.Tensor]] = []
-    run = runner.stages.start(x)
-    last = runner.k - 1
-    for k in range(runner.k):
-        logits = run.step()
-        if k == last:
-            parts.append((None, k, logits.argmax(dim=1)))
-            break
-        score = runner._score(logits, k)  # runner.leaving(), its score kept
-        scores.append(score.item())
-        n_leave = int((score >= runner.thresholds[k]).sum())
-        if n_leave == 0:
-            continue
-        if n_leave == logits.shape[0]:
-            parts.append((None, k, logits.argmax(dim=1)))
-            break
-    exits, preds = runner._assemble(1, parts, flatten(x)[0].device)
-    return exits, preds, (k, int(preds.item()), tuple(scores), logits if k == last else None)
+    k, logits, preds = runner.run_one(x, scores)  # the decisions' floats, kept: no extra read
+    exits = torch.full((1,), k, dtype=torch.int64, device=flatten(x)[0].device)
+    return exits, preds, (k, int(preds.item()), tuple(scores), logits if k == runner.k - 1 else None)
 
 
 def last_exit_scores(runner: EarlyExitRunner) -> DeferredScores:

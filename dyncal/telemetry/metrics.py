@@ -26,6 +26,10 @@ class TelemetryMetrics:
     read them), ``<ns>_early_exit_latency_seconds`` (histogram), ``<ns>_shadow_requests_total``,
     ``<ns>_shadow_disagreements_total``.
 
+    The telemetry writer updates them at each flush, for the flushed rows at once
+    (:meth:`observe_rows`): off the request path, so they lag the requests by up to one flush
+    interval.
+
     Raises:
         DyncalError: prometheus-client is not installed (names the extra).
     """
@@ -61,8 +65,7 @@ class TelemetryMetrics:
         for j, count in enumerate(np.bincount(exits, minlength=self.k)[: self.k]):
             if count:
                 self._per_exit[j].inc(int(count))
-        for ms in latency_ms:
-            self.latency.observe(float(ms) / 1000.0)
+        self._observe_latencies(np.asarray(latency_ms, dtype=np.float64) / 1000.0)
         if n_shadow:
             self.shadow.inc(n_shadow)
         if n_disagree:
@@ -76,3 +79,30 @@ class TelemetryMetrics:
             self.shadow.inc()
             if last_prediction != prediction:
                 self.disagreements.inc()
+
+    def observe_rows(
+        self, exits: np.ndarray, latency_ms: np.ndarray, predictions: np.ndarray, last_predictions: np.ndarray
+    ) -> None:
+        """Count rows at once: exits from 0, latencies in ms, classes answered and the last exit's (-1: not shadowed).
+
+        The same counts as :meth:`observe_one` per row; the histogram takes the rows' bucket
+        counts in one increment per bucket.
+        """
+        shadowed = last_predictions >= 0
+        self.observe(exits, latency_ms, int(shadowed.sum()), int((shadowed & (last_predictions != predictions)).sum()))
+
+    def _observe_latencies(self, seconds: np.ndarray) -> None:
+        """Histogram observations in bulk: per-bucket counts from the histogram's bounds, one ``inc`` each."""
+        hist = self.latency
+        bounds, buckets, total = (getattr(hist, a, None) for a in ("_upper_bounds", "_buckets", "_sum"))
+        if not seconds.size:
+            return
+        if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+            for s in seconds:  # a prometheus-client without those internals: one observation at a time
+                hist.observe(float(s))
+            return
+        slot = np.searchsorted(np.asarray(bounds, dtype=np.float64), seconds, side="left")  # first bound >= value
+        for i, count in enumerate(np.bincount(slot, minlength=len(bounds))[: len(bounds)]):
+            if count:
+                buckets[i].inc(int(count))
+        total.inc(float(seconds.sum()))

@@ -122,7 +122,9 @@ class TelemetryWriter:
         background: Flush and rotate on a daemon thread (default True), so requests never
             wait for a write; False flushes inline in :meth:`record` (deterministic; tests).
         fsync: Sync every flush to disk (survives power loss, not only a killed process; slower).
-        metrics: Prometheus metrics to update per batch, or None.
+        metrics: Prometheus metrics, or None. They are updated at each flush, for all its rows at
+            once (off the request path), so they lag the requests by up to a flush
+            (``flush_rows``/``flush_seconds``); after :meth:`flush` or :meth:`close` they count every row.
         seed: Seed of the shadow draws (default: fresh entropy).
         clock: Seconds since the epoch (default ``time.time``); inject one in tests.
         deferred: What computes the scores :meth:`record_one` left for the flush (``pending``: the
@@ -296,10 +298,6 @@ class TelemetryWriter:
                 self._wake.notify()
         if self._thread is None and (due or aged):
             self._flush()
-        if self.metrics is not None:
-            n_shadow = 0 if last is None else int((last >= 0).sum())
-            n_disagree = 0 if last is None else int(((last >= 0) & (last != preds)).sum())
-            self.metrics.observe(ex, np.broadcast_to(np.float32(lat), (b,)), n_shadow, n_disagree)
 
     def record_one(
         self,
@@ -360,8 +358,6 @@ class TelemetryWriter:
                 self._wake.notify()
         if self._thread is None and (due or ns / 1e9 - rows.oldest >= self.flush_seconds):
             self._flush()
-        if self.metrics is not None:
-            self.metrics.observe_one(exit_index, latency_ms, last_prediction, prediction)
 
     # ------------------------------------------------------------------ flushing and rotating
 
@@ -430,6 +426,9 @@ class TelemetryWriter:
                 rows, self._rows = self._rows, Columns(self.flush_rows, self.identity.k)
             if rows.rows:
                 rows.absorb(self.deferred)
+                if self.metrics is not None:  # counted here, off the request path: they lag by a flush
+                    n = rows.n
+                    self.metrics.observe_rows(rows.exits[:n], rows.latency_ms[:n], rows.predictions[:n], rows.last[:n])
                 self._write(rows)
 
         self._guarded(write)

@@ -265,3 +265,14 @@ def test_the_package_keeps_request_ids_in_telemetry(profiled: Path, tmp_path: Pa
     runner.telemetry.close()
     seen = read_telemetry(tmp_path / "tel").data
     assert list(seen.request_ids) == ["a", "b", "c"] and list(seen.exits) == exits.tolist()
+
+
+@pytest.mark.parametrize("extra", [["--runtime", "frozen"], ["--throughput"]])
+def test_runtimes_for_one_tensor_refuse_several_inputs_in_one_line(profiled: Path, extra: list[str]) -> None:
+    out = profiled.parent
+    if not (out / "t.json").exists():
+        assert _cli("solve", profiled, "--budget", "0.7x", "--out", out / "t.json").exit_code == 0
+    res = _cli("verify", profiled, "--thresholds", out / "t.json", "--batch-size", "4", "--repeats", 3, *extra)
+    assert res.exit_code == 1, res.output
+    assert res.output.count("\n") == 1 and "Traceback" not in res.output
+    assert f"{extra[0]}" in res.output and "takes several (" in res.output and "use --runtime eager" in res.output

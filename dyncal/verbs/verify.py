@@ -68,14 +68,13 @@ from dyncal.calibrate.scores import exit_scores
 from dyncal.constraints import check
 from dyncal.data import batch_inputs, dataset_for_run, loader_collate
 from dyncal.errors import DataError, DyncalError, describe, param, user_call
-from dyncal.inputs import batch_size, take_rows, to_device
+from dyncal.inputs import batch_size, describe_inputs, is_single, take_rows, to_device
 from dyncal.measurement import NOISE_IQR_FRACTION, noise_advice
 from dyncal.models import resolve_device
 from dyncal.options import options_from
 from dyncal.paired import ESTIMATORS
 from dyncal.run_model import ModelOverrides, open_run_model, probe_run_model, run_inputs
-from dyncal.verbs.verify_pairs import SETTLE as _SETTLE
-from dyncal.verbs.verify_pairs import more_pairs_rounds, time_pairs
+from dyncal.verbs.verify_pairs import SETTLE, more_pairs_rounds, time_pairs
 from dyncal.verbs.verify_pairs import run_plain as _plain
 from dyncal.verbs.verify_throughput import verify_throughput
 
@@ -316,6 +315,16 @@ class VerifyOptions:
             )
 
 
+def _refuse_several_inputs(probe: Any, opts: VerifyOptions) -> None:
+    """Other runtimes and re-batching take one input tensor: a model of several runs eagerly, batch by batch."""
+    asked = [f"{param('runtime')} {opts.runtime}"] * (opts.runtime != "eager") + [param("throughput")] * opts.throughput
+    if asked and not is_single(probe):
+        raise DyncalError(
+            f"{' and '.join(asked)} work with models of one input tensor only; this run's model takes several "
+            f"({describe_inputs(probe)}): use {param('runtime')} eager without {param('throughput')}"
+        )
+
+
 def verify_run(
     run_path: str | os.PathLike[str],
     thresholds: ThresholdsDocument,
@@ -354,6 +363,7 @@ def verify_run(
     with pinned_threads(pin) as n_threads, device_tuned(dev):
         _, probe = next(session.stream([session.order[: min(4, session.n)]]))
         probe = to_device(probe, dev)
+        _refuse_several_inputs(probe, opts)
         runner, plain = early_exit(probe)
         runtime = {
             "runtime": str(opts.runtime),
@@ -402,7 +412,7 @@ def verify_run(
             "order": f"batch 1: rows stratified by simulated exit (seed {_ORDER_SEED}); larger batches: rows "
             f"shuffled (seed {_ORDER_SEED}), then consecutive batches",
             "pairs": "early exit and plain model back to back on each batch, alternating which goes first; "
-            f"each runs {_SETTLE} time(s) untimed right before it is timed",
+            f"each runs {SETTLE} time(s) untimed right before it is timed",
             "baseline": BASELINE,
             "runtime_description": RUNTIMES[str(opts.runtime)],
             "estimator": opts.estimator,

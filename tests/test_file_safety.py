@@ -647,8 +647,8 @@ ls -A "$out"
 """
 
 
-def test_export_on_a_full_disk_is_one_line_and_leaves_nothing(exportable, tmp_path):
-    """ENOSPC for real: a 24 KB tmpfs (in a private mount namespace) holds the first stage, not the second."""
+def _on_a_small_disk(tmp_path: Path, cmd: list[str], out_name: str) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """``cmd --out DISK/out_name`` on a 24 KB tmpfs in a private mount namespace (skips where none can be made)."""
     if shutil.which("unshare") is None:
         pytest.skip("needs unshare(1) to mount a small tmpfs")
     probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
@@ -656,10 +656,8 @@ def test_export_on_a_full_disk_is_one_line_and_leaves_nothing(exportable, tmp_pa
         pytest.skip(f"cannot enter a user and mount namespace here: {probe.stderr.decode().strip()}")
     disk = tmp_path / "disk"
     disk.mkdir()
-    cmd = [sys.executable, "-m", "dyncal", "export", str(exportable / "run"), "--thresholds"]
-    cmd.append(str(exportable / "t.json"))
     proc = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", _FULL_DISK, "sh", str(disk), str(disk), *cmd],
+        ["unshare", "-rm", "sh", "-c", _FULL_DISK.replace("pkg", out_name), "sh", str(disk), str(disk), *cmd],
         env=_env(),
         capture_output=True,
         text=True,
@@ -667,6 +665,13 @@ def test_export_on_a_full_disk_is_one_line_and_leaves_nothing(exportable, tmp_pa
     )
     if "mount:" in proc.stderr and "exit=" not in proc.stdout:
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    return disk, proc
+
+
+def test_export_on_a_full_disk_is_one_line_and_leaves_nothing(exportable, tmp_path):
+    """ENOSPC for real: a 24 KB tmpfs (in a private mount namespace) holds the first stage, not the second."""
+    cmd = [sys.executable, "-m", "dyncal", "export", str(exportable / "run"), "--thresholds"]
+    disk, proc = _on_a_small_disk(tmp_path, [*cmd, str(exportable / "t.json")], "pkg")
     assert proc.stdout.splitlines()[0] == "exit=1", (proc.stdout, proc.stderr)
     assert proc.stdout.splitlines()[1:] == []  # nothing left on the full disk: no package, partial, lock or temp
     err = proc.stderr.strip()
@@ -691,23 +696,8 @@ def big_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_collect_on_a_disk_too_small_is_refused_before_writing(big_npz, tmp_path):
     """The arrays are sparse until written: without the check a full disk shows only midway (or as SIGBUS)."""
-    if shutil.which("unshare") is None:
-        pytest.skip("needs unshare(1) to mount a small tmpfs")
-    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip(f"cannot enter a user and mount namespace here: {probe.stderr.decode().strip()}")
-    disk = tmp_path / "disk"
-    disk.mkdir()
     cmd = [sys.executable, "-m", "dyncal", "collect", *map(str, MODEL), "--data", str(big_npz), "-q"]
-    proc = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", _FULL_DISK.replace("pkg", "run"), "sh", str(disk), str(disk), *cmd],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if "mount:" in proc.stderr and "exit=" not in proc.stdout:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    _, proc = _on_a_small_disk(tmp_path, cmd, "run")
     assert proc.stdout.splitlines() == ["exit=1"], (proc.stdout, proc.stderr)  # and nothing left on the disk
     err = proc.stderr.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1, err

@@ -142,6 +142,7 @@ def main() -> None:
         "Written by `benchmarks/estimator_replay.py` (offline, from `estimator_replay_pairs.npz`). Sets:",
         "",
         *(f"- {k}: {v}" for k, v in SETS.items()),
+        *(f"- {k}: from {', '.join(sys.argv[1:])}" for k in sorted({key[0] for key in data} - set(SETS))),
         "",
         "The 12 cases of `verdict_under_load.md` (04:51 UTC, load 1-3) did not keep their raw pairs, so they "
         "cannot be replayed here; `verdict_under_load.py` now writes `verdict_under_load_pairs.npz`, which this "

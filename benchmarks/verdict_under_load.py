@@ -2,7 +2,8 @@
 
 Run on a quiet machine (writes verdict_under_load.md and .json next to this file):
     PYTHONPATH=. .venv/bin/python benchmarks/verdict_under_load.py
-Smoke test (tiny settings, writes nothing): add --quick. On a many-core machine add
+Smoke test (tiny settings, writes nothing): add --quick. Every run's raw pairs go to
+verdict_under_load_pairs.npz (``benchmarks/estimator_replay.py`` replays estimators on them). On a many-core machine add
 --cpus 0,1 to pin this process and the busy ones to two cores (a shared 2-core box).
 
 For the demo model and a CPU-heavy 5-exit CNN (``bench_models:cpu_heavy``): collect,
@@ -114,6 +115,8 @@ def main() -> None:
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     rows = []
+    raw_pairs: dict[str, np.ndarray] = {}
+    run_no = [0]
     with tempfile.TemporaryDirectory() as work:
         for name in args.models.split(","):
             run_dir, thresholds = prepare_pipeline(name, work, threads=1, profile_repeats=3 if args.quick else 25)
@@ -140,10 +143,16 @@ def main() -> None:
                             ee=np.asarray(t.early_exit_ms),
                             pl=np.asarray(t.full_model_ms),
                         )
+                for t in result.timings:  # every pair, for benchmarks/estimator_replay.py
+                    base = f"rerun/{name}/{label}/{t.key.replace('/', '_')}/{run_no[0]}"
+                    raw_pairs[f"{base}/ee"] = np.asarray(t.early_exit_ms, dtype=np.float32)
+                    raw_pairs[f"{base}/pl"] = np.asarray(t.full_model_ms, dtype=np.float32)
+                    raw_pairs[f"{base}/load"] = np.asarray(load, dtype=np.float32)
                 cov = result.settings["coverage"]
                 return {t.key: (t, cov[t.key]["pairs"], load) for t in result.timings}  # type: ignore[misc]
 
             for run in range(1, args.runs + 1):
+                run_no[0] = run
                 quiet = measure("quiet")
                 with busy(args.busy, seconds=10 * max_seconds + 120):
                     loaded = measure("loaded")
@@ -223,6 +232,7 @@ def main() -> None:
     if not args.quick:
         (HERE / "verdict_under_load.md").write_text(text)
         (HERE / "verdict_under_load.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+        np.savez_compressed(HERE / "verdict_under_load_pairs.npz", **raw_pairs)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

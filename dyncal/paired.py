@@ -36,11 +36,15 @@ minimum of the repeats: the fastest run is the one the machine disturbed least.
     runs. The delay is measured on the plain deployment's scale, not the early exit's:
     a preemption costs a time slice (milliseconds), while a short call also jitters by
     tens of percent of its own length without being preempted (cache, memory bandwidth,
-    frequency). Counted against the early exit's own fastest time (until this rule) that
-    jitter read as hits on quiet machines (40-80% of the pairs at batch 32 on the demo,
-    ``benchmarks/estimator_replay.md``) and sent ``auto`` to the mean, which reads 10-30%
-    below the minimum there even when quiet; and since a minimum keeps falling as pairs
-    are added, the share of "hits" grew with the pairs that were meant to raise the count.
+    frequency). Counted against the early exit's own fastest time (the rule before) that
+    jitter read as hits on quiet machines (44-82% of the demo's pairs at load 3,
+    ``benchmarks/estimator_replay.md``) and sent ``auto`` to the mean, which read 5-30%
+    below the minimum of the same pairs at batch 32 (the mean is the fallback for when no
+    plain run escapes, not a second answer); and since a minimum keeps falling as pairs
+    are added, the share of "hits" grew with the pairs that were meant to raise the count,
+    where this one stays put. Known limit: on a machine at load 8 and more, preemptions
+    came on the scheduler's tick rather than at a rate per unit of running time, and a
+    batch could lack the clean plain run this count expected (the replay's set A, run 3).
     A per-batch test (does the second-fastest repeat the fastest?) read on 8 batches
     flipped between runs, and a disturbed plain deployment repeats its disturbed time
     (every run loses one slice), which the per-batch test took for a floor.

@@ -68,7 +68,7 @@ def implausible(profiles: Iterable[LatencyProfile]) -> str | None:
 
     Example:
         >>> def prof(b, ms):
-        ...     return LatencyProfile("cpu", b, ((1.0,),), (0.1,), ms, 1, "x")
+        ...     return LatencyProfile("cpu", b, ((1.0,),), (0.1,), ms, 1, "x", exit_path_ms=((1.0,),))
         >>> implausible([prof(1, (187.0, 186.0, 188.0)), prof(8, (23.6, 23.5, 23.7))])
         'the full model took 187 ms for one batch of 1 (cpu/b1) but 23.6 ms for a whole batch of 8 (cpu/b8)'
         >>> implausible([prof(1, (2.0, 2.1, 2.0)), prof(8, (9.0, 9.1, 9.0))]) is None

@@ -23,6 +23,7 @@ __all__ = [
     "device_name",
     "UnsupportedOp",
     "LatencyProfile",
+    "UnmeasuredProfileError",
     "CostTable",
 ]
 
@@ -147,6 +148,25 @@ def _replicates(value: Any, field: str, min_length: int = 0) -> tuple[tuple[floa
     )
 
 
+class UnmeasuredProfileError(V.FieldError):
+    """A latency profile lacks its exit paths, which ``dyncal profile`` always measures: only a new profile mends it."""
+
+
+def _check_exit_paths(paths: tuple[tuple[float, ...], ...], k: int, field: str, key: str) -> None:
+    """Refuse a profile without one non-empty list of exit-path replicates per exit (``k`` exits).
+
+    Raises:
+        UnmeasuredProfileError: No exit paths, or a list without replicates.
+        FieldError: Not one entry per exit.
+    """
+    if not paths or not all(paths):
+        raise UnmeasuredProfileError(
+            field, f"is missing or empty: the {key} latency profile has no measured exit paths"
+        )
+    if len(paths) != k:
+        raise V.FieldError(field, f"must have one entry per exit (K={k}), got {len(paths)}")
+
+
 @dataclass(frozen=True)
 class LatencyProfile:
     """Measured wall-clock of each stage on one device at one batch size.
@@ -163,7 +183,7 @@ class LatencyProfile:
         hardware: CPU model or GPU name.
         settings: Other measurement settings (warm-up, repeats, torch version, ...).
         exit_path_ms: Raw replicate times of the real early exit with every row leaving at
-            exit k, ``K`` sequences (empty in runs profiled before dyncal measured them).
+            exit k, ``K`` non-empty sequences (required, by keyword).
         compaction_ms: Raw replicate times of the early exit's batch compaction at exit k
             (rows leaving recorded, carried tensors cut to the rows staying, output
             assembled), ``K - 1`` sequences at ``settings["compaction_rows"]`` rows; empty
@@ -181,9 +201,13 @@ class LatencyProfile:
     threads: int | None
     hardware: str
     settings: dict[str, Any] = field(default_factory=dict)
-    exit_path_ms: tuple[tuple[float, ...], ...] = ()
+    exit_path_ms: tuple[tuple[float, ...], ...] = field(kw_only=True)
     compaction_ms: tuple[tuple[float, ...], ...] = ()
     exit_path_rows_ms: dict[int, tuple[tuple[float, ...], ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Refuse a profile without measured exit paths (:class:`UnmeasuredProfileError` on ``exit_path_ms``)."""
+        _check_exit_paths(self.exit_path_ms, len(self.stage_ms), "exit_path_ms", self.key)
 
     @property
     def key(self) -> str:
@@ -219,15 +243,10 @@ class LatencyProfile:
     def early_exit_ms(self) -> list[float]:
         """Time of a batch whose rows all leave at exit k in a real early exit, ``K`` floats.
 
-        Measured on the runner itself (:attr:`exit_path_ms`; running maximum of the medians,
-        as leaving later never saves time). Older profiles without it: stages 1..k plus one
-        exit decision at each exit passed through 1..k (the last exit makes none).
+        Measured on the runner itself (:attr:`exit_path_ms`): the running maximum of the
+        medians, as leaving later never saves time.
         """
-        if len(self.exit_path_ms) == len(self.stage_ms) and all(self.exit_path_ms):
-            return [float(v) for v in np.maximum.accumulate([Measurement(r).median_ms for r in self.exit_path_ms])]
-        k = len(self.stage_ms)
-        dec = self.decision_median_ms
-        return [ms + dec * min(i + 1, k - 1) for i, ms in enumerate(self.exit_ms)]
+        return [float(v) for v in np.maximum.accumulate([Measurement(r).median_ms for r in self.exit_path_ms])]
 
     @property
     def compaction_median_ms(self) -> list[float]:
@@ -257,20 +276,27 @@ class LatencyProfile:
 
         Raises:
             FieldError: A missing field or one of the wrong type or value: ``stage_ms`` must
-                hold one non-empty list of finite non-negative milliseconds per stage.
+                hold one non-empty list of finite non-negative milliseconds per stage, and
+                ``exit_path_ms`` one per exit.
+            UnmeasuredProfileError: No ``exit_path_ms`` (a profile ``dyncal profile`` did not write).
         """
         d = V.mapping(d, field)
         threads = d.get("threads")
+        device = V.string(V.require(d, "device", f"{field}."), f"{field}.device")
+        batch = V.integer(V.require(d, "batch_size", f"{field}."), f"{field}.batch_size", minimum=1)
+        stage_ms = _replicates(V.require(d, "stage_ms", f"{field}."), f"{field}.stage_ms", min_length=1)
+        exit_path_ms = _replicates(d.get("exit_path_ms", []), f"{field}.exit_path_ms")
+        _check_exit_paths(exit_path_ms, len(stage_ms), f"{field}.exit_path_ms", str(LatencyKey(device, batch)))
         return cls(
-            device=V.string(V.require(d, "device", f"{field}."), f"{field}.device"),
-            batch_size=V.integer(V.require(d, "batch_size", f"{field}."), f"{field}.batch_size", minimum=1),
-            stage_ms=_replicates(V.require(d, "stage_ms", f"{field}."), f"{field}.stage_ms", min_length=1),
+            device=device,
+            batch_size=batch,
+            stage_ms=stage_ms,
             decision_ms=V.number_list(d.get("decision_ms", []), f"{field}.decision_ms", minimum=0),
             full_model_ms=V.number_list(d.get("full_model_ms", []), f"{field}.full_model_ms", minimum=0),
             threads=None if threads is None else V.integer(threads, f"{field}.threads", minimum=1),
             hardware=V.string(d.get("hardware", ""), f"{field}.hardware"),
             settings=dict(V.mapping(d.get("settings", {}), f"{field}.settings")),
-            exit_path_ms=_replicates(d.get("exit_path_ms", []), f"{field}.exit_path_ms"),
+            exit_path_ms=exit_path_ms,
             compaction_ms=_replicates(d.get("compaction_ms", []), f"{field}.compaction_ms"),
             exit_path_rows_ms={
                 V.integer(int(n) if str(n).isdigit() else n, f"{field}.exit_path_rows_ms", minimum=1): _replicates(

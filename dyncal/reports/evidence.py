@@ -144,7 +144,8 @@ def full_model_ms(costs: CostTable | None, verify: VerifyResult | None, key: str
 
     Example:
         >>> from dyncal import CostTable, LatencyProfile
-        >>> prof = LatencyProfile("cpu", 1, ((1.0,), (2.0,)), (0.5,), (2.5, 2.7, 2.6), 1, "x")
+        >>> paths = ((1.5,), (3.5,))
+        >>> prof = LatencyProfile("cpu", 1, ((1.0,), (2.0,)), (0.5,), (2.5, 2.7, 2.6), 1, "x", exit_path_ms=paths)
         >>> full_model_ms(CostTable(latency={"cpu/b1": prof}), None, "cpu/b1")[0]
         2.6
     """

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from synthetic_profiles import synthetic_profile
 
-from dyncal.artifacts.costs import CostTable, LatencyKey, LatencyProfile
+from dyncal.artifacts.costs import CostTable, LatencyKey
 from dyncal.artifacts.run import load_run, store_costs
 from dyncal.artifacts.run_document import Provenance, RunDocument
 from dyncal.artifacts.run_import import import_arrays
@@ -44,15 +45,7 @@ def test_keys_of_a_later_dyncal_survive_profiling(tmp_path: Path) -> None:
     doc["added_later"] = {"kept": [1, 2]}
     doc["provenance"]["added_later_too"] = "kept"
     (out / "run.json").write_text(json.dumps(doc))
-    profile = LatencyProfile(
-        device="cpu",
-        batch_size=1,
-        stage_ms=((1.0, 1.1), (1.0, 0.9)),
-        decision_ms=(0.0, 0.0),
-        full_model_ms=(2.0, 2.1),
-        threads=1,
-        hardware="test",
-    )
+    profile = synthetic_profile("cpu", 1, ((1.0, 1.1), (1.0, 0.9)), (0.0, 0.0), (2.0, 2.1))
     store_costs(load_run(out), CostTable(macs=(1e6, 2e6), latency={str(LatencyKey("cpu", 1)): profile}))
     after = json.loads((out / "run.json").read_text())
     assert after["added_later"] == {"kept": [1, 2]}
@@ -148,7 +141,7 @@ def test_a_report_with_latency_at_several_batch_sizes_never_imports_torch(tmp_pa
     out = _run(tmp_path)
     stages = ((1.0, 1.1, 0.9), (2.0, 2.1, 1.9))
     latency = {
-        str(LatencyKey("cpu", b)): LatencyProfile("cpu", b, stages, (0.1, 0.1), (3.0, 3.1, 2.9), 1, "test")
+        str(LatencyKey("cpu", b)): synthetic_profile("cpu", b, stages, (0.1, 0.1), (3.0, 3.1, 2.9), 1, "test")
         for b in (1, 8)
     }
     store_costs(load_run(out), CostTable(macs=(1e6, 2e6), latency=latency))

@@ -152,6 +152,12 @@ class UnmeasuredProfileError(V.FieldError):
     """A latency profile lacks its exit paths, which ``dyncal profile`` always measures: only a new profile mends it."""
 
 
+def _one_per_exit(field: str, k: int, n: int) -> None:
+    """Refuse ``n`` entries where there must be one per exit (``k``)."""
+    if n != k:
+        raise V.FieldError(field, f"must have one entry per exit (K={k}), got {n}")
+
+
 def _check_exit_paths(paths: tuple[tuple[float, ...], ...], k: int, field: str, key: str) -> None:
     """Refuse a profile without one non-empty list of exit-path replicates per exit (``k`` exits).
 
@@ -163,8 +169,7 @@ def _check_exit_paths(paths: tuple[tuple[float, ...], ...], k: int, field: str, 
         raise UnmeasuredProfileError(
             field, f"is missing or empty: the {key} latency profile has no measured exit paths"
         )
-    if len(paths) != k:
-        raise V.FieldError(field, f"must have one entry per exit (K={k}), got {len(paths)}")
+    _one_per_exit(field, k, len(paths))
 
 
 @dataclass(frozen=True)
@@ -271,8 +276,10 @@ class LatencyProfile:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], field: str = "latency") -> LatencyProfile:
+    def from_dict(cls, d: Mapping[str, Any], field: str = "latency", k: int | None = None) -> LatencyProfile:
         """Build from :meth:`to_dict` output (the derived ``exit_median_ms`` is ignored).
+
+        ``k``, when given, is the number of exits the run has: ``stage_ms`` must have one entry each.
 
         Raises:
             FieldError: A missing field or one of the wrong type or value: ``stage_ms`` must
@@ -285,6 +292,8 @@ class LatencyProfile:
         device = V.string(V.require(d, "device", f"{field}."), f"{field}.device")
         batch = V.integer(V.require(d, "batch_size", f"{field}."), f"{field}.batch_size", minimum=1)
         stage_ms = _replicates(V.require(d, "stage_ms", f"{field}."), f"{field}.stage_ms", min_length=1)
+        if k is not None:
+            _one_per_exit(f"{field}.stage_ms", k, len(stage_ms))
         exit_path_ms = _replicates(d.get("exit_path_ms", []), f"{field}.exit_path_ms")
         _check_exit_paths(exit_path_ms, len(stage_ms), f"{field}.exit_path_ms", str(LatencyKey(device, batch)))
         return cls(
@@ -352,7 +361,8 @@ class CostTable:
         ``"<device>/b<batch>"`` key; all of them one entry per exit (``k`` when given).
 
         Raises:
-            FieldError: The first malformed field, named ``costs.<key>...``.
+            FieldError: The first malformed field, named ``costs.<key>...``
+                (:class:`UnmeasuredProfileError` for a latency entry without exit paths).
         """
         d = V.mapping(d, field)
         macs = d.get("macs")
@@ -369,7 +379,7 @@ class CostTable:
                 for i, u in enumerate(V.sequence(d.get("unsupported_ops", []), f"{field}.unsupported_ops"))
             ),
             latency={
-                key: LatencyProfile.from_dict(v, f"{field}.latency[{key!r}]")
+                key: LatencyProfile.from_dict(v, f"{field}.latency[{key!r}]", k=k)
                 for key, v in V.mapping(d.get("latency", {}), f"{field}.latency").items()
             },
             source=V.string(d.get("source", "profile"), f"{field}.source"),
@@ -388,8 +398,8 @@ class CostTable:
         }
         want = k if k is not None else next((n for n in lengths.values() if n is not None), None)
         for name, n in lengths.items():
-            if n is not None and n != want:
-                raise V.FieldError(name, f"must have one entry per exit (K={want}), got {n}")
+            if n is not None and want is not None:
+                _one_per_exit(name, want, n)
         for op in table.unsupported_ops:
             if want is not None and op.stage > want:
                 raise V.FieldError(f"{field}.unsupported_ops", f"names stage {op.stage} of a run with K={want}")

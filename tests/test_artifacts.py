@@ -185,6 +185,15 @@ def test_a_latency_profile_without_exit_paths_is_refused_naming_the_field(paths:
         LatencyProfile("cpu", 1, ((1.0,), (2.0,)), (0.1,), (3.0,), 1, "x", exit_path_ms=((1.1,), ()))
 
 
+@pytest.mark.parametrize("full", [None, []])
+def test_a_latency_profile_without_full_model_timing_is_refused_naming_the_field(full: list[object] | None) -> None:
+    """dyncal profile always times the full model: no profile falls back to the stages summed."""
+    with pytest.raises(UnmeasuredProfileError, match=r"'latency\.full_model_ms' is missing .*cpu/b1.*full model"):
+        LatencyProfile.from_dict(_profile_doc(full_model_ms=full))
+    with pytest.raises(UnmeasuredProfileError, match="'full_model_ms'"):
+        LatencyProfile("cpu", 1, ((1.0,),), (), (), 1, "x", exit_path_ms=((1.0,),))
+
+
 def test_exit_paths_must_be_one_per_exit() -> None:
     with pytest.raises(V.FieldError, match=r"'latency\.exit_path_ms' must have one entry per exit \(K=2\), got 1"):
         LatencyProfile.from_dict(_profile_doc(exit_path_ms=[[1.0]]))

@@ -149,7 +149,7 @@ def _replicates(value: Any, field: str, min_length: int = 0) -> tuple[tuple[floa
 
 
 class UnmeasuredProfileError(V.FieldError):
-    """A latency profile lacks its exit paths, which ``dyncal profile`` always measures: only a new profile mends it."""
+    """A profile lacks what ``dyncal profile`` always times (exit paths, full model): only a new profile mends it."""
 
 
 def _one_per_exit(field: str, k: int, n: int) -> None:
@@ -158,18 +158,24 @@ def _one_per_exit(field: str, k: int, n: int) -> None:
         raise V.FieldError(field, f"must have one entry per exit (K={k}), got {n}")
 
 
-def _check_exit_paths(paths: tuple[tuple[float, ...], ...], k: int, field: str, key: str) -> None:
-    """Refuse a profile without one non-empty list of exit-path replicates per exit (``k`` exits).
+def _check_measured(
+    paths: tuple[tuple[float, ...], ...], full_model: tuple[float, ...], k: int, prefix: str, key: str
+) -> None:
+    """Refuse a profile without one non-empty list of exit-path replicates per exit (``k``) or a full-model timing.
 
     Raises:
-        UnmeasuredProfileError: No exit paths, or a list without replicates.
-        FieldError: Not one entry per exit.
+        UnmeasuredProfileError: No exit paths, a list without replicates, or no full-model replicate.
+        FieldError: Not one exit path per exit.
     """
     if not paths or not all(paths):
         raise UnmeasuredProfileError(
-            field, f"is missing or empty: the {key} latency profile has no measured exit paths"
+            f"{prefix}exit_path_ms", f"is missing or empty: the {key} latency profile has no measured exit paths"
         )
-    _one_per_exit(field, k, len(paths))
+    _one_per_exit(f"{prefix}exit_path_ms", k, len(paths))
+    if not full_model:
+        raise UnmeasuredProfileError(
+            f"{prefix}full_model_ms", f"is missing or empty: the {key} latency profile has no timing of the full model"
+        )
 
 
 @dataclass(frozen=True)
@@ -183,7 +189,8 @@ class LatencyProfile:
         batch_size: Samples per forward.
         stage_ms: Raw replicate times per stage, ``K`` sequences of milliseconds.
         decision_ms: Raw replicate times of one exit decision (score + host sync).
-        full_model_ms: Raw replicate times of the unpartitioned model, all exits.
+        full_model_ms: Raw replicate times of the full model (``settings["full_model"]`` says
+            which: the plain deployment), non-empty.
         threads: CPU threads used (``torch.get_num_threads``), None if not applicable.
         hardware: CPU model or GPU name.
         settings: Other measurement settings (warm-up, repeats, torch version, ...).
@@ -211,8 +218,8 @@ class LatencyProfile:
     exit_path_rows_ms: dict[int, tuple[tuple[float, ...], ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        """Refuse a profile without measured exit paths (:class:`UnmeasuredProfileError` on ``exit_path_ms``)."""
-        _check_exit_paths(self.exit_path_ms, len(self.stage_ms), "exit_path_ms", self.key)
+        """Refuse a profile without exit paths or full-model timing (:class:`UnmeasuredProfileError`)."""
+        _check_measured(self.exit_path_ms, self.full_model_ms, len(self.stage_ms), "", self.key)
 
     @property
     def key(self) -> str:
@@ -236,7 +243,7 @@ class LatencyProfile:
 
     @property
     def full_model_median_ms(self) -> float:
-        """Median time of the unpartitioned model (NaN when it was not timed)."""
+        """Median time of the full model."""
         return Measurement(self.full_model_ms).median_ms
 
     @property
@@ -285,7 +292,8 @@ class LatencyProfile:
             FieldError: A missing field or one of the wrong type or value: ``stage_ms`` must
                 hold one non-empty list of finite non-negative milliseconds per stage, and
                 ``exit_path_ms`` one per exit.
-            UnmeasuredProfileError: No ``exit_path_ms`` (a profile ``dyncal profile`` did not write).
+            UnmeasuredProfileError: No ``exit_path_ms`` or ``full_model_ms`` (a profile ``dyncal profile``
+                did not write).
         """
         d = V.mapping(d, field)
         threads = d.get("threads")
@@ -295,13 +303,14 @@ class LatencyProfile:
         if k is not None:
             _one_per_exit(f"{field}.stage_ms", k, len(stage_ms))
         exit_path_ms = _replicates(d.get("exit_path_ms", []), f"{field}.exit_path_ms")
-        _check_exit_paths(exit_path_ms, len(stage_ms), f"{field}.exit_path_ms", str(LatencyKey(device, batch)))
+        full_model_ms = V.number_list(d.get("full_model_ms", []), f"{field}.full_model_ms", minimum=0)
+        _check_measured(exit_path_ms, full_model_ms, len(stage_ms), f"{field}.", str(LatencyKey(device, batch)))
         return cls(
             device=device,
             batch_size=batch,
             stage_ms=stage_ms,
             decision_ms=V.number_list(d.get("decision_ms", []), f"{field}.decision_ms", minimum=0),
-            full_model_ms=V.number_list(d.get("full_model_ms", []), f"{field}.full_model_ms", minimum=0),
+            full_model_ms=full_model_ms,
             threads=None if threads is None else V.integer(threads, f"{field}.threads", minimum=1),
             hardware=V.string(d.get("hardware", ""), f"{field}.hardware"),
             settings=dict(V.mapping(d.get("settings", {}), f"{field}.settings")),
@@ -362,7 +371,7 @@ class CostTable:
 
         Raises:
             FieldError: The first malformed field, named ``costs.<key>...``
-                (:class:`UnmeasuredProfileError` for a latency entry without exit paths).
+                (:class:`UnmeasuredProfileError` for a latency entry without exit paths or full-model timing).
         """
         d = V.mapping(d, field)
         macs = d.get("macs")

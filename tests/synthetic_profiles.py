@@ -9,6 +9,7 @@ the replicates still moves the prediction.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,6 +64,13 @@ def synthetic_profile(
         hardware,
         dict(settings or {}),
         **{"exit_path_ms": exit_paths(stages, decision_ms), **extra},
+    )
+
+
+def with_stages(profile: LatencyProfile, stage_ms: Sequence[Sequence[float]]) -> LatencyProfile:
+    """``profile`` with other stages (another ``K``) and exit paths derived from them (:func:`exit_paths`)."""
+    return dataclasses.replace(
+        profile, stage_ms=tuple(tuple(r) for r in stage_ms), exit_path_ms=exit_paths(stage_ms, profile.decision_ms)
     )
 
 

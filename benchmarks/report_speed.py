@@ -51,15 +51,19 @@ def _prov(model: str, data: str) -> Provenance:
 
 def _latency(batch: int, stage_ms: tuple[float, ...]) -> LatencyProfile:
     wiggle = np.linspace(0.97, 1.03, 15)
+    decision = 0.05
+    # exit k's path: stages 1..k plus one decision per exit passed (the last exit makes none)
+    paths = np.cumsum(stage_ms) * batch**0.8 + decision * np.minimum(np.arange(1, len(stage_ms) + 1), len(stage_ms) - 1)
     return LatencyProfile(
         device="cpu",
         batch_size=batch,
         stage_ms=tuple(tuple(float(s * batch**0.8 * w) for w in wiggle) for s in stage_ms),
-        decision_ms=tuple(float(0.05 * w) for w in wiggle),
+        decision_ms=tuple(float(decision * w) for w in wiggle),
         full_model_ms=tuple(float(sum(stage_ms) * batch**0.8 * w) for w in wiggle),
         threads=1,
         hardware="synthetic",
         settings={"repeats": 15},
+        exit_path_ms=tuple(tuple(float(p * w) for w in wiggle) for p in paths),
     )
 
 

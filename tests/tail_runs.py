@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from synthetic_profiles import spread_profile
 
 from dyncal.artifacts.costs import CostTable, LatencyProfile
 from dyncal.artifacts.run import store_costs
@@ -18,18 +19,7 @@ STAGE_MS = (0.4, 0.3, 0.4, 0.5)
 
 def batch1_profile(stage_ms: tuple[float, ...] = STAGE_MS) -> LatencyProfile:
     """A cpu/b1 profile: the stages' ms (each timed 5 times within 1%), 0.02 ms per exit decision."""
-    reps = 5
-    wiggle = np.linspace(0.99, 1.01, reps)
-    return LatencyProfile(
-        device="cpu",
-        batch_size=1,
-        stage_ms=tuple(tuple(float(s * w) for w in wiggle) for s in stage_ms),
-        decision_ms=tuple(float(0.02 * w) for w in wiggle),
-        full_model_ms=tuple(float(sum(stage_ms) * w) for w in wiggle),
-        threads=2,
-        hardware="test CPU",
-        settings={"repeats": reps},
-    )
+    return spread_profile(1, stage_ms, decision_ms=0.02, full_model_ms=sum(stage_ms), reps=5, spread=0.01, threads=2)
 
 
 def tail_run(root: Path, *, latency: bool = True) -> Path:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from conftest import assert_clean_error
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from synthetic_profiles import synthetic_profile
 
-from dyncal.artifacts.costs import CostTable, LatencyKey, LatencyProfile
+from dyncal.artifacts import validate as V
+from dyncal.artifacts.costs import CostTable, LatencyKey, LatencyProfile, UnmeasuredProfileError
 from dyncal.artifacts.run import load_run, store_costs
 from dyncal.artifacts.run_document import Provenance, RunDocument
 from dyncal.artifacts.run_import import import_arrays
@@ -44,15 +48,7 @@ def test_keys_of_a_later_dyncal_survive_profiling(tmp_path: Path) -> None:
     doc["added_later"] = {"kept": [1, 2]}
     doc["provenance"]["added_later_too"] = "kept"
     (out / "run.json").write_text(json.dumps(doc))
-    profile = LatencyProfile(
-        device="cpu",
-        batch_size=1,
-        stage_ms=((1.0, 1.1), (1.0, 0.9)),
-        decision_ms=(0.0, 0.0),
-        full_model_ms=(2.0, 2.1),
-        threads=1,
-        hardware="test",
-    )
+    profile = synthetic_profile("cpu", 1, ((1.0, 1.1), (1.0, 0.9)), (0.0, 0.0), (2.0, 2.1))
     store_costs(load_run(out), CostTable(macs=(1e6, 2e6), latency={str(LatencyKey("cpu", 1)): profile}))
     after = json.loads((out / "run.json").read_text())
     assert after["added_later"] == {"kept": [1, 2]}
@@ -148,7 +144,7 @@ def test_a_report_with_latency_at_several_batch_sizes_never_imports_torch(tmp_pa
     out = _run(tmp_path)
     stages = ((1.0, 1.1, 0.9), (2.0, 2.1, 1.9))
     latency = {
-        str(LatencyKey("cpu", b)): LatencyProfile("cpu", b, stages, (0.1, 0.1), (3.0, 3.1, 2.9), 1, "test")
+        str(LatencyKey("cpu", b)): synthetic_profile("cpu", b, stages, (0.1, 0.1), (3.0, 3.1, 2.9), 1, "test")
         for b in (1, 8)
     }
     store_costs(load_run(out), CostTable(macs=(1e6, 2e6), latency=latency))
@@ -163,3 +159,63 @@ def test_a_report_with_latency_at_several_batch_sizes_never_imports_torch(tmp_pa
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "False"
     assert (tmp_path / "r.pdf").read_bytes().startswith(b"%PDF")
+
+
+def _profile_doc(**changes: object) -> dict[str, object]:
+    """A cpu/b1 profile of 2 exits as run.json stores it, with ``changes`` (None drops a key)."""
+    doc = synthetic_profile("cpu", 1, ((1.0, 1.1), (1.0, 0.9)), (0.1, 0.1), (2.0, 2.1)).to_dict()
+    for key, value in changes.items():
+        if value is None:
+            doc.pop(key)
+        else:
+            doc[key] = value
+    return doc
+
+
+@pytest.mark.parametrize("paths", [None, []])
+def test_a_latency_profile_without_exit_paths_is_refused_naming_the_field(paths: list[object] | None) -> None:
+    """No profile dyncal writes lacks exit paths: one without them is an error, not a guess from the stages."""
+    with pytest.raises(UnmeasuredProfileError) as e:
+        LatencyProfile.from_dict(_profile_doc(exit_path_ms=paths), "costs.latency['cpu/b1']")
+    assert e.value.field == "costs.latency['cpu/b1'].exit_path_ms"
+    assert "cpu/b1" in e.value.problem and "exit paths" in e.value.problem
+    with pytest.raises(UnmeasuredProfileError, match="'exit_path_ms'"):
+        LatencyProfile("cpu", 1, ((1.0,), (2.0,)), (0.1,), (3.0,), 1, "x", exit_path_ms=())
+    with pytest.raises(UnmeasuredProfileError, match="'exit_path_ms'"):
+        LatencyProfile("cpu", 1, ((1.0,), (2.0,)), (0.1,), (3.0,), 1, "x", exit_path_ms=((1.1,), ()))
+
+
+@pytest.mark.parametrize("full", [None, []])
+def test_a_latency_profile_without_full_model_timing_is_refused_naming_the_field(full: list[object] | None) -> None:
+    """dyncal profile always times the full model: no profile falls back to the stages summed."""
+    with pytest.raises(UnmeasuredProfileError, match=r"'latency\.full_model_ms' is missing .*cpu/b1.*full model"):
+        LatencyProfile.from_dict(_profile_doc(full_model_ms=full))
+    with pytest.raises(UnmeasuredProfileError, match="'full_model_ms'"):
+        LatencyProfile("cpu", 1, ((1.0,),), (), (), 1, "x", exit_path_ms=((1.0,),))
+
+
+def test_exit_paths_must_be_one_per_exit() -> None:
+    with pytest.raises(V.FieldError, match=r"'latency\.exit_path_ms' must have one entry per exit \(K=2\), got 1"):
+        LatencyProfile.from_dict(_profile_doc(exit_path_ms=[[1.0]]))
+    with pytest.raises(V.FieldError, match=r"'exit_path_ms' must have one entry per exit \(K=2\), got 3"):
+        LatencyProfile("cpu", 1, ((1.0,), (2.0,)), (0.1,), (3.0,), 1, "x", exit_path_ms=((1.1,), (2.2,), (3.0,)))
+
+
+@pytest.mark.parametrize("verb", ["solve", "report", "info"])
+def test_a_run_whose_profile_lacks_exit_paths_is_one_line_naming_the_field_and_profile(
+    tmp_path: Path, cli: Any, verb: str
+) -> None:
+    """The CLI says which profile lacks them and that only profiling again mends it (not 'fix it')."""
+    out = _run(tmp_path)
+    store_costs(load_run(out), CostTable(latency={"cpu/b1": LatencyProfile.from_dict(_profile_doc())}))
+    doc = json.loads((out / "run.json").read_text())
+    del doc["costs"]["latency"]["cpu/b1"]["exit_path_ms"]
+    (out / "run.json").write_text(json.dumps(doc))
+    args = {"solve": ["--budget", "0.6x", "--out", tmp_path / "t.json"], "report": ["--out", tmp_path / "r.pdf"]}
+    res = cli(verb, out, *args.get(verb, []))
+    assert_clean_error(res, r"'costs\.latency\['cpu/b1'\]\.exit_path_ms' is missing .*no measured exit paths")
+    assert "re-run 'dyncal profile" in res.stderr and "fix it" not in res.stderr
+    assert not (tmp_path / "t.json").exists() and not (tmp_path / "r.pdf").exists()
+    doc["costs"] = None  # the remedy's first step: the run loads again, ready to be profiled
+    (out / "run.json").write_text(json.dumps(doc))
+    assert load_run(out).costs is None

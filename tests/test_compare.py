@@ -18,6 +18,7 @@ from conftest import assert_clean_error
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from static_models import SMALL_CNN_MACS
+from synthetic_profiles import spread_profile
 
 from dyncal.artifacts.costs import LatencyProfile
 from dyncal.artifacts.run import load_run, store_costs
@@ -29,17 +30,8 @@ TESTS = Path(__file__).parent
 
 def _profile(batch: int, stage_ms: list[float], full_ms: float) -> LatencyProfile:
     """A fake CPU's profile: replicates spread ±2% around the given medians, ms per batch."""
-    wiggle = np.linspace(0.98, 1.02, 9)
-    scale = batch**0.5
-    return LatencyProfile(
-        device="cpu",
-        batch_size=batch,
-        stage_ms=tuple(tuple(float(s * scale * w) for w in wiggle) for s in stage_ms),
-        decision_ms=tuple(float(0.01 * w) for w in wiggle),
-        full_model_ms=tuple(float(full_ms * scale * w) for w in wiggle),
-        threads=1,
-        hardware="test CPU",
-        settings={"repeats": 9},
+    return spread_profile(
+        batch, stage_ms, decision_ms=0.01, full_model_ms=full_ms, reps=9, spread=0.02, scale=batch**0.5
     )
 
 

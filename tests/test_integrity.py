@@ -24,9 +24,10 @@ import pytest
 from conftest import TESTS, assert_clean_error
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from synthetic_profiles import synthetic_profile
 from typer.testing import CliRunner
 
-from dyncal.artifacts.costs import CostTable, LatencyProfile
+from dyncal.artifacts.costs import CostTable
 from dyncal.artifacts.run import load_run, store_costs
 from dyncal.artifacts.run_import import import_arrays
 from dyncal.artifacts.verify import ModelIdentity
@@ -51,7 +52,7 @@ def make_run(out: Path, seed: int = 0, k: int = K) -> Path:
     logits, labels = _arrays(seed, k=k)
     run = import_arrays(logits, labels, out, macs=[1e6 * (j + 1) for j in range(k)])
     stage = tuple((0.1, 0.12, 0.11) for _ in range(k))
-    prof = LatencyProfile("cpu", 1, stage, (0.01, 0.01, 0.01), (0.5, 0.5, 0.5), 1, "test cpu")
+    prof = synthetic_profile("cpu", 1, stage, (0.01, 0.01, 0.01), (0.5, 0.5, 0.5), 1, "test cpu")
     store_costs(run, CostTable(latency={prof.key: prof}))
     return out
 

@@ -74,13 +74,15 @@ def test_enclosing_interval_skips_missing_parts() -> None:
 @given(st.integers(0, 2**32 - 1), st.integers(1, 5))
 def test_predicted_combined_interval_contains_its_parts(seed: int, n_reps: int) -> None:
     """The prediction from a profile: skewed stage replicates, held-out rows at batch 1."""
-    from dyncal.artifacts.costs import CostTable, LatencyProfile
+    from synthetic_profiles import synthetic_profile
+
+    from dyncal.artifacts.costs import CostTable
     from dyncal.reports.evidence import predicted_latency
 
     rng = np.random.default_rng(seed)
     stages = tuple(tuple((m * rng.lognormal(0, 0.5, n_reps)).tolist()) for m in (0.2, 0.5, 1.0))
     full = tuple((1.8 * rng.lognormal(0, 0.5, n_reps)).tolist())
-    prof = LatencyProfile("cpu", 1, stages, tuple(rng.uniform(0.01, 0.02, n_reps).tolist()), full, 1, "x")
+    prof = synthetic_profile("cpu", 1, stages, tuple(rng.uniform(0.01, 0.02, n_reps).tolist()), full, 1, "x")
     exits = rng.integers(0, 3, int(rng.integers(5, 80)))
     ev = predicted_latency(CostTable(latency={"cpu/b1": prof}), "cpu/b1", exits, held_out=True)
     s = ev.speedup

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from synthetic_profiles import spread_profile
 
 from dyncal.artifacts.costs import CostTable, LatencyProfile
 from dyncal.artifacts.run import load_run, store_costs
@@ -27,18 +28,8 @@ FULL = 0.70
 
 
 def _profile(batch: int) -> LatencyProfile:
-    wiggle = np.linspace(0.98, 1.02, 9)
-    scale = batch**0.5
-    return LatencyProfile(
-        device="cpu",
-        batch_size=batch,
-        stage_ms=tuple(tuple(float(s * scale * w) for w in wiggle) for s in STAGES),
-        decision_ms=tuple(float(0.02 * w) for w in wiggle),
-        full_model_ms=tuple(float(FULL * scale * w) for w in wiggle),
-        threads=1,
-        hardware="test CPU",
-        settings={"repeats": 9},
-        exit_path_ms=tuple(tuple(float(p * scale * w) for w in wiggle) for p in PATHS),
+    return spread_profile(
+        batch, STAGES, decision_ms=0.02, full_model_ms=FULL, reps=9, spread=0.02, scale=batch**0.5, exit_path_ms=PATHS
     )
 
 

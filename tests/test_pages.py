@@ -6,13 +6,13 @@ box lies inside its page and no two overlap.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from synthetic_profiles import with_stages
 from test_report import CREATED, DEMO_MACS, _demo_logits, _latency
 from typer.testing import CliRunner
 
@@ -49,12 +49,10 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     store_costs(run, CostTable(macs=DEMO_MACS, latency={"cpu/b1": _latency(1), "cpu/b32": _latency(32)}))
     k3 = import_arrays(z[:, :3], y, root / "k3", macs=DEMO_MACS[:3], provenance=prov)
     b1 = _latency(1)
-    store_costs(
-        k3, CostTable(macs=DEMO_MACS[:3], latency={"cpu/b1": dataclasses.replace(b1, stage_ms=b1.stage_ms[:3])})
-    )
+    store_costs(k3, CostTable(macs=DEMO_MACS[:3], latency={"cpu/b1": with_stages(b1, b1.stage_ms[:3])}))
     static = import_arrays(z[:, 3:4], y, root / "a-static-model-with-a-long-name", macs=DEMO_MACS[3:], provenance=prov)
     one_stage = {  # the static model profiled too: page 7's tables gain latency columns
-        key: dataclasses.replace(p, stage_ms=(tuple(sum(s) for s in zip(*p.stage_ms, strict=True)),))
+        key: with_stages(p, (tuple(sum(s) for s in zip(*p.stage_ms, strict=True)),))
         for key, p in (("cpu/b1", _latency(1)), ("cpu/b32", _latency(32)))
     }
     store_costs(static, CostTable(macs=DEMO_MACS[3:], latency=one_stage))

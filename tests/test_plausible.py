@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+from synthetic_profiles import synthetic_profile
 from test_profile import FAST, _run_for
 
 from dyncal.analysis.plausible import ORDER_TOLERANCE, check_plausible, implausible
@@ -16,7 +17,7 @@ from dyncal.errors import ProfileError
 
 
 def _prof(b: int, full: tuple[float, ...], device: str = "cpu", threads: int | None = 1) -> LatencyProfile:
-    return LatencyProfile(device, b, ((0.1, 0.1, 0.1),), (0.01, 0.01, 0.01), full, threads, "x")
+    return synthetic_profile(device, b, ((0.1, 0.1, 0.1),), (0.01, 0.01, 0.01), full, threads, "x")
 
 
 def test_a_single_sample_slower_than_a_whole_batch_is_refused():

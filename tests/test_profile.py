@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TESTS, assert_clean_error
+from synthetic_profiles import synthetic_profile
 
 from dyncal.analysis.flops import _quiet_torchscript, model_macs, stage_macs
 from dyncal.analysis.latency import LatencySettings, measure_latency, pinned_threads
@@ -447,7 +448,8 @@ def test_profile_run_stores_the_cost_table_and_merges_devices(tmp_path):
 
 
 def _prof(device: str, batch: int, **settings: object) -> LatencyProfile:
-    return LatencyProfile(device, batch, ((1.0, 1.0, 1.0), (2.0, 2.0, 2.0)), (0.1,), (3.0,), 1, "cpu", dict(settings))
+    stages = ((1.0, 1.0, 1.0), (2.0, 2.0, 2.0))
+    return synthetic_profile(device, batch, stages, (0.1,), (3.0,), 1, "cpu", dict(settings))
 
 
 def test_a_fresh_count_replaces_unsupported_ops_even_when_empty(tmp_path):

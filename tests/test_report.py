@@ -20,6 +20,7 @@ import torch
 from conftest import assert_clean_error
 from hypothesis import given
 from hypothesis import strategies as st
+from synthetic_profiles import spread_profile
 
 from dyncal.artifacts.costs import CostTable, LatencyProfile
 from dyncal.artifacts.run import load_run, store_costs
@@ -38,18 +39,7 @@ CREATED = "2026-11-27T23:00:00+00:00"
 
 def _latency(batch: int) -> LatencyProfile:
     stage = (0.02, 0.05, 0.12, 0.3)
-    reps = 9
-    wiggle = np.linspace(0.98, 1.02, reps)
-    return LatencyProfile(
-        device="cpu",
-        batch_size=batch,
-        stage_ms=tuple(tuple(float(s * batch**0.5 * w) for w in wiggle) for s in stage),
-        decision_ms=tuple(float(0.01 * w) for w in wiggle),
-        full_model_ms=tuple(float(0.5 * batch**0.5 * w) for w in wiggle),
-        threads=1,
-        hardware="test CPU",
-        settings={"repeats": reps},
-    )
+    return spread_profile(batch, stage, decision_ms=0.01, full_model_ms=0.5, reps=9, spread=0.02, scale=batch**0.5)
 
 
 def _demo_logits() -> tuple[np.ndarray, np.ndarray]:

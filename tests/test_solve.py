@@ -14,6 +14,7 @@ import torch
 from conftest import assert_clean_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from synthetic_profiles import synthetic_profile
 
 import dyncal.demo as demo
 from dyncal.artifacts.costs import CostTable, LatencyProfile
@@ -238,7 +239,7 @@ def test_oracle_is_knapsack_optimal():
 def test_ms_budget_on_run_without_macs(demo_logits, tmp_path):
     z, y = demo_logits
     run = import_arrays(z, y, tmp_path / "lat")
-    prof = LatencyProfile("cpu", 1, ((1.0,), (2.0,), (3.0,), (4.0,)), (0.1,), (10.0,), 1, "test cpu")
+    prof = synthetic_profile("cpu", 1, ((1.0,), (2.0,), (3.0,), (4.0,)), (0.1,), (10.0,), 1, "test cpu")
     store_costs(run, CostTable(latency={"cpu/b1": prof}, source="profile"))
     run = load_run(run.path)
     res = solve_run(run, "4ms", device="cpu", batch_size=1)
@@ -616,7 +617,7 @@ def test_several_latency_columns_need_device_and_batch(demo_logits, tmp_path, cl
 
     def prof(dev: str, b: int, scale: float) -> LatencyProfile:
         stages = tuple((scale * (j + 1),) for j in range(4))
-        return LatencyProfile(dev, b, stages, (0.1,), (10.0,), 1, "test")
+        return synthetic_profile(dev, b, stages, (0.1,), (10.0,), 1, "test")
 
     latency = {"cpu/b1": prof("cpu", 1, 1.0), "cuda/b32": prof("cuda", 32, 0.1)}
     for macs in (None, DEMO_MACS):

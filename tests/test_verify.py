@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import assert_clean_error
+from synthetic_profiles import synthetic_profile
 
 from dyncal.analysis.early_exit import EarlyExitRunner
 from dyncal.analysis.latency import Timer
@@ -432,19 +433,9 @@ def test_verify_refuses_bad_settings(demo_dir, kwargs, message):
 
 
 def _profile(**extra):
-    from dyncal.artifacts.costs import LatencyProfile
-
-    base = dict(
-        device="cpu",
-        batch_size=4,
-        stage_ms=((9.0,), (9.0,), (9.0,)),  # unused once exit paths exist
-        decision_ms=(9.0,),
-        full_model_ms=(20.0,),
-        threads=1,
-        hardware="x",
-        settings={"compaction_rows": 4},
-    )
-    return LatencyProfile(**{**base, **extra})
+    """A cpu/b4 profile; without ``exit_path_ms`` its paths are the stages plus decisions: 18, 36, 45 ms."""
+    stages = ((9.0,), (9.0,), (9.0,))  # unused once exit paths exist
+    return synthetic_profile("cpu", 4, stages, (9.0,), (20.0,), 1, "x", {"compaction_rows": 4}, **extra)
 
 
 def test_cost_model_follows_what_the_runner_does():
@@ -470,16 +461,17 @@ def test_cost_model_follows_what_the_runner_does():
     assert predict_batches_ms(costs, "cuda", [np.array([0])]) is None
 
 
-def test_profiles_without_exit_paths_still_load_and_predict():
+def test_profiles_without_compaction_or_fewer_rows_load_and_predict_from_their_exit_paths():
+    """Compaction and the smaller-row paths are absent where the stages cannot drop rows; exit paths never are."""
     from dyncal.analysis.costmodel import predict_batches_ms
     from dyncal.artifacts.costs import CostTable, LatencyProfile
 
-    old = _profile().to_dict()
-    for key in ("exit_path_ms", "compaction_ms", "exit_path_rows_ms"):
-        old.pop(key)
-    prof = LatencyProfile.from_dict(old)
-    assert prof.exit_path_ms == () and prof.compaction_ms == () and prof.exit_path_rows_ms == {}
-    assert prof.early_exit_ms == [18.0, 36.0, 45.0]  # stages plus one decision per exit passed
+    doc = _profile().to_dict()
+    for key in ("compaction_ms", "exit_path_rows_ms"):
+        doc.pop(key)
+    prof = LatencyProfile.from_dict(doc)
+    assert prof.compaction_ms == () and prof.exit_path_rows_ms == {}
+    assert prof.early_exit_ms == [18.0, 36.0, 45.0]
     # a batch that splits: no compaction measured, none charged
     assert predict_batches_ms(CostTable(latency={"cpu/b4": prof}), "cpu", [np.array([0, 2, 2, 2])]) == 45.0
     assert LatencyProfile.from_dict(_profile(exit_path_rows_ms={2: ((1.0,),) * 3}).to_dict()).exit_path_rows_ms == {

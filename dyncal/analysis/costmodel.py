@@ -20,8 +20,7 @@ A batch pays stage ``k`` (with its decision) on the rows that reach it, and comp
 each exit that splits it. Times at ``r`` rows are interpolated linearly between the row
 counts measured: the profiled batch sizes and the smaller row counts each profile times
 its exit paths at (2, 4, 8, ...; a stage on a CPU often costs twice as much at 2 rows as
-at 1, then grows slowly). Profiles made before exit paths were measured fall back to
-stage medians plus one decision per exit passed (no compaction, no bookkeeping).
+at 1, then grows slowly).
 """
 
 from __future__ import annotations
@@ -43,8 +42,8 @@ def stage_increments_ms(profile: LatencyProfile) -> np.ndarray:
     leave at exit ``k`` is predicted to take exactly the measured ``early_exit_ms[k]``.
 
     Example:
-        >>> p = LatencyProfile("cpu", 1, ((1.0,), (2.0,)), (0.5,), (3.0,), 1, "x")
-        >>> stage_increments_ms(p).tolist()        # no exit paths: stage + decision, last none
+        >>> p = LatencyProfile("cpu", 1, ((1.0,), (2.0,)), (0.5,), (3.0,), 1, "x", exit_path_ms=((1.5,), (3.5,)))
+        >>> stage_increments_ms(p).tolist()
         [1.5, 2.0]
     """
     return np.diff(np.asarray(profile.early_exit_ms, dtype=np.float64), prepend=0.0)
@@ -88,7 +87,7 @@ def predict_batch_ms(costs: CostTable | None, device: str, exits: np.ndarray, ba
         Milliseconds, or None when nothing was profiled on ``device``.
 
     Example:
-        >>> prof = LatencyProfile("cpu", 1, ((1.0,), (2.0,)), (0.5,), (3.0,), 1, "x")
+        >>> prof = LatencyProfile("cpu", 1, ((1.0,), (2.0,)), (0.5,), (3.0,), 1, "x", exit_path_ms=((1.5,), (3.5,)))
         >>> predict_batch_ms(CostTable(latency={"cpu/b1": prof}), "cpu", np.array([0, 1]), 1)
         2.5
     """
@@ -115,7 +114,7 @@ def predict_batches_ms(costs: CostTable | None, device: str, batches: Sequence[n
         Milliseconds, or None when nothing was profiled on ``device`` or no batch is given.
 
     Example:
-        >>> prof = LatencyProfile("cpu", 1, ((1.0,), (2.0,)), (0.5,), (3.0,), 1, "x")
+        >>> prof = LatencyProfile("cpu", 1, ((1.0,), (2.0,)), (0.5,), (3.0,), 1, "x", exit_path_ms=((1.5,), (3.5,)))
         >>> costs = CostTable(latency={"cpu/b1": prof})
         >>> predict_batches_ms(costs, "cpu", [np.array([0]), np.array([1, 1])])   # (1.5 + 7) / 2
         4.25

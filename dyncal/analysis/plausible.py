@@ -56,11 +56,8 @@ MIN_SPREAD_REPLICATES = 8
 
 
 def _full_ms(p: LatencyProfile) -> tuple[float, float]:
-    """The full model's median and fastest replicate per batch, else the stages' medians summed (an older profile)."""
-    if p.full_model_ms:
-        return Measurement(p.full_model_ms).median_ms, min(p.full_model_ms)
-    ms = float(sum(p.stage_median_ms))
-    return ms, ms
+    """The full model's median and fastest replicate per batch."""
+    return p.full_model_median_ms, min(p.full_model_ms)
 
 
 def implausible(profiles: Iterable[LatencyProfile]) -> str | None:
@@ -68,7 +65,7 @@ def implausible(profiles: Iterable[LatencyProfile]) -> str | None:
 
     Example:
         >>> def prof(b, ms):
-        ...     return LatencyProfile("cpu", b, ((1.0,),), (0.1,), ms, 1, "x")
+        ...     return LatencyProfile("cpu", b, ((1.0,),), (0.1,), ms, 1, "x", exit_path_ms=((1.0,),))
         >>> implausible([prof(1, (187.0, 186.0, 188.0)), prof(8, (23.6, 23.5, 23.7))])
         'the full model took 187 ms for one batch of 1 (cpu/b1) but 23.6 ms for a whole batch of 8 (cpu/b8)'
         >>> implausible([prof(1, (2.0, 2.1, 2.0)), prof(8, (9.0, 9.1, 9.0))]) is None
@@ -77,7 +74,7 @@ def implausible(profiles: Iterable[LatencyProfile]) -> str | None:
     ordered = sorted(profiles, key=lambda p: (p.device, p.batch_size))
     for p in ordered:
         m = Measurement(p.full_model_ms)
-        wide = m.spread > MAX_SPREAD and m.median_ms > MAX_MEDIAN_OVER_FASTEST * min(p.full_model_ms or (0.0,))
+        wide = m.spread > MAX_SPREAD and m.median_ms > MAX_MEDIAN_OVER_FASTEST * min(p.full_model_ms)
         if len(m.replicates_ms) >= MIN_SPREAD_REPLICATES and wide:
             return (
                 f"the full model's replicates at {p.key} spread so wide that their median means nothing "

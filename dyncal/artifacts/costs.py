@@ -23,6 +23,7 @@ __all__ = [
     "device_name",
     "UnsupportedOp",
     "LatencyProfile",
+    "UnmeasuredProfileError",
     "CostTable",
 ]
 
@@ -147,6 +148,36 @@ def _replicates(value: Any, field: str, min_length: int = 0) -> tuple[tuple[floa
     )
 
 
+class UnmeasuredProfileError(V.FieldError):
+    """A profile lacks what ``dyncal profile`` always times (exit paths, full model): only a new profile mends it."""
+
+
+def _one_per_exit(field: str, k: int, n: int) -> None:
+    """Refuse ``n`` entries where there must be one per exit (``k``)."""
+    if n != k:
+        raise V.FieldError(field, f"must have one entry per exit (K={k}), got {n}")
+
+
+def _check_measured(
+    paths: tuple[tuple[float, ...], ...], full_model: tuple[float, ...], k: int, prefix: str, key: str
+) -> None:
+    """Refuse a profile without one non-empty list of exit-path replicates per exit (``k``) or a full-model timing.
+
+    Raises:
+        UnmeasuredProfileError: No exit paths, a list without replicates, or no full-model replicate.
+        FieldError: Not one exit path per exit.
+    """
+    if not paths or not all(paths):
+        raise UnmeasuredProfileError(
+            f"{prefix}exit_path_ms", f"is missing or empty: the {key} latency profile has no measured exit paths"
+        )
+    _one_per_exit(f"{prefix}exit_path_ms", k, len(paths))
+    if not full_model:
+        raise UnmeasuredProfileError(
+            f"{prefix}full_model_ms", f"is missing or empty: the {key} latency profile has no timing of the full model"
+        )
+
+
 @dataclass(frozen=True)
 class LatencyProfile:
     """Measured wall-clock of each stage on one device at one batch size.
@@ -158,12 +189,13 @@ class LatencyProfile:
         batch_size: Samples per forward.
         stage_ms: Raw replicate times per stage, ``K`` sequences of milliseconds.
         decision_ms: Raw replicate times of one exit decision (score + host sync).
-        full_model_ms: Raw replicate times of the unpartitioned model, all exits.
+        full_model_ms: Raw replicate times of the full model (``settings["full_model"]`` says
+            which: the plain deployment), non-empty.
         threads: CPU threads used (``torch.get_num_threads``), None if not applicable.
         hardware: CPU model or GPU name.
         settings: Other measurement settings (warm-up, repeats, torch version, ...).
         exit_path_ms: Raw replicate times of the real early exit with every row leaving at
-            exit k, ``K`` sequences (empty in runs profiled before dyncal measured them).
+            exit k, ``K`` non-empty sequences (required, by keyword).
         compaction_ms: Raw replicate times of the early exit's batch compaction at exit k
             (rows leaving recorded, carried tensors cut to the rows staying, output
             assembled), ``K - 1`` sequences at ``settings["compaction_rows"]`` rows; empty
@@ -181,9 +213,13 @@ class LatencyProfile:
     threads: int | None
     hardware: str
     settings: dict[str, Any] = field(default_factory=dict)
-    exit_path_ms: tuple[tuple[float, ...], ...] = ()
+    exit_path_ms: tuple[tuple[float, ...], ...] = field(kw_only=True)
     compaction_ms: tuple[tuple[float, ...], ...] = ()
     exit_path_rows_ms: dict[int, tuple[tuple[float, ...], ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Refuse a profile without exit paths or full-model timing (:class:`UnmeasuredProfileError`)."""
+        _check_measured(self.exit_path_ms, self.full_model_ms, len(self.stage_ms), "", self.key)
 
     @property
     def key(self) -> str:
@@ -207,7 +243,7 @@ class LatencyProfile:
 
     @property
     def full_model_median_ms(self) -> float:
-        """Median time of the unpartitioned model (NaN when it was not timed)."""
+        """Median time of the full model."""
         return Measurement(self.full_model_ms).median_ms
 
     @property
@@ -219,15 +255,10 @@ class LatencyProfile:
     def early_exit_ms(self) -> list[float]:
         """Time of a batch whose rows all leave at exit k in a real early exit, ``K`` floats.
 
-        Measured on the runner itself (:attr:`exit_path_ms`; running maximum of the medians,
-        as leaving later never saves time). Older profiles without it: stages 1..k plus one
-        exit decision at each exit passed through 1..k (the last exit makes none).
+        Measured on the runner itself (:attr:`exit_path_ms`): the running maximum of the
+        medians, as leaving later never saves time.
         """
-        if len(self.exit_path_ms) == len(self.stage_ms) and all(self.exit_path_ms):
-            return [float(v) for v in np.maximum.accumulate([Measurement(r).median_ms for r in self.exit_path_ms])]
-        k = len(self.stage_ms)
-        dec = self.decision_median_ms
-        return [ms + dec * min(i + 1, k - 1) for i, ms in enumerate(self.exit_ms)]
+        return [float(v) for v in np.maximum.accumulate([Measurement(r).median_ms for r in self.exit_path_ms])]
 
     @property
     def compaction_median_ms(self) -> list[float]:
@@ -252,25 +283,38 @@ class LatencyProfile:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], field: str = "latency") -> LatencyProfile:
+    def from_dict(cls, d: Mapping[str, Any], field: str = "latency", k: int | None = None) -> LatencyProfile:
         """Build from :meth:`to_dict` output (the derived ``exit_median_ms`` is ignored).
+
+        ``k``, when given, is the number of exits the run has: ``stage_ms`` must have one entry each.
 
         Raises:
             FieldError: A missing field or one of the wrong type or value: ``stage_ms`` must
-                hold one non-empty list of finite non-negative milliseconds per stage.
+                hold one non-empty list of finite non-negative milliseconds per stage, and
+                ``exit_path_ms`` one per exit.
+            UnmeasuredProfileError: No ``exit_path_ms`` or ``full_model_ms`` (a profile ``dyncal profile``
+                did not write).
         """
         d = V.mapping(d, field)
         threads = d.get("threads")
+        device = V.string(V.require(d, "device", f"{field}."), f"{field}.device")
+        batch = V.integer(V.require(d, "batch_size", f"{field}."), f"{field}.batch_size", minimum=1)
+        stage_ms = _replicates(V.require(d, "stage_ms", f"{field}."), f"{field}.stage_ms", min_length=1)
+        if k is not None:
+            _one_per_exit(f"{field}.stage_ms", k, len(stage_ms))
+        exit_path_ms = _replicates(d.get("exit_path_ms", []), f"{field}.exit_path_ms")
+        full_model_ms = V.number_list(d.get("full_model_ms", []), f"{field}.full_model_ms", minimum=0)
+        _check_measured(exit_path_ms, full_model_ms, len(stage_ms), f"{field}.", str(LatencyKey(device, batch)))
         return cls(
-            device=V.string(V.require(d, "device", f"{field}."), f"{field}.device"),
-            batch_size=V.integer(V.require(d, "batch_size", f"{field}."), f"{field}.batch_size", minimum=1),
-            stage_ms=_replicates(V.require(d, "stage_ms", f"{field}."), f"{field}.stage_ms", min_length=1),
+            device=device,
+            batch_size=batch,
+            stage_ms=stage_ms,
             decision_ms=V.number_list(d.get("decision_ms", []), f"{field}.decision_ms", minimum=0),
-            full_model_ms=V.number_list(d.get("full_model_ms", []), f"{field}.full_model_ms", minimum=0),
+            full_model_ms=full_model_ms,
             threads=None if threads is None else V.integer(threads, f"{field}.threads", minimum=1),
             hardware=V.string(d.get("hardware", ""), f"{field}.hardware"),
             settings=dict(V.mapping(d.get("settings", {}), f"{field}.settings")),
-            exit_path_ms=_replicates(d.get("exit_path_ms", []), f"{field}.exit_path_ms"),
+            exit_path_ms=exit_path_ms,
             compaction_ms=_replicates(d.get("compaction_ms", []), f"{field}.compaction_ms"),
             exit_path_rows_ms={
                 V.integer(int(n) if str(n).isdigit() else n, f"{field}.exit_path_rows_ms", minimum=1): _replicates(
@@ -326,7 +370,8 @@ class CostTable:
         ``"<device>/b<batch>"`` key; all of them one entry per exit (``k`` when given).
 
         Raises:
-            FieldError: The first malformed field, named ``costs.<key>...``.
+            FieldError: The first malformed field, named ``costs.<key>...``
+                (:class:`UnmeasuredProfileError` for a latency entry without exit paths or full-model timing).
         """
         d = V.mapping(d, field)
         macs = d.get("macs")
@@ -343,7 +388,7 @@ class CostTable:
                 for i, u in enumerate(V.sequence(d.get("unsupported_ops", []), f"{field}.unsupported_ops"))
             ),
             latency={
-                key: LatencyProfile.from_dict(v, f"{field}.latency[{key!r}]")
+                key: LatencyProfile.from_dict(v, f"{field}.latency[{key!r}]", k=k)
                 for key, v in V.mapping(d.get("latency", {}), f"{field}.latency").items()
             },
             source=V.string(d.get("source", "profile"), f"{field}.source"),
@@ -362,8 +407,8 @@ class CostTable:
         }
         want = k if k is not None else next((n for n in lengths.values() if n is not None), None)
         for name, n in lengths.items():
-            if n is not None and n != want:
-                raise V.FieldError(name, f"must have one entry per exit (K={want}), got {n}")
+            if n is not None and want is not None:
+                _one_per_exit(name, want, n)
         for op in table.unsupported_ops:
             if want is not None and op.stage > want:
                 raise V.FieldError(f"{field}.unsupported_ops", f"names stage {op.stage} of a run with K={want}")

@@ -14,7 +14,7 @@ from typing import Any
 
 from dyncal.artifacts import validate as V
 from dyncal.artifacts.atomic import atomic_write_text
-from dyncal.artifacts.costs import CostTable
+from dyncal.artifacts.costs import CostTable, UnmeasuredProfileError
 from dyncal.artifacts.rundir import DAMAGED, INDICES_FILE, LABELS_FILE, LOGITS_FILE, MAX_RUN_JSON_BYTES, RUN_JSON
 from dyncal.errors import DyncalError, RunError
 
@@ -221,8 +221,9 @@ class RunDocument:
         try:
             costs = None if costs_doc is None else CostTable.from_dict(costs_doc, k=k)
         except V.FieldError as e:
+            fix = "" if isinstance(e, UnmeasuredProfileError) else "fix it, or "  # only a new profile mends that
             raise RunError(
-                f"run '{path}': {RUN_JSON} {e}; fix it, or set \"costs\" to null and re-run 'dyncal profile {path}'"
+                f"run '{path}': {RUN_JSON} {e}; {fix}set \"costs\" to null and re-run 'dyncal profile {path}'"
             ) from None
         return cls(
             n=n,

@@ -4,8 +4,8 @@ A budget is a bound on the *mean* cost per sample under the exit rule. ``0.6x`` 
 fraction of the last exit's cumulative cost (in MACs when the run has them, else in the
 latency column chosen by ``device``/``batch_size``); ``GMAC``/``MMAC``/``KMAC``/``MAC`` are
 multiply-accumulates; ``ms`` is the expected early-exit latency of one profiled
-``"<device>/b<batch>"`` column (:attr:`dyncal.artifacts.costs.LatencyProfile.early_exit_ms`: stages
-up to the exit plus one exit decision per exit passed).
+``"<device>/b<batch>"`` column (:attr:`dyncal.artifacts.costs.LatencyProfile.early_exit_ms`: the
+real early exit with every row leaving at the exit, as ``dyncal profile`` measured it).
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ numpy only (no torch), like the rest of the report.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -119,11 +118,11 @@ def batch_size_of(name: str) -> int:
 
 
 def _profile_full_model(prof: LatencyProfile) -> tuple[float, str]:
-    """The profile's full-model figure: the unpartitioned model's median, else the stages summed."""
-    ms = prof.full_model_median_ms
-    if math.isfinite(ms):
-        return ms, f"profiled: the unpartitioned model, median of {len(prof.full_model_ms)} replicates"
-    return float(sum(prof.stage_median_ms)), "sum of the stage medians (the whole model was not timed)"
+    """The profile's full-model figure: the median of its full-model replicates."""
+    return (
+        prof.full_model_median_ms,
+        f"profiled: the unpartitioned model, median of {len(prof.full_model_ms)} replicates",
+    )
 
 
 def full_model_ms(costs: CostTable | None, verify: VerifyResult | None, key: str) -> tuple[float, str]:
@@ -131,8 +130,7 @@ def full_model_ms(costs: CostTable | None, verify: VerifyResult | None, key: str
 
     The figure is, in order: the plain model as ``dyncal verify`` timed it interleaved with
     the early exit (a matching verify result with a timing for ``key``); else the
-    profile's median of the unpartitioned model; else (an older profile that did not time
-    it) the sum of the stage medians. It is the one figure every page shows.
+    profile's median of the full model. It is the one figure every page shows.
 
     Args:
         costs: The run's cost table.
@@ -144,7 +142,8 @@ def full_model_ms(costs: CostTable | None, verify: VerifyResult | None, key: str
 
     Example:
         >>> from dyncal import CostTable, LatencyProfile
-        >>> prof = LatencyProfile("cpu", 1, ((1.0,), (2.0,)), (0.5,), (2.5, 2.7, 2.6), 1, "x")
+        >>> paths = ((1.5,), (3.5,))
+        >>> prof = LatencyProfile("cpu", 1, ((1.0,), (2.0,)), (0.5,), (2.5, 2.7, 2.6), 1, "x", exit_path_ms=paths)
         >>> full_model_ms(CostTable(latency={"cpu/b1": prof}), None, "cpu/b1")[0]
         2.6
     """

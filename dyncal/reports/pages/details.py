@@ -78,8 +78,8 @@ def _page_exits(data: ReportData) -> Figure:
         e = data.latency.get(keys[0])
         full = "" if e is None else f" For comparison, the full model {format_ms(e.full_model_ms)} on {keys[0]}."
         p.note(
-            f"ms: profiled latency on {keys[0]} when leaving at that exit (stage medians so far plus the exit "
-            "decisions)" + ("" if keys[0].endswith("/b1") else ", for a whole batch") + "." + full,
+            f"ms: profiled latency on {keys[0]} when leaving at that exit (the real early exit timed with every "
+            "row leaving there)" + ("" if keys[0].endswith("/b1") else ", for a whole batch") + "." + full,
             size=8.5,
             width=110,
         )

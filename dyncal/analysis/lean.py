@@ -216,7 +216,7 @@ def _body(gm: fx.GraphModule, values: Mapping[int, Any], w: _Writer) -> list[str
         else:
             raise _Unsupported(f"node kind {node.op!r}")
         w.lines.append(f"{name} = {expr}")
-        gone = [w.names[n] for n in last.get(node, []) if n is not node]
+        gone = [w.names[n] for n in last.get(node, []) if n is not node] + ([] if node.users else [name])
         if gone:
             w.lines.append(f"del {', '.join(gone)}")
     return params

@@ -184,14 +184,19 @@ class EarlyExitRunner:
         parts.append((alive, k + 1, rest))
         return self._assemble(logits.shape[0], parts, logits.device)
 
-    @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Early-exit a batch ``x`` ``(B, ...)``.
+        """Early-exit a batch ``x`` ``(B, ...)``, under ``torch.inference_mode()`` (entered unless it is on).
 
         Returns:
             ``(exits, predictions)``, ``(B,)`` int64 each on ``x``'s device; exits are
             0-based.
         """
+        if torch.is_inference_mode_enabled():  # entering it again would change nothing, at a few µs a call
+            return self._early_exit(x)
+        with torch.inference_mode():
+            return self._early_exit(x)
+
+    def _early_exit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if batch_size(x) == 1:
             k, logits, preds = self.run_one(x)
             return torch.full((1,), k, dtype=torch.int64, device=flatten(x)[0].device), preds

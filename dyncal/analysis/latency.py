@@ -267,7 +267,7 @@ class Timer:
         return a_ms, b_ms
 
 
-def _bind(module: nn.Module, args: tuple[Any, ...]) -> Callable[[], Any]:
+def _bind(module: Callable[..., Any], args: tuple[Any, ...]) -> Callable[[], Any]:
     """``module(*args)`` as a callable without arguments."""
     return lambda: module(*args)
 
@@ -299,7 +299,7 @@ def _groups(
     compaction, compaction_rows = _compaction_fns(stages, decider, x)
     full_model, full_model_what = _plain_call(stages, model, x)
     groups: Groups = {
-        "stage": [_bind(m, c) for m, c in zip(stages.modules, carries, strict=True)],
+        "stage": [_bind(m, c) for m, c in zip(stages.callers, carries, strict=True)],  # as the runner calls them
         # a static model (K = 1) makes no exit decision: nothing to time
         "decision": [functools.partial(decider.leaving, logits, 0)] if k > 1 else [],
         "exit_path": [functools.partial(r, x) for r in paths],

@@ -37,6 +37,7 @@ from torch import nn
 
 from dyncal import archives
 from dyncal.analysis.early_exit import EarlyExitRunner
+from dyncal.analysis.lean import lean_function, plain_call
 from dyncal.analysis.package_telemetry import observed_call, open_telemetry
 from dyncal.analysis.plain import cut_outputs, plain_runner
 from dyncal.analysis.stages import Stages
@@ -52,6 +53,16 @@ if TYPE_CHECKING:
 __all__ = ["PackageRunner", "load_early_exit"]
 
 
+class _Count:
+    """A stage's calls and rows, kept outside ``nn.Module``'s attribute machinery (its ``__setattr__`` is slow)."""
+
+    __slots__ = ("calls", "rows")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.rows = 0
+
+
 class _StageProgram(nn.Module):
     """A loaded stage that counts its calls and the rows it computed.
 
@@ -59,8 +70,10 @@ class _StageProgram(nn.Module):
     which skips the per-call input checks and pytree handling of
     :meth:`torch.export.ExportedProgram.module` (they cost more than a small stage's
     compute); the runner checks the input once, and what later stages receive comes from
-    the earlier ones. Programs with state other than weights, buffers and constants run
-    through ``module()``.
+    the earlier ones. The graph runs as lean code (:func:`~dyncal.analysis.lean.lean_function`:
+    the same ops, weights bound once), and calling the stage skips ``nn.Module``'s hook
+    dispatch while no hook is registered (:func:`~dyncal.analysis.lean.plain_call`). Programs
+    with state other than weights, buffers and constants run through ``module()``.
     """
 
     def __init__(
@@ -73,8 +86,7 @@ class _StageProgram(nn.Module):
 
         super().__init__()
         self._where = next(((i, d) for i, d in enumerate(batch_dims) if d is not None), None)
-        self.calls = 0
-        self.rows = 0
+        self.count = _Count()
         sig = program.graph_signature
         slots: list[torch.Tensor | None] = []
         direct = all(o.kind == OutputKind.USER_OUTPUT for o in sig.output_specs)
@@ -96,12 +108,32 @@ class _StageProgram(nn.Module):
             if not isinstance(self.graph, torch.fx.GraphModule):  # pragma: no cover - torch gives graphs
                 raise DyncalError(f"a package stage is a {type(self.graph).__name__}, not a graph that can be cut")
             self.graph = cut_outputs(self.graph, keep, "PlainStage")
+        weights = {i: t for i, t in enumerate(slots) if t is not None}
+        self._lean = lean_function(self.graph, weights) if direct else None
+
+    @property
+    def calls(self) -> int:
+        """Calls since loading (or since the count was reset)."""
+        return self.count.calls
+
+    @property
+    def rows(self) -> int:
+        """Rows computed since loading (or since the count was reset)."""
+        return self.count.rows
+
+    def __call__(self, *args: Any) -> Any:
+        if plain_call(self):  # what nn.Module.__call__ would do, without its dispatch
+            return self.forward(*args)
+        return super().__call__(*args)
 
     def forward(self, *args: Any) -> Any:
-        self.calls += 1
+        count = self.count
+        count.calls += 1
         if self._where is not None:
             i, d = self._where
-            self.rows += int(args[i].shape[d])
+            count.rows += int(args[i].shape[d])
+        if self._lean is not None:
+            return self._lean(*args)
         if not self._direct:
             return self.graph(*args)
         it = iter(args)
@@ -242,7 +274,7 @@ class PackageRunner(EarlyExitRunner):
     def reset_counts(self) -> None:
         """Zero :attr:`stage_rows` and :attr:`stage_calls`."""
         for m in self._counters():
-            m.rows = m.calls = 0
+            m.count = _Count()
 
     def _counters(self) -> list[_StageProgram]:
         return [m for m in self.stages.modules if isinstance(m, _StageProgram)]

@@ -288,7 +288,7 @@ class _Stream:
         stats.stage_calls[k] += 1
         stats.stage_rows[k] += n
         stats.full_calls[k] += int(n == self.full)
-        out = check_stage_output(self.stages.modules[k](*c.values), k)
+        out = check_stage_output(self.stages.callers[k](*c.values), k)  # the module, or its lean code
         logits = out[0]
         assert self.answers is not None
         if k == self.k - 1:

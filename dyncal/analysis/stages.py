@@ -82,6 +82,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -91,6 +92,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dyncal.analysis.lean import caller
 from dyncal.analysis.partition import EXPORT_HINT, export_partition
 from dyncal.errors import DyncalError, ProfileError, describe, param, user_call
 from dyncal.inputs import Inputs, InputSignature, batch_size, call_model, flatten, take_rows
@@ -224,6 +226,11 @@ class Stages:
             m.to(device)
         return self
 
+    @functools.cached_property
+    def callers(self) -> tuple[Callable[..., Any], ...]:
+        """What :meth:`StageRun.step` calls: each module, or as fast the same (:func:`~dyncal.analysis.lean.caller`)."""
+        return tuple(caller(m) for m in self.modules)
+
     def flat_inputs(self, x: Inputs) -> tuple[torch.Tensor, ...]:
         """What stage 1 receives for the inputs ``x``: its tensors in the signature's order."""
         return flatten(x) if self.inputs is None else self.inputs.flatten(x)
@@ -288,8 +295,7 @@ class StageRun:
         """Run the next stage and return its exit's logits ``(B, C)``."""
         if self.done:
             raise ProfileError(f"all {self.stages.k} stages have run; start a new pass")
-        module = self.stages.modules[self.exit]
-        out = module(*self._carry)
+        out = self.stages.callers[self.exit](*self._carry)
         if not isinstance(out, (tuple, list)) or not out:
             raise ProfileError(
                 f"stage {self.exit + 1} returned {type(out).__name__}; a stage must return a tuple (logits, *carry)"

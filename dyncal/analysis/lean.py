@@ -45,11 +45,14 @@ from torch.nn.modules import module as _module
 
 __all__ = ["caller", "lean_function", "plain_call"]
 
-_GLOBAL_HOOKS = (
-    _module._global_backward_pre_hooks,
-    _module._global_backward_hooks,
-    _module._global_forward_hooks,
-    _module._global_forward_pre_hooks,
+_GLOBAL_HOOKS = tuple(
+    getattr(_module, name, {})
+    for name in (
+        "_global_backward_pre_hooks",
+        "_global_backward_hooks",
+        "_global_forward_hooks",
+        "_global_forward_pre_hooks",
+    )
 )
 """torch's module-wide hook registries (mutated in place by ``register_module_*_hook``, never rebound)."""
 
@@ -67,7 +70,7 @@ def plain_call(m: nn.Module) -> bool:
         or m._forward_pre_hooks
         or m._backward_hooks
         or m._backward_pre_hooks
-        or m._compiled_call_impl is not None
+        or getattr(m, "_compiled_call_impl", None) is not None
         or any(_GLOBAL_HOOKS)
         or torch._C._get_tracing_state()
     )
@@ -79,8 +82,9 @@ class _Unsupported(Exception):
 
 def _direct_target(target: Any) -> Any:
     """The callable to call for ``target``: an ATen overload's C++ entry when that is what it calls."""
-    if type(target) is torch._ops.OpOverload and target._pyobj_dispatcher is None:
-        return target._op
+    # torch internals, read defensively: another torch version without them gets the overload itself
+    if type(target) is torch._ops.OpOverload and getattr(target, "_pyobj_dispatcher", True) is None:
+        return getattr(target, "_op", target)
     return target
 
 

@@ -102,7 +102,7 @@ def test_requests_are_stored_and_round_trip(demo, tmp_path):
 def test_a_time_bound_times_every_exit_and_says_how_many(demo):
     """A clock moving 1 ms per read stops batch 1 early; the stratified order still reaches every exit."""
     result = verify_run(
-        demo["run"], demo["th"], limit=ROWS, batch_sizes=(1,), max_seconds=0.15, repeats=2, clock=StepClock(1e-4)
+        demo["run"], demo["th"], limit=ROWS, batch_sizes=(1,), max_seconds=0.15, repeats=2, clock=StepClock(1e-3)
     )
     r = result.timings[0].requests
     assert r is not None and 3 <= r.units < ROWS

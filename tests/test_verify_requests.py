@@ -71,7 +71,10 @@ def test_the_package_deploys_its_last_exit_alone(demo):
 
 
 def test_requests_are_stored_and_round_trip(demo, tmp_path):
-    result = verify_run(demo["run"], demo["th"], limit=ROWS, batch_sizes=(1, 4), max_seconds=600, repeats=2)
+    # What is stored, not how fast: a clock that moves a fixed step per read keeps it machine-independent.
+    result = verify_run(
+        demo["run"], demo["th"], limit=ROWS, batch_sizes=(1, 4), max_seconds=600, repeats=2, clock=StepClock(1e-4)
+    )
     assert result.settings["baseline"] == BASELINE and result.settings["runtime"]["runtime"] == "eager"
     b1, b8 = result.timings
     r1 = b1.requests
@@ -112,8 +115,9 @@ def test_a_time_bound_times_every_exit_and_says_how_many(demo):
 
 def test_frozen_runtime_keeps_the_exits_exact(demo):
     result = verify_run(
-        demo["run"], demo["th"], limit=32, batch_sizes=(1, 8), max_seconds=600, repeats=2, runtime="frozen"
-    )
+        demo["run"], demo["th"], limit=32, batch_sizes=(1, 8), max_seconds=600, repeats=2, runtime="frozen",
+        clock=StepClock(1e-4),
+    )  # fmt: skip
     assert result.agreement == 1.0 and result.settings["runtime"]["runtime"] == "frozen"
 
 

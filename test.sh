@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command: set up a virtual environment and run the whole test suite.
-#   ./test.sh            (extra arguments go to pytest, e.g. ./test.sh -k solve)
+#   ./test.sh            (extra arguments go to pytest, e.g. ./test.sh -k solve; -n 0: one process)
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${DYNCAL_VENV:-.venv}
@@ -20,4 +20,7 @@ fi
 "$VENV/bin/ruff" check dyncal tests benchmarks
 "$VENV/bin/ruff" format --check --quiet dyncal tests benchmarks
 "$VENV/bin/mypy" dyncal
-exec "$VENV/bin/python" -m pytest "$@"
+# One worker per core, at most 4 (each imports torch); a test file stays on one worker, so its
+# module fixtures are built once. `./test.sh -n 0` runs in one process.
+WORKERS=${DYNCAL_TEST_WORKERS:-$(python3 -c 'import os; print(max(1, min(4, len(os.sched_getaffinity(0)))))')}
+exec "$VENV/bin/python" -m pytest -n "$WORKERS" --dist loadfile "$@"

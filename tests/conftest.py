@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,9 @@ from typer.testing import CliRunner
 from dyncal.cli import app
 
 TESTS = Path(__file__).parent
+
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # parallel workers (test.sh): share the cores, do not oversubscribe them
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 @pytest.fixture

@@ -176,18 +176,24 @@ def observed_call(
 def _observed_one(
     runner: EarlyExitRunner, writer: TelemetryWriter, x: torch.Tensor, request_id: str | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`observed_call` at batch 1: the row's numbers handed to the writer's lists."""
+    """:func:`observed_call` at batch 1: :func:`early_exit_one`'s work inline, the row handed to the writer's lists.
+
+    The runner's scores list goes to the writer as it is (no tuple), and the writer's
+    unchecked append takes the row: run_one's answer fits the package by construction.
+    """
+    scores: list[float] = []
     t0 = time.perf_counter()
-    exits, preds, (k, pred, scores, pending) = early_exit_one(runner, x)
+    with torch.inference_mode():
+        k, logits, preds = runner.run_one(x, scores)  # the decisions' floats, kept: no extra read
+        exits = torch.full((1,), k, dtype=torch.int64, device=flatten(x)[0].device)
+        pred = int(preds.item())
     ms = (time.perf_counter() - t0) * 1e3  # item() read the answer: it is on the host
     last = -1
     if writer.shadow > 0.0 and writer.shadow_mask(1)[0]:
         with torch.inference_mode():
             last = int(runner.stages.run(x)[-1].argmax(dim=1).item())
-    writer.record_one(
-        k, pred, scores, ms, pending=pending, last_prediction=last,
-        request_id=None if request_id is None else str(request_id),
-    )  # fmt: skip
+    pending = logits if k == runner.k - 1 else None
+    writer._record_one(k, pred, scores, ms, pending, last, None if request_id is None else str(request_id))
     return exits, preds
 
 

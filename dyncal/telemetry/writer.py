@@ -312,8 +312,8 @@ class TelemetryWriter:
     ) -> None:
         """Record one request (batch 1) from plain numbers: the runner's hook at batch 1.
 
-        Appends one tuple of numbers (no array store, no tensor kept); the flush writes the
-        rows as :meth:`record` would. :func:`~dyncal.analysis.package_telemetry.observed_call`
+        Appends one tuple of numbers and the scores to lists (no array store, no tensor kept);
+        the flush writes the rows as :meth:`record` would. :func:`~dyncal.analysis.package_telemetry.observed_call`
         calls it.
 
         Args:
@@ -338,6 +338,25 @@ class TelemetryWriter:
             raise DyncalError(f"telemetry of exit {exit_index} of {self.identity.k} got {n_scores} scores")
         if pending is not None and self.deferred is None:
             raise DyncalError("record_one got a score to compute later, but the writer has no `deferred` function")
+        self._record_one(exit_index, prediction, scores, latency_ms, pending, last_prediction, request_id)
+
+    def _record_one(
+        self,
+        exit_index: int,
+        prediction: int,
+        scores: Sequence[float],
+        latency_ms: float,
+        pending: Any,
+        last_prediction: int,
+        request_id: str | None,
+    ) -> None:
+        """:meth:`record_one` without its checks: the runner's batch-1 path, whose rows fit by construction.
+
+        A tuple of six numbers and the scores appended to the buffer's lists under the lock;
+        the flush makes columns of them (:meth:`~dyncal.telemetry.columns.Columns.absorb`).
+        """
+        if self._forked or (not _AT_FORK and os.getpid() != self._pid):
+            raise self._forked_error()
         ns = self._stamp_ns()
         with self._lock:
             if self._error is not None or self._closed:
@@ -347,13 +366,17 @@ class TelemetryWriter:
             if rows.oldest is None:
                 rows.oldest = ns / 1e9
             one = rows.singles
+            i = len(one.rows)
             if pending is not None:
-                one.pending_rows.append(len(one.rows))
+                one.pending_rows.append(i)
                 one.pending.append(pending)
-            row = (self._batches, ns, latency_ms, exit_index, prediction, last_prediction, request_id, scores)
-            one.rows.append(row)
+            if request_id is not None:
+                one.id_rows.append(i)
+                one.ids.append(request_id)
+            one.scores.extend(scores)
+            one.rows.append((self._batches, ns, latency_ms, exit_index, prediction, last_prediction))
             self._batches += 1
-            due = rows.n + len(one.rows) >= self.flush_rows
+            due = rows.n + i + 1 >= self.flush_rows
             if due and self._thread is not None:
                 self._wake.notify()
         if self._thread is None and (due or ns / 1e9 - rows.oldest >= self.flush_seconds):

@@ -142,8 +142,11 @@ def observed_call(
     writer: TelemetryWriter,
     x: torch.Tensor,
     request_ids: Sequence[str | None] | None = None,
+    batch: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``runner(x)`` with one telemetry row per request (and the plain model on the shadow share).
+
+    ``batch`` is ``x``'s batch size where the caller has read it (saves reading it again).
 
     Returns:
         ``(exits, predictions)`` as ``runner(x)``.
@@ -151,7 +154,7 @@ def observed_call(
     Raises:
         DyncalError: ``request_ids`` of another length than the batch, or a failed telemetry write.
     """
-    b = batch_size(x)
+    b = batch_size(x) if batch is None else batch
     if request_ids is not None and len(request_ids) != b:
         raise DyncalError(f"{param('request_ids')} has {len(request_ids)} ids for a batch of {b}")
     if b == 1 and writer.deferred is not None:

@@ -114,7 +114,8 @@ class TelemetryWriter:
         folder: Telemetry folder (created if missing); several processes may share it.
         identity: The package the rows come from.
         shadow: Share of requests whose plain model is completed too (:meth:`shadow_mask`), in [0, 1].
-        flush_rows: Buffered rows that trigger a flush (default 1024).
+        flush_rows: Buffered rows that trigger a flush (default 4096: a flush has about 1 ms of fixed cost
+            between model runs, 1 µs a row at 1024 rows; ``flush_seconds`` still bounds the rows' age).
         flush_seconds: Age of the oldest buffered row that triggers a flush (default 10 s).
         rotate_bytes: Size of the live stream that finishes the segment as Parquet (default 64 MiB).
         rotate_seconds: Age of a segment that finishes it (default 3600 s).
@@ -146,7 +147,7 @@ class TelemetryWriter:
         identity: PackageIdentity,
         *,
         shadow: float = 0.0,
-        flush_rows: int = 1024,
+        flush_rows: int = 4096,
         flush_seconds: float = 10.0,
         rotate_bytes: int = 64 << 20,
         rotate_seconds: float = 3600.0,
@@ -159,6 +160,7 @@ class TelemetryWriter:
         deferred: DeferredScores | None = None,
     ) -> None:
         self._pa = require_pyarrow()
+        self._time_type = self._pa.timestamp("us", tz="UTC")
         if isinstance(shadow, bool) or not isinstance(shadow, (int, float)) or not 0.0 <= shadow <= 1.0:
             raise DyncalError(f"{param('shadow')} must be a share in [0, 1], got {shadow!r}")
         for name, value in (
@@ -492,7 +494,7 @@ class TelemetryWriter:
     def _write(self, rows: Columns) -> None:
         """Append ``rows`` as one record batch to the live stream; finish the segment when big or old enough."""
         batch = self._record_batch(rows)
-        data = batch.serialize().to_pybytes()
+        data = memoryview(batch.serialize())  # the IPC message, written from Arrow's buffer (no copy)
         if self._fd is None:
             self._open_segment()
         assert self._fd is not None
@@ -519,7 +521,7 @@ class TelemetryWriter:
             pa.nulls(n, type=pa.string()) if rows.request_ids is None else pa.array(rows.request_ids, type=pa.string())
         )
         columns = [
-            pa.array(rows.time_us[:n], type=pa.timestamp("us", tz="UTC")),
+            pa.array(rows.time_us[:n], type=self._time_type),
             ids,
             pa.array(rows.batch[:n]),
             pa.array(rows.batch_size[:n]),

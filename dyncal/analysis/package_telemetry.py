@@ -15,13 +15,14 @@ and keeps each exit's scores; without telemetry the runner does not pay for that
 
 At batch 1 (the serving case, where a few microseconds show) the request path does the plain
 early exit's work, keeps the scores its exit decisions read on the host anyway, reads the
-prediction (``item()``), and appends the numbers to the writer's buffer
-(:meth:`~dyncal.telemetry.TelemetryWriter.record_one`): no numpy array, no check of arrays,
-no tensor kept, except the last exit's logits of a request that got there: the exit rule
-computes no score there, and the flush computes them for the whole buffer at once
-(:func:`last_exit_scores`). Keeping every request's tensors until the flush was tried and
-measured: the garbage collector then walks them, which costs more than reading them. Larger
-batches are converted on the request path, where the cost is shared by the batch's rows.
+prediction (``item()``), and appends the numbers to the writer's buffer (what
+:meth:`~dyncal.telemetry.TelemetryWriter.record_one` does, without its checks: the runner's
+rows fit by construction): no numpy array, no check of arrays, no tensor kept, except the last
+exit's logits of a request that got there: the exit rule computes no score there, and the
+flush computes them for the whole buffer at once (:func:`last_exit_scores`). Keeping every
+request's tensors until the flush was tried and measured: the garbage collector then walks
+them, which costs more than reading them. Larger batches are converted on the request path,
+where the cost is shared by the batch's rows.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ until the flush would make Python's garbage collector walk them, which costs mor
 their values), except the logits of a request that reached the last exit, whose score the
 exit rule never needed: the flush computes those for the whole buffer at once (the writer's
 ``deferred`` function). :meth:`Columns.absorb` turns them into column rows, one C-level pass
-per column (storing into numpy or ``array`` columns per request was measured: each item store
-costs more than the tuple, and the flush saved less).
+per column. (Packing each request into a preallocated buffer instead, ``array.extend`` or
+``struct.pack_into``, was measured: 0.6-1.1 µs a request on the request thread, against about
+0.2 µs for the tuple and the list.)
 """
 
 from __future__ import annotations

@@ -315,8 +315,8 @@ class TelemetryWriter:
         """Record one request (batch 1) from plain numbers: the runner's hook at batch 1.
 
         Appends one tuple of numbers and the scores to lists (no array store, no tensor kept);
-        the flush writes the rows as :meth:`record` would. :func:`~dyncal.analysis.package_telemetry.observed_call`
-        calls it.
+        the flush writes the rows as :meth:`record` would. The runner's batch-1 path
+        (:func:`~dyncal.analysis.package_telemetry.observed_call`) appends the same way, unchecked.
 
         Args:
             exit_index: The exit taken, from 0.

@@ -2,15 +2,15 @@
 
 Two ways in. :meth:`Columns.append` stores a checked batch (numpy arrays) in preallocated
 columns. The runner's batch-1 path (:meth:`~dyncal.telemetry.TelemetryWriter.record_one`)
-appends one tuple of six plain numbers per request to :class:`Singles` and the scores it read
-to one flat list of floats (a few C-level appends, no array store; a request's tensors kept
-until the flush would make Python's garbage collector walk them, which costs more than reading
-their values), except the logits of a request that reached the last exit, whose score the
-exit rule never needed: the flush computes those for the whole buffer at once (the writer's
-``deferred`` function). :meth:`Columns.absorb` turns them into column rows, one C-level pass
-per column. (Packing each request into a preallocated buffer instead, ``array.extend`` or
-``struct.pack_into``, was measured: 0.6-1.1 µs a request on the request thread, against about
-0.2 µs for the tuple and the list.)
+appends six plain numbers per request to one flat list of :class:`Singles` and the scores it
+read to another (two C-level list extends, no array store, no container object kept: the
+garbage collector's counts do not move; a request's tensors kept until the flush would make it
+walk them, which costs more than reading their values), except the logits of a request that
+reached the last exit, whose score the exit rule never needed: the flush computes those for
+the whole buffer at once (the writer's ``deferred`` function). :meth:`Columns.absorb` turns
+them into column rows, one C-level pass per column. (Packing each request into a preallocated
+buffer instead, ``array.extend`` or ``struct.pack_into``, was measured: 0.6-1.1 µs a request
+on the request thread, against about 0.2 µs for the two list extends.)
 """
 
 from __future__ import annotations
@@ -22,27 +22,28 @@ import numpy as np
 
 from dyncal.errors import DyncalError
 
-__all__ = ["Columns", "DeferredScores", "Single", "Singles"]
+__all__ = ["Columns", "DeferredScores", "FIELDS", "Singles"]
 
 DeferredScores = Callable[[Sequence[Any]], np.ndarray]
 """What the runner left for the flush (the last exit's logits of ``n`` requests) -> their ``(n,)`` scores."""
 
 
-Single = tuple[int, int, float, int, int, int]
-"""One batch-1 request: (batch, time stamp in ns, latency ms, exit, prediction, last prediction). Numbers
-only: Python's garbage collector stops tracking such a tuple at its first look."""
+FIELDS = 6
+"""Numbers a batch-1 request adds to :attr:`Singles.rows`: batch, time stamp in ns, latency ms, exit, prediction,
+last prediction."""
 
 
 class Singles:
     """Batch-1 requests recorded since the last flush: one tuple each, their scores, what the flush must compute.
 
-    ``scores`` holds each request's scores read, one after another: ``exit + 1`` values, or
+    ``rows`` holds each request's :data:`FIELDS` numbers, one request after another (a flat list:
+    no tuple kept per request), ``scores`` its scores read, one after another: ``exit + 1`` values, or
     ``exit`` where the last is pending (computed at the flush from ``pending``). Request ids
     are kept only where given (most requests have none).
     """
 
     def __init__(self) -> None:
-        self.rows: list[Single] = []
+        self.rows: list[float] = []  # FIELDS numbers per request (ints but the latency), in row order
         self.scores: list[float] = []  # every request's scores read, concatenated in row order
         self.pending: list[Any] = []  # the last exit's logits of requests that got there
         self.pending_rows: list[int] = []  # their places in ``rows``
@@ -50,7 +51,7 @@ class Singles:
         self.id_rows: list[int] = []  # their places in ``rows``
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.rows) // FIELDS
 
 
 class Columns:
@@ -58,7 +59,7 @@ class Columns:
 
     A batch given to :meth:`~dyncal.telemetry.TelemetryWriter.record` costs a few item stores
     here, not an object. A request given to :meth:`~dyncal.telemetry.TelemetryWriter.record_one`
-    is one tuple appended to :attr:`singles` and its scores to a flat list (the runner's own
+    is six numbers appended to :attr:`singles` and its scores to a flat list (the runner's own
     small tensors untouched); the flush turns them all into columns at once (:meth:`absorb`).
     """
 
@@ -79,7 +80,7 @@ class Columns:
     @property
     def rows(self) -> int:
         """Rows buffered: in the columns and as singles."""
-        return self.n + len(self.singles.rows)
+        return self.n + len(self.singles)
 
     def reserve(self, rows: int) -> None:
         """Room for ``rows`` more rows (the columns double when full)."""
@@ -144,7 +145,8 @@ class Columns:
         m, i = len(singles), self.n
         if not m:
             return
-        batch, time_ns, latency_ms, exits_, predictions, last = zip(*singles.rows, strict=True)
+        flat_rows = singles.rows
+        batch, time_ns, latency_ms, exits_, predictions, last = (flat_rows[f::FIELDS] for f in range(FIELDS))
         exits = np.fromiter(exits_, np.int64, m)
         self.reserve(m)
         j = i + m

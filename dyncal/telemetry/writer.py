@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dyncal.errors import DyncalError, describe, param
-from dyncal.telemetry.columns import Columns, DeferredScores
+from dyncal.telemetry.columns import FIELDS, Columns, DeferredScores
 from dyncal.telemetry.metrics import TelemetryMetrics
 from dyncal.telemetry.schema import (
     PREFIX,
@@ -314,7 +314,7 @@ class TelemetryWriter:
     ) -> None:
         """Record one request (batch 1) from plain numbers: the runner's hook at batch 1.
 
-        Appends one tuple of numbers and the scores to lists (no array store, no tensor kept);
+        Appends the numbers and the scores to flat lists (no array store, no tensor kept);
         the flush writes the rows as :meth:`record` would. The runner's batch-1 path
         (:func:`~dyncal.analysis.package_telemetry.observed_call`) appends the same way, unchecked.
 
@@ -354,7 +354,7 @@ class TelemetryWriter:
     ) -> None:
         """:meth:`record_one` without its checks: the runner's batch-1 path, whose rows fit by construction.
 
-        A tuple of six numbers and the scores appended to the buffer's lists under the lock;
+        Six numbers and the scores appended to the buffer's flat lists under the lock;
         the flush makes columns of them (:meth:`~dyncal.telemetry.columns.Columns.absorb`).
         """
         if self._forked or (not _AT_FORK and os.getpid() != self._pid):
@@ -368,7 +368,7 @@ class TelemetryWriter:
             if rows.oldest is None:
                 rows.oldest = ns / 1e9
             one = rows.singles
-            i = len(one.rows)
+            i = len(one.rows) // FIELDS
             if pending is not None:
                 one.pending_rows.append(i)
                 one.pending.append(pending)
@@ -376,7 +376,7 @@ class TelemetryWriter:
                 one.id_rows.append(i)
                 one.ids.append(request_id)
             one.scores.extend(scores)
-            one.rows.append((self._batches, ns, latency_ms, exit_index, prediction, last_prediction))
+            one.rows.extend((self._batches, ns, latency_ms, exit_index, prediction, last_prediction))  # no tuple kept
             self._batches += 1
             due = rows.n + i + 1 >= self.flush_rows
             if due and self._thread is not None:

@@ -335,11 +335,12 @@ class PackageRunner(EarlyExitRunner):
         """
         x, request_ids = self._gather(args, named, request_ids)
         self._check_input(x)
-        if batch_size(x) == 0:
+        b = batch_size(x)
+        if b == 0:
             empty = torch.empty((0,), dtype=torch.int64, device=self.device)
             return empty, empty.clone()
         if self.telemetry is not None:
-            return observed_call(self, self.telemetry, x, request_ids)
+            return observed_call(self, self.telemetry, x, request_ids, batch=b)
         return super().__call__(x)
 
     def _gather(

@@ -15,13 +15,14 @@ and keeps each exit's scores; without telemetry the runner does not pay for that
 
 At batch 1 (the serving case, where a few microseconds show) the request path does the plain
 early exit's work, keeps the scores its exit decisions read on the host anyway, reads the
-prediction (``item()``), and appends the numbers to the writer's buffer
-(:meth:`~dyncal.telemetry.TelemetryWriter.record_one`): no numpy array, no check of arrays,
-no tensor kept, except the last exit's logits of a request that got there: the exit rule
-computes no score there, and the flush computes them for the whole buffer at once
-(:func:`last_exit_scores`). Keeping every request's tensors until the flush was tried and
-measured: the garbage collector then walks them, which costs more than reading them. Larger
-batches are converted on the request path, where the cost is shared by the batch's rows.
+prediction (``item()``), and appends the numbers to the writer's buffer (what
+:meth:`~dyncal.telemetry.TelemetryWriter.record_one` does, without its checks: the runner's
+rows fit by construction): no numpy array, no check of arrays, no tensor kept, except the last
+exit's logits of a request that got there: the exit rule computes no score there, and the
+flush computes them for the whole buffer at once (:func:`last_exit_scores`). Keeping every
+request's tensors until the flush was tried and measured: the garbage collector then walks
+them, which costs more than reading them. Larger batches are converted on the request path,
+where the cost is shared by the batch's rows.
 """
 
 from __future__ import annotations
@@ -142,8 +143,11 @@ def observed_call(
     writer: TelemetryWriter,
     x: torch.Tensor,
     request_ids: Sequence[str | None] | None = None,
+    batch: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``runner(x)`` with one telemetry row per request (and the plain model on the shadow share).
+
+    ``batch`` is ``x``'s batch size where the caller has read it (saves reading it again).
 
     Returns:
         ``(exits, predictions)`` as ``runner(x)``.
@@ -151,7 +155,7 @@ def observed_call(
     Raises:
         DyncalError: ``request_ids`` of another length than the batch, or a failed telemetry write.
     """
-    b = batch_size(x)
+    b = batch_size(x) if batch is None else batch
     if request_ids is not None and len(request_ids) != b:
         raise DyncalError(f"{param('request_ids')} has {len(request_ids)} ids for a batch of {b}")
     if b == 1 and writer.deferred is not None:
@@ -176,18 +180,24 @@ def observed_call(
 def _observed_one(
     runner: EarlyExitRunner, writer: TelemetryWriter, x: torch.Tensor, request_id: str | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`observed_call` at batch 1: the row's numbers handed to the writer's lists."""
+    """:func:`observed_call` at batch 1: :func:`early_exit_one`'s work inline, the row handed to the writer's lists.
+
+    The runner's scores list goes to the writer as it is (no tuple), and the writer's
+    unchecked append takes the row: run_one's answer fits the package by construction.
+    """
+    scores: list[float] = []
     t0 = time.perf_counter()
-    exits, preds, (k, pred, scores, pending) = early_exit_one(runner, x)
+    with torch.inference_mode():
+        k, logits, preds = runner.run_one(x, scores)  # the decisions' floats, kept: no extra read
+        exits = torch.full((1,), k, dtype=torch.int64, device=flatten(x)[0].device)
+        pred = int(preds.item())
     ms = (time.perf_counter() - t0) * 1e3  # item() read the answer: it is on the host
     last = -1
     if writer.shadow > 0.0 and writer.shadow_mask(1)[0]:
         with torch.inference_mode():
             last = int(runner.stages.run(x)[-1].argmax(dim=1).item())
-    writer.record_one(
-        k, pred, scores, ms, pending=pending, last_prediction=last,
-        request_id=None if request_id is None else str(request_id),
-    )  # fmt: skip
+    pending = logits if k == runner.k - 1 else None
+    writer._record_one(k, pred, scores, ms, pending, last, None if request_id is None else str(request_id))
     return exits, preds
 
 

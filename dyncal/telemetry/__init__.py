@@ -54,9 +54,9 @@ rows it had not flushed (``flush_rows`` rows or ``flush_seconds`` seconds of tra
         last[shadow] = plain_model(x[shadow]).argmax(1)
     writer.record(exits, preds, scores, ms, last_predictions=last, request_ids=ids)
 
-At batch 1 the runner calls :meth:`TelemetryWriter.record_one` instead, with plain numbers
-(the exit, the prediction, the scores the exit rule computed, the latency): no arrays built or
-checked per request; the flush writes the same rows
+At batch 1 the runner appends plain numbers instead, as :meth:`TelemetryWriter.record_one`
+does (the exit, the prediction, the scores the exit rule computed, the latency): no arrays
+built or checked per request; the flush writes the same rows
 (:mod:`dyncal.analysis.package_telemetry`).
 
 Needs ``pyarrow`` (``pip install 'dyncal[rollout]'``); Prometheus metrics

@@ -222,7 +222,7 @@ def telemetry_schema(metadata: Mapping[str, Any] | None = None) -> pa.Schema:
     return pa.schema(fields, metadata=meta)
 
 
-def write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes | memoryview) -> None:
     """Write all of ``data`` to ``fd`` (``os.write`` may write part of it)."""
     view = memoryview(data)
     while view:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from dyncal.analysis.lean import lean_function
+from dyncal.analysis.lean import caller, lean_function
 from dyncal.analysis.stages import Stages, build_stages
 
 pytestmark = pytest.mark.integration
@@ -185,3 +185,11 @@ def test_symbolically_traced_graphs_of_methods_modules_and_operators_give_the_mo
     gm.double()  # the buffer and the parameters move; the lean code reads them at call time
     x64 = torch.randn(2, 4, dtype=torch.float64)
     assert torch.equal(fast(x64)["a"], gm(x64)["a"]) and fast(x64)["a"].dtype == torch.float64
+
+
+def test_an_instance_forward_set_after_the_caller_was_made_is_what_runs() -> None:
+    gm = torch.fx.symbolic_trace(_Tricky().eval())
+    fast = caller(gm)
+    gm.forward = lambda x: {"a": x, "b": (x, 0)}  # type: ignore[method-assign]
+    x = torch.randn(2, 4)
+    assert fast(x)["a"] is x

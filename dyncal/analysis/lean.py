@@ -265,15 +265,17 @@ def caller(module: nn.Module) -> Callable[..., Any]:
     """``module``, or for an ``fx`` graph a function doing what calling it does, faster.
 
     The function runs :func:`lean_function`'s code while calling the module would only run
-    its ``forward`` (:func:`plain_call`, and the graph not recompiled since); else the module.
+    its ``forward`` (:func:`plain_call`, the graph not recompiled since, no ``forward`` set on the
+    instance); else the module.
     """
     lean = lean_function(module)
     if lean is None:
         return module
     forward = type(module).forward
+    attributes = module.__dict__  # a ``forward`` set on the instance is what calling the module runs
 
     def call(*args: Any) -> Any:
-        if type(module).forward is forward and plain_call(module):
+        if type(module).forward is forward and "forward" not in attributes and plain_call(module):
             return lean(*args)
         return module(*args)
 

@@ -193,3 +193,14 @@ def test_an_instance_forward_set_after_the_caller_was_made_is_what_runs() -> Non
     gm.forward = lambda x: {"a": x, "b": (x, 0)}  # type: ignore[method-assign]
     x = torch.randn(2, 4)
     assert fast(x)["a"] is x
+
+
+def test_a_submodule_replaced_after_the_caller_was_made_is_the_one_read() -> None:
+    stages = build_stages(zoo.linear_stack(), torch.zeros(2, 8))
+    gm, fast = stages.modules[0], stages.callers[0]
+    assert fast is not gm and isinstance(gm.get_submodule("l1"), nn.Module)
+    torch.manual_seed(1)
+    gm.l1 = nn.Linear(8, 16)  # the graph reads l1.weight / l1.bias: now the new ones
+    x = torch.randn(3, 8)
+    with torch.inference_mode():
+        assert _same(fast(x), gm(x))

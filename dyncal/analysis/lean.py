@@ -11,7 +11,8 @@ same arguments, so the outputs are bit for bit those of the module:
 * each ATen overload is called through the C++ callable ``OpOverload.__call__`` itself calls
   (``op._op``, taken only while the overload has no Python dispatcher);
 * parameters and buffers are read from their owner's ``_parameters`` / ``_buffers`` dict at
-  call time (moving the module with ``.to()`` is seen), or bound once as values when given
+  call time, the owner found through ``_modules`` (moving the module with ``.to()`` or replacing
+  a submodule is seen), or bound once as values when given
   (an exported program's weights, passed in as graph inputs);
 * constant arguments are bound once (a call of an ATen overload never keeps or changes them);
 * intermediates are released after their last use, as ``fx``'s code does.
@@ -158,19 +159,27 @@ class _Writer:
 
 
 def _attribute(root: nn.Module, target: str, w: _Writer) -> str:
-    """Source reading ``root``'s attribute ``target`` (dotted) where ``nn.Module`` finds it, at call time."""
+    """Source reading ``root``'s attribute ``target`` (dotted) where ``nn.Module`` finds it, at call time.
+
+    Each submodule on the path is looked up at call time too, as ``fx``'s ``getattr`` chain does:
+    a submodule replaced after the code was made is the one read.
+    """
     *path, leaf = target.split(".")
     owner = root
+    src = ""
     for part in path:
-        step: Any = owner._modules[part] if part in owner._modules else getattr(owner, part, None)
-        if not isinstance(step, nn.Module):
+        if part not in owner._modules or not isinstance(owner._modules[part], nn.Module):
             raise _Unsupported(f"attribute path {target!r}")
-        owner = step
-    if leaf in owner.__dict__:  # an attribute outside the registries (a constant tensor)
-        return f"{w.bind(owner.__dict__, 'd')}[{w.bind(leaf)}]"
-    for registry in (owner._parameters, owner._buffers, owner._modules):
+        src = f"{src}._modules[{part!r}]" if src else f"{w.bind(root._modules, 'd')}[{part!r}]"
+        owner = owner._modules[part]  # type: ignore[assignment]
+    for registry, field in (
+        (owner.__dict__, "__dict__"),  # an attribute outside the registries (a constant tensor)
+        (owner._parameters, "_parameters"),
+        (owner._buffers, "_buffers"),
+        (owner._modules, "_modules"),
+    ):
         if leaf in registry:
-            return f"{w.bind(registry, 'd')}[{w.bind(leaf)}]"
+            return f"{src}.{field}[{leaf!r}]" if src else f"{w.bind(registry, 'd')}[{leaf!r}]"
     raise _Unsupported(f"attribute {target!r} not found")
 
 

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from dyncal.analysis.lean import caller, lean_function
-from dyncal.analysis.stages import Stages, build_stages
+from dyncal.analysis.stages import Stages, build_stages, verify_stages
+from dyncal.errors import ProfileError
 
 pytestmark = pytest.mark.integration
 
@@ -139,7 +140,8 @@ def test_a_model_with_in_place_ops_runs_lean_exactly_as_its_stage_modules(throug
             marks=pytest.mark.xfail(
                 strict=True,
                 reason="partition.py puts an op in the first exit among whose ancestors it appears: an in-place op "
-                "on a view of y is no ancestor of exit 1's h1(y), so stage 1 runs without it (silently wrong exit 1)",
+                "on a view of y is no ancestor of exit 1's h1(y), so stage 1 runs without it (wrong exit 1; "
+                "verify_stages catches it, see below)",
             ),
         ),
     ],
@@ -152,6 +154,13 @@ def test_stages_of_a_model_with_in_place_ops_give_the_models_own_exits(through_v
         x = torch.randn(b, 8, generator=torch.Generator().manual_seed(b))
         with torch.inference_mode():
             assert _same(stages.run(x.clone()), model(x.clone()))
+
+
+def test_stages_that_drop_an_in_place_op_on_a_view_are_refused_by_the_check_the_verbs_run() -> None:
+    torch.manual_seed(0)
+    model = InPlace(through_view=True).eval()
+    with pytest.raises(ProfileError, match="does not reproduce exit 1 of the model"):
+        verify_stages(model, build_stages(model, torch.zeros(2, 8)), torch.randn(4, 8))
 
 
 class _Tricky(nn.Module):

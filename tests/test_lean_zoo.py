@@ -213,3 +213,18 @@ def test_a_submodule_replaced_after_the_caller_was_made_is_the_one_read() -> Non
     x = torch.randn(3, 8)
     with torch.inference_mode():
         assert _same(fast(x), gm(x))
+
+
+def test_a_graph_edited_but_not_recompiled_runs_as_its_module_runs() -> None:
+    stages = build_stages(zoo.linear_stack(), torch.zeros(2, 8))
+    gm = stages.modules[0]
+    assert isinstance(gm, torch.fx.GraphModule) and lean_function(gm) is not None
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    with gm.graph.inserting_before(out):
+        doubled = gm.graph.call_function(torch.ops.aten.mul.Tensor, (out.args[0][0], 2.0))
+    out.args = ((doubled, *out.args[0][1:]),)  # gm still runs the code generated before this edit
+    assert lean_function(gm) is None and caller(gm) is gm
+    gm.recompile()
+    fast = lean_function(gm)
+    x = torch.randn(3, 8)
+    assert fast is not None and _same(fast(x), gm(x))

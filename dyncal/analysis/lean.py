@@ -20,7 +20,8 @@ same arguments, so the outputs are bit for bit those of the module:
 :func:`plain_call` says whether calling a module's ``forward`` directly is what calling
 the module does (no hooks, no tracing, no ``torch.compile``); callers fall back to the
 module otherwise. Graphs that use features this generator does not reproduce (a custom
-codegen, ``*args`` inputs, default values) get None, and run through their module.
+codegen, ``*args`` inputs, default values), or whose graph was edited since its code was
+generated (``recompile``), get None, and run through their module.
 
 Example:
     >>> import torch
@@ -249,6 +250,8 @@ def lean_function(gm: nn.Module, values: Mapping[int, Any] | None = None) -> Cal
     if not isinstance(gm, fx.GraphModule) or type(gm.graph._codegen) is not fx.graph.CodeGen:
         return None
     if gm.graph._codegen._body_transformer is not None:
+        return None
+    if gm.graph.python_code(root_module="self").src != gm.code:  # edited, not recompiled: gm runs its old code
         return None
     w = _Writer()
     try:

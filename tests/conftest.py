@@ -73,14 +73,20 @@ INTEGRATION_MODULES = {
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test ``unit`` or ``integration`` by the module it lives in (doctests are unit).
+    """Mark every test ``unit`` or ``integration`` by its module (doctests are unit); model-running files first.
 
     A test of another module that runs a model says so itself with ``@pytest.mark.integration``.
     """
+    heavy: set[Path] = set()
     for item in items:
         explicit = item.get_closest_marker("integration") is not None
         tier = "integration" if explicit or item.path.name in INTEGRATION_MODULES else "unit"
         item.add_marker(getattr(pytest.mark, tier))
+        if tier == "integration":
+            heavy.add(item.path)
+    # Files that run models first, each file's tests together and in their order: parallel
+    # workers (test.sh) then end on short files instead of one waiting for the other's long one.
+    items.sort(key=lambda item: item.path not in heavy)
 
 
 def solved_demo(tmp: Path, *, export: bool = False) -> tuple[Path, Any]:

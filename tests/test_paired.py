@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from dyncal.artifacts.verify import PairedTiming
@@ -153,10 +153,18 @@ def _few_batches(seed: int) -> tuple[np.ndarray, np.ndarray]:
 @given(st.integers(0, 2**32 - 1))
 @settings(max_examples=40, deadline=None)
 def test_on_few_batches_preemption_spikes_neither_flip_the_choice_nor_move_the_estimate(seed: int):
-    """Spikes injected as a busy machine makes them (a 3 ms slice per 12 ms of running): within x1.1, same estimator."""
+    """Spikes injected as a busy machine makes them (a 3 ms slice per 12 ms of running): within x1.1, same estimator.
+
+    Under the minimum's stated assumption: every batch keeps an undisturbed run on each side.
+    When all 7 plain runs of a batch are hit (about 1 in 20,000 batches here; hypothesis found
+    seed 498), that batch's minimum is a disturbed time and the estimate moves (+11% there):
+    the limit the module docstring names, not something this property claims.
+    """
     ee, pl = _few_batches(seed)
+    ee_loaded, pl_loaded = _loaded(ee, pl, seed + 1, gap_ms=12.0)
+    assume(bool(np.all((ee_loaded == ee).any(axis=1)) and np.all((pl_loaded == pl).any(axis=1))))
     clean = paired_speedup(ee, pl, n_resamples=50)
-    spiked = paired_speedup(*_loaded(ee, pl, seed + 1, gap_ms=12.0), n_resamples=50)
+    spiked = paired_speedup(ee_loaded, pl_loaded, n_resamples=50)
     assert clean.estimator == spiked.estimator == "min"
     assert spiked.expected_clean_runs >= 2 and np.isfinite(spiked.expected_clean_runs)
     assert abs(spiked.value / clean.value - 1) <= 0.1

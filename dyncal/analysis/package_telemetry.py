@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 _ALREADY_ON = contextlib.nullcontext()
 """Reused (a nullcontext can be entered again): the context when inference mode is on already."""
 
-OneRow = tuple[int, int, tuple[float, ...], torch.Tensor | None]
+OneRow = tuple[int, int, list[float], torch.Tensor | None]
 """One batch-1 request's row: (exit, prediction, the scores read, the last exit's logits or None)."""
 
 __all__ = ["early_exit_one", "last_exit_scores", "early_exit_with_scores", "observed_call", "open_telemetry"]
@@ -102,7 +102,6 @@ def early_exit_with_scores(runner: EarlyExitRunner, x: torch.Tensor) -> tuple[to
     return exits, preds, scores
 
 
-@torch.inference_mode()
 def early_exit_one(runner: EarlyExitRunner, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, OneRow]:
     """Early-exit one request ``x`` ``(1, ...)`` as ``runner(x)`` does, reading what its telemetry row needs.
 
@@ -118,9 +117,12 @@ def early_exit_one(runner: EarlyExitRunner, x: torch.Tensor) -> tuple[torch.Tens
         scores read, the last exit's logits or None)``.
     """
     scores: list[float] = []
-    k, logits, preds = runner.run_one(x, scores)  # the decisions' floats, kept: no extra read
-    exits = torch.full((1,), k, dtype=torch.int64, device=flatten(x)[0].device)
-    return exits, preds, (k, int(preds.item()), tuple(scores), logits if k == runner.k - 1 else None)
+    # as the runner's own call: inference mode entered only when it is off (a few µs a request)
+    with _ALREADY_ON if torch.is_inference_mode_enabled() else torch.inference_mode():
+        k, logits, preds = runner.run_one(x, scores)  # the decisions' floats, kept: no extra read
+        exits = torch.full((1,), k, dtype=torch.int64, device=flatten(x)[0].device)
+        pred = int(preds.item())
+    return exits, preds, (k, pred, scores, logits if k == runner.k - 1 else None)
 
 
 def last_exit_scores(runner: EarlyExitRunner) -> DeferredScores:
@@ -184,24 +186,18 @@ def observed_call(
 def _observed_one(
     runner: EarlyExitRunner, writer: TelemetryWriter, x: torch.Tensor, request_id: str | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`observed_call` at batch 1: :func:`early_exit_one`'s work inline, the row handed to the writer's lists.
+    """:func:`observed_call` at batch 1: :func:`early_exit_one`, its row handed to the writer's lists.
 
-    The runner's scores list goes to the writer as it is (no tuple), and the writer's
-    unchecked append takes the row: run_one's answer fits the package by construction.
+    The scores list goes to the writer as it is (no tuple), and the writer's unchecked append
+    takes the row: run_one's answer fits the package by construction.
     """
-    scores: list[float] = []
     t0 = time.perf_counter()
-    # as the runner's own call: inference mode entered only when it is off (a few µs a request)
-    with _ALREADY_ON if torch.is_inference_mode_enabled() else torch.inference_mode():
-        k, logits, preds = runner.run_one(x, scores)  # the decisions' floats, kept: no extra read
-        exits = torch.full((1,), k, dtype=torch.int64, device=flatten(x)[0].device)
-        pred = int(preds.item())
+    exits, preds, (k, pred, scores, pending) = early_exit_one(runner, x)
     ms = (time.perf_counter() - t0) * 1e3  # item() read the answer: it is on the host
     last = -1
     if writer.shadow > 0.0 and writer.shadow_mask(1)[0]:
         with torch.inference_mode():
             last = int(runner.stages.run(x)[-1].argmax(dim=1).item())
-    pending = logits if k == runner.k - 1 else None
     writer._record_one(k, pred, scores, ms, pending, last, None if request_id is None else str(request_id))
     return exits, preds
 

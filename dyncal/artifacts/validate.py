@@ -304,23 +304,25 @@ def regular_file(
     return st
 
 
-def _depth(doc: Any) -> int:
-    """Deepest nesting of lists and objects in ``doc`` (iterative: no recursion limit)."""
-    deepest = 0
+def _scan(doc: Any) -> tuple[int, bool]:
+    """Deepest nesting of lists and objects in ``doc``, and whether it holds a NaN or an infinity anywhere.
+
+    One iterative walk (no recursion limit, no field paths); past :data:`MAX_JSON_DEPTH` it stops.
+    """
+    deepest, nonfinite = 0, False
     stack: list[tuple[Any, int]] = [(doc, 1)]
     while stack:
         node, d = stack.pop()
-        if isinstance(node, dict):
-            children: Any = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
+        if isinstance(node, float):
+            nonfinite = nonfinite or not math.isfinite(node)
+            continue
+        if not isinstance(node, (dict, list)):
             continue
         deepest = max(deepest, d)
         if deepest > MAX_JSON_DEPTH:
-            return deepest
-        stack.extend((c, d + 1) for c in children)
-    return deepest
+            break
+        stack.extend((c, d + 1) for c in (node.values() if isinstance(node, dict) else node))
+    return deepest, nonfinite
 
 
 def read_json_document(path: str | os.PathLike[str], *, what: str, max_bytes: int) -> dict[str, Any]:
@@ -383,21 +385,6 @@ def _first_nonfinite(doc: Any) -> tuple[str, float] | None:
     return None
 
 
-def _has_nonfinite(doc: Any) -> bool:
-    """Whether ``doc`` holds a NaN or an infinity anywhere (fast: no paths)."""
-    stack = [doc]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, float):
-            if not math.isfinite(node):
-                return True
-        elif isinstance(node, dict):
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
-    return False
-
-
 def parse_json_document(raw: bytes, *, where: str, what: str) -> dict[str, Any]:
     """Parse bytes that must hold one JSON object: UTF-8, strict JSON, bounded nesting.
 
@@ -424,11 +411,12 @@ def parse_json_document(raw: bytes, *, where: str, what: str) -> dict[str, Any]:
     except ValueError as e:  # JSONDecodeError, and integers longer than Python converts
         reason = str(e).split(";")[0]
         raise DyncalError(f"'{where}' is not {what}: invalid JSON ({reason})") from None
-    if _depth(doc) > MAX_JSON_DEPTH:
+    deepest, nonfinite = _scan(doc)
+    if deepest > MAX_JSON_DEPTH:
         raise DyncalError(f"'{where}' is not {what}: its JSON nests deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(doc, dict):
         raise DyncalError(f"'{where}' is not {what}: it holds {_type_name(doc)}, not a JSON object")
-    if _has_nonfinite(doc):
+    if nonfinite:
         field, value = _first_nonfinite(doc) or ("(document)", math.nan)
         raise DyncalError(f"'{where}' is not {what}: field '{field}' must be a finite number, got {value}")
     return doc

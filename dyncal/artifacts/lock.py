@@ -66,9 +66,7 @@ def is_dyncal_lock(path: str | os.PathLike[str]) -> bool:
     except OSError:
         return False
     try:
-        return _HOLDER.fullmatch(os.pread(fd, _MAX_LOCK_BYTES + 1, 0)) is not None
-    except OSError:
-        return False
+        return _holder(fd) is not None
     finally:
         os.close(fd)
 
@@ -113,11 +111,6 @@ class OutputLock:
         self.path = lock_path(self.target)
         self.error = error
         self._key: str | None = None
-
-    @property
-    def run(self) -> Path:
-        """The output locked (named ``run`` for the run directories it was first written for)."""
-        return self.target
 
     def acquire(self) -> OutputLock:
         """Take the lock now or raise naming the process that holds it (or what blocks its file)."""
@@ -245,11 +238,6 @@ class OutputLock:
             except OSError:
                 pass
             os.close(fd)
-
-    @property
-    def held(self) -> bool:
-        """Whether this object holds the lock."""
-        return self._key is not None
 
     def __enter__(self) -> OutputLock:
         return self.acquire()

@@ -239,24 +239,20 @@ class PackageManifest:
         return manifest
 
     def validate(self, where: str = "manifest") -> None:
-        """Check that the fields agree with each other (see :meth:`from_dict`)."""
+        """Check that the fields agree with each other.
+
+        Each field's own type and range are checked where it enters: :meth:`from_dict` for a
+        manifest read, and ``dyncal export`` (:func:`check_exit_rule`) for one it builds, which
+        it reads back through :meth:`from_dict` before the package is published.
+        """
         bad = f"'{where}' is not a valid package manifest"
-        check_exit_rule(self.score, self.temperatures, self.thresholds, self.k, what=bad)
-        if self.c < 1:
-            raise DyncalError(f"{bad}: C={self.c}")
         if decision_fingerprint(self.score, self.temperatures, self.thresholds) != self.decision_fingerprint:
             raise DyncalError(
                 f"{bad}: its score, temperatures and thresholds do not match its decision fingerprint "
                 f"{self.decision_fingerprint[:12]} (the manifest was edited); re-export the package"
             )
-        if len(self.stages) != self.k:
-            raise DyncalError(f"{bad}: {len(self.stages)} stage files for K={self.k} exits")
         if self.stages[-1].carry_batch_dims:
             raise DyncalError(f"{bad}: the last stage hands values on ({list(self.stages[-1].carry_batch_dims)})")
-        if any(d is not None and d < 0 for s in self.stages for d in s.carry_batch_dims):
-            raise DyncalError(f"{bad}: a negative batch dimension")
-        if any(v < 1 for v in self.input_shape):
-            raise DyncalError(f"{bad}: input shape {list(self.input_shape)}")
         for name, sha in self.files.items():
             if not _SAFE_NAME.fullmatch(name) or name in (MANIFEST, SIGNATURE):
                 raise DyncalError(f"{bad}: file name {name!r} (plain names inside the package only)")

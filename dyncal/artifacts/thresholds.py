@@ -14,6 +14,7 @@ outside the score's range (:func:`score_range`), which changes no decision, and
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -28,6 +29,7 @@ import numpy as np
 
 from dyncal.artifacts import validate as V
 from dyncal.artifacts.atomic import atomic_write_text
+from dyncal.artifacts.fields import JsonFields
 from dyncal.artifacts.validate import FieldError, read_json_document
 from dyncal.choices import Score
 from dyncal.errors import DyncalError
@@ -95,7 +97,7 @@ def read_exit_rule(d: Mapping[str, Any], k: int) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class ThresholdsDocument:
+class ThresholdsDocument(JsonFields):
     """The ``thresholds.json`` document of ``dyncal solve``.
 
     Calibration numbers (``calibration_accuracy``, ``expected_macs``, ``expected_ms``,
@@ -132,6 +134,7 @@ class ThresholdsDocument:
         guard: What the guard did (:func:`dyncal.calibrate.solvers.guard_record`); None in risk mode.
     """
 
+    schema_version: int = field(default=SCHEMA_VERSION, kw_only=True)  # first: the document's key order
     score: str
     temperatures: tuple[float, ...]
     thresholds: tuple[float | None, ...]
@@ -148,38 +151,14 @@ class ThresholdsDocument:
     split: dict[str, Any] = field(default_factory=dict)
     risk: dict[str, Any] | None = None
     run: str = ""
+    run_fingerprint: str | None = None
     n_classes: int = 0
     temperature_at_bound: tuple[bool, ...] | None = None
-    schema_version: int = SCHEMA_VERSION
-    run_fingerprint: str | None = None
     guard: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The thresholds.json document."""
-        return {
-            "schema": "dyncal.thresholds",
-            "schema_version": self.schema_version,
-            "score": self.score,
-            "temperatures": list(self.temperatures),
-            "thresholds": list(self.thresholds),
-            "method": self.method,
-            "budget": dict(self.budget),
-            "expected_macs": self.expected_macs,
-            "expected_ms": dict(self.expected_ms),
-            "calibration_accuracy": self.calibration_accuracy,
-            "holdout_accuracy": self.holdout_accuracy,
-            "holdout_ci": None if self.holdout_ci is None else list(self.holdout_ci),
-            "exit_shares": list(self.exit_shares),
-            "static": [dict(s) for s in self.static],
-            "holdout": None if self.holdout is None else dict(self.holdout),
-            "split": dict(self.split),
-            "risk": None if self.risk is None else dict(self.risk),
-            "run": self.run,
-            "run_fingerprint": self.run_fingerprint,
-            "n_classes": self.n_classes,
-            "temperature_at_bound": None if self.temperature_at_bound is None else list(self.temperature_at_bound),
-            "guard": None if self.guard is None else dict(self.guard),
-        }
+        """The thresholds.json document: its schema, then every field in order (tuples as lists, containers copied)."""
+        return {"schema": "dyncal.thresholds", **copy.deepcopy(super().to_dict())}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ThresholdsDocument:

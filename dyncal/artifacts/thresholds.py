@@ -189,7 +189,6 @@ class ThresholdsDocument(JsonFields):
         if raw[-1] is not None:
             raise V.FieldError(f"thresholds[{k - 1}]", f"(the last exit's) must be null, got {V.show(raw[-1])}")
         thresholds = tuple(V.number(v, f"thresholds[{i}]") for i, v in enumerate(raw[:-1]))
-        ci = d.get("holdout_ci")
         at_bound = d.get("temperature_at_bound")
         return cls(
             **read_exit_rule(d, k),
@@ -197,20 +196,12 @@ class ThresholdsDocument(JsonFields):
             method=V.string(V.require(d, "method"), "method"),
             budget=_budget_from_dict(d.get("budget") or {}),
             expected_macs=_opt(d.get("expected_macs"), "expected_macs", minimum=0),
-            expected_ms={
-                str(key): V.number(v, f"expected_ms[{key!r}]", minimum=0)
-                for key, v in V.mapping(d.get("expected_ms") or {}, "expected_ms").items()
-            },
+            expected_ms=_cost_map(d.get("expected_ms") or {}, "expected_ms"),
             calibration_accuracy=V.number(
                 V.require(d, "calibration_accuracy"), "calibration_accuracy", minimum=0, maximum=1
             ),
             holdout_accuracy=_opt(d.get("holdout_accuracy"), "holdout_accuracy", minimum=0, maximum=1),
-            holdout_ci=None
-            if ci is None
-            else cast(
-                "tuple[float, float]",
-                V.number_list(ci, "holdout_ci", length=2, minimum=0, maximum=1, nondecreasing=True),
-            ),
+            holdout_ci=_interval(d.get("holdout_ci"), "holdout_ci"),
             exit_shares=V.number_list(V.require(d, "exit_shares"), "exit_shares", length=k, minimum=0, maximum=1),
             static=tuple(
                 _static_from_dict(s, f"static[{i}]") for i, s in enumerate(V.sequence(d.get("static", []), "static"))
@@ -256,6 +247,13 @@ def _opt(value: Any, field: str, **bounds: Any) -> float | None:
     return None if value is None else V.number(value, field, **bounds)
 
 
+def _interval(value: Any, field: str) -> tuple[float, float] | None:
+    """None, or a 95% interval of a fraction: two fractions in order."""
+    if value is None:
+        return None
+    return cast("tuple[float, float]", V.number_list(value, field, length=2, minimum=0, maximum=1, nondecreasing=True))
+
+
 def _cost_map(value: Any, field: str) -> dict[str, float]:
     return {str(key): V.number(v, f"{field}[{key!r}]", minimum=0) for key, v in V.mapping(value, field).items()}
 
@@ -295,8 +293,7 @@ def _static_from_dict(value: Any, field: str) -> dict[str, Any]:
         V.integer(entry["exit"], f"{field}.exit", minimum=1)
     for key in ("calibration_accuracy", "holdout_accuracy"):
         _opt(entry.get(key), f"{field}.{key}", minimum=0, maximum=1)
-    if entry.get("holdout_ci") is not None:
-        V.number_list(entry["holdout_ci"], f"{field}.holdout_ci", length=2, minimum=0, maximum=1, nondecreasing=True)
+    _interval(entry.get("holdout_ci"), f"{field}.holdout_ci")
     _opt(entry.get("macs"), f"{field}.macs", minimum=0)
     _opt(entry.get("fraction"), f"{field}.fraction", minimum=0)
     _cost_map(entry.get("ms") or {}, f"{field}.ms")
@@ -528,16 +525,8 @@ def finite_thresholds(thresholds: Sequence[float] | np.ndarray, score: str, n_cl
         [2.0, 0.7, None]
     """
     low, high = score_range(score, n_classes)
-    out: list[float | None] = []
-    for v in np.asarray(thresholds, dtype=np.float64):
-        if v == np.inf:
-            out.append(high + 1.0)
-        elif v == -np.inf:
-            out.append(low - 1.0)
-        else:
-            out.append(float(v))
-    out.append(None)
-    return out
+    made_finite = {math.inf: high + 1.0, -math.inf: low - 1.0}
+    return [*(made_finite.get(v, v) for v in np.asarray(thresholds, dtype=np.float64).tolist()), None]
 
 
 def thresholds_from_json(values: Sequence[float | None]) -> np.ndarray:

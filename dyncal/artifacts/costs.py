@@ -134,9 +134,9 @@ class UnsupportedOp:
         """
         d = V.mapping(d, field)
         return cls(
-            stage=V.integer(V.require(d, "stage", f"{field}."), f"{field}.stage", minimum=1),
-            op=V.string(V.require(d, "op", f"{field}."), f"{field}.op"),
-            count=V.integer(V.require(d, "count", f"{field}."), f"{field}.count", minimum=0),
+            stage=V.required(d, "stage", V.integer, f"{field}.", minimum=1),
+            op=V.required(d, "op", V.string, f"{field}."),
+            count=V.required(d, "count", V.integer, f"{field}.", minimum=0),
         )
 
 
@@ -297,9 +297,9 @@ class LatencyProfile:
         """
         d = V.mapping(d, field)
         threads = d.get("threads")
-        device = V.string(V.require(d, "device", f"{field}."), f"{field}.device")
-        batch = V.integer(V.require(d, "batch_size", f"{field}."), f"{field}.batch_size", minimum=1)
-        stage_ms = _replicates(V.require(d, "stage_ms", f"{field}."), f"{field}.stage_ms", min_length=1)
+        device = V.required(d, "device", V.string, f"{field}.")
+        batch = V.required(d, "batch_size", V.integer, f"{field}.", minimum=1)
+        stage_ms = V.required(d, "stage_ms", _replicates, f"{field}.", min_length=1)
         if k is not None:
             _one_per_exit(f"{field}.stage_ms", k, len(stage_ms))
         exit_path_ms = _replicates(d.get("exit_path_ms", []), f"{field}.exit_path_ms")

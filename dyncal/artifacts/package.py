@@ -185,45 +185,35 @@ class PackageManifest:
                 "upgrade dyncal"
             )
         try:
-            version = V.integer(V.require(d, "schema_version"), "schema_version", minimum=1)
-            k = V.integer(V.require(d, "k"), "k", minimum=2)
-            inp = V.mapping(V.require(d, "input"), "input")
-            raw = V.sequence(V.require(d, "thresholds"), "thresholds", length=k)
+            version = V.required(d, "schema_version", V.integer, minimum=1)
+            k = V.required(d, "k", V.integer, minimum=2)
+            inp = V.required(d, "input", V.mapping)
+            raw = V.required(d, "thresholds", V.sequence, length=k)
             if raw[-1] is not None:
                 raise V.FieldError(f"thresholds[{k - 1}]", f"(the last exit's) must be null, got {V.show(raw[-1])}")
             stages = tuple(
                 PackageStage(
-                    file=V.string(
-                        V.require(V.mapping(s, f"stages[{i}]"), "file", f"stages[{i}]."), f"stages[{i}].file"
-                    ),
+                    file=V.required(V.mapping(s, f"stages[{i}]"), "file", V.string, f"stages[{i}]."),
                     carry_batch_dims=tuple(
                         None if v is None else V.integer(v, f"stages[{i}].carry_batch_dims[{j}]", minimum=0)
-                        for j, v in enumerate(
-                            V.sequence(
-                                V.require(s, "carry_batch_dims", f"stages[{i}]."), f"stages[{i}].carry_batch_dims"
-                            )
-                        )
+                        for j, v in enumerate(V.required(s, "carry_batch_dims", V.sequence, f"stages[{i}]."))
                     ),
                 )
-                for i, s in enumerate(V.sequence(V.require(d, "stages"), "stages", length=k))
+                for i, s in enumerate(V.required(d, "stages", V.sequence, length=k))
             )
             manifest = cls(
                 k=k,
-                c=V.integer(V.require(d, "c"), "c", minimum=2),
+                c=V.required(d, "c", V.integer, minimum=2),
                 **read_exit_rule(d, k),
                 thresholds=(*(V.number(t, f"thresholds[{i}]") for i, t in enumerate(raw[:-1])), None),
-                decision_fingerprint=V.string(V.require(d, "decision_fingerprint"), "decision_fingerprint"),
-                input_shape=tuple(
-                    V.integer(v, f"input.shape[{i}]", minimum=1, maximum=MAX_INPUT_DIM)
-                    for i, v in enumerate(V.sequence(V.require(inp, "shape", "input."), "input.shape"))
-                ),
-                input_dtype=V.string(V.require(inp, "dtype", "input."), "input.dtype"),
+                decision_fingerprint=V.required(d, "decision_fingerprint", V.string),
+                input_shape=V.required(inp, "shape", V.integer_list, "input.", minimum=1, maximum=MAX_INPUT_DIM),
+                input_dtype=V.required(inp, "dtype", V.string, "input."),
                 stages=stages,
                 files={
-                    str(name): V.string(sha, f"files.{name}")
-                    for name, sha in V.mapping(V.require(d, "files"), "files").items()
+                    str(name): V.string(sha, f"files.{name}") for name, sha in V.required(d, "files", V.mapping).items()
                 },
-                run_fingerprint=V.string(V.require(d, "run_fingerprint"), "run_fingerprint"),
+                run_fingerprint=V.required(d, "run_fingerprint", V.string),
                 run=V.string(d.get("run", ""), "run"),
                 model=dict(V.mapping(d.get("model") or {}, "model")),
                 solve=dict(V.mapping(d.get("solve") or {}, "solve")),

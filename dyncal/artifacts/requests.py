@@ -360,28 +360,20 @@ class RequestTimings:
         """
         from dyncal.artifacts.costs import LatencyKey
 
-        def req(name: str) -> Any:
-            return V.require(d, name, prefix)
-
-        key = V.string(req("key"), prefix + "key")
+        key = V.required(d, "key", V.string, prefix)
         try:
             parsed = LatencyKey.parse(key)
         except ValueError as e:
             raise V.FieldError(prefix + "key", str(e)) from None
-        batch_size = V.integer(req("batch_size"), prefix + "batch_size", minimum=1)
+        batch_size = V.required(d, "batch_size", V.integer, prefix, minimum=1)
         if parsed.batch_size != batch_size:
             raise V.FieldError(prefix + "batch_size", f"is {batch_size}, the key says {parsed.batch_size}")
-        k = V.integer(req("n_exits"), prefix + "n_exits", minimum=1)
-        rows = [V.integer(v, f"{prefix}rows[{i}]", minimum=0) for i, v in enumerate(V.sequence(req("rows"), "rows"))]
-        exits = [
-            V.integer(v, f"{prefix}exits[{i}]", minimum=0, maximum=k - 1)
-            for i, v in enumerate(V.sequence(req("exits"), prefix + "exits", length=len(rows)))
-        ]
-        pop_raw = d.get("population")
-        pop = None
-        if pop_raw is not None:
-            items = V.sequence(pop_raw, prefix + "population", length=k)
-            pop = [V.integer(v, f"{prefix}population[{i}]", minimum=0) for i, v in enumerate(items)]
+        k = V.required(d, "n_exits", V.integer, prefix, minimum=1)
+        rows = V.required(d, "rows", V.integer_list, prefix, minimum=0)
+        exits = V.required(d, "exits", V.integer_list, prefix, length=len(rows), minimum=0, maximum=k - 1)
+        pop = d.get("population")
+        if pop is not None:
+            pop = np.asarray(V.integer_list(pop, prefix + "population", length=k, minimum=0))
         bound = d.get("time_bound_s")
         try:
             return cls(
@@ -389,10 +381,10 @@ class RequestTimings:
                 batch_size,
                 np.asarray(rows, dtype=np.int64),
                 np.asarray(exits, dtype=np.int64),
-                _ms_matrix(req("early_exit_ms"), prefix + "early_exit_ms"),
-                _ms_matrix(req("plain_ms"), prefix + "plain_ms"),
+                V.required(d, "early_exit_ms", _ms_matrix, prefix),
+                V.required(d, "plain_ms", _ms_matrix, prefix),
                 n_exits=k,
-                population=None if pop is None else np.asarray(pop, dtype=np.int64),
+                population=pop,
                 n_available=V.integer(d.get("n_available", len(rows)), prefix + "n_available", minimum=0),
                 time_bound_s=None if bound is None else V.number(bound, prefix + "time_bound_s", positive=True),
             )

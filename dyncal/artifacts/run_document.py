@@ -199,15 +199,15 @@ class RunDocument:
                 f"{SCHEMA_VERSION}: upgrade dyncal"
             )
         try:
-            version = V.integer(V.require(doc, "schema_version"), "schema_version", minimum=1, maximum=SCHEMA_VERSION)
+            version = V.required(doc, "schema_version", V.integer, minimum=1, maximum=SCHEMA_VERSION)
             if doc.get("complete") is not True:
                 raise RunError(
                     f"run '{path}': {RUN_JSON} marks the run incomplete (field 'complete' is "
                     f"{V.show(doc.get('complete'))}); re-run 'dyncal collect ... --overwrite'"
                 )
-            n = V.integer(V.require(doc, "n"), "n", minimum=1)
-            k = V.integer(V.require(doc, "k"), "k", minimum=1)
-            c = V.integer(V.require(doc, "c"), "c", minimum=2)
+            n = V.required(doc, "n", V.integer, minimum=1)
+            k = V.required(doc, "k", V.integer, minimum=1)
+            c = V.required(doc, "c", V.integer, minimum=2)
             files = doc.get("files")
             if files is not None and files != _FILES:
                 raise V.FieldError("files", f"must be {json.dumps(_FILES)}, got {V.show(files, 80)}")

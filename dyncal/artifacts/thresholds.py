@@ -91,7 +91,7 @@ def read_exit_rule(d: Mapping[str, Any], k: int) -> dict[str, Any]:
     """``score`` and ``k`` ``temperatures`` (in :data:`TEMPERATURE_RANGE`) of a thresholds document or a manifest."""
     (lo, hi), temperatures = TEMPERATURE_RANGE, V.require(d, "temperatures")
     return {
-        "score": V.string(V.require(d, "score"), "score", choices=tuple(Score)),
+        "score": V.required(d, "score", V.string, choices=tuple(Score)),
         "temperatures": V.number_list(temperatures, "temperatures", length=k, positive=True, minimum=lo, maximum=hi),
     }
 
@@ -184,7 +184,7 @@ class ThresholdsDocument(JsonFields):
                 "upgrade dyncal"
             )
         version = V.integer(version, "schema_version", minimum=1)
-        raw = V.sequence(V.require(d, "thresholds"), "thresholds", min_length=2)
+        raw = V.required(d, "thresholds", V.sequence, min_length=2)
         k = len(raw)
         if raw[-1] is not None:
             raise V.FieldError(f"thresholds[{k - 1}]", f"(the last exit's) must be null, got {V.show(raw[-1])}")
@@ -193,16 +193,14 @@ class ThresholdsDocument(JsonFields):
         return cls(
             **read_exit_rule(d, k),
             thresholds=(*thresholds, None),
-            method=V.string(V.require(d, "method"), "method"),
+            method=V.required(d, "method", V.string),
             budget=_budget_from_dict(d.get("budget") or {}),
             expected_macs=_opt(d.get("expected_macs"), "expected_macs", minimum=0),
             expected_ms=_cost_map(d.get("expected_ms") or {}, "expected_ms"),
-            calibration_accuracy=V.number(
-                V.require(d, "calibration_accuracy"), "calibration_accuracy", minimum=0, maximum=1
-            ),
+            calibration_accuracy=V.required(d, "calibration_accuracy", V.number, minimum=0, maximum=1),
             holdout_accuracy=_opt(d.get("holdout_accuracy"), "holdout_accuracy", minimum=0, maximum=1),
             holdout_ci=_interval(d.get("holdout_ci"), "holdout_ci"),
-            exit_shares=V.number_list(V.require(d, "exit_shares"), "exit_shares", length=k, minimum=0, maximum=1),
+            exit_shares=V.required(d, "exit_shares", V.number_list, length=k, minimum=0, maximum=1),
             static=tuple(
                 _static_from_dict(s, f"static[{i}]") for i, s in enumerate(V.sequence(d.get("static", []), "static"))
             ),
@@ -218,7 +216,7 @@ class ThresholdsDocument(JsonFields):
                 for i, v in enumerate(V.sequence(at_bound, "temperature_at_bound", length=k))
             ),
             schema_version=version,
-            run_fingerprint=V.string(V.require(d, "run_fingerprint"), "run_fingerprint"),
+            run_fingerprint=V.required(d, "run_fingerprint", V.string),
             guard=V.optional_mapping(d.get("guard"), "guard"),
         )
 
@@ -271,16 +269,15 @@ def _split_from_dict(value: Any) -> dict[str, Any]:
         if key in split:
             V.integer(split[key], f"split.{key}", minimum=least)
     if "unsplit_classes" in split:
-        for i, c in enumerate(V.sequence(split["unsplit_classes"], "split.unsplit_classes")):
-            V.integer(c, f"split.unsplit_classes[{i}]", minimum=0)
+        V.integer_list(split["unsplit_classes"], "split.unsplit_classes", minimum=0)
     return split
 
 
 def _holdout_from_dict(value: Any, k: int) -> dict[str, Any]:
     """The ``holdout`` object: the held-out part's size, costs and exit shares."""
     held = dict(V.mapping(value, "holdout"))
-    V.integer(V.require(held, "n", "holdout."), "holdout.n", minimum=1)
-    V.number_list(V.require(held, "exit_shares", "holdout."), "holdout.exit_shares", length=k, minimum=0, maximum=1)
+    V.required(held, "n", V.integer, "holdout.", minimum=1)
+    V.required(held, "exit_shares", V.number_list, "holdout.", length=k, minimum=0, maximum=1)
     _opt(held.get("expected_macs"), "holdout.expected_macs", minimum=0)
     _cost_map(held.get("expected_ms") or {}, "holdout.expected_ms")
     return held

@@ -15,7 +15,7 @@ import os
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dyncal.errors import DyncalError
 
@@ -28,15 +28,19 @@ __all__ = [
     "mapping",
     "sequence",
     "number_list",
+    "integer_list",
     "file_kind",
     "regular_file",
     "optional_mapping",
     "string_map",
     "require",
+    "required",
     "read_json_document",
     "parse_json_document",
     "MAX_JSON_DEPTH",
 ]
+
+T = TypeVar("T")
 
 MAX_JSON_DEPTH = 32
 """Deepest nesting of lists and objects accepted in a document (dyncal writes at most ~6)."""
@@ -251,6 +255,19 @@ def number_list(
     return out
 
 
+def integer_list(
+    value: Any, field: str, *, length: int | None = None, minimum: int | None = None, maximum: int | None = None
+) -> tuple[int, ...]:
+    """A JSON list of integers, each checked as :func:`integer` does.
+
+    Example:
+        >>> integer_list([3, 224, 224], "input.shape", minimum=1)
+        (3, 224, 224)
+    """
+    items = sequence(value, field, length=length)
+    return tuple(integer(v, f"{field}[{i}]", minimum=minimum, maximum=maximum) for i, v in enumerate(items))
+
+
 def file_kind(mode: int) -> str:
     """What a ``stat`` mode is, for messages about files that are not regular files.
 
@@ -454,3 +471,15 @@ def require(doc: Mapping[str, Any], key: str, prefix: str = "") -> Any:
     if key not in doc:
         raise FieldError(f"{prefix}{key}", "is missing")
     return doc[key]
+
+
+def required(doc: Mapping[str, Any], key: str, check: Callable[..., T], prefix: str = "", **bounds: Any) -> T:
+    """``doc[key]`` (:func:`require`) read by ``check`` (:func:`integer`, :func:`string`, ...) under its name.
+
+    Example:
+        >>> required({"k": 3}, "k", integer, minimum=2), required({"k": 3}, "c", integer, "run.")
+        Traceback (most recent call last):
+        ...
+        dyncal.artifacts.validate.FieldError: field 'run.c' is missing
+    """
+    return check(require(doc, key, prefix), f"{prefix}{key}", **bounds)

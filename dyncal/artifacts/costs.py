@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from dyncal.artifacts import validate as V
+from dyncal.artifacts.fields import JsonFields
 from dyncal.errors import DyncalError, param
 from dyncal.measurement import Measurement
 
@@ -114,16 +115,12 @@ def device_name(device: str) -> str:
 
 
 @dataclass(frozen=True)
-class UnsupportedOp:
+class UnsupportedOp(JsonFields):
     """An operator fvcore could not count, in one stage."""
 
     stage: int
     op: str
     count: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict."""
-        return {"stage": self.stage, "op": self.op, "count": self.count}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], field: str = "unsupported_ops[]") -> UnsupportedOp:
@@ -296,7 +293,6 @@ class LatencyProfile:
                 did not write).
         """
         d = V.mapping(d, field)
-        threads = d.get("threads")
         device = V.required(d, "device", V.string, f"{field}.")
         batch = V.required(d, "batch_size", V.integer, f"{field}.", minimum=1)
         stage_ms = V.required(d, "stage_ms", _replicates, f"{field}.", min_length=1)
@@ -311,7 +307,7 @@ class LatencyProfile:
             stage_ms=stage_ms,
             decision_ms=V.number_list(d.get("decision_ms", []), f"{field}.decision_ms", minimum=0),
             full_model_ms=full_model_ms,
-            threads=None if threads is None else V.integer(threads, f"{field}.threads", minimum=1),
+            threads=V.optional(d.get("threads"), V.integer, f"{field}.threads", minimum=1),
             hardware=V.string(d.get("hardware", ""), f"{field}.hardware"),
             settings=dict(V.mapping(d.get("settings", {}), f"{field}.settings")),
             exit_path_ms=exit_path_ms,

@@ -41,6 +41,7 @@ from typing import Any
 from dyncal.archives.files import read_regular_file
 from dyncal.artifacts import validate as V
 from dyncal.artifacts.atomic import temp_target
+from dyncal.artifacts.fields import JsonFields
 from dyncal.artifacts.ownership import foreign_entry, is_regular_file, json_schema
 from dyncal.artifacts.rundir import PARTIAL_SUFFIX
 from dyncal.artifacts.thresholds import TEMPERATURE_RANGE, decision_fingerprint, read_exit_rule
@@ -78,7 +79,7 @@ MAX_INPUT_DIM = 1 << 31
 
 
 @dataclass(frozen=True)
-class PackageStage:
+class PackageStage(JsonFields):
     """One stage file of a package.
 
     Attributes:
@@ -89,10 +90,6 @@ class PackageStage:
 
     file: str
     carry_batch_dims: tuple[int | None, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {"file": self.file, "carry_batch_dims": list(self.carry_batch_dims)}
 
 
 @dataclass(frozen=True)
@@ -195,7 +192,7 @@ class PackageManifest:
                 PackageStage(
                     file=V.required(V.mapping(s, f"stages[{i}]"), "file", V.string, f"stages[{i}]."),
                     carry_batch_dims=tuple(
-                        None if v is None else V.integer(v, f"stages[{i}].carry_batch_dims[{j}]", minimum=0)
+                        V.optional(v, V.integer, f"stages[{i}].carry_batch_dims[{j}]", minimum=0)
                         for j, v in enumerate(V.required(s, "carry_batch_dims", V.sequence, f"stages[{i}]."))
                     ),
                 )

@@ -77,7 +77,7 @@ SIDES = ("early_exit", "plain")
 VIEWS = ("fastest", "raw")
 """``fastest``: each unit's fastest replicate (noise-reduced); ``raw``: every replicate."""
 _SEED = 20240621
-_MIN_MS, _MAX_MS = 1e-6, 1e9
+MIN_MS, MAX_MS = 1e-6, 1e9  # a nanosecond to 11 days: anything else is not a timing
 _DRAW_BUDGET = 30_000_000  # replicate draws per bootstrap: N_BOOTSTRAP resamples up to 3000 requests x 5 pairs
 _MIN_DRAWS = 500  # fewer resamples above the budget, never fewer than this
 
@@ -374,19 +374,18 @@ class RequestTimings:
         pop = d.get("population")
         if pop is not None:
             pop = np.asarray(V.integer_list(pop, prefix + "population", length=k, minimum=0))
-        bound = d.get("time_bound_s")
         try:
             return cls(
                 key,
                 batch_size,
                 np.asarray(rows, dtype=np.int64),
                 np.asarray(exits, dtype=np.int64),
-                V.required(d, "early_exit_ms", _ms_matrix, prefix),
-                V.required(d, "plain_ms", _ms_matrix, prefix),
+                np.asarray(V.required(d, "early_exit_ms", ms_matrix, prefix)),
+                np.asarray(V.required(d, "plain_ms", ms_matrix, prefix)),
                 n_exits=k,
                 population=pop,
                 n_available=V.integer(d.get("n_available", len(rows)), prefix + "n_available", minimum=0),
-                time_bound_s=None if bound is None else V.number(bound, prefix + "time_bound_s", positive=True),
+                time_bound_s=V.optional(d.get("time_bound_s"), V.number, prefix + "time_bound_s", positive=True),
             )
         except V.FieldError:
             raise
@@ -547,8 +546,8 @@ def _problem(t: RequestTimings) -> str | None:
     if np.any(t.exits < 0) or np.any(t.exits >= t.n_exits):
         return f"exits must lie in [0, {t.n_exits}), got {t.exits.min()}..{t.exits.max()}"
     for name, a in (("early_exit_ms", ee), ("plain_ms", pl)):
-        if not np.all((a >= _MIN_MS) & (a <= _MAX_MS)):
-            return f"{name} must hold milliseconds between {_MIN_MS:g} and {_MAX_MS:g}"
+        if not np.all((a >= MIN_MS) & (a <= MAX_MS)):
+            return f"{name} must hold milliseconds between {MIN_MS:g} and {MAX_MS:g}"
     if t.population is not None:
         if t.population.shape != (t.n_exits,) or np.any(t.population < 0):
             return f"population must be {t.n_exits} non-negative counts, got {t.population.tolist()}"
@@ -558,12 +557,12 @@ def _problem(t: RequestTimings) -> str | None:
     return None
 
 
-def _ms_matrix(value: Any, field: str) -> np.ndarray:
-    """A non-empty list of equally long lists of milliseconds."""
+def ms_matrix(value: Any, field: str) -> tuple[tuple[float, ...], ...]:
+    """A non-empty list of equally long, non-empty lists of milliseconds (one per unit, or batch, timed)."""
     rows = V.sequence(value, field, min_length=1)
-    out = [
-        V.number_list(r, f"{field}[{i}]", min_length=1, minimum=_MIN_MS, maximum=_MAX_MS) for i, r in enumerate(rows)
-    ]
+    out = tuple(
+        V.number_list(r, f"{field}[{i}]", min_length=1, minimum=MIN_MS, maximum=MAX_MS) for i, r in enumerate(rows)
+    )
     if len({len(r) for r in out}) != 1:
         raise V.FieldError(field, "must have the same number of replicates for every unit")
-    return np.asarray(out, dtype=np.float64)
+    return out

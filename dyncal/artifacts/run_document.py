@@ -72,10 +72,9 @@ class Provenance:
         def text(key: str) -> str:
             return V.string(d.get(key, ""), f"{field}.{key}")
 
-        sha = d.get("weights_sha256")
         return cls(
             model=text("model"),
-            weights_sha256=None if sha is None else V.string(sha, f"{field}.weights_sha256"),
+            weights_sha256=V.optional(d.get("weights_sha256"), V.string, f"{field}.weights_sha256"),
             data=text("data"),
             command=text("command"),
             created=text("created"),

@@ -195,10 +195,10 @@ class ThresholdsDocument(JsonFields):
             thresholds=(*thresholds, None),
             method=V.required(d, "method", V.string),
             budget=_budget_from_dict(d.get("budget") or {}),
-            expected_macs=_opt(d.get("expected_macs"), "expected_macs", minimum=0),
+            expected_macs=V.optional(d.get("expected_macs"), V.number, "expected_macs", minimum=0),
             expected_ms=_cost_map(d.get("expected_ms") or {}, "expected_ms"),
             calibration_accuracy=V.required(d, "calibration_accuracy", V.number, minimum=0, maximum=1),
-            holdout_accuracy=_opt(d.get("holdout_accuracy"), "holdout_accuracy", minimum=0, maximum=1),
+            holdout_accuracy=V.optional(d.get("holdout_accuracy"), V.number, "holdout_accuracy", minimum=0, maximum=1),
             holdout_ci=_interval(d.get("holdout_ci"), "holdout_ci"),
             exit_shares=V.required(d, "exit_shares", V.number_list, length=k, minimum=0, maximum=1),
             static=tuple(
@@ -206,7 +206,7 @@ class ThresholdsDocument(JsonFields):
             ),
             holdout=None if d.get("holdout") is None else _holdout_from_dict(d["holdout"], k),
             split=_split_from_dict(d.get("split") or {}),
-            risk=V.optional_mapping(d.get("risk"), "risk"),
+            risk=V.optional(d.get("risk"), V.mapping, "risk"),
             run=V.string(d.get("run", ""), "run"),
             n_classes=V.integer(d.get("n_classes", 0), "n_classes", minimum=0),
             temperature_at_bound=None
@@ -217,7 +217,7 @@ class ThresholdsDocument(JsonFields):
             ),
             schema_version=version,
             run_fingerprint=V.required(d, "run_fingerprint", V.string),
-            guard=V.optional_mapping(d.get("guard"), "guard"),
+            guard=V.optional(d.get("guard"), V.mapping, "guard"),
         )
 
     @property
@@ -239,10 +239,6 @@ def _boolean(value: Any, field: str) -> bool:
     if not isinstance(value, bool):
         raise V.FieldError(field, f"must be true or false, got {V.show(value)}")
     return value
-
-
-def _opt(value: Any, field: str, **bounds: Any) -> float | None:
-    return None if value is None else V.number(value, field, **bounds)
 
 
 def _interval(value: Any, field: str) -> tuple[float, float] | None:
@@ -278,7 +274,7 @@ def _holdout_from_dict(value: Any, k: int) -> dict[str, Any]:
     held = dict(V.mapping(value, "holdout"))
     V.required(held, "n", V.integer, "holdout.", minimum=1)
     V.required(held, "exit_shares", V.number_list, "holdout.", length=k, minimum=0, maximum=1)
-    _opt(held.get("expected_macs"), "holdout.expected_macs", minimum=0)
+    V.optional(held.get("expected_macs"), V.number, "holdout.expected_macs", minimum=0)
     _cost_map(held.get("expected_ms") or {}, "holdout.expected_ms")
     return held
 
@@ -289,10 +285,10 @@ def _static_from_dict(value: Any, field: str) -> dict[str, Any]:
     if "exit" in entry:
         V.integer(entry["exit"], f"{field}.exit", minimum=1)
     for key in ("calibration_accuracy", "holdout_accuracy"):
-        _opt(entry.get(key), f"{field}.{key}", minimum=0, maximum=1)
+        V.optional(entry.get(key), V.number, f"{field}.{key}", minimum=0, maximum=1)
     _interval(entry.get("holdout_ci"), f"{field}.holdout_ci")
-    _opt(entry.get("macs"), f"{field}.macs", minimum=0)
-    _opt(entry.get("fraction"), f"{field}.fraction", minimum=0)
+    V.optional(entry.get("macs"), V.number, f"{field}.macs", minimum=0)
+    V.optional(entry.get("fraction"), V.number, f"{field}.fraction", minimum=0)
     _cost_map(entry.get("ms") or {}, f"{field}.ms")
     return entry
 

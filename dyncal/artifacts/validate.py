@@ -31,7 +31,7 @@ __all__ = [
     "integer_list",
     "file_kind",
     "regular_file",
-    "optional_mapping",
+    "optional",
     "string_map",
     "require",
     "required",
@@ -439,14 +439,14 @@ def parse_json_document(raw: bytes, *, where: str, what: str) -> dict[str, Any]:
     return doc
 
 
-def optional_mapping(value: Any, field: str) -> dict[str, Any] | None:
-    """None or a JSON object (see :func:`mapping`).
+def optional(value: Any, check: Callable[..., T], field: str, **bounds: Any) -> T | None:
+    """None (JSON null, or a key left out), or ``value`` read by ``check`` (:func:`number`, :func:`mapping`, ...).
 
     Example:
-        >>> optional_mapping(None, "risk") is None
-        True
+        >>> optional(None, mapping, "risk") is None, optional(2, number, "macs", positive=True)
+        (True, 2.0)
     """
-    return None if value is None else mapping(value, field)
+    return None if value is None else check(value, field, **bounds)
 
 
 def string_map(value: Any, field: str) -> dict[str, str]:

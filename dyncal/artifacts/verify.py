@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 
 from dyncal.artifacts import validate as V
-from dyncal.artifacts.requests import RequestTimings
+from dyncal.artifacts.fields import JsonFields
+from dyncal.artifacts.requests import RequestTimings, ms_matrix
 from dyncal.errors import DyncalError
 from dyncal.measurement import row_medians, row_spreads
 from dyncal.paired import ESTIMATORS, PairedEstimate, paired_speedup
@@ -46,7 +47,6 @@ __all__ = ["SCHEMA", "SCHEMA_VERSION", "PairedTiming", "VerifyResult", "ModelIde
 
 SCHEMA = "dyncal.verify"
 SCHEMA_VERSION = 1
-_MIN_MS, _MAX_MS = 1e-6, 1e9  # a nanosecond to 11 days: anything else is not a timing
 MAX_VERIFY_BYTES = 256 << 20
 """Largest verify.json accepted (raw replicates of every batch; dyncal writes a few MB)."""
 MIN_AGREEMENT = 0.99
@@ -185,14 +185,12 @@ class PairedTiming:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PairedTiming:
         """Build from :meth:`to_dict` output (validated)."""
-        key = _get(d, "key", str)
-        ee = _matrix(d, "early_exit_ms_raw")
-        full = _matrix(d, "full_model_ms_raw")
+        key = V.required(d, "key", V.string)
+        ee = ms_matrix(d.get("early_exit_ms_raw"), "early_exit_ms_raw")
+        full = ms_matrix(d.get("full_model_ms_raw"), "full_model_ms_raw")
         if len(ee) != len(full) or any(len(a) != len(b) for a, b in zip(ee, full, strict=True)):
             raise ValueError(f"timing {key}: early_exit_ms_raw and full_model_ms_raw are not paired")
-        if len({len(r) for r in ee}) != 1:
-            raise ValueError(f"timing {key}: every batch must have the same number of replicates")
-        batch_size = _get(d, "batch_size", int)
+        batch_size = V.required(d, "batch_size", V.integer)
         from dyncal.artifacts.costs import LatencyKey
 
         parsed = LatencyKey.parse(key)  # ValueError words it
@@ -212,15 +210,15 @@ class PairedTiming:
             batch_size=batch_size,
             early_exit_ms=ee,
             full_model_ms=full,
-            predicted_ms=_opt_float(d, "predicted_ms"),
-            solve_expected_ms=_opt_float(d, "solve_expected_ms"),
+            predicted_ms=V.optional(d.get("predicted_ms"), V.number, "predicted_ms"),
+            solve_expected_ms=V.optional(d.get("solve_expected_ms"), V.number, "solve_expected_ms"),
             estimator=str(estimator),
             requests=requests,
         )
 
 
 @dataclass(frozen=True)
-class ModelIdentity:
+class ModelIdentity(JsonFields):
     """The model a result was measured with.
 
     Attributes:
@@ -233,17 +231,13 @@ class ModelIdentity:
     weights_sha256: str | None
     kind: str = "model"
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {"spec": self.spec, "weights_sha256": self.weights_sha256, "kind": self.kind}
-
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelIdentity:
         """Build from :meth:`to_dict` output (validated)."""
         sha = d.get("weights_sha256")
         if sha is not None and not isinstance(sha, str):
             raise ValueError("model.weights_sha256 must be a string or null")
-        return cls(spec=_get(d, "spec", str), weights_sha256=sha, kind=str(d.get("kind", "model")))
+        return cls(spec=V.required(d, "spec", V.string), weights_sha256=sha, kind=str(d.get("kind", "model")))
 
 
 @dataclass(frozen=True)
@@ -373,15 +367,15 @@ class VerifyResult:
         threads = d.get("threads")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"'threads' must be a positive integer or null, got {threads!r:.40}")
-        n = _get(d, "n", int)
+        n = V.required(d, "n", V.integer)
         if n < 1:
             raise ValueError(f"'n' must be at least 1, got {n}")
         shares = {key: _fractions(d, key) for key in ("runtime_exit_shares", "simulated_exit_shares")}
         if len(set(map(len, shares.values()))) != 1:
             raise ValueError("'runtime_exit_shares' and 'simulated_exit_shares' must have one entry per exit each")
         return cls(
-            run_fingerprint=_get(d, "run_fingerprint", str),
-            decision_fingerprint=_get(d, "decision_fingerprint", str),
+            run_fingerprint=V.required(d, "run_fingerprint", V.string),
+            decision_fingerprint=V.required(d, "decision_fingerprint", V.string),
             model=ModelIdentity.from_dict(model),
             n=n,
             agreement=_fraction(d, "agreement"),
@@ -391,7 +385,7 @@ class VerifyResult:
             runtime_exit_shares=shares["runtime_exit_shares"],
             simulated_exit_shares=shares["simulated_exit_shares"],
             timings=_unique(tuple(PairedTiming.from_dict(t) for t in timings)),
-            device=_get(d, "device", str),
+            device=V.required(d, "device", V.string),
             hardware=str(d.get("hardware", "")),
             threads=threads,
             settings=dict(d["settings"]) if isinstance(d.get("settings"), Mapping) else {},
@@ -441,37 +435,15 @@ def _unique(timings: tuple[PairedTiming, ...]) -> tuple[PairedTiming, ...]:
     return timings
 
 
-_READ: dict[type, Any] = {float: V.number, int: V.integer, str: V.string}
-
-
-def _get(d: Mapping[str, Any], key: str, kind: type) -> Any:
-    return _READ[kind](V.require(d, key), key)
-
-
-def _opt_float(d: Mapping[str, Any], key: str) -> float | None:
-    return None if d.get(key) is None else V.number(d[key], key)
-
-
 def _fraction(d: Mapping[str, Any], key: str) -> float:
-    v = _get(d, key, float)
+    v = V.required(d, key, V.number)
     if not 0.0 <= v <= 1.0:
         raise ValueError(f"'{key}' must be a fraction in [0, 1], got {v!r}")
     return float(v)
 
 
 def _fractions(d: Mapping[str, Any], key: str) -> tuple[float, ...]:
-    values = _floats(d, key)
+    values = V.number_list(d.get(key), key)
     if not values or any(not 0.0 <= v <= 1.0 for v in values):
         raise ValueError(f"'{key}' must be a non-empty list of fractions in [0, 1]")
     return values
-
-
-def _floats(d: Mapping[str, Any], key: str) -> tuple[float, ...]:
-    return V.number_list(d.get(key), key)
-
-
-def _matrix(d: Mapping[str, Any], key: str) -> tuple[tuple[float, ...], ...]:
-    rows = V.sequence(d.get(key), key, min_length=1)
-    return tuple(
-        V.number_list(r, f"{key}[{i}]", min_length=1, minimum=_MIN_MS, maximum=_MAX_MS) for i, r in enumerate(rows)
-    )

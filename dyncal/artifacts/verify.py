@@ -49,6 +49,7 @@ SCHEMA = "dyncal.verify"
 SCHEMA_VERSION = 1
 MAX_VERIFY_BYTES = 256 << 20
 """Largest verify.json accepted (raw replicates of every batch; dyncal writes a few MB)."""
+_FRACTIONS = ("agreement", "exit_agreement", "runtime_accuracy", "simulated_accuracy")  # shares of the samples
 MIN_AGREEMENT = 0.99
 """Below this agreement with the simulation a verify result is no evidence for the thresholds."""
 
@@ -358,36 +359,26 @@ class VerifyResult:
         version = d.get("schema_version")
         if not isinstance(version, int) or version > SCHEMA_VERSION:
             raise ValueError(f"schema version {version!r}; this dyncal reads up to {SCHEMA_VERSION}")
-        timings = d.get("timings")
-        if not isinstance(timings, list) or not all(isinstance(t, Mapping) for t in timings):
-            raise ValueError("'timings' must be a list of objects")
-        model = d.get("model")
-        if not isinstance(model, Mapping):
-            raise ValueError("'model' must be an object")
-        threads = d.get("threads")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"'threads' must be a positive integer or null, got {threads!r:.40}")
-        n = V.required(d, "n", V.integer)
-        if n < 1:
-            raise ValueError(f"'n' must be at least 1, got {n}")
-        shares = {key: _fractions(d, key) for key in ("runtime_exit_shares", "simulated_exit_shares")}
+        timings = [V.mapping(t, f"timings[{i}]") for i, t in enumerate(V.sequence(d.get("timings"), "timings"))]
+        model = V.mapping(d.get("model"), "model")
+        shares = {
+            key: V.number_list(d.get(key), key, min_length=1, minimum=0, maximum=1)
+            for key in ("runtime_exit_shares", "simulated_exit_shares")
+        }
         if len(set(map(len, shares.values()))) != 1:
             raise ValueError("'runtime_exit_shares' and 'simulated_exit_shares' must have one entry per exit each")
         return cls(
             run_fingerprint=V.required(d, "run_fingerprint", V.string),
             decision_fingerprint=V.required(d, "decision_fingerprint", V.string),
             model=ModelIdentity.from_dict(model),
-            n=n,
-            agreement=_fraction(d, "agreement"),
-            exit_agreement=_fraction(d, "exit_agreement"),
-            runtime_accuracy=_fraction(d, "runtime_accuracy"),
-            simulated_accuracy=_fraction(d, "simulated_accuracy"),
+            n=V.required(d, "n", V.integer, minimum=1),
+            **{key: V.required(d, key, V.number, minimum=0, maximum=1) for key in _FRACTIONS},
             runtime_exit_shares=shares["runtime_exit_shares"],
             simulated_exit_shares=shares["simulated_exit_shares"],
             timings=_unique(tuple(PairedTiming.from_dict(t) for t in timings)),
             device=V.required(d, "device", V.string),
             hardware=str(d.get("hardware", "")),
-            threads=threads,
+            threads=V.optional(d.get("threads"), V.integer, "threads", minimum=1),
             settings=dict(d["settings"]) if isinstance(d.get("settings"), Mapping) else {},
             created=str(d.get("created", "")),
             throughput=_throughput(d.get("throughput", [])),
@@ -433,17 +424,3 @@ def _unique(timings: tuple[PairedTiming, ...]) -> tuple[PairedTiming, ...]:
     if twice:
         raise ValueError(f"'timings' holds {twice[0]} more than once")
     return timings
-
-
-def _fraction(d: Mapping[str, Any], key: str) -> float:
-    v = V.required(d, key, V.number)
-    if not 0.0 <= v <= 1.0:
-        raise ValueError(f"'{key}' must be a fraction in [0, 1], got {v!r}")
-    return float(v)
-
-
-def _fractions(d: Mapping[str, Any], key: str) -> tuple[float, ...]:
-    values = V.number_list(d.get(key), key)
-    if not values or any(not 0.0 <= v <= 1.0 for v in values):
-        raise ValueError(f"'{key}' must be a non-empty list of fractions in [0, 1]")
-    return values

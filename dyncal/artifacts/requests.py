@@ -76,6 +76,7 @@ SIDES = ("early_exit", "plain")
 """The two deployments timed: the real early exit and the plain deployment (DESIGN.md)."""
 VIEWS = ("fastest", "raw")
 """``fastest``: each unit's fastest replicate (noise-reduced); ``raw``: every replicate."""
+_PERCENTILE_SIDES = (*SIDES, "ratio")  # percentile(): one side, or early exit over plain
 _SEED = 20240621
 MIN_MS, MAX_MS = 1e-6, 1e9  # a nanosecond to 11 days: anything else is not a timing
 _DRAW_BUDGET = 30_000_000  # replicate draws per bootstrap: N_BOOTSTRAP resamples up to 3000 requests x 5 pairs
@@ -281,7 +282,7 @@ class RequestTimings:
         Raises:
             DyncalError: Unknown side or view, or an exit no timed unit took.
         """
-        i = 2 * VIEWS.index(_view(view)) + SIDES.index(_side_name(side))
+        i = 2 * VIEWS.index(_view(view)) + SIDES.index(_one_of(side, SIDES, "side"))
         values, draws = self._summary_draws(exit)
         lo, hi = centred_interval(draws[:, i, :], values[i])
         units = self.units if exit is None else int(np.sum(self.unit_exits == exit))
@@ -309,9 +310,7 @@ class RequestTimings:
         """
         if not 0.0 <= q <= 100.0:
             raise DyncalError(f"a percentile must lie in [0, 100], got {q:g}")
-        pick = {"early_exit": 0, "plain": 1, "ratio": 2}
-        if side not in pick:
-            raise DyncalError(f"side must be one of early_exit, plain, ratio; got {side!r}")
+        j = _PERCENTILE_SIDES.index(_one_of(side, _PERCENTILE_SIDES, "side"))
         view = _view(view)
         key = ("pct", q, view)
         if key not in self._cache:
@@ -321,7 +320,6 @@ class RequestTimings:
                 out[name] = self._draws(lambda a, b, v=view: self._percentiles_of(q, v, a, b), None, sampling, timing)
             self._cache[key] = (point, out)
         point, draws = self._cache[key]
-        j = pick[side]
         v = float(point[0, j])
 
         def iv(a: np.ndarray) -> Interval:
@@ -450,7 +448,7 @@ class RequestTimings:
 
     # -- internals
     def _side(self, side: str) -> np.ndarray:
-        return self.early_exit_ms if _side_name(side) == "early_exit" else self.plain_ms
+        return self.early_exit_ms if _one_of(side, SIDES, "side") == "early_exit" else self.plain_ms
 
     def _arrays(self, exit: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """Early-exit and plain ``(U', R)``, the strata and weights of the units in a group."""
@@ -518,16 +516,14 @@ class RequestTimings:
         return resample_parts(ee, pl, strata, self.bootstrap_draws, fn, sampling, timing, order, _SEED)
 
 
+def _one_of(value: str, choices: Sequence[str], what: str) -> str:
+    if value not in choices:
+        raise DyncalError(f"{what} must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
 def _view(view: str) -> str:
-    if view not in VIEWS:
-        raise DyncalError(f"view must be one of {', '.join(VIEWS)}; got {view!r}")
-    return view
-
-
-def _side_name(side: str) -> str:
-    if side not in SIDES:
-        raise DyncalError(f"side must be one of {', '.join(SIDES)}; got {side!r}")
-    return side
+    return _one_of(view, VIEWS, "view")
 
 
 def _problem(t: RequestTimings) -> str | None:

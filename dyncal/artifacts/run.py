@@ -180,20 +180,19 @@ def store_costs(
     run: Run,
     costs: CostTable,
     *,
-    merge: bool = True,
     model_id: Mapping[str, Any] | None = None,
     allow_other_model: bool = False,
 ) -> StoredCosts:
     """Store a cost table in an opened run's ``run.json``, atomically and under the run's lock.
 
     The arrays are not read again: under the lock, ``run.json`` is, so that entries another
-    process stored since ``run`` was opened are merged, not lost.
+    process stored since ``run`` was opened are merged, not lost: latency entries of other
+    devices/batch sizes already stored are kept (those that record no model too), and MACs
+    when the new table has none.
 
     Args:
         run: An opened run (:func:`load_run`).
         costs: The new cost table.
-        merge: Keep latency entries of other devices/batch sizes already stored, and
-            MACs when the new table has none. Entries that record no model are kept.
         model_id: The model the new table was measured on (``model``, ``weights_sha256``,
             ``state_sha256``; see :data:`MODEL_ID_KEYS`); by default read from the new
             latency entries' settings.
@@ -226,7 +225,7 @@ def store_costs(
         run = dataclasses.replace(run, document=document)
         replaced: list[str] = []
         replaced_model = None
-        if merge and run.costs is not None:
+        if run.costs is not None:
             if model_id is None:
                 model_id = next(({k: p.settings.get(k) for k in MODEL_ID_KEYS} for p in costs.latency.values()), None)
             replaced, replaced_model = other_model_latency(run, model_id, allow_other_model=allow_other_model)

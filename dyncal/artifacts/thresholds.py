@@ -346,13 +346,13 @@ finite number, got nan
         raise DyncalError(f"'{path}': {e}") from None
 
 
-def check_thresholds_for_run(thresholds: ThresholdsDocument, run: Run, *, figures: bool = True) -> None:
+def check_thresholds_for_run(thresholds: ThresholdsDocument, run: Run) -> None:
     """Refuse thresholds that were not solved on ``run``.
 
     The document must record its run's fingerprint and it must be this run's (one solved on
-    bare arrays records none, and is refused: solve on the run). With
-    ``figures`` (the default) the figures it records must be this run's too
-    (:func:`check_thresholds_figures`), so a fingerprint pasted in from another run is refused.
+    bare arrays records none, and is refused: solve on the run). The figures it records must
+    be this run's too (:func:`check_thresholds_figures`), so a fingerprint pasted in from
+    another run is refused.
 
     Raises:
         DyncalError: Thresholds from another run, or for another K or C.
@@ -378,8 +378,7 @@ def check_thresholds_for_run(thresholds: ThresholdsDocument, run: Run, *, figure
             f"the thresholds were solved on another run (fingerprint {thresholds.run_fingerprint[:12]}, "
             f"run '{run.path}' is {run.fingerprint[:12]}); solve on this run: dyncal solve {run.path} --budget ..."
         )
-    if figures:
-        check_thresholds_figures(thresholds, run)
+    check_thresholds_figures(thresholds, run)
 
 
 def check_thresholds_figures(thresholds: ThresholdsDocument, run: Run, correct: np.ndarray | None = None) -> None:

@@ -490,10 +490,11 @@ def test_run_json_holds_strict_json(text, pattern, base, tmp_path):
 @pytest.mark.parametrize(
     ("key", "value", "pattern"),
     [
-        ("agreement", 1.5, r"'agreement' must be a fraction in \[0, 1\], got 1\.5"),
-        ("runtime_exit_shares", [0.5, -0.5], r"'runtime_exit_shares' must be a non-empty list of fractions"),
-        ("n", 0, r"'n' must be at least 1"),
-        ("threads", 0, r"'threads' must be a positive integer or null"),
+        ("agreement", 1.5, r"field 'agreement' must be a non-negative finite number <= 1, got 1\.5"),
+        ("runtime_exit_shares", [0.5, -0.5], r"field 'runtime_exit_shares\[1\]' must be a non-negative .* got -0\.5"),
+        ("runtime_exit_shares", [], r"field 'runtime_exit_shares' must have at least 1 entries, got 0"),
+        ("n", 0, r"field 'n' must be an integer >= 1, got 0"),
+        ("threads", 0, r"field 'threads' must be an integer >= 1, got 0"),
     ],
 )
 def test_verify_results_hold_fractions(key, value, pattern, tmp_path):

@@ -151,10 +151,6 @@ def _is_frontier_header(line: str) -> bool:
     return rest[: len(ms)] == ms and shares == [f"share_{j + 1}" for j in range(len(shares))] and len(shares) >= 2
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return path == folder or folder in path.parents
-
-
 def check_output_file(
     path: str | os.PathLike[str],
     *,
@@ -201,7 +197,7 @@ replaces dyncal's own outputs: choose another `path`, or move the file away your
         )
     for item in protect:
         guarded = Path(os.path.realpath(item))
-        if _inside(real, guarded):
+        if real == guarded or guarded in real.parents:
             raise DyncalError(
                 f"`path` '{path}' would overwrite '{item}', an input of this command; choose another `path`"
             )
@@ -267,7 +263,9 @@ def claim_output_file(
         yield check_output_file(path, overwrite=overwrite, kind=kind, protect=protect)
 
 
-def check_writable(folder: str | os.PathLike[str], *, what: str | None = None) -> None:
+def check_writable(
+    folder: str | os.PathLike[str], *, what: str | None = None, error: type[DyncalError] = DyncalError
+) -> None:
     """Refuse a folder no file can be created in, by creating (and removing) an empty hidden one.
 
     Called before the work, so that a long computation is not lost to an unwritable ``--out``
@@ -277,6 +275,7 @@ def check_writable(folder: str | os.PathLike[str], *, what: str | None = None) -
         folder: The folder to write in.
         what: What is to be written there (e.g. "the cost table (run.json)"), for the message;
             None: an ``--out`` file.
+        error: The error class to raise.
 
     Example:
         >>> check_writable("/no-such-folder")
@@ -291,10 +290,8 @@ def check_writable(folder: str | os.PathLike[str], *, what: str | None = None) -
             pass
     except OSError as e:
         if what is None:
-            raise DyncalError(
-                f"cannot write in the folder '{folder}' ({e.strerror or e}); choose another `path`"
-            ) from e
-        raise DyncalError(
+            raise error(f"cannot write in the folder '{folder}' ({e.strerror or e}); choose another `path`") from e
+        raise error(
             f"cannot write {what} in '{folder}' ({e.strerror or e}); make the folder writable "
             "or work on a copy (nothing was computed)"
         ) from e
@@ -375,10 +372,7 @@ def check_out(
     inside = run_dir_holding(out.parent)
     if inside is not None:
         raise error(f"`out` '{out}' lies inside the run directory '{inside}'; choose a folder outside any run")
-    try:
-        check_writable(out.parent)
-    except DyncalError as e:
-        raise error(str(e)) from None
+    check_writable(out.parent, error=error)
 
 
 @contextlib.contextmanager

@@ -210,9 +210,7 @@ class RunDocument:
             files = doc.get("files")
             if files is not None and files != _FILES:
                 raise V.FieldError("files", f"must be {json.dumps(_FILES)}, got {V.show(files, 80)}")
-            fingerprint = V.require(doc, "fingerprint")
-            if not _is_sha256(fingerprint):
-                raise V.FieldError("fingerprint", f"must be a SHA-256 hex digest, got {V.show(fingerprint)}")
+            fingerprint = V.required(doc, "fingerprint", V.sha256)
             provenance = Provenance.from_dict(doc.get("provenance", {}))
         except V.FieldError as e:
             raise RunError(f"run '{path}': {RUN_JSON} {e}; {DAMAGED}") from None
@@ -261,7 +259,3 @@ class RunDocument:
             atomic_write_text(target, json.dumps(self.to_dict(), indent=2))
         except OSError as e:
             raise RunError(f"cannot write '{target}' ({e.strerror or e}); make the run writable") from e
-
-
-def _is_sha256(value: Any) -> bool:
-    return isinstance(value, str) and len(value) == 64 and all(ch in "0123456789abcdef" for ch in value)

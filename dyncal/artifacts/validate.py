@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ __all__ = [
     "number",
     "integer",
     "string",
+    "sha256",
     "mapping",
     "sequence",
     "number_list",
@@ -42,6 +44,7 @@ __all__ = [
 
 T = TypeVar("T")
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 MAX_JSON_DEPTH = 32
 """Deepest nesting of lists and objects accepted in a document (dyncal writes at most ~6)."""
 
@@ -185,6 +188,20 @@ def string(value: Any, field: str, *, choices: Sequence[str] | None = None) -> s
     if choices is not None and value not in choices:
         raise FieldError(field, f"must be one of {', '.join(choices)}, got {show(value)}")
     return value
+
+
+def sha256(value: Any, field: str) -> str:
+    """A SHA-256 hex digest: a string of 64 lower-case hex digits (fingerprints, file hashes).
+
+    Example:
+        >>> sha256("ABC", "fingerprint")
+        Traceback (most recent call last):
+        ...
+        dyncal.artifacts.validate.FieldError: field 'fingerprint' must be a SHA-256 hex digest, got 'ABC'
+    """
+    if _SHA256.fullmatch(string(value, field)) is None:
+        raise FieldError(field, f"must be a SHA-256 hex digest, got {show(value)}")
+    return str(value)
 
 
 def mapping(value: Any, field: str) -> dict[str, Any]:

@@ -358,27 +358,21 @@ class CostTable:
         return doc
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], field: str = "costs", k: int | None = None) -> CostTable:
+    def from_dict(cls, d: Mapping[str, Any], field: str = "costs", *, k: int) -> CostTable:
         """Build from :meth:`to_dict` output, checking every field.
 
         ``macs`` must be positive, finite and cumulative (non-decreasing); ``stage_macs``
         finite and non-negative; every latency entry well formed and filed under its own
-        ``"<device>/b<batch>"`` key; all of them one entry per exit (``k`` when given).
+        ``"<device>/b<batch>"`` key; all of them one entry per exit (``k``, the run's K >= 1).
 
         Raises:
             FieldError: The first malformed field, named ``costs.<key>...``
                 (:class:`UnmeasuredProfileError` for a latency entry without exit paths or full-model timing).
         """
         d = V.mapping(d, field)
-        macs = d.get("macs")
-        stage = d.get("stage_macs")
         table = cls(
-            macs=None
-            if macs is None
-            else V.number_list(macs, f"{field}.macs", length=k, min_length=1, positive=True, nondecreasing=True),
-            stage_macs=None
-            if stage is None
-            else V.number_list(stage, f"{field}.stage_macs", length=k, min_length=1, minimum=0),
+            macs=V.optional(d.get("macs"), V.number_list, f"{field}.macs", length=k, positive=True, nondecreasing=True),
+            stage_macs=V.optional(d.get("stage_macs"), V.number_list, f"{field}.stage_macs", length=k, minimum=0),
             unsupported_ops=tuple(
                 UnsupportedOp.from_dict(u, f"{field}.unsupported_ops[{i}]")
                 for i, u in enumerate(V.sequence(d.get("unsupported_ops", []), f"{field}.unsupported_ops"))
@@ -396,16 +390,7 @@ class CostTable:
                     f"{field}.latency[{key!r}]",
                     f"holds device {prof.device!r} at batch {prof.batch_size} ({prof.key!r})",
                 )
-        lengths = {
-            f"{field}.macs": None if table.macs is None else len(table.macs),
-            f"{field}.stage_macs": None if table.stage_macs is None else len(table.stage_macs),
-            **{f"{field}.latency[{key!r}].stage_ms": len(p.stage_ms) for key, p in table.latency.items()},
-        }
-        want = k if k is not None else next((n for n in lengths.values() if n is not None), None)
-        for name, n in lengths.items():
-            if n is not None and want is not None:
-                _one_per_exit(name, want, n)
         for op in table.unsupported_ops:
-            if want is not None and op.stage > want:
-                raise V.FieldError(f"{field}.unsupported_ops", f"names stage {op.stage} of a run with K={want}")
+            if op.stage > k:
+                raise V.FieldError(f"{field}.unsupported_ops", f"names stage {op.stage} of a run with K={k}")
         return table

@@ -16,6 +16,7 @@ import shutil
 import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from dyncal.artifacts.atomic import is_temp_name
 from dyncal.errors import DyncalError
@@ -29,6 +30,7 @@ __all__ = [
     "is_regular_file",
     "is_folder",
     "json_schema",
+    "json_object",
     "temp_of",
     "not_dyncals_message",
 ]
@@ -79,6 +81,12 @@ def json_schema(path: Path) -> str | None:
         >>> json_schema(p), json_schema(p.parent)
         ('dyncal.package', None)
     """
+    schema = (json_object(path) or {}).get("schema")
+    return schema if isinstance(schema, str) else None
+
+
+def json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in the regular file ``path`` (not followed if a link), or None (not one, unreadable)."""
     try:
         st = os.lstat(path)
         if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_JSON_BYTES:
@@ -88,8 +96,7 @@ def json_schema(path: Path) -> str | None:
             doc = json.loads(fh.read(_MAX_JSON_BYTES + 1))
     except (OSError, ValueError, RecursionError):
         return None
-    schema = doc.get("schema") if isinstance(doc, dict) else None
-    return schema if isinstance(schema, str) else None
+    return doc if isinstance(doc, dict) else None
 
 
 def temp_of(path: Path, names: Iterable[str]) -> bool:

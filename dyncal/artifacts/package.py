@@ -42,7 +42,7 @@ from dyncal.archives.files import read_regular_file
 from dyncal.artifacts import validate as V
 from dyncal.artifacts.atomic import temp_target
 from dyncal.artifacts.fields import JsonFields
-from dyncal.artifacts.ownership import foreign_entry, is_regular_file, json_schema
+from dyncal.artifacts.ownership import foreign_entry, is_regular_file, json_object, json_schema
 from dyncal.artifacts.rundir import PARTIAL_SUFFIX
 from dyncal.artifacts.thresholds import TEMPERATURE_RANGE, decision_fingerprint, read_exit_rule
 from dyncal.choices import Score
@@ -401,12 +401,8 @@ def _is_signature(entry: Path) -> bool:
 
 def _listed_files(path: Path) -> frozenset[str]:
     """The plain file names the manifest of the package ``path`` lists (none if it has no readable manifest)."""
-    if json_schema(path / MANIFEST) != PACKAGE_SCHEMA:
-        return frozenset()
-    try:
-        files = json.loads((path / MANIFEST).read_bytes()).get("files")
-    except (OSError, ValueError, RecursionError):
-        return frozenset()
+    manifest = json_object(path / MANIFEST) or {}
+    files = manifest.get("files") if manifest.get("schema") == PACKAGE_SCHEMA else None
     if not isinstance(files, dict):
         return frozenset()
     names = (name for name in files if isinstance(name, str) and name != MANIFEST)

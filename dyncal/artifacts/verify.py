@@ -197,9 +197,8 @@ class PairedTiming:
         parsed = LatencyKey.parse(key)  # ValueError words it
         if parsed.batch_size != batch_size:
             raise ValueError(f"timing {key}: 'batch_size' is {batch_size}, the key says {parsed.batch_size}")
-        estimator = d.get("estimator_asked", "median-ratio")  # before issue 21: the median of pair ratios
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"timing {key}: 'estimator_asked' must be one of {', '.join(ESTIMATORS)}")
+        # before issue 21: the median of pair ratios
+        estimator = V.string(d.get("estimator_asked", "median-ratio"), "estimator_asked", choices=tuple(ESTIMATORS))
         raw = d.get("requests")
         requests = None if raw is None else RequestTimings.from_dict(V.mapping(raw, "requests"), f"{key}.requests.")
         if requests is not None and not (

@@ -71,11 +71,7 @@ class ThroughputResult:
         ``per_batch`` when it beats the plain deployment, else ``rebatched`` when that does
         (offline or streaming work), else ``plain``.
         """
-        if "per_batch" in self.seconds and self.speedup("per_batch") > 1.0:
-            return "per_batch"
-        if "rebatched" in self.seconds and self.speedup("rebatched") > 1.0:
-            return "rebatched"
-        return "plain"
+        return next((m for m in ("per_batch", "rebatched") if m in self.seconds and self.speedup(m) > 1.0), "plain")
 
     @property
     def advice(self) -> str:

@@ -281,14 +281,11 @@ def other_model_latency(
         RunError: There are some and ``allow_other_model`` is False: one line naming them
             and the flag that replaces them.
     """
-    keys: list[str] = []
-    described = None
     if run.costs is None or model_id is None:
-        return keys, described
-    for key, old in run.costs.latency.items():
-        if not _same_model(old.settings, model_id):
-            keys.append(key)
-            described = _describe_model(old.settings)
+        return [], None
+    others = {key: old.settings for key, old in run.costs.latency.items() if not _same_model(old.settings, model_id)}
+    keys = list(others)
+    described = _describe_model(others[keys[-1]]) if keys else None
     if keys and not allow_other_model:
         raise RunError(
             f"run '{run.path}' holds latency {', '.join(keys)} timed on another model ({described}) than "

@@ -36,6 +36,11 @@ tick as an earlier change keeps its ctime, so a check made within that tick prov
 """
 
 
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    """What changes whenever a file's bytes change (ctime: even when mtime is set back)."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 @dataclass(frozen=True)
 class _NpyFile:
     """One array file of a run, as its ``.npy`` header describes it (already checked against the file's size)."""
@@ -55,9 +60,8 @@ class _NpyFile:
 
     @property
     def identity(self) -> tuple[int, ...]:
-        """What changes whenever the file's bytes change (ctime: even when mtime is set back)."""
-        st = self.stat
-        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        """What changes whenever the file's bytes change (:func:`_identity` of its ``stat``)."""
+        return _identity(self.stat)
 
     @property
     def header(self) -> bytes:
@@ -314,7 +318,7 @@ def _read_checked(files: Sequence[_NpyFile], c: int) -> tuple[np.ndarray, np.nda
             st = os.stat(f.run / f.name)
         except OSError:
             raise _changed_while_read(f) from None
-        if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns) != f.identity:
+        if _identity(st) != f.identity:
             raise _changed_while_read(f)
     if checked is not known:
         if len(_CHECKED) > 256:

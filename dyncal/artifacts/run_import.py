@@ -81,8 +81,6 @@ def import_arrays(
     if labels.ndim != 1 or labels.shape[0] != n:
         hint = " (is the layout (K, N, C)? pass `layout` knc)" if labels.ndim == 1 and labels.shape[0] == k else ""
         raise RunError(f"labels must have shape ({n},) to match logits {logits.shape}, got {labels.shape}{hint}")
-    if n < 1:
-        raise RunError(f"a run needs at least one sample, got N={n}")
     if k < 1:
         raise RunError(f"a run needs K >= 1 exits (K = 1: a static model), got K={k}")
     if c < 2:

@@ -287,8 +287,8 @@ def _static_from_dict(value: Any, field: str) -> dict[str, Any]:
     for key in ("calibration_accuracy", "holdout_accuracy"):
         V.optional(entry.get(key), V.number, f"{field}.{key}", minimum=0, maximum=1)
     _interval(entry.get("holdout_ci"), f"{field}.holdout_ci")
-    V.optional(entry.get("macs"), V.number, f"{field}.macs", minimum=0)
-    V.optional(entry.get("fraction"), V.number, f"{field}.fraction", minimum=0)
+    for key in ("macs", "fraction"):
+        V.optional(entry.get(key), V.number, f"{field}.{key}", minimum=0)
     _cost_map(entry.get("ms") or {}, f"{field}.ms")
     return entry
 

@@ -314,10 +314,11 @@ class RequestTimings:
         view = _view(view)
         key = ("pct", q, view)
         if key not in self._cache:
-            point = self._percentiles_of(q, view, *self._arrays(None)[:2])
+            point = self._percentiles_of(q, view, self.early_exit_ms, self.plain_ms)
             out = {}
             for name, sampling, timing in (("both", True, True), ("sampling", True, False), ("timing", False, True)):
-                out[name] = self._draws(lambda a, b, v=view: self._percentiles_of(q, v, a, b), None, sampling, timing)
+                draw = self._draw_parts(lambda a, b, v=view: [self._percentiles_of(q, v, a, b)], sampling, timing)
+                out[name] = np.concatenate(draw[0])
             self._cache[key] = (point, out)
         point, draws = self._cache[key]
         v = float(point[0, j])
@@ -450,16 +451,6 @@ class RequestTimings:
     def _side(self, side: str) -> np.ndarray:
         return self.early_exit_ms if _one_of(side, SIDES, "side") == "early_exit" else self.plain_ms
 
-    def _arrays(self, exit: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """Early-exit and plain ``(U', R)``, the strata and weights of the units in a group."""
-        strata = self.unit_exits
-        if exit is None:
-            return self.early_exit_ms, self.plain_ms, strata, self.weights
-        pick = strata == exit
-        if not np.any(pick):
-            raise DyncalError(f"no timed unit left at exit {exit + 1} ({self.key}); time more requests")
-        return self.early_exit_ms[pick], self.plain_ms[pick], strata[pick], None
-
     def _summary_draws(self, exit: int | None) -> tuple[np.ndarray, np.ndarray]:
         """Point statistics ``(4, 7)`` and draws ``(B, 4, 7)``: (view, side) in :data:`VIEWS` x :data:`SIDES` order.
 
@@ -469,7 +460,8 @@ class RequestTimings:
         """
         key = ("summary", exit)
         if key not in self._cache:
-            self._arrays(exit)  # an exit no timed unit took is refused
+            if exit is not None and not np.any(self.unit_exits == exit):
+                raise DyncalError(f"no timed unit left at exit {exit + 1} ({self.key}); time more requests")
             self._all_summary_draws()
         return self._cache[key]  # type: ignore[no-any-return]
 
@@ -483,7 +475,7 @@ class RequestTimings:
         groups += [(int(strata[lo]), slice(lo, hi), None) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
         stats = group_statistics([(cols, gw) for _, cols, gw in groups])
         points = stats(self.early_exit_ms[order].T[None], self.plain_ms[order].T[None])
-        parts = self._draw_parts(stats, None, True, True, order)
+        parts = self._draw_parts(stats, True, True, order)
         for (g, _, _), point, draws in zip(groups, points, parts, strict=True):
             self._cache[("summary", g)] = (point[0], np.concatenate(draws))
 
@@ -497,12 +489,8 @@ class RequestTimings:
         pb = weighted_percentiles(b, [q], wv)[:, 0]
         return np.column_stack([pa, pb, pa / pb])
 
-    def _draws(self, fn: Any, exit: int | None, sampling: bool, timing: bool) -> np.ndarray:
-        """``fn(early_exit, plain)`` over :attr:`bootstrap_draws` resamples ``(b, R, U)`` each."""
-        return np.concatenate(self._draw_parts(lambda a, b: [fn(a, b)], exit, sampling, timing)[0])
-
     def _draw_parts(
-        self, fn: Any, exit: int | None, sampling: bool, timing: bool, order: np.ndarray | None = None
+        self, fn: Any, sampling: bool, timing: bool, order: np.ndarray | None = None
     ) -> list[list[np.ndarray]]:
         """``fn(early_exit, plain)`` (a list of results) per chunk of resamples: ``[result][chunk]``.
 
@@ -512,7 +500,7 @@ class RequestTimings:
         and the raw view a reshape), units in ``order`` when given. Seeded: the same
         timings give the same draws.
         """
-        ee, pl, strata, _ = self._arrays(exit)
+        ee, pl, strata = self.early_exit_ms, self.plain_ms, self.unit_exits
         return resample_parts(ee, pl, strata, self.bootstrap_draws, fn, sampling, timing, order, _SEED)
 
 

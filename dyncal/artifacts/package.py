@@ -387,6 +387,7 @@ def read_package_file(file: Path, limit: int) -> bytes:
 # --------------------------------------------------------------------------- the package folder
 
 _STAGE_FILE = re.compile(r"stage_\d+\.pt2")
+_OWN_JSON = {MANIFEST: PACKAGE_SCHEMA, SIGNATURE: SIGNATURE_SCHEMA}  # its JSON files, recognised by their schema
 
 
 def is_package_dir(path: Path) -> bool:
@@ -394,9 +395,9 @@ def is_package_dir(path: Path) -> bool:
     return json_schema(path / MANIFEST) == PACKAGE_SCHEMA
 
 
-def _is_signature(entry: Path) -> bool:
-    """Whether ``entry`` is the package's signature (``--sign-key``), which the manifest cannot list."""
-    return entry.name == SIGNATURE and json_schema(entry) == SIGNATURE_SCHEMA
+def _is_own_json(entry: Path) -> bool:
+    """Whether ``entry`` is the package's manifest, or its signature (``--sign-key``) that the manifest cannot list."""
+    return entry.name in _OWN_JSON and json_schema(entry) == _OWN_JSON[entry.name]
 
 
 def _listed_files(path: Path) -> frozenset[str]:
@@ -414,30 +415,16 @@ def foreign_in_package(path: Path) -> Path | None:
     listed = _listed_files(path)
 
     def check(entry: Path) -> Path | None:
-        if entry.name == MANIFEST and json_schema(entry) == PACKAGE_SCHEMA:
-            return None
-        if entry.name in listed and is_regular_file(entry):
-            return None
-        return None if _is_signature(entry) else entry
+        return None if _is_own_json(entry) or (entry.name in listed and is_regular_file(entry)) else entry
 
     return foreign_entry(path, check)
 
 
 def partial_export_entry(entry: Path) -> Path | None:
     """None if ``entry`` is one an export writes in ``OUT.partial`` (stages, manifest, their temporary files)."""
-    name = entry.name
-    if name == MANIFEST and json_schema(entry) == PACKAGE_SCHEMA:
-        return None
-    if _STAGE_FILE.fullmatch(name) and is_regular_file(entry):
-        return None
-    target = temp_target(name)
-    if (
-        target is not None
-        and (target in (MANIFEST, SIGNATURE) or _STAGE_FILE.fullmatch(target))
-        and is_regular_file(entry)
-    ):
-        return None
-    return None if _is_signature(entry) else entry
+    target = temp_target(entry.name)
+    written = _STAGE_FILE.fullmatch(entry.name) or target in _OWN_JSON or _STAGE_FILE.fullmatch(target or "")
+    return None if _is_own_json(entry) or (written and is_regular_file(entry)) else entry
 
 
 def _signature(raw: Any) -> InputSignature:

@@ -189,7 +189,6 @@ class ThresholdsDocument(JsonFields):
         if raw[-1] is not None:
             raise V.FieldError(f"thresholds[{k - 1}]", f"(the last exit's) must be null, got {V.show(raw[-1])}")
         thresholds = tuple(V.number(v, f"thresholds[{i}]") for i, v in enumerate(raw[:-1]))
-        at_bound = d.get("temperature_at_bound")
         return cls(
             **read_exit_rule(d, k),
             thresholds=(*thresholds, None),
@@ -209,12 +208,7 @@ class ThresholdsDocument(JsonFields):
             risk=V.optional(d.get("risk"), V.mapping, "risk"),
             run=V.string(d.get("run", ""), "run"),
             n_classes=V.integer(d.get("n_classes", 0), "n_classes", minimum=0),
-            temperature_at_bound=None
-            if at_bound is None
-            else tuple(
-                _boolean(v, f"temperature_at_bound[{i}]")
-                for i, v in enumerate(V.sequence(at_bound, "temperature_at_bound", length=k))
-            ),
+            temperature_at_bound=V.optional(d.get("temperature_at_bound"), _flags, "temperature_at_bound", length=k),
             schema_version=version,
             run_fingerprint=V.required(d, "run_fingerprint", V.string),
             guard=V.optional(d.get("guard"), V.mapping, "guard"),
@@ -235,10 +229,13 @@ class ThresholdsDocument(JsonFields):
         return thresholds_from_json(list(self.thresholds))
 
 
-def _boolean(value: Any, field: str) -> bool:
-    if not isinstance(value, bool):
-        raise V.FieldError(field, f"must be true or false, got {V.show(value)}")
-    return value
+def _flags(value: Any, field: str, *, length: int) -> tuple[bool, ...]:
+    """A list of ``length`` JSON booleans."""
+    items = V.sequence(value, field, length=length)
+    for i, v in enumerate(items):
+        if not isinstance(v, bool):
+            raise V.FieldError(f"{field}[{i}]", f"must be true or false, got {V.show(v)}")
+    return tuple(items)
 
 
 def _interval(value: Any, field: str) -> tuple[float, float] | None:

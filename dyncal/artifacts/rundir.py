@@ -101,12 +101,9 @@ def run_dir_holding(path: str | os.PathLike[str]) -> Path | None:
 
 def _run_entry(entry: Path) -> Path | None:
     """None if ``entry`` is one dyncal writes in a run: an array, run.json, or a temporary run.json."""
-    name = entry.name
-    if name in RUN_ARRAYS and is_regular_file(entry):
-        return None
-    if name == RUN_JSON and json_schema(entry) == "dyncal.run":
-        return None
-    return None if temp_of(entry, [RUN_JSON]) else entry
+    array = entry.name in RUN_ARRAYS and is_regular_file(entry)
+    document = entry.name == RUN_JSON and json_schema(entry) == "dyncal.run"
+    return None if array or document or temp_of(entry, [RUN_JSON]) else entry
 
 
 def partial_run_entry(entry: Path) -> Path | None:
@@ -118,15 +115,9 @@ def partial_run_entry(entry: Path) -> Path | None:
         >>> partial_run_entry(notes) == notes
         True
     """
-    if _run_entry(entry) is None:
-        return None
-    name = entry.name
-    if _PROGRESS_FILE.fullmatch(name) and json_schema(entry) == _PROGRESS_SCHEMA:
-        return None
-    target = temp_target(name)
-    if target is not None and _PROGRESS_FILE.fullmatch(target) and is_regular_file(entry):
-        return None
-    return entry
+    progress = _PROGRESS_FILE.fullmatch(entry.name) and json_schema(entry) == _PROGRESS_SCHEMA
+    progress_temp = _PROGRESS_FILE.fullmatch(temp_target(entry.name) or "") and is_regular_file(entry)
+    return None if _run_entry(entry) is None or progress or progress_temp else entry
 
 
 def foreign_in_run(path: str | os.PathLike[str]) -> Path | None:

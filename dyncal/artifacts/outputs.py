@@ -138,8 +138,6 @@ def _png_says_dyncal(fh: BinaryIO) -> bool:
 def _is_frontier_header(line: str) -> bool:
     """Whether ``line`` is the header :func:`dyncal.artifacts.frontier.write_frontier_csv` writes."""
     cols = line.split(",")
-    if not cols or cols[0] != "method":
-        return False
     from dyncal.artifacts.frontier import frontier_columns
 
     fixed = frontier_columns(0, [])

@@ -119,13 +119,8 @@ class OutputLock:
             raise self.error(f"the folder '{folder}' for '{self.target}' does not exist; create it first")
         key = str(folder.resolve() / self.path.name)
         with _HELD_GUARD:
-            if key in _HELD:
-                fd, depth = _HELD[key]
-                _HELD[key] = (fd, depth + 1)
-                self._key = key
-                return self
-            fd = self._take()
-            _HELD[key] = (fd, 1)
+            fd, depth = _HELD[key] if key in _HELD else (self._take(), 0)  # held here already: one level deeper
+            _HELD[key] = (fd, depth + 1)
             self._key = key
         return self
 

@@ -146,9 +146,8 @@ def number(
         x = float(value)
     except OverflowError:
         raise FieldError(field, f"{want}, got {show(value)}") from None
-    if (finite and not math.isfinite(x)) or math.isnan(x):
-        raise FieldError(field, f"{want}, got {show(value)}")
-    if (positive and not x > 0) or (minimum is not None and x < minimum) or (maximum is not None and x > maximum):
+    outside = (positive and not x > 0) or (minimum is not None and x < minimum) or (maximum is not None and x > maximum)
+    if (finite and not math.isfinite(x)) or math.isnan(x) or outside:
         raise FieldError(field, f"{want}, got {show(value)}")
     return x
 

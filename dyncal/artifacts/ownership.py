@@ -51,10 +51,7 @@ def is_regular_file(path: Path) -> bool:
         >>> is_regular_file(pathlib.Path(tempfile.mkdtemp()))
         False
     """
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
+    return _lstat_is(path, stat.S_ISREG)
 
 
 def is_folder(path: Path) -> bool:
@@ -65,8 +62,13 @@ def is_folder(path: Path) -> bool:
         >>> is_folder(pathlib.Path(tempfile.mkdtemp()))
         True
     """
+    return _lstat_is(path, stat.S_ISDIR)
+
+
+def _lstat_is(path: Path, test: Callable[[int], bool]) -> bool:
+    """``test`` of ``path``'s own mode (a link is not followed); False when it cannot be read."""
     try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
+        return test(os.lstat(path).st_mode)
     except OSError:
         return False
 

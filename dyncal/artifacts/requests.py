@@ -357,16 +357,7 @@ class RequestTimings:
         Raises:
             dyncal.artifacts.validate.FieldError: A field is missing or malformed (named with ``prefix``).
         """
-        from dyncal.artifacts.costs import LatencyKey
-
-        key = V.required(d, "key", V.string, prefix)
-        try:
-            parsed = LatencyKey.parse(key)
-        except ValueError as e:
-            raise V.FieldError(prefix + "key", str(e)) from None
-        batch_size = V.required(d, "batch_size", V.integer, prefix, minimum=1)
-        if parsed.batch_size != batch_size:
-            raise V.FieldError(prefix + "batch_size", f"is {batch_size}, the key says {parsed.batch_size}")
+        key, batch_size = timing_key(d, prefix)
         k = V.required(d, "n_exits", V.integer, prefix, minimum=1)
         rows = V.required(d, "rows", V.integer_list, prefix, minimum=0)
         exits = V.required(d, "exits", V.integer_list, prefix, length=len(rows), minimum=0, maximum=k - 1)
@@ -539,6 +530,21 @@ def _problem(t: RequestTimings) -> str | None:
         if np.any((timed > 0) & (t.population == 0)):
             return "a timed unit's exit has no unit in the population"
     return None
+
+
+def timing_key(d: Mapping[str, Any], prefix: str = "") -> tuple[str, int]:
+    """A timing's ``key`` (``"<device>/b<batch>"``) and ``batch_size``, which must agree."""
+    from dyncal.artifacts.costs import LatencyKey
+
+    key = V.required(d, "key", V.string, prefix)
+    try:
+        parsed = LatencyKey.parse(key)
+    except ValueError as e:
+        raise V.FieldError(prefix + "key", str(e)) from None
+    batch_size = V.required(d, "batch_size", V.integer, prefix, minimum=1)
+    if parsed.batch_size != batch_size:
+        raise V.FieldError(prefix + "batch_size", f"is {batch_size}, the key says {parsed.batch_size}")
+    return key, batch_size
 
 
 def ms_matrix(value: Any, field: str) -> tuple[tuple[float, ...], ...]:

@@ -38,7 +38,7 @@ import numpy as np
 
 from dyncal.artifacts import validate as V
 from dyncal.artifacts.fields import JsonFields
-from dyncal.artifacts.requests import RequestTimings, ms_matrix
+from dyncal.artifacts.requests import RequestTimings, ms_matrix, timing_key
 from dyncal.errors import DyncalError
 from dyncal.measurement import row_medians, row_spreads
 from dyncal.paired import ESTIMATORS, PairedEstimate, paired_speedup
@@ -186,17 +186,11 @@ class PairedTiming:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PairedTiming:
         """Build from :meth:`to_dict` output (validated)."""
-        key = V.required(d, "key", V.string)
+        key, batch_size = timing_key(d)
         ee = ms_matrix(d.get("early_exit_ms_raw"), "early_exit_ms_raw")
         full = ms_matrix(d.get("full_model_ms_raw"), "full_model_ms_raw")
         if len(ee) != len(full) or any(len(a) != len(b) for a, b in zip(ee, full, strict=True)):
             raise ValueError(f"timing {key}: early_exit_ms_raw and full_model_ms_raw are not paired")
-        batch_size = V.required(d, "batch_size", V.integer)
-        from dyncal.artifacts.costs import LatencyKey
-
-        parsed = LatencyKey.parse(key)  # ValueError words it
-        if parsed.batch_size != batch_size:
-            raise ValueError(f"timing {key}: 'batch_size' is {batch_size}, the key says {parsed.batch_size}")
         # before issue 21: the median of pair ratios
         estimator = V.string(d.get("estimator_asked", "median-ratio"), "estimator_asked", choices=tuple(ESTIMATORS))
         raw = d.get("requests")

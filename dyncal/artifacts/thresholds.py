@@ -256,9 +256,7 @@ def _split_from_dict(value: Any) -> dict[str, Any]:
         V.number(split["holdout"], "split.holdout", minimum=0, maximum=1)
         if not split["holdout"] < 1:
             raise V.FieldError("split.holdout", f"must be a fraction in [0, 1), got {V.show(split['holdout'])}")
-    if "seed" in split:
-        V.integer(split["seed"], "split.seed", minimum=0)
-    for key, least in (("n_calibration", 1), ("n_holdout", 0), ("n_unsplit_classes", 0)):
+    for key, least in (("seed", 0), ("n_calibration", 1), ("n_holdout", 0), ("n_unsplit_classes", 0)):
         if key in split:
             V.integer(split[key], f"split.{key}", minimum=least)
     if "unsplit_classes" in split:

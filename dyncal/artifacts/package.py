@@ -184,9 +184,6 @@ class PackageManifest:
             version = V.required(d, "schema_version", V.integer, minimum=1)
             k = V.required(d, "k", V.integer, minimum=2)
             inp = V.required(d, "input", V.mapping)
-            raw = V.required(d, "thresholds", V.sequence, length=k)
-            if raw[-1] is not None:
-                raise V.FieldError(f"thresholds[{k - 1}]", f"(the last exit's) must be null, got {V.show(raw[-1])}")
             stages = tuple(
                 PackageStage(
                     file=V.required(V.mapping(s, f"stages[{i}]"), "file", V.string, f"stages[{i}]."),
@@ -201,7 +198,6 @@ class PackageManifest:
                 k=k,
                 c=V.required(d, "c", V.integer, minimum=2),
                 **read_exit_rule(d, k),
-                thresholds=(*(V.number(t, f"thresholds[{i}]") for i, t in enumerate(raw[:-1])), None),
                 decision_fingerprint=V.required(d, "decision_fingerprint", V.string),
                 input_shape=V.required(inp, "shape", V.integer_list, "input.", minimum=1, maximum=MAX_INPUT_DIM),
                 input_dtype=V.required(inp, "dtype", V.string, "input."),

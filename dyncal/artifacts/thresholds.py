@@ -87,12 +87,22 @@ TEMPERATURE_RANGE = (1e-3, 1e3)
 """Temperatures a document may hold: around what the fitter searches (0.05 to 20); beyond, ``logits / T`` overflows."""
 
 
-def read_exit_rule(d: Mapping[str, Any], k: int) -> dict[str, Any]:
-    """``score`` and ``k`` ``temperatures`` (in :data:`TEMPERATURE_RANGE`) of a thresholds document or a manifest."""
+def read_exit_rule(d: Mapping[str, Any], k: int | None = None) -> dict[str, Any]:
+    """The exit rule of a thresholds document or a manifest: ``thresholds``, ``score`` and ``temperatures``.
+
+    ``thresholds`` are ``k`` entries (default: as many as listed, at least 2), finite numbers
+    with the last exit's null; ``temperatures`` one per exit, in :data:`TEMPERATURE_RANGE`.
+    """
+    raw = V.required(d, "thresholds", V.sequence, length=k, min_length=2)
+    k = len(raw)
+    if raw[-1] is not None:
+        raise V.FieldError(f"thresholds[{k - 1}]", f"(the last exit's) must be null, got {V.show(raw[-1])}")
+    thresholds = (*(V.number(v, f"thresholds[{i}]") for i, v in enumerate(raw[:-1])), None)
     (lo, hi), temperatures = TEMPERATURE_RANGE, V.require(d, "temperatures")
     return {
         "score": V.required(d, "score", V.string, choices=tuple(Score)),
         "temperatures": V.number_list(temperatures, "temperatures", length=k, positive=True, minimum=lo, maximum=hi),
+        "thresholds": thresholds,
     }
 
 
@@ -184,14 +194,10 @@ class ThresholdsDocument(JsonFields):
                 "upgrade dyncal"
             )
         version = V.integer(version, "schema_version", minimum=1)
-        raw = V.required(d, "thresholds", V.sequence, min_length=2)
-        k = len(raw)
-        if raw[-1] is not None:
-            raise V.FieldError(f"thresholds[{k - 1}]", f"(the last exit's) must be null, got {V.show(raw[-1])}")
-        thresholds = tuple(V.number(v, f"thresholds[{i}]") for i, v in enumerate(raw[:-1]))
+        rule = read_exit_rule(d)
+        k = len(rule["thresholds"])
         return cls(
-            **read_exit_rule(d, k),
-            thresholds=(*thresholds, None),
+            **rule,
             method=V.required(d, "method", V.string),
             budget=_budget_from_dict(d.get("budget") or {}),
             expected_macs=V.optional(d.get("expected_macs"), V.number, "expected_macs", minimum=0),

@@ -88,9 +88,7 @@ def import_arrays(
     labels = _integral_labels(labels, c)
     if indices is not None:
         indices = _checked_indices(np.asarray(indices), n)
-    cost_table = None
-    if macs is not None:
-        cost_table = CostTable(macs=_validate_macs(macs, k), source="import")
+    cost_table = None if macs is None else CostTable(macs=_validate_macs(macs, k), source="import")
     try:
         with RunWriter(out, n, overwrite=overwrite) as writer:
             writer.allocate(k, c)

@@ -298,11 +298,9 @@ def _budget_from_dict(value: Any) -> dict[str, Any]:
     """The ``budget`` object of a thresholds document: text fields text, numbers finite."""
     budget = dict(V.mapping(value, "budget"))
     for key in ("asked", "unit"):
-        if budget.get(key) is not None:
-            V.string(budget[key], f"budget.{key}")
+        V.optional(budget.get(key), V.string, f"budget.{key}")
     for key in ("value", "fraction", "met", "met_fraction"):
-        if budget.get(key) is not None:
-            V.number(budget[key], f"budget.{key}", minimum=0)
+        V.optional(budget.get(key), V.number, f"budget.{key}", minimum=0)
     return budget
 
 

@@ -97,7 +97,7 @@ def resample_parts(
     rng = np.random.default_rng(seed)
     chunk = max(1, min(total, _CHUNK // max(1, n_u * n_r)))
     flat_ee, flat_pl = ee.reshape(-1), pl.reshape(-1)
-    parts: list[list[np.ndarray]] = []
+    chunks: list[list[np.ndarray]] = []  # [chunk][result]
     for start in range(0, total, chunk):
         size = min(chunk, total - start)
         units = stratified_resamples(strata, size, rng) if sampling else np.broadcast_to(np.arange(n_u), (size, n_u))
@@ -106,8 +106,5 @@ def resample_parts(
         if order is not None:
             index = index[:, order]
         index = np.ascontiguousarray(index.transpose(0, 2, 1))
-        for i, r in enumerate(fn(np.take(flat_ee, index), np.take(flat_pl, index))):
-            if i == len(parts):
-                parts.append([])
-            parts[i].append(np.asarray(r))
-    return parts
+        chunks.append([np.asarray(r) for r in fn(np.take(flat_ee, index), np.take(flat_pl, index))])
+    return [list(results) for results in zip(*chunks, strict=True)]

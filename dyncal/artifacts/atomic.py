@@ -11,6 +11,7 @@ first (:func:`dyncal.artifacts.outputs.check_output_file`). The file is created 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
@@ -85,10 +86,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
     _sync_folder(path.parent)
 
@@ -100,9 +99,8 @@ def _sync_folder(folder: Path) -> None:
     except OSError:
         return
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
     finally:
         os.close(fd)
 

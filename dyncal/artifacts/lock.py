@@ -13,6 +13,7 @@ is refused, never followed, truncated or removed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -227,11 +228,9 @@ class OutputLock:
                 _HELD[key] = (fd, depth - 1)
                 return
             del _HELD[key]
-            try:
+            with contextlib.suppress(OSError):
                 if _same_file(key, fd):  # removed while still held: see _take
                     os.unlink(key)
-            except OSError:
-                pass
             os.close(fd)
 
     def __enter__(self) -> OutputLock:

@@ -71,10 +71,8 @@ class _RowFile:
         self.shape = shape
         self.fd = -1
         try:
-            if create:
-                mm = open_memmap(path, mode="w+", dtype=self.dtype, shape=shape)  # header + sparse body
-            else:
-                mm = np.load(path, mmap_mode="r")
+            # created: the header and a sparse body; else the arrays another process allocated
+            mm = open_memmap(path, mode="w+", dtype=self.dtype, shape=shape) if create else np.load(path, mmap_mode="r")
         except OSError as e:
             raise (_write_failed(path, e) if create else RunError(f"cannot open '{path}': {e}")) from e
         except ValueError as e:

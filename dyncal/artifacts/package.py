@@ -261,8 +261,7 @@ def check_exit_rule(
         raise DyncalError(f"{what}: temperatures must be {k} numbers in [{low:g}, {high:g}], got {list(temperatures)}")
     if len(thresholds) != k or thresholds[-1] is not None:
         raise DyncalError(f"{what}: thresholds must be {k} values with the last null, got {list(thresholds)}")
-    head = thresholds[:-1]
-    if any(t is None or not math.isfinite(t) for t in head):
+    if any(t is None or not math.isfinite(t) for t in thresholds[:-1]):
         raise DyncalError(f"{what}: thresholds 1..{k - 1} must be finite numbers, got {list(thresholds)}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import json
@@ -116,10 +117,8 @@ def library_versions() -> dict[str, str]:
 
     out: dict[str, str] = {"python": sys.version.split()[0]}
     for name in ("dyncal", "torch", "numpy", "scipy", "fvcore"):
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
     return out
 
 

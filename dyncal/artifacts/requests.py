@@ -177,10 +177,8 @@ class RequestTimings:
     _cache: dict[Any, Any] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        rows = np.asarray(self.rows, dtype=np.int64).reshape(-1)
-        exits = np.asarray(self.exits, dtype=np.int64).reshape(-1)
-        ee = np.asarray(self.early_exit_ms, dtype=np.float64)
-        pl = np.asarray(self.plain_ms, dtype=np.float64)
+        rows, exits = (np.asarray(a, dtype=np.int64).reshape(-1) for a in (self.rows, self.exits))
+        ee, pl = (np.asarray(a, dtype=np.float64) for a in (self.early_exit_ms, self.plain_ms))
         pop = None if self.population is None else np.asarray(self.population, dtype=np.int64).reshape(-1)
         for name, value in (("rows", rows), ("exits", exits), ("early_exit_ms", ee), ("plain_ms", pl)):
             object.__setattr__(self, name, value)

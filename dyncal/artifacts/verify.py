@@ -390,14 +390,12 @@ class VerifyResult:
         Raises:
             DyncalError: Missing, unreadable or malformed (one line naming the file and field).
         """
-        from dyncal.artifacts.validate import read_json_document
-
         path = Path(path)
         if not path.exists() and not path.is_symlink():
             raise DyncalError(
                 f"no verify result at '{path}'; write one with 'dyncal verify RUN --thresholds T --out {path}'"
             )
-        doc = read_json_document(path, what="a verify result", max_bytes=MAX_VERIFY_BYTES)
+        doc = V.read_json_document(path, what="a verify result", max_bytes=MAX_VERIFY_BYTES)
         try:
             return cls.from_dict(doc)
         except (V.FieldError, ValueError, TypeError, KeyError, IndexError) as e:

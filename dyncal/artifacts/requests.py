@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from dyncal.artifacts import validate as V
+from dyncal.artifacts.costs import LatencyKey
 from dyncal.artifacts.fields import JsonFields
 from dyncal.artifacts.request_draws import (
     STATISTICS,
@@ -413,8 +414,6 @@ class RequestTimings:
             ...
             dyncal.errors.DyncalError: request timings cpu/b1: the rows make 2 units but milliseconds are given for 1
         """
-        from dyncal.artifacts.costs import LatencyKey
-
         b = LatencyKey.parse(key).batch_size
         e = np.asarray(exits, dtype=np.int64)
         rows = np.concatenate([np.zeros(0, np.int64), *[np.asarray(x, dtype=np.int64) for x in batches]])
@@ -532,8 +531,6 @@ def _problem(t: RequestTimings) -> str | None:
 
 def timing_key(d: Mapping[str, Any], prefix: str = "") -> tuple[str, int]:
     """A timing's ``key`` (``"<device>/b<batch>"``) and ``batch_size``, which must agree."""
-    from dyncal.artifacts.costs import LatencyKey
-
     key = V.required(d, "key", V.string, prefix)
     try:
         parsed = LatencyKey.parse(key)

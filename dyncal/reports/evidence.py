@@ -125,6 +125,15 @@ def _profile_full_model(prof: LatencyProfile) -> tuple[float, str]:
     )
 
 
+def _verify_full_model(timing: PairedTiming) -> tuple[float, str]:
+    """Verify's full-model figure: the plain model timed interleaved with the early exit."""
+    return (
+        timing.full_model_ms_median,
+        f"measured by dyncal verify, interleaved with the early exit on the same batches "
+        f"({timing.batches} batches x {timing.repeats} repeats)",
+    )
+
+
 def full_model_ms(costs: CostTable | None, verify: VerifyResult | None, key: str) -> tuple[float, str]:
     """The full model's milliseconds per batch at ``key``, and where the figure comes from.
 
@@ -149,11 +158,7 @@ def full_model_ms(costs: CostTable | None, verify: VerifyResult | None, key: str
     """
     timing = None if verify is None else verify.timing(key)
     if timing is not None:
-        return (
-            timing.full_model_ms_median,
-            f"measured by dyncal verify, interleaved with the early exit on the same batches "
-            f"({timing.batches} batches x {timing.repeats} repeats)",
-        )
+        return _verify_full_model(timing)
     prof = None if costs is None else costs.latency.get(key)
     if prof is None:
         return float("nan"), "not profiled"
@@ -242,14 +247,11 @@ def _is_series(v: Any) -> bool:
 
 def _series(prof: LatencyProfile) -> list[tuple[float, ...]]:
     """Every series of raw replicates a profile holds (stages, decision, full model, ...)."""
-    out: list[tuple[float, ...]] = []
-    for f in dataclasses.fields(prof):
-        v = getattr(prof, f.name)
-        if _is_series(v):
-            out.append(v)
-        elif isinstance(v, tuple) and v and all(_is_series(r) for r in v):
-            out.extend(v)
-    return out
+    return [
+        series
+        for name, rows in _replicate_fields(prof)
+        for series in (getattr(prof, name) if rows else (getattr(prof, name),))
+    ]
 
 
 def _replicate_fields(prof: LatencyProfile) -> list[tuple[str, bool]]:
@@ -393,13 +395,7 @@ def measured_latency(timing: PairedTiming, n: int, timed: TimedCoverage | None =
     Returns:
         The evidence, ``source="measured"``, its intervals the timing's.
     """
-    full, full_source = (
-        timing.full_model_ms_median,
-        (
-            f"measured by dyncal verify, interleaved with the early exit on the same batches "
-            f"({timing.batches} batches x {timing.repeats} repeats)"
-        ),
-    )
+    full, full_source = _verify_full_model(timing)
     estimate = SpeedupEstimate(
         timing.key,
         timing.speedup,

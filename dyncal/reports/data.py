@@ -27,7 +27,8 @@ from dyncal.reports.decision import Criterion, decide, judge, speedup_estimate
 from dyncal.reports.evidence import (
     LatencyEvidence,
     _per_exit_macs,
-    _unit_costs,
+    latency_keywords,
+    mean_unit_cost,
     measured_latency,
     predicted_latency,
     usable_verify,
@@ -113,10 +114,7 @@ class ReportData(OperatingChoice):
         """Expected cost on the judged rows: MACs per sample, or a latency key's early-exit ms per batch."""
         if name in self.latency:
             return self.latency[name].early_exit_ms
-        if not self.outcome.n:
-            return None
-        units = _unit_costs(self.run, name, self.outcome.exits)
-        return None if units is None or not len(units) else float(np.mean(units))
+        return mean_unit_cost(self.run, name, self.outcome.exits)
 
     def operating_point(self, label: str | None = None) -> OperatingPoint:
         """The operating point as the figures mark it: page 1's held-out figures (:func:`held_out_point`)."""
@@ -149,10 +147,7 @@ def held_out_point(
     frontier's (fit-half costs), so the star may sit a little off them.
     """
     point = OperatingChoice.operating_point(choice, label)  # the fit-half point, whatever subclass
-    macs = None
-    if choice.outcome.n:
-        units = _unit_costs(choice.run, "macs", choice.outcome.exits)
-        macs = None if units is None or not len(units) else float(np.mean(units))
+    macs = mean_unit_cost(choice.run, "macs", choice.outcome.exits)
     return dataclasses.replace(
         point,
         expected_macs=macs if macs is not None else point.expected_macs,
@@ -347,11 +342,7 @@ def _methods_at_budget(choice: OperatingChoice) -> tuple[_MethodAtBudget, ...]:
     if budget is None or frontier is None:
         return tuple(out)
     unit = str((doc.get("budget") or {}).get("unit") or "macs")
-    key = LatencyKey.from_column(unit) if unit.startswith(MS_PREFIX) else None
-    at: dict[str, Any] = {
-        "device": None if key is None else key.device,
-        "batch_size": None if key is None else key.batch_size,
-    }
+    at = latency_keywords(LatencyKey.from_column(unit) if unit.startswith(MS_PREFIX) else None)
     solvers = {m.value for m in Method}
     names = [str(m) for m in dict.fromkeys(frontier["method"].astype(str)) if m not in ("static", "oracle", main)]
     for name in sorted((n for n in names if n in solvers), key=lambda n: n == "geometric"):

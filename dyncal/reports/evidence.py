@@ -38,6 +38,8 @@ __all__ = [
     "batch_size_of",
     "unit_batches",
     "predicted_unit_ms",
+    "mean_unit_cost",
+    "latency_keywords",
     "predicted_latency",
     "measured_latency",
     "usable_verify",
@@ -229,6 +231,20 @@ def _unit_costs(run: Run, name: str, exits: np.ndarray) -> np.ndarray | None:
         macs = _per_exit_macs(run)
         return None if macs is None else np.asarray(macs, dtype=float)[np.asarray(exits)]
     return predicted_unit_ms(run.costs, name, unit_batches(exits, batch_size_of(name)))
+
+
+def mean_unit_cost(run: Run, name: str, exits: np.ndarray) -> float | None:
+    """Mean cost of the units (:func:`_unit_costs`) on rows leaving at ``exits`` (None: not known, or no rows)."""
+    units = _unit_costs(run, name, exits)
+    return None if units is None or not len(units) else float(np.mean(units))
+
+
+def latency_keywords(key: LatencyKey | None) -> dict[str, Any]:
+    """The ``device`` and ``batch_size`` keywords that pick latency key ``key`` for solve and the frontier.
+
+    None (MACs) gives both as None, as if not given.
+    """
+    return {"device": None if key is None else key.device, "batch_size": None if key is None else key.batch_size}
 
 
 def _full_model_cost(run: Run, name: str) -> float:

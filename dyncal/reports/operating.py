@@ -24,7 +24,7 @@ from dyncal.constraints import check
 from dyncal.errors import DyncalError, param
 from dyncal.reports.choice import DEFAULT_MAX_DROP, BudgetSource, OperatingChoice
 from dyncal.reports.decision import ExitOutcome, Requirements
-from dyncal.reports.evidence import _full_model_cost, _unit_costs, batch_size_of
+from dyncal.reports.evidence import _full_model_cost, _unit_costs, batch_size_of, latency_keywords
 from dyncal.reports.rivals import held_out_rivals, rival_warnings
 from dyncal.reports.text import pct, pts
 
@@ -428,9 +428,7 @@ def _scored(
         return prep, None
     from dyncal.calibrate.frontier import compute_frontier
 
-    if key is None:
-        return prep, compute_frontier(prep)
-    return prep, compute_frontier(prep, device=key.device, batch_size=key.batch_size)
+    return prep, compute_frontier(prep, **latency_keywords(key))
 
 
 def _read_point(th: ThresholdsDocument, path: str) -> _Point:
@@ -471,13 +469,7 @@ def _solved_point(
     # The latency column matters to solve only for an ms budget; for the speed-up
     # criterion the report uses it itself.
     at = latency if parse_budget(budget).kind == "ms" else None
-    result = solve_run(
-        prep,
-        budget,
-        method=method,
-        device=None if at is None else at.device,
-        batch_size=None if at is None else at.batch_size,
-    )
+    result = solve_run(prep, budget, method=method, **latency_keywords(at))
     return result.to_dict(), result.decision_fingerprint, budget, source, reason
 
 

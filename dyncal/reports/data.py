@@ -196,20 +196,16 @@ def latency_evidence(choice: OperatingChoice, verify_result: VerifyResult | None
         >>> evidence["cpu/b1"].source  # doctest: +SKIP
         'predicted'
     """
-    run, outcome = choice.run, choice.outcome
+    costs, outcome, v = choice.run.costs, choice.outcome, verify_result
+    assert costs is not None  # choose_operating_point refuses a run without costs
     held_rows = f"{outcome.n:,} held-out samples" if outcome.held_out else f"{outcome.n:,} samples (nothing held out)"
-    evidence: dict[str, LatencyEvidence] = {}
-    for key in sorted(run.costs.latency if run.costs is not None else ()):
-        timing = None if verify_result is None else verify_result.timing(key)
-        if timing is not None and verify_result is not None:
-            evidence[key] = measured_latency(timing, verify_result.n, TimedCoverage.of(verify_result, key))
-        else:
-            assert run.costs is not None
-            evidence[key] = predicted_latency(run.costs, key, outcome.exits, held_out=outcome.held_out, rows=held_rows)
-    if verify_result is not None:
-        for t in verify_result.timings:
-            evidence.setdefault(t.key, measured_latency(t, verify_result.n, TimedCoverage.of(verify_result, t.key)))
-    return evidence
+    measured = {} if v is None else {t.key: measured_latency(t, v.n, TimedCoverage.of(v, t.key)) for t in v.timings}
+    evidence = {
+        key: measured.get(key)
+        or predicted_latency(costs, key, outcome.exits, held_out=outcome.held_out, rows=held_rows)
+        for key in sorted(costs.latency)
+    }
+    return evidence | measured  # the profiled keys first, then the ones verify timed alone
 
 
 def _usable_verify(choice: OperatingChoice) -> tuple[VerifyResult | None, tuple[str, ...]]:

@@ -382,7 +382,7 @@ def _figure_at_operating_point(run_path: str | os.PathLike[str], kind: str, aske
     # only for the curves (or to choose the budget)
     point = choose_operating_point(run_path, asked, frontier=kind != "exits")
     main = str(point.thresholds.get("method") or "") or None
-    evidence = latency_evidence(point) if point.run.costs is not None and point.run.costs.latency else {}
+    evidence = latency_evidence(point)
     op = held_out_point(point, evidence, point.legend_label())  # the report's page-1 figures
     compared = _compared_runs(point, asked, kind)
     if kind == "frontier":

@@ -115,18 +115,11 @@ class ReportOptions:
         _check_tail_and_rate(self)
         if self.method is not None:
             object.__setattr__(self, "method", Method.parse(self.method, "method"))
-        if isinstance(self.compare, (str, os.PathLike)):
-            object.__setattr__(self, "compare", (self.compare,))
-        if isinstance(self.robustness, (str, os.PathLike)):
-            object.__setattr__(self, "robustness", (self.robustness,))
         Requirements(self.min_accuracy, self.max_drop, self.min_speedup).validate()
-        if self.batch_size is not None:
-            check("batch_size", self.batch_size)
         check("temperature", self.temperature)
-        if self.holdout is not None:
-            check("holdout", self.holdout)
-        if self.seed is not None:
-            check("seed", self.seed)
+        for name in ("batch_size", "holdout", "seed"):
+            if getattr(self, name) is not None:
+                check(name, getattr(self, name))
         for name in ("device", "title"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
@@ -141,15 +134,13 @@ class ReportOptions:
 
             parse_budget(self.budget)
         if self.thresholds is not None:
-            given = [
-                o
-                for o, v in (
-                    ("method", self.method),
-                    ("temperature", self.temperature or None),
-                    ("holdout", self.holdout),
-                )
-                if v is not None
-            ] + (["seed"] if self.seed is not None else [])
+            asked = {
+                "method": self.method,
+                "temperature": self.temperature or None,
+                "holdout": self.holdout,
+                "seed": self.seed,
+            }
+            given = [name for name, value in asked.items() if value is not None]
             if given:
                 raise DyncalError(
                     f"`thresholds` fixes the method, temperatures and held-out split; leave out "
@@ -170,12 +161,15 @@ class ReportOptions:
 
 
 def _check_tail_and_rate(options: ReportOptions) -> None:
-    """Read the tail bounds and the rate once (a bad one is refused before any work); lists as tuples."""
+    """The list options as tuples (one path or text: a 1-tuple); the tail bounds and the rate read once.
+
+    A bad bound or rate is refused here, before any work.
+    """
     from dyncal.analysis.capacity import parse_rate
 
-    for name in ("max_latency_ms", "max_latency_ratio"):
+    for name in ("compare", "robustness", "max_latency_ms", "max_latency_ratio"):
         value = getattr(options, name)
-        object.__setattr__(options, name, (value,) if isinstance(value, str) else tuple(value or ()))
+        object.__setattr__(options, name, (value,) if isinstance(value, (str, os.PathLike)) else tuple(value or ()))
     _ = options.tail_bounds
     if options.rate is not None:
         parse_rate(options.rate)

@@ -169,15 +169,7 @@ class _Page:
         lines = wrap_text(text, (RIGHT - indent) * self.width_in, size, weight=weight, family=family)
         for line in lines:
             self.skip(size / 72 * 1.35)
-            kw: dict[str, Any] = {
-                "fontsize": size,
-                "color": color,
-                "va": "baseline",
-                "weight": weight,
-            }
-            if family:
-                kw["family"] = family
-            self.fig.text(indent, self.y, line, **kw)
+            self.fig.text(indent, self.y, line, fontsize=size, color=color, va="baseline", weight=weight, family=family)
 
     def rows(
         self, items: Sequence[tuple[str, str]], *, value_x: float = 0.3, size: float = 9, mono: Sequence[str] = ()

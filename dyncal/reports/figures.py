@@ -267,32 +267,27 @@ def _draw_static(ax: Axes, static: pd.DataFrame, x_col: str, acc_col: str) -> li
     return [(xi, yi, k) for xi, yi, k in zip(sx, sy, exits, strict=True) if k is not None]
 
 
+def _draw_point(
+    ax: Axes,
+    x: float,
+    y: float,
+    interval: tuple[float, float] | None,
+    color: str,
+    bar: tuple[float, float, float],
+    **marker: Any,
+) -> None:
+    """An accuracy at ``x``: its 95% interval as an error bar (``bar``: line width, cap size, zorder), then a marker."""
+    if interval is not None:
+        width, cap, zorder = bar
+        yerr = [[y - interval[0]], [interval[1] - y]]
+        ax.errorbar([x], [y], yerr=yerr, fmt="none", ecolor=color, elinewidth=width, capsize=cap, zorder=zorder)
+    ax.plot([x], [y], ls="none", color=color, **marker)
+
+
 def _draw_star(ax: Axes, op: OperatingPoint, x: float) -> None:
     """The operating point: a star at ``x``, with its interval."""
-    if op.interval is not None:
-        lo, hi = op.interval
-        ax.errorbar(
-            [x],
-            [op.accuracy],
-            yerr=[[op.accuracy - lo], [hi - op.accuracy]],
-            fmt="none",
-            ecolor=_OP_COLOR,
-            elinewidth=1.4,
-            capsize=4,
-            zorder=6,
-        )
-    ax.plot(
-        [x],
-        [op.accuracy],
-        ls="none",
-        marker="*",
-        ms=15,
-        color=_OP_COLOR,
-        markeredgecolor="white",
-        markeredgewidth=0.8,
-        label=op.label,
-        zorder=7,
-    )
+    star = {"marker": "*", "ms": 15, "markeredgecolor": "white", "markeredgewidth": 0.8, "label": op.label, "zorder": 7}
+    _draw_point(ax, x, op.accuracy, op.interval, _OP_COLOR, (1.4, 4, 6), **star)
 
 
 def _draw_compared(ax: Axes, compared: Sequence[ComparedModel], x_col: str) -> None:
@@ -311,31 +306,10 @@ def _draw_compared(ax: Axes, compared: Sequence[ComparedModel], x_col: str) -> N
                 x[ok], y[ok], color=color, lw=1.5, ls="-", marker=".", ms=4, label=f"{m.name} (early exit)", zorder=4
             )
             continue
-        if m.interval is not None:
-            lo, hi = m.interval
-            ax.errorbar(
-                x[ok][:1],
-                y[ok][:1],
-                yerr=[[y[ok][0] - lo], [hi - y[ok][0]]],
-                fmt="none",
-                ecolor=color,
-                elinewidth=1.2,
-                capsize=3,
-                zorder=4.5,
-            )
         marker = _COMPARE_MARKERS[i % len(_COMPARE_MARKERS)]
-        ax.plot(
-            x[ok][:1],
-            y[ok][:1],
-            ls="none",
-            marker=marker,
-            ms=8,
-            color=color,
-            markeredgecolor="black",
-            markeredgewidth=0.6,
-            label=f"{m.name} (static)",
-            zorder=4.5,  # under the single exits' squares, which it may sit on (the last exit alone)
-        )
+        # under the single exits' squares, which it may sit on (the last exit alone)
+        point = {"marker": marker, "ms": 8, "markeredgecolor": "black", "markeredgewidth": 0.6, "zorder": 4.5}
+        _draw_point(ax, x[ok][0], y[ok][0], m.interval, color, (1.2, 3, 4.5), label=f"{m.name} (static)", **point)
 
 
 def _label_offset(ax: Axes, xy: tuple[float, float], avoid: tuple[float, float] | None) -> tuple[tuple[int, int], str]:

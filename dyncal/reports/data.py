@@ -362,10 +362,8 @@ def _methods_at_budget(choice: OperatingChoice) -> tuple[_MethodAtBudget, ...]:
     fit_exits = oracle_at_budget(fit, costs, target.value)
     macs = prep.units.get("macs")
     fit_macs = None if macs is None else float(np.asarray(macs)[fit_exits].mean())
-    if len(held):
-        ok = held[np.arange(len(held)), oracle_at_budget(held, costs, target.value)]
-        out.append(_MethodAtBudget("oracle", float(ok.mean()), mean_bootstrap_ci(ok, seed=prep.seed), fit_macs))
-    else:
-        ok = fit[np.arange(len(fit)), fit_exits]
-        out.append(_MethodAtBudget("oracle", float(ok.mean()), None, fit_macs))
+    judged, exits = (held, oracle_at_budget(held, costs, target.value)) if len(held) else (fit, fit_exits)
+    ok = judged[np.arange(len(judged)), exits]
+    ci = mean_bootstrap_ci(ok, seed=prep.seed) if len(held) else None
+    out.append(_MethodAtBudget("oracle", float(ok.mean()), ci, fit_macs))
     return tuple(out)

@@ -55,8 +55,14 @@ _LABELS = {
     "oracle": "oracle (upper bound: best exit known)",
 }
 _OP_COLOR = "#d62728"
-LABEL_BOX = {"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.85}
-"""Behind every label drawn among curves: a curve passing under it does not strike it through."""
+LABEL: dict[str, Any] = {
+    "textcoords": "offset points",
+    "fontsize": 8,
+    "bbox": {"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.85},
+    "zorder": 6,
+}
+"""Every label drawn among curves: 8 pt, placed in points off its spot, above the curves, on a white box so a
+curve passing under it does not strike it through."""
 _COMPARE_COLORS = ("#17becf", "#8c564b", "#e377c2", "#bcbd22", "#9467bd", "#1a1a6e")
 _COMPARE_MARKERS = ("D", "^", "v", "P", "X", "h")
 
@@ -183,32 +189,12 @@ def _draw_curves(
     ax.margins(x=0.08)
     if full_model is not None and math.isfinite(full_model):
         ax.axvline(full_model, color="#444444", ls=(0, (4, 3)), lw=1.1, zorder=2)
-        ax.annotate(
-            f"full model {format_ms(full_model)}",
-            (full_model, 0.03),
-            xycoords=("data", "axes fraction"),
-            xytext=(-4, 0),
-            textcoords="offset points",
-            ha="right",
-            fontsize=8,
-            color="#444444",
-            bbox=LABEL_BOX,
-            zorder=6,
-        )
+        text, at = f"full model {format_ms(full_model)}", (full_model, 0.03)
+        ax.annotate(text, at, xycoords=("data", "axes fraction"), xytext=(-4, 0), ha="right", color="#444444", **LABEL)
     for xi, yi, k in static_labels:
         if np.isfinite(xi) and np.isfinite(yi):
             offset, ha = _label_offset(ax, (xi, yi), star)
-            ax.annotate(
-                f"exit {int(k)}",
-                (xi, yi),
-                xytext=offset,
-                textcoords="offset points",
-                fontsize=8,
-                ha=ha,
-                color="black",
-                bbox=LABEL_BOX,  # a curve passing under a label does not strike it through
-                zorder=6,
-            )
+            ax.annotate(f"exit {int(k)}", (xi, yi), xytext=offset, ha=ha, color="black", **LABEL)
     ax.set_ylabel("top-1 accuracy" + (" (held out)" if held_out else " (fitted; nothing held out)"))
     ax.yaxis.set_major_formatter(_percent_formatter())
     ax.grid(True, color="#dddddd", lw=0.6)

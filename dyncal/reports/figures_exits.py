@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dyncal.errors import DyncalError
-from dyncal.reports.figures import _OP_COLOR, LABEL_BOX, _figure_of, _panels, _percent_formatter
+from dyncal.reports.figures import _OP_COLOR, LABEL, _figure_of, _panels, _percent_formatter
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -126,16 +126,7 @@ def _draw_exit_accuracy(bottom: Axes, acc: np.ndarray, exit_accuracy: Sequence[f
     bottom.plot(x, acc, marker="D", color=_OP_COLOR, lw=0, ms=7, label="accuracy of the samples leaving here")
     for i in range(k):
         if np.isfinite(acc[i]):
-            bottom.annotate(
-                f"{100 * acc[i]:.1f}%",
-                (x[i], acc[i]),
-                xytext=(8, -3),
-                textcoords="offset points",
-                fontsize=8,
-                color=_OP_COLOR,
-                bbox=LABEL_BOX,
-                zorder=6,
-            )
+            bottom.annotate(f"{100 * acc[i]:.1f}%", (x[i], acc[i]), xytext=(8, -3), color=_OP_COLOR, **LABEL)
     both = np.concatenate(values)
     lo = float(np.nanmin(both)) if np.isfinite(both).any() else 0.0
     span = max(1.0 - lo, 0.02)

@@ -296,6 +296,11 @@ class _Judging:
     op_costs: Mapping[str, float]
     main: str
 
+    def columns(self, costs: Mapping[str, float]) -> dict[str, str]:
+        """The frontier column each of ``costs`` is drawn against: MACs, and latency timed on the report's hardware."""
+        drawn = [c for c in costs if c == "macs" or _same_hardware(self.choice.run, self.alt, c)]
+        return {c: "expected_macs" if c == "macs" else LatencyKey.parse(c).column for c in drawn}
+
     def judged(
         self,
         ok: np.ndarray,
@@ -343,19 +348,14 @@ def _static(j: _Judging) -> Alternative:
     logits = np.asarray(alt.logits[rows.held, 0])
     ok = logits.argmax(axis=1) == np.asarray(alt.labels)[rows.held]
     macs = _per_exit_macs(alt)
-    latency = {}
-    if alt.costs is not None:
-        latency = {k: full_model_ms(alt.costs, None, k)[0] for k in sorted(alt.costs.latency)}
+    assert alt.costs is not None  # it shares a cost with the report's run (_comparison_cost)
+    latency = {k: full_model_ms(alt.costs, None, k)[0] for k in sorted(alt.costs.latency)}
     costs = ({"macs": macs[0]} if macs is not None else {}) | latency
     acc = float(ok.mean())
-    curve: dict[str, tuple[float, ...]] = {"accuracy": (acc,)}
-    if macs is not None:
-        curve["expected_macs"] = (macs[0],)
-    for k, v in latency.items():
-        if _same_hardware(choice.run, alt, k):
-            curve[LatencyKey.parse(k).column] = (v,)
+    point = {"accuracy": acc} | {col: costs[c] for c, col in j.columns(costs).items()}
     reach = costs[main] if acc >= choice.accuracy - 1e-12 else None
-    return j.judged(ok, mean_bootstrap_ci(ok, seed=choice.prep.seed) if len(ok) else None, costs, latency, curve, reach)
+    ci = mean_bootstrap_ci(ok, seed=choice.prep.seed) if len(ok) else None
+    return j.judged(ok, ci, costs, latency, {col: (v,) for col, v in point.items()}, reach)
 
 
 def _prepared(choice: OperatingChoice, alt: Run, rows: _Rows) -> PreparedRun:
@@ -405,10 +405,8 @@ def _early_exit(j: _Judging) -> Alternative:
     frontier = compute_frontier(prep)
     curve_rows = frontier[frontier["method"].astype(str) == method].sort_values("budget_fraction")
     acc_col = "holdout_accuracy" if curve_rows["holdout_accuracy"].notna().any() else "fitted_accuracy"
-    curve: dict[str, tuple[float, ...]] = {"accuracy": tuple(float(v) for v in curve_rows[acc_col])}
-    for col in ["expected_macs"] + [LatencyKey.parse(k).column for k in latency if _same_hardware(choice.run, alt, k)]:
-        if col in curve_rows.columns:
-            curve[col] = tuple(float(v) for v in curve_rows[col])
+    drawn = ["accuracy"] + [col for col in j.columns(costs).values() if col in curve_rows.columns]
+    curve = {col: tuple(float(v) for v in curve_rows[acc_col if col == "accuracy" else col]) for col in drawn}
     reach = None  # in ms none: the curve's ms are per sample on the fitting half, not per batch
     if main == "macs" and "expected_macs" in curve_rows.columns:
         good = curve_rows[curve_rows[acc_col] >= choice.accuracy - 1e-12]

@@ -226,9 +226,7 @@ def plot_reliability(
                 color="black",
                 label="accuracy in bin (T = 1)",
             )
-        t_txt = ""
-        if temperatures is not None and scaled is not None:
-            t_txt = f", T = {temperatures[i]:.2f}"
+        t_txt = "" if temperatures is None or scaled is None else f", T = {temperatures[i]:.2f}"
         if cols <= 2:
             ax.set_title(f"exit {i + 1}{t_txt}: ECE {shown.ece:.3f}", fontsize=10)
         else:  # narrow panels: two short lines

@@ -125,16 +125,10 @@ class _Page:
         self.fig.patch.set_facecolor("white")
         self.width_in, self.height_in = A4_INCHES
         self.y = 1.0 - 0.55 / self.height_in
-        self.fig.text(0.06, 1 - 0.35 / self.height_in, data.title, fontsize=8, color=_GREY, va="top")
-        self.fig.text(
-            0.94,
-            1 - 0.35 / self.height_in,
-            f"page {number} of {len(page_titles(data))}",
-            fontsize=8,
-            color=_GREY,
-            va="top",
-            ha="right",
-        )
+        header_y = 1 - 0.35 / self.height_in
+        pages = len(page_titles(data))
+        self.fig.text(LEFT, header_y, data.title, fontsize=8, color=_GREY, va="top")
+        self.fig.text(RIGHT, header_y, f"page {number} of {pages}", fontsize=8, color=_GREY, va="top", ha="right")
         run = data.run
         foot = (
             f"run '{run.path.name}' (N={run.n:,}, K={run.k}, C={run.c:,}) · "

@@ -368,8 +368,7 @@ def export_figure(
             "png": {"Software": creator},
             "pdf": {"CreationDate": None, "Creator": creator},
         }
-        meta = metadata[fmt]
-        fig.savefig(buf, format=fmt, dpi=dpi, metadata=meta, bbox_inches="tight")
+        fig.savefig(buf, format=fmt, dpi=dpi, metadata=metadata[fmt], bbox_inches="tight")
     write_output(path, buf.getvalue())
     return path
 

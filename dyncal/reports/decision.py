@@ -62,7 +62,6 @@ __all__ = [
     "decide",
     "judge",
     "speedup_estimate",
-    "speedup_of_units",
 ]
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
@@ -495,25 +494,8 @@ def speedup_estimate(
         1.5
     """
     units = np.asarray(per_exit_cost, dtype=float)[outcome.exits]
-    value, interval = speedup_of_units(units, full_model, outcome.held_out)
-    return SpeedupEstimate(
-        cost,
-        value,
-        interval,
-        interval_sampling=interval,
-        full_model=full_model,
-    )
-
-
-def speedup_of_units(units: np.ndarray, baseline: float, held_out: bool) -> tuple[float, tuple[float, float] | None]:
-    """Baseline cost over the mean cost of ``units`` (samples or batches), with a bootstrap over them.
-
-    Example:
-        >>> speedup_of_units(np.array([2.0, 4.0]), 6.0, False)
-        (2.0, None)
-    """
-    u = np.asarray(units, dtype=float)
-    value = float(baseline / u.mean()) if len(u) else float("nan")
-    if not held_out or not len(u):
-        return value, None
-    return value, bootstrap_interval(len(u), lambda idx: baseline / u[idx].mean(axis=1))
+    value = float(full_model / units.mean()) if len(units) else float("nan")
+    interval = None
+    if outcome.held_out and len(units):
+        interval = bootstrap_interval(len(units), lambda idx: full_model / units[idx].mean(axis=1))
+    return SpeedupEstimate(cost, value, interval, interval_sampling=interval, full_model=full_model)

@@ -124,11 +124,8 @@ def criterion_digits(c: Criterion) -> int:
         >>> criterion_digits(Criterion("speedup", 2.0004, (1.9999, 2.1), 2.0, ">=", "fail"))
         4
     """
-    bounds = [c.value]
-    if c.interval is not None:
-        bounds.append(c.interval[0 if c.comparison == ">=" else 1])
-    if c.interval_sampling is not None:
-        bounds.append(c.interval_sampling[0 if c.comparison == ">=" else 1])
+    deciding_end = 0 if c.comparison == ">=" else 1
+    bounds = [c.value] + [iv[deciding_end] for iv in (c.interval, c.interval_sampling) if iv is not None]
     digits = 2
     while digits < 5 and any(
         b != c.required and criterion_value(c, b, digits) == criterion_value(c, c.required, digits) for b in bounds

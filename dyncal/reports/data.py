@@ -35,6 +35,7 @@ from dyncal.reports.evidence import (
 )
 from dyncal.reports.figures import MS_PREFIX, OperatingPoint
 from dyncal.reports.operating import ReportOptions, choose_operating_point
+from dyncal.reports.robustness import robustness_table
 from dyncal.reports.tail_evidence import report_savings, report_tail_criteria, stored_requests
 from dyncal.reports.throughput import throughput_notes
 from dyncal.reports.timed import TimedCoverage
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from dyncal.artifacts.run import Run
     from dyncal.artifacts.verify import VerifyResult
 
-__all__ = ["ReportData", "prepare_report", "report_date", "latency_evidence", "held_out_point"]
+__all__ = ["ReportData", "prepare_report", "report_date", "latency_evidence", "held_out_point", "reliability_per_exit"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -248,8 +249,6 @@ def prepare_report(run_path: str | os.PathLike[str], options: ReportOptions | No
         >>> data.decision, data.accuracy  # doctest: +SKIP
         ('GO', 0.9875)
     """
-    from dyncal.analysis.calibration import reliability_bins
-
     options = options_from(ReportOptions, options, fields, "report")
     choice = choose_operating_point(run_path, options)
     run, outcome = choice.run, choice.outcome
@@ -277,11 +276,7 @@ def prepare_report(run_path: str | os.PathLike[str], options: ReportOptions | No
     alternatives = compare_alternatives(choice, evidence, options.compare) if options.compare else ()
     if decision is not None and any(a.static and a.dominates for a in alternatives):
         decision = "NO-GO"  # a static model is as accurate and cheaper: early exit does not pay
-    methods = _methods_at_budget(choice)
-    scaled = None
-    if any(abs(float(t) - 1.0) > 1e-9 for t in choice.thresholds.get("temperatures") or ()):
-        s_conf, s_correct = choice.confidence(fitted_temperatures=True)
-        scaled = tuple(reliability_bins(s_conf[:, k], s_correct[:, k]) for k in range(run.k))
+    fitted = any(abs(float(t) - 1.0) > 1e-9 for t in choice.thresholds.get("temperatures") or ())
     conf, correct = choice.confidence()
     shared = {f.name: getattr(choice, f.name) for f in dataclasses.fields(OperatingChoice)}
     shared.update(notes=(*notes, *throughput_notes(verify_result, choice.latency_key)), verify=verify_result)
@@ -292,26 +287,25 @@ def prepare_report(run_path: str | os.PathLike[str], options: ReportOptions | No
         speedup={name: estimates[name].value for name in (["macs"] if "macs" in estimates else []) + sorted(evidence)},
         exit_accuracy=correct.mean(axis=0),
         exit_confidence=conf.mean(axis=0),
-        bins=tuple(reliability_bins(conf[:, k], correct[:, k]) for k in range(run.k)),
-        scaled_bins=scaled,
+        bins=reliability_per_exit(conf, correct),
+        scaled_bins=reliability_per_exit(*choice.confidence(fitted_temperatures=True)) if fitted else None,
         date=report_date(run),
         command=options.command,
         full_model={name: e.full_model for name, e in estimates.items()},
         latency=evidence,
-        methods=methods,
+        methods=_methods_at_budget(choice),
         alternatives=alternatives,
         requests=requests,
         savings=savings,
-        robustness=_robustness(choice, options),
+        robustness=robustness_table(choice, options.robustness, options.max_drop) if options.robustness else (),
     )
 
 
-def _robustness(choice: OperatingChoice, options: ReportOptions) -> tuple[dict[str, Any], ...]:
-    if not options.robustness:
-        return ()
-    from dyncal.reports.robustness import robustness_table
+def reliability_per_exit(conf: np.ndarray, correct: np.ndarray) -> tuple[ReliabilityBins, ...]:
+    """One reliability summary per exit, from ``(N, K)`` top probabilities and correctness."""
+    from dyncal.analysis.calibration import reliability_bins
 
-    return robustness_table(choice, options.robustness, options.max_drop)
+    return tuple(reliability_bins(conf[:, k], correct[:, k]) for k in range(conf.shape[1]))
 
 
 @dataclass(frozen=True)

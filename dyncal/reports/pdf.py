@@ -38,7 +38,7 @@ from dyncal.choices import FigureKind
 from dyncal.errors import DyncalError
 from dyncal.options import options_from
 from dyncal.reports.compare import compare_alternatives
-from dyncal.reports.data import ReportData, held_out_point, latency_evidence, prepare_report
+from dyncal.reports.data import ReportData, held_out_point, latency_evidence, prepare_report, reliability_per_exit
 from dyncal.reports.decision import Criterion
 from dyncal.reports.evidence import full_model_ms
 from dyncal.reports.figures import ComparedModel, plot_frontier, plot_latency
@@ -440,11 +440,9 @@ def _require_latency(run_path: str | os.PathLike[str]) -> None:
 
 def _reliability_alone(run_path: str | os.PathLike[str]) -> Figure:
     """Reliability diagrams of every exit at temperature 1."""
-    from dyncal.analysis.calibration import reliability_bins
     from dyncal.artifacts.run import load_run
     from dyncal.calibrate.scores import exit_scores
 
     run = load_run(run_path)
     conf, pred = exit_scores(run.logits, "maxprob")
-    right = pred == np.asarray(run.labels)[:, None]
-    return plot_reliability([reliability_bins(conf[:, k], right[:, k]) for k in range(run.k)])
+    return plot_reliability(reliability_per_exit(conf, pred == np.asarray(run.labels)[:, None]))

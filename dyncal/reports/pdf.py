@@ -40,7 +40,6 @@ from dyncal.options import options_from
 from dyncal.reports.compare import compare_alternatives
 from dyncal.reports.data import ReportData, held_out_point, latency_evidence, prepare_report, reliability_per_exit
 from dyncal.reports.decision import Criterion
-from dyncal.reports.evidence import full_model_ms
 from dyncal.reports.figures import ComparedModel, plot_frontier, plot_latency
 from dyncal.reports.figures_exits import plot_exits, plot_reliability
 from dyncal.reports.layout import _style, _version, page_titles
@@ -394,13 +393,12 @@ def _figure_at_operating_point(run_path: str | os.PathLike[str], kind: str, aske
             compared=compared,
         )
     if kind == "latency":
-        assert point.frontier is not None and point.run.costs is not None
-        costs = point.run.costs
+        assert point.frontier is not None
         return plot_latency(
             point.frontier,
             operating_point=op,
             main_method=main,
-            full_model_ms={k: full_model_ms(costs, None, k)[0] for k in costs.latency},
+            full_model_ms={k: e.full_model_ms for k, e in evidence.items()},  # the profile's: no verify here
             compared=compared,
         )
     o, k = point.outcome, point.run.k

@@ -270,16 +270,14 @@ def _series(prof: LatencyProfile) -> list[tuple[float, ...]]:
     ]
 
 
+def _is_rows(v: Any) -> bool:
+    return isinstance(v, tuple) and len(v) > 0 and all(_is_series(r) for r in v)
+
+
 def _replicate_fields(prof: LatencyProfile) -> list[tuple[str, bool]]:
     """The profile's fields that hold raw replicates: ``(name, whether it holds rows of them)``."""
-    out = []
-    for f in dataclasses.fields(prof):
-        v = getattr(prof, f.name)
-        if _is_series(v):
-            out.append((f.name, False))
-        elif isinstance(v, tuple) and v and all(_is_series(r) for r in v):
-            out.append((f.name, True))
-    return out
+    values = [(f.name, getattr(prof, f.name)) for f in dataclasses.fields(prof)]
+    return [(name, _is_rows(v)) for name, v in values if _is_series(v) or _is_rows(v)]
 
 
 def _resampled(prof: LatencyProfile, fields: list[tuple[str, bool]], rng: np.random.Generator) -> LatencyProfile:
@@ -289,10 +287,9 @@ def _resampled(prof: LatencyProfile, fields: list[tuple[str, bool]], rng: np.ran
         a = np.asarray(series, dtype=float)
         return tuple(a[rng.integers(0, len(a), len(a))].tolist())
 
-    changes: dict[str, Any] = {}
-    for name, rows in fields:
-        v = getattr(prof, name)
-        changes[name] = tuple(draw(r) for r in v) if rows else draw(v)
+    changes: dict[str, Any] = {
+        name: tuple(map(draw, getattr(prof, name))) if rows else draw(getattr(prof, name)) for name, rows in fields
+    }
     return dataclasses.replace(prof, **changes)
 
 

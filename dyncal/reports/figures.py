@@ -122,12 +122,7 @@ def latency_keys(frontier: pd.DataFrame) -> list[str]:
         ['cpu/b1', 'cpu/b32']
     """
     keys = [str(c)[len(MS_PREFIX) :] for c in frontier.columns if str(c).startswith(MS_PREFIX)]
-    return sorted(keys, key=_key_order)
-
-
-def _key_order(key: str) -> tuple[str, int]:
-    parsed = LatencyKey.parse(key)
-    return (parsed.device, parsed.batch_size)
+    return sorted(keys, key=LatencyKey.parse)  # device, then batch size
 
 
 def _new_axes(ax: Axes | None, figsize: tuple[float, float] = (7.0, 4.8)) -> tuple[Figure, Axes]:

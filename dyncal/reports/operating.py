@@ -282,18 +282,12 @@ def _choose_budget(
 
 def _closest_budget(misses: list[tuple[float, dict[str, float]]], req: Requirements) -> tuple[float, dict[str, float]]:
     """The budget whose shortfalls are smallest (see :func:`_choose_budget`)."""
-    acc_names = ("accuracy", "accuracy_drop")
     if req.min_speedup is not None:
         # the accuracy criteria first (a budget that misses them by less), then the cheapest
+        acc_names = ("accuracy", "accuracy_drop")
         return min(misses, key=lambda m: (round(sum(m[1].get(n, 0.0) for n in acc_names), 9), m[0]))
-
-    # smallest shortfall: speed-up relative to what was asked, accuracy in points
-    def total(m: tuple[float, dict[str, float]]) -> tuple[int, float, float]:
-        short = m[1]
-        rel = sum(v / (req.min_speedup or 1.0) if n == "speedup" else v for n, v in short.items())
-        return (sum(v > 0 for v in short.values()), rel, m[0])
-
-    return min(misses, key=total)
+    # only accuracy criteria: the fewest missed, then the smallest shortfall in points, then the cheapest
+    return min(misses, key=lambda m: (sum(v > 0 for v in m[1].values()), sum(m[1].values()), m[0]))
 
 
 def _shortfall_text(name: str, v: float) -> str:

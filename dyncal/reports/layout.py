@@ -216,11 +216,8 @@ class _Page:
         self.skip(gap_in)
         for r in range(rows):
             bottom = self.y - panel_h_in / self.height_in
-            for c in range(cols):
-                if len(out) < n:
-                    out.append(
-                        self.fig.add_axes((left + c * (width + hgap), bottom, width, panel_h_in / self.height_in))
-                    )
+            for c in range(min(cols, n - len(out))):
+                out.append(self.fig.add_axes((left + c * (width + hgap), bottom, width, panel_h_in / self.height_in)))
             self.y = bottom
             if r < rows - 1:
                 self.skip(0.8)

@@ -199,8 +199,7 @@ def _draw_curves(
     elif legend:
         # below the axes, never over the curves or the operating point (an imported run's
         # curves can fill the lower right, where the legend used to sit)
-        handles, labels = ax.get_legend_handles_labels()
-        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=8, frameon=False)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=8, frameon=False)
 
 
 def _draw_methods(ax: Axes, frontier: pd.DataFrame, x_col: str, acc_col: str, held_out: bool, main: str) -> None:

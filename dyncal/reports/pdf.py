@@ -176,8 +176,7 @@ def render_pdf(data: ReportData) -> bytes:
     buf = io.BytesIO()
     with _style(), PdfPages(buf, metadata=metadata) as pdf:
         for draw in report_pages(data):
-            fig = draw(data)
-            pdf.savefig(fig)
+            pdf.savefig(draw(data))
     return buf.getvalue()
 
 

@@ -255,16 +255,14 @@ def _choose_budget(
             if not any(v > 0 for v in short.values()):
                 which = "cheapest" if cheapest_first else "largest (most accurate)"
                 return f"{float(frac)!r}x", (
-                    f"chosen as the {which} budget whose thresholds meet every criterion on the "
-                    "fitting half "
+                    f"chosen as the {which} budget whose thresholds meet every criterion on the fitting half "
                     "with a margin for sampling noise; "
                     + ("judged on the held-out half" if fit.n_held else "nothing held out: judged on the same samples")
                 )
             misses.append((float(frac), short))
         if not misses:
             return "1x", "no budget on the frontier to choose from; the full budget is shown"
-        closest = _closest_budget(misses, req)
-        frac, short = closest
+        frac, short = _closest_budget(misses, req)
         how = "; ".join(_shortfall_text(name, v) for name, v in short.items() if v > 0)
         return f"{frac!r}x", (
             "no budget meets every criterion on the fitting half (with the margin for sampling "
@@ -274,8 +272,7 @@ def _choose_budget(
     ok = rows[rows["fitted_accuracy"] >= last_fit - DEFAULT_MAX_DROP - 1e-12]
     frac = float(ok["budget_fraction"].iloc[0]) if len(ok) else 1.0
     return f"{frac!r}x", (
-        "no --budget given: the cheapest budget whose fitted accuracy is within "
-        f"{pts(DEFAULT_MAX_DROP)} "
+        f"no --budget given: the cheapest budget whose fitted accuracy is within {pts(DEFAULT_MAX_DROP)} "
         "of the last exit's"
     )
 

@@ -187,12 +187,8 @@ class _Page:
         self.para(text, size=size, width=width, color=_GREY)
 
     def axes(self, height_in: float, left: float = 0.12, right: float = 0.94, gap_in: float = 0.15) -> Any:
-        """New axes below the cursor, ``height_in`` tall (room left for tick labels)."""
-        self.skip(gap_in)
-        bottom = self.y - height_in / self.height_in
-        ax = self.fig.add_axes((left, bottom, right - left, height_in / self.height_in))
-        self.y = bottom
-        return ax
+        """New axes below the cursor, ``height_in`` tall (room left for tick labels): a grid of one."""
+        return self.grid(1, 1, height_in, gap_in=gap_in, left=left, right=right)[0]
 
     def grid(
         self,

@@ -319,8 +319,7 @@ def predicted_latency(
     Returns:
         The evidence, ``source="predicted"``.
     """
-    b = batch_size_of(key)
-    batches = unit_batches(exits, b)
+    batches = unit_batches(exits, batch_size_of(key))
     units = predicted_unit_ms(costs, key, batches)
     assert units is not None
     prof = costs.latency[key]

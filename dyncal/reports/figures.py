@@ -471,14 +471,12 @@ def plot_latency(
         )
     n = len(wanted)
     panels = _panels(axes, n, size=(7.0, 4.4), cols=1 if n <= 2 else 2)
-    for i, key in enumerate(wanted):
-        ax = panels[i]
-        col = MS_PREFIX + key
+    for i, (ax, key) in enumerate(zip(panels, wanted, strict=True)):
         op_x = None if operating_point is None else operating_point.expected_ms.get(key)
         _draw_curves(
             ax,
             frontier,
-            col,
+            MS_PREFIX + key,
             operating_x=op_x,
             operating_point=operating_point,
             legend=(i == 0),

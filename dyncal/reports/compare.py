@@ -42,8 +42,8 @@ import numpy as np
 from dyncal.artifacts.costs import LatencyKey
 from dyncal.choices import DEFAULT_METHOD
 from dyncal.errors import DyncalError
-from dyncal.reports.evidence import _per_exit_macs, _unit_costs, full_model_ms
-from dyncal.stats import bootstrap_interval
+from dyncal.reports.evidence import _per_exit_macs, full_model_ms, latency_keywords, mean_unit_cost
+from dyncal.stats import bootstrap_interval, mean_bootstrap_ci
 
 if TYPE_CHECKING:
     from dyncal.artifacts.run import Run
@@ -56,6 +56,7 @@ __all__ = ["Alternative", "compare_alternatives", "MAX_ALTERNATIVES"]
 MAX_ALTERNATIVES = 6
 """Most runs one report compares with (the decision page has room for this many rows)."""
 _UNPAIRED_SEED = 20261130
+_N_UNPAIRED = 2000
 
 Interval = tuple[float, float]
 
@@ -224,25 +225,24 @@ def _match_rows(run: Run, alt: Run, judged: np.ndarray) -> _Rows:
     return _Rows(False, np.arange(alt.n), np.arange(alt.n), note)
 
 
-def _mean_ci(correct: np.ndarray, seed: int) -> Interval | None:
-    from dyncal.stats import mean_bootstrap_ci
+def _difference(alt_ok: np.ndarray, op_ok: np.ndarray, paired: bool, held_out: bool) -> tuple[float, Interval | None]:
+    """Accuracy of the alternative minus the operating point's, with its 95% interval (None: nothing held out).
 
-    return mean_bootstrap_ci(correct, seed=seed) if len(correct) else None
-
-
-def _paired_difference(alt_ok: np.ndarray, op_ok: np.ndarray) -> tuple[float, Interval]:
-    """Mean of the per-sample difference in correctness, with a paired bootstrap interval."""
-    diff = alt_ok.astype(float) - op_ok.astype(float)
-    return float(diff.mean()), bootstrap_interval(len(diff), lambda idx: diff[idx].mean(axis=1))
-
-
-def _unpaired_difference(alt_ok: np.ndarray, op_ok: np.ndarray, n_boot: int = 2000) -> tuple[float, Interval]:
-    """Difference of two accuracies on different samples, with independent bootstraps of each."""
-    rng = np.random.default_rng(_UNPAIRED_SEED)
-    a, b = float(np.mean(alt_ok)), float(np.mean(op_ok))
-    draws = rng.binomial(len(alt_ok), a, n_boot) / len(alt_ok) - rng.binomial(len(op_ok), b, n_boot) / len(op_ok)
-    lo, hi = np.quantile(draws, [0.025, 0.975])
-    return a - b, (float(lo), float(hi))
+    Paired: the mean per-sample difference in correctness, with a paired bootstrap. Unpaired:
+    two accuracies on different samples, with independent bootstraps of each.
+    """
+    if paired:
+        diff = alt_ok.astype(float) - op_ok.astype(float)
+        value = float(diff.mean())
+        ci = bootstrap_interval(len(diff), lambda idx: diff[idx].mean(axis=1))
+    else:
+        rng = np.random.default_rng(_UNPAIRED_SEED)
+        a, b = float(np.mean(alt_ok)), float(np.mean(op_ok))
+        alt_draws = rng.binomial(len(alt_ok), a, _N_UNPAIRED) / len(alt_ok)
+        op_draws = rng.binomial(len(op_ok), b, _N_UNPAIRED) / len(op_ok)
+        lo, hi = np.quantile(alt_draws - op_draws, [0.025, 0.975])
+        value, ci = a - b, (float(lo), float(hi))
+    return value, ci if held_out else None
 
 
 def _same_hardware(run: Run, alt: Run, key: str) -> bool:
@@ -281,10 +281,8 @@ def _comparison_cost(choice: OperatingChoice, alts: Sequence[Run]) -> str:
 def _operating_costs(choice: OperatingChoice, latency: Mapping[str, LatencyEvidence]) -> dict[str, float]:
     """The operating point's cost on its judged rows: MACs per sample, ms per batch per key."""
     out = {k: e.early_exit_ms for k, e in latency.items()}
-    macs = _per_exit_macs(choice.run)
-    if macs is not None and choice.outcome.n:
-        out["macs"] = float(np.mean(np.asarray(macs)[choice.outcome.exits]))
-    return out
+    macs = mean_unit_cost(choice.run, "macs", choice.outcome.exits)
+    return out if macs is None else out | {"macs": macs}
 
 
 @dataclass(frozen=True)
@@ -297,6 +295,11 @@ class _Judging:
     rows: _Rows
     op_costs: Mapping[str, float]
     main: str
+
+    def columns(self, costs: Mapping[str, float]) -> dict[str, str]:
+        """The frontier column each of ``costs`` is drawn against: MACs, and latency timed on the report's hardware."""
+        drawn = [c for c in costs if c == "macs" or _same_hardware(self.choice.run, self.alt, c)]
+        return {c: "expected_macs" if c == "macs" else LatencyKey.parse(c).column for c in drawn}
 
     def judged(
         self,
@@ -345,27 +348,14 @@ def _static(j: _Judging) -> Alternative:
     logits = np.asarray(alt.logits[rows.held, 0])
     ok = logits.argmax(axis=1) == np.asarray(alt.labels)[rows.held]
     macs = _per_exit_macs(alt)
-    latency = {}
-    if alt.costs is not None:
-        latency = {k: full_model_ms(alt.costs, None, k)[0] for k in sorted(alt.costs.latency)}
+    assert alt.costs is not None  # it shares a cost with the report's run (_comparison_cost)
+    latency = {k: full_model_ms(alt.costs, None, k)[0] for k in sorted(alt.costs.latency)}
     costs = ({"macs": macs[0]} if macs is not None else {}) | latency
     acc = float(ok.mean())
-    curve: dict[str, tuple[float, ...]] = {"accuracy": (acc,)}
-    if macs is not None:
-        curve["expected_macs"] = (macs[0],)
-    for k, v in latency.items():
-        if _same_hardware(choice.run, alt, k):
-            curve[LatencyKey.parse(k).column] = (v,)
+    point = {"accuracy": acc} | {col: costs[c] for c, col in j.columns(costs).items()}
     reach = costs[main] if acc >= choice.accuracy - 1e-12 else None
-    return j.judged(ok, _mean_ci(ok, choice.prep.seed), costs, latency, curve, reach)
-
-
-def _difference(alt_ok: np.ndarray, op_ok: np.ndarray, paired: bool, held_out: bool) -> tuple[float, Interval | None]:
-    if paired:
-        diff, ci = _paired_difference(alt_ok, op_ok)
-    else:
-        diff, ci = _unpaired_difference(alt_ok, op_ok)
-    return diff, ci if held_out else None
+    ci = mean_bootstrap_ci(ok, seed=choice.prep.seed) if len(ok) else None
+    return j.judged(ok, ci, costs, latency, {col: (v,) for col, v in point.items()}, reach)
 
 
 def _prepared(choice: OperatingChoice, alt: Run, rows: _Rows) -> PreparedRun:
@@ -398,42 +388,30 @@ def _early_exit(j: _Judging) -> Alternative:
     held = prep.holdout_idx if len(prep.holdout_idx) else prep.fit_idx
     # the budget as the operating point's is met: its expected cost on the fitting half
     fit_cost = choice.fit_costs.get(main)
-    kwargs: dict[str, Any] = {}
-    if main != "macs":
-        asked = LatencyKey.parse(main)
-        kwargs = {"device": asked.device, "batch_size": asked.batch_size}
     budget = f"{fit_cost!r}MAC" if main == "macs" else f"{fit_cost!r}ms"
+    at = latency_keywords(None if main == "macs" else LatencyKey.parse(main))
     at_cost = True
     try:
-        doc = solve_run(prep, budget, method=method, **kwargs).to_dict()
+        doc = solve_run(prep, budget, method=method, **at).to_dict()
         exits = assign_exits(prep.scores[held], thresholds_from_json(doc["thresholds"]))
     except BudgetError:
         at_cost = False  # even its first exit costs more: judged there, all samples at exit 1
         exits = np.zeros(len(held), dtype=np.int64)
     ok = prep.correct[held][np.arange(len(held)), exits]
-    macs = _per_exit_macs(alt)
-    latency: dict[str, float] = {}
-    for key in sorted(alt.costs.latency if alt.costs is not None else {}):
-        units = _unit_costs(alt, key, exits)
-        if units is not None and len(units):
-            latency[key] = float(units.mean())
-    costs = ({"macs": float(np.mean(np.asarray(macs)[exits]))} if macs is not None else {}) | latency
+    macs = mean_unit_cost(alt, "macs", exits)
+    keys = sorted(alt.costs.latency if alt.costs is not None else {})
+    latency = {key: ms for key in keys if (ms := mean_unit_cost(alt, key, exits)) is not None}
+    costs = ({"macs": macs} if macs is not None else {}) | latency
     frontier = compute_frontier(prep)
     curve_rows = frontier[frontier["method"].astype(str) == method].sort_values("budget_fraction")
     acc_col = "holdout_accuracy" if curve_rows["holdout_accuracy"].notna().any() else "fitted_accuracy"
-    curve: dict[str, tuple[float, ...]] = {"accuracy": tuple(float(v) for v in curve_rows[acc_col])}
-    for col in ["expected_macs"] + [LatencyKey.parse(k).column for k in latency if _same_hardware(choice.run, alt, k)]:
-        if col in curve_rows.columns:
-            curve[col] = tuple(float(v) for v in curve_rows[col])
-    reach_col = "expected_macs" if main == "macs" else f"ms:{main}"
-    reach = None
-    if reach_col in curve_rows.columns:
+    drawn = ["accuracy"] + [col for col in j.columns(costs).values() if col in curve_rows.columns]
+    curve = {col: tuple(float(v) for v in curve_rows[acc_col if col == "accuracy" else col]) for col in drawn}
+    reach = None  # in ms none: the curve's ms are per sample on the fitting half, not per batch
+    if main == "macs" and "expected_macs" in curve_rows.columns:
         good = curve_rows[curve_rows[acc_col] >= choice.accuracy - 1e-12]
-        if len(good):
-            reach = float(good[reach_col].min())
-    if main != "macs" and reach is not None:
-        reach = None  # the curve's ms are per sample on the fitting half, not per batch: not the same unit
-    ci = _mean_ci(ok, prep.seed) if len(prep.holdout_idx) else None
+        reach = float(good["expected_macs"].min()) if len(good) else None
+    ci = mean_bootstrap_ci(ok, seed=prep.seed) if len(prep.holdout_idx) else None
     return j.judged(ok, ci, costs, latency, curve, reach, at_cost)
 
 

@@ -27,13 +27,15 @@ from dyncal.reports.decision import Criterion, decide, judge, speedup_estimate
 from dyncal.reports.evidence import (
     LatencyEvidence,
     _per_exit_macs,
-    _unit_costs,
+    latency_keywords,
+    mean_unit_cost,
     measured_latency,
     predicted_latency,
     usable_verify,
 )
 from dyncal.reports.figures import MS_PREFIX, OperatingPoint
 from dyncal.reports.operating import ReportOptions, choose_operating_point
+from dyncal.reports.robustness import robustness_table
 from dyncal.reports.tail_evidence import report_savings, report_tail_criteria, stored_requests
 from dyncal.reports.throughput import throughput_notes
 from dyncal.reports.timed import TimedCoverage
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
     from dyncal.artifacts.run import Run
     from dyncal.artifacts.verify import VerifyResult
 
-__all__ = ["ReportData", "prepare_report", "report_date", "latency_evidence", "held_out_point"]
+__all__ = ["ReportData", "prepare_report", "report_date", "latency_evidence", "held_out_point", "reliability_per_exit"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,10 +115,7 @@ class ReportData(OperatingChoice):
         """Expected cost on the judged rows: MACs per sample, or a latency key's early-exit ms per batch."""
         if name in self.latency:
             return self.latency[name].early_exit_ms
-        if not self.outcome.n:
-            return None
-        units = _unit_costs(self.run, name, self.outcome.exits)
-        return None if units is None or not len(units) else float(np.mean(units))
+        return mean_unit_cost(self.run, name, self.outcome.exits)
 
     def operating_point(self, label: str | None = None) -> OperatingPoint:
         """The operating point as the figures mark it: page 1's held-out figures (:func:`held_out_point`)."""
@@ -149,10 +148,7 @@ def held_out_point(
     frontier's (fit-half costs), so the star may sit a little off them.
     """
     point = OperatingChoice.operating_point(choice, label)  # the fit-half point, whatever subclass
-    macs = None
-    if choice.outcome.n:
-        units = _unit_costs(choice.run, "macs", choice.outcome.exits)
-        macs = None if units is None or not len(units) else float(np.mean(units))
+    macs = mean_unit_cost(choice.run, "macs", choice.outcome.exits)
     return dataclasses.replace(
         point,
         expected_macs=macs if macs is not None else point.expected_macs,
@@ -201,20 +197,16 @@ def latency_evidence(choice: OperatingChoice, verify_result: VerifyResult | None
         >>> evidence["cpu/b1"].source  # doctest: +SKIP
         'predicted'
     """
-    run, outcome = choice.run, choice.outcome
+    costs, outcome, v = choice.run.costs, choice.outcome, verify_result
+    assert costs is not None  # choose_operating_point refuses a run without costs
     held_rows = f"{outcome.n:,} held-out samples" if outcome.held_out else f"{outcome.n:,} samples (nothing held out)"
-    evidence: dict[str, LatencyEvidence] = {}
-    for key in sorted(run.costs.latency if run.costs is not None else ()):
-        timing = None if verify_result is None else verify_result.timing(key)
-        if timing is not None and verify_result is not None:
-            evidence[key] = measured_latency(timing, verify_result.n, TimedCoverage.of(verify_result, key))
-        else:
-            assert run.costs is not None
-            evidence[key] = predicted_latency(run.costs, key, outcome.exits, held_out=outcome.held_out, rows=held_rows)
-    if verify_result is not None:
-        for t in verify_result.timings:
-            evidence.setdefault(t.key, measured_latency(t, verify_result.n, TimedCoverage.of(verify_result, t.key)))
-    return evidence
+    measured = {} if v is None else {t.key: measured_latency(t, v.n, TimedCoverage.of(v, t.key)) for t in v.timings}
+    evidence = {
+        key: measured.get(key)
+        or predicted_latency(costs, key, outcome.exits, held_out=outcome.held_out, rows=held_rows)
+        for key in sorted(costs.latency)
+    }
+    return evidence | measured  # the profiled keys first, then the ones verify timed alone
 
 
 def _usable_verify(choice: OperatingChoice) -> tuple[VerifyResult | None, tuple[str, ...]]:
@@ -257,8 +249,6 @@ def prepare_report(run_path: str | os.PathLike[str], options: ReportOptions | No
         >>> data.decision, data.accuracy  # doctest: +SKIP
         ('GO', 0.9875)
     """
-    from dyncal.analysis.calibration import reliability_bins
-
     options = options_from(ReportOptions, options, fields, "report")
     choice = choose_operating_point(run_path, options)
     run, outcome = choice.run, choice.outcome
@@ -286,11 +276,7 @@ def prepare_report(run_path: str | os.PathLike[str], options: ReportOptions | No
     alternatives = compare_alternatives(choice, evidence, options.compare) if options.compare else ()
     if decision is not None and any(a.static and a.dominates for a in alternatives):
         decision = "NO-GO"  # a static model is as accurate and cheaper: early exit does not pay
-    methods = _methods_at_budget(choice)
-    scaled = None
-    if any(abs(float(t) - 1.0) > 1e-9 for t in choice.thresholds.get("temperatures") or ()):
-        s_conf, s_correct = choice.confidence(fitted_temperatures=True)
-        scaled = tuple(reliability_bins(s_conf[:, k], s_correct[:, k]) for k in range(run.k))
+    fitted = any(abs(float(t) - 1.0) > 1e-9 for t in choice.thresholds.get("temperatures") or ())
     conf, correct = choice.confidence()
     shared = {f.name: getattr(choice, f.name) for f in dataclasses.fields(OperatingChoice)}
     shared.update(notes=(*notes, *throughput_notes(verify_result, choice.latency_key)), verify=verify_result)
@@ -301,26 +287,25 @@ def prepare_report(run_path: str | os.PathLike[str], options: ReportOptions | No
         speedup={name: estimates[name].value for name in (["macs"] if "macs" in estimates else []) + sorted(evidence)},
         exit_accuracy=correct.mean(axis=0),
         exit_confidence=conf.mean(axis=0),
-        bins=tuple(reliability_bins(conf[:, k], correct[:, k]) for k in range(run.k)),
-        scaled_bins=scaled,
+        bins=reliability_per_exit(conf, correct),
+        scaled_bins=reliability_per_exit(*choice.confidence(fitted_temperatures=True)) if fitted else None,
         date=report_date(run),
         command=options.command,
         full_model={name: e.full_model for name, e in estimates.items()},
         latency=evidence,
-        methods=methods,
+        methods=_methods_at_budget(choice),
         alternatives=alternatives,
         requests=requests,
         savings=savings,
-        robustness=_robustness(choice, options),
+        robustness=robustness_table(choice, options.robustness, options.max_drop) if options.robustness else (),
     )
 
 
-def _robustness(choice: OperatingChoice, options: ReportOptions) -> tuple[dict[str, Any], ...]:
-    if not options.robustness:
-        return ()
-    from dyncal.reports.robustness import robustness_table
+def reliability_per_exit(conf: np.ndarray, correct: np.ndarray) -> tuple[ReliabilityBins, ...]:
+    """One reliability summary per exit, from ``(N, K)`` top probabilities and correctness."""
+    from dyncal.analysis.calibration import reliability_bins
 
-    return robustness_table(choice, options.robustness, options.max_drop)
+    return tuple(reliability_bins(conf[:, k], correct[:, k]) for k in range(conf.shape[1]))
 
 
 @dataclass(frozen=True)
@@ -347,11 +332,7 @@ def _methods_at_budget(choice: OperatingChoice) -> tuple[_MethodAtBudget, ...]:
     if budget is None or frontier is None:
         return tuple(out)
     unit = str((doc.get("budget") or {}).get("unit") or "macs")
-    key = LatencyKey.from_column(unit) if unit.startswith(MS_PREFIX) else None
-    at: dict[str, Any] = {
-        "device": None if key is None else key.device,
-        "batch_size": None if key is None else key.batch_size,
-    }
+    at = latency_keywords(LatencyKey.from_column(unit) if unit.startswith(MS_PREFIX) else None)
     solvers = {m.value for m in Method}
     names = [str(m) for m in dict.fromkeys(frontier["method"].astype(str)) if m not in ("static", "oracle", main)]
     for name in sorted((n for n in names if n in solvers), key=lambda n: n == "geometric"):
@@ -375,10 +356,8 @@ def _methods_at_budget(choice: OperatingChoice) -> tuple[_MethodAtBudget, ...]:
     fit_exits = oracle_at_budget(fit, costs, target.value)
     macs = prep.units.get("macs")
     fit_macs = None if macs is None else float(np.asarray(macs)[fit_exits].mean())
-    if len(held):
-        ok = held[np.arange(len(held)), oracle_at_budget(held, costs, target.value)]
-        out.append(_MethodAtBudget("oracle", float(ok.mean()), mean_bootstrap_ci(ok, seed=prep.seed), fit_macs))
-    else:
-        ok = fit[np.arange(len(fit)), fit_exits]
-        out.append(_MethodAtBudget("oracle", float(ok.mean()), None, fit_macs))
+    judged, exits = (held, oracle_at_budget(held, costs, target.value)) if len(held) else (fit, fit_exits)
+    ok = judged[np.arange(len(judged)), exits]
+    ci = mean_bootstrap_ci(ok, seed=prep.seed) if len(held) else None
+    out.append(_MethodAtBudget("oracle", float(ok.mean()), ci, fit_macs))
     return tuple(out)

@@ -36,6 +36,7 @@ inconclusive, else GO.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -57,10 +58,10 @@ __all__ = [
     "SpeedupEstimate",
     "bootstrap_interval",
     "criterion_status",
+    "judged_criterion",
     "decide",
     "judge",
     "speedup_estimate",
-    "speedup_of_units",
 ]
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
@@ -341,6 +342,38 @@ def criterion_status(
     return INCONCLUSIVE
 
 
+def judged_criterion(
+    name: str,
+    value: float,
+    interval: Interval | None,
+    required: float,
+    comparison: str,
+    *,
+    sampling: Interval | None = None,
+    timing: Interval | None = None,
+    limited: bool = False,
+    **fields: Any,
+) -> Criterion:
+    """A :class:`Criterion` with its status by :func:`criterion_status`; ``fields`` are its other attributes.
+
+    Example:
+        >>> judged_criterion("accuracy", 0.95, (0.93, 0.97), 0.9, ">=", sampling=(0.93, 0.97)).status
+        'pass'
+    """
+    status = criterion_status(value, interval, required, comparison, sampling=sampling, timing=timing, limited=limited)
+    return Criterion(
+        name,
+        value,
+        interval,
+        required,
+        comparison,
+        status,
+        interval_sampling=sampling,
+        interval_timing=timing,
+        **fields,
+    )
+
+
 def decide(criteria: Sequence[Criterion]) -> str | None:
     """NO-GO if any criterion fails, else INCONCLUSIVE if any is, else GO (None without criteria).
 
@@ -381,64 +414,39 @@ def judge(
     Raises:
         DyncalError: A speed-up criterion without a speed-up estimate.
     """
-    # the accuracy criteria: (name, value, interval, required, comparison, what it is), judged alike
-    judged: list[tuple[str, float, Interval | None, float, str, str]] = []
+    held = " (held out)" if outcome.held_out else ""
+    out = []
     if requirements.min_accuracy is not None:
-        judged.append(
-            ("accuracy", accuracy, accuracy_interval, requirements.min_accuracy, ">=", "top-1 accuracy with early exit")
+        what = "top-1 accuracy with early exit" + held
+        iv = accuracy_interval
+        out.append(
+            judged_criterion("accuracy", accuracy, iv, requirements.min_accuracy, ">=", sampling=iv, description=what)
         )
     if requirements.max_drop is not None:
-        drop, interval = accuracy_drop(outcome)
-        drop_text = "last exit's accuracy minus early exit's, same samples"
-        judged.append(("accuracy_drop", drop, interval, requirements.max_drop, "<=", drop_text))
-    held = " (held out)" if outcome.held_out else ""
-    out = [
-        Criterion(
-            name,
-            value,
-            iv,
-            req,
-            op,
-            criterion_status(value, iv, req, op),
-            description=what + held,
-            interval_sampling=iv,
+        drop, iv = accuracy_drop(outcome)
+        what = "last exit's accuracy minus early exit's, same samples" + held
+        out.append(
+            judged_criterion("accuracy_drop", drop, iv, requirements.max_drop, "<=", sampling=iv, description=what)
         )
-        for name, value, iv, req, op, what in judged
-    ]
     if requirements.min_speedup is not None:
         if speedup is None:
             raise DyncalError("a `min_speedup` criterion needs costs to judge it on; profile the run first")
-        req = requirements.min_speedup
-        if speedup.cost == "macs":
-            unit = "MACs"
-        else:
-            unit = f"latency on {speedup.cost}, {speedup.source}"
-        status = criterion_status(
+        unit = "MACs" if speedup.cost == "macs" else f"latency on {speedup.cost}, {speedup.source}"
+        c = judged_criterion(
+            "speedup",
             speedup.value,
             speedup.interval,
-            req,
+            requirements.min_speedup,
             ">=",
             sampling=speedup.interval_sampling,
             timing=speedup.interval_timing,
             limited=speedup.measurement_limited,
+            cost=speedup.cost,
+            description=f"full model on every sample / expected early-exit cost ({unit})",
+            timing_spread=speedup.timing_spread,
+            source=speedup.source,
         )
-        out.append(
-            Criterion(
-                "speedup",
-                speedup.value,
-                speedup.interval,
-                req,
-                ">=",
-                status,
-                cost=speedup.cost,
-                description=f"full model on every sample / expected early-exit cost ({unit})",
-                interval_sampling=speedup.interval_sampling,
-                interval_timing=speedup.interval_timing,
-                timing_spread=speedup.timing_spread,
-                source=speedup.source,
-                remedy=_time_more(speedup, req) if status == INCONCLUSIVE else None,
-            )
-        )
+        out.append(dataclasses.replace(c, remedy=_time_more(speedup, c.required) if c.status == INCONCLUSIVE else None))
     return out
 
 
@@ -486,25 +494,8 @@ def speedup_estimate(
         1.5
     """
     units = np.asarray(per_exit_cost, dtype=float)[outcome.exits]
-    value, interval = speedup_of_units(units, full_model, outcome.held_out)
-    return SpeedupEstimate(
-        cost,
-        value,
-        interval,
-        interval_sampling=interval,
-        full_model=full_model,
-    )
-
-
-def speedup_of_units(units: np.ndarray, baseline: float, held_out: bool) -> tuple[float, tuple[float, float] | None]:
-    """Baseline cost over the mean cost of ``units`` (samples or batches), with a bootstrap over them.
-
-    Example:
-        >>> speedup_of_units(np.array([2.0, 4.0]), 6.0, False)
-        (2.0, None)
-    """
-    u = np.asarray(units, dtype=float)
-    value = float(baseline / u.mean()) if len(u) else float("nan")
-    if not held_out or not len(u):
-        return value, None
-    return value, bootstrap_interval(len(u), lambda idx: baseline / u[idx].mean(axis=1))
+    value = float(full_model / units.mean()) if len(units) else float("nan")
+    interval = None
+    if outcome.held_out and len(units):
+        interval = bootstrap_interval(len(units), lambda idx: full_model / units[idx].mean(axis=1))
+    return SpeedupEstimate(cost, value, interval, interval_sampling=interval, full_model=full_model)

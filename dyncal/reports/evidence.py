@@ -38,6 +38,8 @@ __all__ = [
     "batch_size_of",
     "unit_batches",
     "predicted_unit_ms",
+    "mean_unit_cost",
+    "latency_keywords",
     "predicted_latency",
     "measured_latency",
     "usable_verify",
@@ -125,6 +127,15 @@ def _profile_full_model(prof: LatencyProfile) -> tuple[float, str]:
     )
 
 
+def _verify_full_model(timing: PairedTiming) -> tuple[float, str]:
+    """Verify's full-model figure: the plain model timed interleaved with the early exit."""
+    return (
+        timing.full_model_ms_median,
+        f"measured by dyncal verify, interleaved with the early exit on the same batches "
+        f"({timing.batches} batches x {timing.repeats} repeats)",
+    )
+
+
 def full_model_ms(costs: CostTable | None, verify: VerifyResult | None, key: str) -> tuple[float, str]:
     """The full model's milliseconds per batch at ``key``, and where the figure comes from.
 
@@ -149,11 +160,7 @@ def full_model_ms(costs: CostTable | None, verify: VerifyResult | None, key: str
     """
     timing = None if verify is None else verify.timing(key)
     if timing is not None:
-        return (
-            timing.full_model_ms_median,
-            f"measured by dyncal verify, interleaved with the early exit on the same batches "
-            f"({timing.batches} batches x {timing.repeats} repeats)",
-        )
+        return _verify_full_model(timing)
     prof = None if costs is None else costs.latency.get(key)
     if prof is None:
         return float("nan"), "not profiled"
@@ -226,6 +233,20 @@ def _unit_costs(run: Run, name: str, exits: np.ndarray) -> np.ndarray | None:
     return predicted_unit_ms(run.costs, name, unit_batches(exits, batch_size_of(name)))
 
 
+def mean_unit_cost(run: Run, name: str, exits: np.ndarray) -> float | None:
+    """Mean cost of the units (:func:`_unit_costs`) on rows leaving at ``exits`` (None: not known, or no rows)."""
+    units = _unit_costs(run, name, exits)
+    return None if units is None or not len(units) else float(np.mean(units))
+
+
+def latency_keywords(key: LatencyKey | None) -> dict[str, Any]:
+    """The ``device`` and ``batch_size`` keywords that pick latency key ``key`` for solve and the frontier.
+
+    None (MACs) gives both as None, as if not given.
+    """
+    return {"device": None if key is None else key.device, "batch_size": None if key is None else key.batch_size}
+
+
 def _full_model_cost(run: Run, name: str) -> float:
     """The full model's cost before any verify result is matched (MACs, or the profile's ms)."""
     if name == "macs":
@@ -242,26 +263,21 @@ def _is_series(v: Any) -> bool:
 
 def _series(prof: LatencyProfile) -> list[tuple[float, ...]]:
     """Every series of raw replicates a profile holds (stages, decision, full model, ...)."""
-    out: list[tuple[float, ...]] = []
-    for f in dataclasses.fields(prof):
-        v = getattr(prof, f.name)
-        if _is_series(v):
-            out.append(v)
-        elif isinstance(v, tuple) and v and all(_is_series(r) for r in v):
-            out.extend(v)
-    return out
+    return [
+        series
+        for name, rows in _replicate_fields(prof)
+        for series in (getattr(prof, name) if rows else (getattr(prof, name),))
+    ]
+
+
+def _is_rows(v: Any) -> bool:
+    return isinstance(v, tuple) and len(v) > 0 and all(_is_series(r) for r in v)
 
 
 def _replicate_fields(prof: LatencyProfile) -> list[tuple[str, bool]]:
     """The profile's fields that hold raw replicates: ``(name, whether it holds rows of them)``."""
-    out = []
-    for f in dataclasses.fields(prof):
-        v = getattr(prof, f.name)
-        if _is_series(v):
-            out.append((f.name, False))
-        elif isinstance(v, tuple) and v and all(_is_series(r) for r in v):
-            out.append((f.name, True))
-    return out
+    values = [(f.name, getattr(prof, f.name)) for f in dataclasses.fields(prof)]
+    return [(name, _is_rows(v)) for name, v in values if _is_series(v) or _is_rows(v)]
 
 
 def _resampled(prof: LatencyProfile, fields: list[tuple[str, bool]], rng: np.random.Generator) -> LatencyProfile:
@@ -271,10 +287,9 @@ def _resampled(prof: LatencyProfile, fields: list[tuple[str, bool]], rng: np.ran
         a = np.asarray(series, dtype=float)
         return tuple(a[rng.integers(0, len(a), len(a))].tolist())
 
-    changes: dict[str, Any] = {}
-    for name, rows in fields:
-        v = getattr(prof, name)
-        changes[name] = tuple(draw(r) for r in v) if rows else draw(v)
+    changes: dict[str, Any] = {
+        name: tuple(map(draw, getattr(prof, name))) if rows else draw(getattr(prof, name)) for name, rows in fields
+    }
     return dataclasses.replace(prof, **changes)
 
 
@@ -304,8 +319,7 @@ def predicted_latency(
     Returns:
         The evidence, ``source="predicted"``.
     """
-    b = batch_size_of(key)
-    batches = unit_batches(exits, b)
+    batches = unit_batches(exits, batch_size_of(key))
     units = predicted_unit_ms(costs, key, batches)
     assert units is not None
     prof = costs.latency[key]
@@ -393,13 +407,7 @@ def measured_latency(timing: PairedTiming, n: int, timed: TimedCoverage | None =
     Returns:
         The evidence, ``source="measured"``, its intervals the timing's.
     """
-    full, full_source = (
-        timing.full_model_ms_median,
-        (
-            f"measured by dyncal verify, interleaved with the early exit on the same batches "
-            f"({timing.batches} batches x {timing.repeats} repeats)"
-        ),
-    )
+    full, full_source = _verify_full_model(timing)
     estimate = SpeedupEstimate(
         timing.key,
         timing.speedup,

@@ -55,8 +55,14 @@ _LABELS = {
     "oracle": "oracle (upper bound: best exit known)",
 }
 _OP_COLOR = "#d62728"
-LABEL_BOX = {"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.85}
-"""Behind every label drawn among curves: a curve passing under it does not strike it through."""
+LABEL: dict[str, Any] = {
+    "textcoords": "offset points",
+    "fontsize": 8,
+    "bbox": {"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.85},
+    "zorder": 6,
+}
+"""Every label drawn among curves: 8 pt, placed in points off its spot, above the curves, on a white box so a
+curve passing under it does not strike it through."""
 _COMPARE_COLORS = ("#17becf", "#8c564b", "#e377c2", "#bcbd22", "#9467bd", "#1a1a6e")
 _COMPARE_MARKERS = ("D", "^", "v", "P", "X", "h")
 
@@ -116,12 +122,7 @@ def latency_keys(frontier: pd.DataFrame) -> list[str]:
         ['cpu/b1', 'cpu/b32']
     """
     keys = [str(c)[len(MS_PREFIX) :] for c in frontier.columns if str(c).startswith(MS_PREFIX)]
-    return sorted(keys, key=_key_order)
-
-
-def _key_order(key: str) -> tuple[str, int]:
-    parsed = LatencyKey.parse(key)
-    return (parsed.device, parsed.batch_size)
+    return sorted(keys, key=LatencyKey.parse)  # device, then batch size
 
 
 def _new_axes(ax: Axes | None, figsize: tuple[float, float] = (7.0, 4.8)) -> tuple[Figure, Axes]:
@@ -183,32 +184,12 @@ def _draw_curves(
     ax.margins(x=0.08)
     if full_model is not None and math.isfinite(full_model):
         ax.axvline(full_model, color="#444444", ls=(0, (4, 3)), lw=1.1, zorder=2)
-        ax.annotate(
-            f"full model {format_ms(full_model)}",
-            (full_model, 0.03),
-            xycoords=("data", "axes fraction"),
-            xytext=(-4, 0),
-            textcoords="offset points",
-            ha="right",
-            fontsize=8,
-            color="#444444",
-            bbox=LABEL_BOX,
-            zorder=6,
-        )
+        text, at = f"full model {format_ms(full_model)}", (full_model, 0.03)
+        ax.annotate(text, at, xycoords=("data", "axes fraction"), xytext=(-4, 0), ha="right", color="#444444", **LABEL)
     for xi, yi, k in static_labels:
         if np.isfinite(xi) and np.isfinite(yi):
             offset, ha = _label_offset(ax, (xi, yi), star)
-            ax.annotate(
-                f"exit {int(k)}",
-                (xi, yi),
-                xytext=offset,
-                textcoords="offset points",
-                fontsize=8,
-                ha=ha,
-                color="black",
-                bbox=LABEL_BOX,  # a curve passing under a label does not strike it through
-                zorder=6,
-            )
+            ax.annotate(f"exit {int(k)}", (xi, yi), xytext=offset, ha=ha, color="black", **LABEL)
     ax.set_ylabel("top-1 accuracy" + (" (held out)" if held_out else " (fitted; nothing held out)"))
     ax.yaxis.set_major_formatter(_percent_formatter())
     ax.grid(True, color="#dddddd", lw=0.6)
@@ -218,8 +199,7 @@ def _draw_curves(
     elif legend:
         # below the axes, never over the curves or the operating point (an imported run's
         # curves can fill the lower right, where the legend used to sit)
-        handles, labels = ax.get_legend_handles_labels()
-        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=8, frameon=False)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=8, frameon=False)
 
 
 def _draw_methods(ax: Axes, frontier: pd.DataFrame, x_col: str, acc_col: str, held_out: bool, main: str) -> None:
@@ -267,32 +247,27 @@ def _draw_static(ax: Axes, static: pd.DataFrame, x_col: str, acc_col: str) -> li
     return [(xi, yi, k) for xi, yi, k in zip(sx, sy, exits, strict=True) if k is not None]
 
 
+def _draw_point(
+    ax: Axes,
+    x: float,
+    y: float,
+    interval: tuple[float, float] | None,
+    color: str,
+    bar: tuple[float, float, float],
+    **marker: Any,
+) -> None:
+    """An accuracy at ``x``: its 95% interval as an error bar (``bar``: line width, cap size, zorder), then a marker."""
+    if interval is not None:
+        width, cap, zorder = bar
+        yerr = [[y - interval[0]], [interval[1] - y]]
+        ax.errorbar([x], [y], yerr=yerr, fmt="none", ecolor=color, elinewidth=width, capsize=cap, zorder=zorder)
+    ax.plot([x], [y], ls="none", color=color, **marker)
+
+
 def _draw_star(ax: Axes, op: OperatingPoint, x: float) -> None:
     """The operating point: a star at ``x``, with its interval."""
-    if op.interval is not None:
-        lo, hi = op.interval
-        ax.errorbar(
-            [x],
-            [op.accuracy],
-            yerr=[[op.accuracy - lo], [hi - op.accuracy]],
-            fmt="none",
-            ecolor=_OP_COLOR,
-            elinewidth=1.4,
-            capsize=4,
-            zorder=6,
-        )
-    ax.plot(
-        [x],
-        [op.accuracy],
-        ls="none",
-        marker="*",
-        ms=15,
-        color=_OP_COLOR,
-        markeredgecolor="white",
-        markeredgewidth=0.8,
-        label=op.label,
-        zorder=7,
-    )
+    star = {"marker": "*", "ms": 15, "markeredgecolor": "white", "markeredgewidth": 0.8, "label": op.label, "zorder": 7}
+    _draw_point(ax, x, op.accuracy, op.interval, _OP_COLOR, (1.4, 4, 6), **star)
 
 
 def _draw_compared(ax: Axes, compared: Sequence[ComparedModel], x_col: str) -> None:
@@ -311,31 +286,10 @@ def _draw_compared(ax: Axes, compared: Sequence[ComparedModel], x_col: str) -> N
                 x[ok], y[ok], color=color, lw=1.5, ls="-", marker=".", ms=4, label=f"{m.name} (early exit)", zorder=4
             )
             continue
-        if m.interval is not None:
-            lo, hi = m.interval
-            ax.errorbar(
-                x[ok][:1],
-                y[ok][:1],
-                yerr=[[y[ok][0] - lo], [hi - y[ok][0]]],
-                fmt="none",
-                ecolor=color,
-                elinewidth=1.2,
-                capsize=3,
-                zorder=4.5,
-            )
         marker = _COMPARE_MARKERS[i % len(_COMPARE_MARKERS)]
-        ax.plot(
-            x[ok][:1],
-            y[ok][:1],
-            ls="none",
-            marker=marker,
-            ms=8,
-            color=color,
-            markeredgecolor="black",
-            markeredgewidth=0.6,
-            label=f"{m.name} (static)",
-            zorder=4.5,  # under the single exits' squares, which it may sit on (the last exit alone)
-        )
+        # under the single exits' squares, which it may sit on (the last exit alone)
+        point = {"marker": marker, "ms": 8, "markeredgecolor": "black", "markeredgewidth": 0.6, "zorder": 4.5}
+        _draw_point(ax, x[ok][0], y[ok][0], m.interval, color, (1.2, 3, 4.5), label=f"{m.name} (static)", **point)
 
 
 def _label_offset(ax: Axes, xy: tuple[float, float], avoid: tuple[float, float] | None) -> tuple[tuple[int, int], str]:
@@ -517,14 +471,12 @@ def plot_latency(
         )
     n = len(wanted)
     panels = _panels(axes, n, size=(7.0, 4.4), cols=1 if n <= 2 else 2)
-    for i, key in enumerate(wanted):
-        ax = panels[i]
-        col = MS_PREFIX + key
+    for i, (ax, key) in enumerate(zip(panels, wanted, strict=True)):
         op_x = None if operating_point is None else operating_point.expected_ms.get(key)
         _draw_curves(
             ax,
             frontier,
-            col,
+            MS_PREFIX + key,
             operating_x=op_x,
             operating_point=operating_point,
             legend=(i == 0),

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dyncal.errors import DyncalError
-from dyncal.reports.figures import _OP_COLOR, LABEL_BOX, _figure_of, _panels, _percent_formatter
+from dyncal.reports.figures import _OP_COLOR, LABEL, _figure_of, _panels, _percent_formatter
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -91,8 +91,7 @@ def _draw_shares(
     peak = max(float(np.nanmax(share)) if k else 0.0, 0.05)
     top.set_ylim(0, peak * 1.32)
     top.set_yticks([t for t in top.get_yticks() if 0 <= t <= min(1.0, peak * 1.32) + 1e-9])
-    top.set_ylabel("share of samples leaving")
-    top.yaxis.set_major_formatter(_percent_formatter())
+    _exit_axis(top, k, "share of samples leaving")
     compact = k > COMPACT_EXITS  # many bars: share and count only, the table below says the rest
     for i in range(k):
         n = None if counts is None else int(counts[i])
@@ -110,11 +109,7 @@ def _draw_shares(
             va="bottom",
             fontsize=7 if compact else 8,
         )
-    top.grid(True, axis="y", color="#dddddd", lw=0.6)
-    top.set_axisbelow(True)
-    top.set_xticks(x, [f"exit {i}" for i in x])
     top.tick_params(axis="x", labelbottom=False)  # the accuracy panel below names the exits
-    top.set_xlim(0.4, k + 0.6)
     if title:
         top.set_title(title)
 
@@ -131,28 +126,25 @@ def _draw_exit_accuracy(bottom: Axes, acc: np.ndarray, exit_accuracy: Sequence[f
     bottom.plot(x, acc, marker="D", color=_OP_COLOR, lw=0, ms=7, label="accuracy of the samples leaving here")
     for i in range(k):
         if np.isfinite(acc[i]):
-            bottom.annotate(
-                f"{100 * acc[i]:.1f}%",
-                (x[i], acc[i]),
-                xytext=(8, -3),
-                textcoords="offset points",
-                fontsize=8,
-                color=_OP_COLOR,
-                bbox=LABEL_BOX,
-                zorder=6,
-            )
+            bottom.annotate(f"{100 * acc[i]:.1f}%", (x[i], acc[i]), xytext=(8, -3), color=_OP_COLOR, **LABEL)
     both = np.concatenate(values)
     lo = float(np.nanmin(both)) if np.isfinite(both).any() else 0.0
     span = max(1.0 - lo, 0.02)
     bottom.set_ylim(max(0.0, lo - 0.15 * span), 1.0 + 0.12 * span)  # room above 100%: markers there stay whole
     bottom.set_yticks([t for t in bottom.get_yticks() if lo - 0.15 * span <= t <= 1.0 + 1e-9])
-    bottom.set_ylabel("accuracy")
-    bottom.yaxis.set_major_formatter(_percent_formatter())
-    bottom.grid(True, axis="y", color="#dddddd", lw=0.6)
-    bottom.set_axisbelow(True)
-    bottom.set_xticks(x, [f"exit {i}" for i in x])
-    bottom.set_xlim(0.4, k + 0.6)
+    _exit_axis(bottom, k, "accuracy")
     bottom.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, frameon=False)
+
+
+def _exit_axis(ax: Axes, k: int, ylabel: str) -> None:
+    """A panel of the exits figure: exits 1 to ``k`` along x, a percentage on y, horizontal grid lines."""
+    x = np.arange(1, k + 1)
+    ax.set_ylabel(ylabel)
+    ax.yaxis.set_major_formatter(_percent_formatter())
+    ax.grid(True, axis="y", color="#dddddd", lw=0.6)
+    ax.set_axisbelow(True)
+    ax.set_xticks(x, [f"exit {i}" for i in x])
+    ax.set_xlim(0.4, k + 0.6)
 
 
 def plot_reliability(
@@ -234,9 +226,7 @@ def plot_reliability(
                 color="black",
                 label="accuracy in bin (T = 1)",
             )
-        t_txt = ""
-        if temperatures is not None and scaled is not None:
-            t_txt = f", T = {temperatures[i]:.2f}"
+        t_txt = "" if temperatures is None or scaled is None else f", T = {temperatures[i]:.2f}"
         if cols <= 2:
             ax.set_title(f"exit {i + 1}{t_txt}: ECE {shown.ece:.3f}", fontsize=10)
         else:  # narrow panels: two short lines

@@ -125,16 +125,10 @@ class _Page:
         self.fig.patch.set_facecolor("white")
         self.width_in, self.height_in = A4_INCHES
         self.y = 1.0 - 0.55 / self.height_in
-        self.fig.text(0.06, 1 - 0.35 / self.height_in, data.title, fontsize=8, color=_GREY, va="top")
-        self.fig.text(
-            0.94,
-            1 - 0.35 / self.height_in,
-            f"page {number} of {len(page_titles(data))}",
-            fontsize=8,
-            color=_GREY,
-            va="top",
-            ha="right",
-        )
+        header_y = 1 - 0.35 / self.height_in
+        pages = len(page_titles(data))
+        self.fig.text(LEFT, header_y, data.title, fontsize=8, color=_GREY, va="top")
+        self.fig.text(RIGHT, header_y, f"page {number} of {pages}", fontsize=8, color=_GREY, va="top", ha="right")
         run = data.run
         foot = (
             f"run '{run.path.name}' (N={run.n:,}, K={run.k}, C={run.c:,}) · "
@@ -169,15 +163,7 @@ class _Page:
         lines = wrap_text(text, (RIGHT - indent) * self.width_in, size, weight=weight, family=family)
         for line in lines:
             self.skip(size / 72 * 1.35)
-            kw: dict[str, Any] = {
-                "fontsize": size,
-                "color": color,
-                "va": "baseline",
-                "weight": weight,
-            }
-            if family:
-                kw["family"] = family
-            self.fig.text(indent, self.y, line, **kw)
+            self.fig.text(indent, self.y, line, fontsize=size, color=color, va="baseline", weight=weight, family=family)
 
     def rows(
         self, items: Sequence[tuple[str, str]], *, value_x: float = 0.3, size: float = 9, mono: Sequence[str] = ()
@@ -201,12 +187,8 @@ class _Page:
         self.para(text, size=size, width=width, color=_GREY)
 
     def axes(self, height_in: float, left: float = 0.12, right: float = 0.94, gap_in: float = 0.15) -> Any:
-        """New axes below the cursor, ``height_in`` tall (room left for tick labels)."""
-        self.skip(gap_in)
-        bottom = self.y - height_in / self.height_in
-        ax = self.fig.add_axes((left, bottom, right - left, height_in / self.height_in))
-        self.y = bottom
-        return ax
+        """New axes below the cursor, ``height_in`` tall (room left for tick labels): a grid of one."""
+        return self.grid(1, 1, height_in, gap_in=gap_in, left=left, right=right)[0]
 
     def grid(
         self,
@@ -230,11 +212,8 @@ class _Page:
         self.skip(gap_in)
         for r in range(rows):
             bottom = self.y - panel_h_in / self.height_in
-            for c in range(cols):
-                if len(out) < n:
-                    out.append(
-                        self.fig.add_axes((left + c * (width + hgap), bottom, width, panel_h_in / self.height_in))
-                    )
+            for c in range(min(cols, n - len(out))):
+                out.append(self.fig.add_axes((left + c * (width + hgap), bottom, width, panel_h_in / self.height_in)))
             self.y = bottom
             if r < rows - 1:
                 self.skip(0.8)

@@ -42,38 +42,35 @@ def monitor_pdf(doc: Mapping[str, Any], title: str = "Rollout monitor") -> bytes
     fig.text(0.06, 0.95, title, fontsize=16, weight="bold")
     fig.text(0.06, 0.91, decision, fontsize=22, weight="bold", color=_COLORS.get(decision, "black"))
     y = 0.885
-    lines: list[str] = []
-    for reason in doc.get("reasons", []):
-        lines += textwrap.wrap(f"- {reason}", 105)
     q, cost, lat = doc["quality"], doc.get("cost", {}), doc.get("latency", {})
-    lines += [""] + textwrap.wrap(
+    paragraphs = [f"- {reason}" for reason in doc.get("reasons", [])]
+    paragraphs += [
+        "",
         f"Quality ({q['source']}): {q['count']} of {q['n']} "
         f"{'losses' if q['source'] == 'labels' else 'disagreements with the last exit'}; upper bound of the drop "
         f"{_fmt(q.get('upper'))} against max-drop {q['max_drop']:g} at confidence {1 - q['delta']:g}.",
-        105,
-    )
+    ]
     if cost.get("budget") is not None:
-        lines += textwrap.wrap(
+        paragraphs.append(
             f"Cost ({cost['unit']}): mean {_fmt(cost.get('mean'), '.4g')} per request "
             f"[{_fmt(cost.get('lower'), '.4g')}, {_fmt(cost.get('upper'), '.4g')}] against the plan's "
-            f"{_fmt(cost['budget'], '.4g')} (limit {_fmt(cost.get('limit'), '.4g')}): {cost['status']}.",
-            105,
+            f"{_fmt(cost['budget'], '.4g')} (limit {_fmt(cost.get('limit'), '.4g')}): {cost['status']}."
         )
     if lat.get("n"):
-        lines.append(
+        paragraphs.append(
             f"Latency ms: p50 {_fmt(lat.get('p50'), '.3f')}, p95 {_fmt(lat.get('p95'), '.3f')}, "
             f"p99 {_fmt(lat.get('p99'), '.3f')} ({lat['n']} requests)."
         )
     shares = (doc.get("drift") or {}).get("exit_shares")
     if shares:
-        lines += textwrap.wrap(
+        paragraphs.append(
             "Drift (context, never decides): exit shares "
             + " ".join(f"{100 * s:.1f}%" for s in shares["production"])
             + " against calibration "
             + " ".join(f"{100 * s:.1f}%" for s in shares["calibration"])
-            + f" (chi-squared p {_fmt(shares.get('p_value'), '.3g')}).",
-            105,
+            + f" (chi-squared p {_fmt(shares.get('p_value'), '.3g')})."
         )
+    lines = [line for text in paragraphs for line in (textwrap.wrap(text, 105) if text else [""])]
     for line in lines:
         y -= 0.017
         fig.text(0.06, y, line, fontsize=8.5)

@@ -24,7 +24,7 @@ from dyncal.constraints import check
 from dyncal.errors import DyncalError, param
 from dyncal.reports.choice import DEFAULT_MAX_DROP, BudgetSource, OperatingChoice
 from dyncal.reports.decision import ExitOutcome, Requirements
-from dyncal.reports.evidence import _full_model_cost, _unit_costs, batch_size_of
+from dyncal.reports.evidence import _full_model_cost, _unit_costs, batch_size_of, latency_keywords
 from dyncal.reports.rivals import held_out_rivals, rival_warnings
 from dyncal.reports.text import pct, pts
 
@@ -115,18 +115,11 @@ class ReportOptions:
         _check_tail_and_rate(self)
         if self.method is not None:
             object.__setattr__(self, "method", Method.parse(self.method, "method"))
-        if isinstance(self.compare, (str, os.PathLike)):
-            object.__setattr__(self, "compare", (self.compare,))
-        if isinstance(self.robustness, (str, os.PathLike)):
-            object.__setattr__(self, "robustness", (self.robustness,))
         Requirements(self.min_accuracy, self.max_drop, self.min_speedup).validate()
-        if self.batch_size is not None:
-            check("batch_size", self.batch_size)
         check("temperature", self.temperature)
-        if self.holdout is not None:
-            check("holdout", self.holdout)
-        if self.seed is not None:
-            check("seed", self.seed)
+        for name in ("batch_size", "holdout", "seed"):
+            if getattr(self, name) is not None:
+                check(name, getattr(self, name))
         for name in ("device", "title"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
@@ -141,15 +134,13 @@ class ReportOptions:
 
             parse_budget(self.budget)
         if self.thresholds is not None:
-            given = [
-                o
-                for o, v in (
-                    ("method", self.method),
-                    ("temperature", self.temperature or None),
-                    ("holdout", self.holdout),
-                )
-                if v is not None
-            ] + (["seed"] if self.seed is not None else [])
+            asked = {
+                "method": self.method,
+                "temperature": self.temperature or None,
+                "holdout": self.holdout,
+                "seed": self.seed,
+            }
+            given = [name for name, value in asked.items() if value is not None]
             if given:
                 raise DyncalError(
                     f"`thresholds` fixes the method, temperatures and held-out split; leave out "
@@ -170,12 +161,15 @@ class ReportOptions:
 
 
 def _check_tail_and_rate(options: ReportOptions) -> None:
-    """Read the tail bounds and the rate once (a bad one is refused before any work); lists as tuples."""
+    """The list options as tuples (one path or text: a 1-tuple); the tail bounds and the rate read once.
+
+    A bad bound or rate is refused here, before any work.
+    """
     from dyncal.analysis.capacity import parse_rate
 
-    for name in ("max_latency_ms", "max_latency_ratio"):
+    for name in ("compare", "robustness", "max_latency_ms", "max_latency_ratio"):
         value = getattr(options, name)
-        object.__setattr__(options, name, (value,) if isinstance(value, str) else tuple(value or ()))
+        object.__setattr__(options, name, (value,) if isinstance(value, (str, os.PathLike)) else tuple(value or ()))
     _ = options.tail_bounds
     if options.rate is not None:
         parse_rate(options.rate)
@@ -261,16 +255,14 @@ def _choose_budget(
             if not any(v > 0 for v in short.values()):
                 which = "cheapest" if cheapest_first else "largest (most accurate)"
                 return f"{float(frac)!r}x", (
-                    f"chosen as the {which} budget whose thresholds meet every criterion on the "
-                    "fitting half "
+                    f"chosen as the {which} budget whose thresholds meet every criterion on the fitting half "
                     "with a margin for sampling noise; "
                     + ("judged on the held-out half" if fit.n_held else "nothing held out: judged on the same samples")
                 )
             misses.append((float(frac), short))
         if not misses:
             return "1x", "no budget on the frontier to choose from; the full budget is shown"
-        closest = _closest_budget(misses, req)
-        frac, short = closest
+        frac, short = _closest_budget(misses, req)
         how = "; ".join(_shortfall_text(name, v) for name, v in short.items() if v > 0)
         return f"{frac!r}x", (
             "no budget meets every criterion on the fitting half (with the margin for sampling "
@@ -280,26 +272,19 @@ def _choose_budget(
     ok = rows[rows["fitted_accuracy"] >= last_fit - DEFAULT_MAX_DROP - 1e-12]
     frac = float(ok["budget_fraction"].iloc[0]) if len(ok) else 1.0
     return f"{frac!r}x", (
-        "no --budget given: the cheapest budget whose fitted accuracy is within "
-        f"{pts(DEFAULT_MAX_DROP)} "
+        f"no --budget given: the cheapest budget whose fitted accuracy is within {pts(DEFAULT_MAX_DROP)} "
         "of the last exit's"
     )
 
 
 def _closest_budget(misses: list[tuple[float, dict[str, float]]], req: Requirements) -> tuple[float, dict[str, float]]:
     """The budget whose shortfalls are smallest (see :func:`_choose_budget`)."""
-    acc_names = ("accuracy", "accuracy_drop")
     if req.min_speedup is not None:
         # the accuracy criteria first (a budget that misses them by less), then the cheapest
+        acc_names = ("accuracy", "accuracy_drop")
         return min(misses, key=lambda m: (round(sum(m[1].get(n, 0.0) for n in acc_names), 9), m[0]))
-
-    # smallest shortfall: speed-up relative to what was asked, accuracy in points
-    def total(m: tuple[float, dict[str, float]]) -> tuple[int, float, float]:
-        short = m[1]
-        rel = sum(v / (req.min_speedup or 1.0) if n == "speedup" else v for n, v in short.items())
-        return (sum(v > 0 for v in short.values()), rel, m[0])
-
-    return min(misses, key=total)
+    # only accuracy criteria: the fewest missed, then the smallest shortfall in points, then the cheapest
+    return min(misses, key=lambda m: (sum(v > 0 for v in m[1].values()), sum(m[1].values()), m[0]))
 
 
 def _shortfall_text(name: str, v: float) -> str:
@@ -428,9 +413,7 @@ def _scored(
         return prep, None
     from dyncal.calibrate.frontier import compute_frontier
 
-    if key is None:
-        return prep, compute_frontier(prep)
-    return prep, compute_frontier(prep, device=key.device, batch_size=key.batch_size)
+    return prep, compute_frontier(prep, **latency_keywords(key))
 
 
 def _read_point(th: ThresholdsDocument, path: str) -> _Point:
@@ -471,13 +454,7 @@ def _solved_point(
     # The latency column matters to solve only for an ms budget; for the speed-up
     # criterion the report uses it itself.
     at = latency if parse_budget(budget).kind == "ms" else None
-    result = solve_run(
-        prep,
-        budget,
-        method=method,
-        device=None if at is None else at.device,
-        batch_size=None if at is None else at.batch_size,
-    )
+    result = solve_run(prep, budget, method=method, **latency_keywords(at))
     return result.to_dict(), result.decision_fingerprint, budget, source, reason
 
 

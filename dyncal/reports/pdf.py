@@ -38,9 +38,8 @@ from dyncal.choices import FigureKind
 from dyncal.errors import DyncalError
 from dyncal.options import options_from
 from dyncal.reports.compare import compare_alternatives
-from dyncal.reports.data import ReportData, held_out_point, latency_evidence, prepare_report
+from dyncal.reports.data import ReportData, held_out_point, latency_evidence, prepare_report, reliability_per_exit
 from dyncal.reports.decision import Criterion
-from dyncal.reports.evidence import full_model_ms
 from dyncal.reports.figures import ComparedModel, plot_frontier, plot_latency
 from dyncal.reports.figures_exits import plot_exits, plot_reliability
 from dyncal.reports.layout import _style, _version, page_titles
@@ -177,8 +176,7 @@ def render_pdf(data: ReportData) -> bytes:
     buf = io.BytesIO()
     with _style(), PdfPages(buf, metadata=metadata) as pdf:
         for draw in report_pages(data):
-            fig = draw(data)
-            pdf.savefig(fig)
+            pdf.savefig(draw(data))
     return buf.getvalue()
 
 
@@ -368,8 +366,7 @@ def export_figure(
             "png": {"Software": creator},
             "pdf": {"CreationDate": None, "Creator": creator},
         }
-        meta = metadata[fmt]
-        fig.savefig(buf, format=fmt, dpi=dpi, metadata=meta, bbox_inches="tight")
+        fig.savefig(buf, format=fmt, dpi=dpi, metadata=metadata[fmt], bbox_inches="tight")
     write_output(path, buf.getvalue())
     return path
 
@@ -382,7 +379,7 @@ def _figure_at_operating_point(run_path: str | os.PathLike[str], kind: str, aske
     # only for the curves (or to choose the budget)
     point = choose_operating_point(run_path, asked, frontier=kind != "exits")
     main = str(point.thresholds.get("method") or "") or None
-    evidence = latency_evidence(point) if point.run.costs is not None and point.run.costs.latency else {}
+    evidence = latency_evidence(point)
     op = held_out_point(point, evidence, point.legend_label())  # the report's page-1 figures
     compared = _compared_runs(point, asked, kind)
     if kind == "frontier":
@@ -395,13 +392,12 @@ def _figure_at_operating_point(run_path: str | os.PathLike[str], kind: str, aske
             compared=compared,
         )
     if kind == "latency":
-        assert point.frontier is not None and point.run.costs is not None
-        costs = point.run.costs
+        assert point.frontier is not None
         return plot_latency(
             point.frontier,
             operating_point=op,
             main_method=main,
-            full_model_ms={k: full_model_ms(costs, None, k)[0] for k in costs.latency},
+            full_model_ms={k: e.full_model_ms for k, e in evidence.items()},  # the profile's: no verify here
             compared=compared,
         )
     o, k = point.outcome, point.run.k
@@ -441,11 +437,9 @@ def _require_latency(run_path: str | os.PathLike[str]) -> None:
 
 def _reliability_alone(run_path: str | os.PathLike[str]) -> Figure:
     """Reliability diagrams of every exit at temperature 1."""
-    from dyncal.analysis.calibration import reliability_bins
     from dyncal.artifacts.run import load_run
     from dyncal.calibrate.scores import exit_scores
 
     run = load_run(run_path)
     conf, pred = exit_scores(run.logits, "maxprob")
-    right = pred == np.asarray(run.labels)[:, None]
-    return plot_reliability([reliability_bins(conf[:, k], right[:, k]) for k in range(run.k)])
+    return plot_reliability(reliability_per_exit(conf, pred == np.asarray(run.labels)[:, None]))

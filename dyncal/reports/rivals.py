@@ -100,15 +100,11 @@ def rival_warnings(rivals: Sequence[HeldOutRival], op_accuracy: float) -> list[s
         >>> rival_warnings([r], 0.6567)[0][:72]
         'held out, exit 1 alone is more accurate than these thresholds: 68.86% vs'
     """
-    out = []
-    for r in rivals:
-        if r.significantly_better:
-            then = (
-                "try it: dyncal solve --method geometric" if r.name == "geometric" else "early exit does not pay here"
-            )
-            out.append(
-                f"held out, {r.name} is more accurate than these thresholds: {100 * r.accuracy:.2f}% vs "
-                f"{100 * op_accuracy:.2f}% ({100 * r.difference:+.2f} points, McNemar p = {r.p_value:.2g}) at "
-                f"{r.cost_fraction:.3g}x of the last exit's cost; {then}"
-            )
-    return out
+    return [
+        f"held out, {r.name} is more accurate than these thresholds: {100 * r.accuracy:.2f}% vs "
+        f"{100 * op_accuracy:.2f}% ({100 * r.difference:+.2f} points, McNemar p = {r.p_value:.2g}) at "
+        f"{r.cost_fraction:.3g}x of the last exit's cost; "
+        + ("try it: dyncal solve --method geometric" if r.name == "geometric" else "early exit does not pay here")
+        for r in rivals
+        if r.significantly_better
+    ]

@@ -48,11 +48,10 @@ def robustness_table(
     doc = ThresholdsDocument.from_dict(choice.thresholds)
     unit = "macs" if choice.run.costs is not None and choice.run.costs.macs is not None else None
     evaluations = [evaluate_thresholds(load_run(p), doc, reference=choice.run, max_drop=max_drop) for p in paths]
-    if unit is None:
-        units = [u for u in evaluations[0].deltas["costs"]] if evaluations else []
-        unit = units[0] if units else "macs"
+    if unit is None:  # no MACs: the first cost the evaluations report
+        unit = next(iter(evaluations[0].deltas["costs"]), "macs") if evaluations else "macs"
     rows = robustness_rows(evaluations, unit=unit)
-    out = []
-    for path, row, ev in zip(paths, rows, evaluations, strict=True):
-        out.append({**row, "path": str(path), "cost_unit": unit, "notes": list(ev.notes[3:])})
-    return tuple(out)
+    return tuple(
+        {**row, "path": str(path), "cost_unit": unit, "notes": list(ev.notes[3:])}
+        for path, row, ev in zip(paths, rows, evaluations, strict=True)
+    )

@@ -39,7 +39,7 @@ import numpy as np
 from dyncal.artifacts.requests import IntervalEstimate, RequestTimings
 from dyncal.calibrate.tail import FORMS, TailBound, parse_tail_bound
 from dyncal.errors import DyncalError, param
-from dyncal.reports.decision import Criterion, criterion_status
+from dyncal.reports.decision import Criterion, judged_criterion
 
 __all__ = [
     "FORMS",
@@ -97,26 +97,17 @@ def tail_criterion(
         >>> tail_criterion(TailBound(99.0, 2.4), est, cost="cpu/b1").status
         'inconclusive'
     """
-    status = criterion_status(
+    spread = abs(estimate.interval_timing[1] - estimate.interval_timing[0]) / estimate.value if estimate.value else None
+    return judged_criterion(
+        bound.name,
         estimate.value,
         estimate.interval,
         bound.bound,
         "<=",
         sampling=estimate.interval_sampling,
         timing=estimate.interval_timing,
-    )
-    spread = abs(estimate.interval_timing[1] - estimate.interval_timing[0]) / estimate.value if estimate.value else None
-    return Criterion(
-        bound.name,
-        estimate.value,
-        estimate.interval,
-        bound.bound,
-        "<=",
-        status,
         cost=cost,
         description=description,
-        interval_sampling=estimate.interval_sampling,
-        interval_timing=estimate.interval_timing,
         timing_spread=spread,
         source=source,
     )
@@ -162,14 +153,5 @@ def predicted_tail_criterion(
     if bound.form != "ms":
         raise DyncalError(f"{bound.text}: a ratio to the plain deployment needs a verify result (dyncal verify)")
     value = predicted_percentile_ms(exits, per_exit_ms, bound.percentile)
-    return Criterion(
-        bound.name,
-        value,
-        None,
-        bound.bound,
-        "<=",
-        criterion_status(value, None, bound.bound, "<="),
-        cost=cost,
-        description=f"{bound.label} latency predicted from the exit shares and the profiled latency of each exit",
-        source="predicted",
-    )
+    what = f"{bound.label} latency predicted from the exit shares and the profiled latency of each exit"
+    return judged_criterion(bound.name, value, None, bound.bound, "<=", cost=cost, description=what, source="predicted")

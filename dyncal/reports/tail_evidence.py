@@ -62,16 +62,12 @@ def requests_from_document(doc: Mapping[str, Any]) -> tuple[RequestTimings, ...]
         >>> [r.key for r in requests_from_document({"requests": [t.to_dict(summaries=False)]})]
         ['cpu/b1']
     """
-    found: list[RequestTimings] = []
     listed = doc.get("requests")
-    if listed is not None:
-        for i, item in enumerate(V.sequence(listed, "requests")):
-            found.append(RequestTimings.from_dict(V.mapping(item, f"requests[{i}]"), f"requests[{i}]."))
+    places = [] if listed is None else [(f"requests[{i}]", r) for i, r in enumerate(V.sequence(listed, "requests"))]
     for i, timing in enumerate(doc.get("timings") or ()):
-        inner = timing.get("requests") if isinstance(timing, Mapping) else None
-        if inner is not None:
-            where = f"timings[{i}].requests"
-            found.append(RequestTimings.from_dict(V.mapping(inner, where), where + "."))
+        if isinstance(timing, Mapping) and timing.get("requests") is not None:
+            places.append((f"timings[{i}].requests", timing["requests"]))
+    found = [RequestTimings.from_dict(V.mapping(item, where), where + ".") for where, item in places]
     keys = [t.key for t in found]
     twice = sorted({k for k in keys if keys.count(k) > 1})
     if twice:

@@ -124,11 +124,8 @@ def criterion_digits(c: Criterion) -> int:
         >>> criterion_digits(Criterion("speedup", 2.0004, (1.9999, 2.1), 2.0, ">=", "fail"))
         4
     """
-    bounds = [c.value]
-    if c.interval is not None:
-        bounds.append(c.interval[0 if c.comparison == ">=" else 1])
-    if c.interval_sampling is not None:
-        bounds.append(c.interval_sampling[0 if c.comparison == ">=" else 1])
+    deciding_end = 0 if c.comparison == ">=" else 1
+    bounds = [c.value] + [iv[deciding_end] for iv in (c.interval, c.interval_sampling) if iv is not None]
     digits = 2
     while digits < 5 and any(
         b != c.required and criterion_value(c, b, digits) == criterion_value(c, c.required, digits) for b in bounds
@@ -153,6 +150,12 @@ def _value_clears(c: Criterion) -> bool:
     return c.value <= c.required + 1e-12
 
 
+def _reaches(c: Criterion, iv: tuple[float, float], digits: int) -> str:
+    """Where interval ``iv`` reaches on the side the requirement bounds (down for ``>=``, up for ``<=``)."""
+    side, end = ("down", iv[0]) if c.comparison == ">=" else ("up", iv[1])
+    return f"its 95% interval reaches {side} to {criterion_value(c, end, digits)}"
+
+
 def failure_text(c: Criterion) -> str:
     """Why a criterion failed, for people: the estimate itself, or the bound that decides.
 
@@ -161,16 +164,10 @@ def failure_text(c: Criterion) -> str:
         'speed-up (MACs) is 1.92×, needs ≥ 2.00×'
     """
     d = criterion_digits(c)
-    need = need_text(c, d)
-    label = criterion_label(c)
+    stated = f"{criterion_label(c)} is {criterion_value(c, c.value, d)}"
     if c.interval is None or not _value_clears(c):
-        return f"{label} is {criterion_value(c, c.value, d)}, needs {need}"
-    side = "down" if c.comparison == ">=" else "up"
-    bound = c.interval[0] if c.comparison == ">=" else c.interval[1]
-    return (
-        f"{label} is {criterion_value(c, c.value, d)} but its 95% interval reaches "
-        f"{side} to {criterion_value(c, bound, d)}, needs {need}"
-    )
+        return f"{stated}, needs {need_text(c, d)}"
+    return f"{stated} but {_reaches(c, c.interval, d)}, needs {need_text(c, d)}"
 
 
 def inconclusive_text(c: Criterion) -> str:
@@ -183,18 +180,13 @@ def inconclusive_text(c: Criterion) -> str:
         'sampling noise alone puts it at 2.20× to 2.60×'
     """
     d = criterion_digits(c)
-    s_iv = c.interval_sampling
-    iv = c.interval
-    side = "down" if c.comparison == ">=" else "up"
     parts = [f"{criterion_label(c)} is {criterion_value(c, c.value, d)}, needs {need_text(c, d)}"]
-    if s_iv is not None:
-        parts.append(
-            f"sampling noise alone puts it at {criterion_value(c, s_iv[0], d)} to {criterion_value(c, s_iv[1], d)}"
-        )
-    if iv is not None:
-        bound = iv[0] if c.comparison == ">=" else iv[1]
+    if c.interval_sampling is not None:
+        low, high = (criterion_value(c, v, d) for v in c.interval_sampling)
+        parts.append(f"sampling noise alone puts it at {low} to {high}")
+    if c.interval is not None:
         spread = "" if c.timing_spread is None else f" (timing spread {100 * c.timing_spread:.0f}% of the median)"
-        parts.append(f"with timing noise{spread} its 95% interval reaches {side} to {criterion_value(c, bound, d)}")
+        parts.append(f"with timing noise{spread} {_reaches(c, c.interval, d)}")
     return "; ".join(parts)
 
 

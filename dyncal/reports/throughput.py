@@ -38,6 +38,12 @@ if TYPE_CHECKING:
 
 __all__ = ["judged_throughput", "runtime_sentences", "throughput_notes"]
 
+_MODE_NAMES = {
+    "per_batch": "per-batch early exit",
+    "rebatched": "the throughput mode for offline or streaming work",
+    "plain": "the plain model",
+}
+
 
 def judged_throughput(verify: VerifyResult | None, key: str | None) -> tuple[str, ThroughputResult] | None:
     """The throughput measured at ``key`` (else at the largest batch measured), or None.
@@ -77,7 +83,7 @@ def runtime_sentences(verify: VerifyResult | None, key: str | None) -> list[str]
             modes.append(f"the throughput mode (runner.map) {res.speedup('rebatched'):.2f}x")
         out.append(
             f"In samples/s on {k} ({res.samples:,} rows, {res.runtime}): {', '.join(modes)} the plain deployment's "
-            f"{res.samples_per_s('plain'):,.0f}/s; deploy {_mode_name(res.recommendation)}."
+            f"{res.samples_per_s('plain'):,.0f}/s; deploy {_MODE_NAMES.get(res.recommendation, res.recommendation)}."
         )
     return out
 
@@ -102,11 +108,3 @@ def throughput_notes(verify: VerifyResult | None, key: str | None) -> list[str]:
             "or streaming work."
         ]
     return [f"At {k} neither early-exit mode beats the plain deployment in samples/s: {res.advice}."]
-
-
-def _mode_name(mode: str) -> str:
-    return {
-        "per_batch": "per-batch early exit",
-        "rebatched": "the throughput mode for offline or streaming work",
-        "plain": "the plain model",
-    }.get(mode, mode)

@@ -29,7 +29,6 @@ def _page_frontier(data: ReportData) -> Figure:
             "model), "
             "or give the counts when importing:",
             size=10.5,
-            width=90,
         )
         p.skip(0.1)
         mono = "DejaVu Sans Mono"
@@ -171,7 +170,6 @@ def _no_latency(p: _Page, data: ReportData) -> None:
         "measure the run's stages on the device you will deploy to, then build the report "
         "again:",
         size=10.5,
-        width=90,
     )
     p.skip(0.1)
     p.para(
@@ -221,7 +219,7 @@ def _how_measured(p: _Page, data: ReportData, key: str) -> None:
             "measure on a quiet machine with more --repeats"
             + ("." if prof.threads == 1 else " and one thread (--threads 1).")
         )
-    p.para(line, size=8, width=125, color=_NOGO_COLOR if noisy else "black")
+    p.para(line, size=8, color=_NOGO_COLOR if noisy else "black")
 
 
 def _verified(p: _Page, data: ReportData, measured: list[LatencyEvidence]) -> None:
@@ -255,5 +253,4 @@ def _verified(p: _Page, data: ReportData, measured: list[LatencyEvidence]) -> No
         f"{v.threads or 'n/a'} thread(s)); ms per batch. Agreement with the simulated exits and "
         f"predictions: {pct(v.agreement)}. The decision judges these measured figures; the prediction "
         "is shown for how far off it is.",
-        width=125,
     )

@@ -174,10 +174,10 @@ def _page_decision(data: ReportData) -> Figure:
     p = _Page(data, 1, "Should this early-exit model ship?")
     _verdict(p, data)
     p.skip(0.1)
-    p.para(_trade_off(data), size=10, width=96)
+    p.para(_trade_off(data), size=10)
     if data.alternatives:
         p.skip(0.05)
-        p.para(f"Against other models (page {len(PAGE_TITLES) + 1}): " + _alternatives_summary(data), size=10, width=96)
+        p.para(f"Against other models (page {len(PAGE_TITLES) + 1}): " + _alternatives_summary(data), size=10)
     p.skip(0.1)
     p.heading("Criteria")
     _criteria_table(p, data)
@@ -197,7 +197,6 @@ def _page_decision(data: ReportData) -> Figure:
         "trade-off curve; "
         "page 4 where samples leave; page 5 calibration; page 6 thresholds and provenance"
         + ("; page 7 the other models." if data.alternatives else "."),
-        width=118,
     )
     return p.fig
 
@@ -222,9 +221,9 @@ def _verdict(p: _Page, data: ReportData) -> None:
         if not data.outcome.held_out:
             p.fig.text(0.06, p.y + 0.05 / p.height_in, "(provisional: nothing held out)", fontsize=12, color=_GREY)
             p.skip(0.1)
-    p.para(_decision_message(data), size=11, width=88)
+    p.para(_decision_message(data), size=11)
     for note in data.notes:
-        p.para("Note: " + note, size=9, color=_AMBER, width=105)
+        p.para("Note: " + note, size=9, color=_AMBER)
 
 
 def _trade_off(data: ReportData) -> str:
@@ -298,7 +297,7 @@ def _criteria_table(p: _Page, data: ReportData) -> None:
         if data.outcome.held_out
         else "Nothing was held out, so the point estimates decide (fitted on the same samples: optimistic)."
     )
-    p.note(" ".join([rule, *_latency_criteria_notes(data)]), width=118)
+    p.note(" ".join([rule, *_latency_criteria_notes(data)]))
 
 
 def _latency_criteria_notes(data: ReportData) -> list[str]:

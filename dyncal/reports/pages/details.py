@@ -81,7 +81,6 @@ def _page_exits(data: ReportData) -> Figure:
             f"ms: profiled latency on {keys[0]} when leaving at that exit (the real early exit timed with every "
             "row leaving there)" + ("" if keys[0].endswith("/b1") else ", for a whole batch") + "." + full,
             size=8.5,
-            width=110,
         )
     return p.fig
 
@@ -311,9 +310,9 @@ def _page_compare(data: ReportData) -> Figure:
     p.skip(0.1)
     p.heading("How they were compared", size=11)
     for a in alts:
-        p.note(f"{a.name} (K={a.k}): {a.path}", width=125)
+        p.note(f"{a.name} (K={a.k}): {a.path}")
     p.skip(0.05)
-    p.para(" ".join(_how_compared(data)), size=8.5, width=118)
+    p.para(" ".join(_how_compared(data)), size=8.5)
     return p.fig
 
 
@@ -350,7 +349,6 @@ def _alternatives_table(p: _Page, data: ReportData) -> None:
         "Result: cheaper or costlier, "
         "and more accurate (whole interval above zero), as accurate (at or above zero), less accurate (below "
         "zero) or within noise (the interval straddles zero).",
-        width=125,
     )
 
 
@@ -370,7 +368,6 @@ def _costs_table(p: _Page, data: ReportData, keys: list[str]) -> None:
         "MACs as fvcore counts them (expected per sample for an early exit); milliseconds per batch (per sample "
         "at batch size 1): a static model's whole forward as profiled, an early exit's predicted from its "
         "profiled stages on the judged samples. " + " ".join(_latency_left_out(data)),
-        width=125,
     )
 
 

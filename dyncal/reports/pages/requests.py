@@ -82,7 +82,6 @@ def _page_requests(data: ReportData) -> Figure:
         f"Milliseconds per {unit}; intervals from a bootstrap over the timed {unit}s (within their exit) and their "
         "pairs. MLPerf's SingleStream scenario reports the p90 of this distribution at batch 1.",
         size=8,
-        width=115,
     )
     tail = [c for c in data.criteria if c.name.startswith("latency_")]
     if tail:
@@ -92,7 +91,6 @@ def _page_requests(data: ReportData) -> Figure:
                 f"{criterion_label(c)}: {criterion_value(c, c.value)}, needs {need_text(c, 2)}: {status_word(c)}. "
                 f"{c.description}.",
                 size=9,
-                width=110,
             )
     return p.fig
 
@@ -142,7 +140,7 @@ def _page_savings(data: ReportData) -> Figure:
     s = data.savings
     assert s is not None
     p = _Page(data, _number(data, SAVINGS_TITLE), SAVINGS_TITLE)
-    p.para(savings_sentence(s), size=11, width=78, weight="bold")
+    p.para(savings_sentence(s), size=11, weight="bold")
     p.skip(0.1)
     unit = s.unit
     rows: list[list[str]] = []
@@ -190,16 +188,14 @@ def _page_savings(data: ReportData) -> Figure:
         f"{unit.capitalize()} and core-hours: plain deployment / early exit. Core-hours per million requests are those "
         "provisioned at the rate; the work alone "
         f"takes {plain.busy_core_hours_per_million:.3g} / {early.busy_core_hours_per_million:.3g} (Offline).",
-        width=115,
     )
     p.heading("Assumptions", size=11)
-    p.para(s.assumption, size=9, width=110)
+    p.para(s.assumption, size=9)
     p.skip(0.05)
     p.note(
         "Scenarios as MLPerf Inference names them: "
         + "; ".join(f"{name}: {what}" for name, what in SCENARIOS.items())
         + ". Measured service times come from dyncal verify on this machine; another machine, another runtime or "
         "another batch size needs its own measurement.",
-        width=115,
     )
     return p.fig

@@ -85,7 +85,7 @@ def _page_robustness(data: ReportData) -> Figure:
         p.para(f"Breaks under: {names}.", size=10, color=_NOGO_COLOR, weight="bold")
     for r in rows_in:
         for note in r.get("notes", []):
-            p.note(f"{r['perturbation'] or r['path']}: {note}", width=125)
+            p.note(f"{r['perturbation'] or r['path']}: {note}")
     p.skip(0.05)
     p.note(
         "Drop: the run's last exit minus the early exit on the same samples (paired 95% bootstrap interval). "
@@ -93,8 +93,7 @@ def _page_robustness(data: ReportData) -> Figure:
         "breaks when the drop itself exceeds max-drop, and holds when the Clopper-Pearson bound of the losses is "
         "within it. Costs are this run's profile unless a perturbed run was profiled itself. "
         "Check each with: dyncal evaluate RUN --thresholds thresholds.json",
-        width=125,
     )
     for r in rows_in:
-        p.note(f"{r['perturbation'] or 'clean'}: {r['path']}", width=125)
+        p.note(f"{r['perturbation'] or 'clean'}: {r['path']}")
     return p.fig

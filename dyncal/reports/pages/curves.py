@@ -9,7 +9,7 @@ from dyncal.measurement import Measurement
 from dyncal.reports.data import ReportData
 from dyncal.reports.evidence import LatencyEvidence, batch_size_of
 from dyncal.reports.figures import ComparedModel, format_ms, latency_keys, plot_frontier, plot_latency
-from dyncal.reports.layout import _NOGO_COLOR, _Page
+from dyncal.reports.layout import _MONO, _NOGO_COLOR, _Page
 from dyncal.reports.text import format_macs, pct, pts
 
 if TYPE_CHECKING:
@@ -20,24 +20,15 @@ def _page_frontier(data: ReportData) -> Figure:
     p = _Page(data, 2, "Accuracy vs compute (MACs)")
     main = str(data.thresholds.get("method") or "smoothed")
     if "macs" not in data.full_model:
-        p.skip(0.3)
-        p.para("This run has no MAC counts.", size=14, weight="bold")
-        p.skip(0.1)
-        p.para(
-            "The run's costs are latency only, so the trade-off curves are on page 3 (accuracy vs "
-            "latency). To count compute per exit with fvcore, profile the run (it needs the "
-            "model), "
-            "or give the counts when importing:",
-            size=10.5,
-        )
-        p.skip(0.1)
-        mono = "DejaVu Sans Mono"
-        p.para(f"dyncal profile {data.run.path} --device cpu", size=10.5, family=mono, indent=0.1)
-        p.para(
-            "dyncal import logits.npz --macs 1.2e8,3.1e8,... --out run",
-            size=10.5,
-            family=mono,
-            indent=0.1,
+        _nothing_measured(
+            p,
+            "This run has no MAC counts.",
+            "The run's costs are latency only, so the trade-off curves are on page 3 (accuracy vs latency). To count "
+            "compute per exit with fvcore, profile the run (it needs the model), or give the counts when importing:",
+            [
+                f"dyncal profile {data.run.path} --device cpu",
+                "dyncal import logits.npz --macs 1.2e8,3.1e8,... --out run",
+            ],
         )
         return p.fig
     p.para(
@@ -159,36 +150,32 @@ def _page_latency(data: ReportData) -> Figure:
 
 def _no_latency(p: _Page, data: ReportData) -> None:
     """Page 3 of a run without latency: why MACs are not time, and how to measure it."""
-    p.skip(0.3)
-    p.para("No latency was profiled for this run.", size=14, weight="bold")
-    p.skip(0.1)
-    p.para(
-        "MACs (page 2) are not time: early exit pays for the exit heads and a decision at "
-        "each exit, "
-        "and batches shrink as samples leave. To see accuracy against measured milliseconds "
-        "here, "
-        "measure the run's stages on the device you will deploy to, then build the report "
-        "again:",
-        size=10.5,
-    )
-    p.skip(0.1)
-    p.para(
-        f"dyncal profile {data.run.path} --device cpu --batch-size 1,32",
-        size=10.5,
-        family="DejaVu Sans Mono",
-        indent=0.1,
-    )
-    p.para(
-        f"dyncal report {data.run.path} --out report.pdf",
-        size=10.5,
-        family="DejaVu Sans Mono",
-        indent=0.1,
-    )
-    p.skip(0.1)
-    p.para(
+    _nothing_measured(
+        p,
+        "No latency was profiled for this run.",
+        "MACs (page 2) are not time: early exit pays for the exit heads and a decision at each exit, and batches "
+        "shrink as samples leave. To see accuracy against measured milliseconds here, measure the run's stages on "
+        "the device you will deploy to, then build the report again:",
+        [
+            f"dyncal profile {data.run.path} --device cpu --batch-size 1,32",
+            f"dyncal report {data.run.path} --out report.pdf",
+        ],
         "Latency criteria (--min-speedup with --device, budgets in ms) need this too.",
-        size=10.5,
     )
+
+
+def _nothing_measured(p: _Page, headline: str, why: str, commands: list[str], then: str | None = None) -> None:
+    """A page whose figure has nothing to draw: what is missing, why, the commands that measure it (and ``then``)."""
+    p.skip(0.3)
+    p.para(headline, size=14, weight="bold")
+    p.skip(0.1)
+    p.para(why, size=10.5)
+    p.skip(0.1)
+    for command in commands:
+        p.para(command, size=10.5, family=_MONO, indent=0.1)
+    if then is not None:
+        p.skip(0.1)
+        p.para(then, size=10.5)
 
 
 def _how_measured(p: _Page, data: ReportData, key: str) -> None:

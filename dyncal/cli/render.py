@@ -115,13 +115,14 @@ def note_model_check(check: ModelCheck | None) -> None:
         typer.echo(f"note: the model could not be compared with the run's: {check.rows_note}", err=True)
 
 
-def _table(title: str, columns: Iterable[str], no_wrap: bool = False, **style: Any) -> Table:
-    """A rich table whose columns are right-aligned (numbers)."""
+def _table(title: str, columns: Iterable[str], compact: bool = False) -> Table:
+    """A rich table whose columns are right-aligned (numbers); ``compact``: no box, no wrapping, tight padding."""
     from rich.table import Table
 
+    style: dict[str, Any] = dict(box=None, pad_edge=False, padding=(0, 1), collapse_padding=True) if compact else {}
     table = Table(title=title, **style)
     for col in columns:
-        table.add_column(col, justify="right", no_wrap=no_wrap)
+        table.add_column(col, justify="right", no_wrap=compact)
     return table
 
 

@@ -25,11 +25,7 @@ def print_verify(doc: dict[str, Any], ctx: typer.Context) -> None:
     table = _table(
         "ms per batch: early exit and plain deployment (stages + last head) timed in pairs",
         ("", "measured", "predicted", "meas/pred", "plain", "speed-up [95%]", "batches"),
-        no_wrap=True,
-        box=None,
-        pad_edge=False,
-        padding=(0, 1),
-        collapse_padding=True,
+        compact=True,
     )
     coverage = settings.get("coverage", {})
     for t in doc["timings"]:
@@ -104,15 +100,7 @@ def print_request_distribution(timing: dict[str, Any]) -> None:
     unit = "request" if requests["batch_size"] == 1 else "batch"
     typer.echo(f"ms per {unit} at {timing['key']}: {requests['coverage']}")
     stats = ("mean", "std", "p50", "p90", "p95", "p99", "max")
-    table = _table(
-        "",
-        ("", "n", *stats, "p99 95%"),
-        no_wrap=True,
-        box=None,
-        pad_edge=False,
-        padding=(0, 1),
-        collapse_padding=True,
-    )
+    table = _table("", ("", "n", *stats, "p99 95%"), compact=True)
     names = {"early_exit": "early exit", "plain": "plain"}
     for s in requests["summaries"]:
         if s["exit"] is not None and (s["side"] == "plain" or s["view"] == "raw"):

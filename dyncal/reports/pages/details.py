@@ -47,21 +47,19 @@ def _page_exits(data: ReportData) -> Figure:
     plot_exits(shares, acc, counts=counts, exit_accuracy=data.exit_accuracy, axes=(top, bottom))
     p.skip(0.75)
     macs = data.run.costs.macs if data.run.costs is not None else None
-    keys = sorted(data.run.costs.latency) if data.run.costs is not None else []
-    if data.speedup_cost in keys:  # the latency the decision used, first
-        keys.remove(data.speedup_cost)
-        keys.insert(0, data.speedup_cost)
+    latency = data.run.costs.latency if data.run.costs is not None else {}
+    # the latency the decision used, else the first profiled
+    key = data.speedup_cost if data.speedup_cost in latency else min(latency, default=None)
     th = thresholds_text(data.thresholds, data.run)
     header = ["exit", "threshold", "leave here", "n", "their accuracy", "exit accuracy", "cum. MACs"]
     widths = [0.06, 0.13, 0.11, 0.07, 0.13, 0.13, 0.12]
     per_exit: list[float] = []
-    if keys and data.run.costs is not None:
-        header.append(f"ms {keys[0]}")
+    if key is not None:
+        header.append(f"ms {key}")
         widths.append(0.14)
-        per_exit = list(data.run.costs.latency[keys[0]].early_exit_ms)
-    rows = []
-    for i in range(k):
-        row = [
+        per_exit = list(latency[key].early_exit_ms)
+    rows = [
+        [
             str(i + 1),
             th[i],
             pct(float(shares[i]), 1),
@@ -69,17 +67,17 @@ def _page_exits(data: ReportData) -> Figure:
             pct(float(acc[i]), 1) if np.isfinite(acc[i]) else "—",
             pct(float(data.exit_accuracy[i]), 1),
             format_macs(macs[i]) if macs is not None else "n/a",
+            *([format_ms(per_exit[i])] if per_exit else []),
         ]
-        if per_exit:
-            row.append(format_ms(per_exit[i]))
-        rows.append(row)
+        for i in range(k)
+    ]
     p.table(header, rows, col_widths=widths, size=9)
-    if per_exit:
-        e = data.latency.get(keys[0])
-        full = "" if e is None else f" For comparison, the full model {format_ms(e.full_model_ms)} on {keys[0]}."
+    if key is not None:
+        e = data.latency.get(key)
+        full = "" if e is None else f" For comparison, the full model {format_ms(e.full_model_ms)} on {key}."
         p.note(
-            f"ms: profiled latency on {keys[0]} when leaving at that exit (the real early exit timed with every "
-            "row leaving there)" + ("" if keys[0].endswith("/b1") else ", for a whole batch") + "." + full,
+            f"ms: profiled latency on {key} when leaving at that exit (the real early exit timed with every "
+            "row leaving there)" + ("" if key.endswith("/b1") else ", for a whole batch") + "." + full,
             size=8.5,
         )
     return p.fig

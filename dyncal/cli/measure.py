@@ -82,7 +82,8 @@ def collect(
     from dyncal.data import ImageTransform, load_dataset
     from dyncal.models import load_model
     from dyncal.perturb import parse_perturbations
-    from dyncal.verbs.collect import CollectOptions, collect_run
+    from dyncal.verbs.collect import CollectOptions
+    from dyncal.verbs.rollout import perturbed_run_path
 
     with params.user_errors(ctx):
         collecting = params.options(ctx, CollectOptions, data_spec=data, checkpoint_s=checkpoint_every)  # checked first
@@ -96,44 +97,38 @@ def collect(
         loaded = load_model(model, weights=weights, model_path=model_path, device=device)
         partial = out.parent / (out.name + ".partial")  # `out` itself is checked by collect_run
         had_progress = (partial / "progress.0.json").is_file()
-        with render.progress(quiet, "collect") as bar:
-            result = collect_run(
-                loaded,
-                dataset,
-                out,
-                collecting,
-                progress=None if bar is None else functools.partial(bar, ""),
-                image_transform=dataclasses.asdict(transform) if data.startswith("imagefolder:") else None,
-                command=params.command_line(ctx),
-            )
+        image_transform = dataclasses.asdict(transform) if data.startswith("imagefolder:") else None
+        result = _collect_one(ctx, loaded, dataset, out, collecting, quiet, image_transform=image_transform)
     if result is not None:
         if resume:
             what = f"continued the interrupted collect in '{partial}'" if had_progress else "nothing to resume"
             typer.echo(f"note: --resume: {what}", err=True)
         typer.echo(f"wrote {result.path}: N={result.n}, K={result.k}, C={result.c}", err=True)
     with params.user_errors(ctx):
-        _collect_perturbed(ctx, loaded, stressed, out, collecting, quiet)
+        for p, perturbed, spec in stressed:  # --perturb: each its own run OUT-NAME-SEVERITY
+            target = perturbed_run_path(out, p)
+            _collect_one(ctx, loaded, perturbed, target, dataclasses.replace(collecting, data_spec=spec), quiet, p)
+            typer.echo(f"wrote {target}: {p}", err=True)
 
 
-def _collect_perturbed(
-    ctx: typer.Context, loaded: Any, stressed: list[Any], out: Path, collecting: Any, quiet: bool
-) -> None:
-    """``collect --perturb``: each perturbed data set collected as its own run ``OUT-NAME-SEVERITY``."""
+def _collect_one(
+    ctx: typer.Context,
+    loaded: Any,
+    dataset: Any,
+    out: Path,
+    collecting: Any,
+    quiet: bool,
+    what: object = "",
+    **extra: Any,
+) -> Any:
+    """Collect ``dataset`` into the run ``out`` behind a progress bar named ``collect [what]``."""
     from dyncal.verbs.collect import collect_run
-    from dyncal.verbs.rollout import perturbed_run_path
 
-    for p, perturbed, spec in stressed:
-        target = perturbed_run_path(out, p)
-        with render.progress(quiet, f"collect {p}") as bar:
-            collect_run(
-                loaded,
-                perturbed,
-                target,
-                dataclasses.replace(collecting, data_spec=spec),
-                progress=None if bar is None else functools.partial(bar, ""),
-                command=params.command_line(ctx),
-            )
-        typer.echo(f"wrote {target}: {p}", err=True)
+    with render.progress(quiet, f"collect {what}".rstrip()) as bar:
+        progress = None if bar is None else functools.partial(bar, "")
+        return collect_run(
+            loaded, dataset, out, collecting, progress=progress, command=params.command_line(ctx), **extra
+        )
 
 
 def _perturbed(

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from dyncal.reports.compare import Alternative
 from dyncal.reports.data import ReportData, _float_or_none
-from dyncal.reports.decision import FAIL, INCONCLUSIVE, decide
+from dyncal.reports.decision import FAIL, INCONCLUSIVE, Criterion, decide
 from dyncal.reports.evidence import batch_size_of
 from dyncal.reports.figures import format_ms
 from dyncal.reports.layout import _AMBER, _GO_COLOR, _GREY, _NOGO_COLOR, PAGE_TITLES, _Page, _status_color
@@ -32,14 +32,6 @@ from dyncal.reports.throughput import runtime_sentences
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-
-def _budget_macs(data: ReportData) -> float | None:
-    """The budget in MACs, when it binds MACs."""
-    b = data.thresholds.get("budget") or {}
-    if b.get("unit") == "macs" and b.get("value") is not None:
-        return float(b["value"])
-    return None
 
 
 def _decision_message(data: ReportData) -> str:
@@ -268,27 +260,12 @@ def _criteria_table(p: _Page, data: ReportData) -> None:
             size=9.5,
         )
         return
-    rows, colors = [], []
-    for c in data.criteria:
-        d = criterion_digits(c)
-        rows.append(
-            [
-                criterion_label(c),
-                criterion_value(c, c.value, d),
-                "n/a"
-                if c.interval is None
-                else criterion_value(c, c.interval[0], d) + " to " + criterion_value(c, c.interval[1], d),
-                need_text(c, d),
-                status_word(c),
-            ]
-        )
-        colors.append(_status_color(c.status))
     p.table(
         ["criterion", "estimate", "95% interval", "required", "result"],
-        rows,
+        [_criterion_row(c) for c in data.criteria],
         col_widths=[0.33, 0.12, 0.2, 0.12, 0.11],
         size=9.5,
-        row_colors=colors,
+        row_colors=[_status_color(c.status) for c in data.criteria],
     )
     rule = (
         "A criterion passes when its whole 95% interval clears the requirement, fails when it does not "
@@ -298,6 +275,17 @@ def _criteria_table(p: _Page, data: ReportData) -> None:
         else "Nothing was held out, so the point estimates decide (fitted on the same samples: optimistic)."
     )
     p.note(" ".join([rule, *_latency_criteria_notes(data)]))
+
+
+def _criterion_row(c: Criterion) -> list[str]:
+    """A criterion's label, estimate, 95% interval, requirement and result, in its unit."""
+    d = criterion_digits(c)
+    iv = (
+        "n/a"
+        if c.interval is None
+        else f"{criterion_value(c, c.interval[0], d)} to {criterion_value(c, c.interval[1], d)}"
+    )
+    return [criterion_label(c), criterion_value(c, c.value, d), iv, need_text(c, d), status_word(c)]
 
 
 def _latency_criteria_notes(data: ReportData) -> list[str]:
@@ -345,18 +333,16 @@ def _operating_rows(data: ReportData) -> list[list[str]]:
         ["accuracy on fitting half", pct(_float_or_none(t.get("calibration_accuracy")))],
     ]
     if "macs" in data.full_model:
-        budget_macs = _budget_macs(data)
+        b = t.get("budget") or {}
+        budget_macs = float(b["value"]) if b.get("unit") == "macs" and b.get("value") is not None else None
+        slack = budget_macs is not None and fit_macs is not None and fit_macs < 0.8 * budget_macs
         op_rows.append(
             [
                 "expected MACs",
                 f"{format_macs(held_macs)} per sample {held_word} "
                 f"({pct((held_macs or float('nan')) / data.full_model['macs'], 1)} of the full model); "
-                + (
-                    f"{format_macs(fit_macs)} on the fitting half, where the budget "
-                    f"(at most {format_macs(budget_macs)}) is met; more would not buy accuracy"
-                    if budget_macs is not None and fit_macs is not None and fit_macs < 0.8 * budget_macs
-                    else f"{format_macs(fit_macs)} on the fitting half, where the budget is met"
-                ),
+                f"{format_macs(fit_macs)} on the fitting half, where the budget "
+                + (f"(at most {format_macs(budget_macs)}) is met; more would not buy accuracy" if slack else "is met"),
             ]
         )
     for key in sorted(data.latency):

@@ -43,13 +43,12 @@ def _summary_row(name: str, s: LatencySummary) -> list[str]:
 
 def _distribution_rows(t: RequestTimings) -> list[list[str]]:
     """Early exit and plain deployment overall, then the early exit at each exit a timed request took."""
-    rows = [
+    exits = sorted(set(t.unit_exits.tolist())) if t.n_exits > 1 else []
+    return [
         _summary_row("early exit", t.summary("early_exit")),
         _summary_row("plain deployment", t.summary("plain")),
+        *(_summary_row(f"  leaving at exit {k + 1}", t.summary("early_exit", exit=k)) for k in exits),
     ]
-    for k in sorted(set(t.unit_exits.tolist())) if t.n_exits > 1 else ():
-        rows.append(_summary_row(f"  leaving at exit {k + 1}", t.summary("early_exit", exit=k)))
-    return rows
 
 
 def _page_requests(data: ReportData) -> Figure:
@@ -146,16 +145,11 @@ def _page_savings(data: ReportData) -> Figure:
     rows: list[list[str]] = []
     single = s.single_stream
     if single:
-        rows.append(
-            [
-                "SingleStream (batch 1)",
-                f"p90 {_ms(single['plain']['p90_ms'])} / p99 {_ms(single['plain']['p99_ms'])} ms",
-                f"p90 {_ms(single['early_exit']['p90_ms'])} / p99 {_ms(single['early_exit']['p99_ms'])} ms",
-                "—",
-                "—",
-                "—",
-            ]
+        plain_ms, early_ms = (
+            f"p90 {_ms(single[side]['p90_ms'])} / p99 {_ms(single[side]['p99_ms'])} ms"
+            for side in ("plain", "early_exit")
         )
+        rows.append(["SingleStream (batch 1)", plain_ms, early_ms, "—", "—", "—"])
     plain, early = s.offline["plain"], s.offline["early_exit"]
     rows.append(
         [

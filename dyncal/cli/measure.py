@@ -60,7 +60,13 @@ def collect(
         ),
     ] = None,
     perturb_seed: Annotated[int, typer.Option(help="--perturb: seed of the corruptions' random draws.")] = 0,
-    collate: params.CollateOpt = None,
+    collate: Annotated[
+        str | None,
+        typer.Option(
+            help="'pkg.module:fn' making a batch (inputs, labels) from a list of items, e.g. to pad sequences "
+            "(dyncal.inputs:pad_collate); default: stack."
+        ),
+    ] = None,
     pixel_mean: Annotated[
         str | None,
         typer.Option(help="--perturb: normalisation mean of the inputs (pixel = x * std + mean; imagefolder: --mean)."),
@@ -207,13 +213,26 @@ def profile(
         typer.Option("--device", help="Device to time on: cpu, cuda or cuda:N (repeat for several)."),
     ] = None,
     batch_size: params.TimedBatchesOpt = "1",
-    threads: params.ProfileThreadsOpt = 1,
+    threads: Annotated[
+        int,
+        typer.Option(
+            help="CPU threads pinned while timing. Default 1: steady figures on a busy or shared machine, "
+            "where threads wait on each other; give your deployment's count to time that.",
+        ),
+    ] = 1,
     input_shape: params.InputShapeOpt = None,
     input_dtype: params.InputDtypeOpt = None,
     stages: params.StagesOpt = None,
     runtime: params.RuntimeOpt = None,
     data: params.DataOverrideOpt = None,
-    allow_other_model: params.ProfileAllowOtherModelOpt = False,
+    allow_other_model: Annotated[
+        bool,
+        typer.Option(
+            "--allow-other-model",
+            help="Use a model that is not the run's (other weights, or other logits on recorded rows), and replace "
+            "latency timed on another model; recorded.",
+        ),
+    ] = False,
     check_rows: Annotated[
         int, typer.Option(help="Recorded rows re-run to check the model is the run's (0: its hash only).")
     ] = 8,
@@ -297,7 +316,10 @@ def verify(
     device: params.DeviceOpt = "cpu",
     batch_size: params.TimedBatchesOpt = "1",
     limit: Annotated[int | None, typer.Option(help="Replay only the first N rows of the run.")] = None,
-    threads: params.ThreadsOpt = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="CPU threads pinned while timing (default: those the run's profile timed with)."),
+    ] = None,
     max_seconds: Annotated[
         float,
         typer.Option(
@@ -323,7 +345,13 @@ def verify(
             "signature verifies."
         ),
     ] = None,
-    allow_other_model: params.AllowOtherModelOpt = False,
+    allow_other_model: Annotated[
+        bool,
+        typer.Option(
+            "--allow-other-model",
+            help="Use a model that is not the run's (other weights, or other logits on recorded rows); recorded.",
+        ),
+    ] = False,
     overwrite: params.OverwriteOpt = False,
     json_: params.JsonOpt = False,
     **overrides: Any,

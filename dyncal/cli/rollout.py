@@ -11,13 +11,11 @@ import typer
 from dyncal.cli import params, render
 from dyncal.errors import DyncalError, param
 
-_EvalThresholdsOpt = Annotated[Path, typer.Option(help="thresholds.json from 'dyncal solve' on another run (run A).")]
-
 
 def evaluate(
     ctx: typer.Context,
     run: Annotated[Path, typer.Argument(help="Run B: the same model on other data.", show_default=False)],
-    thresholds: _EvalThresholdsOpt,
+    thresholds: Annotated[Path, typer.Option(help="thresholds.json from 'dyncal solve' on another run (run A).")],
     reference: Annotated[
         Path | None, typer.Option(help="Run A the thresholds were solved on (default: the run they name).")
     ] = None,

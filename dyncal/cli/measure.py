@@ -394,13 +394,8 @@ def verify(
     check = result.settings.get("model_check") or {}
     if check.get("allowed"):
         typer.echo(f"note: --allow-other-model: used although {check.get('mismatch')} (recorded)", err=True)
-    doc = result.to_dict()
-    if json_:
-        render.echo_json(doc)
-        return
-    render_verify.print_verify(doc, ctx)
-    render_verify.print_runtime_and_throughput(doc)
-    if out is not None:
+    render.show(result.to_dict(), json_, functools.partial(render_verify.print_verify, ctx=ctx))
+    if out is not None and not json_:
         typer.echo(f"wrote {out}", err=True)
 
 

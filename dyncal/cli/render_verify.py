@@ -12,7 +12,7 @@ from dyncal.errors import render_params
 
 
 def print_verify(doc: dict[str, Any], ctx: typer.Context) -> None:
-    """``dyncal verify``: agreement with the simulation, then measured against predicted ms per batch size."""
+    """``dyncal verify``: agreement with the simulation, measured against predicted ms per batch size, the runtime."""
     from dyncal.measurement import NOISE_IQR_FRACTION, noise_advice
 
     settings = doc["settings"]
@@ -61,6 +61,7 @@ def print_verify(doc: dict[str, Any], ctx: typer.Context) -> None:
                 f"{100 * t['timing_spread']:.0f}% of its median (> {100 * NOISE_IQR_FRACTION:.0f}%); "
                 f"{render_params(noise_advice(doc['threads'], settings.get('repeats')), lambda n: flag_of(ctx, n))}"
             )
+    print_runtime_and_throughput(doc)
 
 
 def print_runtime_and_throughput(doc: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ Its sentences on other models (``compare``) are shared with page 7 (:mod:`dyncal
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 from dyncal.reports.compare import Alternative
@@ -184,11 +185,9 @@ def _page_decision(data: ReportData) -> Figure:
             if data.outcome.held_out
             else "Nothing was held out: accuracies and costs here are on the samples the thresholds were fitted on. "
         )
-        + "Speed-up = cost of the full model on every sample / expected early-exit cost "
-        "(latency includes one exit decision per exit passed). Pages 2–3 show the whole "
-        "trade-off curve; "
-        "page 4 where samples leave; page 5 calibration; page 6 thresholds and provenance"
-        + ("; page 7 the other models." if data.alternatives else "."),
+        + "Speed-up = cost of the full model on every sample / expected early-exit cost (latency includes one exit "
+        "decision per exit passed). Pages 2–3 show the whole trade-off curve; page 4 where samples leave; page 5 "
+        "calibration; page 6 thresholds and provenance" + ("; page 7 the other models." if data.alternatives else "."),
     )
     return p.fig
 
@@ -225,8 +224,7 @@ def _trade_off(data: ReportData) -> str:
     rows_txt = "held-out samples" if o.held_out else "samples (nothing held out)"
     sp_macs = data.speedup.get("macs")
     parts = [
-        f"At budget {data.budget_label}, early exit is right on {pct(data.accuracy)} of "
-        f"{o.n:,} {rows_txt}, "
+        f"At budget {data.budget_label}, early exit is right on {pct(data.accuracy)} of {o.n:,} {rows_txt}, "
         f"against {pct(last_acc)} when exit {data.k} (the last) runs on every sample "
         f"({change_text(last_acc - data.accuracy)})."
     ]
@@ -253,10 +251,8 @@ def _criteria_table(p: _Page, data: ReportData) -> None:
     """The criteria with their estimates, intervals and results, and how to read them (or how to give some)."""
     if not data.criteria:
         p.para(
-            "None given. To decide, add --min-accuracy A or --max-drop D (fractions, e.g. 0.95 "
-            "or 0.01) "
-            "and/or --min-speedup S (e.g. 1.5), optionally with --device/--batch-size to judge "
-            "latency.",
+            "None given. To decide, add --min-accuracy A or --max-drop D (fractions, e.g. 0.95 or 0.01) and/or "
+            "--min-speedup S (e.g. 1.5), optionally with --device/--batch-size to judge latency.",
             size=9.5,
         )
         return
@@ -280,12 +276,9 @@ def _criteria_table(p: _Page, data: ReportData) -> None:
 def _criterion_row(c: Criterion) -> list[str]:
     """A criterion's label, estimate, 95% interval, requirement and result, in its unit."""
     d = criterion_digits(c)
-    iv = (
-        "n/a"
-        if c.interval is None
-        else f"{criterion_value(c, c.interval[0], d)} to {criterion_value(c, c.interval[1], d)}"
-    )
-    return [criterion_label(c), criterion_value(c, c.value, d), iv, need_text(c, d), status_word(c)]
+    value = functools.partial(criterion_value, c, digits=d)
+    iv = "n/a" if c.interval is None else interval_text(c.interval, value)
+    return [criterion_label(c), value(c.value), iv, need_text(c, d), status_word(c)]
 
 
 def _latency_criteria_notes(data: ReportData) -> list[str]:
@@ -294,19 +287,15 @@ def _latency_criteria_notes(data: ReportData) -> list[str]:
     for c in data.criteria:
         if c.name != "speedup" or c.cost == "macs":
             continue
-        d = criterion_digits(c)
+        value = functools.partial(criterion_value, c, digits=criterion_digits(c))
         e = data.latency.get(str(c.cost))
         bits = [f"The speed-up on {c.cost} is {c.source}" + (f" ({e.rows})" if e is not None else "")]
         if c.interval_sampling is not None:
-            s_iv = c.interval_sampling
-            bits.append(
-                f"its interval carries sampling noise ({criterion_value(c, s_iv[0], d)} to "
-                f"{criterion_value(c, s_iv[1], d)} alone) and timing noise"
-            )
+            sampling = interval_text(c.interval_sampling, value)
+            bits.append(f"its interval carries sampling noise ({sampling} alone) and timing noise")
         if c.interval_timing is not None:
-            t_iv = c.interval_timing
             bits.append(
-                f"timing noise alone gives {criterion_value(c, t_iv[0], d)} to {criterion_value(c, t_iv[1], d)}"
+                f"timing noise alone gives {interval_text(c.interval_timing, value)}"
                 + ("" if c.timing_spread is None else f", replicates spread {100 * c.timing_spread:.0f}% of median")
             )
         if batch_size_of(str(c.cost)) > 1 and c.source == "predicted":
@@ -350,9 +339,8 @@ def _operating_rows(data: ReportData) -> list[list[str]]:
         b = batch_size_of(key)
         per = "" if b == 1 else f" per batch of {b}"
         where = e.rows if e.source == "measured" else f"predicted, {held_word}"
-        off = ""
-        if e.measured_over_predicted is not None:
-            off = f"; predicted {format_ms(e.predicted_ms)}, measured / predicted {e.measured_over_predicted:.2f}"
+        ratio = e.measured_over_predicted
+        off = "" if ratio is None else f"; predicted {format_ms(e.predicted_ms)}, measured / predicted {ratio:.2f}"
         op_rows.append(
             [
                 f"latency {key}",

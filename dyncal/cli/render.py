@@ -359,10 +359,8 @@ def print_export(doc: dict[str, Any]) -> None:
 
         inputs = InputSignature.from_dict(doc["inputs"]).describe()
     typer.echo(
-        f"wrote {doc['path']}: K={doc['k']} stages, {doc['size_bytes'] / 1e6:.2f} MB, input "
-        f"{inputs}, decisions "
-        f"{doc['decision_fingerprint'][:12]}, max |logit diff| vs the model "
-        f"{max(doc['check']['max_abs_diff']):.2g}"
+        f"wrote {doc['path']}: K={doc['k']} stages, {doc['size_bytes'] / 1e6:.2f} MB, input {inputs}, decisions "
+        f"{doc['decision_fingerprint'][:12]}, max |logit diff| vs the model {max(doc['check']['max_abs_diff']):.2g}"
         + ("" if doc["signature"] is None else f", signed with key {doc['signature']['key_id']}"),
         err=True,
     )

@@ -32,16 +32,11 @@ def _page_frontier(data: ReportData) -> Figure:
         )
         return p.fig
     p.para(
-        "Each curve is the accuracy on held-out samples against the mean MACs spent per sample, "
-        "as the "
-        "budget sweeps from exit 1 alone to the whole model. The band is the 95% interval of "
-        f"the {main} "
-        "thresholds (the ones deployed); squares are single exits used for every sample (a "
-        "static model); "
-        "the geometric curve is the MSDNet-style baseline; the oracle is an upper bound that "
-        "knows the "
-        "cheapest exit that gets each sample right. The star is the operating point, with its "
-        "interval."
+        "Each curve is the accuracy on held-out samples against the mean MACs spent per sample, as the budget sweeps "
+        f"from exit 1 alone to the whole model. The band is the 95% interval of the {main} thresholds (the ones "
+        "deployed); squares are single exits used for every sample (a static model); the geometric curve is the "
+        "MSDNet-style baseline; the oracle is an upper bound that knows the cheapest exit that gets each sample "
+        "right. The star is the operating point, with its interval."
         + (
             " In colour, the other models (page 7): static ones as points with their 95% interval, early-exit "
             "ones as their curve."

@@ -88,21 +88,17 @@ def _page_calibration(data: ReportData) -> Figure:
     temps = [float(v) for v in (data.thresholds.get("temperatures") or [1.0] * data.k)]
     stuck = {i for i, v in enumerate(data.thresholds.get("temperature_at_bound") or []) if v}
     p.para(
-        "Early exit trusts each exit's confidence. A calibrated exit is right on about 90% of "
-        "the samples "
-        "it gives 90% confidence; ECE (expected calibration error) is the sample-weighted mean "
-        "gap between "
-        "confidence and accuracy over 15 bins, on all samples."
+        "Early exit trusts each exit's confidence. A calibrated exit is right on about 90% of the samples it gives "
+        "90% confidence; ECE (expected calibration error) is the sample-weighted mean gap between confidence and "
+        "accuracy over 15 bins, on all samples."
         + (" Bars use the fitted temperatures; black ticks show temperature 1." if data.scaled_bins else ""),
         size=9.5,
     )
     p.skip(0.05)
     p.para(
-        "In each diagram: blue bars, the accuracy of the samples in a confidence bin; red "
-        "ticks, their mean "
-        "confidence; dashed line, perfect calibration. Bars above the line: the exit is "
-        "under-confident "
-        "(it could exit more); below: over-confident. "
+        "In each diagram: blue bars, the accuracy of the samples in a confidence bin; red ticks, their mean "
+        "confidence; dashed line, perfect calibration. Bars above the line: the exit is under-confident (it could "
+        "exit more); below: over-confident. "
         + (
             "The number at the foot of each bar counts its samples: bins holding few are noisy."
             if bin_counts_shown(data.k)
@@ -164,10 +160,8 @@ def _page_provenance(data: ReportData) -> Figure:
     p.heading("Thresholds (deploy these with the model)", size=11)
     _thresholds_table(p, data)
     p.note(
-        f"score: {t.get('score', 'maxprob')}; method: {t.get('method', 'n/a')}; a sample leaves "
-        "at the first exit "
-        "whose score (from logits / temperature) is at least that exit's threshold; the last "
-        "exit takes the rest.",
+        f"score: {t.get('score', 'maxprob')}; method: {t.get('method', 'n/a')}; a sample leaves at the first exit "
+        "whose score (from logits / temperature) is at least that exit's threshold; the last exit takes the rest.",
         size=8.5,
     )
     p.skip(0.1)

@@ -192,11 +192,8 @@ def flag_of(ctx: typer.Context | None, name: str) -> str | None:
     if own is not None:
         return own
     verbs = getattr(ctx.find_root().command, "commands", {})
-    for verb, command in verbs.items():
-        flag = _flag_in(command, name)
-        if flag is not None and flag.startswith("--"):
-            return f"dyncal {verb} {flag}"
-    return None
+    flags = ((verb, _flag_in(command, name)) for verb, command in verbs.items())
+    return next((f"dyncal {verb} {flag}" for verb, flag in flags if flag and flag.startswith("--")), None)
 
 
 def _flag_in(command: Any, name: str) -> str | None:

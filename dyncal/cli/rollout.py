@@ -162,12 +162,11 @@ def monitor(
         if plan:
             if max_drop is None:
                 raise DyncalError(f"the plan needs the drop to certify: give {param('max_drop')}")
-            shares = params.float_list(steps, "--steps") or []
             made = rollout_plan(
                 max_drop,
                 0.05 if delta is None else delta,
                 shadow=shadow,
-                steps=shares,
+                steps=params.float_list(steps, "--steps") or [],
                 assumed_rate=assumed_rate,
                 requests_per_hour=requests_per_hour,
             )

@@ -200,14 +200,8 @@ def _verdict(p: _Page, data: ReportData) -> None:
         p.skip(0.6)
     else:
         size = 48 if data.decision == "INCONCLUSIVE" else 64
-        p.fig.text(
-            0.06,
-            p.y - 0.75 / p.height_in,
-            data.decision,
-            fontsize=size,
-            weight="bold",
-            color=_status_color(data.decision),
-        )
+        color = _status_color(data.decision)
+        p.fig.text(0.06, p.y - 0.75 / p.height_in, data.decision, fontsize=size, weight="bold", color=color)
         p.skip(0.95)
         if not data.outcome.held_out:
             p.fig.text(0.06, p.y + 0.05 / p.height_in, "(provisional: nothing held out)", fontsize=12, color=_GREY)

@@ -141,11 +141,7 @@ def _page_calibration(data: ReportData) -> Figure:
     panel_h = min(3.0 if cols == 2 else 2.2, room / n_rows)
     axes = p.grid(data.k, cols, panel_h, gap_in=0.35, square=True)
     plot_reliability(
-        data.bins,
-        scaled=data.scaled_bins,
-        temperatures=temps if data.scaled_bins else None,
-        legend=False,
-        axes=axes,
+        data.bins, scaled=data.scaled_bins, temperatures=temps if data.scaled_bins else None, legend=False, axes=axes
     )
     return p.fig
 
@@ -182,20 +178,10 @@ def _thresholds_table(p: _Page, data: ReportData) -> None:
     temps = [float(v) for v in (t.get("temperatures") or [1.0] * run.k)]
     raw = t.get("thresholds") or []
     rows = [
-        [
-            str(i + 1),
-            th[i],
-            "null" if i >= len(raw) or raw[i] is None else f"{float(raw[i]):.6g}",
-            f"{temps[i]:.4g}",
-        ]
+        [str(i + 1), th[i], "null" if i >= len(raw) or raw[i] is None else f"{float(raw[i]):.6g}", f"{temps[i]:.4g}"]
         for i in range(run.k)
     ]
-    p.table(
-        ["exit", "threshold", "thresholds.json", "temperature"],
-        rows,
-        col_widths=[0.08, 0.2, 0.2, 0.16],
-        size=9,
-    )
+    p.table(["exit", "threshold", "thresholds.json", "temperature"], rows, col_widths=[0.08, 0.2, 0.2, 0.16], size=9)
 
 
 def _run_items(run: Run) -> list[tuple[str, str]]:
@@ -229,10 +215,7 @@ def _run_items(run: Run) -> list[tuple[str, str]]:
         items.append(("MACs basis", str(basis)))
     if costs.unsupported_ops:
         items.append(
-            (
-                "not counted by fvcore",
-                ", ".join(f"{u.op}×{u.count} (stage {u.stage})" for u in costs.unsupported_ops),
-            )
+            ("not counted by fvcore", ", ".join(f"{u.op}×{u.count} (stage {u.stage})" for u in costs.unsupported_ops))
         )
     for key, prof in sorted(costs.latency.items()):
         setting = _latency_settings_text(prof.settings)

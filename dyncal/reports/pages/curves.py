@@ -210,19 +210,18 @@ def _verified(p: _Page, data: ReportData, measured: list[LatencyEvidence]) -> No
     assert v is not None
     p.skip(0.1)
     p.heading(f"Measured by dyncal verify ({data.verify_label})", size=11)
-    rows = []
-    for e in sorted(measured, key=lambda e: e.key):
-        iv = e.speedup.interval
-        rows.append(
-            [
-                e.key,
-                format_ms(e.early_exit_ms),
-                format_ms(e.predicted_ms),
-                "n/a" if e.measured_over_predicted is None else f"{e.measured_over_predicted:.2f}",
-                format_ms(e.full_model_ms),
-                f"{e.speedup.value:.2f}×" + ("" if iv is None else f" ({iv[0]:.2f} to {iv[1]:.2f})"),
-            ]
-        )
+    rows = [
+        [
+            e.key,
+            format_ms(e.early_exit_ms),
+            format_ms(e.predicted_ms),
+            "n/a" if e.measured_over_predicted is None else f"{e.measured_over_predicted:.2f}",
+            format_ms(e.full_model_ms),
+            f"{e.speedup.value:.2f}×"
+            + ("" if e.speedup.interval is None else " ({:.2f} to {:.2f})".format(*e.speedup.interval)),
+        ]
+        for e in sorted(measured, key=lambda e: e.key)
+    ]
     p.table(
         ["latency", "early exit", "predicted", "meas. / pred.", "full model", "speed-up (95% interval)"],
         rows,

@@ -29,16 +29,8 @@ def _ms(v: float) -> str:
 
 def _summary_row(name: str, s: LatencySummary) -> list[str]:
     lo, hi = s.intervals["p99"]
-    return [
-        name,
-        f"{s.units:,}",
-        _ms(s.values["mean"]),
-        _ms(s.values["std"]),
-        _ms(s.values["p50"]),
-        _ms(s.values["p90"]),
-        f"{_ms(s.values['p99'])} ({_ms(lo)}–{_ms(hi)})",
-        _ms(s.values["max"]),
-    ]
+    spread = [_ms(s.values[stat]) for stat in ("mean", "std", "p50", "p90")]
+    return [name, f"{s.units:,}", *spread, f"{_ms(s.values['p99'])} ({_ms(lo)}–{_ms(hi)})", _ms(s.values["max"])]
 
 
 def _distribution_rows(t: RequestTimings) -> list[list[str]]:

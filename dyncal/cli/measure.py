@@ -151,21 +151,15 @@ def _perturbed(
     """
     if not specs:
         return []
-    folder = data.startswith("imagefolder:")
-    mean = pixels[0] or (normalised[0] if folder else "0")
-    std = pixels[1] or (normalised[1] if folder else "1")
     from dyncal.verbs.rollout import perturbed_datasets
 
-    means = params.float_list(mean, "--pixel-mean") or [0.0]
-    stds = params.float_list(std, "--pixel-std") or [1.0]
-    return perturbed_datasets(
-        dataset,
-        data,
-        specs,
-        seed=seed,
-        pixel_mean=means[0] if len(means) == 1 else means,
-        pixel_std=stds[0] if len(stds) == 1 else stds,
-    )
+    folder = data.startswith("imagefolder:")
+    pixel: dict[str, float | list[float]] = {}
+    for given, imagefolder, (name, unchanged) in zip(pixels, normalised, (("mean", 0.0), ("std", 1.0)), strict=True):
+        text = given or (imagefolder if folder else str(unchanged))
+        values = params.float_list(text, f"--pixel-{name}") or [unchanged]
+        pixel[f"pixel_{name}"] = values[0] if len(values) == 1 else values
+    return perturbed_datasets(dataset, data, specs, seed=seed, **pixel)
 
 
 def import_(

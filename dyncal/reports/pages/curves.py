@@ -103,8 +103,19 @@ def _method_rows(data: ReportData, main: str) -> tuple[list[list[str]], str]:
 def _page_latency(data: ReportData) -> Figure:
     p = _Page(data, 3, "Accuracy vs latency")
     keys = latency_keys(data.frontier)
-    if not keys:
-        _no_latency(p, data)
+    if not keys:  # why MACs are not time, and how to measure it
+        _nothing_measured(
+            p,
+            "No latency was profiled for this run.",
+            "MACs (page 2) are not time: early exit pays for the exit heads and a decision at each exit, and batches "
+            "shrink as samples leave. To see accuracy against measured milliseconds here, measure the run's stages on "
+            "the device you will deploy to, then build the report again:",
+            [
+                f"dyncal profile {data.run.path} --device cpu --batch-size 1,32",
+                f"dyncal report {data.run.path} --out report.pdf",
+            ],
+            "Latency criteria (--min-speedup with --device, budgets in ms) need this too.",
+        )
         return p.fig
     p.para(
         "Held-out accuracy against expected latency, one panel per device and batch size. "
@@ -141,22 +152,6 @@ def _page_latency(data: ReportData) -> Figure:
     if data.verify is not None and measured:
         _verified(p, data, measured)
     return p.fig
-
-
-def _no_latency(p: _Page, data: ReportData) -> None:
-    """Page 3 of a run without latency: why MACs are not time, and how to measure it."""
-    _nothing_measured(
-        p,
-        "No latency was profiled for this run.",
-        "MACs (page 2) are not time: early exit pays for the exit heads and a decision at each exit, and batches "
-        "shrink as samples leave. To see accuracy against measured milliseconds here, measure the run's stages on "
-        "the device you will deploy to, then build the report again:",
-        [
-            f"dyncal profile {data.run.path} --device cpu --batch-size 1,32",
-            f"dyncal report {data.run.path} --out report.pdf",
-        ],
-        "Latency criteria (--min-speedup with --device, budgets in ms) need this too.",
-    )
 
 
 def _nothing_measured(p: _Page, headline: str, why: str, commands: list[str], then: str | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -75,11 +76,9 @@ def solve(
         result = solve_run(loaded, options=params.options(ctx, SolveOptions))
         doc = result.to_dict()
         write_output(out, thresholds_json(result))
-    if json_:
-        render.echo_json(doc)
-        return
-    render.print_solve(doc, asked_latency)
-    typer.echo(f"wrote {out}", err=True)
+    render.show(doc, json_, functools.partial(render.print_solve, asked_latency=asked_latency))
+    if not json_:
+        typer.echo(f"wrote {out}", err=True)
 
 
 def _asked_latency(run: Any, device: str | None, batch_size: int | None) -> str | None:

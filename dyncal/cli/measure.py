@@ -60,7 +60,13 @@ def collect(
         ),
     ] = None,
     perturb_seed: Annotated[int, typer.Option(help="--perturb: seed of the corruptions' random draws.")] = 0,
-    collate: params.CollateOpt = None,
+    collate: Annotated[
+        str | None,
+        typer.Option(
+            help="'pkg.module:fn' making a batch (inputs, labels) from a list of items, e.g. to pad sequences "
+            "(dyncal.inputs:pad_collate); default: stack."
+        ),
+    ] = None,
     pixel_mean: Annotated[
         str | None,
         typer.Option(help="--perturb: normalisation mean of the inputs (pixel = x * std + mean; imagefolder: --mean)."),
@@ -82,7 +88,8 @@ def collect(
     from dyncal.data import ImageTransform, load_dataset
     from dyncal.models import load_model
     from dyncal.perturb import parse_perturbations
-    from dyncal.verbs.collect import CollectOptions, collect_run
+    from dyncal.verbs.collect import CollectOptions
+    from dyncal.verbs.rollout import perturbed_run_path
 
     with params.user_errors(ctx):
         collecting = params.options(ctx, CollectOptions, data_spec=data, checkpoint_s=checkpoint_every)  # checked first
@@ -96,44 +103,38 @@ def collect(
         loaded = load_model(model, weights=weights, model_path=model_path, device=device)
         partial = out.parent / (out.name + ".partial")  # `out` itself is checked by collect_run
         had_progress = (partial / "progress.0.json").is_file()
-        with render.progress(quiet, "collect") as bar:
-            result = collect_run(
-                loaded,
-                dataset,
-                out,
-                collecting,
-                progress=None if bar is None else functools.partial(bar, ""),
-                image_transform=dataclasses.asdict(transform) if data.startswith("imagefolder:") else None,
-                command=params.command_line(ctx),
-            )
+        image_transform = dataclasses.asdict(transform) if data.startswith("imagefolder:") else None
+        result = _collect_one(ctx, loaded, dataset, out, collecting, quiet, image_transform=image_transform)
     if result is not None:
         if resume:
             what = f"continued the interrupted collect in '{partial}'" if had_progress else "nothing to resume"
             typer.echo(f"note: --resume: {what}", err=True)
         typer.echo(f"wrote {result.path}: N={result.n}, K={result.k}, C={result.c}", err=True)
     with params.user_errors(ctx):
-        _collect_perturbed(ctx, loaded, stressed, out, collecting, quiet)
+        for p, perturbed, spec in stressed:  # --perturb: each its own run OUT-NAME-SEVERITY
+            target = perturbed_run_path(out, p)
+            _collect_one(ctx, loaded, perturbed, target, dataclasses.replace(collecting, data_spec=spec), quiet, p)
+            typer.echo(f"wrote {target}: {p}", err=True)
 
 
-def _collect_perturbed(
-    ctx: typer.Context, loaded: Any, stressed: list[Any], out: Path, collecting: Any, quiet: bool
-) -> None:
-    """``collect --perturb``: each perturbed data set collected as its own run ``OUT-NAME-SEVERITY``."""
+def _collect_one(
+    ctx: typer.Context,
+    loaded: Any,
+    dataset: Any,
+    out: Path,
+    collecting: Any,
+    quiet: bool,
+    what: object = "",
+    **extra: Any,
+) -> Any:
+    """Collect ``dataset`` into the run ``out`` behind a progress bar named ``collect [what]``."""
     from dyncal.verbs.collect import collect_run
-    from dyncal.verbs.rollout import perturbed_run_path
 
-    for p, perturbed, spec in stressed:
-        target = perturbed_run_path(out, p)
-        with render.progress(quiet, f"collect {p}") as bar:
-            collect_run(
-                loaded,
-                perturbed,
-                target,
-                dataclasses.replace(collecting, data_spec=spec),
-                progress=None if bar is None else functools.partial(bar, ""),
-                command=params.command_line(ctx),
-            )
-        typer.echo(f"wrote {target}: {p}", err=True)
+    with render.progress(quiet, f"collect {what}".rstrip()) as bar:
+        progress = None if bar is None else functools.partial(bar, "")
+        return collect_run(
+            loaded, dataset, out, collecting, progress=progress, command=params.command_line(ctx), **extra
+        )
 
 
 def _perturbed(
@@ -150,21 +151,15 @@ def _perturbed(
     """
     if not specs:
         return []
-    folder = data.startswith("imagefolder:")
-    mean = pixels[0] or (normalised[0] if folder else "0")
-    std = pixels[1] or (normalised[1] if folder else "1")
     from dyncal.verbs.rollout import perturbed_datasets
 
-    means = params.float_list(mean, "--pixel-mean") or [0.0]
-    stds = params.float_list(std, "--pixel-std") or [1.0]
-    return perturbed_datasets(
-        dataset,
-        data,
-        specs,
-        seed=seed,
-        pixel_mean=means[0] if len(means) == 1 else means,
-        pixel_std=stds[0] if len(stds) == 1 else stds,
-    )
+    folder = data.startswith("imagefolder:")
+    pixel: dict[str, float | list[float]] = {}
+    for given, imagefolder, (name, unchanged) in zip(pixels, normalised, (("mean", 0.0), ("std", 1.0)), strict=True):
+        text = given or (imagefolder if folder else str(unchanged))
+        values = params.float_list(text, f"--pixel-{name}") or [unchanged]
+        pixel[f"pixel_{name}"] = values[0] if len(values) == 1 else values
+    return perturbed_datasets(dataset, data, specs, seed=seed, **pixel)
 
 
 def import_(
@@ -212,13 +207,26 @@ def profile(
         typer.Option("--device", help="Device to time on: cpu, cuda or cuda:N (repeat for several)."),
     ] = None,
     batch_size: params.TimedBatchesOpt = "1",
-    threads: params.ProfileThreadsOpt = 1,
+    threads: Annotated[
+        int,
+        typer.Option(
+            help="CPU threads pinned while timing. Default 1: steady figures on a busy or shared machine, "
+            "where threads wait on each other; give your deployment's count to time that.",
+        ),
+    ] = 1,
     input_shape: params.InputShapeOpt = None,
     input_dtype: params.InputDtypeOpt = None,
     stages: params.StagesOpt = None,
     runtime: params.RuntimeOpt = None,
     data: params.DataOverrideOpt = None,
-    allow_other_model: params.ProfileAllowOtherModelOpt = False,
+    allow_other_model: Annotated[
+        bool,
+        typer.Option(
+            "--allow-other-model",
+            help="Use a model that is not the run's (other weights, or other logits on recorded rows), and replace "
+            "latency timed on another model; recorded.",
+        ),
+    ] = False,
     check_rows: Annotated[
         int, typer.Option(help="Recorded rows re-run to check the model is the run's (0: its hash only).")
     ] = 8,
@@ -302,7 +310,10 @@ def verify(
     device: params.DeviceOpt = "cpu",
     batch_size: params.TimedBatchesOpt = "1",
     limit: Annotated[int | None, typer.Option(help="Replay only the first N rows of the run.")] = None,
-    threads: params.ThreadsOpt = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="CPU threads pinned while timing (default: those the run's profile timed with)."),
+    ] = None,
     max_seconds: Annotated[
         float,
         typer.Option(
@@ -328,7 +339,13 @@ def verify(
             "signature verifies."
         ),
     ] = None,
-    allow_other_model: params.AllowOtherModelOpt = False,
+    allow_other_model: Annotated[
+        bool,
+        typer.Option(
+            "--allow-other-model",
+            help="Use a model that is not the run's (other weights, or other logits on recorded rows); recorded.",
+        ),
+    ] = False,
     overwrite: params.OverwriteOpt = False,
     json_: params.JsonOpt = False,
     **overrides: Any,
@@ -371,13 +388,8 @@ def verify(
     check = result.settings.get("model_check") or {}
     if check.get("allowed"):
         typer.echo(f"note: --allow-other-model: used although {check.get('mismatch')} (recorded)", err=True)
-    doc = result.to_dict()
-    if json_:
-        render.echo_json(doc)
-        return
-    render_verify.print_verify(doc, ctx)
-    render_verify.print_runtime_and_throughput(doc)
-    if out is not None:
+    render.show(result.to_dict(), json_, functools.partial(render_verify.print_verify, ctx=ctx))
+    if out is not None and not json_:
         typer.echo(f"wrote {out}", err=True)
 
 

@@ -64,17 +64,6 @@ CompareOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="Device to run the model on: cpu, cuda or cuda:N.")]
-ThreadsOpt = Annotated[
-    int | None,
-    typer.Option(help="CPU threads pinned while timing (default: those the run's profile timed with)."),
-]
-ProfileThreadsOpt = Annotated[
-    int,
-    typer.Option(
-        help="CPU threads pinned while timing. Default 1: steady figures on a busy or shared machine, "
-        "where threads wait on each other; give your deployment's count to time that.",
-    ),
-]
 TimedBatchesOpt = Annotated[
     str,
     typer.Option(
@@ -101,21 +90,6 @@ StagesOpt = Annotated[
 ]
 InputShapeOpt = Annotated[str | None, typer.Option(help="Per-sample input shape overriding the run's, e.g. 3,224,224.")]
 InputDtypeOpt = Annotated[str | None, typer.Option(help="Input dtype overriding the run's (float32).")]
-AllowOtherModelOpt = Annotated[
-    bool,
-    typer.Option(
-        "--allow-other-model",
-        help="Use a model that is not the run's (other weights, or other logits on recorded rows); recorded.",
-    ),
-]
-ProfileAllowOtherModelOpt = Annotated[
-    bool,
-    typer.Option(
-        "--allow-other-model",
-        help="Use a model that is not the run's (other weights, or other logits on recorded rows), and replace "
-        "latency timed on another model; recorded.",
-    ),
-]
 MethodOrDefaultOpt = Annotated[
     str | None, choice_option(Method, f"Threshold solver (default {DEFAULT_METHOD}).", show_default=False)
 ]
@@ -124,15 +98,6 @@ MethodOrDefaultOpt = Annotated[
 # ----------------------------------------------------------------- option blocks
 # Options several verbs take side by side, declared once as a signature; :func:`with_options`
 # splices them into a verb, which reads them from ``ctx.params`` (:func:`options`) or ``**shared``.
-
-
-CollateOpt = Annotated[
-    str | None,
-    typer.Option(
-        help="'pkg.module:fn' making a batch (inputs, labels) from a list of items, e.g. to pad sequences "
-        "(dyncal.inputs:pad_collate); default: stack."
-    ),
-]
 
 
 def model_overrides(
@@ -227,11 +192,8 @@ def flag_of(ctx: typer.Context | None, name: str) -> str | None:
     if own is not None:
         return own
     verbs = getattr(ctx.find_root().command, "commands", {})
-    for verb, command in verbs.items():
-        flag = _flag_in(command, name)
-        if flag is not None and flag.startswith("--"):
-            return f"dyncal {verb} {flag}"
-    return None
+    flags = ((verb, _flag_in(command, name)) for verb, command in verbs.items())
+    return next((f"dyncal {verb} {flag}" for verb, flag in flags if flag and flag.startswith("--")), None)
 
 
 def _flag_in(command: Any, name: str) -> str | None:

@@ -115,13 +115,14 @@ def note_model_check(check: ModelCheck | None) -> None:
         typer.echo(f"note: the model could not be compared with the run's: {check.rows_note}", err=True)
 
 
-def _table(title: str, columns: Iterable[str], no_wrap: bool = False, **style: Any) -> Table:
-    """A rich table whose columns are right-aligned (numbers)."""
+def _table(title: str, columns: Iterable[str], compact: bool = False) -> Table:
+    """A rich table whose columns are right-aligned (numbers); ``compact``: no box, no wrapping, tight padding."""
     from rich.table import Table
 
+    style: dict[str, Any] = dict(box=None, pad_edge=False, padding=(0, 1), collapse_padding=True) if compact else {}
     table = Table(title=title, **style)
     for col in columns:
-        table.add_column(col, justify="right", no_wrap=no_wrap)
+        table.add_column(col, justify="right", no_wrap=compact)
     return table
 
 
@@ -287,10 +288,8 @@ def _exit_rule_text(doc: dict[str, Any]) -> str:
 
 def _cost_and_shares(where: str, part: dict[str, Any], shares: list[float], fraction: float | None) -> str:
     """``"<where>: expected cost per sample 4.04e+05 MACs, 0.12 ms (cpu/b1) = 0.0408x; exit shares 1: 9.8%, ..."``."""
-    costs = []
-    if part.get("expected_macs") is not None:
-        costs.append(f"{part['expected_macs']:.4g} MACs")
-    costs += [f"{ms:.4g} ms ({key})" for key, ms in (part.get("expected_ms") or {}).items()]
+    macs = [] if part.get("expected_macs") is None else [f"{part['expected_macs']:.4g} MACs"]
+    costs = macs + [f"{ms:.4g} ms ({key})" for key, ms in (part.get("expected_ms") or {}).items()]
     text = f"{where}: expected cost per sample {', '.join(costs) or '-'}"
     text += "" if fraction is None else f" = {fraction:.4f}x"
     return text + "; exit shares " + ", ".join(f"{j + 1}: {100 * s:.1f}%" for j, s in enumerate(shares))
@@ -341,13 +340,11 @@ def frontier_records(records: list[dict[str, Any]], score: str, n_classes: int) 
     """
     from dyncal.calibrate.policy import describe_thresholds
 
-    out = []
-    for r in records:
-        text = r.get("thresholds")
-        t = json.loads(text) if isinstance(text, str) else None
-        rule = None if t is None else describe_thresholds(t, score, n_classes)
-        out.append({**r, "thresholds": t, "exit_rule": rule})
-    return out
+    lists = [json.loads(r["thresholds"]) if isinstance(r.get("thresholds"), str) else None for r in records]
+    return [
+        {**r, "thresholds": t, "exit_rule": None if t is None else describe_thresholds(t, score, n_classes)}
+        for r, t in zip(records, lists, strict=True)
+    ]
 
 
 def print_export(doc: dict[str, Any]) -> None:
@@ -358,10 +355,8 @@ def print_export(doc: dict[str, Any]) -> None:
 
         inputs = InputSignature.from_dict(doc["inputs"]).describe()
     typer.echo(
-        f"wrote {doc['path']}: K={doc['k']} stages, {doc['size_bytes'] / 1e6:.2f} MB, input "
-        f"{inputs}, decisions "
-        f"{doc['decision_fingerprint'][:12]}, max |logit diff| vs the model "
-        f"{max(doc['check']['max_abs_diff']):.2g}"
+        f"wrote {doc['path']}: K={doc['k']} stages, {doc['size_bytes'] / 1e6:.2f} MB, input {inputs}, decisions "
+        f"{doc['decision_fingerprint'][:12]}, max |logit diff| vs the model {max(doc['check']['max_abs_diff']):.2g}"
         + ("" if doc["signature"] is None else f", signed with key {doc['signature']['key_id']}"),
         err=True,
     )
@@ -428,9 +423,8 @@ def _print_criterion(c: dict[str, Any]) -> None:
 
     iv = c["interval"]
     iv_txt = "" if iv is None else f" [{fmt(iv[0])}, {fmt(iv[1])}]"
-    cost = ""
-    if c.get("cost"):
-        cost = f" ({c['cost']}" + (f", {c['source']}" if c.get("source") not in (None, "macs") else "") + ")"
+    source = f", {c['source']}" if c.get("source") not in (None, "macs") else ""
+    cost = f" ({c['cost']}{source})" if c.get("cost") else ""
     need = f"{c['comparison']} {fmt(c['required'])}"
     verdict = str(c["status"]).upper()
     typer.echo(f"  {c['name']}{cost}: {fmt(c['value'])}{iv_txt} {need}: {verdict}")

@@ -12,7 +12,7 @@ from dyncal.errors import render_params
 
 
 def print_verify(doc: dict[str, Any], ctx: typer.Context) -> None:
-    """``dyncal verify``: agreement with the simulation, then measured against predicted ms per batch size."""
+    """``dyncal verify``: agreement with the simulation, measured against predicted ms per batch size, the runtime."""
     from dyncal.measurement import NOISE_IQR_FRACTION, noise_advice
 
     settings = doc["settings"]
@@ -25,11 +25,7 @@ def print_verify(doc: dict[str, Any], ctx: typer.Context) -> None:
     table = _table(
         "ms per batch: early exit and plain deployment (stages + last head) timed in pairs",
         ("", "measured", "predicted", "meas/pred", "plain", "speed-up [95%]", "batches"),
-        no_wrap=True,
-        box=None,
-        pad_edge=False,
-        padding=(0, 1),
-        collapse_padding=True,
+        compact=True,
     )
     coverage = settings.get("coverage", {})
     for t in doc["timings"]:
@@ -65,6 +61,7 @@ def print_verify(doc: dict[str, Any], ctx: typer.Context) -> None:
                 f"{100 * t['timing_spread']:.0f}% of its median (> {100 * NOISE_IQR_FRACTION:.0f}%); "
                 f"{render_params(noise_advice(doc['threads'], settings.get('repeats')), lambda n: flag_of(ctx, n))}"
             )
+    print_runtime_and_throughput(doc)
 
 
 def print_runtime_and_throughput(doc: dict[str, Any]) -> None:
@@ -104,15 +101,7 @@ def print_request_distribution(timing: dict[str, Any]) -> None:
     unit = "request" if requests["batch_size"] == 1 else "batch"
     typer.echo(f"ms per {unit} at {timing['key']}: {requests['coverage']}")
     stats = ("mean", "std", "p50", "p90", "p95", "p99", "max")
-    table = _table(
-        "",
-        ("", "n", *stats, "p99 95%"),
-        no_wrap=True,
-        box=None,
-        pad_edge=False,
-        padding=(0, 1),
-        collapse_padding=True,
-    )
+    table = _table("", ("", "n", *stats, "p99 95%"), compact=True)
     names = {"early_exit": "early exit", "plain": "plain"}
     for s in requests["summaries"]:
         if s["exit"] is not None and (s["side"] == "plain" or s["view"] == "raw"):

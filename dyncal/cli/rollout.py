@@ -11,13 +11,11 @@ import typer
 from dyncal.cli import params, render
 from dyncal.errors import DyncalError, param
 
-_EvalThresholdsOpt = Annotated[Path, typer.Option(help="thresholds.json from 'dyncal solve' on another run (run A).")]
-
 
 def evaluate(
     ctx: typer.Context,
     run: Annotated[Path, typer.Argument(help="Run B: the same model on other data.", show_default=False)],
-    thresholds: _EvalThresholdsOpt,
+    thresholds: Annotated[Path, typer.Option(help="thresholds.json from 'dyncal solve' on another run (run A).")],
     reference: Annotated[
         Path | None, typer.Option(help="Run A the thresholds were solved on (default: the run they name).")
     ] = None,
@@ -54,6 +52,16 @@ def _pct(x: Any) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.2f}%"
 
 
+def _with_ci(side: dict[str, Any], key: str) -> str:
+    """``side[key]`` in percent with its interval ``side[key + "_ci"]``: ``"91.20% [89.10%, 93.00%]"``."""
+    lo, hi = side[key + "_ci"]
+    return f"{_pct(side[key])} [{_pct(lo)}, {_pct(hi)}]"
+
+
+def _shares(shares: list[float]) -> str:
+    return " ".join(f"{100 * s:.1f}" for s in shares)
+
+
 def print_evaluation(doc: dict[str, Any]) -> None:
     """``dyncal evaluate`` for people: what differs, then run B against run A."""
     a, b = doc["reference"], doc["target"]
@@ -62,36 +70,17 @@ def print_evaluation(doc: dict[str, Any]) -> None:
     else:
         typer.echo(f"same data spec {b['data']!r}, another collection of it")
     typer.echo(f"model: {doc['model_check']['note']}")
+    d = doc["deltas"]
     rows = [
-        ("samples", str(a["n"]) + f" ({a['part']})", str(b["n"]), ""),
-        (
-            "accuracy",
-            f"{_pct(a['accuracy'])} [{_pct(a['accuracy_ci'][0])}, {_pct(a['accuracy_ci'][1])}]",
-            f"{_pct(b['accuracy'])} [{_pct(b['accuracy_ci'][0])}, {_pct(b['accuracy_ci'][1])}]",
-            _pct(doc["deltas"]["accuracy"]),
-        ),
-        (
-            "last exit",
-            _pct(a["last_exit_accuracy"]),
-            _pct(b["last_exit_accuracy"]),
-            _pct(doc["deltas"]["last_exit_accuracy"]),
-        ),
-        (
-            "drop vs last exit",
-            _pct(a["drop"]),
-            f"{_pct(b['drop'])} [{_pct(b['drop_ci'][0])}, {_pct(b['drop_ci'][1])}]",
-            _pct(doc["deltas"]["drop"]),
-        ),
-        (
-            "exit shares",
-            " ".join(f"{100 * s:.1f}" for s in a["exit_shares"]),
-            " ".join(f"{100 * s:.1f}" for s in b["exit_shares"]),
-            "",
-        ),
+        ("samples", f"{a['n']} ({a['part']})", str(b["n"]), ""),
+        ("accuracy", _with_ci(a, "accuracy"), _with_ci(b, "accuracy"), _pct(d["accuracy"])),
+        ("last exit", _pct(a["last_exit_accuracy"]), _pct(b["last_exit_accuracy"]), _pct(d["last_exit_accuracy"])),
+        ("drop vs last exit", _pct(a["drop"]), _with_ci(b, "drop"), _pct(d["drop"])),
+        ("exit shares", _shares(a["exit_shares"]), _shares(b["exit_shares"]), ""),
     ]
     for unit, cost in b["costs"].items():
         ref = a["costs"].get(unit, {})
-        ratio = doc["deltas"]["costs"].get(unit, {}).get("ratio")
+        ratio = d["costs"].get(unit, {}).get("ratio")
         rows.append((f"mean {unit}", _f(ref.get("mean"), ".4g"), _f(cost["mean"], ".4g"), f"x{_f(ratio, '.2f')}"))
     width = max(len(r[0]) for r in rows)
     typer.echo(f"{'':{width}}  {'run A':>28}  {'run B':>28}  {'B - A':>8}")
@@ -173,12 +162,11 @@ def monitor(
         if plan:
             if max_drop is None:
                 raise DyncalError(f"the plan needs the drop to certify: give {param('max_drop')}")
-            shares = params.float_list(steps, "--steps") or []
             made = rollout_plan(
                 max_drop,
                 0.05 if delta is None else delta,
                 shadow=shadow,
-                steps=shares,
+                steps=params.float_list(steps, "--steps") or [],
                 assumed_rate=assumed_rate,
                 requests_per_hour=requests_per_hour,
             )
@@ -262,11 +250,8 @@ def print_monitor(doc: dict[str, Any]) -> None:
         )
     shares = doc["drift"]["exit_shares"]
     typer.echo(
-        "drift (context): exit shares "
-        + " ".join(f"{100 * s:.1f}" for s in shares["production"])
-        + " vs calibration "
-        + " ".join(f"{100 * s:.1f}" for s in shares["calibration"])
-        + f" (chi2 p {_f(shares['p_value'], '.3g')}); ATC accuracy estimate {_pct(doc['drift']['atc']['estimate'])}"
+        f"drift (context): exit shares {_shares(shares['production'])} vs calibration {_shares(shares['calibration'])}"
+        f" (chi2 p {_f(shares['p_value'], '.3g')}); ATC accuracy estimate {_pct(doc['drift']['atc']['estimate'])}"
     )
     if doc["windows"]:
         typer.echo(f"{'window':>6}  {'requests':>8}  {'shadow':>6}  {'disagree':>8}  {'bound':>7}  decision")

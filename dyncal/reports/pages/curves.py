@@ -9,7 +9,7 @@ from dyncal.measurement import Measurement
 from dyncal.reports.data import ReportData
 from dyncal.reports.evidence import LatencyEvidence, batch_size_of
 from dyncal.reports.figures import ComparedModel, format_ms, latency_keys, plot_frontier, plot_latency
-from dyncal.reports.layout import _NOGO_COLOR, _Page
+from dyncal.reports.layout import _MONO, _NOGO_COLOR, _Page
 from dyncal.reports.text import format_macs, pct, pts
 
 if TYPE_CHECKING:
@@ -20,38 +20,23 @@ def _page_frontier(data: ReportData) -> Figure:
     p = _Page(data, 2, "Accuracy vs compute (MACs)")
     main = str(data.thresholds.get("method") or "smoothed")
     if "macs" not in data.full_model:
-        p.skip(0.3)
-        p.para("This run has no MAC counts.", size=14, weight="bold")
-        p.skip(0.1)
-        p.para(
-            "The run's costs are latency only, so the trade-off curves are on page 3 (accuracy vs "
-            "latency). To count compute per exit with fvcore, profile the run (it needs the "
-            "model), "
-            "or give the counts when importing:",
-            size=10.5,
-            width=90,
-        )
-        p.skip(0.1)
-        mono = "DejaVu Sans Mono"
-        p.para(f"dyncal profile {data.run.path} --device cpu", size=10.5, family=mono, indent=0.1)
-        p.para(
-            "dyncal import logits.npz --macs 1.2e8,3.1e8,... --out run",
-            size=10.5,
-            family=mono,
-            indent=0.1,
+        _nothing_measured(
+            p,
+            "This run has no MAC counts.",
+            "The run's costs are latency only, so the trade-off curves are on page 3 (accuracy vs latency). To count "
+            "compute per exit with fvcore, profile the run (it needs the model), or give the counts when importing:",
+            [
+                f"dyncal profile {data.run.path} --device cpu",
+                "dyncal import logits.npz --macs 1.2e8,3.1e8,... --out run",
+            ],
         )
         return p.fig
     p.para(
-        "Each curve is the accuracy on held-out samples against the mean MACs spent per sample, "
-        "as the "
-        "budget sweeps from exit 1 alone to the whole model. The band is the 95% interval of "
-        f"the {main} "
-        "thresholds (the ones deployed); squares are single exits used for every sample (a "
-        "static model); "
-        "the geometric curve is the MSDNet-style baseline; the oracle is an upper bound that "
-        "knows the "
-        "cheapest exit that gets each sample right. The star is the operating point, with its "
-        "interval."
+        "Each curve is the accuracy on held-out samples against the mean MACs spent per sample, as the budget sweeps "
+        f"from exit 1 alone to the whole model. The band is the 95% interval of the {main} thresholds (the ones "
+        "deployed); squares are single exits used for every sample (a static model); the geometric curve is the "
+        "MSDNet-style baseline; the oracle is an upper bound that knows the cheapest exit that gets each sample "
+        "right. The star is the operating point, with its interval."
         + (
             " In colour, the other models (page 7): static ones as points with their 95% interval, early-exit "
             "ones as their curve."
@@ -118,8 +103,19 @@ def _method_rows(data: ReportData, main: str) -> tuple[list[list[str]], str]:
 def _page_latency(data: ReportData) -> Figure:
     p = _Page(data, 3, "Accuracy vs latency")
     keys = latency_keys(data.frontier)
-    if not keys:
-        _no_latency(p, data)
+    if not keys:  # why MACs are not time, and how to measure it
+        _nothing_measured(
+            p,
+            "No latency was profiled for this run.",
+            "MACs (page 2) are not time: early exit pays for the exit heads and a decision at each exit, and batches "
+            "shrink as samples leave. To see accuracy against measured milliseconds here, measure the run's stages on "
+            "the device you will deploy to, then build the report again:",
+            [
+                f"dyncal profile {data.run.path} --device cpu --batch-size 1,32",
+                f"dyncal report {data.run.path} --out report.pdf",
+            ],
+            "Latency criteria (--min-speedup with --device, budgets in ms) need this too.",
+        )
         return p.fig
     p.para(
         "Held-out accuracy against expected latency, one panel per device and batch size. "
@@ -158,39 +154,18 @@ def _page_latency(data: ReportData) -> Figure:
     return p.fig
 
 
-def _no_latency(p: _Page, data: ReportData) -> None:
-    """Page 3 of a run without latency: why MACs are not time, and how to measure it."""
+def _nothing_measured(p: _Page, headline: str, why: str, commands: list[str], then: str | None = None) -> None:
+    """A page whose figure has nothing to draw: what is missing, why, the commands that measure it (and ``then``)."""
     p.skip(0.3)
-    p.para("No latency was profiled for this run.", size=14, weight="bold")
+    p.para(headline, size=14, weight="bold")
     p.skip(0.1)
-    p.para(
-        "MACs (page 2) are not time: early exit pays for the exit heads and a decision at "
-        "each exit, "
-        "and batches shrink as samples leave. To see accuracy against measured milliseconds "
-        "here, "
-        "measure the run's stages on the device you will deploy to, then build the report "
-        "again:",
-        size=10.5,
-        width=90,
-    )
+    p.para(why, size=10.5)
     p.skip(0.1)
-    p.para(
-        f"dyncal profile {data.run.path} --device cpu --batch-size 1,32",
-        size=10.5,
-        family="DejaVu Sans Mono",
-        indent=0.1,
-    )
-    p.para(
-        f"dyncal report {data.run.path} --out report.pdf",
-        size=10.5,
-        family="DejaVu Sans Mono",
-        indent=0.1,
-    )
-    p.skip(0.1)
-    p.para(
-        "Latency criteria (--min-speedup with --device, budgets in ms) need this too.",
-        size=10.5,
-    )
+    for command in commands:
+        p.para(command, size=10.5, family=_MONO, indent=0.1)
+    if then is not None:
+        p.skip(0.1)
+        p.para(then, size=10.5)
 
 
 def _how_measured(p: _Page, data: ReportData, key: str) -> None:
@@ -221,7 +196,7 @@ def _how_measured(p: _Page, data: ReportData, key: str) -> None:
             "measure on a quiet machine with more --repeats"
             + ("." if prof.threads == 1 else " and one thread (--threads 1).")
         )
-    p.para(line, size=8, width=125, color=_NOGO_COLOR if noisy else "black")
+    p.para(line, size=8, color=_NOGO_COLOR if noisy else "black")
 
 
 def _verified(p: _Page, data: ReportData, measured: list[LatencyEvidence]) -> None:
@@ -230,19 +205,18 @@ def _verified(p: _Page, data: ReportData, measured: list[LatencyEvidence]) -> No
     assert v is not None
     p.skip(0.1)
     p.heading(f"Measured by dyncal verify ({data.verify_label})", size=11)
-    rows = []
-    for e in sorted(measured, key=lambda e: e.key):
-        iv = e.speedup.interval
-        rows.append(
-            [
-                e.key,
-                format_ms(e.early_exit_ms),
-                format_ms(e.predicted_ms),
-                "n/a" if e.measured_over_predicted is None else f"{e.measured_over_predicted:.2f}",
-                format_ms(e.full_model_ms),
-                f"{e.speedup.value:.2f}×" + ("" if iv is None else f" ({iv[0]:.2f} to {iv[1]:.2f})"),
-            ]
-        )
+    rows = [
+        [
+            e.key,
+            format_ms(e.early_exit_ms),
+            format_ms(e.predicted_ms),
+            "n/a" if e.measured_over_predicted is None else f"{e.measured_over_predicted:.2f}",
+            format_ms(e.full_model_ms),
+            f"{e.speedup.value:.2f}×"
+            + ("" if e.speedup.interval is None else " ({:.2f} to {:.2f})".format(*e.speedup.interval)),
+        ]
+        for e in sorted(measured, key=lambda e: e.key)
+    ]
     p.table(
         ["latency", "early exit", "predicted", "meas. / pred.", "full model", "speed-up (95% interval)"],
         rows,
@@ -255,5 +229,4 @@ def _verified(p: _Page, data: ReportData, measured: list[LatencyEvidence]) -> No
         f"{v.threads or 'n/a'} thread(s)); ms per batch. Agreement with the simulated exits and "
         f"predictions: {pct(v.agreement)}. The decision judges these measured figures; the prediction "
         "is shown for how far off it is.",
-        width=125,
     )

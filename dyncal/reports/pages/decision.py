@@ -5,11 +5,12 @@ Its sentences on other models (``compare``) are shared with page 7 (:mod:`dyncal
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 from dyncal.reports.compare import Alternative
 from dyncal.reports.data import ReportData, _float_or_none
-from dyncal.reports.decision import FAIL, INCONCLUSIVE, decide
+from dyncal.reports.decision import FAIL, INCONCLUSIVE, Criterion, decide
 from dyncal.reports.evidence import batch_size_of
 from dyncal.reports.figures import format_ms
 from dyncal.reports.layout import _AMBER, _GO_COLOR, _GREY, _NOGO_COLOR, PAGE_TITLES, _Page, _status_color
@@ -32,14 +33,6 @@ from dyncal.reports.throughput import runtime_sentences
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-
-def _budget_macs(data: ReportData) -> float | None:
-    """The budget in MACs, when it binds MACs."""
-    b = data.thresholds.get("budget") or {}
-    if b.get("unit") == "macs" and b.get("value") is not None:
-        return float(b["value"])
-    return None
 
 
 def _decision_message(data: ReportData) -> str:
@@ -174,10 +167,10 @@ def _page_decision(data: ReportData) -> Figure:
     p = _Page(data, 1, "Should this early-exit model ship?")
     _verdict(p, data)
     p.skip(0.1)
-    p.para(_trade_off(data), size=10, width=96)
+    p.para(_trade_off(data), size=10)
     if data.alternatives:
         p.skip(0.05)
-        p.para(f"Against other models (page {len(PAGE_TITLES) + 1}): " + _alternatives_summary(data), size=10, width=96)
+        p.para(f"Against other models (page {len(PAGE_TITLES) + 1}): " + _alternatives_summary(data), size=10)
     p.skip(0.1)
     p.heading("Criteria")
     _criteria_table(p, data)
@@ -192,12 +185,9 @@ def _page_decision(data: ReportData) -> Figure:
             if data.outcome.held_out
             else "Nothing was held out: accuracies and costs here are on the samples the thresholds were fitted on. "
         )
-        + "Speed-up = cost of the full model on every sample / expected early-exit cost "
-        "(latency includes one exit decision per exit passed). Pages 2–3 show the whole "
-        "trade-off curve; "
-        "page 4 where samples leave; page 5 calibration; page 6 thresholds and provenance"
-        + ("; page 7 the other models." if data.alternatives else "."),
-        width=118,
+        + "Speed-up = cost of the full model on every sample / expected early-exit cost (latency includes one exit "
+        "decision per exit passed). Pages 2–3 show the whole trade-off curve; page 4 where samples leave; page 5 "
+        "calibration; page 6 thresholds and provenance" + ("; page 7 the other models." if data.alternatives else "."),
     )
     return p.fig
 
@@ -210,21 +200,15 @@ def _verdict(p: _Page, data: ReportData) -> None:
         p.skip(0.6)
     else:
         size = 48 if data.decision == "INCONCLUSIVE" else 64
-        p.fig.text(
-            0.06,
-            p.y - 0.75 / p.height_in,
-            data.decision,
-            fontsize=size,
-            weight="bold",
-            color=_status_color(data.decision),
-        )
+        color = _status_color(data.decision)
+        p.fig.text(0.06, p.y - 0.75 / p.height_in, data.decision, fontsize=size, weight="bold", color=color)
         p.skip(0.95)
         if not data.outcome.held_out:
             p.fig.text(0.06, p.y + 0.05 / p.height_in, "(provisional: nothing held out)", fontsize=12, color=_GREY)
             p.skip(0.1)
-    p.para(_decision_message(data), size=11, width=88)
+    p.para(_decision_message(data), size=11)
     for note in data.notes:
-        p.para("Note: " + note, size=9, color=_AMBER, width=105)
+        p.para("Note: " + note, size=9, color=_AMBER)
 
 
 def _trade_off(data: ReportData) -> str:
@@ -234,8 +218,7 @@ def _trade_off(data: ReportData) -> str:
     rows_txt = "held-out samples" if o.held_out else "samples (nothing held out)"
     sp_macs = data.speedup.get("macs")
     parts = [
-        f"At budget {data.budget_label}, early exit is right on {pct(data.accuracy)} of "
-        f"{o.n:,} {rows_txt}, "
+        f"At budget {data.budget_label}, early exit is right on {pct(data.accuracy)} of {o.n:,} {rows_txt}, "
         f"against {pct(last_acc)} when exit {data.k} (the last) runs on every sample "
         f"({change_text(last_acc - data.accuracy)})."
     ]
@@ -262,34 +245,17 @@ def _criteria_table(p: _Page, data: ReportData) -> None:
     """The criteria with their estimates, intervals and results, and how to read them (or how to give some)."""
     if not data.criteria:
         p.para(
-            "None given. To decide, add --min-accuracy A or --max-drop D (fractions, e.g. 0.95 "
-            "or 0.01) "
-            "and/or --min-speedup S (e.g. 1.5), optionally with --device/--batch-size to judge "
-            "latency.",
+            "None given. To decide, add --min-accuracy A or --max-drop D (fractions, e.g. 0.95 or 0.01) and/or "
+            "--min-speedup S (e.g. 1.5), optionally with --device/--batch-size to judge latency.",
             size=9.5,
         )
         return
-    rows, colors = [], []
-    for c in data.criteria:
-        d = criterion_digits(c)
-        rows.append(
-            [
-                criterion_label(c),
-                criterion_value(c, c.value, d),
-                "n/a"
-                if c.interval is None
-                else criterion_value(c, c.interval[0], d) + " to " + criterion_value(c, c.interval[1], d),
-                need_text(c, d),
-                status_word(c),
-            ]
-        )
-        colors.append(_status_color(c.status))
     p.table(
         ["criterion", "estimate", "95% interval", "required", "result"],
-        rows,
+        [_criterion_row(c) for c in data.criteria],
         col_widths=[0.33, 0.12, 0.2, 0.12, 0.11],
         size=9.5,
-        row_colors=colors,
+        row_colors=[_status_color(c.status) for c in data.criteria],
     )
     rule = (
         "A criterion passes when its whole 95% interval clears the requirement, fails when it does not "
@@ -298,7 +264,15 @@ def _criteria_table(p: _Page, data: ReportData) -> None:
         if data.outcome.held_out
         else "Nothing was held out, so the point estimates decide (fitted on the same samples: optimistic)."
     )
-    p.note(" ".join([rule, *_latency_criteria_notes(data)]), width=118)
+    p.note(" ".join([rule, *_latency_criteria_notes(data)]))
+
+
+def _criterion_row(c: Criterion) -> list[str]:
+    """A criterion's label, estimate, 95% interval, requirement and result, in its unit."""
+    d = criterion_digits(c)
+    value = functools.partial(criterion_value, c, digits=d)
+    iv = "n/a" if c.interval is None else interval_text(c.interval, value)
+    return [criterion_label(c), value(c.value), iv, need_text(c, d), status_word(c)]
 
 
 def _latency_criteria_notes(data: ReportData) -> list[str]:
@@ -307,19 +281,15 @@ def _latency_criteria_notes(data: ReportData) -> list[str]:
     for c in data.criteria:
         if c.name != "speedup" or c.cost == "macs":
             continue
-        d = criterion_digits(c)
+        value = functools.partial(criterion_value, c, digits=criterion_digits(c))
         e = data.latency.get(str(c.cost))
         bits = [f"The speed-up on {c.cost} is {c.source}" + (f" ({e.rows})" if e is not None else "")]
         if c.interval_sampling is not None:
-            s_iv = c.interval_sampling
-            bits.append(
-                f"its interval carries sampling noise ({criterion_value(c, s_iv[0], d)} to "
-                f"{criterion_value(c, s_iv[1], d)} alone) and timing noise"
-            )
+            sampling = interval_text(c.interval_sampling, value)
+            bits.append(f"its interval carries sampling noise ({sampling} alone) and timing noise")
         if c.interval_timing is not None:
-            t_iv = c.interval_timing
             bits.append(
-                f"timing noise alone gives {criterion_value(c, t_iv[0], d)} to {criterion_value(c, t_iv[1], d)}"
+                f"timing noise alone gives {interval_text(c.interval_timing, value)}"
                 + ("" if c.timing_spread is None else f", replicates spread {100 * c.timing_spread:.0f}% of median")
             )
         if batch_size_of(str(c.cost)) > 1 and c.source == "predicted":
@@ -346,18 +316,16 @@ def _operating_rows(data: ReportData) -> list[list[str]]:
         ["accuracy on fitting half", pct(_float_or_none(t.get("calibration_accuracy")))],
     ]
     if "macs" in data.full_model:
-        budget_macs = _budget_macs(data)
+        b = t.get("budget") or {}
+        budget_macs = float(b["value"]) if b.get("unit") == "macs" and b.get("value") is not None else None
+        slack = budget_macs is not None and fit_macs is not None and fit_macs < 0.8 * budget_macs
         op_rows.append(
             [
                 "expected MACs",
                 f"{format_macs(held_macs)} per sample {held_word} "
                 f"({pct((held_macs or float('nan')) / data.full_model['macs'], 1)} of the full model); "
-                + (
-                    f"{format_macs(fit_macs)} on the fitting half, where the budget "
-                    f"(at most {format_macs(budget_macs)}) is met; more would not buy accuracy"
-                    if budget_macs is not None and fit_macs is not None and fit_macs < 0.8 * budget_macs
-                    else f"{format_macs(fit_macs)} on the fitting half, where the budget is met"
-                ),
+                f"{format_macs(fit_macs)} on the fitting half, where the budget "
+                + (f"(at most {format_macs(budget_macs)}) is met; more would not buy accuracy" if slack else "is met"),
             ]
         )
     for key in sorted(data.latency):
@@ -365,9 +333,8 @@ def _operating_rows(data: ReportData) -> list[list[str]]:
         b = batch_size_of(key)
         per = "" if b == 1 else f" per batch of {b}"
         where = e.rows if e.source == "measured" else f"predicted, {held_word}"
-        off = ""
-        if e.measured_over_predicted is not None:
-            off = f"; predicted {format_ms(e.predicted_ms)}, measured / predicted {e.measured_over_predicted:.2f}"
+        ratio = e.measured_over_predicted
+        off = "" if ratio is None else f"; predicted {format_ms(e.predicted_ms)}, measured / predicted {ratio:.2f}"
         op_rows.append(
             [
                 f"latency {key}",

@@ -47,21 +47,19 @@ def _page_exits(data: ReportData) -> Figure:
     plot_exits(shares, acc, counts=counts, exit_accuracy=data.exit_accuracy, axes=(top, bottom))
     p.skip(0.75)
     macs = data.run.costs.macs if data.run.costs is not None else None
-    keys = sorted(data.run.costs.latency) if data.run.costs is not None else []
-    if data.speedup_cost in keys:  # the latency the decision used, first
-        keys.remove(data.speedup_cost)
-        keys.insert(0, data.speedup_cost)
+    latency = data.run.costs.latency if data.run.costs is not None else {}
+    # the latency the decision used, else the first profiled
+    key = data.speedup_cost if data.speedup_cost in latency else min(latency, default=None)
     th = thresholds_text(data.thresholds, data.run)
     header = ["exit", "threshold", "leave here", "n", "their accuracy", "exit accuracy", "cum. MACs"]
     widths = [0.06, 0.13, 0.11, 0.07, 0.13, 0.13, 0.12]
     per_exit: list[float] = []
-    if keys and data.run.costs is not None:
-        header.append(f"ms {keys[0]}")
+    if key is not None:
+        header.append(f"ms {key}")
         widths.append(0.14)
-        per_exit = list(data.run.costs.latency[keys[0]].early_exit_ms)
-    rows = []
-    for i in range(k):
-        row = [
+        per_exit = list(latency[key].early_exit_ms)
+    rows = [
+        [
             str(i + 1),
             th[i],
             pct(float(shares[i]), 1),
@@ -69,19 +67,18 @@ def _page_exits(data: ReportData) -> Figure:
             pct(float(acc[i]), 1) if np.isfinite(acc[i]) else "—",
             pct(float(data.exit_accuracy[i]), 1),
             format_macs(macs[i]) if macs is not None else "n/a",
+            *([format_ms(per_exit[i])] if per_exit else []),
         ]
-        if per_exit:
-            row.append(format_ms(per_exit[i]))
-        rows.append(row)
+        for i in range(k)
+    ]
     p.table(header, rows, col_widths=widths, size=9)
-    if per_exit:
-        e = data.latency.get(keys[0])
-        full = "" if e is None else f" For comparison, the full model {format_ms(e.full_model_ms)} on {keys[0]}."
+    if key is not None:
+        e = data.latency.get(key)
+        full = "" if e is None else f" For comparison, the full model {format_ms(e.full_model_ms)} on {key}."
         p.note(
-            f"ms: profiled latency on {keys[0]} when leaving at that exit (the real early exit timed with every "
-            "row leaving there)" + ("" if keys[0].endswith("/b1") else ", for a whole batch") + "." + full,
+            f"ms: profiled latency on {key} when leaving at that exit (the real early exit timed with every "
+            "row leaving there)" + ("" if key.endswith("/b1") else ", for a whole batch") + "." + full,
             size=8.5,
-            width=110,
         )
     return p.fig
 
@@ -91,21 +88,17 @@ def _page_calibration(data: ReportData) -> Figure:
     temps = [float(v) for v in (data.thresholds.get("temperatures") or [1.0] * data.k)]
     stuck = {i for i, v in enumerate(data.thresholds.get("temperature_at_bound") or []) if v}
     p.para(
-        "Early exit trusts each exit's confidence. A calibrated exit is right on about 90% of "
-        "the samples "
-        "it gives 90% confidence; ECE (expected calibration error) is the sample-weighted mean "
-        "gap between "
-        "confidence and accuracy over 15 bins, on all samples."
+        "Early exit trusts each exit's confidence. A calibrated exit is right on about 90% of the samples it gives "
+        "90% confidence; ECE (expected calibration error) is the sample-weighted mean gap between confidence and "
+        "accuracy over 15 bins, on all samples."
         + (" Bars use the fitted temperatures; black ticks show temperature 1." if data.scaled_bins else ""),
         size=9.5,
     )
     p.skip(0.05)
     p.para(
-        "In each diagram: blue bars, the accuracy of the samples in a confidence bin; red "
-        "ticks, their mean "
-        "confidence; dashed line, perfect calibration. Bars above the line: the exit is "
-        "under-confident "
-        "(it could exit more); below: over-confident. "
+        "In each diagram: blue bars, the accuracy of the samples in a confidence bin; red ticks, their mean "
+        "confidence; dashed line, perfect calibration. Bars above the line: the exit is under-confident (it could "
+        "exit more); below: over-confident. "
         + (
             "The number at the foot of each bar counts its samples: bins holding few are noisy."
             if bin_counts_shown(data.k)
@@ -148,11 +141,7 @@ def _page_calibration(data: ReportData) -> Figure:
     panel_h = min(3.0 if cols == 2 else 2.2, room / n_rows)
     axes = p.grid(data.k, cols, panel_h, gap_in=0.35, square=True)
     plot_reliability(
-        data.bins,
-        scaled=data.scaled_bins,
-        temperatures=temps if data.scaled_bins else None,
-        legend=False,
-        axes=axes,
+        data.bins, scaled=data.scaled_bins, temperatures=temps if data.scaled_bins else None, legend=False, axes=axes
     )
     return p.fig
 
@@ -167,10 +156,8 @@ def _page_provenance(data: ReportData) -> Figure:
     p.heading("Thresholds (deploy these with the model)", size=11)
     _thresholds_table(p, data)
     p.note(
-        f"score: {t.get('score', 'maxprob')}; method: {t.get('method', 'n/a')}; a sample leaves "
-        "at the first exit "
-        "whose score (from logits / temperature) is at least that exit's threshold; the last "
-        "exit takes the rest.",
+        f"score: {t.get('score', 'maxprob')}; method: {t.get('method', 'n/a')}; a sample leaves at the first exit "
+        "whose score (from logits / temperature) is at least that exit's threshold; the last exit takes the rest.",
         size=8.5,
     )
     p.skip(0.1)
@@ -191,20 +178,10 @@ def _thresholds_table(p: _Page, data: ReportData) -> None:
     temps = [float(v) for v in (t.get("temperatures") or [1.0] * run.k)]
     raw = t.get("thresholds") or []
     rows = [
-        [
-            str(i + 1),
-            th[i],
-            "null" if i >= len(raw) or raw[i] is None else f"{float(raw[i]):.6g}",
-            f"{temps[i]:.4g}",
-        ]
+        [str(i + 1), th[i], "null" if i >= len(raw) or raw[i] is None else f"{float(raw[i]):.6g}", f"{temps[i]:.4g}"]
         for i in range(run.k)
     ]
-    p.table(
-        ["exit", "threshold", "thresholds.json", "temperature"],
-        rows,
-        col_widths=[0.08, 0.2, 0.2, 0.16],
-        size=9,
-    )
+    p.table(["exit", "threshold", "thresholds.json", "temperature"], rows, col_widths=[0.08, 0.2, 0.2, 0.16], size=9)
 
 
 def _run_items(run: Run) -> list[tuple[str, str]]:
@@ -238,10 +215,7 @@ def _run_items(run: Run) -> list[tuple[str, str]]:
         items.append(("MACs basis", str(basis)))
     if costs.unsupported_ops:
         items.append(
-            (
-                "not counted by fvcore",
-                ", ".join(f"{u.op}×{u.count} (stage {u.stage})" for u in costs.unsupported_ops),
-            )
+            ("not counted by fvcore", ", ".join(f"{u.op}×{u.count} (stage {u.stage})" for u in costs.unsupported_ops))
         )
     for key, prof in sorted(costs.latency.items()):
         setting = _latency_settings_text(prof.settings)
@@ -311,9 +285,9 @@ def _page_compare(data: ReportData) -> Figure:
     p.skip(0.1)
     p.heading("How they were compared", size=11)
     for a in alts:
-        p.note(f"{a.name} (K={a.k}): {a.path}", width=125)
+        p.note(f"{a.name} (K={a.k}): {a.path}")
     p.skip(0.05)
-    p.para(" ".join(_how_compared(data)), size=8.5, width=118)
+    p.para(" ".join(_how_compared(data)), size=8.5)
     return p.fig
 
 
@@ -350,7 +324,6 @@ def _alternatives_table(p: _Page, data: ReportData) -> None:
         "Result: cheaper or costlier, "
         "and more accurate (whole interval above zero), as accurate (at or above zero), less accurate (below "
         "zero) or within noise (the interval straddles zero).",
-        width=125,
     )
 
 
@@ -370,7 +343,6 @@ def _costs_table(p: _Page, data: ReportData, keys: list[str]) -> None:
         "MACs as fvcore counts them (expected per sample for an early exit); milliseconds per batch (per sample "
         "at batch size 1): a static model's whole forward as profiled, an early exit's predicted from its "
         "profiled stages on the judged samples. " + " ".join(_latency_left_out(data)),
-        width=125,
     )
 
 

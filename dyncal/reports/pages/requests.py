@@ -29,27 +29,18 @@ def _ms(v: float) -> str:
 
 def _summary_row(name: str, s: LatencySummary) -> list[str]:
     lo, hi = s.intervals["p99"]
-    return [
-        name,
-        f"{s.units:,}",
-        _ms(s.values["mean"]),
-        _ms(s.values["std"]),
-        _ms(s.values["p50"]),
-        _ms(s.values["p90"]),
-        f"{_ms(s.values['p99'])} ({_ms(lo)}–{_ms(hi)})",
-        _ms(s.values["max"]),
-    ]
+    spread = [_ms(s.values[stat]) for stat in ("mean", "std", "p50", "p90")]
+    return [name, f"{s.units:,}", *spread, f"{_ms(s.values['p99'])} ({_ms(lo)}–{_ms(hi)})", _ms(s.values["max"])]
 
 
 def _distribution_rows(t: RequestTimings) -> list[list[str]]:
     """Early exit and plain deployment overall, then the early exit at each exit a timed request took."""
-    rows = [
+    exits = sorted(set(t.unit_exits.tolist())) if t.n_exits > 1 else []
+    return [
         _summary_row("early exit", t.summary("early_exit")),
         _summary_row("plain deployment", t.summary("plain")),
+        *(_summary_row(f"  leaving at exit {k + 1}", t.summary("early_exit", exit=k)) for k in exits),
     ]
-    for k in sorted(set(t.unit_exits.tolist())) if t.n_exits > 1 else ():
-        rows.append(_summary_row(f"  leaving at exit {k + 1}", t.summary("early_exit", exit=k)))
-    return rows
 
 
 def _page_requests(data: ReportData) -> Figure:
@@ -82,7 +73,6 @@ def _page_requests(data: ReportData) -> Figure:
         f"Milliseconds per {unit}; intervals from a bootstrap over the timed {unit}s (within their exit) and their "
         "pairs. MLPerf's SingleStream scenario reports the p90 of this distribution at batch 1.",
         size=8,
-        width=115,
     )
     tail = [c for c in data.criteria if c.name.startswith("latency_")]
     if tail:
@@ -92,7 +82,6 @@ def _page_requests(data: ReportData) -> Figure:
                 f"{criterion_label(c)}: {criterion_value(c, c.value)}, needs {need_text(c, 2)}: {status_word(c)}. "
                 f"{c.description}.",
                 size=9,
-                width=110,
             )
     return p.fig
 
@@ -142,22 +131,17 @@ def _page_savings(data: ReportData) -> Figure:
     s = data.savings
     assert s is not None
     p = _Page(data, _number(data, SAVINGS_TITLE), SAVINGS_TITLE)
-    p.para(savings_sentence(s), size=11, width=78, weight="bold")
+    p.para(savings_sentence(s), size=11, weight="bold")
     p.skip(0.1)
     unit = s.unit
     rows: list[list[str]] = []
     single = s.single_stream
     if single:
-        rows.append(
-            [
-                "SingleStream (batch 1)",
-                f"p90 {_ms(single['plain']['p90_ms'])} / p99 {_ms(single['plain']['p99_ms'])} ms",
-                f"p90 {_ms(single['early_exit']['p90_ms'])} / p99 {_ms(single['early_exit']['p99_ms'])} ms",
-                "—",
-                "—",
-                "—",
-            ]
+        plain_ms, early_ms = (
+            f"p90 {_ms(single[side]['p90_ms'])} / p99 {_ms(single[side]['p99_ms'])} ms"
+            for side in ("plain", "early_exit")
         )
+        rows.append(["SingleStream (batch 1)", plain_ms, early_ms, "—", "—", "—"])
     plain, early = s.offline["plain"], s.offline["early_exit"]
     rows.append(
         [
@@ -190,16 +174,14 @@ def _page_savings(data: ReportData) -> Figure:
         f"{unit.capitalize()} and core-hours: plain deployment / early exit. Core-hours per million requests are those "
         "provisioned at the rate; the work alone "
         f"takes {plain.busy_core_hours_per_million:.3g} / {early.busy_core_hours_per_million:.3g} (Offline).",
-        width=115,
     )
     p.heading("Assumptions", size=11)
-    p.para(s.assumption, size=9, width=110)
+    p.para(s.assumption, size=9)
     p.skip(0.05)
     p.note(
         "Scenarios as MLPerf Inference names them: "
         + "; ".join(f"{name}: {what}" for name, what in SCENARIOS.items())
         + ". Measured service times come from dyncal verify on this machine; another machine, another runtime or "
         "another batch size needs its own measurement.",
-        width=115,
     )
     return p.fig

@@ -53,39 +53,36 @@ def _page_robustness(data: ReportData) -> Figure:
         size=9.5,
     )
     unit = rows_in[0].get("cost_unit", "macs") if rows_in else "macs"
-    rows, colors = [], []
-    for r in rows_in:
-        word, color = robustness_verdict(r)
-        cost = "n/a" if r.get("cost_ratio") is None else f"{r['cost_ratio']:.2f}×"
-        rows.append(
-            [
-                str(r["perturbation"] or r["path"])[:22],
-                pct(r["accuracy"]) + _interval(r.get("accuracy_ci")),
-                f"{100 * (r['accuracy'] - data.accuracy):+.1f}",
-                f"{100 * r['drop']:+.2f}{_interval(r.get('drop_ci'))}",
-                cost,
-                r.get("budget") or "n/a",
-                r.get("drop_bound") or "n/a",
-                word,
-            ]
-        )
-        colors.append(color)
+    verdicts = [robustness_verdict(r) for r in rows_in]
+    rows = [
+        [
+            str(r["perturbation"] or r["path"])[:22],
+            pct(r["accuracy"]) + _interval(r.get("accuracy_ci")),
+            f"{100 * (r['accuracy'] - data.accuracy):+.1f}",
+            f"{100 * r['drop']:+.2f}{_interval(r.get('drop_ci'))}",
+            "n/a" if r.get("cost_ratio") is None else f"{r['cost_ratio']:.2f}×",
+            r.get("budget") or "n/a",
+            r.get("drop_bound") or "n/a",
+            word,
+        ]
+        for r, (word, _) in zip(rows_in, verdicts, strict=True)
+    ]
     p.skip(0.05)
     p.table(
         ["data", "accuracy (95%)", "vs here", "drop vs last exit", f"{unit} ×", "budget", "drop bound", "flag"],
         rows,
         col_widths=[0.15, 0.16, 0.07, 0.17, 0.07, 0.08, 0.09, 0.11],
         size=7.5,
-        row_colors=colors,
+        row_colors=[color for _, color in verdicts],
     )
-    broken = [r for r in rows_in if robustness_verdict(r)[1] == _NOGO_COLOR]
+    broken = [r for r, (word, _) in zip(rows_in, verdicts, strict=True) if word == "breaks"]
     p.skip(0.1)
     if broken:
         names = ", ".join(str(r["perturbation"] or r["path"]) for r in broken)
         p.para(f"Breaks under: {names}.", size=10, color=_NOGO_COLOR, weight="bold")
     for r in rows_in:
         for note in r.get("notes", []):
-            p.note(f"{r['perturbation'] or r['path']}: {note}", width=125)
+            p.note(f"{r['perturbation'] or r['path']}: {note}")
     p.skip(0.05)
     p.note(
         "Drop: the run's last exit minus the early exit on the same samples (paired 95% bootstrap interval). "
@@ -93,8 +90,7 @@ def _page_robustness(data: ReportData) -> Figure:
         "breaks when the drop itself exceeds max-drop, and holds when the Clopper-Pearson bound of the losses is "
         "within it. Costs are this run's profile unless a perturbed run was profiled itself. "
         "Check each with: dyncal evaluate RUN --thresholds thresholds.json",
-        width=125,
     )
     for r in rows_in:
-        p.note(f"{r['perturbation'] or 'clean'}: {r['path']}", width=125)
+        p.note(f"{r['perturbation'] or 'clean'}: {r['path']}")
     return p.fig

@@ -74,8 +74,7 @@ from dyncal.models import resolve_device
 from dyncal.options import options_from
 from dyncal.paired import ESTIMATORS
 from dyncal.run_model import ModelOverrides, open_run_model, probe_run_model, run_inputs
-from dyncal.verbs.verify_pairs import SETTLE, more_pairs_rounds, time_pairs
-from dyncal.verbs.verify_pairs import run_plain as _plain
+from dyncal.verbs.verify_pairs import SETTLE, more_pairs_rounds, run_plain, time_pairs
 from dyncal.verbs.verify_throughput import verify_throughput
 
 __all__ = ["VerifyProgress", "verify_run", "VerifyOptions", "DEFAULT_MAX_SECONDS", "MIN_TIMED_BATCHES"]
@@ -149,7 +148,7 @@ def _subject(
         identity = ModelIdentity(
             spec=str(opts.package), weights_sha256=pkg.manifest.model.get("weights_sha256"), kind="package"
         )
-        return identity, None, lambda probe: _under_runtime(pkg, pkg.plain_runner(), to_device(probe, dev), opts)
+        return identity, None, lambda probe: _under_runtime(pkg, pkg.plain_runner(), probe, opts)
     opened = open_run_model(
         run,
         ModelOverrides(model=opts.model, weights=opts.weights, model_path=opts.model_path),
@@ -162,7 +161,6 @@ def _subject(
     def early_exit(probe: Any) -> tuple[EarlyExitRunner, Plain]:
         # stages that reproduce the model on the probe; a model exported with a fixed batch
         # size cannot drop rows, which is said in one line rather than failing mid-run
-        probe = to_device(probe, dev)
         probe_run_model(run, opened, probe)
         stages_fn = stages_function(opts.stages, opened.model_path)
         signature = run_inputs(run) if run.provenance.extra.get("inputs") is not None else None
@@ -382,18 +380,18 @@ def verify_run(
             timings.append(timing)
         session.replay_untimed(runner, max(opts.batch_sizes))
         throughput = (
-            ()
-            if not opts.throughput
-            else tuple(
+            tuple(
                 verify_throughput(
                     session,
-                    to_device(probe, dev),
-                    (runner, plain, runtime["runtime"]),
+                    probe,
+                    (runner, plain, str(opts.runtime)),
                     timings,
                     repeats=opts.repeats,
                     budget_s=opts.max_seconds,
                 )
             )
+            if opts.throughput
+            else ()
         )
     result = session.result(
         identity,
@@ -500,7 +498,7 @@ class _Session:
             xb = to_device(xb, dev)
             if not timed:
                 _try("the early exit", b, partial(timer.warm, partial(runner, xb), opts.warmup))
-                _try("the model", b, partial(timer.warm, partial(_plain, plain, xb), opts.warmup))
+                _try("the model", b, partial(timer.warm, partial(run_plain, plain, xb), opts.warmup))
             out: list[tuple[torch.Tensor, torch.Tensor]] = []
             ee, fm = time_pairs(timer, (runner, plain, b), xb, opts.repeats, len(timed) % 2 == 0, out)
             ee_ms.append(ee)

@@ -113,9 +113,8 @@ class ProfileOptions(ModelOverrides):
 
     def __post_init__(self) -> None:
         """Validate the options that need no model; one device name is one device."""
-        if isinstance(self.devices, str):
-            object.__setattr__(self, "devices", (self.devices,))
-        object.__setattr__(self, "devices", tuple(dict.fromkeys(device_name(d) for d in self.devices)))
+        devices = (self.devices,) if isinstance(self.devices, str) else self.devices
+        object.__setattr__(self, "devices", tuple(dict.fromkeys(device_name(d) for d in devices)))
         object.__setattr__(self, "batch_sizes", tuple(self.batch_sizes))
         if not self.devices and self.latency:
             raise ProfileError("give at least one of `devices` to time on")
@@ -186,22 +185,21 @@ class ProfileResult:
             multi["inputs"] = self.inputs
         if self.buckets:
             multi["seq_len_buckets"] = [b.to_dict() for b in self.buckets]
-        costs = self.costs
+        latency = sorted(self.costs.latency.items())
         k = len(self.macs.stage_macs)
-        exits = []
-        for i in range(k):
-            exits.append(
-                {
-                    "exit": i + 1,
-                    "macs": self.macs.exit_macs[i],
-                    "stage_macs": self.macs.stage_macs[i],
-                    "latency_ms": {key: p.exit_ms[i] for key, p in sorted(costs.latency.items())},
-                    "stage_latency_ms": {key: p.stage_median_ms[i] for key, p in sorted(costs.latency.items())},
-                    "stage_latency_iqr_ms": {key: p.stage_iqr_ms[i] for key, p in sorted(costs.latency.items())},
-                    "early_exit_ms": {key: p.early_exit_ms[i] for key, p in sorted(costs.latency.items())},
-                    "unsupported_ops": {u.op: u.count for u in self.macs.unsupported_ops if u.stage == i + 1},
-                }
-            )
+        exits = [
+            {
+                "exit": i + 1,
+                "macs": self.macs.exit_macs[i],
+                "stage_macs": self.macs.stage_macs[i],
+                "latency_ms": {key: p.exit_ms[i] for key, p in latency},
+                "stage_latency_ms": {key: p.stage_median_ms[i] for key, p in latency},
+                "stage_latency_iqr_ms": {key: p.stage_iqr_ms[i] for key, p in latency},
+                "early_exit_ms": {key: p.early_exit_ms[i] for key, p in latency},
+                "unsupported_ops": {u.op: u.count for u in self.macs.unsupported_ops if u.stage == i + 1},
+            }
+            for i in range(k)
+        ]
         return {
             "model": self.model,
             "input_shape": list(self.input_shape),
@@ -217,7 +215,7 @@ class ProfileResult:
                 {"key": key, "batch_size": c.batch_size, "max_abs_diff": list(c.max_abs_diff)} for key, c in self.checks
             ],
             "measured": list(self.measured),
-            "latency": {key: _latency_summary(p) for key, p in sorted(costs.latency.items())},
+            "latency": {key: _latency_summary(p) for key, p in latency},
             "model_check": None if self.model_check is None else self.model_check.to_dict(),
             "replaced": list(self.replaced),
             "replaced_model": self.replaced_model,
@@ -322,7 +320,11 @@ def profile_model(
     checks.append(("cpu/b1", check))
     if stages.can_drop_rows:  # can rows leave between stages? (needs >= 2 rows; marks the stages if not)
         _rows_check(model, stages, inputs(_ROWS_BATCH, cpu))
-    macs = _macs(stages, model, x1, mac_samples)
+    # several inputs: MACs averaged over the samples, with no eager count (whose module view misleads)
+    if mac_samples:
+        macs = averaged_macs(lambda s: stage_macs(stages, s), mac_samples)
+    else:
+        macs = stage_macs(stages, x1, model=model)
     log.info("MACs per exit: %s", list(macs.exit_macs))
     profiles: dict[str, LatencyProfile] = {}
     for name in devices if latency else ():
@@ -352,13 +354,6 @@ def profile_model(
     return costs, macs, stages, checks
 
 
-def _macs(stages: Stages, model: nn.Module, x1: Inputs, mac_samples: Sequence[tuple[Inputs, float]]) -> StageMacs:
-    """MACs on ``x1``, or averaged over ``mac_samples`` (several inputs: no eager count, whose module view misleads)."""
-    if mac_samples:
-        return averaged_macs(lambda s: stage_macs(stages, s), mac_samples)  # type: ignore[no-any-return]
-    return stage_macs(stages, x1, model=model)
-
-
 def _time_on(
     name: str,
     model: nn.Module,
@@ -370,7 +365,7 @@ def _time_on(
     stages_fn: Callable[[nn.Module], Sequence[nn.Module]] | None,
     model_on: Callable[[str], nn.Module] | None,
     checks: list[tuple[str, StageCheck]],
-    runtime: str = "eager",
+    runtime: str,
 ) -> list[LatencyProfile]:
     """Latency on device ``name`` at every batch size (inputs from ``inputs(b, device)``).
 

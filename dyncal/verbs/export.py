@@ -50,6 +50,7 @@ from dyncal.errors import DyncalError, ProfileError, describe
 from dyncal.models import torch_dtype
 from dyncal.options import options_from
 from dyncal.run_model import ModelOverrides, RunModel, open_run_model
+from dyncal.verbs.profile_inputs import RunBatches, fit_length
 from dyncal.verbs.runtimes import prove_package_graphs
 
 __all__ = ["ExportResult", "ExportOptions", "export_package"]
@@ -266,13 +267,11 @@ def _prove(model: nn.Module, runner: PackageRunner, batches: Callable[[int], Any
     return {"batch_sizes": list(_CHECK_BATCHES), "max_abs_diff": diffs, "rows_can_leave": True}
 
 
-def _batches(run: Run, opened: RunModel, opts: ExportOptions) -> Callable[[int], Any]:
+def _batches(run: Run, opened: RunModel) -> Callable[[int], Any]:
     """``batches(b)``: random inputs of the model's shape (one tensor), else ``b`` real rows of the run's data."""
     if opened.single_input:
         shape, dtype = opened.input_shape, torch_dtype(opened.input_dtype)
         return lambda b: example_input(shape, dtype, b, seed=1)
-    from dyncal.verbs.profile_inputs import RunBatches
-
     assert opened.inputs is not None
     rows = RunBatches(run, opened.inputs, data=None, search_path=opened.model_path, seed=1)
     return lambda b: rows(b, torch.device("cpu"))
@@ -283,15 +282,9 @@ def _proof_batches(opened: RunModel, batches: Callable[[int], Any]) -> Callable[
     sig = opened.inputs
     if opened.single_input or sig is None or not sig.has_dynamic:
         return batches
-    from dyncal.verbs.profile_inputs import fit_length
-
     unseen = max(s.shape[d] for s in sig.inputs for d in s.dynamic) + 3
     unseen = min([unseen, *(s.longest for s in sig.inputs if s.longest is not None)])
     return lambda b: batches(b) if b == 1 else fit_length(batches(b), sig, unseen)
-
-
-def _files_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -394,7 +387,7 @@ def _write_package(
     # the run's model, checked by hash and by re-running recorded rows: a package ships the model it measured
     opened = open_run_model(run, opts, probe=4, other_model_allowed=False)
     shape, dtype = opened.input_shape, torch_dtype(opened.input_dtype or "float32")
-    batches = _batches(run, opened, opts)
+    batches = _batches(run, opened)
     stages = _stages_for(opened, batches(EXAMPLE_BATCH), batches(4), opts.stages)
     exported = _export_stages(stages, batches(EXAMPLE_BATCH))
     opened = _with_longest(opened, stages)
@@ -408,7 +401,7 @@ def _write_package(
         manifest = _manifest(run, thresholds, opened, stages.source, *_write_stages(partial, exported))
         manifest, text = _write_manifest(partial, manifest, opened.module, secret, _proof_batches(opened, batches))
         graphs_check = None if opts.runtime != "graphs" else prove_package_graphs(partial, shape, dtype)
-        size = _files_size(partial)
+        size = sum(p.stat().st_size for p in partial.iterdir() if p.is_file())
         publish_dir(partial, out, foreign=package.foreign_in_package, error=DyncalError)
     except BaseException as e:
         discard_built_folder(partial, package.partial_export_entry)

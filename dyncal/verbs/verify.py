@@ -37,7 +37,6 @@ thresholds and the model it measured.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -74,7 +73,7 @@ from dyncal.models import resolve_device
 from dyncal.options import options_from
 from dyncal.paired import ESTIMATORS
 from dyncal.run_model import ModelOverrides, open_run_model, probe_run_model, run_inputs
-from dyncal.verbs.verify_pairs import SETTLE, more_pairs_rounds, run_plain, time_pairs
+from dyncal.verbs.verify_pairs import SETTLE, Plain, more_pairs_rounds, run_plain, time_pairs
 from dyncal.verbs.verify_throughput import verify_throughput
 
 __all__ = ["VerifyProgress", "verify_run", "VerifyOptions", "DEFAULT_MAX_SECONDS", "MIN_TIMED_BATCHES"]
@@ -82,7 +81,6 @@ __all__ = ["VerifyProgress", "verify_run", "VerifyOptions", "DEFAULT_MAX_SECONDS
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Plain = Callable[[torch.Tensor], Any]
 
 BASELINE = (
     "plain deployment: the stages and the last head only (no intermediate head, no exit decision), "
@@ -395,7 +393,7 @@ def verify_run(
         )
     result = session.result(
         identity,
-        tuple(timings),
+        timings,
         n_threads,
         {
             "repeats": opts.repeats,
@@ -421,7 +419,7 @@ def verify_run(
             "runtime": runtime,
         },
     )
-    return dataclasses.replace(result, throughput=throughput)
+    return replace(result, throughput=throughput)
 
 
 class _Session:
@@ -448,12 +446,6 @@ class _Session:
         self.exits = np.full(self.n, -1, dtype=np.int64)  # what ran, -1 until replayed
         self.preds = np.full(self.n, -1, dtype=np.int64)
         self.batches: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}  # key: (timed, all batches)
-
-    def order_for(self, b: int) -> np.ndarray:
-        """Rows in the order batches of ``b`` are timed: stratified by exit at batch 1, else shuffled."""
-        if b == 1:
-            return stratified_order(self.sim_exits, seed=_ORDER_SEED)
-        return self.order
 
     def stream(self, batches: Sequence[np.ndarray]) -> Iterator[tuple[np.ndarray, Any]]:
         """Yield ``(positions, inputs)`` per batch of run positions, read from the data set one batch at a time."""
@@ -486,7 +478,8 @@ class _Session:
         """
         opts, timer, dev = self.opts, self.timer, self.timer.device
         key = str(LatencyKey(opts.device, b))
-        order = self.order_for(b)
+        # rows in the order batches of ``b`` are timed: stratified by exit at batch 1, else shuffled
+        order = stratified_order(self.sim_exits, seed=_ORDER_SEED) if b == 1 else self.order
         batches = [order[s : s + b] for s in range(0, self.n, b)]
         ee_ms: list[list[float]] = []
         full_ms: list[list[float]] = []
@@ -554,14 +547,28 @@ class _Session:
                 self.progress("agreement", done, len(rest_batches))
 
     def result(
-        self, identity: ModelIdentity, timings: tuple[PairedTiming, ...], threads: int | None, settings: dict[str, Any]
+        self, identity: ModelIdentity, timings: Sequence[PairedTiming], threads: int | None, settings: dict[str, Any]
     ) -> VerifyResult:
-        """The verify result: agreement of what ran with the simulation, and the timings."""
+        """The verify result: agreement of what ran with the simulation, and the timings.
+
+        Each timing gets its per-request view: the rows, runtime exits and both latencies of each timed unit.
+        """
         n, k, dev = self.n, self.run.k, self.timer.device
-        timings = tuple(self.with_requests(t) for t in timings)
+        with_requests = []
         for t in timings:
-            if t.requests is not None:
-                settings["coverage"][t.key]["requests"] = t.requests.coverage()
+            timed, every = self.batches[t.key]
+            requests = RequestTimings.from_batches(
+                t.key,
+                timed,
+                self.exits,
+                t.early_exit_ms,
+                t.full_model_ms,
+                n_exits=k,
+                all_batches=every,
+                time_bound_s=self.opts.max_seconds,
+            )
+            settings["coverage"][t.key]["requests"] = requests.coverage()
+            with_requests.append(replace(t, requests=requests))
         labels = np.asarray(self.run.labels[:n])
         exits, preds, sim_exits, sim_preds = self.exits, self.preds, self.sim_exits, self.sim_preds
         return VerifyResult(
@@ -575,24 +582,9 @@ class _Session:
             simulated_accuracy=float(np.mean(sim_preds == labels)),
             runtime_exit_shares=tuple(float(v) for v in np.bincount(exits, minlength=k) / n),
             simulated_exit_shares=tuple(float(v) for v in np.bincount(sim_exits, minlength=k) / n),
-            timings=timings,
+            timings=tuple(with_requests),
             device=str(dev),
             hardware=device_hardware(dev),
             threads=threads,
             settings=settings,
         )
-
-    def with_requests(self, timing: PairedTiming) -> PairedTiming:
-        """``timing`` with its per-request view: the rows, runtime exits and both latencies of each timed unit."""
-        timed, every = self.batches[timing.key]
-        requests = RequestTimings.from_batches(
-            timing.key,
-            timed,
-            self.exits,
-            timing.early_exit_ms,
-            timing.full_model_ms,
-            n_exits=self.run.k,
-            all_batches=every,
-            time_bound_s=self.opts.max_seconds,
-        )
-        return replace(timing, requests=requests)

@@ -251,14 +251,13 @@ def test_the_event_timer_settles_its_warm_up_on_a_gpu_only():
 
 
 def test_profile_records_the_runtime_and_timer_of_each_latency_column():
-    from dyncal.analysis.latency import LatencySettings
     from dyncal.demo import pretrained
-    from dyncal.verbs.profile import profile_model
+    from dyncal.verbs.profile import ProfileOptions, profile_model
 
     costs, *_ = profile_model(
-        pretrained(), (1, 8, 8), batch_sizes=(2,), settings=LatencySettings(warmup=0, repeats=3, min_block_ms=0)
+        pretrained(), (1, 8, 8), ProfileOptions(batch_sizes=(2,), warmup=0, repeats=3, min_block_ms=0)
     )
     settings = costs.latency["cpu/b2"].settings
     assert settings["runtime"] == "eager" and settings["timer"] == "perf_counter"
     with pytest.raises(DyncalError, match="graphs needs CUDA"):
-        profile_model(pretrained(), (1, 8, 8), runtime="graphs")
+        profile_model(pretrained(), (1, 8, 8), ProfileOptions(runtime="graphs"))

@@ -254,17 +254,12 @@ def _rows_check(model: nn.Module, stages: Stages, x: Inputs) -> None:
 def profile_model(
     model: nn.Module,
     input_shape: Sequence[int],
+    options: ProfileOptions | None = None,
     *,
     input_dtype: torch.dtype = torch.float32,
-    devices: Sequence[str] = ("cpu",),
-    batch_sizes: Sequence[int] = (1,),
-    settings: LatencySettings | None = None,
     stages_fn: Callable[[nn.Module], Sequence[nn.Module]] | None = None,
     model_on: Callable[[str], nn.Module] | None = None,
-    seed: int = 0,
-    latency: bool = True,
     model_id: Mapping[str, Any] | None = None,
-    runtime: str | None = None,
     batches: Callable[[int, torch.device], Inputs] | None = None,
     mac_samples: Sequence[tuple[Inputs, float]] = (),
     signature: InputSignature | None = None,
@@ -274,19 +269,16 @@ def profile_model(
     Args:
         model: The multi-exit model, in eval mode on the CPU.
         input_shape: Per-sample input shape, e.g. ``(3, 224, 224)``.
+        options: The devices and batch sizes to time, the latency settings, the seed of the
+            random inputs, whether to measure latency and the ``runtime`` (:class:`ProfileOptions`;
+            its model fields and ``seq_lens`` are the caller's; default: CPU, batch size 1).
         input_dtype: Input dtype.
-        devices: Devices to time on (each named once, as :func:`~dyncal.artifacts.costs.device_name` names it).
-        batch_sizes: Batch sizes to time.
-        settings: Latency settings.
         stages_fn: Optional hand-declared stages (``fn(model) -> [nn.Module]``).
         model_on: ``model_on(device)`` returns the model on another device (default: move
             ``model``'s copy there with ``.to``; the CPU model is restored afterwards).
-        seed: Seed of the random inputs.
-        latency: Measure latency (False: MACs only).
         model_id: What identifies the model (``model`` spec, ``weights_sha256``,
             ``state_sha256``; see :data:`dyncal.artifacts.run.MODEL_ID_KEYS`), recorded in every latency
             entry's settings (default: the state's hash only).
-        runtime: ``eager`` or ``graphs`` (CUDA only); default per device.
         batches: ``batches(b, device)``: the inputs to build, check and time with (default: random).
         mac_samples: One-row batches whose MACs are averaged, with their weights (default: one count on
             ``batches(1)``).
@@ -302,15 +294,15 @@ def profile_model(
             cannot count, a stage fails on a device, or a latency cannot be right
             (:func:`dyncal.analysis.plausible.check_plausible`).
     """
-    settings = settings or LatencySettings()
+    options = options or ProfileOptions()
+    settings = options.latency_settings()
     model_id = dict(model_id) if model_id is not None else {"state_sha256": state_sha256(model)}
     cpu = torch.device("cpu")
-    devices = tuple(dict.fromkeys(device_name(d) for d in devices))  # cpu:0 is cpu: one key per device
-    for d in devices:
-        resolve_device(d)
 
     def inputs(b: int, device: torch.device) -> Inputs:
-        return batches(b, device) if batches else example_input(input_shape, input_dtype, b, device=device, seed=seed)
+        if batches:
+            return batches(b, device)
+        return example_input(input_shape, input_dtype, b, device=device, seed=options.seed)
 
     x1 = inputs(1, cpu)
     checks: list[tuple[str, StageCheck]] = []
@@ -327,12 +319,12 @@ def profile_model(
         macs = stage_macs(stages, x1, model=model)
     log.info("MACs per exit: %s", list(macs.exit_macs))
     profiles: dict[str, LatencyProfile] = {}
-    for name in devices if latency else ():
+    for name in options.devices if options.latency else ():
         for attempt in range(1, ATTEMPTS + 1):  # a burst of load passes: time again before refusing
             attempt_checks: list[tuple[str, StageCheck]] = []
             timed = _time_on(
-                name, model, stages, inputs, batch_sizes, settings, stages_fn=stages_fn, model_on=model_on,
-                checks=attempt_checks, runtime=select_runtime(runtime, name),
+                name, model, stages, inputs, options.batch_sizes, settings, stages_fn=stages_fn, model_on=model_on,
+                checks=attempt_checks, runtime=select_runtime(options.runtime, name),
             )  # fmt: skip
             why = implausible(timed)
             if why is None or attempt == ATTEMPTS:
@@ -460,16 +452,11 @@ def _profile_locked(run: Run, options: ProfileOptions) -> ProfileResult:
         return profile_model(
             opened.module,
             opened.input_shape,
+            options,
             input_dtype=torch_dtype(opened.input_dtype or "float32"),
-            devices=options.devices,
-            batch_sizes=tuple(int(b) for b in options.batch_sizes),
-            settings=options.latency_settings(),
             stages_fn=stages_fn,
             model_on=model_on,
-            seed=options.seed,
-            latency=options.latency,
             model_id=model_id,
-            runtime=options.runtime,
             batches=batches,
             mac_samples=samples,
             signature=opened.inputs if multi is not None else None,

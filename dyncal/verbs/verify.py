@@ -73,7 +73,7 @@ from dyncal.models import resolve_device
 from dyncal.options import options_from
 from dyncal.paired import ESTIMATORS
 from dyncal.run_model import ModelOverrides, open_run_model, probe_run_model, run_inputs
-from dyncal.verbs.verify_pairs import SETTLE, Plain, more_pairs_rounds, run_plain, time_pairs
+from dyncal.verbs.verify_pairs import SETTLE, more_pairs_rounds, time_pairs
 from dyncal.verbs.verify_throughput import verify_throughput
 
 __all__ = ["VerifyProgress", "verify_run", "VerifyOptions", "DEFAULT_MAX_SECONDS", "MIN_TIMED_BATCHES"]
@@ -121,7 +121,7 @@ def _try(what: str, batch_size: int, fn: Callable[[], T]) -> T:
 
 def _subject(
     run: Run, thresholds: ThresholdsDocument, opts: VerifyOptions, dev: torch.device
-) -> tuple[ModelIdentity, dict[str, Any] | None, Callable[[torch.Tensor], tuple[EarlyExitRunner, Plain]]]:
+) -> tuple[ModelIdentity, dict[str, Any] | None, Callable[[torch.Tensor], tuple[EarlyExitRunner, EarlyExitRunner]]]:
     """What is replayed: its identity, how it compared with the run's model, and how to make its early exit.
 
     A package must have been exported from this run with these thresholds. The early exit
@@ -156,7 +156,7 @@ def _subject(
         allow_other_model=opts.allow_other_model,
     )
 
-    def early_exit(probe: Any) -> tuple[EarlyExitRunner, Plain]:
+    def early_exit(probe: Any) -> tuple[EarlyExitRunner, EarlyExitRunner]:
         # stages that reproduce the model on the probe; a model exported with a fixed batch
         # size cannot drop rows, which is said in one line rather than failing mid-run
         probe_run_model(run, opened, probe)
@@ -181,7 +181,7 @@ def _subject(
 
 def _under_runtime(
     runner: EarlyExitRunner, plain: EarlyExitRunner, probe: Any, opts: VerifyOptions
-) -> tuple[EarlyExitRunner, Plain]:
+) -> tuple[EarlyExitRunner, EarlyExitRunner]:
     """The early exit and the plain deployment, both under ``opts.runtime`` (checked on ``probe``)."""
     big = max(opts.batch_sizes)
     return (
@@ -470,7 +470,7 @@ class _Session:
         self.preds[positions] = result[1].cpu().numpy()
 
     def time(
-        self, runner: EarlyExitRunner, plain: Plain, b: int, share_s: float, *, first: bool
+        self, runner: EarlyExitRunner, plain: EarlyExitRunner, b: int, share_s: float, *, first: bool
     ) -> tuple[PairedTiming, dict[str, Any], float]:
         """Time batches of ``b`` in pairs until ``share_s`` seconds passed: the timing, its coverage, the seconds spent.
 
@@ -491,7 +491,7 @@ class _Session:
             xb = to_device(xb, dev)
             if not timed:
                 _try("the early exit", b, partial(timer.warm, partial(runner, xb), opts.warmup))
-                _try("the model", b, partial(timer.warm, partial(run_plain, plain, xb), opts.warmup))
+                _try("the model", b, partial(timer.warm, partial(plain, xb), opts.warmup))
             out: list[tuple[torch.Tensor, torch.Tensor]] = []
             ee, fm = time_pairs(timer, (runner, plain, b), xb, opts.repeats, len(timed) % 2 == 0, out)
             ee_ms.append(ee)

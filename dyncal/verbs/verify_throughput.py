@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -85,7 +85,7 @@ def throughput_batches(*, plain_batch_ms: float, batches: int, budget_s: float, 
 def verify_throughput(
     source: ThroughputSource,
     probe: torch.Tensor,
-    timed: tuple[EarlyExitRunner, Callable[[torch.Tensor], Any], str],
+    timed: tuple[EarlyExitRunner, EarlyExitRunner, str],
     timings: Sequence[PairedTiming],
     *,
     repeats: int,
@@ -115,7 +115,7 @@ def verify_throughput(
     costs = source.run.costs
     exit_macs = None if costs is None or costs.macs is None else list(costs.macs)
     plain_macs = None if exit_macs is None else float(exit_macs[-1])
-    modules: Sequence[Any] = getattr(getattr(plain, "stages", None), "modules", ())
+    modules = plain.stages.modules
     if exit_macs is not None and len(modules) == 1 and isinstance(modules[0], torch.nn.Module) and runtime == "eager":
         try:
             plain_macs = float(model_macs(modules[0], probe[:1]).macs)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -96,11 +96,6 @@ class RunBatches:
         picked = rng.choice(self.run.n, size=batch_size, replace=batch_size > self.run.n)
         return self.rows(picked.tolist(), device)
 
-    def spread(self, count: int) -> list[int]:
-        """Up to ``count`` row positions spread evenly over the run."""
-        spread = np.unique(np.linspace(0, self.run.n - 1, min(count, self.run.n)).round().astype(np.int64))
-        return [int(v) for v in spread]
-
 
 def fit_length(x: Inputs, signature: InputSignature, length: int) -> Inputs:
     """``x`` with every dynamic dimension padded with 0 or cut to ``length`` (a sequence-length bucket).
@@ -132,8 +127,6 @@ def averaged_macs(count: Any, samples: Sequence[tuple[Inputs, float]]) -> Any:
     The first sample's count keeps its operators and uncounted ops; its per-stage MACs are
     replaced by the weighted mean over all samples (rounded to whole MACs).
     """
-    from dataclasses import replace
-
     counts = [count(x) for x, _ in samples]
     mean = np.average([c.stage_macs for c in counts], axis=0, weights=[w for _, w in samples])
     return replace(counts[0], stage_macs=tuple(int(round(float(m))) for m in mean), graph_macs=None, model_macs=None)
@@ -214,9 +207,10 @@ class MultiInputProfile:
     ) -> MultiInputProfile:
         """Open the run's data set and pick the rows (raises :class:`ProfileError` when it cannot be read)."""
         batches = RunBatches(run, signature, data=data, search_path=search_path, seed=seed)
+        count = min(LENGTH_ROWS if signature.has_dynamic else 1, run.n)  # rows spread evenly over the run
+        positions = np.unique(np.linspace(0, run.n - 1, count).round().astype(np.int64))
         try:
-            positions = batches.spread(LENGTH_ROWS if signature.has_dynamic else 1)
-            rows = [batches.rows([i]) for i in positions]
+            rows = [batches.rows([int(i)]) for i in positions]
         except DyncalError as e:
             raise ProfileError(f"the run's rows cannot be read to profile the model on them ({e})") from e
         lengths = [_length(signature, x) for x in rows]

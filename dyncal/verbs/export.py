@@ -156,13 +156,12 @@ def _export_stages(stages: Stages, example: Any) -> list[tuple[torch.export.Expo
             outs = module(*carry)
         carry = tuple(outs[1:])
         if i == stages.k - 1:
-            next_dims: tuple[int | None, ...] = ()
+            dims = ()
         elif stages.batch_dims is not None:
-            next_dims = stages.batch_dims[i]
+            dims = stages.batch_dims[i]
         else:  # hand-declared stages carry batch-major tensors
-            next_dims = tuple(0 if isinstance(t, torch.Tensor) and t.ndim > 0 else None for t in carry)
-        out.append((program, next_dims))
-        dims = next_dims
+            dims = tuple(0 if isinstance(t, torch.Tensor) and t.ndim > 0 else None for t in carry)
+        out.append((program, dims))  # the batch dims this stage hands on
     return out
 
 

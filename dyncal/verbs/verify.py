@@ -433,7 +433,8 @@ class _Session:
         timer: Timer,
         progress: VerifyProgress | None,
     ) -> None:
-        self.run, self.thresholds, self.opts, self.timer, self.progress = run, thresholds, opts, timer, progress
+        self.run, self.thresholds, self.opts, self.timer = run, thresholds, opts, timer
+        self.progress: VerifyProgress = progress or (lambda key, done, total: None)
         data = opts.data  # a data set given, else the run's (or the spec given)
         if data is None or isinstance(data, str):
             self.dataset = dataset_for_run(run, data=data, search_path=opts.model_path)
@@ -499,16 +500,14 @@ class _Session:
             timed.append(positions)
             if first:
                 self.record(out[-1], positions)
-            if self.progress is not None:
-                self.progress(key, len(timed), len(batches))
+            self.progress(key, len(timed), len(batches))
         rounds = more_pairs_rounds(  # more pairs while the speed-up is not settled (within the bound)
             timer, (runner, plain, b), lambda: self.stream(timed), (ee_ms, full_ms), repeats=opts.repeats,
             estimator=opts.estimator, start=start, share_s=share_s,
         )  # fmt: skip
         spent = timer.now() - start
-        if self.progress is not None and len(timed) < len(batches):
+        if len(timed) < len(batches):
             self.progress(key, len(timed), len(timed))
-        samples = int(sum(len(p) for p in timed))
         self.batches[key] = (timed, batches)
         timing = PairedTiming(
             key=key,
@@ -530,7 +529,7 @@ class _Session:
         coverage = {
             "batches_timed": len(timed),
             "batches": len(batches),
-            "samples_timed": samples,
+            "samples_timed": int(sum(len(p) for p in timed)),
             "stopped_early": len(timed) < len(batches),
             "seconds": round(spent, 3),
             "pairs": rounds.to_dict(),
@@ -543,8 +542,7 @@ class _Session:
         rest_batches = [rest[s : s + big] for s in range(0, len(rest), big)]
         for done, (positions, xb) in enumerate(self.stream(rest_batches), start=1):
             self.record(_try("the early exit", big, partial(runner, to_device(xb, self.timer.device))), positions)
-            if self.progress is not None:
-                self.progress("agreement", done, len(rest_batches))
+            self.progress("agreement", done, len(rest_batches))
 
     def result(
         self, identity: ModelIdentity, timings: Sequence[PairedTiming], threads: int | None, settings: dict[str, Any]

@@ -42,7 +42,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -103,15 +103,12 @@ _ORDER_SEED = 20231
 _SIM_CHUNK = 4096  # rows of stored logits scored at a time
 
 
-class VerifyProgress(Protocol):
-    """Called as ``progress(key, done, total)`` after each batch of a batch size.
+VerifyProgress = Callable[[str, int, int], None]
+"""Called as ``progress(key, done, total)`` after each batch of a batch size.
 
-    ``key`` is ``"<device>/b<batch>"``; when the time bound ends a batch size early, a last
-    call has ``done == total`` with the batches actually replayed.
-    """
-
-    def __call__(self, key: str, done: int, total: int) -> None:
-        """Report progress."""
+``key`` is ``"<device>/b<batch>"``; when the time bound ends a batch size early, a last
+call has ``done == total`` with the batches actually replayed.
+"""
 
 
 def _try(what: str, batch_size: int, fn: Callable[[], T]) -> T:
@@ -209,14 +206,13 @@ def _threads_for(run: Run, device: str, batch_sizes: Sequence[int], threads: int
     """The thread count to pin: as given, else the one the run's profile timed with (one clock)."""
     if threads is not None:
         return threads, "--threads"
-    if run.costs is not None:
-        for b in batch_sizes:
-            prof = run.costs.latency.get(str(LatencyKey(device, b)))
-            if prof is not None and prof.threads:
-                return int(prof.threads), f"the profile of {prof.key}"
-        for prof in run.costs.latency.values():
-            if prof.device == device and prof.threads:
-                return int(prof.threads), f"the profile of {prof.key}"
+    latency = {} if run.costs is None else run.costs.latency
+    # a profile at one of these batch sizes first, else any on the device
+    timed_with = [latency.get(str(LatencyKey(device, b))) for b in batch_sizes]
+    timed_with += [prof for prof in latency.values() if prof.device == device]
+    for prof in timed_with:
+        if prof is not None and prof.threads:
+            return int(prof.threads), f"the profile of {prof.key}"
     return None, "torch's default"
 
 

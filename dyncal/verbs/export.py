@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.export import Dim
 
 from dyncal.analysis.graphs import refuse_verify_only_runtime, select_runtime
 from dyncal.analysis.package_runner import PackageRunner, open_package
@@ -125,8 +126,6 @@ def _write_error(out: Path, e: OSError) -> DyncalError:
 
 def _export_stages(stages: Stages, example: Any) -> list[tuple[torch.export.ExportedProgram, tuple[int | None, ...]]]:
     """Each stage as an exported program with a dynamic batch (and sequence length), and the batch dims it hands on."""
-    from torch.export import Dim
-
     out = []
     carry: tuple[Any, ...] = stages.flat_inputs(example)
     dims: tuple[int | None, ...] = (0,) * len(carry)
@@ -172,8 +171,6 @@ def _length_dims(stages: Stages) -> Callable[[int, int], dict[int, Any]]:
     symbol, shared by every value that has it. Stages declared by hand for a model of several
     inputs: the inputs' dynamic dimensions (one shared length); their carry keeps the batch only.
     """
-    from torch.export import Dim
-
     sig, symbols = stages.inputs, stages.dim_symbols
     if symbols is None:
         first = [] if sig is None else [{d + 1: _LENGTH for d in s.dynamic} for s in sig.inputs]
@@ -195,7 +192,7 @@ def _length_dims(stages: Stages) -> Callable[[int, int], dict[int, Any]]:
     return lambda i, j: table[i][j] if i < len(table) and j < len(table[i]) else {}
 
 
-_LENGTH = torch.export.Dim("length", min=1)
+_LENGTH = Dim("length", min=1)
 
 
 def _with_longest(opened: RunModel, stages: Stages) -> RunModel:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 
-from dyncal.analysis.graphs import refuse_verify_only_runtime, select_runtime
+from dyncal.analysis.graphs import refuse_verify_only_runtime, select_runtime, with_runtime
 from dyncal.analysis.package_runner import PackageRunner, open_package
 from dyncal.analysis.partition import quiet_export_logs
 from dyncal.analysis.stages import (
@@ -52,13 +52,13 @@ from dyncal.models import torch_dtype
 from dyncal.options import options_from
 from dyncal.run_model import ModelOverrides, RunModel, open_run_model
 from dyncal.verbs.profile_inputs import RunBatches, fit_length
-from dyncal.verbs.runtimes import prove_package_graphs
 
 __all__ = ["ExportResult", "ExportOptions", "export_package"]
 
 log = logging.getLogger(__name__)
 
 _CHECK_BATCHES = (1, 4)  # the written package is proven against the model at these batch sizes
+_GRAPHS_CHECK_BATCHES = (1, 3, 4)  # and, under `runtime` graphs, against itself eagerly (3: padded to 4's bucket)
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class ExportResult:
         seconds: Wall-clock time of the export.
         key_id: Id of the key that signed it (``sign_key``), or None when unsigned.
         graphs_check: Under ``runtime`` graphs, how the package was proven to replay from CUDA
-            graphs as it runs eagerly (:func:`~dyncal.verbs.runtimes.prove_package_graphs`); else None.
+            graphs as it runs eagerly (:func:`_prove_graphs`); else None.
     """
 
     path: Path
@@ -263,6 +263,30 @@ def _prove(model: nn.Module, runner: PackageRunner, batches: Callable[[int], Any
     return {"batch_sizes": list(_CHECK_BATCHES), "max_abs_diff": diffs, "rows_can_leave": True}
 
 
+def _prove_graphs(path: Path, shape: Sequence[int], dtype: torch.dtype) -> dict[str, Any]:
+    """Load the package at ``path`` on the GPU and check it gives the same exits and predictions under graphs.
+
+    The package's own thresholds decide who leaves; the eager and the graph-replayed runner
+    must answer every row alike at each of ``_GRAPHS_CHECK_BATCHES`` (a padded bucket included).
+
+    Raises:
+        ProfileError: The stages cannot be captured, or the answers differ.
+    """
+    eager = open_package(path, "cuda")
+    graphed = with_runtime(eager, "graphs", max_batch_size=max(_GRAPHS_CHECK_BATCHES))
+    for b in _GRAPHS_CHECK_BATCHES:
+        x = example_input(shape, dtype, b, seed=2, device=eager.device)
+        e0, p0 = eager(x)
+        e1, p1 = graphed(x)
+        if not (torch.equal(e0, e1) and torch.equal(p0, p1)):
+            raise ProfileError(
+                f"the package answers differently under `runtime` graphs at batch size {b} than eagerly; "
+                "export with `runtime` eager"
+            )
+    info = graphed.stages.info.to_dict()  # type: ignore[attr-defined]
+    return {"runtime": "graphs", "batch_sizes": list(_GRAPHS_CHECK_BATCHES), "capture": info}
+
+
 def _batches(run: Run, opened: RunModel) -> Callable[[int], Any]:
     """``batches(b)``: random inputs of the model's shape (one tensor), else ``b`` real rows of the run's data."""
     if opened.single_input:
@@ -396,7 +420,7 @@ def _write_package(
     try:
         manifest = _manifest(run, thresholds, opened, stages.source, *_write_stages(partial, exported))
         manifest, text = _write_manifest(partial, manifest, opened.module, secret, _proof_batches(opened, batches))
-        graphs_check = None if opts.runtime != "graphs" else prove_package_graphs(partial, shape, dtype)
+        graphs_check = None if opts.runtime != "graphs" else _prove_graphs(partial, shape, dtype)
         size = sum(p.stat().st_size for p in partial.iterdir() if p.is_file())
         publish_dir(partial, out, foreign=package.foreign_in_package, error=DyncalError)
     except BaseException as e:

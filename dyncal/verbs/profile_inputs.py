@@ -111,12 +111,9 @@ def fit_length(x: Inputs, signature: InputSignature, length: int) -> Inputs:
     for spec, t in zip(signature.inputs, signature.flatten(x), strict=True):
         for d in spec.dynamic:
             dim = d + 1
-            if t.shape[dim] >= length:
-                t = t.narrow(dim, 0, length)
-            else:
-                pad = list(t.shape)
-                pad[dim] = length - t.shape[dim]
-                t = torch.cat([t, torch.zeros(pad, dtype=t.dtype, device=t.device)], dim=dim)
+            if t.shape[dim] < length:
+                t = torch.cat([t, t.new_zeros(*t.shape[:dim], length - t.shape[dim], *t.shape[dim + 1 :])], dim=dim)
+            t = t.narrow(dim, 0, length)
         out.append(t)
     return signature.unflatten(out)
 

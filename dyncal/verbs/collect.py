@@ -454,12 +454,8 @@ def _arrays(
             writer.open_existing(k, c)
         else:
             writer.allocate(k, c)
-    if ctx.active:
-        _gather(ctx, None)  # arrays exist now
-        if writer is None:
-            writer = RunWriter.attach(out, n, k, c)
-    assert writer is not None
-    return writer
+    _gather(ctx, None)  # the arrays exist now (under torchrun every process waits for process 0 here)
+    return writer if writer is not None else RunWriter.attach(out, n, k, c)
 
 
 def _provenance(

@@ -63,7 +63,7 @@ from dyncal.errors import ProfileError, param
 from dyncal.inputs import Inputs, InputSignature, batch_size
 from dyncal.models import load_model, resolve_device, torch_dtype
 from dyncal.options import options_from
-from dyncal.run_model import ModelCheck, ModelOverrides, ModelSource, open_run_model, state_sha256
+from dyncal.run_model import ModelCheck, ModelOverrides, open_run_model, state_sha256
 from dyncal.verbs.profile_inputs import LengthBucket, MultiInputProfile, averaged_macs
 
 __all__ = ["ProfileOptions", "ProfileResult", "profile_run", "profile_run_full", "profile_model"]
@@ -154,7 +154,6 @@ class ProfileResult:
         drop_rows_reason: Why samples cannot leave a batch between stages (early exit must
             then run whole batches), None when they can.
         model_check: How the model compared with the run's (see :func:`dyncal.run_model.check_run_model`).
-        source: Where the model came from: what ``run.json`` names, or the ``model`` option.
         replaced: Latency keys timed on another model that this profile replaced.
         replaced_model: That other model, described.
         macs_basis: For a model of several inputs, what its MACs are (averaged over the data's lengths).
@@ -171,7 +170,6 @@ class ProfileResult:
     input_shape: tuple[int, ...]
     drop_rows_reason: str | None = None
     model_check: ModelCheck | None = None
-    source: ModelSource | None = None
     replaced: tuple[str, ...] = ()
     replaced_model: str | None = None
     macs_basis: str | None = None
@@ -468,7 +466,6 @@ def _profile_locked(run: Run, options: ProfileOptions) -> ProfileResult:
         model=opened.spec,
         input_shape=opened.input_shape,
         model_check=opened.check,
-        source=opened.source,
         replaced=stored.replaced,
         replaced_model=stored.replaced_model,
         macs_basis=None if multi is None else multi.basis,

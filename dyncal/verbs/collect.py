@@ -418,8 +418,7 @@ def _open_writer(out: Path, n: int, ctx: DistributedContext, s: CollectOptions) 
             setup = writer.resumed
         except DyncalError as e:
             setup = str(e)
-    setups = _gather(ctx, setup)
-    return writer, bool(setups[0])
+    return writer, bool(_gather(ctx, setup)[0])  # process 0's answer: whether it resumes
 
 
 def _first_batch(

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from dyncal.artifacts.run import Run
+from dyncal.data import dataset_for_run, run_rows
 from dyncal.errors import DyncalError, ProfileError
 from dyncal.inputs import Inputs, InputSignature, to_device
 
@@ -70,8 +71,6 @@ class RunBatches:
     def __init__(
         self, run: Run, signature: InputSignature, *, data: str | None, search_path: str | None, seed: int = 0
     ) -> None:
-        from dyncal.data import dataset_for_run
-
         self.run, self.signature, self.seed, self.search_path = run, signature, seed, search_path
         try:
             self.dataset = dataset_for_run(run, data=data, search_path=search_path)
@@ -82,8 +81,6 @@ class RunBatches:
 
     def rows(self, positions: Sequence[int], device: torch.device | str = "cpu") -> Inputs:
         """The run's rows at ``positions`` (0-based in the run), as one batch on ``device``."""
-        from dyncal.data import run_rows
-
         x, _ = run_rows(
             self.run, np.asarray(positions, dtype=np.int64), search_path=self.search_path, dataset=self.dataset
         )

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from dyncal.artifacts.outputs import check_out
@@ -89,8 +90,6 @@ def _gather(ctx: DistributedContext, value: Any) -> list[Any]:
     """Every process's ``value`` (just ``[value]`` without torchrun); a string is an error, raised on every process."""
     values: list[Any] = [value]
     if ctx.active:
-        import torch.distributed as dist
-
         values = [None] * ctx.world_size
         dist.all_gather_object(values, value)
     for v in values:
@@ -277,28 +276,16 @@ def collect_run(
     ctx = DistributedContext.from_env()
     out = Path(out)
     check_out(out, overwrite=opts.overwrite)
-    if ctx.active:
-        _init_distributed(ctx, opts.device)
+    if ctx.active and not dist.is_initialized():
+        cuda = opts.device.startswith("cuda")
+        if cuda:  # each process owns one GPU; NCCL's collectives use the current device
+            torch.cuda.set_device(ctx.local_rank)
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
     try:
         return _collect(loaded, dataset, out, ctx, opts, progress, image_transform, command)
     finally:
-        if ctx.active:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
-
-
-def _init_distributed(ctx: DistributedContext, device: str) -> None:
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        if device.startswith("cuda"):
-            # Each process owns one GPU; NCCL's collectives use the current device.
-            torch.cuda.set_device(ctx.local_rank)
-            dist.init_process_group(backend="nccl")
-        else:
-            dist.init_process_group(backend="gloo")
+        if ctx.active and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 # --------------------------------------------------------------------------- the loop

@@ -330,8 +330,7 @@ class ExportOptions(ModelOverrides):
         """Refuse ``runtime`` graphs on a machine without CUDA before anything is exported."""
         super().__post_init__()
         refuse_verify_only_runtime(self.runtime, "export")
-        if self.runtime is not None:
-            select_runtime(self.runtime, "cuda" if self.runtime == "graphs" else "cpu")
+        select_runtime(self.runtime, "cuda" if self.runtime == "graphs" else "cpu")  # None is eager: nothing to refuse
 
 
 def export_package(

@@ -69,7 +69,6 @@ class ThroughputSource(Protocol):
 
     def stream(self, batches: Sequence[np.ndarray]) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """``(positions, inputs)`` per batch of run positions."""
-        ...
 
 
 def throughput_batches(*, plain_batch_ms: float, batches: int, budget_s: float, repeats: int) -> int:

@@ -57,10 +57,9 @@ def more_pairs_rounds(
 
     ``rows`` (early exit, plain) are extended in place; the deadline is ``start + share_s`` on the timer's clock.
     """
-    dev = timer.device
 
     def one_round(n: int, a_first: bool) -> Iterable[tuple[list[float], list[float]]]:
-        return (time_pairs(timer, subject, to_device(x, dev), n, a_first) for _, x in inputs())
+        return (time_pairs(timer, subject, to_device(x, timer.device), n, a_first) for _, x in inputs())
 
     return add_rounds(
         *rows,

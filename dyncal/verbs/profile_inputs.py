@@ -158,8 +158,7 @@ def length_groups(lengths: Sequence[int], most: int = MAC_LENGTHS) -> list[tuple
         groups = [order[values == v] for v in distinct]
     else:  # quantile groups of equal size, each counted at its median row
         groups = [g for g in np.array_split(order, most) if len(g)]
-    n = len(lengths)
-    return [(int(g[len(g) // 2]), len(g) / n) for g in groups]
+    return [(int(g[len(g) // 2]), len(g) / len(lengths)) for g in groups]
 
 
 @dataclass(frozen=True)

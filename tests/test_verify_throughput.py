@@ -221,28 +221,25 @@ def test_verify_under_graphs_on_cuda_agrees_with_the_simulation(demo_run):  # pr
     assert res.settings["timer"] == "cuda_events"
 
 
-def test_plain_for_cuts_the_plain_deployment_or_runs_a_package_whole(demo_run):
+def test_the_plain_deployment_verify_times_is_cut_from_the_model_or_is_the_packages_own(demo_run):
     import dyncal
     from dyncal.analysis.early_exit import EarlyExitRunner
+    from dyncal.analysis.plain import plain_deployment, plain_runner
+    from dyncal.analysis.runtime import apply_runtime
     from dyncal.analysis.stages import build_stages
     from dyncal.demo import pretrained
-    from dyncal.verbs.runtimes import plain_for, under_runtime
 
     net = pretrained()
     x = torch.randn(6, 1, 8, 8)
     runner = EarlyExitRunner(build_stages(net, x[:2]), [0.9, 0.9, 0.9, None], [1.0] * 4)
-    plain, what, module = plain_for(runner, net, x[:2])
+    plain = plain_runner(plain_deployment(runner.stages, model=net, example=x[:2]))
     exits, preds = plain(x)
-    assert what.startswith("plain deployment") and module is not None
     assert exits.tolist() == [0] * 6 and torch.equal(preds, net(x)[-1].argmax(1))
-    same, model, said = under_runtime(runner, net, "eager", max_batch_size=8)
-    assert same is runner and model is net and said["early_exit"] == "eager"
+    assert apply_runtime(runner, "eager", example=x, max_batch_size=8) is runner
 
     pkg = dyncal.load_early_exit(demo_run["pkg"])
-    whole, what, module = plain_for(pkg, pkg.full_model, x[:2])
-    exits, preds = whole(x)
-    assert module is None and "every stage" in what
-    assert exits.tolist() == [3] * 6 and torch.equal(preds, pkg.full_model(x)[-1].argmax(1))
+    exits, preds = pkg.plain_runner()(x)
+    assert exits.tolist() == [0] * 6 and torch.equal(preds, pkg.full_model(x)[-1].argmax(1))
 
 
 def test_the_event_timer_settles_its_warm_up_on_a_gpu_only():
@@ -254,14 +251,13 @@ def test_the_event_timer_settles_its_warm_up_on_a_gpu_only():
 
 
 def test_profile_records_the_runtime_and_timer_of_each_latency_column():
-    from dyncal.analysis.latency import LatencySettings
     from dyncal.demo import pretrained
-    from dyncal.verbs.profile import profile_model
+    from dyncal.verbs.profile import ProfileOptions, profile_model
 
     costs, *_ = profile_model(
-        pretrained(), (1, 8, 8), batch_sizes=(2,), settings=LatencySettings(warmup=0, repeats=3, min_block_ms=0)
+        pretrained(), (1, 8, 8), ProfileOptions(batch_sizes=(2,), warmup=0, repeats=3, min_block_ms=0)
     )
     settings = costs.latency["cpu/b2"].settings
     assert settings["runtime"] == "eager" and settings["timer"] == "perf_counter"
     with pytest.raises(DyncalError, match="graphs needs CUDA"):
-        profile_model(pretrained(), (1, 8, 8), runtime="graphs")
+        profile_model(pretrained(), (1, 8, 8), ProfileOptions(runtime="graphs"))

@@ -12,18 +12,19 @@ partial run, so ``resume`` continues a collect that was killed where it stopped.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from dyncal.artifacts.outputs import check_out
@@ -86,20 +87,15 @@ class DistributedContext:
 
 
 def _gather(ctx: DistributedContext, value: Any) -> list[Any]:
-    """Every process's ``value`` (just ``[value]`` without torchrun)."""
-    if not ctx.active:
-        return [value]
-    import torch.distributed as dist
-
-    out: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(out, value)
-    return out
-
-
-def _raise_first_error(results: list[Any]) -> None:
-    for r in results:
-        if isinstance(r, str):
-            raise DyncalError(r)
+    """Every process's ``value`` (just ``[value]`` without torchrun); a string is an error, raised on every process."""
+    values: list[Any] = [value]
+    if ctx.active:
+        values = [None] * ctx.world_size
+        dist.all_gather_object(values, value)
+    for v in values:
+        if isinstance(v, str):
+            raise DyncalError(v)
+    return values
 
 
 def _labels_of(y: Any, batch_index: int, c: int) -> np.ndarray:
@@ -135,36 +131,6 @@ def _next_batch(batches: Any, batch_index: int, first_row: int, batch_size: int)
     if not isinstance(batch, (list, tuple)) or len(batch) != 2:
         raise DataError(f"batch {batch_index} is not (inputs, labels); every item must be an (input, label) pair")
     return batch[0], batch[1]
-
-
-class _InputTally:
-    """The inputs' signature over every batch seen: sizes that vary become dynamic, integer ranges join."""
-
-    def __init__(self) -> None:
-        self.signature: InputSignature | None = None
-
-    def add(self, x: Any, batch_index: int) -> Any:
-        """Check batch ``x`` against the batches before it (same inputs, dtypes, ranks) and return it."""
-        try:
-            x = as_inputs(x, what=f"batch {batch_index}: the collated inputs")
-            seen = InputSignature.of(x)
-            self.signature = seen if self.signature is None else self.signature.merge(seen)
-        except InputError as e:
-            raise DataError(f"batch {batch_index}: {e}" if not str(e).startswith("batch") else str(e)) from None
-        return x
-
-
-def _forward(model: Any, x: Any, dev: torch.device, batch_index: int, tally: _InputTally | None = None) -> Any:
-    """``model(x)`` (``model(*x)``, ``model(**x)``) on ``dev``; a failing forward becomes one line naming the batch."""
-    x = (tally or _InputTally()).add(x, batch_index)
-    try:
-        out = call_model(model, to_device(x, dev, non_blocking=True))
-    except Exception as e:  # noqa: BLE001 - the user's model may raise anything
-        raise ModelError(
-            f"the model failed on batch {batch_index} (inputs {describe_inputs(x)}): "
-            f"{type(e).__name__}: {first_line(e)}; check that the data set gives the inputs the model expects"
-        ) from e
-    return [out] if isinstance(out, torch.Tensor) else out  # a static model: one exit (K = 1)
 
 
 def _check_finite(logits: np.ndarray, batch_index: int, first_row: int) -> None:
@@ -224,6 +190,48 @@ class CollectOptions:
             check("limit", self.limit)
 
 
+@dataclass
+class _Share:
+    """What every step of one process's collect reads: its model and device, the options, its block of rows.
+
+    ``signature`` is the inputs' signature over every batch seen: sizes that vary become
+    dynamic, integer ranges join.
+    """
+
+    model: Any
+    dev: torch.device
+    ctx: DistributedContext
+    s: CollectOptions
+    spec: dict[str, Any]  # what a resumed collect must repeat (:func:`~dyncal.verbs.collect_resume.resume_point`)
+    block: tuple[int, int]
+    signature: InputSignature | None = None
+
+    def run_next(self, batches: Any, batch_index: int, first_row: int) -> tuple[Any, Any, Any] | None:
+        """The next batch through the model: ``(inputs, labels, outputs)``, or None at the end.
+
+        ``model(x)`` (``model(*x)``, ``model(**x)``) runs on this process's device; a failing
+        forward becomes one line naming the batch. Each batch must have the inputs, dtypes and
+        ranks of the batches before it.
+        """
+        batch = _next_batch(batches, batch_index, first_row, self.s.batch_size)
+        if batch is None:
+            return None
+        try:
+            x = as_inputs(batch[0], what=f"batch {batch_index}: the collated inputs")
+            seen = InputSignature.of(x)
+            self.signature = seen if self.signature is None else self.signature.merge(seen)
+        except InputError as e:
+            raise DataError(f"batch {batch_index}: {e}" if not str(e).startswith("batch") else str(e)) from None
+        try:
+            out = call_model(self.model, to_device(x, self.dev, non_blocking=True))
+        except Exception as e:  # noqa: BLE001 - the user's model may raise anything
+            raise ModelError(
+                f"the model failed on batch {batch_index} (inputs {describe_inputs(x)}): "
+                f"{type(e).__name__}: {first_line(e)}; check that the data set gives the inputs the model expects"
+            ) from e
+        return x, batch[1], [out] if isinstance(out, torch.Tensor) else out  # a static model: one exit (K = 1)
+
+
 def collect_run(
     loaded: LoadedModel,
     dataset: Dataset[Any],
@@ -268,28 +276,16 @@ def collect_run(
     ctx = DistributedContext.from_env()
     out = Path(out)
     check_out(out, overwrite=opts.overwrite)
-    if ctx.active:
-        _init_distributed(ctx, opts.device)
+    if ctx.active and not dist.is_initialized():
+        cuda = opts.device.startswith("cuda")
+        if cuda:  # each process owns one GPU; NCCL's collectives use the current device
+            torch.cuda.set_device(ctx.local_rank)
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
     try:
         return _collect(loaded, dataset, out, ctx, opts, progress, image_transform, command)
     finally:
-        if ctx.active:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
-
-
-def _init_distributed(ctx: DistributedContext, device: str) -> None:
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        if device.startswith("cuda"):
-            # Each process owns one GPU; NCCL's collectives use the current device.
-            torch.cuda.set_device(ctx.local_rank)
-            dist.init_process_group(backend="nccl")
-        else:
-            dist.init_process_group(backend="gloo")
+        if ctx.active and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 # --------------------------------------------------------------------------- the loop
@@ -323,7 +319,7 @@ def _collect(
     if not loaded.spec.endswith(".pt2"):  # exported programs have no train/eval switch
         model.eval()
     start, stop = block = ctx.block(n)
-    spec = {
+    spec: dict[str, Any] = {
         "model": loaded.spec,
         "weights_sha256": loaded.weights_sha256,
         "data": s.data_spec,
@@ -345,7 +341,7 @@ def _collect(
         done, saved_kc, error = resume_point(partial, ctx.rank, spec, block) if resumed else (start, None, None)
         if error is None and resumed and ctx.rank == 0:
             log.info("resuming '%s' at row %d of %d", partial, done, stop)
-        _raise_first_error(_gather(ctx, error))
+        _gather(ctx, error)  # every process stops on any process's error
 
         # Re-run the last saved batch (compared, not written) so a changed model or data
         # set shows up before anything new is written.
@@ -359,17 +355,15 @@ def _collect(
             collate_fn=collate_fn,
         )
         batches = iter(loader)
-        tally = _InputTally()
+        share = _Share(model, dev, ctx, s, spec, block)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            first, (k, c) = _first_batch(model, dev, batches, first_row, ctx, s, saved_kc, tally)
+            first, (k, c) = _first_batch(share, batches, first_row, saved_kc)
             writer = _arrays(writer, out, n, k, c, ctx, resumed)
             if not resumed:
                 write_progress(partial, ctx.rank, spec, k, c, block, start)
             try:
-                row = _write_rows(
-                    writer, model, dev, batches, first, k, c, ctx, s, spec, block, first_row, done, t0, progress, tally
-                )
+                row = _write_rows(share, writer, batches, first, k, c, first_row, done, t0, progress)
                 if row != stop:
                     raise DataError(
                         f"the data set gave {row - start} rows of the {stop - start} expected; is its length right?"
@@ -379,12 +373,11 @@ def _collect(
         seconds = time.perf_counter() - t0
         if ctx.rank != 0:
             writer.close()  # flushed before process 0 publishes
-        _raise_first_error(_gather(ctx, error))
-        signatures = _gather(ctx, None if sample.single or tally.signature is None else tally.signature.to_dict())
+        _gather(ctx, error)  # every process stops on any process's error
+        signatures = _gather(ctx, None if sample.single or share.signature is None else share.signature.to_dict())
         if ctx.rank != 0:
             return None
-        prov = _provenance(loaded, s, dev, ctx, command, input_shape, input_dtype, seconds, image_transform)
-        writer.finish(_with_signature(prov, signatures, s.collate))
+        writer.finish(_provenance(loaded, share, command, (input_shape, input_dtype), seconds, signatures))
         log.info("collected %d samples in %.1f s", n, seconds)
         return load_run(out)
     except BaseException as e:
@@ -412,36 +405,23 @@ def _open_writer(out: Path, n: int, ctx: DistributedContext, s: CollectOptions) 
             setup = writer.resumed
         except DyncalError as e:
             setup = str(e)
-    setups = _gather(ctx, setup)
-    _raise_first_error(setups)
-    return writer, bool(setups[0])
+    return writer, bool(_gather(ctx, setup)[0])  # process 0's answer: whether it resumes
 
 
 def _first_batch(
-    model: Any,
-    dev: torch.device,
-    batches: Any,
-    first_row: int,
-    ctx: DistributedContext,
-    s: CollectOptions,
-    saved_kc: tuple[int, int] | None,
-    tally: _InputTally,
-) -> tuple[tuple[Any, Any] | None, tuple[int, int]]:
-    """This process's first ``(labels, outputs)`` (None: an empty share), and the (K, C) every process agrees on."""
-    first: tuple[Any, Any] | None = None
+    share: _Share, batches: Any, first_row: int, saved_kc: tuple[int, int] | None
+) -> tuple[tuple[Any, Any, Any] | None, tuple[int, int]]:
+    """This process's first batch through the model (None: an empty share), and the (K, C) every process agrees on."""
+    first: tuple[Any, Any, Any] | None = None
     shape_or_error: Any = None
     try:
-        first_batch = _next_batch(batches, 0, first_row, s.batch_size)
-        if first_batch is not None:  # else an empty share (more processes than rows)
-            x, y = first_batch
-            outs = _forward(model, x, dev, 0, tally)
-            shape_or_error = check_exit_outputs(outs, batch_size(as_inputs(x)), static_ok=True)
-            first = (y, outs)
+        first = share.run_next(batches, 0, first_row)
+        if first is not None:  # else an empty share (more processes than rows)
+            x, _, outs = first
+            shape_or_error = check_exit_outputs(outs, batch_size(x), static_ok=True)
     except DyncalError as e:
         shape_or_error = str(e)
-    shapes = _gather(ctx, shape_or_error)
-    _raise_first_error(shapes)
-    kc = {tuple(v) for v in shapes if v is not None}
+    kc = {tuple(v) for v in _gather(share.ctx, shape_or_error) if v is not None}
     if saved_kc is not None:
         kc.add(saved_kc)
     if len(kc) != 1:
@@ -460,88 +440,72 @@ def _arrays(
             writer.open_existing(k, c)
         else:
             writer.allocate(k, c)
-    if ctx.active:
-        _gather(ctx, None)  # arrays exist now
-        if writer is None:
-            writer = RunWriter.attach(out, n, k, c)
-    assert writer is not None
-    return writer
+    _gather(ctx, None)  # the arrays exist now (under torchrun every process waits for process 0 here)
+    return writer if writer is not None else RunWriter.attach(out, n, k, c)
 
 
 def _provenance(
     loaded: LoadedModel,
-    s: CollectOptions,
-    dev: torch.device,
-    ctx: DistributedContext,
+    share: _Share,
     command: str | None,
-    input_shape: Any,
-    input_dtype: str | None,
+    sample: tuple[Any, str | None],
     seconds: float,
-    image_transform: dict[str, Any] | None,
+    signatures: list[Any],
 ) -> Provenance:
-    """What the finished run records of how it was collected."""
+    """What the finished run records of how it was collected.
+
+    A multi-input run records the inputs' signature over every process's batches (``signatures``)
+    instead of the first item's shape and dtype (``sample``).
+    """
+    s, ctx = share.s, share.ctx
+    seen = [InputSignature.from_dict(d) for d in signatures if d is not None]
+    input_shape, input_dtype = sample
+    first_item = {"input_shape": None if input_shape is None else list(input_shape), "input_dtype": input_dtype}
+    extra = {
+        "weights": loaded.weights,
+        "model_path": loaded.model_path,
+        **({} if seen else first_item),
+        "batch_size": s.batch_size,
+        "workers": s.workers,
+        "limit": s.limit,
+        "world_size": ctx.world_size,
+        "collect_seconds": round(seconds, 3),
+        "image_transform": share.spec["image_transform"],
+    }
+    if seen:
+        extra["inputs"] = functools.reduce(InputSignature.merge, seen).to_dict()
+    if s.collate is not None:
+        extra["collate"] = s.collate
     return Provenance.here(
         model=loaded.spec,
         data=s.data_spec,
-        device=str(dev) if not ctx.active else f"{dev.type} x{ctx.world_size}",
+        device=str(share.dev) if not ctx.active else f"{share.dev.type} x{ctx.world_size}",
         weights_sha256=loaded.weights_sha256,
         command=command,
-        extra={
-            "weights": loaded.weights,
-            "model_path": loaded.model_path,
-            "input_shape": None if input_shape is None else list(input_shape),
-            "input_dtype": input_dtype,
-            "batch_size": s.batch_size,
-            "workers": s.workers,
-            "limit": s.limit,
-            "world_size": ctx.world_size,
-            "collect_seconds": round(seconds, 3),
-            "image_transform": image_transform,
-        },
+        extra=extra,
     )
 
 
-def _with_signature(prov: Provenance, signatures: list[Any], collate: str | None) -> Provenance:
-    """The provenance with the inputs' signature over every process's batches (multi-input runs) and the collate."""
-    extra = dict(prov.extra)
-    seen = [InputSignature.from_dict(d) for d in signatures if d is not None]
-    if seen:
-        merged = seen[0]
-        for other in seen[1:]:
-            merged = merged.merge(other)
-        extra["inputs"] = merged.to_dict()
-        del extra["input_shape"], extra["input_dtype"]
-    if collate is not None:
-        extra["collate"] = collate
-    return dataclasses.replace(prov, extra=extra)
-
-
 def _write_rows(
+    share: _Share,
     writer: RunWriter,
-    model: Any,
-    dev: torch.device,
     batches: Any,
-    first: tuple[Any, Any] | None,
+    first: tuple[Any, Any, Any] | None,
     k: int,
     c: int,
-    ctx: DistributedContext,
-    s: CollectOptions,
-    spec: Mapping[str, Any],
-    block: tuple[int, int],
     row: int,
     done: int,
     t0: float,
     progress: ProgressFn | None,
-    tally: _InputTally,
 ) -> int:
     """Write every batch from ``row`` on (rows before ``done`` are compared, not written); returns the end row."""
-    start, stop = block
+    start, stop = share.block
     first_row = row
     last_saved = time.monotonic()
     batch_index = 0
     current = first
     while current is not None:
-        y, outs = current
+        _, y, outs = current
         if batch_index > 0 and (
             not isinstance(outs, (list, tuple)) or len(outs) != k or any(o.shape != (outs[0].shape[0], c) for o in outs)
         ):
@@ -558,12 +522,11 @@ def _write_rows(
             writer.write(row, logits, labels, indices)
         row += b
         batch_index += 1
-        if row > done and (row == stop or time.monotonic() - last_saved >= s.checkpoint_s):
+        if row > done and (row == stop or time.monotonic() - last_saved >= share.s.checkpoint_s):
             writer.sync()  # the rows are on disk before the progress file names them
-            write_progress(writer.partial, ctx.rank, spec, k, c, block, row)
+            write_progress(writer.partial, share.ctx.rank, share.spec, k, c, share.block, row)
             last_saved = time.monotonic()
-        if progress is not None and ctx.rank == 0:
+        if progress is not None and share.ctx.rank == 0:
             progress(row - start, stop - start, (row - first_row) / max(time.perf_counter() - t0, 1e-9))
-        batch = _next_batch(batches, batch_index, row, s.batch_size)
-        current = None if batch is None else (batch[1], _forward(model, batch[0], dev, batch_index, tally))
+        current = share.run_next(batches, batch_index, row)
     return row

@@ -111,14 +111,12 @@ def resume_point(
     saved_kc = (int(first_doc["k"]), int(first_doc["c"]))
     mine = read_progress(partial, rank)  # None: this process died before saving any
     error = _spec_difference(partial, (mine or first_doc)["spec"], spec)
-    done = start
-    if mine is not None:
-        done = int(mine["done"])
-        if error is None and (list(mine["block"]) != list(block) or not start <= done <= stop):
-            error = (
-                f"cannot resume '{partial}': this process's rows are {list(block)} now but were "
-                f"{mine['block']} (saved up to {done}); pass `overwrite` instead of `resume` to start again"
-            )
+    done = start if mine is None else int(mine["done"])
+    if mine is not None and error is None and (list(mine["block"]) != list(block) or not start <= done <= stop):
+        error = (
+            f"cannot resume '{partial}': this process's rows are {list(block)} now but were "
+            f"{mine['block']} (saved up to {done}); pass `overwrite` instead of `resume` to start again"
+        )
     return done, saved_kc, error
 
 

@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.export import Dim
 
-from dyncal.analysis.graphs import refuse_verify_only_runtime, select_runtime
+from dyncal.analysis.graphs import refuse_verify_only_runtime, select_runtime, with_runtime
 from dyncal.analysis.package_runner import PackageRunner, open_package
 from dyncal.analysis.partition import quiet_export_logs
 from dyncal.analysis.stages import (
@@ -50,13 +51,14 @@ from dyncal.errors import DyncalError, ProfileError, describe
 from dyncal.models import torch_dtype
 from dyncal.options import options_from
 from dyncal.run_model import ModelOverrides, RunModel, open_run_model
-from dyncal.verbs.runtimes import prove_package_graphs
+from dyncal.verbs.profile_inputs import RunBatches, fit_length
 
 __all__ = ["ExportResult", "ExportOptions", "export_package"]
 
 log = logging.getLogger(__name__)
 
 _CHECK_BATCHES = (1, 4)  # the written package is proven against the model at these batch sizes
+_GRAPHS_CHECK_BATCHES = (1, 3, 4)  # and, under `runtime` graphs, against itself eagerly (3: padded to 4's bucket)
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ class ExportResult:
         seconds: Wall-clock time of the export.
         key_id: Id of the key that signed it (``sign_key``), or None when unsigned.
         graphs_check: Under ``runtime`` graphs, how the package was proven to replay from CUDA
-            graphs as it runs eagerly (:func:`~dyncal.verbs.runtimes.prove_package_graphs`); else None.
+            graphs as it runs eagerly (:func:`_prove_graphs`); else None.
     """
 
     path: Path
@@ -124,8 +126,6 @@ def _write_error(out: Path, e: OSError) -> DyncalError:
 
 def _export_stages(stages: Stages, example: Any) -> list[tuple[torch.export.ExportedProgram, tuple[int | None, ...]]]:
     """Each stage as an exported program with a dynamic batch (and sequence length), and the batch dims it hands on."""
-    from torch.export import Dim
-
     out = []
     carry: tuple[Any, ...] = stages.flat_inputs(example)
     dims: tuple[int | None, ...] = (0,) * len(carry)
@@ -155,13 +155,12 @@ def _export_stages(stages: Stages, example: Any) -> list[tuple[torch.export.Expo
             outs = module(*carry)
         carry = tuple(outs[1:])
         if i == stages.k - 1:
-            next_dims: tuple[int | None, ...] = ()
+            dims = ()
         elif stages.batch_dims is not None:
-            next_dims = stages.batch_dims[i]
+            dims = stages.batch_dims[i]
         else:  # hand-declared stages carry batch-major tensors
-            next_dims = tuple(0 if isinstance(t, torch.Tensor) and t.ndim > 0 else None for t in carry)
-        out.append((program, next_dims))
-        dims = next_dims
+            dims = tuple(0 if isinstance(t, torch.Tensor) and t.ndim > 0 else None for t in carry)
+        out.append((program, dims))  # the batch dims this stage hands on
     return out
 
 
@@ -172,8 +171,6 @@ def _length_dims(stages: Stages) -> Callable[[int, int], dict[int, Any]]:
     symbol, shared by every value that has it. Stages declared by hand for a model of several
     inputs: the inputs' dynamic dimensions (one shared length); their carry keeps the batch only.
     """
-    from torch.export import Dim
-
     sig, symbols = stages.inputs, stages.dim_symbols
     if symbols is None:
         first = [] if sig is None else [{d + 1: _LENGTH for d in s.dynamic} for s in sig.inputs]
@@ -195,7 +192,7 @@ def _length_dims(stages: Stages) -> Callable[[int, int], dict[int, Any]]:
     return lambda i, j: table[i][j] if i < len(table) and j < len(table[i]) else {}
 
 
-_LENGTH = torch.export.Dim("length", min=1)
+_LENGTH = Dim("length", min=1)
 
 
 def _with_longest(opened: RunModel, stages: Stages) -> RunModel:
@@ -266,13 +263,35 @@ def _prove(model: nn.Module, runner: PackageRunner, batches: Callable[[int], Any
     return {"batch_sizes": list(_CHECK_BATCHES), "max_abs_diff": diffs, "rows_can_leave": True}
 
 
-def _batches(run: Run, opened: RunModel, opts: ExportOptions) -> Callable[[int], Any]:
+def _prove_graphs(path: Path, shape: Sequence[int], dtype: torch.dtype) -> dict[str, Any]:
+    """Load the package at ``path`` on the GPU and check it gives the same exits and predictions under graphs.
+
+    The package's own thresholds decide who leaves; the eager and the graph-replayed runner
+    must answer every row alike at each of ``_GRAPHS_CHECK_BATCHES`` (a padded bucket included).
+
+    Raises:
+        ProfileError: The stages cannot be captured, or the answers differ.
+    """
+    eager = open_package(path, "cuda")
+    graphed = with_runtime(eager, "graphs", max_batch_size=max(_GRAPHS_CHECK_BATCHES))
+    for b in _GRAPHS_CHECK_BATCHES:
+        x = example_input(shape, dtype, b, seed=2, device=eager.device)
+        e0, p0 = eager(x)
+        e1, p1 = graphed(x)
+        if not (torch.equal(e0, e1) and torch.equal(p0, p1)):
+            raise ProfileError(
+                f"the package answers differently under `runtime` graphs at batch size {b} than eagerly; "
+                "export with `runtime` eager"
+            )
+    info = graphed.stages.info.to_dict()  # type: ignore[attr-defined]
+    return {"runtime": "graphs", "batch_sizes": list(_GRAPHS_CHECK_BATCHES), "capture": info}
+
+
+def _batches(run: Run, opened: RunModel) -> Callable[[int], Any]:
     """``batches(b)``: random inputs of the model's shape (one tensor), else ``b`` real rows of the run's data."""
     if opened.single_input:
         shape, dtype = opened.input_shape, torch_dtype(opened.input_dtype)
         return lambda b: example_input(shape, dtype, b, seed=1)
-    from dyncal.verbs.profile_inputs import RunBatches
-
     assert opened.inputs is not None
     rows = RunBatches(run, opened.inputs, data=None, search_path=opened.model_path, seed=1)
     return lambda b: rows(b, torch.device("cpu"))
@@ -283,15 +302,9 @@ def _proof_batches(opened: RunModel, batches: Callable[[int], Any]) -> Callable[
     sig = opened.inputs
     if opened.single_input or sig is None or not sig.has_dynamic:
         return batches
-    from dyncal.verbs.profile_inputs import fit_length
-
     unseen = max(s.shape[d] for s in sig.inputs for d in s.dynamic) + 3
     unseen = min([unseen, *(s.longest for s in sig.inputs if s.longest is not None)])
     return lambda b: batches(b) if b == 1 else fit_length(batches(b), sig, unseen)
-
-
-def _files_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -317,8 +330,7 @@ class ExportOptions(ModelOverrides):
         """Refuse ``runtime`` graphs on a machine without CUDA before anything is exported."""
         super().__post_init__()
         refuse_verify_only_runtime(self.runtime, "export")
-        if self.runtime is not None:
-            select_runtime(self.runtime, "cuda" if self.runtime == "graphs" else "cpu")
+        select_runtime(self.runtime, "cuda" if self.runtime == "graphs" else "cpu")  # None is eager: nothing to refuse
 
 
 def export_package(
@@ -394,7 +406,7 @@ def _write_package(
     # the run's model, checked by hash and by re-running recorded rows: a package ships the model it measured
     opened = open_run_model(run, opts, probe=4, other_model_allowed=False)
     shape, dtype = opened.input_shape, torch_dtype(opened.input_dtype or "float32")
-    batches = _batches(run, opened, opts)
+    batches = _batches(run, opened)
     stages = _stages_for(opened, batches(EXAMPLE_BATCH), batches(4), opts.stages)
     exported = _export_stages(stages, batches(EXAMPLE_BATCH))
     opened = _with_longest(opened, stages)
@@ -407,8 +419,8 @@ def _write_package(
     try:
         manifest = _manifest(run, thresholds, opened, stages.source, *_write_stages(partial, exported))
         manifest, text = _write_manifest(partial, manifest, opened.module, secret, _proof_batches(opened, batches))
-        graphs_check = None if opts.runtime != "graphs" else prove_package_graphs(partial, shape, dtype)
-        size = _files_size(partial)
+        graphs_check = None if opts.runtime != "graphs" else _prove_graphs(partial, shape, dtype)
+        size = sum(p.stat().st_size for p in partial.iterdir() if p.is_file())
         publish_dir(partial, out, foreign=package.foreign_in_package, error=DyncalError)
     except BaseException as e:
         discard_built_folder(partial, package.partial_export_entry)

@@ -37,25 +37,22 @@ def run_info(run: Run) -> dict[str, Any]:
         (2, 2, [(1, 0.5, 1000000.0), (2, 0.5, 4000000.0)])
     """
     costs = run.costs
+    latency = [] if costs is None else sorted(costs.latency.items())
     exits = [
         {
             **s.to_dict(),
             "macs": None if costs is None or costs.macs is None else costs.macs[s.exit - 1],
-            "latency_ms": {}
-            if costs is None
-            else {key: prof.early_exit_ms[s.exit - 1] for key, prof in sorted(costs.latency.items())},
-            "stage_sum_ms": {}
-            if costs is None
-            else {key: prof.exit_ms[s.exit - 1] for key, prof in sorted(costs.latency.items())},
+            "latency_ms": {key: prof.early_exit_ms[s.exit - 1] for key, prof in latency},
+            "stage_sum_ms": {key: prof.exit_ms[s.exit - 1] for key, prof in latency},
         }
         for s in exit_stats(run.logits, run.labels)
     ]
     doc: dict[str, Any] = {"path": str(run.path), "n": run.n, "k": run.k, "c": run.c, "exits": exits}
     if costs is not None:
-        full = {k: full_model_ms(costs, None, k) for k in sorted(costs.latency)}
+        full = {k: full_model_ms(costs, None, k) for k, _ in latency}
         doc["full_model_ms"] = {k: ms for k, (ms, _) in full.items()}
         doc["full_model_source"] = {k: source for k, (_, source) in full.items()}
-        doc["decision_ms"] = {k: p.decision_median_ms for k, p in sorted(costs.latency.items())}
+        doc["decision_ms"] = {k: p.decision_median_ms for k, p in latency}
         doc["unsupported_ops"] = [u.to_dict() for u in costs.unsupported_ops]
     doc["provenance"] = run.provenance.to_dict()
     return doc

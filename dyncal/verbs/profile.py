@@ -63,7 +63,7 @@ from dyncal.errors import ProfileError, param
 from dyncal.inputs import Inputs, InputSignature, batch_size
 from dyncal.models import load_model, resolve_device, torch_dtype
 from dyncal.options import options_from
-from dyncal.run_model import ModelCheck, ModelOverrides, ModelSource, open_run_model, state_sha256
+from dyncal.run_model import ModelCheck, ModelOverrides, open_run_model, state_sha256
 from dyncal.verbs.profile_inputs import LengthBucket, MultiInputProfile, averaged_macs
 
 __all__ = ["ProfileOptions", "ProfileResult", "profile_run", "profile_run_full", "profile_model"]
@@ -113,9 +113,8 @@ class ProfileOptions(ModelOverrides):
 
     def __post_init__(self) -> None:
         """Validate the options that need no model; one device name is one device."""
-        if isinstance(self.devices, str):
-            object.__setattr__(self, "devices", (self.devices,))
-        object.__setattr__(self, "devices", tuple(dict.fromkeys(device_name(d) for d in self.devices)))
+        devices = (self.devices,) if isinstance(self.devices, str) else self.devices
+        object.__setattr__(self, "devices", tuple(dict.fromkeys(device_name(d) for d in devices)))
         object.__setattr__(self, "batch_sizes", tuple(self.batch_sizes))
         if not self.devices and self.latency:
             raise ProfileError("give at least one of `devices` to time on")
@@ -155,7 +154,6 @@ class ProfileResult:
         drop_rows_reason: Why samples cannot leave a batch between stages (early exit must
             then run whole batches), None when they can.
         model_check: How the model compared with the run's (see :func:`dyncal.run_model.check_run_model`).
-        source: Where the model came from: what ``run.json`` names, or the ``model`` option.
         replaced: Latency keys timed on another model that this profile replaced.
         replaced_model: That other model, described.
         macs_basis: For a model of several inputs, what its MACs are (averaged over the data's lengths).
@@ -172,7 +170,6 @@ class ProfileResult:
     input_shape: tuple[int, ...]
     drop_rows_reason: str | None = None
     model_check: ModelCheck | None = None
-    source: ModelSource | None = None
     replaced: tuple[str, ...] = ()
     replaced_model: str | None = None
     macs_basis: str | None = None
@@ -186,22 +183,21 @@ class ProfileResult:
             multi["inputs"] = self.inputs
         if self.buckets:
             multi["seq_len_buckets"] = [b.to_dict() for b in self.buckets]
-        costs = self.costs
+        latency = sorted(self.costs.latency.items())
         k = len(self.macs.stage_macs)
-        exits = []
-        for i in range(k):
-            exits.append(
-                {
-                    "exit": i + 1,
-                    "macs": self.macs.exit_macs[i],
-                    "stage_macs": self.macs.stage_macs[i],
-                    "latency_ms": {key: p.exit_ms[i] for key, p in sorted(costs.latency.items())},
-                    "stage_latency_ms": {key: p.stage_median_ms[i] for key, p in sorted(costs.latency.items())},
-                    "stage_latency_iqr_ms": {key: p.stage_iqr_ms[i] for key, p in sorted(costs.latency.items())},
-                    "early_exit_ms": {key: p.early_exit_ms[i] for key, p in sorted(costs.latency.items())},
-                    "unsupported_ops": {u.op: u.count for u in self.macs.unsupported_ops if u.stage == i + 1},
-                }
-            )
+        exits = [
+            {
+                "exit": i + 1,
+                "macs": self.macs.exit_macs[i],
+                "stage_macs": self.macs.stage_macs[i],
+                "latency_ms": {key: p.exit_ms[i] for key, p in latency},
+                "stage_latency_ms": {key: p.stage_median_ms[i] for key, p in latency},
+                "stage_latency_iqr_ms": {key: p.stage_iqr_ms[i] for key, p in latency},
+                "early_exit_ms": {key: p.early_exit_ms[i] for key, p in latency},
+                "unsupported_ops": {u.op: u.count for u in self.macs.unsupported_ops if u.stage == i + 1},
+            }
+            for i in range(k)
+        ]
         return {
             "model": self.model,
             "input_shape": list(self.input_shape),
@@ -217,7 +213,7 @@ class ProfileResult:
                 {"key": key, "batch_size": c.batch_size, "max_abs_diff": list(c.max_abs_diff)} for key, c in self.checks
             ],
             "measured": list(self.measured),
-            "latency": {key: _latency_summary(p) for key, p in sorted(costs.latency.items())},
+            "latency": {key: _latency_summary(p) for key, p in latency},
             "model_check": None if self.model_check is None else self.model_check.to_dict(),
             "replaced": list(self.replaced),
             "replaced_model": self.replaced_model,
@@ -241,32 +237,15 @@ def _latency_summary(p: LatencyProfile) -> dict[str, Any]:
     }
 
 
-def _rows_check(model: nn.Module, stages: Stages, x: Inputs) -> None:
-    """Run :func:`verify_stages` on a batch of several rows for its row-drop check only.
-
-    A failure of the full-batch comparison at this size is left to the per-batch checks
-    (the stages may be fixed-size); only the row-drop verdict is kept.
-    """
-    try:
-        verify_stages(model, stages, x)
-    except ProfileError as e:
-        log.debug("row-drop check skipped at batch %d: %s", batch_size(x), e)
-
-
 def profile_model(
     model: nn.Module,
     input_shape: Sequence[int],
+    options: ProfileOptions | None = None,
     *,
     input_dtype: torch.dtype = torch.float32,
-    devices: Sequence[str] = ("cpu",),
-    batch_sizes: Sequence[int] = (1,),
-    settings: LatencySettings | None = None,
     stages_fn: Callable[[nn.Module], Sequence[nn.Module]] | None = None,
     model_on: Callable[[str], nn.Module] | None = None,
-    seed: int = 0,
-    latency: bool = True,
     model_id: Mapping[str, Any] | None = None,
-    runtime: str | None = None,
     batches: Callable[[int, torch.device], Inputs] | None = None,
     mac_samples: Sequence[tuple[Inputs, float]] = (),
     signature: InputSignature | None = None,
@@ -276,19 +255,16 @@ def profile_model(
     Args:
         model: The multi-exit model, in eval mode on the CPU.
         input_shape: Per-sample input shape, e.g. ``(3, 224, 224)``.
+        options: The devices and batch sizes to time, the latency settings, the seed of the
+            random inputs, whether to measure latency and the ``runtime`` (:class:`ProfileOptions`;
+            its model fields and ``seq_lens`` are the caller's; default: CPU, batch size 1).
         input_dtype: Input dtype.
-        devices: Devices to time on (each named once, as :func:`~dyncal.artifacts.costs.device_name` names it).
-        batch_sizes: Batch sizes to time.
-        settings: Latency settings.
         stages_fn: Optional hand-declared stages (``fn(model) -> [nn.Module]``).
         model_on: ``model_on(device)`` returns the model on another device (default: move
             ``model``'s copy there with ``.to``; the CPU model is restored afterwards).
-        seed: Seed of the random inputs.
-        latency: Measure latency (False: MACs only).
         model_id: What identifies the model (``model`` spec, ``weights_sha256``,
             ``state_sha256``; see :data:`dyncal.artifacts.run.MODEL_ID_KEYS`), recorded in every latency
             entry's settings (default: the state's hash only).
-        runtime: ``eager`` or ``graphs`` (CUDA only); default per device.
         batches: ``batches(b, device)``: the inputs to build, check and time with (default: random).
         mac_samples: One-row batches whose MACs are averaged, with their weights (default: one count on
             ``batches(1)``).
@@ -304,33 +280,40 @@ def profile_model(
             cannot count, a stage fails on a device, or a latency cannot be right
             (:func:`dyncal.analysis.plausible.check_plausible`).
     """
-    settings = settings or LatencySettings()
+    options = options or ProfileOptions()
+    settings = options.latency_settings()
     model_id = dict(model_id) if model_id is not None else {"state_sha256": state_sha256(model)}
     cpu = torch.device("cpu")
-    devices = tuple(dict.fromkeys(device_name(d) for d in devices))  # cpu:0 is cpu: one key per device
-    for d in devices:
-        resolve_device(d)
 
     def inputs(b: int, device: torch.device) -> Inputs:
-        return batches(b, device) if batches else example_input(input_shape, input_dtype, b, device=device, seed=seed)
+        if batches:
+            return batches(b, device)
+        return example_input(input_shape, input_dtype, b, device=device, seed=options.seed)
 
     x1 = inputs(1, cpu)
-    checks: list[tuple[str, StageCheck]] = []
     stages, check = checked_stages(
         model, x1, example=inputs(EXAMPLE_BATCH, cpu), stages_fn=stages_fn, reexport=True, signature=signature
     )
-    checks.append(("cpu/b1", check))
+    checks = [("cpu/b1", check)]
     if stages.can_drop_rows:  # can rows leave between stages? (needs >= 2 rows; marks the stages if not)
-        _rows_check(model, stages, inputs(_ROWS_BATCH, cpu))
-    macs = _macs(stages, model, x1, mac_samples)
+        x = inputs(_ROWS_BATCH, cpu)
+        try:  # for the row-drop verdict only: a failing comparison at this size is left to the per-batch checks
+            verify_stages(model, stages, x)
+        except ProfileError as e:
+            log.debug("row-drop check skipped at batch %d: %s", batch_size(x), e)
+    # several inputs: MACs averaged over the samples, with no eager count (whose module view misleads)
+    if mac_samples:
+        macs = averaged_macs(lambda s: stage_macs(stages, s), mac_samples)
+    else:
+        macs = stage_macs(stages, x1, model=model)
     log.info("MACs per exit: %s", list(macs.exit_macs))
     profiles: dict[str, LatencyProfile] = {}
-    for name in devices if latency else ():
+    for name in options.devices if options.latency else ():
         for attempt in range(1, ATTEMPTS + 1):  # a burst of load passes: time again before refusing
             attempt_checks: list[tuple[str, StageCheck]] = []
             timed = _time_on(
-                name, model, stages, inputs, batch_sizes, settings, stages_fn=stages_fn, model_on=model_on,
-                checks=attempt_checks, runtime=select_runtime(runtime, name),
+                name, model, stages, inputs, options.batch_sizes, settings, stages_fn=stages_fn, model_on=model_on,
+                checks=attempt_checks, runtime=select_runtime(options.runtime, name),
             )  # fmt: skip
             why = implausible(timed)
             if why is None or attempt == ATTEMPTS:
@@ -352,13 +335,6 @@ def profile_model(
     return costs, macs, stages, checks
 
 
-def _macs(stages: Stages, model: nn.Module, x1: Inputs, mac_samples: Sequence[tuple[Inputs, float]]) -> StageMacs:
-    """MACs on ``x1``, or averaged over ``mac_samples`` (several inputs: no eager count, whose module view misleads)."""
-    if mac_samples:
-        return averaged_macs(lambda s: stage_macs(stages, s), mac_samples)  # type: ignore[no-any-return]
-    return stage_macs(stages, x1, model=model)
-
-
 def _time_on(
     name: str,
     model: nn.Module,
@@ -370,7 +346,7 @@ def _time_on(
     stages_fn: Callable[[nn.Module], Sequence[nn.Module]] | None,
     model_on: Callable[[str], nn.Module] | None,
     checks: list[tuple[str, StageCheck]],
-    runtime: str = "eager",
+    runtime: str,
 ) -> list[LatencyProfile]:
     """Latency on device ``name`` at every batch size (inputs from ``inputs(b, device)``).
 
@@ -465,16 +441,11 @@ def _profile_locked(run: Run, options: ProfileOptions) -> ProfileResult:
         return profile_model(
             opened.module,
             opened.input_shape,
+            options,
             input_dtype=torch_dtype(opened.input_dtype or "float32"),
-            devices=options.devices,
-            batch_sizes=tuple(int(b) for b in options.batch_sizes),
-            settings=options.latency_settings(),
             stages_fn=stages_fn,
             model_on=model_on,
-            seed=options.seed,
-            latency=options.latency,
             model_id=model_id,
-            runtime=options.runtime,
             batches=batches,
             mac_samples=samples,
             signature=opened.inputs if multi is not None else None,
@@ -495,7 +466,6 @@ def _profile_locked(run: Run, options: ProfileOptions) -> ProfileResult:
         model=opened.spec,
         input_shape=opened.input_shape,
         model_check=opened.check,
-        source=opened.source,
         replaced=stored.replaced,
         replaced_model=stored.replaced_model,
         macs_basis=None if multi is None else multi.basis,

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from dyncal.artifacts.run import Run
+from dyncal.data import dataset_for_run, run_rows
 from dyncal.errors import DyncalError, ProfileError
 from dyncal.inputs import Inputs, InputSignature, to_device
 
@@ -70,8 +71,6 @@ class RunBatches:
     def __init__(
         self, run: Run, signature: InputSignature, *, data: str | None, search_path: str | None, seed: int = 0
     ) -> None:
-        from dyncal.data import dataset_for_run
-
         self.run, self.signature, self.seed, self.search_path = run, signature, seed, search_path
         try:
             self.dataset = dataset_for_run(run, data=data, search_path=search_path)
@@ -82,8 +81,6 @@ class RunBatches:
 
     def rows(self, positions: Sequence[int], device: torch.device | str = "cpu") -> Inputs:
         """The run's rows at ``positions`` (0-based in the run), as one batch on ``device``."""
-        from dyncal.data import run_rows
-
         x, _ = run_rows(
             self.run, np.asarray(positions, dtype=np.int64), search_path=self.search_path, dataset=self.dataset
         )
@@ -95,11 +92,6 @@ class RunBatches:
         rng = np.random.default_rng(self.seed + batch_size)
         picked = rng.choice(self.run.n, size=batch_size, replace=batch_size > self.run.n)
         return self.rows(picked.tolist(), device)
-
-    def spread(self, count: int) -> list[int]:
-        """Up to ``count`` row positions spread evenly over the run."""
-        spread = np.unique(np.linspace(0, self.run.n - 1, min(count, self.run.n)).round().astype(np.int64))
-        return [int(v) for v in spread]
 
 
 def fit_length(x: Inputs, signature: InputSignature, length: int) -> Inputs:
@@ -116,12 +108,9 @@ def fit_length(x: Inputs, signature: InputSignature, length: int) -> Inputs:
     for spec, t in zip(signature.inputs, signature.flatten(x), strict=True):
         for d in spec.dynamic:
             dim = d + 1
-            if t.shape[dim] >= length:
-                t = t.narrow(dim, 0, length)
-            else:
-                pad = list(t.shape)
-                pad[dim] = length - t.shape[dim]
-                t = torch.cat([t, torch.zeros(pad, dtype=t.dtype, device=t.device)], dim=dim)
+            if t.shape[dim] < length:
+                t = torch.cat([t, t.new_zeros(*t.shape[:dim], length - t.shape[dim], *t.shape[dim + 1 :])], dim=dim)
+            t = t.narrow(dim, 0, length)
         out.append(t)
     return signature.unflatten(out)
 
@@ -132,8 +121,6 @@ def averaged_macs(count: Any, samples: Sequence[tuple[Inputs, float]]) -> Any:
     The first sample's count keeps its operators and uncounted ops; its per-stage MACs are
     replaced by the weighted mean over all samples (rounded to whole MACs).
     """
-    from dataclasses import replace
-
     counts = [count(x) for x, _ in samples]
     mean = np.average([c.stage_macs for c in counts], axis=0, weights=[w for _, w in samples])
     return replace(counts[0], stage_macs=tuple(int(round(float(m))) for m in mean), graph_macs=None, model_macs=None)
@@ -171,8 +158,7 @@ def length_groups(lengths: Sequence[int], most: int = MAC_LENGTHS) -> list[tuple
         groups = [order[values == v] for v in distinct]
     else:  # quantile groups of equal size, each counted at its median row
         groups = [g for g in np.array_split(order, most) if len(g)]
-    n = len(lengths)
-    return [(int(g[len(g) // 2]), len(g) / n) for g in groups]
+    return [(int(g[len(g) // 2]), len(g) / len(lengths)) for g in groups]
 
 
 @dataclass(frozen=True)
@@ -214,9 +200,10 @@ class MultiInputProfile:
     ) -> MultiInputProfile:
         """Open the run's data set and pick the rows (raises :class:`ProfileError` when it cannot be read)."""
         batches = RunBatches(run, signature, data=data, search_path=search_path, seed=seed)
+        count = min(LENGTH_ROWS if signature.has_dynamic else 1, run.n)  # rows spread evenly over the run
+        positions = np.unique(np.linspace(0, run.n - 1, count).round().astype(np.int64))
         try:
-            positions = batches.spread(LENGTH_ROWS if signature.has_dynamic else 1)
-            rows = [batches.rows([i]) for i in positions]
+            rows = [batches.rows([int(i)]) for i in positions]
         except DyncalError as e:
             raise ProfileError(f"the run's rows cannot be read to profile the model on them ({e})") from e
         lengths = [_length(signature, x) for x in rows]

@@ -108,12 +108,6 @@ class MonitorResult:
         }
 
 
-def _manifest_sha256(package: str | os.PathLike[str]) -> str:
-    from dyncal.artifacts.package import manifest_bytes
-
-    return hashlib.sha256(manifest_bytes(Path(package))).hexdigest()
-
-
 def monitor_telemetry(
     run: str | os.PathLike[str],
     thresholds: str | os.PathLike[str],
@@ -131,6 +125,7 @@ def monitor_telemetry(
     Raises:
         DyncalError: Unreadable files, thresholds of another run, telemetry of another package.
     """
+    from dyncal.artifacts.package import manifest_bytes
     from dyncal.artifacts.run import load_run
     from dyncal.artifacts.thresholds import read_thresholds
     from dyncal.monitor import CalibrationReference, monitor, read_labels
@@ -139,9 +134,8 @@ def monitor_telemetry(
     doc = read_thresholds(thresholds)
     loaded = load_run(run)
     reference = CalibrationReference.from_run(loaded, doc)
-    expect = PackageIdentity.from_thresholds(
-        doc, manifest_sha256=None if package is None else _manifest_sha256(package)
-    )
+    manifest_sha256 = None if package is None else hashlib.sha256(manifest_bytes(Path(package))).hexdigest()
+    expect = PackageIdentity.from_thresholds(doc, manifest_sha256=manifest_sha256)
     read = read_telemetry(telemetry, expect=expect)
     by_id = None if labels is None else read_labels(labels, n_classes=loaded.c)
     report = monitor(reference, read.data, options, labels=by_id, identity=read.identity)

@@ -37,13 +37,12 @@ thresholds and the model it measured.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -75,7 +74,6 @@ from dyncal.options import options_from
 from dyncal.paired import ESTIMATORS
 from dyncal.run_model import ModelOverrides, open_run_model, probe_run_model, run_inputs
 from dyncal.verbs.verify_pairs import SETTLE, more_pairs_rounds, time_pairs
-from dyncal.verbs.verify_pairs import run_plain as _plain
 from dyncal.verbs.verify_throughput import verify_throughput
 
 __all__ = ["VerifyProgress", "verify_run", "VerifyOptions", "DEFAULT_MAX_SECONDS", "MIN_TIMED_BATCHES"]
@@ -83,7 +81,6 @@ __all__ = ["VerifyProgress", "verify_run", "VerifyOptions", "DEFAULT_MAX_SECONDS
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Plain = Callable[[torch.Tensor], Any]
 
 BASELINE = (
     "plain deployment: the stages and the last head only (no intermediate head, no exit decision), "
@@ -106,15 +103,12 @@ _ORDER_SEED = 20231
 _SIM_CHUNK = 4096  # rows of stored logits scored at a time
 
 
-class VerifyProgress(Protocol):
-    """Called as ``progress(key, done, total)`` after each batch of a batch size.
+VerifyProgress = Callable[[str, int, int], None]
+"""Called as ``progress(key, done, total)`` after each batch of a batch size.
 
-    ``key`` is ``"<device>/b<batch>"``; when the time bound ends a batch size early, a last
-    call has ``done == total`` with the batches actually replayed.
-    """
-
-    def __call__(self, key: str, done: int, total: int) -> None:
-        """Report progress."""
+``key`` is ``"<device>/b<batch>"``; when the time bound ends a batch size early, a last
+call has ``done == total`` with the batches actually replayed.
+"""
 
 
 def _try(what: str, batch_size: int, fn: Callable[[], T]) -> T:
@@ -124,7 +118,7 @@ def _try(what: str, batch_size: int, fn: Callable[[], T]) -> T:
 
 def _subject(
     run: Run, thresholds: ThresholdsDocument, opts: VerifyOptions, dev: torch.device
-) -> tuple[ModelIdentity, dict[str, Any] | None, Callable[[torch.Tensor], tuple[EarlyExitRunner, Plain]]]:
+) -> tuple[ModelIdentity, dict[str, Any] | None, Callable[[torch.Tensor], tuple[EarlyExitRunner, EarlyExitRunner]]]:
     """What is replayed: its identity, how it compared with the run's model, and how to make its early exit.
 
     A package must have been exported from this run with these thresholds. The early exit
@@ -149,7 +143,7 @@ def _subject(
         identity = ModelIdentity(
             spec=str(opts.package), weights_sha256=pkg.manifest.model.get("weights_sha256"), kind="package"
         )
-        return identity, None, lambda probe: _under_runtime(pkg, pkg.plain_runner(), to_device(probe, dev), opts)
+        return identity, None, lambda probe: _under_runtime(pkg, pkg.plain_runner(), probe, opts)
     opened = open_run_model(
         run,
         ModelOverrides(model=opts.model, weights=opts.weights, model_path=opts.model_path),
@@ -159,10 +153,9 @@ def _subject(
         allow_other_model=opts.allow_other_model,
     )
 
-    def early_exit(probe: Any) -> tuple[EarlyExitRunner, Plain]:
+    def early_exit(probe: Any) -> tuple[EarlyExitRunner, EarlyExitRunner]:
         # stages that reproduce the model on the probe; a model exported with a fixed batch
         # size cannot drop rows, which is said in one line rather than failing mid-run
-        probe = to_device(probe, dev)
         probe_run_model(run, opened, probe)
         stages_fn = stages_function(opts.stages, opened.model_path)
         signature = run_inputs(run) if run.provenance.extra.get("inputs") is not None else None
@@ -185,7 +178,7 @@ def _subject(
 
 def _under_runtime(
     runner: EarlyExitRunner, plain: EarlyExitRunner, probe: Any, opts: VerifyOptions
-) -> tuple[EarlyExitRunner, Plain]:
+) -> tuple[EarlyExitRunner, EarlyExitRunner]:
     """The early exit and the plain deployment, both under ``opts.runtime`` (checked on ``probe``)."""
     big = max(opts.batch_sizes)
     return (
@@ -213,14 +206,13 @@ def _threads_for(run: Run, device: str, batch_sizes: Sequence[int], threads: int
     """The thread count to pin: as given, else the one the run's profile timed with (one clock)."""
     if threads is not None:
         return threads, "--threads"
-    if run.costs is not None:
-        for b in batch_sizes:
-            prof = run.costs.latency.get(str(LatencyKey(device, b)))
-            if prof is not None and prof.threads:
-                return int(prof.threads), f"the profile of {prof.key}"
-        for prof in run.costs.latency.values():
-            if prof.device == device and prof.threads:
-                return int(prof.threads), f"the profile of {prof.key}"
+    latency = {} if run.costs is None else run.costs.latency
+    # a profile at one of these batch sizes first, else any on the device
+    timed_with = [latency.get(str(LatencyKey(device, b))) for b in batch_sizes]
+    timed_with += [prof for prof in latency.values() if prof.device == device]
+    for prof in timed_with:
+        if prof is not None and prof.threads:
+            return int(prof.threads), f"the profile of {prof.key}"
     return None, "torch's default"
 
 
@@ -382,22 +374,22 @@ def verify_run(
             timings.append(timing)
         session.replay_untimed(runner, max(opts.batch_sizes))
         throughput = (
-            ()
-            if not opts.throughput
-            else tuple(
+            tuple(
                 verify_throughput(
                     session,
-                    to_device(probe, dev),
-                    (runner, plain, runtime["runtime"]),
+                    probe,
+                    (runner, plain, str(opts.runtime)),
                     timings,
                     repeats=opts.repeats,
                     budget_s=opts.max_seconds,
                 )
             )
+            if opts.throughput
+            else ()
         )
     result = session.result(
         identity,
-        tuple(timings),
+        timings,
         n_threads,
         {
             "repeats": opts.repeats,
@@ -423,7 +415,7 @@ def verify_run(
             "runtime": runtime,
         },
     )
-    return dataclasses.replace(result, throughput=throughput)
+    return replace(result, throughput=throughput)
 
 
 class _Session:
@@ -437,7 +429,8 @@ class _Session:
         timer: Timer,
         progress: VerifyProgress | None,
     ) -> None:
-        self.run, self.thresholds, self.opts, self.timer, self.progress = run, thresholds, opts, timer, progress
+        self.run, self.thresholds, self.opts, self.timer = run, thresholds, opts, timer
+        self.progress: VerifyProgress = progress or (lambda key, done, total: None)
         data = opts.data  # a data set given, else the run's (or the spec given)
         if data is None or isinstance(data, str):
             self.dataset = dataset_for_run(run, data=data, search_path=opts.model_path)
@@ -450,12 +443,6 @@ class _Session:
         self.exits = np.full(self.n, -1, dtype=np.int64)  # what ran, -1 until replayed
         self.preds = np.full(self.n, -1, dtype=np.int64)
         self.batches: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}  # key: (timed, all batches)
-
-    def order_for(self, b: int) -> np.ndarray:
-        """Rows in the order batches of ``b`` are timed: stratified by exit at batch 1, else shuffled."""
-        if b == 1:
-            return stratified_order(self.sim_exits, seed=_ORDER_SEED)
-        return self.order
 
     def stream(self, batches: Sequence[np.ndarray]) -> Iterator[tuple[np.ndarray, Any]]:
         """Yield ``(positions, inputs)`` per batch of run positions, read from the data set one batch at a time."""
@@ -480,7 +467,7 @@ class _Session:
         self.preds[positions] = result[1].cpu().numpy()
 
     def time(
-        self, runner: EarlyExitRunner, plain: Plain, b: int, share_s: float, *, first: bool
+        self, runner: EarlyExitRunner, plain: EarlyExitRunner, b: int, share_s: float, *, first: bool
     ) -> tuple[PairedTiming, dict[str, Any], float]:
         """Time batches of ``b`` in pairs until ``share_s`` seconds passed: the timing, its coverage, the seconds spent.
 
@@ -488,7 +475,8 @@ class _Session:
         """
         opts, timer, dev = self.opts, self.timer, self.timer.device
         key = str(LatencyKey(opts.device, b))
-        order = self.order_for(b)
+        # rows in the order batches of ``b`` are timed: stratified by exit at batch 1, else shuffled
+        order = stratified_order(self.sim_exits, seed=_ORDER_SEED) if b == 1 else self.order
         batches = [order[s : s + b] for s in range(0, self.n, b)]
         ee_ms: list[list[float]] = []
         full_ms: list[list[float]] = []
@@ -500,7 +488,7 @@ class _Session:
             xb = to_device(xb, dev)
             if not timed:
                 _try("the early exit", b, partial(timer.warm, partial(runner, xb), opts.warmup))
-                _try("the model", b, partial(timer.warm, partial(_plain, plain, xb), opts.warmup))
+                _try("the model", b, partial(timer.warm, partial(plain, xb), opts.warmup))
             out: list[tuple[torch.Tensor, torch.Tensor]] = []
             ee, fm = time_pairs(timer, (runner, plain, b), xb, opts.repeats, len(timed) % 2 == 0, out)
             ee_ms.append(ee)
@@ -508,16 +496,14 @@ class _Session:
             timed.append(positions)
             if first:
                 self.record(out[-1], positions)
-            if self.progress is not None:
-                self.progress(key, len(timed), len(batches))
+            self.progress(key, len(timed), len(batches))
         rounds = more_pairs_rounds(  # more pairs while the speed-up is not settled (within the bound)
             timer, (runner, plain, b), lambda: self.stream(timed), (ee_ms, full_ms), repeats=opts.repeats,
             estimator=opts.estimator, start=start, share_s=share_s,
         )  # fmt: skip
         spent = timer.now() - start
-        if self.progress is not None and len(timed) < len(batches):
+        if len(timed) < len(batches):
             self.progress(key, len(timed), len(timed))
-        samples = int(sum(len(p) for p in timed))
         self.batches[key] = (timed, batches)
         timing = PairedTiming(
             key=key,
@@ -539,7 +525,7 @@ class _Session:
         coverage = {
             "batches_timed": len(timed),
             "batches": len(batches),
-            "samples_timed": samples,
+            "samples_timed": int(sum(len(p) for p in timed)),
             "stopped_early": len(timed) < len(batches),
             "seconds": round(spent, 3),
             "pairs": rounds.to_dict(),
@@ -552,18 +538,31 @@ class _Session:
         rest_batches = [rest[s : s + big] for s in range(0, len(rest), big)]
         for done, (positions, xb) in enumerate(self.stream(rest_batches), start=1):
             self.record(_try("the early exit", big, partial(runner, to_device(xb, self.timer.device))), positions)
-            if self.progress is not None:
-                self.progress("agreement", done, len(rest_batches))
+            self.progress("agreement", done, len(rest_batches))
 
     def result(
-        self, identity: ModelIdentity, timings: tuple[PairedTiming, ...], threads: int | None, settings: dict[str, Any]
+        self, identity: ModelIdentity, timings: Sequence[PairedTiming], threads: int | None, settings: dict[str, Any]
     ) -> VerifyResult:
-        """The verify result: agreement of what ran with the simulation, and the timings."""
+        """The verify result: agreement of what ran with the simulation, and the timings.
+
+        Each timing gets its per-request view: the rows, runtime exits and both latencies of each timed unit.
+        """
         n, k, dev = self.n, self.run.k, self.timer.device
-        timings = tuple(self.with_requests(t) for t in timings)
+        with_requests = []
         for t in timings:
-            if t.requests is not None:
-                settings["coverage"][t.key]["requests"] = t.requests.coverage()
+            timed, every = self.batches[t.key]
+            requests = RequestTimings.from_batches(
+                t.key,
+                timed,
+                self.exits,
+                t.early_exit_ms,
+                t.full_model_ms,
+                n_exits=k,
+                all_batches=every,
+                time_bound_s=self.opts.max_seconds,
+            )
+            settings["coverage"][t.key]["requests"] = requests.coverage()
+            with_requests.append(replace(t, requests=requests))
         labels = np.asarray(self.run.labels[:n])
         exits, preds, sim_exits, sim_preds = self.exits, self.preds, self.sim_exits, self.sim_preds
         return VerifyResult(
@@ -577,24 +576,9 @@ class _Session:
             simulated_accuracy=float(np.mean(sim_preds == labels)),
             runtime_exit_shares=tuple(float(v) for v in np.bincount(exits, minlength=k) / n),
             simulated_exit_shares=tuple(float(v) for v in np.bincount(sim_exits, minlength=k) / n),
-            timings=timings,
+            timings=tuple(with_requests),
             device=str(dev),
             hardware=device_hardware(dev),
             threads=threads,
             settings=settings,
         )
-
-    def with_requests(self, timing: PairedTiming) -> PairedTiming:
-        """``timing`` with its per-request view: the rows, runtime exits and both latencies of each timed unit."""
-        timed, every = self.batches[timing.key]
-        requests = RequestTimings.from_batches(
-            timing.key,
-            timed,
-            self.exits,
-            timing.early_exit_ms,
-            timing.full_model_ms,
-            n_exits=self.run.k,
-            all_batches=every,
-            time_bound_s=self.opts.max_seconds,
-        )
-        return replace(timing, requests=requests)

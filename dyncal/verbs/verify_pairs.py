@@ -21,12 +21,11 @@ from dyncal.errors import user_call
 from dyncal.inputs import to_device
 from dyncal.pair_rounds import PairRounds, add_rounds, max_pairs_for
 
-__all__ = ["SETTLE", "time_pairs", "more_pairs_rounds", "run_plain"]
+__all__ = ["SETTLE", "time_pairs", "more_pairs_rounds"]
 
 T = TypeVar("T")
-Plain = Callable[[torch.Tensor], Any]
-Subject = tuple[EarlyExitRunner, Plain, int]
-"""The early exit, the plain deployment and the batch size they are timed at."""
+Subject = tuple[EarlyExitRunner, EarlyExitRunner, int]
+"""The early exit, the plain deployment's runner and the batch size they are timed at."""
 
 SETTLE = 1
 """Untimed calls of each pair member right before it is timed (its own caches, as deployed)."""
@@ -39,8 +38,7 @@ def time_pairs(
     runner, plain, b = subject
     ee = partial(runner, x) if out is None else partial(_into, out, runner, x)
     # a runner enters inference mode itself: timed as deployed, with nothing around it
-    pl = partial(plain, x) if isinstance(plain, EarlyExitRunner) else partial(run_plain, plain, x)
-    pair = partial(timer.paired, ee, pl, n, a_first=a_first, settle=SETTLE)
+    pair = partial(timer.paired, ee, partial(plain, x), n, a_first=a_first, settle=SETTLE)
     return user_call(pair, f"the early exit or the model failed at batch size {b}")
 
 
@@ -59,10 +57,9 @@ def more_pairs_rounds(
 
     ``rows`` (early exit, plain) are extended in place; the deadline is ``start + share_s`` on the timer's clock.
     """
-    dev = timer.device
 
     def one_round(n: int, a_first: bool) -> Iterable[tuple[list[float], list[float]]]:
-        return (time_pairs(timer, subject, to_device(x, dev), n, a_first) for _, x in inputs())
+        return (time_pairs(timer, subject, to_device(x, timer.device), n, a_first) for _, x in inputs())
 
     return add_rounds(
         *rows,
@@ -79,9 +76,3 @@ def more_pairs_rounds(
 def _into(out: list[T], fn: Callable[[torch.Tensor], T], x: torch.Tensor) -> None:
     """``out.append(fn(x))``: keeps what a timed call returned."""
     out.append(fn(x))
-
-
-def run_plain(model: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Any:
-    """The plain deployment on ``x`` (the last exit only, no exit decision), without autograd."""
-    with torch.inference_mode():
-        return model(x)

@@ -1,6 +1,6 @@
 """``dyncal verify --throughput``: samples/s of the early exit's modes and the plain deployment on the run's rows.
 
-For each batch size verify timed, :func:`measure_verify_throughput` takes the same rows
+For each batch size verify timed, :func:`verify_throughput` takes the same rows
 (the run's, in verify's shuffled order, as many as :func:`throughput_batches` lets the time
 bound pay for) and times, round-robin under one runtime
 (:func:`dyncal.analysis.throughput.measure_throughput`):
@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -45,7 +45,6 @@ from dyncal.errors import DyncalError, user_call
 __all__ = [
     "MIN_THROUGHPUT_BATCHES",
     "throughput_batches",
-    "measure_verify_throughput",
     "verify_throughput",
     "ThroughputSource",
 ]
@@ -70,7 +69,6 @@ class ThroughputSource(Protocol):
 
     def stream(self, batches: Sequence[np.ndarray]) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """``(positions, inputs)`` per batch of run positions."""
-        ...
 
 
 def throughput_batches(*, plain_batch_ms: float, batches: int, budget_s: float, repeats: int) -> int:
@@ -83,28 +81,28 @@ def throughput_batches(*, plain_batch_ms: float, batches: int, budget_s: float, 
     return int(min(batches, max(MIN_THROUGHPUT_BATCHES, fit)))
 
 
-def measure_verify_throughput(
+def verify_throughput(
     source: ThroughputSource,
-    runner: EarlyExitRunner,
-    plain: Callable[[torch.Tensor], Any],
+    probe: torch.Tensor,
+    timed: tuple[EarlyExitRunner, EarlyExitRunner, str],
     timings: Sequence[PairedTiming],
     *,
-    runtime: str,
     repeats: int,
     budget_s: float,
-    plain_macs: float | None,
 ) -> list[dict[str, Any]]:
     """Samples/s of per-batch early exit, the throughput mode and the plain deployment at each batch size timed.
 
+    The plain deployment's MACs (fvcore) give the MACs ratio when the run has MACs per exit
+    (a package's or a runtime's stages that fvcore cannot count: the last exit's MACs).
+
     Args:
         source: Verify's session (rows in replay order, their simulated exits and predictions, the timer).
-        runner: The early exit, under ``runtime``.
-        plain: The plain deployment under the same runtime (``plain(x)``).
+        probe: A few input rows on the device (to count the plain deployment on).
+        timed: ``(early exit, plain deployment, runtime)`` as verify timed them, both under
+            the same runtime (recorded).
         timings: Verify's paired timings, one per batch size (they size the rows timed here).
-        runtime: The runtime both run under, recorded.
         repeats: Replicates of each mode (at least 3).
         budget_s: Time bound of this measurement, all batch sizes together.
-        plain_macs: MACs of the plain deployment per sample, for the MACs ratio (None: no ratio).
 
     Returns:
         One document per batch size: :meth:`ThroughputResult.to_dict` with its ``key``.
@@ -112,8 +110,16 @@ def measure_verify_throughput(
     Raises:
         DyncalError: The model, the stages or the data set fail (one line).
     """
+    runner, plain, runtime = timed
     costs = source.run.costs
     exit_macs = None if costs is None or costs.macs is None else list(costs.macs)
+    plain_macs = None if exit_macs is None else float(exit_macs[-1])
+    modules = plain.stages.modules
+    if exit_macs is not None and len(modules) == 1 and isinstance(modules[0], torch.nn.Module) and runtime == "eager":
+        try:
+            plain_macs = float(model_macs(modules[0], probe[:1]).macs)
+        except DyncalError as e:  # fvcore cannot count it: the last exit's MACs, said in the log
+            log.info("the plain deployment's MACs cannot be counted (%s); using the last exit's", e)
     dev = source.timer.device
     reps = max(3, repeats)
     out: list[dict[str, Any]] = []
@@ -145,43 +151,3 @@ def measure_verify_throughput(
         result = user_call(measure, f"the throughput measurement failed at batch size {b}")
         out.append({"key": timing.key, **result.to_dict()})
     return out
-
-
-def verify_throughput(
-    source: ThroughputSource,
-    probe: torch.Tensor,
-    timed: tuple[EarlyExitRunner, Callable[[torch.Tensor], Any], str],
-    timings: Sequence[PairedTiming],
-    *,
-    repeats: int,
-    budget_s: float,
-) -> list[dict[str, Any]]:
-    """The throughput measurement of verify: the plain deployment counted, then measured.
-
-    See :func:`measure_verify_throughput`; the plain deployment's MACs (fvcore) give the MACs
-    ratio when the run has MACs per exit (a package's or a runtime's stages that fvcore
-    cannot count: the last exit's MACs).
-
-    Args:
-        source: Verify's session.
-        probe: A few input rows on the device (to count the plain deployment on).
-        timed: ``(early exit, plain deployment, runtime)`` as verify timed them, both under
-            the same runtime.
-        timings: Verify's paired timings.
-        repeats: Replicates of each mode.
-        budget_s: Time bound of this measurement.
-    """
-    runner, plain, runtime = timed
-    costs = source.run.costs
-    plain_macs: float | None = None
-    if costs is not None and costs.macs is not None:
-        plain_macs = float(costs.macs[-1])
-        modules: Sequence[Any] = getattr(getattr(plain, "stages", None), "modules", ())
-        if len(modules) == 1 and isinstance(modules[0], torch.nn.Module) and runtime == "eager":
-            try:
-                plain_macs = float(model_macs(modules[0], probe[:1]).macs)
-            except DyncalError as e:  # fvcore cannot count it: the last exit's MACs, said in the log
-                log.info("the plain deployment's MACs cannot be counted (%s); using the last exit's", e)
-    return measure_verify_throughput(
-        source, runner, plain, timings, runtime=runtime, repeats=repeats, budget_s=budget_s, plain_macs=plain_macs
-    )

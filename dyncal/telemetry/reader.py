@@ -164,8 +164,8 @@ class TelemetryRead:
         }
 
 
-def _telemetry_files(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Finished files and streams in ``folder``; a stream whose finished file exists is left out."""
+def _telemetry_files(folder: Path) -> tuple[list[Path], list[Path], set[str]]:
+    """Finished files and streams in ``folder``, and the stems of the finished ones (a stream's among them is done)."""
     finished, streams = [], []
     for entry in sorted(folder.iterdir()):
         name = entry.name
@@ -173,8 +173,7 @@ def _telemetry_files(folder: Path) -> tuple[list[Path], list[Path]]:
             finished.append(entry)
         elif name.endswith(STREAM_SUFFIX) and NAME_PATTERN.fullmatch(name[: -len(STREAM_SUFFIX)]):
             streams.append(entry)
-    done = {p.name[: -len(FINISHED_SUFFIX)] for p in finished}
-    return finished, [s for s in streams if s.name[: -len(STREAM_SUFFIX)] not in done]
+    return finished, streams, {p.name[: -len(FINISHED_SUFFIX)] for p in finished}
 
 
 def _file_meta(schema: pa.Schema, where: str) -> dict[str, Any]:
@@ -274,7 +273,8 @@ def read_telemetry(
     root = Path(folder)
     if not root.is_dir():
         raise DyncalError(f"no telemetry folder '{root}'; give the folder the runner wrote (telemetry=DIR)")
-    finished, live = _telemetry_files(root)
+    finished, streams_found, done = _telemetry_files(root)
+    live = [s for s in streams_found if s.name[: -len(STREAM_SUFFIX)] not in done]
     if not finished and not (streams and live):
         what = f" (only {len(live)} live stream(s); read them with `streams`)" if live else ""
         raise DyncalError(f"no telemetry files in '{root}'{what}; give the folder the runner wrote (telemetry=DIR)")
@@ -363,12 +363,8 @@ def recover_telemetry(folder: str | os.PathLike[str], *, row_group_rows: int = 6
     if not root.is_dir():
         raise DyncalError(f"no telemetry folder '{root}'")
     out: list[Path] = []
-    finished, live = _telemetry_files(root)
-    done = {p.name[: -len(FINISHED_SUFFIX)] for p in finished}
-    for entry in sorted(root.iterdir()):  # streams left beside their finished file by a rename-then-crash
-        if entry.name.endswith(STREAM_SUFFIX) and entry.name[: -len(STREAM_SUFFIX)] in done:
-            live.append(entry)
-    for stream in live:
+    _, streams, done = _telemetry_files(root)  # with those left beside their finished file by a rename-then-crash
+    for stream in streams:
         try:
             fd = os.open(stream, os.O_RDONLY)
         except FileNotFoundError:

@@ -215,6 +215,14 @@ def _after_best_move(problem: ExitProblem, prev: Solution, budget: float) -> Sol
     return sol if problem.fits(sol, budget) and sol.gain >= prev.gain else prev
 
 
+def _best_start(problem: ExitProblem, pool: Sequence[Solution], budget: float) -> Solution | None:
+    """The best pool member or two-exit policy within ``budget`` (higher gain, then cheaper), or None."""
+    fits = [s for s in pool if problem.fits(s, budget)]
+    two = problem.best_two_exit(budget)
+    fits += [two] if two is not None and problem.fits(two, budget) else []
+    return max(fits, key=lambda s: (s.gain, -s.cost)) if fits else None
+
+
 def _path_step(problem: ExitProblem, pool: Sequence[Solution], prev: Solution | None, budget: float) -> Solution | None:
     """One budget of an ascending path: the best of the pool's start and of ``prev`` moved on.
 
@@ -224,13 +232,8 @@ def _path_step(problem: ExitProblem, pool: Sequence[Solution], prev: Solution | 
     the answer here is at least as good as that move within any smaller budget, which makes
     :func:`solve_at` monotone.
     """
-    fits = [s for s in pool if problem.fits(s, budget)]
-    two = problem.best_two_exit(budget)
-    fits += [two] if two is not None and problem.fits(two, budget) else []
-    best: Solution | None = None
-    if fits:
-        start = max(fits, key=lambda s: (s.gain, -s.cost))
-        best = _more_accurate(start, _ascended_from(problem, start, budget))
+    start = _best_start(problem, pool, budget)
+    best = None if start is None else _more_accurate(start, _ascended_from(problem, start, budget))
     if prev is not None:
         best = _more_accurate(best, _ascended_from(problem, _after_best_move(problem, prev, budget), budget))
     return best
@@ -305,10 +308,7 @@ def walk_to(
         return Walk(tuple(below), tuple(walked[:-1]), walked[-1])
     walked = list(path[: len(below)]) if full else solve_path(problem, below, method)  # type: ignore[index]
     prev = walked[-1] if walked else None
-    fits = [s for s in problem.starting_pool() if problem.fits(s, budget)]
-    two = problem.best_two_exit(budget)
-    fits += [two] if two is not None and problem.fits(two, budget) else []
-    best = max(fits, key=lambda s: (s.gain, -s.cost)) if fits else None
+    best = _best_start(problem, problem.starting_pool(), budget)
     if prev is not None:
         best = _more_accurate(best, _after_best_move(problem, prev, budget))
     return Walk(tuple(below), tuple(walked), best)

@@ -38,7 +38,7 @@ class RolloutStep(JsonFields):
 
 
 @dataclass(frozen=True)
-class RolloutPlan:
+class RolloutPlan(JsonFields):
     """``dyncal monitor --plan``: the steps and the evidence each needs.
 
     Attributes:
@@ -63,18 +63,8 @@ class RolloutPlan:
 
     def to_dict(self) -> dict[str, Any]:
         """The ``dyncal monitor --plan --json`` document."""
-        return {
-            "schema": "dyncal.rollout_plan",
-            "schema_version": 1,
-            "max_drop": self.max_drop,
-            "delta": self.delta,
-            "shadow": self.shadow,
-            "assumed_rate": self.assumed_rate,
-            "n_at_zero": self.n_at_zero,
-            "n_at_rate": self.n_at_rate,
-            "steps": [s.to_dict() for s in self.steps],
-            "note": self.note,
-        }
+        steps = [s.to_dict() for s in self.steps]  # in the fields' order: steps keeps its place
+        return {"schema": "dyncal.rollout_plan", "schema_version": 1, **super().to_dict(), "steps": steps}
 
 
 def rollout_plan(

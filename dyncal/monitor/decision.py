@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from scipy import stats as sst
 
+from dyncal.artifacts.fields import JsonFields
 from dyncal.constraints import check
 from dyncal.errors import DyncalError, param
 from dyncal.monitor.bounds import (
@@ -69,7 +70,7 @@ class MonitorOptions:
 
 
 @dataclass(frozen=True)
-class MonitorReport:
+class MonitorReport(JsonFields):
     """What :func:`monitor` found: the decision, its reasons and the evidence.
 
     Attributes:
@@ -102,31 +103,9 @@ class MonitorReport:
         """The ``dyncal monitor --json`` document (NaN and infinities as null)."""
         from dyncal.artifacts.thresholds import json_ready
 
-        return dict(
-            json_ready(
-                {
-                    "schema": "dyncal.monitor",
-                    "schema_version": 1,
-                    "decision": self.decision,
-                    "reasons": list(self.reasons),
-                    "n": self.n,
-                    "quality": self.quality,
-                    "labels": self.labels,
-                    "cost": self.cost,
-                    "latency": self.latency,
-                    "drift": self.drift,
-                    "calibration": self.calibration,
-                    "windows": list(self.windows),
-                    "options": {
-                        "max_drop": self.options.max_drop,
-                        "delta": self.options.delta,
-                        "cost_tolerance": self.options.cost_tolerance,
-                        "cost_unit": self.options.cost_unit,
-                        "window_seconds": self.options.window_seconds,
-                    },
-                }
-            )
-        )
+        options = {k: v for k, v in asdict(self.options).items() if k != "n_windows"}
+        fields = {"schema": "dyncal.monitor", "schema_version": 1, **JsonFields.to_dict(self), "options": options}
+        return dict(json_ready(fields))
 
 
 def _quality(
@@ -161,11 +140,8 @@ def _quality(
     n_lab = int(known.sum())
     ok = data.predictions == labels
     acc = float(ok[known].mean()) if n_lab else float("nan")
-    lab: dict[str, Any] = {"n_labeled": n_lab, "accuracy": acc, "accuracy_ci": None}
-    if n_lab:
-        k_ok = int(ok[known].sum())
-        lo, hi = clopper_pearson(k_ok, n_lab, delta / 2)
-        lab["accuracy_ci"] = [lo, hi]
+    ci = list(clopper_pearson(int(ok[known].sum()), n_lab, delta / 2)) if n_lab else None
+    lab: dict[str, Any] = {"n_labeled": n_lab, "accuracy": acc, "accuracy_ci": ci}
     both = known & shadow
     n_both = int(both.sum())
     lab["n_labeled_shadow"] = n_both
@@ -254,16 +230,8 @@ def _latency(data: TelemetryData) -> dict[str, Any]:
     ms = data.latency_ms[np.isfinite(data.latency_ms)]
     if ms.size == 0:
         return {"n": 0}
-    p = np.percentile(ms, [50, 90, 95, 99])
-    return {
-        "n": int(ms.size),
-        "mean": float(ms.mean()),
-        "p50": float(p[0]),
-        "p90": float(p[1]),
-        "p95": float(p[2]),
-        "p99": float(p[3]),
-        "max": float(ms.max()),
-    }
+    percentiles = dict(zip(("p50", "p90", "p95", "p99"), np.percentile(ms, [50, 90, 95, 99]).tolist(), strict=True))
+    return {"n": int(ms.size), "mean": float(ms.mean()), **percentiles, "max": float(ms.max())}
 
 
 def _drift(data: TelemetryData, ref: CalibrationReference) -> dict[str, Any]:

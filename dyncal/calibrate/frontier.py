@@ -21,7 +21,7 @@ from dyncal.calibrate.guard import guarded_path
 from dyncal.calibrate.options import FrontierOptions
 from dyncal.calibrate.policy import evaluate_policy, expected_cost
 from dyncal.calibrate.prepare import PreparedRun, prepare_run
-from dyncal.calibrate.problem import Solution
+from dyncal.calibrate.problem import Solution, single_exit_thresholds
 from dyncal.calibrate.search import budget_grid, solve_path
 from dyncal.choices import DEFAULT_METHOD
 from dyncal.options import options_from
@@ -134,6 +134,19 @@ def compute_frontier(
     return df
 
 
+def _asked(
+    method: str, exit_: int | None, fraction: float, budget_macs: float | None, thresholds: list[float | None] | None
+) -> dict[str, Any]:
+    """The frontier columns of what was asked, which every row has (a budget without a solution has only these)."""
+    return {
+        "method": method,
+        "exit": exit_ if exit_ is not None else pd.NA,
+        "budget_fraction": fraction,
+        "budget_macs": np.nan if budget_macs is None else budget_macs,
+        "thresholds": json.dumps(thresholds),  # null without thresholds
+    }
+
+
 class _Parts:
     """The frontier's rows of a prepared run in one cost column: fit and held-out parts, taken once."""
 
@@ -153,14 +166,7 @@ class _Parts:
         for frac, sol in zip(fractions, sols, strict=True):
             bm = self._macs_at(frac)
             if sol is None:
-                empty = {
-                    "method": method,
-                    "exit": pd.NA,
-                    "budget_fraction": float(frac),
-                    "budget_macs": np.nan if bm is None else bm,
-                    "thresholds": json.dumps(None),
-                }
-                rows.append(empty)
+                rows.append(_asked(method, None, float(frac), bm, None))
                 continue
             t_json = finite_thresholds(sol.thresholds, self.prep.score, self.prep.n_classes)
             t_eval = np.asarray(t_json[:-1], dtype=np.float64)
@@ -190,10 +196,7 @@ class _Parts:
         rows = []
         k = self.prep.k
         for j in range(k):
-            t = np.full(k - 1, np.inf)
-            if j < k - 1:
-                t[j] = -np.inf
-            t_json = finite_thresholds(t, self.prep.score, self.prep.n_classes)
+            t_json = finite_thresholds(single_exit_thresholds(k, j), self.prep.score, self.prep.n_classes)
             fe = np.full(self.fc.shape[0], j, dtype=np.int64)
             held_ok = self.hc[:, j] if self.hs.shape[0] else None
             frac = float(self.costs[j] / self.costs[-1])
@@ -214,14 +217,7 @@ class _Parts:
     ) -> dict[str, Any]:
         """One frontier row; costs are measured on the fit part."""
         k = self.prep.k
-        row: dict[str, Any] = {
-            "method": method,
-            "exit": exit_ if exit_ is not None else pd.NA,
-            "budget_fraction": fraction,
-            "budget_macs": np.nan if budget_macs is None else budget_macs,
-            "thresholds": json.dumps(thresholds) if thresholds is not None else json.dumps(None),
-            "fitted_accuracy": fitted,
-        }
+        row = {**_asked(method, exit_, fraction, budget_macs, thresholds), "fitted_accuracy": fitted}
         if held is not None and held.size:
             lo, hi = mean_bootstrap_ci(held, seed=self.prep.seed)
             row.update(holdout_accuracy=float(held.mean()), holdout_ci_low=lo, holdout_ci_high=hi)
@@ -235,6 +231,5 @@ class _Parts:
             if u.startswith("ms:"):
                 row[u] = expected_cost(fit_exits, c)
         shares = np.bincount(fit_exits, minlength=k) / max(fit_exits.size, 1)
-        for j in range(k):
-            row[f"share_{j + 1}"] = float(shares[j])
+        row.update({f"share_{j + 1}": float(shares[j]) for j in range(k)})
         return row

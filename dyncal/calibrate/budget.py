@@ -30,6 +30,8 @@ __all__ = [
 ]
 
 _MAC_SCALE = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+_SUFFIX = {"fraction": "x", "ms": "ms"}
+"""How a budget of these kinds is written (MACs take a prefix)."""
 _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 
 
@@ -228,10 +230,8 @@ def format_budget(value: float, kind: str) -> str:
         scale = 10.0**digits
         return math.ceil(v * scale - 1e-9) / scale
 
-    if kind == "fraction":
-        return f"{up(value):g}x"
-    if kind == "ms":
-        return f"{up(value):g}ms"
+    if kind in _SUFFIX:
+        return f"{up(value):g}{_SUFFIX[kind]}"
     for prefix, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if value >= scale:
             return f"{up(value / scale):g}{prefix}MAC"

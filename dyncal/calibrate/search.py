@@ -299,14 +299,13 @@ def walk_to(
     # a grid budget equal to this one up to rounding: the path's own answer there
     at = any(budget <= g <= budget * (1 + 1e-12) for g in grid)
     full = path is not None and len(path) == len(grid)
-    if method == "geometric":
-        walked = list(path[: len(below)]) if full else solve_path(problem, below, method)  # type: ignore[index]
-        return Walk(tuple(below), tuple(walked), solve_path(problem, [budget], method)[0])
-    if at:
+    if at and method != "geometric":
         exact = full and float(grid[len(below)]) == budget
         walked = list(path[: len(below) + 1]) if exact else solve_path(problem, [*below, budget], method)  # type: ignore[index]
         return Walk(tuple(below), tuple(walked[:-1]), walked[-1])
     walked = list(path[: len(below)]) if full else solve_path(problem, below, method)  # type: ignore[index]
+    if method == "geometric":
+        return Walk(tuple(below), tuple(walked), solve_path(problem, [budget], method)[0])
     prev = walked[-1] if walked else None
     best = _best_start(problem, problem.starting_pool(), budget)
     if prev is not None:

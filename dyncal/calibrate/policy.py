@@ -201,12 +201,11 @@ def evaluate_policy(
     """
     n, k = scores.shape
     exits = assign_exits(scores, thresholds)
-    c = np.asarray(costs, dtype=np.float64)
     if n == 0:
         return PolicyOutcome(exits, float("nan"), float("nan"), tuple([float("nan")] * k))
     acc = float(np.mean(correct[np.arange(n), exits]))
     shares = np.bincount(exits, minlength=k) / n
-    return PolicyOutcome(exits, acc, expected_cost(exits, c), tuple(float(v) for v in shares))
+    return PolicyOutcome(exits, acc, expected_cost(exits, costs), tuple(float(v) for v in shares))
 
 
 def expected_cost(exits: np.ndarray, costs: Sequence[float] | np.ndarray) -> float:

@@ -409,9 +409,7 @@ class TelemetryWriter:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         _WRITERS.discard(self)
-        self._raise_if_failed()
-        self._flush()
-        self._guarded(self._finish)
+        self.rotate()
 
     def __enter__(self) -> TelemetryWriter:
         return self

@@ -133,10 +133,8 @@ def _guard(problem: ExitProblem, own: Solution | None, budget: float, method: st
     """The method's answer at one budget against its rivals there (no envelope)."""
     rivals = tuple(rivals_within(problem, budget, method))
     own_accuracy = None if own is None else problem.accuracy(own)
-    best: Rival | None = None
-    for r in rivals:  # strictly more accurate replaces; the first of equals stays
-        if (own_accuracy is None or r.accuracy > own_accuracy) and (best is None or r.accuracy > best.accuracy):
-            best = r
+    better = [r for r in rivals if own_accuracy is None or r.accuracy > own_accuracy]
+    best = max(better, key=lambda r: r.accuracy, default=None)  # strictly more accurate replaces; the first of equals
     if best is None:
         if own is None or own_accuracy is None:
             raise BudgetError(f"budget {budget:g} is below exit 1's cost {problem.costs[0]:g}: nothing fits")

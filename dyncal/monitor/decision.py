@@ -153,26 +153,17 @@ def _quality(
         l_lo, l_hi = clopper_pearson(losses, n_both, delta)
         l_lo2, _ = clopper_pearson(losses, n_both, delta / 2)
         _, g_hi2 = clopper_pearson(gains, n_both, delta / 2)
+        harm = l_lo2 - g_hi2  # the drop's lower bound: losses' lower minus gains' upper, delta/2 each
         lab.update(
-            {
-                "last_exit_accuracy": float(last_ok.mean()),
-                "drop": float(last_ok.mean() - early_ok.mean()),
-                "losses": losses,
-                "gains": gains,
-                "loss_upper": l_hi,
-                "drop_lower": l_lo2 - g_hi2,
-            }
+            last_exit_accuracy=float(last_ok.mean()),
+            drop=float(last_ok.mean() - early_ok.mean()),
+            losses=losses,
+            gains=gains,
+            loss_upper=l_hi,
+            drop_lower=harm,
         )
         quality.update(
-            {
-                "source": "labels",
-                "count": losses,
-                "n": n_both,
-                "lower": l_lo,
-                "upper": l_hi,
-                "harm_lower": l_lo2 - g_hi2,
-                "passed": bool(l_hi <= eps),
-            }
+            source="labels", count=losses, n=n_both, lower=l_lo, upper=l_hi, harm_lower=harm, passed=bool(l_hi <= eps)
         )
     return quality, lab
 
@@ -257,13 +248,11 @@ def _drift(data: TelemetryData, ref: CalibrationReference) -> dict[str, Any]:
                 warnings.simplefilter("ignore", RuntimeWarning)
                 ks = sst.ks_2samp(cal, prod)
             entry.update(
-                {
-                    "ks": float(ks.statistic),
-                    "ks_p_value": float(ks.pvalue),
-                    "psi": population_stability_index(cal, prod),
-                    "mean_calibration": float(cal.mean()),
-                    "mean_production": float(prod.mean()),
-                }
+                ks=float(ks.statistic),
+                ks_p_value=float(ks.pvalue),
+                psi=population_stability_index(cal, prod),
+                mean_calibration=float(cal.mean()),
+                mean_production=float(prod.mean()),
             )
         per_exit.append(entry)
     rows = np.arange(cal_exits.size)
@@ -368,11 +357,8 @@ def _window_bounds(data: TelemetryData, opts: MonitorOptions) -> list[tuple[int,
 def _label_array(data: TelemetryData, labels: Mapping[str, int] | None) -> np.ndarray | None:
     if labels is None:
         return None
-    out = np.full(data.n, -1, dtype=np.int64)
-    for i, rid in enumerate(data.request_ids):
-        if rid is not None and rid in labels:
-            out[i] = int(labels[rid])
-    return out
+    known = [int(labels[rid]) if rid is not None and rid in labels else -1 for rid in data.request_ids]
+    return np.array(known, dtype=np.int64)
 
 
 def monitor(

@@ -273,8 +273,8 @@ def read_telemetry(
     root = Path(folder)
     if not root.is_dir():
         raise DyncalError(f"no telemetry folder '{root}'; give the folder the runner wrote (telemetry=DIR)")
-    finished, streams_found, done = _telemetry_files(root)
-    live = [s for s in streams_found if s.name[: -len(STREAM_SUFFIX)] not in done]
+    finished, all_streams, finished_stems = _telemetry_files(root)
+    live = [s for s in all_streams if s.name[: -len(STREAM_SUFFIX)] not in finished_stems]
     if not finished and not (streams and live):
         what = f" (only {len(live)} live stream(s); read them with `streams`)" if live else ""
         raise DyncalError(f"no telemetry files in '{root}'{what}; give the folder the runner wrote (telemetry=DIR)")

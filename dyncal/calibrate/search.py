@@ -175,18 +175,15 @@ def solve_path(problem: ExitProblem, budgets: Sequence[float], method: str) -> l
     geo = problem.geometric_solutions()
     if method == "geometric":
         for i in order:
-            fits = [s for s in geo if problem.fits(s, float(budgets[i]))]
-            if fits:
-                out[i] = max(fits, key=lambda s: (s.gain, -s.cost))
+            fits = (s for s in geo if problem.fits(s, float(budgets[i])))
+            out[i] = max(fits, key=lambda s: (s.gain, -s.cost), default=None)
         return out
     pool = problem.starting_pool()
     prev: Solution | None = None
     for i in order:
         sol = _path_step(problem, pool, prev, float(budgets[i]))
-        if sol is None:
-            continue
-        out[i] = sol
-        prev = sol
+        if sol is not None:
+            out[i] = prev = sol
     return out
 
 
@@ -220,7 +217,7 @@ def _best_start(problem: ExitProblem, pool: Sequence[Solution], budget: float) -
     fits = [s for s in pool if problem.fits(s, budget)]
     two = problem.best_two_exit(budget)
     fits += [two] if two is not None and problem.fits(two, budget) else []
-    return max(fits, key=lambda s: (s.gain, -s.cost)) if fits else None
+    return max(fits, key=lambda s: (s.gain, -s.cost), default=None)
 
 
 def _path_step(problem: ExitProblem, pool: Sequence[Solution], prev: Solution | None, budget: float) -> Solution | None:

@@ -393,8 +393,7 @@ class TelemetryWriter:
 
     def rotate(self) -> None:
         """Flush, then finish the live segment as a Parquet file (the next flush starts a new one)."""
-        self._raise_if_failed()
-        self._flush()
+        self.flush()
         self._guarded(self._finish)
 
     def close(self) -> None:

@@ -130,7 +130,7 @@ class ExitProblem:
         self._starting_pool: list[Solution] | None = None
         self._two_exit: list[_TwoExitFamily] | None = None
         self._single: dict[int, Solution] = {}
-        self._geometric_by_accuracy: tuple[list[Solution], np.ndarray, np.ndarray] | None = None
+        self._geometric_by_accuracy: list[Solution] | None = None
 
     def with_cap(self, cap: ExitCap | None) -> ExitProblem:
         """The same fit samples under another cap (sorted orders and geometric fits shared, not recomputed)."""
@@ -323,8 +323,8 @@ class ExitProblem:
             self._starting_pool = pool
         return self._starting_pool
 
-    def geometric_by_accuracy(self) -> tuple[list[Solution], np.ndarray, np.ndarray]:
-        """Every geometric solution with its 0/1 accuracy as gain, and their costs and accuracies as arrays."""
+    def geometric_by_accuracy(self) -> list[Solution]:
+        """Every geometric solution with its 0/1 accuracy as gain."""
         if self._geometric_by_accuracy is None:
             if self.gains_are_hits:
                 sols = self.geometric_solutions()
@@ -334,9 +334,7 @@ class ExitProblem:
                     Solution(t, float(np.mean(self.hits[rows, e])), s.cost, s.capped)
                     for (t, e), s in zip(self.geometric_pool(), self.geometric_solutions(), strict=True)
                 ]
-            cost = np.array([s.cost for s in sols], dtype=np.float64)
-            acc = np.array([s.gain for s in sols], dtype=np.float64)
-            self._geometric_by_accuracy = (sols, cost, acc)
+            self._geometric_by_accuracy = sols
         return self._geometric_by_accuracy
 
     def best_geometric(self, budget: float) -> Solution | None:
@@ -344,13 +342,8 @@ class ExitProblem:
 
         Its ``gain`` is its accuracy; thresholds and cost are the geometric solution's.
         """
-        sols, cost, acc = self.geometric_by_accuracy()
-        fits = np.flatnonzero([self.fits(s, budget) for s in sols])
-        if not fits.size:
-            return None
-        top = float(np.max(acc[fits]))
-        best = fits[acc[fits] >= top]
-        return sols[int(best[np.argmin(cost[best])])]
+        fits = (s for s in self.geometric_by_accuracy() if self.fits(s, budget))
+        return max(fits, key=lambda s: (s.gain, -s.cost), default=None)  # the first of equals
 
     # -- two-exit policies
     def best_two_exit(self, budget: float) -> Solution | None:

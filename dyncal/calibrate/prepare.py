@@ -235,6 +235,7 @@ def _key_of_column(unit: str) -> str:
 def static_baselines(prep: PreparedRun, *, seed: int = 0) -> list[dict[str, Any]]:
     """Each exit used alone: calibration and held-out accuracy (with CI) and its costs."""
     out = []
+    primary = next(iter(prep.units.values()))
     for j in range(prep.correct.shape[1]):
         fit_acc = float(np.mean(prep.correct[prep.fit_idx, j]))
         held = prep.correct[prep.holdout_idx, j]
@@ -245,8 +246,7 @@ def static_baselines(prep: PreparedRun, *, seed: int = 0) -> list[dict[str, Any]
             "holdout_ci": list(mean_bootstrap_ci(held, seed=seed)) if held.size else None,
             "macs": prep.units["macs"][j] if "macs" in prep.units else None,
             "ms": {_key_of_column(u): c[j] for u, c in prep.units.items() if _is_latency(u)},
+            "fraction": primary[j] / primary[-1],
         }
-        primary = next(iter(prep.units.values()))
-        entry["fraction"] = primary[j] / primary[-1]
         out.append(entry)
     return out

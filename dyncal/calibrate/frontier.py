@@ -111,11 +111,8 @@ def compute_frontier(
         ['geometric', 'optimal', 'oracle', 'static']
     """
     opts = options_from(FrontierOptions, options, fields, "frontier")
-    if isinstance(run, PreparedRun):
-        run.check_options(opts)
-        prep = run
-    else:
-        prep = prepare_run(run, opts)
+    prep = run if isinstance(run, PreparedRun) else prepare_run(run, opts)
+    prep.check_options(opts)  # a prepared run given must agree with the options (one prepared here does)
     primary = "macs" if "macs" in prep.units else pick_latency(prep.units, opts.device, opts.batch_size)
     parts = _Parts(prep, primary)
     fractions, budgets = budget_grid(parts.costs, opts.n_budgets)

@@ -19,7 +19,7 @@ from dyncal.artifacts.thresholds import finite_thresholds
 from dyncal.calibrate.budget import pick_latency
 from dyncal.calibrate.guard import guarded_path
 from dyncal.calibrate.options import FrontierOptions
-from dyncal.calibrate.policy import evaluate_policy, expected_cost
+from dyncal.calibrate.policy import expected_cost
 from dyncal.calibrate.prepare import PreparedRun, prepare_run
 from dyncal.calibrate.problem import Solution, single_exit_thresholds
 from dyncal.calibrate.search import budget_grid, solve_path
@@ -151,8 +151,7 @@ class _Parts:
         self.prep, self.primary = prep, primary
         self.costs = np.asarray(prep.units[primary])
         self.macs_full = prep.units["macs"][-1] if "macs" in prep.units else None
-        self.fs, self.fc = prep.scores[prep.fit_idx], prep.correct[prep.fit_idx]
-        self.hs, self.hc = prep.scores[prep.holdout_idx], prep.correct[prep.holdout_idx]
+        self.fc, self.hc = prep.correct[prep.fit_idx], prep.correct[prep.holdout_idx]
 
     def _macs_at(self, fraction: float) -> float | None:
         return None if self.macs_full is None else float(fraction * self.macs_full)
@@ -165,13 +164,8 @@ class _Parts:
             if sol is None:
                 rows.append(_asked(method, None, float(frac), bm, None))
                 continue
-            t_json = finite_thresholds(sol.thresholds, self.prep.score, self.prep.n_classes)
-            t_eval = np.asarray(t_json[:-1], dtype=np.float64)
-            fit = evaluate_policy(self.fs, self.fc, self.costs, t_eval)
-            held_ok = None
-            if self.hs.shape[0]:
-                held = evaluate_policy(self.hs, self.hc, self.costs, t_eval)
-                held_ok = self.hc[np.arange(self.hs.shape[0]), held.exits]
+            t_json, fit, held = self.prep.evaluate(sol.thresholds, self.primary)
+            held_ok = None if held is None else held.hits
             rows.append(self.row(method, None, float(frac), bm, t_json, fit.accuracy, held_ok, fit.exits))
         return rows
 
@@ -181,9 +175,9 @@ class _Parts:
         for frac, b in zip(fractions, budgets, strict=True):
             fe = oracle_at_budget(self.fc, self.costs, float(b))
             held_ok = None
-            if self.hs.shape[0]:
+            if self.hc.shape[0]:
                 he = oracle_at_budget(self.hc, self.costs, float(b))
-                held_ok = self.hc[np.arange(self.hs.shape[0]), he]
+                held_ok = self.hc[np.arange(self.hc.shape[0]), he]
             fitted = float(self.fc[np.arange(self.fc.shape[0]), fe].mean())
             rows.append(self.row("oracle", None, float(frac), self._macs_at(frac), None, fitted, held_ok, fe))
         return rows
@@ -195,7 +189,7 @@ class _Parts:
         for j in range(k):
             t_json = finite_thresholds(single_exit_thresholds(k, j), self.prep.score, self.prep.n_classes)
             fe = np.full(self.fc.shape[0], j, dtype=np.int64)
-            held_ok = self.hc[:, j] if self.hs.shape[0] else None
+            held_ok = self.hc[:, j] if self.hc.shape[0] else None
             frac = float(self.costs[j] / self.costs[-1])
             bm = None if self.macs_full is None else float(self.prep.units["macs"][j])
             rows.append(self.row("static", j + 1, frac, bm, t_json, float(self.fc[:, j].mean()), held_ok, fe))

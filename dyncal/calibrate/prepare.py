@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 
 from dyncal.artifacts.costs import LatencyKey
+from dyncal.artifacts.thresholds import finite_thresholds
 from dyncal.calibrate.budget import require_cost_units
 from dyncal.calibrate.options import PrepareOptions
-from dyncal.calibrate.policy import expected_cost
+from dyncal.calibrate.policy import PolicyOutcome, evaluate_policy, expected_cost
 from dyncal.calibrate.problem import ExitProblem, Solution
 from dyncal.calibrate.scores import exit_scores
 from dyncal.calibrate.search import problem_for
@@ -100,6 +101,24 @@ class PreparedRun:
                 break
             self.cache.problems[key] = problem
         return self.cache.problems[key]
+
+    def evaluate(
+        self, thresholds: np.ndarray, unit: str
+    ) -> tuple[list[float | None], PolicyOutcome, PolicyOutcome | None]:
+        """``thresholds`` as thresholds.json writes them, and what those do on the fit and held-out parts.
+
+        The held-out outcome is None without a held-out part; costs are those of the column ``unit``.
+        """
+        t_json = finite_thresholds(thresholds, self.score, self.n_classes)
+        t_eval, costs = np.asarray(t_json[:-1], dtype=np.float64), self.units[unit]
+        fit = evaluate_policy(self.scores[self.fit_idx], self.correct[self.fit_idx], costs, t_eval)
+        if not self.holdout_idx.size:
+            return t_json, fit, None
+        return (
+            t_json,
+            fit,
+            evaluate_policy(self.scores[self.holdout_idx], self.correct[self.holdout_idx], costs, t_eval),
+        )
 
     @property
     def k(self) -> int:

@@ -196,20 +196,21 @@ def _more_accurate(a: Solution | None, b: Solution | None) -> Solution | None:
     return b if (b.gain, -b.cost) > (a.gain, -a.cost) else a
 
 
+def _moved_to(problem: ExitProblem, t: np.ndarray, old: Solution, budget: float) -> Solution:
+    """The solution of ``t`` (moved to from ``old``) if it fits ``budget`` and gains at least as much, else ``old``."""
+    sol = problem.solution(t)
+    return sol if problem.fits(sol, budget) and sol.gain >= old.gain else old
+
+
 def _ascended_from(problem: ExitProblem, start: Solution, budget: float) -> Solution:
     """Budget-exact coordinate ascent from ``start``; never worse than ``start``."""
-    t = problem.budget_ascent(start.thresholds.copy(), budget)
-    sol = problem.solution(t)
-    return sol if problem.fits(sol, budget) and sol.gain >= start.gain else start
+    return _moved_to(problem, problem.budget_ascent(start.thresholds.copy(), budget), start, budget)
 
 
 def _after_best_move(problem: ExitProblem, prev: Solution, budget: float) -> Solution:
     """``prev`` with its best single move within ``budget`` (``prev`` when none helps)."""
     t = problem.best_move(prev.thresholds, budget)
-    if t is prev.thresholds:
-        return prev
-    sol = problem.solution(t)
-    return sol if problem.fits(sol, budget) and sol.gain >= prev.gain else prev
+    return prev if t is prev.thresholds else _moved_to(problem, t, prev, budget)
 
 
 def _best_start(problem: ExitProblem, pool: Sequence[Solution], budget: float) -> Solution | None:

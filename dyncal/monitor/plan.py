@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from dyncal.artifacts.fields import JsonFields
@@ -100,11 +101,7 @@ def rollout_plan(
             f"{param('shadow')} {shadow!r} gives no quality evidence: the plan needs a shadow share in (0, 1]"
         )
     shares = [float(s) for s in steps]
-    if (
-        not shares
-        or any(not 0.0 < s <= 1.0 for s in shares)
-        or any(b <= a for a, b in zip(shares, shares[1:], strict=False))
-    ):
+    if not shares or any(not 0.0 < s <= 1.0 for s in shares) or any(b <= a for a, b in pairwise(shares)):
         raise DyncalError(f"{param('steps')} must be increasing shares in (0, 1], got {list(steps)}")
     if requests_per_hour is not None and not requests_per_hour > 0:
         raise DyncalError(f"{param('requests_per_hour')} must be positive, got {requests_per_hour!r}")

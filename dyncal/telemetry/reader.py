@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +80,7 @@ class TelemetryData:
 
     def select(self, rows: np.ndarray) -> TelemetryData:
         """The rows ``rows`` (a boolean mask or indices)."""
-        return TelemetryData(*(getattr(self, f)[rows] for f in _DATA_FIELDS))
+        return TelemetryData(*(getattr(self, f.name)[rows] for f in fields(self)))
 
     def sorted_by_time(self) -> TelemetryData:
         """The rows in time order (stable)."""
@@ -126,9 +126,6 @@ class TelemetryData:
             last_predictions=column(last_predictions, -1, np.int64),
             request_ids=column(request_ids, None, object),
         )
-
-
-_DATA_FIELDS = ("time_us", "exits", "predictions", "scores", "latency_ms", "last_predictions", "request_ids")
 
 
 @dataclass(frozen=True)

@@ -165,8 +165,7 @@ class Columns:
             raise DyncalError(f"telemetry rows hold {flat.shape[0]} scores where their exits need {lengths.sum()}")
         block = self.scores[i:j]
         block[:] = np.nan
-        starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
-        block[np.repeat(np.arange(m), lengths), np.arange(flat.shape[0]) - starts] = flat
+        block[np.arange(block.shape[1])[None, :] < lengths[:, None]] = flat  # row by row, each up to its length
         if singles.pending:
             if deferred is None:
                 raise DyncalError("telemetry rows left scores for the flush, but the writer has no `deferred` function")

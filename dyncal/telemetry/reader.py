@@ -226,10 +226,7 @@ def _to_data(table: pa.Table, k: int) -> TelemetryData:
     exits = table.column("exit").to_numpy().astype(np.int64)
     scores = np.full((n, k), np.nan)
     flat = pc.list_flatten(table.column("scores")).to_numpy().astype(np.float64)
-    rows = np.repeat(np.arange(n), exits + 1)
-    starts = np.concatenate([[0], np.cumsum(exits + 1)[:-1]]) if n else np.zeros(0, dtype=np.int64)
-    cols = np.arange(flat.size) - np.repeat(starts, exits + 1)
-    scores[rows, cols] = flat
+    scores[np.arange(k)[None, :] <= exits[:, None]] = flat  # row by row, each up to its exit: the lists' order
     last = table.column("last_prediction").fill_null(-1).to_numpy().astype(np.int64)
     return TelemetryData(
         time_us=table.column("time").cast("int64").to_numpy().astype(np.int64),

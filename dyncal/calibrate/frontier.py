@@ -209,11 +209,9 @@ class _Parts:
         """One frontier row; costs are measured on the fit part."""
         k = self.prep.k
         row = {**_asked(method, exit_, fraction, budget_macs, thresholds), "fitted_accuracy": fitted}
-        if held is not None and held.size:
+        if held is not None and held.size:  # else NaN, as the table's reindex fills every column a row lacks
             lo, hi = mean_bootstrap_ci(held, seed=self.prep.seed)
             row.update(holdout_accuracy=float(held.mean()), holdout_ci_low=lo, holdout_ci_high=hi)
-        else:
-            row.update(holdout_accuracy=np.nan, holdout_ci_low=np.nan, holdout_ci_high=np.nan)
         units = self.prep.units
         row["expected_macs"] = expected_cost(fit_exits, units["macs"]) if "macs" in units else np.nan
         pc = units[self.primary]

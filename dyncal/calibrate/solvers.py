@@ -43,13 +43,9 @@ def _result_from(
 ) -> ThresholdsDocument:
     """Evaluate final thresholds and assemble the document (with the guard's record when one was applied)."""
     t_json, fit, held = prep.evaluate(thresholds, unit)
-    costs = prep.units[unit]
     fit_macs, fit_ms = prep.expected_costs(fit.exits)
-    budget: dict[str, Any] = (
-        target.to_dict() if target is not None else {"asked": None, "unit": unit, "value": None, "fraction": None}
-    )
-    budget["met"] = fit.expected_cost
-    budget["met_fraction"] = fit.expected_cost / costs[-1]
+    asked = target.to_dict() if target is not None else {"asked": None, "unit": unit, "value": None, "fraction": None}
+    budget = {**asked, "met": fit.expected_cost, "met_fraction": fit.expected_cost / prep.units[unit][-1]}
     held_doc: dict[str, Any] | None = None
     if held is not None:
         h_macs, h_ms = prep.expected_costs(held.exits)

@@ -192,11 +192,10 @@ def _cost(data: TelemetryData, ref: CalibrationReference, opts: MonitorOptions) 
             "fraction_of_last": mean / float(c[-1]) if n else float("nan"),
         }
     out: dict[str, Any] = {"unit": unit, "per_unit": per_unit, "budget": None, "limit": None, "status": "no budget"}
-    if unit is None or unit not in per_unit:
-        out["status"] = "no budget" if unit is None else "unknown"
-        if unit is not None:
-            out["note"] = f"the calibration run has no {unit} costs"
+    if unit is None:
         return out
+    if unit not in per_unit:
+        return {**out, "status": "unknown", "note": f"the calibration run has no {unit} costs"}
     basis = ref.budget.get("value")
     if basis is None:
         basis = ref.budget.get("met")

@@ -192,7 +192,6 @@ def _file_meta(schema: pa.Schema, where: str) -> dict[str, Any]:
 
 
 def _check_table(table: pa.Table, identity: PackageIdentity, where: str) -> None:
-    pa = require_pyarrow()
     import pyarrow.compute as pc
 
     expected = telemetry_schema()
@@ -208,7 +207,7 @@ def _check_table(table: pa.Table, identity: PackageIdentity, where: str) -> None
     bad = []
     if pc.min(exits).as_py() < 0 or pc.max(exits).as_py() >= identity.k:
         bad.append(f"exits outside [0, {identity.k})")
-    if not pc.all(pc.equal(lengths, pc.add(pc.cast(exits, pa.int32()), 1))).as_py():
+    if not pc.all(pc.equal(lengths, pc.add(pc.cast(exits, "int32"), 1))).as_py():
         bad.append("score lists that do not end at the exit taken")
     preds = table.column("prediction")
     if pc.min(preds).as_py() < 0 or pc.max(preds).as_py() >= identity.c:

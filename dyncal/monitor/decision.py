@@ -288,24 +288,21 @@ def decide(quality: Mapping[str, Any], cost: Mapping[str, Any], opts: MonitorOpt
     """
     eps = opts.max_drop
     pct = f"{100 * eps:g}%"
-    reasons: list[str] = []
-    rollback = False
+    reasons: list[str] = []  # first those that roll back
     n = int(quality.get("n") or 0)
     labelled = quality.get("source") == "labels"
     what = "losses (last exit right, early exit wrong)" if labelled else "disagreements with the last exit"
     if labelled and quality.get("harm_lower") is not None and quality["harm_lower"] > eps:
-        rollback = True
         reasons.append(
             f"the labelled drop is above {pct} with confidence {1 - opts.delta:g} "
             f"(lower bound {quality['harm_lower']:.4f})"
         )
     if cost.get("status") == "over":
-        rollback = True
         reasons.append(
             f"cost per request {cost['mean']:.4g} {cost['unit']} is above the limit {cost['limit']:.4g} "
             f"(budget {cost['budget']:.4g} + {100 * opts.cost_tolerance:g}%), lower bound {cost['lower']:.4g}"
         )
-    if rollback:
+    if reasons:
         return ROLLBACK, reasons
     if n == 0:
         reasons.append(

@@ -180,14 +180,13 @@ def solve_run(
         tail = run_tail_constraint(require_cost_units(run.costs, run.k), opts.max_latency_ms, opts.device)
     target, unit = _budget_column(run, opts)
     run_path = str(getattr(run, "path", ""))
-    prepared = run if isinstance(run, PreparedRun) else None
-    if prepared is not None:
-        prepared.check_options(opts)
+    if isinstance(run, PreparedRun):
+        run.check_options(opts)
     if opts.max_drop is not None:
         return _solve_risk(run, target, unit, run_path, opts)
     assert target is not None
     method = opts.solver.value
-    prep = prepared or prepare_run(run, opts)
+    prep = run if isinstance(run, PreparedRun) else prepare_run(run, opts)
     problem = prep.problem(method, unit)
     if tail is not None:
         from dyncal.calibrate.tail import solve_with_tail, tail_document

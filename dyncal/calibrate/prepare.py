@@ -130,7 +130,7 @@ class PreparedRun:
         if not exits.size:
             return None, {}
         macs = expected_cost(exits, self.units["macs"]) if "macs" in self.units else None
-        return macs, {_key_of_column(u): expected_cost(exits, c) for u, c in self.units.items() if _is_latency(u)}
+        return macs, {key: expected_cost(exits, c) for key, c in _latency_columns(self.units).items()}
 
     def check_options(self, options: PrepareOptions) -> None:
         """Refuse options that contradict how this run was prepared.
@@ -242,13 +242,9 @@ def prepare_run(
     )
 
 
-def _is_latency(unit: str) -> bool:
-    return unit.startswith(LatencyKey.PREFIX)
-
-
-def _key_of_column(unit: str) -> str:
-    """``"ms:cpu/b1"`` -> ``"cpu/b1"``."""
-    return str(LatencyKey.from_column(unit))
+def _latency_columns(units: dict[str, tuple[float, ...]]) -> dict[str, tuple[float, ...]]:
+    """The latency columns of ``units`` by their key: ``"ms:cpu/b1"`` as ``"cpu/b1"``."""
+    return {str(LatencyKey.from_column(u)): c for u, c in units.items() if u.startswith(LatencyKey.PREFIX)}
 
 
 def static_baselines(prep: PreparedRun, *, seed: int = 0) -> list[dict[str, Any]]:
@@ -264,7 +260,7 @@ def static_baselines(prep: PreparedRun, *, seed: int = 0) -> list[dict[str, Any]
             "holdout_accuracy": float(np.mean(held)) if held.size else None,
             "holdout_ci": list(mean_bootstrap_ci(held, seed=seed)) if held.size else None,
             "macs": prep.units["macs"][j] if "macs" in prep.units else None,
-            "ms": {_key_of_column(u): c[j] for u, c in prep.units.items() if _is_latency(u)},
+            "ms": {key: c[j] for key, c in _latency_columns(prep.units).items()},
             "fraction": primary[j] / primary[-1],
         }
         out.append(entry)

@@ -216,9 +216,7 @@ class _Parts:
         row["expected_macs"] = expected_cost(fit_exits, units["macs"]) if "macs" in units else np.nan
         pc = units[self.primary]
         row["expected_fraction"] = expected_cost(fit_exits, pc) / pc[-1]
-        for u, c in units.items():
-            if u.startswith("ms:"):
-                row[u] = expected_cost(fit_exits, c)
+        row.update({u: expected_cost(fit_exits, c) for u, c in units.items() if u.startswith("ms:")})
         shares = np.bincount(fit_exits, minlength=k) / max(fit_exits.size, 1)
         row.update({f"share_{j + 1}": float(shares[j]) for j in range(k)})
         return row

@@ -141,10 +141,9 @@ def _quality(
     ok = data.predictions == labels
     acc = float(ok[known].mean()) if n_lab else float("nan")
     ci = list(clopper_pearson(int(ok[known].sum()), n_lab, delta / 2)) if n_lab else None
-    lab: dict[str, Any] = {"n_labeled": n_lab, "accuracy": acc, "accuracy_ci": ci}
     both = known & shadow
     n_both = int(both.sum())
-    lab["n_labeled_shadow"] = n_both
+    lab: dict[str, Any] = {"n_labeled": n_lab, "accuracy": acc, "accuracy_ci": ci, "n_labeled_shadow": n_both}
     if n_both:
         last_ok = data.last_predictions[both] == labels[both]
         early_ok = ok[both]

@@ -176,8 +176,7 @@ def pick_latency(units: dict[str, tuple[float, ...]], device: str | None, batch_
     """
     parsed = [LatencyKey.from_column(u) for u in units if u.startswith(LatencyKey.PREFIX)]
     keys = [str(k) for k in parsed]
-    if device is not None:
-        device = device_name(device)
+    device = None if device is None else device_name(device)
     if device is not None or batch_size is not None:
         if batch_size is None:
             batches = sorted(k.batch_size for k in parsed if k.device == device)

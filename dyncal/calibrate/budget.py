@@ -30,6 +30,8 @@ __all__ = [
 ]
 
 _MAC_SCALE = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+_SUFFIX = {"fraction": "x", "ms": "ms"}
+"""How a budget of these kinds is written (MACs take a prefix)."""
 _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 
 
@@ -174,8 +176,7 @@ def pick_latency(units: dict[str, tuple[float, ...]], device: str | None, batch_
     """
     parsed = [LatencyKey.from_column(u) for u in units if u.startswith(LatencyKey.PREFIX)]
     keys = [str(k) for k in parsed]
-    if device is not None:
-        device = device_name(device)
+    device = None if device is None else device_name(device)
     if device is not None or batch_size is not None:
         if batch_size is None:
             batches = sorted(k.batch_size for k in parsed if k.device == device)
@@ -228,10 +229,8 @@ def format_budget(value: float, kind: str) -> str:
         scale = 10.0**digits
         return math.ceil(v * scale - 1e-9) / scale
 
-    if kind == "fraction":
-        return f"{up(value):g}x"
-    if kind == "ms":
-        return f"{up(value):g}ms"
+    if kind in _SUFFIX:
+        return f"{up(value):g}{_SUFFIX[kind]}"
     for prefix, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if value >= scale:
             return f"{up(value / scale):g}{prefix}MAC"

@@ -19,9 +19,9 @@ from dyncal.artifacts.thresholds import finite_thresholds
 from dyncal.calibrate.budget import pick_latency
 from dyncal.calibrate.guard import guarded_path
 from dyncal.calibrate.options import FrontierOptions
-from dyncal.calibrate.policy import evaluate_policy, expected_cost
+from dyncal.calibrate.policy import expected_cost
 from dyncal.calibrate.prepare import PreparedRun, prepare_run
-from dyncal.calibrate.problem import Solution
+from dyncal.calibrate.problem import Solution, single_exit_thresholds
 from dyncal.calibrate.search import budget_grid, solve_path
 from dyncal.choices import DEFAULT_METHOD
 from dyncal.options import options_from
@@ -111,11 +111,8 @@ def compute_frontier(
         ['geometric', 'optimal', 'oracle', 'static']
     """
     opts = options_from(FrontierOptions, options, fields, "frontier")
-    if isinstance(run, PreparedRun):
-        run.check_options(opts)
-        prep = run
-    else:
-        prep = prepare_run(run, opts)
+    prep = run if isinstance(run, PreparedRun) else prepare_run(run, opts)
+    prep.check_options(opts)  # a prepared run given must agree with the options (one prepared here does)
     primary = "macs" if "macs" in prep.units else pick_latency(prep.units, opts.device, opts.batch_size)
     parts = _Parts(prep, primary)
     fractions, budgets = budget_grid(parts.costs, opts.n_budgets)
@@ -134,6 +131,19 @@ def compute_frontier(
     return df
 
 
+def _asked(
+    method: str, exit_: int | None, fraction: float, budget_macs: float | None, thresholds: list[float | None] | None
+) -> dict[str, Any]:
+    """The frontier columns of what was asked, which every row has (a budget without a solution has only these)."""
+    return {
+        "method": method,
+        "exit": exit_ if exit_ is not None else pd.NA,
+        "budget_fraction": fraction,
+        "budget_macs": np.nan if budget_macs is None else budget_macs,
+        "thresholds": json.dumps(thresholds),  # null without thresholds
+    }
+
+
 class _Parts:
     """The frontier's rows of a prepared run in one cost column: fit and held-out parts, taken once."""
 
@@ -141,8 +151,7 @@ class _Parts:
         self.prep, self.primary = prep, primary
         self.costs = np.asarray(prep.units[primary])
         self.macs_full = prep.units["macs"][-1] if "macs" in prep.units else None
-        self.fs, self.fc = prep.scores[prep.fit_idx], prep.correct[prep.fit_idx]
-        self.hs, self.hc = prep.scores[prep.holdout_idx], prep.correct[prep.holdout_idx]
+        self.fc, self.hc = prep.correct[prep.fit_idx], prep.correct[prep.holdout_idx]
 
     def _macs_at(self, fraction: float) -> float | None:
         return None if self.macs_full is None else float(fraction * self.macs_full)
@@ -153,22 +162,10 @@ class _Parts:
         for frac, sol in zip(fractions, sols, strict=True):
             bm = self._macs_at(frac)
             if sol is None:
-                empty = {
-                    "method": method,
-                    "exit": pd.NA,
-                    "budget_fraction": float(frac),
-                    "budget_macs": np.nan if bm is None else bm,
-                    "thresholds": json.dumps(None),
-                }
-                rows.append(empty)
+                rows.append(_asked(method, None, float(frac), bm, None))
                 continue
-            t_json = finite_thresholds(sol.thresholds, self.prep.score, self.prep.n_classes)
-            t_eval = np.asarray(t_json[:-1], dtype=np.float64)
-            fit = evaluate_policy(self.fs, self.fc, self.costs, t_eval)
-            held_ok = None
-            if self.hs.shape[0]:
-                held = evaluate_policy(self.hs, self.hc, self.costs, t_eval)
-                held_ok = self.hc[np.arange(self.hs.shape[0]), held.exits]
+            t_json, fit, held = self.prep.evaluate(sol.thresholds, self.primary)
+            held_ok = None if held is None else held.hits
             rows.append(self.row(method, None, float(frac), bm, t_json, fit.accuracy, held_ok, fit.exits))
         return rows
 
@@ -178,9 +175,9 @@ class _Parts:
         for frac, b in zip(fractions, budgets, strict=True):
             fe = oracle_at_budget(self.fc, self.costs, float(b))
             held_ok = None
-            if self.hs.shape[0]:
+            if self.hc.shape[0]:
                 he = oracle_at_budget(self.hc, self.costs, float(b))
-                held_ok = self.hc[np.arange(self.hs.shape[0]), he]
+                held_ok = self.hc[np.arange(self.hc.shape[0]), he]
             fitted = float(self.fc[np.arange(self.fc.shape[0]), fe].mean())
             rows.append(self.row("oracle", None, float(frac), self._macs_at(frac), None, fitted, held_ok, fe))
         return rows
@@ -190,12 +187,9 @@ class _Parts:
         rows = []
         k = self.prep.k
         for j in range(k):
-            t = np.full(k - 1, np.inf)
-            if j < k - 1:
-                t[j] = -np.inf
-            t_json = finite_thresholds(t, self.prep.score, self.prep.n_classes)
+            t_json = finite_thresholds(single_exit_thresholds(k, j), self.prep.score, self.prep.n_classes)
             fe = np.full(self.fc.shape[0], j, dtype=np.int64)
-            held_ok = self.hc[:, j] if self.hs.shape[0] else None
+            held_ok = self.hc[:, j] if self.hc.shape[0] else None
             frac = float(self.costs[j] / self.costs[-1])
             bm = None if self.macs_full is None else float(self.prep.units["macs"][j])
             rows.append(self.row("static", j + 1, frac, bm, t_json, float(self.fc[:, j].mean()), held_ok, fe))
@@ -214,27 +208,15 @@ class _Parts:
     ) -> dict[str, Any]:
         """One frontier row; costs are measured on the fit part."""
         k = self.prep.k
-        row: dict[str, Any] = {
-            "method": method,
-            "exit": exit_ if exit_ is not None else pd.NA,
-            "budget_fraction": fraction,
-            "budget_macs": np.nan if budget_macs is None else budget_macs,
-            "thresholds": json.dumps(thresholds) if thresholds is not None else json.dumps(None),
-            "fitted_accuracy": fitted,
-        }
-        if held is not None and held.size:
+        row = {**_asked(method, exit_, fraction, budget_macs, thresholds), "fitted_accuracy": fitted}
+        if held is not None and held.size:  # else NaN, as the table's reindex fills every column a row lacks
             lo, hi = mean_bootstrap_ci(held, seed=self.prep.seed)
             row.update(holdout_accuracy=float(held.mean()), holdout_ci_low=lo, holdout_ci_high=hi)
-        else:
-            row.update(holdout_accuracy=np.nan, holdout_ci_low=np.nan, holdout_ci_high=np.nan)
         units = self.prep.units
         row["expected_macs"] = expected_cost(fit_exits, units["macs"]) if "macs" in units else np.nan
         pc = units[self.primary]
         row["expected_fraction"] = expected_cost(fit_exits, pc) / pc[-1]
-        for u, c in units.items():
-            if u.startswith("ms:"):
-                row[u] = expected_cost(fit_exits, c)
+        row.update({u: expected_cost(fit_exits, c) for u, c in units.items() if u.startswith("ms:")})
         shares = np.bincount(fit_exits, minlength=k) / max(fit_exits.size, 1)
-        for j in range(k):
-            row[f"share_{j + 1}"] = float(shares[j])
+        row.update({f"share_{j + 1}": float(shares[j]) for j in range(k)})
         return row

@@ -21,7 +21,7 @@ catches it (``benchmarks/heldout_comparison.md``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np  # noqa: F401 - the examples use it
 
@@ -133,10 +133,8 @@ def _guard(problem: ExitProblem, own: Solution | None, budget: float, method: st
     """The method's answer at one budget against its rivals there (no envelope)."""
     rivals = tuple(rivals_within(problem, budget, method))
     own_accuracy = None if own is None else problem.accuracy(own)
-    best: Rival | None = None
-    for r in rivals:  # strictly more accurate replaces; the first of equals stays
-        if (own_accuracy is None or r.accuracy > own_accuracy) and (best is None or r.accuracy > best.accuracy):
-            best = r
+    better = [r for r in rivals if own_accuracy is None or r.accuracy > own_accuracy]
+    best = max(better, key=lambda r: r.accuracy, default=None)  # strictly more accurate replaces; the first of equals
     if best is None:
         if own is None or own_accuracy is None:
             raise BudgetError(f"budget {budget:g} is below exit 1's cost {problem.costs[0]:g}: nothing fits")
@@ -146,45 +144,13 @@ def _guard(problem: ExitProblem, own: Solution | None, budget: float, method: st
     return Guarded(method, budget, sol, best.accuracy, own, own_accuracy, best.name, best.exit, rivals)
 
 
-def _envelope(current: Guarded, earlier: Guarded | None, fraction: float) -> Guarded:
-    """``current``, or ``earlier`` (a smaller budget's, at ``fraction``x) when strictly more accurate on fit data."""
+def _envelope(current: Guarded, earlier: Guarded | None, problem: ExitProblem) -> Guarded:
+    """``current``, or ``earlier`` (a smaller budget's) when strictly more accurate on fit data."""
     if earlier is None or earlier.accuracy <= current.accuracy:
         return current
-    by, exit_ = earlier.by, earlier.exit
-    if by is None:  # the method's own answer at the smaller budget
-        by = f"{current.method} at {fraction:.4g}x"
-    return Guarded(
-        current.method,
-        current.budget,
-        earlier.solution,
-        earlier.accuracy,
-        current.own,
-        current.own_accuracy,
-        by,
-        exit_,
-        current.rivals,
-    )
-
-
-def _envelope_along(
-    problem: ExitProblem, walk_budgets: Sequence[float], answers: Sequence[Solution | None], method: str
-) -> list[Guarded | None]:
-    """Guarded envelope at each budget of an ascending walk (None where nothing fits)."""
-    out: list[Guarded | None] = []
-    best: Guarded | None = None
-    for b, own in zip(walk_budgets, answers, strict=True):
-        if own is None and problem.costs[0] > b:
-            out.append(None)
-            continue
-        guarded = _guard(problem, own, b, method)
-        current = _envelope(guarded, best, _fraction_of(problem, best))
-        out.append(current)
-        best = current
-    return out
-
-
-def _fraction_of(problem: ExitProblem, g: Guarded | None) -> float:
-    return float("nan") if g is None else g.budget / float(problem.costs[-1])
+    # by None: the method's own answer at the smaller budget, named by its fraction of the full cost
+    by = earlier.by or f"{current.method} at {earlier.budget / float(problem.costs[-1]):.4g}x"
+    return replace(current, solution=earlier.solution, accuracy=earlier.accuracy, by=by, exit=earlier.exit)
 
 
 def guarded_at(
@@ -217,9 +183,9 @@ def guarded_at(
         (0.75, None)
     """
     walk = walk_to(problem, budget, method, n_budgets, path)
-    below = _envelope_along(problem, walk.budgets, walk.solutions, method)
+    below = guarded_path(problem, walk.budgets, method, walk.solutions)
     earlier = next((g for g in reversed(below) if g is not None), None)
-    return _envelope(_guard(problem, walk.answer, budget, method), earlier, _fraction_of(problem, earlier))
+    return _envelope(_guard(problem, walk.answer, budget, method), earlier, problem)
 
 
 def guarded_path(
@@ -237,4 +203,12 @@ def guarded_path(
         One guarded answer per budget (None only below exit 1's cost); fit accuracy never
         falls along it.
     """
-    return _envelope_along(problem, [float(b) for b in budgets], path, method)
+    out: list[Guarded | None] = []
+    best: Guarded | None = None
+    for b, own in zip((float(b) for b in budgets), path, strict=True):
+        if own is None and problem.costs[0] > b:
+            out.append(None)
+            continue
+        best = _envelope(_guard(problem, own, b, method), best, problem)
+        out.append(best)
+    return out

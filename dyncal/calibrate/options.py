@@ -25,14 +25,12 @@ MAX_BUDGETS = 10_000
 """Most budgets one frontier solves (each is a full solve; more is a typo, not a finer curve)."""
 
 
-def _positive_batch(batch_size: int | None) -> None:
+def _check_latency_column(device: object, batch_size: int | None) -> None:
+    """The options that choose a latency column, each optional: a device name and a batch size."""
     if batch_size is not None:
         check("batch_size", batch_size)
-
-
-def _optional_text(name: str, value: object) -> None:
-    if value is not None and not isinstance(value, str):
-        raise DyncalError(f"{param(name)} must be a string, got {value!r}")
+    if device is not None and not isinstance(device, str):
+        raise DyncalError(f"{param('device')} must be a string, got {device!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,8 +111,7 @@ class SolveOptions(PrepareOptions):
         if self.method is not None:
             object.__setattr__(self, "method", Method.parse(self.method, "method"))
         object.__setattr__(self, "pvalue", PValue.parse(self.pvalue, "pvalue"))
-        _positive_batch(self.batch_size)
-        _optional_text("device", self.device)
+        _check_latency_column(self.device, self.batch_size)
         if self.max_drop is not None:
             check("max_drop", self.max_drop)
         check("delta", self.delta)
@@ -166,5 +163,4 @@ class FrontierOptions(PrepareOptions):
             raise DyncalError(f"{param('n_budgets')} must be from 2 to {MAX_BUDGETS}, got {self.n_budgets!r}")
         methods = (self.methods,) if isinstance(self.methods, str) else self.methods
         object.__setattr__(self, "methods", tuple(Method.parse(m, "methods") for m in methods))
-        _positive_batch(self.batch_size)
-        _optional_text("device", self.device)
+        _check_latency_column(self.device, self.batch_size)

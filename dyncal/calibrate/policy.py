@@ -158,12 +158,14 @@ class PolicyOutcome:
         expected_cost: Mean cumulative cost of the exit taken (the cost vector's unit), as
             :func:`expected_cost` computes it.
         shares: ``K`` shares of samples leaving at each exit.
+        hits: ``(N,)`` whether each sample's prediction at its exit is right.
     """
 
     exits: np.ndarray
     accuracy: float
     expected_cost: float
     shares: tuple[float, ...]
+    hits: np.ndarray
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (without the per-sample exits)."""
@@ -201,12 +203,11 @@ def evaluate_policy(
     """
     n, k = scores.shape
     exits = assign_exits(scores, thresholds)
-    c = np.asarray(costs, dtype=np.float64)
+    hits = correct[np.arange(n), exits]
     if n == 0:
-        return PolicyOutcome(exits, float("nan"), float("nan"), tuple([float("nan")] * k))
-    acc = float(np.mean(correct[np.arange(n), exits]))
-    shares = np.bincount(exits, minlength=k) / n
-    return PolicyOutcome(exits, acc, expected_cost(exits, c), tuple(float(v) for v in shares))
+        return PolicyOutcome(exits, float("nan"), float("nan"), tuple([float("nan")] * k), hits)
+    shares = tuple(float(v) for v in np.bincount(exits, minlength=k) / n)
+    return PolicyOutcome(exits, float(np.mean(hits)), expected_cost(exits, costs), shares, hits)
 
 
 def expected_cost(exits: np.ndarray, costs: Sequence[float] | np.ndarray) -> float:

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 
 from dyncal.artifacts.costs import LatencyKey
+from dyncal.artifacts.thresholds import finite_thresholds
 from dyncal.calibrate.budget import require_cost_units
 from dyncal.calibrate.options import PrepareOptions
-from dyncal.calibrate.policy import expected_cost
+from dyncal.calibrate.policy import PolicyOutcome, evaluate_policy, expected_cost
 from dyncal.calibrate.problem import ExitProblem, Solution
 from dyncal.calibrate.scores import exit_scores
 from dyncal.calibrate.search import problem_for
@@ -101,6 +102,24 @@ class PreparedRun:
             self.cache.problems[key] = problem
         return self.cache.problems[key]
 
+    def evaluate(
+        self, thresholds: np.ndarray, unit: str
+    ) -> tuple[list[float | None], PolicyOutcome, PolicyOutcome | None]:
+        """``thresholds`` as thresholds.json writes them, and what those do on the fit and held-out parts.
+
+        The held-out outcome is None without a held-out part; costs are those of the column ``unit``.
+        """
+        t_json = finite_thresholds(thresholds, self.score, self.n_classes)
+        t_eval, costs = np.asarray(t_json[:-1], dtype=np.float64), self.units[unit]
+        fit = evaluate_policy(self.scores[self.fit_idx], self.correct[self.fit_idx], costs, t_eval)
+        if not self.holdout_idx.size:
+            return t_json, fit, None
+        return (
+            t_json,
+            fit,
+            evaluate_policy(self.scores[self.holdout_idx], self.correct[self.holdout_idx], costs, t_eval),
+        )
+
     @property
     def k(self) -> int:
         """Number of exits."""
@@ -111,7 +130,7 @@ class PreparedRun:
         if not exits.size:
             return None, {}
         macs = expected_cost(exits, self.units["macs"]) if "macs" in self.units else None
-        return macs, {_key_of_column(u): expected_cost(exits, c) for u, c in self.units.items() if _is_latency(u)}
+        return macs, {key: expected_cost(exits, c) for key, c in _latency_columns(self.units).items()}
 
     def check_options(self, options: PrepareOptions) -> None:
         """Refuse options that contradict how this run was prepared.
@@ -223,18 +242,15 @@ def prepare_run(
     )
 
 
-def _is_latency(unit: str) -> bool:
-    return unit.startswith(LatencyKey.PREFIX)
-
-
-def _key_of_column(unit: str) -> str:
-    """``"ms:cpu/b1"`` -> ``"cpu/b1"``."""
-    return str(LatencyKey.from_column(unit))
+def _latency_columns(units: dict[str, tuple[float, ...]]) -> dict[str, tuple[float, ...]]:
+    """The latency columns of ``units`` by their key: ``"ms:cpu/b1"`` as ``"cpu/b1"``."""
+    return {str(LatencyKey.from_column(u)): c for u, c in units.items() if u.startswith(LatencyKey.PREFIX)}
 
 
 def static_baselines(prep: PreparedRun, *, seed: int = 0) -> list[dict[str, Any]]:
     """Each exit used alone: calibration and held-out accuracy (with CI) and its costs."""
     out = []
+    primary = next(iter(prep.units.values()))
     for j in range(prep.correct.shape[1]):
         fit_acc = float(np.mean(prep.correct[prep.fit_idx, j]))
         held = prep.correct[prep.holdout_idx, j]
@@ -244,9 +260,8 @@ def static_baselines(prep: PreparedRun, *, seed: int = 0) -> list[dict[str, Any]
             "holdout_accuracy": float(np.mean(held)) if held.size else None,
             "holdout_ci": list(mean_bootstrap_ci(held, seed=seed)) if held.size else None,
             "macs": prep.units["macs"][j] if "macs" in prep.units else None,
-            "ms": {_key_of_column(u): c[j] for u, c in prep.units.items() if _is_latency(u)},
+            "ms": {key: c[j] for key, c in _latency_columns(prep.units).items()},
+            "fraction": primary[j] / primary[-1],
         }
-        primary = next(iter(prep.units.values()))
-        entry["fraction"] = primary[j] / primary[-1]
         out.append(entry)
     return out

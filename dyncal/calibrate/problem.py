@@ -107,8 +107,6 @@ class ExitProblem:
         c = np.asarray(costs, dtype=np.float64)
         if c.shape != (s.shape[1],) or np.any(np.diff(c) < 0) or not np.all(np.isfinite(c)):
             raise DyncalError(f"costs must be {s.shape[1]} non-decreasing numbers, got {c.tolist()}")
-        if cap is not None and (len(cap.capped) != s.shape[1] or cap.max_count < 0):
-            raise DyncalError(f"an exit cap needs {s.shape[1]} flags and a count >= 0, got {cap}")
         self.scores = s
         self.gains = g
         self.hits = g if correct is None else np.asarray(correct, dtype=np.float64)
@@ -118,8 +116,7 @@ class ExitProblem:
         self.exit_accuracy = self.hits.mean(axis=0)
         """``(K,)`` fit accuracy of each exit used alone."""
         self.costs = c
-        self.cap = cap
-        self._capped = np.zeros(s.shape[1]) if cap is None else np.asarray(cap.capped, dtype=np.float64)
+        self.cap, self._capped = cap, _cap_flags(cap, s.shape[1])
         self._cut_capped: tuple[np.ndarray, float] = (np.zeros(0), 0.0)  # set by _cuts under a cap
         self.tie_floor = tie_floor(score)
         self.n, self.k = s.shape
@@ -133,15 +130,12 @@ class ExitProblem:
         self._starting_pool: list[Solution] | None = None
         self._two_exit: list[_TwoExitFamily] | None = None
         self._single: dict[int, Solution] = {}
-        self._geometric_by_accuracy: tuple[list[Solution], np.ndarray, np.ndarray] | None = None
+        self._geometric_by_accuracy: list[Solution] | None = None
 
     def with_cap(self, cap: ExitCap | None) -> ExitProblem:
         """The same fit samples under another cap (sorted orders and geometric fits shared, not recomputed)."""
-        if cap is not None and (len(cap.capped) != self.k or cap.max_count < 0):
-            raise DyncalError(f"an exit cap needs {self.k} flags and a count >= 0, got {cap}")
         other = copy.copy(self)
-        other.cap = cap
-        other._capped = np.zeros(self.k) if cap is None else np.asarray(cap.capped, dtype=np.float64)
+        other.cap, other._capped = cap, _cap_flags(cap, self.k)
         other._geometric_solutions = None  # their capped counts differ
         other._starting_pool = None
         other._single = {}
@@ -201,10 +195,7 @@ class ExitProblem:
         d_down = down[idx]
         cg = np.cumsum(self._gcols[j][idx] - self._gflat[idx * self.k + d_down])
         cc = np.cumsum(self.costs[j] - self.costs[d_down])
-        valid = np.ones(ss.shape[0], dtype=bool)
-        if ss.shape[0] > 1:
-            valid[:-1] = _separable(ss[:-1], ss[1:], self.tie_floor)
-        cut = np.flatnonzero(valid)
+        cut = _allowed_cuts(ss, self.tie_floor)
         leaving = int(np.sum(ss >= t[j]))
         cur = -1
         if leaving:
@@ -238,9 +229,7 @@ class ExitProblem:
         best_val = float(obj[best]) if best >= 0 else -math.inf
         if max(best_val, 0.0) <= cur_val + _TOL:
             return t
-        if best_val > 0.0:
-            return self._with_threshold(t, j, float(thr[best]))
-        return self._with_threshold(t, j, np.inf)
+        return self._with_threshold(t, j, float(thr[best]) if best_val > 0.0 else np.inf)
 
     def budget_update(self, t: np.ndarray, j: int, budget: float) -> np.ndarray:
         """Best ``t_j`` for gain with mean cost ``<= budget`` (and within the cap), the others fixed (exact).
@@ -334,8 +323,8 @@ class ExitProblem:
             self._starting_pool = pool
         return self._starting_pool
 
-    def geometric_by_accuracy(self) -> tuple[list[Solution], np.ndarray, np.ndarray]:
-        """Every geometric solution with its 0/1 accuracy as gain, and their costs and accuracies as arrays."""
+    def geometric_by_accuracy(self) -> list[Solution]:
+        """Every geometric solution with its 0/1 accuracy as gain."""
         if self._geometric_by_accuracy is None:
             if self.gains_are_hits:
                 sols = self.geometric_solutions()
@@ -345,9 +334,7 @@ class ExitProblem:
                     Solution(t, float(np.mean(self.hits[rows, e])), s.cost, s.capped)
                     for (t, e), s in zip(self.geometric_pool(), self.geometric_solutions(), strict=True)
                 ]
-            cost = np.array([s.cost for s in sols], dtype=np.float64)
-            acc = np.array([s.gain for s in sols], dtype=np.float64)
-            self._geometric_by_accuracy = (sols, cost, acc)
+            self._geometric_by_accuracy = sols
         return self._geometric_by_accuracy
 
     def best_geometric(self, budget: float) -> Solution | None:
@@ -355,13 +342,8 @@ class ExitProblem:
 
         Its ``gain`` is its accuracy; thresholds and cost are the geometric solution's.
         """
-        sols, cost, acc = self.geometric_by_accuracy()
-        fits = np.flatnonzero([self.fits(s, budget) for s in sols])
-        if not fits.size:
-            return None
-        top = float(np.max(acc[fits]))
-        best = fits[acc[fits] >= top]
-        return sols[int(best[np.argmin(cost[best])])]
+        fits = (s for s in self.geometric_by_accuracy() if self.fits(s, budget))
+        return max(fits, key=lambda s: (s.gain, -s.cost), default=None)  # the first of equals
 
     # -- two-exit policies
     def best_two_exit(self, budget: float) -> Solution | None:
@@ -407,10 +389,7 @@ class ExitProblem:
     def _all_cuts(self, j: int) -> tuple[np.ndarray, np.ndarray]:
         """Thresholds at exit ``j`` when every sample reaches it, and how many leave: nobody first, then each cut."""
         ss = self.sorted_scores[j]
-        valid = np.ones(ss.shape[0], dtype=bool)
-        if ss.shape[0] > 1:
-            valid[:-1] = _separable(ss[:-1], ss[1:], self.tie_floor)
-        cut = np.flatnonzero(valid)
+        cut = _allowed_cuts(ss, self.tie_floor)
         below = np.full(cut.shape[0], -math.inf)
         below[:-1] = ss[cut[:-1] + 1]
         thr = np.concatenate([[math.inf], _midway(ss[cut], below)])
@@ -502,6 +481,26 @@ def tie_floor(score: str | None) -> float:
 def _separable(higher: np.ndarray, lower: np.ndarray, floor: float = 0.0) -> np.ndarray:
     """Whether a threshold may fall between two scores (see :data:`SEPARATION`)."""
     return np.asarray(higher - lower > SEPARATION * np.maximum(floor, np.abs(higher)))
+
+
+def _allowed_cuts(desc: np.ndarray, floor: float) -> np.ndarray:
+    """Positions in ``desc`` (sorted decreasing) a cut may follow: the last, and each separable from the next."""
+    valid = np.ones(desc.shape[0], dtype=bool)
+    valid[:-1] = _separable(desc[:-1], desc[1:], floor)
+    return np.flatnonzero(valid)
+
+
+def _cap_flags(cap: ExitCap | None, k: int) -> np.ndarray:
+    """``(K,)`` 1.0 at the exits ``cap`` limits (all 0 without a cap).
+
+    Raises:
+        DyncalError: A cap with another number of flags, or a negative count.
+    """
+    if cap is None:
+        return np.zeros(k)
+    if len(cap.capped) != k or cap.max_count < 0:
+        raise DyncalError(f"an exit cap needs {k} flags and a count >= 0, got {cap}")
+    return np.asarray(cap.capped, dtype=np.float64)
 
 
 def _next_lower(desc: np.ndarray, value: float) -> float:

@@ -43,7 +43,6 @@ from dyncal.constraints import check
 from dyncal.errors import DyncalError
 
 __all__ = [
-    "PVALUES",
     "binomial_pvalue",
     "hoeffding_bentkus_pvalue",
     "fixed_sequence_test",
@@ -51,8 +50,6 @@ __all__ = [
     "learn_then_test",
     "min_test_samples",
 ]
-
-PVALUES: tuple[str, ...] = tuple(p.value for p in PValue)
 
 
 def binomial_pvalue(n_losses: int, n: int, max_rate: float) -> float:
@@ -108,12 +105,7 @@ def fixed_sequence_test(p_values: Sequence[float], delta: float) -> int:
         >>> fixed_sequence_test([0.001, 0.01, 0.2, 0.001], 0.05)
         2
     """
-    count = 0
-    for p in p_values:
-        if p > delta:
-            break
-        count += 1
-    return count
+    return next((i for i, p in enumerate(p_values) if p > delta), len(p_values))
 
 
 @dataclass(frozen=True)
@@ -185,16 +177,18 @@ def learn_then_test(
     last_ok = correct[:, k - 1]
     pvals: list[float] = []
     for t in candidates:
-        exits = assign_exits(scores, t)
-        ok = correct[np.arange(n), exits]
-        if pvalue == "binomial":
-            p = binomial_pvalue(int(np.sum(last_ok & ~ok)), n, max_drop) if max_drop > 0 else 1.0
-        else:
-            loss = (last_ok.astype(np.float64) - ok.astype(np.float64) + 1.0) / 2.0
-            p = hoeffding_bentkus_pvalue(float(loss.mean()) if n else 1.0, n, (max_drop + 1.0) / 2.0)
-        pvals.append(p)
+        ok = correct[np.arange(n), assign_exits(scores, t)]
+        signed = (last_ok.astype(np.float64) - ok.astype(np.float64) + 1.0) / 2.0
+        pvals.append(_drop_pvalue(pvalue, n, max_drop, int(np.sum(last_ok & ~ok)), float(signed.mean()) if n else 1.0))
     accepted = fixed_sequence_test(pvals, delta)
     return LTTResult(index=accepted - 1, p_values=tuple(pvals), n_accepted=accepted, method=pvalue, n_test=n)
+
+
+def _drop_pvalue(pvalue: str, n: int, max_drop: float, losses: int, mean_signed_loss: float) -> float:
+    """P-value of "drop > max_drop" on ``n`` test samples: binomial on the losses, or hb on the mean signed loss."""
+    if pvalue == "binomial":
+        return binomial_pvalue(losses, n, max_drop) if max_drop > 0 else 1.0
+    return hoeffding_bentkus_pvalue(mean_signed_loss, n, (max_drop + 1.0) / 2.0)
 
 
 def min_test_samples(max_drop: float, delta: float, pvalue: str = "binomial") -> int | None:
@@ -213,10 +207,8 @@ def min_test_samples(max_drop: float, delta: float, pvalue: str = "binomial") ->
         598
     """
 
-    def p(n: int) -> float:
-        if pvalue == "binomial":
-            return binomial_pvalue(0, n, max_drop) if max_drop > 0 else 1.0
-        return hoeffding_bentkus_pvalue(0.5, n, (max_drop + 1.0) / 2.0)
+    def p(n: int) -> float:  # the last exit alone: no losses, signed loss 1/2 on every sample
+        return _drop_pvalue(pvalue, n, max_drop, 0, 0.5)
 
     if max_drop <= 0:
         return None

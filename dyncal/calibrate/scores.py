@@ -89,14 +89,11 @@ def exit_scores(
         e = np.exp(d)
         total = e.sum(axis=-1, dtype=np.float64)
         preds[rows] = np.argmax(block, axis=-1)  # a positive temperature keeps the argmax
-        if score == "maxprob":
+        if score == "maxprob" or (score == "margin" and c < 2):  # one class: no second probability to subtract
             scores[rows] = 1.0 / total
         elif score == "margin":
-            if c < 2:
-                scores[rows] = 1.0 / total
-            else:
-                second = np.partition(d, c - 2, axis=-1)[..., c - 2].astype(np.float64)
-                scores[rows] = (1.0 - np.exp(second)) / total
+            second = np.partition(d, c - 2, axis=-1)[..., c - 2].astype(np.float64)
+            scores[rows] = (1.0 - np.exp(second)) / total
         else:
             # -H = sum p_i log p_i = sum p_i d_i - log S
             scores[rows] = np.einsum("nkc,nkc->nk", e, d, dtype=np.float64) / total - np.log(total)

@@ -175,18 +175,15 @@ def solve_path(problem: ExitProblem, budgets: Sequence[float], method: str) -> l
     geo = problem.geometric_solutions()
     if method == "geometric":
         for i in order:
-            fits = [s for s in geo if problem.fits(s, float(budgets[i]))]
-            if fits:
-                out[i] = max(fits, key=lambda s: (s.gain, -s.cost))
+            fits = (s for s in geo if problem.fits(s, float(budgets[i])))
+            out[i] = max(fits, key=lambda s: (s.gain, -s.cost), default=None)
         return out
     pool = problem.starting_pool()
     prev: Solution | None = None
     for i in order:
         sol = _path_step(problem, pool, prev, float(budgets[i]))
-        if sol is None:
-            continue
-        out[i] = sol
-        prev = sol
+        if sol is not None:
+            out[i] = prev = sol
     return out
 
 
@@ -199,20 +196,29 @@ def _more_accurate(a: Solution | None, b: Solution | None) -> Solution | None:
     return b if (b.gain, -b.cost) > (a.gain, -a.cost) else a
 
 
+def _moved_to(problem: ExitProblem, t: np.ndarray, old: Solution, budget: float) -> Solution:
+    """The solution of ``t`` (moved to from ``old``) if it fits ``budget`` and gains at least as much, else ``old``."""
+    sol = problem.solution(t)
+    return sol if problem.fits(sol, budget) and sol.gain >= old.gain else old
+
+
 def _ascended_from(problem: ExitProblem, start: Solution, budget: float) -> Solution:
     """Budget-exact coordinate ascent from ``start``; never worse than ``start``."""
-    t = problem.budget_ascent(start.thresholds.copy(), budget)
-    sol = problem.solution(t)
-    return sol if problem.fits(sol, budget) and sol.gain >= start.gain else start
+    return _moved_to(problem, problem.budget_ascent(start.thresholds.copy(), budget), start, budget)
 
 
 def _after_best_move(problem: ExitProblem, prev: Solution, budget: float) -> Solution:
     """``prev`` with its best single move within ``budget`` (``prev`` when none helps)."""
     t = problem.best_move(prev.thresholds, budget)
-    if t is prev.thresholds:
-        return prev
-    sol = problem.solution(t)
-    return sol if problem.fits(sol, budget) and sol.gain >= prev.gain else prev
+    return prev if t is prev.thresholds else _moved_to(problem, t, prev, budget)
+
+
+def _best_start(problem: ExitProblem, pool: Sequence[Solution], budget: float) -> Solution | None:
+    """The best pool member or two-exit policy within ``budget`` (higher gain, then cheaper), or None."""
+    fits = [s for s in pool if problem.fits(s, budget)]
+    two = problem.best_two_exit(budget)
+    fits += [two] if two is not None and problem.fits(two, budget) else []
+    return max(fits, key=lambda s: (s.gain, -s.cost), default=None)
 
 
 def _path_step(problem: ExitProblem, pool: Sequence[Solution], prev: Solution | None, budget: float) -> Solution | None:
@@ -224,13 +230,8 @@ def _path_step(problem: ExitProblem, pool: Sequence[Solution], prev: Solution | 
     the answer here is at least as good as that move within any smaller budget, which makes
     :func:`solve_at` monotone.
     """
-    fits = [s for s in pool if problem.fits(s, budget)]
-    two = problem.best_two_exit(budget)
-    fits += [two] if two is not None and problem.fits(two, budget) else []
-    best: Solution | None = None
-    if fits:
-        start = max(fits, key=lambda s: (s.gain, -s.cost))
-        best = _more_accurate(start, _ascended_from(problem, start, budget))
+    start = _best_start(problem, pool, budget)
+    best = None if start is None else _more_accurate(start, _ascended_from(problem, start, budget))
     if prev is not None:
         best = _more_accurate(best, _ascended_from(problem, _after_best_move(problem, prev, budget), budget))
     return best
@@ -296,19 +297,15 @@ def walk_to(
     # a grid budget equal to this one up to rounding: the path's own answer there
     at = any(budget <= g <= budget * (1 + 1e-12) for g in grid)
     full = path is not None and len(path) == len(grid)
-    if method == "geometric":
-        walked = list(path[: len(below)]) if full else solve_path(problem, below, method)  # type: ignore[index]
-        return Walk(tuple(below), tuple(walked), solve_path(problem, [budget], method)[0])
-    if at:
+    if at and method != "geometric":
         exact = full and float(grid[len(below)]) == budget
         walked = list(path[: len(below) + 1]) if exact else solve_path(problem, [*below, budget], method)  # type: ignore[index]
         return Walk(tuple(below), tuple(walked[:-1]), walked[-1])
     walked = list(path[: len(below)]) if full else solve_path(problem, below, method)  # type: ignore[index]
+    if method == "geometric":
+        return Walk(tuple(below), tuple(walked), solve_path(problem, [budget], method)[0])
     prev = walked[-1] if walked else None
-    fits = [s for s in problem.starting_pool() if problem.fits(s, budget)]
-    two = problem.best_two_exit(budget)
-    fits += [two] if two is not None and problem.fits(two, budget) else []
-    best = max(fits, key=lambda s: (s.gain, -s.cost)) if fits else None
+    best = _best_start(problem, problem.starting_pool(), budget)
     if prev is not None:
         best = _more_accurate(best, _after_best_move(problem, prev, budget))
     return Walk(tuple(below), tuple(walked), best)

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 
 from dyncal.artifacts.costs import LatencyKey
-from dyncal.artifacts.thresholds import ThresholdsDocument, finite_thresholds
+from dyncal.artifacts.thresholds import ThresholdsDocument
 from dyncal.calibrate.budget import BudgetTarget, format_budget, pick_latency, require_cost_units, resolve_budget
 from dyncal.calibrate.guard import Guarded, guarded_at
 from dyncal.calibrate.options import SolveOptions
-from dyncal.calibrate.policy import evaluate_policy
+from dyncal.calibrate.policy import PolicyOutcome
 from dyncal.calibrate.prepare import PreparedRun, _require_exits, prepare_run, static_baselines
 from dyncal.calibrate.search import problem_for, solve_path
 from dyncal.errors import BudgetError, DyncalError
@@ -42,25 +42,12 @@ def _result_from(
     guarded: Guarded | None = None,
 ) -> ThresholdsDocument:
     """Evaluate final thresholds and assemble the document (with the guard's record when one was applied)."""
-    t_json = finite_thresholds(thresholds, prep.score, prep.n_classes)
-    t_eval = np.asarray(t_json[:-1], dtype=np.float64)
-    costs = prep.units[unit]
-    fit = evaluate_policy(prep.scores[prep.fit_idx], prep.correct[prep.fit_idx], costs, t_eval)
+    t_json, fit, held = prep.evaluate(thresholds, unit)
     fit_macs, fit_ms = prep.expected_costs(fit.exits)
-    budget: dict[str, Any] = (
-        target.to_dict() if target is not None else {"asked": None, "unit": unit, "value": None, "fraction": None}
-    )
-    budget["met"] = fit.expected_cost
-    budget["met_fraction"] = fit.expected_cost / costs[-1]
-    h_acc: float | None = None
-    h_ci: tuple[float, float] | None = None
+    asked = target.to_dict() if target is not None else {"asked": None, "unit": unit, "value": None, "fraction": None}
+    budget = {**asked, "met": fit.expected_cost, "met_fraction": fit.expected_cost / prep.units[unit][-1]}
     held_doc: dict[str, Any] | None = None
-    ok: np.ndarray | None = None
-    if prep.holdout_idx.size:
-        held = evaluate_policy(prep.scores[prep.holdout_idx], prep.correct[prep.holdout_idx], costs, t_eval)
-        ok = prep.correct[prep.holdout_idx][np.arange(prep.holdout_idx.size), held.exits]
-        h_acc = held.accuracy
-        h_ci = mean_bootstrap_ci(ok, seed=prep.seed)
+    if held is not None:
         h_macs, h_ms = prep.expected_costs(held.exits)
         held_doc = {
             "n": int(prep.holdout_idx.size),
@@ -77,8 +64,8 @@ def _result_from(
         expected_macs=fit_macs,
         expected_ms=fit_ms,
         calibration_accuracy=fit.accuracy,
-        holdout_accuracy=h_acc,
-        holdout_ci=h_ci,
+        holdout_accuracy=None if held is None else held.accuracy,
+        holdout_ci=None if held is None else mean_bootstrap_ci(held.hits, seed=prep.seed),
         exit_shares=fit.shares,
         static=tuple(static_baselines(prep, seed=prep.seed)),
         holdout=held_doc,
@@ -95,12 +82,12 @@ def _result_from(
         n_classes=prep.n_classes,
         temperature_at_bound=prep.temperature_at_bound,
         run_fingerprint=prep.fingerprint,
-        guard=None if guarded is None else guard_record(prep, guarded, unit, fit.accuracy, ok),
+        guard=None if guarded is None else guard_record(prep, guarded, unit, fit.accuracy, held),
     )
 
 
 def guard_record(
-    prep: PreparedRun, guarded: Guarded, unit: str, fit_accuracy: float, held_right: np.ndarray | None
+    prep: PreparedRun, guarded: Guarded, unit: str, fit_accuracy: float, answer_held: PolicyOutcome | None
 ) -> dict[str, Any]:
     """The ``guard`` field of thresholds.json: what replaced the method's answer and why, and every rival.
 
@@ -115,10 +102,9 @@ def guard_record(
     answer returned, so that a report can warn when one does better on held-out data.
     """
     costs = prep.units[unit]
-    hs, hc = prep.scores[prep.holdout_idx], prep.correct[prep.holdout_idx]
     rivals = []
     for r in guarded.rivals:
-        t_json = finite_thresholds(r.solution.thresholds, prep.score, prep.n_classes)
+        t_json, _, held = prep.evaluate(r.solution.thresholds, unit)
         entry: dict[str, Any] = {
             "name": r.name,
             "exit": r.exit,
@@ -128,11 +114,9 @@ def guard_record(
             "holdout_accuracy": None,
             "holdout_p_value": None,
         }
-        if held_right is not None:
-            held = evaluate_policy(hs, hc, costs, np.asarray(t_json[:-1], dtype=np.float64))
-            right = hc[np.arange(hs.shape[0]), held.exits]
+        if held is not None and answer_held is not None:
             entry["holdout_accuracy"] = held.accuracy
-            entry["holdout_p_value"] = mcnemar_pvalue(right, held_right)
+            entry["holdout_p_value"] = mcnemar_pvalue(held.hits, answer_held.hits)
         rivals.append(entry)
     return {
         "replaced": guarded.method if guarded.replaced else None,
@@ -196,14 +180,13 @@ def solve_run(
         tail = run_tail_constraint(require_cost_units(run.costs, run.k), opts.max_latency_ms, opts.device)
     target, unit = _budget_column(run, opts)
     run_path = str(getattr(run, "path", ""))
-    prepared = run if isinstance(run, PreparedRun) else None
-    if prepared is not None:
-        prepared.check_options(opts)
+    if isinstance(run, PreparedRun):
+        run.check_options(opts)
     if opts.max_drop is not None:
         return _solve_risk(run, target, unit, run_path, opts)
     assert target is not None
     method = opts.solver.value
-    prep = prepared or prepare_run(run, opts)
+    prep = run if isinstance(run, PreparedRun) else prepare_run(run, opts)
     problem = prep.problem(method, unit)
     if tail is not None:
         from dyncal.calibrate.tail import solve_with_tail, tail_document

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from dyncal.artifacts.fields import JsonFields
 from dyncal.calibrate.problem import ExitCap, ExitProblem, Solution
 from dyncal.calibrate.search import solve_at
 from dyncal.errors import BudgetError, DyncalError, param
@@ -62,7 +63,7 @@ _SPEC = re.compile(r"^\s*(?:p(?P<p>\d+(?:\.\d+)?)|(?P<max>max))\s*=\s*(?P<v>[^\s
 
 
 @dataclass(frozen=True)
-class TailBound:
+class TailBound(JsonFields):
     """A bound on one percentile of request latency.
 
     Attributes:
@@ -102,10 +103,6 @@ class TailBound:
     def text(self) -> str:
         """As a user writes it: ``p99=2.5ms`` or ``p99=1.2x``."""
         return f"{self.label}={self.bound:g}{'ms' if self.form == 'ms' else 'x'}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {"percentile": self.percentile, "bound": self.bound, "form": self.form}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TailBound:
@@ -182,10 +179,7 @@ class TailConstraint:
     per_exit_ms: tuple[float, ...]
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.percentile <= 100.0:
-            raise DyncalError(f"a tail percentile must lie in (0, 100], got {self.percentile:g}")
-        if not (math.isfinite(self.bound_ms) and self.bound_ms > 0):
-            raise DyncalError(f"a tail bound must be a positive number of ms, got {self.bound_ms:g}")
+        TailBound(self.percentile, self.bound_ms)  # a percentile and a bound in ms, by the same rules
         ms = np.asarray(self.per_exit_ms, dtype=np.float64)
         if ms.ndim != 1 or ms.shape[0] < 2 or not np.all(np.isfinite(ms)) or np.any(ms <= 0):
             raise DyncalError(f"per-exit latency must be K >= 2 positive ms, got {list(self.per_exit_ms)}")
@@ -342,9 +336,8 @@ def tail_document(
             return None
         return predicted_percentile_ms(assign_exits(scores, t), constraint.per_exit_ms, constraint.percentile)
 
-    label = "max" if constraint.percentile == 100.0 else f"p{constraint.percentile:g}"
     return {
-        "asked": f"{label}={constraint.bound_ms:g}",
+        "asked": f"{TailBound(constraint.percentile, constraint.bound_ms).label}={constraint.bound_ms:g}",
         "percentile": constraint.percentile,
         "bound_ms": constraint.bound_ms,
         "latency": column.split(":", 1)[1],

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from scipy import stats as sst
 
+from dyncal.artifacts.fields import JsonFields
 from dyncal.constraints import check
 from dyncal.errors import DyncalError, param
 from dyncal.monitor.bounds import (
@@ -69,7 +70,7 @@ class MonitorOptions:
 
 
 @dataclass(frozen=True)
-class MonitorReport:
+class MonitorReport(JsonFields):
     """What :func:`monitor` found: the decision, its reasons and the evidence.
 
     Attributes:
@@ -102,31 +103,9 @@ class MonitorReport:
         """The ``dyncal monitor --json`` document (NaN and infinities as null)."""
         from dyncal.artifacts.thresholds import json_ready
 
-        return dict(
-            json_ready(
-                {
-                    "schema": "dyncal.monitor",
-                    "schema_version": 1,
-                    "decision": self.decision,
-                    "reasons": list(self.reasons),
-                    "n": self.n,
-                    "quality": self.quality,
-                    "labels": self.labels,
-                    "cost": self.cost,
-                    "latency": self.latency,
-                    "drift": self.drift,
-                    "calibration": self.calibration,
-                    "windows": list(self.windows),
-                    "options": {
-                        "max_drop": self.options.max_drop,
-                        "delta": self.options.delta,
-                        "cost_tolerance": self.options.cost_tolerance,
-                        "cost_unit": self.options.cost_unit,
-                        "window_seconds": self.options.window_seconds,
-                    },
-                }
-            )
-        )
+        options = {k: v for k, v in asdict(self.options).items() if k != "n_windows"}
+        fields = {"schema": "dyncal.monitor", "schema_version": 1, **JsonFields.to_dict(self), "options": options}
+        return dict(json_ready(fields))
 
 
 def _quality(
@@ -161,14 +140,10 @@ def _quality(
     n_lab = int(known.sum())
     ok = data.predictions == labels
     acc = float(ok[known].mean()) if n_lab else float("nan")
-    lab: dict[str, Any] = {"n_labeled": n_lab, "accuracy": acc, "accuracy_ci": None}
-    if n_lab:
-        k_ok = int(ok[known].sum())
-        lo, hi = clopper_pearson(k_ok, n_lab, delta / 2)
-        lab["accuracy_ci"] = [lo, hi]
+    ci = list(clopper_pearson(int(ok[known].sum()), n_lab, delta / 2)) if n_lab else None
     both = known & shadow
     n_both = int(both.sum())
-    lab["n_labeled_shadow"] = n_both
+    lab: dict[str, Any] = {"n_labeled": n_lab, "accuracy": acc, "accuracy_ci": ci, "n_labeled_shadow": n_both}
     if n_both:
         last_ok = data.last_predictions[both] == labels[both]
         early_ok = ok[both]
@@ -177,26 +152,17 @@ def _quality(
         l_lo, l_hi = clopper_pearson(losses, n_both, delta)
         l_lo2, _ = clopper_pearson(losses, n_both, delta / 2)
         _, g_hi2 = clopper_pearson(gains, n_both, delta / 2)
+        harm = l_lo2 - g_hi2  # the drop's lower bound: losses' lower minus gains' upper, delta/2 each
         lab.update(
-            {
-                "last_exit_accuracy": float(last_ok.mean()),
-                "drop": float(last_ok.mean() - early_ok.mean()),
-                "losses": losses,
-                "gains": gains,
-                "loss_upper": l_hi,
-                "drop_lower": l_lo2 - g_hi2,
-            }
+            last_exit_accuracy=float(last_ok.mean()),
+            drop=float(last_ok.mean() - early_ok.mean()),
+            losses=losses,
+            gains=gains,
+            loss_upper=l_hi,
+            drop_lower=harm,
         )
         quality.update(
-            {
-                "source": "labels",
-                "count": losses,
-                "n": n_both,
-                "lower": l_lo,
-                "upper": l_hi,
-                "harm_lower": l_lo2 - g_hi2,
-                "passed": bool(l_hi <= eps),
-            }
+            source="labels", count=losses, n=n_both, lower=l_lo, upper=l_hi, harm_lower=harm, passed=bool(l_hi <= eps)
         )
     return quality, lab
 
@@ -225,11 +191,10 @@ def _cost(data: TelemetryData, ref: CalibrationReference, opts: MonitorOptions) 
             "fraction_of_last": mean / float(c[-1]) if n else float("nan"),
         }
     out: dict[str, Any] = {"unit": unit, "per_unit": per_unit, "budget": None, "limit": None, "status": "no budget"}
-    if unit is None or unit not in per_unit:
-        out["status"] = "no budget" if unit is None else "unknown"
-        if unit is not None:
-            out["note"] = f"the calibration run has no {unit} costs"
+    if unit is None:
         return out
+    if unit not in per_unit:
+        return {**out, "status": "unknown", "note": f"the calibration run has no {unit} costs"}
     basis = ref.budget.get("value")
     if basis is None:
         basis = ref.budget.get("met")
@@ -254,16 +219,8 @@ def _latency(data: TelemetryData) -> dict[str, Any]:
     ms = data.latency_ms[np.isfinite(data.latency_ms)]
     if ms.size == 0:
         return {"n": 0}
-    p = np.percentile(ms, [50, 90, 95, 99])
-    return {
-        "n": int(ms.size),
-        "mean": float(ms.mean()),
-        "p50": float(p[0]),
-        "p90": float(p[1]),
-        "p95": float(p[2]),
-        "p99": float(p[3]),
-        "max": float(ms.max()),
-    }
+    percentiles = dict(zip(("p50", "p90", "p95", "p99"), np.percentile(ms, [50, 90, 95, 99]).tolist(), strict=True))
+    return {"n": int(ms.size), "mean": float(ms.mean()), **percentiles, "max": float(ms.max())}
 
 
 def _drift(data: TelemetryData, ref: CalibrationReference) -> dict[str, Any]:
@@ -289,13 +246,11 @@ def _drift(data: TelemetryData, ref: CalibrationReference) -> dict[str, Any]:
                 warnings.simplefilter("ignore", RuntimeWarning)
                 ks = sst.ks_2samp(cal, prod)
             entry.update(
-                {
-                    "ks": float(ks.statistic),
-                    "ks_p_value": float(ks.pvalue),
-                    "psi": population_stability_index(cal, prod),
-                    "mean_calibration": float(cal.mean()),
-                    "mean_production": float(prod.mean()),
-                }
+                ks=float(ks.statistic),
+                ks_p_value=float(ks.pvalue),
+                psi=population_stability_index(cal, prod),
+                mean_calibration=float(cal.mean()),
+                mean_production=float(prod.mean()),
             )
         per_exit.append(entry)
     rows = np.arange(cal_exits.size)
@@ -332,24 +287,21 @@ def decide(quality: Mapping[str, Any], cost: Mapping[str, Any], opts: MonitorOpt
     """
     eps = opts.max_drop
     pct = f"{100 * eps:g}%"
-    reasons: list[str] = []
-    rollback = False
+    reasons: list[str] = []  # first those that roll back
     n = int(quality.get("n") or 0)
     labelled = quality.get("source") == "labels"
     what = "losses (last exit right, early exit wrong)" if labelled else "disagreements with the last exit"
     if labelled and quality.get("harm_lower") is not None and quality["harm_lower"] > eps:
-        rollback = True
         reasons.append(
             f"the labelled drop is above {pct} with confidence {1 - opts.delta:g} "
             f"(lower bound {quality['harm_lower']:.4f})"
         )
     if cost.get("status") == "over":
-        rollback = True
         reasons.append(
             f"cost per request {cost['mean']:.4g} {cost['unit']} is above the limit {cost['limit']:.4g} "
             f"(budget {cost['budget']:.4g} + {100 * opts.cost_tolerance:g}%), lower bound {cost['lower']:.4g}"
         )
-    if rollback:
+    if reasons:
         return ROLLBACK, reasons
     if n == 0:
         reasons.append(
@@ -400,11 +352,8 @@ def _window_bounds(data: TelemetryData, opts: MonitorOptions) -> list[tuple[int,
 def _label_array(data: TelemetryData, labels: Mapping[str, int] | None) -> np.ndarray | None:
     if labels is None:
         return None
-    out = np.full(data.n, -1, dtype=np.int64)
-    for i, rid in enumerate(data.request_ids):
-        if rid is not None and rid in labels:
-            out[i] = int(labels[rid])
-    return out
+    known = [int(labels[rid]) if rid is not None and rid in labels else -1 for rid in data.request_ids]
+    return np.array(known, dtype=np.int64)
 
 
 def monitor(

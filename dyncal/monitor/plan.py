@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from dyncal.artifacts.fields import JsonFields
@@ -38,7 +39,7 @@ class RolloutStep(JsonFields):
 
 
 @dataclass(frozen=True)
-class RolloutPlan:
+class RolloutPlan(JsonFields):
     """``dyncal monitor --plan``: the steps and the evidence each needs.
 
     Attributes:
@@ -63,18 +64,8 @@ class RolloutPlan:
 
     def to_dict(self) -> dict[str, Any]:
         """The ``dyncal monitor --plan --json`` document."""
-        return {
-            "schema": "dyncal.rollout_plan",
-            "schema_version": 1,
-            "max_drop": self.max_drop,
-            "delta": self.delta,
-            "shadow": self.shadow,
-            "assumed_rate": self.assumed_rate,
-            "n_at_zero": self.n_at_zero,
-            "n_at_rate": self.n_at_rate,
-            "steps": [s.to_dict() for s in self.steps],
-            "note": self.note,
-        }
+        steps = [s.to_dict() for s in self.steps]  # in the fields' order: steps keeps its place
+        return {"schema": "dyncal.rollout_plan", "schema_version": 1, **super().to_dict(), "steps": steps}
 
 
 def rollout_plan(
@@ -110,11 +101,7 @@ def rollout_plan(
             f"{param('shadow')} {shadow!r} gives no quality evidence: the plan needs a shadow share in (0, 1]"
         )
     shares = [float(s) for s in steps]
-    if (
-        not shares
-        or any(not 0.0 < s <= 1.0 for s in shares)
-        or any(b <= a for a, b in zip(shares, shares[1:], strict=False))
-    ):
+    if not shares or any(not 0.0 < s <= 1.0 for s in shares) or any(b <= a for a, b in pairwise(shares)):
         raise DyncalError(f"{param('steps')} must be increasing shares in (0, 1], got {list(steps)}")
     if requests_per_hour is not None and not requests_per_hour > 0:
         raise DyncalError(f"{param('requests_per_hour')} must be positive, got {requests_per_hour!r}")

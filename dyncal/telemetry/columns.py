@@ -32,6 +32,9 @@ FIELDS = 6
 """Numbers a batch-1 request adds to :attr:`Singles.rows`: batch, time stamp in ns, latency ms, exit, prediction,
 last prediction."""
 
+_COLUMNS = ("time_us", "batch", "batch_size", "exits", "predictions", "scores", "latency_ms", "last")
+"""The preallocated columns of :class:`Columns`, one row per request."""
+
 
 class Singles:
     """Batch-1 requests recorded since the last flush: one tuple each, their scores, what the flush must compute.
@@ -88,14 +91,11 @@ class Columns:
         if need <= self.exits.shape[0]:
             return
         size = max(need, 2 * self.exits.shape[0])
-        for name in ("time_us", "batch", "batch_size", "exits", "predictions", "latency_ms", "last"):
+        for name in _COLUMNS:
             old = getattr(self, name)
-            new = np.empty(size, old.dtype)
+            new = np.empty((size, *old.shape[1:]), old.dtype)
             new[: self.n] = old[: self.n]
             setattr(self, name, new)
-        scores = np.empty((size, self.scores.shape[1]), np.float32)
-        scores[: self.n] = self.scores[: self.n]
-        self.scores = scores
 
     def append(
         self,
@@ -165,8 +165,7 @@ class Columns:
             raise DyncalError(f"telemetry rows hold {flat.shape[0]} scores where their exits need {lengths.sum()}")
         block = self.scores[i:j]
         block[:] = np.nan
-        starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
-        block[np.repeat(np.arange(m), lengths), np.arange(flat.shape[0]) - starts] = flat
+        block[np.arange(block.shape[1])[None, :] < lengths[:, None]] = flat  # row by row, each up to its length
         if singles.pending:
             if deferred is None:
                 raise DyncalError("telemetry rows left scores for the flush, but the writer has no `deferred` function")
@@ -181,7 +180,7 @@ class Columns:
         self.n = j
         if i:  # batches recorded both ways: back into the order they were recorded in
             order = np.argsort(self.batch[:j], kind="stable")
-            for name in ("time_us", "batch", "batch_size", "exits", "predictions", "scores", "latency_ms", "last"):
+            for name in _COLUMNS:
                 column = getattr(self, name)
                 column[:j] = column[:j][order]
             if self.request_ids is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +80,7 @@ class TelemetryData:
 
     def select(self, rows: np.ndarray) -> TelemetryData:
         """The rows ``rows`` (a boolean mask or indices)."""
-        return TelemetryData(*(getattr(self, f)[rows] for f in _DATA_FIELDS))
+        return TelemetryData(*(getattr(self, f.name)[rows] for f in fields(self)))
 
     def sorted_by_time(self) -> TelemetryData:
         """The rows in time order (stable)."""
@@ -128,9 +128,6 @@ class TelemetryData:
         )
 
 
-_DATA_FIELDS = ("time_us", "exits", "predictions", "scores", "latency_ms", "last_predictions", "request_ids")
-
-
 @dataclass(frozen=True)
 class TelemetryRead:
     """What :func:`read_telemetry` found.
@@ -164,8 +161,8 @@ class TelemetryRead:
         }
 
 
-def _telemetry_files(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Finished files and streams in ``folder``; a stream whose finished file exists is left out."""
+def _telemetry_files(folder: Path) -> tuple[list[Path], list[Path], set[str]]:
+    """Finished files and streams in ``folder``, and the stems of the finished ones (a stream's among them is done)."""
     finished, streams = [], []
     for entry in sorted(folder.iterdir()):
         name = entry.name
@@ -173,8 +170,7 @@ def _telemetry_files(folder: Path) -> tuple[list[Path], list[Path]]:
             finished.append(entry)
         elif name.endswith(STREAM_SUFFIX) and NAME_PATTERN.fullmatch(name[: -len(STREAM_SUFFIX)]):
             streams.append(entry)
-    done = {p.name[: -len(FINISHED_SUFFIX)] for p in finished}
-    return finished, [s for s in streams if s.name[: -len(STREAM_SUFFIX)] not in done]
+    return finished, streams, {p.name[: -len(FINISHED_SUFFIX)] for p in finished}
 
 
 def _file_meta(schema: pa.Schema, where: str) -> dict[str, Any]:
@@ -196,7 +192,6 @@ def _file_meta(schema: pa.Schema, where: str) -> dict[str, Any]:
 
 
 def _check_table(table: pa.Table, identity: PackageIdentity, where: str) -> None:
-    pa = require_pyarrow()
     import pyarrow.compute as pc
 
     expected = telemetry_schema()
@@ -212,7 +207,7 @@ def _check_table(table: pa.Table, identity: PackageIdentity, where: str) -> None
     bad = []
     if pc.min(exits).as_py() < 0 or pc.max(exits).as_py() >= identity.k:
         bad.append(f"exits outside [0, {identity.k})")
-    if not pc.all(pc.equal(lengths, pc.add(pc.cast(exits, pa.int32()), 1))).as_py():
+    if not pc.all(pc.equal(lengths, pc.add(pc.cast(exits, "int32"), 1))).as_py():
         bad.append("score lists that do not end at the exit taken")
     preds = table.column("prediction")
     if pc.min(preds).as_py() < 0 or pc.max(preds).as_py() >= identity.c:
@@ -230,10 +225,7 @@ def _to_data(table: pa.Table, k: int) -> TelemetryData:
     exits = table.column("exit").to_numpy().astype(np.int64)
     scores = np.full((n, k), np.nan)
     flat = pc.list_flatten(table.column("scores")).to_numpy().astype(np.float64)
-    rows = np.repeat(np.arange(n), exits + 1)
-    starts = np.concatenate([[0], np.cumsum(exits + 1)[:-1]]) if n else np.zeros(0, dtype=np.int64)
-    cols = np.arange(flat.size) - np.repeat(starts, exits + 1)
-    scores[rows, cols] = flat
+    scores[np.arange(k)[None, :] <= exits[:, None]] = flat  # row by row, each up to its exit: the lists' order
     last = table.column("last_prediction").fill_null(-1).to_numpy().astype(np.int64)
     return TelemetryData(
         time_us=table.column("time").cast("int64").to_numpy().astype(np.int64),
@@ -274,7 +266,8 @@ def read_telemetry(
     root = Path(folder)
     if not root.is_dir():
         raise DyncalError(f"no telemetry folder '{root}'; give the folder the runner wrote (telemetry=DIR)")
-    finished, live = _telemetry_files(root)
+    finished, all_streams, finished_stems = _telemetry_files(root)
+    live = [s for s in all_streams if s.name[: -len(STREAM_SUFFIX)] not in finished_stems]
     if not finished and not (streams and live):
         what = f" (only {len(live)} live stream(s); read them with `streams`)" if live else ""
         raise DyncalError(f"no telemetry files in '{root}'{what}; give the folder the runner wrote (telemetry=DIR)")
@@ -363,12 +356,8 @@ def recover_telemetry(folder: str | os.PathLike[str], *, row_group_rows: int = 6
     if not root.is_dir():
         raise DyncalError(f"no telemetry folder '{root}'")
     out: list[Path] = []
-    finished, live = _telemetry_files(root)
-    done = {p.name[: -len(FINISHED_SUFFIX)] for p in finished}
-    for entry in sorted(root.iterdir()):  # streams left beside their finished file by a rename-then-crash
-        if entry.name.endswith(STREAM_SUFFIX) and entry.name[: -len(STREAM_SUFFIX)] in done:
-            live.append(entry)
-    for stream in live:
+    _, streams, done = _telemetry_files(root)  # with those left beside their finished file by a rename-then-crash
+    for stream in streams:
         try:
             fd = os.open(stream, os.O_RDONLY)
         except FileNotFoundError:

@@ -154,30 +154,26 @@ class PackageIdentity:
             >>> PackageIdentity.from_thresholds(doc).k
             2
         """
-        return cls(
-            decision_fingerprint=thresholds.decision_fingerprint,
-            k=len(thresholds.thresholds),
-            c=int(thresholds.n_classes),
-            score=str(thresholds.score),
-            temperatures=tuple(float(t) for t in thresholds.temperatures),
-            thresholds=tuple(thresholds.thresholds),
-            run_fingerprint=thresholds.run_fingerprint,
-            manifest_sha256=manifest_sha256,
-        )
+        return cls._of(thresholds, len(thresholds.thresholds), thresholds.n_classes, manifest_sha256)
 
     @classmethod
     def from_runner(cls, runner: Any) -> PackageIdentity:
         """The identity of a package runner (anything with ``manifest`` and ``manifest_sha256``)."""
         m = runner.manifest
+        return cls._of(m, m.k, m.c, getattr(runner, "manifest_sha256", None))
+
+    @classmethod
+    def _of(cls, rule: Any, k: int, c: int, manifest_sha256: str | None) -> PackageIdentity:
+        """From anything that carries the exit rule's fields (a thresholds document, a package manifest)."""
         return cls(
-            decision_fingerprint=str(m.decision_fingerprint),
-            k=int(m.k),
-            c=int(m.c),
-            score=str(m.score),
-            temperatures=tuple(float(t) for t in m.temperatures),
-            thresholds=tuple(m.thresholds),
-            run_fingerprint=m.run_fingerprint,
-            manifest_sha256=getattr(runner, "manifest_sha256", None),
+            decision_fingerprint=str(rule.decision_fingerprint),
+            k=int(k),
+            c=int(c),
+            score=str(rule.score),
+            temperatures=tuple(float(t) for t in rule.temperatures),
+            thresholds=tuple(rule.thresholds),
+            run_fingerprint=rule.run_fingerprint,
+            manifest_sha256=manifest_sha256,
         )
 
     def conflict(self, other: PackageIdentity) -> str | None:
@@ -238,19 +234,19 @@ def write_parquet(table: pa.Table, stream: Path, row_group_rows: int) -> Path:
     partial = stream.with_name(stem + PARTIAL_SUFFIX)
     final = stream.with_name(stem + FINISHED_SUFFIX)
     pq.write_table(table, partial, row_group_size=row_group_rows, compression="zstd")
-    fd = os.open(partial, os.O_RDONLY)
+    _fsync(partial)
+    os.replace(partial, final)
+    with contextlib.suppress(OSError):  # a folder that cannot be synced (some file systems): the rename stands
+        _fsync(final.parent)
+    return final
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(partial, final)
-    with contextlib.suppress(OSError):  # a folder that cannot be synced (some file systems): the rename stands
-        dfd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    return final
 
 
 def read_stream(data: bytes) -> tuple[pa.Table | None, bool]:

@@ -222,10 +222,8 @@ class TelemetryWriter:
         self._thread: threading.Thread | None = None
         # one batch built now pays pyarrow's lazy imports (pandas among them: seconds) at load, not on a request
         warm = Columns(1, identity.k)
-        warm.reserve(1)
-        warm.n, warm.time_us[0], warm.batch[0], warm.batch_size[0] = 1, 0, 0, 1
-        warm.exits[0], warm.predictions[0], warm.latency_ms[0], warm.last[0] = 0, 0, 0.0, -1
-        warm.scores[0] = 0.0
+        zero = np.zeros(1, np.int64)
+        warm.append(0, 0, zero, zero, np.zeros((1, identity.k), np.float32), 0.0, None, None)
         self._record_batch(warm)
         _WRITERS.add(self)
         if background:
@@ -333,8 +331,6 @@ class TelemetryWriter:
             DyncalError: An exit out of range or scores that do not fit it, a writer closed, used
                 in a forked child, or whose previous background write failed.
         """
-        if self._forked or (not _AT_FORK and os.getpid() != self._pid):
-            raise self._forked_error()
         n_scores = len(scores) + (pending is not None)
         if not 0 <= exit_index < self.identity.k or n_scores != exit_index + 1:
             raise DyncalError(f"telemetry of exit {exit_index} of {self.identity.k} got {n_scores} scores")
@@ -397,8 +393,7 @@ class TelemetryWriter:
 
     def rotate(self) -> None:
         """Flush, then finish the live segment as a Parquet file (the next flush starts a new one)."""
-        self._raise_if_failed()
-        self._flush()
+        self.flush()
         self._guarded(self._finish)
 
     def close(self) -> None:
@@ -413,9 +408,7 @@ class TelemetryWriter:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         _WRITERS.discard(self)
-        self._raise_if_failed()
-        self._flush()
-        self._guarded(self._finish)
+        self.rotate()
 
     def __enter__(self) -> TelemetryWriter:
         return self

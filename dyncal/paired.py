@@ -76,7 +76,6 @@ from dyncal.stats import N_BOOTSTRAP, centred_interval, enclosing_interval
 __all__ = [
     "ESTIMATORS",
     "PREEMPTION_MADS",
-    "FLOOR_SHARE",
     "SPREAD_LIMIT",
     "PairedEstimate",
     "paired_speedup",
@@ -95,8 +94,6 @@ ESTIMATORS = {
 """Estimators :func:`paired_speedup` takes (a low quantile other than 0 is recorded as ``"q<quantile>"``)."""
 PREEMPTION_MADS = 3.5
 """A time more than this many scaled MADs above its batch's median on its side counts as preempted."""
-FLOOR_SHARE = 0.5
-"""(Before the pooled rule) share of batches repeating their fastest time; kept as a recorded diagnostic."""
 HIT_TOLERANCE = 0.25
 """An early-exit time more than this fraction of the plain deployment's fastest above its own fastest counts as hit."""
 CLEAN_RUNS = 2.0
@@ -278,29 +275,25 @@ def _nan_aware(fn_plain: Any, fn_nan: Any, a: np.ndarray, *args: Any) -> np.ndar
     return np.asarray(fn_nan(a, *args, axis=-1) if np.isnan(a).any() else fn_plain(a, *args, axis=-1))
 
 
+def _reduce(a: np.ndarray, estimator: str, quantile: float) -> np.ndarray:
+    """Each batch's time on one side of ``(..., B, R)`` (NaN: no time), as the estimator reduces it."""
+    if estimator == "mean":
+        return _nan_aware(np.mean, np.nanmean, a)
+    if estimator == "median-ratio":
+        return _nan_aware(np.median, np.nanmedian, a)
+    if quantile == 0:
+        return _nan_aware(np.min, np.nanmin, a)
+    return _nan_aware(np.quantile, np.nanquantile, a, quantile)
+
+
 def _speedups(ee: np.ndarray, pl: np.ndarray, estimator: str, quantile: float) -> np.ndarray:
     """Speed-up per leading index of ``(..., B, R)`` matrices (NaN: no time)."""
-    if estimator == "median-ratio":
-        ee_med = _nan_aware(np.median, np.nanmedian, ee)
-        ratio = _nan_aware(np.median, np.nanmedian, pl / ee)
-        return np.asarray((ee_med * ratio).sum(axis=-1) / ee_med.sum(axis=-1))
-    if estimator == "mean":
-        total_pl, total_ee = _nan_aware(np.mean, np.nanmean, pl), _nan_aware(np.mean, np.nanmean, ee)
-        return np.asarray(total_pl.sum(axis=-1) / total_ee.sum(axis=-1))
-    if quantile == 0:
-        fast_pl, fast_ee = _nan_aware(np.min, np.nanmin, pl), _nan_aware(np.min, np.nanmin, ee)
-        return np.asarray(fast_pl.sum(axis=-1) / fast_ee.sum(axis=-1))
-    low_pl = _nan_aware(np.quantile, np.nanquantile, pl, quantile)
-    return np.asarray(low_pl.sum(axis=-1) / _nan_aware(np.quantile, np.nanquantile, ee, quantile).sum(axis=-1))
-
-
-def _reduced(a: np.ndarray, estimator: str, quantile: float) -> float:
-    """Mean over batches of one side's reduced time."""
-    if estimator == "mean":
-        return float(np.mean(_nan_aware(np.mean, np.nanmean, a)))
-    if estimator == "median-ratio":
-        return float(np.mean(_nan_aware(np.median, np.nanmedian, a)))
-    return float(np.mean(_nan_aware(np.quantile, np.nanquantile, a, quantile)))
+    ee_time = _reduce(ee, estimator, quantile)
+    if estimator == "median-ratio":  # each batch's median pair ratio, weighted by its early exit's median time
+        pl_time = ee_time * _reduce(pl / ee, estimator, quantile)
+    else:
+        pl_time = _reduce(pl, estimator, quantile)
+    return np.asarray(pl_time.sum(axis=-1) / ee_time.sum(axis=-1))
 
 
 def paired_speedup(
@@ -370,8 +363,8 @@ def paired_speedup(
         interval=enclosing_interval(iv(draws["both"]), iv(draws["sampling"]), iv(draws["timing"])),
         interval_sampling=iv(draws["sampling"]),
         interval_timing=iv(draws["timing"]),
-        early_exit_ms=_reduced(ee_k, chosen, quantile),
-        plain_ms=_reduced(pl_k, chosen, quantile),
+        early_exit_ms=float(np.mean(_reduce(ee_k, chosen, quantile))),
+        plain_ms=float(np.mean(_reduce(pl_k, chosen, quantile))),
         pairs=int(np.sum(~np.isnan(ee))),
         discarded=int(np.sum(hit_ee | hit_pl)),
         timing_spread=float(np.median((q75 - q25) / q50)),

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from dyncal.artifacts.run_import import NPZ_READ_ERRORS
 from dyncal.errors import DataError, DyncalError, describe
 from dyncal.inputs import InputError, InputSignature, as_inputs, resolve_collate, to_device
-from dyncal.specs import call_factory
+from dyncal.specs import call_factory, is_named
 
 if TYPE_CHECKING:
     from dyncal.artifacts.run import Run
@@ -209,7 +209,7 @@ def dataset_for_run(
     """
     prov = run.provenance
     spec = data or prov.data
-    if not spec or spec.startswith("("):
+    if not is_named(spec):
         raise DataError(f"run '{run.path}' does not name its data set (data: {prov.data!r}); pass `data`")
     tf = prov.extra.get("image_transform")
     transform = None

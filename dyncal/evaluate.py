@@ -19,13 +19,14 @@ Costs are A's (the model's) unless B was profiled itself, so an unprofiled B can
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dyncal.constraints import check
 from dyncal.errors import DyncalError, describe, param
+from dyncal.specs import is_named
 
 if TYPE_CHECKING:
     from dyncal.artifacts.run import Run
@@ -67,10 +68,6 @@ def _model_id(run: Run) -> dict[str, Any]:
     return ident
 
 
-def _unknown_spec(spec: str) -> bool:
-    return not spec or spec.startswith("(")
-
-
 def check_same_model(a: Run, b: Run) -> ModelCheck:
     """Refuse two runs of different models; say how the sameness was established.
 
@@ -106,9 +103,9 @@ def check_same_model(a: Run, b: Run) -> ModelCheck:
                 )
             verified.append(key)
     spec_a, spec_b = ia["model"], ib["model"]
-    if spec_a == spec_b and not _unknown_spec(spec_a):
+    if spec_a == spec_b and is_named(spec_a):
         verified.append("model")
-    elif not verified and not (_unknown_spec(spec_a) and _unknown_spec(spec_b)):
+    elif not verified and (is_named(spec_a) or is_named(spec_b)):
         raise DyncalError(
             f"run '{b.path}' was collected with model {spec_b!r}, the thresholds' run '{a.path}' with {spec_a!r}, "
             f"and no weights hash shows them the same: {redo}"
@@ -146,7 +143,7 @@ def data_relation(a: Run, b: Run) -> str:
     if a.fingerprint == b.fingerprint:
         return "same run"
     da, db = a.provenance.data, b.provenance.data
-    if da == db and not _unknown_spec(da):
+    if da == db and is_named(da):
         return "same data"
     return "other data"
 
@@ -228,20 +225,10 @@ class Figures:
         return {unit[3:]: float(v["mean"]) for unit, v in self.costs.items() if unit.startswith("ms:")}
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
+        """JSON-ready dict: the fields in order (tuples as lists), the expected MACs and ms before the costs."""
+        plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "costs"}
         return {
-            "run": self.run,
-            "data": self.data,
-            "part": self.part,
-            "n": self.n,
-            "accuracy": self.accuracy,
-            "accuracy_ci": list(self.accuracy_ci),
-            "last_exit_accuracy": self.last_exit_accuracy,
-            "last_exit_ci": list(self.last_exit_ci),
-            "drop": self.drop,
-            "drop_ci": list(self.drop_ci),
-            "losses": self.losses,
-            "exit_shares": list(self.exit_shares),
+            **{name: list(v) if isinstance(v, tuple) else v for name, v in plain.items()},
             "expected_macs": self.expected_macs,
             "expected_ms": self.expected_ms,
             "costs": {k: dict(v) for k, v in self.costs.items()},
@@ -564,21 +551,18 @@ def robustness_rows(evaluations: Sequence[Evaluation], unit: str = "macs") -> li
     """
     from dyncal.perturb import perturbation_of
 
-    rows = []
-    for ev in evaluations:
-        _, perturbation, _ = perturbation_of(ev.target.data)
-        ratio = ev.deltas["costs"].get(unit, {}).get("ratio")
-        rows.append(
-            {
-                "run": ev.target.run,
-                "perturbation": None if perturbation is None else str(perturbation),
-                "accuracy": ev.target.accuracy,
-                "accuracy_ci": list(ev.target.accuracy_ci),
-                "drop": ev.target.drop,
-                "drop_ci": list(ev.target.drop_ci),
-                "cost_ratio": ratio,
-                "budget": None if ev.budget is None else ev.budget["status"],
-                "drop_bound": None if ev.drop_bound is None else ev.drop_bound["status"],
-            }
-        )
-    return rows
+    perturbations = [perturbation_of(ev.target.data)[1] for ev in evaluations]
+    return [
+        {
+            "run": ev.target.run,
+            "perturbation": None if p is None else str(p),
+            "accuracy": ev.target.accuracy,
+            "accuracy_ci": list(ev.target.accuracy_ci),
+            "drop": ev.target.drop,
+            "drop_ci": list(ev.target.drop_ci),
+            "cost_ratio": ev.deltas["costs"].get(unit, {}).get("ratio"),
+            "budget": None if ev.budget is None else ev.budget["status"],
+            "drop_bound": None if ev.drop_bound is None else ev.drop_bound["status"],
+        }
+        for ev, p in zip(evaluations, perturbations, strict=True)
+    ]

@@ -15,7 +15,7 @@ from typing import Any
 
 from dyncal.errors import DyncalError, describe, user_call
 
-__all__ = ["import_object", "call_factory"]
+__all__ = ["import_object", "call_factory", "is_named"]
 
 
 def import_object(spec: str, *, what: str, search_path: str | os.PathLike[str] | None = None) -> Any:
@@ -110,3 +110,13 @@ def call_factory(
     if not callable(factory):
         raise error(f"{what}: '{spec}' is not callable; name a function that returns {makes}")
     return user_call(factory, f"{what}: calling '{spec}()' failed", error)
+
+
+def is_named(spec: str) -> bool:
+    """Whether a recorded model or data spec names something: not empty, not a placeholder such as ``(imported)``.
+
+    Example:
+        >>> is_named("dyncal.demo:validation"), is_named("(imported)"), is_named("")
+        (True, False, False)
+    """
+    return bool(spec) and not spec.startswith("(")

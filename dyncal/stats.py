@@ -37,6 +37,13 @@ N_BOOTSTRAP = 2000
 _BOOTSTRAP_SEED = 20240607
 
 
+def _percentile_interval(draws: np.ndarray, level: float) -> tuple[float, float]:
+    """The central ``level`` percentile interval of bootstrap draws."""
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(draws, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
 def stratified_split(labels: np.ndarray, holdout: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Split sample indices into a fit part and a held-out part, class by class.
 
@@ -181,10 +188,7 @@ def mean_bootstrap_ci(
     if np.any((v != 0) & (v != 1)):
         return bootstrap_ci(v, np.mean, level=level, n_boot=n_boot, seed=seed)
     p = float(v.mean())
-    draws = np.random.default_rng(seed).binomial(n, p, size=n_boot) / n
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(draws, [alpha, 1 - alpha])
-    return float(lo), float(hi)
+    return _percentile_interval(np.random.default_rng(seed).binomial(n, p, size=n_boot) / n, level)
 
 
 def bootstrap_ci(
@@ -225,9 +229,7 @@ def bootstrap_ci(
         idx = rng.integers(0, n, size=(m, n))
         for i in range(m):
             stats[start + i] = float(statistic(v[idx[i]]))
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(stats, [alpha, 1 - alpha])
-    return float(lo), float(hi)
+    return _percentile_interval(stats, level)
 
 
 def bootstrap_interval(
@@ -259,17 +261,10 @@ def bootstrap_interval(
     if n <= 0:
         return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
-    values: list[np.ndarray] = []
     chunk = max(1, min(n_resamples, 4_000_000 // max(n, 1)))
-    done = 0
-    while done < n_resamples:
-        b = min(chunk, n_resamples - done)
-        values.append(np.asarray(statistic(rng.integers(0, n, size=(b, n))), dtype=float))
-        done += b
-    v = np.concatenate(values)
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(v, [alpha, 1.0 - alpha])
-    return (float(lo), float(hi))
+    sizes = [min(chunk, n_resamples - done) for done in range(0, n_resamples, chunk)]
+    values = [np.asarray(statistic(rng.integers(0, n, size=(b, n))), dtype=float) for b in sizes]
+    return _percentile_interval(np.concatenate(values), level)
 
 
 def weighted_percentiles(

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dyncal.constraints import check
 from dyncal.errors import DataError, DyncalError, param
 
 __all__ = [
@@ -175,15 +176,12 @@ def _jpeg(x: np.ndarray, quality: int) -> np.ndarray:
 def _shift(x: np.ndarray, pixels: int, direction: int) -> np.ndarray:
     """``x`` moved ``pixels`` right, left, down or up (``direction`` 0-3), the uncovered border 0."""
     out = np.zeros_like(x)
-    h, w = x.shape[1:]
-    if direction == 0 and pixels < w:
-        out[:, :, pixels:] = x[:, :, : w - pixels]
-    elif direction == 1 and pixels < w:
-        out[:, :, : w - pixels] = x[:, :, pixels:]
-    elif direction == 2 and pixels < h:
-        out[:, pixels:, :] = x[:, : h - pixels, :]
-    elif direction == 3 and pixels < h:
-        out[:, : h - pixels, :] = x[:, pixels:, :]
+    axis = 2 if direction < 2 else 1  # right and left move along the width, down and up along the height
+    size = x.shape[axis]
+    if pixels < size:
+        moved, kept = slice(pixels, None), slice(None, size - pixels)
+        dst, src = (moved, kept) if direction % 2 == 0 else (kept, moved)
+        out[(slice(None),) * axis + (dst,)] = x[(slice(None),) * axis + (src,)]
     return out
 
 
@@ -362,8 +360,7 @@ class PerturbedDataset(Dataset[tuple[torch.Tensor, Any]]):
         pixel_mean: float | Sequence[float] = 0.0,
         pixel_std: float | Sequence[float] = 1.0,
     ) -> None:
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise DyncalError(f"{param('seed')} must be a non-negative integer, got {seed!r}")
+        check("seed", seed)
         self.base = base
         self.perturbation = perturbation
         self.seed = int(seed)
@@ -378,9 +375,7 @@ class PerturbedDataset(Dataset[tuple[torch.Tensor, Any]]):
         if not isinstance(item, (tuple, list)) or len(item) != 2:
             raise DataError(f"data set item {i} is not an (input, label) pair; perturbations need one")
         x, y = item
-        if isinstance(x, np.ndarray):
-            x = torch.from_numpy(x)
-        if not isinstance(x, torch.Tensor):
+        if not isinstance(x, (torch.Tensor, np.ndarray)):
             raise DataError(f"data set item {i}: input is {type(x).__name__}, perturbations need an image tensor")
         out = perturb_image(
             x, self.perturbation, index=i, seed=self.seed, pixel_mean=self.pixel_mean, pixel_std=self.pixel_std

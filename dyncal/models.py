@@ -117,14 +117,9 @@ def _load_weights(module: nn.Module, path: Path) -> None:
         ) from e
     state = _state_dict_from_checkpoint(ckpt, path)
     own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {_short_list(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_short_list(unexpected)}")
+    keys = {"missing": [k for k in own if k not in state], "unexpected": [k for k in state if k not in own]}
+    parts = [f"{what} keys: {_short_list(names)}" for what, names in keys.items() if names]
+    if parts:
         raise ModelError(f"`weights` '{path}' does not fit the model ({'; '.join(parts)})")
     shapes = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
     if shapes:
@@ -151,16 +146,15 @@ def resolve_device(device: str) -> torch.device:
     from dyncal.artifacts.costs import device_name
 
     try:
-        dev = torch.device(device_name(device))  # cpu:N (N > 0) and other spellings refused
+        dev: torch.device | None = torch.device(device_name(device))  # cpu:N (N > 0) and other spellings refused
     except (RuntimeError, ValueError):
-        raise DyncalError(f"`device` must be cpu, cuda or cuda:N; got {device!r}") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DyncalError(f"`device` {device}: CUDA is not available on this machine; use `device` cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DyncalError(f"`device` {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type != "cpu":
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
         raise DyncalError(f"`device` must be cpu, cuda or cuda:N; got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DyncalError(f"`device` {device}: CUDA is not available on this machine; use `device` cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DyncalError(f"`device` {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 

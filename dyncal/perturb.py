@@ -294,10 +294,7 @@ def perturb_image(
             f"perturbations apply to images (C, H, W) or (H, W) of floats; item {index} is "
             f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}"
         )
-    img = t.detach().cpu().numpy().astype(np.float64)
-    flat = img.ndim == 2
-    if flat:
-        img = img[None]
+    img = t.detach().cpu().numpy().astype(np.float64).reshape(-1, *t.shape[-2:])  # (H, W) as one channel
     mean = _channel_values(pixel_mean, img.shape[0], "pixel_mean")
     std = _channel_values(pixel_std, img.shape[0], "pixel_std")
     if np.any(std <= 0):
@@ -311,7 +308,7 @@ def perturb_image(
             f"normalisation the data set applies as {param('pixel_mean')} and {param('pixel_std')}"
         )
     out = (perturbation.apply(np.clip(pixels, 0.0, 1.0), _seed_for(seed, index, perturbation)) - mean) / std
-    return torch.from_numpy(out[0] if flat else out).to(t.dtype)
+    return torch.from_numpy(out.reshape(t.shape)).to(t.dtype)
 
 
 def perturb_batch(

@@ -55,11 +55,10 @@ Every estimate comes with the three 95% bootstrap intervals the report's rule ne
 (batches resampled, pairs resampled within batches, both), re-centred on the estimate
 (:func:`dyncal.stats.centred_interval`: resampled minima are biased up).
 
-:func:`more_pairs` is a per-batch rule for "more pairs when the spread is high" (a batch
-whose IQR / median is above 10% gets its pairs doubled until its minimum settles). verify
-uses the rule of :mod:`dyncal.pair_rounds` instead, which keeps every batch's pairs equal:
-rounds of pairs on every timed batch while this module's timing interval of the speed-up
-is wider than ±2.5% (or ``auto`` expects too few undisturbed runs), within the time bound.
+More pairs where they are needed: verify uses the rule of :mod:`dyncal.pair_rounds`, which
+keeps every batch's pairs equal: rounds of pairs on every timed batch while this module's
+timing interval of the speed-up is wider than ±2.5% (or ``auto`` expects too few
+undisturbed runs), within the time bound.
 """
 
 from __future__ import annotations
@@ -76,13 +75,11 @@ from dyncal.stats import N_BOOTSTRAP, centred_interval, enclosing_interval
 __all__ = [
     "ESTIMATORS",
     "PREEMPTION_MADS",
-    "SPREAD_LIMIT",
     "PairedEstimate",
     "paired_speedup",
     "preempted",
     "floor_confirmed",
     "clean_runs",
-    "more_pairs",
 ]
 
 ESTIMATORS = {
@@ -100,10 +97,7 @@ CLEAN_RUNS = 2.0
 """``auto`` takes ``min`` when at least this many undisturbed plain runs are expected per batch."""
 FLOOR_TOLERANCE = 0.05
 """A batch repeats its fastest time when its second-fastest pair is within this fraction of it."""
-SPREAD_LIMIT = 0.10
-"""A batch whose IQR exceeds this fraction of its median gets more pairs (:func:`more_pairs`)."""
 _MAD_FLOOR = 0.05  # the MAD is taken as at least 5% of the median: a quiet batch keeps its pairs
-_SETTLE = 0.01  # a doubling that lowers neither minimum by more than this fraction ends the pairs
 _SEED = 20160913
 _CHUNK = 2_000_000
 
@@ -309,7 +303,7 @@ def paired_speedup(
 
     Args:
         early_exit_ms: ``(batches, pairs)`` milliseconds of the early exit (rows may differ
-            in length when given as lists: :func:`more_pairs` lengthens noisy batches).
+            in length when given as lists).
         plain_ms: The plain deployment's, same shape, pair ``r`` of batch ``b`` timed
             right beside ``early_exit_ms[b][r]``.
         estimator: ``"auto"`` (default), ``"min"``, ``"mean"`` or ``"median-ratio"``
@@ -419,44 +413,3 @@ def _bootstrap(
             sides.append(x)
         out[start : start + size] = _speedups(sides[0], sides[1], estimator, quantile)
     return out
-
-
-def more_pairs(
-    early_exit_ms: Sequence[float],
-    plain_ms: Sequence[float],
-    *,
-    min_pairs: int = 7,
-    max_pairs: int = 28,
-    spread_limit: float = SPREAD_LIMIT,
-) -> int:
-    """How many more pairs to time on this batch now (0: enough).
-
-    Fewer than ``min_pairs``: the rest of them. Then, while the batch's spread (IQR /
-    median of either side) is above ``spread_limit`` and fewer than ``max_pairs`` were
-    taken, double the pairs, unless the last doubling lowered neither side's minimum by
-    more than 1% (the minimum has settled: more pairs would not move the estimate).
-
-    Example:
-        >>> more_pairs([1.0] * 3, [2.0] * 3)
-        4
-        >>> more_pairs([1.0] * 7, [2.0] * 7)  # quiet
-        0
-        >>> more_pairs([1.5, 1.0, 1.6, 1.4, 1.7, 1.2, 1.9], [2.0] * 7)  # noisy: the pairs double
-        7
-    """
-    n = len(early_exit_ms)
-    if len(plain_ms) != n:
-        raise DyncalError(f"`early_exit_ms` and `plain_ms` must be paired, got {n} and {len(plain_ms)} times")
-    if n < min_pairs:
-        return min_pairs - n
-    if n >= max_pairs:
-        return 0
-    ee, pl = np.asarray(early_exit_ms, dtype=np.float64), np.asarray(plain_ms, dtype=np.float64)
-    spread = max(float((np.percentile(a, 75) - np.percentile(a, 25)) / np.median(a)) for a in (ee, pl))
-    if spread <= spread_limit:
-        return 0
-    first = max(1, n // 2)
-    settled = all(a[:first].min() - a.min() <= _SETTLE * a.min() for a in (ee, pl))
-    if n > min_pairs and settled:
-        return 0
-    return min(n, max_pairs - n)

@@ -340,23 +340,19 @@ def paired_speedup(
         hit_ee = hit_pl = np.zeros(ee.shape, dtype=bool)
     ee_k, pl_k = _compact(np.where(hit_ee, np.nan, ee)), _compact(np.where(hit_pl, np.nan, pl))
     value = float(_speedups(ee_k, pl_k, chosen, quantile))
-    draws = {
-        kind: _bootstrap(ee_k, pl_k, chosen, quantile, n_resamples, seed, batches=b, pairs=p)
-        for kind, b, p in (("both", True, True), ("sampling", True, False), ("timing", False, True))
-    }
-
-    def iv(d: np.ndarray) -> Interval:
-        lo, hi = centred_interval(d, np.asarray(value))
-        return (float(lo), float(hi))
-
+    intervals: dict[str, Interval] = {}
+    for kind, batches, pairs in (("both", True, True), ("sampling", True, False), ("timing", False, True)):
+        draws = _bootstrap(ee_k, pl_k, chosen, quantile, n_resamples, seed, batches=batches, pairs=pairs)
+        lo, hi = centred_interval(draws, np.asarray(value))
+        intervals[kind] = (float(lo), float(hi))
     ratio = pl / ee
     q75, q50, q25 = np.nanpercentile(ratio, [75, 50, 25], axis=1)
     return PairedEstimate(
         estimator=f"q{quantile:g}" if chosen == "min" and quantile > 0 else chosen,
         value=value,
-        interval=enclosing_interval(iv(draws["both"]), iv(draws["sampling"]), iv(draws["timing"])),
-        interval_sampling=iv(draws["sampling"]),
-        interval_timing=iv(draws["timing"]),
+        interval=enclosing_interval(intervals["both"], intervals["sampling"], intervals["timing"]),
+        interval_sampling=intervals["sampling"],
+        interval_timing=intervals["timing"],
         early_exit_ms=float(np.mean(_reduce(ee_k, chosen, quantile))),
         plain_ms=float(np.mean(_reduce(pl_k, chosen, quantile))),
         pairs=int(np.sum(~np.isnan(ee))),

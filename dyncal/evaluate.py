@@ -245,6 +245,12 @@ def _discrete_ci(values: np.ndarray, counts: np.ndarray, seed: int) -> tuple[flo
     return float(lo), float(hi)
 
 
+def _cost_figures(cost: np.ndarray, counts: np.ndarray) -> dict[str, Any]:
+    """Mean ``cost`` per sample of exits taken ``counts`` times, its 95% interval, its fraction of the last exit's."""
+    mean = float(counts @ cost / counts.sum())
+    return {"mean": mean, "ci": list(_discrete_ci(cost, counts, _SEED)), "fraction": mean / float(cost[-1])}
+
+
 def _figures(
     run: Run,
     rows: np.ndarray | None,
@@ -267,15 +273,6 @@ def _figures(
     counts = np.bincount(exits, minlength=k)
     diff = last_ok.astype(np.int64) - early_ok.astype(np.int64)
     diff_counts = np.array([(diff == v).sum() for v in (-1, 0, 1)])
-    per_unit: dict[str, dict[str, Any]] = {}
-    for unit, c in costs.items():
-        cv = np.asarray(c, dtype=np.float64)
-        mean = float(counts @ cv / n) if n else float("nan")
-        per_unit[unit] = {
-            "mean": mean,
-            "ci": list(_discrete_ci(cv, counts, _SEED)),
-            "fraction": mean / float(cv[-1]),
-        }
     return Figures(
         run=str(run.path),
         data=run.provenance.data,
@@ -289,7 +286,7 @@ def _figures(
         drop_ci=_discrete_ci(np.array([-1.0, 0.0, 1.0]), diff_counts, _SEED),
         losses=int((last_ok & ~early_ok).sum()),
         exit_shares=tuple(float(v) for v in counts / max(n, 1)),
-        costs=per_unit,
+        costs={unit: _cost_figures(np.asarray(c, dtype=np.float64), counts) for unit, c in costs.items()},
     )
 
 
@@ -509,17 +506,10 @@ def evaluate_thresholds(
     fig_a = _figures(ref, held, thresholds, costs, "held-out" if held is not None else "all")
     fig_b = _figures(run, None, thresholds, costs, "all")
     deltas: dict[str, Any] = {
-        "accuracy": fig_b.accuracy - fig_a.accuracy,
-        "last_exit_accuracy": fig_b.last_exit_accuracy - fig_a.last_exit_accuracy,
-        "drop": fig_b.drop - fig_a.drop,
-        "costs": {
-            unit: {
-                "difference": fig_b.costs[unit]["mean"] - fig_a.costs[unit]["mean"],
-                "ratio": fig_b.costs[unit]["mean"] / fig_a.costs[unit]["mean"],
-            }
-            for unit in costs
-        },
+        name: getattr(fig_b, name) - getattr(fig_a, name) for name in ("accuracy", "last_exit_accuracy", "drop")
     }
+    means = {unit: (fig_b.costs[unit]["mean"], fig_a.costs[unit]["mean"]) for unit in costs}
+    deltas["costs"] = {unit: {"difference": b - a, "ratio": b / a} for unit, (b, a) in means.items()}
     budget = _budget_check(thresholds.budget, fig_a, fig_b, cost_tolerance, notes)
     drop_bound = _drop_check(thresholds, fig_b, max_drop, delta, notes)
     return Evaluation(

@@ -21,7 +21,7 @@ import hashlib
 import io
 import os
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from torch import nn
 
 from dyncal import archives
 from dyncal.archives.files import read_regular_file
-from dyncal.errors import DyncalError, ModelError, describe, first_line
+from dyncal.errors import DyncalError, ModelError, describe, first_line, short_list
 from dyncal.specs import call_factory
 
 __all__ = [
@@ -118,7 +118,7 @@ def _load_weights(module: nn.Module, path: Path) -> None:
     state = _state_dict_from_checkpoint(ckpt, path)
     own = module.state_dict()
     keys = {"missing": [k for k in own if k not in state], "unexpected": [k for k in state if k not in own]}
-    parts = [f"{what} keys: {_short_list(names)}" for what, names in keys.items() if names]
+    parts = [f"{what} keys: {short_list(names)}" for what, names in keys.items() if names]
     if parts:
         raise ModelError(f"`weights` '{path}' does not fit the model ({'; '.join(parts)})")
     shapes = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
@@ -129,11 +129,6 @@ def _load_weights(module: nn.Module, path: Path) -> None:
             f"but {tuple(own[k].shape)} in the model ({len(shapes)} mismatched)"
         )
     module.load_state_dict(state, strict=True)
-
-
-def _short_list(items: Sequence[str], n: int = 6) -> str:
-    shown = ", ".join(items[:n])
-    return shown + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
 def resolve_device(device: str) -> torch.device:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from dyncal.constraints import check
-from dyncal.errors import DyncalError
+from dyncal.errors import DyncalError, short_list
 
 __all__ = [
     "stratified_split",
@@ -100,15 +100,12 @@ def stratified_split(labels: np.ndarray, holdout: float, seed: int = 0) -> tuple
             "more samples"
         )
     if unsplit:
-        shown = ", ".join(f"{c} ({k})" for c, k in unsplit[:10])
-        more = f" and {len(unsplit) - 10} more" if len(unsplit) > 10 else ""
         log.warning(
             "%d class(es) too small to split at `holdout` %s go whole into the fit part, none "
-            "held out: %s%s (class (samples))",
+            "held out: %s (class (samples))",
             len(unsplit),
             holdout,
-            shown,
-            more,
+            short_list([f"{c} ({k})" for c, k in unsplit], 10),
         )
     mask = np.ones(n, dtype=bool)
     mask[held_idx] = False

@@ -212,15 +212,13 @@ choose from gaussian_noise, blur, jpeg, contrast, brightness, shift
     out: list[Perturbation] = []
     for part in rest.split(","):
         try:
-            value = float(part.strip())
+            p = Perturbation(name, float(part.strip()))
         except ValueError:
             raise DyncalError(f"{where}: severity {part.strip()!r} is not a number; e.g. {_EXAMPLE}") from None
-        try:
-            p = Perturbation(name, value)
         except DyncalError as e:
             raise DyncalError(f"{where}: {e}") from None
         if p in out:
-            raise DyncalError(f"{where} gives severity {value:g} twice")
+            raise DyncalError(f"{where} gives severity {p.severity:g} twice")
         out.append(p)
     return out
 

@@ -44,7 +44,6 @@ __all__ = [
     "run_model_source",
     "check_run_model",
     "logits_difference",
-    "input_signature",
     "run_inputs",
     "state_sha256",
 ]
@@ -85,10 +84,12 @@ MAX_SAMPLE_VALUES = 1 << 28
 """Most values one input sample may have (1 GiB of float32): a larger `input_shape` is a typo."""
 
 
-def input_signature(
-    run: Run, shape: Sequence[int] | None = None, dtype: str | None = None
-) -> tuple[tuple[int, ...], str]:
-    """A model's per-sample input shape and dtype name: as given, else as the run recorded them.
+def run_inputs(run: Run, shape: Sequence[int] | None = None, dtype: str | None = None) -> InputSignature:
+    """The inputs a run's model takes: the recorded signature of a multi-input run, else one tensor.
+
+    A single-tensor run's signature is its recorded per-sample shape and dtype name
+    (``provenance.extra["input_shape"]``, ``["input_dtype"]``, else ``float32``), which ``shape``
+    and ``dtype`` override; a multi-input run records its own (``provenance.extra["inputs"]``).
 
     Args:
         run: An opened run (:class:`dyncal.artifacts.run.Run`).
@@ -96,9 +97,24 @@ def input_signature(
         dtype: ``--input-dtype``, or None (the run's, else ``float32``).
 
     Raises:
-        ModelError: No shape recorded or given, a malformed one, or an unknown dtype.
+        ModelError: No shape recorded or given, a malformed shape or signature, or an unknown dtype.
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib
+        >>> from dyncal import Provenance, import_arrays
+        >>> prov = Provenance.here(model="m:f", data="d", device="cpu", extra={"input_shape": [4]})
+        >>> run = import_arrays(np.zeros((2, 2, 3), np.float32), [0, 1],
+        ...                     pathlib.Path(tempfile.mkdtemp()) / "r", provenance=prov)
+        >>> run_inputs(run).describe()
+        'input float32 (B, 4)'
     """
     extra = run.provenance.extra
+    recorded = extra.get("inputs")
+    if recorded is not None and shape is None:
+        try:
+            return InputSignature.from_dict(recorded)
+        except DyncalError as e:
+            raise ModelError(f"run '{run.path}' records malformed inputs: {e}") from None
     raw = shape if shape is not None else extra.get("input_shape")
     if not raw:
         raise ModelError(
@@ -120,34 +136,7 @@ def input_signature(
         )
     name = str(dtype or extra.get("input_dtype") or "float32").replace("torch.", "")
     torch_dtype(name)
-    return shape_t, name
-
-
-def run_inputs(run: Run, shape: Sequence[int] | None = None, dtype: str | None = None) -> InputSignature:
-    """The inputs a run's model takes: the recorded signature of a multi-input run, else one tensor.
-
-    A single-tensor run's signature is :func:`input_signature`'s shape and dtype (``shape``
-    and ``dtype`` override them); a multi-input run records its own (``provenance.extra["inputs"]``).
-
-    Raises:
-        ModelError: No shape recorded or given, a malformed signature, or an unknown dtype.
-
-    Example:
-        >>> import numpy as np, tempfile, pathlib
-        >>> from dyncal import Provenance, import_arrays
-        >>> prov = Provenance.here(model="m:f", data="d", device="cpu", extra={"input_shape": [4]})
-        >>> run = import_arrays(np.zeros((2, 2, 3), np.float32), [0, 1],
-        ...                     pathlib.Path(tempfile.mkdtemp()) / "r", provenance=prov)
-        >>> run_inputs(run).describe()
-        'input float32 (B, 4)'
-    """
-    recorded = run.provenance.extra.get("inputs")
-    if recorded is not None and shape is None:
-        try:
-            return InputSignature.from_dict(recorded)
-        except DyncalError as e:
-            raise ModelError(f"run '{run.path}' records malformed inputs: {e}") from None
-    return InputSignature.single_tensor(*input_signature(run, shape, dtype))
+    return InputSignature.single_tensor(shape_t, name)
 
 
 ROWS_RTOL = 1e-2
@@ -463,7 +452,7 @@ def open_run_model(
         run: An opened run.
         overrides: Which model (spec, weights, import folder), its input shape and dtype;
             None fields are the run's.
-        probe: The batch size of a probe of random inputs of :func:`input_signature`
+        probe: The batch size of a probe of random inputs of :func:`run_inputs`
             (:func:`probe_run_model`), or None: no probe.
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         data: Data spec overriding the run's, for re-running recorded rows.

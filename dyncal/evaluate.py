@@ -290,13 +290,6 @@ def _figures(
     )
 
 
-def _status(upper: float, point: float, limit: float) -> str:
-    """``holds`` when the upper bound is within the limit, ``breaks`` when the point estimate is above it."""
-    if upper <= limit:
-        return "holds"
-    return "breaks" if point > limit else "uncertain"
-
-
 @dataclass(frozen=True)
 class Evaluation:
     """Thresholds of run A judged on run B (:func:`evaluate_thresholds`).
@@ -438,7 +431,7 @@ def _drop_check(
         "losses": fig_b.losses,
         "n": fig_b.n,
         "loss_upper": upper,
-        "status": _status(upper, fig_b.drop, float(eps)),
+        "status": "holds" if upper <= eps else ("breaks" if fig_b.drop > eps else "uncertain"),
     }
     if bound["status"] != "holds":
         notes.append(

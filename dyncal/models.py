@@ -94,8 +94,7 @@ def _state_dict_from_checkpoint(ckpt: Any, path: Path) -> dict[str, torch.Tensor
                 ckpt = inner
                 break
         if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-            state = _strip_prefix(ckpt, "module.")
-            return _strip_prefix(state, "_orig_mod.")
+            return _strip_prefix(_strip_prefix(ckpt, "module."), "_orig_mod.")
     raise ModelError(
         f"`weights` '{path}' holds no state dict (a mapping of names to tensors, possibly under "
         "'state_dict' or 'model'); save one with torch.save(model.state_dict(), path)"

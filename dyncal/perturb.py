@@ -36,7 +36,7 @@ import numbers
 import re
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import numpy as np
@@ -328,6 +328,7 @@ def perturb_batch(
     return torch.stack([perturb_image(x[j], perturbation, index=i, **kwargs) for j, i in enumerate(idx)])
 
 
+@dataclass(eq=False)
 class PerturbedDataset(Dataset[tuple[torch.Tensor, Any]]):
     """A data set whose inputs are corrupted, labels untouched: item ``i`` is ``(perturb(x_i), y_i)``.
 
@@ -346,21 +347,16 @@ class PerturbedDataset(Dataset[tuple[torch.Tensor, Any]]):
         (torch.Size([1, 8, 8]), True, True)
     """
 
-    def __init__(
-        self,
-        base: Dataset[Any],
-        perturbation: Perturbation,
-        *,
-        seed: int = 0,
-        pixel_mean: float | Sequence[float] = 0.0,
-        pixel_std: float | Sequence[float] = 1.0,
-    ) -> None:
-        check("seed", seed)
-        self.base = base
-        self.perturbation = perturbation
-        self.seed = int(seed)
-        self.pixel_mean = pixel_mean
-        self.pixel_std = pixel_std
+    base: Dataset[Any]
+    perturbation: Perturbation
+    _: KW_ONLY
+    seed: int = 0
+    pixel_mean: float | Sequence[float] = 0.0
+    pixel_std: float | Sequence[float] = 1.0
+
+    def __post_init__(self) -> None:
+        """Check the seed."""
+        self.seed = int(check("seed", self.seed))
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]

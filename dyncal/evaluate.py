@@ -237,9 +237,7 @@ class Figures:
 
 def _discrete_ci(values: np.ndarray, counts: np.ndarray, seed: int) -> tuple[float, float]:
     """95% bootstrap interval of a mean of samples taking ``values`` ``counts`` times (multinomial form)."""
-    n = int(counts.sum())
-    if n == 0:
-        return float("nan"), float("nan")
+    n = int(counts.sum())  # at least 1: a run has samples, a held-out part is never empty
     draws = np.random.default_rng(seed).multinomial(n, counts / n, size=_N_BOOT) @ values / n
     lo, hi = np.quantile(draws, [0.025, 0.975])
     return float(lo), float(hi)
@@ -258,7 +256,7 @@ def _figures(
     costs: Mapping[str, Sequence[float]],
     part: str,
 ) -> Figures:
-    """Figures of the thresholds on ``rows`` of ``run`` (all rows: None)."""
+    """Figures of the thresholds on ``rows`` of ``run`` (all rows: None; never empty)."""
     from dyncal.calibrate.policy import assign_exits
     from dyncal.calibrate.scores import exit_scores
     from dyncal.stats import mean_bootstrap_ci
@@ -278,14 +276,14 @@ def _figures(
         data=run.provenance.data,
         part=part,
         n=int(n),
-        accuracy=float(early_ok.mean()) if n else float("nan"),
+        accuracy=float(early_ok.mean()),
         accuracy_ci=mean_bootstrap_ci(early_ok, seed=_SEED),
-        last_exit_accuracy=float(last_ok.mean()) if n else float("nan"),
+        last_exit_accuracy=float(last_ok.mean()),
         last_exit_ci=mean_bootstrap_ci(last_ok, seed=_SEED),
-        drop=float(diff.mean()) if n else float("nan"),
+        drop=float(diff.mean()),
         drop_ci=_discrete_ci(np.array([-1.0, 0.0, 1.0]), diff_counts, _SEED),
         losses=int((last_ok & ~early_ok).sum()),
-        exit_shares=tuple(float(v) for v in counts / max(n, 1)),
+        exit_shares=tuple(float(v) for v in counts / n),
         costs={unit: _cost_figures(np.asarray(c, dtype=np.float64), counts) for unit, c in costs.items()},
     )
 

@@ -90,8 +90,7 @@ def stratified_split(labels: np.ndarray, holdout: float, seed: int = 0) -> tuple
                 f"(the run has {count} of it) to fit thresholds on; use a fraction nearer 0.5, "
                 "such as `holdout` 0.5"
             )
-        idx = np.flatnonzero(labels == cls)
-        held.append(rng.permutation(idx)[:m])
+        held.append(rng.permutation(np.flatnonzero(labels == cls))[:m])
     held_idx = np.sort(np.concatenate(held)).astype(np.int64)
     if held_idx.size == 0:
         raise DyncalError(
@@ -107,9 +106,7 @@ def stratified_split(labels: np.ndarray, holdout: float, seed: int = 0) -> tuple
             holdout,
             short_list([f"{c} ({k})" for c, k in unsplit], 10),
         )
-    mask = np.ones(n, dtype=bool)
-    mask[held_idx] = False
-    return np.flatnonzero(mask).astype(np.int64), held_idx
+    return np.setdiff1d(np.arange(n, dtype=np.int64), held_idx), held_idx
 
 
 def unsplit_classes(labels: np.ndarray, holdout: float) -> list[Any]:

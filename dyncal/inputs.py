@@ -266,14 +266,13 @@ class InputSpec:
     def from_dict(cls, d: Mapping[str, Any]) -> InputSpec:
         """Read :meth:`to_dict`'s form; a malformed one is an :class:`InputError`."""
         try:
+            low_high = d.get("value_range")
             spec = cls(
                 name=str(d["name"]),
                 dtype=str(d["dtype"]),
                 shape=tuple(int(v) for v in d["shape"]),
                 dynamic=tuple(int(v) for v in d.get("dynamic") or ()),
-                value_range=None
-                if d.get("value_range") is None
-                else (int(d["value_range"][0]), int(d["value_range"][1])),
+                value_range=None if low_high is None else (int(low_high[0]), int(low_high[1])),
                 longest=None if d.get("longest") is None else int(d["longest"]),
             )
         except (KeyError, TypeError, ValueError, IndexError) as e:

@@ -85,16 +85,17 @@ def _strip_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     return dict(state)
 
 
+def _is_state_dict(value: Any) -> bool:
+    return isinstance(value, Mapping) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
 def _state_dict_from_checkpoint(ckpt: Any, path: Path) -> dict[str, torch.Tensor]:
     """Find the state dict inside the usual checkpoint wrappers."""
     if isinstance(ckpt, Mapping):
-        for key in ("state_dict", "model_state_dict", "model", "net"):
-            inner = ckpt.get(key)
-            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-                ckpt = inner
-                break
-        if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-            return _strip_prefix(_strip_prefix(ckpt, "module."), "_orig_mod.")
+        wrapped = (ckpt[k] for k in ("state_dict", "model_state_dict", "model", "net") if _is_state_dict(ckpt.get(k)))
+        ckpt = next(wrapped, ckpt)
+    if _is_state_dict(ckpt):
+        return _strip_prefix(_strip_prefix(ckpt, "module."), "_orig_mod.")
     raise ModelError(
         f"`weights` '{path}' holds no state dict (a mapping of names to tensors, possibly under "
         "'state_dict' or 'model'); save one with torch.save(model.state_dict(), path)"

@@ -18,9 +18,9 @@ import torch
 from torch.utils.data import Dataset
 
 from dyncal.artifacts.run_import import NPZ_READ_ERRORS
-from dyncal.errors import DataError
-from dyncal.inputs import InputError, InputSignature, as_inputs
-from dyncal.specs import call_factory
+from dyncal.errors import DataError, DyncalError, describe
+from dyncal.inputs import InputError, InputSignature, as_inputs, resolve_collate, to_device
+from dyncal.specs import call_factory, is_named
 
 if TYPE_CHECKING:
     from dyncal.artifacts.run import Run
@@ -32,9 +32,7 @@ __all__ = [
     "NpzDataset",
     "load_dataset",
     "dataset_for_run",
-    "check_item",
     "item_signature",
-    "collate_for_run",
     "run_rows",
     "probe_batch",
     "loader_collate",
@@ -211,7 +209,7 @@ def dataset_for_run(
     """
     prov = run.provenance
     spec = data or prov.data
-    if not spec or spec.startswith("("):
+    if not is_named(spec):
         raise DataError(f"run '{run.path}' does not name its data set (data: {prov.data!r}); pass `data`")
     tf = prov.extra.get("image_transform")
     transform = None
@@ -261,39 +259,6 @@ def item_signature(item: Any, index: int) -> InputSignature:
     return signature
 
 
-def check_item(item: Any, index: int) -> tuple[tuple[int, ...], str]:
-    """Check that a data set item is ``(input tensor, integer label)``.
-
-    Returns:
-        The input's shape and dtype name.
-
-    Raises:
-        DataError: The item is not a pair, the input is not a tensor/array (a tuple or dict
-            of inputs: see :func:`item_signature`), or the label is not an integer.
-
-    Example:
-        >>> check_item((torch.zeros(1, 8, 8), 3), 0)
-        ((1, 8, 8), 'float32')
-    """
-    signature = item_signature(item, index)
-    if not signature.single:
-        raise DataError(f"data set item {index}: input is a {signature.kind}, expected a tensor (add a transform)")
-    spec = signature.inputs[0]
-    return spec.shape, spec.dtype
-
-
-def collate_for_run(run: Run, search_path: str | os.PathLike[str] | None = None) -> Any:
-    """The collate function a run's batches were made with (``provenance.extra["collate"]``), else stacking.
-
-    Raises:
-        DyncalError: The recorded ``pkg.module:fn`` cannot be imported.
-    """
-    from dyncal.inputs import resolve_collate
-
-    folder = search_path if search_path is not None else run.provenance.extra.get("model_path")
-    return resolve_collate(run.provenance.extra.get("collate"), folder)
-
-
 def run_rows(
     run: Run,
     rows: Any,
@@ -305,7 +270,7 @@ def run_rows(
     """The run's rows ``rows`` read back from its data set as one batch: ``(inputs, labels)``.
 
     A single-tensor run's inputs are stacked (as ever); other runs' go through the run's
-    collate function (:func:`collate_for_run`), so sequences are padded as when collected.
+    collate function (:func:`loader_collate`), so sequences are padded as when collected.
 
     Raises:
         DataError: The data set cannot be opened or read, or the run reads past its end.
@@ -321,15 +286,12 @@ def run_rows(
         >>> tuple(x.shape), labels == run.labels[[0, 3]].tolist()
         ((2, 1, 8, 8), True)
     """
-    from dyncal.errors import describe
-
     dataset = dataset if dataset is not None else dataset_for_run(run, data=data, search_path=search_path)
     where = np.asarray(run.indices[np.asarray(rows, dtype=np.int64)], dtype=np.int64)
     size = len(dataset)  # type: ignore[arg-type]
     if where.size and (where.min() < 0 or where.max() >= size):
         raise DataError(f"the data set has {size} items but the run reads item {int(where.max())}")
-    multi = run.provenance.extra.get("inputs") is not None
-    collate = collate_for_run(run, search_path) if multi or run.provenance.extra.get("collate") else None
+    collate = loader_collate(run, search_path)
     try:
         items = [dataset[int(i)] for i in where]
         labels = [int(item[1]) for item in items]
@@ -358,9 +320,6 @@ def probe_batch(
     Returns:
         The batch on ``device``, and None for real rows or the signature described for random ones.
     """
-    from dyncal.errors import DyncalError
-    from dyncal.inputs import to_device
-
     try:
         x, _ = run_rows(run, np.arange(min(rows, run.n)), data=data, search_path=search_path)
         signature.check(x, what="the run's data")
@@ -374,10 +333,16 @@ def loader_collate(run: Run, search_path: str | os.PathLike[str] | None = None) 
     """The ``collate_fn`` to read a run's rows with a ``DataLoader``: the run's own, or None (torch's stacking).
 
     A single-tensor run collected without ``collate`` is read as ever (None); a multi-input run
-    or one with a recorded collate uses :func:`collate_for_run`.
+    or one with a recorded collate uses that (``provenance.extra["collate"]``, else stacking).
+
+    Raises:
+        DyncalError: The recorded ``pkg.module:fn`` cannot be imported.
     """
     extra = run.provenance.extra
-    return collate_for_run(run, search_path) if extra.get("inputs") is not None or extra.get("collate") else None
+    if extra.get("inputs") is None and not extra.get("collate"):
+        return None
+    folder = search_path if search_path is not None else extra.get("model_path")
+    return resolve_collate(extra.get("collate"), folder)
 
 
 def batch_inputs(item: Any, data_name: str) -> Any:
@@ -386,8 +351,6 @@ def batch_inputs(item: Any, data_name: str) -> Any:
     Raises:
         DataError: They are something else (naming the data set).
     """
-    from dyncal.inputs import as_inputs
-
     x = item[0] if isinstance(item, (list, tuple)) else item
     try:
         return as_inputs(x, what=f"the data set '{data_name}' gives inputs that")

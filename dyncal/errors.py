@@ -13,7 +13,7 @@ spells a flag; the one mapping from parameters to flags is the CLI's own declara
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -28,6 +28,7 @@ __all__ = [
     "ProfileError",
     "first_line",
     "describe",
+    "short_list",
     "user_call",
     "param",
     "render_params",
@@ -90,6 +91,16 @@ def describe(e: BaseException, limit: int = 300) -> str:
         ('ValueError: bad shape', 'KeyError')
     """
     return f"{type(e).__name__}: {first_line(e, limit)}" if str(e).strip() else type(e).__name__
+
+
+def short_list(items: Sequence[str], limit: int = 6) -> str:
+    """The first ``limit`` items joined by commas, then how many more there are: a long list in one line.
+
+    Example:
+        >>> short_list(["a", "b", "c"], 2)
+        'a, b and 1 more'
+    """
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def user_call(fn: Callable[[], T], failed: str, error: type[DyncalError] = DyncalError) -> T:

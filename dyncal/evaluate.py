@@ -19,13 +19,14 @@ Costs are A's (the model's) unless B was profiled itself, so an unprofiled B can
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dyncal.constraints import check
 from dyncal.errors import DyncalError, describe, param
+from dyncal.specs import is_named
 
 if TYPE_CHECKING:
     from dyncal.artifacts.run import Run
@@ -67,10 +68,6 @@ def _model_id(run: Run) -> dict[str, Any]:
     return ident
 
 
-def _unknown_spec(spec: str) -> bool:
-    return not spec or spec.startswith("(")
-
-
 def check_same_model(a: Run, b: Run) -> ModelCheck:
     """Refuse two runs of different models; say how the sameness was established.
 
@@ -106,9 +103,9 @@ def check_same_model(a: Run, b: Run) -> ModelCheck:
                 )
             verified.append(key)
     spec_a, spec_b = ia["model"], ib["model"]
-    if spec_a == spec_b and not _unknown_spec(spec_a):
+    if spec_a == spec_b and is_named(spec_a):
         verified.append("model")
-    elif not verified and not (_unknown_spec(spec_a) and _unknown_spec(spec_b)):
+    elif not verified and (is_named(spec_a) or is_named(spec_b)):
         raise DyncalError(
             f"run '{b.path}' was collected with model {spec_b!r}, the thresholds' run '{a.path}' with {spec_a!r}, "
             f"and no weights hash shows them the same: {redo}"
@@ -146,7 +143,7 @@ def data_relation(a: Run, b: Run) -> str:
     if a.fingerprint == b.fingerprint:
         return "same run"
     da, db = a.provenance.data, b.provenance.data
-    if da == db and not _unknown_spec(da):
+    if da == db and is_named(da):
         return "same data"
     return "other data"
 
@@ -228,20 +225,10 @@ class Figures:
         return {unit[3:]: float(v["mean"]) for unit, v in self.costs.items() if unit.startswith("ms:")}
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
+        """JSON-ready dict: the fields in order (tuples as lists), the expected MACs and ms before the costs."""
+        plain = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "costs"}
         return {
-            "run": self.run,
-            "data": self.data,
-            "part": self.part,
-            "n": self.n,
-            "accuracy": self.accuracy,
-            "accuracy_ci": list(self.accuracy_ci),
-            "last_exit_accuracy": self.last_exit_accuracy,
-            "last_exit_ci": list(self.last_exit_ci),
-            "drop": self.drop,
-            "drop_ci": list(self.drop_ci),
-            "losses": self.losses,
-            "exit_shares": list(self.exit_shares),
+            **{name: list(v) if isinstance(v, tuple) else v for name, v in plain.items()},
             "expected_macs": self.expected_macs,
             "expected_ms": self.expected_ms,
             "costs": {k: dict(v) for k, v in self.costs.items()},
@@ -250,12 +237,16 @@ class Figures:
 
 def _discrete_ci(values: np.ndarray, counts: np.ndarray, seed: int) -> tuple[float, float]:
     """95% bootstrap interval of a mean of samples taking ``values`` ``counts`` times (multinomial form)."""
-    n = int(counts.sum())
-    if n == 0:
-        return float("nan"), float("nan")
+    n = int(counts.sum())  # at least 1: a run has samples, a held-out part is never empty
     draws = np.random.default_rng(seed).multinomial(n, counts / n, size=_N_BOOT) @ values / n
     lo, hi = np.quantile(draws, [0.025, 0.975])
     return float(lo), float(hi)
+
+
+def _cost_figures(cost: np.ndarray, counts: np.ndarray) -> dict[str, Any]:
+    """Mean ``cost`` per sample of exits taken ``counts`` times, its 95% interval, its fraction of the last exit's."""
+    mean = float(counts @ cost / counts.sum())
+    return {"mean": mean, "ci": list(_discrete_ci(cost, counts, _SEED)), "fraction": mean / float(cost[-1])}
 
 
 def _figures(
@@ -265,7 +256,7 @@ def _figures(
     costs: Mapping[str, Sequence[float]],
     part: str,
 ) -> Figures:
-    """Figures of the thresholds on ``rows`` of ``run`` (all rows: None)."""
+    """Figures of the thresholds on ``rows`` of ``run`` (all rows: None; never empty)."""
     from dyncal.calibrate.policy import assign_exits
     from dyncal.calibrate.scores import exit_scores
     from dyncal.stats import mean_bootstrap_ci
@@ -280,37 +271,21 @@ def _figures(
     counts = np.bincount(exits, minlength=k)
     diff = last_ok.astype(np.int64) - early_ok.astype(np.int64)
     diff_counts = np.array([(diff == v).sum() for v in (-1, 0, 1)])
-    per_unit: dict[str, dict[str, Any]] = {}
-    for unit, c in costs.items():
-        cv = np.asarray(c, dtype=np.float64)
-        mean = float(counts @ cv / n) if n else float("nan")
-        per_unit[unit] = {
-            "mean": mean,
-            "ci": list(_discrete_ci(cv, counts, _SEED)),
-            "fraction": mean / float(cv[-1]),
-        }
     return Figures(
         run=str(run.path),
         data=run.provenance.data,
         part=part,
         n=int(n),
-        accuracy=float(early_ok.mean()) if n else float("nan"),
+        accuracy=float(early_ok.mean()),
         accuracy_ci=mean_bootstrap_ci(early_ok, seed=_SEED),
-        last_exit_accuracy=float(last_ok.mean()) if n else float("nan"),
+        last_exit_accuracy=float(last_ok.mean()),
         last_exit_ci=mean_bootstrap_ci(last_ok, seed=_SEED),
-        drop=float(diff.mean()) if n else float("nan"),
+        drop=float(diff.mean()),
         drop_ci=_discrete_ci(np.array([-1.0, 0.0, 1.0]), diff_counts, _SEED),
         losses=int((last_ok & ~early_ok).sum()),
-        exit_shares=tuple(float(v) for v in counts / max(n, 1)),
-        costs=per_unit,
+        exit_shares=tuple(float(v) for v in counts / n),
+        costs={unit: _cost_figures(np.asarray(c, dtype=np.float64), counts) for unit, c in costs.items()},
     )
-
-
-def _status(upper: float, point: float, limit: float) -> str:
-    """``holds`` when the upper bound is within the limit, ``breaks`` when the point estimate is above it."""
-    if upper <= limit:
-        return "holds"
-    return "breaks" if point > limit else "uncertain"
 
 
 @dataclass(frozen=True)
@@ -454,7 +429,7 @@ def _drop_check(
         "losses": fig_b.losses,
         "n": fig_b.n,
         "loss_upper": upper,
-        "status": _status(upper, fig_b.drop, float(eps)),
+        "status": "holds" if upper <= eps else ("breaks" if fig_b.drop > eps else "uncertain"),
     }
     if bound["status"] != "holds":
         notes.append(
@@ -522,17 +497,10 @@ def evaluate_thresholds(
     fig_a = _figures(ref, held, thresholds, costs, "held-out" if held is not None else "all")
     fig_b = _figures(run, None, thresholds, costs, "all")
     deltas: dict[str, Any] = {
-        "accuracy": fig_b.accuracy - fig_a.accuracy,
-        "last_exit_accuracy": fig_b.last_exit_accuracy - fig_a.last_exit_accuracy,
-        "drop": fig_b.drop - fig_a.drop,
-        "costs": {
-            unit: {
-                "difference": fig_b.costs[unit]["mean"] - fig_a.costs[unit]["mean"],
-                "ratio": fig_b.costs[unit]["mean"] / fig_a.costs[unit]["mean"],
-            }
-            for unit in costs
-        },
+        name: getattr(fig_b, name) - getattr(fig_a, name) for name in ("accuracy", "last_exit_accuracy", "drop")
     }
+    means = {unit: (fig_b.costs[unit]["mean"], fig_a.costs[unit]["mean"]) for unit in costs}
+    deltas["costs"] = {unit: {"difference": b - a, "ratio": b / a} for unit, (b, a) in means.items()}
     budget = _budget_check(thresholds.budget, fig_a, fig_b, cost_tolerance, notes)
     drop_bound = _drop_check(thresholds, fig_b, max_drop, delta, notes)
     return Evaluation(
@@ -564,21 +532,18 @@ def robustness_rows(evaluations: Sequence[Evaluation], unit: str = "macs") -> li
     """
     from dyncal.perturb import perturbation_of
 
-    rows = []
-    for ev in evaluations:
-        _, perturbation, _ = perturbation_of(ev.target.data)
-        ratio = ev.deltas["costs"].get(unit, {}).get("ratio")
-        rows.append(
-            {
-                "run": ev.target.run,
-                "perturbation": None if perturbation is None else str(perturbation),
-                "accuracy": ev.target.accuracy,
-                "accuracy_ci": list(ev.target.accuracy_ci),
-                "drop": ev.target.drop,
-                "drop_ci": list(ev.target.drop_ci),
-                "cost_ratio": ratio,
-                "budget": None if ev.budget is None else ev.budget["status"],
-                "drop_bound": None if ev.drop_bound is None else ev.drop_bound["status"],
-            }
-        )
-    return rows
+    perturbations = [perturbation_of(ev.target.data)[1] for ev in evaluations]
+    return [
+        {
+            "run": ev.target.run,
+            "perturbation": None if p is None else str(p),
+            "accuracy": ev.target.accuracy,
+            "accuracy_ci": list(ev.target.accuracy_ci),
+            "drop": ev.target.drop,
+            "drop_ci": list(ev.target.drop_ci),
+            "cost_ratio": ev.deltas["costs"].get(unit, {}).get("ratio"),
+            "budget": None if ev.budget is None else ev.budget["status"],
+            "drop_bound": None if ev.drop_bound is None else ev.drop_bound["status"],
+        }
+        for ev, p in zip(evaluations, perturbations, strict=True)
+    ]

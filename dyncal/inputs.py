@@ -79,10 +79,6 @@ def _torch_dtype(name: str) -> torch.dtype:
     return dtype
 
 
-def _is_integer(dtype: torch.dtype) -> bool:
-    return not dtype.is_floating_point and not dtype.is_complex
-
-
 def as_inputs(x: Any, *, what: str = "the inputs") -> Inputs:
     """``x`` as inputs: numpy arrays become tensors, lists become tuples; anything else is refused.
 
@@ -179,12 +175,16 @@ def batch_size(x: Inputs) -> int:
     return int(first.shape[0])
 
 
+def _assemble(kind: Kind, names: Sequence[str], tensors: Sequence[torch.Tensor]) -> Inputs:
+    """Tensors in the structure ``kind``: the lone tensor, a tuple, or a dict keyed by ``names``."""
+    if kind == "tensor":
+        return tensors[0]
+    return dict(zip(names, tensors, strict=True)) if kind == "dict" else tuple(tensors)
+
+
 def _rebuild(x: Inputs, fn: Callable[[torch.Tensor], torch.Tensor]) -> Inputs:
-    if isinstance(x, torch.Tensor):
-        return fn(x)
-    if isinstance(x, Mapping):
-        return {k: fn(v) for k, v in x.items()}
-    return tuple(fn(t) for t in x)
+    named = _named(x)
+    return _assemble(_kind(x), [n for n, _ in named], [fn(t) for _, t in named])
 
 
 def take_rows(x: Inputs, rows: torch.Tensor | slice) -> Inputs:
@@ -266,14 +266,13 @@ class InputSpec:
     def from_dict(cls, d: Mapping[str, Any]) -> InputSpec:
         """Read :meth:`to_dict`'s form; a malformed one is an :class:`InputError`."""
         try:
+            low_high = d.get("value_range")
             spec = cls(
                 name=str(d["name"]),
                 dtype=str(d["dtype"]),
                 shape=tuple(int(v) for v in d["shape"]),
                 dynamic=tuple(int(v) for v in d.get("dynamic") or ()),
-                value_range=None
-                if d.get("value_range") is None
-                else (int(d["value_range"][0]), int(d["value_range"][1])),
+                value_range=None if low_high is None else (int(low_high[0]), int(low_high[1])),
                 longest=None if d.get("longest") is None else int(d["longest"]),
             )
         except (KeyError, TypeError, ValueError, IndexError) as e:
@@ -285,7 +284,7 @@ class InputSpec:
 
 
 def _value_range(t: torch.Tensor) -> tuple[int, int] | None:
-    if not _is_integer(t.dtype) or t.numel() == 0:
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.numel() == 0:
         return None
     return int(t.min()), int(t.max())
 
@@ -425,11 +424,7 @@ class InputSignature:
         """Positional tensors back into the model's structure."""
         if len(flat) != len(self.inputs):
             raise InputError(f"got {len(flat)} input tensors, expected {len(self.inputs)} ({self.describe()})")
-        if self.kind == "tensor":
-            return flat[0]
-        if self.kind == "dict":
-            return dict(zip(self.names, flat, strict=True))
-        return tuple(flat)
+        return _assemble(self.kind, self.names, flat)
 
     def call(self, model: Callable[..., Any], flat: Sequence[torch.Tensor]) -> Any:
         """``model`` called on positional tensors, in the model's own structure."""
@@ -506,10 +501,6 @@ class InputSignature:
 # --------------------------------------------------------------------------- collation
 
 
-def _labels(items: Sequence[Any]) -> torch.Tensor:
-    return torch.as_tensor([int(item[1]) for item in items], dtype=torch.int64)
-
-
 def _stack(name: str, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     shapes = {tuple(t.shape) for t in tensors}
     if len(shapes) > 1:
@@ -534,8 +525,8 @@ def _collate(items: Sequence[Any], combine: Callable[[str, Sequence[torch.Tensor
         for name in columns:
             columns[name].append(named[name])
     stacked = [combine(name, ts) for name, ts in columns.items()]
-    sig = InputSignature(_kind(first), tuple(InputSpec(n, "float32", ()) for n in columns))
-    return sig.unflatten(stacked), _labels(items)
+    labels = torch.as_tensor([int(item[1]) for item in items], dtype=torch.int64)
+    return _assemble(_kind(first), list(columns), stacked), labels
 
 
 def default_collate(items: Sequence[Any]) -> tuple[Inputs, torch.Tensor]:
@@ -554,11 +545,7 @@ def default_collate(items: Sequence[Any]) -> tuple[Inputs, torch.Tensor]:
 
 def _pad(name: str, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     if all(t.ndim == 1 for t in tensors) and len({int(t.shape[0]) for t in tensors}) > 1:
-        length = max(int(t.shape[0]) for t in tensors)
-        out = torch.zeros((len(tensors), length), dtype=tensors[0].dtype)
-        for i, t in enumerate(tensors):
-            out[i, : t.shape[0]] = t
-        return out
+        return torch.nn.utils.rnn.pad_sequence(list(tensors), batch_first=True)  # zeros, the first one's dtype
     return _stack(name, tensors)
 
 

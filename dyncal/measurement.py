@@ -52,11 +52,8 @@ def noise_advice(threads: int | None = None, repeats: int | None = None) -> str:
         'run on a quiet machine, pin one thread (`threads` 1), or take more replicates (`repeats`)'
     """
     more = "`repeats`" if repeats is None else f"`repeats` {4 * repeats}; {repeats} were taken"
-    steps = ["run on a quiet machine"]
-    if threads != 1:
-        steps.append("pin one thread (`threads` 1)")
-    steps.append(f"or take more replicates ({more})")
-    return ", ".join(steps)
+    pin = ["pin one thread (`threads` 1)"] if threads != 1 else []
+    return ", ".join(["run on a quiet machine", *pin, f"or take more replicates ({more})"])
 
 
 def row_medians(a: ArrayLike) -> np.ndarray:

@@ -21,7 +21,7 @@ import hashlib
 import io
 import os
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from torch import nn
 
 from dyncal import archives
 from dyncal.archives.files import read_regular_file
-from dyncal.errors import DyncalError, ModelError, describe, first_line
+from dyncal.errors import DyncalError, ModelError, describe, first_line, short_list
 from dyncal.specs import call_factory
 
 __all__ = [
@@ -85,17 +85,17 @@ def _strip_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     return dict(state)
 
 
+def _is_state_dict(value: Any) -> bool:
+    return isinstance(value, Mapping) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
 def _state_dict_from_checkpoint(ckpt: Any, path: Path) -> dict[str, torch.Tensor]:
     """Find the state dict inside the usual checkpoint wrappers."""
     if isinstance(ckpt, Mapping):
-        for key in ("state_dict", "model_state_dict", "model", "net"):
-            inner = ckpt.get(key)
-            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-                ckpt = inner
-                break
-        if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-            state = _strip_prefix(ckpt, "module.")
-            return _strip_prefix(state, "_orig_mod.")
+        wrapped = (ckpt[k] for k in ("state_dict", "model_state_dict", "model", "net") if _is_state_dict(ckpt.get(k)))
+        ckpt = next(wrapped, ckpt)
+    if _is_state_dict(ckpt):
+        return _strip_prefix(_strip_prefix(ckpt, "module."), "_orig_mod.")
     raise ModelError(
         f"`weights` '{path}' holds no state dict (a mapping of names to tensors, possibly under "
         "'state_dict' or 'model'); save one with torch.save(model.state_dict(), path)"
@@ -117,14 +117,9 @@ def _load_weights(module: nn.Module, path: Path) -> None:
         ) from e
     state = _state_dict_from_checkpoint(ckpt, path)
     own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {_short_list(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_short_list(unexpected)}")
+    keys = {"missing": [k for k in own if k not in state], "unexpected": [k for k in state if k not in own]}
+    parts = [f"{what} keys: {short_list(names)}" for what, names in keys.items() if names]
+    if parts:
         raise ModelError(f"`weights` '{path}' does not fit the model ({'; '.join(parts)})")
     shapes = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)]
     if shapes:
@@ -134,11 +129,6 @@ def _load_weights(module: nn.Module, path: Path) -> None:
             f"but {tuple(own[k].shape)} in the model ({len(shapes)} mismatched)"
         )
     module.load_state_dict(state, strict=True)
-
-
-def _short_list(items: Sequence[str], n: int = 6) -> str:
-    shown = ", ".join(items[:n])
-    return shown + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -151,16 +141,15 @@ def resolve_device(device: str) -> torch.device:
     from dyncal.artifacts.costs import device_name
 
     try:
-        dev = torch.device(device_name(device))  # cpu:N (N > 0) and other spellings refused
+        dev: torch.device | None = torch.device(device_name(device))  # cpu:N (N > 0) and other spellings refused
     except (RuntimeError, ValueError):
-        raise DyncalError(f"`device` must be cpu, cuda or cuda:N; got {device!r}") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DyncalError(f"`device` {device}: CUDA is not available on this machine; use `device` cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DyncalError(f"`device` {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type != "cpu":
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
         raise DyncalError(f"`device` must be cpu, cuda or cuda:N; got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DyncalError(f"`device` {device}: CUDA is not available on this machine; use `device` cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DyncalError(f"`device` {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 

@@ -165,7 +165,7 @@ def _one_round(
     ee: Rows, pl: Rows, pairs: Iterable[tuple[list[float], list[float]]], add: int, clock: Any, deadline: float
 ) -> bool:
     """Append one round to every batch; False (and every row as before) when the clock passed ``deadline``."""
-    n, done, overran = len(ee[0]), 0, False
+    n, done = len(ee[0]), 0
     for e, p in pairs:
         if done >= len(ee) or len(e) != add or len(p) != add:
             raise DyncalError(f"a round must give {add} pairs for each of {len(ee)} batches")
@@ -173,12 +173,9 @@ def _one_round(
         pl[done].extend(p)
         done += 1
         if clock() > deadline:
-            overran = True
-            break
-    if not overran and done != len(ee):
+            for row in (*ee, *pl):
+                del row[n:]
+            return False
+    if done != len(ee):
         raise DyncalError(f"a round must give {add} pairs for each of {len(ee)} batches, it gave {done} batches")
-    if not overran:
-        return True
-    for row in (*ee, *pl):
-        del row[n:]
-    return False
+    return True

@@ -55,11 +55,10 @@ Every estimate comes with the three 95% bootstrap intervals the report's rule ne
 (batches resampled, pairs resampled within batches, both), re-centred on the estimate
 (:func:`dyncal.stats.centred_interval`: resampled minima are biased up).
 
-:func:`more_pairs` is a per-batch rule for "more pairs when the spread is high" (a batch
-whose IQR / median is above 10% gets its pairs doubled until its minimum settles). verify
-uses the rule of :mod:`dyncal.pair_rounds` instead, which keeps every batch's pairs equal:
-rounds of pairs on every timed batch while this module's timing interval of the speed-up
-is wider than ±2.5% (or ``auto`` expects too few undisturbed runs), within the time bound.
+More pairs where they are needed: verify uses the rule of :mod:`dyncal.pair_rounds`, which
+keeps every batch's pairs equal: rounds of pairs on every timed batch while this module's
+timing interval of the speed-up is wider than ±2.5% (or ``auto`` expects too few
+undisturbed runs), within the time bound.
 """
 
 from __future__ import annotations
@@ -76,14 +75,11 @@ from dyncal.stats import N_BOOTSTRAP, centred_interval, enclosing_interval
 __all__ = [
     "ESTIMATORS",
     "PREEMPTION_MADS",
-    "FLOOR_SHARE",
-    "SPREAD_LIMIT",
     "PairedEstimate",
     "paired_speedup",
     "preempted",
     "floor_confirmed",
     "clean_runs",
-    "more_pairs",
 ]
 
 ESTIMATORS = {
@@ -95,18 +91,13 @@ ESTIMATORS = {
 """Estimators :func:`paired_speedup` takes (a low quantile other than 0 is recorded as ``"q<quantile>"``)."""
 PREEMPTION_MADS = 3.5
 """A time more than this many scaled MADs above its batch's median on its side counts as preempted."""
-FLOOR_SHARE = 0.5
-"""(Before the pooled rule) share of batches repeating their fastest time; kept as a recorded diagnostic."""
 HIT_TOLERANCE = 0.25
 """An early-exit time more than this fraction of the plain deployment's fastest above its own fastest counts as hit."""
 CLEAN_RUNS = 2.0
 """``auto`` takes ``min`` when at least this many undisturbed plain runs are expected per batch."""
 FLOOR_TOLERANCE = 0.05
 """A batch repeats its fastest time when its second-fastest pair is within this fraction of it."""
-SPREAD_LIMIT = 0.10
-"""A batch whose IQR exceeds this fraction of its median gets more pairs (:func:`more_pairs`)."""
 _MAD_FLOOR = 0.05  # the MAD is taken as at least 5% of the median: a quiet batch keeps its pairs
-_SETTLE = 0.01  # a doubling that lowers neither minimum by more than this fraction ends the pairs
 _SEED = 20160913
 _CHUNK = 2_000_000
 
@@ -278,29 +269,25 @@ def _nan_aware(fn_plain: Any, fn_nan: Any, a: np.ndarray, *args: Any) -> np.ndar
     return np.asarray(fn_nan(a, *args, axis=-1) if np.isnan(a).any() else fn_plain(a, *args, axis=-1))
 
 
+def _reduce(a: np.ndarray, estimator: str, quantile: float) -> np.ndarray:
+    """Each batch's time on one side of ``(..., B, R)`` (NaN: no time), as the estimator reduces it."""
+    if estimator == "mean":
+        return _nan_aware(np.mean, np.nanmean, a)
+    if estimator == "median-ratio":
+        return _nan_aware(np.median, np.nanmedian, a)
+    if quantile == 0:
+        return _nan_aware(np.min, np.nanmin, a)
+    return _nan_aware(np.quantile, np.nanquantile, a, quantile)
+
+
 def _speedups(ee: np.ndarray, pl: np.ndarray, estimator: str, quantile: float) -> np.ndarray:
     """Speed-up per leading index of ``(..., B, R)`` matrices (NaN: no time)."""
-    if estimator == "median-ratio":
-        ee_med = _nan_aware(np.median, np.nanmedian, ee)
-        ratio = _nan_aware(np.median, np.nanmedian, pl / ee)
-        return np.asarray((ee_med * ratio).sum(axis=-1) / ee_med.sum(axis=-1))
-    if estimator == "mean":
-        total_pl, total_ee = _nan_aware(np.mean, np.nanmean, pl), _nan_aware(np.mean, np.nanmean, ee)
-        return np.asarray(total_pl.sum(axis=-1) / total_ee.sum(axis=-1))
-    if quantile == 0:
-        fast_pl, fast_ee = _nan_aware(np.min, np.nanmin, pl), _nan_aware(np.min, np.nanmin, ee)
-        return np.asarray(fast_pl.sum(axis=-1) / fast_ee.sum(axis=-1))
-    low_pl = _nan_aware(np.quantile, np.nanquantile, pl, quantile)
-    return np.asarray(low_pl.sum(axis=-1) / _nan_aware(np.quantile, np.nanquantile, ee, quantile).sum(axis=-1))
-
-
-def _reduced(a: np.ndarray, estimator: str, quantile: float) -> float:
-    """Mean over batches of one side's reduced time."""
-    if estimator == "mean":
-        return float(np.mean(_nan_aware(np.mean, np.nanmean, a)))
-    if estimator == "median-ratio":
-        return float(np.mean(_nan_aware(np.median, np.nanmedian, a)))
-    return float(np.mean(_nan_aware(np.quantile, np.nanquantile, a, quantile)))
+    ee_time = _reduce(ee, estimator, quantile)
+    if estimator == "median-ratio":  # each batch's median pair ratio, weighted by its early exit's median time
+        pl_time = ee_time * _reduce(pl / ee, estimator, quantile)
+    else:
+        pl_time = _reduce(pl, estimator, quantile)
+    return np.asarray(pl_time.sum(axis=-1) / ee_time.sum(axis=-1))
 
 
 def paired_speedup(
@@ -316,7 +303,7 @@ def paired_speedup(
 
     Args:
         early_exit_ms: ``(batches, pairs)`` milliseconds of the early exit (rows may differ
-            in length when given as lists: :func:`more_pairs` lengthens noisy batches).
+            in length when given as lists).
         plain_ms: The plain deployment's, same shape, pair ``r`` of batch ``b`` timed
             right beside ``early_exit_ms[b][r]``.
         estimator: ``"auto"`` (default), ``"min"``, ``"mean"`` or ``"median-ratio"``
@@ -353,25 +340,21 @@ def paired_speedup(
         hit_ee = hit_pl = np.zeros(ee.shape, dtype=bool)
     ee_k, pl_k = _compact(np.where(hit_ee, np.nan, ee)), _compact(np.where(hit_pl, np.nan, pl))
     value = float(_speedups(ee_k, pl_k, chosen, quantile))
-    draws = {
-        kind: _bootstrap(ee_k, pl_k, chosen, quantile, n_resamples, seed, batches=b, pairs=p)
-        for kind, b, p in (("both", True, True), ("sampling", True, False), ("timing", False, True))
-    }
-
-    def iv(d: np.ndarray) -> Interval:
-        lo, hi = centred_interval(d, np.asarray(value))
-        return (float(lo), float(hi))
-
+    intervals: dict[str, Interval] = {}
+    for kind, batches, pairs in (("both", True, True), ("sampling", True, False), ("timing", False, True)):
+        draws = _bootstrap(ee_k, pl_k, chosen, quantile, n_resamples, seed, batches=batches, pairs=pairs)
+        lo, hi = centred_interval(draws, np.asarray(value))
+        intervals[kind] = (float(lo), float(hi))
     ratio = pl / ee
     q75, q50, q25 = np.nanpercentile(ratio, [75, 50, 25], axis=1)
     return PairedEstimate(
         estimator=f"q{quantile:g}" if chosen == "min" and quantile > 0 else chosen,
         value=value,
-        interval=enclosing_interval(iv(draws["both"]), iv(draws["sampling"]), iv(draws["timing"])),
-        interval_sampling=iv(draws["sampling"]),
-        interval_timing=iv(draws["timing"]),
-        early_exit_ms=_reduced(ee_k, chosen, quantile),
-        plain_ms=_reduced(pl_k, chosen, quantile),
+        interval=enclosing_interval(intervals["both"], intervals["sampling"], intervals["timing"]),
+        interval_sampling=intervals["sampling"],
+        interval_timing=intervals["timing"],
+        early_exit_ms=float(np.mean(_reduce(ee_k, chosen, quantile))),
+        plain_ms=float(np.mean(_reduce(pl_k, chosen, quantile))),
         pairs=int(np.sum(~np.isnan(ee))),
         discarded=int(np.sum(hit_ee | hit_pl)),
         timing_spread=float(np.median((q75 - q25) / q50)),
@@ -426,44 +409,3 @@ def _bootstrap(
             sides.append(x)
         out[start : start + size] = _speedups(sides[0], sides[1], estimator, quantile)
     return out
-
-
-def more_pairs(
-    early_exit_ms: Sequence[float],
-    plain_ms: Sequence[float],
-    *,
-    min_pairs: int = 7,
-    max_pairs: int = 28,
-    spread_limit: float = SPREAD_LIMIT,
-) -> int:
-    """How many more pairs to time on this batch now (0: enough).
-
-    Fewer than ``min_pairs``: the rest of them. Then, while the batch's spread (IQR /
-    median of either side) is above ``spread_limit`` and fewer than ``max_pairs`` were
-    taken, double the pairs, unless the last doubling lowered neither side's minimum by
-    more than 1% (the minimum has settled: more pairs would not move the estimate).
-
-    Example:
-        >>> more_pairs([1.0] * 3, [2.0] * 3)
-        4
-        >>> more_pairs([1.0] * 7, [2.0] * 7)  # quiet
-        0
-        >>> more_pairs([1.5, 1.0, 1.6, 1.4, 1.7, 1.2, 1.9], [2.0] * 7)  # noisy: the pairs double
-        7
-    """
-    n = len(early_exit_ms)
-    if len(plain_ms) != n:
-        raise DyncalError(f"`early_exit_ms` and `plain_ms` must be paired, got {n} and {len(plain_ms)} times")
-    if n < min_pairs:
-        return min_pairs - n
-    if n >= max_pairs:
-        return 0
-    ee, pl = np.asarray(early_exit_ms, dtype=np.float64), np.asarray(plain_ms, dtype=np.float64)
-    spread = max(float((np.percentile(a, 75) - np.percentile(a, 25)) / np.median(a)) for a in (ee, pl))
-    if spread <= spread_limit:
-        return 0
-    first = max(1, n // 2)
-    settled = all(a[:first].min() - a.min() <= _SETTLE * a.min() for a in (ee, pl))
-    if n > min_pairs and settled:
-        return 0
-    return min(n, max_pairs - n)

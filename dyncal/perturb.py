@@ -36,13 +36,14 @@ import numbers
 import re
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dyncal.constraints import check
 from dyncal.errors import DataError, DyncalError, param
 
 __all__ = [
@@ -175,15 +176,12 @@ def _jpeg(x: np.ndarray, quality: int) -> np.ndarray:
 def _shift(x: np.ndarray, pixels: int, direction: int) -> np.ndarray:
     """``x`` moved ``pixels`` right, left, down or up (``direction`` 0-3), the uncovered border 0."""
     out = np.zeros_like(x)
-    h, w = x.shape[1:]
-    if direction == 0 and pixels < w:
-        out[:, :, pixels:] = x[:, :, : w - pixels]
-    elif direction == 1 and pixels < w:
-        out[:, :, : w - pixels] = x[:, :, pixels:]
-    elif direction == 2 and pixels < h:
-        out[:, pixels:, :] = x[:, : h - pixels, :]
-    elif direction == 3 and pixels < h:
-        out[:, : h - pixels, :] = x[:, pixels:, :]
+    axis = 2 if direction < 2 else 1  # right and left move along the width, down and up along the height
+    size = x.shape[axis]
+    if pixels < size:
+        moved, kept = slice(pixels, None), slice(None, size - pixels)
+        dst, src = (moved, kept) if direction % 2 == 0 else (kept, moved)
+        out[(slice(None),) * axis + (dst,)] = x[(slice(None),) * axis + (src,)]
     return out
 
 
@@ -214,15 +212,13 @@ choose from gaussian_noise, blur, jpeg, contrast, brightness, shift
     out: list[Perturbation] = []
     for part in rest.split(","):
         try:
-            value = float(part.strip())
+            p = Perturbation(name, float(part.strip()))
         except ValueError:
             raise DyncalError(f"{where}: severity {part.strip()!r} is not a number; e.g. {_EXAMPLE}") from None
-        try:
-            p = Perturbation(name, value)
         except DyncalError as e:
             raise DyncalError(f"{where}: {e}") from None
         if p in out:
-            raise DyncalError(f"{where} gives severity {value:g} twice")
+            raise DyncalError(f"{where} gives severity {p.severity:g} twice")
         out.append(p)
     return out
 
@@ -296,10 +292,7 @@ def perturb_image(
             f"perturbations apply to images (C, H, W) or (H, W) of floats; item {index} is "
             f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}"
         )
-    img = t.detach().cpu().numpy().astype(np.float64)
-    flat = img.ndim == 2
-    if flat:
-        img = img[None]
+    img = t.detach().cpu().numpy().astype(np.float64).reshape(-1, *t.shape[-2:])  # (H, W) as one channel
     mean = _channel_values(pixel_mean, img.shape[0], "pixel_mean")
     std = _channel_values(pixel_std, img.shape[0], "pixel_std")
     if np.any(std <= 0):
@@ -313,7 +306,7 @@ def perturb_image(
             f"normalisation the data set applies as {param('pixel_mean')} and {param('pixel_std')}"
         )
     out = (perturbation.apply(np.clip(pixels, 0.0, 1.0), _seed_for(seed, index, perturbation)) - mean) / std
-    return torch.from_numpy(out[0] if flat else out).to(t.dtype)
+    return torch.from_numpy(out.reshape(t.shape)).to(t.dtype)
 
 
 def perturb_batch(
@@ -335,6 +328,7 @@ def perturb_batch(
     return torch.stack([perturb_image(x[j], perturbation, index=i, **kwargs) for j, i in enumerate(idx)])
 
 
+@dataclass(eq=False)
 class PerturbedDataset(Dataset[tuple[torch.Tensor, Any]]):
     """A data set whose inputs are corrupted, labels untouched: item ``i`` is ``(perturb(x_i), y_i)``.
 
@@ -353,22 +347,16 @@ class PerturbedDataset(Dataset[tuple[torch.Tensor, Any]]):
         (torch.Size([1, 8, 8]), True, True)
     """
 
-    def __init__(
-        self,
-        base: Dataset[Any],
-        perturbation: Perturbation,
-        *,
-        seed: int = 0,
-        pixel_mean: float | Sequence[float] = 0.0,
-        pixel_std: float | Sequence[float] = 1.0,
-    ) -> None:
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise DyncalError(f"{param('seed')} must be a non-negative integer, got {seed!r}")
-        self.base = base
-        self.perturbation = perturbation
-        self.seed = int(seed)
-        self.pixel_mean = pixel_mean
-        self.pixel_std = pixel_std
+    base: Dataset[Any]
+    perturbation: Perturbation
+    _: KW_ONLY
+    seed: int = 0
+    pixel_mean: float | Sequence[float] = 0.0
+    pixel_std: float | Sequence[float] = 1.0
+
+    def __post_init__(self) -> None:
+        """Check the seed."""
+        self.seed = int(check("seed", self.seed))
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
@@ -378,9 +366,7 @@ class PerturbedDataset(Dataset[tuple[torch.Tensor, Any]]):
         if not isinstance(item, (tuple, list)) or len(item) != 2:
             raise DataError(f"data set item {i} is not an (input, label) pair; perturbations need one")
         x, y = item
-        if isinstance(x, np.ndarray):
-            x = torch.from_numpy(x)
-        if not isinstance(x, torch.Tensor):
+        if not isinstance(x, (torch.Tensor, np.ndarray)):
             raise DataError(f"data set item {i}: input is {type(x).__name__}, perturbations need an image tensor")
         out = perturb_image(
             x, self.perturbation, index=i, seed=self.seed, pixel_mean=self.pixel_mean, pixel_std=self.pixel_std

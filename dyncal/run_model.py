@@ -27,9 +27,10 @@ from dyncal.analysis.stages import example_input
 from dyncal.artifacts.run import Run
 from dyncal.artifacts.run_document import Provenance
 from dyncal.errors import DyncalError, ModelError, describe
-from dyncal.inputs import Inputs, InputSignature, batch_size, call_model, describe_inputs, is_single
+from dyncal.inputs import Inputs, InputSignature, batch_size, call_model, describe_inputs, is_single, to_device
 from dyncal.models import LoadedModel, check_exit_outputs, load_model, resolve_device, torch_dtype
 from dyncal.options import input_shape_of
+from dyncal.specs import is_named
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,6 @@ __all__ = [
     "run_model_source",
     "check_run_model",
     "logits_difference",
-    "input_signature",
     "run_inputs",
     "state_sha256",
 ]
@@ -84,10 +84,12 @@ MAX_SAMPLE_VALUES = 1 << 28
 """Most values one input sample may have (1 GiB of float32): a larger `input_shape` is a typo."""
 
 
-def input_signature(
-    run: Run, shape: Sequence[int] | None = None, dtype: str | None = None
-) -> tuple[tuple[int, ...], str]:
-    """A model's per-sample input shape and dtype name: as given, else as the run recorded them.
+def run_inputs(run: Run, shape: Sequence[int] | None = None, dtype: str | None = None) -> InputSignature:
+    """The inputs a run's model takes: the recorded signature of a multi-input run, else one tensor.
+
+    A single-tensor run's signature is its recorded per-sample shape and dtype name
+    (``provenance.extra["input_shape"]``, ``["input_dtype"]``, else ``float32``), which ``shape``
+    and ``dtype`` override; a multi-input run records its own (``provenance.extra["inputs"]``).
 
     Args:
         run: An opened run (:class:`dyncal.artifacts.run.Run`).
@@ -95,9 +97,24 @@ def input_signature(
         dtype: ``--input-dtype``, or None (the run's, else ``float32``).
 
     Raises:
-        ModelError: No shape recorded or given, a malformed one, or an unknown dtype.
+        ModelError: No shape recorded or given, a malformed shape or signature, or an unknown dtype.
+
+    Example:
+        >>> import numpy as np, tempfile, pathlib
+        >>> from dyncal import Provenance, import_arrays
+        >>> prov = Provenance.here(model="m:f", data="d", device="cpu", extra={"input_shape": [4]})
+        >>> run = import_arrays(np.zeros((2, 2, 3), np.float32), [0, 1],
+        ...                     pathlib.Path(tempfile.mkdtemp()) / "r", provenance=prov)
+        >>> run_inputs(run).describe()
+        'input float32 (B, 4)'
     """
     extra = run.provenance.extra
+    recorded = extra.get("inputs")
+    if recorded is not None and shape is None:
+        try:
+            return InputSignature.from_dict(recorded)
+        except DyncalError as e:
+            raise ModelError(f"run '{run.path}' records malformed inputs: {e}") from None
     raw = shape if shape is not None else extra.get("input_shape")
     if not raw:
         raise ModelError(
@@ -119,34 +136,7 @@ def input_signature(
         )
     name = str(dtype or extra.get("input_dtype") or "float32").replace("torch.", "")
     torch_dtype(name)
-    return shape_t, name
-
-
-def run_inputs(run: Run, shape: Sequence[int] | None = None, dtype: str | None = None) -> InputSignature:
-    """The inputs a run's model takes: the recorded signature of a multi-input run, else one tensor.
-
-    A single-tensor run's signature is :func:`input_signature`'s shape and dtype (``shape``
-    and ``dtype`` override them); a multi-input run records its own (``provenance.extra["inputs"]``).
-
-    Raises:
-        ModelError: No shape recorded or given, a malformed signature, or an unknown dtype.
-
-    Example:
-        >>> import numpy as np, tempfile, pathlib
-        >>> from dyncal import Provenance, import_arrays
-        >>> prov = Provenance.here(model="m:f", data="d", device="cpu", extra={"input_shape": [4]})
-        >>> run = import_arrays(np.zeros((2, 2, 3), np.float32), [0, 1],
-        ...                     pathlib.Path(tempfile.mkdtemp()) / "r", provenance=prov)
-        >>> run_inputs(run).describe()
-        'input float32 (B, 4)'
-    """
-    recorded = run.provenance.extra.get("inputs")
-    if recorded is not None and shape is None:
-        try:
-            return InputSignature.from_dict(recorded)
-        except DyncalError as e:
-            raise ModelError(f"run '{run.path}' records malformed inputs: {e}") from None
-    return InputSignature.single_tensor(*input_signature(run, shape, dtype))
+    return InputSignature.single_tensor(shape_t, name)
 
 
 ROWS_RTOL = 1e-2
@@ -212,10 +202,6 @@ class ModelCheck:
         return asdict(self)
 
 
-def _names_model(spec: str) -> bool:
-    return bool(spec) and not spec.startswith("(")
-
-
 def run_model_source(
     provenance: Provenance,
     run_path: str | os.PathLike[str],
@@ -252,7 +238,7 @@ def run_model_source(
     """
     prov = provenance
     extra = prov.extra
-    spec = model or (prov.model if _names_model(prov.model) else None)
+    spec = model or (prov.model if is_named(prov.model) else None)
     if not spec:
         raise ModelError(
             f"run '{run_path}' does not name its model (model: {prov.model!r}); pass "
@@ -312,19 +298,14 @@ def _recheck_rows(
         x, labels = run_rows(run, rows, search_path=search_path, dataset=dataset)
     except DyncalError as e:
         return 0, None, str(e), None
-    if labels != [int(v) for v in run.labels[rows]]:
-        return (
-            0,
-            None,
-            None,
-            (
-                f"the data set's labels at rows {rows[:4].tolist()} are {labels[:4]}, the run's "
-                f"{[int(v) for v in run.labels[rows[:4]]]}: the data is not the run's"
-            ),
+    expected = [int(v) for v in run.labels[rows]]
+    if labels != expected:
+        why = (
+            f"the data set's labels at rows {rows[:4].tolist()} are {labels[:4]}, the run's {expected[:4]}: "
+            "the data is not the run's"
         )
+        return 0, None, None, why
     try:
-        from dyncal.inputs import to_device
-
         with torch.inference_mode():
             outs = call_model(module, to_device(x, device))
         outs = [outs] if isinstance(outs, torch.Tensor) else outs  # a static model: one exit
@@ -335,17 +316,13 @@ def _recheck_rows(
         return 0, None, None, f"the model has K={k} exits and C={c} classes, the run K={run.k}, C={run.c}"
     new = torch.stack([o.float() for o in outs], dim=1).cpu().numpy()
     diff, ok = logits_difference(new, np.asarray(run.logits[rows]))
-    if not ok:
-        return (
-            len(rows),
-            diff,
-            None,
-            (
-                f"re-running {len(rows)} recorded rows gives logits up to {diff:.3g} away from the run's "
-                "(the model or the data is not the run's)"
-            ),
-        )
-    return len(rows), diff, None, None
+    if ok:
+        return len(rows), diff, None, None
+    why = (
+        f"re-running {len(rows)} recorded rows gives logits up to {diff:.3g} away from the run's "
+        "(the model or the data is not the run's)"
+    )
+    return len(rows), diff, None, why
 
 
 def check_run_model(
@@ -397,7 +374,7 @@ def check_run_model(
     mismatch = mismatch or rows_mismatch
     # Without a matching hash or rows that agree, anything else that differs from what the
     # run records cannot be shown harmless.
-    if mismatch is None and weights != "match" and rows == 0 and _names_model(prov.model):
+    if mismatch is None and weights != "match" and rows == 0 and is_named(prov.model):
         if source.spec != prov.model:
             mismatch = f"the run was collected with '{prov.model}', not '{source.spec}', and no rows could be re-run"
         elif run_sha and not new_sha:
@@ -451,11 +428,6 @@ class RunModel(LoadedModel):
         """Whether the model takes one tensor (``input_shape``, ``input_dtype``)."""
         return self.inputs is None or self.inputs.single
 
-    @property
-    def from_run(self) -> bool:
-        """Whether the model is the one ``run.json`` names (no ``model`` override)."""
-        return self.source.from_run
-
 
 def open_run_model(
     run: Run,
@@ -480,7 +452,7 @@ def open_run_model(
         run: An opened run.
         overrides: Which model (spec, weights, import folder), its input shape and dtype;
             None fields are the run's.
-        probe: The batch size of a probe of random inputs of :func:`input_signature`
+        probe: The batch size of a probe of random inputs of :func:`run_inputs`
             (:func:`probe_run_model`), or None: no probe.
         device: ``cpu``, ``cuda`` or ``cuda:N``.
         data: Data spec overriding the run's, for re-running recorded rows.
@@ -506,7 +478,7 @@ def open_run_model(
         >>> run = collect_run(load_model("dyncal.demo:pretrained"), load_dataset("dyncal.demo:validation"),
         ...                   out, data_spec="dyncal.demo:validation", limit=40)
         >>> opened = open_run_model(run, ModelOverrides())
-        >>> opened.from_run, opened.check.rows_checked, opened.check.mismatch, opened.input_shape
+        >>> opened.source.from_run, opened.check.rows_checked, opened.check.mismatch, opened.input_shape
         (True, 8, None, (1, 8, 8))
     """
     source = run_model_source(

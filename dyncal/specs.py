@@ -15,7 +15,7 @@ from typing import Any
 
 from dyncal.errors import DyncalError, describe, user_call
 
-__all__ = ["import_object", "call_factory"]
+__all__ = ["import_object", "call_factory", "is_named"]
 
 
 def import_object(spec: str, *, what: str, search_path: str | os.PathLike[str] | None = None) -> Any:
@@ -43,22 +43,19 @@ def import_object(spec: str, *, what: str, search_path: str | os.PathLike[str] |
             f"{what} must look like 'pkg.module:factory' with dotted Python names (a relative module such as "
             f"'.mod' cannot be imported: give its folder with `search_path` and its plain name), got {spec!r}"
         )
-    added = False
+    added = None  # the folder this call put on sys.path, taken off again after the import
     if search_path is not None:
         folder = str(Path(search_path).resolve())
         if not Path(folder).is_dir():
             raise DyncalError(f"`search_path` '{search_path}' is not a folder")
         if folder not in sys.path:
             sys.path.insert(0, folder)
-            added = True
+            added = folder
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
-        hint = (
-            " (give its folder with `search_path` or add it to PYTHONPATH)"
-            if e.name == module_name.split(".")[0]
-            else ""
-        )
+        top_missing = e.name == module_name.split(".")[0]
+        hint = " (give its folder with `search_path` or add it to PYTHONPATH)" if top_missing else ""
         raise DyncalError(f"{what}: cannot import module '{module_name}': {e}{hint}") from e
     except Exception as e:  # noqa: BLE001 - importing runs the user's module, which may raise anything
         raise DyncalError(f"{what}: importing module '{module_name}' failed: {describe(e)}") from e
@@ -68,8 +65,8 @@ def import_object(spec: str, *, what: str, search_path: str | os.PathLike[str] |
             'code under `if __name__ == "__main__":`'
         ) from None
     finally:
-        if added:
-            sys.path.remove(str(Path(search_path).resolve()))  # type: ignore[arg-type]
+        if added is not None:
+            sys.path.remove(added)
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -110,3 +107,13 @@ def call_factory(
     if not callable(factory):
         raise error(f"{what}: '{spec}' is not callable; name a function that returns {makes}")
     return user_call(factory, f"{what}: calling '{spec}()' failed", error)
+
+
+def is_named(spec: str) -> bool:
+    """Whether a recorded model or data spec names something: not empty, not a placeholder such as ``(imported)``.
+
+    Example:
+        >>> is_named("dyncal.demo:validation"), is_named("(imported)"), is_named("")
+        (True, False, False)
+    """
+    return bool(spec) and not spec.startswith("(")

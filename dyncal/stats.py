@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from dyncal.constraints import check
-from dyncal.errors import DyncalError
+from dyncal.errors import DyncalError, short_list
 
 __all__ = [
     "stratified_split",
@@ -35,6 +35,13 @@ log = logging.getLogger(__name__)
 N_BOOTSTRAP = 2000
 """Bootstrap resamples of every interval the report and solve print."""
 _BOOTSTRAP_SEED = 20240607
+
+
+def _percentile_interval(draws: np.ndarray, level: float) -> tuple[float, float]:
+    """The central ``level`` percentile interval of bootstrap draws."""
+    alpha = (1 - level) / 2
+    lo, hi = np.quantile(draws, [alpha, 1 - alpha])
+    return float(lo), float(hi)
 
 
 def stratified_split(labels: np.ndarray, holdout: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -83,8 +90,7 @@ def stratified_split(labels: np.ndarray, holdout: float, seed: int = 0) -> tuple
                 f"(the run has {count} of it) to fit thresholds on; use a fraction nearer 0.5, "
                 "such as `holdout` 0.5"
             )
-        idx = np.flatnonzero(labels == cls)
-        held.append(rng.permutation(idx)[:m])
+        held.append(rng.permutation(np.flatnonzero(labels == cls))[:m])
     held_idx = np.sort(np.concatenate(held)).astype(np.int64)
     if held_idx.size == 0:
         raise DyncalError(
@@ -93,19 +99,14 @@ def stratified_split(labels: np.ndarray, holdout: float, seed: int = 0) -> tuple
             "more samples"
         )
     if unsplit:
-        shown = ", ".join(f"{c} ({k})" for c, k in unsplit[:10])
-        more = f" and {len(unsplit) - 10} more" if len(unsplit) > 10 else ""
         log.warning(
             "%d class(es) too small to split at `holdout` %s go whole into the fit part, none "
-            "held out: %s%s (class (samples))",
+            "held out: %s (class (samples))",
             len(unsplit),
             holdout,
-            shown,
-            more,
+            short_list([f"{c} ({k})" for c, k in unsplit], 10),
         )
-    mask = np.ones(n, dtype=bool)
-    mask[held_idx] = False
-    return np.flatnonzero(mask).astype(np.int64), held_idx
+    return np.setdiff1d(np.arange(n, dtype=np.int64), held_idx), held_idx
 
 
 def unsplit_classes(labels: np.ndarray, holdout: float) -> list[Any]:
@@ -181,10 +182,7 @@ def mean_bootstrap_ci(
     if np.any((v != 0) & (v != 1)):
         return bootstrap_ci(v, np.mean, level=level, n_boot=n_boot, seed=seed)
     p = float(v.mean())
-    draws = np.random.default_rng(seed).binomial(n, p, size=n_boot) / n
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(draws, [alpha, 1 - alpha])
-    return float(lo), float(hi)
+    return _percentile_interval(np.random.default_rng(seed).binomial(n, p, size=n_boot) / n, level)
 
 
 def bootstrap_ci(
@@ -225,9 +223,7 @@ def bootstrap_ci(
         idx = rng.integers(0, n, size=(m, n))
         for i in range(m):
             stats[start + i] = float(statistic(v[idx[i]]))
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(stats, [alpha, 1 - alpha])
-    return float(lo), float(hi)
+    return _percentile_interval(stats, level)
 
 
 def bootstrap_interval(
@@ -259,17 +255,10 @@ def bootstrap_interval(
     if n <= 0:
         return (float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
-    values: list[np.ndarray] = []
     chunk = max(1, min(n_resamples, 4_000_000 // max(n, 1)))
-    done = 0
-    while done < n_resamples:
-        b = min(chunk, n_resamples - done)
-        values.append(np.asarray(statistic(rng.integers(0, n, size=(b, n))), dtype=float))
-        done += b
-    v = np.concatenate(values)
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(v, [alpha, 1.0 - alpha])
-    return (float(lo), float(hi))
+    sizes = [min(chunk, n_resamples - done) for done in range(0, n_resamples, chunk)]
+    values = [np.asarray(statistic(rng.integers(0, n, size=(b, n))), dtype=float) for b in sizes]
+    return _percentile_interval(np.concatenate(values), level)
 
 
 def weighted_percentiles(

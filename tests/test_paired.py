@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from dyncal.artifacts.verify import PairedTiming
 from dyncal.errors import DyncalError
-from dyncal.paired import ESTIMATORS, floor_confirmed, more_pairs, paired_speedup, preempted
+from dyncal.paired import ESTIMATORS, floor_confirmed, paired_speedup, preempted
 
 
 def _quiet(seed: int, batches: int = 120, pairs: int = 7) -> tuple[np.ndarray, np.ndarray]:
@@ -127,20 +127,6 @@ def test_batches_with_more_pairs_are_read_as_lists():
 def test_bad_timings_are_refused(ee, pl, kwargs, match):
     with pytest.raises(DyncalError, match=match):
         paired_speedup(ee, pl, **kwargs)
-
-
-def test_more_pairs_when_the_spread_is_high_until_the_minimum_settles():
-    assert more_pairs([1.0] * 2, [2.0] * 2) == 5  # fewer than the minimum
-    assert more_pairs([1.0, 1.02, 1.01, 1.0, 1.03, 1.0, 1.01], [2.0] * 7) == 0  # quiet: enough
-    noisy = [1.5, 1.0, 1.6, 1.4, 1.7, 1.2, 1.9]
-    assert more_pairs(noisy, [2.0] * 7) == 7  # noisy: double
-    assert more_pairs(noisy + [1.5, 1.6, 1.8, 1.4, 1.3, 1.6, 1.7], [2.0] * 14) == 0  # the minimum did not move
-    assert more_pairs(noisy + [0.5, 1.6, 1.8, 1.4, 1.3, 1.6, 1.7], [2.0] * 14) == 14  # it did: double again
-    assert more_pairs(noisy * 4, [2.0] * 28) == 0  # the cap
-    assert more_pairs(noisy * 3, [2.0] * 21, max_pairs=28) == 0  # settled
-    assert more_pairs(noisy * 2 + [0.5] + noisy[1:], [2.0] * 21, max_pairs=28) == 7  # not settled: up to the cap
-    with pytest.raises(DyncalError, match="paired"):
-        more_pairs([1.0], [1.0, 2.0])
 
 
 def _few_batches(seed: int) -> tuple[np.ndarray, np.ndarray]:

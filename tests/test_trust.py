@@ -340,7 +340,7 @@ def test_open_run_model_checks_hash_and_rows(tmp_path, toy_npz):
     loaded = open_run_model(run, ModelOverrides())
     assert (
         loaded.input_shape == (4,)
-        and loaded.from_run
+        and loaded.source.from_run
         and loaded.check.weights == "not recorded"
         and loaded.check.rows_checked == 8
     )
@@ -354,7 +354,7 @@ def test_open_run_model_checks_hash_and_rows(tmp_path, toy_npz):
     # ... unless the data is given again, and the rows agree
     slow = ModelOverrides(model="toy_models:slow", model_path=str(TESTS))
     moved = open_run_model(run, slow, probe=None, data=str(tmp_path / "moved.npz"))
-    assert moved.check.rows_checked == 8 and moved.check.mismatch is None and not moved.from_run
+    assert moved.check.rows_checked == 8 and moved.check.mismatch is None and not moved.source.from_run
 
 
 def test_profile_export_and_verify_refuse_a_model_of_another_c_in_the_same_words(tmp_path):

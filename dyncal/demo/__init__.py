@@ -71,24 +71,23 @@ def pretrained() -> DigitsExitNet:
     return net.eval()
 
 
-def _digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _digits(train: bool) -> TensorDataset:
+    """The training or the held-out digits as ``(image (1, 8, 8), label)`` items."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     x = (digits.images.astype(np.float32) / 16.0 - 0.5) / 0.5
     y = digits.target.astype(np.int64)
     order = np.random.default_rng(_SPLIT_SEED).permutation(len(y))
-    tr, va = order[:N_TRAIN], order[N_TRAIN:]
-    return x[tr, None], y[tr], x[va, None], y[va]
+    rows = order[:N_TRAIN] if train else order[N_TRAIN:]
+    return TensorDataset(torch.from_numpy(x[rows, None]), torch.from_numpy(y[rows]))
 
 
 def training() -> TensorDataset:
     """The 1,000 training digits as ``(image (1, 8, 8), label)`` items."""
-    x, y, _, _ = _digits_split()
-    return TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+    return _digits(train=True)
 
 
 def validation() -> TensorDataset:
     """The 797 held-out digits as ``(image (1, 8, 8), label)`` items."""
-    _, _, x, y = _digits_split()
-    return TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+    return _digits(train=False)

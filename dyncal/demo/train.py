@@ -41,8 +41,7 @@ def train(epochs: int = 30, seed: int = 0) -> DigitsExitNet:
 def main() -> None:
     """Train, report per-exit validation accuracy, save the weights."""
     net = train()
-    x = torch.stack([item[0] for item in validation()])  # type: ignore[attr-defined]
-    y = torch.stack([item[1] for item in validation()])  # type: ignore[attr-defined]
+    x, y = validation().tensors
     with torch.inference_mode():
         accs = [float((o.argmax(1) == y).float().mean()) for o in net(x)]
     print("validation accuracy per exit:", [f"{a:.3f}" for a in accs], file=sys.stderr)

@@ -1,7 +1,10 @@
 """Automatic stages: a multi-exit model exported with ``torch.export`` and its graph cut at the exits.
 
 Every op of the exported graph belongs to the first exit among whose ancestors it appears;
-ops no exit needs go to the last stage. Each stage receives the values later stages need
+ops no exit needs go to the last stage. An in-place op counts as an input of every later op
+that reads the memory it writes (through any view), and an op that reads that memory before
+the write counts as an input of the write, so a write lands in the stage of its first reader
+and never before a read it must follow. Each stage receives the values later stages need
 (its *carry*, see :mod:`dyncal.analysis.stages` for the protocol); sizes are recomputed
 from the tensors a stage receives rather than carried, so that they follow the batch when
 rows leave. The carried values also tell whether rows can leave between stages at all.
@@ -22,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import operator
 from collections.abc import Iterator, Sequence
 from typing import Any, TypedDict
 
@@ -212,8 +216,44 @@ def _dropped(n: fx.Node) -> bool:
     return n.op == "call_function" and str(n.target) in _DROPPED_TARGETS
 
 
+def _memory_inputs(graph: fx.Graph) -> dict[fx.Node, list[fx.Node]]:
+    """Inputs the data flow does not show: in-place writes before a read, reads before a write.
+
+    Memory is named by its root, the op that allocated it; views and in-place ops return
+    their argument's memory (the op's schema says so, ``Tensor(a)``), and so do the items
+    of a list of views.
+    """
+    root: dict[fx.Node, fx.Node] = {}
+    writes: dict[fx.Node, list[fx.Node]] = {}
+    reads: dict[fx.Node, list[fx.Node]] = {}
+    extra: dict[fx.Node, list[fx.Node]] = {}
+    for n in graph.nodes:
+        read = {root.get(a, a) for a in n.all_input_nodes}
+        after = [w for r in read for w in writes.get(r, ())]
+        schema = getattr(n.target, "_schema", None) if n.op == "call_function" else None
+        aliased = [
+            (spec.alias_info, a)
+            for spec, a in zip(schema.arguments if schema else (), n.args, strict=False)
+            if spec.alias_info is not None and isinstance(a, fx.Node)
+        ]
+        written = {root.get(a, a) for info, a in aliased if info.is_write}
+        before = [r for m in written for r in reads.get(m, ())]
+        if after or before:
+            extra[n] = list(dict.fromkeys(after + before))
+        if aliased and schema is not None and schema.returns and schema.returns[0].alias_info is not None:
+            root[n] = root.get(aliased[0][1], aliased[0][1])
+        elif n.target is operator.getitem and n.args[0] in root:
+            root[n] = root[n.args[0]]
+        for m in written:
+            writes.setdefault(m, []).append(n)
+        for r in read:
+            reads.setdefault(r, []).append(n)
+    return extra
+
+
 def _stages_of(graph: fx.Graph, flat: Sequence[fx.Node]) -> tuple[dict[fx.Node, int], list[fx.Node]]:
     """The stage of each op (the first exit among whose ancestors it appears), and the ops in order."""
+    memory = _memory_inputs(graph)
     stage_of: dict[fx.Node, int] = {}
     for i, o in enumerate(flat):
         todo = [o]
@@ -223,6 +263,7 @@ def _stages_of(graph: fx.Graph, flat: Sequence[fx.Node]) -> tuple[dict[fx.Node, 
                 continue
             stage_of[n] = i
             todo.extend(n.all_input_nodes)
+            todo.extend(memory.get(n, ()))
     ops = [n for n in graph.nodes if n.op not in ("placeholder", "get_attr", "output") and not _dropped(n)]
     unused = [n for n in ops if n not in stage_of]
     for n in unused:

@@ -2,15 +2,21 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pytest
-import torch
-from typer.testing import CliRunner
+# Cache the test modules' rewritten asserts and the package's bytecode (in __pycache__/, git-ignored) even
+# where PYTHONDONTWRITEBYTECODE is set: otherwise every run and every parallel worker recompiles ~180 test
+# modules and the package from source, ~4 CPU seconds each before the first test runs.
+sys.dont_write_bytecode = False
 
-from dyncal.cli import app
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from dyncal.cli import app  # noqa: E402
 
 TESTS = Path(__file__).parent
 
@@ -72,15 +78,28 @@ INTEGRATION_MODULES = {
 }
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test ``unit`` or ``integration`` by its module (doctests are unit); model-running files first.
+# A doctest that traces a model into stages (torch.export: what `dyncal profile` does) and runs
+# them: the examples of dyncal/analysis/ and the profile verb. Each costs a few tenths of a second.
+MODEL_RUNNING_DOCTEST = re.compile(r"\b(build_stages|export_partition|profile_run|load_exported)\(|\btorch\.export\.")
 
-    A test of another module that runs a model says so itself with ``@pytest.mark.integration``.
+
+def _runs_a_model(item: pytest.Item) -> bool:
+    """A test marked ``integration`` itself, in an integration module, or a doctest that exports a model."""
+    if item.get_closest_marker("integration") is not None or item.path.name in INTEGRATION_MODULES:
+        return True
+    examples = getattr(getattr(item, "dtest", None), "examples", ())
+    return any(MODEL_RUNNING_DOCTEST.search(example.source) for example in examples)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test ``unit`` or ``integration`` by its module or its doctest; model-running files first.
+
+    A test of another module that runs a model says so itself with ``@pytest.mark.integration``;
+    a doctest is ``integration`` when its examples export a model (:data:`MODEL_RUNNING_DOCTEST`).
     """
     heavy: set[Path] = set()
     for item in items:
-        explicit = item.get_closest_marker("integration") is not None
-        tier = "integration" if explicit or item.path.name in INTEGRATION_MODULES else "unit"
+        tier = "integration" if _runs_a_model(item) else "unit"
         item.add_marker(getattr(pytest.mark, tier))
         if tier == "integration":
             heavy.add(item.path)

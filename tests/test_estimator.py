@@ -7,7 +7,6 @@ import inspect
 
 import numpy as np
 import pytest
-from sklearn.base import clone
 
 from dyncal.artifacts.run_import import import_arrays
 from dyncal.calibrate import estimator
@@ -68,6 +67,8 @@ def test_the_parameters_are_solve_options_fields_with_their_defaults():
 
 
 def test_clone_round_trips_and_set_params_changes_only_what_it_names():
+    from sklearn.base import clone  # here, not at the top: importing scikit-learn costs every worker ~1 s
+
     solver = ThresholdSolver("0.4x", method="geometric", holdout=0.2, max_drop=0.01)
     twin = clone(solver)
     assert twin is not solver and twin.get_params() == solver.get_params()

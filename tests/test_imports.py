@@ -12,6 +12,8 @@ import ast
 from collections import deque
 from pathlib import Path
 
+import pytest
+
 import dyncal
 
 PACKAGE = Path(dyncal.__file__).parent
@@ -107,17 +109,23 @@ def _show(graph: dict[str, dict[str, str]], cycle: list[str]) -> str:
     return " -> ".join(f"{a} ({graph[a][b]})" for a, b in zip(cycle[:-1], cycle[1:], strict=True)) + f" -> {cycle[-1]}"
 
 
-def test_no_import_cycle_between_modules():
+@pytest.fixture(scope="module")
+def dyncal_graph() -> dict[str, dict[str, str]]:
+    """The installed package's graph, read once for the tests that only read it."""
+    return package_graph(PACKAGE)
+
+
+def test_no_import_cycle_between_modules(dyncal_graph: dict[str, dict[str, str]]):
     """Every module, the CLI included; a cycle is a set of modules that import each other."""
-    graph = package_graph(PACKAGE)
+    graph = dyncal_graph
     assert {"artifacts.run", "reports.pdf", "cli"} <= set(graph), "the graph misses a module: the walk is broken"
     for name in sorted(graph):
         cycle = cycle_through(graph, name)
         assert cycle is None, f"import cycle: {_show(graph, cycle)}"
 
 
-def test_no_import_cycle_between_subpackages():
-    layers = _layers(package_graph(PACKAGE))
+def test_no_import_cycle_between_subpackages(dyncal_graph: dict[str, dict[str, str]]):
+    layers = _layers(dyncal_graph)
     assert set(LAYERED) <= set(layers), "the graph misses a subpackage: the walk is broken"
     layers = {a: {b: w for b, w in out.items() if b != "cli"} for a, out in layers.items() if a != "cli"}
     for name in sorted(layers):
@@ -125,10 +133,10 @@ def test_no_import_cycle_between_subpackages():
         assert cycle is None, f"import cycle: {_show(layers, cycle)}"
 
 
-def test_the_layers_import_downwards_only():
+def test_the_layers_import_downwards_only(dyncal_graph: dict[str, dict[str, str]]):
     # artifacts (the files) below calibrate (scores, solvers, frontier) below analysis
     # (stages, measurement) below reports; each imports only those below it
-    graph = _layers(package_graph(PACKAGE))
+    graph = _layers(dyncal_graph)
     below = {"artifacts": (), "calibrate": ("artifacts",), "analysis": ("artifacts", "calibrate")}
     for name, allowed in below.items():
         upward = {n for n in graph[name] if n in LAYERED and n not in allowed}

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from synthetic_profiles import spread_profile
+from typer.testing import CliRunner
 
 from dyncal.artifacts.costs import CostTable, LatencyProfile
 from dyncal.artifacts.run import load_run, store_costs
 from dyncal.artifacts.run_import import import_arrays
+from dyncal.cli import app
 from dyncal.reports.figures import format_ms
 
 pypdf = pytest.importorskip("pypdf")
@@ -45,19 +48,30 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_every_verb_prints_the_reports_latency(run: Path, tmp_path: Path, cli) -> None:
+@pytest.fixture(scope="module")
+def reported(run: Path) -> dict[str, Any]:
+    """Thresholds solved at 0.5x (``t.json``) and the report of them at cpu batch 1, built once for the file's tests.
+
+    Keys: ``out`` (t.json), ``doc`` (solve's JSON), ``pdf`` and ``report`` (report's JSON).
+    """
+    runner = CliRunner()
+    out = run.parent / "t.json"
+    solved = runner.invoke(app, ["solve", str(run), "--budget", "0.5x", "--out", str(out), "--json"])
+    assert solved.exit_code == 0, solved.output
+    pdf = run.parent / "r.pdf"
+    args = ["report", str(run), "--thresholds", str(out), "--device", "cpu", "--batch-size", "1", "--out", str(pdf)]
+    res = runner.invoke(app, [*args, "--json"])
+    assert res.exit_code == 0, res.output
+    return {"out": out, "doc": json.loads(solved.stdout), "pdf": pdf, "report": json.loads(res.stdout)}
+
+
+def test_every_verb_prints_the_reports_latency(run: Path, reported: dict[str, Any], tmp_path: Path, cli) -> None:
     costs = load_run(run).costs
     assert costs is not None
     info = json.loads(cli("info", run, "--json").stdout)
     out = tmp_path / "t.json"
-    solved = cli("solve", run, "--budget", "0.5x", "--out", out, "--json")
-    assert solved.exit_code == 0, solved.output
-    doc = json.loads(solved.stdout)
+    doc, pdf, report = reported["doc"], reported["pdf"], reported["report"]
     frontier = json.loads(cli("frontier", run, "--out", tmp_path / "f.csv", "--json").stdout)["rows"]
-    pdf = tmp_path / "r.pdf"
-    res = cli("report", run, "--thresholds", out, "--device", "cpu", "--batch-size", "1", "--out", pdf, "--json")
-    assert res.exit_code == 0, res.output
-    report = json.loads(res.stdout)
     pages = " ".join(" ".join(p.extract_text().split()) for p in pypdf.PdfReader(str(pdf)).pages)
     for key in ("cpu/b1", "cpu/b8"):
         prof = costs.latency[key]
@@ -83,14 +97,13 @@ def test_every_verb_prints_the_reports_latency(run: Path, tmp_path: Path, cli) -
     assert "ms at batch size > 1: per batch, each sample at its own exit's path" in human
 
 
-def test_the_plot_star_is_page_ones_figure_and_plot_draws_the_shipped_thresholds(run: Path, tmp_path: Path, cli):
+def test_the_plot_star_is_page_ones_figure_and_plot_draws_the_shipped_thresholds(
+    run: Path, reported: dict[str, Any], tmp_path: Path, cli
+):
     from dyncal.reports.operating import ReportOptions
     from dyncal.reports.pdf import _figure_at_operating_point
 
-    out = tmp_path / "t.json"
-    assert cli("solve", run, "--budget", "0.3x", "--out", out).exit_code == 0
-    res = cli("report", run, "--thresholds", out, "--out", tmp_path / "r.pdf", "--json")
-    report = json.loads(res.stdout)
+    out, report = reported["out"], reported["report"]
     for kind in ("latency", "frontier"):
         fig = _figure_at_operating_point(run, kind, ReportOptions(thresholds=str(out)))
         stars = [(ax.get_title(), line) for ax in fig.axes for line in ax.get_lines() if line.get_marker() == "*"]

@@ -81,16 +81,22 @@ def test_temperature_matches_nll_minimised_on_torch_cross_entropy(seed):
         assert fitted[exit_] == pytest.approx(ref, rel=2e-3)
 
 
-@pytest.mark.parametrize("score", list(Score))
-def test_runtime_scores_in_torch_equal_the_solver_scores_in_numpy(score):
-    """The real early exit (torch, float32) and the simulation (numpy) must score alike."""
-    from dyncal.analysis.early_exit import EarlyExitRunner
+@pytest.fixture(scope="module")
+def demo_stages():
+    """The demo model's stages, exported once for every score (the runners only read them)."""
     from dyncal.analysis.stages import build_stages
     from dyncal.demo import pretrained
 
-    model = pretrained()
+    return build_stages(pretrained(), torch.zeros(2, 1, 8, 8))
+
+
+@pytest.mark.parametrize("score", list(Score))
+def test_runtime_scores_in_torch_equal_the_solver_scores_in_numpy(score, demo_stages):
+    """The real early exit (torch, float32) and the simulation (numpy) must score alike."""
+    from dyncal.analysis.early_exit import EarlyExitRunner
+
     temps = [0.7, 1.0, 1.6, 2.5]
-    runner = EarlyExitRunner(build_stages(model, torch.zeros(2, 1, 8, 8)), [0.5, 0.5, 0.5, None], temps, score)
+    runner = EarlyExitRunner(demo_stages, [0.5, 0.5, 0.5, None], temps, score)
     rng = np.random.default_rng(3)
     z = rng.normal(0, 3, (500, 4, 10)).astype(np.float32)
     ours, _ = exit_scores(z, score, temps)

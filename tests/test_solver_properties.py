@@ -28,7 +28,7 @@ METHODS = st.sampled_from(["optimal", "smoothed", "geometric"])
 FAST = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-@settings(FAST, max_examples=100)
+@settings(FAST, max_examples=60)
 @given(exit_problems(), SEARCHES)
 def test_a_path_meets_its_budgets_gains_with_budget_and_beats_geometric(case: ExitCase, method: str):
     problem = problem_for(method, case.scores, case.correct, case.costs, "maxprob")
@@ -46,7 +46,7 @@ def test_a_path_meets_its_budgets_gains_with_budget_and_beats_geometric(case: Ex
             assert (fit.accuracy, fit.expected_cost <= budget) == (sol.gain, True)
 
 
-@settings(FAST, max_examples=40)
+@settings(FAST, max_examples=25)
 @given(exit_problems(max_n=150), SEARCHES)
 def test_one_budget_alone_is_never_below_the_frontier_and_never_falls(case: ExitCase, method: str):
     n_budgets = 7
@@ -66,7 +66,7 @@ def test_one_budget_alone_is_never_below_the_frontier_and_never_falls(case: Exit
         previous = alone.gain
 
 
-@settings(FAST, max_examples=60)
+@settings(FAST, max_examples=40)
 @given(exit_problems(max_n=200, shapes=("nonmonotone", "nonmonotone", "monotone", "noise")), METHODS)
 def test_solve_is_never_beaten_on_its_fit_data_by_an_exit_alone_or_geometric(case: ExitCase, method: str):
     """Issue 17: on exits not monotone in accuracy `smoothed` (then the default) lost to exit 1 alone."""
@@ -89,7 +89,7 @@ def test_solve_is_never_beaten_on_its_fit_data_by_an_exit_alone_or_geometric(cas
             assert not answer.replaced
 
 
-@settings(FAST, max_examples=40)
+@settings(FAST, max_examples=25)
 @given(exit_problems(max_n=150, shapes=("nonmonotone", "monotone")), METHODS)
 def test_the_frontier_never_falls_and_solve_at_its_budgets_returns_its_rows(case: ExitCase, method: str):
     n_budgets = 7
@@ -117,7 +117,7 @@ def _brute_force(case: ExitCase, budget: float) -> float:
     return float(accuracy[cost <= budget].max())
 
 
-@settings(FAST, max_examples=60)
+@settings(FAST, max_examples=40)
 @given(exit_problems(max_n=12))
 def test_optimal_never_beats_the_enumerated_optimum_and_meets_it_with_two_exits(case: ExitCase):
     problem = problem_for("optimal", case.scores, case.correct, case.costs, "maxprob")

@@ -35,7 +35,7 @@ def tails(draw: st.DrawFn, case: ExitCase) -> TailConstraint:
     return TailConstraint(draw(PERCENTILES), bound, tuple(ms.tolist()))
 
 
-@settings(FAST, max_examples=120)
+@settings(FAST, max_examples=60)
 @given(st.data(), st.sampled_from(["optimal", "smoothed", "geometric"]))
 def test_the_tail_constrained_solve_never_exceeds_its_bound_on_the_fit_data(data: st.DataObject, method: str):
     case = data.draw(exit_problems(max_n=200))
@@ -52,7 +52,7 @@ def test_the_tail_constrained_solve_never_exceeds_its_bound_on_the_fit_data(data
         assert sol.capped == int(np.sum(tail.slow_exits[exits])) <= tail.max_slow(case.scores.shape[0])
 
 
-@settings(FAST, max_examples=40)
+@settings(FAST, max_examples=25)
 @given(exit_problems(max_n=150), st.sampled_from(["optimal", "smoothed"]))
 def test_a_bound_no_exit_exceeds_changes_nothing(case: ExitCase, method: str):
     problem = problem_for(method, case.scores, case.correct, case.costs, "maxprob")

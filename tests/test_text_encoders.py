@@ -71,6 +71,7 @@ def test_trained_exits_learn_and_depth_helps(text_weights) -> None:  # noqa: ANN
     assert min(acc) > 0.5 and acc[-1] > acc[0] + 0.05, acc  # chance is 1/3
 
 
+@pytest.mark.integration  # runs a Hugging Face BERT (importing transformers alone takes about a second)
 def test_bert_exits_from_a_config() -> None:
     pytest.importorskip("transformers", reason="the Hugging Face model needs the nlp extra (pip install dyncal[nlp])")
     model = tm.bert_exits().eval()

@@ -276,31 +276,29 @@ class Savings:
         }
 
 
+def _plan(
+    deployment: str, servers: int, cores: int, rate: float, busy_core_hours: float, figure: float, batch_size: int
+) -> DeploymentPlan:
+    """``servers`` servers of ``cores`` each, provisioned at ``rate``."""
+    cores_used, provisioned = servers * cores, provisioned_core_hours(servers, cores, rate)
+    return DeploymentPlan(deployment, servers, cores_used, provisioned, busy_core_hours, figure, batch_size)
+
+
 def _offline_plan(
     deployment: str, timings: Sequence[RequestTimings], rate: float, cores: int, utilisation: float, view: str
 ) -> DeploymentPlan:
     """Servers at the batch size of highest throughput."""
-    side = "early_exit" if deployment == "early_exit" else "plain"
-    best = max(timings, key=lambda t: t.throughput_per_s(side, view))
-    throughput = best.throughput_per_s(side, view)
+    best = max(timings, key=lambda t: t.throughput_per_s(deployment, view))
+    throughput = best.throughput_per_s(deployment, view)
     servers = servers_needed(rate, 1000.0 / throughput, utilisation)
-    return DeploymentPlan(
-        deployment,
-        servers,
-        servers * cores,
-        provisioned_core_hours(servers, cores, rate),
-        1e6 * cores / throughput / 3600.0,
-        throughput,
-        best.batch_size,
-    )
+    return _plan(deployment, servers, cores, rate, 1e6 * cores / throughput / 3600.0, throughput, best.batch_size)
 
 
 def _server_plan(
     deployment: str, b1: RequestTimings, rate: float, cores: int, utilisation: float, bound: float | None, view: str
 ) -> DeploymentPlan:
     """Servers at batch 1 for Poisson arrivals: the fewest meeting the p99 bound, or those the cap asks for."""
-    side = "early_exit" if deployment == "early_exit" else "plain"
-    service = b1.service_ms(side, view)
+    service = b1.service_ms(deployment, view)
     w = b1.weights
     mean_ms = float(np.average(service, weights=w))
     servers = servers_needed(rate, mean_ms, utilisation if bound is None else 1.0)
@@ -310,15 +308,7 @@ def _server_plan(
         while p99 > bound and servers < limit:
             servers += 1
             p99 = server_p99_ms(rate, servers, service, weights=w)
-    return DeploymentPlan(
-        deployment,
-        servers,
-        servers * cores,
-        provisioned_core_hours(servers, cores, rate),
-        1e6 * cores * mean_ms / 1000.0 / 3600.0,
-        p99,
-        1,
-    )
+    return _plan(deployment, servers, cores, rate, 1e6 * cores * mean_ms / 1000.0 / 3600.0, p99, 1)
 
 
 def what_it_saves(
@@ -365,8 +355,7 @@ def what_it_saves(
     server: dict[str, DeploymentPlan] = {}
     if b1 is not None:
         for d in deployments:
-            side = "early_exit" if d == "early_exit" else "plain"
-            p90, p99 = b1.percentiles_ms(side, [90, 99], view).tolist()
+            p90, p99 = b1.percentiles_ms(d, [90, 99], view).tolist()
             single[d] = {"p90_ms": p90, "p99_ms": p99}
             server[d] = _server_plan(d, b1, rate, cores, utilisation, p99_bound_ms, view)
     return Savings(

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from dyncal.analysis.latency import Clock, Timer
+from dyncal.analysis.latency import Timer
 from dyncal.errors import DyncalError, param
 from dyncal.measurement import Measurement
 
@@ -48,9 +48,6 @@ class EventTimer(Timer):
             CPU the host clock does (as :class:`Timer`).
         clock: Host clock for the CPU and for :meth:`now` (default ``time.perf_counter``).
     """
-
-    def __init__(self, device: torch.device, clock: Clock | None = None) -> None:
-        super().__init__(device, clock)
 
     @property
     def label(self) -> str:

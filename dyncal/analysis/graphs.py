@@ -91,13 +91,7 @@ def bucket_sizes(max_batch_size: int) -> tuple[int, ...]:
     """
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
         raise DyncalError(f"{param('max_batch_size')} must be a positive integer, got {max_batch_size!r}")
-    sizes = []
-    b = 1
-    while b < max_batch_size:
-        sizes.append(b)
-        b *= 2
-    sizes.append(max_batch_size)
-    return tuple(sizes)
+    return (*(1 << i for i in range((max_batch_size - 1).bit_length())), max_batch_size)
 
 
 def bucket_for(n: int, buckets: Sequence[int]) -> int | None:

@@ -267,11 +267,6 @@ class Timer:
         return a_ms, b_ms
 
 
-def _bind(module: Callable[..., Any], args: tuple[Any, ...]) -> Callable[[], Any]:
-    """``module(*args)`` as a callable without arguments."""
-    return lambda: module(*args)
-
-
 Groups = dict[str, list[Callable[[], Any]]]
 """Callables to time, by name: ``stage``, ``decision``, ``exit_path``, ``compaction``,
 ``ladder:<rows>`` (the exit paths at fewer rows) and ``full_model``, timed in that order."""
@@ -299,7 +294,8 @@ def _groups(
     compaction, compaction_rows = _compaction_fns(stages, decider, x)
     full_model, full_model_what = _plain_call(stages, model, x)
     groups: Groups = {
-        "stage": [_bind(m, c) for m, c in zip(stages.callers, carries, strict=True)],  # as the runner calls them
+        # each stage as the runner calls it
+        "stage": [functools.partial(m, *c) for m, c in zip(stages.callers, carries, strict=True)],
         # a static model (K = 1) makes no exit decision: nothing to time
         "decision": [functools.partial(decider.leaving, logits, 0)] if k > 1 else [],
         "exit_path": [functools.partial(r, x) for r in paths],
@@ -454,12 +450,7 @@ def _row_ladder(batch_size: int) -> list[int]:
         >>> _row_ladder(32), _row_ladder(5), _row_ladder(1)
         ([2, 4, 8, 16], [2, 4], [])
     """
-    out = []
-    rows = 2
-    while rows < batch_size:
-        out.append(rows)
-        rows *= 2
-    return out
+    return [1 << i for i in range(1, (batch_size - 1).bit_length())]
 
 
 def _compaction_fns(stages: Stages, runner: Any, x: Inputs) -> tuple[list[Callable[[], Any]], int | None]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,14 +54,12 @@ if TYPE_CHECKING:
 __all__ = ["PackageRunner", "load_early_exit"]
 
 
+@dataclass(slots=True)
 class _Count:
     """A stage's calls and rows, kept outside ``nn.Module``'s attribute machinery (its ``__setattr__`` is slow)."""
 
-    __slots__ = ("calls", "rows")
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.rows = 0
+    calls: int = 0
+    rows: int = 0
 
 
 class _StageProgram(nn.Module):
@@ -110,16 +109,6 @@ class _StageProgram(nn.Module):
             self.graph = cut_outputs(self.graph, keep, "PlainStage")
         weights = {i: t for i, t in enumerate(slots) if t is not None}
         self._lean = lean_function(self.graph, weights) if direct else None
-
-    @property
-    def calls(self) -> int:
-        """Calls since loading (or since the count was reset)."""
-        return self.count.calls
-
-    @property
-    def rows(self) -> int:
-        """Rows computed since loading (or since the count was reset)."""
-        return self.count.rows
 
     def __call__(self, *args: Any) -> Any:
         if plain_call(self):  # what nn.Module.__call__ would do, without its dispatch
@@ -190,16 +179,24 @@ class PackageRunner(EarlyExitRunner):
         self._plain: Stages | None = None
         super().__init__(self._stages_on(device), manifest.thresholds, manifest.temperatures, manifest.score)
 
-    def _stages_on(self, device: torch.device) -> Stages:
+    def _programs_on(self, device: torch.device, plain: bool = False) -> list[_StageProgram]:
+        """Every stage's program on ``device``; ``plain``: each cut to its carry, the last to its logits."""
         from torch.export.passes import move_to_device_pass
 
-        modules = []
+        programs = []
+        last = len(self._programs) - 1
         for i, program in enumerate(self._programs):
             ep = program if device.type == "cpu" else move_to_device_pass(program, device)
             dims = self._input_dims if i == 0 else self.manifest.stages[i - 1].carry_batch_dims
-            modules.append(_StageProgram(ep, dims))
+            keep = None
+            if plain:  # the carry only (no head runs); the last stage its logits
+                keep = [0] if i == last else list(range(1, 1 + len(self.manifest.stages[i].carry_batch_dims)))
+            programs.append(_StageProgram(ep, dims, keep))
+        return programs
+
+    def _stages_on(self, device: torch.device) -> Stages:
         return Stages(
-            modules,
+            self._programs_on(device),
             batch_dims=[s.carry_batch_dims for s in self.manifest.stages],
             source="package",
             dynamic_batch=True,
@@ -213,17 +210,8 @@ class PackageRunner(EarlyExitRunner):
 
     def _plain_stages_on(self, device: torch.device) -> Stages:
         """The plain deployment as one stage: each stage cut to its carry, the last whole."""
-        from torch.export.passes import move_to_device_pass
-
-        parts = []
-        k = len(self._programs)
-        for i, program in enumerate(self._programs):
-            ep = program if device.type == "cpu" else move_to_device_pass(program, device)
-            dims = self._input_dims if i == 0 else self.manifest.stages[i - 1].carry_batch_dims
-            n_carry = len(self.manifest.stages[i].carry_batch_dims)
-            keep = [0] if i == k - 1 else list(range(1, 1 + n_carry))
-            parts.append(_StageProgram(ep, dims, keep))
-        return Stages([_Chain(parts)], batch_dims=[()], source="plain", dynamic_batch=True, inputs=self.manifest.inputs)
+        chain = _Chain(self._programs_on(device, plain=True))
+        return Stages([chain], batch_dims=[()], source="plain", dynamic_batch=True, inputs=self.manifest.inputs)
 
     def plain_runner(self) -> EarlyExitRunner:
         """The plain deployment's runner (``runner(x) -> (exits, predictions)``, every exit the last).
@@ -264,12 +252,12 @@ class PackageRunner(EarlyExitRunner):
 
         With an early exit, stage ``k`` sees only the rows that stayed past exit ``k - 1``.
         """
-        return [m.rows for m in self._counters()]
+        return [m.count.rows for m in self._counters()]
 
     @property
     def stage_calls(self) -> list[int]:
         """Calls of each stage since loading (or :meth:`reset_counts`), ``K`` ints."""
-        return [m.calls for m in self._counters()]
+        return [m.count.calls for m in self._counters()]
 
     def reset_counts(self) -> None:
         """Zero :attr:`stage_rows` and :attr:`stage_calls`."""

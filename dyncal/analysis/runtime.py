@@ -44,11 +44,12 @@ import copy
 import logging
 import warnings
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
 
+from dyncal.analysis.flops import stage_inputs
 from dyncal.analysis.stages import Stages
 from dyncal.errors import DyncalError, ProfileError, describe, param
 
@@ -69,17 +70,6 @@ _ATOL = _RTOL = 1e-4  # a rebuilt stage may reorder float sums; exits are then c
 R = TypeVar("R")
 
 
-def _carries(stages: Stages, x: torch.Tensor) -> list[tuple[Any, ...]]:
-    """The inputs each stage receives on ``x`` when no row leaves."""
-    carries: list[tuple[Any, ...]] = []
-    carry: tuple[Any, ...] = (x,)
-    with torch.no_grad():
-        for m in stages.modules:
-            carries.append(carry)
-            carry = tuple(m(*carry)[1:])
-    return carries
-
-
 def _frozen(module: nn.Module, inputs: tuple[Any, ...]) -> nn.Module:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings: the check below is what decides
@@ -88,19 +78,7 @@ def _frozen(module: nn.Module, inputs: tuple[Any, ...]) -> nn.Module:
 
 
 def _compiled(module: nn.Module, inputs: tuple[Any, ...]) -> nn.Module:
-    compiled: Callable[..., Any] = torch.compile(module, dynamic=True)
-    return _Called(compiled)
-
-
-class _Called(nn.Module):
-    """A callable (a compiled module) as a module, so :class:`Stages` can hold it."""
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, *args: Any) -> Any:
-        return self.fn(*args)
+    return cast(nn.Module, torch.compile(module, dynamic=True))  # a module compiles to an OptimizedModule
 
 
 _BUILDERS: dict[str, Callable[[nn.Module, tuple[Any, ...]], nn.Module]] = {"frozen": _frozen, "compiled": _compiled}
@@ -152,7 +130,7 @@ def runtime_stages(stages: Stages, runtime: str, *, example: torch.Tensor) -> St
     if example.ndim == 0 or example.shape[0] < 1:
         raise DyncalError(f"{param('example')} must hold at least one row, got shape {tuple(example.shape)}")
     try:
-        modules = [build(m, c) for m, c in zip(stages.modules, _carries(stages, example), strict=True)]
+        modules = [build(m, c) for m, c in zip(stages.modules, stage_inputs(stages, example), strict=True)]
     except ProfileError:
         raise
     except Exception as e:  # noqa: BLE001 - tracing and compiling raise many types

@@ -414,16 +414,8 @@ class BucketedStages(Stages):
     @property
     def info(self) -> CaptureInfo:
         """What has been captured so far and the memory it holds."""
-        mods = self.bucketed
-        return CaptureInfo(
-            backend=self.backend,
-            buckets=self.buckets,
-            graphs=sum(m.graphs for m in mods),
-            memory_bytes=sum(m.memory_bytes for m in mods),
-            reserved_bytes=sum(m.reserved_bytes for m in mods),
-            capture_s=sum(m.capture_s for m in mods),
-            eager_calls=sum(m.eager_calls for m in mods),
-        )
+        summed = ("graphs", "memory_bytes", "reserved_bytes", "capture_s", "eager_calls")  # over the stages
+        return CaptureInfo(self.backend, self.buckets, **{f: sum(getattr(m, f) for m in self.bucketed) for f in summed})
 
 
 def graph_stages(

@@ -40,7 +40,7 @@ from dyncal.errors import DyncalError, param
 from dyncal.inputs import batch_size, flatten, take_rows
 
 if TYPE_CHECKING:
-    from dyncal.analysis.early_exit import EarlyExitRunner
+    from dyncal.analysis.early_exit import AtExit, EarlyExitRunner
     from dyncal.telemetry import TelemetryWriter
     from dyncal.telemetry.columns import DeferredScores
 
@@ -71,28 +71,9 @@ def early_exit_with_scores(runner: EarlyExitRunner, x: torch.Tensor) -> tuple[to
         >>> exits.tolist(), scores.shape, bool(np.isnan(scores[:, 1:]).all())
         ([0, 0, 0], (3, 4), True)
     """
-    b = batch_size(x)
-    taps: list[tuple[torch.Tensor | None, int, torch.Tensor]] = []  # (rows present, exit, their scores)
-    parts: list[tuple[torch.Tensor | None, int, torch.Tensor]] = []
-    alive: torch.Tensor | None = None
-    run = runner.stages.start(x)
-    for k in range(runner.k):
-        logits = run.step()
-        score = runner._score(logits, k)
-        taps.append((alive, k, score))
-        if k == runner.k - 1:
-            parts.append((alive, k, logits.argmax(dim=1)))
-            break
-        leave = score >= runner.thresholds[k]
-        n_leave = int(leave.sum())
-        if n_leave == 0:
-            continue
-        if n_leave == logits.shape[0]:
-            parts.append((alive, k, logits.argmax(dim=1)))
-            break
-        alive = runner._split(run, logits, leave, n_leave, alive, k, parts)
-    exits, preds = runner._assemble(b, parts, flatten(x)[0].device)
-    scores = np.full((b, runner.k), np.nan, dtype=np.float32)
+    taps: list[AtExit] = []  # (rows present, exit, their scores)
+    exits, preds = runner._early_exit(x, taps)
+    scores = np.full((batch_size(x), runner.k), np.nan, dtype=np.float32)
     for rows, k, s in taps:
         values = s.float().cpu().numpy()
         if rows is None:

@@ -136,7 +136,6 @@ def server_p99_ms(
     *,
     weights: np.ndarray | None = None,
     n_requests: int = _SIM_REQUESTS,
-    seed: int = _SEED,
 ) -> float:
     """The p99 response time of an M/G/c queue (FIFO, batch 1), simulated with measured service times.
 
@@ -154,7 +153,7 @@ def server_p99_ms(
         raise DyncalError("a Server simulation needs measured service times and at least one server")
     if rate_per_s * float(np.average(s, weights=weights)) >= servers:
         return math.inf
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_SEED)
     arrivals = np.cumsum(rng.exponential(1.0 / rate_per_s, n_requests))
     p = None if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
     service = s[rng.choice(s.shape[0], n_requests, p=p)]

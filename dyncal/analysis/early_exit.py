@@ -164,24 +164,16 @@ class EarlyExitRunner:
         return exits, preds
 
     def compact(
-        self,
-        run: StageRun,
-        logits: torch.Tensor,
-        leave: torch.Tensor,
-        k: int,
-        rest: torch.Tensor,
-        n_leave: int | None = None,
+        self, run: StageRun, logits: torch.Tensor, leave: torch.Tensor, k: int, rest: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One batch compaction as :meth:`__call__` does it (what ``dyncal profile`` times).
 
         The rows in ``leave`` are recorded as leaving at exit ``k``, ``run``'s carry is cut to
         the others, and the output is assembled as if those left at the next exit with
-        predictions ``rest``. ``n_leave`` is ``leave``'s count as the exit decision read it
-        (read here when None).
+        predictions ``rest``. ``leave``'s count is read here, as the exit decision reads it.
         """
         parts: list[AtExit] = []
-        n = int(leave.sum()) if n_leave is None else n_leave
-        alive = self._split(run, logits, leave, n, None, k, parts)
+        alive = self._split(run, logits, leave, int(leave.sum()), None, k, parts)
         parts.append((alive, k + 1, rest))
         return self._assemble(logits.shape[0], parts, logits.device)
 

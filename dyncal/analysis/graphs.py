@@ -461,14 +461,7 @@ def graph_stages(
     return wrapped
 
 
-def with_runtime(
-    runner: R,
-    runtime: str,
-    *,
-    max_batch_size: int,
-    example: torch.Tensor | None = None,
-    backend: Backend = "cuda",
-) -> R:
+def with_runtime(runner: R, runtime: str, *, max_batch_size: int, example: torch.Tensor | None = None) -> R:
     """``runner`` under a runtime: itself for ``eager``, a copy on graph-captured stages for ``graphs``.
 
     Works for any runner holding its stages in ``runner.stages`` (the early exit, the plain
@@ -479,8 +472,6 @@ def with_runtime(
         runtime: ``eager`` or ``graphs`` (:data:`RUNTIMES`).
         max_batch_size: The largest batch size that will be run.
         example: When given, every bucket is captured now (at load).
-        backend: What replays a bucket under ``graphs``: ``cuda``, or ``eager`` (the CPU
-            stand-in: the same padding without a graph).
 
     Raises:
         DyncalError: Unknown ``runtime``.
@@ -494,5 +485,5 @@ def with_runtime(
     if not isinstance(stages, Stages):
         raise DyncalError(f"{type(runner).__name__} has no stages to run under `runtime` graphs")
     graphed = copy.copy(runner)
-    graphed.stages = graph_stages(stages, max_batch_size, example=example, backend=backend)  # type: ignore[attr-defined]
+    graphed.stages = graph_stages(stages, max_batch_size, example=example)  # type: ignore[attr-defined]
     return graphed

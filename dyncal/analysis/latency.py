@@ -251,19 +251,12 @@ class Timer:
         """
         a_ms: list[float] = []
         b_ms: list[float] = []
-
-        def one(fn: Callable[[], Any], out: list[float]) -> None:
-            for _ in range(settle):
-                fn()
-            out.append(self.block_ms(fn, calls))
-
+        pair = ((a, a_ms), (b, b_ms))
         for r in range(repeats):
-            if (r % 2 == 0) == a_first:
-                one(a, a_ms)
-                one(b, b_ms)
-            else:
-                one(b, b_ms)
-                one(a, a_ms)
+            for fn, out in pair if (r % 2 == 0) == a_first else pair[::-1]:
+                for _ in range(settle):
+                    fn()
+                out.append(self.block_ms(fn, calls))
         return a_ms, b_ms
 
 

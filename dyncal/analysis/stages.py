@@ -206,9 +206,6 @@ class Stages:
         """Number of stages (= exits)."""
         return len(self.modules)
 
-    def __len__(self) -> int:
-        return self.k
-
     def to(self, device: torch.device | str) -> Stages:
         """Move every stage to ``device`` (in place) and return ``self``."""
         for m in self.modules:

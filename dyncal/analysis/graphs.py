@@ -68,8 +68,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("eager", "frozen", "compiled", "graphs")
-"""How stages run: ``eager`` (module calls) or ``graphs`` (CUDA graphs at bucketed batch sizes)."""
+RUNTIMES = {
+    "eager": "stages called as modules",
+    "frozen": "stages traced, frozen and optimised for inference (torch.jit.freeze + optimize_for_inference)",
+    "compiled": "stages compiled by torch.compile (dynamic shapes)",
+    "graphs": "CUDA graphs at bucketed batch sizes",
+}
+"""How stages run, and what each runtime does (recorded in verify.json): ``eager`` and ``graphs`` here
+(:func:`with_runtime`), ``frozen`` and ``compiled`` too by :func:`dyncal.analysis.runtime.apply_runtime`."""
 
 Backend = Literal["cuda", "eager"]
 """What replays a bucket: a captured CUDA graph, or (a CPU stand-in) the stage called on the padded buffers."""
@@ -481,9 +487,18 @@ def with_runtime(runner: R, runtime: str, *, max_batch_size: int, example: torch
         raise DyncalError(f"{param('runtime')} must be one of eager, graphs, got {runtime!r}")
     if runtime == "eager":
         return runner
+    return with_stages(runner, "graphs", lambda stages: graph_stages(stages, max_batch_size, example=example))
+
+
+def with_stages(runner: R, runtime: str, build: Callable[[Stages], Stages]) -> R:
+    """A copy of ``runner`` (anything holding its stages in ``runner.stages``) on ``build(runner.stages)``.
+
+    Raises:
+        DyncalError: ``runner`` holds no stages.
+    """
     stages = getattr(runner, "stages", None)
     if not isinstance(stages, Stages):
-        raise DyncalError(f"{type(runner).__name__} has no stages to run under `runtime` graphs")
-    graphed = copy.copy(runner)
-    graphed.stages = graph_stages(stages, max_batch_size, example=example)  # type: ignore[attr-defined]
-    return graphed
+        raise DyncalError(f"{type(runner).__name__} has no stages to run under `runtime` {runtime}")
+    copied = copy.copy(runner)
+    copied.stages = build(stages)  # type: ignore[attr-defined]
+    return copied

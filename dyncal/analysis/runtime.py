@@ -40,7 +40,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import logging
 import warnings
 from collections.abc import Callable
@@ -50,20 +49,13 @@ import torch
 from torch import nn
 
 from dyncal.analysis.flops import stage_inputs
+from dyncal.analysis.graphs import RUNTIMES, with_runtime, with_stages
 from dyncal.analysis.stages import Stages
 from dyncal.errors import DyncalError, ProfileError, describe, param
 
 __all__ = ["RUNTIMES", "apply_runtime", "runtime_stages"]
 
 log = logging.getLogger(__name__)
-
-RUNTIMES = {
-    "eager": "stages called as modules",
-    "frozen": "stages traced, frozen and optimised for inference (torch.jit.freeze + optimize_for_inference)",
-    "compiled": "stages compiled by torch.compile (dynamic shapes)",
-    "graphs": "CUDA graphs at bucketed batch sizes",
-}
-"""Runtimes :func:`apply_runtime` knows, and what each does (recorded in verify.json)."""
 
 _ATOL = _RTOL = 1e-4  # a rebuilt stage may reorder float sums; exits are then checked by verify's agreement
 
@@ -165,12 +157,5 @@ def apply_runtime(runner: R, runtime: str, *, example: torch.Tensor, max_batch_s
     if runtime == "eager":
         return runner
     if runtime == "graphs":
-        from dyncal.analysis.graphs import with_runtime
-
         return with_runtime(runner, "graphs", max_batch_size=max_batch_size, example=example)
-    stages = getattr(runner, "stages", None)
-    if not isinstance(stages, Stages):
-        raise DyncalError(f"{type(runner).__name__} has no stages to run under `runtime` {runtime}")
-    built = copy.copy(runner)
-    built.stages = runtime_stages(stages, runtime, example=example)  # type: ignore[attr-defined]
-    return built
+    return with_stages(runner, runtime, lambda stages: runtime_stages(stages, runtime, example=example))

@@ -209,7 +209,7 @@ def _signature(values: Sequence[Any], dims: BatchDims) -> tuple[Any, ...]:
     return tuple(sig)
 
 
-def _padded(v: Any, d: int | None, n: int, bucket: int) -> Any:
+def repeat_rows(v: Any, d: int | None, n: int, bucket: int) -> Any:
     """A static buffer for value ``v``: its ``n`` rows repeated to ``bucket`` rows (a copy)."""
     if not isinstance(v, torch.Tensor):
         return v
@@ -325,7 +325,7 @@ class BucketedStage(nn.Module):
             torch.cuda.synchronize(dev)
             mem0, res0 = torch.cuda.memory_allocated(dev), torch.cuda.memory_reserved(dev)
         t0 = time.perf_counter()
-        slot = _Slot(tuple(_padded(v, d, n, bucket) for v, d in zip(values, dims, strict=True)), dims)
+        slot = _Slot(tuple(repeat_rows(v, d, n, bucket) for v, d in zip(values, dims, strict=True)), dims)
         if cuda:
             try:
                 slot.outputs, slot.replay = self._cuda_graph(slot.inputs)
@@ -413,7 +413,7 @@ class BucketedStages(Stages):
             raise DyncalError(f"{param('example')} must hold at least one row, got shape {tuple(example.shape)}")
         with torch.inference_mode():
             for b in sorted(self.buckets, reverse=True):
-                x = _padded(example, 0, int(example.shape[0]), b)
+                x = repeat_rows(example, 0, int(example.shape[0]), b)
                 self.run(x)
         return self.info
 

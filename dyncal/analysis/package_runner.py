@@ -185,9 +185,10 @@ class PackageRunner(EarlyExitRunner):
 
         programs = []
         last = len(self._programs) - 1
+        inputs = (0,) * (1 if self.manifest.inputs is None else len(self.manifest.inputs.inputs))  # batch-major
         for i, program in enumerate(self._programs):
             ep = program if device.type == "cpu" else move_to_device_pass(program, device)
-            dims = self._input_dims if i == 0 else self.manifest.stages[i - 1].carry_batch_dims
+            dims = inputs if i == 0 else self.manifest.stages[i - 1].carry_batch_dims
             keep = None
             if plain:  # the carry only (no head runs); the last stage its logits
                 keep = [0] if i == last else list(range(1, 1 + len(self.manifest.stages[i].carry_batch_dims)))
@@ -202,11 +203,6 @@ class PackageRunner(EarlyExitRunner):
             dynamic_batch=True,
             inputs=self.manifest.inputs,
         )
-
-    @property
-    def _input_dims(self) -> tuple[int, ...]:
-        """The batch dimension of each input stage 1 takes (0: every input is batch-major)."""
-        return (0,) * (1 if self.manifest.inputs is None else len(self.manifest.inputs.inputs))
 
     def _plain_stages_on(self, device: torch.device) -> Stages:
         """The plain deployment as one stage: each stage cut to its carry, the last whole."""

@@ -75,11 +75,7 @@ def early_exit_with_scores(runner: EarlyExitRunner, x: torch.Tensor) -> tuple[to
     exits, preds = runner._early_exit(x, taps)
     scores = np.full((batch_size(x), runner.k), np.nan, dtype=np.float32)
     for rows, k, s in taps:
-        values = s.float().cpu().numpy()
-        if rows is None:
-            scores[:, k] = values
-        else:
-            scores[rows.cpu().numpy(), k] = values
+        scores[slice(None) if rows is None else rows.cpu().numpy(), k] = s.float().cpu().numpy()
     return exits, preds, scores
 
 

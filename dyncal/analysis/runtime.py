@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from dyncal.analysis.flops import stage_inputs
-from dyncal.analysis.graphs import RUNTIMES, with_runtime, with_stages
+from dyncal.analysis.graphs import RUNTIMES, repeat_rows, with_runtime, with_stages
 from dyncal.analysis.stages import Stages
 from dyncal.errors import DyncalError, ProfileError, describe, param
 
@@ -76,16 +76,10 @@ def _compiled(module: nn.Module, inputs: tuple[Any, ...]) -> nn.Module:
 _BUILDERS: dict[str, Callable[[nn.Module, tuple[Any, ...]], nn.Module]] = {"frozen": _frozen, "compiled": _compiled}
 
 
-def _rows(x: torch.Tensor, n: int) -> torch.Tensor:
-    """``n`` rows of ``x``, repeated when it has fewer."""
-    reps = -(-n // int(x.shape[0]))
-    return x.repeat(reps, *([1] * (x.ndim - 1)))[:n] if reps > 1 else x[:n]
-
-
 def _check(eager: Stages, built: Stages, example: torch.Tensor, runtime: str) -> None:
     """Every exit of ``built`` equals ``eager``'s at batch 1 and at the example's batch size (+1)."""
     for n in sorted({1, int(example.shape[0]), int(example.shape[0]) + 1}):
-        x = _rows(example, n)
+        x = repeat_rows(example, 0, int(example.shape[0]), n)  # its rows, repeated when it has fewer
         with torch.inference_mode():
             want = eager.run(x)
             try:

@@ -389,7 +389,6 @@ class BucketedStages(Stages):
             raise ProfileError("`runtime` graphs needs a CUDA device and none is available; use `runtime` eager")
         buckets = bucket_sizes(max_batch_size)
         pool = torch.cuda.graph_pool_handle() if backend == "cuda" else None
-        self.original = stages
         self.buckets = buckets
         self.backend = backend
         modules = [

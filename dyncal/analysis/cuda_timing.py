@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from dyncal.analysis.latency import Timer
+from dyncal.artifacts.fields import JsonFields
 from dyncal.errors import DyncalError, param
 from dyncal.measurement import Measurement
 
@@ -87,7 +88,7 @@ class EventTimer(Timer):
 
 
 @dataclass(frozen=True)
-class SettleResult:
+class SettleResult(JsonFields):
     """How a warm-up went.
 
     Attributes:
@@ -101,10 +102,6 @@ class SettleResult:
     settled: bool
     spread: float
     last_ms: tuple[float, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields."""
-        return {"blocks": self.blocks, "settled": self.settled, "spread": self.spread, "last_ms": list(self.last_ms)}
 
 
 def settle(

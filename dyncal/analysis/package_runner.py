@@ -101,11 +101,9 @@ class _StageProgram(nn.Module):
             else:
                 direct = False
         self._slots = slots
-        self.graph: nn.Module = program.graph_module if direct else program.module()
+        self.graph: torch.fx.GraphModule = program.graph_module if direct else program.module()
         self._direct = direct
         if keep is not None:  # only these outputs (the carry, for the plain deployment): nothing else runs
-            if not isinstance(self.graph, torch.fx.GraphModule):  # pragma: no cover - torch gives graphs
-                raise DyncalError(f"a package stage is a {type(self.graph).__name__}, not a graph that can be cut")
             self.graph = cut_outputs(self.graph, keep, "PlainStage")
         weights = {i: t for i, t in enumerate(slots) if t is not None}
         self._lean = lean_function(self.graph, weights) if direct else None

@@ -69,15 +69,11 @@ _SIM_REQUESTS = 50_000
 _SEED = 20240101
 _EPS = 1e-9
 _RATE = re.compile(r"^\s*(?P<n>[0-9.eE+-]+)\s*(?P<k>[kKM]?)\s*(?:/\s*(?P<unit>s|sec|second|min|minute|h|hour))?\s*$")
-_PER_S = {
+_PER_S: dict[str | None, float] = {  # a unit and its spellings: rate factor to requests per second
     None: 1.0,
-    "s": 1.0,
-    "sec": 1.0,
-    "second": 1.0,
-    "min": 1 / 60,
-    "minute": 1 / 60,
-    "h": 1 / 3600,
-    "hour": 1 / 3600,
+    **dict.fromkeys(("s", "sec", "second"), 1.0),
+    **dict.fromkeys(("min", "minute"), 1 / 60),
+    **dict.fromkeys(("h", "hour"), 1 / 3600),
 }
 
 

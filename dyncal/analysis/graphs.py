@@ -336,6 +336,9 @@ class BucketedStage(nn.Module):
                     f"stage {self.k + 1} cannot be captured in a CUDA graph at batch size {bucket} ({describe(e)}); "
                     "use `runtime` eager"
                 ) from e
+            torch.cuda.synchronize(dev)
+            self.memory_bytes += torch.cuda.memory_allocated(dev) - mem0
+            self.reserved_bytes += torch.cuda.memory_reserved(dev) - res0
         else:
             slot.outputs = check_stage_output(self.stage(*slot.inputs), self.k)
 
@@ -346,10 +349,6 @@ class BucketedStage(nn.Module):
                         static.copy_(value)
 
             slot.replay = replay
-        if cuda:
-            torch.cuda.synchronize(dev)
-            self.memory_bytes += torch.cuda.memory_allocated(dev) - mem0
-            self.reserved_bytes += torch.cuda.memory_reserved(dev) - res0
         self.capture_s += time.perf_counter() - t0
         log.debug("stage %d captured at batch %d (%s)", self.k + 1, bucket, self.backend)
         return slot

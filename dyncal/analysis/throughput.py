@@ -60,8 +60,7 @@ def macs_ratio(exit_macs: Sequence[float], exits: np.ndarray, plain_macs: float)
         >>> macs_ratio([10.0, 30.0], np.array([0, 0, 1, 1]), 28.0)
         1.4
     """
-    mean = float(np.asarray(exit_macs, dtype=float)[np.asarray(exits)].mean())
-    return plain_macs / mean
+    return plain_macs / float(np.asarray(exit_macs, dtype=float)[np.asarray(exits)].mean())
 
 
 def measure_throughput(

@@ -121,9 +121,6 @@ STAGES_METHOD = "dyncal_stages"
 EXAMPLE_BATCH = 2
 """Rows of the example stages are exported from: two or more keep the batch dimension symbolic."""
 
-_ATOL = 1e-5
-"""Absolute tolerance of a stage's logits against the model's exit (:func:`verify_stages`)."""
-
 
 @dataclass(eq=False, repr=False)  # identity semantics, as a plain class: stages hold modules
 class Stages:
@@ -408,7 +405,14 @@ class StageCheck:
     max_abs_diff: tuple[float, ...]
 
 
-def verify_stages(model: nn.Module, stages: Stages, x: Inputs, *, rtol: float = 1e-4) -> StageCheck:
+def verify_stages(
+    model: nn.Module,
+    stages: Stages,
+    x: Inputs,
+    *,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+) -> StageCheck:
     """Check that running stages ``1..K`` reproduces every exit of ``model`` on ``x``.
 
     With two or more rows, also check that rows can leave between stages: for each stage
@@ -422,7 +426,8 @@ def verify_stages(model: nn.Module, stages: Stages, x: Inputs, *, rtol: float = 
         model: The multi-exit model.
         stages: Its stages.
         x: An input batch ``(B, ...)``: a tensor, a tuple or a dict of tensors.
-        rtol: Relative tolerance (of each exit's largest logit magnitude; the absolute one is 1e-5).
+        rtol: Relative tolerance (of each exit's largest logit magnitude).
+        atol: Absolute tolerance.
 
     Returns:
         The differences seen.
@@ -455,7 +460,7 @@ def verify_stages(model: nn.Module, stages: Stages, x: Inputs, *, rtol: float = 
             )
         d = float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
         scale = float(a.float().abs().max()) if a.numel() else 0.0
-        if not d <= _ATOL + rtol * scale:
+        if not d <= atol + rtol * scale:
             raise ProfileError(
                 f"running stages 1..{i + 1} does not reproduce exit {i + 1} of the model "
                 f"(max |diff| {d:.3g} at logit scale {scale:.3g}); the {stages.source} stages are "
@@ -463,7 +468,7 @@ def verify_stages(model: nn.Module, stages: Stages, x: Inputs, *, rtol: float = 
             )
         diffs.append(d)
     if batch_size(x) >= 2 and stages.can_drop_rows:
-        reason = _row_drop_problem(model, stages, x, rtol=rtol)
+        reason = _row_drop_problem(model, stages, x, rtol=rtol, atol=atol)
         if reason is not None:
             stages.forbid_dropping_rows(reason)
     return StageCheck(batch_size=batch_size(x), max_abs_diff=tuple(diffs))
@@ -536,7 +541,7 @@ def checked_stages(
         return again, verify_stages(model, again, x, rtol=rtol)
 
 
-def _row_drop_problem(model: nn.Module, stages: Stages, x: Inputs, *, rtol: float) -> str | None:
+def _row_drop_problem(model: nn.Module, stages: Stages, x: Inputs, *, rtol: float, atol: float) -> str | None:
     """Why dropping rows after some stage changes a later exit, or None when it never does."""
     rows = torch.arange(0, batch_size(x), 2, device=flatten(x)[0].device)
     with torch.inference_mode():
@@ -555,7 +560,7 @@ def _row_drop_problem(model: nn.Module, stages: Stages, x: Inputs, *, rtol: floa
             for i, (a, b) in enumerate(zip(want[j:], got, strict=True), start=j + 1):
                 d = float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
                 scale = float(a.float().abs().max()) if a.numel() else 0.0
-                if a.shape != b.shape or not d <= _ATOL + rtol * scale:
+                if a.shape != b.shape or not d <= atol + rtol * scale:
                     diff = f"max |diff| {d:.3g}" if a.shape == b.shape else f"shape {tuple(b.shape)}"
                     return (
                         f"exit {i} of the rows that stay after exit {j} differs from the model run on those "

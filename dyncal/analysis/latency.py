@@ -151,9 +151,7 @@ def cpu_model() -> str:
 
 def device_hardware(device: torch.device) -> str:
     """CPU model, or the GPU's name for a CUDA device."""
-    if device.type == "cuda":
-        return str(torch.cuda.get_device_name(device))
-    return cpu_model()
+    return str(torch.cuda.get_device_name(device)) if device.type == "cuda" else cpu_model()
 
 
 class Timer:

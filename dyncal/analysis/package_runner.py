@@ -232,9 +232,7 @@ class PackageRunner(EarlyExitRunner):
 
     def to(self, device: torch.device | str) -> PackageRunner:
         """Run the stages on ``device`` (``cpu``, ``cuda``, ``cuda:N``) from now on; returns ``self``."""
-        dev = resolve_device(str(device))
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
+        dev = _pinned(str(device))
         self.stages = self._stages_on(dev)
         self.device = dev
         self._plain = None
@@ -277,15 +275,14 @@ class PackageRunner(EarlyExitRunner):
         if m.inputs is not None:  # several inputs: each checked, named in the message
             m.inputs.check(x, what="the package's inputs")
             for spec, t in zip(m.inputs.inputs, m.inputs.flatten(x), strict=True):
-                name = spec.name
                 longer = [int(t.shape[d + 1]) for d in spec.dynamic if spec.longest and t.shape[d + 1] > spec.longest]
                 if longer:
                     raise DyncalError(
-                        f"the package's inputs: input '{name}' has {longer[0]} positions; the model takes at most "
+                        f"the package's inputs: input '{spec.name}' has {longer[0]} positions; the model takes at most "
                         f"{spec.longest} (its export proved that bound: shorten or split the sequence)"
                     )
                 if t.device != self.device:
-                    raise DyncalError(f"input '{name}' on {t.device} but the package runs on {self.device}")
+                    raise DyncalError(f"input '{spec.name}' on {t.device} but the package runs on {self.device}")
             return
         if not isinstance(x, torch.Tensor):
             raise DyncalError(f"the package takes a tensor (B, {', '.join(map(str, m.input_shape))}), got {type(x)}")
@@ -420,6 +417,12 @@ def load_early_exit(
     return runner
 
 
+def _pinned(device: str) -> torch.device:
+    """``device`` resolved, a bare ``cuda`` pinned to the current CUDA device (so moves compare equal)."""
+    dev = resolve_device(device)
+    return torch.device("cuda", torch.cuda.current_device()) if dev.type == "cuda" and dev.index is None else dev
+
+
 def open_package(path: Path, device: str, secret: bytes | None = None) -> PackageRunner:
     """Load the package in the folder ``path`` as it is, the folder of an export in progress too.
 
@@ -434,9 +437,7 @@ def open_package(path: Path, device: str, secret: bytes | None = None) -> Packag
     raw = package.manifest_bytes(path)
     key_id = None if secret is None else package.verify_signature(path, raw, secret)
     manifest = package.parse_manifest(raw, path / package.MANIFEST)
-    dev = resolve_device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
+    dev = _pinned(device)
     stage_files = {s.file for s in manifest.stages}
     for name, sha in sorted(manifest.files.items()):
         if name not in stage_files:  # no other files today; hash anything listed

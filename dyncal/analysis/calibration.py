@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
+from dyncal.artifacts.fields import JsonFields
 from dyncal.calibrate.scores import exit_scores
 from dyncal.errors import DyncalError
 
@@ -80,17 +80,13 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, n_bi
 
 
 @dataclass(frozen=True)
-class ExitStats:
+class ExitStats(JsonFields):
     """Accuracy and calibration of one exit (temperature 1)."""
 
     exit: int
     accuracy: float
     mean_confidence: float
     ece: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict."""
-        return asdict(self)
 
 
 def exit_stats(logits: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> list[ExitStats]:

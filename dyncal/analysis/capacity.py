@@ -69,15 +69,11 @@ _SIM_REQUESTS = 50_000
 _SEED = 20240101
 _EPS = 1e-9
 _RATE = re.compile(r"^\s*(?P<n>[0-9.eE+-]+)\s*(?P<k>[kKM]?)\s*(?:/\s*(?P<unit>s|sec|second|min|minute|h|hour))?\s*$")
-_PER_S = {
+_PER_S: dict[str | None, float] = {  # a unit and its spellings: rate factor to requests per second
     None: 1.0,
-    "s": 1.0,
-    "sec": 1.0,
-    "second": 1.0,
-    "min": 1 / 60,
-    "minute": 1 / 60,
-    "h": 1 / 3600,
-    "hour": 1 / 3600,
+    **dict.fromkeys(("s", "sec", "second"), 1.0),
+    **dict.fromkeys(("min", "minute"), 1 / 60),
+    **dict.fromkeys(("h", "hour"), 1 / 3600),
 }
 
 
@@ -136,7 +132,6 @@ def server_p99_ms(
     *,
     weights: np.ndarray | None = None,
     n_requests: int = _SIM_REQUESTS,
-    seed: int = _SEED,
 ) -> float:
     """The p99 response time of an M/G/c queue (FIFO, batch 1), simulated with measured service times.
 
@@ -154,7 +149,7 @@ def server_p99_ms(
         raise DyncalError("a Server simulation needs measured service times and at least one server")
     if rate_per_s * float(np.average(s, weights=weights)) >= servers:
         return math.inf
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_SEED)
     arrivals = np.cumsum(rng.exponential(1.0 / rate_per_s, n_requests))
     p = None if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
     service = s[rng.choice(s.shape[0], n_requests, p=p)]
@@ -276,31 +271,29 @@ class Savings:
         }
 
 
+def _plan(
+    deployment: str, servers: int, cores: int, rate: float, busy_core_hours: float, figure: float, batch_size: int
+) -> DeploymentPlan:
+    """``servers`` servers of ``cores`` each, provisioned at ``rate``."""
+    cores_used, provisioned = servers * cores, provisioned_core_hours(servers, cores, rate)
+    return DeploymentPlan(deployment, servers, cores_used, provisioned, busy_core_hours, figure, batch_size)
+
+
 def _offline_plan(
     deployment: str, timings: Sequence[RequestTimings], rate: float, cores: int, utilisation: float, view: str
 ) -> DeploymentPlan:
     """Servers at the batch size of highest throughput."""
-    side = "early_exit" if deployment == "early_exit" else "plain"
-    best = max(timings, key=lambda t: t.throughput_per_s(side, view))
-    throughput = best.throughput_per_s(side, view)
+    best = max(timings, key=lambda t: t.throughput_per_s(deployment, view))
+    throughput = best.throughput_per_s(deployment, view)
     servers = servers_needed(rate, 1000.0 / throughput, utilisation)
-    return DeploymentPlan(
-        deployment,
-        servers,
-        servers * cores,
-        provisioned_core_hours(servers, cores, rate),
-        1e6 * cores / throughput / 3600.0,
-        throughput,
-        best.batch_size,
-    )
+    return _plan(deployment, servers, cores, rate, 1e6 * cores / throughput / 3600.0, throughput, best.batch_size)
 
 
 def _server_plan(
     deployment: str, b1: RequestTimings, rate: float, cores: int, utilisation: float, bound: float | None, view: str
 ) -> DeploymentPlan:
     """Servers at batch 1 for Poisson arrivals: the fewest meeting the p99 bound, or those the cap asks for."""
-    side = "early_exit" if deployment == "early_exit" else "plain"
-    service = b1.service_ms(side, view)
+    service = b1.service_ms(deployment, view)
     w = b1.weights
     mean_ms = float(np.average(service, weights=w))
     servers = servers_needed(rate, mean_ms, utilisation if bound is None else 1.0)
@@ -310,15 +303,7 @@ def _server_plan(
         while p99 > bound and servers < limit:
             servers += 1
             p99 = server_p99_ms(rate, servers, service, weights=w)
-    return DeploymentPlan(
-        deployment,
-        servers,
-        servers * cores,
-        provisioned_core_hours(servers, cores, rate),
-        1e6 * cores * mean_ms / 1000.0 / 3600.0,
-        p99,
-        1,
-    )
+    return _plan(deployment, servers, cores, rate, 1e6 * cores * mean_ms / 1000.0 / 3600.0, p99, 1)
 
 
 def what_it_saves(
@@ -365,8 +350,7 @@ def what_it_saves(
     server: dict[str, DeploymentPlan] = {}
     if b1 is not None:
         for d in deployments:
-            side = "early_exit" if d == "early_exit" else "plain"
-            p90, p99 = b1.percentiles_ms(side, [90, 99], view).tolist()
+            p90, p99 = b1.percentiles_ms(d, [90, 99], view).tolist()
             single[d] = {"p90_ms": p90, "p99_ms": p99}
             server[d] = _server_plan(d, b1, rate, cores, utilisation, p99_bound_ms, view)
     return Savings(

@@ -62,9 +62,7 @@ def input_batch_dims(stages: Stages, k: int, values: Sequence[Any]) -> BatchDims
         >>> input_batch_dims(stages, 1, stages.start(torch.zeros(2, 1, 8, 8)).carry)
         (0,)
     """
-    if k == 0:  # the inputs: each batch-major
-        return _batch_major(values)
-    if stages.batch_dims is None:
+    if k == 0 or stages.batch_dims is None:  # the inputs, or hand-declared stages: each batch-major
         return _batch_major(values)
     dims = stages.batch_dims[k - 1]
     if len(dims) != len(values):

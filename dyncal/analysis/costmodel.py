@@ -134,10 +134,8 @@ def predict_batches_ms(costs: CostTable | None, device: str, batches: Sequence[n
     order = np.argsort(comp_sizes, kind="stable")
     comp_sizes, comp = comp_sizes[order], comp[order]
     total = 0.0
-    for e in batches:
-        e = np.asarray(e)
-        if not len(e):
-            continue
+    filled = [np.asarray(e) for e in batches if len(e)]  # an empty batch costs nothing and is not counted
+    for e in filled:
         counts = np.bincount(e, minlength=k)
         reach = counts[::-1].cumsum()[::-1].astype(np.float64)  # rows at each stage
         last = int(e.max())
@@ -145,8 +143,7 @@ def predict_batches_ms(costs: CostTable | None, device: str, batches: Sequence[n
             total += _at_rows(reach[j], sizes, inc[:, j])
             if j < last and 0 < counts[j] < reach[j] and len(comp_sizes):
                 total += _at_rows(reach[j], comp_sizes, comp[:, j])
-    n_batches = sum(1 for e in batches if len(e))
-    return total / n_batches if n_batches else None
+    return total / len(filled) if filled else None
 
 
 def _at_rows(rows: float, sizes: np.ndarray, ms: np.ndarray) -> float:

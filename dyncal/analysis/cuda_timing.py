@@ -30,7 +30,8 @@ from typing import Any
 
 import torch
 
-from dyncal.analysis.latency import Clock, Timer
+from dyncal.analysis.latency import Timer
+from dyncal.artifacts.fields import JsonFields
 from dyncal.errors import DyncalError, param
 from dyncal.measurement import Measurement
 
@@ -48,9 +49,6 @@ class EventTimer(Timer):
             CPU the host clock does (as :class:`Timer`).
         clock: Host clock for the CPU and for :meth:`now` (default ``time.perf_counter``).
     """
-
-    def __init__(self, device: torch.device, clock: Clock | None = None) -> None:
-        super().__init__(device, clock)
 
     @property
     def label(self) -> str:
@@ -90,7 +88,7 @@ class EventTimer(Timer):
 
 
 @dataclass(frozen=True)
-class SettleResult:
+class SettleResult(JsonFields):
     """How a warm-up went.
 
     Attributes:
@@ -104,10 +102,6 @@ class SettleResult:
     settled: bool
     spread: float
     last_ms: tuple[float, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields."""
-        return {"blocks": self.blocks, "settled": self.settled, "spread": self.spread, "last_ms": list(self.last_ms)}
 
 
 def settle(

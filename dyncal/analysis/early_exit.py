@@ -27,6 +27,9 @@ from dyncal.inputs import batch_size, flatten
 
 __all__ = ["EarlyExitRunner"]
 
+AtExit = tuple[torch.Tensor | None, int, torch.Tensor]
+"""Rows at one exit: their indices (None: every row still there), the exit, and their predictions or scores."""
+
 
 class EarlyExitRunner:
     """Runs stages with real early exit.
@@ -136,7 +139,7 @@ class EarlyExitRunner:
         n_leave: int,
         alive: torch.Tensor | None,
         k: int,
-        parts: list[tuple[torch.Tensor | None, int, torch.Tensor]],
+        parts: list[AtExit],
     ) -> torch.Tensor:
         """Record the rows leaving at exit ``k``, cut the carry to the rest; return the rows still here.
 
@@ -148,9 +151,7 @@ class EarlyExitRunner:
         return stay if alive is None else alive[stay]
 
     @staticmethod
-    def _assemble(
-        b: int, parts: list[tuple[torch.Tensor | None, int, torch.Tensor]], device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _assemble(b: int, parts: list[AtExit], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(exits, predictions)`` of the batch from the parts that left at each exit."""
         if len(parts) == 1 and parts[0][0] is None:  # the whole batch left together
             _, k, preds = parts[0]
@@ -163,24 +164,16 @@ class EarlyExitRunner:
         return exits, preds
 
     def compact(
-        self,
-        run: StageRun,
-        logits: torch.Tensor,
-        leave: torch.Tensor,
-        k: int,
-        rest: torch.Tensor,
-        n_leave: int | None = None,
+        self, run: StageRun, logits: torch.Tensor, leave: torch.Tensor, k: int, rest: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One batch compaction as :meth:`__call__` does it (what ``dyncal profile`` times).
 
         The rows in ``leave`` are recorded as leaving at exit ``k``, ``run``'s carry is cut to
         the others, and the output is assembled as if those left at the next exit with
-        predictions ``rest``. ``n_leave`` is ``leave``'s count as the exit decision read it
-        (read here when None).
+        predictions ``rest``. ``leave``'s count is read here, as the exit decision reads it.
         """
-        parts: list[tuple[torch.Tensor | None, int, torch.Tensor]] = []
-        n = int(leave.sum()) if n_leave is None else n_leave
-        alive = self._split(run, logits, leave, n, None, k, parts)
+        parts: list[AtExit] = []
+        alive = self._split(run, logits, leave, int(leave.sum()), None, k, parts)
         parts.append((alive, k + 1, rest))
         return self._assemble(logits.shape[0], parts, logits.device)
 
@@ -196,20 +189,29 @@ class EarlyExitRunner:
         with torch.inference_mode():
             return self._early_exit(x)
 
-    def _early_exit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if batch_size(x) == 1:
+    def _early_exit(self, x: torch.Tensor, taps: list[AtExit] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`__call__`'s work; ``taps`` (telemetry) receives ``(rows, exit, scores)`` at each exit reached."""
+        if taps is None and batch_size(x) == 1:
             k, logits, preds = self.run_one(x)
             return torch.full((1,), k, dtype=torch.int64, device=flatten(x)[0].device), preds
         # (rows that left, exit, their predictions); rows None means "all rows still here".
-        parts: list[tuple[torch.Tensor | None, int, torch.Tensor]] = []
+        parts: list[AtExit] = []
         alive: torch.Tensor | None = None
         run = self.stages.start(x)
+        last = self.k - 1
         for k in range(self.k):
             logits = run.step()
-            if k == self.k - 1:
+            if taps is not None:
+                score = self._score(logits, k)
+                taps.append((alive, k, score))
+            if k == last:
                 parts.append((alive, k, logits.argmax(dim=1)))
                 break
-            leave, n_leave = self.leaving(logits, k)
+            if taps is None:
+                leave, n_leave = self.leaving(logits, k)
+            else:  # the decision from the score kept (leaving would compute it again)
+                leave = score >= self.thresholds[k]
+                n_leave = int(leave.sum())
             if n_leave == 0:
                 continue
             if n_leave == logits.shape[0]:

@@ -22,10 +22,11 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,11 +191,7 @@ class StageMacs:
     @property
     def exit_macs(self) -> tuple[int, ...]:
         """Cumulative MACs to produce exit ``k`` (stages ``1..k``), ``K`` ints."""
-        out, acc = [], 0
-        for m in self.stage_macs:
-            acc += m
-            out.append(acc)
-        return tuple(out)
+        return tuple(itertools.accumulate(self.stage_macs))
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -242,10 +239,9 @@ def stage_macs(
         True
     """
     per_stage: list[MacCount] = []
-    for i, args in enumerate(stage_inputs(stages, x)):
-        wrapped = _TensorsOnly(stages.modules[i], args)
-        count = _count(wrapped, tuple(args[j] for j in wrapped.slots))
-        per_stage.append(count)
+    for m, args in zip(stages.modules, stage_inputs(stages, x), strict=True):
+        wrapped = _TensorsOnly(m, args)
+        per_stage.append(_count(wrapped, tuple(args[j] for j in wrapped.slots)))
     unsupported = tuple(
         UnsupportedOp(stage=i + 1, op=op, count=n)
         for i, c in enumerate(per_stage)
@@ -257,7 +253,9 @@ def stage_macs(
             ", ".join(f"{u.op} x{u.count} (stage {u.stage})" for u in unsupported),
         )
     summed = sum(c.macs for c in per_stage)
-    stage_ops = dict(_sum_counters(c.by_operator for c in per_stage))
+    stage_ops: Counter[str] = Counter()  # update, not +: an operator counted 0 stays listed
+    for c in per_stage:
+        stage_ops.update(c.by_operator)
     graph_total = None
     if stages.whole is not None:
         graph = _count(stages.whole, stages.flat_inputs(x))
@@ -265,7 +263,7 @@ def stage_macs(
         if summed != graph_total:
             raise ProfileError(
                 f"the stages add up to {summed} MACs but fvcore counts {graph_total} on the "
-                f"unsplit graph (per operator: stages {stage_ops}, graph {graph.by_operator}); "
+                f"unsplit graph (per operator: stages {dict(stage_ops)}, graph {graph.by_operator}); "
                 "the partition lost or duplicated work: please report this model"
             )
     total = None
@@ -286,7 +284,7 @@ def stage_macs(
                 total,
                 summed,
                 whole.by_operator,
-                stage_ops,
+                dict(stage_ops),
                 whole.unsupported,
             )
     return StageMacs(
@@ -297,10 +295,3 @@ def stage_macs(
         model_macs=total,
         uncalled_modules=uncalled,
     )
-
-
-def _sum_counters(items: Sequence[dict[str, int]] | Iterator[dict[str, int]]) -> Counter[str]:
-    acc: Counter[str] = Counter()
-    for d in items:
-        acc.update(d)
-    return acc

@@ -68,8 +68,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("eager", "frozen", "compiled", "graphs")
-"""How stages run: ``eager`` (module calls) or ``graphs`` (CUDA graphs at bucketed batch sizes)."""
+RUNTIMES = {
+    "eager": "stages called as modules",
+    "frozen": "stages traced, frozen and optimised for inference (torch.jit.freeze + optimize_for_inference)",
+    "compiled": "stages compiled by torch.compile (dynamic shapes)",
+    "graphs": "CUDA graphs at bucketed batch sizes",
+}
+"""How stages run, and what each runtime does (recorded in verify.json): ``eager`` and ``graphs`` here
+(:func:`with_runtime`), ``frozen`` and ``compiled`` too by :func:`dyncal.analysis.runtime.apply_runtime`."""
 
 Backend = Literal["cuda", "eager"]
 """What replays a bucket: a captured CUDA graph, or (a CPU stand-in) the stage called on the padded buffers."""
@@ -91,13 +97,7 @@ def bucket_sizes(max_batch_size: int) -> tuple[int, ...]:
     """
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
         raise DyncalError(f"{param('max_batch_size')} must be a positive integer, got {max_batch_size!r}")
-    sizes = []
-    b = 1
-    while b < max_batch_size:
-        sizes.append(b)
-        b *= 2
-    sizes.append(max_batch_size)
-    return tuple(sizes)
+    return (*(1 << i for i in range((max_batch_size - 1).bit_length())), max_batch_size)
 
 
 def bucket_for(n: int, buckets: Sequence[int]) -> int | None:
@@ -209,7 +209,7 @@ def _signature(values: Sequence[Any], dims: BatchDims) -> tuple[Any, ...]:
     return tuple(sig)
 
 
-def _padded(v: Any, d: int | None, n: int, bucket: int) -> Any:
+def repeat_rows(v: Any, d: int | None, n: int, bucket: int) -> Any:
     """A static buffer for value ``v``: its ``n`` rows repeated to ``bucket`` rows (a copy)."""
     if not isinstance(v, torch.Tensor):
         return v
@@ -325,7 +325,7 @@ class BucketedStage(nn.Module):
             torch.cuda.synchronize(dev)
             mem0, res0 = torch.cuda.memory_allocated(dev), torch.cuda.memory_reserved(dev)
         t0 = time.perf_counter()
-        slot = _Slot(tuple(_padded(v, d, n, bucket) for v, d in zip(values, dims, strict=True)), dims)
+        slot = _Slot(tuple(repeat_rows(v, d, n, bucket) for v, d in zip(values, dims, strict=True)), dims)
         if cuda:
             try:
                 slot.outputs, slot.replay = self._cuda_graph(slot.inputs)
@@ -336,6 +336,9 @@ class BucketedStage(nn.Module):
                     f"stage {self.k + 1} cannot be captured in a CUDA graph at batch size {bucket} ({describe(e)}); "
                     "use `runtime` eager"
                 ) from e
+            torch.cuda.synchronize(dev)
+            self.memory_bytes += torch.cuda.memory_allocated(dev) - mem0
+            self.reserved_bytes += torch.cuda.memory_reserved(dev) - res0
         else:
             slot.outputs = check_stage_output(self.stage(*slot.inputs), self.k)
 
@@ -346,10 +349,6 @@ class BucketedStage(nn.Module):
                         static.copy_(value)
 
             slot.replay = replay
-        if cuda:
-            torch.cuda.synchronize(dev)
-            self.memory_bytes += torch.cuda.memory_allocated(dev) - mem0
-            self.reserved_bytes += torch.cuda.memory_reserved(dev) - res0
         self.capture_s += time.perf_counter() - t0
         log.debug("stage %d captured at batch %d (%s)", self.k + 1, bucket, self.backend)
         return slot
@@ -389,7 +388,6 @@ class BucketedStages(Stages):
             raise ProfileError("`runtime` graphs needs a CUDA device and none is available; use `runtime` eager")
         buckets = bucket_sizes(max_batch_size)
         pool = torch.cuda.graph_pool_handle() if backend == "cuda" else None
-        self.original = stages
         self.buckets = buckets
         self.backend = backend
         modules = [
@@ -413,23 +411,15 @@ class BucketedStages(Stages):
             raise DyncalError(f"{param('example')} must hold at least one row, got shape {tuple(example.shape)}")
         with torch.inference_mode():
             for b in sorted(self.buckets, reverse=True):
-                x = _padded(example, 0, int(example.shape[0]), b)
+                x = repeat_rows(example, 0, int(example.shape[0]), b)
                 self.run(x)
         return self.info
 
     @property
     def info(self) -> CaptureInfo:
         """What has been captured so far and the memory it holds."""
-        mods = self.bucketed
-        return CaptureInfo(
-            backend=self.backend,
-            buckets=self.buckets,
-            graphs=sum(m.graphs for m in mods),
-            memory_bytes=sum(m.memory_bytes for m in mods),
-            reserved_bytes=sum(m.reserved_bytes for m in mods),
-            capture_s=sum(m.capture_s for m in mods),
-            eager_calls=sum(m.eager_calls for m in mods),
-        )
+        summed = ("graphs", "memory_bytes", "reserved_bytes", "capture_s", "eager_calls")  # over the stages
+        return CaptureInfo(self.backend, self.buckets, **{f: sum(getattr(m, f) for m in self.bucketed) for f in summed})
 
 
 def graph_stages(
@@ -475,14 +465,7 @@ def graph_stages(
     return wrapped
 
 
-def with_runtime(
-    runner: R,
-    runtime: str,
-    *,
-    max_batch_size: int,
-    example: torch.Tensor | None = None,
-    backend: Backend = "cuda",
-) -> R:
+def with_runtime(runner: R, runtime: str, *, max_batch_size: int, example: torch.Tensor | None = None) -> R:
     """``runner`` under a runtime: itself for ``eager``, a copy on graph-captured stages for ``graphs``.
 
     Works for any runner holding its stages in ``runner.stages`` (the early exit, the plain
@@ -493,8 +476,6 @@ def with_runtime(
         runtime: ``eager`` or ``graphs`` (:data:`RUNTIMES`).
         max_batch_size: The largest batch size that will be run.
         example: When given, every bucket is captured now (at load).
-        backend: What replays a bucket under ``graphs``: ``cuda``, or ``eager`` (the CPU
-            stand-in: the same padding without a graph).
 
     Raises:
         DyncalError: Unknown ``runtime``.
@@ -504,9 +485,18 @@ def with_runtime(
         raise DyncalError(f"{param('runtime')} must be one of eager, graphs, got {runtime!r}")
     if runtime == "eager":
         return runner
+    return with_stages(runner, "graphs", lambda stages: graph_stages(stages, max_batch_size, example=example))
+
+
+def with_stages(runner: R, runtime: str, build: Callable[[Stages], Stages]) -> R:
+    """A copy of ``runner`` (anything holding its stages in ``runner.stages``) on ``build(runner.stages)``.
+
+    Raises:
+        DyncalError: ``runner`` holds no stages.
+    """
     stages = getattr(runner, "stages", None)
     if not isinstance(stages, Stages):
-        raise DyncalError(f"{type(runner).__name__} has no stages to run under `runtime` graphs")
-    graphed = copy.copy(runner)
-    graphed.stages = graph_stages(stages, max_batch_size, example=example, backend=backend)  # type: ignore[attr-defined]
-    return graphed
+        raise DyncalError(f"{type(runner).__name__} has no stages to run under `runtime` {runtime}")
+    copied = copy.copy(runner)
+    copied.stages = build(stages)  # type: ignore[attr-defined]
+    return copied

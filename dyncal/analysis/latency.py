@@ -151,9 +151,7 @@ def cpu_model() -> str:
 
 def device_hardware(device: torch.device) -> str:
     """CPU model, or the GPU's name for a CUDA device."""
-    if device.type == "cuda":
-        return str(torch.cuda.get_device_name(device))
-    return cpu_model()
+    return str(torch.cuda.get_device_name(device)) if device.type == "cuda" else cpu_model()
 
 
 class Timer:
@@ -251,25 +249,13 @@ class Timer:
         """
         a_ms: list[float] = []
         b_ms: list[float] = []
-
-        def one(fn: Callable[[], Any], out: list[float]) -> None:
-            for _ in range(settle):
-                fn()
-            out.append(self.block_ms(fn, calls))
-
+        pair = ((a, a_ms), (b, b_ms))
         for r in range(repeats):
-            if (r % 2 == 0) == a_first:
-                one(a, a_ms)
-                one(b, b_ms)
-            else:
-                one(b, b_ms)
-                one(a, a_ms)
+            for fn, out in pair if (r % 2 == 0) == a_first else pair[::-1]:
+                for _ in range(settle):
+                    fn()
+                out.append(self.block_ms(fn, calls))
         return a_ms, b_ms
-
-
-def _bind(module: Callable[..., Any], args: tuple[Any, ...]) -> Callable[[], Any]:
-    """``module(*args)`` as a callable without arguments."""
-    return lambda: module(*args)
 
 
 Groups = dict[str, list[Callable[[], Any]]]
@@ -299,7 +285,8 @@ def _groups(
     compaction, compaction_rows = _compaction_fns(stages, decider, x)
     full_model, full_model_what = _plain_call(stages, model, x)
     groups: Groups = {
-        "stage": [_bind(m, c) for m, c in zip(stages.callers, carries, strict=True)],  # as the runner calls them
+        # each stage as the runner calls it
+        "stage": [functools.partial(m, *c) for m, c in zip(stages.callers, carries, strict=True)],
         # a static model (K = 1) makes no exit decision: nothing to time
         "decision": [functools.partial(decider.leaving, logits, 0)] if k > 1 else [],
         "exit_path": [functools.partial(r, x) for r in paths],
@@ -454,12 +441,7 @@ def _row_ladder(batch_size: int) -> list[int]:
         >>> _row_ladder(32), _row_ladder(5), _row_ladder(1)
         ([2, 4, 8, 16], [2, 4], [])
     """
-    out = []
-    rows = 2
-    while rows < batch_size:
-        out.append(rows)
-        rows *= 2
-    return out
+    return [1 << i for i in range(1, (batch_size - 1).bit_length())]
 
 
 def _compaction_fns(stages: Stages, runner: Any, x: Inputs) -> tuple[list[Callable[[], Any]], int | None]:

@@ -258,9 +258,8 @@ def lean_function(gm: nn.Module, values: Mapping[int, Any] | None = None) -> Cal
         params = _body(gm, values or {}, w)
     except _Unsupported:
         return None
-    bound = list(w.bound)
     src = (
-        f"def _make({', '.join(bound)}):\n"
+        f"def _make({', '.join(w.bound)}):\n"
         f"    def lean_forward({', '.join(params)}):\n"
         + "".join(f"        {line}\n" for line in w.lines)
         + "    return lean_forward\n"

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,14 +54,12 @@ if TYPE_CHECKING:
 __all__ = ["PackageRunner", "load_early_exit"]
 
 
+@dataclass(slots=True)
 class _Count:
     """A stage's calls and rows, kept outside ``nn.Module``'s attribute machinery (its ``__setattr__`` is slow)."""
 
-    __slots__ = ("calls", "rows")
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.rows = 0
+    calls: int = 0
+    rows: int = 0
 
 
 class _StageProgram(nn.Module):
@@ -102,24 +101,12 @@ class _StageProgram(nn.Module):
             else:
                 direct = False
         self._slots = slots
-        self.graph: nn.Module = program.graph_module if direct else program.module()
+        self.graph: torch.fx.GraphModule = program.graph_module if direct else program.module()
         self._direct = direct
         if keep is not None:  # only these outputs (the carry, for the plain deployment): nothing else runs
-            if not isinstance(self.graph, torch.fx.GraphModule):  # pragma: no cover - torch gives graphs
-                raise DyncalError(f"a package stage is a {type(self.graph).__name__}, not a graph that can be cut")
             self.graph = cut_outputs(self.graph, keep, "PlainStage")
         weights = {i: t for i, t in enumerate(slots) if t is not None}
         self._lean = lean_function(self.graph, weights) if direct else None
-
-    @property
-    def calls(self) -> int:
-        """Calls since loading (or since the count was reset)."""
-        return self.count.calls
-
-    @property
-    def rows(self) -> int:
-        """Rows computed since loading (or since the count was reset)."""
-        return self.count.rows
 
     def __call__(self, *args: Any) -> Any:
         if plain_call(self):  # what nn.Module.__call__ would do, without its dispatch
@@ -190,40 +177,35 @@ class PackageRunner(EarlyExitRunner):
         self._plain: Stages | None = None
         super().__init__(self._stages_on(device), manifest.thresholds, manifest.temperatures, manifest.score)
 
-    def _stages_on(self, device: torch.device) -> Stages:
+    def _programs_on(self, device: torch.device, plain: bool = False) -> list[_StageProgram]:
+        """Every stage's program on ``device``; ``plain``: each cut to its carry, the last to its logits."""
         from torch.export.passes import move_to_device_pass
 
-        modules = []
+        programs = []
+        last = len(self._programs) - 1
+        inputs = (0,) * (1 if self.manifest.inputs is None else len(self.manifest.inputs.inputs))  # batch-major
         for i, program in enumerate(self._programs):
             ep = program if device.type == "cpu" else move_to_device_pass(program, device)
-            dims = self._input_dims if i == 0 else self.manifest.stages[i - 1].carry_batch_dims
-            modules.append(_StageProgram(ep, dims))
+            dims = inputs if i == 0 else self.manifest.stages[i - 1].carry_batch_dims
+            keep = None
+            if plain:  # the carry only (no head runs); the last stage its logits
+                keep = [0] if i == last else list(range(1, 1 + len(self.manifest.stages[i].carry_batch_dims)))
+            programs.append(_StageProgram(ep, dims, keep))
+        return programs
+
+    def _stages_on(self, device: torch.device) -> Stages:
         return Stages(
-            modules,
+            self._programs_on(device),
             batch_dims=[s.carry_batch_dims for s in self.manifest.stages],
             source="package",
             dynamic_batch=True,
             inputs=self.manifest.inputs,
         )
 
-    @property
-    def _input_dims(self) -> tuple[int, ...]:
-        """The batch dimension of each input stage 1 takes (0: every input is batch-major)."""
-        return (0,) * (1 if self.manifest.inputs is None else len(self.manifest.inputs.inputs))
-
     def _plain_stages_on(self, device: torch.device) -> Stages:
         """The plain deployment as one stage: each stage cut to its carry, the last whole."""
-        from torch.export.passes import move_to_device_pass
-
-        parts = []
-        k = len(self._programs)
-        for i, program in enumerate(self._programs):
-            ep = program if device.type == "cpu" else move_to_device_pass(program, device)
-            dims = self._input_dims if i == 0 else self.manifest.stages[i - 1].carry_batch_dims
-            n_carry = len(self.manifest.stages[i].carry_batch_dims)
-            keep = [0] if i == k - 1 else list(range(1, 1 + n_carry))
-            parts.append(_StageProgram(ep, dims, keep))
-        return Stages([_Chain(parts)], batch_dims=[()], source="plain", dynamic_batch=True, inputs=self.manifest.inputs)
+        chain = _Chain(self._programs_on(device, plain=True))
+        return Stages([chain], batch_dims=[()], source="plain", dynamic_batch=True, inputs=self.manifest.inputs)
 
     def plain_runner(self) -> EarlyExitRunner:
         """The plain deployment's runner (``runner(x) -> (exits, predictions)``, every exit the last).
@@ -250,9 +232,7 @@ class PackageRunner(EarlyExitRunner):
 
     def to(self, device: torch.device | str) -> PackageRunner:
         """Run the stages on ``device`` (``cpu``, ``cuda``, ``cuda:N``) from now on; returns ``self``."""
-        dev = resolve_device(str(device))
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
+        dev = _pinned(str(device))
         self.stages = self._stages_on(dev)
         self.device = dev
         self._plain = None
@@ -264,12 +244,12 @@ class PackageRunner(EarlyExitRunner):
 
         With an early exit, stage ``k`` sees only the rows that stayed past exit ``k - 1``.
         """
-        return [m.rows for m in self._counters()]
+        return [m.count.rows for m in self._counters()]
 
     @property
     def stage_calls(self) -> list[int]:
         """Calls of each stage since loading (or :meth:`reset_counts`), ``K`` ints."""
-        return [m.calls for m in self._counters()]
+        return [m.count.calls for m in self._counters()]
 
     def reset_counts(self) -> None:
         """Zero :attr:`stage_rows` and :attr:`stage_calls`."""
@@ -295,15 +275,14 @@ class PackageRunner(EarlyExitRunner):
         if m.inputs is not None:  # several inputs: each checked, named in the message
             m.inputs.check(x, what="the package's inputs")
             for spec, t in zip(m.inputs.inputs, m.inputs.flatten(x), strict=True):
-                name = spec.name
                 longer = [int(t.shape[d + 1]) for d in spec.dynamic if spec.longest and t.shape[d + 1] > spec.longest]
                 if longer:
                     raise DyncalError(
-                        f"the package's inputs: input '{name}' has {longer[0]} positions; the model takes at most "
+                        f"the package's inputs: input '{spec.name}' has {longer[0]} positions; the model takes at most "
                         f"{spec.longest} (its export proved that bound: shorten or split the sequence)"
                     )
                 if t.device != self.device:
-                    raise DyncalError(f"input '{name}' on {t.device} but the package runs on {self.device}")
+                    raise DyncalError(f"input '{spec.name}' on {t.device} but the package runs on {self.device}")
             return
         if not isinstance(x, torch.Tensor):
             raise DyncalError(f"the package takes a tensor (B, {', '.join(map(str, m.input_shape))}), got {type(x)}")
@@ -438,6 +417,12 @@ def load_early_exit(
     return runner
 
 
+def _pinned(device: str) -> torch.device:
+    """``device`` resolved, a bare ``cuda`` pinned to the current CUDA device (so moves compare equal)."""
+    dev = resolve_device(device)
+    return torch.device("cuda", torch.cuda.current_device()) if dev.type == "cuda" and dev.index is None else dev
+
+
 def open_package(path: Path, device: str, secret: bytes | None = None) -> PackageRunner:
     """Load the package in the folder ``path`` as it is, the folder of an export in progress too.
 
@@ -452,9 +437,7 @@ def open_package(path: Path, device: str, secret: bytes | None = None) -> Packag
     raw = package.manifest_bytes(path)
     key_id = None if secret is None else package.verify_signature(path, raw, secret)
     manifest = package.parse_manifest(raw, path / package.MANIFEST)
-    dev = resolve_device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
+    dev = _pinned(device)
     stage_files = {s.file for s in manifest.stages}
     for name, sha in sorted(manifest.files.items()):
         if name not in stage_files:  # no other files today; hash anything listed

@@ -40,7 +40,7 @@ from dyncal.errors import DyncalError, param
 from dyncal.inputs import batch_size, flatten, take_rows
 
 if TYPE_CHECKING:
-    from dyncal.analysis.early_exit import EarlyExitRunner
+    from dyncal.analysis.early_exit import AtExit, EarlyExitRunner
     from dyncal.telemetry import TelemetryWriter
     from dyncal.telemetry.columns import DeferredScores
 
@@ -71,34 +71,11 @@ def early_exit_with_scores(runner: EarlyExitRunner, x: torch.Tensor) -> tuple[to
         >>> exits.tolist(), scores.shape, bool(np.isnan(scores[:, 1:]).all())
         ([0, 0, 0], (3, 4), True)
     """
-    b = batch_size(x)
-    taps: list[tuple[torch.Tensor | None, int, torch.Tensor]] = []  # (rows present, exit, their scores)
-    parts: list[tuple[torch.Tensor | None, int, torch.Tensor]] = []
-    alive: torch.Tensor | None = None
-    run = runner.stages.start(x)
-    for k in range(runner.k):
-        logits = run.step()
-        score = runner._score(logits, k)
-        taps.append((alive, k, score))
-        if k == runner.k - 1:
-            parts.append((alive, k, logits.argmax(dim=1)))
-            break
-        leave = score >= runner.thresholds[k]
-        n_leave = int(leave.sum())
-        if n_leave == 0:
-            continue
-        if n_leave == logits.shape[0]:
-            parts.append((alive, k, logits.argmax(dim=1)))
-            break
-        alive = runner._split(run, logits, leave, n_leave, alive, k, parts)
-    exits, preds = runner._assemble(b, parts, flatten(x)[0].device)
-    scores = np.full((b, runner.k), np.nan, dtype=np.float32)
+    taps: list[AtExit] = []  # (rows present, exit, their scores)
+    exits, preds = runner._early_exit(x, taps)
+    scores = np.full((batch_size(x), runner.k), np.nan, dtype=np.float32)
     for rows, k, s in taps:
-        values = s.float().cpu().numpy()
-        if rows is None:
-            scores[:, k] = values
-        else:
-            scores[rows.cpu().numpy(), k] = values
+        scores[slice(None) if rows is None else rows.cpu().numpy(), k] = s.float().cpu().numpy()
     return exits, preds, scores
 
 
@@ -148,12 +125,12 @@ def observed_call(
     runner: EarlyExitRunner,
     writer: TelemetryWriter,
     x: torch.Tensor,
-    request_ids: Sequence[str | None] | None = None,
-    batch: int | None = None,
+    request_ids: Sequence[str | None] | None,
+    batch: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``runner(x)`` with one telemetry row per request (and the plain model on the shadow share).
 
-    ``batch`` is ``x``'s batch size where the caller has read it (saves reading it again).
+    ``batch`` is ``x``'s batch size, as the caller read it.
 
     Returns:
         ``(exits, predictions)`` as ``runner(x)``.
@@ -161,12 +138,11 @@ def observed_call(
     Raises:
         DyncalError: ``request_ids`` of another length than the batch, or a failed telemetry write.
     """
-    b = batch_size(x) if batch is None else batch
-    if request_ids is not None and len(request_ids) != b:
-        raise DyncalError(f"{param('request_ids')} has {len(request_ids)} ids for a batch of {b}")
-    if b == 1 and writer.deferred is not None:
+    if request_ids is not None and len(request_ids) != batch:
+        raise DyncalError(f"{param('request_ids')} has {len(request_ids)} ids for a batch of {batch}")
+    if batch == 1 and writer.deferred is not None:
         return _observed_one(runner, writer, x, None if request_ids is None else request_ids[0])
-    shadow = writer.shadow_mask(b)
+    shadow = writer.shadow_mask(batch)
     t0 = time.perf_counter()
     exits, preds, scores = early_exit_with_scores(runner, x)
     exits_host, preds_host = exits.cpu(), preds.cpu()  # the answer on the host: the latency's end
@@ -177,7 +153,7 @@ def observed_call(
         index = torch.from_numpy(rows).to(flatten(x)[0].device)
         with torch.inference_mode():
             plain = runner.stages.run(take_rows(x, index))[-1].argmax(dim=1).cpu().numpy()
-        last = np.full(b, -1, dtype=np.int64)
+        last = np.full(batch, -1, dtype=np.int64)
         last[rows] = plain
     writer.record(exits_host, preds_host, scores, ms, last_predictions=last, request_ids=request_ids)
     return exits, preds

@@ -122,14 +122,18 @@ def _export_inputs(model: nn.Module, example: Inputs, signature: InputSignature,
         dynamic: Any = dict(zip(signature.names, shapes, strict=True))
     else:
         args, kwargs, dynamic = tuple(flat), None, tuple(shapes)
+    return _exported(model, args, kwargs, dynamic, f" on inputs {signature.describe()}")
+
+
+def _exported(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None, dynamic: Any, on: str) -> Any:
+    """``torch.export.export`` with its narration quiet; a failure is one ProfileError line (``on``: the inputs)."""
     try:
         with quiet_export_logs():
             return torch.export.export(model, args, kwargs, dynamic_shapes=dynamic, strict=False)
     except Exception as e:  # noqa: BLE001 - export raises many types for unsupported models
         log.debug("torch.export failed", exc_info=True)
         raise ProfileError(
-            f"cannot export {type(model).__name__} with torch.export on inputs {signature.describe()} "
-            f"({describe(e)}); " + EXPORT_HINT
+            f"cannot export {type(model).__name__} with torch.export{on} ({describe(e)}); " + EXPORT_HINT
         ) from e
 
 
@@ -160,15 +164,7 @@ def quiet_export_logs() -> Iterator[None]:
 def _export(model: nn.Module, example: torch.Tensor, *, dynamic_batch: bool) -> Any:
     from torch.export import Dim
 
-    shapes = ({0: Dim.AUTO},) if dynamic_batch else None
-    try:
-        with quiet_export_logs():
-            return torch.export.export(model, (example,), dynamic_shapes=shapes, strict=False)
-    except Exception as e:  # noqa: BLE001 - export raises many types for unsupported models
-        log.debug("torch.export failed", exc_info=True)
-        raise ProfileError(
-            f"cannot export {type(model).__name__} with torch.export ({describe(e)}); " + EXPORT_HINT
-        ) from e
+    return _exported(model, (example,), None, ({0: Dim.AUTO},) if dynamic_batch else None, "")
 
 
 def _describe(arg: Any) -> str:
@@ -503,10 +499,5 @@ def _uncuttable(carries: Sequence[Sequence[fx.Node]], batch_sym: Any) -> str | N
 
 def _batch_dim(node: fx.Node, batch_sym: Any) -> int | None:
     """The first dimension of a carried value whose size is the batch symbol, else None."""
-    val = node.meta.get("val")
-    if batch_sym is None or not isinstance(val, torch.Tensor):
-        return None
-    for d, size in enumerate(val.shape):
-        if isinstance(size, torch.SymInt) and str(size.node.expr) == str(batch_sym.node.expr):
-            return d
-    return None
+    found = _find_dim(batch_sym, [node])
+    return None if found is None else int(found[2])

@@ -55,11 +55,6 @@ MIN_SPREAD_REPLICATES = 8
 """Replicates below which the spread is not judged."""
 
 
-def _full_ms(p: LatencyProfile) -> tuple[float, float]:
-    """The full model's median and fastest replicate per batch."""
-    return p.full_model_median_ms, min(p.full_model_ms)
-
-
 def implausible(profiles: Iterable[LatencyProfile]) -> str | None:
     """What cannot be right about these profiles, for people (None when nothing).
 
@@ -84,7 +79,7 @@ def implausible(profiles: Iterable[LatencyProfile]) -> str | None:
         for large in ordered[i + 1 :]:
             if large.device != small.device or large.batch_size <= small.batch_size:
                 continue
-            (a, fastest), (b, _) = _full_ms(small), _full_ms(large)
+            a, fastest, b = small.full_model_median_ms, min(small.full_model_ms), large.full_model_median_ms
             if math.isfinite(fastest) and math.isfinite(b) and fastest > ORDER_TOLERANCE * b:
                 return (
                     f"the full model took {a:.3g} ms for one batch of {small.batch_size} ({small.key}) but "

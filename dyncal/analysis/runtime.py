@@ -40,15 +40,16 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import logging
 import warnings
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
 
+from dyncal.analysis.flops import stage_inputs
+from dyncal.analysis.graphs import RUNTIMES, repeat_rows, with_runtime, with_stages
 from dyncal.analysis.stages import Stages
 from dyncal.errors import DyncalError, ProfileError, describe, param
 
@@ -56,28 +57,9 @@ __all__ = ["RUNTIMES", "apply_runtime", "runtime_stages"]
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = {
-    "eager": "stages called as modules",
-    "frozen": "stages traced, frozen and optimised for inference (torch.jit.freeze + optimize_for_inference)",
-    "compiled": "stages compiled by torch.compile (dynamic shapes)",
-    "graphs": "CUDA graphs at bucketed batch sizes",
-}
-"""Runtimes :func:`apply_runtime` knows, and what each does (recorded in verify.json)."""
-
 _ATOL = _RTOL = 1e-4  # a rebuilt stage may reorder float sums; exits are then checked by verify's agreement
 
 R = TypeVar("R")
-
-
-def _carries(stages: Stages, x: torch.Tensor) -> list[tuple[Any, ...]]:
-    """The inputs each stage receives on ``x`` when no row leaves."""
-    carries: list[tuple[Any, ...]] = []
-    carry: tuple[Any, ...] = (x,)
-    with torch.no_grad():
-        for m in stages.modules:
-            carries.append(carry)
-            carry = tuple(m(*carry)[1:])
-    return carries
 
 
 def _frozen(module: nn.Module, inputs: tuple[Any, ...]) -> nn.Module:
@@ -88,34 +70,16 @@ def _frozen(module: nn.Module, inputs: tuple[Any, ...]) -> nn.Module:
 
 
 def _compiled(module: nn.Module, inputs: tuple[Any, ...]) -> nn.Module:
-    compiled: Callable[..., Any] = torch.compile(module, dynamic=True)
-    return _Called(compiled)
-
-
-class _Called(nn.Module):
-    """A callable (a compiled module) as a module, so :class:`Stages` can hold it."""
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, *args: Any) -> Any:
-        return self.fn(*args)
+    return cast(nn.Module, torch.compile(module, dynamic=True))  # a module compiles to an OptimizedModule
 
 
 _BUILDERS: dict[str, Callable[[nn.Module, tuple[Any, ...]], nn.Module]] = {"frozen": _frozen, "compiled": _compiled}
 
 
-def _rows(x: torch.Tensor, n: int) -> torch.Tensor:
-    """``n`` rows of ``x``, repeated when it has fewer."""
-    reps = -(-n // int(x.shape[0]))
-    return x.repeat(reps, *([1] * (x.ndim - 1)))[:n] if reps > 1 else x[:n]
-
-
 def _check(eager: Stages, built: Stages, example: torch.Tensor, runtime: str) -> None:
     """Every exit of ``built`` equals ``eager``'s at batch 1 and at the example's batch size (+1)."""
     for n in sorted({1, int(example.shape[0]), int(example.shape[0]) + 1}):
-        x = _rows(example, n)
+        x = repeat_rows(example, 0, int(example.shape[0]), n)  # its rows, repeated when it has fewer
         with torch.inference_mode():
             want = eager.run(x)
             try:
@@ -152,7 +116,7 @@ def runtime_stages(stages: Stages, runtime: str, *, example: torch.Tensor) -> St
     if example.ndim == 0 or example.shape[0] < 1:
         raise DyncalError(f"{param('example')} must hold at least one row, got shape {tuple(example.shape)}")
     try:
-        modules = [build(m, c) for m, c in zip(stages.modules, _carries(stages, example), strict=True)]
+        modules = [build(m, c) for m, c in zip(stages.modules, stage_inputs(stages, example), strict=True)]
     except ProfileError:
         raise
     except Exception as e:  # noqa: BLE001 - tracing and compiling raise many types
@@ -187,12 +151,5 @@ def apply_runtime(runner: R, runtime: str, *, example: torch.Tensor, max_batch_s
     if runtime == "eager":
         return runner
     if runtime == "graphs":
-        from dyncal.analysis.graphs import with_runtime
-
         return with_runtime(runner, "graphs", max_batch_size=max_batch_size, example=example)
-    stages = getattr(runner, "stages", None)
-    if not isinstance(stages, Stages):
-        raise DyncalError(f"{type(runner).__name__} has no stages to run under `runtime` {runtime}")
-    built = copy.copy(runner)
-    built.stages = runtime_stages(stages, runtime, example=example)  # type: ignore[attr-defined]
-    return built
+    return with_stages(runner, runtime, lambda stages: runtime_stages(stages, runtime, example=example))

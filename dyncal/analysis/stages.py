@@ -82,11 +82,13 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import torch
@@ -120,6 +122,7 @@ EXAMPLE_BATCH = 2
 """Rows of the example stages are exported from: two or more keep the batch dimension symbolic."""
 
 
+@dataclass(eq=False, repr=False)  # identity semantics, as a plain class: stages hold modules
 class Stages:
     """``K`` runnable stages of a multi-exit model (see the module docs for the protocol).
 
@@ -150,50 +153,33 @@ class Stages:
         [(5, 10), (5, 10)]
     """
 
-    def __init__(
-        self,
-        modules: Sequence[nn.Module],
-        *,
-        batch_dims: Sequence[tuple[int | None, ...]] | None = None,
-        source: str = "export",
-        dynamic_batch: bool = True,
-        example_batch_size: int | None = None,
-        whole: nn.Module | None = None,
-        drop_rows_reason: str | None = None,
-        dim_symbols: Sequence[tuple[dict[int, str], ...]] | None = None,
-        inputs: InputSignature | None = None,
-    ) -> None:
-        if len(modules) < 1:  # K = 1: a static model, measured as one stage
-            raise ProfileError(f"a model needs K >= 1 stages, got {len(modules)}")
-        self.modules: tuple[nn.Module, ...] = tuple(modules)
-        self.batch_dims: tuple[tuple[int | None, ...], ...] | None = (
-            None if batch_dims is None else tuple(tuple(b) for b in batch_dims)
-        )
-        self.source = source
-        self.dynamic_batch = dynamic_batch
-        self.example_batch_size = example_batch_size
-        self.whole = whole
-        self.drop_rows_reason = drop_rows_reason
-        self.dim_symbols = None if dim_symbols is None else tuple(tuple(v) for v in dim_symbols)
-        self.inputs = inputs
-        if not dynamic_batch and drop_rows_reason is None:
+    modules: Sequence[nn.Module]
+    _: KW_ONLY
+    batch_dims: Sequence[tuple[int | None, ...]] | None = None
+    source: str = "export"
+    dynamic_batch: bool = True
+    example_batch_size: int | None = None
+    whole: nn.Module | None = None
+    drop_rows_reason: str | None = None
+    dim_symbols: Sequence[tuple[dict[int, str], ...]] | None = None
+    inputs: InputSignature | None = None
+
+    def __post_init__(self) -> None:
+        """Hold the sequences as tuples; stages pinned to one batch size cannot drop rows."""
+        if len(self.modules) < 1:  # K = 1: a static model, measured as one stage
+            raise ProfileError(f"a model needs K >= 1 stages, got {len(self.modules)}")
+        self.modules = tuple(self.modules)
+        self.batch_dims = None if self.batch_dims is None else tuple(tuple(b) for b in self.batch_dims)
+        self.dim_symbols = None if self.dim_symbols is None else tuple(tuple(v) for v in self.dim_symbols)
+        if not self.dynamic_batch and self.drop_rows_reason is None:
             self.drop_rows_reason = (
-                f"the stages were exported for batch size {example_batch_size} only (the model could "
+                f"the stages were exported for batch size {self.example_batch_size} only (the model could "
                 "not be exported with a dynamic batch)"
             )
 
     def layout(self) -> dict[str, Any]:
         """Everything but the modules, as :class:`Stages`' keyword arguments: other modules, same stages."""
-        return {
-            "batch_dims": self.batch_dims,
-            "source": self.source,
-            "dynamic_batch": self.dynamic_batch,
-            "example_batch_size": self.example_batch_size,
-            "whole": self.whole,
-            "drop_rows_reason": self.drop_rows_reason,
-            "dim_symbols": self.dim_symbols,
-            "inputs": self.inputs,
-        }
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "modules"}
 
     @property
     def can_drop_rows(self) -> bool:
@@ -216,9 +202,6 @@ class Stages:
     def k(self) -> int:
         """Number of stages (= exits)."""
         return len(self.modules)
-
-    def __len__(self) -> int:
-        return self.k
 
     def to(self, device: torch.device | str) -> Stages:
         """Move every stage to ``device`` (in place) and return ``self``."""
@@ -253,12 +236,7 @@ class Stages:
         upto = self.k if upto is None else upto
         if not 1 <= upto <= self.k:
             raise ProfileError(f"upto must be an exit in 1..{self.k}, got {upto}")
-        out = []
-        for i, logits in enumerate(self.iter_exits(x), start=1):
-            out.append(logits)
-            if i == upto:
-                break
-        return out
+        return list(itertools.islice(self.iter_exits(x), upto))
 
 
 class StageRun:
@@ -279,29 +257,24 @@ class StageRun:
     def __init__(self, stages: Stages, x: Inputs) -> None:
         self.stages = stages
         self.exit = 0
-        self._carry: tuple[Any, ...] = stages.flat_inputs(x)
+        self.carry: tuple[Any, ...] = stages.flat_inputs(x)  # the values handed to the next stage
 
     @property
     def done(self) -> bool:
         """Whether the last exit has been produced."""
         return self.exit >= self.stages.k
 
-    @property
-    def carry(self) -> tuple[Any, ...]:
-        """The values handed to the next stage."""
-        return self._carry
-
     def step(self) -> torch.Tensor:
         """Run the next stage and return its exit's logits ``(B, C)``."""
         if self.done:
             raise ProfileError(f"all {self.stages.k} stages have run; start a new pass")
-        out = self.stages.callers[self.exit](*self._carry)
+        out = self.stages.callers[self.exit](*self.carry)
         if not isinstance(out, (tuple, list)) or not out:
             raise ProfileError(
                 f"stage {self.exit + 1} returned {type(out).__name__}; a stage must return a tuple (logits, *carry)"
             )
         self.exit += 1
-        self._carry = tuple(out[1:])
+        self.carry = tuple(out[1:])
         logits: torch.Tensor = out[0]
         return logits
 
@@ -315,16 +288,16 @@ class StageRun:
             return
         dims = None if self.stages.batch_dims is None else self.stages.batch_dims[self.exit - 1]
         if self.exit == 0:  # the inputs: every one batch-major, rows leave all of them together
-            dims = (0,) * len(self._carry)
+            dims = (0,) * len(self.carry)
         if dims is None:
-            dims = tuple(0 if isinstance(t, torch.Tensor) and t.ndim > 0 else None for t in self._carry)
+            dims = tuple(0 if isinstance(t, torch.Tensor) and t.ndim > 0 else None for t in self.carry)
         if self.stages.drop_rows_reason is not None:
             raise ProfileError(
                 f"samples cannot leave this model's batch early: {self.stages.drop_rows_reason}; "
                 "early exit must run whole batches (every sample through the same stages)"
             )
-        self._carry = tuple(
-            t if d is None else t[(slice(None),) * d + (rows,)] for t, d in zip(self._carry, dims, strict=True)
+        self.carry = tuple(
+            t if d is None else t[(slice(None),) * d + (rows,)] for t, d in zip(self.carry, dims, strict=True)
         )
 
 
@@ -346,12 +319,11 @@ def declared_stages(
         ProfileError: The declaration fails or returns something other than >= 2 modules.
     """
     if stages_fn is not None:
-        source, name = "function", param("stages_fn")
+        source, name, declared = "function", param("stages_fn"), functools.partial(stages_fn, model)
     elif callable(getattr(model, STAGES_METHOD, None)):
-        source, name = "method", f"{type(model).__name__}.{STAGES_METHOD}()"
+        source, name, declared = "method", f"{type(model).__name__}.{STAGES_METHOD}()", getattr(model, STAGES_METHOD)
     else:
         return None
-    declared = (lambda: stages_fn(model)) if stages_fn is not None else getattr(model, STAGES_METHOD)
     mods: Any = user_call(declared, f"{name} failed", ProfileError)
     if not isinstance(mods, (list, tuple)) or len(mods) < 2 or not all(isinstance(m, nn.Module) for m in mods):
         raise ProfileError(
@@ -516,11 +488,9 @@ def example_input(
         ((2, 1, 8, 8), True)
     """
     g = torch.Generator().manual_seed(seed + batch_size)
-    if dtype.is_floating_point:
-        x = torch.randn((batch_size, *shape), generator=g).to(dtype)
-    else:
-        x = torch.randint(0, 2, (batch_size, *shape), generator=g).to(dtype)
-    return x.to(device)
+    size = (batch_size, *shape)
+    x = torch.randn(size, generator=g) if dtype.is_floating_point else torch.randint(0, 2, size, generator=g)
+    return x.to(dtype).to(device)
 
 
 def checked_stages(

@@ -33,7 +33,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -61,16 +60,7 @@ def macs_ratio(exit_macs: Sequence[float], exits: np.ndarray, plain_macs: float)
         >>> macs_ratio([10.0, 30.0], np.array([0, 0, 1, 1]), 28.0)
         1.4
     """
-    mean = float(np.asarray(exit_macs, dtype=float)[np.asarray(exits)].mean())
-    return plain_macs / mean
-
-
-def _each(fn: Callable[[torch.Tensor], Any], batches: Sequence[torch.Tensor]) -> list[Any]:
-    return [fn(b) for b in batches]
-
-
-def _rebatched(rb: Rebatcher, batches: Sequence[torch.Tensor]) -> list[Any]:
-    return list(rb.map(batches))
+    return plain_macs / float(np.asarray(exit_macs, dtype=float)[np.asarray(exits)].mean())
 
 
 def measure_throughput(
@@ -118,13 +108,12 @@ def measure_throughput(
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
         raise DyncalError(f"{param('modes')} must be among {', '.join(MODES)}, got {', '.join(unknown)}")
-    device = batches[0].device
-    timer = timer or Timer(device)
+    timer = timer or Timer(batches[0].device)
     rb = Rebatcher(runner, batch_size=batch_size)
     fns: dict[str, Callable[[], list[Any]]] = {
-        "per_batch": functools.partial(_each, runner, batches),  # type: ignore[arg-type]
-        "rebatched": functools.partial(_rebatched, rb, batches),
-        "plain": functools.partial(_each, plain, batches),
+        "per_batch": lambda: [runner(b) for b in batches],  # type: ignore[operator]
+        "rebatched": lambda: list(rb.map(batches)),
+        "plain": lambda: [plain(b) for b in batches],
     }
     timed = [m for m in MODES if m in modes or m == "plain"]
     with torch.inference_mode():
@@ -143,8 +132,7 @@ def measure_throughput(
         same &= (torch.cat([e for e, _ in again]).cpu().numpy() == want_exits) & (
             torch.cat([p for _, p in again]).cpu().numpy() == want_preds
         )
-    k = len(runner.stages.modules)
-    shares = np.bincount(exits, minlength=k) / max(len(exits), 1)
+    shares = np.bincount(exits, minlength=runner.k) / max(len(exits), 1)
     ratio = None if exit_macs is None or plain_macs is None else macs_ratio(exit_macs, exits, plain_macs)
     return ThroughputResult(
         runtime=runtime,

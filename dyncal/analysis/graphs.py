@@ -465,7 +465,14 @@ def graph_stages(
     return wrapped
 
 
-def with_runtime(runner: R, runtime: str, *, max_batch_size: int, example: torch.Tensor | None = None) -> R:
+def with_runtime(
+    runner: R,
+    runtime: str,
+    *,
+    max_batch_size: int,
+    example: torch.Tensor | None = None,
+    backend: Backend = "cuda",
+) -> R:
     """``runner`` under a runtime: itself for ``eager``, a copy on graph-captured stages for ``graphs``.
 
     Works for any runner holding its stages in ``runner.stages`` (the early exit, the plain
@@ -476,6 +483,9 @@ def with_runtime(runner: R, runtime: str, *, max_batch_size: int, example: torch
         runtime: ``eager`` or ``graphs`` (:data:`RUNTIMES`).
         max_batch_size: The largest batch size that will be run.
         example: When given, every bucket is captured now (at load).
+        backend: What replays a bucket under ``graphs``: ``cuda``, or ``eager`` (the CPU
+            stand-in that ``benchmarks/rebatch_throughput.py --dry`` runs: the same padding
+            without a graph).
 
     Raises:
         DyncalError: Unknown ``runtime``.
@@ -485,7 +495,9 @@ def with_runtime(runner: R, runtime: str, *, max_batch_size: int, example: torch
         raise DyncalError(f"{param('runtime')} must be one of eager, graphs, got {runtime!r}")
     if runtime == "eager":
         return runner
-    return with_stages(runner, "graphs", lambda stages: graph_stages(stages, max_batch_size, example=example))
+    return with_stages(
+        runner, "graphs", lambda stages: graph_stages(stages, max_batch_size, example=example, backend=backend)
+    )
 
 
 def with_stages(runner: R, runtime: str, build: Callable[[Stages], Stages]) -> R:

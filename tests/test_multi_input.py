@@ -113,8 +113,24 @@ def test_exported_stages_take_every_input_and_carry_the_mask(kind: str) -> None:
 
 @pytest.fixture(scope="module")
 def profiled(text_run: Path) -> Path:
-    """The text run profiled (CPU, batch 1 and 4, few replicates) with two sequence-length buckets."""
-    res = _cli("profile", text_run, "--batch-size", "1,4", "--repeats", 3, "--warmup", 1, "--seq-len", "4,16", "--json")
+    """The text run profiled (CPU, one thread, batch 1 and 4, few replicates) with two sequence-length buckets."""
+    # One thread, five replicates: on a loaded machine a tiny model times batch 1 and 4 alike, so
+    # fewer replicates on contended threads can be refused as implausible (batch 1 slower than 4).
+    res = _cli(
+        "profile",
+        text_run,
+        "--batch-size",
+        "1,4",
+        "--threads",
+        1,
+        "--repeats",
+        5,
+        "--warmup",
+        1,
+        "--seq-len",
+        "4,16",
+        "--json",
+    )
     assert res.exit_code == 0, res.output
     (text_run.parent / "profile.json").write_text(res.stdout)
     return text_run

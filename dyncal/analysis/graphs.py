@@ -97,7 +97,7 @@ def bucket_sizes(max_batch_size: int) -> tuple[int, ...]:
     """
     if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
         raise DyncalError(f"{param('max_batch_size')} must be a positive integer, got {max_batch_size!r}")
-    return (*(1 << i for i in range((max_batch_size - 1).bit_length())), max_batch_size)
+    return (*(1 << i for i in range((max_batch_size - 1).bit_length())), max_batch_size)  # powers of two below it
 
 
 def bucket_for(n: int, buckets: Sequence[int]) -> int | None:
@@ -418,8 +418,16 @@ class BucketedStages(Stages):
     @property
     def info(self) -> CaptureInfo:
         """What has been captured so far and the memory it holds."""
-        summed = ("graphs", "memory_bytes", "reserved_bytes", "capture_s", "eager_calls")  # over the stages
-        return CaptureInfo(self.backend, self.buckets, **{f: sum(getattr(m, f) for m in self.bucketed) for f in summed})
+        stages = self.bucketed
+        return CaptureInfo(
+            self.backend,
+            self.buckets,
+            graphs=sum(m.graphs for m in stages),
+            memory_bytes=sum(m.memory_bytes for m in stages),
+            reserved_bytes=sum(m.reserved_bytes for m in stages),
+            capture_s=sum(m.capture_s for m in stages),
+            eager_calls=sum(m.eager_calls for m in stages),
+        )
 
 
 def graph_stages(

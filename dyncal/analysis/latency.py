@@ -251,7 +251,8 @@ class Timer:
         b_ms: list[float] = []
         pair = ((a, a_ms), (b, b_ms))
         for r in range(repeats):
-            for fn, out in pair if (r % 2 == 0) == a_first else pair[::-1]:
+            a_leads = (r % 2 == 0) == a_first  # the order alternates pair by pair
+            for fn, out in pair if a_leads else pair[::-1]:
                 for _ in range(settle):
                     fn()
                 out.append(self.block_ms(fn, calls))
@@ -441,7 +442,7 @@ def _row_ladder(batch_size: int) -> list[int]:
         >>> _row_ladder(32), _row_ladder(5), _row_ladder(1)
         ([2, 4, 8, 16], [2, 4], [])
     """
-    return [1 << i for i in range(1, (batch_size - 1).bit_length())]
+    return [1 << i for i in range(1, (batch_size - 1).bit_length())]  # the powers of two in [2, batch_size)
 
 
 def _compaction_fns(stages: Stages, runner: Any, x: Inputs) -> tuple[list[Callable[[], Any]], int | None]:

@@ -26,6 +26,7 @@ on a machine without torch.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import os
 from collections.abc import Mapping
@@ -49,7 +50,6 @@ SCHEMA = "dyncal.verify"
 SCHEMA_VERSION = 1
 MAX_VERIFY_BYTES = 256 << 20
 """Largest verify.json accepted (raw replicates of every batch; dyncal writes a few MB)."""
-_FRACTIONS = ("agreement", "exit_agreement", "runtime_accuracy", "simulated_accuracy")  # shares of the samples
 MIN_AGREEMENT = 0.99
 """Below this agreement with the simulation a verify result is no evidence for the thresholds."""
 
@@ -360,12 +360,16 @@ class VerifyResult:
         }
         if len(set(map(len, shares.values()))) != 1:
             raise ValueError("'runtime_exit_shares' and 'simulated_exit_shares' must have one entry per exit each")
+        fraction = functools.partial(V.required, d, check=V.number, minimum=0, maximum=1)
         return cls(
             run_fingerprint=V.required(d, "run_fingerprint", V.string),
             decision_fingerprint=V.required(d, "decision_fingerprint", V.string),
             model=ModelIdentity.from_dict(model),
             n=V.required(d, "n", V.integer, minimum=1),
-            **{key: V.required(d, key, V.number, minimum=0, maximum=1) for key in _FRACTIONS},
+            agreement=fraction("agreement"),
+            exit_agreement=fraction("exit_agreement"),
+            runtime_accuracy=fraction("runtime_accuracy"),
+            simulated_accuracy=fraction("simulated_accuracy"),
             runtime_exit_shares=shares["runtime_exit_shares"],
             simulated_exit_shares=shares["simulated_exit_shares"],
             timings=_unique(tuple(PairedTiming.from_dict(t) for t in timings)),

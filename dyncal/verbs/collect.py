@@ -191,7 +191,7 @@ class CollectOptions:
 
 
 @dataclass
-class _Share:
+class _ProcessCollect:
     """What every step of one process's collect reads: its model and device, the options, its block of rows.
 
     ``signature`` is the inputs' signature over every batch seen: sizes that vary become
@@ -201,7 +201,7 @@ class _Share:
     model: Any
     dev: torch.device
     ctx: DistributedContext
-    s: CollectOptions
+    options: CollectOptions
     spec: dict[str, Any]  # what a resumed collect must repeat (:func:`~dyncal.verbs.collect_resume.resume_point`)
     block: tuple[int, int]
     signature: InputSignature | None = None
@@ -213,7 +213,7 @@ class _Share:
         forward becomes one line naming the batch. Each batch must have the inputs, dtypes and
         ranks of the batches before it.
         """
-        batch = _next_batch(batches, batch_index, first_row, self.s.batch_size)
+        batch = _next_batch(batches, batch_index, first_row, self.options.batch_size)
         if batch is None:
             return None
         try:
@@ -355,15 +355,15 @@ def _collect(
             collate_fn=collate_fn,
         )
         batches = iter(loader)
-        share = _Share(model, dev, ctx, s, spec, block)
+        proc = _ProcessCollect(model, dev, ctx, s, spec, block)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            first, (k, c) = _first_batch(share, batches, first_row, saved_kc)
+            first, (k, c) = _first_batch(proc, batches, first_row, saved_kc)
             writer = _arrays(writer, out, n, k, c, ctx, resumed)
             if not resumed:
                 write_progress(partial, ctx.rank, spec, k, c, block, start)
             try:
-                row = _write_rows(share, writer, batches, first, k, c, first_row, done, t0, progress)
+                row = _write_rows(proc, writer, batches, first, k, c, first_row, done, t0, progress)
                 if row != stop:
                     raise DataError(
                         f"the data set gave {row - start} rows of the {stop - start} expected; is its length right?"
@@ -374,10 +374,10 @@ def _collect(
         if ctx.rank != 0:
             writer.close()  # flushed before process 0 publishes
         _gather(ctx, error)  # every process stops on any process's error
-        signatures = _gather(ctx, None if sample.single or share.signature is None else share.signature.to_dict())
+        signatures = _gather(ctx, None if sample.single or proc.signature is None else proc.signature.to_dict())
         if ctx.rank != 0:
             return None
-        writer.finish(_provenance(loaded, share, command, (input_shape, input_dtype), seconds, signatures))
+        writer.finish(_provenance(loaded, proc, command, (input_shape, input_dtype), seconds, signatures))
         log.info("collected %d samples in %.1f s", n, seconds)
         return load_run(out)
     except BaseException as e:
@@ -409,19 +409,20 @@ def _open_writer(out: Path, n: int, ctx: DistributedContext, s: CollectOptions) 
 
 
 def _first_batch(
-    share: _Share, batches: Any, first_row: int, saved_kc: tuple[int, int] | None
+    proc: _ProcessCollect, batches: Any, first_row: int, saved_kc: tuple[int, int] | None
 ) -> tuple[tuple[Any, Any, Any] | None, tuple[int, int]]:
     """This process's first batch through the model (None: an empty share), and the (K, C) every process agrees on."""
     first: tuple[Any, Any, Any] | None = None
     shape_or_error: Any = None
     try:
-        first = share.run_next(batches, 0, first_row)
+        first = proc.run_next(batches, 0, first_row)
         if first is not None:  # else an empty share (more processes than rows)
-            x, _, outs = first
+            x, y, outs = first
             shape_or_error = check_exit_outputs(outs, batch_size(x), static_ok=True)
+            first = (None, y, outs)  # the inputs are not needed again: not held while every batch is written
     except DyncalError as e:
         shape_or_error = str(e)
-    kc = {tuple(v) for v in _gather(share.ctx, shape_or_error) if v is not None}
+    kc = {tuple(v) for v in _gather(proc.ctx, shape_or_error) if v is not None}
     if saved_kc is not None:
         kc.add(saved_kc)
     if len(kc) != 1:
@@ -446,7 +447,7 @@ def _arrays(
 
 def _provenance(
     loaded: LoadedModel,
-    share: _Share,
+    proc: _ProcessCollect,
     command: str | None,
     sample: tuple[Any, str | None],
     seconds: float,
@@ -457,7 +458,7 @@ def _provenance(
     A multi-input run records the inputs' signature over every process's batches (``signatures``)
     instead of the first item's shape and dtype (``sample``).
     """
-    s, ctx = share.s, share.ctx
+    s, ctx = proc.options, proc.ctx
     seen = [InputSignature.from_dict(d) for d in signatures if d is not None]
     input_shape, input_dtype = sample
     first_item = {"input_shape": None if input_shape is None else list(input_shape), "input_dtype": input_dtype}
@@ -470,7 +471,7 @@ def _provenance(
         "limit": s.limit,
         "world_size": ctx.world_size,
         "collect_seconds": round(seconds, 3),
-        "image_transform": share.spec["image_transform"],
+        "image_transform": proc.spec["image_transform"],
     }
     if seen:
         extra["inputs"] = functools.reduce(InputSignature.merge, seen).to_dict()
@@ -479,7 +480,7 @@ def _provenance(
     return Provenance.here(
         model=loaded.spec,
         data=s.data_spec,
-        device=str(share.dev) if not ctx.active else f"{share.dev.type} x{ctx.world_size}",
+        device=str(proc.dev) if not ctx.active else f"{proc.dev.type} x{ctx.world_size}",
         weights_sha256=loaded.weights_sha256,
         command=command,
         extra=extra,
@@ -487,7 +488,7 @@ def _provenance(
 
 
 def _write_rows(
-    share: _Share,
+    proc: _ProcessCollect,
     writer: RunWriter,
     batches: Any,
     first: tuple[Any, Any, Any] | None,
@@ -499,7 +500,7 @@ def _write_rows(
     progress: ProgressFn | None,
 ) -> int:
     """Write every batch from ``row`` on (rows before ``done`` are compared, not written); returns the end row."""
-    start, stop = share.block
+    start, stop = proc.block
     first_row = row
     last_saved = time.monotonic()
     batch_index = 0
@@ -522,11 +523,11 @@ def _write_rows(
             writer.write(row, logits, labels, indices)
         row += b
         batch_index += 1
-        if row > done and (row == stop or time.monotonic() - last_saved >= share.s.checkpoint_s):
+        if row > done and (row == stop or time.monotonic() - last_saved >= proc.options.checkpoint_s):
             writer.sync()  # the rows are on disk before the progress file names them
-            write_progress(writer.partial, share.ctx.rank, share.spec, k, c, share.block, row)
+            write_progress(writer.partial, proc.ctx.rank, proc.spec, k, c, proc.block, row)
             last_saved = time.monotonic()
-        if progress is not None and share.ctx.rank == 0:
+        if progress is not None and proc.ctx.rank == 0:
             progress(row - start, stop - start, (row - first_row) / max(time.perf_counter() - t0, 1e-9))
-        current = share.run_next(batches, batch_index, row)
+        current = proc.run_next(batches, batch_index, row)
     return row

@@ -281,6 +281,8 @@ def profile_model(
             (:func:`dyncal.analysis.plausible.check_plausible`).
     """
     options = options or ProfileOptions()
+    for d in options.devices:  # a missing CUDA device is refused before any export or count
+        resolve_device(d)
     settings = options.latency_settings()
     model_id = dict(model_id) if model_id is not None else {"state_sha256": state_sha256(model)}
     cpu = torch.device("cpu")

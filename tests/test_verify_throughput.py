@@ -261,3 +261,16 @@ def test_profile_records_the_runtime_and_timer_of_each_latency_column():
     assert settings["runtime"] == "eager" and settings["timer"] == "perf_counter"
     with pytest.raises(DyncalError, match="graphs needs CUDA"):
         profile_model(pretrained(), (1, 8, 8), ProfileOptions(runtime="graphs"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_profile_model_refuses_a_missing_device_before_it_runs_the_model():
+    from dyncal.verbs.profile import ProfileOptions, profile_model
+
+    class RunsNothing(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+            raise AssertionError("the model ran before its devices were checked")
+
+    with pytest.raises(DyncalError, match="CUDA is not available") as info:
+        profile_model(RunsNothing(), (1, 8, 8), ProfileOptions(devices=("cpu", "cuda")))
+    assert "\n" not in str(info.value)
